@@ -1,0 +1,70 @@
+# gpuvirt.host — developer entry points. Run as root on Debian/Ubuntu for the lab targets.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+VENV        ?= .venv
+PY          := $(VENV)/bin/python
+BIN         := $(VENV)/bin
+BUILD       := .build
+COLL_ROOT   := $(BUILD)/collections
+COLL_LINK   := $(COLL_ROOT)/ansible_collections/gpuvirt/host
+SANITY_DIR  := $(BUILD)/sanity/ansible_collections/gpuvirt/host
+export ANSIBLE_COLLECTIONS_PATH := $(abspath $(COLL_ROOT))
+export ANSIBLE_COLLECTIONS_SCAN_SYS_PATH := false
+export PATH := $(abspath $(BIN)):$(PATH)
+
+.PHONY: help venv deps collection test unit lint sanity molecule demo bench lab-up lab-down lab-ssh clean
+
+help:  ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: requirements.txt
+	python3 -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -r requirements.txt
+	touch $@
+
+venv: $(VENV)/.installed  ## Create the Python virtual environment
+
+deps:  ## Install the lab's Debian packages (root)
+	tests/lab/install-deps
+
+collection: venv  ## Expose this checkout as the gpuvirt.host collection
+	@mkdir -p $(dir $(COLL_LINK))
+	@ln -sfn $(abspath .) $(COLL_LINK)
+
+test: unit lint sanity molecule  ## Run every test
+
+unit: collection  ## Unit, module and fuzz tests (pytest)
+	$(PY) -m pytest tests/unit
+
+lint: collection  ## ruff and ansible-lint (production profile)
+	$(BIN)/ruff check .
+	$(BIN)/ansible-lint --profile production --offline
+
+sanity: venv  ## ansible-test sanity on a copy of the tracked files
+	rm -rf $(SANITY_DIR) && mkdir -p $(SANITY_DIR)
+	git ls-files -z --cached --others --exclude-standard | rsync -a --files-from=- --from0 ./ $(SANITY_DIR)/
+	cd $(SANITY_DIR) && git init -q && git add -A && \
+	  $(abspath $(BIN))/ansible-test sanity --python 3.11 --requirements --color no
+
+molecule: collection deps  ## Molecule scenarios against the QEMU lab
+	$(BIN)/molecule test --all
+
+demo: collection deps  ## Configure the lab host and print a before/after report
+	tests/lab/demo
+
+bench: collection  ## Detection benchmark: figures and ratios
+	$(PY) tests/bench/bench_topology.py
+
+lab-up: collection deps  ## Build (or reuse) the lab image and boot it
+	$(PY) tests/lab/lab.py up
+
+lab-down:  ## Stop the lab
+	python3 tests/lab/lab.py down
+
+lab-ssh:  ## Open a shell in the running lab
+	python3 tests/lab/lab.py ssh
+
+clean:  ## Remove build output (keeps the venv and the lab image cache)
+	rm -rf $(BUILD) tests/output

@@ -1,0 +1,137 @@
+# Copyright (c) gpuvirt.host contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Root-aware readers and writers for sysfs and procfs.
+
+Every function takes the host root (``/`` on a live host, a fixture or image tree in tests) and
+never raises on a missing or malformed attribute: readers return ``None`` and leave the reason to
+the caller. Writers raise :class:`SysfsWriteError` with the path, the errno's meaning and advice.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+
+PCI_DEVICES = "sys/bus/pci/devices"
+PCI_DRIVERS = "sys/bus/pci/drivers"
+IOMMU_GROUPS = "sys/kernel/iommu_groups"
+MDEV_BUS = "sys/class/mdev_bus"
+MDEV_DEVICES = "sys/bus/mdev/devices"
+
+_ADDRESS = re.compile(r"^(?:([0-9a-fA-F]{4,8}):)?([0-9a-fA-F]{2}):([0-9a-fA-F]{2})\.([0-7])$")
+
+
+def host_path(root, *parts):
+    """Join ``parts`` (absolute or relative) below ``root``."""
+    return os.path.join(root, *(p.lstrip("/") for p in parts))
+
+
+def read_text(path):
+    """Return the stripped content of a small attribute file, or None when it cannot be read."""
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read(65536)
+    except (OSError, ValueError):
+        return None
+    try:
+        return raw.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        return None
+
+
+def read_int(path, base=10):
+    """Return an integer attribute, or None when missing or malformed."""
+    text = read_text(path)
+    if text is None:
+        return None
+    try:
+        return int(text, base)
+    except ValueError:
+        return None
+
+
+def read_hex(path, width):
+    """Return a ``0x``-prefixed hex attribute as ``width`` lowercase digits, or None."""
+    text = read_text(path)
+    if text is None or not re.fullmatch(r"(0x)?[0-9a-fA-F]{1,%d}" % width, text):
+        return None
+    return "%0*x" % (width, int(text, 16))
+
+
+def link_name(path):
+    """Return the last component of a symlink's target (``driver`` -> ``vfio-pci``), or None."""
+    try:
+        target = os.readlink(path)
+    except OSError:
+        return None
+    return os.path.basename(target.rstrip("/")) or None
+
+
+def list_dir(path):
+    """Return the sorted entries of a directory, or an empty list when it does not exist."""
+    try:
+        return sorted(os.listdir(path))
+    except OSError:
+        return []
+
+
+def normalize_address(text):
+    """Return a PCI address in full ``dddd:bb:dd.f`` lowercase form, or None when not one.
+
+    Accepts short ``bb:dd.f`` and 8-digit domains (as printed by nvidia-smi).
+    """
+    match = _ADDRESS.match(text.strip()) if isinstance(text, str) else None
+    if not match:
+        return None
+    domain, bus, dev, fn = match.groups()
+    domain_value = int(domain, 16) if domain else 0
+    if domain_value > 0xFFFF:
+        return None
+    return "%04x:%s:%s.%s" % (domain_value, bus.lower(), dev.lower(), fn)
+
+
+def slot_of(address):
+    """``0000:01:00.1`` -> ``0000:01:00`` (the functions of one slot share it)."""
+    return address.rsplit(".", 1)[0]
+
+
+class SysfsWriteError(Exception):
+    """A sysfs write failed; ``str()`` says where, why and what to do."""
+
+    def __init__(self, path, value, error, advice=""):
+        self.path = path
+        self.value = value
+        self.errno = error.errno if isinstance(error, OSError) else None
+        reason = os.strerror(self.errno) if self.errno else str(error)
+        message = "writing %r to %s failed: %s" % (value, path, reason)
+        if not advice:
+            advice = _ADVICE.get(self.errno, "")
+        if advice:
+            message += " (%s)" % advice
+        super().__init__(message)
+
+
+_ADVICE = {
+    errno.EBUSY: "the device is in use; stop the VM or process holding it and retry",
+    errno.ENODEV: "the device or driver is not present; check the address and that the driver is loaded",
+    errno.EINVAL: "the kernel rejected the value; check the type, count or identifier",
+    errno.EPERM: "permission denied; run as root, and check Secure Boot/lockdown for module parameters",
+    errno.EACCES: "permission denied; run as root",
+    errno.ENOSPC: "no capacity left on this parent for another instance",
+    errno.ENOENT: "the attribute does not exist; the driver or kernel may not support it",
+}
+
+
+def write_text(path, value, advice=""):
+    """Write ``value`` to a sysfs attribute in one ``write()`` call."""
+    try:
+        fd = os.open(path, os.O_WRONLY)
+    except OSError as error:
+        raise SysfsWriteError(path, value, error, advice) from error
+    try:
+        os.write(fd, value.encode("ascii") if isinstance(value, str) else value)
+    except OSError as error:
+        raise SysfsWriteError(path, value, error, advice) from error
+    finally:
+        os.close(fd)
