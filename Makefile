@@ -10,7 +10,6 @@ COLL_ROOT   := $(BUILD)/collections
 COLL_LINK   := $(COLL_ROOT)/ansible_collections/gpuvirt/host
 SANITY_DIR  := $(BUILD)/sanity/ansible_collections/gpuvirt/host
 export ANSIBLE_COLLECTIONS_PATH := $(abspath $(COLL_ROOT))
-export ANSIBLE_COLLECTIONS_SCAN_SYS_PATH := false
 export PATH := $(abspath $(BIN)):$(PATH)
 
 .PHONY: help venv deps collection test unit lint sanity molecule demo bench lab-up lab-down lab-ssh clean
@@ -42,7 +41,14 @@ lint: collection  ## ruff and ansible-lint (production profile)
 	$(BIN)/ruff check .
 	$(BIN)/ansible-lint --profile production --offline
 
+ANSIBLE_TEST_CACHE := $(HOME)/.ansible/test/cache
+ANSIBLE_TEST_PIP   := 24.2
+
 sanity: venv  ## ansible-test sanity on a copy of the tracked files
+	mkdir -p $(ANSIBLE_TEST_CACHE)
+	test -f $(ANSIBLE_TEST_CACHE)/pip-$(ANSIBLE_TEST_PIP)-py3-none-any.whl || \
+	  $(BIN)/pip download --quiet --no-deps pip==$(ANSIBLE_TEST_PIP) -d $(ANSIBLE_TEST_CACHE)
+	cp tests/tools/pip_bootstrap.py $(ANSIBLE_TEST_CACHE)/get_pip_$(subst .,_,$(ANSIBLE_TEST_PIP)).py
 	rm -rf $(SANITY_DIR) && mkdir -p $(SANITY_DIR)
 	git ls-files -z --cached --others --exclude-standard | rsync -a --files-from=- --from0 ./ $(SANITY_DIR)/
 	cd $(SANITY_DIR) && git init -q && git add -A && \

@@ -25,9 +25,8 @@ def _run(name, args, capsys, check_mode=False, diff=False):
     module_args["_ansible_check_mode"] = check_mode
     module_args["_ansible_diff"] = diff
     capsys.readouterr()
-    with patch_module_args(module_args):
-        with pytest.raises(SystemExit) as exit_info:
-            module.main()
+    with patch_module_args(module_args), pytest.raises(SystemExit) as exit_info:
+        module.main()
     result = ModuleResult(json.loads(capsys.readouterr().out))
     result["rc"] = exit_info.value.code
     return result
