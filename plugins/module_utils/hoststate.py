@@ -1,0 +1,107 @@
+# Copyright (c) gpuvirt.host contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The declared device state that the modules record and the boot-time restore replays.
+
+One JSON file, ``/etc/gpuvirt/host-state.json`` below the host root, with one section per
+concern, each keyed by a stable identifier (PCI address or mdev UUID)::
+
+    {
+      "version": 1,
+      "sriov":       {"0000:41:00.0": {"num_vfs": 4, "drivers_autoprobe": true}},
+      "nvidia_vgpu": {"0000:41:00.4": {"type_id": 1030, "type_name": "NVIDIA L40S-1B"}},
+      "mdevs":       {"<uuid>": {"parent": "0000:00:02.0", "type": "i915-GVTg_V5_4"}}
+    }
+
+The restore replays the sections in that order: VFs first, then vGPU types, then mdevs. A module
+changes only its own section and writes the file atomically, so sections owned by other modules
+are kept as they were.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import tempfile
+
+from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import host_path
+
+STATE_PATH = "etc/gpuvirt/host-state.json"
+SECTIONS = ("sriov", "nvidia_vgpu", "mdevs")
+VERSION = 1
+
+
+class StateFileError(Exception):
+    """The state file exists but cannot be used; ``str()`` says which file and why."""
+
+
+def empty_state():
+    state = {"version": VERSION}
+    state.update({section: {} for section in SECTIONS})
+    return state
+
+
+def state_path(root):
+    return host_path(root, STATE_PATH)
+
+
+def load_state(root):
+    """Return the recorded state, or an empty one when no file exists yet."""
+    path = state_path(root)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = json.load(handle)
+    except FileNotFoundError:
+        return empty_state()
+    except (OSError, ValueError) as error:
+        raise StateFileError(
+            "cannot read the state file %s: %s; fix or remove it and run again" % (path, error)
+        ) from error
+    if not isinstance(data, dict) or data.get("version") != VERSION:
+        raise StateFileError(
+            "the state file %s has an unknown format (version %r, expected %d)"
+            % (path, data.get("version") if isinstance(data, dict) else None, VERSION)
+        )
+    state = empty_state()
+    for section in SECTIONS:
+        value = data.get(section, {})
+        if not isinstance(value, dict):
+            raise StateFileError("the state file %s: section %r is not a mapping" % (path, section))
+        state[section] = value
+    return state
+
+
+def with_section(state, section, entries):
+    """Return a copy of ``state`` whose ``section`` is replaced by ``entries``."""
+    if section not in SECTIONS:
+        raise ValueError("unknown state section %r" % section)
+    updated = copy.deepcopy(state)
+    updated[section] = entries
+    return updated
+
+
+def render_state(state):
+    return json.dumps(state, indent=2, sort_keys=True) + "\n"
+
+
+def write_state(module, root, state):
+    """Write ``state`` atomically when it differs from the file; return (changed, diff)."""
+    path = state_path(root)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            before = handle.read()
+    except FileNotFoundError:
+        before = ""
+    after = render_state(state)
+    diff = {"before": before, "after": after, "before_header": path, "after_header": path}
+    if before == after:
+        return False, diff
+    if not module.check_mode:
+        directory = os.path.dirname(path)
+        os.makedirs(directory, mode=0o755, exist_ok=True)
+        fd, temp = tempfile.mkstemp(prefix=".host-state.", dir=directory)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(after)
+        os.chmod(temp, 0o644)
+        module.atomic_move(temp, path)
+    return True, diff
