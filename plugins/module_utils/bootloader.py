@@ -1,0 +1,1294 @@
+# Copyright (c) gpuvirt.host contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The kernel command line a host boots with: argument logic, bootloader detection and layouts.
+
+Public API (every reader takes the host ``root``; only :func:`apply` writes or runs anything):
+
+- :class:`Argument`, :func:`parse_argument` ``(text) -> Argument``, :func:`same_key`,
+  :data:`REPEATABLE_KEYS`: one kernel argument; keys compare with dashes and underscores equal.
+- :func:`validate_arguments` ``(present, absent) -> (list[Argument], list[Argument])``: raises
+  :class:`ArgumentError` for bad input.
+- :func:`plan_arguments` ``(current, present, absent, replace_in_place=True) -> ArgumentPlan``:
+  the pure list logic (order kept, new arguments appended, one value per key unless repeatable).
+- :func:`reboot_required` ``(running, present, absent) -> bool``.
+- :func:`detect_bootloader` ``(root) -> str``: ``grub``, ``grubby``, ``systemd-boot`` or
+  ``proxmox``; raises :class:`BootloaderError` when nothing is recognised.
+- :func:`plan` ``(module, root, bootloader, present, absent, update=True) -> BootPlan`` and
+  :func:`apply` ``(module, boot_plan, backup=False) -> dict``: read everything, predict every file
+  and command; then write (temp file + atomic move), run the regeneration command, restore the
+  files when it fails, and read the result back.
+- :func:`is_host_root` ``(root) -> bool``: commands only ever run when ``root`` is this host's ``/``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import tempfile
+from dataclasses import dataclass, field
+
+from ansible_collections.gpuvirt.host.plugins.module_utils.kernel import parse_cmdline, read_cmdline
+from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import host_path, list_dir
+
+BOOTLOADERS = ("grub", "grubby", "systemd-boot", "proxmox")
+
+# Keys the kernel, dracut or systemd accept several times, each occurrence adding to the others
+# (two consoles, one hugepage pool per size, several LUKS volumes). Every other key takes one
+# value: the last occurrence wins, so a new value replaces the old ones. Names use ``_``.
+REPEATABLE_KEYS = frozenset(
+    (
+        "acpi_osi",
+        "bond",
+        "bridge",
+        "console",
+        "crashkernel",
+        "hugepages",
+        "hugepagesz",
+        "ifname",
+        "ip",
+        "memmap",
+        "modprobe.blacklist",
+        "nameserver",
+        "rd.driver.blacklist",
+        "rd.driver.post",
+        "rd.driver.pre",
+        "rd.luks.name",
+        "rd.luks.uuid",
+        "rd.lvm.lv",
+        "rd.lvm.vg",
+        "rd.md.uuid",
+        "rd.route",
+        "systemd.mount_extra",
+        "systemd.setenv",
+        "systemd.swap_extra",
+        "vlan",
+    )
+)
+
+GRUB_DEFAULTS = "etc/default/grub"
+GRUB_DROPINS = "etc/default/grub.d"
+KERNEL_CMDLINE = "etc/kernel/cmdline"
+KERNEL_CMDLINE_VENDOR = "usr/lib/kernel/cmdline"
+BLS_ENTRIES = "boot/loader/entries"
+GRUBENV = "boot/grub2/grubenv"
+PROXMOX_ESP_LIST = "etc/kernel/proxmox-boot-uuids"
+# systemd-boot sets this EFI variable; it is present exactly when the running system booted with it.
+LOADER_INFO = "sys/firmware/efi/efivars/LoaderInfo-4a67b082-0a4c-41cf-b6c7-440b29bb8c4f"
+ESP_MOUNTS = ("efi", "boot/efi", "boot")
+LINUX = "GRUB_CMDLINE_LINUX"
+LINUX_DEFAULT = "GRUB_CMDLINE_LINUX_DEFAULT"
+_GRUB_VARIABLES = (LINUX, LINUX_DEFAULT)
+_BIN_DIRS = ("usr/sbin", "usr/bin", "sbin", "bin")
+_C_LOCALE = {"LANG": "C", "LC_ALL": "C"}
+
+# Characters that would need quoting in /etc/default/grub, grub.cfg, a BLS entry or a grubby
+# argument. Such arguments are rare; the module refuses them rather than guess the escaping.
+_FORBIDDEN = re.compile(r"[\s\"'`$\\;&|<>\x00-\x1f\x7f]")
+
+
+class ArgumentError(ValueError):
+    """``present``/``absent`` are not valid; nothing was read or changed."""
+
+
+class BootloaderError(Exception):
+    """The boot configuration cannot be read, edited or regenerated; says where and what to do."""
+
+
+# ------------------------------------------------------------------------------------ arguments
+
+
+@dataclass(frozen=True)
+class Argument:
+    """One kernel argument: ``text`` as written, ``key``, and ``value`` (None for a bare key)."""
+
+    text: str
+    key: str
+    value: str | None
+
+    @property
+    def norm_key(self):
+        # The kernel treats dashes and underscores in parameter names alike (kernel-parameters.rst),
+        # so vfio-pci.ids and vfio_pci.ids are one parameter.
+        return self.key.replace("-", "_")
+
+    @property
+    def repeatable(self):
+        return self.norm_key in REPEATABLE_KEYS
+
+
+def parse_argument(text):
+    """Split one argument as the kernel does: ``key=value`` with quotes around the value removed."""
+    body = text
+    if body.startswith('"'):
+        body = body[1:]
+        if body.endswith('"'):
+            body = body[:-1]
+    key, sep, value = body.partition("=")
+    if not sep:
+        return Argument(text, key, None)
+    if len(value) >= 2 and value.startswith('"') and value.endswith('"'):
+        value = value[1:-1]
+    return Argument(text, key, value)
+
+
+def same_key(first, second):
+    return first.norm_key == second.norm_key
+
+
+def _same(existing, wanted):
+    return same_key(existing, wanted) and existing.value == wanted.value
+
+
+def _removes(absent, existing):
+    """``absent`` ``key`` removes every value of the key; ``key=value`` only that value."""
+    return same_key(absent, existing) and (absent.value is None or absent.value == existing.value)
+
+
+def _checked(text, option):
+    if not isinstance(text, str):
+        raise ArgumentError("%s: %r is not a string; give arguments as key or key=value" % (option, text))
+    if not text:
+        raise ArgumentError("%s: an argument is empty; give key or key=value" % option)
+    bad = _FORBIDDEN.search(text)
+    if bad:
+        raise ArgumentError(
+            "%s: argument %r contains %r; arguments are single words without whitespace, quotes or "
+            "shell characters (edit such arguments by hand)" % (option, text, bad.group())
+        )
+    if text == "--":
+        raise ArgumentError("%s: '--' separates init arguments and cannot be managed as an argument" % option)
+    argument = parse_argument(text)
+    if not argument.key:
+        raise ArgumentError("%s: argument %r has an empty key" % (option, text))
+    return argument
+
+
+def validate_arguments(present, absent):
+    """Check and de-duplicate ``present`` and ``absent``; raise :class:`ArgumentError` on conflicts."""
+    wanted = []
+    for text in present or []:
+        argument = _checked(text, "present")
+        if any(argument == other for other in wanted):
+            continue
+        for other in wanted:
+            if same_key(argument, other) and not argument.repeatable:
+                raise ArgumentError(
+                    "present: %r and %r set the same parameter %s, which takes one value; keep one"
+                    % (other.text, argument.text, argument.key)
+                )
+        wanted.append(argument)
+    unwanted = []
+    for text in absent or []:
+        argument = _checked(text, "absent")
+        if argument not in unwanted:
+            unwanted.append(argument)
+    for gone in unwanted:
+        for kept in wanted:
+            if not same_key(gone, kept):
+                continue
+            if kept.repeatable and gone.value is not None and gone.value != kept.value:
+                continue
+            raise ArgumentError(
+                "%r is in present and %r in absent: the same parameter %s cannot be both; a present "
+                "key=value already replaces the other values of its key" % (kept.text, gone.text, kept.key)
+            )
+    return wanted, unwanted
+
+
+@dataclass
+class ArgumentPlan:
+    """``result``: ``(index in current or None for a new argument, text)`` in order."""
+
+    result: list
+    added: list
+    removed: list
+
+    @property
+    def arguments(self):
+        return [text for _index, text in self.result]
+
+    @property
+    def changed(self):
+        return bool(self.added or self.removed)
+
+
+def plan_arguments(current, present, absent, replace_in_place=True):
+    """Apply validated ``present``/``absent`` :class:`Argument` lists to the ``current`` texts.
+
+    Existing arguments keep their order; new ones are appended. A present ``key=value`` replaces the
+    other values of its key (in place, or removed and appended when ``replace_in_place`` is false,
+    as grubby does), unless the key is repeatable.
+    """
+    parsed = [parse_argument(text) for text in current]
+    keep = [not any(_removes(gone, arg) for gone in absent) for arg in parsed]
+    replacement = {}
+    appended = []
+    for wanted in present:
+        same = [i for i, arg in enumerate(parsed) if keep[i] and same_key(arg, wanted)]
+        exact = [i for i in same if _same(parsed[i], wanted)]
+        if wanted.repeatable:
+            if not exact:
+                appended.append(wanted.text)
+            continue
+        if exact:
+            for i in same:
+                keep[i] = i == exact[0]
+        elif same:
+            for i in same[1:]:
+                keep[i] = False
+            if replace_in_place:
+                replacement[same[0]] = wanted.text
+            else:
+                keep[same[0]] = False
+                appended.append(wanted.text)
+        else:
+            appended.append(wanted.text)
+    result = [(i, replacement.get(i, text)) for i, text in enumerate(current) if keep[i]]
+    result.extend((None, text) for text in appended)
+    removed = [text for i, text in enumerate(current) if not keep[i] or i in replacement]
+    added = [replacement[i] for i in sorted(replacement)] + appended
+    return ArgumentPlan(result, added, removed)
+
+
+def reboot_required(running, present, absent):
+    """True while the running kernel lacks a ``present`` argument or still has an ``absent`` one."""
+    if running is None:
+        return False
+    parsed = [parse_argument(text) for text in running]
+    for wanted in present:
+        same = [arg for arg in parsed if same_key(arg, wanted)]
+        if wanted.repeatable:
+            satisfied = any(_same(arg, wanted) for arg in same)
+        else:
+            satisfied = bool(same) and _same(same[-1], wanted)
+        if not satisfied:
+            return True
+    return any(_removes(gone, arg) for gone in absent for arg in parsed)
+
+
+def _merge_unique(lists):
+    merged = []
+    for items in lists:
+        for item in items:
+            if item not in merged:
+                merged.append(item)
+    return merged
+
+
+# ------------------------------------------------------------------------------------ files
+
+
+def is_host_root(root):
+    """True when ``root`` is this host's ``/``: only then do commands act on the tree being edited."""
+    try:
+        return os.path.samefile(root, "/")
+    except OSError:
+        return False
+
+
+def _target_in_root(root, path):
+    """Follow symlinks (grubenv often is one) without leaving ``root``: absolute targets are re-rooted."""
+    for _hop in range(16):
+        if not os.path.islink(path):
+            return path
+        target = os.readlink(path)
+        path = host_path(root, target) if os.path.isabs(target) else os.path.join(os.path.dirname(path), target)
+    raise BootloaderError("too many levels of symbolic links at %s" % path)
+
+
+def _read(root, path):
+    """The text of ``root/path`` (symlinks followed inside ``root``), or None when it does not exist."""
+    return _read_file(_target_in_root(root, host_path(root, path)))
+
+
+def _read_file(path):
+    try:
+        with open(path, encoding="utf-8", newline="") as handle:
+            return handle.read()
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as error:
+        raise BootloaderError(
+            "cannot read %s: %s; fix its permissions or content and run again" % (path, error)
+        ) from error
+
+
+def _find_binary(root, name):
+    for directory in _BIN_DIRS:
+        path = host_path(root, directory, name)
+        if os.path.isfile(path) and os.access(path, os.X_OK):
+            return path
+    return None
+
+
+def _line_of(text, offset):
+    return text.count("\n", 0, offset) + 1
+
+
+@dataclass
+class FileEdit:
+    """One file's content before and after (``before`` None: the file is created).
+
+    ``path`` is relative to the root (``etc/default/grub``). ``written_by`` is None when the module
+    writes the file itself, or the name of the command that makes the same edit (grubby).
+    """
+
+    root: str
+    path: str
+    before: str | None
+    after: str
+    written_by: str | None = None
+
+    @property
+    def full_path(self):
+        return host_path(self.root, self.path)
+
+    @property
+    def display_path(self):
+        return "/" + self.path
+
+    def diff(self):
+        return {
+            "before": self.before or "",
+            "after": self.after,
+            "before_header": self.display_path + ("" if self.before is not None else " (absent)"),
+            "after_header": self.display_path
+            + ("" if self.written_by is None else " (as %s will write it)" % self.written_by),
+        }
+
+
+# ------------------------------------------------------------------------------------ GRUB defaults
+# /etc/default/grub and /etc/default/grub.d/*.cfg are shell scripts that grub-mkconfig sources in
+# that order. Only plain assignments to the two command line variables are edited; the rest of the
+# files, comments and quoting included, is kept byte for byte.
+
+_ASSIGNMENT = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)=")
+_REFERENCE = re.compile(r"\$(?:([A-Za-z_][A-Za-z0-9_]*)|\{([A-Za-z_][A-Za-z0-9_]*)\})\Z")
+_OPENERS = ("if", "while", "until", "for", "case", "select", "{")
+_CLOSERS = ("fi", "done", "esac", "}")
+_PREFIXES = ("then", "else", "elif", "do", "!")
+
+
+class _ShellError(ValueError):
+    def __init__(self, message, offset):
+        super().__init__(message)
+        self.offset = offset
+
+
+def _skip_single(text, i):
+    end = text.find("'", i + 1)
+    if end < 0:
+        raise _ShellError("unterminated single quote", i)
+    return end + 1
+
+
+def _skip_backtick(text, i):
+    j = i + 1
+    while j < len(text):
+        if text[j] == "\\":
+            j += 2
+        elif text[j] == "`":
+            return j + 1
+        else:
+            j += 1
+    raise _ShellError("unterminated backquote", i)
+
+
+def _skip_double(text, i):
+    j = i + 1
+    while j < len(text):
+        char = text[j]
+        if char == "\\":
+            j += 2
+        elif char == '"':
+            return j + 1
+        elif char == "`":
+            j = _skip_backtick(text, j)
+        elif text.startswith("$(", j):
+            j = _skip_parens(text, j + 1)
+        else:
+            j += 1
+    raise _ShellError("unterminated double quote", i)
+
+
+def _skip_parens(text, i):
+    depth = 0
+    j = i
+    while j < len(text):
+        char = text[j]
+        if char == "\\":
+            j += 2
+            continue
+        if char == "'":
+            j = _skip_single(text, j)
+            continue
+        if char == '"':
+            j = _skip_double(text, j)
+            continue
+        if char == "`":
+            j = _skip_backtick(text, j)
+            continue
+        if char == "(":
+            depth += 1
+        elif char == ")":
+            depth -= 1
+            if depth == 0:
+                return j + 1
+        j += 1
+    raise _ShellError("unterminated $(", i)
+
+
+def _shell_statements(text):
+    """Split a shell script into simple commands, each a list of ``(start, end)`` word spans."""
+    statements = []
+    words = []
+    start = None
+    i = 0
+    while i < len(text):
+        char = text[i]
+        if text.startswith("\\\n", i):
+            i += 2
+            continue
+        if char in " \t\r" or char in "\n;&|()":
+            if start is not None:
+                words.append((start, i))
+                start = None
+            if char not in " \t\r" and words:
+                statements.append(words)
+                words = []
+            i += 1
+            continue
+        if char == "#" and start is None:
+            end = text.find("\n", i)
+            i = len(text) if end < 0 else end
+            continue
+        if start is None:
+            start = i
+        if char == "\\":
+            i += 2
+        elif char == "'":
+            i = _skip_single(text, i)
+        elif char == '"':
+            i = _skip_double(text, i)
+        elif char == "`":
+            i = _skip_backtick(text, i)
+        elif text.startswith("$(", i):
+            i = _skip_parens(text, i + 1)
+        elif text.startswith("${", i):
+            end = text.find("}", i)
+            if end < 0:
+                raise _ShellError("unterminated ${", i)
+            i = end + 1
+        else:
+            i += 1
+    if start is not None:
+        words.append((start, min(i, len(text))))
+    if words:
+        statements.append(words)
+    return statements
+
+
+@dataclass
+class _Token:
+    raw: str
+    text: str
+
+
+@dataclass
+class _Ref:
+    raw: str
+    name: str
+
+
+@dataclass
+class _Assignment:
+    path: str
+    name: str
+    start: int
+    end: int
+    quote: str
+    items: list
+    line: int
+
+
+def _split_shell_value(content, quote):
+    """Split a quoted shell value into kernel arguments (``_Token``) and ``$VAR`` references."""
+    items = []
+    i = 0
+    while i < len(content):
+        if content[i] in " \t\n":
+            i += 1
+            continue
+        start = i
+        logical = []
+        kernel_quoted = False
+        while i < len(content):
+            char = content[i]
+            if char in " \t\n" and not kernel_quoted:
+                break
+            if quote == '"' and char == "\\" and i + 1 < len(content):
+                following = content[i + 1]
+                if following == "\n":
+                    i += 2
+                    continue
+                if following in '"\\$`':
+                    logical.append(following)
+                    kernel_quoted ^= following == '"'
+                    i += 2
+                    continue
+            if quote == '"' and char == "$" and i == start:
+                end = i + 1
+                while end < len(content) and content[end] not in " \t\n":
+                    end += 1
+                match = _REFERENCE.match(content[i:end])
+                if not match:
+                    raise ValueError("%r is an expansion this module cannot evaluate" % content[i:end])
+                items.append(_Ref(content[i:end], match.group(1) or match.group(2)))
+                i = end
+                logical = None
+                break
+            if (quote == '"' and char in "$`") or (quote == "" and char in "\"'$`\\"):
+                raise ValueError("%r needs shell expansion this module cannot evaluate" % content[start:])
+            if quote == "'" and char == '"':
+                kernel_quoted = not kernel_quoted
+            logical.append(char)
+            i += 1
+        if logical is not None:
+            items.append(_Token(content[start:i], "".join(logical)))
+    return items
+
+
+def _value_form(raw):
+    """``(quote, content)`` of an assignment's value word; ValueError when it is not one string."""
+    if raw == "":
+        return "", ""
+    if raw[0] == '"' and _skip_double(raw, 0) == len(raw):
+        return '"', raw[1:-1]
+    if raw[0] == "'" and _skip_single(raw, 0) == len(raw):
+        return "'", raw[1:-1]
+    if not re.search(r"[\"'`$\\]", raw):
+        return "", raw
+    raise ValueError("the value is not a single quoted string")
+
+
+class GrubDefaults:
+    """The command line variables of ``/etc/default/grub`` plus ``/etc/default/grub.d/*.cfg``.
+
+    ``arguments()`` is ``GRUB_CMDLINE_LINUX`` followed by ``GRUB_CMDLINE_LINUX_DEFAULT`` as
+    grub-mkconfig puts them on the ``linux`` line. New arguments go to the ``target`` variable in
+    the file whose assignment wins (a drop-in overrides /etc/default/grub).
+    """
+
+    def __init__(self, root, texts, target=LINUX_DEFAULT):
+        self.root = root
+        self.texts = texts
+        self.target = target
+        self.warnings = []
+        self.assignments = []
+        for path, text in texts.items():
+            if text is not None:
+                self._parse(path, text)
+        self._evaluate()
+
+    @classmethod
+    def read(cls, root, target=LINUX_DEFAULT):
+        texts = {GRUB_DEFAULTS: _read(root, GRUB_DEFAULTS)}
+        for name in list_dir(host_path(root, GRUB_DROPINS)):
+            if name.endswith(".cfg"):
+                path = GRUB_DROPINS + "/" + name
+                texts[path] = _read(root, path)
+        return cls(root, texts, target)
+
+    @property
+    def files(self):
+        return [path for path, text in self.texts.items() if text is not None]
+
+    def _parse(self, path, text):
+        try:
+            statements = _shell_statements(text)
+        except _ShellError as error:
+            raise BootloaderError(
+                "cannot parse /%s line %d: %s; fix the file (grub-mkconfig would fail too)"
+                % (path, _line_of(text, error.offset), error)
+            ) from error
+        depth = 0
+        for words in statements:
+            while words and text[words[0][0] : words[0][1]] in _PREFIXES:
+                words = words[1:]
+            if not words:
+                continue
+            first = text[words[0][0] : words[0][1]]
+            if first in _OPENERS:
+                depth += 1
+                continue
+            if first in _CLOSERS:
+                depth = max(0, depth - 1)
+                continue
+            index = 1 if first in ("export", "readonly") else 0
+            found = []
+            while index < len(words):
+                match = _ASSIGNMENT.match(text, words[index][0], words[index][1])
+                if not match:
+                    break
+                found.append((match.group(1), match.end(), words[index][1]))
+                index += 1
+            if index < len(words) and first not in ("export", "readonly"):
+                continue  # VAR=value before a command only sets it for that command
+            for name, start, end in found:
+                if name not in _GRUB_VARIABLES:
+                    continue
+                line = _line_of(text, start)
+                if depth:
+                    self.warnings.append(
+                        "/%s line %d sets %s inside a conditional block; that assignment is neither "
+                        "evaluated nor edited" % (path, line, name)
+                    )
+                    continue
+                try:
+                    quote, content = _value_form(text[start:end])
+                    items = _split_shell_value(content, quote)
+                except ValueError as error:
+                    raise BootloaderError(
+                        "cannot edit %s in /%s line %d: %s; write it as one quoted string of arguments, "
+                        'e.g. %s="quiet intel_iommu=on"' % (name, path, line, error, name)
+                    ) from error
+                self.assignments.append(_Assignment(path, name, start, end, quote, items, line))
+
+    def _evaluate(self):
+        values = {name: [] for name in _GRUB_VARIABLES}
+        for number, assignment in enumerate(self.assignments):
+            value = []
+            for index, item in enumerate(assignment.items):
+                if isinstance(item, _Ref):
+                    if item.name not in values:
+                        raise BootloaderError(
+                            "cannot edit %s in /%s line %d: it refers to $%s, which this module does not "
+                            "evaluate; move those arguments into %s"
+                            % (assignment.name, assignment.path, assignment.line, item.name, assignment.name)
+                        )
+                    value.extend(values[item.name])
+                else:
+                    value.append((item.text, number, index))
+            values[assignment.name] = value
+        self._effective = values[LINUX] + values[LINUX_DEFAULT]
+
+    def arguments(self):
+        return [text for text, _number, _index in self._effective]
+
+    def render(self, argument_plan):
+        """``{path: new text}`` of the files the plan changes."""
+        kept = {i for i, _text in argument_plan.result if i is not None}
+        operations = {}
+        for i, (_text, number, index) in enumerate(self._effective):
+            if i not in kept:
+                operations[(number, index)] = None
+        for i, text in argument_plan.result:
+            if i is not None and text != self._effective[i][0]:
+                _old, number, index = self._effective[i]
+                operations[(number, index)] = text
+        appended = [text for i, text in argument_plan.result if i is None]
+        target = None
+        for number, assignment in enumerate(self.assignments):
+            if assignment.name == self.target:
+                target = number
+        changes = {}
+        for number, assignment in enumerate(self.assignments):
+            touched = any(key[0] == number for key in operations) or (appended and number == target)
+            if not touched:
+                continue
+            raws = []
+            for index, item in enumerate(assignment.items):
+                new = operations.get((number, index), item.raw)
+                if new is not None:
+                    raws.append(new)
+            if number == target:
+                raws.extend(appended)
+            quote = assignment.quote or '"'
+            changes.setdefault(assignment.path, []).append(
+                (assignment.start, assignment.end, quote + " ".join(raws) + quote)
+            )
+        rendered = {}
+        for path, edits in changes.items():
+            text = self.texts[path]
+            for start, end, value in sorted(edits, reverse=True):
+                text = text[:start] + value + text[end:]
+            rendered[path] = text
+        if appended and target is None:
+            text = rendered.get(GRUB_DEFAULTS, self.texts.get(GRUB_DEFAULTS)) or ""
+            if text and not text.endswith("\n"):
+                text += "\n"
+            rendered[GRUB_DEFAULTS] = text + '%s="%s"\n' % (self.target, " ".join(appended))
+        check = GrubDefaults(self.root, dict(self.texts, **rendered), self.target)
+        if check.arguments() != argument_plan.arguments:
+            raise BootloaderError(
+                "cannot edit %s safely: the edit would give %r instead of %r; simplify how the files "
+                "set %s and %s"
+                % (
+                    ", ".join("/" + p for p in self.files),
+                    check.arguments(),
+                    argument_plan.arguments,
+                    LINUX,
+                    LINUX_DEFAULT,
+                )
+            )
+        return rendered
+
+
+# ------------------------------------------------------------------------------------ /etc/kernel/cmdline
+
+
+class KernelCmdlineFile:
+    """``/etc/kernel/cmdline`` (kernel-install, systemd-boot, proxmox-boot-tool).
+
+    When it is missing the tools fall back to ``/usr/lib/kernel/cmdline`` and then to
+    ``/proc/cmdline`` without ``BOOT_IMAGE=``/``initrd=``; the file is created from the same source.
+    """
+
+    def __init__(self, root):
+        self.root = root
+        self.path = KERNEL_CMDLINE
+        self.text = _read(root, KERNEL_CMDLINE)
+        if self.text is not None:
+            self._arguments = parse_cmdline(self.text)
+            return
+        vendor = _read(root, KERNEL_CMDLINE_VENDOR)
+        if vendor is not None:
+            self._arguments = parse_cmdline(vendor)
+        else:
+            running = read_cmdline(root) or []
+            self._arguments = [a for a in running if not a.startswith(("BOOT_IMAGE=", "initrd="))]
+
+    def arguments(self):
+        return list(self._arguments)
+
+    def render(self, argument_plan):
+        after = " ".join(argument_plan.arguments) + "\n"
+        return {} if after == self.text else {self.path: after}
+
+
+# ------------------------------------------------------------------------------------ BLS entries
+
+
+class GrubEnv:
+    """``/boot/grub2/grubenv``: a 1024-byte block of ``name=value`` lines padded with ``#``."""
+
+    def __init__(self, root, path=GRUBENV, text=None):
+        self.path = path
+        self.text = _read(root, path) if text is None else text
+        self.values = {}
+        for line in (self.text or "").split("\n"):
+            if line and not line.startswith("#") and "=" in line:
+                name, _sep, value = line.partition("=")
+                self.values[name] = value
+
+    def render(self, updates):
+        if not updates:
+            return None
+        lines = []
+        seen = set()
+        body = self.text or "# GRUB Environment Block\n"
+        for line in body.split("\n"):
+            if line.startswith("#") and set(line) == {"#"}:
+                continue
+            name = line.partition("=")[0]
+            if line and not line.startswith("#") and name in updates:
+                line = "%s=%s" % (name, updates[name])
+                seen.add(name)
+            lines.append(line)
+        while lines and lines[-1] == "":
+            lines.pop()
+        lines.extend("%s=%s" % (name, value) for name, value in updates.items() if name not in seen)
+        text = "\n".join(lines) + "\n"
+        size = max(1024, len((self.text or "").encode("utf-8")))
+        if len(text.encode("utf-8")) > size:
+            raise BootloaderError("the new values do not fit the %d bytes of /%s" % (size, self.path))
+        return text + "#" * (size - len(text.encode("utf-8")))
+
+
+_OPTIONS_LINE = re.compile(r"^([ \t]*options)([ \t]+([^\n]*?))?[ \t]*$")
+_VARIABLE_TOKEN = re.compile(r"\$(?:([A-Za-z_][A-Za-z0-9_]*)|\{([A-Za-z_][A-Za-z0-9_]*)\})\Z")
+
+
+class BlsEntry:
+    """A Boot Loader Specification entry (``/boot/loader/entries/*.conf``) and its ``options``.
+
+    ``$name`` tokens expand from grubenv, as GRUB's blscfg does (RHEL 8 keeps the arguments in
+    ``kernelopts`` there); arguments for such entries are added to ``kernelopts``.
+    """
+
+    def __init__(self, path, text, env):
+        self.path = path
+        self.text = text
+        self.env = env
+        self.lines = text.split("\n")
+        self.name = os.path.basename(path)[: -len(".conf")]
+        self.version = None
+        self._effective = []
+        self._options = {}
+        self._references = set()
+        for number, line in enumerate(self.lines):
+            key, _sep, value = line.strip().partition(" ")
+            if key == "version":
+                self.version = value.strip()
+            match = _OPTIONS_LINE.match(line)
+            if not match:
+                continue
+            tokens = parse_cmdline(match.group(3) or "")
+            self._options[number] = (match.group(1), tokens)
+            for index, token in enumerate(tokens):
+                reference = _VARIABLE_TOKEN.match(token)
+                if reference:
+                    name = reference.group(1) or reference.group(2)
+                    self._references.add(name)
+                    for env_index, text in enumerate(parse_cmdline(env.values.get(name, ""))):
+                        self._effective.append((text, ("env", name), env_index))
+                else:
+                    self._effective.append((token, ("line", number), index))
+
+    def arguments(self):
+        return [text for text, _origin, _index in self._effective]
+
+    def render(self, argument_plan):
+        """``({path: new text}, {grubenv name: new value})`` for this entry."""
+        kept = {i for i, _text in argument_plan.result if i is not None}
+        operations = {}
+        for i, (_text, origin, index) in enumerate(self._effective):
+            if i not in kept:
+                operations[(origin, index)] = None
+        for i, text in argument_plan.result:
+            if i is not None and text != self._effective[i][0]:
+                _old, origin, index = self._effective[i]
+                operations[(origin, index)] = text
+        appended = [text for i, text in argument_plan.result if i is None]
+        if "kernelopts" in self._references:
+            target = ("env", "kernelopts")
+        elif self._options:
+            target = ("line", max(self._options))
+        else:
+            target = ("line", None)
+
+        def rebuilt(origin, tokens):
+            out = []
+            for index, token in enumerate(tokens):
+                new = operations.get((origin, index), token)
+                if new is not None:
+                    out.append(new)
+            if origin == target:
+                out.extend(appended)
+            return out
+
+        lines = list(self.lines)
+        for number, (prefix, tokens) in self._options.items():
+            origin = ("line", number)
+            if origin == target or any(key[0] == origin for key in operations):
+                lines[number] = " ".join([prefix.rstrip()] + rebuilt(origin, tokens))
+        if target == ("line", None) and appended:
+            if lines and lines[-1] == "":
+                lines.insert(len(lines) - 1, "options " + " ".join(appended))
+            else:
+                lines.append("options " + " ".join(appended))
+        files = {}
+        text = "\n".join(lines)
+        if text != self.text:
+            files[self.path] = text
+        env_updates = {}
+        for name in sorted(self._references):
+            origin = ("env", name)
+            if origin == target and appended or any(key[0] == origin for key in operations):
+                env_updates[name] = " ".join(rebuilt(origin, parse_cmdline(self.env.values.get(name, ""))))
+        return files, env_updates
+
+
+def _version_key(text):
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", text or "")]
+
+
+def read_bls_entries(root):
+    """The BLS entries below ``root`` in GRUB's menu order (newest version first), and the grubenv."""
+    env = GrubEnv(root)
+    entries = []
+    for name in list_dir(host_path(root, BLS_ENTRIES)):
+        if name.endswith(".conf"):
+            path = BLS_ENTRIES + "/" + name
+            text = _read(root, path)
+            if text is not None:
+                entries.append(BlsEntry(path, text, env))
+    entries.sort(key=lambda entry: _version_key(entry.version or entry.name), reverse=True)
+    return entries, env
+
+
+def default_entry(entries, env):
+    """The entry GRUB boots by default: grubenv ``saved_entry`` when it names one, else the newest."""
+    saved = env.values.get("saved_entry")
+    for entry in entries:
+        if entry.name == saved:
+            return entry
+    return entries[0] if entries else None
+
+
+# ------------------------------------------------------------------------------------ detection
+
+
+def _proxmox_esps(root):
+    text = _read(root, PROXMOX_ESP_LIST) or ""
+    return [line.split()[0] for line in text.splitlines() if line.strip() and not line.startswith("#")]
+
+
+def _booted_systemd_boot(root):
+    return os.path.exists(host_path(root, LOADER_INFO))
+
+
+def _bls_entry_names(root):
+    return [name for name in list_dir(host_path(root, BLS_ENTRIES)) if name.endswith(".conf")]
+
+
+def _systemd_boot_installed(root):
+    for esp in ESP_MOUNTS:
+        if os.path.isfile(host_path(root, esp, "loader/loader.conf")) or os.path.isdir(
+            host_path(root, esp, "EFI/systemd")
+        ):
+            return True
+    return False
+
+
+def _grub_tools(root):
+    return any(_find_binary(root, name) for name in ("update-grub", "grub-mkconfig", "grub2-mkconfig"))
+
+
+def detect_bootloader(root):
+    """Name the bootloader configuration in use below ``root``; raise :class:`BootloaderError`."""
+    if _proxmox_esps(root) and _find_binary(root, "proxmox-boot-tool"):
+        return "proxmox"
+    if _booted_systemd_boot(root):
+        return "systemd-boot"
+    if _bls_entry_names(root) and _find_binary(root, "grubby"):
+        return "grubby"
+    grub_defaults = os.path.isfile(host_path(root, GRUB_DEFAULTS))
+    if grub_defaults and _grub_tools(root):
+        return "grub"
+    if _systemd_boot_installed(root):
+        return "systemd-boot"
+    if grub_defaults:
+        return "grub"
+    raise BootloaderError(
+        "no bootloader configuration recognised below %s: looked for /%s with proxmox-boot-tool, the "
+        "systemd-boot LoaderInfo EFI variable, /%s/*.conf with grubby, /%s, and a systemd-boot ESP "
+        "(%s); set bootloader explicitly"
+        % (root, PROXMOX_ESP_LIST, BLS_ENTRIES, GRUB_DEFAULTS, ", ".join("/" + m for m in ESP_MOUNTS))
+    )
+
+
+# ------------------------------------------------------------------------------------ plan and apply
+
+
+@dataclass
+class BootPlan:
+    """Everything one run will do, computed before anything is written.
+
+    ``configured`` is what the boot configuration will hold after the run; ``commands`` are the
+    argv lists that apply it to the boot entries (run only when ``run_commands``); ``pending`` is
+    true when such commands are needed but will not run (``update: false`` or an image tree).
+    """
+
+    bootloader: str
+    root: str
+    configured_before: list
+    configured: list
+    added: list
+    removed: list
+    edits: list
+    commands: list
+    run_commands: bool
+    pending: bool
+    warnings: list = field(default_factory=list)
+    expected_entries: dict = field(default_factory=dict)
+
+    @property
+    def changed(self):
+        return bool(self.edits)
+
+
+def _resolve(module, host, root, *candidates):
+    """The command to run (host: full path from PATH) among ``candidates``; None when none exists."""
+    for name in candidates:
+        if host:
+            path = module.get_bin_path(name)
+            if path:
+                return path
+        elif _find_binary(root, name):
+            return name
+    return None if host else candidates[0]
+
+
+def _grub_command(module, host, root):
+    """update-grub when present, else grub-mkconfig / grub2-mkconfig with the usual output path."""
+    candidates = (
+        (("update-grub",), []),
+        (("grub-mkconfig",), ["-o", "/boot/grub/grub.cfg"]),
+        (("grub2-mkconfig",), ["-o", "/boot/grub2/grub.cfg"]),
+    )
+    for names, arguments in candidates:
+        found = module.get_bin_path(names[0]) if host else _find_binary(root, names[0]) and names[0]
+        if found:
+            return [found] + arguments
+    return ["update-grub"]
+
+
+def installed_kernels(root):
+    """``[(release, image, initrd or None)]`` for ``lib/modules/<release>`` that have a kernel image."""
+    kernels = []
+    releases = set(list_dir(host_path(root, "lib/modules"))) | set(list_dir(host_path(root, "usr/lib/modules")))
+    for release in sorted(releases, key=_version_key):
+        image = None
+        for candidate in (
+            "lib/modules/%s/vmlinuz" % release,
+            "usr/lib/modules/%s/vmlinuz" % release,
+            "boot/vmlinuz-%s" % release,
+        ):
+            if os.path.isfile(host_path(root, candidate)):
+                image = "/" + candidate
+                break
+        if image is None:
+            continue
+        initrd = "boot/initrd.img-%s" % release
+        kernels.append((release, image, "/" + initrd if os.path.isfile(host_path(root, initrd)) else None))
+    return kernels
+
+
+def _edits_for(root, sources, present, absent, replace_in_place=True, written_by=None):
+    """Plan each ``(label, source)``; return (plans, {path: FileEdit}) with clashing edits refused."""
+    plans = []
+    files = {}
+    for source in sources:
+        argument_plan = plan_arguments(source.arguments(), present, absent, replace_in_place)
+        plans.append((source, argument_plan))
+        if not argument_plan.changed:
+            continue
+        rendered = source.render(argument_plan)
+        for path, after in rendered.items():
+            before = source.texts.get(path) if isinstance(source, GrubDefaults) else source.text
+            _add_edit(files, FileEdit(root, path, before, after, written_by))
+    return plans, files
+
+
+def _add_edit(files, edit):
+    previous = files.get(edit.path)
+    if previous is not None and previous.after != edit.after:
+        raise BootloaderError(
+            "/%s would need two different edits; make the boot entries that share it consistent first" % edit.path
+        )
+    files[edit.path] = edit
+
+
+def _proxmox_sources(root):
+    """/etc/kernel/cmdline when the ESPs boot systemd-boot, /etc/default/grub when they boot GRUB.
+
+    proxmox-boot-tool keeps a list of ESPs and copies kernels to them; which loader they run follows
+    how the host boots (systemd-boot on UEFI, GRUB on BIOS or with Secure Boot). A live host says so
+    with the LoaderInfo EFI variable; an image tree without sysfs is judged by /etc/kernel/cmdline.
+    """
+    managed = bool(_proxmox_esps(root))
+    cmdline = os.path.isfile(host_path(root, KERNEL_CMDLINE))
+    live = os.path.isdir(host_path(root, "sys/firmware"))
+    systemd_boot = _booted_systemd_boot(root) if live else managed and cmdline
+    if managed and systemd_boot:
+        return [KernelCmdlineFile(root)]
+    sources = []
+    if os.path.isfile(host_path(root, GRUB_DEFAULTS)):
+        sources.append(GrubDefaults.read(root))
+    if managed and cmdline:
+        sources.append(KernelCmdlineFile(root))
+    if not sources:
+        raise BootloaderError(
+            "bootloader proxmox: neither /%s (ESPs synced by proxmox-boot-tool) nor /%s found below %s"
+            % (KERNEL_CMDLINE, GRUB_DEFAULTS, root)
+        )
+    return sources
+
+
+def plan(module, root, bootloader, present, absent, update=True):
+    """Read the configuration of ``bootloader`` (``auto``: detected) and plan the edits and commands."""
+    name = detect_bootloader(root) if bootloader == "auto" else bootloader
+    if name not in BOOTLOADERS:
+        raise BootloaderError("unknown bootloader %r; use one of auto, %s" % (name, ", ".join(BOOTLOADERS)))
+    host = is_host_root(root)
+    if name == "grubby":
+        return _plan_grubby(module, root, host, present, absent, update)
+    sources = []
+    if name == "grub":
+        if not os.path.isfile(host_path(root, GRUB_DEFAULTS)):
+            raise BootloaderError("bootloader grub: /%s does not exist below %s" % (GRUB_DEFAULTS, root))
+        sources.append(GrubDefaults.read(root))
+    elif name == "systemd-boot":
+        sources.append(KernelCmdlineFile(root))
+    else:
+        sources = _proxmox_sources(root)
+    plans, files = _edits_for(root, sources, present, absent)
+    primary_source, primary = plans[0]
+    edits = list(files.values())
+    commands = []
+    if edits:
+        if name == "grub" or (name == "proxmox" and not _proxmox_esps(root)):
+            commands = [_grub_command(module, host, root)]
+        elif name == "proxmox":
+            commands = [[_resolve(module, host, root, "proxmox-boot-tool") or "proxmox-boot-tool", "refresh"]]
+        else:
+            tool = _resolve(module, host, root, "kernel-install") or "kernel-install"
+            for release, image, initrd in installed_kernels(root):
+                commands.append([tool, "add", release, image] + ([initrd] if initrd else []))
+        if update and host:
+            for command in commands:
+                if not os.path.isabs(command[0]):
+                    raise BootloaderError(
+                        "%s was not found on this host to apply the change; install it or set update: false"
+                        % command[0]
+                    )
+    warnings = _merge_unique(getattr(source, "warnings", []) for source, _p in plans)
+    if name == "systemd-boot" and edits and not commands:
+        warnings.append("no kernel with an image was found below /lib/modules; no boot entry was regenerated")
+    run = bool(edits and update and host and commands)
+    return BootPlan(
+        bootloader=name,
+        root=root,
+        configured_before=primary_source.arguments(),
+        configured=primary.arguments,
+        added=_merge_unique(p.added for _s, p in plans),
+        removed=_merge_unique(p.removed for _s, p in plans),
+        edits=edits,
+        commands=commands,
+        run_commands=run,
+        pending=bool(edits and commands and not run),
+        warnings=warnings,
+    )
+
+
+def _plan_grubby(module, root, host, present, absent, update):
+    entries, env = read_bls_entries(root)
+    if not entries:
+        raise BootloaderError("bootloader grubby: no /%s/*.conf below %s" % (BLS_ENTRIES, root))
+    sources = [GrubDefaults.read(root, target=LINUX)] if os.path.isfile(host_path(root, GRUB_DEFAULTS)) else []
+    if os.path.isfile(host_path(root, KERNEL_CMDLINE)):
+        sources.append(KernelCmdlineFile(root))
+    config_plans, files = _edits_for(root, sources, present, absent)
+    # grubby removes the old value of a key and appends the new one; predict exactly that.
+    entry_plans = [(entry, plan_arguments(entry.arguments(), present, absent, False)) for entry in entries]
+    writer = "grubby" if host else None
+    entry_files = {}
+    env_updates = {}
+    for entry, argument_plan in entry_plans:
+        if not argument_plan.changed:
+            continue
+        rendered, updates = entry.render(argument_plan)
+        for path, after in rendered.items():
+            _add_edit(entry_files, FileEdit(root, path, entry.text, after, writer))
+        for variable, value in updates.items():
+            if env_updates.get(variable, value) != value:
+                raise BootloaderError(
+                    "entries disagree on grubenv %s; make the boot entries consistent first" % variable
+                )
+            env_updates[variable] = value
+    if env_updates:
+        _add_edit(entry_files, FileEdit(root, env.path, env.text, env.render(env_updates), writer))
+    added = _merge_unique([p.added for _s, p in config_plans] + [p.added for _e, p in entry_plans])
+    removed = _merge_unique([p.removed for _s, p in config_plans] + [p.removed for _e, p in entry_plans])
+    entry_added = _merge_unique(p.added for _e, p in entry_plans)
+    entry_removed = _merge_unique(p.removed for _e, p in entry_plans)
+    commands = []
+    # In an image tree grubby cannot run; the entries are edited the way grubby would edit them.
+    direct = update and not host
+    if entry_files and not direct:
+        tool = _resolve(module, host, root, "grubby") or "grubby"
+        command = [tool, "--update-kernel=ALL"]
+        if entry_added:
+            command.append("--args=" + " ".join(entry_added))
+        if entry_removed:
+            command.append("--remove-args=" + " ".join(entry_removed))
+        commands.append(command)
+        if update and not os.path.isabs(tool):
+            raise BootloaderError(
+                "grubby was not found on this host to update the boot entries; install it or set update: false"
+            )
+    edits = list(files.values()) + (list(entry_files.values()) if update else [])
+    default = default_entry(entries, env)
+    default_plan = {entry.path: p for entry, p in entry_plans}[default.path]
+    return BootPlan(
+        bootloader="grubby",
+        root=root,
+        configured_before=default.arguments(),
+        configured=default_plan.arguments if update else default.arguments(),
+        added=added if update else _merge_unique(p.added for _s, p in config_plans),
+        removed=removed if update else _merge_unique(p.removed for _s, p in config_plans),
+        edits=edits,
+        commands=commands,
+        run_commands=bool(commands and update),
+        pending=bool(commands) and not update,
+        warnings=_merge_unique(getattr(source, "warnings", []) for source, _p in config_plans),
+        expected_entries={e.path: p.arguments for e, p in entry_plans} if commands and update else {},
+    )
+
+
+def _write(module, edit):
+    full = _target_in_root(edit.root, edit.full_path)
+    directory = os.path.dirname(full)
+    try:
+        os.makedirs(directory, mode=0o755, exist_ok=True)
+        mode = os.stat(full).st_mode & 0o7777 if os.path.exists(full) else 0o644
+        fd, temp = tempfile.mkstemp(prefix=".%s." % os.path.basename(full), dir=directory)
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
+            handle.write(edit.after)
+        os.chmod(temp, mode)
+    except OSError as error:
+        raise BootloaderError("cannot write %s: %s" % (full, error)) from error
+    module.atomic_move(temp, full)
+
+
+def _restore(module, edits):
+    for edit in edits:
+        if edit.before is None:
+            with contextlib.suppress(OSError):
+                os.unlink(_target_in_root(edit.root, edit.full_path))
+        else:
+            _write(module, FileEdit(edit.root, edit.path, None, edit.before))
+
+
+def apply(module, boot_plan, backup=False):
+    """Write the planned files, run the commands, read the entries back. Returns ``{path: backup}``.
+
+    When a command fails the files written by the module are put back as they were, so the next run
+    tries again, and :class:`BootloaderError` says which command failed and why.
+    """
+    backups = {}
+    written = []
+    for edit in boot_plan.edits:
+        if edit.written_by is not None:
+            continue
+        if backup and edit.before is not None:
+            backups[edit.display_path] = module.backup_local(edit.full_path)
+        _write(module, edit)
+        written.append(edit)
+    if not boot_plan.run_commands:
+        return backups
+    for command in boot_plan.commands:
+        rc, out, err = module.run_command(command, environ_update=_C_LOCALE)
+        if rc != 0:
+            _restore(module, written)
+            raise BootloaderError(
+                "%s failed (rc %d): %s; the files this run changed were put back as they were (%s); "
+                "fix the cause and run again"
+                % (
+                    " ".join(command),
+                    rc,
+                    (err or out).strip() or "no output",
+                    ", ".join(e.display_path for e in written) or "none",
+                )
+            )
+    if boot_plan.expected_entries:
+        entries, _env = read_bls_entries(boot_plan.root)
+        for entry in entries:
+            expected = boot_plan.expected_entries.get(entry.path)
+            if expected is not None and sorted(entry.arguments()) != sorted(expected):
+                boot_plan.warnings.append(
+                    "after grubby, /%s has %r, expected %r" % (entry.path, entry.arguments(), expected)
+                )
+    return backups
