@@ -314,7 +314,8 @@ def _read_file(path):
         ) from error
 
 
-def _find_binary(root, name):
+def find_binary(root, name):
+    """The path of executable ``name`` in the usual bin directories below ``root``, or None."""
     for directory in _BIN_DIRS:
         path = host_path(root, directory, name)
         if os.path.isfile(path) and os.access(path, os.X_OK):
@@ -953,16 +954,16 @@ def _systemd_boot_installed(root):
 
 
 def _grub_tools(root):
-    return any(_find_binary(root, name) for name in ("update-grub", "grub-mkconfig", "grub2-mkconfig"))
+    return any(find_binary(root, name) for name in ("update-grub", "grub-mkconfig", "grub2-mkconfig"))
 
 
 def detect_bootloader(root):
     """Name the bootloader configuration in use below ``root``; raise :class:`BootloaderError`."""
-    if _proxmox_esps(root) and _find_binary(root, "proxmox-boot-tool"):
+    if _proxmox_esps(root) and find_binary(root, "proxmox-boot-tool"):
         return "proxmox"
     if _booted_systemd_boot(root):
         return "systemd-boot"
-    if _bls_entry_names(root) and _find_binary(root, "grubby"):
+    if _bls_entry_names(root) and find_binary(root, "grubby"):
         return "grubby"
     grub_defaults = os.path.isfile(host_path(root, GRUB_DEFAULTS))
     if grub_defaults and _grub_tools(root):
@@ -1016,7 +1017,7 @@ def _resolve(module, host, root, *candidates):
             path = module.get_bin_path(name)
             if path:
                 return path
-        elif _find_binary(root, name):
+        elif find_binary(root, name):
             return name
     return None if host else candidates[0]
 
@@ -1029,7 +1030,7 @@ def _grub_command(module, host, root):
         (("grub2-mkconfig",), ["-o", "/boot/grub2/grub.cfg"]),
     )
     for names, arguments in candidates:
-        found = module.get_bin_path(names[0]) if host else _find_binary(root, names[0]) and names[0]
+        found = module.get_bin_path(names[0]) if host else find_binary(root, names[0]) and names[0]
         if found:
             return [found] + arguments
     return ["update-grub"]

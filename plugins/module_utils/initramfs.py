@@ -1,0 +1,284 @@
+# Copyright (c) gpuvirt.host contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The initramfs: which tool builds it, rebuilding it, and proving what the image that boots holds.
+
+Public API (every function takes the host ``root``; the ones that run commands take the Ansible
+``module`` for ``run_command``/``get_bin_path`` and raise :class:`InitramfsError` with what failed and
+what to do):
+
+- :func:`vfio_modules` ``(kernel_release, root=None) -> list[str]``: ``vfio``, ``vfio_iommu_type1``,
+  ``vfio_pci``, plus ``vfio_virqfd`` before 6.2 (or, when ``root`` has the release's module lists,
+  exactly when that release has it).
+- :func:`parse_release` ``(kernel_release) -> (major, minor)``.
+- :func:`detect_tool` ``(root) -> str``: ``update-initramfs``, ``dracut`` or ``mkinitcpio``.
+- :func:`image_path` ``(root, kernel_release, tool=None) -> str``: the image that will boot.
+- :func:`regenerate_command` ``(root, kernel_release, tool=None) -> list[str]``: the argv (bare
+  command name) that rebuilds it, for reports and check mode.
+- :func:`regenerate` ``(module, root, kernel_release, tool=None) -> list[str]``: runs it; refuses an
+  image tree (``root`` other than this host's ``/``).
+- :func:`list_image` ``(module, root, kernel_release, tool=None) -> (image, list[str])``: the paths in
+  the image (lsinitramfs, lsinitrd, lsinitcpio; works on an image tree's image too).
+- :func:`verify_image` ``(module, root, kernel_release, modules=(), files=(), tool=None) -> ImageCheck``.
+- :func:`available_modules` ``(root, kernel_release) -> set[str] | None``: modules the release has,
+  loadable or built in.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+
+from ansible_collections.gpuvirt.host.plugins.module_utils.bootloader import find_binary, is_host_root
+from ansible_collections.gpuvirt.host.plugins.module_utils.kernel import read_builtin_modules
+from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import host_path, read_text
+
+TOOLS = ("update-initramfs", "dracut", "mkinitcpio")
+LISTERS = {"update-initramfs": "lsinitramfs", "dracut": "lsinitrd", "mkinitcpio": "lsinitcpio"}
+PACKAGES = {"update-initramfs": "initramfs-tools", "dracut": "dracut", "mkinitcpio": "mkinitcpio"}
+VFIO_MODULES = ("vfio", "vfio_iommu_type1", "vfio_pci")
+# vfio_virqfd was folded into the vfio module in Linux 6.2; naming it later makes the
+# initramfs tools fail to find it.
+VIRQFD_MERGED = (6, 2)
+_C_LOCALE = {"LANG": "C", "LC_ALL": "C"}
+_RELEASE = re.compile(r"(\d+)\.(\d+)")
+_MODULE_SUFFIXES = (".ko.zst", ".ko.xz", ".ko.gz", ".ko")
+# One line of lsinitrd's listing (cpio -tv, C locale): mode, links, owner, group, size (or
+# "major, minor"), month, day, time or year, path (" -> target" for symlinks).
+_LONG_LISTING = re.compile(
+    r"^[-dlcbps][-rwxsStT]{9}\S*\s+\d+\s+\S+\s+\S+\s+(?:\d+,\s*)?\d+\s+\w{3}\s+\d+\s+[\d:]+\s+(.+)$"
+)
+
+
+class InitramfsError(Exception):
+    """An initramfs tool is missing, failed, or the image cannot be read; says what to do."""
+
+
+@dataclass
+class ImageCheck:
+    """What :func:`verify_image` found in the image ``image`` built by ``tool``."""
+
+    tool: str
+    image: str
+    missing_modules: list = field(default_factory=list)
+    missing_files: list = field(default_factory=list)
+    builtin_modules: list = field(default_factory=list)
+
+    @property
+    def ok(self):
+        return not (self.missing_modules or self.missing_files)
+
+
+def parse_release(kernel_release):
+    """``6.1.0-18-amd64`` -> ``(6, 1)``; :class:`InitramfsError` when it is not a kernel release."""
+    match = _RELEASE.match(kernel_release or "")
+    if not match:
+        raise InitramfsError("%r is not a kernel release (such as 6.1.0-18-amd64)" % (kernel_release,))
+    return int(match.group(1)), int(match.group(2))
+
+
+def module_name(path):
+    """``.../vfio-pci.ko.xz`` -> ``vfio_pci`` (module names use ``_``)."""
+    name = os.path.basename(path.strip())
+    for suffix in _MODULE_SUFFIXES:
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    return name.replace("-", "_")
+
+
+def _modules_dir(root, kernel_release):
+    for base in ("lib/modules", "usr/lib/modules"):
+        path = host_path(root, base, kernel_release)
+        if os.path.isdir(path):
+            return path
+    return None
+
+
+def available_modules(root, kernel_release):
+    """Names of the modules ``kernel_release`` has (``modules.dep`` plus ``modules.builtin``), or None."""
+    directory = _modules_dir(root, kernel_release)
+    if directory is None:
+        return None
+    names = set()
+    found = False
+    try:
+        with open(os.path.join(directory, "modules.dep"), encoding="utf-8", errors="replace") as handle:
+            names.update(module_name(line.split(":", 1)[0]) for line in handle if ":" in line)
+            found = True
+    except OSError:
+        pass
+    builtin = read_builtin_modules(root, kernel_release)
+    if builtin is not None:
+        names.update(builtin)
+        found = True
+    return names if found else None
+
+
+def vfio_modules(kernel_release, root=None):
+    """The modules an initramfs needs for vfio-pci to claim devices early on ``kernel_release``."""
+    names = list(VFIO_MODULES)
+    virqfd = parse_release(kernel_release) < VIRQFD_MERGED
+    known = available_modules(root, kernel_release) if root is not None else None
+    if known is not None:
+        # Distribution kernels backport: trust the release's own module list over its version.
+        virqfd = "vfio_virqfd" in known
+    if virqfd:
+        names.append("vfio_virqfd")
+    return names
+
+
+def detect_tool(root):
+    """The initramfs generator installed below ``root``; :class:`InitramfsError` when none is."""
+    if find_binary(root, "update-initramfs") and find_binary(root, "mkinitramfs"):
+        return "update-initramfs"
+    for tool in ("dracut", "mkinitcpio", "update-initramfs"):
+        if find_binary(root, tool):
+            return tool
+    raise InitramfsError(
+        "no initramfs tool found below %s: looked for update-initramfs (initramfs-tools), dracut and "
+        "mkinitcpio in /usr/sbin, /usr/bin, /sbin and /bin; install one" % root
+    )
+
+
+def _pkgbase(root, kernel_release):
+    directory = _modules_dir(root, kernel_release)
+    base = read_text(os.path.join(directory, "pkgbase")) if directory else None
+    return base or "linux"
+
+
+def _candidates(root, kernel_release, tool):
+    if tool == "update-initramfs":
+        return ["boot/initrd.img-%s" % kernel_release]
+    if tool == "mkinitcpio":
+        return ["boot/initramfs-%s.img" % _pkgbase(root, kernel_release)]
+    candidates = ["boot/initramfs-%s.img" % kernel_release]
+    machine_id = read_text(host_path(root, "etc/machine-id"))
+    if machine_id:
+        # kernel-install's layout on systemd-boot hosts: <ESP or /boot>/<machine-id>/<release>/initrd
+        for esp in ("boot", "boot/efi", "efi"):
+            candidates.append("%s/%s/%s/initrd" % (esp, machine_id, kernel_release))
+    return candidates
+
+
+def _tool(root, tool):
+    if tool is None:
+        return detect_tool(root)
+    if tool not in TOOLS:
+        raise InitramfsError("unknown initramfs tool %r; use one of %s" % (tool, ", ".join(TOOLS)))
+    return tool
+
+
+def image_path(root, kernel_release, tool=None):
+    """The image below ``root`` that boots ``kernel_release`` (the first that exists, else the default)."""
+    tool = _tool(root, tool)
+    candidates = _candidates(root, kernel_release, tool)
+    for candidate in candidates:
+        if os.path.isfile(host_path(root, candidate)):
+            return host_path(root, candidate)
+    return host_path(root, candidates[0])
+
+
+def regenerate_command(root, kernel_release, tool=None):
+    """The argv that rebuilds the image of ``kernel_release`` (command by name, paths below ``root``)."""
+    tool = _tool(root, tool)
+    parse_release(kernel_release)
+    image = image_path(root, kernel_release, tool)
+    if tool == "update-initramfs":
+        return ["update-initramfs", "-u" if os.path.isfile(image) else "-c", "-k", kernel_release]
+    if tool == "dracut":
+        return ["dracut", "--force", image, kernel_release]
+    pkgbase = _pkgbase(root, kernel_release)
+    if os.path.isfile(host_path(root, "etc/mkinitcpio.d/%s.preset" % pkgbase)):
+        return ["mkinitcpio", "-p", pkgbase]
+    return ["mkinitcpio", "-k", kernel_release, "-g", image]
+
+
+def _run(module, argv, package):
+    binary = module.get_bin_path(argv[0])
+    if not binary:
+        raise InitramfsError("%s was not found on this host; install %s" % (argv[0], package))
+    command = [binary] + argv[1:]
+    rc, out, err = module.run_command(command, environ_update=_C_LOCALE)
+    if rc != 0:
+        raise InitramfsError("%s failed (rc %d): %s" % (" ".join(command), rc, (err or out).strip() or "no output"))
+    return command, out
+
+
+def regenerate(module, root, kernel_release, tool=None):
+    """Rebuild the image of ``kernel_release`` on this host; returns the argv run."""
+    tool = _tool(root, tool)
+    if not is_host_root(root):
+        raise InitramfsError(
+            "refusing to rebuild the initramfs of %s with this host's %s: %s is not this host's root; run %s "
+            "inside that tree" % (kernel_release, tool, root, " ".join(regenerate_command(root, kernel_release, tool)))
+        )
+    command, _out = _run(module, regenerate_command(root, kernel_release, tool), PACKAGES[tool])
+    return command
+
+
+def _normalize(path):
+    path = path.strip()
+    while path.startswith("./"):
+        path = path[2:]
+    return path.lstrip("/")
+
+
+def parse_listing(tool, text):
+    """The paths of a lsinitramfs / lsinitrd / lsinitcpio listing, without leading ``./`` or ``/``."""
+    paths = []
+    for line in text.splitlines():
+        if tool == "dracut":
+            match = _LONG_LISTING.match(line)
+            if not match:
+                continue
+            line = match.group(1).split(" -> ", 1)[0]
+        path = _normalize(line)
+        if path and path != ".":
+            paths.append(path)
+    return paths
+
+
+def list_image(module, root, kernel_release, tool=None):
+    """``(image, paths)``: the image that boots ``kernel_release`` and the paths it holds."""
+    tool = _tool(root, tool)
+    image = image_path(root, kernel_release, tool)
+    if not os.path.isfile(image):
+        raise InitramfsError(
+            "no initramfs image for %s at %s; build it with %s"
+            % (kernel_release, image, " ".join(regenerate_command(root, kernel_release, tool)))
+        )
+    _command, out = _run(module, [LISTERS[tool], image], PACKAGES[tool])
+    return image, parse_listing(tool, out)
+
+
+def _variants(path):
+    """A path and its merged-/usr twin (``lib/x`` and ``usr/lib/x``)."""
+    if path.startswith("usr/") and path.split("/")[1] in ("lib", "lib64", "bin", "sbin"):
+        return {path, path[4:]}
+    if path.split("/")[0] in ("lib", "lib64", "bin", "sbin"):
+        return {path, "usr/" + path}
+    return {path}
+
+
+def verify_image(module, root, kernel_release, modules=(), files=(), tool=None):
+    """Check that the image that boots ``kernel_release`` holds ``modules`` (or has them built in) and
+    ``files`` (paths such as ``/etc/modprobe.d/vfio.conf``)."""
+    tool = _tool(root, tool)
+    image, paths = list_image(module, root, kernel_release, tool)
+    present = set(paths)
+    in_image = {module_name(path) for path in paths if path.endswith(_MODULE_SUFFIXES)}
+    builtin = read_builtin_modules(root, kernel_release) or set()
+    check = ImageCheck(tool=tool, image=image)
+    for name in modules:
+        wanted = module_name(name)
+        if wanted in in_image:
+            continue
+        if wanted in builtin:
+            check.builtin_modules.append(wanted)
+        else:
+            check.missing_modules.append(wanted)
+    for path in files:
+        if not _variants(_normalize(path)) & present:
+            check.missing_files.append(path)
+    return check
