@@ -27,11 +27,20 @@ def host_path(root, *parts):
     return os.path.join(root, *(p.lstrip("/") for p in parts))
 
 
+def _read_raw(path):
+    # os.open/os.read is about three times faster than open(): it matters when a host has
+    # hundreds of devices with a dozen attributes each.
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return os.read(fd, 65536)
+    finally:
+        os.close(fd)
+
+
 def read_text(path):
     """Return the stripped content of a small attribute file, or None when it cannot be read."""
     try:
-        with open(path, "rb") as handle:
-            raw = handle.read(65536)
+        raw = _read_raw(path)
     except (OSError, ValueError):
         return None
     try:
@@ -135,3 +144,40 @@ def write_text(path, value, advice=""):
         raise SysfsWriteError(path, value, error, advice) from error
     finally:
         os.close(fd)
+
+
+MISSING = "missing"
+
+
+def read_attribute(path):
+    """Return ``(text, problem)`` for a small attribute file.
+
+    ``text`` is the stripped content, or None; ``problem`` is None, :data:`MISSING` when the file
+    does not exist, or a short reason (``"unreadable: Permission denied"``, ``"not UTF-8 text"``)
+    that callers put into a finding.
+    """
+    # Inlined (no helper call): detection reads thousands of attributes per run.
+    try:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            raw = os.read(fd, 65536)
+        finally:
+            os.close(fd)
+    except FileNotFoundError:
+        return None, MISSING
+    except (OSError, ValueError) as error:
+        reason = os.strerror(error.errno) if getattr(error, "errno", None) else str(error)
+        return None, "unreadable: %s" % reason
+    try:
+        return raw.decode("utf-8").strip(), None
+    except UnicodeDecodeError:
+        return None, "not UTF-8 text"
+
+
+def link_tail(path):
+    """Like :func:`link_name` without ``os.path`` overhead, for kernel links (no trailing slash)."""
+    try:
+        target = os.readlink(path)
+    except OSError:
+        return None
+    return target[target.rfind("/") + 1 :] or None

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
+import sys
 
 import pytest
 from ansible.module_utils.testing import patch_module_args
@@ -40,3 +42,29 @@ def run_module(capsys):
         return _run(name, args, capsys, check_mode=check_mode, diff=diff)
 
     return runner
+
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "fixtures"))
+import hostgen  # noqa: E402  (tests/fixtures, put on the path just above)
+
+
+@pytest.fixture
+def make_host(tmp_path_factory):
+    """Build a kernel-shaped host tree and return its root path (a str).
+
+    ``make_host("desktop_dgpu")`` builds ``tests/fixtures/hosts/desktop_dgpu.yml``;
+    ``make_host({...})`` builds a description dict (see ``tests/fixtures/hostgen.py``);
+    keyword arguments extend a named host: ``make_host("desktop_dgpu", files={...},
+    patch_devices={"01:00.0": {"driver": "vfio-pci"}})``. Every call gets a fresh tree.
+    """
+
+    def factory(description="desktop_dgpu", **changes):
+        if changes:
+            if isinstance(description, str):
+                description = dict(changes, extends=description)
+            else:
+                description = hostgen._merge(hostgen.expand(dict(description)), changes)
+        root = tmp_path_factory.mktemp("host") / "root"
+        return hostgen.build_host(description, str(root))
+
+    return factory

@@ -1,0 +1,217 @@
+# Copyright (c) gpuvirt.host contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""IOMMU state, IOMMU groups and the processes holding VFIO devices.
+
+Public API (every reader takes the host ``root``):
+
+- :class:`IommuState` -- ``enabled``, ``vendor``, ``firmware_support``, ``passthrough_mode``,
+  ``interrupt_remapping``, ``units``; ``to_dict()``.
+- :func:`read_iommu` ``(root, cmdline) -> IommuState``
+- :func:`interrupt_remapping_state` ``(root, cmdline, units) -> bool | None``
+- :func:`group_of` ``(root, address) -> str | None``
+- :func:`group_members` ``(root, group) -> list[str]``
+- :func:`groups_from_devices` ``(devices) -> dict[str, list[str]]`` (no extra reads)
+- :func:`vfio_holders` ``(root, findings=None) -> dict[str, list[dict]]``: which processes hold
+  ``/dev/vfio/<group>`` (key: the group) or an iommufd cdev ``/dev/vfio/devices/vfioN`` (key: the
+  PCI address owning it); values are ``{"pid": int, "comm": str}`` lists.
+
+How interrupt remapping is detected (the kernel has no single attribute for it):
+
+1. ``intremap=off`` on the command line: off.
+2. ``/proc/interrupts``: interrupt chips named ``IR-...`` (``IR-PCI-MSI``, ``IR-IO-APIC``) exist
+   only when remapping is on, so any such chip means on; MSI or IO-APIC chips without the prefix
+   mean off.
+3. Intel units: bit 3 (IR) of every ``sys/class/iommu/dmar*/intel-iommu/ecap`` clear: the hardware
+   cannot remap, so off.
+4. Otherwise unknown: None.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+
+from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import (
+    IOMMU_GROUPS,
+    PCI_DEVICES,
+    host_path,
+    link_name,
+    list_dir,
+    normalize_address,
+    read_text,
+)
+
+IOMMU_CLASS = "sys/class/iommu"
+ACPI_TABLES = "sys/firmware/acpi/tables"
+_ECAP_INTERRUPT_REMAPPING = 1 << 3
+_IR_CHIP = re.compile(r"\bIR-[A-Z]")
+_PLAIN_CHIP = re.compile(r"\b(?:PCI-MSI|IO-APIC)")
+
+
+@dataclass
+class IommuState:
+    enabled: bool
+    vendor: str | None
+    firmware_support: bool
+    passthrough_mode: bool
+    interrupt_remapping: bool | None
+    units: list = field(default_factory=list)
+
+    def to_dict(self):
+        return {
+            "enabled": self.enabled,
+            "vendor": self.vendor,
+            "firmware_support": self.firmware_support,
+            "passthrough_mode": self.passthrough_mode,
+            "interrupt_remapping": self.interrupt_remapping,
+            "units": list(self.units),
+        }
+
+
+def _cmdline_values(cmdline, key):
+    prefix = key + "="
+    return [arg[len(prefix) :] for arg in cmdline if arg.startswith(prefix)]
+
+
+def read_iommu(root, cmdline):
+    """The IOMMU as firmware, kernel command line and sysfs describe it.
+
+    ``enabled``: IOMMU units registered in ``sys/class/iommu`` or groups in
+    ``sys/kernel/iommu_groups``. ``vendor``: from the unit names (``dmar*`` Intel, ``ivhd*`` AMD),
+    else from the ACPI table. ``passthrough_mode``: ``iommu=pt`` or ``iommu.passthrough=1``.
+    """
+    units = list_dir(host_path(root, IOMMU_CLASS))
+    tables = set(list_dir(host_path(root, ACPI_TABLES)))
+    has_groups = bool(list_dir(host_path(root, IOMMU_GROUPS)))
+    enabled = bool(units) or has_groups
+    vendor = None
+    if any(unit.startswith("dmar") for unit in units):
+        vendor = "intel"
+    elif any(unit.startswith("ivhd") for unit in units):
+        vendor = "amd"
+    elif "DMAR" in tables:
+        vendor = "intel"
+    elif "IVRS" in tables:
+        vendor = "amd"
+    passthrough = "pt" in _cmdline_values(cmdline, "iommu") or any(
+        value.lower() in ("1", "y", "on") for value in _cmdline_values(cmdline, "iommu.passthrough")
+    )
+    return IommuState(
+        enabled=enabled,
+        vendor=vendor,
+        firmware_support="DMAR" in tables or "IVRS" in tables,
+        passthrough_mode=passthrough,
+        interrupt_remapping=interrupt_remapping_state(root, cmdline, units),
+        units=units,
+    )
+
+
+def interrupt_remapping_state(root, cmdline, units):
+    """True/False when the host tells, None when unknown (see the module docstring)."""
+    if "off" in _cmdline_values(cmdline, "intremap"):
+        return False
+    seen_plain = False
+    try:
+        with open(host_path(root, "proc/interrupts"), encoding="utf-8", errors="replace") as handle:
+            for line in handle:
+                if _IR_CHIP.search(line):
+                    return True
+                if not seen_plain and _PLAIN_CHIP.search(line):
+                    seen_plain = True
+    except OSError:
+        pass
+    if seen_plain:
+        return False
+    ecaps = [read_text(host_path(root, IOMMU_CLASS, unit, "intel-iommu/ecap")) for unit in units]
+    values = []
+    for ecap in ecaps:
+        try:
+            values.append(int(ecap, 16))
+        except (TypeError, ValueError):
+            return None
+    if values and not any(value & _ECAP_INTERRUPT_REMAPPING for value in values):
+        return False
+    return None
+
+
+def group_of(root, address):
+    """The IOMMU group of one PCI device, or None."""
+    full = normalize_address(address)
+    if full is None:
+        return None
+    group = link_name(host_path(root, PCI_DEVICES, full, "iommu_group"))
+    return group if group and group.isdigit() else None
+
+
+def group_members(root, group):
+    """PCI addresses (and mdev UUIDs) in ``sys/kernel/iommu_groups/<group>/devices``, sorted."""
+    return list_dir(host_path(root, IOMMU_GROUPS, str(group), "devices"))
+
+
+def groups_from_devices(devices):
+    """``{group: [addresses]}`` from already-read devices, groups in numeric order."""
+    groups = {}
+    for device in devices.values():
+        if device.iommu_group is not None:
+            groups.setdefault(device.iommu_group, []).append(device.address)
+    return {group: sorted(groups[group]) for group in sorted(groups, key=int)}
+
+
+def vfio_holders(root, findings=None):
+    """Processes holding VFIO group files or iommufd device files open.
+
+    Only looks at processes when some VFIO device file exists, so hosts without VFIO devices pay
+    nothing. Processes whose descriptors cannot be read (another user's, without root) are counted
+    in an ``info`` finding.
+    """
+    vfio_dir = host_path(root, "dev/vfio")
+    entries = [e for e in list_dir(vfio_dir) if e not in ("vfio", "devices")]
+    cdevs = list_dir(vfio_dir + "/devices")
+    if not entries and not cdevs:
+        return {}
+    holders = {}
+    hidden = 0
+    proc = host_path(root, "proc")
+    for pid in list_dir(proc):
+        if not pid.isdigit():
+            continue
+        fd_dir = "%s/%s/fd" % (proc, pid)
+        try:
+            fds = os.listdir(fd_dir)
+        except PermissionError:
+            hidden += 1
+            continue
+        except OSError:
+            continue
+        held = set()
+        for fd in fds:
+            try:
+                target = os.readlink(fd_dir + "/" + fd)
+            except OSError:
+                continue
+            if target.startswith("/dev/vfio/") and target != "/dev/vfio/vfio":
+                held.add(target[len("/dev/vfio/") :])
+        if not held:
+            continue
+        comm = read_text("%s/%s/comm" % (proc, pid))
+        for name in sorted(held):
+            key = _cdev_owner(root, name[len("devices/") :]) if name.startswith("devices/") else name
+            if key is not None:
+                holders.setdefault(key, []).append({"pid": int(pid), "comm": comm})
+    if hidden and findings is not None:
+        findings.info(
+            "processes_unreadable",
+            "the open files of %d processes could not be read (run as root); devices they hold "
+            "may not be reported as in use" % hidden,
+        )
+    for users in holders.values():
+        users.sort(key=lambda user: user["pid"])
+    return holders
+
+
+def _cdev_owner(root, cdev):
+    """``vfio3`` -> the PCI address whose ``vfio-dev/vfio3`` it is."""
+    real = os.path.realpath(host_path(root, "sys/class/vfio-dev", cdev))
+    owner = os.path.basename(os.path.dirname(os.path.dirname(real)))
+    return normalize_address(owner)

@@ -1,0 +1,219 @@
+# Copyright (c) gpuvirt.host contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The running kernel and CPU, as procfs and ``lib/modules`` describe them.
+
+Public API (every reader takes the host ``root``):
+
+- :func:`parse_cmdline` ``(text) -> list[str]`` (honours double quotes like the kernel)
+- :func:`cmdline_value` ``(args, key) -> str | None`` (the last ``key=value`` wins, as in the kernel)
+- :func:`read_cmdline` ``(root) -> list[str] | None``
+- :func:`read_release` ``(root) -> str | None`` (falls back to the only ``lib/modules/<release>``
+  of an image tree)
+- :func:`read_loaded_modules` ``(root) -> list[str] | None``
+- :func:`read_builtin_modules` ``(root, release) -> set[str] | None`` (names with ``_``)
+- :func:`read_vfio_aliases` ``(root, release) -> list[(pattern, driver)]``: variant VFIO drivers
+  from ``modules.alias`` (``alias vfio_pci:<pattern> <driver>``)
+- :func:`vfio_variant_driver` ``(modalias, aliases) -> str | None``
+- :func:`module_parameter` ``(root, module, parameter) -> str | None``
+- :func:`read_kernel` ``(root, findings=None) -> dict``, :func:`read_cpu` ``(root, findings=None)
+  -> dict``: the ``kernel`` and ``cpu`` parts of the topology.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+
+from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import host_path, list_dir, read_text
+
+VFIO_PCI_BUILTIN_NAMES = ("vfio_pci",)
+
+
+def parse_cmdline(text):
+    """Split a kernel command line into arguments; double quotes group spaces, as in the kernel."""
+    args = []
+    current = []
+    quoted = False
+    started = False
+    for char in text:
+        if char == '"':
+            quoted = not quoted
+            started = True
+            current.append(char)
+        elif char.isspace() and not quoted:
+            if started:
+                args.append("".join(current))
+                current = []
+                started = False
+        else:
+            current.append(char)
+            started = True
+    if started:
+        args.append("".join(current))
+    return args
+
+
+def cmdline_value(args, key):
+    """The value of the last ``key=value`` in ``args`` (quotes removed), or None."""
+    prefix = key + "="
+    value = None
+    for arg in args:
+        if arg.startswith(prefix):
+            value = arg[len(prefix) :].replace('"', "")
+    return value
+
+
+def read_cmdline(root):
+    text = read_text(host_path(root, "proc/cmdline"))
+    return None if text is None else parse_cmdline(text)
+
+
+def read_release(root):
+    """``proc/sys/kernel/osrelease``; for an image tree, its only ``lib/modules`` release."""
+    release = read_text(host_path(root, "proc/sys/kernel/osrelease"))
+    if release:
+        return release
+    releases = [r for r in list_dir(host_path(root, "lib/modules")) if not r.startswith(".")]
+    return releases[0] if len(releases) == 1 else None
+
+
+def read_loaded_modules(root):
+    """Names in ``proc/modules`` (first column), sorted; None when unreadable."""
+    text = read_text(host_path(root, "proc/modules"))
+    if text is None:
+        return None
+    return sorted({line.split(None, 1)[0] for line in text.splitlines() if line.strip()})
+
+
+def _modules_dir(root, release):
+    for base in ("lib/modules", "usr/lib/modules"):
+        path = host_path(root, base, release)
+        if os.path.isdir(path):
+            return path
+    return None
+
+
+def _module_name(path):
+    name = os.path.basename(path.strip())
+    for suffix in (".ko.zst", ".ko.xz", ".ko.gz", ".ko"):
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    return name.replace("-", "_")
+
+
+def read_builtin_modules(root, release):
+    """Names of the modules built into the kernel (``modules.builtin``), or None when unknown."""
+    if not release:
+        return None
+    directory = _modules_dir(root, release)
+    if directory is None:
+        return None
+    try:
+        with open(directory + "/modules.builtin", encoding="utf-8", errors="replace") as handle:
+            return {_module_name(line) for line in handle if line.strip()}
+    except OSError:
+        return None
+
+
+def read_vfio_aliases(root, release):
+    """``[(modalias pattern, driver)]`` of variant VFIO drivers (``alias vfio_pci:...`` lines)."""
+    directory = _modules_dir(root, release) if release else None
+    if directory is None:
+        return []
+    aliases = []
+    try:
+        with open(directory + "/modules.alias", encoding="utf-8", errors="replace") as handle:
+            for line in handle:
+                if line.startswith("alias vfio_pci:"):
+                    parts = line.split()
+                    if len(parts) == 3:
+                        aliases.append((parts[1][len("vfio_pci:") :], parts[2]))
+    except OSError:
+        return []
+    return aliases
+
+
+def vfio_variant_driver(modalias, aliases):
+    """The variant VFIO driver whose alias matches a device's ``pci:v...`` modalias, or None."""
+    if not modalias or not modalias.startswith("pci:"):
+        return None
+    subject = modalias[len("pci:") :]
+    for pattern, driver in aliases:
+        if fnmatch.fnmatchcase(subject, pattern):
+            return driver
+    return None
+
+
+def module_parameter(root, module, parameter):
+    """``sys/module/<module>/parameters/<parameter>`` of a loaded module, or None."""
+    return read_text(host_path(root, "sys/module", module, "parameters", parameter))
+
+
+def read_kernel(root, findings=None):
+    """The ``kernel`` part of the topology."""
+    release = read_release(root)
+    cmdline = read_cmdline(root)
+    if cmdline is None and findings is not None and os.path.isdir(host_path(root, "proc/sys")):
+        findings.warning("unreadable_attribute", "/proc/cmdline could not be read; reported as null")
+    builtin = read_builtin_modules(root, release)
+    return {
+        "release": release,
+        "cmdline": cmdline,
+        "modules_loaded": read_loaded_modules(root),
+        "vfio_builtin": None if builtin is None else any(name in builtin for name in VFIO_PCI_BUILTIN_NAMES),
+        "vfio_builtin_modules": None if builtin is None else sorted(n for n in builtin if n.startswith("vfio")),
+    }
+
+
+def read_cpu_flags(root):
+    """``(vendor_id, flags)`` of the first CPU in ``proc/cpuinfo``; flags is None when not listed
+    (unreadable file, or an architecture without x86 flags)."""
+    vendor = None
+    try:
+        with open(host_path(root, "proc/cpuinfo"), encoding="utf-8", errors="replace") as handle:
+            for line in handle:
+                key, _sep, value = line.partition(":")
+                key = key.strip()
+                if key == "vendor_id" and vendor is None:
+                    vendor = value.strip() or None
+                elif key == "flags":
+                    return vendor, set(value.split())
+    except OSError:
+        return None, None
+    return vendor, None
+
+
+def read_cpu(root, findings=None):
+    """The ``cpu`` part of the topology: ``vendor``, ``virtualization`` (vmx/svm/None), ``kvm``.
+
+    Adds ``no_cpu_virtualization`` (error) when the flags lack vmx and svm, and ``kvm_unavailable``
+    (warning) when the CPU can virtualize but ``/dev/kvm`` is missing.
+    """
+    vendor, flags = read_cpu_flags(root)
+    kvm = os.path.exists(host_path(root, "dev/kvm"))
+    virtualization = None
+    if flags is not None:
+        virtualization = "vmx" if "vmx" in flags else "svm" if "svm" in flags else None
+    if findings is not None and flags is not None:
+        if virtualization is None:
+            findings.error(
+                "no_cpu_virtualization",
+                "the CPU flags list neither vmx (Intel VT-x) nor svm (AMD-V): enable virtualization in "
+                "the firmware setup (or expose it to this VM with nested virtualization); KVM cannot run "
+                "guests without it",
+            )
+        elif not kvm:
+            module = "kvm_intel" if virtualization == "vmx" else "kvm_amd"
+            findings.warning(
+                "kvm_unavailable",
+                "the CPU supports %s but /dev/kvm does not exist: load the %s module (modprobe %s)"
+                % (virtualization, module, module),
+            )
+    elif findings is not None and not os.path.exists(host_path(root, "proc/cpuinfo")) and os.path.isdir(
+        host_path(root, "proc/sys")
+    ):
+        findings.warning(
+            "unreadable_attribute", "/proc/cpuinfo could not be read; CPU virtualization is reported as null"
+        )
+    return {"vendor": vendor, "virtualization": virtualization, "kvm": kvm}

@@ -1,0 +1,129 @@
+# Copyright (c) gpuvirt.host contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Mediated device readers (``Documentation/ABI/testing/sysfs-bus-vfio-mdev``).
+
+Public API (every reader takes the host ``root`` and never raises on a bad attribute):
+
+- :class:`MdevType` -- one supported type of a parent; ``to_dict()``.
+- :func:`list_mdev_parents` ``(root) -> list[str]``: names under ``sys/class/mdev_bus``.
+- :func:`read_mdev_types` ``(root, parent, findings=None) -> list[MdevType]``
+- :func:`mdev_parents` ``(root, findings=None) -> list[dict]``: ``{"parent", "types": [...]}``.
+- :func:`mdev_parent_path` ``(root, parent) -> str``: the parent's real directory.
+- :func:`mdevs` ``(root, findings=None) -> list[dict]``: ``{"uuid", "parent", "type",
+  "iommu_group"}`` for every device under ``sys/bus/mdev/devices``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+
+from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import (
+    MDEV_BUS,
+    MDEV_DEVICES,
+    MISSING,
+    host_path,
+    link_name,
+    list_dir,
+    read_attribute,
+)
+
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\Z")
+_COUNT = re.compile(r"[0-9]+\Z")
+
+
+@dataclass
+class MdevType:
+    """``mdev_supported_types/<id>/``: ``name`` and ``description`` are optional in the ABI."""
+
+    id: str
+    name: str | None
+    description: str | None
+    available_instances: int | None
+    device_api: str | None
+
+    def to_dict(self):
+        return {
+            "id": self.id,
+            "name": self.name,
+            "description": self.description,
+            "available_instances": self.available_instances,
+            "device_api": self.device_api,
+        }
+
+
+def list_mdev_parents(root):
+    """Names of the devices that can host mediated devices (PCI addresses or virtual names)."""
+    return list_dir(host_path(root, MDEV_BUS))
+
+
+def mdev_parent_path(root, parent):
+    """The directory holding ``mdev_supported_types`` for ``parent`` (through the class link)."""
+    return os.path.realpath(host_path(root, MDEV_BUS, parent))
+
+
+def read_mdev_types(root, parent, findings=None):
+    """The supported types of one parent, sorted by type id."""
+    base = host_path(root, MDEV_BUS, parent, "mdev_supported_types")
+    device = parent if ":" in parent else None
+    types = []
+    for type_id in list_dir(base):
+        prefix = "%s/%s/" % (base, type_id)
+        display = "/%s/%s/mdev_supported_types/%s/" % (MDEV_BUS, parent, type_id)
+        values = {}
+        for name in ("name", "description", "device_api"):
+            text, problem = read_attribute(prefix + name)
+            if problem is not None and problem is not MISSING and findings is not None:
+                findings.bad_attribute(display + name, problem, "readable text", device)
+            values[name] = text
+        available = None
+        text, problem = read_attribute(prefix + "available_instances")
+        if text is not None and _COUNT.match(text):
+            available = int(text)
+        elif findings is not None:
+            findings.bad_attribute(
+                display + "available_instances", problem, "a count of instances that can still be created",
+                device, text,
+            )
+        types.append(
+            MdevType(
+                id=type_id,
+                name=values["name"],
+                description=values["description"],
+                available_instances=available,
+                device_api=values["device_api"],
+            )
+        )
+    return types
+
+
+def mdev_parents(root, findings=None):
+    """Every mdev parent with its types, sorted by parent name."""
+    return [
+        {"parent": parent, "types": [t.to_dict() for t in read_mdev_types(root, parent, findings)]}
+        for parent in list_mdev_parents(root)
+    ]
+
+
+def mdevs(root, findings=None):
+    """Every mediated device that exists now, sorted by UUID."""
+    result = []
+    bus = host_path(root, MDEV_DEVICES)
+    for uuid in list_dir(bus):
+        if _UUID.match(uuid) is None:
+            if findings is not None:
+                findings.warning("malformed_entry", "/%s/%s is not a UUID; ignored" % (MDEV_DEVICES, uuid))
+            continue
+        path = "%s/%s" % (bus, uuid)
+        # The mdev lives in its parent's directory: sys/devices/.../<parent>/<uuid>.
+        real = os.path.realpath(path)
+        parent = os.path.basename(os.path.dirname(real)) if real != path else None
+        mdev_type = link_name(path + "/mdev_type")
+        if mdev_type is None and findings is not None:
+            findings.bad_attribute(
+                "/%s/%s/mdev_type" % (MDEV_DEVICES, uuid), MISSING, "a link to the mdev's type", parent
+            )
+        group = link_name(path + "/iommu_group")
+        result.append({"uuid": uuid.lower(), "parent": parent, "type": mdev_type, "iommu_group": group})
+    return result

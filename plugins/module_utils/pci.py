@@ -1,0 +1,588 @@
+# Copyright (c) gpuvirt.host contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""PCI devices as sysfs describes them (``Documentation/ABI/testing/sysfs-bus-pci``).
+
+Public API (every reader takes the host ``root``; none raises on a bad attribute):
+
+- :class:`PciDevice`, :class:`SriovState` -- one device and its SR-IOV state; ``to_dict()``.
+- :func:`list_pci_addresses` ``(root) -> list[str]``
+- :func:`read_pci_device` ``(root, address, findings=None) -> PciDevice | None``
+- :func:`read_pci_devices` ``(root, findings=None) -> dict[str, PciDevice]`` (one pass, sorted)
+- :func:`device_dir` ``(root, address) -> str`` (the device's real directory below ``sys/devices``)
+- :func:`companions` ``(devices, address, slots=None) -> list[str]`` (other functions of the same
+  slot), :func:`slot_index` ``(devices) -> dict[str, list[str]]``
+- :func:`class_name` ``(class_code) -> str | None``, :func:`is_gpu_class`, :func:`is_bridge_class`
+- :class:`PciIds` -- lazy vendor/device name lookup in the host's ``pci.ids``.
+- ``HOST_GRAPHICS_DRIVERS`` -- drivers that drive a GPU for the host itself.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import re
+from dataclasses import dataclass, field
+
+from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import (
+    MISSING,
+    PCI_DEVICES,
+    host_path,
+    link_name,
+    link_tail,
+    list_dir,
+    normalize_address,
+    read_attribute,
+    slot_of,
+)
+from ansible_collections.gpuvirt.host.plugins.module_utils.vgpu import read_nvidia_vgpu
+
+HOST_GRAPHICS_DRIVERS = frozenset(("nvidia", "nouveau", "amdgpu", "radeon", "i915", "xe"))
+GPU_BASE_CLASSES = ("03", "12")
+# PCI-to-PCI, CardBus and semi-transparent bridges (header types 1 and 2): VFIO lets them stay on
+# their host driver (pcieport) inside a group that is passed through.
+BRIDGE_CLASSES = ("0604", "0607", "0609")
+
+_ID = re.compile(r"(?:0x)?([0-9a-fA-F]{1,4})\Z")
+_CLASS = re.compile(r"(?:0x)?([0-9a-fA-F]{1,6})\Z")
+_INT = re.compile(r"-?[0-9]+\Z")
+_WORDS = re.compile(r"[a-z0-9_]+(?: [a-z0-9_]+)*\Z")
+_GROUP = re.compile(r"[0-9]+\Z")
+_PCI_ADDRESS = re.compile(r"[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]\Z")
+
+
+@dataclass
+class SriovState:
+    """``sriov_totalvfs``, ``sriov_numvfs`` and the ``virtfnN`` links of a physical function."""
+
+    total_vfs: int | None
+    num_vfs: int | None
+    vfs: list = field(default_factory=list)
+
+    def to_dict(self):
+        return {"total_vfs": self.total_vfs, "num_vfs": self.num_vfs, "vfs": list(self.vfs)}
+
+
+@dataclass
+class PciDevice:
+    """One PCI function. Attributes the kernel did not report (or reported garbled) are None."""
+
+    address: str
+    path: str
+    vendor_id: str | None = None
+    device_id: str | None = None
+    subsystem_vendor_id: str | None = None
+    subsystem_device_id: str | None = None
+    class_code: str | None = None
+    driver: str | None = None
+    driver_override: str | None = None
+    iommu_group: str | None = None
+    numa_node: int | None = None
+    boot_vga: bool = False
+    reset_methods: list | None = field(default_factory=list)
+    physfn: str | None = None
+    sriov: SriovState | None = None
+    nvidia_vgpu: dict | None = None
+    vendor_name: str | None = None
+    device_name: str | None = None
+
+    @property
+    def slot(self):
+        return slot_of(self.address)
+
+    @property
+    def is_vf(self):
+        return self.physfn is not None
+
+    @property
+    def is_bridge(self):
+        return self.class_code is not None and self.class_code[:4] in BRIDGE_CLASSES
+
+    @property
+    def is_gpu(self):
+        return self.class_code is not None and self.class_code[:2] in GPU_BASE_CLASSES
+
+    @property
+    def class_name(self):
+        return class_name(self.class_code)
+
+    @property
+    def name(self):
+        """A human name: pci.ids names when known, else the class and IDs."""
+        if self.device_name:
+            return "%s %s" % (self.vendor_name, self.device_name) if self.vendor_name else self.device_name
+        return "%s [%s:%s]" % (self.class_name or "PCI device", self.vendor_id or "????", self.device_id or "????")
+
+    def to_dict(self):
+        return {
+            "address": self.address,
+            "vendor_id": self.vendor_id,
+            "device_id": self.device_id,
+            "subsystem_vendor_id": self.subsystem_vendor_id,
+            "subsystem_device_id": self.subsystem_device_id,
+            "class": self.class_code,
+            "class_name": self.class_name,
+            "vendor_name": self.vendor_name,
+            "device_name": self.device_name,
+            "driver": self.driver,
+            "driver_override": self.driver_override,
+            "iommu_group": self.iommu_group,
+            "numa_node": self.numa_node,
+            "boot_vga": self.boot_vga,
+            "reset_methods": None if self.reset_methods is None else list(self.reset_methods),
+            "sriov": self.sriov.to_dict() if self.sriov else None,
+            "physfn": self.physfn,
+            "nvidia_vgpu": self.nvidia_vgpu,
+        }
+
+
+def list_pci_addresses(root):
+    """The entries of ``sys/bus/pci/devices`` (full ``dddd:bb:dd.f`` addresses), sorted."""
+    return list_dir(host_path(root, PCI_DEVICES))
+
+
+def device_dir(root, address):
+    """Resolve ``sys/bus/pci/devices/<address>`` to its directory below ``sys/devices``.
+
+    Resolving the bus link once saves the kernel a symlink walk on every attribute read.
+    """
+    link = host_path(root, PCI_DEVICES, address)
+    try:
+        target = os.readlink(link)
+    except OSError:
+        return link
+    if target.startswith("/"):
+        # An absolute link (a copied tree) must not lead outside the root.
+        return link
+    return os.path.normpath(os.path.join(os.path.dirname(link), target))
+
+
+def _display(address, name):
+    return "/%s/%s/%s" % (PCI_DEVICES, address, name)
+
+
+class _Reader:
+    """Reads one device's attributes, reporting problems as findings about that device."""
+
+    __slots__ = ("address", "base", "findings")
+
+    def __init__(self, address, base, findings):
+        self.address = address
+        self.base = base
+        self.findings = findings
+
+    def problem(self, name, problem, expected, value=None):
+        if self.findings is not None:
+            self.findings.bad_attribute(_display(self.address, name), problem, expected, self.address, value)
+
+    def hex_id(self, name, pattern, width, expected):
+        text, problem = read_attribute(self.base + name)
+        if text is None:
+            self.problem(name, problem, expected)
+            return None
+        match = pattern.match(text)
+        if match is None:
+            self.problem(name, problem, expected, text)
+            return None
+        return "%0*x" % (width, int(match.group(1), 16))
+
+    def optional(self, name):
+        """The text of an attribute that may legitimately be absent; None when absent."""
+        text, problem = read_attribute(self.base + name)
+        if problem is not None and problem is not MISSING:
+            self.problem(name, problem, "a readable attribute")
+        return text
+
+    def garbled_uevent(self, values, key, fallback):
+        """Report a uevent line that is present but garbled (absent lines are simply not there)."""
+        if key in values:
+            self.problem(
+                "uevent", None, "%s=<hex> as the kernel writes it; read %s instead" % (key, fallback),
+                "%s=%s" % (key, values[key]),
+            )
+
+    def integer(self, name, expected="a decimal integer"):
+        text = self.optional(name)
+        if text is None:
+            return None
+        if _INT.match(text) is None:
+            self.problem(name, None, expected, text)
+            return None
+        return int(text)
+
+    def link(self, name, pattern, expected):
+        """Last component of a link's target; None when absent, None and a finding when odd."""
+        target = link_tail(self.base + name)
+        if target is None or pattern.match(target) is not None:
+            return target
+        self.problem(name, None, expected, target)
+        return None
+
+
+def read_pci_device(root, address, findings=None):
+    """Read one PCI device, or return None when ``sys/bus/pci/devices/<address>`` does not exist."""
+    full = normalize_address(address)
+    if full is None or not os.path.lexists(host_path(root, PCI_DEVICES, full)):
+        return None
+    return _read_device(full, host_path(root, PCI_DEVICES, full), findings)
+
+
+_UEVENT_ID = re.compile(r"([0-9a-fA-F]{4}):([0-9a-fA-F]{4})\Z")
+
+
+def _parse_uevent(text):
+    values = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition("=")
+        if sep:
+            values[key] = value
+    return values
+
+
+def _read_identity(reader, device):
+    """IDs, class and driver: from ``uevent`` (one read), else from the individual attributes.
+
+    The kernel builds ``uevent`` (``PCI_ID``, ``PCI_SUBSYS_ID``, ``PCI_CLASS``, ``DRIVER``) from the
+    same fields as ``vendor``, ``device``, ``subsystem_*``, ``class`` and the ``driver`` link, so
+    one read replaces five reads and a readlink; a missing or garbled line falls back to them.
+    """
+    text, problem = read_attribute(reader.base + "uevent")
+    if text is not None:
+        # The kernel writes the lines in this order; one regex is the fast path for a clean file.
+        match = _UEVENT_FAST.match(text)
+        if match is not None:
+            driver, class_code, vendor, dev_id, sub_vendor, sub_device = match.groups()
+            device.vendor_id, device.device_id = vendor.lower(), dev_id.lower()
+            device.subsystem_vendor_id, device.subsystem_device_id = sub_vendor.lower(), sub_device.lower()
+            device.class_code = "%06x" % int(class_code, 16)
+            device.driver = driver
+            return True
+    values = _parse_uevent(text) if text else {}
+    if problem is not None and problem is not MISSING:
+        reader.problem("uevent", problem, "KEY=value lines")
+
+    match = _UEVENT_ID.match(values.get("PCI_ID", ""))
+    if match:
+        device.vendor_id, device.device_id = match.group(1).lower(), match.group(2).lower()
+    else:
+        reader.garbled_uevent(values, "PCI_ID", "vendor and device")
+        device.vendor_id = reader.hex_id("vendor", _ID, 4, "a 16-bit hex ID like 0x10de")
+        if device.vendor_id is None and not os.path.isdir(reader.base):
+            return False
+        device.device_id = reader.hex_id("device", _ID, 4, "a 16-bit hex ID like 0x2204")
+
+    match = _UEVENT_ID.match(values.get("PCI_SUBSYS_ID", ""))
+    if match:
+        device.subsystem_vendor_id, device.subsystem_device_id = match.group(1).lower(), match.group(2).lower()
+    else:
+        reader.garbled_uevent(values, "PCI_SUBSYS_ID", "subsystem_vendor and subsystem_device")
+        device.subsystem_vendor_id = reader.hex_id("subsystem_vendor", _ID, 4, "a 16-bit hex ID")
+        device.subsystem_device_id = reader.hex_id("subsystem_device", _ID, 4, "a 16-bit hex ID")
+
+    match = _UEVENT_CLASS.match(values.get("PCI_CLASS", ""))
+    if match:
+        device.class_code = "%06x" % int(match.group(0), 16)
+    else:
+        reader.garbled_uevent(values, "PCI_CLASS", "class")
+        device.class_code = reader.hex_id("class", _CLASS, 6, "a 24-bit hex class like 0x030000")
+
+    if values:
+        driver = values.get("DRIVER")
+        device.driver = driver if driver and _DRIVER.match(driver) else None
+        if driver is not None and device.driver is None:
+            reader.problem("uevent", None, "DRIVER=<driver name>", "DRIVER=" + driver)
+    else:
+        device.driver = link_name(reader.base + "driver")
+    return True
+
+
+_UEVENT_FAST = re.compile(
+    r"(?:DRIVER=([A-Za-z0-9_.:+-]{1,64})\n)?PCI_CLASS=([0-9A-Fa-f]{1,6})\n"
+    r"PCI_ID=([0-9A-Fa-f]{4}):([0-9A-Fa-f]{4})\nPCI_SUBSYS_ID=([0-9A-Fa-f]{4}):([0-9A-Fa-f]{4})\n"
+)
+_UEVENT_CLASS = re.compile(r"[0-9a-fA-F]{1,6}\Z")
+_DRIVER = re.compile(r"[A-Za-z0-9_.:+-]{1,64}\Z")
+
+
+def _read_device(address, path, findings):
+    reader = _Reader(address, path + "/", findings)
+    device = PciDevice(address=address, path=path)
+    if not _read_identity(reader, device):
+        device.reset_methods = None
+        if findings is not None:
+            findings.warning(
+                "unreadable_device",
+                "%s points to no readable device directory; every attribute is reported as null"
+                % ("/%s/%s" % (PCI_DEVICES, address)),
+                address,
+            )
+        return device
+    base = reader.base
+    group = link_tail(base + "iommu_group")
+    if group is not None and not group.isdigit():
+        reader.problem("iommu_group", None, "a link to sys/kernel/iommu_groups/<number>", group)
+        group = None
+    device.iommu_group = group
+
+    text, problem = read_attribute(base + "numa_node")
+    if text is not None and _INT.match(text):
+        device.numa_node = int(text)
+    elif problem is not MISSING:
+        reader.problem("numa_node", problem, "a decimal integer", text)
+
+    text, problem = read_attribute(base + "driver_override")
+    if text is not None and text != "(null)" and text != "":
+        device.driver_override = text
+    elif problem is not None and problem is not MISSING:
+        reader.problem("driver_override", problem, "a driver name or (null)")
+
+    text, problem = read_attribute(base + "reset_method")
+    if text is None or text == "":
+        device.reset_methods = []
+        if problem is not None and problem is not MISSING:
+            device.reset_methods = None
+            reader.problem("reset_method", problem, "space-separated method names like 'flr bus'")
+    elif _WORDS.match(text):
+        device.reset_methods = text.split()
+    else:
+        device.reset_methods = None
+        reader.problem("reset_method", None, "space-separated method names like 'flr bus'", text)
+
+    if device.class_code is not None and device.class_code.startswith("0300"):
+        boot_vga = reader.optional("boot_vga")
+        if boot_vga in ("0", "1"):
+            device.boot_vga = boot_vga == "1"
+        elif boot_vga is not None:
+            reader.problem("boot_vga", None, "0 or 1", boot_vga)
+
+    physfn = link_tail(reader.base + "physfn")
+    if physfn is not None:
+        device.physfn = physfn if _PCI_ADDRESS.match(physfn) else None
+        if device.physfn is None:
+            reader.problem("physfn", None, "a link to the physical function's directory", physfn)
+
+    text, problem = read_attribute(reader.base + "sriov_totalvfs")
+    if problem is not MISSING:
+        total = int(text) if text is not None and text.isdigit() else None
+        if total is None:
+            reader.problem("sriov_totalvfs", problem, "a number of VFs", text)
+        device.sriov = _read_sriov(reader, total)
+
+    if device.vendor_id in ("10de", None):
+        device.nvidia_vgpu = read_nvidia_vgpu(path, address, findings, _display(address, "nvidia"))
+    return device
+
+
+def _read_sriov(reader, total):
+    num = reader.integer("sriov_numvfs", "a number of VFs")
+    vfs = []
+    for index in range(num or 0):
+        vf = reader.link("virtfn%d" % index, _PCI_ADDRESS, "a link to a virtual function")
+        if vf is None:
+            reader.problem("virtfn%d" % index, MISSING, "one virtfnN link per enabled VF")
+        else:
+            vfs.append(vf)
+    return SriovState(total_vfs=total, num_vfs=num, vfs=vfs)
+
+
+def read_pci_devices(root, findings=None):
+    """Read every PCI device in one pass: ``{address: PciDevice}`` in address order."""
+    devices = {}
+    bus = host_path(root, PCI_DEVICES)
+    for entry in list_dir(bus):
+        if _PCI_ADDRESS.match(entry) is None:
+            if findings is not None:
+                findings.warning(
+                    "malformed_entry",
+                    "/%s/%s is not a PCI address; ignored" % (PCI_DEVICES, entry),
+                )
+            continue
+        devices[entry] = _read_device(entry, bus + "/" + entry, findings)
+    return devices
+
+
+def slot_index(devices):
+    """``{slot: [addresses]}`` for repeated :func:`companions` calls on many devices."""
+    slots = {}
+    for address in devices:
+        slots.setdefault(slot_of(address), []).append(address)
+    return slots
+
+
+def companions(devices, address, slots=None):
+    """Other functions of ``address``'s slot that belong with it: HDMI/DP audio, USB-C xHCI, UCSI.
+
+    Virtual functions are never companions (of each other or of their physical function); bridges
+    neither. ``devices`` is the mapping returned by :func:`read_pci_devices`; pass ``slots`` from
+    :func:`slot_index` when calling this for many devices.
+    """
+    device = devices.get(address)
+    if device is None or device.is_vf:
+        return []
+    same_slot = slots.get(device.slot, ()) if slots is not None else devices
+    result = []
+    for other_address in same_slot:
+        other = devices.get(other_address)
+        if (
+            other is not None
+            and other_address != address
+            and other.slot == device.slot
+            and not other.is_vf
+            and not other.is_bridge
+        ):
+            result.append(other_address)
+    return sorted(result)
+
+
+def is_gpu_class(class_code):
+    """Display controllers (0x03) and processing accelerators (0x12)."""
+    return class_code is not None and class_code[:2] in GPU_BASE_CLASSES
+
+
+def is_bridge_class(class_code):
+    return class_code is not None and class_code[:4] in BRIDGE_CLASSES
+
+
+# Names as pci.ids spells them, so reports read like lspci whether or not pci.ids is installed.
+_CLASS_NAMES = {
+    "00": ("Unclassified device", {"00": "Non-VGA unclassified device", "01": "VGA compatible unclassified device"}),
+    "01": (
+        "Mass storage controller",
+        {
+            "00": "SCSI storage controller",
+            "01": "IDE interface",
+            "04": "RAID bus controller",
+            "05": "ATA controller",
+            "06": "SATA controller",
+            "07": "Serial Attached SCSI controller",
+            "08": "Non-Volatile memory controller",
+        },
+    ),
+    "02": ("Network controller", {"00": "Ethernet controller", "07": "Infiniband controller"}),
+    "03": (
+        "Display controller",
+        {"00": "VGA compatible controller", "01": "XGA compatible controller", "02": "3D controller"},
+    ),
+    "04": (
+        "Multimedia controller",
+        {"00": "Multimedia video controller", "01": "Multimedia audio controller", "03": "Audio device"},
+    ),
+    "05": ("Memory controller", {"00": "RAM memory", "01": "FLASH memory"}),
+    "06": (
+        "Bridge",
+        {
+            "00": "Host bridge",
+            "01": "ISA bridge",
+            "04": "PCI bridge",
+            "07": "CardBus bridge",
+            "09": "Semi-transparent PCI-to-PCI bridge",
+        },
+    ),
+    "07": ("Communication controller", {"00": "Serial controller", "80": "Communication controller"}),
+    "08": ("Generic system peripheral", {"05": "SD Host controller", "06": "IOMMU", "80": "System peripheral"}),
+    "09": ("Input device controller", {}),
+    "0a": ("Docking station", {}),
+    "0b": ("Processor", {}),
+    "0c": (
+        "Serial bus controller",
+        {"00": "FireWire (IEEE 1394)", "03": "USB controller", "05": "SMBus", "07": "IPMI Interface"},
+    ),
+    "0d": ("Wireless controller", {}),
+    "0e": ("Intelligent controller", {}),
+    "0f": ("Satellite communications controller", {}),
+    "10": ("Encryption controller", {}),
+    "11": ("Signal processing controller", {"01": "Performance counters"}),
+    "12": ("Processing accelerators", {}),
+    "13": ("Non-Essential Instrumentation", {}),
+    "40": ("Coprocessor", {}),
+    "ff": ("Unassigned class", {}),
+}
+
+
+def class_name(class_code):
+    """``030000`` -> ``VGA compatible controller``; the base class name when the subclass is unknown."""
+    if not class_code:
+        return None
+    entry = _CLASS_NAMES.get(class_code[:2])
+    if entry is None:
+        return None
+    return entry[1].get(class_code[2:4], entry[0])
+
+
+PCI_IDS_PATHS = (
+    "usr/share/hwdata/pci.ids",
+    "usr/share/misc/pci.ids",
+    "usr/share/pci.ids",
+    "usr/share/hwdata/pci.ids.gz",
+    "usr/share/misc/pci.ids.gz",
+)
+_TOP_LEVEL_LINE = re.compile(rb"\n[^\t#\n]")
+
+
+class PciIds:
+    """Vendor and device names from a ``pci.ids`` database, looked up without parsing all of it.
+
+    The file holds some 40,000 lines; a host needs a dozen vendors, so each lookup searches the raw
+    bytes for the vendor's block and then for the device inside it.
+    """
+
+    def __init__(self, data):
+        self._data = b"\n" + data
+        self._vendors = {}
+
+    @classmethod
+    def load(cls, root):
+        """The first ``pci.ids`` found below ``root``, or None when the host has none."""
+        for relative in PCI_IDS_PATHS:
+            path = host_path(root, relative)
+            try:
+                if relative.endswith(".gz"):
+                    with gzip.open(path, "rb") as handle:
+                        return cls(handle.read())
+                with open(path, "rb") as handle:
+                    return cls(handle.read())
+            except (OSError, EOFError, ValueError):
+                continue
+        return None
+
+    def _vendor(self, vendor_id):
+        cached = self._vendors.get(vendor_id)
+        if cached is not None:
+            return cached
+        data = self._data
+        start = data.find(b"\n" + vendor_id.encode("ascii") + b"  ")
+        if start < 0:
+            entry = (None, 0, 0)
+        else:
+            line_end = data.find(b"\n", start + 1)
+            line_end = len(data) if line_end < 0 else line_end
+            block_end = _TOP_LEVEL_LINE.search(data, line_end)
+            entry = (
+                _decode(data[start + 7 : line_end]),
+                line_end,
+                block_end.start() if block_end else len(data),
+            )
+        self._vendors[vendor_id] = entry
+        return entry
+
+    def vendor_name(self, vendor_id):
+        if not vendor_id:
+            return None
+        return self._vendor(vendor_id)[0]
+
+    def device_name(self, vendor_id, device_id):
+        if not vendor_id or not device_id:
+            return None
+        name, start, end = self._vendor(vendor_id)
+        if name is None:
+            return None
+        data = self._data
+        position = data.find(b"\n\t" + device_id.encode("ascii") + b"  ", start, end)
+        if position < 0:
+            return None
+        line_end = data.find(b"\n", position + 1, end)
+        return _decode(data[position + 8 : line_end if line_end >= 0 else end])
+
+
+def _decode(raw):
+    text = raw.decode("utf-8", "replace").strip()
+    return text or None

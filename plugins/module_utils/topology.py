@@ -1,0 +1,293 @@
+# Copyright (c) gpuvirt.host contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Host topology for GPU virtualization: one entry point over the readers of this package.
+
+Public API:
+
+- :func:`detect` ``(root="/") -> dict``: the ``topology`` that ``gpuvirt.host.topology_info``
+  returns (``iommu``, ``kernel``, ``cpu``, ``iommu_groups``, ``devices``, ``gpus``,
+  ``mdev_parents``, ``mdevs``, ``findings``).
+- :func:`check_root` ``(root)``: raises :class:`NotALinuxTree` with a clear message.
+- :func:`passthrough_verdict` ``(address, devices, iommu_enabled, groups=None, holders=None,
+  critical=None, slots=None) -> dict``: ``viable``, ``reasons``, ``codes``, ``devices`` for one device.
+- :func:`group_endpoints` ``(devices, group) -> list[str]``: non-bridge members of a group.
+- ``PASSTHROUGH_CODES``: every code a verdict can carry.
+
+Readers it builds on (import them directly when a module needs one piece):
+
+- ``pci``: :func:`read_pci_devices`, :func:`read_pci_device`, :func:`companions`,
+  :class:`PciDevice`, :class:`PciIds`, :func:`class_name`.
+- ``iommu``: :func:`read_iommu`, :func:`group_of`, :func:`group_members`,
+  :func:`groups_from_devices`, :func:`vfio_holders`.
+- ``mdev_info``: :func:`mdev_parents`, :func:`read_mdev_types`, :func:`mdevs`.
+- ``vgpu``: :func:`read_nvidia_vgpu`, :func:`parse_creatable_vgpu_types`, :func:`profile_name`.
+- ``kernel``: :func:`read_kernel`, :func:`read_cpu`, :func:`parse_cmdline`, :func:`cmdline_value`,
+  :func:`read_vfio_aliases`, :func:`vfio_variant_driver`.
+- ``critical``: :func:`critical_devices`.
+- ``findings``: :class:`Findings`.
+"""
+
+from __future__ import annotations
+
+import os
+
+from ansible_collections.gpuvirt.host.plugins.module_utils.critical import critical_devices
+from ansible_collections.gpuvirt.host.plugins.module_utils.findings import Findings
+from ansible_collections.gpuvirt.host.plugins.module_utils.iommu import (
+    groups_from_devices,
+    read_iommu,
+    vfio_holders,
+)
+from ansible_collections.gpuvirt.host.plugins.module_utils.kernel import (
+    cmdline_value,
+    module_parameter,
+    read_cpu,
+    read_kernel,
+)
+from ansible_collections.gpuvirt.host.plugins.module_utils.mdev_info import mdev_parents, mdevs
+from ansible_collections.gpuvirt.host.plugins.module_utils.pci import (
+    HOST_GRAPHICS_DRIVERS,
+    PciIds,
+    companions,
+    read_pci_devices,
+    slot_index,
+)
+from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import PCI_DEVICES, host_path
+
+PASSTHROUGH_CODES = (
+    "iommu_disabled",
+    "no_iommu_group",
+    "boot_vga",
+    "group_shared",
+    "in_use",
+    "host_critical",
+)
+# What a tree must contain to be read as a Linux host: a live or captured sysfs/procfs, or an
+# installed image.
+_LINUX_MARKERS = (PCI_DEVICES, "proc/cmdline", "etc/os-release", "usr/lib/os-release")
+
+
+class NotALinuxTree(Exception):
+    """``root`` is not a Linux filesystem tree."""
+
+
+def check_root(root):
+    if not os.path.isdir(root):
+        raise NotALinuxTree("root %s is not a directory" % root)
+    if not any(os.path.exists(host_path(root, marker)) for marker in _LINUX_MARKERS):
+        raise NotALinuxTree(
+            "root %s does not look like a Linux filesystem tree: none of %s exists below it; "
+            "give the directory that holds sys/, proc/ and etc/ (/ for this host)"
+            % (root, ", ".join(_LINUX_MARKERS))
+        )
+
+
+def group_endpoints(devices, group):
+    """Members of ``group`` other than PCI bridges (bridges may stay on their host driver)."""
+    return [
+        device.address
+        for device in devices.values()
+        if device.iommu_group == group and not device.is_bridge
+    ]
+
+
+def passthrough_verdict(address, devices, iommu_enabled, groups=None, holders=None, critical=None, slots=None):
+    """Whether ``address`` can be handed to a VM now, and if not, why.
+
+    ``devices``: ``{address: PciDevice}``; ``groups``: ``{group: [addresses]}`` (computed when
+    None); ``holders``: :func:`iommu.vfio_holders` output; ``critical``:
+    :func:`critical.critical_devices` output; ``slots``: :func:`pci.slot_index` output (saves a
+    scan of all devices per call). ``devices`` in the result are the addresses to bind together:
+    the device and its companion functions.
+    """
+    device = devices[address]
+    groups = groups_from_devices(devices) if groups is None else groups
+    holders = holders or {}
+    critical = critical or {}
+    bound = [address] + companions(devices, address, slots)
+    codes = []
+    reasons = []
+
+    def refuse(code, reason):
+        if code not in codes:
+            codes.append(code)
+        reasons.append(reason)
+
+    if not iommu_enabled:
+        refuse(
+            "iommu_disabled",
+            "the IOMMU is not enabled, so no device can be assigned to a VM (see the iommu findings)",
+        )
+    elif device.iommu_group is None:
+        refuse("no_iommu_group", "%s has no IOMMU group although the IOMMU is on" % address)
+    if device.boot_vga:
+        refuse(
+            "boot_vga",
+            "%s is the boot VGA device: the host console and firmware framebuffer use it" % address,
+        )
+    members = groups.get(device.iommu_group, []) if device.iommu_group is not None else []
+    for member in members:
+        other = devices.get(member)
+        if member in bound or other is None or other.is_bridge:
+            continue
+        refuse(
+            "group_shared",
+            "IOMMU group %s also holds %s (%s), which is not a function of this device; it would have "
+            "to be given to the same VM" % (device.iommu_group, member, other.name),
+        )
+    users = list(holders.get(device.iommu_group, [])) if device.iommu_group is not None else []
+    for member in bound:
+        users.extend(holders.get(member, []))
+    for user in users:
+        refuse(
+            "in_use",
+            "process %s (%s) holds the VFIO device of IOMMU group %s"
+            % (user["pid"], user.get("comm") or "?", device.iommu_group),
+        )
+    for member in sorted(set(bound) | set(m for m in members if m in devices and not devices[m].is_bridge)):
+        for reason in critical.get(member, []):
+            refuse("host_critical", "%s %s; the host needs it" % (member, reason))
+    return {"viable": not codes, "reasons": reasons, "codes": codes, "devices": bound}
+
+
+def detect(root="/"):
+    """Read the whole host below ``root`` and return the topology dict."""
+    check_root(root)
+    findings = Findings()
+    kernel = read_kernel(root, findings)
+    cmdline = kernel["cmdline"] or []
+    cpu = read_cpu(root, findings)
+    iommu = read_iommu(root, cmdline)
+    devices = read_pci_devices(root, findings)
+    pci_ids = PciIds.load(root)
+    if pci_ids is not None:
+        for device in devices.values():
+            device.vendor_name = pci_ids.vendor_name(device.vendor_id)
+            device.device_name = pci_ids.device_name(device.vendor_id, device.device_id)
+    groups = groups_from_devices(devices)
+    holders = vfio_holders(root, findings)
+    critical = critical_devices(root)
+    parents = mdev_parents(root, findings)
+    parent_names = {entry["parent"] for entry in parents}
+    slots = slot_index(devices)
+
+    _iommu_findings(root, iommu, cmdline, findings)
+    device_dicts = []
+    gpus = []
+    for device in devices.values():
+        entry = device.to_dict()
+        entry["critical"] = list(critical.get(device.address, []))
+        users = list(holders.get(device.iommu_group, [])) if device.iommu_group is not None else []
+        users.extend(holders.get(device.address, []))
+        entry["in_use_by"] = users
+        device_dicts.append(entry)
+        if device.is_gpu:
+            gpus.append(_gpu_entry(device, devices, iommu, groups, holders, critical, parent_names, slots, findings))
+
+    return {
+        "root": root,
+        "iommu": iommu.to_dict(),
+        "kernel": kernel,
+        "cpu": cpu,
+        "iommu_groups": groups,
+        "devices": device_dicts,
+        "gpus": gpus,
+        "mdev_parents": parents,
+        "mdevs": mdevs(root, findings),
+        "findings": _ordered(findings),
+    }
+
+
+def _gpu_entry(device, devices, iommu, groups, holders, critical, parent_names, slots, findings):
+    verdict = passthrough_verdict(device.address, devices, iommu.enabled, groups, holders, critical, slots)
+    vgpu_host = device.address in parent_names or bool(device.sriov and device.sriov.total_vfs)
+    if (
+        device.driver in HOST_GRAPHICS_DRIVERS
+        and not device.boot_vga
+        and not device.is_vf
+        and not vgpu_host
+    ):
+        findings.info(
+            "host_graphics_driver",
+            "%s (%s) is bound to the host graphics driver %s; to pass it through, bind it and its "
+            "companion functions (%s) to vfio-pci with gpuvirt.host.vfio_pci"
+            % (device.address, device.name, device.driver, ", ".join(verdict["devices"])),
+            device.address,
+        )
+    if iommu.enabled and device.iommu_group is None:
+        findings.warning(
+            "no_iommu_group",
+            "%s has no IOMMU group although the IOMMU is on; it cannot be assigned to a VM" % device.address,
+            device.address,
+        )
+    return {
+        "address": device.address,
+        "vendor_id": device.vendor_id,
+        "device_id": device.device_id,
+        "name": device.name,
+        "class": device.class_code,
+        "driver": device.driver,
+        "boot_vga": device.boot_vga,
+        "is_vf": device.is_vf,
+        "physfn": device.physfn,
+        "iommu_group": device.iommu_group,
+        "mdev_parent": device.address in parent_names,
+        "sriov_total_vfs": device.sriov.total_vfs if device.sriov else None,
+        "nvidia_vgpu": device.nvidia_vgpu is not None,
+        "passthrough": verdict,
+    }
+
+
+def _iommu_findings(root, iommu, cmdline, findings):
+    if not iommu.enabled:
+        if iommu.firmware_support:
+            argument = "amd_iommu=on" if iommu.vendor == "amd" else "intel_iommu=on"
+            table = "IVRS" if iommu.vendor == "amd" else "DMAR"
+            off = [arg for arg in cmdline if arg in ("intel_iommu=off", "amd_iommu=off", "iommu=off")]
+            findings.error(
+                "iommu_off",
+                "the firmware describes an %s IOMMU (ACPI %s table) but the kernel did not enable it: add %s "
+                "to the kernel command line%s and reboot (gpuvirt.host.kernel_cmdline)"
+                % (
+                    "AMD" if iommu.vendor == "amd" else "Intel",
+                    table,
+                    argument,
+                    " and remove %s" % " ".join(off) if off else "",
+                ),
+            )
+        else:
+            findings.error(
+                "iommu_unsupported",
+                "no IOMMU: the firmware has no DMAR or IVRS ACPI table and the kernel registered no IOMMU; "
+                "enable VT-d (Intel) or AMD-Vi/IOMMU (AMD) in the firmware setup",
+            )
+    elif iommu.interrupt_remapping is False:
+        findings.warning(
+            "interrupt_remapping_off",
+            "interrupt remapping is off: VFIO refuses to assign devices unless "
+            "vfio_iommu_type1.allow_unsafe_interrupts=1, which lets a guest forge interrupts; enable "
+            "interrupt remapping in the firmware (x2APIC/VT-d) and remove intremap=off if present",
+        )
+    acs = cmdline_value(cmdline, "pcie_acs_override")
+    if acs is not None:
+        findings.warning(
+            "acs_override",
+            "pcie_acs_override=%s is on the kernel command line: IOMMU groups are split without hardware "
+            "isolation, so devices in different VMs (and the host) can still reach each other by "
+            "peer-to-peer DMA" % acs,
+        )
+    unsafe_cmdline = cmdline_value(cmdline, "vfio_iommu_type1.allow_unsafe_interrupts")
+    unsafe_live = module_parameter(root, "vfio_iommu_type1", "allow_unsafe_interrupts")
+    if (unsafe_cmdline or "").lower() in ("1", "y", "on") or unsafe_live == "Y":
+        where = "on the kernel command line" if unsafe_cmdline else "set on the loaded vfio_iommu_type1 module"
+        findings.warning(
+            "unsafe_interrupts",
+            "vfio_iommu_type1.allow_unsafe_interrupts is %s: a guest can inject interrupts into the host "
+            "without interrupt remapping; remove it once interrupt remapping is on" % where,
+        )
+
+
+def _ordered(findings):
+    rank = {"error": 0, "warning": 1, "info": 2}
+    items = findings.as_list()
+    return sorted(items, key=lambda item: (item["device"] is not None, item["device"] or "", rank[item["severity"]]))
