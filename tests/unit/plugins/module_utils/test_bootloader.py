@@ -1,0 +1,419 @@
+# Copyright (c) gpuvirt.host contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+import os
+import re
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ansible_collections.gpuvirt.host.plugins.module_utils import bootloader as b
+
+
+def args(present=(), absent=()):
+    return b.validate_arguments(list(present), list(absent))
+
+
+def planned(current, present=(), absent=(), **kwargs):
+    wanted, unwanted = args(present, absent)
+    return b.plan_arguments(current, wanted, unwanted, **kwargs)
+
+
+def read(root, path):
+    with open(os.path.join(root, path)) as handle:
+        return handle.read()
+
+
+# ------------------------------------------------------------------------------ arguments
+
+
+@pytest.mark.parametrize(
+    "text, key, value",
+    [
+        ("quiet", "quiet", None),
+        ("intel_iommu=on", "intel_iommu", "on"),
+        ("vfio-pci.ids=10de:2236,10de:1aef", "vfio-pci.ids", "10de:2236,10de:1aef"),
+        ("root=ZFS=rpool/ROOT/pve-1", "root", "ZFS=rpool/ROOT/pve-1"),
+        ("modprobe.blacklist=", "modprobe.blacklist", ""),
+        ('acpi_osi="Windows 2015"', "acpi_osi", "Windows 2015"),
+        ('"dyndbg=file x +p"', "dyndbg", "file x +p"),
+    ],
+)
+def test_parse_argument(text, key, value):
+    argument = b.parse_argument(text)
+    assert (argument.key, argument.value, argument.text) == (key, value, text)
+
+
+def test_dashes_and_underscores_name_one_parameter():
+    assert b.same_key(b.parse_argument("vfio-pci.ids=1"), b.parse_argument("vfio_pci.ids=2"))
+    assert b.same_key(b.parse_argument("log-buf-len=1M"), b.parse_argument("log_buf_len=2M"))
+    assert not b.same_key(b.parse_argument("vfio-pci.ids=1"), b.parse_argument("vfio.ids=1"))
+
+
+@pytest.mark.parametrize(
+    "present, absent, message",
+    [
+        ([""], [], "empty"),
+        (["=on"], [], "empty key"),
+        (["intel_iommu=on iommu=pt"], [], "contains ' '"),
+        (["iommu=pt\n"], [], "contains '\\n'"),
+        (['acpi_osi="Linux"'], [], "contains '\"'"),
+        (["acpi_osi='Linux'"], [], 'contains "\'"'),
+        (["memmap=12M$0x1000000"], [], "contains '$'"),
+        (["a=`id`"], [], "contains '`'"),
+        (["a=b;reboot"], [], "contains ';'"),
+        (["--"], [], "separates init arguments"),
+        ([], ["quiet splash"], "absent: argument"),
+        (["intel_iommu=on", "intel_iommu=off"], [], "takes one value"),
+        (["intel_iommu=on"], ["intel_iommu"], "cannot be both"),
+        (["intel_iommu=on"], ["intel-iommu=off"], "cannot be both"),
+        (["vfio-pci.ids=10de:2236"], ["vfio_pci.ids=10de:2236"], "cannot be both"),
+        (["console=ttyS0"], ["console"], "cannot be both"),
+        (["console=ttyS0"], ["console=ttyS0"], "cannot be both"),
+    ],
+)
+def test_bad_arguments_are_refused(present, absent, message):
+    with pytest.raises(b.ArgumentError, match=re.escape(message)):
+        args(present, absent)
+
+
+def test_repeatable_key_may_keep_one_value_and_drop_another():
+    wanted, unwanted = args(["console=ttyS0,115200"], ["console=tty0"])
+    assert [a.text for a in wanted] == ["console=ttyS0,115200"]
+    assert [a.text for a in unwanted] == ["console=tty0"]
+
+
+def test_duplicates_are_merged():
+    wanted, unwanted = args(["iommu=pt", "iommu=pt", "console=tty0", "console=ttyS0"], ["quiet", "quiet"])
+    assert [a.text for a in wanted] == ["iommu=pt", "console=tty0", "console=ttyS0"]
+    assert [a.text for a in unwanted] == ["quiet"]
+
+
+# ------------------------------------------------------------------------------ list logic
+
+
+def test_value_replaced_in_place_and_new_arguments_appended():
+    plan = planned(["quiet", "intel_iommu=off", "splash"], ["intel_iommu=on", "iommu=pt"])
+    assert plan.arguments == ["quiet", "intel_iommu=on", "splash", "iommu=pt"]
+    assert plan.added == ["intel_iommu=on", "iommu=pt"]
+    assert plan.removed == ["intel_iommu=off"]
+
+
+def test_grubby_style_replacement_moves_the_new_value_to_the_end():
+    plan = planned(["quiet", "intel_iommu=off", "splash"], ["intel_iommu=on"], replace_in_place=False)
+    assert plan.arguments == ["quiet", "splash", "intel_iommu=on"]
+
+
+def test_existing_spelling_of_an_equivalent_key_is_kept():
+    plan = planned(["vfio_pci.ids=10de:2236"], ["vfio-pci.ids=10de:2236"])
+    assert not plan.changed
+    assert plan.arguments == ["vfio_pci.ids=10de:2236"]
+
+
+def test_later_duplicates_of_a_single_valued_key_are_dropped():
+    plan = planned(["intel_iommu=off", "quiet", "intel_iommu=on", "intel_iommu=on"], ["intel_iommu=on"])
+    assert plan.arguments == ["quiet", "intel_iommu=on"]
+    assert plan.removed == ["intel_iommu=off", "intel_iommu=on"]
+    assert plan.added == []
+
+
+def test_repeatable_keys_accumulate():
+    plan = planned(
+        ["console=tty0", "hugepagesz=2M", "hugepages=512"], ["console=ttyS0", "hugepagesz=1G", "hugepages=16"]
+    )
+    assert plan.arguments == [
+        "console=tty0",
+        "hugepagesz=2M",
+        "hugepages=512",
+        "console=ttyS0",
+        "hugepagesz=1G",
+        "hugepages=16",
+    ]
+
+
+def test_absent_key_removes_every_value_and_key_value_only_that_one():
+    current = ["quiet", "modprobe.blacklist=nouveau", "splash", "modprobe.blacklist=radeon", "nomodeset"]
+    assert planned(current, absent=["modprobe.blacklist"]).arguments == ["quiet", "splash", "nomodeset"]
+    assert planned(current, absent=["modprobe.blacklist=nouveau", "nomodeset"]).arguments == [
+        "quiet",
+        "splash",
+        "modprobe.blacklist=radeon",
+    ]
+
+
+def test_bare_key_present_replaces_a_value_of_a_single_valued_key():
+    assert planned(["nosmt=force"], ["nosmt"]).arguments == ["nosmt"]
+
+
+def test_nothing_to_do_is_unchanged():
+    plan = planned(["quiet", "intel_iommu=on"], ["intel_iommu=on"], ["splash"])
+    assert not plan.changed
+    assert plan.result == [(0, "quiet"), (1, "intel_iommu=on")]
+
+
+ARGUMENT = st.builds(
+    lambda key, value: key if value is None else "%s=%s" % (key, value),
+    st.sampled_from(
+        ["quiet", "intel_iommu", "intel-iommu", "iommu", "console", "vfio-pci.ids", "vfio_pci.ids", "hugepages"]
+    ),
+    st.one_of(st.none(), st.sampled_from(["on", "off", "pt", "ttyS0", "10de:2236"])),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    current=st.lists(ARGUMENT, max_size=8),
+    present=st.lists(ARGUMENT, max_size=4),
+    absent=st.lists(ARGUMENT, max_size=3),
+)
+def test_plan_meets_the_request_and_is_idempotent(current, present, absent):
+    try:
+        wanted, unwanted = b.validate_arguments(present, absent)
+    except b.ArgumentError:
+        return
+    for in_place in (True, False):
+        plan = b.plan_arguments(current, wanted, unwanted, replace_in_place=in_place)
+        after = plan.arguments
+        assert not b.plan_arguments(after, wanted, unwanted, replace_in_place=in_place).changed
+        assert not b.reboot_required(after, wanted, unwanted)
+        kept = [text for index, text in plan.result if index is not None and text == current[index]]
+        assert kept == [text for text in after if text in kept][: len(kept)]
+        assert plan.changed == (after != current)
+
+
+def test_reboot_required_follows_the_running_kernel():
+    wanted, unwanted = args(["intel_iommu=on", "console=ttyS0"], ["nomodeset"])
+    assert b.reboot_required(["intel_iommu=off", "console=ttyS0"], wanted, unwanted)
+    assert b.reboot_required(["intel_iommu=on", "console=ttyS0", "nomodeset"], wanted, unwanted)
+    assert not b.reboot_required(
+        ["intel_iommu=off", "intel-iommu=on", "console=tty0", "console=ttyS0"], wanted, unwanted
+    )
+    assert b.reboot_required(["intel_iommu=on", "intel_iommu=off", "console=ttyS0"], wanted, unwanted)
+    assert not b.reboot_required(None, wanted, unwanted)
+
+
+# ------------------------------------------------------------------------------ GRUB defaults
+
+
+def grub(root, target=b.LINUX_DEFAULT):
+    return b.GrubDefaults.read(root, target)
+
+
+def test_debian_defaults_edited_in_place_keeping_the_rest(boot_tree):
+    root = boot_tree("debian-grub")
+    defaults = grub(root)
+    assert defaults.arguments() == ["quiet", "intel_iommu=off"]
+    wanted, unwanted = args(["intel_iommu=on", "iommu=pt"])
+    rendered = defaults.render(b.plan_arguments(defaults.arguments(), wanted, unwanted))
+    before = read(root, "etc/default/grub")
+    assert list(rendered) == ["etc/default/grub"]
+    assert rendered["etc/default/grub"] == before.replace(
+        'GRUB_CMDLINE_LINUX_DEFAULT="quiet intel_iommu=off"',
+        'GRUB_CMDLINE_LINUX_DEFAULT="quiet intel_iommu=on iommu=pt"',
+    )
+
+
+def test_dropin_that_sets_the_variable_wins_and_is_the_one_edited(boot_tree):
+    root = boot_tree("ubuntu-cloud-grub")
+    defaults = grub(root)
+    # /etc/default/grub's "quiet splash" is overridden by the cloud image drop-in.
+    assert defaults.arguments() == ["console=tty1", "console=ttyS0"]
+    assert any("init-select.cfg line 3" in w and "conditional" in w for w in defaults.warnings)
+    wanted, unwanted = args(["amd_iommu=on"], ["console=tty1"])
+    rendered = defaults.render(b.plan_arguments(defaults.arguments(), wanted, unwanted))
+    assert list(rendered) == ["etc/default/grub.d/50-cloudimg-settings.cfg"]
+    assert (
+        'GRUB_CMDLINE_LINUX_DEFAULT="console=ttyS0 amd_iommu=on"\n'
+        in rendered["etc/default/grub.d/50-cloudimg-settings.cfg"]
+    )
+    assert "# Set the default commandline\n" in rendered["etc/default/grub.d/50-cloudimg-settings.cfg"]
+
+
+def test_quoting_variants_and_appending_dropins(boot_tree):
+    root = boot_tree("grub-quoting")
+    defaults = grub(root)
+    assert defaults.arguments() == [
+        "rd.lvm.lv=vg/root",
+        "nomodeset",
+        "quiet",
+        "console=ttyS0,115200n8",
+        'acpi_osi="Windows 2015"',
+        "amd_iommu=off",
+    ]
+    wanted, unwanted = args(["amd_iommu=on", "iommu=pt"], ["nomodeset", "quiet"])
+    rendered = defaults.render(b.plan_arguments(defaults.arguments(), wanted, unwanted))
+    assert rendered["etc/default/grub"] == (
+        "GRUB_DEFAULT=saved\n"
+        "export GRUB_CMDLINE_LINUX='rd.lvm.lv=vg/root'   # single quotes, extra spaces kept until edited\n"
+        'GRUB_CMDLINE_LINUX_DEFAULT=""\n'
+        'GRUB_GFXMODE="1024x768"; GRUB_TIMEOUT=3\n'
+    )
+    # the value replaced where it was set; new arguments go to the last assignment, which wins
+    assert rendered["etc/default/grub.d/20-iommu.cfg"] == (
+        'GRUB_CMDLINE_LINUX_DEFAULT="$GRUB_CMDLINE_LINUX_DEFAULT amd_iommu=on iommu=pt" # set by an older playbook\n'
+    )
+    assert "etc/default/grub.d/10-serial.cfg" not in rendered
+    after = b.GrubDefaults(root, dict(defaults.texts, **rendered))
+    assert after.arguments() == [
+        "rd.lvm.lv=vg/root",
+        "console=ttyS0,115200n8",
+        'acpi_osi="Windows 2015"',
+        "amd_iommu=on",
+        "iommu=pt",
+    ]
+
+
+def test_escaped_kernel_quotes_survive_an_edit(boot_tree):
+    root = boot_tree("grub-quoting")
+    defaults = grub(root)
+    wanted, unwanted = args(["iommu=pt"], ["console"])
+    rendered = defaults.render(b.plan_arguments(defaults.arguments(), wanted, unwanted))
+    assert rendered["etc/default/grub.d/10-serial.cfg"].endswith(
+        'GRUB_CMDLINE_LINUX_DEFAULT="${GRUB_CMDLINE_LINUX_DEFAULT} acpi_osi=\\"Windows 2015\\""\n'
+    )
+
+
+def test_missing_variable_is_added_to_etc_default_grub():
+    texts = {"etc/default/grub": "GRUB_TIMEOUT=5\n# no command line here"}
+    defaults = b.GrubDefaults("/nonexistent", texts)
+    wanted, unwanted = args(["intel_iommu=on"])
+    rendered = defaults.render(b.plan_arguments(defaults.arguments(), wanted, unwanted))
+    assert rendered == {
+        "etc/default/grub": 'GRUB_TIMEOUT=5\n# no command line here\nGRUB_CMDLINE_LINUX_DEFAULT="intel_iommu=on"\n'
+    }
+
+
+def test_grubby_hosts_add_to_grub_cmdline_linux(boot_tree):
+    root = boot_tree("rocky9-grubby")
+    defaults = grub(root, b.LINUX)
+    wanted, unwanted = args(["intel_iommu=on"], ["rhgb"])
+    rendered = defaults.render(b.plan_arguments(defaults.arguments(), wanted, unwanted))
+    assert (
+        'GRUB_CMDLINE_LINUX="crashkernel=1G-4G:192M,4G-64G:256M,64G-:512M resume=/dev/mapper/rl-swap '
+        'rd.lvm.lv=rl/root rd.lvm.lv=rl/swap quiet intel_iommu=on"\n'
+    ) in rendered["etc/default/grub"]
+    assert "GRUB_DISTRIBUTOR=\"$(sed 's, release .*$,,g' /etc/system-release)\"\n" in rendered["etc/default/grub"]
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("GRUB_CMDLINE_LINUX_DEFAULT=\"quiet\"'splash'\n", "not a single quoted string"),
+        ('GRUB_CMDLINE_LINUX_DEFAULT="quiet $EXTRA"\n', "refers to \\$EXTRA"),
+        ('GRUB_CMDLINE_LINUX_DEFAULT="quiet $(cat /x)"\n', "cannot evaluate"),
+        ('GRUB_CMDLINE_LINUX_DEFAULT="quiet\n', "unterminated double quote"),
+    ],
+)
+def test_unsupported_assignments_fail_with_the_line(text, message):
+    with pytest.raises(b.BootloaderError, match=message) as error:
+        b.GrubDefaults("/x", {"etc/default/grub": "GRUB_TIMEOUT=5\n" + text})
+    assert "/etc/default/grub line" in str(error.value)
+
+
+def test_assignments_that_only_prefix_a_command_are_ignored():
+    texts = {"etc/default/grub": 'GRUB_CMDLINE_LINUX_DEFAULT="quiet"\nGRUB_CMDLINE_LINUX_DEFAULT="x" true\n'}
+    assert b.GrubDefaults("/x", texts).arguments() == ["quiet"]
+
+
+# ------------------------------------------------------------------------------ BLS and grubenv
+
+
+def test_bls_entries_in_menu_order_and_default_from_saved_entry(boot_tree):
+    root = boot_tree("rocky9-grubby")
+    entries, env = b.read_bls_entries(root)
+    assert [e.version for e in entries] == ["5.14.0-362.8.1.el9_3.x86_64", "0-rescue-9f2c6f0e1b5d4c3a8e7f6a5b4c3d2e1f"]
+    default = b.default_entry(entries, env)
+    assert default is entries[0]
+    # $tuned_params is unset in grubenv and expands to nothing, as in GRUB
+    assert default.arguments()[-2:] == ["rhgb", "quiet"]
+
+
+def test_bls_entry_render_keeps_other_lines(boot_tree):
+    root = boot_tree("rocky9-grubby")
+    entries, _env = b.read_bls_entries(root)
+    wanted, unwanted = args(["intel_iommu=on"], ["rhgb"])
+    files, env_updates = entries[0].render(b.plan_arguments(entries[0].arguments(), wanted, unwanted, False))
+    assert env_updates == {}
+    ((path, text),) = files.items()
+    assert path == entries[0].path
+    assert text == entries[0].text.replace("rhgb quiet $tuned_params", "quiet $tuned_params intel_iommu=on")
+
+
+def test_rhel8_kernelopts_are_edited_in_grubenv(boot_tree):
+    root = boot_tree("rhel8-kernelopts")
+    entries, env = b.read_bls_entries(root)
+    (entry,) = entries
+    assert entry.arguments()[:2] == ["root=/dev/mapper/rhel-root", "ro"]
+    wanted, unwanted = args(["intel_iommu=on"], ["rhgb"])
+    files, env_updates = entry.render(b.plan_arguments(entry.arguments(), wanted, unwanted, False))
+    assert files == {}
+    assert env_updates == {
+        "kernelopts": "root=/dev/mapper/rhel-root ro crashkernel=auto resume=/dev/mapper/rhel-swap "
+        "rd.lvm.lv=rhel/root rd.lvm.lv=rhel/swap quiet intel_iommu=on"
+    }
+    text = env.render(env_updates)
+    assert len(text.encode()) == 1024
+    assert "\nkernelopts=root=/dev/mapper/rhel-root ro crashkernel=auto" in text
+    assert b.GrubEnv(root, text=text).values["boot_success"] == "0"
+
+
+def test_grubenv_refuses_to_grow_past_its_block():
+    text = "# GRUB Environment Block\nkernelopts=ro\n"
+    env = b.GrubEnv("/x", text=text + "#" * (1024 - len(text)))
+    with pytest.raises(b.BootloaderError, match="do not fit the 1024 bytes"):
+        env.render({"kernelopts": "x" * 1100})
+
+
+# ------------------------------------------------------------------------------ detection
+
+
+@pytest.mark.parametrize(
+    "tree, expected",
+    [
+        ("debian-grub", "grub"),
+        ("ubuntu-cloud-grub", "grub"),
+        ("grub-quoting", "grub"),
+        ("rocky9-grubby", "grubby"),
+        ("rhel8-kernelopts", "grubby"),
+        ("systemd-boot", "systemd-boot"),
+        ("debian-systemd-boot", "systemd-boot"),
+        ("proxmox-zfs-uefi", "proxmox"),
+        ("proxmox-zfs-bios", "proxmox"),
+        ("proxmox-lvm-grub", "grub"),
+    ],
+)
+def test_detect_bootloader(tree, expected):
+    assert (
+        b.detect_bootloader(os.path.join(os.path.dirname(__file__), "..", "..", "..", "fixtures", "boot", tree))
+        == expected
+    )
+
+
+def test_detection_failure_names_what_was_looked_for(boot_tree):
+    with pytest.raises(b.BootloaderError, match="no bootloader configuration recognised.*set bootloader explicitly"):
+        b.detect_bootloader(boot_tree("unknown"))
+
+
+def test_systemd_boot_esp_without_efi_variable_in_an_image_tree(boot_tree):
+    root = boot_tree("systemd-boot")
+    os.unlink(os.path.join(root, b.LOADER_INFO))
+    assert b.detect_bootloader(root) == "systemd-boot"
+
+
+def test_kernel_cmdline_file_created_from_the_running_command_line(boot_tree):
+    source = b.KernelCmdlineFile(boot_tree("debian-systemd-boot"))
+    assert source.text is None
+    assert source.arguments() == ["root=UUID=0a1b2c3d-4e5f-4061-8273-94a5b6c7d8e9", "ro", "quiet"]
+
+
+def test_installed_kernels_need_an_image(boot_tree):
+    assert b.installed_kernels(boot_tree("systemd-boot")) == [
+        ("6.8.9-300.fc40.x86_64", "/lib/modules/6.8.9-300.fc40.x86_64/vmlinuz", None),
+        ("6.9.7-200.fc40.x86_64", "/lib/modules/6.9.7-200.fc40.x86_64/vmlinuz", None),
+    ]
+    assert b.installed_kernels(boot_tree("debian-systemd-boot")) == [
+        ("6.1.0-18-amd64", "/boot/vmlinuz-6.1.0-18-amd64", "/boot/initrd.img-6.1.0-18-amd64")
+    ]
