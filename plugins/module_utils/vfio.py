@@ -1,0 +1,1067 @@
+# Copyright (c) gpuvirt.host contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Handing PCI devices to vfio-pci: selectors, safety guards, runtime binding and persistence.
+
+Public API (every function takes the host ``root``; nothing here talks to Ansible except
+:func:`apply_file`, which needs the module for ``atomic_move``):
+
+- :func:`parse_selector` ``(text) -> Selector`` and :func:`resolve_selectors`
+  ``(selectors, devices) -> {address: [selector, ...]}``: a PCI address (short, 4- or 8-digit
+  domain), ``vendor:device``, or a model name; never an index.
+- :func:`read_driver`, :func:`read_override`, :func:`bind_device`, :func:`release_device`: the
+  kernel's ``driver_override`` / ``unbind`` / ``drivers_probe`` protocol, read back every time.
+- :func:`render_modprobe_conf`, :func:`modprobe_ids`, :func:`driverctl_path`, :class:`FileChange`,
+  :func:`plan_file`, :func:`apply_file`: the boot-time configuration that keeps the binding.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+import time
+from dataclasses import dataclass
+
+from ansible_collections.gpuvirt.host.plugins.module_utils import bootloader
+from ansible_collections.gpuvirt.host.plugins.module_utils.critical import critical_devices
+from ansible_collections.gpuvirt.host.plugins.module_utils.iommu import read_iommu, vfio_holders
+from ansible_collections.gpuvirt.host.plugins.module_utils.kernel import read_kernel
+from ansible_collections.gpuvirt.host.plugins.module_utils.pci import (
+    PciIds,
+    companions,
+    read_pci_devices,
+    slot_index,
+)
+from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import (
+    PCI_DEVICES,
+    PCI_DRIVERS,
+    SysfsWriteError,
+    host_path,
+    link_name,
+    list_dir,
+    normalize_address,
+    read_text,
+    write_text,
+)
+from ansible_collections.gpuvirt.host.plugins.module_utils.topology import (
+    NotALinuxTree,
+    check_root,
+    group_endpoints,
+)
+
+VFIO_DRIVER = "vfio-pci"
+# Host drivers that would claim a GPU or one of its companion functions before vfio-pci does
+# unless modprobe loads vfio-pci first.
+SOFTDEP_DRIVERS = ("nvidia", "nouveau", "amdgpu", "radeon", "snd_hda_intel", "xhci_hcd")
+MODPROBE_CONF = "etc/modprobe.d/gpuvirt-vfio.conf"
+MODULES_LOAD_CONF = "etc/modules-load.d/gpuvirt-vfio.conf"
+DRIVERCTL_DIR = "etc/driverctl.d"
+DRIVERS_PROBE = "sys/bus/pci/drivers_probe"
+MANAGED_HEADER = "# Managed by gpuvirt.host.vfio_pci; edits are overwritten.\n"
+
+_ID_SELECTOR = re.compile(r"(?:0x)?([0-9a-fA-F]{4}):(?:0x)?([0-9a-fA-F]{4})\Z")
+_INDEX_SELECTOR = re.compile(r"[0-9]+\Z")
+_OPTIONS_IDS = re.compile(r"^\s*options\s+vfio[-_]pci\s+(.*)$")
+_BRACKETED = re.compile(r"\[([^\]]+)\]")
+
+
+class VfioError(Exception):
+    """A clear, user-facing failure: what, on which device or file, why, and what to do."""
+
+
+# ------------------------------------------------------------------------------------ selectors
+
+
+@dataclass(frozen=True)
+class Selector:
+    """One entry of the module's ``devices`` option. ``kind`` is address, id or name."""
+
+    text: str
+    kind: str
+    value: str
+
+
+def parse_selector(text):
+    """Classify a selector; raise :class:`VfioError` for an empty one or an index."""
+    if not isinstance(text, str) or not text.strip():
+        raise VfioError("an empty device selector was given; use a PCI address, vendor:device ID or model name")
+    stripped = text.strip()
+    if _INDEX_SELECTOR.match(stripped):
+        raise VfioError(
+            "device selector %r looks like an index; indexes change between boots and driver "
+            "versions, so select by PCI address (0000:01:00.0), vendor:device ID (10de:2236) or "
+            "model name instead" % text
+        )
+    address = normalize_address(stripped)
+    if address is not None:
+        return Selector(text, "address", address)
+    match = _ID_SELECTOR.match(stripped)
+    if match:
+        return Selector(text, "id", "%s:%s" % (match.group(1).lower(), match.group(2).lower()))
+    return Selector(text, "name", _fold(stripped))
+
+
+def _fold(text):
+    return " ".join(text.split()).casefold()
+
+
+def _id_of(device):
+    return "%s:%s" % (device.get("vendor_id"), device.get("device_id"))
+
+
+def _names(device):
+    """The spellings a user may give for a device: the pci.ids name, its bracketed marketing
+    name (``GA102 [GeForce RTX 3080]`` -> ``GeForce RTX 3080``) and vendor plus device."""
+    device_name = device.get("device_name")
+    if not device_name:
+        return []
+    names = [device_name] + _BRACKETED.findall(device_name)
+    if device.get("vendor_name"):
+        names.append("%s %s" % (device["vendor_name"], device_name))
+    return [_fold(name) for name in names]
+
+
+def describe(device):
+    """``0000:01:00.0 [1002:5046] ATI Rage 128 (driver amdgpu)`` for messages."""
+    name = device.get("device_name")
+    if name and device.get("vendor_name"):
+        name = "%s %s" % (device["vendor_name"], name)
+    text = "%s [%s]" % (device["address"], _id_of(device))
+    if name:
+        text += " " + name
+    elif device.get("class_name"):
+        text += " " + device["class_name"]
+    text += " (driver %s)" % device["driver"] if device.get("driver") else " (no driver)"
+    return text
+
+
+def resolve_selectors(selectors, devices):
+    """Map selectors to PCI addresses.
+
+    ``devices``: ``{address: device dict}`` as topology_info reports them. Returns
+    ``{address: [selector text, ...]}`` in address order. Every selector must match: an address
+    that does not exist, an ID that matches nothing, or a name that matches nothing or two
+    different models raises :class:`VfioError` listing every bad selector at once.
+    """
+    chosen = {}
+    problems = []
+    parsed = []
+    for text in selectors:
+        try:
+            parsed.append(parse_selector(text))
+        except VfioError as error:
+            problems.append(str(error))
+    for selector in parsed:
+        try:
+            matches = _match(selector, devices)
+        except VfioError as error:
+            problems.append(str(error))
+            continue
+        for address in matches:
+            chosen.setdefault(address, [])
+            if selector.text not in chosen[address]:
+                chosen[address].append(selector.text)
+    if problems:
+        raise VfioError("; ".join(problems) + "; nothing was changed")
+    return {address: chosen[address] for address in sorted(chosen)}
+
+
+def _match(selector, devices):
+    if selector.kind == "address":
+        if selector.value not in devices:
+            raise VfioError(
+                "no PCI device at %s (selector %r); list the host's devices with gpuvirt.host.topology_info"
+                % (selector.value, selector.text)
+            )
+        return [selector.value]
+    if selector.kind == "id":
+        matches = [a for a, d in devices.items() if _id_of(d) == selector.value]
+        if not matches:
+            raise VfioError("no PCI device has the ID %s (selector %r)" % (selector.value, selector.text))
+        return matches
+    exact = [a for a, d in devices.items() if selector.value in _names(d)]
+    matches = exact or [a for a, d in devices.items() if any(selector.value in name for name in _names(d))]
+    if not matches:
+        hint = "" if any(d.get("device_name") for d in devices.values()) else (
+            " (this host has no pci.ids database, so devices have no names; select by address or vendor:device)"
+        )
+        raise VfioError("no PCI device is named like %r%s" % (selector.text, hint))
+    models = sorted({_id_of(devices[a]) for a in matches})
+    if len(models) > 1:
+        raise VfioError(
+            "the name %r matches %d different models: %s; use a more precise name, the vendor:device ID "
+            "or the PCI address" % (selector.text, len(models), ", ".join(describe(devices[a]) for a in matches))
+        )
+    return matches
+
+
+# ------------------------------------------------------------------------------ runtime binding
+
+
+def device_path(root, address, *parts):
+    return host_path(root, PCI_DEVICES, address, *parts)
+
+
+def read_driver(root, address):
+    """The driver bound to the device (the ``driver`` link), or None."""
+    return link_name(device_path(root, address, "driver"))
+
+
+def read_override(root, address):
+    """``driver_override``, or None when unset (the kernel shows ``(null)``)."""
+    text = read_text(device_path(root, address, "driver_override"))
+    return None if text in (None, "", "(null)") else text
+
+
+def driver_loaded(root, driver=VFIO_DRIVER):
+    return os.path.isdir(host_path(root, PCI_DRIVERS, driver))
+
+
+def _settled_driver(root, address, want, attempts, delay):
+    """Read the ``driver`` link back; probing is synchronous, the retries cover slow udev hosts."""
+    driver = read_driver(root, address)
+    for _ in range(attempts):
+        if (driver == want) if want is not None else (driver != VFIO_DRIVER):
+            break
+        time.sleep(delay)
+        driver = read_driver(root, address)
+    return driver
+
+
+def bind_device(root, address, attempts=10, delay=0.1):
+    """Bind one device to vfio-pci: set ``driver_override``, unbind, ``drivers_probe``, read back.
+
+    Returns the driver now bound (vfio-pci). A bind the kernel accepted but that left another
+    driver (or none) is rolled back (override cleared, device reprobed) and raises
+    :class:`VfioError`; so does a refused write, with the kernel's reason.
+    """
+    before = read_driver(root, address)
+    if before == VFIO_DRIVER:
+        return before
+    override_set = False
+    try:
+        if read_override(root, address) != VFIO_DRIVER:
+            write_text(device_path(root, address, "driver_override"), VFIO_DRIVER)
+            override_set = True
+        if before is not None:
+            write_text(host_path(root, PCI_DRIVERS, before, "unbind"), address)
+        write_text(host_path(root, DRIVERS_PROBE), address)
+    except SysfsWriteError as error:
+        restored = _roll_back(root, address, override_set)
+        raise VfioError(
+            "binding %s to vfio-pci failed: %s; %s" % (address, error, restored)
+        ) from error
+    after = _settled_driver(root, address, VFIO_DRIVER, attempts, delay)
+    if after != VFIO_DRIVER:
+        restored = _roll_back(root, address, override_set)
+        raise VfioError(
+            "binding %s to vfio-pci was accepted by the kernel but did not take effect: its driver "
+            "link reads %s; check 'dmesg' for a vfio-pci probe error (no IOMMU group, BAR reservation "
+            "held by a framebuffer); %s" % (address, after or "nothing (unbound)", restored)
+        )
+    return after
+
+
+def _roll_back(root, address, override_set):
+    """Undo a failed bind so the device is not left without a driver; describe the outcome."""
+    try:
+        if override_set:
+            write_text(device_path(root, address, "driver_override"), "\n")
+        if read_driver(root, address) is None:
+            write_text(host_path(root, DRIVERS_PROBE), address)
+    except SysfsWriteError as error:  # the original failure matters more; report both
+        return "undoing the override failed too (%s); the device may be left unbound" % error
+    driver = read_driver(root, address)
+    return "the override was undone and the device is now bound to %s" % (driver or "no driver")
+
+
+def release_device(root, address, attempts=10, delay=0.1):
+    """Hand a device back: clear ``driver_override``, unbind from vfio-pci, ``drivers_probe``.
+
+    Returns the driver bound afterwards (the host driver, or None when no driver claims it).
+    """
+    try:
+        if read_override(root, address) is not None:
+            write_text(device_path(root, address, "driver_override"), "\n")
+        if read_driver(root, address) == VFIO_DRIVER:
+            write_text(host_path(root, PCI_DRIVERS, VFIO_DRIVER, "unbind"), address)
+            write_text(host_path(root, DRIVERS_PROBE), address)
+    except SysfsWriteError as error:
+        raise VfioError("handing %s back to its host driver failed: %s" % (address, error)) from error
+    after = _settled_driver(root, address, None, attempts, delay)
+    if after == VFIO_DRIVER:
+        raise VfioError(
+            "unbinding %s from vfio-pci was accepted by the kernel but it is still bound to vfio-pci; "
+            "check 'dmesg' and whether a process holds the device" % address
+        )
+    return after
+
+
+# ---------------------------------------------------------------------------------- persistence
+
+
+def modprobe_ids(text):
+    """The IDs of every ``options vfio-pci ids=...`` line in a modprobe.d file's text."""
+    ids = []
+    for line in (text or "").splitlines():
+        match = _OPTIONS_IDS.match(line)
+        if not match:
+            continue
+        for option in match.group(1).split():
+            if option.startswith("ids="):
+                ids.extend(part.strip().lower() for part in option[4:].split(",") if part.strip())
+    return ids
+
+
+def render_modprobe_conf(ids):
+    """The modprobe.d file that binds ``ids`` to vfio-pci at boot, or None when there are none."""
+    ids = sorted(set(ids))
+    if not ids:
+        return None
+    lines = [
+        MANAGED_HEADER,
+        "# Devices with these vendor:device IDs are claimed by vfio-pci at boot.\n",
+        "options vfio-pci ids=%s\n" % ",".join(ids),
+        "# Load vfio-pci before the host drivers that would otherwise claim them first.\n",
+    ]
+    lines.extend("softdep %s pre: vfio-pci\n" % driver for driver in SOFTDEP_DRIVERS)
+    return "".join(lines)
+
+
+def render_modules_load():
+    """modules-load.d content that loads vfio-pci at boot even when no host driver pulls it in."""
+    return MANAGED_HEADER + "vfio-pci\n"
+
+
+def driverctl_path(address):
+    return "%s/pci-%s" % (DRIVERCTL_DIR, address)
+
+
+def foreign_vfio_ids(root):
+    """``{path: ids}`` of modprobe.d files other than ours that also set ``vfio-pci ids=``."""
+    found = {}
+    ours = os.path.basename(MODPROBE_CONF)
+    for directory in ("etc/modprobe.d", "usr/lib/modprobe.d", "lib/modprobe.d", "run/modprobe.d"):
+        path = host_path(root, directory)
+        try:
+            names = sorted(os.listdir(path))
+        except OSError:
+            continue
+        for name in names:
+            if not name.endswith(".conf") or (directory == "etc/modprobe.d" and name == ours):
+                continue
+            ids = modprobe_ids(_read_file(os.path.join(path, name)))
+            if ids:
+                found["/%s/%s" % (directory, name)] = ids
+    return found
+
+
+@dataclass
+class FileChange:
+    """A file's content now and wanted (None: absent) below the host root."""
+
+    root: str
+    path: str
+    before: str | None
+    after: str | None
+
+    @property
+    def changed(self):
+        return self.before != self.after
+
+    @property
+    def display_path(self):
+        return "/" + self.path
+
+    @property
+    def full_path(self):
+        return host_path(self.root, self.path)
+
+    def diff(self):
+        return {
+            "before": self.before or "",
+            "after": self.after or "",
+            "before_header": self.display_path + ("" if self.before is not None else " (absent)"),
+            "after_header": self.display_path + ("" if self.after is not None else " (removed)"),
+        }
+
+
+def _read_file(path):
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return handle.read()
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as error:
+        raise VfioError("cannot read %s: %s; fix or remove the file and run again" % (path, error)) from error
+
+
+def plan_file(root, path, after):
+    """Compare ``root/path`` with the wanted content (None: the file should not exist)."""
+    return FileChange(root, path, _read_file(host_path(root, path)), after)
+
+
+def apply_file(module, change):
+    """Write (temp file + atomic move) or remove one planned file; a no-op when unchanged."""
+    if not change.changed:
+        return
+    full = change.full_path
+    try:
+        if change.after is None:
+            os.unlink(full)
+            return
+        directory = os.path.dirname(full)
+        os.makedirs(directory, mode=0o755, exist_ok=True)
+        fd, temp = tempfile.mkstemp(prefix=".%s." % os.path.basename(full), dir=directory)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(change.after)
+        os.chmod(temp, 0o644)
+    except OSError as error:
+        raise VfioError("cannot write %s: %s" % (change.display_path, error)) from error
+    module.atomic_move(temp, full)
+
+
+# ------------------------------------------------------------------------------------ host view
+
+
+@dataclass
+class HostView:
+    """What the guards and the plan need, read once through the topology readers."""
+
+    root: str
+    devices: dict  # {address: PciDevice}
+    records: dict  # {address: device dict (PciDevice.to_dict())}
+    iommu_enabled: bool
+    kernel: dict
+    holders: dict  # vfio_holders(): {group or address: [{pid, comm}]}
+    critical: dict  # critical_devices(): {address: [reasons]}
+    slots: dict
+    framebuffers: dict  # {address: [fbN]}
+
+
+def read_host(root):
+    """Read the PCI devices, IOMMU state, VFIO users and host-critical devices below ``root``."""
+    try:
+        check_root(root)
+    except NotALinuxTree as error:
+        raise VfioError(str(error)) from error
+    kernel = read_kernel(root)
+    iommu = read_iommu(root, kernel["cmdline"] or [])
+    devices = read_pci_devices(root)
+    pci_ids = PciIds.load(root)
+    if pci_ids is not None:
+        for device in devices.values():
+            device.vendor_name = pci_ids.vendor_name(device.vendor_id)
+            device.device_name = pci_ids.device_name(device.vendor_id, device.device_id)
+    return HostView(
+        root=root,
+        devices=devices,
+        records={address: device.to_dict() for address, device in devices.items()},
+        iommu_enabled=iommu.enabled,
+        kernel=kernel,
+        holders=vfio_holders(root),
+        critical=critical_devices(root),
+        slots=slot_index(devices),
+        framebuffers=framebuffer_devices(root),
+    )
+
+
+def framebuffer_devices(root):
+    """``{PCI address: [fbN, ...]}`` for framebuffers a PCI device drives (fbdev drivers and the
+    fbdev emulation of DRM drivers). The text console (fbcon) draws on these; firmware
+    framebuffers (efifb, simpledrm) belong to a platform device and show up as the boot VGA."""
+    found = {}
+    base = host_path(root, "sys/class/graphics")
+    for name in list_dir(base):
+        if not name.startswith("fb"):
+            continue
+        owner = os.path.basename(os.path.realpath(os.path.join(base, name, "device")))
+        if normalize_address(owner) == owner:
+            found.setdefault(owner, []).append(name)
+    return found
+
+
+@dataclass
+class Member:
+    """A device this run binds or releases, and why it is in the set."""
+
+    address: str
+    selected_by: list
+    companion_of: str | None = None
+
+
+def expand_members(view, selected, with_companions):
+    """The selected devices plus, with ``with_companions``, the other functions of their slots
+    that the IOMMU group needs (same group, or any when the groups are not known yet)."""
+    members = {address: Member(address, list(selectors)) for address, selectors in selected.items()}
+    if with_companions:
+        for address in list(selected):
+            group = view.devices[address].iommu_group
+            for other in companions(view.devices, address, view.slots):
+                other_group = view.devices[other].iommu_group
+                if other in members or (group is not None and other_group not in (None, group)):
+                    continue
+                members[other] = Member(other, [], address)
+    return {address: members[address] for address in sorted(members)}
+
+
+# ----------------------------------------------------------------------------------------- guards
+
+GUARD_CODES = ("boot_vga", "console_framebuffer", "group_shared", "host_critical", "in_use", "id_shared")
+
+
+@dataclass
+class Refusal:
+    code: str
+    device: str
+    message: str
+
+    def to_dict(self):
+        return {"code": self.code, "device": self.device, "message": self.message}
+
+
+def bind_refusals(view, members, changing):
+    """Why binding ``members`` would hurt the host. ``changing``: the addresses whose driver this
+    run changes now (a device already on vfio-pci and in use is not disturbed by a run)."""
+    refusals = []
+    records = view.records
+    for address in members:
+        device = view.devices[address]
+        if device.boot_vga:
+            refusals.append(Refusal(
+                "boot_vga", address,
+                "%s is the boot VGA device: the firmware framebuffer and the host console use it; binding it "
+                "to vfio-pci takes the console away and vfio-pci cannot reserve its memory while the "
+                "framebuffer holds it; pass through another GPU, or make this one secondary in the firmware "
+                "setup" % describe(records[address]),
+            ))
+        for framebuffer in view.framebuffers.get(address, []):
+            refusals.append(Refusal(
+                "console_framebuffer", address,
+                "%s drives the framebuffer %s, which the text console draws on; binding it to vfio-pci "
+                "would take the console away; unbind the console (or use another GPU) first"
+                % (describe(records[address]), framebuffer),
+            ))
+    groups = {}
+    for address in members:
+        group = view.devices[address].iommu_group
+        if group is not None:
+            groups.setdefault(group, []).append(address)
+    for group, bound in sorted(groups.items(), key=lambda item: int(item[0])):
+        for other in group_endpoints(view.devices, group):
+            if other in members:
+                continue
+            refusals.append(Refusal(
+                "group_shared", bound[0],
+                "IOMMU group %s of %s also holds %s, which is neither a function of the same card nor being "
+                "bound: a VM can only get a whole group, so that device would leave the host too; add it to "
+                "devices if the VM may have it, or move the card to a slot with its own group"
+                % (group, ", ".join(bound), describe(records[other])),
+            ))
+    concerned = set(members)
+    for group in groups:
+        concerned.update(group_endpoints(view.devices, group))
+    for address in sorted(concerned):
+        for reason in view.critical.get(address, []):
+            refusals.append(Refusal(
+                "host_critical", address,
+                "%s %s; binding %s to vfio-pci would take it from the host"
+                % (describe(records[address]), reason,
+                   "it" if address in members else "a device of its IOMMU group"),
+            ))
+    refusals.extend(in_use_refusals(view, changing, "binding"))
+    return refusals
+
+
+def in_use_refusals(view, changing, action):
+    """Devices among ``changing`` whose VFIO group (or iommufd device) a process holds open."""
+    refusals = []
+    for address in changing:
+        group = view.devices[address].iommu_group
+        users = list(view.holders.get(group, [])) if group is not None else []
+        users.extend(view.holders.get(address, []))
+        if not users:
+            continue
+        who = ", ".join("%s (pid %d)" % (user.get("comm") or "?", user["pid"]) for user in users)
+        refusals.append(Refusal(
+            "in_use", address,
+            "%s is in use: %s holds /dev/vfio/%s open (a running VM?); %s it now would pull it away from "
+            "that process (or block until it lets go); stop the VM first"
+            % (describe(view.records[address]), who, group, action),
+        ))
+    return refusals
+
+
+# ----------------------------------------------------------------------------------- persistence
+
+PERSISTENCE_METHODS = ("auto", "modprobe", "driverctl", "cmdline", "none")
+_BIN_DIRS = ("usr/sbin", "usr/bin", "sbin", "bin", "usr/local/sbin", "usr/local/bin")
+
+
+def is_host_root(root):
+    """True when ``root`` is this host's ``/``: only then are commands run."""
+    try:
+        return os.path.samefile(root, "/")
+    except OSError:
+        return False
+
+
+def find_program(module, root, name):
+    """The program's path on this host (``root`` is ``/``) or inside the tree, else None."""
+    if is_host_root(root):
+        return module.get_bin_path(name)
+    for directory in _BIN_DIRS:
+        path = host_path(root, directory, name)
+        if os.path.isfile(path) and os.access(path, os.X_OK):
+            return "/" + directory + "/" + name
+    return None
+
+
+def device_id(view, address):
+    record = view.records[address]
+    return "%s:%s" % (record["vendor_id"], record["device_id"])
+
+
+def cmdline_ids(arguments):
+    """The IDs of the last ``vfio-pci.ids=`` (or ``vfio_pci.ids=``) argument; the kernel keeps the last."""
+    ids = None
+    for argument in arguments or []:
+        key, sep, value = argument.partition("=")
+        if sep and key.replace("-", "_") == "vfio_pci.ids":
+            ids = [part.strip().lower() for part in value.strip('"').split(",") if part.strip()]
+    return ids or []
+
+
+def id_refusals(view, members, added_ids, removed_ids, releasing):
+    """IDs persisted for vfio-pci claim every device with that ID at boot. Refuse when an added ID
+    would take a device that stays with the host, or a removed ID would release a device that
+    stays with vfio-pci."""
+    refusals = []
+    for address, record in view.records.items():
+        identifier = "%s:%s" % (record["vendor_id"], record["device_id"])
+        if address in members:
+            continue
+        if identifier in added_ids and record["driver"] != VFIO_DRIVER:
+            refusals.append(Refusal(
+                "id_shared", address,
+                "binding by ID %s at boot would also give %s to vfio-pci, and it is not being bound; use "
+                "persistent: driverctl (per address) or add it to devices" % (identifier, describe(record)),
+            ))
+        elif identifier in removed_ids and record["driver"] == VFIO_DRIVER:
+            released = [a for a in releasing if device_id(view, a) == identifier]
+            refusals.append(Refusal(
+                "id_shared", address,
+                "%s is bound to vfio-pci at boot by its ID %s, like %s; handing back only %s would release it "
+                "too at the next boot; release them together, or use persistent: driverctl"
+                % (describe(record), identifier, ", ".join(released), "it" if len(released) == 1 else "them"),
+            ))
+    return refusals
+
+
+@dataclass
+class DriverctlChange:
+    """One ``/etc/driverctl.d/pci-<address>`` file to write or remove, by driverctl on a host."""
+
+    address: str
+    file: FileChange
+    command: list | None  # argv run on the host; None: the file is written directly (image tree)
+
+
+@dataclass
+class PersistencePlan:
+    method: str
+    files: list  # FileChange written directly
+    driverctl: list  # DriverctlChange
+    boot_plan: object | None  # bootloader.BootPlan for vfio-pci.ids on the command line
+    ids_before: list
+    ids_after: list
+    refusals: list
+    warnings: list
+
+    @property
+    def changed(self):
+        return (
+            any(change.changed for change in self.files)
+            or any(entry.file.changed for entry in self.driverctl)
+            or bool(self.boot_plan is not None and self.boot_plan.changed)
+        )
+
+    @property
+    def initramfs_inputs_changed(self):
+        """modprobe.d is copied into the initramfs; a changed file there needs a new image."""
+        return any(change.changed for change in self.files if change.path == MODPROBE_CONF)
+
+    def diffs(self):
+        result = [change.diff() for change in self.files if change.changed]
+        result += [entry.file.diff() for entry in self.driverctl if entry.file.changed]
+        if self.boot_plan is not None:
+            result += [edit.diff() for edit in self.boot_plan.edits]
+        return result
+
+    def paths_changed(self):
+        paths = [change.display_path for change in self.files if change.changed]
+        paths += [entry.file.display_path for entry in self.driverctl if entry.file.changed]
+        if self.boot_plan is not None:
+            paths += [edit.display_path for edit in self.boot_plan.edits]
+        return paths
+
+
+# -------------------------------------------------------------------------------------------- run
+
+
+class GuardError(VfioError):
+    """One or more guards refused the run; nothing was changed."""
+
+    def __init__(self, refusals):
+        self.refusals = refusals
+        super().__init__(
+            "refusing to change anything: " + " | ".join(r.message for r in refusals)
+            + " (force: true overrides these checks)"
+        )
+
+
+class VfioPciRun:
+    """One run of the vfio_pci module: read, plan, guard, then (outside check mode) apply."""
+
+    def __init__(self, module):
+        self.module = module
+        params = module.params
+        self.root = params["root"]
+        self.state = params["state"]
+        self.selectors = params["devices"]
+        self.with_companions = params["companions"]
+        self.runtime = params["runtime"]
+        self.persistent = params["persistent"]
+        self.regenerate_initramfs = params["initramfs"]
+        self.force = params["force"]
+        self.host = is_host_root(self.root)
+        self.warnings = []
+        self.commands = []
+        self.members = {}
+        self.before = {}
+        self.after = {}
+        self.view = None
+        self.applied = False
+
+    # -- plan -------------------------------------------------------------------------------------
+
+    def plan(self):
+        view = self.view = read_host(self.root)
+        selected = resolve_selectors(self.selectors, view.records)
+        self.members = expand_members(view, selected, self.with_companions)
+        self.before = {address: view.devices[address].driver for address in self.members}
+        if self.state == "present":
+            wanted = [a for a in self.members if self.before[a] != VFIO_DRIVER]
+        else:
+            wanted = [
+                a for a in self.members
+                if self.before[a] == VFIO_DRIVER or view.devices[a].driver_override == VFIO_DRIVER
+            ]
+        self.runtime_skipped = None
+        if not self.runtime:
+            self.changing = []
+            if wanted:
+                self.runtime_skipped = "runtime: false"
+        elif self.state == "present" and wanted and not view.iommu_enabled:
+            self.changing = []
+            self.runtime_skipped = (
+                "the IOMMU is off in the running kernel, so vfio-pci cannot take %s now; the boot-time "
+                "configuration binds %s at the next boot once the IOMMU is on (gpuvirt.host.iommu or "
+                "gpuvirt.host.kernel_cmdline with intel_iommu=on / amd_iommu=on)"
+                % (", ".join(wanted), "them" if len(wanted) > 1 else "it")
+            )
+        else:
+            self.changing = wanted
+        if self.state == "present":
+            refusals = bind_refusals(view, self.members, self.changing)
+            if not view.iommu_enabled:
+                self.warnings.append(
+                    "the IOMMU is off, so the IOMMU groups are not known yet and could not be checked; run "
+                    "this again after the reboot to check them and bind the devices now"
+                )
+        else:
+            refusals = in_use_refusals(view, self.changing, "unbinding")
+        self.persistence = self._plan_persistence(view)
+        refusals.extend(self.persistence.refusals)
+        self.warnings.extend(self.persistence.warnings)
+        if refusals:
+            if not self.force:
+                raise GuardError(refusals)
+            self.warnings.extend("force: true: going ahead although " + r.message for r in refusals)
+        self.refusals = refusals
+        self.load_driver = bool(self.state == "present" and self.changing and not driver_loaded(self.root))
+        if self.load_driver and not self.host:
+            raise VfioError(
+                "the vfio-pci driver is not loaded below %s (no sys/bus/pci/drivers/vfio-pci) and modules can "
+                "only be loaded on this host's /; nothing was changed" % self.root
+            )
+        self.initramfs = self._plan_initramfs(view)
+
+    def _method(self, view):
+        method = self.persistent
+        builtin = view.kernel.get("vfio_builtin")
+        if method == "auto":
+            return "cmdline" if builtin else "modprobe"
+        if method == "modprobe" and builtin:
+            raise VfioError(
+                "vfio-pci is built into kernel %s (modules.builtin), so modprobe.d options for it are ignored; "
+                "use persistent: cmdline (or auto), or driverctl" % view.kernel.get("release")
+            )
+        return method
+
+    def _plan_persistence(self, view):
+        method = "none" if self.persistent == "none" else self._method(view)
+        plan = PersistencePlan(method, [], [], None, [], [], [], [])
+        if method == "none":
+            return plan
+        member_ids = sorted({device_id(view, a) for a in self.members})
+        modprobe = plan_file(self.root, MODPROBE_CONF, None)
+        plan.ids_before = modprobe_ids(modprobe.before)
+        modprobe.after = modprobe.before
+        cmdline_before = self._cmdline_ids(method)
+        releasing = list(self.members) if self.state == "absent" else []
+
+        if self.state == "present":
+            if method == "modprobe":
+                plan.ids_after = sorted(set(plan.ids_before) | set(member_ids))
+                modprobe.after = render_modprobe_conf(plan.ids_after)
+                added = set(member_ids) - set(plan.ids_before)
+                plan.refusals += id_refusals(view, self.members, set(member_ids), set(), [])
+                if added:
+                    for path, ids in foreign_vfio_ids(self.root).items():
+                        plan.warnings.append(
+                            "%s also sets vfio-pci ids=%s; modprobe keeps only one ids= value, so one of the "
+                            "two lists is ignored: merge them into %s" % (path, ",".join(ids), "/" + MODPROBE_CONF)
+                        )
+            elif method == "cmdline":
+                wanted = sorted(set(cmdline_before) | set(member_ids))
+                plan.ids_before, plan.ids_after = cmdline_before, wanted
+                plan.refusals += id_refusals(view, self.members, set(member_ids), set(), [])
+                if wanted != sorted(cmdline_before):
+                    plan.boot_plan = self._boot_plan(["vfio-pci.ids=" + ",".join(wanted)], [])
+            else:
+                program = self._driverctl_program()
+                for address in self.members:
+                    change = plan_file(self.root, driverctl_path(address), VFIO_DRIVER + "\n")
+                    if change.before is not None and change.before.strip() == VFIO_DRIVER:
+                        change.after = change.before
+                    command = [program, "--noprobe", "set-override", address, VFIO_DRIVER] if self.host else None
+                    plan.driverctl.append(DriverctlChange(address, change, command))
+            if not view.kernel.get("vfio_builtin"):
+                plan.files.append(plan_file(self.root, MODULES_LOAD_CONF, render_modules_load()))
+        else:
+            removed_ids = set(member_ids)
+            plan.ids_after = [i for i in plan.ids_before if i not in removed_ids]
+            if plan.ids_after != plan.ids_before:
+                modprobe.after = render_modprobe_conf(plan.ids_after)
+            cmdline_after = [i for i in cmdline_before if i not in removed_ids]
+            if cmdline_after != cmdline_before:
+                plan.boot_plan = self._boot_plan(
+                    ["vfio-pci.ids=" + ",".join(cmdline_after)] if cmdline_after else [],
+                    [] if cmdline_after else ["vfio-pci.ids"],
+                )
+            touched = removed_ids & (set(plan.ids_before) | set(cmdline_before))
+            plan.refusals += id_refusals(view, self.members, set(), touched, releasing)
+            remaining_overrides = set(self._driverctl_vfio_addresses())
+            for address in self.members:
+                change = plan_file(self.root, driverctl_path(address), None)
+                if change.before is None or change.before.strip() != VFIO_DRIVER:
+                    continue
+                remaining_overrides.discard(address)
+                command = None
+                if self.host:
+                    command = [self._driverctl_program(), "--noprobe", "unset-override", address]
+                plan.driverctl.append(DriverctlChange(address, change, command))
+            keep_loading = plan.ids_after or cmdline_after or remaining_overrides
+            plan.files.append(
+                plan_file(self.root, MODULES_LOAD_CONF, render_modules_load() if keep_loading else None)
+            )
+            if not keep_loading and plan.files[-1].before is None:
+                plan.files.pop()
+        plan.files.insert(0, modprobe)
+        return plan
+
+    def _cmdline_ids(self, method):
+        """vfio-pci.ids on the configured command line; only read when this run may change them
+        (persistent: cmdline, or handing devices back, which cleans every method)."""
+        if method != "cmdline" and self.state == "present":
+            return []
+        try:
+            probe = bootloader.plan(self.module, self.root, "auto", [], [])
+        except bootloader.BootloaderError as error:
+            if method == "cmdline":
+                raise VfioError("persistent: cmdline needs the boot configuration: %s" % error) from error
+            return []
+        return cmdline_ids(probe.configured_before)
+
+    def _boot_plan(self, present, absent):
+        try:
+            wanted, unwanted = bootloader.validate_arguments(present, absent)
+            return bootloader.plan(self.module, self.root, "auto", wanted, unwanted)
+        except (bootloader.ArgumentError, bootloader.BootloaderError) as error:
+            raise VfioError("cannot plan vfio-pci.ids on the kernel command line: %s" % error) from error
+
+    def _driverctl_program(self):
+        program = find_program(self.module, self.root, "driverctl")
+        if program is None:
+            raise VfioError(
+                "persistent: driverctl needs driverctl installed (its udev rule applies the overrides at "
+                "boot); install the driverctl package, or use persistent: modprobe"
+            )
+        return program
+
+    def _driverctl_vfio_addresses(self):
+        addresses = []
+        for name in list_dir(host_path(self.root, DRIVERCTL_DIR)):
+            if name.startswith("pci-"):
+                text = _read_file(host_path(self.root, DRIVERCTL_DIR, name))
+                if text is not None and text.strip() == VFIO_DRIVER:
+                    addresses.append(name[len("pci-"):])
+        return addresses
+
+    def _plan_initramfs(self, view):
+        return None
+
+    # -- apply ------------------------------------------------------------------------------------
+
+    @property
+    def changed(self):
+        return bool(self.changing) or self.load_driver or self.persistence.changed or bool(
+            self.initramfs is not None and self.initramfs.changed
+        )
+
+    def apply(self):
+        """Change the host. Raises :class:`VfioError` on failure; ``self.applied`` tells whether
+        something had been changed by then."""
+        if self.load_driver:
+            self._run([self._program("modprobe"), VFIO_DRIVER], "loading the vfio-pci module")
+            self.applied = True
+            if not driver_loaded(self.root):
+                raise VfioError(
+                    "modprobe vfio-pci succeeded but /sys/bus/pci/drivers/vfio-pci does not exist; check "
+                    "'dmesg' (Secure Boot lockdown, a kernel without VFIO)"
+                )
+        for address in self.changing:
+            self.applied = True
+            if self.state == "present":
+                self.after[address] = bind_device(self.root, address)
+            else:
+                self.after[address] = release_device(self.root, address)
+        for change in self.persistence.files:
+            if change.changed:
+                self.applied = True
+                apply_file(self.module, change)
+        for entry in self.persistence.driverctl:
+            if not entry.file.changed:
+                continue
+            self.applied = True
+            if entry.command is None:
+                apply_file(self.module, entry.file)
+                continue
+            self._run(entry.command, "driverctl for %s" % entry.address)
+            now = _read_file(entry.file.full_path)
+            if (now or "").strip() != (entry.file.after or "").strip():
+                raise VfioError(
+                    "%s ran but %s reads %r afterwards, expected %r"
+                    % (" ".join(entry.command), entry.file.display_path, now, entry.file.after)
+                )
+        if self.persistence.boot_plan is not None and self.persistence.boot_plan.changed:
+            self.applied = True
+            try:
+                bootloader.apply(self.module, self.persistence.boot_plan)
+            except bootloader.BootloaderError as error:
+                raise VfioError(str(error)) from error
+            self.warnings.extend(self.persistence.boot_plan.warnings)
+
+    def _program(self, name):
+        program = find_program(self.module, self.root, name)
+        if program is None:
+            raise VfioError("%s was not found on this host" % name)
+        return program
+
+    def _run(self, argv, what):
+        self.commands.append(argv)
+        rc, out, err = self.module.run_command(argv, environ_update={"LC_ALL": "C", "LANG": "C"})
+        if rc != 0:
+            raise VfioError(
+                "%s failed: %s exited with %d: %s" % (what, " ".join(argv), rc, (err or out).strip() or "no output")
+            )
+        return out
+
+    # -- result -----------------------------------------------------------------------------------
+
+    def devices_result(self):
+        result = {}
+        for address, member in self.members.items():
+            record = self.view.records[address]
+            before = self.before[address]
+            if address in self.after:
+                after = self.after[address]
+            elif address in self.changing and self.module.check_mode:
+                after = VFIO_DRIVER if self.state == "present" else None
+            elif address in self.changing:
+                after = read_driver(self.root, address)
+            else:
+                after = before
+            result[address] = {
+                "id": "%s:%s" % (record["vendor_id"], record["device_id"]),
+                "name": describe(record),
+                "iommu_group": record["iommu_group"],
+                "selected_by": member.selected_by,
+                "companion_of": member.companion_of,
+                "driver_before": before,
+                "driver_after": after,
+                "changed": address in self.changing,
+            }
+        return result
+
+    def reboot_reasons(self, devices):
+        if self.persistence.method == "none":
+            return []
+        reasons = []
+        pending = [
+            a for a, entry in devices.items()
+            if (entry["driver_after"] != VFIO_DRIVER) == (self.state == "present")
+        ]
+        if pending:
+            if self.runtime_skipped and self.runtime_skipped != "runtime: false":
+                reasons.append(self.runtime_skipped)
+            else:
+                reasons.append(
+                    "%s %s at the next boot: the runtime binding was %s"
+                    % (", ".join(pending),
+                       "gets vfio-pci" if self.state == "present" else "returns to its host driver",
+                       "not requested (runtime: false)" if not self.runtime else "not done")
+                )
+        return reasons
+
+    def result(self):
+        devices = self.devices_result()
+        reasons = self.reboot_reasons(devices)
+        persistence = self.persistence
+        result = dict(
+            changed=self.changed,
+            devices=devices,
+            state=self.state,
+            iommu_enabled=self.view.iommu_enabled,
+            persistent=persistence.method,
+            ids=persistence.ids_after if persistence.method in ("modprobe", "cmdline") else [],
+            files_changed=persistence.paths_changed(),
+            commands=self.commands if not self.module.check_mode else self._predicted_commands(),
+            reboot_required=bool(reasons),
+            reboot_reasons=reasons,
+            refusals=[r.to_dict() for r in self.refusals],
+        )
+        if self.module._diff:
+            result["diff"] = persistence.diffs()
+        return result
+
+    def _predicted_commands(self):
+        commands = []
+        if self.load_driver:
+            commands.append(["modprobe", VFIO_DRIVER])
+        commands += [entry.command for entry in self.persistence.driverctl if entry.file.changed and entry.command]
+        boot_plan = self.persistence.boot_plan
+        if boot_plan is not None and boot_plan.changed and boot_plan.run_commands:
+            commands += boot_plan.commands
+        return commands

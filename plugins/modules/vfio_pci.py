@@ -1,0 +1,309 @@
+#!/usr/bin/python
+# Copyright (c) gpuvirt.host contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: vfio_pci
+short_description: Bind PCI devices (GPUs and their companion functions) to vfio-pci, now and at every boot
+version_added: 0.1.0
+author: gpuvirt.host maintainers (@gpuvirt)
+description:
+  - Hands the selected PCI devices to C(vfio-pci) so that they can be assigned to virtual machines,
+    or with O(state=absent) hands them back to their host drivers. One call handles any number of devices.
+  - "Devices are selected by PCI address (C(0000:01:00.0), short C(01:00.0) or the 8-digit domain
+    C(00000000:01:00.0) that C(nvidia-smi) prints), by C(vendor:device) ID (every device with that ID),
+    or by model name from the host's C(pci.ids) (C(GeForce RTX 3080), matched exactly first, then as
+    a part of the name). Indexes are refused: they change between boots. An address that does not
+    exist, an ID that matches nothing, or a name that matches nothing or two different models fails
+    and changes nothing."
+  - With O(companions=true) the other functions of the selected card's slot that share its IOMMU group
+    (HDMI/DP audio, USB-C xHCI, UCSI) are bound too, as a VM can only get a whole group.
+  - "Runtime binding uses the kernel's protocol: write C(vfio-pci) to C(driver_override), unbind the
+    current driver, write the address to C(/sys/bus/pci/drivers_probe), then read the C(driver) link
+    back. A bind the kernel accepted but that did not take effect is undone and reported as an error."
+  - "Guards, each a clear error that changes nothing unless O(force=true): the boot VGA device or a GPU
+    driving a console framebuffer; an IOMMU group that holds an endpoint which is neither a companion
+    nor being bound (a NIC, a disk controller), naming that device; a group holding the root
+    filesystem's disk controller or the NIC of the default route; a device whose C(/dev/vfio/<group>) a
+    process holds open (a running VM) when its driver would change; ID-based persistence that would
+    also catch a device staying with the host."
+  - When the IOMMU is off in the running kernel, nothing is bound now; the boot-time configuration is
+    still written and RV(reboot_required) is true with the reason in RV(reboot_reasons).
+  - "Boot-time configuration (O(persistent)): V(modprobe) writes C(/etc/modprobe.d/gpuvirt-vfio.conf)
+    (C(options vfio-pci ids=...) plus C(softdep) lines so that nvidia, nouveau, amdgpu, radeon,
+    snd_hda_intel and xhci_hcd load after vfio-pci); V(driverctl) keeps one override per address in
+    C(/etc/driverctl.d/pci-<address>) through C(driverctl --noprobe set-override); V(cmdline) puts
+    C(vfio-pci.ids=) on the kernel command line through the bootloader configuration (the only way
+    when vfio-pci is built into the kernel, where modprobe.d options are ignored); V(auto) picks
+    V(cmdline) when C(modules.builtin) lists vfio-pci and V(modprobe) otherwise. When vfio-pci is a
+    module, C(/etc/modules-load.d/gpuvirt-vfio.conf) loads it at boot."
+  - The ID lists are merged with what earlier runs configured, so several calls compose.
+  - When the modprobe.d file changes the initramfs is regenerated (update-initramfs, dracut or
+    mkinitcpio) and the image that will boot is checked for the vfio modules and the options.
+extends_documentation_fragment:
+  - gpuvirt.host.attributes
+  - gpuvirt.host.attributes.linux
+attributes:
+  check_mode:
+    support: full
+    details:
+      - Reads everything, runs the guards and predicts every binding, file and command; writes nothing.
+  diff_mode:
+    support: full
+    details:
+      - One diff per file written or removed (modprobe.d, modules-load.d, driverctl, bootloader).
+options:
+  devices:
+    description:
+      - The devices, each a PCI address, a C(vendor:device) ID or a model name.
+    type: list
+    elements: str
+    required: true
+  state:
+    description:
+      - V(present) binds the devices to vfio-pci; V(absent) hands them back to their host drivers
+        (clears C(driver_override), unbinds, reprobes) and removes them from every boot-time
+        configuration this module manages, unless O(persistent=none).
+    type: str
+    choices: [present, absent]
+    default: present
+  companions:
+    description:
+      - Also bind (or release) the other functions of each selected device's slot in its IOMMU group.
+    type: bool
+    default: true
+  runtime:
+    description:
+      - Change the binding of the running system now. With V(false) only the boot-time configuration
+        is written and RV(reboot_required) tells whether a reboot is needed for it to take effect.
+    type: bool
+    default: true
+  persistent:
+    description:
+      - How the binding is kept across reboots, see the description. V(none) binds until the next
+        reboot only (and with O(state=absent) leaves the boot-time configuration alone).
+    type: str
+    choices: [auto, modprobe, driverctl, cmdline, none]
+    default: auto
+  initramfs:
+    description:
+      - Regenerate and verify the initramfs when the modprobe.d configuration it includes changed.
+    type: bool
+    default: true
+  force:
+    description:
+      - Go ahead although a guard refuses (each refusal is still reported as a warning and in
+        RV(refusals)). Binding the console GPU or a device a VM uses can hang or cut off the host.
+    type: bool
+    default: false
+  root:
+    description:
+      - The host filesystem root to work on (C(<root>/sys), C(<root>/etc)), for tests and chroots with
+        the host's C(/sys) mounted. Commands (modprobe, driverctl, initramfs tools, bootloader tools)
+        are only run when this is V(/); in another tree the driverctl files are written directly.
+    type: path
+    default: /
+notes:
+  - The module refuses nothing that topology_info reports as viable; run M(gpuvirt.host.topology_info)
+    first to see the verdicts and the reasons.
+seealso:
+  - module: gpuvirt.host.topology_info
+  - module: gpuvirt.host.kernel_cmdline
+  - role: gpuvirt.host.vfio
+    description: Binds devices from a list of selectors and verifies the result.
+"""
+
+EXAMPLES = r"""
+- name: Hand the GPU at 01:00.0 and its HDMI audio to vfio-pci, now and at every boot
+  gpuvirt.host.vfio_pci:
+    devices:
+      - "0000:01:00.0"
+  register: vfio
+
+- name: Reboot when the binding needs one (IOMMU was off)
+  ansible.builtin.reboot:
+  when: vfio.reboot_required
+
+- name: Every RTX A4000 of the host, by model name, kept per address with driverctl
+  gpuvirt.host.vfio_pci:
+    devices:
+      - RTX A4000
+    persistent: driverctl
+
+- name: Two cards by ID, configured for the next boot only
+  gpuvirt.host.vfio_pci:
+    devices:
+      - "10de:2204"
+      - "1002:73bf"
+    runtime: false
+
+- name: Give the GPU back to the host
+  gpuvirt.host.vfio_pci:
+    devices:
+      - "0000:01:00.0"
+    state: absent
+"""
+
+RETURN = r"""
+devices:
+  description: Per PCI address, every device this run bound or released (selected ones and companions).
+  returned: always
+  type: dict
+  sample:
+    "0000:01:00.0":
+      id: "10de:2204"
+      name: "0000:01:00.0 [10de:2204] NVIDIA Corporation GA102 [GeForce RTX 3090] (driver nouveau)"
+      iommu_group: "14"
+      selected_by: ["GeForce RTX 3090"]
+      companion_of: null
+      driver_before: nouveau
+      driver_after: vfio-pci
+      changed: true
+    "0000:01:00.1":
+      id: "10de:1aef"
+      name: "0000:01:00.1 [10de:1aef] NVIDIA Corporation GA102 High Definition Audio Controller (driver snd_hda_intel)"
+      iommu_group: "14"
+      selected_by: []
+      companion_of: "0000:01:00.0"
+      driver_before: snd_hda_intel
+      driver_after: vfio-pci
+      changed: true
+  contains:
+    id:
+      description: The C(vendor:device) ID.
+      type: str
+    name:
+      description: Address, ID, name and driver before the run, for people.
+      type: str
+    iommu_group:
+      description: The IOMMU group, null while the IOMMU is off.
+      type: str
+    selected_by:
+      description: The selectors that chose this device (empty for a companion).
+      type: list
+      elements: str
+    companion_of:
+      description: The selected device whose companion this is, or null.
+      type: str
+    driver_before:
+      description: The driver bound before the run, or null.
+      type: str
+    driver_after:
+      description:
+        - The driver bound after the run, or null. In check mode the prediction; for a device handed
+          back the kernel picks the driver, so the prediction is null.
+      type: str
+    changed:
+      description: Whether the runtime binding of this device changed (or would, in check mode).
+      type: bool
+state:
+  description: The O(state) applied.
+  returned: always
+  type: str
+iommu_enabled:
+  description: Whether the IOMMU is on in the running kernel.
+  returned: always
+  type: bool
+persistent:
+  description: The boot-time method used (V(auto) resolved), or V(none).
+  returned: always
+  type: str
+  sample: modprobe
+ids:
+  description: The C(vendor:device) IDs vfio-pci claims at boot after the run (modprobe and cmdline methods).
+  returned: always
+  type: list
+  elements: str
+  sample: ["10de:1aef", "10de:2204"]
+files_changed:
+  description: Files written or removed (to be, in check mode).
+  returned: always
+  type: list
+  elements: str
+  sample: [/etc/modprobe.d/gpuvirt-vfio.conf, /etc/modules-load.d/gpuvirt-vfio.conf]
+commands:
+  description: Commands run (to be run, in check mode).
+  returned: always
+  type: list
+  elements: list
+initramfs:
+  description: The initramfs regeneration and verification, when the module's inputs to it changed.
+  returned: always
+  type: dict
+  contains:
+    regenerated:
+      description: Whether the initramfs was (or would be) regenerated.
+      type: bool
+    tool:
+      description: The initramfs tool in use (C(update-initramfs), C(dracut), C(mkinitcpio)), or null.
+      type: str
+    images:
+      description: The images regenerated and checked.
+      type: list
+      elements: str
+    verified:
+      description: Whether the images were read back and hold the vfio modules and the modprobe.d file.
+      type: bool
+reboot_required:
+  description: Whether the wanted binding only takes effect at the next boot.
+  returned: always
+  type: bool
+reboot_reasons:
+  description: Why a reboot is required, in sentences.
+  returned: always
+  type: list
+  elements: str
+refusals:
+  description: Guards overridden by O(force=true), each C(code), C(device) and C(message).
+  returned: always
+  type: list
+  elements: dict
+"""
+
+from ansible.module_utils.basic import AnsibleModule  # noqa: E402
+
+from ansible_collections.gpuvirt.host.plugins.module_utils.vfio import (  # noqa: E402
+    PERSISTENCE_METHODS,
+    GuardError,
+    VfioError,
+    VfioPciRun,
+)
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            devices=dict(type="list", elements="str", required=True),
+            state=dict(type="str", choices=["present", "absent"], default="present"),
+            companions=dict(type="bool", default=True),
+            runtime=dict(type="bool", default=True),
+            persistent=dict(type="str", choices=list(PERSISTENCE_METHODS), default="auto"),
+            initramfs=dict(type="bool", default=True),
+            force=dict(type="bool", default=False),
+            root=dict(type="path", default="/"),
+        ),
+        supports_check_mode=True,
+    )
+    run = VfioPciRun(module)
+    try:
+        run.plan()
+    except GuardError as error:
+        module.fail_json(msg=str(error), changed=False, refusals=[r.to_dict() for r in error.refusals])
+    except VfioError as error:
+        module.fail_json(msg=str(error), changed=False)
+    if not module.check_mode:
+        try:
+            run.apply()
+        except VfioError as error:
+            partial = run.result()
+            partial.pop("changed", None)
+            module.fail_json(msg=str(error), changed=run.applied, **partial)
+    for warning in run.warnings:
+        module.warn(warning)
+    module.exit_json(**run.result())
+
+
+if __name__ == "__main__":
+    main()

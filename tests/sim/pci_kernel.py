@@ -1,0 +1,181 @@
+# Copyright (c) gpuvirt.host contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The PCI core's driver binding, played for fixture trees (``Documentation/ABI/testing/sysfs-bus-pci``).
+
+Plugs into :class:`sim.mdev_kernel.KernelSim`, which routes the writes of the code under test:
+
+- ``sys/bus/pci/devices/<addr>/driver_override``: stores the driver name; a lone newline (or an
+  empty write) clears it, and the file reads ``(null)`` again.
+- ``sys/bus/pci/drivers/<drv>/unbind`` with an address: releases the device if ``<drv>`` is bound
+  to it (the ``driver`` link and the driver's ``<addr>`` link go), else ``ENODEV``. Unbinding
+  vfio-pci from a device whose ``/dev/vfio/<group>`` a process holds blocks in the real kernel
+  until the process lets go; here it fails with ``EBUSY`` and is recorded in :attr:`blocked`.
+- ``sys/bus/pci/drivers/<drv>/bind``: binds an unbound device the driver matches, else
+  ``ENODEV`` (bound: ``EBUSY``).
+- ``sys/bus/pci/drivers_probe`` with an address: a bound device is left alone; an unbound one is
+  offered to the driver named in ``driver_override`` only, or else to its host driver (the one
+  it had when the simulator started, or as given). A driver that is not loaded (no directory under
+  ``sys/bus/pci/drivers``) binds nothing. vfio-pci's probe fails without an ``iommu_group`` link
+  (IOMMU off), and for the addresses in ``failing_probe`` (a framebuffer holding the BAR): the
+  write succeeds and the device stays unbound, exactly the "accepted but not effective" case.
+- Binding vfio-pci creates ``dev/vfio/<group>``; it goes when the group's last device leaves vfio-pci.
+- The device's ``uevent`` carries ``DRIVER=<name>`` while a driver is bound, as the kernel generates it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+
+VFIO = "vfio-pci"
+
+
+def _fail(code):
+    raise OSError(code, os.strerror(code))
+
+
+def _text(value):
+    text = value.decode("ascii", "replace")
+    return text[:-1] if text.endswith("\n") else text
+
+
+class PciKernel:
+    def __init__(self, sim, host_drivers=None, failing_probe=()):
+        self.sim = sim
+        self.root = sim.root
+        state = sim.load()
+        pci = state.setdefault("pci", {})
+        if "host_drivers" not in pci:
+            drivers = {}
+            for address in self._addresses():
+                driver = self.driver_of(address)
+                drivers[address] = driver if driver != VFIO else None
+            pci["host_drivers"] = drivers
+        pci["host_drivers"].update(host_drivers or {})
+        pci["failing_probe"] = sorted(set(pci.get("failing_probe", [])) | set(failing_probe))
+        pci.setdefault("blocked", [])
+        sim.save(state)
+        sim.add_handler(r"sys/bus/pci/devices/([^/]+)/driver_override\Z", self._override)
+        sim.add_handler(r"sys/bus/pci/drivers/([^/]+)/unbind\Z", self._unbind)
+        sim.add_handler(r"sys/bus/pci/drivers/([^/]+)/bind\Z", self._bind)
+        sim.add_handler(r"sys/bus/pci/drivers_probe\Z", self._probe)
+
+    # -- reading the tree ----------------------------------------------------------------------
+
+    def path(self, *parts):
+        return os.path.join(self.root, *parts)
+
+    def _addresses(self):
+        bus = self.path("sys/bus/pci/devices")
+        return sorted(os.listdir(bus)) if os.path.isdir(bus) else []
+
+    def device_dir(self, address):
+        return os.path.realpath(self.path("sys/bus/pci/devices", address))
+
+    def driver_of(self, address):
+        link = self.path("sys/bus/pci/devices", address, "driver")
+        return os.path.basename(os.readlink(link)) if os.path.islink(link) else None
+
+    def override_of(self, address):
+        with open(self.path("sys/bus/pci/devices", address, "driver_override"), encoding="utf-8") as handle:
+            text = handle.read().strip()
+        return None if text in ("", "(null)") else text
+
+    def group_of(self, address):
+        link = self.path("sys/bus/pci/devices", address, "iommu_group")
+        return os.path.basename(os.readlink(link)) if os.path.islink(link) else None
+
+    @property
+    def blocked(self):
+        return self.sim.load()["pci"]["blocked"]
+
+    # -- kernel behaviour ------------------------------------------------------------------------
+
+    def _exists(self, address):
+        return os.path.lexists(self.path("sys/bus/pci/devices", address))
+
+    def _override(self, match, value):
+        address = match.group(1)
+        text = _text(value)
+        with open(self.path("sys/bus/pci/devices", address, "driver_override"), "w", encoding="utf-8") as handle:
+            handle.write((text or "(null)") + "\n")
+
+    def _unbind(self, match, value):
+        driver, address = match.group(1), _text(value).strip()
+        if not self._exists(address) or self.driver_of(address) != driver:
+            _fail(errno.ENODEV)
+        if driver == VFIO:
+            group = self.group_of(address)
+            if group is not None and self.sim.holders_of_group(group):
+                state = self.sim.load()
+                state["pci"]["blocked"].append(address)
+                self.sim.save(state)
+                _fail(errno.EBUSY)
+        self._release(address, driver)
+
+    def _bind(self, match, value):
+        driver, address = match.group(1), _text(value).strip()
+        if not self._exists(address):
+            _fail(errno.ENODEV)
+        if self.driver_of(address) is not None:
+            _fail(errno.EBUSY)
+        override = self.override_of(address)
+        host = self.sim.load()["pci"]["host_drivers"].get(address)
+        if (override or host) != driver or not self._probe_succeeds(address, driver):
+            _fail(errno.ENODEV)
+        self._attach(address, driver)
+
+    def _probe(self, match, value):
+        address = _text(value).strip()
+        if not self._exists(address):
+            _fail(errno.ENODEV)
+        if self.driver_of(address) is not None:
+            return
+        driver = self.override_of(address) or self.sim.load()["pci"]["host_drivers"].get(address)
+        if driver is None or not os.path.isdir(self.path("sys/bus/pci/drivers", driver)):
+            return
+        if self._probe_succeeds(address, driver):
+            self._attach(address, driver)
+
+    def _probe_succeeds(self, address, driver):
+        if driver != VFIO:
+            return True
+        failing = self.sim.load()["pci"]["failing_probe"]
+        return self.group_of(address) is not None and address not in failing
+
+    def _attach(self, address, driver):
+        device = self.device_dir(address)
+        driver_dir = self.path("sys/bus/pci/drivers", driver)
+        os.symlink(os.path.relpath(driver_dir, device), os.path.join(device, "driver"))
+        os.symlink(os.path.relpath(device, driver_dir), os.path.join(driver_dir, address))
+        self._uevent(device, driver)
+        if driver == VFIO:
+            os.makedirs(self.path("dev/vfio"), exist_ok=True)
+            node = self.path("dev/vfio", self.group_of(address))
+            if not os.path.exists(node):
+                with open(node, "w", encoding="utf-8"):
+                    pass
+
+    def _release(self, address, driver):
+        device = self.device_dir(address)
+        os.unlink(os.path.join(device, "driver"))
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path("sys/bus/pci/drivers", driver, address))
+        self._uevent(device, None)
+        if driver == VFIO:
+            group = self.group_of(address)
+            members = os.listdir(self.path("sys/kernel/iommu_groups", group, "devices"))
+            if not any(self.driver_of(member) == VFIO for member in members):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.path("dev/vfio", group))
+
+    @staticmethod
+    def _uevent(device, driver):
+        path = os.path.join(device, "uevent")
+        with open(path, encoding="utf-8") as handle:
+            lines = [line for line in handle.read().splitlines() if not line.startswith("DRIVER=")]
+        if driver is not None:
+            lines.insert(0, "DRIVER=%s" % driver)
+        with open(path, "w", encoding="utf-8") as handle:
+            handle.write("\n".join(lines) + "\n")
