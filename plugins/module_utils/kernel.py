@@ -15,8 +15,10 @@ Public API (every reader takes the host ``root``):
   from ``modules.alias`` (``alias vfio_pci:<pattern> <driver>``)
 - :func:`vfio_variant_driver` ``(modalias, aliases) -> str | None``
 - :func:`module_parameter` ``(root, module, parameter) -> str | None``
+- :func:`read_cpu_flags` ``(root) -> (vendor_id | None, set[str] | None)``
 - :func:`read_kernel` ``(root, findings=None) -> dict``, :func:`read_cpu` ``(root, findings=None)
-  -> dict``: the ``kernel`` and ``cpu`` parts of the topology.
+  -> dict``: the ``kernel`` and ``cpu`` parts of the topology (``read_cpu`` adds the
+  ``no_cpu_virtualization`` and ``kvm_unavailable`` findings).
 """
 
 from __future__ import annotations
@@ -196,12 +198,19 @@ def read_cpu(root, findings=None):
     if flags is not None:
         virtualization = "vmx" if "vmx" in flags else "svm" if "svm" in flags else None
     if findings is not None and flags is not None:
-        if virtualization is None:
+        if virtualization is None and not kvm:
             findings.error(
                 "no_cpu_virtualization",
                 "the CPU flags list neither vmx (Intel VT-x) nor svm (AMD-V): enable virtualization in "
                 "the firmware setup (or expose it to this VM with nested virtualization); KVM cannot run "
                 "guests without it",
+            )
+        elif virtualization is None:
+            findings.warning(
+                "no_cpu_virtualization",
+                "the CPU flags list neither vmx (Intel VT-x) nor svm (AMD-V) although /dev/kvm exists "
+                "(a paravirtualized or unusual KVM): hardware-assisted guests and device assignment may "
+                "not work; enable VT-x/AMD-V in the firmware or for this VM",
             )
         elif not kvm:
             module = "kvm_intel" if virtualization == "vmx" else "kvm_amd"

@@ -193,7 +193,9 @@ def detect(root="/"):
         "devices": device_dicts,
         "gpus": gpus,
         "mdev_parents": parents,
-        "mdevs": mdevs(root, findings),
+        "mdevs": [
+            dict(mdev, in_use_by=list(holders.get(mdev["iommu_group"], []))) for mdev in mdevs(root, findings)
+        ],
         "findings": _ordered(findings),
     }
 

@@ -1,0 +1,579 @@
+#!/usr/bin/python
+# Copyright (c) gpuvirt.host contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: topology_info
+short_description: Report the IOMMU, PCI and GPU topology of a host for GPU virtualization
+version_added: 0.1.0
+author: gpuvirt.host maintainers (@gpuvirt)
+description:
+  - Reads sysfs and procfs (and C(lib/modules), C(pci.ids)) and reports what a GPU virtualization
+    host needs to know, without changing anything - the IOMMU and whether it is on, the kernel and
+    CPU virtualization, the IOMMU groups, every PCI device, every GPU with a passthrough verdict, the
+    mediated device parents, types and devices, and findings that say what is wrong and what to do.
+  - A GPU can be passed through (RV(topology.gpus[].passthrough.viable)) when the IOMMU is on, every
+    other endpoint in its IOMMU group is a function of the same slot (HDMI/DP audio, USB-C xHCI,
+    UCSI) or a PCI bridge, it is not the boot VGA device, no process holds its VFIO device, and
+    neither it nor a device it must be bound with holds the root filesystem or the default route.
+  - Unreadable, truncated or malformed attributes and missing links never fail the module; the
+    value is reported as V(null) and a finding names the file and what was expected.
+  - Interrupt remapping is read from C(/proc/interrupts) (C(IR-) interrupt chips), C(intremap=off)
+    on the command line, and the Intel IOMMU C(ecap) IR bit; V(null) when none of them tells.
+extends_documentation_fragment:
+  - gpuvirt.host.attributes
+  - gpuvirt.host.attributes.linux
+  - gpuvirt.host.attributes.info_module
+options:
+  root:
+    description:
+      - The host filesystem root to read, C(<root>/sys), C(<root>/proc), C(<root>/dev),
+        C(<root>/lib/modules) and C(<root>/usr/share/misc/pci.ids) (or C(hwdata)).
+      - Use it on a chroot, an image tree, or a snapshot made by C(tests/fixtures/capture.py).
+      - The module fails when this is not a directory holding a Linux tree (one of
+        C(sys/bus/pci/devices), C(proc/cmdline), C(etc/os-release) or C(usr/lib/os-release)).
+    type: path
+    default: /
+notes:
+  - Run it as root on a live host - without root the open files of other users' processes cannot be
+    read, so RV(topology.devices[].in_use_by) may miss VMs (a finding says so).
+  - A device's IDs, class and driver are read from its C(uevent), with C(vendor), C(device),
+    C(subsystem_vendor), C(subsystem_device), C(class) and the C(driver) link as the fallback.
+seealso:
+  - name: Kernel ABI, sysfs-bus-pci
+    description: The PCI attributes this module reads.
+    link: https://www.kernel.org/doc/Documentation/ABI/testing/sysfs-bus-pci
+  - name: Kernel ABI, sysfs-bus-vfio-mdev
+    description: Mediated device parents, types and devices.
+    link: https://www.kernel.org/doc/Documentation/ABI/testing/sysfs-bus-vfio-mdev
+"""
+
+EXAMPLES = r"""
+- name: Read the topology of the host
+  gpuvirt.host.topology_info:
+  register: host
+
+- name: Show the GPUs that can be passed through, with the devices to bind together
+  ansible.builtin.debug:
+    msg: "{{ item.address }} ({{ item.name }}): bind {{ item.passthrough.devices | join(', ') }}"
+  loop: "{{ host.topology.gpus | selectattr('passthrough.viable') }}"
+  loop_control:
+    label: "{{ item.address }}"
+
+- name: Stop when the host cannot do GPU passthrough at all
+  ansible.builtin.assert:
+    that:
+      - host.topology.iommu.enabled
+      - host.topology.cpu.virtualization is not none
+    fail_msg: "{{ host.topology.findings | selectattr('severity', 'eq', 'error') | map(attribute='message') | list }}"
+
+- name: Read a snapshot taken on another machine
+  gpuvirt.host.topology_info:
+    root: /srv/snapshots/gpu-node-07
+  delegate_to: localhost
+  register: snapshot
+"""
+
+RETURN = r"""
+topology:
+  description: The host topology.
+  returned: success
+  type: dict
+  contains:
+    root:
+      description: The root that was read.
+      returned: success
+      type: str
+      sample: /
+    iommu:
+      description: The IOMMU as firmware, kernel command line and sysfs describe it.
+      returned: success
+      type: dict
+      contains:
+        enabled:
+          description: IOMMU units are registered (C(/sys/class/iommu)) or IOMMU groups exist.
+          returned: success
+          type: bool
+          sample: true
+        vendor:
+          description: V(intel) (DMAR units or table), V(amd) (IVHD units or IVRS table), or V(null).
+          returned: success
+          type: str
+          sample: intel
+        firmware_support:
+          description: The ACPI DMAR or IVRS table is present.
+          returned: success
+          type: bool
+          sample: true
+        passthrough_mode:
+          description: The command line sets C(iommu=pt) or C(iommu.passthrough=1).
+          returned: success
+          type: bool
+          sample: false
+        interrupt_remapping:
+          description: Whether interrupt remapping is on; V(null) when the host does not tell.
+          returned: success
+          type: bool
+          sample: true
+        units:
+          description: Names of the IOMMU units in C(/sys/class/iommu).
+          returned: success
+          type: list
+          elements: str
+          sample: [dmar0, dmar1]
+    kernel:
+      description: The running kernel.
+      returned: success
+      type: dict
+      contains:
+        release:
+          description: C(uname -r); for an image tree, its only C(lib/modules) release. V(null) if unknown.
+          returned: success
+          type: str
+          sample: 6.8.0-45-generic
+        cmdline:
+          description: The kernel command line, one argument per item (double quotes kept). V(null) if unreadable.
+          returned: success
+          type: list
+          elements: str
+          sample: [BOOT_IMAGE=/vmlinuz, root=/dev/nvme0n1p2, ro, intel_iommu=on]
+        modules_loaded:
+          description: Names of the loaded modules (C(/proc/modules)), sorted. V(null) if unreadable.
+          returned: success
+          type: list
+          elements: str
+          sample: [kvm, kvm_intel, nvidia, vfio_pci]
+        vfio_builtin:
+          description:
+            - vfio-pci is built into the kernel (C(modules.builtin)), so C(modprobe.d) options do not apply and
+              IDs go on the command line as C(vfio-pci.ids=). V(null) when C(modules.builtin) is unreadable.
+          returned: success
+          type: bool
+          sample: false
+        vfio_builtin_modules:
+          description: The C(vfio*) modules built into the kernel. V(null) when C(modules.builtin) is unreadable.
+          returned: success
+          type: list
+          elements: str
+          sample: [vfio, vfio_iommu_type1]
+    cpu:
+      description: CPU virtualization.
+      returned: success
+      type: dict
+      contains:
+        vendor:
+          description: C(vendor_id) of the first CPU in C(/proc/cpuinfo).
+          returned: success
+          type: str
+          sample: GenuineIntel
+        virtualization:
+          description: V(vmx) (Intel VT-x), V(svm) (AMD-V), or V(null) when the flags list neither or are unknown.
+          returned: success
+          type: str
+          sample: vmx
+        kvm:
+          description: C(/dev/kvm) exists.
+          returned: success
+          type: bool
+          sample: true
+    iommu_groups:
+      description: IOMMU group number (a string) to the PCI addresses in it, in numeric order.
+      returned: success
+      type: dict
+      sample: {"1": ["0000:00:02.0"], "2": ["0000:00:01.0", "0000:01:00.0", "0000:01:00.1"]}
+    devices:
+      description: Every PCI device, in address order.
+      returned: success
+      type: list
+      elements: dict
+      contains:
+        address:
+          description: Full PCI address.
+          returned: success
+          type: str
+          sample: "0000:01:00.0"
+        vendor_id:
+          description: Vendor ID, 4 lowercase hex digits without C(0x).
+          returned: success
+          type: str
+          sample: 10de
+        device_id:
+          description: Device ID, 4 lowercase hex digits.
+          returned: success
+          type: str
+          sample: 1e04
+        subsystem_vendor_id:
+          description: Subsystem vendor ID, 4 lowercase hex digits.
+          returned: success
+          type: str
+          sample: "1458"
+        subsystem_device_id:
+          description: Subsystem device ID, 4 lowercase hex digits.
+          returned: success
+          type: str
+          sample: 37a9
+        class:
+          description: Class code, 6 lowercase hex digits (base class, subclass, programming interface).
+          returned: success
+          type: str
+          sample: "030000"
+        class_name:
+          description: The class as C(pci.ids) names it.
+          returned: success
+          type: str
+          sample: VGA compatible controller
+        vendor_name:
+          description: Vendor name from the host's C(pci.ids), V(null) without one.
+          returned: success
+          type: str
+          sample: NVIDIA Corporation
+        device_name:
+          description: Device name from the host's C(pci.ids), V(null) without one.
+          returned: success
+          type: str
+          sample: TU102 [GeForce RTX 2080 Ti]
+        driver:
+          description: The bound driver, V(null) when unbound.
+          returned: success
+          type: str
+          sample: nvidia
+        driver_override:
+          description: C(driver_override), V(null) when unset.
+          returned: success
+          type: str
+          sample: vfio-pci
+        iommu_group:
+          description: IOMMU group number, V(null) without one.
+          returned: success
+          type: str
+          sample: "2"
+        numa_node:
+          description: NUMA node, V(-1) when the device has no affinity, V(null) when not reported.
+          returned: success
+          type: int
+          sample: 0
+        boot_vga:
+          description: The firmware used this device as the boot display.
+          returned: success
+          type: bool
+          sample: false
+        reset_methods:
+          description: Reset methods the kernel can use, in its order (C(reset_method)); empty when none.
+          returned: success
+          type: list
+          elements: str
+          sample: [flr, bus]
+        sriov:
+          description: SR-IOV state of a physical function, V(null) for other devices.
+          returned: success
+          type: dict
+          contains:
+            total_vfs:
+              description: C(sriov_totalvfs).
+              returned: success
+              type: int
+              sample: 20
+            num_vfs:
+              description: C(sriov_numvfs), the VFs enabled now.
+              returned: success
+              type: int
+              sample: 16
+            vfs:
+              description: Addresses of the enabled VFs (C(virtfnN) links), in VF order.
+              returned: success
+              type: list
+              elements: str
+              sample: ["0000:b1:00.4", "0000:b1:00.5"]
+        physfn:
+          description: The physical function of a virtual function, V(null) for other devices.
+          returned: success
+          type: str
+          sample: "0000:b1:00.0"
+        nvidia_vgpu:
+          description: The per-VF NVIDIA vGPU interface (C(nvidia/creatable_vgpu_types)), V(null) without one.
+          returned: success
+          type: dict
+          contains:
+            creatable:
+              description: vGPU types that can be created on this VF now; empty when it has no room left.
+              returned: success
+              type: list
+              elements: dict
+              contains:
+                id:
+                  description: Type ID to write to C(current_vgpu_type).
+                  returned: success
+                  type: int
+                  sample: 1030
+                name:
+                  description: Type name.
+                  returned: success
+                  type: str
+                  sample: NVIDIA L40S-1B
+            current:
+              description: C(current_vgpu_type), V(0) when the VF has no vGPU.
+              returned: success
+              type: int
+              sample: 0
+        critical:
+          description: Why the host needs this device, empty when it does not.
+          returned: success
+          type: list
+          elements: str
+          sample: ["holds the root filesystem (/dev/nvme0n1p2)"]
+        in_use_by:
+          description: Processes holding the device's VFIO group (or iommufd device) open.
+          returned: success
+          type: list
+          elements: dict
+          contains:
+            pid:
+              description: Process ID.
+              returned: success
+              type: int
+              sample: 4242
+            comm:
+              description: Process name.
+              returned: success
+              type: str
+              sample: qemu-system-x86
+    gpus:
+      description: Display controllers (class 0x03) and processing accelerators (0x12), in address order.
+      returned: success
+      type: list
+      elements: dict
+      contains:
+        address:
+          description: Full PCI address.
+          returned: success
+          type: str
+          sample: "0000:01:00.0"
+        vendor_id:
+          description: Vendor ID.
+          returned: success
+          type: str
+          sample: 10de
+        device_id:
+          description: Device ID.
+          returned: success
+          type: str
+          sample: 1e04
+        name:
+          description: Vendor and device name from C(pci.ids), else the class name and IDs.
+          returned: success
+          type: str
+          sample: NVIDIA Corporation TU102 [GeForce RTX 2080 Ti]
+        class:
+          description: Class code.
+          returned: success
+          type: str
+          sample: "030000"
+        driver:
+          description: The bound driver.
+          returned: success
+          type: str
+          sample: nvidia
+        boot_vga:
+          description: The boot display device.
+          returned: success
+          type: bool
+          sample: false
+        is_vf:
+          description: An SR-IOV virtual function.
+          returned: success
+          type: bool
+          sample: false
+        physfn:
+          description: The physical function of a VF.
+          returned: success
+          type: str
+          sample: null
+        iommu_group:
+          description: IOMMU group number.
+          returned: success
+          type: str
+          sample: "2"
+        mdev_parent:
+          description: The GPU offers mediated device types (C(/sys/class/mdev_bus)).
+          returned: success
+          type: bool
+          sample: false
+        sriov_total_vfs:
+          description: VFs the GPU supports, V(null) when it is not an SR-IOV physical function.
+          returned: success
+          type: int
+          sample: null
+        nvidia_vgpu:
+          description: The GPU has the per-VF NVIDIA vGPU interface.
+          returned: success
+          type: bool
+          sample: false
+        passthrough:
+          description: Whether the GPU can be handed to a VM now.
+          returned: success
+          type: dict
+          contains:
+            viable:
+              description: No reason against it.
+              returned: success
+              type: bool
+              sample: true
+            reasons:
+              description: One sentence per reason against it; empty when viable.
+              returned: success
+              type: list
+              elements: str
+              sample: ["0000:00:02.0 is the boot VGA device: the host console and firmware framebuffer use it"]
+            codes:
+              description:
+                - Stable codes of the reasons, each once - V(iommu_disabled), V(no_iommu_group), V(boot_vga),
+                  V(group_shared), V(in_use), V(host_critical).
+              returned: success
+              type: list
+              elements: str
+              sample: [boot_vga]
+            devices:
+              description: Addresses to bind to vfio-pci together, the GPU and its companion functions.
+              returned: success
+              type: list
+              elements: str
+              sample: ["0000:01:00.0", "0000:01:00.1", "0000:01:00.2", "0000:01:00.3"]
+    mdev_parents:
+      description: Devices offering mediated device types, by parent name.
+      returned: success
+      type: list
+      elements: dict
+      contains:
+        parent:
+          description: Name under C(/sys/class/mdev_bus), a PCI address or a virtual parent's name.
+          returned: success
+          type: str
+          sample: "0000:b1:00.4"
+        types:
+          description: Supported types.
+          returned: success
+          type: list
+          elements: dict
+          contains:
+            id:
+              description: Type directory name, what C(mdevctl) and C(gpuvirt.host.mdev) call the type.
+              returned: success
+              type: str
+              sample: nvidia-471
+            name:
+              description: C(name), V(null) when the driver gives none (GVT-g).
+              returned: success
+              type: str
+              sample: NVIDIA A100-4C
+            description:
+              description: C(description), V(null) when the driver gives none.
+              returned: success
+              type: str
+              sample: "num_heads=1, frl_config=60, framebuffer=4096M, max_resolution=4096x2160, max_instance=10"
+            available_instances:
+              description: Instances that can still be created, V(null) when unreadable.
+              returned: success
+              type: int
+              sample: 1
+            device_api:
+              description: C(device_api).
+              returned: success
+              type: str
+              sample: vfio-pci
+    mdevs:
+      description: Mediated devices that exist now, by UUID.
+      returned: success
+      type: list
+      elements: dict
+      contains:
+        uuid:
+          description: UUID.
+          returned: success
+          type: str
+          sample: 6c3e1ab4-4a52-4e2c-9a3e-0a4d9c1e2f01
+        parent:
+          description: Parent name.
+          returned: success
+          type: str
+          sample: "0000:b1:00.4"
+        type:
+          description: Type ID.
+          returned: success
+          type: str
+          sample: nvidia-471
+        iommu_group:
+          description: The mdev's IOMMU group.
+          returned: success
+          type: str
+          sample: "49"
+        in_use_by:
+          description: Processes holding the mdev's VFIO group open.
+          returned: success
+          type: list
+          elements: dict
+          contains:
+            pid:
+              description: Process ID.
+              returned: success
+              type: int
+              sample: 31337
+            comm:
+              description: Process name.
+              returned: success
+              type: str
+              sample: qemu-system-x86
+    findings:
+      description: Problems and advice; host-wide ones first, then by device.
+      returned: success
+      type: list
+      elements: dict
+      contains:
+        severity:
+          description: V(error) (GPU virtualization cannot work), V(warning), or V(info).
+          returned: success
+          type: str
+          sample: error
+        code:
+          description:
+            - Stable code, for example V(iommu_off), V(iommu_unsupported), V(no_cpu_virtualization),
+              V(kvm_unavailable), V(interrupt_remapping_off), V(acs_override), V(unsafe_interrupts),
+              V(host_graphics_driver), V(no_iommu_group), V(malformed_attribute), V(unreadable_attribute),
+              V(unreadable_device), V(malformed_entry), V(processes_unreadable).
+          returned: success
+          type: str
+          sample: iommu_off
+        message:
+          description: What is wrong and what to do.
+          returned: success
+          type: str
+          sample: >-
+            the firmware describes an Intel IOMMU (ACPI DMAR table) but the kernel did not enable it:
+            add intel_iommu=on to the kernel command line and reboot (gpuvirt.host.kernel_cmdline)
+        device:
+          description: The PCI address the finding is about, V(null) for host-wide ones.
+          returned: success
+          type: str
+          sample: null
+"""
+
+from ansible.module_utils.basic import AnsibleModule  # noqa: E402
+
+from ansible_collections.gpuvirt.host.plugins.module_utils.topology import NotALinuxTree, detect  # noqa: E402
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec={"root": {"type": "path", "default": "/"}},
+        supports_check_mode=True,
+    )
+    try:
+        topology = detect(module.params["root"])
+    except NotALinuxTree as error:
+        module.fail_json(msg=str(error))
+    module.exit_json(changed=False, topology=topology)
+
+
+if __name__ == "__main__":
+    main()
