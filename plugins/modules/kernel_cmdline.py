@@ -1,0 +1,254 @@
+#!/usr/bin/python
+# Copyright (c) gpuvirt.host contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: kernel_cmdline
+short_description: Add and remove kernel command line arguments in the boot configuration
+version_added: 0.1.0
+author: gpuvirt.host maintainers (@gpuvirt)
+description:
+  - Makes the kernel command line the host boots with hold the arguments of O(present) and none of
+    O(absent), in the configuration of the bootloader in use, then applies it to the boot entries.
+  - "GRUB (Debian, Ubuntu): edits C(GRUB_CMDLINE_LINUX_DEFAULT) in C(/etc/default/grub), or in the
+    C(/etc/default/grub.d/*.cfg) drop-in whose assignment wins, keeping comments and quoting; an
+    argument is removed or replaced where it is set, including in C(GRUB_CMDLINE_LINUX). Then runs
+    C(update-grub), or C(grub-mkconfig -o /boot/grub/grub.cfg), or C(grub2-mkconfig -o /boot/grub2/grub.cfg)."
+  - "grubby with BLS entries (RHEL, Rocky, Fedora): runs C(grubby --update-kernel=ALL --args=...
+    --remove-args=...) for the entries in C(/boot/loader/entries), and edits C(GRUB_CMDLINE_LINUX) in
+    C(/etc/default/grub) and C(/etc/kernel/cmdline) (when present) so that new kernels inherit the
+    arguments. Entries using C($kernelopts) (RHEL 8) are read through C(/boot/grub2/grubenv)."
+  - "systemd-boot with kernel-install: edits C(/etc/kernel/cmdline) (created from C(/usr/lib/kernel/cmdline)
+    or the running command line when missing, as kernel-install does), then runs C(kernel-install add)
+    for every kernel below C(/lib/modules) that has an image."
+  - "Proxmox VE: when C(proxmox-boot-tool) manages the ESPs (C(/etc/kernel/proxmox-boot-uuids)), edits
+    C(/etc/kernel/cmdline) if the host boots systemd-boot, or C(/etc/default/grub) if it boots GRUB, then
+    runs C(proxmox-boot-tool refresh); otherwise behaves as GRUB."
+  - A O(present) C(key=value) replaces the other values of that key (C(intel_iommu=off) becomes
+    C(intel_iommu=on)) except for keys the kernel accepts several times (C(console), C(hugepagesz),
+    C(hugepages), C(memmap), C(rd.driver.pre) and similar). Dashes and underscores in a parameter name
+    are equivalent, as for the kernel (C(vfio-pci.ids) and C(vfio_pci.ids) are one parameter).
+    Existing arguments keep their order; new ones are appended.
+  - Arguments with whitespace, quotes or shell characters (C($), backslash, backquote, C(;), C(&), C(|),
+    C(<), C(>)) are refused; edit those by hand.
+extends_documentation_fragment:
+  - gpuvirt.host.attributes
+  - gpuvirt.host.attributes.linux
+attributes:
+  check_mode:
+    support: full
+    details:
+      - Reads everything and predicts the result, the diff and the commands exactly; writes nothing.
+  diff_mode:
+    support: full
+    details:
+      - One diff per file edited. For grubby the diff of each boot entry is the edit grubby will make.
+options:
+  present:
+    description:
+      - Arguments the command line must hold, each C(key) or C(key=value).
+    type: list
+    elements: str
+    default: []
+  absent:
+    description:
+      - Arguments the command line must not hold. C(key) removes the key with any value;
+        C(key=value) removes only that value.
+      - A parameter cannot be in both O(present) and O(absent), except a repeatable key with
+        different values (keep C(console=ttyS0), remove C(console=tty0)).
+    type: list
+    elements: str
+    default: []
+  bootloader:
+    description:
+      - The bootloader configuration to edit. V(auto) detects it below O(root) and fails, naming what
+        it looked for, when it recognises none.
+    type: str
+    choices: [auto, grub, grubby, systemd-boot, proxmox]
+    default: auto
+  root:
+    description:
+      - The host filesystem root to work on, for image trees and tests. The running command line is
+        read from C(<root>/proc/cmdline).
+      - Commands (C(update-grub), C(grubby), C(kernel-install), C(proxmox-boot-tool)) are only run
+        when this is V(/). For another tree the files are edited and RV(regenerate_required) says that
+        the boot entries still have to be regenerated inside it; with grubby the BLS entries of the
+        tree are edited directly, the way grubby would edit them.
+    type: path
+    default: /
+  update:
+    description:
+      - Apply a changed configuration to the boot entries (the regeneration command, or grubby).
+      - With V(false) only the configuration files are edited and RV(regenerate_required) is true.
+    type: bool
+    default: true
+  backup:
+    description:
+      - Keep a timestamped copy of every file the module edits, next to it.
+    type: bool
+    default: false
+notes:
+  - When the regeneration command fails, the files this run edited are put back as they were and the
+    module fails with the command's output, so that the next run tries again.
+  - The arguments take effect at the next boot; RV(reboot_required) tells whether the running kernel
+    already has them.
+seealso:
+  - module: gpuvirt.host.topology_info
+  - module: gpuvirt.host.vfio_pci
+"""
+
+EXAMPLES = r"""
+- name: Turn the Intel IOMMU on in passthrough mode
+  gpuvirt.host.kernel_cmdline:
+    present:
+      - intel_iommu=on
+      - iommu=pt
+  register: cmdline
+
+- name: Reboot when the running kernel lacks the arguments
+  ansible.builtin.reboot:
+  when: cmdline.reboot_required
+
+- name: Hand two device IDs to vfio-pci at boot (vfio-pci built into the kernel)
+  gpuvirt.host.kernel_cmdline:
+    present:
+      - vfio-pci.ids=10de:2236,10de:1aef
+
+- name: Stop blacklisting nouveau, whatever value was given
+  gpuvirt.host.kernel_cmdline:
+    absent:
+      - modprobe.blacklist=nouveau
+      - rd.driver.blacklist=nouveau
+
+- name: Prepare an image tree; regenerate the entries inside it later
+  gpuvirt.host.kernel_cmdline:
+    root: /mnt/image
+    bootloader: grub
+    present:
+      - amd_iommu=on
+"""
+
+RETURN = r"""
+bootloader:
+  description: The bootloader configuration edited (detected or given).
+  returned: always
+  type: str
+  sample: grub
+configured:
+  description:
+    - The arguments the boot configuration holds after the run (predicted in check mode), in order.
+    - "GRUB: C(GRUB_CMDLINE_LINUX) then C(GRUB_CMDLINE_LINUX_DEFAULT); grubby: the default boot entry;
+      systemd-boot and Proxmox: C(/etc/kernel/cmdline)."
+  returned: always
+  type: list
+  elements: str
+  sample: [quiet, intel_iommu=on, iommu=pt]
+running:
+  description: The arguments of the running kernel (C(<root>/proc/cmdline)); null when it cannot be read.
+  returned: always
+  type: list
+  elements: str
+  sample: [BOOT_IMAGE=/boot/vmlinuz-6.1.0-18-amd64, root=UUID=4f6c..., ro, quiet]
+added:
+  description: Arguments added, including new values of replaced keys.
+  returned: always
+  type: list
+  elements: str
+  sample: [intel_iommu=on, iommu=pt]
+removed:
+  description: Arguments removed, including old values of replaced keys.
+  returned: always
+  type: list
+  elements: str
+  sample: [intel_iommu=off]
+reboot_required:
+  description:
+    - True while the running kernel lacks a O(present) argument or still has an O(absent) one.
+    - False when O(root) has no C(proc/cmdline) (an image tree).
+  returned: always
+  type: bool
+regenerate_required:
+  description:
+    - True when the configuration changed but the boot entries were not regenerated (O(update=false),
+      or O(root) is not V(/)); RV(commands) are what remains to run.
+  returned: always
+  type: bool
+commands:
+  description: The commands run to apply the change, or that remain to run when RV(regenerate_required).
+  returned: always
+  type: list
+  elements: list
+  sample: [[/usr/sbin/update-grub]]
+backup_file:
+  description: The backup of the first file edited, when O(backup=true).
+  returned: when a file was backed up
+  type: str
+  sample: /etc/default/grub.12345.2024-05-01@10:00:00~
+backup_files:
+  description: Every backup made, by the path of the file edited.
+  returned: when a file was backed up
+  type: dict
+  sample: {/etc/default/grub: /etc/default/grub.12345.2024-05-01@10:00:00~}
+"""
+
+import os  # noqa: E402
+
+from ansible.module_utils.basic import AnsibleModule  # noqa: E402
+
+from ansible_collections.gpuvirt.host.plugins.module_utils import bootloader  # noqa: E402
+from ansible_collections.gpuvirt.host.plugins.module_utils.kernel import read_cmdline  # noqa: E402
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            present=dict(type="list", elements="str", default=[]),
+            absent=dict(type="list", elements="str", default=[]),
+            bootloader=dict(type="str", default="auto", choices=["auto"] + list(bootloader.BOOTLOADERS)),
+            root=dict(type="path", default="/"),
+            update=dict(type="bool", default=True),
+            backup=dict(type="bool", default=False),
+        ),
+        supports_check_mode=True,
+    )
+    params = module.params
+    root = params["root"]
+    try:
+        present, absent = bootloader.validate_arguments(params["present"], params["absent"])
+    except bootloader.ArgumentError as error:
+        module.fail_json(msg=str(error))
+    if not os.path.isdir(root):
+        module.fail_json(msg="root %s is not a directory" % root)
+    running = read_cmdline(root)
+    try:
+        boot_plan = bootloader.plan(module, root, params["bootloader"], present, absent, update=params["update"])
+        backups = {}
+        if boot_plan.changed and not module.check_mode:
+            backups = bootloader.apply(module, boot_plan, backup=params["backup"])
+    except bootloader.BootloaderError as error:
+        module.fail_json(msg=str(error), running=running)
+    for warning in boot_plan.warnings:
+        module.warn(warning)
+    result = dict(
+        changed=boot_plan.changed,
+        bootloader=boot_plan.bootloader,
+        configured=boot_plan.configured,
+        running=running,
+        added=boot_plan.added,
+        removed=boot_plan.removed,
+        reboot_required=bootloader.reboot_required(running, present, absent),
+        regenerate_required=boot_plan.pending,
+        commands=boot_plan.commands if boot_plan.run_commands or boot_plan.pending else [],
+    )
+    if backups:
+        result["backup_files"] = backups
+        result["backup_file"] = next(iter(backups.values()))
+    if module._diff:
+        result["diff"] = [edit.diff() for edit in boot_plan.edits]
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,395 @@
+# Copyright (c) gpuvirt.host contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""gpuvirt.host.kernel_cmdline run for real against boot configuration fixture trees."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from ansible.module_utils.common import warnings as ansible_warnings
+
+from ansible_collections.gpuvirt.host.plugins.module_utils import bootloader
+
+IOMMU = ["intel_iommu=on", "iommu=pt"]
+
+
+@pytest.fixture(autouse=True)
+def fresh_warnings():
+    """module.warn() collects into a process-wide list; in-process runs would see earlier warnings."""
+    ansible_warnings._global_warnings.clear()
+
+
+def warning_messages(result):
+    return [w["event"]["msg"] if isinstance(w, dict) else w for w in result.get("warnings", [])]
+
+
+@pytest.fixture
+def as_host(monkeypatch):
+    """Commands only run when root is this host's /; let the fixture tree stand in for it."""
+    monkeypatch.setattr(bootloader, "is_host_root", lambda root: True)
+
+
+def snapshot(root):
+    files = {}
+    for directory, _dirs, names in os.walk(root):
+        for name in names:
+            path = os.path.join(directory, name)
+            with open(path, "rb") as handle:
+                files[os.path.relpath(path, root)] = (handle.read(), os.stat(path).st_mode)
+    return files
+
+
+def read(root, path):
+    with open(os.path.join(root, path)) as handle:
+        return handle.read()
+
+
+def names(calls):
+    return [[os.path.basename(call[0])] + call[1:] for call in calls]
+
+
+# ------------------------------------------------------------------------------ GRUB
+
+
+def test_grub_image_tree_is_edited_and_regeneration_left_pending(run_module, boot_tree, fake_commands):
+    root = boot_tree("debian-grub")
+    fake_commands.install("update-grub")
+    result = run_module("kernel_cmdline", {"root": root, "present": IOMMU}, diff=True)
+    assert result["rc"] == 0, result
+    assert result["changed"] is True
+    assert result["bootloader"] == "grub"
+    assert result["configured"] == ["quiet", "intel_iommu=on", "iommu=pt"]
+    assert result["added"] == ["intel_iommu=on", "iommu=pt"]
+    assert result["removed"] == ["intel_iommu=off"]
+    assert result["running"][-2:] == ["quiet", "intel_iommu=off"]
+    assert result["reboot_required"] is True
+    assert result["regenerate_required"] is True
+    assert result["commands"] == [["update-grub"]]
+    assert fake_commands.calls() == []
+    assert 'GRUB_CMDLINE_LINUX_DEFAULT="quiet intel_iommu=on iommu=pt"\n' in read(root, "etc/default/grub")
+    (diff,) = result["diff"]
+    assert diff["before_header"] == diff["after_header"] == "/etc/default/grub"
+    assert diff["after"] == read(root, "etc/default/grub")
+
+    again = run_module("kernel_cmdline", {"root": root, "present": IOMMU})
+    assert again["changed"] is False
+    assert again["regenerate_required"] is False
+    assert again["commands"] == []
+    assert again["added"] == again["removed"] == []
+    assert again["configured"] == result["configured"]
+
+
+def test_check_mode_predicts_the_real_run_exactly(run_module, boot_tree, fake_commands, as_host):
+    root = boot_tree("grub-quoting")
+    fake_commands.install("update-grub")
+    args = {"root": root, "present": ["amd_iommu=on", "iommu=pt"], "absent": ["nomodeset", "quiet"]}
+    before = snapshot(root)
+    predicted = run_module("kernel_cmdline", args, check_mode=True, diff=True)
+    assert snapshot(root) == before
+    assert fake_commands.calls() == []
+    real = run_module("kernel_cmdline", args, diff=True)
+    assert predicted["changed"] is real["changed"] is True
+    for key in ("configured", "added", "removed", "diff", "reboot_required", "regenerate_required", "commands"):
+        assert predicted[key] == real[key], key
+    assert [d["before_header"] for d in real["diff"]] == ["/etc/default/grub", "/etc/default/grub.d/20-iommu.cfg"]
+    for diff in real["diff"]:
+        assert read(root, diff["before_header"].lstrip("/")) == diff["after"]
+    assert names(fake_commands.calls()) == [["update-grub"]]
+
+
+def test_grub_host_runs_update_grub_once(run_module, boot_tree, fake_commands, as_host):
+    root = boot_tree("debian-grub")
+    update_grub = fake_commands.install("update-grub")
+    result = run_module("kernel_cmdline", {"root": root, "present": IOMMU})
+    assert result["changed"] is True
+    assert result["regenerate_required"] is False
+    assert result["commands"] == [[update_grub]]
+    assert fake_commands.calls() == [["update-grub"]]
+    again = run_module("kernel_cmdline", {"root": root, "present": IOMMU})
+    assert again["changed"] is False
+    assert fake_commands.calls() == [["update-grub"]]
+
+
+def test_grub_mkconfig_when_update_grub_is_missing(run_module, boot_tree, fake_commands, as_host):
+    if any(os.path.exists(os.path.join(d, "update-grub")) for d in ("/usr/sbin", "/sbin", "/usr/bin", "/bin")):
+        pytest.skip("this machine has a real update-grub, which would be found instead")
+    root = boot_tree("debian-grub")
+    fake_commands.install("grub-mkconfig")
+    result = run_module("kernel_cmdline", {"root": root, "present": ["iommu=pt"]})
+    assert result["changed"] is True
+    assert names(fake_commands.calls()) == [["grub-mkconfig", "-o", "/boot/grub/grub.cfg"]]
+
+
+def test_failed_regeneration_puts_the_files_back(run_module, boot_tree, fake_commands, as_host):
+    root = boot_tree("debian-grub")
+    fake_commands.install("update-grub", stderr="grub-probe: error: failed to get canonical path of `overlay'.\n", rc=1)
+    before = snapshot(root)
+    result = run_module("kernel_cmdline", {"root": root, "present": IOMMU})
+    assert result["failed"] is True
+    assert "update-grub failed (rc 1): grub-probe: error: failed to get canonical path" in result["msg"]
+    assert "/etc/default/grub" in result["msg"]
+    assert snapshot(root) == before
+    fake_commands.install("update-grub")
+    retry = run_module("kernel_cmdline", {"root": root, "present": IOMMU})
+    assert retry["changed"] is True
+    assert names(fake_commands.calls()) == [["update-grub"], ["update-grub"]]
+
+
+def test_ubuntu_cloud_dropin_is_edited_because_it_wins(run_module, boot_tree, fake_commands, as_host):
+    root = boot_tree("ubuntu-cloud-grub")
+    fake_commands.install("update-grub")
+    main_file = read(root, "etc/default/grub")
+    result = run_module("kernel_cmdline", {"root": root, "present": ["amd_iommu=on"], "absent": ["splash"]})
+    assert result["configured"] == ["console=tty1", "console=ttyS0", "amd_iommu=on"]
+    assert result["removed"] == []
+    assert read(root, "etc/default/grub") == main_file
+    assert 'GRUB_CMDLINE_LINUX_DEFAULT="console=tty1 console=ttyS0 amd_iommu=on"\n' in read(
+        root, "etc/default/grub.d/50-cloudimg-settings.cfg"
+    )
+    assert any("init-select.cfg line 3" in w and "conditional block" in w for w in warning_messages(result))
+
+
+def test_backup_keeps_the_original_and_mode_is_preserved(run_module, boot_tree, fake_commands):
+    root = boot_tree("debian-grub")
+    path = os.path.join(root, "etc/default/grub")
+    os.chmod(path, 0o600)
+    original = read(root, "etc/default/grub")
+    result = run_module("kernel_cmdline", {"root": root, "present": IOMMU, "backup": True})
+    assert result["backup_file"] == result["backup_files"]["/etc/default/grub"]
+    assert result["backup_file"].startswith(path + ".")
+    with open(result["backup_file"]) as handle:
+        assert handle.read() == original
+    assert os.stat(path).st_mode & 0o777 == 0o600
+
+
+def test_equivalent_spelling_already_present_is_no_change(run_module, boot_tree):
+    root = boot_tree("debian-grub")
+    run_module("kernel_cmdline", {"root": root, "present": ["vfio-pci.ids=10de:2236"]})
+    result = run_module("kernel_cmdline", {"root": root, "present": ["vfio_pci.ids=10de:2236"]})
+    assert result["changed"] is False
+    assert "vfio-pci.ids=10de:2236" in result["configured"]
+
+
+def test_reboot_required_until_the_kernel_runs_with_the_arguments(run_module, boot_tree):
+    root = boot_tree("debian-grub")
+    first = run_module("kernel_cmdline", {"root": root, "present": IOMMU})
+    assert first["reboot_required"] is True
+    with open(os.path.join(root, "proc/cmdline"), "w") as handle:
+        handle.write("BOOT_IMAGE=/boot/vmlinuz-6.1.0-18-amd64 root=UUID=x ro quiet intel_iommu=on iommu=pt\n")
+    after_reboot = run_module("kernel_cmdline", {"root": root, "present": IOMMU})
+    assert after_reboot["changed"] is False
+    assert after_reboot["reboot_required"] is False
+    removal = run_module("kernel_cmdline", {"root": root, "absent": ["iommu"]}, check_mode=True)
+    assert removal["changed"] is True
+    assert removal["reboot_required"] is True
+
+
+# ------------------------------------------------------------------------------ grubby / BLS
+
+
+def test_grubby_host_updates_entries_with_grubby_and_defaults_for_new_kernels(
+    run_module, boot_tree, fake_commands, as_host
+):
+    root = boot_tree("rocky9-grubby")
+    fake_commands.install_grubby(root)
+    args = {"root": root, "present": IOMMU + ["vfio-pci.ids=10de:2236"], "absent": ["rhgb"]}
+    predicted = run_module("kernel_cmdline", args, check_mode=True, diff=True)
+    assert fake_commands.calls() == []
+    result = run_module("kernel_cmdline", args, diff=True)
+    assert result["rc"] == 0, result
+    assert result["bootloader"] == "grubby"
+    assert names(fake_commands.calls()) == [
+        ["grubby", "--update-kernel=ALL", "--args=intel_iommu=on iommu=pt vfio-pci.ids=10de:2236", "--remove-args=rhgb"]
+    ]
+    assert result["configured"] == [
+        "root=/dev/mapper/rl-root",
+        "ro",
+        "crashkernel=1G-4G:192M,4G-64G:256M,64G-:512M",
+        "resume=/dev/mapper/rl-swap",
+        "rd.lvm.lv=rl/root",
+        "rd.lvm.lv=rl/swap",
+        "quiet",
+        "intel_iommu=on",
+        "iommu=pt",
+        "vfio-pci.ids=10de:2236",
+    ]
+    assert 'GRUB_CMDLINE_LINUX="crashkernel=1G-4G:192M,4G-64G:256M,64G-:512M resume=/dev/mapper/rl-swap ' in read(
+        root, "etc/default/grub"
+    )
+    assert 'rd.lvm.lv=rl/swap quiet intel_iommu=on iommu=pt vfio-pci.ids=10de:2236"\n' in read(root, "etc/default/grub")
+    headers = [d["after_header"] for d in result["diff"]]
+    assert headers[0] == "/etc/default/grub"
+    assert sorted(headers[1:]) == sorted(
+        "/boot/loader/entries/%s (as grubby will write it)" % name
+        for name in os.listdir(os.path.join(root, "boot/loader/entries"))
+    )
+    for diff in result["diff"]:
+        path = diff["before_header"].lstrip("/")
+        assert read(root, path) == diff["after"], path
+    assert predicted["diff"] == result["diff"]
+    assert warning_messages(result) == []
+
+    again = run_module("kernel_cmdline", args)
+    assert again["changed"] is False
+    assert len(fake_commands.calls()) == 1
+
+
+def test_grubby_update_false_edits_only_the_defaults(run_module, boot_tree, fake_commands, as_host):
+    root = boot_tree("rocky9-grubby")
+    fake_commands.install_grubby(root)
+    entries = snapshot(os.path.join(root, "boot"))
+    result = run_module("kernel_cmdline", {"root": root, "present": ["iommu=pt"], "update": False})
+    assert result["changed"] is True
+    assert result["regenerate_required"] is True
+    assert names(result["commands"]) == [["grubby", "--update-kernel=ALL", "--args=iommu=pt"]]
+    assert "iommu=pt" not in result["configured"]
+    assert fake_commands.calls() == []
+    assert snapshot(os.path.join(root, "boot")) == entries
+
+
+def test_grubby_image_tree_edits_the_entries_directly(run_module, boot_tree, fake_commands):
+    root = boot_tree("rocky9-grubby")
+    fake_commands.install_grubby(root)
+    result = run_module("kernel_cmdline", {"root": root, "present": ["intel_iommu=on"]}, diff=True)
+    assert result["changed"] is True
+    assert result["regenerate_required"] is False
+    assert result["commands"] == []
+    assert fake_commands.calls() == []
+    for name in os.listdir(os.path.join(root, "boot/loader/entries")):
+        assert "rhgb quiet" in read(root, "boot/loader/entries/" + name)
+        assert read(root, "boot/loader/entries/" + name).count("intel_iommu=on") == 1
+    assert all("as grubby" not in d["after_header"] for d in result["diff"])
+    assert run_module("kernel_cmdline", {"root": root, "present": ["intel_iommu=on"]})["changed"] is False
+
+
+def test_rhel8_kernelopts_in_grubenv(run_module, boot_tree):
+    root = boot_tree("rhel8-kernelopts")
+    entry_dir = os.path.join(root, "boot/loader/entries")
+    entry = snapshot(entry_dir)
+    result = run_module("kernel_cmdline", {"root": root, "present": ["intel_iommu=on"]}, diff=True)
+    assert result["changed"] is True
+    assert snapshot(entry_dir) == entry
+    grubenv = read(root, "boot/grub2/grubenv")
+    assert len(grubenv.encode()) == 1024
+    assert "kernelopts=root=/dev/mapper/rhel-root ro crashkernel=auto" in grubenv
+    assert "rhgb quiet intel_iommu=on\n" in grubenv
+    assert result["configured"][-1] == "intel_iommu=on"
+    assert run_module("kernel_cmdline", {"root": root, "present": ["intel_iommu=on"]})["changed"] is False
+
+
+# ------------------------------------------------------------------------------ systemd-boot
+
+
+def test_systemd_boot_edits_kernel_cmdline_and_reinstalls_each_kernel(run_module, boot_tree, fake_commands, as_host):
+    root = boot_tree("systemd-boot")
+    fake_commands.install("kernel-install")
+    result = run_module("kernel_cmdline", {"root": root, "present": ["amd_iommu=on"], "absent": ["splash"]})
+    assert result["bootloader"] == "systemd-boot"
+    assert read(root, "etc/kernel/cmdline") == "root=UUID=1b2c3d4e-5f60-4718-92a3-b4c5d6e7f809 rw quiet amd_iommu=on\n"
+    assert names(fake_commands.calls()) == [
+        ["kernel-install", "add", "6.8.9-300.fc40.x86_64", "/lib/modules/6.8.9-300.fc40.x86_64/vmlinuz"],
+        ["kernel-install", "add", "6.9.7-200.fc40.x86_64", "/lib/modules/6.9.7-200.fc40.x86_64/vmlinuz"],
+    ]
+    assert (
+        run_module("kernel_cmdline", {"root": root, "present": ["amd_iommu=on"], "absent": ["splash"]})["changed"]
+        is False
+    )
+    assert len(fake_commands.calls()) == 2
+
+
+def test_systemd_boot_creates_kernel_cmdline_from_the_running_one(run_module, boot_tree, fake_commands, as_host):
+    root = boot_tree("debian-systemd-boot")
+    fake_commands.install("kernel-install")
+    result = run_module("kernel_cmdline", {"root": root, "present": ["intel_iommu=on"]}, diff=True)
+    assert (
+        read(root, "etc/kernel/cmdline") == "root=UUID=0a1b2c3d-4e5f-4061-8273-94a5b6c7d8e9 ro quiet intel_iommu=on\n"
+    )
+    assert result["diff"][0]["before_header"] == "/etc/kernel/cmdline (absent)"
+    assert names(fake_commands.calls()) == [
+        ["kernel-install", "add", "6.1.0-18-amd64", "/boot/vmlinuz-6.1.0-18-amd64", "/boot/initrd.img-6.1.0-18-amd64"]
+    ]
+
+
+# ------------------------------------------------------------------------------ Proxmox
+
+
+def test_proxmox_uefi_esps_use_kernel_cmdline_and_refresh(run_module, boot_tree, fake_commands, as_host):
+    root = boot_tree("proxmox-zfs-uefi")
+    fake_commands.install("proxmox-boot-tool")
+    grub = read(root, "etc/default/grub")
+    result = run_module("kernel_cmdline", {"root": root, "present": IOMMU})
+    assert result["bootloader"] == "proxmox"
+    assert result["configured"] == ["root=ZFS=rpool/ROOT/pve-1", "boot=zfs", "intel_iommu=on", "iommu=pt"]
+    assert read(root, "etc/kernel/cmdline") == "root=ZFS=rpool/ROOT/pve-1 boot=zfs intel_iommu=on iommu=pt\n"
+    assert read(root, "etc/default/grub") == grub
+    assert names(fake_commands.calls()) == [["proxmox-boot-tool", "refresh"]]
+
+
+def test_proxmox_bios_esps_use_grub_defaults_and_refresh(run_module, boot_tree, fake_commands, as_host):
+    root = boot_tree("proxmox-zfs-bios")
+    fake_commands.install("proxmox-boot-tool")
+    fake_commands.install("update-grub")
+    result = run_module("kernel_cmdline", {"root": root, "present": ["amd_iommu=on"]})
+    assert result["bootloader"] == "proxmox"
+    assert result["configured"] == ["root=ZFS=rpool/ROOT/pve-1", "boot=zfs", "quiet", "amd_iommu=on"]
+    assert 'GRUB_CMDLINE_LINUX_DEFAULT="quiet amd_iommu=on"\n' in read(root, "etc/default/grub")
+    assert names(fake_commands.calls()) == [["proxmox-boot-tool", "refresh"]]
+
+
+@pytest.mark.parametrize("requested, reported", [("auto", "grub"), ("proxmox", "proxmox")])
+def test_proxmox_without_managed_esps_is_plain_grub(run_module, boot_tree, fake_commands, as_host, requested, reported):
+    root = boot_tree("proxmox-lvm-grub")
+    fake_commands.install("proxmox-boot-tool")
+    fake_commands.install("update-grub")
+    result = run_module("kernel_cmdline", {"root": root, "present": ["iommu=pt"], "bootloader": requested})
+    assert result["bootloader"] == reported
+    assert names(fake_commands.calls()) == [["update-grub"]]
+
+
+# ------------------------------------------------------------------------------ bad input
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ({"present": ["intel_iommu=on iommu=pt"]}, "contains ' '"),
+        ({"present": ['acpi_osi="Linux"']}, "contains '\"'"),
+        ({"present": ["=on"]}, "empty key"),
+        ({"present": [""]}, "an argument is empty"),
+        ({"present": ["intel_iommu=on"], "absent": ["intel_iommu"]}, "cannot be both"),
+        ({"present": ["iommu=pt", "iommu=nopt"]}, "takes one value"),
+        ({"bootloader": "grubby"}, "no /boot/loader/entries/*.conf"),
+        ({"bootloader": "lilo"}, "value of bootloader must be one of"),
+    ],
+)
+def test_bad_input_fails_and_changes_nothing(run_module, boot_tree, fake_commands, as_host, args, message):
+    root = boot_tree("debian-grub")
+    fake_commands.install("update-grub")
+    before = snapshot(root)
+    result = run_module("kernel_cmdline", dict({"root": root, "present": ["iommu=pt"]}, **args))
+    assert result["failed"] is True
+    assert message in result["msg"]
+    assert snapshot(root) == before
+    assert fake_commands.calls() == []
+
+
+def test_undetected_bootloader_fails_clearly(run_module, boot_tree):
+    root = boot_tree("unknown")
+    result = run_module("kernel_cmdline", {"root": root, "present": ["iommu=pt"]})
+    assert result["failed"] is True
+    assert "no bootloader configuration recognised" in result["msg"]
+    assert "set bootloader explicitly" in result["msg"]
+
+
+def test_unsupported_grub_assignment_fails_before_any_change(run_module, boot_tree):
+    root = boot_tree("debian-grub")
+    os.makedirs(os.path.join(root, "etc/default/grub.d"))
+    with open(os.path.join(root, "etc/default/grub.d/99-extra.cfg"), "w") as handle:
+        handle.write('GRUB_CMDLINE_LINUX_DEFAULT="$GRUB_CMDLINE_LINUX_DEFAULT $EXTRA_ARGS"\n')
+    before = snapshot(root)
+    result = run_module("kernel_cmdline", {"root": root, "present": ["iommu=pt"]})
+    assert result["failed"] is True
+    assert "/etc/default/grub.d/99-extra.cfg line 1" in result["msg"]
+    assert "$EXTRA_ARGS" in result["msg"]
+    assert snapshot(root) == before
