@@ -544,6 +544,7 @@ def write_inventory(inst, port):
         f"          ansible_ssh_private_key_file: {json.dumps(key)}\n"
         f"          ansible_ssh_common_args: {json.dumps(common)}\n"
         "          ansible_python_interpreter: /usr/bin/python3\n"
+        "          ansible_pipelining: true\n"
     )
     with open(inst.path("inventory.yml"), "w", encoding="utf-8") as handle:
         handle.write(text)
