@@ -20,9 +20,10 @@ import os
 import re
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from ansible_collections.gpuvirt.host.plugins.module_utils import bootloader
+from ansible_collections.gpuvirt.host.plugins.module_utils import bootloader, initramfs
+from ansible_collections.gpuvirt.host.plugins.module_utils.bootloader import find_binary, is_host_root
 from ansible_collections.gpuvirt.host.plugins.module_utils.critical import critical_devices
 from ansible_collections.gpuvirt.host.plugins.module_utils.iommu import read_iommu, vfio_holders
 from ansible_collections.gpuvirt.host.plugins.module_utils.kernel import read_kernel
@@ -595,26 +596,31 @@ def in_use_refusals(view, changing, action):
 # ----------------------------------------------------------------------------------- persistence
 
 PERSISTENCE_METHODS = ("auto", "modprobe", "driverctl", "cmdline", "none")
-_BIN_DIRS = ("usr/sbin", "usr/bin", "sbin", "bin", "usr/local/sbin", "usr/local/bin")
-
-
-def is_host_root(root):
-    """True when ``root`` is this host's ``/``: only then are commands run."""
-    try:
-        return os.path.samefile(root, "/")
-    except OSError:
-        return False
+# Our part of each initramfs tool's configuration: the vfio modules, and the modprobe.d file
+# for tools that do not copy modprobe.d on their own.
+INITRAMFS_CONFIG = {
+    "update-initramfs": "usr/share/initramfs-tools/modules.d/gpuvirt-vfio",
+    "dracut": "etc/dracut.conf.d/gpuvirt-vfio.conf",
+    "mkinitcpio": "etc/mkinitcpio.conf.d/gpuvirt-vfio.conf",
+}
 
 
 def find_program(module, root, name):
     """The program's path on this host (``root`` is ``/``) or inside the tree, else None."""
     if is_host_root(root):
         return module.get_bin_path(name)
-    for directory in _BIN_DIRS:
-        path = host_path(root, directory, name)
-        if os.path.isfile(path) and os.access(path, os.X_OK):
-            return "/" + directory + "/" + name
-    return None
+    path = find_binary(root, name)
+    return "/" + os.path.relpath(path, root) if path else None
+
+
+def render_initramfs_config(tool, modules):
+    """Our configuration file for ``tool`` that puts ``modules`` and the modprobe.d file in the image."""
+    names = " ".join(modules)
+    if tool == "update-initramfs":
+        return MANAGED_HEADER + "".join("%s\n" % name for name in modules)
+    if tool == "dracut":
+        return MANAGED_HEADER + 'add_drivers+=" %s "\ninstall_items+=" /%s "\n' % (names, MODPROBE_CONF)
+    return MANAGED_HEADER + "MODULES+=(%s)\nFILES+=(/%s)\n" % (names, MODPROBE_CONF)
 
 
 def device_id(view, address):
@@ -704,6 +710,34 @@ class PersistencePlan:
         if self.boot_plan is not None:
             paths += [edit.display_path for edit in self.boot_plan.edits]
         return paths
+
+
+@dataclass
+class InitramfsPlan:
+    tool: str | None = None
+    releases: list = field(default_factory=list)
+    modules: list = field(default_factory=list)
+    config: FileChange | None = None
+    regenerate: bool = False
+    commands: list = field(default_factory=list)
+    run: bool = False
+    images: list = field(default_factory=list)
+    verified: bool = False
+
+    @property
+    def changed(self):
+        return self.regenerate or bool(self.config is not None and self.config.changed)
+
+    def to_dict(self):
+        return {
+            "tool": self.tool,
+            "releases": list(self.releases),
+            "modules": list(self.modules),
+            "regenerated": self.regenerate and self.run,
+            "regenerate_required": self.regenerate and not self.run,
+            "images": list(self.images),
+            "verified": self.verified,
+        }
 
 
 # -------------------------------------------------------------------------------------------- run
@@ -920,15 +954,52 @@ class VfioPciRun:
         return addresses
 
     def _plan_initramfs(self, view):
-        return None
+        """Our initramfs configuration and whether the image must be rebuilt: only when the
+        modprobe.d file or that configuration changes (both are inputs of the image)."""
+        plan = InitramfsPlan()
+        modprobe = self.persistence.files[0] if self.persistence.files else None
+        if modprobe is None or self.persistence.method == "none" or not self.regenerate_initramfs:
+            return plan
+        if modprobe.before is None and modprobe.after is None:
+            return plan
+        try:
+            plan.tool = initramfs.detect_tool(self.root)
+        except initramfs.InitramfsError as error:
+            if modprobe.changed:
+                self.warnings.append("%s; the modprobe.d file only takes effect once vfio-pci loads from the "
+                                     "root filesystem" % error)
+            return plan
+        kernels = [release for release, _image, initrd in bootloader.installed_kernels(self.root) if initrd]
+        plan.releases = kernels or [r for r in [view.kernel.get("release")] if r]
+        modules = None
+        for release in plan.releases:
+            try:
+                names = initramfs.vfio_modules(release, self.root)
+            except initramfs.InitramfsError:
+                continue
+            # Only what every kernel has: a module missing from one release breaks its build,
+            # and vfio_pci pulls vfio_virqfd in on the kernels that still have it.
+            modules = names if modules is None else [name for name in modules if name in names]
+        plan.modules = modules or list(initramfs.VFIO_MODULES)
+        wanted = render_initramfs_config(plan.tool, plan.modules) if modprobe.after is not None else None
+        plan.config = plan_file(self.root, INITRAMFS_CONFIG[plan.tool], wanted)
+        if not (modprobe.changed or plan.config.changed) or not plan.releases:
+            return plan
+        plan.regenerate = True
+        plan.commands = [initramfs.regenerate_command(self.root, release, plan.tool) for release in plan.releases]
+        plan.run = self.host
+        if not self.host:
+            self.warnings.append(
+                "%s is not this host's root: rebuild its initramfs inside it (%s)"
+                % (self.root, "; ".join(" ".join(c) for c in plan.commands))
+            )
+        return plan
 
     # -- apply ------------------------------------------------------------------------------------
 
     @property
     def changed(self):
-        return bool(self.changing) or self.load_driver or self.persistence.changed or bool(
-            self.initramfs is not None and self.initramfs.changed
-        )
+        return bool(self.changing) or self.load_driver or self.persistence.changed or self.initramfs.changed
 
     def apply(self):
         """Change the host. Raises :class:`VfioError` on failure; ``self.applied`` tells whether
@@ -972,6 +1043,47 @@ class VfioPciRun:
             except bootloader.BootloaderError as error:
                 raise VfioError(str(error)) from error
             self.warnings.extend(self.persistence.boot_plan.warnings)
+        self._apply_initramfs()
+
+    def _apply_initramfs(self):
+        plan = self.initramfs
+        if plan.config is not None and plan.config.changed:
+            self.applied = True
+            apply_file(self.module, plan.config)
+        if not plan.run:
+            return
+        modprobe = self.persistence.files[0]
+        try:
+            for release in plan.releases:
+                self.commands.append(initramfs.regenerate(self.module, self.root, release, plan.tool))
+            for release in plan.releases:
+                self._verify_image(plan, release, modprobe)
+        except (initramfs.InitramfsError, VfioError) as error:
+            # Put the inputs back so that the next run sees the change again and rebuilds.
+            restored = [change for change in (modprobe, plan.config) if change is not None and change.changed]
+            for change in restored:
+                apply_file(self.module, FileChange(change.root, change.path, change.after, change.before))
+            raise VfioError(
+                "%s; %s put back as before so that the next run rebuilds the initramfs"
+                % (error, " and ".join(change.display_path for change in restored) or "nothing was")
+            ) from error
+        plan.verified = True
+
+    def _verify_image(self, plan, release, modprobe):
+        if modprobe.after is not None:
+            check = initramfs.verify_image(self.module, self.root, release, plan.modules, ["/" + MODPROBE_CONF],
+                                           plan.tool)
+            plan.images.append(check.image)
+            if not check.ok:
+                raise VfioError(
+                    "the rebuilt initramfs %s lacks %s; vfio-pci would not claim the devices before their host "
+                    "drivers at boot" % (check.image, ", ".join(check.missing_modules + check.missing_files))
+                )
+            return
+        image, paths = initramfs.list_image(self.module, self.root, release, plan.tool)
+        plan.images.append(image)
+        if MODPROBE_CONF in paths or "usr/" + MODPROBE_CONF in paths:
+            raise VfioError("the rebuilt initramfs %s still holds /%s" % (image, MODPROBE_CONF))
 
     def _program(self, name):
         program = find_program(self.module, self.root, name)
@@ -1046,14 +1158,20 @@ class VfioPciRun:
             iommu_enabled=self.view.iommu_enabled,
             persistent=persistence.method,
             ids=persistence.ids_after if persistence.method in ("modprobe", "cmdline") else [],
-            files_changed=persistence.paths_changed(),
+            files_changed=persistence.paths_changed() + (
+                [self.initramfs.config.display_path] if self.initramfs.config is not None
+                and self.initramfs.config.changed else []
+            ),
             commands=self.commands if not self.module.check_mode else self._predicted_commands(),
             reboot_required=bool(reasons),
             reboot_reasons=reasons,
             refusals=[r.to_dict() for r in self.refusals],
+            initramfs=self.initramfs.to_dict(),
         )
         if self.module._diff:
             result["diff"] = persistence.diffs()
+            if self.initramfs.config is not None and self.initramfs.config.changed:
+                result["diff"].append(self.initramfs.config.diff())
         return result
 
     def _predicted_commands(self):
@@ -1064,4 +1182,6 @@ class VfioPciRun:
         boot_plan = self.persistence.boot_plan
         if boot_plan is not None and boot_plan.changed and boot_plan.run_commands:
             commands += boot_plan.commands
+        if self.initramfs.run:
+            commands += self.initramfs.commands
         return commands

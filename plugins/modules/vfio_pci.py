@@ -229,22 +229,33 @@ commands:
   type: list
   elements: list
 initramfs:
-  description: The initramfs regeneration and verification, when the module's inputs to it changed.
+  description: The initramfs configuration, regeneration and verification.
   returned: always
   type: dict
   contains:
-    regenerated:
-      description: Whether the initramfs was (or would be) regenerated.
-      type: bool
     tool:
       description: The initramfs tool in use (C(update-initramfs), C(dracut), C(mkinitcpio)), or null.
       type: str
+    releases:
+      description: The kernel releases whose images are (or would be) rebuilt.
+      type: list
+      elements: str
+    modules:
+      description: The vfio modules put into the image (C(vfio_virqfd) only for kernels that still have it).
+      type: list
+      elements: str
+    regenerated:
+      description: Whether the images were rebuilt (would be, in check mode); only when their inputs changed.
+      type: bool
+    regenerate_required:
+      description: Inputs changed but the images could not be rebuilt here (O(root) is not V(/)).
+      type: bool
     images:
-      description: The images regenerated and checked.
+      description: The images read back after the rebuild.
       type: list
       elements: str
     verified:
-      description: Whether the images were read back and hold the vfio modules and the modprobe.d file.
+      description: Whether the rebuilt images hold the vfio modules and the modprobe.d file.
       type: bool
 reboot_required:
   description: Whether the wanted binding only takes effect at the next boot.
