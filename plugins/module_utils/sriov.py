@@ -1,0 +1,400 @@
+# Copyright (c) gpuvirt.host contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""SR-IOV virtual functions: read, guard and change ``sriov_numvfs`` with read-back.
+
+Public API (standard library only, so the boot-time restore can use it without Ansible):
+
+- :func:`read_sriov` ``(root, pf) -> dict | None``: ``address``, ``driver``, ``vendor_id``,
+  ``device_id``, ``total_vfs``, ``num_vfs``, ``vfs`` (addresses in ``virtfnN`` order),
+  ``drivers_autoprobe`` (bool or None), ``offset``, ``stride``; None when ``pf`` has no SR-IOV
+  capability (no ``sriov_totalvfs``) or does not exist.
+- :func:`vf_addresses` ``(root, pf, count) -> list[str]``: the addresses VF 0..count-1 get
+  (``sriov_offset``/``sriov_stride``), also before they exist; ``[]`` when unknown.
+- :func:`vf_users` ``(root, vfs, holders=None, mdev_list=None) -> dict[str, list[str]]``: why each
+  VF is in use (a process holds its VFIO group or cdev, an mdev exists on it, an NVIDIA vGPU type is
+  assigned to it); VFs not in use are left out.
+- :func:`vfs_in_use` ``(root, pf) -> dict[str, list[str]]``: the same for every VF of ``pf``.
+- :func:`select_pfs` ``(devices, selector) -> list[str]``: the SR-IOV physical functions a
+  selector (PCI address, ``vendor:device``, model name from ``pci.ids``) names; raises SriovError.
+- :func:`set_num_vfs` ``(root, pf, num_vfs, retries=10, delay=0.5) -> bool``: 0 first, then N;
+  reads ``sriov_numvfs`` and the ``virtfnN`` links back; tries to restore the old count when N fails.
+- :func:`set_drivers_autoprobe` ``(root, pf, enabled, retries=10, delay=0.5) -> bool``
+- :func:`enable_vfs_with_sriov_manage` ``(runner, root, pf, retries=5, delay=2.0, command=None)
+  -> dict``: runs ``sriov-manage -e <pf>`` until ``sriov_numvfs`` reads back non-zero; its exit
+  status is recorded but never trusted. ``runner`` is anything with ``run_command(argv)`` returning
+  ``(rc, stdout, stderr)`` (an AnsibleModule; at boot, the restore's own runner).
+- :func:`restore_pf` ``(root, pf, num_vfs, drivers_autoprobe=None, method=None, runner=None,
+  retries=10, delay=0.5) -> bool``: what the boot-time restore calls for one ``sriov`` entry of the
+  state file; ``method`` is the entry's ``method`` (``sysfs``, the default, or ``sriov_manage``).
+- :func:`state_entry` ``(num_vfs, drivers_autoprobe=None, method=None) -> dict``: a ``sriov``
+  section entry of ``/etc/gpuvirt/host-state.json``.
+
+Kernel behaviour this follows (``drivers/pci/iov.c``, ``Documentation/ABI/testing/sysfs-bus-pci``):
+writing a count to ``sriov_numvfs`` while VFs are enabled fails with ``EBUSY`` unless it is 0 or
+the same count, a count above ``sriov_totalvfs`` fails with ``ERANGE``, and a PF without a driver
+(or whose driver cannot configure SR-IOV) fails with ``ENOENT``. Every VF disappears when the count
+changes, so a VF that a VM or a vGPU uses makes any change destructive.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import time
+
+from ansible_collections.gpuvirt.host.plugins.module_utils import sysfs
+from ansible_collections.gpuvirt.host.plugins.module_utils.iommu import vfio_holders
+from ansible_collections.gpuvirt.host.plugins.module_utils.mdev_info import mdevs as list_mdevs
+from ansible_collections.gpuvirt.host.plugins.module_utils.pci import read_pci_device
+from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import PCI_DEVICES, host_path, normalize_address
+
+SRIOV_MANAGE = "/usr/lib/nvidia/sriov-manage"
+METHODS = ("sysfs", "sriov_manage")
+
+_ID_PAIR = re.compile(r"([0-9a-fA-F]{4}):([0-9a-fA-F]{4})\Z")
+
+_NUMVFS_ADVICE = {
+    errno.EBUSY: "VFs are enabled or in use; the count only changes through 0, and not while a VF is assigned",
+    errno.ERANGE: "the count is above sriov_totalvfs",
+    errno.ENOENT: "no driver is bound to the physical function, or its driver cannot configure SR-IOV "
+    "through sysfs (NVIDIA vGPU GPUs: use gpuvirt.host.nvidia_vgpu, which runs sriov-manage)",
+    errno.ENOMEM: "the kernel could not allocate the VFs; the firmware may not reserve enough bus numbers or "
+    "BAR space (enable SR-IOV and Above 4G decoding in the firmware setup, or add pci=realloc)",
+    errno.EINVAL: "the kernel rejected the count",
+}
+
+
+class SriovError(Exception):
+    """Bad input, a refused change or a failed read-back; ``str()`` says where, why and what to do."""
+
+
+def _pf_path(root, pf, *names):
+    return host_path(root, PCI_DEVICES, pf, *names)
+
+
+def read_sriov(root, pf):
+    """The SR-IOV state of ``pf``, or None when it is not an SR-IOV physical function."""
+    device = read_pci_device(root, pf)
+    if device is None or device.sriov is None or device.is_vf:
+        return None
+    autoprobe = sysfs.read_int(_pf_path(root, device.address, "sriov_drivers_autoprobe"))
+    return {
+        "address": device.address,
+        "driver": device.driver,
+        "vendor_id": device.vendor_id,
+        "device_id": device.device_id,
+        "total_vfs": device.sriov.total_vfs,
+        "num_vfs": device.sriov.num_vfs,
+        "vfs": list(device.sriov.vfs),
+        "drivers_autoprobe": None if autoprobe is None else bool(autoprobe),
+        "offset": sysfs.read_int(_pf_path(root, device.address, "sriov_offset")),
+        "stride": sysfs.read_int(_pf_path(root, device.address, "sriov_stride")),
+    }
+
+
+def vf_addresses(root, pf, count):
+    """The addresses VF 0..count-1 of ``pf`` get, from its routing ID, offset and stride."""
+    offset = sysfs.read_int(_pf_path(root, pf, "sriov_offset"))
+    stride = sysfs.read_int(_pf_path(root, pf, "sriov_stride"))
+    address = normalize_address(pf)
+    if offset is None or stride is None or address is None:
+        return []
+    domain, bus, devfn = address.split(":")
+    slot, function = devfn.split(".")
+    rid = (int(bus, 16) << 8) | (int(slot, 16) << 3) | int(function)
+    result = []
+    for index in range(count):
+        vf = rid + offset + index * stride
+        result.append("%s:%02x:%02x.%d" % (domain, (vf >> 8) & 0xFF, (vf >> 3) & 0x1F, vf & 7))
+    return result
+
+
+def vf_users(root, vfs, holders=None, mdev_list=None):
+    """``{vf: [reasons]}`` for the VFs in ``vfs`` that something uses; pass ``holders``
+    (:func:`iommu.vfio_holders`) and ``mdev_list`` (:func:`mdev_info.mdevs`) to save re-reading."""
+    holders = vfio_holders(root) if holders is None else holders
+    mdev_list = list_mdevs(root) if mdev_list is None else mdev_list
+    wanted = set(vfs)
+    users = {}
+    for entry in mdev_list:
+        if entry["parent"] in wanted:
+            reason = "mdev %s (%s) exists on it" % (entry["uuid"], entry["type"] or "unknown type")
+            held = holders.get(entry["iommu_group"], []) if entry["iommu_group"] else []
+            if held:
+                reason += " and is open by %s" % _people(held)
+            users.setdefault(entry["parent"], []).append(reason)
+    for vf in vfs:
+        device = read_pci_device(root, vf)
+        if device is None:
+            continue
+        held = list(holders.get(device.iommu_group, [])) if device.iommu_group else []
+        held.extend(holders.get(vf, []))
+        if held:
+            users.setdefault(vf, []).append(
+                "%s holds its VFIO device (IOMMU group %s)" % (_people(held), device.iommu_group)
+            )
+        current = (device.nvidia_vgpu or {}).get("current")
+        if current:
+            users.setdefault(vf, []).append(
+                "NVIDIA vGPU type %d is assigned to it (nvidia/current_vgpu_type)" % current
+            )
+    return users
+
+
+def _people(held):
+    return ", ".join("process %d (%s)" % (user["pid"], user.get("comm") or "?") for user in held)
+
+
+def vfs_in_use(root, pf):
+    """Why each VF of ``pf`` is in use; empty when none is (or ``pf`` has no VFs)."""
+    info = read_sriov(root, pf)
+    if info is None or not info["vfs"]:
+        return {}
+    return vf_users(root, info["vfs"])
+
+
+def select_pfs(devices, selector):
+    """The addresses of the SR-IOV physical functions ``selector`` names, in address order.
+
+    ``devices`` maps addresses to :class:`pci.PciDevice` (with ``device_name`` filled from
+    ``pci.ids`` for model selectors). A selector is a PCI address (4- or 8-digit domain or short
+    form), a ``vendor:device`` pair, or a model name found in the ``pci.ids`` device name
+    (case-insensitive, e.g. ``L40S``, ``A100``); a model name matching two different models fails.
+    """
+    text = (selector or "").strip()
+    if not text:
+        raise SriovError("an empty selector was given; use a PCI address, a vendor:device ID or a model name")
+    address = normalize_address(text)
+    if address is not None:
+        device = devices.get(address)
+        if device is None:
+            raise SriovError("selector %r: no PCI device %s on this host" % (selector, address))
+        if device.is_vf:
+            raise SriovError(
+                "selector %r: %s is a virtual function of %s; select its physical function"
+                % (selector, address, device.physfn)
+            )
+        if device.sriov is None or not device.sriov.total_vfs:
+            raise SriovError(
+                "selector %r: %s (%s) has no SR-IOV capability (no sriov_totalvfs); its driver may not "
+                "support SR-IOV, or SR-IOV is disabled in the firmware setup" % (selector, address, device.name)
+            )
+        return [address]
+    pair = _ID_PAIR.match(text)
+    candidates = [d for d in devices.values() if not d.is_vf]
+    if pair:
+        vendor, device_id = pair.group(1).lower(), pair.group(2).lower()
+        hits = [d for d in candidates if d.vendor_id == vendor and d.device_id == device_id]
+    else:
+        wanted = text.lower()
+        hits = [d for d in candidates if d.device_name and wanted in d.device_name.lower()]
+        models = {(d.vendor_id, d.device_id) for d in hits}
+        if len(models) > 1:
+            names = sorted({"%s [%s:%s]" % (d.device_name, d.vendor_id, d.device_id) for d in hits})
+            raise SriovError(
+                "model %r matches different devices: %s; select by PCI address or vendor:device"
+                % (text, "; ".join(names))
+            )
+    capable = [d.address for d in hits if d.sriov is not None and d.sriov.total_vfs]
+    if capable:
+        return sorted(capable)
+    if hits:
+        raise SriovError(
+            "selector %r matches %s, which has no SR-IOV capability" % (selector, ", ".join(d.address for d in hits))
+        )
+    known = sorted(
+        "%s (%s)" % (d.address, d.device_name or "%s:%s" % (d.vendor_id, d.device_id))
+        for d in candidates
+        if d.sriov is not None and d.sriov.total_vfs
+    )
+    raise SriovError(
+        "selector %r matches no device (not a PCI address, vendor:device ID or pci.ids model name here); "
+        "SR-IOV physical functions on this host: %s" % (selector, ", ".join(known) or "none")
+    )
+
+
+def poll(read, accept, retries, delay, sleep=time.sleep):
+    """Call ``read()`` until ``accept(value)``, at most ``retries + 1`` times; ``(value, ok)``."""
+    value = read()
+    for _attempt in range(max(0, retries)):
+        if accept(value):
+            return value, True
+        sleep(delay)
+        value = read()
+    return value, accept(value)
+
+
+def _count_links(root, pf):
+    return sum(1 for name in sysfs.list_dir(_pf_path(root, pf)) if name.startswith("virtfn"))
+
+
+def _read_back_num_vfs(root, pf, wanted, retries, delay):
+    def read():
+        return sysfs.read_int(_pf_path(root, pf, "sriov_numvfs")), _count_links(root, pf)
+
+    value, ok = poll(read, lambda v: v == (wanted, wanted), retries, delay)
+    if not ok:
+        raise SriovError(
+            "%s: sriov_numvfs reads %s with %d virtfn link(s) after writing %d (read back %d times); "
+            "check dmesg for the driver's message" % (pf, value[0], value[1], wanted, retries + 1)
+        )
+
+
+def _write_num_vfs(root, pf, value):
+    path = _pf_path(root, pf, "sriov_numvfs")
+    try:
+        sysfs.write_text(path, str(value))
+    except sysfs.SysfsWriteError as error:
+        advice = _NUMVFS_ADVICE.get(error.errno)
+        raise SriovError(
+            "%s%s" % (error, "" if advice is None or advice in str(error) else " (%s)" % advice)
+        ) from error
+
+
+def set_num_vfs(root, pf, num_vfs, retries=10, delay=0.5):
+    """Make ``pf`` have ``num_vfs`` VFs: 0 first when a different count is enabled, then N.
+
+    Returns whether anything was written. Does not check whether a VF is in use: callers do, before
+    deciding to change anything (:func:`vfs_in_use`).
+    """
+    info = read_sriov(root, pf)
+    if info is None:
+        raise SriovError("%s is not an SR-IOV physical function (no sriov_totalvfs)" % pf)
+    total = info["total_vfs"]
+    if total is not None and num_vfs > total:
+        raise SriovError("%s: num_vfs %d is above sriov_totalvfs %d" % (pf, num_vfs, total))
+    previous = info["num_vfs"]
+    if previous == num_vfs:
+        return False
+    if previous:
+        _write_num_vfs(root, pf, 0)
+        _read_back_num_vfs(root, pf, 0, retries, delay)
+    if num_vfs:
+        try:
+            _write_num_vfs(root, pf, num_vfs)
+            _read_back_num_vfs(root, pf, num_vfs, retries, delay)
+        except SriovError as error:
+            raise SriovError("%s%s" % (error, _restore_note(root, pf, previous, retries, delay))) from error
+    return True
+
+
+def _restore_note(root, pf, previous, retries, delay):
+    """Try to put the old count back after a failed change; say what happened."""
+    if not previous:
+        return "; %s has no VFs now" % pf
+    try:
+        if sysfs.read_int(_pf_path(root, pf, "sriov_numvfs")):
+            _write_num_vfs(root, pf, 0)
+        _write_num_vfs(root, pf, previous)
+        _read_back_num_vfs(root, pf, previous, retries, delay)
+    except SriovError as error:
+        return "; restoring the previous %d VFs failed too (%s), so %s has no VFs now" % (previous, error, pf)
+    return "; the previous %d VFs were enabled again (new VF devices: their drivers re-probed)" % previous
+
+
+def set_drivers_autoprobe(root, pf, enabled, retries=10, delay=0.5):
+    """Set ``sriov_drivers_autoprobe`` (whether new VFs bind to a driver); returns whether written."""
+    path = _pf_path(root, pf, "sriov_drivers_autoprobe")
+    current = sysfs.read_int(path)
+    if current is None:
+        raise SriovError("%s has no readable sriov_drivers_autoprobe; the kernel may be older than 4.12" % pf)
+    if bool(current) == bool(enabled):
+        return False
+    wanted = 1 if enabled else 0
+    try:
+        sysfs.write_text(path, str(wanted))
+    except sysfs.SysfsWriteError as error:
+        raise SriovError(str(error)) from error
+    value, ok = poll(lambda: sysfs.read_int(path), lambda v: v == wanted, retries, delay)
+    if not ok:
+        raise SriovError("%s: sriov_drivers_autoprobe reads %s after writing %d" % (pf, value, wanted))
+    return True
+
+
+def find_sriov_manage(runner=None, command=None):
+    """The ``sriov-manage`` to run: ``command``, else ``/usr/lib/nvidia/sriov-manage`` or PATH."""
+    if command:
+        return command
+    finder = getattr(runner, "get_bin_path", None)
+    if finder is not None:
+        found = finder("sriov-manage", opt_dirs=[os.path.dirname(SRIOV_MANAGE)])
+        if found:
+            return found
+    return SRIOV_MANAGE
+
+
+def enable_vfs_with_sriov_manage(runner, root, pf, retries=5, delay=2.0, command=None, sleep=time.sleep):
+    """Enable the VFs of an NVIDIA GPU with ``sriov-manage -e <pf>``, read back, retry.
+
+    ``sriov-manage`` races the driver's start-up and can exit 0 without having enabled anything (or
+    fail after it did), so success is ``sriov_numvfs`` reading non-zero with that many ``virtfnN``
+    links, whatever it exits with. Returns ``{"changed", "num_vfs", "attempts": [{"rc", "num_vfs",
+    "output"}], "warnings"}``; raises SriovError after ``retries`` attempts.
+    """
+    info = read_sriov(root, pf)
+    if info is None:
+        raise SriovError("%s is not an SR-IOV physical function (no sriov_totalvfs)" % pf)
+    if info["num_vfs"]:
+        return {"changed": False, "num_vfs": info["num_vfs"], "attempts": [], "warnings": []}
+    executable = find_sriov_manage(runner, command)
+    attempts = []
+    warnings = []
+    for attempt in range(1, max(1, retries) + 1):
+        try:
+            rc, out, err = runner.run_command([executable, "-e", pf])
+        except OSError as error:  # the restore's runner may raise where AnsibleModule returns rc
+            rc, out, err = 127, "", str(error)
+        num_vfs = sysfs.read_int(_pf_path(root, pf, "sriov_numvfs")) or 0
+        output = " ".join((out or "").split() + (err or "").split())[-300:]
+        attempts.append({"rc": rc, "num_vfs": num_vfs, "output": output})
+        if num_vfs and _count_links(root, pf) == num_vfs:
+            if rc != 0:
+                warnings.append(
+                    "%s -e %s exited with %s but the VFs are enabled (sriov_numvfs reads %d)"
+                    % (executable, pf, rc, num_vfs)
+                )
+            if attempt > 1:
+                warnings.append("%s: VFs enabled on attempt %d of %d" % (pf, attempt, retries))
+            return {"changed": True, "num_vfs": num_vfs, "attempts": attempts, "warnings": warnings}
+        if attempt < retries:
+            sleep(delay)
+    summary = "; ".join(
+        "attempt %d: exit %s, sriov_numvfs %d%s"
+        % (i + 1, a["rc"], a["num_vfs"], ", " + a["output"] if a["output"] else "")
+        for i, a in enumerate(attempts)
+    )
+    raise SriovError(
+        "%s -e %s did not enable the VFs of %s in %d attempts (%s); check that the nvidia driver is loaded "
+        "and bound to %s, that SR-IOV is enabled in the firmware, and dmesg"
+        % (executable, pf, pf, len(attempts), summary, pf)
+    )
+
+
+def restore_pf(root, pf, num_vfs, drivers_autoprobe=None, method=None, runner=None, retries=10, delay=0.5):
+    """Bring one recorded physical function back at boot; returns whether anything was written."""
+    changed = False
+    if drivers_autoprobe is not None:
+        changed = set_drivers_autoprobe(root, pf, drivers_autoprobe, retries, delay) or changed
+    if (method or "sysfs") == "sriov_manage":
+        if not num_vfs:
+            return changed
+        if runner is None:
+            raise SriovError("%s is recorded with method sriov_manage; restoring it needs a command runner" % pf)
+        result = enable_vfs_with_sriov_manage(runner, root, pf, retries=max(1, retries), delay=delay)
+        return result["changed"] or changed
+    if method not in (None,) + METHODS:
+        raise SriovError(
+            "%s: unknown method %r in the state file (expected one of %s)" % (pf, method, ", ".join(METHODS))
+        )
+    return set_num_vfs(root, pf, num_vfs, retries, delay) or changed
+
+
+def state_entry(num_vfs, drivers_autoprobe=None, method=None):
+    """One entry of the state file's ``sriov`` section."""
+    entry = {"num_vfs": int(num_vfs)}
+    if drivers_autoprobe is not None:
+        entry["drivers_autoprobe"] = bool(drivers_autoprobe)
+    if method and method != "sysfs":
+        entry["method"] = method
+    return entry

@@ -1,0 +1,343 @@
+# Copyright (c) gpuvirt.host contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+
+import pytest
+
+from ansible_collections.gpuvirt.host.plugins.module_utils import sriov, sysfs
+from ansible_collections.gpuvirt.host.plugins.module_utils.pci import PciIds, read_pci_devices
+from ansible_collections.gpuvirt.host.tests.sim.nvidia_vgpu_sim import attach, fake_sriov_manage, sriov_manage_calls
+from ansible_collections.gpuvirt.host.tests.sim.sriov_kernel import NUMVFS
+
+NVME = "0000:04:00.0"
+L40S = "0000:cb:00.0"
+A100 = "0000:b1:00.0"
+
+# A small host with an SR-IOV NVMe like the QEMU lab's (sriov_totalvfs 4, nvme driver).
+NVME_HOST = {
+    "kernel": {"release": "6.1.0-28-amd64", "modules": ["nvme", "vfio_pci"]},
+    "devices": [
+        {"address": "00:06.0", "ids": "8086:29c0", "class": "060400", "driver": "pcieport"},
+        {
+            "address": "04:00.0",
+            "parent": "00:06.0",
+            "ids": "1b36:0010",
+            "class": "010802",
+            "driver": "nvme",
+            "vendor_name": "Red Hat, Inc.",
+            "device_name": "QEMU NVM Express Controller",
+            "sriov": {"total_vfs": 4, "num_vfs": 0, "offset": 1, "stride": 1},
+        },
+        {
+            "address": "05:00.0",
+            "ids": "8086:10d3",
+            "class": "020000",
+            "driver": "e1000e",
+            "vendor_name": "Intel Corporation",
+            "device_name": "82574L Gigabit Network Connection",
+        },
+    ],
+}
+
+
+@pytest.fixture
+def nvme(make_host):
+    return make_host(NVME_HOST)
+
+
+def num_vfs(root, pf):
+    with open(os.path.join(root, "sys/bus/pci/devices", pf, "sriov_numvfs")) as handle:
+        return int(handle.read())
+
+
+def hold_group(root, address, pid=4242):
+    """A fake VM process holding the VFIO group of ``address``."""
+    group = os.path.basename(os.readlink(os.path.join(root, "sys/bus/pci/devices", address, "iommu_group")))
+    os.makedirs(os.path.join(root, "dev/vfio"), exist_ok=True)
+    open(os.path.join(root, "dev/vfio", group), "w").close()
+    fd_dir = os.path.join(root, "proc", str(pid), "fd")
+    os.makedirs(fd_dir, exist_ok=True)
+    with open(os.path.join(root, "proc", str(pid), "comm"), "w") as handle:
+        handle.write("qemu-system-x86\n")
+    os.symlink("/dev/vfio/" + group, os.path.join(fd_dir, "30"))
+    return group
+
+
+class Runner:
+    """What the module passes as ``runner``: ``run_command(argv) -> (rc, out, err)``."""
+
+    def __init__(self):
+        self.calls = []
+
+    def run_command(self, argv):
+        self.calls.append(argv)
+        done = subprocess.run(argv, capture_output=True, text=True, check=False)
+        return done.returncode, done.stdout, done.stderr
+
+
+# -- reading ---------------------------------------------------------------------------------------
+
+
+def test_read_sriov_of_a_physical_function(nvme):
+    info = sriov.read_sriov(nvme, NVME)
+    assert info["total_vfs"] == 4 and info["num_vfs"] == 0 and info["vfs"] == []
+    assert info["driver"] == "nvme" and info["drivers_autoprobe"] is True
+    assert (info["offset"], info["stride"]) == (1, 1)
+
+
+def test_read_sriov_is_none_for_other_devices(nvme, make_host):
+    assert sriov.read_sriov(nvme, "0000:05:00.0") is None
+    assert sriov.read_sriov(nvme, "0000:09:00.0") is None
+    l40s = make_host("l40s_vgpu")
+    assert sriov.read_sriov(l40s, "0000:cb:00.4") is None  # a VF
+    info = sriov.read_sriov(l40s, L40S)
+    assert info["num_vfs"] == 8 and info["vfs"][0] == "0000:cb:00.4" and info["vfs"][-1] == "0000:cb:01.3"
+
+
+def test_vf_addresses_follow_offset_and_stride(make_host):
+    root = make_host("l40s_vgpu")
+    predicted = sriov.vf_addresses(root, L40S, 8)
+    assert predicted == sriov.read_sriov(root, L40S)["vfs"]
+    assert sriov.vf_addresses(root, L40S, 12)[-1] == "0000:cb:01.7"
+    assert sriov.vf_addresses(root, "0000:17:00.0", 2) == []  # no sriov_offset
+
+
+# -- selectors -------------------------------------------------------------------------------------
+
+
+def devices_of(root):
+    devices = read_pci_devices(root)
+    ids = PciIds.load(root)
+    for device in devices.values():
+        device.device_name = ids.device_name(device.vendor_id, device.device_id)
+    return devices
+
+
+@pytest.mark.parametrize(
+    "selector", ["0000:04:00.0", "04:00.0", "00000000:04:00.0", "1b36:0010", "nvm express", "QEMU"]
+)
+def test_select_pfs_by_address_ids_or_model(nvme, selector):
+    assert sriov.select_pfs(devices_of(nvme), selector) == [NVME]
+
+
+@pytest.mark.parametrize(
+    "selector, message",
+    [
+        ("05:00.0", "no SR-IOV capability"),
+        ("82574L", "no SR-IOV capability"),
+        ("09:00.0", "no PCI device 0000:09:00.0"),
+        ("H100", "SR-IOV physical functions on this host: 0000:04:00.0 (QEMU NVM Express Controller)"),
+        ("", "empty selector"),
+    ],
+)
+def test_select_pfs_explains_what_is_wrong(nvme, selector, message):
+    with pytest.raises(sriov.SriovError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        sriov.select_pfs(devices_of(nvme), selector)
+
+
+def test_select_pfs_refuses_a_vf_and_ambiguous_models(make_host):
+    root = make_host("l40s_vgpu")
+    with pytest.raises(sriov.SriovError, match="virtual function of 0000:cb:00.0"):
+        sriov.select_pfs(devices_of(root), "cb:00.5")
+    big = make_host("large_synthetic")
+    with pytest.raises(sriov.SriovError, match="matches different devices"):
+        sriov.select_pfs(devices_of(big), "10")  # GA100 [A100 ...] and AD102GL [L40S]
+    assert len(sriov.select_pfs(devices_of(big), "L40S")) == 4
+
+
+# -- in use ----------------------------------------------------------------------------------------
+
+
+def test_vfs_in_use_names_processes_mdevs_and_vgpus(make_host):
+    a100 = make_host("datacenter_a100")
+    users = sriov.vfs_in_use(a100, A100)
+    assert list(users) == ["0000:b1:00.4"]
+    assert (
+        "mdev 6c3e1ab4-4a52-4e2c-9a3e-0a4d9c1e2f01 (nvidia-471) exists on it and is open by process 31337"
+        in (users["0000:b1:00.4"][0])
+    )
+    l40s = make_host("l40s_vgpu")
+    assert sriov.vfs_in_use(l40s, L40S) == {
+        "0000:cb:00.4": ["NVIDIA vGPU type 1041 is assigned to it (nvidia/current_vgpu_type)"]
+    }
+    hold_group(l40s, "0000:cb:00.6")
+    users = sriov.vfs_in_use(l40s, L40S)
+    assert users["0000:cb:00.6"][0].startswith("process 4242 (qemu-system-x86) holds its VFIO device")
+
+
+# -- changing the count ----------------------------------------------------------------------------
+
+
+def test_set_num_vfs_goes_through_zero(nvme):
+    sim, _sriov, _nvidia = attach(nvme)
+    with sim.active():
+        assert sriov.set_num_vfs(nvme, NVME, 2, delay=0) is True
+        assert sriov.read_sriov(nvme, NVME)["vfs"] == ["0000:04:00.1", "0000:04:00.2"]
+        assert sriov.set_num_vfs(nvme, NVME, 3, delay=0) is True
+        assert sriov.set_num_vfs(nvme, NVME, 3, delay=0) is False
+    writes = [value for path, value in sim.writes if path.endswith("sriov_numvfs")]
+    assert writes == ["2", "0", "3"]
+    info = sriov.read_sriov(nvme, NVME)
+    assert info["num_vfs"] == 3 and len(info["vfs"]) == 3
+    # The new VFs are real devices: bound (autoprobe), with physfn and an IOMMU group of their own.
+    vf = os.path.join(nvme, "sys/bus/pci/devices/0000:04:00.3")
+    assert os.path.basename(os.readlink(vf + "/driver")) == "nvme"
+    assert os.path.basename(os.readlink(vf + "/physfn")) == NVME
+    assert os.path.isdir(vf + "/iommu_group/devices")
+
+
+def test_the_simulated_kernel_refuses_like_the_real_one(nvme):
+    sim, _sriov, _nvidia = attach(nvme)
+    path = os.path.join(nvme, "sys/bus/pci/devices", NVME, "sriov_numvfs")
+    with sim.active():
+        sysfs.write_text(path, "2")
+        for value, code in (("3", errno.EBUSY), ("5", errno.ERANGE), ("two", errno.EINVAL)):
+            with pytest.raises(sysfs.SysfsWriteError) as error:
+                sysfs.write_text(path, value)
+            assert error.value.errno == code
+        sysfs.write_text(path, "2")  # the same count: nothing happens
+    assert num_vfs(nvme, NVME) == 2
+
+
+def test_set_num_vfs_refuses_above_totalvfs_without_writing(nvme):
+    sim, _sriov, _nvidia = attach(nvme)
+    with sim.active(), pytest.raises(sriov.SriovError, match="num_vfs 5 is above sriov_totalvfs 4"):
+        sriov.set_num_vfs(nvme, NVME, 5, delay=0)
+    assert sim.writes == []
+
+
+def test_set_num_vfs_without_a_driver_says_so(make_host):
+    description = dict(NVME_HOST, patch_devices={"04:00.0": {"driver": None}})
+    root = make_host(description)
+    sim, _sriov, _nvidia = attach(root)
+    with sim.active(), pytest.raises(sriov.SriovError, match="no driver is bound to the physical function"):
+        sriov.set_num_vfs(root, NVME, 2, delay=0)
+
+
+def test_failed_enable_restores_the_previous_count(nvme):
+    sim, kernel, _nvidia = attach(nvme)
+    with sim.active():
+        sriov.set_num_vfs(nvme, NVME, 2, delay=0)
+        kernel.configure(NVME, enable_error=errno.ENOMEM)
+        with pytest.raises(sriov.SriovError) as error:
+            sriov.set_num_vfs(nvme, NVME, 4, delay=0)
+    message = str(error.value)
+    assert "Cannot allocate memory" in message and "pci=realloc" in message
+    # The kernel refuses every enable now, so the old count cannot come back either; it says so.
+    assert "restoring the previous 2 VFs failed too" in message
+    assert num_vfs(nvme, NVME) == 0
+
+
+def test_read_back_catches_a_write_that_did_nothing(nvme):
+    sim, _sriov, _nvidia = attach(nvme)
+    # A kernel that accepts the write and does nothing.
+    sim.handlers.insert(0, (NUMVFS, lambda match, value: None))
+    with sim.active(), pytest.raises(sriov.SriovError, match="reads 0 with 0 virtfn link.*read back 4 times"):
+        sriov.set_num_vfs(nvme, NVME, 2, retries=3, delay=0)
+
+
+def test_set_drivers_autoprobe_reads_back(nvme):
+    sim, _sriov, _nvidia = attach(nvme)
+    with sim.active():
+        assert sriov.set_drivers_autoprobe(nvme, NVME, False, delay=0) is True
+        assert sriov.set_drivers_autoprobe(nvme, NVME, False, delay=0) is False
+        sriov.set_num_vfs(nvme, NVME, 1, delay=0)
+    assert sriov.read_sriov(nvme, NVME)["drivers_autoprobe"] is False
+    # Without autoprobe the new VF stays unbound, as on a real host.
+    assert not os.path.lexists(os.path.join(nvme, "sys/bus/pci/devices/0000:04:00.1/driver"))
+
+
+def test_poll_is_bounded():
+    sleeps = []
+    value, ok = sriov.poll(lambda: 1, lambda v: v == 2, retries=3, delay=0.5, sleep=sleeps.append)
+    assert (value, ok) == (1, False) and sleeps == [0.5, 0.5, 0.5]
+
+
+# -- sriov-manage ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def l40s_off(make_host, tmp_path):
+    """The L40S host with its VFs disabled, and the simulator knowing what the VFs offer."""
+    root = make_host("l40s_vgpu", patch_devices={"cb:00.4": {"nvidia_vgpu": {"creatable": {}, "current": 0}}})
+    sim, _kernel, nvidia = attach(root)
+    with sim.active():
+        sriov.set_num_vfs(root, L40S, 0, delay=0)
+    assert nvidia.gpu(L40S)["framework"] == "per_vf"
+    return root
+
+
+@pytest.mark.parametrize("fail_first, lie_first", [(0, 0), (2, 0), (0, 2), (1, 1)])
+def test_sriov_manage_is_retried_until_the_vfs_read_back(l40s_off, tmp_path, fail_first, lie_first):
+    command = fake_sriov_manage(str(tmp_path / "bin"), l40s_off, fail_first=fail_first, lie_first=lie_first)
+    sleeps = []
+    result = sriov.enable_vfs_with_sriov_manage(
+        Runner(), l40s_off, L40S, retries=4, delay=1.5, command=command, sleep=sleeps.append
+    )
+    attempts = fail_first + lie_first + 1
+    assert result["changed"] is True and result["num_vfs"] == 32
+    assert len(result["attempts"]) == attempts and sleeps == [1.5] * (attempts - 1)
+    assert [a["rc"] for a in result["attempts"]] == [1] * fail_first + [0] * (lie_first + 1)
+    assert len(sriov_manage_calls(l40s_off)) == attempts
+    assert bool(result["warnings"]) == (attempts > 1)
+    # The VFs offer the complete list again.
+    with open(os.path.join(l40s_off, "sys/bus/pci/devices/0000:cb:04.3/nvidia/creatable_vgpu_types")) as handle:
+        assert handle.read().count("NVIDIA L40S-") == 12
+
+
+def test_sriov_manage_exit_status_is_not_trusted(l40s_off, tmp_path):
+    command = fake_sriov_manage(str(tmp_path / "bin"), l40s_off, exit_code_when_enabled=1)
+    result = sriov.enable_vfs_with_sriov_manage(Runner(), l40s_off, L40S, retries=3, delay=0, command=command)
+    assert result["num_vfs"] == 32 and len(result["attempts"]) == 1
+    assert "exited with 1 but the VFs are enabled" in result["warnings"][0]
+
+
+def test_sriov_manage_gives_up_after_the_retries(l40s_off, tmp_path):
+    command = fake_sriov_manage(str(tmp_path / "bin"), l40s_off, lie_first=10)
+    with pytest.raises(sriov.SriovError) as error:
+        sriov.enable_vfs_with_sriov_manage(Runner(), l40s_off, L40S, retries=3, delay=0, command=command)
+    message = str(error.value)
+    assert "in 3 attempts" in message and "attempt 3: exit 0, sriov_numvfs 0" in message
+    assert num_vfs(l40s_off, L40S) == 0
+
+
+def test_sriov_manage_is_not_run_when_the_vfs_exist(make_host, tmp_path):
+    root = make_host("l40s_vgpu")
+    runner = Runner()
+    result = sriov.enable_vfs_with_sriov_manage(runner, root, L40S, command="/nonexistent")
+    assert result == {"changed": False, "num_vfs": 8, "attempts": [], "warnings": []} and runner.calls == []
+
+
+# -- boot-time restore -----------------------------------------------------------------------------
+
+
+def test_restore_pf_through_sysfs_and_through_sriov_manage(nvme, l40s_off, tmp_path):
+    sim, _kernel, _nvidia = attach(nvme)
+    with sim.active():
+        assert sriov.restore_pf(nvme, NVME, 3, drivers_autoprobe=True, delay=0) is True
+        assert sriov.restore_pf(nvme, NVME, 3, drivers_autoprobe=True, delay=0) is False
+    assert num_vfs(nvme, NVME) == 3
+    fake_sriov_manage(str(tmp_path / "bin"), l40s_off, fail_first=1)
+    os.environ["PATH"] = str(tmp_path / "bin") + os.pathsep + os.environ["PATH"]
+    try:
+        with pytest.raises(sriov.SriovError, match="needs a command runner"):
+            sriov.restore_pf(l40s_off, L40S, 32, method="sriov_manage")
+        runner = Runner()
+        runner.get_bin_path = lambda name, opt_dirs=None: str(tmp_path / "bin" / name)
+        assert sriov.restore_pf(l40s_off, L40S, 32, method="sriov_manage", runner=runner, delay=0) is True
+    finally:
+        os.environ["PATH"] = os.environ["PATH"].split(os.pathsep, 1)[1]
+    assert num_vfs(l40s_off, L40S) == 32 and len(runner.calls) == 2
+    with pytest.raises(sriov.SriovError, match="unknown method 'magic'"):
+        sriov.restore_pf(nvme, NVME, 3, method="magic")
+
+
+def test_state_entry():
+    assert sriov.state_entry(4) == {"num_vfs": 4}
+    assert sriov.state_entry(4, False, "sysfs") == {"num_vfs": 4, "drivers_autoprobe": False}
+    assert sriov.state_entry(32, method="sriov_manage") == {"num_vfs": 32, "method": "sriov_manage"}
