@@ -1,0 +1,467 @@
+# Copyright (c) gpuvirt.host contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""topology.detect() and the passthrough verdict on fixture hosts."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from ansible_collections.gpuvirt.host.plugins.module_utils.findings import Findings
+from ansible_collections.gpuvirt.host.plugins.module_utils.iommu import group_members, group_of, groups_from_devices
+from ansible_collections.gpuvirt.host.plugins.module_utils.pci import companions, read_pci_device, read_pci_devices
+from ansible_collections.gpuvirt.host.plugins.module_utils.topology import (
+    NotALinuxTree,
+    check_root,
+    detect,
+    group_endpoints,
+    passthrough_verdict,
+)
+
+DGPU = "0000:01:00.0"
+DGPU_FUNCTIONS = ["0000:01:00.0", "0000:01:00.1", "0000:01:00.2", "0000:01:00.3"]
+
+
+def gpu(topology, address):
+    return next(entry for entry in topology["gpus"] if entry["address"] == address)
+
+
+def device(topology, address):
+    return next(entry for entry in topology["devices"] if entry["address"] == address)
+
+
+def codes(topology):
+    return [finding["code"] for finding in topology["findings"]]
+
+
+def finding(topology, code):
+    matches = [f for f in topology["findings"] if f["code"] == code]
+    assert matches, "no %s finding in %s" % (code, codes(topology))
+    return matches[0]
+
+
+# --- desktop hosts ------------------------------------------------------------------------------
+
+
+def test_desktop_discrete_gpu_is_viable_with_its_companions(make_host):
+    topology = detect(make_host("desktop_dgpu"))
+
+    verdict = gpu(topology, DGPU)["passthrough"]
+    assert verdict == {"viable": True, "reasons": [], "codes": [], "devices": DGPU_FUNCTIONS}
+    assert topology["iommu_groups"]["2"] == ["0000:00:01.0"] + DGPU_FUNCTIONS
+    assert gpu(topology, DGPU)["name"] == "NVIDIA Corporation TU102 [GeForce RTX 2080 Ti]"
+
+
+def test_desktop_device_fields(make_host):
+    topology = detect(make_host("desktop_dgpu"))
+
+    entry = device(topology, DGPU)
+    assert entry["vendor_id"] == "10de" and entry["device_id"] == "1e04"
+    assert entry["subsystem_vendor_id"] == "1458" and entry["subsystem_device_id"] == "37a9"
+    assert entry["class"] == "030000" and entry["class_name"] == "VGA compatible controller"
+    assert entry["driver"] == "nvidia" and entry["driver_override"] is None
+    assert entry["iommu_group"] == "2" and entry["numa_node"] == -1 and entry["reset_methods"] == ["bus"]
+    assert entry["sriov"] is None and entry["physfn"] is None and entry["nvidia_vgpu"] is None
+    assert device(topology, "0000:01:00.3")["class_name"] == "Serial bus controller"
+    assert device(topology, "0000:00:02.0")["boot_vga"] is True
+    assert device(topology, "0000:00:02.0")["reset_methods"] == ["flr", "bus"]
+
+
+def test_boot_vga_igpu_is_not_viable(make_host):
+    topology = detect(make_host("desktop_dgpu"))
+
+    verdict = gpu(topology, "0000:00:02.0")["passthrough"]
+    assert verdict["viable"] is False and verdict["codes"] == ["boot_vga"]
+    assert "boot VGA" in verdict["reasons"][0]
+
+
+def test_gpu_on_host_graphics_driver_gets_an_info_finding(make_host):
+    topology = detect(make_host("desktop_dgpu"))
+
+    info = finding(topology, "host_graphics_driver")
+    assert info["severity"] == "info" and info["device"] == DGPU
+    assert "nvidia" in info["message"] and "0000:01:00.3" in info["message"]
+    # The boot VGA on i915 is the console, not a passthrough candidate.
+    assert [f["device"] for f in topology["findings"] if f["code"] == "host_graphics_driver"] == [DGPU]
+
+
+def test_gpu_already_on_vfio_pci_has_no_host_driver_finding(make_host):
+    root = make_host("desktop_dgpu", patch_devices={a: {"driver": "vfio-pci"} for a in DGPU_FUNCTIONS})
+
+    topology = detect(root)
+
+    assert "host_graphics_driver" not in codes(topology)
+    assert gpu(topology, DGPU)["passthrough"]["viable"] is True
+
+
+def test_nic_in_the_gpu_group_makes_it_shared_and_host_critical(make_host):
+    topology = detect(make_host("desktop_dgpu_nic"))
+
+    verdict = gpu(topology, DGPU)["passthrough"]
+    assert verdict["viable"] is False
+    assert verdict["codes"] == ["group_shared", "host_critical"]
+    shared = [r for r in verdict["reasons"] if "IOMMU group 2" in r]
+    assert len(shared) == 1, "bridges (00:01.0, 00:01.1) must not count as sharing"
+    assert "0000:03:00.0" in shared[0] and "RTL8125" in shared[0]
+    assert "default route (enp3s0)" in verdict["reasons"][1]
+    assert verdict["devices"] == DGPU_FUNCTIONS
+    assert device(topology, "0000:03:00.0")["critical"] == ["NIC of the default route (enp3s0)"]
+
+
+def test_sharing_endpoint_that_is_not_critical_is_only_group_shared(make_host):
+    root = make_host(
+        "desktop_dgpu_nic", network={"default_route": "eno1", "interfaces": {"eno1": "00:1f.6", "enp3s0": "03:00.0"}}
+    )
+
+    verdict = gpu(detect(root), DGPU)["passthrough"]
+
+    assert verdict["codes"] == ["group_shared"]
+
+
+def test_critical_devices(make_host):
+    topology = detect(make_host("desktop_dgpu"))
+
+    critical = {d["address"]: d["critical"] for d in topology["devices"] if d["critical"]}
+    assert critical == {
+        "0000:02:00.0": ["holds the root filesystem (/dev/nvme0n1p2)"],
+        "0000:00:1f.6": ["NIC of the default route (eno1)"],
+    }
+
+
+def test_critical_through_device_mapper_and_bridge(make_host):
+    topology = detect(make_host("l40s_vgpu"))
+
+    critical = {d["address"]: d["critical"] for d in topology["devices"] if d["critical"]}
+    assert critical == {
+        "0000:31:00.0": ["holds the root filesystem (/dev/mapper/vg-root)"],
+        "0000:17:00.0": ["NIC of the default route (br0)"],
+    }
+
+
+def test_gpu_that_carries_the_root_disk_is_host_critical(make_host):
+    root = make_host("desktop_dgpu", disks={"nvme0n1": {"device": "01:00.2", "partitions": 2}})
+
+    verdict = gpu(detect(root), DGPU)["passthrough"]
+
+    assert verdict["codes"] == ["host_critical"]
+    assert "0000:01:00.2 holds the root filesystem" in verdict["reasons"][0]
+
+
+# --- in use ---------------------------------------------------------------------------------------
+
+
+def test_group_held_by_a_vm_is_in_use(make_host):
+    root = make_host(
+        "desktop_dgpu",
+        patch_devices={a: {"driver": "vfio-pci"} for a in DGPU_FUNCTIONS},
+        processes=[{"pid": 4242, "comm": "qemu-system-x86", "holds": ["01:00.0"]}],
+    )
+
+    topology = detect(root)
+
+    verdict = gpu(topology, DGPU)["passthrough"]
+    assert verdict["codes"] == ["in_use"]
+    assert "4242" in verdict["reasons"][0] and "qemu-system-x86" in verdict["reasons"][0]
+    assert device(topology, "0000:01:00.1")["in_use_by"] == [{"pid": 4242, "comm": "qemu-system-x86"}]
+    assert device(topology, "0000:00:02.0")["in_use_by"] == []
+
+
+def test_iommufd_cdev_holder_is_in_use(make_host):
+    root = make_host(
+        "desktop_dgpu",
+        patch_devices={a: {"driver": "vfio-pci"} for a in DGPU_FUNCTIONS},
+        processes=[
+            {"pid": 77, "comm": "qemu-kvm", "holds": ["devices/vfio3"], "cdev_devices": {"vfio3": "01:00.0"}}
+        ],
+    )
+
+    topology = detect(root)
+
+    assert gpu(topology, DGPU)["passthrough"]["codes"] == ["in_use"]
+    assert device(topology, DGPU)["in_use_by"] == [{"pid": 77, "comm": "qemu-kvm"}]
+
+
+def test_mdev_held_by_a_vm_reports_its_user(make_host):
+    topology = detect(make_host("datacenter_a100"))
+
+    (mdev,) = topology["mdevs"]
+    assert mdev["uuid"] == "6c3e1ab4-4a52-4e2c-9a3e-0a4d9c1e2f01"
+    assert mdev["parent"] == "0000:b1:00.4" and mdev["type"] == "nvidia-471"
+    assert mdev["iommu_group"] is not None
+    assert mdev["in_use_by"] == [{"pid": 31337, "comm": "qemu-system-x86"}]
+
+
+# --- IOMMU ----------------------------------------------------------------------------------------
+
+
+def test_firmware_iommu_left_off_names_the_intel_argument(make_host):
+    topology = detect(make_host("iommu_disabled"))
+
+    assert topology["iommu"] == {
+        "enabled": False,
+        "vendor": "intel",
+        "firmware_support": True,
+        "passthrough_mode": False,
+        "interrupt_remapping": False,
+        "units": [],
+    }
+    error = finding(topology, "iommu_off")
+    assert error["severity"] == "error" and "intel_iommu=on" in error["message"] and "DMAR" in error["message"]
+    assert topology["iommu_groups"] == {}
+    for entry in topology["gpus"]:
+        assert entry["passthrough"]["codes"][0] == "iommu_disabled"
+    assert "interrupt_remapping_off" not in codes(topology)
+
+
+def test_firmware_iommu_left_off_names_the_amd_argument(make_host):
+    topology = detect(make_host("amd_host", iommu={"enabled": False}))
+
+    error = finding(topology, "iommu_off")
+    assert "amd_iommu=on" in error["message"] and "IVRS" in error["message"]
+    assert "intel_iommu" not in error["message"]
+
+
+def test_iommu_turned_off_on_the_command_line_says_to_remove_it(make_host):
+    root = make_host("iommu_disabled", kernel={"cmdline": "root=/dev/nvme0n1p2 ro intel_iommu=off"})
+
+    assert "remove intel_iommu=off" in finding(detect(root), "iommu_off")["message"]
+
+
+def test_no_iommu_in_firmware(make_host):
+    topology = detect(make_host("iommu_disabled", iommu={"firmware": False, "enabled": False}))
+
+    assert topology["iommu"]["firmware_support"] is False
+    assert finding(topology, "iommu_unsupported")["severity"] == "error"
+    assert "iommu_off" not in codes(topology)
+
+
+def test_amd_host(make_host):
+    topology = detect(make_host("amd_host"))
+
+    assert topology["iommu"]["vendor"] == "amd" and topology["iommu"]["units"] == ["ivhd0"]
+    assert topology["iommu"]["passthrough_mode"] is True
+    assert topology["cpu"]["virtualization"] == "svm"
+    rx6600 = gpu(topology, "0000:0c:00.0")
+    assert rx6600["driver"] == "vfio-pci" and rx6600["passthrough"]["viable"] is True
+    assert rx6600["passthrough"]["devices"] == ["0000:0c:00.0", "0000:0c:00.1"]
+    assert device(topology, "0000:0c:00.0")["driver_override"] == "vfio-pci"
+    assert gpu(topology, "0000:0b:00.0")["passthrough"]["codes"] == ["boot_vga"]
+    assert [f for f in topology["findings"] if f["severity"] != "info"] == []
+
+
+@pytest.mark.parametrize(
+    ("iommu", "cmdline", "expected"),
+    [
+        ({"interrupt_remapping": True}, "ro", True),
+        ({"interrupt_remapping": False}, "ro", False),
+        ({"interrupt_remapping": True}, "ro intremap=off", False),
+        ({"interrupt_remapping": None}, "ro", None),
+        ({"interrupt_remapping": None, "ir_capable": False}, "ro", False),
+    ],
+)
+def test_interrupt_remapping_detection(make_host, iommu, cmdline, expected):
+    root = make_host("desktop_dgpu", iommu=iommu, kernel={"cmdline": cmdline})
+
+    topology = detect(root)
+
+    assert topology["iommu"]["interrupt_remapping"] is expected
+    assert ("interrupt_remapping_off" in codes(topology)) is (expected is False)
+
+
+def test_no_iommu_group_on_a_gpu(make_host):
+    root = make_host("desktop_dgpu", files={"sys/devices/pci0000:00/0000:00:01.0/0000:01:00.0/iommu_group": None})
+
+    topology = detect(root)
+
+    assert gpu(topology, DGPU)["passthrough"]["codes"] == ["no_iommu_group"]
+    assert finding(topology, "no_iommu_group")["device"] == DGPU
+
+
+# --- security findings ------------------------------------------------------------------------------
+
+
+def test_acs_override_and_unsafe_interrupts_on_the_command_line_are_warned(make_host):
+    cmdline = "ro intel_iommu=on pcie_acs_override=downstream,multifunction vfio_iommu_type1.allow_unsafe_interrupts=1"
+    topology = detect(make_host("desktop_dgpu", kernel={"cmdline": cmdline}))
+
+    acs = finding(topology, "acs_override")
+    assert acs["severity"] == "warning" and "downstream,multifunction" in acs["message"]
+    unsafe = finding(topology, "unsafe_interrupts")
+    assert unsafe["severity"] == "warning" and "command line" in unsafe["message"]
+
+
+def test_unsafe_interrupts_set_on_the_loaded_module_is_warned(make_host):
+    root = make_host("desktop_dgpu", kernel={"parameters": {"vfio_iommu_type1": {"allow_unsafe_interrupts": "Y"}}})
+
+    assert "loaded vfio_iommu_type1" in finding(detect(root), "unsafe_interrupts")["message"]
+
+
+def test_clean_host_has_no_security_findings(make_host):
+    root = make_host("desktop_dgpu", kernel={"parameters": {"vfio_iommu_type1": {"allow_unsafe_interrupts": "N"}}})
+
+    assert not {"acs_override", "unsafe_interrupts"} & set(codes(detect(root)))
+
+
+# --- CPU ----------------------------------------------------------------------------------------------
+
+
+def test_no_cpu_virtualization_is_an_error(make_host):
+    topology = detect(make_host("desktop_dgpu", cpu={"virtualization": None, "kvm": False}))
+
+    assert topology["cpu"]["virtualization"] is None and topology["cpu"]["kvm"] is False
+    assert finding(topology, "no_cpu_virtualization")["severity"] == "error"
+
+
+def test_kvm_module_missing_is_a_warning(make_host):
+    topology = detect(make_host("desktop_dgpu", cpu={"kvm": False}))
+
+    warning = finding(topology, "kvm_unavailable")
+    assert warning["severity"] == "warning" and "kvm_intel" in warning["message"]
+
+
+# --- SR-IOV, mdev, vGPU ---------------------------------------------------------------------------------
+
+
+def test_sriov_gpu_with_legacy_mdev_types(make_host):
+    topology = detect(make_host("datacenter_a100"))
+
+    pf = device(topology, "0000:b1:00.0")
+    assert pf["sriov"]["total_vfs"] == 20 and pf["sriov"]["num_vfs"] == 16
+    assert pf["sriov"]["vfs"][:5] == ["0000:b1:00.4", "0000:b1:00.5", "0000:b1:00.6", "0000:b1:00.7", "0000:b1:01.0"]
+    assert len(pf["sriov"]["vfs"]) == 16 and pf["sriov"]["vfs"][-1] == "0000:b1:02.3"
+    assert device(topology, "0000:b1:02.3")["physfn"] == "0000:b1:00.0"
+    parents = {entry["parent"]: entry["types"] for entry in topology["mdev_parents"]}
+    assert sorted(parents) == pf["sriov"]["vfs"]
+    a100_4c = parents["0000:b1:00.5"][0]
+    assert a100_4c == {
+        "id": "nvidia-471",
+        "name": "NVIDIA A100-4C",
+        "description": "num_heads=1, frl_config=60, framebuffer=4096M, max_resolution=4096x2160, max_instance=10",
+        "available_instances": 1,
+        "device_api": "vfio-pci",
+    }
+    assert parents["0000:b1:00.4"][0]["available_instances"] == 0
+    vf = gpu(topology, "0000:b1:00.4")
+    assert vf["is_vf"] is True and vf["mdev_parent"] is True and vf["physfn"] == "0000:b1:00.0"
+    assert vf["passthrough"]["devices"] == ["0000:b1:00.4"], "VFs are not companions of each other"
+    assert "host_graphics_driver" not in codes(topology), "a vGPU host needs the nvidia driver"
+
+
+def test_per_vf_nvidia_vgpu_interface(make_host):
+    topology = detect(make_host("l40s_vgpu"))
+
+    busy = device(topology, "0000:cb:00.4")["nvidia_vgpu"]
+    assert busy == {"creatable": [], "current": 1041}
+    free = device(topology, "0000:cb:00.5")["nvidia_vgpu"]
+    assert free["current"] == 0
+    assert free["creatable"][0] == {"id": 1030, "name": "NVIDIA L40S-1B"}
+    assert [t["id"] for t in free["creatable"]] == [1030, 1031] + list(range(1036, 1046))
+    assert device(topology, "0000:cb:00.0")["nvidia_vgpu"] is None
+    assert topology["mdev_parents"] == [] and topology["mdevs"] == []
+    assert gpu(topology, "0000:cb:00.5")["nvidia_vgpu"] is True
+
+
+def test_gvtg_types_without_names(make_host):
+    topology = detect(make_host("intel_gvtg"))
+
+    (parent,) = topology["mdev_parents"]
+    assert parent["parent"] == "0000:00:02.0"
+    assert [(t["id"], t["name"], t["available_instances"]) for t in parent["types"]] == [
+        ("i915-GVTg_V5_4", None, 2),
+        ("i915-GVTg_V5_8", None, 4),
+    ]
+    assert parent["types"][0]["description"].splitlines()[0] == "low_gm_size: 128MB"
+    assert gpu(topology, "0000:00:02.0")["mdev_parent"] is True
+
+
+def test_virtual_mdev_parent(make_host):
+    root = make_host(
+        "desktop_dgpu",
+        mdev_parents=[{"name": "mdpy", "types": [{"id": "mdpy-vga", "name": "vga", "available": 4}]}],
+        mdevs=[{"uuid": "83b8f4f2-509f-382f-3c1e-e6bfe0fa1001", "parent": "mdpy", "type": "mdpy-vga"}],
+    )
+
+    topology = detect(root)
+
+    assert topology["mdev_parents"][0]["parent"] == "mdpy"
+    assert topology["mdevs"][0]["parent"] == "mdpy" and topology["mdevs"][0]["type"] == "mdpy-vga"
+
+
+# --- the API other modules build on ------------------------------------------------------------------------
+
+
+def test_reader_api_on_one_device(make_host):
+    root = make_host("desktop_dgpu")
+
+    one = read_pci_device(root, "01:00.1")
+    assert one.address == "0000:01:00.1" and one.class_code == "040300" and one.driver == "snd_hda_intel"
+    assert read_pci_device(root, "05:00.0") is None
+    assert read_pci_device(root, "not-an-address") is None
+    assert group_of(root, "01:00.0") == "2"
+    assert group_members(root, "2") == ["0000:00:01.0"] + DGPU_FUNCTIONS
+
+
+def test_companions_and_group_endpoints(make_host):
+    root = make_host("datacenter_a100")
+    devices = read_pci_devices(root)
+
+    assert companions(devices, "0000:b1:00.0") == [], "VFs in the PF's slot are not companions"
+    assert companions(devices, "0000:b1:00.5") == []
+    desktop = read_pci_devices(make_host("desktop_dgpu"))
+    assert companions(desktop, DGPU) == DGPU_FUNCTIONS[1:]
+    assert group_endpoints(desktop, "2") == DGPU_FUNCTIONS
+
+
+def test_passthrough_verdict_standalone(make_host):
+    devices = read_pci_devices(make_host("desktop_dgpu_nic"))
+
+    assert passthrough_verdict(DGPU, devices, iommu_enabled=True)["codes"] == ["group_shared"]
+    assert passthrough_verdict(DGPU, devices, iommu_enabled=False)["codes"] == ["iommu_disabled", "group_shared"]
+    held = {"2": [{"pid": 9, "comm": "qemu"}]}
+    assert passthrough_verdict(DGPU, devices, True, holders=held)["codes"] == ["group_shared", "in_use"]
+    assert groups_from_devices(devices)["2"][0] == "0000:00:01.0"
+
+
+def test_findings_are_ordered_host_wide_first(make_host):
+    root = make_host("iommu_disabled", files={"sys/devices/pci0000:00/0000:00:01.0/0000:01:00.0/numa_node": "x"})
+
+    topology = detect(root)
+
+    devices_seen = [f["device"] for f in topology["findings"]]
+    assert devices_seen[0] is None and devices_seen[-1] is not None
+    assert devices_seen == sorted(devices_seen, key=lambda d: (d is not None, d or ""))
+
+
+def test_large_host(make_host):
+    topology = detect(make_host("large_synthetic"))
+
+    assert 550 <= len(topology["devices"]) <= 650
+    pfs = [g for g in topology["gpus"] if g["sriov_total_vfs"]]
+    vfs = [g for g in topology["gpus"] if g["is_vf"]]
+    assert len(pfs) == 8 and len(vfs) == 8 * 16
+    assert all(g["passthrough"]["viable"] for g in vfs)
+    assert len(topology["mdev_parents"]) == 4 * 16 and len(topology["mdevs"]) == 2
+    assert [f for f in topology["findings"] if f["severity"] != "info"] == []
+
+
+# --- root checks -------------------------------------------------------------------------------------------
+
+
+def test_check_root(tmp_path):
+    with pytest.raises(NotALinuxTree, match="is not a directory"):
+        check_root(str(tmp_path / "missing"))
+    with pytest.raises(NotALinuxTree, match="does not look like a Linux filesystem tree"):
+        check_root(str(tmp_path))
+    os.makedirs(tmp_path / "proc")
+    (tmp_path / "proc" / "cmdline").write_text("ro\n")
+    check_root(str(tmp_path))
+
+
+def test_findings_collector_rejects_unknown_severity_and_deduplicates():
+    findings = Findings()
+    findings.warning("x", "same")
+    findings.warning("x", "same")
+    assert len(findings) == 1
+    with pytest.raises(ValueError):
+        findings.add("fatal", "x", "y")
