@@ -1,0 +1,270 @@
+# Copyright (c) gpuvirt.host contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.testing import patch_module_args
+
+from ansible_collections.gpuvirt.host.plugins.module_utils import initramfs
+
+FIXTURES = os.path.join(os.path.dirname(__file__), "..", "..", "..", "fixtures", "initramfs")
+DEBIAN = "6.1.0-18-amd64"
+ROCKY = "5.14.0-362.8.1.el9_3.x86_64"
+FEDORA = "6.9.7-200.fc40.x86_64"
+ARCH = "6.9.7-arch1-1"
+
+
+def listing(name):
+    with open(os.path.join(FIXTURES, "listings", name)) as handle:
+        return handle.read()
+
+
+@pytest.fixture
+def tree(tmp_path):
+    def copy(name):
+        target = str(tmp_path / name)
+        if not os.path.isdir(target):
+            shutil.copytree(os.path.join(FIXTURES, name), target, symlinks=True)
+        return target
+
+    return copy
+
+
+@pytest.fixture
+def module():
+    """A real AnsibleModule: run_command and get_bin_path as a module sees them."""
+    with patch_module_args({}):
+        return AnsibleModule(argument_spec={})
+
+
+@pytest.fixture
+def as_host(monkeypatch):
+    """Rebuilding only happens when root is this host's /; let the fixture tree stand in for it."""
+    monkeypatch.setattr(initramfs, "is_host_root", lambda root: True)
+
+
+# ------------------------------------------------------------------------------ module lists
+
+
+@pytest.mark.parametrize(
+    "release, virqfd",
+    [
+        ("6.1.0-18-amd64", True),
+        ("5.15.0-91-generic", True),
+        ("4.18.0-513.5.1.el8_9.x86_64", True),
+        ("6.2.0", False),
+        ("6.2.0-39-generic", False),
+        ("6.8.4-2-pve", False),
+        ("6.10.3-arch1-1", False),
+    ],
+)
+def test_vfio_virqfd_only_before_6_2(release, virqfd):
+    expected = ["vfio", "vfio_iommu_type1", "vfio_pci"] + (["vfio_virqfd"] if virqfd else [])
+    assert initramfs.vfio_modules(release) == expected
+
+
+def test_module_list_of_the_release_wins_over_its_version(tree):
+    # a 5.14 kernel whose vfio_virqfd was merged into vfio (a backport): listing it would break dracut
+    assert initramfs.vfio_modules(ROCKY) == ["vfio", "vfio_iommu_type1", "vfio_pci", "vfio_virqfd"]
+    assert initramfs.vfio_modules(ROCKY, tree("rocky9-dracut")) == ["vfio", "vfio_iommu_type1", "vfio_pci"]
+    assert initramfs.vfio_modules(DEBIAN, tree("debian-initramfs-tools"))[-1] == "vfio_virqfd"
+    # no module data for the release below root: the version decides
+    assert initramfs.vfio_modules("6.1.0-99-amd64", tree("debian-initramfs-tools"))[-1] == "vfio_virqfd"
+
+
+@pytest.mark.parametrize("release", ["", "linux", "v6.1", None])
+def test_not_a_release(release):
+    with pytest.raises(initramfs.InitramfsError, match="is not a kernel release"):
+        initramfs.vfio_modules(release)
+
+
+def test_available_modules_merge_loadable_and_builtin(tree):
+    names = initramfs.available_modules(tree("debian-initramfs-tools"), DEBIAN)
+    assert {"vfio", "vfio_pci", "vfio_pci_core", "vfio_virqfd", "irqbypass", "pci_stub", "fb"} <= names
+    assert initramfs.available_modules(tree("debian-initramfs-tools"), "9.9.9") is None
+
+
+# ------------------------------------------------------------------------------ detection and paths
+
+
+@pytest.mark.parametrize(
+    "name, tool",
+    [
+        ("debian-initramfs-tools", "update-initramfs"),
+        ("rocky9-dracut", "dracut"),
+        ("fedora-dracut-kernel-install", "dracut"),
+        ("arch-mkinitcpio", "mkinitcpio"),
+    ],
+)
+def test_detect_tool(tree, name, tool):
+    assert initramfs.detect_tool(tree(name)) == tool
+
+
+def test_no_tool_fails_clearly(tree):
+    with pytest.raises(initramfs.InitramfsError, match="no initramfs tool found below .*install one"):
+        initramfs.detect_tool(tree("no-tool"))
+
+
+def test_unknown_tool_name(tree):
+    with pytest.raises(initramfs.InitramfsError, match="unknown initramfs tool 'genkernel'"):
+        initramfs.image_path(tree("no-tool"), DEBIAN, "genkernel")
+
+
+def test_image_paths(tree):
+    debian = tree("debian-initramfs-tools")
+    assert initramfs.image_path(debian, DEBIAN) == os.path.join(debian, "boot/initrd.img-" + DEBIAN)
+    rocky = tree("rocky9-dracut")
+    assert initramfs.image_path(rocky, ROCKY) == os.path.join(rocky, "boot/initramfs-%s.img" % ROCKY)
+    fedora = tree("fedora-dracut-kernel-install")
+    assert initramfs.image_path(fedora, FEDORA) == os.path.join(
+        fedora, "efi/5b8a1c2d3e4f40718293a4b5c6d7e8f9/%s/initrd" % FEDORA
+    )
+    arch = tree("arch-mkinitcpio")
+    assert initramfs.image_path(arch, ARCH) == os.path.join(arch, "boot/initramfs-linux.img")
+
+
+def test_regenerate_commands(tree):
+    debian = tree("debian-initramfs-tools")
+    assert initramfs.regenerate_command(debian, DEBIAN) == ["update-initramfs", "-u", "-k", DEBIAN]
+    os.unlink(os.path.join(debian, "boot/initrd.img-" + DEBIAN))
+    assert initramfs.regenerate_command(debian, DEBIAN) == ["update-initramfs", "-c", "-k", DEBIAN]
+    rocky = tree("rocky9-dracut")
+    assert initramfs.regenerate_command(rocky, ROCKY) == [
+        "dracut",
+        "--force",
+        os.path.join(rocky, "boot/initramfs-%s.img" % ROCKY),
+        ROCKY,
+    ]
+    arch = tree("arch-mkinitcpio")
+    assert initramfs.regenerate_command(arch, ARCH) == ["mkinitcpio", "-p", "linux"]
+    os.unlink(os.path.join(arch, "etc/mkinitcpio.d/linux.preset"))
+    assert initramfs.regenerate_command(arch, ARCH) == [
+        "mkinitcpio",
+        "-k",
+        ARCH,
+        "-g",
+        os.path.join(arch, "boot/initramfs-linux.img"),
+    ]
+
+
+# ------------------------------------------------------------------------------ regenerate
+
+
+def test_regenerate_runs_the_tool(tree, module, fake_commands, as_host):
+    root = tree("debian-initramfs-tools")
+    path = fake_commands.install("update-initramfs")
+    assert initramfs.regenerate(module, root, DEBIAN) == [path, "-u", "-k", DEBIAN]
+    assert fake_commands.calls() == [["update-initramfs", "-u", "-k", DEBIAN]]
+
+
+def test_regenerate_failure_says_why(tree, module, fake_commands, as_host):
+    root = tree("rocky9-dracut")
+    fake_commands.install("dracut", stderr="dracut-install: Failed to find module 'vfio_virqfd'\n", rc=1)
+    with pytest.raises(initramfs.InitramfsError, match="dracut --force .* failed \\(rc 1\\): dracut-install: Failed"):
+        initramfs.regenerate(module, root, ROCKY)
+
+
+def test_regenerate_refuses_an_image_tree(tree, module, fake_commands):
+    root = tree("arch-mkinitcpio")
+    fake_commands.install("mkinitcpio")
+    with pytest.raises(initramfs.InitramfsError, match="is not this host's root; run mkinitcpio -p linux inside"):
+        initramfs.regenerate(module, root, ARCH)
+    assert fake_commands.calls() == []
+
+
+def test_regenerate_without_the_tool_on_this_host(tree, module, as_host):
+    if module.get_bin_path("mkinitcpio"):
+        pytest.skip("this machine has a real mkinitcpio")
+    with pytest.raises(initramfs.InitramfsError, match="mkinitcpio was not found on this host; install mkinitcpio"):
+        initramfs.regenerate(module, tree("arch-mkinitcpio"), ARCH)
+
+
+# ------------------------------------------------------------------------------ listings and verification
+
+
+def test_listings_parse_to_paths():
+    debian = initramfs.parse_listing("update-initramfs", listing("lsinitramfs.txt"))
+    assert "etc/modprobe.d/gpuvirt-vfio.conf" in debian
+    assert "." not in debian
+    dracut = initramfs.parse_listing("dracut", listing("lsinitrd.txt"))
+    assert dracut[:3] == ["early_cpio", "kernel", "kernel/x86/microcode/GenuineIntel.bin"]
+    assert "dev/console" in dracut
+    assert "bin" in dracut and "bin -> usr/bin" not in dracut
+    assert "systemd" not in dracut and "bash" not in dracut
+    assert "usr/lib/modules/%s/kernel/virt/lib/irqbypass.ko.xz" % ROCKY in dracut
+    arch = initramfs.parse_listing("mkinitcpio", listing("lsinitcpio.txt"))
+    assert arch[0] == "buildconfig"
+    assert "etc/modprobe.d/gpuvirt-vfio.conf" in arch
+
+
+def test_verify_image_initramfs_tools(tree, module, fake_commands):
+    root = tree("debian-initramfs-tools")
+    fake_commands.install("lsinitramfs", stdout=listing("lsinitramfs.txt"))
+    check = initramfs.verify_image(
+        module,
+        root,
+        DEBIAN,
+        modules=initramfs.vfio_modules(DEBIAN, root),
+        files=["/etc/modprobe.d/gpuvirt-vfio.conf", "/lib/modules/%s/modules.dep" % DEBIAN],
+    )
+    assert check.ok
+    assert check.tool == "update-initramfs"
+    assert check.image == os.path.join(root, "boot/initrd.img-" + DEBIAN)
+    assert fake_commands.calls() == [["lsinitramfs", check.image]]
+
+
+def test_verify_image_reports_what_is_missing(tree, module, fake_commands):
+    root = tree("rocky9-dracut")
+    fake_commands.install("lsinitrd", stdout=listing("lsinitrd.txt"))
+    check = initramfs.verify_image(
+        module,
+        root,
+        ROCKY,
+        modules=["vfio", "vfio-pci", "vfio_iommu_type1", "pci_stub"],
+        files=["/etc/modprobe.d/gpuvirt-vfio.conf", "/etc/modprobe.d/other.conf"],
+    )
+    assert not check.ok
+    assert check.missing_modules == ["vfio_iommu_type1"]
+    assert check.builtin_modules == ["pci_stub"]
+    assert check.missing_files == ["/etc/modprobe.d/other.conf"]
+
+
+def test_verify_image_counts_builtin_vfio(tree, module, fake_commands):
+    root = tree("fedora-dracut-kernel-install")
+    fake_commands.install("lsinitrd", stdout="")
+    check = initramfs.verify_image(module, root, FEDORA, modules=initramfs.vfio_modules(FEDORA, root))
+    assert check.ok
+    assert check.builtin_modules == ["vfio", "vfio_iommu_type1", "vfio_pci"]
+    assert fake_commands.calls() == [
+        ["lsinitrd", os.path.join(root, "efi/5b8a1c2d3e4f40718293a4b5c6d7e8f9/%s/initrd" % FEDORA)]
+    ]
+
+
+def test_verify_image_mkinitcpio(tree, module, fake_commands):
+    root = tree("arch-mkinitcpio")
+    fake_commands.install("lsinitcpio", stdout=listing("lsinitcpio.txt"))
+    check = initramfs.verify_image(
+        module, root, ARCH, modules=initramfs.vfio_modules(ARCH), files=["etc/modprobe.d/gpuvirt-vfio.conf"]
+    )
+    assert check.ok, check
+
+
+def test_missing_image_names_the_command_that_builds_it(tree, module, fake_commands):
+    root = tree("debian-initramfs-tools")
+    os.unlink(os.path.join(root, "boot/initrd.img-" + DEBIAN))
+    fake_commands.install("lsinitramfs")
+    with pytest.raises(initramfs.InitramfsError, match="no initramfs image for .*update-initramfs -c -k " + DEBIAN):
+        initramfs.list_image(module, root, DEBIAN)
+    assert fake_commands.calls() == []
+
+
+def test_failing_lister(tree, module, fake_commands):
+    root = tree("debian-initramfs-tools")
+    fake_commands.install("lsinitramfs", stderr="cpio: premature end of archive\n", rc=2)
+    with pytest.raises(initramfs.InitramfsError, match="lsinitramfs .* failed \\(rc 2\\): cpio: premature end"):
+        initramfs.list_image(module, root, DEBIAN)
