@@ -1,0 +1,538 @@
+#!/usr/bin/python
+# Copyright (c) gpuvirt.host contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: mdev
+short_description: Create, keep and persist mediated devices (vGPU profiles) per parent device
+version_added: 0.1.0
+author: gpuvirt.host maintainers (@gpuvirt)
+description:
+  - Makes each selected mediated-device parent hold the declared mediated devices (mdevs), given as
+    a number of instances of a type or as explicit UUIDs.
+  - "Types may be named by their id (C(nvidia-471), C(mbochs-2)), by their C(name) file
+    (C(NVIDIA A100-4C), C(mbochs-medium)) or by the last word of it (C(A100-4C))."
+  - UUIDs not given are derived from the host identity (C(/etc/machine-id)), the parent, the type
+    and an index, so the same declaration yields the same UUIDs on every run of the same host.
+  - Capacity is checked against C(available_instances) before anything is created. Types of one
+    parent may share a pool (a GPU's framebuffer, mbochs memory), so on each parent the new instances
+    of each type, divided by that type's C(available_instances), must add up to 1 at most. A request
+    that does not fit fails with the numbers and changes nothing; if the kernel still refuses a creation midway,
+    everything this run created or removed is rolled back before the module fails.
+  - A card that is not itself a parent but whose SR-IOV virtual functions are (NVIDIA's legacy vGPU on
+    SR-IOV GPUs such as the A100) gets its instances spread over its virtual functions.
+  - With O(parents[].exclusive=true) mdevs that are not declared are removed from that parent, except
+    those a process holds open (a running VM); O(force=true) removes those too.
+  - Every write is read back. Declared mdevs persist across reboots through mdevctl's definition
+    files (C(/etc/mdevctl.d/<parent>/<uuid>), started by mdevctl's udev rule when the parent
+    appears) when mdevctl is installed, and always through the collection's state file
+    C(/etc/gpuvirt/host-state.json), which C(gpuvirt-restore.service) (installed by the role
+    C(gpuvirt.host.vgpu)) replays at boot after the virtual functions and vGPU types it depends on.
+extends_documentation_fragment:
+  - gpuvirt.host.attributes
+  - gpuvirt.host.attributes.linux
+attributes:
+  check_mode:
+    support: full
+    details:
+      - Predicts the created UUIDs exactly. When only the removal of undeclared mdevs would make room
+        for the new ones, the capacity can only be confirmed after removing; check mode then warns.
+  diff_mode:
+    support: full
+options:
+  parents:
+    description:
+      - The parents to manage and what each must hold. A parent not listed is left alone.
+    type: list
+    elements: dict
+    required: true
+    suboptions:
+      selector:
+        description:
+          - The parent, as its PCI address (C(0000:41:00.0), 4- or 8-digit domain, or short C(41:00.0)),
+            the name of a virtual parent under C(/sys/class/mdev_bus) (C(mbochs), C(mdpy), C(mtty)),
+            a C(vendor:device) ID pair, or a model name matched against the C(pci.ids) device name.
+          - An ID pair or model name selects every card of that model; each card gets the whole list.
+            A model name matching two different models fails.
+        type: str
+        required: true
+      mdevs:
+        description:
+          - The mdevs this parent must hold. An empty list with O(parents[].exclusive=true) removes
+            every mdev of the parent that is not in use.
+        type: list
+        elements: dict
+        default: []
+        suboptions:
+          type:
+            description:
+              - The type, by id, C(name) file or last word of the C(name) file.
+            type: str
+            required: true
+          count:
+            description:
+              - How many mdevs of this type the parent (or the card, over its virtual functions) must
+                hold. Existing mdevs of the type count, whatever their UUIDs.
+            type: int
+          uuids:
+            description:
+              - Explicit UUIDs of the mdevs of this type. An existing mdev with one of these UUIDs but
+                another type or parent is an error.
+            type: list
+            elements: str
+      exclusive:
+        description:
+          - Remove the mdevs of this parent that are not declared, and their persistent definitions.
+          - An mdev held open by a process is never removed unless O(force=true).
+        type: bool
+        default: false
+  force:
+    description:
+      - Remove undeclared mdevs of an exclusive parent even when a process holds them.
+    type: bool
+    default: false
+  persistent:
+    description:
+      - Record the declared mdevs so that they are recreated at boot (mdevctl definitions when
+        mdevctl is installed, and the collection's state file).
+      - With V(false) the mdevs exist until the next reboot only; existing records are left as they are.
+    type: bool
+    default: true
+  host_id:
+    description:
+      - The host identity that generated UUIDs derive from. Defaults to the content of
+        C(/etc/machine-id) below O(root). Set it to keep the same UUIDs across reinstalls.
+    type: str
+  root:
+    description:
+      - The host filesystem root to work on (C(<root>/sys), C(<root>/etc)), for image trees and tests.
+      - mdevctl itself is only run when this is V(/).
+    type: path
+    default: /
+notes:
+  - Requires the parent's driver to be loaded (for example C(nvidia), C(i915) with GVT-g, or the
+    kernel's C(mbochs) sample driver) and, for NVIDIA SR-IOV GPUs, the virtual functions enabled
+    first (M(gpuvirt.host.sriov), M(gpuvirt.host.nvidia_vgpu)).
+seealso:
+  - module: gpuvirt.host.topology_info
+  - module: gpuvirt.host.nvidia_vgpu
+  - module: gpuvirt.host.sriov
+"""
+
+EXAMPLES = r"""
+- name: Two mbochs-medium and one mdpy-hd, nothing else on those parents
+  gpuvirt.host.mdev:
+    parents:
+      - selector: mbochs
+        mdevs:
+          - type: mbochs-medium
+            count: 2
+        exclusive: true
+      - selector: mdpy
+        mdevs:
+          - type: mdpy-hd
+            count: 1
+
+- name: Four A100-4C vGPUs on every A100, spread over its virtual functions
+  gpuvirt.host.mdev:
+    parents:
+      - selector: "10de:20b5"
+        mdevs:
+          - type: A100-4C
+            count: 4
+
+- name: A GVT-g slice with a UUID the VM definition already uses
+  gpuvirt.host.mdev:
+    parents:
+      - selector: "0000:00:02.0"
+        mdevs:
+          - type: i915-GVTg_V5_4
+            uuids:
+              - 4b20d080-1b54-4048-85b3-a6a62d165c01
+"""
+
+RETURN = r"""
+parents:
+  description: Per parent (its name under C(/sys/class/mdev_bus)), what it held before and after.
+  returned: always
+  type: dict
+  sample:
+    mbochs:
+      selector: mbochs
+      exclusive: true
+      before: []
+      after:
+        - uuid: 4d4b6c2e-3a8c-5d4f-9b1e-0f6a7c2d9e11
+          type: mbochs-2
+      created: [4d4b6c2e-3a8c-5d4f-9b1e-0f6a7c2d9e11]
+      removed: []
+      kept_in_use: []
+  contains:
+    selector:
+      description: The selector that chose this parent.
+      type: str
+    exclusive:
+      description: Whether undeclared mdevs were removed.
+      type: bool
+    before:
+      description: The mdevs of the parent before the run, each C(uuid) and C(type).
+      type: list
+      elements: dict
+    after:
+      description: The mdevs of the parent after the run (predicted in check mode).
+      type: list
+      elements: dict
+    created:
+      description: UUIDs created on this parent (to be created, in check mode).
+      type: list
+      elements: str
+    removed:
+      description: UUIDs removed from this parent.
+      type: list
+      elements: str
+    kept_in_use:
+      description: Undeclared mdevs of an exclusive parent kept because a process holds them.
+      type: list
+      elements: str
+created:
+  description: Every UUID created.
+  returned: always
+  type: list
+  elements: str
+removed:
+  description: Every UUID removed.
+  returned: always
+  type: list
+  elements: str
+mdevs:
+  description: Every mdev of the host after the run (predicted in check mode).
+  returned: always
+  type: list
+  elements: dict
+  contains:
+    uuid:
+      description: The mdev's UUID.
+      type: str
+    parent:
+      description: Its parent.
+      type: str
+    type:
+      description: Its type id.
+      type: str
+    in_use:
+      description: Whether a process holds its VFIO group open.
+      type: bool
+persistence:
+  description: How the declared mdevs are kept across reboots.
+  returned: always
+  type: dict
+  contains:
+    mdevctl:
+      description: Whether mdevctl definitions are written (mdevctl is installed).
+      type: bool
+    state_file:
+      description: The collection's state file replayed by C(gpuvirt-restore.service).
+      type: str
+    files_changed:
+      description: Files written or removed (to be, in check mode).
+      type: list
+      elements: str
+reboot_required:
+  description: Always V(false); mediated devices are created and removed at run time.
+  returned: always
+  type: bool
+"""
+
+import os  # noqa: E402
+import tempfile  # noqa: E402
+
+from ansible.module_utils.basic import AnsibleModule  # noqa: E402
+
+from ansible_collections.gpuvirt.host.plugins.module_utils.hoststate import (  # noqa: E402
+    StateFileError,
+    load_state,
+    state_path,
+    with_section,
+    write_state,
+)
+from ansible_collections.gpuvirt.host.plugins.module_utils.mdev import (  # noqa: E402
+    Executor,
+    MdevError,
+    defined_uuids_from_mdevctl,
+    definition_matches,
+    mdevctl_binary,
+    mdevctl_path,
+    plan,
+    read_mdevctl_definitions,
+    read_snapshot,
+    refusal_message,
+    render_mdevctl_definition,
+)
+from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import SysfsWriteError  # noqa: E402
+
+
+class MdevModule:
+    def __init__(self, module):
+        self.module = module
+        self.root = module.params["root"]
+        self.declarations = module.params["parents"]
+        self.force = module.params["force"]
+        self.host_id = module.params["host_id"]
+        self.diff = []
+        self.files_changed = []
+
+    def fail(self, message, **extra):
+        self.module.fail_json(msg=message, changed=False, **extra)
+
+    def run(self):
+        try:
+            before = read_snapshot(self.root, self.host_id)
+            first = plan(before, self.declarations, self.force)
+        except MdevError as error:
+            self.fail(str(error))
+        for warning in first.warnings:
+            self.module.warn(warning)
+        if self.module.check_mode:
+            for message in first.recheck:
+                self.module.warn("capacity can only be confirmed after removing undeclared mdevs: " + message)
+            final, created, removed = first, first.creations, self._removals(before, first)
+        else:
+            final, created, removed = self._apply(before, first)
+
+        after = self._after(before, created, removed)
+        persistence = self._persist(final, before) if self.module.params["persistent"] else self._no_persistence()
+        changed = bool(created or removed or self.files_changed)
+        self._mdev_diff(before, after, final)
+        result = dict(
+            changed=changed,
+            parents=self._parents_result(before, after, final, created, removed),
+            created=[value for _parent, value, _type in created],
+            removed=[value for _parent, value, _type in removed],
+            mdevs=[m for m in after],
+            persistence=persistence,
+            reboot_required=False,
+        )
+        if self.module._diff:
+            result["diff"] = self.diff
+        self.module.exit_json(**result)
+
+    @staticmethod
+    def _removals(snapshot, planned):
+        return [(parent, value, snapshot.mdevs[value].type) for parent, value in planned.removals]
+
+    def _apply(self, before, first):
+        executor = Executor(self.root)
+        final = first
+        current = None
+        try:
+            if first.recheck:
+                for parent, value, type_id in self._removals(before, first):
+                    current = (parent, value, type_id)
+                    executor.remove(parent, value, type_id)
+                after_removal = read_snapshot(self.root, self.host_id)
+                final = plan(after_removal, self.declarations, self.force)
+                if final.recheck:
+                    raise MdevError(" ".join(final.recheck))
+                removals = self._removals(after_removal, final)
+            else:
+                removals = self._removals(before, first)
+            for parent, value, type_id in removals:
+                current = (parent, value, type_id)
+                executor.remove(parent, value, type_id)
+            for parent, value, type_id in final.creations:
+                current = (parent, value, type_id)
+                executor.create(parent, value, type_id)
+        except (MdevError, SysfsWriteError) as error:
+            if current is not None and any(current == c for c in final.creations):
+                message = refusal_message(self.root, error, current[0], current[1], current[2], final, executor)
+            else:
+                message = str(error)
+            undone = len(executor.created) + len(executor.removed)
+            problems = executor.rollback()
+            if problems:
+                self.module.fail_json(msg="%s Rolling back failed: %s" % (message, "; ".join(problems)), changed=True)
+            self.fail("%s Rolled back the %d change(s) this run had made." % (message, undone))
+        return final, executor.created, executor.removed
+
+    def _after(self, before, created, removed):
+        if not self.module.check_mode:
+            return [m.to_dict() for m in sorted(read_snapshot(self.root, self.host_id).mdevs.values(), key=_key)]
+        gone = {value for _parent, value, _type in removed}
+        after = [m.to_dict() for m in before.mdevs.values() if m.uuid not in gone]
+        after.extend({"uuid": v, "parent": p, "type": t, "in_use": False} for p, v, t in created)
+        return sorted(after, key=lambda m: (m["parent"] or "", m["uuid"]))
+
+    def _parents_result(self, before, after, final, created, removed):
+        result = {}
+        for name, planned in final.parents.items():
+            result[name] = dict(
+                selector=planned.selector,
+                exclusive=planned.exclusive,
+                before=[{"uuid": m.uuid, "type": m.type} for m in before.mdevs_on(name)],
+                after=[{"uuid": m["uuid"], "type": m["type"]} for m in after if m["parent"] == name],
+                created=[v for p, v, _t in created if p == name],
+                removed=[v for p, v, _t in removed if p == name],
+                kept_in_use=list(planned.kept_in_use),
+            )
+        return result
+
+    def _mdev_diff(self, before, after, final):
+        lines_before, lines_after = [], []
+        for name in final.parents:
+            lines_before += ["%s %s %s" % (name, m.uuid, m.type) for m in before.mdevs_on(name)]
+            lines_after += ["%s %s %s" % (name, m["uuid"], m["type"]) for m in after if m["parent"] == name]
+        self.diff.insert(
+            0,
+            {
+                "before": "\n".join(lines_before) + ("\n" if lines_before else ""),
+                "after": "\n".join(lines_after) + ("\n" if lines_after else ""),
+                "before_header": "mediated devices",
+                "after_header": "mediated devices",
+            },
+        )
+
+    # -- persistence ------------------------------------------------------------------------------
+
+    def _no_persistence(self):
+        return {"mdevctl": False, "state_file": state_path(self.root), "files_changed": []}
+
+    def _wanted(self, final):
+        """(declared {uuid: (parent, type)}, parents whose undeclared records go, kept uuids)."""
+        declared = {}
+        exclusive = set()
+        kept = set()
+        for name, planned in final.parents.items():
+            for value, type_id in planned.declared:
+                declared[value] = (name, type_id)
+            if planned.exclusive:
+                exclusive.add(name)
+            kept.update(planned.kept_in_use)
+        return declared, exclusive, kept
+
+    def _persist(self, final, before):
+        declared, exclusive, kept = self._wanted(final)
+        binary = mdevctl_binary(self.root)
+        if binary is not None:
+            self._persist_mdevctl(declared, exclusive, kept, binary)
+        try:
+            state = load_state(self.root)
+        except StateFileError as error:
+            self.fail(str(error))
+        section = dict(state["mdevs"])
+        for value, entry in list(section.items()):
+            parent = entry.get("parent") if isinstance(entry, dict) else None
+            if parent in exclusive and value not in declared and value not in kept:
+                del section[value]
+        for value, (parent, type_id) in declared.items():
+            section[value] = {"parent": parent, "type": type_id}
+        changed, diff = write_state(self.module, self.root, with_section(state, "mdevs", section))
+        if changed:
+            self.files_changed.append(diff["after_header"])
+            self.diff.append(diff)
+        return {"mdevctl": binary is not None, "state_file": state_path(self.root), "files_changed": self.files_changed}
+
+    def _persist_mdevctl(self, declared, exclusive, kept, binary):
+        definitions = read_mdevctl_definitions(self.root)
+        for value, (parent, type_id) in sorted(declared.items()):
+            existing = definitions.get(value)
+            if existing is not None and definition_matches(existing, parent, type_id):
+                continue
+            attrs, before = [], ""
+            if existing is not None and existing["parent"] != parent:
+                self._remove_file(existing["path"], existing["text"])
+            elif existing is not None:
+                before = existing["text"]
+                if isinstance(existing["data"], dict) and existing["data"].get("mdev_type") == type_id:
+                    attrs = existing["data"].get("attrs") or []
+            self._write_file(mdevctl_path(self.root, parent, value), render_mdevctl_definition(type_id, attrs), before)
+        for value, existing in sorted(definitions.items()):
+            if existing["parent"] in exclusive and value not in declared and value not in kept:
+                self._remove_file(existing["path"], existing["text"])
+        if self.module.check_mode:
+            return
+        # Read back what mdevctl will act on at boot.
+        definitions = read_mdevctl_definitions(self.root)
+        wrong = [
+            value
+            for value, (parent, type_id) in declared.items()
+            if value not in definitions or not definition_matches(definitions[value], parent, type_id)
+        ]
+        if wrong:
+            self.fail("mdevctl definitions for %s did not read back as written" % ", ".join(sorted(wrong)))
+        if self.root == "/" and declared:
+            rc, out, err = self.module.run_command(
+                [binary, "list", "--defined", "--dumpjson"], environ_update={"LC_ALL": "C"}
+            )
+            try:
+                listed = defined_uuids_from_mdevctl(out) if rc == 0 else None
+            except ValueError:
+                listed = None
+            missing = sorted(set(declared) - (listed or set()))
+            if listed is None or missing:
+                self.fail(
+                    "mdevctl does not list the definitions written for %s (rc %d: %s); check the files under "
+                    "/etc/mdevctl.d" % (", ".join(missing or sorted(declared)), rc, (err or out).strip())
+                )
+
+    def _write_file(self, path, text, before):
+        self.files_changed.append(path)
+        self.diff.append({"before": before or "", "after": text, "before_header": path, "after_header": path})
+        if self.module.check_mode:
+            return
+        directory = os.path.dirname(path)
+        os.makedirs(directory, mode=0o755, exist_ok=True)
+        fd, temp = tempfile.mkstemp(prefix=".gpuvirt.", dir=directory)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.chmod(temp, 0o644)
+        self.module.atomic_move(temp, path)
+
+    def _remove_file(self, path, before):
+        self.files_changed.append(path)
+        self.diff.append({"before": before or "", "after": "", "before_header": path, "after_header": "/dev/null"})
+        if not self.module.check_mode:
+            os.unlink(path)
+
+
+def _key(mdev):
+    return (mdev.parent or "", mdev.uuid)
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            parents=dict(
+                type="list",
+                elements="dict",
+                required=True,
+                options=dict(
+                    selector=dict(type="str", required=True),
+                    mdevs=dict(
+                        type="list",
+                        elements="dict",
+                        default=[],
+                        options=dict(
+                            type=dict(type="str", required=True),
+                            count=dict(type="int"),
+                            uuids=dict(type="list", elements="str"),
+                        ),
+                        mutually_exclusive=[("count", "uuids")],
+                        required_one_of=[("count", "uuids")],
+                    ),
+                    exclusive=dict(type="bool", default=False),
+                ),
+            ),
+            force=dict(type="bool", default=False),
+            persistent=dict(type="bool", default=True),
+            host_id=dict(type="str"),
+            root=dict(type="path", default="/"),
+        ),
+        supports_check_mode=True,
+    )
+    MdevModule(module).run()
+
+
+if __name__ == "__main__":
+    main()
