@@ -1,0 +1,330 @@
+# Copyright (c) gpuvirt.host contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Boot-time restore of the recorded device state, in a fixed order.
+
+Virtual functions, per-VF vGPU types and mediated devices live in sysfs and are gone after a
+reboot. The modules record what was declared in ``/etc/gpuvirt/host-state.json``
+(:mod:`hoststate`); ``gpuvirt-restore.service`` runs this file at boot, before libvirt, as::
+
+    PYTHONPATH=/usr/local/lib/gpuvirt python3 -m \\
+        ansible_collections.gpuvirt.host.plugins.module_utils.restore
+
+Steps, each waiting for what it needs and reading every write back, with bounded retries:
+
+1. ``driver``: the drivers are ready: every recorded physical function exists with a driver bound
+   and its SR-IOV attributes, every non-VF mdev parent is registered.
+2. ``sriov``: ``sriov_numvfs`` (0 first, then N) and ``sriov_drivers_autoprobe``.
+3. ``nvidia_vgpu``: each VF's ``nvidia/current_vgpu_type``.
+4. ``mdevs``: each recorded mdev, on its parent with its type (one that mdevctl's udev rule already
+   started is verified, not created twice).
+
+Every line logged carries the seconds since boot (``/proc/uptime``); the last one, and the status
+file ``/run/gpuvirt/restore.json``, give the time from boot to restored. Standard library only: the
+target needs no Ansible. Exit status 0 when everything was restored, 1 otherwise (every step still
+runs, so one missing device does not keep the others from coming back).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+
+from ansible_collections.gpuvirt.host.plugins.module_utils import hoststate, mdev
+from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import (
+    MDEV_BUS,
+    PCI_DEVICES,
+    SysfsWriteError,
+    host_path,
+    link_name,
+    read_int,
+)
+
+STATUS_PATH = "run/gpuvirt/restore.json"
+STEPS = ("driver", "sriov", "nvidia_vgpu", "mdevs")
+
+
+class RestoreError(Exception):
+    """One item could not be restored; ``str()`` says which and why."""
+
+
+def uptime(root):
+    """Seconds since boot from ``<root>/proc/uptime``, or None when unreadable."""
+    try:
+        with open(host_path(root, "proc/uptime"), encoding="ascii") as handle:
+            return float(handle.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+class Restore:
+    """Replays one state file. ``timeout``: seconds each item may wait for its device."""
+
+    def __init__(self, root="/", timeout=60.0, interval=0.2, attempts=3, out=None, state=None):
+        self.root = root
+        self.timeout = timeout
+        self.interval = interval
+        self.attempts = attempts
+        self.out = out or sys.stdout
+        self.state = state
+        self.results = []  # {"step", "item", "ok", "action", "message", "at"}
+        self.started = None
+
+    # -- logging ---------------------------------------------------------------------------------
+
+    def now(self):
+        value = uptime(self.root)
+        return value if value is not None else time.monotonic()
+
+    def log(self, message):
+        self.out.write("gpuvirt-restore: [%9.3f s since boot] %s\n" % (self.now(), message))
+        self.out.flush()
+
+    def record(self, step, item, ok, action, message):
+        self.results.append(
+            {"step": step, "item": item, "ok": ok, "action": action, "message": message, "at": round(self.now(), 3)}
+        )
+        self.log("%s %s: %s%s" % (step, item, "" if ok else "FAILED: ", message))
+
+    # -- waiting and retrying --------------------------------------------------------------------
+
+    def wait_for(self, check, what):
+        """Poll ``check()`` until it returns a true value or the timeout passes."""
+        deadline = time.monotonic() + self.timeout
+        while True:
+            value = check()
+            if value:
+                return value
+            if time.monotonic() >= deadline:
+                raise RestoreError("%s did not happen within %g s" % (what, self.timeout))
+            time.sleep(self.interval)
+
+    def retry(self, action):
+        """Run ``action()`` up to ``attempts`` times; it raises to ask for another try."""
+        error = None
+        for attempt in range(1, self.attempts + 1):
+            try:
+                return action()
+            except (RestoreError, SysfsWriteError, mdev.MdevError, OSError) as caught:
+                error = caught
+                if attempt < self.attempts:
+                    time.sleep(self.interval * attempt)
+        raise RestoreError("%s (after %d attempts)" % (error, self.attempts))
+
+    # -- the steps -------------------------------------------------------------------------------
+
+    def run(self):
+        self.started = self.now()
+        if self.state is None:
+            try:
+                self.state = hoststate.load_state(self.root)
+            except hoststate.StateFileError as error:
+                self.record("state", hoststate.state_path(self.root), False, "read", str(error))
+                return self.finish()
+        counts = ", ".join("%s %d" % (s, len(self.state.get(s) or {})) for s in hoststate.SECTIONS)
+        self.log("restoring %s (%s)" % (hoststate.state_path(self.root), counts))
+        for step in STEPS:
+            getattr(self, "step_" + step)()
+        return self.finish()
+
+    def _pf_of_vf(self, address):
+        return link_name(host_path(self.root, PCI_DEVICES, address, "physfn"))
+
+    def step_driver(self):
+        entries = self.state.get("sriov") or {}
+        for pf in sorted(entries):
+            self._item("driver", pf, lambda pf=pf: self._wait_pf(pf))
+        later = set()
+        for pf, entry in entries.items():
+            later.update(self._vf_addresses(pf, int(entry.get("num_vfs", 0)) if isinstance(entry, dict) else 0))
+        parents = sorted(
+            {
+                entry.get("parent")
+                for entry in (self.state.get("mdevs") or {}).values()
+                if isinstance(entry, dict) and entry.get("parent")
+            }
+        )
+        for parent in parents:
+            if parent not in later:  # a VF parent appears in the next step
+                self._item("driver", parent, lambda parent=parent: self._wait_parent(parent))
+
+    def _vf_addresses(self, pf, count):
+        """The addresses VF 0..count-1 of ``pf`` will get (``sriov_offset``/``sriov_stride``)."""
+        base = host_path(self.root, PCI_DEVICES, pf)
+        offset, stride = read_int(base + "/sriov_offset"), read_int(base + "/sriov_stride")
+        if offset is None or stride is None:
+            return []
+        domain, bus, devfn = pf.split(":")
+        slot, function = devfn.split(".")
+        rid = (int(bus, 16) << 8) | (int(slot, 16) << 3) | int(function)
+        addresses = []
+        for index in range(count):
+            vf = rid + offset + index * stride
+            addresses.append("%s:%02x:%02x.%d" % (domain, vf >> 8, (vf >> 3) & 0x1F, vf & 7))
+        return addresses
+
+    def _wait_pf(self, pf):
+        base = host_path(self.root, PCI_DEVICES, pf)
+        self.wait_for(lambda: os.path.exists(base + "/sriov_numvfs"), "%s with SR-IOV attributes appearing" % pf)
+        driver = self.wait_for(lambda: link_name(base + "/driver"), "a driver binding to %s" % pf)
+        return "present, driver %s" % driver
+
+    def _wait_parent(self, parent):
+        self.wait_for(
+            lambda: os.path.lexists(host_path(self.root, MDEV_BUS, parent)), "mdev parent %s registering" % parent
+        )
+        return "mdev parent registered"
+
+    def step_sriov(self):
+        entries = self.state.get("sriov") or {}
+        if not entries:
+            return
+        from ansible_collections.gpuvirt.host.plugins.module_utils import sriov
+
+        for pf, entry in sorted(entries.items()):
+            self._item("sriov", pf, lambda pf=pf, entry=entry: self._restore_vfs(sriov, pf, entry))
+
+    def _restore_vfs(self, sriov, pf, entry):
+        wanted = int(entry.get("num_vfs", 0))
+        autoprobe = entry.get("drivers_autoprobe")
+
+        def attempt():
+            sriov.restore_pf(self.root, pf, wanted, autoprobe)
+            current = read_int(host_path(self.root, PCI_DEVICES, pf, "sriov_numvfs"))
+            if current != wanted:
+                raise RestoreError("sriov_numvfs of %s reads %s after writing %d" % (pf, current, wanted))
+
+        before = read_int(host_path(self.root, PCI_DEVICES, pf, "sriov_numvfs"))
+        if before == wanted and (autoprobe is None or self._autoprobe(pf) == autoprobe):
+            return "num_vfs %d already" % wanted
+        self.retry(attempt)
+        return "num_vfs %d (was %s), read back" % (wanted, before)
+
+    def _autoprobe(self, pf):
+        value = read_int(host_path(self.root, PCI_DEVICES, pf, "sriov_drivers_autoprobe"))
+        return None if value is None else bool(value)
+
+    def step_nvidia_vgpu(self):
+        entries = self.state.get("nvidia_vgpu") or {}
+        if not entries:
+            return
+        from ansible_collections.gpuvirt.host.plugins.module_utils import nvidia_vgpu
+
+        for vf, entry in sorted(entries.items()):
+            self._item("nvidia_vgpu", vf, lambda vf=vf, entry=entry: self._restore_vgpu(nvidia_vgpu, vf, entry))
+
+    def _restore_vgpu(self, nvidia_vgpu, vf, entry):
+        wanted = int(entry.get("type_id", 0))
+        path = host_path(self.root, PCI_DEVICES, vf, "nvidia", "current_vgpu_type")
+        self.wait_for(lambda: os.path.exists(path), "%s appearing" % path)
+        before = read_int(path)
+        if before == wanted:
+            return "type %d already" % wanted
+
+        def attempt():
+            nvidia_vgpu.restore_vf(self.root, vf, wanted)
+            current = read_int(path)
+            if current != wanted:
+                raise RestoreError("current_vgpu_type of %s reads %s after writing %d" % (vf, current, wanted))
+
+        self.retry(attempt)
+        return "type %d (%s), read back" % (wanted, entry.get("type_name") or "?")
+
+    def step_mdevs(self):
+        for value, entry in sorted((self.state.get("mdevs") or {}).items(), key=lambda i: (str(i[1]), i[0])):
+            self._item("mdevs", value, lambda value=value, entry=entry: self._restore_mdev(value, entry))
+
+    def _restore_mdev(self, value, entry):
+        if not isinstance(entry, dict) or not entry.get("parent") or not entry.get("type"):
+            raise RestoreError("the state file entry %r has no parent and type" % (entry,))
+        parent, type_id = entry["parent"], entry["type"]
+        type_dir = host_path(self.root, MDEV_BUS, parent, "mdev_supported_types", type_id)
+        self.wait_for(lambda: os.path.isdir(type_dir), "type %s of mdev parent %s appearing" % (type_id, parent))
+        found = mdev.read_mdev(self.root, value)
+        if found == (parent, type_id):
+            return "present on %s (%s), started by mdevctl" % (parent, type_id)
+        if found is not None:
+            raise RestoreError("exists on %s with type %s instead of %s on %s" % (found + (type_id, parent)))
+
+        def attempt():
+            try:
+                mdev.create_mdev(self.root, parent, type_id, value)
+            except SysfsWriteError:
+                # mdevctl's udev rule may have created it in the meantime.
+                if mdev.read_mdev(self.root, value) != (parent, type_id):
+                    raise
+
+        self.retry(attempt)
+        return "created on %s (%s), read back" % (parent, type_id)
+
+    def _item(self, step, item, action):
+        try:
+            message = action()
+        except (RestoreError, SysfsWriteError, mdev.MdevError, OSError, ImportError) as error:
+            self.record(step, item, False, "failed", str(error))
+        else:
+            self.record(step, item, True, "done", message)
+
+    # -- the end ---------------------------------------------------------------------------------
+
+    def finish(self):
+        finished = self.now()
+        failed = [r for r in self.results if not r["ok"]]
+        status = {
+            "ok": not failed,
+            "items": len(self.results),
+            "failed": len(failed),
+            "started_s": round(self.started, 3),
+            "boot_to_restored_s": round(finished, 3) if uptime(self.root) is not None else None,
+            "duration_s": round(finished - self.started, 3),
+            "results": self.results,
+        }
+        self.log(
+            "%s: %d item(s), %d failed, %.3f s; boot to restored: %s"
+            % (
+                "restored" if not failed else "restore INCOMPLETE",
+                len(self.results),
+                len(failed),
+                status["duration_s"],
+                "%.3f s" % status["boot_to_restored_s"] if status["boot_to_restored_s"] is not None else "unknown",
+            )
+        )
+        return status
+
+
+def write_status(path, status):
+    """Write the status file atomically (readers may poll it while the unit runs)."""
+    directory = os.path.dirname(path)
+    os.makedirs(directory, mode=0o755, exist_ok=True)
+    fd, temp = tempfile.mkstemp(prefix=".restore.", dir=directory)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        json.dump(status, handle, indent=2, sort_keys=True)
+        handle.write("\n")
+    os.chmod(temp, 0o644)
+    os.replace(temp, path)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        prog="gpuvirt-restore",
+        description="Restore SR-IOV VFs, NVIDIA vGPU types and mediated devices from %s." % hoststate.STATE_PATH,
+    )
+    parser.add_argument("--root", default="/", help="the host root (default /)")
+    parser.add_argument("--timeout", type=float, default=60.0, help="seconds each device may take to appear")
+    parser.add_argument("--attempts", type=int, default=3, help="writes tried per item before giving up")
+    parser.add_argument("--status-file", help="where to write the JSON status (default <root>/%s)" % STATUS_PATH)
+    args = parser.parse_args(argv)
+    restore = Restore(root=args.root, timeout=args.timeout, attempts=args.attempts)
+    status = restore.run()
+    try:
+        write_status(args.status_file or host_path(args.root, STATUS_PATH), status)
+    except OSError as error:
+        restore.log("could not write the status file: %s" % error)
+    return 0 if status["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

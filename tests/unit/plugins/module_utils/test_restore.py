@@ -1,0 +1,164 @@
+# Copyright (c) gpuvirt.host contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from ansible_collections.gpuvirt.host.plugins.module_utils import hoststate, mdev, restore
+from ansible_collections.gpuvirt.host.tests.sim.hosts import MACHINE_ID, mediated_lab
+from ansible_collections.gpuvirt.host.tests.sim.mdev_kernel import KernelSim
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))))
+MEDIUM = [mdev.deterministic_uuid(MACHINE_ID, "mbochs", "mbochs-2", i) for i in range(2)]
+HD = mdev.deterministic_uuid(MACHINE_ID, "mdpy", "mdpy-hd", 0)
+
+
+@pytest.fixture
+def lab(make_host):
+    root = make_host(mediated_lab())
+    set_uptime(root, 14.25)
+    return root
+
+
+def set_uptime(root, seconds):
+    with open(os.path.join(root, "proc/uptime"), "w") as handle:
+        handle.write("%.2f 20.00\n" % seconds)
+
+
+def record(root, mdevs=None, sriov=None):
+    state = hoststate.empty_state()
+    state["mdevs"] = mdevs or {}
+    state["sriov"] = sriov or {}
+    path = hoststate.state_path(root)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as handle:
+        handle.write(hoststate.render_state(state))
+
+
+def lab_state():
+    entries = {value: {"parent": "mbochs", "type": "mbochs-2"} for value in MEDIUM}
+    entries[HD] = {"parent": "mdpy", "type": "mdpy-hd"}
+    return entries
+
+
+def run(root, **kwargs):
+    out = io.StringIO()
+    kwargs.setdefault("timeout", 0.3)
+    kwargs.setdefault("interval", 0.01)
+    status = restore.Restore(root=root, out=out, **kwargs).run()
+    return status, out.getvalue()
+
+
+def test_restores_every_recorded_mdev_and_times_it(lab):
+    record(lab, lab_state())
+    with KernelSim(lab).active():
+        status, log = run(lab)
+    assert status["ok"] is True and status["failed"] == 0
+    for value, entry in lab_state().items():
+        assert mdev.read_mdev(lab, value) == (entry["parent"], entry["type"])
+    done = [r for r in status["results"] if r["step"] == "mdevs"]
+    assert [r["item"] for r in done] == sorted(lab_state(), key=lambda v: (str(lab_state()[v]), v))
+    assert all(r["message"].startswith("created on") and r["message"].endswith("read back") for r in done)
+    # Virtual parents are waited for in the driver step, before anything is created.
+    assert [r["item"] for r in status["results"] if r["step"] == "driver"] == ["mbochs", "mdpy"]
+    assert status["boot_to_restored_s"] == 14.25
+    assert "[   14.250 s since boot] mdevs %s: created on mbochs (mbochs-2), read back" % MEDIUM[0] in log
+    assert log.rstrip().endswith("restored: 5 item(s), 0 failed, 0.000 s; boot to restored: 14.250 s")
+
+
+def test_mdev_already_started_by_mdevctl_is_verified_not_recreated(lab):
+    record(lab, lab_state())
+    sim = KernelSim(lab)
+    with sim.active():
+        mdev.create_mdev(lab, "mdpy", "mdpy-hd", HD)
+        sim.writes.clear()
+        status, _log = run(lab)
+    assert status["ok"] is True
+    assert [r["message"] for r in status["results"] if r["item"] == HD] == [
+        "present on mdpy (mdpy-hd), started by mdevctl"
+    ]
+    assert not any(HD in value for _path, value in sim.writes)
+
+
+def test_a_missing_parent_fails_its_items_only(lab):
+    entries = lab_state()
+    entries["0b9c6e45-1a8e-4e43-a9d7-3b6c1b0e0a11"] = {"parent": "mgone", "type": "mgone-1"}
+    record(lab, entries)
+    with KernelSim(lab).active():
+        status, log = run(lab)
+    assert status["ok"] is False and status["failed"] == 2  # the parent in step 1, its mdev in step 4
+    assert "mdev parent mgone registering did not happen within 0.3 s" in log
+    assert all(mdev.read_mdev(lab, value) is not None for value in lab_state())
+    assert "restore INCOMPLETE: 7 item(s), 2 failed" in log
+
+
+def test_a_refused_create_is_retried_then_reported(lab):
+    record(lab, {MEDIUM[0]: {"parent": "mbochs", "type": "mbochs-2"}})
+    sim = KernelSim(lab)
+    sim.refuse_after("mbochs", 0)
+    with sim.active():
+        status, log = run(lab, attempts=3)
+    assert status["ok"] is False
+    assert len([w for w in sim.writes if w[0].endswith("/create")]) == 3
+    assert "(after 3 attempts)" in log
+
+
+def test_an_mdev_with_another_type_is_not_touched(lab):
+    record(lab, {HD: {"parent": "mdpy", "type": "mdpy-hd"}})
+    with KernelSim(lab).active():
+        mdev.create_mdev(lab, "mdpy", "mdpy-vga", HD)
+        status, log = run(lab)
+    assert status["ok"] is False and "exists on mdpy with type mdpy-vga instead of mdpy-hd" in log
+    assert mdev.read_mdev(lab, HD) == ("mdpy", "mdpy-vga")
+
+
+def test_unusable_state_file_is_reported(lab):
+    path = hoststate.state_path(lab)
+    os.makedirs(os.path.dirname(path))
+    with open(path, "w") as handle:
+        handle.write("{not json")
+    status, log = run(lab)
+    assert status["ok"] is False and "cannot read the state file" in log
+
+
+def test_no_state_file_is_nothing_to_do(lab):
+    status, log = run(lab)
+    assert status["ok"] is True and status["items"] == 0 and "restored: 0 item(s)" in log
+
+
+def test_vf_addresses_follow_offset_and_stride(lab):
+    runner = restore.Restore(root=lab)
+    assert runner._vf_addresses("0000:04:00.0", 3) == ["0000:04:00.1", "0000:04:00.2", "0000:04:00.3"]
+
+
+def test_runs_on_a_target_without_ansible(lab, tmp_path):
+    """The unit's command line, with only module_utils copied and Ansible made unimportable."""
+    target = tmp_path / "lib"
+    utils = target / "ansible_collections/gpuvirt/host/plugins/module_utils"
+    shutil.copytree(os.path.join(REPO, "plugins/module_utils"), str(utils))
+    blocker = tmp_path / "blocker/ansible"
+    blocker.mkdir(parents=True)
+    (blocker / "__init__.py").write_text("raise ImportError('the restore must not need Ansible')\n")
+    record(lab, lab_state())
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "PYTHONPATH": os.pathsep.join([str(tmp_path / "blocker"), str(target), os.path.join(REPO, "tests/sim/site")]),
+        "GPUVIRT_KERNEL_SIM": lab,
+    }
+    python = shutil.which("python3", path="/usr/bin:/bin") or sys.executable
+    command = [python, "-m", "ansible_collections.gpuvirt.host.plugins.module_utils.restore", "--root", lab]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "boot to restored: 14.250 s" in done.stdout
+    with open(os.path.join(lab, restore.STATUS_PATH)) as handle:
+        status = json.load(handle)
+    assert status["ok"] is True and status["items"] == 5
+    assert all(mdev.read_mdev(lab, value) is not None for value in lab_state())
