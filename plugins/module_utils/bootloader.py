@@ -757,7 +757,12 @@ class KernelCmdlineFile:
         if vendor is not None:
             self._arguments = parse_cmdline(vendor)
         else:
-            running = read_cmdline(root) or []
+            running = read_cmdline(root)
+            if running is None:
+                raise BootloaderError(
+                    "/%s is missing below %s and there is no /proc/cmdline to start it from; create it with "
+                    "the arguments the kernel needs (root=...) first" % (KERNEL_CMDLINE, root)
+                )
             self._arguments = [a for a in running if not a.startswith(("BOOT_IMAGE=", "initrd="))]
 
     def arguments(self):
@@ -994,7 +999,6 @@ class BootPlan:
 
     bootloader: str
     root: str
-    configured_before: list
     configured: list
     added: list
     removed: list
@@ -1057,19 +1061,19 @@ def installed_kernels(root):
     return kernels
 
 
-def _edits_for(root, sources, present, absent, replace_in_place=True, written_by=None):
-    """Plan each ``(label, source)``; return (plans, {path: FileEdit}) with clashing edits refused."""
+def _edits_for(root, sources, present, absent):
+    """Plan each source; return ``([(source, ArgumentPlan)], {path: FileEdit})``, clashing edits refused."""
     plans = []
     files = {}
     for source in sources:
-        argument_plan = plan_arguments(source.arguments(), present, absent, replace_in_place)
+        argument_plan = plan_arguments(source.arguments(), present, absent)
         plans.append((source, argument_plan))
         if not argument_plan.changed:
             continue
         rendered = source.render(argument_plan)
         for path, after in rendered.items():
             before = source.texts.get(path) if isinstance(source, GrubDefaults) else source.text
-            _add_edit(files, FileEdit(root, path, before, after, written_by))
+            _add_edit(files, FileEdit(root, path, before, after))
     return plans, files
 
 
@@ -1126,7 +1130,7 @@ def plan(module, root, bootloader, present, absent, update=True):
     else:
         sources = _proxmox_sources(root)
     plans, files = _edits_for(root, sources, present, absent)
-    primary_source, primary = plans[0]
+    _primary_source, primary = plans[0]
     edits = list(files.values())
     commands = []
     if edits:
@@ -1152,7 +1156,6 @@ def plan(module, root, bootloader, present, absent, update=True):
     return BootPlan(
         bootloader=name,
         root=root,
-        configured_before=primary_source.arguments(),
         configured=primary.arguments,
         added=_merge_unique(p.added for _s, p in plans),
         removed=_merge_unique(p.removed for _s, p in plans),
@@ -1216,7 +1219,6 @@ def _plan_grubby(module, root, host, present, absent, update):
     return BootPlan(
         bootloader="grubby",
         root=root,
-        configured_before=default.arguments(),
         configured=default_plan.arguments if update else default.arguments(),
         added=added if update else _merge_unique(p.added for _s, p in config_plans),
         removed=removed if update else _merge_unique(p.removed for _s, p in config_plans),

@@ -417,3 +417,10 @@ def test_installed_kernels_need_an_image(boot_tree):
     assert b.installed_kernels(boot_tree("debian-systemd-boot")) == [
         ("6.1.0-18-amd64", "/boot/vmlinuz-6.1.0-18-amd64", "/boot/initrd.img-6.1.0-18-amd64")
     ]
+
+
+def test_kernel_cmdline_file_is_not_invented_for_an_image_tree(boot_tree):
+    root = boot_tree("debian-systemd-boot")
+    os.unlink(os.path.join(root, "proc/cmdline"))
+    with pytest.raises(b.BootloaderError, match="no /proc/cmdline to start it from; create it with .*root="):
+        b.KernelCmdlineFile(root)
