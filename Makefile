@@ -34,8 +34,8 @@ collection: venv  ## Expose this checkout as the gpuvirt.host collection
 
 test: unit lint sanity molecule  ## Run every test
 
-unit: collection  ## Unit, module and fuzz tests (pytest)
-	$(PY) -m pytest tests/unit
+unit: collection  ## Unit, module, fuzz and installed-collection tests (pytest)
+	$(PY) -m pytest tests/unit tests/collection
 
 lint: collection  ## ruff and ansible-lint (production profile)
 	$(BIN)/ruff check .
