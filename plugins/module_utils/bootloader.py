@@ -992,13 +992,14 @@ def detect_bootloader(root):
 class BootPlan:
     """Everything one run will do, computed before anything is written.
 
-    ``configured`` is what the boot configuration will hold after the run; ``commands`` are the
-    argv lists that apply it to the boot entries (run only when ``run_commands``); ``pending`` is
-    true when such commands are needed but will not run (``update: false`` or an image tree).
-    """
+    ``configured_before``/``configured`` are what the boot configuration holds before and after the
+    run; ``commands`` are the argv lists that apply it to the boot entries (run only when
+    ``run_commands``); ``pending`` is true when such commands are needed but will not run
+    (``update: false`` or an image tree)."""
 
     bootloader: str
     root: str
+    configured_before: list
     configured: list
     added: list
     removed: list
@@ -1130,7 +1131,7 @@ def plan(module, root, bootloader, present, absent, update=True):
     else:
         sources = _proxmox_sources(root)
     plans, files = _edits_for(root, sources, present, absent)
-    _primary_source, primary = plans[0]
+    primary_source, primary = plans[0]
     edits = list(files.values())
     commands = []
     if edits:
@@ -1156,6 +1157,7 @@ def plan(module, root, bootloader, present, absent, update=True):
     return BootPlan(
         bootloader=name,
         root=root,
+        configured_before=primary_source.arguments(),
         configured=primary.arguments,
         added=_merge_unique(p.added for _s, p in plans),
         removed=_merge_unique(p.removed for _s, p in plans),
@@ -1219,6 +1221,7 @@ def _plan_grubby(module, root, host, present, absent, update):
     return BootPlan(
         bootloader="grubby",
         root=root,
+        configured_before=default.arguments(),
         configured=default_plan.arguments if update else default.arguments(),
         added=added if update else _merge_unique(p.added for _s, p in config_plans),
         removed=removed if update else _merge_unique(p.removed for _s, p in config_plans),

@@ -424,3 +424,18 @@ def test_kernel_cmdline_file_is_not_invented_for_an_image_tree(boot_tree):
     os.unlink(os.path.join(root, "proc/cmdline"))
     with pytest.raises(b.BootloaderError, match="no /proc/cmdline to start it from; create it with .*root="):
         b.KernelCmdlineFile(root)
+
+
+def test_plan_for_an_image_tree_reports_before_after_and_pending_commands(boot_tree):
+    root = boot_tree("debian-grub")
+    wanted, unwanted = args(["intel_iommu=on"], ["quiet"])
+    plan = b.plan(None, root, "auto", wanted, unwanted)
+    assert plan.bootloader == "grub"
+    assert plan.configured_before == ["quiet", "intel_iommu=off"]
+    assert plan.configured == ["intel_iommu=on"]
+    assert [edit.display_path for edit in plan.edits] == ["/etc/default/grub"]
+    assert plan.commands == [["update-grub"]]
+    assert plan.pending and not plan.run_commands
+    unchanged = b.plan(None, root, "grub", [], [])
+    assert unchanged.configured_before == unchanged.configured == ["quiet", "intel_iommu=off"]
+    assert not unchanged.changed and not unchanged.pending and unchanged.commands == []
