@@ -12,6 +12,7 @@ what to do):
 - :func:`parse_release` ``(kernel_release) -> (major, minor)``.
 - :func:`detect_tool` ``(root) -> str``: ``update-initramfs``, ``dracut`` or ``mkinitcpio``.
 - :func:`image_path` ``(root, kernel_release, tool=None) -> str``: the image that will boot.
+- :func:`releases_with_image` ``(root, tool=None) -> list[str]``: installed releases that have one.
 - :func:`regenerate_command` ``(root, kernel_release, tool=None) -> list[str]``: the argv (bare
   command name) that rebuilds it, for reports and check mode.
 - :func:`regenerate` ``(module, root, kernel_release, tool=None) -> list[str]``: runs it; refuses an
@@ -31,7 +32,7 @@ from dataclasses import dataclass, field
 
 from ansible_collections.gpuvirt.host.plugins.module_utils.bootloader import find_binary, is_host_root
 from ansible_collections.gpuvirt.host.plugins.module_utils.kernel import read_builtin_modules
-from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import host_path, read_text
+from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import host_path, list_dir, read_text
 
 TOOLS = ("update-initramfs", "dracut", "mkinitcpio")
 LISTERS = {"update-initramfs": "lsinitramfs", "dracut": "lsinitrd", "mkinitcpio": "lsinitcpio"}
@@ -177,6 +178,15 @@ def image_path(root, kernel_release, tool=None):
         if os.path.isfile(host_path(root, candidate)):
             return host_path(root, candidate)
     return host_path(root, candidates[0])
+
+
+def releases_with_image(root, tool=None):
+    """Kernel releases below ``root`` (``lib/modules/<release>``) whose initramfs image exists, in
+    version order: the images a rebuild must cover."""
+    tool = _tool(root, tool)
+    releases = set(list_dir(host_path(root, "lib/modules"))) | set(list_dir(host_path(root, "usr/lib/modules")))
+    found = [r for r in releases if _RELEASE.match(r) and os.path.isfile(image_path(root, r, tool))]
+    return sorted(found, key=lambda r: [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", r)])
 
 
 def regenerate_command(root, kernel_release, tool=None):

@@ -268,3 +268,15 @@ def test_failing_lister(tree, module, fake_commands):
     fake_commands.install("lsinitramfs", stderr="cpio: premature end of archive\n", rc=2)
     with pytest.raises(initramfs.InitramfsError, match="lsinitramfs .* failed \\(rc 2\\): cpio: premature end"):
         initramfs.list_image(module, root, DEBIAN)
+
+
+def test_releases_with_image(tree):
+    debian = tree("debian-initramfs-tools")
+    os.makedirs(os.path.join(debian, "lib/modules/6.1.0-9-amd64"))
+    with open(os.path.join(debian, "boot/initrd.img-6.1.0-9-amd64"), "w"):
+        pass
+    os.makedirs(os.path.join(debian, "lib/modules/6.1.0-20-amd64"))  # no image: not covered
+    assert initramfs.releases_with_image(debian) == ["6.1.0-9-amd64", DEBIAN]
+    assert initramfs.releases_with_image(tree("rocky9-dracut")) == [ROCKY]
+    assert initramfs.releases_with_image(tree("fedora-dracut-kernel-install")) == [FEDORA]
+    assert initramfs.releases_with_image(tree("arch-mkinitcpio")) == [ARCH]
