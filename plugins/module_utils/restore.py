@@ -245,7 +245,7 @@ class Restore:
         self.wait_for(lambda: os.path.isdir(type_dir), "type %s of mdev parent %s appearing" % (type_id, parent))
         found = mdev.read_mdev(self.root, value)
         if found == (parent, type_id):
-            return "present on %s (%s), started by mdevctl" % (parent, type_id)
+            return "already present on %s (%s), verified" % (parent, type_id)
         if found is not None:
             raise RestoreError("exists on %s with type %s instead of %s on %s" % (found + (type_id, parent)))
 

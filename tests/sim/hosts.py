@@ -11,7 +11,8 @@ MACHINE_ID = "5f0c1d2e3a4b4c5d8e9f0a1b2c3d4e5f"
 # make_host("datacenter_a100", files=MACHINE_ID_FILE): a fixed host identity, deterministic UUIDs.
 MACHINE_ID_FILE = {"etc/machine-id": MACHINE_ID + "\n"}
 
-# The QEMU lab's mediated parents as the kernel's sample drivers register them: mbochs types draw
+# The QEMU lab's mediated parents as the kernel's (6.1) sample drivers register them (type ids,
+# names and counts read in the lab guest): mbochs types draw
 # on one memory pool (small 4 MB, medium 16 MB, large 64 MB of 256 MB), mdpy on one device count.
 MEDIATED_LAB = {
     "summary": "The lab guest: the kernel's mtty, mdpy and mbochs sample parents and an SR-IOV NVMe.",
@@ -34,17 +35,17 @@ MEDIATED_LAB = {
         {
             "name": "mbochs",
             "types": [
-                {"id": "mbochs-1", "name": "mbochs-small", "available": 64, "device_api": "vfio-pci"},
-                {"id": "mbochs-2", "name": "mbochs-medium", "available": 16, "device_api": "vfio-pci"},
-                {"id": "mbochs-3", "name": "mbochs-large", "available": 4, "device_api": "vfio-pci"},
+                {"id": "mbochs-small", "name": "mbochs-small", "available": 64, "device_api": "vfio-pci"},
+                {"id": "mbochs-medium", "name": "mbochs-medium", "available": 16, "device_api": "vfio-pci"},
+                {"id": "mbochs-large", "name": "mbochs-large", "available": 4, "device_api": "vfio-pci"},
             ],
         },
         {
             "name": "mdpy",
             "types": [
-                {"id": "mdpy-vga", "name": "vga", "available": 4, "device_api": "vfio-pci"},
-                {"id": "mdpy-xga", "name": "xga", "available": 4, "device_api": "vfio-pci"},
-                {"id": "mdpy-hd", "name": "hd", "available": 4, "device_api": "vfio-pci"},
+                {"id": "mdpy-vga", "name": "mdpy-vga", "available": 4, "device_api": "vfio-pci"},
+                {"id": "mdpy-xga", "name": "mdpy-xga", "available": 4, "device_api": "vfio-pci"},
+                {"id": "mdpy-hd", "name": "mdpy-hd", "available": 4, "device_api": "vfio-pci"},
             ],
         },
         {

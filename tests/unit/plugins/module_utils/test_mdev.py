@@ -36,14 +36,14 @@ def declare(selector, *entries, exclusive=False):
 
 
 def test_deterministic_uuid_depends_on_every_input():
-    base = mdev.deterministic_uuid(MACHINE_ID, "mbochs", "mbochs-2", 0)
-    assert base == mdev.deterministic_uuid(MACHINE_ID, "mbochs", "mbochs-2", 0)
+    base = mdev.deterministic_uuid(MACHINE_ID, "mbochs", "mbochs-medium", 0)
+    assert base == mdev.deterministic_uuid(MACHINE_ID, "mbochs", "mbochs-medium", 0)
     assert mdev.normalize_uuid(base) == base
     others = {
-        mdev.deterministic_uuid("another-host", "mbochs", "mbochs-2", 0),
-        mdev.deterministic_uuid(MACHINE_ID, "mdpy", "mbochs-2", 0),
-        mdev.deterministic_uuid(MACHINE_ID, "mbochs", "mbochs-3", 0),
-        mdev.deterministic_uuid(MACHINE_ID, "mbochs", "mbochs-2", 1),
+        mdev.deterministic_uuid("another-host", "mbochs", "mbochs-medium", 0),
+        mdev.deterministic_uuid(MACHINE_ID, "mdpy", "mbochs-medium", 0),
+        mdev.deterministic_uuid(MACHINE_ID, "mbochs", "mbochs-large", 0),
+        mdev.deterministic_uuid(MACHINE_ID, "mbochs", "mbochs-medium", 1),
     }
     assert base not in others and len(others) == 4
 
@@ -68,7 +68,7 @@ def test_unknown_type_lists_what_exists(lab):
     types = mdev.read_snapshot(lab).parents["mbochs"]
     with pytest.raises(mdev.MdevError) as error:
         mdev.resolve_type(types, "mbochs-huge", "mbochs")
-    assert "mbochs-2 (mbochs-medium)" in str(error.value) and "mbochs-huge" in str(error.value)
+    assert "mbochs-medium" in str(error.value) and "mbochs-huge" in str(error.value)
 
 
 def test_ambiguous_type_is_refused():
@@ -153,7 +153,7 @@ def test_plan_shared_pool_sum_of_fractions(lab):
             snapshot, [declare("mbochs", {"type": "mbochs-medium", "count": 5}, {"type": "mbochs-large", "count": 3})]
         )
     text = str(error.value)
-    assert "mbochs-3 (mbochs-large): 3 declared, 0 present, 3 to create, available_instances 4" in text
+    assert "mbochs-large: 3 declared, 0 present, 3 to create, available_instances 4" in text
     assert "sum(to create / available_instances) <= 1" in text
 
 
@@ -165,16 +165,16 @@ def test_plan_over_capacity_single_type(lab):
 def test_plan_explicit_uuids(lab):
     snapshot = mdev.read_snapshot(lab)
     value = "4B20D080-1B54-4048-85B3-A6A62D165C01"
-    planned = mdev.plan(snapshot, [declare("mdpy", {"type": "hd", "uuids": [value]})])
+    planned = mdev.plan(snapshot, [declare("mdpy", {"type": "mdpy-hd", "uuids": [value]})])
     assert planned.creations == [("mdpy", value.lower(), "mdpy-hd")]
     with pytest.raises(mdev.MdevError, match="not a UUID"):
-        mdev.plan(snapshot, [declare("mdpy", {"type": "hd", "uuids": ["nope"]})])
+        mdev.plan(snapshot, [declare("mdpy", {"type": "mdpy-hd", "uuids": ["nope"]})])
     with pytest.raises(mdev.MdevError, match="declared twice"):
         mdev.plan(
             snapshot,
             [
-                declare("mdpy", {"type": "hd", "uuids": [value]}),
-                declare("mbochs", {"type": "mbochs-1", "uuids": [value]}),
+                declare("mdpy", {"type": "mdpy-hd", "uuids": [value]}),
+                declare("mbochs", {"type": "mbochs-small", "uuids": [value]}),
             ],
         )
 
@@ -210,16 +210,18 @@ def test_plan_needs_a_host_identity_for_generated_uuids(lab):
         mdev.plan(snapshot, [declare("mbochs", {"type": "mbochs-medium", "count": 1})])
     given = mdev.read_snapshot(lab, host_id="fleet-node-7")
     value = mdev.plan(given, [declare("mbochs", {"type": "mbochs-medium", "count": 1})]).creations[0][1]
-    assert value == mdev.deterministic_uuid("fleet-node-7", "mbochs", "mbochs-2", 0)
+    assert value == mdev.deterministic_uuid("fleet-node-7", "mbochs", "mbochs-medium", 0)
 
 
 def test_plan_recheck_when_only_removals_make_room(lab):
     sim = KernelSim(lab)
     with sim.active():
         for index in range(4):
-            mdev.create_mdev(lab, "mbochs", "mbochs-3", mdev.deterministic_uuid("x", "mbochs", "mbochs-3", index))
+            mdev.create_mdev(
+                lab, "mbochs", "mbochs-large", mdev.deterministic_uuid("x", "mbochs", "mbochs-large", index)
+            )
     snapshot = mdev.read_snapshot(lab)
-    assert available(lab, "mbochs", "mbochs-2") == 0
+    assert available(lab, "mbochs", "mbochs-medium") == 0
     planned = mdev.plan(snapshot, [declare("mbochs", {"type": "mbochs-medium", "count": 2}, exclusive=True)])
     assert len(planned.removals) == 4 and planned.creations == [] and planned.recheck
     # Removing one large frees at least one large, which is all that can be known beforehand.
@@ -231,20 +233,22 @@ def test_plan_recheck_when_only_removals_make_room(lab):
 
 
 def test_create_and_remove_read_back(lab):
-    value = mdev.deterministic_uuid(MACHINE_ID, "mbochs", "mbochs-2", 0)
+    value = mdev.deterministic_uuid(MACHINE_ID, "mbochs", "mbochs-medium", 0)
     with KernelSim(lab).active():
-        mdev.create_mdev(lab, "mbochs", "mbochs-2", value)
-        assert mdev.read_mdev(lab, value) == ("mbochs", "mbochs-2")
-        assert available(lab, "mbochs", "mbochs-3") == 3  # the pool is shared
+        mdev.create_mdev(lab, "mbochs", "mbochs-medium", value)
+        assert mdev.read_mdev(lab, value) == ("mbochs", "mbochs-medium")
+        assert available(lab, "mbochs", "mbochs-large") == 3  # the pool is shared
         mdev.remove_mdev(lab, value)
     assert mdev.read_mdev(lab, value) is None
-    assert available(lab, "mbochs", "mbochs-3") == 4
+    assert available(lab, "mbochs", "mbochs-large") == 4
 
 
 def test_create_that_the_kernel_ignores_is_an_error(lab):
     # No simulator: the write lands in a plain file and no device appears.
     with pytest.raises(mdev.MdevError, match="the kernel shows no such mdev"):
-        mdev.create_mdev(lab, "mbochs", "mbochs-2", mdev.deterministic_uuid("h", "mbochs", "mbochs-2", 0), timeout=0.1)
+        mdev.create_mdev(
+            lab, "mbochs", "mbochs-medium", mdev.deterministic_uuid("h", "mbochs", "mbochs-medium", 0), timeout=0.1
+        )
 
 
 def test_remove_of_a_held_mdev_is_refused_by_the_kernel(lab):
@@ -260,19 +264,19 @@ def test_remove_of_a_held_mdev_is_refused_by_the_kernel(lab):
 
 def test_executor_rolls_back_creations_and_removals(lab):
     sim = KernelSim(lab)
-    old = mdev.deterministic_uuid("old", "mbochs", "mbochs-1", 0)
+    old = mdev.deterministic_uuid("old", "mbochs", "mbochs-small", 0)
     with sim.active():
-        mdev.create_mdev(lab, "mbochs", "mbochs-1", old)
+        mdev.create_mdev(lab, "mbochs", "mbochs-small", old)
         sim.refuse_after("mbochs", 1)
         executor = mdev.Executor(lab)
-        executor.remove("mbochs", old, "mbochs-1")
-        executor.create("mbochs", mdev.deterministic_uuid("new", "mbochs", "mbochs-2", 0), "mbochs-2")
+        executor.remove("mbochs", old, "mbochs-small")
+        executor.create("mbochs", mdev.deterministic_uuid("new", "mbochs", "mbochs-medium", 0), "mbochs-medium")
         with pytest.raises(SysfsWriteError):
-            executor.create("mbochs", mdev.deterministic_uuid("new", "mbochs", "mbochs-2", 1), "mbochs-2")
+            executor.create("mbochs", mdev.deterministic_uuid("new", "mbochs", "mbochs-medium", 1), "mbochs-medium")
         sim.refuse_after("mbochs", 10)
         assert executor.rollback() == []
     assert list(mdev.read_snapshot(lab).mdevs) == [old]
-    assert available(lab, "mbochs", "mbochs-1") == 63
+    assert available(lab, "mbochs", "mbochs-small") == 63
 
 
 # -- mdevctl ---------------------------------------------------------------------------------------
@@ -283,20 +287,20 @@ def test_mdevctl_definitions_round_trip(lab):
     os.makedirs(os.path.join(lab, "usr/sbin"))
     open(os.path.join(lab, "usr/sbin/mdevctl"), "w").close()
     assert mdev.mdevctl_present(lab) and mdev.mdevctl_binary(lab) == "/usr/sbin/mdevctl"
-    value = mdev.deterministic_uuid(MACHINE_ID, "mbochs", "mbochs-2", 0)
+    value = mdev.deterministic_uuid(MACHINE_ID, "mbochs", "mbochs-medium", 0)
     path = mdev.mdevctl_path(lab, "mbochs", value)
     os.makedirs(os.path.dirname(path))
     with open(path, "w") as handle:
-        handle.write(mdev.render_mdevctl_definition("mbochs-2"))
+        handle.write(mdev.render_mdevctl_definition("mbochs-medium"))
     definitions = mdev.read_mdevctl_definitions(lab)
-    assert definitions[value]["data"] == {"mdev_type": "mbochs-2", "start": "auto", "attrs": []}
-    assert mdev.definition_matches(definitions[value], "mbochs", "mbochs-2")
-    assert not mdev.definition_matches(definitions[value], "mbochs", "mbochs-3")
+    assert definitions[value]["data"] == {"mdev_type": "mbochs-medium", "start": "auto", "attrs": []}
+    assert mdev.definition_matches(definitions[value], "mbochs", "mbochs-medium")
+    assert not mdev.definition_matches(definitions[value], "mbochs", "mbochs-large")
 
 
 def test_defined_uuids_from_mdevctl_dumpjson():
     output = """[
-      {"mbochs": [{"0b9c6e45-1a8e-4e43-a9d7-3b6c1b0e0a11": {"mdev_type": "mbochs-2", "start": "auto"}}]},
+      {"mbochs": [{"0b9c6e45-1a8e-4e43-a9d7-3b6c1b0e0a11": {"mdev_type": "mbochs-medium", "start": "auto"}}]},
       {"mdpy": [{"7F5B3A3C-6F1E-4E9B-8F3E-1D2C3B4A5F60": {"mdev_type": "mdpy-hd", "start": "auto"}}]}
     ]"""
     assert mdev.defined_uuids_from_mdevctl(output) == {

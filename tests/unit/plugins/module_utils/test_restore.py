@@ -17,7 +17,7 @@ from ansible_collections.gpuvirt.host.tests.sim.hosts import MACHINE_ID, mediate
 from ansible_collections.gpuvirt.host.tests.sim.mdev_kernel import KernelSim
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))))
-MEDIUM = [mdev.deterministic_uuid(MACHINE_ID, "mbochs", "mbochs-2", i) for i in range(2)]
+MEDIUM = [mdev.deterministic_uuid(MACHINE_ID, "mbochs", "mbochs-medium", i) for i in range(2)]
 HD = mdev.deterministic_uuid(MACHINE_ID, "mdpy", "mdpy-hd", 0)
 
 
@@ -44,7 +44,7 @@ def record(root, mdevs=None, sriov=None):
 
 
 def lab_state():
-    entries = {value: {"parent": "mbochs", "type": "mbochs-2"} for value in MEDIUM}
+    entries = {value: {"parent": "mbochs", "type": "mbochs-medium"} for value in MEDIUM}
     entries[HD] = {"parent": "mdpy", "type": "mdpy-hd"}
     return entries
 
@@ -70,7 +70,7 @@ def test_restores_every_recorded_mdev_and_times_it(lab):
     # Virtual parents are waited for in the driver step, before anything is created.
     assert [r["item"] for r in status["results"] if r["step"] == "driver"] == ["mbochs", "mdpy"]
     assert status["boot_to_restored_s"] == 14.25
-    assert "[   14.250 s since boot] mdevs %s: created on mbochs (mbochs-2), read back" % MEDIUM[0] in log
+    assert "[   14.250 s since boot] mdevs %s: created on mbochs (mbochs-medium), read back" % MEDIUM[0] in log
     assert log.rstrip().endswith("restored: 5 item(s), 0 failed, 0.000 s; boot to restored: 14.250 s")
 
 
@@ -83,7 +83,7 @@ def test_mdev_already_started_by_mdevctl_is_verified_not_recreated(lab):
         status, _log = run(lab)
     assert status["ok"] is True
     assert [r["message"] for r in status["results"] if r["item"] == HD] == [
-        "present on mdpy (mdpy-hd), started by mdevctl"
+        "already present on mdpy (mdpy-hd), verified"
     ]
     assert not any(HD in value for _path, value in sim.writes)
 
@@ -101,7 +101,7 @@ def test_a_missing_parent_fails_its_items_only(lab):
 
 
 def test_a_refused_create_is_retried_then_reported(lab):
-    record(lab, {MEDIUM[0]: {"parent": "mbochs", "type": "mbochs-2"}})
+    record(lab, {MEDIUM[0]: {"parent": "mbochs", "type": "mbochs-medium"}})
     sim = KernelSim(lab)
     sim.refuse_after("mbochs", 0)
     with sim.active():

@@ -60,17 +60,17 @@ def install_mdevctl(root):
 def test_creates_records_and_is_idempotent(lab, mdev_module):
     result = mdev_module(lab, parents=LAB_DECLARATION)
     assert result["rc"] == 0 and result["changed"] is True, result
-    mediums = [deterministic_uuid(MACHINE_ID, "mbochs", "mbochs-2", i) for i in range(2)]
+    mediums = [deterministic_uuid(MACHINE_ID, "mbochs", "mbochs-medium", i) for i in range(2)]
     hd = deterministic_uuid(MACHINE_ID, "mdpy", "mdpy-hd", 0)
     assert sorted(result["created"]) == sorted(mediums + [hd])
-    assert result["parents"]["mbochs"]["after"] == [{"uuid": u, "type": "mbochs-2"} for u in sorted(mediums)]
+    assert result["parents"]["mbochs"]["after"] == [{"uuid": u, "type": "mbochs-medium"} for u in sorted(mediums)]
     assert result["parents"]["mdpy"]["created"] == [hd]
     assert result["reboot_required"] is False
     on_disk = sorted(os.listdir(os.path.join(lab, "sys/bus/mdev/devices")))
     assert on_disk == sorted(mediums + [hd])
     assert state_file(lab)["mdevs"] == {
-        mediums[0]: {"parent": "mbochs", "type": "mbochs-2"},
-        mediums[1]: {"parent": "mbochs", "type": "mbochs-2"},
+        mediums[0]: {"parent": "mbochs", "type": "mbochs-medium"},
+        mediums[1]: {"parent": "mbochs", "type": "mbochs-medium"},
         hd: {"parent": "mdpy", "type": "mdpy-hd"},
     }
     assert result["persistence"]["mdevctl"] is False
@@ -88,7 +88,7 @@ def test_check_mode_predicts_the_real_run(lab, mdev_module):
     for key in ("changed", "created", "removed", "parents", "mdevs", "persistence"):
         assert predicted[key] == real[key], key
     assert predicted["diff"] == real["diff"]
-    assert "mbochs %s mbochs-2" % real["created"][0] in predicted["diff"][0]["after"]
+    assert "mbochs %s mbochs-medium" % real["created"][0] in predicted["diff"][0]["after"]
     second = mdev_module(lab, check_mode=True, parents=LAB_DECLARATION)
     assert second["changed"] is False
 
@@ -106,7 +106,7 @@ def test_over_capacity_fails_with_numbers_and_changes_nothing(lab, mdev_module):
         ],
     )
     assert result["rc"] == 1 and result["changed"] is False
-    assert "mbochs-3 (mbochs-large): 4 declared, 0 present, 4 to create, available_instances 4" in result["msg"]
+    assert "mbochs-large: 4 declared, 0 present, 4 to create, available_instances 4" in result["msg"]
     assert tree_state(lab) == untouched
 
 
@@ -117,7 +117,7 @@ def test_kernel_refusal_midway_rolls_back(lab, mdev_module):
     result = mdev_module(lab, sim=sim, parents=LAB_DECLARATION)
     assert result["rc"] == 1 and result["changed"] is False
     assert "failed after 1 of the 2 planned on that parent" in result["msg"]
-    assert "available_instances at the refusal: mbochs-1=60, mbochs-2=15, mbochs-3=3" in result["msg"]
+    assert "available_instances at the refusal: mbochs-large=3, mbochs-medium=15, mbochs-small=60" in result["msg"]
     assert "Rolled back the 1 change(s)" in result["msg"]
     assert tree_state(lab) == untouched
 
@@ -139,7 +139,7 @@ def test_exclusive_never_removes_an_mdev_in_use(lab, mdev_module):
 
 
 def test_force_removes_what_is_free_of_the_kernel_lock(lab, mdev_module):
-    created = mdev_module(lab, parents=[{"selector": "mdpy", "mdevs": [{"type": "hd", "count": 1}]}])["created"]
+    created = mdev_module(lab, parents=[{"selector": "mdpy", "mdevs": [{"type": "mdpy-hd", "count": 1}]}])["created"]
     hold(lab, created[0])
     # The simulated kernel refuses to remove a held device (EBUSY): force tries, fails cleanly.
     result = mdev_module(lab, force=True, parents=[{"selector": "mdpy", "mdevs": [], "exclusive": True}])
@@ -153,14 +153,14 @@ def test_mdevctl_definitions_written_and_pruned(lab, mdev_module):
     stray_path = os.path.join(lab, "etc/mdevctl.d/mbochs", stray)
     os.makedirs(os.path.dirname(stray_path))
     with open(stray_path, "w") as handle:
-        handle.write('{"mdev_type": "mbochs-1", "start": "auto", "attrs": []}')
+        handle.write('{"mdev_type": "mbochs-small", "start": "auto", "attrs": []}')
     result = mdev_module(lab, diff=True, parents=LAB_DECLARATION)
     assert result["persistence"]["mdevctl"] is True
     for value in result["created"]:
         parent = "mdpy" if value == deterministic_uuid(MACHINE_ID, "mdpy", "mdpy-hd", 0) else "mbochs"
         with open(os.path.join(lab, "etc/mdevctl.d", parent, value)) as handle:
             data = json.load(handle)
-        assert data == {"mdev_type": "mdpy-hd" if parent == "mdpy" else "mbochs-2", "start": "auto", "attrs": []}
+        assert data == {"mdev_type": "mdpy-hd" if parent == "mdpy" else "mbochs-medium", "start": "auto", "attrs": []}
     # mbochs is exclusive: a definition for an undeclared UUID would bring it back at boot.
     assert not os.path.exists(stray_path)
     assert stray_path in result["persistence"]["files_changed"]
@@ -175,7 +175,7 @@ def test_mdevctl_manual_definition_becomes_auto(lab, mdev_module):
     os.makedirs(os.path.dirname(path))
     with open(path, "w") as handle:
         handle.write('{"mdev_type": "mdpy-hd", "start": "manual", "attrs": [{"x": "1"}]}')
-    result = mdev_module(lab, parents=[{"selector": "mdpy", "mdevs": [{"type": "hd", "uuids": [value]}]}])
+    result = mdev_module(lab, parents=[{"selector": "mdpy", "mdevs": [{"type": "mdpy-hd", "uuids": [value]}]}])
     assert result["changed"] is True and result["created"] == [value]
     with open(path) as handle:
         assert json.load(handle) == {"mdev_type": "mdpy-hd", "start": "auto", "attrs": [{"x": "1"}]}
@@ -191,10 +191,10 @@ def test_not_persistent_leaves_records_alone(lab, mdev_module):
     "parents, message",
     [
         ([{"selector": "mbochs", "mdevs": [{"type": "mbochs-huge", "count": 1}]}], "does not exist on mbochs"),
-        ([{"selector": "mbochs", "mdevs": [{"type": "mbochs-1", "uuids": ["1234"]}]}], "not a UUID"),
+        ([{"selector": "mbochs", "mdevs": [{"type": "mbochs-small", "uuids": ["1234"]}]}], "not a UUID"),
         ([{"selector": "nothing-like-this", "mdevs": []}], "matches no device"),
-        ([{"selector": "mbochs", "mdevs": [{"type": "mbochs-1", "count": -1}]}], "count of 0 or more"),
-        ([{"selector": "mbochs", "mdevs": [{"type": "mbochs-1", "count": 1, "uuids": []}]}], "mutually exclusive"),
+        ([{"selector": "mbochs", "mdevs": [{"type": "mbochs-small", "count": -1}]}], "count of 0 or more"),
+        ([{"selector": "mbochs", "mdevs": [{"type": "mbochs-small", "count": 1, "uuids": []}]}], "mutually exclusive"),
         ([{"selector": "mbochs"}, {"selector": "mbochs"}], "selected twice"),
     ],
 )
@@ -214,7 +214,7 @@ def test_exclusive_switch_of_profile_needs_the_removal_first(lab, mdev_module):
     assert any("only be confirmed after removing" in w for w in warnings(predicted))
     result = mdev_module(lab, parents=wanted)
     assert result["changed"] is True and len(result["removed"]) == 4 and len(result["created"]) == 3
-    assert {m["type"] for m in result["mdevs"]} == {"mbochs-2"}
+    assert {m["type"] for m in result["mdevs"]} == {"mbochs-medium"}
 
 
 def test_exclusive_switch_that_still_does_not_fit_restores_the_removed(lab, mdev_module):
@@ -224,7 +224,7 @@ def test_exclusive_switch_that_still_does_not_fit_restores_the_removed(lab, mdev
     result = mdev_module(lab, parents=wanted)
     assert result["rc"] == 1 and "17 declared" in result["msg"] and "Rolled back the 4 change(s)" in result["msg"]
     assert sorted(os.listdir(os.path.join(lab, "sys/bus/mdev/devices"))) == sorted(first["created"])
-    assert {m["uuid"]: m["type"] for m in mdevs(lab)} == dict.fromkeys(first["created"], "mbochs-3")
+    assert {m["uuid"]: m["type"] for m in mdevs(lab)} == dict.fromkeys(first["created"], "mbochs-large")
     assert state_file(lab) == state_before
 
 
