@@ -1,0 +1,96 @@
+# Copyright (c) gpuvirt.host contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""topology_info inside the lab guest matches tests/lab/layout.yml and the guest's own sysfs."""
+
+from __future__ import annotations
+
+import os
+
+
+def _devices(topology):
+    return {d["address"]: d for d in topology["devices"]}
+
+
+def _gpus(topology):
+    return {g["address"]: g for g in topology["gpus"]}
+
+
+def _sysfs_group(host, address):
+    return os.path.basename(host.check_output("readlink /sys/bus/pci/devices/%s/iommu_group", address))
+
+
+def test_iommu_is_on(host, topology):
+    assert "intel_iommu=on" in host.file("/proc/cmdline").content_string.split()
+    assert host.file("/sys/class/iommu/dmar0").exists
+    assert topology["iommu"]["enabled"] is True
+    assert topology["iommu"]["vendor"] == "intel"
+    assert "iommu_disabled" not in {f["code"] for f in topology["findings"]}
+
+
+def test_every_layout_device_is_found_with_its_ids(layout, topology):
+    devices = _devices(topology)
+    for device in layout.devices:
+        assert device["address"] in devices, device["name"]
+        found = devices[device["address"]]
+        if "id" in device:
+            assert "%s:%s" % (found["vendor_id"], found["device_id"]) == device["id"], device["name"]
+
+
+def test_iommu_groups_match_the_layout_and_sysfs(host, layout, topology):
+    groups = {group: sorted(members) for group, members in topology["iommu_groups"].items()}
+    devices = _devices(topology)
+    for expected in layout.shared_groups():
+        group = devices[expected[0]]["iommu_group"]
+        assert groups[group] == expected
+    for address in layout.alone():
+        group = devices[address]["iommu_group"]
+        assert groups[group] == [address]
+    for address in [d["address"] for d in layout.devices]:
+        assert devices[address]["iommu_group"] == _sysfs_group(host, address)
+
+
+def test_only_the_boot_vga_is_flagged(host, layout, topology):
+    expected = {g["address"] for g in layout.gpus() if g["boot_vga"]}
+    assert {a for a, g in _gpus(topology).items() if g["boot_vga"]} == expected
+    for address in expected:
+        assert host.file("/sys/bus/pci/devices/%s/boot_vga" % address).content_string.strip() == "1"
+
+
+def test_gpu_verdicts_match_the_layout(layout, topology):
+    gpus = _gpus(topology)
+    assert sorted(gpus) == sorted(g["address"] for g in layout.gpus())
+    for expected in layout.gpus():
+        verdict = gpus[expected["address"]]["passthrough"]
+        assert verdict["viable"] is expected["viable"], (expected["name"], verdict)
+        assert set(expected.get("codes", [])) <= set(verdict["codes"]), (expected["name"], verdict)
+        if expected["viable"]:
+            assert verdict["codes"] == [] and verdict["reasons"] == []
+        if "bind_together" in expected:
+            assert sorted(verdict["devices"]) == expected["bind_together"]
+        for other in expected.get("shares_group_with", []):
+            assert any(other in reason for reason in verdict["reasons"]), (other, verdict["reasons"])
+
+
+def test_mdev_parents_and_types_match_the_layout_and_sysfs(host, layout, topology):
+    parents = {p["parent"]: p for p in topology["mdev_parents"]}
+    expected = layout.expect["mdev_parents"]
+    assert sorted(parents) == sorted(expected)
+    for name, types in expected.items():
+        found = {t["id"]: t for t in parents[name]["types"]}
+        assert sorted(found) == sorted(types)
+        on_disk = host.check_output("ls /sys/class/mdev_bus/%s/mdev_supported_types", name).split()
+        assert sorted(on_disk) == sorted(types)
+        for type_id, entry in found.items():
+            assert entry["available_instances"] > 0, type_id
+            assert entry["device_api"] == "vfio-pci", type_id
+    assert topology["mdevs"] == []
+
+
+def test_sriov_capability_matches_the_layout_and_sysfs(host, layout, topology):
+    devices = _devices(topology)
+    for pf in layout.sriov():
+        sriov = devices[pf["address"]]["sriov"]
+        assert sriov["total_vfs"] == pf["total_vfs"]
+        assert sriov["num_vfs"] == pf["num_vfs"]
+        on_disk = host.file("/sys/bus/pci/devices/%s/sriov_totalvfs" % pf["address"]).content_string
+        assert int(on_disk) == pf["total_vfs"]
