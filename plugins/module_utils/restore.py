@@ -29,11 +29,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
+import subprocess
 import sys
 import tempfile
 import time
 
-from ansible_collections.gpuvirt.host.plugins.module_utils import hoststate, mdev
+from ansible_collections.gpuvirt.host.plugins.module_utils import hoststate, mdev, sriov
 from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import (
     MDEV_BUS,
     PCI_DEVICES,
@@ -60,6 +62,22 @@ def uptime(root):
         return None
 
 
+class CommandRunner:
+    """What the shared helpers expect of AnsibleModule for commands (``sriov-manage``), at boot."""
+
+    def run_command(self, argv):
+        environment = dict(os.environ, LC_ALL="C")
+        try:
+            done = subprocess.run(argv, capture_output=True, text=True, env=environment, timeout=300, check=False)
+        except subprocess.TimeoutExpired as error:
+            return 124, error.stdout or "", "timed out after 300 s"
+        return done.returncode, done.stdout, done.stderr
+
+    def get_bin_path(self, name, opt_dirs=None):
+        search = os.pathsep.join(list(opt_dirs or []) + [os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
+        return shutil.which(name, path=search)
+
+
 class Restore:
     """Replays one state file. ``timeout``: seconds each item may wait for its device."""
 
@@ -72,6 +90,7 @@ class Restore:
         self.state = state
         self.results = []  # {"step", "item", "ok", "action", "message", "at"}
         self.started = None
+        self.runner = CommandRunner()
 
     # -- logging ---------------------------------------------------------------------------------
 
@@ -108,7 +127,7 @@ class Restore:
         for attempt in range(1, self.attempts + 1):
             try:
                 return action()
-            except (RestoreError, SysfsWriteError, mdev.MdevError, OSError) as caught:
+            except (RestoreError, SysfsWriteError, mdev.MdevError, sriov.SriovError, OSError) as caught:
                 error = caught
                 if attempt < self.attempts:
                     time.sleep(self.interval * attempt)
@@ -139,7 +158,8 @@ class Restore:
             self._item("driver", pf, lambda pf=pf: self._wait_pf(pf))
         later = set()
         for pf, entry in entries.items():
-            later.update(self._vf_addresses(pf, int(entry.get("num_vfs", 0)) if isinstance(entry, dict) else 0))
+            count = int(entry.get("num_vfs", 0)) if isinstance(entry, dict) else 0
+            later.update(sriov.vf_addresses(self.root, pf, count))
         parents = sorted(
             {
                 entry.get("parent")
@@ -150,21 +170,6 @@ class Restore:
         for parent in parents:
             if parent not in later:  # a VF parent appears in the next step
                 self._item("driver", parent, lambda parent=parent: self._wait_parent(parent))
-
-    def _vf_addresses(self, pf, count):
-        """The addresses VF 0..count-1 of ``pf`` will get (``sriov_offset``/``sriov_stride``)."""
-        base = host_path(self.root, PCI_DEVICES, pf)
-        offset, stride = read_int(base + "/sriov_offset"), read_int(base + "/sriov_stride")
-        if offset is None or stride is None:
-            return []
-        domain, bus, devfn = pf.split(":")
-        slot, function = devfn.split(".")
-        rid = (int(bus, 16) << 8) | (int(slot, 16) << 3) | int(function)
-        addresses = []
-        for index in range(count):
-            vf = rid + offset + index * stride
-            addresses.append("%s:%02x:%02x.%d" % (domain, vf >> 8, (vf >> 3) & 0x1F, vf & 7))
-        return addresses
 
     def _wait_pf(self, pf):
         base = host_path(self.root, PCI_DEVICES, pf)
@@ -182,17 +187,24 @@ class Restore:
         entries = self.state.get("sriov") or {}
         if not entries:
             return
-        from ansible_collections.gpuvirt.host.plugins.module_utils import sriov
-
         for pf, entry in sorted(entries.items()):
-            self._item("sriov", pf, lambda pf=pf, entry=entry: self._restore_vfs(sriov, pf, entry))
+            self._item("sriov", pf, lambda pf=pf, entry=entry: self._restore_vfs(pf, entry))
 
-    def _restore_vfs(self, sriov, pf, entry):
+    def _restore_vfs(self, pf, entry):
         wanted = int(entry.get("num_vfs", 0))
         autoprobe = entry.get("drivers_autoprobe")
 
         def attempt():
-            sriov.restore_pf(self.root, pf, wanted, autoprobe)
+            sriov.restore_pf(
+                self.root,
+                pf,
+                wanted,
+                drivers_autoprobe=autoprobe,
+                method=entry.get("method"),
+                runner=self.runner,
+                retries=10,
+                delay=self.interval,
+            )
             current = read_int(host_path(self.root, PCI_DEVICES, pf, "sriov_numvfs"))
             if current != wanted:
                 raise RestoreError("sriov_numvfs of %s reads %s after writing %d" % (pf, current, wanted))
@@ -263,7 +275,7 @@ class Restore:
     def _item(self, step, item, action):
         try:
             message = action()
-        except (RestoreError, SysfsWriteError, mdev.MdevError, OSError, ImportError) as error:
+        except (RestoreError, SysfsWriteError, mdev.MdevError, sriov.SriovError, OSError, ImportError) as error:
             self.record(step, item, False, "failed", str(error))
         else:
             self.record(step, item, True, "done", message)

@@ -13,12 +13,17 @@ import sys
 import pytest
 
 from ansible_collections.gpuvirt.host.plugins.module_utils import hoststate, mdev, restore
+from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import read_int
+from ansible_collections.gpuvirt.host.tests.fixtures.hostgen import load_description
 from ansible_collections.gpuvirt.host.tests.sim.hosts import MACHINE_ID, mediated_lab
 from ansible_collections.gpuvirt.host.tests.sim.mdev_kernel import KernelSim
+from ansible_collections.gpuvirt.host.tests.sim.nvidia_vgpu_sim import attach
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))))
 MEDIUM = [mdev.deterministic_uuid(MACHINE_ID, "mbochs", "mbochs-medium", i) for i in range(2)]
 HD = mdev.deterministic_uuid(MACHINE_ID, "mdpy", "mdpy-hd", 0)
+NVME = "0000:04:00.0"
+A100 = "0000:b1:00.0"
 
 
 @pytest.fixture
@@ -134,9 +139,45 @@ def test_no_state_file_is_nothing_to_do(lab):
     assert status["ok"] is True and status["items"] == 0 and "restored: 0 item(s)" in log
 
 
-def test_vf_addresses_follow_offset_and_stride(lab):
-    runner = restore.Restore(root=lab)
-    assert runner._vf_addresses("0000:04:00.0", 3) == ["0000:04:00.1", "0000:04:00.2", "0000:04:00.3"]
+def test_vfs_come_back_before_the_mdevs(lab):
+    record(lab, lab_state(), sriov={NVME: {"num_vfs": 2}})
+    sim, _sriov, _nvidia = attach(lab)
+    with sim.active():
+        status, log = run(lab)
+    assert status["ok"] is True, log
+    assert read_int(os.path.join(lab, "sys/bus/pci/devices", NVME, "sriov_numvfs")) == 2
+    assert os.path.islink(os.path.join(lab, "sys/bus/pci/devices", NVME, "virtfn1"))
+    steps = [r["step"] for r in status["results"]]
+    assert steps == ["driver", "driver", "driver", "sriov", "mdevs", "mdevs", "mdevs"]
+    assert status["results"][0]["message"] == "present, driver nvme"
+    assert status["results"][3]["message"] == "num_vfs 2 (was 0), read back"
+
+
+def test_legacy_vgpu_mdevs_wait_for_their_vfs(make_host):
+    """An A100 after a reboot: no VFs, so no parents, until the restore enables them."""
+    description = load_description("datacenter_a100")
+    for device in description["devices"]:
+        if device["address"] == "b1:00.0":
+            legacy_types = device["sriov"]["vf"]["mdev_types"]
+            device["sriov"]["num_vfs"] = 0
+    for key in ("patch_devices", "mdevs", "processes"):
+        description.pop(key)
+    root = make_host(description)
+    set_uptime(root, 31.5)
+    sim, _sriov, nvidia = attach(root)
+    nvidia.configure_gpu(A100, legacy_types=legacy_types)
+    value = mdev.deterministic_uuid(MACHINE_ID, "0000:b1:00.5", "nvidia-471", 0)
+    record(root, {value: {"parent": "0000:b1:00.5", "type": "nvidia-471"}}, sriov={A100: {"num_vfs": 4}})
+    with sim.active():
+        status, log = run(root)
+    assert status["ok"] is True, log
+    # The parent is a VF-to-be: not waited for before the VFs exist.
+    assert [(r["step"], r["item"]) for r in status["results"]] == [
+        ("driver", A100),
+        ("sriov", A100),
+        ("mdevs", value),
+    ]
+    assert mdev.read_mdev(root, value) == ("0000:b1:00.5", "nvidia-471")
 
 
 def test_runs_on_a_target_without_ansible(lab, tmp_path):
