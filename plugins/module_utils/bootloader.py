@@ -18,6 +18,11 @@ Public API (every reader takes the host ``root``; only :func:`apply` writes or r
   and command; then write (temp file + atomic move), run the regeneration command, restore the
   files when it fails, and read the result back.
 - :func:`is_host_root` ``(root) -> bool``: commands only ever run when ``root`` is this host's ``/``.
+- :func:`find_binary` ``(root, name) -> str | None``, :func:`installed_kernels` ``(root) ->
+  [(release, image, debian_initrd | None)]``.
+- Layout readers, each with ``arguments()`` and ``render(ArgumentPlan)``: :class:`GrubDefaults`
+  (``GrubDefaults.read(root, target)``), :class:`KernelCmdlineFile`, :class:`BlsEntry` with
+  :func:`read_bls_entries` ``(root) -> (entries, GrubEnv)`` and :func:`default_entry`.
 """
 
 from __future__ import annotations
