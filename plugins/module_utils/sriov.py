@@ -338,6 +338,11 @@ def enable_vfs_with_sriov_manage(runner, root, pf, retries=5, delay=2.0, command
     if info["num_vfs"]:
         return {"changed": False, "num_vfs": info["num_vfs"], "attempts": [], "warnings": []}
     executable = find_sriov_manage(runner, command)
+    if not os.access(executable, os.X_OK):
+        raise SriovError(
+            "%s: sriov-manage is needed to enable the VFs of this GPU, but %s is not an executable; install the "
+            "NVIDIA vGPU host driver package, or give its path" % (pf, executable)
+        )
     attempts = []
     warnings = []
     for attempt in range(1, max(1, retries) + 1):
