@@ -1,0 +1,126 @@
+# Copyright (c) gpuvirt.host contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""After converge, idempotence and a reboot: the lab GPU and its audio are on vfio-pci because the
+boot configuration put them there, the boot VGA and the shared group are untouched, and handing
+back a device whose VFIO group a process holds fails cleanly."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+from testinfra.modules.ansible import AnsibleException
+
+MODPROBE = "/etc/modprobe.d/gpuvirt-vfio.conf"
+
+
+def _driver(host, address):
+    link = "/sys/bus/pci/devices/%s/driver" % address
+    return os.path.basename(host.file(link).linked_to) if host.file(link).exists else None
+
+
+def _group(host, address):
+    return os.path.basename(host.file("/sys/bus/pci/devices/%s/iommu_group" % address).linked_to)
+
+
+@pytest.fixture(scope="module")
+def gpu(layout):
+    return layout.role("passthrough_gpu")[0]["address"]
+
+
+@pytest.fixture(scope="module")
+def bound(layout):
+    return [d["address"] for d in layout.role("passthrough_gpu") + layout.role("gpu_companion")]
+
+
+def test_the_guest_rebooted_after_the_converges(host, boot_id_before_reboot):
+    assert host.file("/proc/sys/kernel/random/boot_id").content_string.strip() != boot_id_before_reboot
+
+
+def test_the_kernel_runs_with_the_iommu_on(host):
+    cmdline = host.file("/proc/cmdline").content_string.split()
+    assert "intel_iommu=on" in cmdline and "iommu=pt" in cmdline
+    assert "intel_iommu=off" not in cmdline
+    assert host.file("/sys/class/iommu/dmar0").exists
+
+
+def test_the_gpu_and_its_audio_are_on_vfio_pci_from_boot(host, bound):
+    for address in bound:
+        assert _driver(host, address) == "vfio-pci", address
+        # No runtime override survives a reboot: vfio-pci claimed them through the boot configuration.
+        assert host.file("/sys/bus/pci/devices/%s/driver_override" % address).content_string.strip() == "(null)"
+
+
+def test_their_group_has_its_vfio_device(host, bound):
+    groups = {_group(host, address) for address in bound}
+    assert len(groups) == 1
+    node = host.file("/dev/vfio/%s" % groups.pop())
+    assert node.exists and node.is_character_device
+
+
+def test_the_boot_vga_and_the_shared_group_are_left_alone(host, layout):
+    for role in ("boot_vga", "shared_group_display", "shared_group_endpoint"):
+        for device in layout.role(role):
+            assert _driver(host, device["address"]) != "vfio-pci", device["name"]
+
+
+def test_the_boot_configuration_and_the_initramfs(host, layout):
+    ids = sorted(d["id"] for d in layout.role("passthrough_gpu") + layout.role("gpu_companion"))
+    conf = host.file(MODPROBE).content_string
+    assert "options vfio-pci ids=%s\n" % ",".join(ids) in conf
+    for driver in ("nvidia", "nouveau", "amdgpu", "radeon", "snd_hda_intel", "xhci_hcd"):
+        assert "softdep %s pre: vfio-pci\n" % driver in conf
+    assert "vfio-pci" in host.file("/etc/modules-load.d/gpuvirt-vfio.conf").content_string.split()
+    listing = host.check_output("lsinitramfs /boot/initrd.img-$(uname -r)").split()
+    assert MODPROBE.lstrip("/") in listing
+    assert any(path.endswith("/vfio-pci.ko") for path in listing)
+
+
+def test_handing_back_a_device_held_open_fails_cleanly(host, gpu, bound):
+    group = _group(host, gpu)
+    holder = host.check_output(
+        "setsid python3 -c \"import os, time; fd = os.open('/dev/vfio/%s', os.O_RDWR); time.sleep(600)\" "
+        "</dev/null >/dev/null 2>&1 & echo $!" % group
+    )
+    try:
+        for _ in range(50):
+            if host.run("ls -l /proc/%s/fd 2>/dev/null | grep -q /dev/vfio/%s" % (holder, group)).rc == 0:
+                break
+            time.sleep(0.2)
+        else:
+            pytest.fail("the holder never opened /dev/vfio/%s" % group)
+        with pytest.raises(AnsibleException) as refused:
+            host.ansible("gpuvirt.host.vfio_pci", "devices=%s state=absent" % gpu, check=False)
+        result = refused.value.result
+        assert result["changed"] is False
+        assert [r["code"] for r in result["refusals"]] == ["in_use"] * len(bound)
+        assert "(pid %s) holds /dev/vfio/%s open" % (holder, group) in result["msg"]
+        for address in bound:
+            assert _driver(host, address) == "vfio-pci"
+        assert host.file(MODPROBE).exists
+    finally:
+        host.run("kill %s", holder)
+
+
+def test_without_the_holder_the_devices_go_back_and_return(host, gpu, bound, layout):
+    # Runtime only (persistent=none): the real kernel's unbind and reprobe, without rebuilding the
+    # initramfs twice under TCG; the boot configuration stays as the converge left it.
+    audio = layout.role("gpu_companion")[0]["address"]
+    released = host.ansible("gpuvirt.host.vfio_pci", "devices=%s state=absent persistent=none" % gpu, check=False)
+    assert released["changed"] is True
+    assert released["devices"][audio]["driver_after"] == "snd_hda_intel" == _driver(host, audio)
+    assert all(_driver(host, address) != "vfio-pci" for address in bound)
+    again = host.ansible("gpuvirt.host.vfio_pci", "devices=%s persistent=none" % gpu, check=False)
+    assert again["changed"] is True
+    assert all(_driver(host, address) == "vfio-pci" for address in bound)
+    assert host.ansible("gpuvirt.host.vfio_pci", "devices=%s" % gpu, check=False)["changed"] is False
+
+
+def test_the_timings_were_measured(timings):
+    assert {"first", "second", "bare_facts"} <= set(timings)
+    print(
+        "\npassthrough timings: converge first run %.1f s, second run %.1f s, bare fact gathering %.1f s, "
+        "ratio second/bare %.2f" % (timings["first"], timings["second"], timings["bare_facts"],
+                                    timings["second"] / timings["bare_facts"])
+    )
