@@ -11,7 +11,9 @@ import shutil
 import sys
 import tempfile
 
+import ansible.module_utils._internal as module_utils_internal
 import pytest
+from ansible.module_utils.common import warnings as module_warnings
 from ansible.module_utils.testing import patch_module_args
 
 
@@ -23,7 +25,11 @@ class ModuleResult(dict):
         return bool(self.get("failed"))
 
 
-def _run(name, args, capsys, check_mode=False, diff=False):
+def _run(name, args, capsys, monkeypatch, check_mode=False, diff=False):
+    # Once a test imports controller code, ansible flags the process as the controller and
+    # module.warn() stops reaching the result; a module on a target never runs that way.
+    monkeypatch.setattr(module_utils_internal, "is_controller", False)
+    module_warnings._global_warnings.clear()
     module = importlib.import_module("ansible_collections.gpuvirt.host.plugins.modules." + name)
     module_args = dict(args)
     module_args["_ansible_check_mode"] = check_mode
@@ -37,11 +43,11 @@ def _run(name, args, capsys, check_mode=False, diff=False):
 
 
 @pytest.fixture
-def run_module(capsys):
+def run_module(capsys, monkeypatch):
     """``run_module('topology_info', {'root': tree}, check_mode=False, diff=False)``."""
 
     def runner(name, args, check_mode=False, diff=False):
-        return _run(name, args, capsys, check_mode=check_mode, diff=diff)
+        return _run(name, args, capsys, monkeypatch, check_mode=check_mode, diff=diff)
 
     return runner
 
