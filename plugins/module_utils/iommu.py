@@ -141,7 +141,7 @@ def group_of(root, address):
     if full is None:
         return None
     group = link_name(host_path(root, PCI_DEVICES, full, "iommu_group"))
-    return group if group and group.isdigit() else None
+    return group if group and group.isascii() and group.isdigit() else None
 
 
 def group_members(root, group):
@@ -174,7 +174,7 @@ def vfio_holders(root, findings=None):
     hidden = 0
     proc = host_path(root, "proc")
     for pid in list_dir(proc):
-        if not pid.isdigit():
+        if not (pid.isascii() and pid.isdigit()):
             continue
         fd_dir = "%s/%s/fd" % (proc, pid)
         try:

@@ -318,7 +318,7 @@ def _read_device(address, path, findings):
         return device
     base = reader.base
     group = link_tail(base + "iommu_group")
-    if group is not None and not group.isdigit():
+    if group is not None and not _GROUP.match(group):
         reader.problem("iommu_group", None, "a link to sys/kernel/iommu_groups/<number>", group)
         group = None
     device.iommu_group = group
@@ -362,7 +362,9 @@ def _read_device(address, path, findings):
 
     text, problem = read_attribute(reader.base + "sriov_totalvfs")
     if problem is not MISSING:
-        total = int(text) if text is not None and text.isdigit() else None
+        total = int(text) if text is not None and _GROUP.match(text) else None
+        if total is not None and total > _MAX_VFS:
+            total = None
         if total is None:
             reader.problem("sriov_totalvfs", problem, "a number of VFs", text)
         device.sriov = _read_sriov(reader, total)
@@ -372,8 +374,17 @@ def _read_device(address, path, findings):
     return device
 
 
+_MAX_VFS = 0xFFFF  # the SR-IOV capability's TotalVFs field is 16 bits
+
+
 def _read_sriov(reader, total):
-    num = reader.integer("sriov_numvfs", "a number of VFs")
+    text, problem = read_attribute(reader.base + "sriov_numvfs")
+    num = int(text) if text is not None and _GROUP.match(text) else None
+    if num is not None and num > (_MAX_VFS if total is None else total):
+        reader.problem("sriov_numvfs", None, "a number of VFs up to sriov_totalvfs (%s)" % total, text)
+        num = None
+    elif num is None and problem is not MISSING:
+        reader.problem("sriov_numvfs", problem, "a number of VFs", text)
     vfs = []
     for index in range(num or 0):
         vf = reader.link("virtfn%d" % index, _PCI_ADDRESS, "a link to a virtual function")

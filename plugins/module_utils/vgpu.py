@@ -57,7 +57,7 @@ def read_nvidia_vgpu(device_path, address, findings=None, display=None):
             creatable = None
     current_text, problem = read_attribute(device_path + "/nvidia/current_vgpu_type")
     current = None
-    if current_text is not None and current_text.isdigit():
+    if current_text is not None and current_text.isascii() and current_text.isdigit():
         current = int(current_text)
     elif problem is not MISSING:
         _report(findings, display + "/current_vgpu_type", problem, current_text, address)

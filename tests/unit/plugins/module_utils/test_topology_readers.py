@@ -1,0 +1,383 @@
+# Copyright (c) gpuvirt.host contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The readers under topology: parsers, pci.ids, kernel files, critical devices, bad attributes."""
+
+from __future__ import annotations
+
+import gzip
+import os
+
+import pytest
+
+from ansible_collections.gpuvirt.host.plugins.module_utils.critical import (
+    critical_devices,
+    default_route_interfaces,
+    interface_devices,
+)
+from ansible_collections.gpuvirt.host.plugins.module_utils.findings import Findings
+from ansible_collections.gpuvirt.host.plugins.module_utils.iommu import interrupt_remapping_state, vfio_holders
+from ansible_collections.gpuvirt.host.plugins.module_utils.kernel import (
+    cmdline_value,
+    parse_cmdline,
+    read_builtin_modules,
+    read_release,
+    read_vfio_aliases,
+    vfio_variant_driver,
+)
+from ansible_collections.gpuvirt.host.plugins.module_utils.mdev_info import mdevs, read_mdev_types
+from ansible_collections.gpuvirt.host.plugins.module_utils.pci import PciIds, class_name, read_pci_devices
+from ansible_collections.gpuvirt.host.plugins.module_utils.topology import detect
+from ansible_collections.gpuvirt.host.plugins.module_utils.vgpu import (
+    parse_creatable_vgpu_types,
+    profile_name,
+    read_nvidia_vgpu,
+)
+
+DGPU = "0000:01:00.0"
+DGPU_DIR = "sys/devices/pci0000:00/0000:00:01.0/0000:01:00.0"
+
+
+def write(root, relative, content):
+    path = os.path.join(root, relative)
+    if os.path.islink(path):
+        os.unlink(path)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as handle:
+        handle.write(content if isinstance(content, bytes) else content.encode())
+
+
+def findings_for(topology, device, code):
+    return [f for f in topology["findings"] if f["device"] == device and f["code"] == code]
+
+
+def dev(topology, address=DGPU):
+    return next(d for d in topology["devices"] if d["address"] == address)
+
+
+# --- kernel command line and modules -----------------------------------------------------------------
+
+
+def test_parse_cmdline_keeps_quoted_spaces():
+    text = '  BOOT_IMAGE=/vmlinuz root=UUID=1 ro\tquiet dyndbg="file drivers/vfio/* +p" vfio-pci.ids=10de:1e04\n'
+
+    assert parse_cmdline(text) == [
+        "BOOT_IMAGE=/vmlinuz",
+        "root=UUID=1",
+        "ro",
+        "quiet",
+        'dyndbg="file drivers/vfio/* +p"',
+        "vfio-pci.ids=10de:1e04",
+    ]
+    assert parse_cmdline("") == []
+
+
+def test_cmdline_value_last_wins_and_drops_quotes():
+    args = ["intel_iommu=off", "quiet", "intel_iommu=on", 'x="a b"']
+
+    assert cmdline_value(args, "intel_iommu") == "on"
+    assert cmdline_value(args, "x") == "a b"
+    assert cmdline_value(args, "iommu") is None
+
+
+def test_builtin_modules_and_variant_vfio_drivers(tmp_path):
+    modules = tmp_path / "lib" / "modules" / "6.8.0"
+    modules.mkdir(parents=True)
+    (modules / "modules.builtin").write_text(
+        "kernel/drivers/vfio/vfio.ko\nkernel/drivers/vfio/pci/vfio-pci.ko.zst\nkernel/fs/ext4/ext4.ko\n"
+    )
+    (modules / "modules.alias").write_text(
+        "alias pci:v000010DEd*sv*sd*bc03sc*i* nvidia\n"
+        "alias vfio_pci:v000010DEd00002342sv*sd*bc*sc*i* nvgrace_gpu_vfio_pci\n"
+        "alias vfio_pci:v000015B3d0000101Esv*sd*bc*sc*i* mlx5_vfio_pci\n"
+    )
+
+    assert read_builtin_modules(str(tmp_path), "6.8.0") == {"vfio", "vfio_pci", "ext4"}
+    assert read_builtin_modules(str(tmp_path), "5.15.0") is None
+    aliases = read_vfio_aliases(str(tmp_path), "6.8.0")
+    assert aliases[0] == ("v000010DEd00002342sv*sd*bc*sc*i*", "nvgrace_gpu_vfio_pci")
+    grace = "pci:v000010DEd00002342sv000010DEsd000016EBbc03sc02i00"
+    assert vfio_variant_driver(grace, aliases) == "nvgrace_gpu_vfio_pci"
+    assert vfio_variant_driver("pci:v000010DEd00001E04sv00001458sd000037A9bc03sc00i00", aliases) is None
+    assert vfio_variant_driver(None, aliases) is None
+
+
+def test_release_of_an_image_tree(tmp_path):
+    (tmp_path / "lib" / "modules" / "6.1.0-25-amd64").mkdir(parents=True)
+    assert read_release(str(tmp_path)) == "6.1.0-25-amd64"
+    (tmp_path / "lib" / "modules" / "6.1.0-26-amd64").mkdir()
+    assert read_release(str(tmp_path)) is None, "two kernels: no way to tell which one runs"
+
+
+# --- NVIDIA vGPU ----------------------------------------------------------------------------------------
+
+
+def test_parse_creatable_vgpu_types():
+    text = "ID    : vGPU Name\n1030  : NVIDIA L40S-1B\n1041  : NVIDIA L40S-8Q\n"
+
+    assert parse_creatable_vgpu_types(text) == (
+        [{"id": 1030, "name": "NVIDIA L40S-1B"}, {"id": 1041, "name": "NVIDIA L40S-8Q"}],
+        [],
+    )
+    assert parse_creatable_vgpu_types("ID    : vGPU Name\n") == ([], [])
+    assert parse_creatable_vgpu_types("ID : vGPU Name\n1030 NVIDIA L40S-1B\n")[1] == ["1030 NVIDIA L40S-1B"]
+
+
+def test_malformed_creatable_types_give_null_and_a_finding(tmp_path):
+    write(str(tmp_path), "dev/nvidia/creatable_vgpu_types", "ID : vGPU Name\ngarbage here\n")
+    write(str(tmp_path), "dev/nvidia/current_vgpu_type", "not-a-number\n")
+    findings = Findings()
+
+    state = read_nvidia_vgpu(str(tmp_path / "dev"), DGPU, findings)
+
+    assert state == {"creatable": None, "current": None}
+    assert [f["code"] for f in findings] == ["malformed_attribute", "malformed_attribute"]
+    assert "garbage here" in findings.as_list()[0]["message"]
+
+
+def test_profile_name():
+    assert profile_name("NVIDIA A100-4C") == "A100-4C"
+    assert profile_name("") is None and profile_name(None) is None
+
+
+# --- pci.ids and class names ----------------------------------------------------------------------------
+
+PCI_IDS = b"""#
+# comment
+10de  NVIDIA Corporation
+\t1e04  TU102 [GeForce RTX 2080 Ti]
+\t\t1458 37a9  Some Gigabyte card
+\t20b5  GA100 [A100 PCIe 80GB]
+1234  Other Vendor
+\t20b6  Not NVIDIA's
+ffff  Illegal Vendor ID
+
+C 03  Display controller
+\t00  VGA compatible controller
+"""
+
+
+def test_pci_ids_lookup():
+    ids = PciIds(PCI_IDS)
+
+    assert ids.vendor_name("10de") == "NVIDIA Corporation"
+    assert ids.device_name("10de", "1e04") == "TU102 [GeForce RTX 2080 Ti]"
+    assert ids.device_name("10de", "20b6") is None, "a device of the next vendor is not NVIDIA's"
+    assert ids.device_name("1234", "20b6") == "Not NVIDIA's"
+    assert ids.device_name("1458", "37a9") is None, "subsystem lines are not devices"
+    assert ids.vendor_name("abcd") is None and ids.device_name("abcd", "0001") is None
+    assert ids.vendor_name("ffff") == "Illegal Vendor ID"
+    assert ids.vendor_name(None) is None
+
+
+def test_pci_ids_found_in_hwdata_or_gzipped(tmp_path):
+    assert PciIds.load(str(tmp_path)) is None
+    path = tmp_path / "usr" / "share" / "misc" / "pci.ids.gz"
+    path.parent.mkdir(parents=True)
+    with gzip.open(path, "wb") as handle:
+        handle.write(PCI_IDS)
+    assert PciIds.load(str(tmp_path)).vendor_name("10de") == "NVIDIA Corporation"
+
+
+def test_class_names():
+    assert class_name("030000") == "VGA compatible controller"
+    assert class_name("030200") == "3D controller"
+    assert class_name("0c8000") == "Serial bus controller"
+    assert class_name("120000") == "Processing accelerators"
+    assert class_name("ab0000") is None and class_name(None) is None
+
+
+def test_devices_without_pci_ids_get_a_class_based_name(make_host):
+    root = make_host("desktop_dgpu", pci_ids=False)
+
+    topology = detect(root)
+
+    gpu = next(g for g in topology["gpus"] if g["address"] == DGPU)
+    assert gpu["name"] == "VGA compatible controller [10de:1e04]"
+    assert dev(topology)["vendor_name"] is None and dev(topology)["device_name"] is None
+
+
+# --- interrupt remapping, VFIO holders ------------------------------------------------------------------
+
+
+def test_interrupt_remapping_from_proc_interrupts(tmp_path):
+    root = str(tmp_path)
+    assert interrupt_remapping_state(root, [], []) is None
+    write(root, "proc/interrupts", "  CPU0\n 24: 1 IR-PCI-MSI 512000-edge ahci\n")
+    assert interrupt_remapping_state(root, [], []) is True
+    assert interrupt_remapping_state(root, ["intremap=off"], []) is False
+    write(root, "proc/interrupts", "  CPU0\n 24: 1 PCI-MSI 512000-edge ahci\n")
+    assert interrupt_remapping_state(root, [], []) is False
+
+
+def test_interrupt_remapping_from_intel_ecap(tmp_path):
+    root = str(tmp_path)
+    write(root, "sys/class/iommu/dmar0/intel-iommu/ecap", "f020d7\n")  # bit 3 clear
+    assert interrupt_remapping_state(root, [], ["dmar0"]) is False
+    write(root, "sys/class/iommu/dmar0/intel-iommu/ecap", "f020df\n")
+    assert interrupt_remapping_state(root, [], ["dmar0"]) is None, "capable is not the same as on"
+    write(root, "sys/class/iommu/dmar0/intel-iommu/ecap", "zz\n")
+    assert interrupt_remapping_state(root, [], ["dmar0"]) is None
+
+
+def test_processes_are_not_scanned_without_vfio_device_files(tmp_path):
+    root = str(tmp_path)
+    os.makedirs(os.path.join(root, "proc", "99", "fd"))
+    os.symlink("/dev/vfio/5", os.path.join(root, "proc", "99", "fd", "3"))
+    write(root, "proc/99/comm", "qemu\n")
+
+    assert vfio_holders(root) == {}
+    write(root, "dev/vfio/5", "")
+    assert vfio_holders(root) == {"5": [{"pid": 99, "comm": "qemu"}]}
+
+
+# --- critical devices ------------------------------------------------------------------------------------
+
+
+def test_ipv6_default_route_and_bond_members(make_host):
+    root = make_host(
+        "desktop_dgpu",
+        network={
+            "default_route": None,
+            "interfaces": {"eno1": "00:1f.6", "enp3s0": "02:00.0", "bond0": {"lower": ["eno1", "enp3s0"]}},
+        },
+    )
+    write(root, "proc/net/ipv6_route", "%s 00 %s 00 %s 00000400 00000001 00000000 00000003     bond0\n" % (
+        "0" * 32, "0" * 32, "fe800000000000000000000000000001"))
+
+    assert default_route_interfaces(root) == ["bond0"]
+    assert interface_devices(root, "bond0") == ["0000:00:1f.6", "0000:02:00.0"]
+    assert critical_devices(root)["0000:00:1f.6"] == ["NIC of the default route (bond0)"]
+
+
+def test_links_leading_outside_the_root_are_ignored(make_host):
+    root = make_host("desktop_dgpu")
+    link = os.path.join(root, "sys/devices/pci0000:00/0000:00:1f.6/net/eno1/device")
+    os.unlink(link)
+    os.symlink("/sys/devices/pci0000:00/0000:00:03.0", link)
+
+    assert "0000:00:1f.6" not in critical_devices(root)
+    assert all(address.startswith("0000:0") for address in critical_devices(root))
+
+
+def test_container_root_filesystem_has_no_device(make_host):
+    root = make_host("desktop_dgpu", root_fs=None)
+
+    assert "0000:02:00.0" not in critical_devices(root)
+
+
+# --- bad attributes: null plus a finding -------------------------------------------------------------------
+
+
+def test_garbage_vendor_without_uevent(make_host):
+    root = make_host("desktop_dgpu", files={DGPU_DIR + "/uevent": None, DGPU_DIR + "/vendor": "0xZZZZ\n"})
+
+    topology = detect(root)
+
+    assert dev(topology)["vendor_id"] is None
+    assert dev(topology)["device_id"] == "1e04", "the other attributes are still read"
+    (found,) = findings_for(topology, DGPU, "malformed_attribute")
+    assert "/sys/bus/pci/devices/0000:01:00.0/vendor" in found["message"] and "0xZZZZ" in found["message"]
+    assert dev(topology)["driver"] == "nvidia", "without uevent the driver comes from the link"
+
+
+def test_truncated_uevent_falls_back_to_the_attributes(make_host):
+    root = make_host("desktop_dgpu", files={DGPU_DIR + "/uevent": "DRIVER=nvidia\nPCI_CLASS=30000\nPCI_ID=10D"})
+
+    topology = detect(root)
+
+    entry = dev(topology)
+    assert (entry["vendor_id"], entry["device_id"], entry["class"]) == ("10de", "1e04", "030000")
+    assert (entry["subsystem_vendor_id"], entry["subsystem_device_id"]) == ("1458", "37a9")
+    messages = [f["message"] for f in findings_for(topology, DGPU, "malformed_attribute")]
+    assert len(messages) == 1 and "PCI_ID=10D" in messages[0] and "uevent" in messages[0]
+
+
+def test_binary_uevent(make_host):
+    root = make_host("desktop_dgpu", files={DGPU_DIR + "/uevent": b"\xff\xfe\x00garbage"})
+
+    topology = detect(root)
+
+    assert dev(topology)["vendor_id"] == "10de"
+    (found,) = findings_for(topology, DGPU, "unreadable_attribute")
+    assert "not UTF-8" in found["message"]
+
+
+@pytest.mark.parametrize(
+    ("attribute", "value", "field", "expected"),
+    [
+        ("numa_node", "one\n", "numa_node", None),
+        ("numa_node", "", "numa_node", None),
+        ("reset_method", "flr; rm -rf /\n", "reset_methods", None),
+        ("driver_override", b"\x80\x81", "driver_override", None),
+    ],
+)
+def test_malformed_attribute_gives_null_and_a_finding(make_host, attribute, value, field, expected):
+    root = make_host("desktop_dgpu", files={DGPU_DIR + "/" + attribute: value})
+
+    topology = detect(root)
+
+    assert dev(topology)[field] is expected
+    problems = [f for f in topology["findings"] if f["device"] == DGPU and f["code"].endswith("_attribute")]
+    assert len(problems) == 1 and attribute in problems[0]["message"]
+
+
+def test_malformed_boot_vga_and_iommu_group_link(make_host):
+    root = make_host(
+        "desktop_dgpu",
+        files={DGPU_DIR + "/boot_vga": "maybe\n"},
+        links={DGPU_DIR + "/iommu_group": "../../../../kernel/iommu_groups/two"},
+    )
+
+    topology = detect(root)
+
+    assert dev(topology)["boot_vga"] is False and dev(topology)["iommu_group"] is None
+    messages = " ".join(f["message"] for f in findings_for(topology, DGPU, "malformed_attribute"))
+    assert "boot_vga" in messages and "iommu_group" in messages
+    assert "no_iommu_group" in [f["code"] for f in topology["findings"]]
+
+
+def test_dangling_device_link(make_host):
+    root = make_host("desktop_dgpu", links={"sys/bus/pci/devices/0000:05:00.0": "../../../devices/pci0000:00/gone"})
+
+    topology = detect(root)
+
+    ghost = dev(topology, "0000:05:00.0")
+    assert ghost["vendor_id"] is None and ghost["class"] is None and ghost["reset_methods"] is None
+    assert findings_for(topology, "0000:05:00.0", "unreadable_device")
+
+
+def test_entries_that_are_not_addresses_are_reported(make_host):
+    root = make_host("desktop_dgpu", files={"sys/bus/pci/devices/README": "hello"})
+    findings = Findings()
+
+    devices = read_pci_devices(root, findings)
+
+    assert "README" not in devices and len(devices) == 15
+    assert [f["code"] for f in findings] == ["malformed_entry"]
+
+
+def test_malformed_sriov_and_mdev_values(make_host):
+    pf_dir = "sys/devices/pci0000:b0/0000:b0:02.0/0000:b1:00.0"
+    vf_types = "sys/devices/pci0000:b0/0000:b0:02.0/0000:b1:00.5/mdev_supported_types/nvidia-471"
+    root = make_host(
+        "datacenter_a100",
+        files={pf_dir + "/sriov_totalvfs": "lots\n", vf_types + "/available_instances": "-1\n"},
+    )
+    findings = Findings()
+
+    topology = detect(root)
+    types = read_mdev_types(root, "0000:b1:00.5", findings)
+
+    pf = dev(topology, "0000:b1:00.0")
+    assert pf["sriov"]["total_vfs"] is None and pf["sriov"]["num_vfs"] == 16
+    assert types[0].id == "nvidia-471" and types[0].available_instances is None
+    assert any("available_instances" in f["message"] for f in findings)
+    assert findings_for(topology, "0000:b1:00.0", "malformed_attribute")
+
+
+def test_mdev_entries_that_are_not_uuids_are_ignored(make_host):
+    root = make_host("datacenter_a100", files={"sys/bus/mdev/devices/not-a-uuid": "x"})
+    findings = Findings()
+
+    assert [m["uuid"] for m in mdevs(root, findings)] == ["6c3e1ab4-4a52-4e2c-9a3e-0a4d9c1e2f01"]
+    assert [f["code"] for f in findings] == ["malformed_entry"]
