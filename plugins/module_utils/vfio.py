@@ -221,7 +221,7 @@ def driver_loaded(root, driver=VFIO_DRIVER):
 def _settled_driver(root, address, want, attempts, delay):
     """Read the ``driver`` link back; probing is synchronous, the retries cover slow udev hosts."""
     driver = read_driver(root, address)
-    for _ in range(attempts):
+    for _attempt in range(attempts):
         if (driver == want) if want is not None else (driver != VFIO_DRIVER):
             break
         time.sleep(delay)

@@ -106,13 +106,13 @@ options:
     type: path
     default: /
 notes:
-  - The module refuses nothing that topology_info reports as viable; run M(gpuvirt.host.topology_info)
-    first to see the verdicts and the reasons.
+  - The module refuses nothing that M(gpuvirt.host.topology_info) reports as viable; run it first to
+    see the verdicts and their reasons.
+  - The C(gpuvirt.host.vfio) role wraps this module with a reboot policy and a verification of the
+    drivers, C(/dev/vfio/<group>) and the verdicts; C(gpuvirt.host.iommu) turns the IOMMU on first.
 seealso:
   - module: gpuvirt.host.topology_info
   - module: gpuvirt.host.kernel_cmdline
-  - role: gpuvirt.host.vfio
-    description: Binds devices from a list of selectors and verifies the result.
 """
 
 EXAMPLES = r"""
@@ -309,8 +309,8 @@ def main():
             run.apply()
         except VfioError as error:
             partial = run.result()
-            partial.pop("changed", None)
-            module.fail_json(msg=str(error), changed=run.applied, **partial)
+            partial["changed"] = run.applied
+            module.fail_json(msg=str(error), **partial)
     for warning in run.warnings:
         module.warn(warning)
     module.exit_json(**run.result())

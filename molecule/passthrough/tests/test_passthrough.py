@@ -84,7 +84,7 @@ def test_handing_back_a_device_held_open_fails_cleanly(host, gpu, bound):
         "</dev/null >/dev/null 2>&1 & echo $!" % group
     )
     try:
-        for _ in range(50):
+        for _attempt in range(50):
             if host.run("ls -l /proc/%s/fd 2>/dev/null | grep -q /dev/vfio/%s" % (holder, group)).rc == 0:
                 break
             time.sleep(0.2)

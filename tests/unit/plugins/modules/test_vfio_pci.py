@@ -25,7 +25,7 @@ from ansible_collections.gpuvirt.host.tests.sim.pci_kernel import PciKernel
 MODULES = ["kvm_intel", "i915", "nvidia", "snd_hda_intel", "xhci_pci", "e1000e", "nvme", "vfio_pci"]
 RELEASE = "6.8.0-45-generic"
 GPU = "0000:01:00.0"
-GPU_FUNCTIONS = ["0000:01:00.0", "0000:01:00.1", "0000:01:00.2", "0000:01:00.3"]
+GPU_FUNCTIONS = ("0000:01:00.0", "0000:01:00.1", "0000:01:00.2", "0000:01:00.3")
 GPU_IDS = ["10de:10f7", "10de:1ad6", "10de:1ad7", "10de:1e04"]
 HOST_DRIVERS = {"0000:01:00.0": "nvidia", "0000:01:00.1": "snd_hda_intel", "0000:01:00.2": "xhci_hcd",
                 "0000:01:00.3": "nvidia-gpu"}
@@ -164,7 +164,7 @@ def test_binds_the_gpu_with_its_functions_now_and_at_boot(desktop, vfio_pci):
     assert drivers(desktop) == {address: "vfio-pci" for address in GPU_FUNCTIONS}
     assert os.path.exists(os.path.join(desktop, "dev/vfio/2"))
     devices = result["devices"]
-    assert list(devices) == GPU_FUNCTIONS
+    assert list(devices) == list(GPU_FUNCTIONS)
     assert devices[GPU]["selected_by"] == ["GeForce RTX 2080 Ti"] and devices[GPU]["companion_of"] is None
     assert devices["0000:01:00.1"]["companion_of"] == GPU and devices["0000:01:00.1"]["selected_by"] == []
     assert {a: (d["driver_before"], d["driver_after"]) for a, d in devices.items()} == {
