@@ -1,0 +1,127 @@
+# Copyright (c) gpuvirt.host contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""tests/fixtures/capture.py: a snapshot of a host reads exactly like the host."""
+
+from __future__ import annotations
+
+import os
+import sys
+import tarfile
+
+import pytest
+
+from ansible_collections.gpuvirt.host.plugins.module_utils.topology import detect
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "..", "fixtures"))
+import capture  # noqa: E402
+import hostgen  # noqa: E402
+
+
+def same_topology(original, snapshot):
+    expected = detect(original)
+    actual = detect(snapshot)
+    expected.pop("root")
+    actual.pop("root")
+    assert actual == expected
+
+
+def files_below(root):
+    found = set()
+    for directory, dirs, files in os.walk(root):
+        for name in files + [d for d in dirs if os.path.islink(os.path.join(directory, d))]:
+            found.add(os.path.relpath(os.path.join(directory, name), root))
+    return found
+
+
+@pytest.mark.parametrize("name", [n for n in hostgen.host_names() if n != "large_synthetic"])
+def test_capture_of_a_fixture_reads_the_same(make_host, tmp_path, name):
+    root = make_host(name)
+
+    output, devices, _copied = capture.capture(root, str(tmp_path / "snapshot"))
+
+    assert devices == len(detect(root)["devices"])
+    same_topology(root, output)
+
+
+def test_capture_of_the_large_host(make_host, tmp_path):
+    root = make_host("large_synthetic")
+
+    output, devices, _copied = capture.capture(root, str(tmp_path / "snapshot"))
+
+    assert devices > 550
+    same_topology(root, output)
+
+
+def test_tarball_with_vm_processes_and_variants(make_host, tmp_path):
+    root = make_host(
+        "desktop_dgpu_nic",
+        patch_devices={a: {"driver": "vfio-pci"} for a in ("01:00.0", "01:00.1", "01:00.2", "01:00.3")},
+        processes=[{"pid": 4242, "comm": "qemu-system-x86", "holds": ["01:00.0"]}],
+        kernel={"cmdline": "ro intel_iommu=on pcie_acs_override=downstream", "vfio_aliases": {"v000010DE*": "x_vfio"}},
+    )
+
+    output, _devices, _copied = capture.capture(root, str(tmp_path / "host.tar.gz"))
+    extracted = tmp_path / "extracted"
+    with tarfile.open(output) as archive:
+        archive.extractall(extracted)  # noqa: S202 - our own archive
+
+    same_topology(root, str(extracted))
+    topology = detect(str(extracted))
+    assert topology["devices"][0]["address"] == "0000:00:00.0"
+    assert any(d["in_use_by"] == [{"pid": 4242, "comm": "qemu-system-x86"}] for d in topology["devices"])
+    alias = (extracted / "lib/modules/6.8.0-45-generic/modules.alias").read_text()
+    assert alias == "alias vfio_pci:v000010DE* x_vfio\n", "only the vfio_pci aliases are kept"
+
+
+def test_capture_leaves_out_what_it_does_not_need(make_host, tmp_path):
+    root = make_host("desktop_dgpu", processes=[{"pid": 4242, "comm": "qemu-system-x86", "holds": ["00:14.0"]}])
+    secrets = {
+        "proc/4242/environ": "AWS_SECRET_ACCESS_KEY=hunter2",
+        "proc/4242/cmdline": "qemu -drive password=hunter2",
+        "proc/555/comm": "sshd",
+        "proc/555/environ": "TOKEN=hunter2",
+        "etc/shadow": "root:$6$hunter2",
+        "etc/os-release": 'ID=debian\nVERSION_ID="12"\nHOME_URL="https://internal.example/hunter2"\n',
+    }
+    for relative, content in secrets.items():
+        path = os.path.join(root, relative)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w", encoding="utf-8") as handle:
+            handle.write(content)
+    os.makedirs(os.path.join(root, "proc/555/fd"))
+    os.symlink("/home/user/notes.txt", os.path.join(root, "proc/555/fd/3"))
+    with open(os.path.join(root, "proc/self/mountinfo"), "a", encoding="utf-8") as handle:
+        handle.write("99 22 0:50 / /home/hunter2 rw - ext4 /dev/sdz1 rw\n")
+
+    output, _devices, _copied = capture.capture(root, str(tmp_path / "snapshot"))
+
+    captured = files_below(output)
+    assert not [path for path in captured if path.endswith(("environ", "cmdline")) and path != "proc/cmdline"]
+    assert not [path for path in captured if path.startswith(("proc/555", "etc/shadow"))]
+    assert sorted(p for p in captured if p.startswith("proc/4242")) == [
+        "proc/4242/comm", "proc/4242/fd/20"
+    ], "only the descriptor that points into /dev/vfio (not fd 0 and 1), and the process name"
+    for path in captured:
+        full = os.path.join(output, path)
+        if os.path.isfile(full) and not os.path.islink(full):
+            with open(full, "rb") as handle:
+                assert b"hunter2" not in handle.read(), path
+    assert (tmp_path / "snapshot" / "sys/firmware/acpi/tables/DMAR").read_bytes() == b"", "presence, not content"
+
+
+def test_capture_refuses_to_overwrite(make_host, tmp_path):
+    root = make_host("amd_host")
+    (tmp_path / "taken").mkdir()
+
+    with pytest.raises(FileExistsError):
+        capture.capture(root, str(tmp_path / "taken"))
+    assert capture.main(["--root", root, str(tmp_path / "taken")]) == 1
+
+
+def test_command_line(make_host, tmp_path, capsys):
+    root = make_host("intel_gvtg")
+
+    assert capture.main(["--root", root, str(tmp_path / "out.tar.gz")]) == 0
+
+    assert "captured 7 PCI devices" in capsys.readouterr().out
+    assert tarfile.is_tarfile(tmp_path / "out.tar.gz")
