@@ -56,7 +56,7 @@ def expose_collection(base):
 
 def timed(function, runs):
     times = []
-    for _ in range(runs):
+    for _attempt in range(runs):
         start = time.perf_counter()
         function()
         times.append((time.perf_counter() - start) * 1000.0)
