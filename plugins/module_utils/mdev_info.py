@@ -70,32 +70,27 @@ def read_mdev_types(root, parent, findings=None):
     types = []
     for type_id in list_dir(base):
         prefix = "%s/%s/" % (base, type_id)
-        display = "/%s/%s/mdev_supported_types/%s/" % (MDEV_BUS, parent, type_id)
-        values = {}
+        values = []
         for name in ("name", "description", "device_api"):
             text, problem = read_attribute(prefix + name)
             if problem is not None and problem is not MISSING and findings is not None:
-                findings.bad_attribute(display + name, problem, "readable text", device)
-            values[name] = text
+                findings.bad_attribute(_type_display(parent, type_id, name), problem, "readable text", device)
+            values.append(text)
         available = None
         text, problem = read_attribute(prefix + "available_instances")
         if text is not None and _COUNT.match(text):
             available = int(text)
         elif findings is not None:
             findings.bad_attribute(
-                display + "available_instances", problem, "a count of instances that can still be created",
-                device, text,
+                _type_display(parent, type_id, "available_instances"), problem,
+                "a count of instances that can still be created", device, text,
             )
-        types.append(
-            MdevType(
-                id=type_id,
-                name=values["name"],
-                description=values["description"],
-                available_instances=available,
-                device_api=values["device_api"],
-            )
-        )
+        types.append(MdevType(type_id, values[0], values[1], available, values[2]))
     return types
+
+
+def _type_display(parent, type_id, name):
+    return "/%s/%s/mdev_supported_types/%s/%s" % (MDEV_BUS, parent, type_id, name)
 
 
 def mdev_parents(root, findings=None):

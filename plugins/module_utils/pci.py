@@ -360,7 +360,8 @@ def _read_device(address, path, findings):
         if device.physfn is None:
             reader.problem("physfn", None, "a link to the physical function's directory", physfn)
 
-    text, problem = read_attribute(reader.base + "sriov_totalvfs")
+    # A virtual function is never a physical function: no sriov_* attributes to look for.
+    text, problem = (None, MISSING) if physfn is not None else read_attribute(reader.base + "sriov_totalvfs")
     if problem is not MISSING:
         total = int(text) if text is not None and _GROUP.match(text) else None
         if total is not None and total > _MAX_VFS:
@@ -560,10 +561,11 @@ class PciIds:
     def _vendor_index(self):
         """``{vendor_id bytes: (vendor line match, end of the vendor's block)}``."""
         if self._vendors is None:
+            # Class lines (``C 03  ...``) and their ``\t00  `` subclasses never match a vendor or a
+            # 4-digit device line, so the class section needs no special casing.
             data = self._data
-            classes = data.find(b"\nC ")  # the device class section follows the vendors
-            limit = classes if classes >= 0 else len(data)
-            matches = list(_VENDOR_LINE.finditer(data, 0, limit))
+            limit = len(data)
+            matches = list(_VENDOR_LINE.finditer(data))
             ends = [match.start() for match in matches[1:]] + [limit]
             self._vendors = {match.group(1): (match, end) for match, end in zip(matches, ends)}
         return self._vendors
