@@ -474,7 +474,7 @@ def plan_per_vf(gpu, declaration, known, force=False):
         shortage = []
         for type_id, count in counts.items():
             need = count - sum(1 for t in result.declared.values() if t == type_id)
-            for _ in range(max(0, need)):
+            for _index in range(max(0, need)):
                 if not free:
                     shortage.append(type_id)
                     continue
