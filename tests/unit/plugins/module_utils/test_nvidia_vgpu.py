@@ -10,7 +10,7 @@ import pytest
 from ansible_collections.gpuvirt.host.plugins.module_utils import nvidia_vgpu as nv
 from ansible_collections.gpuvirt.host.plugins.module_utils import sriov
 from ansible_collections.gpuvirt.host.tests.sim.nvidia_vgpu_sim import attach
-from ansible_collections.gpuvirt.host.tests.unit.plugins.module_utils.test_sriov import devices_of, hold_group
+from ansible_collections.gpuvirt.host.tests.sim.sriov_hosts import devices_of, hold_group
 
 L40S = "0000:cb:00.0"
 A100 = "0000:b1:00.0"

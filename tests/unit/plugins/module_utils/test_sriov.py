@@ -10,39 +10,12 @@ import subprocess
 import pytest
 
 from ansible_collections.gpuvirt.host.plugins.module_utils import sriov, sysfs
-from ansible_collections.gpuvirt.host.plugins.module_utils.pci import PciIds, read_pci_devices
 from ansible_collections.gpuvirt.host.tests.sim.nvidia_vgpu_sim import attach, fake_sriov_manage, sriov_manage_calls
+from ansible_collections.gpuvirt.host.tests.sim.sriov_hosts import NVME, NVME_HOST, devices_of, hold_group
 from ansible_collections.gpuvirt.host.tests.sim.sriov_kernel import NUMVFS
 
-NVME = "0000:04:00.0"
 L40S = "0000:cb:00.0"
 A100 = "0000:b1:00.0"
-
-# A small host with an SR-IOV NVMe like the QEMU lab's (sriov_totalvfs 4, nvme driver).
-NVME_HOST = {
-    "kernel": {"release": "6.1.0-28-amd64", "modules": ["nvme", "vfio_pci"]},
-    "devices": [
-        {"address": "00:06.0", "ids": "8086:29c0", "class": "060400", "driver": "pcieport"},
-        {
-            "address": "04:00.0",
-            "parent": "00:06.0",
-            "ids": "1b36:0010",
-            "class": "010802",
-            "driver": "nvme",
-            "vendor_name": "Red Hat, Inc.",
-            "device_name": "QEMU NVM Express Controller",
-            "sriov": {"total_vfs": 4, "num_vfs": 0, "offset": 1, "stride": 1},
-        },
-        {
-            "address": "05:00.0",
-            "ids": "8086:10d3",
-            "class": "020000",
-            "driver": "e1000e",
-            "vendor_name": "Intel Corporation",
-            "device_name": "82574L Gigabit Network Connection",
-        },
-    ],
-}
 
 
 @pytest.fixture
@@ -53,19 +26,6 @@ def nvme(make_host):
 def num_vfs(root, pf):
     with open(os.path.join(root, "sys/bus/pci/devices", pf, "sriov_numvfs")) as handle:
         return int(handle.read())
-
-
-def hold_group(root, address, pid=4242):
-    """A fake VM process holding the VFIO group of ``address``."""
-    group = os.path.basename(os.readlink(os.path.join(root, "sys/bus/pci/devices", address, "iommu_group")))
-    os.makedirs(os.path.join(root, "dev/vfio"), exist_ok=True)
-    open(os.path.join(root, "dev/vfio", group), "w").close()
-    fd_dir = os.path.join(root, "proc", str(pid), "fd")
-    os.makedirs(fd_dir, exist_ok=True)
-    with open(os.path.join(root, "proc", str(pid), "comm"), "w") as handle:
-        handle.write("qemu-system-x86\n")
-    os.symlink("/dev/vfio/" + group, os.path.join(fd_dir, "30"))
-    return group
 
 
 class Runner:
@@ -108,14 +68,6 @@ def test_vf_addresses_follow_offset_and_stride(make_host):
 
 
 # -- selectors -------------------------------------------------------------------------------------
-
-
-def devices_of(root):
-    devices = read_pci_devices(root)
-    ids = PciIds.load(root)
-    for device in devices.values():
-        device.device_name = ids.device_name(device.vendor_id, device.device_id)
-    return devices
 
 
 @pytest.mark.parametrize(

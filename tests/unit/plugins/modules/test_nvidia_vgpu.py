@@ -12,8 +12,7 @@ import pytest
 from ansible_collections.gpuvirt.host.plugins.module_utils import sriov
 from ansible_collections.gpuvirt.host.tests.fixtures import hostgen
 from ansible_collections.gpuvirt.host.tests.sim.nvidia_vgpu_sim import attach, fake_sriov_manage, sriov_manage_calls
-from ansible_collections.gpuvirt.host.tests.unit.plugins.module_utils.test_sriov import hold_group
-from ansible_collections.gpuvirt.host.tests.unit.plugins.modules.test_sriov import recorded, snapshot
+from ansible_collections.gpuvirt.host.tests.sim.sriov_hosts import hold_group, recorded, snapshot
 
 L40S = "0000:cb:00.0"
 A100 = "0000:b1:00.0"

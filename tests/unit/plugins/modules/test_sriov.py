@@ -9,9 +9,15 @@ import os
 import pytest
 
 from ansible_collections.gpuvirt.host.tests.sim.nvidia_vgpu_sim import attach
-from ansible_collections.gpuvirt.host.tests.unit.plugins.module_utils.test_sriov import NVME, NVME_HOST, hold_group
+from ansible_collections.gpuvirt.host.tests.sim.sriov_hosts import (
+    NVME,
+    NVME_HOST,
+    STATE,
+    hold_group,
+    recorded,
+    snapshot,
+)
 
-STATE = "etc/gpuvirt/host-state.json"
 A100 = "0000:b1:00.0"
 
 
@@ -32,28 +38,6 @@ def run(run_module):
         return result, sim.writes
 
     return runner
-
-
-def snapshot(root):
-    """Every file and link below ``root`` (the simulator's bookkeeping aside)."""
-    state = {}
-    for directory, dirs, files in os.walk(root):
-        for name in files + [d for d in dirs if os.path.islink(os.path.join(directory, d))]:
-            path = os.path.join(directory, name)
-            relative = os.path.relpath(path, root)
-            if relative == ".kernel-sim.json":
-                continue
-            if os.path.islink(path):
-                state[relative] = "-> " + os.readlink(path)
-            else:
-                with open(path, "rb") as handle:
-                    state[relative] = handle.read()
-    return state
-
-
-def recorded(root):
-    with open(os.path.join(root, STATE)) as handle:
-        return json.load(handle)
 
 
 def test_enable_vfs_check_mode_predicts_then_run_then_idempotent(nvme, run):

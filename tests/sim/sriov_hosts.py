@@ -1,0 +1,86 @@
+# Copyright (c) gpuvirt.host contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Host descriptions and helpers shared by the sriov and nvidia_vgpu tests."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from ansible_collections.gpuvirt.host.plugins.module_utils.pci import PciIds, read_pci_devices
+
+NVME = "0000:04:00.0"
+STATE = "etc/gpuvirt/host-state.json"
+
+# A small host with an SR-IOV NVMe like the QEMU lab's (sriov_totalvfs 4, nvme driver) and a NIC
+# without SR-IOV.
+NVME_HOST = {
+    "kernel": {"release": "6.1.0-28-amd64", "modules": ["nvme", "vfio_pci"]},
+    "devices": [
+        {"address": "00:06.0", "ids": "8086:29c0", "class": "060400", "driver": "pcieport"},
+        {
+            "address": "04:00.0",
+            "parent": "00:06.0",
+            "ids": "1b36:0010",
+            "class": "010802",
+            "driver": "nvme",
+            "vendor_name": "Red Hat, Inc.",
+            "device_name": "QEMU NVM Express Controller",
+            "sriov": {"total_vfs": 4, "num_vfs": 0, "offset": 1, "stride": 1},
+        },
+        {
+            "address": "05:00.0",
+            "ids": "8086:10d3",
+            "class": "020000",
+            "driver": "e1000e",
+            "vendor_name": "Intel Corporation",
+            "device_name": "82574L Gigabit Network Connection",
+        },
+    ],
+}
+
+
+def hold_group(root, address, pid=4242):
+    """Make a fake VM process hold the VFIO group of ``address``; returns the group."""
+    group = os.path.basename(os.readlink(os.path.join(root, "sys/bus/pci/devices", address, "iommu_group")))
+    os.makedirs(os.path.join(root, "dev/vfio"), exist_ok=True)
+    open(os.path.join(root, "dev/vfio", group), "w").close()
+    fd_dir = os.path.join(root, "proc", str(pid), "fd")
+    os.makedirs(fd_dir, exist_ok=True)
+    with open(os.path.join(root, "proc", str(pid), "comm"), "w") as handle:
+        handle.write("qemu-system-x86\n")
+    os.symlink("/dev/vfio/" + group, os.path.join(fd_dir, "30"))
+    return group
+
+
+def devices_of(root):
+    """Every PCI device below ``root`` with its pci.ids names, as the modules read them."""
+    devices = read_pci_devices(root)
+    ids = PciIds.load(root)
+    for device in devices.values():
+        device.vendor_name = ids.vendor_name(device.vendor_id)
+        device.device_name = ids.device_name(device.vendor_id, device.device_id)
+    return devices
+
+
+def snapshot(root):
+    """Every file and link below ``root`` (the simulator's bookkeeping aside), to prove nothing changed."""
+    state = {}
+    for directory, dirs, files in os.walk(root):
+        for name in files + [d for d in dirs if os.path.islink(os.path.join(directory, d))]:
+            path = os.path.join(directory, name)
+            relative = os.path.relpath(path, root)
+            if relative == ".kernel-sim.json":
+                continue
+            if os.path.islink(path):
+                state[relative] = "-> " + os.readlink(path)
+            else:
+                with open(path, "rb") as handle:
+                    state[relative] = handle.read()
+    return state
+
+
+def recorded(root):
+    """The state file the modules write for the boot-time restore."""
+    with open(os.path.join(root, STATE)) as handle:
+        return json.load(handle)
