@@ -4,7 +4,7 @@
 
 Public API (standard library only, so the boot-time restore can use it without Ansible):
 
-- :func:`read_gpu` ``(root, pf, holders=None, mdev_list=None) -> Gpu``: the GPU, its framework
+- :func:`read_gpu` ``(root, pf, holders=None, mdev_list=None, pci_ids=None) -> Gpu``: the GPU, its framework
   (``per_vf``, ``legacy`` or None), its VFs with their vGPU state and users.
 - :func:`select_gpus` ``(devices, selector) -> list[str]``: the NVIDIA GPUs (physical functions)
   a selector names: PCI address, ``vendor:device`` or model name from ``pci.ids``.
@@ -21,8 +21,10 @@ Public API (standard library only, so the boot-time restore can use it without A
   ``nvidia/current_vgpu_type`` (``0`` first when another type is there; ``0`` deletes) and read it
   back. :func:`restore_vf` ``(root, vf, type_id)`` is the same for the boot-time restore.
 - :class:`Executor` ``(root, retries, delay)``: runs a plan with a creatable-list check before each
-  creation and ``rollback()``.
-- :func:`wait_for_vf_interfaces` ``(root, pf, retries, delay) -> Gpu``: after enabling VFs, until
+  creation and ``rollback()``. :func:`offered_now` ``(root, vf) -> {id: name} | None``.
+- :func:`predicted_gpu` ``(root, gpu, cache_entry) -> Gpu``: the GPU once ``sriov-manage`` has
+  enabled its VFs, from the remembered types (check mode).
+- :func:`wait_for_vf_interfaces` ``(root, pf, retries=10, delay=1.0) -> Gpu``: after enabling VFs, until
   every VF shows ``nvidia/creatable_vgpu_types`` or mdev types.
 - Type cache (``/var/lib/gpuvirt/nvidia-vgpu-types.json``): :func:`load_cache` ``(root)``,
   :func:`observe` ``(cache, gpu) -> cache``, :func:`write_cache` ``(module, root, cache) ->

@@ -26,6 +26,9 @@ Public API (standard library only, so the boot-time restore can use it without A
 - :func:`restore_pf` ``(root, pf, num_vfs, drivers_autoprobe=None, method=None, runner=None,
   retries=10, delay=0.5) -> bool``: what the boot-time restore calls for one ``sriov`` entry of the
   state file; ``method`` is the entry's ``method`` (``sysfs``, the default, or ``sriov_manage``).
+- :func:`find_sriov_manage` ``(runner=None, command=None) -> str``: ``command``, else
+  ``/usr/lib/nvidia/sriov-manage`` or the one on PATH (through ``runner.get_bin_path``).
+- :func:`poll` ``(read, accept, retries, delay) -> (value, ok)``: the bounded read-back loop.
 - :func:`state_entry` ``(num_vfs, drivers_autoprobe=None, method=None) -> dict``: a ``sriov``
   section entry of ``/etc/gpuvirt/host-state.json``.
 
