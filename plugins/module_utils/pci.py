@@ -14,6 +14,11 @@ Public API (every reader takes the host ``root``; none raises on a bad attribute
 - :func:`class_name` ``(class_code) -> str | None``, :func:`is_gpu_class`, :func:`is_bridge_class`
 - :class:`PciIds` -- lazy vendor/device name lookup in the host's ``pci.ids``.
 - ``HOST_GRAPHICS_DRIVERS`` -- drivers that drive a GPU for the host itself.
+
+``PciDevice.path`` is ``sys/bus/pci/devices/<address>`` below the root (the kernel follows the
+link); IDs, class and driver come from the device's ``uevent`` in one read, with the individual
+attributes as the fallback. Reading ~600 devices takes a few milliseconds, so callers can afford
+:func:`read_pci_devices` instead of caching.
 """
 
 from __future__ import annotations
