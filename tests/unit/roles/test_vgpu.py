@@ -1,0 +1,288 @@
+# Copyright (c) gpuvirt.host contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The vgpu role end to end: ansible-playbook on localhost against fixture hosts.
+
+The modules run as Ansible runs them (separate processes); ``tests/sim/site`` on their
+``PYTHONPATH`` makes the fixture's sysfs react like the kernel and NVIDIA's driver. A reboot is
+simulated (VFs, vGPUs and mdevs gone, no processes), then the restore the role installed into the
+tree runs as the unit would and must bring everything back.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from ansible_collections.gpuvirt.host.plugins.module_utils import hoststate, mdev_info
+from ansible_collections.gpuvirt.host.tests.sim.hosts import MACHINE_ID_FILE, mediated_lab
+from ansible_collections.gpuvirt.host.tests.sim.nvidia_vgpu_sim import attach, fake_sriov_manage
+
+TESTS = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SIM_SITE = os.path.join(TESTS, "sim", "site")
+REPO = os.path.dirname(TESTS)
+A100 = "0000:b1:00.0"
+L40S = "0000:cb:00.0"
+
+
+@pytest.fixture
+def play(tmp_path):
+    """``play(root, devices, check=False, **vars) -> (rc, recap, output, exported)``."""
+
+    def run(root, devices, check=False, path_dirs=(), **variables):
+        # Every systemd host has it; the fixture trees only hold what detection reads.
+        os.makedirs(os.path.join(root, "etc/systemd/system"), exist_ok=True)
+        exported = tmp_path / "exported.json"
+        role_vars = dict(vgpu_devices=devices, vgpu_root=root, **variables)
+        playbook = [
+            {
+                "name": "vgpu role against a fixture tree",
+                "hosts": "localhost",
+                "connection": "local",
+                "gather_facts": False,
+                "environment": {
+                    "PYTHONPATH": SIM_SITE,
+                    "GPUVIRT_KERNEL_SIM": root,
+                    "PATH": os.pathsep.join(list(path_dirs) + [os.environ.get("PATH", "/usr/bin:/bin")]),
+                },
+                "roles": [{"role": "gpuvirt.host.vgpu", "vars": role_vars}],
+                "post_tasks": [
+                    {
+                        "name": "Export what the role exported",
+                        "ansible.builtin.copy": {
+                            "content": "{{ {'reboot': vgpu_reboot_required, 'result': vgpu_result} | to_json }}",
+                            "dest": str(exported),
+                            "mode": "0644",
+                        },
+                        "check_mode": False,
+                    }
+                ],
+            }
+        ]
+        collections = tmp_path / "collections"
+        if not collections.exists():
+            # A snapshot, so that every run of one test sees the same collection.
+            target = collections / "ansible_collections/gpuvirt/host"
+            for name in ("plugins", "roles", "meta"):
+                shutil.copytree(
+                    os.path.join(REPO, name), str(target / name), ignore=shutil.ignore_patterns("__pycache__")
+                )
+            shutil.copy(os.path.join(REPO, "galaxy.yml"), str(target / "galaxy.yml"))
+        playbook_path = tmp_path / "play.yml"
+        playbook_path.write_text(yaml.safe_dump(playbook))
+        env = dict(
+            os.environ,
+            ANSIBLE_COLLECTIONS_PATH=str(collections),
+            ANSIBLE_HOME=str(tmp_path / "ansible-home"),
+            ANSIBLE_LOCAL_TEMP=str(tmp_path / "ansible-tmp"),
+            ANSIBLE_PYTHON_INTERPRETER=sys.executable,
+            ANSIBLE_NOCOLOR="1",
+            ANSIBLE_RETRY_FILES_ENABLED="0",
+        )
+        env.pop("GPUVIRT_KERNEL_SIM", None)
+        command = [os.path.join(os.path.dirname(sys.executable), "ansible-playbook"), "-i", "localhost,"]
+        command += ["--check", "--diff"] if check else []
+        done = subprocess.run(
+            command + [str(playbook_path)], env=env, capture_output=True, text=True, timeout=600, check=False
+        )
+        output = done.stdout + done.stderr
+        match = re.search(r"localhost\s*:\s*ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", output)
+        recap = dict(zip(("ok", "changed", "unreachable", "failed"), map(int, match.groups()))) if match else None
+        result = None
+        if exported.exists():
+            result = json.loads(exported.read_text())
+            exported.unlink()
+            recap["changed"] -= 1  # the export itself, not the role
+        return done.returncode, recap, output, result
+
+    return run
+
+
+def mdev_set(root):
+    return {(m["uuid"], m["parent"], m["type"]) for m in mdev_info.mdevs(root)}
+
+
+def num_vfs(root, pf):
+    with open(os.path.join(root, "sys/bus/pci/devices", pf, "sriov_numvfs")) as handle:
+        return int(handle.read())
+
+
+def current_types(root, pf):
+    types = {}
+    base = os.path.join(root, "sys/bus/pci/devices", pf)
+    for name in sorted(os.listdir(base)):
+        if name.startswith("virtfn"):
+            vf = os.path.basename(os.readlink(os.path.join(base, name)))
+            with open(os.path.join(base, name, "nvidia/current_vgpu_type")) as handle:
+                value = int(handle.read())
+            if value:
+                types[vf] = value
+    return types
+
+
+def reboot(root, pfs=(), uptime=23.5):
+    """What a reboot leaves: no processes, no mdevs, no VFs (so no vGPU types), a new uptime."""
+    shutil.rmtree(os.path.join(root, "proc"), ignore_errors=True)
+    os.makedirs(os.path.join(root, "proc"))
+    with open(os.path.join(root, "proc/uptime"), "w") as handle:
+        handle.write("%.2f 40.00\n" % uptime)
+    sim, _sriov, _nvidia = attach(root)
+    with sim.active():
+        for value in sorted(m["uuid"] for m in mdev_info.mdevs(root)):
+            fd = os.open(os.path.join(root, "sys/bus/mdev/devices", value, "remove"), os.O_WRONLY)
+            os.write(fd, b"1")
+            os.close(fd)
+        for pf in pfs:
+            base = os.path.join(root, "sys/bus/pci/devices", pf)
+            for name in os.listdir(base):
+                if name.startswith("virtfn"):
+                    path = os.path.join(base, name, "nvidia/current_vgpu_type")
+                    if os.path.exists(path):
+                        fd = os.open(path, os.O_WRONLY)
+                        os.write(fd, b"0")
+                        os.close(fd)
+            fd = os.open(os.path.join(base, "sriov_numvfs"), os.O_WRONLY)
+            os.write(fd, b"0")
+            os.close(fd)
+    assert mdev_info.mdevs(root) == []
+
+
+def run_installed_restore(root, path_dirs=()):
+    """The unit's ExecStart, from the copy the role installed into the tree."""
+    unit = os.path.join(root, "etc/systemd/system/gpuvirt-restore.service")
+    with open(unit) as handle:
+        text = handle.read()
+    prefix = re.search(r"^Environment=PYTHONPATH=(\S+)$", text, re.M).group(1)
+    exec_start = re.search(r"^ExecStart=(.+)$", text, re.M).group(1).split()
+    assert exec_start[1:3] == ["-m", "ansible_collections.gpuvirt.host.plugins.module_utils.restore"]
+    env = {
+        "PATH": os.pathsep.join(list(path_dirs) + ["/usr/bin", "/bin"]),
+        "PYTHONPATH": os.pathsep.join([root + prefix, SIM_SITE]),
+        "GPUVIRT_KERNEL_SIM": root,
+    }
+    command = [sys.executable] + exec_start[1:] + ["--root", root]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, check=False)
+    return done.returncode, done.stdout + done.stderr
+
+
+def test_mediated_lab_role_idempotent_and_restored(make_host, play):
+    root = make_host(mediated_lab())
+    devices = [
+        {"selector": "mbochs", "mdev": [{"type": "mbochs-medium", "count": 2}], "exclusive": True},
+        {"selector": "mdpy", "mdev": [{"type": "mdpy-hd", "count": 1}]},
+        {"selector": "0000:04:00.0", "sriov": {"num_vfs": 2}},
+    ]
+    rc, recap, output, _ = play(root, devices, check=True)
+    assert rc == 0 and recap["failed"] == 0, output
+    predicted = recap["changed"]
+    assert mdev_info.mdevs(root) == [] and num_vfs(root, "0000:04:00.0") == 0
+
+    rc, recap, output, exported = play(root, devices)
+    assert rc == 0 and recap["failed"] == 0, output
+    assert recap["changed"] == predicted, output
+    assert num_vfs(root, "0000:04:00.0") == 2
+    wanted = mdev_set(root)
+    assert sorted((parent, type_id) for _u, parent, type_id in wanted) == [
+        ("mbochs", "mbochs-medium"),
+        ("mbochs", "mbochs-medium"),
+        ("mdpy", "mdpy-hd"),
+    ]
+    assert exported["reboot"] is False and len(exported["result"]["mdevs"]) == 3
+    unit = (make_root := root) + "/etc/systemd/system/gpuvirt-restore.service"
+    with open(unit) as handle:
+        text = handle.read()
+    for line in (
+        "Type=oneshot",
+        "Before=libvirtd.service virtqemud.service",
+        "After=systemd-modules-load.service",
+        "WantedBy=multi-user.target",
+    ):
+        assert line in text
+    assert os.path.islink(make_root + "/etc/systemd/system/multi-user.target.wants/gpuvirt-restore.service")
+    state = hoststate.load_state(root)
+    assert state["sriov"] == {"0000:04:00.0": {"num_vfs": 2}} and len(state["mdevs"]) == 3
+
+    rc, recap, output, _ = play(root, devices)
+    assert rc == 0 and recap["changed"] == 0, output
+
+    reboot(root, pfs=["0000:04:00.0"])
+    assert num_vfs(root, "0000:04:00.0") == 0
+    rc, log = run_installed_restore(root)
+    assert rc == 0, log
+    assert "boot to restored: 23.500 s" in log
+    assert num_vfs(root, "0000:04:00.0") == 2 and mdev_set(root) == wanted
+    rc, recap, output, _ = play(root, devices)
+    assert rc == 0 and recap["changed"] == 0, output
+
+
+def test_over_capacity_changes_nothing(make_host, play):
+    root = make_host(mediated_lab())
+    devices = [
+        {"selector": "0000:04:00.0", "sriov": {"num_vfs": 2}},
+        {"selector": "mbochs", "mdev": [{"type": "mbochs-medium", "count": 2}, {"type": "mbochs-large", "count": 4}]},
+    ]
+    rc, recap, output, _ = play(root, devices, vgpu_restore_install=False)
+    assert rc != 0 and recap["failed"] == 1
+    assert "mbochs-large: 4 declared, 0 present, 4 to create, available_instances 4" in output
+    assert mdev_info.mdevs(root) == []
+
+
+def test_a100_legacy_layout_end_to_end(make_host, play, tmp_path):
+    root = make_host("datacenter_a100", files=MACHINE_ID_FILE)
+    bin_dir = str(tmp_path / "bin")
+    fake_sriov_manage(bin_dir, root)
+    devices = [{"selector": "A100", "nvidia_vgpu": {"profiles": [{"profile": "A100-4C", "count": 3}]}}]
+    before = mdev_set(root)
+    rc, recap, output, exported = play(root, devices, path_dirs=[bin_dir])
+    assert rc == 0 and recap["failed"] == 0, output
+    after = mdev_set(root)
+    assert before < after and len(after) == 3
+    assert {type_id for _u, _p, type_id in after} == {"nvidia-471"}
+    assert exported["result"]["mdev_parents"]["0000:b1:00.5"]["created"]
+    state = hoststate.load_state(root)
+    assert state["sriov"][A100]["method"] == "sriov_manage"
+    assert set(state["mdevs"]) == {u for u, _p, _t in after}
+
+    rc, recap, output, _ = play(root, devices, path_dirs=[bin_dir])
+    assert rc == 0 and recap["changed"] == 0, output
+
+    reboot(root, pfs=[A100], uptime=41.0)
+    assert num_vfs(root, A100) == 0
+    rc, log = run_installed_restore(root, path_dirs=[bin_dir])
+    assert rc == 0, log
+    assert num_vfs(root, A100) > 0 and mdev_set(root) == after
+    assert log.index("] sriov %s" % A100) < log.index("] mdevs ")
+
+
+def test_per_vf_layout_end_to_end(make_host, play, tmp_path):
+    root = make_host("l40s_vgpu")
+    bin_dir = str(tmp_path / "bin")
+    fake_sriov_manage(bin_dir, root)
+    devices = [{"selector": "L40S", "nvidia_vgpu": {"profiles": [{"profile": "L40S-8Q", "count": 3}]}}]
+    rc, recap, output, _ = play(root, devices, check=True, path_dirs=[bin_dir])
+    assert rc == 0 and recap["failed"] == 0, output
+    predicted = recap["changed"]
+    assert len(current_types(root, L40S)) == 1
+
+    rc, recap, output, _ = play(root, devices, path_dirs=[bin_dir])
+    assert rc == 0 and recap["changed"] == predicted, output
+    assigned = current_types(root, L40S)
+    assert sorted(assigned.values()) == [1041, 1041, 1041]
+    state = hoststate.load_state(root)
+    assert {vf: e["type_id"] for vf, e in state["nvidia_vgpu"].items()} == assigned
+
+    rc, recap, output, _ = play(root, devices, path_dirs=[bin_dir])
+    assert rc == 0 and recap["changed"] == 0, output
+
+    reboot(root, pfs=[L40S], uptime=37.25)
+    rc, log = run_installed_restore(root, path_dirs=[bin_dir])
+    assert rc == 0, log
+    assert current_types(root, L40S) == assigned
+    assert log.index("] sriov %s" % L40S) < log.index("] nvidia_vgpu ")
+    assert "boot to restored: 37.250 s" in log
