@@ -15,8 +15,9 @@ Steps, each waiting for what it needs and reading every write back, with bounded
    and its SR-IOV attributes, every non-VF mdev parent is registered.
 2. ``sriov``: ``sriov_numvfs`` (0 first, then N) and ``sriov_drivers_autoprobe``.
 3. ``nvidia_vgpu``: each VF's ``nvidia/current_vgpu_type``.
-4. ``mdevs``: each recorded mdev, on its parent with its type (one that mdevctl's udev rule already
-   started is verified, not created twice).
+4. ``mdevs``: each recorded mdev, on its parent with its type. One that mdevctl also defines is
+   left to mdevctl's udev rule for a grace period (``--mdevctl-grace``), then verified, or created
+   if mdevctl did not start it; the two never race for one UUID.
 
 Every line logged carries the seconds since boot (``/proc/uptime``); the last one, and the status
 file ``/run/gpuvirt/restore.json``, give the time from boot to restored. Standard library only: the
@@ -27,6 +28,7 @@ runs, so one missing device does not keep the others from coming back).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -81,9 +83,11 @@ class CommandRunner:
 class Restore:
     """Replays one state file. ``timeout``: seconds each item may wait for its device."""
 
-    def __init__(self, root="/", timeout=60.0, interval=0.2, attempts=3, out=None, state=None):
+    def __init__(self, root="/", timeout=60.0, interval=0.2, attempts=3, out=None, state=None, mdevctl_grace=10.0):
         self.root = root
         self.timeout = timeout
+        self.mdevctl_grace = mdevctl_grace
+        self.mdevctl = {}
         self.interval = interval
         self.attempts = attempts
         self.out = out or sys.stdout
@@ -110,15 +114,16 @@ class Restore:
 
     # -- waiting and retrying --------------------------------------------------------------------
 
-    def wait_for(self, check, what):
+    def wait_for(self, check, what, timeout=None):
         """Poll ``check()`` until it returns a true value or the timeout passes."""
-        deadline = time.monotonic() + self.timeout
+        timeout = self.timeout if timeout is None else timeout
+        deadline = time.monotonic() + timeout
         while True:
             value = check()
             if value:
                 return value
             if time.monotonic() >= deadline:
-                raise RestoreError("%s did not happen within %g s" % (what, self.timeout))
+                raise RestoreError("%s did not happen within %g s" % (what, timeout))
             time.sleep(self.interval)
 
     def retry(self, action):
@@ -252,6 +257,7 @@ class Restore:
         return "type %d (%s), read back" % (wanted, entry.get("type_name") or "?")
 
     def step_mdevs(self):
+        self.mdevctl = mdev.read_mdevctl_definitions(self.root) if mdev.mdevctl_present(self.root) else {}
         for value, entry in sorted((self.state.get("mdevs") or {}).items(), key=lambda i: (str(i[1]), i[0])):
             self._item("mdevs", value, lambda value=value, entry=entry: self._restore_mdev(value, entry))
 
@@ -261,6 +267,15 @@ class Restore:
         parent, type_id = entry["parent"], entry["type"]
         type_dir = host_path(self.root, MDEV_BUS, parent, "mdev_supported_types", type_id)
         self.wait_for(lambda: os.path.isdir(type_dir), "type %s of mdev parent %s appearing" % (type_id, parent))
+        definition = self.mdevctl.get(value)
+        if definition is not None and mdev.definition_matches(definition, parent, type_id):
+            # mdevctl's udev rule starts it when the parent registers: give it the first go, so that
+            # the two do not race for the same UUID, and create it only if mdevctl did not.
+            with contextlib.suppress(RestoreError):
+                self.wait_for(lambda: mdev.read_mdev(self.root, value) is not None, "mdevctl", self.mdevctl_grace)
+            found = mdev.read_mdev(self.root, value)
+            if found == (parent, type_id):
+                return "started by mdevctl on %s (%s), verified" % (parent, type_id)
         found = mdev.read_mdev(self.root, value)
         if found == (parent, type_id):
             return "already present on %s (%s), verified" % (parent, type_id)
@@ -276,7 +291,8 @@ class Restore:
                     raise
 
         self.retry(attempt)
-        return "created on %s (%s), read back" % (parent, type_id)
+        late = " (mdevctl had not started it within %g s)" % self.mdevctl_grace if definition is not None else ""
+        return "created on %s (%s), read back%s" % (parent, type_id, late)
 
     def _item(self, step, item, action):
         try:
@@ -333,9 +349,12 @@ def main(argv=None):
     parser.add_argument("--root", default="/", help="the host root (default /)")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds each device may take to appear")
     parser.add_argument("--attempts", type=int, default=3, help="writes tried per item before giving up")
+    parser.add_argument(
+        "--mdevctl-grace", type=float, default=10.0, help="seconds mdevctl gets to start the mdevs it defines"
+    )
     parser.add_argument("--status-file", help="where to write the JSON status (default <root>/%s)" % STATUS_PATH)
     args = parser.parse_args(argv)
-    restore = Restore(root=args.root, timeout=args.timeout, attempts=args.attempts)
+    restore = Restore(root=args.root, timeout=args.timeout, attempts=args.attempts, mdevctl_grace=args.mdevctl_grace)
     status = restore.run()
     try:
         write_status(args.status_file or host_path(args.root, STATUS_PATH), status)

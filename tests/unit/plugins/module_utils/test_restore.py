@@ -93,6 +93,27 @@ def test_mdev_already_started_by_mdevctl_is_verified_not_recreated(lab):
     assert not any(HD in value for _path, value in sim.writes)
 
 
+def test_mdevctl_gets_the_first_go_at_the_mdevs_it_defines(lab):
+    record(lab, lab_state())
+    os.makedirs(os.path.join(lab, "usr/sbin"))
+    open(os.path.join(lab, "usr/sbin/mdevctl"), "w").close()
+    for value, entry in lab_state().items():
+        path = mdev.mdevctl_path(lab, entry["parent"], value)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w") as handle:
+            handle.write(mdev.render_mdevctl_definition(entry["type"]))
+    sim = KernelSim(lab)
+    with sim.active():
+        mdev.create_mdev(lab, "mdpy", "mdpy-hd", HD)  # as mdevctl's udev rule would
+        status, log = run(lab, mdevctl_grace=0.2)
+    assert status["ok"] is True, log
+    messages = {r["item"]: r["message"] for r in status["results"] if r["step"] == "mdevs"}
+    assert messages[HD] == "started by mdevctl on mdpy (mdpy-hd), verified"
+    assert messages[MEDIUM[0]] == (
+        "created on mbochs (mbochs-medium), read back (mdevctl had not started it within 0.2 s)"
+    )
+
+
 def test_a_missing_parent_fails_its_items_only(lab):
     entries = lab_state()
     entries["0b9c6e45-1a8e-4e43-a9d7-3b6c1b0e0a11"] = {"parent": "mgone", "type": "mgone-1"}
