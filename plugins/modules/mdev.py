@@ -310,7 +310,7 @@ class MdevModule:
             parents=self._parents_result(before, after, final, created, removed),
             created=[value for _parent, value, _type in created],
             removed=[value for _parent, value, _type in removed],
-            mdevs=[m for m in after],
+            mdevs=list(after),
             persistence=persistence,
             reboot_required=False,
         )

@@ -132,7 +132,7 @@ def reboot(root, pfs=(), uptime=23.5):
     os.makedirs(os.path.join(root, "proc"))
     with open(os.path.join(root, "proc/uptime"), "w") as handle:
         handle.write("%.2f 40.00\n" % uptime)
-    sim, _sriov, _nvidia = attach(root)
+    sim = attach(root)[0]
     with sim.active():
         for value in sorted(m["uuid"] for m in mdev_info.mdevs(root)):
             fd = os.open(os.path.join(root, "sys/bus/mdev/devices", value, "remove"), os.O_WRONLY)
@@ -178,7 +178,7 @@ def test_mediated_lab_role_idempotent_and_restored(make_host, play):
         {"selector": "mdpy", "mdev": [{"type": "mdpy-hd", "count": 1}]},
         {"selector": "0000:04:00.0", "sriov": {"num_vfs": 2}},
     ]
-    rc, recap, output, _ = play(root, devices, check=True)
+    rc, recap, output, _exported = play(root, devices, check=True)
     assert rc == 0 and recap["failed"] == 0, output
     predicted = recap["changed"]
     assert mdev_info.mdevs(root) == [] and num_vfs(root, "0000:04:00.0") == 0
@@ -208,7 +208,7 @@ def test_mediated_lab_role_idempotent_and_restored(make_host, play):
     state = hoststate.load_state(root)
     assert state["sriov"] == {"0000:04:00.0": {"num_vfs": 2}} and len(state["mdevs"]) == 3
 
-    rc, recap, output, _ = play(root, devices)
+    rc, recap, output, _exported = play(root, devices)
     assert rc == 0 and recap["changed"] == 0, output
 
     reboot(root, pfs=["0000:04:00.0"])
@@ -217,7 +217,7 @@ def test_mediated_lab_role_idempotent_and_restored(make_host, play):
     assert rc == 0, log
     assert "boot to restored: 23.500 s" in log
     assert num_vfs(root, "0000:04:00.0") == 2 and mdev_set(root) == wanted
-    rc, recap, output, _ = play(root, devices)
+    rc, recap, output, _exported = play(root, devices)
     assert rc == 0 and recap["changed"] == 0, output
 
 
@@ -227,7 +227,7 @@ def test_over_capacity_changes_nothing(make_host, play):
         {"selector": "0000:04:00.0", "sriov": {"num_vfs": 2}},
         {"selector": "mbochs", "mdev": [{"type": "mbochs-medium", "count": 2}, {"type": "mbochs-large", "count": 4}]},
     ]
-    rc, recap, output, _ = play(root, devices, vgpu_restore_install=False)
+    rc, recap, output, _exported = play(root, devices, vgpu_restore_install=False)
     assert rc != 0 and recap["failed"] == 1
     assert "mbochs-large: 4 declared, 0 present, 4 to create, available_instances 4" in output
     assert mdev_info.mdevs(root) == []
@@ -249,7 +249,7 @@ def test_a100_legacy_layout_end_to_end(make_host, play, tmp_path):
     assert state["sriov"][A100]["method"] == "sriov_manage"
     assert set(state["mdevs"]) == {u for u, _p, _t in after}
 
-    rc, recap, output, _ = play(root, devices, path_dirs=[bin_dir])
+    rc, recap, output, _exported = play(root, devices, path_dirs=[bin_dir])
     assert rc == 0 and recap["changed"] == 0, output
 
     reboot(root, pfs=[A100], uptime=41.0)
@@ -265,19 +265,19 @@ def test_per_vf_layout_end_to_end(make_host, play, tmp_path):
     bin_dir = str(tmp_path / "bin")
     fake_sriov_manage(bin_dir, root)
     devices = [{"selector": "L40S", "nvidia_vgpu": {"profiles": [{"profile": "L40S-8Q", "count": 3}]}}]
-    rc, recap, output, _ = play(root, devices, check=True, path_dirs=[bin_dir])
+    rc, recap, output, _exported = play(root, devices, check=True, path_dirs=[bin_dir])
     assert rc == 0 and recap["failed"] == 0, output
     predicted = recap["changed"]
     assert len(current_types(root, L40S)) == 1
 
-    rc, recap, output, _ = play(root, devices, path_dirs=[bin_dir])
+    rc, recap, output, _exported = play(root, devices, path_dirs=[bin_dir])
     assert rc == 0 and recap["changed"] == predicted, output
     assigned = current_types(root, L40S)
     assert sorted(assigned.values()) == [1041, 1041, 1041]
     state = hoststate.load_state(root)
     assert {vf: e["type_id"] for vf, e in state["nvidia_vgpu"].items()} == assigned
 
-    rc, recap, output, _ = play(root, devices, path_dirs=[bin_dir])
+    rc, recap, output, _exported = play(root, devices, path_dirs=[bin_dir])
     assert rc == 0 and recap["changed"] == 0, output
 
     reboot(root, pfs=[L40S], uptime=37.25)
