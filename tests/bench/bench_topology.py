@@ -8,7 +8,9 @@ Measures, on one generated tree (8 SR-IOV GPUs x 16 VFs, about 600 PCI functions
 2. the whole module run directly (``python plugins/modules/topology_info.py args.json``: Python
    start-up, Ansible module imports, detection, JSON output), and ``ansible localhost -m
    gpuvirt.host.topology_info`` (everything an ad-hoc run costs);
-3. the usual shell approach, once: a loop over ``<root>/sys/kernel/iommu_groups/*/devices/*``
+3. a calibration: the bare I/O of four attributes per device, to judge the figures on a busy or
+   slow machine;
+4. the usual shell approach, once: a loop over ``<root>/sys/kernel/iommu_groups/*/devices/*``
    running ``lspci -nns <address>`` per device, lspci reading the same tree through
    ``-A linux-sysfs -O sysfs.path=<root>/sys/bus/pci``.
 
@@ -71,6 +73,28 @@ def timed_with_cpu(function, runs):
         cpus.append((time.process_time() - start_cpu) * 1000.0)
         walls.append((time.perf_counter() - start) * 1000.0)
     return min(walls), statistics.median(walls), min(cpus), statistics.median(cpus)
+
+
+def syscall_floor(root):
+    """Open, read and close four attributes per device with no parsing at all: what the machine
+    charges for the bare I/O detection cannot avoid, to judge the other figures against."""
+    bus = os.path.join(root, "sys/bus/pci/devices")
+    paths = [
+        "%s/%s/%s" % (bus, address, name)
+        for address in sorted(os.listdir(bus))
+        for name in ("uevent", "numa_node", "driver_override", "reset_method")
+    ]
+
+    def read_all():
+        for path in paths:
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except OSError:
+                continue
+            os.read(fd, 4096)
+            os.close(fd)
+
+    return timed(read_all, 30)
 
 
 def build_tree(workdir):
@@ -160,6 +184,9 @@ def main(argv=None):
         print("machine: %d CPUs, load average %.2f" % (os.cpu_count() or 0, os.getloadavg()[0]))
         print()
 
+        floor = syscall_floor(root)
+        print("calibration: bare open/read/close of 4 attributes x %d devices: best %.2f ms, median %.2f ms"
+              % (devices, floor[0], floor[1]))
         best, median, cpu_best, cpu_median = timed_with_cpu(lambda: detect(root), options.runs)
         print("in-process detect():        best %8.2f ms   median %8.2f ms   (%d runs; CPU time best %.2f ms, "
               "median %.2f ms)" % (best, median, options.runs, cpu_best, cpu_median))
