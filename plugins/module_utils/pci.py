@@ -519,10 +519,16 @@ def class_name(class_code):
     """``030000`` -> ``VGA compatible controller``; the base class name when the subclass is unknown."""
     if not class_code:
         return None
-    entry = _CLASS_NAMES.get(class_code[:2])
-    if entry is None:
-        return None
-    return entry[1].get(class_code[2:4], entry[0])
+    name = _CLASS_NAME_CACHE.get(class_code[:4])
+    if name is None:
+        entry = _CLASS_NAMES.get(class_code[:2])
+        if entry is None:
+            return None
+        name = _CLASS_NAME_CACHE[class_code[:4]] = entry[1].get(class_code[2:4], entry[0])
+    return name
+
+
+_CLASS_NAME_CACHE = {}
 
 
 PCI_IDS_PATHS = (
@@ -546,6 +552,7 @@ class PciIds:
     def __init__(self, data):
         self._data = b"\n" + data
         self._vendors = None
+        self._vendor_names = {}
         self._devices = {}
 
     @classmethod
@@ -579,8 +586,12 @@ class PciIds:
         return self._vendor_index().get(vendor_id.encode("ascii", "replace"))
 
     def vendor_name(self, vendor_id):
-        entry = self._vendor(vendor_id) if vendor_id else None
-        return _decode(entry[0].group(2)) if entry else None
+        if not vendor_id:
+            return None
+        if vendor_id not in self._vendor_names:
+            entry = self._vendor(vendor_id)
+            self._vendor_names[vendor_id] = _decode(entry[0].group(2)) if entry else None
+        return self._vendor_names[vendor_id]
 
     def device_name(self, vendor_id, device_id):
         if not vendor_id or not device_id:
