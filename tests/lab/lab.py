@@ -529,7 +529,9 @@ def write_inventory(inst, port):
     key = inst.path("id_ed25519")
     common = (
         f"-o IdentitiesOnly=yes -o UserKnownHostsFile={inst.path('known_hosts')} "
-        "-o StrictHostKeyChecking=yes -o ControlMaster=auto -o ControlPersist=60s"
+        "-o StrictHostKeyChecking=yes -o ControlMaster=auto -o ControlPersist=60s "
+        # a guest reboot leaves the control master on a dead connection: notice it in seconds
+        "-o ServerAliveInterval=5 -o ServerAliveCountMax=3"
     )
     text = (
         f"# Ansible inventory of the running lab instance '{inst.name}' (written by tests/lab/lab.py up).\n"

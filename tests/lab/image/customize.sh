@@ -39,6 +39,9 @@ done
 # The source tarball was only needed for the samples.
 in_root dpkg --purge linux-source-6.1 >/dev/null
 
+# Ansible's remote temporary folder, made ahead so the first task does not warn about its mode.
+install -d -m 700 "$root/root/.ansible" "$root/root/.ansible/tmp"
+
 step "enabling services"
 in_root systemctl enable systemd-networkd.service gpuvirt-lab-keys.service >/dev/null 2>&1
 in_root systemctl mask systemd-networkd-wait-online.service apt-daily.timer apt-daily-upgrade.timer \
