@@ -9,6 +9,7 @@ BUILD       := .build
 COLL_ROOT   := $(BUILD)/collections
 COLL_LINK   := $(COLL_ROOT)/ansible_collections/gpuvirt/host
 SANITY_DIR  := $(BUILD)/sanity/ansible_collections/gpuvirt/host
+LAB         ?= lab
 export ANSIBLE_COLLECTIONS_PATH := $(abspath $(COLL_ROOT))
 export PATH := $(abspath $(BIN)):$(PATH)
 
@@ -63,14 +64,14 @@ demo: collection deps  ## Configure the lab host and print a before/after report
 bench: collection  ## Detection benchmark: figures and ratios
 	$(PY) tests/bench/bench_topology.py
 
-lab-up: collection deps  ## Build (or reuse) the lab image and boot it
-	$(PY) tests/lab/lab.py up
+lab-up: collection deps  ## Build (or reuse) the lab image and boot it (LAB=name for another instance)
+	$(PY) tests/lab/lab.py up --name $(LAB)
 
-lab-down:  ## Stop the lab
-	python3 tests/lab/lab.py down
+lab-down:  ## Stop the lab (LAB=name)
+	python3 tests/lab/lab.py down --name $(LAB)
 
-lab-ssh:  ## Open a shell in the running lab
-	python3 tests/lab/lab.py ssh
+lab-ssh:  ## Open a shell in the running lab (LAB=name)
+	python3 tests/lab/lab.py ssh --name $(LAB)
 
 clean:  ## Remove build output (keeps the venv and the lab image cache)
 	rm -rf $(BUILD) tests/output
