@@ -746,8 +746,6 @@ def main(argv=None):
     for p in sub.choices.values():
         p.add_argument("--name", default=os.environ.get("GPUVIRT_LAB_NAME", "lab"), help="instance name")
     args = parser.parse_args(argv)
-    for signum in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, _on_signal)
     try:
         return args.func(args)
     except LabError as err:
@@ -759,4 +757,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    # a killed `up` still runs its cleanup (no QEMU left behind)
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _on_signal)
     sys.exit(main())

@@ -1,0 +1,242 @@
+# Copyright (c) gpuvirt.host contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""tests/lab/lab.py without booting anything: apt sources, recipe hash, QEMU command line, faults.
+
+The fault tests run `up` with a fake QEMU on PATH and a fake cached image, and check that each
+failure names its step and leaves no QEMU process behind.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import socket
+import stat
+import sys
+import time
+
+import pytest
+
+LAB_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "lab")
+
+
+def _load(name, path):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+lab = _load("gpuvirt_lab", os.path.join(LAB_DIR, "lab.py"))
+layout_module = _load("gpuvirt_lab_layout", os.path.join(LAB_DIR, "layout.py"))
+
+
+@pytest.fixture
+def apt_root(tmp_path, monkeypatch):
+    """Point the sources readers at a fake /etc/apt."""
+    real_glob, real_exists, real_open = lab.glob.glob, os.path.exists, open
+
+    def moved(path):
+        return str(tmp_path) + path if str(path).startswith("/etc/apt") else path
+
+    monkeypatch.setattr(lab.glob, "glob", lambda pattern: real_glob(moved(pattern)))
+    monkeypatch.setattr(lab.os.path, "exists", lambda path: real_exists(moved(path)))
+    monkeypatch.setattr(lab, "open", lambda path, *a, **k: real_open(moved(path), *a, **k), raising=False)
+    (tmp_path / "etc/apt/sources.list.d").mkdir(parents=True)
+    return tmp_path / "etc/apt"
+
+
+def test_deb822_sources_give_the_bookworm_suites(apt_root):
+    (apt_root / "sources.list.d/debian.sources").write_text(
+        "Types: deb deb-src\n"
+        "# a comment\n"
+        "URIs: http://mirror.example/debian\n"
+        "Suites: bookworm bookworm-updates\n"
+        "Components: main contrib\n"
+        "Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n"
+        "\n"
+        "Types: deb\n"
+        "URIs: http://mirror.example/debian-security\n"
+        "Suites: bookworm-security\n"
+        "Components: main\n"
+        "\n"
+        "Types: deb\n"
+        "Enabled: no\n"
+        "URIs: http://disabled.example/debian\n"
+        "Suites: bookworm\n"
+        "Components: main\n"
+    )
+    assert lab.mirror_lines() == [
+        "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://mirror.example/debian bookworm main",
+        "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://mirror.example/debian "
+        "bookworm-updates main",
+        "deb http://mirror.example/debian-security bookworm-security main",
+    ]
+
+
+def test_one_line_sources_with_options(apt_root):
+    (apt_root / "sources.list").write_text(
+        "# deb http://commented.example/debian bookworm main\n"
+        "deb-src http://mirror.example/debian bookworm main\n"
+        "deb [arch=amd64 signed-by=/k.gpg] http://mirror.example/debian bookworm main non-free\n"
+        "deb http://mirror.example/debian bookworm-backports main\n"
+    )
+    assert lab.mirror_lines() == ["deb [signed-by=/k.gpg] http://mirror.example/debian bookworm main"]
+
+
+def test_no_bookworm_mirror_is_a_clear_error(apt_root, monkeypatch):
+    monkeypatch.delenv("GPUVIRT_LAB_MIRRORS", raising=False)
+    (apt_root / "sources.list").write_text("deb http://archive.example/ubuntu noble main\n")
+    with pytest.raises(lab.LabError, match="step 'image' failed: .*no Debian 'bookworm' archive"):
+        lab.mirror_lines()
+
+
+def test_recipe_hash_follows_the_recipe_files(tmp_path, monkeypatch):
+    recipe = tmp_path / "image"
+    (recipe / "rootfs/etc").mkdir(parents=True)
+    (recipe / "packages").write_text("python3\n")
+    (recipe / "rootfs/etc/hostname").write_text("lab\n")
+    monkeypatch.setattr(lab, "RECIPE_DIR", str(recipe))
+    first = lab.recipe_hash()
+    assert lab.recipe_hash() == first
+    (recipe / "rootfs/etc/hostname").write_text("other\n")
+    second = lab.recipe_hash()
+    assert second != first
+    (recipe / "rootfs/etc/hostname").chmod(0o755)
+    assert lab.recipe_hash() != second
+
+
+def test_qemu_command_line_follows_the_layout(tmp_path):
+    layout = lab.load_layout()
+    inst = lab.Instance("unit")
+    argv = lab.qemu_argv(inst, layout, "/cache/img", 2222)
+    netdev = argv[argv.index("-netdev") + 1]
+    assert netdev == "user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:2222-:22"
+    assert argv[argv.index("-kernel") + 1] == "/cache/img/grub.bin"
+    assert argv[argv.index("-accel") + 1] == "tcg"
+    devices = [argv[i + 1] for i, a in enumerate(argv) if a == "-device"]
+    assert devices[0].startswith("intel-iommu")
+    wanted = [" ".join(d["qemu"].split()) for d in layout["devices"] if d.get("qemu")]
+    assert devices[1:] == wanted
+    assert "-nodefaults" in argv and "-vga" not in argv  # no QEMU default VGA next to the layout's
+
+
+def test_layout_names_resolve_and_every_group_member_is_a_device():
+    layout = layout_module.Layout()
+    assert layout.address("gpu") == "0000:01:00.0"
+    members = {a for group in layout.shared_groups() for a in group}
+    assert members <= {d["address"] for d in layout.devices}
+    assert not members & set(layout.alone())
+    assert {g["name"] for g in layout.gpus() if g["boot_vga"]} == {"boot-vga"}
+
+
+# ------------------------------------------------------------------------------------ faults
+
+FAKE_QEMU = """#!{python}
+import os, sys, time
+args = sys.argv[1:]
+mode = {mode!r}
+if mode == "port-taken":
+    print("qemu-system-x86_64: -netdev user: Could not set up host forwarding rule 'tcp:...'", flush=True)
+    sys.exit(1)
+with open(args[args.index("-pidfile") + 1], "w") as f:
+    f.write(str(os.getpid()))
+with open(args[args.index("-serial") + 1][len("file:"):], "w") as f:
+    f.write("Welcome to GRUB\\n[    0.000000] Linux version 6.1.0-lab\\nstuck in the initramfs\\n")
+time.sleep(600)
+"""
+
+
+@pytest.fixture
+def fake_lab(tmp_path, monkeypatch):
+    """A cached image, a state folder and a fake qemu-system-x86_64/qemu-img first on PATH."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    monkeypatch.setenv("PATH", "%s:%s" % (bindir, os.environ["PATH"]))
+    monkeypatch.setattr(lab, "STATE_ROOT", str(tmp_path / "state"))
+    monkeypatch.setattr(lab, "CACHE_ROOT", str(tmp_path / "cache"))
+    image = tmp_path / "cache" / lab.recipe_hash()
+    image.mkdir(parents=True)
+    for leaf in ("base.qcow2", "grub.bin"):
+        (image / leaf).write_text("")
+    (image / "ssh_host_ed25519_key.pub").write_text("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFakeKey root@lab\n")
+    (image / "build.json").write_text(json.dumps({"recipe": lab.recipe_hash(), "kernel": "6.1.0-lab",
+                                                  "build_seconds": 60.0}))  # fmt: skip
+    img = bindir / "qemu-img"
+    img.write_text('#!/bin/sh\nfor last; do :; done\n: > "$last"\n')
+    img.chmod(img.stat().st_mode | stat.S_IEXEC)
+
+    def install_qemu(mode):
+        qemu = bindir / "qemu-system-x86_64"
+        qemu.write_text(FAKE_QEMU.format(python=sys.executable, mode=mode))
+        qemu.chmod(qemu.stat().st_mode | stat.S_IEXEC)
+
+    return install_qemu
+
+
+def _qemu_processes(marker):
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open("/proc/%s/cmdline" % pid, "rb") as handle:
+                cmdline = handle.read()
+            with open("/proc/%s/stat" % pid) as handle:
+                zombie = handle.read().split(") ", 1)[1].startswith("Z")
+        except OSError:
+            continue
+        if b"qemu-system-x86_64" in cmdline and marker.encode() in cmdline and not zombie:
+            found.append(int(pid))
+    return found
+
+
+def test_guest_that_never_reaches_ssh_fails_the_boot_step_and_leaves_no_qemu(fake_lab, capsys):
+    fake_lab("hang")
+    start = time.monotonic()
+    rc = lab.main(["up", "--name", "hang", "--boot-timeout", "3"])
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert "step 'boot' failed: the guest did not reach SSH within 3 s" in err
+    assert "stuck in the initramfs" in err  # the console tail is shown
+    assert time.monotonic() - start < 60
+    assert _qemu_processes(lab.STATE_ROOT) == []
+    assert lab.Instance("hang").pid() is None
+    assert not os.path.exists(os.path.join(lab.STATE_ROOT, "hang", "inventory.yml"))
+
+
+def test_port_taken_by_qemu_forward_is_reported_as_such(fake_lab, capsys):
+    fake_lab("port-taken")
+    assert lab.main(["up", "--name", "taken"]) == 1
+    assert "step 'network' failed: port" in capsys.readouterr().err
+    assert _qemu_processes(lab.STATE_ROOT) == []
+
+
+def test_requested_port_in_use_fails_before_starting_anything(fake_lab, capsys):
+    fake_lab("hang")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        assert lab.main(["up", "--name", "busy", "--port", str(port)]) == 1
+    assert "step 'network' failed: port %d on 127.0.0.1 is in use" % port in capsys.readouterr().err
+    assert _qemu_processes(lab.STATE_ROOT) == []
+
+
+def test_missing_package_names_the_package_and_make_deps(fake_lab, monkeypatch, capsys):
+    monkeypatch.setattr(lab, "TOOLS_RUN", dict(lab.TOOLS_RUN, **{"qemu-nonexistent-tool": "qemu-nothing"}))
+    assert lab.main(["up", "--name", "nopkg"]) == 1
+    err = capsys.readouterr().err
+    assert "step 'check tools' failed: missing qemu-nonexistent-tool (Debian package(s): qemu-nothing)" in err
+    assert "make deps" in err
+
+
+def test_down_and_status_on_a_stopped_lab_are_fine(fake_lab, capsys):
+    assert lab.main(["down", "--name", "never-started"]) == 0
+    assert "is not running" in capsys.readouterr().out
+    assert lab.main(["status", "--name", "never-started", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["running"] is False
+
+
+def test_bad_instance_name_is_refused(capsys):
+    assert lab.main(["down", "--name", "../etc"]) == 1
+    assert "use letters, digits" in capsys.readouterr().err
