@@ -308,9 +308,12 @@ _UEVENT_CLASS = re.compile(r"[0-9a-fA-F]{1,6}\Z")
 _DRIVER = re.compile(r"[A-Za-z0-9_.:+-]{1,64}\Z")
 
 
-def _read_device(address, path, findings):
-    reader = _Reader(address, path + "/", findings)
-    device = PciDevice(address=address, path=path)
+def _read_device(address, path, findings, known_vfs=None):
+    """Read one device. ``known_vfs`` (``{vf: pf}`` from PFs read earlier in the same pass) saves
+    the ``physfn`` and ``sriov_totalvfs`` look-ups; without it they are made."""
+    base = path + "/"
+    reader = _Reader(address, base, findings)
+    device = PciDevice(address, path)
     if not _read_identity(reader, device):
         device.reset_methods = None
         if findings is not None:
@@ -321,62 +324,67 @@ def _read_device(address, path, findings):
                 address,
             )
         return device
-    base = reader.base
     group = link_tail(base + "iommu_group")
-    if group is not None and not _GROUP.match(group):
+    if group is not None and _GROUP.match(group) is None:
         reader.problem("iommu_group", None, "a link to sys/kernel/iommu_groups/<number>", group)
         group = None
     device.iommu_group = group
 
     text, problem = read_attribute(base + "numa_node")
-    if text is not None and _INT.match(text):
+    if text is not None and _INT.match(text) is not None:
         device.numa_node = int(text)
     elif problem is not MISSING:
         reader.problem("numa_node", problem, "a decimal integer", text)
 
     text, problem = read_attribute(base + "driver_override")
-    if text is not None and text != "(null)" and text != "":
-        device.driver_override = text
-    elif problem is not None and problem is not MISSING:
+    if text is not None:
+        if text != "(null)" and text != "":
+            device.driver_override = text
+    elif problem is not MISSING:
         reader.problem("driver_override", problem, "a driver name or (null)")
 
     text, problem = read_attribute(base + "reset_method")
     if text is None or text == "":
-        device.reset_methods = []
         if problem is not None and problem is not MISSING:
             device.reset_methods = None
             reader.problem("reset_method", problem, "space-separated method names like 'flr bus'")
-    elif _WORDS.match(text):
+    elif _WORDS.match(text) is not None:
         device.reset_methods = text.split()
     else:
         device.reset_methods = None
         reader.problem("reset_method", None, "space-separated method names like 'flr bus'", text)
 
-    if device.class_code is not None and device.class_code.startswith("0300"):
+    class_code = device.class_code
+    if class_code is not None and class_code.startswith("0300"):
         boot_vga = reader.optional("boot_vga")
-        if boot_vga in ("0", "1"):
+        if boot_vga == "0" or boot_vga == "1":
             device.boot_vga = boot_vga == "1"
         elif boot_vga is not None:
             reader.problem("boot_vga", None, "0 or 1", boot_vga)
 
-    physfn = link_tail(reader.base + "physfn")
-    if physfn is not None:
-        device.physfn = physfn if _PCI_ADDRESS.match(physfn) else None
-        if device.physfn is None:
-            reader.problem("physfn", None, "a link to the physical function's directory", physfn)
+    if known_vfs is not None and address in known_vfs:
+        device.physfn = known_vfs[address]
+    elif known_vfs is None:
+        physfn = link_tail(base + "physfn")
+        if physfn is not None:
+            device.physfn = physfn if _PCI_ADDRESS.match(physfn) else None
+            if device.physfn is None:
+                reader.problem("physfn", None, "a link to the physical function's directory", physfn)
 
     # A virtual function is never a physical function: no sriov_* attributes to look for.
-    text, problem = (None, MISSING) if physfn is not None else read_attribute(reader.base + "sriov_totalvfs")
-    if problem is not MISSING:
-        total = int(text) if text is not None and _GROUP.match(text) else None
-        if total is not None and total > _MAX_VFS:
-            total = None
-        if total is None:
-            reader.problem("sriov_totalvfs", problem, "a number of VFs", text)
-        device.sriov = _read_sriov(reader, total)
+    if device.physfn is None:
+        text, problem = read_attribute(base + "sriov_totalvfs")
+        if problem is not MISSING:
+            total = int(text) if text is not None and _GROUP.match(text) else None
+            if total is not None and total > _MAX_VFS:
+                total = None
+            if total is None:
+                reader.problem("sriov_totalvfs", problem, "a number of VFs", text)
+            device.sriov = _read_sriov(reader, total)
 
-    if device.vendor_id in ("10de", None):
-        device.nvidia_vgpu = read_nvidia_vgpu(path, address, findings, _display(address, "nvidia"))
+    vendor_id = device.vendor_id
+    if vendor_id == "10de" or vendor_id is None:
+        device.nvidia_vgpu = read_nvidia_vgpu(path, address, findings)
     return device
 
 
@@ -404,6 +412,7 @@ def _read_sriov(reader, total):
 def read_pci_devices(root, findings=None):
     """Read every PCI device in one pass: ``{address: PciDevice}`` in address order."""
     devices = {}
+    known_vfs = {}
     bus = host_path(root, PCI_DEVICES)
     for entry in list_dir(bus):
         if _PCI_ADDRESS.match(entry) is None:
@@ -413,7 +422,18 @@ def read_pci_devices(root, findings=None):
                     "/%s/%s is not a PCI address; ignored" % (PCI_DEVICES, entry),
                 )
             continue
-        devices[entry] = _read_device(entry, bus + "/" + entry, findings)
+        devices[entry] = _read_device(entry, bus + "/" + entry, findings, known_vfs)
+        sriov = devices[entry].sriov
+        if sriov is not None:
+            for vf in sriov.vfs:
+                known_vfs[vf] = entry
+    # The kernel links a VF to its PF both ways (virtfnN and physfn); the PF's links, read above,
+    # name every VF, so VFs need no physfn look-up of their own. A VF sorted before its PF (not
+    # possible within one PCI domain) gets its physfn here.
+    for vf, pf in known_vfs.items():
+        device = devices.get(vf)
+        if device is not None and device.physfn is None:
+            device.physfn = pf
     return devices
 
 
@@ -538,6 +558,8 @@ PCI_IDS_PATHS = (
     "usr/share/hwdata/pci.ids.gz",
     "usr/share/misc/pci.ids.gz",
 )
+_HEX4 = re.compile(r"[0-9a-f]{4}\Z")
+_TOP_LEVEL = re.compile(rb"\n[^\t#\n]")
 _VENDOR_LINE = re.compile(rb"\n([0-9a-f]{4})  ([^\n]*)")
 
 
@@ -592,6 +614,49 @@ class PciIds:
             entry = self._vendor(vendor_id)
             self._vendor_names[vendor_id] = _decode(entry[0].group(2)) if entry else None
         return self._vendor_names[vendor_id]
+
+    def names(self, pairs):
+        """``{(vendor_id, device_id): (vendor name, device name)}`` for many devices at once.
+
+        One regex pass finds the wanted vendors' lines, and one pass over each of their blocks
+        finds the wanted devices: cheaper than indexing every vendor when a whole host is named.
+        """
+        wanted = {}
+        for vendor_id, device_id in pairs:
+            if vendor_id and _HEX4.match(vendor_id):
+                wanted.setdefault(vendor_id, set())
+                if device_id and _HEX4.match(device_id):
+                    wanted[vendor_id].add(device_id)
+        result = {}
+        if not wanted:
+            return result
+        data = self._data
+        vendors = re.compile(rb"\n(" + b"|".join(v.encode("ascii") for v in sorted(wanted)) + rb")  ([^\n]*)")
+        seen = set()
+        for match in vendors.finditer(data):
+            vendor_id = match.group(1).decode("ascii")
+            if vendor_id in seen:
+                continue  # the first line of a vendor wins, as in the lookups above
+            seen.add(vendor_id)
+            self._vendor_names[vendor_id] = _decode(match.group(2))
+            block_end = _TOP_LEVEL.search(data, match.end())
+            end = block_end.start() if block_end else len(data)
+            found = {}
+            if wanted[vendor_id]:
+                devices = re.compile(
+                    rb"\n\t(" + b"|".join(d.encode("ascii") for d in sorted(wanted[vendor_id])) + rb")  ([^\n]*)"
+                )
+                for device in devices.finditer(data, match.end(), end):
+                    found.setdefault(device.group(1).decode("ascii"), _decode(device.group(2)))
+            for device_id in wanted[vendor_id]:
+                self._devices[(vendor_id, device_id)] = found.get(device_id)
+        for vendor_id in set(wanted) - seen:
+            self._vendor_names[vendor_id] = None
+            for device_id in wanted[vendor_id]:
+                self._devices[(vendor_id, device_id)] = None
+        for vendor_id, device_id in pairs:
+            result[(vendor_id, device_id)] = (self.vendor_name(vendor_id), self.device_name(vendor_id, device_id))
+        return result
 
     def device_name(self, vendor_id, device_id):
         if not vendor_id or not device_id:

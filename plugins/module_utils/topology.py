@@ -161,9 +161,9 @@ def detect(root="/"):
     devices = read_pci_devices(root, findings)
     pci_ids = PciIds.load(root)
     if pci_ids is not None:
+        names = pci_ids.names({(device.vendor_id, device.device_id) for device in devices.values()})
         for device in devices.values():
-            device.vendor_name = pci_ids.vendor_name(device.vendor_id)
-            device.device_name = pci_ids.device_name(device.vendor_id, device.device_id)
+            device.vendor_name, device.device_name = names[(device.vendor_id, device.device_id)]
     groups = groups_from_devices(devices)
     holders = vfio_holders(root, findings)
     critical = critical_devices(root)

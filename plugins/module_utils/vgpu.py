@@ -42,11 +42,15 @@ def parse_creatable_vgpu_types(text):
 
 
 def read_nvidia_vgpu(device_path, address, findings=None, display=None):
-    """The per-VF vGPU state of one device, or None when it has no ``nvidia/`` interface."""
-    display = display or device_path.rstrip("/") + "/nvidia"
+    """The per-VF vGPU state of one device, or None when it has no ``nvidia/`` interface.
+
+    ``display`` is how findings name the ``nvidia/`` directory (default: its
+    ``/sys/bus/pci/devices/<address>/nvidia`` path).
+    """
     text, problem = read_attribute(device_path + "/nvidia/creatable_vgpu_types")
     if problem is MISSING:
         return None
+    display = display or "/sys/bus/pci/devices/%s/nvidia" % address
     creatable = None
     if text is None:
         _report(findings, display + "/creatable_vgpu_types", problem, None, address)
