@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 # Copyright (c) gpuvirt.host contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Print two topology summaries (written by playbooks/topology_report.yml) and what changed.

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 # Copyright (c) gpuvirt.host contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """The gpuvirt.host QEMU lab: a real Linux kernel with an IOMMU, GPUs, mdev parents and SR-IOV.
@@ -157,7 +156,7 @@ def _deb822_paragraphs(text):
         elif line[0] in " \t" and key:
             paragraph[key] += " " + line.strip()
         elif ":" in line:
-            key, _, value = line.partition(":")
+            key, _sep, value = line.partition(":")
             key = key.strip().lower()
             paragraph[key] = value.strip()
     if paragraph:
@@ -485,6 +484,7 @@ def wait_for_ssh(inst, port, pid, timeout):
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.PIPE,
                 timeout=60,
+                check=False,
             )
             if probe.returncode == 0:
                 return time.monotonic() - start
@@ -723,7 +723,7 @@ def cmd_hash(_args):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="lab.py", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="lab.py", description=__doc__.split("\n\n", maxsplit=1)[0])
     sub = parser.add_subparsers(dest="action", required=True)
     p = sub.add_parser("up", help="build or reuse the image, boot an instance, wait for SSH")
     p.add_argument("--port", type=int, help="host port for the SSH forward (default: a free one)")
