@@ -7,6 +7,7 @@
     lab.py down    [--name N]             stop an instance (fine when it is not running)
     lab.py ssh     [--name N] [cmd ...]   a shell or a command in the instance
     lab.py status  [--name N] [--json]    whether it runs, its port, inventory and image
+    lab.py prune                          remove cached images of other recipes
 
 The image is built from Debian's packages with mmdebstrap (needs root) and cached under
 ``${XDG_CACHE_HOME:-~/.cache}/gpuvirt-lab/<recipe-hash>/``. Each instance boots a qcow2 overlay
@@ -717,6 +718,25 @@ def cmd_build(args):
     return 0
 
 
+def cmd_prune(_args):
+    """Remove cached images of other recipes (running instances keep theirs open until they stop)."""
+    keep = recipe_hash()
+    _remove_stale_builds()
+    freed = 0
+    for path in glob.glob(os.path.join(CACHE_ROOT, "*")):
+        leaf = os.path.basename(path)
+        if leaf.startswith(".") or leaf in (keep, f"{keep}.lock"):
+            continue
+        if os.path.isdir(path):
+            freed += sum(os.path.getsize(os.path.join(d, f)) for d, _dirs, files in os.walk(path) for f in files)
+            shutil.rmtree(path, ignore_errors=True)
+            say(f"removed image {leaf}")
+        elif leaf.endswith(".lock"):
+            os.unlink(path)
+    say(f"kept image {keep}; freed {freed / 1024**2:.0f} MiB")
+    return 0
+
+
 def cmd_hash(_args):
     print(recipe_hash())
     return 0
@@ -741,6 +761,8 @@ def main(argv=None):
     p = sub.add_parser("build", help="build the image (cached by recipe hash)")
     p.add_argument("--force", action="store_true", help="rebuild even when cached")
     p.set_defaults(func=cmd_build)
+    p = sub.add_parser("prune", help="remove cached images of other recipes")
+    p.set_defaults(func=cmd_prune)
     p = sub.add_parser("hash", help="print the image recipe hash")
     p.set_defaults(func=cmd_hash)
     for p in sub.choices.values():

@@ -240,3 +240,17 @@ def test_down_and_status_on_a_stopped_lab_are_fine(fake_lab, capsys):
 def test_bad_instance_name_is_refused(capsys):
     assert lab.main(["down", "--name", "../etc"]) == 1
     assert "use letters, digits" in capsys.readouterr().err
+
+
+def test_prune_keeps_the_current_recipe_only(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(lab, "CACHE_ROOT", str(tmp_path))
+    current = tmp_path / lab.recipe_hash()
+    old = tmp_path / "0123456789abcdef"
+    for folder in (current, old):
+        folder.mkdir()
+        (folder / "base.qcow2").write_bytes(b"x" * 2048)
+    (tmp_path / "0123456789abcdef.lock").write_text("")
+    assert lab.main(["prune"]) == 0
+    assert current.is_dir() and not old.exists()
+    assert not (tmp_path / "0123456789abcdef.lock").exists()
+    assert "removed image 0123456789abcdef" in capsys.readouterr().out
