@@ -2,16 +2,24 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Handing PCI devices to vfio-pci: selectors, safety guards, runtime binding and persistence.
 
-Public API (every function takes the host ``root``; nothing here talks to Ansible except
-:func:`apply_file`, which needs the module for ``atomic_move``):
+Public API (readers take the host ``root``; only :func:`apply_file` and :class:`VfioPciRun` use
+the Ansible module, for ``atomic_move`` and ``run_command``):
 
 - :func:`parse_selector` ``(text) -> Selector`` and :func:`resolve_selectors`
   ``(selectors, devices) -> {address: [selector, ...]}``: a PCI address (short, 4- or 8-digit
   domain), ``vendor:device``, or a model name; never an index.
 - :func:`read_driver`, :func:`read_override`, :func:`bind_device`, :func:`release_device`: the
   kernel's ``driver_override`` / ``unbind`` / ``drivers_probe`` protocol, read back every time.
-- :func:`render_modprobe_conf`, :func:`modprobe_ids`, :func:`driverctl_path`, :class:`FileChange`,
-  :func:`plan_file`, :func:`apply_file`: the boot-time configuration that keeps the binding.
+- :func:`read_host` ``(root) -> HostView``: devices, IOMMU state, VFIO holders and host-critical
+  devices through the topology readers; :func:`framebuffer_devices` ``(root)``.
+- :func:`expand_members` ``(view, selected, with_companions) -> {address: Member}``: selected devices
+  plus the other functions of their slots in the same IOMMU group.
+- :func:`bind_refusals`, :func:`in_use_refusals`, :func:`id_refusals` -> ``[Refusal]``: the guards.
+- :func:`render_modprobe_conf`, :func:`modprobe_ids`, :func:`cmdline_ids`, :func:`driverctl_path`,
+  :func:`render_initramfs_config`, :class:`FileChange`, :func:`plan_file`, :func:`apply_file`: the
+  boot-time configuration that keeps the binding.
+- :class:`VfioPciRun`: one module run (``plan()`` reads and guards, ``apply()`` changes,
+  ``result()``); raises :class:`GuardError` or :class:`VfioError`.
 """
 
 from __future__ import annotations
@@ -64,6 +72,7 @@ _ID_SELECTOR = re.compile(r"(?:0x)?([0-9a-fA-F]{4}):(?:0x)?([0-9a-fA-F]{4})\Z")
 _INDEX_SELECTOR = re.compile(r"[0-9]+\Z")
 _OPTIONS_IDS = re.compile(r"^\s*options\s+vfio[-_]pci\s+(.*)$")
 _BRACKETED = re.compile(r"\[([^\]]+)\]")
+_FRAMEBUFFER = re.compile(r"fb[0-9]+\Z")
 
 
 class VfioError(Exception):
@@ -474,7 +483,7 @@ def framebuffer_devices(root):
     found = {}
     base = host_path(root, "sys/class/graphics")
     for name in list_dir(base):
-        if not name.startswith("fb"):
+        if not _FRAMEBUFFER.match(name):  # fb0, fb1, ...; not fbcon
             continue
         owner = os.path.basename(os.path.realpath(os.path.join(base, name, "device")))
         if normalize_address(owner) == owner:
