@@ -88,6 +88,7 @@ class Restore:
         self.timeout = timeout
         self.mdevctl_grace = mdevctl_grace
         self.mdevctl = {}
+        self.mdevctl_deadline = 0.0
         self.interval = interval
         self.attempts = attempts
         self.out = out or sys.stdout
@@ -258,6 +259,8 @@ class Restore:
 
     def step_mdevs(self):
         self.mdevctl = mdev.read_mdevctl_definitions(self.root) if mdev.mdevctl_present(self.root) else {}
+        # One grace period for all of them: mdevctl starts a parent's mdevs together.
+        self.mdevctl_deadline = time.monotonic() + self.mdevctl_grace
         for value, entry in sorted((self.state.get("mdevs") or {}).items(), key=lambda i: (str(i[1]), i[0])):
             self._item("mdevs", value, lambda value=value, entry=entry: self._restore_mdev(value, entry))
 
@@ -272,7 +275,8 @@ class Restore:
             # mdevctl's udev rule starts it when the parent registers: give it the first go, so that
             # the two do not race for the same UUID, and create it only if mdevctl did not.
             with contextlib.suppress(RestoreError):
-                self.wait_for(lambda: mdev.read_mdev(self.root, value) is not None, "mdevctl", self.mdevctl_grace)
+                left = max(0.0, self.mdevctl_deadline - time.monotonic())
+                self.wait_for(lambda: mdev.read_mdev(self.root, value) is not None, "mdevctl", left)
             found = mdev.read_mdev(self.root, value)
             if found == (parent, type_id):
                 return "started by mdevctl on %s (%s), verified" % (parent, type_id)
