@@ -55,6 +55,9 @@ UUID_NAMESPACE = uuidlib.uuid5(uuidlib.NAMESPACE_URL, "https://gpuvirt.host/mdev
 MACHINE_ID = "etc/machine-id"
 MDEVCTL_DIR = "etc/mdevctl.d"
 MDEVCTL_BINARIES = ("usr/sbin/mdevctl", "usr/bin/mdevctl", "sbin/mdevctl", "bin/mdevctl")
+# Where udev finds rules; a file in etc/ overrides one of the same name in the others.
+UDEV_RULE_DIRS = ("etc/udev/rules.d", "run/udev/rules.d", "usr/lib/udev/rules.d", "lib/udev/rules.d")
+_RUN_PATH = re.compile(r"(/[^\s'\"{};|]*/mdevctl)(?=[\s'\";|]|$)")
 
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
 _ID_PAIR = re.compile(r"([0-9a-fA-F]{4}):([0-9a-fA-F]{4})\Z")
@@ -631,6 +634,39 @@ def mdevctl_binary(root):
         if os.path.exists(host_path(root, path)):
             return "/" + path
     return None
+
+
+def mdevctl_autostart(root):
+    """``(works, reason)``: whether mdevctl's udev rule can start defined mdevs at boot.
+
+    The rule runs mdevctl by an absolute path when a parent registers. Debian's bookworm package,
+    for one, installs ``/usr/bin/mdevctl`` but its rule calls ``/usr/sbin/mdevctl``: the definitions
+    are then never started, and only the collection's restore brings the mdevs back.
+    """
+    seen = set()
+    for directory in UDEV_RULE_DIRS:
+        for name in sysfs.list_dir(host_path(root, directory)):
+            if "mdevctl" not in name or not name.endswith(".rules") or name in seen:
+                continue
+            seen.add(name)
+            try:
+                with open(host_path(root, directory, name), encoding="utf-8") as handle:
+                    text = handle.read()
+            except OSError:
+                continue
+            paths = sorted(
+                {m.group(1) for line in text.splitlines() if "RUN" in line for m in _RUN_PATH.finditer(line)}
+            )
+            missing = [path for path in paths if not os.path.exists(host_path(root, path))]
+            if paths and not missing:
+                return True, "/%s/%s runs %s" % (directory, name, ", ".join(paths))
+            if missing:
+                return False, "mdevctl's udev rule /%s/%s runs %s, which does not exist" % (
+                    directory,
+                    name,
+                    ", ".join(missing),
+                )
+    return False, "no udev rule starts mdevctl's definitions when a parent appears"
 
 
 def mdevctl_path(root, parent, value):

@@ -258,7 +258,13 @@ class Restore:
         return "type %d (%s), read back" % (wanted, entry.get("type_name") or "?")
 
     def step_mdevs(self):
-        self.mdevctl = mdev.read_mdevctl_definitions(self.root) if mdev.mdevctl_present(self.root) else {}
+        self.mdevctl = {}
+        if mdev.mdevctl_present(self.root):
+            works, reason = mdev.mdevctl_autostart(self.root)
+            if works:
+                self.mdevctl = mdev.read_mdevctl_definitions(self.root)
+            else:
+                self.log("mdevs: mdevctl will not start them (%s); creating them here" % reason)
         # One grace period for all of them: mdevctl starts a parent's mdevs together.
         self.mdevctl_deadline = time.monotonic() + self.mdevctl_grace
         for value, entry in sorted((self.state.get("mdevs") or {}).items(), key=lambda i: (str(i[1]), i[0])):

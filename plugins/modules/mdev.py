@@ -232,6 +232,12 @@ persistence:
     mdevctl:
       description: Whether mdevctl definitions are written (mdevctl is installed).
       type: bool
+    mdevctl_autostart:
+      description:
+        - Whether mdevctl's udev rule can start the definitions at boot. When it cannot (Debian
+          bookworm's rule calls C(/usr/sbin/mdevctl), the package installs C(/usr/bin/mdevctl)) the
+          module warns and the mdevs come back through C(gpuvirt-restore.service) alone.
+      type: bool
     state_file:
       description: The collection's state file replayed by C(gpuvirt-restore.service).
       type: str
@@ -262,6 +268,7 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.mdev import (  # noqa
     MdevError,
     defined_uuids_from_mdevctl,
     definition_matches,
+    mdevctl_autostart,
     mdevctl_binary,
     mdevctl_path,
     plan,
@@ -396,7 +403,7 @@ class MdevModule:
     # -- persistence ------------------------------------------------------------------------------
 
     def _no_persistence(self):
-        return {"mdevctl": False, "state_file": state_path(self.root), "files_changed": []}
+        return {"mdevctl": False, "mdevctl_autostart": False, "state_file": state_path(self.root), "files_changed": []}
 
     def _wanted(self, final):
         """(declared {uuid: (parent, type)}, parents whose undeclared records go, kept uuids)."""
@@ -414,8 +421,15 @@ class MdevModule:
     def _persist(self, final, before):
         declared, exclusive, kept = self._wanted(final)
         binary = mdevctl_binary(self.root)
+        autostart = False
         if binary is not None:
             self._persist_mdevctl(declared, exclusive, kept, binary)
+            autostart, reason = mdevctl_autostart(self.root)
+            if not autostart and declared:
+                self.module.warn(
+                    "%s: mdevctl will not start the defined mdevs at boot; gpuvirt-restore.service (role "
+                    "gpuvirt.host.vgpu) recreates them from %s" % (reason, state_path(self.root))
+                )
         try:
             state = load_state(self.root)
         except StateFileError as error:
@@ -431,7 +445,12 @@ class MdevModule:
         if changed:
             self.files_changed.append(diff["after_header"])
             self.diff.append(diff)
-        return {"mdevctl": binary is not None, "state_file": state_path(self.root), "files_changed": self.files_changed}
+        return {
+            "mdevctl": binary is not None,
+            "mdevctl_autostart": autostart,
+            "state_file": state_path(self.root),
+            "files_changed": self.files_changed,
+        }
 
     def _persist_mdevctl(self, declared, exclusive, kept, binary):
         definitions = read_mdevctl_definitions(self.root)

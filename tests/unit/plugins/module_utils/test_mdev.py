@@ -308,3 +308,30 @@ def test_defined_uuids_from_mdevctl_dumpjson():
         "7f5b3a3c-6f1e-4e9b-8f3e-1d2c3b4a5f60",
     }
     assert mdev.defined_uuids_from_mdevctl("") == set()
+
+
+DEBIAN_RULE = (
+    'ACTION=="add", TEST=="/etc/mdevctl.d/$kernel", RUN+="/bin/sh -c \'{ /usr/sbin/mdevctl start-parent-mdevs %k '
+    "2>&3 | logger -t mdevctl; } 3>&1 1>&2 | logger -t mdevctl -p 2'\"\n"
+)
+
+
+def write(root, relative, text=""):
+    path = os.path.join(root, relative)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as handle:
+        handle.write(text)
+
+
+def test_mdevctl_autostart_follows_the_udev_rule(lab):
+    assert mdev.mdevctl_autostart(lab) == (False, "no udev rule starts mdevctl's definitions when a parent appears")
+    write(lab, "usr/bin/mdevctl")
+    write(lab, "usr/lib/udev/rules.d/60-mdevctl.rules", DEBIAN_RULE)
+    works, reason = mdev.mdevctl_autostart(lab)
+    assert works is False
+    assert reason == (
+        "mdevctl's udev rule /usr/lib/udev/rules.d/60-mdevctl.rules runs /usr/sbin/mdevctl, which does not exist"
+    )
+    # A local rule of the same name wins over the packaged one.
+    write(lab, "etc/udev/rules.d/60-mdevctl.rules", DEBIAN_RULE.replace("/usr/sbin/", "/usr/bin/"))
+    assert mdev.mdevctl_autostart(lab) == (True, "/etc/udev/rules.d/60-mdevctl.rules runs /usr/bin/mdevctl")

@@ -94,10 +94,20 @@ def test_mdev_already_started_by_mdevctl_is_verified_not_recreated(lab):
     assert not any(HD in value for _path, value in sim.writes)
 
 
+def install_mdevctl(root, binary="usr/sbin/mdevctl", rule_calls="/usr/sbin/mdevctl"):
+    for relative, text in (
+        (binary, ""),
+        ("usr/lib/udev/rules.d/60-mdevctl.rules", 'ACTION=="add", RUN+="%s start-parent-mdevs %%k"\n' % rule_calls),
+    ):
+        path = os.path.join(root, relative)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w") as handle:
+            handle.write(text)
+
+
 def test_mdevctl_gets_the_first_go_at_the_mdevs_it_defines(lab):
     record(lab, lab_state())
-    os.makedirs(os.path.join(lab, "usr/sbin"))
-    open(os.path.join(lab, "usr/sbin/mdevctl"), "w").close()
+    install_mdevctl(lab)
     for value, entry in lab_state().items():
         path = mdev.mdevctl_path(lab, entry["parent"], value)
         os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -116,6 +126,24 @@ def test_mdevctl_gets_the_first_go_at_the_mdevs_it_defines(lab):
     assert messages[MEDIUM[0]] == (
         "created on mbochs (mbochs-medium), read back (mdevctl had not started it within 0.5 s)"
     )
+
+
+def test_no_grace_when_mdevctl_cannot_start_them(lab):
+    """Debian bookworm: the rule calls /usr/sbin/mdevctl, the package installs /usr/bin/mdevctl."""
+    record(lab, lab_state())
+    install_mdevctl(lab, binary="usr/bin/mdevctl")
+    for value, entry in lab_state().items():
+        path = mdev.mdevctl_path(lab, entry["parent"], value)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w") as handle:
+            handle.write(mdev.render_mdevctl_definition(entry["type"]))
+    with KernelSim(lab).active():
+        started = time.monotonic()
+        status, log = run(lab, mdevctl_grace=5.0)
+        took = time.monotonic() - started
+    assert status["ok"] is True and took < 2.0, log
+    assert "mdevctl will not start them (mdevctl's udev rule" in log
+    assert all(r["message"].endswith("read back") for r in status["results"] if r["step"] == "mdevs")
 
 
 def test_a_missing_parent_fails_its_items_only(lab):

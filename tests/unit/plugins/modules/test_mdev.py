@@ -155,7 +155,8 @@ def test_mdevctl_definitions_written_and_pruned(lab, mdev_module):
     with open(stray_path, "w") as handle:
         handle.write('{"mdev_type": "mbochs-small", "start": "auto", "attrs": []}')
     result = mdev_module(lab, diff=True, parents=LAB_DECLARATION)
-    assert result["persistence"]["mdevctl"] is True
+    assert result["persistence"]["mdevctl"] is True and result["persistence"]["mdevctl_autostart"] is False
+    assert any("mdevctl will not start the defined mdevs at boot" in w for w in warnings(result))
     for value in result["created"]:
         parent = "mdpy" if value == deterministic_uuid(MACHINE_ID, "mdpy", "mdpy-hd", 0) else "mbochs"
         with open(os.path.join(lab, "etc/mdevctl.d", parent, value)) as handle:
@@ -170,6 +171,10 @@ def test_mdevctl_definitions_written_and_pruned(lab, mdev_module):
 
 def test_mdevctl_manual_definition_becomes_auto(lab, mdev_module):
     install_mdevctl(lab)
+    rule = os.path.join(lab, "usr/lib/udev/rules.d/60-mdevctl.rules")
+    os.makedirs(os.path.dirname(rule))
+    with open(rule, "w") as handle:
+        handle.write('ACTION=="add", RUN+="/usr/bin/mdevctl start-parent-mdevs %k"\n')
     value = "4b20d080-1b54-4048-85b3-a6a62d165c01"
     path = os.path.join(lab, "etc/mdevctl.d/mdpy", value)
     os.makedirs(os.path.dirname(path))
@@ -177,6 +182,7 @@ def test_mdevctl_manual_definition_becomes_auto(lab, mdev_module):
         handle.write('{"mdev_type": "mdpy-hd", "start": "manual", "attrs": [{"x": "1"}]}')
     result = mdev_module(lab, parents=[{"selector": "mdpy", "mdevs": [{"type": "mdpy-hd", "uuids": [value]}]}])
     assert result["changed"] is True and result["created"] == [value]
+    assert result["persistence"]["mdevctl_autostart"] is True and warnings(result) == []
     with open(path) as handle:
         assert json.load(handle) == {"mdev_type": "mdpy-hd", "start": "auto", "attrs": [{"x": "1"}]}
 
