@@ -24,6 +24,7 @@ the Ansible module, for ``atomic_move`` and ``run_command``):
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import tempfile
@@ -49,6 +50,7 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import (
     link_name,
     list_dir,
     normalize_address,
+    read_hex,
     read_text,
     write_text,
 )
@@ -286,15 +288,20 @@ def _roll_back(root, address, override_set):
 
 
 def release_device(root, address, attempts=10, delay=0.1):
-    """Hand a device back: clear ``driver_override``, unbind from vfio-pci, ``drivers_probe``.
+    """Hand a device back: clear ``driver_override``, unbind from vfio-pci, take its ID out of
+    vfio-pci's dynamic ID table, ``drivers_probe``, read back.
 
-    Returns the driver bound afterwards (the host driver, or None when no driver claims it).
+    After a boot that bound the device through ``options vfio-pci ids=`` (or ``vfio-pci.ids=``)
+    the ID sits in vfio-pci's table and vfio-pci, loaded first, would win the reprobe again; the
+    table is runtime state, rebuilt at the next boot from the configuration. Returns the driver
+    bound afterwards (the host driver, or None when no driver claims it).
     """
     try:
         if read_override(root, address) is not None:
             write_text(device_path(root, address, "driver_override"), "\n")
         if read_driver(root, address) == VFIO_DRIVER:
             write_text(host_path(root, PCI_DRIVERS, VFIO_DRIVER, "unbind"), address)
+            _remove_dynamic_id(root, address)
             write_text(host_path(root, DRIVERS_PROBE), address)
     except SysfsWriteError as error:
         raise VfioError("handing %s back to its host driver failed: %s" % (address, error)) from error
@@ -305,6 +312,18 @@ def release_device(root, address, attempts=10, delay=0.1):
             "check 'dmesg' and whether a process holds the device" % address
         )
     return after
+
+
+def _remove_dynamic_id(root, address):
+    vendor = read_hex(device_path(root, address, "vendor"), 4)
+    device = read_hex(device_path(root, address, "device"), 4)
+    if vendor is None or device is None:
+        return
+    try:
+        write_text(host_path(root, PCI_DRIVERS, VFIO_DRIVER, "remove_id"), "%s %s" % (vendor, device))
+    except SysfsWriteError as error:
+        if error.errno != errno.ENODEV:  # ENODEV: the ID was not in the table
+            raise
 
 
 # ---------------------------------------------------------------------------------- persistence

@@ -13,11 +13,15 @@ Plugs into :class:`sim.mdev_kernel.KernelSim`, which routes the writes of the co
 - ``sys/bus/pci/drivers/<drv>/bind``: binds an unbound device the driver matches, else
   ``ENODEV`` (bound: ``EBUSY``).
 - ``sys/bus/pci/drivers_probe`` with an address: a bound device is left alone; an unbound one is
-  offered to the driver named in ``driver_override`` only, or else to its host driver (the one
-  it had when the simulator started, or as given). A driver that is not loaded (no directory under
-  ``sys/bus/pci/drivers``) binds nothing. vfio-pci's probe fails without an ``iommu_group`` link
+  offered to the driver named in ``driver_override`` only, or else to vfio-pci when its ID is in
+  vfio-pci's dynamic ID table (``vfio_ids``: what ``options vfio-pci ids=`` or ``new_id`` put there;
+  vfio-pci registered first, as its softdeps arrange at boot), or else to its host driver (the
+  one it had when the simulator started, or as given). A driver that is not loaded (no directory
+  under ``sys/bus/pci/drivers``) binds nothing. vfio-pci's probe fails without an ``iommu_group`` link
   (IOMMU off), and for the addresses in ``failing_probe`` (a framebuffer holding the BAR): the
   write succeeds and the device stays unbound, exactly the "accepted but not effective" case.
+- ``sys/bus/pci/drivers/vfio-pci/new_id`` / ``remove_id`` with ``vendor device``: add the ID (and
+  bind the unbound devices it matches) / remove it (``ENODEV`` when it is not in the table).
 - Binding vfio-pci creates ``dev/vfio/<group>``; it goes when the group's last device leaves vfio-pci.
 - The device's ``uevent`` carries ``DRIVER=<name>`` while a driver is bound, as the kernel generates it.
 """
@@ -35,13 +39,21 @@ def _fail(code):
     raise OSError(code, os.strerror(code))
 
 
+def _id(text):
+    """``10de:1e04`` or ``10de 1e04 ...`` -> ``10de:1e04``."""
+    parts = text.replace(":", " ").split()
+    if len(parts) < 2:
+        _fail(errno.EINVAL)
+    return "%04x:%04x" % (int(parts[0], 16), int(parts[1], 16))
+
+
 def _text(value):
     text = value.decode("ascii", "replace")
     return text[:-1] if text.endswith("\n") else text
 
 
 class PciKernel:
-    def __init__(self, sim, host_drivers=None, failing_probe=()):
+    def __init__(self, sim, host_drivers=None, failing_probe=(), vfio_ids=()):
         self.sim = sim
         self.root = sim.root
         state = sim.load()
@@ -55,8 +67,10 @@ class PciKernel:
         pci["host_drivers"].update(host_drivers or {})
         pci["failing_probe"] = sorted(set(pci.get("failing_probe", [])) | set(failing_probe))
         pci.setdefault("blocked", [])
+        pci["vfio_ids"] = sorted(set(pci.get("vfio_ids", [])) | {_id(i) for i in vfio_ids})
         sim.save(state)
         sim.add_handler(r"sys/bus/pci/devices/([^/]+)/driver_override\Z", self._override)
+        sim.add_handler(r"sys/bus/pci/drivers/vfio-pci/(new_id|remove_id)\Z", self._dynamic_id)
         sim.add_handler(r"sys/bus/pci/drivers/([^/]+)/unbind\Z", self._unbind)
         sim.add_handler(r"sys/bus/pci/drivers/([^/]+)/bind\Z", self._bind)
         sim.add_handler(r"sys/bus/pci/drivers_probe\Z", self._probe)
@@ -81,6 +95,13 @@ class PciKernel:
         with open(self.path("sys/bus/pci/devices", address, "driver_override"), encoding="utf-8") as handle:
             text = handle.read().strip()
         return None if text in ("", "(null)") else text
+
+    def id_of(self, address):
+        values = []
+        for name in ("vendor", "device"):
+            with open(self.path("sys/bus/pci/devices", address, name), encoding="utf-8") as handle:
+                values.append(handle.read().strip())
+        return _id(" ".join(values))
 
     def group_of(self, address):
         link = self.path("sys/bus/pci/devices", address, "iommu_group")
@@ -120,11 +141,38 @@ class PciKernel:
             _fail(errno.ENODEV)
         if self.driver_of(address) is not None:
             _fail(errno.EBUSY)
-        override = self.override_of(address)
-        host = self.sim.load()["pci"]["host_drivers"].get(address)
-        if (override or host) != driver or not self._probe_succeeds(address, driver):
+        if self._candidate(address) != driver or not self._probe_succeeds(address, driver):
             _fail(errno.ENODEV)
         self._attach(address, driver)
+
+    def _candidate(self, address):
+        """The driver that matches an unbound device first."""
+        override = self.override_of(address)
+        if override is not None:
+            return override
+        pci = self.sim.load()["pci"]
+        if self.id_of(address) in pci["vfio_ids"] and os.path.isdir(self.path("sys/bus/pci/drivers", VFIO)):
+            return VFIO
+        return pci["host_drivers"].get(address)
+
+    def _dynamic_id(self, match, value):
+        identifier = _id(_text(value))
+        state = self.sim.load()
+        ids = state["pci"]["vfio_ids"]
+        if match.group(1) == "remove_id":
+            if identifier not in ids:
+                _fail(errno.ENODEV)
+            ids.remove(identifier)
+            self.sim.save(state)
+            return
+        if identifier in ids:
+            _fail(errno.EEXIST)
+        ids.append(identifier)
+        self.sim.save(state)
+        for address in self._addresses():
+            if self.driver_of(address) is None and self.id_of(address) == identifier \
+                    and self.override_of(address) in (None, VFIO) and self._probe_succeeds(address, VFIO):
+                self._attach(address, VFIO)
 
     def _probe(self, match, value):
         address = _text(value).strip()
@@ -132,7 +180,7 @@ class PciKernel:
             _fail(errno.ENODEV)
         if self.driver_of(address) is not None:
             return
-        driver = self.override_of(address) or self.sim.load()["pci"]["host_drivers"].get(address)
+        driver = self._candidate(address)
         if driver is None or not os.path.isdir(self.path("sys/bus/pci/drivers", driver)):
             return
         if self._probe_succeeds(address, driver):

@@ -331,10 +331,31 @@ def test_release_returns_the_device_to_its_host_driver(desktop, kernel):
     assert pci.sim.writes == [
         ("sys/bus/pci/devices/0000:01:00.0/driver_override", "\n"),
         ("sys/bus/pci/drivers/vfio-pci/unbind", "0000:01:00.0"),
+        ("sys/bus/pci/drivers/vfio-pci/remove_id", "10de 1e04"),  # not in the table: ENODEV, ignored
         ("sys/bus/pci/drivers_probe", "0000:01:00.0"),
     ]
     assert vfio.read_override(desktop, GPU) is None
     assert not os.path.exists(os.path.join(desktop, "dev/vfio/2"))
+
+
+def test_release_of_a_device_claimed_by_ids_removes_the_dynamic_id(make_host, kernel):
+    # As after a boot with "options vfio-pci ids=10de:1e04": no override, vfio-pci's ID table has the
+    # ID, and a plain reprobe would hand the device straight back to vfio-pci.
+    root = make_host(
+        "desktop_dgpu",
+        kernel={"modules": MODULES},
+        patch_devices={"01:00.0": {"driver": "vfio-pci"}},
+        # nvidia is loaded, only bound to nothing: give it its driver directory.
+        add_devices=[{"address": "06:00.0", "ids": "10de:1eb8", "class": "030200", "driver": "nvidia", "group": 11}],
+    )
+    pci = kernel(root, host_drivers={GPU: "nvidia"}, vfio_ids=["10de:1e04"])
+    with pci.sim.active():
+        assert vfio.release_device(root, GPU) == "nvidia"
+    assert pci.sim.writes == [
+        ("sys/bus/pci/drivers/vfio-pci/unbind", "0000:01:00.0"),
+        ("sys/bus/pci/drivers/vfio-pci/remove_id", "10de 1e04"),
+        ("sys/bus/pci/drivers_probe", "0000:01:00.0"),
+    ]
 
 
 def test_release_without_a_host_driver_leaves_it_unbound(make_host, kernel):

@@ -430,6 +430,29 @@ def test_absent_hands_the_devices_back_and_removes_the_boot_configuration(deskto
     assert again["changed"] is False
 
 
+def test_absent_after_a_boot_that_bound_them_by_id(make_host, vfio_pci):
+    """After a reboot vfio-pci holds the devices through its ID table, not an override: handing
+    them back must take the IDs out of the table, or the reprobe gives them straight back."""
+    root = make_host(
+        "desktop_dgpu",
+        kernel={"modules": MODULES},
+        patch_devices={a: {"driver": "vfio-pci"} for a in GPU_FUNCTIONS},
+        files={MODPROBE: vfio.render_modprobe_conf(GPU_IDS)},
+        # The host drivers are loaded, only bound to nothing of this card: give them their directories.
+        add_devices=[
+            {"address": "06:00.0", "ids": "10de:1eb8", "class": "030200", "driver": "nvidia", "group": 11},
+            {"address": "06:00.3", "ids": "10de:1ad7", "class": "0c8000", "driver": "nvidia-gpu", "group": 11},
+        ],
+    )
+    kernel = PciKernel(KernelSim(root), host_drivers=HOST_DRIVERS, vfio_ids=GPU_IDS)
+    runtime_only = vfio_pci(root, kernel=kernel, devices=[GPU], state="absent", persistent="none")
+    assert runtime_only["rc"] == 0, runtime_only
+    assert drivers(root) == HOST_DRIVERS
+    assert vfio.modprobe_ids(read(root, MODPROBE)) == GPU_IDS  # persistent: none leaves the boot alone
+    again = vfio_pci(root, kernel=kernel, devices=[GPU], persistent="none")
+    assert again["changed"] is True and drivers(root) == {a: "vfio-pci" for a in GPU_FUNCTIONS}
+
+
 def test_absent_keeps_the_ids_of_other_devices(make_host, vfio_pci):
     root = make_host("desktop_dgpu", kernel={"modules": MODULES},
                      files={MODPROBE: "options vfio-pci ids=10de:1e04,10de:10f7,1002:73bf\n"})
