@@ -28,7 +28,9 @@ runs, so one missing device does not keep the others from coming back).
 from __future__ import annotations
 
 import argparse
+import ast
 import contextlib
+import importlib
 import json
 import os
 import shutil
@@ -37,7 +39,7 @@ import sys
 import tempfile
 import time
 
-from ansible_collections.gpuvirt.host.plugins.module_utils import hoststate, mdev, sriov
+from ansible_collections.gpuvirt.host.plugins.module_utils import hoststate, mdev, nvidia_vgpu, sriov
 from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import (
     MDEV_BUS,
     PCI_DEVICES,
@@ -49,6 +51,10 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import (
 
 STATUS_PATH = "run/gpuvirt/restore.json"
 STEPS = ("driver", "sriov", "nvidia_vgpu", "mdevs")
+UNIT_NAME = "gpuvirt-restore.service"
+UNIT_DIR = "etc/systemd/system"
+WANTED_BY = "multi-user.target"
+PACKAGE = __name__.rsplit(".", 1)[0]  # ansible_collections.gpuvirt.host.plugins.module_utils
 
 
 class RestoreError(Exception):
@@ -235,8 +241,6 @@ class Restore:
         entries = self.state.get("nvidia_vgpu") or {}
         if not entries:
             return
-        from ansible_collections.gpuvirt.host.plugins.module_utils import nvidia_vgpu
-
         for vf, entry in sorted(entries.items()):
             self._item("nvidia_vgpu", vf, lambda vf=vf, entry=entry: self._restore_vgpu(nvidia_vgpu, vf, entry))
 
@@ -337,6 +341,57 @@ class Restore:
             )
         )
         return status
+
+
+def render_unit(prefix, python, timeout, mdevctl_grace):
+    """The text of ``gpuvirt-restore.service``."""
+    command = "%s -m %s.restore --timeout %g --mdevctl-grace %g" % (python, PACKAGE, timeout, mdevctl_grace)
+    return (
+        "# Managed by gpuvirt.host.restore_unit; edits are overwritten.\n"
+        "# Brings back what gpuvirt.host recorded in /etc/gpuvirt/host-state.json: SR-IOV virtual\n"
+        "# functions, NVIDIA vGPU types, then mediated devices, each read back. `journalctl -u\n"
+        "# gpuvirt-restore` and /run/gpuvirt/restore.json give each step and the time from boot to restored.\n"
+        "[Unit]\n"
+        "Description=Restore GPU virtualization devices (SR-IOV VFs, vGPU types, mediated devices)\n"
+        "After=systemd-modules-load.service\n"
+        "Before=libvirtd.service virtqemud.service\n"
+        "\n"
+        "[Service]\n"
+        "Type=oneshot\n"
+        "RemainAfterExit=yes\n"
+        "Environment=PYTHONPATH=%s\n"
+        "ExecStart=%s\n"
+        "TimeoutStartSec=%d\n"
+        "\n"
+        "[Install]\n"
+        "WantedBy=%s\n" % (prefix, command, int(timeout * 4 + mdevctl_grace + 60), WANTED_BY)
+    )
+
+
+def code_sources(start="restore"):
+    """``{file name: source}`` of ``start`` and every collection module_utils it imports, recursively.
+
+    Sources are read through the modules' loaders, so this works from a checkout and from the zip
+    Ansible sends to a target alike: what gets installed is exactly what the restore imports.
+    """
+    sources = {}
+    pending = [start]
+    while pending:
+        name = pending.pop()
+        if name + ".py" in sources:
+            continue
+        full = "%s.%s" % (PACKAGE, name)
+        module = importlib.import_module(full)
+        source = module.__loader__.get_source(full)
+        if source is None:
+            raise RuntimeError("cannot read the source of %s to install it" % full)
+        sources[name + ".py"] = source
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, ast.ImportFrom) and node.module == PACKAGE:
+                pending.extend(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith(PACKAGE + "."):
+                pending.append(node.module[len(PACKAGE) + 1 :])
+    return dict(sorted(sources.items()))
 
 
 def write_status(path, status):
