@@ -64,8 +64,9 @@ options:
   state:
     description:
       - V(present) binds the devices to vfio-pci; V(absent) hands them back to their host drivers
-        (clears C(driver_override), unbinds, reprobes) and removes them from every boot-time
-        configuration this module manages, unless O(persistent=none).
+        (clears C(driver_override), unbinds, takes their IDs out of vfio-pci's runtime ID table so
+        that the reprobe does not give them straight back, reprobes) and removes them from every
+        boot-time configuration this module manages, unless O(persistent=none).
     type: str
     choices: [present, absent]
     default: present
