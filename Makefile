@@ -38,6 +38,7 @@ test: unit lint sanity molecule  ## Run every test
 unit: collection  ## Unit, module, fuzz and installed-collection tests (pytest)
 	$(PY) -m pytest tests/unit tests/collection
 
+lint: export ANSIBLE_HOME := $(abspath $(BUILD))/ansible-home
 lint: collection  ## ruff and ansible-lint (production profile)
 	$(BIN)/ruff check .
 	$(BIN)/ansible-lint --profile production --offline
