@@ -30,9 +30,9 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 
+from ansible_collections.gpuvirt.host.plugins.module_utils.files import write_temp
 from ansible_collections.gpuvirt.host.plugins.module_utils.kernel import parse_cmdline, read_cmdline
 from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import host_path, list_dir
 
@@ -1241,14 +1241,9 @@ def _plan_grubby(module, root, host, present, absent, update):
 
 def _write(module, edit):
     full = _target_in_root(edit.root, edit.full_path)
-    directory = os.path.dirname(full)
     try:
-        os.makedirs(directory, mode=0o755, exist_ok=True)
         mode = os.stat(full).st_mode & 0o7777 if os.path.exists(full) else 0o644
-        fd, temp = tempfile.mkstemp(prefix=".%s." % os.path.basename(full), dir=directory)
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-            handle.write(edit.after)
-        os.chmod(temp, mode)
+        temp = write_temp(full, edit.after, mode=mode, newline="")
     except OSError as error:
         raise BootloaderError("cannot write %s: %s" % (full, error)) from error
     module.atomic_move(temp, full)

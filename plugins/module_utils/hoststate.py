@@ -21,9 +21,8 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import tempfile
 
+from ansible_collections.gpuvirt.host.plugins.module_utils.files import update_file
 from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import host_path
 
 STATE_PATH = "etc/gpuvirt/host-state.json"
@@ -86,22 +85,4 @@ def render_state(state):
 
 def write_state(module, root, state):
     """Write ``state`` atomically when it differs from the file; return (changed, diff)."""
-    path = state_path(root)
-    try:
-        with open(path, encoding="utf-8") as handle:
-            before = handle.read()
-    except FileNotFoundError:
-        before = ""
-    after = render_state(state)
-    diff = {"before": before, "after": after, "before_header": path, "after_header": path}
-    if before == after:
-        return False, diff
-    if not module.check_mode:
-        directory = os.path.dirname(path)
-        os.makedirs(directory, mode=0o755, exist_ok=True)
-        fd, temp = tempfile.mkstemp(prefix=".host-state.", dir=directory)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(after)
-        os.chmod(temp, 0o644)
-        module.atomic_move(temp, path)
-    return True, diff
+    return update_file(module, state_path(root), render_state(state), prefix=".host-state.")

@@ -48,13 +48,12 @@ from __future__ import annotations
 import copy
 import errno
 import json
-import os
 import re
-import tempfile
 import time
 from dataclasses import dataclass, field
 
 from ansible_collections.gpuvirt.host.plugins.module_utils import sysfs
+from ansible_collections.gpuvirt.host.plugins.module_utils.files import update_file
 from ansible_collections.gpuvirt.host.plugins.module_utils.iommu import vfio_holders
 from ansible_collections.gpuvirt.host.plugins.module_utils.mdev_info import list_mdev_parents, read_mdev_types
 from ansible_collections.gpuvirt.host.plugins.module_utils.mdev_info import mdevs as list_mdevs
@@ -724,22 +723,4 @@ def render_cache(cache):
 
 def write_cache(module, root, cache):
     """Write the cache atomically when it differs; returns ``(changed, diff)``."""
-    path = cache_path(root)
-    try:
-        with open(path, encoding="utf-8") as handle:
-            before = handle.read()
-    except FileNotFoundError:
-        before = ""
-    after = render_cache(cache)
-    diff = {"before": before, "after": after, "before_header": path, "after_header": path}
-    if before == after:
-        return False, diff
-    if not module.check_mode:
-        directory = os.path.dirname(path)
-        os.makedirs(directory, mode=0o755, exist_ok=True)
-        fd, temp = tempfile.mkstemp(prefix=".nvidia-vgpu-types.", dir=directory)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(after)
-        os.chmod(temp, 0o644)
-        module.atomic_move(temp, path)
-    return True, diff
+    return update_file(module, cache_path(root), render_cache(cache), prefix=".nvidia-vgpu-types.")

@@ -36,10 +36,10 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 
 from ansible_collections.gpuvirt.host.plugins.module_utils import hoststate, mdev, nvidia_vgpu, sriov
+from ansible_collections.gpuvirt.host.plugins.module_utils.files import write_temp
 from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import (
     MDEV_BUS,
     PCI_DEVICES,
@@ -396,13 +396,7 @@ def code_sources(start="restore"):
 
 def write_status(path, status):
     """Write the status file atomically (readers may poll it while the unit runs)."""
-    directory = os.path.dirname(path)
-    os.makedirs(directory, mode=0o755, exist_ok=True)
-    fd, temp = tempfile.mkstemp(prefix=".restore.", dir=directory)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        json.dump(status, handle, indent=2, sort_keys=True)
-        handle.write("\n")
-    os.chmod(temp, 0o644)
+    temp = write_temp(path, json.dumps(status, indent=2, sort_keys=True) + "\n", prefix=".restore.")
     os.replace(temp, path)
 
 

@@ -27,13 +27,13 @@ from __future__ import annotations
 import errno
 import os
 import re
-import tempfile
 import time
 from dataclasses import dataclass, field
 
 from ansible_collections.gpuvirt.host.plugins.module_utils import bootloader, initramfs
 from ansible_collections.gpuvirt.host.plugins.module_utils.bootloader import find_binary, is_host_root
 from ansible_collections.gpuvirt.host.plugins.module_utils.critical import critical_devices
+from ansible_collections.gpuvirt.host.plugins.module_utils.files import write_temp
 from ansible_collections.gpuvirt.host.plugins.module_utils.iommu import read_iommu, vfio_holders
 from ansible_collections.gpuvirt.host.plugins.module_utils.kernel import read_kernel
 from ansible_collections.gpuvirt.host.plugins.module_utils.pci import (
@@ -439,12 +439,7 @@ def apply_file(module, change):
         if change.after is None:
             os.unlink(full)
             return
-        directory = os.path.dirname(full)
-        os.makedirs(directory, mode=0o755, exist_ok=True)
-        fd, temp = tempfile.mkstemp(prefix=".%s." % os.path.basename(full), dir=directory)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(change.after)
-        os.chmod(temp, 0o644)
+        temp = write_temp(full, change.after)
     except OSError as error:
         raise VfioError("cannot write %s: %s" % (change.display_path, error)) from error
     module.atomic_move(temp, full)

@@ -252,10 +252,10 @@ reboot_required:
 """
 
 import os  # noqa: E402
-import tempfile  # noqa: E402
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
 
+from ansible_collections.gpuvirt.host.plugins.module_utils.files import file_diff, write_atomic  # noqa: E402
 from ansible_collections.gpuvirt.host.plugins.module_utils.hoststate import (  # noqa: E402
     StateFileError,
     load_state,
@@ -497,16 +497,10 @@ class MdevModule:
 
     def _write_file(self, path, text, before):
         self.files_changed.append(path)
-        self.diff.append({"before": before or "", "after": text, "before_header": path, "after_header": path})
+        self.diff.append(file_diff(path, before or "", text))
         if self.module.check_mode:
             return
-        directory = os.path.dirname(path)
-        os.makedirs(directory, mode=0o755, exist_ok=True)
-        fd, temp = tempfile.mkstemp(prefix=".gpuvirt.", dir=directory)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.chmod(temp, 0o644)
-        self.module.atomic_move(temp, path)
+        write_atomic(self.module, path, text, prefix=".gpuvirt.")
 
     def _remove_file(self, path, before):
         self.files_changed.append(path)

@@ -119,10 +119,10 @@ reboot_required:
 
 import hashlib  # noqa: E402
 import os  # noqa: E402
-import tempfile  # noqa: E402
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
 
+from ansible_collections.gpuvirt.host.plugins.module_utils.files import write_temp  # noqa: E402
 from ansible_collections.gpuvirt.host.plugins.module_utils.restore import (  # noqa: E402
     PACKAGE,
     UNIT_DIR,
@@ -238,13 +238,8 @@ class RestoreUnit:
         self.changed_files.append(path)
         if self.module.check_mode:
             return
-        directory = os.path.dirname(path)
         try:
-            os.makedirs(directory, mode=0o755, exist_ok=True)
-            fd, temp = tempfile.mkstemp(prefix=".gpuvirt.", dir=directory)
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.write(text)
-            os.chmod(temp, 0o644)
+            temp = write_temp(path, text, prefix=".gpuvirt.")
         except OSError as error:
             self.module.fail_json(msg="cannot write %s: %s" % (path, error), changed=bool(self.changed_files[:-1]))
         self.module.atomic_move(temp, path)
