@@ -66,9 +66,8 @@ def mediated_lab(**changes):
     return description
 
 
-def hold(root, value, pid=4242, comm="qemu-system-x86"):
-    """Make a fake process hold mdev ``value``'s VFIO group open, as a running VM does."""
-    group = os.path.basename(os.readlink(os.path.join(root, "sys/bus/mdev/devices", value, "iommu_group")))
+def hold_vfio_group(root, group, pid=4242, comm="qemu-system-x86", fd=20):
+    """Make a fake process (``pid``, ``comm``) hold ``/dev/vfio/<group>`` open, as a running VM does."""
     os.makedirs(os.path.join(root, "dev/vfio"), exist_ok=True)
     with open(os.path.join(root, "dev/vfio", group), "w"):
         pass
@@ -76,7 +75,13 @@ def hold(root, value, pid=4242, comm="qemu-system-x86"):
     os.makedirs(fd_dir, exist_ok=True)
     with open(os.path.join(root, "proc", str(pid), "comm"), "w") as handle:
         handle.write(comm + "\n")
-    os.symlink("/dev/vfio/" + group, os.path.join(fd_dir, "20"))
+    os.symlink("/dev/vfio/" + group, os.path.join(fd_dir, str(fd)))
+
+
+def hold(root, value, pid=4242, comm="qemu-system-x86"):
+    """Make a fake process hold mdev ``value``'s VFIO group open, as a running VM does."""
+    group = os.path.basename(os.readlink(os.path.join(root, "sys/bus/mdev/devices", value, "iommu_group")))
+    hold_vfio_group(root, group, pid, comm)
     return pid
 
 

@@ -8,6 +8,8 @@ import json
 import os
 
 from ansible_collections.gpuvirt.host.plugins.module_utils.pci import PciIds, read_pci_devices
+from ansible_collections.gpuvirt.host.tests.sim.hosts import hold_vfio_group
+from ansible_collections.gpuvirt.host.tests.sim.hosts import tree_state as snapshot  # noqa: F401 (re-exported)
 
 NVME = "0000:04:00.0"
 STATE = "etc/gpuvirt/host-state.json"
@@ -43,13 +45,7 @@ NVME_HOST = {
 def hold_group(root, address, pid=4242):
     """Make a fake VM process hold the VFIO group of ``address``; returns the group."""
     group = os.path.basename(os.readlink(os.path.join(root, "sys/bus/pci/devices", address, "iommu_group")))
-    os.makedirs(os.path.join(root, "dev/vfio"), exist_ok=True)
-    open(os.path.join(root, "dev/vfio", group), "w").close()
-    fd_dir = os.path.join(root, "proc", str(pid), "fd")
-    os.makedirs(fd_dir, exist_ok=True)
-    with open(os.path.join(root, "proc", str(pid), "comm"), "w") as handle:
-        handle.write("qemu-system-x86\n")
-    os.symlink("/dev/vfio/" + group, os.path.join(fd_dir, "30"))
+    hold_vfio_group(root, group, pid, fd=30)
     return group
 
 
@@ -61,23 +57,6 @@ def devices_of(root):
         device.vendor_name = ids.vendor_name(device.vendor_id)
         device.device_name = ids.device_name(device.vendor_id, device.device_id)
     return devices
-
-
-def snapshot(root):
-    """Every file and link below ``root`` (the simulator's bookkeeping aside), to prove nothing changed."""
-    state = {}
-    for directory, dirs, files in os.walk(root):
-        for name in files + [d for d in dirs if os.path.islink(os.path.join(directory, d))]:
-            path = os.path.join(directory, name)
-            relative = os.path.relpath(path, root)
-            if relative == ".kernel-sim.json":
-                continue
-            if os.path.islink(path):
-                state[relative] = "-> " + os.readlink(path)
-            else:
-                with open(path, "rb") as handle:
-                    state[relative] = handle.read()
-    return state
 
 
 def recorded(root):
