@@ -8,10 +8,12 @@ import json
 import os
 
 from ansible_collections.gpuvirt.host.plugins.module_utils.pci import PciIds, read_pci_devices
-from ansible_collections.gpuvirt.host.tests.sim.hosts import hold_vfio_group
-from ansible_collections.gpuvirt.host.tests.sim.hosts import tree_state as snapshot  # noqa: F401 (re-exported)
+from ansible_collections.gpuvirt.host.tests.sim.hosts import hold_vfio_group, tree_state
 
 NVME = "0000:04:00.0"
+
+# The sriov and nvidia_vgpu tests prove "nothing changed" with the same snapshot as the others.
+snapshot = tree_state
 STATE = "etc/gpuvirt/host-state.json"
 
 # A small host with an SR-IOV NVMe like the QEMU lab's (sriov_totalvfs 4, nvme driver) and a NIC
