@@ -41,7 +41,7 @@ from fractions import Fraction
 from ansible_collections.gpuvirt.host.plugins.module_utils import sysfs
 from ansible_collections.gpuvirt.host.plugins.module_utils.iommu import vfio_holders
 from ansible_collections.gpuvirt.host.plugins.module_utils.mdev_info import mdev_parents, mdevs
-from ansible_collections.gpuvirt.host.plugins.module_utils.pci import PciIds, read_pci_devices
+from ansible_collections.gpuvirt.host.plugins.module_utils.pci import name_devices, read_pci_devices
 from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import (
     MDEV_BUS,
     MDEV_DEVICES,
@@ -140,11 +140,7 @@ def read_snapshot(root, host_id=None):
             holders=["%s (pid %d)" % (user["comm"] or "?", user["pid"]) for user in users],
         )
     devices = read_pci_devices(root)
-    pci_ids = PciIds.load(root)
-    if pci_ids is not None:
-        for device in devices.values():
-            device.vendor_name = pci_ids.vendor_name(device.vendor_id)
-            device.device_name = pci_ids.device_name(device.vendor_id, device.device_id)
+    name_devices(root, devices)
     return Snapshot(parents=parents, mdevs=current, devices=devices, host_id=host_id or read_host_id(root))
 
 

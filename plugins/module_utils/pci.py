@@ -12,7 +12,8 @@ Public API (every reader takes the host ``root``; none raises on a bad attribute
 - :func:`companions` ``(devices, address, slots=None) -> list[str]`` (other functions of the same
   slot), :func:`slot_index` ``(devices) -> dict[str, list[str]]``
 - :func:`class_name` ``(class_code) -> str | None``, :func:`is_gpu_class`, :func:`is_bridge_class`
-- :class:`PciIds` -- lazy vendor/device name lookup in the host's ``pci.ids``.
+- :class:`PciIds` -- lazy vendor/device name lookup in the host's ``pci.ids``;
+  :func:`name_devices` ``(root, devices) -> PciIds | None`` names a whole host at once.
 - ``HOST_GRAPHICS_DRIVERS`` -- drivers that drive a GPU for the host itself.
 
 ``PciDevice.path`` is ``sys/bus/pci/devices/<address>`` below the root (the kernel follows the
@@ -24,6 +25,7 @@ attributes as the fallback. Reading ~600 devices takes a few milliseconds, so ca
 from __future__ import annotations
 
 import gzip
+import mmap
 import os
 import re
 from dataclasses import dataclass, field
@@ -561,18 +563,20 @@ PCI_IDS_PATHS = (
 _HEX4 = re.compile(r"[0-9a-f]{4}\Z")
 _TOP_LEVEL = re.compile(rb"\n[^\t#\n]")
 _VENDOR_LINE = re.compile(rb"\n([0-9a-f]{4})  ([^\n]*)")
+_FIRST_VENDOR_LINE = re.compile(rb"([0-9a-f]{4})  ([^\n]*)")
 
 
 class PciIds:
     """Vendor and device names from a ``pci.ids`` database.
 
-    The file holds some 40,000 lines. One regex pass indexes the ~2,500 vendor lines (about 1 ms);
-    each distinct device is then found with a byte search inside its vendor's block and cached, so
-    a host costs a few milliseconds instead of a full parse.
+    The file holds some 40,000 lines and is mapped, not copied: a lookup touches only the pages it
+    reads. One regex pass finds the vendor lines wanted (about 1 ms for the whole file); each
+    vendor's block is then searched for its devices, so naming a host costs a few milliseconds
+    instead of a full parse.
     """
 
     def __init__(self, data):
-        self._data = b"\n" + data
+        self._data = data
         self._vendors = None
         self._vendor_names = {}
         self._devices = {}
@@ -587,32 +591,39 @@ class PciIds:
                     with gzip.open(path, "rb") as handle:
                         return cls(handle.read())
                 with open(path, "rb") as handle:
-                    return cls(handle.read())
+                    return cls(_mapped(handle))
             except (OSError, EOFError, ValueError):
                 continue
         return None
 
+    def _vendor_lines(self, pattern):
+        """``(vendor_id bytes, name bytes, line start, line end)`` of the vendor lines ``pattern``
+        (which starts at a newline) matches, the file's first line included."""
+        data = self._data
+        first = _FIRST_VENDOR_LINE.match(data)
+        if first is not None and pattern.match(b"\n" + data[: first.end()]):
+            yield first.group(1), first.group(2), 0, first.end()
+        for match in pattern.finditer(data):
+            yield match.group(1), match.group(2), match.start(), match.end()
+
     def _vendor_index(self):
-        """``{vendor_id bytes: (vendor line match, end of the vendor's block)}``."""
+        """``{vendor_id bytes: (name bytes, start of the block, end of the block)}``."""
         if self._vendors is None:
             # Class lines (``C 03  ...``) and their ``\t00  `` subclasses never match a vendor or a
             # 4-digit device line, so the class section needs no special casing.
-            data = self._data
-            limit = len(data)
-            matches = list(_VENDOR_LINE.finditer(data))
-            ends = [match.start() for match in matches[1:]] + [limit]
-            self._vendors = {match.group(1): (match, end) for match, end in zip(matches, ends)}
+            lines = list(self._vendor_lines(_VENDOR_LINE))
+            ends = [line[2] for line in lines[1:]] + [len(self._data)]
+            self._vendors = {}
+            for (vendor_id, name, _start, end), block_end in zip(lines, ends):
+                self._vendors.setdefault(vendor_id, (name, end, block_end))
         return self._vendors
-
-    def _vendor(self, vendor_id):
-        return self._vendor_index().get(vendor_id.encode("ascii", "replace"))
 
     def vendor_name(self, vendor_id):
         if not vendor_id:
             return None
         if vendor_id not in self._vendor_names:
-            entry = self._vendor(vendor_id)
-            self._vendor_names[vendor_id] = _decode(entry[0].group(2)) if entry else None
+            entry = self._vendor_index().get(vendor_id.encode("ascii", "replace"))
+            self._vendor_names[vendor_id] = _decode(entry[0]) if entry else None
         return self._vendor_names[vendor_id]
 
     def names(self, pairs):
@@ -632,25 +643,23 @@ class PciIds:
             return result
         data = self._data
         vendors = re.compile(rb"\n(" + b"|".join(v.encode("ascii") for v in sorted(wanted)) + rb")  ([^\n]*)")
-        seen = set()
-        for match in vendors.finditer(data):
-            vendor_id = match.group(1).decode("ascii")
-            if vendor_id in seen:
+        for raw_id, name, _start, line_end in self._vendor_lines(vendors):
+            vendor_id = raw_id.decode("ascii")
+            if vendor_id in self._vendor_names:
                 continue  # the first line of a vendor wins, as in the lookups above
-            seen.add(vendor_id)
-            self._vendor_names[vendor_id] = _decode(match.group(2))
-            block_end = _TOP_LEVEL.search(data, match.end())
+            self._vendor_names[vendor_id] = _decode(name)
+            block_end = _TOP_LEVEL.search(data, line_end)
             end = block_end.start() if block_end else len(data)
             found = {}
             if wanted[vendor_id]:
                 devices = re.compile(
                     rb"\n\t(" + b"|".join(d.encode("ascii") for d in sorted(wanted[vendor_id])) + rb")  ([^\n]*)"
                 )
-                for device in devices.finditer(data, match.end(), end):
+                for device in devices.finditer(data, line_end, end):
                     found.setdefault(device.group(1).decode("ascii"), _decode(device.group(2)))
             for device_id in wanted[vendor_id]:
                 self._devices[(vendor_id, device_id)] = found.get(device_id)
-        for vendor_id in set(wanted) - seen:
+        for vendor_id in set(wanted) - set(self._vendor_names):
             self._vendor_names[vendor_id] = None
             for device_id in wanted[vendor_id]:
                 self._devices[(vendor_id, device_id)] = None
@@ -667,16 +676,37 @@ class PciIds:
         return self._devices[key]
 
     def _find_device(self, vendor_id, device_id):
-        entry = self._vendor(vendor_id)
+        entry = self._vendor_index().get(vendor_id.encode("ascii", "replace"))
         if entry is None:
             return None
         data = self._data
-        start, end = entry[0].end(), entry[1]
+        _name, start, end = entry
         position = data.find(b"\n\t" + device_id.encode("ascii", "replace") + b"  ", start, end)
         if position < 0:
             return None
         line_end = data.find(b"\n", position + 1, end)
         return _decode(data[position + 8 : line_end if line_end >= 0 else end])
+
+
+def name_devices(root, devices):
+    """Set ``vendor_name`` and ``device_name`` of ``devices`` (``{address: PciDevice}``) from the
+    host's ``pci.ids``; they stay None when the host has none. Returns the loaded :class:`PciIds`
+    (None without one) for later lookups."""
+    pci_ids = PciIds.load(root)
+    if pci_ids is not None:
+        names = pci_ids.names({(device.vendor_id, device.device_id) for device in devices.values()})
+        for device in devices.values():
+            device.vendor_name, device.device_name = names[(device.vendor_id, device.device_id)]
+    return pci_ids
+
+
+def _mapped(handle):
+    """The file's bytes as a read-only map (pages are read as touched, nothing is copied)."""
+    try:
+        return mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+    except (OSError, ValueError):
+        # An empty file cannot be mapped, nor can some special files: read them.
+        return handle.read()
 
 
 def _decode(raw):

@@ -47,8 +47,8 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.kernel import (
 from ansible_collections.gpuvirt.host.plugins.module_utils.mdev_info import mdev_parents, mdevs
 from ansible_collections.gpuvirt.host.plugins.module_utils.pci import (
     HOST_GRAPHICS_DRIVERS,
-    PciIds,
     companions,
+    name_devices,
     read_pci_devices,
     slot_index,
 )
@@ -159,11 +159,7 @@ def detect(root="/"):
     cpu = read_cpu(root, findings)
     iommu = read_iommu(root, cmdline)
     devices = read_pci_devices(root, findings)
-    pci_ids = PciIds.load(root)
-    if pci_ids is not None:
-        names = pci_ids.names({(device.vendor_id, device.device_id) for device in devices.values()})
-        for device in devices.values():
-            device.vendor_name, device.device_name = names[(device.vendor_id, device.device_id)]
+    name_devices(root, devices)
     groups = groups_from_devices(devices)
     holders = vfio_holders(root, findings)
     critical = critical_devices(root)

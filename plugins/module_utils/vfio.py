@@ -37,8 +37,8 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.files import write_te
 from ansible_collections.gpuvirt.host.plugins.module_utils.iommu import read_iommu, vfio_holders
 from ansible_collections.gpuvirt.host.plugins.module_utils.kernel import read_kernel
 from ansible_collections.gpuvirt.host.plugins.module_utils.pci import (
-    PciIds,
     companions,
+    name_devices,
     read_pci_devices,
     slot_index,
 )
@@ -472,11 +472,7 @@ def read_host(root):
     kernel = read_kernel(root)
     iommu = read_iommu(root, kernel["cmdline"] or [])
     devices = read_pci_devices(root)
-    pci_ids = PciIds.load(root)
-    if pci_ids is not None:
-        for device in devices.values():
-            device.vendor_name = pci_ids.vendor_name(device.vendor_id)
-            device.device_name = pci_ids.device_name(device.vendor_id, device.device_id)
+    name_devices(root, devices)
     return HostView(
         root=root,
         devices=devices,

@@ -320,7 +320,7 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.nvidia_vgpu import ( 
     wait_for_vf_interfaces,
     write_cache,
 )
-from ansible_collections.gpuvirt.host.plugins.module_utils.pci import PciIds, read_pci_devices  # noqa: E402
+from ansible_collections.gpuvirt.host.plugins.module_utils.pci import name_devices, read_pci_devices  # noqa: E402
 from ansible_collections.gpuvirt.host.plugins.module_utils.sriov import (  # noqa: E402
     SriovError,
     enable_vfs_with_sriov_manage,
@@ -378,11 +378,7 @@ class NvidiaVgpuModule:
 
     def _select(self):
         devices = read_pci_devices(self.root)
-        pci_ids = PciIds.load(self.root)
-        if pci_ids is not None:
-            for device in devices.values():
-                device.vendor_name = pci_ids.vendor_name(device.vendor_id)
-                device.device_name = pci_ids.device_name(device.vendor_id, device.device_id)
+        pci_ids = name_devices(self.root, devices)
         holders = vfio_holders(self.root)
         mdev_list = mdevs(self.root)
         owner = {}

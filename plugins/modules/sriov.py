@@ -180,7 +180,7 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.hoststate import (  #
 )
 from ansible_collections.gpuvirt.host.plugins.module_utils.iommu import vfio_holders  # noqa: E402
 from ansible_collections.gpuvirt.host.plugins.module_utils.mdev_info import mdevs  # noqa: E402
-from ansible_collections.gpuvirt.host.plugins.module_utils.pci import PciIds, read_pci_devices  # noqa: E402
+from ansible_collections.gpuvirt.host.plugins.module_utils.pci import name_devices, read_pci_devices  # noqa: E402
 from ansible_collections.gpuvirt.host.plugins.module_utils.sriov import (  # noqa: E402
     SriovError,
     read_sriov,
@@ -249,11 +249,7 @@ class SriovModule:
 
     def _devices(self):
         devices = read_pci_devices(self.root)
-        pci_ids = PciIds.load(self.root)
-        if pci_ids is not None:
-            for device in devices.values():
-                device.vendor_name = pci_ids.vendor_name(device.vendor_id)
-                device.device_name = pci_ids.device_name(device.vendor_id, device.device_id)
+        name_devices(self.root, devices)
         return devices
 
     def _plan(self, declarations):

@@ -178,6 +178,35 @@ def test_pci_ids_found_in_hwdata_or_gzipped(tmp_path):
     assert PciIds.load(str(tmp_path)).vendor_name("10de") == "NVIDIA Corporation"
 
 
+def test_pci_ids_mapped_from_disk_names_a_whole_host_like_single_lookups(tmp_path):
+    path = tmp_path / "usr" / "share" / "hwdata" / "pci.ids"
+    path.parent.mkdir(parents=True)
+    # A vendor on the very first line has no newline before it.
+    path.write_bytes(b"1af4  Red Hat, Inc.\n\t1050  Virtio 1.0 GPU\n" + PCI_IDS)
+    pairs = {("1af4", "1050"), ("10de", "1e04"), ("10de", "20b6"), ("1234", "20b6"), ("abcd", "0001"), (None, None)}
+
+    names = PciIds.load(str(tmp_path)).names(pairs)
+
+    single = PciIds.load(str(tmp_path))
+    assert names == {pair: (single.vendor_name(pair[0]), single.device_name(*pair)) for pair in pairs}
+    assert names[("1af4", "1050")] == ("Red Hat, Inc.", "Virtio 1.0 GPU")
+    assert names[("10de", "20b6")] == ("NVIDIA Corporation", None)
+
+
+def test_an_empty_pci_ids_is_a_database_without_names(tmp_path):
+    empty = tmp_path / "usr" / "share" / "hwdata" / "pci.ids"
+    empty.parent.mkdir(parents=True)
+    empty.write_bytes(b"")
+    later = tmp_path / "usr" / "share" / "misc" / "pci.ids"
+    later.parent.mkdir(parents=True)
+    later.write_bytes(PCI_IDS)
+
+    ids = PciIds.load(str(tmp_path))
+
+    assert ids is not None, "the first pci.ids found is the host's, even when empty"
+    assert ids.names({("10de", "1e04")}) == {("10de", "1e04"): (None, None)}
+
+
 def test_class_names():
     assert class_name("030000") == "VGA compatible controller"
     assert class_name("030200") == "3D controller"
