@@ -65,27 +65,33 @@ def mdev_parent_path(root, parent):
 
 def read_mdev_types(root, parent, findings=None):
     """The supported types of one parent, sorted by type id."""
+    return [MdevType(**entry) for entry in _read_types(root, parent, findings)]
+
+
+def _read_types(root, parent, findings):
+    """The types of ``parent`` as dicts (what :func:`mdev_parents` returns), sorted by type id."""
     base = host_path(root, MDEV_BUS, parent, "mdev_supported_types")
     device = parent if ":" in parent else None
     types = []
     for type_id in list_dir(base):
         prefix = "%s/%s/" % (base, type_id)
-        values = []
+        entry = {"id": type_id}
         for name in ("name", "description", "device_api"):
             text, problem = read_attribute(prefix + name)
             if problem is not None and problem is not MISSING and findings is not None:
                 findings.bad_attribute(_type_display(parent, type_id, name), problem, "readable text", device)
-            values.append(text)
-        available = None
+            entry[name] = text
         text, problem = read_attribute(prefix + "available_instances")
         if text is not None and _COUNT.match(text):
-            available = int(text)
-        elif findings is not None:
-            findings.bad_attribute(
-                _type_display(parent, type_id, "available_instances"), problem,
-                "a count of instances that can still be created", device, text,
-            )
-        types.append(MdevType(type_id, values[0], values[1], available, values[2]))
+            entry["available_instances"] = int(text)
+        else:
+            entry["available_instances"] = None
+            if findings is not None:
+                findings.bad_attribute(
+                    _type_display(parent, type_id, "available_instances"), problem,
+                    "a count of instances that can still be created", device, text,
+                )
+        types.append(entry)
     return types
 
 
@@ -96,7 +102,7 @@ def _type_display(parent, type_id, name):
 def mdev_parents(root, findings=None):
     """Every mdev parent with its types, sorted by parent name."""
     return [
-        {"parent": parent, "types": [t.to_dict() for t in read_mdev_types(root, parent, findings)]}
+        {"parent": parent, "types": _read_types(root, parent, findings)}
         for parent in list_mdev_parents(root)
     ]
 

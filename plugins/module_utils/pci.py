@@ -561,7 +561,6 @@ PCI_IDS_PATHS = (
     "usr/share/misc/pci.ids.gz",
 )
 _HEX4 = re.compile(r"[0-9a-f]{4}\Z")
-_TOP_LEVEL = re.compile(rb"\n[^\t#\n]")
 _VENDOR_LINE = re.compile(rb"\n([0-9a-f]{4})  ([^\n]*)")
 _FIRST_VENDOR_LINE = re.compile(rb"([0-9a-f]{4})  ([^\n]*)")
 
@@ -648,15 +647,19 @@ class PciIds:
             if vendor_id in self._vendor_names:
                 continue  # the first line of a vendor wins, as in the lookups above
             self._vendor_names[vendor_id] = _decode(name)
-            block_end = _TOP_LEVEL.search(data, line_end)
-            end = block_end.start() if block_end else len(data)
             found = {}
             if wanted[vendor_id]:
-                devices = re.compile(
-                    rb"\n\t(" + b"|".join(d.encode("ascii") for d in sorted(wanted[vendor_id])) + rb")  ([^\n]*)"
+                # One pass over the vendor's block: a wanted device line, or the next top-level line
+                # (another vendor, or the class section), which ends the block.
+                lines = re.compile(
+                    rb"\n(?:\t("
+                    + b"|".join(d.encode("ascii") for d in sorted(wanted[vendor_id]))
+                    + rb")  ([^\n]*)|[^\t#\n])"
                 )
-                for device in devices.finditer(data, line_end, end):
-                    found.setdefault(device.group(1).decode("ascii"), _decode(device.group(2)))
+                for line in lines.finditer(data, line_end):
+                    if line.group(1) is None:
+                        break
+                    found.setdefault(line.group(1).decode("ascii"), _decode(line.group(2)))
             for device_id in wanted[vendor_id]:
                 self._devices[(vendor_id, device_id)] = found.get(device_id)
         for vendor_id in set(wanted) - set(self._vendor_names):
