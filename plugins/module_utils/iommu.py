@@ -13,7 +13,9 @@ Public API (every reader takes the host ``root``):
 - :func:`groups_from_devices` ``(devices) -> dict[str, list[str]]`` (no extra reads)
 - :func:`vfio_holders` ``(root, findings=None) -> dict[str, list[dict]]``: which processes hold
   ``/dev/vfio/<group>`` (key: the group) or an iommufd cdev ``/dev/vfio/devices/vfioN`` (key: the
-  PCI address owning it); values are ``{"pid": int, "comm": str}`` lists.
+  PCI address or mdev UUID owning it); values are ``{"pid": int, "comm": str}`` lists.
+- :func:`users_of` ``(holders, group, *devices) -> list[dict]``: the holders of a group and of
+  the cdevs of the given devices (PCI addresses or mdev UUIDs).
 
 How interrupt remapping is detected (the kernel has no single attribute for it):
 
@@ -210,8 +212,26 @@ def vfio_holders(root, findings=None):
     return holders
 
 
+def users_of(holders, group, *devices):
+    """The processes holding ``group`` (``/dev/vfio/<group>``) or the iommufd cdev of any of
+    ``devices`` (PCI addresses or mdev UUIDs), as :func:`vfio_holders` keys them."""
+    users = list(holders.get(group, ())) if group is not None else []
+    for device in devices:
+        users.extend(holders.get(device, ()))
+    return users
+
+
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\Z")
+
+
 def _cdev_owner(root, cdev):
-    """``vfio3`` -> the PCI address whose ``vfio-dev/vfio3`` it is."""
+    """``vfio3`` -> the PCI address or mdev UUID whose ``vfio-dev/vfio3`` it is.
+
+    The kernel puts the cdev's device below its owner: ``.../0000:01:00.0/vfio-dev/vfio3`` for a
+    PCI function, ``.../<parent>/<uuid>/vfio-dev/vfio3`` for a mediated device.
+    """
     real = os.path.realpath(host_path(root, "sys/class/vfio-dev", cdev))
     owner = os.path.basename(os.path.dirname(os.path.dirname(real)))
+    if _UUID.match(owner):
+        return owner.lower()
     return normalize_address(owner)

@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 
 from ansible_collections.gpuvirt.host.plugins.module_utils import sysfs
-from ansible_collections.gpuvirt.host.plugins.module_utils.iommu import vfio_holders
+from ansible_collections.gpuvirt.host.plugins.module_utils.iommu import users_of, vfio_holders
 from ansible_collections.gpuvirt.host.plugins.module_utils.mdev_info import mdev_parents, mdevs
 from ansible_collections.gpuvirt.host.plugins.module_utils.pci import name_devices, read_pci_devices
 from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import (
@@ -131,7 +131,7 @@ def read_snapshot(root, host_id=None):
     holders = vfio_holders(root)
     current = {}
     for entry in mdevs(root):
-        users = holders.get(entry["iommu_group"], []) if entry["iommu_group"] is not None else []
+        users = users_of(holders, entry["iommu_group"], entry["uuid"])
         current[entry["uuid"]] = Mdev(
             uuid=entry["uuid"],
             parent=entry["parent"],

@@ -54,7 +54,7 @@ from dataclasses import dataclass, field
 
 from ansible_collections.gpuvirt.host.plugins.module_utils import sysfs
 from ansible_collections.gpuvirt.host.plugins.module_utils.files import update_file
-from ansible_collections.gpuvirt.host.plugins.module_utils.iommu import vfio_holders
+from ansible_collections.gpuvirt.host.plugins.module_utils.iommu import users_of, vfio_holders
 from ansible_collections.gpuvirt.host.plugins.module_utils.mdev_info import list_mdev_parents, read_mdev_types
 from ansible_collections.gpuvirt.host.plugins.module_utils.mdev_info import mdevs as list_mdevs
 from ansible_collections.gpuvirt.host.plugins.module_utils.pci import PciIds, is_gpu_class, read_pci_device
@@ -145,16 +145,14 @@ def _people(held):
 
 
 def _users(device, holders):
-    held = list(holders.get(device.iommu_group, [])) if device.iommu_group else []
-    held.extend(holders.get(device.address, []))
-    return _people(held)
+    return _people(users_of(holders, device.iommu_group, device.address))
 
 
 def _mdevs_of(parent, mdev_list, holders):
     found = []
     for entry in mdev_list:
         if entry["parent"] == parent:
-            held = holders.get(entry["iommu_group"], []) if entry["iommu_group"] else []
+            held = users_of(holders, entry["iommu_group"], entry["uuid"])
             found.append({"uuid": entry["uuid"], "type": entry["type"], "in_use": _people(held)})
     return found
 

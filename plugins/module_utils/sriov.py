@@ -47,7 +47,7 @@ import re
 import time
 
 from ansible_collections.gpuvirt.host.plugins.module_utils import sysfs
-from ansible_collections.gpuvirt.host.plugins.module_utils.iommu import vfio_holders
+from ansible_collections.gpuvirt.host.plugins.module_utils.iommu import users_of, vfio_holders
 from ansible_collections.gpuvirt.host.plugins.module_utils.mdev_info import mdevs as list_mdevs
 from ansible_collections.gpuvirt.host.plugins.module_utils.pci import read_pci_device
 from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import PCI_DEVICES, host_path, normalize_address
@@ -123,7 +123,7 @@ def vf_users(root, vfs, holders=None, mdev_list=None):
     for entry in mdev_list:
         if entry["parent"] in wanted:
             reason = "mdev %s (%s) exists on it" % (entry["uuid"], entry["type"] or "unknown type")
-            held = holders.get(entry["iommu_group"], []) if entry["iommu_group"] else []
+            held = users_of(holders, entry["iommu_group"], entry["uuid"])
             if held:
                 reason += " and is open by %s" % _people(held)
             users.setdefault(entry["parent"], []).append(reason)
@@ -131,8 +131,7 @@ def vf_users(root, vfs, holders=None, mdev_list=None):
         device = read_pci_device(root, vf)
         if device is None:
             continue
-        held = list(holders.get(device.iommu_group, [])) if device.iommu_group else []
-        held.extend(holders.get(vf, []))
+        held = users_of(holders, device.iommu_group, vf)
         if held:
             users.setdefault(vf, []).append(
                 "%s holds its VFIO device (IOMMU group %s)" % (_people(held), device.iommu_group)

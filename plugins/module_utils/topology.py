@@ -36,6 +36,7 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.findings import Findi
 from ansible_collections.gpuvirt.host.plugins.module_utils.iommu import (
     groups_from_devices,
     read_iommu,
+    users_of,
     vfio_holders,
 )
 from ansible_collections.gpuvirt.host.plugins.module_utils.kernel import (
@@ -135,9 +136,7 @@ def passthrough_verdict(address, devices, iommu_enabled, groups=None, holders=No
             "IOMMU group %s also holds %s (%s), which is not a function of this device; it would have "
             "to be given to the same VM" % (device.iommu_group, member, other.name),
         )
-    users = list(holders.get(device.iommu_group, [])) if device.iommu_group is not None else []
-    for member in bound:
-        users.extend(holders.get(member, []))
+    users = users_of(holders, device.iommu_group, *bound)
     for user in users:
         refuse(
             "in_use",
@@ -173,9 +172,7 @@ def detect(root="/"):
     for device in devices.values():
         entry = device.to_dict()
         entry["critical"] = list(critical.get(device.address, []))
-        users = list(holders.get(device.iommu_group, [])) if device.iommu_group is not None else []
-        users.extend(holders.get(device.address, []))
-        entry["in_use_by"] = users
+        entry["in_use_by"] = users_of(holders, device.iommu_group, device.address)
         device_dicts.append(entry)
         if device.is_gpu:
             gpus.append(_gpu_entry(device, devices, iommu, groups, holders, critical, parent_names, slots, findings))
@@ -190,7 +187,7 @@ def detect(root="/"):
         "gpus": gpus,
         "mdev_parents": parents,
         "mdevs": [
-            dict(mdev, in_use_by=list(holders.get(mdev["iommu_group"], []))) for mdev in mdevs(root, findings)
+            dict(mdev, in_use_by=users_of(holders, mdev["iommu_group"], mdev["uuid"])) for mdev in mdevs(root, findings)
         ],
         "findings": _ordered(findings),
     }

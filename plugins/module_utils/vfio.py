@@ -34,7 +34,7 @@ from ansible_collections.gpuvirt.host.plugins.module_utils import bootloader, in
 from ansible_collections.gpuvirt.host.plugins.module_utils.bootloader import find_binary, is_host_root
 from ansible_collections.gpuvirt.host.plugins.module_utils.critical import critical_devices
 from ansible_collections.gpuvirt.host.plugins.module_utils.files import write_temp
-from ansible_collections.gpuvirt.host.plugins.module_utils.iommu import read_iommu, vfio_holders
+from ansible_collections.gpuvirt.host.plugins.module_utils.iommu import read_iommu, users_of, vfio_holders
 from ansible_collections.gpuvirt.host.plugins.module_utils.kernel import read_kernel
 from ansible_collections.gpuvirt.host.plugins.module_utils.pci import (
     companions,
@@ -598,8 +598,7 @@ def in_use_refusals(view, changing, action):
     refusals = []
     for address in changing:
         group = view.devices[address].iommu_group
-        users = list(view.holders.get(group, [])) if group is not None else []
-        users.extend(view.holders.get(address, []))
+        users = users_of(view.holders, group, address)
         if not users:
             continue
         who = ", ".join("%s (pid %d)" % (user.get("comm") or "?", user["pid"]) for user in users)

@@ -509,7 +509,7 @@ topology:
           type: str
           sample: "49"
         in_use_by:
-          description: Processes holding the mdev's VFIO group open.
+          description: Processes holding the mdev's VFIO group or its iommufd device (/dev/vfio/devices/vfioN) open.
           returned: success
           type: list
           elements: dict

@@ -68,20 +68,40 @@ def mediated_lab(**changes):
 
 def hold_vfio_group(root, group, pid=4242, comm="qemu-system-x86", fd=20):
     """Make a fake process (``pid``, ``comm``) hold ``/dev/vfio/<group>`` open, as a running VM does."""
-    os.makedirs(os.path.join(root, "dev/vfio"), exist_ok=True)
-    with open(os.path.join(root, "dev/vfio", group), "w"):
+    _hold_file(root, "dev/vfio/" + group, pid, comm, fd)
+
+
+def _hold_file(root, relative, pid, comm, fd):
+    """Create ``relative`` (a device file) and a process ``pid`` with ``fd`` open on it."""
+    os.makedirs(os.path.dirname(os.path.join(root, relative)), exist_ok=True)
+    with open(os.path.join(root, relative), "w"):
         pass
     fd_dir = os.path.join(root, "proc", str(pid), "fd")
     os.makedirs(fd_dir, exist_ok=True)
     with open(os.path.join(root, "proc", str(pid), "comm"), "w") as handle:
         handle.write(comm + "\n")
-    os.symlink("/dev/vfio/" + group, os.path.join(fd_dir, str(fd)))
+    os.symlink("/" + relative, os.path.join(fd_dir, str(fd)))
 
 
 def hold(root, value, pid=4242, comm="qemu-system-x86"):
     """Make a fake process hold mdev ``value``'s VFIO group open, as a running VM does."""
     group = os.path.basename(os.readlink(os.path.join(root, "sys/bus/mdev/devices", value, "iommu_group")))
     hold_vfio_group(root, group, pid, comm)
+    return pid
+
+
+def hold_cdev(root, value, cdev="vfio0", pid=4243, comm="qemu-system-x86"):
+    """Make a fake process hold mdev ``value``'s iommufd device file ``/dev/vfio/devices/<cdev>``
+    open, as a VM started with ``-device vfio-pci,fd=`` on an iommufd host does (no group file)."""
+    device = os.path.realpath(os.path.join(root, "sys/bus/mdev/devices", value))
+    vfio_dev = os.path.join(device, "vfio-dev", cdev)
+    os.makedirs(vfio_dev)
+    with open(os.path.join(vfio_dev, "dev"), "w") as handle:
+        handle.write("511:0\n")
+    link = os.path.join(root, "sys/class/vfio-dev", cdev)
+    os.makedirs(os.path.dirname(link), exist_ok=True)
+    os.symlink(os.path.relpath(vfio_dev, os.path.dirname(link)), link)
+    _hold_file(root, "dev/vfio/devices/" + cdev, pid, comm, 20)
     return pid
 
 

@@ -182,6 +182,22 @@ def test_iommufd_cdev_holder_is_in_use(make_host):
     assert device(topology, DGPU)["in_use_by"] == [{"pid": 77, "comm": "qemu-kvm"}]
 
 
+def test_mdev_held_only_through_its_iommufd_cdev_reports_its_user(make_host):
+    uuid = "6c3e1ab4-4a52-4e2c-9a3e-0a4d9c1e2f01"
+    root = make_host(
+        "datacenter_a100",
+        processes=[
+            {"pid": 77, "comm": "qemu-kvm", "holds": ["devices/vfio5"], "cdev_devices": {"vfio5": "mdev:" + uuid}}
+        ],
+    )
+
+    topology = detect(root)
+
+    (mdev,) = topology["mdevs"]
+    assert mdev["in_use_by"] == [{"pid": 77, "comm": "qemu-kvm"}]
+    assert all(entry["in_use_by"] == [] for entry in topology["devices"]), "the cdev is the mdev's, not its parent's"
+
+
 def test_mdev_held_by_a_vm_reports_its_user(make_host):
     topology = detect(make_host("datacenter_a100"))
 

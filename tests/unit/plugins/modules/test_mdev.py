@@ -12,7 +12,14 @@ from ansible.module_utils import _internal as ansible_internal
 
 from ansible_collections.gpuvirt.host.plugins.module_utils.mdev import deterministic_uuid
 from ansible_collections.gpuvirt.host.plugins.module_utils.mdev_info import mdevs
-from ansible_collections.gpuvirt.host.tests.sim.hosts import MACHINE_ID, MACHINE_ID_FILE, hold, mediated_lab, tree_state
+from ansible_collections.gpuvirt.host.tests.sim.hosts import (
+    MACHINE_ID,
+    MACHINE_ID_FILE,
+    hold,
+    hold_cdev,
+    mediated_lab,
+    tree_state,
+)
 from ansible_collections.gpuvirt.host.tests.sim.mdev_kernel import KernelSim
 
 A100_MDEV = "6c3e1ab4-4a52-4e2c-9a3e-0a4d9c1e2f01"
@@ -122,10 +129,11 @@ def test_kernel_refusal_midway_rolls_back(lab, mdev_module):
     assert tree_state(lab) == untouched
 
 
-def test_exclusive_never_removes_an_mdev_in_use(lab, mdev_module):
+@pytest.mark.parametrize("holder", [hold, hold_cdev], ids=["vfio-group", "iommufd-cdev"])
+def test_exclusive_never_removes_an_mdev_in_use(lab, mdev_module, holder):
     first = mdev_module(lab, parents=[{"selector": "mbochs", "mdevs": [{"type": "mbochs-medium", "count": 2}]}])
     held, free = first["created"]
-    hold(lab, held)
+    holder(lab, held)
     result = mdev_module(lab, parents=[{"selector": "mbochs", "mdevs": [], "exclusive": True}])
     assert result["changed"] is True and result["removed"] == [free]
     assert result["parents"]["mbochs"]["kept_in_use"] == [held]

@@ -106,6 +106,16 @@ def test_force_removes_vfs_with_mdevs_but_the_kernel_still_refuses_a_running_vm(
     assert len(result["devices"][0]["after"]["vfs"]) == 20
 
 
+def test_an_mdev_open_only_through_its_iommufd_cdev_counts_as_in_use(make_host, run):
+    uuid = "6c3e1ab4-4a52-4e2c-9a3e-0a4d9c1e2f01"
+    cdev_holder = {"pid": 77, "comm": "qemu-kvm", "holds": ["devices/vfio5"], "cdev_devices": {"vfio5": "mdev:" + uuid}}
+    root = make_host("datacenter_a100", processes=[cdev_holder])
+    result, writes = run(root, devices=[{"selector": "A100", "num_vfs": 20}])
+    assert result.failed and writes == []
+    reason = "mdev %s (nvidia-471) exists on it and is open by process 77 (qemu-kvm)" % uuid
+    assert "0000:b1:00.4: " + reason in result["msg"]
+
+
 def test_above_totalvfs_fails_with_the_numbers(nvme, run):
     result, writes = run(nvme, devices=[{"selector": NVME, "num_vfs": 5}])
     assert result.failed and writes == []
