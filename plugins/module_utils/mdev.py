@@ -42,6 +42,7 @@ from ansible_collections.gpuvirt.host.plugins.module_utils import sysfs
 from ansible_collections.gpuvirt.host.plugins.module_utils.iommu import users_of, vfio_holders
 from ansible_collections.gpuvirt.host.plugins.module_utils.mdev_info import mdev_parents, mdevs
 from ansible_collections.gpuvirt.host.plugins.module_utils.pci import name_devices, read_pci_devices
+from ansible_collections.gpuvirt.host.plugins.module_utils.selector import SelectorError, match_selector, parse_selector
 from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import (
     MDEV_BUS,
     MDEV_DEVICES,
@@ -60,7 +61,6 @@ UDEV_RULE_DIRS = ("etc/udev/rules.d", "run/udev/rules.d", "usr/lib/udev/rules.d"
 _RUN_PATH = re.compile(r"(/[^\s'\"{};|]*/mdevctl)(?=[\s'\";|]|$)")
 
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
-_ID_PAIR = re.compile(r"([0-9a-fA-F]{4}):([0-9a-fA-F]{4})\Z")
 
 
 class MdevError(Exception):
@@ -209,20 +209,27 @@ class Target:
 
 
 def resolve_selector(snapshot, selector):
-    """The targets ``selector`` names: a list of :class:`Target` (one per card); raises MdevError."""
+    """The targets ``selector`` names: a list of :class:`Target` (one per card); raises MdevError.
+
+    A selector is a virtual parent's name (``mdpy``), a PCI address (a parent, or a card whose
+    VFs are parents), a ``vendor:device`` ID or a model name (:mod:`selector`).
+    """
     text = (selector or "").strip()
     if not text:
         raise MdevError("an empty selector was given; use a PCI address, a vendor:device ID, a model or a parent name")
     if text in snapshot.parents and normalize_address(text) is None:
         return [Target(label=text, parents=[text])]
-    address = normalize_address(text)
-    if address is not None:
-        if address in snapshot.parents:
-            return [Target(label=address, parents=[address])]
-        if address not in snapshot.devices:
-            raise MdevError("selector %r: no PCI device %s on this host" % (selector, address))
-        return [_card_target(snapshot, address, selector)]
-    cards = _match_cards(snapshot, text)
+    try:
+        parsed = parse_selector(text)
+        if parsed.kind == "address":
+            if parsed.value in snapshot.parents:
+                return [Target(label=parsed.value, parents=[parsed.value])]
+            if parsed.value not in snapshot.devices:
+                raise MdevError("selector %r: no PCI device %s on this host" % (selector, parsed.value))
+            return [_card_target(snapshot, parsed.value, selector)]
+        cards = match_selector(parsed, {a: d for a, d in snapshot.devices.items() if not d.is_vf})
+    except SelectorError as error:
+        raise MdevError(str(error)) from error
     if not cards:
         known = ", ".join(sorted(p for p in snapshot.parents if normalize_address(p) is None))
         raise MdevError(
@@ -230,22 +237,6 @@ def resolve_selector(snapshot, selector):
             % (selector, (" (virtual parents here: %s)" % known) if known else "")
         )
     return [_card_target(snapshot, address, selector) for address in cards]
-
-
-def _match_cards(snapshot, text):
-    """Physical functions matching a ``vendor:device`` pair or a model name, in address order."""
-    pair = _ID_PAIR.match(text)
-    devices = [d for d in snapshot.devices.values() if not d.is_vf]
-    if pair:
-        vendor, device = pair.group(1).lower(), pair.group(2).lower()
-        return [d.address for d in devices if d.vendor_id == vendor and d.device_id == device]
-    wanted = text.lower()
-    hits = [d for d in devices if d.device_name and wanted in d.device_name.lower()]
-    models = {(d.vendor_id, d.device_id) for d in hits}
-    if len(models) > 1:
-        names = sorted({"%s [%s:%s] at %s" % (d.device_name, d.vendor_id, d.device_id, d.address) for d in hits})
-        raise MdevError("model %r matches different cards: %s; select by PCI address or ID" % (text, "; ".join(names)))
-    return [d.address for d in hits]
 
 
 def _card_target(snapshot, address, selector):

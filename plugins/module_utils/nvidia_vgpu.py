@@ -58,6 +58,7 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.iommu import users_of
 from ansible_collections.gpuvirt.host.plugins.module_utils.mdev_info import list_mdev_parents, read_mdev_types
 from ansible_collections.gpuvirt.host.plugins.module_utils.mdev_info import mdevs as list_mdevs
 from ansible_collections.gpuvirt.host.plugins.module_utils.pci import PciIds, is_gpu_class, read_pci_device
+from ansible_collections.gpuvirt.host.plugins.module_utils.selector import SelectorError, match_selector, parse_selector
 from ansible_collections.gpuvirt.host.plugins.module_utils.sriov import poll, read_sriov, vf_addresses
 from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import PCI_DEVICES, host_path, normalize_address
 from ansible_collections.gpuvirt.host.plugins.module_utils.vgpu import parse_creatable_vgpu_types
@@ -67,7 +68,6 @@ CACHE_PATH = "var/lib/gpuvirt/nvidia-vgpu-types.json"
 CACHE_VERSION = 1
 FRAMEWORKS = ("per_vf", "legacy")
 
-_ID_PAIR = re.compile(r"([0-9a-fA-F]{4}):([0-9a-fA-F]{4})\Z")
 _LEGACY_TYPE = re.compile(r"nvidia-[0-9]+\Z")
 _VENDOR_PREFIX = re.compile(r"^(?:NVIDIA|GRID)\s+", re.IGNORECASE)
 
@@ -213,44 +213,35 @@ def read_gpu(root, pf, holders=None, mdev_list=None, pci_ids=None):
 def select_gpus(devices, selector):
     """The NVIDIA GPUs (physical functions) ``selector`` names, in address order.
 
-    ``devices``: ``{address: PciDevice}`` with ``device_name`` from ``pci.ids`` for model names.
+    ``devices``: ``{address: PciDevice}`` with names from ``pci.ids`` for model names
+    (:mod:`selector`).
     """
-    text = (selector or "").strip()
-    if not text:
-        raise VgpuError("an empty selector was given; use a PCI address, a vendor:device ID or a model name")
-    gpus = [d for d in devices.values() if d.vendor_id == NVIDIA and is_gpu_class(d.class_code) and not d.is_vf]
-    address = normalize_address(text)
-    if address is not None:
-        device = devices.get(address)
-        if device is None:
+    gpus = {
+        a: d for a, d in devices.items() if d.vendor_id == NVIDIA and is_gpu_class(d.class_code) and not d.is_vf
+    }
+    try:
+        parsed = parse_selector(selector)
+        hits = match_selector(parsed, devices if parsed.kind == "address" else gpus)
+    except SelectorError as error:
+        raise VgpuError(str(error)) from error
+    if parsed.kind == "address":
+        address = parsed.value
+        if not hits:
             raise VgpuError("selector %r: no PCI device %s on this host" % (selector, address))
+        device = devices[address]
         if device.is_vf:
             raise VgpuError(
                 "selector %r: %s is a virtual function of %s; select the GPU (its physical function), and "
                 "the VF in vfs[]" % (selector, address, device.physfn)
             )
-        if device not in gpus:
+        if address not in gpus:
             raise VgpuError("selector %r: %s (%s) is not an NVIDIA GPU" % (selector, address, device.name))
-        return [address]
-    pair = _ID_PAIR.match(text)
-    if pair:
-        vendor, device_id = pair.group(1).lower(), pair.group(2).lower()
-        hits = [d for d in gpus if d.vendor_id == vendor and d.device_id == device_id]
-    else:
-        wanted = text.lower()
-        hits = [d for d in gpus if d.device_name and wanted in d.device_name.lower()]
-        models = {d.device_id for d in hits}
-        if len(models) > 1:
-            names = sorted({"%s [%s:%s]" % (d.device_name, d.vendor_id, d.device_id) for d in hits})
-            raise VgpuError(
-                "model %r matches different GPUs: %s; select by PCI address or vendor:device" % (text, "; ".join(names))
-            )
     if not hits:
-        known = sorted("%s (%s)" % (d.address, d.device_name or "10de:%s" % d.device_id) for d in gpus)
+        known = sorted("%s (%s)" % (d.address, d.device_name or "10de:%s" % d.device_id) for d in gpus.values())
         raise VgpuError(
             "selector %r matches no NVIDIA GPU; NVIDIA GPUs on this host: %s" % (selector, ", ".join(known) or "none")
         )
-    return sorted(d.address for d in hits)
+    return hits
 
 
 def wait_for_vf_interfaces(root, pf, retries=10, delay=1.0, sleep=time.sleep):

@@ -43,19 +43,18 @@ from __future__ import annotations
 
 import errno
 import os
-import re
 import time
 
 from ansible_collections.gpuvirt.host.plugins.module_utils import sysfs
 from ansible_collections.gpuvirt.host.plugins.module_utils.iommu import users_of, vfio_holders
 from ansible_collections.gpuvirt.host.plugins.module_utils.mdev_info import mdevs as list_mdevs
 from ansible_collections.gpuvirt.host.plugins.module_utils.pci import read_pci_device
+from ansible_collections.gpuvirt.host.plugins.module_utils.selector import SelectorError, match_selector, parse_selector
 from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import PCI_DEVICES, host_path, normalize_address
 
 SRIOV_MANAGE = "/usr/lib/nvidia/sriov-manage"
 METHODS = ("sysfs", "sriov_manage")
 
-_ID_PAIR = re.compile(r"([0-9a-fA-F]{4}):([0-9a-fA-F]{4})\Z")
 
 _NUMVFS_ADVICE = {
     errno.EBUSY: "VFs are enabled or in use; the count only changes through 0, and not while a VF is assigned",
@@ -159,61 +158,54 @@ def vfs_in_use(root, pf):
 def select_pfs(devices, selector):
     """The addresses of the SR-IOV physical functions ``selector`` names, in address order.
 
-    ``devices`` maps addresses to :class:`pci.PciDevice` (with ``device_name`` filled from
-    ``pci.ids`` for model selectors). A selector is a PCI address (4- or 8-digit domain or short
-    form), a ``vendor:device`` pair, or a model name found in the ``pci.ids`` device name
-    (case-insensitive, e.g. ``L40S``, ``A100``); a model name matching two different models fails.
+    ``devices`` maps addresses to :class:`pci.PciDevice` (with names from ``pci.ids`` for model
+    selectors). A selector is a PCI address (4- or 8-digit domain or short form), a
+    ``vendor:device`` pair, or a model name (:mod:`selector`: ``L40S``, ``A100``); a model name
+    matching two different models fails.
     """
-    text = (selector or "").strip()
-    if not text:
-        raise SriovError("an empty selector was given; use a PCI address, a vendor:device ID or a model name")
-    address = normalize_address(text)
-    if address is not None:
-        device = devices.get(address)
-        if device is None:
-            raise SriovError("selector %r: no PCI device %s on this host" % (selector, address))
-        if device.is_vf:
-            raise SriovError(
-                "selector %r: %s is a virtual function of %s; select its physical function"
-                % (selector, address, device.physfn)
-            )
-        if device.sriov is None or not device.sriov.total_vfs:
-            raise SriovError(
-                "selector %r: %s (%s) has no SR-IOV capability (no sriov_totalvfs); its driver may not "
-                "support SR-IOV, or SR-IOV is disabled in the firmware setup" % (selector, address, device.name)
-            )
-        return [address]
-    pair = _ID_PAIR.match(text)
-    candidates = [d for d in devices.values() if not d.is_vf]
-    if pair:
-        vendor, device_id = pair.group(1).lower(), pair.group(2).lower()
-        hits = [d for d in candidates if d.vendor_id == vendor and d.device_id == device_id]
-    else:
-        wanted = text.lower()
-        hits = [d for d in candidates if d.device_name and wanted in d.device_name.lower()]
-        models = {(d.vendor_id, d.device_id) for d in hits}
-        if len(models) > 1:
-            names = sorted({"%s [%s:%s]" % (d.device_name, d.vendor_id, d.device_id) for d in hits})
-            raise SriovError(
-                "model %r matches different devices: %s; select by PCI address or vendor:device"
-                % (text, "; ".join(names))
-            )
-    capable = [d.address for d in hits if d.sriov is not None and d.sriov.total_vfs]
+    try:
+        parsed = parse_selector(selector)
+        if parsed.kind == "address":
+            return [_physical_function(devices, parsed, selector)]
+        hits = match_selector(parsed, {a: d for a, d in devices.items() if not d.is_vf})
+    except SelectorError as error:
+        raise SriovError(str(error)) from error
+    capable = [address for address in hits if _capable(devices[address])]
     if capable:
-        return sorted(capable)
+        return capable
     if hits:
-        raise SriovError(
-            "selector %r matches %s, which has no SR-IOV capability" % (selector, ", ".join(d.address for d in hits))
-        )
+        raise SriovError("selector %r matches %s, which has no SR-IOV capability" % (selector, ", ".join(hits)))
     known = sorted(
         "%s (%s)" % (d.address, d.device_name or "%s:%s" % (d.vendor_id, d.device_id))
-        for d in candidates
-        if d.sriov is not None and d.sriov.total_vfs
+        for d in devices.values()
+        if not d.is_vf and _capable(d)
     )
     raise SriovError(
         "selector %r matches no device (not a PCI address, vendor:device ID or pci.ids model name here); "
         "SR-IOV physical functions on this host: %s" % (selector, ", ".join(known) or "none")
     )
+
+
+def _capable(device):
+    return device.sriov is not None and bool(device.sriov.total_vfs)
+
+
+def _physical_function(devices, parsed, selector):
+    address = parsed.value
+    device = devices.get(address)
+    if device is None:
+        raise SriovError("selector %r: no PCI device %s on this host" % (selector, address))
+    if device.is_vf:
+        raise SriovError(
+            "selector %r: %s is a virtual function of %s; select its physical function"
+            % (selector, address, device.physfn)
+        )
+    if not _capable(device):
+        raise SriovError(
+            "selector %r: %s (%s) has no SR-IOV capability (no sriov_totalvfs); its driver may not "
+            "support SR-IOV, or SR-IOV is disabled in the firmware setup" % (selector, address, device.name)
+        )
+    return address
 
 
 def poll(read, accept, retries, delay, sleep=time.sleep):

@@ -42,6 +42,12 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.pci import (
     read_pci_devices,
     slot_index,
 )
+from ansible_collections.gpuvirt.host.plugins.module_utils.selector import (
+    SelectorError,
+    describe,
+    match_selector,
+)
+from ansible_collections.gpuvirt.host.plugins.module_utils.selector import parse_selector as parse_device_selector
 from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import (
     PCI_DEVICES,
     PCI_DRIVERS,
@@ -70,10 +76,7 @@ DRIVERCTL_DIR = "etc/driverctl.d"
 DRIVERS_PROBE = "sys/bus/pci/drivers_probe"
 MANAGED_HEADER = "# Managed by gpuvirt.host.vfio_pci; edits are overwritten.\n"
 
-_ID_SELECTOR = re.compile(r"(?:0x)?([0-9a-fA-F]{4}):(?:0x)?([0-9a-fA-F]{4})\Z")
-_INDEX_SELECTOR = re.compile(r"[0-9]+\Z")
 _OPTIONS_IDS = re.compile(r"^\s*options\s+vfio[-_]pci\s+(.*)$")
-_BRACKETED = re.compile(r"\[([^\]]+)\]")
 _FRAMEBUFFER = re.compile(r"fb[0-9]+\Z")
 
 
@@ -84,87 +87,28 @@ class VfioError(Exception):
 # ------------------------------------------------------------------------------------ selectors
 
 
-@dataclass(frozen=True)
-class Selector:
-    """One entry of the module's ``devices`` option. ``kind`` is address, id or name."""
-
-    text: str
-    kind: str
-    value: str
-
-
 def parse_selector(text):
-    """Classify a selector; raise :class:`VfioError` for an empty one or an index."""
-    if not isinstance(text, str) or not text.strip():
-        raise VfioError("an empty device selector was given; use a PCI address, vendor:device ID or model name")
-    stripped = text.strip()
-    if _INDEX_SELECTOR.match(stripped):
-        raise VfioError(
-            "device selector %r looks like an index; indexes change between boots and driver "
-            "versions, so select by PCI address (0000:01:00.0), vendor:device ID (10de:2236) or "
-            "model name instead" % text
-        )
-    address = normalize_address(stripped)
-    if address is not None:
-        return Selector(text, "address", address)
-    match = _ID_SELECTOR.match(stripped)
-    if match:
-        return Selector(text, "id", "%s:%s" % (match.group(1).lower(), match.group(2).lower()))
-    return Selector(text, "name", _fold(stripped))
-
-
-def _fold(text):
-    return " ".join(text.split()).casefold()
-
-
-def _id_of(device):
-    return "%s:%s" % (device.get("vendor_id"), device.get("device_id"))
-
-
-def _names(device):
-    """The spellings a user may give for a device: the pci.ids name, its bracketed marketing
-    name (``GA102 [GeForce RTX 3080]`` -> ``GeForce RTX 3080``) and vendor plus device."""
-    device_name = device.get("device_name")
-    if not device_name:
-        return []
-    names = [device_name] + _BRACKETED.findall(device_name)
-    if device.get("vendor_name"):
-        names.append("%s %s" % (device["vendor_name"], device_name))
-    return [_fold(name) for name in names]
-
-
-def describe(device):
-    """``0000:01:00.0 [1002:5046] ATI Rage 128 (driver amdgpu)`` for messages."""
-    name = device.get("device_name")
-    if name and device.get("vendor_name"):
-        name = "%s %s" % (device["vendor_name"], name)
-    text = "%s [%s]" % (device["address"], _id_of(device))
-    if name:
-        text += " " + name
-    elif device.get("class_name"):
-        text += " " + device["class_name"]
-    text += " (driver %s)" % device["driver"] if device.get("driver") else " (no driver)"
-    return text
+    """Classify a selector (:func:`selector.parse_selector`); raise :class:`VfioError` for an empty
+    one or an index."""
+    try:
+        return parse_device_selector(text)
+    except SelectorError as error:
+        raise VfioError(str(error)) from error
 
 
 def resolve_selectors(selectors, devices):
     """Map selectors to PCI addresses.
 
-    ``devices``: ``{address: device dict}`` as topology_info reports them. Returns
-    ``{address: [selector text, ...]}`` in address order. Every selector must match: an address
-    that does not exist, an ID that matches nothing, or a name that matches nothing or two
-    different models raises :class:`VfioError` listing every bad selector at once.
+    ``devices``: ``{address: PciDevice}`` named from ``pci.ids``. Returns ``{address: [selector
+    text, ...]}`` in address order. Every selector must match: an address that does not exist, an
+    ID that matches nothing, or a name that matches nothing or two different models raises
+    :class:`VfioError` listing every bad selector at once.
     """
     chosen = {}
     problems = []
-    parsed = []
     for text in selectors:
         try:
-            parsed.append(parse_selector(text))
-        except VfioError as error:
-            problems.append(str(error))
-    for selector in parsed:
-        try:
+            selector = parse_selector(text)
             matches = _match(selector, devices)
         except VfioError as error:
             problems.append(str(error))
@@ -179,32 +123,23 @@ def resolve_selectors(selectors, devices):
 
 
 def _match(selector, devices):
-    if selector.kind == "address":
-        if selector.value not in devices:
-            raise VfioError(
-                "no PCI device at %s (selector %r); list the host's devices with gpuvirt.host.topology_info"
-                % (selector.value, selector.text)
-            )
-        return [selector.value]
-    if selector.kind == "id":
-        matches = [a for a, d in devices.items() if _id_of(d) == selector.value]
-        if not matches:
-            raise VfioError("no PCI device has the ID %s (selector %r)" % (selector.value, selector.text))
+    try:
+        matches = match_selector(selector, devices)
+    except SelectorError as error:
+        raise VfioError(str(error)) from error
+    if matches:
         return matches
-    exact = [a for a, d in devices.items() if selector.value in _names(d)]
-    matches = exact or [a for a, d in devices.items() if any(selector.value in name for name in _names(d))]
-    if not matches:
-        hint = "" if any(d.get("device_name") for d in devices.values()) else (
-            " (this host has no pci.ids database, so devices have no names; select by address or vendor:device)"
-        )
-        raise VfioError("no PCI device is named like %r%s" % (selector.text, hint))
-    models = sorted({_id_of(devices[a]) for a in matches})
-    if len(models) > 1:
+    if selector.kind == "address":
         raise VfioError(
-            "the name %r matches %d different models: %s; use a more precise name, the vendor:device ID "
-            "or the PCI address" % (selector.text, len(models), ", ".join(describe(devices[a]) for a in matches))
+            "no PCI device at %s (selector %r); list the host's devices with gpuvirt.host.topology_info"
+            % (selector.value, selector.text)
         )
-    return matches
+    if selector.kind == "id":
+        raise VfioError("no PCI device has the ID %s (selector %r)" % (selector.value, selector.text))
+    hint = "" if any(d.device_name for d in devices.values()) else (
+        " (this host has no pci.ids database, so devices have no names; select by address or vendor:device)"
+    )
+    raise VfioError("no PCI device is named like %r%s" % (selector.text, hint))
 
 
 # ------------------------------------------------------------------------------ runtime binding
@@ -799,7 +734,7 @@ class VfioPciRun:
 
     def plan(self):
         view = self.view = read_host(self.root)
-        selected = resolve_selectors(self.selectors, view.records)
+        selected = resolve_selectors(self.selectors, view.devices)
         self.members = expand_members(view, selected, self.with_companions)
         self.before = {address: view.devices[address].driver for address in self.members}
         if self.state == "present":

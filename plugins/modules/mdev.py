@@ -56,6 +56,11 @@ options:
             a C(vendor:device) ID pair, or a model name matched against the C(pci.ids) device name.
           - An ID pair or model name selects every card of that model; each card gets the whole list.
             A model name matching two different models fails.
+          - "Model names are matched the same way in every module of this collection: case and repeated
+            blanks do not matter; the whole C(pci.ids) name (C(GA100 [A100 PCIe 80GB])), its bracketed
+            marketing name, vendor and device name together, or any part of them match; a device whose
+            name is exactly the selector wins over devices whose names only contain it. A plain number
+            is refused: indexes change between boots."
         type: str
         required: true
       mdevs:

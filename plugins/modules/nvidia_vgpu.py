@@ -67,6 +67,11 @@ options:
           - The GPU, as its PCI address (C(0000:ca:00.0), 4- or 8-digit domain, or short C(ca:00.0)), a
             C(vendor:device) ID pair (C(10de:26b9)), or a model name matched against the C(pci.ids) device
             name (C(L40S)). An ID pair or model selects every such GPU; each gets the whole declaration.
+          - "Model names are matched the same way in every module of this collection: case and repeated
+            blanks do not matter; the whole C(pci.ids) name (C(GA100 [A100 PCIe 80GB])), its bracketed
+            marketing name, vendor and device name together, or any part of them match; a device whose
+            name is exactly the selector wins over devices whose names only contain it. A plain number
+            is refused: indexes change between boots."
         type: str
         required: true
       profiles:

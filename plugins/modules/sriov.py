@@ -50,6 +50,11 @@ options:
             (C(X710), C(NVM Express)). An ID pair or model selects every SR-IOV PF of that model.
           - A model name matching two different models fails; a virtual function or a device without
             SR-IOV capability fails.
+          - "Model names are matched the same way in every module of this collection: case and repeated
+            blanks do not matter; the whole C(pci.ids) name (C(GA100 [A100 PCIe 80GB])), its bracketed
+            marketing name, vendor and device name together, or any part of them match; a device whose
+            name is exactly the selector wins over devices whose names only contain it. A plain number
+            is refused: indexes change between boots."
         type: str
         required: true
       num_vfs:

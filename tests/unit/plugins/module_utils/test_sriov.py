@@ -97,8 +97,10 @@ def test_select_pfs_refuses_a_vf_and_ambiguous_models(make_host):
     with pytest.raises(sriov.SriovError, match="virtual function of 0000:cb:00.0"):
         sriov.select_pfs(devices_of(root), "cb:00.5")
     big = make_host("large_synthetic")
-    with pytest.raises(sriov.SriovError, match="matches different devices"):
-        sriov.select_pfs(devices_of(big), "10")  # GA100 [A100 ...] and AD102GL [L40S]
+    with pytest.raises(sriov.SriovError, match="'NVIDIA' matches 2 different models"):
+        sriov.select_pfs(devices_of(big), "NVIDIA")  # GA100 [A100 ...] and AD102GL [L40S]
+    with pytest.raises(sriov.SriovError, match="looks like an index"):
+        sriov.select_pfs(devices_of(big), "1")
     assert len(sriov.select_pfs(devices_of(big), "L40S")) == 4
 
 

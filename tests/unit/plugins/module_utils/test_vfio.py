@@ -71,12 +71,12 @@ def test_an_empty_selector_is_refused():
         vfio.parse_selector("  ")
 
 
-def records(root):
-    return vfio.read_host(root).records
+def host_devices(root):
+    return vfio.read_host(root).devices
 
 
 def test_address_forms_select_one_device(desktop):
-    chosen = vfio.resolve_selectors(["01:00.0", "00000000:01:00.0", "0000:01:00.0"], records(desktop))
+    chosen = vfio.resolve_selectors(["01:00.0", "00000000:01:00.0", "0000:01:00.0"], host_devices(desktop))
     assert chosen == {GPU: ["01:00.0", "00000000:01:00.0", "0000:01:00.0"]}
 
 
@@ -86,7 +86,7 @@ def test_id_selects_every_device_with_it(make_host):
         add_devices=[{"address": "05:00.0", "ids": "10de:1e04", "class": "030000", "driver": "nvidia", "group": 9,
                       "device_name": "TU102 [GeForce RTX 2080 Ti]"}],
     )
-    assert list(vfio.resolve_selectors(["10de:1e04"], records(root))) == [GPU, "0000:05:00.0"]
+    assert list(vfio.resolve_selectors(["10de:1e04"], host_devices(root))) == [GPU, "0000:05:00.0"]
 
 
 @pytest.mark.parametrize(
@@ -95,7 +95,7 @@ def test_id_selects_every_device_with_it(make_host):
      "NVIDIA Corporation TU102 [GeForce RTX 2080 Ti]", "RTX 2080"],
 )
 def test_model_names(desktop, name):
-    assert list(vfio.resolve_selectors([name], records(desktop))) == [GPU]
+    assert list(vfio.resolve_selectors([name], host_devices(desktop))) == [GPU]
 
 
 def test_exact_name_wins_over_a_longer_name(make_host):
@@ -106,9 +106,9 @@ def test_exact_name_wins_over_a_longer_name(make_host):
                      {"address": "06:00.0", "ids": "10de:2203", "class": "030000", "driver": "nvidia", "group": 10,
                       "device_name": "GA102 [GeForce RTX 3090 Ti]"}],
     )
-    assert list(vfio.resolve_selectors(["GeForce RTX 3090"], records(root))) == ["0000:05:00.0"]
+    assert list(vfio.resolve_selectors(["GeForce RTX 3090"], host_devices(root))) == ["0000:05:00.0"]
     with pytest.raises(vfio.VfioError) as error:
-        vfio.resolve_selectors(["RTX 309"], records(root))
+        vfio.resolve_selectors(["RTX 309"], host_devices(root))
     message = str(error.value)
     assert "matches 2 different models" in message
     assert "0000:05:00.0 [10de:2204]" in message and "0000:06:00.0 [10de:2203]" in message
@@ -120,12 +120,12 @@ def test_a_name_matching_two_identical_cards_selects_both(make_host):
         add_devices=[{"address": "05:00.0", "ids": "10de:1e04", "class": "030000", "driver": "nvidia", "group": 9,
                       "device_name": "TU102 [GeForce RTX 2080 Ti]"}],
     )
-    assert list(vfio.resolve_selectors(["GeForce RTX 2080 Ti"], records(root))) == [GPU, "0000:05:00.0"]
+    assert list(vfio.resolve_selectors(["GeForce RTX 2080 Ti"], host_devices(root))) == [GPU, "0000:05:00.0"]
 
 
 def test_bad_selectors_are_all_reported(desktop):
     with pytest.raises(vfio.VfioError) as error:
-        vfio.resolve_selectors(["09:00.0", "dead:beef", "Voodoo 5", "1", "01:00.0"], records(desktop))
+        vfio.resolve_selectors(["09:00.0", "dead:beef", "Voodoo 5", "1", "01:00.0"], host_devices(desktop))
     message = str(error.value)
     assert "no PCI device at 0000:09:00.0" in message
     assert "no PCI device has the ID dead:beef" in message
@@ -137,7 +137,7 @@ def test_bad_selectors_are_all_reported(desktop):
 def test_names_need_pci_ids(make_host):
     root = make_host("desktop_dgpu", pci_ids=False)
     with pytest.raises(vfio.VfioError, match="no pci.ids database"):
-        vfio.resolve_selectors(["GeForce RTX 2080 Ti"], records(root))
+        vfio.resolve_selectors(["GeForce RTX 2080 Ti"], host_devices(root))
 
 
 # ------------------------------------------------------------------------------- companions
