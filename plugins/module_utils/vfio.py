@@ -997,8 +997,9 @@ class VfioPciRun:
         releasing = list(self.members) if self.state == "absent" else []
 
         if self.state == "present":
+            dropped = self._ids_moving_to_variants(view, by_override, by_id)
             if method == "modprobe":
-                plan.ids_after = sorted(set(plan.ids_before) | set(member_ids))
+                plan.ids_after = sorted((set(plan.ids_before) | set(member_ids)) - dropped)
                 modprobe.after = render_modprobe_conf(plan.ids_after)
                 added = set(member_ids) - set(plan.ids_before)
                 plan.refusals += id_refusals(view, self.members, set(member_ids), set(), [])
@@ -1009,12 +1010,12 @@ class VfioPciRun:
                             "two lists is ignored: merge them into %s" % (path, ",".join(ids), "/" + MODPROBE_CONF)
                         )
             elif method == "cmdline":
-                cmdline_after = sorted(set(cmdline_before) | set(member_ids))
+                cmdline_after = sorted((set(cmdline_before) | set(member_ids)) - dropped)
                 plan.ids_before, plan.ids_after = cmdline_before, cmdline_after
                 plan.refusals += id_refusals(view, self.members, set(member_ids), set(), [])
                 if cmdline_after != sorted(cmdline_before):
                     plan.boot_plan = self._boot_plan(["vfio-pci.ids=" + ",".join(cmdline_after)], [])
-            plan.warnings += self._id_claim_warnings(view, by_override, set(plan.ids_before))
+            plan.warnings += self._id_claim_warnings(view, by_override, set(plan.ids_after))
             overrides = {address: self.choices[address].driver for address in by_override}
             # A device kept by ID must not keep an earlier run's override for a variant driver.
             overridden = self._driverctl_overrides()
@@ -1071,8 +1072,16 @@ class VfioPciRun:
             )
         return variant, [a for a in self.members if a not in variant]
 
+    def _ids_moving_to_variants(self, view, by_override, by_id):
+        """IDs of devices now kept on a variant driver by an override, which vfio-pci's ID list no
+        longer needs: no member kept by ID and no other device on vfio-pci has them."""
+        needed = {device_id(view, a) for a in by_id}
+        needed.update(device_id(view, a) for a, record in view.records.items()
+                      if a not in self.members and record["driver"] == VFIO_DRIVER)
+        return {device_id(view, a) for a in by_override} - needed
+
     def _id_claim_warnings(self, view, by_override, ids):
-        """A device moving to a variant driver whose ID an earlier run put in vfio-pci's list."""
+        """A device moving to a variant driver whose ID vfio-pci's list keeps for another device."""
         return [
             "%s gets %s through a driverctl override, but its ID %s stays in vfio-pci's boot-time ID list "
             "(kept for the devices that need it): vfio-pci claims it first at boot until the override moves it"

@@ -61,11 +61,11 @@ for entry in ("bind", "unbind", "new_id", "remove_id"):
 def grace_host(make_host):
     """desktop_dgpu plus a GH200 (own IOMMU group) on nvidia; the variant modules loaded, driverctl installed."""
 
-    def build(modules=(GRACE_DRIVER, "mlx5_vfio_pci"), driverctl=True, **changes):
+    def build(modules=(GRACE_DRIVER, "mlx5_vfio_pci"), driverctl=True, add_devices=(), **changes):
         root = make_host(
             "desktop_dgpu",
             kernel={"modules": MODULES + list(modules), "vfio_aliases": ALIASES},
-            add_devices=[dict(GRACE_DEVICE)],
+            add_devices=[dict(GRACE_DEVICE)] + list(add_devices),
             **changes,
         )
         if driverctl:
@@ -273,6 +273,41 @@ def test_moving_a_device_a_vm_uses_to_its_variant_driver_is_refused(grace_host, 
     assert kernel.sim.writes == [] and snapshot(root) == before
     # driver: vfio-pci leaves it where it is: nothing to refuse.
     assert vfio_pci(root, kernel=kernel, devices=[GRACE], driver="vfio-pci", persistent="none")["changed"] is False
+
+
+def test_auto_after_driver_vfio_pci_moves_the_device_and_drops_its_id(grace_host, vfio_pci):
+    root = grace_host()
+    kernel = PciKernel(KernelSim(root))
+    vfio_pci(root, kernel=kernel, devices=[GPU, GRACE], driver="vfio-pci")
+    assert vfio.modprobe_ids(read(root, MODPROBE)) == sorted(GPU_IDS + [GRACE_ID])
+    result = vfio_pci(root, kernel=kernel, devices=[GRACE], diff=True)
+    assert result["rc"] == 0 and result["changed"] is True, result
+    assert vfio.read_driver(root, GRACE) == GRACE_DRIVER and read(root, DRIVERCTL_GRACE) == GRACE_DRIVER + "\n"
+    assert result["ids"] == GPU_IDS and vfio.modprobe_ids(read(root, MODPROBE)) == GPU_IDS
+    assert not any(GRACE_ID in w for w in warnings(result))
+
+
+def test_an_id_another_device_needs_stays_with_a_warning(grace_host, vfio_pci):
+    root = grace_host(add_devices=[dict(GRACE_DEVICE, address="0019:01:00.0", group=21, driver="vfio-pci")],
+                      files={MODPROBE: vfio.render_modprobe_conf([GRACE_ID])})
+    result = vfio_pci(root, devices=[GRACE])
+    assert result["rc"] == 0, result
+    assert result["ids"] == [GRACE_ID] and vfio.modprobe_ids(read(root, MODPROBE)) == [GRACE_ID]
+    assert any("0009:01:00.0 gets nvgrace_gpu_vfio_pci through a driverctl override, but its ID 10de:2342 stays"
+               in w for w in warnings(result)), warnings(result)
+
+
+def test_a_failed_move_to_the_variant_driver_goes_back_to_vfio_pci(grace_host):
+    """The variant driver never registered (no sys/bus/pci/drivers/<name>): the probe binds nothing,
+    and the roll-back puts the vfio-pci override back rather than handing the GPU to nvidia."""
+    root = grace_host(modules=(), patch_devices={GRACE: {"driver": "vfio-pci", "driver_override": "vfio-pci"}})
+    kernel = PciKernel(KernelSim(root), host_drivers={GRACE: "nvidia"})
+    with kernel.sim.active(), pytest.raises(vfio.VfioError) as failure:
+        vfio.bind_device(root, GRACE, GRACE_DRIVER, attempts=1, delay=0)
+    assert "binding 0009:01:00.0 to nvgrace_gpu_vfio_pci was accepted by the kernel but did not take effect" \
+        in str(failure.value)
+    assert "now bound to vfio-pci" in str(failure.value)
+    assert vfio.read_driver(root, GRACE) == "vfio-pci" and vfio.read_override(root, GRACE) == "vfio-pci"
 
 
 def test_going_back_to_plain_vfio_pci_drops_the_variant_override(grace_host, vfio_pci):
