@@ -13,7 +13,8 @@ Public API (every reader takes the host ``root``):
 - :func:`read_builtin_modules` ``(root, release) -> set[str] | None`` (names with ``_``)
 - :func:`read_vfio_aliases` ``(root, release) -> list[(pattern, driver)]``: variant VFIO drivers
   from ``modules.alias`` (``alias vfio_pci:<pattern> <driver>``)
-- :func:`vfio_variant_driver` ``(modalias, aliases) -> str | None``
+- :func:`vfio_variant_drivers` ``(modalias, aliases) -> list[str]`` (best match first) and
+  :func:`vfio_variant_driver` ``(modalias, aliases) -> str | None`` (the best match)
 - :func:`module_parameter` ``(root, module, parameter) -> str | None``
 - :func:`read_cpu_flags` ``(root) -> (vendor_id | None, set[str] | None)``
 - :func:`read_kernel` ``(root, findings=None) -> dict``, :func:`read_cpu` ``(root, findings=None)
@@ -136,15 +137,25 @@ def read_vfio_aliases(root, release):
     return aliases
 
 
-def vfio_variant_driver(modalias, aliases):
-    """The variant VFIO driver whose alias matches a device's ``pci:v...`` modalias, or None."""
+def vfio_variant_drivers(modalias, aliases):
+    """Every variant VFIO driver whose alias matches a device's ``pci:v...`` modalias, the most
+    specific pattern (fewest wildcards) first, as libvirt ranks them; ties keep the file order."""
     if not modalias or not modalias.startswith("pci:"):
-        return None
+        return []
     subject = modalias[len("pci:") :]
-    for pattern, driver in aliases:
-        if fnmatch.fnmatchcase(subject, pattern):
-            return driver
-    return None
+    matches = [(pattern.count("*"), index, driver) for index, (pattern, driver) in enumerate(aliases)
+               if fnmatch.fnmatchcase(subject, pattern)]
+    drivers = []
+    for _wildcards, _index, driver in sorted(matches):
+        if driver not in drivers:
+            drivers.append(driver)
+    return drivers
+
+
+def vfio_variant_driver(modalias, aliases):
+    """The variant VFIO driver that best matches a device's ``pci:v...`` modalias, or None."""
+    drivers = vfio_variant_drivers(modalias, aliases)
+    return drivers[0] if drivers else None
 
 
 def module_parameter(root, module, parameter):

@@ -1,6 +1,7 @@
 # Copyright (c) gpuvirt.host contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Handing PCI devices to vfio-pci: selectors, safety guards, runtime binding and persistence.
+"""Handing PCI devices to vfio-pci or a variant VFIO driver: selectors, safety guards, runtime
+binding and persistence.
 
 Public API (readers take the host ``root``; only :func:`apply_file` and :class:`VfioPciRun` use
 the Ansible module, for ``atomic_move`` and ``run_command``):
@@ -9,12 +10,16 @@ the Ansible module, for ``atomic_move`` and ``run_command``):
   ``(selectors, devices) -> {address: [selector, ...]}``: a PCI address (short, 4- or 8-digit
   domain), ``vendor:device``, or a model name; never an index.
 - :func:`read_driver`, :func:`read_override`, :func:`bind_device`, :func:`release_device`: the
-  kernel's ``driver_override`` / ``unbind`` / ``drivers_probe`` protocol, read back every time.
+  kernel's ``driver_override`` / ``unbind`` / ``drivers_probe`` protocol, read back every time,
+  for vfio-pci and the variant VFIO drivers.
 - :func:`read_host` ``(root) -> HostView``: devices, IOMMU state, VFIO holders and host-critical
   devices through the topology readers; :func:`framebuffer_devices` ``(root)``.
 - :func:`expand_members` ``(view, selected, with_companions) -> {address: Member}``: selected devices
   plus the other functions of their slots in the same IOMMU group.
 - :func:`bind_refusals`, :func:`in_use_refusals`, :func:`id_refusals` -> ``[Refusal]``: the guards.
+- :func:`choose_drivers` ``(root, members, requested, aliases) -> {address: DriverChoice}``: vfio-pci
+  or the variant VFIO driver (``alias vfio_pci:`` in modules.alias) each device gets;
+  :func:`is_vfio_driver`, :func:`driver_key` (``-`` and ``_`` as one), :func:`module_of`.
 - :func:`render_modprobe_conf`, :func:`modprobe_ids`, :func:`cmdline_ids`, :func:`driverctl_path`,
   :func:`render_initramfs_config`, :class:`FileChange`, :func:`plan_file`, :func:`apply_file`: the
   boot-time configuration that keeps the binding.
@@ -35,7 +40,12 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.bootloader import fin
 from ansible_collections.gpuvirt.host.plugins.module_utils.critical import critical_devices
 from ansible_collections.gpuvirt.host.plugins.module_utils.files import write_temp
 from ansible_collections.gpuvirt.host.plugins.module_utils.iommu import read_iommu, users_of, vfio_holders
-from ansible_collections.gpuvirt.host.plugins.module_utils.kernel import read_kernel
+from ansible_collections.gpuvirt.host.plugins.module_utils.kernel import (
+    read_builtin_modules,
+    read_kernel,
+    read_vfio_aliases,
+    vfio_variant_drivers,
+)
 from ansible_collections.gpuvirt.host.plugins.module_utils.pci import (
     companions,
     name_devices,
@@ -164,56 +174,61 @@ def driver_loaded(root, driver=VFIO_DRIVER):
     return os.path.isdir(host_path(root, PCI_DRIVERS, driver))
 
 
-def _settled_driver(root, address, want, attempts, delay):
-    """Read the ``driver`` link back; probing is synchronous, the retries cover slow udev hosts."""
+def _settled_driver(root, address, settled, attempts, delay):
+    """Read the ``driver`` link back until ``settled(driver)``; probing is synchronous, the
+    retries cover slow udev hosts."""
     driver = read_driver(root, address)
     for _attempt in range(attempts):
-        if (driver == want) if want is not None else (driver != VFIO_DRIVER):
+        if settled(driver):
             break
         time.sleep(delay)
         driver = read_driver(root, address)
     return driver
 
 
-def bind_device(root, address, attempts=10, delay=0.1):
-    """Bind one device to vfio-pci: set ``driver_override``, unbind, ``drivers_probe``, read back.
+def bind_device(root, address, driver=VFIO_DRIVER, attempts=10, delay=0.1):
+    """Bind one device to ``driver`` (vfio-pci or a variant VFIO driver): set ``driver_override``,
+    unbind, ``drivers_probe``, read back.
 
-    Returns the driver now bound (vfio-pci). A bind the kernel accepted but that left another
-    driver (or none) is rolled back (override cleared, device reprobed) and raises
+    Returns the driver now bound. A bind the kernel accepted but that left another driver (or
+    none) is rolled back (the override put back as it was, the device reprobed) and raises
     :class:`VfioError`; so does a refused write, with the kernel's reason.
     """
     before = read_driver(root, address)
-    if before == VFIO_DRIVER:
+    if before == driver:
         return before
+    previous = read_override(root, address)
     override_set = False
     try:
-        if read_override(root, address) != VFIO_DRIVER:
-            write_text(device_path(root, address, "driver_override"), VFIO_DRIVER)
+        if previous != driver:
+            write_text(device_path(root, address, "driver_override"), driver)
             override_set = True
         if before is not None:
             write_text(host_path(root, PCI_DRIVERS, before, "unbind"), address)
         write_text(host_path(root, DRIVERS_PROBE), address)
     except SysfsWriteError as error:
-        restored = _roll_back(root, address, override_set)
+        restored = _roll_back(root, address, override_set, previous)
         raise VfioError(
-            "binding %s to vfio-pci failed: %s; %s" % (address, error, restored)
+            "binding %s to %s failed: %s; %s" % (address, driver, error, restored)
         ) from error
-    after = _settled_driver(root, address, VFIO_DRIVER, attempts, delay)
-    if after != VFIO_DRIVER:
-        restored = _roll_back(root, address, override_set)
+    after = _settled_driver(root, address, lambda now: now == driver, attempts, delay)
+    if after != driver:
+        restored = _roll_back(root, address, override_set, previous)
         raise VfioError(
-            "binding %s to vfio-pci was accepted by the kernel but did not take effect: its driver "
-            "link reads %s; check 'dmesg' for a vfio-pci probe error (no IOMMU group, BAR reservation "
-            "held by a framebuffer); %s" % (address, after or "nothing (unbound)", restored)
+            "binding %s to %s was accepted by the kernel but did not take effect: its driver "
+            "link reads %s; check 'dmesg' for a %s probe error (no IOMMU group, BAR reservation "
+            "held by a framebuffer); %s" % (address, driver, after or "nothing (unbound)", driver, restored)
         )
     return after
 
 
-def _roll_back(root, address, override_set):
-    """Undo a failed bind so the device is not left without a driver; describe the outcome."""
+def _roll_back(root, address, override_set, previous=None):
+    """Undo a failed bind so the device is not left without a driver; describe the outcome.
+    ``previous``: the override before the bind (a device moving from vfio-pci to a variant
+    driver goes back to vfio-pci)."""
     try:
         if override_set:
-            write_text(device_path(root, address, "driver_override"), "\n")
+            write_text(device_path(root, address, "driver_override"), previous or "\n")
         if read_driver(root, address) is None:
             write_text(host_path(root, DRIVERS_PROBE), address)
     except SysfsWriteError as error:  # the original failure matters more; report both
@@ -222,29 +237,32 @@ def _roll_back(root, address, override_set):
     return "the override was undone and the device is now bound to %s" % (driver or "no driver")
 
 
-def release_device(root, address, attempts=10, delay=0.1):
-    """Hand a device back: clear ``driver_override``, unbind from vfio-pci, take its ID out of
-    vfio-pci's dynamic ID table, ``drivers_probe``, read back.
+def release_device(root, address, variants=(), attempts=10, delay=0.1):
+    """Hand a device back: clear ``driver_override``, unbind it from vfio-pci or the variant VFIO
+    driver holding it, take its ID out of vfio-pci's dynamic ID table, ``drivers_probe``, read back.
 
     After a boot that bound the device through ``options vfio-pci ids=`` (or ``vfio-pci.ids=``)
     the ID sits in vfio-pci's table and vfio-pci, loaded first, would win the reprobe again; the
-    table is runtime state, rebuilt at the next boot from the configuration. Returns the driver
-    bound afterwards (the host driver, or None when no driver claims it).
+    table is runtime state, rebuilt at the next boot from the configuration. ``variants``: the
+    variant VFIO drivers of the kernel (:func:`is_vfio_driver`). Returns the driver bound
+    afterwards (the host driver, or None when no driver claims it).
     """
     try:
         if read_override(root, address) is not None:
             write_text(device_path(root, address, "driver_override"), "\n")
-        if read_driver(root, address) == VFIO_DRIVER:
-            write_text(host_path(root, PCI_DRIVERS, VFIO_DRIVER, "unbind"), address)
-            _remove_dynamic_id(root, address)
+        driver = read_driver(root, address)
+        if is_vfio_driver(driver, variants):
+            write_text(host_path(root, PCI_DRIVERS, driver, "unbind"), address)
+            if driver_loaded(root, VFIO_DRIVER):
+                _remove_dynamic_id(root, address)
             write_text(host_path(root, DRIVERS_PROBE), address)
     except SysfsWriteError as error:
         raise VfioError("handing %s back to its host driver failed: %s" % (address, error)) from error
-    after = _settled_driver(root, address, None, attempts, delay)
-    if after == VFIO_DRIVER:
+    after = _settled_driver(root, address, lambda now: not is_vfio_driver(now, variants), attempts, delay)
+    if is_vfio_driver(after, variants):
         raise VfioError(
-            "unbinding %s from vfio-pci was accepted by the kernel but it is still bound to vfio-pci; "
-            "check 'dmesg' and whether a process holds the device" % address
+            "unbinding %s from %s was accepted by the kernel but it is still bound to %s; "
+            "check 'dmesg' and whether a process holds the device" % (address, driver, after)
         )
     return after
 
@@ -259,6 +277,89 @@ def _remove_dynamic_id(root, address):
     except SysfsWriteError as error:
         if error.errno != errno.ENODEV:  # ENODEV: the ID was not in the table
             raise
+
+
+# ------------------------------------------------------------------------------ driver choice
+
+
+def driver_key(name):
+    """Driver and module names compare with ``-`` and ``_`` as one (``vfio-pci`` = ``vfio_pci``)."""
+    return name.strip().replace("-", "_")
+
+
+def is_vfio_driver(name, variants=()):
+    """vfio-pci, one of ``variants`` (the kernel's variant VFIO drivers), or a driver named like one
+    (every in-tree variant is ``<something>_vfio_pci``, which also covers one that another kernel
+    release listed)."""
+    if not name:
+        return False
+    key = driver_key(name)
+    return key == "vfio_pci" or key.endswith("_vfio_pci") or key in {driver_key(v) for v in variants}
+
+
+def module_of(driver):
+    """The module ``modprobe`` loads for a driver: vfio-pci as the module has always been named
+    here, a variant by its module name (its registered driver name)."""
+    return VFIO_DRIVER if driver_key(driver) == "vfio_pci" else driver_key(driver)
+
+
+@dataclass(frozen=True)
+class DriverChoice:
+    """The VFIO driver one device gets, and why.
+
+    ``reason``: ``option`` (the module's ``driver`` option named it), ``modules.alias`` (``auto``:
+    a variant driver's ``vfio_pci:`` alias matches the device), ``default`` (``auto``: none does).
+    ``variants``: the variant drivers whose alias matches the device's ``modalias``, best first.
+    """
+
+    driver: str
+    reason: str
+    modalias: str | None
+    variants: tuple
+
+    @property
+    def variant(self):
+        return self.driver != VFIO_DRIVER
+
+
+def choose_drivers(root, members, requested, aliases, release=None):
+    """``{address: DriverChoice}`` for ``members`` (:func:`expand_members`).
+
+    ``requested``: ``auto`` (the best matching variant driver, else vfio-pci), ``vfio-pci`` (plain
+    vfio-pci for all), or a variant driver for the selected devices (companions keep ``auto``),
+    which must match each of them; otherwise :class:`VfioError` names every such device, the
+    driver and the variant drivers that do match.
+    """
+    wanted = None if requested == "auto" else driver_key(requested)
+    choices = {}
+    problems = []
+    for address, member in members.items():
+        modalias = read_text(device_path(root, address, "modalias"))
+        variants = tuple(vfio_variant_drivers(modalias, aliases))
+        if wanted == "vfio_pci":
+            choices[address] = DriverChoice(VFIO_DRIVER, "option", modalias, variants)
+        elif wanted is not None and member.companion_of is None:
+            named = [v for v in variants if driver_key(v) == wanted]
+            if named:
+                choices[address] = DriverChoice(named[0], "option", modalias, variants)
+                continue
+            problems.append(
+                "driver %s does not match %s (modalias %s): %s" % (
+                    requested, address, modalias or "unreadable",
+                    "the variant VFIO drivers that match it are %s" % ", ".join(variants) if variants
+                    else "no variant VFIO driver in modules.alias of kernel %s matches it" % (release or "?"),
+                )
+            )
+        elif variants:
+            choices[address] = DriverChoice(variants[0], "modules.alias", modalias, variants)
+        else:
+            choices[address] = DriverChoice(VFIO_DRIVER, "default", modalias, variants)
+    if problems:
+        raise VfioError(
+            "; ".join(problems) + "; use driver: auto (the matching variant driver, else vfio-pci), driver: "
+            "vfio-pci, or one of the matching drivers; nothing was changed"
+        )
+    return choices
 
 
 # ---------------------------------------------------------------------------------- persistence
@@ -292,9 +393,12 @@ def render_modprobe_conf(ids):
     return "".join(lines)
 
 
-def render_modules_load():
-    """modules-load.d content that loads vfio-pci at boot even when no host driver pulls it in."""
-    return MANAGED_HEADER + "vfio-pci\n"
+def render_modules_load(modules=(VFIO_DRIVER,)):
+    """modules-load.d content that loads ``modules`` at boot: vfio-pci even when no host driver
+    pulls it in, and variant VFIO drivers, which no ``pci:`` alias ever autoloads. None: no file."""
+    if not modules:
+        return None
+    return MANAGED_HEADER + "".join("%s\n" % name for name in modules)
 
 
 def driverctl_path(address):
@@ -721,6 +825,7 @@ class VfioPciRun:
         self.persistent = params["persistent"]
         self.regenerate_initramfs = params["initramfs"]
         self.force = params["force"]
+        self.driver = params.get("driver") or "auto"
         self.host = is_host_root(self.root)
         self.warnings = []
         self.commands = []
@@ -729,6 +834,9 @@ class VfioPciRun:
         self.after = {}
         self.view = None
         self.applied = False
+        self.choices = {}
+        self.variants = []
+        self.kept_by = {}
 
     # -- plan -------------------------------------------------------------------------------------
 
@@ -736,13 +844,19 @@ class VfioPciRun:
         view = self.view = read_host(self.root)
         selected = resolve_selectors(self.selectors, view.devices)
         self.members = expand_members(view, selected, self.with_companions)
+        release = view.kernel.get("release")
+        aliases = read_vfio_aliases(self.root, release)
+        self.variants = sorted({driver for _pattern, driver in aliases})
+        requested = self.driver if self.state == "present" else "auto"
+        self.choices = choose_drivers(self.root, self.members, requested, aliases, release)
         self.before = {address: view.devices[address].driver for address in self.members}
         if self.state == "present":
-            wanted = [a for a in self.members if self.before[a] != VFIO_DRIVER]
+            wanted = [a for a in self.members if self.before[a] != self.choices[a].driver]
         else:
             wanted = [
                 a for a in self.members
-                if self.before[a] == VFIO_DRIVER or view.devices[a].driver_override == VFIO_DRIVER
+                if is_vfio_driver(self.before[a], self.variants)
+                or is_vfio_driver(view.devices[a].driver_override, self.variants)
             ]
         self.runtime_skipped = None
         if not self.runtime:
@@ -752,7 +866,7 @@ class VfioPciRun:
         elif self.state == "present" and wanted and not view.iommu_enabled:
             self.changing = []
             self.runtime_skipped = (
-                "the IOMMU is off in the running kernel, so vfio-pci cannot take %s now; the boot-time "
+                "the IOMMU is off in the running kernel, so no VFIO driver can take %s now; the boot-time "
                 "configuration binds %s at the next boot once the IOMMU is on (gpuvirt.host.iommu or "
                 "gpuvirt.host.kernel_cmdline with intel_iommu=on / amd_iommu=on)"
                 % (", ".join(wanted), "them" if len(wanted) > 1 else "it")
@@ -776,11 +890,16 @@ class VfioPciRun:
                 raise GuardError(refusals)
             self.warnings.extend("force: true: going ahead although " + r.message for r in refusals)
         self.refusals = refusals
-        self.load_driver = bool(self.state == "present" and self.changing and not driver_loaded(self.root))
-        if self.load_driver and not self.host:
+        needed = {self.choices[a].driver for a in self.changing} if self.state == "present" else set()
+        self.load_drivers = sorted((d for d in needed if not driver_loaded(self.root, d)),
+                                   key=lambda d: (d != VFIO_DRIVER, d))
+        if self.load_drivers and not self.host:
+            several = len(self.load_drivers) > 1
             raise VfioError(
-                "the vfio-pci driver is not loaded below %s (no sys/bus/pci/drivers/vfio-pci) and modules can "
-                "only be loaded on this host's /; nothing was changed" % self.root
+                "the %s driver%s not loaded below %s (no %s) and modules can only be loaded on this host's /; "
+                "nothing was changed"
+                % (", ".join(self.load_drivers), "s are" if several else " is", self.root,
+                   ", ".join("sys/bus/pci/drivers/" + driver for driver in self.load_drivers))
             )
         self.initramfs = self._plan_initramfs(view)
 
@@ -799,18 +918,23 @@ class VfioPciRun:
     def _plan_persistence(self, view):
         method = "none" if self.persistent == "none" else self._method(view)
         plan = PersistencePlan(method, [], [], None, [], [], [], [])
+        self.kept_by = {address: method for address in self.members}
         if method == "none":
             return plan
-        member_ids = sorted({device_id(view, a) for a in self.members})
+        by_override, by_id = self._split_by_persistence(method)
+        self.kept_by.update({address: "driverctl" for address in by_override})
+        member_ids = sorted({device_id(view, a) for a in (by_id if self.state == "present" else self.members)})
         modprobe = plan_file(self.root, MODPROBE_CONF, None)
         plan.ids_before = modprobe_ids(modprobe.before)
         modprobe.after = modprobe.before
         cmdline_before = self._cmdline_ids(method)
+        cmdline_after = cmdline_before
         releasing = list(self.members) if self.state == "absent" else []
 
         if self.state == "present":
+            dropped = self._ids_moving_to_variants(view, by_override, by_id)
             if method == "modprobe":
-                plan.ids_after = sorted(set(plan.ids_before) | set(member_ids))
+                plan.ids_after = sorted((set(plan.ids_before) | set(member_ids)) - dropped)
                 modprobe.after = render_modprobe_conf(plan.ids_after)
                 added = set(member_ids) - set(plan.ids_before)
                 plan.refusals += id_refusals(view, self.members, set(member_ids), set(), [])
@@ -821,21 +945,24 @@ class VfioPciRun:
                             "two lists is ignored: merge them into %s" % (path, ",".join(ids), "/" + MODPROBE_CONF)
                         )
             elif method == "cmdline":
-                wanted = sorted(set(cmdline_before) | set(member_ids))
-                plan.ids_before, plan.ids_after = cmdline_before, wanted
+                cmdline_after = sorted((set(cmdline_before) | set(member_ids)) - dropped)
+                plan.ids_before, plan.ids_after = cmdline_before, cmdline_after
                 plan.refusals += id_refusals(view, self.members, set(member_ids), set(), [])
-                if wanted != sorted(cmdline_before):
-                    plan.boot_plan = self._boot_plan(["vfio-pci.ids=" + ",".join(wanted)], [])
-            else:
-                program = self._driverctl_program()
-                for address in self.members:
-                    change = plan_file(self.root, driverctl_path(address), VFIO_DRIVER + "\n")
-                    if change.before is not None and change.before.strip() == VFIO_DRIVER:
-                        change.after = change.before
-                    command = [program, "--noprobe", "set-override", address, VFIO_DRIVER] if self.host else None
-                    plan.driverctl.append(DriverctlChange(address, change, command))
-            if not view.kernel.get("vfio_builtin"):
-                plan.files.append(plan_file(self.root, MODULES_LOAD_CONF, render_modules_load()))
+                if cmdline_after != sorted(cmdline_before):
+                    plan.boot_plan = self._boot_plan(["vfio-pci.ids=" + ",".join(cmdline_after)], [])
+            plan.warnings += self._id_claim_warnings(view, by_override, set(plan.ids_after))
+            overrides = {address: self.choices[address].driver for address in by_override}
+            # A device kept by ID must not keep an earlier run's override for a variant driver.
+            overridden = self._driverctl_overrides()
+            overrides.update({
+                address: None for address in by_id
+                if is_vfio_driver(overridden.get(address), self.variants) and overridden[address] != VFIO_DRIVER
+            })
+            why = None
+            if method != "driverctl" and by_override:
+                why = "keeping %s on %s across reboots" % (
+                    ", ".join(by_override), ", ".join(sorted({self.choices[a].driver for a in by_override})))
+            plan.driverctl = self._plan_overrides(overrides, why)
         else:
             removed_ids = set(member_ids)
             plan.ids_after = [i for i in plan.ids_before if i not in removed_ids]
@@ -849,24 +976,95 @@ class VfioPciRun:
                 )
             touched = removed_ids & (set(plan.ids_before) | set(cmdline_before))
             plan.refusals += id_refusals(view, self.members, set(), touched, releasing)
-            remaining_overrides = set(self._driverctl_vfio_addresses())
-            for address in self.members:
-                change = plan_file(self.root, driverctl_path(address), None)
-                if change.before is None or change.before.strip() != VFIO_DRIVER:
-                    continue
-                remaining_overrides.discard(address)
-                command = None
-                if self.host:
-                    command = [self._driverctl_program(), "--noprobe", "unset-override", address]
-                plan.driverctl.append(DriverctlChange(address, change, command))
-            keep_loading = plan.ids_after or cmdline_after or remaining_overrides
-            plan.files.append(
-                plan_file(self.root, MODULES_LOAD_CONF, render_modules_load() if keep_loading else None)
-            )
-            if not keep_loading and plan.files[-1].before is None:
-                plan.files.pop()
+            overridden = self._driverctl_overrides()
+            gone = [a for a in self.members if is_vfio_driver(overridden.get(a), self.variants)]
+            self.kept_by.update({address: "driverctl" for address in gone})
+            plan.driverctl = self._plan_overrides({address: None for address in gone}, None)
+        plan.files.append(self._plan_modules_load(view, plan, cmdline_after))
+        if plan.files[-1].before is None and plan.files[-1].after is None:
+            plan.files.pop()
         plan.files.insert(0, modprobe)
         return plan
+
+    def _split_by_persistence(self, method):
+        """``(by_override, by_id)``: the members kept by a driverctl override and those kept by
+        vfio-pci's ID list. Variant drivers bind only through ``driver_override``, never by ID:
+        with ``auto`` they get overrides, with an ID method explicitly asked for the run fails."""
+        if self.state == "absent":
+            return [], list(self.members)
+        if method == "driverctl":
+            return list(self.members), []
+        variant = [a for a in self.members if self.choices[a].variant]
+        if variant and self.persistent != "auto":
+            raise VfioError(
+                "%s get%s the variant VFIO driver %s, which binds only through driver_override and never by "
+                "vendor:device ID, so persistent: %s (vfio-pci ids=) would give %s plain vfio-pci at boot; use "
+                "persistent: auto or driverctl (a per-address driverctl override plus the module in /%s), "
+                "driver: vfio-pci for plain vfio-pci, or persistent: none; nothing was changed"
+                % (", ".join(variant), "s" if len(variant) == 1 else "",
+                   ", ".join(sorted({self.choices[a].driver for a in variant})), self.persistent,
+                   "it" if len(variant) == 1 else "them", MODULES_LOAD_CONF)
+            )
+        return variant, [a for a in self.members if a not in variant]
+
+    def _ids_moving_to_variants(self, view, by_override, by_id):
+        """IDs of devices now kept on a variant driver by an override, which vfio-pci's ID list no
+        longer needs: no member kept by ID and no other device on vfio-pci has them."""
+        needed = {device_id(view, a) for a in by_id}
+        needed.update(device_id(view, a) for a, record in view.records.items()
+                      if a not in self.members and record["driver"] == VFIO_DRIVER)
+        return {device_id(view, a) for a in by_override} - needed
+
+    def _id_claim_warnings(self, view, by_override, ids):
+        """A device moving to a variant driver whose ID vfio-pci's list keeps for another device."""
+        return [
+            "%s gets %s through a driverctl override, but its ID %s stays in vfio-pci's boot-time ID list "
+            "(kept for the devices that need it): vfio-pci claims it first at boot until the override moves it"
+            % (address, self.choices[address].driver, device_id(view, address))
+            for address in by_override if device_id(view, address) in ids
+        ]
+
+    def _plan_overrides(self, overrides, why):
+        """``{address: driver or None}`` -> [DriverctlChange]: write (set-override) or remove
+        (unset-override) ``/etc/driverctl.d/pci-<address>``, only where it differs."""
+        entries = []
+        for address, driver in overrides.items():
+            change = plan_file(self.root, driverctl_path(address), None if driver is None else driver + "\n")
+            if change.before is not None and driver is not None and change.before.strip() == driver:
+                continue
+            if change.before is None and driver is None:
+                continue
+            command = None
+            if self.host or driver is not None:
+                program = self._driverctl_program(why)
+                if self.host:
+                    command = [program, "--noprobe"] + (
+                        ["set-override", address, driver] if driver is not None else ["unset-override", address]
+                    )
+            entries.append(DriverctlChange(address, change, command))
+        return entries
+
+    def _plan_modules_load(self, view, plan, cmdline_after):
+        """Our modules-load.d file after the run: vfio-pci when something binds to it at boot and it
+        is a module; every variant driver a driverctl override names, as nothing else loads it."""
+        overrides = self._driverctl_overrides()
+        for entry in plan.driverctl:
+            if entry.file.after is None:
+                overrides.pop(entry.address, None)
+            else:
+                overrides[entry.address] = entry.file.after.strip()
+        builtin = read_builtin_modules(self.root, view.kernel.get("release")) or set()
+        modules = []
+        if not view.kernel.get("vfio_builtin") and (
+            plan.ids_after or cmdline_after or any(driver_key(d) == "vfio_pci" for d in overrides.values())
+        ):
+            modules.append(VFIO_DRIVER)
+        modules += sorted({
+            module_of(driver) for driver in overrides.values()
+            if is_vfio_driver(driver, self.variants) and driver_key(driver) != "vfio_pci"
+            and driver_key(driver) not in builtin
+        })
+        return plan_file(self.root, MODULES_LOAD_CONF, render_modules_load(modules))
 
     def _cmdline_ids(self, method):
         """vfio-pci.ids on the configured command line; only read when this run may change them
@@ -888,23 +1086,26 @@ class VfioPciRun:
         except (bootloader.ArgumentError, bootloader.BootloaderError) as error:
             raise VfioError("cannot plan vfio-pci.ids on the kernel command line: %s" % error) from error
 
-    def _driverctl_program(self):
+    def _driverctl_program(self, why=None):
         program = find_program(self.module, self.root, "driverctl")
         if program is None:
             raise VfioError(
-                "persistent: driverctl needs driverctl installed (its udev rule applies the overrides at "
-                "boot); install the driverctl package, or use persistent: modprobe"
+                "%s needs driverctl installed (its udev rule applies the overrides at boot); install the "
+                "driverctl package, or use %s"
+                % (why or "persistent: driverctl",
+                   "persistent: modprobe" if not why else "persistent: none, or driver: vfio-pci with persistent: auto")
             )
         return program
 
-    def _driverctl_vfio_addresses(self):
-        addresses = []
+    def _driverctl_overrides(self):
+        """``{address: driver}`` of every ``/etc/driverctl.d/pci-<address>`` file."""
+        overrides = {}
         for name in list_dir(host_path(self.root, DRIVERCTL_DIR)):
             if name.startswith("pci-"):
                 text = _read_file(host_path(self.root, DRIVERCTL_DIR, name))
-                if text is not None and text.strip() == VFIO_DRIVER:
-                    addresses.append(name[len("pci-"):])
-        return addresses
+                if text is not None and text.strip():
+                    overrides[name[len("pci-"):]] = text.strip()
+        return overrides
 
     def _plan_initramfs(self, view):
         """Our initramfs configuration and whether the image must be rebuilt: only when the
@@ -952,25 +1153,25 @@ class VfioPciRun:
 
     @property
     def changed(self):
-        return bool(self.changing) or self.load_driver or self.persistence.changed or self.initramfs.changed
+        return bool(self.changing) or bool(self.load_drivers) or self.persistence.changed or self.initramfs.changed
 
     def apply(self):
         """Change the host. Raises :class:`VfioError` on failure; ``self.applied`` tells whether
         something had been changed by then."""
-        if self.load_driver:
-            self._run([self._program("modprobe"), VFIO_DRIVER], "loading the vfio-pci module")
+        for driver in self.load_drivers:
+            self._run([self._program("modprobe"), module_of(driver)], "loading the %s module" % module_of(driver))
             self.applied = True
-            if not driver_loaded(self.root):
+            if not driver_loaded(self.root, driver):
                 raise VfioError(
-                    "modprobe vfio-pci succeeded but /sys/bus/pci/drivers/vfio-pci does not exist; check "
-                    "'dmesg' (Secure Boot lockdown, a kernel without VFIO)"
+                    "modprobe %s succeeded but /sys/bus/pci/drivers/%s does not exist; check 'dmesg' (Secure Boot "
+                    "lockdown, a kernel without VFIO)" % (module_of(driver), driver)
                 )
         for address in self.changing:
             self.applied = True
             if self.state == "present":
-                self.after[address] = bind_device(self.root, address)
+                self.after[address] = bind_device(self.root, address, self.choices[address].driver)
             else:
-                self.after[address] = release_device(self.root, address)
+                self.after[address] = release_device(self.root, address, self.variants)
         for change in self.persistence.files:
             if change.changed:
                 self.applied = True
@@ -1063,7 +1264,7 @@ class VfioPciRun:
             if address in self.after:
                 after = self.after[address]
             elif address in self.changing and self.module.check_mode:
-                after = VFIO_DRIVER if self.state == "present" else None
+                after = self.choices[address].driver if self.state == "present" else None
             elif address in self.changing:
                 after = read_driver(self.root, address)
             else:
@@ -1078,16 +1279,29 @@ class VfioPciRun:
                 "driver_after": after,
                 "changed": address in self.changing,
             }
+            result[address].update(self._driver_result(address))
         return result
+
+    def _driver_result(self, address):
+        """The VFIO driver chosen for a device, why, and how it is kept across reboots."""
+        choice = self.choices[address]
+        present = self.state == "present"
+        return {
+            "driver": choice.driver if present else None,
+            "driver_reason": choice.reason if present else None,
+            "modalias": choice.modalias,
+            "variant_drivers": list(choice.variants),
+            "persistent": self.kept_by.get(address, "none"),
+        }
 
     def reboot_reasons(self, devices):
         if self.persistence.method == "none":
             return []
         reasons = []
-        pending = [
-            a for a, entry in devices.items()
-            if (entry["driver_after"] != VFIO_DRIVER) == (self.state == "present")
-        ]
+        if self.state == "present":
+            pending = [a for a, entry in devices.items() if entry["driver_after"] != entry["driver"]]
+        else:
+            pending = [a for a, entry in devices.items() if is_vfio_driver(entry["driver_after"], self.variants)]
         if pending:
             if self.runtime_skipped and self.runtime_skipped != "runtime: false":
                 reasons.append(self.runtime_skipped)
@@ -1095,7 +1309,8 @@ class VfioPciRun:
                 reasons.append(
                     "%s %s at the next boot: the runtime binding was %s"
                     % (", ".join(pending),
-                       "gets vfio-pci" if self.state == "present" else "returns to its host driver",
+                       "gets " + ", ".join(sorted({devices[a]["driver"] for a in pending}))
+                       if self.state == "present" else "returns to its host driver",
                        "not requested (runtime: false)" if not self.runtime else "not done")
                 )
         return reasons
@@ -1109,7 +1324,7 @@ class VfioPciRun:
             devices=devices,
             state=self.state,
             iommu_enabled=self.view.iommu_enabled,
-            persistent=persistence.method,
+            persistent=self._persistent_result(devices),
             ids=persistence.ids_after if persistence.method in ("modprobe", "cmdline") else [],
             files_changed=persistence.paths_changed() + (
                 [self.initramfs.config.display_path] if self.initramfs.config is not None
@@ -1127,10 +1342,17 @@ class VfioPciRun:
                 result["diff"].append(self.initramfs.config.diff())
         return result
 
+    def _persistent_result(self, devices):
+        """The boot-time method of the devices on plain vfio-pci (``auto`` resolved); driverctl when
+        every device is kept by a driverctl override (variant drivers with ``auto``)."""
+        method = self.persistence.method
+        if self.state == "present" and devices and all(e["persistent"] == "driverctl" for e in devices.values()):
+            return "driverctl"
+        return method
+
     def _predicted_commands(self):
         commands = []
-        if self.load_driver:
-            commands.append(["modprobe", VFIO_DRIVER])
+        commands += [["modprobe", module_of(driver)] for driver in self.load_drivers]
         commands += [entry.command for entry in self.persistence.driverctl if entry.file.changed and entry.command]
         boot_plan = self.persistence.boot_plan
         if boot_plan is not None and boot_plan.changed and boot_plan.run_commands:

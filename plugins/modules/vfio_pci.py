@@ -6,7 +6,7 @@ from __future__ import annotations
 
 DOCUMENTATION = r"""
 module: vfio_pci
-short_description: Bind PCI devices (GPUs and their companion functions) to vfio-pci, now and at every boot
+short_description: Bind PCI devices (GPUs and their companion functions) to a VFIO driver, now and at every boot
 version_added: 0.1.0
 author: gpuvirt.host maintainers (@gpuvirt)
 description:
@@ -18,10 +18,17 @@ description:
     a part of the name). Indexes are refused: they change between boots. An address that does not
     exist, an ID that matches nothing, or a name that matches nothing or two different models fails
     and changes nothing."
+  - "Variant VFIO drivers (C(nvgrace_gpu_vfio_pci) for NVIDIA Grace Hopper GPUs, C(mlx5_vfio_pci),
+    C(hisi_acc_vfio_pci), C(pds_vfio_pci), C(virtio_vfio_pci)...) take the place of vfio-pci for the
+    devices they support. With O(driver=auto) each device gets the variant driver whose
+    C(alias vfio_pci:<pattern> <driver>) line in C(/lib/modules/<release>/modules.alias) of the running
+    kernel matches the device's C(modalias) (the most specific pattern when several do, as libvirt picks
+    them), else vfio-pci. A device on vfio-pci that a variant driver matches is moved to it."
   - With O(companions=true) the other functions of the selected card's slot that share its IOMMU group
     (HDMI/DP audio, USB-C xHCI, UCSI) are bound too, as a VM can only get a whole group.
-  - "Runtime binding uses the kernel's protocol: write C(vfio-pci) to C(driver_override), unbind the
-    current driver, write the address to C(/sys/bus/pci/drivers_probe), then read the C(driver) link
+  - "Runtime binding uses the kernel's protocol: load the driver's module when
+    C(/sys/bus/pci/drivers/<driver>) does not exist, write the driver name to C(driver_override), unbind
+    the current driver, write the address to C(/sys/bus/pci/drivers_probe), then read the C(driver) link
     back. A bind the kernel accepted but that did not take effect is undone and reported as an error."
   - "Guards, each a clear error that changes nothing unless O(force=true): the boot VGA device or a GPU
     driving a console framebuffer; an IOMMU group that holds an endpoint which is neither a companion
@@ -39,6 +46,13 @@ description:
     when vfio-pci is built into the kernel, where modprobe.d options are ignored); V(auto) picks
     V(cmdline) when C(modules.builtin) lists vfio-pci and V(modprobe) otherwise. When vfio-pci is a
     module, C(/etc/modules-load.d/gpuvirt-vfio.conf) loads it at boot."
+  - "Variant drivers bind only through C(driver_override), never by vendor:device ID, so IDs on the
+    modprobe.d options or the kernel command line cannot keep them. With O(persistent=auto) a device on
+    a variant driver is kept by a driverctl override (C(/etc/driverctl.d/pci-<address>) holding the
+    driver name, which needs driverctl installed, as for O(persistent=driverctl)) and its module is
+    listed in C(/etc/modules-load.d/gpuvirt-vfio.conf), since nothing else loads it at boot; the devices
+    on plain vfio-pci keep the method V(auto) resolves to. O(persistent=modprobe) or O(persistent=cmdline)
+    with a device on a variant driver fails and changes nothing."
   - The ID lists are merged with what earlier runs configured, so several calls compose.
   - When the modprobe.d file changes the initramfs is regenerated (update-initramfs, dracut or
     mkinitcpio) and the image that will boot is checked for the vfio modules and the options.
@@ -55,6 +69,20 @@ attributes:
     details:
       - One diff per file written or removed (modprobe.d, modules-load.d, driverctl, bootloader).
 options:
+  driver:
+    description:
+      - The VFIO driver to bind the devices to, with O(state=present).
+      - V(auto) gives each device the variant VFIO driver that C(modules.alias) of the running kernel
+        matches for it, else vfio-pci.
+      - V(vfio-pci) always binds plain vfio-pci (the variant drivers are not considered).
+      - Any other value names a variant driver (C(nvgrace_gpu_vfio_pci), C(mlx5-vfio-pci); dashes and
+        underscores are the same) for the devices the selectors name, while their companion functions
+        keep V(auto). It must match each of them (one of its C(vfio_pci:) aliases matches the device's
+        C(modalias)), or the run fails before changing anything, naming the device, the driver and the
+        variant drivers that do match.
+      - Ignored with O(state=absent), which releases devices from vfio-pci and any variant driver.
+    type: str
+    default: auto
   devices:
     description:
       - The devices, each a PCI address, a C(vendor:device) ID or a model name.
@@ -63,8 +91,9 @@ options:
     required: true
   state:
     description:
-      - V(present) binds the devices to vfio-pci; V(absent) hands them back to their host drivers
-        (clears C(driver_override), unbinds, takes their IDs out of vfio-pci's runtime ID table so
+      - V(present) binds the devices to their VFIO driver (see O(driver)); V(absent) hands them back to
+        their host drivers from vfio-pci or a variant driver (clears C(driver_override), unbinds, takes
+        their IDs out of vfio-pci's runtime ID table so
         that the reprobe does not give them straight back, reprobes) and removes them from every
         boot-time configuration this module manages, unless O(persistent=none).
     type: str
@@ -85,6 +114,8 @@ options:
     description:
       - How the binding is kept across reboots, see the description. V(none) binds until the next
         reboot only (and with O(state=absent) leaves the boot-time configuration alone).
+      - Devices on a variant driver are kept by driverctl overrides with V(auto) and V(driverctl); V(modprobe)
+        and V(cmdline) cannot keep them and fail.
     type: str
     choices: [auto, modprobe, driverctl, cmdline, none]
     default: auto
@@ -140,6 +171,28 @@ EXAMPLES = r"""
       - "1002:73bf"
     runtime: false
 
+- name: A Grace Hopper GPU on its variant driver (auto picks nvgrace_gpu_vfio_pci), kept by driverctl
+  gpuvirt.host.vfio_pci:
+    devices:
+      - "0009:01:00.0"
+  register: grace
+
+- name: Show the driver chosen and why
+  ansible.builtin.debug:
+    msg: "{{ grace.devices['0009:01:00.0'].driver }} ({{ grace.devices['0009:01:00.0'].driver_reason }})"
+
+- name: Plain vfio-pci although a variant driver matches
+  gpuvirt.host.vfio_pci:
+    devices:
+      - "0009:01:00.0"
+    driver: vfio-pci
+
+- name: Name the variant driver; fails if it does not match the device
+  gpuvirt.host.vfio_pci:
+    devices:
+      - "15b3:101e"
+    driver: mlx5_vfio_pci
+
 - name: Give the GPU back to the host
   gpuvirt.host.vfio_pci:
     devices:
@@ -162,6 +215,11 @@ devices:
       driver_before: nouveau
       driver_after: vfio-pci
       changed: true
+      driver: vfio-pci
+      driver_reason: default
+      modalias: "pci:v000010DEd00002204sv00001458sd0000403Bbc03sc00i00"
+      variant_drivers: []
+      persistent: modprobe
     "0000:01:00.1":
       id: "10de:1aef"
       name: "0000:01:00.1 [10de:1aef] NVIDIA Corporation GA102 High Definition Audio Controller (driver snd_hda_intel)"
@@ -171,6 +229,11 @@ devices:
       driver_before: snd_hda_intel
       driver_after: vfio-pci
       changed: true
+      driver: vfio-pci
+      driver_reason: default
+      modalias: "pci:v000010DEd00001AEFsv00001458sd0000403Bbc04sc03i00"
+      variant_drivers: []
+      persistent: modprobe
   contains:
     id:
       description: The C(vendor:device) ID.
@@ -199,6 +262,28 @@ devices:
     changed:
       description: Whether the runtime binding of this device changed (or would, in check mode).
       type: bool
+    driver:
+      description: The VFIO driver the device is bound to (C(vfio-pci) or a variant driver); null with O(state=absent).
+      type: str
+    driver_reason:
+      description:
+        - Why that driver, null with O(state=absent).
+        - V(option) - O(driver) named it (V(vfio-pci) or a variant driver).
+        - V(modules.alias) - O(driver=auto) and a variant driver's C(vfio_pci:) alias matches the device.
+        - V(default) - O(driver=auto) and no variant driver matches, so vfio-pci.
+      type: str
+    modalias:
+      description: The device's C(modalias) attribute, what the C(vfio_pci:) aliases are matched against.
+      type: str
+    variant_drivers:
+      description: The variant VFIO drivers of the running kernel that match the device, the best match first.
+      type: list
+      elements: str
+    persistent:
+      description:
+        - How the device is kept across reboots by this run (V(modprobe), V(cmdline), V(driverctl) or V(none)).
+          Devices on a variant driver always use V(driverctl).
+      type: str
 state:
   description: The O(state) applied.
   returned: always
@@ -208,7 +293,10 @@ iommu_enabled:
   returned: always
   type: bool
 persistent:
-  description: The boot-time method used (V(auto) resolved), or V(none).
+  description:
+    - The boot-time method used for the devices on plain vfio-pci (V(auto) resolved), or V(none);
+      V(driverctl) when every device is kept by a driverctl override (all on variant drivers).
+      RV(devices) tells the method of each device.
   returned: always
   type: str
   sample: modprobe
@@ -288,6 +376,7 @@ def main():
     module = AnsibleModule(
         argument_spec=dict(
             devices=dict(type="list", elements="str", required=True),
+            driver=dict(type="str", default="auto"),
             state=dict(type="str", choices=["present", "absent"], default="present"),
             companions=dict(type="bool", default=True),
             runtime=dict(type="bool", default=True),

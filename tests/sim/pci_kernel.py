@@ -12,6 +12,12 @@ Plugs into :class:`sim.mdev_kernel.KernelSim`, which routes the writes of the co
   until the process lets go; here it fails with ``EBUSY`` and is recorded in :attr:`blocked`.
 - ``sys/bus/pci/drivers/<drv>/bind``: binds an unbound device the driver matches, else
   ``ENODEV`` (bound: ``EBUSY``).
+- Variant VFIO drivers (every ``alias vfio_pci:<pattern> <driver>`` of the tree's
+  ``lib/modules/*/modules.alias``) have override-only ID tables: they bind a device only through its
+  ``driver_override``, never by ID. Writing an ID to such a driver's ``new_id`` is refused
+  (``EINVAL``) and recorded in :attr:`id_attempts`: nothing could keep such a binding across a
+  reboot, so the code under test must never try it. Otherwise they behave like vfio-pci (probe needs
+  an IOMMU group, ``dev/vfio/<group>``, unbinding a held group blocks).
 - ``sys/bus/pci/drivers_probe`` with an address: a bound device is left alone; an unbound one is
   offered to the driver named in ``driver_override`` only, or else to vfio-pci when its ID is in
   vfio-pci's dynamic ID table (``vfio_ids``: what ``options vfio-pci ids=`` or ``new_id`` put there;
@@ -31,6 +37,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 
 VFIO = "vfio-pci"
 
@@ -56,21 +63,26 @@ class PciKernel:
     def __init__(self, sim, host_drivers=None, failing_probe=(), vfio_ids=()):
         self.sim = sim
         self.root = sim.root
+        self.variants = self._variant_drivers()
         state = sim.load()
         pci = state.setdefault("pci", {})
         if "host_drivers" not in pci:
             drivers = {}
             for address in self._addresses():
                 driver = self.driver_of(address)
-                drivers[address] = driver if driver != VFIO else None
+                drivers[address] = None if self.is_vfio(driver) else driver
             pci["host_drivers"] = drivers
         pci["host_drivers"].update(host_drivers or {})
+        pci.setdefault("id_attempts", [])
         pci["failing_probe"] = sorted(set(pci.get("failing_probe", [])) | set(failing_probe))
         pci.setdefault("blocked", [])
         pci["vfio_ids"] = sorted(set(pci.get("vfio_ids", [])) | {_id(i) for i in vfio_ids})
         sim.save(state)
         sim.add_handler(r"sys/bus/pci/devices/([^/]+)/driver_override\Z", self._override)
         sim.add_handler(r"sys/bus/pci/drivers/vfio-pci/(new_id|remove_id)\Z", self._dynamic_id)
+        if self.variants:
+            pattern = "|".join(re.escape(name) for name in sorted(self.variants))
+            sim.add_handler(r"sys/bus/pci/drivers/(%s)/new_id\Z" % pattern, self._variant_new_id)
         sim.add_handler(r"sys/bus/pci/drivers/([^/]+)/unbind\Z", self._unbind)
         sim.add_handler(r"sys/bus/pci/drivers/([^/]+)/bind\Z", self._bind)
         sim.add_handler(r"sys/bus/pci/drivers_probe\Z", self._probe)
@@ -83,6 +95,20 @@ class PciKernel:
     def _addresses(self):
         bus = self.path("sys/bus/pci/devices")
         return sorted(os.listdir(bus)) if os.path.isdir(bus) else []
+
+    def _variant_drivers(self):
+        found = set()
+        base = self.path("lib/modules")
+        for release in os.listdir(base) if os.path.isdir(base) else []:
+            path = os.path.join(base, release, "modules.alias")
+            with contextlib.suppress(FileNotFoundError), open(path, encoding="utf-8") as handle:
+                found.update(line.split()[2] for line in handle
+                             if line.startswith("alias vfio_pci:") and len(line.split()) == 3)
+        return found
+
+    def is_vfio(self, driver):
+        """vfio-pci or a variant VFIO driver."""
+        return driver == VFIO or driver in self.variants
 
     def device_dir(self, address):
         return os.path.realpath(self.path("sys/bus/pci/devices", address))
@@ -111,6 +137,11 @@ class PciKernel:
     def blocked(self):
         return self.sim.load()["pci"]["blocked"]
 
+    @property
+    def id_attempts(self):
+        """``[(driver, "vendor:device")]`` written to a variant driver's ``new_id``."""
+        return [tuple(entry) for entry in self.sim.load()["pci"]["id_attempts"]]
+
     # -- kernel behaviour ------------------------------------------------------------------------
 
     def _exists(self, address):
@@ -126,7 +157,7 @@ class PciKernel:
         driver, address = match.group(1), _text(value).strip()
         if not self._exists(address) or self.driver_of(address) != driver:
             _fail(errno.ENODEV)
-        if driver == VFIO:
+        if self.is_vfio(driver):
             group = self.group_of(address)
             if group is not None and self.sim.holders_of_group(group):
                 state = self.sim.load()
@@ -174,6 +205,12 @@ class PciKernel:
                     and self.override_of(address) in (None, VFIO) and self._probe_succeeds(address, VFIO):
                 self._attach(address, VFIO)
 
+    def _variant_new_id(self, match, value):
+        state = self.sim.load()
+        state["pci"]["id_attempts"].append([match.group(1), _id(_text(value))])
+        self.sim.save(state)
+        _fail(errno.EINVAL)
+
     def _probe(self, match, value):
         address = _text(value).strip()
         if not self._exists(address):
@@ -187,7 +224,7 @@ class PciKernel:
             self._attach(address, driver)
 
     def _probe_succeeds(self, address, driver):
-        if driver != VFIO:
+        if not self.is_vfio(driver):
             return True
         failing = self.sim.load()["pci"]["failing_probe"]
         return self.group_of(address) is not None and address not in failing
@@ -198,7 +235,7 @@ class PciKernel:
         os.symlink(os.path.relpath(driver_dir, device), os.path.join(device, "driver"))
         os.symlink(os.path.relpath(device, driver_dir), os.path.join(driver_dir, address))
         self._uevent(device, driver)
-        if driver == VFIO:
+        if self.is_vfio(driver):
             os.makedirs(self.path("dev/vfio"), exist_ok=True)
             node = self.path("dev/vfio", self.group_of(address))
             if not os.path.exists(node):
@@ -211,10 +248,10 @@ class PciKernel:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path("sys/bus/pci/drivers", driver, address))
         self._uevent(device, None)
-        if driver == VFIO:
+        if self.is_vfio(driver):
             group = self.group_of(address)
             members = os.listdir(self.path("sys/kernel/iommu_groups", group, "devices"))
-            if not any(self.driver_of(member) == VFIO for member in members):
+            if not any(self.is_vfio(self.driver_of(member)) for member in members):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(self.path("dev/vfio", group))
 

@@ -18,7 +18,7 @@ import shutil
 
 import pytest
 
-from ansible_collections.gpuvirt.host.plugins.module_utils import bootloader, initramfs, vfio
+from ansible_collections.gpuvirt.host.plugins.module_utils import vfio
 from ansible_collections.gpuvirt.host.tests.sim.mdev_kernel import KernelSim
 from ansible_collections.gpuvirt.host.tests.sim.pci_kernel import PciKernel
 
@@ -81,26 +81,6 @@ elif args[0] == "unset-override":
 def desktop(make_host):
     """desktop_dgpu with vfio-pci loaded as a module: iGPU boot VGA, RTX 2080 Ti + 3 functions in group 2."""
     return make_host("desktop_dgpu", kernel={"modules": MODULES})
-
-
-@pytest.fixture
-def vfio_pci(run_module):
-    """``vfio_pci(root, check_mode=False, diff=False, kernel=None, **args)``; the PCI core simulated."""
-
-    def run(root, check_mode=False, diff=False, kernel=None, **args):
-        args.setdefault("root", root)
-        kernel = kernel or PciKernel(KernelSim(root))
-        with kernel.sim.active():
-            return run_module("vfio_pci", args, check_mode=check_mode, diff=diff)
-
-    return run
-
-
-@pytest.fixture
-def as_host(monkeypatch):
-    """Make the module treat the fixture tree as this host's ``/``, so that it runs commands."""
-    for module in (vfio, initramfs, bootloader):
-        monkeypatch.setattr(module, "is_host_root", lambda root: True)
 
 
 def snapshot(root):
@@ -180,16 +160,22 @@ def test_binds_the_gpu_with_its_functions_now_and_at_boot(desktop, vfio_pci):
     assert result["files_changed"] == ["/" + MODPROBE, "/" + MODULES_LOAD]
 
 
-def test_a_second_run_changes_nothing(desktop, vfio_pci):
-    kernel = PciKernel(KernelSim(desktop))
-    assert vfio_pci(desktop, kernel=kernel, devices=[GPU])["changed"] is True
-    before = snapshot(desktop)
+def assert_second_run_changes_nothing(vfio_pci, root, **args):
+    """Run twice; the second run writes nothing, reports nothing and leaves the tree alone."""
+    kernel = PciKernel(KernelSim(root))
+    assert vfio_pci(root, kernel=kernel, **args)["changed"] is True
+    before = snapshot(root)
     del kernel.sim.writes[:]
-    again = vfio_pci(desktop, kernel=kernel, devices=[GPU], diff=True)
+    again = vfio_pci(root, kernel=kernel, diff=True, **args)
     assert again["rc"] == 0 and again["changed"] is False, again
     assert again["diff"] == [] and again["files_changed"] == [] and again["commands"] == []
     assert kernel.sim.writes == []
-    assert snapshot(desktop) == before
+    assert snapshot(root) == before
+    return again
+
+
+def test_a_second_run_changes_nothing(desktop, vfio_pci):
+    again = assert_second_run_changes_nothing(vfio_pci, desktop, devices=[GPU])
     assert all(d["driver_before"] == d["driver_after"] == "vfio-pci" for d in again["devices"].values())
 
 
