@@ -120,7 +120,11 @@ def read_builtin_modules(root, release):
 
 
 def read_vfio_aliases(root, release):
-    """``[(modalias pattern, driver)]`` of variant VFIO drivers (``alias vfio_pci:...`` lines)."""
+    """``[(modalias pattern, driver)]`` of variant VFIO drivers (``alias vfio_pci:...`` lines).
+
+    vfio-pci's own ``alias vfio_pci:v*d*sv*sd*bc*sc*i* vfio_pci`` (its override-only table, which
+    matches every device) is not a variant and is left out.
+    """
     directory = _modules_dir(root, release) if release else None
     if directory is None:
         return []
@@ -130,7 +134,7 @@ def read_vfio_aliases(root, release):
             for line in handle:
                 if line.startswith("alias vfio_pci:"):
                     parts = line.split()
-                    if len(parts) == 3:
+                    if len(parts) == 3 and parts[2].replace("-", "_") != "vfio_pci":
                         aliases.append((parts[1][len("vfio_pci:") :], parts[2]))
     except OSError:
         return []

@@ -88,6 +88,7 @@ def test_builtin_modules_and_variant_vfio_drivers(tmp_path):
     )
     (modules / "modules.alias").write_text(
         "alias pci:v000010DEd*sv*sd*bc03sc*i* nvidia\n"
+        "alias vfio_pci:v*d*sv*sd*bc*sc*i* vfio_pci\n"
         "alias vfio_pci:v000010DEd00002342sv*sd*bc*sc*i* nvgrace_gpu_vfio_pci\n"
         "alias vfio_pci:v000015B3d0000101Esv*sd*bc*sc*i* mlx5_vfio_pci\n"
     )
@@ -95,6 +96,9 @@ def test_builtin_modules_and_variant_vfio_drivers(tmp_path):
     assert read_builtin_modules(str(tmp_path), "6.8.0") == {"vfio", "vfio_pci", "ext4"}
     assert read_builtin_modules(str(tmp_path), "5.15.0") is None
     aliases = read_vfio_aliases(str(tmp_path), "6.8.0")
+    assert [driver for _pattern, driver in aliases] == ["nvgrace_gpu_vfio_pci", "mlx5_vfio_pci"], (
+        "vfio-pci's own match-all alias is not a variant driver"
+    )
     assert aliases[0] == ("v000010DEd00002342sv*sd*bc*sc*i*", "nvgrace_gpu_vfio_pci")
     grace = "pci:v000010DEd00002342sv000010DEsd000016EBbc03sc02i00"
     assert vfio_variant_driver(grace, aliases) == "nvgrace_gpu_vfio_pci"
