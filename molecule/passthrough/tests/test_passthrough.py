@@ -86,6 +86,21 @@ def test_the_boot_configuration_and_the_initramfs(host, layout):
     assert any(path.endswith("/vfio-pci.ko") for path in listing)
 
 
+def test_vfio_pci_is_chosen_although_its_own_alias_matches_every_device(host, gpu, bound):
+    # Kernels since 5.19 list vfio-pci's override-only table in modules.alias; it is not a variant.
+    aliases = host.file("/lib/modules/%s/modules.alias" % host.check_output("uname -r")).content_string
+    own = [line for line in aliases.splitlines() if line.startswith("alias vfio_pci:") and line.endswith(" vfio_pci")]
+    assert own, "the lab kernel lists vfio-pci's own vfio_pci: alias"
+    settled = _vfio_pci(host, "devices=%s" % gpu)
+    assert "msg" not in settled and settled["changed"] is False, settled
+    for address in bound:
+        entry = settled["devices"][address]
+        assert (entry["driver"], entry["driver_reason"], entry["variant_drivers"]) == ("vfio-pci", "default", [])
+    refused = _vfio_pci(host, "devices=%s driver=mlx5_vfio_pci" % gpu)
+    assert "driver mlx5_vfio_pci does not match %s" % gpu in refused["msg"], refused
+    assert refused["changed"] is False and all(_driver(host, address) == "vfio-pci" for address in bound)
+
+
 def test_handing_back_a_device_held_open_fails_cleanly(host, gpu, bound):
     group = _group(host, gpu)
     holder = host.check_output(
