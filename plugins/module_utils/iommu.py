@@ -34,6 +34,7 @@ import os
 import re
 from dataclasses import dataclass, field
 
+from ansible_collections.gpuvirt.host.plugins.module_utils.mdev_info import UUID
 from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import (
     IOMMU_GROUPS,
     PCI_DEVICES,
@@ -221,9 +222,6 @@ def users_of(holders, group, *devices):
     return users
 
 
-_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\Z")
-
-
 def _cdev_owner(root, cdev):
     """``vfio3`` -> the PCI address or mdev UUID whose ``vfio-dev/vfio3`` it is.
 
@@ -232,6 +230,6 @@ def _cdev_owner(root, cdev):
     """
     real = os.path.realpath(host_path(root, "sys/class/vfio-dev", cdev))
     owner = os.path.basename(os.path.dirname(os.path.dirname(real)))
-    if _UUID.match(owner):
+    if UUID.match(owner):
         return owner.lower()
     return normalize_address(owner)

@@ -13,8 +13,7 @@ Public API (every reader takes the host ``root``):
 - :func:`read_builtin_modules` ``(root, release) -> set[str] | None`` (names with ``_``)
 - :func:`read_vfio_aliases` ``(root, release) -> list[(pattern, driver)]``: variant VFIO drivers
   from ``modules.alias`` (``alias vfio_pci:<pattern> <driver>``)
-- :func:`vfio_variant_drivers` ``(modalias, aliases) -> list[str]`` (best match first) and
-  :func:`vfio_variant_driver` ``(modalias, aliases) -> str | None`` (the best match)
+- :func:`vfio_variant_drivers` ``(modalias, aliases) -> list[str]`` (best match first)
 - :func:`module_parameter` ``(root, module, parameter) -> str | None``
 - :func:`read_cpu_flags` ``(root) -> (vendor_id | None, set[str] | None)``
 - :func:`read_kernel` ``(root, findings=None) -> dict``, :func:`read_cpu` ``(root, findings=None)
@@ -154,12 +153,6 @@ def vfio_variant_drivers(modalias, aliases):
         if driver not in drivers:
             drivers.append(driver)
     return drivers
-
-
-def vfio_variant_driver(modalias, aliases):
-    """The variant VFIO driver that best matches a device's ``pci:v...`` modalias, or None."""
-    drivers = vfio_variant_drivers(modalias, aliases)
-    return drivers[0] if drivers else None
 
 
 def module_parameter(root, module, parameter):

@@ -29,7 +29,7 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import (
     read_attribute,
 )
 
-_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\Z")
+UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\Z")
 _COUNT = re.compile(r"[0-9]+\Z")
 
 
@@ -112,7 +112,7 @@ def mdevs(root, findings=None):
     result = []
     bus = host_path(root, MDEV_DEVICES)
     for uuid in list_dir(bus):
-        if _UUID.match(uuid) is None:
+        if UUID.match(uuid) is None:
             if findings is not None:
                 findings.warning("malformed_entry", "/%s/%s is not a UUID; ignored" % (MDEV_DEVICES, uuid))
             continue

@@ -8,7 +8,6 @@ Public API (every reader takes the host ``root``; none raises on a bad attribute
 - :func:`list_pci_addresses` ``(root) -> list[str]``
 - :func:`read_pci_device` ``(root, address, findings=None) -> PciDevice | None``
 - :func:`read_pci_devices` ``(root, findings=None) -> dict[str, PciDevice]`` (one pass, sorted)
-- :func:`device_dir` ``(root, address) -> str`` (the device's real directory below ``sys/devices``)
 - :func:`companions` ``(devices, address, slots=None) -> list[str]`` (other functions of the same
   slot), :func:`slot_index` ``(devices) -> dict[str, list[str]]``
 - :func:`class_name` ``(class_code) -> str | None``, :func:`is_gpu_class`, :func:`is_bridge_class`
@@ -145,22 +144,6 @@ class PciDevice:
 def list_pci_addresses(root):
     """The entries of ``sys/bus/pci/devices`` (full ``dddd:bb:dd.f`` addresses), sorted."""
     return list_dir(host_path(root, PCI_DEVICES))
-
-
-def device_dir(root, address):
-    """Resolve ``sys/bus/pci/devices/<address>`` to its directory below ``sys/devices``.
-
-    Resolving the bus link once saves the kernel a symlink walk on every attribute read.
-    """
-    link = host_path(root, PCI_DEVICES, address)
-    try:
-        target = os.readlink(link)
-    except OSError:
-        return link
-    if target.startswith("/"):
-        # An absolute link (a copied tree) must not lead outside the root.
-        return link
-    return os.path.normpath(os.path.join(os.path.dirname(link), target))
 
 
 def _display(address, name):

@@ -22,7 +22,7 @@ Readers it builds on (import them directly when a module needs one piece):
 - ``mdev_info``: :func:`mdev_parents`, :func:`read_mdev_types`, :func:`mdevs`.
 - ``vgpu``: :func:`read_nvidia_vgpu`, :func:`parse_creatable_vgpu_types`, :func:`profile_name`.
 - ``kernel``: :func:`read_kernel`, :func:`read_cpu`, :func:`parse_cmdline`, :func:`cmdline_value`,
-  :func:`read_vfio_aliases`, :func:`vfio_variant_driver`.
+  :func:`read_vfio_aliases`, :func:`vfio_variant_drivers`.
 - ``critical``: :func:`critical_devices`.
 - ``findings``: :class:`Findings`.
 """

@@ -22,7 +22,6 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.kernel import (
     read_builtin_modules,
     read_release,
     read_vfio_aliases,
-    vfio_variant_driver,
     vfio_variant_drivers,
 )
 from ansible_collections.gpuvirt.host.plugins.module_utils.mdev_info import mdevs, read_mdev_types
@@ -101,9 +100,9 @@ def test_builtin_modules_and_variant_vfio_drivers(tmp_path):
     )
     assert aliases[0] == ("v000010DEd00002342sv*sd*bc*sc*i*", "nvgrace_gpu_vfio_pci")
     grace = "pci:v000010DEd00002342sv000010DEsd000016EBbc03sc02i00"
-    assert vfio_variant_driver(grace, aliases) == "nvgrace_gpu_vfio_pci"
-    assert vfio_variant_driver("pci:v000010DEd00001E04sv00001458sd000037A9bc03sc00i00", aliases) is None
-    assert vfio_variant_driver(None, aliases) is None
+    assert vfio_variant_drivers(grace, aliases) == ["nvgrace_gpu_vfio_pci"]
+    assert vfio_variant_drivers("pci:v000010DEd00001E04sv00001458sd000037A9bc03sc00i00", aliases) == []
+    assert vfio_variant_drivers(None, aliases) == []
 
 
 def test_the_most_specific_variant_alias_wins():
@@ -114,7 +113,6 @@ def test_the_most_specific_variant_alias_wins():
     ]
     grace = "pci:v000010DEd00002342sv000010DEsd000016EBbc03sc02i00"
     assert vfio_variant_drivers(grace, aliases) == ["nvgrace_gpu_vfio_pci", "generic_vfio_pci"]
-    assert vfio_variant_driver(grace, aliases) == "nvgrace_gpu_vfio_pci"
     assert vfio_variant_drivers("pci:v000010DEd00001E04sv00001458sd000037A9bc03sc00i00", aliases) == [
         "generic_vfio_pci"
     ]
