@@ -18,7 +18,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
-$(VENV)/.installed: requirements.txt
+$(VENV)/.installed: requirements.txt | deps
 	python3 -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -r requirements.txt
@@ -33,7 +33,7 @@ collection: venv  ## Expose this checkout as the gpuvirt.host collection
 	@mkdir -p $(dir $(COLL_LINK))
 	@ln -sfn $(abspath .) $(COLL_LINK)
 
-test: unit lint sanity molecule  ## Run every test
+test: deps unit lint sanity molecule  ## Run every test (installs what it needs first)
 
 unit: collection  ## Unit, module, fuzz and installed-collection tests (pytest)
 	$(PY) -m pytest tests/unit tests/collection

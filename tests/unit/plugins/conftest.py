@@ -16,6 +16,7 @@ import stat
 import sys
 
 import pytest
+from ansible.module_utils.basic import AnsibleModule
 
 BOOT_FIXTURES = os.path.join(os.path.dirname(__file__), "..", "..", "fixtures", "boot")
 
@@ -77,10 +78,26 @@ class FakeCommands:
             return [json.loads(line) for line in handle if line.strip()]
 
 
-@pytest.fixture
-def fake_commands(tmp_path, monkeypatch):
-    fakes = FakeCommands(str(tmp_path))
+@pytest.fixture(autouse=True)
+def fake_commands(tmp_path_factory, monkeypatch):
+    """The only programs a module finds are the ones a test installs here.
+
+    A module looks programs up with ``AnsibleModule.get_bin_path``, which also searches the sbin
+    directories of the machine running the tests; replacing the lookup keeps every test independent
+    of what that machine has installed (update-grub, driverctl, mkinitcpio...).
+    """
+    fakes = FakeCommands(str(tmp_path_factory.mktemp("commands")))
     monkeypatch.setenv("PATH", fakes.bin + os.pathsep + os.environ.get("PATH", ""))
+
+    def get_bin_path(self, arg, required=False, opt_dirs=None):
+        path = os.path.join(fakes.bin, arg)
+        if os.path.isfile(path) and os.access(path, os.X_OK):
+            return path
+        if required:
+            self.fail_json(msg="Failed to find required executable %s" % arg)
+        return None
+
+    monkeypatch.setattr(AnsibleModule, "get_bin_path", get_bin_path)
     return fakes
 
 

@@ -115,8 +115,6 @@ def test_grub_host_runs_update_grub_once(run_module, boot_tree, fake_commands, a
 
 
 def test_grub_mkconfig_when_update_grub_is_missing(run_module, boot_tree, fake_commands, as_host):
-    if any(os.path.exists(os.path.join(d, "update-grub")) for d in ("/usr/sbin", "/sbin", "/usr/bin", "/bin")):
-        pytest.skip("this machine has a real update-grub, which would be found instead")
     root = boot_tree("debian-grub")
     fake_commands.install("grub-mkconfig")
     result = run_module("kernel_cmdline", {"root": root, "present": ["iommu=pt"]})
