@@ -13,7 +13,7 @@ LAB         ?= lab
 export ANSIBLE_COLLECTIONS_PATH := $(abspath $(COLL_ROOT))
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: help venv deps collection test unit lint sanity molecule demo bench lab-up lab-down lab-ssh clean
+.PHONY: help venv deps collection test unit lint sanity validate fleet molecule demo bench lab-up lab-down lab-ssh clean
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -33,7 +33,7 @@ collection: venv  ## Expose this checkout as the gpuvirt.host collection
 	@mkdir -p $(dir $(COLL_LINK))
 	@ln -sfn $(abspath .) $(COLL_LINK)
 
-test: deps unit lint sanity molecule  ## Run every test (installs what it needs first)
+test: deps unit lint sanity validate fleet molecule  ## Run every test (installs what it needs first)
 
 unit: collection  ## Unit, module, fuzz and installed-collection tests (pytest)
 	$(PY) -m pytest tests/unit tests/collection
@@ -55,6 +55,12 @@ sanity: venv  ## ansible-test sanity on a copy of the tracked files
 	git ls-files -z --cached --others --exclude-standard | rsync -a --files-from=- --from0 ./ $(SANITY_DIR)/
 	cd $(SANITY_DIR) && git init -q && git add -A && \
 	  $(abspath $(BIN))/ansible-test sanity --python 3.11 --requirements --color no
+
+validate: collection  ## Publishing validators: galaxy-importer, antsibull-docs, antsibull-changelog, ansible-builder
+	$(PY) -m pytest tests/publish
+
+fleet: collection  ## Fleet playbooks (preflight, rollout) on simulated hosts and through ansible-runner
+	$(PY) -m pytest tests/fleet
 
 molecule: collection deps  ## Molecule scenarios against the QEMU lab
 	$(BIN)/molecule test --all

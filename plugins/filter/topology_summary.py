@@ -4,7 +4,44 @@
 
 from __future__ import annotations
 
-from ansible.errors import AnsibleFilterError
+DOCUMENTATION = r"""
+name: topology_summary
+version_added: 0.1.0
+author: gpuvirt.host maintainers (@gpuvirt)
+short_description: Turn a topology_info result into readable report lines
+description:
+  - Takes the C(topology) dictionary returned by M(gpuvirt.host.topology_info) (or the whole
+    registered result) and returns a list of lines for a person to read.
+  - "The lines cover: the IOMMU state; the kernel release and command line; every GPU with its IOMMU
+    group, driver, boot VGA flag, passthrough viability with reasons and the functions to bind
+    together; mediated-device parents with their types and free instances; existing mediated
+    devices; SR-IOV physical functions with enabled and total VFs; the findings."
+positional: _input
+options:
+  _input:
+    description: The C(topology) dictionary, or the registered result that holds it.
+    type: dict
+    required: true
+"""
+
+EXAMPLES = r"""
+- name: Detect the topology
+  gpuvirt.host.topology_info:
+  register: host_topology
+
+- name: Show it
+  ansible.builtin.debug:
+    msg: "{{ host_topology.topology | gpuvirt.host.topology_summary }}"
+"""
+
+RETURN = r"""
+_value:
+  description: The report, one line per list element (no trailing newlines).
+  type: list
+  elements: str
+"""
+
+from ansible.errors import AnsibleFilterError  # noqa: E402
 
 
 def _get(mapping, key, default=None):

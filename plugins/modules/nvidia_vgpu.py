@@ -12,7 +12,7 @@ author: gpuvirt.host maintainers (@gpuvirt)
 description:
   - Makes each selected NVIDIA GPU hold the declared vGPU profiles, given as a number of instances per
     profile (C(L40S-1B) twice) or explicitly per virtual function (VF), and records them so that
-    C(gpuvirt-restore.service) (role M(gpuvirt.host.vgpu)) recreates them at boot after the VFs.
+    C(gpuvirt-restore.service) (role P(gpuvirt.host.vgpu#role)) recreates them at boot after the VFs.
   - "Detects the vGPU framework of each GPU: the per-VF interface of kernel 6.8+ with vGPU 17+
     (C(nvidia/creatable_vgpu_types) and C(nvidia/current_vgpu_type) on each VF), or legacy mediated
     device types (C(nvidia-471) whose name reads C(NVIDIA A100-4C)) on the VFs or on the GPU itself."

@@ -12,7 +12,7 @@ author: gpuvirt.host maintainers (@gpuvirt)
 description:
   - Makes each selected SR-IOV physical function (PF) have the declared number of virtual functions
     (VFs) and C(sriov_drivers_autoprobe) setting, and records both so that C(gpuvirt-restore.service)
-    (role M(gpuvirt.host.vgpu)) enables the VFs again at boot.
+    (role P(gpuvirt.host.vgpu#role)) enables the VFs again at boot.
   - The kernel only changes a non-zero VF count through 0, so a different count is set by writing 0,
     reading back that the VFs are gone, then writing the new count and reading back C(sriov_numvfs)
     and the C(virtfnN) links, with a bounded number of retries. If the new count fails, the previous

@@ -1,0 +1,36 @@
+# Copyright (c) gpuvirt.host contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""gpuvirt.host.gpu_host: hosts must be named, and gpuvirt_root points every role at a tree."""
+
+from __future__ import annotations
+
+import os
+
+
+def test_gpu_host_refuses_to_guess_its_hosts(fleet):
+    root = fleet.add("gpu01", "iommu_disabled")
+    with open(os.path.join(root, "etc/default/grub")) as handle:
+        before = handle.read()
+    rc, recap, output = fleet.run("gpuvirt.host.gpu_host")
+    assert rc != 0
+    assert "Name the hosts to configure with -e target=" in output
+    assert "gpu01" not in recap
+    with open(os.path.join(root, "etc/default/grub")) as handle:
+        assert handle.read() == before
+
+
+def test_gpu_host_configures_the_tree_of_each_host(fleet):
+    off = fleet.add("gpu01", "iommu_disabled")
+    on = fleet.add("gpu02", "desktop_dgpu")
+    rc, recap, output = fleet.run("gpuvirt.host.gpu_host", extra_vars={"target": "gpu_hosts"})
+    assert rc == 0, output
+    with open(os.path.join(off, "etc/default/grub")) as handle:
+        assert "intel_iommu=on" in handle.read()
+    with open(os.path.join(on, "etc/default/grub")) as handle:
+        grub = handle.read()
+    # desktop_dgpu boots with intel_iommu=on already; its GRUB file gets it too, for the next boot.
+    assert "intel_iommu=on" in grub
+    assert recap["gpu01"]["failed"] == 0 and recap["gpu02"]["failed"] == 0
+    rc, recap, output = fleet.run("gpuvirt.host.gpu_host", extra_vars={"target": "gpu_hosts"})
+    assert rc == 0, output
+    assert recap["gpu01"]["changed"] == 0 and recap["gpu02"]["changed"] == 0, output
