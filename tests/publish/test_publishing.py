@@ -58,7 +58,8 @@ def test_tarball_ships_the_collection_and_nothing_of_the_workshop(tarball):
 
 
 def test_galaxy_metadata_is_real():
-    meta = yaml.safe_load(open(os.path.join(REPO, "galaxy.yml")))
+    with open(os.path.join(REPO, "galaxy.yml")) as handle:
+        meta = yaml.safe_load(handle)
     for key in ("repository", "documentation", "issues", "homepage"):
         assert meta[key].startswith("https://"), key
         assert "example." not in meta[key] and "invalid" not in meta[key], meta[key]
