@@ -31,9 +31,7 @@ BIN = os.path.dirname(sys.executable)
 SIM_SITE = os.path.join(TESTS, "sim", "site")
 GRUB = 'GRUB_DEFAULT=0\nGRUB_TIMEOUT=5\nGRUB_CMDLINE_LINUX_DEFAULT="quiet"\nGRUB_CMDLINE_LINUX=""\n'
 UPDATE_GRUB = "#!/bin/sh\nexec grub-mkconfig -o /boot/grub/grub.cfg\n"
-# The reboot stand-in the tests hand to the rollout (gpuvirt_rollout_reboot_tasks).
-REBOOT_TASKS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "files", "reboot.yml")
-DRAIN_TASKS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "files", "drain.yml")
+REBOOT_SIM = os.path.join(os.path.dirname(os.path.abspath(__file__)), "reboot_sim.py")
 
 
 def _collections_path():
@@ -73,8 +71,15 @@ class Fleet:
 
     def add(self, name, description, **host_vars):
         described = with_grub(description)
-        root = hostgen.build_host(described, os.path.join(self.base, name, "root"))
+        tree_description = {key: value for key, value in described.items() if not key.startswith("sim_")}
+        root = hostgen.build_host(tree_description, os.path.join(self.base, name, "root"))
         _executable(os.path.join(root, "usr/sbin/update-grub"))
+        if "etc/default/grub" not in (description.get("files") or {} if isinstance(description, dict) else {}):
+            # The boot configuration the host booted with: its running command line.
+            with open(os.path.join(root, "proc/cmdline")) as handle:
+                arguments = [arg for arg in handle.read().split() if not arg.startswith(("BOOT_IMAGE=", "root="))]
+            with open(os.path.join(root, "etc/default/grub"), "w") as handle:
+                handle.write(GRUB.replace('DEFAULT="quiet"', 'DEFAULT="%s"' % " ".join(a for a in arguments if a != "ro")))
         os.makedirs(os.path.join(root, "etc/systemd/system"), exist_ok=True)
         with open(os.path.join(self.base, name, "description.json"), "w") as handle:
             json.dump(described, handle)
@@ -90,6 +95,38 @@ class Fleet:
             ansible_connection="local", ansible_python_interpreter=interpreter, gpuvirt_root=root, **host_vars
         )
         return root
+
+    def reboot_tasks(self):
+        """The reboot stand-in handed to the rollout (gpuvirt_rollout_reboot_tasks)."""
+        path = os.path.join(self.base, "reboot.yml")
+        tasks = [{
+            "name": "Reboot the simulated host",
+            "ansible.builtin.command": {"argv": [sys.executable, REBOOT_SIM, "{{ gpuvirt_root | dirname }}"]},
+            "changed_when": True,
+        }]
+        with open(path, "w") as handle:
+            yaml.safe_dump(tasks, handle)
+        return path
+
+    def drain_tasks(self, release=True):
+        """A drain hook: stops the simulated guests (their processes go) when ``release``."""
+        path = os.path.join(self.base, "drain.yml" if release else "drain-noop.yml")
+        tasks = [{
+            "name": "Record the drain",
+            "ansible.builtin.shell": "echo drained >> {{ gpuvirt_root | dirname }}/drains" + (
+                " && rm -rf {{ gpuvirt_root }}/proc/[0-9]*" if release else ""),
+            "changed_when": True,
+        }]
+        with open(path, "w") as handle:
+            yaml.safe_dump(tasks, handle)
+        return path
+
+    def reboots(self, name):
+        path = os.path.join(self.base, name, "reboots")
+        if not os.path.exists(path):
+            return 0
+        with open(path) as handle:
+            return len(handle.read().splitlines())
 
     def inventory(self, group_vars=None):
         path = os.path.join(self.base, "inventory.yml")
@@ -112,16 +149,39 @@ class Fleet:
             ANSIBLE_PYTHON_INTERPRETER=sys.executable,
         )
 
-    def run(self, playbook, *args, check=False, extra_vars=None, group_vars=None, timeout=900):
+    def run(self, playbook, *args, check=False, extra_vars=None, group_vars=None, env=None, timeout=900):
         """``(rc, recap, output)``: recap maps each host to its ok/changed/failed/... counts."""
         command = [os.path.join(BIN, "ansible-playbook"), "-i", self.inventory(group_vars), playbook]
         command += ["--check", "--diff"] if check else []
         if extra_vars is not None:
             command += ["-e", json.dumps(extra_vars)]
         command += list(args)
-        done = subprocess.run(command, env=self.env(), capture_output=True, text=True, timeout=timeout, check=False)
+        done = subprocess.run(
+            command, env=dict(self.env(), **(env or {})), capture_output=True, text=True, timeout=timeout, check=False
+        )
         output = done.stdout + done.stderr
         return done.returncode, recap_of(output), output
+
+
+def _untag(value):
+    if isinstance(value, dict):
+        if "__ansible_type" in value and "value" in value:
+            return _untag(value["value"])
+        return {key: _untag(item) for key, item in value.items() if key != "__ansible_type"}
+    if isinstance(value, list):
+        return [_untag(item) for item in value]
+    return value
+
+
+def cached_facts(cache_dir, host):
+    """The facts the jsonfile fact cache holds for ``host`` (the cache AWX's fact caching uses)."""
+    names = [name for name in os.listdir(cache_dir) if name == host or name.endswith("_" + host)]
+    assert len(names) == 1, os.listdir(cache_dir)
+    with open(os.path.join(cache_dir, names[0])) as handle:
+        data = json.load(handle)
+    if "__payload__" in data:
+        data = json.loads(data["__payload__"])
+    return _untag(data)
 
 
 def recap_of(output):

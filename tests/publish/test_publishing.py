@@ -48,6 +48,7 @@ def test_tarball_ships_the_collection_and_nothing_of_the_workshop(tarball):
     names = _members(tarball)
     for wanted in ("LICENSE", "README.md", "meta/runtime.yml", "meta/execution-environment.yml",
                    "requirements.txt", "bindep.txt", "playbooks/gpu_host.yml", "playbooks/topology_report.yml",
+                   "playbooks/preflight.yml", "playbooks/rollout.yml", "roles/fleet/README.md",
                    "changelogs/changelog.yaml"):
         assert wanted in names, wanted
     tops = {name.split("/")[0] for name in names}
@@ -85,7 +86,10 @@ def test_galaxy_importer_passes_without_warnings(tarball, tmp_path):
     result = json.loads((tmp_path / "importer_result.json").read_text())
     contents = [(item["content_type"], item["name"]) for item in result["contents"]]
     assert len(contents) == len(set(contents)), contents
-    assert ("playbook", "gpu_host.yml") in contents and ("filter", "topology_summary") in contents
+    for wanted in (("playbook", "gpu_host.yml"), ("playbook", "preflight.yml"), ("playbook", "rollout.yml"),
+                   ("role", "fleet"), ("filter", "topology_summary"), ("filter", "gpuvirt_fact"),
+                   ("filter", "preflight_report"), ("filter", "device_spec")):
+        assert wanted in contents, wanted
     assert result["requires_ansible"] == ">=2.18.0"
 
 

@@ -1,0 +1,157 @@
+# Copyright (c) gpuvirt.host contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Filter ``preflight_report``: per-host preflight results as a fleet summary, JSON or JUnit XML."""
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+name: preflight_report
+version_added: 0.1.0
+author: gpuvirt.host maintainers (@gpuvirt)
+short_description: Per-host preflight results as a one-screen fleet summary, JSON or JUnit XML
+description:
+  - Takes the per-host results of the C(gpuvirt.host.preflight) playbook (the C(fleet_preflight) fact
+    of the C(gpuvirt.host.fleet) role, one dict per host) and renders them for people or CI systems.
+  - V(text) is a one-screen summary, blocked hosts first; V(json) the machine-readable result with
+    counts; V(junit) JUnit XML with one test case per host that fails when the host has a blocker, so
+    that CI systems show the preflight as tests.
+positional: _input
+options:
+  _input:
+    description: The per-host results, a list of dicts (or a dict by host name).
+    type: raw
+    required: true
+  format:
+    description: What to render.
+    type: str
+    choices: [text, json, junit]
+    default: text
+  max_rows:
+    description: Hosts listed by V(text) before it only counts the rest.
+    type: int
+    default: 30
+"""
+
+EXAMPLES = r"""
+- name: Show the fleet summary
+  ansible.builtin.debug:
+    msg: "{{ results | gpuvirt.host.preflight_report }}"
+
+- name: Write the JUnit XML
+  ansible.builtin.copy:
+    content: "{{ results | gpuvirt.host.preflight_report(format='junit') }}"
+    dest: reports/preflight.junit.xml
+    mode: "0644"
+"""
+
+RETURN = r"""
+_value:
+  description: V(text) a list of lines; V(json) a dict (C(counts), C(hosts)); V(junit) an XML string.
+  type: raw
+"""
+
+import xml.etree.ElementTree as ElementTree  # noqa: E402
+
+from ansible.errors import AnsibleFilterError  # noqa: E402
+
+STATUSES = ("blocked", "reboot", "changes", "ready")
+
+
+def _hosts(results):
+    if isinstance(results, dict):
+        results = [dict(value, host=value.get("host", name)) for name, value in sorted(results.items())]
+    if not isinstance(results, list) or not all(isinstance(item, dict) and item.get("host") for item in results):
+        raise AnsibleFilterError("preflight_report expects a list of per-host preflight results with a 'host' key")
+    return sorted(results, key=lambda item: (STATUSES.index(status_of(item)), str(item["host"])))
+
+
+def status_of(result):
+    if result.get("blockers"):
+        return "blocked"
+    if result.get("reboot_required"):
+        return "reboot"
+    if result.get("changes"):
+        return "changes"
+    return "ready"
+
+
+def _blocker_text(blocker):
+    if isinstance(blocker, dict):
+        return "%s: %s" % (blocker.get("source", "?"), blocker.get("message", ""))
+    return str(blocker)
+
+
+def counts(results):
+    tally = {status: 0 for status in STATUSES}
+    for result in results:
+        tally[status_of(result)] += 1
+    tally["hosts"] = len(results)
+    return tally
+
+
+def _text(results, max_rows):
+    tally = counts(results)
+    lines = [
+        "Preflight: %(hosts)d host(s): %(ready)d ready, %(changes)d to change, %(reboot)d to change with a "
+        "reboot, %(blocked)d blocked" % tally
+    ]
+    if not results:
+        return lines
+    width = max(len("HOST"), *(len(str(item["host"])) for item in results[:max_rows]))
+    lines.append("%-*s  %-7s  %-6s  %-16s  %s" % (width, "HOST", "STATUS", "REBOOT", "CHANGES", "BLOCKERS"))
+    for result in results[:max_rows]:
+        blockers = [_blocker_text(item) for item in result.get("blockers") or []]
+        first = blockers[0] if blockers else "-"
+        if len(first) > 110:
+            first = first[:107] + "..."
+        more = " (+%d more)" % (len(blockers) - 1) if len(blockers) > 1 else ""
+        lines.append(
+            "%-*s  %-7s  %-6s  %-16s  %s%s"
+            % (width, result["host"], status_of(result), "yes" if result.get("reboot_required") else "no",
+               ",".join(result.get("changes") or []) or "-", first, more)
+        )  # fmt: skip
+    if len(results) > max_rows:
+        lines.append("... and %d more host(s); see preflight.json" % (len(results) - max_rows))
+    return lines
+
+
+def _junit(results):
+    tally = counts(results)
+    suites = ElementTree.Element(
+        "testsuites", name="gpuvirt.host preflight", tests=str(tally["hosts"]), failures=str(tally["blocked"])
+    )
+    suite = ElementTree.SubElement(
+        suites, "testsuite", name="gpuvirt.host.preflight", tests=str(tally["hosts"]),
+        failures=str(tally["blocked"]), errors="0", skipped="0",
+    )  # fmt: skip
+    for result in results:
+        case = ElementTree.SubElement(suite, "testcase", classname="gpuvirt.host.preflight", name=str(result["host"]))
+        blockers = [_blocker_text(item) for item in result.get("blockers") or []]
+        if blockers:
+            failure = ElementTree.SubElement(case, "failure", message=blockers[0], type="blocker")
+            failure.text = "\n".join(blockers)
+        out = ElementTree.SubElement(case, "system-out")
+        out.text = "status: %s\nreboot required: %s\nchanges: %s\n" % (
+            status_of(result), "yes" if result.get("reboot_required") else "no",
+            ", ".join(result.get("changes") or []) or "none",
+        )  # fmt: skip
+    ElementTree.indent(suites)
+    return '<?xml version="1.0" encoding="UTF-8"?>\n' + ElementTree.tostring(suites, encoding="unicode") + "\n"
+
+
+def preflight_report(results, format="text", max_rows=30):
+    hosts = _hosts(results)
+    if format == "text":
+        return _text(hosts, int(max_rows))
+    if format == "json":
+        return {"counts": counts(hosts), "hosts": [dict(item, status=status_of(item)) for item in hosts]}
+    if format == "junit":
+        return _junit(hosts)
+    raise AnsibleFilterError("preflight_report: format must be text, json or junit, not %r" % (format,))
+
+
+class FilterModule:
+    """gpuvirt.host preflight report filter."""
+
+    def filters(self):
+        return {"preflight_report": preflight_report}

@@ -1,0 +1,101 @@
+# Copyright (c) gpuvirt.host contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""gpuvirt.host.preflight on a simulated fleet: blocked, reboot-needing and ready hosts."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import xml.etree.ElementTree as ElementTree
+
+from conftest import cached_facts
+
+GUEST = {"processes": [{"pid": 4242, "comm": "qemu-system-x86", "holds": ["0c:00.0"]}]}
+
+
+def tree_digest(root):
+    """A digest of the host's files (the simulators' own bookkeeping file aside)."""
+    digest = hashlib.sha256()
+    for base, dirs, files in sorted(os.walk(root)):
+        dirs.sort()
+        for name in sorted(files):
+            if name == ".kernel-sim.json":
+                continue
+            path = os.path.join(base, name)
+            digest.update(path.encode())
+            if not os.path.islink(path):
+                with open(path, "rb") as handle:
+                    digest.update(handle.read())
+    return digest.hexdigest()
+
+
+def test_preflight_reports_each_host_and_fails_only_the_blocked_one(fleet, tmp_path):
+    fleet.add("ready01", "amd_host")
+    fleet.add("reboot01", "iommu_disabled")
+    fleet.add("blocked01", "desktop_dgpu", vfio_devices=["0000:00:02.0"])
+    before = {name: tree_digest(root) for name, root in fleet.hosts.items()}
+    report = tmp_path / "report"
+    cache = tmp_path / "facts"
+    rc, recap, output = fleet.run(
+        "gpuvirt.host.preflight", extra_vars={"target": "gpu_hosts", "gpuvirt_report_dir": str(report)},
+        env={"ANSIBLE_CACHE_PLUGIN": "jsonfile", "ANSIBLE_CACHE_PLUGIN_CONNECTION": str(cache)},
+    )
+    assert rc == 2, output
+    assert recap["blocked01"]["failed"] == 1 and recap["ready01"]["failed"] == 0 and recap["reboot01"]["failed"] == 0
+    assert "Preflight: 3 host(s): 1 ready, 0 to change, 1 to change with a reboot, 1 blocked" in output
+    # Read-only: no tree changed.
+    assert {name: tree_digest(root) for name, root in fleet.hosts.items()} == before
+
+    result = json.loads((report / "preflight.json").read_text())
+    assert result["counts"] == {"hosts": 3, "ready": 1, "changes": 0, "reboot": 1, "blocked": 1}
+    hosts = {item["host"]: item for item in result["hosts"]}
+    assert hosts["ready01"]["status"] == "ready"
+    assert hosts["reboot01"]["status"] == "reboot" and hosts["reboot01"]["changes"] == ["iommu"]
+    assert hosts["reboot01"]["kernel_arguments"]["added"] == ["intel_iommu=on"]
+    assert hosts["blocked01"]["status"] == "blocked"
+    assert [b["source"] for b in hosts["blocked01"]["blockers"]] == ["vfio"]
+    assert "boot VGA" in hosts["blocked01"]["blockers"][0]["message"]
+
+    suite = ElementTree.parse(str(report / "preflight.junit.xml")).getroot().find("testsuite")
+    assert suite.get("tests") == "3" and suite.get("failures") == "1"
+    failed = [case.get("name") for case in suite.iter("testcase") if case.find("failure") is not None]
+    assert failed == ["blocked01"]
+
+    # The cacheable gpuvirt fact, as AWX's fact cache keeps it: small and filterable.
+    ready = cached_facts(cache, "ready01")["gpuvirt"]
+    assert ready["ready"] is True and ready["iommu"] is True and ready["reboot_pending"] is False
+    assert ready["gpu_count"] == 2 and ready["passthrough_ready"] == ["0000:0c:00.0"]
+    reboot = cached_facts(cache, "reboot01")["gpuvirt"]
+    assert reboot["reboot_pending"] is True and reboot["ready"] is False and reboot["pending_changes"] == ["iommu"]
+    blocked = cached_facts(cache, "blocked01")["gpuvirt"]
+    assert blocked["blockers"][0].startswith("vfio: ") and blocked["ready"] is False
+    assert len(json.dumps(ready)) < 2000
+    assert set(cached_facts(cache, "ready01")) == {"gpuvirt"}
+
+
+def test_preflight_passes_on_a_ready_fleet(fleet, tmp_path):
+    for index in range(3):
+        fleet.add("gpu%02d" % index, "amd_host")
+    rc, recap, output = fleet.run("gpuvirt.host.preflight", extra_vars={"gpuvirt_report_dir": str(tmp_path)})
+    assert rc == 0, output
+    assert all(counts["failed"] == 0 and counts["changed"] == 0 for counts in recap.values()), recap
+    assert json.loads((tmp_path / "preflight.json").read_text())["counts"]["ready"] == 3
+
+
+def test_a_device_spec_typed_as_text_is_checked_with_a_clear_error(fleet):
+    fleet.add("gpu01", "amd_host")
+    rc, _recap, output = fleet.run(
+        "gpuvirt.host.preflight", extra_vars={"vgpu_devices_text": "- selector: 0c:00.0\n  passthrough: yes please\n"}
+    )
+    assert rc == 2
+    assert "invalid device spec: entry 1 (0c:00.0): passthrough must be true or false" in output
+    rc, _recap, output = fleet.run("gpuvirt.host.preflight", extra_vars={"vgpu_devices_text": "- selector: [0c:00.0"})
+    assert rc == 2
+    assert "invalid device spec: the text is neither JSON nor YAML at line" in output
+    # JSON works too, and the parsed spec reaches the vgpu role (whose guard then speaks).
+    rc, _recap, output = fleet.run(
+        "gpuvirt.host.preflight", extra_vars={"vgpu_devices_text": '[{"selector": "0c:00.0", "passthrough": true}]'}
+    )
+    assert rc == 2
+    assert "vgpu: refusing to change anything: binding by ID 1002:ab28 at boot would also give 0000:0b:00.1" in output
