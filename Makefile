@@ -33,13 +33,27 @@ collection: venv  ## Expose this checkout as the gpuvirt.host collection
 	@mkdir -p $(dir $(COLL_LINK))
 	@ln -sfn $(abspath .) $(COLL_LINK)
 
+AWX_COLLECTIONS := $(BUILD)/awx-collections
+WHEEL_CACHE     := $(HOME)/.cache/gpuvirt-wheels
+AWX_PACKAGE     := $(shell sed -n 's/^ansible==//p' requirements-awx.txt)
+
+$(AWX_COLLECTIONS)/.installed: requirements-awx.txt | venv
+	mkdir -p $(WHEEL_CACHE)
+	$(BIN)/pip download --quiet --no-deps -r requirements-awx.txt -d $(WHEEL_CACHE)
+	rm -rf $(AWX_COLLECTIONS) && mkdir -p $(AWX_COLLECTIONS)
+	$(PY) -c 'import sys, zipfile; z = zipfile.ZipFile(sys.argv[1]); \
+	  [z.extract(n, sys.argv[2]) for n in z.namelist() if n.startswith("ansible_collections/awx/awx/")]' \
+	  $(WHEEL_CACHE)/ansible-$(AWX_PACKAGE)-py3-none-any.whl $(AWX_COLLECTIONS)
+	touch $@
+
 test: deps unit lint sanity validate fleet molecule  ## Run every test (installs what it needs first)
 
 unit: collection  ## Unit, module, fuzz and installed-collection tests (pytest)
 	$(PY) -m pytest tests/unit tests/collection
 
 lint: export ANSIBLE_HOME := $(abspath $(BUILD))/ansible-home
-lint: collection  ## ruff and ansible-lint (production profile)
+lint: export ANSIBLE_COLLECTIONS_PATH := $(abspath $(COLL_ROOT)):$(abspath $(AWX_COLLECTIONS))
+lint: collection $(AWX_COLLECTIONS)/.installed  ## ruff and ansible-lint (production profile)
 	$(BIN)/ruff check .
 	$(BIN)/ansible-lint --profile production --offline
 
@@ -59,8 +73,8 @@ sanity: venv  ## ansible-test sanity on a copy of the tracked files
 validate: collection  ## Publishing validators: galaxy-importer, antsibull-docs, antsibull-changelog, ansible-builder
 	$(PY) -m pytest tests/publish
 
-fleet: collection  ## Fleet playbooks (preflight, rollout) on simulated hosts and through ansible-runner
-	$(PY) -m pytest tests/fleet
+fleet: collection $(AWX_COLLECTIONS)/.installed  ## Fleet playbooks on simulated hosts, through ansible-runner; the AWX project
+	GPUVIRT_AWX_COLLECTIONS=$(abspath $(AWX_COLLECTIONS)) $(PY) -m pytest tests/fleet
 
 molecule: collection deps  ## Molecule scenarios against the QEMU lab
 	$(BIN)/molecule test --all

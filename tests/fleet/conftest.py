@@ -77,9 +77,10 @@ class Fleet:
         if "etc/default/grub" not in (description.get("files") or {} if isinstance(description, dict) else {}):
             # The boot configuration the host booted with: its running command line.
             with open(os.path.join(root, "proc/cmdline")) as handle:
-                arguments = [arg for arg in handle.read().split() if not arg.startswith(("BOOT_IMAGE=", "root="))]
+                arguments = [arg for arg in handle.read().split()
+                             if not arg.startswith(("BOOT_IMAGE=", "root=")) and arg != "ro"]
             with open(os.path.join(root, "etc/default/grub"), "w") as handle:
-                handle.write(GRUB.replace('DEFAULT="quiet"', 'DEFAULT="%s"' % " ".join(a for a in arguments if a != "ro")))
+                handle.write(GRUB.replace('DEFAULT="quiet"', 'DEFAULT="%s"' % " ".join(arguments)))
         os.makedirs(os.path.join(root, "etc/systemd/system"), exist_ok=True)
         with open(os.path.join(self.base, name, "description.json"), "w") as handle:
             json.dump(described, handle)
