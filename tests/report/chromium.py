@@ -93,7 +93,7 @@ class Browser:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise BrowserError("Chromium did not answer in %d s" % self.timeout)
-            ready, _, _ = select.select([self._from_browser], [], [], remaining)
+            ready = select.select([self._from_browser], [], [], remaining)[0]
             if ready:
                 chunk = os.read(self._from_browser, 1 << 20)
                 if not chunk:

@@ -89,14 +89,14 @@ def test_every_host_of_both_slices_and_the_lab_has_a_row_and_a_section(page):
 
 
 def test_the_script_ran_with_no_console_error_and_no_network(page):
-    browser, _, _ = page
+    browser = page[0]
     assert _js(browser, "return document.body.dataset.ready") == "1"
     assert browser.problems() == []
     assert [url for url in browser.requests() if not url.startswith("file://")] == []
 
 
 def test_group_boxes_hold_their_devices_coloured_by_verdict(page):
-    browser, _, _ = page
+    browser = page[0]
     boxes = _js(
         browser,
         """
@@ -117,7 +117,7 @@ def test_group_boxes_hold_their_devices_coloured_by_verdict(page):
         ["0000:01:00.2", "companion"],
         ["0000:01:00.3", "companion"],
     ]
-    for _, verdict, colour in boxes["1"] + boxes["2"]:
+    for _address, verdict, colour in boxes["1"] + boxes["2"]:
         assert colour == VERDICT_COLOURS[verdict]
     nic = _js(
         browser,
@@ -133,7 +133,7 @@ def test_group_boxes_hold_their_devices_coloured_by_verdict(page):
 
 
 def test_vfs_and_mdevs_sit_under_their_parent_with_the_numa_node(page):
-    browser, _, _ = page
+    browser = page[0]
     parent = _js(
         browser,
         """
@@ -146,7 +146,7 @@ def test_vfs_and_mdevs_sit_under_their_parent_with_the_numa_node(page):
 
 
 def test_the_table_says_readiness_use_capacity_reboot_and_findings(page):
-    browser, _, _ = page
+    browser = page[0]
     cells = _js(
         browser,
         """
@@ -186,7 +186,7 @@ def test_the_lab_hosts_gpus_are_drawn_with_the_verdicts_its_kernel_gave(page):
 
 
 def test_sorting_and_filtering_work_without_a_server(page):
-    browser, _, _ = page
+    browser = page[0]
     order = _js(
         browser,
         """

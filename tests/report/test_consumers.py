@@ -32,7 +32,7 @@ def _cases(prefix):
 
 
 def _export(name, make_host):
-    host, export, spec, _ = CASES[name]
+    host, export, spec = CASES[name][:3]
     topology = detect(make_host(**host))
     return topology, export(topology, spec)
 
@@ -47,20 +47,24 @@ def _domain(hostdevs_xml, name="gpu-guest"):
 
 def _libvirt_checks(path):
     validate = subprocess.run(
-        [require_program("virt-xml-validate", "libvirt-clients"), path, "domain"], capture_output=True, text=True
+        [require_program("virt-xml-validate", "libvirt-clients"), path, "domain"],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     require_program("xmllint", "libxml2-utils")
     define = subprocess.run(
         [require_program("virsh", "libvirt-clients"), "-q", "-c", "test:///default", "define", "--validate", path],
         capture_output=True,
         text=True,
+        check=False,
     )
     return validate, define
 
 
 @pytest.mark.parametrize("case", _cases("libvirt_"))
 def test_libvirt_accepts_the_hostdevs_in_a_domain(case, make_host, tmp_path):
-    _, result = _export(case, make_host)
+    result = _export(case, make_host)[1]
     path = str(tmp_path / "domain.xml")
     with open(path, "w") as handle:
         handle.write(_domain(result["xml"]))
@@ -71,7 +75,7 @@ def test_libvirt_accepts_the_hostdevs_in_a_domain(case, make_host, tmp_path):
 
 def test_libvirts_parser_rejects_what_the_exports_must_never_write(make_host, tmp_path):
     """The checks can fail: a hostdev given twice and a mdev with a PCI source are refused."""
-    _, result = _export("libvirt_desktop_gpu_with_companions", make_host)
+    result = _export("libvirt_desktop_gpu_with_companions", make_host)[1]
     twice = str(tmp_path / "twice.xml")
     with open(twice, "w") as handle:
         handle.write(_domain(result["hostdevs"][1] + "\n" + result["hostdevs"][1] + "\n"))
@@ -84,7 +88,7 @@ def test_libvirts_parser_rejects_what_the_exports_must_never_write(make_host, tm
 
 @pytest.mark.parametrize("case", _cases("kubevirt_"))
 def test_kubevirt_configuration_matches_the_crd_schema(case, make_host):
-    _, result = _export(case, make_host)
+    result = _export(case, make_host)[1]
     with open(SCHEMA) as handle:
         definitions = json.load(handle)["definitions"]
     validator = jsonschema.Draft4Validator(
@@ -184,6 +188,7 @@ def test_nova_reads_the_options_as_written(case, make_host, nova_python, tmp_pat
         [nova_python, os.path.join(REPO, "tests", "report", "nova_parse.py"), str(conf), str(devices_path)],
         capture_output=True,
         text=True,
+        check=False,
         timeout=300,
     )
     assert run.returncode == 0, run.stderr[-3000:]
@@ -215,6 +220,7 @@ def test_nova_refuses_a_bad_alias(nova_python, tmp_path):
         [nova_python, os.path.join(REPO, "tests", "report", "nova_parse.py"), str(conf)],
         capture_output=True,
         text=True,
+        check=False,
         timeout=300,
     )
     assert run.returncode != 0
