@@ -4,9 +4,116 @@
 
 from __future__ import annotations
 
-import re
+DOCUMENTATION = r"""
+name: kubevirt_host_devices
+version_added: 0.1.0
+author: gpuvirt.host maintainers (@gpuvirt)
+short_description: KubeVirt permittedHostDevices and mediatedDevicesConfiguration for a host
+description:
+  - Takes the topology of M(gpuvirt.host.topology_info) and returns the C(spec.configuration) keys of the
+    KubeVirt CR that let VMIs request the host's GPUs - C(permittedHostDevices.pciHostDevices)
+    (C(pciVendorSelector), C(resourceName)), C(permittedHostDevices.mediatedDevices) (C(mdevNameSelector),
+    C(resourceName)) and C(mediatedDevicesConfiguration).
+  - KubeVirt's PCI device plugin offers every vfio-pci device of a permitted vendor:device, so the GPUs must
+    be ready as for every export (IOMMU on, a group of their own, not the boot VGA device, not
+    host-critical, not in use, bound to vfio-pci with their companion functions).
+  - "Who owns the mdevs, O(spec.mdev_owner): V(kubevirt) (default) - virt-handler creates the types in
+    C(mediatedDevicesConfiguration) and deletes every mdev of any other type on the node (also when that key
+    is absent), so the collection prepares only parents, VFs and drivers; the filter refuses when the host
+    holds mdevs of types not listed, as virt-handler would delete them. V(gpuvirt.host) - the collection
+    creates the mdevs (M(gpuvirt.host.mdev)) and the export sets C(mediatedDevicesConfiguration.enabled:
+    false) (KubeVirt 1.8 or later; the C(DisableMDEVConfiguration) feature gate before) so virt-handler
+    leaves them alone; the types must have free mdevs."
+  - C(mdevNameSelector) is the type's C(name) (the type ID when the driver gives no name), as virt-handler
+    matches it. C(resourceName) defaults to the vendor's domain and the pci.ids or type name
+    (V(nvidia.com/GA102GL_A10), V(nvidia.com/NVIDIA_A10-4Q)).
+positional: _input, spec
+options:
+  _input:
+    description: The C(topology) returned by M(gpuvirt.host.topology_info), or the registered result.
+    type: dict
+    required: true
+  spec:
+    description: What to permit.
+    type: dict
+    required: true
+    suboptions:
+      pci_devices:
+        description: GPUs to pass through whole, each a PCI address, a vendor:device ID or a model name.
+        type: list
+        elements: str
+      mdev_types:
+        description: mdev types, each a type ID or name.
+        type: list
+        elements: str
+      mdev_owner:
+        description: Who creates and removes the mdevs.
+        type: str
+        choices: [kubevirt, gpuvirt.host]
+        default: kubevirt
+      node_selector:
+        description: Node labels; the types then go to C(nodeMediatedDeviceTypes) for those nodes.
+        type: dict
+      resource_names:
+        description: Resource names by vendor:device or mdev type name, replacing the defaults.
+        type: dict
+      resource_domain:
+        description: Domain of the default resource names for vendors the filter does not know.
+        type: str
+      host:
+        description: The host's name, used in messages.
+        type: str
+"""
 
-from ansible_collections.gpuvirt.host.plugins.plugin_utils.exports import (
+EXAMPLES = r"""
+- name: Permit the node's A10 vGPU profile, KubeVirt creating the mdevs
+  ansible.builtin.set_fact:
+    kubevirt_gpus: "{{ host_topology.topology | gpuvirt.host.kubevirt_host_devices(kubevirt_spec) }}"
+  vars:
+    kubevirt_spec:
+      mdev_types: [NVIDIA A10-4Q]
+      node_selector:
+        kubernetes.io/hostname: "{{ inventory_hostname }}"
+
+- name: Merge it into the KubeVirt CR
+  kubernetes.core.k8s:
+    state: patched
+    kind: KubeVirt
+    name: kubevirt
+    namespace: kubevirt
+    definition:
+      spec:
+        configuration: "{{ kubevirt_gpus.configuration }}"
+"""
+
+RETURN = r"""
+_value:
+  description: The CR keys and what they mean.
+  type: dict
+  contains:
+    configuration:
+      description: C(permittedHostDevices) and C(mediatedDevicesConfiguration), to merge into C(spec.configuration).
+      type: dict
+    feature_gates:
+      description: Feature gates the configuration needs (C(HostDevices) for PCI host devices).
+      type: list
+      elements: str
+    skipped:
+      description: GPUs a selector matched that are not ready - C(device) and C(reasons).
+      type: list
+      elements: dict
+    mdev_owner:
+      description: V(kubevirt) or V(gpuvirt.host).
+      type: str
+    notes:
+      description: Why the mdevs belong to whom, when mdev types are exported.
+      type: list
+      elements: str
+"""
+
+import re  # noqa: E402
+
+from ansible_collections.gpuvirt.host.plugins.plugin_utils.exports import (  # noqa: E402
     MDEV_OWNERS,
     ExportError,
     HostView,

@@ -139,7 +139,7 @@ def test_surveys_follow_awx_rules_and_the_collection_variables():
     with open(os.path.join(PROJECT, "controller", "surveys.yml")) as handle:
         surveys = yaml.safe_load(handle)
     preflight, rollout = surveys["gpuvirt_preflight_survey"], surveys["gpuvirt_rollout_survey"]
-    for survey in (preflight, rollout):
+    for survey in (preflight, rollout, surveys["gpuvirt_report_survey"]):
         _check_survey(survey)
     variables = {item["variable"]: item for item in rollout["spec"]}
     assert variables["vgpu_devices_text"]["type"] == "textarea"
