@@ -96,8 +96,9 @@ report: collection deps nova-venv  ## Exports through their consumers' validator
 demo: collection deps  ## Configure the lab host and print a before/after report
 	tests/lab/demo
 
-bench: collection  ## Detection benchmark: figures and ratios
-	$(PY) tests/bench/bench_topology.py
+bench: collection  ## Detection and fleet benchmarks: figures and ratios
+	$(PY) tests/bench/bench_topology.py; status=$$?; \
+	  $(PY) tests/bench/bench_fleet.py || status=1; exit $$status
 
 lab-up: collection deps  ## Build (or reuse) the lab image and boot it (LAB=name for another instance)
 	$(PY) tests/lab/lab.py up --name $(LAB)

@@ -47,20 +47,28 @@ import yaml  # noqa: E402
 from ansible.errors import AnsibleFilterError  # noqa: E402
 
 
-class _SpecLoader(yaml.SafeLoader):
+def _spec_loader():
     """YAML without the YAML 1.1 base-60 numbers: an unquoted 01:00.0 or 0000:01:00.0 (a PCI address)
     or 1234:5678 (an ID pair) stays the text it is instead of becoming 60.0, 0.0 or 4445078."""
 
+    class SpecLoader(yaml.SafeLoader):
+        pass
 
-_INT, _FLOAT = "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"
-_SpecLoader.yaml_implicit_resolvers = {
-    first: [(tag, regexp) for tag, regexp in resolvers if tag not in (_INT, _FLOAT)]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-_SpecLoader.add_implicit_resolver(_INT, re.compile(r"^[-+]?(?:0|[1-9][0-9_]*|0x[0-9a-fA-F_]+)$"), list("-+0123456789"))
-_SpecLoader.add_implicit_resolver(
-    _FLOAT, re.compile(r"^[-+]?(?:[0-9][0-9_]*)?\.[0-9_]*(?:[eE][-+][0-9]+)?$"), list("-+.0123456789")
-)
+    numbers = ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")
+    SpecLoader.yaml_implicit_resolvers = {
+        first: [(tag, regexp) for tag, regexp in resolvers if tag not in numbers]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
+    SpecLoader.add_implicit_resolver(
+        numbers[0], re.compile(r"^[-+]?(?:0|[1-9][0-9_]*|0x[0-9a-fA-F_]+)$"), list("-+0123456789")
+    )
+    SpecLoader.add_implicit_resolver(
+        numbers[1], re.compile(r"^[-+]?(?:[0-9][0-9_]*)?\.[0-9_]*(?:[eE][-+][0-9]+)?$"), list("-+.0123456789")
+    )
+    return SpecLoader
+
+
+SPEC_LOADER = _spec_loader()
 
 KEYS = {
     "selector": (str,),
@@ -87,7 +95,7 @@ def _parse(text):
                 return json.loads(stripped)
             except ValueError:
                 pass  # YAML flow style is a superset; let YAML say where it breaks
-        return yaml.load(stripped, Loader=_SpecLoader)  # noqa: S506 (a SafeLoader)
+        return yaml.load(stripped, Loader=SPEC_LOADER)  # noqa: S506 (a SafeLoader)
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = " at line %d, column %d" % (mark.line + 1, mark.column + 1) if mark else ""

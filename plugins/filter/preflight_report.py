@@ -50,7 +50,7 @@ _value:
   type: raw
 """
 
-import xml.etree.ElementTree as ElementTree  # noqa: E402
+from xml.etree import ElementTree  # noqa: E402
 
 from ansible.errors import AnsibleFilterError  # noqa: E402
 

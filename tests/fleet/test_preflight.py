@@ -7,7 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import xml.etree.ElementTree as ElementTree
+from xml.etree import ElementTree
 
 from conftest import cached_facts
 

@@ -53,8 +53,8 @@ def test_preflight_through_ansible_runner_fails_on_a_blocked_host_and_passes_on_
     fleet.add("blocked01", "desktop_dgpu", vfio_devices=["0000:00:02.0"])
     fleet.add("big01", {"generator": "large_synthetic", "parameters": {}})
     reports = tmp_path / "reports"
-    directory = private_data_dir(fleet, str(tmp_path / "pdd"), {"target": "gpu_hosts",
-                                                                 "gpuvirt_report_dir": str(reports)})
+    extravars = {"target": "gpu_hosts", "gpuvirt_report_dir": str(reports)}
+    directory = private_data_dir(fleet, str(tmp_path / "pdd"), extravars)
     runner = run(directory, "preflight.yml", "preflight-1")
     assert runner.status == "failed" and runner.rc != 0
     stats = runner.stats
