@@ -17,8 +17,8 @@ Public API (every reader takes the host ``root``; only :func:`apply` writes or r
   :func:`apply` ``(module, boot_plan, backup=False) -> dict``: read everything, predict every file
   and command; then write (temp file + atomic move), run the regeneration command, restore the
   files when it fails, and read the result back.
-- :func:`is_host_root` ``(root) -> bool``: commands only ever run when ``root`` is this host's ``/``.
-- :func:`find_binary` ``(root, name) -> str | None``, :func:`installed_kernels` ``(root) ->
+- Commands only ever run when ``root`` is this host's ``/`` (:func:`host.is_live_root`).
+- :func:`installed_kernels` ``(root) ->
   [(release, image, debian_initrd | None)]``.
 - Layout readers, each with ``arguments()`` and ``render(ArgumentPlan)``: :class:`GrubDefaults`
   (``GrubDefaults.read(root, target)``), :class:`KernelCmdlineFile`, :class:`BlsEntry` with
@@ -32,6 +32,7 @@ import os
 import re
 from dataclasses import dataclass, field
 
+from ansible_collections.gpuvirt.host.plugins.module_utils import host as host_model
 from ansible_collections.gpuvirt.host.plugins.module_utils.errors import GpuvirtError
 from ansible_collections.gpuvirt.host.plugins.module_utils.files import write_temp
 from ansible_collections.gpuvirt.host.plugins.module_utils.kernel import parse_cmdline, read_cmdline
@@ -85,7 +86,6 @@ ESP_MOUNTS = ("efi", "boot/efi", "boot")
 LINUX = "GRUB_CMDLINE_LINUX"
 LINUX_DEFAULT = "GRUB_CMDLINE_LINUX_DEFAULT"
 _GRUB_VARIABLES = (LINUX, LINUX_DEFAULT)
-_BIN_DIRS = ("usr/sbin", "usr/bin", "sbin", "bin")
 _C_LOCALE = {"LANG": "C", "LC_ALL": "C"}
 
 # Characters that would need quoting in /etc/default/grub, grub.cfg, a BLS entry or a grubby
@@ -285,14 +285,6 @@ def _merge_unique(lists):
 # ------------------------------------------------------------------------------------ files
 
 
-def is_host_root(root):
-    """True when ``root`` is this host's ``/``: only then do commands act on the tree being edited."""
-    try:
-        return os.path.samefile(root, "/")
-    except OSError:
-        return False
-
-
 def _target_in_root(root, path):
     """Follow symlinks (grubenv often is one) without leaving ``root``: absolute targets are re-rooted."""
     for _hop in range(16):
@@ -318,15 +310,6 @@ def _read_file(path):
         raise BootloaderError(
             "cannot read %s: %s; fix its permissions or content and run again" % (path, error)
         ) from error
-
-
-def find_binary(root, name):
-    """The path of executable ``name`` in the usual bin directories below ``root``, or None."""
-    for directory in _BIN_DIRS:
-        path = host_path(root, directory, name)
-        if os.path.isfile(path) and os.access(path, os.X_OK):
-            return path
-    return None
 
 
 def _line_of(text, offset):
@@ -965,16 +948,16 @@ def _systemd_boot_installed(root):
 
 
 def _grub_tools(root):
-    return any(find_binary(root, name) for name in ("update-grub", "grub-mkconfig", "grub2-mkconfig"))
+    return any(host_model.find_in_tree(root, name) for name in ("update-grub", "grub-mkconfig", "grub2-mkconfig"))
 
 
 def detect_bootloader(root):
     """Name the bootloader configuration in use below ``root``; raise :class:`BootloaderError`."""
-    if _proxmox_esps(root) and find_binary(root, "proxmox-boot-tool"):
+    if _proxmox_esps(root) and host_model.find_in_tree(root, "proxmox-boot-tool"):
         return "proxmox"
     if _booted_systemd_boot(root):
         return "systemd-boot"
-    if _bls_entry_names(root) and find_binary(root, "grubby"):
+    if _bls_entry_names(root) and host_model.find_in_tree(root, "grubby"):
         return "grubby"
     grub_defaults = os.path.isfile(host_path(root, GRUB_DEFAULTS))
     if grub_defaults and _grub_tools(root):
@@ -1028,7 +1011,7 @@ def _resolve(module, host, root, *candidates):
             path = module.get_bin_path(name)
             if path:
                 return path
-        elif find_binary(root, name):
+        elif host_model.find_in_tree(root, name):
             return name
     return None if host else candidates[0]
 
@@ -1041,7 +1024,7 @@ def _grub_command(module, host, root):
         (("grub2-mkconfig",), ["-o", "/boot/grub2/grub.cfg"]),
     )
     for names, arguments in candidates:
-        found = module.get_bin_path(names[0]) if host else find_binary(root, names[0]) and names[0]
+        found = module.get_bin_path(names[0]) if host else host_model.find_in_tree(root, names[0]) and names[0]
         if found:
             return [found] + arguments
     return ["update-grub"]
@@ -1124,7 +1107,7 @@ def plan(module, root, bootloader, present, absent, update=True):
     name = detect_bootloader(root) if bootloader == "auto" else bootloader
     if name not in BOOTLOADERS:
         raise BootloaderError("unknown bootloader %r; use one of auto, %s" % (name, ", ".join(BOOTLOADERS)))
-    host = is_host_root(root)
+    host = host_model.is_live_root(root)
     if name == "grubby":
         return _plan_grubby(module, root, host, present, absent, update)
     sources = []

@@ -24,7 +24,7 @@ import json
 
 from ansible_collections.gpuvirt.host.plugins.module_utils.errors import GpuvirtError
 from ansible_collections.gpuvirt.host.plugins.module_utils.files import update_file
-from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import host_path
+from ansible_collections.gpuvirt.host.plugins.module_utils.host import inside
 
 STATE_PATH = "etc/gpuvirt/host-state.json"
 SECTIONS = ("sriov", "nvidia_vgpu", "mdevs")
@@ -42,7 +42,8 @@ def empty_state():
 
 
 def state_path(root):
-    return host_path(root, STATE_PATH)
+    """The state file below ``root``; :class:`host.OutsideRootError` when a link leads out of ``root``."""
+    return inside(root, STATE_PATH)
 
 
 def load_state(root):

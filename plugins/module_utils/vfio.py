@@ -36,7 +36,7 @@ import time
 from dataclasses import dataclass, field
 
 from ansible_collections.gpuvirt.host.plugins.module_utils import bootloader, initramfs
-from ansible_collections.gpuvirt.host.plugins.module_utils.bootloader import find_binary, is_host_root
+from ansible_collections.gpuvirt.host.plugins.module_utils import host as host_model
 from ansible_collections.gpuvirt.host.plugins.module_utils.critical import critical_devices
 from ansible_collections.gpuvirt.host.plugins.module_utils.errors import GpuvirtError
 from ansible_collections.gpuvirt.host.plugins.module_utils.files import write_temp
@@ -664,11 +664,10 @@ INITRAMFS_CONFIG = {
 
 
 def find_program(module, root, name):
-    """The program's path on this host (``root`` is ``/``) or inside the tree, else None."""
-    if is_host_root(root):
-        return module.get_bin_path(name)
-    path = find_binary(root, name)
-    return "/" + os.path.relpath(path, root) if path else None
+    """The program's path on this host (``root`` is ``/``) or inside the tree (as the tree sees it), else None."""
+    host = host_model.Host(root, module)
+    path = host.which(name)
+    return host.display(path) if path and not host.live else path
 
 
 def render_initramfs_config(tool, modules):
@@ -828,7 +827,7 @@ class VfioPciRun:
         self.regenerate_initramfs = params["initramfs"]
         self.force = params["force"]
         self.driver = params.get("driver") or "auto"
-        self.host = is_host_root(self.root)
+        self.host = host_model.is_live_root(self.root)
         self.warnings = []
         self.commands = []
         self.members = {}

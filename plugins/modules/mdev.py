@@ -260,8 +260,9 @@ import os  # noqa: E402
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
 
-from ansible_collections.gpuvirt.host.plugins.module_utils.errors import GpuvirtError, run_module  # noqa: E402
+from ansible_collections.gpuvirt.host.plugins.module_utils.errors import GpuvirtError  # noqa: E402
 from ansible_collections.gpuvirt.host.plugins.module_utils.files import file_diff, write_atomic  # noqa: E402
+from ansible_collections.gpuvirt.host.plugins.module_utils.host import is_live_root, run_locked  # noqa: E402
 from ansible_collections.gpuvirt.host.plugins.module_utils.hoststate import (  # noqa: E402
     StateFileError,
     load_state,
@@ -488,7 +489,7 @@ class MdevModule:
         ]
         if wrong:
             self.fail("mdevctl definitions for %s did not read back as written" % ", ".join(sorted(wrong)))
-        if self.root == "/" and declared:
+        if is_live_root(self.root) and declared:
             rc, out, err = self.module.run_command(
                 [binary, "list", "--defined", "--dumpjson"], environ_update={"LC_ALL": "C"}
             )
@@ -552,7 +553,7 @@ def main():
         ),
         supports_check_mode=True,
     )
-    run_module(module, MdevModule(module).run)
+    run_locked(module, lambda host: MdevModule(module).run())
 
 
 if __name__ == "__main__":
