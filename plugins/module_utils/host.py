@@ -7,8 +7,9 @@ test tree otherwise):
 
 - :attr:`Host.live`: ``root`` is this machine's ``/``; only then do commands act on what is edited,
   and only then are programs looked up on ``PATH``.
-- :meth:`Host.path`: ``root`` joined with a path, symlinks resolved, refused with
-  :class:`OutsideRootError` when the result leaves ``root`` (a link to ``/etc``, ``../..``).
+- :meth:`Host.path`: ``root`` joined with a path, symlinks resolved as the tree's own system sees
+  them (an absolute target is below ``root``), refused with :class:`OutsideRootError` when a
+  ``..`` leads out of ``root``.
 - :meth:`Host.which`: a program's path; on a live host through ``module.get_bin_path`` (``PATH``
   plus the sbin directories), in a tree the usual bin directories below ``root``.
 - :attr:`Host.state_dir`: ``etc/gpuvirt`` below ``root``, where the modules record the declared
@@ -91,22 +92,40 @@ def _join(root, parts):
 
 
 def inside(root, *parts):
-    """``root`` joined with ``parts``, symlinks resolved; :class:`OutsideRootError` when it leaves ``root``.
+    """``root`` joined with ``parts``, symbolic links resolved as the tree's own system would see them.
 
-    The path need not exist. On a live host (``root`` is ``/``) nothing can leave it.
+    An absolute link target is taken below ``root`` (``/etc/x`` is ``<root>/etc/x``), as in a chroot;
+    a ``..`` (in ``parts`` or in a link) that climbs above ``root`` raises :class:`OutsideRootError`,
+    and so does a loop of links. The path need not exist. On a live host this is the plain join.
     """
     joined = _join(root, parts)
     if is_live_root(root):
         return joined
-    real_root = os.path.realpath(root)
-    resolved = os.path.realpath(joined)
-    if resolved != real_root and not resolved.startswith(real_root.rstrip("/") + "/"):
-        raise OutsideRootError(
-            "%s resolves to %s, outside root %s (through a symbolic link or '..'); nothing is read or written "
-            "outside root: replace the link with a directory or file inside root" % (joined, resolved, root)
-        )
-    # Keep the caller's spelling of root (a test tree may itself sit behind a link).
-    return os.path.join(root, os.path.relpath(resolved, real_root)) if resolved != real_root else root
+    pending = [p for p in os.path.relpath(joined, root).split("/") if p not in ("", ".")]
+    done = []
+    hops = 0
+    while pending:
+        part = pending.pop(0)
+        if part == "..":
+            if not done:
+                raise OutsideRootError(
+                    "%s leads out of root %s (through '..' or a symbolic link); nothing is read or written "
+                    "outside root: replace the link with a directory or file inside root" % (joined, root)
+                )
+            done.pop()
+            continue
+        candidate = os.path.join(root, *done, part)
+        if not os.path.islink(candidate):
+            done.append(part)
+            continue
+        hops += 1
+        if hops > 40:
+            raise OutsideRootError("%s: too many levels of symbolic links below root %s" % (joined, root))
+        target = os.readlink(candidate)
+        if target.startswith("/"):
+            done = []
+        pending[:0] = [p for p in target.split("/") if p not in ("", ".")]
+    return os.path.join(root, *done) if done else root
 
 
 class Host:

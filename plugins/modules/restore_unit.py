@@ -123,7 +123,7 @@ import os  # noqa: E402
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
 
 from ansible_collections.gpuvirt.host.plugins.module_utils.errors import GpuvirtError  # noqa: E402
-from ansible_collections.gpuvirt.host.plugins.module_utils.files import write_temp  # noqa: E402
+from ansible_collections.gpuvirt.host.plugins.module_utils.files import remove_file, write_file  # noqa: E402
 from ansible_collections.gpuvirt.host.plugins.module_utils.host import is_live_root, run_locked  # noqa: E402
 from ansible_collections.gpuvirt.host.plugins.module_utils.restore import (  # noqa: E402
     PACKAGE,
@@ -241,10 +241,10 @@ class RestoreUnit:
         if self.module.check_mode:
             return
         try:
-            temp = write_temp(path, text, prefix=".gpuvirt.")
-        except OSError as error:
-            raise GpuvirtError("cannot write %s: %s" % (path, error), changed=bool(self.changed_files[:-1])) from error
-        self.module.atomic_move(temp, path)
+            write_file(path, text)
+        except GpuvirtError as error:
+            error.changed = bool(self.changed_files[:-1])
+            raise
 
     def _link(self):
         self.changed_files.append(self.link)
@@ -262,11 +262,10 @@ class RestoreUnit:
         self.changed_files.append(path)
         if not self.module.check_mode:
             try:
-                os.unlink(path)
-            except FileNotFoundError:
-                pass
-            except OSError as error:
-                raise GpuvirtError("cannot remove %s: %s" % (path, error), changed=True) from error
+                remove_file(path)
+            except GpuvirtError as error:
+                error.changed = True
+                raise
 
     def _prune(self):
         """Remove the now empty folders of the code tree, up to the prefix."""

@@ -48,16 +48,26 @@ def test_paths_resolve_inside_root(tmp_path):
     assert Host(root).path("etc") == os.path.join(root, "etc")
 
 
-@pytest.mark.parametrize("target", ["/tmp", "../../..", "../../outside"])
+@pytest.mark.parametrize("target", ["../../..", "../../outside", "../../../tmp"])
 def test_a_link_out_of_root_is_refused(tmp_path, target):
     root = tmp_path / "root"
     (root / "etc").mkdir(parents=True)
     (tmp_path / "outside").mkdir()
     os.symlink(target, str(root / "etc/gpuvirt"))
-    with pytest.raises(OutsideRootError, match="outside root"):
+    with pytest.raises(OutsideRootError, match="leads out of root"):
         Host(str(root)).path("etc/gpuvirt/host-state.json")
     with pytest.raises(OutsideRootError):
         inside(str(root), "../escape")
+
+
+def test_an_absolute_link_is_taken_below_root_and_loops_are_refused(tmp_path):
+    root = str(tmp_path)
+    os.makedirs(os.path.join(root, "etc"))
+    os.symlink("/var/lib/gpuvirt", os.path.join(root, "etc/gpuvirt"))
+    assert inside(root, "etc/gpuvirt/x") == os.path.join(root, "var/lib/gpuvirt/x")
+    os.symlink("loop", os.path.join(root, "etc/loop"))
+    with pytest.raises(OutsideRootError, match="too many levels"):
+        inside(root, "etc/loop/x")
 
 
 def test_programs_are_looked_up_below_a_tree_root(tmp_path):
@@ -116,7 +126,7 @@ def test_check_mode_reads_a_read_only_root_unlocked(tmp_path, monkeypatch):
 
 def _add_one(root, rounds):
     path = os.path.join(root, "counter")
-    for _ in range(rounds):
+    for _round in range(rounds):
         with Host(root).lock():
             with open(path) as handle:
                 value = int(handle.read())
@@ -129,7 +139,7 @@ def test_concurrent_runs_lose_no_update(tmp_path):
     root = str(tmp_path)
     with open(os.path.join(root, "counter"), "w") as handle:
         handle.write("0")
-    workers = [multiprocessing.Process(target=_add_one, args=(root, 40)) for _ in range(3)]
+    workers = [multiprocessing.Process(target=_add_one, args=(root, 40)) for _worker in range(3)]
     for worker in workers:
         worker.start()
     for worker in workers:
