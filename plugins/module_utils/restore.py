@@ -139,7 +139,9 @@ class Restore:
         for attempt in range(1, self.attempts + 1):
             try:
                 return action()
-            except (RestoreError, SysfsWriteError, mdev.MdevError, sriov.SriovError, OSError) as caught:
+            except (
+                RestoreError, SysfsWriteError, mdev.MdevError, sriov.SriovError, nvidia_vgpu.VgpuError, OSError
+            ) as caught:
                 error = caught
                 if attempt < self.attempts:
                     time.sleep(self.interval * attempt)
@@ -311,7 +313,9 @@ class Restore:
     def _item(self, step, item, action):
         try:
             message = action()
-        except (RestoreError, SysfsWriteError, mdev.MdevError, sriov.SriovError, OSError, ImportError) as error:
+        except (
+            RestoreError, SysfsWriteError, mdev.MdevError, sriov.SriovError, nvidia_vgpu.VgpuError, OSError, ImportError
+        ) as error:
             self.record(step, item, False, "failed", str(error))
         else:
             self.record(step, item, True, "done", message)

@@ -300,9 +300,11 @@ class MdevModule:
 
     def run(self):
         try:
+            if self.module.params["persistent"]:
+                load_state(self.root)  # a state file that cannot be updated refuses the run before any change
             before = read_snapshot(self.root, self.host_id)
             first = plan(before, self.declarations, self.force)
-        except MdevError as error:
+        except (MdevError, StateFileError) as error:
             self.fail(str(error))
         for warning in first.warnings:
             self.module.warn(warning)

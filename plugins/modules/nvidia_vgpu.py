@@ -300,6 +300,7 @@ type_cache:
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
 
+from ansible_collections.gpuvirt.host.plugins.module_utils import rules  # noqa: E402
 from ansible_collections.gpuvirt.host.plugins.module_utils.hoststate import (  # noqa: E402
     StateFileError,
     load_state,
@@ -363,14 +364,17 @@ class NvidiaVgpuModule:
         self.module.fail_json(msg=message, changed=changed, **extra)
 
     def run(self):
-        if self.retries < 0 or self.delay < 0:
-            self.fail("retries and delay must not be negative")
+        try:
+            rules.integer(self.retries, "retries", 0, rules.RETRIES_MAX)
+            rules.number(self.delay, "delay", minimum_allowed=True, maximum=rules.WAIT_MAX)
+        except rules.InputError as error:
+            self.fail(str(error))
         try:
             check_root(self.root)
             self.state = load_state(self.root)
-        except (NotALinuxTree, StateFileError) as error:
+            self.cache = load_cache(self.root)
+        except (NotALinuxTree, StateFileError, VgpuError) as error:
             self.fail(str(error))
-        self.cache = load_cache(self.root)
         works = self._select()
         for work in works:
             self.cache = observe(self.cache, work.gpu)
