@@ -162,8 +162,11 @@ def absolute_path(value, option, error=InputError):
     """``value`` as an absolute path without ``..`` or control characters; returns it normalised."""
     if not isinstance(value, str) or not value.startswith("/"):
         raise error("%s: %s is not an absolute path; give one that starts with /" % (option, _shown(value)))
-    if re.search(r"[\x00-\x1f\x7f]", value):
-        raise error("%s: %s contains a control character; give a plain absolute path" % (option, _shown(value)))
+    bad = re.search(r"[\x00-\x1f\x7f]", value)
+    if bad is not None:
+        raise error(
+            "%s: %s contains %r, a control character; give a plain absolute path" % (option, _shown(value), bad.group())
+        )
     if ".." in value.split("/"):
         raise error(
             "%s: %s contains '..'; give the absolute path without parent-folder steps" % (option, _shown(value))
@@ -177,8 +180,8 @@ def existing_root(root, error=InputError):
         raise error("root: %s is not a path; give the host's root folder (/ for this host)" % _shown(root))
     if not os.path.isdir(root):
         raise error(
-            "root: %s is not an existing directory; give the host's root folder (/ for this host, or the mounted "
-            "image tree); it is never created" % _shown(root)
+            "root: %r is not an existing directory; give the host's root folder (/ for this host, or the mounted "
+            "image tree); it is never created" % (root,)
         )
     return root
 
