@@ -33,6 +33,7 @@ import re
 from dataclasses import dataclass, field
 
 from ansible_collections.gpuvirt.host.plugins.module_utils import rules
+from ansible_collections.gpuvirt.host.plugins.module_utils.errors import GpuvirtError
 from ansible_collections.gpuvirt.host.plugins.module_utils.files import write_temp
 from ansible_collections.gpuvirt.host.plugins.module_utils.kernel import parse_cmdline, read_cmdline
 from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import host_path, list_dir
@@ -88,11 +89,11 @@ _GRUB_VARIABLES = (LINUX, LINUX_DEFAULT)
 _BIN_DIRS = ("usr/sbin", "usr/bin", "sbin", "bin")
 _C_LOCALE = {"LANG": "C", "LC_ALL": "C"}
 
-class ArgumentError(ValueError):
+class ArgumentError(GpuvirtError, ValueError):
     """``present``/``absent`` are not valid; nothing was read or changed."""
 
 
-class BootloaderError(Exception):
+class BootloaderError(GpuvirtError):
     """The boot configuration cannot be read, edited or regenerated; says where and what to do."""
 
 

@@ -32,8 +32,10 @@ import math
 import os
 import re
 
+from ansible_collections.gpuvirt.host.plugins.module_utils.errors import GpuvirtError
 
-class InputError(ValueError):
+
+class InputError(GpuvirtError, ValueError):
     """A value breaks an input rule; nothing was changed."""
 
 

@@ -127,6 +127,7 @@ import os  # noqa: E402
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
 
 from ansible_collections.gpuvirt.host.plugins.module_utils import rules  # noqa: E402
+from ansible_collections.gpuvirt.host.plugins.module_utils.errors import GpuvirtError, run_module  # noqa: E402
 from ansible_collections.gpuvirt.host.plugins.module_utils.files import write_temp  # noqa: E402
 from ansible_collections.gpuvirt.host.plugins.module_utils.restore import (  # noqa: E402
     PACKAGE,
@@ -237,7 +238,7 @@ class RestoreUnit:
         )
         if self.module._diff:
             result["diff"] = self.diff
-        self.module.exit_json(**result)
+        return result
 
     def _write(self, path, text):
         self.changed_files.append(path)
@@ -246,7 +247,7 @@ class RestoreUnit:
         try:
             temp = write_temp(path, text, prefix=".gpuvirt.")
         except OSError as error:
-            self.module.fail_json(msg="cannot write %s: %s" % (path, error), changed=bool(self.changed_files[:-1]))
+            raise GpuvirtError("cannot write %s: %s" % (path, error), changed=bool(self.changed_files[:-1])) from error
         self.module.atomic_move(temp, path)
 
     def _link(self):
@@ -259,7 +260,7 @@ class RestoreUnit:
                 os.unlink(self.link)
             os.symlink(self.link_target, self.link)
         except OSError as error:
-            self.module.fail_json(msg="cannot enable %s: %s: %s" % (UNIT_NAME, self.link, error), changed=True)
+            raise GpuvirtError("cannot enable %s: %s: %s" % (UNIT_NAME, self.link, error), changed=True) from error
 
     def _remove(self, path):
         self.changed_files.append(path)
@@ -269,7 +270,7 @@ class RestoreUnit:
             except FileNotFoundError:
                 pass
             except OSError as error:
-                self.module.fail_json(msg="cannot remove %s: %s" % (path, error), changed=True)
+                raise GpuvirtError("cannot remove %s: %s" % (path, error), changed=True) from error
 
     def _prune(self):
         """Remove the now empty folders of the code tree, up to the prefix."""
@@ -301,7 +302,7 @@ class RestoreUnit:
         if unit_text is None:
             wrong.extend(path for path in (self.unit, self.link) if os.path.lexists(path))
         if wrong:
-            self.module.fail_json(msg="%s did not read back as written" % ", ".join(wrong), changed=True)
+            raise GpuvirtError("%s did not read back as written" % ", ".join(wrong), changed=True)
 
     def _daemon_reload(self):
         systemctl = self.module.get_bin_path("systemctl")
@@ -310,7 +311,7 @@ class RestoreUnit:
             return
         rc, _out, err = self.module.run_command([systemctl, "daemon-reload"], environ_update={"LC_ALL": "C"})
         if rc != 0:
-            self.module.fail_json(msg="systemctl daemon-reload failed: %s" % err.strip(), changed=True)
+            raise GpuvirtError("systemctl daemon-reload failed: %s" % err.strip(), changed=True)
 
     def _try_import(self):
         python = self.module.params["python"]
@@ -339,7 +340,8 @@ def main():
         supports_check_mode=True,
     )
     params = module.params
-    try:
+
+    def work():
         rules.existing_root(params["root"])
         params["prefix"] = rules.unit_value(rules.absolute_path(params["prefix"], "prefix"), "prefix")
         params["python"] = rules.unit_value(rules.absolute_path(params["python"], "python"), "python")
@@ -351,9 +353,9 @@ def main():
         folders = (unit.code_dir, os.path.dirname(unit.unit), os.path.dirname(unit.link))
         for path, what in zip(folders, ("prefix", "the unit's folder", "the folder of the unit's link")):
             rules.inside_root(params["root"], path, what)
-    except rules.InputError as error:
-        module.fail_json(msg=str(error), changed=False)
-    unit.run()
+        return unit.run()
+
+    run_module(module, work)
 
 
 if __name__ == "__main__":

@@ -177,6 +177,7 @@ state_file:
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
 
 from ansible_collections.gpuvirt.host.plugins.module_utils import rules  # noqa: E402
+from ansible_collections.gpuvirt.host.plugins.module_utils.errors import GpuvirtError, run_module  # noqa: E402
 from ansible_collections.gpuvirt.host.plugins.module_utils.hoststate import (  # noqa: E402
     StateFileError,
     load_state,
@@ -209,15 +210,12 @@ class SriovModule:
 
     def fail(self, message, **extra):
         extra.setdefault("changed", False)
-        self.module.fail_json(msg=message, **extra)
+        raise GpuvirtError(message, **extra)
 
     def run(self):
         params = self.module.params
-        try:
-            rules.integer(self.retries, "retries", 0, rules.RETRIES_MAX)
-            rules.number(self.delay, "delay", minimum_allowed=True, maximum=rules.WAIT_MAX)
-        except rules.InputError as error:
-            self.fail(str(error))
+        rules.integer(self.retries, "retries", 0, rules.RETRIES_MAX)
+        rules.number(self.delay, "delay", minimum_allowed=True, maximum=rules.WAIT_MAX)
         try:
             check_root(self.root)
             state = load_state(self.root)
@@ -252,7 +250,7 @@ class SriovModule:
         )
         if self.module._diff:
             result["diff"] = [self._device_diff(plans), state_diff]
-        self.module.exit_json(**result)
+        return result
 
     # -- planning -------------------------------------------------------------------------------
 
@@ -441,7 +439,7 @@ def main():
         ),
         supports_check_mode=True,
     )
-    SriovModule(module).run()
+    run_module(module, SriovModule(module).run)
 
 
 if __name__ == "__main__":

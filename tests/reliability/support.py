@@ -37,8 +37,20 @@ L40S = "0000:cb:00.0"
 DESKTOP = {
     "extends": "desktop_dgpu",
     "kernel": {
-        "modules": ["kvm_intel", "kvm", "i915", "nvidia", "snd_hda_intel", "xhci_pci", "typec_ucsi", "e1000e",
-                    "nvme", "vfio_pci", "vfio_pci_core", "vfio"],
+        "modules": [
+            "kvm_intel",
+            "kvm",
+            "i915",
+            "nvidia",
+            "snd_hda_intel",
+            "xhci_pci",
+            "typec_ucsi",
+            "e1000e",
+            "nvme",
+            "vfio_pci",
+            "vfio_pci_core",
+            "vfio",
+        ],
     },
 }
 DGPU = "0000:01:00.0"

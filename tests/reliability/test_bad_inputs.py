@@ -74,22 +74,48 @@ KERNEL_ARGS = [
     ({"bootloader": "lilo"}, ("lilo", "one of")),
 ]
 CASES = [
-    Case("kernel_cmdline", bootloader, dict({"bootloader": bootloader}, **args), words, subject="kernel_cmdline/" + bootloader)
+    Case(
+        "kernel_cmdline",
+        bootloader,
+        dict({"bootloader": bootloader}, **args),
+        words,
+        subject="kernel_cmdline/" + bootloader,
+    )
     for bootloader in BOOTLOADER_TREES
     for args, words in KERNEL_ARGS
 ]
 CASES += [
-    Case("kernel_cmdline", "grub", {"root": "/nonexistent/root", "present": ["quiet"]},
-         ("/nonexistent/root", "not a directory"), subject="kernel_cmdline/grub"),
+    Case(
+        "kernel_cmdline",
+        "grub",
+        {"root": "/nonexistent/root", "present": ["quiet"]},
+        ("/nonexistent/root", "not a directory"),
+        subject="kernel_cmdline/grub",
+    ),
 ]
 
 # -- restore_unit -----------------------------------------------------------------------------------
 
 ALLOWED_WAIT = "a finite number > 0 and <= 3600"
 CASES += [
-    Case("restore_unit", "empty", {"prefix": "/usr/local/lib/gpuvirt\nExecStartPre=/bin/sh"}, ("'\\n'", "plain absolute path")),
-    Case("restore_unit", "empty", {"python": "/usr/bin/python3\nExecStartPre=/bin/touch /x"}, ("'\\n'", "plain absolute path")),
-    Case("restore_unit", "empty", {"python": "/opt/my python/bin/python3"}, ("'/opt/my python/bin/python3'", "without whitespace")),
+    Case(
+        "restore_unit",
+        "empty",
+        {"prefix": "/usr/local/lib/gpuvirt\nExecStartPre=/bin/sh"},
+        ("'\\n'", "plain absolute path"),
+    ),
+    Case(
+        "restore_unit",
+        "empty",
+        {"python": "/usr/bin/python3\nExecStartPre=/bin/touch /x"},
+        ("'\\n'", "plain absolute path"),
+    ),
+    Case(
+        "restore_unit",
+        "empty",
+        {"python": "/opt/my python/bin/python3"},
+        ("'/opt/my python/bin/python3'", "without whitespace"),
+    ),
     Case("restore_unit", "empty", {"python": "/usr/bin/py;rm"}, ("';'", "without whitespace")),
     Case("restore_unit", "empty", {"prefix": "/usr/%h/gpuvirt"}, ("'%'", "without whitespace")),
     Case("restore_unit", "empty", {"python": "python3"}, ("python3", "starts with /")),
@@ -104,7 +130,9 @@ CASES += [
     Case("restore_unit", "empty", {"timeout": "soon"}, ("timeout", "float")),
     Case("restore_unit", "empty", {"mdevctl_grace": -1}, ("mdevctl_grace: -1", ">= 0 and <= 3600")),
     Case("restore_unit", "empty", {"mdevctl_grace": "nan"}, ("mdevctl_grace: nan", ">= 0 and <= 3600")),
-    Case("restore_unit", "empty", {"root": "/nonexistent/gpuvirt-root"}, ("/nonexistent/gpuvirt-root", "never created")),
+    Case(
+        "restore_unit", "empty", {"root": "/nonexistent/gpuvirt-root"}, ("/nonexistent/gpuvirt-root", "never created")
+    ),
     Case("restore_unit", "empty", {"root": "@/file"}, ("file", "not an existing directory"), files={"file": "x"}),
     Case("restore_unit", "empty", {}, ("resolves to", "outside the host root"), links={"usr/local/lib": "@outside"}),
     Case("restore_unit", "empty", {}, ("resolves to", "outside the host root"), links={"etc/systemd": "../../outside"}),
@@ -114,18 +142,56 @@ CASES += [
 
 NO_UEVENT = {DGPU_DIR + "/uevent": None}
 CASES += [
-    Case("vfio_pci", "desktop", {"devices": [DGPU]}, ("'maybe'", "expected 0 or 1"), files={DGPU_DIR + "/boot_vga": "maybe\n"}),
-    Case("vfio_pci", "desktop", {"devices": [DGPU]}, ("boot_vga reads ''", "expected 0 or 1"), files={DGPU_DIR + "/boot_vga": ""}),
-    Case("vfio_pci", "desktop", {"devices": [DGPU]}, ("iommu_groups/99", "does not exist or loops"),
-         links={DGPU_DIR + "/iommu_group": "../../../../kernel/iommu_groups/99"}),
-    Case("vfio_pci", "desktop", {"devices": [DGPU]}, ("'iommu_group'", "not to iommu_groups/<number>"),
-         links={DGPU_DIR + "/iommu_group": "iommu_group"}),
-    Case("vfio_pci", "desktop", {"devices": [DGPU]}, ("'0x03'", "6 hex digits"),
-         files=dict(NO_UEVENT, **{DGPU_DIR + "/class": "0x03\n"})),
-    Case("vfio_pci", "desktop", {"devices": [DGPU]}, ("'0x0300'", "6 hex digits"),
-         files=dict(NO_UEVENT, **{DGPU_DIR + "/class": "0x0300\n"})),
-    Case("vfio_pci", "desktop", {"devices": [DGPU]}, ("'../../../somewhere/nvidia'", "not to drivers/<name>"),
-         files=NO_UEVENT, links={DGPU_DIR + "/driver": "../../../somewhere/nvidia"}),
+    Case(
+        "vfio_pci",
+        "desktop",
+        {"devices": [DGPU]},
+        ("'maybe'", "expected 0 or 1"),
+        files={DGPU_DIR + "/boot_vga": "maybe\n"},
+    ),
+    Case(
+        "vfio_pci",
+        "desktop",
+        {"devices": [DGPU]},
+        ("boot_vga reads ''", "expected 0 or 1"),
+        files={DGPU_DIR + "/boot_vga": ""},
+    ),
+    Case(
+        "vfio_pci",
+        "desktop",
+        {"devices": [DGPU]},
+        ("iommu_groups/99", "does not exist or loops"),
+        links={DGPU_DIR + "/iommu_group": "../../../../kernel/iommu_groups/99"},
+    ),
+    Case(
+        "vfio_pci",
+        "desktop",
+        {"devices": [DGPU]},
+        ("'iommu_group'", "not to iommu_groups/<number>"),
+        links={DGPU_DIR + "/iommu_group": "iommu_group"},
+    ),
+    Case(
+        "vfio_pci",
+        "desktop",
+        {"devices": [DGPU]},
+        ("'0x03'", "6 hex digits"),
+        files=dict(NO_UEVENT, **{DGPU_DIR + "/class": "0x03\n"}),
+    ),
+    Case(
+        "vfio_pci",
+        "desktop",
+        {"devices": [DGPU]},
+        ("'0x0300'", "6 hex digits"),
+        files=dict(NO_UEVENT, **{DGPU_DIR + "/class": "0x0300\n"}),
+    ),
+    Case(
+        "vfio_pci",
+        "desktop",
+        {"devices": [DGPU]},
+        ("'../../../somewhere/nvidia'", "not to drivers/<name>"),
+        files=NO_UEVENT,
+        links={DGPU_DIR + "/driver": "../../../somewhere/nvidia"},
+    ),
     Case("vfio_pci", "desktop", {"devices": ["zz:zz.z"]}, ("zz:zz.z",), subject="vfio_pci"),
     Case("vfio_pci", "desktop", {"devices": [DGPU], "persistent": "sometimes"}, ("sometimes", "one of")),
 ]
@@ -139,16 +205,36 @@ STATE_OUT = {"etc/gpuvirt": "@outside"}
 CACHE_OUT = {"var/lib/gpuvirt": "@outside"}
 L40S_8Q = [{"selector": L40S, "profiles": [{"profile": "L40S-8Q", "count": 2}]}]
 CASES += [
-    Case("mdev", "combined", {"parents": [dict(MBOCHS, mdevs=[{"type": "mbochs-small", "count": 10**12}])]},
-         ("1000000000000", "count from 0 to")),
-    Case("mdev", "combined", {"parents": [dict(MBOCHS, mdevs=[{"type": "mbochs-small", "count": -1}])]},
-         ("-1", "count from 0 to")),
-    Case("mdev", "combined", {"parents": [dict(MBOCHS, mdevs=[{"type": "mbochs-small", "count": "many"}])]},
-         ("many", "int")),
-    Case("mdev", "combined", {"parents": [dict(MBOCHS, mdevs=[{"type": "mbochs-huge", "count": 1}])]},
-         ("mbochs-huge", "mbochs-small")),
-    Case("mdev", "combined", {"parents": [dict(MBOCHS, mdevs=[{"type": "mbochs-small", "uuids": ["not-a-uuid"]}])]},
-         ("'not-a-uuid'", "8-4-4-4-12")),
+    Case(
+        "mdev",
+        "combined",
+        {"parents": [dict(MBOCHS, mdevs=[{"type": "mbochs-small", "count": 10**12}])]},
+        ("1000000000000", "count from 0 to"),
+    ),
+    Case(
+        "mdev",
+        "combined",
+        {"parents": [dict(MBOCHS, mdevs=[{"type": "mbochs-small", "count": -1}])]},
+        ("-1", "count from 0 to"),
+    ),
+    Case(
+        "mdev",
+        "combined",
+        {"parents": [dict(MBOCHS, mdevs=[{"type": "mbochs-small", "count": "many"}])]},
+        ("many", "int"),
+    ),
+    Case(
+        "mdev",
+        "combined",
+        {"parents": [dict(MBOCHS, mdevs=[{"type": "mbochs-huge", "count": 1}])]},
+        ("mbochs-huge", "mbochs-small"),
+    ),
+    Case(
+        "mdev",
+        "combined",
+        {"parents": [dict(MBOCHS, mdevs=[{"type": "mbochs-small", "uuids": ["not-a-uuid"]}])]},
+        ("'not-a-uuid'", "8-4-4-4-12"),
+    ),
     Case("mdev", "combined", {"parents": [dict(MBOCHS, selector="nosuch")]}, ("nosuch",)),
     Case("mdev", "combined", {"parents": [MBOCHS]}, ("not valid JSON", "mv "), files=CORRUPT),
     Case("mdev", "combined", {"parents": [MBOCHS]}, ("version 2", "upgrade the collection"), files=NEWER),
@@ -156,35 +242,77 @@ CASES += [
     Case("sriov", "combined", {"devices": [{"selector": NVME, "num_vfs": 5}]}, ("5", "4")),
     Case("sriov", "combined", {"devices": [{"selector": NVME, "num_vfs": -1}]}, ("-1",)),
     Case("sriov", "combined", {"devices": [{"selector": NVME, "num_vfs": 10**12}]}, ("1000000000000",)),
-    Case("sriov", "combined", {"devices": [{"selector": NVME, "num_vfs": 2}], "retries": 10**12},
-         ("retries: 1000000000000", "from 0 to 100")),
-    Case("sriov", "combined", {"devices": [{"selector": NVME, "num_vfs": 2}], "retries": -1}, ("retries: -1", "from 0 to")),
+    Case(
+        "sriov",
+        "combined",
+        {"devices": [{"selector": NVME, "num_vfs": 2}], "retries": 10**12},
+        ("retries: 1000000000000", "from 0 to 100"),
+    ),
+    Case(
+        "sriov",
+        "combined",
+        {"devices": [{"selector": NVME, "num_vfs": 2}], "retries": -1},
+        ("retries: -1", "from 0 to"),
+    ),
     Case("sriov", "combined", {"devices": [{"selector": NVME, "num_vfs": 2}], "delay": "nan"}, ("delay: nan", ">= 0")),
     Case("sriov", "combined", {"devices": [{"selector": NVME, "num_vfs": 2}], "delay": "inf"}, ("delay: inf", ">= 0")),
     Case("sriov", "combined", {"devices": [{"selector": NVME, "num_vfs": 2}], "delay": -1}, ("delay: -1", ">= 0")),
-    Case("sriov", "combined", {"devices": [{"selector": NVME, "num_vfs": 2}]}, ("not valid JSON", "mv "), files=CORRUPT),
+    Case(
+        "sriov", "combined", {"devices": [{"selector": NVME, "num_vfs": 2}]}, ("not valid JSON", "mv "), files=CORRUPT
+    ),
     Case("sriov", "combined", {"devices": [{"selector": NVME, "num_vfs": 2}]}, ("version 2", "upgrade"), files=NEWER),
-    Case("sriov", "combined", {"devices": [{"selector": NVME, "num_vfs": 2}]}, ("resolves to", "outside the host root"),
-         links=STATE_OUT),
-    Case("nvidia_vgpu", "combined", {"gpus": [{"selector": L40S, "profiles": [{"profile": "L40S-8Q", "count": 10**12}]}]},
-         ("1000000000000", "count from 0 to")),
-    Case("nvidia_vgpu", "combined", {"gpus": [{"selector": L40S, "profiles": [{"profile": "L40S-8Q", "count": -1}]}]},
-         ("-1", "count from 0 to")),
-    Case("nvidia_vgpu", "combined", {"gpus": [{"selector": L40S, "profiles": [{"profile": "L40S-99Q", "count": 1}]}]},
-         ("L40S-99Q", "L40S-8Q")),
-    Case("nvidia_vgpu", "combined", {"gpus": [{"selector": L40S, "vfs": [{"address": "0000:cb:07.7", "profile": "L40S-8Q"}]}]},
-         ("0000:cb:07.7", "0000:cb:00.4")),
+    Case(
+        "sriov",
+        "combined",
+        {"devices": [{"selector": NVME, "num_vfs": 2}]},
+        ("resolves to", "outside the host root"),
+        links=STATE_OUT,
+    ),
+    Case(
+        "nvidia_vgpu",
+        "combined",
+        {"gpus": [{"selector": L40S, "profiles": [{"profile": "L40S-8Q", "count": 10**12}]}]},
+        ("1000000000000", "count from 0 to"),
+    ),
+    Case(
+        "nvidia_vgpu",
+        "combined",
+        {"gpus": [{"selector": L40S, "profiles": [{"profile": "L40S-8Q", "count": -1}]}]},
+        ("-1", "count from 0 to"),
+    ),
+    Case(
+        "nvidia_vgpu",
+        "combined",
+        {"gpus": [{"selector": L40S, "profiles": [{"profile": "L40S-99Q", "count": 1}]}]},
+        ("L40S-99Q", "L40S-8Q"),
+    ),
+    Case(
+        "nvidia_vgpu",
+        "combined",
+        {"gpus": [{"selector": L40S, "vfs": [{"address": "0000:cb:07.7", "profile": "L40S-8Q"}]}]},
+        ("0000:cb:07.7", "0000:cb:00.4"),
+    ),
     Case("nvidia_vgpu", "combined", {"gpus": L40S_8Q, "retries": 10**12}, ("retries: 1000000000000", "from 0 to 100")),
     Case("nvidia_vgpu", "combined", {"gpus": L40S_8Q, "delay": "inf"}, ("delay: inf", ">= 0")),
     Case("nvidia_vgpu", "combined", {"gpus": L40S_8Q, "delay": "nan"}, ("delay: nan", ">= 0")),
     Case("nvidia_vgpu", "combined", {"gpus": L40S_8Q}, ("not valid JSON", "mv "), files={CACHE: "garbage"}),
-    Case("nvidia_vgpu", "combined", {"gpus": L40S_8Q}, ("version 2", "upgrade"),
-         files={CACHE: json.dumps({"version": 2, "gpus": {}})}),
+    Case(
+        "nvidia_vgpu",
+        "combined",
+        {"gpus": L40S_8Q},
+        ("version 2", "upgrade"),
+        files={CACHE: json.dumps({"version": 2, "gpus": {}})},
+    ),
     Case("nvidia_vgpu", "combined", {"gpus": L40S_8Q}, ("not valid JSON", "mv "), files=CORRUPT),
     Case("nvidia_vgpu", "combined", {"gpus": L40S_8Q}, ("version 2", "upgrade"), files=NEWER),
     Case("nvidia_vgpu", "combined", {"gpus": L40S_8Q}, ("resolves to", "outside the host root"), links=STATE_OUT),
     Case("nvidia_vgpu", "combined", {"gpus": L40S_8Q}, ("resolves to", "outside the host root"), links=CACHE_OUT),
-    Case("topology_info", "empty", {"root": "/nonexistent/gpuvirt-root"}, ("/nonexistent/gpuvirt-root", "not a directory")),
+    Case(
+        "topology_info",
+        "empty",
+        {"root": "/nonexistent/gpuvirt-root"},
+        ("/nonexistent/gpuvirt-root", "not a directory"),
+    ),
     Case("topology_info", "empty", {}, ("does not look like a Linux", "exists below it")),
     Case("topology_info", "empty", {"root": "@/file"}, ("file", "not a directory"), files={"file": "x"}),
 ]
