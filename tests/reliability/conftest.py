@@ -35,6 +35,25 @@ def row(request):
     return record
 
 
+@pytest.fixture
+def tally(request):
+    """``tally(section, subject, problem, case)``: count one case run inside a test (``problem`` None
+    when it held); the test fails at its end when any of its cases was lost."""
+    problems = []
+
+    def record(section, subject, problem, case):
+        counts = _rows.setdefault((section, subject), [0, 0])
+        counts[0] += 1
+        if problem is None:
+            counts[1] += 1
+        else:
+            problems.append("%s: %s" % (case, problem))
+            _lost.append(((section, subject), "%s[%s]" % (request.node.name, case), [str(problem)]))
+
+    yield record
+    assert not problems, "; ".join(problems[:5])
+
+
 def pytest_runtest_logreport(report):
     key = dict(report.user_properties).get("row")
     if key is None:

@@ -79,6 +79,12 @@ def digest(root):
     return entries
 
 
+def tree_digest(root):
+    """:func:`digest` without writers' temp files: the tree as a user sees it."""
+    left = set(temp_files(root))
+    return {path: entry for path, entry in digest(root).items() if path not in left}
+
+
 def changed_paths(before, after):
     return sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
 
