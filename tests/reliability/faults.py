@@ -114,23 +114,23 @@ def write_points(root, on_point):
         builtins.open = real_open
 
 
-def call_module(name, root, args, check_mode=False, on_point=None):
+def call_module(name, root, args, check_mode=False, on_point=None, diff=False):
     """Run module ``name`` in this process with its kernel simulated, calling ``on_point`` at each
     write point; return its result dict (``rc`` 0 or 1)."""
     with simulated(name, root):
         if on_point is None:
-            return _call(name, root, args, check_mode)
+            return _call(name, root, args, check_mode, diff)
         with write_points(root, on_point):
-            return _call(name, root, args, check_mode)
+            return _call(name, root, args, check_mode, diff)
 
 
-def _call(name, root, args, check_mode):
+def _call(name, root, args, check_mode, diff):
     module_utils_internal.is_controller = False
     module_warnings._global_warnings.clear()
     module = importlib.import_module("ansible_collections.gpuvirt.host.plugins.modules." + name)
     module_args = defaults(name, dict(args, root=root))
     module_args["_ansible_check_mode"] = check_mode
-    module_args["_ansible_diff"] = False
+    module_args["_ansible_diff"] = diff
     stdout = sys.stdout
     captured = _Capture()
     sys.stdout = captured
