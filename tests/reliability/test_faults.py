@@ -287,3 +287,28 @@ def _read(path):
             return handle.read()
     except OSError:
         return None
+
+
+@pytest.mark.parametrize("writer", sorted(WRITERS))
+def test_umask_000_writes_no_world_writable_file(writer, tree, tally):
+    module, kind, args = WRITERS[writer]
+    root = tree(kind)
+    before = digest(root)
+    old = os.umask(0)
+    try:
+        result = faults.call_module(module, root, args)
+    finally:
+        os.umask(old)
+    after = digest(root)
+    written = [path for path in changed_paths(before, after) if path in after and after[path][0] != "link"]
+    loose = [
+        "%s %o" % (path, after[path][1])
+        for path in written
+        if after[path][1] & 0o022 and not path.startswith(("sys/", "dev/", "proc/"))
+    ]
+    problem = None
+    if result["rc"] != 0:
+        problem = "the run failed: %s" % result.get("msg")
+    elif loose:
+        problem = "group- or world-writable: %s" % loose[:4]
+    tally("fault", "umask 000/" + writer, problem, "umask 000")
