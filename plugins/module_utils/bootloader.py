@@ -89,6 +89,7 @@ _GRUB_VARIABLES = (LINUX, LINUX_DEFAULT)
 _BIN_DIRS = ("usr/sbin", "usr/bin", "sbin", "bin")
 _C_LOCALE = {"LANG": "C", "LC_ALL": "C"}
 
+
 class ArgumentError(GpuvirtError, ValueError):
     """``present``/``absent`` are not valid; nothing was read or changed."""
 
