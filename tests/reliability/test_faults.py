@@ -312,3 +312,33 @@ def test_umask_000_writes_no_world_writable_file(writer, tree, tally):
     elif loose:
         problem = "group- or world-writable: %s" % loose[:4]
     tally("fault", "umask 000/" + writer, problem, "umask 000")
+
+
+def test_the_restore_survives_an_unreadable_vgpu_type(host, tally):
+    """A VF whose current_vgpu_type cannot be parsed fails that item only: no traceback, the later
+    steps run and the status is complete."""
+    import io
+
+    from ansible_collections.gpuvirt.host.plugins.module_utils import hoststate, restore
+
+    root = host("combined")
+    vf = "0000:cb:00.5"
+    with open(os.path.join(root, "sys/bus/pci/devices", vf, "nvidia/current_vgpu_type"), "w") as handle:
+        handle.write("garbage\n")
+    state = hoststate.empty_state()
+    state["nvidia_vgpu"] = {vf: {"type_id": 1041, "type_name": "NVIDIA L40S-8Q"}}
+    state["mdevs"] = {"6c3e1ab4-4a52-4e2c-9a3e-0a4d9c1e2f01": {"parent": "mdpy", "type": "mdpy-hd"}}
+    out = io.StringIO()
+    problem = None
+    try:
+        with faults.simulated("mdev", root):
+            status = restore.Restore(root=root, out=out, state=state, timeout=0.3, interval=0.01).run()
+    except Exception as error:  # noqa: BLE001 - the case is lost, not the suite
+        problem = "the restore stopped: %s: %s" % (type(error).__name__, error)
+    else:
+        steps = {(r["step"], r["ok"]) for r in status["results"]}
+        if ("mdevs", True) not in steps:
+            problem = "the later steps did not run: %s" % sorted(steps)
+        elif ("nvidia_vgpu", False) not in steps or "Traceback" in out.getvalue():
+            problem = "the unreadable VF was not reported as that item's failure: %s" % sorted(steps)
+    tally("fault", "restore: unreadable vGPU type", problem, vf)

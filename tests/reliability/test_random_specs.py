@@ -181,8 +181,7 @@ def _comparable(key, value):
     if key != "diff" or not isinstance(value, list):
         return value
     return [
-        {"after_header": d.get("after_header")} if str(d.get("after_header", "")).endswith(CACHE) else d
-        for d in value
+        {"after_header": d.get("after_header")} if str(d.get("after_header", "")).endswith(CACHE) else d for d in value
     ]
 
 
