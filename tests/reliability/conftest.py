@@ -16,6 +16,9 @@ import pytest
 from ansible_collections.gpuvirt.host.tests.unit.conftest import _host_tree_base, make_host, run_module  # noqa: F401
 from ansible_collections.gpuvirt.host.tests.unit.plugins.conftest import boot_tree, fake_commands  # noqa: F401
 
+# Fixtures shared by name with pytest.
+__all__ = ["_host_tree_base", "boot_tree", "fake_commands", "make_host", "run_module"]
+
 SECTIONS = (
     ("bad input", "rejected: message names the value and what is allowed, no traceback, tree unchanged"),
     ("fault", "recovered: fails cleanly or converges on the next run, reports accurately, no temp files"),

@@ -187,7 +187,7 @@ def _writer(name):
     return VARIANTS.get(name) or WRITERS[name]
 
 
-@pytest.mark.parametrize("pair", PAIRS, ids=lambda pair: "+".join(pair))
+@pytest.mark.parametrize("pair", PAIRS, ids="+".join)
 def test_two_writers_at_once_lose_no_update(pair, tree, tally, tmp_path):
     for first, second in (pair, pair[::-1]):
         module_a, kind, args_a = _writer(first)
