@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -275,7 +276,7 @@ def test_a_guest_holding_a_device_keeps_it(host, tally):
             else _read(os.path.join(root, path))
             for path in watched
         }
-        text = str(result.get("msg", "")) + " ".join(result.get("warnings") or [])
+        text = json.dumps({key: result.get(key) for key in ("msg", "warnings", "refusals")})
         problem = None
         if before != after:
             problem = "the held device was changed"
