@@ -15,7 +15,7 @@ run before anything is read for a change, so a refusal changes nothing.
 - :func:`number` ``(value, option, minimum, maximum)``: a finite number in range.
 - :func:`integer` ``(value, option, minimum, maximum)``: a whole number in range (retries).
 - :func:`count` ``(value, capacity, option, what)``: a count bounded by what the device can hold.
-- :func:`inside_root` ``(root, path, what)``: ``path`` (symlinks resolved) stays below ``root``.
+- :func:`inside_root` ``(root, path, what)``: ``path`` (links resolved as in a chroot) stays below ``root``.
 - :func:`load_versioned_json` ``(path, version, what, fix)``: a state file or cache; a newer version
   or a corrupt file is refused, never rewritten.
 - :func:`boot_vga_flag`, :func:`class_code`, :func:`iommu_group_of`, :func:`driver_of`: the sysfs
@@ -32,6 +32,7 @@ import math
 import os
 import re
 
+from ansible_collections.gpuvirt.host.plugins.module_utils import host
 from ansible_collections.gpuvirt.host.plugins.module_utils.errors import GpuvirtError
 
 
@@ -189,15 +190,12 @@ def existing_root(root, error=InputError):
 
 
 def inside_root(root, path, what, error=InputError):
-    """``path`` with its symlinks resolved must stay below ``root``; returns the resolved path."""
-    base = os.path.realpath(root)
-    resolved = os.path.realpath(path)
-    if resolved != base and not resolved.startswith(base.rstrip("/") + "/"):
-        raise error(
-            "%s %s resolves to %s, outside the host root %s (a symlink leads out of it); replace the link with a "
-            "folder below %s" % (what, path, resolved, root, root)
-        )
-    return resolved
+    """``path`` (below ``root``) resolved as the tree's own system would (:func:`host.inside`) must stay
+    below ``root``; returns the resolved path."""
+    try:
+        return host.inside(root, os.path.relpath(path, root))
+    except host.OutsideRootError as problem:
+        raise error("%s: %s" % (what, problem)) from None
 
 
 # -------------------------------------------------------------------------------------- numbers

@@ -127,8 +127,9 @@ import os  # noqa: E402
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
 
 from ansible_collections.gpuvirt.host.plugins.module_utils import rules  # noqa: E402
-from ansible_collections.gpuvirt.host.plugins.module_utils.errors import GpuvirtError, run_module  # noqa: E402
-from ansible_collections.gpuvirt.host.plugins.module_utils.files import write_temp  # noqa: E402
+from ansible_collections.gpuvirt.host.plugins.module_utils.errors import GpuvirtError  # noqa: E402
+from ansible_collections.gpuvirt.host.plugins.module_utils.files import remove_file, write_file  # noqa: E402
+from ansible_collections.gpuvirt.host.plugins.module_utils.host import is_live_root, run_locked  # noqa: E402
 from ansible_collections.gpuvirt.host.plugins.module_utils.restore import (  # noqa: E402
     PACKAGE,
     UNIT_DIR,
@@ -223,9 +224,9 @@ class RestoreUnit:
         unit_changed = any(path in (self.unit, self.link) for path in self.changed_files)
         if self.changed_files and not self.module.check_mode:
             self._read_back(sources, unit_text)
-            if self.root == "/" and unit_changed:
+            if is_live_root(self.root) and unit_changed:
                 self._daemon_reload()
-            if self.root == "/" and present:
+            if is_live_root(self.root) and present:
                 self._try_import()
         result = dict(
             changed=bool(self.changed_files),
@@ -245,10 +246,10 @@ class RestoreUnit:
         if self.module.check_mode:
             return
         try:
-            temp = write_temp(path, text, prefix=".gpuvirt.")
-        except OSError as error:
-            raise GpuvirtError("cannot write %s: %s" % (path, error), changed=bool(self.changed_files[:-1])) from error
-        self.module.atomic_move(temp, path)
+            write_file(path, text)
+        except GpuvirtError as error:
+            error.changed = bool(self.changed_files[:-1])
+            raise
 
     def _link(self):
         self.changed_files.append(self.link)
@@ -266,11 +267,10 @@ class RestoreUnit:
         self.changed_files.append(path)
         if not self.module.check_mode:
             try:
-                os.unlink(path)
-            except FileNotFoundError:
-                pass
-            except OSError as error:
-                raise GpuvirtError("cannot remove %s: %s" % (path, error), changed=True) from error
+                remove_file(path)
+            except GpuvirtError as error:
+                error.changed = True
+                raise
 
     def _prune(self):
         """Remove the now empty folders of the code tree, up to the prefix."""
@@ -341,7 +341,14 @@ def main():
     )
     params = module.params
 
-    def work():
+    def work(host):
+        unit = RestoreUnit(module)
+        folders = (unit.code_dir, os.path.dirname(unit.unit), os.path.dirname(unit.link))
+        for path, what in zip(folders, ("prefix", "the unit's folder", "the folder of the unit's link")):
+            rules.inside_root(params["root"], path, what)
+        return unit.run()
+
+    try:
         rules.existing_root(params["root"])
         params["prefix"] = rules.unit_value(rules.absolute_path(params["prefix"], "prefix"), "prefix")
         params["python"] = rules.unit_value(rules.absolute_path(params["python"], "python"), "python")
@@ -349,13 +356,9 @@ def main():
         params["mdevctl_grace"] = rules.number(
             params["mdevctl_grace"], "mdevctl_grace", minimum_allowed=True, maximum=rules.WAIT_MAX
         )
-        unit = RestoreUnit(module)
-        folders = (unit.code_dir, os.path.dirname(unit.unit), os.path.dirname(unit.link))
-        for path, what in zip(folders, ("prefix", "the unit's folder", "the folder of the unit's link")):
-            rules.inside_root(params["root"], path, what)
-        return unit.run()
-
-    run_module(module, work)
+    except GpuvirtError as error:
+        module.fail_json(msg=str(error), changed=False)
+    run_locked(module, work)
 
 
 if __name__ == "__main__":

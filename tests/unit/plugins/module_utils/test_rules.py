@@ -167,18 +167,21 @@ def test_existing_root_is_never_created(tmp_path):
         rules.existing_root(str(tmp_path / "file"))
 
 
-def test_inside_root_follows_symlinks(tmp_path):
+def test_inside_root_follows_links_as_the_tree_would(tmp_path):
     root = tmp_path / "root"
     (root / "etc").mkdir(parents=True)
-    outside = tmp_path / "outside"
-    outside.mkdir()
-    assert rules.inside_root(str(root), str(root / "etc" / "gpuvirt" / "x.json"), "the state file")
-    os.symlink(str(outside), str(root / "etc" / "gpuvirt"))
-    with pytest.raises(InputError, match="the state file .* resolves to .*/outside/x.json, outside the host root"):
-        rules.inside_root(str(root), str(root / "etc" / "gpuvirt" / "x.json"), "the state file")
-    os.symlink("../../..", str(root / "etc" / "up"))
-    with pytest.raises(InputError, match="outside the host root"):
-        rules.inside_root(str(root), str(root / "etc" / "up" / "x"), "prefix")
+    (tmp_path / "outside").mkdir()
+    target = str(root / "etc" / "gpuvirt" / "x.json")
+    assert rules.inside_root(str(root), target, "the state file") == target
+    os.symlink("../../outside", str(root / "etc" / "gpuvirt"))
+    with pytest.raises(InputError, match="the state file: .*leads out of root"):
+        rules.inside_root(str(root), target, "the state file")
+    # An absolute link is the tree's own path, as in a chroot: it stays inside.
+    os.symlink("/var/lib", str(root / "etc" / "abs"))
+    assert rules.inside_root(str(root), str(root / "etc" / "abs" / "x"), "prefix") == str(root / "var" / "lib" / "x")
+    os.symlink("loop", str(root / "etc" / "loop"))
+    with pytest.raises(InputError, match="prefix: "):
+        rules.inside_root(str(root), str(root / "etc" / "loop" / "x"), "prefix")
 
 
 # -- numbers and counts --------------------------------------------------------------------------
