@@ -89,7 +89,7 @@ CASES += [
         "kernel_cmdline",
         "grub",
         {"root": "/nonexistent/root", "present": ["quiet"]},
-        ("/nonexistent/root", "not a directory"),
+        ("/nonexistent/root", "does not exist"),
         subject="kernel_cmdline/grub",
     ),
 ]
