@@ -183,8 +183,9 @@ def existing_root(root, error=InputError):
         raise error("root: %s is not a path; give the host's root folder (/ for this host)" % _shown(root))
     if not os.path.isdir(root):
         raise error(
-            "root: %r is not an existing directory; give the host's root folder (/ for this host, or the mounted "
-            "image tree); it is never created" % (root,)
+            "root %s %s; give the host's file system root (/ for this host, or an existing image or chroot "
+            "directory); it is never created"
+            % (root, "is not a directory" if os.path.lexists(root) else "does not exist")
         )
     return root
 

@@ -133,8 +133,10 @@ CASES += [
     Case(
         "restore_unit", "empty", {"root": "/nonexistent/gpuvirt-root"}, ("/nonexistent/gpuvirt-root", "never created")
     ),
-    Case("restore_unit", "empty", {"root": "@/file"}, ("file", "not an existing directory"), files={"file": "x"}),
-    Case("restore_unit", "empty", {}, ("leads out of root", "inside root"), links={"usr/local/lib": "../../../outside"}),
+    Case("restore_unit", "empty", {"root": "@/file"}, ("file", "is not a directory"), files={"file": "x"}),
+    Case(
+        "restore_unit", "empty", {}, ("leads out of root", "inside root"), links={"usr/local/lib": "../../../outside"}
+    ),
     Case("restore_unit", "empty", {}, ("leads out of root", "inside root"), links={"etc/systemd": "../../outside"}),
 ]
 

@@ -159,11 +159,11 @@ def test_absolute_path():
 def test_existing_root_is_never_created(tmp_path):
     assert rules.existing_root(str(tmp_path)) == str(tmp_path)
     missing = str(tmp_path / "typo")
-    with pytest.raises(InputError, match="not an existing directory.*never created"):
+    with pytest.raises(InputError, match="does not exist.*never created"):
         rules.existing_root(missing)
     assert not os.path.exists(missing)
     (tmp_path / "file").write_text("x")
-    with pytest.raises(InputError, match="not an existing directory"):
+    with pytest.raises(InputError, match="is not a directory"):
         rules.existing_root(str(tmp_path / "file"))
 
 
