@@ -4,9 +4,14 @@
 
 Public API (every reader takes the host ``root``):
 
-- :func:`parse_cmdline` ``(text) -> list[str]`` (honours double quotes like the kernel)
-- :func:`cmdline_value` ``(args, key) -> str | None`` (the last ``key=value`` wins, as in the kernel)
-- :func:`read_cmdline` ``(root) -> list[str] | None``
+- :func:`parse_cmdline` ``(text) -> list[str]``: every word as written (double quotes group spaces)
+- :func:`kernel_arguments` ``(words)``, :func:`init_arguments` ``(words)``: the words before and after
+  the first bare ``--`` (the kernel stops parsing there and hands the rest to init)
+- :func:`split_argument` ``(word) -> (name, value | None)``: one word as the kernel reads it
+- :func:`cmdline_values` ``(args, key) -> list[str]``, :func:`cmdline_value` ``(args, key) -> str | None``
+  (the last wins, as in the kernel; ``-`` and ``_`` alike in names; nothing after ``--``)
+- :func:`read_cmdline` ``(root) -> list[str] | None``: the kernel's own arguments;
+  :func:`read_cmdline_words` ``(root)``: every word of ``proc/cmdline``
 - :func:`read_release` ``(root) -> str | None`` (falls back to the only ``lib/modules/<release>``
   of an image tree)
 - :func:`read_loaded_modules` ``(root) -> list[str] | None``
@@ -32,7 +37,10 @@ VFIO_PCI_BUILTIN_NAMES = ("vfio_pci",)
 
 
 def parse_cmdline(text):
-    """Split a kernel command line into arguments; double quotes group spaces, as in the kernel."""
+    """Split a command line into its words as written: double quotes group spaces (the kernel's
+    ``next_arg()``, lib/cmdline.c) and stay in the words. The whole line, init arguments after
+    ``--`` included: boot configuration editors keep every word; readers of the kernel's view
+    take :func:`kernel_arguments` of it."""
     args = []
     current = []
     quoted = False
@@ -55,19 +63,82 @@ def parse_cmdline(text):
     return args
 
 
+INIT_SEPARATOR = "--"
+
+
+def kernel_arguments(words):
+    """The words the kernel parses as its own parameters: those before the first bare ``--``.
+
+    ``parse_args()`` (kernel/params.c) stops at ``--`` and hands the rest to init, so
+    ``-- iommu=pt`` sets nothing in the kernel.
+    """
+    for index, word in enumerate(words):
+        if _is_separator(word):
+            return words[:index]
+    return list(words)
+
+
+def init_arguments(words):
+    """The words after the first bare ``--`` (init's arguments), or an empty list."""
+    for index, word in enumerate(words):
+        if _is_separator(word):
+            return words[index + 1 :]
+    return []
+
+
+def _is_separator(word):
+    # next_arg() drops the quotes of a quoted word first, so "--" separates too.
+    return word == INIT_SEPARATOR or word == '"--"'
+
+
+def split_argument(word):
+    """``(name, value)`` of one word as ``next_arg()`` reads it: the first ``=`` splits, quotes
+    around the whole word or around the value are dropped; ``value`` is None without ``=``."""
+    body = word[1:] if word.startswith('"') else word
+    name, sep, value = body.partition("=")
+    if word.startswith('"') and body.endswith('"'):
+        if sep:
+            value = value[:-1]
+        else:
+            name = name[:-1]
+    elif sep and value.startswith('"'):
+        value = value[1:-1] if value.endswith('"') and len(value) > 1 else value[1:]
+    return name, (value if sep else None)
+
+
+def parameter_name(name):
+    """The kernel treats ``-`` and ``_`` in parameter names alike (kernel-parameters.rst)."""
+    return name.replace("-", "_")
+
+
+def cmdline_values(args, key):
+    """Every value of ``key=value`` among the kernel's arguments in ``args``, in order, quotes removed;
+    ``vfio-pci.ids`` and ``vfio_pci.ids`` are one key; nothing after ``--`` counts."""
+    wanted = parameter_name(key)
+    values = []
+    for word in kernel_arguments(args):
+        name, value = split_argument(word)
+        if value is not None and parameter_name(name) == wanted:
+            values.append(value)
+    return values
+
+
 def cmdline_value(args, key):
-    """The value of the last ``key=value`` in ``args`` (quotes removed), or None."""
-    prefix = key + "="
-    value = None
-    for arg in args:
-        if arg.startswith(prefix):
-            value = arg[len(prefix) :].replace('"', "")
-    return value
+    """The value of the last ``key=value`` (the kernel applies them in order), or None."""
+    values = cmdline_values(args, key)
+    return values[-1] if values else None
+
+
+def read_cmdline_words(root):
+    """Every word of ``proc/cmdline`` (init arguments included), or None when unreadable."""
+    text = read_text(host_path(root, "proc/cmdline"))
+    return None if text is None else parse_cmdline(text)
 
 
 def read_cmdline(root):
-    text = read_text(host_path(root, "proc/cmdline"))
-    return None if text is None else parse_cmdline(text)
+    """The running kernel's own arguments (``proc/cmdline`` up to ``--``), or None when unreadable."""
+    words = read_cmdline_words(root)
+    return None if words is None else kernel_arguments(words)
 
 
 def read_release(root):
@@ -163,13 +234,15 @@ def module_parameter(root, module, parameter):
 def read_kernel(root, findings=None):
     """The ``kernel`` part of the topology."""
     release = read_release(root)
-    cmdline = read_cmdline(root)
+    words = read_cmdline_words(root)
+    cmdline = None if words is None else kernel_arguments(words)
     if cmdline is None and findings is not None and os.path.isdir(host_path(root, "proc/sys")):
         findings.warning("unreadable_attribute", "/proc/cmdline could not be read; reported as null")
     builtin = read_builtin_modules(root, release)
     return {
         "release": release,
         "cmdline": cmdline,
+        "init_arguments": None if words is None else init_arguments(words),
         "modules_loaded": read_loaded_modules(root),
         "vfio_builtin": None if builtin is None else any(name in builtin for name in VFIO_PCI_BUILTIN_NAMES),
         "vfio_builtin_modules": None if builtin is None else sorted(n for n in builtin if n.startswith("vfio")),

@@ -31,7 +31,9 @@ from dataclasses import dataclass, field
 
 from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import (
     MISSING,
+    PCI_ADDRESS_PATTERN,
     PCI_DEVICES,
+    address_sort_key,
     host_path,
     link_name,
     link_tail,
@@ -53,7 +55,7 @@ _CLASS = re.compile(r"(?:0x)?([0-9a-fA-F]{1,6})\Z")
 _INT = re.compile(r"-?[0-9]+\Z")
 _WORDS = re.compile(r"[a-z0-9_]+(?: [a-z0-9_]+)*\Z")
 _GROUP = re.compile(r"[0-9]+\Z")
-_PCI_ADDRESS = re.compile(r"[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]\Z")
+_PCI_ADDRESS = re.compile(PCI_ADDRESS_PATTERN + r"\Z")
 
 
 @dataclass
@@ -399,7 +401,7 @@ def read_pci_devices(root, findings=None):
     devices = {}
     known_vfs = {}
     bus = host_path(root, PCI_DEVICES)
-    for entry in list_dir(bus):
+    for entry in sorted(list_dir(bus), key=address_sort_key):
         if _PCI_ADDRESS.match(entry) is None:
             if findings is not None:
                 findings.warning(

@@ -19,6 +19,10 @@ IOMMU_GROUPS = "sys/kernel/iommu_groups"
 MDEV_BUS = "sys/class/mdev_bus"
 MDEV_DEVICES = "sys/bus/mdev/devices"
 
+# The kernel names a function "%04x:%02x:%02x.%d" (drivers/pci/probe.c): the domain has at least four
+# hex digits and up to eight (Intel VMD puts its buses at domain 10000 and above; nvidia-smi prints
+# every domain with eight). A full address as sysfs spells it, lowercase:
+PCI_ADDRESS_PATTERN = r"[0-9a-f]{4,8}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]"
 _ADDRESS = re.compile(r"^(?:([0-9a-fA-F]{4,8}):)?([0-9a-fA-F]{2}):([0-9a-fA-F]{2})\.([0-7])$")
 
 
@@ -86,18 +90,25 @@ def list_dir(path):
 
 
 def normalize_address(text):
-    """Return a PCI address in full ``dddd:bb:dd.f`` lowercase form, or None when not one.
+    """Return a PCI address as sysfs names it (``dddd:bb:dd.f``, lowercase), or None when not one.
 
-    Accepts short ``bb:dd.f`` and 8-digit domains (as printed by nvidia-smi).
+    Accepts short ``bb:dd.f`` (domain 0) and domains of four to eight hex digits: ``00000000:01:00.0``
+    (nvidia-smi) is ``0000:01:00.0``, and ``10000:e1:00.0`` (behind Intel VMD) stays as it is.
     """
     match = _ADDRESS.match(text.strip()) if isinstance(text, str) else None
     if not match:
         return None
     domain, bus, dev, fn = match.groups()
-    domain_value = int(domain, 16) if domain else 0
-    if domain_value > 0xFFFF:
-        return None
-    return "%04x:%s:%s.%s" % (domain_value, bus.lower(), dev.lower(), fn)
+    return "%04x:%s:%s.%s" % (int(domain, 16) if domain else 0, bus.lower(), dev.lower(), fn)
+
+
+def address_sort_key(address):
+    """Order addresses by domain number, then bus, device and function (``ffff:`` before ``10000:``)."""
+    domain, _sep, rest = address.partition(":")
+    try:
+        return (int(domain, 16), rest)
+    except ValueError:
+        return (-1, address)
 
 
 def slot_of(address):

@@ -57,6 +57,7 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import PCI_DEVI
 
 PASSTHROUGH_CODES = (
     "iommu_disabled",
+    "iommu_unknown",
     "no_iommu_group",
     "boot_vga",
     "group_shared",
@@ -100,6 +101,9 @@ def passthrough_verdict(address, devices, iommu_enabled, groups=None, holders=No
     :func:`critical.critical_devices` output; ``slots``: :func:`pci.slot_index` output (saves a
     scan of all devices per call). ``devices`` in the result are the addresses to bind together:
     the device and its companion functions.
+
+    ``iommu_enabled`` None (a tree that cannot tell) gives the code ``iommu_unknown``; ``viable`` is
+    then None unless another reason already rules the device out.
     """
     device = devices[address]
     groups = groups_from_devices(devices) if groups is None else groups
@@ -114,7 +118,13 @@ def passthrough_verdict(address, devices, iommu_enabled, groups=None, holders=No
             codes.append(code)
         reasons.append(reason)
 
-    if not iommu_enabled:
+    if iommu_enabled is None:
+        refuse(
+            "iommu_unknown",
+            "whether the IOMMU is on is unknown: the tree lacks /sys/class/iommu and /sys/kernel/iommu_groups "
+            "(a partial snapshot?); read the live host",
+        )
+    elif not iommu_enabled:
         refuse(
             "iommu_disabled",
             "the IOMMU is not enabled, so no device can be assigned to a VM (see the iommu findings)",
@@ -146,7 +156,10 @@ def passthrough_verdict(address, devices, iommu_enabled, groups=None, holders=No
     for member in sorted(set(bound) | set(m for m in members if m in devices and not devices[m].is_bridge)):
         for reason in critical.get(member, []):
             refuse("host_critical", "%s %s; the host needs it" % (member, reason))
-    return {"viable": not codes, "reasons": reasons, "codes": codes, "devices": bound}
+    viable = not codes
+    if codes == ["iommu_unknown"]:
+        viable = None
+    return {"viable": viable, "reasons": reasons, "codes": codes, "devices": bound}
 
 
 def detect(root="/"):
@@ -234,8 +247,23 @@ def _gpu_entry(device, devices, iommu, groups, holders, critical, parent_names, 
 
 
 def _iommu_findings(root, iommu, cmdline, findings):
-    if not iommu.enabled:
-        if iommu.firmware_support:
+    if iommu.enabled is None:
+        findings.warning(
+            "iommu_unknown",
+            "whether the IOMMU is on cannot be told: this tree has neither /sys/class/iommu nor "
+            "/sys/kernel/iommu_groups (nor /sys/kernel); a snapshot that did not capture them, or a "
+            "container. Read the live host (or capture it with tests/fixtures/capture.py as root)",
+        )
+    elif not iommu.enabled:
+        if iommu.firmware_support is None:
+            findings.error(
+                "iommu_off",
+                "the kernel registered no IOMMU; whether the firmware describes one is unknown (this tree "
+                "has no readable /sys/firmware/acpi/tables: a snapshot, a container or an unprivileged "
+                "read): enable VT-d (Intel) or AMD-Vi/IOMMU (AMD) in the firmware setup if it is off, add "
+                "intel_iommu=on (Intel) or amd_iommu=on (AMD) to the kernel command line and reboot",
+            )
+        elif iommu.firmware_support:
             argument = "amd_iommu=on" if iommu.vendor == "amd" else "intel_iommu=on"
             table = "IVRS" if iommu.vendor == "amd" else "DMAR"
             off = [arg for arg in cmdline if arg in ("intel_iommu=off", "amd_iommu=off", "iommu=off")]

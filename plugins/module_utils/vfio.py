@@ -41,6 +41,7 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.critical import criti
 from ansible_collections.gpuvirt.host.plugins.module_utils.files import write_temp
 from ansible_collections.gpuvirt.host.plugins.module_utils.iommu import read_iommu, users_of, vfio_holders
 from ansible_collections.gpuvirt.host.plugins.module_utils.kernel import (
+    cmdline_value,
     read_builtin_modules,
     read_kernel,
     read_vfio_aliases,
@@ -687,12 +688,8 @@ def device_id(view, address):
 
 def cmdline_ids(arguments):
     """The IDs of the last ``vfio-pci.ids=`` (or ``vfio_pci.ids=``) argument; the kernel keeps the last."""
-    ids = None
-    for argument in arguments or []:
-        key, sep, value = argument.partition("=")
-        if sep and key.replace("-", "_") == "vfio_pci.ids":
-            ids = [part.strip().lower() for part in value.strip('"').split(",") if part.strip()]
-    return ids or []
+    value = cmdline_value(arguments or [], "vfio_pci.ids")
+    return [part.strip().lower() for part in (value or "").split(",") if part.strip()]
 
 
 def id_refusals(view, members, added_ids, removed_ids, releasing):

@@ -93,7 +93,10 @@ topology:
       type: dict
       contains:
         enabled:
-          description: IOMMU units are registered (C(/sys/class/iommu)) or IOMMU groups exist.
+          description:
+            - IOMMU units are registered (C(/sys/class/iommu)) or IOMMU groups exist.
+            - V(null) when the tree cannot tell (a snapshot or container without C(/sys/class/iommu),
+              C(/sys/kernel/iommu_groups) and C(/sys/kernel)); V(false) only when the tree shows no IOMMU.
           returned: success
           type: bool
           sample: true
@@ -103,7 +106,10 @@ topology:
           type: str
           sample: intel
         firmware_support:
-          description: The ACPI DMAR or IVRS table is present.
+          description:
+            - The ACPI DMAR or IVRS table is present.
+            - V(null) when C(/sys/firmware/acpi/tables) cannot be listed or is missing from a tree without
+              C(/sys/firmware) (unknown, not absent).
           returned: success
           type: bool
           sample: true
@@ -123,6 +129,12 @@ topology:
           type: list
           elements: str
           sample: [dmar0, dmar1]
+        unknown:
+          description: The directories the tree lacks or cannot list, so that the values above from them are V(null).
+          returned: success
+          type: list
+          elements: str
+          sample: []
     kernel:
       description: The running kernel.
       returned: success
@@ -134,11 +146,19 @@ topology:
           type: str
           sample: 6.8.0-45-generic
         cmdline:
-          description: The kernel command line, one argument per item (double quotes kept). V(null) if unreadable.
+          description:
+            - The kernel's own arguments, one per item (double quotes kept), up to a bare C(--) (the kernel
+              passes what follows to init). V(null) if unreadable.
           returned: success
           type: list
           elements: str
           sample: [BOOT_IMAGE=/vmlinuz, root=/dev/nvme0n1p2, ro, intel_iommu=on]
+        init_arguments:
+          description: The words of C(/proc/cmdline) after the first bare C(--), for init; V(null) if unreadable.
+          returned: success
+          type: list
+          elements: str
+          sample: []
         modules_loaded:
           description: Names of the loaded modules (C(/proc/modules)), sorted. V(null) if unreadable.
           returned: success
@@ -416,7 +436,9 @@ topology:
           type: dict
           contains:
             viable:
-              description: No reason against it.
+              description:
+                - No reason against it. V(null) when the only reason is that the tree cannot tell whether the
+                  IOMMU is on (V(iommu_unknown)).
               returned: success
               type: bool
               sample: true
@@ -428,8 +450,8 @@ topology:
               sample: ["0000:00:02.0 is the boot VGA device: the host console and firmware framebuffer use it"]
             codes:
               description:
-                - Stable codes of the reasons, each once - V(iommu_disabled), V(no_iommu_group), V(boot_vga),
-                  V(group_shared), V(in_use), V(host_critical).
+                - Stable codes of the reasons, each once - V(iommu_disabled), V(iommu_unknown), V(no_iommu_group),
+                  V(boot_vga), V(group_shared), V(in_use), V(host_critical).
               returned: success
               type: list
               elements: str
@@ -537,7 +559,7 @@ topology:
           sample: error
         code:
           description:
-            - Stable code, for example V(iommu_off), V(iommu_unsupported), V(no_cpu_virtualization),
+            - Stable code, for example V(iommu_off), V(iommu_unsupported), V(iommu_unknown), V(no_cpu_virtualization),
               V(kvm_unavailable), V(interrupt_remapping_off), V(acs_override), V(unsafe_interrupts),
               V(host_graphics_driver), V(no_iommu_group), V(malformed_attribute), V(unreadable_attribute),
               V(unreadable_device), V(malformed_entry), V(processes_unreadable).
