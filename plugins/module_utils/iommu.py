@@ -51,6 +51,10 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import (
 
 IOMMU_CLASS = "sys/class/iommu"
 ACPI_TABLES = "sys/firmware/acpi/tables"
+# ACPI tables describing an IOMMU: Intel DMAR, AMD IVRS, Arm IORT (SMMU).
+FIRMWARE_TABLES = frozenset(("DMAR", "IVRS", "IORT"))
+# arm-smmu-v3 registers "smmu3.<physical address>", arm-smmu (v1/v2) "smmu.<physical address>".
+ARM_SMMU_UNITS = ("smmu3.", "smmu.")
 _ECAP_INTERRUPT_REMAPPING = 1 << 3
 _IR_CHIP = re.compile(r"\bIR-[A-Z]")
 _PLAIN_CHIP = re.compile(r"\b(?:PCI-MSI|IO-APIC)")
@@ -102,19 +106,23 @@ def read_iommu(root, cmdline):
 
     ``enabled``: IOMMU units registered in ``sys/class/iommu`` or groups in
     ``sys/kernel/iommu_groups``; None when the tree has neither directory nor their parents.
-    ``vendor``: from the unit names (``dmar*`` Intel, ``ivhd*`` AMD), else from the ACPI table.
-    ``firmware_support``: the ACPI DMAR or IVRS table is listed; None when ``sys/firmware/acpi/tables``
-    is missing from a tree without ``sys/firmware`` or cannot be listed. ``passthrough_mode``:
+    ``vendor``: from the unit names (``dmar*`` Intel, ``ivhd*`` AMD, ``smmu3.*``/``smmu.*`` Arm),
+    else from the ACPI table (DMAR, IVRS, IORT). ``firmware_support``: one of those tables is listed;
+    None when ``sys/firmware/acpi/tables`` is missing from a tree without ``sys/firmware``, cannot be
+    listed, or the host describes its hardware in a device tree instead. ``passthrough_mode``:
     ``iommu=pt`` or ``iommu.passthrough=1``. ``unknown``: the directories that could not be read.
     """
     unknown = []
     units = list_dir(host_path(root, IOMMU_CLASS))
     groups = list_dir(host_path(root, IOMMU_GROUPS))
     tables, tables_known = listing(root, ACPI_TABLES)
+    device_tree = os.path.isdir(host_path(root, "sys/firmware/devicetree"))
     if not tables_known and os.path.isdir(host_path(root, "sys/firmware")) and not os.path.exists(
         host_path(root, "sys/firmware/acpi")
     ):
-        tables_known = True  # a live host booted without ACPI (device tree): no ACPI tables at all
+        # A host booted without ACPI. Without a device tree either, there is no firmware description
+        # at all; with one, the IOMMU nodes live there and are not read: unknown.
+        tables_known = not device_tree
     if units or groups:
         enabled = True
     elif os.path.isdir(host_path(root, IOMMU_CLASS)) or os.path.isdir(host_path(root, "sys/kernel")):
@@ -125,27 +133,33 @@ def read_iommu(root, cmdline):
         enabled = None
         unknown.extend(["/" + IOMMU_CLASS, "/" + IOMMU_GROUPS])
     if not tables_known:
-        unknown.append("/" + ACPI_TABLES)
+        unknown.append("/sys/firmware/devicetree" if device_tree else "/" + ACPI_TABLES)
     tables = set(tables)
     vendor = None
     if any(unit.startswith("dmar") for unit in units):
         vendor = "intel"
     elif any(unit.startswith("ivhd") for unit in units):
         vendor = "amd"
+    elif any(unit.startswith(ARM_SMMU_UNITS) for unit in units):
+        vendor = "arm"
     elif "DMAR" in tables:
         vendor = "intel"
     elif "IVRS" in tables:
         vendor = "amd"
+    elif "IORT" in tables:
+        vendor = "arm"
     passthrough = "pt" in cmdline_values(cmdline, "iommu") or any(
         value.lower() in ("1", "y", "on") for value in cmdline_values(cmdline, "iommu.passthrough")
     )
-    firmware = "DMAR" in tables or "IVRS" in tables
+    firmware = bool(FIRMWARE_TABLES.intersection(tables))
     return IommuState(
         enabled=enabled,
         vendor=vendor,
         firmware_support=firmware if firmware or tables_known else None,
         passthrough_mode=passthrough,
-        interrupt_remapping=interrupt_remapping_state(root, cmdline, units),
+        # Interrupt remapping is an x86 IOMMU feature; on arm64 the GIC ITS isolates MSIs and VFIO
+        # accepts it, so the question does not arise there.
+        interrupt_remapping=None if vendor == "arm" else interrupt_remapping_state(root, cmdline, units),
         units=units,
         unknown=unknown,
     )

@@ -20,6 +20,8 @@ Public API (every reader takes the host ``root``):
   from ``modules.alias`` (``alias vfio_pci:<pattern> <driver>``)
 - :func:`vfio_variant_drivers` ``(modalias, aliases) -> list[str]`` (best match first)
 - :func:`module_parameter` ``(root, module, parameter) -> str | None``
+- :func:`read_cpuinfo` ``(root) -> dict | None``, :func:`architecture_of` ``(cpuinfo) -> str | None``
+  (``x86_64``, ``aarch64``, ``ppc64le``)
 - :func:`read_cpu_flags` ``(root) -> (vendor_id | None, set[str] | None)``
 - :func:`read_kernel` ``(root, findings=None) -> dict``, :func:`read_cpu` ``(root, findings=None)
   -> dict``: the ``kernel`` and ``cpu`` parts of the topology (``read_cpu`` adds the
@@ -249,36 +251,81 @@ def read_kernel(root, findings=None):
     }
 
 
-def read_cpu_flags(root):
-    """``(vendor_id, flags)`` of the first CPU in ``proc/cpuinfo``; flags is None when not listed
-    (unreadable file, or an architecture without x86 flags)."""
-    vendor = None
+def read_cpuinfo(root):
+    """``{key: value}`` of the first CPU block of ``proc/cpuinfo`` (keys as written), or None."""
+    values = {}
     try:
         with open(host_path(root, "proc/cpuinfo"), encoding="utf-8", errors="replace") as handle:
             for line in handle:
-                key, _sep, value = line.partition(":")
+                key, sep, value = line.partition(":")
                 key = key.strip()
-                if key == "vendor_id" and vendor is None:
-                    vendor = value.strip() or None
-                elif key == "flags":
-                    return vendor, set(value.split())
+                if not sep:
+                    if values:
+                        break  # a blank line ends the first CPU's block
+                    continue
+                values.setdefault(key, value.strip())
     except OSError:
+        return None
+    return values
+
+
+# What each architecture's /proc/cpuinfo shows (arch/*/kernel/cpuinfo.c, arch/powerpc/kernel/setup-common.c).
+X86 = "x86_64"
+ARM64 = "aarch64"
+POWER = "ppc64le"
+SUPPORTED_ARCHITECTURES = (X86, ARM64)
+
+
+def architecture_of(cpuinfo):
+    """``x86_64``, ``aarch64`` or ``ppc64le`` from the first CPU block of ``proc/cpuinfo``, else None."""
+    if not cpuinfo:
+        return None
+    if "flags" in cpuinfo or "vendor_id" in cpuinfo:
+        return X86
+    if "CPU implementer" in cpuinfo or "Features" in cpuinfo:
+        return ARM64
+    if "platform" in cpuinfo or cpuinfo.get("cpu", "").upper().startswith("POWER"):
+        return POWER
+    return None
+
+
+def read_cpu_flags(root):
+    """``(vendor_id, flags)`` of the first CPU in ``proc/cpuinfo``; flags is None when not listed
+    (unreadable file, or an architecture without x86 flags)."""
+    cpuinfo = read_cpuinfo(root)
+    if cpuinfo is None:
         return None, None
-    return vendor, None
+    flags = cpuinfo.get("flags")
+    return cpuinfo.get("vendor_id") or None, None if flags is None else set(flags.split())
 
 
 def read_cpu(root, findings=None):
-    """The ``cpu`` part of the topology: ``vendor``, ``virtualization`` (vmx/svm/None), ``kvm``.
+    """The ``cpu`` part of the topology: ``architecture``, ``vendor``, ``virtualization``, ``kvm``.
 
-    Adds ``no_cpu_virtualization`` (error) when the flags lack vmx and svm, and ``kvm_unavailable``
-    (warning) when the CPU can virtualize but ``/dev/kvm`` is missing.
+    ``virtualization``: ``vmx``/``svm`` from the x86 flags; ``el2`` on arm64 when ``/dev/kvm`` exists
+    (KVM is built in there and works only when the kernel was entered at EL2; the CPU features do
+    not show it). Adds ``no_cpu_virtualization`` (error) when x86 flags lack vmx and svm, and
+    ``kvm_unavailable`` (warning) when the CPU can virtualize but ``/dev/kvm`` is missing.
     """
-    vendor, flags = read_cpu_flags(root)
+    cpuinfo = read_cpuinfo(root)
+    architecture = architecture_of(cpuinfo)
+    vendor = (cpuinfo or {}).get("vendor_id") or None
+    flags = (cpuinfo or {}).get("flags")
+    flags = None if flags is None else set(flags.split())
     kvm = os.path.exists(host_path(root, "dev/kvm"))
     virtualization = None
     if flags is not None:
         virtualization = "vmx" if "vmx" in flags else "svm" if "svm" in flags else None
-    if findings is not None and flags is not None:
+    elif architecture == ARM64 and kvm:
+        virtualization = "el2"
+    if findings is not None and architecture == ARM64 and not kvm:
+        findings.warning(
+            "kvm_unavailable",
+            "/dev/kvm does not exist: arm64 KVM is built into the kernel and starts only when the kernel "
+            "is entered at EL2 (dmesg says \"HYP mode not available\" otherwise); check the firmware's "
+            "virtualization setting and that the kernel has CONFIG_KVM",
+        )
+    elif findings is not None and flags is not None:
         if virtualization is None and not kvm:
             findings.error(
                 "no_cpu_virtualization",
@@ -306,4 +353,4 @@ def read_cpu(root, findings=None):
         findings.warning(
             "unreadable_attribute", "/proc/cpuinfo could not be read; CPU virtualization is reported as null"
         )
-    return {"vendor": vendor, "virtualization": virtualization, "kvm": kvm}
+    return {"architecture": architecture, "vendor": vendor, "virtualization": virtualization, "kvm": kvm}

@@ -40,6 +40,10 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.iommu import (
     vfio_holders,
 )
 from ansible_collections.gpuvirt.host.plugins.module_utils.kernel import (
+    ARM64,
+    POWER,
+    SUPPORTED_ARCHITECTURES,
+    X86,
     cmdline_value,
     module_parameter,
     read_cpu,
@@ -55,7 +59,10 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.pci import (
 )
 from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import PCI_DEVICES, host_path
 
+# Kernel parameters that exist only on x86 (Documentation/admin-guide/kernel-parameters.txt).
+X86_ONLY_PARAMETERS = frozenset(("intel_iommu", "amd_iommu", "iommu", "intremap", "amd_iommu_intr"))
 PASSTHROUGH_CODES = (
+    "architecture_unsupported",
     "iommu_disabled",
     "iommu_unknown",
     "no_iommu_group",
@@ -179,7 +186,9 @@ def detect(root="/"):
     parent_names = {entry["parent"] for entry in parents}
     slots = slot_index(devices)
 
-    _iommu_findings(root, iommu, cmdline, findings)
+    architecture = host_architecture(cpu, iommu)
+    _iommu_findings(root, iommu, cmdline, findings, architecture)
+    _cmdline_findings(root, cmdline, findings, architecture)
     device_dicts = []
     gpus = []
     for device in devices.values():
@@ -188,7 +197,9 @@ def detect(root="/"):
         entry["in_use_by"] = users_of(holders, device.iommu_group, device.address)
         device_dicts.append(entry)
         if device.is_gpu:
-            gpus.append(_gpu_entry(device, devices, iommu, groups, holders, critical, parent_names, slots, findings))
+            gpus.append(_gpu_entry(
+                device, devices, iommu, groups, holders, critical, parent_names, slots, findings, architecture
+            ))
 
     return {
         "root": root,
@@ -206,11 +217,17 @@ def detect(root="/"):
     }
 
 
-def _gpu_entry(device, devices, iommu, groups, holders, critical, parent_names, slots, findings):
+def _gpu_entry(device, devices, iommu, groups, holders, critical, parent_names, slots, findings, architecture=None):
     verdict = passthrough_verdict(device.address, devices, iommu.enabled, groups, holders, critical, slots)
+    unsupported = unsupported_architecture(architecture)
+    if unsupported:
+        verdict["codes"].insert(0, "architecture_unsupported")
+        verdict["reasons"].insert(0, unsupported)
+        verdict["viable"] = False
     vgpu_host = device.address in parent_names or bool(device.sriov and device.sriov.total_vfs)
     if (
-        device.driver in HOST_GRAPHICS_DRIVERS
+        not unsupported
+        and device.driver in HOST_GRAPHICS_DRIVERS
         and not device.boot_vga
         and not device.is_vf
         and not vgpu_host
@@ -246,7 +263,36 @@ def _gpu_entry(device, devices, iommu, groups, holders, critical, parent_names, 
     }
 
 
-def _iommu_findings(root, iommu, cmdline, findings):
+def host_architecture(cpu, iommu):
+    """The architecture from ``proc/cpuinfo``, else from the IOMMU's kind, else None."""
+    if cpu.get("architecture"):
+        return cpu["architecture"]
+    if iommu.vendor in ("intel", "amd"):
+        return X86
+    if iommu.vendor == "arm":
+        return ARM64
+    return None
+
+
+def unsupported_architecture(architecture):
+    """Why the collection cannot manage this architecture, or None when it can (or is unknown)."""
+    if architecture is None or architecture in SUPPORTED_ARCHITECTURES:
+        return None
+    if architecture == POWER:
+        return (
+            "ppc64le hosts are not supported: VFIO there uses the sPAPR TCE IOMMU (vfio_iommu_spapr_tce, "
+            "partitionable endpoints and DMA windows), not the type1 IOMMU this collection configures; "
+            "nothing is changed on this host"
+        )
+    return "%s hosts are not supported (only x86_64 and aarch64); nothing is changed on this host" % architecture
+
+
+def _iommu_findings(root, iommu, cmdline, findings, architecture=None):
+    unsupported = unsupported_architecture(architecture)
+    if unsupported:
+        # x86 or arm64 advice (firmware switches, intel_iommu=...) would be wrong here.
+        findings.error("architecture_unsupported", unsupported)
+        return
     if iommu.enabled is None:
         findings.warning(
             "iommu_unknown",
@@ -254,6 +300,8 @@ def _iommu_findings(root, iommu, cmdline, findings):
             "/sys/kernel/iommu_groups (nor /sys/kernel); a snapshot that did not capture them, or a "
             "container. Read the live host (or capture it with tests/fixtures/capture.py as root)",
         )
+    elif not iommu.enabled and architecture == ARM64:
+        _arm_iommu_off(iommu, findings)
     elif not iommu.enabled:
         if iommu.firmware_support is None:
             findings.error(
@@ -291,6 +339,46 @@ def _iommu_findings(root, iommu, cmdline, findings):
             "vfio_iommu_type1.allow_unsafe_interrupts=1, which lets a guest forge interrupts; enable "
             "interrupt remapping in the firmware (x2APIC/VT-d) and remove intremap=off if present",
         )
+
+
+def _arm_iommu_off(iommu, findings):
+    """arm64: the SMMU needs no kernel argument to turn on (intel_iommu= and amd_iommu= are x86-only
+    and would reach init as unknown words); it is on when the firmware describes it and the kernel
+    has its driver."""
+    if iommu.firmware_support:
+        findings.error(
+            "iommu_off",
+            "the firmware describes an SMMU (ACPI IORT table) but the kernel registered none under "
+            "/sys/class/iommu: the kernel needs the arm-smmu-v3 driver (CONFIG_ARM_SMMU_V3; arm-smmu for "
+            "SMMUv2) built in or loaded, and the SMMU must not be disabled in the firmware setup; remove "
+            "iommu.passthrough=1 only if you want host DMA translated too (it does not stop VFIO)",
+        )
+    elif iommu.firmware_support is None:
+        findings.error(
+            "iommu_off",
+            "the kernel registered no SMMU under /sys/class/iommu; whether the firmware describes one is "
+            "unknown (device-tree host, or no readable ACPI IORT table in this tree): check the SMMU node "
+            "of the device tree or the firmware setup, and the arm-smmu-v3 driver (CONFIG_ARM_SMMU_V3)",
+        )
+    else:
+        findings.error(
+            "iommu_unsupported",
+            "no IOMMU: the firmware has no ACPI IORT table and the kernel registered no SMMU; enable the "
+            "SMMU in the firmware setup (some Arm servers ship with it off)",
+        )
+
+
+def _cmdline_findings(root, cmdline, findings, architecture=None):
+    if architecture == ARM64:
+        x86_only = [word for word in cmdline if word.split("=", 1)[0].replace("-", "_") in X86_ONLY_PARAMETERS]
+        if x86_only:
+            findings.warning(
+                "foreign_kernel_arguments",
+                "%s on the kernel command line: x86-only parameters that an arm64 kernel does not know "
+                "(without a dot in the name they reach init as environment); remove them. arm64 uses "
+                "iommu.passthrough= and iommu.strict=, and needs no argument to turn the SMMU on"
+                % " ".join(x86_only),
+            )
     acs = cmdline_value(cmdline, "pcie_acs_override")
     if acs is not None:
         findings.warning(

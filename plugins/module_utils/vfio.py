@@ -43,6 +43,7 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.iommu import read_iom
 from ansible_collections.gpuvirt.host.plugins.module_utils.kernel import (
     cmdline_value,
     read_builtin_modules,
+    read_cpu,
     read_kernel,
     read_vfio_aliases,
     vfio_variant_drivers,
@@ -75,6 +76,8 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.topology import (
     NotALinuxTree,
     check_root,
     group_endpoints,
+    host_architecture,
+    unsupported_architecture,
 )
 
 VFIO_DRIVER = "vfio-pci"
@@ -511,6 +514,9 @@ def read_host(root):
         raise VfioError(str(error)) from error
     kernel = read_kernel(root)
     iommu = read_iommu(root, kernel["cmdline"] or [])
+    unsupported = unsupported_architecture(host_architecture(read_cpu(root), iommu))
+    if unsupported:
+        raise VfioError(unsupported)
     devices = read_pci_devices(root)
     name_devices(root, devices)
     return HostView(

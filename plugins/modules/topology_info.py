@@ -101,13 +101,15 @@ topology:
           type: bool
           sample: true
         vendor:
-          description: V(intel) (DMAR units or table), V(amd) (IVHD units or IVRS table), or V(null).
+          description:
+            - V(intel) (DMAR units or table), V(amd) (IVHD units or IVRS table), V(arm) (SMMU units
+              C(smmu3.0x...) or the IORT table), or V(null).
           returned: success
           type: str
           sample: intel
         firmware_support:
           description:
-            - The ACPI DMAR or IVRS table is present.
+            - The ACPI DMAR, IVRS or IORT table is present.
             - V(null) when C(/sys/firmware/acpi/tables) cannot be listed or is missing from a tree without
               C(/sys/firmware) (unknown, not absent).
           returned: success
@@ -119,7 +121,9 @@ topology:
           type: bool
           sample: false
         interrupt_remapping:
-          description: Whether interrupt remapping is on; V(null) when the host does not tell.
+          description:
+            - Whether interrupt remapping is on; V(null) when the host does not tell, and on arm64 (where the
+              GIC ITS isolates MSIs).
           returned: success
           type: bool
           sample: true
@@ -183,13 +187,23 @@ topology:
       returned: success
       type: dict
       contains:
+        architecture:
+          description:
+            - V(x86_64), V(aarch64) or V(ppc64le), from the fields of C(/proc/cpuinfo) each kernel writes;
+              V(null) when unknown. Hosts other than x86_64 and aarch64 get the V(architecture_unsupported)
+              finding and nothing is changed on them.
+          returned: success
+          type: str
+          sample: x86_64
         vendor:
           description: C(vendor_id) of the first CPU in C(/proc/cpuinfo).
           returned: success
           type: str
           sample: GenuineIntel
         virtualization:
-          description: V(vmx) (Intel VT-x), V(svm) (AMD-V), or V(null) when the flags list neither or are unknown.
+          description:
+            - V(vmx) (Intel VT-x), V(svm) (AMD-V), V(el2) (arm64 with C(/dev/kvm): KVM is built in there and
+              runs when the kernel starts at EL2), or V(null) when the flags list neither or are unknown.
           returned: success
           type: str
           sample: vmx
@@ -450,7 +464,8 @@ topology:
               sample: ["0000:00:02.0 is the boot VGA device: the host console and firmware framebuffer use it"]
             codes:
               description:
-                - Stable codes of the reasons, each once - V(iommu_disabled), V(iommu_unknown), V(no_iommu_group),
+                - Stable codes of the reasons, each once - V(architecture_unsupported), V(iommu_disabled),
+                  V(iommu_unknown), V(no_iommu_group),
                   V(boot_vga), V(group_shared), V(in_use), V(host_critical).
               returned: success
               type: list
@@ -559,7 +574,8 @@ topology:
           sample: error
         code:
           description:
-            - Stable code, for example V(iommu_off), V(iommu_unsupported), V(iommu_unknown), V(no_cpu_virtualization),
+            - Stable code, for example V(architecture_unsupported), V(iommu_off), V(iommu_unsupported),
+              V(iommu_unknown), V(foreign_kernel_arguments), V(no_cpu_virtualization),
               V(kvm_unavailable), V(interrupt_remapping_off), V(acs_override), V(unsafe_interrupts),
               V(host_graphics_driver), V(no_iommu_group), V(malformed_attribute), V(unreadable_attribute),
               V(unreadable_device), V(malformed_entry), V(processes_unreadable).

@@ -597,3 +597,61 @@ def test_findings_collector_rejects_unknown_severity_and_deduplicates():
     assert len(findings) == 1
     with pytest.raises(ValueError):
         findings.add("fatal", "x", "y")
+
+
+# --- architectures ----------------------------------------------------------------------------------
+
+
+def test_an_arm64_host_has_an_smmu_from_iort_and_no_x86_advice(make_host):
+    topology = detect(make_host("grace_hopper"))
+
+    assert topology["cpu"]["architecture"] == "aarch64" and topology["cpu"]["virtualization"] == "el2"
+    iommu = topology["iommu"]
+    assert iommu["enabled"] is True and iommu["vendor"] == "arm" and iommu["firmware_support"] is True
+    assert iommu["units"][0] == "smmu3.0x0000000011000000"
+    assert iommu["interrupt_remapping"] is None and iommu["passthrough_mode"] is True
+    assert [f["code"] for f in topology["findings"] if f["severity"] != "info"] == []
+    assert gpu(topology, "0009:01:00.0")["passthrough"]["viable"] is True
+
+
+def test_an_arm64_host_without_its_smmu_gets_arm_advice(make_host):
+    topology = detect(make_host("grace_hopper", iommu={"enabled": False}))
+
+    error = finding(topology, "iommu_off")
+    assert "IORT" in error["message"] and "arm-smmu-v3" in error["message"]
+    assert "intel_iommu" not in error["message"] and "VT-d" not in error["message"]
+    assert finding(detect(make_host("grace_hopper", iommu={"enabled": False, "firmware": False})),
+                   "iommu_unsupported")["message"].startswith("no IOMMU: the firmware has no ACPI IORT table")
+
+
+def test_x86_arguments_on_an_arm64_command_line_are_flagged(make_host):
+    root = make_host("grace_hopper", kernel={"cmdline": "root=/dev/nvme0n1p2 ro intel_iommu=on iommu=pt"})
+    warning = finding(detect(root), "foreign_kernel_arguments")
+    assert "intel_iommu=on iommu=pt" in warning["message"] and "iommu.passthrough" in warning["message"]
+
+
+def test_arm64_without_kvm_says_why(make_host):
+    topology = detect(make_host("grace_hopper", cpu={"kvm": False}))
+    assert topology["cpu"]["virtualization"] is None
+    assert "EL2" in finding(topology, "kvm_unavailable")["message"]
+
+
+def test_a_power_host_is_unsupported_rather_than_missing_vt_d(make_host):
+    topology = detect(make_host("power9_host"))
+
+    assert topology["cpu"]["architecture"] == "ppc64le"
+    error = finding(topology, "architecture_unsupported")
+    assert error["severity"] == "error" and "sPAPR TCE" in error["message"] and "nothing is changed" in error["message"]
+    assert not {"iommu_off", "iommu_unsupported", "iommu_unknown", "no_cpu_virtualization"} & set(codes(topology))
+    v100 = gpu(topology, "0035:03:00.0")["passthrough"]
+    assert v100["viable"] is False and v100["codes"][0] == "architecture_unsupported"
+
+
+@pytest.mark.parametrize("name", ["gvtg_laptop", "gvtg_laptop_enabled", "intel_flex_sriov", "amd_mxgpu",
+                                  "amd_mxgpu_no_driver", "grace_hopper", "vmd_host", "power9_host"])
+def test_platform_hosts_read_cleanly(make_host, name):
+    topology = detect(make_host(name))
+    assert not {"malformed_attribute", "malformed_entry", "unreadable_attribute", "unreadable_device"} & set(
+        codes(topology)
+    )
+    assert topology["gpus"]
