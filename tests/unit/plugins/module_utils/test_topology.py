@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import glob
 import os
+import sys
 
 import pytest
 
+from ansible_collections.gpuvirt.host.plugins.module_utils import mdev_info
+from ansible_collections.gpuvirt.host.plugins.module_utils import pci as pci_module
 from ansible_collections.gpuvirt.host.plugins.module_utils.findings import Findings
 from ansible_collections.gpuvirt.host.plugins.module_utils.iommu import group_members, group_of, groups_from_devices
 from ansible_collections.gpuvirt.host.plugins.module_utils.pci import companions, read_pci_device, read_pci_devices
@@ -20,6 +23,9 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.topology import (
     group_endpoints,
     passthrough_verdict,
 )
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "..", "fixtures"))
+import hostgen  # noqa: E402
 
 DGPU = "0000:01:00.0"
 DGPU_FUNCTIONS = ["0000:01:00.0", "0000:01:00.1", "0000:01:00.2", "0000:01:00.3"]
@@ -293,7 +299,7 @@ def test_unreadable_acpi_tables_are_unknown(make_host, monkeypatch):
 
 def test_a_snapshot_without_the_iommu_directories_leaves_the_iommu_unknown(make_host):
     root = make_host("desktop_dgpu", files={"sys/kernel": None, "sys/class/iommu": None})
-    for link in glob.glob(os.path.join(root, "sys/devices/**/iommu_group"), recursive=True):
+    for link in glob.glob(os.path.join(root, "sys/bus/pci/devices/*/iommu_group")):
         os.unlink(link)
 
     topology = detect(root)
@@ -655,3 +661,12 @@ def test_platform_hosts_read_cleanly(make_host, name):
         codes(topology)
     )
     assert topology["gpus"]
+
+
+@pytest.mark.parametrize("name", [n for n in hostgen.host_names() if n != "large_synthetic"])
+def test_directory_descriptors_read_what_plain_paths_read(make_host, monkeypatch, name):
+    root = make_host(name)
+    fast = detect(root)
+    monkeypatch.setattr(pci_module, "open_directory", lambda path: None)
+    monkeypatch.setattr(mdev_info, "open_directory", lambda path: None)
+    assert detect(root) == fast
