@@ -167,31 +167,12 @@ def read_attribute(path):
     does not exist, or a short reason (``"unreadable: Permission denied"``, ``"not UTF-8 text"``)
     that callers put into a finding.
     """
-    # Inlined (no helper call): detection reads thousands of attributes per run.
-    try:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            raw = os.read(fd, 65536)
-        finally:
-            os.close(fd)
-    except FileNotFoundError:
-        return None, MISSING
-    except (OSError, ValueError) as error:
-        reason = os.strerror(error.errno) if getattr(error, "errno", None) else str(error)
-        return None, "unreadable: %s" % reason
-    try:
-        return raw.decode("utf-8").strip(), None
-    except UnicodeDecodeError:
-        return None, "not UTF-8 text"
+    return read_attribute_at(None, path)
 
 
 def link_tail(path):
     """Like :func:`link_name` without ``os.path`` overhead, for kernel links (no trailing slash)."""
-    try:
-        target = os.readlink(path)
-    except OSError:
-        return None
-    return target[target.rfind("/") + 1 :] or None
+    return link_tail_at(None, path)
 
 
 def open_directory(path):
@@ -210,7 +191,7 @@ _DIRECTORY_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0)
 
 
 def read_attribute_at(directory, name):
-    """:func:`read_attribute` of ``name`` in the directory open as ``directory``."""
+    """:func:`read_attribute` of ``name`` in the directory open as ``directory`` (a path when None)."""
     try:
         fd = os.open(name, os.O_RDONLY, dir_fd=directory)
         try:
@@ -229,7 +210,7 @@ def read_attribute_at(directory, name):
 
 
 def link_tail_at(directory, name):
-    """:func:`link_tail` of ``name`` in the directory open as ``directory``."""
+    """:func:`link_tail` of ``name`` in the directory open as ``directory`` (a path when None)."""
     try:
         target = os.readlink(name, dir_fd=directory)
     except OSError:
