@@ -32,6 +32,7 @@ import os
 import re
 from dataclasses import dataclass, field
 
+from ansible_collections.gpuvirt.host.plugins.module_utils.errors import GpuvirtError
 from ansible_collections.gpuvirt.host.plugins.module_utils.files import write_temp
 from ansible_collections.gpuvirt.host.plugins.module_utils.kernel import (
     INIT_SEPARATOR,
@@ -97,11 +98,11 @@ _C_LOCALE = {"LANG": "C", "LC_ALL": "C"}
 _FORBIDDEN = re.compile(r"[\s\"'`$\\;&|<>\x00-\x1f\x7f]")
 
 
-class ArgumentError(ValueError):
+class ArgumentError(GpuvirtError, ValueError):
     """``present``/``absent`` are not valid; nothing was read or changed."""
 
 
-class BootloaderError(Exception):
+class BootloaderError(GpuvirtError):
     """The boot configuration cannot be read, edited or regenerated; says where and what to do."""
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import copy
 import json
 
+from ansible_collections.gpuvirt.host.plugins.module_utils.errors import GpuvirtError
 from ansible_collections.gpuvirt.host.plugins.module_utils.files import update_file
 from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import host_path
 
@@ -30,7 +31,7 @@ SECTIONS = ("sriov", "nvidia_vgpu", "mdevs")
 VERSION = 1
 
 
-class StateFileError(Exception):
+class StateFileError(GpuvirtError):
     """The state file exists but cannot be used; ``str()`` says which file and why."""
 
 

@@ -31,6 +31,7 @@ import re
 from dataclasses import dataclass, field
 
 from ansible_collections.gpuvirt.host.plugins.module_utils.bootloader import find_binary, is_host_root
+from ansible_collections.gpuvirt.host.plugins.module_utils.errors import GpuvirtError
 from ansible_collections.gpuvirt.host.plugins.module_utils.kernel import read_builtin_modules
 from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import host_path, list_dir, read_text
 
@@ -51,7 +52,7 @@ _LONG_LISTING = re.compile(
 )
 
 
-class InitramfsError(Exception):
+class InitramfsError(GpuvirtError):
     """An initramfs tool is missing, failed, or the image cannot be read; says what to do."""
 
 

@@ -53,6 +53,7 @@ import time
 from dataclasses import dataclass, field
 
 from ansible_collections.gpuvirt.host.plugins.module_utils import sysfs
+from ansible_collections.gpuvirt.host.plugins.module_utils.errors import GpuvirtError
 from ansible_collections.gpuvirt.host.plugins.module_utils.files import update_file
 from ansible_collections.gpuvirt.host.plugins.module_utils.iommu import users_of, vfio_holders
 from ansible_collections.gpuvirt.host.plugins.module_utils.mdev_info import list_mdev_parents, read_mdev_types
@@ -79,7 +80,7 @@ _WRITE_ADVICE = {
 }
 
 
-class VgpuError(Exception):
+class VgpuError(GpuvirtError):
     """Bad input, a refused change or a failed read-back; ``str()`` says where, why and what to do."""
 
 

@@ -39,6 +39,7 @@ import sys
 import time
 
 from ansible_collections.gpuvirt.host.plugins.module_utils import hoststate, mdev, nvidia_vgpu, sriov
+from ansible_collections.gpuvirt.host.plugins.module_utils.errors import GpuvirtError, unexpected_failure
 from ansible_collections.gpuvirt.host.plugins.module_utils.files import write_temp
 from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import (
     MDEV_BUS,
@@ -57,7 +58,7 @@ WANTED_BY = "multi-user.target"
 PACKAGE = __name__.rsplit(".", 1)[0]  # ansible_collections.gpuvirt.host.plugins.module_utils
 
 
-class RestoreError(Exception):
+class RestoreError(GpuvirtError):
     """One item could not be restored; ``str()`` says which and why."""
 
 
@@ -139,7 +140,7 @@ class Restore:
         for attempt in range(1, self.attempts + 1):
             try:
                 return action()
-            except (RestoreError, SysfsWriteError, mdev.MdevError, sriov.SriovError, OSError) as caught:
+            except (GpuvirtError, OSError) as caught:
                 error = caught
                 if attempt < self.attempts:
                     time.sleep(self.interval * attempt)
@@ -158,7 +159,12 @@ class Restore:
         counts = ", ".join("%s %d" % (s, len(self.state.get(s) or {})) for s in hoststate.SECTIONS)
         self.log("restoring %s (%s)" % (hoststate.state_path(self.root), counts))
         for step in STEPS:
-            getattr(self, "step_" + step)()
+            try:
+                getattr(self, "step_" + step)()
+            except (GpuvirtError, OSError) as error:
+                self.record(step, "*", False, "failed", str(error))
+            except Exception as error:  # noqa: BLE001 - the later steps and the status file still run
+                self.record(step, "*", False, "failed", unexpected_failure(error))
         return self.finish()
 
     def _pf_of_vf(self, address):
@@ -311,8 +317,10 @@ class Restore:
     def _item(self, step, item, action):
         try:
             message = action()
-        except (RestoreError, SysfsWriteError, mdev.MdevError, sriov.SriovError, OSError, ImportError) as error:
+        except (GpuvirtError, OSError) as error:
             self.record(step, item, False, "failed", str(error))
+        except Exception as error:  # noqa: BLE001 - one bad item must not keep the others from coming back
+            self.record(step, item, False, "failed", unexpected_failure(error))
         else:
             self.record(step, item, True, "done", message)
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from ansible_collections.gpuvirt.host.plugins.module_utils.errors import GpuvirtError
 from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import normalize_address
 
 _ID = re.compile(r"(?:0x)?([0-9a-fA-F]{4}):(?:0x)?([0-9a-fA-F]{4})\Z")
@@ -34,7 +35,7 @@ _INDEX = re.compile(r"[0-9]+\Z")
 _BRACKETED = re.compile(r"\[([^\]]+)\]")
 
 
-class SelectorError(ValueError):
+class SelectorError(GpuvirtError, ValueError):
     """A selector that cannot be used; ``str()`` says why and what to give instead."""
 
 

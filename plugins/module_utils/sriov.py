@@ -46,6 +46,7 @@ import os
 import time
 
 from ansible_collections.gpuvirt.host.plugins.module_utils import sysfs
+from ansible_collections.gpuvirt.host.plugins.module_utils.errors import GpuvirtError
 from ansible_collections.gpuvirt.host.plugins.module_utils.iommu import users_of, vfio_holders
 from ansible_collections.gpuvirt.host.plugins.module_utils.mdev_info import mdevs as list_mdevs
 from ansible_collections.gpuvirt.host.plugins.module_utils.pci import read_pci_device
@@ -67,7 +68,7 @@ _NUMVFS_ADVICE = {
 }
 
 
-class SriovError(Exception):
+class SriovError(GpuvirtError):
     """Bad input, a refused change or a failed read-back; ``str()`` says where, why and what to do."""
 
 

@@ -13,6 +13,8 @@ import errno
 import os
 import re
 
+from ansible_collections.gpuvirt.host.plugins.module_utils.errors import GpuvirtError
+
 PCI_DEVICES = "sys/bus/pci/devices"
 PCI_DRIVERS = "sys/bus/pci/drivers"
 IOMMU_GROUPS = "sys/kernel/iommu_groups"
@@ -116,7 +118,7 @@ def slot_of(address):
     return address.rsplit(".", 1)[0]
 
 
-class SysfsWriteError(Exception):
+class SysfsWriteError(GpuvirtError):
     """A sysfs write failed; ``str()`` says where, why and what to do."""
 
     def __init__(self, path, value, error, advice=""):

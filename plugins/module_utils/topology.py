@@ -32,6 +32,7 @@ from __future__ import annotations
 import os
 
 from ansible_collections.gpuvirt.host.plugins.module_utils.critical import critical_devices
+from ansible_collections.gpuvirt.host.plugins.module_utils.errors import GpuvirtError
 from ansible_collections.gpuvirt.host.plugins.module_utils.findings import Findings
 from ansible_collections.gpuvirt.host.plugins.module_utils.iommu import (
     groups_from_devices,
@@ -76,7 +77,7 @@ PASSTHROUGH_CODES = (
 _LINUX_MARKERS = (PCI_DEVICES, "proc/cmdline", "etc/os-release", "usr/lib/os-release")
 
 
-class NotALinuxTree(Exception):
+class NotALinuxTree(GpuvirtError):
     """``root`` is not a Linux filesystem tree."""
 
 

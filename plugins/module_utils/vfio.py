@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from ansible_collections.gpuvirt.host.plugins.module_utils import bootloader, initramfs
 from ansible_collections.gpuvirt.host.plugins.module_utils.bootloader import find_binary, is_host_root
 from ansible_collections.gpuvirt.host.plugins.module_utils.critical import critical_devices
+from ansible_collections.gpuvirt.host.plugins.module_utils.errors import GpuvirtError
 from ansible_collections.gpuvirt.host.plugins.module_utils.files import write_temp
 from ansible_collections.gpuvirt.host.plugins.module_utils.iommu import read_iommu, users_of, vfio_holders
 from ansible_collections.gpuvirt.host.plugins.module_utils.kernel import (
@@ -94,7 +95,7 @@ _OPTIONS_IDS = re.compile(r"^\s*options\s+vfio[-_]pci\s+(.*)$")
 _FRAMEBUFFER = re.compile(r"fb[0-9]+\Z")
 
 
-class VfioError(Exception):
+class VfioError(GpuvirtError):
     """A clear, user-facing failure: what, on which device or file, why, and what to do."""
 
 
@@ -810,7 +811,8 @@ class GuardError(VfioError):
         self.refusals = refusals
         super().__init__(
             "refusing to change anything: " + " | ".join(r.message for r in refusals)
-            + " (force: true overrides these checks)"
+            + " (force: true overrides these checks)",
+            refusals=[r.to_dict() for r in refusals],
         )
 
 

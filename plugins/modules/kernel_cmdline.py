@@ -198,6 +198,7 @@ import os  # noqa: E402
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
 
 from ansible_collections.gpuvirt.host.plugins.module_utils import bootloader  # noqa: E402
+from ansible_collections.gpuvirt.host.plugins.module_utils.errors import GpuvirtError, run_module  # noqa: E402
 from ansible_collections.gpuvirt.host.plugins.module_utils.kernel import read_cmdline  # noqa: E402
 
 
@@ -213,14 +214,15 @@ def main():
         ),
         supports_check_mode=True,
     )
+    run_module(module, lambda: run(module))
+
+
+def run(module):
     params = module.params
     root = params["root"]
-    try:
-        present, absent = bootloader.validate_arguments(params["present"], params["absent"])
-    except bootloader.ArgumentError as error:
-        module.fail_json(msg=str(error))
+    present, absent = bootloader.validate_arguments(params["present"], params["absent"])
     if not os.path.isdir(root):
-        module.fail_json(msg="root %s is not a directory" % root)
+        raise GpuvirtError("root %s is not a directory" % root)
     running = read_cmdline(root)
     try:
         boot_plan = bootloader.plan(module, root, params["bootloader"], present, absent, update=params["update"])
@@ -228,7 +230,8 @@ def main():
         if boot_plan.changed and not module.check_mode:
             backups = bootloader.apply(module, boot_plan, backup=params["backup"])
     except bootloader.BootloaderError as error:
-        module.fail_json(msg=str(error), running=running)
+        error.details.setdefault("running", running)
+        raise
     for warning in boot_plan.warnings:
         module.warn(warning)
     result = dict(
@@ -247,7 +250,7 @@ def main():
         result["backup_file"] = next(iter(backups.values()))
     if module._diff:
         result["diff"] = [edit.diff() for edit in boot_plan.edits]
-    module.exit_json(**result)
+    return result
 
 
 if __name__ == "__main__":

@@ -260,6 +260,7 @@ import os  # noqa: E402
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
 
+from ansible_collections.gpuvirt.host.plugins.module_utils.errors import GpuvirtError, run_module  # noqa: E402
 from ansible_collections.gpuvirt.host.plugins.module_utils.files import file_diff, write_atomic  # noqa: E402
 from ansible_collections.gpuvirt.host.plugins.module_utils.hoststate import (  # noqa: E402
     StateFileError,
@@ -296,7 +297,7 @@ class MdevModule:
         self.files_changed = []
 
     def fail(self, message, **extra):
-        self.module.fail_json(msg=message, changed=False, **extra)
+        raise GpuvirtError(message, changed=False, **extra)
 
     def run(self):
         try:
@@ -328,7 +329,7 @@ class MdevModule:
         )
         if self.module._diff:
             result["diff"] = self.diff
-        self.module.exit_json(**result)
+        return result
 
     @staticmethod
     def _removals(snapshot, planned):
@@ -364,7 +365,9 @@ class MdevModule:
             undone = len(executor.created) + len(executor.removed)
             problems = executor.rollback()
             if problems:
-                self.module.fail_json(msg="%s Rolling back failed: %s" % (message, "; ".join(problems)), changed=True)
+                raise GpuvirtError(
+                    "%s Rolling back failed: %s" % (message, "; ".join(problems)), changed=True
+                ) from error
             self.fail("%s Rolled back the %d change(s) this run had made." % (message, undone))
         return final, executor.created, executor.removed
 
@@ -549,7 +552,7 @@ def main():
         ),
         supports_check_mode=True,
     )
-    MdevModule(module).run()
+    run_module(module, MdevModule(module).run)
 
 
 if __name__ == "__main__":

@@ -300,6 +300,7 @@ type_cache:
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
 
+from ansible_collections.gpuvirt.host.plugins.module_utils.errors import GpuvirtError, run_module  # noqa: E402
 from ansible_collections.gpuvirt.host.plugins.module_utils.hoststate import (  # noqa: E402
     StateFileError,
     load_state,
@@ -360,7 +361,7 @@ class NvidiaVgpuModule:
         self.state = None
 
     def fail(self, message, changed=False, **extra):
-        self.module.fail_json(msg=message, changed=changed, **extra)
+        raise GpuvirtError(message, changed=changed, **extra)
 
     def run(self):
         if self.retries < 0 or self.delay < 0:
@@ -377,7 +378,7 @@ class NvidiaVgpuModule:
             self._prepare(work)
         if not self.module.check_mode:
             self._apply(works)
-        self._finish(works)
+        return self._finish(works)
 
     # -- selecting and planning -------------------------------------------------------------------
 
@@ -571,7 +572,7 @@ class NvidiaVgpuModule:
                 "after_header": "vGPU type per VF",
             }
             result["diff"] = [vgpu_diff, state_diff, cache_diff]
-        self.module.exit_json(**result)
+        return result
 
     @staticmethod
     def _name(work, type_id):
@@ -682,7 +683,7 @@ def main():
         ),
         supports_check_mode=True,
     )
-    NvidiaVgpuModule(module).run()
+    run_module(module, NvidiaVgpuModule(module).run)
 
 
 if __name__ == "__main__":

@@ -122,6 +122,7 @@ import os  # noqa: E402
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
 
+from ansible_collections.gpuvirt.host.plugins.module_utils.errors import GpuvirtError, run_module  # noqa: E402
 from ansible_collections.gpuvirt.host.plugins.module_utils.files import write_temp  # noqa: E402
 from ansible_collections.gpuvirt.host.plugins.module_utils.restore import (  # noqa: E402
     PACKAGE,
@@ -232,7 +233,7 @@ class RestoreUnit:
         )
         if self.module._diff:
             result["diff"] = self.diff
-        self.module.exit_json(**result)
+        return result
 
     def _write(self, path, text):
         self.changed_files.append(path)
@@ -241,7 +242,7 @@ class RestoreUnit:
         try:
             temp = write_temp(path, text, prefix=".gpuvirt.")
         except OSError as error:
-            self.module.fail_json(msg="cannot write %s: %s" % (path, error), changed=bool(self.changed_files[:-1]))
+            raise GpuvirtError("cannot write %s: %s" % (path, error), changed=bool(self.changed_files[:-1])) from error
         self.module.atomic_move(temp, path)
 
     def _link(self):
@@ -254,7 +255,7 @@ class RestoreUnit:
                 os.unlink(self.link)
             os.symlink(self.link_target, self.link)
         except OSError as error:
-            self.module.fail_json(msg="cannot enable %s: %s: %s" % (UNIT_NAME, self.link, error), changed=True)
+            raise GpuvirtError("cannot enable %s: %s: %s" % (UNIT_NAME, self.link, error), changed=True) from error
 
     def _remove(self, path):
         self.changed_files.append(path)
@@ -264,7 +265,7 @@ class RestoreUnit:
             except FileNotFoundError:
                 pass
             except OSError as error:
-                self.module.fail_json(msg="cannot remove %s: %s" % (path, error), changed=True)
+                raise GpuvirtError("cannot remove %s: %s" % (path, error), changed=True) from error
 
     def _prune(self):
         """Remove the now empty folders of the code tree, up to the prefix."""
@@ -296,7 +297,7 @@ class RestoreUnit:
         if unit_text is None:
             wrong.extend(path for path in (self.unit, self.link) if os.path.lexists(path))
         if wrong:
-            self.module.fail_json(msg="%s did not read back as written" % ", ".join(wrong), changed=True)
+            raise GpuvirtError("%s did not read back as written" % ", ".join(wrong), changed=True)
 
     def _daemon_reload(self):
         systemctl = self.module.get_bin_path("systemctl")
@@ -305,7 +306,7 @@ class RestoreUnit:
             return
         rc, _out, err = self.module.run_command([systemctl, "daemon-reload"], environ_update={"LC_ALL": "C"})
         if rc != 0:
-            self.module.fail_json(msg="systemctl daemon-reload failed: %s" % err.strip(), changed=True)
+            raise GpuvirtError("systemctl daemon-reload failed: %s" % err.strip(), changed=True)
 
     def _try_import(self):
         python = self.module.params["python"]
@@ -333,7 +334,7 @@ def main():
         ),
         supports_check_mode=True,
     )
-    RestoreUnit(module).run()
+    run_module(module, RestoreUnit(module).run)
 
 
 if __name__ == "__main__":

@@ -176,6 +176,7 @@ state_file:
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
 
+from ansible_collections.gpuvirt.host.plugins.module_utils.errors import GpuvirtError, run_module  # noqa: E402
 from ansible_collections.gpuvirt.host.plugins.module_utils.hoststate import (  # noqa: E402
     StateFileError,
     load_state,
@@ -208,7 +209,7 @@ class SriovModule:
 
     def fail(self, message, **extra):
         extra.setdefault("changed", False)
-        self.module.fail_json(msg=message, **extra)
+        raise GpuvirtError(message, **extra)
 
     def run(self):
         params = self.module.params
@@ -248,7 +249,7 @@ class SriovModule:
         )
         if self.module._diff:
             result["diff"] = [self._device_diff(plans), state_diff]
-        self.module.exit_json(**result)
+        return result
 
     # -- planning -------------------------------------------------------------------------------
 
@@ -437,7 +438,7 @@ def main():
         ),
         supports_check_mode=True,
     )
-    SriovModule(module).run()
+    run_module(module, SriovModule(module).run)
 
 
 if __name__ == "__main__":

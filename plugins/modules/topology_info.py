@@ -598,7 +598,8 @@ topology:
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
 
-from ansible_collections.gpuvirt.host.plugins.module_utils.topology import NotALinuxTree, detect  # noqa: E402
+from ansible_collections.gpuvirt.host.plugins.module_utils.errors import run_module  # noqa: E402
+from ansible_collections.gpuvirt.host.plugins.module_utils.topology import detect  # noqa: E402
 
 
 def main():
@@ -606,11 +607,7 @@ def main():
         argument_spec={"root": {"type": "path", "default": "/"}},
         supports_check_mode=True,
     )
-    try:
-        topology = detect(module.params["root"])
-    except NotALinuxTree as error:
-        module.fail_json(msg=str(error))
-    module.exit_json(changed=False, topology=topology)
+    run_module(module, lambda: dict(changed=False, topology=detect(module.params["root"])))
 
 
 if __name__ == "__main__":

@@ -364,10 +364,9 @@ refusals:
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
 
+from ansible_collections.gpuvirt.host.plugins.module_utils.errors import run_module  # noqa: E402
 from ansible_collections.gpuvirt.host.plugins.module_utils.vfio import (  # noqa: E402
     PERSISTENCE_METHODS,
-    GuardError,
-    VfioError,
     VfioPciRun,
 )
 
@@ -388,22 +387,16 @@ def main():
         supports_check_mode=True,
     )
     run = VfioPciRun(module)
-    try:
-        run.plan()
-    except GuardError as error:
-        module.fail_json(msg=str(error), changed=False, refusals=[r.to_dict() for r in error.refusals])
-    except VfioError as error:
-        module.fail_json(msg=str(error), changed=False)
+    run_module(module, lambda: _run(module, run), partial=lambda: dict(run.result(), changed=run.applied))
+
+
+def _run(module, run):
+    run.plan()
     if not module.check_mode:
-        try:
-            run.apply()
-        except VfioError as error:
-            partial = run.result()
-            partial["changed"] = run.applied
-            module.fail_json(msg=str(error), **partial)
+        run.apply()
     for warning in run.warnings:
         module.warn(warning)
-    module.exit_json(**run.result())
+    return run.result()
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from ansible_collections.gpuvirt.host.plugins.module_utils import hoststate, mdev, restore
+from ansible_collections.gpuvirt.host.plugins.module_utils import hoststate, mdev, nvidia_vgpu, restore
 from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import read_int
 from ansible_collections.gpuvirt.host.tests.fixtures.hostgen import load_description
 from ansible_collections.gpuvirt.host.tests.sim.hosts import MACHINE_ID, mediated_lab
@@ -256,3 +256,42 @@ def test_runs_on_a_target_without_ansible(lab, tmp_path):
         status = json.load(handle)
     assert status["ok"] is True and status["items"] == 5
     assert all(mdev.read_mdev(lab, value) is not None for value in lab_state())
+
+
+def test_an_unusable_entry_fails_its_item_and_the_later_steps_still_run(lab):
+    """A vGPU error or a malformed entry is reported as that item's failure, never a crash."""
+    record(lab, lab_state(), sriov={NVME: {"num_vfs": "four"}})
+    path = hoststate.state_path(lab)
+    with open(path) as handle:
+        state = json.load(handle)
+    state["nvidia_vgpu"] = {"0000:04:00.1": {"type_id": "not-a-number"}}
+    with open(path, "w") as handle:
+        json.dump(state, handle)
+    with KernelSim(lab).active():
+        status, log = run(lab)
+    assert status["ok"] is False
+    failed = [r for r in status["results"] if not r["ok"]]
+    assert {r["step"] for r in failed} <= {"driver", "sriov", "nvidia_vgpu"} and failed
+    assert all("Traceback" not in r["message"] for r in failed)
+    assert any(r["step"] == "sriov" and "ValueError" in r["message"] for r in failed)
+    done = [r for r in status["results"] if r["step"] == "mdevs"]
+    assert len(done) == 3 and all(r["ok"] for r in done)
+    assert "restore INCOMPLETE" in log
+
+
+def test_a_vgpu_error_is_caught_by_the_restore(lab, monkeypatch):
+    def refuse(root, vf, type_id, retries=10, delay=0.1):
+        raise nvidia_vgpu.VgpuError("%s: current_vgpu_type reads 'garbage'" % vf)
+
+    vf = "0000:04:00.1"
+    attribute = os.path.join(lab, "sys/bus/pci/devices", vf, "nvidia")
+    os.makedirs(attribute, exist_ok=True)
+    with open(os.path.join(attribute, "current_vgpu_type"), "w") as handle:
+        handle.write("garbage\n")
+    monkeypatch.setattr(nvidia_vgpu, "restore_vf", refuse)
+    state = hoststate.empty_state()
+    state["nvidia_vgpu"] = {vf: {"type_id": 1030, "type_name": "NVIDIA L40S-1B"}}
+    status, log = run(lab, state=state)
+    assert status["ok"] is False
+    assert [(r["step"], r["ok"]) for r in status["results"]] == [("nvidia_vgpu", False)]
+    assert "current_vgpu_type reads 'garbage'" in status["results"][0]["message"]
