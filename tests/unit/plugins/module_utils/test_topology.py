@@ -275,12 +275,22 @@ def test_a_snapshot_without_sys_firmware_says_unknown_not_absent(make_host):
 
 def test_a_live_host_without_acpi_has_no_tables_rather_than_unknown_ones(make_host):
     root = make_host("iommu_disabled", iommu={"firmware": False}, files={"sys/firmware/acpi": None})
-    os.makedirs(os.path.join(root, "sys/firmware/devicetree/base"))
+    os.makedirs(os.path.join(root, "sys/firmware/efi"))
 
     topology = detect(root)
 
     assert topology["iommu"]["firmware_support"] is False and topology["iommu"]["unknown"] == []
     assert "iommu_unsupported" in codes(topology)
+
+
+def test_a_device_tree_host_leaves_the_firmware_unknown(make_host):
+    # Its IOMMU nodes are in the device tree, which is not read.
+    root = make_host("iommu_disabled", iommu={"firmware": False, "acpi": False})
+
+    topology = detect(root)
+
+    assert topology["iommu"]["firmware_support"] is None
+    assert topology["iommu"]["unknown"] == ["/sys/firmware/devicetree"]
 
 
 def test_unreadable_acpi_tables_are_unknown(make_host, monkeypatch):
