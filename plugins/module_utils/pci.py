@@ -45,7 +45,7 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import (
     read_attribute_at,
     slot_of,
 )
-from ansible_collections.gpuvirt.host.plugins.module_utils.vgpu import read_nvidia_vgpu
+from ansible_collections.gpuvirt.host.plugins.module_utils.vendors import device_defaults, read_vendor_state
 
 HOST_GRAPHICS_DRIVERS = frozenset(("nvidia", "nouveau", "amdgpu", "radeon", "i915", "xe"))
 GPU_BASE_CLASSES = ("03", "12")
@@ -92,7 +92,7 @@ class PciDevice:
     reset_methods: list | None = field(default_factory=list)
     physfn: str | None = None
     sriov: SriovState | None = None
-    nvidia_vgpu: dict | None = None
+    vendor_state: dict = field(default_factory=dict)
     vendor_name: str | None = None
     device_name: str | None = None
 
@@ -124,7 +124,7 @@ class PciDevice:
         return "%s [%s:%s]" % (self.class_name or "PCI device", self.vendor_id or "????", self.device_id or "????")
 
     def to_dict(self):
-        return {
+        result = {
             "address": self.address,
             "vendor_id": self.vendor_id,
             "device_id": self.device_id,
@@ -142,8 +142,10 @@ class PciDevice:
             "reset_methods": None if self.reset_methods is None else list(self.reset_methods),
             "sriov": self.sriov.to_dict() if self.sriov else None,
             "physfn": self.physfn,
-            "nvidia_vgpu": self.nvidia_vgpu,
         }
+        result.update(device_defaults())
+        result.update(self.vendor_state)
+        return result
 
 
 def list_pci_addresses(root):
@@ -394,9 +396,8 @@ def _read_open_device(address, path, findings, known_vfs, directory):
                 reader.problem("sriov_totalvfs", problem, "a number of VFs", text)
             device.sriov = _read_sriov(reader, total)
 
-    vendor_id = device.vendor_id
-    if vendor_id == "10de" or vendor_id is None:
-        device.nvidia_vgpu = read_nvidia_vgpu(path, address, findings)
+    # Vendor backends read their own devices only (every backend when the vendor is unknown).
+    device.vendor_state = read_vendor_state(device.vendor_id, path, address, findings)
     return device
 
 

@@ -20,7 +20,9 @@ Readers it builds on (import them directly when a module needs one piece):
 - ``iommu``: :func:`read_iommu`, :func:`group_of`, :func:`group_members`,
   :func:`groups_from_devices`, :func:`vfio_holders`.
 - ``mdev_info``: :func:`mdev_parents`, :func:`read_mdev_types`, :func:`mdevs`.
-- ``vgpu``: :func:`read_nvidia_vgpu`, :func:`parse_creatable_vgpu_types`, :func:`profile_name`.
+- ``vendors``: the vendor backends (``vendor_nvidia``: :func:`read_nvidia_vgpu`,
+  :func:`parse_creatable_vgpu_types`, :func:`profile_name`; ``vendor_intel``; ``vendor_amd``) and
+  :func:`virtualization_modes`.
 - ``kernel``: :func:`read_kernel`, :func:`read_cpu`, :func:`parse_cmdline`, :func:`cmdline_value`,
   :func:`read_vfio_aliases`, :func:`vfio_variant_drivers`.
 - ``critical``: :func:`critical_devices`.
@@ -31,6 +33,7 @@ from __future__ import annotations
 
 import os
 
+from ansible_collections.gpuvirt.host.plugins.module_utils import vendors
 from ansible_collections.gpuvirt.host.plugins.module_utils.critical import critical_devices
 from ansible_collections.gpuvirt.host.plugins.module_utils.errors import GpuvirtError
 from ansible_collections.gpuvirt.host.plugins.module_utils.findings import Findings
@@ -190,6 +193,7 @@ def detect(root="/"):
     architecture = host_architecture(cpu, iommu)
     _iommu_findings(root, iommu, cmdline, findings, architecture)
     _cmdline_findings(root, cmdline, findings, architecture)
+    host = vendors.HostFacts(root, devices, kernel, iommu.enabled, parent_names)
     device_dicts = []
     gpus = []
     for device in devices.values():
@@ -199,7 +203,7 @@ def detect(root="/"):
         device_dicts.append(entry)
         if device.is_gpu:
             gpus.append(_gpu_entry(
-                device, devices, iommu, groups, holders, critical, parent_names, slots, findings, architecture
+                device, devices, iommu, groups, holders, critical, parent_names, slots, findings, architecture, host
             ))
 
     return {
@@ -218,13 +222,18 @@ def detect(root="/"):
     }
 
 
-def _gpu_entry(device, devices, iommu, groups, holders, critical, parent_names, slots, findings, architecture=None):
+def _gpu_entry(device, devices, iommu, groups, holders, critical, parent_names, slots, findings, architecture=None,
+               host=None):
     verdict = passthrough_verdict(device.address, devices, iommu.enabled, groups, holders, critical, slots)
     unsupported = unsupported_architecture(architecture)
     if unsupported:
         verdict["codes"].insert(0, "architecture_unsupported")
         verdict["reasons"].insert(0, unsupported)
         verdict["viable"] = False
+    modes = []
+    if host is not None and not device.is_vf and not unsupported:
+        modes = vendors.virtualization_modes(device, host, verdict)
+        _modes_finding(device, modes, findings)
     vgpu_host = device.address in parent_names or bool(device.sriov and device.sriov.total_vfs)
     if (
         not unsupported
@@ -259,8 +268,9 @@ def _gpu_entry(device, devices, iommu, groups, holders, critical, parent_names, 
         "iommu_group": device.iommu_group,
         "mdev_parent": device.address in parent_names,
         "sriov_total_vfs": device.sriov.total_vfs if device.sriov else None,
-        "nvidia_vgpu": device.nvidia_vgpu is not None,
+        **vendors.gpu_keys(device),
         "passthrough": verdict,
+        "virtualization": modes,
     }
 
 
@@ -286,6 +296,23 @@ def unsupported_architecture(architecture):
             "nothing is changed on this host"
         )
     return "%s hosts are not supported (only x86_64 and aarch64); nothing is changed on this host" % architecture
+
+
+def _modes_finding(device, modes, findings):
+    """One ``virtualization_modes`` finding per GPU: what it offers now, what the rest lack."""
+    ready = [mode["mode"] for mode in modes if mode["ready"]]
+    lacking = [
+        "%s needs %s" % (mode["mode"], "; ".join(mode["missing"]))
+        for mode in modes
+        if not mode["ready"] and mode["missing"] and mode["mode"] != "passthrough"
+    ]
+    unsupported = [mode["unsupported"] for mode in modes if mode.get("unsupported")]
+    if len(modes) == 1:
+        return  # passthrough alone, already covered by its verdict
+    parts = ["%s (%s) can offer now: %s" % (device.address, device.name, ", ".join(ready) or "nothing")]
+    parts.extend(lacking)
+    parts.extend(unsupported)
+    findings.info("virtualization_modes", "; ".join(parts), device.address)
 
 
 def _iommu_findings(root, iommu, cmdline, findings, architecture=None):

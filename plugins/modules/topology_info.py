@@ -444,6 +444,35 @@ topology:
           returned: success
           type: bool
           sample: false
+        virtualization:
+          description:
+            - The virtualization modes the GPU can offer on this host (physical functions only; empty for VFs
+              and on unsupported architectures) - V(passthrough), then its vendor's - V(gvt-g) and V(sriov)
+              (Intel), V(mxgpu) (AMD), V(vgpu) (NVIDIA). The same summary is a V(virtualization_modes) finding.
+          returned: success
+          type: list
+          elements: dict
+          contains:
+            mode:
+              description: The mode.
+              returned: success
+              type: str
+              sample: gvt-g
+            ready:
+              description: The GPU offers it now.
+              returned: success
+              type: bool
+              sample: false
+            missing:
+              description: What it lacks (a kernel argument, a module, a driver, a reboot), as advice.
+              returned: success
+              type: list
+              elements: str
+              sample: ["i915.enable_gvt=1 on the kernel command line and a reboot", "the kvmgt module loaded"]
+            unsupported:
+              description: Why the GPU cannot offer the mode at all (only then).
+              returned: when the mode is impossible on this GPU
+              type: str
         passthrough:
           description: Whether the GPU can be handed to a VM now.
           returned: success
@@ -575,7 +604,7 @@ topology:
         code:
           description:
             - Stable code, for example V(architecture_unsupported), V(iommu_off), V(iommu_unsupported),
-              V(iommu_unknown), V(foreign_kernel_arguments), V(no_cpu_virtualization),
+              V(iommu_unknown), V(foreign_kernel_arguments), V(virtualization_modes), V(no_cpu_virtualization),
               V(kvm_unavailable), V(interrupt_remapping_off), V(acs_override), V(unsafe_interrupts),
               V(host_graphics_driver), V(no_iommu_group), V(malformed_attribute), V(unreadable_attribute),
               V(unreadable_device), V(malformed_entry), V(processes_unreadable).

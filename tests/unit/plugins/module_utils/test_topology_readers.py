@@ -31,7 +31,7 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.kernel import (
 from ansible_collections.gpuvirt.host.plugins.module_utils.mdev_info import mdevs, read_mdev_types
 from ansible_collections.gpuvirt.host.plugins.module_utils.pci import PciIds, class_name, read_pci_devices
 from ansible_collections.gpuvirt.host.plugins.module_utils.topology import detect
-from ansible_collections.gpuvirt.host.plugins.module_utils.vgpu import (
+from ansible_collections.gpuvirt.host.plugins.module_utils.vendor_nvidia import (
     parse_creatable_vgpu_types,
     profile_name,
     read_nvidia_vgpu,
