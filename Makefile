@@ -13,7 +13,7 @@ LAB         ?= lab
 export ANSIBLE_COLLECTIONS_PATH := $(abspath $(COLL_ROOT))
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: help venv deps collection test unit lint sanity molecule demo bench lab-up lab-down lab-ssh clean
+.PHONY: help venv deps collection test unit lint sanity molecule report nova-venv demo bench lab-up lab-down lab-ssh clean
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -33,7 +33,7 @@ collection: venv  ## Expose this checkout as the gpuvirt.host collection
 	@mkdir -p $(dir $(COLL_LINK))
 	@ln -sfn $(abspath .) $(COLL_LINK)
 
-test: deps unit lint sanity molecule  ## Run every test (installs what it needs first)
+test: deps unit lint sanity molecule report  ## Run every test (installs what it needs first)
 
 unit: collection  ## Unit, module, fuzz and installed-collection tests (pytest)
 	$(PY) -m pytest tests/unit tests/collection
@@ -58,6 +58,20 @@ sanity: venv  ## ansible-test sanity on a copy of the tracked files
 
 molecule: collection deps  ## Molecule scenarios against the QEMU lab
 	$(BIN)/molecule test --all
+
+NOVA_VENV := $(BUILD)/nova-venv
+
+# Nova has its own venv: its ~130 dependencies stay out of the tools' venv.
+$(NOVA_VENV)/.installed: tests/report/requirements-nova.txt
+	python3 -m venv $(NOVA_VENV)
+	$(NOVA_VENV)/bin/pip install --quiet -r tests/report/requirements-nova.txt
+	touch $@
+
+nova-venv: $(NOVA_VENV)/.installed  ## OpenStack Nova in its own venv, for the Nova export test
+
+# After molecule: the browser test draws the lab host's record, which the default scenario writes.
+report: collection deps nova-venv  ## Exports through their consumers' validators; the fleet page in headless Chromium
+	$(PY) -m pytest tests/report
 
 demo: collection deps  ## Configure the lab host and print a before/after report
 	tests/lab/demo

@@ -1,0 +1,100 @@
+# Copyright (c) gpuvirt.host contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Action ``fleet_report``: build the fleet page on the controller from the records in a folder."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import tempfile
+
+from ansible.errors import AnsibleActionFail
+from ansible.module_utils.common.text.converters import to_text
+from ansible.plugins.action import ActionBase
+
+from ansible_collections.gpuvirt.host.plugins.plugin_utils.report import load_record, render
+
+
+def read_records(path):
+    """``(records, ignored)`` from the ``*.json`` files of ``path``, in file name order."""
+    records, ignored = [], []
+    for name in sorted(os.listdir(path)):
+        if not name.endswith(".json"):
+            continue
+        try:
+            with open(os.path.join(path, name), encoding="utf-8") as handle:
+                data = json.load(handle)
+        except (OSError, ValueError) as error:
+            ignored.append("%s: %s" % (name, error))
+            continue
+        record = load_record(data, name[: -len(".json")])
+        if record is None:
+            ignored.append("%s: not a host record" % name)
+        else:
+            records.append(record)
+    return records, ignored
+
+
+def write_atomically(dest, content):
+    """Write ``content`` through a temporary file in the same folder, so readers never see half a page."""
+    folder = os.path.dirname(os.path.abspath(dest))
+    handle, temporary = tempfile.mkstemp(prefix=".index-", suffix=".html", dir=folder)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as output:
+            output.write(content)
+        os.chmod(temporary, 0o644)
+        os.replace(temporary, dest)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+        raise
+
+
+class ActionModule(ActionBase):
+    TRANSFERS_FILES = False
+    _VALID_ARGS = frozenset(("path", "dest", "title"))
+    _requires_connection = False
+
+    def run(self, tmp=None, task_vars=None):
+        result = super().run(tmp, task_vars)
+        args = self._task.args
+        unknown = sorted(set(args) - self._VALID_ARGS)
+        if unknown:
+            raise AnsibleActionFail("unknown options %s; known: dest, path, title" % ", ".join(unknown))
+        if not args.get("path"):
+            raise AnsibleActionFail("path is required: the folder holding the per-host report records")
+        path = os.path.expanduser(to_text(args["path"]))
+        if self._task.check_mode and not os.path.exists(path):
+            # The folder the play would have made in a real run.
+            result.update(changed=True, dest=os.path.join(path, "index.html"), hosts=[], ignored=[])
+            return result
+        if not os.path.isdir(path):
+            raise AnsibleActionFail(
+                "%s is not a folder; give the folder the report playbook writes its records to" % path
+            )
+        dest = os.path.expanduser(to_text(args.get("dest") or os.path.join(path, "index.html")))
+        records, ignored = read_records(path)
+        generated = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        page = render(records, to_text(args.get("title") or "GPU virtualization fleet report"), generated)
+        before = None
+        if os.path.exists(dest):
+            with open(dest, encoding="utf-8") as handle:
+                before = handle.read()
+        # The time stamp alone does not make a change.
+        changed = before is None or _without_stamp(before) != _without_stamp(page)
+        if changed and not self._task.check_mode:
+            try:
+                write_atomically(dest, page)
+            except OSError as error:
+                raise AnsibleActionFail("cannot write %s: %s" % (dest, error.strerror or error)) from error
+        result.update(changed=changed, dest=dest, hosts=sorted(str(r["host"]) for r in records), ignored=ignored)
+        return result
+
+
+def _without_stamp(page):
+    start = page.find(" &middot; generated ")
+    if start < 0:
+        return page
+    end = page.find(".</p>", start)
+    return page[:start] + page[end:]

@@ -1,0 +1,75 @@
+#!/usr/bin/python
+# Copyright (c) gpuvirt.host contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: fleet_report
+short_description: Build the fleet's static HTML page from the per-host report records in a folder
+version_added: 0.1.0
+author: gpuvirt.host maintainers (@gpuvirt)
+description:
+  - Runs on the controller. Reads every C(*.json) file in O(path) - the per-host records the
+    C(gpuvirt.host.report) playbook writes, and the raw topologies C(gpuvirt.host.topology_report) writes
+    (the host is the file name) - and writes one self-contained page, O(dest), from all of them.
+  - Because the page is built from every record present, runs that each see part of the fleet (AWX job
+    slices, C(serial) batches, C(--limit)) write into one folder and the last build shows every host.
+  - "The page: a host table (GPU models and counts, GPUs ready for passthrough, vGPU and mdev profiles in use
+    and free capacity, pending reboot, findings by severity) that sorts by a click on a column and filters by
+    text; per host, its IOMMU groups drawn as boxes holding their devices, coloured by verdict (viable,
+    companion, blocked with the reasons, boot VGA, host-critical), with VFs and mdevs under their parents and
+    each device's NUMA node; and the findings with their advice."
+  - The page loads nothing from the network (no fonts, scripts or images; its content security policy forbids
+    it), so it can be opened from a file, an artifact store or an air-gapped share.
+  - Other JSON files (C(preflight.json)...) are left alone and listed in RV(ignored).
+extends_documentation_fragment:
+  - gpuvirt.host.attributes
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: none
+  platform:
+    platforms: posix
+    details: Runs on the controller.
+options:
+  path:
+    description: The folder holding the per-host records.
+    type: path
+    required: true
+  dest:
+    description: The page to write; C(index.html) in O(path) by default.
+    type: path
+  title:
+    description: The page's title.
+    type: str
+    default: GPU virtualization fleet report
+"""
+
+EXAMPLES = r"""
+- name: Rebuild the page from the records in the folder
+  gpuvirt.host.fleet_report:
+    path: /srv/gpu-report
+  run_once: true
+"""
+
+RETURN = r"""
+dest:
+  description: The page written.
+  returned: always
+  type: str
+  sample: /srv/gpu-report/index.html
+hosts:
+  description: The hosts on the page, in name order.
+  returned: always
+  type: list
+  elements: str
+  sample: [gpu-node-01, gpu-node-02]
+ignored:
+  description: JSON files in the folder that are not host records (or not readable JSON), with why.
+  returned: always
+  type: list
+  elements: str
+  sample: ["preflight.json: not a host record"]
+"""

@@ -1,0 +1,150 @@
+# Copyright (c) gpuvirt.host contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The consumer exports: exact output for fixture hosts (golden files) and refusals with reasons.
+
+The consumers' own validators (virt-xml-validate, libvirt's parser, KubeVirt's schema, Nova's
+parser) run over the same cases in tests/consumers/. Rewrite the golden files after a deliberate
+change with ``GPUVIRT_UPDATE_GOLDEN=1``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+from export_cases import CASES, GOLDEN_DIR, REFUSALS, golden_text  # tests/fixtures, on the path (conftest)
+
+from ansible_collections.gpuvirt.host.plugins.filter.kubevirt_host_devices import kubevirt_host_devices
+from ansible_collections.gpuvirt.host.plugins.filter.libvirt_hostdevs import libvirt_hostdevs
+from ansible_collections.gpuvirt.host.plugins.filter.nova_pci_config import nova_pci_config
+from ansible_collections.gpuvirt.host.plugins.filter.proxmox_pci_mapping import proxmox_pci_mapping
+from ansible_collections.gpuvirt.host.plugins.module_utils.topology import detect
+from ansible_collections.gpuvirt.host.plugins.plugin_utils.exports import ExportError
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_export_matches_its_golden_file(case, make_host):
+    host, export, spec, extension = CASES[case]
+    result = export(detect(make_host(**host)), spec)
+    text = golden_text(result, extension)
+    path = os.path.join(GOLDEN_DIR, "%s.%s" % (case, extension))
+    if os.environ.get("GPUVIRT_UPDATE_GOLDEN"):
+        with open(path, "w") as handle:
+            handle.write(text)
+    with open(path) as handle:
+        assert text == handle.read(), "%s differs from %s" % (case, path)
+
+
+@pytest.mark.parametrize("case", sorted(REFUSALS))
+def test_export_refuses_a_device_that_is_not_ready(case, make_host):
+    host, export, spec, reasons = REFUSALS[case]
+    with pytest.raises(ExportError) as error:
+        export(detect(make_host(**host)), spec)
+    for reason in reasons:
+        assert reason in str(error.value)
+
+
+def test_every_export_says_who_owns_the_mdevs(make_host):
+    a100 = detect(make_host(**{"description": "datacenter_a100"}))
+    gvtg = detect(make_host(**{"description": "intel_gvtg"}))
+    assert (
+        proxmox_pci_mapping(
+            a100, {"node": "pve", "mappings": [{"id": "a100", "devices": ["A100 PCIe 40GB"], "mdev": True}]}
+        )["mdev_owner"]
+        == "proxmox"
+    )
+    assert nova_pci_config(gvtg, {"mdev_types": ["i915-GVTg_V5_4"]})["mdev_owner"] == "nova"
+    kubevirt = kubevirt_host_devices(gvtg, {"mdev_types": ["i915-GVTg_V5_4"]})
+    assert kubevirt["mdev_owner"] == "kubevirt" and "deletes every other mdev" in kubevirt["notes"][0]
+
+
+def test_kubevirt_refuses_to_let_virt_handler_delete_the_collections_mdevs(make_host):
+    gvtg = detect(
+        make_host(
+            "intel_gvtg",
+            mdevs=[{"uuid": "3f1d7a2e-58c4-4c7b-9e0a-6b2d1f4e8c93", "parent": "00:02.0", "type": "i915-GVTg_V5_8"}],
+        )
+    )
+    with pytest.raises(ExportError, match="virt-handler deletes every mdev of a type it is not told to keep"):
+        kubevirt_host_devices(gvtg, {"mdev_types": ["i915-GVTg_V5_4"]})
+    kept = kubevirt_host_devices(gvtg, {"mdev_types": ["i915-GVTg_V5_4", "i915-GVTg_V5_8"]})
+    assert kept["configuration"]["mediatedDevicesConfiguration"] == {
+        "mediatedDeviceTypes": ["i915-GVTg_V5_4", "i915-GVTg_V5_8"]
+    }
+    owned = kubevirt_host_devices(gvtg, {"mdev_types": ["i915-GVTg_V5_8"], "mdev_owner": "gpuvirt.host"})
+    assert owned["configuration"]["mediatedDevicesConfiguration"] == {"enabled": False}
+
+
+def test_selection_by_model_skips_devices_that_are_not_ready_and_says_why(make_host):
+    # Two RTX 2080 Ti: one bound to vfio-pci, one still on nvidia.
+    root = make_host(
+        "desktop_vfio",
+        add_devices=[
+            {
+                "address": "05:00.0",
+                "ids": "10de:1e04",
+                "subsystem": "1458:37a9",
+                "class": "030000",
+                "driver": "nvidia",
+                "group": 20,
+                "vendor_name": "NVIDIA Corporation",
+                "device_name": "TU102 [GeForce RTX 2080 Ti]",
+            }
+        ],
+    )
+    result = libvirt_hostdevs(detect(root), {"devices": ["10de:1e04"]})
+    assert [d["device"] for d in result["devices"]] == ["0000:01:00.0"]
+    assert result["skipped"][0]["device"] == "0000:05:00.0"
+    assert "bound to nvidia, not to vfio-pci" in result["skipped"][0]["reasons"][0]
+
+
+def test_a_proxmox_mapping_spans_the_nodes_given(make_host):
+    nodes = {"pve1": detect(make_host("desktop_vfio")), "pve2": detect(make_host("desktop_vfio"))}
+    result = proxmox_pci_mapping(nodes, {"mappings": [{"id": "rtx", "devices": ["GeForce RTX 2080 Ti"]}]})
+    assert [entry["node"] for entry in result["mappings"][0]["map"]] == ["pve1", "pve2"]
+    assert result["api"][0]["map"][1] == "id=10de:1e04,iommugroup=2,node=pve2,path=0000:01:00,subsystem-id=1458:37a9"
+
+
+@pytest.mark.parametrize(
+    "export, spec, message",
+    [
+        (libvirt_hostdevs, {"device": ["x"]}, "unknown spec keys device"),
+        (libvirt_hostdevs, {"devices": ["0"]}, "looks like an index"),
+        (libvirt_hostdevs, {"devices": ["GeForce RTX 2080 Ti"], "guest_bus": 0}, "guest_bus must be"),
+        (proxmox_pci_mapping, {"mappings": [{"id": "rtx", "devices": ["10de:1e04"]}]}, "give the Proxmox VE node name"),
+        (proxmox_pci_mapping, {"node": "n", "mappings": [{"id": "9rtx", "devices": ["10de:1e04"]}]}, "config ID"),
+        (kubevirt_host_devices, {"pci_devices": ["10de:1e04"], "mdev_owner": "me"}, "mdev_owner must be"),
+        (
+            kubevirt_host_devices,
+            {"pci_devices": ["10de:1e04"], "resource_names": {"10de:1e04": "gpu"}},
+            "not a Kubernetes extended resource name",
+        ),
+        (nova_pci_config, {"aliases": [{"name": "a b", "devices": ["10de:1e04"]}]}, "alias name"),
+        (
+            nova_pci_config,
+            {"aliases": [{"name": "a", "devices": ["10de:1e04"], "numa_policy": "strict"}]},
+            "numa_policy",
+        ),
+        (nova_pci_config, {"mdev_types": [{"type": "nvidia-1", "mdev_class": "gpu"}]}, "offered by no mdev parent"),
+    ],
+)
+def test_bad_specs_are_refused_with_what_to_give(export, spec, message, make_host):
+    with pytest.raises(ExportError, match=message):
+        export(detect(make_host("desktop_vfio")), spec)
+
+
+def test_exports_accept_the_registered_result_and_refuse_other_input(make_host):
+    topology = detect(make_host("desktop_vfio"))
+    assert libvirt_hostdevs({"topology": topology, "changed": False}, {"devices": ["10de:1e04"]})["devices"]
+    with pytest.raises(ExportError, match="expects the topology"):
+        libvirt_hostdevs(["not", "a", "topology"], {"devices": ["10de:1e04"]})
+
+
+def test_golden_files_have_no_strays():
+    expected = {"%s.%s" % (case, CASES[case][3]) for case in CASES}
+    assert set(os.listdir(GOLDEN_DIR)) == expected
+
+
+def test_golden_text_renders_json_sorted():
+    assert json.loads(golden_text({"b": 1, "a": [1]}, "json")) == {"a": [1], "b": 1}
