@@ -49,8 +49,8 @@ def read_gpu(root, selector_text):
         raise EnableError("selector %r matches no GPU (physical function) below %s" % (selector_text, root))
     if len(matched) > 1:
         raise EnableError(
-            "selector %r matches %d GPUs (%s); name one by its PCI address" % (selector_text, len(matched),
-                                                                                ", ".join(matched))
+            "selector %r matches %d GPUs (%s); name one by its PCI address"
+            % (selector_text, len(matched), ", ".join(matched))
         )
     kernel = read_kernel(root)
     iommu = read_iommu(root, kernel["cmdline"] or [])

@@ -202,7 +202,7 @@ topology:
           sample: GenuineIntel
         virtualization:
           description:
-            - V(vmx) (Intel VT-x), V(svm) (AMD-V), V(el2) (arm64 with C(/dev/kvm): KVM is built in there and
+            - V(vmx) (Intel VT-x), V(svm) (AMD-V), V(el2) (arm64 with C(/dev/kvm); KVM is built in there and
               runs when the kernel starts at EL2), or V(null) when the flags list neither or are unknown.
           returned: success
           type: str
