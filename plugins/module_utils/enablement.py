@@ -30,7 +30,7 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.selector import (
     parse_selector,
 )
 from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import host_path
-from ansible_collections.gpuvirt.host.plugins.module_utils.vendor_plan import EnableError, EnablePlan  # noqa: F401
+from ansible_collections.gpuvirt.host.plugins.module_utils.vendor_plan import EnableError
 
 MODES = ("gvt-g", "sriov", "mxgpu", "vgpu")
 
