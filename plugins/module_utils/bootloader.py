@@ -17,8 +17,8 @@ Public API (every reader takes the host ``root``; only :func:`apply` writes or r
   :func:`apply` ``(module, boot_plan, backup=False) -> dict``: read everything, predict every file
   and command; then write (temp file + atomic move), run the regeneration command, restore the
   files when it fails, and read the result back.
-- :func:`is_host_root` ``(root) -> bool``: commands only ever run when ``root`` is this host's ``/``.
-- :func:`find_binary` ``(root, name) -> str | None``, :func:`installed_kernels` ``(root) ->
+- Commands only ever run when ``root`` is this host's ``/`` (:func:`host.is_live_root`).
+- :func:`installed_kernels` ``(root) ->
   [(release, image, debian_initrd | None)]``.
 - Layout readers, each with ``arguments()`` and ``render(ArgumentPlan)``: :class:`GrubDefaults`
   (``GrubDefaults.read(root, target)``), :class:`KernelCmdlineFile`, :class:`BlsEntry` with
@@ -32,8 +32,10 @@ import os
 import re
 from dataclasses import dataclass, field
 
+from ansible_collections.gpuvirt.host.plugins.module_utils import host as host_model
 from ansible_collections.gpuvirt.host.plugins.module_utils.errors import GpuvirtError
-from ansible_collections.gpuvirt.host.plugins.module_utils.files import write_temp
+from ansible_collections.gpuvirt.host.plugins.module_utils.files import FileChange, apply_change, read_file
+from ansible_collections.gpuvirt.host.plugins.module_utils.host import inside
 from ansible_collections.gpuvirt.host.plugins.module_utils.kernel import (
     INIT_SEPARATOR,
     parse_cmdline,
@@ -90,7 +92,6 @@ ESP_MOUNTS = ("efi", "boot/efi", "boot")
 LINUX = "GRUB_CMDLINE_LINUX"
 LINUX_DEFAULT = "GRUB_CMDLINE_LINUX_DEFAULT"
 _GRUB_VARIABLES = (LINUX, LINUX_DEFAULT)
-_BIN_DIRS = ("usr/sbin", "usr/bin", "sbin", "bin")
 _C_LOCALE = {"LANG": "C", "LC_ALL": "C"}
 
 # Characters that would need quoting in /etc/default/grub, grub.cfg, a BLS entry or a grubby
@@ -291,84 +292,16 @@ def _merge_unique(lists):
 # ------------------------------------------------------------------------------------ files
 
 
-def is_host_root(root):
-    """True when ``root`` is this host's ``/``: only then do commands act on the tree being edited."""
-    try:
-        return os.path.samefile(root, "/")
-    except OSError:
-        return False
-
-
-def _target_in_root(root, path):
-    """Follow symlinks (grubenv often is one) without leaving ``root``: absolute targets are re-rooted."""
-    for _hop in range(16):
-        if not os.path.islink(path):
-            return path
-        target = os.readlink(path)
-        path = host_path(root, target) if os.path.isabs(target) else os.path.join(os.path.dirname(path), target)
-    raise BootloaderError("too many levels of symbolic links at %s" % path)
-
-
 def _read(root, path):
     """The text of ``root/path`` (symlinks followed inside ``root``), or None when it does not exist."""
-    return _read_file(_target_in_root(root, host_path(root, path)))
-
-
-def _read_file(path):
     try:
-        with open(path, encoding="utf-8", newline="") as handle:
-            return handle.read()
-    except FileNotFoundError:
-        return None
-    except (OSError, UnicodeDecodeError) as error:
-        raise BootloaderError(
-            "cannot read %s: %s; fix its permissions or content and run again" % (path, error)
-        ) from error
-
-
-def find_binary(root, name):
-    """The path of executable ``name`` in the usual bin directories below ``root``, or None."""
-    for directory in _BIN_DIRS:
-        path = host_path(root, directory, name)
-        if os.path.isfile(path) and os.access(path, os.X_OK):
-            return path
-    return None
+        return read_file(inside(root, path))
+    except GpuvirtError as error:
+        raise BootloaderError(str(error)) from error
 
 
 def _line_of(text, offset):
     return text.count("\n", 0, offset) + 1
-
-
-@dataclass
-class FileEdit:
-    """One file's content before and after (``before`` None: the file is created).
-
-    ``path`` is relative to the root (``etc/default/grub``). ``written_by`` is None when the module
-    writes the file itself, or the name of the command that makes the same edit (grubby).
-    """
-
-    root: str
-    path: str
-    before: str | None
-    after: str
-    written_by: str | None = None
-
-    @property
-    def full_path(self):
-        return host_path(self.root, self.path)
-
-    @property
-    def display_path(self):
-        return "/" + self.path
-
-    def diff(self):
-        return {
-            "before": self.before or "",
-            "after": self.after,
-            "before_header": self.display_path + ("" if self.before is not None else " (absent)"),
-            "after_header": self.display_path
-            + ("" if self.written_by is None else " (as %s will write it)" % self.written_by),
-        }
 
 
 # ------------------------------------------------------------------------------------ GRUB defaults
@@ -971,16 +904,16 @@ def _systemd_boot_installed(root):
 
 
 def _grub_tools(root):
-    return any(find_binary(root, name) for name in ("update-grub", "grub-mkconfig", "grub2-mkconfig"))
+    return any(host_model.find_in_tree(root, name) for name in ("update-grub", "grub-mkconfig", "grub2-mkconfig"))
 
 
 def detect_bootloader(root):
     """Name the bootloader configuration in use below ``root``; raise :class:`BootloaderError`."""
-    if _proxmox_esps(root) and find_binary(root, "proxmox-boot-tool"):
+    if _proxmox_esps(root) and host_model.find_in_tree(root, "proxmox-boot-tool"):
         return "proxmox"
     if _booted_systemd_boot(root):
         return "systemd-boot"
-    if _bls_entry_names(root) and find_binary(root, "grubby"):
+    if _bls_entry_names(root) and host_model.find_in_tree(root, "grubby"):
         return "grubby"
     grub_defaults = os.path.isfile(host_path(root, GRUB_DEFAULTS))
     if grub_defaults and _grub_tools(root):
@@ -1034,7 +967,7 @@ def _resolve(module, host, root, *candidates):
             path = module.get_bin_path(name)
             if path:
                 return path
-        elif find_binary(root, name):
+        elif host_model.find_in_tree(root, name):
             return name
     return None if host else candidates[0]
 
@@ -1047,7 +980,7 @@ def _grub_command(module, host, root):
         (("grub2-mkconfig",), ["-o", "/boot/grub2/grub.cfg"]),
     )
     for names, arguments in candidates:
-        found = module.get_bin_path(names[0]) if host else find_binary(root, names[0]) and names[0]
+        found = module.get_bin_path(names[0]) if host else host_model.find_in_tree(root, names[0]) and names[0]
         if found:
             return [found] + arguments
     return ["update-grub"]
@@ -1075,7 +1008,7 @@ def installed_kernels(root):
 
 
 def _edits_for(root, sources, present, absent):
-    """Plan each source; return ``([(source, ArgumentPlan)], {path: FileEdit})``, clashing edits refused."""
+    """Plan each source; return ``([(source, ArgumentPlan)], {path: FileChange})``, clashing edits refused."""
     plans = []
     files = {}
     for source in sources:
@@ -1086,13 +1019,13 @@ def _edits_for(root, sources, present, absent):
         rendered = source.render(argument_plan)
         for path, after in rendered.items():
             before = source.texts.get(path) if isinstance(source, GrubDefaults) else source.text
-            _add_edit(files, FileEdit(root, path, before, after))
+            _add_edit(files, FileChange(root, path, before, after, mode=None))
     return plans, files
 
 
 def _add_edit(files, edit):
     previous = files.get(edit.path)
-    if previous is not None and previous.after != edit.after:
+    if previous is not None and previous.new != edit.new:
         raise BootloaderError(
             "/%s would need two different edits; make the boot entries that share it consistent first" % edit.path
         )
@@ -1130,7 +1063,7 @@ def plan(module, root, bootloader, present, absent, update=True):
     name = detect_bootloader(root) if bootloader == "auto" else bootloader
     if name not in BOOTLOADERS:
         raise BootloaderError("unknown bootloader %r; use one of auto, %s" % (name, ", ".join(BOOTLOADERS)))
-    host = is_host_root(root)
+    host = host_model.is_live_root(root)
     if name == "grubby":
         return _plan_grubby(module, root, host, present, absent, update)
     sources = []
@@ -1199,7 +1132,7 @@ def _plan_grubby(module, root, host, present, absent, update):
             continue
         rendered, updates = entry.render(argument_plan)
         for path, after in rendered.items():
-            _add_edit(entry_files, FileEdit(root, path, entry.text, after, writer))
+            _add_edit(entry_files, FileChange(root, path, entry.text, after, mode=None, written_by=writer))
         for variable, value in updates.items():
             if env_updates.get(variable, value) != value:
                 raise BootloaderError(
@@ -1207,7 +1140,9 @@ def _plan_grubby(module, root, host, present, absent, update):
                 )
             env_updates[variable] = value
     if env_updates:
-        _add_edit(entry_files, FileEdit(root, env.path, env.text, env.render(env_updates), writer))
+        _add_edit(
+            entry_files, FileChange(root, env.path, env.text, env.render(env_updates), mode=None, written_by=writer)
+        )
     added = _merge_unique([p.added for _s, p in config_plans] + [p.added for _e, p in entry_plans])
     removed = _merge_unique([p.removed for _s, p in config_plans] + [p.removed for _e, p in entry_plans])
     entry_added = _merge_unique(p.added for _e, p in entry_plans)
@@ -1246,23 +1181,10 @@ def _plan_grubby(module, root, host, present, absent, update):
     )
 
 
-def _write(module, edit):
-    full = _target_in_root(edit.root, edit.full_path)
-    try:
-        mode = os.stat(full).st_mode & 0o7777 if os.path.exists(full) else 0o644
-        temp = write_temp(full, edit.after, mode=mode, newline="")
-    except OSError as error:
-        raise BootloaderError("cannot write %s: %s" % (full, error)) from error
-    module.atomic_move(temp, full)
-
-
-def _restore(module, edits):
-    for edit in edits:
-        if edit.before is None:
-            with contextlib.suppress(OSError):
-                os.unlink(_target_in_root(edit.root, edit.full_path))
-        else:
-            _write(module, FileEdit(edit.root, edit.path, None, edit.before))
+def _restore(edits):
+    for edit in reversed(edits):
+        with contextlib.suppress(GpuvirtError):
+            apply_change(edit.reverse())
 
 
 def apply(module, boot_plan, backup=False):
@@ -1276,16 +1198,16 @@ def apply(module, boot_plan, backup=False):
     for edit in boot_plan.edits:
         if edit.written_by is not None:
             continue
-        if backup and edit.before is not None:
+        if backup and edit.old is not None:
             backups[edit.display_path] = module.backup_local(edit.full_path)
-        _write(module, edit)
+        apply_change(edit)
         written.append(edit)
     if not boot_plan.run_commands:
         return backups
     for command in boot_plan.commands:
         rc, out, err = module.run_command(command, environ_update=_C_LOCALE)
         if rc != 0:
-            _restore(module, written)
+            _restore(written)
             raise BootloaderError(
                 "%s failed (rc %d): %s; the files this run changed were put back as they were (%s); "
                 "fix the cause and run again"

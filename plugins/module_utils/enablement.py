@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 
 from ansible_collections.gpuvirt.host.plugins.module_utils import bootloader, vendors
-from ansible_collections.gpuvirt.host.plugins.module_utils.files import file_diff, read_text_or_empty, write_atomic
+from ansible_collections.gpuvirt.host.plugins.module_utils.files import apply_change, plan_change
 from ansible_collections.gpuvirt.host.plugins.module_utils.iommu import read_iommu
 from ansible_collections.gpuvirt.host.plugins.module_utils.kernel import read_kernel
 from ansible_collections.gpuvirt.host.plugins.module_utils.mdev_info import list_mdev_parents
@@ -75,16 +75,9 @@ def plan_mode(device, host, mode, options):
 
 def apply_plan(module, root, plan, bootloader_name="auto", update=True):
     """Write what ``plan`` declares (nothing in check mode). Returns the result keys."""
-    changed_files = []
-    diffs = []
-    file_changes = []
-    for relative, content in plan.files:
-        path = host_path(root, relative)
-        before = read_text_or_empty(path)
-        diffs.append(file_diff("/" + relative, before, content))
-        if before != content:
-            changed_files.append("/" + relative)
-            file_changes.append((path, content))
+    changes = [plan_change(root, relative, content) for relative, content in plan.files]
+    changed_files = [change.display_path for change in changes if change.changed]
+    diffs = [change.diff() for change in changes]
     boot_plan = None
     if plan.kernel_arguments:
         wanted, unwanted = bootloader.validate_arguments(list(plan.kernel_arguments), [])
@@ -92,11 +85,8 @@ def apply_plan(module, root, plan, bootloader_name="auto", update=True):
         diffs += [edit.diff() for edit in boot_plan.edits]
         changed_files += [edit.display_path for edit in boot_plan.edits]
     if not module.check_mode:
-        for path, content in file_changes:
-            try:
-                write_atomic(module, path, content)
-            except OSError as error:
-                raise EnableError("cannot write %s: %s" % (path, error), changed=bool(changed_files)) from error
+        for change in changes:
+            apply_change(change)
         if boot_plan is not None and boot_plan.changed:
             bootloader.apply(module, boot_plan)
     running = [need for need, satisfied in plan.running_needs if not satisfied]

@@ -12,9 +12,12 @@ concern, each keyed by a stable identifier (PCI address or mdev UUID)::
       "mdevs":       {"<uuid>": {"parent": "0000:00:02.0", "type": "i915-GVTg_V5_4"}}
     }
 
-The restore replays the sections in that order: VFs first, then vGPU types, then mdevs. A module
-changes only its own section and writes the file atomically, so sections owned by other modules
-are kept as they were.
+The restore replays the sections in that order: VFs first, then vGPU types, then mdevs. Each
+module reads the file, changes the entries it declares (``sriov`` its section; ``nvidia_vgpu`` its
+section and the ``sriov`` entries of the GPUs it puts in SR-IOV mode; ``mdev`` the ``mdevs`` section)
+and writes the whole file atomically (:mod:`files`). Every changing module holds the host lock
+(:mod:`host`) from that read to that write, so two runs never lose each other's entries. A file
+written by a newer version of the collection, or that cannot be parsed, is refused, never rewritten.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import json
 
 from ansible_collections.gpuvirt.host.plugins.module_utils.errors import GpuvirtError
 from ansible_collections.gpuvirt.host.plugins.module_utils.files import update_file
-from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import host_path
+from ansible_collections.gpuvirt.host.plugins.module_utils.host import inside
 
 STATE_PATH = "etc/gpuvirt/host-state.json"
 SECTIONS = ("sriov", "nvidia_vgpu", "mdevs")
@@ -42,7 +45,8 @@ def empty_state():
 
 
 def state_path(root):
-    return host_path(root, STATE_PATH)
+    """The state file below ``root``; :class:`host.OutsideRootError` when a link leads out of ``root``."""
+    return inside(root, STATE_PATH)
 
 
 def load_state(root):
@@ -86,4 +90,4 @@ def render_state(state):
 
 def write_state(module, root, state):
     """Write ``state`` atomically when it differs from the file; return (changed, diff)."""
-    return update_file(module, state_path(root), render_state(state), prefix=".host-state.")
+    return update_file(module, root, STATE_PATH, render_state(state))

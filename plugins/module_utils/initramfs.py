@@ -30,7 +30,7 @@ import os
 import re
 from dataclasses import dataclass, field
 
-from ansible_collections.gpuvirt.host.plugins.module_utils.bootloader import find_binary, is_host_root
+from ansible_collections.gpuvirt.host.plugins.module_utils import host as host_model
 from ansible_collections.gpuvirt.host.plugins.module_utils.errors import GpuvirtError
 from ansible_collections.gpuvirt.host.plugins.module_utils.kernel import read_builtin_modules
 from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import host_path, list_dir, read_text
@@ -132,10 +132,10 @@ def vfio_modules(kernel_release, root=None):
 
 def detect_tool(root):
     """The initramfs generator installed below ``root``; :class:`InitramfsError` when none is."""
-    if find_binary(root, "update-initramfs") and find_binary(root, "mkinitramfs"):
+    if host_model.find_in_tree(root, "update-initramfs") and host_model.find_in_tree(root, "mkinitramfs"):
         return "update-initramfs"
     for tool in ("dracut", "mkinitcpio", "update-initramfs"):
-        if find_binary(root, tool):
+        if host_model.find_in_tree(root, tool):
             return tool
     raise InitramfsError(
         "no initramfs tool found below %s: looked for update-initramfs (initramfs-tools), dracut and "
@@ -219,7 +219,7 @@ def _run(module, argv, package):
 def regenerate(module, root, kernel_release, tool=None):
     """Rebuild the image of ``kernel_release`` on this host; returns the argv run."""
     tool = _tool(root, tool)
-    if not is_host_root(root):
+    if not host_model.is_live_root(root):
         raise InitramfsError(
             "refusing to rebuild the initramfs of %s with this host's %s: %s is not this host's root; run %s "
             "inside that tree" % (kernel_release, tool, root, " ".join(regenerate_command(root, kernel_release, tool)))

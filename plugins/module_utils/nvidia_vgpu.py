@@ -55,6 +55,7 @@ from dataclasses import dataclass, field
 from ansible_collections.gpuvirt.host.plugins.module_utils import sysfs
 from ansible_collections.gpuvirt.host.plugins.module_utils.errors import GpuvirtError
 from ansible_collections.gpuvirt.host.plugins.module_utils.files import update_file
+from ansible_collections.gpuvirt.host.plugins.module_utils.host import inside
 from ansible_collections.gpuvirt.host.plugins.module_utils.iommu import users_of, vfio_holders
 from ansible_collections.gpuvirt.host.plugins.module_utils.mdev_info import list_mdev_parents, read_mdev_types
 from ansible_collections.gpuvirt.host.plugins.module_utils.mdev_info import mdevs as list_mdevs
@@ -668,7 +669,7 @@ def predicted_gpu(root, gpu, cache_entry):
 
 
 def cache_path(root):
-    return host_path(root, CACHE_PATH)
+    return inside(root, CACHE_PATH)
 
 
 def cache_key(gpu):
@@ -713,4 +714,4 @@ def render_cache(cache):
 
 def write_cache(module, root, cache):
     """Write the cache atomically when it differs; returns ``(changed, diff)``."""
-    return update_file(module, cache_path(root), render_cache(cache), prefix=".nvidia-vgpu-types.")
+    return update_file(module, root, CACHE_PATH, render_cache(cache))

@@ -40,7 +40,7 @@ import time
 
 from ansible_collections.gpuvirt.host.plugins.module_utils import hoststate, mdev, nvidia_vgpu, sriov
 from ansible_collections.gpuvirt.host.plugins.module_utils.errors import GpuvirtError, unexpected_failure
-from ansible_collections.gpuvirt.host.plugins.module_utils.files import write_temp
+from ansible_collections.gpuvirt.host.plugins.module_utils.files import write_file
 from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import (
     MDEV_BUS,
     PCI_DEVICES,
@@ -404,8 +404,7 @@ def code_sources(start="restore"):
 
 def write_status(path, status):
     """Write the status file atomically (readers may poll it while the unit runs)."""
-    temp = write_temp(path, json.dumps(status, indent=2, sort_keys=True) + "\n", prefix=".restore.")
-    os.replace(temp, path)
+    write_file(path, json.dumps(status, indent=2, sort_keys=True) + "\n")
 
 
 def main(argv=None):
@@ -425,7 +424,7 @@ def main(argv=None):
     status = restore.run()
     try:
         write_status(args.status_file or host_path(args.root, STATUS_PATH), status)
-    except OSError as error:
+    except (GpuvirtError, OSError) as error:
         restore.log("could not write the status file: %s" % error)
     return 0 if status["ok"] else 1
 

@@ -33,13 +33,19 @@ import errno
 import os
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ansible_collections.gpuvirt.host.plugins.module_utils import bootloader, initramfs
-from ansible_collections.gpuvirt.host.plugins.module_utils.bootloader import find_binary, is_host_root
+from ansible_collections.gpuvirt.host.plugins.module_utils import host as host_model
 from ansible_collections.gpuvirt.host.plugins.module_utils.critical import critical_devices
 from ansible_collections.gpuvirt.host.plugins.module_utils.errors import GpuvirtError
-from ansible_collections.gpuvirt.host.plugins.module_utils.files import write_temp
+from ansible_collections.gpuvirt.host.plugins.module_utils.files import (
+    FileChange,
+    FileError,
+    apply_change,
+    plan_change,
+    read_file,
+)
 from ansible_collections.gpuvirt.host.plugins.module_utils.iommu import read_iommu, users_of, vfio_holders
 from ansible_collections.gpuvirt.host.plugins.module_utils.kernel import (
     cmdline_value,
@@ -429,64 +435,19 @@ def foreign_vfio_ids(root):
     return found
 
 
-@dataclass
-class FileChange:
-    """A file's content now and wanted (None: absent) below the host root."""
-
-    root: str
-    path: str
-    before: str | None
-    after: str | None
-
-    @property
-    def changed(self):
-        return self.before != self.after
-
-    @property
-    def display_path(self):
-        return "/" + self.path
-
-    @property
-    def full_path(self):
-        return host_path(self.root, self.path)
-
-    def diff(self):
-        return {
-            "before": self.before or "",
-            "after": self.after or "",
-            "before_header": self.display_path + ("" if self.before is not None else " (absent)"),
-            "after_header": self.display_path + ("" if self.after is not None else " (removed)"),
-        }
-
-
 def _read_file(path):
     try:
-        with open(path, encoding="utf-8") as handle:
-            return handle.read()
-    except FileNotFoundError:
-        return None
-    except (OSError, UnicodeDecodeError) as error:
-        raise VfioError("cannot read %s: %s; fix or remove the file and run again" % (path, error)) from error
+        return read_file(path)
+    except FileError as error:
+        raise VfioError(str(error)) from error
 
 
-def plan_file(root, path, after):
+def plan_file(root, path, new):
     """Compare ``root/path`` with the wanted content (None: the file should not exist)."""
-    return FileChange(root, path, _read_file(host_path(root, path)), after)
-
-
-def apply_file(module, change):
-    """Write (temp file + atomic move) or remove one planned file; a no-op when unchanged."""
-    if not change.changed:
-        return
-    full = change.full_path
     try:
-        if change.after is None:
-            os.unlink(full)
-            return
-        temp = write_temp(full, change.after)
-    except OSError as error:
-        raise VfioError("cannot write %s: %s" % (change.display_path, error)) from error
-    module.atomic_move(temp, full)
+        return plan_change(root, path, new)
+    except GpuvirtError as error:
+        raise VfioError(str(error)) from error
 
 
 # ------------------------------------------------------------------------------------ host view
@@ -671,11 +632,10 @@ INITRAMFS_CONFIG = {
 
 
 def find_program(module, root, name):
-    """The program's path on this host (``root`` is ``/``) or inside the tree, else None."""
-    if is_host_root(root):
-        return module.get_bin_path(name)
-    path = find_binary(root, name)
-    return "/" + os.path.relpath(path, root) if path else None
+    """The program's path on this host (``root`` is ``/``) or inside the tree (as the tree sees it), else None."""
+    host = host_model.Host(root, module)
+    path = host.which(name)
+    return host.display(path) if path and not host.live else path
 
 
 def render_initramfs_config(tool, modules):
@@ -831,7 +791,7 @@ class VfioPciRun:
         self.regenerate_initramfs = params["initramfs"]
         self.force = params["force"]
         self.driver = params.get("driver") or "auto"
-        self.host = is_host_root(self.root)
+        self.host = host_model.is_live_root(self.root)
         self.warnings = []
         self.commands = []
         self.members = {}
@@ -930,8 +890,8 @@ class VfioPciRun:
         self.kept_by.update({address: "driverctl" for address in by_override})
         member_ids = sorted({device_id(view, a) for a in (by_id if self.state == "present" else self.members)})
         modprobe = plan_file(self.root, MODPROBE_CONF, None)
-        plan.ids_before = modprobe_ids(modprobe.before)
-        modprobe.after = modprobe.before
+        plan.ids_before = modprobe_ids(modprobe.old)
+        modprobe = replace(modprobe, new=modprobe.old)
         cmdline_before = self._cmdline_ids(method)
         cmdline_after = cmdline_before
         releasing = list(self.members) if self.state == "absent" else []
@@ -940,7 +900,7 @@ class VfioPciRun:
             dropped = self._ids_moving_to_variants(view, by_override, by_id)
             if method == "modprobe":
                 plan.ids_after = sorted((set(plan.ids_before) | set(member_ids)) - dropped)
-                modprobe.after = render_modprobe_conf(plan.ids_after)
+                modprobe = replace(modprobe, new=render_modprobe_conf(plan.ids_after))
                 added = set(member_ids) - set(plan.ids_before)
                 plan.refusals += id_refusals(view, self.members, set(member_ids), set(), [])
                 if added:
@@ -972,7 +932,7 @@ class VfioPciRun:
             removed_ids = set(member_ids)
             plan.ids_after = [i for i in plan.ids_before if i not in removed_ids]
             if plan.ids_after != plan.ids_before:
-                modprobe.after = render_modprobe_conf(plan.ids_after)
+                modprobe = replace(modprobe, new=render_modprobe_conf(plan.ids_after))
             cmdline_after = [i for i in cmdline_before if i not in removed_ids]
             if cmdline_after != cmdline_before:
                 plan.boot_plan = self._boot_plan(
@@ -986,7 +946,7 @@ class VfioPciRun:
             self.kept_by.update({address: "driverctl" for address in gone})
             plan.driverctl = self._plan_overrides({address: None for address in gone}, None)
         plan.files.append(self._plan_modules_load(view, plan, cmdline_after))
-        if plan.files[-1].before is None and plan.files[-1].after is None:
+        if plan.files[-1].old is None and plan.files[-1].new is None:
             plan.files.pop()
         plan.files.insert(0, modprobe)
         return plan
@@ -1035,9 +995,9 @@ class VfioPciRun:
         entries = []
         for address, driver in overrides.items():
             change = plan_file(self.root, driverctl_path(address), None if driver is None else driver + "\n")
-            if change.before is not None and driver is not None and change.before.strip() == driver:
+            if change.old is not None and driver is not None and change.old.strip() == driver:
                 continue
-            if change.before is None and driver is None:
+            if change.old is None and driver is None:
                 continue
             command = None
             if self.host or driver is not None:
@@ -1054,10 +1014,10 @@ class VfioPciRun:
         is a module; every variant driver a driverctl override names, as nothing else loads it."""
         overrides = self._driverctl_overrides()
         for entry in plan.driverctl:
-            if entry.file.after is None:
+            if entry.file.new is None:
                 overrides.pop(entry.address, None)
             else:
-                overrides[entry.address] = entry.file.after.strip()
+                overrides[entry.address] = entry.file.new.strip()
         builtin = read_builtin_modules(self.root, view.kernel.get("release")) or set()
         modules = []
         if not view.kernel.get("vfio_builtin") and (
@@ -1119,7 +1079,7 @@ class VfioPciRun:
         modprobe = self.persistence.files[0] if self.persistence.files else None
         if modprobe is None or self.persistence.method == "none" or not self.regenerate_initramfs:
             return plan
-        if modprobe.before is None and modprobe.after is None:
+        if modprobe.old is None and modprobe.new is None:
             return plan
         try:
             plan.tool = initramfs.detect_tool(self.root)
@@ -1140,7 +1100,7 @@ class VfioPciRun:
             # and vfio_pci pulls vfio_virqfd in on the kernels that still have it.
             modules = names if modules is None else [name for name in modules if name in names]
         plan.modules = modules or list(initramfs.VFIO_MODULES)
-        wanted = render_initramfs_config(plan.tool, plan.modules) if modprobe.after is not None else None
+        wanted = render_initramfs_config(plan.tool, plan.modules) if modprobe.new is not None else None
         plan.config = plan_file(self.root, INITRAMFS_CONFIG[plan.tool], wanted)
         if not (modprobe.changed or plan.config.changed) or not plan.releases:
             return plan
@@ -1180,20 +1140,20 @@ class VfioPciRun:
         for change in self.persistence.files:
             if change.changed:
                 self.applied = True
-                apply_file(self.module, change)
+                apply_change(change)
         for entry in self.persistence.driverctl:
             if not entry.file.changed:
                 continue
             self.applied = True
             if entry.command is None:
-                apply_file(self.module, entry.file)
+                apply_change(entry.file)
                 continue
             self._run(entry.command, "driverctl for %s" % entry.address)
             now = _read_file(entry.file.full_path)
-            if (now or "").strip() != (entry.file.after or "").strip():
+            if (now or "").strip() != (entry.file.new or "").strip():
                 raise VfioError(
                     "%s ran but %s reads %r afterwards, expected %r"
-                    % (" ".join(entry.command), entry.file.display_path, now, entry.file.after)
+                    % (" ".join(entry.command), entry.file.display_path, now, entry.file.new)
                 )
         if self.persistence.boot_plan is not None and self.persistence.boot_plan.changed:
             self.applied = True
@@ -1208,7 +1168,7 @@ class VfioPciRun:
         plan = self.initramfs
         if plan.config is not None and plan.config.changed:
             self.applied = True
-            apply_file(self.module, plan.config)
+            apply_change(plan.config)
         if not plan.run:
             return
         modprobe = self.persistence.files[0]
@@ -1221,7 +1181,7 @@ class VfioPciRun:
             # Put the inputs back so that the next run sees the change again and rebuilds.
             restored = [change for change in (modprobe, plan.config) if change is not None and change.changed]
             for change in restored:
-                apply_file(self.module, FileChange(change.root, change.path, change.after, change.before))
+                apply_change(change.reverse())
             raise VfioError(
                 "%s; %s put back as before so that the next run rebuilds the initramfs"
                 % (error, " and ".join(change.display_path for change in restored) or "nothing was")
@@ -1229,7 +1189,7 @@ class VfioPciRun:
         plan.verified = True
 
     def _verify_image(self, plan, release, modprobe):
-        if modprobe.after is not None:
+        if modprobe.new is not None:
             check = initramfs.verify_image(self.module, self.root, release, plan.modules, ["/" + MODPROBE_CONF],
                                            plan.tool)
             plan.images.append(check.image)

@@ -193,12 +193,10 @@ backup_files:
   sample: {/etc/default/grub: /etc/default/grub.12345.2024-05-01@10:00:00~}
 """
 
-import os  # noqa: E402
-
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
 
 from ansible_collections.gpuvirt.host.plugins.module_utils import bootloader  # noqa: E402
-from ansible_collections.gpuvirt.host.plugins.module_utils.errors import GpuvirtError, run_module  # noqa: E402
+from ansible_collections.gpuvirt.host.plugins.module_utils.host import run_locked  # noqa: E402
 from ansible_collections.gpuvirt.host.plugins.module_utils.kernel import read_cmdline  # noqa: E402
 
 
@@ -214,15 +212,13 @@ def main():
         ),
         supports_check_mode=True,
     )
-    run_module(module, lambda: run(module))
+    run_locked(module, lambda host: run(module))
 
 
 def run(module):
     params = module.params
     root = params["root"]
     present, absent = bootloader.validate_arguments(params["present"], params["absent"])
-    if not os.path.isdir(root):
-        raise GpuvirtError("root %s is not a directory" % root)
     running = read_cmdline(root)
     try:
         boot_plan = bootloader.plan(module, root, params["bootloader"], present, absent, update=params["update"])

@@ -260,8 +260,9 @@ import os  # noqa: E402
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
 
-from ansible_collections.gpuvirt.host.plugins.module_utils.errors import GpuvirtError, run_module  # noqa: E402
-from ansible_collections.gpuvirt.host.plugins.module_utils.files import file_diff, write_atomic  # noqa: E402
+from ansible_collections.gpuvirt.host.plugins.module_utils.errors import GpuvirtError  # noqa: E402
+from ansible_collections.gpuvirt.host.plugins.module_utils.files import FileChange, apply_change  # noqa: E402
+from ansible_collections.gpuvirt.host.plugins.module_utils.host import is_live_root, run_locked  # noqa: E402
 from ansible_collections.gpuvirt.host.plugins.module_utils.hoststate import (  # noqa: E402
     StateFileError,
     load_state,
@@ -488,7 +489,7 @@ class MdevModule:
         ]
         if wrong:
             self.fail("mdevctl definitions for %s did not read back as written" % ", ".join(sorted(wrong)))
-        if self.root == "/" and declared:
+        if is_live_root(self.root) and declared:
             rc, out, err = self.module.run_command(
                 [binary, "list", "--defined", "--dumpjson"], environ_update={"LC_ALL": "C"}
             )
@@ -504,17 +505,16 @@ class MdevModule:
                 )
 
     def _write_file(self, path, text, before):
-        self.files_changed.append(path)
-        self.diff.append(file_diff(path, before or "", text))
-        if self.module.check_mode:
-            return
-        write_atomic(self.module, path, text, prefix=".gpuvirt.")
+        self._change(FileChange(self.root, os.path.relpath(path, self.root), before, text))
 
     def _remove_file(self, path, before):
-        self.files_changed.append(path)
-        self.diff.append({"before": before or "", "after": "", "before_header": path, "after_header": "/dev/null"})
+        self._change(FileChange(self.root, os.path.relpath(path, self.root), before, None))
+
+    def _change(self, change):
+        self.files_changed.append(change.full_path)
+        self.diff.append(change.diff())
         if not self.module.check_mode:
-            os.unlink(path)
+            apply_change(change)
 
 
 def _key(mdev):
@@ -552,7 +552,7 @@ def main():
         ),
         supports_check_mode=True,
     )
-    run_module(module, MdevModule(module).run)
+    run_locked(module, lambda host: MdevModule(module).run())
 
 
 if __name__ == "__main__":

@@ -300,7 +300,8 @@ type_cache:
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
 
-from ansible_collections.gpuvirt.host.plugins.module_utils.errors import GpuvirtError, run_module  # noqa: E402
+from ansible_collections.gpuvirt.host.plugins.module_utils.errors import GpuvirtError  # noqa: E402
+from ansible_collections.gpuvirt.host.plugins.module_utils.host import run_locked  # noqa: E402
 from ansible_collections.gpuvirt.host.plugins.module_utils.hoststate import (  # noqa: E402
     StateFileError,
     load_state,
@@ -683,7 +684,7 @@ def main():
         ),
         supports_check_mode=True,
     )
-    run_module(module, NvidiaVgpuModule(module).run)
+    run_locked(module, lambda host: NvidiaVgpuModule(module).run())
 
 
 if __name__ == "__main__":

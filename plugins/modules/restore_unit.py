@@ -122,8 +122,9 @@ import os  # noqa: E402
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
 
-from ansible_collections.gpuvirt.host.plugins.module_utils.errors import GpuvirtError, run_module  # noqa: E402
-from ansible_collections.gpuvirt.host.plugins.module_utils.files import write_temp  # noqa: E402
+from ansible_collections.gpuvirt.host.plugins.module_utils.errors import GpuvirtError  # noqa: E402
+from ansible_collections.gpuvirt.host.plugins.module_utils.files import remove_file, write_file  # noqa: E402
+from ansible_collections.gpuvirt.host.plugins.module_utils.host import is_live_root, run_locked  # noqa: E402
 from ansible_collections.gpuvirt.host.plugins.module_utils.restore import (  # noqa: E402
     PACKAGE,
     UNIT_DIR,
@@ -218,9 +219,9 @@ class RestoreUnit:
         unit_changed = any(path in (self.unit, self.link) for path in self.changed_files)
         if self.changed_files and not self.module.check_mode:
             self._read_back(sources, unit_text)
-            if self.root == "/" and unit_changed:
+            if is_live_root(self.root) and unit_changed:
                 self._daemon_reload()
-            if self.root == "/" and present:
+            if is_live_root(self.root) and present:
                 self._try_import()
         result = dict(
             changed=bool(self.changed_files),
@@ -240,10 +241,10 @@ class RestoreUnit:
         if self.module.check_mode:
             return
         try:
-            temp = write_temp(path, text, prefix=".gpuvirt.")
-        except OSError as error:
-            raise GpuvirtError("cannot write %s: %s" % (path, error), changed=bool(self.changed_files[:-1])) from error
-        self.module.atomic_move(temp, path)
+            write_file(path, text)
+        except GpuvirtError as error:
+            error.changed = bool(self.changed_files[:-1])
+            raise
 
     def _link(self):
         self.changed_files.append(self.link)
@@ -261,11 +262,10 @@ class RestoreUnit:
         self.changed_files.append(path)
         if not self.module.check_mode:
             try:
-                os.unlink(path)
-            except FileNotFoundError:
-                pass
-            except OSError as error:
-                raise GpuvirtError("cannot remove %s: %s" % (path, error), changed=True) from error
+                remove_file(path)
+            except GpuvirtError as error:
+                error.changed = True
+                raise
 
     def _prune(self):
         """Remove the now empty folders of the code tree, up to the prefix."""
@@ -334,7 +334,7 @@ def main():
         ),
         supports_check_mode=True,
     )
-    run_module(module, RestoreUnit(module).run)
+    run_locked(module, lambda host: RestoreUnit(module).run())
 
 
 if __name__ == "__main__":

@@ -364,7 +364,7 @@ refusals:
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
 
-from ansible_collections.gpuvirt.host.plugins.module_utils.errors import run_module  # noqa: E402
+from ansible_collections.gpuvirt.host.plugins.module_utils.host import run_locked  # noqa: E402
 from ansible_collections.gpuvirt.host.plugins.module_utils.vfio import (  # noqa: E402
     PERSISTENCE_METHODS,
     VfioPciRun,
@@ -387,7 +387,7 @@ def main():
         supports_check_mode=True,
     )
     run = VfioPciRun(module)
-    run_module(module, lambda: _run(module, run), partial=lambda: dict(run.result(), changed=run.applied))
+    run_locked(module, lambda host: _run(module, run), partial=lambda: dict(run.result(), changed=run.applied))
 
 
 def _run(module, run):

@@ -147,12 +147,12 @@ notes:
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
 
 from ansible_collections.gpuvirt.host.plugins.module_utils import enablement  # noqa: E402
-from ansible_collections.gpuvirt.host.plugins.module_utils.errors import run_module  # noqa: E402
+from ansible_collections.gpuvirt.host.plugins.module_utils.host import run_locked  # noqa: E402
 
 
 def run(module):
     params = module.params
-    root = params["root"]
+    root = params["root"]  # checked, and locked while this runs, by run_locked
     device, host = enablement.read_gpu(root, params["selector"])
     plan = enablement.plan_mode(device, host, params["mode"], {"max_vfs": params["max_vfs"]})
     result = enablement.apply_plan(module, root, plan, params["bootloader"], params["update"])
@@ -178,7 +178,7 @@ def main():
         required_if=[("mode", "sriov", ["max_vfs"]), ("mode", "mxgpu", ["max_vfs"])],
         supports_check_mode=True,
     )
-    run_module(module, lambda: run(module))
+    run_locked(module, lambda host: run(module))
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ import pytest
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.testing import patch_module_args
 
+from ansible_collections.gpuvirt.host.plugins.module_utils import host as host_model
 from ansible_collections.gpuvirt.host.plugins.module_utils import initramfs
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "..", "..", "..", "fixtures", "initramfs")
@@ -45,7 +46,7 @@ def module():
 @pytest.fixture
 def as_host(monkeypatch):
     """Rebuilding only happens when root is this host's /; let the fixture tree stand in for it."""
-    monkeypatch.setattr(initramfs, "is_host_root", lambda root: True)
+    monkeypatch.setattr(host_model, "is_live_root", lambda root: True)
 
 
 # ------------------------------------------------------------------------------ module lists

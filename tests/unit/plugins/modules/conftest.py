@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from ansible_collections.gpuvirt.host.plugins.module_utils import bootloader, initramfs, vfio
+from ansible_collections.gpuvirt.host.plugins.module_utils import host as host_model
 from ansible_collections.gpuvirt.host.tests.sim.mdev_kernel import KernelSim
 from ansible_collections.gpuvirt.host.tests.sim.pci_kernel import PciKernel
 
@@ -27,5 +27,4 @@ def vfio_pci(run_module):
 @pytest.fixture
 def as_host(monkeypatch):
     """Make the module treat the fixture tree as this host's ``/``, so that it runs commands."""
-    for module in (vfio, initramfs, bootloader):
-        monkeypatch.setattr(module, "is_host_root", lambda root: True)
+    monkeypatch.setattr(host_model, "is_live_root", lambda root: True)

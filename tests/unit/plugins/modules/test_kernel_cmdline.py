@@ -10,7 +10,7 @@ import pytest
 from ansible.module_utils import _internal as ansible_internal
 from ansible.module_utils.common import warnings as ansible_warnings
 
-from ansible_collections.gpuvirt.host.plugins.module_utils import bootloader
+from ansible_collections.gpuvirt.host.plugins.module_utils import host as host_model
 
 IOMMU = ["intel_iommu=on", "iommu=pt"]
 
@@ -30,7 +30,7 @@ def warning_messages(result):
 @pytest.fixture
 def as_host(monkeypatch):
     """Commands only run when root is this host's /; let the fixture tree stand in for it."""
-    monkeypatch.setattr(bootloader, "is_host_root", lambda root: True)
+    monkeypatch.setattr(host_model, "is_live_root", lambda root: True)
 
 
 def snapshot(root):

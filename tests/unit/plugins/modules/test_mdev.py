@@ -173,7 +173,8 @@ def test_mdevctl_definitions_written_and_pruned(lab, mdev_module):
     # mbochs is exclusive: a definition for an undeclared UUID would bring it back at boot.
     assert not os.path.exists(stray_path)
     assert stray_path in result["persistence"]["files_changed"]
-    assert any(d["before_header"] == stray_path and d["after"] == "" for d in result["diff"])
+    shown = "/" + os.path.relpath(stray_path, lab)
+    assert any(d["before_header"] == shown and d["after_header"] == shown + " (removed)" for d in result["diff"])
     assert mdev_module(lab, parents=LAB_DECLARATION)["changed"] is False
 
 

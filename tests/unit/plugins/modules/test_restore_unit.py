@@ -116,3 +116,11 @@ def test_the_installed_code_runs_alone(root, run_module, tmp_path):
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "restored: 0 item(s), 0 failed" in done.stdout
+
+
+def test_a_missing_root_is_refused_and_not_created(tmp_path, run_module):
+    missing = str(tmp_path / "not-there")
+    result = run_module("restore_unit", {"root": missing})
+    assert result["failed"] and result["changed"] is False
+    assert "root %s does not exist" % missing in result["msg"]
+    assert not os.path.exists(missing)

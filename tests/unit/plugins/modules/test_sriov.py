@@ -196,3 +196,24 @@ def test_a_broken_state_file_fails_before_any_change(nvme, run):
         handle.write("{not json")
     result, writes = run(nvme, devices=[{"selector": NVME, "num_vfs": 1}])
     assert result.failed and "cannot read the state file" in result["msg"] and writes == []
+
+
+def test_a_state_directory_linked_out_of_root_is_refused(nvme, run, tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    os.makedirs(os.path.join(nvme, "etc"), exist_ok=True)
+    os.symlink(os.path.relpath(str(outside), os.path.join(nvme, "etc")), os.path.join(nvme, "etc/gpuvirt"))
+    before = snapshot(nvme)
+    result, writes = run(nvme, devices=[{"selector": NVME, "num_vfs": 2}])
+    assert result["failed"] and result["changed"] is False and writes == []
+    assert "leads out of root" in result["msg"]
+    assert os.listdir(str(outside)) == [] and snapshot(nvme) == before
+
+
+def test_an_absolute_state_directory_link_stays_below_root(nvme, run, tmp_path):
+    os.makedirs(os.path.join(nvme, "etc"), exist_ok=True)
+    os.symlink(str(tmp_path / "outside"), os.path.join(nvme, "etc/gpuvirt"))
+    result, _writes = run(nvme, devices=[{"selector": NVME, "num_vfs": 2}])
+    assert result["changed"] is True and not (tmp_path / "outside").exists()
+    with open(os.path.join(nvme, str(tmp_path / "outside").lstrip("/"), "host-state.json")) as handle:
+        assert json.load(handle)["sriov"] == {NVME: {"num_vfs": 2}}
