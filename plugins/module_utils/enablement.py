@@ -19,6 +19,7 @@ import os
 
 from ansible_collections.gpuvirt.host.plugins.module_utils import bootloader, vendors
 from ansible_collections.gpuvirt.host.plugins.module_utils.files import apply_change, plan_change
+from ansible_collections.gpuvirt.host.plugins.module_utils.host import is_live_root
 from ansible_collections.gpuvirt.host.plugins.module_utils.iommu import read_iommu
 from ansible_collections.gpuvirt.host.plugins.module_utils.kernel import read_kernel
 from ansible_collections.gpuvirt.host.plugins.module_utils.mdev_info import list_mdev_parents
@@ -91,7 +92,7 @@ def apply_plan(module, root, plan, bootloader_name="auto", update=True):
             bootloader.apply(module, boot_plan)
     running = [need for need, satisfied in plan.running_needs if not satisfied]
     loaded = []
-    if not running and not module.check_mode and bootloader.is_host_root(root):
+    if not running and not module.check_mode and is_live_root(root):
         for name in plan.load_modules:
             if not host_module_loaded(root, name):
                 module.run_command(["modprobe", name], check_rc=True)

@@ -67,6 +67,7 @@ def test_gvt_g_end_to_end_spec_enabled_carved(make_host, mode, run_module, monke
 
     assert gvt_g.boot(root) is True  # the driver brings the types up after the reboot
     after = mode(root, selector=IGPU, mode="gvt-g")
+    assert after["rc"] == 0, after
     assert after["changed"] is False and after["reboot_required"] is False
     assert after["verification"] == {"ready": True, "missing": []}
 
