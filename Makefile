@@ -13,7 +13,7 @@ LAB         ?= lab
 export ANSIBLE_COLLECTIONS_PATH := $(abspath $(COLL_ROOT))
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: help venv deps collection test unit lint sanity molecule report nova-venv demo bench lab-up lab-down lab-ssh clean
+.PHONY: help venv deps collection test unit reliability lint sanity molecule report nova-venv demo bench lab-up lab-down lab-ssh clean
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -33,10 +33,13 @@ collection: venv  ## Expose this checkout as the gpuvirt.host collection
 	@mkdir -p $(dir $(COLL_LINK))
 	@ln -sfn $(abspath .) $(COLL_LINK)
 
-test: deps unit lint sanity molecule report  ## Run every test (installs what it needs first)
+test: deps unit reliability lint sanity molecule report  ## Run every test (installs what it needs first)
 
 unit: collection  ## Unit, module, fuzz and installed-collection tests (pytest)
 	$(PY) -m pytest tests/unit tests/collection
+
+reliability: collection  ## Bad inputs, injected faults and random specs: a table of figures; fails on any lost case
+	$(PY) -m pytest -q -p no:cacheprovider tests/reliability
 
 lint: export ANSIBLE_HOME := $(abspath $(BUILD))/ansible-home
 lint: collection  ## ruff and ansible-lint (production profile)

@@ -33,6 +33,7 @@ import re
 from dataclasses import dataclass, field
 
 from ansible_collections.gpuvirt.host.plugins.module_utils import host as host_model
+from ansible_collections.gpuvirt.host.plugins.module_utils import rules
 from ansible_collections.gpuvirt.host.plugins.module_utils.errors import GpuvirtError
 from ansible_collections.gpuvirt.host.plugins.module_utils.files import FileChange, apply_change, read_file
 from ansible_collections.gpuvirt.host.plugins.module_utils.host import inside
@@ -94,10 +95,6 @@ LINUX_DEFAULT = "GRUB_CMDLINE_LINUX_DEFAULT"
 _GRUB_VARIABLES = (LINUX, LINUX_DEFAULT)
 _C_LOCALE = {"LANG": "C", "LC_ALL": "C"}
 
-# Characters that would need quoting in /etc/default/grub, grub.cfg, a BLS entry or a grubby
-# argument. Such arguments are rare; the module refuses them rather than guess the escaping.
-_FORBIDDEN = re.compile(r"[\s\"'`$\\;&|<>\x00-\x1f\x7f]")
-
 
 class ArgumentError(GpuvirtError, ValueError):
     """``present``/``absent`` are not valid; nothing was read or changed."""
@@ -151,14 +148,7 @@ def _removes(absent, existing):
 def _checked(text, option):
     if not isinstance(text, str):
         raise ArgumentError("%s: %r is not a string; give arguments as key or key=value" % (option, text))
-    if not text:
-        raise ArgumentError("%s: an argument is empty; give key or key=value" % option)
-    bad = _FORBIDDEN.search(text)
-    if bad:
-        raise ArgumentError(
-            "%s: argument %r contains %r; arguments are single words without whitespace, quotes or "
-            "shell characters (edit such arguments by hand)" % (option, text, bad.group())
-        )
+    rules.kernel_argument(text, option, error=ArgumentError)
     if text == "--":
         raise ArgumentError("%s: '--' separates init arguments and cannot be managed as an argument" % option)
     argument = parse_argument(text)
@@ -196,6 +186,7 @@ def validate_arguments(present, absent):
                 "%r is in present and %r in absent: the same parameter %s cannot be both; a present "
                 "key=value already replaces the other values of its key" % (kept.text, gone.text, kept.key)
             )
+    rules.boot_arguments([a.text for a in wanted], [a.text for a in unwanted], error=ArgumentError)
     return wanted, unwanted
 
 
@@ -1013,6 +1004,7 @@ def _edits_for(root, sources, present, absent):
     files = {}
     for source in sources:
         argument_plan = plan_arguments(source.arguments(), present, absent)
+        rules.command_line_length(argument_plan.arguments, source.arguments(), error=BootloaderError)
         plans.append((source, argument_plan))
         if not argument_plan.changed:
             continue
@@ -1124,6 +1116,8 @@ def _plan_grubby(module, root, host, present, absent, update):
     config_plans, files = _edits_for(root, sources, present, absent)
     # grubby removes the old value of a key and appends the new one; predict exactly that.
     entry_plans = [(entry, plan_arguments(entry.arguments(), present, absent, False)) for entry in entries]
+    for entry, argument_plan in entry_plans:
+        rules.command_line_length(argument_plan.arguments, entry.arguments(), entry.path, error=BootloaderError)
     writer = "grubby" if host else None
     entry_files = {}
     env_updates = {}

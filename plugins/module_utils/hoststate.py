@@ -25,6 +25,7 @@ from __future__ import annotations
 import copy
 import json
 
+from ansible_collections.gpuvirt.host.plugins.module_utils import rules
 from ansible_collections.gpuvirt.host.plugins.module_utils.errors import GpuvirtError
 from ansible_collections.gpuvirt.host.plugins.module_utils.files import update_file
 from ansible_collections.gpuvirt.host.plugins.module_utils.host import inside
@@ -50,27 +51,27 @@ def state_path(root):
 
 
 def load_state(root):
-    """Return the recorded state, or an empty one when no file exists yet."""
+    """Return the recorded state, or an empty one when no file exists yet.
+
+    A file that leads out of ``root``, is corrupt or has a newer version is refused, never rewritten.
+    """
     path = state_path(root)
-    try:
-        with open(path, encoding="utf-8") as handle:
-            data = json.load(handle)
-    except FileNotFoundError:
-        return empty_state()
-    except (OSError, ValueError) as error:
-        raise StateFileError(
-            "cannot read the state file %s: %s; fix or remove it and run again" % (path, error)
-        ) from error
-    if not isinstance(data, dict) or data.get("version") != VERSION:
-        raise StateFileError(
-            "the state file %s has an unknown format (version %r, expected %d)"
-            % (path, data.get("version") if isinstance(data, dict) else None, VERSION)
-        )
+    rules.inside_root(root, path, "the state file", error=StateFileError)
+    data = rules.load_versioned_json(
+        path,
+        VERSION,
+        "the state file",
+        "move it aside (mv %s %s.bad) and run the modules again: they record the state anew" % (path, path),
+        error=StateFileError,
+    )
     state = empty_state()
     for section in SECTIONS:
-        value = data.get(section, {})
+        value = (data or {}).get(section, {})
         if not isinstance(value, dict):
-            raise StateFileError("the state file %s: section %r is not a mapping" % (path, section))
+            raise StateFileError(
+                "the state file %s: section %r is not a mapping; move it aside (mv %s %s.bad) and run the "
+                "modules again" % (path, section, path, path)
+            )
         state[section] = value
     return state
 

@@ -38,7 +38,7 @@ import uuid as uuidlib
 from dataclasses import dataclass, field
 from fractions import Fraction
 
-from ansible_collections.gpuvirt.host.plugins.module_utils import sysfs
+from ansible_collections.gpuvirt.host.plugins.module_utils import rules, sysfs
 from ansible_collections.gpuvirt.host.plugins.module_utils.errors import GpuvirtError
 from ansible_collections.gpuvirt.host.plugins.module_utils.iommu import users_of, vfio_holders
 from ansible_collections.gpuvirt.host.plugins.module_utils.mdev_info import mdev_parents, mdevs
@@ -380,8 +380,12 @@ def _plan_target(snapshot, declaration, target, force, result, taken, explicit):
         if entry.get("uuids") is not None:
             continue
         count = entry.get("count")
-        if count is None or count < 0:
+        if count is None:
             raise MdevError("%s: type %s needs a count of 0 or more, or a list of uuids" % (where, type_id))
+        rules.count(
+            count, _capacity(snapshot, target, type_id), "%s: type %s: count" % (where, type_id),
+            "the parent(s) offering it", error=MdevError,
+        )
         candidates = sorted(
             (m for m in existing if m.type == type_id and m.uuid not in claimed and m.uuid not in explicit),
             key=lambda m: _priority(snapshot, m),
@@ -407,6 +411,23 @@ def _plan_target(snapshot, declaration, target, force, result, taken, explicit):
     for mdev in claimed.values():
         present[mdev.type] = present.get(mdev.type, 0) + 1
     _place(snapshot, target, where, pending, present, result, taken)
+
+
+# Removing mdevs of one type can free several of another (a shared memory pool), so what a parent can
+# hold once emptied is not known while it holds some; its bound is at least this many.
+MDEV_PER_PARENT_MAX = 256
+
+
+def _capacity(snapshot, target, type_id):
+    """A bound on how many mdevs of ``type_id`` the target's parents could ever hold, checked before
+    anything is planned; the exact fit (:func:`_fits`) follows."""
+    total = 0
+    for parent in target.parents:
+        types = snapshot.parents[parent]
+        if type_id in types:
+            here = len(snapshot.mdevs_on(parent)) + sum(t.available_instances or 0 for t in types.values())
+            total += max(MDEV_PER_PARENT_MAX, here)
+    return total
 
 
 def _fits(types, counts, extra):

@@ -52,7 +52,7 @@ import re
 import time
 from dataclasses import dataclass, field
 
-from ansible_collections.gpuvirt.host.plugins.module_utils import sysfs
+from ansible_collections.gpuvirt.host.plugins.module_utils import rules, sysfs
 from ansible_collections.gpuvirt.host.plugins.module_utils.errors import GpuvirtError
 from ansible_collections.gpuvirt.host.plugins.module_utils.files import update_file
 from ansible_collections.gpuvirt.host.plugins.module_utils.host import inside
@@ -361,13 +361,25 @@ class VgpuPlan:
         return bool(self.delete or self.create)
 
 
-def _counts(declaration, known, where, complete):
+# A bound on the vGPUs one GPU hosts: one per VF (32 on an L40S), and boards without VFs top out
+# at 32 (a V100's 32 GB in 1 GB profiles). A count above it is refused before anything is planned;
+# a count above what is free now fails later with the details.
+VGPUS_MAX = 64
+
+
+def _capacity(gpu):
+    """A bound on how many vGPUs ``gpu`` could ever hold."""
+    return max(len(gpu.vfs), (gpu.sriov or {}).get("total_vfs") or 0, VGPUS_MAX)
+
+
+def _counts(declaration, known, where, complete, capacity):
     counts = {}
     for entry in declaration.get("profiles") or []:
-        type_id = resolve_vgpu_profile(entry["profile"], known, where, complete)
         count = entry.get("count")
-        if count is None or count < 0:
+        if count is None:
             raise VgpuError("%s: profile %s needs a count of 0 or more" % (where, entry["profile"]))
+        rules.count(count, capacity, "%s: profile %s: count" % (where, entry["profile"]), "the GPU", error=VgpuError)
+        type_id = resolve_vgpu_profile(entry["profile"], known, where, complete)
         if type_id in counts:
             raise VgpuError(
                 "%s: profile %s is declared twice; merge the entries" % (where, _label(type_id, known[type_id]))
@@ -451,7 +463,7 @@ def plan_per_vf(gpu, declaration, known, force=False):
                 result.declared[address] = type_id
         others = [a for a in current if a not in wanted and current[a]]
     else:
-        counts = _counts(declaration, known, where, complete)
+        counts = _counts(declaration, known, where, complete, _capacity(gpu))
         for type_id, count in counts.items():
             holding = sorted((a for a in current if current[a] == type_id), key=lambda a: (a not in busy, order[a]))
             for address in holding[:count]:
@@ -535,7 +547,7 @@ def legacy_mdev_parents(gpu, declaration, known):
             elif declaration.get("exclusive") and vf.mdevs:
                 parents.append({"selector": vf.address, "mdevs": [], "exclusive": True})
         return parents
-    counts = _counts(declaration, known, where, True)
+    counts = _counts(declaration, known, where, True, _capacity(gpu))
     mdevs = [{"type": type_id, "count": count} for type_id, count in counts.items()]
     return [{"selector": gpu.address, "mdevs": mdevs, "exclusive": bool(declaration.get("exclusive"))}]
 
@@ -679,15 +691,20 @@ def cache_key(gpu):
 def load_cache(root):
     """The remembered types, ``{"version", "gpus": {"10de:26b9": {"framework", "types", "complete"}}}``.
 
-    A missing or unreadable cache is an empty one: it only ever adds names.
+    A missing cache is an empty one. A corrupt one, one of a newer version or one that leads out of
+    ``root`` raises :class:`VgpuError`: the names it remembers are not thrown away silently.
     """
-    try:
-        with open(cache_path(root), encoding="utf-8") as handle:
-            data = json.load(handle)
-    except (OSError, ValueError):
-        data = None
-    if not isinstance(data, dict) or data.get("version") != CACHE_VERSION or not isinstance(data.get("gpus"), dict):
+    path = cache_path(root)
+    rules.inside_root(root, path, "the vGPU type cache", error=VgpuError)
+    fix = (
+        "move it aside (mv %s %s.bad) and run again while the GPUs offer their vGPU types (before creating "
+        "vGPUs) so that they are learnt anew" % (path, path)
+    )
+    data = rules.load_versioned_json(path, CACHE_VERSION, "the vGPU type cache", fix, error=VgpuError)
+    if data is None:
         return {"version": CACHE_VERSION, "gpus": {}}
+    if not isinstance(data.get("gpus"), dict) or not all(isinstance(e, dict) for e in data["gpus"].values()):
+        raise VgpuError("the vGPU type cache %s is corrupt (\"gpus\" is not a mapping of mappings); %s" % (path, fix))
     return data
 
 

@@ -29,13 +29,13 @@ import os
 import re
 from dataclasses import dataclass, field
 
+from ansible_collections.gpuvirt.host.plugins.module_utils import rules
 from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import (
     MISSING,
     PCI_ADDRESS_PATTERN,
     PCI_DEVICES,
     address_sort_key,
     host_path,
-    link_name,
     link_tail,
     link_tail_at,
     list_dir,
@@ -88,13 +88,16 @@ class PciDevice:
     driver_override: str | None = None
     iommu_group: str | None = None
     numa_node: int | None = None
-    boot_vga: bool = False
+    boot_vga: bool | None = False
     reset_methods: list | None = field(default_factory=list)
     physfn: str | None = None
     sriov: SriovState | None = None
     vendor_state: dict = field(default_factory=dict)
     vendor_name: str | None = None
     device_name: str | None = None
+    # Attributes a guard depends on that read malformed (boot_vga, class, iommu_group, driver): each
+    # says what was read; a guard refuses such a device rather than take it as safe.
+    doubts: list = field(default_factory=list)
 
     @property
     def slot(self):
@@ -218,6 +221,16 @@ class _Reader:
             return None
         return int(text)
 
+    def doubt(self, device, name, doubt):
+        """A malformed attribute a guard depends on: recorded on the device and as a finding."""
+        device.doubts.append(doubt)
+        if self.findings is not None:
+            self.findings.warning(
+                "doubtful_attribute",
+                "%s: %s; guards refuse to change this device until it reads correctly" % (self.address, doubt),
+                self.address,
+            )
+
     def link(self, name, pattern, expected):
         """Last component of a link's target; None when absent, None and a finding when odd."""
         target = self.link_tail(name)
@@ -292,7 +305,11 @@ def _read_identity(reader, device):
         device.class_code = "%06x" % int(match.group(0), 16)
     else:
         reader.garbled_uevent(values, "PCI_CLASS", "class")
-        device.class_code = reader.hex_id("class", _CLASS, 6, "a 24-bit hex class like 0x030000")
+        text, problem = read_attribute(reader.base + "class")
+        device.class_code, doubt = rules.class_code(text)
+        if doubt is not None and os.path.isdir(reader.base):
+            reader.doubt(device, "class", doubt if text is not None else "class is %s: the device's kind is unknown"
+                         % problem)
 
     if values:
         driver = values.get("DRIVER")
@@ -300,7 +317,9 @@ def _read_identity(reader, device):
         if driver is not None and device.driver is None:
             reader.problem("uevent", None, "DRIVER=<driver name>", "DRIVER=" + driver)
     else:
-        device.driver = link_name(reader.base + "driver")
+        device.driver, doubt = rules.driver_of(reader.base)
+        if doubt is not None:
+            reader.doubt(device, "driver", doubt)
     return True
 
 
@@ -337,11 +356,9 @@ def _read_open_device(address, path, findings, known_vfs, directory):
                 address,
             )
         return device
-    group = reader.link_tail("iommu_group")
-    if group is not None and _GROUP.match(group) is None:
-        reader.problem("iommu_group", None, "a link to sys/kernel/iommu_groups/<number>", group)
-        group = None
-    device.iommu_group = group
+    device.iommu_group, doubt = rules.iommu_group_of(path)
+    if doubt is not None:
+        reader.doubt(device, "iommu_group", doubt)
 
     text, problem = reader.read("numa_node")
     if text is not None and _INT.match(text) is not None:
@@ -369,11 +386,11 @@ def _read_open_device(address, path, findings, known_vfs, directory):
 
     class_code = device.class_code
     if class_code is not None and class_code.startswith("0300"):
-        boot_vga = reader.optional("boot_vga")
-        if boot_vga == "0" or boot_vga == "1":
-            device.boot_vga = boot_vga == "1"
-        elif boot_vga is not None:
-            reader.problem("boot_vga", None, "0 or 1", boot_vga)
+        boot_vga, problem = read_attribute(base + "boot_vga")
+        if problem is not MISSING:
+            device.boot_vga, doubt = rules.boot_vga_flag(boot_vga if boot_vga is not None else "<%s>" % problem)
+            if doubt is not None:
+                reader.doubt(device, "boot_vga", doubt)
 
     if known_vfs is not None and address in known_vfs:
         device.physfn = known_vfs[address]

@@ -71,6 +71,7 @@ PASSTHROUGH_CODES = (
     "iommu_unknown",
     "no_iommu_group",
     "boot_vga",
+    "doubtful_attribute",
     "group_shared",
     "in_use",
     "host_critical",
@@ -142,6 +143,8 @@ def passthrough_verdict(address, devices, iommu_enabled, groups=None, holders=No
         )
     elif device.iommu_group is None:
         refuse("no_iommu_group", "%s has no IOMMU group although the IOMMU is on" % address)
+    for doubt in device.doubts:
+        refuse("doubtful_attribute", "%s: %s" % (address, doubt))
     if device.boot_vga:
         refuse(
             "boot_vga",

@@ -535,7 +535,9 @@ def expand_members(view, selected, with_companions):
 
 # ----------------------------------------------------------------------------------------- guards
 
-GUARD_CODES = ("boot_vga", "console_framebuffer", "group_shared", "host_critical", "in_use", "id_shared")
+GUARD_CODES = (
+    "boot_vga", "console_framebuffer", "doubtful_attribute", "group_shared", "host_critical", "in_use", "id_shared"
+)
 
 
 @dataclass
@@ -551,7 +553,7 @@ class Refusal:
 def bind_refusals(view, members, changing):
     """Why binding ``members`` would hurt the host. ``changing``: the addresses whose driver this
     run changes now (a device already on vfio-pci and in use is not disturbed by a run)."""
-    refusals = []
+    refusals = doubt_refusals(view, members)
     records = view.records
     for address in members:
         device = view.devices[address]
@@ -601,9 +603,23 @@ def bind_refusals(view, members, changing):
     return refusals
 
 
+def doubt_refusals(view, addresses):
+    """Devices whose guard attributes (boot_vga, class, iommu_group, driver) read malformed: the
+    guards cannot tell whether changing them is safe, so they refuse."""
+    return [
+        Refusal(
+            "doubtful_attribute", address,
+            "%s: %s; check the device (lspci -vv -s %s) and run again once sysfs reads correctly"
+            % (describe(view.records[address]), doubt, address),
+        )
+        for address in addresses
+        for doubt in view.devices[address].doubts
+    ]
+
+
 def in_use_refusals(view, changing, action):
     """Devices among ``changing`` whose VFIO group (or iommufd device) a process holds open."""
-    refusals = []
+    refusals = [] if action == "binding" else doubt_refusals(view, changing)
     for address in changing:
         group = view.devices[address].iommu_group
         users = users_of(view.holders, group, address)

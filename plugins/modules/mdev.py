@@ -302,9 +302,11 @@ class MdevModule:
 
     def run(self):
         try:
+            if self.module.params["persistent"]:
+                load_state(self.root)  # a state file that cannot be updated refuses the run before any change
             before = read_snapshot(self.root, self.host_id)
             first = plan(before, self.declarations, self.force)
-        except MdevError as error:
+        except (MdevError, StateFileError) as error:
             self.fail(str(error))
         for warning in first.warnings:
             self.module.warn(warning)
@@ -316,7 +318,16 @@ class MdevModule:
             final, created, removed = self._apply(before, first)
 
         after = self._after(before, created, removed)
-        persistence = self._persist(final, before) if self.module.params["persistent"] else self._no_persistence()
+        try:
+            persistence = self._persist(final, before) if self.module.params["persistent"] else self._no_persistence()
+        except OSError as error:
+            changes = bool(created or removed or self.files_changed)
+            raise GpuvirtError(
+                "recording the mdevs failed: %s; %s run again once it can be written, so that they come back at "
+                "boot" % (error, "the mdevs were changed (created %s, removed %s);" % (
+                    [v for _p, v, _t in created], [v for _p, v, _t in removed]) if changes else "nothing was changed;"),
+                changed=changes,
+            ) from error
         changed = bool(created or removed or self.files_changed)
         self._mdev_diff(before, after, final)
         result = dict(

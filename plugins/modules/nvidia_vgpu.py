@@ -300,6 +300,7 @@ type_cache:
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
 
+from ansible_collections.gpuvirt.host.plugins.module_utils import rules  # noqa: E402
 from ansible_collections.gpuvirt.host.plugins.module_utils.errors import GpuvirtError  # noqa: E402
 from ansible_collections.gpuvirt.host.plugins.module_utils.host import run_locked  # noqa: E402
 from ansible_collections.gpuvirt.host.plugins.module_utils.hoststate import (  # noqa: E402
@@ -365,14 +366,14 @@ class NvidiaVgpuModule:
         raise GpuvirtError(message, changed=changed, **extra)
 
     def run(self):
-        if self.retries < 0 or self.delay < 0:
-            self.fail("retries and delay must not be negative")
+        rules.integer(self.retries, "retries", 0, rules.RETRIES_MAX)
+        rules.number(self.delay, "delay", minimum_allowed=True, maximum=rules.WAIT_MAX)
         try:
             check_root(self.root)
             self.state = load_state(self.root)
-        except (NotALinuxTree, StateFileError) as error:
+            self.cache = load_cache(self.root)
+        except (NotALinuxTree, StateFileError, VgpuError) as error:
             self.fail(str(error))
-        self.cache = load_cache(self.root)
         works = self._select()
         for work in works:
             self.cache = observe(self.cache, work.gpu)

@@ -44,29 +44,33 @@ options:
     default: present
   prefix:
     description:
-      - The folder that receives the code (the unit's C(PYTHONPATH)).
+      - The folder that receives the code (the unit's C(PYTHONPATH)), below O(root).
+      - An absolute path without C(..), whitespace, quotes, backslashes, C(%), C(;) or C($), which
+        systemd would read as unit syntax.
     type: path
     default: /usr/local/lib/gpuvirt
   python:
     description:
-      - The Python 3 (3.9 or later) the unit runs the restore with.
+      - The Python 3 (3.9 or later) the unit runs the restore with; an absolute path, with the same
+        limits as O(prefix).
     type: path
     default: /usr/bin/python3
   timeout:
     description:
-      - Seconds the restore waits for each driver or device to appear.
+      - Seconds the restore waits for each driver or device to appear; more than 0 and at most 3600.
     type: float
     default: 60
   mdevctl_grace:
     description:
       - Seconds the restore leaves mdevctl to start the mdevs it defines before creating them itself
-        (only when mdevctl's udev rule can run at all).
+        (only when mdevctl's udev rule can run at all); from 0 to 3600.
     type: float
     default: 10
   root:
     description:
       - The host filesystem root to install into, for image trees and tests. systemd is only reloaded,
         and the code only test-imported, when this is V(/).
+      - It must exist; it is never created.
     type: path
     default: /
 seealso:
@@ -122,6 +126,7 @@ import os  # noqa: E402
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
 
+from ansible_collections.gpuvirt.host.plugins.module_utils import rules  # noqa: E402
 from ansible_collections.gpuvirt.host.plugins.module_utils.errors import GpuvirtError  # noqa: E402
 from ansible_collections.gpuvirt.host.plugins.module_utils.files import remove_file, write_file  # noqa: E402
 from ansible_collections.gpuvirt.host.plugins.module_utils.host import is_live_root, run_locked  # noqa: E402
@@ -334,7 +339,26 @@ def main():
         ),
         supports_check_mode=True,
     )
-    run_locked(module, lambda host: RestoreUnit(module).run())
+    params = module.params
+
+    def work(host):
+        unit = RestoreUnit(module)
+        folders = (unit.code_dir, os.path.dirname(unit.unit), os.path.dirname(unit.link))
+        for path, what in zip(folders, ("prefix", "the unit's folder", "the folder of the unit's link")):
+            rules.inside_root(params["root"], path, what)
+        return unit.run()
+
+    try:
+        rules.existing_root(params["root"])
+        params["prefix"] = rules.unit_value(rules.absolute_path(params["prefix"], "prefix"), "prefix")
+        params["python"] = rules.unit_value(rules.absolute_path(params["python"], "python"), "python")
+        params["timeout"] = rules.number(params["timeout"], "timeout", maximum=rules.WAIT_MAX)
+        params["mdevctl_grace"] = rules.number(
+            params["mdevctl_grace"], "mdevctl_grace", minimum_allowed=True, maximum=rules.WAIT_MAX
+        )
+    except GpuvirtError as error:
+        module.fail_json(msg=str(error), changed=False)
+    run_locked(module, work)
 
 
 if __name__ == "__main__":

@@ -176,6 +176,7 @@ state_file:
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
 
+from ansible_collections.gpuvirt.host.plugins.module_utils import rules  # noqa: E402
 from ansible_collections.gpuvirt.host.plugins.module_utils.errors import GpuvirtError  # noqa: E402
 from ansible_collections.gpuvirt.host.plugins.module_utils.host import run_locked  # noqa: E402
 from ansible_collections.gpuvirt.host.plugins.module_utils.hoststate import (  # noqa: E402
@@ -214,8 +215,8 @@ class SriovModule:
 
     def run(self):
         params = self.module.params
-        if self.retries < 0 or self.delay < 0:
-            self.fail("retries and delay must not be negative")
+        rules.integer(self.retries, "retries", 0, rules.RETRIES_MAX)
+        rules.number(self.delay, "delay", minimum_allowed=True, maximum=rules.WAIT_MAX)
         try:
             check_root(self.root)
             state = load_state(self.root)

@@ -494,8 +494,8 @@ topology:
             codes:
               description:
                 - Stable codes of the reasons, each once - V(architecture_unsupported), V(iommu_disabled),
-                  V(iommu_unknown), V(no_iommu_group),
-                  V(boot_vga), V(group_shared), V(in_use), V(host_critical).
+                  V(iommu_unknown), V(no_iommu_group), V(boot_vga), V(doubtful_attribute) (a C(boot_vga), C(class),
+                  C(iommu_group) or C(driver) that reads malformed), V(group_shared), V(in_use), V(host_critical).
               returned: success
               type: list
               elements: str

@@ -159,7 +159,13 @@ def test_cache_renumbering_and_broken_files(l40s):
     os.makedirs(os.path.dirname(nv.cache_path(l40s)))
     with open(nv.cache_path(l40s), "w") as handle:
         handle.write("garbage")
-    assert nv.load_cache(l40s) == {"version": 1, "gpus": {}}
+    # Refused with its path and the way out, never replaced by an empty cache.
+    with pytest.raises(nv.VgpuError, match="cannot read the vGPU type cache .*not valid JSON.*mv "):
+        nv.load_cache(l40s)
+    with open(nv.cache_path(l40s), "w") as handle:
+        handle.write('{"version": 2, "gpus": {}}')
+    with pytest.raises(nv.VgpuError, match="version 2, newer than the 1"):
+        nv.load_cache(l40s)
 
 
 # -- the simulated driver ----------------------------------------------------------------------------
@@ -267,8 +273,10 @@ def test_plan_bad_counts(l40s):
         plan(l40s, declare([{"profile": "L40S-8Q", "count": 10}]))
     with pytest.raises(nv.VgpuError, match="declared twice"):
         plan(l40s, declare([{"profile": "L40S-8Q", "count": 1}, {"profile": "1041", "count": 2}]))
-    with pytest.raises(nv.VgpuError, match="count of 0 or more"):
+    with pytest.raises(nv.VgpuError, match="count: -1 is out of range.*from 0 to 64"):
         plan(l40s, declare([{"profile": "L40S-8Q", "count": -1}]))
+    with pytest.raises(nv.VgpuError, match="count: 1000000000000 is out of range"):
+        plan(l40s, declare([{"profile": "L40S-8Q", "count": 10**12}]))
 
 
 def test_executor_rolls_back_when_the_gpu_runs_out_of_room(l40s):

@@ -197,7 +197,10 @@ def test_boot_vga(trees, raw):
     if text in ("0", "1"):
         assert igpu["boot_vga"] is (text == "1")
     else:
-        assert igpu["boot_vga"] is False and attribute_findings(topology, "0000:00:02.0", "boot_vga")
+        # Unknown, never "not the boot GPU": the passthrough verdict refuses it.
+        assert igpu["boot_vga"] is None and attribute_findings(topology, "0000:00:02.0", "boot_vga")
+        gpu = next(g for g in topology["gpus"] if g["address"] == "0000:00:02.0")
+        assert "doubtful_attribute" in gpu["passthrough"]["codes"] and not gpu["passthrough"]["viable"]
 
 
 @FUZZ

@@ -1,0 +1,153 @@
+# Copyright (c) gpuvirt.host contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Bad role variables, through ansible-playbook as users run the roles: refused with a message that
+names the value and what is allowed, and the fixture tree unchanged.
+
+One playbook runs every case (each an ``include_role`` in a ``block`` whose ``rescue`` keeps the
+failure), so that Ansible starts once. The iommu and vfio roles work on this machine's ``/``: they
+only get cases their argument specs refuse, and run in check mode besides.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import yaml
+
+from ansible_collections.gpuvirt.host.tests.reliability.support import L40S, NVME, changed_paths, digest
+
+TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(TESTS)
+SIM_SITE = os.path.join(TESTS, "sim", "site")
+
+VGPU_CASES = [
+    (
+        {"vgpu_devices": [{"selector": "mbochs", "mdev": [{"type": "mbochs-small", "count": 10**12}]}]},
+        ("1000000000000", "count from 0 to"),
+    ),
+    ({"vgpu_devices": [{"selector": NVME, "sriov": {"num_vfs": 10**12}}]}, ("1000000000000",)),
+    (
+        {"vgpu_devices": [{"selector": L40S, "nvidia_vgpu": {"profiles": [{"profile": "L40S-8Q", "count": 10**12}]}}]},
+        ("1000000000000", "count from 0 to"),
+    ),
+    (
+        {"vgpu_devices": [{"selector": "mbochs", "mdev": [{"type": "mbochs-small", "count": -1}]}]},
+        ("-1", "count from 0 to"),
+    ),
+    ({"vgpu_restore_python": "/usr/bin/python3\nExecStartPre=/bin/sh"}, ("'\\n'", "plain absolute path")),
+    ({"vgpu_restore_prefix": "/../escape"}, ("'/../escape'", "parent-folder")),
+    ({"vgpu_restore_timeout": -5}, ("timeout: -5", "a finite number > 0")),
+    ({"vgpu_passthrough_persistent": "sometimes"}, ("sometimes", "auto")),
+    ({"vgpu_devices": "mbochs"}, ("vgpu_devices", "dict")),
+]
+HOST_CASES = [
+    ("gpuvirt.host.iommu", {"iommu_vendor": "via"}, ("via", "intel")),
+    ("gpuvirt.host.iommu", {"iommu_reboot": "maybe"}, ("maybe", "if_needed")),
+    ("gpuvirt.host.iommu", {"iommu_reboot_timeout": "soon"}, ("soon", "int")),
+    (
+        "gpuvirt.host.vfio",
+        {"vfio_devices": ["0000:01:00.0"], "vfio_persistent": "sometimes"},
+        ("sometimes", "modprobe"),
+    ),
+    ("gpuvirt.host.vfio", {"vfio_devices": ["0000:01:00.0"], "vfio_state": "gone"}, ("gone", "absent")),
+]
+
+
+def _collection(tmp_path):
+    target = tmp_path / "collections" / "ansible_collections" / "gpuvirt" / "host"
+    for name in ("plugins", "roles", "meta"):
+        shutil.copytree(os.path.join(REPO, name), str(target / name), ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(os.path.join(REPO, "galaxy.yml"), str(target / "galaxy.yml"))
+    return str(tmp_path / "collections")
+
+
+def _case_block(index, role, variables, root=None):
+    block = {
+        "name": "case %d" % index,
+        "block": [
+            {"name": "case %d: %s" % (index, role), "ansible.builtin.include_role": {"name": role}, "vars": variables}
+        ],
+        "rescue": [
+            {
+                "name": "keep case %d" % index,
+                "ansible.builtin.set_fact": {
+                    "refusals": "{{ refusals | combine({'%d': ansible_failed_result.msg | default('') | string + ' ' + "
+                    "(ansible_failed_result.argument_errors | default([]) | join(' '))}) }}" % index
+                },
+            }
+        ],
+    }
+    if root is not None:
+        block["environment"] = {"GPUVIRT_KERNEL_SIM": root}
+    return block
+
+
+def test_bad_role_variables_are_refused(host, tmp_path, tally):
+    cases, blocks = [], []
+    for variables, words in VGPU_CASES:
+        root = host("combined")
+        os.makedirs(os.path.join(root, "etc/systemd/system"), exist_ok=True)
+        cases.append(("vgpu", variables, words, root, digest(os.path.dirname(root))))
+        blocks.append(_case_block(len(cases), "gpuvirt.host.vgpu", dict(variables, vgpu_root=root), root))
+    for role, variables, words in HOST_CASES:
+        cases.append((role.rsplit(".", 1)[-1], variables, words, None, None))
+        blocks.append(_case_block(len(cases), role, variables))
+    exported = tmp_path / "refusals.json"
+    playbook = [
+        {
+            "name": "bad role variables",
+            "hosts": "localhost",
+            "connection": "local",
+            "gather_facts": False,
+            "vars": {"refusals": {}},
+            "environment": {"PYTHONPATH": SIM_SITE},
+            "tasks": blocks
+            + [
+                {
+                    "name": "export",
+                    "ansible.builtin.copy": {
+                        "content": "{{ refusals | to_json }}",
+                        "dest": str(exported),
+                        "mode": "0644",
+                    },
+                    "check_mode": False,
+                }
+            ],
+        }
+    ]
+    path = tmp_path / "play.yml"
+    path.write_text(yaml.safe_dump(playbook))
+    env = dict(
+        os.environ,
+        ANSIBLE_COLLECTIONS_PATH=_collection(tmp_path),
+        ANSIBLE_HOME=str(tmp_path / "home"),
+        ANSIBLE_LOCAL_TEMP=str(tmp_path / "tmp"),
+        ANSIBLE_PYTHON_INTERPRETER=sys.executable,
+        ANSIBLE_NOCOLOR="1",
+        ANSIBLE_RETRY_FILES_ENABLED="0",
+    )
+    command = [
+        os.path.join(os.path.dirname(sys.executable), "ansible-playbook"),
+        "-i",
+        "localhost,",
+        "--check",
+        str(path),
+    ]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900, check=False)
+    refusals = json.loads(exported.read_text()) if exported.exists() else {}
+    for index, (role, variables, words, root, before) in enumerate(cases, 1):
+        message = refusals.get(str(index))
+        problem = None
+        if message is None:
+            problem = "accepted (or the playbook stopped: %s)" % (done.stdout + done.stderr)[-300:]
+        elif "Traceback" in message:
+            problem = "traceback: %s" % message[:200]
+        elif [w for w in words if w not in message]:
+            problem = "message lacks %s: %s" % ([w for w in words if w not in message], message[:300])
+        elif root is not None and changed_paths(before, digest(os.path.dirname(root))):
+            problem = "changed %s" % changed_paths(before, digest(os.path.dirname(root)))[:3]
+        tally("bad input", "role " + role, problem, json.dumps(variables)[:80])
