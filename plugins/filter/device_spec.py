@@ -77,6 +77,7 @@ KEYS = {
     "nvidia_vgpu": (dict,),
     "mdev": (list,),
     "exclusive": (bool,),
+    "mode": (dict,),
 }
 TYPE_NAMES = {str: "a string", bool: "true or false", dict: "a mapping", list: "a list"}
 
@@ -123,8 +124,8 @@ def device_spec(value):
         for key, types in KEYS.items():
             if key in entry and entry[key] is not None and not isinstance(entry[key], types):
                 _fail("%s: %s must be %s, got %r" % (name, key, TYPE_NAMES[types[0]], entry[key]))
-        if not any(key in entry for key in ("passthrough", "sriov", "nvidia_vgpu", "mdev")):
-            _fail("%s: says nothing to do; give passthrough, sriov, nvidia_vgpu or mdev" % name)
+        if not any(key in entry for key in ("passthrough", "sriov", "nvidia_vgpu", "mdev", "mode")):
+            _fail("%s: says nothing to do; give passthrough, sriov, nvidia_vgpu, mdev or mode" % name)
     return spec
 
 

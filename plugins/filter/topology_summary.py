@@ -62,8 +62,13 @@ def _iommu_line(topology):
         if _get(iommu, "passthrough_mode", False):
             details.append("iommu=pt")
         return "IOMMU: on (%s)" % ", ".join(details)
-    if _get(iommu, "firmware_support", False):
+    if _get(iommu, "enabled") is None:
+        return "IOMMU: unknown (the tree does not show IOMMU units or groups)"
+    firmware = _get(iommu, "firmware_support", False)
+    if firmware:
         return "IOMMU: off (the firmware offers %s; it is not enabled in the kernel)" % (vendor or "one")
+    if firmware is None:
+        return "IOMMU: off (whether the firmware offers one is unknown: its ACPI tables are not in the tree)"
     return "IOMMU: off (no IOMMU offered by the firmware)"
 
 

@@ -37,7 +37,12 @@ from ansible_collections.gpuvirt.host.plugins.module_utils import rules
 from ansible_collections.gpuvirt.host.plugins.module_utils.errors import GpuvirtError
 from ansible_collections.gpuvirt.host.plugins.module_utils.files import FileChange, apply_change, read_file
 from ansible_collections.gpuvirt.host.plugins.module_utils.host import inside
-from ansible_collections.gpuvirt.host.plugins.module_utils.kernel import parse_cmdline, read_cmdline
+from ansible_collections.gpuvirt.host.plugins.module_utils.kernel import (
+    INIT_SEPARATOR,
+    parse_cmdline,
+    read_cmdline_words,
+    split_argument,
+)
 from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import host_path, list_dir
 
 BOOTLOADERS = ("grub", "grubby", "systemd-boot", "proxmox")
@@ -123,16 +128,7 @@ class Argument:
 
 def parse_argument(text):
     """Split one argument as the kernel does: ``key=value`` with quotes around the value removed."""
-    body = text
-    if body.startswith('"'):
-        body = body[1:]
-        if body.endswith('"'):
-            body = body[:-1]
-    key, sep, value = body.partition("=")
-    if not sep:
-        return Argument(text, key, None)
-    if len(value) >= 2 and value.startswith('"') and value.endswith('"'):
-        value = value[1:-1]
+    key, value = split_argument(text)
     return Argument(text, key, value)
 
 
@@ -217,9 +213,13 @@ def plan_arguments(current, present, absent, replace_in_place=True):
     Existing arguments keep their order; new ones are appended. A present ``key=value`` replaces the
     other values of its key (in place, or removed and appended when ``replace_in_place`` is false,
     as grubby does), unless the key is repeatable.
+
+    Words from a bare ``--`` on belong to init, not to the kernel: they are never matched or
+    removed, and a line holding them cannot take new kernel arguments at its end.
     """
-    parsed = [parse_argument(text) for text in current]
-    keep = [not any(_removes(gone, arg) for gone in absent) for arg in parsed]
+    init_start = current.index(INIT_SEPARATOR) if INIT_SEPARATOR in current else len(current)
+    parsed = [parse_argument(text) for text in current[:init_start]]
+    keep = [not any(_removes(gone, arg) for gone in absent) for arg in parsed] + [True] * (len(current) - init_start)
     replacement = {}
     appended = []
     for wanted in present:
@@ -242,6 +242,12 @@ def plan_arguments(current, present, absent, replace_in_place=True):
                 appended.append(wanted.text)
         else:
             appended.append(wanted.text)
+    if appended and init_start < len(current):
+        raise BootloaderError(
+            "the configured command line %r passes init arguments after '--'; %s would be appended after "
+            "them and reach init instead of the kernel: move the '--' part to the end by hand first"
+            % (" ".join(current), " ".join(appended))
+        )
     result = [(i, replacement.get(i, text)) for i, text in enumerate(current) if keep[i]]
     result.extend((None, text) for text in appended)
     removed = [text for i, text in enumerate(current) if not keep[i] or i in replacement]
@@ -687,7 +693,7 @@ class KernelCmdlineFile:
         if vendor is not None:
             self._arguments = parse_cmdline(vendor)
         else:
-            running = read_cmdline(root)
+            running = read_cmdline_words(root)
             if running is None:
                 raise BootloaderError(
                     "/%s is missing below %s and there is no /proc/cmdline to start it from; create it with "

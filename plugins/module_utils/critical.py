@@ -18,9 +18,9 @@ from __future__ import annotations
 import os
 import re
 
-from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import host_path, list_dir
+from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import PCI_ADDRESS_PATTERN, host_path, list_dir
 
-_PCI_IN_PATH = re.compile(r"(?<![0-9a-f])[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7](?=/|$)")
+_PCI_IN_PATH = re.compile(r"(?<![0-9a-f])" + PCI_ADDRESS_PATTERN + r"(?=/|$)")
 
 
 def _inside(root, path):

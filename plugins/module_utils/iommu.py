@@ -5,8 +5,11 @@
 Public API (every reader takes the host ``root``):
 
 - :class:`IommuState` -- ``enabled``, ``vendor``, ``firmware_support``, ``passthrough_mode``,
-  ``interrupt_remapping``, ``units``; ``to_dict()``.
+  ``interrupt_remapping``, ``units``, ``unknown``; ``to_dict()``. ``enabled`` and
+  ``firmware_support`` are None ("unknown") when the tree lacks what would tell, as a snapshot or a
+  container may; False only when the tree shows the absence.
 - :func:`read_iommu` ``(root, cmdline) -> IommuState``
+- :func:`listing` ``(root, relative) -> (entries, known)``
 - :func:`interrupt_remapping_state` ``(root, cmdline, units) -> bool | None``
 - :func:`group_of` ``(root, address) -> str | None``
 - :func:`group_members` ``(root, group) -> list[str]``
@@ -34,6 +37,7 @@ import os
 import re
 from dataclasses import dataclass, field
 
+from ansible_collections.gpuvirt.host.plugins.module_utils.kernel import cmdline_values
 from ansible_collections.gpuvirt.host.plugins.module_utils.mdev_info import UUID
 from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import (
     IOMMU_GROUPS,
@@ -47,6 +51,10 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import (
 
 IOMMU_CLASS = "sys/class/iommu"
 ACPI_TABLES = "sys/firmware/acpi/tables"
+# ACPI tables describing an IOMMU: Intel DMAR, AMD IVRS, Arm IORT (SMMU).
+FIRMWARE_TABLES = frozenset(("DMAR", "IVRS", "IORT"))
+# arm-smmu-v3 registers "smmu3.<physical address>", arm-smmu (v1/v2) "smmu.<physical address>".
+ARM_SMMU_UNITS = ("smmu3.", "smmu.")
 _ECAP_INTERRUPT_REMAPPING = 1 << 3
 _IR_CHIP = re.compile(r"\bIR-[A-Z]")
 _PLAIN_CHIP = re.compile(r"\b(?:PCI-MSI|IO-APIC)")
@@ -54,12 +62,15 @@ _PLAIN_CHIP = re.compile(r"\b(?:PCI-MSI|IO-APIC)")
 
 @dataclass
 class IommuState:
-    enabled: bool
+    """``enabled`` and ``firmware_support`` are None when the tree cannot tell (see :func:`read_iommu`)."""
+
+    enabled: bool | None
     vendor: str | None
-    firmware_support: bool
+    firmware_support: bool | None
     passthrough_mode: bool
     interrupt_remapping: bool | None
     units: list = field(default_factory=list)
+    unknown: list = field(default_factory=list)
 
     def to_dict(self):
         return {
@@ -69,50 +80,94 @@ class IommuState:
             "passthrough_mode": self.passthrough_mode,
             "interrupt_remapping": self.interrupt_remapping,
             "units": list(self.units),
+            "unknown": list(self.unknown),
         }
 
 
-def _cmdline_values(cmdline, key):
-    prefix = key + "="
-    return [arg[len(prefix) :] for arg in cmdline if arg.startswith(prefix)]
+def listing(root, relative):
+    """``(entries, known)`` of a directory below ``root``.
+
+    ``known`` is False when the tree cannot say what the directory holds: it cannot be listed
+    (EACCES: ACPI tables are mode 0400 for an unprivileged capture), or neither it nor its parent
+    exists (a snapshot or a container that did not capture that part of sysfs). A missing directory
+    whose parent exists is known to be empty, as on a live host.
+    """
+    path = host_path(root, relative)
+    try:
+        return sorted(os.listdir(path)), True
+    except FileNotFoundError:
+        return [], os.path.isdir(os.path.dirname(path))
+    except OSError:
+        return [], False
 
 
 def read_iommu(root, cmdline):
     """The IOMMU as firmware, kernel command line and sysfs describe it.
 
     ``enabled``: IOMMU units registered in ``sys/class/iommu`` or groups in
-    ``sys/kernel/iommu_groups``. ``vendor``: from the unit names (``dmar*`` Intel, ``ivhd*`` AMD),
-    else from the ACPI table. ``passthrough_mode``: ``iommu=pt`` or ``iommu.passthrough=1``.
+    ``sys/kernel/iommu_groups``; None when the tree has neither directory nor their parents.
+    ``vendor``: from the unit names (``dmar*`` Intel, ``ivhd*`` AMD, ``smmu3.*``/``smmu.*`` Arm),
+    else from the ACPI table (DMAR, IVRS, IORT). ``firmware_support``: one of those tables is listed;
+    None when ``sys/firmware/acpi/tables`` is missing from a tree without ``sys/firmware``, cannot be
+    listed, or the host describes its hardware in a device tree instead. ``passthrough_mode``:
+    ``iommu=pt`` or ``iommu.passthrough=1``. ``unknown``: the directories that could not be read.
     """
+    unknown = []
     units = list_dir(host_path(root, IOMMU_CLASS))
-    tables = set(list_dir(host_path(root, ACPI_TABLES)))
-    has_groups = bool(list_dir(host_path(root, IOMMU_GROUPS)))
-    enabled = bool(units) or has_groups
+    groups = list_dir(host_path(root, IOMMU_GROUPS))
+    tables, tables_known = listing(root, ACPI_TABLES)
+    device_tree = os.path.isdir(host_path(root, "sys/firmware/devicetree"))
+    if not tables_known and os.path.isdir(host_path(root, "sys/firmware")) and not os.path.exists(
+        host_path(root, "sys/firmware/acpi")
+    ):
+        # A host booted without ACPI. Without a device tree either, there is no firmware description
+        # at all; with one, the IOMMU nodes live there and are not read: unknown.
+        tables_known = not device_tree
+    if units or groups:
+        enabled = True
+    elif os.path.isdir(host_path(root, IOMMU_CLASS)) or os.path.isdir(host_path(root, "sys/kernel")):
+        # The kernel creates both directories at boot when it has IOMMU support, and a live sysfs
+        # always has sys/kernel: their absence there is real. A snapshot has only what it copied.
+        enabled = False
+    else:
+        enabled = None
+        unknown.extend(["/" + IOMMU_CLASS, "/" + IOMMU_GROUPS])
+    if not tables_known:
+        unknown.append("/sys/firmware/devicetree" if device_tree else "/" + ACPI_TABLES)
+    tables = set(tables)
     vendor = None
     if any(unit.startswith("dmar") for unit in units):
         vendor = "intel"
     elif any(unit.startswith("ivhd") for unit in units):
         vendor = "amd"
+    elif any(unit.startswith(ARM_SMMU_UNITS) for unit in units):
+        vendor = "arm"
     elif "DMAR" in tables:
         vendor = "intel"
     elif "IVRS" in tables:
         vendor = "amd"
-    passthrough = "pt" in _cmdline_values(cmdline, "iommu") or any(
-        value.lower() in ("1", "y", "on") for value in _cmdline_values(cmdline, "iommu.passthrough")
+    elif "IORT" in tables:
+        vendor = "arm"
+    passthrough = "pt" in cmdline_values(cmdline, "iommu") or any(
+        value.lower() in ("1", "y", "on") for value in cmdline_values(cmdline, "iommu.passthrough")
     )
+    firmware = bool(FIRMWARE_TABLES.intersection(tables))
     return IommuState(
         enabled=enabled,
         vendor=vendor,
-        firmware_support="DMAR" in tables or "IVRS" in tables,
+        firmware_support=firmware if firmware or tables_known else None,
         passthrough_mode=passthrough,
-        interrupt_remapping=interrupt_remapping_state(root, cmdline, units),
+        # Interrupt remapping is an x86 IOMMU feature; on arm64 the GIC ITS isolates MSIs and VFIO
+        # accepts it, so the question does not arise there.
+        interrupt_remapping=None if vendor == "arm" else interrupt_remapping_state(root, cmdline, units),
         units=units,
+        unknown=unknown,
     )
 
 
 def interrupt_remapping_state(root, cmdline, units):
     """True/False when the host tells, None when unknown (see the module docstring)."""
-    if "off" in _cmdline_values(cmdline, "intremap"):
+    if "off" in cmdline_values(cmdline, "intremap"):
         return False
     seen_plain = False
     try:

@@ -4,9 +4,14 @@
 
 Public API (every reader takes the host ``root``):
 
-- :func:`parse_cmdline` ``(text) -> list[str]`` (honours double quotes like the kernel)
-- :func:`cmdline_value` ``(args, key) -> str | None`` (the last ``key=value`` wins, as in the kernel)
-- :func:`read_cmdline` ``(root) -> list[str] | None``
+- :func:`parse_cmdline` ``(text) -> list[str]``: every word as written (double quotes group spaces)
+- :func:`kernel_arguments` ``(words)``, :func:`init_arguments` ``(words)``: the words before and after
+  the first bare ``--`` (the kernel stops parsing there and hands the rest to init)
+- :func:`split_argument` ``(word) -> (name, value | None)``: one word as the kernel reads it
+- :func:`cmdline_values` ``(args, key) -> list[str]``, :func:`cmdline_value` ``(args, key) -> str | None``
+  (the last wins, as in the kernel; ``-`` and ``_`` alike in names; nothing after ``--``)
+- :func:`read_cmdline` ``(root) -> list[str] | None``: the kernel's own arguments;
+  :func:`read_cmdline_words` ``(root)``: every word of ``proc/cmdline``
 - :func:`read_release` ``(root) -> str | None`` (falls back to the only ``lib/modules/<release>``
   of an image tree)
 - :func:`read_loaded_modules` ``(root) -> list[str] | None``
@@ -15,6 +20,8 @@ Public API (every reader takes the host ``root``):
   from ``modules.alias`` (``alias vfio_pci:<pattern> <driver>``)
 - :func:`vfio_variant_drivers` ``(modalias, aliases) -> list[str]`` (best match first)
 - :func:`module_parameter` ``(root, module, parameter) -> str | None``
+- :func:`read_cpuinfo` ``(root) -> dict | None``, :func:`architecture_of` ``(cpuinfo) -> str | None``
+  (``x86_64``, ``aarch64``, ``ppc64le``)
 - :func:`read_cpu_flags` ``(root) -> (vendor_id | None, set[str] | None)``
 - :func:`read_kernel` ``(root, findings=None) -> dict``, :func:`read_cpu` ``(root, findings=None)
   -> dict``: the ``kernel`` and ``cpu`` parts of the topology (``read_cpu`` adds the
@@ -32,7 +39,10 @@ VFIO_PCI_BUILTIN_NAMES = ("vfio_pci",)
 
 
 def parse_cmdline(text):
-    """Split a kernel command line into arguments; double quotes group spaces, as in the kernel."""
+    """Split a command line into its words as written: double quotes group spaces (the kernel's
+    ``next_arg()``, lib/cmdline.c) and stay in the words. The whole line, init arguments after
+    ``--`` included: boot configuration editors keep every word; readers of the kernel's view
+    take :func:`kernel_arguments` of it."""
     args = []
     current = []
     quoted = False
@@ -55,19 +65,82 @@ def parse_cmdline(text):
     return args
 
 
+INIT_SEPARATOR = "--"
+
+
+def kernel_arguments(words):
+    """The words the kernel parses as its own parameters: those before the first bare ``--``.
+
+    ``parse_args()`` (kernel/params.c) stops at ``--`` and hands the rest to init, so
+    ``-- iommu=pt`` sets nothing in the kernel.
+    """
+    for index, word in enumerate(words):
+        if _is_separator(word):
+            return words[:index]
+    return list(words)
+
+
+def init_arguments(words):
+    """The words after the first bare ``--`` (init's arguments), or an empty list."""
+    for index, word in enumerate(words):
+        if _is_separator(word):
+            return words[index + 1 :]
+    return []
+
+
+def _is_separator(word):
+    # next_arg() drops the quotes of a quoted word first, so "--" separates too.
+    return word == INIT_SEPARATOR or word == '"--"'
+
+
+def split_argument(word):
+    """``(name, value)`` of one word as ``next_arg()`` reads it: the first ``=`` splits, quotes
+    around the whole word or around the value are dropped; ``value`` is None without ``=``."""
+    body = word[1:] if word.startswith('"') else word
+    name, sep, value = body.partition("=")
+    if word.startswith('"') and body.endswith('"'):
+        if sep:
+            value = value[:-1]
+        else:
+            name = name[:-1]
+    elif sep and value.startswith('"'):
+        value = value[1:-1] if value.endswith('"') and len(value) > 1 else value[1:]
+    return name, (value if sep else None)
+
+
+def parameter_name(name):
+    """The kernel treats ``-`` and ``_`` in parameter names alike (kernel-parameters.rst)."""
+    return name.replace("-", "_")
+
+
+def cmdline_values(args, key):
+    """Every value of ``key=value`` among the kernel's arguments in ``args``, in order, quotes removed;
+    ``vfio-pci.ids`` and ``vfio_pci.ids`` are one key; nothing after ``--`` counts."""
+    wanted = parameter_name(key)
+    values = []
+    for word in kernel_arguments(args):
+        name, value = split_argument(word)
+        if value is not None and parameter_name(name) == wanted:
+            values.append(value)
+    return values
+
+
 def cmdline_value(args, key):
-    """The value of the last ``key=value`` in ``args`` (quotes removed), or None."""
-    prefix = key + "="
-    value = None
-    for arg in args:
-        if arg.startswith(prefix):
-            value = arg[len(prefix) :].replace('"', "")
-    return value
+    """The value of the last ``key=value`` (the kernel applies them in order), or None."""
+    values = cmdline_values(args, key)
+    return values[-1] if values else None
+
+
+def read_cmdline_words(root):
+    """Every word of ``proc/cmdline`` (init arguments included), or None when unreadable."""
+    text = read_text(host_path(root, "proc/cmdline"))
+    return None if text is None else parse_cmdline(text)
 
 
 def read_cmdline(root):
-    text = read_text(host_path(root, "proc/cmdline"))
-    return None if text is None else parse_cmdline(text)
+    """The running kernel's own arguments (``proc/cmdline`` up to ``--``), or None when unreadable."""
+    words = read_cmdline_words(root)
+    return None if words is None else kernel_arguments(words)
 
 
 def read_release(root):
@@ -163,49 +236,96 @@ def module_parameter(root, module, parameter):
 def read_kernel(root, findings=None):
     """The ``kernel`` part of the topology."""
     release = read_release(root)
-    cmdline = read_cmdline(root)
+    words = read_cmdline_words(root)
+    cmdline = None if words is None else kernel_arguments(words)
     if cmdline is None and findings is not None and os.path.isdir(host_path(root, "proc/sys")):
         findings.warning("unreadable_attribute", "/proc/cmdline could not be read; reported as null")
     builtin = read_builtin_modules(root, release)
     return {
         "release": release,
         "cmdline": cmdline,
+        "init_arguments": None if words is None else init_arguments(words),
         "modules_loaded": read_loaded_modules(root),
         "vfio_builtin": None if builtin is None else any(name in builtin for name in VFIO_PCI_BUILTIN_NAMES),
         "vfio_builtin_modules": None if builtin is None else sorted(n for n in builtin if n.startswith("vfio")),
     }
 
 
-def read_cpu_flags(root):
-    """``(vendor_id, flags)`` of the first CPU in ``proc/cpuinfo``; flags is None when not listed
-    (unreadable file, or an architecture without x86 flags)."""
-    vendor = None
+def read_cpuinfo(root):
+    """``{key: value}`` of the first CPU block of ``proc/cpuinfo`` (keys as written), or None."""
+    values = {}
     try:
         with open(host_path(root, "proc/cpuinfo"), encoding="utf-8", errors="replace") as handle:
             for line in handle:
-                key, _sep, value = line.partition(":")
+                key, sep, value = line.partition(":")
                 key = key.strip()
-                if key == "vendor_id" and vendor is None:
-                    vendor = value.strip() or None
-                elif key == "flags":
-                    return vendor, set(value.split())
+                if not sep:
+                    if values:
+                        break  # a blank line ends the first CPU's block
+                    continue
+                values.setdefault(key, value.strip())
     except OSError:
+        return None
+    return values
+
+
+# What each architecture's /proc/cpuinfo shows (arch/*/kernel/cpuinfo.c, arch/powerpc/kernel/setup-common.c).
+X86 = "x86_64"
+ARM64 = "aarch64"
+POWER = "ppc64le"
+SUPPORTED_ARCHITECTURES = (X86, ARM64)
+
+
+def architecture_of(cpuinfo):
+    """``x86_64``, ``aarch64`` or ``ppc64le`` from the first CPU block of ``proc/cpuinfo``, else None."""
+    if not cpuinfo:
+        return None
+    if "flags" in cpuinfo or "vendor_id" in cpuinfo:
+        return X86
+    if "CPU implementer" in cpuinfo or "Features" in cpuinfo:
+        return ARM64
+    if "platform" in cpuinfo or cpuinfo.get("cpu", "").upper().startswith("POWER"):
+        return POWER
+    return None
+
+
+def read_cpu_flags(root):
+    """``(vendor_id, flags)`` of the first CPU in ``proc/cpuinfo``; flags is None when not listed
+    (unreadable file, or an architecture without x86 flags)."""
+    cpuinfo = read_cpuinfo(root)
+    if cpuinfo is None:
         return None, None
-    return vendor, None
+    flags = cpuinfo.get("flags")
+    return cpuinfo.get("vendor_id") or None, None if flags is None else set(flags.split())
 
 
 def read_cpu(root, findings=None):
-    """The ``cpu`` part of the topology: ``vendor``, ``virtualization`` (vmx/svm/None), ``kvm``.
+    """The ``cpu`` part of the topology: ``architecture``, ``vendor``, ``virtualization``, ``kvm``.
 
-    Adds ``no_cpu_virtualization`` (error) when the flags lack vmx and svm, and ``kvm_unavailable``
-    (warning) when the CPU can virtualize but ``/dev/kvm`` is missing.
+    ``virtualization``: ``vmx``/``svm`` from the x86 flags; ``el2`` on arm64 when ``/dev/kvm`` exists
+    (KVM is built in there and works only when the kernel was entered at EL2; the CPU features do
+    not show it). Adds ``no_cpu_virtualization`` (error) when x86 flags lack vmx and svm, and
+    ``kvm_unavailable`` (warning) when the CPU can virtualize but ``/dev/kvm`` is missing.
     """
-    vendor, flags = read_cpu_flags(root)
+    cpuinfo = read_cpuinfo(root)
+    architecture = architecture_of(cpuinfo)
+    vendor = (cpuinfo or {}).get("vendor_id") or None
+    flags = (cpuinfo or {}).get("flags")
+    flags = None if flags is None else set(flags.split())
     kvm = os.path.exists(host_path(root, "dev/kvm"))
     virtualization = None
     if flags is not None:
         virtualization = "vmx" if "vmx" in flags else "svm" if "svm" in flags else None
-    if findings is not None and flags is not None:
+    elif architecture == ARM64 and kvm:
+        virtualization = "el2"
+    if findings is not None and architecture == ARM64 and not kvm:
+        findings.warning(
+            "kvm_unavailable",
+            "/dev/kvm does not exist: arm64 KVM is built into the kernel and starts only when the kernel "
+            "is entered at EL2 (dmesg says \"HYP mode not available\" otherwise); check the firmware's "
+            "virtualization setting and that the kernel has CONFIG_KVM",
+        )
+    elif findings is not None and flags is not None:
         if virtualization is None and not kvm:
             findings.error(
                 "no_cpu_virtualization",
@@ -233,4 +353,4 @@ def read_cpu(root, findings=None):
         findings.warning(
             "unreadable_attribute", "/proc/cpuinfo could not be read; CPU virtualization is reported as null"
         )
-    return {"vendor": vendor, "virtualization": virtualization, "kvm": kvm}
+    return {"architecture": architecture, "vendor": vendor, "virtualization": virtualization, "kvm": kvm}

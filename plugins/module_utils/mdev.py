@@ -51,6 +51,7 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import (
     host_path,
     normalize_address,
 )
+from ansible_collections.gpuvirt.host.plugins.module_utils.vendor_nvidia import vgpu_state
 
 # Fixed namespace for the deterministic UUIDs: changing it would rename every generated mdev.
 UUID_NAMESPACE = uuidlib.uuid5(uuidlib.NAMESPACE_URL, "https://gpuvirt.host/mdev")
@@ -249,8 +250,8 @@ def _card_target(snapshot, address, selector):
     if parents:
         return Target(label=address, parents=parents)
     hint = ""
-    if device.nvidia_vgpu is not None or any(
-        getattr(snapshot.devices.get(vf), "nvidia_vgpu", None) is not None for vf in vfs
+    if vgpu_state(device) is not None or any(
+        snapshot.devices.get(vf) is not None and vgpu_state(snapshot.devices[vf]) is not None for vf in vfs
     ):
         hint = "; it uses NVIDIA's per-VF vGPU interface: use gpuvirt.host.nvidia_vgpu"
     elif device.sriov and not vfs:

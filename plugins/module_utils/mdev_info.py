@@ -26,7 +26,9 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import (
     host_path,
     link_name,
     list_dir,
+    open_directory,
     read_attribute,
+    read_attribute_at,
 )
 
 UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\Z")
@@ -71,17 +73,30 @@ def read_mdev_types(root, parent, findings=None):
 def _read_types(root, parent, findings):
     """The types of ``parent`` as dicts (what :func:`mdev_parents` returns), sorted by type id."""
     base = host_path(root, MDEV_BUS, parent, "mdev_supported_types")
+    directory = open_directory(base)
+    if directory is None:
+        return _read_some_types(list_dir(base), lambda relative: read_attribute(base + "/" + relative), parent,
+                                findings)
+    try:
+        return _read_some_types(
+            sorted(os.listdir(directory)), lambda relative: read_attribute_at(directory, relative), parent, findings
+        )
+    finally:
+        os.close(directory)
+
+
+def _read_some_types(type_ids, read, parent, findings):
     device = parent if ":" in parent else None
     types = []
-    for type_id in list_dir(base):
-        prefix = "%s/%s/" % (base, type_id)
+    for type_id in type_ids:
+        prefix = type_id + "/"
         entry = {"id": type_id}
         for name in ("name", "description", "device_api"):
-            text, problem = read_attribute(prefix + name)
+            text, problem = read(prefix + name)
             if problem is not None and problem is not MISSING and findings is not None:
                 findings.bad_attribute(_type_display(parent, type_id, name), problem, "readable text", device)
             entry[name] = text
-        text, problem = read_attribute(prefix + "available_instances")
+        text, problem = read(prefix + "available_instances")
         if text is not None and _COUNT.match(text):
             entry["available_instances"] = int(text)
         else:

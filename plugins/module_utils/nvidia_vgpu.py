@@ -63,7 +63,7 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.pci import PciIds, is
 from ansible_collections.gpuvirt.host.plugins.module_utils.selector import SelectorError, match_selector, parse_selector
 from ansible_collections.gpuvirt.host.plugins.module_utils.sriov import poll, read_sriov, vf_addresses
 from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import PCI_DEVICES, host_path, normalize_address
-from ansible_collections.gpuvirt.host.plugins.module_utils.vgpu import parse_creatable_vgpu_types
+from ansible_collections.gpuvirt.host.plugins.module_utils.vendor_nvidia import parse_creatable_vgpu_types, vgpu_state
 
 NVIDIA = "10de"
 CACHE_PATH = "var/lib/gpuvirt/nvidia-vgpu-types.json"
@@ -197,7 +197,7 @@ def read_gpu(root, pf, holders=None, mdev_list=None, pci_ids=None):
         if vf_device is None:
             continue
         vf = Vf(address=address, index=index, users=_users(vf_device, holders))
-        state = vf_device.nvidia_vgpu
+        state = vgpu_state(vf_device)
         if state is not None:
             vf.current = state.get("current")
             vf.creatable = state.get("creatable")

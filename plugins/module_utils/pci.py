@@ -32,15 +32,20 @@ from dataclasses import dataclass, field
 from ansible_collections.gpuvirt.host.plugins.module_utils import rules
 from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import (
     MISSING,
+    PCI_ADDRESS_PATTERN,
     PCI_DEVICES,
+    address_sort_key,
     host_path,
     link_tail,
+    link_tail_at,
     list_dir,
     normalize_address,
+    open_directory,
     read_attribute,
+    read_attribute_at,
     slot_of,
 )
-from ansible_collections.gpuvirt.host.plugins.module_utils.vgpu import read_nvidia_vgpu
+from ansible_collections.gpuvirt.host.plugins.module_utils.vendors import device_defaults, read_vendor_state
 
 HOST_GRAPHICS_DRIVERS = frozenset(("nvidia", "nouveau", "amdgpu", "radeon", "i915", "xe"))
 GPU_BASE_CLASSES = ("03", "12")
@@ -53,7 +58,7 @@ _CLASS = re.compile(r"(?:0x)?([0-9a-fA-F]{1,6})\Z")
 _INT = re.compile(r"-?[0-9]+\Z")
 _WORDS = re.compile(r"[a-z0-9_]+(?: [a-z0-9_]+)*\Z")
 _GROUP = re.compile(r"[0-9]+\Z")
-_PCI_ADDRESS = re.compile(r"[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]\Z")
+_PCI_ADDRESS = re.compile(PCI_ADDRESS_PATTERN + r"\Z")
 
 
 @dataclass
@@ -87,7 +92,7 @@ class PciDevice:
     reset_methods: list | None = field(default_factory=list)
     physfn: str | None = None
     sriov: SriovState | None = None
-    nvidia_vgpu: dict | None = None
+    vendor_state: dict = field(default_factory=dict)
     vendor_name: str | None = None
     device_name: str | None = None
     # Attributes a guard depends on that read malformed (boot_vga, class, iommu_group, driver): each
@@ -122,7 +127,7 @@ class PciDevice:
         return "%s [%s:%s]" % (self.class_name or "PCI device", self.vendor_id or "????", self.device_id or "????")
 
     def to_dict(self):
-        return {
+        result = {
             "address": self.address,
             "vendor_id": self.vendor_id,
             "device_id": self.device_id,
@@ -140,8 +145,10 @@ class PciDevice:
             "reset_methods": None if self.reset_methods is None else list(self.reset_methods),
             "sriov": self.sriov.to_dict() if self.sriov else None,
             "physfn": self.physfn,
-            "nvidia_vgpu": self.nvidia_vgpu,
         }
+        result.update(device_defaults())
+        result.update(self.vendor_state)
+        return result
 
 
 def list_pci_addresses(root):
@@ -156,19 +163,31 @@ def _display(address, name):
 class _Reader:
     """Reads one device's attributes, reporting problems as findings about that device."""
 
-    __slots__ = ("address", "base", "findings")
+    __slots__ = ("address", "base", "findings", "fd")
 
-    def __init__(self, address, base, findings):
+    def __init__(self, address, base, findings, fd=None):
         self.address = address
         self.base = base
         self.findings = findings
+        self.fd = fd
+
+    def read(self, name):
+        """``(text, problem)`` of one attribute (see :func:`sysfs.read_attribute`)."""
+        if self.fd is not None:
+            return read_attribute_at(self.fd, name)
+        return read_attribute(self.base + name)
+
+    def link_tail(self, name):
+        if self.fd is not None:
+            return link_tail_at(self.fd, name)
+        return link_tail(self.base + name)
 
     def problem(self, name, problem, expected, value=None):
         if self.findings is not None:
             self.findings.bad_attribute(_display(self.address, name), problem, expected, self.address, value)
 
     def hex_id(self, name, pattern, width, expected):
-        text, problem = read_attribute(self.base + name)
+        text, problem = self.read(name)
         if text is None:
             self.problem(name, problem, expected)
             return None
@@ -180,7 +199,7 @@ class _Reader:
 
     def optional(self, name):
         """The text of an attribute that may legitimately be absent; None when absent."""
-        text, problem = read_attribute(self.base + name)
+        text, problem = self.read(name)
         if problem is not None and problem is not MISSING:
             self.problem(name, problem, "a readable attribute")
         return text
@@ -214,7 +233,7 @@ class _Reader:
 
     def link(self, name, pattern, expected):
         """Last component of a link's target; None when absent, None and a finding when odd."""
-        target = link_tail(self.base + name)
+        target = self.link_tail(name)
         if target is None or pattern.match(target) is not None:
             return target
         self.problem(name, None, expected, target)
@@ -248,7 +267,7 @@ def _read_identity(reader, device):
     same fields as ``vendor``, ``device``, ``subsystem_*``, ``class`` and the ``driver`` link, so
     one read replaces five reads and a readlink; a missing or garbled line falls back to them.
     """
-    text, problem = read_attribute(reader.base + "uevent")
+    text, problem = reader.read("uevent")
     if text is not None:
         # The kernel writes the lines in this order; one regex is the fast path for a clean file.
         match = _UEVENT_FAST.match(text)
@@ -315,8 +334,17 @@ _DRIVER = re.compile(r"[A-Za-z0-9_.:+-]{1,64}\Z")
 def _read_device(address, path, findings, known_vfs=None):
     """Read one device. ``known_vfs`` (``{vf: pf}`` from PFs read earlier in the same pass) saves
     the ``physfn`` and ``sriov_totalvfs`` look-ups; without it they are made."""
+    directory = open_directory(path)
+    try:
+        return _read_open_device(address, path, findings, known_vfs, directory)
+    finally:
+        if directory is not None:
+            os.close(directory)
+
+
+def _read_open_device(address, path, findings, known_vfs, directory):
     base = path + "/"
-    reader = _Reader(address, base, findings)
+    reader = _Reader(address, base, findings, directory)
     device = PciDevice(address, path)
     if not _read_identity(reader, device):
         device.reset_methods = None
@@ -332,20 +360,20 @@ def _read_device(address, path, findings, known_vfs=None):
     if doubt is not None:
         reader.doubt(device, "iommu_group", doubt)
 
-    text, problem = read_attribute(base + "numa_node")
+    text, problem = reader.read("numa_node")
     if text is not None and _INT.match(text) is not None:
         device.numa_node = int(text)
     elif problem is not MISSING:
         reader.problem("numa_node", problem, "a decimal integer", text)
 
-    text, problem = read_attribute(base + "driver_override")
+    text, problem = reader.read("driver_override")
     if text is not None:
         if text != "(null)" and text != "":
             device.driver_override = text
     elif problem is not MISSING:
         reader.problem("driver_override", problem, "a driver name or (null)")
 
-    text, problem = read_attribute(base + "reset_method")
+    text, problem = reader.read("reset_method")
     if text is None or text == "":
         if problem is not None and problem is not MISSING:
             device.reset_methods = None
@@ -367,15 +395,16 @@ def _read_device(address, path, findings, known_vfs=None):
     if known_vfs is not None and address in known_vfs:
         device.physfn = known_vfs[address]
     elif known_vfs is None:
-        physfn = link_tail(base + "physfn")
+        physfn = reader.link_tail("physfn")
         if physfn is not None:
             device.physfn = physfn if _PCI_ADDRESS.match(physfn) else None
             if device.physfn is None:
                 reader.problem("physfn", None, "a link to the physical function's directory", physfn)
 
-    # A virtual function is never a physical function: no sriov_* attributes to look for.
-    if device.physfn is None:
-        text, problem = read_attribute(base + "sriov_totalvfs")
+    # A virtual function is never a physical function, and a bridge (a type 1 header) has no SR-IOV
+    # capability: no sriov_* attributes to look for.
+    if device.physfn is None and not (class_code is not None and class_code[:4] in BRIDGE_CLASSES):
+        text, problem = reader.read("sriov_totalvfs")
         if problem is not MISSING:
             total = int(text) if text is not None and _GROUP.match(text) else None
             if total is not None and total > _MAX_VFS:
@@ -384,9 +413,8 @@ def _read_device(address, path, findings, known_vfs=None):
                 reader.problem("sriov_totalvfs", problem, "a number of VFs", text)
             device.sriov = _read_sriov(reader, total)
 
-    vendor_id = device.vendor_id
-    if vendor_id == "10de" or vendor_id is None:
-        device.nvidia_vgpu = read_nvidia_vgpu(path, address, findings)
+    # Vendor backends read their own devices only (every backend when the vendor is unknown).
+    device.vendor_state = read_vendor_state(device.vendor_id, path, address, findings)
     return device
 
 
@@ -394,7 +422,7 @@ _MAX_VFS = 0xFFFF  # the SR-IOV capability's TotalVFs field is 16 bits
 
 
 def _read_sriov(reader, total):
-    text, problem = read_attribute(reader.base + "sriov_numvfs")
+    text, problem = reader.read("sriov_numvfs")
     num = int(text) if text is not None and _GROUP.match(text) else None
     if num is not None and num > (_MAX_VFS if total is None else total):
         reader.problem("sriov_numvfs", None, "a number of VFs up to sriov_totalvfs (%s)" % total, text)
@@ -416,7 +444,7 @@ def read_pci_devices(root, findings=None):
     devices = {}
     known_vfs = {}
     bus = host_path(root, PCI_DEVICES)
-    for entry in list_dir(bus):
+    for entry in sorted(list_dir(bus), key=address_sort_key):
         if _PCI_ADDRESS.match(entry) is None:
             if findings is not None:
                 findings.warning(

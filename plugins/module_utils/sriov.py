@@ -52,6 +52,7 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.mdev_info import mdev
 from ansible_collections.gpuvirt.host.plugins.module_utils.pci import read_pci_device
 from ansible_collections.gpuvirt.host.plugins.module_utils.selector import SelectorError, match_selector, parse_selector
 from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import PCI_DEVICES, host_path, normalize_address
+from ansible_collections.gpuvirt.host.plugins.module_utils.vendor_nvidia import vgpu_state
 
 SRIOV_MANAGE = "/usr/lib/nvidia/sriov-manage"
 METHODS = ("sysfs", "sriov_manage")
@@ -136,7 +137,7 @@ def vf_users(root, vfs, holders=None, mdev_list=None):
             users.setdefault(vf, []).append(
                 "%s holds its VFIO device (IOMMU group %s)" % (_people(held), device.iommu_group)
             )
-        current = (device.nvidia_vgpu or {}).get("current")
+        current = (vgpu_state(device) or {}).get("current")
         if current:
             users.setdefault(vf, []).append(
                 "NVIDIA vGPU type %d is assigned to it (nvidia/current_vgpu_type)" % current

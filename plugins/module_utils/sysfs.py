@@ -21,6 +21,10 @@ IOMMU_GROUPS = "sys/kernel/iommu_groups"
 MDEV_BUS = "sys/class/mdev_bus"
 MDEV_DEVICES = "sys/bus/mdev/devices"
 
+# The kernel names a function "%04x:%02x:%02x.%d" (drivers/pci/probe.c): the domain has at least four
+# hex digits and up to eight (Intel VMD puts its buses at domain 10000 and above; nvidia-smi prints
+# every domain with eight). A full address as sysfs spells it, lowercase:
+PCI_ADDRESS_PATTERN = r"[0-9a-f]{4,8}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]"
 _ADDRESS = re.compile(r"^(?:([0-9a-fA-F]{4,8}):)?([0-9a-fA-F]{2}):([0-9a-fA-F]{2})\.([0-7])$")
 
 
@@ -88,18 +92,25 @@ def list_dir(path):
 
 
 def normalize_address(text):
-    """Return a PCI address in full ``dddd:bb:dd.f`` lowercase form, or None when not one.
+    """Return a PCI address as sysfs names it (``dddd:bb:dd.f``, lowercase), or None when not one.
 
-    Accepts short ``bb:dd.f`` and 8-digit domains (as printed by nvidia-smi).
+    Accepts short ``bb:dd.f`` (domain 0) and domains of four to eight hex digits: ``00000000:01:00.0``
+    (nvidia-smi) is ``0000:01:00.0``, and ``10000:e1:00.0`` (behind Intel VMD) stays as it is.
     """
     match = _ADDRESS.match(text.strip()) if isinstance(text, str) else None
     if not match:
         return None
     domain, bus, dev, fn = match.groups()
-    domain_value = int(domain, 16) if domain else 0
-    if domain_value > 0xFFFF:
-        return None
-    return "%04x:%s:%s.%s" % (domain_value, bus.lower(), dev.lower(), fn)
+    return "%04x:%s:%s.%s" % (int(domain, 16) if domain else 0, bus.lower(), dev.lower(), fn)
+
+
+def address_sort_key(address):
+    """Order addresses by domain number, then bus, device and function (``ffff:`` before ``10000:``)."""
+    domain, _sep, rest = address.partition(":")
+    try:
+        return (int(domain, 16), rest)
+    except ValueError:
+        return (-1, address)
 
 
 def slot_of(address):
@@ -158,9 +169,33 @@ def read_attribute(path):
     does not exist, or a short reason (``"unreadable: Permission denied"``, ``"not UTF-8 text"``)
     that callers put into a finding.
     """
-    # Inlined (no helper call): detection reads thousands of attributes per run.
+    return read_attribute_at(None, path)
+
+
+def link_tail(path):
+    """Like :func:`link_name` without ``os.path`` overhead, for kernel links (no trailing slash)."""
+    return link_tail_at(None, path)
+
+
+def open_directory(path):
+    """A descriptor of the directory ``path`` (links followed), or None when it cannot be opened.
+
+    Reading a device's attributes relative to it (:func:`read_attribute_at`, :func:`link_tail_at`)
+    resolves ``sys/bus/pci/devices/<address>`` and its link once per device instead of once per file,
+    which makes the reads about a third cheaper."""
     try:
-        fd = os.open(path, os.O_RDONLY)
+        return os.open(path, _DIRECTORY_FLAGS)
+    except OSError:
+        return None
+
+
+_DIRECTORY_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0)
+
+
+def read_attribute_at(directory, name):
+    """:func:`read_attribute` of ``name`` in the directory open as ``directory`` (a path when None)."""
+    try:
+        fd = os.open(name, os.O_RDONLY, dir_fd=directory)
         try:
             raw = os.read(fd, 65536)
         finally:
@@ -176,10 +211,10 @@ def read_attribute(path):
         return None, "not UTF-8 text"
 
 
-def link_tail(path):
-    """Like :func:`link_name` without ``os.path`` overhead, for kernel links (no trailing slash)."""
+def link_tail_at(directory, name):
+    """:func:`link_tail` of ``name`` in the directory open as ``directory`` (a path when None)."""
     try:
-        target = os.readlink(path)
+        target = os.readlink(name, dir_fd=directory)
     except OSError:
         return None
     return target[target.rfind("/") + 1 :] or None

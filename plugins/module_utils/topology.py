@@ -20,7 +20,9 @@ Readers it builds on (import them directly when a module needs one piece):
 - ``iommu``: :func:`read_iommu`, :func:`group_of`, :func:`group_members`,
   :func:`groups_from_devices`, :func:`vfio_holders`.
 - ``mdev_info``: :func:`mdev_parents`, :func:`read_mdev_types`, :func:`mdevs`.
-- ``vgpu``: :func:`read_nvidia_vgpu`, :func:`parse_creatable_vgpu_types`, :func:`profile_name`.
+- ``vendors``: the vendor backends (``vendor_nvidia``: :func:`read_nvidia_vgpu`,
+  :func:`parse_creatable_vgpu_types`, :func:`profile_name`; ``vendor_intel``; ``vendor_amd``) and
+  :func:`virtualization_modes`.
 - ``kernel``: :func:`read_kernel`, :func:`read_cpu`, :func:`parse_cmdline`, :func:`cmdline_value`,
   :func:`read_vfio_aliases`, :func:`vfio_variant_drivers`.
 - ``critical``: :func:`critical_devices`.
@@ -31,6 +33,7 @@ from __future__ import annotations
 
 import os
 
+from ansible_collections.gpuvirt.host.plugins.module_utils import vendors
 from ansible_collections.gpuvirt.host.plugins.module_utils.critical import critical_devices
 from ansible_collections.gpuvirt.host.plugins.module_utils.errors import GpuvirtError
 from ansible_collections.gpuvirt.host.plugins.module_utils.findings import Findings
@@ -41,6 +44,10 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.iommu import (
     vfio_holders,
 )
 from ansible_collections.gpuvirt.host.plugins.module_utils.kernel import (
+    ARM64,
+    POWER,
+    SUPPORTED_ARCHITECTURES,
+    X86,
     cmdline_value,
     module_parameter,
     read_cpu,
@@ -56,8 +63,12 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.pci import (
 )
 from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import PCI_DEVICES, host_path
 
+# Kernel parameters that exist only on x86 (Documentation/admin-guide/kernel-parameters.txt).
+X86_ONLY_PARAMETERS = frozenset(("intel_iommu", "amd_iommu", "iommu", "intremap", "amd_iommu_intr"))
 PASSTHROUGH_CODES = (
+    "architecture_unsupported",
     "iommu_disabled",
+    "iommu_unknown",
     "no_iommu_group",
     "boot_vga",
     "doubtful_attribute",
@@ -102,6 +113,9 @@ def passthrough_verdict(address, devices, iommu_enabled, groups=None, holders=No
     :func:`critical.critical_devices` output; ``slots``: :func:`pci.slot_index` output (saves a
     scan of all devices per call). ``devices`` in the result are the addresses to bind together:
     the device and its companion functions.
+
+    ``iommu_enabled`` None (a tree that cannot tell) gives the code ``iommu_unknown``; ``viable`` is
+    then None unless another reason already rules the device out.
     """
     device = devices[address]
     groups = groups_from_devices(devices) if groups is None else groups
@@ -116,7 +130,13 @@ def passthrough_verdict(address, devices, iommu_enabled, groups=None, holders=No
             codes.append(code)
         reasons.append(reason)
 
-    if not iommu_enabled:
+    if iommu_enabled is None:
+        refuse(
+            "iommu_unknown",
+            "whether the IOMMU is on is unknown: the tree lacks /sys/class/iommu and /sys/kernel/iommu_groups "
+            "(a partial snapshot?); read the live host",
+        )
+    elif not iommu_enabled:
         refuse(
             "iommu_disabled",
             "the IOMMU is not enabled, so no device can be assigned to a VM (see the iommu findings)",
@@ -150,7 +170,10 @@ def passthrough_verdict(address, devices, iommu_enabled, groups=None, holders=No
     for member in sorted(set(bound) | set(m for m in members if m in devices and not devices[m].is_bridge)):
         for reason in critical.get(member, []):
             refuse("host_critical", "%s %s; the host needs it" % (member, reason))
-    return {"viable": not codes, "reasons": reasons, "codes": codes, "devices": bound}
+    viable = not codes
+    if codes == ["iommu_unknown"]:
+        viable = None
+    return {"viable": viable, "reasons": reasons, "codes": codes, "devices": bound}
 
 
 def detect(root="/"):
@@ -170,7 +193,10 @@ def detect(root="/"):
     parent_names = {entry["parent"] for entry in parents}
     slots = slot_index(devices)
 
-    _iommu_findings(root, iommu, cmdline, findings)
+    architecture = host_architecture(cpu, iommu)
+    _iommu_findings(root, iommu, cmdline, findings, architecture)
+    _cmdline_findings(root, cmdline, findings, architecture)
+    host = vendors.HostFacts(root, devices, kernel, iommu.enabled, parent_names)
     device_dicts = []
     gpus = []
     for device in devices.values():
@@ -179,7 +205,9 @@ def detect(root="/"):
         entry["in_use_by"] = users_of(holders, device.iommu_group, device.address)
         device_dicts.append(entry)
         if device.is_gpu:
-            gpus.append(_gpu_entry(device, devices, iommu, groups, holders, critical, parent_names, slots, findings))
+            gpus.append(_gpu_entry(
+                device, devices, iommu, groups, holders, critical, parent_names, slots, findings, architecture, host
+            ))
 
     return {
         "root": root,
@@ -197,11 +225,22 @@ def detect(root="/"):
     }
 
 
-def _gpu_entry(device, devices, iommu, groups, holders, critical, parent_names, slots, findings):
+def _gpu_entry(device, devices, iommu, groups, holders, critical, parent_names, slots, findings, architecture=None,
+               host=None):
     verdict = passthrough_verdict(device.address, devices, iommu.enabled, groups, holders, critical, slots)
+    unsupported = unsupported_architecture(architecture)
+    if unsupported:
+        verdict["codes"].insert(0, "architecture_unsupported")
+        verdict["reasons"].insert(0, unsupported)
+        verdict["viable"] = False
+    modes = []
+    if host is not None and not device.is_vf and not unsupported:
+        modes = vendors.virtualization_modes(device, host, verdict)
+        _modes_finding(device, modes, findings)
     vgpu_host = device.address in parent_names or bool(device.sriov and device.sriov.total_vfs)
     if (
-        device.driver in HOST_GRAPHICS_DRIVERS
+        not unsupported
+        and device.driver in HOST_GRAPHICS_DRIVERS
         and not device.boot_vga
         and not device.is_vf
         and not vgpu_host
@@ -232,14 +271,78 @@ def _gpu_entry(device, devices, iommu, groups, holders, critical, parent_names, 
         "iommu_group": device.iommu_group,
         "mdev_parent": device.address in parent_names,
         "sriov_total_vfs": device.sriov.total_vfs if device.sriov else None,
-        "nvidia_vgpu": device.nvidia_vgpu is not None,
+        **vendors.gpu_keys(device),
         "passthrough": verdict,
+        "virtualization": modes,
     }
 
 
-def _iommu_findings(root, iommu, cmdline, findings):
-    if not iommu.enabled:
-        if iommu.firmware_support:
+def host_architecture(cpu, iommu):
+    """The architecture from ``proc/cpuinfo``, else from the IOMMU's kind, else None."""
+    if cpu.get("architecture"):
+        return cpu["architecture"]
+    if iommu.vendor in ("intel", "amd"):
+        return X86
+    if iommu.vendor == "arm":
+        return ARM64
+    return None
+
+
+def unsupported_architecture(architecture):
+    """Why the collection cannot manage this architecture, or None when it can (or is unknown)."""
+    if architecture is None or architecture in SUPPORTED_ARCHITECTURES:
+        return None
+    if architecture == POWER:
+        return (
+            "ppc64le hosts are not supported: VFIO there uses the sPAPR TCE IOMMU (vfio_iommu_spapr_tce, "
+            "partitionable endpoints and DMA windows), not the type1 IOMMU this collection configures; "
+            "nothing is changed on this host"
+        )
+    return "%s hosts are not supported (only x86_64 and aarch64); nothing is changed on this host" % architecture
+
+
+def _modes_finding(device, modes, findings):
+    """One ``virtualization_modes`` finding per GPU: what it offers now, what the rest lack."""
+    ready = [mode["mode"] for mode in modes if mode["ready"]]
+    lacking = [
+        "%s needs %s" % (mode["mode"], "; ".join(mode["missing"]))
+        for mode in modes
+        if not mode["ready"] and mode["missing"] and mode["mode"] != "passthrough"
+    ]
+    unsupported = [mode["unsupported"] for mode in modes if mode.get("unsupported")]
+    if len(modes) == 1:
+        return  # passthrough alone, already covered by its verdict
+    parts = ["%s (%s) can offer now: %s" % (device.address, device.name, ", ".join(ready) or "nothing")]
+    parts.extend(lacking)
+    parts.extend(unsupported)
+    findings.info("virtualization_modes", "; ".join(parts), device.address)
+
+
+def _iommu_findings(root, iommu, cmdline, findings, architecture=None):
+    unsupported = unsupported_architecture(architecture)
+    if unsupported:
+        # x86 or arm64 advice (firmware switches, intel_iommu=...) would be wrong here.
+        findings.error("architecture_unsupported", unsupported)
+        return
+    if iommu.enabled is None:
+        findings.warning(
+            "iommu_unknown",
+            "whether the IOMMU is on cannot be told: this tree has neither /sys/class/iommu nor "
+            "/sys/kernel/iommu_groups (nor /sys/kernel); a snapshot that did not capture them, or a "
+            "container. Read the live host (or capture it with tests/fixtures/capture.py as root)",
+        )
+    elif not iommu.enabled and architecture == ARM64:
+        _arm_iommu_off(iommu, findings)
+    elif not iommu.enabled:
+        if iommu.firmware_support is None:
+            findings.error(
+                "iommu_off",
+                "the kernel registered no IOMMU; whether the firmware describes one is unknown (this tree "
+                "has no readable /sys/firmware/acpi/tables: a snapshot, a container or an unprivileged "
+                "read): enable VT-d (Intel) or AMD-Vi/IOMMU (AMD) in the firmware setup if it is off, add "
+                "intel_iommu=on (Intel) or amd_iommu=on (AMD) to the kernel command line and reboot",
+            )
+        elif iommu.firmware_support:
             argument = "amd_iommu=on" if iommu.vendor == "amd" else "intel_iommu=on"
             table = "IVRS" if iommu.vendor == "amd" else "DMAR"
             off = [arg for arg in cmdline if arg in ("intel_iommu=off", "amd_iommu=off", "iommu=off")]
@@ -267,6 +370,46 @@ def _iommu_findings(root, iommu, cmdline, findings):
             "vfio_iommu_type1.allow_unsafe_interrupts=1, which lets a guest forge interrupts; enable "
             "interrupt remapping in the firmware (x2APIC/VT-d) and remove intremap=off if present",
         )
+
+
+def _arm_iommu_off(iommu, findings):
+    """arm64: the SMMU needs no kernel argument to turn on (intel_iommu= and amd_iommu= are x86-only
+    and would reach init as unknown words); it is on when the firmware describes it and the kernel
+    has its driver."""
+    if iommu.firmware_support:
+        findings.error(
+            "iommu_off",
+            "the firmware describes an SMMU (ACPI IORT table) but the kernel registered none under "
+            "/sys/class/iommu: the kernel needs the arm-smmu-v3 driver (CONFIG_ARM_SMMU_V3; arm-smmu for "
+            "SMMUv2) built in or loaded, and the SMMU must not be disabled in the firmware setup; remove "
+            "iommu.passthrough=1 only if you want host DMA translated too (it does not stop VFIO)",
+        )
+    elif iommu.firmware_support is None:
+        findings.error(
+            "iommu_off",
+            "the kernel registered no SMMU under /sys/class/iommu; whether the firmware describes one is "
+            "unknown (device-tree host, or no readable ACPI IORT table in this tree): check the SMMU node "
+            "of the device tree or the firmware setup, and the arm-smmu-v3 driver (CONFIG_ARM_SMMU_V3)",
+        )
+    else:
+        findings.error(
+            "iommu_unsupported",
+            "no IOMMU: the firmware has no ACPI IORT table and the kernel registered no SMMU; enable the "
+            "SMMU in the firmware setup (some Arm servers ship with it off)",
+        )
+
+
+def _cmdline_findings(root, cmdline, findings, architecture=None):
+    if architecture == ARM64:
+        x86_only = [word for word in cmdline if word.split("=", 1)[0].replace("-", "_") in X86_ONLY_PARAMETERS]
+        if x86_only:
+            findings.warning(
+                "foreign_kernel_arguments",
+                "%s on the kernel command line: x86-only parameters that an arm64 kernel does not know "
+                "(without a dot in the name they reach init as environment); remove them. arm64 uses "
+                "iommu.passthrough= and iommu.strict=, and needs no argument to turn the SMMU on"
+                % " ".join(x86_only),
+            )
     acs = cmdline_value(cmdline, "pcie_acs_override")
     if acs is not None:
         findings.warning(

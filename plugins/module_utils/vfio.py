@@ -48,7 +48,9 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.files import (
 )
 from ansible_collections.gpuvirt.host.plugins.module_utils.iommu import read_iommu, users_of, vfio_holders
 from ansible_collections.gpuvirt.host.plugins.module_utils.kernel import (
+    cmdline_value,
     read_builtin_modules,
+    read_cpu,
     read_kernel,
     read_vfio_aliases,
     vfio_variant_drivers,
@@ -81,6 +83,8 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.topology import (
     NotALinuxTree,
     check_root,
     group_endpoints,
+    host_architecture,
+    unsupported_architecture,
 )
 
 VFIO_DRIVER = "vfio-pci"
@@ -472,6 +476,9 @@ def read_host(root):
         raise VfioError(str(error)) from error
     kernel = read_kernel(root)
     iommu = read_iommu(root, kernel["cmdline"] or [])
+    unsupported = unsupported_architecture(host_architecture(read_cpu(root), iommu))
+    if unsupported:
+        raise VfioError(unsupported)
     devices = read_pci_devices(root)
     name_devices(root, devices)
     return HostView(
@@ -664,12 +671,8 @@ def device_id(view, address):
 
 def cmdline_ids(arguments):
     """The IDs of the last ``vfio-pci.ids=`` (or ``vfio_pci.ids=``) argument; the kernel keeps the last."""
-    ids = None
-    for argument in arguments or []:
-        key, sep, value = argument.partition("=")
-        if sep and key.replace("-", "_") == "vfio_pci.ids":
-            ids = [part.strip().lower() for part in value.strip('"').split(",") if part.strip()]
-    return ids or []
+    value = cmdline_value(arguments or [], "vfio_pci.ids")
+    return [part.strip().lower() for part in (value or "").split(",") if part.strip()]
 
 
 def id_refusals(view, members, added_ids, removed_ids, releasing):

@@ -93,17 +93,25 @@ topology:
       type: dict
       contains:
         enabled:
-          description: IOMMU units are registered (C(/sys/class/iommu)) or IOMMU groups exist.
+          description:
+            - IOMMU units are registered (C(/sys/class/iommu)) or IOMMU groups exist.
+            - V(null) when the tree cannot tell (a snapshot or container without C(/sys/class/iommu),
+              C(/sys/kernel/iommu_groups) and C(/sys/kernel)); V(false) only when the tree shows no IOMMU.
           returned: success
           type: bool
           sample: true
         vendor:
-          description: V(intel) (DMAR units or table), V(amd) (IVHD units or IVRS table), or V(null).
+          description:
+            - V(intel) (DMAR units or table), V(amd) (IVHD units or IVRS table), V(arm) (SMMU units
+              C(smmu3.0x...) or the IORT table), or V(null).
           returned: success
           type: str
           sample: intel
         firmware_support:
-          description: The ACPI DMAR or IVRS table is present.
+          description:
+            - The ACPI DMAR, IVRS or IORT table is present.
+            - V(null) when C(/sys/firmware/acpi/tables) cannot be listed or is missing from a tree without
+              C(/sys/firmware) (unknown, not absent).
           returned: success
           type: bool
           sample: true
@@ -113,7 +121,9 @@ topology:
           type: bool
           sample: false
         interrupt_remapping:
-          description: Whether interrupt remapping is on; V(null) when the host does not tell.
+          description:
+            - Whether interrupt remapping is on; V(null) when the host does not tell, and on arm64 (where the
+              GIC ITS isolates MSIs).
           returned: success
           type: bool
           sample: true
@@ -123,6 +133,12 @@ topology:
           type: list
           elements: str
           sample: [dmar0, dmar1]
+        unknown:
+          description: The directories the tree lacks or cannot list, so that the values above from them are V(null).
+          returned: success
+          type: list
+          elements: str
+          sample: []
     kernel:
       description: The running kernel.
       returned: success
@@ -134,11 +150,19 @@ topology:
           type: str
           sample: 6.8.0-45-generic
         cmdline:
-          description: The kernel command line, one argument per item (double quotes kept). V(null) if unreadable.
+          description:
+            - The kernel's own arguments, one per item (double quotes kept), up to a bare C(--) (the kernel
+              passes what follows to init). V(null) if unreadable.
           returned: success
           type: list
           elements: str
           sample: [BOOT_IMAGE=/vmlinuz, root=/dev/nvme0n1p2, ro, intel_iommu=on]
+        init_arguments:
+          description: The words of C(/proc/cmdline) after the first bare C(--), for init; V(null) if unreadable.
+          returned: success
+          type: list
+          elements: str
+          sample: []
         modules_loaded:
           description: Names of the loaded modules (C(/proc/modules)), sorted. V(null) if unreadable.
           returned: success
@@ -163,13 +187,23 @@ topology:
       returned: success
       type: dict
       contains:
+        architecture:
+          description:
+            - V(x86_64), V(aarch64) or V(ppc64le), from the fields of C(/proc/cpuinfo) each kernel writes;
+              V(null) when unknown. Hosts other than x86_64 and aarch64 get the V(architecture_unsupported)
+              finding and nothing is changed on them.
+          returned: success
+          type: str
+          sample: x86_64
         vendor:
           description: C(vendor_id) of the first CPU in C(/proc/cpuinfo).
           returned: success
           type: str
           sample: GenuineIntel
         virtualization:
-          description: V(vmx) (Intel VT-x), V(svm) (AMD-V), or V(null) when the flags list neither or are unknown.
+          description:
+            - V(vmx) (Intel VT-x), V(svm) (AMD-V), V(el2) (arm64 with C(/dev/kvm); KVM is built in there and
+              runs when the kernel starts at EL2), or V(null) when the flags list neither or are unknown.
           returned: success
           type: str
           sample: vmx
@@ -410,13 +444,44 @@ topology:
           returned: success
           type: bool
           sample: false
+        virtualization:
+          description:
+            - The virtualization modes the GPU can offer on this host (physical functions only; empty for VFs
+              and on unsupported architectures) - V(passthrough), then its vendor's - V(gvt-g) and V(sriov)
+              (Intel), V(mxgpu) (AMD), V(vgpu) (NVIDIA). The same summary is a V(virtualization_modes) finding.
+          returned: success
+          type: list
+          elements: dict
+          contains:
+            mode:
+              description: The mode.
+              returned: success
+              type: str
+              sample: gvt-g
+            ready:
+              description: The GPU offers it now.
+              returned: success
+              type: bool
+              sample: false
+            missing:
+              description: What it lacks (a kernel argument, a module, a driver, a reboot), as advice.
+              returned: success
+              type: list
+              elements: str
+              sample: ["i915.enable_gvt=1 on the kernel command line and a reboot", "the kvmgt module loaded"]
+            unsupported:
+              description: Why the GPU cannot offer the mode at all (only then).
+              returned: when the mode is impossible on this GPU
+              type: str
         passthrough:
           description: Whether the GPU can be handed to a VM now.
           returned: success
           type: dict
           contains:
             viable:
-              description: No reason against it.
+              description:
+                - No reason against it. V(null) when the only reason is that the tree cannot tell whether the
+                  IOMMU is on (V(iommu_unknown)).
               returned: success
               type: bool
               sample: true
@@ -428,9 +493,9 @@ topology:
               sample: ["0000:00:02.0 is the boot VGA device: the host console and firmware framebuffer use it"]
             codes:
               description:
-                - Stable codes of the reasons, each once - V(iommu_disabled), V(no_iommu_group), V(boot_vga),
-                  V(doubtful_attribute) (a C(boot_vga), C(class), C(iommu_group) or C(driver) that reads
-                  malformed), V(group_shared), V(in_use), V(host_critical).
+                - Stable codes of the reasons, each once - V(architecture_unsupported), V(iommu_disabled),
+                  V(iommu_unknown), V(no_iommu_group), V(boot_vga), V(doubtful_attribute) (a C(boot_vga), C(class),
+                  C(iommu_group) or C(driver) that reads malformed), V(group_shared), V(in_use), V(host_critical).
               returned: success
               type: list
               elements: str
@@ -538,7 +603,8 @@ topology:
           sample: error
         code:
           description:
-            - Stable code, for example V(iommu_off), V(iommu_unsupported), V(no_cpu_virtualization),
+            - Stable code, for example V(architecture_unsupported), V(iommu_off), V(iommu_unsupported),
+              V(iommu_unknown), V(foreign_kernel_arguments), V(virtualization_modes), V(no_cpu_virtualization),
               V(kvm_unavailable), V(interrupt_remapping_off), V(acs_override), V(unsafe_interrupts),
               V(host_graphics_driver), V(no_iommu_group), V(malformed_attribute), V(unreadable_attribute),
               V(unreadable_device), V(malformed_entry), V(processes_unreadable).

@@ -16,6 +16,7 @@ from ansible_collections.gpuvirt.host.tests.sim.pci_kernel import PciKernel
 SIM_STATE = ".kernel-sim.json"
 STATE = "etc/gpuvirt/host-state.json"
 CACHE = "var/lib/gpuvirt/nvidia-vgpu-types.json"
+LOCK = "etc/gpuvirt/.lock"  # the host lock (flock) every changing module holds
 BOOTLOADER_TREES = {
     "grub": "debian-grub",
     "grubby": "rocky9-grubby",
@@ -82,8 +83,14 @@ def digest(root):
 def tree_digest(root):
     """:func:`digest` without writers' temp files: the tree as a user sees it."""
     left = set(temp_files(root))
-    # dev/ is the kernel's devtmpfs: the simulator leaves a group's node behind after the group goes.
-    return {path: entry for path, entry in digest(root).items() if path not in left and not path.startswith("dev/")}
+    left.add(LOCK)
+    # Files and links only: a folder a run created for its lock, or a killed run left empty, is no
+    # change a user sees. dev/ is the kernel's devtmpfs: the simulator leaves a group's node behind.
+    return {
+        path: entry
+        for path, entry in digest(root).items()
+        if entry[0] != "dir" and path not in left and not path.startswith("dev/")
+    }
 
 
 def changed_paths(before, after):

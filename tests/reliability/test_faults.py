@@ -88,7 +88,7 @@ def _reference(tree, writer):
     root = tree(kind)
     first = faults.call_module(module, root, args)
     assert first["rc"] == 0, "%s does not work on a healthy tree: %s" % (writer, first.get("msg"))
-    return digest(root)
+    return tree_digest(root)
 
 
 def _spaced(total, most):
@@ -108,7 +108,7 @@ def _converges(module, root, args, reference):
     left = temp_files(root)
     if left:
         return "temp files left behind: %s" % left
-    wrong = changed_paths(reference, digest(root))
+    wrong = changed_paths(reference, tree_digest(root))
     if wrong:
         return "the next run did not converge: %s differ" % wrong[:4]
     if bool(result.get("changed")) != (before != after):

@@ -286,3 +286,31 @@ def test_per_vf_layout_end_to_end(make_host, play, tmp_path):
     assert current_types(root, L40S) == assigned
     assert log.index("] sriov %s" % L40S) < log.index("] nvidia_vgpu ")
     assert "boot to restored: 37.250 s" in log
+
+
+def test_a_gvt_g_mode_waits_for_the_reboot_then_the_mdevs_follow(make_host, play):
+    from ansible_collections.gpuvirt.host.tests.sim import gvt_g
+
+    root = make_host("gvtg_laptop")
+    boot = os.path.join(TESTS, "fixtures", "boot", "debian-grub")
+    for relative in ("etc/default/grub", "usr/sbin/update-grub", "usr/sbin/grub-mkconfig"):
+        os.makedirs(os.path.dirname(os.path.join(root, relative)), exist_ok=True)
+        shutil.copy2(os.path.join(boot, relative), os.path.join(root, relative))
+    devices = [
+        {"selector": "0000:00:02.0", "mode": {"name": "gvt-g"}, "mdev": [{"type": "i915-GVTg_V5_4", "count": 1}]}
+    ]
+
+    rc, recap, output, exported = play(root, devices, vgpu_host_id="laptop-1")
+    assert rc == 0, output
+    assert exported["reboot"] is True and exported["result"]["waiting_for_reboot"] == ["0000:00:02.0"]
+    assert exported["result"]["modes"][0]["mode"] == "gvt-g" and exported["result"]["mdevs"] == []
+    with open(os.path.join(root, "etc/default/grub")) as handle:
+        assert "i915.enable_gvt=1" in handle.read()
+
+    assert gvt_g.boot(root) is True
+    rc, recap, output, exported = play(root, devices, vgpu_host_id="laptop-1")
+    assert rc == 0, output
+    assert exported["reboot"] is False and exported["result"]["modes"][0]["verification"]["ready"] is True
+    assert [(parent, kind) for _uuid, parent, kind in mdev_set(root)] == [("0000:00:02.0", "i915-GVTg_V5_4")]
+    rc, recap, output, exported = play(root, devices, vgpu_host_id="laptop-1")
+    assert rc == 0 and recap["changed"] == 0, output

@@ -195,6 +195,20 @@ def test_reboot_required_follows_the_running_kernel():
     assert not b.reboot_required(None, wanted, unwanted)
 
 
+def test_words_after_the_init_separator_belong_to_init():
+    current = ["ro", "iommu=pt", "--", "iommu=pt", "single"]
+    wanted, unwanted = args([], ["iommu"])
+    assert b.plan_arguments(current, wanted, unwanted).arguments == ["ro", "--", "iommu=pt", "single"]
+    wanted, unwanted = args(["iommu=off"], [])
+    plan = b.plan_arguments(current, wanted, unwanted)
+    assert plan.arguments == ["ro", "iommu=off", "--", "iommu=pt", "single"] and plan.removed == ["iommu=pt"]
+    wanted, unwanted = args(["intel_iommu=on"], [])
+    with pytest.raises(b.BootloaderError, match="init arguments after '--'"):
+        b.plan_arguments(current, wanted, unwanted)
+    # What only init sees does not count as running in the kernel.
+    assert b.reboot_required(["ro"], *args(["iommu=pt"], []))
+
+
 # ------------------------------------------------------------------------------ GRUB defaults
 
 

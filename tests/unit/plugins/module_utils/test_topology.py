@@ -4,13 +4,18 @@
 
 from __future__ import annotations
 
+import glob
 import os
+import sys
 
 import pytest
 
+from ansible_collections.gpuvirt.host.plugins.module_utils import mdev_info
+from ansible_collections.gpuvirt.host.plugins.module_utils import pci as pci_module
 from ansible_collections.gpuvirt.host.plugins.module_utils.findings import Findings
 from ansible_collections.gpuvirt.host.plugins.module_utils.iommu import group_members, group_of, groups_from_devices
 from ansible_collections.gpuvirt.host.plugins.module_utils.pci import companions, read_pci_device, read_pci_devices
+from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import address_sort_key, normalize_address
 from ansible_collections.gpuvirt.host.plugins.module_utils.topology import (
     NotALinuxTree,
     check_root,
@@ -18,6 +23,9 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.topology import (
     group_endpoints,
     passthrough_verdict,
 )
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "..", "fixtures"))
+import hostgen  # noqa: E402
 
 DGPU = "0000:01:00.0"
 DGPU_FUNCTIONS = ["0000:01:00.0", "0000:01:00.1", "0000:01:00.2", "0000:01:00.3"]
@@ -221,6 +229,7 @@ def test_firmware_iommu_left_off_names_the_intel_argument(make_host):
         "passthrough_mode": False,
         "interrupt_remapping": False,
         "units": [],
+        "unknown": [],
     }
     error = finding(topology, "iommu_off")
     assert error["severity"] == "error" and "intel_iommu=on" in error["message"] and "DMAR" in error["message"]
@@ -250,6 +259,129 @@ def test_no_iommu_in_firmware(make_host):
     assert topology["iommu"]["firmware_support"] is False
     assert finding(topology, "iommu_unsupported")["severity"] == "error"
     assert "iommu_off" not in codes(topology)
+
+
+def test_a_snapshot_without_sys_firmware_says_unknown_not_absent(make_host):
+    # A container or a partial capture: no /sys/firmware at all. The tables may well exist.
+    root = make_host("iommu_disabled", files={"sys/firmware": None})
+    topology = detect(root)
+
+    assert topology["iommu"]["firmware_support"] is None
+    assert topology["iommu"]["unknown"] == ["/sys/firmware/acpi/tables"]
+    assert "iommu_unsupported" not in codes(topology)
+    error = finding(topology, "iommu_off")
+    assert "unknown" in error["message"] and "has no DMAR" not in error["message"]
+
+
+def test_a_live_host_without_acpi_has_no_tables_rather_than_unknown_ones(make_host):
+    root = make_host("iommu_disabled", iommu={"firmware": False}, files={"sys/firmware/acpi": None})
+    os.makedirs(os.path.join(root, "sys/firmware/efi"))
+
+    topology = detect(root)
+
+    assert topology["iommu"]["firmware_support"] is False and topology["iommu"]["unknown"] == []
+    assert "iommu_unsupported" in codes(topology)
+
+
+def test_a_device_tree_host_leaves_the_firmware_unknown(make_host):
+    # Its IOMMU nodes are in the device tree, which is not read.
+    root = make_host("iommu_disabled", iommu={"firmware": False, "acpi": False})
+
+    topology = detect(root)
+
+    assert topology["iommu"]["firmware_support"] is None
+    assert topology["iommu"]["unknown"] == ["/sys/firmware/devicetree"]
+
+
+def test_unreadable_acpi_tables_are_unknown(make_host, monkeypatch):
+    root = make_host("iommu_disabled")
+    tables = os.path.join(root, "sys/firmware/acpi/tables")
+    real_listdir = os.listdir
+
+    def listdir(path):
+        if os.path.abspath(path) == tables:
+            raise PermissionError(13, "Permission denied", path)
+        return real_listdir(path)
+
+    monkeypatch.setattr(os, "listdir", listdir)
+    assert detect(root)["iommu"]["firmware_support"] is None
+
+
+def test_a_snapshot_without_the_iommu_directories_leaves_the_iommu_unknown(make_host):
+    root = make_host("desktop_dgpu", files={"sys/kernel": None, "sys/class/iommu": None})
+    for link in glob.glob(os.path.join(root, "sys/bus/pci/devices/*/iommu_group")):
+        os.unlink(link)
+
+    topology = detect(root)
+
+    assert topology["iommu"]["enabled"] is None
+    assert finding(topology, "iommu_unknown")["severity"] == "warning"
+    assert "iommu_off" not in codes(topology) and "iommu_unsupported" not in codes(topology)
+    verdicts = {gpu["address"]: gpu["passthrough"] for gpu in topology["gpus"]}
+    dgpu = verdicts["0000:01:00.0"]
+    assert dgpu["viable"] is None and dgpu["codes"] == ["iommu_unknown"]
+    assert "no_iommu_group" not in codes(topology)
+
+
+def test_an_empty_iommu_groups_directory_means_off(make_host):
+    topology = detect(make_host("iommu_disabled"))
+
+    assert topology["iommu"]["enabled"] is False
+
+
+def test_arguments_after_the_init_separator_are_not_kernel_parameters(make_host):
+    root = make_host(
+        "desktop_dgpu",
+        kernel={"cmdline": 'root=/dev/nvme0n1p2 ro intel_iommu=on -- iommu=pt pcie_acs_override=downstream '
+                'vfio_iommu_type1.allow_unsafe_interrupts=1 "single user"'},
+    )
+    topology = detect(root)
+
+    assert topology["iommu"]["passthrough_mode"] is False
+    assert "acs_override" not in codes(topology) and "unsafe_interrupts" not in codes(topology)
+    assert topology["kernel"]["cmdline"] == ["root=/dev/nvme0n1p2", "ro", "intel_iommu=on"]
+    assert topology["kernel"]["init_arguments"] == [
+        "iommu=pt", "pcie_acs_override=downstream", "vfio_iommu_type1.allow_unsafe_interrupts=1", '"single user"',
+    ]
+
+
+def test_quoted_kernel_parameters_are_read_as_the_kernel_reads_them(make_host):
+    root = make_host("desktop_dgpu", kernel={"cmdline": 'root=/dev/sda1 "iommu=pt" pcie-acs-override="downstream"'})
+    topology = detect(root)
+
+    assert topology["iommu"]["passthrough_mode"] is True
+    assert "pcie_acs_override=downstream" in finding(topology, "acs_override")["message"]
+
+
+def test_vmd_domains_of_five_hex_digits_are_read_named_and_grouped(make_host):
+    topology = detect(make_host("vmd_host"))
+
+    addresses = [device["address"] for device in topology["devices"]]
+    assert "10000:e1:00.0" in addresses and "10000:e2:00.0" in addresses
+    assert addresses == sorted(addresses, key=address_sort_key)
+    assert "malformed_entry" not in codes(topology)
+    drive = next(device for device in topology["devices"] if device["address"] == "10000:e1:00.0")
+    assert drive["driver"] == "nvme" and drive["critical"] == ["holds the root filesystem (/dev/nvme0n1p2)"]
+    vmd_group = next(device["iommu_group"] for device in topology["devices"] if device["address"] == "0000:00:0e.0")
+    assert "10000:e2:00.0" in topology["iommu_groups"][vmd_group]
+    assert gpu(topology, "0000:4b:00.0")["passthrough"]["viable"] is True
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("10000:E1:00.0", "10000:e1:00.0"),
+        ("00010000:e1:00.0", "10000:e1:00.0"),
+        ("00000000:01:00.0", "0000:01:00.0"),
+        ("0009:01:00.0", "0009:01:00.0"),
+        ("ffffffff:00:00.0", "ffffffff:00:00.0"),
+        ("01:00.0", "0000:01:00.0"),
+        ("100000000:00:00.0", None),
+        ("000:01:00.0", None),
+    ],
+)
+def test_addresses_keep_domains_of_up_to_eight_digits(text, expected):
+    assert normalize_address(text) == expected
 
 
 def test_amd_host(make_host):
@@ -481,3 +613,70 @@ def test_findings_collector_rejects_unknown_severity_and_deduplicates():
     assert len(findings) == 1
     with pytest.raises(ValueError):
         findings.add("fatal", "x", "y")
+
+
+# --- architectures ----------------------------------------------------------------------------------
+
+
+def test_an_arm64_host_has_an_smmu_from_iort_and_no_x86_advice(make_host):
+    topology = detect(make_host("grace_hopper"))
+
+    assert topology["cpu"]["architecture"] == "aarch64" and topology["cpu"]["virtualization"] == "el2"
+    iommu = topology["iommu"]
+    assert iommu["enabled"] is True and iommu["vendor"] == "arm" and iommu["firmware_support"] is True
+    assert iommu["units"][0] == "smmu3.0x0000000011000000"
+    assert iommu["interrupt_remapping"] is None and iommu["passthrough_mode"] is True
+    assert [f["code"] for f in topology["findings"] if f["severity"] != "info"] == []
+    assert gpu(topology, "0009:01:00.0")["passthrough"]["viable"] is True
+
+
+def test_an_arm64_host_without_its_smmu_gets_arm_advice(make_host):
+    topology = detect(make_host("grace_hopper", iommu={"enabled": False}))
+
+    error = finding(topology, "iommu_off")
+    assert "IORT" in error["message"] and "arm-smmu-v3" in error["message"]
+    assert "intel_iommu" not in error["message"] and "VT-d" not in error["message"]
+    assert finding(detect(make_host("grace_hopper", iommu={"enabled": False, "firmware": False})),
+                   "iommu_unsupported")["message"].startswith("no IOMMU: the firmware has no ACPI IORT table")
+
+
+def test_x86_arguments_on_an_arm64_command_line_are_flagged(make_host):
+    root = make_host("grace_hopper", kernel={"cmdline": "root=/dev/nvme0n1p2 ro intel_iommu=on iommu=pt"})
+    warning = finding(detect(root), "foreign_kernel_arguments")
+    assert "intel_iommu=on iommu=pt" in warning["message"] and "iommu.passthrough" in warning["message"]
+
+
+def test_arm64_without_kvm_says_why(make_host):
+    topology = detect(make_host("grace_hopper", cpu={"kvm": False}))
+    assert topology["cpu"]["virtualization"] is None
+    assert "EL2" in finding(topology, "kvm_unavailable")["message"]
+
+
+def test_a_power_host_is_unsupported_rather_than_missing_vt_d(make_host):
+    topology = detect(make_host("power9_host"))
+
+    assert topology["cpu"]["architecture"] == "ppc64le"
+    error = finding(topology, "architecture_unsupported")
+    assert error["severity"] == "error" and "sPAPR TCE" in error["message"] and "nothing is changed" in error["message"]
+    assert not {"iommu_off", "iommu_unsupported", "iommu_unknown", "no_cpu_virtualization"} & set(codes(topology))
+    v100 = gpu(topology, "0035:03:00.0")["passthrough"]
+    assert v100["viable"] is False and v100["codes"][0] == "architecture_unsupported"
+
+
+@pytest.mark.parametrize("name", ["gvtg_laptop", "gvtg_laptop_enabled", "intel_flex_sriov", "amd_mxgpu",
+                                  "amd_mxgpu_no_driver", "grace_hopper", "vmd_host", "power9_host"])
+def test_platform_hosts_read_cleanly(make_host, name):
+    topology = detect(make_host(name))
+    assert not {"malformed_attribute", "malformed_entry", "unreadable_attribute", "unreadable_device"} & set(
+        codes(topology)
+    )
+    assert topology["gpus"]
+
+
+@pytest.mark.parametrize("name", [n for n in hostgen.host_names() if n != "large_synthetic"])
+def test_directory_descriptors_read_what_plain_paths_read(make_host, monkeypatch, name):
+    root = make_host(name)
+    fast = detect(root)
+    monkeypatch.setattr(pci_module, "open_directory", lambda path: None)
+    monkeypatch.setattr(mdev_info, "open_directory", lambda path: None)
+    assert detect(root) == fast

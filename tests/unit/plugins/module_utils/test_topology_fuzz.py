@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ansible_collections.gpuvirt.host.plugins.module_utils.topology import detect
-from ansible_collections.gpuvirt.host.plugins.module_utils.vgpu import parse_creatable_vgpu_types
+from ansible_collections.gpuvirt.host.plugins.module_utils.vendor_nvidia import parse_creatable_vgpu_types
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "..", "fixtures"))
 import hostgen  # noqa: E402

@@ -18,16 +18,20 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.findings import Findi
 from ansible_collections.gpuvirt.host.plugins.module_utils.iommu import interrupt_remapping_state, vfio_holders
 from ansible_collections.gpuvirt.host.plugins.module_utils.kernel import (
     cmdline_value,
+    cmdline_values,
+    init_arguments,
+    kernel_arguments,
     parse_cmdline,
     read_builtin_modules,
     read_release,
     read_vfio_aliases,
+    split_argument,
     vfio_variant_drivers,
 )
 from ansible_collections.gpuvirt.host.plugins.module_utils.mdev_info import mdevs, read_mdev_types
 from ansible_collections.gpuvirt.host.plugins.module_utils.pci import PciIds, class_name, read_pci_devices
 from ansible_collections.gpuvirt.host.plugins.module_utils.topology import detect
-from ansible_collections.gpuvirt.host.plugins.module_utils.vgpu import (
+from ansible_collections.gpuvirt.host.plugins.module_utils.vendor_nvidia import (
     parse_creatable_vgpu_types,
     profile_name,
     read_nvidia_vgpu,
@@ -69,6 +73,33 @@ def test_parse_cmdline_keeps_quoted_spaces():
         "vfio-pci.ids=10de:1e04",
     ]
     assert parse_cmdline("") == []
+
+
+@pytest.mark.parametrize(
+    "word, expected",
+    [
+        ("ro", ("ro", None)),
+        ("root=UUID=1", ("root", "UUID=1")),
+        ('dyndbg="file x +p"', ("dyndbg", "file x +p")),
+        ('"iommu=pt"', ("iommu", "pt")),
+        ('"quiet"', ("quiet", None)),
+        ('x="', ("x", "")),
+        ("empty=", ("empty", "")),
+    ],
+)
+def test_split_argument_reads_a_word_as_next_arg_does(word, expected):
+    assert split_argument(word) == expected
+
+
+def test_the_kernel_stops_at_the_init_separator():
+    words = parse_cmdline("ro iommu=pt -- iommu=off -- single")
+
+    assert kernel_arguments(words) == ["ro", "iommu=pt"]
+    assert init_arguments(words) == ["iommu=off", "--", "single"]
+    assert kernel_arguments(parse_cmdline('ro "--" iommu=pt')) == ["ro"]
+    assert cmdline_value(words, "iommu") == "pt"
+    assert cmdline_values(["vfio-pci.ids=10de:1", "vfio_pci.ids=10de:2"], "vfio_pci.ids") == ["10de:1", "10de:2"]
+    assert kernel_arguments(["ro"]) == ["ro"] and init_arguments(["ro"]) == []
 
 
 def test_cmdline_value_last_wins_and_drops_quotes():

@@ -186,6 +186,16 @@ def test_reboot_required_until_the_kernel_runs_with_the_arguments(run_module, bo
     assert removal["reboot_required"] is True
 
 
+def test_arguments_passed_to_init_do_not_count_as_running(run_module, boot_tree):
+    root = boot_tree("debian-grub")
+    run_module("kernel_cmdline", {"root": root, "present": IOMMU})
+    with open(os.path.join(root, "proc/cmdline"), "w") as handle:
+        handle.write("BOOT_IMAGE=/boot/vmlinuz-6.1.0-18-amd64 root=UUID=x ro -- intel_iommu=on iommu=pt\n")
+    result = run_module("kernel_cmdline", {"root": root, "present": IOMMU})
+    assert result["changed"] is False and result["reboot_required"] is True
+    assert result["running"] == ["BOOT_IMAGE=/boot/vmlinuz-6.1.0-18-amd64", "root=UUID=x", "ro"]
+
+
 # ------------------------------------------------------------------------------ grubby / BLS
 
 

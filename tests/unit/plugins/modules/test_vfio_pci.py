@@ -621,3 +621,30 @@ def test_a_foreign_ids_line_is_warned_about(make_host, vfio_pci):
 
 def test_results_are_json_serialisable(desktop, vfio_pci):
     json.dumps(vfio_pci(desktop, devices=[GPU], diff=True))
+
+
+# ------------------------------------------------------------------------------- PCI domains above ffff
+
+
+def test_devices_behind_vmd_are_named_by_their_five_digit_domain(make_host, vfio_pci):
+    root = make_host("vmd_host")
+    kernel = PciKernel(KernelSim(root))
+    before = snapshot(root)
+    result = vfio_pci(root, kernel=kernel, devices=["10000:E2:00.0"])
+    # The drive shares the VMD endpoint's group with the root disk: named, refused, nothing changed.
+    assert_refused(result, kernel, root, before, "host_critical",
+                   "IOMMU group 1 of 10000:e2:00.0 also holds 10000:e1:00.0",
+                   "PM9A3/980PRO (driver nvme) holds the root filesystem (/dev/nvme0n1p2)")
+    assert "group_shared" in [r["code"] for r in result["refusals"]]
+
+
+def test_an_eight_digit_domain_names_a_vmd_device_and_driverctl_keeps_it(make_host, vfio_pci):
+    # A VMD host on a kernel without VMD child grouping: the drive is its own group and not the root disk.
+    root = make_host("vmd_host", kernel={"modules": MODULES}, patch_devices={"10000:e2:00.0": {"group": 40}})
+    install_driverctl(root)
+    result = vfio_pci(root, devices=["00010000:e2:00.0"], persistent="driverctl")
+    assert result["rc"] == 0, result
+    assert vfio.read_driver(root, "10000:e2:00.0") == "vfio-pci"
+    assert read(root, "etc/driverctl.d/pci-10000:e2:00.0") == "vfio-pci\n"
+    assert "/etc/driverctl.d/pci-10000:e2:00.0" in result["files_changed"]
+    assert vfio_pci(root, devices=["10000:e2:00.0"], persistent="driverctl")["changed"] is False

@@ -372,3 +372,29 @@ def test_a_variant_driver_not_loaded_in_a_tree_fails_cleanly(grace_host, vfio_pc
     assert result["rc"] == 1 and result["changed"] is False
     assert "nvgrace_gpu_vfio_pci driver is not loaded" in result["msg"]
     assert snapshot(root) == before
+
+
+def test_a_grace_hopper_host_binds_its_gpu_through_the_variant_driver_end_to_end(make_host, vfio_pci, run_module):
+    root = make_host("grace_hopper")
+    install_driverctl(root)
+    before = run_module("topology_info", {"root": root})["topology"]
+    gpu = next(entry for entry in before["gpus"] if entry["address"] == GRACE)
+    assert gpu["passthrough"]["viable"] is True and gpu["passthrough"]["devices"] == [GRACE]
+
+    result = vfio_pci(root, devices=["00000009:01:00.0"], diff=True)
+    assert result["rc"] == 0 and result["changed"] is True, result
+    assert vfio.read_driver(root, GRACE) == GRACE_DRIVER and vfio.read_override(root, GRACE) == GRACE_DRIVER
+    assert result["devices"][GRACE]["driver_reason"] == "modules.alias"
+    assert read(root, DRIVERCTL_GRACE) == GRACE_DRIVER + "\n"
+    assert vfio_pci(root, devices=[GRACE])["changed"] is False
+    after = run_module("topology_info", {"root": root})["topology"]
+    assert next(d for d in after["devices"] if d["address"] == GRACE)["driver"] == GRACE_DRIVER
+
+
+def test_a_power_host_is_refused_with_the_reason_and_nothing_changes(make_host, vfio_pci):
+    root = make_host("power9_host")
+    before = snapshot(root)
+    result = vfio_pci(root, devices=["0035:03:00.0"])
+    assert result["rc"] == 1 and result["changed"] is False
+    assert "ppc64le hosts are not supported" in result["msg"] and "sPAPR TCE" in result["msg"]
+    assert snapshot(root) == before

@@ -1,0 +1,122 @@
+# Copyright (c) gpuvirt.host contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Turning a GPU's virtualization mode on: one generic read -> plan -> apply; the vendor backends say
+what a mode needs (:meth:`enable_plan` of each backend).
+
+A vendor plan (:class:`EnablePlan`) holds only declarations: kernel arguments to add (written through
+:mod:`bootloader`, so every boot loader the collection knows is covered), files to write (modprobe.d,
+modules-load.d), modules to load now, and the parameters the running kernel must show for the mode to
+work without a reboot. A backend that cannot enable the mode raises :class:`EnableError` with the
+reason and what to do; nothing is changed then.
+
+Public API: :data:`MODES`, :class:`EnablePlan`, :class:`EnableError`, :func:`read_gpu`,
+:func:`plan_mode`, :func:`apply_plan`, :func:`verify`.
+"""
+
+from __future__ import annotations
+
+import os
+
+from ansible_collections.gpuvirt.host.plugins.module_utils import bootloader, vendors
+from ansible_collections.gpuvirt.host.plugins.module_utils.files import apply_change, plan_change
+from ansible_collections.gpuvirt.host.plugins.module_utils.host import is_live_root
+from ansible_collections.gpuvirt.host.plugins.module_utils.iommu import read_iommu
+from ansible_collections.gpuvirt.host.plugins.module_utils.kernel import read_kernel
+from ansible_collections.gpuvirt.host.plugins.module_utils.mdev_info import list_mdev_parents
+from ansible_collections.gpuvirt.host.plugins.module_utils.pci import name_devices, read_pci_devices
+from ansible_collections.gpuvirt.host.plugins.module_utils.selector import (
+    SelectorError,
+    describe,
+    match_selector,
+    parse_selector,
+)
+from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import host_path
+from ansible_collections.gpuvirt.host.plugins.module_utils.vendor_plan import EnableError
+
+MODES = ("gvt-g", "sriov", "mxgpu", "vgpu")
+
+
+def read_gpu(root, selector_text):
+    """``(device, host facts)`` of the one GPU ``selector_text`` names."""
+    try:
+        selector = parse_selector(selector_text)
+        devices = read_pci_devices(root)
+        name_devices(root, devices)
+        gpus = {a: d for a, d in devices.items() if d.is_gpu and not d.is_vf}
+        matched = match_selector(selector, gpus)
+    except SelectorError as error:
+        raise EnableError(str(error)) from error
+    if not matched:
+        raise EnableError("selector %r matches no GPU (physical function) below %s" % (selector_text, root))
+    if len(matched) > 1:
+        raise EnableError(
+            "selector %r matches %d GPUs (%s); name one by its PCI address"
+            % (selector_text, len(matched), ", ".join(matched))
+        )
+    kernel = read_kernel(root)
+    iommu = read_iommu(root, kernel["cmdline"] or [])
+    host = vendors.HostFacts(root, devices, kernel, iommu.enabled, set(list_mdev_parents(root)))
+    return devices[matched[0]], host
+
+
+def plan_mode(device, host, mode, options):
+    """The vendor's :class:`EnablePlan` for ``mode`` on ``device``."""
+    for backend in vendors.backends_for(device.vendor_id):
+        if mode in getattr(backend, "enable_modes", ()):
+            return backend.enable_plan(device, host, mode, options)
+    offered = sorted(m for b in vendors.backends_for(device.vendor_id) for m in getattr(b, "enable_modes", ()))
+    raise EnableError(
+        "%s cannot offer %s: %s" % (
+            describe(device), mode,
+            "its vendor's modes are %s" % ", ".join(offered) if offered else "no backend knows its vendor %s"
+            % device.vendor_id,
+        )
+    )
+
+
+def apply_plan(module, root, plan, bootloader_name="auto", update=True):
+    """Write what ``plan`` declares (nothing in check mode). Returns the result keys."""
+    changes = [plan_change(root, relative, content) for relative, content in plan.files]
+    changed_files = [change.display_path for change in changes if change.changed]
+    diffs = [change.diff() for change in changes]
+    boot_plan = None
+    if plan.kernel_arguments:
+        wanted, unwanted = bootloader.validate_arguments(list(plan.kernel_arguments), [])
+        boot_plan = bootloader.plan(module, root, bootloader_name, wanted, unwanted, update=update)
+        diffs += [edit.diff() for edit in boot_plan.edits]
+        changed_files += [edit.display_path for edit in boot_plan.edits]
+    if not module.check_mode:
+        for change in changes:
+            apply_change(change)
+        if boot_plan is not None and boot_plan.changed:
+            bootloader.apply(module, boot_plan)
+    running = [need for need, satisfied in plan.running_needs if not satisfied]
+    loaded = []
+    if not running and not module.check_mode and is_live_root(root):
+        for name in plan.load_modules:
+            if not host_module_loaded(root, name):
+                module.run_command(["modprobe", name], check_rc=True)
+                loaded.append(name)
+    return {
+        "changed": bool(changed_files or loaded),
+        "files_changed": changed_files,
+        "kernel_arguments": list(plan.kernel_arguments),
+        "modules_loaded": loaded,
+        "reboot_required": bool(running),
+        "reboot_for": running,
+        "diff": diffs,
+        "notes": list(plan.notes),
+    }
+
+
+def host_module_loaded(root, name):
+    return os.path.isdir(host_path(root, "sys/module", name.replace("-", "_")))
+
+
+def verify(root, address, mode):
+    """``{"ready", "missing"}`` of ``mode`` on the GPU at ``address``, read again from the host."""
+    device, host = read_gpu(root, address)
+    for entry in vendors.virtualization_modes(device, host, {"viable": False, "reasons": []}):
+        if entry["mode"] == mode:
+            return {"ready": entry["ready"], "missing": entry["missing"]}
+    return {"ready": False, "missing": ["the mode is not offered by this GPU"]}

@@ -1,0 +1,163 @@
+# Copyright (c) gpuvirt.host contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The Intel backend: GVT-g (mediated devices on Gen8/Gen9 iGPUs) and SR-IOV GPUs (Gen12+ iGPUs,
+Data Center Flex, Arc Pro) under ``i915`` or ``xe``.
+
+Interface notes (Linux drivers/gpu/drm/i915/intel_gvt.c, gvt/, i915_params.c; drivers/gpu/drm/xe/
+xe_module.c; the i915-sriov-dkms project):
+
+- GVT-g exists only on Broadwell, Skylake, Kaby Lake, Broxton, Coffee Lake and Comet Lake iGPUs
+  (``is_supported_device()``); Ice Lake (Gen11) and later have none. It needs ``i915.enable_gvt=1``
+  on the kernel command line (read at probe) and the ``kvmgt`` module (all GVT code since 5.19;
+  ``vfio_mdev`` is gone); only then does the iGPU (``0000:00:02.0``) get ``mdev_supported_types``
+  (``i915-GVTg_V5_{8,4,2,1}`` on Gen9, ``i915-GVTg_V4_*`` on Gen8). Creating one vGPU lowers
+  ``available_instances`` of every type.
+- SR-IOV: mainline i915 has no PF mode; the DKMS i915 takes ``i915.max_vfs=<N>`` with GuC submission
+  (``i915.enable_guc=3``), the xe driver ``xe.max_vfs=<N>`` (PF mode by default since 6.17). Both
+  are read at probe: a change needs a driver reload or a reboot. VFs are then enabled through
+  ``sriov_numvfs`` (gpuvirt.host.sriov) and handed to vfio-pci, so the host driver does not probe them.
+"""
+
+from __future__ import annotations
+
+from ansible_collections.gpuvirt.host.plugins.module_utils.vendor_plan import MANAGED_HEADER, EnableError, EnablePlan
+
+VENDOR_ID = "8086"
+IGPU_SLOT = "0000:00:02"
+
+# First two hex digits (or whole IDs) of i915's platform ID tables (include/drm/intel/pciids.h) for
+# the platforms GVT-g supports: Broadwell 16xx, Skylake 19xx, Kaby Lake 59xx/87C0, Coffee Lake 3Exx/87CA,
+# Comet Lake 9Bxx, Broxton 5A84/5A85.
+GVT_G_ID_PREFIXES = ("16", "19", "59", "3e", "9b")
+GVT_G_IDS = frozenset(("87c0", "87ca", "5a84", "5a85"))
+# Data Center GPU Flex (ATS-M) and Max (PVC) physical functions.
+SRIOV_IDS = frozenset(("56c0", "56c1", "56c2", "0bd5", "0bd6", "0bda", "0bdb"))
+GVT_G_MODULE = "kvmgt"
+GVT_G_ARGUMENT = "i915.enable_gvt=1"
+
+
+def gvt_g_generation(device_id):
+    """True for a GVT-g capable iGPU ID (Gen8/Gen9), False for another Intel GPU ID."""
+    device_id = (device_id or "").lower()
+    return device_id in GVT_G_IDS or device_id[:2] in GVT_G_ID_PREFIXES
+
+
+def is_integrated(device):
+    return device.address.startswith(IGPU_SLOT + ".") and not device.is_vf
+
+
+class IntelBackend:
+    """Intel GPUs: the ``gvt-g`` and ``sriov`` virtualization modes."""
+
+    name = "intel"
+    vendor_id = VENDOR_ID
+    device_defaults = {}
+    gpu_defaults = {}
+    enable_modes = ("gvt-g", "sriov")
+
+    def enable_plan(self, device, host, mode, options):
+        """GVT-g: ``i915.enable_gvt=1`` and ``kvmgt`` at boot (and now, once the running kernel has
+        GVT-g on). SR-IOV: ``<driver>.max_vfs=<N>`` (with GuC submission for i915) on the command line,
+        read at probe, so a reboot; the VFs themselves come from gpuvirt.host.sriov afterwards."""
+
+        if mode == "gvt-g":
+            gvt = self._gvt_g(device, host) if is_integrated(device) else None
+            if gvt is None or gvt.get("unsupported"):
+                raise EnableError(
+                    "GVT-g cannot be enabled on %s: %s; nothing changed"
+                    % (device.address, gvt["unsupported"] if gvt else "GVT-g is an iGPU (0000:00:02.0) feature")
+                )
+            running = host.cmdline_value("i915.enable_gvt") in ("1", "y", "Y")
+            return EnablePlan(
+                mode=mode,
+                address=device.address,
+                kernel_arguments=(GVT_G_ARGUMENT,),
+                files=(("etc/modules-load.d/gpuvirt-gvt-g.conf", MANAGED_HEADER + GVT_G_MODULE + "\n"),),
+                load_modules=(GVT_G_MODULE,),
+                running_needs=(("%s in the running kernel's command line" % GVT_G_ARGUMENT, running),),
+            )
+        driver = device.driver
+        if driver not in ("i915", "xe"):
+            raise EnableError(
+                "SR-IOV on %s needs the i915 (SR-IOV build) or xe driver bound to it, not %s; nothing changed"
+                % (device.address, driver or "no driver")
+            )
+        count = options.get("max_vfs")
+        total = device.sriov.total_vfs if device.sriov is not None else None
+        if not count or count < 1 or (total and count > total):
+            raise EnableError(
+                "max_vfs must be between 1 and %s for %s; nothing changed" % (total or "the GPU's VF count",
+                                                                              device.address)
+            )
+        arguments = ["%s.max_vfs=%d" % (driver, count)]
+        if driver == "i915":
+            arguments.append("i915.enable_guc=3")
+        live = host.module_parameter(driver, "max_vfs")
+        return EnablePlan(
+            mode=mode,
+            address=device.address,
+            kernel_arguments=tuple(arguments),
+            running_needs=(("%s.max_vfs=%d in the loaded %s driver" % (driver, count, driver), live == str(count)),),
+            notes=("then create the VFs with gpuvirt.host.sriov and hand them to vfio-pci",),
+        )
+
+    def read_device(self, path, address, findings):
+        return {}
+
+    def gpu_keys(self, device):
+        return {}
+
+    def modes(self, device, host):
+        modes = []
+        if is_integrated(device) and (device.class_code or "").startswith("0300"):
+            modes.append(self._gvt_g(device, host))
+        if device.sriov is not None or (device.device_id or "") in SRIOV_IDS:
+            modes.append(self._sriov(device, host))
+        return modes
+
+    def _gvt_g(self, device, host):
+        if not gvt_g_generation(device.device_id):
+            return {
+                "mode": "gvt-g", "ready": False, "missing": [],
+                "unsupported": "GVT-g exists only on Broadwell to Comet Lake (Gen8/Gen9) iGPUs; %s [%s] is a later "
+                               "generation (Gen12 and later iGPUs offer SR-IOV instead, with the i915 SR-IOV or xe "
+                               "driver)" % (device.address, device.device_id),
+            }
+        if host.is_mdev_parent(device.address):
+            return {"mode": "gvt-g", "ready": True, "missing": []}
+        missing = []
+        if device.driver != "i915":
+            missing.append("the i915 driver bound to it (now: %s)" % (device.driver or "no driver"))
+        if host.cmdline_value("i915.enable_gvt") not in ("1", "y", "Y"):
+            missing.append("%s on the kernel command line and a reboot" % GVT_G_ARGUMENT)
+        if not host.module_loaded(GVT_G_MODULE):
+            missing.append("the %s module loaded" % GVT_G_MODULE)
+        if host.iommu_enabled is False:
+            missing.append("the IOMMU (intel_iommu=on)")
+        if not missing:
+            missing.append("mdev types: i915 registered none although GVT-g is on; check dmesg for 'gvt:'")
+        return {"mode": "gvt-g", "ready": False, "missing": missing}
+
+    def _sriov(self, device, host):
+        sriov = device.sriov
+        if sriov is not None and sriov.num_vfs:
+            return {"mode": "sriov", "ready": True, "missing": []}
+        missing = []
+        driver = device.driver
+        if driver in ("i915", "xe"):
+            max_vfs = host.module_parameter(driver, "max_vfs")
+            if max_vfs in (None, "0") and host.cmdline_value(driver + ".max_vfs") in (None, "0"):
+                missing.append(
+                    "%s.max_vfs=<N>%s and a driver reload or reboot (PF mode)"
+                    % (driver, " with i915.enable_guc=3" if driver == "i915" else "")
+                )
+        else:
+            missing.append("an SR-IOV capable i915 or xe driver bound to it (now: %s)" % (driver or "no driver"))
+        if sriov is None or not sriov.total_vfs:
+            missing.append("VFs reported by the driver (sriov_totalvfs is %s)" % ("absent" if sriov is None else 0))
+        else:
+            missing.append("VFs enabled (sriov_numvfs, gpuvirt.host.sriov) and handed to vfio-pci")
+        return {"mode": "sriov", "ready": False, "missing": missing}
+
+
+BACKEND = IntelBackend()

@@ -1,0 +1,184 @@
+# Copyright (c) gpuvirt.host contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The NVIDIA backend: vGPU readers (the per-VF ``nvidia/`` interface, legacy mdev profile names)
+and what an NVIDIA GPU needs before it offers vGPUs.
+
+Interface notes (vgpu-device-manager, go-nvlib, the vgpu-kvm driver packages):
+
+- Host driver: the vGPU manager build of ``nvidia`` (the "vgpu-kvm" package), with the services
+  ``nvidia-vgpud`` and ``nvidia-vgpu-mgr`` and the module ``nvidia_vgpu_vfio``. The plain data-center
+  driver has neither: it offers no vGPU types at all.
+- Up to Ampere (and on kernels before 6.8): mdev types ``nvidia-<n>`` on the GPU or, on SR-IOV GPUs,
+  on each VF once ``/usr/lib/nvidia/sriov-manage -e <pf>`` enabled them.
+- Ada/Hopper and later with vGPU 17+ on kernel 6.8+: no mdev bus; each VF has
+  ``nvidia/creatable_vgpu_types`` and ``nvidia/current_vgpu_type`` (write a type ID, ``0`` to delete).
+
+Public API:
+
+- :func:`parse_creatable_vgpu_types` ``(text) -> (list[{"id": int, "name": str}], list[str])``:
+  the entries of ``nvidia/creatable_vgpu_types`` and the lines that could not be parsed.
+- :func:`read_nvidia_vgpu` ``(device_path, address, findings=None, display=None) -> dict | None``:
+  ``{"creatable": [...], "current": int}`` for a device with an ``nvidia/`` directory, else None.
+- :func:`profile_name` ``(type_name) -> str | None``: ``NVIDIA A100-4C`` -> ``A100-4C``.
+
+Kernel 6.8+ with recent vGPU drivers has no mdev bus: each VF carries
+``nvidia/creatable_vgpu_types`` (a header ``ID    : vGPU Name`` then ``1030  : NVIDIA L40S-1B``
+lines, shrinking to the header alone as capacity is used) and ``nvidia/current_vgpu_type``
+(``0`` when none).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import MISSING, read_attribute
+from ansible_collections.gpuvirt.host.plugins.module_utils.vendor_plan import EnableError, EnablePlan
+
+VENDOR_ID = "10de"
+STATE_KEY = "nvidia_vgpu"
+VGPU_HOST_MODULE = "nvidia_vgpu_vfio"
+
+_ENTRY = re.compile(r"\s*([0-9]+)\s*:\s*(\S.*?)\s*\Z")
+_HEADER = re.compile(r"\s*ID\s*:", re.IGNORECASE)
+
+
+def parse_creatable_vgpu_types(text):
+    """Parse ``nvidia/creatable_vgpu_types``; returns ``(entries, bad_lines)``."""
+    entries = []
+    bad = []
+    for line in text.splitlines():
+        if not line.strip() or _HEADER.match(line):
+            continue
+        match = _ENTRY.match(line)
+        if match is None:
+            bad.append(line)
+        else:
+            entries.append({"id": int(match.group(1)), "name": match.group(2)})
+    return entries, bad
+
+
+def read_nvidia_vgpu(device_path, address, findings=None, display=None):
+    """The per-VF vGPU state of one device, or None when it has no ``nvidia/`` interface.
+
+    ``display`` is how findings name the ``nvidia/`` directory (default: its
+    ``/sys/bus/pci/devices/<address>/nvidia`` path).
+    """
+    text, problem = read_attribute(device_path + "/nvidia/creatable_vgpu_types")
+    if problem is MISSING:
+        return None
+    display = display or "/sys/bus/pci/devices/%s/nvidia" % address
+    creatable = None
+    if text is None:
+        _report(findings, display + "/creatable_vgpu_types", problem, None, address)
+    else:
+        creatable, bad = parse_creatable_vgpu_types(text)
+        if bad:
+            _report(findings, display + "/creatable_vgpu_types", None, bad[0], address)
+            creatable = None
+    current_text, problem = read_attribute(device_path + "/nvidia/current_vgpu_type")
+    current = None
+    if current_text is not None and current_text.isascii() and current_text.isdigit():
+        current = int(current_text)
+    elif problem is not MISSING:
+        _report(findings, display + "/current_vgpu_type", problem, current_text, address)
+    return {"creatable": creatable, "current": current}
+
+
+def _report(findings, path, problem, value, address):
+    if findings is not None:
+        expected = "'<id> : <vGPU name>' lines" if path.endswith("types") else "a vGPU type ID (0 for none)"
+        findings.bad_attribute(path, problem, expected, address, value)
+
+
+def profile_name(type_name):
+    """The vGPU profile of a legacy mdev type name: its last word (``NVIDIA A100-4C`` -> ``A100-4C``)."""
+    if not type_name:
+        return None
+    words = type_name.split()
+    return words[-1] if words else None
+
+
+def vgpu_state(device):
+    """The per-VF vGPU state :func:`read_nvidia_vgpu` read for ``device`` (a ``PciDevice``), or None."""
+    return device.vendor_state.get(STATE_KEY)
+
+
+class NvidiaBackend:
+    """NVIDIA GPUs: the per-VF vGPU state, and the ``vgpu`` virtualization mode."""
+
+    name = "nvidia"
+    vendor_id = VENDOR_ID
+    device_defaults = {STATE_KEY: None}
+    gpu_defaults = {STATE_KEY: False}
+    enable_modes = ("vgpu",)
+
+    def enable_plan(self, device, host, mode, options):
+        """vGPU: nothing to write; the vGPU host driver must be installed and its manager running,
+        else a refusal. Profiles are then created by gpuvirt.host.nvidia_vgpu."""
+
+        problems = []
+        if device.driver != "nvidia":
+            problems.append("the nvidia driver is not bound to it (driver: %s)" % (device.driver or "none"))
+        if not host.module_loaded(VGPU_HOST_MODULE):
+            problems.append("the vGPU host driver is not loaded (no %s module)" % VGPU_HOST_MODULE)
+        if not manager_running(host.root):
+            problems.append("nvidia-vgpu-mgr is not running")
+        if problems:
+            raise EnableError(
+                "vGPU on %s: %s; install NVIDIA's vGPU host driver (the vgpu-kvm package) and start "
+                "nvidia-vgpud and nvidia-vgpu-mgr, then run again; nothing changed"
+                % (device.address, "; ".join(problems))
+            )
+        return EnablePlan(mode=mode, address=device.address,
+                          notes=("create vGPU profiles with gpuvirt.host.nvidia_vgpu",))
+
+    def read_device(self, path, address, findings):
+        return {STATE_KEY: read_nvidia_vgpu(path, address, findings)}
+
+    def gpu_keys(self, device):
+        return {STATE_KEY: vgpu_state(device) is not None}
+
+    def modes(self, device, host):
+        """``vgpu``: ready when the GPU (or one of its VFs) offers vGPU types now. Offered for 3D
+        controllers (data-center GPUs) and SR-IOV capable GPUs; a GeForce-class VGA controller without
+        either is not a vGPU model as far as sysfs can tell."""
+        vfs = host.vfs_of(device)
+        offered = (
+            host.is_mdev_parent(device.address)
+            or vgpu_state(device) is not None
+            or any(host.is_mdev_parent(vf.address) or vgpu_state(vf) is not None for vf in vfs)
+        )
+        if not offered and not (device.class_code or "").startswith("0302") and device.sriov is None:
+            return []
+        missing = []
+        if not offered:
+            if device.driver != "nvidia":
+                missing.append("the NVIDIA vGPU host driver bound to it (now: %s)" % (device.driver or "no driver"))
+            elif not host.module_loaded(VGPU_HOST_MODULE):
+                missing.append(
+                    "the vGPU manager build of the nvidia driver (module %s, service nvidia-vgpu-mgr); "
+                    "the data-center driver offers no vGPU types" % VGPU_HOST_MODULE
+                )
+            if device.sriov is not None and device.sriov.total_vfs and not device.sriov.num_vfs:
+                missing.append("its VFs (sriov-manage -e, as gpuvirt.host.nvidia_vgpu runs it)")
+            if not missing:
+                missing.append("vGPU types: none is offered although the vGPU driver is loaded; check nvidia-vgpu-mgr")
+        return [{"mode": "vgpu", "ready": offered, "missing": missing}]
+
+
+def manager_running(root):
+    """A process named ``nvidia-vgpu-mgr`` runs below ``root`` (``proc/<pid>/comm``)."""
+    proc = os.path.join(root, "proc")
+    try:
+        pids = [entry for entry in os.listdir(proc) if entry.isdigit()]
+    except OSError:
+        return False
+    for pid in pids:
+        text, _problem = read_attribute(os.path.join(proc, pid, "comm"))
+        if text == "nvidia-vgpu-mgr":
+            return True
+    return False
+
+
+BACKEND = NvidiaBackend()

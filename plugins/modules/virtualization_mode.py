@@ -1,0 +1,185 @@
+#!/usr/bin/python
+# Copyright (c) gpuvirt.host contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: virtualization_mode
+short_description: Make a GPU able to offer a vendor's virtualization mode (GVT-g, SR-IOV, MxGPU, vGPU)
+version_added: 0.1.0
+author: gpuvirt.host maintainers (@gpuvirt)
+description:
+  - Turns on what a GPU needs before it can be carved up, by its vendor's rules, and says what is still
+    missing afterwards. The carving itself is left to M(gpuvirt.host.mdev), M(gpuvirt.host.sriov) and
+    M(gpuvirt.host.nvidia_vgpu).
+  - "V(gvt-g) (Intel Broadwell to Comet Lake iGPUs): adds C(i915.enable_gvt=1) to the kernel command line
+    (through the boot loader, as M(gpuvirt.host.kernel_cmdline) does) and C(kvmgt) to
+    C(/etc/modules-load.d/gpuvirt-gvt-g.conf); loads C(kvmgt) at once when the running kernel already has
+    GVT-g on. Later iGPUs (Gen11 and newer, which have no GVT-g) are refused with the reason."
+  - "V(sriov) (Intel SR-IOV GPUs under C(i915) or C(xe)): adds C(<driver>.max_vfs=<max_vfs>) (and
+    C(i915.enable_guc=3) for i915) to the kernel command line; the driver reads them at probe."
+  - "V(mxgpu) (AMD Instinct and Radeon PRO V GPUs): with AMD's GIM host driver bound, writes
+    C(options gim vf_num=<max_vfs>) to C(/etc/modprobe.d/gpuvirt-gim.conf); without GIM, refuses with what
+    to install."
+  - "V(vgpu) (NVIDIA): checks that the vGPU host driver is loaded (C(nvidia_vgpu_vfio)) and
+    C(nvidia-vgpu-mgr) runs; refuses with what to install otherwise. Nothing is written."
+extends_documentation_fragment:
+  - gpuvirt.host.attributes
+  - gpuvirt.host.attributes.linux
+attributes:
+  check_mode:
+    support: full
+    details:
+      - Reads everything, writes nothing, and predicts C(changed), the files and C(reboot_required).
+  diff_mode:
+    support: full
+    details:
+      - Shows each file (boot loader configuration, modprobe.d, modules-load.d) before and after.
+options:
+  selector:
+    description:
+      - The GPU, as its PCI address (4- to 8-digit domain, or short), a C(vendor:device) ID or a model name;
+        it must name exactly one physical function.
+    type: str
+    required: true
+  mode:
+    description: The virtualization mode to make available.
+    type: str
+    required: true
+    choices: [gvt-g, sriov, mxgpu, vgpu]
+  max_vfs:
+    description: The number of VFs the driver should offer (V(sriov), V(mxgpu)).
+    type: int
+  bootloader:
+    description: The boot configuration to edit for kernel arguments, as in M(gpuvirt.host.kernel_cmdline).
+    type: str
+    default: auto
+    choices: [auto, grub, grubby, systemd-boot, proxmox]
+  update:
+    description: Regenerate the boot loader configuration after editing it (on the host itself).
+    type: bool
+    default: true
+  root:
+    description: The host's root; another directory to edit an image tree or a fixture.
+    type: path
+    default: /
+seealso:
+  - module: gpuvirt.host.topology_info
+  - module: gpuvirt.host.mdev
+  - module: gpuvirt.host.sriov
+  - module: gpuvirt.host.nvidia_vgpu
+"""
+
+EXAMPLES = r"""
+- name: Turn GVT-g on for the iGPU
+  gpuvirt.host.virtualization_mode:
+    selector: "0000:00:02.0"
+    mode: gvt-g
+  register: gvt
+
+- name: Reboot when the running kernel does not have it yet
+  ansible.builtin.reboot:
+  when: gvt.reboot_required
+
+- name: Let the Flex 170 GPUs offer 7 VFs each
+  gpuvirt.host.virtualization_mode:
+    selector: "8086:56c0"
+    mode: sriov
+    max_vfs: 7
+"""
+
+RETURN = r"""
+mode:
+  description: The mode asked for.
+  returned: success
+  type: str
+  sample: gvt-g
+device:
+  description: The GPU's PCI address.
+  returned: success
+  type: str
+  sample: "0000:00:02.0"
+files_changed:
+  description: The files this run changed (or would change in check mode).
+  returned: success
+  type: list
+  elements: str
+  sample: ["/etc/default/grub", "/etc/modules-load.d/gpuvirt-gvt-g.conf"]
+kernel_arguments:
+  description: The kernel arguments the mode needs on the command line.
+  returned: success
+  type: list
+  elements: str
+  sample: [i915.enable_gvt=1]
+modules_loaded:
+  description: Modules loaded by this run.
+  returned: success
+  type: list
+  elements: str
+  sample: []
+reboot_required:
+  description: The running kernel or driver lacks what the mode needs; it works after a reboot.
+  returned: success
+  type: bool
+  sample: true
+reboot_for:
+  description: What the running kernel lacks.
+  returned: success
+  type: list
+  elements: str
+  sample: ["i915.enable_gvt=1 in the running kernel's command line"]
+verification:
+  description:
+    - The mode read back from the host after the run - V(ready) and what is V(missing); in check mode, the
+      state before the run.
+  returned: success
+  type: dict
+  sample: {"ready": false, "missing": ["i915.enable_gvt=1 on the kernel command line and a reboot"]}
+notes:
+  description: What to do next.
+  returned: success
+  type: list
+  elements: str
+  sample: []
+"""
+
+from ansible.module_utils.basic import AnsibleModule  # noqa: E402
+
+from ansible_collections.gpuvirt.host.plugins.module_utils import enablement  # noqa: E402
+from ansible_collections.gpuvirt.host.plugins.module_utils.host import run_locked  # noqa: E402
+
+
+def run(module):
+    params = module.params
+    root = params["root"]  # checked, and locked while this runs, by run_locked
+    device, host = enablement.read_gpu(root, params["selector"])
+    plan = enablement.plan_mode(device, host, params["mode"], {"max_vfs": params["max_vfs"]})
+    result = enablement.apply_plan(module, root, plan, params["bootloader"], params["update"])
+    diff = result.pop("diff")
+    if module._diff:
+        result["diff"] = diff
+    result["mode"] = plan.mode
+    result["device"] = plan.address
+    result["verification"] = enablement.verify(root, plan.address, plan.mode)
+    return result
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            selector=dict(type="str", required=True),
+            mode=dict(type="str", required=True, choices=list(enablement.MODES)),
+            max_vfs=dict(type="int"),
+            bootloader=dict(type="str", default="auto", choices=["auto", "grub", "grubby", "systemd-boot", "proxmox"]),
+            update=dict(type="bool", default=True),
+            root=dict(type="path", default="/"),
+        ),
+        required_if=[("mode", "sriov", ["max_vfs"]), ("mode", "mxgpu", ["max_vfs"])],
+        supports_check_mode=True,
+    )
+    run_locked(module, lambda host: run(module))
+
+
+if __name__ == "__main__":
+    main()

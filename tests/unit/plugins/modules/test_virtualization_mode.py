@@ -1,0 +1,142 @@
+# Copyright (c) gpuvirt.host contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""``gpuvirt.host.virtualization_mode`` on the vendor fixture hosts; GVT-g end to end through a
+simulated boot (tests/sim/gvt_g.py) and the mdev module."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+
+import ansible.module_utils._internal as ansible_internal
+import pytest
+
+from ansible_collections.gpuvirt.host.plugins.module_utils import mdev, restore, sysfs
+from ansible_collections.gpuvirt.host.tests.sim import gvt_g
+from ansible_collections.gpuvirt.host.tests.sim.mdev_kernel import KernelSim
+from ansible_collections.gpuvirt.host.tests.unit.plugins.modules.test_vfio_pci import read
+
+BOOT = os.path.join(os.path.dirname(__file__), "..", "..", "..", "fixtures", "boot", "debian-grub")
+IGPU = "0000:00:02.0"
+MODULES_LOAD = "etc/modules-load.d/gpuvirt-gvt-g.conf"
+
+
+def with_grub(root):
+    for relative in ("etc/default/grub", "usr/sbin/update-grub", "usr/sbin/grub-mkconfig"):
+        os.makedirs(os.path.dirname(os.path.join(root, relative)), exist_ok=True)
+        shutil.copy2(os.path.join(BOOT, relative), os.path.join(root, relative))
+    return root
+
+
+def snapshot(root):
+    state = {}
+    for directory, _dirs, names in os.walk(root):
+        for name in names:
+            path = os.path.join(directory, name)
+            if not os.path.islink(path):
+                with open(path, "rb") as handle:
+                    state[os.path.relpath(path, root)] = handle.read()
+    return state
+
+
+@pytest.fixture
+def mode(run_module):
+    def run(root, check_mode=False, diff=False, **args):
+        args.setdefault("root", root)
+        return run_module("virtualization_mode", args, check_mode=check_mode, diff=diff)
+
+    return run
+
+
+def test_gvt_g_end_to_end_spec_enabled_carved(make_host, mode, run_module, monkeypatch):
+    root = with_grub(make_host("gvtg_laptop"))
+    predicted = mode(root, check_mode=True, diff=True, selector=IGPU, mode="gvt-g")
+    assert predicted["rc"] == 0 and predicted["changed"] is True, predicted
+    assert read(root, MODULES_LOAD) is None
+
+    result = mode(root, diff=True, selector=IGPU, mode="gvt-g")
+    assert result["rc"] == 0 and result["changed"] is True, result
+    for key in ("changed", "files_changed", "reboot_required", "diff"):
+        assert predicted[key] == result[key], key
+    assert "i915.enable_gvt=1" in read(root, "etc/default/grub")
+    assert read(root, MODULES_LOAD).endswith("kvmgt\n")
+    assert result["reboot_required"] is True and result["modules_loaded"] == []
+    assert result["verification"]["ready"] is False
+    assert mode(root, selector=IGPU, mode="gvt-g")["changed"] is False
+
+    assert gvt_g.boot(root) is True  # the driver brings the types up after the reboot
+    after = mode(root, selector=IGPU, mode="gvt-g")
+    assert after["rc"] == 0, after
+    assert after["changed"] is False and after["reboot_required"] is False
+    assert after["verification"] == {"ready": True, "missing": []}
+
+    monkeypatch.setattr(ansible_internal, "is_controller", False)
+    with KernelSim(root).active():
+        carved = run_module("mdev", {"root": root, "host_id": "laptop-1", "parents": [
+            {"selector": IGPU, "mdevs": [{"type": "i915-GVTg_V5_4", "count": 1}]}]})
+    assert carved["rc"] == 0 and carved["changed"] is True, carved
+    created = os.listdir(os.path.join(root, "sys/bus/mdev/devices"))
+    assert len(created) == 1
+
+    # The next boot: the vGPU is gone until the boot-time restore brings it back from the state file.
+    with KernelSim(root).active():
+        sysfs.write_text(os.path.join(root, "sys/bus/mdev/devices", created[0], "remove"), "1")
+    assert os.listdir(os.path.join(root, "sys/bus/mdev/devices")) == []
+    assert gvt_g.boot(root) is True
+    with KernelSim(root).active():
+        status = restore.Restore(root=root, out=io.StringIO(), timeout=0.3, interval=0.01).run()
+    assert status["ok"] is True, status
+    assert mdev.read_mdev(root, created[0]) == (IGPU, "i915-GVTg_V5_4")
+
+
+def test_gvt_g_is_refused_on_a_later_generation_and_nothing_changes(make_host, mode):
+    root = with_grub(make_host("desktop_dgpu"))
+    before = snapshot(root)
+    result = mode(root, selector=IGPU, mode="gvt-g")
+    assert result["rc"] == 1 and result["changed"] is False
+    assert "Broadwell to Comet Lake" in result["msg"] and "nothing changed" in result["msg"]
+    assert snapshot(root) == before
+
+
+def test_intel_sriov_puts_max_vfs_on_the_command_line(make_host, mode):
+    root = with_grub(make_host("intel_flex_sriov"))
+    result = mode(root, selector="0000:4e:00.0", mode="sriov", max_vfs=7)
+    assert result["rc"] == 0 and result["changed"] is True, result
+    grub = read(root, "etc/default/grub")
+    assert "i915.max_vfs=7" in grub and "i915.enable_guc=3" in grub
+    assert result["reboot_required"] is True
+    assert mode(root, selector="0000:4e:00.0", mode="sriov", max_vfs=7)["changed"] is False
+    too_many = mode(root, selector="0000:4e:00.0", mode="sriov", max_vfs=64)
+    assert too_many["rc"] == 1 and "between 1 and 31" in too_many["msg"]
+
+
+def test_mxgpu_without_gim_is_refused_with_advice(make_host, mode):
+    root = make_host("amd_mxgpu_no_driver")
+    before = snapshot(root)
+    result = mode(root, selector="1002:74a1", mode="mxgpu", max_vfs=1)
+    assert result["rc"] == 1 and "GIM host driver" in result["msg"] and "blacklist amdgpu" in result["msg"]
+    assert snapshot(root) == before
+
+
+def test_mxgpu_with_gim_sets_vf_num(make_host, mode):
+    root = make_host("amd_mxgpu")
+    result = mode(root, selector="1002:74a1", mode="mxgpu", max_vfs=8)
+    assert result["rc"] == 0 and result["changed"] is True, result
+    assert read(root, "etc/modprobe.d/gpuvirt-gim.conf").endswith("options gim vf_num=8\n")
+    assert result["reboot_required"] is True and result["verification"]["ready"] is True
+    same = mode(root, selector="1002:74a1", mode="mxgpu", max_vfs=1)
+    assert same["changed"] is True and same["reboot_required"] is False
+
+
+def test_nvidia_vgpu_needs_the_running_manager(make_host, mode):
+    refused = mode(make_host("grace_hopper"), selector="0009:01:00.0", mode="vgpu")
+    assert refused["rc"] == 1 and "nvidia-vgpu-mgr is not running" in refused["msg"]
+    root = make_host("l40s_vgpu", processes=[{"pid": 2100, "comm": "nvidia-vgpu-mgr"}])
+    ready = mode(root, selector="0000:cb:00.0", mode="vgpu")
+    assert ready["rc"] == 0 and ready["changed"] is False and ready["verification"]["ready"] is True
+
+
+def test_a_mode_of_another_vendor_is_refused(make_host, mode):
+    result = mode(make_host("amd_mxgpu"), selector="1002:74a1", mode="gvt-g")
+    assert result["rc"] == 1 and "its vendor's modes are mxgpu" in result["msg"]
