@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 
 from ansible_collections.gpuvirt.host.plugins.module_utils import host as host_model
 from ansible_collections.gpuvirt.host.plugins.module_utils.errors import GpuvirtError
-from ansible_collections.gpuvirt.host.plugins.module_utils.kernel import read_builtin_modules
+from ansible_collections.gpuvirt.host.plugins.module_utils.kernel import modules_dir, read_builtin_modules
 from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import host_path, list_dir, read_text
 
 TOOLS = ("update-initramfs", "dracut", "mkinitcpio")
@@ -89,17 +89,9 @@ def module_name(path):
     return name.replace("-", "_")
 
 
-def _modules_dir(root, kernel_release):
-    for base in ("lib/modules", "usr/lib/modules"):
-        path = host_path(root, base, kernel_release)
-        if os.path.isdir(path):
-            return path
-    return None
-
-
 def available_modules(root, kernel_release):
     """Names of the modules ``kernel_release`` has (``modules.dep`` plus ``modules.builtin``), or None."""
-    directory = _modules_dir(root, kernel_release)
+    directory = modules_dir(root, kernel_release)
     if directory is None:
         return None
     names = set()
@@ -144,7 +136,7 @@ def detect_tool(root):
 
 
 def _pkgbase(root, kernel_release):
-    directory = _modules_dir(root, kernel_release)
+    directory = modules_dir(root, kernel_release)
     base = read_text(os.path.join(directory, "pkgbase")) if directory else None
     return base or "linux"
 

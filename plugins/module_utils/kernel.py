@@ -160,7 +160,8 @@ def read_loaded_modules(root):
     return sorted({line.split(None, 1)[0] for line in text.splitlines() if line.strip()})
 
 
-def _modules_dir(root, release):
+def modules_dir(root, release):
+    """``lib/modules/<release>`` (or ``usr/lib/modules/<release>``) below ``root``, or None."""
     for base in ("lib/modules", "usr/lib/modules"):
         path = host_path(root, base, release)
         if os.path.isdir(path):
@@ -181,7 +182,7 @@ def read_builtin_modules(root, release):
     """Names of the modules built into the kernel (``modules.builtin``), or None when unknown."""
     if not release:
         return None
-    directory = _modules_dir(root, release)
+    directory = modules_dir(root, release)
     if directory is None:
         return None
     try:
@@ -197,7 +198,7 @@ def read_vfio_aliases(root, release):
     vfio-pci's own ``alias vfio_pci:v*d*sv*sd*bc*sc*i* vfio_pci`` (its override-only table, which
     matches every device) is not a variant and is left out.
     """
-    directory = _modules_dir(root, release) if release else None
+    directory = modules_dir(root, release) if release else None
     if directory is None:
         return []
     aliases = []

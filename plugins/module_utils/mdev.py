@@ -41,7 +41,7 @@ from fractions import Fraction
 from ansible_collections.gpuvirt.host.plugins.module_utils import rules, sysfs
 from ansible_collections.gpuvirt.host.plugins.module_utils.errors import GpuvirtError
 from ansible_collections.gpuvirt.host.plugins.module_utils.iommu import users_of, vfio_holders
-from ansible_collections.gpuvirt.host.plugins.module_utils.mdev_info import mdev_parents, mdevs
+from ansible_collections.gpuvirt.host.plugins.module_utils.mdev_info import UUID, MdevType, mdev_parents, mdevs
 from ansible_collections.gpuvirt.host.plugins.module_utils.pci import name_devices, read_pci_devices
 from ansible_collections.gpuvirt.host.plugins.module_utils.selector import SelectorError, match_selector, parse_selector
 from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import (
@@ -62,32 +62,8 @@ MDEVCTL_BINARIES = ("usr/sbin/mdevctl", "usr/bin/mdevctl", "sbin/mdevctl", "bin/
 UDEV_RULE_DIRS = ("etc/udev/rules.d", "run/udev/rules.d", "usr/lib/udev/rules.d", "lib/udev/rules.d")
 _RUN_PATH = re.compile(r"(/[^\s'\"{};|]*/mdevctl)(?=[\s'\";|]|$)")
 
-_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
-
-
 class MdevError(GpuvirtError):
     """Bad input, a request that does not fit, or a kernel refusal; ``str()`` says what to do."""
-
-
-@dataclass
-class MdevType:
-    id: str
-    name: str | None = None
-    description: str | None = None
-    available_instances: int | None = None
-    device_api: str | None = None
-
-    def label(self):
-        return "%s (%s)" % (self.id, self.name) if self.name and self.name != self.id else self.id
-
-    def to_dict(self):
-        return {
-            "id": self.id,
-            "name": self.name,
-            "description": self.description,
-            "available_instances": self.available_instances,
-            "device_api": self.device_api,
-        }
 
 
 @dataclass
@@ -160,7 +136,7 @@ def normalize_uuid(text):
     if not isinstance(text, str):
         return None
     candidate = text.strip().lower()
-    return candidate if _UUID.match(candidate) else None
+    return candidate if UUID.match(candidate) else None
 
 
 def _type_keys(mdev_type):

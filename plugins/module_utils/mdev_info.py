@@ -8,7 +8,6 @@ Public API (every reader takes the host ``root`` and never raises on a bad attri
 - :func:`list_mdev_parents` ``(root) -> list[str]``: names under ``sys/class/mdev_bus``.
 - :func:`read_mdev_types` ``(root, parent, findings=None) -> list[MdevType]``
 - :func:`mdev_parents` ``(root, findings=None) -> list[dict]``: ``{"parent", "types": [...]}``.
-- :func:`mdev_parent_path` ``(root, parent) -> str``: the parent's real directory.
 - :func:`mdevs` ``(root, findings=None) -> list[dict]``: ``{"uuid", "parent", "type",
   "iommu_group"}`` for every device under ``sys/bus/mdev/devices``.
 """
@@ -40,10 +39,13 @@ class MdevType:
     """``mdev_supported_types/<id>/``: ``name`` and ``description`` are optional in the ABI."""
 
     id: str
-    name: str | None
-    description: str | None
-    available_instances: int | None
-    device_api: str | None
+    name: str | None = None
+    description: str | None = None
+    available_instances: int | None = None
+    device_api: str | None = None
+
+    def label(self):
+        return "%s (%s)" % (self.id, self.name) if self.name and self.name != self.id else self.id
 
     def to_dict(self):
         return {
@@ -58,11 +60,6 @@ class MdevType:
 def list_mdev_parents(root):
     """Names of the devices that can host mediated devices (PCI addresses or virtual names)."""
     return list_dir(host_path(root, MDEV_BUS))
-
-
-def mdev_parent_path(root, parent):
-    """The directory holding ``mdev_supported_types`` for ``parent`` (through the class link)."""
-    return os.path.realpath(host_path(root, MDEV_BUS, parent))
 
 
 def read_mdev_types(root, parent, findings=None):

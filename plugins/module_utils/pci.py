@@ -5,12 +5,11 @@
 Public API (every reader takes the host ``root``; none raises on a bad attribute):
 
 - :class:`PciDevice`, :class:`SriovState` -- one device and its SR-IOV state; ``to_dict()``.
-- :func:`list_pci_addresses` ``(root) -> list[str]``
 - :func:`read_pci_device` ``(root, address, findings=None) -> PciDevice | None``
 - :func:`read_pci_devices` ``(root, findings=None) -> dict[str, PciDevice]`` (one pass, sorted)
 - :func:`companions` ``(devices, address, slots=None) -> list[str]`` (other functions of the same
   slot), :func:`slot_index` ``(devices) -> dict[str, list[str]]``
-- :func:`class_name` ``(class_code) -> str | None``, :func:`is_gpu_class`, :func:`is_bridge_class`
+- :func:`class_name` ``(class_code) -> str | None``, :func:`is_gpu_class`
 - :class:`PciIds` -- lazy vendor/device name lookup in the host's ``pci.ids``;
   :func:`name_devices` ``(root, devices) -> PciIds | None`` names a whole host at once.
 - ``HOST_GRAPHICS_DRIVERS`` -- drivers that drive a GPU for the host itself.
@@ -36,7 +35,7 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import (
     PCI_DEVICES,
     address_sort_key,
     host_path,
-    link_tail,
+    link_name,
     link_tail_at,
     list_dir,
     normalize_address,
@@ -151,11 +150,6 @@ class PciDevice:
         return result
 
 
-def list_pci_addresses(root):
-    """The entries of ``sys/bus/pci/devices`` (full ``dddd:bb:dd.f`` addresses), sorted."""
-    return list_dir(host_path(root, PCI_DEVICES))
-
-
 def _display(address, name):
     return "/%s/%s/%s" % (PCI_DEVICES, address, name)
 
@@ -180,7 +174,7 @@ class _Reader:
     def link_tail(self, name):
         if self.fd is not None:
             return link_tail_at(self.fd, name)
-        return link_tail(self.base + name)
+        return link_name(self.base + name)
 
     def problem(self, name, problem, expected, value=None):
         if self.findings is not None:
@@ -503,10 +497,6 @@ def companions(devices, address, slots=None):
 def is_gpu_class(class_code):
     """Display controllers (0x03) and processing accelerators (0x12)."""
     return class_code is not None and class_code[:2] in GPU_BASE_CLASSES
-
-
-def is_bridge_class(class_code):
-    return class_code is not None and class_code[:4] in BRIDGE_CLASSES
 
 
 # Names as pci.ids spells them, so reports read like lspci whether or not pci.ids is installed.

@@ -167,9 +167,6 @@ class Restore:
                 self.record(step, "*", False, "failed", unexpected_failure(error))
         return self.finish()
 
-    def _pf_of_vf(self, address):
-        return link_name(host_path(self.root, PCI_DEVICES, address, "physfn"))
-
     def step_driver(self):
         entries = self.state.get("sriov") or {}
         for pf in sorted(entries):

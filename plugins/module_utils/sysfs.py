@@ -33,26 +33,9 @@ def host_path(root, *parts):
     return os.path.join(root, *(p.lstrip("/") for p in parts))
 
 
-def _read_raw(path):
-    # os.open/os.read is about three times faster than open(): it matters when a host has
-    # hundreds of devices with a dozen attributes each.
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        return os.read(fd, 65536)
-    finally:
-        os.close(fd)
-
-
 def read_text(path):
     """Return the stripped content of a small attribute file, or None when it cannot be read."""
-    try:
-        raw = _read_raw(path)
-    except (OSError, ValueError):
-        return None
-    try:
-        return raw.decode("utf-8").strip()
-    except UnicodeDecodeError:
-        return None
+    return read_attribute(path)[0]
 
 
 def read_int(path, base=10):
@@ -76,11 +59,12 @@ def read_hex(path, width):
 
 def link_name(path):
     """Return the last component of a symlink's target (``driver`` -> ``vfio-pci``), or None."""
+    # No os.path calls: detection reads thousands of links per run.
     try:
-        target = os.readlink(path)
+        target = os.readlink(path).rstrip("/")
     except OSError:
         return None
-    return os.path.basename(target.rstrip("/")) or None
+    return target[target.rfind("/") + 1 :] or None
 
 
 def list_dir(path):
@@ -172,10 +156,6 @@ def read_attribute(path):
     return read_attribute_at(None, path)
 
 
-def link_tail(path):
-    """Like :func:`link_name` without ``os.path`` overhead, for kernel links (no trailing slash)."""
-    return link_tail_at(None, path)
-
 
 def open_directory(path):
     """A descriptor of the directory ``path`` (links followed), or None when it cannot be opened.
@@ -212,7 +192,7 @@ def read_attribute_at(directory, name):
 
 
 def link_tail_at(directory, name):
-    """:func:`link_tail` of ``name`` in the directory open as ``directory`` (a path when None)."""
+    """:func:`link_name` of ``name`` in the directory open as ``directory`` (a path when None)."""
     try:
         target = os.readlink(name, dir_fd=directory)
     except OSError:

@@ -11,7 +11,6 @@ Public API:
 - :func:`passthrough_verdict` ``(address, devices, iommu_enabled, groups=None, holders=None,
   critical=None, slots=None) -> dict``: ``viable``, ``reasons``, ``codes``, ``devices`` for one device.
 - :func:`group_endpoints` ``(devices, group) -> list[str]``: non-bridge members of a group.
-- ``PASSTHROUGH_CODES``: every code a verdict can carry.
 
 Readers it builds on (import them directly when a module needs one piece):
 
@@ -65,17 +64,6 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import PCI_DEVI
 
 # Kernel parameters that exist only on x86 (Documentation/admin-guide/kernel-parameters.txt).
 X86_ONLY_PARAMETERS = frozenset(("intel_iommu", "amd_iommu", "iommu", "intremap", "amd_iommu_intr"))
-PASSTHROUGH_CODES = (
-    "architecture_unsupported",
-    "iommu_disabled",
-    "iommu_unknown",
-    "no_iommu_group",
-    "boot_vga",
-    "doubtful_attribute",
-    "group_shared",
-    "in_use",
-    "host_critical",
-)
 # What a tree must contain to be read as a Linux host: a live or captured sysfs/procfs, or an
 # installed image.
 _LINUX_MARKERS = (PCI_DEVICES, "proc/cmdline", "etc/os-release", "usr/lib/os-release")

@@ -535,11 +535,6 @@ def expand_members(view, selected, with_companions):
 
 # ----------------------------------------------------------------------------------------- guards
 
-GUARD_CODES = (
-    "boot_vga", "console_framebuffer", "doubtful_attribute", "group_shared", "host_critical", "in_use", "id_shared"
-)
-
-
 @dataclass
 class Refusal:
     code: str
@@ -728,11 +723,6 @@ class PersistencePlan:
             or any(entry.file.changed for entry in self.driverctl)
             or bool(self.boot_plan is not None and self.boot_plan.changed)
         )
-
-    @property
-    def initramfs_inputs_changed(self):
-        """modprobe.d is copied into the initramfs; a changed file there needs a new image."""
-        return any(change.changed for change in self.files if change.path == MODPROBE_CONF)
 
     def diffs(self):
         result = [change.diff() for change in self.files if change.changed]

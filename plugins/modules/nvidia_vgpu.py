@@ -474,9 +474,6 @@ class NvidiaVgpuModule:
 
     # -- applying -------------------------------------------------------------------------------
 
-    def _changes_so_far(self, works):
-        return any(w.enabled or (w.executor and (w.executor.created or w.executor.deleted)) for w in works)
-
     def _apply(self, works):
         for work in works:
             try:

@@ -12,7 +12,6 @@ what the rebuild really put in.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 
@@ -619,8 +618,20 @@ def test_a_foreign_ids_line_is_warned_about(make_host, vfio_pci):
     assert any("/etc/modprobe.d/vfio.conf also sets vfio-pci ids=1002:73bf" in w for w in warnings(result))
 
 
-def test_results_are_json_serialisable(desktop, vfio_pci):
-    json.dumps(vfio_pci(desktop, devices=[GPU], diff=True))
+def test_the_diff_shows_each_file_as_written(desktop, vfio_pci):
+    result = vfio_pci(desktop, devices=[GPU], diff=True)
+    assert result["rc"] == 0
+    assert [(d["before_header"], d["after_header"]) for d in result["diff"]] == [
+        ("/%s (absent)" % MODPROBE, "/" + MODPROBE),
+        ("/%s (absent)" % MODULES_LOAD, "/" + MODULES_LOAD),
+    ]
+    for entry, path in zip(result["diff"], (MODPROBE, MODULES_LOAD)):
+        assert entry["before"] == ""
+        with open(os.path.join(desktop, path)) as handle:
+            assert entry["after"] == handle.read()
+    assert "options vfio-pci ids=%s\n" % ",".join(GPU_IDS) in result["diff"][0]["after"]
+    assert "softdep nvidia pre: vfio-pci\n" in result["diff"][0]["after"]
+    assert result["diff"][1]["after"].endswith("\nvfio-pci\n")
 
 
 # ------------------------------------------------------------------------------- PCI domains above ffff
