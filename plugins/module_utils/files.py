@@ -178,12 +178,18 @@ def write_file(path, content, mode=DEFAULT_MODE, owner=None):
     """Replace ``path`` with ``content`` atomically and durably; the missing directories are made 0755.
 
     ``mode`` and ``owner`` (``(uid, gid)`` or None) are set explicitly, whatever the umask. Raises
-    :class:`FileError`; the temp file is removed on any failure.
+    :class:`FileError`; the temp file is removed on any failure, and temp files of ``path`` that a
+    killed run left behind are removed first.
     """
     directory, name = os.path.split(path)
     temp = None
     try:
         _make_directories(directory)
+        # A run killed between creating its temp file and the rename leaves it behind; the host lock
+        # keeps other writers of this root away, so none of these is in use.
+        for leftover in leftover_temps(path):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(leftover)
         for _attempt in range(16):
             temp = os.path.join(directory, "." + name + TEMP_MARK + secrets.token_hex(4))
             try:

@@ -261,7 +261,11 @@ import os  # noqa: E402
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
 
 from ansible_collections.gpuvirt.host.plugins.module_utils.errors import GpuvirtError  # noqa: E402
-from ansible_collections.gpuvirt.host.plugins.module_utils.files import FileChange, apply_change  # noqa: E402
+from ansible_collections.gpuvirt.host.plugins.module_utils.files import (  # noqa: E402
+    FileChange,
+    FileError,
+    apply_change,
+)
 from ansible_collections.gpuvirt.host.plugins.module_utils.host import is_live_root, run_locked  # noqa: E402
 from ansible_collections.gpuvirt.host.plugins.module_utils.hoststate import (  # noqa: E402
     StateFileError,
@@ -320,7 +324,7 @@ class MdevModule:
         after = self._after(before, created, removed)
         try:
             persistence = self._persist(final, before) if self.module.params["persistent"] else self._no_persistence()
-        except OSError as error:
+        except (OSError, FileError) as error:
             changes = bool(created or removed or self.files_changed)
             raise GpuvirtError(
                 "recording the mdevs failed: %s; %s run again once it can be written, so that they come back at "

@@ -302,6 +302,7 @@ from ansible.module_utils.basic import AnsibleModule  # noqa: E402
 
 from ansible_collections.gpuvirt.host.plugins.module_utils import rules  # noqa: E402
 from ansible_collections.gpuvirt.host.plugins.module_utils.errors import GpuvirtError  # noqa: E402
+from ansible_collections.gpuvirt.host.plugins.module_utils.files import FileError  # noqa: E402
 from ansible_collections.gpuvirt.host.plugins.module_utils.host import run_locked  # noqa: E402
 from ansible_collections.gpuvirt.host.plugins.module_utils.hoststate import (  # noqa: E402
     StateFileError,
@@ -554,7 +555,7 @@ class NvidiaVgpuModule:
         try:
             state_changed, state_diff = write_state(self.module, self.root, state)
             cache_changed, cache_diff = write_cache(self.module, self.root, self.cache)
-        except OSError as error:
+        except (OSError, FileError) as error:
             self.fail("writing the state or type cache file failed: %s" % error, changed=changed)
         result = dict(
             changed=changed or state_changed or cache_changed,

@@ -178,6 +178,7 @@ from ansible.module_utils.basic import AnsibleModule  # noqa: E402
 
 from ansible_collections.gpuvirt.host.plugins.module_utils import rules  # noqa: E402
 from ansible_collections.gpuvirt.host.plugins.module_utils.errors import GpuvirtError  # noqa: E402
+from ansible_collections.gpuvirt.host.plugins.module_utils.files import FileError  # noqa: E402
 from ansible_collections.gpuvirt.host.plugins.module_utils.host import run_locked  # noqa: E402
 from ansible_collections.gpuvirt.host.plugins.module_utils.hoststate import (  # noqa: E402
     StateFileError,
@@ -242,7 +243,7 @@ class SriovModule:
         wanted = self._state_section(state, plans) if params["persistent"] else state["sriov"]
         try:
             state_changed, state_diff = write_state(self.module, self.root, with_section(state, "sriov", wanted))
-        except OSError as error:
+        except (OSError, FileError) as error:
             self.fail("writing %s failed: %s" % (state_path(self.root), error), changed=self._any_change(plans))
         result = dict(
             changed=self._any_change(plans) or state_changed,
