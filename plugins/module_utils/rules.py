@@ -328,8 +328,9 @@ def iommu_group_of(device_dir):
         return None, None
     except OSError as problem:
         return None, "iommu_group cannot be read (%s): the device's IOMMU group is unknown" % problem.strerror
-    name = target.rstrip("/").rsplit("/", 1)[-1]
-    parent = target.rstrip("/").rsplit("/", 2)[-2] if target.count("/") else ""
+    parts = target.rstrip("/").split("/")
+    name = parts[-1]
+    parent = parts[-2] if len(parts) > 1 else ""
     if not name.isdigit() or not name.isascii() or parent != "iommu_groups":
         return None, "iommu_group links to %s, not to iommu_groups/<number>: the device's IOMMU group is unknown" % (
             _shown(target)

@@ -306,6 +306,9 @@ def test_iommu_group_of(tmp_path):
     assert group is None and "does not exist or loops" in doubt
     odd = _device(tmp_path / "f", "../../../kernel/iommu_groups/two")
     assert rules.iommu_group_of(odd)[0] is None
+    for n, target in enumerate(("/", "//", "5", "iommu_groups/")):  # corrupt captures
+        group, doubt = rules.iommu_group_of(_device(tmp_path / ("g%d" % n), target))
+        assert group is None and "not to iommu_groups/<number>" in doubt, target
 
 
 def test_driver_of(tmp_path):
