@@ -62,6 +62,7 @@ MDEVCTL_BINARIES = ("usr/sbin/mdevctl", "usr/bin/mdevctl", "sbin/mdevctl", "bin/
 UDEV_RULE_DIRS = ("etc/udev/rules.d", "run/udev/rules.d", "usr/lib/udev/rules.d", "lib/udev/rules.d")
 _RUN_PATH = re.compile(r"(/[^\s'\"{};|]*/mdevctl)(?=[\s'\";|]|$)")
 
+
 class MdevError(GpuvirtError):
     """Bad input, a request that does not fit, or a kernel refusal; ``str()`` says what to do."""
 

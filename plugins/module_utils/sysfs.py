@@ -156,7 +156,6 @@ def read_attribute(path):
     return read_attribute_at(None, path)
 
 
-
 def open_directory(path):
     """A descriptor of the directory ``path`` (links followed), or None when it cannot be opened.
 
