@@ -315,6 +315,18 @@ def class_code(text):
     return match.group(1).lower(), None
 
 
+def _read_link(link, name, unknown):
+    """``(target, its path components, doubt)``: ``(None, None, None)`` when the link is absent,
+    ``(None, None, doubt)`` when it cannot be read."""
+    try:
+        target = os.readlink(link)
+    except FileNotFoundError:
+        return None, None, None
+    except OSError as problem:
+        return None, None, "%s cannot be read (%s): %s" % (name, problem.strerror, unknown)
+    return target, target.rstrip("/").split("/"), None
+
+
 def iommu_group_of(device_dir):
     """``(group number, doubt)`` from a device's ``iommu_group`` link.
 
@@ -322,13 +334,9 @@ def iommu_group_of(device_dir):
     ``iommu_groups/<number>``: ``(None, doubt)`` -- the group is unknown, never "a group of its own".
     """
     link = os.path.join(device_dir, "iommu_group")
-    try:
-        target = os.readlink(link)
-    except FileNotFoundError:
-        return None, None
-    except OSError as problem:
-        return None, "iommu_group cannot be read (%s): the device's IOMMU group is unknown" % problem.strerror
-    parts = target.rstrip("/").split("/")
+    target, parts, doubt = _read_link(link, "iommu_group", "the device's IOMMU group is unknown")
+    if target is None:
+        return None, doubt
     name = parts[-1]
     parent = parts[-2] if len(parts) > 1 else ""
     if not name.isdigit() or not name.isascii() or parent != "iommu_groups":
@@ -349,14 +357,9 @@ _DRIVER_NAME = re.compile(r"[A-Za-z0-9_.:+-]{1,64}\Z")
 def driver_of(device_dir):
     """``(driver name, doubt)`` from a device's ``driver`` link: None when unbound; a doubt when the
     link does not point at a driver directory (``.../drivers/<name>``)."""
-    link = os.path.join(device_dir, "driver")
-    try:
-        target = os.readlink(link)
-    except FileNotFoundError:
-        return None, None
-    except OSError as problem:
-        return None, "driver cannot be read (%s): the device's driver is unknown" % problem.strerror
-    parts = target.rstrip("/").split("/")
+    target, parts, doubt = _read_link(os.path.join(device_dir, "driver"), "driver", "the device's driver is unknown")
+    if target is None:
+        return None, doubt
     if len(parts) < 2 or parts[-2] != "drivers" or _DRIVER_NAME.match(parts[-1]) is None:
         return None, "driver links to %s, not to drivers/<name>: the device's driver is unknown" % _shown(target)
     return parts[-1], None
