@@ -55,6 +55,9 @@ ACPI_TABLES = "sys/firmware/acpi/tables"
 FIRMWARE_TABLES = frozenset(("DMAR", "IVRS", "IORT"))
 # arm-smmu-v3 registers "smmu3.<physical address>", arm-smmu (v1/v2) "smmu.<physical address>".
 ARM_SMMU_UNITS = ("smmu3.", "smmu.")
+# The name VFIO gives the groups it makes itself for devices no IOMMU translates for (mediated
+# devices, no-IOMMU mode; drivers/vfio, vfio_noiommu_group_alloc). They exist with the IOMMU off.
+VFIO_SOFTWARE_GROUP = "vfio-noiommu"
 _ECAP_INTERRUPT_REMAPPING = 1 << 3
 _IR_CHIP = re.compile(r"\bIR-[A-Z]")
 _PLAIN_CHIP = re.compile(r"\b(?:PCI-MSI|IO-APIC)")
@@ -105,7 +108,9 @@ def read_iommu(root, cmdline):
     """The IOMMU as firmware, kernel command line and sysfs describe it.
 
     ``enabled``: IOMMU units registered in ``sys/class/iommu`` or groups in
-    ``sys/kernel/iommu_groups``; None when the tree has neither directory nor their parents.
+    ``sys/kernel/iommu_groups`` other than VFIO's own (``name`` ``vfio-noiommu``: a mediated
+    device's group, there with the IOMMU off too); None when the tree has neither directory nor
+    their parents.
     ``vendor``: from the unit names (``dmar*`` Intel, ``ivhd*`` AMD, ``smmu3.*``/``smmu.*`` Arm),
     else from the ACPI table (DMAR, IVRS, IORT). ``firmware_support``: one of those tables is listed;
     None when ``sys/firmware/acpi/tables`` is missing from a tree without ``sys/firmware``, cannot be
@@ -114,7 +119,10 @@ def read_iommu(root, cmdline):
     """
     unknown = []
     units = list_dir(host_path(root, IOMMU_CLASS))
-    groups = list_dir(host_path(root, IOMMU_GROUPS))
+    groups = [
+        group for group in list_dir(host_path(root, IOMMU_GROUPS))
+        if read_text(host_path(root, IOMMU_GROUPS, group, "name")) != VFIO_SOFTWARE_GROUP
+    ]
     tables, tables_known = listing(root, ACPI_TABLES)
     device_tree = os.path.isdir(host_path(root, "sys/firmware/devicetree"))
     if not tables_known and os.path.isdir(host_path(root, "sys/firmware")) and not os.path.exists(

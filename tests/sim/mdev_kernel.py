@@ -8,8 +8,9 @@ simulator. It follows ``Documentation/ABI/testing/sysfs-bus-vfio-mdev`` and the 
 - writing a UUID to ``<parent>/mdev_supported_types/<type>/create`` makes the device directory
   ``<parent dir>/<uuid>`` with ``mdev_type`` and ``iommu_group`` links and a ``remove`` attribute,
   the ``sys/bus/mdev/devices/<uuid>`` link and the type's ``devices/<uuid>`` link, a group under
-  ``sys/kernel/iommu_groups`` and its ``dev/vfio/<group>`` node; a malformed UUID is ``EINVAL``, an
-  existing one ``EEXIST``, a full pool ``ENOSPC``;
+  ``sys/kernel/iommu_groups`` (VFIO's own: ``name`` ``vfio-noiommu``, ``type`` ``unknown``) and its
+  ``dev/vfio/<group>`` node; a malformed UUID is ``EINVAL``, an existing one ``EEXIST``, a full pool
+  ``ENOSPC``;
 - writing ``1`` to ``sys/bus/mdev/devices/<uuid>/remove`` undoes all of that (``EBUSY`` while a
   process in ``proc/*/fd`` holds the group);
 - each parent's types draw on one pool: type T costs ``size / available_instances(T)`` as first
@@ -167,6 +168,9 @@ class KernelSim:
             handle.write("")
         group_dir = self.path("sys/kernel/iommu_groups", group, "devices")
         os.makedirs(group_dir, exist_ok=True)
+        for name, value in (("name", "vfio-noiommu\n"), ("type", "unknown\n")):
+            with open(os.path.join(os.path.dirname(group_dir), name), "w") as handle:
+                handle.write(value)
         os.symlink(os.path.relpath(group_dir[: -len("/devices")], device), os.path.join(device, "iommu_group"))
         os.symlink(os.path.relpath(device, group_dir), os.path.join(group_dir, text))
         bus = self.path("sys/bus/mdev/devices")
@@ -206,6 +210,9 @@ class KernelSim:
                     os.unlink(path)
             with contextlib.suppress(OSError):
                 os.rmdir(os.path.join(group_dir, "devices"))
+                for name in ("name", "type"):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(os.path.join(group_dir, name))
                 os.rmdir(group_dir)
         for entry in os.listdir(device):
             os.unlink(os.path.join(device, entry))

@@ -239,6 +239,26 @@ def test_firmware_iommu_left_off_names_the_intel_argument(make_host):
     assert "interrupt_remapping_off" not in codes(topology)
 
 
+def test_the_vfio_group_of_a_mediated_device_is_no_sign_of_an_iommu(make_host):
+    # VFIO gives every mdev a group of its own (named vfio-noiommu), with the IOMMU off too, as the
+    # lab kernel shows: a VM holding one runs on a host whose IOMMU is still off.
+    uuid = "6f1a7c2e-3b4d-4e5f-8a9b-0c1d2e3f4a5b"
+    root = make_host(
+        "iommu_disabled",
+        mdev_parents=[{"name": "mtty", "types": [{"id": "mtty-1", "name": "Single port serial", "available": 24}]}],
+        mdevs=[{"uuid": uuid, "parent": "mtty", "type": "mtty-1"}],
+        processes=[{"pid": 408, "comm": "qemu-system-x86", "holds": ["mdev:" + uuid]}],
+    )
+    topology = detect(root)
+
+    assert os.listdir(os.path.join(root, "sys/kernel/iommu_groups")) == [topology["mdevs"][0]["iommu_group"]]
+    assert topology["iommu"]["enabled"] is False
+    assert finding(topology, "iommu_off")["severity"] == "error"
+    assert topology["mdevs"][0]["in_use_by"] == [{"pid": 408, "comm": "qemu-system-x86"}]
+    for entry in topology["gpus"]:
+        assert entry["passthrough"]["codes"][0] == "iommu_disabled"
+
+
 def test_firmware_iommu_left_off_names_the_amd_argument(make_host):
     topology = detect(make_host("amd_host", iommu={"enabled": False}))
 
