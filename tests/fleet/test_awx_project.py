@@ -17,6 +17,8 @@ import sys
 
 import pytest
 import yaml
+from ansible.utils.vars import isidentifier
+from ansible.vars.reserved import is_reserved_name
 from conftest import COLLECTIONS_BASE, REPO
 
 PROJECT = os.path.join(REPO, "examples", "awx-project")
@@ -110,8 +112,18 @@ def test_configuration_reaches_the_controller_api_with_valid_arguments(awx_colle
     assert re.search(r"(Connection refused|Failed to connect|Errno 111)", output), output
 
 
+def _within(value, item):
+    """AWX's launch-time bounds: ``min``/``max`` apply when set (not "" or None); a string's length."""
+    size = len(value) if isinstance(value, str) else value
+    return all(item.get(bound) in ("", None) or check(size, int(item[bound]))
+               for bound, check in (("min", lambda a, b: a >= b), ("max", lambda a, b: a <= b)))
+
+
 def _check_survey(survey):
-    """AWX's rules for a survey spec, as _validate_spec_data applies them."""
+    """AWX's rules for a survey spec: the API's (awx/api/views JobTemplateSurveySpec._validate_spec_data),
+    the launch's for the defaults (awx/main/models/mixins.py _survey_element_validation: a default
+    outside its bounds is dropped), and the UI's (no white space in a variable name, which must also be
+    one Ansible can use as a variable)."""
     assert isinstance(survey["name"], str) and isinstance(survey["description"], str)
     assert isinstance(survey["spec"], list) and survey["spec"]
     variables = [item["variable"] for item in survey["spec"]]
@@ -119,17 +131,16 @@ def _check_survey(survey):
     for item in survey["spec"]:
         for key in ("type", "question_name", "variable"):
             assert isinstance(item[key], str), (item, key)
+        assert isidentifier(item["variable"]) and not is_reserved_name(item["variable"]), item
         assert isinstance(item["required"], bool), item
         assert item["type"] in SURVEY_TYPES, item
         for bound in ("min", "max"):
             assert item.get(bound) is None or isinstance(item[bound], int), item
         default = item.get("default")
         if item["type"] in ("text", "textarea", "password"):
-            assert isinstance(default, str), item
-            assert item.get("min", 0) <= len(default) <= item.get("max", 1024), item
+            assert isinstance(default, str) and _within(default, item), item
         elif item["type"] == "integer":
-            assert isinstance(default, int) and not isinstance(default, bool), item
-            assert item["min"] <= default <= item["max"], item
+            assert isinstance(default, int) and not isinstance(default, bool) and _within(default, item), item
         elif item["type"] in ("multiplechoice", "multiselect"):
             choices = item["choices"] if isinstance(item["choices"], list) else item["choices"].split("\n")
             assert default in choices, item
