@@ -105,19 +105,19 @@ class _Parser:
         self.position += 1
         return token
 
-    def either(self):
-        terms = [self.both()]
-        while self.peek() == ("atom", "or"):
+    def joined(self, operator, operand):
+        """``operand (operator operand)*``, left to right."""
+        terms = [operand()]
+        while self.peek() == ("atom", operator):
             self.take()
-            terms.append(self.both())
-        return ("or", terms) if len(terms) > 1 else terms[0]
+            terms.append(operand())
+        return (operator, terms) if len(terms) > 1 else terms[0]
+
+    def either(self):
+        return self.joined("or", self.both)
 
     def both(self):
-        terms = [self.term()]
-        while self.peek() == ("atom", "and"):
-            self.take()
-            terms.append(self.term())
-        return ("and", terms) if len(terms) > 1 else terms[0]
+        return self.joined("and", self.term)
 
     def term(self):
         if self.peek() == ("paren", "("):
