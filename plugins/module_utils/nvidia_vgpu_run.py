@@ -23,6 +23,7 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.nvidia_vgpu import (
     VgpuError,
     cache_key,
     cache_path,
+    gpu_reason,
     known_types,
     legacy_mdev_parents,
     load_cache,
@@ -31,10 +32,10 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.nvidia_vgpu import (
     plan_per_vf,
     predicted_gpu,
     read_gpu,
-    select_gpus,
     wait_for_vf_interfaces,
 )
 from ansible_collections.gpuvirt.host.plugins.module_utils.pci import name_devices, read_pci_devices
+from ansible_collections.gpuvirt.host.plugins.module_utils.selector import select_devices
 from ansible_collections.gpuvirt.host.plugins.module_utils.sriov import (
     SriovError,
     enable_vfs_with_sriov_manage,
@@ -117,7 +118,7 @@ class NvidiaVgpuRun(ModuleRun):
         works = []
         for declaration in self.params["gpus"]:
             try:
-                addresses = select_gpus(devices, declaration["selector"])
+                addresses = select_devices(declaration["selector"], devices, "NVIDIA GPU", gpu_reason)
                 for pf in addresses:
                     if pf in owner:
                         raise VgpuError(
