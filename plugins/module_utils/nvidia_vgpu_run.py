@@ -71,8 +71,7 @@ class NvidiaVgpuRun(ModuleRun):
         self.afters = []
 
     def plan(self):
-        rules.integer(self.retries, "retries", 0, rules.RETRIES_MAX)
-        rules.number(self.delay, "delay", minimum_allowed=True, maximum=rules.WAIT_MAX)
+        self.retries, self.delay = rules.waits(self.params)
         try:
             check_root(self.root)
             self.state = load_state(self.root)

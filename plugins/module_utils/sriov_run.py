@@ -48,8 +48,7 @@ class SriovRun(ModuleRun):
         self.done = []
 
     def plan(self):
-        rules.integer(self.retries, "retries", 0, rules.RETRIES_MAX)
-        rules.number(self.delay, "delay", minimum_allowed=True, maximum=rules.WAIT_MAX)
+        self.retries, self.delay = rules.waits(self.params)
         try:
             check_root(self.root)
             state = load_state(self.root)
