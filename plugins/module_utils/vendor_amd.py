@@ -18,7 +18,12 @@ from __future__ import annotations
 
 import os
 
-from ansible_collections.gpuvirt.host.plugins.module_utils.vendor_plan import MANAGED_HEADER, EnableError, EnablePlan
+from ansible_collections.gpuvirt.host.plugins.module_utils.vendor_plan import (
+    MANAGED_HEADER,
+    EnableError,
+    EnablePlan,
+    VendorBackend,
+)
 
 VENDOR_ID = "1002"
 HOST_DRIVER = "gim"
@@ -32,13 +37,11 @@ def gim_present(root):
     return os.path.isdir(base) and any(os.path.exists(os.path.join(base, name)) for name in GIM_DRIVER_FILES)
 
 
-class AmdBackend:
+class AmdBackend(VendorBackend):
     """AMD GPUs: the ``mxgpu`` virtualization mode."""
 
     name = "amd"
     vendor_id = VENDOR_ID
-    device_defaults = {}
-    gpu_defaults = {}
     enable_modes = ("mxgpu",)
 
     def enable_plan(self, device, host, mode, options):
@@ -62,12 +65,6 @@ class AmdBackend:
             files=(("etc/modprobe.d/gpuvirt-gim.conf", MANAGED_HEADER + "options gim vf_num=%d\n" % count),),
             running_needs=(("gim loaded with vf_num=%d" % count, (live or "").split(",")[0] == str(count)),),
         )
-
-    def read_device(self, path, address, findings):
-        return {}
-
-    def gpu_keys(self, device):
-        return {}
 
     def modes(self, device, host):
         if (device.device_id or "") not in GIM_IDS and device.driver != HOST_DRIVER:

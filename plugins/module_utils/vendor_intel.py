@@ -20,7 +20,12 @@ xe_module.c; the i915-sriov-dkms project):
 
 from __future__ import annotations
 
-from ansible_collections.gpuvirt.host.plugins.module_utils.vendor_plan import MANAGED_HEADER, EnableError, EnablePlan
+from ansible_collections.gpuvirt.host.plugins.module_utils.vendor_plan import (
+    MANAGED_HEADER,
+    EnableError,
+    EnablePlan,
+    VendorBackend,
+)
 
 VENDOR_ID = "8086"
 IGPU_SLOT = "0000:00:02"
@@ -46,13 +51,11 @@ def is_integrated(device):
     return device.address.startswith(IGPU_SLOT + ".") and not device.is_vf
 
 
-class IntelBackend:
+class IntelBackend(VendorBackend):
     """Intel GPUs: the ``gvt-g`` and ``sriov`` virtualization modes."""
 
     name = "intel"
     vendor_id = VENDOR_ID
-    device_defaults = {}
-    gpu_defaults = {}
     enable_modes = ("gvt-g", "sriov")
 
     def enable_plan(self, device, host, mode, options):
@@ -100,12 +103,6 @@ class IntelBackend:
             running_needs=(("%s.max_vfs=%d in the loaded %s driver" % (driver, count, driver), live == str(count)),),
             notes=("then create the VFs with gpuvirt.host.sriov and hand them to vfio-pci",),
         )
-
-    def read_device(self, path, address, findings):
-        return {}
-
-    def gpu_keys(self, device):
-        return {}
 
     def modes(self, device, host):
         modes = []
