@@ -28,7 +28,7 @@ import json
 
 from ansible_collections.gpuvirt.host.plugins.module_utils import rules, vendors
 from ansible_collections.gpuvirt.host.plugins.module_utils.errors import GpuvirtError
-from ansible_collections.gpuvirt.host.plugins.module_utils.files import update_file
+from ansible_collections.gpuvirt.host.plugins.module_utils.files import plan_change
 from ansible_collections.gpuvirt.host.plugins.module_utils.host import inside
 
 STATE_PATH = "etc/gpuvirt/host-state.json"
@@ -90,6 +90,6 @@ def render_state(state):
     return json.dumps(state, indent=2, sort_keys=True) + "\n"
 
 
-def write_state(module, root, state):
-    """Write ``state`` atomically when it differs from the file; return (changed, diff)."""
-    return update_file(module, root, STATE_PATH, render_state(state))
+def plan_state(root, state):
+    """The :class:`files.FileChange` that records ``state`` (unchanged when the file already holds it)."""
+    return plan_change(root, STATE_PATH, render_state(state))

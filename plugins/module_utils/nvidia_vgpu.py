@@ -31,8 +31,8 @@ Public API (standard library only, so the boot-time restore can use it without A
 - :func:`wait_for_vf_interfaces` ``(root, pf, retries=10, delay=1.0) -> Gpu``: after enabling VFs, until
   every VF shows ``nvidia/creatable_vgpu_types`` or mdev types.
 - Type cache (``/var/lib/gpuvirt/nvidia-vgpu-types.json``): :func:`load_cache` ``(root)``,
-  :func:`observe` ``(cache, gpu) -> cache``, :func:`write_cache` ``(module, root, cache) ->
-  (changed, diff)``, :func:`cache_key` ``(gpu)``.
+  :func:`observe` ``(cache, gpu) -> cache``, :func:`plan_cache` ``(root, cache) ->
+  files.FileChange``, :func:`cache_key` ``(gpu)``.
 
 Why a cache: ``creatable_vgpu_types`` lists only what fits now and shrinks to its header when the
 GPU is full, so a profile name can only be resolved from a read taken while the GPU had room. Every
@@ -59,7 +59,7 @@ from dataclasses import dataclass, field
 
 from ansible_collections.gpuvirt.host.plugins.module_utils import rules, sysfs
 from ansible_collections.gpuvirt.host.plugins.module_utils.errors import GpuvirtError
-from ansible_collections.gpuvirt.host.plugins.module_utils.files import update_file
+from ansible_collections.gpuvirt.host.plugins.module_utils.files import plan_change
 from ansible_collections.gpuvirt.host.plugins.module_utils.host import inside
 from ansible_collections.gpuvirt.host.plugins.module_utils.iommu import users_of, vfio_holders
 from ansible_collections.gpuvirt.host.plugins.module_utils.mdev_info import list_mdev_parents, read_mdev_types
@@ -769,6 +769,6 @@ def render_cache(cache):
     return json.dumps(cache, indent=2, sort_keys=True) + "\n"
 
 
-def write_cache(module, root, cache):
-    """Write the cache atomically when it differs; returns ``(changed, diff)``."""
-    return update_file(module, root, CACHE_PATH, render_cache(cache))
+def plan_cache(root, cache):
+    """The :class:`files.FileChange` that records ``cache`` (unchanged when the file already holds it)."""
+    return plan_change(root, CACHE_PATH, render_cache(cache))
