@@ -32,7 +32,10 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.files import plan_cha
 from ansible_collections.gpuvirt.host.plugins.module_utils.host import inside
 
 STATE_PATH = "etc/gpuvirt/host-state.json"
-SECTIONS = ("sriov",) + vendors.state_sections() + ("mdevs",)
+def sections():
+    """The state file's sections in restore order: ``sriov``, the vendors' own, ``mdevs``."""
+    return ("sriov",) + vendors.state_sections() + ("mdevs",)
+
 VERSION = 1
 
 
@@ -42,7 +45,7 @@ class StateFileError(GpuvirtError):
 
 def empty_state():
     state = {"version": VERSION}
-    state.update({section: {} for section in SECTIONS})
+    state.update({section: {} for section in sections()})
     return state
 
 
@@ -66,7 +69,7 @@ def load_state(root):
         error=StateFileError,
     )
     state = empty_state()
-    for section in SECTIONS:
+    for section in sections():
         value = (data or {}).get(section, {})
         if not isinstance(value, dict):
             raise StateFileError(
@@ -79,7 +82,7 @@ def load_state(root):
 
 def with_section(state, section, entries):
     """Return a copy of ``state`` whose ``section`` is replaced by ``entries``."""
-    if section not in SECTIONS:
+    if section not in sections():
         raise ValueError("unknown state section %r" % section)
     updated = copy.deepcopy(state)
     updated[section] = entries

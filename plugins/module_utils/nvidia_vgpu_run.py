@@ -23,6 +23,7 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.nvidia_vgpu import (
     VgpuError,
     cache_key,
     cache_path,
+    enable_vfs_with_sriov_manage,
     known_types,
     legacy_mdev_parents,
     load_cache,
@@ -35,11 +36,7 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.nvidia_vgpu import (
     wait_for_vf_interfaces,
 )
 from ansible_collections.gpuvirt.host.plugins.module_utils.pci import name_devices, read_pci_devices
-from ansible_collections.gpuvirt.host.plugins.module_utils.sriov import (
-    SriovError,
-    enable_vfs_with_sriov_manage,
-    state_entry,
-)
+from ansible_collections.gpuvirt.host.plugins.module_utils.sriov import SriovError, state_entry
 from ansible_collections.gpuvirt.host.plugins.module_utils.topology import NotALinuxTree, check_root
 
 

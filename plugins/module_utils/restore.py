@@ -170,7 +170,7 @@ class Restore:
             except hoststate.StateFileError as error:
                 self.record("state", hoststate.state_path(self.root), False, "read", str(error))
                 return self.finish()
-        counts = ", ".join("%s %d" % (s, len(self.state.get(s) or {})) for s in hoststate.SECTIONS)
+        counts = ", ".join("%s %d" % (s, len(self.state.get(s) or {})) for s in hoststate.sections())
         self.log("restoring %s (%s)" % (hoststate.state_path(self.root), counts))
         for step in steps():
             name = step if isinstance(step, str) else step.name

@@ -242,7 +242,7 @@ def _write_num_vfs(root, pf, value):
         advice = _NUMVFS_ADVICE.get(error.errno)
         if error.errno == errno.ENOENT:
             device = read_pci_device(root, pf)
-            vendor = vendors.numvfs_advice(device) if device is not None else None
+            vendor = vendors.vf_count_advice(device) if device is not None else None
             advice = "%s (%s)" % (advice, vendor) if vendor else advice
         raise SriovError(
             "%s%s" % (error, "" if advice is None or advice in str(error) else " (%s)" % advice)
@@ -362,12 +362,6 @@ def enable_vfs_by_tool(runner, root, pf, tool, retries=5, delay=2.0, sleep=time.
         "%s did not enable the VFs of %s in %d attempts (%s); %s"
         % (command, pf, len(attempts), summary, tool.failure_advice(pf))
     )
-
-
-def enable_vfs_with_sriov_manage(runner, root, pf, retries=5, delay=2.0, command=None, sleep=time.sleep):
-    """The ``sriov_manage`` tool through :func:`enable_vfs_by_tool`; the gpuvirt.host.nvidia_vgpu module
-    calls it by this name (the same function is :func:`nvidia_vgpu.enable_vfs_with_sriov_manage`)."""
-    return enable_vfs_by_tool(runner, root, pf, vendors.vf_tool("sriov_manage", command), retries, delay, sleep)
 
 
 def restore_pf(root, pf, num_vfs, drivers_autoprobe=None, method=None, runner=None, retries=10, delay=0.5):

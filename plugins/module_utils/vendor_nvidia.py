@@ -164,6 +164,7 @@ class NvidiaBackend(VendorBackend):
 
     name = "nvidia"
     vendor_id = VENDOR_ID
+    host_drivers = ("nvidia", "nouveau")
     device_defaults = {STATE_KEY: None}
     gpu_defaults = {STATE_KEY: False}
     enable_modes = ("vgpu",)
@@ -171,8 +172,11 @@ class NvidiaBackend(VendorBackend):
     restore_steps = (RestoreStep(name=STATE_KEY, before="mdevs", items=_restore_items),)
     vf_tools = {"sriov_manage": SriovManage}
 
-    def numvfs_advice(self, device):
-        return "NVIDIA vGPU GPUs: use gpuvirt.host.nvidia_vgpu, which runs sriov-manage"
+    def vf_count_advice(self, device):
+        if device.driver != "nvidia":
+            return None
+        return "an NVIDIA GPU on the nvidia driver: vGPU hosts enable its VFs with sriov-manage; " \
+               "gpuvirt.host.nvidia_vgpu does that"
 
     def in_use_reasons(self, device):
         current = (vgpu_state(device) or {}).get("current")

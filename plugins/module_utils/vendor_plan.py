@@ -18,6 +18,10 @@ class EnableError(GpuvirtError):
     """The mode cannot be enabled on this GPU; says why and what to do. Nothing was changed."""
 
 
+class VendorRestoreError(GpuvirtError):
+    """A vendor's restore step could not bring one item back at boot; says why and what to do."""
+
+
 @dataclass(frozen=True)
 class EnablePlan:
     """Declarations only: kernel arguments to add, files to write (``((relative path, content), ...)``),
@@ -62,16 +66,18 @@ class VendorBackend:
     (``vendor_<name>.py``) subclasses this, overrides what its vendor needs and is listed in
     :data:`vendors.BACKENDS`.
 
-    Reading (:mod:`pci`, :mod:`topology`): ``device_defaults`` / ``gpu_defaults``,
+    Reading (:mod:`pci`, :mod:`topology`): ``host_drivers``, ``device_defaults`` / ``gpu_defaults``,
     :meth:`read_device`, :meth:`gpu_keys`, :meth:`modes`.
     Enabling (:mod:`enablement`): ``enable_modes``, :meth:`enable_plan`.
-    Carving (:mod:`sriov`, :mod:`mdev`): ``vf_tools``, :meth:`vf_count_set_by`, :meth:`numvfs_advice`,
+    Carving (:mod:`sriov`, :mod:`mdev`): ``vf_tools``, :meth:`vf_count_set_by`, :meth:`vf_count_advice`,
     :meth:`in_use_reasons`, :meth:`no_mdev_types_hint`.
     Persisting (:mod:`hoststate`, :mod:`restore`): ``state_sections``, ``restore_steps``.
     """
 
     name = None
     vendor_id = None
+    # Its kernel drivers that drive a GPU for the host itself (not for VMs).
+    host_drivers = ()
     device_defaults = {}
     gpu_defaults = {}
     enable_modes = ()
@@ -103,8 +109,9 @@ class VendorBackend:
         it is set instead, or None when it can."""
         return None
 
-    def numvfs_advice(self, device):
-        """What to do when writing ``sriov_numvfs`` of this physical function fails with ENOENT, or None."""
+    def vf_count_advice(self, device):
+        """The vendor's word on changing the VF count of this physical function through ``sriov_numvfs``
+        (warned when a module changes it, added when the kernel refuses it), or None."""
         return None
 
     def in_use_reasons(self, device):

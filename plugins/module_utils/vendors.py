@@ -6,7 +6,8 @@ One module per vendor (``vendor_nvidia``, ``vendor_intel``, ``vendor_amd``; flat
 boot-time restore can ship them as it ships every module_utils file) defines a ``BACKEND``, a
 :class:`vendor_plan.VendorBackend` that overrides the hooks its vendor needs:
 
-- reading: ``vendor_id`` (4 lowercase hex digits), ``device_defaults`` / ``gpu_defaults`` (the keys it
+- reading: ``vendor_id`` (4 lowercase hex digits), ``host_drivers`` (its kernel drivers that drive a GPU
+  for the host), ``device_defaults`` / ``gpu_defaults`` (the keys it
   adds to every device / GPU entry, with their values for other vendors' devices), ``read_device(path,
   address, findings)`` (its extra sysfs state of one of its devices, kept in ``PciDevice.vendor_state``;
   run only for its vendor's devices and for devices whose vendor could not be read), ``gpu_keys(device)``,
@@ -14,17 +15,18 @@ boot-time restore can ship them as it ships every module_utils file) defines a `
   "missing": [what is needed, as advice]}``, and ``unsupported``: why not at all);
 - enabling: ``enable_modes`` and ``enable_plan(device, host, mode, options)``;
 - carving: ``vf_tools`` (the vendor tools that enable VFs, by the ``method`` recorded in the state
-  file), ``vf_count_set_by(device)``, ``numvfs_advice(device)``, ``in_use_reasons(device)``,
+  file), ``vf_count_set_by(device)``, ``vf_count_advice(device)``, ``in_use_reasons(device)``,
   ``no_mdev_types_hint(device, vfs)``;
 - persisting: ``state_sections`` (its sections of ``/etc/gpuvirt/host-state.json``) and
   ``restore_steps`` (:class:`vendor_plan.RestoreStep`, run by :mod:`restore` at boot).
 
 Adding a vendor is one new module and one entry in :data:`BACKENDS`; no generic module names a vendor.
 
-Public API: :data:`BACKENDS`, :func:`backends_for`, :func:`read_vendor_state`, :func:`device_defaults`,
-:func:`gpu_keys`, :class:`HostFacts`, :func:`enable_modes`, :func:`virtualization_modes`,
-:func:`state_sections`, :func:`restore_steps`, :func:`vf_tool`, :func:`vf_tool_methods`,
-:func:`vf_count_set_by`, :func:`numvfs_advice`, :func:`in_use_reasons`, :func:`no_mdev_types_hint`.
+Public API: :data:`BACKENDS`, :func:`backends_for`, :func:`read_vendor_state`,
+:func:`host_graphics_drivers`, :func:`device_defaults`, :func:`gpu_keys`, :class:`HostFacts`,
+:func:`enable_modes`, :func:`virtualization_modes`, :func:`state_sections`, :func:`restore_steps`,
+:func:`vf_tool`, :func:`vf_tool_methods`, :func:`vf_count_set_by`, :func:`vf_count_advice`,
+:func:`in_use_reasons`, :func:`no_mdev_types_hint`.
 """
 
 from __future__ import annotations
@@ -55,6 +57,11 @@ def read_vendor_state(vendor_id, path, address, findings):
     for backend in backends_for(vendor_id):
         state.update(backend.read_device(path, address, findings))
     return state
+
+
+def host_graphics_drivers():
+    """The drivers that drive a GPU for the host itself (display, compute), of every vendor."""
+    return frozenset(driver for backend in BACKENDS for driver in backend.host_drivers)
 
 
 def device_defaults():
@@ -146,9 +153,9 @@ def vf_count_set_by(device):
     return _first(device, "vf_count_set_by")
 
 
-def numvfs_advice(device):
-    """The vendor's advice when ``sriov_numvfs`` of ``device`` refuses a count (ENOENT), or None."""
-    return _first(device, "numvfs_advice")
+def vf_count_advice(device):
+    """The vendor's word on changing the VF count of ``device`` through ``sriov_numvfs``, or None."""
+    return _first(device, "vf_count_advice")
 
 
 def in_use_reasons(device):
