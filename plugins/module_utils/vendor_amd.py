@@ -99,6 +99,7 @@ class AmdBackend(VendorBackend):
     name = "amd"
     vendor_id = VENDOR_ID
     host_drivers = ("amdgpu", "radeon")
+    softdep_drivers = host_drivers
     enable_modes = ("mxgpu",)
     restore_steps = (RestoreStep(name="mxgpu", before="sriov", items=_restore_items),)
 

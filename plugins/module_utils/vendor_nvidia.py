@@ -165,6 +165,7 @@ class NvidiaBackend(VendorBackend):
     name = "nvidia"
     vendor_id = VENDOR_ID
     host_drivers = ("nvidia", "nouveau")
+    softdep_drivers = host_drivers
     device_defaults = {STATE_KEY: None}
     gpu_defaults = {STATE_KEY: False}
     enable_modes = ("vgpu",)

@@ -76,8 +76,10 @@ class VendorBackend:
 
     name = None
     vendor_id = None
-    # Its kernel drivers that drive a GPU for the host itself (not for VMs).
+    # Its kernel drivers that drive a GPU for the host itself (not for VMs), and those of them that would
+    # claim a GPU passed through to VMs before vfio-pci at boot (vfio_pci's modprobe.d soft dependencies).
     host_drivers = ()
+    softdep_drivers = ()
     device_defaults = {}
     gpu_defaults = {}
     enable_modes = ()

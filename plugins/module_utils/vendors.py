@@ -7,10 +7,11 @@ boot-time restore can ship them as it ships every module_utils file) defines a `
 :class:`vendor_plan.VendorBackend` that overrides the hooks its vendor needs:
 
 - reading: ``vendor_id`` (4 lowercase hex digits), ``host_drivers`` (its kernel drivers that drive a GPU
-  for the host), ``device_defaults`` / ``gpu_defaults`` (the keys it
-  adds to every device / GPU entry, with their values for other vendors' devices), ``read_device(path,
-  address, findings)`` (its extra sysfs state of one of its devices, kept in ``PciDevice.vendor_state``;
-  run only for its vendor's devices and for devices whose vendor could not be read), ``gpu_keys(device)``,
+  for the host; ``softdep_drivers``: those that would claim a GPU before vfio-pci), ``device_defaults`` /
+  ``gpu_defaults`` (the keys it adds to every device / GPU entry, with their values for other vendors'
+  devices), ``read_device(path, address, findings)`` (its extra sysfs state of one of its devices, kept
+  in ``PciDevice.vendor_state``; run only for its vendor's devices and for devices whose vendor could not
+  be read), ``gpu_keys(device)``,
   ``modes(device, host)`` (the virtualization modes the GPU can offer, each ``{"mode", "ready",
   "missing": [what is needed, as advice]}``, and ``unsupported``: why not at all);
 - enabling: ``enable_modes`` and ``enable_plan(device, host, mode, options)``;
@@ -23,7 +24,7 @@ boot-time restore can ship them as it ships every module_utils file) defines a `
 Adding a vendor is one new module and one entry in :data:`BACKENDS`; no generic module names a vendor.
 
 Public API: :data:`BACKENDS`, :func:`backends_for`, :func:`read_vendor_state`,
-:func:`host_graphics_drivers`, :func:`device_defaults`, :func:`gpu_keys`, :class:`HostFacts`,
+:func:`host_graphics_drivers`, :func:`softdep_drivers`, :func:`device_defaults`, :func:`gpu_keys`, :class:`HostFacts`,
 :func:`enable_modes`, :func:`virtualization_modes`, :func:`state_sections`, :func:`restore_steps`,
 :func:`vf_tool`, :func:`vf_tool_methods`, :func:`vf_count_set_by`, :func:`vf_count_advice`,
 :func:`in_use_reasons`, :func:`no_mdev_types_hint`.
@@ -62,6 +63,11 @@ def read_vendor_state(vendor_id, path, address, findings):
 def host_graphics_drivers():
     """The drivers that drive a GPU for the host itself (display, compute), of every vendor."""
     return frozenset(driver for backend in BACKENDS for driver in backend.host_drivers)
+
+
+def softdep_drivers():
+    """The vendors' drivers that would claim a GPU before vfio-pci at boot, in registry order."""
+    return tuple(driver for backend in BACKENDS for driver in backend.softdep_drivers)
 
 
 def device_defaults():

@@ -96,9 +96,8 @@ def test_nvidia_vgpu_modes(make_host):
 # -- the seam: generic modules name no vendor, a new vendor is one backend --------------------------
 
 UTILS = os.path.join(os.path.dirname(vendors.__file__))
-# The registry, the backends and NVIDIA's own vGPU modules; vfio.py's soft dependencies on the GPU
-# drivers are still its own list.
-VENDOR_MODULES = {"vendors.py", "vendor_plan.py", "nvidia_vgpu.py", "nvidia_vgpu_run.py", "vfio.py"}
+# The registry, the backend interface and NVIDIA's own vGPU modules.
+VENDOR_MODULES = {"vendors.py", "vendor_plan.py", "nvidia_vgpu.py", "nvidia_vgpu_run.py"}
 VENDOR_WORDS = re.compile(r"nvidia|sriov.manage|kvmgt|\bgim\b|i915|\bxe\b|amdgpu|nouveau|radeon|mxgpu|gvt", re.I)
 VENDOR_IDS = re.compile(r"(0x)?(10de|8086|1002)\Z", re.I)
 PACKAGE = "ansible_collections.gpuvirt.host.plugins.module_utils"
