@@ -19,7 +19,11 @@ Public API (standard library only, so the boot-time restore can use it without A
   -> list``: the ``parents`` entries for ``gpuvirt.host.mdev`` on a legacy (mdev) GPU.
 - :func:`assign_vgpu_type` ``(root, vf, type_id, retries=10, delay=0.1) -> bool``: write
   ``nvidia/current_vgpu_type`` (``0`` first when another type is there; ``0`` deletes) and read it
-  back. :func:`restore_vf` ``(root, vf, type_id)`` is the same for the boot-time restore.
+  back. :func:`restore_vf` ``(root, vf, type_id)`` is the same for the boot-time restore, and
+  :func:`restore_vgpu` ``(context, vf, entry)`` its step for one ``nvidia_vgpu`` entry of the state file.
+- :func:`enable_vfs_with_sriov_manage` ``(runner, root, pf, retries=5, delay=2.0, command=None) -> dict``:
+  ``sriov-manage -e <pf>`` (:class:`vendor_nvidia.SriovManage`) until the VFs read back
+  (:func:`sriov.enable_vfs_by_tool`).
 - :class:`Executor` ``(root, retries, delay)``: runs a plan with a creatable-list check before each
   creation and ``rollback()``. :func:`offered_now` ``(root, vf) -> {id: name} | None``.
 - :func:`predicted_gpu` ``(root, gpu, cache_entry) -> Gpu``: the GPU once ``sriov-manage`` has
@@ -48,6 +52,7 @@ from __future__ import annotations
 import copy
 import errno
 import json
+import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -60,9 +65,18 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.iommu import users_of
 from ansible_collections.gpuvirt.host.plugins.module_utils.mdev_info import list_mdev_parents, read_mdev_types
 from ansible_collections.gpuvirt.host.plugins.module_utils.mdev_info import mdevs as list_mdevs
 from ansible_collections.gpuvirt.host.plugins.module_utils.pci import PciIds, is_gpu_class, read_pci_device
-from ansible_collections.gpuvirt.host.plugins.module_utils.sriov import poll, read_sriov, vf_addresses
+from ansible_collections.gpuvirt.host.plugins.module_utils.sriov import (
+    enable_vfs_by_tool,
+    poll,
+    read_sriov,
+    vf_addresses,
+)
 from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import PCI_DEVICES, host_path, normalize_address
-from ansible_collections.gpuvirt.host.plugins.module_utils.vendor_nvidia import parse_creatable_vgpu_types, vgpu_state
+from ansible_collections.gpuvirt.host.plugins.module_utils.vendor_nvidia import (
+    SriovManage,
+    parse_creatable_vgpu_types,
+    vgpu_state,
+)
 
 NVIDIA = "10de"
 CACHE_PATH = "var/lib/gpuvirt/nvidia-vgpu-types.json"
@@ -568,6 +582,32 @@ def assign_vgpu_type(root, vf, type_id, retries=10, delay=0.1):
 def restore_vf(root, vf, type_id, retries=10, delay=0.1):
     """What the boot-time restore calls for one ``nvidia_vgpu`` entry of the state file."""
     return assign_vgpu_type(root, vf, int(type_id), retries, delay)
+
+
+def restore_vgpu(context, vf, entry):
+    """The boot-time restore of one ``nvidia_vgpu`` entry of the state file (the NVIDIA backend's
+    restore step): wait for the VF's vGPU interface, write the recorded type, read it back.
+    ``context``: the running :class:`restore.Restore`."""
+    wanted = int(entry.get("type_id", 0))
+    path = _type_path(context.root, vf)
+    context.wait_for(lambda: os.path.exists(path), "%s appearing" % path)
+    if sysfs.read_int(path) == wanted:
+        return "type %d already" % wanted
+
+    def attempt():
+        restore_vf(context.root, vf, wanted)
+        current = sysfs.read_int(path)
+        if current != wanted:
+            raise VgpuError("current_vgpu_type of %s reads %s after writing %d" % (vf, current, wanted))
+
+    context.retry(attempt)
+    return "type %d (%s), read back" % (wanted, entry.get("type_name") or "?")
+
+
+def enable_vfs_with_sriov_manage(runner, root, pf, retries=5, delay=2.0, command=None, sleep=time.sleep):
+    """Put an NVIDIA GPU in SR-IOV mode with ``sriov-manage -e <pf>`` and read the VFs back; see
+    :func:`sriov.enable_vfs_by_tool` for the result and the retries."""
+    return enable_vfs_by_tool(runner, root, pf, SriovManage(command), retries, delay, sleep)
 
 
 def offered_now(root, vf):

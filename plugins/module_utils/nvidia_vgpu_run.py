@@ -23,6 +23,7 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.nvidia_vgpu import (
     VgpuError,
     cache_key,
     cache_path,
+    enable_vfs_with_sriov_manage,
     gpu_reason,
     known_types,
     legacy_mdev_parents,
@@ -36,11 +37,7 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.nvidia_vgpu import (
 )
 from ansible_collections.gpuvirt.host.plugins.module_utils.pci import name_devices, read_pci_devices
 from ansible_collections.gpuvirt.host.plugins.module_utils.selector import select_devices
-from ansible_collections.gpuvirt.host.plugins.module_utils.sriov import (
-    SriovError,
-    enable_vfs_with_sriov_manage,
-    state_entry,
-)
+from ansible_collections.gpuvirt.host.plugins.module_utils.sriov import SriovError, state_entry
 from ansible_collections.gpuvirt.host.plugins.module_utils.topology import NotALinuxTree, check_root
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ansible_collections.gpuvirt.host.plugins.module_utils import rules
+from ansible_collections.gpuvirt.host.plugins.module_utils import rules, vendors
 from ansible_collections.gpuvirt.host.plugins.module_utils.files import FileError
 from ansible_collections.gpuvirt.host.plugins.module_utils.hoststate import (
     StateFileError,
@@ -139,11 +139,14 @@ class SriovRun(ModuleRun):
                 "%s (%s) has no driver bound, and the VF count is changed through the PF's driver; load and "
                 "bind its driver first (nothing was changed)" % (pf, device.name)
             )
-        if change_count and device.vendor_id == "10de" and info["driver"] == "nvidia":
-            self.warn(
-                "%s is an NVIDIA GPU on the nvidia driver: vGPU hosts enable its VFs with sriov-manage; "
-                "gpuvirt.host.nvidia_vgpu does that" % pf
+        set_by = vendors.vf_count_set_by(device) if change_count else None
+        if set_by:
+            self.fail(
+                "%s (%s) has %d VFs, not %d: %s; nothing was changed" % (pf, device.name, current, wanted, set_by)
             )
+        advice = vendors.vf_count_advice(device) if change_count else None
+        if advice:
+            self.warn("%s is %s" % (pf, advice))
         in_use = vf_users(self.root, info["vfs"], holders, mdev_list) if change_count and current else {}
         return {
             "address": pf,

@@ -33,6 +33,7 @@ import time
 from dataclasses import dataclass
 
 from ansible_collections.gpuvirt.host.plugins.module_utils import host as host_model
+from ansible_collections.gpuvirt.host.plugins.module_utils import vendors
 from ansible_collections.gpuvirt.host.plugins.module_utils.critical import critical_devices
 from ansible_collections.gpuvirt.host.plugins.module_utils.errors import GpuvirtError
 from ansible_collections.gpuvirt.host.plugins.module_utils.files import (
@@ -79,9 +80,9 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.topology import (
 )
 
 VFIO_DRIVER = "vfio-pci"
-# Host drivers that would claim a GPU or one of its companion functions before vfio-pci does
-# unless modprobe loads vfio-pci first.
-SOFTDEP_DRIVERS = ("nvidia", "nouveau", "amdgpu", "radeon", "snd_hda_intel", "xhci_hcd")
+# Host drivers that would claim a GPU (the vendors' own) or one of its companion functions (HDMI audio,
+# USB-C) before vfio-pci does unless modprobe loads vfio-pci first.
+SOFTDEP_DRIVERS = vendors.softdep_drivers() + ("snd_hda_intel", "xhci_hcd")
 MODPROBE_CONF = "etc/modprobe.d/gpuvirt-vfio.conf"
 MODULES_LOAD_CONF = "etc/modules-load.d/gpuvirt-vfio.conf"
 DRIVERCTL_DIR = "etc/driverctl.d"
