@@ -31,6 +31,7 @@ import json
 import math
 import os
 import re
+import stat
 
 from ansible_collections.gpuvirt.host.plugins.module_utils import host
 from ansible_collections.gpuvirt.host.plugins.module_utils.errors import GpuvirtError
@@ -315,11 +316,12 @@ def class_code(text):
     return match.group(1).lower(), None
 
 
-def _read_link(link, name, unknown):
+def _read_link(link, name, unknown, directory=None):
     """``(target, its path components, doubt)``: ``(None, None, None)`` when the link is absent,
-    ``(None, None, doubt)`` when it cannot be read."""
+    ``(None, None, doubt)`` when it cannot be read. ``link`` is relative to the directory open as
+    ``directory`` when one is given."""
     try:
-        target = os.readlink(link)
+        target = os.readlink(link, dir_fd=directory)
     except FileNotFoundError:
         return None, None, None
     except OSError as problem:
@@ -327,14 +329,15 @@ def _read_link(link, name, unknown):
     return target, target.rstrip("/").split("/"), None
 
 
-def iommu_group_of(device_dir):
+def iommu_group_of(device_dir, directory=None):
     """``(group number, doubt)`` from a device's ``iommu_group`` link.
 
     No link: ``(None, None)`` (the IOMMU is off). A link that dangles, loops or does not end in
     ``iommu_groups/<number>``: ``(None, doubt)`` -- the group is unknown, never "a group of its own".
+    ``directory``: a descriptor of ``device_dir`` (detection opens each device's directory once).
     """
-    link = os.path.join(device_dir, "iommu_group")
-    target, parts, doubt = _read_link(link, "iommu_group", "the device's IOMMU group is unknown")
+    link = "iommu_group" if directory is not None else os.path.join(device_dir, "iommu_group")
+    target, parts, doubt = _read_link(link, "iommu_group", "the device's IOMMU group is unknown", directory)
     if target is None:
         return None, doubt
     name = parts[-1]
@@ -343,7 +346,11 @@ def iommu_group_of(device_dir):
         return None, "iommu_group links to %s, not to iommu_groups/<number>: the device's IOMMU group is unknown" % (
             _shown(target)
         )
-    if not os.path.isdir(os.path.join(link, "devices")):
+    try:
+        exists = stat.S_ISDIR(os.stat(link + "/devices", dir_fd=directory).st_mode)
+    except (OSError, ValueError):
+        exists = False
+    if not exists:
         return None, (
             "iommu_group links to %s, which does not exist or loops: the device's IOMMU group is unknown"
             % _shown(target)
