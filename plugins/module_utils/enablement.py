@@ -33,7 +33,7 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.selector import (
 from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import host_path
 from ansible_collections.gpuvirt.host.plugins.module_utils.vendor_plan import EnableError
 
-MODES = ("gvt-g", "sriov", "mxgpu", "vgpu")
+MODES = vendors.enable_modes()
 
 
 def read_gpu(root, selector_text):
@@ -62,9 +62,9 @@ def read_gpu(root, selector_text):
 def plan_mode(device, host, mode, options):
     """The vendor's :class:`EnablePlan` for ``mode`` on ``device``."""
     for backend in vendors.backends_for(device.vendor_id):
-        if mode in getattr(backend, "enable_modes", ()):
+        if mode in backend.enable_modes:
             return backend.enable_plan(device, host, mode, options)
-    offered = sorted(m for b in vendors.backends_for(device.vendor_id) for m in getattr(b, "enable_modes", ()))
+    offered = sorted(m for b in vendors.backends_for(device.vendor_id) for m in b.enable_modes)
     raise EnableError(
         "%s cannot offer %s: %s" % (
             describe(device), mode,

@@ -38,7 +38,7 @@ import uuid as uuidlib
 from dataclasses import dataclass, field
 from fractions import Fraction
 
-from ansible_collections.gpuvirt.host.plugins.module_utils import rules, sysfs
+from ansible_collections.gpuvirt.host.plugins.module_utils import rules, sysfs, vendors
 from ansible_collections.gpuvirt.host.plugins.module_utils.errors import GpuvirtError
 from ansible_collections.gpuvirt.host.plugins.module_utils.iommu import users_of, vfio_holders
 from ansible_collections.gpuvirt.host.plugins.module_utils.mdev_info import UUID, MdevType, mdev_parents, mdevs
@@ -51,7 +51,6 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import (
     host_path,
     normalize_address,
 )
-from ansible_collections.gpuvirt.host.plugins.module_utils.vendor_nvidia import vgpu_state
 
 # Fixed namespace for the deterministic UUIDs: changing it would rename every generated mdev.
 UUID_NAMESPACE = uuidlib.uuid5(uuidlib.NAMESPACE_URL, "https://gpuvirt.host/mdev")
@@ -226,11 +225,9 @@ def _card_target(snapshot, address, selector):
     parents = [vf for vf in vfs if vf in snapshot.parents]
     if parents:
         return Target(label=address, parents=parents)
-    hint = ""
-    if vgpu_state(device) is not None or any(
-        snapshot.devices.get(vf) is not None and vgpu_state(snapshot.devices[vf]) is not None for vf in vfs
-    ):
-        hint = "; it uses NVIDIA's per-VF vGPU interface: use gpuvirt.host.nvidia_vgpu"
+    hint = vendors.no_mdev_types_hint(device, [snapshot.devices[vf] for vf in vfs if vf in snapshot.devices])
+    if hint:
+        hint = "; " + hint
     elif device.sriov and not vfs:
         hint = "; its virtual functions are not enabled (gpuvirt.host.sriov), or its driver is not loaded"
     else:

@@ -12,7 +12,8 @@ Public API (every reader takes the host ``root``; none raises on a bad attribute
 - :func:`class_name` ``(class_code) -> str | None``, :func:`is_gpu_class`
 - :class:`PciIds` -- lazy vendor/device name lookup in the host's ``pci.ids``;
   :func:`name_devices` ``(root, devices) -> PciIds | None`` names a whole host at once.
-- ``HOST_GRAPHICS_DRIVERS`` -- drivers that drive a GPU for the host itself.
+- ``HOST_GRAPHICS_DRIVERS`` -- drivers that drive a GPU for the host itself (the vendor backends'
+  ``host_drivers``).
 
 ``PciDevice.path`` is ``sys/bus/pci/devices/<address>`` below the root (the kernel follows the
 link); IDs, class and driver come from the device's ``uevent`` in one read, with the individual
@@ -49,9 +50,13 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import (
     read_attribute_at,
     slot_of,
 )
-from ansible_collections.gpuvirt.host.plugins.module_utils.vendors import device_defaults, read_vendor_state
+from ansible_collections.gpuvirt.host.plugins.module_utils.vendors import (
+    device_defaults,
+    host_graphics_drivers,
+    read_vendor_state,
+)
 
-HOST_GRAPHICS_DRIVERS = frozenset(("nvidia", "nouveau", "amdgpu", "radeon", "i915", "xe"))
+HOST_GRAPHICS_DRIVERS = host_graphics_drivers()
 GPU_BASE_CLASSES = ("03", "12")
 # PCI-to-PCI, CardBus and semi-transparent bridges (header types 1 and 2): VFIO lets them stay on
 # their host driver (pcieport) inside a group that is passed through.

@@ -215,7 +215,7 @@ CASES += [
         links={DGPU_DIR + "/driver": "../../../somewhere/nvidia"},
     ),
     Case("vfio_pci", "desktop", {"devices": ["zz:zz.z"]}, ("zz:zz.z",), subject="vfio_pci"),
-    Case("vfio_pci", "desktop", {"devices": [DGPU], "persistent": "sometimes"}, ("sometimes", "one of")),
+    Case("vfio_pci", "desktop", {"devices": [DGPU], "persistence": "sometimes"}, ("sometimes", "one of")),
 ]
 
 # -- mdev, sriov and nvidia_vgpu on one host; state files and caches ----------------------------

@@ -55,7 +55,7 @@ WRITERS = {
         "combined",
         {"gpus": [{"selector": L40S, "profiles": [{"profile": "L40S-8Q", "count": 2}]}]},
     ),
-    "vfio_pci": ("vfio_pci", "desktop", {"devices": [DGPU], "persistent": "modprobe"}),
+    "vfio_pci": ("vfio_pci", "desktop", {"devices": [DGPU], "persistence": "modprobe"}),
 }
 # Most write points a kill test visits per writer: all of them when there are fewer, else evenly
 # spaced ones, the first and the last included.

@@ -36,7 +36,7 @@ VGPU_CASES = [
     ({"vgpu_restore_python": "/usr/bin/python3\nExecStartPre=/bin/sh"}, ("'\\n'", "plain absolute path")),
     ({"vgpu_restore_prefix": "/../escape"}, ("'/../escape'", "parent-folder")),
     ({"vgpu_restore_timeout": -5}, ("timeout: -5", "a finite number > 0")),
-    ({"vgpu_passthrough_persistent": "sometimes"}, ("sometimes", "auto")),
+    ({"vgpu_passthrough_persistence": "sometimes"}, ("sometimes", "auto")),
     ({"vgpu_devices": "mbochs"}, ("vgpu_devices", "dict")),
 ]
 HOST_CASES = [
@@ -45,7 +45,7 @@ HOST_CASES = [
     ("gpuvirt.host.iommu", {"iommu_reboot_timeout": "soon"}, ("soon", "int")),
     (
         "gpuvirt.host.vfio",
-        {"vfio_devices": ["0000:01:00.0"], "vfio_persistent": "sometimes"},
+        {"vfio_devices": ["0000:01:00.0"], "vfio_persistence": "sometimes"},
         ("sometimes", "modprobe"),
     ),
     ("gpuvirt.host.vfio", {"vfio_devices": ["0000:01:00.0"], "vfio_state": "gone"}, ("gone", "absent")),

@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from ansible_collections.gpuvirt.host.plugins.module_utils import sriov, sysfs
+from ansible_collections.gpuvirt.host.plugins.module_utils import nvidia_vgpu, sriov, sysfs
 from ansible_collections.gpuvirt.host.tests.sim.nvidia_vgpu_sim import attach, fake_sriov_manage, sriov_manage_calls
 from ansible_collections.gpuvirt.host.tests.sim.sriov_hosts import NVME, NVME_HOST, devices_of, hold_group
 from ansible_collections.gpuvirt.host.tests.sim.sriov_kernel import NUMVFS
@@ -212,7 +212,7 @@ def test_poll_is_bounded():
     assert (value, ok) == (1, False) and sleeps == [0.5, 0.5, 0.5]
 
 
-# -- sriov-manage ----------------------------------------------------------------------------------
+# -- a vendor tool: NVIDIA's sriov-manage, run by sriov.enable_vfs_by_tool -----------------------------
 
 
 @pytest.fixture
@@ -230,7 +230,7 @@ def l40s_off(make_host, tmp_path):
 def test_sriov_manage_is_retried_until_the_vfs_read_back(l40s_off, tmp_path, fail_first, lie_first):
     command = fake_sriov_manage(str(tmp_path / "bin"), l40s_off, fail_first=fail_first, lie_first=lie_first)
     sleeps = []
-    result = sriov.enable_vfs_with_sriov_manage(
+    result = nvidia_vgpu.enable_vfs_with_sriov_manage(
         Runner(), l40s_off, L40S, retries=4, delay=1.5, command=command, sleep=sleeps.append
     )
     attempts = fail_first + lie_first + 1
@@ -246,7 +246,7 @@ def test_sriov_manage_is_retried_until_the_vfs_read_back(l40s_off, tmp_path, fai
 
 def test_sriov_manage_exit_status_is_not_trusted(l40s_off, tmp_path):
     command = fake_sriov_manage(str(tmp_path / "bin"), l40s_off, exit_code_when_enabled=1)
-    result = sriov.enable_vfs_with_sriov_manage(Runner(), l40s_off, L40S, retries=3, delay=0, command=command)
+    result = nvidia_vgpu.enable_vfs_with_sriov_manage(Runner(), l40s_off, L40S, retries=3, delay=0, command=command)
     assert result["num_vfs"] == 32 and len(result["attempts"]) == 1
     assert "exited with 1 but the VFs are enabled" in result["warnings"][0]
 
@@ -254,7 +254,7 @@ def test_sriov_manage_exit_status_is_not_trusted(l40s_off, tmp_path):
 def test_sriov_manage_gives_up_after_the_retries(l40s_off, tmp_path):
     command = fake_sriov_manage(str(tmp_path / "bin"), l40s_off, lie_first=10)
     with pytest.raises(sriov.SriovError) as error:
-        sriov.enable_vfs_with_sriov_manage(Runner(), l40s_off, L40S, retries=3, delay=0, command=command)
+        nvidia_vgpu.enable_vfs_with_sriov_manage(Runner(), l40s_off, L40S, retries=3, delay=0, command=command)
     message = str(error.value)
     assert "in 3 attempts" in message and "attempt 3: exit 0, sriov_numvfs 0" in message
     assert num_vfs(l40s_off, L40S) == 0
@@ -263,7 +263,7 @@ def test_sriov_manage_gives_up_after_the_retries(l40s_off, tmp_path):
 def test_sriov_manage_is_not_run_when_the_vfs_exist(make_host, tmp_path):
     root = make_host("l40s_vgpu")
     runner = Runner()
-    result = sriov.enable_vfs_with_sriov_manage(runner, root, L40S, command="/nonexistent")
+    result = nvidia_vgpu.enable_vfs_with_sriov_manage(runner, root, L40S, command="/nonexistent")
     assert result == {"changed": False, "num_vfs": 8, "attempts": [], "warnings": []} and runner.calls == []
 
 

@@ -253,7 +253,7 @@ def test_ids_that_would_catch_another_device(make_host):
     view = vfio.read_host(root)
     refusals = vfio.id_refusals(view, {GPU: None}, {"10de:1e04"}, set(), [])
     assert [(r.code, r.device) for r in refusals] == [("id_shared", "0000:05:00.0")]
-    assert "persistent: driverctl" in refusals[0].message
+    assert "persistence: driverctl" in refusals[0].message
 
 
 # ---------------------------------------------------------------------------- bind protocol
