@@ -76,8 +76,10 @@ def test_a_32_bit_arm_userland_says_nothing_about_the_kernel(tmp_path):
         None, None)
 
 
-@pytest.mark.parametrize(("host", "machine"), [("desktop_dgpu", "x86_64"), ("amd_host", "x86_64"),
-                                                ("grace_hopper", "aarch64"), ("power9_host", "ppc64le")])
+CAPTURED = [("desktop_dgpu", "x86_64"), ("amd_host", "x86_64"), ("grace_hopper", "aarch64"), ("power9_host", "ppc64le")]
+
+
+@pytest.mark.parametrize(("host", "machine"), CAPTURED)
 def test_a_captured_tree_has_its_cpuinfo(make_host, host, machine):
     assert host_architecture(make_host(host)) == (machine, "/proc/cpuinfo in the tree")
 

@@ -410,8 +410,9 @@ def grub_host(make_host, name, line="splash", files=None):
         ("power9_host", {}, ["intel_iommu=on"], ["'intel_iommu=on'", "this host is ppc64le", "sPAPR TCE"]),
     ],
 )
-def test_an_argument_of_another_architecture_is_refused_and_nothing_changes(run_module, make_host, host, changes,
-                                                                             present, words):
+def test_an_argument_of_another_architecture_is_refused_and_nothing_changes(
+    run_module, make_host, host, changes, present, words
+):
     root = grub_host(make_host, host, **changes)
     before = snapshot(root)
 
