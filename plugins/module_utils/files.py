@@ -284,11 +284,3 @@ def apply_changes(changes):
             ) from error
         done.append(change.display_path)
     return done
-
-
-def update_file(module, root, path, content, mode=DEFAULT_MODE):
-    """Write ``root/path`` when it differs (not in check mode); return ``(changed, diff)``."""
-    change = plan_change(root, path, content, mode=mode)
-    if change.changed and not module.check_mode:
-        apply_change(change)
-    return change.changed, change.diff()

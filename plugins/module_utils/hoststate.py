@@ -7,15 +7,16 @@ concern, each keyed by a stable identifier (PCI address or mdev UUID)::
 
     {
       "version": 1,
-      "sriov":       {"0000:41:00.0": {"num_vfs": 4, "drivers_autoprobe": true}},
-      "nvidia_vgpu": {"0000:41:00.4": {"type_id": 1030, "type_name": "NVIDIA L40S-1B"}},
-      "mdevs":       {"<uuid>": {"parent": "0000:00:02.0", "type": "i915-GVTg_V5_4"}}
+      "sriov":  {"0000:41:00.0": {"num_vfs": 4, "drivers_autoprobe": true}},
+      ...the vendors' sections (:func:`vendors.state_sections`)...
+      "mdevs":  {"<uuid>": {"parent": "0000:00:02.0", "type": "i915-GVTg_V5_4"}}
     }
 
-The restore replays the sections in that order: VFs first, then vGPU types, then mdevs. Each
-module reads the file, changes the entries it declares (``sriov`` its section; ``nvidia_vgpu`` its
-section and the ``sriov`` entries of the GPUs it puts in SR-IOV mode; ``mdev`` the ``mdevs`` section)
-and writes the whole file atomically (:mod:`files`). Every changing module holds the host lock
+The generic sections are ``sriov`` (VF counts; an entry's ``method`` names the vendor tool that
+enables them, :func:`vendors.vf_tool`) and ``mdevs``; each vendor backend adds its own between them
+(its ``state_sections``, replayed by its own restore steps). The restore replays them in that order:
+VFs first, then the vendors' sections, then mdevs. Each module reads the file, changes the entries it
+declares and writes the whole file atomically (:mod:`files`). Every changing module holds the host lock
 (:mod:`host`) from that read to that write, so two runs never lose each other's entries. A file
 written by a newer version of the collection, or that cannot be parsed, is refused, never rewritten.
 """
@@ -25,14 +26,18 @@ from __future__ import annotations
 import copy
 import json
 
-from ansible_collections.gpuvirt.host.plugins.module_utils import rules
+from ansible_collections.gpuvirt.host.plugins.module_utils import rules, vendors
 from ansible_collections.gpuvirt.host.plugins.module_utils.errors import GpuvirtError
-from ansible_collections.gpuvirt.host.plugins.module_utils.files import update_file
+from ansible_collections.gpuvirt.host.plugins.module_utils.files import plan_change
 from ansible_collections.gpuvirt.host.plugins.module_utils.host import inside
 
 STATE_PATH = "etc/gpuvirt/host-state.json"
-SECTIONS = ("sriov", "nvidia_vgpu", "mdevs")
 VERSION = 1
+
+
+def sections():
+    """The state file's sections in restore order: ``sriov``, the vendors' own, ``mdevs``."""
+    return ("sriov",) + vendors.state_sections() + ("mdevs",)
 
 
 class StateFileError(GpuvirtError):
@@ -41,7 +46,7 @@ class StateFileError(GpuvirtError):
 
 def empty_state():
     state = {"version": VERSION}
-    state.update({section: {} for section in SECTIONS})
+    state.update({section: {} for section in sections()})
     return state
 
 
@@ -65,7 +70,7 @@ def load_state(root):
         error=StateFileError,
     )
     state = empty_state()
-    for section in SECTIONS:
+    for section in sections():
         value = (data or {}).get(section, {})
         if not isinstance(value, dict):
             raise StateFileError(
@@ -78,7 +83,7 @@ def load_state(root):
 
 def with_section(state, section, entries):
     """Return a copy of ``state`` whose ``section`` is replaced by ``entries``."""
-    if section not in SECTIONS:
+    if section not in sections():
         raise ValueError("unknown state section %r" % section)
     updated = copy.deepcopy(state)
     updated[section] = entries
@@ -89,6 +94,6 @@ def render_state(state):
     return json.dumps(state, indent=2, sort_keys=True) + "\n"
 
 
-def write_state(module, root, state):
-    """Write ``state`` atomically when it differs from the file; return (changed, diff)."""
-    return update_file(module, root, STATE_PATH, render_state(state))
+def plan_state(root, state):
+    """The :class:`files.FileChange` that records ``state`` (unchanged when the file already holds it)."""
+    return plan_change(root, STATE_PATH, render_state(state))

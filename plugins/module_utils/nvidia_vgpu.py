@@ -6,8 +6,8 @@ Public API (standard library only, so the boot-time restore can use it without A
 
 - :func:`read_gpu` ``(root, pf, holders=None, mdev_list=None, pci_ids=None) -> Gpu``: the GPU, its framework
   (``per_vf``, ``legacy`` or None), its VFs with their vGPU state and users.
-- :func:`select_gpus` ``(devices, selector) -> list[str]``: the NVIDIA GPUs (physical functions)
-  a selector names: PCI address, ``vendor:device`` or model name from ``pci.ids``.
+- :func:`gpu_reason` ``(device) -> str | None``: why a device cannot be selected as an NVIDIA GPU
+  (for :func:`selector.select_devices`).
 - :func:`profile_key` ``(name) -> str``: ``NVIDIA L40S-1B`` and ``l40s-1b`` -> ``L40S-1B``.
 - :func:`known_types` ``(gpu, cache_entry=None, recorded=None) -> dict``: type id -> name from a
   live read, then from the type cache and the state file (live wins).
@@ -19,7 +19,11 @@ Public API (standard library only, so the boot-time restore can use it without A
   -> list``: the ``parents`` entries for ``gpuvirt.host.mdev`` on a legacy (mdev) GPU.
 - :func:`assign_vgpu_type` ``(root, vf, type_id, retries=10, delay=0.1) -> bool``: write
   ``nvidia/current_vgpu_type`` (``0`` first when another type is there; ``0`` deletes) and read it
-  back. :func:`restore_vf` ``(root, vf, type_id)`` is the same for the boot-time restore.
+  back. :func:`restore_vf` ``(root, vf, type_id)`` is the same for the boot-time restore, and
+  :func:`restore_vgpu` ``(context, vf, entry)`` its step for one ``nvidia_vgpu`` entry of the state file.
+- :func:`enable_vfs_with_sriov_manage` ``(runner, root, pf, retries=5, delay=2.0, command=None) -> dict``:
+  ``sriov-manage -e <pf>`` (:class:`vendor_nvidia.SriovManage`) until the VFs read back
+  (:func:`sriov.enable_vfs_by_tool`).
 - :class:`Executor` ``(root, retries, delay)``: runs a plan with a creatable-list check before each
   creation and ``rollback()``. :func:`offered_now` ``(root, vf) -> {id: name} | None``.
 - :func:`predicted_gpu` ``(root, gpu, cache_entry) -> Gpu``: the GPU once ``sriov-manage`` has
@@ -27,8 +31,8 @@ Public API (standard library only, so the boot-time restore can use it without A
 - :func:`wait_for_vf_interfaces` ``(root, pf, retries=10, delay=1.0) -> Gpu``: after enabling VFs, until
   every VF shows ``nvidia/creatable_vgpu_types`` or mdev types.
 - Type cache (``/var/lib/gpuvirt/nvidia-vgpu-types.json``): :func:`load_cache` ``(root)``,
-  :func:`observe` ``(cache, gpu) -> cache``, :func:`write_cache` ``(module, root, cache) ->
-  (changed, diff)``, :func:`cache_key` ``(gpu)``.
+  :func:`observe` ``(cache, gpu) -> cache``, :func:`plan_cache` ``(root, cache) ->
+  files.FileChange``, :func:`cache_key` ``(gpu)``.
 
 Why a cache: ``creatable_vgpu_types`` lists only what fits now and shrinks to its header when the
 GPU is full, so a profile name can only be resolved from a read taken while the GPU had room. Every
@@ -48,22 +52,31 @@ from __future__ import annotations
 import copy
 import errno
 import json
+import os
 import re
 import time
 from dataclasses import dataclass, field
 
 from ansible_collections.gpuvirt.host.plugins.module_utils import rules, sysfs
 from ansible_collections.gpuvirt.host.plugins.module_utils.errors import GpuvirtError
-from ansible_collections.gpuvirt.host.plugins.module_utils.files import update_file
+from ansible_collections.gpuvirt.host.plugins.module_utils.files import plan_change
 from ansible_collections.gpuvirt.host.plugins.module_utils.host import inside
 from ansible_collections.gpuvirt.host.plugins.module_utils.iommu import users_of, vfio_holders
 from ansible_collections.gpuvirt.host.plugins.module_utils.mdev_info import list_mdev_parents, read_mdev_types
 from ansible_collections.gpuvirt.host.plugins.module_utils.mdev_info import mdevs as list_mdevs
 from ansible_collections.gpuvirt.host.plugins.module_utils.pci import PciIds, is_gpu_class, read_pci_device
-from ansible_collections.gpuvirt.host.plugins.module_utils.selector import SelectorError, match_selector, parse_selector
-from ansible_collections.gpuvirt.host.plugins.module_utils.sriov import poll, read_sriov, vf_addresses
+from ansible_collections.gpuvirt.host.plugins.module_utils.sriov import (
+    enable_vfs_by_tool,
+    poll,
+    read_sriov,
+    vf_addresses,
+)
 from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import PCI_DEVICES, host_path, normalize_address
-from ansible_collections.gpuvirt.host.plugins.module_utils.vendor_nvidia import parse_creatable_vgpu_types, vgpu_state
+from ansible_collections.gpuvirt.host.plugins.module_utils.vendor_nvidia import (
+    SriovManage,
+    parse_creatable_vgpu_types,
+    vgpu_state,
+)
 
 NVIDIA = "10de"
 CACHE_PATH = "var/lib/gpuvirt/nvidia-vgpu-types.json"
@@ -212,38 +225,15 @@ def read_gpu(root, pf, holders=None, mdev_list=None, pci_ids=None):
     return gpu
 
 
-def select_gpus(devices, selector):
-    """The NVIDIA GPUs (physical functions) ``selector`` names, in address order.
-
-    ``devices``: ``{address: PciDevice}`` with names from ``pci.ids`` for model names
-    (:mod:`selector`).
-    """
-    gpus = {
-        a: d for a, d in devices.items() if d.vendor_id == NVIDIA and is_gpu_class(d.class_code) and not d.is_vf
-    }
-    try:
-        parsed = parse_selector(selector)
-        hits = match_selector(parsed, devices if parsed.kind == "address" else gpus)
-    except SelectorError as error:
-        raise VgpuError(str(error)) from error
-    if parsed.kind == "address":
-        address = parsed.value
-        if not hits:
-            raise VgpuError("selector %r: no PCI device %s on this host" % (selector, address))
-        device = devices[address]
-        if device.is_vf:
-            raise VgpuError(
-                "selector %r: %s is a virtual function of %s; select the GPU (its physical function), and "
-                "the VF in vfs[]" % (selector, address, device.physfn)
-            )
-        if address not in gpus:
-            raise VgpuError("selector %r: %s (%s) is not an NVIDIA GPU" % (selector, address, device.name))
-    if not hits:
-        known = sorted("%s (%s)" % (d.address, d.device_name or "10de:%s" % d.device_id) for d in gpus.values())
-        raise VgpuError(
-            "selector %r matches no NVIDIA GPU; NVIDIA GPUs on this host: %s" % (selector, ", ".join(known) or "none")
+def gpu_reason(device):
+    """Why ``device`` cannot be selected as an NVIDIA GPU; None when it can."""
+    if device.is_vf:
+        return "is a virtual function of %s; select the GPU (its physical function), and the VF in vfs[]" % (
+            device.physfn
         )
-    return hits
+    if device.vendor_id != NVIDIA or not is_gpu_class(device.class_code):
+        return "is not an NVIDIA GPU"
+    return None
 
 
 def wait_for_vf_interfaces(root, pf, retries=10, delay=1.0, sleep=time.sleep):
@@ -594,6 +584,32 @@ def restore_vf(root, vf, type_id, retries=10, delay=0.1):
     return assign_vgpu_type(root, vf, int(type_id), retries, delay)
 
 
+def restore_vgpu(context, vf, entry):
+    """The boot-time restore of one ``nvidia_vgpu`` entry of the state file (the NVIDIA backend's
+    restore step): wait for the VF's vGPU interface, write the recorded type, read it back.
+    ``context``: the running :class:`restore.Restore`."""
+    wanted = int(entry.get("type_id", 0))
+    path = _type_path(context.root, vf)
+    context.wait_for(lambda: os.path.exists(path), "%s appearing" % path)
+    if sysfs.read_int(path) == wanted:
+        return "type %d already" % wanted
+
+    def attempt():
+        restore_vf(context.root, vf, wanted)
+        current = sysfs.read_int(path)
+        if current != wanted:
+            raise VgpuError("current_vgpu_type of %s reads %s after writing %d" % (vf, current, wanted))
+
+    context.retry(attempt)
+    return "type %d (%s), read back" % (wanted, entry.get("type_name") or "?")
+
+
+def enable_vfs_with_sriov_manage(runner, root, pf, retries=5, delay=2.0, command=None, sleep=time.sleep):
+    """Put an NVIDIA GPU in SR-IOV mode with ``sriov-manage -e <pf>`` and read the VFs back; see
+    :func:`sriov.enable_vfs_by_tool` for the result and the retries."""
+    return enable_vfs_by_tool(runner, root, pf, SriovManage(command), retries, delay, sleep)
+
+
 def offered_now(root, vf):
     """The type IDs ``vf`` lists in ``creatable_vgpu_types`` now, or None when unreadable."""
     text = sysfs.read_text(host_path(root, PCI_DEVICES, vf, "nvidia", "creatable_vgpu_types"))
@@ -729,6 +745,6 @@ def render_cache(cache):
     return json.dumps(cache, indent=2, sort_keys=True) + "\n"
 
 
-def write_cache(module, root, cache):
-    """Write the cache atomically when it differs; returns ``(changed, diff)``."""
-    return update_file(module, root, CACHE_PATH, render_cache(cache))
+def plan_cache(root, cache):
+    """The :class:`files.FileChange` that records ``cache`` (unchanged when the file already holds it)."""
+    return plan_change(root, CACHE_PATH, render_cache(cache))

@@ -13,11 +13,16 @@ Steps, each waiting for what it needs and reading every write back, with bounded
 
 1. ``driver``: the drivers are ready: every recorded physical function exists with a driver bound
    and its SR-IOV attributes, every non-VF mdev parent is registered.
-2. ``sriov``: ``sriov_numvfs`` (0 first, then N) and ``sriov_drivers_autoprobe``.
-3. ``nvidia_vgpu``: each VF's ``nvidia/current_vgpu_type``.
-4. ``mdevs``: each recorded mdev, on its parent with its type. One that mdevctl also defines is
+2. ``sriov``: ``sriov_numvfs`` (0 first, then N) and ``sriov_drivers_autoprobe``; an entry recorded
+   with a vendor tool's ``method`` runs that tool (:func:`vendors.vf_tool`).
+3. ``mdevs``: each recorded mdev, on its parent with its type. One that mdevctl also defines is
    left to mdevctl's udev rule for a grace period (``--mdevctl-grace``), then verified, or created
    if mdevctl did not start it; the two never race for one UUID.
+
+The vendor backends add their own steps before each of these (:func:`vendors.restore_steps`, each a
+:class:`vendor_plan.RestoreStep`): for example GVT-g's ``kvmgt`` before ``driver``, a PF driver's
+SR-IOV mode before ``sriov``, NVIDIA's per-VF vGPU types (``nvidia_vgpu``) before ``mdevs``. Every item
+of every step gets its own status line, and a step's failure never keeps the later ones from running.
 
 Every line logged carries the seconds since boot (``/proc/uptime``); the last one, and the status
 file ``/run/gpuvirt/restore.json``, give the time from boot to restored. Standard library only: the
@@ -38,7 +43,7 @@ import subprocess
 import sys
 import time
 
-from ansible_collections.gpuvirt.host.plugins.module_utils import hoststate, mdev, nvidia_vgpu, sriov
+from ansible_collections.gpuvirt.host.plugins.module_utils import hoststate, mdev, sriov, vendors
 from ansible_collections.gpuvirt.host.plugins.module_utils.errors import GpuvirtError, unexpected_failure
 from ansible_collections.gpuvirt.host.plugins.module_utils.files import write_file
 from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import (
@@ -51,7 +56,7 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import (
 )
 
 STATUS_PATH = "run/gpuvirt/restore.json"
-STEPS = ("driver", "sriov", "nvidia_vgpu", "mdevs")
+GENERIC_STEPS = ("driver", "sriov", "mdevs")
 UNIT_NAME = "gpuvirt-restore.service"
 UNIT_DIR = "etc/systemd/system"
 WANTED_BY = "multi-user.target"
@@ -71,8 +76,17 @@ def uptime(root):
         return None
 
 
+def steps():
+    """Every step in the order it runs: each generic step after the vendors' steps placed before it."""
+    order = []
+    for name in GENERIC_STEPS:
+        order.extend(vendors.restore_steps(name))
+        order.append(name)
+    return order
+
+
 class CommandRunner:
-    """What the shared helpers expect of AnsibleModule for commands (``sriov-manage``), at boot."""
+    """What the shared helpers expect of AnsibleModule for commands (a vendor's tool), at boot."""
 
     def run_command(self, argv):
         environment = dict(os.environ, LC_ALL="C")
@@ -156,16 +170,24 @@ class Restore:
             except hoststate.StateFileError as error:
                 self.record("state", hoststate.state_path(self.root), False, "read", str(error))
                 return self.finish()
-        counts = ", ".join("%s %d" % (s, len(self.state.get(s) or {})) for s in hoststate.SECTIONS)
+        counts = ", ".join("%s %d" % (s, len(self.state.get(s) or {})) for s in hoststate.sections())
         self.log("restoring %s (%s)" % (hoststate.state_path(self.root), counts))
-        for step in STEPS:
+        for step in steps():
+            name = step if isinstance(step, str) else step.name
             try:
-                getattr(self, "step_" + step)()
+                if isinstance(step, str):
+                    getattr(self, "step_" + step)()
+                else:
+                    self.vendor_step(step)
             except (GpuvirtError, OSError) as error:
-                self.record(step, "*", False, "failed", str(error))
+                self.record(name, "*", False, "failed", str(error))
             except Exception as error:  # noqa: BLE001 - the later steps and the status file still run
-                self.record(step, "*", False, "failed", unexpected_failure(error))
+                self.record(name, "*", False, "failed", unexpected_failure(error))
         return self.finish()
+
+    def vendor_step(self, step):
+        for item, action in step.items(self.state, self.root):
+            self._item(step.name, item, lambda action=action: action(self))
 
     def step_driver(self):
         entries = self.state.get("sriov") or {}
@@ -208,8 +230,10 @@ class Restore:
     def _restore_vfs(self, pf, entry):
         wanted = int(entry.get("num_vfs", 0))
         autoprobe = entry.get("drivers_autoprobe")
-        # sriov-manage enables every VF the GPU has; what matters is that SR-IOV mode is back.
-        by_tool = entry.get("method") == "sriov_manage"
+        method = entry.get("method")
+        tool = vendors.vf_tool(method) if method not in (None, "sysfs") else None
+        # A tool that enables every VF the GPU has (sriov-manage): what matters is that SR-IOV mode is back.
+        by_tool = tool is not None and tool.enables_all
 
         def restored(count):
             return bool(count) if by_tool and wanted else count == wanted
@@ -234,35 +258,11 @@ class Restore:
         if restored(before) and (autoprobe is None or self._autoprobe(pf) == autoprobe):
             return "num_vfs %d already" % before
         current = self.retry(attempt)
-        return "num_vfs %d (was %s%s), read back" % (current, before, ", by sriov-manage" if by_tool else "")
+        return "num_vfs %d (was %s%s), read back" % (current, before, ", by %s" % tool.name if tool else "")
 
     def _autoprobe(self, pf):
         value = read_int(host_path(self.root, PCI_DEVICES, pf, "sriov_drivers_autoprobe"))
         return None if value is None else bool(value)
-
-    def step_nvidia_vgpu(self):
-        entries = self.state.get("nvidia_vgpu") or {}
-        if not entries:
-            return
-        for vf, entry in sorted(entries.items()):
-            self._item("nvidia_vgpu", vf, lambda vf=vf, entry=entry: self._restore_vgpu(nvidia_vgpu, vf, entry))
-
-    def _restore_vgpu(self, nvidia_vgpu, vf, entry):
-        wanted = int(entry.get("type_id", 0))
-        path = host_path(self.root, PCI_DEVICES, vf, "nvidia", "current_vgpu_type")
-        self.wait_for(lambda: os.path.exists(path), "%s appearing" % path)
-        before = read_int(path)
-        if before == wanted:
-            return "type %d already" % wanted
-
-        def attempt():
-            nvidia_vgpu.restore_vf(self.root, vf, wanted)
-            current = read_int(path)
-            if current != wanted:
-                raise RestoreError("current_vgpu_type of %s reads %s after writing %d" % (vf, current, wanted))
-
-        self.retry(attempt)
-        return "type %d (%s), read back" % (wanted, entry.get("type_name") or "?")
 
     def step_mdevs(self):
         self.mdevctl = {}
@@ -354,7 +354,7 @@ def render_unit(prefix, python, timeout, mdevctl_grace):
     return (
         "# Managed by gpuvirt.host.restore_unit; edits are overwritten.\n"
         "# Brings back what gpuvirt.host recorded in /etc/gpuvirt/host-state.json: SR-IOV virtual\n"
-        "# functions, NVIDIA vGPU types, then mediated devices, each read back. `journalctl -u\n"
+        "# functions, the vendors' devices (vGPU types), then mediated devices, each read back. `journalctl -u\n"
         "# gpuvirt-restore` and /run/gpuvirt/restore.json give each step and the time from boot to restored.\n"
         "[Unit]\n"
         "Description=Restore GPU virtualization devices (SR-IOV VFs, vGPU types, mediated devices)\n"
@@ -407,7 +407,7 @@ def write_status(path, status):
 def main(argv=None):
     parser = argparse.ArgumentParser(
         prog="gpuvirt-restore",
-        description="Restore SR-IOV VFs, NVIDIA vGPU types and mediated devices from %s." % hoststate.STATE_PATH,
+        description="Restore SR-IOV VFs, the vendors' vGPU state and mediated devices from %s." % hoststate.STATE_PATH,
     )
     parser.add_argument("--root", default="/", help="the host root (default /)")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds each device may take to appear")

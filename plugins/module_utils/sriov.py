@@ -11,23 +11,24 @@ Public API (standard library only, so the boot-time restore can use it without A
 - :func:`vf_addresses` ``(root, pf, count) -> list[str]``: the addresses VF 0..count-1 get
   (``sriov_offset``/``sriov_stride``), also before they exist; ``[]`` when unknown.
 - :func:`vf_users` ``(root, vfs, holders=None, mdev_list=None) -> dict[str, list[str]]``: why each
-  VF is in use (a process holds its VFIO group or cdev, an mdev exists on it, an NVIDIA vGPU type is
-  assigned to it); VFs not in use are left out.
+  VF is in use (a process holds its VFIO group or cdev, an mdev exists on it, its vendor's interface
+  uses it: :func:`vendors.in_use_reasons`); VFs not in use are left out.
 - :func:`vfs_in_use` ``(root, pf) -> dict[str, list[str]]``: the same for every VF of ``pf``.
-- :func:`select_pfs` ``(devices, selector) -> list[str]``: the SR-IOV physical functions a
-  selector (PCI address, ``vendor:device``, model name from ``pci.ids``) names; raises SriovError.
+- :func:`pf_reason` ``(device) -> str | None``: why a device cannot be selected as an SR-IOV
+  physical function (for :func:`selector.select_devices`).
 - :func:`set_num_vfs` ``(root, pf, num_vfs, retries=10, delay=0.5) -> bool``: 0 first, then N;
   reads ``sriov_numvfs`` and the ``virtfnN`` links back; tries to restore the old count when N fails.
+  A physical function whose driver sets the count itself (:func:`vendors.vf_count_set_by`) is refused
+  with how to set it instead.
 - :func:`set_drivers_autoprobe` ``(root, pf, enabled, retries=10, delay=0.5) -> bool``
-- :func:`enable_vfs_with_sriov_manage` ``(runner, root, pf, retries=5, delay=2.0, command=None)
-  -> dict``: runs ``sriov-manage -e <pf>`` until ``sriov_numvfs`` reads back non-zero; its exit
-  status is recorded but never trusted. ``runner`` is anything with ``run_command(argv)`` returning
-  ``(rc, stdout, stderr)`` (an AnsibleModule; at boot, the restore's own runner).
+- :func:`enable_vfs_by_tool` ``(runner, root, pf, tool, retries=5, delay=2.0) -> dict``: runs a vendor's
+  VF-enabling tool (:func:`vendors.vf_tool`, e.g. NVIDIA's ``sriov-manage -e <pf>``) until
+  ``sriov_numvfs`` reads back non-zero; its exit status is recorded but never trusted. ``runner`` is
+  anything with ``run_command(argv)`` returning ``(rc, stdout, stderr)`` (an AnsibleModule; at boot, the
+  restore's own runner).
 - :func:`restore_pf` ``(root, pf, num_vfs, drivers_autoprobe=None, method=None, runner=None,
   retries=10, delay=0.5) -> bool``: what the boot-time restore calls for one ``sriov`` entry of the
-  state file; ``method`` is the entry's ``method`` (``sysfs``, the default, or ``sriov_manage``).
-- :func:`find_sriov_manage` ``(runner=None, command=None) -> str``: ``command``, else
-  ``/usr/lib/nvidia/sriov-manage`` or the one on PATH (through ``runner.get_bin_path``).
+  state file; ``method`` is the entry's ``method`` (``sysfs``, the default, or a vendor tool's).
 - :func:`poll` ``(read, accept, retries, delay) -> (value, ok)``: the bounded read-back loop.
 - :func:`state_entry` ``(num_vfs, drivers_autoprobe=None, method=None) -> dict``: a ``sriov``
   section entry of ``/etc/gpuvirt/host-state.json``.
@@ -45,24 +46,21 @@ import errno
 import os
 import time
 
-from ansible_collections.gpuvirt.host.plugins.module_utils import sysfs
+from ansible_collections.gpuvirt.host.plugins.module_utils import sysfs, vendors
 from ansible_collections.gpuvirt.host.plugins.module_utils.errors import GpuvirtError
 from ansible_collections.gpuvirt.host.plugins.module_utils.iommu import users_of, vfio_holders
 from ansible_collections.gpuvirt.host.plugins.module_utils.mdev_info import mdevs as list_mdevs
 from ansible_collections.gpuvirt.host.plugins.module_utils.pci import read_pci_device
-from ansible_collections.gpuvirt.host.plugins.module_utils.selector import SelectorError, match_selector, parse_selector
 from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import PCI_DEVICES, host_path, normalize_address
-from ansible_collections.gpuvirt.host.plugins.module_utils.vendor_nvidia import vgpu_state
 
-SRIOV_MANAGE = "/usr/lib/nvidia/sriov-manage"
-METHODS = ("sysfs", "sriov_manage")
+METHODS = ("sysfs",) + vendors.vf_tool_methods()
 
 
 _NUMVFS_ADVICE = {
     errno.EBUSY: "VFs are enabled or in use; the count only changes through 0, and not while a VF is assigned",
     errno.ERANGE: "the count is above sriov_totalvfs",
     errno.ENOENT: "no driver is bound to the physical function, or its driver cannot configure SR-IOV "
-    "through sysfs (NVIDIA vGPU GPUs: use gpuvirt.host.nvidia_vgpu, which runs sriov-manage)",
+    "through sysfs",
     errno.ENOMEM: "the kernel could not allocate the VFs; the firmware may not reserve enough bus numbers or "
     "BAR space (enable SR-IOV and Above 4G decoding in the firmware setup, or add pci=realloc)",
     errno.EINVAL: "the kernel rejected the count",
@@ -137,11 +135,9 @@ def vf_users(root, vfs, holders=None, mdev_list=None):
             users.setdefault(vf, []).append(
                 "%s holds its VFIO device (IOMMU group %s)" % (_people(held), device.iommu_group)
             )
-        current = (vgpu_state(device) or {}).get("current")
-        if current:
-            users.setdefault(vf, []).append(
-                "NVIDIA vGPU type %d is assigned to it (nvidia/current_vgpu_type)" % current
-            )
+        reasons = vendors.in_use_reasons(device)
+        if reasons:
+            users.setdefault(vf, []).extend(reasons)
     return users
 
 
@@ -157,57 +153,16 @@ def vfs_in_use(root, pf):
     return vf_users(root, info["vfs"])
 
 
-def select_pfs(devices, selector):
-    """The addresses of the SR-IOV physical functions ``selector`` names, in address order.
-
-    ``devices`` maps addresses to :class:`pci.PciDevice` (with names from ``pci.ids`` for model
-    selectors). A selector is a PCI address (4- or 8-digit domain or short form), a
-    ``vendor:device`` pair, or a model name (:mod:`selector`: ``L40S``, ``A100``); a model name
-    matching two different models fails.
-    """
-    try:
-        parsed = parse_selector(selector)
-        if parsed.kind == "address":
-            return [_physical_function(devices, parsed, selector)]
-        hits = match_selector(parsed, {a: d for a, d in devices.items() if not d.is_vf})
-    except SelectorError as error:
-        raise SriovError(str(error)) from error
-    capable = [address for address in hits if _capable(devices[address])]
-    if capable:
-        return capable
-    if hits:
-        raise SriovError("selector %r matches %s, which has no SR-IOV capability" % (selector, ", ".join(hits)))
-    known = sorted(
-        "%s (%s)" % (d.address, d.device_name or "%s:%s" % (d.vendor_id, d.device_id))
-        for d in devices.values()
-        if not d.is_vf and _capable(d)
-    )
-    raise SriovError(
-        "selector %r matches no device (not a PCI address, vendor:device ID or pci.ids model name here); "
-        "SR-IOV physical functions on this host: %s" % (selector, ", ".join(known) or "none")
-    )
-
-
-def _capable(device):
-    return device.sriov is not None and bool(device.sriov.total_vfs)
-
-
-def _physical_function(devices, parsed, selector):
-    address = parsed.value
-    device = devices.get(address)
-    if device is None:
-        raise SriovError("selector %r: no PCI device %s on this host" % (selector, address))
+def pf_reason(device):
+    """Why ``device`` cannot be selected as an SR-IOV physical function; None when it can."""
     if device.is_vf:
-        raise SriovError(
-            "selector %r: %s is a virtual function of %s; select its physical function"
-            % (selector, address, device.physfn)
+        return "is a virtual function of %s; select its physical function" % device.physfn
+    if device.sriov is None or not device.sriov.total_vfs:
+        return (
+            "has no SR-IOV capability (no sriov_totalvfs); its driver may not support SR-IOV, or SR-IOV is "
+            "disabled in the firmware setup"
         )
-    if not _capable(device):
-        raise SriovError(
-            "selector %r: %s (%s) has no SR-IOV capability (no sriov_totalvfs); its driver may not "
-            "support SR-IOV, or SR-IOV is disabled in the firmware setup" % (selector, address, device.name)
-        )
-    return address
+    return None
 
 
 def poll(read, accept, retries, delay, sleep=time.sleep):
@@ -243,6 +198,10 @@ def _write_num_vfs(root, pf, value):
         sysfs.write_text(path, str(value))
     except sysfs.SysfsWriteError as error:
         advice = _NUMVFS_ADVICE.get(error.errno)
+        if error.errno == errno.ENOENT:
+            device = read_pci_device(root, pf)
+            vendor = vendors.vf_count_advice(device) if device is not None else None
+            advice = "%s (%s)" % (advice, vendor) if vendor else advice
         raise SriovError(
             "%s%s" % (error, "" if advice is None or advice in str(error) else " (%s)" % advice)
         ) from error
@@ -257,12 +216,15 @@ def set_num_vfs(root, pf, num_vfs, retries=10, delay=0.5):
     info = read_sriov(root, pf)
     if info is None:
         raise SriovError("%s is not an SR-IOV physical function (no sriov_totalvfs)" % pf)
-    total = info["total_vfs"]
-    if total is not None and num_vfs > total:
-        raise SriovError("%s: num_vfs %d is above sriov_totalvfs %d" % (pf, num_vfs, total))
     previous = info["num_vfs"]
     if previous == num_vfs:
         return False
+    set_by = vendors.vf_count_set_by(read_pci_device(root, pf))
+    if set_by:
+        raise SriovError("%s has %s VFs, not %d: %s; nothing was changed" % (pf, previous, num_vfs, set_by))
+    total = info["total_vfs"]
+    if total is not None and num_vfs > total:
+        raise SriovError("%s: num_vfs %d is above sriov_totalvfs %d" % (pf, num_vfs, total))
     if previous:
         _write_num_vfs(root, pf, 0)
         _read_back_num_vfs(root, pf, 0, retries, delay)
@@ -308,42 +270,32 @@ def set_drivers_autoprobe(root, pf, enabled, retries=10, delay=0.5):
     return True
 
 
-def find_sriov_manage(runner=None, command=None):
-    """The ``sriov-manage`` to run: ``command``, else ``/usr/lib/nvidia/sriov-manage`` or PATH."""
-    if command:
-        return command
-    finder = getattr(runner, "get_bin_path", None)
-    if finder is not None:
-        found = finder("sriov-manage", opt_dirs=[os.path.dirname(SRIOV_MANAGE)])
-        if found:
-            return found
-    return SRIOV_MANAGE
+def enable_vfs_by_tool(runner, root, pf, tool, retries=5, delay=2.0, sleep=time.sleep):
+    """Enable the VFs of ``pf`` with a vendor's tool (:func:`vendors.vf_tool`), read back, retry.
 
-
-def enable_vfs_with_sriov_manage(runner, root, pf, retries=5, delay=2.0, command=None, sleep=time.sleep):
-    """Enable the VFs of an NVIDIA GPU with ``sriov-manage -e <pf>``, read back, retry.
-
-    ``sriov-manage`` races the driver's start-up and can exit 0 without having enabled anything (or
-    fail after it did), so success is ``sriov_numvfs`` reading non-zero with that many ``virtfnN``
-    links, whatever it exits with. Returns ``{"changed", "num_vfs", "attempts": [{"rc", "num_vfs",
-    "output"}], "warnings"}``; raises SriovError after ``retries`` attempts.
+    Such a tool (NVIDIA's ``sriov-manage``) races the driver's start-up and can exit 0 without having
+    enabled anything (or fail after it did), so success is ``sriov_numvfs`` reading non-zero with that many
+    ``virtfnN`` links, whatever it exits with. Returns ``{"changed", "num_vfs", "attempts": [{"rc",
+    "num_vfs", "output"}], "warnings"}``; raises SriovError after ``retries`` attempts.
     """
     info = read_sriov(root, pf)
     if info is None:
         raise SriovError("%s is not an SR-IOV physical function (no sriov_totalvfs)" % pf)
     if info["num_vfs"]:
         return {"changed": False, "num_vfs": info["num_vfs"], "attempts": [], "warnings": []}
-    executable = find_sriov_manage(runner, command)
+    executable = tool.executable(runner)
     if not os.access(executable, os.X_OK):
         raise SriovError(
-            "%s: sriov-manage is needed to enable the VFs of this GPU, but %s is not an executable; install the "
-            "NVIDIA vGPU host driver package, or give its path" % (pf, executable)
+            "%s: %s is needed to enable the VFs of this GPU, but %s is not an executable; %s"
+            % (pf, tool.name, executable, tool.install_advice)
         )
+    argv = tool.argv(executable, pf)
+    command = " ".join(argv)
     attempts = []
     warnings = []
     for attempt in range(1, max(1, retries) + 1):
         try:
-            rc, out, err = runner.run_command([executable, "-e", pf])
+            rc, out, err = runner.run_command(argv)
         except OSError as error:  # the restore's runner may raise where AnsibleModule returns rc
             rc, out, err = 127, "", str(error)
         num_vfs = sysfs.read_int(_pf_path(root, pf, "sriov_numvfs")) or 0
@@ -352,8 +304,7 @@ def enable_vfs_with_sriov_manage(runner, root, pf, retries=5, delay=2.0, command
         if num_vfs and _count_links(root, pf) == num_vfs:
             if rc != 0:
                 warnings.append(
-                    "%s -e %s exited with %s but the VFs are enabled (sriov_numvfs reads %d)"
-                    % (executable, pf, rc, num_vfs)
+                    "%s exited with %s but the VFs are enabled (sriov_numvfs reads %d)" % (command, rc, num_vfs)
                 )
             if attempt > 1:
                 warnings.append("%s: VFs enabled on attempt %d of %d" % (pf, attempt, retries))
@@ -366,9 +317,8 @@ def enable_vfs_with_sriov_manage(runner, root, pf, retries=5, delay=2.0, command
         for i, a in enumerate(attempts)
     )
     raise SriovError(
-        "%s -e %s did not enable the VFs of %s in %d attempts (%s); check that the nvidia driver is loaded "
-        "and bound to %s, that SR-IOV is enabled in the firmware, and dmesg"
-        % (executable, pf, pf, len(attempts), summary, pf)
+        "%s did not enable the VFs of %s in %d attempts (%s); %s"
+        % (command, pf, len(attempts), summary, tool.failure_advice(pf))
     )
 
 
@@ -377,12 +327,13 @@ def restore_pf(root, pf, num_vfs, drivers_autoprobe=None, method=None, runner=No
     changed = False
     if drivers_autoprobe is not None:
         changed = set_drivers_autoprobe(root, pf, drivers_autoprobe, retries, delay) or changed
-    if (method or "sysfs") == "sriov_manage":
+    tool = vendors.vf_tool(method) if method not in (None, "sysfs") else None
+    if tool is not None:
         if not num_vfs:
             return changed
         if runner is None:
-            raise SriovError("%s is recorded with method sriov_manage; restoring it needs a command runner" % pf)
-        result = enable_vfs_with_sriov_manage(runner, root, pf, retries=max(1, retries), delay=delay)
+            raise SriovError("%s is recorded with method %s; restoring it needs a command runner" % (pf, method))
+        result = enable_vfs_by_tool(runner, root, pf, tool, retries=max(1, retries), delay=delay)
         return result["changed"] or changed
     if method not in (None,) + METHODS:
         raise SriovError(

@@ -12,13 +12,32 @@ Interface notes (github.com/amd/MxGPU-Virtualization: gim_shim, gim_drv.c, relea
   ``guard_status``, ``guard_threshold``, ``self_switch``, ``force_hot_reset``, ``live_update``.
 - Supported GPUs (GIM 8.x-9.x): MI300X 1002:74a1 (VF 74b5), MI325X 74a5, MI308X 74a2/74a8, 74a9;
   later releases add MI350X/MI355X, MI210X and Radeon PRO V710.
+
+So the VF count of a GIM GPU is never written (:meth:`AmdBackend.vf_count_set_by` refuses it with how to
+set it), and its restore step, ``mxgpu`` (before the VF counts are written), waits for GIM to bind each
+recorded GPU and enable its VFs, and checks the count against the recorded one.
 """
 
 from __future__ import annotations
 
 import os
 
-from ansible_collections.gpuvirt.host.plugins.module_utils.vendor_plan import MANAGED_HEADER, EnableError, EnablePlan
+from ansible_collections.gpuvirt.host.plugins.module_utils.kernel import module_parameter
+from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import (
+    PCI_DEVICES,
+    host_path,
+    link_name,
+    read_int,
+    read_text,
+)
+from ansible_collections.gpuvirt.host.plugins.module_utils.vendor_plan import (
+    MANAGED_HEADER,
+    EnableError,
+    EnablePlan,
+    RestoreStep,
+    VendorBackend,
+    VendorRestoreError,
+)
 
 VENDOR_ID = "1002"
 HOST_DRIVER = "gim"
@@ -32,14 +51,65 @@ def gim_present(root):
     return os.path.isdir(base) and any(os.path.exists(os.path.join(base, name)) for name in GIM_DRIVER_FILES)
 
 
-class AmdBackend:
+def _device_file(root, address, name):
+    return host_path(root, PCI_DEVICES, address, name)
+
+
+def restore_gim_vfs(context, pf, entry):
+    """Wait for GIM to drive ``pf`` and enable its VFs at load; check their count against the recorded one."""
+    root = context.root
+    wanted = int(entry.get("num_vfs", 0))
+    driver = context.wait_for(lambda: link_name(_device_file(root, pf, "driver")), "a driver binding to %s" % pf)
+    if driver != HOST_DRIVER:
+        raise VendorRestoreError(
+            "%s is driven by %s, not AMD's GIM host driver, so it has no MxGPU VFs: blacklist amdgpu "
+            "(modprobe.blacklist=amdgpu) and install gim for this kernel, then reboot" % (pf, driver)
+        )
+    numvfs = _device_file(root, pf, "sriov_numvfs")
+    count = context.wait_for(lambda: read_int(numvfs), "gim enabling the VFs of %s" % pf)
+    vf_num = module_parameter(root, HOST_DRIVER, "vf_num")
+    if count != wanted:
+        raise VendorRestoreError(
+            "gim enabled %d VFs on %s (its vf_num is %s), %d are recorded: gim sets the count when it loads; set "
+            "it with gpuvirt.host.virtualization_mode (mode mxgpu, max_vfs %d) and reboot"
+            % (count, pf, vf_num or "not set", wanted, wanted)
+        )
+    return "gim enabled %d VFs (vf_num %s)" % (count, vf_num or "not set")
+
+
+def _is_gim_gpu(root, pf):
+    device_id = (read_text(_device_file(root, pf, "device")) or "")[2:]
+    return read_text(_device_file(root, pf, "vendor")) == "0x" + VENDOR_ID and (
+        device_id in GIM_IDS or link_name(_device_file(root, pf, "driver")) == HOST_DRIVER
+    )
+
+
+def _restore_items(state, root):
+    entries = state.get("sriov") or {}
+    return [
+        (pf, lambda context, pf=pf, entry=entry: restore_gim_vfs(context, pf, entry))
+        for pf, entry in sorted(entries.items())
+        if isinstance(entry, dict) and entry.get("num_vfs") and _is_gim_gpu(root, pf)
+    ]
+
+
+class AmdBackend(VendorBackend):
     """AMD GPUs: the ``mxgpu`` virtualization mode."""
 
     name = "amd"
     vendor_id = VENDOR_ID
-    device_defaults = {}
-    gpu_defaults = {}
+    host_drivers = ("amdgpu", "radeon")
+    softdep_drivers = host_drivers
     enable_modes = ("mxgpu",)
+    restore_steps = (RestoreStep(name="mxgpu", before="sriov", items=_restore_items),)
+
+    def vf_count_set_by(self, device):
+        if device.driver != HOST_DRIVER:
+            return None
+        return (
+            "gim enables the VFs itself when it loads, from its vf_num parameter, and sriov_numvfs cannot be "
+            "written; set the count with gpuvirt.host.virtualization_mode (mode mxgpu, max_vfs) and reboot"
+        )
 
     def enable_plan(self, device, host, mode, options):
         """MxGPU: refuse with advice while GIM is missing; with GIM, ``options gim vf_num=<N>`` (GIM
@@ -62,12 +132,6 @@ class AmdBackend:
             files=(("etc/modprobe.d/gpuvirt-gim.conf", MANAGED_HEADER + "options gim vf_num=%d\n" % count),),
             running_needs=(("gim loaded with vf_num=%d" % count, (live or "").split(",")[0] == str(count)),),
         )
-
-    def read_device(self, path, address, findings):
-        return {}
-
-    def gpu_keys(self, device):
-        return {}
 
     def modes(self, device, host):
         if (device.device_id or "") not in GIM_IDS and device.driver != HOST_DRIVER:

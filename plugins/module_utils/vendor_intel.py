@@ -16,11 +16,42 @@ xe_module.c; the i915-sriov-dkms project):
   (``i915.enable_guc=3``), the xe driver ``xe.max_vfs=<N>`` (PF mode by default since 6.17). Both
   are read at probe: a change needs a driver reload or a reboot. VFs are then enabled through
   ``sriov_numvfs`` (gpuvirt.host.sriov) and handed to vfio-pci, so the host driver does not probe them.
+  A PF driver without ``max_vfs`` (or without GuC submission) "continues as native" and sets
+  ``sriov_totalvfs`` to 0 (``pf_continue_as_native()``); with it, ``sriov_totalvfs`` reads
+  ``min(max_vfs, the device's VFs)`` once the driver has probed.
+
+Restore steps (:mod:`restore`):
+
+- ``gvt_g``, before the drivers are waited for: for each iGPU with recorded GVT-g mdevs, i915 drives it
+  with GVT-g on in this boot, ``kvmgt`` is loaded (``modprobe kvmgt`` when ``modules-load.d`` did not
+  load it), and the iGPU has registered its mdev types, so the mdevs can be recreated.
+- ``intel_sriov``, before the VF counts are written: for each Intel GPU with recorded VFs, its i915 or
+  xe driver has probed it in SR-IOV PF mode with ``max_vfs`` covering the count (``sriov_totalvfs``), so
+  that ``sriov_numvfs`` is written only once the PF can take it.
 """
 
 from __future__ import annotations
 
-from ansible_collections.gpuvirt.host.plugins.module_utils.vendor_plan import MANAGED_HEADER, EnableError, EnablePlan
+import os
+
+from ansible_collections.gpuvirt.host.plugins.module_utils.errors import GpuvirtError
+from ansible_collections.gpuvirt.host.plugins.module_utils.kernel import module_parameter
+from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import (
+    MDEV_BUS,
+    PCI_DEVICES,
+    host_path,
+    link_name,
+    read_int,
+    read_text,
+)
+from ansible_collections.gpuvirt.host.plugins.module_utils.vendor_plan import (
+    MANAGED_HEADER,
+    EnableError,
+    EnablePlan,
+    RestoreStep,
+    VendorBackend,
+    VendorRestoreError,
+)
 
 VENDOR_ID = "8086"
 IGPU_SLOT = "0000:00:02"
@@ -34,6 +65,8 @@ GVT_G_IDS = frozenset(("87c0", "87ca", "5a84", "5a85"))
 SRIOV_IDS = frozenset(("56c0", "56c1", "56c2", "0bd5", "0bd6", "0bda", "0bdb"))
 GVT_G_MODULE = "kvmgt"
 GVT_G_ARGUMENT = "i915.enable_gvt=1"
+GVT_G_TYPE_PREFIX = "i915-GVTg_"
+SRIOV_DRIVERS = ("i915", "xe")
 
 
 def gvt_g_generation(device_id):
@@ -46,14 +79,113 @@ def is_integrated(device):
     return device.address.startswith(IGPU_SLOT + ".") and not device.is_vf
 
 
-class IntelBackend:
+def _device_file(root, address, name):
+    return host_path(root, PCI_DEVICES, address, name)
+
+
+def _is_intel_gpu(root, address):
+    return (read_text(_device_file(root, address, "vendor")) == "0x" + VENDOR_ID
+            and (read_text(_device_file(root, address, "class")) or "").startswith("0x03"))
+
+
+def _wait_driver(context, address):
+    return context.wait_for(lambda: link_name(_device_file(context.root, address, "driver")),
+                            "a driver binding to %s" % address)
+
+
+def restore_gvt_g(context, parent):
+    """Make the recorded GVT-g parent ``parent`` ready for its mdevs: i915 with GVT-g on, ``kvmgt``."""
+    root = context.root
+    driver = _wait_driver(context, parent)
+    if driver != "i915":
+        raise VendorRestoreError("%s is driven by %s, not i915: GVT-g needs i915 on the iGPU" % (parent, driver))
+    if module_parameter(root, "i915", "enable_gvt") not in ("Y", "1"):
+        raise VendorRestoreError(
+            "GVT-g is off in this boot (i915's enable_gvt is %s): %s is not on the kernel command line; run "
+            "gpuvirt.host.virtualization_mode (mode gvt-g) again and reboot"
+            % (module_parameter(root, "i915", "enable_gvt") or "unreadable", GVT_G_ARGUMENT)
+        )
+    how = "already loaded"
+    if not os.path.isdir(host_path(root, "sys/module", GVT_G_MODULE)):
+        command = [context.runner.get_bin_path("modprobe") or "modprobe", GVT_G_MODULE]
+        rc, out, err = context.runner.run_command(command)
+        if rc != 0 or not os.path.isdir(host_path(root, "sys/module", GVT_G_MODULE)):
+            raise VendorRestoreError(
+                "%s failed (exit %s: %s); without %s the iGPU offers no GVT-g types (is %s a Broadwell to Comet "
+                "Lake iGPU, and kvmgt installed for this kernel?)"
+                % (" ".join(command), rc, " ".join((out + " " + err).split())[-200:] or "no output", GVT_G_MODULE,
+                   parent)
+            )
+        how = "loaded by modprobe"
+    context.wait_for(lambda: os.path.lexists(host_path(root, MDEV_BUS, parent)),
+                     "the GVT-g mdev types of %s appearing" % parent)
+    return "i915 with GVT-g on, %s %s, mdev types registered" % (GVT_G_MODULE, how)
+
+
+def restore_sriov_mode(context, pf, entry):
+    """Wait until the i915/xe driver of ``pf`` is in SR-IOV PF mode with room for the recorded VFs."""
+    root = context.root
+    wanted = int(entry.get("num_vfs", 0))
+    driver = _wait_driver(context, pf)
+    if driver not in SRIOV_DRIVERS:
+        raise VendorRestoreError(
+            "%s is driven by %s: its VFs come from the i915 (SR-IOV build) or xe driver in SR-IOV PF mode"
+            % (pf, driver)
+        )
+    if not wanted:
+        return "%s drives it; no VFs recorded" % driver
+    max_vfs = module_parameter(root, driver, "max_vfs")
+    if not (max_vfs or "").isdigit() or int(max_vfs) < wanted:
+        raise VendorRestoreError(
+            "%s is not in SR-IOV PF mode for the %d VFs recorded: %s.max_vfs is %s in this boot; put "
+            "%s.max_vfs=<N> back on the kernel command line (gpuvirt.host.virtualization_mode, mode sriov) and "
+            "reboot" % (pf, wanted, driver, max_vfs if max_vfs is not None else "unreadable", driver)
+        )
+    total_path = _device_file(root, pf, "sriov_totalvfs")
+
+    def offered():
+        total = read_int(total_path)
+        return total if total is not None and total >= wanted else None
+
+    try:
+        total = context.wait_for(offered, "%s offering %d VFs (sriov_totalvfs)" % (pf, wanted))
+    except GpuvirtError as error:
+        raise VendorRestoreError(
+            "%s; %s with max_vfs %s stayed out of PF mode (sriov_totalvfs %s): look in dmesg for 'continuing as "
+            "native' (GuC submission off: i915.enable_guc=3)" % (error, driver, max_vfs, read_int(total_path))
+        ) from error
+    return "%s in SR-IOV PF mode: max_vfs %s, sriov_totalvfs %d" % (driver, max_vfs, total)
+
+
+def _gvt_g_items(state, root):
+    parents = sorted({
+        entry["parent"] for entry in (state.get("mdevs") or {}).values()
+        if isinstance(entry, dict) and str(entry.get("type") or "").startswith(GVT_G_TYPE_PREFIX)
+        and entry.get("parent")
+    })
+    return [(parent, lambda context, parent=parent: restore_gvt_g(context, parent)) for parent in parents]
+
+
+def _sriov_items(state, root):
+    entries = state.get("sriov") or {}
+    return [
+        (pf, lambda context, pf=pf, entry=entry: restore_sriov_mode(context, pf, entry))
+        for pf, entry in sorted(entries.items())
+        if isinstance(entry, dict) and _is_intel_gpu(root, pf)
+    ]
+
+
+class IntelBackend(VendorBackend):
     """Intel GPUs: the ``gvt-g`` and ``sriov`` virtualization modes."""
 
     name = "intel"
     vendor_id = VENDOR_ID
-    device_defaults = {}
-    gpu_defaults = {}
+    host_drivers = ("i915", "xe")
     enable_modes = ("gvt-g", "sriov")
+    restore_steps = (
+        RestoreStep(name="gvt_g", before="driver", items=_gvt_g_items),
+        RestoreStep(name="intel_sriov", before="sriov", items=_sriov_items),
+    )
 
     def enable_plan(self, device, host, mode, options):
         """GVT-g: ``i915.enable_gvt=1`` and ``kvmgt`` at boot (and now, once the running kernel has
@@ -100,12 +232,6 @@ class IntelBackend:
             running_needs=(("%s.max_vfs=%d in the loaded %s driver" % (driver, count, driver), live == str(count)),),
             notes=("then create the VFs with gpuvirt.host.sriov and hand them to vfio-pci",),
         )
-
-    def read_device(self, path, address, findings):
-        return {}
-
-    def gpu_keys(self, device):
-        return {}
 
     def modes(self, device, host):
         modes = []

@@ -20,6 +20,13 @@ Public API:
 - :func:`read_nvidia_vgpu` ``(device_path, address, findings=None, display=None) -> dict | None``:
   ``{"creatable": [...], "current": int}`` for a device with an ``nvidia/`` directory, else None.
 - :func:`profile_name` ``(type_name) -> str | None``: ``NVIDIA A100-4C`` -> ``A100-4C``.
+- :class:`SriovManage`: NVIDIA's VF enabler, ``/usr/lib/nvidia/sriov-manage -e <pf>``, as a vendor tool
+  (recorded as method ``sriov_manage`` in the state file's ``sriov`` section; :func:`sriov.enable_vfs_by_tool`
+  runs it and reads the VFs back).
+
+Its state file section, ``nvidia_vgpu``, maps each VF to its vGPU type (``{"0000:41:00.4": {"type_id":
+1030, "type_name": "NVIDIA L40S-1B"}}``); its restore step, ``nvidia_vgpu``, writes them back to
+``nvidia/current_vgpu_type`` once the VFs exist (after ``sriov``) and before the mdevs.
 
 Kernel 6.8+ with recent vGPU drivers has no mdev bus: each VF carries
 ``nvidia/creatable_vgpu_types`` (a header ``ID    : vGPU Name`` then ``1030  : NVIDIA L40S-1B``
@@ -33,11 +40,17 @@ import os
 import re
 
 from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import MISSING, read_attribute
-from ansible_collections.gpuvirt.host.plugins.module_utils.vendor_plan import EnableError, EnablePlan
+from ansible_collections.gpuvirt.host.plugins.module_utils.vendor_plan import (
+    EnableError,
+    EnablePlan,
+    RestoreStep,
+    VendorBackend,
+)
 
 VENDOR_ID = "10de"
 STATE_KEY = "nvidia_vgpu"
 VGPU_HOST_MODULE = "nvidia_vgpu_vfio"
+SRIOV_MANAGE = "/usr/lib/nvidia/sriov-manage"
 
 _ENTRY = re.compile(r"\s*([0-9]+)\s*:\s*(\S.*?)\s*\Z")
 _HEADER = re.compile(r"\s*ID\s*:", re.IGNORECASE)
@@ -104,14 +117,76 @@ def vgpu_state(device):
     return device.vendor_state.get(STATE_KEY)
 
 
-class NvidiaBackend:
-    """NVIDIA GPUs: the per-VF vGPU state, and the ``vgpu`` virtualization mode."""
+class SriovManage:
+    """``sriov-manage -e <pf>`` from the vGPU host driver package: puts an NVIDIA GPU in SR-IOV mode (all its
+    VFs at once; its driver has no ``sriov_configure`` for them). ``command``: its path, else
+    ``/usr/lib/nvidia/sriov-manage`` or the one on PATH."""
+
+    name = "sriov-manage"
+    enables_all = True
+    install_advice = "install the NVIDIA vGPU host driver package, or give its path"
+
+    def __init__(self, command=None):
+        self.command = command
+
+    def executable(self, runner=None):
+        if self.command:
+            return self.command
+        finder = getattr(runner, "get_bin_path", None)
+        if finder is not None:
+            found = finder("sriov-manage", opt_dirs=[os.path.dirname(SRIOV_MANAGE)])
+            if found:
+                return found
+        return SRIOV_MANAGE
+
+    def argv(self, executable, pf):
+        return [executable, "-e", pf]
+
+    def failure_advice(self, pf):
+        return "check that the nvidia driver is loaded and bound to %s, that SR-IOV is enabled in the firmware, " \
+               "and dmesg" % pf
+
+
+def _restore_items(state, root):
+    # nvidia_vgpu builds on the PCI reader, which builds on this backend: imported when the step runs.
+    from ansible_collections.gpuvirt.host.plugins.module_utils import nvidia_vgpu
+
+    entries = state.get(STATE_KEY) or {}
+    return [
+        (vf, lambda context, vf=vf, entry=entry: nvidia_vgpu.restore_vgpu(context, vf, entry))
+        for vf, entry in sorted(entries.items())
+    ]
+
+
+class NvidiaBackend(VendorBackend):
+    """NVIDIA GPUs: the per-VF vGPU state, the ``vgpu`` virtualization mode, ``sriov-manage`` and the vGPU
+    types of the state file."""
 
     name = "nvidia"
     vendor_id = VENDOR_ID
+    host_drivers = ("nvidia", "nouveau")
+    softdep_drivers = host_drivers
     device_defaults = {STATE_KEY: None}
     gpu_defaults = {STATE_KEY: False}
     enable_modes = ("vgpu",)
+    state_sections = (STATE_KEY,)
+    restore_steps = (RestoreStep(name=STATE_KEY, before="mdevs", items=_restore_items),)
+    vf_tools = {"sriov_manage": SriovManage}
+
+    def vf_count_advice(self, device):
+        if device.driver != "nvidia":
+            return None
+        return "an NVIDIA GPU on the nvidia driver: vGPU hosts enable its VFs with sriov-manage; " \
+               "gpuvirt.host.nvidia_vgpu does that"
+
+    def in_use_reasons(self, device):
+        current = (vgpu_state(device) or {}).get("current")
+        return ["NVIDIA vGPU type %d is assigned to it (nvidia/current_vgpu_type)" % current] if current else []
+
+    def no_mdev_types_hint(self, device, vfs):
+        if vgpu_state(device) is not None or any(vgpu_state(vf) is not None for vf in vfs):
+            return "it uses NVIDIA's per-VF vGPU interface: use gpuvirt.host.nvidia_vgpu"
+        return None
 
     def enable_plan(self, device, host, mode, options):
         """vGPU: nothing to write; the vGPU host driver must be installed and its manager running,

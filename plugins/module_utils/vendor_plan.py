@@ -1,11 +1,13 @@
 # Copyright (c) gpuvirt.host contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""What a vendor backend returns to turn a mode on (:class:`EnablePlan`) or raises when it cannot
-(:class:`EnableError`); :mod:`enablement` applies it."""
+"""The vendor backend interface (:class:`VendorBackend`) and what a backend hands to the generic code: a
+plan to turn a mode on (:class:`EnablePlan`, applied by :mod:`enablement`) or :class:`EnableError` when it
+cannot; its boot-time restore steps (:class:`RestoreStep`, run by :mod:`restore`)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 from ansible_collections.gpuvirt.host.plugins.module_utils.errors import GpuvirtError
 
@@ -14,6 +16,10 @@ MANAGED_HEADER = "# Managed by gpuvirt.host (virtualization_mode); changes here 
 
 class EnableError(GpuvirtError):
     """The mode cannot be enabled on this GPU; says why and what to do. Nothing was changed."""
+
+
+class VendorRestoreError(GpuvirtError):
+    """A vendor's restore step could not bring one item back at boot; says why and what to do."""
 
 
 @dataclass(frozen=True)
@@ -29,3 +35,91 @@ class EnablePlan:
     load_modules: tuple = ()
     running_needs: tuple = ()
     notes: tuple = field(default=())
+
+
+# The generic restore steps a vendor step can be placed before, in the order they run.
+RESTORE_ANCHORS = ("driver", "sriov", "mdevs")
+
+
+@dataclass(frozen=True)
+class RestoreStep:
+    """One boot-time restore step of a vendor, run by :mod:`restore` right before the generic step
+    ``before`` (``driver``: before the drivers are waited for; ``sriov``: once the physical functions
+    have a driver, before the VF counts are written; ``mdevs``: once the VFs exist, before the mediated
+    devices are created).
+
+    ``items(state, root)`` returns ``[(item, action)]`` for the recorded state (the state file's
+    sections, :mod:`hoststate`): the item names what is restored (a PCI address, a UUID), and
+    ``action(context)`` restores it and returns what it did, or raises :class:`errors.GpuvirtError`
+    (or ``OSError``) saying why not. Each item gets its own status line. ``context`` is the running
+    :class:`restore.Restore`: ``root``, ``runner`` (``run_command(argv)``, ``get_bin_path(name)``),
+    ``wait_for(check, what, timeout=None)``, ``retry(action)``, ``interval``, ``log(message)``.
+    """
+
+    name: str
+    before: str
+    items: Callable
+
+
+class VendorBackend:
+    """What a vendor adds to the generic code; each hook's default adds nothing. A backend module
+    (``vendor_<name>.py``) subclasses this, overrides what its vendor needs and is listed in
+    :data:`vendors.BACKENDS`.
+
+    Reading (:mod:`pci`, :mod:`topology`): ``host_drivers``, ``device_defaults`` / ``gpu_defaults``,
+    :meth:`read_device`, :meth:`gpu_keys`, :meth:`modes`.
+    Enabling (:mod:`enablement`): ``enable_modes``, :meth:`enable_plan`.
+    Carving (:mod:`sriov`, :mod:`mdev`): ``vf_tools``, :meth:`vf_count_set_by`, :meth:`vf_count_advice`,
+    :meth:`in_use_reasons`, :meth:`no_mdev_types_hint`.
+    Persisting (:mod:`hoststate`, :mod:`restore`): ``state_sections``, ``restore_steps``.
+    """
+
+    name = None
+    vendor_id = None
+    # Its kernel drivers that drive a GPU for the host itself (not for VMs), and those of them that would
+    # claim a GPU passed through to VMs before vfio-pci at boot (vfio_pci's modprobe.d soft dependencies).
+    host_drivers = ()
+    softdep_drivers = ()
+    device_defaults = {}
+    gpu_defaults = {}
+    enable_modes = ()
+    # State file sections this vendor owns (restored by its own steps), in restore order.
+    state_sections = ()
+    restore_steps = ()
+    # ``{method: factory(command=None)}``: the vendor tools that enable VFs, by the ``method`` an entry of
+    # the state file's ``sriov`` section records (:func:`sriov.enable_vfs_by_tool` runs them).
+    vf_tools = {}
+
+    def read_device(self, path, address, findings):
+        """Its extra sysfs state of one of its devices (kept in ``PciDevice.vendor_state``)."""
+        return {}
+
+    def gpu_keys(self, device):
+        """Its keys of a GPU entry of the topology."""
+        return {}
+
+    def modes(self, device, host):
+        """The virtualization modes ``device`` can offer: ``[{"mode", "ready", "missing"}]``."""
+        return []
+
+    def enable_plan(self, device, host, mode, options):
+        """The :class:`EnablePlan` for one of ``enable_modes``; raises :class:`EnableError`."""
+        raise EnableError("%s: the %s backend cannot enable %s; nothing changed" % (device.address, self.name, mode))
+
+    def vf_count_set_by(self, device):
+        """Why the VF count of this physical function cannot be written through ``sriov_numvfs`` and how
+        it is set instead, or None when it can."""
+        return None
+
+    def vf_count_advice(self, device):
+        """The vendor's word on changing the VF count of this physical function through ``sriov_numvfs``
+        (warned when a module changes it, added when the kernel refuses it), or None."""
+        return None
+
+    def in_use_reasons(self, device):
+        """Why this device (a VF) is in use by the vendor's own interface, e.g. a vGPU assigned to it."""
+        return []
+
+    def no_mdev_types_hint(self, device, vfs):
+        """Why ``device`` (with its VF devices ``vfs``) offers no mdev types, when the vendor knows."""
+        return None

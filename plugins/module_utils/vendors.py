@@ -1,30 +1,40 @@
 # Copyright (c) gpuvirt.host contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""The registry of GPU vendor backends: what a vendor adds to the generic readers.
+"""The registry of GPU vendor backends: what a vendor adds to the generic code.
 
 One module per vendor (``vendor_nvidia``, ``vendor_intel``, ``vendor_amd``; flat modules, so the
-boot-time restore can ship them as it ships every module_utils file) defines a ``BACKEND`` with:
+boot-time restore can ship them as it ships every module_utils file) defines a ``BACKEND``, a
+:class:`vendor_plan.VendorBackend` that overrides the hooks its vendor needs:
 
-- ``name``, ``vendor_id`` (4 lowercase hex digits);
-- ``device_defaults`` / ``gpu_defaults``: the keys it adds to every device / GPU entry, with their
-  values for other vendors' devices;
-- ``read_device(path, address, findings) -> dict``: its extra sysfs state of one of its devices
-  (kept in ``PciDevice.vendor_state``); run only for its vendor's devices (and for devices whose
-  vendor could not be read);
-- ``gpu_keys(device) -> dict``: its keys of a GPU entry;
-- ``modes(device, host) -> list[dict]``: the virtualization modes the GPU can offer, each
-  ``{"mode", "ready", "missing": [what is needed, as advice]}`` (and ``unsupported``: why not at all).
+- reading: ``vendor_id`` (4 lowercase hex digits), ``host_drivers`` (its kernel drivers that drive a GPU
+  for the host; ``softdep_drivers``: those that would claim a GPU before vfio-pci), ``device_defaults`` /
+  ``gpu_defaults`` (the keys it adds to every device / GPU entry, with their values for other vendors'
+  devices), ``read_device(path, address, findings)`` (its extra sysfs state of one of its devices, kept
+  in ``PciDevice.vendor_state``; run only for its vendor's devices and for devices whose vendor could not
+  be read), ``gpu_keys(device)``,
+  ``modes(device, host)`` (the virtualization modes the GPU can offer, each ``{"mode", "ready",
+  "missing": [what is needed, as advice]}``, and ``unsupported``: why not at all);
+- enabling: ``enable_modes`` and ``enable_plan(device, host, mode, options)``;
+- carving: ``vf_tools`` (the vendor tools that enable VFs, by the ``method`` recorded in the state
+  file), ``vf_count_set_by(device)``, ``vf_count_advice(device)``, ``in_use_reasons(device)``,
+  ``no_mdev_types_hint(device, vfs)``;
+- persisting: ``state_sections`` (its sections of ``/etc/gpuvirt/host-state.json``) and
+  ``restore_steps`` (:class:`vendor_plan.RestoreStep`, run by :mod:`restore` at boot).
 
-Adding a vendor is one new module and one entry in :data:`BACKENDS`.
+Adding a vendor is one new module and one entry in :data:`BACKENDS`; no generic module names a vendor.
 
 Public API: :data:`BACKENDS`, :func:`backends_for`, :func:`read_vendor_state`,
-:func:`device_defaults`, :func:`gpu_keys`, :class:`HostFacts`, :func:`virtualization_modes`.
+:func:`host_graphics_drivers`, :func:`softdep_drivers`, :func:`device_defaults`, :func:`gpu_keys`, :class:`HostFacts`,
+:func:`enable_modes`, :func:`virtualization_modes`, :func:`state_sections`, :func:`restore_steps`,
+:func:`vf_tool`, :func:`vf_tool_methods`, :func:`vf_count_set_by`, :func:`vf_count_advice`,
+:func:`in_use_reasons`, :func:`no_mdev_types_hint`.
 """
 
 from __future__ import annotations
 
 from ansible_collections.gpuvirt.host.plugins.module_utils import vendor_amd, vendor_intel, vendor_nvidia
 from ansible_collections.gpuvirt.host.plugins.module_utils.kernel import cmdline_value, module_parameter
+from ansible_collections.gpuvirt.host.plugins.module_utils.vendor_plan import RESTORE_ANCHORS
 
 BACKENDS = (vendor_nvidia.BACKEND, vendor_intel.BACKEND, vendor_amd.BACKEND)
 _BY_VENDOR = {backend.vendor_id: (backend,) for backend in BACKENDS}
@@ -48,6 +58,16 @@ def read_vendor_state(vendor_id, path, address, findings):
     for backend in backends_for(vendor_id):
         state.update(backend.read_device(path, address, findings))
     return state
+
+
+def host_graphics_drivers():
+    """The drivers that drive a GPU for the host itself (display, compute), of every vendor."""
+    return frozenset(driver for backend in BACKENDS for driver in backend.host_drivers)
+
+
+def softdep_drivers():
+    """The vendors' drivers that would claim a GPU before vfio-pci at boot, in registry order."""
+    return tuple(driver for backend in BACKENDS for driver in backend.softdep_drivers)
 
 
 def device_defaults():
@@ -95,6 +115,11 @@ class HostFacts:
         return self._parameters[key]
 
 
+def enable_modes():
+    """Every mode a backend can enable (``virtualization_mode``'s choices), in registry order."""
+    return tuple(mode for backend in BACKENDS for mode in backend.enable_modes)
+
+
 def virtualization_modes(device, host, verdict):
     """The modes ``device`` (a GPU, not a VF) can offer: ``passthrough`` from its verdict, then its
     vendor's modes."""
@@ -102,3 +127,63 @@ def virtualization_modes(device, host, verdict):
     for backend in backends_for(device.vendor_id) if device.vendor_id else ():
         modes.extend(backend.modes(device, host))
     return modes
+
+
+# -- carving -------------------------------------------------------------------------------------
+
+
+def _first(device, hook, *args):
+    for backend in backends_for(device.vendor_id):
+        answer = getattr(backend, hook)(device, *args)
+        if answer:
+            return answer
+    return None
+
+
+def vf_tool_methods():
+    """The VF-enabling methods the vendors' tools provide (``sriov_manage``), in registry order."""
+    return tuple(method for backend in BACKENDS for method in backend.vf_tools)
+
+
+def vf_tool(method, command=None):
+    """The vendor tool recorded as ``method`` (``command``: its path, else found on the host), or None."""
+    for backend in BACKENDS:
+        factory = backend.vf_tools.get(method)
+        if factory is not None:
+            return factory(command)
+    return None
+
+
+def vf_count_set_by(device):
+    """Why the VF count of ``device`` is not written through ``sriov_numvfs``, and how it is set; or None."""
+    return _first(device, "vf_count_set_by")
+
+
+def vf_count_advice(device):
+    """The vendor's word on changing the VF count of ``device`` through ``sriov_numvfs``, or None."""
+    return _first(device, "vf_count_advice")
+
+
+def in_use_reasons(device):
+    """Why ``device`` is in use through its vendor's own interface (a vGPU assigned to a VF)."""
+    return [reason for backend in backends_for(device.vendor_id) for reason in backend.in_use_reasons(device)]
+
+
+def no_mdev_types_hint(device, vfs):
+    """The vendor's reason why ``device`` offers no mdev types (``vfs``: its VF devices), or None."""
+    return _first(device, "no_mdev_types_hint", vfs)
+
+
+# -- persisting ----------------------------------------------------------------------------------
+
+
+def state_sections():
+    """The state file sections the vendors own, in restore order."""
+    return tuple(section for backend in BACKENDS for section in backend.state_sections)
+
+
+def restore_steps(before):
+    """The vendors' boot-time restore steps that run before the generic step ``before``."""
+    if before not in RESTORE_ANCHORS:
+        raise ValueError("no generic restore step %r" % before)
+    return [step for backend in BACKENDS for step in backend.restore_steps if step.before == before]

@@ -3,12 +3,11 @@
 """Handing PCI devices to vfio-pci or a variant VFIO driver: selectors, safety guards, runtime
 binding and persistence.
 
-Public API (readers take the host ``root``; only :func:`apply_file` and :class:`VfioPciRun` use
-the Ansible module, for ``atomic_move`` and ``run_command``):
+Public API (readers take the host ``root``; the module's run is :class:`vfio_run.VfioPciRun`, its
+boot-time planning :class:`vfio_boot.BootConfigPlanner`):
 
-- :func:`parse_selector` ``(text) -> Selector`` and :func:`resolve_selectors`
-  ``(selectors, devices) -> {address: [selector, ...]}``: a PCI address (short, 4- or 8-digit
-  domain), ``vendor:device``, or a model name; never an index.
+- :func:`resolve_selectors` ``(selectors, devices) -> {address: [selector, ...]}``: a PCI address
+  (short, 4- or 8-digit domain), ``vendor:device``, or a model name; never an index.
 - :func:`read_driver`, :func:`read_override`, :func:`bind_device`, :func:`release_device`: the
   kernel's ``driver_override`` / ``unbind`` / ``drivers_probe`` protocol, read back every time,
   for vfio-pci and the variant VFIO drivers.
@@ -21,10 +20,8 @@ the Ansible module, for ``atomic_move`` and ``run_command``):
   or the variant VFIO driver (``alias vfio_pci:`` in modules.alias) each device gets;
   :func:`is_vfio_driver`, :func:`driver_key` (``-`` and ``_`` as one), :func:`module_of`.
 - :func:`render_modprobe_conf`, :func:`modprobe_ids`, :func:`cmdline_ids`, :func:`driverctl_path`,
-  :func:`render_initramfs_config`, :class:`FileChange`, :func:`plan_file`, :func:`apply_file`: the
-  boot-time configuration that keeps the binding.
-- :class:`VfioPciRun`: one module run (``plan()`` reads and guards, ``apply()`` changes,
-  ``result()``); raises :class:`GuardError` or :class:`VfioError`.
+  :func:`render_initramfs_config`, :func:`plan_file`: the boot-time configuration that keeps the
+  binding.
 """
 
 from __future__ import annotations
@@ -33,26 +30,22 @@ import errno
 import os
 import re
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 
-from ansible_collections.gpuvirt.host.plugins.module_utils import bootloader, initramfs
 from ansible_collections.gpuvirt.host.plugins.module_utils import host as host_model
+from ansible_collections.gpuvirt.host.plugins.module_utils import vendors
 from ansible_collections.gpuvirt.host.plugins.module_utils.critical import critical_devices
 from ansible_collections.gpuvirt.host.plugins.module_utils.errors import GpuvirtError
 from ansible_collections.gpuvirt.host.plugins.module_utils.files import (
-    FileChange,
     FileError,
-    apply_change,
     plan_change,
     read_file,
 )
 from ansible_collections.gpuvirt.host.plugins.module_utils.iommu import read_iommu, users_of, vfio_holders
 from ansible_collections.gpuvirt.host.plugins.module_utils.kernel import (
     cmdline_value,
-    read_builtin_modules,
     read_cpu,
     read_kernel,
-    read_vfio_aliases,
     vfio_variant_drivers,
 )
 from ansible_collections.gpuvirt.host.plugins.module_utils.pci import (
@@ -64,9 +57,8 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.pci import (
 from ansible_collections.gpuvirt.host.plugins.module_utils.selector import (
     SelectorError,
     describe,
-    match_selector,
+    select_devices,
 )
-from ansible_collections.gpuvirt.host.plugins.module_utils.selector import parse_selector as parse_device_selector
 from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import (
     PCI_DEVICES,
     PCI_DRIVERS,
@@ -88,9 +80,9 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.topology import (
 )
 
 VFIO_DRIVER = "vfio-pci"
-# Host drivers that would claim a GPU or one of its companion functions before vfio-pci does
-# unless modprobe loads vfio-pci first.
-SOFTDEP_DRIVERS = ("nvidia", "nouveau", "amdgpu", "radeon", "snd_hda_intel", "xhci_hcd")
+# Host drivers that would claim a GPU (the vendors' own) or one of its companion functions (HDMI audio,
+# USB-C) before vfio-pci does unless modprobe loads vfio-pci first.
+SOFTDEP_DRIVERS = vendors.softdep_drivers() + ("snd_hda_intel", "xhci_hcd")
 MODPROBE_CONF = "etc/modprobe.d/gpuvirt-vfio.conf"
 MODULES_LOAD_CONF = "etc/modules-load.d/gpuvirt-vfio.conf"
 DRIVERCTL_DIR = "etc/driverctl.d"
@@ -108,59 +100,28 @@ class VfioError(GpuvirtError):
 # ------------------------------------------------------------------------------------ selectors
 
 
-def parse_selector(text):
-    """Classify a selector (:func:`selector.parse_selector`); raise :class:`VfioError` for an empty
-    one or an index."""
-    try:
-        return parse_device_selector(text)
-    except SelectorError as error:
-        raise VfioError(str(error)) from error
-
-
 def resolve_selectors(selectors, devices):
     """Map selectors to PCI addresses.
 
     ``devices``: ``{address: PciDevice}`` named from ``pci.ids``. Returns ``{address: [selector
-    text, ...]}`` in address order. Every selector must match: an address that does not exist, an
-    ID that matches nothing, or a name that matches nothing or two different models raises
-    :class:`VfioError` listing every bad selector at once.
+    text, ...]}`` in address order. Every selector must match (:func:`selector.select_devices`);
+    :class:`VfioError` lists every bad selector at once.
     """
     chosen = {}
     problems = []
     for text in selectors:
         try:
-            selector = parse_selector(text)
-            matches = _match(selector, devices)
-        except VfioError as error:
+            matches = select_devices(text, devices, "PCI device")
+        except SelectorError as error:
             problems.append(str(error))
             continue
         for address in matches:
             chosen.setdefault(address, [])
-            if selector.text not in chosen[address]:
-                chosen[address].append(selector.text)
+            if text not in chosen[address]:
+                chosen[address].append(text)
     if problems:
         raise VfioError("; ".join(problems) + "; nothing was changed")
     return {address: chosen[address] for address in sorted(chosen)}
-
-
-def _match(selector, devices):
-    try:
-        matches = match_selector(selector, devices)
-    except SelectorError as error:
-        raise VfioError(str(error)) from error
-    if matches:
-        return matches
-    if selector.kind == "address":
-        raise VfioError(
-            "no PCI device at %s (selector %r); list the host's devices with gpuvirt.host.topology_info"
-            % (selector.value, selector.text)
-        )
-    if selector.kind == "id":
-        raise VfioError("no PCI device has the ID %s (selector %r)" % (selector.value, selector.text))
-    hint = "" if any(d.device_name for d in devices.values()) else (
-        " (this host has no pci.ids database, so devices have no names; select by address or vendor:device)"
-    )
-    raise VfioError("no PCI device is named like %r%s" % (selector.text, hint))
 
 
 # ------------------------------------------------------------------------------ runtime binding
@@ -632,7 +593,7 @@ def in_use_refusals(view, changing, action):
 
 # ----------------------------------------------------------------------------------- persistence
 
-PERSISTENCE_METHODS = ("auto", "modprobe", "driverctl", "cmdline", "none")
+PERSISTENCE_METHODS = ("auto", "modprobe", "driverctl", "cmdline")
 # Our part of each initramfs tool's configuration: the vfio modules, and the modprobe.d file
 # for tools that do not copy modprobe.d on their own.
 INITRAMFS_CONFIG = {
@@ -683,91 +644,17 @@ def id_refusals(view, members, added_ids, removed_ids, releasing):
             refusals.append(Refusal(
                 "id_shared", address,
                 "binding by ID %s at boot would also give %s to vfio-pci, and it is not being bound; use "
-                "persistent: driverctl (per address) or add it to devices" % (identifier, describe(record)),
+                "persistence: driverctl (per address) or add it to devices" % (identifier, describe(record)),
             ))
         elif identifier in removed_ids and record["driver"] == VFIO_DRIVER:
             released = [a for a in releasing if device_id(view, a) == identifier]
             refusals.append(Refusal(
                 "id_shared", address,
                 "%s is bound to vfio-pci at boot by its ID %s, like %s; handing back only %s would release it "
-                "too at the next boot; release them together, or use persistent: driverctl"
+                "too at the next boot; release them together, or use persistence: driverctl"
                 % (describe(record), identifier, ", ".join(released), "it" if len(released) == 1 else "them"),
             ))
     return refusals
-
-
-@dataclass
-class DriverctlChange:
-    """One ``/etc/driverctl.d/pci-<address>`` file to write or remove, by driverctl on a host."""
-
-    address: str
-    file: FileChange
-    command: list | None  # argv run on the host; None: the file is written directly (image tree)
-
-
-@dataclass
-class PersistencePlan:
-    method: str
-    files: list  # FileChange written directly
-    driverctl: list  # DriverctlChange
-    boot_plan: object | None  # bootloader.BootPlan for vfio-pci.ids on the command line
-    ids_before: list
-    ids_after: list
-    refusals: list
-    warnings: list
-
-    @property
-    def changed(self):
-        return (
-            any(change.changed for change in self.files)
-            or any(entry.file.changed for entry in self.driverctl)
-            or bool(self.boot_plan is not None and self.boot_plan.changed)
-        )
-
-    def diffs(self):
-        result = [change.diff() for change in self.files if change.changed]
-        result += [entry.file.diff() for entry in self.driverctl if entry.file.changed]
-        if self.boot_plan is not None:
-            result += [edit.diff() for edit in self.boot_plan.edits]
-        return result
-
-    def paths_changed(self):
-        paths = [change.display_path for change in self.files if change.changed]
-        paths += [entry.file.display_path for entry in self.driverctl if entry.file.changed]
-        if self.boot_plan is not None:
-            paths += [edit.display_path for edit in self.boot_plan.edits]
-        return paths
-
-
-@dataclass
-class InitramfsPlan:
-    tool: str | None = None
-    releases: list = field(default_factory=list)
-    modules: list = field(default_factory=list)
-    config: FileChange | None = None
-    regenerate: bool = False
-    commands: list = field(default_factory=list)
-    run: bool = False
-    images: list = field(default_factory=list)
-    verified: bool = False
-
-    @property
-    def changed(self):
-        return self.regenerate or bool(self.config is not None and self.config.changed)
-
-    def to_dict(self):
-        return {
-            "tool": self.tool,
-            "releases": list(self.releases),
-            "modules": list(self.modules),
-            "regenerated": self.regenerate and self.run,
-            "regenerate_required": self.regenerate and not self.run,
-            "images": list(self.images),
-            "verified": self.verified,
-        }
-
-
-# -------------------------------------------------------------------------------------------- run
 
 
 class GuardError(VfioError):
@@ -780,554 +667,3 @@ class GuardError(VfioError):
             + " (force: true overrides these checks)",
             refusals=[r.to_dict() for r in refusals],
         )
-
-
-class VfioPciRun:
-    """One run of the vfio_pci module: read, plan, guard, then (outside check mode) apply."""
-
-    def __init__(self, module):
-        self.module = module
-        params = module.params
-        self.root = params["root"]
-        self.state = params["state"]
-        self.selectors = params["devices"]
-        self.with_companions = params["companions"]
-        self.runtime = params["runtime"]
-        self.persistent = params["persistent"]
-        self.regenerate_initramfs = params["initramfs"]
-        self.force = params["force"]
-        self.driver = params.get("driver") or "auto"
-        self.host = host_model.is_live_root(self.root)
-        self.warnings = []
-        self.commands = []
-        self.members = {}
-        self.before = {}
-        self.after = {}
-        self.view = None
-        self.applied = False
-        self.choices = {}
-        self.variants = []
-        self.kept_by = {}
-
-    # -- plan -------------------------------------------------------------------------------------
-
-    def plan(self):
-        view = self.view = read_host(self.root)
-        selected = resolve_selectors(self.selectors, view.devices)
-        self.members = expand_members(view, selected, self.with_companions)
-        release = view.kernel.get("release")
-        aliases = read_vfio_aliases(self.root, release)
-        self.variants = sorted({driver for _pattern, driver in aliases})
-        requested = self.driver if self.state == "present" else "auto"
-        self.choices = choose_drivers(self.root, self.members, requested, aliases, release)
-        self.before = {address: view.devices[address].driver for address in self.members}
-        if self.state == "present":
-            wanted = [a for a in self.members if self.before[a] != self.choices[a].driver]
-        else:
-            wanted = [
-                a for a in self.members
-                if is_vfio_driver(self.before[a], self.variants)
-                or is_vfio_driver(view.devices[a].driver_override, self.variants)
-            ]
-        self.runtime_skipped = None
-        if not self.runtime:
-            self.changing = []
-            if wanted:
-                self.runtime_skipped = "runtime: false"
-        elif self.state == "present" and wanted and not view.iommu_enabled:
-            self.changing = []
-            self.runtime_skipped = (
-                "the IOMMU is off in the running kernel, so no VFIO driver can take %s now; the boot-time "
-                "configuration binds %s at the next boot once the IOMMU is on (gpuvirt.host.iommu or "
-                "gpuvirt.host.kernel_cmdline with intel_iommu=on / amd_iommu=on)"
-                % (", ".join(wanted), "them" if len(wanted) > 1 else "it")
-            )
-        else:
-            self.changing = wanted
-        if self.state == "present":
-            refusals = bind_refusals(view, self.members, self.changing)
-            if not view.iommu_enabled:
-                self.warnings.append(
-                    "the IOMMU is off, so the IOMMU groups are not known yet and could not be checked; run "
-                    "this again after the reboot to check them and bind the devices now"
-                )
-        else:
-            refusals = in_use_refusals(view, self.changing, "unbinding")
-        self.persistence = self._plan_persistence(view)
-        refusals.extend(self.persistence.refusals)
-        self.warnings.extend(self.persistence.warnings)
-        if refusals:
-            if not self.force:
-                raise GuardError(refusals)
-            self.warnings.extend("force: true: going ahead although " + r.message for r in refusals)
-        self.refusals = refusals
-        needed = {self.choices[a].driver for a in self.changing} if self.state == "present" else set()
-        self.load_drivers = sorted((d for d in needed if not driver_loaded(self.root, d)),
-                                   key=lambda d: (d != VFIO_DRIVER, d))
-        if self.load_drivers and not self.host:
-            several = len(self.load_drivers) > 1
-            raise VfioError(
-                "the %s driver%s not loaded below %s (no %s) and modules can only be loaded on this host's /; "
-                "nothing was changed"
-                % (", ".join(self.load_drivers), "s are" if several else " is", self.root,
-                   ", ".join("sys/bus/pci/drivers/" + driver for driver in self.load_drivers))
-            )
-        self.initramfs = self._plan_initramfs(view)
-
-    def _method(self, view):
-        method = self.persistent
-        builtin = view.kernel.get("vfio_builtin")
-        if method == "auto":
-            return "cmdline" if builtin else "modprobe"
-        if method == "modprobe" and builtin:
-            raise VfioError(
-                "vfio-pci is built into kernel %s (modules.builtin), so modprobe.d options for it are ignored; "
-                "use persistent: cmdline (or auto), or driverctl" % view.kernel.get("release")
-            )
-        return method
-
-    def _plan_persistence(self, view):
-        method = "none" if self.persistent == "none" else self._method(view)
-        plan = PersistencePlan(method, [], [], None, [], [], [], [])
-        self.kept_by = {address: method for address in self.members}
-        if method == "none":
-            return plan
-        by_override, by_id = self._split_by_persistence(method)
-        self.kept_by.update({address: "driverctl" for address in by_override})
-        member_ids = sorted({device_id(view, a) for a in (by_id if self.state == "present" else self.members)})
-        modprobe = plan_file(self.root, MODPROBE_CONF, None)
-        plan.ids_before = modprobe_ids(modprobe.old)
-        modprobe = replace(modprobe, new=modprobe.old)
-        cmdline_before = self._cmdline_ids(method)
-        cmdline_after = cmdline_before
-        releasing = list(self.members) if self.state == "absent" else []
-
-        if self.state == "present":
-            dropped = self._ids_moving_to_variants(view, by_override, by_id)
-            if method == "modprobe":
-                plan.ids_after = sorted((set(plan.ids_before) | set(member_ids)) - dropped)
-                modprobe = replace(modprobe, new=render_modprobe_conf(plan.ids_after))
-                added = set(member_ids) - set(plan.ids_before)
-                plan.refusals += id_refusals(view, self.members, set(member_ids), set(), [])
-                if added:
-                    for path, ids in foreign_vfio_ids(self.root).items():
-                        plan.warnings.append(
-                            "%s also sets vfio-pci ids=%s; modprobe keeps only one ids= value, so one of the "
-                            "two lists is ignored: merge them into %s" % (path, ",".join(ids), "/" + MODPROBE_CONF)
-                        )
-            elif method == "cmdline":
-                cmdline_after = sorted((set(cmdline_before) | set(member_ids)) - dropped)
-                plan.ids_before, plan.ids_after = cmdline_before, cmdline_after
-                plan.refusals += id_refusals(view, self.members, set(member_ids), set(), [])
-                if cmdline_after != sorted(cmdline_before):
-                    plan.boot_plan = self._boot_plan(["vfio-pci.ids=" + ",".join(cmdline_after)], [])
-            plan.warnings += self._id_claim_warnings(view, by_override, set(plan.ids_after))
-            overrides = {address: self.choices[address].driver for address in by_override}
-            # A device kept by ID must not keep an earlier run's override for a variant driver.
-            overridden = self._driverctl_overrides()
-            overrides.update({
-                address: None for address in by_id
-                if is_vfio_driver(overridden.get(address), self.variants) and overridden[address] != VFIO_DRIVER
-            })
-            why = None
-            if method != "driverctl" and by_override:
-                why = "keeping %s on %s across reboots" % (
-                    ", ".join(by_override), ", ".join(sorted({self.choices[a].driver for a in by_override})))
-            plan.driverctl = self._plan_overrides(overrides, why)
-        else:
-            removed_ids = set(member_ids)
-            plan.ids_after = [i for i in plan.ids_before if i not in removed_ids]
-            if plan.ids_after != plan.ids_before:
-                modprobe = replace(modprobe, new=render_modprobe_conf(plan.ids_after))
-            cmdline_after = [i for i in cmdline_before if i not in removed_ids]
-            if cmdline_after != cmdline_before:
-                plan.boot_plan = self._boot_plan(
-                    ["vfio-pci.ids=" + ",".join(cmdline_after)] if cmdline_after else [],
-                    [] if cmdline_after else ["vfio-pci.ids"],
-                )
-            touched = removed_ids & (set(plan.ids_before) | set(cmdline_before))
-            plan.refusals += id_refusals(view, self.members, set(), touched, releasing)
-            overridden = self._driverctl_overrides()
-            gone = [a for a in self.members if is_vfio_driver(overridden.get(a), self.variants)]
-            self.kept_by.update({address: "driverctl" for address in gone})
-            plan.driverctl = self._plan_overrides({address: None for address in gone}, None)
-        plan.files.append(self._plan_modules_load(view, plan, cmdline_after))
-        if plan.files[-1].old is None and plan.files[-1].new is None:
-            plan.files.pop()
-        plan.files.insert(0, modprobe)
-        return plan
-
-    def _split_by_persistence(self, method):
-        """``(by_override, by_id)``: the members kept by a driverctl override and those kept by
-        vfio-pci's ID list. Variant drivers bind only through ``driver_override``, never by ID:
-        with ``auto`` they get overrides, with an ID method explicitly asked for the run fails."""
-        if self.state == "absent":
-            return [], list(self.members)
-        if method == "driverctl":
-            return list(self.members), []
-        variant = [a for a in self.members if self.choices[a].variant]
-        if variant and self.persistent != "auto":
-            raise VfioError(
-                "%s get%s the variant VFIO driver %s, which binds only through driver_override and never by "
-                "vendor:device ID, so persistent: %s (vfio-pci ids=) would give %s plain vfio-pci at boot; use "
-                "persistent: auto or driverctl (a per-address driverctl override plus the module in /%s), "
-                "driver: vfio-pci for plain vfio-pci, or persistent: none; nothing was changed"
-                % (", ".join(variant), "s" if len(variant) == 1 else "",
-                   ", ".join(sorted({self.choices[a].driver for a in variant})), self.persistent,
-                   "it" if len(variant) == 1 else "them", MODULES_LOAD_CONF)
-            )
-        return variant, [a for a in self.members if a not in variant]
-
-    def _ids_moving_to_variants(self, view, by_override, by_id):
-        """IDs of devices now kept on a variant driver by an override, which vfio-pci's ID list no
-        longer needs: no member kept by ID and no other device on vfio-pci has them."""
-        needed = {device_id(view, a) for a in by_id}
-        needed.update(device_id(view, a) for a, record in view.records.items()
-                      if a not in self.members and record["driver"] == VFIO_DRIVER)
-        return {device_id(view, a) for a in by_override} - needed
-
-    def _id_claim_warnings(self, view, by_override, ids):
-        """A device moving to a variant driver whose ID vfio-pci's list keeps for another device."""
-        return [
-            "%s gets %s through a driverctl override, but its ID %s stays in vfio-pci's boot-time ID list "
-            "(kept for the devices that need it): vfio-pci claims it first at boot until the override moves it"
-            % (address, self.choices[address].driver, device_id(view, address))
-            for address in by_override if device_id(view, address) in ids
-        ]
-
-    def _plan_overrides(self, overrides, why):
-        """``{address: driver or None}`` -> [DriverctlChange]: write (set-override) or remove
-        (unset-override) ``/etc/driverctl.d/pci-<address>``, only where it differs."""
-        entries = []
-        for address, driver in overrides.items():
-            change = plan_file(self.root, driverctl_path(address), None if driver is None else driver + "\n")
-            if change.old is not None and driver is not None and change.old.strip() == driver:
-                continue
-            if change.old is None and driver is None:
-                continue
-            command = None
-            if self.host or driver is not None:
-                program = self._driverctl_program(why)
-                if self.host:
-                    command = [program, "--noprobe"] + (
-                        ["set-override", address, driver] if driver is not None else ["unset-override", address]
-                    )
-            entries.append(DriverctlChange(address, change, command))
-        return entries
-
-    def _plan_modules_load(self, view, plan, cmdline_after):
-        """Our modules-load.d file after the run: vfio-pci when something binds to it at boot and it
-        is a module; every variant driver a driverctl override names, as nothing else loads it."""
-        overrides = self._driverctl_overrides()
-        for entry in plan.driverctl:
-            if entry.file.new is None:
-                overrides.pop(entry.address, None)
-            else:
-                overrides[entry.address] = entry.file.new.strip()
-        builtin = read_builtin_modules(self.root, view.kernel.get("release")) or set()
-        modules = []
-        if not view.kernel.get("vfio_builtin") and (
-            plan.ids_after or cmdline_after or any(driver_key(d) == "vfio_pci" for d in overrides.values())
-        ):
-            modules.append(VFIO_DRIVER)
-        modules += sorted({
-            module_of(driver) for driver in overrides.values()
-            if is_vfio_driver(driver, self.variants) and driver_key(driver) != "vfio_pci"
-            and driver_key(driver) not in builtin
-        })
-        return plan_file(self.root, MODULES_LOAD_CONF, render_modules_load(modules))
-
-    def _cmdline_ids(self, method):
-        """vfio-pci.ids on the configured command line; only read when this run may change them
-        (persistent: cmdline, or handing devices back, which cleans every method)."""
-        if method != "cmdline" and self.state == "present":
-            return []
-        try:
-            probe = bootloader.plan(self.module, self.root, "auto", [], [])
-        except bootloader.BootloaderError as error:
-            if method == "cmdline":
-                raise VfioError("persistent: cmdline needs the boot configuration: %s" % error) from error
-            return []
-        return cmdline_ids(probe.configured_before)
-
-    def _boot_plan(self, present, absent):
-        try:
-            wanted, unwanted = bootloader.validate_arguments(present, absent)
-            return bootloader.plan(self.module, self.root, "auto", wanted, unwanted)
-        except (bootloader.ArgumentError, bootloader.BootloaderError) as error:
-            raise VfioError("cannot plan vfio-pci.ids on the kernel command line: %s" % error) from error
-
-    def _driverctl_program(self, why=None):
-        program = find_program(self.module, self.root, "driverctl")
-        if program is None:
-            raise VfioError(
-                "%s needs driverctl installed (its udev rule applies the overrides at boot); install the "
-                "driverctl package, or use %s"
-                % (why or "persistent: driverctl",
-                   "persistent: modprobe" if not why else "persistent: none, or driver: vfio-pci with persistent: auto")
-            )
-        return program
-
-    def _driverctl_overrides(self):
-        """``{address: driver}`` of every ``/etc/driverctl.d/pci-<address>`` file."""
-        overrides = {}
-        for name in list_dir(host_path(self.root, DRIVERCTL_DIR)):
-            if name.startswith("pci-"):
-                text = _read_file(host_path(self.root, DRIVERCTL_DIR, name))
-                if text is not None and text.strip():
-                    overrides[name[len("pci-"):]] = text.strip()
-        return overrides
-
-    def _plan_initramfs(self, view):
-        """Our initramfs configuration and whether the image must be rebuilt: only when the
-        modprobe.d file or that configuration changes (both are inputs of the image)."""
-        plan = InitramfsPlan()
-        modprobe = self.persistence.files[0] if self.persistence.files else None
-        if modprobe is None or self.persistence.method == "none" or not self.regenerate_initramfs:
-            return plan
-        if modprobe.old is None and modprobe.new is None:
-            return plan
-        try:
-            plan.tool = initramfs.detect_tool(self.root)
-        except initramfs.InitramfsError as error:
-            if modprobe.changed:
-                self.warnings.append("%s; the modprobe.d file only takes effect once vfio-pci loads from the "
-                                     "root filesystem" % error)
-            return plan
-        kernels = [release for release, _image, initrd in bootloader.installed_kernels(self.root) if initrd]
-        plan.releases = kernels or [r for r in [view.kernel.get("release")] if r]
-        modules = None
-        for release in plan.releases:
-            try:
-                names = initramfs.vfio_modules(release, self.root)
-            except initramfs.InitramfsError:
-                continue
-            # Only what every kernel has: a module missing from one release breaks its build,
-            # and vfio_pci pulls vfio_virqfd in on the kernels that still have it.
-            modules = names if modules is None else [name for name in modules if name in names]
-        plan.modules = modules or list(initramfs.VFIO_MODULES)
-        wanted = render_initramfs_config(plan.tool, plan.modules) if modprobe.new is not None else None
-        plan.config = plan_file(self.root, INITRAMFS_CONFIG[plan.tool], wanted)
-        if not (modprobe.changed or plan.config.changed) or not plan.releases:
-            return plan
-        plan.regenerate = True
-        plan.commands = [initramfs.regenerate_command(self.root, release, plan.tool) for release in plan.releases]
-        plan.run = self.host
-        if not self.host:
-            self.warnings.append(
-                "%s is not this host's root: rebuild its initramfs inside it (%s)"
-                % (self.root, "; ".join(" ".join(c) for c in plan.commands))
-            )
-        return plan
-
-    # -- apply ------------------------------------------------------------------------------------
-
-    @property
-    def changed(self):
-        return bool(self.changing) or bool(self.load_drivers) or self.persistence.changed or self.initramfs.changed
-
-    def apply(self):
-        """Change the host. Raises :class:`VfioError` on failure; ``self.applied`` tells whether
-        something had been changed by then."""
-        for driver in self.load_drivers:
-            self._run([self._program("modprobe"), module_of(driver)], "loading the %s module" % module_of(driver))
-            self.applied = True
-            if not driver_loaded(self.root, driver):
-                raise VfioError(
-                    "modprobe %s succeeded but /sys/bus/pci/drivers/%s does not exist; check 'dmesg' (Secure Boot "
-                    "lockdown, a kernel without VFIO)" % (module_of(driver), driver)
-                )
-        for address in self.changing:
-            self.applied = True
-            if self.state == "present":
-                self.after[address] = bind_device(self.root, address, self.choices[address].driver)
-            else:
-                self.after[address] = release_device(self.root, address, self.variants)
-        for change in self.persistence.files:
-            if change.changed:
-                self.applied = True
-                apply_change(change)
-        for entry in self.persistence.driverctl:
-            if not entry.file.changed:
-                continue
-            self.applied = True
-            if entry.command is None:
-                apply_change(entry.file)
-                continue
-            self._run(entry.command, "driverctl for %s" % entry.address)
-            now = _read_file(entry.file.full_path)
-            if (now or "").strip() != (entry.file.new or "").strip():
-                raise VfioError(
-                    "%s ran but %s reads %r afterwards, expected %r"
-                    % (" ".join(entry.command), entry.file.display_path, now, entry.file.new)
-                )
-        if self.persistence.boot_plan is not None and self.persistence.boot_plan.changed:
-            self.applied = True
-            try:
-                bootloader.apply(self.module, self.persistence.boot_plan)
-            except bootloader.BootloaderError as error:
-                raise VfioError(str(error)) from error
-            self.warnings.extend(self.persistence.boot_plan.warnings)
-        self._apply_initramfs()
-
-    def _apply_initramfs(self):
-        plan = self.initramfs
-        if plan.config is not None and plan.config.changed:
-            self.applied = True
-            apply_change(plan.config)
-        if not plan.run:
-            return
-        modprobe = self.persistence.files[0]
-        try:
-            for release in plan.releases:
-                self.commands.append(initramfs.regenerate(self.module, self.root, release, plan.tool))
-            for release in plan.releases:
-                self._verify_image(plan, release, modprobe)
-        except (initramfs.InitramfsError, VfioError) as error:
-            # Put the inputs back so that the next run sees the change again and rebuilds.
-            restored = [change for change in (modprobe, plan.config) if change is not None and change.changed]
-            for change in restored:
-                apply_change(change.reverse())
-            raise VfioError(
-                "%s; %s put back as before so that the next run rebuilds the initramfs"
-                % (error, " and ".join(change.display_path for change in restored) or "nothing was")
-            ) from error
-        plan.verified = True
-
-    def _verify_image(self, plan, release, modprobe):
-        if modprobe.new is not None:
-            check = initramfs.verify_image(self.module, self.root, release, plan.modules, ["/" + MODPROBE_CONF],
-                                           plan.tool)
-            plan.images.append(check.image)
-            if not check.ok:
-                raise VfioError(
-                    "the rebuilt initramfs %s lacks %s; vfio-pci would not claim the devices before their host "
-                    "drivers at boot" % (check.image, ", ".join(check.missing_modules + check.missing_files))
-                )
-            return
-        image, paths = initramfs.list_image(self.module, self.root, release, plan.tool)
-        plan.images.append(image)
-        if MODPROBE_CONF in paths or "usr/" + MODPROBE_CONF in paths:
-            raise VfioError("the rebuilt initramfs %s still holds /%s" % (image, MODPROBE_CONF))
-
-    def _program(self, name):
-        program = find_program(self.module, self.root, name)
-        if program is None:
-            raise VfioError("%s was not found on this host" % name)
-        return program
-
-    def _run(self, argv, what):
-        self.commands.append(argv)
-        rc, out, err = self.module.run_command(argv, environ_update={"LC_ALL": "C", "LANG": "C"})
-        if rc != 0:
-            raise VfioError(
-                "%s failed: %s exited with %d: %s" % (what, " ".join(argv), rc, (err or out).strip() or "no output")
-            )
-        return out
-
-    # -- result -----------------------------------------------------------------------------------
-
-    def devices_result(self):
-        result = {}
-        for address, member in self.members.items():
-            record = self.view.records[address]
-            before = self.before[address]
-            if address in self.after:
-                after = self.after[address]
-            elif address in self.changing and self.module.check_mode:
-                after = self.choices[address].driver if self.state == "present" else None
-            elif address in self.changing:
-                after = read_driver(self.root, address)
-            else:
-                after = before
-            result[address] = {
-                "id": "%s:%s" % (record["vendor_id"], record["device_id"]),
-                "name": describe(record),
-                "iommu_group": record["iommu_group"],
-                "selected_by": member.selected_by,
-                "companion_of": member.companion_of,
-                "driver_before": before,
-                "driver_after": after,
-                "changed": address in self.changing,
-            }
-            result[address].update(self._driver_result(address))
-        return result
-
-    def _driver_result(self, address):
-        """The VFIO driver chosen for a device, why, and how it is kept across reboots."""
-        choice = self.choices[address]
-        present = self.state == "present"
-        return {
-            "driver": choice.driver if present else None,
-            "driver_reason": choice.reason if present else None,
-            "modalias": choice.modalias,
-            "variant_drivers": list(choice.variants),
-            "persistent": self.kept_by.get(address, "none"),
-        }
-
-    def reboot_reasons(self, devices):
-        if self.persistence.method == "none":
-            return []
-        reasons = []
-        if self.state == "present":
-            pending = [a for a, entry in devices.items() if entry["driver_after"] != entry["driver"]]
-        else:
-            pending = [a for a, entry in devices.items() if is_vfio_driver(entry["driver_after"], self.variants)]
-        if pending:
-            if self.runtime_skipped and self.runtime_skipped != "runtime: false":
-                reasons.append(self.runtime_skipped)
-            else:
-                reasons.append(
-                    "%s %s at the next boot: the runtime binding was %s"
-                    % (", ".join(pending),
-                       "gets " + ", ".join(sorted({devices[a]["driver"] for a in pending}))
-                       if self.state == "present" else "returns to its host driver",
-                       "not requested (runtime: false)" if not self.runtime else "not done")
-                )
-        return reasons
-
-    def result(self):
-        devices = self.devices_result()
-        reasons = self.reboot_reasons(devices)
-        persistence = self.persistence
-        result = dict(
-            changed=self.changed,
-            devices=devices,
-            state=self.state,
-            iommu_enabled=self.view.iommu_enabled,
-            persistent=self._persistent_result(devices),
-            ids=persistence.ids_after if persistence.method in ("modprobe", "cmdline") else [],
-            files_changed=persistence.paths_changed() + (
-                [self.initramfs.config.display_path] if self.initramfs.config is not None
-                and self.initramfs.config.changed else []
-            ),
-            commands=self.commands if not self.module.check_mode else self._predicted_commands(),
-            reboot_required=bool(reasons),
-            reboot_reasons=reasons,
-            refusals=[r.to_dict() for r in self.refusals],
-            initramfs=self.initramfs.to_dict(),
-        )
-        if self.module._diff:
-            result["diff"] = persistence.diffs()
-            if self.initramfs.config is not None and self.initramfs.config.changed:
-                result["diff"].append(self.initramfs.config.diff())
-        return result
-
-    def _persistent_result(self, devices):
-        """The boot-time method of the devices on plain vfio-pci (``auto`` resolved); driverctl when
-        every device is kept by a driverctl override (variant drivers with ``auto``)."""
-        method = self.persistence.method
-        if self.state == "present" and devices and all(e["persistent"] == "driverctl" for e in devices.values()):
-            return "driverctl"
-        return method
-
-    def _predicted_commands(self):
-        commands = []
-        commands += [["modprobe", module_of(driver)] for driver in self.load_drivers]
-        commands += [entry.command for entry in self.persistence.driverctl if entry.file.changed and entry.command]
-        boot_plan = self.persistence.boot_plan
-        if boot_plan is not None and boot_plan.changed and boot_plan.run_commands:
-            commands += boot_plan.commands
-        if self.initramfs.run:
-            commands += self.initramfs.commands
-        return commands

@@ -38,7 +38,7 @@ description:
     also catch a device staying with the host."
   - When the IOMMU is off in the running kernel, nothing is bound now; the boot-time configuration is
     still written and RV(reboot_required) is true with the reason in RV(reboot_reasons).
-  - "Boot-time configuration (O(persistent)): V(modprobe) writes C(/etc/modprobe.d/gpuvirt-vfio.conf)
+  - "Boot-time configuration (O(persistence)): V(modprobe) writes C(/etc/modprobe.d/gpuvirt-vfio.conf)
     (C(options vfio-pci ids=...) plus C(softdep) lines so that nvidia, nouveau, amdgpu, radeon,
     snd_hda_intel and xhci_hcd load after vfio-pci); V(driverctl) keeps one override per address in
     C(/etc/driverctl.d/pci-<address>) through C(driverctl --noprobe set-override); V(cmdline) puts
@@ -47,11 +47,11 @@ description:
     V(cmdline) when C(modules.builtin) lists vfio-pci and V(modprobe) otherwise. When vfio-pci is a
     module, C(/etc/modules-load.d/gpuvirt-vfio.conf) loads it at boot."
   - "Variant drivers bind only through C(driver_override), never by vendor:device ID, so IDs on the
-    modprobe.d options or the kernel command line cannot keep them. With O(persistent=auto) a device on
+    modprobe.d options or the kernel command line cannot keep them. With O(persistence=auto) a device on
     a variant driver is kept by a driverctl override (C(/etc/driverctl.d/pci-<address>) holding the
-    driver name, which needs driverctl installed, as for O(persistent=driverctl)) and its module is
+    driver name, which needs driverctl installed, as for O(persistence=driverctl)) and its module is
     listed in C(/etc/modules-load.d/gpuvirt-vfio.conf), since nothing else loads it at boot; the devices
-    on plain vfio-pci keep the method V(auto) resolves to. O(persistent=modprobe) or O(persistent=cmdline)
+    on plain vfio-pci keep the method V(auto) resolves to. O(persistence=modprobe) or O(persistence=cmdline)
     with a device on a variant driver fails and changes nothing."
   - The ID lists are merged with what earlier runs configured, so several calls compose.
   - When the modprobe.d file changes the initramfs is regenerated (update-initramfs, dracut or
@@ -95,7 +95,7 @@ options:
         their host drivers from vfio-pci or a variant driver (clears C(driver_override), unbinds, takes
         their IDs out of vfio-pci's runtime ID table so
         that the reprobe does not give them straight back, reprobes) and removes them from every
-        boot-time configuration this module manages, unless O(persistent=none).
+        boot-time configuration this module manages, unless O(persistent=false).
     type: str
     choices: [present, absent]
     default: present
@@ -112,12 +112,19 @@ options:
     default: true
   persistent:
     description:
-      - How the binding is kept across reboots, see the description. V(none) binds until the next
-        reboot only (and with O(state=absent) leaves the boot-time configuration alone).
+      - Keep the binding across reboots (the boot-time configuration of O(persistence)), as in every
+        module of the collection. V(false) binds until the next reboot only (and with O(state=absent)
+        leaves the boot-time configuration alone).
+      - Replaces the V(none) choice that O(persistent) took before it was a boolean.
+    type: bool
+    default: true
+  persistence:
+    description:
+      - How the binding is kept across reboots when O(persistent=true), see the description.
       - Devices on a variant driver are kept by driverctl overrides with V(auto) and V(driverctl); V(modprobe)
         and V(cmdline) cannot keep them and fail.
     type: str
-    choices: [auto, modprobe, driverctl, cmdline, none]
+    choices: [auto, modprobe, driverctl, cmdline]
     default: auto
   initramfs:
     description:
@@ -162,7 +169,7 @@ EXAMPLES = r"""
   gpuvirt.host.vfio_pci:
     devices:
       - RTX A4000
-    persistent: driverctl
+    persistence: driverctl
 
 - name: Two cards by ID, configured for the next boot only
   gpuvirt.host.vfio_pci:
@@ -219,7 +226,7 @@ devices:
       driver_reason: default
       modalias: "pci:v000010DEd00002204sv00001458sd0000403Bbc03sc00i00"
       variant_drivers: []
-      persistent: modprobe
+      persistence: modprobe
     "0000:01:00.1":
       id: "10de:1aef"
       name: "0000:01:00.1 [10de:1aef] NVIDIA Corporation GA102 High Definition Audio Controller (driver snd_hda_intel)"
@@ -233,7 +240,7 @@ devices:
       driver_reason: default
       modalias: "pci:v000010DEd00001AEFsv00001458sd0000403Bbc04sc03i00"
       variant_drivers: []
-      persistent: modprobe
+      persistence: modprobe
   contains:
     id:
       description: The C(vendor:device) ID.
@@ -279,7 +286,7 @@ devices:
       description: The variant VFIO drivers of the running kernel that match the device, the best match first.
       type: list
       elements: str
-    persistent:
+    persistence:
       description:
         - How the device is kept across reboots by this run (V(modprobe), V(cmdline), V(driverctl) or V(none)).
           Devices on a variant driver always use V(driverctl).
@@ -292,7 +299,7 @@ iommu_enabled:
   description: Whether the IOMMU is on in the running kernel.
   returned: always
   type: bool
-persistent:
+persistence:
   description:
     - The boot-time method used for the devices on plain vfio-pci (V(auto) resolved), or V(none);
       V(driverctl) when every device is kept by a driverctl override (all on variant drivers).
@@ -364,11 +371,9 @@ refusals:
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
 
-from ansible_collections.gpuvirt.host.plugins.module_utils.host import run_locked  # noqa: E402
-from ansible_collections.gpuvirt.host.plugins.module_utils.vfio import (  # noqa: E402
-    PERSISTENCE_METHODS,
-    VfioPciRun,
-)
+from ansible_collections.gpuvirt.host.plugins.module_utils import modrun  # noqa: E402
+from ansible_collections.gpuvirt.host.plugins.module_utils.vfio import PERSISTENCE_METHODS  # noqa: E402
+from ansible_collections.gpuvirt.host.plugins.module_utils.vfio_run import VfioPciRun  # noqa: E402
 
 
 def main():
@@ -379,24 +384,15 @@ def main():
             state=dict(type="str", choices=["present", "absent"], default="present"),
             companions=dict(type="bool", default=True),
             runtime=dict(type="bool", default=True),
-            persistent=dict(type="str", choices=list(PERSISTENCE_METHODS), default="auto"),
+            persistent=dict(type="bool", default=True),
+            persistence=dict(type="str", choices=list(PERSISTENCE_METHODS), default="auto"),
             initramfs=dict(type="bool", default=True),
             force=dict(type="bool", default=False),
             root=dict(type="path", default="/"),
         ),
         supports_check_mode=True,
     )
-    run = VfioPciRun(module)
-    run_locked(module, lambda host: _run(module, run), partial=lambda: dict(run.result(), changed=run.applied))
-
-
-def _run(module, run):
-    run.plan()
-    if not module.check_mode:
-        run.apply()
-    for warning in run.warnings:
-        module.warn(warning)
-    return run.result()
+    modrun.run(module, VfioPciRun)
 
 
 if __name__ == "__main__":

@@ -89,7 +89,8 @@ vfio_specs = st.fixed_dictionaries(
     {
         "devices": st.lists(st.sampled_from([DGPU, "0000:01:00.1", "10de:1e04"]), min_size=1, max_size=2, unique=True),
         "state": st.sampled_from(["present", "absent"]),
-        "persistent": st.sampled_from(["auto", "modprobe", "driverctl", "none"]),
+        "persistent": st.booleans(),
+        "persistence": st.sampled_from(["auto", "modprobe", "driverctl"]),
         "companions": st.booleans(),
     }
 )

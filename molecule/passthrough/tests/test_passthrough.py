@@ -127,14 +127,14 @@ def test_handing_back_a_device_held_open_fails_cleanly(host, gpu, bound):
 
 
 def test_without_the_holder_the_devices_go_back_and_return(host, gpu, bound, layout):
-    # Runtime only (persistent=none): the real kernel's unbind and reprobe, without rebuilding the
+    # Runtime only (persistent=false): the real kernel's unbind and reprobe, without rebuilding the
     # initramfs twice under TCG; the boot configuration stays as the converge left it.
     audio = layout.role("gpu_companion")[0]["address"]
-    released = _vfio_pci(host, "devices=%s state=absent persistent=none" % gpu)
+    released = _vfio_pci(host, "devices=%s state=absent persistent=false" % gpu)
     assert "msg" not in released and released["changed"] is True, released
     assert released["devices"][audio]["driver_after"] == "snd_hda_intel" == _driver(host, audio)
     assert all(_driver(host, address) != "vfio-pci" for address in bound)
-    again = _vfio_pci(host, "devices=%s persistent=none" % gpu)
+    again = _vfio_pci(host, "devices=%s persistent=false" % gpu)
     assert "msg" not in again and again["changed"] is True, again
     assert all(_driver(host, address) == "vfio-pci" for address in bound)
     settled = _vfio_pci(host, "devices=%s" % gpu)

@@ -11,13 +11,23 @@ import pytest
 
 from ansible_collections.gpuvirt.host.plugins.module_utils import files
 from ansible_collections.gpuvirt.host.plugins.module_utils.errors import GpuvirtError
+from ansible_collections.gpuvirt.host.plugins.module_utils.host import Host
+from ansible_collections.gpuvirt.host.plugins.module_utils.modrun import ModuleRun
 
 
 class Module:
-    """What update_file uses of AnsibleModule: check_mode."""
+    """What a ModuleRun uses of AnsibleModule here: params and check_mode."""
 
-    def __init__(self, check_mode=False):
+    def __init__(self, root, check_mode=False):
+        self.params = {"root": root}
         self.check_mode = check_mode
+
+
+def _update(root, path, content, mode=files.DEFAULT_MODE, check_mode=False):
+    """A module's file write: plan the change, then write it through the one writer (ModuleRun.write)."""
+    run = ModuleRun(Module(root, check_mode), Host(root))
+    change = run.plan_file(path, content, mode=mode)
+    return run.write(change), run.diffs[-1]
 
 
 def _mode(path):
@@ -32,9 +42,9 @@ def open_umask():
     os.umask(old)
 
 
-def test_update_file_writes_a_new_file_and_its_folder_whatever_the_umask(tmp_path, open_umask):
+def test_module_write_writes_a_new_file_and_its_folder_whatever_the_umask(tmp_path, open_umask):
     root = str(tmp_path)
-    changed, diff = files.update_file(Module(), root, "etc/gpuvirt/state.json", "one\n")
+    changed, diff = _update(root, "etc/gpuvirt/state.json", "one\n")
     path = os.path.join(root, "etc/gpuvirt/state.json")
     assert changed
     assert diff == {
@@ -50,20 +60,20 @@ def test_update_file_writes_a_new_file_and_its_folder_whatever_the_umask(tmp_pat
     assert os.listdir(os.path.dirname(path)) == ["state.json"]
 
 
-def test_update_file_same_content_is_no_change(tmp_path):
+def test_module_write_same_content_is_no_change(tmp_path):
     (tmp_path / "cache.json").write_text("same\n", encoding="utf-8")
     os.chmod(str(tmp_path / "cache.json"), 0o644)
     before = os.stat(str(tmp_path / "cache.json"))
-    changed, diff = files.update_file(Module(), str(tmp_path), "cache.json", "same\n")
+    changed, diff = _update(str(tmp_path), "cache.json", "same\n")
     assert not changed
     assert diff["before"] == diff["after"] == "same\n"
     assert os.stat(str(tmp_path / "cache.json")).st_ino == before.st_ino
 
 
-def test_update_file_replaces_and_reports_the_old_content(tmp_path):
+def test_module_write_replaces_and_reports_the_old_content(tmp_path):
     path = tmp_path / "cache.json"
     path.write_text("old\n", encoding="utf-8")
-    changed, diff = files.update_file(Module(), str(tmp_path), "cache.json", "new\n", mode=0o600)
+    changed, diff = _update(str(tmp_path), "cache.json", "new\n", mode=0o600)
     assert changed
     assert (diff["before"], diff["after"]) == ("old\n", "new\n")
     assert path.read_text(encoding="utf-8") == "new\n"
@@ -84,7 +94,7 @@ def test_a_wrong_mode_alone_is_a_change(tmp_path):
 
 
 def test_check_mode_writes_nothing(tmp_path):
-    changed, diff = files.update_file(Module(check_mode=True), str(tmp_path), "new/state.json", "content\n")
+    changed, diff = _update(str(tmp_path), "new/state.json", "content\n", check_mode=True)
     assert changed
     assert diff["after"] == "content\n"
     assert not (tmp_path / "new").exists()

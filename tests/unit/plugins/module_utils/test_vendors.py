@@ -4,8 +4,21 @@
 
 from __future__ import annotations
 
-from ansible_collections.gpuvirt.host.plugins.module_utils import vendor_intel, vendors
+import ast
+import io
+import os
+import re
+
+import pytest
+
+from ansible_collections.gpuvirt.host.plugins.module_utils import hoststate, restore, sriov, vendor_intel, vendors
 from ansible_collections.gpuvirt.host.plugins.module_utils.topology import detect
+from ansible_collections.gpuvirt.host.plugins.module_utils.vendor_plan import (
+    RestoreStep,
+    VendorBackend,
+    VendorRestoreError,
+)
+from ansible_collections.gpuvirt.host.tests.sim.sriov_hosts import NVME_HOST
 
 
 def modes(topology, address):
@@ -78,3 +91,153 @@ def test_nvidia_vgpu_modes(make_host):
     assert grace["ready"] is False and "nvidia_vgpu_vfio" in grace["missing"][0]
     # A GeForce-class VGA controller without SR-IOV is not offered vGPU at all.
     assert "vgpu" not in modes(detect(make_host("desktop_dgpu")), "0000:01:00.0")
+
+
+# -- the seam: generic modules name no vendor, a new vendor is one backend --------------------------
+
+UTILS = os.path.join(os.path.dirname(vendors.__file__))
+# The registry, the backend interface and NVIDIA's own vGPU modules.
+VENDOR_MODULES = {"vendors.py", "vendor_plan.py", "nvidia_vgpu.py", "nvidia_vgpu_run.py"}
+VENDOR_WORDS = re.compile(r"nvidia|sriov.manage|kvmgt|\bgim\b|i915|\bxe\b|amdgpu|nouveau|radeon|mxgpu|gvt", re.I)
+VENDOR_IDS = re.compile(r"(0x)?(10de|8086|1002)\Z", re.I)
+PACKAGE = "ansible_collections.gpuvirt.host.plugins.module_utils"
+VENDOR_MODULE = re.compile(r"(vendor_(?!plan\Z)|nvidia)")
+
+
+def _docstrings(tree):
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body:
+            first = node.body[0]
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
+                found.add(id(first.value))
+    return found
+
+
+def test_no_generic_module_imports_or_names_a_vendor():
+    offences = []
+    generic = [n for n in sorted(os.listdir(UTILS)) if n.endswith(".py") and not n.startswith("vendor_")]
+    for name in generic:
+        if name in VENDOR_MODULES:
+            continue
+        with open(os.path.join(UTILS, name)) as handle:
+            tree = ast.parse(handle.read())
+        docstrings = _docstrings(tree)
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom):
+                if node.module == PACKAGE:
+                    imported = [alias.name for alias in node.names]
+                else:
+                    imported = [(node.module or "").rsplit(".", 1)[-1]]
+                offences += ["%s imports %s" % (name, i) for i in imported if VENDOR_MODULE.match(i)]
+            elif (isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings
+                  and (VENDOR_WORDS.search(node.value) or VENDOR_IDS.match(node.value))):
+                offences.append("%s: %r" % (name, node.value[:60]))
+    assert offences == []
+    assert len(generic) > 20  # the scan saw the generic modules
+
+
+class AcmeTool:
+    name = "acme-vf"
+    enables_all = False
+    install_advice = "install acme-tools"
+
+    def __init__(self, command=None):
+        self.command = command
+
+    def executable(self, runner=None):
+        return self.command or "/usr/bin/acme-vf"
+
+    def argv(self, executable, pf):
+        return [executable, "--enable", pf]
+
+    def failure_advice(self, pf):
+        return "check the acme driver on %s" % pf
+
+
+class AcmeBackend(VendorBackend):
+    """A vendor the collection does not have: everything it adds is declared here."""
+
+    name = "acme"
+    vendor_id = "1234"
+    host_drivers = ("acmegpu",)
+    enable_modes = ("acme-split",)
+    state_sections = ("acme_slices",)
+    vf_tools = {"acme_tool": AcmeTool}
+
+    def __init__(self):
+        self.restore_steps = (RestoreStep(name="acme_slices", before="mdevs", items=self._items),)
+
+    @staticmethod
+    def _items(state, root):
+        def restore_slice(context, address, entry):
+            if entry.get("slices") == "bad":
+                raise VendorRestoreError("%s: the acme driver refused the slices" % address)
+            return "%s slices on %s" % (entry["slices"], context.root and address)
+
+        return [
+            (address, lambda context, address=address, entry=entry: restore_slice(context, address, entry))
+            for address, entry in sorted((state.get("acme_slices") or {}).items())
+        ]
+
+    def vf_count_set_by(self, device):
+        return "the acme driver sets it" if device.driver == "acmegpu" else None
+
+
+@pytest.fixture
+def nvme_tree(make_host):
+    return make_host(NVME_HOST)
+
+
+@pytest.fixture
+def acme(monkeypatch):
+    backend = AcmeBackend()
+    monkeypatch.setattr(vendors, "BACKENDS", vendors.BACKENDS + (backend,))
+    monkeypatch.setattr(vendors, "_BY_VENDOR", dict(vendors._BY_VENDOR, **{"1234": (backend,)}))
+    return backend
+
+
+def test_the_restore_runs_every_vendors_steps_around_the_generic_ones():
+    names = [step if isinstance(step, str) else step.name for step in restore.steps()]
+    assert names == ["gvt_g", "driver", "intel_sriov", "mxgpu", "sriov", "nvidia_vgpu", "mdevs"]
+    assert hoststate.sections() == ("sriov", "nvidia_vgpu", "mdevs")
+
+
+def test_a_new_vendor_is_one_backend(acme, make_host):
+    assert hoststate.sections() == ("sriov", "nvidia_vgpu", "acme_slices", "mdevs")
+    assert hoststate.empty_state()["acme_slices"] == {}
+    assert "acme-split" in vendors.enable_modes() and "acmegpu" in vendors.host_graphics_drivers()
+    assert isinstance(vendors.vf_tool("acme_tool", "/opt/acme-vf"), AcmeTool)
+    assert vendors.vf_tool("acme_tool", "/opt/acme-vf").command == "/opt/acme-vf"
+    assert vendors.vf_tool("nothing") is None
+    names = [step if isinstance(step, str) else step.name for step in restore.steps()]
+    assert names[-3:] == ["nvidia_vgpu", "acme_slices", "mdevs"]
+
+    state = hoststate.empty_state()
+    state["acme_slices"] = {"0000:41:00.0": {"slices": 4}, "0000:42:00.0": {"slices": "bad"}}
+    root = make_host("gvtg_laptop")
+    status = restore.Restore(root=root, out=io.StringIO(), timeout=0.1, interval=0.01, state=state).run()
+    assert [(r["step"], r["item"], r["ok"]) for r in status["results"]] == [
+        ("acme_slices", "0000:41:00.0", True),
+        ("acme_slices", "0000:42:00.0", False),
+    ]
+    assert status["results"][0]["message"] == "4 slices on 0000:41:00.0"
+    assert "the acme driver refused the slices" in status["results"][1]["message"]
+
+
+def test_a_vendor_tool_method_is_run_through_the_registry(acme, nvme_tree, tmp_path):
+    calls = []
+
+    class Runner:
+        def run_command(self, argv):
+            calls.append(argv)
+            return 1, "", "no acme card"
+
+    tool = tmp_path / "acme-vf"
+    tool.write_text("#!/bin/sh\nexit 1\n")
+    tool.chmod(0o755)
+    acme.vf_tools = {"acme_tool": lambda command=None: AcmeTool(str(tool))}
+    with pytest.raises(sriov.SriovError) as error:
+        sriov.restore_pf(nvme_tree, "0000:04:00.0", 2, method="acme_tool", runner=Runner(), retries=2, delay=0)
+    assert calls == [[str(tool), "--enable", "0000:04:00.0"]] * 2
+    assert "in 2 attempts" in str(error.value) and "check the acme driver on 0000:04:00.0" in str(error.value)

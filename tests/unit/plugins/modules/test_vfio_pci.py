@@ -150,7 +150,7 @@ def test_binds_the_gpu_with_its_functions_now_and_at_boot(desktop, vfio_pci):
         a: (HOST_DRIVERS[a], "vfio-pci") for a in GPU_FUNCTIONS
     }
     assert all(d["iommu_group"] == "2" for d in devices.values())
-    assert result["persistent"] == "modprobe" and result["ids"] == GPU_IDS
+    assert result["persistence"] == "modprobe" and result["ids"] == GPU_IDS
     assert result["reboot_required"] is False and result["reboot_reasons"] == []
     conf = read(desktop, MODPROBE)
     assert "options vfio-pci ids=10de:10f7,10de:1ad6,10de:1ad7,10de:1e04\n" in conf
@@ -219,10 +219,10 @@ def test_one_call_handles_many_devices_and_composes_with_earlier_calls(make_host
 @pytest.mark.parametrize(
     "selector, message",
     [
-        ("0000:09:00.0", "no PCI device at 0000:09:00.0"),
-        ("dead:beef", "no PCI device has the ID dead:beef"),
+        ("0000:09:00.0", "no PCI device 0000:09:00.0 on this host"),
+        ("dead:beef", "'dead:beef' matches no PCI device on this host"),
         ("0", "looks like an index"),
-        ("Voodoo", "no PCI device is named like 'Voodoo'"),
+        ("Voodoo", "'Voodoo' matches no PCI device on this host"),
         ("TU102", "matches 4 different models"),
     ],
 )
@@ -311,7 +311,7 @@ def test_handing_back_a_device_in_use_is_refused(vm_running, vfio_pci):
 
 
 def test_binding_what_a_vm_already_uses_is_a_quiet_no_op(vm_running, vfio_pci):
-    result = vfio_pci(vm_running, devices=[GPU], persistent="none")
+    result = vfio_pci(vm_running, devices=[GPU], persistent=False)
     assert result["rc"] == 0 and result["changed"] is False and result["refusals"] == []
 
 
@@ -324,12 +324,12 @@ def test_ids_that_would_catch_a_card_staying_with_the_host_are_refused(make_host
     kernel = PciKernel(KernelSim(root))
     before = snapshot(root)
     result = vfio_pci(root, kernel=kernel, devices=[GPU])
-    assert_refused(result, kernel, root, before, "id_shared", "0000:05:00.0", "persistent: driverctl")
-    assert vfio_pci(root, kernel=kernel, devices=[GPU], persistent="none")["changed"] is True
+    assert_refused(result, kernel, root, before, "id_shared", "0000:05:00.0", "persistence: driverctl")
+    assert vfio_pci(root, kernel=kernel, devices=[GPU], persistent=False)["changed"] is True
 
 
 def test_force_goes_ahead_and_reports_what_it_overrode(desktop, vfio_pci):
-    result = vfio_pci(desktop, devices=["00:02.0"], force=True, persistent="none")
+    result = vfio_pci(desktop, devices=["00:02.0"], force=True, persistent=False)
     assert result["rc"] == 0 and result["changed"] is True
     assert [r["code"] for r in result["refusals"]] == ["boot_vga"]
     assert any("force: true: going ahead although" in w for w in warnings(result))
@@ -387,9 +387,9 @@ def test_vfio_pci_not_loaded_in_a_tree_fails_cleanly(make_host, vfio_pci):
 def test_vfio_pci_is_loaded_with_modprobe_on_the_host(make_host, vfio_pci, as_host, fake_commands):
     root = make_host("desktop_dgpu")
     fake_commands.install("modprobe", body=MODPROBE_BODY.format(root=root))
-    predicted = vfio_pci(root, check_mode=True, devices=[GPU], persistent="none")
+    predicted = vfio_pci(root, check_mode=True, devices=[GPU], persistent=False)
     assert predicted["commands"] == [["modprobe", "vfio-pci"]] and fake_commands.calls() == []
-    result = vfio_pci(root, devices=[GPU], persistent="none")
+    result = vfio_pci(root, devices=[GPU], persistent=False)
     assert result["rc"] == 0, result
     assert calls(fake_commands, "modprobe") == [["modprobe", "vfio-pci"]]
     assert drivers(root) == {address: "vfio-pci" for address in GPU_FUNCTIONS}
@@ -430,11 +430,11 @@ def test_absent_after_a_boot_that_bound_them_by_id(make_host, vfio_pci):
         ],
     )
     kernel = PciKernel(KernelSim(root), host_drivers=HOST_DRIVERS, vfio_ids=GPU_IDS)
-    runtime_only = vfio_pci(root, kernel=kernel, devices=[GPU], state="absent", persistent="none")
+    runtime_only = vfio_pci(root, kernel=kernel, devices=[GPU], state="absent", persistent=False)
     assert runtime_only["rc"] == 0, runtime_only
     assert drivers(root) == HOST_DRIVERS
-    assert vfio.modprobe_ids(read(root, MODPROBE)) == GPU_IDS  # persistent: none leaves the boot alone
-    again = vfio_pci(root, kernel=kernel, devices=[GPU], persistent="none")
+    assert vfio.modprobe_ids(read(root, MODPROBE)) == GPU_IDS  # persistent: false leaves the boot alone
+    again = vfio_pci(root, kernel=kernel, devices=[GPU], persistent=False)
     assert again["changed"] is True and drivers(root) == {a: "vfio-pci" for a in GPU_FUNCTIONS}
 
 
@@ -473,13 +473,13 @@ def install_driverctl(root):
 
 def test_driverctl_in_a_tree_writes_one_override_per_address(desktop, vfio_pci):
     install_driverctl(desktop)
-    result = vfio_pci(desktop, devices=[GPU], persistent="driverctl", diff=True)
+    result = vfio_pci(desktop, devices=[GPU], persistence="driverctl", diff=True)
     assert result["rc"] == 0, result
     for address in GPU_FUNCTIONS:
         assert read(desktop, "etc/driverctl.d/pci-" + address) == "vfio-pci\n"
     assert "/etc/driverctl.d/pci-0000:01:00.3" in result["files_changed"]
     assert read(desktop, MODPROBE) is None and result["ids"] == []
-    assert vfio_pci(desktop, devices=[GPU], persistent="driverctl")["changed"] is False
+    assert vfio_pci(desktop, devices=[GPU], persistence="driverctl")["changed"] is False
     gone = vfio_pci(desktop, devices=[GPU], state="absent")
     assert gone["changed"] is True
     assert not os.path.exists(os.path.join(desktop, "etc/driverctl.d/pci-" + GPU))
@@ -488,15 +488,15 @@ def test_driverctl_in_a_tree_writes_one_override_per_address(desktop, vfio_pci):
 
 def test_driverctl_on_the_host_runs_set_and_unset_override(desktop, vfio_pci, as_host, fake_commands):
     fake_commands.install("driverctl", body=DRIVERCTL_BODY.format(root=desktop))
-    predicted = vfio_pci(desktop, check_mode=True, devices=[GPU], persistent="driverctl", initramfs=False)
+    predicted = vfio_pci(desktop, check_mode=True, devices=[GPU], persistence="driverctl", initramfs=False)
     assert fake_commands.calls() == []
-    result = vfio_pci(desktop, devices=[GPU], persistent="driverctl", initramfs=False)
+    result = vfio_pci(desktop, devices=[GPU], persistence="driverctl", initramfs=False)
     assert result["rc"] == 0, result
     expected = [["driverctl", "--noprobe", "set-override", a, "vfio-pci"] for a in GPU_FUNCTIONS]
     assert calls(fake_commands, "driverctl") == expected
     assert [c[1:] for c in predicted["commands"]] == [c[1:] for c in expected]
     assert read(desktop, "etc/driverctl.d/pci-" + GPU) == "vfio-pci\n"
-    assert vfio_pci(desktop, devices=[GPU], persistent="driverctl")["changed"] is False
+    assert vfio_pci(desktop, devices=[GPU], persistence="driverctl")["changed"] is False
     vfio_pci(desktop, devices=[GPU], state="absent", initramfs=False)
     assert calls(fake_commands, "driverctl")[4:] == [["driverctl", "--noprobe", "unset-override", a]
                                                      for a in GPU_FUNCTIONS]
@@ -505,7 +505,7 @@ def test_driverctl_on_the_host_runs_set_and_unset_override(desktop, vfio_pci, as
 
 def test_driverctl_must_be_installed(desktop, vfio_pci):
     before = snapshot(desktop)
-    result = vfio_pci(desktop, devices=[GPU], persistent="driverctl")
+    result = vfio_pci(desktop, devices=[GPU], persistence="driverctl")
     assert result["rc"] == 1 and "install the driverctl package" in result["msg"]
     assert snapshot(desktop) == before
 
@@ -528,7 +528,7 @@ def builtin_grub(make_host):
 def test_builtin_vfio_pci_puts_the_ids_on_the_kernel_command_line(builtin_grub, vfio_pci, as_host, fake_commands):
     fake_commands.install("update-grub")
     predicted = vfio_pci(builtin_grub, check_mode=True, diff=True, devices=[GPU])
-    assert predicted["persistent"] == "cmdline" and fake_commands.calls() == []
+    assert predicted["persistence"] == "cmdline" and fake_commands.calls() == []
     result = vfio_pci(builtin_grub, diff=True, devices=[GPU])
     assert result["rc"] == 0, result
     assert "vfio-pci.ids=10de:10f7,10de:1ad6,10de:1ad7,10de:1e04" in read(builtin_grub, "etc/default/grub")
@@ -544,7 +544,7 @@ def test_builtin_vfio_pci_puts_the_ids_on_the_kernel_command_line(builtin_grub, 
 
 def test_modprobe_options_are_refused_for_builtin_vfio_pci(builtin_grub, vfio_pci):
     before = snapshot(builtin_grub)
-    result = vfio_pci(builtin_grub, devices=[GPU], persistent="modprobe")
+    result = vfio_pci(builtin_grub, devices=[GPU], persistence="modprobe")
     assert result["rc"] == 1 and "built into kernel" in result["msg"] and "modprobe.d options" in result["msg"]
     assert snapshot(builtin_grub) == before
 
@@ -554,7 +554,7 @@ def test_modprobe_options_are_refused_for_builtin_vfio_pci(builtin_grub, vfio_pc
 
 def test_the_initramfs_is_rebuilt_once_and_verified(desktop, vfio_pci, as_host, fake_commands):
     install_initramfs_tools(desktop, fake_commands)
-    predicted = vfio_pci(desktop, check_mode=True, diff=True, devices=[GPU], persistent="modprobe")
+    predicted = vfio_pci(desktop, check_mode=True, diff=True, devices=[GPU], persistence="modprobe")
     assert fake_commands.calls() == []
     result = vfio_pci(desktop, diff=True, devices=[GPU])
     assert result["rc"] == 0, result
@@ -653,9 +653,9 @@ def test_an_eight_digit_domain_names_a_vmd_device_and_driverctl_keeps_it(make_ho
     # A VMD host on a kernel without VMD child grouping: the drive is its own group and not the root disk.
     root = make_host("vmd_host", kernel={"modules": MODULES}, patch_devices={"10000:e2:00.0": {"group": 40}})
     install_driverctl(root)
-    result = vfio_pci(root, devices=["00010000:e2:00.0"], persistent="driverctl")
+    result = vfio_pci(root, devices=["00010000:e2:00.0"], persistence="driverctl")
     assert result["rc"] == 0, result
     assert vfio.read_driver(root, "10000:e2:00.0") == "vfio-pci"
     assert read(root, "etc/driverctl.d/pci-10000:e2:00.0") == "vfio-pci\n"
     assert "/etc/driverctl.d/pci-10000:e2:00.0" in result["files_changed"]
-    assert vfio_pci(root, devices=["10000:e2:00.0"], persistent="driverctl")["changed"] is False
+    assert vfio_pci(root, devices=["10000:e2:00.0"], persistence="driverctl")["changed"] is False

@@ -106,8 +106,8 @@ def test_auto_binds_the_variant_driver_and_keeps_it_with_driverctl(grace_host, v
     entry = result["devices"][GRACE]
     assert (entry["driver_before"], entry["driver_after"], entry["driver"]) == ("nvidia", GRACE_DRIVER, GRACE_DRIVER)
     assert entry["driver_reason"] == "modules.alias" and entry["variant_drivers"] == [GRACE_DRIVER]
-    assert entry["modalias"] == GRACE_MODALIAS and entry["persistent"] == "driverctl"
-    assert result["persistent"] == "driverctl" and result["ids"] == []
+    assert entry["modalias"] == GRACE_MODALIAS and entry["persistence"] == "driverctl"
+    assert result["persistence"] == "driverctl" and result["ids"] == []
     assert read(root, DRIVERCTL_GRACE) == GRACE_DRIVER + "\n"
     assert read(root, MODULES_LOAD) == vfio.MANAGED_HEADER + GRACE_DRIVER + "\n"  # no vfio-pci: nothing uses it
     assert read(root, MODPROBE) is None
@@ -133,7 +133,7 @@ def test_check_mode_predicts_the_real_run_exactly(grace_host, vfio_pci):
     assert predicted["changed"] is True and kernel.sim.writes == [] and snapshot(root) == before
     real = vfio_pci(root, kernel=kernel, diff=True, devices=[GRACE, GPU])
     assert real["rc"] == 0, real
-    for key in ("changed", "devices", "files_changed", "diff", "ids", "persistent", "reboot_required", "commands"):
+    for key in ("changed", "devices", "files_changed", "diff", "ids", "persistence", "reboot_required", "commands"):
         assert predicted[key] == real[key], key
 
 
@@ -143,8 +143,8 @@ def test_plain_and_variant_devices_in_one_run(grace_host, vfio_pci):
     assert result["rc"] == 0, result
     assert {a: d["driver_after"] for a, d in result["devices"].items()} == dict(
         {a: "vfio-pci" for a in GPU_FUNCTIONS}, **{GRACE: GRACE_DRIVER})
-    assert result["persistent"] == "modprobe" and result["ids"] == GPU_IDS  # no 10de:2342: IDs cannot keep it
-    assert {a: d["persistent"] for a, d in result["devices"].items()} == dict(
+    assert result["persistence"] == "modprobe" and result["ids"] == GPU_IDS  # no 10de:2342: IDs cannot keep it
+    assert {a: d["persistence"] for a, d in result["devices"].items()} == dict(
         {a: "modprobe" for a in GPU_FUNCTIONS}, **{GRACE: "driverctl"})
     assert vfio.modprobe_ids(read(root, MODPROBE)) == GPU_IDS
     assert read(root, MODULES_LOAD) == vfio.MANAGED_HEADER + "vfio-pci\n" + GRACE_DRIVER + "\n"
@@ -164,7 +164,7 @@ def test_driver_vfio_pci_forces_plain_vfio_pci(grace_host, vfio_pci):
     assert vfio.read_driver(root, GRACE) == "vfio-pci"
     entry = result["devices"][GRACE]
     assert entry["driver"] == "vfio-pci" and entry["driver_reason"] == "option"
-    assert entry["variant_drivers"] == [GRACE_DRIVER] and entry["persistent"] == "modprobe"
+    assert entry["variant_drivers"] == [GRACE_DRIVER] and entry["persistence"] == "modprobe"
     assert result["ids"] == [GRACE_ID] and read(root, DRIVERCTL_GRACE) is None
     assert read(root, MODULES_LOAD) == vfio.MANAGED_HEADER + "vfio-pci\n"
 
@@ -181,7 +181,7 @@ def test_a_named_variant_driver_in_either_spelling(grace_host, vfio_pci):
 
 def test_a_named_variant_driver_leaves_companions_on_auto(grace_host, vfio_pci):
     root = grace_host()
-    result = vfio_pci(root, devices=[GPU], driver="vfio_pci", persistent="none")
+    result = vfio_pci(root, devices=[GPU], driver="vfio_pci", persistent=False)
     assert {d["driver_reason"] for d in result["devices"].values()} == {"option"}
     failed = vfio_pci(root, devices=[GPU], driver=GRACE_DRIVER)
     assert failed["rc"] == 1
@@ -210,16 +210,16 @@ def test_a_named_driver_that_does_not_match_fails_and_changes_nothing(grace_host
     assert kernel.sim.writes == [] and snapshot(root) == before
 
 
-@pytest.mark.parametrize("persistent", ["modprobe", "cmdline"])
-def test_id_based_persistence_of_a_variant_device_is_refused(grace_host, vfio_pci, persistent):
+@pytest.mark.parametrize("persistence", ["modprobe", "cmdline"])
+def test_id_based_persistence_of_a_variant_device_is_refused(grace_host, vfio_pci, persistence):
     root = grace_host()
     kernel = PciKernel(KernelSim(root))
     before = snapshot(root)
-    result = vfio_pci(root, kernel=kernel, devices=[GRACE], persistent=persistent)
+    result = vfio_pci(root, kernel=kernel, devices=[GRACE], persistence=persistence)
     assert result["rc"] == 1 and result["changed"] is False
     assert "0009:01:00.0 gets the variant VFIO driver nvgrace_gpu_vfio_pci" in result["msg"]
     assert "never by vendor:device ID" in result["msg"]
-    assert "use persistent: auto or driverctl" in result["msg"] and "driver: vfio-pci" in result["msg"]
+    assert "use persistence: auto or driverctl" in result["msg"] and "driver: vfio-pci" in result["msg"]
     assert kernel.sim.writes == [] and snapshot(root) == before
 
 
@@ -232,7 +232,7 @@ def test_keeping_a_variant_device_needs_driverctl(grace_host, vfio_pci):
     assert "keeping 0009:01:00.0 on nvgrace_gpu_vfio_pci across reboots needs driverctl" in result["msg"]
     assert "install the driverctl package" in result["msg"]
     assert kernel.sim.writes == [] and snapshot(root) == before
-    assert vfio_pci(root, kernel=kernel, devices=[GRACE], persistent="none")["changed"] is True
+    assert vfio_pci(root, kernel=kernel, devices=[GRACE], persistent=False)["changed"] is True
 
 
 @pytest.fixture
@@ -272,7 +272,7 @@ def test_moving_a_device_a_vm_uses_to_its_variant_driver_is_refused(grace_host, 
     assert "qemu-system-aarch64 (pid 4242) holds /dev/vfio/20 open" in result["msg"]
     assert kernel.sim.writes == [] and snapshot(root) == before
     # driver: vfio-pci leaves it where it is: nothing to refuse.
-    assert vfio_pci(root, kernel=kernel, devices=[GRACE], driver="vfio-pci", persistent="none")["changed"] is False
+    assert vfio_pci(root, kernel=kernel, devices=[GRACE], driver="vfio-pci", persistent=False)["changed"] is False
 
 
 def test_auto_after_driver_vfio_pci_moves_the_device_and_drops_its_id(grace_host, vfio_pci):

@@ -1,0 +1,370 @@
+# Copyright (c) gpuvirt.host contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The boot-time configuration that keeps a vfio_pci binding across reboots, planned.
+
+:class:`BootConfigPlanner` is the planning half of :class:`vfio_run.VfioPciRun`: which method keeps
+each device (``modprobe`` options, ``vfio-pci.ids`` on the kernel command line, or driverctl
+overrides for variant drivers), the files and bootloader edits that method needs, and the
+initramfs rebuild that makes the early boot see them. It reads and decides; nothing is written here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from ansible_collections.gpuvirt.host.plugins.module_utils import bootloader, initramfs
+from ansible_collections.gpuvirt.host.plugins.module_utils.files import (
+    FileChange,
+)
+from ansible_collections.gpuvirt.host.plugins.module_utils.kernel import (
+    read_builtin_modules,
+)
+from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import (
+    host_path,
+    list_dir,
+)
+from ansible_collections.gpuvirt.host.plugins.module_utils.vfio import (
+    DRIVERCTL_DIR,
+    INITRAMFS_CONFIG,
+    MODPROBE_CONF,
+    MODULES_LOAD_CONF,
+    VFIO_DRIVER,
+    VfioError,
+    _read_file,
+    cmdline_ids,
+    device_id,
+    driver_key,
+    driverctl_path,
+    find_program,
+    foreign_vfio_ids,
+    id_refusals,
+    is_vfio_driver,
+    modprobe_ids,
+    module_of,
+    plan_file,
+    render_initramfs_config,
+    render_modprobe_conf,
+    render_modules_load,
+)
+
+
+@dataclass
+class DriverctlChange:
+    """One ``/etc/driverctl.d/pci-<address>`` file to write or remove, by driverctl on a host."""
+
+    address: str
+    file: FileChange
+    command: list | None  # argv run on the host; None: the file is written directly (image tree)
+
+
+@dataclass
+class PersistencePlan:
+    method: str
+    files: list  # FileChange written directly
+    driverctl: list  # DriverctlChange
+    boot_plan: object | None  # bootloader.BootPlan for vfio-pci.ids on the command line
+    ids_before: list
+    ids_after: list
+    refusals: list
+    warnings: list
+
+    @property
+    def changed(self):
+        return (
+            any(change.changed for change in self.files)
+            or any(entry.file.changed for entry in self.driverctl)
+            or bool(self.boot_plan is not None and self.boot_plan.changed)
+        )
+
+    def diffs(self):
+        result = [change.diff() for change in self.files if change.changed]
+        result += [entry.file.diff() for entry in self.driverctl if entry.file.changed]
+        if self.boot_plan is not None:
+            result += [edit.diff() for edit in self.boot_plan.edits]
+        return result
+
+    def paths_changed(self):
+        paths = [change.display_path for change in self.files if change.changed]
+        paths += [entry.file.display_path for entry in self.driverctl if entry.file.changed]
+        if self.boot_plan is not None:
+            paths += [edit.display_path for edit in self.boot_plan.edits]
+        return paths
+
+
+@dataclass
+class InitramfsPlan:
+    tool: str | None = None
+    releases: list = field(default_factory=list)
+    modules: list = field(default_factory=list)
+    config: FileChange | None = None
+    regenerate: bool = False
+    commands: list = field(default_factory=list)
+    run: bool = False
+    images: list = field(default_factory=list)
+    verified: bool = False
+
+    @property
+    def changed(self):
+        return self.regenerate or bool(self.config is not None and self.config.changed)
+
+    def to_dict(self):
+        return {
+            "tool": self.tool,
+            "releases": list(self.releases),
+            "modules": list(self.modules),
+            "regenerated": self.regenerate and self.run,
+            "regenerate_required": self.regenerate and not self.run,
+            "images": list(self.images),
+            "verified": self.verified,
+        }
+
+
+class BootConfigPlanner:
+    """Planning of the boot-time configuration (see the module docstring); mixed into VfioPciRun."""
+
+    def _method(self, view):
+        method = self.persistence_method
+        builtin = view.kernel.get("vfio_builtin")
+        if method == "auto":
+            return "cmdline" if builtin else "modprobe"
+        if method == "modprobe" and builtin:
+            raise VfioError(
+                "vfio-pci is built into kernel %s (modules.builtin), so modprobe.d options for it are ignored; "
+                "use persistence: cmdline (or auto), or driverctl" % view.kernel.get("release")
+            )
+        return method
+
+    def _plan_persistence(self, view):
+        method = "none" if self.persistence_method == "none" else self._method(view)
+        plan = PersistencePlan(method, [], [], None, [], [], [], [])
+        self.kept_by = {address: method for address in self.members}
+        if method == "none":
+            return plan
+        by_override, by_id = self._split_by_persistence(method)
+        self.kept_by.update({address: "driverctl" for address in by_override})
+        member_ids = sorted({device_id(view, a) for a in (by_id if self.state == "present" else self.members)})
+        modprobe = plan_file(self.root, MODPROBE_CONF, None)
+        plan.ids_before = modprobe_ids(modprobe.old)
+        modprobe = replace(modprobe, new=modprobe.old)
+        cmdline_before = self._cmdline_ids(method)
+        cmdline_after = cmdline_before
+        releasing = list(self.members) if self.state == "absent" else []
+
+        if self.state == "present":
+            dropped = self._ids_moving_to_variants(view, by_override, by_id)
+            if method == "modprobe":
+                plan.ids_after = sorted((set(plan.ids_before) | set(member_ids)) - dropped)
+                modprobe = replace(modprobe, new=render_modprobe_conf(plan.ids_after))
+                added = set(member_ids) - set(plan.ids_before)
+                plan.refusals += id_refusals(view, self.members, set(member_ids), set(), [])
+                if added:
+                    for path, ids in foreign_vfio_ids(self.root).items():
+                        plan.warnings.append(
+                            "%s also sets vfio-pci ids=%s; modprobe keeps only one ids= value, so one of the "
+                            "two lists is ignored: merge them into %s" % (path, ",".join(ids), "/" + MODPROBE_CONF)
+                        )
+            elif method == "cmdline":
+                cmdline_after = sorted((set(cmdline_before) | set(member_ids)) - dropped)
+                plan.ids_before, plan.ids_after = cmdline_before, cmdline_after
+                plan.refusals += id_refusals(view, self.members, set(member_ids), set(), [])
+                if cmdline_after != sorted(cmdline_before):
+                    plan.boot_plan = self._boot_plan(["vfio-pci.ids=" + ",".join(cmdline_after)], [])
+            plan.warnings += self._id_claim_warnings(view, by_override, set(plan.ids_after))
+            overrides = {address: self.choices[address].driver for address in by_override}
+            # A device kept by ID must not keep an earlier run's override for a variant driver.
+            overridden = self._driverctl_overrides()
+            overrides.update({
+                address: None for address in by_id
+                if is_vfio_driver(overridden.get(address), self.variants) and overridden[address] != VFIO_DRIVER
+            })
+            why = None
+            if method != "driverctl" and by_override:
+                why = "keeping %s on %s across reboots" % (
+                    ", ".join(by_override), ", ".join(sorted({self.choices[a].driver for a in by_override})))
+            plan.driverctl = self._plan_overrides(overrides, why)
+        else:
+            removed_ids = set(member_ids)
+            plan.ids_after = [i for i in plan.ids_before if i not in removed_ids]
+            if plan.ids_after != plan.ids_before:
+                modprobe = replace(modprobe, new=render_modprobe_conf(plan.ids_after))
+            cmdline_after = [i for i in cmdline_before if i not in removed_ids]
+            if cmdline_after != cmdline_before:
+                plan.boot_plan = self._boot_plan(
+                    ["vfio-pci.ids=" + ",".join(cmdline_after)] if cmdline_after else [],
+                    [] if cmdline_after else ["vfio-pci.ids"],
+                )
+            touched = removed_ids & (set(plan.ids_before) | set(cmdline_before))
+            plan.refusals += id_refusals(view, self.members, set(), touched, releasing)
+            overridden = self._driverctl_overrides()
+            gone = [a for a in self.members if is_vfio_driver(overridden.get(a), self.variants)]
+            self.kept_by.update({address: "driverctl" for address in gone})
+            plan.driverctl = self._plan_overrides({address: None for address in gone}, None)
+        plan.files.append(self._plan_modules_load(view, plan, cmdline_after))
+        if plan.files[-1].old is None and plan.files[-1].new is None:
+            plan.files.pop()
+        plan.files.insert(0, modprobe)
+        return plan
+
+    def _split_by_persistence(self, method):
+        """``(by_override, by_id)``: the members kept by a driverctl override and those kept by
+        vfio-pci's ID list. Variant drivers bind only through ``driver_override``, never by ID:
+        with ``auto`` they get overrides, with an ID method explicitly asked for the run fails."""
+        if self.state == "absent":
+            return [], list(self.members)
+        if method == "driverctl":
+            return list(self.members), []
+        variant = [a for a in self.members if self.choices[a].variant]
+        if variant and self.persistence_method != "auto":
+            raise VfioError(
+                "%s get%s the variant VFIO driver %s, which binds only through driver_override and never by "
+                "vendor:device ID, so persistence: %s (vfio-pci ids=) would give %s plain vfio-pci at boot; use "
+                "persistence: auto or driverctl (a per-address driverctl override plus the module in /%s), "
+                "driver: vfio-pci for plain vfio-pci, or persistent: false; nothing was changed"
+                % (", ".join(variant), "s" if len(variant) == 1 else "",
+                   ", ".join(sorted({self.choices[a].driver for a in variant})), self.persistence_method,
+                   "it" if len(variant) == 1 else "them", MODULES_LOAD_CONF)
+            )
+        return variant, [a for a in self.members if a not in variant]
+
+    def _ids_moving_to_variants(self, view, by_override, by_id):
+        """IDs of devices now kept on a variant driver by an override, which vfio-pci's ID list no
+        longer needs: no member kept by ID and no other device on vfio-pci has them."""
+        needed = {device_id(view, a) for a in by_id}
+        needed.update(device_id(view, a) for a, record in view.records.items()
+                      if a not in self.members and record["driver"] == VFIO_DRIVER)
+        return {device_id(view, a) for a in by_override} - needed
+
+    def _id_claim_warnings(self, view, by_override, ids):
+        """A device moving to a variant driver whose ID vfio-pci's list keeps for another device."""
+        return [
+            "%s gets %s through a driverctl override, but its ID %s stays in vfio-pci's boot-time ID list "
+            "(kept for the devices that need it): vfio-pci claims it first at boot until the override moves it"
+            % (address, self.choices[address].driver, device_id(view, address))
+            for address in by_override if device_id(view, address) in ids
+        ]
+
+    def _plan_overrides(self, overrides, why):
+        """``{address: driver or None}`` -> [DriverctlChange]: write (set-override) or remove
+        (unset-override) ``/etc/driverctl.d/pci-<address>``, only where it differs."""
+        entries = []
+        for address, driver in overrides.items():
+            change = plan_file(self.root, driverctl_path(address), None if driver is None else driver + "\n")
+            if change.old is not None and driver is not None and change.old.strip() == driver:
+                continue
+            if change.old is None and driver is None:
+                continue
+            command = None
+            if self.live or driver is not None:
+                program = self._driverctl_program(why)
+                if self.live:
+                    command = [program, "--noprobe"] + (
+                        ["set-override", address, driver] if driver is not None else ["unset-override", address]
+                    )
+            entries.append(DriverctlChange(address, change, command))
+        return entries
+
+    def _plan_modules_load(self, view, plan, cmdline_after):
+        """Our modules-load.d file after the run: vfio-pci when something binds to it at boot and it
+        is a module; every variant driver a driverctl override names, as nothing else loads it."""
+        overrides = self._driverctl_overrides()
+        for entry in plan.driverctl:
+            if entry.file.new is None:
+                overrides.pop(entry.address, None)
+            else:
+                overrides[entry.address] = entry.file.new.strip()
+        builtin = read_builtin_modules(self.root, view.kernel.get("release")) or set()
+        modules = []
+        if not view.kernel.get("vfio_builtin") and (
+            plan.ids_after or cmdline_after or any(driver_key(d) == "vfio_pci" for d in overrides.values())
+        ):
+            modules.append(VFIO_DRIVER)
+        modules += sorted({
+            module_of(driver) for driver in overrides.values()
+            if is_vfio_driver(driver, self.variants) and driver_key(driver) != "vfio_pci"
+            and driver_key(driver) not in builtin
+        })
+        return plan_file(self.root, MODULES_LOAD_CONF, render_modules_load(modules))
+
+    def _cmdline_ids(self, method):
+        """vfio-pci.ids on the configured command line; only read when this run may change them
+        (persistence: cmdline, or handing devices back, which cleans every method)."""
+        if method != "cmdline" and self.state == "present":
+            return []
+        try:
+            probe = bootloader.plan(self.module, self.root, "auto", [], [])
+        except bootloader.BootloaderError as error:
+            if method == "cmdline":
+                raise VfioError("persistence: cmdline needs the boot configuration: %s" % error) from error
+            return []
+        return cmdline_ids(probe.configured_before)
+
+    def _boot_plan(self, present, absent):
+        try:
+            wanted, unwanted = bootloader.validate_arguments(present, absent)
+            return bootloader.plan(self.module, self.root, "auto", wanted, unwanted)
+        except (bootloader.ArgumentError, bootloader.BootloaderError) as error:
+            raise VfioError("cannot plan vfio-pci.ids on the kernel command line: %s" % error) from error
+
+    def _driverctl_program(self, why=None):
+        program = find_program(self.module, self.root, "driverctl")
+        if program is None:
+            raise VfioError(
+                "%s needs driverctl installed (its udev rule applies the overrides at boot); install the "
+                "driverctl package, or use %s"
+                % (why or "persistence: driverctl",
+                   "persistence: modprobe" if not why
+                   else "persistent: false, or driver: vfio-pci with persistence: auto")
+            )
+        return program
+
+    def _driverctl_overrides(self):
+        """``{address: driver}`` of every ``/etc/driverctl.d/pci-<address>`` file."""
+        overrides = {}
+        for name in list_dir(host_path(self.root, DRIVERCTL_DIR)):
+            if name.startswith("pci-"):
+                text = _read_file(host_path(self.root, DRIVERCTL_DIR, name))
+                if text is not None and text.strip():
+                    overrides[name[len("pci-"):]] = text.strip()
+        return overrides
+
+    def _plan_initramfs(self, view):
+        """Our initramfs configuration and whether the image must be rebuilt: only when the
+        modprobe.d file or that configuration changes (both are inputs of the image)."""
+        plan = InitramfsPlan()
+        modprobe = self.persistence.files[0] if self.persistence.files else None
+        if modprobe is None or self.persistence.method == "none" or not self.regenerate_initramfs:
+            return plan
+        if modprobe.old is None and modprobe.new is None:
+            return plan
+        try:
+            plan.tool = initramfs.detect_tool(self.root)
+        except initramfs.InitramfsError as error:
+            if modprobe.changed:
+                self.warnings.append("%s; the modprobe.d file only takes effect once vfio-pci loads from the "
+                                     "root filesystem" % error)
+            return plan
+        kernels = [release for release, _image, initrd in bootloader.installed_kernels(self.root) if initrd]
+        plan.releases = kernels or [r for r in [view.kernel.get("release")] if r]
+        modules = None
+        for release in plan.releases:
+            try:
+                names = initramfs.vfio_modules(release, self.root)
+            except initramfs.InitramfsError:
+                continue
+            # Only what every kernel has: a module missing from one release breaks its build,
+            # and vfio_pci pulls vfio_virqfd in on the kernels that still have it.
+            modules = names if modules is None else [name for name in modules if name in names]
+        plan.modules = modules or list(initramfs.VFIO_MODULES)
+        wanted = render_initramfs_config(plan.tool, plan.modules) if modprobe.new is not None else None
+        plan.config = plan_file(self.root, INITRAMFS_CONFIG[plan.tool], wanted)
+        if not (modprobe.changed or plan.config.changed) or not plan.releases:
+            return plan
+        plan.regenerate = True
+        plan.commands = [initramfs.regenerate_command(self.root, release, plan.tool) for release in plan.releases]
+        plan.run = self.live
+        if not self.live:
+            self.warnings.append(
+                "%s is not this host's root: rebuild its initramfs inside it (%s)"
+                % (self.root, "; ".join(" ".join(c) for c in plan.commands))
+            )
+        return plan

@@ -1,0 +1,351 @@
+# Copyright (c) gpuvirt.host contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The ``vfio_pci`` module's run (:mod:`modrun`): read the host, resolve and guard the devices,
+plan the runtime binding and (through :class:`vfio_boot.BootConfigPlanner`) the boot-time
+configuration, then apply both and read them back."""
+
+from __future__ import annotations
+
+from ansible_collections.gpuvirt.host.plugins.module_utils import bootloader, initramfs
+from ansible_collections.gpuvirt.host.plugins.module_utils.files import (
+    apply_change,
+)
+from ansible_collections.gpuvirt.host.plugins.module_utils.kernel import (
+    read_vfio_aliases,
+)
+from ansible_collections.gpuvirt.host.plugins.module_utils.modrun import ModuleRun
+from ansible_collections.gpuvirt.host.plugins.module_utils.selector import (
+    describe,
+)
+from ansible_collections.gpuvirt.host.plugins.module_utils.vfio import (
+    MODPROBE_CONF,
+    VFIO_DRIVER,
+    GuardError,
+    VfioError,
+    _read_file,
+    bind_device,
+    bind_refusals,
+    choose_drivers,
+    driver_loaded,
+    expand_members,
+    find_program,
+    in_use_refusals,
+    is_vfio_driver,
+    module_of,
+    read_driver,
+    read_host,
+    release_device,
+    resolve_selectors,
+)
+from ansible_collections.gpuvirt.host.plugins.module_utils.vfio_boot import (
+    BootConfigPlanner,
+)
+
+
+class VfioPciRun(BootConfigPlanner, ModuleRun):
+    """One run of the vfio_pci module: read, plan, guard, then (outside check mode) apply."""
+
+    def __init__(self, module, host):
+        super().__init__(module, host)
+        params = module.params
+        self.state = params["state"]
+        self.selectors = params["devices"]
+        self.with_companions = params["companions"]
+        self.runtime = params["runtime"]
+        self.persistence_method = params["persistence"] if params["persistent"] else "none"
+        self.regenerate_initramfs = params["initramfs"]
+        self.force = params["force"]
+        self.driver = params.get("driver") or "auto"
+        self.live = host.live
+        self.warnings = []
+        self.commands = []
+        self.members = {}
+        self.before = {}
+        self.after = {}
+        self.view = None
+        self.choices = {}
+        self.variants = []
+        self.kept_by = {}
+
+    # -- plan -------------------------------------------------------------------------------------
+
+    def plan(self):
+        """Read, resolve, guard and plan; the plan is kept on the run (``self.changing``, ``self.persistence``, ...)."""
+        view = self.view = read_host(self.root)
+        selected = resolve_selectors(self.selectors, view.devices)
+        self.members = expand_members(view, selected, self.with_companions)
+        release = view.kernel.get("release")
+        aliases = read_vfio_aliases(self.root, release)
+        self.variants = sorted({driver for _pattern, driver in aliases})
+        requested = self.driver if self.state == "present" else "auto"
+        self.choices = choose_drivers(self.root, self.members, requested, aliases, release)
+        self.before = {address: view.devices[address].driver for address in self.members}
+        if self.state == "present":
+            wanted = [a for a in self.members if self.before[a] != self.choices[a].driver]
+        else:
+            wanted = [
+                a for a in self.members
+                if is_vfio_driver(self.before[a], self.variants)
+                or is_vfio_driver(view.devices[a].driver_override, self.variants)
+            ]
+        self.runtime_skipped = None
+        if not self.runtime:
+            self.changing = []
+            if wanted:
+                self.runtime_skipped = "runtime: false"
+        elif self.state == "present" and wanted and not view.iommu_enabled:
+            self.changing = []
+            self.runtime_skipped = (
+                "the IOMMU is off in the running kernel, so no VFIO driver can take %s now; the boot-time "
+                "configuration binds %s at the next boot once the IOMMU is on (gpuvirt.host.iommu or "
+                "gpuvirt.host.kernel_cmdline with intel_iommu=on / amd_iommu=on)"
+                % (", ".join(wanted), "them" if len(wanted) > 1 else "it")
+            )
+        else:
+            self.changing = wanted
+        if self.state == "present":
+            refusals = bind_refusals(view, self.members, self.changing)
+            if not view.iommu_enabled:
+                self.warnings.append(
+                    "the IOMMU is off, so the IOMMU groups are not known yet and could not be checked; run "
+                    "this again after the reboot to check them and bind the devices now"
+                )
+        else:
+            refusals = in_use_refusals(view, self.changing, "unbinding")
+        self.persistence = self._plan_persistence(view)
+        refusals.extend(self.persistence.refusals)
+        self.warnings.extend(self.persistence.warnings)
+        if refusals:
+            if not self.force:
+                raise GuardError(refusals)
+            self.warnings.extend("force: true: going ahead although " + r.message for r in refusals)
+        self.refusals = refusals
+        needed = {self.choices[a].driver for a in self.changing} if self.state == "present" else set()
+        self.load_drivers = sorted((d for d in needed if not driver_loaded(self.root, d)),
+                                   key=lambda d: (d != VFIO_DRIVER, d))
+        if self.load_drivers and not self.live:
+            several = len(self.load_drivers) > 1
+            raise VfioError(
+                "the %s driver%s not loaded below %s (no %s) and modules can only be loaded on this host's /; "
+                "nothing was changed"
+                % (", ".join(self.load_drivers), "s are" if several else " is", self.root,
+                   ", ".join("sys/bus/pci/drivers/" + driver for driver in self.load_drivers))
+            )
+        self.initramfs = self._plan_initramfs(view)
+
+    # -- apply ------------------------------------------------------------------------------------
+
+    @property
+    def changed(self):
+        return bool(self.changing) or bool(self.load_drivers) or self.persistence.changed or self.initramfs.changed
+
+    def apply(self, _plan=None):
+        """Change the host. Raises :class:`VfioError` on failure; ``self.changes_made`` tells whether
+        something had been changed by then."""
+        for driver in self.load_drivers:
+            self._run([self._program("modprobe"), module_of(driver)], "loading the %s module" % module_of(driver))
+            self.changes_made = True
+            if not driver_loaded(self.root, driver):
+                raise VfioError(
+                    "modprobe %s succeeded but /sys/bus/pci/drivers/%s does not exist; check 'dmesg' (Secure Boot "
+                    "lockdown, a kernel without VFIO)" % (module_of(driver), driver)
+                )
+        for address in self.changing:
+            self.changes_made = True
+            if self.state == "present":
+                self.after[address] = bind_device(self.root, address, self.choices[address].driver)
+            else:
+                self.after[address] = release_device(self.root, address, self.variants)
+        for change in self.persistence.files:
+            if change.changed:
+                self.changes_made = True
+                apply_change(change)
+        for entry in self.persistence.driverctl:
+            if not entry.file.changed:
+                continue
+            self.changes_made = True
+            if entry.command is None:
+                apply_change(entry.file)
+                continue
+            self._run(entry.command, "driverctl for %s" % entry.address)
+            now = _read_file(entry.file.full_path)
+            if (now or "").strip() != (entry.file.new or "").strip():
+                raise VfioError(
+                    "%s ran but %s reads %r afterwards, expected %r"
+                    % (" ".join(entry.command), entry.file.display_path, now, entry.file.new)
+                )
+        if self.persistence.boot_plan is not None and self.persistence.boot_plan.changed:
+            self.changes_made = True
+            try:
+                bootloader.apply(self.module, self.persistence.boot_plan)
+            except bootloader.BootloaderError as error:
+                raise VfioError(str(error)) from error
+            self.warnings.extend(self.persistence.boot_plan.warnings)
+        self._apply_initramfs()
+
+    def _apply_initramfs(self):
+        plan = self.initramfs
+        if plan.config is not None and plan.config.changed:
+            self.changes_made = True
+            apply_change(plan.config)
+        if not plan.run:
+            return
+        modprobe = self.persistence.files[0]
+        try:
+            for release in plan.releases:
+                self.commands.append(initramfs.regenerate(self.module, self.root, release, plan.tool))
+            for release in plan.releases:
+                self._verify_image(plan, release, modprobe)
+        except (initramfs.InitramfsError, VfioError) as error:
+            # Put the inputs back so that the next run sees the change again and rebuilds.
+            restored = [change for change in (modprobe, plan.config) if change is not None and change.changed]
+            for change in restored:
+                apply_change(change.reverse())
+            raise VfioError(
+                "%s; %s put back as before so that the next run rebuilds the initramfs"
+                % (error, " and ".join(change.display_path for change in restored) or "nothing was")
+            ) from error
+        plan.verified = True
+
+    def _verify_image(self, plan, release, modprobe):
+        if modprobe.new is not None:
+            check = initramfs.verify_image(self.module, self.root, release, plan.modules, ["/" + MODPROBE_CONF],
+                                           plan.tool)
+            plan.images.append(check.image)
+            if not check.ok:
+                raise VfioError(
+                    "the rebuilt initramfs %s lacks %s; vfio-pci would not claim the devices before their host "
+                    "drivers at boot" % (check.image, ", ".join(check.missing_modules + check.missing_files))
+                )
+            return
+        image, paths = initramfs.list_image(self.module, self.root, release, plan.tool)
+        plan.images.append(image)
+        if MODPROBE_CONF in paths or "usr/" + MODPROBE_CONF in paths:
+            raise VfioError("the rebuilt initramfs %s still holds /%s" % (image, MODPROBE_CONF))
+
+    def _program(self, name):
+        program = find_program(self.module, self.root, name)
+        if program is None:
+            raise VfioError("%s was not found on this host" % name)
+        return program
+
+    def _run(self, argv, what):
+        self.commands.append(argv)
+        rc, out, err = self.module.run_command(argv, environ_update={"LC_ALL": "C", "LANG": "C"})
+        if rc != 0:
+            raise VfioError(
+                "%s failed: %s exited with %d: %s" % (what, " ".join(argv), rc, (err or out).strip() or "no output")
+            )
+        return out
+
+    # -- result -----------------------------------------------------------------------------------
+
+    def devices_result(self):
+        result = {}
+        for address, member in self.members.items():
+            record = self.view.records[address]
+            before = self.before[address]
+            if address in self.after:
+                after = self.after[address]
+            elif address in self.changing and self.check_mode:
+                after = self.choices[address].driver if self.state == "present" else None
+            elif address in self.changing:
+                after = read_driver(self.root, address)
+            else:
+                after = before
+            result[address] = {
+                "id": "%s:%s" % (record["vendor_id"], record["device_id"]),
+                "name": describe(record),
+                "iommu_group": record["iommu_group"],
+                "selected_by": member.selected_by,
+                "companion_of": member.companion_of,
+                "driver_before": before,
+                "driver_after": after,
+                "changed": address in self.changing,
+            }
+            result[address].update(self._driver_result(address))
+        return result
+
+    def _driver_result(self, address):
+        """The VFIO driver chosen for a device, why, and how it is kept across reboots."""
+        choice = self.choices[address]
+        present = self.state == "present"
+        return {
+            "driver": choice.driver if present else None,
+            "driver_reason": choice.reason if present else None,
+            "modalias": choice.modalias,
+            "variant_drivers": list(choice.variants),
+            "persistence": self.kept_by.get(address, "none"),
+        }
+
+    def reboot_reasons(self, devices):
+        if self.persistence.method == "none":
+            return []
+        reasons = []
+        if self.state == "present":
+            pending = [a for a, entry in devices.items() if entry["driver_after"] != entry["driver"]]
+        else:
+            pending = [a for a, entry in devices.items() if is_vfio_driver(entry["driver_after"], self.variants)]
+        if pending:
+            if self.runtime_skipped and self.runtime_skipped != "runtime: false":
+                reasons.append(self.runtime_skipped)
+            else:
+                reasons.append(
+                    "%s %s at the next boot: the runtime binding was %s"
+                    % (", ".join(pending),
+                       "gets " + ", ".join(sorted({devices[a]["driver"] for a in pending}))
+                       if self.state == "present" else "returns to its host driver",
+                       "not requested (runtime: false)" if not self.runtime else "not done")
+                )
+        return reasons
+
+    def result(self, _plan=None):
+        for warning in self.warnings:
+            self.warn(warning)
+        self.warnings = []
+        devices = self.devices_result()
+        reasons = self.reboot_reasons(devices)
+        persistence = self.persistence
+        result = dict(
+            changed=self.changed,
+            devices=devices,
+            state=self.state,
+            iommu_enabled=self.view.iommu_enabled,
+            persistence=self._persistence_result(devices),
+            ids=persistence.ids_after if persistence.method in ("modprobe", "cmdline") else [],
+            files_changed=persistence.paths_changed() + (
+                [self.initramfs.config.display_path] if self.initramfs.config is not None
+                and self.initramfs.config.changed else []
+            ),
+            commands=self.commands if not self.check_mode else self._predicted_commands(),
+            reboot_required=bool(reasons),
+            reboot_reasons=reasons,
+            refusals=[r.to_dict() for r in self.refusals],
+            initramfs=self.initramfs.to_dict(),
+        )
+        result["diff"] = persistence.diffs()
+        if self.initramfs.config is not None and self.initramfs.config.changed:
+            result["diff"].append(self.initramfs.config.diff())
+        return result
+
+    def partial(self):
+        return dict(self.result(), changed=self.changes_made)
+
+    def _persistence_result(self, devices):
+        """The boot-time method of the devices on plain vfio-pci (``auto`` resolved); driverctl when
+        every device is kept by a driverctl override (variant drivers with ``auto``)."""
+        method = self.persistence.method
+        if self.state == "present" and devices and all(e["persistence"] == "driverctl" for e in devices.values()):
+            return "driverctl"
+        return method
+
+    def _predicted_commands(self):
+        commands = []
+        commands += [["modprobe", module_of(driver)] for driver in self.load_drivers]
+        commands += [entry.command for entry in self.persistence.driverctl if entry.file.changed and entry.command]
+        boot_plan = self.persistence.boot_plan
+        if boot_plan is not None and boot_plan.changed and boot_plan.run_commands:
+            commands += boot_plan.commands
+        if self.initramfs.run:
+            commands += self.initramfs.commands
+        return commands

@@ -1,0 +1,306 @@
+# Copyright (c) gpuvirt.host contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Each vendor end to end on its fixture host, the modules in the order the vgpu role calls them:
+spec -> enabled (virtualization_mode) -> reboot -> carved (sriov / nvidia_vgpu / mdev) -> reboot ->
+restored at boot (the restore run against the tree, its vendor steps through the registry).
+
+The simulators react as the drivers do (tests/sim/boot.py: the next command line from the boot
+configuration, module parameters from it and modprobe.d; i915/xe PF mode from ``max_vfs``, GIM enabling
+its VFs from ``vf_num``, NVIDIA's VFs only through ``sriov-manage``, kvmgt and the GVT-g types).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+
+import pytest
+
+from ansible_collections.gpuvirt.host.plugins.module_utils import hoststate, mdev, restore
+from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import read_int, read_text
+from ansible_collections.gpuvirt.host.tests.sim import gvt_g
+from ansible_collections.gpuvirt.host.tests.sim.boot import fake_modprobe, modprobe_calls, reboot
+from ansible_collections.gpuvirt.host.tests.sim.nvidia_vgpu_sim import attach, fake_sriov_manage
+from ansible_collections.gpuvirt.host.tests.unit.plugins.modules.test_vfio_pci import read
+from ansible_collections.gpuvirt.host.tests.unit.plugins.modules.test_virtualization_mode import with_grub
+
+FLEX = "0000:4e:00.0"
+FLEX2 = "0000:8c:00.0"
+MI300X = "0000:06:00.0"
+L40S = "0000:cb:00.0"
+IGPU = "0000:00:02.0"
+GIM_CONF = "etc/modprobe.d/gpuvirt-gim.conf"
+
+
+def edit_grub(root, old, new=""):
+    path = os.path.join(root, "etc/default/grub")
+    with open(path) as handle:
+        text = handle.read()
+    assert old in text
+    with open(path, "w") as handle:
+        handle.write(text.replace(old, new))
+
+
+def device(root, address, name):
+    return read_text(os.path.join(root, "sys/bus/pci/devices", address, name))
+
+
+def vfs_of(root, pf):
+    base = os.path.join(root, "sys/bus/pci/devices", pf)
+    links = [os.path.join(base, name) for name in os.listdir(base) if name.startswith("virtfn")]
+    return sorted(os.path.basename(os.readlink(link)) for link in links)
+
+
+@pytest.fixture
+def module(run_module):
+    """``module(name, root, check_mode=False, **args)`` with the kernel's SR-IOV core, mdev core and
+    NVIDIA's driver reacting to its writes."""
+
+    def run(name, root, check_mode=False, **args):
+        sim = attach(root)[0]
+        with sim.active():
+            return run_module(name, dict(args, root=root), check_mode=check_mode)
+
+    return run
+
+
+def run_restore(root, path_dirs=(), monkeypatch=None):
+    """The boot-time restore against the tree, as the unit runs it (tools found on PATH)."""
+    if path_dirs:
+        monkeypatch.setenv("PATH", os.pathsep.join(list(path_dirs) + [os.environ["PATH"]]))
+    sim = attach(root)[0]
+    with sim.active():
+        status = restore.Restore(root=root, out=io.StringIO(), timeout=0.5, interval=0.01, attempts=2).run()
+    return status, [(r["step"], r["item"], r["ok"], r["message"]) for r in status["results"]]
+
+
+def twice_changes_nothing(module, name, root, **args):
+    again = module(name, root, **args)
+    assert again["rc"] == 0 and again["changed"] is False, again
+    return again
+
+
+# -- Intel SR-IOV (Data Center GPU Flex) ------------------------------------------------------------
+
+
+def flex_host(make_host, driver):
+    """The Flex host as its PF driver shows it before PF mode: max_vfs 0, so sriov_totalvfs reads 0."""
+    native = {"total_vfs": 0, "num_vfs": 0, "offset": 1, "stride": 1}
+    kernel = {"parameters": {driver: {"max_vfs": "0"}}}
+    if driver == "xe":
+        kernel["modules"] = ["kvm_intel", "kvm", "xe", "vfio_pci", "vfio_pci_core", "vfio", "vfio_iommu_type1",
+                             "ice", "nvme", "ast"]
+    patch = {FLEX: {"sriov": native, "driver": driver}, FLEX2: {"sriov": native, "driver": driver}}
+    return with_grub(make_host("intel_flex_sriov", patch_devices=patch, kernel=kernel))
+
+
+@pytest.mark.parametrize("driver", ["i915", "xe"])
+def test_intel_sriov_spec_enabled_carved_restored(make_host, module, monkeypatch, driver):
+    root = flex_host(make_host, driver)
+    spec = {"selector": FLEX, "mode": "sriov", "max_vfs": 7}
+
+    predicted = module("virtualization_mode", root, check_mode=True, **spec)
+    assert predicted["rc"] == 0 and predicted["changed"] is True, predicted
+    enabled = module("virtualization_mode", root, **spec)
+    assert enabled["rc"] == 0 and enabled["reboot_required"] is True, enabled
+    assert [enabled[k] for k in ("changed", "files_changed")] == [predicted[k] for k in ("changed", "files_changed")]
+    expected = ["%s.max_vfs=7" % driver] + (["i915.enable_guc=3"] if driver == "i915" else [])
+    assert enabled["kernel_arguments"] == expected and all(a in read(root, "etc/default/grub") for a in expected)
+    twice_changes_nothing(module, "virtualization_mode", root, **spec)
+    # Not in PF mode yet: the VFs cannot be carved before the reboot, and nothing is written.
+    early = module("sriov", root, devices=[{"selector": FLEX, "num_vfs": 4}])
+    assert early["rc"] == 1 and "no SR-IOV capability" in early["msg"] and device(root, FLEX, "sriov_numvfs") == "0"
+
+    assert reboot(root)[driver] == {FLEX: 7, FLEX2: 7}  # max_vfs is the driver's: both GPUs offer 7 VFs
+    after = module("virtualization_mode", root, **spec)
+    assert after["rc"] == 0 and after["changed"] is False and after["reboot_required"] is False, after
+    assert after["verification"]["missing"] == ["VFs enabled (sriov_numvfs, gpuvirt.host.sriov) and handed to vfio-pci"]
+
+    carve = {"devices": [{"selector": FLEX, "num_vfs": 4, "drivers_autoprobe": False}]}
+    predicted = module("sriov", root, check_mode=True, **carve)
+    carved = module("sriov", root, **carve)
+    assert carved["rc"] == 0 and carved["changed"] is True and predicted["changed"] is True, carved
+    assert carved["devices"][0]["after"] == predicted["devices"][0]["after"]
+    vfs = vfs_of(root, FLEX)
+    assert len(vfs) == 4 and not any(os.path.lexists(os.path.join(root, "sys/bus/pci/devices", vf, "driver"))
+                                     for vf in vfs)  # the host driver does not probe them
+    twice_changes_nothing(module, "sriov", root, **carve)
+    assert module("virtualization_mode", root, **spec)["verification"]["ready"] is True
+    assert hoststate.load_state(root)["sriov"] == {FLEX: {"num_vfs": 4, "drivers_autoprobe": False}}
+
+    reboot(root, uptime=33.0)
+    assert vfs_of(root, FLEX) == [] and device(root, FLEX, "sriov_totalvfs") == "7"
+    status, results = run_restore(root)
+    assert status["ok"] is True, results
+    assert [(step, item) for step, item, _ok, _m in results] == [
+        ("driver", FLEX), ("intel_sriov", FLEX), ("sriov", FLEX)]
+    assert results[1][3] == "%s in SR-IOV PF mode: max_vfs 7, sriov_totalvfs 7" % driver
+    assert vfs_of(root, FLEX) == vfs and device(root, FLEX, "sriov_drivers_autoprobe") == "0"
+    twice_changes_nothing(module, "sriov", root, **carve)
+
+    # The argument lost from the boot configuration: the driver comes up native and the restore says why.
+    edit_grub(root, "%s.max_vfs=7" % driver)
+    reboot(root)
+    assert device(root, FLEX, "sriov_totalvfs") == "0"
+    status, results = run_restore(root)
+    assert status["ok"] is False
+    failed = {step: message for step, _item, ok, message in results if not ok}
+    assert set(failed) == {"intel_sriov", "sriov"}
+    assert "%s.max_vfs is 0 in this boot; put %s.max_vfs=<N> back" % (driver, driver) in failed["intel_sriov"]
+    assert vfs_of(root, FLEX) == []
+
+
+def test_intel_sriov_restore_says_why_pf_mode_did_not_come(make_host, module):
+    root = flex_host(make_host, "i915")
+    assert module("virtualization_mode", root, selector=FLEX, mode="sriov", max_vfs=2)["rc"] == 0
+    edit_grub(root, "i915.enable_guc=3", "i915.enable_guc=0")  # no GuC submission: i915 continues as native
+    reboot(root)
+    assert device(root, FLEX, "sriov_totalvfs") == "0"
+    state = hoststate.empty_state()
+    state["sriov"] = {FLEX: {"num_vfs": 2}}
+    status = restore.Restore(root=root, out=io.StringIO(), timeout=0.2, interval=0.01, attempts=1, state=state).run()
+    message = next(r["message"] for r in status["results"] if r["step"] == "intel_sriov")
+    assert "i915 with max_vfs 2 stayed out of PF mode (sriov_totalvfs 0)" in message
+    assert "GuC submission off: i915.enable_guc=3" in message
+
+
+# -- AMD MxGPU (Instinct MI300X under GIM) ----------------------------------------------------------
+
+
+def test_mxgpu_spec_enabled_carved_restored(make_host, module):
+    root = make_host("amd_mxgpu")
+    spec = {"selector": MI300X, "mode": "mxgpu", "max_vfs": 4}
+    carve = {"devices": [{"selector": MI300X, "num_vfs": 4}]}
+
+    predicted = module("virtualization_mode", root, check_mode=True, **spec)
+    enabled = module("virtualization_mode", root, **spec)
+    assert enabled["rc"] == 0 and enabled["changed"] is True and predicted["changed"] is True, enabled
+    assert enabled["files_changed"] == predicted["files_changed"] and enabled["reboot_required"] is True
+    assert read(root, GIM_CONF).endswith("options gim vf_num=4\n")
+    twice_changes_nothing(module, "virtualization_mode", root, **spec)
+    # GIM sets the count when it loads: the sriov module refuses to write it, in check mode as well.
+    for check_mode in (True, False):
+        refused = module("sriov", root, check_mode=check_mode, **carve)
+        assert refused["rc"] == 1 and "has 1 VFs, not 4: gim enables the VFs itself" in refused["msg"], refused
+    assert len(vfs_of(root, MI300X)) == 1 and not os.path.exists(hoststate.state_path(root))
+
+    assert reboot(root)["gim"] == {MI300X: 4}
+    after = module("virtualization_mode", root, **spec)
+    assert after["changed"] is False and after["reboot_required"] is False and after["verification"]["ready"] is True
+    carved = module("sriov", root, **carve)
+    assert carved["rc"] == 0 and carved["devices"][0]["changed"] is False and carved["state_file"]["changed"] is True
+    twice_changes_nothing(module, "sriov", root, **carve)
+    vfs = vfs_of(root, MI300X)
+    assert len(vfs) == 4 and device(root, vfs[0], "device") == "0x74b5"
+
+    reboot(root, uptime=41.0)
+    status, results = run_restore(root)
+    assert status["ok"] is True, results
+    assert results == [
+        ("driver", MI300X, True, "present, driver gim"),
+        ("mxgpu", MI300X, True, "gim enabled 4 VFs (vf_num 4)"),
+        ("sriov", MI300X, True, "num_vfs 4 already"),
+    ]
+    assert vfs_of(root, MI300X) == vfs
+
+    # vf_num lost: GIM comes up with its default; the restore says so and writes nothing.
+    os.unlink(os.path.join(root, GIM_CONF))
+    reboot(root)
+    status, results = run_restore(root)
+    failed = {step: message for step, _item, ok, message in results if not ok}
+    assert set(failed) == {"mxgpu", "sriov"}
+    assert "gim enabled 1 VFs on %s (its vf_num is not set), 4 are recorded" % MI300X in failed["mxgpu"]
+    assert "gim enables the VFs itself" in failed["sriov"] and len(vfs_of(root, MI300X)) == 1
+
+
+def test_mxgpu_restore_names_amdgpu_when_gim_lost_the_gpu(make_host):
+    root = make_host("amd_mxgpu_no_driver")
+    state = hoststate.empty_state()
+    state["sriov"] = {MI300X: {"num_vfs": 4}}
+    status = restore.Restore(root=root, out=io.StringIO(), timeout=0.2, interval=0.01, attempts=1, state=state).run()
+    message = next(r["message"] for r in status["results"] if r["step"] == "mxgpu")
+    assert "driven by amdgpu, not AMD's GIM host driver" in message and "blacklist amdgpu" in message
+
+
+# -- NVIDIA vGPU (L40S, per-VF interface) ------------------------------------------------------------
+
+
+def test_nvidia_vgpu_spec_enabled_carved_restored(make_host, module, monkeypatch, tmp_path):
+    root = make_host("l40s_vgpu", patch_devices={"cb:00.4": {"nvidia_vgpu": {"creatable": {}, "current": 0}}})
+    bin_dir = str(tmp_path / "bin")
+    command = fake_sriov_manage(bin_dir, root)
+    spec = {"selector": "L40S", "mode": "vgpu"}
+    carve = {"gpus": [{"selector": "L40S", "profiles": [{"profile": "L40S-8Q", "count": 3}]}], "sriov_manage": command}
+
+    refused = module("virtualization_mode", root, **spec)
+    assert refused["rc"] == 1 and "nvidia-vgpu-mgr is not running" in refused["msg"]
+    reboot(root)  # the vGPU manager starts with the driver; SR-IOV stays off until sriov-manage
+    assert vfs_of(root, L40S) == []
+    enabled = module("virtualization_mode", root, **spec)
+    assert enabled["rc"] == 0 and enabled["changed"] is False and enabled["reboot_required"] is False, enabled
+    assert enabled["verification"]["missing"] == ["its VFs (sriov-manage -e, as gpuvirt.host.nvidia_vgpu runs it)"]
+
+    carved = module("nvidia_vgpu", root, **carve)
+    assert carved["rc"] == 0 and carved["changed"] is True, carved
+    types = {vf: read_int(os.path.join(root, "sys/bus/pci/devices", vf, "nvidia/current_vgpu_type"))
+             for vf in vfs_of(root, L40S)}
+    assigned = {vf: t for vf, t in types.items() if t}
+    assert sorted(assigned.values()) == [1041, 1041, 1041]
+    twice_changes_nothing(module, "nvidia_vgpu", root, **carve)
+    assert module("virtualization_mode", root, **spec)["verification"]["ready"] is True
+    state = hoststate.load_state(root)
+    assert state["sriov"][L40S]["method"] == "sriov_manage" and set(state["nvidia_vgpu"]) == set(assigned)
+
+    reboot(root, uptime=52.0)
+    assert vfs_of(root, L40S) == []
+    status, results = run_restore(root, path_dirs=[bin_dir], monkeypatch=monkeypatch)
+    assert status["ok"] is True, results
+    assert [(step, item) for step, item, _ok, _m in results] == [("driver", L40S), ("sriov", L40S)] + [
+        ("nvidia_vgpu", vf) for vf in sorted(assigned)]
+    assert results[1][3] == "num_vfs 32 (was 0, by sriov-manage), read back"
+    assert {vf: read_int(os.path.join(root, "sys/bus/pci/devices", vf, "nvidia/current_vgpu_type"))
+            for vf in assigned} == assigned
+    twice_changes_nothing(module, "nvidia_vgpu", root, **carve)
+
+
+# -- Intel GVT-g: kvmgt before the mdevs -------------------------------------------------------------
+
+
+def gvt_laptop_with_a_vgpu(make_host, module):
+    root = with_grub(make_host("gvtg_laptop"))
+    assert module("virtualization_mode", root, selector=IGPU, mode="gvt-g")["reboot_required"] is True
+    assert gvt_g.boot(root) is True
+    carved = module("mdev", root, host_id="laptop-1",
+                    parents=[{"selector": IGPU, "mdevs": [{"type": "i915-GVTg_V5_4", "count": 1}]}])
+    assert carved["rc"] == 0 and carved["changed"] is True, carved
+    return root, os.listdir(os.path.join(root, "sys/bus/mdev/devices"))[0]
+
+
+def test_gvt_g_restore_loads_kvmgt_when_modules_load_did_not(make_host, module, monkeypatch, tmp_path):
+    root, uuid = gvt_laptop_with_a_vgpu(make_host, module)
+    os.unlink(os.path.join(root, "etc/modules-load.d/gpuvirt-gvt-g.conf"))
+    assert gvt_g.boot(root) is False  # nothing loads kvmgt in the next boot, so the iGPU has no types
+    assert not os.path.exists(os.path.join(root, "sys/module/kvmgt"))
+    bin_dir = str(tmp_path / "bin")
+    fake_modprobe(bin_dir, root)
+    status, results = run_restore(root, path_dirs=[bin_dir], monkeypatch=monkeypatch)
+    assert status["ok"] is True, results
+    assert results == [
+        ("gvt_g", IGPU, True, "i915 with GVT-g on, kvmgt loaded by modprobe, mdev types registered"),
+        ("driver", IGPU, True, "mdev parent registered"),
+        ("mdevs", uuid, True, "created on %s (i915-GVTg_V5_4), read back" % IGPU),
+    ]
+    assert modprobe_calls(root) == [["kvmgt"]] and mdev.read_mdev(root, uuid) == (IGPU, "i915-GVTg_V5_4")
+
+
+def test_gvt_g_restore_says_when_the_kernel_argument_is_gone(make_host, module, monkeypatch, tmp_path):
+    root, uuid = gvt_laptop_with_a_vgpu(make_host, module)
+    edit_grub(root, "i915.enable_gvt=1")
+    assert gvt_g.boot(root) is False
+    bin_dir = str(tmp_path / "bin")
+    fake_modprobe(bin_dir, root)
+    status, results = run_restore(root, path_dirs=[bin_dir], monkeypatch=monkeypatch)
+    assert status["ok"] is False
+    gvt = next(message for step, _item, _ok, message in results if step == "gvt_g")
+    assert "GVT-g is off in this boot (i915's enable_gvt is N): i915.enable_gvt=1 is not on the kernel" in gvt
+    assert modprobe_calls(root) == [] and mdev.read_mdev(root, uuid) is None
