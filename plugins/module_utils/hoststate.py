@@ -32,11 +32,12 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.files import plan_cha
 from ansible_collections.gpuvirt.host.plugins.module_utils.host import inside
 
 STATE_PATH = "etc/gpuvirt/host-state.json"
+VERSION = 1
+
+
 def sections():
     """The state file's sections in restore order: ``sriov``, the vendors' own, ``mdevs``."""
     return ("sriov",) + vendors.state_sections() + ("mdevs",)
-
-VERSION = 1
 
 
 class StateFileError(GpuvirtError):

@@ -152,7 +152,8 @@ def restore_sriov_mode(context, pf, entry):
     except GpuvirtError as error:
         raise VendorRestoreError(
             "%s; %s with max_vfs %s stayed out of PF mode (sriov_totalvfs %s): look in dmesg for 'continuing as "
-            "native' (GuC submission off: i915.enable_guc=3)" % (error, driver, max_vfs, read_int(total_path))
+            "native'%s" % (error, driver, max_vfs, read_int(total_path),
+                           " (GuC submission off: i915.enable_guc=3)" if driver == "i915" else "")
         ) from error
     return "%s in SR-IOV PF mode: max_vfs %s, sriov_totalvfs %d" % (driver, max_vfs, total)
 

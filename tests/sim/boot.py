@@ -122,8 +122,8 @@ def load_module(root, module, words=None, options=None):
         if owner != module:
             continue
         value = parameter_value(root, module, name, words, options)
-        write(root, "sys/module/%s/parameters/%s" % (module, name), _shown(default if value is None else value,
-                                                                         kind) + "\n")
+        shown = _shown(default if value is None else value, kind)
+        write(root, "sys/module/%s/parameters/%s" % (module, name), shown + "\n")
     options = modprobe_options(root) if options is None else options
     for (owner, name), value in options.items():
         if owner == module and (owner, name) not in DEFAULTS:

@@ -119,7 +119,7 @@ def test_intel_sriov_spec_enabled_carved_restored(make_host, module, monkeypatch
     carve = {"devices": [{"selector": FLEX, "num_vfs": 4, "drivers_autoprobe": False}]}
     predicted = module("sriov", root, check_mode=True, **carve)
     carved = module("sriov", root, **carve)
-    assert carved["rc"] == 0 and carved["changed"] is True == predicted["changed"], carved
+    assert carved["rc"] == 0 and carved["changed"] is True and predicted["changed"] is True, carved
     assert carved["devices"][0]["after"] == predicted["devices"][0]["after"]
     vfs = vfs_of(root, FLEX)
     assert len(vfs) == 4 and not any(os.path.lexists(os.path.join(root, "sys/bus/pci/devices", vf, "driver"))
@@ -174,7 +174,7 @@ def test_mxgpu_spec_enabled_carved_restored(make_host, module):
 
     predicted = module("virtualization_mode", root, check_mode=True, **spec)
     enabled = module("virtualization_mode", root, **spec)
-    assert enabled["rc"] == 0 and enabled["changed"] is True == predicted["changed"], enabled
+    assert enabled["rc"] == 0 and enabled["changed"] is True and predicted["changed"] is True, enabled
     assert enabled["files_changed"] == predicted["files_changed"] and enabled["reboot_required"] is True
     assert read(root, GIM_CONF).endswith("options gim vf_num=4\n")
     twice_changes_nothing(module, "virtualization_mode", root, **spec)
