@@ -24,12 +24,7 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.iommu import read_iom
 from ansible_collections.gpuvirt.host.plugins.module_utils.kernel import read_kernel
 from ansible_collections.gpuvirt.host.plugins.module_utils.mdev_info import list_mdev_parents
 from ansible_collections.gpuvirt.host.plugins.module_utils.pci import name_devices, read_pci_devices
-from ansible_collections.gpuvirt.host.plugins.module_utils.selector import (
-    SelectorError,
-    describe,
-    match_selector,
-    parse_selector,
-)
+from ansible_collections.gpuvirt.host.plugins.module_utils.selector import describe, select_devices
 from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import host_path
 from ansible_collections.gpuvirt.host.plugins.module_utils.vendor_plan import EnableError
 
@@ -38,16 +33,9 @@ MODES = vendors.enable_modes()
 
 def read_gpu(root, selector_text):
     """``(device, host facts)`` of the one GPU ``selector_text`` names."""
-    try:
-        selector = parse_selector(selector_text)
-        devices = read_pci_devices(root)
-        name_devices(root, devices)
-        gpus = {a: d for a, d in devices.items() if d.is_gpu and not d.is_vf}
-        matched = match_selector(selector, gpus)
-    except SelectorError as error:
-        raise EnableError(str(error)) from error
-    if not matched:
-        raise EnableError("selector %r matches no GPU (physical function) below %s" % (selector_text, root))
+    devices = read_pci_devices(root)
+    name_devices(root, devices)
+    matched = select_devices(selector_text, devices, "GPU", _gpu_reason)
     if len(matched) > 1:
         raise EnableError(
             "selector %r matches %d GPUs (%s); name one by its PCI address"
@@ -57,6 +45,14 @@ def read_gpu(root, selector_text):
     iommu = read_iommu(root, kernel["cmdline"] or [])
     host = vendors.HostFacts(root, devices, kernel, iommu.enabled, set(list_mdev_parents(root)))
     return devices[matched[0]], host
+
+
+def _gpu_reason(device):
+    if device.is_vf:
+        return "is a virtual function of %s; select its physical function" % device.physfn
+    if not device.is_gpu:
+        return "is not a GPU (PCI class 03)"
+    return None
 
 
 def plan_mode(device, host, mode, options):

@@ -43,7 +43,7 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.errors import Gpuvirt
 from ansible_collections.gpuvirt.host.plugins.module_utils.iommu import users_of, vfio_holders
 from ansible_collections.gpuvirt.host.plugins.module_utils.mdev_info import UUID, MdevType, mdev_parents, mdevs
 from ansible_collections.gpuvirt.host.plugins.module_utils.pci import name_devices, read_pci_devices
-from ansible_collections.gpuvirt.host.plugins.module_utils.selector import SelectorError, match_selector, parse_selector
+from ansible_collections.gpuvirt.host.plugins.module_utils.selector import SelectorError, select_devices
 from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import (
     MDEV_BUS,
     MDEV_DEVICES,
@@ -197,24 +197,23 @@ def resolve_selector(snapshot, selector):
         raise MdevError("an empty selector was given; use a PCI address, a vendor:device ID, a model or a parent name")
     if text in snapshot.parents and normalize_address(text) is None:
         return [Target(label=text, parents=[text])]
+    address = normalize_address(text)
+    if address in snapshot.parents:
+        return [Target(label=address, parents=[address])]
     try:
-        parsed = parse_selector(text)
-        if parsed.kind == "address":
-            if parsed.value in snapshot.parents:
-                return [Target(label=parsed.value, parents=[parsed.value])]
-            if parsed.value not in snapshot.devices:
-                raise MdevError("selector %r: no PCI device %s on this host" % (selector, parsed.value))
-            return [_card_target(snapshot, parsed.value, selector)]
-        cards = match_selector(parsed, {a: d for a, d in snapshot.devices.items() if not d.is_vf})
+        cards = select_devices(text, snapshot.devices, "card", _card_reason)
     except SelectorError as error:
-        raise MdevError(str(error)) from error
-    if not cards:
         known = ", ".join(sorted(p for p in snapshot.parents if normalize_address(p) is None))
-        raise MdevError(
-            "selector %r matches no device: not a PCI address, vendor:device ID, model name or parent name%s"
-            % (selector, (" (virtual parents here: %s)" % known) if known else "")
-        )
+        raise MdevError("%s%s" % (error, ("; virtual parents here: %s" % known) if known else "")) from error
     return [_card_target(snapshot, address, selector) for address in cards]
+
+
+def _card_reason(device):
+    if device.is_vf:
+        return "is a virtual function of %s that offers no mediated device types; select its physical function" % (
+            device.physfn
+        )
+    return None
 
 
 def _card_target(snapshot, address, selector):

@@ -6,8 +6,8 @@ Public API (standard library only, so the boot-time restore can use it without A
 
 - :func:`read_gpu` ``(root, pf, holders=None, mdev_list=None, pci_ids=None) -> Gpu``: the GPU, its framework
   (``per_vf``, ``legacy`` or None), its VFs with their vGPU state and users.
-- :func:`select_gpus` ``(devices, selector) -> list[str]``: the NVIDIA GPUs (physical functions)
-  a selector names: PCI address, ``vendor:device`` or model name from ``pci.ids``.
+- :func:`gpu_reason` ``(device) -> str | None``: why a device cannot be selected as an NVIDIA GPU
+  (for :func:`selector.select_devices`).
 - :func:`profile_key` ``(name) -> str``: ``NVIDIA L40S-1B`` and ``l40s-1b`` -> ``L40S-1B``.
 - :func:`known_types` ``(gpu, cache_entry=None, recorded=None) -> dict``: type id -> name from a
   live read, then from the type cache and the state file (live wins).
@@ -65,7 +65,6 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.iommu import users_of
 from ansible_collections.gpuvirt.host.plugins.module_utils.mdev_info import list_mdev_parents, read_mdev_types
 from ansible_collections.gpuvirt.host.plugins.module_utils.mdev_info import mdevs as list_mdevs
 from ansible_collections.gpuvirt.host.plugins.module_utils.pci import PciIds, is_gpu_class, read_pci_device
-from ansible_collections.gpuvirt.host.plugins.module_utils.selector import SelectorError, match_selector, parse_selector
 from ansible_collections.gpuvirt.host.plugins.module_utils.sriov import (
     enable_vfs_by_tool,
     poll,
@@ -226,38 +225,15 @@ def read_gpu(root, pf, holders=None, mdev_list=None, pci_ids=None):
     return gpu
 
 
-def select_gpus(devices, selector):
-    """The NVIDIA GPUs (physical functions) ``selector`` names, in address order.
-
-    ``devices``: ``{address: PciDevice}`` with names from ``pci.ids`` for model names
-    (:mod:`selector`).
-    """
-    gpus = {
-        a: d for a, d in devices.items() if d.vendor_id == NVIDIA and is_gpu_class(d.class_code) and not d.is_vf
-    }
-    try:
-        parsed = parse_selector(selector)
-        hits = match_selector(parsed, devices if parsed.kind == "address" else gpus)
-    except SelectorError as error:
-        raise VgpuError(str(error)) from error
-    if parsed.kind == "address":
-        address = parsed.value
-        if not hits:
-            raise VgpuError("selector %r: no PCI device %s on this host" % (selector, address))
-        device = devices[address]
-        if device.is_vf:
-            raise VgpuError(
-                "selector %r: %s is a virtual function of %s; select the GPU (its physical function), and "
-                "the VF in vfs[]" % (selector, address, device.physfn)
-            )
-        if address not in gpus:
-            raise VgpuError("selector %r: %s (%s) is not an NVIDIA GPU" % (selector, address, device.name))
-    if not hits:
-        known = sorted("%s (%s)" % (d.address, d.device_name or "10de:%s" % d.device_id) for d in gpus.values())
-        raise VgpuError(
-            "selector %r matches no NVIDIA GPU; NVIDIA GPUs on this host: %s" % (selector, ", ".join(known) or "none")
+def gpu_reason(device):
+    """Why ``device`` cannot be selected as an NVIDIA GPU; None when it can."""
+    if device.is_vf:
+        return "is a virtual function of %s; select the GPU (its physical function), and the VF in vfs[]" % (
+            device.physfn
         )
-    return hits
+    if device.vendor_id != NVIDIA or not is_gpu_class(device.class_code):
+        return "is not an NVIDIA GPU"
+    return None
 
 
 def wait_for_vf_interfaces(root, pf, retries=10, delay=1.0, sleep=time.sleep):

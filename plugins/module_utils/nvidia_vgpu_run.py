@@ -24,6 +24,7 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.nvidia_vgpu import (
     cache_key,
     cache_path,
     enable_vfs_with_sriov_manage,
+    gpu_reason,
     known_types,
     legacy_mdev_parents,
     load_cache,
@@ -32,10 +33,10 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.nvidia_vgpu import (
     plan_per_vf,
     predicted_gpu,
     read_gpu,
-    select_gpus,
     wait_for_vf_interfaces,
 )
 from ansible_collections.gpuvirt.host.plugins.module_utils.pci import name_devices, read_pci_devices
+from ansible_collections.gpuvirt.host.plugins.module_utils.selector import select_devices
 from ansible_collections.gpuvirt.host.plugins.module_utils.sriov import SriovError, state_entry
 from ansible_collections.gpuvirt.host.plugins.module_utils.topology import NotALinuxTree, check_root
 
@@ -67,8 +68,7 @@ class NvidiaVgpuRun(ModuleRun):
         self.afters = []
 
     def plan(self):
-        rules.integer(self.retries, "retries", 0, rules.RETRIES_MAX)
-        rules.number(self.delay, "delay", minimum_allowed=True, maximum=rules.WAIT_MAX)
+        self.retries, self.delay = rules.waits(self.params)
         try:
             check_root(self.root)
             self.state = load_state(self.root)
@@ -114,7 +114,7 @@ class NvidiaVgpuRun(ModuleRun):
         works = []
         for declaration in self.params["gpus"]:
             try:
-                addresses = select_gpus(devices, declaration["selector"])
+                addresses = select_devices(declaration["selector"], devices, "NVIDIA GPU", gpu_reason)
                 for pf in addresses:
                     if pf in owner:
                         raise VgpuError(

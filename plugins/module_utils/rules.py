@@ -239,6 +239,14 @@ def integer(value, option, minimum, maximum, error=InputError):
     return value
 
 
+def waits(params):
+    """A module's ``retries`` and ``delay`` options, checked; returns ``(retries, delay)``."""
+    return (
+        integer(params["retries"], "retries", 0, RETRIES_MAX),
+        number(params["delay"], "delay", minimum_allowed=True, maximum=WAIT_MAX),
+    )
+
+
 def count(value, capacity, option, what, error=InputError):
     """``value`` as a whole number from 0 to ``capacity`` (what the device can hold), checked before
     anything is allocated for it; returns it."""

@@ -11,6 +11,11 @@ Public API:
 - :func:`match_selector` ``(selector, devices) -> list[str]``: the addresses, in address order, of
   the devices (``{address: PciDevice}``, named from ``pci.ids``) that the selector names; raises
   :class:`SelectorError` when a name fits two different models.
+- :func:`select_devices` ``(text, devices, what, reason=None) -> list[str]``: the one selector
+  wrapper every module uses: the addresses a selector names among the devices it may name here
+  (``reason(device)`` says why a device may not be named, None when it may), with the errors worded
+  once: no such address, an address naming a device that may not be named (and why), a name or ID
+  matching nothing it may name (listing what it may name), a name matching two models.
 - :func:`describe` ``(device) -> str``: ``0000:01:00.0 [10de:1e04] NVIDIA Corporation TU102 ...``
   for a :class:`pci.PciDevice` or its record.
 
@@ -33,6 +38,7 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import normaliz
 _ID = re.compile(r"(?:0x)?([0-9a-fA-F]{4}):(?:0x)?([0-9a-fA-F]{4})\Z")
 _INDEX = re.compile(r"[0-9]+\Z")
 _BRACKETED = re.compile(r"\[([^\]]+)\]")
+LISTED = 20  # devices named in one message at most
 
 
 class SelectorError(GpuvirtError, ValueError):
@@ -80,6 +86,52 @@ def match_selector(selector, devices):
             "or the PCI address" % (selector.text, len(models), ", ".join(describe(devices[a]) for a in matches))
         )
     return matches
+
+
+def select_devices(text, devices, what, reason=None):
+    """The addresses of the devices ``text`` names, in address order; raises :class:`SelectorError`.
+
+    ``devices``: every device of the host (``{address: PciDevice}``, named from ``pci.ids``).
+    ``what``: the noun for the devices the caller takes (``"SR-IOV physical function"``).
+    ``reason(device)``: why ``device`` may not be named here (``"is a virtual function of ..."``), or
+    None when it may; without it every device may be named.
+    """
+    selector = parse_selector(text)
+    reason = reason or (lambda _device: None)
+    eligible = {a: d for a, d in devices.items() if reason(d) is None}
+    if selector.kind == "address":
+        device = devices.get(selector.value)
+        if device is None:
+            raise SelectorError(
+                "selector %r: no PCI device %s on this host; list the host's devices with "
+                "gpuvirt.host.topology_info" % (text, selector.value)
+            )
+        if selector.value not in eligible:
+            raise SelectorError("selector %r: %s %s" % (text, describe(device), reason(device)))
+        return [selector.value]
+    hits = match_selector(selector, eligible)
+    if hits:
+        return hits
+    others = match_selector(selector, devices)
+    if others:
+        why = ["%s, which %s" % (address, reason(devices[address])) for address in others]
+        raise SelectorError("selector %r matches %s" % (text, _listing(why, "; ")))
+    hint = ""
+    if selector.kind == "name" and not any(d.device_name for d in devices.values()):
+        hint = " (this host has no pci.ids database, so devices have no names; select by address or vendor:device)"
+    known = _listing([describe(eligible[a]) for a in sorted(eligible)], ", ") or "none"
+    raise SelectorError(
+        "selector %r matches no %s on this host (not a PCI address, vendor:device ID or model name of one)%s; "
+        "the %ss here: %s" % (text, what, hint, what, known)
+    )
+
+
+def _listing(items, separator, limit=LISTED):
+    """``items`` joined, the first ``limit`` only, then how many more (messages stay readable)."""
+    text = separator.join(items[:limit])
+    if len(items) > limit:
+        text += " and %d more" % (len(items) - limit)
+    return text
 
 
 def describe(device):

@@ -14,8 +14,8 @@ Public API (standard library only, so the boot-time restore can use it without A
   VF is in use (a process holds its VFIO group or cdev, an mdev exists on it, its vendor's interface
   uses it: :func:`vendors.in_use_reasons`); VFs not in use are left out.
 - :func:`vfs_in_use` ``(root, pf) -> dict[str, list[str]]``: the same for every VF of ``pf``.
-- :func:`select_pfs` ``(devices, selector) -> list[str]``: the SR-IOV physical functions a
-  selector (PCI address, ``vendor:device``, model name from ``pci.ids``) names; raises SriovError.
+- :func:`pf_reason` ``(device) -> str | None``: why a device cannot be selected as an SR-IOV
+  physical function (for :func:`selector.select_devices`).
 - :func:`set_num_vfs` ``(root, pf, num_vfs, retries=10, delay=0.5) -> bool``: 0 first, then N;
   reads ``sriov_numvfs`` and the ``virtfnN`` links back; tries to restore the old count when N fails.
   A physical function whose driver sets the count itself (:func:`vendors.vf_count_set_by`) is refused
@@ -51,7 +51,6 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.errors import Gpuvirt
 from ansible_collections.gpuvirt.host.plugins.module_utils.iommu import users_of, vfio_holders
 from ansible_collections.gpuvirt.host.plugins.module_utils.mdev_info import mdevs as list_mdevs
 from ansible_collections.gpuvirt.host.plugins.module_utils.pci import read_pci_device
-from ansible_collections.gpuvirt.host.plugins.module_utils.selector import SelectorError, match_selector, parse_selector
 from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import PCI_DEVICES, host_path, normalize_address
 
 METHODS = ("sysfs",) + vendors.vf_tool_methods()
@@ -154,57 +153,16 @@ def vfs_in_use(root, pf):
     return vf_users(root, info["vfs"])
 
 
-def select_pfs(devices, selector):
-    """The addresses of the SR-IOV physical functions ``selector`` names, in address order.
-
-    ``devices`` maps addresses to :class:`pci.PciDevice` (with names from ``pci.ids`` for model
-    selectors). A selector is a PCI address (4- or 8-digit domain or short form), a
-    ``vendor:device`` pair, or a model name (:mod:`selector`: ``L40S``, ``A100``); a model name
-    matching two different models fails.
-    """
-    try:
-        parsed = parse_selector(selector)
-        if parsed.kind == "address":
-            return [_physical_function(devices, parsed, selector)]
-        hits = match_selector(parsed, {a: d for a, d in devices.items() if not d.is_vf})
-    except SelectorError as error:
-        raise SriovError(str(error)) from error
-    capable = [address for address in hits if _capable(devices[address])]
-    if capable:
-        return capable
-    if hits:
-        raise SriovError("selector %r matches %s, which has no SR-IOV capability" % (selector, ", ".join(hits)))
-    known = sorted(
-        "%s (%s)" % (d.address, d.device_name or "%s:%s" % (d.vendor_id, d.device_id))
-        for d in devices.values()
-        if not d.is_vf and _capable(d)
-    )
-    raise SriovError(
-        "selector %r matches no device (not a PCI address, vendor:device ID or pci.ids model name here); "
-        "SR-IOV physical functions on this host: %s" % (selector, ", ".join(known) or "none")
-    )
-
-
-def _capable(device):
-    return device.sriov is not None and bool(device.sriov.total_vfs)
-
-
-def _physical_function(devices, parsed, selector):
-    address = parsed.value
-    device = devices.get(address)
-    if device is None:
-        raise SriovError("selector %r: no PCI device %s on this host" % (selector, address))
+def pf_reason(device):
+    """Why ``device`` cannot be selected as an SR-IOV physical function; None when it can."""
     if device.is_vf:
-        raise SriovError(
-            "selector %r: %s is a virtual function of %s; select its physical function"
-            % (selector, address, device.physfn)
+        return "is a virtual function of %s; select its physical function" % device.physfn
+    if device.sriov is None or not device.sriov.total_vfs:
+        return (
+            "has no SR-IOV capability (no sriov_totalvfs); its driver may not support SR-IOV, or SR-IOV is "
+            "disabled in the firmware setup"
         )
-    if not _capable(device):
-        raise SriovError(
-            "selector %r: %s (%s) has no SR-IOV capability (no sriov_totalvfs); its driver may not "
-            "support SR-IOV, or SR-IOV is disabled in the firmware setup" % (selector, address, device.name)
-        )
-    return address
+    return None
 
 
 def poll(read, accept, retries, delay, sleep=time.sleep):

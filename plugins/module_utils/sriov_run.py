@@ -20,10 +20,11 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.iommu import vfio_hol
 from ansible_collections.gpuvirt.host.plugins.module_utils.mdev_info import mdevs
 from ansible_collections.gpuvirt.host.plugins.module_utils.modrun import ModuleRun
 from ansible_collections.gpuvirt.host.plugins.module_utils.pci import name_devices, read_pci_devices
+from ansible_collections.gpuvirt.host.plugins.module_utils.selector import select_devices
 from ansible_collections.gpuvirt.host.plugins.module_utils.sriov import (
     SriovError,
+    pf_reason,
     read_sriov,
-    select_pfs,
     set_drivers_autoprobe,
     set_num_vfs,
     state_entry,
@@ -47,8 +48,7 @@ class SriovRun(ModuleRun):
         self.done = []
 
     def plan(self):
-        rules.integer(self.retries, "retries", 0, rules.RETRIES_MAX)
-        rules.number(self.delay, "delay", minimum_allowed=True, maximum=rules.WAIT_MAX)
+        self.retries, self.delay = rules.waits(self.params)
         try:
             check_root(self.root)
             state = load_state(self.root)
@@ -105,10 +105,7 @@ class SriovRun(ModuleRun):
         for declaration in declarations:
             if declaration["num_vfs"] is None and declaration["drivers_autoprobe"] is None:
                 self.fail("selector %r: give num_vfs, drivers_autoprobe or both" % declaration["selector"])
-            try:
-                addresses = select_pfs(devices, declaration["selector"])
-            except SriovError as error:
-                self.fail(str(error))
+            addresses = select_devices(declaration["selector"], devices, "SR-IOV physical function", pf_reason)
             for pf in addresses:
                 if pf in owner:
                     self.fail(

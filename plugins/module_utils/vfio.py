@@ -6,9 +6,8 @@ binding and persistence.
 Public API (readers take the host ``root``; the module's run is :class:`vfio_run.VfioPciRun`, its
 boot-time planning :class:`vfio_boot.BootConfigPlanner`):
 
-- :func:`parse_selector` ``(text) -> Selector`` and :func:`resolve_selectors`
-  ``(selectors, devices) -> {address: [selector, ...]}``: a PCI address (short, 4- or 8-digit
-  domain), ``vendor:device``, or a model name; never an index.
+- :func:`resolve_selectors` ``(selectors, devices) -> {address: [selector, ...]}``: a PCI address
+  (short, 4- or 8-digit domain), ``vendor:device``, or a model name; never an index.
 - :func:`read_driver`, :func:`read_override`, :func:`bind_device`, :func:`release_device`: the
   kernel's ``driver_override`` / ``unbind`` / ``drivers_probe`` protocol, read back every time,
   for vfio-pci and the variant VFIO drivers.
@@ -58,9 +57,8 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.pci import (
 from ansible_collections.gpuvirt.host.plugins.module_utils.selector import (
     SelectorError,
     describe,
-    match_selector,
+    select_devices,
 )
-from ansible_collections.gpuvirt.host.plugins.module_utils.selector import parse_selector as parse_device_selector
 from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import (
     PCI_DEVICES,
     PCI_DRIVERS,
@@ -102,59 +100,28 @@ class VfioError(GpuvirtError):
 # ------------------------------------------------------------------------------------ selectors
 
 
-def parse_selector(text):
-    """Classify a selector (:func:`selector.parse_selector`); raise :class:`VfioError` for an empty
-    one or an index."""
-    try:
-        return parse_device_selector(text)
-    except SelectorError as error:
-        raise VfioError(str(error)) from error
-
-
 def resolve_selectors(selectors, devices):
     """Map selectors to PCI addresses.
 
     ``devices``: ``{address: PciDevice}`` named from ``pci.ids``. Returns ``{address: [selector
-    text, ...]}`` in address order. Every selector must match: an address that does not exist, an
-    ID that matches nothing, or a name that matches nothing or two different models raises
-    :class:`VfioError` listing every bad selector at once.
+    text, ...]}`` in address order. Every selector must match (:func:`selector.select_devices`);
+    :class:`VfioError` lists every bad selector at once.
     """
     chosen = {}
     problems = []
     for text in selectors:
         try:
-            selector = parse_selector(text)
-            matches = _match(selector, devices)
-        except VfioError as error:
+            matches = select_devices(text, devices, "PCI device")
+        except SelectorError as error:
             problems.append(str(error))
             continue
         for address in matches:
             chosen.setdefault(address, [])
-            if selector.text not in chosen[address]:
-                chosen[address].append(selector.text)
+            if text not in chosen[address]:
+                chosen[address].append(text)
     if problems:
         raise VfioError("; ".join(problems) + "; nothing was changed")
     return {address: chosen[address] for address in sorted(chosen)}
-
-
-def _match(selector, devices):
-    try:
-        matches = match_selector(selector, devices)
-    except SelectorError as error:
-        raise VfioError(str(error)) from error
-    if matches:
-        return matches
-    if selector.kind == "address":
-        raise VfioError(
-            "no PCI device at %s (selector %r); list the host's devices with gpuvirt.host.topology_info"
-            % (selector.value, selector.text)
-        )
-    if selector.kind == "id":
-        raise VfioError("no PCI device has the ID %s (selector %r)" % (selector.value, selector.text))
-    hint = "" if any(d.device_name for d in devices.values()) else (
-        " (this host has no pci.ids database, so devices have no names; select by address or vendor:device)"
-    )
-    raise VfioError("no PCI device is named like %r%s" % (selector.text, hint))
 
 
 # ------------------------------------------------------------------------------ runtime binding

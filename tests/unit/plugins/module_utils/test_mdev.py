@@ -100,8 +100,8 @@ def test_selectors_virtual_address_id_model(make_host):
     "selector, message",
     [
         ("0000:99:00.0", "no PCI device 0000:99:00.0"),
-        ("ffff:ffff", "matches no device"),
-        ("Radeon", "matches no device"),
+        ("ffff:ffff", "matches no card on this host"),
+        ("Radeon", "matches no card on this host"),
         ("", "empty selector"),
         ("0000:04:00.0", "offers no mediated device types"),
     ],

@@ -9,6 +9,7 @@ import pytest
 
 from ansible_collections.gpuvirt.host.plugins.module_utils import nvidia_vgpu as nv
 from ansible_collections.gpuvirt.host.plugins.module_utils import sriov
+from ansible_collections.gpuvirt.host.plugins.module_utils.selector import SelectorError, select_devices
 from ansible_collections.gpuvirt.host.tests.sim.nvidia_vgpu_sim import attach
 from ansible_collections.gpuvirt.host.tests.sim.sriov_hosts import devices_of, hold_group
 
@@ -74,9 +75,14 @@ def test_read_gpu_of_something_else_fails(l40s):
         nv.read_gpu(l40s, "0000:99:00.0")
 
 
+def select_gpus(devices, text):
+    """What the nvidia_vgpu module selects: NVIDIA GPUs (selector.select_devices)."""
+    return select_devices(text, devices, "NVIDIA GPU", nv.gpu_reason)
+
+
 @pytest.mark.parametrize("selector", ["cb:00.0", "0000:cb:00.0", "10de:26b9", "l40s", "AD102GL"])
 def test_select_gpus(l40s, selector):
-    assert nv.select_gpus(devices_of(l40s), selector) == [L40S]
+    assert select_gpus(devices_of(l40s), selector) == [L40S]
 
 
 @pytest.mark.parametrize(
@@ -84,13 +90,13 @@ def test_select_gpus(l40s, selector):
     [
         ("cb:00.5", "virtual function of 0000:cb:00.0"),
         ("02:00.0", "is not an NVIDIA GPU"),
-        ("A100", "NVIDIA GPUs on this host: 0000:cb:00.0 (AD102GL [L40S])"),
+        ("A100", "NVIDIA GPUs here: 0000:cb:00.0 [10de:26b9] NVIDIA Corporation AD102GL [L40S]"),
         ("  ", "empty selector"),
     ],
 )
 def test_select_gpus_explains(l40s, selector, message):
-    with pytest.raises(nv.VgpuError) as error:
-        nv.select_gpus(devices_of(l40s), selector)
+    with pytest.raises(SelectorError) as error:
+        select_gpus(devices_of(l40s), selector)
     assert message in str(error.value)
 
 

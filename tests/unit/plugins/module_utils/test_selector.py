@@ -7,12 +7,14 @@ from __future__ import annotations
 import pytest
 
 from ansible_collections.gpuvirt.host.plugins.module_utils import mdev, nvidia_vgpu, sriov
+from ansible_collections.gpuvirt.host.plugins.module_utils.errors import GpuvirtError
 from ansible_collections.gpuvirt.host.plugins.module_utils.pci import PciDevice, name_devices, read_pci_devices
 from ansible_collections.gpuvirt.host.plugins.module_utils.selector import (
     SelectorError,
     describe,
     match_selector,
     parse_selector,
+    select_devices,
 )
 
 A100_PFS = ["0000:12:00.0", "0000:22:00.0", "0000:32:00.0", "0000:42:00.0"]
@@ -91,9 +93,9 @@ def every_module(root, text):
     name_devices(root, devices)
     snapshot = mdev.read_snapshot(root, host_id="0" * 32)
     resolvers = {
-        "sriov": (lambda: sriov.select_pfs(devices, text), sriov.SriovError),
-        "nvidia_vgpu": (lambda: nvidia_vgpu.select_gpus(devices, text), nvidia_vgpu.VgpuError),
-        "mdev": (lambda: [t.label for t in mdev.resolve_selector(snapshot, text)], mdev.MdevError),
+        "sriov": (lambda: select_devices(text, devices, "PF", sriov.pf_reason), GpuvirtError),
+        "nvidia_vgpu": (lambda: select_devices(text, devices, "GPU", nvidia_vgpu.gpu_reason), GpuvirtError),
+        "mdev": (lambda: [t.label for t in mdev.resolve_selector(snapshot, text)], GpuvirtError),
     }
     results = {}
     for name, (resolve, error_type) in resolvers.items():
@@ -117,3 +119,36 @@ def test_every_module_refuses_an_index_and_an_ambiguous_name(synthetic):
         assert "looks like an index" in message
     for message in every_module(synthetic, "NVIDIA Corporation").values():
         assert "matches 2 different models" in message and "[10de:20b5]" in message and "[10de:26b9]" in message
+
+
+def _named(root):
+    devices = read_pci_devices(root)
+    name_devices(root, devices)
+    return devices
+
+
+def test_select_devices_says_why_an_address_cannot_be_named(make_host):
+    devices = _named(make_host("l40s_vgpu"))
+    with pytest.raises(SelectorError) as error:
+        select_devices("cb:00.5", devices, "NVIDIA GPU", nvidia_vgpu.gpu_reason)
+    assert "selector 'cb:00.5': 0000:cb:00.5 [10de:" in str(error.value)
+    assert "is a virtual function of 0000:cb:00.0" in str(error.value)
+    assert select_devices("cb:00.5", devices, "PCI device") == ["0000:cb:00.5"]  # no reason: anything goes
+
+
+def test_select_devices_names_what_a_name_matched_and_why_it_does_not_count(synthetic):
+    devices = _named(synthetic)
+    with pytest.raises(SelectorError) as error:
+        select_devices("A100", devices, "GPU", lambda device: "is not wanted here")
+    message = str(error.value)
+    assert message.startswith("selector 'A100' matches 0000:12:00.0, which is not wanted here; ")
+    assert message.count("which is not wanted here") == 20 and message.endswith(" and 48 more")  # 4 PFs, 64 VFs
+
+
+def test_select_devices_lists_at_most_twenty_candidates(synthetic):
+    devices = _named(synthetic)
+    with pytest.raises(SelectorError) as error:
+        select_devices("dead:beef", devices, "PCI device")
+    message = str(error.value)
+    assert "matches no PCI device on this host" in message
+    assert message.endswith(" and %d more" % (len(devices) - 20))

@@ -11,6 +11,7 @@ import re
 import pytest
 
 from ansible_collections.gpuvirt.host.plugins.module_utils import vfio
+from ansible_collections.gpuvirt.host.plugins.module_utils.selector import SelectorError, parse_selector
 from ansible_collections.gpuvirt.host.tests.sim.mdev_kernel import KernelSim
 from ansible_collections.gpuvirt.host.tests.sim.pci_kernel import PciKernel
 
@@ -56,19 +57,19 @@ def driver(root, address):
     ],
 )
 def test_selector_kinds(text, kind, value):
-    selector = vfio.parse_selector(text)
+    selector = parse_selector(text)
     assert (selector.kind, selector.value) == (kind, value)
 
 
 @pytest.mark.parametrize("text", ["0", "1", " 3 "])
 def test_an_index_is_refused(text):
-    with pytest.raises(vfio.VfioError, match="looks like an index"):
-        vfio.parse_selector(text)
+    with pytest.raises(SelectorError, match="looks like an index"):
+        parse_selector(text)
 
 
 def test_an_empty_selector_is_refused():
-    with pytest.raises(vfio.VfioError, match="empty"):
-        vfio.parse_selector("  ")
+    with pytest.raises(SelectorError, match="empty"):
+        parse_selector("  ")
 
 
 def host_devices(root):
@@ -127,9 +128,9 @@ def test_bad_selectors_are_all_reported(desktop):
     with pytest.raises(vfio.VfioError) as error:
         vfio.resolve_selectors(["09:00.0", "dead:beef", "Voodoo 5", "1", "01:00.0"], host_devices(desktop))
     message = str(error.value)
-    assert "no PCI device at 0000:09:00.0" in message
-    assert "no PCI device has the ID dead:beef" in message
-    assert "no PCI device is named like 'Voodoo 5'" in message
+    assert "selector '09:00.0': no PCI device 0000:09:00.0 on this host" in message
+    assert "selector 'dead:beef' matches no PCI device on this host" in message
+    assert "selector 'Voodoo 5' matches no PCI device on this host" in message
     assert "looks like an index" in message
     assert message.endswith("nothing was changed")
 

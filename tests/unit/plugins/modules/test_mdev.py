@@ -207,7 +207,7 @@ def test_not_persistent_leaves_records_alone(lab, mdev_module):
     [
         ([{"selector": "mbochs", "mdevs": [{"type": "mbochs-huge", "count": 1}]}], "does not exist on mbochs"),
         ([{"selector": "mbochs", "mdevs": [{"type": "mbochs-small", "uuids": ["1234"]}]}], "not a UUID"),
-        ([{"selector": "nothing-like-this", "mdevs": []}], "matches no device"),
+        ([{"selector": "nothing-like-this", "mdevs": []}], "matches no card on this host"),
         ([{"selector": "mbochs", "mdevs": [{"type": "mbochs-small", "count": -1}]}], "count: -1 is out of range"),
         ([{"selector": "mbochs", "mdevs": [{"type": "mbochs-small", "count": 10**12}]}], "can hold at most 256"),
         ([{"selector": "mbochs", "mdevs": [{"type": "mbochs-small", "count": 1, "uuids": []}]}], "mutually exclusive"),

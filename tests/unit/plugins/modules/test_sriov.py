@@ -167,7 +167,7 @@ def test_recording_an_existing_count(nvme, run):
     [
         ([{"selector": "0000:09:00.0", "num_vfs": 1}], "no PCI device 0000:09:00.0"),
         ([{"selector": "05:00.0", "num_vfs": 1}], "no SR-IOV capability"),
-        ([{"selector": "H100", "num_vfs": 1}], "SR-IOV physical functions on this host: 0000:04:00.0"),
+        ([{"selector": "H100", "num_vfs": 1}], "the SR-IOV physical functions here: 0000:04:00.0"),
         ([{"selector": NVME, "num_vfs": 1}, {"selector": "1b36:0010", "num_vfs": 2}], "selected twice"),
         ([{"selector": NVME}], "give num_vfs, drivers_autoprobe or both"),
         ([{"selector": NVME, "num_vfs": -1}], "must be 0 or more"),

@@ -219,10 +219,10 @@ def test_one_call_handles_many_devices_and_composes_with_earlier_calls(make_host
 @pytest.mark.parametrize(
     "selector, message",
     [
-        ("0000:09:00.0", "no PCI device at 0000:09:00.0"),
-        ("dead:beef", "no PCI device has the ID dead:beef"),
+        ("0000:09:00.0", "no PCI device 0000:09:00.0 on this host"),
+        ("dead:beef", "'dead:beef' matches no PCI device on this host"),
         ("0", "looks like an index"),
-        ("Voodoo", "no PCI device is named like 'Voodoo'"),
+        ("Voodoo", "'Voodoo' matches no PCI device on this host"),
         ("TU102", "matches 4 different models"),
     ],
 )
