@@ -6,7 +6,7 @@ Public API (every reader takes the host ``root``; only :func:`apply` writes or r
 
 - :class:`Argument`, :func:`parse_argument` ``(text) -> Argument``, :func:`same_key`,
   :data:`REPEATABLE_KEYS`: one kernel argument; keys compare with dashes and underscores equal.
-- :func:`validate_arguments` ``(present, absent) -> (list[Argument], list[Argument])``: raises
+- :func:`validate_arguments` ``(present, absent, architecture) -> (list[Argument], list[Argument])``: raises
   :class:`ArgumentError` for bad input.
 - :func:`plan_arguments` ``(current, present, absent, replace_in_place=True) -> ArgumentPlan``:
   the pure list logic (order kept, new arguments appended, one value per key unless repeatable).
@@ -157,8 +157,11 @@ def _checked(text, option):
     return argument
 
 
-def validate_arguments(present, absent):
-    """Check and de-duplicate ``present`` and ``absent``; raise :class:`ArgumentError` on conflicts."""
+def validate_arguments(present, absent, architecture=(None, None)):
+    """Check and de-duplicate ``present`` and ``absent``; raise :class:`ArgumentError` on conflicts.
+
+    ``architecture``: ``(name, source)`` of the host (:func:`architecture.host_architecture`); a
+    present argument its kernel does not have is refused (:func:`rules.architecture_arguments`)."""
     wanted = []
     for text in present or []:
         argument = _checked(text, "present")
@@ -187,6 +190,7 @@ def validate_arguments(present, absent):
                 "key=value already replaces the other values of its key" % (kept.text, gone.text, kept.key)
             )
     rules.boot_arguments([a.text for a in wanted], [a.text for a in unwanted], error=ArgumentError)
+    rules.architecture_arguments([a.text for a in wanted], *architecture, error=ArgumentError)
     return wanted, unwanted
 
 

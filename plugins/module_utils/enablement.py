@@ -10,19 +10,19 @@ work without a reboot. A backend that cannot enable the mode raises :class:`Enab
 reason and what to do; nothing is changed then.
 
 Public API: :data:`MODES`, :class:`EnablePlan`, :class:`EnableError`, :func:`read_gpu`,
-:func:`plan_mode`, :func:`apply_plan`, :func:`verify`.
+:func:`plan_mode`, :class:`ModeRun` (the module's run), :func:`verify`.
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 from ansible_collections.gpuvirt.host.plugins.module_utils import bootloader, vendors
-from ansible_collections.gpuvirt.host.plugins.module_utils.files import apply_change, plan_change
-from ansible_collections.gpuvirt.host.plugins.module_utils.host import is_live_root
 from ansible_collections.gpuvirt.host.plugins.module_utils.iommu import read_iommu
 from ansible_collections.gpuvirt.host.plugins.module_utils.kernel import read_kernel
 from ansible_collections.gpuvirt.host.plugins.module_utils.mdev_info import list_mdev_parents
+from ansible_collections.gpuvirt.host.plugins.module_utils.modrun import ModuleRun
 from ansible_collections.gpuvirt.host.plugins.module_utils.pci import name_devices, read_pci_devices
 from ansible_collections.gpuvirt.host.plugins.module_utils.selector import describe, select_devices
 from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import host_path
@@ -70,39 +70,67 @@ def plan_mode(device, host, mode, options):
     )
 
 
-def apply_plan(module, root, plan, bootloader_name="auto", update=True):
-    """Write what ``plan`` declares (nothing in check mode). Returns the result keys."""
-    changes = [plan_change(root, relative, content) for relative, content in plan.files]
-    changed_files = [change.display_path for change in changes if change.changed]
-    diffs = [change.diff() for change in changes]
-    boot_plan = None
-    if plan.kernel_arguments:
-        wanted, unwanted = bootloader.validate_arguments(list(plan.kernel_arguments), [])
-        boot_plan = bootloader.plan(module, root, bootloader_name, wanted, unwanted, update=update)
-        diffs += [edit.diff() for edit in boot_plan.edits]
-        changed_files += [edit.display_path for edit in boot_plan.edits]
-    if not module.check_mode:
-        for change in changes:
-            apply_change(change)
-        if boot_plan is not None and boot_plan.changed:
-            bootloader.apply(module, boot_plan)
-    running = [need for need, satisfied in plan.running_needs if not satisfied]
-    loaded = []
-    if not running and not module.check_mode and is_live_root(root):
-        for name in plan.load_modules:
-            if not host_module_loaded(root, name):
-                module.run_command(["modprobe", name], check_rc=True)
-                loaded.append(name)
-    return {
-        "changed": bool(changed_files or loaded),
-        "files_changed": changed_files,
-        "kernel_arguments": list(plan.kernel_arguments),
-        "modules_loaded": loaded,
-        "reboot_required": bool(running),
-        "reboot_for": running,
-        "diff": diffs,
-        "notes": list(plan.notes),
-    }
+@dataclass(frozen=True)
+class ModeRunPlan:
+    mode: object  # EnablePlan
+    files: tuple  # files.FileChange
+    boot: object  # bootloader.BootPlan or None
+
+
+class ModeRun(ModuleRun):
+    """The ``virtualization_mode`` module's run (:mod:`modrun`)."""
+
+    def __init__(self, module, host):
+        super().__init__(module, host)
+        self.loaded = []
+
+    def plan(self):
+        params = self.params
+        device, host = read_gpu(self.root, params["selector"])
+        mode = plan_mode(device, host, params["mode"], {"max_vfs": params["max_vfs"]})
+        files = tuple(self.plan_file(relative, content) for relative, content in mode.files)
+        boot = None
+        if mode.kernel_arguments:
+            wanted, unwanted = bootloader.validate_arguments(list(mode.kernel_arguments), [])
+            boot = bootloader.plan(
+                self.module, self.root, params["bootloader"], wanted, unwanted, update=params["update"]
+            )
+        return ModeRunPlan(mode, files, boot)
+
+    def apply(self, plan):
+        for change in plan.files:
+            self.write(change)
+        if plan.boot is not None and plan.boot.changed:
+            bootloader.apply(self.module, plan.boot)
+            self.changes_made = True
+        if not self._running_needs(plan) and self.host.live:
+            for name in plan.mode.load_modules:
+                if not host_module_loaded(self.root, name):
+                    self.command([self.host.which("modprobe") or "modprobe", name], "modprobe %s" % name)
+                    self.loaded.append(name)
+                    self.changes_made = True
+
+    def result(self, plan):
+        edits = plan.boot.edits if plan.boot is not None else []
+        changed_files = [c.display_path for c in plan.files if c.changed] + [e.display_path for e in edits]
+        running = self._running_needs(plan)
+        return {
+            "changed": bool(changed_files or self.loaded),
+            "files_changed": changed_files,
+            "kernel_arguments": list(plan.mode.kernel_arguments),
+            "modules_loaded": list(self.loaded),
+            "reboot_required": bool(running),
+            "reboot_for": running,
+            "diff": [c.diff() for c in plan.files] + [e.diff() for e in edits],
+            "notes": list(plan.mode.notes),
+            "mode": plan.mode.mode,
+            "device": plan.mode.address,
+            "verification": verify(self.root, plan.mode.address, plan.mode.mode),
+        }
+
+    @staticmethod
+    def _running_needs(plan):
+        return [need for need, satisfied in plan.mode.running_needs if not satisfied]
 
 
 def host_module_loaded(root, name):

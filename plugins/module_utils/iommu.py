@@ -271,6 +271,8 @@ def vfio_holders(root, findings=None):
 def users_of(holders, group, *devices):
     """The processes holding ``group`` (``/dev/vfio/<group>``) or the iommufd cdev of any of
     ``devices`` (PCI addresses or mdev UUIDs), as :func:`vfio_holders` keys them."""
+    if not holders:
+        return []
     users = list(holders.get(group, ())) if group is not None else []
     for device in devices:
         users.extend(holders.get(device, ()))

@@ -26,7 +26,6 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import (
     link_name,
     list_dir,
     open_directory,
-    read_attribute,
     read_attribute_at,
 )
 
@@ -72,28 +71,27 @@ def _read_types(root, parent, findings):
     base = host_path(root, MDEV_BUS, parent, "mdev_supported_types")
     directory = open_directory(base)
     if directory is None:
-        return _read_some_types(list_dir(base), lambda relative: read_attribute(base + "/" + relative), parent,
-                                findings)
+        return _read_some_types(list_dir(base), None, base + "/", parent, findings)
     try:
-        return _read_some_types(
-            sorted(os.listdir(directory)), lambda relative: read_attribute_at(directory, relative), parent, findings
-        )
+        return _read_some_types(sorted(os.listdir(directory)), directory, "", parent, findings)
     finally:
         os.close(directory)
 
 
-def _read_some_types(type_ids, read, parent, findings):
+def _read_some_types(type_ids, directory, prefix, parent, findings):
+    """Read each type's files relative to the directory open as ``directory`` (below ``prefix``
+    when None)."""
     device = parent if ":" in parent else None
     types = []
     for type_id in type_ids:
-        prefix = type_id + "/"
+        path = prefix + type_id + "/"
         entry = {"id": type_id}
         for name in ("name", "description", "device_api"):
-            text, problem = read(prefix + name)
+            text, problem = read_attribute_at(directory, path + name)
             if problem is not None and problem is not MISSING and findings is not None:
                 findings.bad_attribute(_type_display(parent, type_id, name), problem, "readable text", device)
             entry[name] = text
-        text, problem = read(prefix + "available_instances")
+        text, problem = read_attribute_at(directory, path + "available_instances")
         if text is not None and _COUNT.match(text):
             entry["available_instances"] = int(text)
         else:

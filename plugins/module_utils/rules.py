@@ -9,6 +9,9 @@ run before anything is read for a change, so a refusal changes nothing.
 - :func:`kernel_argument` ``(text, option)``: one kernel argument as a single word.
 - :func:`boot_arguments` ``(present, absent)``: no removal or emptying of :data:`BOOT_CRITICAL_KEYS`.
 - :func:`command_line_length` ``(arguments, before)``: the whole line fits the kernel's buffer.
+- :func:`architecture_arguments` ``(present, architecture, source)``: no argument that the host's
+  architecture has no kernel parameter for (``intel_iommu=`` on arm64, ``arm-smmu-v3.*`` on x86);
+  :func:`foreign_arguments` lists them without refusing.
 - :func:`unit_value` ``(value, option)``: a value written into a systemd unit.
 - :func:`absolute_path` ``(value, option)``: an absolute path without ``..``.
 - :func:`existing_root` ``(root)``: the host root exists; it is never created.
@@ -31,6 +34,7 @@ import json
 import math
 import os
 import re
+import stat
 
 from ansible_collections.gpuvirt.host.plugins.module_utils import host
 from ansible_collections.gpuvirt.host.plugins.module_utils.errors import GpuvirtError
@@ -137,6 +141,114 @@ def command_line_length(arguments, before=(), where="the kernel command line", e
             "%s would be %d characters long; the kernel reads at most %d and cuts the rest off. Remove "
             "arguments, or give shorter ones" % (where, length, COMMAND_LINE_SIZE)
         )
+
+
+# ------------------------------------------------------------------- kernel arguments per architecture
+
+# Parameters that only some architectures' kernels have (the tags of
+# Documentation/admin-guide/kernel-parameters.txt, and where the drivers build). Another kernel does
+# not know them: a name without a dot reaches init as an environment variable, a module parameter
+# waits for a module that does not exist. iommu.passthrough= and iommu.strict= belong to the IOMMU
+# core ([ARM64,X86]) and are not listed.
+_FAMILIES = {"x86_64": "x86", "i686": "x86", "i586": "x86", "i386": "x86", "aarch64": "arm64",
+             "ppc64le": "power", "ppc64": "power"}
+_FAMILY_NAMES = {"x86": "x86", "arm64": "arm64", "power": "POWER"}
+ARCHITECTURE_PARAMETERS = {
+    "intel_iommu": ("x86",),  # [DMAR] Intel VT-d
+    "amd_iommu": ("x86",),  # [HW,X86-64]
+    "amd_iommu_dump": ("x86",),
+    "amd_iommu_intr": ("x86",),
+    "intremap": ("x86",),  # [X86-64,Intel-IOMMU]
+    "ivrs_ioapic": ("x86",),
+    "ivrs_hpet": ("x86",),
+    "ivrs_acpihid": ("x86",),
+    "iommu": ("x86", "power"),  # [X86]; nobypass [PPC/POWERNV] (checked value by value below)
+}
+# Module parameters (<module>.<name>) of modules only some architectures build.
+ARCHITECTURE_MODULES = {
+    "kvm_intel": ("x86",),
+    "kvm_amd": ("x86",),
+    "arm_smmu_v3": ("arm64",),  # drivers/iommu/arm/arm-smmu-v3: depends on ARM64
+    "arm_smmu": ("arm64",),  # SMMUv1/v2 (also 32-bit Arm, which this collection does not serve)
+    "kvm_arm": ("arm64",),  # kvm-arm.mode= [KVM,ARM]: arm64 only since Linux 5.7
+    "arm64": ("arm64",),  # arm64.nobti, arm64.nomte, ...: CPU feature overrides
+}
+_POWER_IOMMU_VALUES = ("nobypass",)
+_WHAT_INSTEAD = {
+    "arm64": (
+        "an arm64 kernel turns the SMMU on with no argument when the firmware describes it (ACPI IORT or "
+        "the device tree) and the arm-smmu-v3 driver is there; passthrough mode is iommu.passthrough=1 "
+        "(iommu=pt on x86), the invalidation policy iommu.strict=0 or 1, and KVM is set with kvm-arm.mode="
+    ),
+    "x86": (
+        "an x86 kernel turns the IOMMU on with intel_iommu=on (Intel VT-d; AMD-Vi needs no argument), "
+        "takes iommu=pt or iommu.passthrough=1 for passthrough mode, and sets KVM with kvm_intel.* or kvm_amd.*"
+    ),
+    "power": (
+        "a POWER kernel's VFIO uses the sPAPR TCE IOMMU, which no argument turns on; its one IOMMU argument "
+        "is iommu=nobypass (this collection does not configure POWER hosts)"
+    ),
+}
+_ARM64_IOMMU_VALUES = {
+    "pt": "use iommu.passthrough=1",
+    "nopt": "use iommu.passthrough=0",
+    "off": "no argument turns an arm64 SMMU off; iommu.passthrough=1 stops translating the host's own DMA",
+}
+
+
+def architecture_family(architecture):
+    """``x86``, ``arm64`` or ``power`` for an architecture name (``uname -m``), else the name itself."""
+    return _FAMILIES.get(architecture, architecture)
+
+
+def foreign_arguments(arguments, architecture, source=None):
+    """``[(argument, why)]``: the arguments the kernel of ``architecture`` does not have, each with
+    the reason and what to use instead; empty when ``architecture`` is None (unknown).
+
+    ``source``: where the architecture was read, for the reason. Names are matched as the kernel
+    matches them, dashes and underscores alike, and in any case (``INTEL_IOMMU=on`` on arm64 is a
+    mistake too).
+    """
+    if architecture is None:
+        return []
+    family = architecture_family(architecture)
+    this_host = "this host is %s%s" % (architecture, " (from %s)" % source if source else "")
+    instead = _WHAT_INSTEAD.get(family, "remove it")
+    foreign = []
+    for text in arguments:
+        key, has_value, value = text.partition("=")
+        # ivrs_ioapic[32]=00:14.0: the bracket belongs to the value (the older spelling of ivrs_ioapic=32@...)
+        name = key.lower().replace("-", "_").split("[", 1)[0]
+        module = name.split(".", 1)[0] if "." in name else None
+        families = ARCHITECTURE_MODULES.get(module) if module else ARCHITECTURE_PARAMETERS.get(name)
+        if families is None:
+            continue
+        values = value.lower().split(",") if has_value else [""]
+        if family not in families:
+            owners = " and ".join(_FAMILY_NAMES.get(f, f) for f in families)
+            unknown = (
+                "its kernel has no %s module, so the parameter is never used" % module
+                if module
+                else "its kernel does not know it (a name without a dot reaches init as an environment variable)"
+            )
+            advice = [_ARM64_IOMMU_VALUES[v] for v in values if v in _ARM64_IOMMU_VALUES] if (
+                name == "iommu" and family == "arm64") else []
+            foreign.append((text, "%s is a kernel parameter of %s only, and %s: %s. Instead, %s" % (
+                _shown(text), owners, this_host, unknown, "; ".join(advice + [instead]))))
+        elif name == "iommu" and family == "x86" and any(v in _POWER_IOMMU_VALUES for v in values):
+            foreign.append((text, "%s: iommu=nobypass exists only on POWER (PowerNV) kernels, and %s. Instead, %s"
+                            % (_shown(text), this_host, instead)))
+        elif name == "iommu" and family == "power" and any(v not in _POWER_IOMMU_VALUES for v in values):
+            foreign.append((text, "%s: a POWER kernel's iommu= takes only the value nobypass (the others are "
+                                  "x86's), and %s. Instead, %s" % (_shown(text), this_host, instead)))
+    return foreign
+
+
+def architecture_arguments(present, architecture, source=None, error=InputError):
+    """Refuse the first argument of ``present`` that the kernel of ``architecture`` does not have
+    (:func:`foreign_arguments`); nothing is refused when the architecture is unknown (None)."""
+    for _text, why in foreign_arguments(present, architecture, source):
+        raise error("present: %s. Nothing was changed" % why)
 
 
 # ---------------------------------------------------------------------------------- unit values
@@ -323,11 +435,12 @@ def class_code(text):
     return match.group(1).lower(), None
 
 
-def _read_link(link, name, unknown):
+def _read_link(link, name, unknown, directory=None):
     """``(target, its path components, doubt)``: ``(None, None, None)`` when the link is absent,
-    ``(None, None, doubt)`` when it cannot be read."""
+    ``(None, None, doubt)`` when it cannot be read. ``link`` is relative to the directory open as
+    ``directory`` when one is given."""
     try:
-        target = os.readlink(link)
+        target = os.readlink(link, dir_fd=directory)
     except FileNotFoundError:
         return None, None, None
     except OSError as problem:
@@ -335,14 +448,15 @@ def _read_link(link, name, unknown):
     return target, target.rstrip("/").split("/"), None
 
 
-def iommu_group_of(device_dir):
+def iommu_group_of(device_dir, directory=None):
     """``(group number, doubt)`` from a device's ``iommu_group`` link.
 
     No link: ``(None, None)`` (the IOMMU is off). A link that dangles, loops or does not end in
     ``iommu_groups/<number>``: ``(None, doubt)`` -- the group is unknown, never "a group of its own".
+    ``directory``: a descriptor of ``device_dir`` (detection opens each device's directory once).
     """
-    link = os.path.join(device_dir, "iommu_group")
-    target, parts, doubt = _read_link(link, "iommu_group", "the device's IOMMU group is unknown")
+    link = "iommu_group" if directory is not None else os.path.join(device_dir, "iommu_group")
+    target, parts, doubt = _read_link(link, "iommu_group", "the device's IOMMU group is unknown", directory)
     if target is None:
         return None, doubt
     name = parts[-1]
@@ -351,7 +465,11 @@ def iommu_group_of(device_dir):
         return None, "iommu_group links to %s, not to iommu_groups/<number>: the device's IOMMU group is unknown" % (
             _shown(target)
         )
-    if not os.path.isdir(os.path.join(link, "devices")):
+    try:
+        exists = stat.S_ISDIR(os.stat(link + "/devices", dir_fd=directory).st_mode)
+    except (OSError, ValueError):
+        exists = False
+    if not exists:
         return None, (
             "iommu_group links to %s, which does not exist or loops: the device's IOMMU group is unknown"
             % _shown(target)

@@ -32,7 +32,8 @@ from __future__ import annotations
 
 import os
 
-from ansible_collections.gpuvirt.host.plugins.module_utils import vendors
+from ansible_collections.gpuvirt.host.plugins.module_utils import rules, vendors
+from ansible_collections.gpuvirt.host.plugins.module_utils.architecture import architecture_from_iommu
 from ansible_collections.gpuvirt.host.plugins.module_utils.critical import critical_devices
 from ansible_collections.gpuvirt.host.plugins.module_utils.errors import GpuvirtError
 from ansible_collections.gpuvirt.host.plugins.module_utils.findings import Findings
@@ -46,8 +47,8 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.kernel import (
     ARM64,
     POWER,
     SUPPORTED_ARCHITECTURES,
-    X86,
     cmdline_value,
+    kernel_arguments,
     module_parameter,
     read_cpu,
     read_kernel,
@@ -62,8 +63,6 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.pci import (
 )
 from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import PCI_DEVICES, host_path
 
-# Kernel parameters that exist only on x86 (Documentation/admin-guide/kernel-parameters.txt).
-X86_ONLY_PARAMETERS = frozenset(("intel_iommu", "amd_iommu", "iommu", "intremap", "amd_iommu_intr"))
 # What a tree must contain to be read as a Linux host: a live or captured sysfs/procfs, or an
 # installed image.
 _LINUX_MARKERS = (PCI_DEVICES, "proc/cmdline", "etc/os-release", "usr/lib/os-release")
@@ -267,13 +266,7 @@ def _gpu_entry(device, devices, iommu, groups, holders, critical, parent_names, 
 
 def host_architecture(cpu, iommu):
     """The architecture from ``proc/cpuinfo``, else from the IOMMU's kind, else None."""
-    if cpu.get("architecture"):
-        return cpu["architecture"]
-    if iommu.vendor in ("intel", "amd"):
-        return X86
-    if iommu.vendor == "arm":
-        return ARM64
-    return None
+    return cpu.get("architecture") or architecture_from_iommu(iommu.vendor)
 
 
 def unsupported_architecture(architecture):
@@ -388,16 +381,14 @@ def _arm_iommu_off(iommu, findings):
 
 
 def _cmdline_findings(root, cmdline, findings, architecture=None):
-    if architecture == ARM64:
-        x86_only = [word for word in cmdline if word.split("=", 1)[0].replace("-", "_") in X86_ONLY_PARAMETERS]
-        if x86_only:
-            findings.warning(
-                "foreign_kernel_arguments",
-                "%s on the kernel command line: x86-only parameters that an arm64 kernel does not know "
-                "(without a dot in the name they reach init as environment); remove them. arm64 uses "
-                "iommu.passthrough= and iommu.strict=, and needs no argument to turn the SMMU on"
-                % " ".join(x86_only),
-            )
+    foreign = rules.foreign_arguments(kernel_arguments(cmdline), architecture)
+    if foreign:
+        findings.warning(
+            "foreign_kernel_arguments",
+            "%s on the kernel command line: parameters of other architectures that this %s kernel does not "
+            "have; remove them (gpuvirt.host.kernel_cmdline absent). %s"
+            % (" ".join(text for text, _why in foreign), architecture, foreign[0][1]),
+        )
     acs = cmdline_value(cmdline, "pcie_acs_override")
     if acs is not None:
         findings.warning(

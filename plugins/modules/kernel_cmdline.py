@@ -33,6 +33,13 @@ description:
     Existing arguments keep their order; new ones are appended.
   - Arguments with whitespace, quotes or shell characters (C($), backslash, backquote, C(;), C(&), C(|),
     C(<), C(>)) are refused; edit those by hand.
+  - A O(present) argument that the host's architecture has no kernel parameter for is refused with the
+    argument, the architecture and what to use instead, and nothing is changed - C(intel_iommu=),
+    C(amd_iommu=), C(iommu=pt) and the other x86-only ones on arm64 (which uses C(iommu.passthrough=1)) or
+    POWER, C(arm-smmu-v3.*), C(kvm-arm.*) and the other arm64-only ones on x86. C(iommu.passthrough=) and
+    C(iommu.strict=) belong to both. The architecture is the running kernel's when O(root) is V(/); in a
+    tree, that of its own programs (their ELF header), else of its C(/proc/cpuinfo), else of its IOMMU; a
+    tree that tells none of these takes any argument. O(absent) may always name them.
 extends_documentation_fragment:
   - gpuvirt.host.attributes
   - gpuvirt.host.attributes.linux
@@ -196,6 +203,7 @@ backup_files:
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
 
 from ansible_collections.gpuvirt.host.plugins.module_utils import bootloader  # noqa: E402
+from ansible_collections.gpuvirt.host.plugins.module_utils.architecture import host_architecture  # noqa: E402
 from ansible_collections.gpuvirt.host.plugins.module_utils.host import run_locked  # noqa: E402
 from ansible_collections.gpuvirt.host.plugins.module_utils.kernel import read_cmdline  # noqa: E402
 
@@ -218,7 +226,7 @@ def main():
 def run(module):
     params = module.params
     root = params["root"]
-    present, absent = bootloader.validate_arguments(params["present"], params["absent"])
+    present, absent = bootloader.validate_arguments(params["present"], params["absent"], host_architecture(root))
     running = read_cmdline(root)
     try:
         boot_plan = bootloader.plan(module, root, params["bootloader"], present, absent, update=params["update"])

@@ -146,23 +146,7 @@ notes:
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
 
-from ansible_collections.gpuvirt.host.plugins.module_utils import enablement  # noqa: E402
-from ansible_collections.gpuvirt.host.plugins.module_utils.host import run_locked  # noqa: E402
-
-
-def run(module):
-    params = module.params
-    root = params["root"]  # checked, and locked while this runs, by run_locked
-    device, host = enablement.read_gpu(root, params["selector"])
-    plan = enablement.plan_mode(device, host, params["mode"], {"max_vfs": params["max_vfs"]})
-    result = enablement.apply_plan(module, root, plan, params["bootloader"], params["update"])
-    diff = result.pop("diff")
-    if module._diff:
-        result["diff"] = diff
-    result["mode"] = plan.mode
-    result["device"] = plan.address
-    result["verification"] = enablement.verify(root, plan.address, plan.mode)
-    return result
+from ansible_collections.gpuvirt.host.plugins.module_utils import enablement, modrun  # noqa: E402
 
 
 def main():
@@ -178,7 +162,7 @@ def main():
         required_if=[("mode", "sriov", ["max_vfs"]), ("mode", "mxgpu", ["max_vfs"])],
         supports_check_mode=True,
     )
-    run_locked(module, lambda host: run(module))
+    modrun.run(module, enablement.ModeRun)
 
 
 if __name__ == "__main__":

@@ -94,6 +94,26 @@ CASES += [
     ),
 ]
 
+# Arguments of another architecture, on the desktop host booting GRUB; its cpuinfo says which kernel.
+GRUB_DEFAULTS = {"etc/default/grub": 'GRUB_CMDLINE_LINUX_DEFAULT="quiet"\nGRUB_CMDLINE_LINUX=""\n'}
+ARM64_CPUINFO = {"proc/cpuinfo": "processor\t: 0\nBogoMIPS\t: 2000.00\nFeatures\t: fp asimd evtstrm\n"
+                                 "CPU implementer\t: 0x41\nCPU part\t: 0xd4f\n"}
+POWER_CPUINFO = {"proc/cpuinfo": "processor\t: 0\ncpu\t\t: POWER9 (raw), altivec supported\n"
+                                 "platform\t: PowerNV\n"}
+CASES += [
+    Case("kernel_cmdline", "desktop", {"present": [argument]}, words, files=dict(GRUB_DEFAULTS, **cpuinfo),
+         subject="kernel_cmdline/architecture")
+    for argument, cpuinfo, words in [
+        ("intel_iommu=on,sm_on", ARM64_CPUINFO, ("'intel_iommu=on,sm_on'", "aarch64", "iommu.passthrough=1")),
+        ("iommu=pt", ARM64_CPUINFO, ("'iommu=pt'", "aarch64", "use iommu.passthrough=1")),
+        ("kvm-intel.nested=1", ARM64_CPUINFO, ("'kvm-intel.nested=1'", "aarch64", "kvm-arm.mode=")),
+        ("arm-smmu-v3.disable_msipolling=1", {}, ("'arm-smmu-v3.disable_msipolling=1'", "x86_64", "intel_iommu=on")),
+        ("kvm-arm.mode=nvhe", {}, ("'kvm-arm.mode=nvhe'", "x86_64", "kvm_intel")),
+        ("iommu=pt", POWER_CPUINFO, ("'iommu=pt'", "ppc64le", "nobypass")),
+        ("amd_iommu=on", POWER_CPUINFO, ("'amd_iommu=on'", "ppc64le", "sPAPR TCE")),
+    ]
+]
+
 # -- restore_unit -----------------------------------------------------------------------------------
 
 ALLOWED_WAIT = "a finite number > 0 and <= 3600"

@@ -57,11 +57,6 @@ WRITERS = {
     ),
     "vfio_pci": ("vfio_pci", "desktop", {"devices": [DGPU], "persistence": "modprobe"}),
 }
-# Most write points a kill test visits per writer: all of them when there are fewer, else evenly
-# spaced ones, the first and the last included.
-KILL_POINTS = 14
-
-
 @pytest.fixture
 def tree(host, boot_tree, tmp_path):
     """``tree(kind)``: a fresh tree of that kind (a bootloader name, "empty", "combined", "desktop")."""
@@ -89,12 +84,6 @@ def _reference(tree, writer):
     first = faults.call_module(module, root, args)
     assert first["rc"] == 0, "%s does not work on a healthy tree: %s" % (writer, first.get("msg"))
     return tree_digest(root)
-
-
-def _spaced(total, most):
-    if total <= most:
-        return list(range(1, total + 1))
-    return sorted({1 + round(i * (total - 1) / (most - 1)) for i in range(most)})
 
 
 def _converges(module, root, args, reference):
@@ -128,7 +117,7 @@ def test_kill_at_every_write_point_then_run_again(writer, tree, tally):
     reference = _reference(tree, writer)
     root = tree(kind)
     points, _result = faults.count_points(module, root, args)
-    for kill_at in _spaced(len(points), KILL_POINTS):
+    for kill_at in range(1, len(points) + 1):
         root = tree(kind)
         faults.run_killed(module, root, args, kill_at)
         problem = _converges(module, root, args, reference)

@@ -12,16 +12,11 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import subprocess
-import sys
-
-import yaml
 
 from ansible_collections.gpuvirt.host.tests.reliability.support import L40S, NVME, changed_paths, digest
+from ansible_collections.gpuvirt.host.tests.tools.playbook import run_playbook
 
 TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-REPO = os.path.dirname(TESTS)
 SIM_SITE = os.path.join(TESTS, "sim", "site")
 
 VGPU_CASES = [
@@ -55,14 +50,6 @@ HOST_CASES = [
     ),
     ("gpuvirt.host.vfio", {"vfio_devices": ["0000:01:00.0"], "vfio_state": "gone"}, ("gone", "absent")),
 ]
-
-
-def _collection(tmp_path):
-    target = tmp_path / "collections" / "ansible_collections" / "gpuvirt" / "host"
-    for name in ("plugins", "roles", "meta"):
-        shutil.copytree(os.path.join(REPO, name), str(target / name), ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy(os.path.join(REPO, "galaxy.yml"), str(target / "galaxy.yml"))
-    return str(tmp_path / "collections")
 
 
 def _case_block(index, role, variables, root=None):
@@ -119,25 +106,7 @@ def test_bad_role_variables_are_refused(host, tmp_path, tally):
             ],
         }
     ]
-    path = tmp_path / "play.yml"
-    path.write_text(yaml.safe_dump(playbook))
-    env = dict(
-        os.environ,
-        ANSIBLE_COLLECTIONS_PATH=_collection(tmp_path),
-        ANSIBLE_HOME=str(tmp_path / "home"),
-        ANSIBLE_LOCAL_TEMP=str(tmp_path / "tmp"),
-        ANSIBLE_PYTHON_INTERPRETER=sys.executable,
-        ANSIBLE_NOCOLOR="1",
-        ANSIBLE_RETRY_FILES_ENABLED="0",
-    )
-    command = [
-        os.path.join(os.path.dirname(sys.executable), "ansible-playbook"),
-        "-i",
-        "localhost,",
-        "--check",
-        str(path),
-    ]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900, check=False)
+    done = run_playbook(playbook, tmp_path, ["--check"])
     refusals = json.loads(exported.read_text()) if exported.exists() else {}
     for index, (role, variables, words, root, before) in enumerate(cases, 1):
         message = refusals.get(str(index))

@@ -18,15 +18,14 @@ import subprocess
 import sys
 
 import pytest
-import yaml
 
 from ansible_collections.gpuvirt.host.plugins.module_utils import hoststate, mdev_info
 from ansible_collections.gpuvirt.host.tests.sim.hosts import MACHINE_ID_FILE, mediated_lab
 from ansible_collections.gpuvirt.host.tests.sim.nvidia_vgpu_sim import attach, fake_sriov_manage
+from ansible_collections.gpuvirt.host.tests.tools.playbook import run_playbook
 
 TESTS = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SIM_SITE = os.path.join(TESTS, "sim", "site")
-REPO = os.path.dirname(TESTS)
 A100 = "0000:b1:00.0"
 L40S = "0000:cb:00.0"
 
@@ -65,32 +64,7 @@ def play(tmp_path):
                 ],
             }
         ]
-        collections = tmp_path / "collections"
-        if not collections.exists():
-            # A snapshot, so that every run of one test sees the same collection.
-            target = collections / "ansible_collections/gpuvirt/host"
-            for name in ("plugins", "roles", "meta"):
-                shutil.copytree(
-                    os.path.join(REPO, name), str(target / name), ignore=shutil.ignore_patterns("__pycache__")
-                )
-            shutil.copy(os.path.join(REPO, "galaxy.yml"), str(target / "galaxy.yml"))
-        playbook_path = tmp_path / "play.yml"
-        playbook_path.write_text(yaml.safe_dump(playbook))
-        env = dict(
-            os.environ,
-            ANSIBLE_COLLECTIONS_PATH=str(collections),
-            ANSIBLE_HOME=str(tmp_path / "ansible-home"),
-            ANSIBLE_LOCAL_TEMP=str(tmp_path / "ansible-tmp"),
-            ANSIBLE_PYTHON_INTERPRETER=sys.executable,
-            ANSIBLE_NOCOLOR="1",
-            ANSIBLE_RETRY_FILES_ENABLED="0",
-        )
-        env.pop("GPUVIRT_KERNEL_SIM", None)
-        command = [os.path.join(os.path.dirname(sys.executable), "ansible-playbook"), "-i", "localhost,"]
-        command += ["--check", "--diff"] if check else []
-        done = subprocess.run(
-            command + [str(playbook_path)], env=env, capture_output=True, text=True, timeout=600, check=False
-        )
+        done = run_playbook(playbook, tmp_path, ["--check", "--diff"] if check else [], timeout=600)
         output = done.stdout + done.stderr
         match = re.search(r"localhost\s*:\s*ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", output)
         recap = dict(zip(("ok", "changed", "unreachable", "failed"), map(int, match.groups()))) if match else None

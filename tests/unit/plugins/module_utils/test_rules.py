@@ -114,6 +114,88 @@ def test_command_line_length():
     rules.command_line_length(long_line[:-1], long_line)
 
 
+# -- kernel arguments per architecture ------------------------------------------------------------
+
+X86_IOMMU = ["intel_iommu=on", "intel_iommu=on,sm_on", "amd_iommu=off", "amd_iommu=force_isolation", "iommu=pt",
+             "iommu=off", "intremap=off", "amd_iommu_intr=legacy", "ivrs_ioapic[32]=00:14.0", "kvm_intel.nested=1",
+             "kvm-amd.avic=1"]
+ARM64_ONLY = ["arm-smmu-v3.disable_msipolling=1", "arm_smmu_v3.disable_msipolling=1", "arm-smmu.disable_bypass=0",
+              "kvm-arm.mode=nvhe", "arm64.nomte"]
+# The IOMMU core's parameters ([ARM64,X86] in kernel-parameters.txt) and everything no architecture owns.
+EVERYWHERE = ["iommu.passthrough=1", "iommu.strict=0", "iommu.forcedac=1", "root=/dev/sda1", "quiet",
+              "vfio-pci.ids=10de:2204", "pcie_acs_override=downstream", "console=ttyS0,115200"]
+
+
+@pytest.mark.parametrize("argument", X86_IOMMU + EVERYWHERE)
+def test_x86_takes_its_own_and_the_common_arguments(argument):
+    rules.architecture_arguments([argument], "x86_64", "/proc/cpuinfo in the tree")
+    rules.architecture_arguments([argument], "i686")
+
+
+@pytest.mark.parametrize("argument", ARM64_ONLY + EVERYWHERE)
+def test_arm64_takes_its_own_and_the_common_arguments(argument):
+    rules.architecture_arguments([argument], "aarch64", "the running kernel (uname -m)")
+
+
+@pytest.mark.parametrize("argument", X86_IOMMU + ["INTEL_IOMMU=on", "Intel-Iommu=on", "intel_iommu", "iommu=nobypass"])
+def test_arm64_refuses_x86_arguments_naming_them_the_host_and_what_to_use(argument):
+    with pytest.raises(InputError) as refused:
+        rules.architecture_arguments(["quiet", argument], "aarch64", "/proc/cpuinfo in the tree")
+    message = str(refused.value)
+    assert message.startswith("present: %r" % argument), message
+    assert "this host is aarch64 (from /proc/cpuinfo in the tree)" in message
+    assert "Instead, " in message and "iommu.passthrough=1" in message and "Nothing was changed" in message
+
+
+@pytest.mark.parametrize(
+    ("argument", "instead"),
+    [("iommu=pt", "Instead, use iommu.passthrough=1;"), ("iommu=nopt", "Instead, use iommu.passthrough=0;"),
+     ("iommu=off", "no argument turns an arm64 SMMU off")],
+)
+def test_arm64_names_the_equivalent_of_an_iommu_value(argument, instead):
+    with pytest.raises(InputError, match=instead):
+        rules.architecture_arguments([argument], "aarch64")
+
+
+@pytest.mark.parametrize("argument", ARM64_ONLY + ["ARM-SMMU-V3.disable_msipolling=1", "iommu=nobypass"])
+def test_x86_refuses_arm64_and_power_arguments(argument):
+    with pytest.raises(InputError) as refused:
+        rules.architecture_arguments([argument], "x86_64", "the running kernel (uname -m)")
+    message = str(refused.value)
+    assert "%r" % argument in message and "this host is x86_64 (from the running kernel (uname -m))" in message
+    assert "intel_iommu=on" in message, "says what x86 uses instead"
+
+
+def test_a_module_parameter_of_another_architecture_names_the_missing_module():
+    with pytest.raises(InputError, match="its kernel has no arm_smmu_v3 module"):
+        rules.architecture_arguments(["arm-smmu-v3.disable_msipolling=1"], "x86_64")
+    with pytest.raises(InputError, match="a name without a dot reaches init"):
+        rules.architecture_arguments(["amd_iommu=off"], "aarch64")
+
+
+@pytest.mark.parametrize("argument", X86_IOMMU[:4] + ARM64_ONLY + ["iommu=pt", "iommu"])
+def test_power_refuses_x86_and_arm64_arguments_and_keeps_nobypass(argument):
+    rules.architecture_arguments(["iommu=nobypass", "iommu.passthrough=1", "quiet"], "ppc64le")
+    with pytest.raises(InputError) as refused:
+        rules.architecture_arguments([argument], "ppc64le", "/proc/cpuinfo in the tree")
+    assert "this host is ppc64le" in str(refused.value) and "sPAPR TCE" in str(refused.value)
+
+
+def test_an_unknown_architecture_refuses_nothing():
+    rules.architecture_arguments(X86_IOMMU + ARM64_ONLY + EVERYWHERE, None)
+    assert rules.foreign_arguments(X86_IOMMU + ARM64_ONLY, None) == []
+
+
+def test_other_architectures_refuse_what_belongs_to_x86_or_arm64():
+    assert [text for text, _why in rules.foreign_arguments(["intel_iommu=on", "kvm-arm.mode=nvhe", "quiet"],
+                                                           "s390x")] == ["intel_iommu=on", "kvm-arm.mode=nvhe"]
+
+
+def test_foreign_arguments_lists_every_one_in_order():
+    found = rules.foreign_arguments(["quiet", "intel_iommu=on", "iommu.passthrough=1", "iommu=pt"], "aarch64", "x")
+    assert [text for text, _why in found] == ["intel_iommu=on", "iommu=pt"]
+
+
 # -- systemd unit values, paths and roots ---------------------------------------------------------
 
 

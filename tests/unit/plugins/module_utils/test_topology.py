@@ -646,6 +646,15 @@ def test_x86_arguments_on_an_arm64_command_line_are_flagged(make_host):
     assert "intel_iommu=on iommu=pt" in warning["message"] and "iommu.passthrough" in warning["message"]
 
 
+def test_arm64_arguments_on_an_x86_command_line_are_flagged_and_init_words_are_not(make_host):
+    cmdline = "root=/dev/sda1 intel_iommu=on arm-smmu-v3.disable_msipolling=1 -- iommu=nobypass"
+    root = make_host("desktop_dgpu", kernel={"cmdline": cmdline})
+    warning = finding(detect(root), "foreign_kernel_arguments")
+    assert warning["message"].startswith("arm-smmu-v3.disable_msipolling=1 on the kernel command line")
+    assert "x86_64" in warning["message"] and "nobypass" not in warning["message"].split(":")[0]
+    assert not [f for f in detect(make_host("desktop_dgpu"))["findings"] if f["code"] == "foreign_kernel_arguments"]
+
+
 def test_arm64_without_kvm_says_why(make_host):
     topology = detect(make_host("grace_hopper", cpu={"kvm": False}))
     assert topology["cpu"]["virtualization"] is None

@@ -385,6 +385,85 @@ def test_bad_input_fails_and_changes_nothing(run_module, boot_tree, fake_command
     assert fake_commands.calls() == []
 
 
+# ------------------------------------------------------------------------------ architecture
+
+GRUB_WITH = 'GRUB_CMDLINE_LINUX_DEFAULT="quiet %s"\nGRUB_CMDLINE_LINUX=""\n'
+
+
+def grub_host(make_host, name, line="splash", files=None):
+    """A fixture host (its sysfs, procfs and cpuinfo) whose /etc/default/grub holds ``line``."""
+    return make_host(name, files=dict(files or {}, **{"etc/default/grub": GRUB_WITH % line}))
+
+
+@pytest.mark.parametrize(
+    ("host", "changes", "present", "words"),
+    [
+        ("grace_hopper", {}, ["intel_iommu=on"], ["'intel_iommu=on'", "x86 only", "this host is aarch64 (from "
+                                                  "/proc/cpuinfo in the tree)", "iommu.passthrough=1"]),
+        ("grace_hopper", {}, ["iommu.passthrough=1", "INTEL-IOMMU=on,sm_on"], ["'INTEL-IOMMU=on,sm_on'", "aarch64"]),
+        ("grace_hopper", {}, ["iommu=pt"], ["'iommu=pt'", "use iommu.passthrough=1"]),
+        ("grace_hopper", {"files": {"proc/cpuinfo": None}}, ["amd_iommu=on"],
+         ["'amd_iommu=on'", "this host is aarch64 (from the IOMMU units in /sys/class/iommu"]),
+        ("desktop_dgpu", {}, ["arm-smmu-v3.disable_msipolling=1"],
+         ["'arm-smmu-v3.disable_msipolling=1'", "arm64 only", "this host is x86_64", "no arm_smmu_v3 module",
+          "intel_iommu=on"]),
+        ("power9_host", {}, ["intel_iommu=on"], ["'intel_iommu=on'", "this host is ppc64le", "sPAPR TCE"]),
+    ],
+)
+def test_an_argument_of_another_architecture_is_refused_and_nothing_changes(
+    run_module, make_host, host, changes, present, words
+):
+    root = grub_host(make_host, host, **changes)
+    before = snapshot(root)
+
+    for check_mode in (True, False):
+        result = run_module("kernel_cmdline", {"root": root, "present": present}, check_mode=check_mode)
+        assert result["failed"] is True and result["changed"] is False
+        for word in words:
+            assert word in result["msg"], (word, result["msg"])
+        assert "Nothing was changed" in result["msg"]
+        assert snapshot(root) == before
+
+
+@pytest.mark.parametrize(
+    ("host", "present", "absent", "configured"),
+    [
+        ("desktop_dgpu", ["intel_iommu=on,sm_on", "iommu=pt", "iommu.strict=1"], [],
+         ["quiet", "splash", "intel_iommu=on,sm_on", "iommu=pt", "iommu.strict=1"]),
+        # Taking x86 words off an arm64 host is the way to repair it.
+        ("grace_hopper", ["iommu.passthrough=1"], ["intel_iommu", "iommu"], ["quiet", "splash", "iommu.passthrough=1"]),
+        ("power9_host", ["iommu=nobypass"], ["intel_iommu"], ["quiet", "splash", "iommu=nobypass"]),
+    ],
+)
+def test_the_host_architectures_own_arguments_are_set(run_module, make_host, host, present, absent, configured):
+    root = grub_host(make_host, host, line="splash intel_iommu=on iommu=pt" if host != "desktop_dgpu" else "splash")
+
+    result = run_module("kernel_cmdline", {"root": root, "present": present, "absent": absent})
+
+    assert result.get("failed") is not True, result
+    assert result["changed"] is True and result["configured"] == configured
+    assert run_module("kernel_cmdline", {"root": root, "present": present, "absent": absent})["changed"] is False
+
+
+def test_the_live_host_is_judged_by_the_running_kernel(run_module, make_host, fake_commands, as_host):
+    # The tree's cpuinfo says aarch64, but root stands for this machine's /: its kernel counts.
+    root = grub_host(make_host, "grace_hopper")
+    fake_commands.install("update-grub")
+    machine = os.uname().machine
+    foreign = "arm-smmu-v3.disable_msipolling=1" if machine in ("x86_64", "i686") else "intel_iommu=on"
+    before = snapshot(root)
+    result = run_module("kernel_cmdline", {"root": root, "present": [foreign]})
+    assert result["failed"] is True and "from the running kernel (uname -m)" in result["msg"]
+    assert snapshot(root) == before and fake_commands.calls() == []
+
+
+def test_a_tree_that_does_not_tell_its_architecture_takes_any_argument(run_module, boot_tree):
+    # An image tree with no programs, cpuinfo or IOMMU to read: nothing to judge by.
+    root = boot_tree("debian-grub")
+    result = run_module("kernel_cmdline", {"root": root, "present": ["intel_iommu=on", "arm-smmu-v3.x=1"]})
+    assert result["changed"] is True and result["configured"][-2:] == ["intel_iommu=on", "arm-smmu-v3.x=1"]
+
+
 def test_undetected_bootloader_fails_clearly(run_module, boot_tree):
     root = boot_tree("unknown")
     result = run_module("kernel_cmdline", {"root": root, "present": ["iommu=pt"]})

@@ -1,0 +1,118 @@
+# Copyright (c) gpuvirt.host contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The quick reading of a device's common attributes gives what the careful readers give.
+
+Detection reads the attributes every device has (uevent, numa_node, driver_override, reset_method,
+the iommu_group link) in one quick pass that takes only the exact bytes the kernel writes; any other
+form sends the device through the careful readers. Plain path reads (no directory descriptor) use
+the careful readers alone, so comparing the two proves the quick pass changes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import pytest
+
+from ansible_collections.gpuvirt.host.plugins.module_utils import mdev_info, pci
+from ansible_collections.gpuvirt.host.plugins.module_utils.topology import detect
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "..", "fixtures"))
+import hostgen  # noqa: E402
+
+DGPU = "0000:01:00.0"
+DGPU_DIR = "sys/devices/pci0000:00/0000:00:01.0/0000:01:00.0"
+
+
+def careful(root, monkeypatch):
+    """detect() through plain paths: the careful readers only."""
+    with monkeypatch.context() as patch:
+        patch.setattr(pci, "open_directory", lambda path: None)
+        patch.setattr(mdev_info, "open_directory", lambda path: None)
+        return json.dumps(detect(root), sort_keys=True)
+
+
+def quick_results(root, monkeypatch):
+    """``{address: True/False}``: whether the quick pass took each device, and the output."""
+    taken = {}
+    original = pci._read_common_quick
+
+    def recording(device, directory):
+        taken[device.address] = original(device, directory)
+        return taken[device.address]
+
+    with monkeypatch.context() as patch:
+        patch.setattr(pci, "_read_common_quick", recording)
+        output = json.dumps(detect(root), sort_keys=True)
+    return taken, output
+
+
+@pytest.mark.parametrize("name", [name for name in hostgen.host_names() if name != "large_synthetic"])
+def test_every_fixture_host_reads_the_same_quick_careful_and_without_uevent(make_host, monkeypatch, name):
+    root = make_host(name)
+
+    taken, quick = quick_results(root, monkeypatch)
+
+    assert taken and all(taken.values()), "the kernel's own forms all take the quick pass"
+    assert quick == careful(root, monkeypatch)
+    bus = os.path.join(root, "sys/bus/pci/devices")
+    for address in os.listdir(bus):
+        os.unlink(os.path.join(bus, address, "uevent"))
+    assert json.dumps(detect(root), sort_keys=True) == quick, "vendor, device, class... and the driver link agree"
+
+
+ODD_FORMS = {
+    "numa_node without a newline": {DGPU_DIR + "/numa_node": "0"},
+    "numa_node with spaces": {DGPU_DIR + "/numa_node": " 1 \n"},
+    "numa_node not a number": {DGPU_DIR + "/numa_node": "one\n"},
+    "an empty driver override": {DGPU_DIR + "/driver_override": "\n"},
+    "driver_override missing": {DGPU_DIR + "/driver_override": None},
+    "reset_method blank": {DGPU_DIR + "/reset_method": "\n"},
+    "reset_method garbled": {DGPU_DIR + "/reset_method": "flr;bus\n"},
+    "numa_node longer than a page": {DGPU_DIR + "/numa_node": "1" * 4095 + "\n" + "2" * 10},
+    "uevent with CRLF": {DGPU_DIR + "/uevent": "DRIVER=nvidia\r\nPCI_CLASS=30000\r\nPCI_ID=10DE:1E04\r\n"
+                                               "PCI_SUBSYS_ID=1458:37A9\r\n"},
+    "uevent without its last newline": {DGPU_DIR + "/uevent": "DRIVER=nvidia\nPCI_CLASS=30000\nPCI_ID=10DE:1E04\n"
+                                                              "PCI_SUBSYS_ID=1458:37A9"},
+    "uevent with a non-ASCII line": {DGPU_DIR + "/uevent": "DRIVER=nvidia\nPCI_CLASS=30000\nPCI_ID=10DE:1E04\n"
+                                                           "PCI_SUBSYS_ID=1458:37A9\nMODALIAS=pci:\u00e9\n"},
+    "uevent of a full page": {DGPU_DIR + "/uevent": "DRIVER=nvidia\nPCI_CLASS=30000\nPCI_ID=10DE:1E04\n"
+                                                    "PCI_SUBSYS_ID=1458:37A9\nX=" + "y" * 5000 + "\n"},
+    "uevent missing": {DGPU_DIR + "/uevent": None},
+}
+ODD_LINKS = {
+    "iommu_group with a trailing slash": {DGPU_DIR + "/iommu_group": "../../../../kernel/iommu_groups/1/"},
+    "iommu_group dangling": {DGPU_DIR + "/iommu_group": "../../../../kernel/iommu_groups/99"},
+    "iommu_group not a group": {DGPU_DIR + "/iommu_group": "../../../../kernel/iommu_groups/two"},
+}
+
+
+@pytest.mark.parametrize("case", sorted(ODD_FORMS) + sorted(ODD_LINKS))
+def test_any_other_form_goes_through_the_careful_readers(make_host, monkeypatch, case):
+    root = make_host("desktop_dgpu", files=ODD_FORMS.get(case), links=ODD_LINKS.get(case))
+
+    taken, quick = quick_results(root, monkeypatch)
+
+    assert taken[DGPU] is False, "the odd form is not taken quickly"
+    assert taken["0000:01:00.1"] is True, "the GPU's audio function is"
+    assert quick == careful(root, monkeypatch)
+
+
+def test_the_quick_pass_reads_what_the_kernel_writes(make_host, monkeypatch):
+    root = make_host("desktop_dgpu", files={DGPU_DIR + "/numa_node": "-1\n", DGPU_DIR + "/reset_method": "flr bus\n",
+                                            DGPU_DIR + "/driver_override": "vfio-pci\n"})
+    device = pci.PciDevice(DGPU, os.path.join(root, "sys/bus/pci/devices", DGPU))
+    directory = pci.open_directory(device.path)
+    try:
+        assert pci._read_common_quick(device, directory) is True
+    finally:
+        os.close(directory)
+
+    assert (device.vendor_id, device.device_id, device.class_code) == ("10de", "1e04", "030000")
+    assert (device.subsystem_vendor_id, device.subsystem_device_id) == ("1458", "37a9")
+    assert (device.driver, device.numa_node, device.driver_override) == ("nvidia", -1, "vfio-pci")
+    assert device.reset_methods == ["flr", "bus"] and device.iommu_group is not None
+    taken, quick = quick_results(root, monkeypatch)
+    assert taken[DGPU] is True and quick == careful(root, monkeypatch)

@@ -1,0 +1,81 @@
+# Copyright (c) gpuvirt.host contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The iommu role's kernel arguments per architecture: ansible-playbook on localhost against fixture
+hosts (x86 Intel and AMD, arm64 Grace Hopper, POWER) that boot GRUB.
+
+One playbook runs every case (each an ``include_role`` in a ``block`` whose ``rescue`` keeps the
+failure), so that Ansible starts once; the trees are not this machine's ``/``, so the role edits
+``etc/default/grub`` and reboots nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from ansible_collections.gpuvirt.host.tests.tools.playbook import run_playbook
+
+GRUB = 'GRUB_CMDLINE_LINUX_DEFAULT="%s"\nGRUB_CMDLINE_LINUX=""\n'
+
+# (host, GRUB line before, role variables, GRUB line after or None when refused, words of the refusal)
+CASES = [
+    ("desktop_dgpu", "quiet", {}, "quiet intel_iommu=on", ()),
+    ("desktop_dgpu", "quiet iommu=off", {"iommu_passthrough_mode": True}, "quiet iommu=pt intel_iommu=on", ()),
+    ("amd_host", "quiet amd_iommu=off iommu=off", {}, "quiet", ()),
+    ("grace_hopper", "quiet intel_iommu=on amd_iommu=on iommu=pt", {}, "quiet", ()),
+    ("grace_hopper", "quiet iommu=pt", {"iommu_passthrough_mode": True}, "quiet iommu.passthrough=1", ()),
+    ("grace_hopper", "quiet", {"iommu_vendor": "intel"}, None, ("iommu_vendor intel", "x86_64", "aarch64")),
+    ("desktop_dgpu", "quiet intel_iommu=on", {"iommu_vendor": "arm"}, None, ("iommu_vendor arm", "aarch64",
+                                                                             "x86_64")),
+    ("power9_host", "quiet", {}, None, ("ppc64le", "sPAPR TCE")),
+]
+
+
+def _case(index, variables):
+    return {
+        "name": "case %d" % index,
+        "block": [{"name": "iommu role, case %d" % index,
+                   "ansible.builtin.include_role": {"name": "gpuvirt.host.iommu"}, "vars": variables}],
+        "rescue": [{
+            "name": "keep the failure of case %d" % index,
+            "ansible.builtin.set_fact": {
+                "refusals": "{{ refusals | combine({'%d': ansible_failed_result.msg | default('') | string}) }}" % index
+            },
+        }],
+    }
+
+
+def test_the_role_puts_each_architectures_own_arguments(make_host, tmp_path):
+    roots, blocks = [], []
+    for index, (host, before, variables, _after, _words) in enumerate(CASES):
+        root = make_host(host, files={"etc/default/grub": GRUB % before})
+        roots.append(root)
+        blocks.append(_case(index, dict(variables, iommu_root=root, iommu_reboot="never")))
+    exported = tmp_path / "refusals.json"
+    playbook = [{
+        "name": "iommu role per architecture",
+        "hosts": "localhost",
+        "connection": "local",
+        "gather_facts": False,
+        "vars": {"refusals": {}},
+        "tasks": blocks + [{
+            "name": "export",
+            "ansible.builtin.copy": {"content": "{{ refusals | to_json }}", "dest": str(exported), "mode": "0644"},
+        }],
+    }]
+    done = run_playbook(playbook, tmp_path)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+    refusals = json.loads(exported.read_text())
+
+    for index, (host, before, variables, after, words) in enumerate(CASES):
+        with open(os.path.join(roots[index], "etc/default/grub")) as handle:
+            grub = handle.read()
+        case = "case %d (%s, %s)" % (index, host, variables)
+        if after is None:
+            assert str(index) in refusals, case
+            for word in words:
+                assert word in refusals[str(index)], (case, word, refusals[str(index)])
+            assert grub == GRUB % before, case
+        else:
+            assert str(index) not in refusals, (case, refusals.get(str(index)))
+            assert grub == GRUB % after, (case, grub)
