@@ -24,11 +24,13 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.mdev import (
     mdevctl_autostart,
     mdevctl_binary,
     mdevctl_path,
-    plan,
     read_mdevctl_definitions,
     read_snapshot,
     refusal_message,
     render_mdevctl_definition,
+)
+from ansible_collections.gpuvirt.host.plugins.module_utils.mdev import (
+    plan as plan_mdevs,
 )
 from ansible_collections.gpuvirt.host.plugins.module_utils.modrun import ModuleRun
 from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import SysfsWriteError
@@ -56,7 +58,7 @@ class MdevRun(ModuleRun):
             if self.params["persistent"]:
                 load_state(self.root)  # a state file that cannot be updated refuses the run before any change
             before = read_snapshot(self.root, self.host_id)
-            first = plan(before, self.declarations, self.force)
+            first = plan_mdevs(before, self.declarations, self.force)
         except (MdevError, StateFileError) as error:
             self.fail(str(error))
         for warning in first.warnings:
@@ -66,17 +68,17 @@ class MdevRun(ModuleRun):
                 self.warn("capacity can only be confirmed after removing undeclared mdevs: " + message)
         return MdevRunPlan(before, first)
 
-    def apply(self, planned):
-        self.final, self.created, self.removed = self._apply_mdevs(planned.before, planned.mdevs)
+    def apply(self, plan):
+        self.final, self.created, self.removed = self._apply_mdevs(plan.before, plan.mdevs)
         self.persistence = self._persist_or_fail()
 
-    def result(self, planned):
+    def result(self, plan):
         if self.check_mode:
-            self.final = planned.mdevs
-            self.created = list(planned.mdevs.creations)
-            self.removed = _removals(planned.before, planned.mdevs)
+            self.final = plan.mdevs
+            self.created = list(plan.mdevs.creations)
+            self.removed = _removals(plan.before, plan.mdevs)
             self.persistence = self._persist_or_fail()
-        before = planned.before
+        before = plan.before
         after = self._after(before)
         result = dict(
             changed=bool(self.created or self.removed or self.files_changed),
@@ -105,7 +107,7 @@ class MdevRun(ModuleRun):
                     current = (parent, value, type_id)
                     executor.remove(parent, value, type_id)
                 after_removal = read_snapshot(self.root, self.host_id)
-                final = plan(after_removal, self.declarations, self.force)
+                final = plan_mdevs(after_removal, self.declarations, self.force)
                 if final.recheck:
                     raise MdevError(" ".join(final.recheck))
                 removals = _removals(after_removal, final)

@@ -81,23 +81,23 @@ class NvidiaVgpuRun(ModuleRun):
             self._prepare(work)
         return tuple(works)
 
-    def apply(self, works):
-        self._apply(works)
-        self._persist(works)
+    def apply(self, plan):
+        self._apply(plan)
+        self._persist(plan)
 
-    def result(self, works):
+    def result(self, plan):
         if self.check_mode:
-            self._persist(works)
-        changed = any(work.enable or bool(work.plan and work.plan.changes) for work in works)
+            self._persist(plan)
+        changed = any(work.enable or bool(work.plan and work.plan.changes) for work in plan)
         state, cache = self.files
         result = dict(
             changed=changed or state.changed or cache.changed,
-            gpus=[self._gpu_result(work, after) for work, after in zip(works, self.afters)],
-            mdev_parents=[parent for work in works for parent in work.mdev_parents],
+            gpus=[self._gpu_result(work, after) for work, after in zip(plan, self.afters)],
+            mdev_parents=[parent for work in plan for parent in work.mdev_parents],
             state_file={"path": state_path(self.root), "changed": state.changed},
             type_cache={"path": cache_path(self.root), "changed": cache.changed},
         )
-        result["diff"] = [self._vgpu_diff(works), state.diff(), cache.diff()]
+        result["diff"] = [self._vgpu_diff(plan), state.diff(), cache.diff()]
         return result
 
     def partial(self):
@@ -348,5 +348,3 @@ class NvidiaVgpuRun(ModuleRun):
             "kept_in_use": list(plan.kept_in_use) if plan else [],
             "undeclared": list(plan.undeclared) if plan else [],
         }
-
-

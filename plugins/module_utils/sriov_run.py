@@ -68,22 +68,22 @@ class SriovRun(ModuleRun):
         wanted = self._state_section(state, plans) if self.params["persistent"] else state["sriov"]
         return SriovRunPlan(tuple(plans), plan_state(self.root, with_section(state, "sriov", wanted)))
 
-    def apply(self, planned):
-        self._apply(planned.pfs)
+    def apply(self, plan):
+        self._apply(plan.pfs)
         try:
-            self.write(planned.state)
+            self.write(plan.state)
         except (OSError, FileError) as error:
-            self.fail("writing %s failed: %s" % (state_path(self.root), error), changed=self._any_change(planned.pfs))
+            self.fail("writing %s failed: %s" % (state_path(self.root), error), changed=self._any_change(plan.pfs))
 
-    def result(self, planned):
-        for pf in planned.pfs:
+    def result(self, plan):
+        for pf in plan.pfs:
             pf["after"] = self._after(pf)
         result = dict(
-            changed=self._any_change(planned.pfs) or planned.state.changed,
-            devices=[self._result(p, p["after"]) for p in planned.pfs],
-            state_file={"path": state_path(self.root), "changed": planned.state.changed},
+            changed=self._any_change(plan.pfs) or plan.state.changed,
+            devices=[self._result(p, p["after"]) for p in plan.pfs],
+            state_file={"path": state_path(self.root), "changed": plan.state.changed},
         )
-        result["diff"] = [self._device_diff(planned.pfs), planned.state.diff()]
+        result["diff"] = [self._device_diff(plan.pfs), plan.state.diff()]
         return result
 
     def partial(self):
@@ -253,5 +253,3 @@ class SriovRun(ModuleRun):
 
 def _flag(value):
     return "unknown" if value is None else ("1" if value else "0")
-
-

@@ -57,6 +57,8 @@ WRITERS = {
     ),
     "vfio_pci": ("vfio_pci", "desktop", {"devices": [DGPU], "persistence": "modprobe"}),
 }
+
+
 @pytest.fixture
 def tree(host, boot_tree, tmp_path):
     """``tree(kind)``: a fresh tree of that kind (a bootloader name, "empty", "combined", "desktop")."""
