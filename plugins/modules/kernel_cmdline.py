@@ -202,10 +202,8 @@ backup_files:
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
 
-from ansible_collections.gpuvirt.host.plugins.module_utils import bootloader  # noqa: E402
-from ansible_collections.gpuvirt.host.plugins.module_utils.architecture import host_architecture  # noqa: E402
-from ansible_collections.gpuvirt.host.plugins.module_utils.host import run_locked  # noqa: E402
-from ansible_collections.gpuvirt.host.plugins.module_utils.kernel import read_cmdline  # noqa: E402
+from ansible_collections.gpuvirt.host.plugins.module_utils import bootloader, modrun  # noqa: E402
+from ansible_collections.gpuvirt.host.plugins.module_utils.kernel_cmdline_run import KernelCmdlineRun  # noqa: E402
 
 
 def main():
@@ -220,41 +218,7 @@ def main():
         ),
         supports_check_mode=True,
     )
-    run_locked(module, lambda host: run(module))
-
-
-def run(module):
-    params = module.params
-    root = params["root"]
-    present, absent = bootloader.validate_arguments(params["present"], params["absent"], host_architecture(root))
-    running = read_cmdline(root)
-    try:
-        boot_plan = bootloader.plan(module, root, params["bootloader"], present, absent, update=params["update"])
-        backups = {}
-        if boot_plan.changed and not module.check_mode:
-            backups = bootloader.apply(module, boot_plan, backup=params["backup"])
-    except bootloader.BootloaderError as error:
-        error.details.setdefault("running", running)
-        raise
-    for warning in boot_plan.warnings:
-        module.warn(warning)
-    result = dict(
-        changed=boot_plan.changed,
-        bootloader=boot_plan.bootloader,
-        configured=boot_plan.configured,
-        running=running,
-        added=boot_plan.added,
-        removed=boot_plan.removed,
-        reboot_required=bootloader.reboot_required(running, present, absent),
-        regenerate_required=boot_plan.pending,
-        commands=boot_plan.commands if boot_plan.run_commands or boot_plan.pending else [],
-    )
-    if backups:
-        result["backup_files"] = backups
-        result["backup_file"] = next(iter(backups.values()))
-    if module._diff:
-        result["diff"] = [edit.diff() for edit in boot_plan.edits]
-    return result
+    modrun.run(module, KernelCmdlineRun)
 
 
 if __name__ == "__main__":
