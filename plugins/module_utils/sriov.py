@@ -157,11 +157,16 @@ def pf_reason(device):
     """Why ``device`` cannot be selected as an SR-IOV physical function; None when it can."""
     if device.is_vf:
         return "is a virtual function of %s; select its physical function" % device.physfn
-    if device.sriov is None or not device.sriov.total_vfs:
+    if device.sriov is None:
         return (
             "has no SR-IOV capability (no sriov_totalvfs); its driver may not support SR-IOV, or SR-IOV is "
             "disabled in the firmware setup"
         )
+    if not device.sriov.total_vfs:
+        advice = vendors.vf_count_advice(device)
+        return "offers no VFs (sriov_totalvfs reads 0): %s" % (
+            "it is %s" % advice if advice else "its driver (%s) has not enabled SR-IOV on it; some drivers need a "
+            "module parameter and a reload first" % (device.driver or "none bound"))
     return None
 
 

@@ -84,13 +84,12 @@ def twice_changes_nothing(module, name, root, **args):
 
 
 def flex_host(make_host, driver):
-    """The Flex host as its PF driver shows it before PF mode: max_vfs 0, so sriov_totalvfs reads 0."""
-    native = {"total_vfs": 0, "num_vfs": 0, "offset": 1, "stride": 1}
+    """The Flex host as its PF driver (``driver``) shows it before PF mode: max_vfs 0, so sriov_totalvfs reads 0."""
     kernel = {"parameters": {driver: {"max_vfs": "0"}}}
     if driver == "xe":
         kernel["modules"] = ["kvm_intel", "kvm", "xe", "vfio_pci", "vfio_pci_core", "vfio", "vfio_iommu_type1",
                              "ice", "nvme", "ast"]
-    patch = {FLEX: {"sriov": native, "driver": driver}, FLEX2: {"sriov": native, "driver": driver}}
+    patch = {FLEX: {"driver": driver}, FLEX2: {"driver": driver}}
     return with_grub(make_host("intel_flex_sriov", patch_devices=patch, kernel=kernel))
 
 
@@ -109,7 +108,9 @@ def test_intel_sriov_spec_enabled_carved_restored(make_host, module, monkeypatch
     twice_changes_nothing(module, "virtualization_mode", root, **spec)
     # Not in PF mode yet: the VFs cannot be carved before the reboot, and nothing is written.
     early = module("sriov", root, devices=[{"selector": FLEX, "num_vfs": 4}])
-    assert early["rc"] == 1 and "no SR-IOV capability" in early["msg"] and device(root, FLEX, "sriov_numvfs") == "0"
+    assert early["rc"] == 1 and device(root, FLEX, "sriov_numvfs") == "0", early
+    assert "offers no VFs (sriov_totalvfs reads 0): it is an Intel GPU out of SR-IOV PF mode" in early["msg"]
+    assert "gpuvirt.host.virtualization_mode (mode sriov, max_vfs) and reboot" in early["msg"]
 
     assert reboot(root)[driver] == {FLEX: 7, FLEX2: 7}  # max_vfs is the driver's: both GPUs offer 7 VFs
     after = module("virtualization_mode", root, **spec)
