@@ -201,7 +201,7 @@ def acme(monkeypatch):
 
 def test_the_restore_runs_every_vendors_steps_around_the_generic_ones():
     names = [step if isinstance(step, str) else step.name for step in restore.steps()]
-    assert names == ["gvt_g", "driver", "intel_sriov", "mxgpu", "sriov", "nvidia_vgpu", "mdevs"]
+    assert names == ["gvt_g", "driver", "intel_sriov", "mxgpu", "sriov", "vfio", "nvidia_vgpu", "mdevs"]
     assert hoststate.sections() == ("sriov", "nvidia_vgpu", "mdevs")
 
 

@@ -21,6 +21,7 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import read_int
 from ansible_collections.gpuvirt.host.tests.sim import gvt_g
 from ansible_collections.gpuvirt.host.tests.sim.boot import fake_modprobe, modprobe_calls, reboot
 from ansible_collections.gpuvirt.host.tests.sim.nvidia_vgpu_sim import attach, fake_sriov_manage
+from ansible_collections.gpuvirt.host.tests.sim.pci_kernel import PciKernel
 from ansible_collections.gpuvirt.host.tests.unit.plugins.modules.test_vfio_pci import read
 from ansible_collections.gpuvirt.host.tests.unit.plugins.modules.test_virtualization_mode import with_grub
 
@@ -212,6 +213,45 @@ def test_mxgpu_spec_enabled_carved_restored(make_host, module):
     assert set(failed) == {"mxgpu", "sriov"}
     assert "gim enabled 1 VFs on %s (its vf_num is not set), 4 are recorded" % MI300X in failed["mxgpu"]
     assert "gim enables the VFs itself" in failed["sriov"] and len(vfs_of(root, MI300X)) == 1
+
+
+def test_mxgpu_vfs_go_to_vfio_pci_and_come_back_there_at_boot(make_host, run_module):
+    """GIM enables the VFs itself and nothing binds them (amdgpu is blacklisted): vfio: true hands them to
+    vfio-pci by address, the count stays GIM's, and the restore binds them again after GIM's next load."""
+    root = make_host("amd_mxgpu")
+    assert run_module("virtualization_mode", {"root": root, "selector": MI300X, "mode": "mxgpu", "max_vfs": 4})["rc"] == 0
+    assert reboot(root)["gim"] == {MI300X: 4}
+    vfs = vfs_of(root, MI300X)
+    carve = {"root": root, "devices": [{"selector": MI300X, "num_vfs": 4, "vfio": True}]}
+
+    def sriov(check_mode=False):
+        sim = attach(root)[0]
+        PciKernel(sim)
+        with sim.active():
+            return run_module("sriov", carve, check_mode=check_mode)
+
+    predicted = sriov(check_mode=True)
+    assert predicted["rc"] == 0 and predicted["changed"] is True, predicted
+    assert [device(root, vf, "driver_override") for vf in vfs] == ["(null)"] * 4
+    done = sriov()
+    assert done["rc"] == 0 and done["changed"] is True, done
+    assert done["devices"][0]["after"] == predicted["devices"][0]["after"]
+    assert done["devices"][0]["after"]["vf_drivers"] == dict.fromkeys(vfs, "vfio-pci")
+    assert hoststate.load_state(root)["sriov"] == {MI300X: {"num_vfs": 4, "vfio": True}}
+    assert sriov()["changed"] is False
+
+    reboot(root, uptime=44.0)
+    assert vfs_of(root, MI300X) == vfs and not any(os.path.lexists(os.path.join(root, "sys/bus/pci/devices", vf, "driver"))
+                                                   for vf in vfs)
+    sim = attach(root)[0]
+    PciKernel(sim)
+    with sim.active():
+        status = restore.Restore(root=root, out=io.StringIO(), timeout=0.5, interval=0.01, attempts=2).run()
+    results = [(r["step"], r["item"], r["ok"]) for r in status["results"]]
+    assert status["ok"] is True and results == [
+        ("driver", MI300X, True), ("mxgpu", MI300X, True), ("sriov", MI300X, True), ("vfio", MI300X, True)], status
+    assert {vf: os.path.basename(os.readlink(os.path.join(root, "sys/bus/pci/devices", vf, "driver")))
+            for vf in vfs} == dict.fromkeys(vfs, "vfio-pci")
 
 
 def test_mxgpu_restore_names_amdgpu_when_gim_lost_the_gpu(make_host):
