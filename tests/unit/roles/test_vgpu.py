@@ -297,7 +297,8 @@ FLEX = "0000:4e:00.0"
 
 def vf_driver_map(root, pf):
     base = os.path.join(root, "sys/bus/pci/devices", pf)
-    vfs = sorted(os.path.basename(os.readlink(os.path.join(base, n))) for n in os.listdir(base) if n.startswith("virtfn"))
+    links = [os.path.join(base, name) for name in os.listdir(base) if name.startswith("virtfn")]
+    vfs = sorted(os.path.basename(os.readlink(link)) for link in links)
     drivers = {}
     for vf in vfs:
         link = os.path.join(root, "sys/bus/pci/devices", vf, "driver")

@@ -219,7 +219,8 @@ def test_mxgpu_vfs_go_to_vfio_pci_and_come_back_there_at_boot(make_host, run_mod
     """GIM enables the VFs itself and nothing binds them (amdgpu is blacklisted): vfio: true hands them to
     vfio-pci by address, the count stays GIM's, and the restore binds them again after GIM's next load."""
     root = make_host("amd_mxgpu")
-    assert run_module("virtualization_mode", {"root": root, "selector": MI300X, "mode": "mxgpu", "max_vfs": 4})["rc"] == 0
+    enabled = run_module("virtualization_mode", {"root": root, "selector": MI300X, "mode": "mxgpu", "max_vfs": 4})
+    assert enabled["rc"] == 0, enabled
     assert reboot(root)["gim"] == {MI300X: 4}
     vfs = vfs_of(root, MI300X)
     carve = {"root": root, "devices": [{"selector": MI300X, "num_vfs": 4, "vfio": True}]}
@@ -241,8 +242,8 @@ def test_mxgpu_vfs_go_to_vfio_pci_and_come_back_there_at_boot(make_host, run_mod
     assert sriov()["changed"] is False
 
     reboot(root, uptime=44.0)
-    assert vfs_of(root, MI300X) == vfs and not any(os.path.lexists(os.path.join(root, "sys/bus/pci/devices", vf, "driver"))
-                                                   for vf in vfs)
+    assert vfs_of(root, MI300X) == vfs  # GIM enabled them again at load, and nothing bound them
+    assert not any(os.path.lexists(os.path.join(root, "sys/bus/pci/devices", vf, "driver")) for vf in vfs)
     sim = attach(root)[0]
     PciKernel(sim)
     with sim.active():
