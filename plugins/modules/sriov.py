@@ -180,8 +180,10 @@ devices:
         null for none) before the run.
       type: dict
     after:
-      description: C(num_vfs), C(drivers_autoprobe), C(vfs) and C(vf_drivers) after the run. In check mode a VF
-        to be handed back from vfio-pci shows null (the host driver that claims it shows after a real run).
+      description: C(num_vfs), C(drivers_autoprobe), C(vfs) and C(vf_drivers) after the run. In check mode the
+        drivers are predicted; two cannot be known before the kernel probes: a VF to be handed back from vfio-pci
+        shows null, and a new VF with autoprobe on shows the PF's driver (a NIC's VFs may get their own, such as
+        C(iavf)).
       type: dict
     vfio:
       description: O(devices[].vfio) as declared (null when omitted).
