@@ -87,8 +87,8 @@ options:
         type: bool
   force:
     description:
-      - Change the VF count even when a VF is in use. Running VMs lose their device, and mediated devices
-        and vGPU types on the VFs are destroyed with the VFs.
+      - Change the VF count, or move VFs to or from vfio-pci (O(devices[].vfio)), even when a VF is in use.
+        Running VMs lose their device, and mediated devices and vGPU types on the VFs are destroyed with the VFs.
     type: bool
     default: false
   persistent:
