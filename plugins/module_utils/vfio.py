@@ -485,11 +485,23 @@ def id_refusals(view, members, added_ids, removed_ids, releasing):
     would take a device that stays with the host, or a removed ID would release a device that
     stays with vfio-pci."""
     refusals = []
+    vfs_of = {}
+    for address in members:
+        if view.devices[address].physfn is not None:
+            vfs_of.setdefault(view.devices[address].physfn, []).append(address)
     for address, record in view.records.items():
         identifier = "%s:%s" % (record["vendor_id"], record["device_id"])
         if address in members:
             continue
-        if identifier in added_ids and record["driver"] != VFIO_DRIVER:
+        if identifier in added_ids and record["driver"] != VFIO_DRIVER and address in vfs_of:
+            refusals.append(Refusal(
+                "id_shared", address,
+                "binding %s by ID %s at boot would also give their physical function %s to vfio-pci (an SR-IOV "
+                "GPU's VFs often have its ID); keep VFs on vfio-pci with gpuvirt.host.sriov (vfio: true), whose "
+                "boot-time restore binds them by address once it has created them, or use persistent: false"
+                % (", ".join(vfs_of[address]), identifier, describe(record)),
+            ))
+        elif identifier in added_ids and record["driver"] != VFIO_DRIVER:
             refusals.append(Refusal(
                 "id_shared", address,
                 "binding by ID %s at boot would also give %s to vfio-pci, and it is not being bound; use "

@@ -152,6 +152,22 @@ def test_intel_sriov_spec_enabled_carved_restored(make_host, module, monkeypatch
     assert vfs_of(root, FLEX) == []
 
 
+def test_vfio_pci_will_not_keep_an_intel_vf_by_the_id_it_shares_with_its_pf(make_host, module):
+    root = flex_host(make_host, "i915")
+    assert module("virtualization_mode", root, selector=FLEX, mode="sriov", max_vfs=2)["rc"] == 0
+    reboot(root)
+    carved = module("sriov", root, devices=[{"selector": FLEX, "num_vfs": 2, "drivers_autoprobe": False}])
+    assert carved["rc"] == 0, carved
+    vf = vfs_of(root, FLEX)[0]
+    assert device(root, vf, "device") == device(root, FLEX, "device") == "0x56c0"
+    refused = module("vfio_pci", root, devices=[vf])  # persistence auto: options vfio-pci ids=8086:56c0
+    assert refused["rc"] == 1 and refused["changed"] is False, refused
+    assert "binding %s by ID 8086:56c0 at boot would also give their physical function" % vf in refused["msg"]
+    assert "keep VFs on vfio-pci with gpuvirt.host.sriov (vfio: true)" in refused["msg"]
+    assert not os.path.lexists(os.path.join(root, "sys/bus/pci/devices", vf, "driver"))
+    assert not os.path.exists(os.path.join(root, "etc/modprobe.d/gpuvirt-vfio.conf"))
+
+
 def test_intel_sriov_restore_says_why_pf_mode_did_not_come(make_host, module):
     root = flex_host(make_host, "i915")
     assert module("virtualization_mode", root, selector=FLEX, mode="sriov", max_vfs=2)["rc"] == 0
