@@ -75,9 +75,9 @@ options:
         description:
           - V(true) hands every VF of the PF to vfio-pci, for VMs, now and at every boot, where
             C(gpuvirt-restore.service) binds them right after it has created them. Each VF is bound by its
-            address (C(driver_override), then C(drivers_probe)) and read back, never by C(vendor:device) ID: VFs
-            often share their ID with the PF (Intel SR-IOV GPUs) or exist only once the restore created them, so
-            C(vfio-pci.ids=) or C(options vfio-pci ids=) would take the PF or nothing.
+            address (C(driver_override), then C(drivers_probe)) and read back, never by C(vendor:device) ID, as
+            VFs often share their ID with the PF (Intel SR-IOV GPUs) or exist only once the restore created them,
+            so C(vfio-pci.ids=) or C(options vfio-pci ids=) would take the PF or nothing.
           - V(false) hands the VFs now on vfio-pci back (the override cleared, the host driver probes them) and
             stops binding them at boot. Omitted leaves the VFs' drivers and the recorded choice as they are.
           - Needs the IOMMU on; loads vfio-pci on a live host when it is not loaded. Use with
@@ -181,8 +181,8 @@ devices:
       type: dict
     after:
       description: C(num_vfs), C(drivers_autoprobe), C(vfs) and C(vf_drivers) after the run. In check mode the
-        drivers are predicted; two cannot be known before the kernel probes: a VF to be handed back from vfio-pci
-        shows null, and a new VF with autoprobe on shows the PF's driver (a NIC's VFs may get their own, such as
+        drivers are predicted, but two cannot be known before the kernel probes. A VF to be handed back from
+        vfio-pci shows null, and a new VF with autoprobe on shows the PF's driver (a NIC's VFs may get their own, such as
         C(iavf)).
       type: dict
     vfio:
