@@ -366,6 +366,9 @@ def vf_drivers(root, vfs):
 def hand_vfs_to_vfio(root, vfs, attempts=10, delay=0.1):
     """Bind every VF in ``vfs`` to vfio-pci by its ``driver_override`` and read each back.
 
+    This works with ``sriov_drivers_autoprobe`` 0 too: the PCI core lets a VF probe when its PF's autoprobe
+    is on or when the VF has a ``driver_override`` (``pci_device_can_probe()``, drivers/pci/pci-driver.c),
+    so the VFs go to vfio-pci without the PF's driver ever probing them.
     Returns ``(bound, already)`` (addresses). Every VF is tried; SriovError names the ones that failed
     and the ones bound before (a failed bind is rolled back to the VF's previous driver).
     """
