@@ -182,8 +182,8 @@ devices:
     after:
       description: C(num_vfs), C(drivers_autoprobe), C(vfs) and C(vf_drivers) after the run. In check mode the
         drivers are predicted, but two cannot be known before the kernel probes. A VF to be handed back from
-        vfio-pci shows null, and a new VF with autoprobe on shows the PF's driver (a NIC's VFs may get their own, such as
-        C(iavf)).
+        vfio-pci shows null, and a new VF with autoprobe on shows the PF's driver (a NIC's VFs may get their
+        own, such as C(iavf)).
       type: dict
     vfio:
       description: O(devices[].vfio) as declared (null when omitted).
