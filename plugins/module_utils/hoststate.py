@@ -7,18 +7,19 @@ concern, each keyed by a stable identifier (PCI address or mdev UUID)::
 
     {
       "version": 1,
-      "sriov":  {"0000:41:00.0": {"num_vfs": 4, "drivers_autoprobe": true}},
+      "sriov":  {"0000:41:00.0": {"num_vfs": 4, "drivers_autoprobe": false, "vfio": true}},
       ...the vendors' sections (:func:`vendors.state_sections`)...
       "mdevs":  {"<uuid>": {"parent": "0000:00:02.0", "type": "i915-GVTg_V5_4"}}
     }
 
 The generic sections are ``sriov`` (VF counts; an entry's ``method`` names the vendor tool that
-enables them, :func:`vendors.vf_tool`) and ``mdevs``; each vendor backend adds its own between them
-(its ``state_sections``, replayed by its own restore steps). The restore replays them in that order:
-VFs first, then the vendors' sections, then mdevs. Each module reads the file, changes the entries it
-declares and writes the whole file atomically (:mod:`files`). Every changing module holds the host lock
-(:mod:`host`) from that read to that write, so two runs never lose each other's entries. A file
-written by a newer version of the collection, or that cannot be parsed, is refused, never rewritten.
+enables them, :func:`vendors.vf_tool`; ``vfio``: its VFs go to vfio-pci once created) and ``mdevs``;
+each vendor backend adds its own between them (its ``state_sections``, replayed by its own restore
+steps). The restore replays them in that order: VFs first, then the vendors' sections, then mdevs.
+Each module reads the file, changes the entries it declares and writes the whole file atomically
+(:mod:`files`). Every changing module holds the host lock (:mod:`host`) from that read to that
+write, so two runs never lose each other's entries. A file written by a newer version of the
+collection, or that cannot be parsed, is refused, never rewritten.
 """
 
 from __future__ import annotations

@@ -15,7 +15,11 @@ Steps, each waiting for what it needs and reading every write back, with bounded
    and its SR-IOV attributes, every non-VF mdev parent is registered.
 2. ``sriov``: ``sriov_numvfs`` (0 first, then N) and ``sriov_drivers_autoprobe``; an entry recorded
    with a vendor tool's ``method`` runs that tool (:func:`vendors.vf_tool`).
-3. ``mdevs``: each recorded mdev, on its parent with its type. One that mdevctl also defines is
+3. ``vfio``: the VFs of each physical function recorded with ``"vfio": true`` go to vfio-pci, each by its
+   address (``driver_override``), as soon as the previous step has created them; vfio-pci is loaded first
+   when nothing has loaded it. Never by ``vendor:device`` ID: a VF often shares its ID with the PF, and does
+   not exist when ``vfio-pci.ids=`` or modprobe.d would be read.
+4. ``mdevs``: each recorded mdev, on its parent with its type. One that mdevctl also defines is
    left to mdevctl's udev rule for a grace period (``--mdevctl-grace``), then verified, or created
    if mdevctl did not start it; the two never race for one UUID.
 
@@ -54,9 +58,11 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import (
     link_name,
     read_int,
 )
+from ansible_collections.gpuvirt.host.plugins.module_utils.vendor_plan import RESTORE_ANCHORS
+from ansible_collections.gpuvirt.host.plugins.module_utils.vfio_bind import VFIO_DRIVER, driver_loaded
 
 STATUS_PATH = "run/gpuvirt/restore.json"
-GENERIC_STEPS = ("driver", "sriov", "mdevs")
+GENERIC_STEPS = RESTORE_ANCHORS
 UNIT_NAME = "gpuvirt-restore.service"
 UNIT_DIR = "etc/systemd/system"
 WANTED_BY = "multi-user.target"
@@ -259,6 +265,32 @@ class Restore:
             return "num_vfs %d already" % before
         current = self.retry(attempt)
         return "num_vfs %d (was %s%s), read back" % (current, before, ", by %s" % tool.name if tool else "")
+
+    def step_vfio(self):
+        entries = self.state.get("sriov") or {}
+        for pf, entry in sorted(entries.items()):
+            if isinstance(entry, dict) and entry.get("vfio") and int(entry.get("num_vfs", 0)):
+                self._item("vfio", pf, lambda pf=pf, entry=entry: self._vfs_to_vfio(pf, entry))
+
+    def _vfs_to_vfio(self, pf, entry):
+        wanted = int(entry.get("num_vfs", 0))
+        info = sriov.read_sriov(self.root, pf)
+        vfs = info["vfs"] if info else []
+        if not vfs:
+            raise RestoreError("%s has none of its %d recorded VFs to hand to vfio-pci (see its sriov step)"
+                               % (pf, wanted))
+        loaded = "loaded"
+        if not driver_loaded(self.root, VFIO_DRIVER):
+            command = [self.runner.get_bin_path("modprobe") or "modprobe", "vfio-pci"]
+            rc, out, err = self.runner.run_command(command)
+            if rc != 0 or not driver_loaded(self.root, VFIO_DRIVER):
+                raise RestoreError("%s failed (exit %s: %s); the VFs of %s stay without vfio-pci"
+                                   % (" ".join(command), rc, " ".join((out + " " + err).split())[-200:] or "no output",
+                                      pf))
+            loaded = "loaded by modprobe"
+        bound, already = self.retry(lambda: sriov.hand_vfs_to_vfio(self.root, vfs, delay=self.interval))
+        return "%d VF(s) on vfio-pci (%s), read back: %d bound, %d already (vfio-pci %s)" % (
+            len(vfs), ", ".join(vfs), len(bound), len(already), loaded)
 
     def _autoprobe(self, pf):
         value = read_int(host_path(self.root, PCI_DEVICES, pf, "sriov_drivers_autoprobe"))

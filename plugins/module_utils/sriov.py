@@ -30,8 +30,13 @@ Public API (standard library only, so the boot-time restore can use it without A
   retries=10, delay=0.5) -> bool``: what the boot-time restore calls for one ``sriov`` entry of the
   state file; ``method`` is the entry's ``method`` (``sysfs``, the default, or a vendor tool's).
 - :func:`poll` ``(read, accept, retries, delay) -> (value, ok)``: the bounded read-back loop.
-- :func:`state_entry` ``(num_vfs, drivers_autoprobe=None, method=None) -> dict``: a ``sriov``
-  section entry of ``/etc/gpuvirt/host-state.json``.
+- :func:`vf_drivers` ``(root, vfs) -> dict[str, str | None]``: the driver bound to each VF.
+- :func:`hand_vfs_to_vfio` ``(root, vfs) -> (bound, already)``: every VF in ``vfs`` to vfio-pci through its
+  ``driver_override`` (the address, never the ID: a VF often shares its ``vendor:device`` with the PF),
+  read back; tries every VF and raises SriovError naming those that failed.
+- :func:`state_entry` ``(num_vfs, drivers_autoprobe=None, method=None, vfio=None) -> dict``: a ``sriov``
+  section entry of ``/etc/gpuvirt/host-state.json`` (``vfio``: the restore hands the VFs to vfio-pci
+  once it has created them).
 
 Kernel behaviour this follows (``drivers/pci/iov.c``, ``Documentation/ABI/testing/sysfs-bus-pci``):
 writing a count to ``sriov_numvfs`` while VFs are enabled fails with ``EBUSY`` unless it is 0 or
@@ -52,6 +57,12 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.iommu import users_of
 from ansible_collections.gpuvirt.host.plugins.module_utils.mdev_info import mdevs as list_mdevs
 from ansible_collections.gpuvirt.host.plugins.module_utils.pci import read_pci_device
 from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import PCI_DEVICES, host_path, normalize_address
+from ansible_collections.gpuvirt.host.plugins.module_utils.vfio_bind import (
+    VFIO_DRIVER,
+    VfioError,
+    bind_device,
+    read_driver,
+)
 
 METHODS = ("sysfs",) + vendors.vf_tool_methods()
 
@@ -157,11 +168,16 @@ def pf_reason(device):
     """Why ``device`` cannot be selected as an SR-IOV physical function; None when it can."""
     if device.is_vf:
         return "is a virtual function of %s; select its physical function" % device.physfn
-    if device.sriov is None or not device.sriov.total_vfs:
+    if device.sriov is None:
         return (
             "has no SR-IOV capability (no sriov_totalvfs); its driver may not support SR-IOV, or SR-IOV is "
             "disabled in the firmware setup"
         )
+    if not device.sriov.total_vfs:
+        advice = vendors.vf_count_advice(device)
+        return "offers no VFs (sriov_totalvfs reads 0): %s" % (
+            "it is %s" % advice if advice else "its driver (%s) has not enabled SR-IOV on it; some drivers need a "
+            "module parameter and a reload first" % (device.driver or "none bound"))
     return None
 
 
@@ -342,11 +358,45 @@ def restore_pf(root, pf, num_vfs, drivers_autoprobe=None, method=None, runner=No
     return set_num_vfs(root, pf, num_vfs, retries, delay) or changed
 
 
-def state_entry(num_vfs, drivers_autoprobe=None, method=None):
+def vf_drivers(root, vfs):
+    """``{vf: the driver bound to it, or None}``."""
+    return {vf: read_driver(root, vf) for vf in vfs}
+
+
+def hand_vfs_to_vfio(root, vfs, attempts=10, delay=0.1):
+    """Bind every VF in ``vfs`` to vfio-pci by its ``driver_override`` and read each back.
+
+    This works with ``sriov_drivers_autoprobe`` 0 too: the PCI core lets a VF probe when its PF's autoprobe
+    is on or when the VF has a ``driver_override`` (``pci_device_can_probe()``, drivers/pci/pci-driver.c),
+    so the VFs go to vfio-pci without the PF's driver ever probing them.
+    Returns ``(bound, already)`` (addresses). Every VF is tried; SriovError names the ones that failed
+    and the ones bound before (a failed bind is rolled back to the VF's previous driver).
+    """
+    bound, already, failed = [], [], []
+    for vf in vfs:
+        if read_driver(root, vf) == VFIO_DRIVER:
+            already.append(vf)
+            continue
+        try:
+            bind_device(root, vf, VFIO_DRIVER, attempts, delay)
+        except VfioError as error:
+            failed.append(str(error))
+        else:
+            bound.append(vf)
+    if failed:
+        raise SriovError(
+            "%s%s" % ("; ".join(failed), "; bound to vfio-pci meanwhile: %s" % ", ".join(bound) if bound else "")
+        )
+    return bound, already
+
+
+def state_entry(num_vfs, drivers_autoprobe=None, method=None, vfio=None):
     """One entry of the state file's ``sriov`` section."""
     entry = {"num_vfs": int(num_vfs)}
     if drivers_autoprobe is not None:
         entry["drivers_autoprobe"] = bool(drivers_autoprobe)
     if method and method != "sysfs":
         entry["method"] = method
+    if vfio:
+        entry["vfio"] = True
     return entry

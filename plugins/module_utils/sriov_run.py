@@ -1,7 +1,8 @@
 # Copyright (c) gpuvirt.host contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""The ``sriov`` module's run (:mod:`modrun`): plan each physical function's VF count and
-autoprobe flag, guard VFs in use, write sysfs, and record the counts for the boot-time restore."""
+"""The ``sriov`` module's run (:mod:`modrun`): plan each physical function's VF count, autoprobe flag
+and whether its VFs go to vfio-pci, guard VFs in use, write sysfs, and record it all for the boot-time
+restore."""
 
 from __future__ import annotations
 
@@ -23,15 +24,25 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.pci import name_devic
 from ansible_collections.gpuvirt.host.plugins.module_utils.selector import select_devices
 from ansible_collections.gpuvirt.host.plugins.module_utils.sriov import (
     SriovError,
+    hand_vfs_to_vfio,
     pf_reason,
     read_sriov,
     set_drivers_autoprobe,
     set_num_vfs,
     state_entry,
     vf_addresses,
+    vf_drivers,
     vf_users,
 )
 from ansible_collections.gpuvirt.host.plugins.module_utils.topology import NotALinuxTree, check_root
+from ansible_collections.gpuvirt.host.plugins.module_utils.vfio import find_program
+from ansible_collections.gpuvirt.host.plugins.module_utils.vfio_bind import (
+    VFIO_DRIVER,
+    VfioError,
+    driver_loaded,
+    is_vfio_driver,
+    release_device,
+)
 
 
 @dataclass(frozen=True)
@@ -46,6 +57,7 @@ class SriovRun(ModuleRun):
         self.retries = self.params["retries"]
         self.delay = self.params["delay"]
         self.done = []
+        self.load_vfio = False
 
     def plan(self):
         self.retries, self.delay = rules.waits(self.params)
@@ -58,17 +70,30 @@ class SriovRun(ModuleRun):
         blocked = [p for p in plans if p["in_use"]]
         if blocked and not self.params["force"]:
             self.fail(
-                "refusing to change the VF count: that removes every VF of the PF, and some are in use. %s. "
+                "refusing to change the VF count or the VFs' driver: a new count removes every VF of the PF and "
+                "a new driver takes the VF from its user, and some are in use. %s. "
                 "Stop the VMs and remove the mediated devices or vGPU types first, or set force: true. "
                 "Nothing was changed." % "; ".join(self._in_use_text(p) for p in blocked),
                 devices=[self._result(p, p["before"]) for p in plans],
             )
         for planned in blocked:
             self.warn("forced: %s" % self._in_use_text(planned))
+        self.load_vfio = any(p["bind"] for p in plans) and not driver_loaded(self.root, VFIO_DRIVER)
+        if self.load_vfio and not self.host.live:
+            self.fail("the vfio-pci driver is not loaded below %s (no sys/bus/pci/drivers/vfio-pci) and modules can "
+                      "only be loaded on this host's /; nothing was changed" % self.root)
         wanted = self._state_section(state, plans) if self.params["persistent"] else state["sriov"]
         return SriovRunPlan(tuple(plans), plan_state(self.root, with_section(state, "sriov", wanted)))
 
     def apply(self, plan):
+        if self.load_vfio:
+            modprobe = find_program(self.module, self.root, "modprobe")
+            if modprobe is None:
+                self.fail("modprobe was not found on this host to load vfio-pci; nothing was changed")
+            self.command([modprobe, "vfio-pci"], "loading vfio-pci")
+            if not driver_loaded(self.root, VFIO_DRIVER):
+                self.fail("modprobe vfio-pci succeeded but /sys/bus/pci/drivers/vfio-pci does not exist; check dmesg "
+                          "(Secure Boot lockdown, a kernel without VFIO)")
         self._apply(plan.pfs)
         try:
             self.write(plan.state)
@@ -148,6 +173,18 @@ class SriovRun(ModuleRun):
         if advice:
             self.warn("%s is %s" % (pf, advice))
         in_use = vf_users(self.root, info["vfs"], holders, mdev_list) if change_count and current else {}
+        drivers = vf_drivers(self.root, info["vfs"])
+        vfio = declaration["vfio"]
+        vfs_after = vf_addresses(self.root, pf, wanted) if change_count else list(info["vfs"])
+        # New VFs start without vfio-pci: every one is bound. Kept VFs move only when on another driver.
+        bind = [vf for vf in vfs_after if change_count or drivers.get(vf) != VFIO_DRIVER] if vfio else []
+        release = [vf for vf in info["vfs"] if is_vfio_driver(drivers[vf])] if vfio is False and not change_count \
+            else []
+        if vfio:
+            self._check_vfio(pf, device, wanted, autoprobe if autoprobe is not None else info["drivers_autoprobe"])
+        moving = [vf for vf in bind + release if vf in drivers]
+        if moving and not change_count:
+            in_use = vf_users(self.root, moving, holders, mdev_list)
         return {
             "address": pf,
             "selector": declaration["selector"],
@@ -155,11 +192,31 @@ class SriovRun(ModuleRun):
             "num_vfs": wanted,
             "declared_num_vfs": declaration["num_vfs"],
             "drivers_autoprobe": autoprobe,
+            "vfio": vfio,
             "change_count": change_count,
             "change_autoprobe": autoprobe is not None and autoprobe != info["drivers_autoprobe"],
+            "bind": bind,
+            "release": release,
+            "vfs_after": vfs_after,
             "in_use": in_use,
-            "before": {"num_vfs": current, "drivers_autoprobe": info["drivers_autoprobe"], "vfs": info["vfs"]},
+            "before": {"num_vfs": current, "drivers_autoprobe": info["drivers_autoprobe"], "vfs": info["vfs"],
+                       "vf_drivers": drivers},
         }
+
+    def _check_vfio(self, pf, device, wanted, autoprobe):
+        """VFs can go to vfio-pci only with the IOMMU on (they need an IOMMU group)."""
+        if wanted and device.iommu_group is None:
+            self.fail(
+                "%s (%s): vfio: true needs the IOMMU on, and %s has no IOMMU group, so its VFs would get none and "
+                "vfio-pci could not take them; turn the IOMMU on (gpuvirt.host.iommu) and reboot; nothing was "
+                "changed" % (pf, device.name, pf)
+            )
+        if wanted and autoprobe:
+            self.warn(
+                "%s: sriov_drivers_autoprobe is on, so %s probes each new VF before it moves to vfio-pci (and again "
+                "at every boot); set drivers_autoprobe: false to give the VFs to vfio-pci directly"
+                % (pf, device.driver or "the VF driver")
+            )
 
     @staticmethod
     def _in_use_text(planned):
@@ -168,7 +225,7 @@ class SriovRun(ModuleRun):
 
     @staticmethod
     def _any_change(plans):
-        return any(p["change_count"] or p["change_autoprobe"] for p in plans)
+        return any(_pf_changes(p) for p in plans)
 
     # -- applying -------------------------------------------------------------------------------
 
@@ -183,6 +240,16 @@ class SriovRun(ModuleRun):
                 if planned["change_count"]:
                     set_num_vfs(self.root, pf, planned["num_vfs"], self.retries, self.delay)
                     done.append("%s: %d VFs" % (pf, planned["num_vfs"]))
+                if planned["bind"]:
+                    vfs = read_sriov(self.root, pf)["vfs"] if planned["change_count"] else planned["bind"]
+                    bound, _already = hand_vfs_to_vfio(self.root, vfs)
+                    done.append("%s: VFs %s bound to vfio-pci" % (pf, ", ".join(bound) or "(none)"))
+                for vf in planned["release"]:
+                    try:
+                        release_device(self.root, vf)
+                    except VfioError as error:
+                        raise SriovError(str(error)) from error
+                    done.append("%s released from vfio-pci" % vf)
             except SriovError as error:
                 self.fail(
                     "%s%s" % (error, "; done before: %s" % ", ".join(done) if done else ""),
@@ -193,13 +260,19 @@ class SriovRun(ModuleRun):
         pf = planned["address"]
         if not self.check_mode:
             info = read_sriov(self.root, pf)
-            return {"num_vfs": info["num_vfs"], "drivers_autoprobe": info["drivers_autoprobe"], "vfs": info["vfs"]}
+            return {"num_vfs": info["num_vfs"], "drivers_autoprobe": info["drivers_autoprobe"], "vfs": info["vfs"],
+                    "vf_drivers": vf_drivers(self.root, info["vfs"])}
         before = planned["before"]
         autoprobe = (
             before["drivers_autoprobe"] if planned["drivers_autoprobe"] is None else planned["drivers_autoprobe"]
         )
-        vfs = before["vfs"] if not planned["change_count"] else vf_addresses(self.root, pf, planned["num_vfs"])
-        return {"num_vfs": planned["num_vfs"], "drivers_autoprobe": autoprobe, "vfs": vfs}
+        vfs = planned["vfs_after"]
+        drivers = {vf: before["vf_drivers"].get(vf) for vf in vfs}
+        if planned["change_count"]:  # new VFs: the PF's driver probes them when autoprobe is on
+            drivers = dict.fromkeys(vfs, read_sriov(self.root, pf)["driver"] if autoprobe else None)
+        drivers.update(dict.fromkeys(planned["bind"], VFIO_DRIVER))
+        drivers.update(dict.fromkeys(planned["release"]))  # whatever host driver claims it on the reprobe
+        return {"num_vfs": planned["num_vfs"], "drivers_autoprobe": autoprobe, "vfs": vfs, "vf_drivers": drivers}
 
     # -- results --------------------------------------------------------------------------------
 
@@ -214,10 +287,11 @@ class SriovRun(ModuleRun):
             num_vfs = planned["num_vfs"]
             if planned["declared_num_vfs"] is None and "num_vfs" in recorded:
                 num_vfs = recorded["num_vfs"]
+            vfio = recorded.get("vfio") if planned["vfio"] is None else planned["vfio"]
             if num_vfs == 0 and autoprobe in (None, True):
                 section.pop(pf, None)
             else:
-                section[pf] = state_entry(num_vfs, autoprobe)
+                section[pf] = state_entry(num_vfs, autoprobe, vfio=vfio)
         return section
 
     def _result(self, planned, after):
@@ -227,8 +301,9 @@ class SriovRun(ModuleRun):
             "total_vfs": planned["total_vfs"],
             "before": planned["before"],
             "after": after,
+            "vfio": planned["vfio"],
             "in_use": planned["in_use"],
-            "changed": planned["change_count"] or planned["change_autoprobe"],
+            "changed": _pf_changes(planned),
         }
 
     @staticmethod
@@ -241,6 +316,8 @@ class SriovRun(ModuleRun):
                     "%s num_vfs=%s drivers_autoprobe=%s"
                     % (planned["address"], values["num_vfs"], _flag(values["drivers_autoprobe"]))
                 )
+                lines.extend("  %s driver=%s" % (vf, driver or "none")
+                             for vf, driver in sorted(values["vf_drivers"].items()))
             return "\n".join(lines) + "\n"
 
         return {
@@ -249,6 +326,10 @@ class SriovRun(ModuleRun):
             "before_header": "SR-IOV physical functions",
             "after_header": "SR-IOV physical functions",
         }
+
+
+def _pf_changes(planned):
+    return bool(planned["change_count"] or planned["change_autoprobe"] or planned["bind"] or planned["release"])
 
 
 def _flag(value):

@@ -61,8 +61,11 @@ IGPU_SLOT = "0000:00:02"
 # Comet Lake 9Bxx, Broxton 5A84/5A85.
 GVT_G_ID_PREFIXES = ("16", "19", "59", "3e", "9b")
 GVT_G_IDS = frozenset(("87c0", "87ca", "5a84", "5a85"))
-# Data Center GPU Flex (ATS-M) and Max (PVC) physical functions.
-SRIOV_IDS = frozenset(("56c0", "56c1", "56c2", "0bd5", "0bd6", "0bda", "0bdb"))
+# Data Center GPU Flex (ATS-M) and Max (PVC) physical functions, with the VFs each has ("Xe - SR-IOV
+# Support Plan" RFC: ATS-M 31, PVC 63). Out of PF mode the driver reports sriov_totalvfs 0, so this is
+# what bounds max_vfs before the first reboot.
+SRIOV_VFS = {"56c0": 31, "56c1": 31, "56c2": 31, "0bd5": 63, "0bd6": 63, "0bda": 63, "0bdb": 63}
+SRIOV_IDS = frozenset(SRIOV_VFS)
 GVT_G_MODULE = "kvmgt"
 GVT_G_ARGUMENT = "i915.enable_gvt=1"
 GVT_G_TYPE_PREFIX = "i915-GVTg_"
@@ -152,7 +155,8 @@ def restore_sriov_mode(context, pf, entry):
     except GpuvirtError as error:
         raise VendorRestoreError(
             "%s; %s with max_vfs %s stayed out of PF mode (sriov_totalvfs %s): look in dmesg for 'continuing as "
-            "native' (GuC submission off: i915.enable_guc=3)" % (error, driver, max_vfs, read_int(total_path))
+            "native'%s" % (error, driver, max_vfs, read_int(total_path),
+                           " (GuC submission off: i915.enable_guc=3)" if driver == "i915" else "")
         ) from error
     return "%s in SR-IOV PF mode: max_vfs %s, sriov_totalvfs %d" % (driver, max_vfs, total)
 
@@ -173,6 +177,19 @@ def _sriov_items(state, root):
         for pf, entry in sorted(entries.items())
         if isinstance(entry, dict) and _is_intel_gpu(root, pf)
     ]
+
+
+def device_vfs(device):
+    """``(VFs the GPU has, where that comes from)``: ``sriov_totalvfs`` in PF mode; out of it (where the
+    driver reports 0) the count of its device ID; ``(None, None)`` when neither is known."""
+    total = device.sriov.total_vfs if device.sriov is not None else None
+    if total:
+        return total, "its sriov_totalvfs"
+    known = SRIOV_VFS.get((device.device_id or "").lower())
+    if known:
+        return known, "the VFs of an [8086:%s] GPU; sriov_totalvfs reads 0 until the driver is in PF mode" % (
+            device.device_id.lower())
+    return None, None
 
 
 class IntelBackend(VendorBackend):
@@ -215,11 +232,11 @@ class IntelBackend(VendorBackend):
                 % (device.address, driver or "no driver")
             )
         count = options.get("max_vfs")
-        total = device.sriov.total_vfs if device.sriov is not None else None
+        total, source = device_vfs(device)
         if not count or count < 1 or (total and count > total):
             raise EnableError(
-                "max_vfs must be between 1 and %s for %s; nothing changed" % (total or "the GPU's VF count",
-                                                                              device.address)
+                "max_vfs must be between 1 and %s for %s%s; nothing changed"
+                % (total or "the GPU's VF count", device.address, " (%s)" % source if total else "")
             )
         arguments = ["%s.max_vfs=%d" % (driver, count)]
         if driver == "i915":
@@ -231,6 +248,16 @@ class IntelBackend(VendorBackend):
             kernel_arguments=tuple(arguments),
             running_needs=(("%s.max_vfs=%d in the loaded %s driver" % (driver, count, driver), live == str(count)),),
             notes=("then create the VFs with gpuvirt.host.sriov and hand them to vfio-pci",),
+        )
+
+    def vf_count_advice(self, device):
+        if device.driver not in SRIOV_DRIVERS or device.sriov is None or device.sriov.total_vfs:
+            return None
+        return (
+            "an Intel GPU out of SR-IOV PF mode: %s offers VFs only with %s.max_vfs=<N>%s, read when it probes; "
+            "set it with gpuvirt.host.virtualization_mode (mode sriov, max_vfs) and reboot"
+            % (device.driver, device.driver, " and GuC submission (i915.enable_guc=3)" if device.driver == "i915"
+               else "")
         )
 
     def modes(self, device, host):

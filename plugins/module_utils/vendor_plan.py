@@ -37,16 +37,16 @@ class EnablePlan:
     notes: tuple = field(default=())
 
 
-# The generic restore steps a vendor step can be placed before, in the order they run.
-RESTORE_ANCHORS = ("driver", "sriov", "mdevs")
+# The generic restore steps (:mod:`restore`) in the order they run; a vendor step is placed before one.
+RESTORE_ANCHORS = ("driver", "sriov", "vfio", "mdevs")
 
 
 @dataclass(frozen=True)
 class RestoreStep:
     """One boot-time restore step of a vendor, run by :mod:`restore` right before the generic step
     ``before`` (``driver``: before the drivers are waited for; ``sriov``: once the physical functions
-    have a driver, before the VF counts are written; ``mdevs``: once the VFs exist, before the mediated
-    devices are created).
+    have a driver, before the VF counts are written; ``vfio``: once the VFs exist, before the recorded ones
+    go to vfio-pci; ``mdevs``: before the mediated devices are created).
 
     ``items(state, root)`` returns ``[(item, action)]`` for the recorded state (the state file's
     sections, :mod:`hoststate`): the item names what is restored (a PCI address, a UUID), and

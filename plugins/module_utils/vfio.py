@@ -8,9 +8,8 @@ boot-time planning :class:`vfio_boot.BootConfigPlanner`):
 
 - :func:`resolve_selectors` ``(selectors, devices) -> {address: [selector, ...]}``: a PCI address
   (short, 4- or 8-digit domain), ``vendor:device``, or a model name; never an index.
-- :func:`read_driver`, :func:`read_override`, :func:`bind_device`, :func:`release_device`: the
-  kernel's ``driver_override`` / ``unbind`` / ``drivers_probe`` protocol, read back every time,
-  for vfio-pci and the variant VFIO drivers.
+- binding and handing back one device (``read_driver``, ``bind_device``, ``release_device``,
+  ``is_vfio_driver``...) are in :mod:`vfio_bind`, which the boot-time restore uses too.
 - :func:`read_host` ``(root) -> HostView``: devices, IOMMU state, VFIO holders and host-critical
   devices through the topology readers; :func:`framebuffer_devices` ``(root)``.
 - :func:`expand_members` ``(view, selected, with_companions) -> {address: Member}``: selected devices
@@ -26,10 +25,8 @@ boot-time planning :class:`vfio_boot.BootConfigPlanner`):
 
 from __future__ import annotations
 
-import errno
 import os
 import re
-import time
 from dataclasses import dataclass
 
 from ansible_collections.gpuvirt.host.plugins.module_utils import host as host_model
@@ -60,16 +57,10 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.selector import (
     select_devices,
 )
 from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import (
-    PCI_DEVICES,
-    PCI_DRIVERS,
-    SysfsWriteError,
     host_path,
-    link_name,
     list_dir,
     normalize_address,
-    read_hex,
     read_text,
-    write_text,
 )
 from ansible_collections.gpuvirt.host.plugins.module_utils.topology import (
     NotALinuxTree,
@@ -78,23 +69,23 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.topology import (
     host_architecture,
     unsupported_architecture,
 )
+from ansible_collections.gpuvirt.host.plugins.module_utils.vfio_bind import (
+    VFIO_DRIVER,
+    VfioError,
+    device_path,
+    driver_key,
+)
 
-VFIO_DRIVER = "vfio-pci"
 # Host drivers that would claim a GPU (the vendors' own) or one of its companion functions (HDMI audio,
 # USB-C) before vfio-pci does unless modprobe loads vfio-pci first.
 SOFTDEP_DRIVERS = vendors.softdep_drivers() + ("snd_hda_intel", "xhci_hcd")
 MODPROBE_CONF = "etc/modprobe.d/gpuvirt-vfio.conf"
 MODULES_LOAD_CONF = "etc/modules-load.d/gpuvirt-vfio.conf"
 DRIVERCTL_DIR = "etc/driverctl.d"
-DRIVERS_PROBE = "sys/bus/pci/drivers_probe"
 MANAGED_HEADER = "# Managed by gpuvirt.host.vfio_pci; edits are overwritten.\n"
 
 _OPTIONS_IDS = re.compile(r"^\s*options\s+vfio[-_]pci\s+(.*)$")
 _FRAMEBUFFER = re.compile(r"fb[0-9]+\Z")
-
-
-class VfioError(GpuvirtError):
-    """A clear, user-facing failure: what, on which device or file, why, and what to do."""
 
 
 # ------------------------------------------------------------------------------------ selectors
@@ -124,149 +115,7 @@ def resolve_selectors(selectors, devices):
     return {address: chosen[address] for address in sorted(chosen)}
 
 
-# ------------------------------------------------------------------------------ runtime binding
-
-
-def device_path(root, address, *parts):
-    return host_path(root, PCI_DEVICES, address, *parts)
-
-
-def read_driver(root, address):
-    """The driver bound to the device (the ``driver`` link), or None."""
-    return link_name(device_path(root, address, "driver"))
-
-
-def read_override(root, address):
-    """``driver_override``, or None when unset (the kernel shows ``(null)``)."""
-    text = read_text(device_path(root, address, "driver_override"))
-    return None if text in (None, "", "(null)") else text
-
-
-def driver_loaded(root, driver=VFIO_DRIVER):
-    return os.path.isdir(host_path(root, PCI_DRIVERS, driver))
-
-
-def _settled_driver(root, address, settled, attempts, delay):
-    """Read the ``driver`` link back until ``settled(driver)``; probing is synchronous, the
-    retries cover slow udev hosts."""
-    driver = read_driver(root, address)
-    for _attempt in range(attempts):
-        if settled(driver):
-            break
-        time.sleep(delay)
-        driver = read_driver(root, address)
-    return driver
-
-
-def bind_device(root, address, driver=VFIO_DRIVER, attempts=10, delay=0.1):
-    """Bind one device to ``driver`` (vfio-pci or a variant VFIO driver): set ``driver_override``,
-    unbind, ``drivers_probe``, read back.
-
-    Returns the driver now bound. A bind the kernel accepted but that left another driver (or
-    none) is rolled back (the override put back as it was, the device reprobed) and raises
-    :class:`VfioError`; so does a refused write, with the kernel's reason.
-    """
-    before = read_driver(root, address)
-    if before == driver:
-        return before
-    previous = read_override(root, address)
-    override_set = False
-    try:
-        if previous != driver:
-            write_text(device_path(root, address, "driver_override"), driver)
-            override_set = True
-        if before is not None:
-            write_text(host_path(root, PCI_DRIVERS, before, "unbind"), address)
-        write_text(host_path(root, DRIVERS_PROBE), address)
-    except SysfsWriteError as error:
-        restored = _roll_back(root, address, override_set, previous)
-        raise VfioError(
-            "binding %s to %s failed: %s; %s" % (address, driver, error, restored)
-        ) from error
-    after = _settled_driver(root, address, lambda now: now == driver, attempts, delay)
-    if after != driver:
-        restored = _roll_back(root, address, override_set, previous)
-        raise VfioError(
-            "binding %s to %s was accepted by the kernel but did not take effect: its driver "
-            "link reads %s; check 'dmesg' for a %s probe error (no IOMMU group, BAR reservation "
-            "held by a framebuffer); %s" % (address, driver, after or "nothing (unbound)", driver, restored)
-        )
-    return after
-
-
-def _roll_back(root, address, override_set, previous=None):
-    """Undo a failed bind so the device is not left without a driver; describe the outcome.
-    ``previous``: the override before the bind (a device moving from vfio-pci to a variant
-    driver goes back to vfio-pci)."""
-    try:
-        if override_set:
-            write_text(device_path(root, address, "driver_override"), previous or "\n")
-        if read_driver(root, address) is None:
-            write_text(host_path(root, DRIVERS_PROBE), address)
-    except SysfsWriteError as error:  # the original failure matters more; report both
-        return "undoing the override failed too (%s); the device may be left unbound" % error
-    driver = read_driver(root, address)
-    return "the override was undone and the device is now bound to %s" % (driver or "no driver")
-
-
-def release_device(root, address, variants=(), attempts=10, delay=0.1):
-    """Hand a device back: clear ``driver_override``, unbind it from vfio-pci or the variant VFIO
-    driver holding it, take its ID out of vfio-pci's dynamic ID table, ``drivers_probe``, read back.
-
-    After a boot that bound the device through ``options vfio-pci ids=`` (or ``vfio-pci.ids=``)
-    the ID sits in vfio-pci's table and vfio-pci, loaded first, would win the reprobe again; the
-    table is runtime state, rebuilt at the next boot from the configuration. ``variants``: the
-    variant VFIO drivers of the kernel (:func:`is_vfio_driver`). Returns the driver bound
-    afterwards (the host driver, or None when no driver claims it).
-    """
-    try:
-        if read_override(root, address) is not None:
-            write_text(device_path(root, address, "driver_override"), "\n")
-        driver = read_driver(root, address)
-        if is_vfio_driver(driver, variants):
-            write_text(host_path(root, PCI_DRIVERS, driver, "unbind"), address)
-            if driver_loaded(root, VFIO_DRIVER):
-                _remove_dynamic_id(root, address)
-            write_text(host_path(root, DRIVERS_PROBE), address)
-    except SysfsWriteError as error:
-        raise VfioError("handing %s back to its host driver failed: %s" % (address, error)) from error
-    after = _settled_driver(root, address, lambda now: not is_vfio_driver(now, variants), attempts, delay)
-    if is_vfio_driver(after, variants):
-        raise VfioError(
-            "unbinding %s from %s was accepted by the kernel but it is still bound to %s; "
-            "check 'dmesg' and whether a process holds the device" % (address, driver, after)
-        )
-    return after
-
-
-def _remove_dynamic_id(root, address):
-    vendor = read_hex(device_path(root, address, "vendor"), 4)
-    device = read_hex(device_path(root, address, "device"), 4)
-    if vendor is None or device is None:
-        return
-    try:
-        write_text(host_path(root, PCI_DRIVERS, VFIO_DRIVER, "remove_id"), "%s %s" % (vendor, device))
-    except SysfsWriteError as error:
-        if error.errno != errno.ENODEV:  # ENODEV: the ID was not in the table
-            raise
-
-
 # ------------------------------------------------------------------------------ driver choice
-
-
-def driver_key(name):
-    """Driver and module names compare with ``-`` and ``_`` as one (``vfio-pci`` = ``vfio_pci``)."""
-    return name.strip().replace("-", "_")
-
-
-def is_vfio_driver(name, variants=()):
-    """vfio-pci, one of ``variants`` (the kernel's variant VFIO drivers), or a driver named like one
-    (every in-tree variant is ``<something>_vfio_pci``, which also covers one that another kernel
-    release listed)."""
-    if not name:
-        return False
-    key = driver_key(name)
-    return key == "vfio_pci" or key.endswith("_vfio_pci") or key in {driver_key(v) for v in variants}
 
 
 def module_of(driver):
@@ -636,11 +485,23 @@ def id_refusals(view, members, added_ids, removed_ids, releasing):
     would take a device that stays with the host, or a removed ID would release a device that
     stays with vfio-pci."""
     refusals = []
+    vfs_of = {}
+    for address in members:
+        if view.devices[address].physfn is not None:
+            vfs_of.setdefault(view.devices[address].physfn, []).append(address)
     for address, record in view.records.items():
         identifier = "%s:%s" % (record["vendor_id"], record["device_id"])
         if address in members:
             continue
-        if identifier in added_ids and record["driver"] != VFIO_DRIVER:
+        if identifier in added_ids and record["driver"] != VFIO_DRIVER and address in vfs_of:
+            refusals.append(Refusal(
+                "id_shared", address,
+                "binding %s by ID %s at boot would also give their physical function %s to vfio-pci (an SR-IOV "
+                "GPU's VFs often have its ID); keep VFs on vfio-pci with gpuvirt.host.sriov (vfio: true), whose "
+                "boot-time restore binds them by address once it has created them, or use persistent: false"
+                % (", ".join(vfs_of[address]), identifier, describe(record)),
+            ))
+        elif identifier in added_ids and record["driver"] != VFIO_DRIVER:
             refusals.append(Refusal(
                 "id_shared", address,
                 "binding by ID %s at boot would also give %s to vfio-pci, and it is not being bound; use "

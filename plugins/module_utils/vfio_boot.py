@@ -38,7 +38,6 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.vfio import (
     find_program,
     foreign_vfio_ids,
     id_refusals,
-    is_vfio_driver,
     modprobe_ids,
     module_of,
     plan_file,
@@ -46,6 +45,7 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.vfio import (
     render_modprobe_conf,
     render_modules_load,
 )
+from ansible_collections.gpuvirt.host.plugins.module_utils.vfio_bind import is_vfio_driver
 
 
 @dataclass

@@ -23,19 +23,21 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.vfio import (
     GuardError,
     VfioError,
     _read_file,
-    bind_device,
     bind_refusals,
     choose_drivers,
-    driver_loaded,
     expand_members,
     find_program,
     in_use_refusals,
-    is_vfio_driver,
     module_of,
-    read_driver,
     read_host,
-    release_device,
     resolve_selectors,
+)
+from ansible_collections.gpuvirt.host.plugins.module_utils.vfio_bind import (
+    bind_device,
+    driver_loaded,
+    is_vfio_driver,
+    read_driver,
+    release_device,
 )
 from ansible_collections.gpuvirt.host.plugins.module_utils.vfio_boot import (
     BootConfigPlanner,

@@ -19,9 +19,10 @@ description:
   - "The unit, C(/etc/systemd/system/gpuvirt-restore.service), is C(Type=oneshot), ordered
     C(After=systemd-modules-load.service) and C(Before=libvirtd.service virtqemud.service), and wanted by
     C(multi-user.target): VMs start after their devices are back. It runs
-    C(python3 -m ansible_collections.gpuvirt.host.plugins.module_utils.restore), which restores VFs, then
-    vGPU types, then mediated devices, reads each back with bounded retries, and logs the time from boot
-    to restored (C(journalctl -u gpuvirt-restore), C(/run/gpuvirt/restore.json))."
+    C(python3 -m ansible_collections.gpuvirt.host.plugins.module_utils.restore), which restores VFs (handing
+    those recorded with M(gpuvirt.host.sriov)'s C(vfio) to vfio-pci), then vGPU types, then mediated
+    devices, reads each back with bounded retries, and logs the time from boot to restored
+    (C(journalctl -u gpuvirt-restore), C(/run/gpuvirt/restore.json))."
   - Enabling is done as C(systemctl enable) does it, with the C(multi-user.target.wants) link, so it also
     works on image trees (O(root)). On the live host (O(root=/)) systemd is reloaded when the unit changed,
     and the installed code is imported once with O(python) to prove it runs.

@@ -17,6 +17,8 @@ description:
     reading back that the VFs are gone, then writing the new count and reading back C(sriov_numvfs)
     and the C(virtfnN) links, with a bounded number of retries. If the new count fails, the previous
     count is enabled again when possible.
+  - With O(devices[].vfio=true) the VFs go to vfio-pci, and the boot-time restore binds them again each time it
+    has created them.
   - Changing the count removes every VF of the PF. The module refuses, before changing anything, when a
     VF is in use, that is when a process (a VM) holds its VFIO group or device, a mediated device exists
     on it, or an NVIDIA vGPU type is assigned to it; O(force=true) goes ahead anyway.
@@ -65,14 +67,28 @@ options:
       drivers_autoprobe:
         description:
           - Whether new VFs are bound to a driver as they appear (C(sriov_drivers_autoprobe)). V(false)
-            leaves them unbound, for example to bind them to vfio-pci with M(gpuvirt.host.vfio_pci).
+            leaves them unbound, for example for O(devices[].vfio=true).
           - Set before the VF count changes, so that it applies to the new VFs. When omitted the setting
             is left as it is.
         type: bool
+      vfio:
+        description:
+          - V(true) hands every VF of the PF to vfio-pci, for VMs, now and at every boot, where
+            C(gpuvirt-restore.service) binds them right after it has created them. Each VF is bound by its
+            address (C(driver_override), then C(drivers_probe)) and read back, never by C(vendor:device) ID, as
+            VFs often share their ID with the PF (Intel SR-IOV GPUs) or exist only once the restore created them,
+            so C(vfio-pci.ids=) or C(options vfio-pci ids=) would take the PF or nothing.
+          - V(false) hands the VFs now on vfio-pci back (the override cleared, the host driver probes them) and
+            stops binding them at boot. Omitted leaves the VFs' drivers and the recorded choice as they are.
+          - Needs the IOMMU on; loads vfio-pci on a live host when it is not loaded. Use with
+            O(devices[].drivers_autoprobe=false), so that the PF's driver does not probe the VFs first.
+          - A VF that a process (a VM) holds, or that has a mediated device or vGPU type, is not moved without
+            O(force=true).
+        type: bool
   force:
     description:
-      - Change the VF count even when a VF is in use. Running VMs lose their device, and mediated devices
-        and vGPU types on the VFs are destroyed with the VFs.
+      - Change the VF count, or move VFs to or from vfio-pci (O(devices[].vfio)), even when a VF is in use.
+        Running VMs lose their device, and mediated devices and vGPU types on the VFs are destroyed with the VFs.
     type: bool
     default: false
   persistent:
@@ -117,6 +133,14 @@ EXAMPLES = r"""
         num_vfs: 1
         drivers_autoprobe: false
 
+- name: Seven VFs of an Intel Data Center GPU Flex in SR-IOV PF mode, handed to vfio-pci now and at every boot
+  gpuvirt.host.sriov:
+    devices:
+      - selector: "8086:56c0"
+        num_vfs: 7
+        drivers_autoprobe: false
+        vfio: true
+
 - name: Disable the VFs of a card, even if a VM still uses one
   gpuvirt.host.sriov:
     devices:
@@ -135,8 +159,10 @@ devices:
     - address: "0000:04:00.0"
       selector: "0000:04:00.0"
       total_vfs: 4
-      before: {num_vfs: 0, drivers_autoprobe: true, vfs: []}
-      after: {num_vfs: 2, drivers_autoprobe: true, vfs: ["0000:04:00.1", "0000:04:00.2"]}
+      before: {num_vfs: 0, drivers_autoprobe: true, vfs: [], vf_drivers: {}}
+      after: {num_vfs: 2, drivers_autoprobe: false, vfs: ["0000:04:00.1", "0000:04:00.2"],
+              vf_drivers: {"0000:04:00.1": vfio-pci, "0000:04:00.2": vfio-pci}}
+      vfio: true
       in_use: {}
       changed: true
   contains:
@@ -150,13 +176,20 @@ devices:
       description: Its C(sriov_totalvfs).
       type: int
     before:
-      description: C(num_vfs), C(drivers_autoprobe) and C(vfs) (addresses) before the run.
+      description: C(num_vfs), C(drivers_autoprobe), C(vfs) (addresses) and C(vf_drivers) (the driver of each VF,
+        null for none) before the run.
       type: dict
     after:
-      description: C(num_vfs), C(drivers_autoprobe) and C(vfs) after the run.
+      description: C(num_vfs), C(drivers_autoprobe), C(vfs) and C(vf_drivers) after the run. In check mode the
+        drivers are predicted, but two cannot be known before the kernel probes. A VF to be handed back from
+        vfio-pci shows null, and a new VF with autoprobe on shows the PF's driver (a NIC's VFs may get their
+        own, such as C(iavf)).
       type: dict
+    vfio:
+      description: O(devices[].vfio) as declared (null when omitted).
+      type: bool
     in_use:
-      description: The VFs that were in use when the count had to change, each with the reasons.
+      description: The VFs that were in use when the count or their driver had to change, each with the reasons.
       type: dict
     changed:
       description: Whether this PF was (or, in check mode, would be) changed.
@@ -191,6 +224,7 @@ def main():
                     selector=dict(type="str", required=True),
                     num_vfs=dict(type="int"),
                     drivers_autoprobe=dict(type="bool"),
+                    vfio=dict(type="bool"),
                 ),
             ),
             force=dict(type="bool", default=False),

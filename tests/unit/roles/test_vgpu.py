@@ -288,3 +288,86 @@ def test_a_gvt_g_mode_waits_for_the_reboot_then_the_mdevs_follow(make_host, play
     assert [(parent, kind) for _uuid, parent, kind in mdev_set(root)] == [("0000:00:02.0", "i915-GVTg_V5_4")]
     rc, recap, output, exported = play(root, devices, vgpu_host_id="laptop-1")
     assert rc == 0 and recap["changed"] == 0, output
+
+
+# -- Intel SR-IOV: VFs handed to vfio-pci, at run time and at every boot ------------------------------
+
+FLEX = "0000:4e:00.0"
+
+
+def vf_driver_map(root, pf):
+    base = os.path.join(root, "sys/bus/pci/devices", pf)
+    links = [os.path.join(base, name) for name in os.listdir(base) if name.startswith("virtfn")]
+    vfs = sorted(os.path.basename(os.readlink(link)) for link in links)
+    drivers = {}
+    for vf in vfs:
+        link = os.path.join(root, "sys/bus/pci/devices", vf, "driver")
+        drivers[vf] = os.path.basename(os.readlink(link)) if os.path.islink(link) else None
+    return drivers
+
+
+def hold_vfio_group(root, address, pid=4242):
+    """A VM (qemu) holding the VFIO group of ``address`` open."""
+    group = os.path.basename(os.readlink(os.path.join(root, "sys/bus/pci/devices", address, "iommu_group")))
+    os.makedirs(os.path.join(root, "proc", str(pid), "fd"))
+    with open(os.path.join(root, "proc", str(pid), "comm"), "w") as handle:
+        handle.write("qemu-system-x86\n")
+    os.symlink("/dev/vfio/" + group, os.path.join(root, "proc", str(pid), "fd", "21"))
+    return group
+
+
+def test_intel_sriov_vfs_to_vfio_pci_enabled_carved_bound_restored(make_host, play):
+    from ansible_collections.gpuvirt.host.tests.sim import boot
+    from ansible_collections.gpuvirt.host.tests.unit.plugins.modules.test_virtualization_mode import with_grub
+
+    root = with_grub(make_host("intel_flex_sriov"))
+    devices = [{"selector": FLEX, "mode": {"name": "sriov", "max_vfs": 7},
+                "sriov": {"num_vfs": 4, "drivers_autoprobe": False, "vfio": True}}]
+
+    # Out of PF mode: the role sets max_vfs, and the VFs wait for the reboot.
+    rc, recap, output, exported = play(root, devices)
+    assert rc == 0, output
+    assert exported["reboot"] is True and exported["result"]["waiting_for_reboot"] == [FLEX]
+    assert exported["result"]["sriov"] == [] and vf_driver_map(root, FLEX) == {}
+
+    assert boot.reboot(root)["i915"][FLEX] == 7
+    rc, recap, output, predicted = play(root, devices, check=True)
+    assert rc == 0 and recap["failed"] == 0, output
+    assert vf_driver_map(root, FLEX) == {} and not os.path.exists(hoststate.state_path(root))
+    changes = recap["changed"]
+    rc, recap, output, exported = play(root, devices)
+    assert rc == 0 and recap["failed"] == 0, output
+    assert recap["changed"] == changes and changes > 0, output  # check mode predicted the run
+    vfs = ["0000:4e:00.%d" % n for n in range(1, 5)]
+    assert vf_driver_map(root, FLEX) == dict.fromkeys(vfs, "vfio-pci")
+    assert predicted["result"]["sriov"][0]["after"] == exported["result"]["sriov"][0]["after"]
+    assert exported["result"]["sriov"][0]["after"]["vf_drivers"] == dict.fromkeys(vfs, "vfio-pci")
+    for vf in vfs:  # bound by address, never by ID: the PF shares 8086:56c0 with its VFs
+        with open(os.path.join(root, "sys/bus/pci/devices", vf, "driver_override")) as handle:
+            assert handle.read().strip() == "vfio-pci"
+    assert os.readlink(os.path.join(root, "sys/bus/pci/devices", FLEX, "driver")).endswith("/i915")
+    assert not os.path.exists(os.path.join(root, "etc/modprobe.d/gpuvirt-vfio.conf"))
+    assert hoststate.load_state(root)["sriov"] == {FLEX: {"num_vfs": 4, "drivers_autoprobe": False, "vfio": True}}
+    rc, recap, output, _exported = play(root, devices)
+    assert rc == 0 and recap["changed"] == 0, output
+
+    # The next boot: no VFs until the restore creates them, and no driver for them but the one it binds.
+    boot.reboot(root, uptime=31.0)
+    assert vf_driver_map(root, FLEX) == {}
+    rc, log = run_installed_restore(root)
+    assert rc == 0, log
+    assert vf_driver_map(root, FLEX) == dict.fromkeys(vfs, "vfio-pci")
+    assert log.index("] intel_sriov %s" % FLEX) < log.index("] sriov %s" % FLEX) < log.index("] vfio %s" % FLEX)
+    assert "vfio %s: 4 VF(s) on vfio-pci (%s), read back: 4 bound, 0 already" % (FLEX, ", ".join(vfs)) in log
+    rc, recap, output, _exported = play(root, devices)
+    assert rc == 0 and recap["changed"] == 0, output
+
+    # A VM holds a VF: neither handing the VFs back nor a new count goes ahead, and nothing changes.
+    hold_vfio_group(root, vfs[1])
+    for sriov in ({"num_vfs": 4, "vfio": False}, {"num_vfs": 2, "vfio": True}):
+        refused = [dict(devices[0], sriov=dict(sriov, drivers_autoprobe=False))]
+        rc, recap, output, _exported = play(root, refused, vgpu_restore_install=False)
+        assert rc != 0 and recap["failed"] == 1, output
+        assert "%s: process 4242 (qemu-system-x86) holds its VFIO device" % vfs[1] in output
+        assert vf_driver_map(root, FLEX) == dict.fromkeys(vfs, "vfio-pci")
+        assert hoststate.load_state(root)["sriov"][FLEX]["vfio"] is True

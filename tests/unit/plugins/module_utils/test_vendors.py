@@ -73,8 +73,10 @@ def test_intel_sriov_needs_max_vfs_then_vfs(make_host):
     before = modes(detect(make_host("intel_flex_sriov")), "0000:4e:00.0")["sriov"]
     assert before["ready"] is False
     assert before["missing"][0].startswith("i915.max_vfs=<N> with i915.enable_guc=3")
-    after = modes(detect(make_host("intel_flex_sriov", kernel={"parameters": {"i915": {"max_vfs": "31"}}})),
-                  "0000:4e:00.0")["sriov"]
+    assert "VFs reported by the driver (sriov_totalvfs is 0)" in before["missing"]
+    pf_mode = {"sriov": {"total_vfs": 31, "num_vfs": 0, "offset": 1, "stride": 1}}  # as i915 reports it then
+    after = modes(detect(make_host("intel_flex_sriov", kernel={"parameters": {"i915": {"max_vfs": "31"}}},
+                                   patch_devices={"4e:00.0": pf_mode})), "0000:4e:00.0")["sriov"]
     assert after["missing"] == ["VFs enabled (sriov_numvfs, gpuvirt.host.sriov) and handed to vfio-pci"]
 
 
@@ -199,7 +201,7 @@ def acme(monkeypatch):
 
 def test_the_restore_runs_every_vendors_steps_around_the_generic_ones():
     names = [step if isinstance(step, str) else step.name for step in restore.steps()]
-    assert names == ["gvt_g", "driver", "intel_sriov", "mxgpu", "sriov", "nvidia_vgpu", "mdevs"]
+    assert names == ["gvt_g", "driver", "intel_sriov", "mxgpu", "sriov", "vfio", "nvidia_vgpu", "mdevs"]
     assert hoststate.sections() == ("sriov", "nvidia_vgpu", "mdevs")
 
 

@@ -10,7 +10,7 @@ import re
 
 import pytest
 
-from ansible_collections.gpuvirt.host.plugins.module_utils import vfio
+from ansible_collections.gpuvirt.host.plugins.module_utils import vfio, vfio_bind
 from ansible_collections.gpuvirt.host.plugins.module_utils.selector import SelectorError, parse_selector
 from ansible_collections.gpuvirt.host.tests.sim.mdev_kernel import KernelSim
 from ansible_collections.gpuvirt.host.tests.sim.pci_kernel import PciKernel
@@ -37,7 +37,7 @@ def kernel():
 
 
 def driver(root, address):
-    return vfio.read_driver(root, address)
+    return vfio_bind.read_driver(root, address)
 
 
 # ----------------------------------------------------------------------------------- selectors
@@ -263,23 +263,23 @@ def test_ids_that_would_catch_another_device(make_host):
 def test_bind_follows_the_kernel_protocol_and_reads_back(desktop, kernel):
     pci = kernel(desktop)
     with pci.sim.active():
-        assert vfio.bind_device(desktop, GPU) == "vfio-pci"
+        assert vfio_bind.bind_device(desktop, GPU) == "vfio-pci"
     assert pci.sim.writes == [
         ("sys/bus/pci/devices/0000:01:00.0/driver_override", "vfio-pci"),
         ("sys/bus/pci/drivers/nvidia/unbind", "0000:01:00.0"),
         ("sys/bus/pci/drivers_probe", "0000:01:00.0"),
     ]
     assert driver(desktop, GPU) == "vfio-pci"
-    assert vfio.read_override(desktop, GPU) == "vfio-pci"
+    assert vfio_bind.read_override(desktop, GPU) == "vfio-pci"
     assert os.path.exists(os.path.join(desktop, "dev/vfio/2"))
 
 
 def test_binding_a_bound_device_writes_nothing(desktop, kernel):
     pci = kernel(desktop)
     with pci.sim.active():
-        vfio.bind_device(desktop, GPU)
+        vfio_bind.bind_device(desktop, GPU)
         del pci.sim.writes[:]
-        assert vfio.bind_device(desktop, GPU) == "vfio-pci"
+        assert vfio_bind.bind_device(desktop, GPU) == "vfio-pci"
     assert pci.sim.writes == []
 
 
@@ -287,7 +287,7 @@ def test_an_unbound_device_is_probed_without_unbind(make_host, kernel):
     root = make_host("desktop_dgpu", kernel={"modules": MODULES}, patch_devices={"01:00.1": {"driver": None}})
     pci = kernel(root)
     with pci.sim.active():
-        vfio.bind_device(root, "0000:01:00.1")
+        vfio_bind.bind_device(root, "0000:01:00.1")
     assert [path for path, _value in pci.sim.writes] == [
         "sys/bus/pci/devices/0000:01:00.1/driver_override",
         "sys/bus/pci/drivers_probe",
@@ -297,13 +297,13 @@ def test_an_unbound_device_is_probed_without_unbind(make_host, kernel):
 def test_a_bind_without_effect_is_rolled_back(desktop, kernel):
     pci = kernel(desktop, failing_probe=[GPU])
     with pci.sim.active(), pytest.raises(vfio.VfioError) as error:
-        vfio.bind_device(desktop, GPU, attempts=1, delay=0)
+        vfio_bind.bind_device(desktop, GPU, attempts=1, delay=0)
     message = str(error.value)
     assert "accepted by the kernel but did not take effect" in message
     assert "driver link reads nothing (unbound)" in message
     assert "now bound to nvidia" in message
     assert driver(desktop, GPU) == "nvidia"
-    assert vfio.read_override(desktop, GPU) is None
+    assert vfio_bind.read_override(desktop, GPU) is None
 
 
 def test_a_refused_write_is_reported_and_rolled_back(desktop, kernel):
@@ -314,28 +314,28 @@ def test_a_refused_write_is_reported_and_rolled_back(desktop, kernel):
 
     pci.sim.handlers.insert(0, (re.compile(r"sys/bus/pci/drivers/nvidia/unbind\Z"), refuse))
     with pci.sim.active(), pytest.raises(vfio.VfioError) as error:
-        vfio.bind_device(desktop, GPU)
+        vfio_bind.bind_device(desktop, GPU)
     message = str(error.value)
     assert "writing '0000:01:00.0' to %s/sys/bus/pci/drivers/nvidia/unbind failed: Input/output error" % desktop \
         in message
     assert "the override was undone and the device is now bound to nvidia" in message
-    assert vfio.read_override(desktop, GPU) is None
+    assert vfio_bind.read_override(desktop, GPU) is None
     assert driver(desktop, GPU) == "nvidia"
 
 
 def test_release_returns_the_device_to_its_host_driver(desktop, kernel):
     pci = kernel(desktop)
     with pci.sim.active():
-        vfio.bind_device(desktop, GPU)
+        vfio_bind.bind_device(desktop, GPU)
         del pci.sim.writes[:]
-        assert vfio.release_device(desktop, GPU) == "nvidia"
+        assert vfio_bind.release_device(desktop, GPU) == "nvidia"
     assert pci.sim.writes == [
         ("sys/bus/pci/devices/0000:01:00.0/driver_override", "\n"),
         ("sys/bus/pci/drivers/vfio-pci/unbind", "0000:01:00.0"),
         ("sys/bus/pci/drivers/vfio-pci/remove_id", "10de 1e04"),  # not in the table: ENODEV, ignored
         ("sys/bus/pci/drivers_probe", "0000:01:00.0"),
     ]
-    assert vfio.read_override(desktop, GPU) is None
+    assert vfio_bind.read_override(desktop, GPU) is None
     assert not os.path.exists(os.path.join(desktop, "dev/vfio/2"))
 
 
@@ -351,7 +351,7 @@ def test_release_of_a_device_claimed_by_ids_removes_the_dynamic_id(make_host, ke
     )
     pci = kernel(root, host_drivers={GPU: "nvidia"}, vfio_ids=["10de:1e04"])
     with pci.sim.active():
-        assert vfio.release_device(root, GPU) == "nvidia"
+        assert vfio_bind.release_device(root, GPU) == "nvidia"
     assert pci.sim.writes == [
         ("sys/bus/pci/drivers/vfio-pci/unbind", "0000:01:00.0"),
         ("sys/bus/pci/drivers/vfio-pci/remove_id", "10de 1e04"),
@@ -363,7 +363,7 @@ def test_release_without_a_host_driver_leaves_it_unbound(make_host, kernel):
     root = make_host("desktop_dgpu", kernel={"modules": MODULES}, patch_devices={"01:00.0": {"driver": "vfio-pci"}})
     pci = kernel(root)
     with pci.sim.active():
-        assert vfio.release_device(root, GPU) is None
+        assert vfio_bind.release_device(root, GPU) is None
 
 
 # ---------------------------------------------------------------------------------- files

@@ -21,6 +21,7 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import read_int
 from ansible_collections.gpuvirt.host.tests.sim import gvt_g
 from ansible_collections.gpuvirt.host.tests.sim.boot import fake_modprobe, modprobe_calls, reboot
 from ansible_collections.gpuvirt.host.tests.sim.nvidia_vgpu_sim import attach, fake_sriov_manage
+from ansible_collections.gpuvirt.host.tests.sim.pci_kernel import PciKernel
 from ansible_collections.gpuvirt.host.tests.unit.plugins.modules.test_vfio_pci import read
 from ansible_collections.gpuvirt.host.tests.unit.plugins.modules.test_virtualization_mode import with_grub
 
@@ -84,13 +85,12 @@ def twice_changes_nothing(module, name, root, **args):
 
 
 def flex_host(make_host, driver):
-    """The Flex host as its PF driver shows it before PF mode: max_vfs 0, so sriov_totalvfs reads 0."""
-    native = {"total_vfs": 0, "num_vfs": 0, "offset": 1, "stride": 1}
+    """The Flex host as its PF driver (``driver``) shows it before PF mode: max_vfs 0, so sriov_totalvfs reads 0."""
     kernel = {"parameters": {driver: {"max_vfs": "0"}}}
     if driver == "xe":
         kernel["modules"] = ["kvm_intel", "kvm", "xe", "vfio_pci", "vfio_pci_core", "vfio", "vfio_iommu_type1",
                              "ice", "nvme", "ast"]
-    patch = {FLEX: {"sriov": native, "driver": driver}, FLEX2: {"sriov": native, "driver": driver}}
+    patch = {FLEX: {"driver": driver}, FLEX2: {"driver": driver}}
     return with_grub(make_host("intel_flex_sriov", patch_devices=patch, kernel=kernel))
 
 
@@ -109,7 +109,9 @@ def test_intel_sriov_spec_enabled_carved_restored(make_host, module, monkeypatch
     twice_changes_nothing(module, "virtualization_mode", root, **spec)
     # Not in PF mode yet: the VFs cannot be carved before the reboot, and nothing is written.
     early = module("sriov", root, devices=[{"selector": FLEX, "num_vfs": 4}])
-    assert early["rc"] == 1 and "no SR-IOV capability" in early["msg"] and device(root, FLEX, "sriov_numvfs") == "0"
+    assert early["rc"] == 1 and device(root, FLEX, "sriov_numvfs") == "0", early
+    assert "offers no VFs (sriov_totalvfs reads 0): it is an Intel GPU out of SR-IOV PF mode" in early["msg"]
+    assert "gpuvirt.host.virtualization_mode (mode sriov, max_vfs) and reboot" in early["msg"]
 
     assert reboot(root)[driver] == {FLEX: 7, FLEX2: 7}  # max_vfs is the driver's: both GPUs offer 7 VFs
     after = module("virtualization_mode", root, **spec)
@@ -148,6 +150,22 @@ def test_intel_sriov_spec_enabled_carved_restored(make_host, module, monkeypatch
     assert set(failed) == {"intel_sriov", "sriov"}
     assert "%s.max_vfs is 0 in this boot; put %s.max_vfs=<N> back" % (driver, driver) in failed["intel_sriov"]
     assert vfs_of(root, FLEX) == []
+
+
+def test_vfio_pci_will_not_keep_an_intel_vf_by_the_id_it_shares_with_its_pf(make_host, module):
+    root = flex_host(make_host, "i915")
+    assert module("virtualization_mode", root, selector=FLEX, mode="sriov", max_vfs=2)["rc"] == 0
+    reboot(root)
+    carved = module("sriov", root, devices=[{"selector": FLEX, "num_vfs": 2, "drivers_autoprobe": False}])
+    assert carved["rc"] == 0, carved
+    vf = vfs_of(root, FLEX)[0]
+    assert device(root, vf, "device") == device(root, FLEX, "device") == "0x56c0"
+    refused = module("vfio_pci", root, devices=[vf])  # persistence auto: options vfio-pci ids=8086:56c0
+    assert refused["rc"] == 1 and refused["changed"] is False, refused
+    assert "binding %s by ID 8086:56c0 at boot would also give their physical function" % vf in refused["msg"]
+    assert "keep VFs on vfio-pci with gpuvirt.host.sriov (vfio: true)" in refused["msg"]
+    assert not os.path.lexists(os.path.join(root, "sys/bus/pci/devices", vf, "driver"))
+    assert not os.path.exists(os.path.join(root, "etc/modprobe.d/gpuvirt-vfio.conf"))
 
 
 def test_intel_sriov_restore_says_why_pf_mode_did_not_come(make_host, module):
@@ -211,6 +229,46 @@ def test_mxgpu_spec_enabled_carved_restored(make_host, module):
     assert set(failed) == {"mxgpu", "sriov"}
     assert "gim enabled 1 VFs on %s (its vf_num is not set), 4 are recorded" % MI300X in failed["mxgpu"]
     assert "gim enables the VFs itself" in failed["sriov"] and len(vfs_of(root, MI300X)) == 1
+
+
+def test_mxgpu_vfs_go_to_vfio_pci_and_come_back_there_at_boot(make_host, run_module):
+    """GIM enables the VFs itself and nothing binds them (amdgpu is blacklisted): vfio: true hands them to
+    vfio-pci by address, the count stays GIM's, and the restore binds them again after GIM's next load."""
+    root = make_host("amd_mxgpu")
+    enabled = run_module("virtualization_mode", {"root": root, "selector": MI300X, "mode": "mxgpu", "max_vfs": 4})
+    assert enabled["rc"] == 0, enabled
+    assert reboot(root)["gim"] == {MI300X: 4}
+    vfs = vfs_of(root, MI300X)
+    carve = {"root": root, "devices": [{"selector": MI300X, "num_vfs": 4, "vfio": True}]}
+
+    def sriov(check_mode=False):
+        sim = attach(root)[0]
+        PciKernel(sim)
+        with sim.active():
+            return run_module("sriov", carve, check_mode=check_mode)
+
+    predicted = sriov(check_mode=True)
+    assert predicted["rc"] == 0 and predicted["changed"] is True, predicted
+    assert [device(root, vf, "driver_override") for vf in vfs] == ["(null)"] * 4
+    done = sriov()
+    assert done["rc"] == 0 and done["changed"] is True, done
+    assert done["devices"][0]["after"] == predicted["devices"][0]["after"]
+    assert done["devices"][0]["after"]["vf_drivers"] == dict.fromkeys(vfs, "vfio-pci")
+    assert hoststate.load_state(root)["sriov"] == {MI300X: {"num_vfs": 4, "vfio": True}}
+    assert sriov()["changed"] is False
+
+    reboot(root, uptime=44.0)
+    assert vfs_of(root, MI300X) == vfs  # GIM enabled them again at load, and nothing bound them
+    assert not any(os.path.lexists(os.path.join(root, "sys/bus/pci/devices", vf, "driver")) for vf in vfs)
+    sim = attach(root)[0]
+    PciKernel(sim)
+    with sim.active():
+        status = restore.Restore(root=root, out=io.StringIO(), timeout=0.5, interval=0.01, attempts=2).run()
+    results = [(r["step"], r["item"], r["ok"]) for r in status["results"]]
+    assert status["ok"] is True and results == [
+        ("driver", MI300X, True), ("mxgpu", MI300X, True), ("sriov", MI300X, True), ("vfio", MI300X, True)], status
+    assert {vf: os.path.basename(os.readlink(os.path.join(root, "sys/bus/pci/devices", vf, "driver")))
+            for vf in vfs} == dict.fromkeys(vfs, "vfio-pci")
 
 
 def test_mxgpu_restore_names_amdgpu_when_gim_lost_the_gpu(make_host):

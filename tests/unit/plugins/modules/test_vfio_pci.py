@@ -17,7 +17,7 @@ import shutil
 
 import pytest
 
-from ansible_collections.gpuvirt.host.plugins.module_utils import vfio
+from ansible_collections.gpuvirt.host.plugins.module_utils import vfio, vfio_bind
 from ansible_collections.gpuvirt.host.tests.sim.mdev_kernel import KernelSim
 from ansible_collections.gpuvirt.host.tests.sim.pci_kernel import PciKernel
 
@@ -108,7 +108,7 @@ def read(root, relative):
 
 
 def drivers(root, addresses=GPU_FUNCTIONS):
-    return {address: vfio.read_driver(root, address) for address in addresses}
+    return {address: vfio_bind.read_driver(root, address) for address in addresses}
 
 
 def warnings(result):
@@ -333,7 +333,7 @@ def test_force_goes_ahead_and_reports_what_it_overrode(desktop, vfio_pci):
     assert result["rc"] == 0 and result["changed"] is True
     assert [r["code"] for r in result["refusals"]] == ["boot_vga"]
     assert any("force: true: going ahead although" in w for w in warnings(result))
-    assert vfio.read_driver(desktop, "0000:00:02.0") == "vfio-pci"
+    assert vfio_bind.read_driver(desktop, "0000:00:02.0") == "vfio-pci"
 
 
 # ----------------------------------------------------------------------- IOMMU off, runtime off, failures
@@ -371,7 +371,7 @@ def test_a_bind_that_does_not_take_effect_fails_and_is_undone(desktop, vfio_pci)
     assert "binding 0000:01:00.1 to vfio-pci was accepted by the kernel but did not take effect" in result["msg"]
     assert "now bound to snd_hda_intel" in result["msg"]
     assert result["changed"] is True  # 01:00.0 was bound before the audio function failed
-    assert vfio.read_driver(desktop, "0000:01:00.1") == "snd_hda_intel"
+    assert vfio_bind.read_driver(desktop, "0000:01:00.1") == "snd_hda_intel"
     assert read(desktop, MODPROBE) is None  # nothing persisted for a binding that does not work
 
 
@@ -405,7 +405,7 @@ def test_absent_hands_the_devices_back_and_removes_the_boot_configuration(deskto
     result = vfio_pci(desktop, kernel=kernel, diff=True, devices=[GPU], state="absent")
     assert result["rc"] == 0 and result["changed"] is True, result
     assert drivers(desktop) == HOST_DRIVERS
-    assert all(vfio.read_override(desktop, a) is None for a in GPU_FUNCTIONS)
+    assert all(vfio_bind.read_override(desktop, a) is None for a in GPU_FUNCTIONS)
     assert read(desktop, MODPROBE) is None and read(desktop, MODULES_LOAD) is None
     assert result["ids"] == [] and result["reboot_required"] is False
     assert {a: d["driver_after"] for a, d in result["devices"].items()} == HOST_DRIVERS
@@ -655,7 +655,7 @@ def test_an_eight_digit_domain_names_a_vmd_device_and_driverctl_keeps_it(make_ho
     install_driverctl(root)
     result = vfio_pci(root, devices=["00010000:e2:00.0"], persistence="driverctl")
     assert result["rc"] == 0, result
-    assert vfio.read_driver(root, "10000:e2:00.0") == "vfio-pci"
+    assert vfio_bind.read_driver(root, "10000:e2:00.0") == "vfio-pci"
     assert read(root, "etc/driverctl.d/pci-10000:e2:00.0") == "vfio-pci\n"
     assert "/etc/driverctl.d/pci-10000:e2:00.0" in result["files_changed"]
     assert vfio_pci(root, devices=["10000:e2:00.0"], persistence="driverctl")["changed"] is False

@@ -13,7 +13,7 @@ import os
 
 import pytest
 
-from ansible_collections.gpuvirt.host.plugins.module_utils import vfio
+from ansible_collections.gpuvirt.host.plugins.module_utils import vfio, vfio_bind
 from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import SysfsWriteError
 from ansible_collections.gpuvirt.host.tests.sim.mdev_kernel import KernelSim
 from ansible_collections.gpuvirt.host.tests.sim.pci_kernel import PciKernel
@@ -88,11 +88,11 @@ def test_the_simulated_kernel_never_binds_a_variant_by_id(grace_host):
     kernel = PciKernel(KernelSim(root), vfio_ids=[GRACE_ID])
     with kernel.sim.active():
         with pytest.raises(SysfsWriteError, match="Invalid argument"):
-            vfio.write_text(os.path.join(root, "sys/bus/pci/drivers", GRACE_DRIVER, "new_id"), "10de 2342")
-        vfio.write_text(os.path.join(root, "sys/bus/pci/drivers/nvidia/unbind"), GRACE)
-        vfio.write_text(os.path.join(root, "sys/bus/pci/drivers_probe"), GRACE)
+            vfio_bind.write_text(os.path.join(root, "sys/bus/pci/drivers", GRACE_DRIVER, "new_id"), "10de 2342")
+        vfio_bind.write_text(os.path.join(root, "sys/bus/pci/drivers/nvidia/unbind"), GRACE)
+        vfio_bind.write_text(os.path.join(root, "sys/bus/pci/drivers_probe"), GRACE)
     assert kernel.id_attempts == [(GRACE_DRIVER, GRACE_ID)]
-    assert vfio.read_driver(root, GRACE) == "vfio-pci"  # by ID only plain vfio-pci can claim it
+    assert vfio_bind.read_driver(root, GRACE) == "vfio-pci"  # by ID only plain vfio-pci can claim it
 
 
 def test_auto_binds_the_variant_driver_and_keeps_it_with_driverctl(grace_host, vfio_pci):
@@ -100,8 +100,8 @@ def test_auto_binds_the_variant_driver_and_keeps_it_with_driverctl(grace_host, v
     kernel = PciKernel(KernelSim(root))
     result = vfio_pci(root, kernel=kernel, devices=[GRACE], diff=True)
     assert result["rc"] == 0 and result["changed"] is True, result
-    assert vfio.read_driver(root, GRACE) == GRACE_DRIVER
-    assert vfio.read_override(root, GRACE) == GRACE_DRIVER
+    assert vfio_bind.read_driver(root, GRACE) == GRACE_DRIVER
+    assert vfio_bind.read_override(root, GRACE) == GRACE_DRIVER
     assert kernel.id_attempts == [] and os.path.exists(os.path.join(root, "dev/vfio/20"))
     entry = result["devices"][GRACE]
     assert (entry["driver_before"], entry["driver_after"], entry["driver"]) == ("nvidia", GRACE_DRIVER, GRACE_DRIVER)
@@ -154,14 +154,14 @@ def test_plain_and_variant_devices_in_one_run(grace_host, vfio_pci):
     gone = vfio_pci(root, devices=[GPU], state="absent")
     assert gone["rc"] == 0 and read(root, MODPROBE) is None
     assert read(root, MODULES_LOAD) == vfio.MANAGED_HEADER + GRACE_DRIVER + "\n"
-    assert vfio.read_driver(root, GRACE) == GRACE_DRIVER
+    assert vfio_bind.read_driver(root, GRACE) == GRACE_DRIVER
 
 
 def test_driver_vfio_pci_forces_plain_vfio_pci(grace_host, vfio_pci):
     root = grace_host()
     result = vfio_pci(root, devices=[GRACE], driver="vfio-pci")
     assert result["rc"] == 0, result
-    assert vfio.read_driver(root, GRACE) == "vfio-pci"
+    assert vfio_bind.read_driver(root, GRACE) == "vfio-pci"
     entry = result["devices"][GRACE]
     assert entry["driver"] == "vfio-pci" and entry["driver_reason"] == "option"
     assert entry["variant_drivers"] == [GRACE_DRIVER] and entry["persistence"] == "modprobe"
@@ -173,7 +173,7 @@ def test_a_named_variant_driver_in_either_spelling(grace_host, vfio_pci):
     root = grace_host()
     result = vfio_pci(root, devices=[GRACE], driver="nvgrace-gpu-vfio-pci")
     assert result["rc"] == 0, result
-    assert vfio.read_driver(root, GRACE) == GRACE_DRIVER
+    assert vfio_bind.read_driver(root, GRACE) == GRACE_DRIVER
     assert result["devices"][GRACE]["driver"] == GRACE_DRIVER
     assert result["devices"][GRACE]["driver_reason"] == "option"
     assert read(root, DRIVERCTL_GRACE) == GRACE_DRIVER + "\n"
@@ -251,7 +251,7 @@ def test_auto_moves_a_device_from_vfio_pci_to_its_variant_driver(grace_on_vfio_p
     assert result["rc"] == 0 and result["changed"] is True, result
     entry = result["devices"][GRACE]
     assert (entry["driver_before"], entry["driver_after"], entry["changed"]) == ("vfio-pci", GRACE_DRIVER, True)
-    assert vfio.read_driver(root, GRACE) == GRACE_DRIVER and kernel.id_attempts == []
+    assert vfio_bind.read_driver(root, GRACE) == GRACE_DRIVER and kernel.id_attempts == []
     assert ("sys/bus/pci/drivers/vfio-pci/unbind", GRACE) in kernel.sim.writes
     assert read(root, DRIVERCTL_GRACE) == GRACE_DRIVER + "\n"
     assert {"before": "vfio-pci\n", "after": GRACE_DRIVER + "\n", "before_header": "/" + DRIVERCTL_GRACE,
@@ -282,7 +282,7 @@ def test_auto_after_driver_vfio_pci_moves_the_device_and_drops_its_id(grace_host
     assert vfio.modprobe_ids(read(root, MODPROBE)) == sorted(GPU_IDS + [GRACE_ID])
     result = vfio_pci(root, kernel=kernel, devices=[GRACE], diff=True)
     assert result["rc"] == 0 and result["changed"] is True, result
-    assert vfio.read_driver(root, GRACE) == GRACE_DRIVER and read(root, DRIVERCTL_GRACE) == GRACE_DRIVER + "\n"
+    assert vfio_bind.read_driver(root, GRACE) == GRACE_DRIVER and read(root, DRIVERCTL_GRACE) == GRACE_DRIVER + "\n"
     assert result["ids"] == GPU_IDS and vfio.modprobe_ids(read(root, MODPROBE)) == GPU_IDS
     assert not any(GRACE_ID in w for w in warnings(result))
 
@@ -303,11 +303,11 @@ def test_a_failed_move_to_the_variant_driver_goes_back_to_vfio_pci(grace_host):
     root = grace_host(modules=(), patch_devices={GRACE: {"driver": "vfio-pci", "driver_override": "vfio-pci"}})
     kernel = PciKernel(KernelSim(root), host_drivers={GRACE: "nvidia"})
     with kernel.sim.active(), pytest.raises(vfio.VfioError) as failure:
-        vfio.bind_device(root, GRACE, GRACE_DRIVER, attempts=1, delay=0)
+        vfio_bind.bind_device(root, GRACE, GRACE_DRIVER, attempts=1, delay=0)
     assert "binding 0009:01:00.0 to nvgrace_gpu_vfio_pci was accepted by the kernel but did not take effect" \
         in str(failure.value)
     assert "now bound to vfio-pci" in str(failure.value)
-    assert vfio.read_driver(root, GRACE) == "vfio-pci" and vfio.read_override(root, GRACE) == "vfio-pci"
+    assert vfio_bind.read_driver(root, GRACE) == "vfio-pci" and vfio_bind.read_override(root, GRACE) == "vfio-pci"
 
 
 def test_going_back_to_plain_vfio_pci_drops_the_variant_override(grace_host, vfio_pci):
@@ -315,7 +315,7 @@ def test_going_back_to_plain_vfio_pci_drops_the_variant_override(grace_host, vfi
     vfio_pci(root, devices=[GRACE])
     result = vfio_pci(root, devices=[GRACE], driver="vfio-pci", diff=True)
     assert result["rc"] == 0, result
-    assert vfio.read_driver(root, GRACE) == "vfio-pci"
+    assert vfio_bind.read_driver(root, GRACE) == "vfio-pci"
     assert read(root, DRIVERCTL_GRACE) is None and result["ids"] == [GRACE_ID]
     assert read(root, MODULES_LOAD) == vfio.MANAGED_HEADER + "vfio-pci\n"
 
@@ -327,7 +327,7 @@ def test_absent_releases_a_device_from_its_variant_driver(grace_host, vfio_pci):
     predicted = vfio_pci(root, kernel=kernel, check_mode=True, diff=True, devices=[GRACE], state="absent")
     result = vfio_pci(root, kernel=kernel, diff=True, devices=[GRACE], state="absent")
     assert result["rc"] == 0 and result["changed"] is True, result
-    assert vfio.read_driver(root, GRACE) == "nvidia" and vfio.read_override(root, GRACE) is None
+    assert vfio_bind.read_driver(root, GRACE) == "nvidia" and vfio_bind.read_override(root, GRACE) is None
     assert ("sys/bus/pci/drivers/%s/unbind" % GRACE_DRIVER, GRACE) in kernel.sim.writes
     entry = result["devices"][GRACE]
     assert (entry["driver_before"], entry["driver_after"], entry["driver"]) == (GRACE_DRIVER, "nvidia", None)
@@ -341,7 +341,7 @@ def test_absent_releases_a_device_from_its_variant_driver(grace_host, vfio_pci):
 def test_runtime_false_reports_the_variant_driver_for_the_next_boot(grace_host, vfio_pci):
     root = grace_host()
     result = vfio_pci(root, devices=[GRACE], runtime=False)
-    assert result["changed"] is True and vfio.read_driver(root, GRACE) == "nvidia"
+    assert result["changed"] is True and vfio_bind.read_driver(root, GRACE) == "nvidia"
     assert result["reboot_reasons"] == [
         "0009:01:00.0 gets nvgrace_gpu_vfio_pci at the next boot: the runtime binding was not requested "
         "(runtime: false)"
@@ -360,7 +360,7 @@ def test_the_variant_module_is_loaded_and_driverctl_run_on_the_host(grace_host, 
     expected = [["modprobe", GRACE_DRIVER], ["driverctl", "--noprobe", "set-override", GRACE, GRACE_DRIVER]]
     assert fake_commands.calls() == expected
     assert [[c[0].rsplit("/", 1)[-1]] + c[1:] for c in predicted["commands"]] == expected
-    assert vfio.read_driver(root, GRACE) == GRACE_DRIVER and kernel.id_attempts == []
+    assert vfio_bind.read_driver(root, GRACE) == GRACE_DRIVER and kernel.id_attempts == []
     assert read(root, DRIVERCTL_GRACE) == GRACE_DRIVER + "\n"
     assert warnings(result) == []
 
@@ -383,7 +383,7 @@ def test_a_grace_hopper_host_binds_its_gpu_through_the_variant_driver_end_to_end
 
     result = vfio_pci(root, devices=["00000009:01:00.0"], diff=True)
     assert result["rc"] == 0 and result["changed"] is True, result
-    assert vfio.read_driver(root, GRACE) == GRACE_DRIVER and vfio.read_override(root, GRACE) == GRACE_DRIVER
+    assert vfio_bind.read_driver(root, GRACE) == GRACE_DRIVER and vfio_bind.read_override(root, GRACE) == GRACE_DRIVER
     assert result["devices"][GRACE]["driver_reason"] == "modules.alias"
     assert read(root, DRIVERCTL_GRACE) == GRACE_DRIVER + "\n"
     assert vfio_pci(root, devices=[GRACE])["changed"] is False

@@ -101,14 +101,31 @@ def test_gvt_g_is_refused_on_a_later_generation_and_nothing_changes(make_host, m
 
 def test_intel_sriov_puts_max_vfs_on_the_command_line(make_host, mode):
     root = with_grub(make_host("intel_flex_sriov"))
+    assert read(root, "sys/bus/pci/devices/0000:4e:00.0/sriov_totalvfs") == "0\n"  # i915 out of PF mode
     result = mode(root, selector="0000:4e:00.0", mode="sriov", max_vfs=7)
     assert result["rc"] == 0 and result["changed"] is True, result
     grub = read(root, "etc/default/grub")
     assert "i915.max_vfs=7" in grub and "i915.enable_guc=3" in grub
     assert result["reboot_required"] is True
     assert mode(root, selector="0000:4e:00.0", mode="sriov", max_vfs=7)["changed"] is False
+    # sriov_totalvfs reads 0 before PF mode: the bound is the VFs a Flex 170 has, from its device ID.
     too_many = mode(root, selector="0000:4e:00.0", mode="sriov", max_vfs=64)
-    assert too_many["rc"] == 1 and "between 1 and 31" in too_many["msg"]
+    assert too_many["rc"] == 1 and too_many["changed"] is False
+    assert "max_vfs must be between 1 and 31 for 0000:4e:00.0 (the VFs of an [8086:56c0] GPU; sriov_totalvfs " \
+           "reads 0 until the driver is in PF mode)" in too_many["msg"]
+
+
+def test_intel_sriov_vfs_before_pf_mode_are_refused_with_advice(make_host, run_module):
+    root = with_grub(make_host("intel_flex_sriov"))
+    before = snapshot(root)
+    for check_mode in (True, False):
+        result = run_module("sriov", {"root": root, "devices": [{"selector": "8086:56c0", "num_vfs": 4}]},
+                            check_mode=check_mode)
+        assert result["rc"] == 1 and result["changed"] is False, result
+        assert "offers no VFs (sriov_totalvfs reads 0): it is an Intel GPU out of SR-IOV PF mode: i915 offers " \
+               "VFs only with i915.max_vfs=<N> and GuC submission (i915.enable_guc=3)" in result["msg"]
+        assert "set it with gpuvirt.host.virtualization_mode (mode sriov, max_vfs) and reboot" in result["msg"]
+    assert snapshot(root) == before
 
 
 def test_mxgpu_without_gim_is_refused_with_advice(make_host, mode):

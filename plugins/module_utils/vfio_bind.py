@@ -1,0 +1,172 @@
+# Copyright (c) gpuvirt.host contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Binding one PCI device to vfio-pci (or a variant VFIO driver) and handing it back, through the kernel's
+``driver_override`` / ``unbind`` / ``drivers_probe`` protocol, read back every time.
+
+Standard library only and nothing of the host reading: the boot-time restore binds recorded VFs with it
+(:mod:`restore`), the ``vfio_pci`` and ``sriov`` modules at run time (:mod:`vfio` re-uses these names).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import time
+
+from ansible_collections.gpuvirt.host.plugins.module_utils.errors import GpuvirtError
+from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import (
+    PCI_DEVICES,
+    PCI_DRIVERS,
+    SysfsWriteError,
+    host_path,
+    link_name,
+    read_hex,
+    read_text,
+    write_text,
+)
+
+VFIO_DRIVER = "vfio-pci"
+DRIVERS_PROBE = "sys/bus/pci/drivers_probe"
+
+
+class VfioError(GpuvirtError):
+    """A clear, user-facing failure: what, on which device or file, why, and what to do."""
+
+
+def device_path(root, address, *parts):
+    return host_path(root, PCI_DEVICES, address, *parts)
+
+
+def read_driver(root, address):
+    """The driver bound to the device (the ``driver`` link), or None."""
+    return link_name(device_path(root, address, "driver"))
+
+
+def read_override(root, address):
+    """``driver_override``, or None when unset (the kernel shows ``(null)``)."""
+    text = read_text(device_path(root, address, "driver_override"))
+    return None if text in (None, "", "(null)") else text
+
+
+def driver_loaded(root, driver=VFIO_DRIVER):
+    return os.path.isdir(host_path(root, PCI_DRIVERS, driver))
+
+
+def _settled_driver(root, address, settled, attempts, delay):
+    """Read the ``driver`` link back until ``settled(driver)``; probing is synchronous, the
+    retries cover slow udev hosts."""
+    driver = read_driver(root, address)
+    for _attempt in range(attempts):
+        if settled(driver):
+            break
+        time.sleep(delay)
+        driver = read_driver(root, address)
+    return driver
+
+
+def bind_device(root, address, driver=VFIO_DRIVER, attempts=10, delay=0.1):
+    """Bind one device to ``driver`` (vfio-pci or a variant VFIO driver): set ``driver_override``,
+    unbind, ``drivers_probe``, read back.
+
+    Returns the driver now bound. A bind the kernel accepted but that left another driver (or
+    none) is rolled back (the override put back as it was, the device reprobed) and raises
+    :class:`VfioError`; so does a refused write, with the kernel's reason.
+    """
+    before = read_driver(root, address)
+    if before == driver:
+        return before
+    previous = read_override(root, address)
+    override_set = False
+    try:
+        if previous != driver:
+            write_text(device_path(root, address, "driver_override"), driver)
+            override_set = True
+        if before is not None:
+            write_text(host_path(root, PCI_DRIVERS, before, "unbind"), address)
+        write_text(host_path(root, DRIVERS_PROBE), address)
+    except SysfsWriteError as error:
+        restored = _roll_back(root, address, override_set, previous)
+        raise VfioError(
+            "binding %s to %s failed: %s; %s" % (address, driver, error, restored)
+        ) from error
+    after = _settled_driver(root, address, lambda now: now == driver, attempts, delay)
+    if after != driver:
+        restored = _roll_back(root, address, override_set, previous)
+        raise VfioError(
+            "binding %s to %s was accepted by the kernel but did not take effect: its driver "
+            "link reads %s; check 'dmesg' for a %s probe error (no IOMMU group, BAR reservation "
+            "held by a framebuffer); %s" % (address, driver, after or "nothing (unbound)", driver, restored)
+        )
+    return after
+
+
+def _roll_back(root, address, override_set, previous=None):
+    """Undo a failed bind so the device is not left without a driver; describe the outcome.
+    ``previous``: the override before the bind (a device moving from vfio-pci to a variant
+    driver goes back to vfio-pci)."""
+    try:
+        if override_set:
+            write_text(device_path(root, address, "driver_override"), previous or "\n")
+        if read_driver(root, address) is None:
+            write_text(host_path(root, DRIVERS_PROBE), address)
+    except SysfsWriteError as error:  # the original failure matters more; report both
+        return "undoing the override failed too (%s); the device may be left unbound" % error
+    driver = read_driver(root, address)
+    return "the override was undone and the device is now bound to %s" % (driver or "no driver")
+
+
+def release_device(root, address, variants=(), attempts=10, delay=0.1):
+    """Hand a device back: clear ``driver_override``, unbind it from vfio-pci or the variant VFIO
+    driver holding it, take its ID out of vfio-pci's dynamic ID table, ``drivers_probe``, read back.
+
+    After a boot that bound the device through ``options vfio-pci ids=`` (or ``vfio-pci.ids=``)
+    the ID sits in vfio-pci's table and vfio-pci, loaded first, would win the reprobe again; the
+    table is runtime state, rebuilt at the next boot from the configuration. ``variants``: the
+    variant VFIO drivers of the kernel (:func:`is_vfio_driver`). Returns the driver bound
+    afterwards (the host driver, or None when no driver claims it).
+    """
+    try:
+        if read_override(root, address) is not None:
+            write_text(device_path(root, address, "driver_override"), "\n")
+        driver = read_driver(root, address)
+        if is_vfio_driver(driver, variants):
+            write_text(host_path(root, PCI_DRIVERS, driver, "unbind"), address)
+            if driver_loaded(root, VFIO_DRIVER):
+                _remove_dynamic_id(root, address)
+            write_text(host_path(root, DRIVERS_PROBE), address)
+    except SysfsWriteError as error:
+        raise VfioError("handing %s back to its host driver failed: %s" % (address, error)) from error
+    after = _settled_driver(root, address, lambda now: not is_vfio_driver(now, variants), attempts, delay)
+    if is_vfio_driver(after, variants):
+        raise VfioError(
+            "unbinding %s from %s was accepted by the kernel but it is still bound to %s; "
+            "check 'dmesg' and whether a process holds the device" % (address, driver, after)
+        )
+    return after
+
+
+def _remove_dynamic_id(root, address):
+    vendor = read_hex(device_path(root, address, "vendor"), 4)
+    device = read_hex(device_path(root, address, "device"), 4)
+    if vendor is None or device is None:
+        return
+    try:
+        write_text(host_path(root, PCI_DRIVERS, VFIO_DRIVER, "remove_id"), "%s %s" % (vendor, device))
+    except SysfsWriteError as error:
+        if error.errno != errno.ENODEV:  # ENODEV: the ID was not in the table
+            raise
+
+
+def driver_key(name):
+    """Driver and module names compare with ``-`` and ``_`` as one (``vfio-pci`` = ``vfio_pci``)."""
+    return name.strip().replace("-", "_")
+
+
+def is_vfio_driver(name, variants=()):
+    """vfio-pci, one of ``variants`` (the kernel's variant VFIO drivers), or a driver named like one
+    (every in-tree variant is ``<something>_vfio_pci``, which also covers one that another kernel
+    release listed)."""
+    if not name:
+        return False
+    key = driver_key(name)
+    return key == "vfio_pci" or key.endswith("_vfio_pci") or key in {driver_key(v) for v in variants}
