@@ -22,6 +22,8 @@ for them (``--diff``).
 
 from __future__ import annotations
 
+import abc
+
 from ansible_collections.gpuvirt.host.plugins.module_utils.errors import GpuvirtError
 from ansible_collections.gpuvirt.host.plugins.module_utils.files import (
     DEFAULT_MODE,
@@ -32,7 +34,7 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.files import (
 from ansible_collections.gpuvirt.host.plugins.module_utils.host import run_locked
 
 
-class ModuleRun:
+class ModuleRun(abc.ABC):
     """The phases of one module's run; subclasses implement :meth:`plan`, :meth:`apply`, :meth:`result`."""
 
     def __init__(self, module, host):
@@ -47,16 +49,17 @@ class ModuleRun:
 
     # -- phases -----------------------------------------------------------------------------------
 
+    @abc.abstractmethod
     def plan(self):
         """Read the host and decide; no write. Returns the plan :meth:`apply` and :meth:`result` take."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def apply(self, plan):
         """Make the planned changes (never called in check mode)."""
 
+    @abc.abstractmethod
     def result(self, plan):
         """The module's result: ``changed`` and the state after (predicted in check mode)."""
-        raise NotImplementedError
 
     def partial(self):
         """The results known so far, merged into a failure's result."""

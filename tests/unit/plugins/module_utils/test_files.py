@@ -23,9 +23,22 @@ class Module:
         self.check_mode = check_mode
 
 
+class FileRun(ModuleRun):
+    """A module run that only writes files."""
+
+    def plan(self):
+        return None
+
+    def apply(self, plan):
+        pass
+
+    def result(self, plan):
+        return {"changed": self.changes_made}
+
+
 def _update(root, path, content, mode=files.DEFAULT_MODE, check_mode=False):
     """A module's file write: plan the change, then write it through the one writer (ModuleRun.write)."""
-    run = ModuleRun(Module(root, check_mode), Host(root))
+    run = FileRun(Module(root, check_mode), Host(root))
     change = run.plan_file(path, content, mode=mode)
     return run.write(change), run.diffs[-1]
 
