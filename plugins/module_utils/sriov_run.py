@@ -128,8 +128,9 @@ class SriovRun(ModuleRun):
         owner = {}
         plans = []
         for declaration in declarations:
-            if declaration["num_vfs"] is None and declaration["drivers_autoprobe"] is None:
-                self.fail("selector %r: give num_vfs, drivers_autoprobe or both" % declaration["selector"])
+            if all(declaration[key] is None for key in ("num_vfs", "drivers_autoprobe", "vfio")):
+                self.fail("selector %r: give num_vfs, drivers_autoprobe, vfio or any of them together"
+                          % declaration["selector"])
             addresses = select_devices(declaration["selector"], devices, "SR-IOV physical function", pf_reason)
             for pf in addresses:
                 if pf in owner:

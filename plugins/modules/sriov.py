@@ -78,8 +78,11 @@ options:
             address (C(driver_override), then C(drivers_probe)) and read back, never by C(vendor:device) ID, as
             VFs often share their ID with the PF (Intel SR-IOV GPUs) or exist only once the restore created them,
             so C(vfio-pci.ids=) or C(options vfio-pci ids=) would take the PF or nothing.
-          - V(false) hands the VFs now on vfio-pci back (the override cleared, the host driver probes them) and
-            stops binding them at boot. Omitted leaves the VFs' drivers and the recorded choice as they are.
+          - V(false) hands the VFs now on vfio-pci back (the override cleared, then the kernel probes them) and
+            stops binding them at boot. With C(sriov_drivers_autoprobe) off the kernel lets no driver probe a VF
+            without an override, so they stay unbound; with it on the PF's driver (or the VF driver) takes them.
+            Omitted leaves the VFs' drivers and the recorded choice as they are.
+          - Without O(devices[].num_vfs) it moves the VFs there are and keeps their count.
           - Needs the IOMMU on; loads vfio-pci on a live host when it is not loaded. Use with
             O(devices[].drivers_autoprobe=false), so that the PF's driver does not probe the VFs first.
           - A VF that a process (a VM) holds, or that has a mediated device or vGPU type, is not moved without

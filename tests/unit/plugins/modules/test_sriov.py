@@ -9,6 +9,7 @@ import os
 import pytest
 
 from ansible_collections.gpuvirt.host.tests.sim.nvidia_vgpu_sim import attach
+from ansible_collections.gpuvirt.host.tests.sim.pci_kernel import PciKernel
 from ansible_collections.gpuvirt.host.tests.sim.sriov_hosts import (
     NVME,
     NVME_HOST,
@@ -30,8 +31,10 @@ def nvme(make_host):
 def run(run_module):
     """Run the module with the simulated kernel reacting to its writes; returns (result, writes)."""
 
-    def runner(root, check_mode=False, diff=False, **args):
+    def runner(root, check_mode=False, diff=False, pci=False, **args):
         sim, _kernel, _nvidia = attach(root)
+        if pci:  # the PCI core's driver binding too, for vfio
+            PciKernel(sim)
         args.setdefault("delay", 0)
         with sim.active():
             result = run_module("sriov", dict(args, root=root), check_mode=check_mode, diff=diff)
@@ -135,6 +138,28 @@ def test_autoprobe_off_leaves_new_vfs_unbound_and_is_recorded(nvme, run):
     assert NVME not in recorded(nvme)["sriov"]
 
 
+def test_vfio_alone_hands_the_vfs_back_and_takes_them_again(nvme, run):
+    """``vfio`` without a count moves the VFs that exist; with autoprobe off no driver probes them on the way back."""
+    vfs = ["0000:04:00.1", "0000:04:00.2"]
+    done, _writes = run(nvme, pci=True, devices=[{"selector": NVME, "num_vfs": 2, "drivers_autoprobe": False,
+                                                  "vfio": True}])
+    assert done["devices"][0]["after"]["vf_drivers"] == dict.fromkeys(vfs, "vfio-pci"), done
+    devices = [{"selector": NVME, "vfio": False}]
+    predicted, writes = run(nvme, pci=True, check_mode=True, devices=devices)
+    assert not predicted.failed and predicted["changed"] is True and writes == [], predicted
+    assert predicted["devices"][0]["after"]["vf_drivers"] == dict.fromkeys(vfs)
+    released, writes = run(nvme, pci=True, devices=devices)
+    assert released["changed"] is True and released["devices"] == predicted["devices"]
+    assert not any(p.endswith("sriov_numvfs") for p, _value in writes)  # the count stays
+    assert not any(os.path.lexists(os.path.join(nvme, "sys/bus/pci/devices", vf, "driver")) for vf in vfs)
+    assert recorded(nvme)["sriov"][NVME] == {"num_vfs": 2, "drivers_autoprobe": False}
+    again, writes = run(nvme, pci=True, devices=devices)
+    assert again["changed"] is False and writes == []
+    taken, _writes = run(nvme, pci=True, devices=[{"selector": NVME, "vfio": True}])
+    assert taken["changed"] is True and taken["devices"][0]["after"]["vf_drivers"] == dict.fromkeys(vfs, "vfio-pci")
+    assert recorded(nvme)["sriov"][NVME] == {"num_vfs": 2, "drivers_autoprobe": False, "vfio": True}
+
+
 def test_persistence_keeps_other_sections_and_can_be_turned_off(nvme, run):
     os.makedirs(os.path.join(nvme, "etc/gpuvirt"))
     other = {
@@ -169,7 +194,7 @@ def test_recording_an_existing_count(nvme, run):
         ([{"selector": "05:00.0", "num_vfs": 1}], "no SR-IOV capability"),
         ([{"selector": "H100", "num_vfs": 1}], "the SR-IOV physical functions here: 0000:04:00.0"),
         ([{"selector": NVME, "num_vfs": 1}, {"selector": "1b36:0010", "num_vfs": 2}], "selected twice"),
-        ([{"selector": NVME}], "give num_vfs, drivers_autoprobe or both"),
+        ([{"selector": NVME}], "give num_vfs, drivers_autoprobe, vfio or any of them together"),
         ([{"selector": NVME, "num_vfs": -1}], "must be 0 or more"),
     ],
 )
