@@ -6,32 +6,18 @@ back a device whose VFIO group a process holds fails cleanly."""
 
 from __future__ import annotations
 
-import os
 import time
 
 import pytest
-from testinfra.modules.ansible import AnsibleException
+from guest import driver as _driver
+from guest import group as _group
+from guest import run_module
 
 MODPROBE = "/etc/modprobe.d/gpuvirt-vfio.conf"
 
 
-def _driver(host, address):
-    link = "/sys/bus/pci/devices/%s/driver" % address
-    return os.path.basename(host.file(link).linked_to) if host.file(link).exists else None
-
-
 def _vfio_pci(host, args):
-    """Run the module in the guest; its result whether it failed or not (``ansible --tree``, which
-    testinfra reads, leaves ``failed`` out of a failed result on ansible-core 2.19, so testinfra's
-    AnsibleException cannot be relied on)."""
-    try:
-        return host.ansible("gpuvirt.host.vfio_pci", args, check=False)
-    except AnsibleException as error:
-        return error.result
-
-
-def _group(host, address):
-    return os.path.basename(host.file("/sys/bus/pci/devices/%s/iommu_group" % address).linked_to)
+    return run_module(host, "gpuvirt.host.vfio_pci", args)
 
 
 @pytest.fixture(scope="module")
