@@ -119,10 +119,12 @@ def read_iommu(root, cmdline):
     """
     unknown = []
     units = list_dir(host_path(root, IOMMU_CLASS))
-    groups = [
-        group for group in list_dir(host_path(root, IOMMU_GROUPS))
-        if read_text(host_path(root, IOMMU_GROUPS, group, "name")) != VFIO_SOFTWARE_GROUP
-    ]
+    # One group the IOMMU made is proof enough: stop at the first that is not VFIO's own (and do
+    # not look when a unit is registered).
+    translated = bool(units) or any(
+        read_text(host_path(root, IOMMU_GROUPS, group, "name")) != VFIO_SOFTWARE_GROUP
+        for group in list_dir(host_path(root, IOMMU_GROUPS))
+    )
     tables, tables_known = listing(root, ACPI_TABLES)
     device_tree = os.path.isdir(host_path(root, "sys/firmware/devicetree"))
     if not tables_known and os.path.isdir(host_path(root, "sys/firmware")) and not os.path.exists(
@@ -131,7 +133,7 @@ def read_iommu(root, cmdline):
         # A host booted without ACPI. Without a device tree either, there is no firmware description
         # at all; with one, the IOMMU nodes live there and are not read: unknown.
         tables_known = not device_tree
-    if units or groups:
+    if translated:
         enabled = True
     elif os.path.isdir(host_path(root, IOMMU_CLASS)) or os.path.isdir(host_path(root, "sys/kernel")):
         # The kernel creates both directories at boot when it has IOMMU support, and a live sysfs

@@ -66,31 +66,47 @@ def read_mdev_types(root, parent, findings=None):
     return [MdevType(**entry) for entry in _read_types(root, parent, findings)]
 
 
-def _read_types(root, parent, findings):
-    """The types of ``parent`` as dicts (what :func:`mdev_parents` returns), sorted by type id."""
+def _read_types(root, parent, findings, model=None, known=None):
+    """The types of ``parent`` as dicts (what :func:`mdev_parents` returns), sorted by type id.
+
+    ``model`` names the parent's device model and driver; ``known`` (``{(model, type id): fixed
+    attributes}``) holds what earlier parents of the same model gave."""
     base = host_path(root, MDEV_BUS, parent, "mdev_supported_types")
     directory = open_directory(base)
     if directory is None:
-        return _read_some_types(list_dir(base), None, base + "/", parent, findings)
+        return _read_some_types(list_dir(base), None, base + "/", parent, findings, model, known)
     try:
-        return _read_some_types(sorted(os.listdir(directory)), directory, "", parent, findings)
+        return _read_some_types(sorted(os.listdir(directory)), directory, "", parent, findings, model, known)
     finally:
         os.close(directory)
 
 
-def _read_some_types(type_ids, directory, prefix, parent, findings):
+_FIXED = ("name", "description", "device_api")
+
+
+def _read_some_types(type_ids, directory, prefix, parent, findings, model=None, known=None):
     """Read each type's files relative to the directory open as ``directory`` (below ``prefix``
-    when None)."""
+    when None). A type's fixed attributes come from ``known`` when a parent of the same ``model``
+    gave them cleanly; ``available_instances`` is read for every parent."""
     device = parent if ":" in parent else None
     types = []
     for type_id in type_ids:
         path = prefix + type_id + "/"
-        entry = {"id": type_id}
-        for name in ("name", "description", "device_api"):
-            text, problem = read_attribute_at(directory, path + name)
-            if problem is not None and problem is not MISSING and findings is not None:
-                findings.bad_attribute(_type_display(parent, type_id, name), problem, "readable text", device)
-            entry[name] = text
+        fixed = known.get((model, type_id)) if model is not None else None
+        if fixed is not None:
+            entry = dict(fixed)
+        else:
+            entry = {"id": type_id}
+            clean = True
+            for name in _FIXED:
+                text, problem = read_attribute_at(directory, path + name)
+                if problem is not None and problem is not MISSING:
+                    clean = False
+                    if findings is not None:
+                        findings.bad_attribute(_type_display(parent, type_id, name), problem, "readable text", device)
+                entry[name] = text
+            if clean and model is not None:
+                known[model, type_id] = dict(entry)
         text, problem = read_attribute_at(directory, path + "available_instances")
         if text is not None and _COUNT.match(text):
             entry["available_instances"] = int(text)
@@ -109,12 +125,23 @@ def _type_display(parent, type_id, name):
     return "/%s/%s/mdev_supported_types/%s/%s" % (MDEV_BUS, parent, type_id, name)
 
 
-def mdev_parents(root, findings=None):
-    """Every mdev parent with its types, sorted by parent name."""
-    return [
-        {"parent": parent, "types": _read_types(root, parent, findings)}
-        for parent in list_mdev_parents(root)
-    ]
+def mdev_parents(root, findings=None, devices=None):
+    """Every mdev parent with its types, sorted by parent name.
+
+    With ``devices`` (``{address: PciDevice}`` already read), a type's name, description and
+    device API are read once per device model (vendor, device and subsystem IDs) and driver: the
+    driver derives them from the model and the type, so parents of one model show the same. Each
+    parent's ``available_instances`` is read: it changes with what the parent carries."""
+    known = {}
+    result = []
+    for parent in list_mdev_parents(root):
+        device = devices.get(parent) if devices is not None else None
+        model = None
+        if device is not None and device.driver is not None and device.vendor_id is not None:
+            model = (device.driver, device.vendor_id, device.device_id, device.subsystem_vendor_id,
+                     device.subsystem_device_id)
+        result.append({"parent": parent, "types": _read_types(root, parent, findings, model, known)})
+    return result
 
 
 def mdevs(root, findings=None):

@@ -20,8 +20,12 @@ link); IDs, class and driver come from the device's ``uevent`` in one read, with
 attributes as the fallback. Each device's directory is opened once and its attributes are read
 relative to it; the attributes every device has are first read in one quick pass that accepts only
 the exact bytes the kernel writes, and any other form (or a missing ``uevent``, as in some
-snapshots) sends the device through the careful readers, which say what is wrong. The device
-directory is not listed: on tmpfs and sysfs a listing costs as much as reading four attributes.
+snapshots) sends the device through the careful readers, which say what is wrong. Values many
+devices share (a model's ``uevent`` lines, NUMA nodes, reset methods) are parsed once per pass, and
+a device's ``iommu_group`` link is checked against one listing of ``sys/kernel/iommu_groups``. The
+device directory is not listed: on tmpfs and sysfs a listing costs as much as reading four
+attributes; an attribute most devices lack (``sriov_totalvfs``) is looked up before it is opened.
+Vendor backends read their devices relative to the open directory.
 Reading ~600 devices takes a few tens of milliseconds, so callers can afford :func:`read_pci_devices`
 instead of caching.
 """
@@ -37,6 +41,7 @@ from dataclasses import dataclass, field
 
 from ansible_collections.gpuvirt.host.plugins.module_utils import rules
 from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import (
+    IOMMU_GROUPS,
     MISSING,
     PCI_ADDRESS_PATTERN,
     PCI_DEVICES,
@@ -51,7 +56,7 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import (
     slot_of,
 )
 from ansible_collections.gpuvirt.host.plugins.module_utils.vendors import (
-    device_defaults,
+    DEVICE_DEFAULTS,
     host_graphics_drivers,
     read_vendor_state,
 )
@@ -143,7 +148,7 @@ class PciDevice:
             "subsystem_vendor_id": self.subsystem_vendor_id,
             "subsystem_device_id": self.subsystem_device_id,
             "class": self.class_code,
-            "class_name": self.class_name,
+            "class_name": class_name(self.class_code),
             "vendor_name": self.vendor_name,
             "device_name": self.device_name,
             "driver": self.driver,
@@ -155,7 +160,7 @@ class PciDevice:
             "sriov": self.sriov.to_dict() if self.sriov else None,
             "physfn": self.physfn,
         }
-        result.update(device_defaults())
+        result.update(DEVICE_DEFAULTS)
         result.update(self.vendor_state)
         return result
 
@@ -334,82 +339,142 @@ _QUICK_SIZE = 4096  # a sysfs attribute's page on most hosts
 _RDONLY = os.O_RDONLY
 
 
-class _NotQuick(Exception):
-    """An attribute the quick pass does not take."""
+class _QuickPass:
+    """What one pass over many devices learns once: the parsed form of values the devices share
+    (a model's ``uevent`` lines, NUMA nodes, reset methods) and the IOMMU groups that exist."""
+
+    __slots__ = ("groups", "identities", "numa", "resets")
+
+    def __init__(self, groups=None):
+        # Names listed in sys/kernel/iommu_groups: a device's link to one of them needs no stat of
+        # its own. None: not listed, so each link is checked where it points.
+        self.groups = groups
+        self.identities = {}
+        self.numa = {b"-1\n": -1, b"0\n": 0}
+        self.resets = {b"": None}
+
+    def identity(self, uevent):
+        """``(vendor, device, subsystem vendor, subsystem device, class, driver)`` from a uevent's
+        lines before ``PCI_SLOT_NAME`` (the same for every function of one model and driver), or
+        None when they are not as the kernel writes them."""
+        end = uevent.find(b"PCI_SLOT_NAME=")
+        head = uevent[:end] if end > 0 else uevent
+        known = self.identities.get(head, self)
+        if known is not self:
+            return known
+        match = _QUICK_UEVENT.fullmatch(head) if end > 0 else None
+        if match is None or not head.isascii():
+            identity = None
+        else:
+            driver, class_code, vendor, dev_id, sub_vendor, sub_device = match.groups()
+            identity = (
+                vendor.decode().lower(), dev_id.decode().lower(), sub_vendor.decode().lower(),
+                sub_device.decode().lower(), "%06x" % int(class_code, 16),
+                driver.decode() if driver is not None else None,
+            )
+        self.identities[head] = identity
+        return identity
+
+    def numa_node(self, raw):
+        node = self.numa.get(raw, self)
+        if node is self:
+            node = int(raw) if _QUICK_INT.match(raw) is not None else None
+            self.numa[raw] = node
+        return node
+
+    def reset_methods(self, raw):
+        """The methods as a tuple, None for none, False when garbled."""
+        methods = self.resets.get(raw, self)
+        if methods is self:
+            methods = tuple(raw.decode().split()) if _QUICK_WORDS.match(raw) is not None else False
+            self.resets[raw] = methods
+        return methods
 
 
-def _quick_read(directory, name):
-    fd = os.open(name, _RDONLY, dir_fd=directory)
+def _read_common_quick(address, path, directory, quick):
+    """A :class:`PciDevice` with the IDs, class, driver, IOMMU group, NUMA node, driver override and
+    reset methods of the device open as ``directory``, when each reads exactly as the kernel writes
+    it; None otherwise (then the careful readers start over). Written out in one function: it runs
+    for every device of the host."""
     try:
-        data = os.read(fd, _QUICK_SIZE)
-    finally:
-        os.close(fd)
-    if len(data) >= _QUICK_SIZE:
-        raise _NotQuick(name)  # a full page may not be all of it: read it whole, carefully
-    return data
-
-
-def _read_common_quick(device, directory):
-    """IDs, class, driver, IOMMU group, NUMA node, driver override and reset methods of the device
-    open as ``directory``, when each reads exactly as the kernel writes it; False otherwise (then
-    nothing on ``device`` is to be trusted and the careful readers start over)."""
-    try:
-        uevent = _quick_read(directory, "uevent")
-        match = _QUICK_UEVENT.match(uevent)
-        if match is None or not uevent.isascii():
-            return False
-        numa = _quick_read(directory, "numa_node")
-        override = _quick_read(directory, "driver_override")
-        if _QUICK_INT.match(numa) is None or _QUICK_NAME.match(override) is None:
-            return False
+        fd = os.open("uevent", _RDONLY, dir_fd=directory)
         try:
-            reset = _quick_read(directory, "reset_method")
+            uevent = os.read(fd, _QUICK_SIZE)
+        finally:
+            os.close(fd)
+        fd = os.open("numa_node", _RDONLY, dir_fd=directory)
+        try:
+            numa = os.read(fd, _QUICK_SIZE)
+        finally:
+            os.close(fd)
+        fd = os.open("driver_override", _RDONLY, dir_fd=directory)
+        try:
+            override = os.read(fd, _QUICK_SIZE)
+        finally:
+            os.close(fd)
+        try:
+            fd = os.open("reset_method", _RDONLY, dir_fd=directory)
         except FileNotFoundError:
             reset = b""
-        if reset and _QUICK_WORDS.match(reset) is None:
-            return False
+        else:
+            try:
+                reset = os.read(fd, _QUICK_SIZE)
+            finally:
+                os.close(fd)
         try:
             target = os.readlink("iommu_group", dir_fd=directory)
         except FileNotFoundError:
             target = None
+        group = None
         if target is not None:
             group = _QUICK_GROUP.match(target)
-            if group is None or not stat.S_ISDIR(os.stat("iommu_group/devices", dir_fd=directory).st_mode):
-                return False
-            device.iommu_group = group.group(1)
-    except (OSError, _NotQuick):
-        return False
-    driver, class_code, vendor, dev_id, sub_vendor, sub_device = match.groups()
-    device.vendor_id = vendor.decode().lower()
-    device.device_id = dev_id.decode().lower()
-    device.subsystem_vendor_id = sub_vendor.decode().lower()
-    device.subsystem_device_id = sub_device.decode().lower()
-    device.class_code = "%06x" % int(class_code, 16)
-    device.driver = driver.decode() if driver is not None else None
-    device.numa_node = int(numa)
-    if override != b"(null)\n":
-        device.driver_override = override[:-1].decode()
-    if reset:
-        device.reset_methods = reset.decode().split()
-    return True
+            if group is None:
+                return None
+            group = group.group(1)
+            if (quick.groups is None or group not in quick.groups) and not stat.S_ISDIR(
+                os.stat("iommu_group/devices", dir_fd=directory).st_mode
+            ):
+                return None
+    except OSError:
+        return None
+    # A full page may not be all of an attribute: such a device is read whole, carefully.
+    if max(len(uevent), len(numa), len(override), len(reset)) >= _QUICK_SIZE or not uevent.isascii():
+        return None
+    identity = quick.identity(uevent)
+    numa = quick.numa_node(numa)
+    reset = quick.reset_methods(reset)
+    if identity is None or numa is None or reset is False:
+        return None
+    if override == b"(null)\n":
+        override = None
+    elif _QUICK_NAME.match(override) is not None:
+        override = override[:-1].decode()
+    else:
+        return None
+    vendor, device_id, sub_vendor, sub_device, class_code, driver = identity
+    return PciDevice(
+        address, path, vendor, device_id, sub_vendor, sub_device, class_code, driver, override, group, numa,
+        reset_methods=list(reset) if reset else [],
+    )
 
 
-def _read_device(address, path, findings, known_vfs=None):
+def _read_device(address, path, findings, known_vfs=None, quick=None):
     """Read one device. ``known_vfs`` (``{vf: pf}`` from PFs read earlier in the same pass) saves
-    the ``physfn`` and ``sriov_totalvfs`` look-ups; without it they are made."""
+    the ``physfn`` and ``sriov_totalvfs`` look-ups; without it they are made. ``quick``: the
+    pass's :class:`_QuickPass`."""
     directory = open_directory(path)
     try:
-        return _read_open_device(address, path, findings, known_vfs, directory)
+        return _read_open_device(address, path, findings, known_vfs, directory, quick or _QuickPass())
     finally:
         if directory is not None:
             os.close(directory)
 
 
-def _read_open_device(address, path, findings, known_vfs, directory):
+def _read_open_device(address, path, findings, known_vfs, directory, quick):
     base = path + "/"
     reader = _Reader(address, base, findings, directory)
-    device = PciDevice(address, path)
-    if directory is not None and _read_common_quick(device, directory):
+    device = _read_common_quick(address, path, directory, quick) if directory is not None else None
+    if device is not None:
         _read_device_tail(reader, device, known_vfs)
         return device
     device = PciDevice(address, path)
@@ -480,7 +545,11 @@ def _read_device_tail(reader, device, known_vfs):
 
     # A virtual function is never a physical function, and a bridge (a type 1 header) has no SR-IOV
     # capability: no sriov_* attributes to look for.
-    if device.physfn is None and not (class_code is not None and class_code[:4] in BRIDGE_CLASSES):
+    # Most functions have no SR-IOV capability: a look-up that finds nothing costs less than an open
+    # that fails.
+    if device.physfn is None and not (class_code is not None and class_code[:4] in BRIDGE_CLASSES) and (
+        reader.fd is None or os.access("sriov_totalvfs", os.F_OK, dir_fd=reader.fd, follow_symlinks=False)
+    ):
         text, problem = reader.read("sriov_totalvfs")
         if problem is not MISSING:
             total = int(text) if text is not None and _GROUP.match(text) else None
@@ -491,7 +560,7 @@ def _read_device_tail(reader, device, known_vfs):
             device.sriov = _read_sriov(reader, total)
 
     # Vendor backends read their own devices only (every backend when the vendor is unknown).
-    device.vendor_state = read_vendor_state(device.vendor_id, device.path, address, reader.findings)
+    device.vendor_state = read_vendor_state(device.vendor_id, device.path, address, reader.findings, reader.fd)
 
 
 _MAX_VFS = 0xFFFF  # the SR-IOV capability's TotalVFs field is 16 bits
@@ -520,6 +589,8 @@ def read_pci_devices(root, findings=None):
     devices = {}
     known_vfs = {}
     bus = host_path(root, PCI_DEVICES)
+    groups = host_path(root, IOMMU_GROUPS)
+    quick = _QuickPass(set(list_dir(groups)) if os.path.isdir(groups) else None)
     for entry in sorted(list_dir(bus), key=address_sort_key):
         if _PCI_ADDRESS.match(entry) is None:
             if findings is not None:
@@ -528,7 +599,7 @@ def read_pci_devices(root, findings=None):
                     "/%s/%s is not a PCI address; ignored" % (PCI_DEVICES, entry),
                 )
             continue
-        devices[entry] = _read_device(entry, bus + "/" + entry, findings, known_vfs)
+        devices[entry] = _read_device(entry, bus + "/" + entry, findings, known_vfs, quick)
         sriov = devices[entry].sriov
         if sriov is not None:
             for vf in sriov.vfs:

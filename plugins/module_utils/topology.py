@@ -154,9 +154,10 @@ def passthrough_verdict(address, devices, iommu_enabled, groups=None, holders=No
             "process %s (%s) holds the VFIO device of IOMMU group %s"
             % (user["pid"], user.get("comm") or "?", device.iommu_group),
         )
-    for member in sorted(set(bound) | set(m for m in members if m in devices and not devices[m].is_bridge)):
-        for reason in critical.get(member, []):
-            refuse("host_critical", "%s %s; the host needs it" % (member, reason))
+    if critical:
+        for member in sorted(set(bound) | set(m for m in members if m in devices and not devices[m].is_bridge)):
+            for reason in critical.get(member, []):
+                refuse("host_critical", "%s %s; the host needs it" % (member, reason))
     viable = not codes
     if codes == ["iommu_unknown"]:
         viable = None
@@ -176,7 +177,7 @@ def detect(root="/"):
     groups = groups_from_devices(devices)
     holders = vfio_holders(root, findings)
     critical = critical_devices(root)
-    parents = mdev_parents(root, findings)
+    parents = mdev_parents(root, findings, devices)
     parent_names = {entry["parent"] for entry in parents}
     slots = slot_index(devices)
 

@@ -198,6 +198,9 @@ class IntelBackend(VendorBackend):
     name = "intel"
     vendor_id = VENDOR_ID
     host_drivers = ("i915", "xe")
+    # A discrete Intel GPU (Arc, Flex) for passthrough must reach vfio-pci before i915 or xe claims
+    # it; vfio-pci takes only the IDs it is given, so the host's own iGPU stays with its driver.
+    softdep_drivers = host_drivers
     enable_modes = ("gvt-g", "sriov")
     restore_steps = (
         RestoreStep(name="gvt_g", before="driver", items=_gvt_g_items),

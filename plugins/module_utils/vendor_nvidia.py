@@ -17,7 +17,7 @@ Public API:
 
 - :func:`parse_creatable_vgpu_types` ``(text) -> (list[{"id": int, "name": str}], list[str])``:
   the entries of ``nvidia/creatable_vgpu_types`` and the lines that could not be parsed.
-- :func:`read_nvidia_vgpu` ``(device_path, address, findings=None, display=None) -> dict | None``:
+- :func:`read_nvidia_vgpu` ``(device_path, address, findings=None, display=None, directory=None) -> dict | None``:
   ``{"creatable": [...], "current": int}`` for a device with an ``nvidia/`` directory, else None.
 - :func:`profile_name` ``(type_name) -> str | None``: ``NVIDIA A100-4C`` -> ``A100-4C``.
 - :class:`SriovManage`: NVIDIA's VF enabler, ``/usr/lib/nvidia/sriov-manage -e <pf>``, as a vendor tool
@@ -39,7 +39,7 @@ from __future__ import annotations
 import os
 import re
 
-from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import MISSING, read_attribute
+from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import MISSING, read_attribute, read_attribute_at
 from ansible_collections.gpuvirt.host.plugins.module_utils.vendor_plan import (
     EnableError,
     EnablePlan,
@@ -58,6 +58,21 @@ _HEADER = re.compile(r"\s*ID\s*:", re.IGNORECASE)
 
 def parse_creatable_vgpu_types(text):
     """Parse ``nvidia/creatable_vgpu_types``; returns ``(entries, bad_lines)``."""
+    parsed = _PARSED.get(text)
+    if parsed is None:
+        parsed = _parse_creatable(text)
+        if len(_PARSED) < _PARSED_MAX:
+            _PARSED[text] = parsed
+    entries, bad = parsed
+    return [dict(entry) for entry in entries], list(bad)
+
+
+# The VFs of one GPU model list the same types: each distinct text is parsed once per process.
+_PARSED = {}
+_PARSED_MAX = 256
+
+
+def _parse_creatable(text):
     entries = []
     bad = []
     for line in text.splitlines():
@@ -71,13 +86,15 @@ def parse_creatable_vgpu_types(text):
     return entries, bad
 
 
-def read_nvidia_vgpu(device_path, address, findings=None, display=None):
+def read_nvidia_vgpu(device_path, address, findings=None, display=None, directory=None):
     """The per-VF vGPU state of one device, or None when it has no ``nvidia/`` interface.
 
     ``display`` is how findings name the ``nvidia/`` directory (default: its
-    ``/sys/bus/pci/devices/<address>/nvidia`` path).
+    ``/sys/bus/pci/devices/<address>/nvidia`` path). ``directory``: a descriptor of the device's
+    directory to read relative to (``device_path`` is then only named, not walked again).
     """
-    text, problem = read_attribute(device_path + "/nvidia/creatable_vgpu_types")
+    prefix = "nvidia/" if directory is not None else device_path + "/nvidia/"
+    text, problem = read_attribute_at(directory, prefix + "creatable_vgpu_types")
     if problem is MISSING:
         return None
     display = display or "/sys/bus/pci/devices/%s/nvidia" % address
@@ -89,7 +106,7 @@ def read_nvidia_vgpu(device_path, address, findings=None, display=None):
         if bad:
             _report(findings, display + "/creatable_vgpu_types", None, bad[0], address)
             creatable = None
-    current_text, problem = read_attribute(device_path + "/nvidia/current_vgpu_type")
+    current_text, problem = read_attribute_at(directory, prefix + "current_vgpu_type")
     current = None
     if current_text is not None and current_text.isascii() and current_text.isdigit():
         current = int(current_text)
@@ -208,8 +225,8 @@ class NvidiaBackend(VendorBackend):
         return EnablePlan(mode=mode, address=device.address,
                           notes=("create vGPU profiles with gpuvirt.host.nvidia_vgpu",))
 
-    def read_device(self, path, address, findings):
-        return {STATE_KEY: read_nvidia_vgpu(path, address, findings)}
+    def read_device(self, path, address, findings, directory=None):
+        return {STATE_KEY: read_nvidia_vgpu(path, address, findings, directory=directory)}
 
     def gpu_keys(self, device):
         return {STATE_KEY: vgpu_state(device) is not None}

@@ -90,8 +90,11 @@ class VendorBackend:
     # the state file's ``sriov`` section records (:func:`sriov.enable_vfs_by_tool` runs them).
     vf_tools = {}
 
-    def read_device(self, path, address, findings):
-        """Its extra sysfs state of one of its devices (kept in ``PciDevice.vendor_state``)."""
+    def read_device(self, path, address, findings, directory=None):
+        """Its extra sysfs state of one of its devices (kept in ``PciDevice.vendor_state``).
+
+        ``directory``: a descriptor of the device's directory (``path``) to read relative to, when
+        the caller has it open; None to read below ``path``."""
         return {}
 
     def gpu_keys(self, device):

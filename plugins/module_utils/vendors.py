@@ -9,7 +9,7 @@ boot-time restore can ship them as it ships every module_utils file) defines a `
 - reading: ``vendor_id`` (4 lowercase hex digits), ``host_drivers`` (its kernel drivers that drive a GPU
   for the host; ``softdep_drivers``: those that would claim a GPU before vfio-pci), ``device_defaults`` /
   ``gpu_defaults`` (the keys it adds to every device / GPU entry, with their values for other vendors'
-  devices), ``read_device(path, address, findings)`` (its extra sysfs state of one of its devices, kept
+  devices), ``read_device(path, address, findings, directory)`` (its extra sysfs state of one of its devices, kept
   in ``PciDevice.vendor_state``; run only for its vendor's devices and for devices whose vendor could not
   be read), ``gpu_keys(device)``,
   ``modes(device, host)`` (the virtualization modes the GPU can offer, each ``{"mode", "ready",
@@ -24,7 +24,7 @@ boot-time restore can ship them as it ships every module_utils file) defines a `
 Adding a vendor is one new module and one entry in :data:`BACKENDS`; no generic module names a vendor.
 
 Public API: :data:`BACKENDS`, :func:`backends_for`, :func:`read_vendor_state`,
-:func:`host_graphics_drivers`, :func:`softdep_drivers`, :func:`device_defaults`, :func:`gpu_keys`, :class:`HostFacts`,
+:func:`host_graphics_drivers`, :func:`softdep_drivers`, :data:`DEVICE_DEFAULTS`, :func:`gpu_keys`, :class:`HostFacts`,
 :func:`enable_modes`, :func:`virtualization_modes`, :func:`state_sections`, :func:`restore_steps`,
 :func:`vf_tool`, :func:`vf_tool_methods`, :func:`vf_count_set_by`, :func:`vf_count_advice`,
 :func:`in_use_reasons`, :func:`no_mdev_types_hint`.
@@ -38,10 +38,11 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.vendor_plan import RE
 
 BACKENDS = (vendor_nvidia.BACKEND, vendor_intel.BACKEND, vendor_amd.BACKEND)
 _BY_VENDOR = {backend.vendor_id: (backend,) for backend in BACKENDS}
-_DEVICE_DEFAULTS = {}
+# Every backend's device keys with their values for a device of another vendor (read only).
+DEVICE_DEFAULTS = {}
 _GPU_DEFAULTS = {}
 for _backend in BACKENDS:
-    _DEVICE_DEFAULTS.update(_backend.device_defaults)
+    DEVICE_DEFAULTS.update(_backend.device_defaults)
     _GPU_DEFAULTS.update(_backend.gpu_defaults)
 
 
@@ -52,11 +53,12 @@ def backends_for(vendor_id):
     return _BY_VENDOR.get(vendor_id, ())
 
 
-def read_vendor_state(vendor_id, path, address, findings):
-    """The vendor-specific state of one device (``{key: value}``), from its vendor's backend only."""
+def read_vendor_state(vendor_id, path, address, findings, directory=None):
+    """The vendor-specific state of one device (``{key: value}``), from its vendor's backend only
+    (``directory``: a descriptor of ``path``, when open)."""
     state = {}
     for backend in backends_for(vendor_id):
-        state.update(backend.read_device(path, address, findings))
+        state.update(backend.read_device(path, address, findings, directory))
     return state
 
 
@@ -68,11 +70,6 @@ def host_graphics_drivers():
 def softdep_drivers():
     """The vendors' drivers that would claim a GPU before vfio-pci at boot, in registry order."""
     return tuple(driver for backend in BACKENDS for driver in backend.softdep_drivers)
-
-
-def device_defaults():
-    """Every backend's device keys with their values for a device of another vendor."""
-    return dict(_DEVICE_DEFAULTS)
 
 
 def gpu_keys(device):

@@ -41,6 +41,10 @@ notes:
     read, so RV(topology.devices[].in_use_by) may miss VMs (a finding says so).
   - A device's IDs, class and driver are read from its C(uevent), with C(vendor), C(device),
     C(subsystem_vendor), C(subsystem_device), C(class) and the C(driver) link as the fallback.
+  - A mediated device type's C(name), C(description) and C(device_api) are read from the first parent
+    of each device model (vendor, device and subsystem IDs) and driver and taken as they are for the
+    model's other parents, since the driver derives them from the model and the type;
+    C(available_instances) is read for every parent.
 seealso:
   - name: Kernel ABI, sysfs-bus-pci
     description: The PCI attributes this module reads.

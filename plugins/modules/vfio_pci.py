@@ -39,8 +39,8 @@ description:
   - When the IOMMU is off in the running kernel, nothing is bound now; the boot-time configuration is
     still written and RV(reboot_required) is true with the reason in RV(reboot_reasons).
   - "Boot-time configuration (O(persistence)): V(modprobe) writes C(/etc/modprobe.d/gpuvirt-vfio.conf)
-    (C(options vfio-pci ids=...) plus C(softdep) lines so that nvidia, nouveau, amdgpu, radeon,
-    snd_hda_intel and xhci_hcd load after vfio-pci); V(driverctl) keeps one override per address in
+    (C(options vfio-pci ids=...) plus C(softdep) lines so that nvidia, nouveau, i915, xe, amdgpu,
+    radeon, snd_hda_intel and xhci_hcd load after vfio-pci); V(driverctl) keeps one override per address in
     C(/etc/driverctl.d/pci-<address>) through C(driverctl --noprobe set-override); V(cmdline) puts
     C(vfio-pci.ids=) on the kernel command line through the bootloader configuration (the only way
     when vfio-pci is built into the kernel, where modprobe.d options are ignored); V(auto) picks

@@ -64,7 +64,7 @@ def test_the_boot_configuration_and_the_initramfs(host, layout):
     ids = sorted(d["id"] for d in layout.role("passthrough_gpu") + layout.role("gpu_companion"))
     conf = host.file(MODPROBE).content_string
     assert "options vfio-pci ids=%s\n" % ",".join(ids) in conf
-    for driver in ("nvidia", "nouveau", "amdgpu", "radeon", "snd_hda_intel", "xhci_hcd"):
+    for driver in ("nvidia", "nouveau", "i915", "xe", "amdgpu", "radeon", "snd_hda_intel", "xhci_hcd"):
         assert "softdep %s pre: vfio-pci\n" % driver in conf
     assert "vfio-pci" in host.file("/etc/modules-load.d/gpuvirt-vfio.conf").content_string.split()
     listing = host.check_output("lsinitramfs /boot/initrd.img-$(uname -r)").split()

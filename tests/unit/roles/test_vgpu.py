@@ -316,11 +316,12 @@ def hold_vfio_group(root, address, pid=4242):
     return group
 
 
-def test_intel_sriov_vfs_to_vfio_pci_enabled_carved_bound_restored(make_host, play):
+@pytest.mark.parametrize("driver", ["i915", "xe"])
+def test_intel_sriov_vfs_to_vfio_pci_enabled_carved_bound_restored_handed_back(make_host, play, driver):
     from ansible_collections.gpuvirt.host.tests.sim import boot
-    from ansible_collections.gpuvirt.host.tests.unit.plugins.modules.test_virtualization_mode import with_grub
+    from ansible_collections.gpuvirt.host.tests.unit.plugins.modules.test_vendor_lifecycle import flex_host
 
-    root = with_grub(make_host("intel_flex_sriov"))
+    root = flex_host(make_host, driver)
     devices = [{"selector": FLEX, "mode": {"name": "sriov", "max_vfs": 7},
                 "sriov": {"num_vfs": 4, "drivers_autoprobe": False, "vfio": True}}]
 
@@ -330,7 +331,7 @@ def test_intel_sriov_vfs_to_vfio_pci_enabled_carved_bound_restored(make_host, pl
     assert exported["reboot"] is True and exported["result"]["waiting_for_reboot"] == [FLEX]
     assert exported["result"]["sriov"] == [] and vf_driver_map(root, FLEX) == {}
 
-    assert boot.reboot(root)["i915"][FLEX] == 7
+    assert boot.reboot(root)[driver][FLEX] == 7
     rc, recap, output, predicted = play(root, devices, check=True)
     assert rc == 0 and recap["failed"] == 0, output
     assert vf_driver_map(root, FLEX) == {} and not os.path.exists(hoststate.state_path(root))
@@ -345,7 +346,7 @@ def test_intel_sriov_vfs_to_vfio_pci_enabled_carved_bound_restored(make_host, pl
     for vf in vfs:  # bound by address, never by ID: the PF shares 8086:56c0 with its VFs
         with open(os.path.join(root, "sys/bus/pci/devices", vf, "driver_override")) as handle:
             assert handle.read().strip() == "vfio-pci"
-    assert os.readlink(os.path.join(root, "sys/bus/pci/devices", FLEX, "driver")).endswith("/i915")
+    assert os.readlink(os.path.join(root, "sys/bus/pci/devices", FLEX, "driver")).endswith("/" + driver)
     assert not os.path.exists(os.path.join(root, "etc/modprobe.d/gpuvirt-vfio.conf"))
     assert hoststate.load_state(root)["sriov"] == {FLEX: {"num_vfs": 4, "drivers_autoprobe": False, "vfio": True}}
     rc, recap, output, _exported = play(root, devices)
@@ -371,3 +372,23 @@ def test_intel_sriov_vfs_to_vfio_pci_enabled_carved_bound_restored(make_host, pl
         assert "%s: process 4242 (qemu-system-x86) holds its VFIO device" % vfs[1] in output
         assert vf_driver_map(root, FLEX) == dict.fromkeys(vfs, "vfio-pci")
         assert hoststate.load_state(root)["sriov"][FLEX]["vfio"] is True
+
+    # The VM gone, vfio: false hands the VFs back: off vfio-pci, no override left, none at the next boot.
+    shutil.rmtree(os.path.join(root, "proc", "4242"))
+    back = [dict(devices[0], sriov={"num_vfs": 4, "drivers_autoprobe": False, "vfio": False})]
+    rc, recap, output, predicted = play(root, back, check=True)
+    assert rc == 0 and vf_driver_map(root, FLEX) == dict.fromkeys(vfs, "vfio-pci"), output
+    rc, recap, output, exported = play(root, back)
+    assert rc == 0 and recap["changed"] > 0, output
+    assert predicted["result"]["sriov"][0]["after"] == exported["result"]["sriov"][0]["after"]
+    assert vf_driver_map(root, FLEX) == dict.fromkeys(vfs)  # autoprobe off: no host driver takes them
+    for vf in vfs:
+        with open(os.path.join(root, "sys/bus/pci/devices", vf, "driver_override")) as handle:
+            assert handle.read().strip() in ("", "(null)")
+    assert hoststate.load_state(root)["sriov"] == {FLEX: {"num_vfs": 4, "drivers_autoprobe": False}}
+    rc, recap, output, _exported = play(root, back)
+    assert rc == 0 and recap["changed"] == 0, output
+    boot.reboot(root, uptime=32.0)
+    rc, log = run_installed_restore(root)
+    assert rc == 0, log
+    assert vf_driver_map(root, FLEX) == dict.fromkeys(vfs) and "] vfio %s" % FLEX not in log

@@ -39,9 +39,10 @@ def quick_results(root, monkeypatch):
     taken = {}
     original = pci._read_common_quick
 
-    def recording(device, directory):
-        taken[device.address] = original(device, directory)
-        return taken[device.address]
+    def recording(address, path, directory, quick):
+        device = original(address, path, directory, quick)
+        taken[address] = device is not None
+        return device
 
     with monkeypatch.context() as patch:
         patch.setattr(pci, "_read_common_quick", recording)
@@ -103,12 +104,13 @@ def test_any_other_form_goes_through_the_careful_readers(make_host, monkeypatch,
 def test_the_quick_pass_reads_what_the_kernel_writes(make_host, monkeypatch):
     root = make_host("desktop_dgpu", files={DGPU_DIR + "/numa_node": "-1\n", DGPU_DIR + "/reset_method": "flr bus\n",
                                             DGPU_DIR + "/driver_override": "vfio-pci\n"})
-    device = pci.PciDevice(DGPU, os.path.join(root, "sys/bus/pci/devices", DGPU))
-    directory = pci.open_directory(device.path)
+    path = os.path.join(root, "sys/bus/pci/devices", DGPU)
+    directory = pci.open_directory(path)
     try:
-        assert pci._read_common_quick(device, directory) is True
+        device = pci._read_common_quick(DGPU, path, directory, pci._QuickPass())
     finally:
         os.close(directory)
+    assert device is not None
 
     assert (device.vendor_id, device.device_id, device.class_code) == ("10de", "1e04", "030000")
     assert (device.subsystem_vendor_id, device.subsystem_device_id) == ("1458", "37a9")
@@ -116,3 +118,22 @@ def test_the_quick_pass_reads_what_the_kernel_writes(make_host, monkeypatch):
     assert device.reset_methods == ["flr", "bus"] and device.iommu_group is not None
     taken, quick = quick_results(root, monkeypatch)
     assert taken[DGPU] is True and quick == careful(root, monkeypatch)
+
+
+def test_a_link_to_a_listed_group_needs_no_look_up_and_an_unlisted_one_is_checked(make_host, monkeypatch):
+    root = make_host("desktop_dgpu")
+    path = os.path.join(root, "sys/bus/pci/devices", DGPU)
+    looked_up = []
+    real_stat = os.stat
+    monkeypatch.setattr(pci.os, "stat", lambda *args, **kwargs: looked_up.append(args[0]) or real_stat(*args, **kwargs))
+    directory = pci.open_directory(path)
+    try:
+        group = pci._read_common_quick(DGPU, path, directory, pci._QuickPass()).iommu_group
+        assert looked_up == ["iommu_group/devices"], "no listing: the link is followed"
+        looked_up.clear()
+        assert pci._read_common_quick(DGPU, path, directory, pci._QuickPass({group})).iommu_group == group
+        assert looked_up == [], "a listed group is taken as it is"
+        assert pci._read_common_quick(DGPU, path, directory, pci._QuickPass({"999"})).iommu_group == group
+        assert looked_up == ["iommu_group/devices"], "a group missing from the listing is followed"
+    finally:
+        os.close(directory)

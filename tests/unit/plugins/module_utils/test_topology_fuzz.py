@@ -29,6 +29,7 @@ DGPU_DIR = "sys/devices/pci0000:00/0000:00:01.0/0000:01:00.0"
 IGPU_DIR = "sys/devices/pci0000:00/0000:00:02.0"
 A100_PF_DIR = "sys/devices/pci0000:b0/0000:b0:02.0/0000:b1:00.0"
 A100_VF_DIR = "sys/devices/pci0000:b0/0000:b0:02.0/0000:b1:00.5"
+A100_FIRST_VF_DIR = "sys/devices/pci0000:b0/0000:b0:02.0/0000:b1:00.4"
 L40S_VF_DIR = "sys/devices/pci0000:ca/0000:ca:01.0/0000:cb:00.5"
 
 FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -264,15 +265,19 @@ def test_sriov_counts(trees, raw, name):
 @FUZZ
 @given(raw=values, name=st.sampled_from(["available_instances", "name", "description", "device_api"]))
 def test_mdev_type_attributes(trees, raw, name):
+    # A type's fixed attributes are read from the first parent of a GPU model (later parents of the
+    # model take them from it); available_instances from every parent.
+    address, directory = ("0000:b1:00.5", A100_VF_DIR) if name == "available_instances" else (
+        "0000:b1:00.4", A100_FIRST_VF_DIR)
     root = trees["datacenter_a100"]
-    with replaced(root, A100_VF_DIR + "/mdev_supported_types/nvidia-471/" + name, raw):
+    with replaced(root, directory + "/mdev_supported_types/nvidia-471/" + name, raw):
         topology = run(root)
-    parent = next(p for p in topology["mdev_parents"] if p["parent"] == "0000:b1:00.5")
+    parent = next(p for p in topology["mdev_parents"] if p["parent"] == address)
     value = parent["types"][0]["available_instances" if name == "available_instances" else name]
     text = text_of(raw)
     assert value == (number(text) if name == "available_instances" else text)
     if value is None:
-        assert attribute_findings(topology, "0000:b1:00.5", name)
+        assert attribute_findings(topology, address, name)
 
 
 HOST_FILES = [

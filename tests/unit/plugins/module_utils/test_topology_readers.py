@@ -459,3 +459,14 @@ def test_mdev_entries_that_are_not_uuids_are_ignored(make_host):
 
     assert [m["uuid"] for m in mdevs(root, findings)] == ["6c3e1ab4-4a52-4e2c-9a3e-0a4d9c1e2f01"]
     assert [f["code"] for f in findings] == ["malformed_entry"]
+
+
+def test_parsed_creatable_types_are_each_callers_own():
+    text = "ID    : vGPU Name\n557   : NVIDIA L40S-1Q\n558   : NVIDIA L40S-2Q\n"
+    first, _bad = parse_creatable_vgpu_types(text)
+    first[0]["name"] = "changed"
+    first.append({"id": 1, "name": "added"})
+
+    again, bad = parse_creatable_vgpu_types(text)
+
+    assert again == [{"id": 557, "name": "NVIDIA L40S-1Q"}, {"id": 558, "name": "NVIDIA L40S-2Q"}] and bad == []

@@ -372,7 +372,7 @@ def test_release_without_a_host_driver_leaves_it_unbound(make_host, kernel):
 def test_modprobe_conf_round_trip():
     text = vfio.render_modprobe_conf(["10de:1e04", "10de:10f7", "10de:1e04"])
     assert "options vfio-pci ids=10de:10f7,10de:1e04\n" in text
-    for name in ("nvidia", "nouveau", "amdgpu", "radeon", "snd_hda_intel", "xhci_hcd"):
+    for name in ("nvidia", "nouveau", "i915", "xe", "amdgpu", "radeon", "snd_hda_intel", "xhci_hcd"):
         assert "softdep %s pre: vfio-pci\n" % name in text
     assert vfio.modprobe_ids(text) == ["10de:10f7", "10de:1e04"]
     assert vfio.render_modprobe_conf([]) is None
