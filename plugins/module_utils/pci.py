@@ -391,36 +391,27 @@ class _QuickPass:
         return methods
 
 
+def _quick_read(directory, name):
+    """The bytes of one attribute of the device open as ``directory``, up to a page."""
+    fd = os.open(name, _RDONLY, dir_fd=directory)
+    try:
+        return os.read(fd, _QUICK_SIZE)
+    finally:
+        os.close(fd)
+
+
 def _read_common_quick(address, path, directory, quick):
     """A :class:`PciDevice` with the IDs, class, driver, IOMMU group, NUMA node, driver override and
     reset methods of the device open as ``directory``, when each reads exactly as the kernel writes
-    it; None otherwise (then the careful readers start over). Written out in one function: it runs
-    for every device of the host."""
+    it; None otherwise (then the careful readers start over)."""
     try:
-        fd = os.open("uevent", _RDONLY, dir_fd=directory)
+        uevent = _quick_read(directory, "uevent")
+        numa = _quick_read(directory, "numa_node")
+        override = _quick_read(directory, "driver_override")
         try:
-            uevent = os.read(fd, _QUICK_SIZE)
-        finally:
-            os.close(fd)
-        fd = os.open("numa_node", _RDONLY, dir_fd=directory)
-        try:
-            numa = os.read(fd, _QUICK_SIZE)
-        finally:
-            os.close(fd)
-        fd = os.open("driver_override", _RDONLY, dir_fd=directory)
-        try:
-            override = os.read(fd, _QUICK_SIZE)
-        finally:
-            os.close(fd)
-        try:
-            fd = os.open("reset_method", _RDONLY, dir_fd=directory)
+            reset = _quick_read(directory, "reset_method")
         except FileNotFoundError:
             reset = b""
-        else:
-            try:
-                reset = os.read(fd, _QUICK_SIZE)
-            finally:
-                os.close(fd)
         try:
             target = os.readlink("iommu_group", dir_fd=directory)
         except FileNotFoundError:
