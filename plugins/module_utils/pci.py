@@ -24,8 +24,10 @@ snapshots) sends the device through the careful readers, which say what is wrong
 devices share (a model's ``uevent`` lines, NUMA nodes, reset methods) are parsed once per pass, and
 a device's ``iommu_group`` link is checked against one listing of ``sys/kernel/iommu_groups``. The
 device directory is not listed: on tmpfs and sysfs a listing costs as much as reading four
-attributes; an attribute most devices lack (``sriov_totalvfs``) is looked up before it is opened.
-Vendor backends read their devices relative to the open directory.
+attributes; an attribute most devices lack (``sriov_totalvfs``) is looked up before it is opened, and
+so is ``reset_method`` once a function of the same model was found without it. Each device directory
+is opened relative to the bus directory. Vendor backends read their devices relative to the open
+directory.
 Reading ~600 devices takes a few tens of milliseconds, so callers can afford :func:`read_pci_devices`
 instead of caching.
 """
@@ -334,16 +336,18 @@ _QUICK_UEVENT = re.compile(
 _QUICK_INT = re.compile(rb"-?[0-9]+\n\Z")
 _QUICK_WORDS = re.compile(rb"[a-z0-9_]+(?: [a-z0-9_]+)*\n\Z")
 _QUICK_NAME = re.compile(rb"[!-~]+\n\Z")  # a driver name, or (null)
-_QUICK_GROUP = re.compile(r"(?:[^/]*/)*iommu_groups/([0-9]+)\Z")
-_QUICK_SIZE = 4096  # a sysfs attribute's page on most hosts
+# Enough for any clean value of these attributes (a uevent is under 300 bytes), small enough for
+# Python's small-object allocator; a read that fills it is taken as garbled and read again carefully.
+_QUICK_SIZE = 480
 _RDONLY = os.O_RDONLY
 
 
 class _QuickPass:
     """What one pass over many devices learns once: the parsed form of values the devices share
-    (a model's ``uevent`` lines, NUMA nodes, reset methods) and the IOMMU groups that exist."""
+    (a model's ``uevent`` lines, NUMA nodes, reset methods), the IOMMU groups that exist and the
+    models whose functions lack ``reset_method``."""
 
-    __slots__ = ("groups", "identities", "numa", "resets")
+    __slots__ = ("groups", "identities", "numa", "resets", "resetless")
 
     def __init__(self, groups=None):
         # Names listed in sys/kernel/iommu_groups: a device's link to one of them needs no stat of
@@ -352,6 +356,11 @@ class _QuickPass:
         self.identities = {}
         self.numa = {b"-1\n": -1, b"0\n": 0}
         self.resets = {b"": None}
+        # Identities (see identity()) of functions found without reset_method: the kernel shows it
+        # only for a function with a reset method, which its model decides. For the next function of
+        # such a model a look-up (access) replaces an open that would fail: a failed open costs
+        # twice as much, the error being built in Python.
+        self.resetless = set()
 
     def identity(self, uevent):
         """``(vendor, device, subsystem vendor, subsystem device, class, driver)`` from a uevent's
@@ -392,12 +401,21 @@ class _QuickPass:
 
 
 def _quick_read(directory, name):
-    """The bytes of one attribute of the device open as ``directory``, up to a page."""
+    """The bytes of one attribute of the device open as ``directory``, up to ``_QUICK_SIZE``."""
     fd = os.open(name, _RDONLY, dir_fd=directory)
     try:
         return os.read(fd, _QUICK_SIZE)
     finally:
         os.close(fd)
+
+
+def _group_number(target):
+    """The group number of an ``iommu_group`` link's target (``../../kernel/iommu_groups/12``), or
+    None when the target does not end in ``iommu_groups/<number>``."""
+    head, _sep, number = target.rpartition("/")
+    if number.isdigit() and number.isascii() and (head == "iommu_groups" or head.endswith("/iommu_groups")):
+        return number
+    return None
 
 
 def _read_common_quick(address, path, directory, quick):
@@ -406,22 +424,26 @@ def _read_common_quick(address, path, directory, quick):
     it; None otherwise (then the careful readers start over)."""
     try:
         uevent = _quick_read(directory, "uevent")
+        identity = quick.identity(uevent)
         numa = _quick_read(directory, "numa_node")
         override = _quick_read(directory, "driver_override")
-        try:
-            reset = _quick_read(directory, "reset_method")
-        except FileNotFoundError:
+        if identity in quick.resetless and not os.access("reset_method", os.F_OK, dir_fd=directory):
             reset = b""
+        else:
+            try:
+                reset = _quick_read(directory, "reset_method")
+            except FileNotFoundError:
+                reset = b""
+                quick.resetless.add(identity)
         try:
             target = os.readlink("iommu_group", dir_fd=directory)
         except FileNotFoundError:
             target = None
         group = None
         if target is not None:
-            group = _QUICK_GROUP.match(target)
+            group = _group_number(target)
             if group is None:
                 return None
-            group = group.group(1)
             if (quick.groups is None or group not in quick.groups) and not stat.S_ISDIR(
                 os.stat("iommu_group/devices", dir_fd=directory).st_mode
             ):
@@ -431,7 +453,6 @@ def _read_common_quick(address, path, directory, quick):
     # A full page may not be all of an attribute: such a device is read whole, carefully.
     if max(len(uevent), len(numa), len(override), len(reset)) >= _QUICK_SIZE or not uevent.isascii():
         return None
-    identity = quick.identity(uevent)
     numa = quick.numa_node(numa)
     reset = quick.reset_methods(reset)
     if identity is None or numa is None or reset is False:
@@ -449,11 +470,11 @@ def _read_common_quick(address, path, directory, quick):
     )
 
 
-def _read_device(address, path, findings, known_vfs=None, quick=None):
+def _read_device(address, path, findings, known_vfs=None, quick=None, bus=None):
     """Read one device. ``known_vfs`` (``{vf: pf}`` from PFs read earlier in the same pass) saves
     the ``physfn`` and ``sriov_totalvfs`` look-ups; without it they are made. ``quick``: the
-    pass's :class:`_QuickPass`."""
-    directory = open_directory(path)
+    pass's :class:`_QuickPass`; ``bus``: a descriptor of ``path``'s parent directory, when open."""
+    directory = open_directory(path) if bus is None else open_directory(address, bus)
     try:
         return _read_open_device(address, path, findings, known_vfs, directory, quick or _QuickPass())
     finally:
@@ -462,12 +483,11 @@ def _read_device(address, path, findings, known_vfs=None, quick=None):
 
 
 def _read_open_device(address, path, findings, known_vfs, directory, quick):
-    base = path + "/"
-    reader = _Reader(address, base, findings, directory)
     device = _read_common_quick(address, path, directory, quick) if directory is not None else None
     if device is not None:
-        _read_device_tail(reader, device, known_vfs)
+        _read_device_tail(device, findings, directory, known_vfs)
         return device
+    reader = _Reader(address, path + "/", findings, directory)
     device = PciDevice(address, path)
     if not _read_identity(reader, device):
         device.reset_methods = None
@@ -510,24 +530,27 @@ def _read_open_device(address, path, findings, known_vfs, directory, quick):
         device.reset_methods = None
         reader.problem("reset_method", None, "space-separated method names like 'flr bus'", text)
 
-    _read_device_tail(reader, device, known_vfs)
+    _read_device_tail(device, findings, reader.fd, known_vfs, reader)
     return device
 
 
-def _read_device_tail(reader, device, known_vfs):
-    """What is read after the common attributes: boot VGA, SR-IOV, vendor state."""
-    address = reader.address
+def _read_device_tail(device, findings, directory, known_vfs, reader=None):
+    """What is read after the common attributes: boot VGA, SR-IOV, vendor state. ``reader``: the
+    device's :class:`_Reader`, made here when an attribute needs one."""
+    address = device.address
     class_code = device.class_code
     if class_code is not None and class_code.startswith("0300"):
+        reader = reader or _Reader(address, device.path + "/", findings, directory)
         boot_vga, problem = reader.read("boot_vga")
         if problem is not MISSING:
             device.boot_vga, doubt = rules.boot_vga_flag(boot_vga if boot_vga is not None else "<%s>" % problem)
             if doubt is not None:
                 reader.doubt(device, "boot_vga", doubt)
 
-    if known_vfs is not None and address in known_vfs:
-        device.physfn = known_vfs[address]
-    elif known_vfs is None:
+    if known_vfs is not None:
+        device.physfn = known_vfs.get(address)
+    else:
+        reader = reader or _Reader(address, device.path + "/", findings, directory)
         physfn = reader.link_tail("physfn")
         if physfn is not None:
             device.physfn = physfn if _PCI_ADDRESS.match(physfn) else None
@@ -539,8 +562,9 @@ def _read_device_tail(reader, device, known_vfs):
     # Most functions have no SR-IOV capability: a look-up that finds nothing costs less than an open
     # that fails.
     if device.physfn is None and not (class_code is not None and class_code[:4] in BRIDGE_CLASSES) and (
-        reader.fd is None or os.access("sriov_totalvfs", os.F_OK, dir_fd=reader.fd, follow_symlinks=False)
+        directory is None or os.access("sriov_totalvfs", os.F_OK, dir_fd=directory, follow_symlinks=False)
     ):
+        reader = reader or _Reader(address, device.path + "/", findings, directory)
         text, problem = reader.read("sriov_totalvfs")
         if problem is not MISSING:
             total = int(text) if text is not None and _GROUP.match(text) else None
@@ -551,7 +575,7 @@ def _read_device_tail(reader, device, known_vfs):
             device.sriov = _read_sriov(reader, total)
 
     # Vendor backends read their own devices only (every backend when the vendor is unknown).
-    device.vendor_state = read_vendor_state(device.vendor_id, device.path, address, reader.findings, reader.fd)
+    device.vendor_state = read_vendor_state(device.vendor_id, device.path, address, findings, directory)
 
 
 _MAX_VFS = 0xFFFF  # the SR-IOV capability's TotalVFs field is 16 bits
@@ -582,19 +606,13 @@ def read_pci_devices(root, findings=None):
     bus = host_path(root, PCI_DEVICES)
     groups = host_path(root, IOMMU_GROUPS)
     quick = _QuickPass(set(list_dir(groups)) if os.path.isdir(groups) else None)
-    for entry in sorted(list_dir(bus), key=address_sort_key):
-        if _PCI_ADDRESS.match(entry) is None:
-            if findings is not None:
-                findings.warning(
-                    "malformed_entry",
-                    "/%s/%s is not a PCI address; ignored" % (PCI_DEVICES, entry),
-                )
-            continue
-        devices[entry] = _read_device(entry, bus + "/" + entry, findings, known_vfs, quick)
-        sriov = devices[entry].sriov
-        if sriov is not None:
-            for vf in sriov.vfs:
-                known_vfs[vf] = entry
+    # Each device directory is opened relative to the bus directory: its path is resolved once.
+    bus_fd = open_directory(bus)
+    try:
+        _read_bus(bus, bus_fd, findings, devices, known_vfs, quick)
+    finally:
+        if bus_fd is not None:
+            os.close(bus_fd)
     # The kernel links a VF to its PF both ways (virtfnN and physfn); the PF's links, read above,
     # name every VF, so VFs need no physfn look-up of their own. A VF sorted before its PF (not
     # possible within one PCI domain) gets its physfn here.
@@ -603,6 +621,22 @@ def read_pci_devices(root, findings=None):
         if device is not None and device.physfn is None:
             device.physfn = pf
     return devices
+
+
+def _read_bus(bus, bus_fd, findings, devices, known_vfs, quick):
+    for entry in sorted(list_dir(bus), key=address_sort_key):
+        if _PCI_ADDRESS.match(entry) is None:
+            if findings is not None:
+                findings.warning(
+                    "malformed_entry",
+                    "/%s/%s is not a PCI address; ignored" % (PCI_DEVICES, entry),
+                )
+            continue
+        devices[entry] = _read_device(entry, bus + "/" + entry, findings, known_vfs, quick, bus_fd)
+        sriov = devices[entry].sriov
+        if sriov is not None:
+            for vf in sriov.vfs:
+                known_vfs[vf] = entry
 
 
 def slot_index(devices):

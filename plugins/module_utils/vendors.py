@@ -56,8 +56,13 @@ def backends_for(vendor_id):
 def read_vendor_state(vendor_id, path, address, findings, directory=None):
     """The vendor-specific state of one device (``{key: value}``), from its vendor's backend only
     (``directory``: a descriptor of ``path``, when open)."""
+    backends = backends_for(vendor_id)
+    if not backends:
+        return {}
+    if len(backends) == 1:
+        return backends[0].read_device(path, address, findings, directory)
     state = {}
-    for backend in backends_for(vendor_id):
+    for backend in backends:
         state.update(backend.read_device(path, address, findings, directory))
     return state
 

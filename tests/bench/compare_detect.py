@@ -89,7 +89,7 @@ def plain_paths_output(root):
     from ansible_collections.gpuvirt.host.plugins.module_utils.topology import detect
 
     saved = pci.open_directory, mdev_info.open_directory
-    pci.open_directory = mdev_info.open_directory = lambda path: None
+    pci.open_directory = mdev_info.open_directory = lambda *args: None
     try:
         return canonical(detect(root))
     finally:

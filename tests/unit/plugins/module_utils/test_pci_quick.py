@@ -29,8 +29,8 @@ DGPU_DIR = "sys/devices/pci0000:00/0000:00:01.0/0000:01:00.0"
 def careful(root, monkeypatch):
     """detect() through plain paths: the careful readers only."""
     with monkeypatch.context() as patch:
-        patch.setattr(pci, "open_directory", lambda path: None)
-        patch.setattr(mdev_info, "open_directory", lambda path: None)
+        patch.setattr(pci, "open_directory", lambda *args: None)
+        patch.setattr(mdev_info, "open_directory", lambda *args: None)
         return json.dumps(detect(root), sort_keys=True)
 
 
@@ -137,3 +137,28 @@ def test_a_link_to_a_listed_group_needs_no_look_up_and_an_unlisted_one_is_checke
         assert looked_up == ["iommu_group/devices"], "a group missing from the listing is followed"
     finally:
         os.close(directory)
+
+
+def test_a_model_seen_without_reset_method_is_still_looked_up_for_each_function(make_host, monkeypatch):
+    # Functions of one model and driver, the first without reset_method: the next are looked up
+    # before they are opened, and one that has it is read all the same.
+    model = {"ids": "8086:0b23", "class": "088000", "driver": "uncore_sim"}
+    methods = {"a0:00.0": [], "a0:00.1": ["pm"], "a0:00.2": [], "a0:00.3": ["flr", "bus"]}
+    devices = [dict(model, address=address, reset_methods=found) for address, found in methods.items()]
+    root = make_host({"summary": "four functions of one model", "devices": devices})
+    opened, looked_up = [], []
+    real_open, real_access = os.open, os.access
+    monkeypatch.setattr(pci.os, "open", lambda name, *args, **kwargs: opened.append(name) or real_open(
+        name, *args, **kwargs))
+    monkeypatch.setattr(pci.os, "access", lambda name, *args, **kwargs: looked_up.append(name) or real_access(
+        name, *args, **kwargs))
+
+    taken, quick = quick_results(root, monkeypatch)
+
+    assert all(taken.values())
+    found = {entry["address"]: entry["reset_methods"] for entry in json.loads(quick)["devices"]}
+    assert found == {"0000:" + address: expected for address, expected in methods.items()}
+    assert opened.count("reset_method") == 3, "the first function, and the two found by the look-up"
+    assert looked_up.count("reset_method") == 3, "every function after the first"
+    monkeypatch.undo()
+    assert quick == careful(root, monkeypatch)
