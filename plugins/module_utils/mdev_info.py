@@ -31,6 +31,7 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import (
 
 UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\Z")
 _COUNT = re.compile(r"[0-9]+\Z")
+_COUNT_LINE = re.compile(rb"[0-9]{1,20}\n")
 
 
 @dataclass
@@ -66,15 +67,19 @@ def read_mdev_types(root, parent, findings=None):
     return [MdevType(**entry) for entry in _read_types(root, parent, findings)]
 
 
-def _read_types(root, parent, findings, model=None, known=None):
+def _read_types(root, parent, findings, model=None, known=None, bus=None):
     """The types of ``parent`` as dicts (what :func:`mdev_parents` returns), sorted by type id.
 
     ``model`` names the parent's device model and driver; ``known`` (``{(model, type id): fixed
-    attributes}``) holds what earlier parents of the same model gave."""
-    base = host_path(root, MDEV_BUS, parent, "mdev_supported_types")
-    directory = open_directory(base)
+    attributes}``) holds what earlier parents of the same model gave. ``bus``: a descriptor of
+    ``sys/class/mdev_bus``, when open."""
+    relative = parent + "/mdev_supported_types"
+    directory = open_directory(relative, bus) if bus is not None else None
     if directory is None:
-        return _read_some_types(list_dir(base), None, base + "/", parent, findings, model, known)
+        base = host_path(root, MDEV_BUS, relative)
+        directory = open_directory(base)
+        if directory is None:
+            return _read_some_types(list_dir(base), None, base + "/", parent, findings, model, known)
     try:
         return _read_some_types(sorted(os.listdir(directory)), directory, "", parent, findings, model, known)
     finally:
@@ -107,6 +112,20 @@ def _read_some_types(type_ids, directory, prefix, parent, findings, model=None, 
                 entry[name] = text
             if clean and model is not None:
                 known[model, type_id] = dict(entry)
+        # The count as the kernel writes it ("%d\n") is taken at once; anything else is read again
+        # as text and reported.
+        try:
+            fd = os.open(path + "available_instances", os.O_RDONLY, dir_fd=directory)
+            try:
+                raw = os.read(fd, 32)
+            finally:
+                os.close(fd)
+        except OSError:
+            raw = b""
+        if _COUNT_LINE.fullmatch(raw) is not None:
+            entry["available_instances"] = int(raw)
+            types.append(entry)
+            continue
         text, problem = read_attribute_at(directory, path + "available_instances")
         if text is not None and _COUNT.match(text):
             entry["available_instances"] = int(text)
@@ -134,14 +153,24 @@ def mdev_parents(root, findings=None, devices=None):
     parent's ``available_instances`` is read: it changes with what the parent carries."""
     known = {}
     result = []
-    for parent in list_mdev_parents(root):
-        device = devices.get(parent) if devices is not None else None
-        model = None
-        if device is not None and device.driver is not None and device.vendor_id is not None:
-            model = (device.driver, device.vendor_id, device.device_id, device.subsystem_vendor_id,
-                     device.subsystem_device_id)
-        result.append({"parent": parent, "types": _read_types(root, parent, findings, model, known)})
+    path = host_path(root, MDEV_BUS)
+    bus = open_directory(path)
+    try:
+        for parent in list_dir(path if bus is None else bus):
+            result.append(_read_parent(root, parent, findings, devices, known, bus))
+    finally:
+        if bus is not None:
+            os.close(bus)
     return result
+
+
+def _read_parent(root, parent, findings, devices, known, bus):
+    device = devices.get(parent) if devices is not None else None
+    model = None
+    if device is not None and device.driver is not None and device.vendor_id is not None:
+        model = (device.driver, device.vendor_id, device.device_id, device.subsystem_vendor_id,
+                 device.subsystem_device_id)
+    return {"parent": parent, "types": _read_types(root, parent, findings, model, known, bus)}
 
 
 def mdevs(root, findings=None):

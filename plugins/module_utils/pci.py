@@ -59,6 +59,7 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import (
 )
 from ansible_collections.gpuvirt.host.plugins.module_utils.vendors import (
     DEVICE_DEFAULTS,
+    backends_for,
     host_graphics_drivers,
     read_vendor_state,
 )
@@ -75,6 +76,10 @@ _INT = re.compile(r"-?[0-9]+\Z")
 _WORDS = re.compile(r"[a-z0-9_]+(?: [a-z0-9_]+)*\Z")
 _GROUP = re.compile(r"[0-9]+\Z")
 _PCI_ADDRESS = re.compile(PCI_ADDRESS_PATTERN + r"\Z")
+# A bus directory whose entries are all addresses in domains of four hex digits, one per line: they
+# sort by their text as by domain, bus, device and function.
+_FOUR_DIGIT = r"[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]"
+_FOUR_DIGIT_ADDRESSES = re.compile(r"(?:%s\n)*%s" % (_FOUR_DIGIT, _FOUR_DIGIT))
 
 
 @dataclass
@@ -143,7 +148,8 @@ class PciDevice:
         return "%s [%s:%s]" % (self.class_name or "PCI device", self.vendor_id or "????", self.device_id or "????")
 
     def to_dict(self):
-        result = {
+        # Vendor state last: a backend's keys for a device of its vendor replace their defaults.
+        return {
             "address": self.address,
             "vendor_id": self.vendor_id,
             "device_id": self.device_id,
@@ -161,10 +167,9 @@ class PciDevice:
             "reset_methods": None if self.reset_methods is None else list(self.reset_methods),
             "sriov": self.sriov.to_dict() if self.sriov else None,
             "physfn": self.physfn,
+            **DEVICE_DEFAULTS,
+            **self.vendor_state,
         }
-        result.update(DEVICE_DEFAULTS)
-        result.update(self.vendor_state)
-        return result
 
 
 def _display(address, name):
@@ -225,14 +230,6 @@ class _Reader:
                 "%s: %s; guards refuse to change this device until it reads correctly" % (self.address, doubt),
                 self.address,
             )
-
-    def link(self, name, pattern, expected):
-        """Last component of a link's target; None when absent, None and a finding when odd."""
-        target = self.link_tail(name)
-        if target is None or pattern.match(target) is not None:
-            return target
-        self.problem(name, None, expected, target)
-        return None
 
 
 def read_pci_device(root, address, findings=None):
@@ -362,6 +359,79 @@ class _QuickPass:
         # twice as much, the error being built in Python.
         self.resetless = set()
 
+    def device(self, address, path, directory):
+        """A :class:`PciDevice` with the IDs, class, driver, IOMMU group, NUMA node, driver override
+        and reset methods of the device open as ``directory``, when each reads exactly as the kernel
+        writes it; None otherwise (then the careful readers start over)."""
+        # This runs for every device of the host: each attribute is opened, read and closed in line.
+        open_, read, close, size = os.open, os.read, os.close, _QUICK_SIZE
+        try:
+            fd = open_("uevent", _RDONLY, dir_fd=directory)
+            try:
+                uevent = read(fd, size)
+            finally:
+                close(fd)
+            fd = open_("numa_node", _RDONLY, dir_fd=directory)
+            try:
+                numa = read(fd, size)
+            finally:
+                close(fd)
+            fd = open_("driver_override", _RDONLY, dir_fd=directory)
+            try:
+                override = read(fd, size)
+            finally:
+                close(fd)
+            identity = self.identity(uevent)
+            if identity in self.resetless and not os.access("reset_method", os.F_OK, dir_fd=directory):
+                reset = b""
+            else:
+                try:
+                    fd = open_("reset_method", _RDONLY, dir_fd=directory)
+                except FileNotFoundError:
+                    reset = b""
+                    self.resetless.add(identity)
+                else:
+                    try:
+                        reset = read(fd, size)
+                    finally:
+                        close(fd)
+            try:
+                target = os.readlink("iommu_group", dir_fd=directory)
+            except FileNotFoundError:
+                group = None
+            else:
+                group = _group_number(target)
+                if group is None:
+                    return None
+                if (self.groups is None or group not in self.groups) and not stat.S_ISDIR(
+                    os.stat("iommu_group/devices", dir_fd=directory).st_mode
+                ):
+                    return None
+        except OSError:
+            return None
+        # A full buffer may not be all of an attribute: such a device is read whole, carefully.
+        if (
+            identity is None
+            or len(uevent) >= size or len(numa) >= size or len(override) >= size or len(reset) >= size
+            or not uevent.isascii()
+        ):
+            return None
+        numa = self.numa_node(numa)
+        reset = self.reset_methods(reset)
+        if numa is None or reset is False:
+            return None
+        if override == b"(null)\n":
+            override = None
+        elif _QUICK_NAME.match(override) is not None:
+            override = override[:-1].decode()
+        else:
+            return None
+        vendor, device_id, sub_vendor, sub_device, class_code, driver = identity
+        return PciDevice(
+            address, path, vendor, device_id, sub_vendor, sub_device, class_code, driver, override, group, numa,
+            reset_methods=list(reset) if reset else [],
+        )
+
     def identity(self, uevent):
         """``(vendor, device, subsystem vendor, subsystem device, class, driver)`` from a uevent's
         lines before ``PCI_SLOT_NAME`` (the same for every function of one model and driver), or
@@ -418,72 +488,21 @@ def _group_number(target):
     return None
 
 
-def _read_common_quick(address, path, directory, quick):
-    """A :class:`PciDevice` with the IDs, class, driver, IOMMU group, NUMA node, driver override and
-    reset methods of the device open as ``directory``, when each reads exactly as the kernel writes
-    it; None otherwise (then the careful readers start over)."""
-    try:
-        uevent = _quick_read(directory, "uevent")
-        identity = quick.identity(uevent)
-        numa = _quick_read(directory, "numa_node")
-        override = _quick_read(directory, "driver_override")
-        if identity in quick.resetless and not os.access("reset_method", os.F_OK, dir_fd=directory):
-            reset = b""
-        else:
-            try:
-                reset = _quick_read(directory, "reset_method")
-            except FileNotFoundError:
-                reset = b""
-                quick.resetless.add(identity)
-        try:
-            target = os.readlink("iommu_group", dir_fd=directory)
-        except FileNotFoundError:
-            target = None
-        group = None
-        if target is not None:
-            group = _group_number(target)
-            if group is None:
-                return None
-            if (quick.groups is None or group not in quick.groups) and not stat.S_ISDIR(
-                os.stat("iommu_group/devices", dir_fd=directory).st_mode
-            ):
-                return None
-    except OSError:
-        return None
-    # A full page may not be all of an attribute: such a device is read whole, carefully.
-    if max(len(uevent), len(numa), len(override), len(reset)) >= _QUICK_SIZE or not uevent.isascii():
-        return None
-    numa = quick.numa_node(numa)
-    reset = quick.reset_methods(reset)
-    if identity is None or numa is None or reset is False:
-        return None
-    if override == b"(null)\n":
-        override = None
-    elif _QUICK_NAME.match(override) is not None:
-        override = override[:-1].decode()
-    else:
-        return None
-    vendor, device_id, sub_vendor, sub_device, class_code, driver = identity
-    return PciDevice(
-        address, path, vendor, device_id, sub_vendor, sub_device, class_code, driver, override, group, numa,
-        reset_methods=list(reset) if reset else [],
-    )
-
-
-def _read_device(address, path, findings, known_vfs=None, quick=None, bus=None):
+def _read_device(address, path, findings, known_vfs=None):
     """Read one device. ``known_vfs`` (``{vf: pf}`` from PFs read earlier in the same pass) saves
-    the ``physfn`` and ``sriov_totalvfs`` look-ups; without it they are made. ``quick``: the
-    pass's :class:`_QuickPass`; ``bus``: a descriptor of ``path``'s parent directory, when open."""
-    directory = open_directory(path) if bus is None else open_directory(address, bus)
+    the ``physfn`` and ``sriov_totalvfs`` look-ups; without it they are made."""
+    directory = open_directory(path)
     try:
-        return _read_open_device(address, path, findings, known_vfs, directory, quick or _QuickPass())
+        return _read_open_device(address, path, findings, known_vfs, directory, _QuickPass())
     finally:
         if directory is not None:
             os.close(directory)
 
 
 def _read_open_device(address, path, findings, known_vfs, directory, quick):
-    device = _read_common_quick(address, path, directory, quick) if directory is not None else None
+    """Read the device open as ``directory`` (None: not open, read below ``path``): quickly when
+    its attributes read as the kernel writes them, else carefully, reporting what is wrong."""
+    device = quick.device(address, path, directory) if directory is not None else None
     if device is not None:
         _read_device_tail(device, findings, directory, known_vfs)
         return device
@@ -575,7 +594,9 @@ def _read_device_tail(device, findings, directory, known_vfs, reader=None):
             device.sriov = _read_sriov(reader, total)
 
     # Vendor backends read their own devices only (every backend when the vendor is unknown).
-    device.vendor_state = read_vendor_state(device.vendor_id, device.path, address, findings, directory)
+    backends = backends_for(device.vendor_id)
+    if backends:
+        device.vendor_state = read_vendor_state(backends, device.path, address, findings, directory)
 
 
 _MAX_VFS = 0xFFFF  # the SR-IOV capability's TotalVFs field is 16 bits
@@ -591,7 +612,16 @@ def _read_sriov(reader, total):
         reader.problem("sriov_numvfs", problem, "a number of VFs", text)
     vfs = []
     for index in range(num or 0):
-        vf = reader.link("virtfn%d" % index, _PCI_ADDRESS, "a link to a virtual function")
+        name = "virtfn%d" % index
+        try:
+            target = os.readlink(reader.prefix + name, dir_fd=reader.fd)
+        except OSError:
+            vf = None
+        else:
+            vf = target[target.rfind("/") + 1 :] or None
+            if vf is not None and _PCI_ADDRESS.match(vf) is None:
+                reader.problem(name, None, "a link to a virtual function", vf)
+                vf = None
         if vf is None:
             reader.problem("virtfn%d" % index, MISSING, "one virtfnN link per enabled VF")
         else:
@@ -624,19 +654,31 @@ def read_pci_devices(root, findings=None):
 
 
 def _read_bus(bus, bus_fd, findings, devices, known_vfs, quick):
-    for entry in sorted(list_dir(bus), key=address_sort_key):
-        if _PCI_ADDRESS.match(entry) is None:
-            if findings is not None:
-                findings.warning(
-                    "malformed_entry",
-                    "/%s/%s is not a PCI address; ignored" % (PCI_DEVICES, entry),
-                )
-            continue
-        devices[entry] = _read_device(entry, bus + "/" + entry, findings, known_vfs, quick, bus_fd)
-        sriov = devices[entry].sriov
+    entries = list_dir(bus if bus_fd is None else bus_fd)
+    # Addresses in domains of four hex digits sort as text; others (VMD's 10000:) by number.
+    if _FOUR_DIGIT_ADDRESSES.fullmatch("\n".join(entries)) is None:
+        entries.sort(key=address_sort_key)
+        entries = [entry for entry in entries if _is_address(entry, findings)]
+    for address in entries:
+        path = bus + "/" + address
+        directory = open_directory(path) if bus_fd is None else open_directory(address, bus_fd)
+        try:
+            devices[address] = device = _read_open_device(address, path, findings, known_vfs, directory, quick)
+        finally:
+            if directory is not None:
+                os.close(directory)
+        sriov = device.sriov
         if sriov is not None:
             for vf in sriov.vfs:
-                known_vfs[vf] = entry
+                known_vfs[vf] = address
+
+
+def _is_address(entry, findings):
+    if _PCI_ADDRESS.match(entry) is not None:
+        return True
+    if findings is not None:
+        findings.warning("malformed_entry", "/%s/%s is not a PCI address; ignored" % (PCI_DEVICES, entry))
+    return False
 
 
 def slot_index(devices):

@@ -68,7 +68,8 @@ def link_name(path):
 
 
 def list_dir(path):
-    """Return the sorted entries of a directory, or an empty list when it does not exist."""
+    """Return the sorted entries of a directory (a path or an open descriptor), or an empty list when it
+    cannot be listed."""
     try:
         return sorted(os.listdir(path))
     except OSError:

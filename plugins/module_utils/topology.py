@@ -155,8 +155,13 @@ def passthrough_verdict(address, devices, iommu_enabled, groups=None, holders=No
             % (user["pid"], user.get("comm") or "?", device.iommu_group),
         )
     if critical:
-        for member in sorted(set(bound) | set(m for m in members if m in devices and not devices[m].is_bridge)):
-            for reason in critical.get(member, []):
+        # The device, its companions and the group's other endpoints (bridges stay with the host).
+        needed = {member for member in bound if member in critical}
+        needed.update(
+            member for member in members if member in critical and member in devices and not devices[member].is_bridge
+        )
+        for member in sorted(needed):
+            for reason in critical[member]:
                 refuse("host_critical", "%s %s; the host needs it" % (member, reason))
     viable = not codes
     if codes == ["iommu_unknown"]:
@@ -189,8 +194,9 @@ def detect(root="/"):
     gpus = []
     for device in devices.values():
         entry = device.to_dict()
-        entry["critical"] = list(critical.get(device.address, []))
-        entry["in_use_by"] = users_of(holders, device.iommu_group, device.address)
+        reasons = critical.get(device.address)
+        entry["critical"] = list(reasons) if reasons else []
+        entry["in_use_by"] = users_of(holders, device.iommu_group, device.address) if holders else []
         device_dicts.append(entry)
         if device.is_gpu:
             gpus.append(_gpu_entry(

@@ -53,12 +53,9 @@ def backends_for(vendor_id):
     return _BY_VENDOR.get(vendor_id, ())
 
 
-def read_vendor_state(vendor_id, path, address, findings, directory=None):
-    """The vendor-specific state of one device (``{key: value}``), from its vendor's backend only
-    (``directory``: a descriptor of ``path``, when open)."""
-    backends = backends_for(vendor_id)
-    if not backends:
-        return {}
+def read_vendor_state(backends, path, address, findings, directory=None):
+    """The vendor-specific state of one device (``{key: value}``) as ``backends`` (see
+    :func:`backends_for`) read it (``directory``: a descriptor of ``path``, when open)."""
     if len(backends) == 1:
         return backends[0].read_device(path, address, findings, directory)
     state = {}

@@ -37,15 +37,15 @@ def careful(root, monkeypatch):
 def quick_results(root, monkeypatch):
     """``{address: True/False}``: whether the quick pass took each device, and the output."""
     taken = {}
-    original = pci._read_common_quick
+    original = pci._QuickPass.device
 
-    def recording(address, path, directory, quick):
-        device = original(address, path, directory, quick)
+    def recording(quick, address, path, directory):
+        device = original(quick, address, path, directory)
         taken[address] = device is not None
         return device
 
     with monkeypatch.context() as patch:
-        patch.setattr(pci, "_read_common_quick", recording)
+        patch.setattr(pci._QuickPass, "device", recording)
         output = json.dumps(detect(root), sort_keys=True)
     return taken, output
 
@@ -107,7 +107,7 @@ def test_the_quick_pass_reads_what_the_kernel_writes(make_host, monkeypatch):
     path = os.path.join(root, "sys/bus/pci/devices", DGPU)
     directory = pci.open_directory(path)
     try:
-        device = pci._read_common_quick(DGPU, path, directory, pci._QuickPass())
+        device = pci._QuickPass().device(DGPU, path, directory)
     finally:
         os.close(directory)
     assert device is not None
@@ -128,12 +128,12 @@ def test_a_link_to_a_listed_group_needs_no_look_up_and_an_unlisted_one_is_checke
     monkeypatch.setattr(pci.os, "stat", lambda *args, **kwargs: looked_up.append(args[0]) or real_stat(*args, **kwargs))
     directory = pci.open_directory(path)
     try:
-        group = pci._read_common_quick(DGPU, path, directory, pci._QuickPass()).iommu_group
+        group = pci._QuickPass().device(DGPU, path, directory).iommu_group
         assert looked_up == ["iommu_group/devices"], "no listing: the link is followed"
         looked_up.clear()
-        assert pci._read_common_quick(DGPU, path, directory, pci._QuickPass({group})).iommu_group == group
+        assert pci._QuickPass({group}).device(DGPU, path, directory).iommu_group == group
         assert looked_up == [], "a listed group is taken as it is"
-        assert pci._read_common_quick(DGPU, path, directory, pci._QuickPass({"999"})).iommu_group == group
+        assert pci._QuickPass({"999"}).device(DGPU, path, directory).iommu_group == group
         assert looked_up == ["iommu_group/devices"], "a group missing from the listing is followed"
     finally:
         os.close(directory)
