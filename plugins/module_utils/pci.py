@@ -491,7 +491,7 @@ def _group_number(target):
 def _read_device(address, path, findings, known_vfs=None):
     """Read one device. ``known_vfs`` (``{vf: pf}`` from PFs read earlier in the same pass) saves
     the ``physfn`` and ``sriov_totalvfs`` look-ups; without it they are made."""
-    directory = open_directory(path)
+    directory = open_directory(path, None, True)
     try:
         return _read_open_device(address, path, findings, known_vfs, directory, _QuickPass())
     finally:
@@ -661,7 +661,7 @@ def _read_bus(bus, bus_fd, findings, devices, known_vfs, quick):
         entries = [entry for entry in entries if _is_address(entry, findings)]
     for address in entries:
         path = bus + "/" + address
-        directory = open_directory(path) if bus_fd is None else open_directory(address, bus_fd)
+        directory = open_directory(path, None, True) if bus_fd is None else open_directory(address, bus_fd, True)
         try:
             devices[address] = device = _read_open_device(address, path, findings, known_vfs, directory, quick)
         finally:

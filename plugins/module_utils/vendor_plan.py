@@ -94,7 +94,7 @@ class VendorBackend:
         """Its extra sysfs state of one of its devices (kept in ``PciDevice.vendor_state``).
 
         ``directory``: a descriptor of the device's directory (``path``) to read relative to, when
-        the caller has it open; None to read below ``path``."""
+        the caller has it open (for look-ups only: it cannot be listed); None to read below ``path``."""
         return {}
 
     def gpu_keys(self, device):
