@@ -23,15 +23,15 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import PCI_ADDR
 _PCI_IN_PATH = re.compile(r"(?<![0-9a-f])" + PCI_ADDRESS_PATTERN + r"(?=/|$)")
 
 
-def _inside(root, path):
-    real_root = os.path.realpath(root)
+def _inside(real_root, path):
+    """Whether ``path`` is ``real_root`` (the root with its links resolved) or below it."""
     return path == real_root or path.startswith(real_root.rstrip("/") + "/")
 
 
-def _pci_owner(root, path):
+def _pci_owner(real_root, path):
     """The PCI device closest to ``path`` (a sysfs directory), following links; None if none."""
     real = os.path.realpath(path)
-    if not _inside(root, real):
+    if not _inside(real_root, real):
         return None
     found = _PCI_IN_PATH.findall(real)
     return found[-1] if found else None
@@ -76,21 +76,21 @@ def _block_dir(root, dev_number, source):
     return None
 
 
-def _block_devices(root, path, seen):
+def _block_devices(real_root, path, seen):
     """PCI devices under a block device, following ``slaves`` of dm/md devices."""
     real = os.path.realpath(path)
-    if real in seen or not _inside(root, real):
+    if real in seen or not _inside(real_root, real):
         return []
     seen.add(real)
     owners = []
-    owner = _pci_owner(root, real)
+    owner = _pci_owner(real_root, real)
     if owner:
         owners.append(owner)
     for slave in list_dir(real + "/slaves"):
-        owners.extend(_block_devices(root, real + "/slaves/" + slave, seen))
+        owners.extend(_block_devices(real_root, real + "/slaves/" + slave, seen))
     # A partition's holders are listed on the whole disk; its parent directory is the disk.
     if not owners and os.path.exists(real + "/partition"):
-        owners.extend(_block_devices(root, os.path.dirname(real), seen))
+        owners.extend(_block_devices(real_root, os.path.dirname(real), seen))
     return owners
 
 
@@ -100,7 +100,7 @@ def root_filesystem(root):
     block = _block_dir(root, dev_number, source)
     if block is None:
         return source, []
-    return source, sorted(set(_block_devices(root, block, set())))
+    return source, sorted(set(_block_devices(os.path.realpath(root), block, set())))
 
 
 def default_route_interfaces(root):
@@ -125,19 +125,22 @@ def default_route_interfaces(root):
     return sorted(set(interfaces))
 
 
-def interface_devices(root, interface, _seen=None):
+def interface_devices(root, interface):
     """PCI devices behind a network interface, through bridges, bonds and VLANs (``lower_*``)."""
-    seen = set() if _seen is None else _seen
+    return sorted(set(_interface_devices(root, os.path.realpath(root), interface, set())))
+
+
+def _interface_devices(root, real_root, interface, seen):
     if interface in seen:
         return []
     seen.add(interface)
     base = host_path(root, "sys/class/net", interface)
-    owner = _pci_owner(root, base + "/device") if os.path.exists(base + "/device") else None
+    owner = _pci_owner(real_root, base + "/device") if os.path.exists(base + "/device") else None
     owners = [owner] if owner else []
     for entry in list_dir(base):
         if entry.startswith("lower_"):
-            owners.extend(interface_devices(root, entry[len("lower_") :], seen))
-    return sorted(set(owners))
+            owners.extend(_interface_devices(root, real_root, entry[len("lower_") :], seen))
+    return owners
 
 
 def critical_devices(root):

@@ -156,10 +156,13 @@ def passthrough_verdict(address, devices, iommu_enabled, groups=None, holders=No
         )
     if critical:
         # The device, its companions and the group's other endpoints (bridges stay with the host).
-        needed = {member for member in bound if member in critical}
-        needed.update(
-            member for member in members if member in critical and member in devices and not devices[member].is_bridge
-        )
+        needed = set()
+        for member in bound:
+            if member in critical:
+                needed.add(member)
+        for member in members:
+            if member in critical and member in devices and not devices[member].is_bridge:
+                needed.add(member)
         for member in sorted(needed):
             for reason in critical[member]:
                 refuse("host_critical", "%s %s; the host needs it" % (member, reason))
