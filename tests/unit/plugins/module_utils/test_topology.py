@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import gc
 import glob
 import os
 import sys
@@ -709,3 +710,35 @@ def test_directory_descriptors_read_what_plain_paths_read(make_host, monkeypatch
     monkeypatch.setattr(pci_module, "open_directory", lambda *args: None)
     monkeypatch.setattr(mdev_info, "open_directory", lambda *args: None)
     assert detect(root) == fast
+
+
+@pytest.mark.parametrize("name", hostgen.host_names())
+def test_detection_makes_no_reference_cycle_so_pausing_the_collector_frees_nothing_late(make_host, name):
+    root = make_host(name)
+    gc.collect()
+    gc.disable()
+    try:
+        detect(root)
+        unreachable = gc.collect()
+    finally:
+        gc.enable()
+
+    assert unreachable == 0, "detect() left %d objects in reference cycles" % unreachable
+
+
+def test_detection_gives_the_collector_back_as_it_found_it(make_host, tmp_path):
+    root = make_host("desktop_dgpu")
+
+    assert gc.isenabled()
+    detect(root)
+    assert gc.isenabled()
+    with pytest.raises(NotALinuxTree):
+        detect(str(tmp_path))
+    assert gc.isenabled(), "given back when detection fails too"
+
+    gc.disable()
+    try:
+        detect(root)
+        assert not gc.isenabled(), "a caller that paused it keeps it paused"
+    finally:
+        gc.enable()
