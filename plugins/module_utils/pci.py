@@ -339,31 +339,41 @@ _QUICK_SIZE = 480
 _RDONLY = os.O_RDONLY
 
 
+class _Model:
+    """What the devices of one model and driver share: ``identity`` (vendor, device, subsystem
+    vendor, subsystem device, class, driver; None when the uevent lines are not as the kernel
+    writes them) and whether a function of it was found without ``reset_method``."""
+
+    __slots__ = ("identity", "resetless")
+
+    def __init__(self, identity):
+        self.identity = identity
+        self.resetless = False
+
+
 class _QuickPass:
     """What one pass over many devices learns once: the parsed form of values the devices share
     (a model's ``uevent`` lines, NUMA nodes, reset methods), the IOMMU groups that exist and the
     models whose functions lack ``reset_method``."""
 
-    __slots__ = ("groups", "identities", "numa", "resets", "resetless")
+    __slots__ = ("groups", "models", "numa", "resets")
 
     def __init__(self, groups=None):
         # Names listed in sys/kernel/iommu_groups: a device's link to one of them needs no stat of
         # its own. None: not listed, so each link is checked where it points.
         self.groups = groups
-        self.identities = {}
+        # A uevent's lines before PCI_SLOT_NAME (the same for every function of one model and
+        # driver) -> its _Model.
+        self.models = {}
         self.numa = {b"-1\n": -1, b"0\n": 0}
         self.resets = {b"": None}
-        # Identities (see identity()) of functions found without reset_method: the kernel shows it
-        # only for a function with a reset method, which its model decides. For the next function of
-        # such a model a look-up (access) replaces an open that would fail: a failed open costs
-        # twice as much, the error being built in Python.
-        self.resetless = set()
 
     def device(self, address, path, directory):
         """A :class:`PciDevice` with the IDs, class, driver, IOMMU group, NUMA node, driver override
         and reset methods of the device open as ``directory``, when each reads exactly as the kernel
         writes it; None otherwise (then the careful readers start over)."""
-        # This runs for every device of the host: each attribute is opened, read and closed in line.
+        # This runs for every device of the host: each attribute is opened, read and closed in line,
+        # and the values devices share are looked up where they are parsed once.
         open_, read, close, size = os.open, os.read, os.close, _QUICK_SIZE
         try:
             fd = open_("uevent", _RDONLY, dir_fd=directory)
@@ -381,15 +391,22 @@ class _QuickPass:
                 override = read(fd, size)
             finally:
                 close(fd)
-            identity = self.identity(uevent)
-            if identity in self.resetless and not os.access("reset_method", os.F_OK, dir_fd=directory):
+            end = uevent.find(b"PCI_SLOT_NAME=")
+            head = uevent[:end] if end > 0 else uevent
+            model = self.models.get(head)
+            if model is None:
+                model = self.models[head] = _Model(_identity(head) if end > 0 else None)
+            # The kernel shows reset_method only for a function with a reset method, which its model
+            # decides: once a function of a model lacks it, a look-up (access) replaces an open that
+            # would fail (a failed open costs twice as much, the error being built in Python).
+            if model.resetless and not os.access("reset_method", os.F_OK, dir_fd=directory):
                 reset = b""
             else:
                 try:
                     fd = open_("reset_method", _RDONLY, dir_fd=directory)
                 except FileNotFoundError:
                     reset = b""
-                    self.resetless.add(identity)
+                    model.resetless = True
                 else:
                     try:
                         reset = read(fd, size)
@@ -409,6 +426,7 @@ class _QuickPass:
                     return None
         except OSError:
             return None
+        identity = model.identity
         # A full buffer may not be all of an attribute: such a device is read whole, carefully.
         if (
             identity is None
@@ -416,9 +434,15 @@ class _QuickPass:
             or not uevent.isascii()
         ):
             return None
-        numa = self.numa_node(numa)
-        reset = self.reset_methods(reset)
-        if numa is None or reset is False:
+        node = self.numa.get(numa, self)
+        if node is self:
+            node = self.numa[numa] = int(numa) if _QUICK_INT.match(numa) is not None else None
+        methods = self.resets.get(reset, self)
+        if methods is self:
+            methods = self.resets[reset] = (
+                tuple(reset.decode().split()) if _QUICK_WORDS.match(reset) is not None else False
+            )
+        if node is None or methods is False:
             return None
         if override == b"(null)\n":
             override = None
@@ -428,55 +452,23 @@ class _QuickPass:
             return None
         vendor, device_id, sub_vendor, sub_device, class_code, driver = identity
         return PciDevice(
-            address, path, vendor, device_id, sub_vendor, sub_device, class_code, driver, override, group, numa,
-            reset_methods=list(reset) if reset else [],
+            address, path, vendor, device_id, sub_vendor, sub_device, class_code, driver, override, group, node,
+            reset_methods=list(methods) if methods else [],
         )
 
-    def identity(self, uevent):
-        """``(vendor, device, subsystem vendor, subsystem device, class, driver)`` from a uevent's
-        lines before ``PCI_SLOT_NAME`` (the same for every function of one model and driver), or
-        None when they are not as the kernel writes them."""
-        end = uevent.find(b"PCI_SLOT_NAME=")
-        head = uevent[:end] if end > 0 else uevent
-        known = self.identities.get(head, self)
-        if known is not self:
-            return known
-        match = _QUICK_UEVENT.fullmatch(head) if end > 0 else None
-        if match is None or not head.isascii():
-            identity = None
-        else:
-            driver, class_code, vendor, dev_id, sub_vendor, sub_device = match.groups()
-            identity = (
-                vendor.decode().lower(), dev_id.decode().lower(), sub_vendor.decode().lower(),
-                sub_device.decode().lower(), "%06x" % int(class_code, 16),
-                driver.decode() if driver is not None else None,
-            )
-        self.identities[head] = identity
-        return identity
 
-    def numa_node(self, raw):
-        node = self.numa.get(raw, self)
-        if node is self:
-            node = int(raw) if _QUICK_INT.match(raw) is not None else None
-            self.numa[raw] = node
-        return node
-
-    def reset_methods(self, raw):
-        """The methods as a tuple, None for none, False when garbled."""
-        methods = self.resets.get(raw, self)
-        if methods is self:
-            methods = tuple(raw.decode().split()) if _QUICK_WORDS.match(raw) is not None else False
-            self.resets[raw] = methods
-        return methods
-
-
-def _quick_read(directory, name):
-    """The bytes of one attribute of the device open as ``directory``, up to ``_QUICK_SIZE``."""
-    fd = os.open(name, _RDONLY, dir_fd=directory)
-    try:
-        return os.read(fd, _QUICK_SIZE)
-    finally:
-        os.close(fd)
+def _identity(head):
+    """``(vendor, device, subsystem vendor, subsystem device, class, driver)`` from a uevent's
+    lines before ``PCI_SLOT_NAME``, or None when they are not as the kernel writes them."""
+    match = _QUICK_UEVENT.fullmatch(head)
+    if match is None or not head.isascii():
+        return None
+    driver, class_code, vendor, dev_id, sub_vendor, sub_device = match.groups()
+    return (
+        vendor.decode().lower(), dev_id.decode().lower(), sub_vendor.decode().lower(),
+        sub_device.decode().lower(), "%06x" % int(class_code, 16),
+        driver.decode() if driver is not None else None,
+    )
 
 
 def _group_number(target):
