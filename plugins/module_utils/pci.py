@@ -627,7 +627,10 @@ def read_pci_devices(root, findings=None):
     known_vfs = {}
     bus = host_path(root, PCI_DEVICES)
     groups = host_path(root, IOMMU_GROUPS)
-    quick = _QuickPass(set(list_dir(groups)) if os.path.isdir(groups) else None)
+    try:
+        quick = _QuickPass(set(os.listdir(groups)))
+    except OSError:
+        quick = _QuickPass(None)
     # Each device directory is opened relative to the bus directory: its path is resolved once.
     bus_fd = open_directory(bus)
     try:

@@ -97,27 +97,27 @@ def read_nvidia_vgpu(device_path, address, findings=None, display=None, director
     text, problem = read_attribute_at(directory, prefix + "creatable_vgpu_types")
     if problem is MISSING:
         return None
-    display = display or "/sys/bus/pci/devices/%s/nvidia" % address
     creatable = None
     if text is None:
-        _report(findings, display + "/creatable_vgpu_types", problem, None, address)
+        _report(findings, display, "creatable_vgpu_types", problem, None, address)
     else:
         creatable, bad = parse_creatable_vgpu_types(text)
         if bad:
-            _report(findings, display + "/creatable_vgpu_types", None, bad[0], address)
+            _report(findings, display, "creatable_vgpu_types", None, bad[0], address)
             creatable = None
     current_text, problem = read_attribute_at(directory, prefix + "current_vgpu_type")
     current = None
     if current_text is not None and current_text.isascii() and current_text.isdigit():
         current = int(current_text)
     elif problem is not MISSING:
-        _report(findings, display + "/current_vgpu_type", problem, current_text, address)
+        _report(findings, display, "current_vgpu_type", problem, current_text, address)
     return {"creatable": creatable, "current": current}
 
 
-def _report(findings, path, problem, value, address):
+def _report(findings, display, name, problem, value, address):
     if findings is not None:
-        expected = "'<id> : <vGPU name>' lines" if path.endswith("types") else "a vGPU type ID (0 for none)"
+        path = "%s/%s" % (display or "/sys/bus/pci/devices/%s/nvidia" % address, name)
+        expected = "'<id> : <vGPU name>' lines" if name.endswith("types") else "a vGPU type ID (0 for none)"
         findings.bad_attribute(path, problem, expected, address, value)
 
 
