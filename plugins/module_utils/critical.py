@@ -18,7 +18,12 @@ from __future__ import annotations
 import os
 import re
 
-from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import PCI_ADDRESS_PATTERN, host_path, list_dir
+from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import (
+    PCI_ADDRESS_PATTERN,
+    host_path,
+    list_dir,
+    resolve,
+)
 
 _PCI_IN_PATH = re.compile(r"(?<![0-9a-f])" + PCI_ADDRESS_PATTERN + r"(?=/|$)")
 
@@ -30,7 +35,11 @@ def _inside(real_root, path):
 
 def _pci_owner(real_root, path):
     """The PCI device closest to ``path`` (a sysfs directory), following links; None if none."""
-    real = os.path.realpath(path)
+    return _pci_owner_of_real(real_root, resolve(path))
+
+
+def _pci_owner_of_real(real_root, real):
+    """:func:`_pci_owner` of a path whose links are already resolved."""
     if not _inside(real_root, real):
         return None
     found = _PCI_IN_PATH.findall(real)
@@ -78,12 +87,12 @@ def _block_dir(root, dev_number, source):
 
 def _block_devices(real_root, path, seen):
     """PCI devices under a block device, following ``slaves`` of dm/md devices."""
-    real = os.path.realpath(path)
+    real = resolve(path)
     if real in seen or not _inside(real_root, real):
         return []
     seen.add(real)
     owners = []
-    owner = _pci_owner(real_root, real)
+    owner = _pci_owner_of_real(real_root, real)
     if owner:
         owners.append(owner)
     for slave in list_dir(real + "/slaves"):
@@ -100,7 +109,7 @@ def root_filesystem(root):
     block = _block_dir(root, dev_number, source)
     if block is None:
         return source, []
-    return source, sorted(set(_block_devices(os.path.realpath(root), block, set())))
+    return source, sorted(set(_block_devices(resolve(root), block, set())))
 
 
 def default_route_interfaces(root):
@@ -127,7 +136,7 @@ def default_route_interfaces(root):
 
 def interface_devices(root, interface):
     """PCI devices behind a network interface, through bridges, bonds and VLANs (``lower_*``)."""
-    return sorted(set(_interface_devices(root, os.path.realpath(root), interface, set())))
+    return sorted(set(_interface_devices(root, resolve(root), interface, set())))
 
 
 def _interface_devices(root, real_root, interface, seen):

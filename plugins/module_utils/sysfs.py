@@ -67,6 +67,30 @@ def link_name(path):
     return target[target.rfind("/") + 1 :] or None
 
 
+def resolve(path):
+    """``os.path.realpath(path)``, resolved by the kernel when the path exists: one open and one
+    ``readlink`` of its ``/proc/self/fd`` entry instead of a look-up per component in Python (sysfs
+    paths run to a dozen components, several of them links)."""
+    try:
+        fd = os.open(path, _LOOKUP_ANY)
+    except OSError:
+        return os.path.realpath(path)
+    try:
+        real = os.readlink("/proc/self/fd/%d" % fd)
+    except OSError:
+        real = None
+    finally:
+        os.close(fd)
+    # Without /proc, or for a path the process cannot name (another mount namespace, deleted):
+    # resolved in Python.
+    if real is None or not real.startswith("/") or real.endswith(" (deleted)"):
+        return os.path.realpath(path)
+    return real
+
+
+_LOOKUP_ANY = getattr(os, "O_PATH", os.O_RDONLY)
+
+
 def list_dir(path):
     """Return the sorted entries of a directory (a path or an open descriptor), or an empty list when it
     cannot be listed."""

@@ -1,0 +1,55 @@
+# Copyright (c) gpuvirt.host contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""sysfs helpers that replace a standard-library call must give what it gives."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import resolve
+
+
+@pytest.fixture
+def linked_tree(tmp_path):
+    """A sysfs-like tree: class links into devices, a chain of links, an absolute link, a dangling one."""
+    devices = tmp_path / "sys" / "devices" / "pci0000:00" / "0000:00:1d.0" / "0000:3d:00.0" / "nvme" / "nvme0"
+    (devices / "nvme0n1" / "nvme0n1p2").mkdir(parents=True)
+    block = tmp_path / "sys" / "class" / "block"
+    block.mkdir(parents=True)
+    os.symlink("../../devices/pci0000:00/0000:00:1d.0/0000:3d:00.0/nvme/nvme0/nvme0n1/nvme0n1p2", block / "nvme0n1p2")
+    dev_block = tmp_path / "sys" / "dev" / "block"
+    dev_block.mkdir(parents=True)
+    os.symlink("../../class/block/nvme0n1p2", dev_block / "259:2")
+    os.symlink(str(devices), tmp_path / "absolute")
+    os.symlink("nowhere/at/all", tmp_path / "dangling")
+    os.symlink(str(tmp_path / "sys"), tmp_path / "root-link")
+    return tmp_path
+
+
+@pytest.mark.parametrize(
+    "relative",
+    [
+        "sys/dev/block/259:2",
+        "sys/dev/block/259:2/..",
+        "sys/class/block/nvme0n1p2/../nvme0n1p2",
+        "absolute/nvme0n1",
+        "root-link/dev/block/259:2",
+        "dangling",
+        "sys/dev/block/259:9",
+        "sys/dev/block/259:2/missing/child",
+        "sys/devices/",
+    ],
+)
+def test_resolve_gives_what_realpath_gives(linked_tree, relative):
+    path = os.path.join(str(linked_tree), relative)
+
+    assert resolve(path) == os.path.realpath(path)
+
+
+def test_resolve_of_a_link_to_a_device_names_the_device(linked_tree):
+    real = resolve(os.path.join(str(linked_tree), "sys/dev/block/259:2"))
+
+    assert real.endswith("/0000:3d:00.0/nvme/nvme0/nvme0n1/nvme0n1p2")
+    assert os.path.islink(os.path.join(str(linked_tree), "sys/dev/block/259:2"))
