@@ -333,9 +333,13 @@ _QUICK_UEVENT = re.compile(
 _QUICK_INT = re.compile(rb"-?[0-9]+\n\Z")
 _QUICK_WORDS = re.compile(rb"[a-z0-9_]+(?: [a-z0-9_]+)*\n\Z")
 _QUICK_NAME = re.compile(rb"[!-~]+\n\Z")  # a driver name, or (null)
-# Enough for any clean value of these attributes (a uevent is under 300 bytes), small enough for
-# Python's small-object allocator; a read that fills it is taken as garbled and read again carefully.
-_QUICK_SIZE = 480
+# Enough for any clean value of these attributes as the kernel writes them (a uevent's lines under
+# 240 bytes; a NUMA node, a driver name or the reset methods under 64), and small: a smaller buffer
+# is cheaper to allocate and to trim to the bytes read. A read that fills its buffer may not be the
+# whole attribute: the device is then read again carefully (as one with device-tree lines in its
+# uevent, or a driver name of 64 characters and more).
+_QUICK_UEVENT_SIZE = 256
+_QUICK_SIZE = 64
 _RDONLY = os.O_RDONLY
 
 
@@ -378,7 +382,7 @@ class _QuickPass:
         try:
             fd = open_("uevent", _RDONLY, dir_fd=directory)
             try:
-                uevent = read(fd, size)
+                uevent = read(fd, _QUICK_UEVENT_SIZE)
             finally:
                 close(fd)
             fd = open_("numa_node", _RDONLY, dir_fd=directory)
@@ -430,7 +434,7 @@ class _QuickPass:
         # A full buffer may not be all of an attribute: such a device is read whole, carefully.
         if (
             identity is None
-            or len(uevent) >= size or len(numa) >= size or len(override) >= size or len(reset) >= size
+            or len(uevent) >= _QUICK_UEVENT_SIZE or len(numa) >= size or len(override) >= size or len(reset) >= size
             or not uevent.isascii()
         ):
             return None

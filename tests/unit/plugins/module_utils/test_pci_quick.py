@@ -82,6 +82,13 @@ ODD_FORMS = {
     "uevent of a full page": {DGPU_DIR + "/uevent": "DRIVER=nvidia\nPCI_CLASS=30000\nPCI_ID=10DE:1E04\n"
                                                     "PCI_SUBSYS_ID=1458:37A9\nX=" + "y" * 5000 + "\n"},
     "uevent missing": {DGPU_DIR + "/uevent": None},
+    # Clean forms longer than the quick buffers: read whole by the careful readers.
+    "uevent with device-tree lines": {DGPU_DIR + "/uevent": "DRIVER=nvidia\nPCI_CLASS=30000\nPCI_ID=10DE:1E04\n"
+                                                            "PCI_SUBSYS_ID=1458:37A9\nPCI_SLOT_NAME=0000:01:00.0\n"
+                                                            "MODALIAS=pci:v000010DEd00001E04sv00001458sd000037A9bc03sc00i00\n"
+                                                            "OF_NAME=pci\nOF_FULLNAME=/soc/pcie@40000000/pci@0,0\n"
+                                                            "OF_COMPATIBLE_0=pciclass,0604\nOF_COMPATIBLE_N=1\n"},
+    "driver_override of a 64-character driver name": {DGPU_DIR + "/driver_override": "d" * 64 + "\n"},
 }
 ODD_LINKS = {
     "iommu_group with a trailing slash": {DGPU_DIR + "/iommu_group": "../../../../kernel/iommu_groups/1/"},
