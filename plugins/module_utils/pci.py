@@ -654,8 +654,10 @@ def read_pci_devices(root, findings=None):
 
 def _read_bus(bus, bus_fd, findings, devices, known_vfs, quick):
     entries = list_dir(bus if bus_fd is None else bus_fd)
-    # Addresses in domains of four hex digits sort as text; others (VMD's 10000:) by number.
-    if _FOUR_DIGIT_ADDRESSES.fullmatch("\n".join(entries)) is None:
+    # Addresses in domains of four hex digits sort as text; others (VMD's 10000:) by number. Each
+    # such address has 12 characters: a name holding a newline cannot pass for two.
+    joined = "\n".join(entries)
+    if len(joined) != 13 * len(entries) - 1 or _FOUR_DIGIT_ADDRESSES.fullmatch(joined) is None:
         entries.sort(key=address_sort_key)
         entries = [entry for entry in entries if _is_address(entry, findings)]
     for address in entries:

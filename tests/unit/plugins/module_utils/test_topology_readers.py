@@ -434,6 +434,17 @@ def test_entries_that_are_not_addresses_are_reported(make_host):
     assert [f["code"] for f in findings] == ["malformed_entry"]
 
 
+@pytest.mark.parametrize("name", ["0000:01:00.0\n0000:01:00.1", "0000:01:00.0 ", "0000:01:00.8", "0000:01:00.0.0"])
+def test_a_name_that_only_looks_like_addresses_is_reported_not_read(make_host, name):
+    root = make_host("desktop_dgpu", files={"sys/bus/pci/devices/" + name: "hello"})
+    findings = Findings()
+
+    devices = read_pci_devices(root, findings)
+
+    assert name not in devices and len(devices) == 15
+    assert [f["code"] for f in findings] == ["malformed_entry"]
+
+
 def test_malformed_sriov_and_mdev_values(make_host):
     pf_dir = "sys/devices/pci0000:b0/0000:b0:02.0/0000:b1:00.0"
     vf_types = "sys/devices/pci0000:b0/0000:b0:02.0/0000:b1:00.5/mdev_supported_types/nvidia-471"
