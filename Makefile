@@ -99,7 +99,7 @@ report: collection deps nova-venv  ## Exports through their consumers' validator
 demo: collection deps  ## Configure the lab host and print a before/after report
 	tests/lab/demo
 
-bench: collection  ## Detection and fleet benchmarks: figures and ratios
+bench: collection deps  ## Detection and fleet benchmarks: figures and ratios (pciutils for the shell loop)
 	$(PY) tests/bench/bench_topology.py; status=$$?; \
 	  $(PY) tests/bench/bench_fleet.py || status=1; exit $$status
 
