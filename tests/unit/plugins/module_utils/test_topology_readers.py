@@ -242,6 +242,21 @@ def test_pci_ids_mapped_from_disk_names_a_whole_host_like_single_lookups(tmp_pat
     assert names[("10de", "20b6")] == ("NVIDIA Corporation", None)
 
 
+def test_a_pci_ids_out_of_order_names_a_host_like_single_lookups():
+    # Vendors are looked for in ID order from where the one before was found; a file out of that
+    # order (a local addition, a vendor listed twice) is read whole for the ones missed.
+    data = (b"# local\n1234  Other Vendor\n\t20b6  Not NVIDIA's\n10de  NVIDIA Corporation\n"
+            b"\t1e04  TU102 [GeForce RTX 2080 Ti]\n1234  Listed twice\n\t20b6  Second\n0abc  Early\n\t0001  One\n")
+    pairs = {("10de", "1e04"), ("1234", "20b6"), ("0abc", "0001"), ("abcd", "0001")}
+
+    names = PciIds(data).names(pairs)
+
+    single = PciIds(data)
+    assert names == {pair: (single.vendor_name(pair[0]), single.device_name(*pair)) for pair in pairs}
+    assert names[("1234", "20b6")] == ("Other Vendor", "Not NVIDIA's"), "the first line of a vendor wins"
+    assert names[("0abc", "0001")] == ("Early", "One")
+
+
 def test_an_empty_pci_ids_is_a_database_without_names(tmp_path):
     empty = tmp_path / "usr" / "share" / "hwdata" / "pci.ids"
     empty.parent.mkdir(parents=True)
