@@ -802,15 +802,27 @@ PCI_IDS_PATHS = (
 _HEX4 = re.compile(r"[0-9a-f]{4}\Z")
 _VENDOR_LINE = re.compile(rb"\n([0-9a-f]{4})  ([^\n]*)")
 _FIRST_VENDOR_LINE = re.compile(rb"([0-9a-f]{4})  ([^\n]*)")
+_VENDOR_ID_LINE = re.compile(rb"\n([0-9a-f]{4})  ")
+_DEVICE_LINE = re.compile(rb"\n\t([0-9a-f]{4})  ")
+# A line that ends a vendor's block: another vendor, or a class (``C 03``); not a device, a
+# subsystem, a comment or an empty line.
+_BLOCK_END = re.compile(rb"\n[^\t#\n]")
+# The ID-ordered lines are probed while the range left is longer than _BISECT_SPAN bytes; a probe
+# reads up to _BISECT_PROBE bytes for a line.
+_BISECT_SPAN = 4096
+_BISECT_PROBE = 512
 
 
 class PciIds:
     """Vendor and device names from a ``pci.ids`` database.
 
     The file holds some 40,000 lines and is mapped, not copied: a lookup touches only the pages it
-    reads. One pass, in ID order, finds the vendor lines wanted and ends at the last of them; each
-    vendor's block is then searched up to the last of its devices wanted, so naming a host costs
-    one to two milliseconds instead of a full parse.
+    reads. pci.ids lists its vendors, and each vendor's devices, in ID order, so a host's vendor and
+    device lines are found by halving ranges of the file (:meth:`_find_line`) and one pass over each
+    wanted vendor's block finds where it ends: naming a host costs about a millisecond instead of a
+    full parse. A vendor missed that way (listed out of order, or on the first line) is looked for in
+    one pass over the whole file; a device listed out of order in a block of more than a few
+    kilobytes can go unnamed (the database writes none so).
     """
 
     def __init__(self, data):
@@ -867,9 +879,9 @@ class PciIds:
     def names(self, pairs):
         """``{(vendor_id, device_id): (vendor name, device name)}`` for many devices at once.
 
-        One pass finds the wanted vendors' lines (see :meth:`_wanted_vendor_lines`), and one pass
-        over each of their blocks, up to the last device wanted, finds the wanted devices: cheaper
-        than indexing every vendor when a whole host is named.
+        The wanted vendors' lines are found in ID order (see :meth:`_wanted_vendor_lines`); one pass
+        over each of their blocks finds where it ends, and its wanted devices are found in it in ID
+        order too. Cheaper than indexing every vendor when a whole host is named.
         """
         wanted = {}
         for vendor_id, device_id in pairs:
@@ -888,23 +900,20 @@ class PciIds:
                 continue  # the first line of a vendor wins, as in the lookups above
             remaining.discard(vendor_id)
             self._vendor_names[vendor_id] = _decode(name)
-            found = {}
             if wanted[vendor_id]:
-                # One pass over the vendor's block: a wanted device line, or the next top-level line
-                # (another vendor, or the class section), which ends the block.
-                lines = re.compile(
-                    rb"\n(?:\t("
-                    + b"|".join(d.encode("ascii") for d in sorted(wanted[vendor_id]))
-                    + rb")  ([^\n]*)|[^\t#\n])"
-                )
-                for line in lines.finditer(data, line_end):
-                    if line.group(1) is None:
-                        break
-                    found.setdefault(line.group(1).decode("ascii"), _decode(line.group(2)))
-                    if len(found) == len(wanted[vendor_id]):
-                        break  # every device wanted is named: the rest of the block is not read
-            for device_id in wanted[vendor_id]:
-                self._devices[(vendor_id, device_id)] = found.get(device_id)
+                # The block ends at the next top-level line: another vendor, or the class section.
+                end = _BLOCK_END.search(data, line_end)
+                end = end.start() if end is not None else len(data)
+                position = line_end
+                for device_id in sorted(wanted[vendor_id]):
+                    raw = device_id.encode("ascii")
+                    found = self._find_line(_DEVICE_LINE, b"\n\t" + raw + b"  ", raw, position, end)
+                    name = None
+                    if found >= 0:
+                        position = found + 1
+                        name_end = data.find(b"\n", position, end)
+                        name = _decode(data[found + 8 : name_end if name_end >= 0 else end])
+                    self._devices[(vendor_id, device_id)] = name
             if not remaining:
                 break
         for vendor_id in set(wanted) - set(self._vendor_names):
@@ -916,16 +925,17 @@ class PciIds:
         return result
 
     def _wanted_vendor_lines(self, wanted):
-        """:meth:`_vendor_lines` of the ``wanted`` vendor IDs (sorted). pci.ids lists its vendors in
-        ID order, so each is looked for from where the one before it was found: one pass, which ends
-        at the last one wanted. Any that this misses (a file out of order, a vendor on the first
-        line, an unknown vendor) is looked for in one pass over the whole file. (Only a file both out
-        of order and listing a vendor twice can show a later line of that vendor.)"""
+        """:meth:`_vendor_lines` of the ``wanted`` vendor IDs (sorted), each looked for from where the
+        one before it was found (see :meth:`_find_line`). Any that this misses (a file out of order,
+        a vendor on the first line, an unknown vendor) is looked for in one pass over the whole
+        file. (Only a file both out of order and listing a vendor twice can show a later line of that
+        vendor.)"""
         data = self._data
         missed = []
         position = 0
         for vendor_id in wanted:
-            found = data.find(b"\n" + vendor_id.encode("ascii") + b"  ", position)
+            raw = vendor_id.encode("ascii")
+            found = self._find_line(_VENDOR_ID_LINE, b"\n" + raw + b"  ", raw, position, len(data))
             if found < 0:
                 missed.append(vendor_id)
                 continue
@@ -935,6 +945,33 @@ class PciIds:
         if missed:
             pattern = re.compile(rb"\n(" + b"|".join(v.encode("ascii") for v in missed) + rb")  ([^\n]*)")
             yield from self._vendor_lines(pattern)
+
+    def _find_line(self, pattern, needle, key, start, end):
+        """Where ``needle`` (a newline and the line of ID ``key``) is in ``start:end``, or -1.
+
+        pci.ids lists vendors, and each vendor's devices, in ID order: the lines ``pattern`` matches
+        (its group is the ID) are probed in halves of the range, as in a binary search, and the
+        needle is looked for between the last line probed with a lower ID and the first with a
+        higher one. A probe that finds no line near it (inside a long block of devices or of
+        subsystems) looks nearer the start."""
+        data = self._data
+        low, high, limit, stop = start, end, end, end
+        while limit - low > _BISECT_SPAN:
+            middle = (low + limit) // 2
+            line = pattern.search(data, middle, min(middle + _BISECT_PROBE, high))
+            if line is None:
+                limit = middle
+                continue
+            found = line.group(1)
+            if found == key:
+                return line.start()
+            if found < key:
+                low = line.end()
+            else:
+                # No line starts between the middle and this one: the key's line is before both.
+                high, stop = middle, line.start()
+            limit = high
+        return data.find(needle, low, stop)
 
     def device_name(self, vendor_id, device_id):
         if not vendor_id or not device_id:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import random
 
 import pytest
 
@@ -255,6 +256,51 @@ def test_a_pci_ids_out_of_order_names_a_host_like_single_lookups():
     assert names == {pair: (single.vendor_name(pair[0]), single.device_name(*pair)) for pair in pairs}
     assert names[("1234", "20b6")] == ("Other Vendor", "Not NVIDIA's"), "the first line of a vendor wins"
     assert names[("0abc", "0001")] == ("Early", "One")
+
+
+def _large_pci_ids(rng):
+    """A pci.ids in ID order as the database writes it, and ``{vendor: [its devices]}``: vendors
+    with blocks of every size (some of thousands of devices, some devices with long runs of
+    subsystems), comments in blocks, then the classes."""
+    lines = ["#", "#\tList of PCI ID's", "#"]
+    listed = {}
+    for vendor in sorted(rng.sample(range(0x0001, 0xFFFF), 400)):
+        lines.append("%04x  Vendor %04x" % (vendor, vendor))
+        count = rng.choice((0, 1, 3, 10, 40, 300)) if vendor % 50 else 3000
+        listed[vendor] = sorted(rng.sample(range(0x10000), count))
+        for device in listed[vendor]:
+            lines.append("\t%04x  Device %04x:%04x" % (device, vendor, device))
+            lines.extend("\t\t1043 %04x  A card" % card for card in range(rng.choice((0, 0, 0, 0, 0, 0, 2, 80))))
+        if vendor % 11 == 0:
+            lines.append("# a comment in a block")
+    lines += ["", "# List of known device classes", "C 03  Display controller", "\t00  VGA compatible controller",
+              "\t\t00  VGA controller", "C 0c  Serial bus controller", "\t03  USB controller"]
+    return ("\n".join(lines) + "\n").encode(), listed
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_a_large_pci_ids_names_a_host_like_single_lookups(seed):
+    # Lines are found by halving ranges of the file: the first and last device of each block, IDs
+    # between two listed ones, vendors not listed, and a vendor appended after the classes.
+    rng = random.Random(seed)
+    data, listed = _large_pci_ids(rng)
+    data += b"0001  Appended after the classes\n\t0002  Local device\n"
+    pairs = {("0001", "0002"), ("0001", "0003"), ("ffff", "0000"), ("0000", "0000")}
+    for vendor, devices in listed.items():
+        for device in devices[:1] + devices[-1:] + rng.sample(devices, min(3, len(devices))):
+            pairs.add(("%04x" % vendor, "%04x" % device))
+            pairs.add(("%04x" % vendor, "%04x" % ((device + 1) % 0x10000)))
+        pairs.add(("%04x" % vendor, "%04x" % rng.randrange(0x10000)))
+        if vendor + 1 not in listed and rng.random() < 0.05:
+            pairs.add(("%04x" % (vendor + 1), "0000"))
+
+    names = PciIds(data).names(pairs)
+
+    single = PciIds(data)
+    assert names == {pair: (single.vendor_name(pair[0]), single.device_name(*pair)) for pair in pairs}
+    assert names[("0001", "0002")] == ("Appended after the classes", "Local device")
+    assert sum(1 for name in names.values() if name[1]) > 1000, "most pairs name a listed device"
+    assert len(data) > 1000000, "as long as the database's own file"
 
 
 def test_an_empty_pci_ids_is_a_database_without_names(tmp_path):
