@@ -908,12 +908,9 @@ class PciIds:
                 for device_id in sorted(wanted[vendor_id]):
                     raw = device_id.encode("ascii")
                     found = self._find_line(_DEVICE_LINE, b"\n\t" + raw + b"  ", raw, position, end)
-                    name = None
+                    self._devices[(vendor_id, device_id)] = self._device_at(found, end)
                     if found >= 0:
                         position = found + 1
-                        name_end = data.find(b"\n", position, end)
-                        name = _decode(data[found + 8 : name_end if name_end >= 0 else end])
-                    self._devices[(vendor_id, device_id)] = name
             if not remaining:
                 break
         for vendor_id in set(wanted) - set(self._vendor_names):
@@ -985,13 +982,17 @@ class PciIds:
         entry = self._vendor_index().get(vendor_id.encode("ascii", "replace"))
         if entry is None:
             return None
-        data = self._data
         _name, start, end = entry
-        position = data.find(b"\n\t" + device_id.encode("ascii", "replace") + b"  ", start, end)
+        needle = b"\n\t" + device_id.encode("ascii", "replace") + b"  "
+        return self._device_at(self._data.find(needle, start, end), end)
+
+    def _device_at(self, position, end):
+        """The name on the device line found at ``position`` (its newline; -1: none) in a block that
+        ends at ``end``."""
         if position < 0:
             return None
-        line_end = data.find(b"\n", position + 1, end)
-        return _decode(data[position + 8 : line_end if line_end >= 0 else end])
+        line_end = self._data.find(b"\n", position + 1, end)
+        return _decode(self._data[position + 8 : line_end if line_end >= 0 else end])
 
 
 def name_devices(root, devices):
