@@ -649,7 +649,23 @@ def read_pci_devices(root, findings=None):
         device = devices.get(vf)
         if device is not None and device.physfn is None:
             device.physfn = pf
+    _unknown_reset_methods(devices)
     return devices
+
+
+def _unknown_reset_methods(devices):
+    """Report the reset methods as unknown (None) on a host where no device shows ``reset_method``.
+
+    The attribute appeared in Linux 5.15, and the kernel shows it only on a function with a reset
+    method. Nearly every host has such functions, so a host where none shows it runs an older
+    kernel (or is a snapshot taken without it): an empty list there would claim that no device can
+    be reset."""
+    for device in devices.values():
+        if device.reset_methods:
+            return
+    for device in devices.values():
+        if device.reset_methods == []:
+            device.reset_methods = None
 
 
 def _read_bus(bus, bus_fd, findings, devices, known_vfs, quick):

@@ -298,7 +298,10 @@ topology:
           type: bool
           sample: false
         reset_methods:
-          description: Reset methods the kernel can use, in its order (C(reset_method)); empty when none.
+          description:
+            - Reset methods the kernel can use, in its order (C(reset_method)); empty when none.
+            - V(null) when unknown, for every device of a host where no device shows C(reset_method) (a kernel
+              before Linux 5.15, which lacks the attribute, or a snapshot taken without it), or when it reads garbled.
           returned: success
           type: list
           elements: str

@@ -542,3 +542,30 @@ def test_parsed_creatable_types_are_each_callers_own():
     again, bad = parse_creatable_vgpu_types(text)
 
     assert again == [{"id": 557, "name": "NVIDIA L40S-1Q"}, {"id": 558, "name": "NVIDIA L40S-2Q"}] and bad == []
+
+
+@pytest.mark.parametrize("name", ["desktop_dgpu", "datacenter_a100", "large_synthetic"])
+def test_reset_methods_are_unknown_where_no_device_shows_reset_method(make_host, name):
+    # Linux before 5.15 has no reset_method attribute: no device of such a host shows it, and an
+    # empty list would claim that none can be reset. One function showing it proves the kernel has
+    # the attribute, and then a function without it has no reset method.
+    root = make_host(name)
+    shown = sorted(
+        os.path.join(directory, "reset_method")
+        for directory, _dirs, files in os.walk(os.path.join(root, "sys/devices"))
+        if "reset_method" in files
+    )
+    assert shown, "the fixture host has functions with reset methods"
+    kept, *removed = shown
+    for path in removed:
+        os.remove(path)
+    kept_address = os.path.basename(os.path.dirname(kept))
+
+    methods = {entry["address"]: entry["reset_methods"] for entry in detect(root)["devices"]}
+
+    assert methods.pop(kept_address)
+    assert methods and all(found == [] for found in methods.values())
+
+    os.remove(kept)
+    methods = {entry["address"]: entry["reset_methods"] for entry in detect(root)["devices"]}
+    assert len(methods) > 1 and all(found is None for found in methods.values())
