@@ -660,9 +660,8 @@ def _unknown_reset_methods(devices):
     method. Nearly every host has such functions, so a host where none shows it runs an older
     kernel (or is a snapshot taken without it): an empty list there would claim that no device can
     be reset."""
-    for device in devices.values():
-        if device.reset_methods:
-            return
+    if any(device.reset_methods for device in devices.values()):
+        return
     for device in devices.values():
         if device.reset_methods == []:
             device.reset_methods = None
