@@ -8,7 +8,8 @@ Public API (every reader takes the host ``root``):
   ``interrupt_remapping``, ``units``, ``unknown``; ``to_dict()``. ``enabled`` and
   ``firmware_support`` are None ("unknown") when the tree lacks what would tell, as a snapshot or a
   container may; False only when the tree shows the absence.
-- :func:`read_iommu` ``(root, cmdline) -> IommuState``
+- :func:`read_iommu` ``(root, cmdline, architecture=None) -> IommuState``
+- :func:`passthrough_mode` ``(cmdline, x86=True) -> bool``: what the kernel's arguments set
 - :func:`listing` ``(root, relative) -> (entries, known)``
 - :func:`interrupt_remapping_state` ``(root, cmdline, units) -> bool | None``
 - :func:`group_of` ``(root, address) -> str | None``
@@ -37,7 +38,14 @@ import os
 import re
 from dataclasses import dataclass, field
 
-from ansible_collections.gpuvirt.host.plugins.module_utils.kernel import cmdline_values
+from ansible_collections.gpuvirt.host.plugins.module_utils.kernel import (
+    X86,
+    cmdline_values,
+    kernel_arguments,
+    kernel_bool,
+    parameter_name,
+    split_argument,
+)
 from ansible_collections.gpuvirt.host.plugins.module_utils.mdev_info import UUID
 from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import (
     IOMMU_GROUPS,
@@ -104,7 +112,7 @@ def listing(root, relative):
         return [], False
 
 
-def read_iommu(root, cmdline):
+def read_iommu(root, cmdline, architecture=None):
     """The IOMMU as firmware, kernel command line and sysfs describe it.
 
     ``enabled``: IOMMU units registered in ``sys/class/iommu`` or groups in
@@ -115,7 +123,8 @@ def read_iommu(root, cmdline):
     else from the ACPI table (DMAR, IVRS, IORT). ``firmware_support``: one of those tables is listed;
     None when ``sys/firmware/acpi/tables`` is missing from a tree without ``sys/firmware``, cannot be
     listed, or the host describes its hardware in a device tree instead. ``passthrough_mode``:
-    ``iommu=pt`` or ``iommu.passthrough=1``. ``unknown``: the directories that could not be read.
+    :func:`passthrough_mode` of ``cmdline`` (``architecture`` None: x86 unless the IOMMU is an Arm
+    SMMU, since ``iommu=pt`` is x86's). ``unknown``: the directories that could not be read.
     """
     unknown = []
     units = list_dir(host_path(root, IOMMU_CLASS))
@@ -158,21 +167,46 @@ def read_iommu(root, cmdline):
         vendor = "amd"
     elif "IORT" in tables:
         vendor = "arm"
-    passthrough = "pt" in cmdline_values(cmdline, "iommu") or any(
-        value.lower() in ("1", "y", "on") for value in cmdline_values(cmdline, "iommu.passthrough")
-    )
+    # iommu=pt is an x86 parameter; elsewhere the word is not the kernel's.
+    x86 = architecture == X86 if architecture else vendor != "arm"
     firmware = bool(FIRMWARE_TABLES.intersection(tables))
     return IommuState(
         enabled=enabled,
         vendor=vendor,
         firmware_support=firmware if firmware or tables_known else None,
-        passthrough_mode=passthrough,
+        passthrough_mode=passthrough_mode(cmdline, x86),
         # Interrupt remapping is an x86 IOMMU feature; on arm64 the GIC ITS isolates MSIs and VFIO
         # accepts it, so the question does not arise there.
         interrupt_remapping=None if vendor == "arm" else interrupt_remapping_state(root, cmdline, units),
         units=units,
         unknown=unknown,
     )
+
+
+def passthrough_mode(cmdline, x86=True):
+    """Whether the kernel's arguments put the IOMMU in passthrough mode (DMA of the host's devices not
+    translated). ``iommu=pt`` and ``iommu=nopt`` (options of x86's comma-separated ``iommu=``; not a
+    kernel parameter elsewhere) and ``iommu.passthrough=<bool>`` all set the default domain type, so
+    the last of them wins (drivers/iommu/iommu.c, arch/x86/kernel/pci-dma.c). A kernel built to
+    default to passthrough (``CONFIG_IOMMU_DEFAULT_PASSTHROUGH``) without them reads False."""
+    mode = False
+    for word in kernel_arguments(cmdline):
+        name, value = split_argument(word)
+        if value is None:
+            continue
+        name = parameter_name(name)
+        if name == "iommu" and x86:
+            for option in value.split(","):
+                # The kernel compares each option's first characters (strncmp).
+                if option.startswith("pt"):
+                    mode = True
+                elif option.startswith("nopt"):
+                    mode = False
+        elif name == "iommu.passthrough":
+            flag = kernel_bool(value)
+            if flag is not None:
+                mode = flag
+    return mode
 
 
 def interrupt_remapping_state(root, cmdline, units):

@@ -10,6 +10,8 @@ Public API (every reader takes the host ``root``):
 - :func:`split_argument` ``(word) -> (name, value | None)``: one word as the kernel reads it
 - :func:`cmdline_values` ``(args, key) -> list[str]``, :func:`cmdline_value` ``(args, key) -> str | None``
   (the last wins, as in the kernel; ``-`` and ``_`` alike in names; nothing after ``--``)
+- :func:`kernel_bool` ``(text) -> bool | None``: a boolean value as the kernel reads it;
+  :func:`cmdline_flag` ``(args, key, bare=True) -> bool | None``: a boolean parameter's setting
 - :func:`read_cmdline` ``(root) -> list[str] | None``: the kernel's own arguments;
   :func:`read_cmdline_words` ``(root)``: every word of ``proc/cmdline``
 - :func:`read_release` ``(root) -> str | None`` (falls back to the only ``lib/modules/<release>``
@@ -129,6 +131,42 @@ def cmdline_value(args, key):
     """The value of the last ``key=value`` (the kernel applies them in order), or None."""
     values = cmdline_values(args, key)
     return values[-1] if values else None
+
+
+def kernel_bool(text):
+    """A boolean as the kernel's ``kstrtobool()`` (lib/kstrtox.c) reads it, or None where it refuses
+    the text (the parameter then keeps its value): the first character decides (``Y``, ``T``, ``1``
+    true; ``N``, ``F``, ``0`` false; either case), and ``on`` or ``off`` by their first two. So
+    ``yes``, ``true`` and ``On`` are true; ``enabled`` and ``2`` are refused."""
+    first = text[:1].lower()
+    if first and first in "yt1":
+        return True
+    if first and first in "nf0":
+        return False
+    if first == "o":
+        return {"n": True, "f": False}.get(text[1:2].lower())
+    return None
+
+
+def cmdline_flag(args, key, bare=True):
+    """How the kernel's arguments in ``args`` set the boolean parameter ``key``: each occurrence in
+    order, the last one the kernel accepts wins (:func:`kernel_bool`); None when none sets it (its
+    default holds). ``bare``: a ``key`` without ``=`` sets it true, as for a module's ``bool``
+    parameter (``param_set_bool()``, kernel/params.c); early parameters refuse it."""
+    wanted = parameter_name(key)
+    setting = None
+    for word in kernel_arguments(args):
+        name, value = split_argument(word)
+        if parameter_name(name) != wanted:
+            continue
+        if value is None:
+            if bare:
+                setting = True
+            continue
+        flag = kernel_bool(value)
+        if flag is not None:
+            setting = flag
+    return setting
 
 
 def read_cmdline_words(root):

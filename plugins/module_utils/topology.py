@@ -48,11 +48,14 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.kernel import (
     ARM64,
     POWER,
     SUPPORTED_ARCHITECTURES,
+    cmdline_flag,
     cmdline_value,
     kernel_arguments,
     module_parameter,
+    parameter_name,
     read_cpu,
     read_kernel,
+    split_argument,
 )
 from ansible_collections.gpuvirt.host.plugins.module_utils.mdev_info import mdev_parents, mdevs
 from ansible_collections.gpuvirt.host.plugins.module_utils.pci import (
@@ -194,7 +197,7 @@ def _detect(root):
     kernel = read_kernel(root, findings)
     cmdline = kernel["cmdline"] or []
     cpu = read_cpu(root, findings)
-    iommu = read_iommu(root, cmdline)
+    iommu = read_iommu(root, cmdline, cpu.get("architecture"))
     devices = read_pci_devices(root, findings)
     name_devices(root, devices)
     groups = groups_from_devices(devices)
@@ -351,7 +354,7 @@ def _iommu_findings(root, iommu, cmdline, findings, architecture=None):
         elif iommu.firmware_support:
             argument = "amd_iommu=on" if iommu.vendor == "amd" else "intel_iommu=on"
             table = "IVRS" if iommu.vendor == "amd" else "DMAR"
-            off = [arg for arg in cmdline if arg in ("intel_iommu=off", "amd_iommu=off", "iommu=off")]
+            off = _iommu_off_arguments(cmdline)
             findings.error(
                 "iommu_off",
                 "the firmware describes an %s IOMMU (ACPI %s table) but the kernel did not enable it: add %s "
@@ -376,6 +379,20 @@ def _iommu_findings(root, iommu, cmdline, findings, architecture=None):
             "vfio_iommu_type1.allow_unsafe_interrupts=1, which lets a guest forge interrupts; enable "
             "interrupt remapping in the firmware (x2APIC/VT-d) and remove intremap=off if present",
         )
+
+
+_IOMMU_SWITCHES = ("intel_iommu", "amd_iommu", "iommu")
+
+
+def _iommu_off_arguments(cmdline):
+    """The arguments, as written, that turn the IOMMU off: ``off`` among the comma-separated options
+    of ``intel_iommu=``, ``amd_iommu=`` or ``iommu=``."""
+    off = []
+    for word in cmdline:
+        name, value = split_argument(word)
+        if value is not None and parameter_name(name) in _IOMMU_SWITCHES and "off" in value.split(","):
+            off.append(word)
+    return off
 
 
 def _arm_iommu_off(iommu, findings):
@@ -422,9 +439,10 @@ def _cmdline_findings(root, cmdline, findings, architecture=None):
             "isolation, so devices in different VMs (and the host) can still reach each other by "
             "peer-to-peer DMA" % acs,
         )
-    unsafe_cmdline = cmdline_value(cmdline, "vfio_iommu_type1.allow_unsafe_interrupts")
+    # A bool module parameter: "true", "on" or the bare name set it as "1" does.
+    unsafe_cmdline = cmdline_flag(cmdline, "vfio_iommu_type1.allow_unsafe_interrupts")
     unsafe_live = module_parameter(root, "vfio_iommu_type1", "allow_unsafe_interrupts")
-    if (unsafe_cmdline or "").lower() in ("1", "y", "on") or unsafe_live == "Y":
+    if unsafe_cmdline or unsafe_live == "Y":
         where = "on the kernel command line" if unsafe_cmdline else "set on the loaded vfio_iommu_type1 module"
         findings.warning(
             "unsafe_interrupts",

@@ -219,7 +219,7 @@ class IntelBackend(VendorBackend):
                     "GVT-g cannot be enabled on %s: %s; nothing changed"
                     % (device.address, gvt["unsupported"] if gvt else "GVT-g is an iGPU (0000:00:02.0) feature")
                 )
-            running = host.cmdline_value("i915.enable_gvt") in ("1", "y", "Y")
+            running = bool(host.cmdline_flag("i915.enable_gvt"))
             return EnablePlan(
                 mode=mode,
                 address=device.address,
@@ -284,7 +284,7 @@ class IntelBackend(VendorBackend):
         missing = []
         if device.driver != "i915":
             missing.append("the i915 driver bound to it (now: %s)" % (device.driver or "no driver"))
-        if host.cmdline_value("i915.enable_gvt") not in ("1", "y", "Y"):
+        if not host.cmdline_flag("i915.enable_gvt"):
             missing.append("%s on the kernel command line and a reboot" % GVT_G_ARGUMENT)
         if not host.module_loaded(GVT_G_MODULE):
             missing.append("the %s module loaded" % GVT_G_MODULE)

@@ -33,7 +33,7 @@ Public API: :data:`BACKENDS`, :func:`backends_for`, :func:`read_vendor_state`,
 from __future__ import annotations
 
 from ansible_collections.gpuvirt.host.plugins.module_utils import vendor_amd, vendor_intel, vendor_nvidia
-from ansible_collections.gpuvirt.host.plugins.module_utils.kernel import cmdline_value, module_parameter
+from ansible_collections.gpuvirt.host.plugins.module_utils.kernel import cmdline_flag, cmdline_value, module_parameter
 from ansible_collections.gpuvirt.host.plugins.module_utils.vendor_plan import RESTORE_ANCHORS
 
 BACKENDS = (vendor_nvidia.BACKEND, vendor_intel.BACKEND, vendor_amd.BACKEND)
@@ -106,6 +106,9 @@ class HostFacts:
 
     def cmdline_value(self, key):
         return cmdline_value(self.cmdline, key)
+
+    def cmdline_flag(self, key):
+        return cmdline_flag(self.cmdline, key)
 
     def module_parameter(self, module, parameter):
         key = (module, parameter)

@@ -120,7 +120,13 @@ topology:
           type: bool
           sample: true
         passthrough_mode:
-          description: The command line sets C(iommu=pt) or C(iommu.passthrough=1).
+          description:
+            - The kernel's command line puts the IOMMU in passthrough mode. It is read as the kernel reads it,
+              so the last of C(iommu=pt), C(iommu=nopt) (x86 only; on arm64 C(iommu=) reaches init) and
+              C(iommu.passthrough=<bool>) wins, and C(iommu.passthrough) takes any boolean the kernel does
+              (C(1), C(y), C(yes), C(true), C(on)).
+            - V(false) on a kernel built to default to passthrough (C(CONFIG_IOMMU_DEFAULT_PASSTHROUGH)) when the
+              command line does not say it.
           returned: success
           type: bool
           sample: false

@@ -16,12 +16,18 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.critical import (
     interface_devices,
 )
 from ansible_collections.gpuvirt.host.plugins.module_utils.findings import Findings
-from ansible_collections.gpuvirt.host.plugins.module_utils.iommu import interrupt_remapping_state, vfio_holders
+from ansible_collections.gpuvirt.host.plugins.module_utils.iommu import (
+    interrupt_remapping_state,
+    passthrough_mode,
+    vfio_holders,
+)
 from ansible_collections.gpuvirt.host.plugins.module_utils.kernel import (
+    cmdline_flag,
     cmdline_value,
     cmdline_values,
     init_arguments,
     kernel_arguments,
+    kernel_bool,
     parse_cmdline,
     read_builtin_modules,
     read_release,
@@ -109,6 +115,67 @@ def test_cmdline_value_last_wins_and_drops_quotes():
     assert cmdline_value(args, "intel_iommu") == "on"
     assert cmdline_value(args, "x") == "a b"
     assert cmdline_value(args, "iommu") is None
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("1", True), ("Y", True), ("y", True), ("yes", True), ("true", True), ("T", True), ("on", True), ("ON", True),
+        ("0", False), ("N", False), ("no", False), ("false", False), ("F", False), ("off", False), ("Off", False),
+        ("", None), ("2", None), ("-1", None), ("enabled", None), ("o", None), ("ok", None), (" 1", None),
+    ],
+)
+def test_kernel_bool_reads_a_value_as_kstrtobool_does(text, expected):
+    assert kernel_bool(text) is expected
+
+
+@pytest.mark.parametrize(
+    ("cmdline", "bare", "expected"),
+    [
+        ("ro", True, None),
+        ("ro vfio_iommu_type1.allow_unsafe_interrupts=true", True, True),
+        ("ro vfio_iommu_type1.allow_unsafe_interrupts", True, True),
+        ("ro vfio_iommu_type1.allow_unsafe_interrupts", False, None),
+        ("ro vfio-iommu-type1.allow-unsafe-interrupts=on", True, True),
+        ('ro "vfio_iommu_type1.allow_unsafe_interrupts=Y"', True, True),
+        # The last value the kernel accepts wins; a refused one changes nothing.
+        ("vfio_iommu_type1.allow_unsafe_interrupts=1 vfio_iommu_type1.allow_unsafe_interrupts=0", True, False),
+        ("vfio_iommu_type1.allow_unsafe_interrupts=0 vfio_iommu_type1.allow_unsafe_interrupts", True, True),
+        ("vfio_iommu_type1.allow_unsafe_interrupts=1 vfio_iommu_type1.allow_unsafe_interrupts=maybe", True, True),
+        ("ro -- vfio_iommu_type1.allow_unsafe_interrupts=1", True, None),
+        ("ro vfio_iommu_type1.allow_unsafe_interrupts_x=1", True, None),
+    ],
+)
+def test_cmdline_flag_applies_the_arguments_in_order_as_the_kernel_does(cmdline, bare, expected):
+    args = kernel_arguments(parse_cmdline(cmdline))
+    assert cmdline_flag(args, "vfio_iommu_type1.allow_unsafe_interrupts", bare=bare) is expected
+
+
+@pytest.mark.parametrize(
+    ("cmdline", "x86", "expected"),
+    [
+        ("ro", True, False),
+        ("ro iommu=pt", True, True),
+        ("ro iommu=soft,pt", True, True),
+        ("ro iommu=pt iommu=nopt", True, False),
+        ("ro iommu=nopt iommu=pt", True, True),
+        ("ro iommu=pt,nopt", True, False),
+        ("ro iommu=off", True, False),
+        ("ro iommu.passthrough=1", True, True),
+        ("ro iommu.passthrough=yes", True, True),
+        ("ro iommu.passthrough=on", True, True),
+        ("ro iommu=pt iommu.passthrough=0", True, False),
+        ("ro iommu.passthrough=1 iommu=nopt", True, False),
+        ("ro iommu=pt iommu.passthrough=maybe", True, True),
+        ("ro iommu.passthrough", True, False),
+        ("ro -- iommu=pt", True, False),
+        # iommu= is an x86 parameter: elsewhere it is not the kernel's and reaches init.
+        ("ro iommu=pt", False, False),
+        ("ro iommu.passthrough=1 iommu=nopt", False, True),
+    ],
+)
+def test_passthrough_mode_is_the_last_setting_the_kernel_applies(cmdline, x86, expected):
+    assert passthrough_mode(kernel_arguments(parse_cmdline(cmdline)), x86=x86) is expected
 
 
 def test_builtin_modules_and_variant_vfio_drivers(tmp_path):

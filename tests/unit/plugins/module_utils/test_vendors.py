@@ -56,6 +56,13 @@ def test_gvt_g_before_enablement_names_the_argument_and_the_module(make_host):
     assert "can offer now: nothing" in modes_finding(topology, "0000:00:02.0")["message"]
 
 
+@pytest.mark.parametrize("argument", ["i915.enable_gvt=Y", "i915.enable_gvt=true", "i915.enable_gvt"])
+def test_gvt_g_on_the_command_line_in_any_form_the_kernel_takes_is_not_asked_for_again(make_host, argument):
+    topology = detect(make_host("gvtg_laptop", kernel={"cmdline": "root=/dev/nvme0n1p2 ro intel_iommu=on " + argument}))
+
+    assert modes(topology, "0000:00:02.0")["gvt-g"]["missing"] == ["the kvmgt module loaded"]
+
+
 def test_gvt_g_after_enablement_is_ready(make_host):
     topology = detect(make_host("gvtg_laptop_enabled"))
     assert modes(topology, "0000:00:02.0")["gvt-g"] == {"mode": "gvt-g", "ready": True, "missing": []}

@@ -90,6 +90,16 @@ def test_gvt_g_end_to_end_spec_enabled_carved(make_host, mode, run_module, monke
     assert mdev.read_mdev(root, created[0]) == (IGPU, "i915-GVTg_V5_4")
 
 
+def test_a_running_kernel_with_gvt_g_on_in_another_spelling_needs_no_reboot(make_host, mode):
+    # The kernel reads i915.enable_gvt=true as =1: GVT-g is on in this boot, only the module is missing.
+    cmdline = "root=/dev/nvme0n1p2 ro intel_iommu=on i915.enable_gvt=true"
+    root = with_grub(make_host("gvtg_laptop", kernel={"cmdline": cmdline}))
+
+    result = mode(root, check_mode=True, selector=IGPU, mode="gvt-g")
+
+    assert result["rc"] == 0 and result["reboot_required"] is False and result["reboot_for"] == [], result
+
+
 def test_gvt_g_is_refused_on_a_later_generation_and_nothing_changes(make_host, mode):
     root = with_grub(make_host("desktop_dgpu"))
     before = snapshot(root)
