@@ -11,7 +11,8 @@ Public API (every reader takes the host ``root``):
 - :func:`read_iommu` ``(root, cmdline, architecture=None) -> IommuState``
 - :func:`passthrough_mode` ``(cmdline, x86=True) -> bool``: what the kernel's arguments set
 - :func:`listing` ``(root, relative) -> (entries, known)``
-- :func:`interrupt_remapping_state` ``(root, cmdline, units) -> bool | None``
+- :func:`interrupt_remapping_state` ``(root, cmdline, units) -> bool | None``;
+  :func:`intremap_disabled` ``(cmdline) -> bool``
 - :func:`group_of` ``(root, address) -> str | None``
 - :func:`group_members` ``(root, group) -> list[str]``
 - :func:`groups_from_devices` ``(devices) -> dict[str, list[str]]`` (no extra reads)
@@ -23,7 +24,8 @@ Public API (every reader takes the host ``root``):
 
 How interrupt remapping is detected (the kernel has no single attribute for it):
 
-1. ``intremap=off`` on the command line: off.
+1. ``intremap=off`` (or the older ``nointremap``) on the command line, as the kernel applies it
+   (:func:`intremap_disabled`): off.
 2. ``/proc/interrupts``: interrupt chips named ``IR-...`` (``IR-PCI-MSI``, ``IR-IO-APIC``) exist
    only when remapping is on, so any such chip means on; MSI or IO-APIC chips without the prefix
    mean off.
@@ -40,7 +42,6 @@ from dataclasses import dataclass, field
 
 from ansible_collections.gpuvirt.host.plugins.module_utils.kernel import (
     X86,
-    cmdline_values,
     kernel_arguments,
     kernel_bool,
     parameter_name,
@@ -209,9 +210,28 @@ def passthrough_mode(cmdline, x86=True):
     return mode
 
 
+def intremap_disabled(cmdline):
+    """Whether the kernel's arguments turn interrupt remapping off: ``nointremap``, or ``off`` among
+    the comma-separated options of ``intremap=``, where ``on`` turns it back on; the last setting wins
+    (drivers/iommu/irq_remapping.c compares each option's first characters)."""
+    disabled = False
+    for word in kernel_arguments(cmdline):
+        name, value = split_argument(word)
+        name = parameter_name(name)
+        if name == "nointremap":  # its handler takes no value and ignores one
+            disabled = True
+        elif name == "intremap" and value is not None:
+            for option in value.split(","):
+                if option.startswith("on"):
+                    disabled = False
+                elif option.startswith("off"):
+                    disabled = True
+    return disabled
+
+
 def interrupt_remapping_state(root, cmdline, units):
     """True/False when the host tells, None when unknown (see the module docstring)."""
-    if "off" in cmdline_values(cmdline, "intremap"):
+    if intremap_disabled(cmdline):
         return False
     seen_plain = False
     try:
