@@ -159,6 +159,7 @@ ARCHITECTURE_PARAMETERS = {
     "amd_iommu_dump": ("x86",),
     "amd_iommu_intr": ("x86",),
     "intremap": ("x86",),  # [X86-64,Intel-IOMMU]
+    "nointremap": ("x86",),  # [X86-64,Intel-IOMMU] (older spelling of intremap=off)
     "ivrs_ioapic": ("x86",),
     "ivrs_hpet": ("x86",),
     "ivrs_acpihid": ("x86",),

@@ -117,8 +117,8 @@ def test_command_line_length():
 # -- kernel arguments per architecture ------------------------------------------------------------
 
 X86_IOMMU = ["intel_iommu=on", "intel_iommu=on,sm_on", "amd_iommu=off", "amd_iommu=force_isolation", "iommu=pt",
-             "iommu=off", "intremap=off", "amd_iommu_intr=legacy", "ivrs_ioapic[32]=00:14.0", "kvm_intel.nested=1",
-             "kvm-amd.avic=1"]
+             "iommu=off", "intremap=off", "nointremap", "amd_iommu_intr=legacy", "ivrs_ioapic[32]=00:14.0",
+             "kvm_intel.nested=1", "kvm-amd.avic=1"]
 ARM64_ONLY = ["arm-smmu-v3.disable_msipolling=1", "arm_smmu_v3.disable_msipolling=1", "arm-smmu.disable_bypass=0",
               "kvm-arm.mode=nvhe", "arm64.nomte"]
 # The IOMMU core's parameters ([ARM64,X86] in kernel-parameters.txt) and everything no architecture owns.
