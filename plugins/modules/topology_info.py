@@ -20,8 +20,12 @@ description:
     neither it nor a device it must be bound with holds the root filesystem or the default route.
   - Unreadable, truncated or malformed attributes and missing links never fail the module; the
     value is reported as V(null) and a finding names the file and what was expected.
-  - Interrupt remapping is read from C(/proc/interrupts) (C(IR-) interrupt chips), C(intremap=off)
-    on the command line, and the Intel IOMMU C(ecap) IR bit; V(null) when none of them tells.
+  - Interrupt remapping is read from C(/proc/interrupts) (C(IR-) interrupt chips), the command line
+    (C(intremap=off) or C(nointremap), unless a later C(intremap=on) undoes it), and the Intel IOMMU
+    C(ecap) IR bit; V(null) when none of them tells.
+  - Kernel arguments are read as the kernel reads them, up to C(--) and with its quoting; of a
+    repeated parameter the last setting the kernel accepts wins, and a boolean takes any value the
+    kernel does (C(1), C(y), C(yes), C(true), C(on)).
 extends_documentation_fragment:
   - gpuvirt.host.attributes
   - gpuvirt.host.attributes.linux
