@@ -42,10 +42,8 @@ from dataclasses import dataclass, field
 
 from ansible_collections.gpuvirt.host.plugins.module_utils.kernel import (
     X86,
-    kernel_arguments,
     kernel_bool,
-    parameter_name,
-    split_argument,
+    parameters,
 )
 from ansible_collections.gpuvirt.host.plugins.module_utils.mdev_info import UUID
 from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import (
@@ -191,11 +189,9 @@ def passthrough_mode(cmdline, x86=True):
     the last of them wins (drivers/iommu/iommu.c, arch/x86/kernel/pci-dma.c). A kernel built to
     default to passthrough (``CONFIG_IOMMU_DEFAULT_PASSTHROUGH``) without them reads False."""
     mode = False
-    for word in kernel_arguments(cmdline):
-        name, value = split_argument(word)
+    for name, value, _word in parameters(cmdline):
         if value is None:
             continue
-        name = parameter_name(name)
         if name == "iommu" and x86:
             for option in value.split(","):
                 # The kernel compares each option's first characters (strncmp).
@@ -215,9 +211,7 @@ def intremap_disabled(cmdline):
     the comma-separated options of ``intremap=``, where ``on`` turns it back on; the last setting wins
     (drivers/iommu/irq_remapping.c compares each option's first characters)."""
     disabled = False
-    for word in kernel_arguments(cmdline):
-        name, value = split_argument(word)
-        name = parameter_name(name)
+    for name, value, _word in parameters(cmdline):
         if name == "nointremap":  # its handler takes no value and ignores one
             disabled = True
         elif name == "intremap" and value is not None:

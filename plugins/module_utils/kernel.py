@@ -7,7 +7,8 @@ Public API (every reader takes the host ``root``):
 - :func:`parse_cmdline` ``(text) -> list[str]``: every word as written (double quotes group spaces)
 - :func:`kernel_arguments` ``(words)``, :func:`init_arguments` ``(words)``: the words before and after
   the first bare ``--`` (the kernel stops parsing there and hands the rest to init)
-- :func:`split_argument` ``(word) -> (name, value | None)``: one word as the kernel reads it
+- :func:`split_argument` ``(word) -> (name, value | None)``: one word as the kernel reads it;
+  :func:`parameters` ``(args)``: ``(name, value, word)`` of each of the kernel's own arguments
 - :func:`cmdline_values` ``(args, key) -> list[str]``, :func:`cmdline_value` ``(args, key) -> str | None``
   (the last wins, as in the kernel; ``-`` and ``_`` alike in names; nothing after ``--``)
 - :func:`kernel_bool` ``(text) -> bool | None``: a boolean value as the kernel reads it;
@@ -115,16 +116,20 @@ def parameter_name(name):
     return name.replace("-", "_")
 
 
+def parameters(args):
+    """``(name, value, word)`` for each of the kernel's arguments in ``args``, in order: ``name`` with
+    ``-`` as ``_``, ``value`` as :func:`split_argument` gives it (None without ``=``), ``word`` as
+    written; nothing after ``--``."""
+    for word in kernel_arguments(args):
+        name, value = split_argument(word)
+        yield parameter_name(name), value, word
+
+
 def cmdline_values(args, key):
     """Every value of ``key=value`` among the kernel's arguments in ``args``, in order, quotes removed;
     ``vfio-pci.ids`` and ``vfio_pci.ids`` are one key; nothing after ``--`` counts."""
     wanted = parameter_name(key)
-    values = []
-    for word in kernel_arguments(args):
-        name, value = split_argument(word)
-        if value is not None and parameter_name(name) == wanted:
-            values.append(value)
-    return values
+    return [value for name, value, _word in parameters(args) if name == wanted and value is not None]
 
 
 def cmdline_value(args, key):
@@ -155,9 +160,8 @@ def cmdline_flag(args, key, bare=True):
     parameter (``param_set_bool()``, kernel/params.c); early parameters refuse it."""
     wanted = parameter_name(key)
     setting = None
-    for word in kernel_arguments(args):
-        name, value = split_argument(word)
-        if parameter_name(name) != wanted:
+    for name, value, _word in parameters(args):
+        if name != wanted:
             continue
         if value is None:
             if bare:

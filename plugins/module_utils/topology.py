@@ -52,10 +52,9 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.kernel import (
     cmdline_value,
     kernel_arguments,
     module_parameter,
-    parameter_name,
+    parameters,
     read_cpu,
     read_kernel,
-    split_argument,
 )
 from ansible_collections.gpuvirt.host.plugins.module_utils.mdev_info import mdev_parents, mdevs
 from ansible_collections.gpuvirt.host.plugins.module_utils.pci import (
@@ -387,12 +386,10 @@ _IOMMU_SWITCHES = ("intel_iommu", "amd_iommu", "iommu")
 def _iommu_off_arguments(cmdline):
     """The arguments, as written, that turn the IOMMU off: ``off`` among the comma-separated options
     of ``intel_iommu=``, ``amd_iommu=`` or ``iommu=``."""
-    off = []
-    for word in cmdline:
-        name, value = split_argument(word)
-        if value is not None and parameter_name(name) in _IOMMU_SWITCHES and "off" in value.split(","):
-            off.append(word)
-    return off
+    return [
+        word for name, value, word in parameters(cmdline)
+        if name in _IOMMU_SWITCHES and value is not None and "off" in value.split(",")
+    ]
 
 
 def _arm_iommu_off(iommu, findings):
