@@ -13,7 +13,7 @@ description:
   - Takes the C(topology) dictionary returned by M(gpuvirt.host.topology_info) (or the whole
     registered result) and returns a list of lines for a person to read.
   - "The lines cover: the IOMMU state; the kernel release and command line; every GPU with its IOMMU
-    group, driver, boot VGA flag, passthrough viability with reasons and the functions to bind
+    group, driver, boot VGA (or boot display) flag, passthrough viability with reasons and the functions to bind
     together; mediated-device parents with their types and free instances; existing mediated
     devices; SR-IOV physical functions with enabled and total VFs; the findings."
 positional: _input
@@ -89,6 +89,8 @@ def _gpu_lines(topology):
         flags = []
         if _get(gpu, "boot_vga", False):
             flags.append("BOOT VGA")
+        elif "boot_display" in _get(_get(gpu, "passthrough", {}), "codes", []):
+            flags.append("BOOT DISPLAY")
         if _get(gpu, "is_vf", False):
             flags.append("VF of %s" % _get(gpu, "physfn", "?"))
         if _get(gpu, "mdev_parent", False):

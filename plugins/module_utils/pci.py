@@ -61,6 +61,7 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.vendors import (
     DEVICE_DEFAULTS,
     backends_for,
     host_graphics_drivers,
+    host_slot_vendors,
     read_vendor_state,
 )
 
@@ -556,11 +557,11 @@ def _read_device_tail(device, findings, directory, known_vfs, reader=None):
     class_code = device.class_code
     if class_code is not None and class_code.startswith("0300"):
         reader = reader or _Reader(address, device.path + "/", findings, directory)
+        # The kernel shows boot_vga on every VGA-class function: a tree without it cannot tell.
         boot_vga, problem = reader.read("boot_vga")
-        if problem is not MISSING:
-            device.boot_vga, doubt = rules.boot_vga_flag(boot_vga if boot_vga is not None else "<%s>" % problem)
-            if doubt is not None:
-                reader.doubt(device, "boot_vga", doubt)
+        device.boot_vga, doubt = rules.boot_vga_flag(boot_vga, problem)
+        if doubt is not None:
+            reader.doubt(device, "boot_vga", doubt)
 
     if known_vfs is not None:
         device.physfn = known_vfs.get(address)
@@ -709,12 +710,16 @@ def companions(devices, address, slots=None):
     """Other functions of ``address``'s slot that belong with it: HDMI/DP audio, USB-C xHCI, UCSI.
 
     Virtual functions are never companions (of each other or of their physical function); bridges
-    neither. ``devices`` is the mapping returned by :func:`read_pci_devices`; pass ``slots`` from
+    neither; nor are the processor's own functions beside the GPU of an APU, whose vendor backend
+    names them (``host_slot_vendors``: an AMD APU's GPU and HDMI/DP audio are ``1002``, the security
+    processor, USB and HD audio controllers in its slot ``1022``), nor that GPU for one of them.
+    ``devices`` is the mapping returned by :func:`read_pci_devices`; pass ``slots`` from
     :func:`slot_index` when calling this for many devices.
     """
     device = devices.get(address)
     if device is None or device.is_vf:
         return []
+    strangers = host_slot_vendors(device.vendor_id)
     same_slot = slots.get(device.slot, ()) if slots is not None else devices
     result = []
     for other_address in same_slot:
@@ -723,6 +728,8 @@ def companions(devices, address, slots=None):
             other is not None
             and other_address != address
             and other.slot == device.slot
+            and other.vendor_id not in strangers
+            and device.vendor_id not in host_slot_vendors(other.vendor_id)
             and not other.is_vf
             and not other.is_bridge
         ):

@@ -38,6 +38,7 @@ import stat
 
 from ansible_collections.gpuvirt.host.plugins.module_utils import host
 from ansible_collections.gpuvirt.host.plugins.module_utils.errors import GpuvirtError
+from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import MISSING
 
 
 class InputError(GpuvirtError, ValueError):
@@ -413,14 +414,21 @@ def load_versioned_json(path, version, what, fix, error=InputError):
 # --------------------------------------------------------------------- sysfs attributes of guards
 
 
-def boot_vga_flag(text):
-    """``(flag, doubt)`` for a ``boot_vga`` attribute: ``"0"``/``"1"`` give False/True; anything
-    else gives None and a doubt, so that the guards refuse instead of taking the device as safe."""
+def boot_vga_flag(text, problem=None):
+    """``(flag, doubt)`` for the ``boot_vga`` attribute of a VGA-class function (``problem``: why it
+    could not be read, as :func:`sysfs.read_attribute` says): ``"0"``/``"1"`` give False/True;
+    anything else, a missing file included (the kernel shows it on every VGA-class function: a
+    snapshot that lacks it), gives None and a doubt, so that the guards refuse instead of taking the
+    device as safe."""
     if text == "1":
         return True, None
     if text == "0":
         return False, None
-    return None, "boot_vga reads %s, expected 0 or 1: it cannot tell whether this is the boot GPU" % _shown(text)
+    if problem is MISSING:
+        return None, ("boot_vga is missing, which the kernel shows on every VGA-class function (a partial "
+                      "snapshot?): it cannot tell whether this is the boot GPU")
+    shown = _shown(text if text is not None else "<%s>" % problem)
+    return None, "boot_vga reads %s, expected 0 or 1: it cannot tell whether this is the boot GPU" % shown
 
 
 _CLASS_FILE = re.compile(r"0x([0-9a-fA-F]{6})\Z")

@@ -9,7 +9,8 @@ Public API:
   ``mdev_parents``, ``mdevs``, ``findings``).
 - :func:`check_root` ``(root)``: raises :class:`NotALinuxTree` with a clear message.
 - :func:`passthrough_verdict` ``(address, devices, iommu_enabled, groups=None, holders=None,
-  critical=None, slots=None) -> dict``: ``viable``, ``reasons``, ``codes``, ``devices`` for one device.
+  critical=None, slots=None, displays=None) -> dict``: ``viable``, ``reasons``, ``codes``, ``devices``
+  for one device.
 - :func:`group_endpoints` ``(devices, group) -> list[str]``: non-bridge members of a group.
 
 Readers it builds on (import them directly when a module needs one piece):
@@ -25,6 +26,7 @@ Readers it builds on (import them directly when a module needs one piece):
 - ``kernel``: :func:`read_kernel`, :func:`read_cpu`, :func:`parse_cmdline`, :func:`cmdline_value`,
   :func:`read_vfio_aliases`, :func:`vfio_variant_drivers`.
 - ``critical``: :func:`critical_devices`.
+- ``display``: :func:`read_displays` (the boot display and framebuffers the kernel marks).
 - ``findings``: :class:`Findings`.
 """
 
@@ -36,6 +38,7 @@ import os
 from ansible_collections.gpuvirt.host.plugins.module_utils import rules, vendors
 from ansible_collections.gpuvirt.host.plugins.module_utils.architecture import architecture_from_iommu
 from ansible_collections.gpuvirt.host.plugins.module_utils.critical import critical_devices
+from ansible_collections.gpuvirt.host.plugins.module_utils.display import Displays, read_displays
 from ansible_collections.gpuvirt.host.plugins.module_utils.errors import GpuvirtError
 from ansible_collections.gpuvirt.host.plugins.module_utils.findings import Findings
 from ansible_collections.gpuvirt.host.plugins.module_utils.iommu import (
@@ -95,13 +98,16 @@ def group_endpoints(devices, group):
     ]
 
 
-def passthrough_verdict(address, devices, iommu_enabled, groups=None, holders=None, critical=None, slots=None):
+def passthrough_verdict(
+    address, devices, iommu_enabled, groups=None, holders=None, critical=None, slots=None, displays=None
+):
     """Whether ``address`` can be handed to a VM now, and if not, why.
 
     ``devices``: ``{address: PciDevice}``; ``groups``: ``{group: [addresses]}`` (computed when
     None); ``holders``: :func:`iommu.vfio_holders` output; ``critical``:
     :func:`critical.critical_devices` output; ``slots``: :func:`pci.slot_index` output (saves a
-    scan of all devices per call). ``devices`` in the result are the addresses to bind together:
+    scan of all devices per call); ``displays``: :func:`display.read_displays` output (the boot
+    display and the framebuffers, none when not given). ``devices`` in the result are the addresses to bind together:
     the device and its companion functions.
 
     ``iommu_enabled`` None (a tree that cannot tell) gives the code ``iommu_unknown``; ``viable`` is
@@ -111,6 +117,7 @@ def passthrough_verdict(address, devices, iommu_enabled, groups=None, holders=No
     groups = groups_from_devices(devices) if groups is None else groups
     holders = holders or {}
     critical = critical or {}
+    displays = displays or Displays()
     bound = [address] + companions(devices, address, slots)
     codes = []
     reasons = []
@@ -139,6 +146,17 @@ def passthrough_verdict(address, devices, iommu_enabled, groups=None, holders=No
         refuse(
             "boot_vga",
             "%s is the boot VGA device: the host console and firmware framebuffer use it" % address,
+        )
+    elif address in displays.boot:
+        refuse(
+            "boot_display",
+            "%s showed the boot sequence (the kernel marks its DRM card with boot_display): the host console "
+            "uses it" % address,
+        )
+    for framebuffer in displays.framebuffers.get(address, ()):
+        refuse(
+            "console_framebuffer",
+            "%s drives the framebuffer %s, which the text console draws on" % (address, framebuffer),
         )
     members = groups.get(device.iommu_group, []) if device.iommu_group is not None else []
     for member in members:
@@ -202,6 +220,7 @@ def _detect(root):
     groups = groups_from_devices(devices)
     holders = vfio_holders(root, findings)
     critical = critical_devices(root)
+    displays = read_displays(root)
     parents = mdev_parents(root, findings, devices)
     parent_names = {entry["parent"] for entry in parents}
     slots = slot_index(devices)
@@ -220,7 +239,8 @@ def _detect(root):
         device_dicts.append(entry)
         if device.is_gpu:
             gpus.append(_gpu_entry(
-                device, devices, iommu, groups, holders, critical, parent_names, slots, findings, architecture, host
+                device, devices, iommu, groups, holders, critical, parent_names, slots, findings, architecture, host,
+                displays,
             ))
 
     return {
@@ -240,8 +260,8 @@ def _detect(root):
 
 
 def _gpu_entry(device, devices, iommu, groups, holders, critical, parent_names, slots, findings, architecture=None,
-               host=None):
-    verdict = passthrough_verdict(device.address, devices, iommu.enabled, groups, holders, critical, slots)
+               host=None, displays=None):
+    verdict = passthrough_verdict(device.address, devices, iommu.enabled, groups, holders, critical, slots, displays)
     unsupported = unsupported_architecture(architecture)
     if unsupported:
         verdict["codes"].insert(0, "architecture_unsupported")
@@ -256,6 +276,7 @@ def _gpu_entry(device, devices, iommu, groups, holders, critical, parent_names, 
         not unsupported
         and device.driver in HOST_GRAPHICS_DRIVERS
         and not device.boot_vga
+        and not _CONSOLE_CODES.intersection(verdict["codes"])
         and not device.is_vf
         and not vgpu_host
     ):
@@ -289,6 +310,10 @@ def _gpu_entry(device, devices, iommu, groups, holders, critical, parent_names, 
         "passthrough": verdict,
         "virtualization": modes,
     }
+
+
+# The verdict's codes for a GPU the host shows its console on: no advice to hand it to vfio-pci.
+_CONSOLE_CODES = frozenset(("boot_display", "console_framebuffer"))
 
 
 def host_architecture(cpu, iommu):

@@ -13,6 +13,11 @@ Interface notes (github.com/amd/MxGPU-Virtualization: gim_shim, gim_drv.c, relea
 - Supported GPUs (GIM 8.x-9.x): MI300X 1002:74a1 (VF 74b5), MI325X 74a5, MI308X 74a2/74a8, 74a9;
   later releases add MI350X/MI355X, MI210X and Radeon PRO V710.
 
+On an APU the GPU and its HDMI/DP audio (``1002``) share their slot with the processor's own functions
+(``1022``: the CCP/PSP, USB and HD audio controllers; Strix Halo ``c5:00.0`` GPU, ``.1`` its audio, ``.2``
+CCP, ``.4`` xHCI, ``.6`` HD audio, each in an IOMMU group of its own): ``host_slot_vendors`` keeps those
+out of the GPU's companions.
+
 So the VF count of a GIM GPU is never written (:meth:`AmdBackend.vf_count_set_by` refuses it with how to
 set it), and its restore step, ``mxgpu`` (before the VF counts are written), waits for GIM to bind each
 recorded GPU and enable its VFs, and checks the count against the recorded one.
@@ -40,6 +45,8 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.vendor_plan import (
 )
 
 VENDOR_ID = "1002"
+# The vendor ID of AMD processors' own PCI functions (host bridges, CCP/PSP, USB, audio).
+PROCESSOR_VENDOR_ID = "1022"
 HOST_DRIVER = "gim"
 GIM_IDS = frozenset(("74a1", "74a2", "74a5", "74a8", "74a9"))
 GIM_DRIVER_FILES = ("guard_status", "guard_threshold", "self_switch", "force_hot_reset", "live_update")
@@ -100,6 +107,9 @@ class AmdBackend(VendorBackend):
     vendor_id = VENDOR_ID
     host_drivers = ("amdgpu", "radeon")
     softdep_drivers = host_drivers
+    # An APU's GPU (1002) shares its slot with the processor's own functions (1022: the CCP/PSP security
+    # processor, USB controllers, the HD audio controller and audio coprocessor); its HDMI/DP audio is 1002.
+    host_slot_vendors = frozenset({PROCESSOR_VENDOR_ID})
     enable_modes = ("mxgpu",)
     restore_steps = (RestoreStep(name="mxgpu", before="sriov", items=_restore_items),)
 

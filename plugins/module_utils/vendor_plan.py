@@ -67,7 +67,7 @@ class VendorBackend:
     :data:`vendors.BACKENDS`.
 
     Reading (:mod:`pci`, :mod:`topology`): ``host_drivers``, ``device_defaults`` / ``gpu_defaults``,
-    :meth:`read_device`, :meth:`gpu_keys`, :meth:`modes`.
+    ``host_slot_vendors``, :meth:`read_device`, :meth:`gpu_keys`, :meth:`modes`.
     Enabling (:mod:`enablement`): ``enable_modes``, :meth:`enable_plan`.
     Carving (:mod:`sriov`, :mod:`mdev`): ``vf_tools``, :meth:`vf_count_set_by`, :meth:`vf_count_advice`,
     :meth:`in_use_reasons`, :meth:`no_mdev_types_hint`.
@@ -80,6 +80,9 @@ class VendorBackend:
     # claim a GPU passed through to VMs before vfio-pci at boot (vfio_pci's modprobe.d soft dependencies).
     host_drivers = ()
     softdep_drivers = ()
+    # Vendor IDs of the functions that share a slot with its GPUs without being part of them (an APU's GPU
+    # sits beside the processor's own functions): never companions of its GPUs, they stay with the host.
+    host_slot_vendors = frozenset()
     device_defaults = {}
     gpu_defaults = {}
     enable_modes = ()

@@ -11,7 +11,8 @@ boot-time restore can ship them as it ships every module_utils file) defines a `
   ``gpu_defaults`` (the keys it adds to every device / GPU entry, with their values for other vendors'
   devices), ``read_device(path, address, findings, directory)`` (its extra sysfs state of one of its devices, kept
   in ``PciDevice.vendor_state``; run only for its vendor's devices and for devices whose vendor could not
-  be read), ``gpu_keys(device)``,
+  be read), ``host_slot_vendors`` (vendor IDs of the processor's functions beside an APU's GPU, never its
+  companions), ``gpu_keys(device)``,
   ``modes(device, host)`` (the virtualization modes the GPU can offer, each ``{"mode", "ready",
   "missing": [what is needed, as advice]}``, and ``unsupported``: why not at all);
 - enabling: ``enable_modes`` and ``enable_plan(device, host, mode, options)``;
@@ -24,7 +25,8 @@ boot-time restore can ship them as it ships every module_utils file) defines a `
 Adding a vendor is one new module and one entry in :data:`BACKENDS`; no generic module names a vendor.
 
 Public API: :data:`BACKENDS`, :func:`backends_for`, :func:`read_vendor_state`,
-:func:`host_graphics_drivers`, :func:`softdep_drivers`, :data:`DEVICE_DEFAULTS`, :func:`gpu_keys`, :class:`HostFacts`,
+:func:`host_graphics_drivers`, :func:`host_slot_vendors`, :func:`softdep_drivers`, :data:`DEVICE_DEFAULTS`,
+:func:`gpu_keys`, :class:`HostFacts`,
 :func:`enable_modes`, :func:`virtualization_modes`, :func:`state_sections`, :func:`restore_steps`,
 :func:`vf_tool`, :func:`vf_tool_methods`, :func:`vf_count_set_by`, :func:`vf_count_advice`,
 :func:`in_use_reasons`, :func:`no_mdev_types_hint`.
@@ -62,6 +64,20 @@ def read_vendor_state(backends, path, address, findings, directory=None):
     for backend in backends:
         state.update(backend.read_device(path, address, findings, directory))
     return state
+
+
+def host_slot_vendors(vendor_id):
+    """The vendor IDs of functions that are never companions of a GPU of ``vendor_id`` (of every backend
+    when the vendor is unknown): the processor's own functions beside an APU's GPU."""
+    found = _HOST_SLOT_VENDORS.get(vendor_id)
+    if found is None:
+        found = _HOST_SLOT_VENDORS[vendor_id] = frozenset(
+            vendor for backend in backends_for(vendor_id) for vendor in backend.host_slot_vendors
+        )
+    return found
+
+
+_HOST_SLOT_VENDORS = {}
 
 
 def host_graphics_drivers():

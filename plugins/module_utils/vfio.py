@@ -11,7 +11,7 @@ boot-time planning :class:`vfio_boot.BootConfigPlanner`):
 - binding and handing back one device (``read_driver``, ``bind_device``, ``release_device``,
   ``is_vfio_driver``...) are in :mod:`vfio_bind`, which the boot-time restore uses too.
 - :func:`read_host` ``(root) -> HostView``: devices, IOMMU state, VFIO holders and host-critical
-  devices through the topology readers; :func:`framebuffer_devices` ``(root)``.
+  devices through the topology readers, and the displays the kernel marks (:mod:`display`).
 - :func:`expand_members` ``(view, selected, with_companions) -> {address: Member}``: selected devices
   plus the other functions of their slots in the same IOMMU group.
 - :func:`bind_refusals`, :func:`in_use_refusals`, :func:`id_refusals` -> ``[Refusal]``: the guards.
@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from ansible_collections.gpuvirt.host.plugins.module_utils import host as host_model
 from ansible_collections.gpuvirt.host.plugins.module_utils import vendors
 from ansible_collections.gpuvirt.host.plugins.module_utils.critical import critical_devices
+from ansible_collections.gpuvirt.host.plugins.module_utils.display import Displays, read_displays
 from ansible_collections.gpuvirt.host.plugins.module_utils.errors import GpuvirtError
 from ansible_collections.gpuvirt.host.plugins.module_utils.files import (
     FileError,
@@ -58,8 +59,6 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.selector import (
 )
 from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import (
     host_path,
-    list_dir,
-    normalize_address,
     read_text,
 )
 from ansible_collections.gpuvirt.host.plugins.module_utils.topology import (
@@ -85,7 +84,6 @@ DRIVERCTL_DIR = "etc/driverctl.d"
 MANAGED_HEADER = "# Managed by gpuvirt.host.vfio_pci; edits are overwritten.\n"
 
 _OPTIONS_IDS = re.compile(r"^\s*options\s+vfio[-_]pci\s+(.*)$")
-_FRAMEBUFFER = re.compile(r"fb[0-9]+\Z")
 
 
 # ------------------------------------------------------------------------------------ selectors
@@ -275,7 +273,7 @@ class HostView:
     holders: dict  # vfio_holders(): {group or address: [{pid, comm}]}
     critical: dict  # critical_devices(): {address: [reasons]}
     slots: dict
-    framebuffers: dict  # {address: [fbN]}
+    displays: Displays  # the boot display (DRM) and the framebuffers each device drives
 
 
 def read_host(root):
@@ -300,23 +298,8 @@ def read_host(root):
         holders=vfio_holders(root),
         critical=critical_devices(root),
         slots=slot_index(devices),
-        framebuffers=framebuffer_devices(root),
+        displays=read_displays(root),
     )
-
-
-def framebuffer_devices(root):
-    """``{PCI address: [fbN, ...]}`` for framebuffers a PCI device drives (fbdev drivers and the
-    fbdev emulation of DRM drivers). The text console (fbcon) draws on these; firmware
-    framebuffers (efifb, simpledrm) belong to a platform device and show up as the boot VGA."""
-    found = {}
-    base = host_path(root, "sys/class/graphics")
-    for name in list_dir(base):
-        if not _FRAMEBUFFER.match(name):  # fb0, fb1, ...; not fbcon
-            continue
-        owner = os.path.basename(os.path.realpath(os.path.join(base, name, "device")))
-        if normalize_address(owner) == owner:
-            found.setdefault(owner, []).append(name)
-    return found
 
 
 @dataclass
@@ -370,7 +353,14 @@ def bind_refusals(view, members, changing):
                 "framebuffer holds it; pass through another GPU, or make this one secondary in the firmware "
                 "setup" % describe(records[address]),
             ))
-        for framebuffer in view.framebuffers.get(address, []):
+        elif address in view.displays.boot:
+            refusals.append(Refusal(
+                "boot_display", address,
+                "%s showed the boot sequence (the kernel marks its DRM card with boot_display): the host "
+                "console uses it; binding it to vfio-pci takes the console away; pass through another GPU, or "
+                "make this one secondary in the firmware setup" % describe(records[address]),
+            ))
+        for framebuffer in view.displays.framebuffers.get(address, []):
             refusals.append(Refusal(
                 "console_framebuffer", address,
                 "%s drives the framebuffer %s, which the text console draws on; binding it to vfio-pci "

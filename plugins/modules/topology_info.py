@@ -15,9 +15,16 @@ description:
     CPU virtualization, the IOMMU groups, every PCI device, every GPU with a passthrough verdict, the
     mediated device parents, types and devices, and findings that say what is wrong and what to do.
   - A GPU can be passed through (RV(topology.gpus[].passthrough.viable)) when the IOMMU is on, every
-    other endpoint in its IOMMU group is a function of the same slot (HDMI/DP audio, USB-C xHCI,
-    UCSI) or a PCI bridge, it is not the boot VGA device, no process holds its VFIO device, and
-    neither it nor a device it must be bound with holds the root filesystem or the default route.
+    other endpoint in its IOMMU group is a function of the same slot (HDMI/DP audio, USB-C xHCI, UCSI;
+    not the processor's functions beside an APU's GPU) or a PCI bridge, the host does not show its
+    console on it (the boot VGA device, the boot display, a framebuffer), no process holds its VFIO
+    device, and neither it nor a device it must be bound with holds the root filesystem or the default
+    route.
+  - "The console GPU is read where the kernel marks it: C(boot_vga) (VGA-class functions only; a
+    VGA-class function without it, as in a partial snapshot, is doubtful), the C(boot_display) file
+    newer kernels put on the DRM card of the display that showed the boot sequence, whatever its
+    class (the GPU of an AMD APU is a display controller, class 0380, without C(boot_vga)), and the
+    framebuffers under C(/sys/class/graphics) a device drives."
   - Unreadable, truncated or malformed attributes and missing links never fail the module; the
     value is reported as V(null) and a finding names the file and what was expected.
   - Interrupt remapping is read from C(/proc/interrupts) (C(IR-) interrupt chips), the command line
@@ -303,7 +310,9 @@ topology:
           type: int
           sample: 0
         boot_vga:
-          description: The firmware used this device as the boot display.
+          description:
+            - The kernel's C(boot_vga) of a VGA-class function (V(false) for other classes, which do not
+              have it); V(null) when it is missing or malformed on a VGA-class function.
           returned: success
           type: bool
           sample: false
@@ -427,7 +436,9 @@ topology:
           type: str
           sample: nvidia
         boot_vga:
-          description: The boot display device.
+          description:
+            - The kernel's C(boot_vga), as in RV(topology.devices[].boot_vga). A boot display of another
+              class shows as the V(boot_display) code of RV(topology.gpus[].passthrough).
           returned: success
           type: bool
           sample: false
@@ -511,14 +522,19 @@ topology:
             codes:
               description:
                 - Stable codes of the reasons, each once - V(architecture_unsupported), V(iommu_disabled),
-                  V(iommu_unknown), V(no_iommu_group), V(boot_vga), V(doubtful_attribute) (a C(boot_vga), C(class),
-                  C(iommu_group) or C(driver) that reads malformed), V(group_shared), V(in_use), V(host_critical).
+                  V(iommu_unknown), V(no_iommu_group), V(boot_vga), V(boot_display) (its DRM card is marked
+                  as the boot display), V(console_framebuffer) (it drives a framebuffer the text console draws
+                  on), V(doubtful_attribute) (a C(boot_vga), C(class), C(iommu_group) or C(driver) that reads
+                  malformed, or a C(boot_vga) missing), V(group_shared), V(in_use), V(host_critical).
               returned: success
               type: list
               elements: str
               sample: [boot_vga]
             devices:
-              description: Addresses to bind to vfio-pci together, the GPU and its companion functions.
+              description:
+                - Addresses to bind to vfio-pci together, the GPU and its companion functions (the other
+                  functions of its slot; an APU's GPU leaves the processor's functions beside it to the
+                  host).
               returned: success
               type: list
               elements: str

@@ -25,13 +25,18 @@ description:
     kernel matches the device's C(modalias) (the most specific pattern when several do, as libvirt picks
     them), else vfio-pci. A device on vfio-pci that a variant driver matches is moved to it."
   - With O(companions=true) the other functions of the selected card's slot that share its IOMMU group
-    (HDMI/DP audio, USB-C xHCI, UCSI) are bound too, as a VM can only get a whole group.
+    (HDMI/DP audio, USB-C xHCI, UCSI) are bound too, as a VM can only get a whole group. The GPU of an
+    AMD APU shares its slot with the processor's own functions (the security processor, USB and audio
+    controllers, vendor 1022; the GPU and its HDMI audio are 1002), which are not its companions and
+    stay with the host.
   - "Runtime binding uses the kernel's protocol: load the driver's module when
     C(/sys/bus/pci/drivers/<driver>) does not exist, write the driver name to C(driver_override), unbind
     the current driver, write the address to C(/sys/bus/pci/drivers_probe), then read the C(driver) link
     back. A bind the kernel accepted but that did not take effect is undone and reported as an error."
-  - "Guards, each a clear error that changes nothing unless O(force=true): the boot VGA device or a GPU
-    driving a console framebuffer; an IOMMU group that holds an endpoint which is neither a companion
+  - "Guards, each a clear error that changes nothing unless O(force=true): the boot VGA device, the boot
+    display of another class (the C(boot_display) newer kernels put on its DRM card; an AMD APU's GPU
+    has no C(boot_vga)), a VGA-class device whose C(boot_vga) is missing, or a GPU driving a console
+    framebuffer; an IOMMU group that holds an endpoint which is neither a companion
     nor being bound (a NIC, a disk controller), naming that device; a group holding the root
     filesystem's disk controller or the NIC of the default route; a device whose C(/dev/vfio/<group>) a
     process holds open (a running VM) when its driver would change; ID-based persistence that would
@@ -101,7 +106,8 @@ options:
     default: present
   companions:
     description:
-      - Also bind (or release) the other functions of each selected device's slot in its IOMMU group.
+      - Also bind (or release) the other functions of each selected device's slot in its IOMMU group
+        (not the processor's functions beside an APU's GPU).
     type: bool
     default: true
   runtime:

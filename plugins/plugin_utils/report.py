@@ -17,7 +17,8 @@ Public API:
 
 Verdicts of a device in a picture: ``viable`` (a GPU that can be passed through now or once bound to
 vfio-pci), ``companion`` (a function that goes with such a GPU), ``blocked`` (a GPU that cannot, with
-the reasons), ``boot-vga``, ``host-critical`` (root disk, default route), ``bridge``, ``other`` (a
+the reasons), ``boot-vga`` (the boot VGA device, or the boot display the kernel marks on a GPU of
+another class), ``host-critical`` (root disk, default route), ``bridge``, ``other`` (a
 device sharing the group).
 """
 
@@ -152,7 +153,7 @@ def _verdicts(topology):
         address = gpu.get("address")
         passthrough = _dict(gpu.get("passthrough"))
         codes = _list(passthrough.get("codes"))
-        if gpu.get("boot_vga"):
+        if gpu.get("boot_vga") or "boot_display" in codes:
             verdict = "boot-vga"
         elif "host_critical" in codes or _list(devices.get(address, {}).get("critical")):
             verdict = "host-critical"

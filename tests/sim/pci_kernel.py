@@ -30,6 +30,9 @@ Plugs into :class:`sim.mdev_kernel.KernelSim`, which routes the writes of the co
   bind the unbound devices it matches) / remove it (``ENODEV`` when it is not in the table).
 - Binding vfio-pci creates ``dev/vfio/<group>``; it goes when the group's last device leaves vfio-pci.
 - The device's ``uevent`` carries ``DRIVER=<name>`` while a driver is bound, as the kernel generates it.
+- Releasing a device from its driver takes away what the driver registered below it: its DRM cards
+  (``drm/cardN``, ``drm/renderDN``, linked from ``sys/class/drm``) and framebuffers (``graphics/fbN``,
+  linked from ``sys/class/graphics``).
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ import contextlib
 import errno
 import os
 import re
+import shutil
 
 VFIO = "vfio-pci"
 
@@ -248,12 +252,23 @@ class PciKernel:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path("sys/bus/pci/drivers", driver, address))
         self._uevent(device, None)
+        self._unregister_displays(device)
         if self.is_vfio(driver):
             group = self.group_of(address)
             members = os.listdir(self.path("sys/kernel/iommu_groups", group, "devices"))
             if not any(self.is_vfio(self.driver_of(member)) for member in members):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(self.path("dev/vfio", group))
+
+    def _unregister_displays(self, device):
+        for subsystem, klass in (("drm", "sys/class/drm"), ("graphics", "sys/class/graphics")):
+            directory = os.path.join(device, subsystem)
+            if not os.path.isdir(directory):
+                continue
+            for name in os.listdir(directory):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.path(klass, name))
+            shutil.rmtree(directory)
 
     @staticmethod
     def _uevent(device, driver):

@@ -113,3 +113,12 @@ def test_bad_input_is_a_clear_filter_error(bad):
 
 def test_filter_is_registered():
     assert FilterModule().filters()["topology_summary"] is topology_summary
+
+
+def test_a_boot_display_of_another_class_is_flagged():
+    topology = _topology()
+    topology["gpus"][0]["passthrough"] = {"viable": False, "codes": ["boot_display", "group_shared"],
+                                          "reasons": ["showed the boot sequence"], "devices": ["0000:03:01.0"]}
+    lines = topology_summary(topology)
+    assert "BOOT DISPLAY" in _gpu_block(lines, "0000:03:01.0")[0]
+    assert "BOOT DISPLAY" not in _gpu_block(lines, "0000:00:02.0")[0]

@@ -52,6 +52,19 @@ def test_capture_of_the_large_host(make_host, tmp_path):
     same_topology(root, output)
 
 
+def test_capture_keeps_the_boot_display_and_the_framebuffers(make_host, tmp_path):
+    root = make_host("strix_halo", kernel={"release": "6.18.2-061802-generic"},
+                     patch_devices={"c5:00.0": {"boot_display": True}})
+
+    output, _devices, _copied = capture.capture(root, str(tmp_path / "snapshot"))
+
+    same_topology(root, output)
+    codes = next(g for g in detect(output)["gpus"] if g["address"] == "0000:c5:00.0")["passthrough"]["codes"]
+    assert codes == ["boot_display", "console_framebuffer"]
+    assert os.readlink(os.path.join(output, "sys/class/drm/card0/device")) == "../../../0000:c5:00.0"
+    assert not os.path.lexists(os.path.join(output, "sys/class/drm/renderD128"))
+
+
 def test_tarball_with_vm_processes_and_variants(make_host, tmp_path):
     root = make_host(
         "desktop_dgpu_nic",

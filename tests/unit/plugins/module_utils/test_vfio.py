@@ -10,7 +10,7 @@ import re
 
 import pytest
 
-from ansible_collections.gpuvirt.host.plugins.module_utils import vfio, vfio_bind
+from ansible_collections.gpuvirt.host.plugins.module_utils import display, vfio, vfio_bind
 from ansible_collections.gpuvirt.host.plugins.module_utils.selector import SelectorError, parse_selector
 from ansible_collections.gpuvirt.host.tests.sim.mdev_kernel import KernelSim
 from ansible_collections.gpuvirt.host.tests.sim.pci_kernel import PciKernel
@@ -193,7 +193,7 @@ def test_a_console_framebuffer_is_refused(desktop):
     os.makedirs(os.path.join(desktop, "sys/devices/platform/simple-framebuffer.0"))
     os.makedirs(simple)
     os.symlink(os.path.join(desktop, "sys/devices/platform/simple-framebuffer.0"), os.path.join(simple, "device"))
-    assert vfio.framebuffer_devices(desktop) == {GPU: ["fb0"]}
+    assert display.framebuffer_devices(desktop) == {GPU: ["fb0"]}
     view = vfio.read_host(desktop)
     refusals = vfio.bind_refusals(view, vfio.expand_members(view, {GPU: []}, True), [])
     assert codes(refusals) == ["console_framebuffer"]

@@ -93,3 +93,15 @@ def test_the_page_loads_nothing_from_elsewhere(make_host):
     page = render([_record(detect(make_host("amd_host")))])
     assert "http://" not in page and "https://" not in page and " src=" not in page
     assert "default-src 'none'" in page
+
+
+def test_the_boot_display_of_another_class_is_drawn_as_the_boot_gpu(make_host):
+    # strix_halo: the APU's GPU is a display controller without boot_vga; a newer kernel marks its DRM card.
+    root = make_host("strix_halo", kernel={"release": "6.18.2-061802-generic"},
+                     patch_devices={"c5:00.0": {"boot_display": True}})
+    boxes = {box["group"]: box["devices"] for box in group_boxes(detect(root))}
+    gpu = next(d for devices in boxes.values() for d in devices if d["address"] == "0000:c5:00.0")
+    assert gpu["verdict"] == "boot-vga"
+    older = {box["group"]: box["devices"] for box in group_boxes(detect(make_host("strix_halo")))}
+    gpu = next(d for devices in older.values() for d in devices if d["address"] == "0000:c5:00.0")
+    assert gpu["verdict"] == "blocked" and gpu["codes"] == ["console_framebuffer"]

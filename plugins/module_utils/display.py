@@ -1,0 +1,91 @@
+# Copyright (c) gpuvirt.host contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Which GPUs the host shows its console on, as the kernel marks them: the guards leave them to the host.
+
+The kernel marks the host's display GPUs in three places:
+
+- ``boot_vga`` of a PCI function (read with each device by :mod:`pci`): ``1`` on the VGA device the
+  firmware booted on. The kernel shows it on VGA-class functions (class ``0300``) only: the GPU of
+  an AMD APU is a display controller (class ``0380``) and has none, even when it is the only GPU.
+- ``boot_display`` of a DRM card (``/sys/class/drm/cardN/boot_display``, ``Documentation/ABI/testing/
+  sysfs-class-drm``): newer kernels create it, reading ``1``, on the card of the PCI device whose
+  display showed the boot sequence, whatever its class. Older kernels, a boot display no DRM driver
+  drives and a snapshot without ``sys/class/drm`` show none.
+- framebuffers (``/sys/class/graphics/fbN/device``): a PCI device that drives one (an fbdev driver,
+  or a DRM driver's fbdev emulation) carries the text console, which draws on framebuffers. Firmware
+  framebuffers (efifb, simpledrm) belong to a platform device, not to a PCI address.
+
+Public API: :class:`Displays`, :func:`read_displays` ``(root) -> Displays``,
+:func:`boot_display_devices` ``(root) -> frozenset``, :func:`framebuffer_devices` ``(root) -> {address:
+[fbN]}``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+
+from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import (
+    MISSING,
+    host_path,
+    list_dir,
+    normalize_address,
+    read_attribute,
+)
+
+DRM_CLASS = "sys/class/drm"
+GRAPHICS_CLASS = "sys/class/graphics"
+_CARD = re.compile(r"card[0-9]+\Z")  # card0, not its connectors (card0-HDMI-A-1) nor renderD128
+_FRAMEBUFFER = re.compile(r"fb[0-9]+\Z")  # fb0, fb1, ...; not fbcon
+
+
+@dataclass(frozen=True)
+class Displays:
+    """``boot``: the addresses whose DRM card is marked as the boot display; ``framebuffers``:
+    ``{address: [fbN, ...]}`` for the framebuffers a PCI device drives."""
+
+    boot: frozenset = frozenset()
+    framebuffers: dict = field(default_factory=dict)
+
+
+def read_displays(root):
+    return Displays(boot=boot_display_devices(root), framebuffers=framebuffer_devices(root))
+
+
+def boot_display_devices(root):
+    """The PCI addresses whose DRM card has ``boot_display``. The kernel creates the file on that one
+    card only, so its presence decides: a file that cannot be read, or reads otherwise than ``1``,
+    still marks the card."""
+    found = set()
+    base = host_path(root, DRM_CLASS)
+    for name in list_dir(base):
+        if not _CARD.match(name):
+            continue
+        _text, problem = read_attribute("%s/%s/boot_display" % (base, name))
+        if problem is MISSING:
+            continue
+        owner = _owner("%s/%s" % (base, name))
+        if owner is not None:
+            found.add(owner)
+    return frozenset(found)
+
+
+def framebuffer_devices(root):
+    """``{PCI address: [fbN, ...]}`` for the framebuffers a PCI device drives."""
+    found = {}
+    base = host_path(root, GRAPHICS_CLASS)
+    for name in list_dir(base):
+        if not _FRAMEBUFFER.match(name):
+            continue
+        owner = _owner("%s/%s" % (base, name))
+        if owner is not None:
+            found.setdefault(owner, []).append(name)
+    return found
+
+
+def _owner(node):
+    """The PCI address of the device a class node belongs to (its ``device`` link), or None for a
+    device of another bus (simpledrm's platform device)."""
+    owner = os.path.basename(os.path.realpath(node + "/device"))
+    return owner if normalize_address(owner) == owner else None

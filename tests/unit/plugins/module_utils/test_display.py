@@ -1,0 +1,150 @@
+# Copyright (c) gpuvirt.host contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The host's console GPU as the kernel marks it, and an APU's GPU beside the processor's functions.
+
+The ``strix_halo`` fixture is an AMD Ryzen AI MAX+ 395 as a GMKtec EVO-X2 shows it: the iGPU
+(``c5:00.0``, class 0380, no ``boot_vga``) is the only GPU and drives the console; its slot also holds
+its HDMI audio (``.1``, 1002) and the processor's CCP/PSP, xHCI and HD audio (``.2``, ``.4``, ``.6``,
+1022), each function in an IOMMU group of its own.
+"""
+
+from __future__ import annotations
+
+import os
+
+from ansible_collections.gpuvirt.host.plugins.module_utils import display, rules, vfio
+from ansible_collections.gpuvirt.host.plugins.module_utils.pci import companions, read_pci_devices
+from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import MISSING
+from ansible_collections.gpuvirt.host.plugins.module_utils.topology import detect
+
+IGPU = "0000:c5:00.0"
+IGPU_AUDIO = "0000:c5:00.1"
+PROCESSOR_FUNCTIONS = ["0000:c5:00.2", "0000:c5:00.4", "0000:c5:00.6"]
+# Newer kernels mark the card of the display that showed the boot sequence.
+BOOT_DISPLAY = {"kernel": {"release": "6.18.2-061802-generic"}, "patch_devices": {"c5:00.0": {"boot_display": True}}}
+
+
+def gpu_entry(topology, address):
+    return next(gpu for gpu in topology["gpus"] if gpu["address"] == address)
+
+
+def codes(topology, address):
+    return gpu_entry(topology, address)["passthrough"]["codes"]
+
+
+# ------------------------------------------------------------------------------- the readers
+
+
+def test_the_boot_display_and_the_framebuffer_name_the_igpu(make_host):
+    root = make_host("strix_halo", **BOOT_DISPLAY)
+    assert display.boot_display_devices(root) == frozenset({IGPU})
+    assert display.framebuffer_devices(root) == {IGPU: ["fb0"]}
+    assert display.read_displays(root) == display.Displays(boot=frozenset({IGPU}), framebuffers={IGPU: ["fb0"]})
+
+
+def test_older_kernels_and_snapshots_without_the_classes_mark_nothing(make_host):
+    assert display.boot_display_devices(make_host("strix_halo")) == frozenset()
+    bare = make_host("desktop_dgpu")
+    assert not os.path.exists(os.path.join(bare, "sys/class/drm"))
+    assert display.read_displays(bare) == display.Displays()
+
+
+def test_only_a_card_of_a_pci_device_counts_and_its_presence_decides(make_host):
+    root = make_host("strix_halo")
+    drm = os.path.join(root, "sys/class/drm")
+    card = os.path.realpath(os.path.join(drm, "card0"))
+    # A connector and a render node are not cards; simpledrm's card belongs to a platform device.
+    for name in ("card0-HDMI-A-1", "renderD128"):
+        node = os.path.join(card if name.startswith("card0-") else os.path.dirname(card), name)
+        os.makedirs(node, exist_ok=True)
+        with open(os.path.join(node, "boot_display"), "w") as handle:
+            handle.write("1\n")
+        if not os.path.lexists(os.path.join(drm, name)):
+            os.symlink(os.path.relpath(node, drm), os.path.join(drm, name))
+    platform = os.path.join(root, "sys/devices/platform/simple-framebuffer.0")
+    os.makedirs(os.path.join(platform, "drm/card1"))
+    card1 = os.path.join(platform, "drm/card1")
+    os.symlink(os.path.relpath(platform, card1), os.path.join(card1, "device"))
+    with open(os.path.join(platform, "drm/card1/boot_display"), "w") as handle:
+        handle.write("1\n")
+    os.symlink(os.path.relpath(os.path.join(platform, "drm/card1"), drm), os.path.join(drm, "card1"))
+    assert display.boot_display_devices(root) == frozenset()
+    # The kernel creates the file on the boot display's card only: whatever it reads, it marks the card.
+    with open(os.path.join(card, "boot_display"), "w") as handle:
+        handle.write("garbled\n")
+    assert display.boot_display_devices(root) == frozenset({IGPU})
+
+
+# ---------------------------------------------------------------------------- the verdicts
+
+
+def test_an_apu_gpu_goes_with_its_own_audio_and_leaves_the_processor_functions(make_host):
+    root = make_host("strix_halo")
+    devices = read_pci_devices(root)
+    assert companions(devices, IGPU) == [IGPU_AUDIO]
+    assert companions(devices, IGPU_AUDIO) == [IGPU]
+    for address in PROCESSOR_FUNCTIONS:
+        assert IGPU not in companions(devices, address) and IGPU_AUDIO not in companions(devices, address)
+    assert gpu_entry(detect(root), IGPU)["passthrough"]["devices"] == [IGPU, IGPU_AUDIO]
+
+
+def test_the_processor_functions_sharing_the_apu_gpu_group_block_it(make_host):
+    # Without ACS between the functions the kernel puts the slot in one group: the host's USB and
+    # security processor would have to go with the GPU, which the verdict says instead of taking them.
+    root = make_host("strix_halo", patch_devices={a: {"group": 28} for a in [IGPU, IGPU_AUDIO] + PROCESSOR_FUNCTIONS})
+    verdict = gpu_entry(detect(root), IGPU)["passthrough"]
+    assert verdict["devices"] == [IGPU, IGPU_AUDIO]
+    assert "group_shared" in verdict["codes"]
+    assert sum("IOMMU group 28 also holds" in reason for reason in verdict["reasons"]) == 3
+
+
+def test_the_console_apu_gpu_is_not_viable(make_host):
+    topology = detect(make_host("strix_halo"))
+    entry = gpu_entry(topology, IGPU)
+    assert entry["boot_vga"] is False
+    assert entry["passthrough"]["viable"] is False
+    assert entry["passthrough"]["codes"] == ["console_framebuffer"]
+    assert entry["passthrough"]["reasons"] == [
+        "0000:c5:00.0 drives the framebuffer fb0, which the text console draws on"
+    ]
+    # No advice to hand the GPU the console draws on to vfio-pci.
+    assert not [f for f in topology["findings"] if f["code"] == "host_graphics_driver"]
+
+
+def test_the_boot_display_of_another_class_is_kept_like_the_boot_vga(make_host):
+    topology = detect(make_host("strix_halo", **BOOT_DISPLAY))
+    assert codes(topology, IGPU) == ["boot_display", "console_framebuffer"]
+    assert "showed the boot sequence" in gpu_entry(topology, IGPU)["passthrough"]["reasons"][0]
+    # No advice to hand the host's boot display to vfio-pci.
+    assert not [f for f in topology["findings"] if f["code"] == "host_graphics_driver"]
+
+
+def test_a_vga_function_without_boot_vga_is_doubtful(make_host):
+    root = make_host("desktop_dgpu", files={"sys/bus/pci/devices/0000:00:02.0/boot_vga": None})
+    topology = detect(root)
+    entry = gpu_entry(topology, "0000:00:02.0")
+    assert entry["boot_vga"] is None
+    assert entry["passthrough"]["viable"] is False
+    assert entry["passthrough"]["codes"] == ["doubtful_attribute"]
+    assert "boot_vga is missing" in entry["passthrough"]["reasons"][0]
+    assert [f["device"] for f in topology["findings"] if f["code"] == "doubtful_attribute"] == ["0000:00:02.0"]
+    # A display controller (0380) has no boot_vga to miss.
+    assert gpu_entry(detect(make_host("strix_halo")), IGPU)["boot_vga"] is False
+
+
+def test_boot_vga_flag_wording():
+    assert rules.boot_vga_flag("1") == (True, None)
+    flag, doubt = rules.boot_vga_flag(None, MISSING)
+    assert flag is None and doubt.startswith("boot_vga is missing, which the kernel shows on every VGA-class")
+    flag, doubt = rules.boot_vga_flag(None, "unreadable: Permission denied")
+    assert flag is None and "reads '<unreadable: Permission denied>'" in doubt
+
+
+# ---------------------------------------------------------------------- vfio-pci's companions
+
+
+def test_the_groups_unknown_the_apu_gpu_takes_only_its_audio(make_host):
+    # IOMMU off (the first run, before the reboot): companions cannot be checked against the groups.
+    root = make_host("strix_halo", iommu={"enabled": False})
+    view = vfio.read_host(root)
+    assert sorted(vfio.expand_members(view, {IGPU: []}, True)) == [IGPU, IGPU_AUDIO]

@@ -1,0 +1,62 @@
+# Copyright (c) gpuvirt.host contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""``gpuvirt.host.vfio_pci`` on an AMD APU whose GPU carries the console (the ``strix_halo`` fixture, its
+PCI core simulated): refused unless forced, and forced it leaves the processor's functions of its slot."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from ansible_collections.gpuvirt.host.plugins.module_utils import display, vfio, vfio_bind
+from ansible_collections.gpuvirt.host.tests.sim.mdev_kernel import KernelSim
+from ansible_collections.gpuvirt.host.tests.sim.pci_kernel import PciKernel
+
+IGPU = "0000:c5:00.0"
+IGPU_AUDIO = "0000:c5:00.1"
+PROCESSOR_FUNCTIONS = ["0000:c5:00.2", "0000:c5:00.4", "0000:c5:00.6"]
+BOOT_DISPLAY = {"kernel": {"release": "6.18.2-061802-generic"}, "patch_devices": {"c5:00.0": {"boot_display": True}}}
+
+
+@pytest.mark.parametrize(
+    "changes, expected",
+    [({}, ["console_framebuffer"]), (BOOT_DISPLAY, ["boot_display", "console_framebuffer"])],
+)
+def test_vfio_pci_refuses_the_console_apu_gpu(make_host, vfio_pci, changes, expected):
+    root = make_host("strix_halo", kernel=dict(changes.get("kernel", {}), modules=["amdgpu", "vfio_pci"]),
+                     **{k: v for k, v in changes.items() if k != "kernel"})
+    kernel = PciKernel(KernelSim(root))
+    result = vfio_pci(root, kernel=kernel, devices=["Radeon 8060S Graphics"], persistent=False)
+    assert result["rc"] == 1 and result["changed"] is False, result
+    assert sorted(r["code"] for r in result["refusals"]) == expected
+    assert kernel.sim.writes == []
+
+
+def test_forced_the_apu_gpu_goes_alone_and_its_card_goes_away(make_host, vfio_pci):
+    root = make_host("strix_halo", kernel=dict(BOOT_DISPLAY["kernel"], modules=["amdgpu", "vfio_pci"]),
+                     patch_devices=BOOT_DISPLAY["patch_devices"])
+    kernel = PciKernel(KernelSim(root))
+    result = vfio_pci(root, kernel=kernel, devices=[IGPU], force=True, persistent=False)
+    assert result["rc"] == 0 and result["changed"] is True, result
+    # Every function of the slot has an IOMMU group of its own: the GPU goes alone.
+    assert sorted(result["devices"]) == [IGPU]
+    assert vfio_bind.read_driver(root, IGPU) == "vfio-pci"
+    assert [vfio_bind.read_driver(root, a) for a in [IGPU_AUDIO] + PROCESSOR_FUNCTIONS] == [
+        "snd_hda_intel", "ccp", "xhci_hcd", "snd_hda_intel"]
+    # amdgpu released the GPU: its card and framebuffer went with it.
+    assert display.read_displays(root) == display.Displays()
+
+
+def test_with_the_iommu_off_the_boot_configuration_names_the_gpu_and_its_audio_only(make_host, vfio_pci):
+    # The first run, before the reboot that turns the IOMMU on: the groups are not known, so the slot's
+    # functions that go with the GPU are all that the next boot binds; the processor's USB controller,
+    # security processor and HD audio must not be among them.
+    root = make_host("strix_halo", kernel={"modules": ["amdgpu", "vfio_pci"]}, iommu={"enabled": False})
+    kernel = PciKernel(KernelSim(root))
+    result = vfio_pci(root, kernel=kernel, devices=[IGPU], force=True)
+    assert result["rc"] == 0 and result["changed"] is True, result
+    assert sorted(result["devices"]) == [IGPU, IGPU_AUDIO]
+    with open(os.path.join(root, "etc/modprobe.d/gpuvirt-vfio.conf")) as handle:
+        assert vfio.modprobe_ids(handle.read()) == ["1002:1586", "1002:1640"]
+    assert kernel.sim.writes == []
