@@ -11,13 +11,16 @@ The kernel marks the host's display GPUs in three places:
   sysfs-class-drm``): newer kernels create it, reading ``1``, on the card of the PCI device whose
   display showed the boot sequence, whatever its class. Older kernels, a boot display no DRM driver
   drives and a snapshot without ``sys/class/drm`` show none.
-- framebuffers (``/sys/class/graphics/fbN/device``): a PCI device that drives one (an fbdev driver,
-  or a DRM driver's fbdev emulation) carries the text console, which draws on framebuffers. Firmware
-  framebuffers (efifb, simpledrm) belong to a platform device, not to a PCI address.
+- framebuffers (``/sys/class/graphics/fbN/device``): the PCI device that drives one (an fbdev
+  driver, or a DRM driver's fbdev emulation). The text console (fbcon) draws on ``fb0`` unless the
+  command line maps its consoles elsewhere (``fbcon=map:<digits>``, one framebuffer number per
+  console in turn; the last map given wins): the device that drives that framebuffer carries the
+  console. Other framebuffers (a second GPU's, registered after the boot display's) carry none.
+  Firmware framebuffers (efifb, simpledrm) belong to a platform device, not to a PCI address.
 
-Public API: :class:`Displays`, :func:`read_displays` ``(root) -> Displays``,
+Public API: :class:`Displays`, :func:`read_displays` ``(root, cmdline=None) -> Displays``,
 :func:`boot_display_devices` ``(root) -> frozenset``, :func:`framebuffer_devices` ``(root) -> {address:
-[fbN]}``.
+[fbN]}``, :func:`console_framebuffers` ``(cmdline) -> frozenset``.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import os
 import re
 from dataclasses import dataclass, field
 
+from ansible_collections.gpuvirt.host.plugins.module_utils.kernel import cmdline_values
 from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import (
     MISSING,
     host_path,
@@ -43,14 +47,41 @@ _FRAMEBUFFER = re.compile(r"fb[0-9]+\Z")  # fb0, fb1, ...; not fbcon
 @dataclass(frozen=True)
 class Displays:
     """``boot``: the addresses whose DRM card is marked as the boot display; ``framebuffers``:
-    ``{address: [fbN, ...]}`` for the framebuffers a PCI device drives."""
+    ``{address: [fbN, ...]}`` for the framebuffers a PCI device drives; ``console``: the framebuffers
+    the text console draws on."""
 
     boot: frozenset = frozenset()
     framebuffers: dict = field(default_factory=dict)
+    console: frozenset = frozenset(("fb0",))
+
+    def console_framebuffers(self, address):
+        """The framebuffers the text console draws on that ``address`` drives."""
+        return [name for name in self.framebuffers.get(address, ()) if name in self.console]
 
 
-def read_displays(root):
-    return Displays(boot=boot_display_devices(root), framebuffers=framebuffer_devices(root))
+def read_displays(root, cmdline=None):
+    """The displays below ``root``; ``cmdline``: the running kernel's arguments (for ``fbcon=map:``)."""
+    return Displays(
+        boot=boot_display_devices(root), framebuffers=framebuffer_devices(root),
+        console=console_framebuffers(cmdline or []),
+    )
+
+
+def console_framebuffers(cmdline):
+    """The framebuffers fbcon maps its consoles to, as ``fb_console_setup()`` reads ``fbcon=``
+    (comma-separated options; ``map:`` takes each character as a framebuffer number, its code less
+    ``'0'`` modulo 32, and one below ``'0'`` as none): ``fb0`` without a map."""
+    mapping = None
+    for value in cmdline_values(cmdline, "fbcon"):
+        for option in value.split(","):
+            if option.startswith("map:") and len(option) > 4:
+                mapping = option[4:]
+    if mapping is None:
+        return frozenset(("fb0",))
+    return frozenset("fb%d" % ((ord(char) - ord("0")) % _FB_MAX) for char in mapping if "0" <= char < "\x80")
+
+
+_FB_MAX = 32  # FB_MAX in include/uapi/linux/fb.h
 
 
 def boot_display_devices(root):

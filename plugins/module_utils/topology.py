@@ -153,7 +153,7 @@ def passthrough_verdict(
             "%s showed the boot sequence (the kernel marks its DRM card with boot_display): the host console "
             "uses it" % address,
         )
-    for framebuffer in displays.framebuffers.get(address, ()):
+    for framebuffer in displays.console_framebuffers(address):
         refuse(
             "console_framebuffer",
             "%s drives the framebuffer %s, which the text console draws on" % (address, framebuffer),
@@ -220,7 +220,7 @@ def _detect(root):
     groups = groups_from_devices(devices)
     holders = vfio_holders(root, findings)
     critical = critical_devices(root)
-    displays = read_displays(root)
+    displays = read_displays(root, cmdline)
     parents = mdev_parents(root, findings, devices)
     parent_names = {entry["parent"] for entry in parents}
     slots = slot_index(devices)

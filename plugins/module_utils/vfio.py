@@ -298,7 +298,7 @@ def read_host(root):
         holders=vfio_holders(root),
         critical=critical_devices(root),
         slots=slot_index(devices),
-        displays=read_displays(root),
+        displays=read_displays(root, kernel["cmdline"] or []),
     )
 
 
@@ -360,7 +360,7 @@ def bind_refusals(view, members, changing):
                 "console uses it; binding it to vfio-pci takes the console away; pass through another GPU, or "
                 "make this one secondary in the firmware setup" % describe(records[address]),
             ))
-        for framebuffer in view.displays.framebuffers.get(address, []):
+        for framebuffer in view.displays.console_framebuffers(address):
             refusals.append(Refusal(
                 "console_framebuffer", address,
                 "%s drives the framebuffer %s, which the text console draws on; binding it to vfio-pci "

@@ -24,7 +24,9 @@ description:
     VGA-class function without it, as in a partial snapshot, is doubtful), the C(boot_display) file
     newer kernels put on the DRM card of the display that showed the boot sequence, whatever its
     class (the GPU of an AMD APU is a display controller, class 0380, without C(boot_vga)), and the
-    framebuffers under C(/sys/class/graphics) a device drives."
+    framebuffer the text console draws on (C(/sys/class/graphics/fb0), or those a
+    C(fbcon=map:<digits>) argument names) with the device that drives it; a second GPU's framebuffer
+    carries no console."
   - Unreadable, truncated or malformed attributes and missing links never fail the module; the
     value is reported as V(null) and a finding names the file and what was expected.
   - Interrupt remapping is read from C(/proc/interrupts) (C(IR-) interrupt chips), the command line
@@ -523,7 +525,7 @@ topology:
               description:
                 - Stable codes of the reasons, each once - V(architecture_unsupported), V(iommu_disabled),
                   V(iommu_unknown), V(no_iommu_group), V(boot_vga), V(boot_display) (its DRM card is marked
-                  as the boot display), V(console_framebuffer) (it drives a framebuffer the text console draws
+                  as the boot display), V(console_framebuffer) (it drives the framebuffer the text console draws
                   on), V(doubtful_attribute) (a C(boot_vga), C(class), C(iommu_group) or C(driver) that reads
                   malformed, or a C(boot_vga) missing), V(group_shared), V(in_use), V(host_critical).
               returned: success

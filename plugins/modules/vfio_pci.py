@@ -35,8 +35,9 @@ description:
     back. A bind the kernel accepted but that did not take effect is undone and reported as an error."
   - "Guards, each a clear error that changes nothing unless O(force=true): the boot VGA device, the boot
     display of another class (the C(boot_display) newer kernels put on its DRM card; an AMD APU's GPU
-    has no C(boot_vga)), a VGA-class device whose C(boot_vga) is missing, or a GPU driving a console
-    framebuffer; an IOMMU group that holds an endpoint which is neither a companion
+    has no C(boot_vga)), a VGA-class device whose C(boot_vga) is missing, or a GPU driving the
+    framebuffer the text console draws on (C(fb0), or those C(fbcon=map:) names; a second GPU's
+    framebuffer carries no console); an IOMMU group that holds an endpoint which is neither a companion
     nor being bound (a NIC, a disk controller), naming that device; a group holding the root
     filesystem's disk controller or the NIC of the default route; a device whose C(/dev/vfio/<group>) a
     process holds open (a running VM) when its driver would change; ID-based persistence that would

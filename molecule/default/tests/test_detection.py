@@ -56,22 +56,27 @@ def test_only_the_boot_vga_is_flagged(host, layout, topology):
         assert host.file("/sys/bus/pci/devices/%s/boot_vga" % address).content_string.strip() == "1"
 
 
-def test_console_framebuffers_and_boot_displays_are_read_from_the_guest_sysfs(host, topology):
-    # The guest's bochs DRM driver gives each QEMU display an fbdev framebuffer (the boot VGA's at
-    # least): exactly the GPUs the kernel shows driving one carry console_framebuffer; the cards
-    # with a boot_display file (none before the kernels that have it) carry boot_display.
-    owners = set(host.check_output(
-        "for f in /sys/class/graphics/fb[0-9]*; do [ -e \"$f/device\" ] && basename \"$(readlink -f $f/device)\"; "
-        "done; true"
-    ).split())
-    assert "0000:00:02.0" in owners
+def test_the_console_framebuffer_and_boot_displays_are_read_from_the_guest_sysfs(host, topology):
+    # The guest's bochs DRM driver gives both QEMU displays an fbdev framebuffer: fb0 for the boot VGA,
+    # fb1 for the second display. The text console draws on fb0 (no fbcon=map: here), so the boot VGA
+    # carries console_framebuffer and the second display does not. Cards with a boot_display file
+    # (kernels that have it) carry boot_display unless they are the boot VGA already.
+    assert "fbcon=" not in host.file("/proc/cmdline").content_string
+    owners = {}
+    for line in host.check_output(
+        "for f in /sys/class/graphics/fb[0-9]*; do [ -e \"$f/device\" ] && "
+        "echo \"$(basename $f) $(basename \"$(readlink -f $f/device)\")\"; done; true"
+    ).splitlines():
+        name, address = line.split()
+        owners[name] = address
+    assert owners.get("fb0") == "0000:00:02.0" and "0000:03:01.0" in owners.values(), owners
     marked = set(host.check_output(
         "for c in /sys/class/drm/card[0-9]*; do [ -e \"$c/boot_display\" ] && basename \"$(readlink -f $c/device)\"; "
         "done; true"
     ).split())
     for address, gpu in _gpus(topology).items():
         codes = gpu["passthrough"]["codes"]
-        assert ("console_framebuffer" in codes) is (address in owners), (address, codes, owners)
+        assert ("console_framebuffer" in codes) is (address == owners["fb0"]), (address, codes, owners)
         assert ("boot_display" in codes) is (address in marked and not gpu["boot_vga"]), (address, codes, marked)
 
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import os
 
+import pytest
+
 from ansible_collections.gpuvirt.host.plugins.module_utils import display, rules, vfio
 from ansible_collections.gpuvirt.host.plugins.module_utils.pci import companions, read_pci_devices
 from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import MISSING
@@ -75,6 +77,24 @@ def test_only_a_card_of_a_pci_device_counts_and_its_presence_decides(make_host):
     assert display.boot_display_devices(root) == frozenset({IGPU})
 
 
+@pytest.mark.parametrize(
+    "cmdline, expected",
+    [
+        ([], {"fb0"}),
+        (["quiet", "fbcon=map:1"], {"fb1"}),
+        (["fbcon=font:VGA8x16,map:01"], {"fb0", "fb1"}),
+        (["fbcon=map:0", "fbcon=map:2"], {"fb2"}),
+        (["fbcon=map:"], {"fb0"}),
+        (["fbcon=map:a"], {"fb17"}),
+        (["fbcon=map:/"], set()),
+        (["fbcon=map:1", "--", "fbcon=map:0"], {"fb1"}),
+        (['"fbcon=map:12"'], {"fb1", "fb2"}),
+    ],
+)
+def test_the_console_framebuffers_follow_fbcon_map(cmdline, expected):
+    assert display.console_framebuffers(cmdline) == frozenset(expected)
+
+
 # ---------------------------------------------------------------------------- the verdicts
 
 
@@ -117,6 +137,21 @@ def test_the_boot_display_of_another_class_is_kept_like_the_boot_vga(make_host):
     assert "showed the boot sequence" in gpu_entry(topology, IGPU)["passthrough"]["reasons"][0]
     # No advice to hand the host's boot display to vfio-pci.
     assert not [f for f in topology["findings"] if f["code"] == "host_graphics_driver"]
+
+
+# desktop_dgpu: the iGPU (00:02.0) is the boot VGA; the RTX 2080 Ti (01:00.0) is free for VMs.
+TWO_FRAMEBUFFERS = {"patch_devices": {"00:02.0": {"framebuffer": 0}, "01:00.0": {"framebuffer": 1}}}
+
+
+def test_a_second_gpu_s_framebuffer_does_not_carry_the_console(make_host):
+    topology = detect(make_host("desktop_dgpu", **TWO_FRAMEBUFFERS))
+    assert codes(topology, "0000:00:02.0") == ["boot_vga", "console_framebuffer"]
+    assert gpu_entry(topology, "0000:01:00.0")["passthrough"]["viable"] is True
+    # Mapped there by fbcon=map:, the console is on fb1 and the dGPU carries it.
+    mapped = detect(make_host("desktop_dgpu", kernel={"cmdline": "ro intel_iommu=on fbcon=map:1"}, **TWO_FRAMEBUFFERS))
+    assert codes(mapped, "0000:00:02.0") == ["boot_vga"]
+    assert codes(mapped, "0000:01:00.0") == ["console_framebuffer"]
+    assert "drives the framebuffer fb1" in gpu_entry(mapped, "0000:01:00.0")["passthrough"]["reasons"][0]
 
 
 def test_a_vga_function_without_boot_vga_is_doubtful(make_host):

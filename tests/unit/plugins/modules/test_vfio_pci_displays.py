@@ -1,7 +1,8 @@
 # Copyright (c) gpuvirt.host contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""``gpuvirt.host.vfio_pci`` on an AMD APU whose GPU carries the console (the ``strix_halo`` fixture, its
-PCI core simulated): refused unless forced, and forced it leaves the processor's functions of its slot."""
+"""``gpuvirt.host.vfio_pci`` and the GPUs the host shows its console on, the PCI core simulated: an AMD
+APU whose GPU carries the console (the ``strix_halo`` fixture) is refused unless forced, and forced
+it leaves the processor's functions of its slot; a second GPU's framebuffer carries no console."""
 
 from __future__ import annotations
 
@@ -60,3 +61,14 @@ def test_with_the_iommu_off_the_boot_configuration_names_the_gpu_and_its_audio_o
     with open(os.path.join(root, "etc/modprobe.d/gpuvirt-vfio.conf")) as handle:
         assert vfio.modprobe_ids(handle.read()) == ["1002:1586", "1002:1640"]
     assert kernel.sim.writes == []
+
+
+def test_a_second_gpu_with_a_framebuffer_is_bound_and_its_framebuffer_goes(make_host, vfio_pci):
+    # desktop_dgpu: i915 drives the boot VGA's fb0 (the console), nvidia-drm the RTX 2080 Ti's fb1.
+    root = make_host("desktop_dgpu", kernel={"modules": ["i915", "nvidia", "snd_hda_intel", "xhci_pci", "vfio_pci"]},
+                     patch_devices={"00:02.0": {"framebuffer": 0}, "01:00.0": {"framebuffer": 1}})
+    kernel = PciKernel(KernelSim(root))
+    result = vfio_pci(root, kernel=kernel, devices=["0000:01:00.0"], persistent=False)
+    assert result["rc"] == 0 and result["changed"] is True and result["refusals"] == [], result
+    assert vfio_bind.read_driver(root, "0000:01:00.0") == "vfio-pci"
+    assert display.framebuffer_devices(root) == {"0000:00:02.0": ["fb0"]}
