@@ -20,7 +20,8 @@ The kernel marks the host's display GPUs in three places:
 
 Public API: :class:`Displays`, :func:`read_displays` ``(root, cmdline=None) -> Displays``,
 :func:`boot_display_devices` ``(root) -> frozenset``, :func:`framebuffer_devices` ``(root) -> {address:
-[fbN]}``, :func:`console_framebuffers` ``(cmdline) -> frozenset``.
+[fbN]}``, :func:`console_framebuffers` ``(cmdline) -> frozenset``; ``Displays.console_uses(device)``: the
+one rule for which GPUs the console uses.
 """
 
 from __future__ import annotations
@@ -57,6 +58,19 @@ class Displays:
     def console_framebuffers(self, address):
         """The framebuffers the text console draws on that ``address`` drives."""
         return [name for name in self.framebuffers.get(address, ()) if name in self.console]
+
+    def console_uses(self, device):
+        """``[(code, framebuffer or None)]``: why the host's console uses ``device`` (a PciDevice) -
+        ``boot_vga``, ``boot_display`` (a boot display that is not the boot VGA device), and
+        ``console_framebuffer`` once per framebuffer of the console it drives. The passthrough
+        verdict and vfio_pci's guards word each in their own terms."""
+        uses = []
+        if device.boot_vga:
+            uses.append(("boot_vga", None))
+        elif device.address in self.boot:
+            uses.append(("boot_display", None))
+        uses.extend(("console_framebuffer", name) for name in self.console_framebuffers(device.address))
+        return uses
 
 
 def read_displays(root, cmdline=None):

@@ -59,9 +59,9 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import (
 )
 from ansible_collections.gpuvirt.host.plugins.module_utils.vendors import (
     DEVICE_DEFAULTS,
+    apart_in_slot,
     backends_for,
     host_graphics_drivers,
-    host_slot_vendors,
     read_vendor_state,
 )
 
@@ -719,7 +719,6 @@ def companions(devices, address, slots=None):
     device = devices.get(address)
     if device is None or device.is_vf:
         return []
-    strangers = host_slot_vendors(device.vendor_id)
     same_slot = slots.get(device.slot, ()) if slots is not None else devices
     result = []
     for other_address in same_slot:
@@ -728,8 +727,7 @@ def companions(devices, address, slots=None):
             other is not None
             and other_address != address
             and other.slot == device.slot
-            and other.vendor_id not in strangers
-            and device.vendor_id not in host_slot_vendors(other.vendor_id)
+            and not apart_in_slot(device.vendor_id, other.vendor_id)
             and not other.is_vf
             and not other.is_bridge
         ):

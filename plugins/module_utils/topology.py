@@ -142,22 +142,8 @@ def passthrough_verdict(
         refuse("no_iommu_group", "%s has no IOMMU group although the IOMMU is on" % address)
     for doubt in device.doubts:
         refuse("doubtful_attribute", "%s: %s" % (address, doubt))
-    if device.boot_vga:
-        refuse(
-            "boot_vga",
-            "%s is the boot VGA device: the host console and firmware framebuffer use it" % address,
-        )
-    elif address in displays.boot:
-        refuse(
-            "boot_display",
-            "%s showed the boot sequence (the kernel marks its DRM card with boot_display): the host console "
-            "uses it" % address,
-        )
-    for framebuffer in displays.console_framebuffers(address):
-        refuse(
-            "console_framebuffer",
-            "%s drives the framebuffer %s, which the text console draws on" % (address, framebuffer),
-        )
+    for code, framebuffer in displays.console_uses(device):
+        refuse(code, _CONSOLE_REASONS[code] % {"address": address, "framebuffer": framebuffer})
     members = groups.get(device.iommu_group, []) if device.iommu_group is not None else []
     for member in members:
         other = devices.get(member)
@@ -275,8 +261,7 @@ def _gpu_entry(device, devices, iommu, groups, holders, critical, parent_names, 
     if (
         not unsupported
         and device.driver in HOST_GRAPHICS_DRIVERS
-        and not device.boot_vga
-        and not _CONSOLE_CODES.intersection(verdict["codes"])
+        and not _CONSOLE_REASONS.keys() & set(verdict["codes"])
         and not device.is_vf
         and not vgpu_host
     ):
@@ -312,8 +297,13 @@ def _gpu_entry(device, devices, iommu, groups, holders, critical, parent_names, 
     }
 
 
-# The verdict's codes for a GPU the host shows its console on: no advice to hand it to vfio-pci.
-_CONSOLE_CODES = frozenset(("boot_display", "console_framebuffer"))
+# Why the console uses a GPU (display.Displays.console_uses), as the verdict says it.
+_CONSOLE_REASONS = {
+    "boot_vga": "%(address)s is the boot VGA device: the host console and firmware framebuffer use it",
+    "boot_display": "%(address)s showed the boot sequence (the kernel marks its DRM card with boot_display): the "
+    "host console uses it",
+    "console_framebuffer": "%(address)s drives the framebuffer %(framebuffer)s, which the text console draws on",
+}
 
 
 def host_architecture(cpu, iommu):

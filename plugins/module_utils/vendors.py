@@ -25,8 +25,8 @@ boot-time restore can ship them as it ships every module_utils file) defines a `
 Adding a vendor is one new module and one entry in :data:`BACKENDS`; no generic module names a vendor.
 
 Public API: :data:`BACKENDS`, :func:`backends_for`, :func:`read_vendor_state`,
-:func:`host_graphics_drivers`, :func:`host_slot_vendors`, :func:`softdep_drivers`, :data:`DEVICE_DEFAULTS`,
-:func:`gpu_keys`, :class:`HostFacts`,
+:func:`host_graphics_drivers`, :func:`host_slot_vendors`, :func:`apart_in_slot`, :func:`softdep_drivers`,
+:data:`DEVICE_DEFAULTS`, :func:`gpu_keys`, :class:`HostFacts`,
 :func:`enable_modes`, :func:`virtualization_modes`, :func:`state_sections`, :func:`restore_steps`,
 :func:`vf_tool`, :func:`vf_tool_methods`, :func:`vf_count_set_by`, :func:`vf_count_advice`,
 :func:`in_use_reasons`, :func:`no_mdev_types_hint`.
@@ -78,6 +78,12 @@ def host_slot_vendors(vendor_id):
 
 
 _HOST_SLOT_VENDORS = {}
+
+
+def apart_in_slot(first, second):
+    """Whether functions of vendors ``first`` and ``second`` in one slot belong to different parts (an
+    APU's GPU and the processor beside it), as either vendor's backend says."""
+    return second in host_slot_vendors(first) or first in host_slot_vendors(second)
 
 
 def host_graphics_drivers():

@@ -345,28 +345,9 @@ def bind_refusals(view, members, changing):
     records = view.records
     for address in members:
         device = view.devices[address]
-        if device.boot_vga:
-            refusals.append(Refusal(
-                "boot_vga", address,
-                "%s is the boot VGA device: the firmware framebuffer and the host console use it; binding it "
-                "to vfio-pci takes the console away and vfio-pci cannot reserve its memory while the "
-                "framebuffer holds it; pass through another GPU, or make this one secondary in the firmware "
-                "setup" % describe(records[address]),
-            ))
-        elif address in view.displays.boot:
-            refusals.append(Refusal(
-                "boot_display", address,
-                "%s showed the boot sequence (the kernel marks its DRM card with boot_display): the host "
-                "console uses it; binding it to vfio-pci takes the console away; pass through another GPU, or "
-                "make this one secondary in the firmware setup" % describe(records[address]),
-            ))
-        for framebuffer in view.displays.console_framebuffers(address):
-            refusals.append(Refusal(
-                "console_framebuffer", address,
-                "%s drives the framebuffer %s, which the text console draws on; binding it to vfio-pci "
-                "would take the console away; unbind the console (or use another GPU) first"
-                % (describe(records[address]), framebuffer),
-            ))
+        for code, framebuffer in view.displays.console_uses(device):
+            words = {"device": describe(records[address]), "framebuffer": framebuffer}
+            refusals.append(Refusal(code, address, _CONSOLE_REFUSALS[code] % words))
     groups = {}
     for address in members:
         group = view.devices[address].iommu_group
@@ -396,6 +377,19 @@ def bind_refusals(view, members, changing):
             ))
     refusals.extend(in_use_refusals(view, changing, "binding"))
     return refusals
+
+
+# Why the console uses a device (display.Displays.console_uses), as vfio-pci's guard says it.
+_CONSOLE_REFUSALS = {
+    "boot_vga": "%(device)s is the boot VGA device: the firmware framebuffer and the host console use it; binding "
+    "it to vfio-pci takes the console away and vfio-pci cannot reserve its memory while the framebuffer holds it; "
+    "pass through another GPU, or make this one secondary in the firmware setup",
+    "boot_display": "%(device)s showed the boot sequence (the kernel marks its DRM card with boot_display): the "
+    "host console uses it; binding it to vfio-pci takes the console away; pass through another GPU, or make this "
+    "one secondary in the firmware setup",
+    "console_framebuffer": "%(device)s drives the framebuffer %(framebuffer)s, which the text console draws on; "
+    "binding it to vfio-pci would take the console away; unbind the console (or use another GPU) first",
+}
 
 
 def doubt_refusals(view, addresses):
