@@ -91,6 +91,8 @@ def _gpu_lines(topology):
             flags.append("BOOT VGA")
         elif "boot_display" in _get(_get(gpu, "passthrough", {}), "codes", []):
             flags.append("BOOT DISPLAY")
+        if "firmware_framebuffer" in _get(_get(gpu, "passthrough", {}), "codes", []):
+            flags.append("FIRMWARE FRAMEBUFFER")
         if _get(gpu, "is_vf", False):
             flags.append("VF of %s" % _get(gpu, "physfn", "?"))
         if _get(gpu, "mdev_parent", False):

@@ -60,6 +60,7 @@ REPEATABLE_KEYS = frozenset(
         "hugepages",
         "hugepagesz",
         "ifname",
+        "initcall_blacklist",
         "ip",
         "memmap",
         "modprobe.blacklist",

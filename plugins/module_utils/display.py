@@ -17,11 +17,21 @@ The kernel marks the host's display GPUs in three places:
   console in turn; the last map given wins): the device that drives that framebuffer carries the
   console. Other framebuffers (a second GPU's, registered after the boot display's) carry none.
   Firmware framebuffers (efifb, simpledrm) belong to a platform device, not to a PCI address.
+- the firmware's framebuffer in a PCI device's memory (``/proc/iomem``): the framebuffer the firmware
+  left the kernel (``screen_info``) is registered by sysfb as the region ``BOOTFB`` and claimed by
+  the driver that draws the boot console on it (``simpledrm``, ``efidrm``, ``vesadrm``, ``efifb``,
+  ``vesafb``, ``simplefb``), each a region inside the BAR of the GPU it lies in. A native driver
+  (amdgpu, i915, nouveau) removes them as it takes over; a GPU left to vfio-pci or to no driver at
+  boot keeps them, and vfio-pci then cannot reserve that BAR for a VM ("BAR 0: can't reserve"):
+  the guest's driver fails. ``initcall_blacklist=sysfb_init`` keeps the kernel from registering it.
+  Regions are matched to devices by their addresses, or by their nesting where the file shows
+  zeros (read without CAP_SYS_ADMIN).
 
 Public API: :class:`Displays`, :func:`read_displays` ``(root, cmdline=None) -> Displays``,
 :func:`boot_display_devices` ``(root) -> frozenset``, :func:`framebuffer_devices` ``(root) -> {address:
-[fbN]}``, :func:`console_framebuffers` ``(cmdline) -> frozenset``; ``Displays.console_uses(device)``: the
-one rule for which GPUs the console uses.
+[fbN]}``, :func:`console_framebuffers` ``(cmdline) -> frozenset``, :func:`firmware_framebuffer_devices`
+``(root) -> {address: [region names]}``; ``Displays.console_uses(device)``: the one rule for which GPUs the
+console uses.
 """
 
 from __future__ import annotations
@@ -41,6 +51,16 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import (
 
 DRM_CLASS = "sys/class/drm"
 GRAPHICS_CLASS = "sys/class/graphics"
+IOMEM = "proc/iomem"
+# The names of the firmware framebuffer's regions in /proc/iomem: sysfb's (drivers/firmware/
+# sysfb_simplefb.c) and those of the drivers that claim it (their own names).
+FIRMWARE_FRAMEBUFFER_REGIONS = frozenset(
+    ("BOOTFB", "simpledrm", "efidrm", "vesadrm", "ofdrm", "efifb", "vesafb", "simplefb", "offb")
+)
+_REGION = re.compile(r"( *)([0-9a-f]+)-([0-9a-f]+) : (.*)\Z")
+_FIRMWARE_FRAMEBUFFER_LINE = re.compile(
+    rb" : (?:%s)$" % "|".join(sorted(FIRMWARE_FRAMEBUFFER_REGIONS)).encode("ascii"), re.MULTILINE
+)
 _CARD = re.compile(r"card[0-9]+\Z")  # card0, not its connectors (card0-HDMI-A-1) nor renderD128
 _FRAMEBUFFER = re.compile(r"fb[0-9]+\Z")  # fb0, fb1, ...; not fbcon
 
@@ -49,11 +69,13 @@ _FRAMEBUFFER = re.compile(r"fb[0-9]+\Z")  # fb0, fb1, ...; not fbcon
 class Displays:
     """``boot``: the addresses whose DRM card is marked as the boot display; ``framebuffers``:
     ``{address: [fbN, ...]}`` for the framebuffers a PCI device drives; ``console``: the framebuffers
-    the text console draws on."""
+    the text console draws on; ``firmware``: ``{address: [region names]}`` for the devices whose memory
+    holds the firmware's framebuffer (``["BOOTFB", "simpledrm"]``: sysfb's region, then its claimant)."""
 
     boot: frozenset = frozenset()
     framebuffers: dict = field(default_factory=dict)
     console: frozenset = frozenset(("fb0",))
+    firmware: dict = field(default_factory=dict)
 
     def console_framebuffers(self, address):
         """The framebuffers the text console draws on that ``address`` drives."""
@@ -62,14 +84,18 @@ class Displays:
     def console_uses(self, device):
         """``[(code, framebuffer or None)]``: why the host's console uses ``device`` (a PciDevice) -
         ``boot_vga``, ``boot_display`` (a boot display that is not the boot VGA device), and
-        ``console_framebuffer`` once per framebuffer of the console it drives. The passthrough
-        verdict and vfio_pci's guards word each in their own terms."""
+        ``console_framebuffer`` once per framebuffer of the console it drives, and
+        ``firmware_framebuffer`` (its regions, ``BOOTFB (simpledrm)``) when the firmware's framebuffer
+        lies in its memory. The passthrough verdict and vfio_pci's guards word each in their own terms."""
         uses = []
         if device.boot_vga:
             uses.append(("boot_vga", None))
         elif device.address in self.boot:
             uses.append(("boot_display", None))
         uses.extend(("console_framebuffer", name) for name in self.console_framebuffers(device.address))
+        regions = self.firmware.get(device.address)
+        if regions:
+            uses.append(("firmware_framebuffer", regions[0] + "".join(" (%s)" % name for name in regions[1:])))
         return uses
 
 
@@ -77,7 +103,7 @@ def read_displays(root, cmdline=None):
     """The displays below ``root``; ``cmdline``: the running kernel's arguments (for ``fbcon=map:``)."""
     return Displays(
         boot=boot_display_devices(root), framebuffers=framebuffer_devices(root),
-        console=console_framebuffers(cmdline or []),
+        console=console_framebuffers(cmdline or []), firmware=firmware_framebuffer_devices(root),
     )
 
 
@@ -134,3 +160,54 @@ def _owner(node):
     device of another bus (simpledrm's platform device)."""
     owner = os.path.basename(os.path.realpath(node + "/device"))
     return owner if normalize_address(owner) == owner else None
+
+
+def firmware_framebuffer_devices(root):
+    """``{PCI address: [region names]}``: the devices whose BAR holds a firmware framebuffer region of
+    ``/proc/iomem`` (its lines ``<start>-<end> : <name>``, indented two spaces a level, kernel/resource.c
+    ``r_show()``), the names in the order the file lists them. The file is parsed only when such a
+    region is in it: most hosts have none once their GPU drivers took over."""
+    try:
+        with open(host_path(root, IOMEM), "rb") as handle:
+            raw = handle.read()
+    except OSError:
+        return {}
+    if _FIRMWARE_FRAMEBUFFER_LINE.search(raw) is None:
+        return {}
+    regions = []
+    for line in raw.decode("utf-8", "replace").splitlines():
+        match = _REGION.match(line)
+        if match is not None:
+            indent, start, end, name = match.groups()
+            regions.append((len(indent) // 2, int(start, 16), int(end, 16), name))
+    found = {}
+    for index, (_depth, _start, end, name) in enumerate(regions):
+        if name in FIRMWARE_FRAMEBUFFER_REGIONS:
+            owner = _region_owner(regions, index) if end else _nesting_owner(regions, index)
+            if owner is not None:
+                found.setdefault(owner, []).append(name)
+    return found
+
+
+def _region_owner(regions, index):
+    """The PCI device whose BAR holds region ``index``: the smallest region named by a PCI address
+    that contains it. (The file stops indenting at five levels, so nesting alone can mislead.)"""
+    _depth, start, end, _name = regions[index]
+    owner, size = None, None
+    for _other_depth, other_start, other_end, name in regions:
+        inside = other_start <= start and end <= other_end
+        if inside and normalize_address(name) == name and (size is None or other_end - other_start < size):
+            owner, size = name, other_end - other_start
+    return owner
+
+
+def _nesting_owner(regions, index):
+    """The PCI device whose BAR holds region ``index`` by the file's nesting alone (the addresses
+    read as zeros): the nearest region before it, less indented, named by a PCI address."""
+    depth = regions[index][0]
+    for other_depth, _start, _end, name in reversed(regions[:index]):
+        if other_depth < depth:
+            if normalize_address(name) == name:
+                return name
+            depth = other_depth
+    return None

@@ -68,6 +68,7 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.pci import (
     slot_index,
 )
 from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import PCI_DEVICES, host_path
+from ansible_collections.gpuvirt.host.plugins.module_utils.vfio_bind import is_vfio_driver
 
 # What a tree must contain to be read as a Linux host: a live or captured sysfs/procfs, or an
 # installed image.
@@ -272,6 +273,15 @@ def _gpu_entry(device, devices, iommu, groups, holders, critical, parent_names, 
             % (device.address, device.name, device.driver, ", ".join(verdict["devices"])),
             device.address,
         )
+    if is_vfio_driver(device.driver) and "firmware_framebuffer" in verdict["codes"]:
+        findings.warning(
+            "firmware_framebuffer",
+            "%s (%s) is bound to %s, but the firmware's boot framebuffer still holds its memory: a VM started "
+            "with it fails (\"BAR n: can't reserve\" on the host, the guest's driver fails to start); boot with "
+            "initcall_blacklist=sysfb_init so that the kernel does not register it"
+            % (device.address, device.name, device.driver),
+            device.address,
+        )
     if iommu.enabled and device.iommu_group is None:
         findings.warning(
             "no_iommu_group",
@@ -303,6 +313,10 @@ _CONSOLE_REASONS = {
     "boot_display": "%(address)s showed the boot sequence (the kernel marks its DRM card with boot_display): the "
     "host console uses it",
     "console_framebuffer": "%(address)s drives the framebuffer %(framebuffer)s, which the text console draws on",
+    "firmware_framebuffer": "%(address)s holds the firmware's boot framebuffer (%(framebuffer)s in /proc/iomem) in "
+    "its memory: vfio-pci cannot reserve that memory for a VM while the framebuffer is registered (\"BAR n: "
+    "can't reserve\", and the guest's driver fails); boot with initcall_blacklist=sysfb_init to keep the kernel "
+    "from registering it",
 }
 
 

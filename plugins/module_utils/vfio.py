@@ -389,6 +389,10 @@ _CONSOLE_REFUSALS = {
     "one secondary in the firmware setup",
     "console_framebuffer": "%(device)s drives the framebuffer %(framebuffer)s, which the text console draws on; "
     "binding it to vfio-pci would take the console away; unbind the console (or use another GPU) first",
+    "firmware_framebuffer": "%(device)s holds the firmware's boot framebuffer (%(framebuffer)s in /proc/iomem) in "
+    "its memory: vfio-pci cannot reserve that memory for a VM while the framebuffer is registered (\"BAR n: "
+    "can't reserve\", and the guest's driver fails); boot with initcall_blacklist=sysfb_init to keep the kernel "
+    "from registering it, or pass through another GPU",
 }
 
 

@@ -28,9 +28,9 @@ description:
     runs C(proxmox-boot-tool refresh); otherwise behaves as GRUB."
   - A O(present) C(key=value) replaces the other values of that key (C(intel_iommu=off) becomes
     C(intel_iommu=on)) except for keys the kernel accepts several times (C(console), C(hugepagesz),
-    C(hugepages), C(memmap), C(rd.driver.pre) and similar). Dashes and underscores in a parameter name
-    are equivalent, as for the kernel (C(vfio-pci.ids) and C(vfio_pci.ids) are one parameter).
-    Existing arguments keep their order; new ones are appended.
+    C(hugepages), C(memmap), C(initcall_blacklist), C(rd.driver.pre) and similar). Dashes and
+    underscores in a parameter name are equivalent, as for the kernel (C(vfio-pci.ids) and
+    C(vfio_pci.ids) are one parameter). Existing arguments keep their order; new ones are appended.
   - Arguments with whitespace, quotes or shell characters (C($), backslash, backquote, C(;), C(&), C(|),
     C(<), C(>)) are refused; edit those by hand.
   - A O(present) argument that the host's architecture has no kernel parameter for is refused with the

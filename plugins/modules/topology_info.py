@@ -17,9 +17,9 @@ description:
   - A GPU can be passed through (RV(topology.gpus[].passthrough.viable)) when the IOMMU is on, every
     other endpoint in its IOMMU group is a function of the same slot (HDMI/DP audio, USB-C xHCI, UCSI;
     not the processor's functions beside an APU's GPU) or a PCI bridge, the host does not show its
-    console on it (the boot VGA device, the boot display, a framebuffer), no process holds its VFIO
-    device, and neither it nor a device it must be bound with holds the root filesystem or the default
-    route.
+    console on it (the boot VGA device, the boot display, a framebuffer) nor keeps the firmware's
+    framebuffer in its memory, no process holds its VFIO device, and neither it nor a device it must
+    be bound with holds the root filesystem or the default route.
   - "The console GPU is read where the kernel marks it: C(boot_vga) (VGA-class functions only; a
     VGA-class function without it, as in a partial snapshot, is doubtful), the C(boot_display) file
     newer kernels put on the DRM card of the display that showed the boot sequence, whatever its
@@ -27,6 +27,14 @@ description:
     framebuffer the text console draws on (C(/sys/class/graphics/fb0), or those a
     C(fbcon=map:<digits>) argument names) with the device that drives it; a second GPU's framebuffer
     carries no console."
+  - "The firmware's framebuffer is read from C(/proc/iomem): sysfb registers it as C(BOOTFB) and the
+    driver that draws the boot console on it (simpledrm, efidrm, vesadrm, efifb, vesafb, simplefb)
+    claims it, inside the BAR of the GPU it lies in. A native GPU driver removes both as it takes over;
+    a GPU left to vfio-pci (or to no driver) at boot keeps them, and vfio-pci then cannot reserve that
+    BAR for a VM. Such a GPU gets the code V(firmware_framebuffer), and a warning when it is already on a
+    VFIO driver; C(initcall_blacklist=sysfb_init) keeps the kernel from registering the framebuffer.
+    Regions are matched by address, or by their nesting when the file is read without privileges
+    (every address zero)."
   - Unreadable, truncated or malformed attributes and missing links never fail the module; the
     value is reported as V(null) and a finding names the file and what was expected.
   - Interrupt remapping is read from C(/proc/interrupts) (C(IR-) interrupt chips), the command line
@@ -526,7 +534,8 @@ topology:
                 - Stable codes of the reasons, each once - V(architecture_unsupported), V(iommu_disabled),
                   V(iommu_unknown), V(no_iommu_group), V(boot_vga), V(boot_display) (its DRM card is marked
                   as the boot display), V(console_framebuffer) (it drives the framebuffer the text console draws
-                  on), V(doubtful_attribute) (a C(boot_vga), C(class), C(iommu_group) or C(driver) that reads
+                  on), V(firmware_framebuffer) (the firmware's framebuffer lies in its memory, see
+                  above), V(doubtful_attribute) (a C(boot_vga), C(class), C(iommu_group) or C(driver) that reads
                   malformed, or a C(boot_vga) missing), V(group_shared), V(in_use), V(host_critical).
               returned: success
               type: list
@@ -641,8 +650,8 @@ topology:
             - Stable code, for example V(architecture_unsupported), V(iommu_off), V(iommu_unsupported),
               V(iommu_unknown), V(foreign_kernel_arguments), V(virtualization_modes), V(no_cpu_virtualization),
               V(kvm_unavailable), V(interrupt_remapping_off), V(acs_override), V(unsafe_interrupts),
-              V(host_graphics_driver), V(no_iommu_group), V(malformed_attribute), V(unreadable_attribute),
-              V(unreadable_device), V(malformed_entry), V(processes_unreadable).
+              V(host_graphics_driver), V(firmware_framebuffer), V(no_iommu_group), V(malformed_attribute),
+              V(unreadable_attribute), V(unreadable_device), V(malformed_entry), V(processes_unreadable).
           returned: success
           type: str
           sample: iommu_off

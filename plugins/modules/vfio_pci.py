@@ -37,7 +37,9 @@ description:
     display of another class (the C(boot_display) newer kernels put on its DRM card; an AMD APU's GPU
     has no C(boot_vga)), a VGA-class device whose C(boot_vga) is missing, or a GPU driving the
     framebuffer the text console draws on (C(fb0), or those C(fbcon=map:) names; a second GPU's
-    framebuffer carries no console); an IOMMU group that holds an endpoint which is neither a companion
+    framebuffer carries no console), or a GPU whose memory holds the firmware's framebuffer (C(BOOTFB)
+    and the driver drawing on it in C(/proc/iomem): vfio-pci could not reserve that BAR for a VM; boot
+    with C(initcall_blacklist=sysfb_init)); an IOMMU group that holds an endpoint which is neither a companion
     nor being bound (a NIC, a disk controller), naming that device; a group holding the root
     filesystem's disk controller or the NIC of the default route; a device whose C(/dev/vfio/<group>) a
     process holds open (a running VM) when its driver would change; ID-based persistence that would

@@ -17,9 +17,9 @@ Public API:
 
 Verdicts of a device in a picture: ``viable`` (a GPU that can be passed through now or once bound to
 vfio-pci), ``companion`` (a function that goes with such a GPU), ``blocked`` (a GPU that cannot, with
-the reasons), ``boot-vga`` (the boot VGA device, or the boot display the kernel marks on a GPU of
-another class), ``host-critical`` (root disk, default route), ``bridge``, ``other`` (a
-device sharing the group).
+the reasons), ``boot-vga`` (the boot VGA device, the boot display the kernel marks on a GPU of
+another class, or the GPU whose memory holds the firmware's framebuffer), ``host-critical`` (root
+disk, default route), ``bridge``, ``other`` (a device sharing the group).
 """
 
 from __future__ import annotations
@@ -153,7 +153,7 @@ def _verdicts(topology):
         address = gpu.get("address")
         passthrough = _dict(gpu.get("passthrough"))
         codes = _list(passthrough.get("codes"))
-        if gpu.get("boot_vga") or "boot_display" in codes:
+        if gpu.get("boot_vga") or "boot_display" in codes or "firmware_framebuffer" in codes:
             verdict = "boot-vga"
         elif "host_critical" in codes or _list(devices.get(address, {}).get("critical")):
             verdict = "host-critical"

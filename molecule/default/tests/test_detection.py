@@ -5,6 +5,9 @@
 from __future__ import annotations
 
 import os
+import re
+import sys
+import tempfile
 
 
 def _devices(topology):
@@ -78,6 +81,47 @@ def test_the_console_framebuffer_and_boot_displays_are_read_from_the_guest_sysfs
         codes = gpu["passthrough"]["codes"]
         assert ("console_framebuffer" in codes) is (address == owners["fb0"]), (address, codes, owners)
         assert ("boot_display" in codes) is (address in marked and not gpu["boot_vga"]), (address, codes, marked)
+
+
+def _display_module():
+    """This checkout's ``display`` module (the reader topology_info runs in the guest), imported here."""
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    base = tempfile.mkdtemp(prefix="gpuvirt-import-")
+    os.makedirs(os.path.join(base, "ansible_collections", "gpuvirt"))
+    os.symlink(repo, os.path.join(base, "ansible_collections", "gpuvirt", "host"))
+    sys.path.insert(0, base)
+    from ansible_collections.gpuvirt.host.plugins.module_utils import display
+
+    return display
+
+
+def _iomem_root(tmp_path, name, text):
+    os.makedirs(tmp_path / name / "proc")
+    (tmp_path / name / "proc" / "iomem").write_text(text)
+    return str(tmp_path / name)
+
+
+def test_the_firmware_framebuffer_is_read_from_the_guest_iomem(host, topology, tmp_path):
+    # SeaBIOS boots the guest's VGA in text mode: the kernel gets no firmware framebuffer (no BOOTFB),
+    # bochs-drm claims the boot VGA's BARs, and no GPU carries firmware_framebuffer.
+    display = _display_module()
+    text = host.file("/proc/iomem").content_string
+    lines = text.splitlines()
+    assert lines and all(display._REGION.match(line) for line in lines), lines
+    assert "BOOTFB" not in text
+    assert display.firmware_framebuffer_devices(_iomem_root(tmp_path, "guest", text)) == {}
+    assert not [a for a, g in _gpus(topology).items() if "firmware_framebuffer" in g["passthrough"]["codes"]]
+    # The kernel's own nesting, with the boot VGA's first claim renamed BOOTFB, names the boot VGA:
+    # by the addresses (read as root) and by the indentation alone (read unprivileged, all zeros).
+    boot_vga = next(a for a, g in _gpus(topology).items() if g["boot_vga"])
+    claim = re.search(r"^( +)[0-9a-f]+-[0-9a-f]+ : %s\n\1  [0-9a-f]+-[0-9a-f]+ : (\S.*)$" % re.escape(boot_vga),
+                      text, re.MULTILINE)
+    assert claim is not None, text
+    renamed = text[: claim.start(2)] + "BOOTFB" + text[claim.end(2):]
+    zeroed = re.sub(r"[0-9a-f]+-[0-9a-f]+ :", "00000000-00000000 :", renamed)
+    for name, variant in (("renamed", renamed), ("zeroed", zeroed)):
+        found = display.firmware_framebuffer_devices(_iomem_root(tmp_path, name, variant))
+        assert found == {boot_vga: ["BOOTFB"]}, (name, found)
 
 
 def test_gpu_verdicts_match_the_layout(layout, topology):

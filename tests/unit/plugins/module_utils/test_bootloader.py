@@ -120,6 +120,14 @@ def test_later_duplicates_of_a_single_valued_key_are_dropped():
     assert plan.added == []
 
 
+def test_initcall_blacklist_accumulates_as_the_kernel_does():
+    # init/main.c adds each occurrence's functions to the list: the advice for a GPU that keeps the
+    # firmware framebuffer (initcall_blacklist=sysfb_init) must not drop what the host already skips.
+    plan = planned(["quiet", "initcall_blacklist=acpi_cpufreq_init"], ["initcall_blacklist=sysfb_init"])
+    assert plan.arguments == ["quiet", "initcall_blacklist=acpi_cpufreq_init", "initcall_blacklist=sysfb_init"]
+    assert planned(plan.arguments, ["initcall_blacklist=sysfb_init"]).added == []
+
+
 def test_repeatable_keys_accumulate():
     plan = planned(
         ["console=tty0", "hugepagesz=2M", "hugepages=512"], ["console=ttyS0", "hugepagesz=1G", "hugepages=16"]

@@ -6,6 +6,7 @@ it leaves the processor's functions of its slot; a second GPU's framebuffer carr
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -72,3 +73,22 @@ def test_a_second_gpu_with_a_framebuffer_is_bound_and_its_framebuffer_goes(make_
     assert result["rc"] == 0 and result["changed"] is True and result["refusals"] == [], result
     assert vfio_bind.read_driver(root, "0000:01:00.0") == "vfio-pci"
     assert display.framebuffer_devices(root) == {"0000:00:02.0": ["fb0"]}
+
+
+# strix_halo_vfio: the GPU and its audio on vfio-pci from boot, the firmware framebuffer (BOOTFB, with
+# simpledrm drawing the console on it) left in the GPU's BAR.
+def test_vfio_pci_refuses_the_gpu_the_firmware_framebuffer_holds(make_host, vfio_pci):
+    root = make_host("strix_halo_vfio")
+    kernel = PciKernel(KernelSim(root))
+    result = vfio_pci(root, kernel=kernel, devices=[IGPU], persistent=False)
+    assert result["rc"] == 1 and result["changed"] is False, result
+    assert [(r["code"], r["device"]) for r in result["refusals"]] == [("firmware_framebuffer", IGPU)]
+    message = result["refusals"][0]["message"]
+    assert "(BOOTFB (simpledrm) in /proc/iomem)" in message and "initcall_blacklist=sysfb_init" in message
+    assert kernel.sim.writes == []
+    # Forced, the binding stands and the warning says what the VM will meet.
+    result = vfio_pci(root, kernel=kernel, devices=[IGPU], persistent=False, force=True)
+    assert result["rc"] == 0 and result["changed"] is False, result
+    assert "going ahead although %s" % IGPU in json.dumps(result["warnings"])
+    assert "initcall_blacklist=sysfb_init" in json.dumps(result["warnings"])
+    assert vfio_bind.read_driver(root, IGPU) == "vfio-pci"
