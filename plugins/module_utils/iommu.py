@@ -40,6 +40,7 @@ import os
 import re
 from dataclasses import dataclass, field
 
+from ansible_collections.gpuvirt.host.plugins.module_utils.device_users import open_files
 from ansible_collections.gpuvirt.host.plugins.module_utils.kernel import (
     X86,
     kernel_bool,
@@ -286,35 +287,12 @@ def vfio_holders(root, findings=None):
     cdevs = list_dir(vfio_dir + "/devices")
     if not entries and not cdevs:
         return {}
+    held, hidden = open_files(root, _vfio_file)
     holders = {}
-    hidden = 0
-    proc = host_path(root, "proc")
-    for pid in list_dir(proc):
-        if not (pid.isascii() and pid.isdigit()):
-            continue
-        fd_dir = "%s/%s/fd" % (proc, pid)
-        try:
-            fds = os.listdir(fd_dir)
-        except PermissionError:
-            hidden += 1
-            continue
-        except OSError:
-            continue
-        held = set()
-        for fd in fds:
-            try:
-                target = os.readlink(fd_dir + "/" + fd)
-            except OSError:
-                continue
-            if target.startswith("/dev/vfio/") and target != "/dev/vfio/vfio":
-                held.add(target[len("/dev/vfio/") :])
-        if not held:
-            continue
-        comm = read_text("%s/%s/comm" % (proc, pid))
-        for name in sorted(held):
-            key = _cdev_owner(root, name[len("devices/") :]) if name.startswith("devices/") else name
-            if key is not None:
-                holders.setdefault(key, []).append({"pid": int(pid), "comm": comm})
+    for name, users in held.items():
+        key = _cdev_owner(root, name[len("devices/") :]) if name.startswith("devices/") else name
+        if key is not None:
+            holders.setdefault(key, []).extend(users)
     if hidden and findings is not None:
         findings.info(
             "processes_unreadable",
@@ -324,6 +302,13 @@ def vfio_holders(root, findings=None):
     for users in holders.values():
         users.sort(key=lambda user: user["pid"])
     return holders
+
+
+def _vfio_file(target):
+    """The name below ``/dev/vfio`` of a VFIO group or cdev file (not the container ``vfio``), or None."""
+    if target.startswith("/dev/vfio/") and target != "/dev/vfio/vfio":
+        return target[len("/dev/vfio/") :]
+    return None
 
 
 def users_of(holders, group, *devices):

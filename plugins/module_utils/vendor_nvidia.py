@@ -39,7 +39,13 @@ from __future__ import annotations
 import os
 import re
 
-from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import MISSING, read_attribute, read_attribute_at
+from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import (
+    MISSING,
+    host_path,
+    read_attribute,
+    read_attribute_at,
+    read_text,
+)
 from ansible_collections.gpuvirt.host.plugins.module_utils.vendor_plan import (
     EnableError,
     EnablePlan,
@@ -52,6 +58,8 @@ STATE_KEY = "nvidia_vgpu"
 VGPU_HOST_MODULE = "nvidia_vgpu_vfio"
 SRIOV_MANAGE = "/usr/lib/nvidia/sriov-manage"
 
+NVIDIA_PROC_GPUS = "proc/driver/nvidia/gpus"
+_DEVICE_MINOR = re.compile(r"^Device Minor:\s*([0-9]+)\s*$", re.MULTILINE)
 _ENTRY = re.compile(r"\s*([0-9]+)\s*:\s*(\S.*?)\s*\Z")
 _HEADER = re.compile(r"\s*ID\s*:", re.IGNORECASE)
 
@@ -199,6 +207,15 @@ class NvidiaBackend(VendorBackend):
     def in_use_reasons(self, device):
         current = (vgpu_state(device) or {}).get("current")
         return ["NVIDIA vGPU type %d is assigned to it (nvidia/current_vgpu_type)" % current] if current else []
+
+    def device_nodes(self, root, device):
+        """``/dev/nvidiaN``: the driver numbers its GPUs (``Device Minor`` in its
+        ``/proc/driver/nvidia/gpus/<address>/information``)."""
+        if device.driver != "nvidia":
+            return []
+        text = read_text(host_path(root, NVIDIA_PROC_GPUS, device.address, "information"))
+        match = _DEVICE_MINOR.search(text or "")
+        return ["/dev/nvidia%s" % match.group(1)] if match else []
 
     def no_mdev_types_hint(self, device, vfs):
         if vgpu_state(device) is not None or any(vgpu_state(vf) is not None for vf in vfs):

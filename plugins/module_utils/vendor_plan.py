@@ -71,6 +71,7 @@ class VendorBackend:
     Enabling (:mod:`enablement`): ``enable_modes``, :meth:`enable_plan`.
     Carving (:mod:`sriov`, :mod:`mdev`): ``vf_tools``, :meth:`vf_count_set_by`, :meth:`vf_count_advice`,
     :meth:`in_use_reasons`, :meth:`no_mdev_types_hint`.
+    Guarding (:mod:`device_users`): :meth:`device_nodes`.
     Persisting (:mod:`hoststate`, :mod:`restore`): ``state_sections``, ``restore_steps``.
     """
 
@@ -124,6 +125,11 @@ class VendorBackend:
 
     def in_use_reasons(self, device):
         """Why this device (a VF) is in use by the vendor's own interface, e.g. a vGPU assigned to it."""
+        return []
+
+    def device_nodes(self, root, device):
+        """The vendor's ``/dev`` nodes through which the host uses ``device`` while its driver drives it
+        (a process holding one keeps the driver from letting go of the device)."""
         return []
 
     def no_mdev_types_hint(self, device, vfs):

@@ -193,6 +193,11 @@ def in_use_reasons(device):
     return [reason for backend in backends_for(device.vendor_id) for reason in backend.in_use_reasons(device)]
 
 
+def device_nodes(root, device):
+    """The vendors' ``/dev`` nodes of ``device`` (see ``VendorBackend.device_nodes``)."""
+    return [node for backend in backends_for(device.vendor_id) for node in backend.device_nodes(root, device)]
+
+
 def no_mdev_types_hint(device, vfs):
     """The vendor's reason why ``device`` offers no mdev types (``vfs``: its VF devices), or None."""
     return _first(device, "no_mdev_types_hint", vfs)

@@ -14,7 +14,8 @@ boot-time planning :class:`vfio_boot.BootConfigPlanner`):
   devices through the topology readers, and the displays the kernel marks (:mod:`display`).
 - :func:`expand_members` ``(view, selected, with_companions) -> {address: Member}``: selected devices
   plus the other functions of their slots in the same IOMMU group.
-- :func:`bind_refusals`, :func:`in_use_refusals`, :func:`id_refusals` -> ``[Refusal]``: the guards.
+- :func:`bind_refusals`, :func:`in_use_refusals`, :func:`host_user_refusals`, :func:`id_refusals` ->
+  ``[Refusal]``: the guards.
 - :func:`choose_drivers` ``(root, members, requested, aliases) -> {address: DriverChoice}``: vfio-pci
   or the variant VFIO driver (``alias vfio_pci:`` in modules.alias) each device gets;
   :func:`is_vfio_driver`, :func:`driver_key` (``-`` and ``_`` as one), :func:`module_of`.
@@ -32,6 +33,7 @@ from dataclasses import dataclass
 from ansible_collections.gpuvirt.host.plugins.module_utils import host as host_model
 from ansible_collections.gpuvirt.host.plugins.module_utils import vendors
 from ansible_collections.gpuvirt.host.plugins.module_utils.critical import critical_devices
+from ansible_collections.gpuvirt.host.plugins.module_utils.device_users import host_nodes, node_users
 from ansible_collections.gpuvirt.host.plugins.module_utils.display import Displays, read_displays
 from ansible_collections.gpuvirt.host.plugins.module_utils.errors import GpuvirtError
 from ansible_collections.gpuvirt.host.plugins.module_utils.files import (
@@ -376,6 +378,32 @@ def bind_refusals(view, members, changing):
                    "it" if address in members else "a device of its IOMMU group"),
             ))
     refusals.extend(in_use_refusals(view, changing, "binding"))
+    refusals.extend(host_user_refusals(view, changing))
+    return refusals
+
+
+def host_user_refusals(view, changing):
+    """Devices among ``changing`` that host processes use through their host driver's nodes (a
+    compositor's DRM card, a CUDA job's ``/dev/nvidiaN``): taking the driver away pulls the device from
+    under them, or leaves the run waiting until they let go (see :mod:`device_users`)."""
+    nodes = {}
+    for address in changing:
+        nodes.update((node, address) for node in host_nodes(view.root, view.devices[address]))
+    users = node_users(view.root, nodes)
+    refusals = []
+    for node, address in nodes.items():
+        holders = users.get(node)
+        if not holders:
+            continue
+        who = ", ".join("%s (pid %d)" % (user.get("comm") or "?", user["pid"]) for user in holders)
+        refusals.append(Refusal(
+            "host_users", address,
+            "%s is in use on the host: %s %s %s open; taking it from %s now would pull it from under them, or "
+            "leave this run waiting until they let go; stop them first, or bind it at the next boot only "
+            "(runtime: false)"
+            % (describe(view.records[address]), who, "holds" if len(holders) == 1 else "hold", node,
+               view.devices[address].driver),
+        ))
     return refusals
 
 

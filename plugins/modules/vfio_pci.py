@@ -34,15 +34,18 @@ description:
     the current driver, write the address to C(/sys/bus/pci/drivers_probe), then read the C(driver) link
     back. A bind the kernel accepted but that did not take effect is undone and reported as an error."
   - "Guards, each a clear error that changes nothing unless O(force=true): the boot VGA device, the boot
-    display of another class (the C(boot_display) newer kernels put on its DRM card; an AMD APU's GPU
-    has no C(boot_vga)), a VGA-class device whose C(boot_vga) is missing, or a GPU driving the
-    framebuffer the text console draws on (C(fb0), or those C(fbcon=map:) names; a second GPU's
-    framebuffer carries no console), or a GPU whose memory holds the firmware's framebuffer (C(BOOTFB)
-    and the driver drawing on it in C(/proc/iomem): vfio-pci could not reserve that BAR for a VM; boot
-    with C(initcall_blacklist=sysfb_init)); an IOMMU group that holds an endpoint which is neither a companion
-    nor being bound (a NIC, a disk controller), naming that device; a group holding the root
-    filesystem's disk controller or the NIC of the default route; a device whose C(/dev/vfio/<group>) a
-    process holds open (a running VM) when its driver would change; ID-based persistence that would
+    display of another class (the C(boot_display) newer kernels put on its DRM card; an AMD APU's GPU has no
+    C(boot_vga)), a VGA-class device whose C(boot_vga) is missing, or a GPU driving the framebuffer the text
+    console draws on (C(fb0), or those C(fbcon=map:) names; a second GPU's framebuffer carries no console),
+    or a GPU whose memory holds the firmware's framebuffer (C(BOOTFB) and the driver drawing on it in
+    C(/proc/iomem): vfio-pci could not reserve that BAR for a VM; boot with
+    C(initcall_blacklist=sysfb_init)); an IOMMU group that holds an endpoint which is neither a companion
+    nor being bound (a NIC, a disk controller), naming that device; a group holding the root filesystem's
+    disk controller or the NIC of the default route; a device whose C(/dev/vfio/<group>) a process holds
+    open (a running VM) when its driver would change; a device host processes use through its host driver
+    (its DRM card or render node, its framebuffer, or C(/dev/nvidiaN) by the driver's C(Device Minor): a
+    desktop compositor, nvidia-persistenced, a CUDA job) when its driver would change now: taking it pulls
+    the device from under them, or leaves the run waiting until they let go; ID-based persistence that would
     also catch a device staying with the host."
   - When the IOMMU is off in the running kernel, nothing is bound now; the boot-time configuration is
     still written and RV(reboot_required) is true with the reason in RV(reboot_reasons).

@@ -127,6 +127,39 @@ def test_without_the_holder_the_devices_go_back_and_return(host, gpu, bound, lay
     assert "msg" not in settled and settled["changed"] is False, settled
 
 
+def test_a_gpu_a_host_process_holds_through_its_drm_card_is_refused(host, layout):
+    # The shared display stays on bochs-drm (card1 in the guest): a process holding its DRM card keeps
+    # vfio_pci from taking it; once the process is gone, only the shared IOMMU group stands in the way.
+    display = layout.role("shared_group_display")[0]["address"]
+    card = host.check_output("ls /sys/bus/pci/devices/%s/drm | grep -x 'card[0-9]*'" % display)
+    holder = host.check_output(
+        "setsid python3 -c \"import os, time; fd = os.open('/dev/dri/%s', os.O_RDONLY); time.sleep(600)\" "
+        "</dev/null >/dev/null 2>&1 & echo $!" % card
+    )
+    try:
+        for _attempt in range(50):
+            if host.run("ls -l /proc/%s/fd 2>/dev/null | grep -q /dev/dri/%s" % (holder, card)).rc == 0:
+                break
+            time.sleep(0.2)
+        else:
+            pytest.fail("the holder never opened /dev/dri/%s" % card)
+        result = run_module(host, "gpuvirt.host.vfio_pci", "devices=%s persistent=false" % display, check=True)
+        assert result["changed"] is False, result
+        held = [r for r in result["refusals"] if r["code"] == "host_users"]
+        assert [r["device"] for r in held] == [display], result["refusals"]
+        words = "python3 (pid %s) holds /dev/dri/%s open; taking it from bochs-drm" % (holder, card)
+        assert words in held[0]["message"], held
+        assert _driver(host, display) == "bochs-drm"
+    finally:
+        host.run("kill %s", holder)
+    for _attempt in range(50):
+        if not host.file("/proc/%s" % holder).exists:
+            break
+        time.sleep(0.2)
+    result = run_module(host, "gpuvirt.host.vfio_pci", "devices=%s persistent=false" % display, check=True)
+    assert [r["code"] for r in result["refusals"]] == ["group_shared"], result["refusals"]
+
+
 def test_the_timings_were_measured(timings):
     assert {"first", "second", "first_roles", "second_roles", "bare_facts"} <= set(timings)
     print(
