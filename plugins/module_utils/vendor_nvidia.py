@@ -12,6 +12,10 @@ Interface notes (vgpu-device-manager, go-nvlib, the vgpu-kvm driver packages):
   on each VF once ``/usr/lib/nvidia/sriov-manage -e <pf>`` enabled them.
 - Ada/Hopper and later with vGPU 17+ on kernel 6.8+: no mdev bus; each VF has
   ``nvidia/creatable_vgpu_types`` and ``nvidia/current_vgpu_type`` (write a type ID, ``0`` to delete).
+- The host's users of a GPU on ``nvidia`` hold ``/dev/nvidiaN``, N being the ``Device Minor`` line of
+  ``/proc/driver/nvidia/gpus/<address>/information`` (``/dev/nvidiactl`` and ``/dev/nvidia-uvm`` are
+  shared by all GPUs). Unbinding the driver while any is held makes it log "Attempting to remove
+  device ... with non-zero usage count!" and wait until they let go (``device_nodes``).
 
 Public API:
 
