@@ -60,9 +60,9 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import (
 from ansible_collections.gpuvirt.host.plugins.module_utils.vendors import (
     DEVICE_DEFAULTS,
     apart_in_slot,
-    backends_for,
     host_graphics_drivers,
     read_vendor_state,
+    readers_for,
 )
 
 HOST_GRAPHICS_DRIVERS = host_graphics_drivers()
@@ -358,15 +358,17 @@ class _Model:
 
 class _QuickPass:
     """What one pass over many devices learns once: the parsed form of values the devices share
-    (a model's ``uevent`` lines, NUMA nodes, reset methods), the IOMMU groups that exist and the
-    models whose functions lack ``reset_method``."""
+    (a model's ``uevent`` lines, NUMA nodes, reset methods, ``iommu_group`` links), the IOMMU groups
+    that exist and the models whose functions lack ``reset_method``."""
 
-    __slots__ = ("groups", "models", "numa", "resets")
+    __slots__ = ("groups", "links", "models", "numa", "resets")
 
     def __init__(self, groups=None):
         # Names listed in sys/kernel/iommu_groups: a device's link to one of them needs no stat of
         # its own. None: not listed, so each link is checked where it points.
         self.groups = groups
+        # An iommu_group link's target -> its group number (devices of one group share it).
+        self.links = {}
         # A uevent's lines before PCI_SLOT_NAME (the same for every function of one model and
         # driver) -> its _Model.
         self.models = {}
@@ -422,7 +424,9 @@ class _QuickPass:
             except FileNotFoundError:
                 group = None
             else:
-                group = _group_number(target)
+                group = self.links.get(target, self)
+                if group is self:
+                    group = self.links[target] = _group_number(target)
                 if group is None:
                     return None
                 if (self.groups is None or group not in self.groups) and not stat.S_ISDIR(
@@ -590,8 +594,8 @@ def _read_device_tail(device, findings, directory, known_vfs, reader=None):
                 reader.problem("sriov_totalvfs", problem, "a number of VFs", text)
             device.sriov = _read_sriov(reader, total)
 
-    # Vendor backends read their own devices only (every backend when the vendor is unknown).
-    backends = backends_for(device.vendor_id)
+    # Vendor backends read their own devices only (every reading backend when the vendor is unknown).
+    backends = readers_for(device.vendor_id)
     if backends:
         device.vendor_state = read_vendor_state(backends, device.path, address, findings, directory)
 

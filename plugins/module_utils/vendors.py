@@ -24,7 +24,7 @@ boot-time restore can ship them as it ships every module_utils file) defines a `
 
 Adding a vendor is one new module and one entry in :data:`BACKENDS`; no generic module names a vendor.
 
-Public API: :data:`BACKENDS`, :func:`backends_for`, :func:`read_vendor_state`,
+Public API: :data:`BACKENDS`, :func:`backends_for`, :func:`readers_for`, :func:`read_vendor_state`,
 :func:`host_graphics_drivers`, :func:`host_slot_vendors`, :func:`apart_in_slot`, :func:`softdep_drivers`,
 :data:`DEVICE_DEFAULTS`, :func:`gpu_keys`, :class:`HostFacts`,
 :func:`enable_modes`, :func:`virtualization_modes`, :func:`state_sections`, :func:`restore_steps`,
@@ -36,7 +36,7 @@ from __future__ import annotations
 
 from ansible_collections.gpuvirt.host.plugins.module_utils import vendor_amd, vendor_intel, vendor_nvidia
 from ansible_collections.gpuvirt.host.plugins.module_utils.kernel import cmdline_flag, cmdline_value, module_parameter
-from ansible_collections.gpuvirt.host.plugins.module_utils.vendor_plan import RESTORE_ANCHORS
+from ansible_collections.gpuvirt.host.plugins.module_utils.vendor_plan import RESTORE_ANCHORS, VendorBackend
 
 BACKENDS = (vendor_nvidia.BACKEND, vendor_intel.BACKEND, vendor_amd.BACKEND)
 _BY_VENDOR = {backend.vendor_id: (backend,) for backend in BACKENDS}
@@ -53,6 +53,24 @@ def backends_for(vendor_id):
     if vendor_id is None:
         return BACKENDS
     return _BY_VENDOR.get(vendor_id, ())
+
+
+def readers_for(vendor_id):
+    """The backends of :func:`backends_for` that read extra device state (override ``read_device``):
+    the PCI reader calls no backend for the devices of a vendor whose backends read nothing."""
+    if vendor_id is None:
+        return _READERS_OF_ANY
+    return _READERS.get(vendor_id, ())
+
+
+def _reads_devices(backend):
+    return type(backend).read_device is not VendorBackend.read_device
+
+
+_READERS = {
+    backend.vendor_id: (backend,) for backend in BACKENDS if _reads_devices(backend)
+}
+_READERS_OF_ANY = tuple(backend for backend in BACKENDS if _reads_devices(backend))
 
 
 def read_vendor_state(backends, path, address, findings, directory=None):

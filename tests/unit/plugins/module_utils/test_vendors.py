@@ -38,6 +38,15 @@ def test_the_registry_gives_each_vendor_its_backend_only():
     assert len(vendors.backends_for(None)) == len(vendors.BACKENDS)
 
 
+def test_only_backends_that_read_device_state_are_asked_to():
+    # NVIDIA reads its nvidia/ directory; Intel and AMD read nothing beyond the generic attributes.
+    assert [b.name for b in vendors.readers_for("10de")] == ["nvidia"]
+    assert vendors.readers_for("8086") == ()
+    assert vendors.readers_for("15b3") == ()
+    # A device whose vendor is unknown is read by every backend that reads.
+    assert [b.name for b in vendors.readers_for(None)] == ["nvidia"]
+
+
 def test_a_vendor_reader_never_reads_another_vendors_device(make_host):
     # An Intel iGPU with a stray nvidia/ directory: the NVIDIA reader is not asked.
     root = make_host("gvtg_laptop", files={
