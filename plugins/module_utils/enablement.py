@@ -26,6 +26,7 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.modrun import ModuleR
 from ansible_collections.gpuvirt.host.plugins.module_utils.pci import name_devices, read_pci_devices
 from ansible_collections.gpuvirt.host.plugins.module_utils.selector import describe, select_devices
 from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import host_path
+from ansible_collections.gpuvirt.host.plugins.module_utils.topology import UnsupportedArchitecture, check_architecture
 from ansible_collections.gpuvirt.host.plugins.module_utils.vendor_plan import EnableError
 
 MODES = vendors.enable_modes()
@@ -33,6 +34,10 @@ MODES = vendors.enable_modes()
 
 def read_gpu(root, selector_text):
     """``(device, host facts)`` of the one GPU ``selector_text`` names."""
+    try:
+        check_architecture(root)
+    except UnsupportedArchitecture as error:
+        raise EnableError(str(error)) from error
     devices = read_pci_devices(root)
     name_devices(root, devices)
     matched = select_devices(selector_text, devices, "GPU", _gpu_reason)

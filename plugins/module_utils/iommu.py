@@ -136,11 +136,12 @@ def read_iommu(root, cmdline, architecture=None):
     )
     tables, tables_known = listing(root, ACPI_TABLES)
     device_tree = os.path.isdir(host_path(root, "sys/firmware/devicetree"))
-    if not tables_known and os.path.isdir(host_path(root, "sys/firmware")) and not os.path.exists(
+    if not tables_known and list_dir(host_path(root, "sys/firmware")) and not os.path.exists(
         host_path(root, "sys/firmware/acpi")
     ):
         # A host booted without ACPI. Without a device tree either, there is no firmware description
-        # at all; with one, the IOMMU nodes live there and are not read: unknown.
+        # at all; with one, the IOMMU nodes live there and are not read: unknown. An empty
+        # sys/firmware is not such a host: a container runtime masks the host's firmware with one.
         tables_known = not device_tree
     if translated:
         enabled = True

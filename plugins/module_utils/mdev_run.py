@@ -34,6 +34,7 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.mdev import (
 )
 from ansible_collections.gpuvirt.host.plugins.module_utils.modrun import ModuleRun
 from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import SysfsWriteError
+from ansible_collections.gpuvirt.host.plugins.module_utils.topology import UnsupportedArchitecture, check_architecture
 
 
 @dataclass(frozen=True)
@@ -55,11 +56,12 @@ class MdevRun(ModuleRun):
 
     def plan(self):
         try:
+            check_architecture(self.root)
             if self.params["persistent"]:
                 load_state(self.root)  # a state file that cannot be updated refuses the run before any change
             before = read_snapshot(self.root, self.host_id)
             first = plan_mdevs(before, self.declarations, self.force)
-        except (MdevError, StateFileError) as error:
+        except (MdevError, StateFileError, UnsupportedArchitecture) as error:
             self.fail(str(error))
         for warning in first.warnings:
             self.warn(warning)

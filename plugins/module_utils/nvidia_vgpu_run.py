@@ -38,7 +38,12 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.nvidia_vgpu import (
 from ansible_collections.gpuvirt.host.plugins.module_utils.pci import name_devices, read_pci_devices
 from ansible_collections.gpuvirt.host.plugins.module_utils.selector import select_devices
 from ansible_collections.gpuvirt.host.plugins.module_utils.sriov import SriovError, state_entry
-from ansible_collections.gpuvirt.host.plugins.module_utils.topology import NotALinuxTree, check_root
+from ansible_collections.gpuvirt.host.plugins.module_utils.topology import (
+    NotALinuxTree,
+    UnsupportedArchitecture,
+    check_architecture,
+    check_root,
+)
 
 
 class Work:
@@ -71,9 +76,10 @@ class NvidiaVgpuRun(ModuleRun):
         self.retries, self.delay = rules.waits(self.params)
         try:
             check_root(self.root)
+            check_architecture(self.root)
             self.state = load_state(self.root)
             self.cache = load_cache(self.root)
-        except (NotALinuxTree, StateFileError, VgpuError) as error:
+        except (NotALinuxTree, UnsupportedArchitecture, StateFileError, VgpuError) as error:
             self.fail(str(error))
         works = self._select()
         for work in works:

@@ -9,6 +9,8 @@ Public API (every reader takes the host ``root``; none raises on a bad attribute
 - :func:`read_pci_devices` ``(root, findings=None) -> dict[str, PciDevice]`` (one pass, sorted)
 - :func:`companions` ``(devices, address, slots=None) -> list[str]`` (other functions of the same
   slot), :func:`slot_index` ``(devices) -> dict[str, list[str]]``
+- :func:`vmd_controller` ``(devices, device) -> str | None``: the Intel VMD controller a device sits
+  behind; :func:`behind_vmd_reason` ``(address, controller)``.
 - :func:`class_name` ``(class_code) -> str | None``, :func:`is_gpu_class`
 - :class:`PciIds` -- lazy vendor/device name lookup in the host's ``pci.ids``;
   :func:`name_devices` ``(root, devices) -> PciIds | None`` names a whole host at once.
@@ -708,6 +710,40 @@ def slot_index(devices):
     for address in devices:
         slots.setdefault(slot_of(address), []).append(address)
     return slots
+
+
+# The first PCI domain the kernel gives the buses behind an Intel VMD controller (vmd_find_free_domain() in
+# drivers/pci/controller/vmd.c: "to not clash with ACPI _SEG"); hosts' own segments stay below it.
+FIRST_EMULATED_DOMAIN = 0x10000
+VMD_DRIVER = "vmd"
+
+
+def vmd_controller(devices, device):
+    """The address of the Intel VMD controller ``device`` sits behind, or None.
+
+    VMD hides the devices of the root ports it owns behind its own endpoint, in a PCI domain of its own
+    (0x10000 and up): their DMA reaches the IOMMU with the endpoint's requester ID, so they share its
+    IOMMU group (Linux 5.6 and later) or have none (before), and none can be assigned to a VM alone.
+    Such a device's sysfs directory lies below the endpoint's, which the ``vmd`` driver drives. Only
+    devices in a domain that high are looked up (one link resolved each)."""
+    domain = device.address.rsplit(":", 2)[0]
+    if int(domain, 16) < FIRST_EMULATED_DOMAIN:
+        return None
+    for part in reversed(os.path.realpath(device.path).split("/")[:-1]):
+        ancestor = devices.get(part)
+        if ancestor is not None and int(part.rsplit(":", 2)[0], 16) < FIRST_EMULATED_DOMAIN:
+            return part if ancestor.driver == VMD_DRIVER else None
+    return None
+
+
+def behind_vmd_reason(address, controller):
+    """Why a device behind the VMD controller ``controller`` (:func:`vmd_controller`) cannot be assigned."""
+    return (
+        "%s sits behind the Intel VMD controller %s (in the PCI domain VMD made for it): its DMA carries the "
+        "controller's requester ID, so it shares the controller's IOMMU group (or has none before Linux 5.6) "
+        "and cannot be assigned to a VM on its own; turn VMD off in the firmware setup to pass it through"
+        % (address, controller)
+    )
 
 
 def companions(devices, address, slots=None):

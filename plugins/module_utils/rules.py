@@ -198,6 +198,33 @@ _ARM64_IOMMU_VALUES = {
 }
 
 
+def iommu_on_advice(architecture=None, vendor=None):
+    """How to turn the IOMMU on, for messages: what the kernel of ``architecture`` (``uname -m``, None when
+    unknown) needs for an IOMMU of ``vendor`` (``intel``, ``amd``, ``arm``; None when unknown). AMD-Vi and an
+    Arm SMMU need no kernel argument (amd_iommu= has no ``on`` value; intel_iommu= and amd_iommu= do not
+    exist on arm64)."""
+    family = architecture_family(architecture) if architecture else None
+    if family == "arm64" or vendor == "arm":
+        return (
+            "an arm64 kernel turns the SMMU on with no argument once the firmware describes it (ACPI IORT or the "
+            "device tree) and the kernel has the arm-smmu-v3 driver: enable the SMMU in the firmware setup"
+        )
+    if vendor == "amd":
+        return (
+            "AMD-Vi needs no kernel argument: enable the IOMMU in the firmware setup and remove amd_iommu=off or "
+            "iommu=off from the kernel command line (the gpuvirt.host.iommu role does)"
+        )
+    if vendor == "intel":
+        return (
+            "enable VT-d in the firmware setup and add intel_iommu=on to the kernel command line (the "
+            "gpuvirt.host.iommu role does, or gpuvirt.host.kernel_cmdline)"
+        )
+    return (
+        "enable the IOMMU in the firmware setup (VT-d, AMD-Vi or the SMMU); the gpuvirt.host.iommu role sets the "
+        "kernel command line this host needs (intel_iommu=on for Intel VT-d; AMD-Vi and an Arm SMMU need no argument)"
+    )
+
+
 def architecture_family(architecture):
     """``x86``, ``arm64`` or ``power`` for an architecture name (``uname -m``), else the name itself."""
     return _FAMILIES.get(architecture, architecture)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ansible_collections.gpuvirt.host.plugins.module_utils import rules, vendors
+from ansible_collections.gpuvirt.host.plugins.module_utils.architecture import host_architecture as tree_architecture
 from ansible_collections.gpuvirt.host.plugins.module_utils.files import FileError
 from ansible_collections.gpuvirt.host.plugins.module_utils.hoststate import (
     StateFileError,
@@ -17,7 +18,7 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.hoststate import (
     state_path,
     with_section,
 )
-from ansible_collections.gpuvirt.host.plugins.module_utils.iommu import vfio_holders
+from ansible_collections.gpuvirt.host.plugins.module_utils.iommu import read_iommu, vfio_holders
 from ansible_collections.gpuvirt.host.plugins.module_utils.mdev_info import mdevs
 from ansible_collections.gpuvirt.host.plugins.module_utils.modrun import ModuleRun
 from ansible_collections.gpuvirt.host.plugins.module_utils.pci import name_devices, read_pci_devices
@@ -34,7 +35,12 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.sriov import (
     vf_drivers,
     vf_users,
 )
-from ansible_collections.gpuvirt.host.plugins.module_utils.topology import NotALinuxTree, check_root
+from ansible_collections.gpuvirt.host.plugins.module_utils.topology import (
+    NotALinuxTree,
+    UnsupportedArchitecture,
+    check_architecture,
+    check_root,
+)
 from ansible_collections.gpuvirt.host.plugins.module_utils.vfio import find_program
 from ansible_collections.gpuvirt.host.plugins.module_utils.vfio_bind import (
     VFIO_DRIVER,
@@ -63,8 +69,9 @@ class SriovRun(ModuleRun):
         self.retries, self.delay = rules.waits(self.params)
         try:
             check_root(self.root)
+            check_architecture(self.root)
             state = load_state(self.root)
-        except (NotALinuxTree, StateFileError) as error:
+        except (NotALinuxTree, UnsupportedArchitecture, StateFileError) as error:
             self.fail(str(error))
         plans = self._plan(self.params["devices"])
         blocked = [p for p in plans if p["in_use"]]
@@ -207,10 +214,11 @@ class SriovRun(ModuleRun):
     def _check_vfio(self, pf, device, wanted, autoprobe):
         """VFs can go to vfio-pci only with the IOMMU on (they need an IOMMU group)."""
         if wanted and device.iommu_group is None:
+            advice = rules.iommu_on_advice(tree_architecture(self.root)[0], read_iommu(self.root, []).vendor)
             self.fail(
                 "%s (%s): vfio: true needs the IOMMU on, and %s has no IOMMU group, so its VFs would get none and "
-                "vfio-pci could not take them; turn the IOMMU on (gpuvirt.host.iommu) and reboot; nothing was "
-                "changed" % (pf, device.name, pf)
+                "vfio-pci could not take them; turn the IOMMU on and reboot (%s); nothing was changed"
+                % (pf, device.name, pf, advice)
             )
         if wanted and autoprobe:
             self.warn(

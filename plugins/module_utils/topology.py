@@ -37,6 +37,7 @@ import os
 
 from ansible_collections.gpuvirt.host.plugins.module_utils import rules, vendors
 from ansible_collections.gpuvirt.host.plugins.module_utils.architecture import architecture_from_iommu
+from ansible_collections.gpuvirt.host.plugins.module_utils.architecture import host_architecture as tree_architecture
 from ansible_collections.gpuvirt.host.plugins.module_utils.critical import critical_devices
 from ansible_collections.gpuvirt.host.plugins.module_utils.display import Displays, read_displays
 from ansible_collections.gpuvirt.host.plugins.module_utils.errors import GpuvirtError
@@ -62,10 +63,12 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.kernel import (
 from ansible_collections.gpuvirt.host.plugins.module_utils.mdev_info import mdev_parents, mdevs
 from ansible_collections.gpuvirt.host.plugins.module_utils.pci import (
     HOST_GRAPHICS_DRIVERS,
+    behind_vmd_reason,
     companions,
     name_devices,
     read_pci_devices,
     slot_index,
+    vmd_controller,
 )
 from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import PCI_DEVICES, host_path
 from ansible_collections.gpuvirt.host.plugins.module_utils.vfio_bind import is_vfio_driver
@@ -88,6 +91,19 @@ def check_root(root):
             "give the directory that holds sys/, proc/ and etc/ (/ for this host)"
             % (root, ", ".join(_LINUX_MARKERS))
         )
+
+
+class UnsupportedArchitecture(GpuvirtError):
+    """The host is an architecture this collection does not configure (:func:`unsupported_architecture`)."""
+
+
+def check_architecture(root):
+    """Raise :class:`UnsupportedArchitecture` when the kernel booting from ``root`` is of an architecture
+    this collection cannot configure (POWER, ...); an unknown architecture passes. Every changing module
+    calls it before it plans anything."""
+    unsupported = unsupported_architecture(tree_architecture(root)[0])
+    if unsupported:
+        raise UnsupportedArchitecture(unsupported)
 
 
 def group_endpoints(devices, group):
@@ -141,6 +157,9 @@ def passthrough_verdict(
         )
     elif device.iommu_group is None:
         refuse("no_iommu_group", "%s has no IOMMU group although the IOMMU is on" % address)
+    controller = vmd_controller(devices, device)
+    if controller is not None:
+        refuse("behind_vmd", behind_vmd_reason(address, controller))
     for doubt in device.doubts:
         refuse("doubtful_attribute", "%s: %s" % (address, doubt))
     for code, framebuffer in displays.console_uses(device):
@@ -376,23 +395,33 @@ def _iommu_findings(root, iommu, cmdline, findings, architecture=None):
                 "iommu_off",
                 "the kernel registered no IOMMU; whether the firmware describes one is unknown (this tree "
                 "has no readable /sys/firmware/acpi/tables: a snapshot, a container or an unprivileged "
-                "read): enable VT-d (Intel) or AMD-Vi/IOMMU (AMD) in the firmware setup if it is off, add "
-                "intel_iommu=on (Intel) or amd_iommu=on (AMD) to the kernel command line and reboot",
+                "read): enable VT-d (Intel) or AMD-Vi/IOMMU (AMD) in the firmware setup if it is off; an Intel "
+                "IOMMU also needs intel_iommu=on on the kernel command line (AMD-Vi needs no argument); reboot",
             )
+        elif iommu.firmware_support and iommu.vendor == "amd":
+            off = _iommu_off_arguments(cmdline)
+            if off:
+                findings.error(
+                    "iommu_off",
+                    "the firmware describes an AMD IOMMU (ACPI IVRS table) but the kernel did not enable it: "
+                    "remove %s from the kernel command line and reboot (gpuvirt.host.kernel_cmdline); AMD-Vi "
+                    "needs no argument to turn on" % " ".join(off),
+                )
+            else:
+                findings.error(
+                    "iommu_off",
+                    "the firmware describes an AMD IOMMU (ACPI IVRS table) but the kernel did not enable it, and "
+                    "nothing on its command line turns it off; AMD-Vi needs no kernel argument (amd_iommu= has no "
+                    "'on' value): the kernel log says why (dmesg | grep AMD-Vi: an IVRS table it rejects, the "
+                    "IOMMU disabled in the firmware setup), or the kernel was built without CONFIG_AMD_IOMMU",
+                )
         elif iommu.firmware_support:
-            argument = "amd_iommu=on" if iommu.vendor == "amd" else "intel_iommu=on"
-            table = "IVRS" if iommu.vendor == "amd" else "DMAR"
             off = _iommu_off_arguments(cmdline)
             findings.error(
                 "iommu_off",
-                "the firmware describes an %s IOMMU (ACPI %s table) but the kernel did not enable it: add %s "
-                "to the kernel command line%s and reboot (gpuvirt.host.kernel_cmdline)"
-                % (
-                    "AMD" if iommu.vendor == "amd" else "Intel",
-                    table,
-                    argument,
-                    " and remove %s" % " ".join(off) if off else "",
-                ),
+                "the firmware describes an Intel IOMMU (ACPI DMAR table) but the kernel did not enable it: add "
+                "intel_iommu=on to the kernel command line%s and reboot (gpuvirt.host.kernel_cmdline)"
+                % (" and remove %s" % " ".join(off) if off else ""),
             )
         else:
             findings.error(

@@ -49,10 +49,12 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.kernel import (
     vfio_variant_drivers,
 )
 from ansible_collections.gpuvirt.host.plugins.module_utils.pci import (
+    behind_vmd_reason,
     companions,
     name_devices,
     read_pci_devices,
     slot_index,
+    vmd_controller,
 )
 from ansible_collections.gpuvirt.host.plugins.module_utils.selector import (
     SelectorError,
@@ -276,6 +278,8 @@ class HostView:
     critical: dict  # critical_devices(): {address: [reasons]}
     slots: dict
     displays: Displays  # the boot display (DRM) and the framebuffers each device drives
+    architecture: str | None = None  # uname -m of the host's kernel, None when unknown
+    iommu_vendor: str | None = None  # intel, amd, arm (IommuState.vendor), None when unknown
 
 
 def read_host(root):
@@ -286,7 +290,8 @@ def read_host(root):
         raise VfioError(str(error)) from error
     kernel = read_kernel(root)
     iommu = read_iommu(root, kernel["cmdline"] or [])
-    unsupported = unsupported_architecture(host_architecture(read_cpu(root), iommu))
+    architecture = host_architecture(read_cpu(root), iommu)
+    unsupported = unsupported_architecture(architecture)
     if unsupported:
         raise VfioError(unsupported)
     devices = read_pci_devices(root)
@@ -301,6 +306,8 @@ def read_host(root):
         critical=critical_devices(root),
         slots=slot_index(devices),
         displays=read_displays(root, kernel["cmdline"] or []),
+        architecture=architecture,
+        iommu_vendor=iommu.vendor,
     )
 
 
@@ -350,6 +357,10 @@ def bind_refusals(view, members, changing):
         for code, framebuffer in view.displays.console_uses(device):
             words = {"device": describe(records[address]), "framebuffer": framebuffer}
             refusals.append(Refusal(code, address, _CONSOLE_REFUSALS[code] % words))
+    for address in members:
+        controller = vmd_controller(view.devices, view.devices[address])
+        if controller is not None:
+            refusals.append(Refusal("behind_vmd", address, behind_vmd_reason(describe(records[address]), controller)))
     groups = {}
     for address in members:
         group = view.devices[address].iommu_group

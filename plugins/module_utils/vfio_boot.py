@@ -163,6 +163,17 @@ class BootConfigPlanner:
                             "%s also sets vfio-pci ids=%s; modprobe keeps only one ids= value, so one of the "
                             "two lists is ignored: merge them into %s" % (path, ",".join(ids), "/" + MODPROBE_CONF)
                         )
+                    booted = cmdline_ids(view.kernel.get("cmdline"))
+                    if booted and set(plan.ids_after) - set(booted):
+                        # modprobe passes the command line's module options after modprobe.d's, and the
+                        # module keeps the last ids= it is given.
+                        plan.warnings.append(
+                            "the kernel command line sets vfio-pci.ids=%s, which modprobe passes after the options "
+                            "of %s, so vfio-pci most likely takes only that list at boot and not %s: remove "
+                            "vfio-pci.ids from the command line, or keep every ID there (persistence: cmdline)"
+                            % (",".join(booted), "/" + MODPROBE_CONF,
+                               ",".join(sorted(set(plan.ids_after) - set(booted))))
+                        )
             elif method == "cmdline":
                 cmdline_after = sorted((set(cmdline_before) | set(member_ids)) - dropped)
                 plan.ids_before, plan.ids_after = cmdline_before, cmdline_after

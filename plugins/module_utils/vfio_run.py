@@ -14,6 +14,7 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.kernel import (
     read_vfio_aliases,
 )
 from ansible_collections.gpuvirt.host.plugins.module_utils.modrun import ModuleRun
+from ansible_collections.gpuvirt.host.plugins.module_utils.rules import iommu_on_advice
 from ansible_collections.gpuvirt.host.plugins.module_utils.selector import (
     describe,
 )
@@ -99,9 +100,9 @@ class VfioPciRun(BootConfigPlanner, ModuleRun):
             self.changing = []
             self.runtime_skipped = (
                 "the IOMMU is off in the running kernel, so no VFIO driver can take %s now; the boot-time "
-                "configuration binds %s at the next boot once the IOMMU is on (gpuvirt.host.iommu or "
-                "gpuvirt.host.kernel_cmdline with intel_iommu=on / amd_iommu=on)"
-                % (", ".join(wanted), "them" if len(wanted) > 1 else "it")
+                "configuration binds %s at the next boot once the IOMMU is on: %s"
+                % (", ".join(wanted), "them" if len(wanted) > 1 else "it",
+                   iommu_on_advice(view.architecture, view.iommu_vendor))
             )
         else:
             self.changing = wanted

@@ -532,7 +532,8 @@ topology:
             codes:
               description:
                 - Stable codes of the reasons, each once - V(architecture_unsupported), V(iommu_disabled),
-                  V(iommu_unknown), V(no_iommu_group), V(boot_vga), V(boot_display) (its DRM card is marked
+                  V(iommu_unknown), V(no_iommu_group), V(behind_vmd) (it sits behind an Intel VMD controller,
+                  whose requester ID its DMA carries), V(boot_vga), V(boot_display) (its DRM card is marked
                   as the boot display), V(console_framebuffer) (it drives the framebuffer the text console draws
                   on), V(firmware_framebuffer) (the firmware's framebuffer lies in its memory, see
                   above), V(doubtful_attribute) (a C(boot_vga), C(class), C(iommu_group) or C(driver) that reads

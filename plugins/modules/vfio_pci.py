@@ -39,7 +39,9 @@ description:
     console draws on (C(fb0), or those C(fbcon=map:) names; a second GPU's framebuffer carries no console),
     or a GPU whose memory holds the firmware's framebuffer (C(BOOTFB) and the driver drawing on it in
     C(/proc/iomem): vfio-pci could not reserve that BAR for a VM; boot with
-    C(initcall_blacklist=sysfb_init)); an IOMMU group that holds an endpoint which is neither a companion
+    C(initcall_blacklist=sysfb_init)); a device behind an Intel VMD controller (a PCI domain of 10000 and up
+    below a device on the C(vmd) driver: its DMA carries the controller's requester ID, so it cannot be
+    assigned alone; turn VMD off in the firmware); an IOMMU group that holds an endpoint which is neither a companion
     nor being bound (a NIC, a disk controller), naming that device; a group holding the root filesystem's
     disk controller or the NIC of the default route; a device whose C(/dev/vfio/<group>) a process holds
     open (a running VM) when its driver would change; a device host processes use through its host driver
@@ -160,7 +162,7 @@ notes:
   - The module refuses nothing that M(gpuvirt.host.topology_info) reports as viable; run it first to
     see the verdicts and their reasons.
   - The C(gpuvirt.host.vfio) role wraps this module with a reboot policy and a verification of the
-    drivers, C(/dev/vfio/<group>) and the verdicts; C(gpuvirt.host.iommu) turns the IOMMU on first.
+    drivers, C(/dev/vfio/<group>) and the verdicts; the C(gpuvirt.host.iommu) role turns the IOMMU on first.
 seealso:
   - module: gpuvirt.host.topology_info
   - module: gpuvirt.host.kernel_cmdline

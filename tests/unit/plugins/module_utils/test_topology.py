@@ -260,12 +260,22 @@ def test_the_vfio_group_of_a_mediated_device_is_no_sign_of_an_iommu(make_host):
         assert entry["passthrough"]["codes"][0] == "iommu_disabled"
 
 
-def test_firmware_iommu_left_off_names_the_amd_argument(make_host):
+def test_an_amd_iommu_left_off_is_not_turned_on_by_an_argument_that_does_not_exist(make_host):
+    # amd_iommu= has no "on" value: AMD-Vi is on whenever the firmware describes it, unless turned off.
     topology = detect(make_host("amd_host", iommu={"enabled": False}))
 
-    error = finding(topology, "iommu_off")
-    assert "amd_iommu=on" in error["message"] and "IVRS" in error["message"]
-    assert "intel_iommu" not in error["message"]
+    message = finding(topology, "iommu_off")["message"]
+    assert "IVRS" in message and "needs no kernel argument" in message and "dmesg" in message, message
+    assert "amd_iommu=on" not in message and "intel_iommu" not in message
+
+
+def test_an_amd_iommu_turned_off_on_the_command_line_says_to_remove_only_that(make_host):
+    root = make_host("amd_host", iommu={"enabled": False},
+                     kernel={"cmdline": "root=/dev/nvme0n1p2 ro amd_iommu=off iommu=pt"})
+
+    message = finding(detect(root), "iommu_off")["message"]
+    assert "remove amd_iommu=off from the kernel command line" in message, message
+    assert "amd_iommu=on" not in message and "intel_iommu" not in message
 
 
 @pytest.mark.parametrize(
@@ -302,6 +312,18 @@ def test_a_snapshot_without_sys_firmware_says_unknown_not_absent(make_host):
     assert "iommu_unsupported" not in codes(topology)
     error = finding(topology, "iommu_off")
     assert "unknown" in error["message"] and "has no DMAR" not in error["message"]
+
+
+def test_a_masked_sys_firmware_says_unknown_not_absent(make_host):
+    # Container runtimes hide the host's firmware behind an empty /sys/firmware: not a host without ACPI.
+    root = make_host("iommu_disabled", files={"sys/firmware": None})
+    os.makedirs(os.path.join(root, "sys/firmware"))
+    topology = detect(root)
+
+    assert topology["iommu"]["firmware_support"] is None
+    assert topology["iommu"]["unknown"] == ["/sys/firmware/acpi/tables"]
+    assert "iommu_unsupported" not in codes(topology)
+    assert "has no DMAR" not in finding(topology, "iommu_off")["message"]
 
 
 def test_a_live_host_without_acpi_has_no_tables_rather_than_unknown_ones(make_host):
@@ -396,6 +418,32 @@ def test_vmd_domains_of_five_hex_digits_are_read_named_and_grouped(make_host):
     vmd_group = next(device["iommu_group"] for device in topology["devices"] if device["address"] == "0000:00:0e.0")
     assert "10000:e2:00.0" in topology["iommu_groups"][vmd_group]
     assert gpu(topology, "0000:4b:00.0")["passthrough"]["viable"] is True
+
+
+# A GPU on a root port VMD owns (client platforms can map any port behind VMD).
+VMD_GPU = [
+    {"address": "10000:e0:08.0", "parent": "00:0e.0", "ids": "8086:347c", "class": "060400", "driver": "pcieport",
+     "group": "vmd"},
+    {"address": "10000:e3:00.0", "parent": "10000:e0:08.0", "ids": "10de:2230", "class": "030000",
+     "driver": "nouveau", "group": "vmd"},
+]
+
+
+@pytest.mark.parametrize("group", ["vmd", None], ids=["grouped-since-5.6", "ungrouped-before"])
+def test_a_gpu_behind_vmd_is_not_viable_and_the_verdict_says_why(make_host, group):
+    devices = [dict(device, group=group) if device["class"] == "030000" else device for device in VMD_GPU]
+    verdict = gpu(detect(make_host("vmd_host", add_devices=devices)), "10000:e3:00.0")["passthrough"]
+
+    assert verdict["viable"] is False and "behind_vmd" in verdict["codes"], verdict
+    reason = next(r for r in verdict["reasons"] if "VMD" in r)
+    assert "Intel VMD controller 0000:00:0e.0" in reason and "turn VMD off in the firmware setup" in reason
+
+
+def test_a_high_domain_without_a_vmd_controller_above_it_is_not_called_vmd(make_host):
+    # The same GPU, its domain made by a controller on another driver: no VMD claim.
+    root = make_host("vmd_host", add_devices=VMD_GPU, patch_devices={"00:0e.0": {"driver": "ahci"}})
+
+    assert "behind_vmd" not in gpu(detect(root), "10000:e3:00.0")["passthrough"]["codes"]
 
 
 @pytest.mark.parametrize(

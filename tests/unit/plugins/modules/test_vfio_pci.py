@@ -356,6 +356,30 @@ def test_with_the_iommu_off_the_boot_configuration_is_written_and_a_reboot_requi
     assert again["changed"] is False and again["reboot_required"] is True
 
 
+# The second AMD GPU back on its host drivers, to be taken again.
+AMD_ON_HOST = {"0c:00.0": {"driver": "amdgpu", "driver_override": None},
+               "0c:00.1": {"driver": "snd_hda_intel", "driver_override": None}}
+
+
+@pytest.mark.parametrize(
+    ("host", "device", "patch", "named", "never"),
+    [
+        ("iommu_disabled", GPU, {}, "intel_iommu=on", ("amd_iommu",)),
+        ("amd_host", "0c:00.0", AMD_ON_HOST, "AMD-Vi needs no kernel argument", ("amd_iommu=on", "intel_iommu")),
+        ("grace_hopper", "0009:01:00.0", {}, "arm64 kernel turns the SMMU on with no argument",
+         ("intel_iommu", "amd_iommu")),
+    ],
+)
+def test_with_the_iommu_off_the_advice_fits_the_host(make_host, vfio_pci, host, device, patch, named, never):
+    root = make_host(host, iommu={"enabled": False}, kernel={"modules": MODULES}, patch_devices=patch)
+    install_driverctl(root)  # each device kept on its driver by address (the AMD GPUs' audio ID is shared)
+    result = vfio_pci(root, devices=[device], persistence="driverctl", check_mode=True)
+    assert result["rc"] == 0, result
+    reason = result["reboot_reasons"][0]
+    assert "the IOMMU is off in the running kernel" in reason and named in reason, reason
+    assert not [word for word in never if word in reason], reason
+
+
 def test_runtime_false_only_configures_the_next_boot(desktop, vfio_pci):
     kernel = PciKernel(KernelSim(desktop))
     result = vfio_pci(desktop, kernel=kernel, devices=[GPU], runtime=False)
@@ -618,6 +642,22 @@ def test_a_foreign_ids_line_is_warned_about(make_host, vfio_pci):
     assert any("/etc/modprobe.d/vfio.conf also sets vfio-pci ids=1002:73bf" in w for w in warnings(result))
 
 
+@pytest.mark.parametrize(("booted", "warned"), [("10de:1e04", True), (",".join(GPU_IDS), False), ("", False)])
+def test_ids_on_the_command_line_that_would_replace_the_modprobe_list_are_warned_about(make_host, vfio_pci,
+                                                                                      booted, warned):
+    # modprobe passes vfio-pci.ids= from the command line after modprobe.d's ids=, and the module keeps the last.
+    cmdline = "BOOT_IMAGE=/vmlinuz root=/dev/nvme0n1p2 ro intel_iommu=on"
+    if booted:
+        cmdline += " vfio-pci.ids=" + booted
+    root = make_host("desktop_dgpu", kernel={"modules": MODULES, "cmdline": cmdline})
+    result = vfio_pci(root, devices=[GPU], persistence="modprobe")
+    assert result["rc"] == 0, result
+    found = [w for w in warnings(result) if "the kernel command line sets vfio-pci.ids=" in w]
+    assert bool(found) is warned, warnings(result)
+    if warned:
+        assert "not 10de:10f7,10de:1ad6,10de:1ad7" in found[0] and "persistence: cmdline" in found[0], found[0]
+
+
 def test_the_diff_shows_each_file_as_written(desktop, vfio_pci):
     result = vfio_pci(desktop, devices=[GPU], diff=True)
     assert result["rc"] == 0
@@ -646,16 +686,21 @@ def test_devices_behind_vmd_are_named_by_their_five_digit_domain(make_host, vfio
     assert_refused(result, kernel, root, before, "host_critical",
                    "IOMMU group 1 of 10000:e2:00.0 also holds 10000:e1:00.0",
                    "PM9A3/980PRO (driver nvme) holds the root filesystem (/dev/nvme0n1p2)")
-    assert "group_shared" in [r["code"] for r in result["refusals"]]
+    codes = [r["code"] for r in result["refusals"]]
+    assert "group_shared" in codes and "behind_vmd" in codes
+    vmd = next(r["message"] for r in result["refusals"] if r["code"] == "behind_vmd")
+    assert "Intel VMD controller 0000:00:0e.0" in vmd and "turn VMD off in the firmware setup" in vmd, vmd
 
 
 def test_an_eight_digit_domain_names_a_vmd_device_and_driverctl_keeps_it(make_host, vfio_pci):
-    # A VMD host on a kernel without VMD child grouping: the drive is its own group and not the root disk.
+    # The drive in a group of its own and not the root disk: only VMD stands in the way, and force overrides it.
     root = make_host("vmd_host", kernel={"modules": MODULES}, patch_devices={"10000:e2:00.0": {"group": 40}})
     install_driverctl(root)
-    result = vfio_pci(root, devices=["00010000:e2:00.0"], persistence="driverctl")
+    refused = vfio_pci(root, devices=["00010000:e2:00.0"], persistence="driverctl")
+    assert refused["rc"] == 1 and [r["code"] for r in refused["refusals"]] == ["behind_vmd"], refused
+    result = vfio_pci(root, devices=["00010000:e2:00.0"], persistence="driverctl", force=True)
     assert result["rc"] == 0, result
     assert vfio_bind.read_driver(root, "10000:e2:00.0") == "vfio-pci"
     assert read(root, "etc/driverctl.d/pci-10000:e2:00.0") == "vfio-pci\n"
     assert "/etc/driverctl.d/pci-10000:e2:00.0" in result["files_changed"]
-    assert vfio_pci(root, devices=["10000:e2:00.0"], persistence="driverctl")["changed"] is False
+    assert vfio_pci(root, devices=["10000:e2:00.0"], persistence="driverctl", force=True)["changed"] is False
