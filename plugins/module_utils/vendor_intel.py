@@ -3,22 +3,55 @@
 """The Intel backend: GVT-g (mediated devices on Gen8/Gen9 iGPUs) and SR-IOV GPUs (Gen12+ iGPUs,
 Data Center Flex, Arc Pro) under ``i915`` or ``xe``.
 
-Interface notes (Linux drivers/gpu/drm/i915/intel_gvt.c, gvt/, i915_params.c; drivers/gpu/drm/xe/
-xe_module.c; the i915-sriov-dkms project):
+Interface notes (Linux drivers/gpu/drm/i915/intel_gvt.c, gvt/, i915_params.c, gt/uc/intel_uc.c;
+drivers/gpu/drm/xe/xe_module.c, xe_pci.c; include/drm/intel/pciids.h; the i915-sriov-dkms project):
 
 - GVT-g exists only on Broadwell, Skylake, Kaby Lake, Broxton, Coffee Lake and Comet Lake iGPUs
-  (``is_supported_device()``); Ice Lake (Gen11) and later have none. It needs ``i915.enable_gvt=1``
-  on the kernel command line (read at probe) and the ``kvmgt`` module (all GVT code since 5.19;
-  ``vfio_mdev`` is gone); only then does the iGPU (``0000:00:02.0``) get ``mdev_supported_types``
-  (``i915-GVTg_V5_{8,4,2,1}`` on Gen9, ``i915-GVTg_V4_*`` on Gen8). Creating one vGPU lowers
-  ``available_instances`` of every type.
-- SR-IOV: mainline i915 has no PF mode; the DKMS i915 takes ``i915.max_vfs=<N>`` with GuC submission
-  (``i915.enable_guc=3``), the xe driver ``xe.max_vfs=<N>`` (PF mode by default since 6.17). Both
-  are read at probe: a change needs a driver reload or a reboot. VFs are then enabled through
-  ``sriov_numvfs`` (gpuvirt.host.sriov) and handed to vfio-pci, so the host driver does not probe them.
-  A PF driver without ``max_vfs`` (or without GuC submission) "continues as native" and sets
-  ``sriov_totalvfs`` to 0 (``pf_continue_as_native()``); with it, ``sriov_totalvfs`` reads
-  ``min(max_vfs, the device's VFs)`` once the driver has probed.
+  (``is_supported_device()``), known here by their IDs in pciids.h; every other iGPU has none (Gemini
+  Lake, a Gen9 Atom, included; Ice Lake and later too). The iGPU (``0000:00:02.0``) offers its types
+  (``mdev_supported_types``: ``i915-GVTg_V5_{8,4,2,1}`` on Gen9, ``i915-GVTg_V4_*`` on Gen8) only when
+  all of these hold at i915's probe, then ``kvmgt`` (all GVT code since 5.19; ``vfio_mdev`` is gone)
+  loads:
+
+  * GVT-g on: ``i915.enable_gvt=1`` on the command line, or ``enable_gvt`` set through modprobe.d (the
+    loaded i915's parameter then reads ``Y`` either way, and that counts);
+  * GuC submission off: GVT-g does not start under it ("not yet supported with GuC submission").
+    ``i915.enable_guc`` is a bitmask (1 = GuC submission, 2 = HuC); a value with bit 0 set, on the
+    command line or in the loaded i915's parameter, turns it on, and the plan then sets
+    ``i915.enable_guc=0`` (a present ``key=value`` replaces the other values of its key in the boot
+    configuration). The default ``-1`` ("auto") leaves it off on every pre-Gen12 iGPU
+    (``uc_expand_default_options()``), so it is not asked to change;
+  * the IOMMU on (``intel_iommu=on``), which the plan adds while it is off.
+
+  Creating one vGPU lowers ``available_instances`` of every type.
+- SR-IOV: mainline i915 has no PF mode and no ``max_vfs`` parameter. A loaded i915 without it (its
+  ``/sys/module/i915/parameters/`` lists no ``max_vfs``) is refused with what to install: the
+  i915-sriov-dkms build, or xe where xe has PF mode. The DKMS i915 takes ``i915.max_vfs=<N>`` with GuC
+  submission (``i915.enable_guc=3``), xe ``xe.max_vfs=<N>``: 0 ("no VFs") by default in 6.12, and since
+  6.17 "unlimited" (UINT_MAX, ``4294967295``) with PF mode on by default. Both are read at probe: a
+  change needs a driver reload or a reboot, unless the loaded driver's ``max_vfs`` already covers the
+  count (at or above it, or unlimited with ``sriov_totalvfs`` covering it). ``max_vfs`` is mode 0400:
+  unreadable to an unprivileged reader, it counts as unknown (``sriov_totalvfs`` then tells), never
+  as 0. VFs are then enabled through ``sriov_numvfs`` (gpuvirt.host.sriov) and handed to vfio-pci, so
+  the host driver does not probe them. A PF driver without ``max_vfs`` (or without GuC submission, or on
+  a platform it has no PF mode for) "continues as native" and sets ``sriov_totalvfs`` to 0
+  (``pf_continue_as_native()``); with it, ``sriov_totalvfs`` reads ``min(max_vfs, the device's VFs)``
+  once the driver has probed.
+- SR-IOV platforms (:data:`PLATFORMS`; xe's PF mode needs the platform flag ``has_sriov``, xe_pci.c):
+  upstream xe has it for Panther Lake; the i915-sriov-dkms xe adds Tiger Lake, Alder Lake (with its
+  Raptor Lake subplatforms, which i915 and xe drive as Alder Lake) and ATS-M (Data Center GPU Flex),
+  which have PF mode only with the DKMS build, and Battlemage and Crescent Island, for which the upstream
+  release that has it is not confirmed (an xe without it stays out of PF mode: ``sriov_totalvfs`` 0). Tiger Lake
+  and Alder Lake under xe need ``xe.force_probe=<device ID>``: the xe plan puts it on the command line
+  unless it is there already, keeping the IDs listed there (or, where the command line has none, in the
+  loaded xe's ``force_probe``, which it would replace). The DKMS recipes keep the other
+  driver off the GPU (``module_blacklist=xe`` with i915, ``module_blacklist=i915`` with xe): the plan
+  adds that when the other driver is loaded and drives no other device (a note says so when it does),
+  merged into the running command line's ``module_blacklist`` list, which takes one value. VFs per GPU
+  ("Xe - SR-IOV Support Plan" RFC): Tiger Lake, Alder Lake and Meteor Lake iGPUs 7, ATS-M 31, PVC 63;
+  a larger ``max_vfs`` is refused.
+- Both plans add ``intel_iommu=on`` while the IOMMU is off (unless the host's firmware describes an AMD
+  or Arm IOMMU, which that argument does not turn on), so that the one reboot leaves the mode ready.
 
 Restore steps (:mod:`restore`):
 
@@ -33,14 +66,18 @@ Restore steps (:mod:`restore`):
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 from ansible_collections.gpuvirt.host.plugins.module_utils.errors import GpuvirtError
 from ansible_collections.gpuvirt.host.plugins.module_utils.kernel import module_parameter
 from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import (
     MDEV_BUS,
+    MISSING,
     PCI_DEVICES,
     host_path,
     link_name,
+    list_dir,
+    read_attribute,
     read_int,
     read_text,
 )
@@ -56,30 +93,217 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.vendor_plan import (
 VENDOR_ID = "8086"
 IGPU_SLOT = "0000:00:02"
 
+
+def _ids(text):
+    return frozenset(text.split())
+
+
 # First two hex digits (or whole IDs) of i915's platform ID tables (include/drm/intel/pciids.h) for
-# the platforms GVT-g supports: Broadwell 16xx, Skylake 19xx, Kaby Lake 59xx/87C0, Coffee Lake 3Exx/87CA,
-# Comet Lake 9Bxx, Broxton 5A84/5A85.
+# the platforms GVT-g supports: Broadwell 16xx, Skylake 19xx, Kaby Lake 59xx/87C0, Coffee Lake (with
+# Whiskey Lake) 3Exx/87CA, Comet Lake 9Bxx, Broxton (INTEL_BXT_IDS) 0A84/1A84/1A85/5A84/5A85.
 GVT_G_ID_PREFIXES = ("16", "19", "59", "3e", "9b")
-GVT_G_IDS = frozenset(("87c0", "87ca", "5a84", "5a85"))
-# Data Center GPU Flex (ATS-M) and Max (PVC) physical functions, with the VFs each has ("Xe - SR-IOV
-# Support Plan" RFC: ATS-M 31, PVC 63). Out of PF mode the driver reports sriov_totalvfs 0, so this is
-# what bounds max_vfs before the first reboot.
-SRIOV_VFS = {"56c0": 31, "56c1": 31, "56c2": 31, "0bd5": 63, "0bd6": 63, "0bda": 63, "0bdb": 63}
+GVT_G_IDS = _ids("87c0 87ca 0a84 1a84 1a85 5a84 5a85")
+
+# SR-IOV platforms by the IDs of pciids.h. Alder Lake holds ADL-S/-P/-N and the Raptor Lake IDs that
+# i915 and xe drive with the Alder Lake descriptions (RPL-S as ADL-S, RPL-P/-U as ADL-P).
+TGL_IDS = _ids("9a60 9a68 9a70 9a40 9a49 9a59 9a78 9ac0 9ac9 9ad9 9af8")
+ADL_IDS = _ids(
+    "4680 4682 4688 468a 468b 4690 4692 4693"  # ADL-S
+    " 46a0 46a1 46a2 46a3 46a6 46a8 46aa 462a 4626 4628 46b0 46b1 46b2 46b3 46c0 46c1 46c2 46c3"  # ADL-P
+    " 46d0 46d1 46d2 46d3 46d4"  # ADL-N
+    " a780 a781 a782 a783 a788 a789 a78a a78b"  # RPL-S
+    " a721 a7a1 a7a9 a7ac a7ad"  # RPL-U
+    " a720 a7a0 a7a8 a7aa a7ab"  # RPL-P
+)
+MTL_IDS = _ids("7d40 7d45 7d55 7d60 7dd5")
+PTL_IDS = _ids("b080 b081 b082 b083 b084 b085 b086 b087 b08f b090 b0a0 b0b0")
+ATS_M_IDS = _ids("56c0 56c1 56c2")
+PVC_IDS = _ids("0bd5 0bd6 0bda 0bdb")
+BMG_IDS = _ids("e202 e209 e20b e20c e20d e210 e211 e212 e216 e220 e221 e222 e223")
+CRI_IDS = _ids("674c 674d 674e 674f 6750")
+GLK_IDS = _ids("3184 3185")
+
+# Where xe has SR-IOV PF mode (its has_sriov flag) for a platform, as far as the sources tell.
+XE_PF_UPSTREAM = "upstream"  # upstream xe_pci.c sets has_sriov
+XE_PF_DKMS = "dkms"  # only the i915-sriov-dkms xe sets it
+XE_PF_DKMS_NEWER = "dkms-newer"  # the DKMS xe sets it; the upstream release that does is not confirmed
+
+
+@dataclass(frozen=True)
+class Platform:
+    """What the sources say about one Intel GPU platform: its name, whether it is an iGPU, its VFs
+    (None: not stated), where xe has PF mode for it (``XE_PF_*``, None: not stated) and whether xe
+    needs ``xe.force_probe`` for it."""
+
+    name: str
+    integrated: bool
+    vfs: int | None = None
+    xe_pf: str | None = None
+    force_probe: bool = False
+
+    @property
+    def with_article(self):
+        """The name with its article: "an Alder Lake/Raptor Lake", "a Tiger Lake"."""
+        return ("an " if self.name[:1] in "AEIOU" else "a ") + self.name
+
+
+PLATFORMS = (
+    (TGL_IDS, Platform("Tiger Lake", True, 7, XE_PF_DKMS, True)),
+    (ADL_IDS, Platform("Alder Lake/Raptor Lake", True, 7, XE_PF_DKMS, True)),
+    (MTL_IDS, Platform("Meteor Lake", True, 7)),
+    (PTL_IDS, Platform("Panther Lake", True, None, XE_PF_UPSTREAM)),
+    (ATS_M_IDS, Platform("Data Center GPU Flex (ATS-M)", False, 31, XE_PF_DKMS)),
+    (PVC_IDS, Platform("Data Center GPU Max (PVC)", False, 63)),
+    (BMG_IDS, Platform("Battlemage", False, None, XE_PF_DKMS_NEWER)),
+    (CRI_IDS, Platform("Crescent Island", False, None, XE_PF_DKMS_NEWER)),
+    (GLK_IDS, Platform("Gemini Lake", True)),
+)
+
+# Discrete Data Center GPU Flex (ATS-M) and Max (PVC) physical functions, with the VFs each has. Out of
+# PF mode the driver reports sriov_totalvfs 0, so this is what bounds max_vfs before the first reboot
+# (and the presence of the SR-IOV mode even where sriov_totalvfs is missing).
+SRIOV_VFS = {device_id: platform.vfs for ids, platform in PLATFORMS if not platform.integrated and platform.vfs
+             for device_id in ids}
 SRIOV_IDS = frozenset(SRIOV_VFS)
 GVT_G_MODULE = "kvmgt"
 GVT_G_ARGUMENT = "i915.enable_gvt=1"
+GUC_OFF_ARGUMENT = "i915.enable_guc=0"
+IOMMU_ARGUMENT = "intel_iommu=on"
 GVT_G_TYPE_PREFIX = "i915-GVTg_"
 SRIOV_DRIVERS = ("i915", "xe")
+# xe's max_vfs default since 6.17: "unlimited" (the driver then offers every VF the device has).
+UINT_MAX = 4294967295
+DKMS = "the i915-sriov-dkms build (github.com/strongtz/i915-sriov-dkms)"
 
 
 def gvt_g_generation(device_id):
-    """True for a GVT-g capable iGPU ID (Gen8/Gen9), False for another Intel GPU ID."""
+    """True for a GVT-g capable iGPU ID (Broadwell to Comet Lake), False for another Intel GPU ID."""
     device_id = (device_id or "").lower()
     return device_id in GVT_G_IDS or device_id[:2] in GVT_G_ID_PREFIXES
 
 
+def platform_of(device_id):
+    """The :class:`Platform` of an Intel GPU's device ID, or None when :data:`PLATFORMS` lacks it."""
+    device_id = (device_id or "").lower()
+    for ids, platform in PLATFORMS:
+        if device_id in ids:
+            return platform
+    return None
+
+
 def is_integrated(device):
     return device.address.startswith(IGPU_SLOT + ".") and not device.is_vf
+
+
+def kernel_int(text):
+    """An ``int`` module parameter's text as the kernel's ``kstrtoint(text, 0)`` reads it (``0x`` hex, a
+    leading ``0`` octal, an optional sign), or None when it is not a number (or not known)."""
+    text = (text or "").strip()
+    digits = text[1:] if text[:1] in ("+", "-") else text
+    try:
+        if digits[:2].lower() == "0x":
+            value = int(digits[2:], 16)
+        elif len(digits) > 1 and digits.startswith("0"):
+            value = int(digits[1:], 8)
+        else:
+            value = int(digits, 10)
+    except ValueError:
+        return None
+    return -value if text.startswith("-") else value
+
+
+def _guc_submission_bit(value):
+    """Whether an ``enable_guc`` value asks for GuC submission: bit 0 of a value set explicitly. A
+    negative value is "auto", which GVT-g's Gen8/Gen9 iGPUs resolve to 0 (``uc_expand_default_options()``)."""
+    number = kernel_int(value)
+    return number is not None and number >= 0 and bool(number & 1)
+
+
+def parameter_state(root, module, name):
+    """``(text, state)`` of the parameter ``name`` of ``module``: ``state`` is ``value`` (``text`` read),
+    ``unreadable`` (it exists, but cannot be read: i915's and xe's are mode 0400, so an unprivileged
+    reader cannot; unknown, not 0), ``absent`` (the module is loaded and has no such parameter) or
+    ``unloaded`` (no ``parameters`` directory: the module is not loaded, or the tree does not tell)."""
+    directory = host_path(root, "sys/module", module, "parameters")
+    text, problem = read_attribute(os.path.join(directory, name))
+    if text is not None:
+        return text, "value"
+    if problem != MISSING:
+        return None, "unreadable"
+    return None, "absent" if os.path.isdir(directory) else "unloaded"
+
+
+def max_vfs_covers(max_vfs, count, total_vfs):
+    """Whether a loaded driver with ``max_vfs`` (its text; None when unknown) offers ``count`` VFs
+    without a reload: at or above the count, or unlimited (xe's default since 6.17) or unknown with
+    ``sriov_totalvfs`` (``min(max_vfs, the device's VFs)`` in PF mode) covering it."""
+    number = kernel_int(max_vfs)
+    if number is None or number >= UINT_MAX:
+        return bool(total_vfs) and total_vfs >= count
+    return number >= count
+
+
+def _forces(value, device_id):
+    """Whether xe's ``force_probe`` value (comma-separated hex IDs, ``!`` blocking one; the whole value
+    ``*`` forces all, ``!*`` blocks all) lets xe probe ``device_id`` (``id_forced()`` and not
+    ``id_blocked()``, xe_pci.c)."""
+    value = (value or "").strip()
+    if value in ("*", "!*"):
+        return value == "*"
+    wanted = int(device_id, 16)
+
+    def listed(blocked):
+        for token in value.split(","):
+            token = token.strip()
+            if token.startswith("!") != blocked:
+                continue
+            try:
+                if int(token.lstrip("!"), 16) == wanted:
+                    return True
+            except ValueError:
+                continue
+        return False
+
+    return listed(False) and not listed(True)
+
+
+def pf_driver_advice(device):
+    """What gives ``device`` an SR-IOV PF mode, by what the sources say about its platform."""
+    platform = platform_of(device.device_id)
+    device_id = (device.device_id or "????").lower()
+    if platform is not None and platform.xe_pf == XE_PF_UPSTREAM:
+        return ("%s GPU has SR-IOV PF mode in the upstream xe driver (xe.max_vfs=<N>, unlimited and PF mode "
+                "on by default since Linux 6.17): bind xe to it" % platform.with_article)
+    if platform is not None and platform.xe_pf == XE_PF_DKMS_NEWER:
+        return ("%s GPU has SR-IOV PF mode in the xe of %s (xe.max_vfs=<N> module_blacklist=i915); which "
+                "upstream xe release has it is not confirmed" % (platform.with_article, DKMS))
+    recipes = ("its i915 (i915.max_vfs=<N> i915.enable_guc=3 module_blacklist=xe) or its xe (xe.max_vfs=<N>%s "
+               "module_blacklist=i915)" % (" xe.force_probe=%s" % device_id if platform and platform.force_probe
+                                           else ""))
+    if platform is not None and platform.xe_pf == XE_PF_DKMS:
+        older = (" (or Intel's older Flex stack, github.com/intel-gpu/intel-gpu-i915-backports)"
+                 if platform.name.startswith("Data Center GPU Flex") else "")
+        return "%s GPU has SR-IOV PF mode only with %s: %s%s" % (platform.with_article, DKMS, recipes, older)
+    return ("install %s: %s, or use an xe that has SR-IOV PF mode for this GPU (xe.max_vfs=<N>; its platform "
+            "needs xe's has_sriov)" % (DKMS, recipes))
+
+
+def _xe_platform_hint(device):
+    """Why xe may stay out of PF mode on ``device``'s platform whatever ``max_vfs`` is, or ""."""
+    platform = platform_of(device.device_id)
+    if device.driver != "xe" or platform is None:
+        return ""
+    if platform.xe_pf == XE_PF_DKMS:
+        return ("upstream xe has no SR-IOV PF mode for %s GPU: only the xe of %s has (with another xe it "
+                "continues as native)" % (platform.with_article, DKMS))
+    if platform.xe_pf == XE_PF_DKMS_NEWER:
+        return ("the xe of %s has SR-IOV PF mode for %s GPU, and which upstream release has it is not "
+                "confirmed: if sriov_totalvfs stays 0, use that xe" % (DKMS, platform.with_article))
+    return ""
+
+
+def _joined(clause):
+    return "; " + clause if clause else ""
 
 
 def _device_file(root, address, name):
@@ -137,8 +361,16 @@ def restore_sriov_mode(context, pf, entry):
         )
     if not wanted:
         return "%s drives it; no VFs recorded" % driver
-    max_vfs = module_parameter(root, driver, "max_vfs")
-    if not (max_vfs or "").isdigit() or int(max_vfs) < wanted:
+    max_vfs, state = parameter_state(root, driver, "max_vfs")
+    if state == "absent":
+        raise VendorRestoreError(
+            "%s is not in SR-IOV PF mode for the %d VFs recorded: the loaded %s has no max_vfs parameter%s, so no "
+            "PF mode; install %s" % (pf, wanted, driver, " (mainline i915 has none)" if driver == "i915" else "", DKMS)
+        )
+    # An unreadable max_vfs (mode 0400) is unknown, and unlimited (xe's default since 6.17) covers any
+    # count: sriov_totalvfs below tells whether the driver is in PF mode.
+    number = kernel_int(max_vfs)
+    if state != "unreadable" and (number is None or number < wanted):
         raise VendorRestoreError(
             "%s is not in SR-IOV PF mode for the %d VFs recorded: %s.max_vfs is %s in this boot; put "
             "%s.max_vfs=<N> back on the kernel command line (gpuvirt.host.virtualization_mode, mode sriov) and "
@@ -155,10 +387,11 @@ def restore_sriov_mode(context, pf, entry):
     except GpuvirtError as error:
         raise VendorRestoreError(
             "%s; %s with max_vfs %s stayed out of PF mode (sriov_totalvfs %s): look in dmesg for 'continuing as "
-            "native'%s" % (error, driver, max_vfs, read_int(total_path),
+            "native'%s" % (error, driver, max_vfs if max_vfs is not None else "unreadable", read_int(total_path),
                            " (GuC submission off: i915.enable_guc=3)" if driver == "i915" else "")
         ) from error
-    return "%s in SR-IOV PF mode: max_vfs %s, sriov_totalvfs %d" % (driver, max_vfs, total)
+    return "%s in SR-IOV PF mode: max_vfs %s, sriov_totalvfs %d" % (
+        driver, max_vfs if max_vfs is not None else "unreadable", total)
 
 
 def _gvt_g_items(state, root):
@@ -180,9 +413,15 @@ def _sriov_items(state, root):
 
 
 def device_vfs(device):
-    """``(VFs the GPU has, where that comes from)``: ``sriov_totalvfs`` in PF mode; out of it (where the
-    driver reports 0) the count of its device ID; ``(None, None)`` when neither is known."""
+    """``(VFs the GPU has, where that comes from)``: ``sriov_totalvfs`` in PF mode, bounded by what its
+    platform has (a Tiger Lake, Alder Lake or Meteor Lake iGPU 7); out of PF mode (where the driver
+    reports 0) the count of its platform; ``(None, None)`` when neither is known."""
     total = device.sriov.total_vfs if device.sriov is not None else None
+    platform = platform_of(device.device_id)
+    if platform is not None and platform.integrated and platform.vfs and (not total or total > platform.vfs):
+        return platform.vfs, "%s iGPU has at most %d VFs%s" % (
+            platform.with_article, platform.vfs, "; sriov_totalvfs reads 0 until the driver is in PF mode" if not total
+            else "")
     if total:
         return total, "its sriov_totalvfs"
     known = SRIOV_VFS.get((device.device_id or "").lower())
@@ -190,6 +429,93 @@ def device_vfs(device):
         return known, "the VFs of an [8086:%s] GPU; sriov_totalvfs reads 0 until the driver is in PF mode" % (
             device.device_id.lower())
     return None, None
+
+
+def _iommu_argument(host):
+    """``(argument, note)``: ``intel_iommu=on`` while the IOMMU is off, with a note when the firmware
+    lists no DMAR table (VT-d off in its setup); no argument while it is on or unknown, or when the
+    firmware describes an AMD or Arm IOMMU (which ``intel_iommu=`` does not turn on)."""
+    if host.iommu_enabled is not False:
+        return None, None
+    tables = list_dir(host_path(host.root, "sys/firmware/acpi/tables"))
+    if "IVRS" in tables or "IORT" in tables or os.path.isdir(host_path(host.root, "sys/firmware/devicetree")):
+        return None, ("the IOMMU is off, and it is not Intel's VT-d, which %s turns on: turn it on as its vendor "
+                      "says (gpuvirt.host.iommu role)" % IOMMU_ARGUMENT)
+    if tables and "DMAR" not in tables:
+        return IOMMU_ARGUMENT, ("the firmware lists no DMAR table: turn VT-d on in the firmware setup too, %s "
+                                "alone does not" % IOMMU_ARGUMENT)
+    return IOMMU_ARGUMENT, None
+
+
+def _force_probe_argument(device, host):
+    """``xe.force_probe=<IDs>`` with ``device``'s ID, for a platform xe probes only when forced (Tiger Lake,
+    Alder Lake), unless the command line forces it already; else None. The IDs already there (or, when
+    the command line has none, those of the loaded xe's ``force_probe``, set through modprobe.d, which the
+    command line's value would replace) are kept."""
+    platform = platform_of(device.device_id)
+    if platform is None or not platform.force_probe:
+        return None
+    device_id = device.device_id.lower()
+    current = host.cmdline_value("xe.force_probe")
+    if current is not None and _forces(current, device_id):
+        return None
+    if current is None:
+        current, _state = parameter_state(host.root, "xe", "force_probe")
+        if current and _forces(current, device_id):
+            return "xe.force_probe=" + current
+    kept = [token.strip() for token in (current or "").split(",")
+            if token.strip() and token.strip().lstrip("!") not in ("*",) and not _same_id(token, device_id)]
+    return "xe.force_probe=" + ",".join(kept + [device_id])
+
+
+def _same_id(token, device_id):
+    try:
+        return int(token.strip().lstrip("!"), 16) == int(device_id, 16)
+    except ValueError:
+        return False
+
+
+def _cross_blacklist(device, host, driver):
+    """``(argument, note)``: ``module_blacklist=<list>`` with the other Intel driver added (the DKMS
+    recipes: ``module_blacklist=xe`` with i915, ``module_blacklist=i915`` with xe), so that it cannot
+    claim the GPU at boot, when it is loaded and drives no other device; the list keeps the running
+    command line's names (``module_blacklist`` takes one value). A note instead when it drives another."""
+    other = "xe" if driver == "i915" else "i915"
+    if not host.module_loaded(other):
+        return None, None
+    users = sorted(d.address for d in host.devices.values()
+                   if d.driver == other and d.address != device.address and d.physfn != device.address)
+    if users:
+        return None, ("%s also drives %s, so module_blacklist=%s (the SR-IOV recipe) is not added: make sure it "
+                      "does not claim %s at boot" % (other, ", ".join(users), other, device.address))
+    names = [name for name in (host.cmdline_value("module_blacklist") or "").split(",") if name]
+    if other in [name.replace("-", "_") for name in names]:
+        return None, None
+    return "module_blacklist=" + ",".join(names + [other]), None
+
+
+def _gvt_g_on(host):
+    """GVT-g on in this boot: ``i915.enable_gvt`` on the command line, or the loaded i915's parameter
+    ``Y`` (set through modprobe.d)."""
+    return bool(host.cmdline_flag("i915.enable_gvt")) or host.module_parameter("i915", "enable_gvt") in ("Y", "1")
+
+
+def _guc_submission_asked(host):
+    """What asks for GuC submission (``enable_guc`` with bit 0 set), which GVT-g cannot start under: the
+    command line's ``i915.enable_guc``, else the loaded i915's parameter; None when nothing does."""
+    value = host.cmdline_value("i915.enable_guc")
+    if _guc_submission_bit(value):
+        return "i915.enable_guc=%s on the kernel command line" % value
+    live = host.module_parameter("i915", "enable_guc")
+    if _guc_submission_bit(live):
+        return "i915's enable_guc parameter %s (from /etc/modprobe.d or the modprobe that loaded it)" % live
+    return None
+
+
+def _guc_submission_running(host):
+    """GuC submission asked for in the loaded i915 (its parameter; the command line when unreadable)."""
+    live = host.module_parameter("i915", "enable_guc")
+    return _guc_submission_bit(live if live is not None else host.cmdline_value("i915.enable_guc"))
 
 
 class IntelBackend(VendorBackend):
@@ -208,31 +534,70 @@ class IntelBackend(VendorBackend):
     )
 
     def enable_plan(self, device, host, mode, options):
-        """GVT-g: ``i915.enable_gvt=1`` and ``kvmgt`` at boot (and now, once the running kernel has
-        GVT-g on). SR-IOV: ``<driver>.max_vfs=<N>`` (with GuC submission for i915) on the command line,
-        read at probe, so a reboot; the VFs themselves come from gpuvirt.host.sriov afterwards."""
+        """GVT-g: ``i915.enable_gvt=1`` (with ``i915.enable_guc=0`` when GuC submission is asked for, and
+        ``intel_iommu=on`` while the IOMMU is off) and ``kvmgt`` at boot (and now, once the running kernel
+        has all that). SR-IOV: ``<driver>.max_vfs=<N>`` (with GuC submission for i915; the platform's
+        ``xe.force_probe`` and the other driver blacklisted, as the DKMS recipes do; ``intel_iommu=on``
+        while the IOMMU is off) on the command line, read at probe, so a reboot unless the loaded driver
+        already covers the count; the VFs themselves come from gpuvirt.host.sriov afterwards."""
 
         if mode == "gvt-g":
-            gvt = self._gvt_g(device, host) if is_integrated(device) else None
-            if gvt is None or gvt.get("unsupported"):
-                raise EnableError(
-                    "GVT-g cannot be enabled on %s: %s; nothing changed"
-                    % (device.address, gvt["unsupported"] if gvt else "GVT-g is an iGPU (0000:00:02.0) feature")
-                )
-            running = bool(host.cmdline_flag("i915.enable_gvt"))
-            return EnablePlan(
-                mode=mode,
-                address=device.address,
-                kernel_arguments=(GVT_G_ARGUMENT,),
-                files=(("etc/modules-load.d/gpuvirt-gvt-g.conf", MANAGED_HEADER + GVT_G_MODULE + "\n"),),
-                load_modules=(GVT_G_MODULE,),
-                running_needs=(("%s in the running kernel's command line" % GVT_G_ARGUMENT, running),),
+            return self._gvt_g_plan(device, host)
+        return self._sriov_plan(device, host, options)
+
+    def _gvt_g_plan(self, device, host):
+        gvt = self._gvt_g(device, host) if is_integrated(device) else None
+        if gvt is None or gvt.get("unsupported"):
+            raise EnableError(
+                "GVT-g cannot be enabled on %s: %s; nothing changed"
+                % (device.address, gvt["unsupported"] if gvt else "GVT-g is an iGPU (0000:00:02.0) feature")
             )
+        arguments = [GVT_G_ARGUMENT]
+        running = [("GVT-g on in the loaded i915 (%s)" % GVT_G_ARGUMENT, _gvt_g_on(host))]
+        notes = []
+        guc = _guc_submission_asked(host)
+        if guc is not None:
+            arguments.append(GUC_OFF_ARGUMENT)
+            running.append(("GuC submission off in the loaded i915 (%s; GVT-g does not start under it)"
+                            % GUC_OFF_ARGUMENT, not _guc_submission_running(host)))
+            if host.cmdline_value("i915.enable_guc") is None:
+                notes.append("GuC submission comes from %s: remove that option too, as which of it and the "
+                             "command line's %s wins is not documented" % (guc, GUC_OFF_ARGUMENT))
+        self._add_iommu(host, arguments, running, notes)
+        return EnablePlan(
+            mode="gvt-g",
+            address=device.address,
+            kernel_arguments=tuple(arguments),
+            files=(("etc/modules-load.d/gpuvirt-gvt-g.conf", MANAGED_HEADER + GVT_G_MODULE + "\n"),),
+            load_modules=(GVT_G_MODULE,),
+            running_needs=tuple(running),
+            notes=tuple(notes),
+        )
+
+    @staticmethod
+    def _add_iommu(host, arguments, running, notes):
+        argument, note = _iommu_argument(host)
+        if argument is not None:
+            arguments.append(argument)
+        if host.iommu_enabled is False:
+            running.append(("the IOMMU on in the running kernel (%s)" % IOMMU_ARGUMENT, False))
+        if note is not None:
+            notes.append(note)
+
+    def _sriov_plan(self, device, host, options):
         driver = device.driver
-        if driver not in ("i915", "xe"):
+        if driver not in SRIOV_DRIVERS:
             raise EnableError(
                 "SR-IOV on %s needs the i915 (SR-IOV build) or xe driver bound to it, not %s; nothing changed"
                 % (device.address, driver or "no driver")
+            )
+        max_vfs, state = parameter_state(host.root, driver, "max_vfs")
+        if state == "absent":
+            raise EnableError(
+                "SR-IOV cannot be enabled on %s: the loaded %s has no max_vfs parameter, so it has no SR-IOV PF "
+                "mode%s, and %s=<N> on the command line would change nothing; %s. Nothing changed"
+                % (device.address, driver, " (mainline i915 has none)" if driver == "i915" else "",
+                   "%s.max_vfs" % driver, pf_driver_advice(device))
             )
         count = options.get("max_vfs")
         total, source = device_vfs(device)
@@ -242,15 +607,33 @@ class IntelBackend(VendorBackend):
                 % (total or "the GPU's VF count", device.address, " (%s)" % source if total else "")
             )
         arguments = ["%s.max_vfs=%d" % (driver, count)]
+        notes = []
         if driver == "i915":
             arguments.append("i915.enable_guc=3")
-        live = host.module_parameter(driver, "max_vfs")
+        else:
+            force_probe = _force_probe_argument(device, host)
+            if force_probe is not None:
+                arguments.append(force_probe)
+        blacklist, note = _cross_blacklist(device, host, driver)
+        if blacklist is not None:
+            arguments.append(blacklist)
+        if note is not None:
+            notes.append(note)
+        live_total = device.sriov.total_vfs if device.sriov is not None else None
+        covered = max_vfs_covers(max_vfs, count, live_total)
+        running = [("%s.max_vfs covering %d VFs in the loaded %s driver (now %s)"
+                    % (driver, count, driver, max_vfs if state == "value" else state), covered)]
+        self._add_iommu(host, arguments, running, notes)
+        hint = _xe_platform_hint(device)
+        if hint:
+            notes.append(hint)
+        notes.append("then create the VFs with gpuvirt.host.sriov and hand them to vfio-pci")
         return EnablePlan(
-            mode=mode,
+            mode="sriov",
             address=device.address,
             kernel_arguments=tuple(arguments),
-            running_needs=(("%s.max_vfs=%d in the loaded %s driver" % (driver, count, driver), live == str(count)),),
-            notes=("then create the VFs with gpuvirt.host.sriov and hand them to vfio-pci",),
+            running_needs=tuple(running),
+            notes=tuple(notes),
         )
 
     def vf_count_advice(self, device):
@@ -258,9 +641,9 @@ class IntelBackend(VendorBackend):
             return None
         return (
             "an Intel GPU out of SR-IOV PF mode: %s offers VFs only with %s.max_vfs=<N>%s, read when it probes; "
-            "set it with gpuvirt.host.virtualization_mode (mode sriov, max_vfs) and reboot"
+            "set it with gpuvirt.host.virtualization_mode (mode sriov, max_vfs) and reboot%s"
             % (device.driver, device.driver, " and GuC submission (i915.enable_guc=3)" if device.driver == "i915"
-               else "")
+               else "", _joined(_xe_platform_hint(device)))
         )
 
     def modes(self, device, host):
@@ -273,23 +656,32 @@ class IntelBackend(VendorBackend):
 
     def _gvt_g(self, device, host):
         if not gvt_g_generation(device.device_id):
+            platform = platform_of(device.device_id)
+            what = "not one of them"
+            if platform is not None and platform.integrated:
+                sriov = platform.vfs or platform.xe_pf
+                what = "%s iGPU%s" % (platform.with_article, ", which has SR-IOV instead (mode sriov)" if sriov else "")
             return {
                 "mode": "gvt-g", "ready": False, "missing": [],
-                "unsupported": "GVT-g exists only on Broadwell to Comet Lake (Gen8/Gen9) iGPUs; %s [%s] is a later "
-                               "generation (Gen12 and later iGPUs offer SR-IOV instead, with the i915 SR-IOV or xe "
-                               "driver)" % (device.address, device.device_id),
+                "unsupported": "GVT-g exists only on Broadwell to Comet Lake iGPUs (Broadwell, Skylake, Kaby Lake, "
+                               "Broxton, Coffee Lake, Comet Lake); %s [%s] is %s"
+                               % (device.address, device.device_id, what),
             }
         if host.is_mdev_parent(device.address):
             return {"mode": "gvt-g", "ready": True, "missing": []}
         missing = []
         if device.driver != "i915":
             missing.append("the i915 driver bound to it (now: %s)" % (device.driver or "no driver"))
-        if not host.cmdline_flag("i915.enable_gvt"):
+        if not _gvt_g_on(host):
             missing.append("%s on the kernel command line and a reboot" % GVT_G_ARGUMENT)
+        guc = _guc_submission_asked(host)
+        if guc is not None:
+            missing.append("GuC submission off, which GVT-g cannot start under (%s asks for it): %s and a reboot"
+                           % (guc, GUC_OFF_ARGUMENT))
         if not host.module_loaded(GVT_G_MODULE):
             missing.append("the %s module loaded" % GVT_G_MODULE)
         if host.iommu_enabled is False:
-            missing.append("the IOMMU (intel_iommu=on)")
+            missing.append("the IOMMU (%s)" % IOMMU_ARGUMENT)
         if not missing:
             missing.append("mdev types: i915 registered none although GVT-g is on; check dmesg for 'gvt:'")
         return {"mode": "gvt-g", "ready": False, "missing": missing}
@@ -300,9 +692,17 @@ class IntelBackend(VendorBackend):
             return {"mode": "sriov", "ready": True, "missing": []}
         missing = []
         driver = device.driver
-        if driver in ("i915", "xe"):
-            max_vfs = host.module_parameter(driver, "max_vfs")
-            if max_vfs in (None, "0") and host.cmdline_value(driver + ".max_vfs") in (None, "0"):
+        state = None
+        if driver in SRIOV_DRIVERS:
+            max_vfs, state = parameter_state(host.root, driver, "max_vfs")
+            if state == "absent":
+                missing.append(
+                    "%s with SR-IOV PF mode: the loaded one has no max_vfs parameter%s; %s"
+                    % ("an i915" if driver == "i915" else "an xe", " (mainline i915 has none)" if driver == "i915"
+                       else "", pf_driver_advice(device))
+                )
+            elif state != "unreadable" and max_vfs in (None, "0") and host.cmdline_value(driver + ".max_vfs") in (
+                    None, "0"):
                 missing.append(
                     "%s.max_vfs=<N>%s and a driver reload or reboot (PF mode)"
                     % (driver, " with i915.enable_guc=3" if driver == "i915" else "")
@@ -310,9 +710,14 @@ class IntelBackend(VendorBackend):
         else:
             missing.append("an SR-IOV capable i915 or xe driver bound to it (now: %s)" % (driver or "no driver"))
         if sriov is None or not sriov.total_vfs:
-            missing.append("VFs reported by the driver (sriov_totalvfs is %s)" % ("absent" if sriov is None else 0))
+            unknown = ("; %s's max_vfs is unreadable here (mode 0400): read as root" % driver
+                       if state == "unreadable" else "")
+            missing.append("VFs reported by the driver (sriov_totalvfs is %s%s)%s"
+                           % ("absent" if sriov is None else 0, unknown, _joined(_xe_platform_hint(device))))
         else:
             missing.append("VFs enabled (sriov_numvfs, gpuvirt.host.sriov) and handed to vfio-pci")
+        if host.iommu_enabled is False:
+            missing.append("the IOMMU (%s)" % IOMMU_ARGUMENT)
         return {"mode": "sriov", "ready": False, "missing": missing}
 
 

@@ -11,6 +11,7 @@ import tarfile
 import pytest
 
 from ansible_collections.gpuvirt.host.plugins.module_utils.topology import detect
+from ansible_collections.gpuvirt.host.tests.unit.plugins.module_utils.test_vendor_intel import ADL_HOST
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "..", "fixtures"))
 import capture  # noqa: E402
@@ -50,6 +51,21 @@ def test_capture_of_the_large_host(make_host, tmp_path):
 
     assert devices > 550
     same_topology(root, output)
+
+
+def test_capture_keeps_the_loaded_modules_and_the_vendor_drivers_parameters(make_host, tmp_path):
+    # A mainline i915 (parameters, but no max_vfs) on an Alder Lake iGPU: the SR-IOV mode's advice depends on it.
+    root = make_host(ADL_HOST)
+
+    output, _devices, _copied = capture.capture(root, str(tmp_path / "snapshot"))
+
+    same_topology(root, output)
+    assert os.path.isdir(os.path.join(output, "sys/module/i915/parameters"))
+    assert not os.path.exists(os.path.join(output, "sys/module/i915/parameters/max_vfs"))
+    assert os.path.isdir(os.path.join(output, "sys/module/kvm_intel"))
+    modes = next(g for g in detect(output)["gpus"] if g["address"] == "0000:00:02.0")["virtualization"]
+    sriov = next(m for m in modes if m["mode"] == "sriov")
+    assert "the loaded one has no max_vfs parameter" in sriov["missing"][0], sriov
 
 
 def test_capture_keeps_the_boot_display_and_the_framebuffers(make_host, tmp_path):
