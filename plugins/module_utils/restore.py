@@ -383,6 +383,8 @@ class Restore:
 def render_unit(prefix, python, timeout, mdevctl_grace):
     """The text of ``gpuvirt-restore.service``."""
     command = "%s -m %s.restore --timeout %g --mdevctl-grace %g" % (python, PACKAGE, timeout, mdevctl_grace)
+    later = _vendor_units_after()
+    vendor_order = "Before=%s\n" % " ".join(later) if later else ""
     return (
         "# Managed by gpuvirt.host.restore_unit; edits are overwritten.\n"
         "# Brings back what gpuvirt.host recorded in /etc/gpuvirt/host-state.json: SR-IOV virtual\n"
@@ -392,6 +394,7 @@ def render_unit(prefix, python, timeout, mdevctl_grace):
         "Description=Restore GPU virtualization devices (SR-IOV VFs, vGPU types, mediated devices)\n"
         "After=systemd-modules-load.service\n"
         "Before=libvirtd.service virtqemud.service\n"
+        "%s"
         "\n"
         "[Service]\n"
         "Type=oneshot\n"
@@ -401,8 +404,17 @@ def render_unit(prefix, python, timeout, mdevctl_grace):
         "TimeoutStartSec=%d\n"
         "\n"
         "[Install]\n"
-        "WantedBy=%s\n" % (prefix, command, int(timeout * 4 + mdevctl_grace + 60), WANTED_BY)
+        "WantedBy=%s\n" % (vendor_order, prefix, command, int(timeout * 4 + mdevctl_grace + 60), WANTED_BY)
     )
+
+
+def _vendor_units_after():
+    """The vendors' services that must start after this unit has set up the VFs (a backend's
+    ``restore_unit_before``), in registry order."""
+    units = []
+    for backend in vendors.BACKENDS:
+        units.extend(unit for unit in backend.restore_unit_before if unit not in units)
+    return units
 
 
 def code_sources(start="restore"):

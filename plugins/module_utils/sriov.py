@@ -25,7 +25,9 @@ Public API (standard library only, so the boot-time restore can use it without A
   VF-enabling tool (:func:`vendors.vf_tool`, e.g. NVIDIA's ``sriov-manage -e <pf>``) until
   ``sriov_numvfs`` reads back non-zero; its exit status is recorded but never trusted. ``runner`` is
   anything with ``run_command(argv)`` returning ``(rc, stdout, stderr)`` (an AnsibleModule; at boot, the
-  restore's own runner).
+  restore's own runner), and ``get_bin_path(name)`` to check the programs the tool runs (``tool.programs``).
+  A tool that unbinds the PF's driver while it works (``tool.pf_driver``) gets the PF bound to that driver
+  again before each run when a failed run left it without one.
 - :func:`restore_pf` ``(root, pf, num_vfs, drivers_autoprobe=None, method=None, runner=None,
   retries=10, delay=0.5) -> bool``: what the boot-time restore calls for one ``sriov`` entry of the
   state file; ``method`` is the entry's ``method`` (``sysfs``, the default, or a vendor tool's).
@@ -305,11 +307,18 @@ def enable_vfs_by_tool(runner, root, pf, tool, retries=5, delay=2.0, sleep=time.
             "%s: %s is needed to enable the VFs of this GPU, but %s is not an executable; %s"
             % (pf, tool.name, executable, tool.install_advice)
         )
+    _check_programs(runner, pf, tool)
+    pf_driver = getattr(tool, "pf_driver", None)
     argv = tool.argv(executable, pf)
     command = " ".join(argv)
     attempts = []
     warnings = []
     for attempt in range(1, max(1, retries) + 1):
+        if pf_driver and _bind_pf(root, pf, pf_driver, tool, sleep):
+            warnings.append(
+                "%s had no driver before attempt %d (%s unbinds %s while it works and a failed run leaves it so); "
+                "bound it to %s again" % (pf, attempt, tool.name, pf_driver, pf_driver)
+            )
         try:
             rc, out, err = runner.run_command(argv)
         except OSError as error:  # the restore's runner may raise where AnsibleModule returns rc
@@ -336,6 +345,48 @@ def enable_vfs_by_tool(runner, root, pf, tool, retries=5, delay=2.0, sleep=time.
         "%s did not enable the VFs of %s in %d attempts (%s); %s"
         % (command, pf, len(attempts), summary, tool.failure_advice(pf))
     )
+
+
+def _check_programs(runner, pf, tool):
+    """Fail before running ``tool`` when a program it runs (``tool.programs``) is not installed."""
+    finder = getattr(runner, "get_bin_path", None)
+    if finder is None:
+        return
+    missing = [(program, advice) for program, advice in getattr(tool, "programs", ()) if not finder(program)]
+    if missing:
+        raise SriovError(
+            "%s: %s runs %s to enable the VFs, but %s not found on PATH; %s, then run again; nothing was changed"
+            % (
+                pf,
+                tool.name,
+                " and ".join(program for program, _advice in missing),
+                "it is" if len(missing) == 1 else "they are",
+                "; ".join(advice for _program, advice in missing),
+            )
+        )
+
+
+def _bind_pf(root, pf, driver, tool, sleep=time.sleep):
+    """Bind ``pf`` to ``driver`` when it has no driver (a failed run of ``tool`` left it unbound); read
+    back. Returns whether it bound it; a PF on another driver is left alone."""
+    if read_driver(root, pf) is not None:
+        return False
+    path = host_path(root, sysfs.PCI_DRIVERS, driver, "bind")
+    try:
+        sysfs.write_text(path, pf)
+    except sysfs.SysfsWriteError as error:
+        raise SriovError(
+            "%s has no driver (%s unbinds %s while it works and a failed run leaves it so), and binding it again "
+            "failed: %s; load %s (modprobe %s), check dmesg, then run again"
+            % (pf, tool.name, driver, error, driver, driver)
+        ) from error
+    bound, ok = poll(lambda: read_driver(root, pf), lambda name: name == driver, 10, 0.1, sleep)
+    if not ok:
+        raise SriovError(
+            "%s: writing it to %s did not bind it (driver now: %s); check dmesg for %s's message, then run again"
+            % (pf, path, bound or "none", driver)
+        )
+    return True
 
 
 def restore_pf(root, pf, num_vfs, drivers_autoprobe=None, method=None, runner=None, retries=10, delay=0.5):

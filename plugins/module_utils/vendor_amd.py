@@ -8,10 +8,18 @@ Interface notes (github.com/amd/MxGPU-Virtualization: gim_shim, gim_drv.c, relea
   PFs through dynamic IDs and calls ``pci_enable_sriov`` itself at probe, with ``vf_num=N0,N1,...``
   (per GPU, 1-31) or ``/etc/gim_config``. It has no ``sriov_configure``: writing ``sriov_numvfs``
   fails with ENOENT, so the VF count is a driver parameter and a reload.
+- ``vf_num`` is indexed by GIM's GPU number: the order GIM probes the SR-IOV capable GPUs it drives
+  (taken here as PCI address order), and a GPU past the end of the list gets its last value
+  (``gim_handle_array_token``/``set_array_value`` in gim_config.c repeat it), so ``vf_num=8`` means 8
+  VFs on every GPU. The list written keeps the other GPUs' counts and sets the selected GPU's entry.
 - Signs of a running GIM: the PF's ``driver`` is ``gim``; ``/sys/bus/pci/drivers/gim/`` holds
   ``guard_status``, ``guard_threshold``, ``self_switch``, ``force_hot_reset``, ``live_update``.
-- Supported GPUs (GIM 8.x-9.x): MI300X 1002:74a1 (VF 74b5), MI325X 74a5, MI308X 74a2/74a8, 74a9;
-  later releases add MI350X/MI355X, MI210X and Radeon PRO V710.
+- Supported GPUs (GIM 8.x-9.x, libgv/core/amdgv_marketing_name.c): MI300X 1002:74a1 (VF 74b5), MI325X
+  74a5, MI308X 74a2/74a8, 74a9; later releases add MI350X 75a0 / MI355X 75a3 (VFs 75b0/75b3), MI210 740f
+  and Radeon PRO V710 7460 (VF 7461). The MI350P of the release notes has no entry in that table (no
+  device ID to match): it is recognised by its ``gim`` driver binding only.
+- VF counts AMD states per model: 1 (SPX/NPS1) on every model; the MI300X also 8 (CPX/NPS4), the
+  MI350X/MI355X also 2 or 8. Other models take any count GIM accepts (1-31).
 
 On an APU the GPU and its HDMI/DP audio (``1002``) share their slot with the processor's own functions
 (``1022``: the CCP/PSP, USB and HD audio controllers; Strix Halo ``c5:00.0`` GPU, ``.1`` its audio, ``.2``
@@ -26,6 +34,7 @@ recorded GPU and enable its VFs, and checks the count against the recorded one.
 from __future__ import annotations
 
 import os
+import re
 
 from ansible_collections.gpuvirt.host.plugins.module_utils.kernel import module_parameter
 from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import (
@@ -48,7 +57,27 @@ VENDOR_ID = "1002"
 # The vendor ID of AMD processors' own PCI functions (host bridges, CCP/PSP, USB, audio).
 PROCESSOR_VENDOR_ID = "1022"
 HOST_DRIVER = "gim"
-GIM_IDS = frozenset(("74a1", "74a2", "74a5", "74a8", "74a9"))
+# The PF device IDs of GIM's GPUs (libgv/core/amdgv_marketing_name.c), with their names there.
+GIM_MODELS = {
+    "74a1": "AMD Instinct MI300X",
+    "74a2": "AMD Instinct MI308X",
+    "74a5": "AMD Instinct MI325X",
+    "74a8": "AMD Instinct MI308X",
+    "74a9": "AMD Instinct MI300X HF",
+    "75a0": "AMD Instinct MI350X",
+    "75a3": "AMD Instinct MI355X",
+    "740f": "AMD Instinct MI210",
+    "7460": "AMD Radeon PRO V710",
+}
+GIM_IDS = frozenset(GIM_MODELS)
+# The VF counts a model supports where AMD states them: 1 (SPX/NPS1) on all, 8 (CPX/NPS4) on the
+# MI300X, 2 or 8 on the MI350X/MI355X. Models not listed take GIM's whole range.
+SUPPORTED_VF_COUNTS = {"74a1": (1, 8), "75a0": (1, 2, 8), "75a3": (1, 2, 8)}
+VF_NUM_RANGE = (1, 31)
+# GIM's count for a GPU that neither vf_num nor /etc/gim_config names (VF_NUMBER__DEFAULT, gim_config.h).
+DEFAULT_VF_NUM = 1
+GIM_CONF = "etc/modprobe.d/gpuvirt-gim.conf"
+_VF_NUM_OPTION = re.compile(r"^\s*options\s+gim\s+(?:.*\s)?vf_num=([0-9,]+)(?:\s|$)", re.MULTILINE)
 GIM_DRIVER_FILES = ("guard_status", "guard_threshold", "self_switch", "force_hot_reset", "live_update")
 
 
@@ -56,6 +85,51 @@ def gim_present(root):
     """The GIM driver is registered (``sys/bus/pci/drivers/gim`` with its attributes)."""
     base = os.path.join(root, "sys/bus/pci/drivers", HOST_DRIVER)
     return os.path.isdir(base) and any(os.path.exists(os.path.join(base, name)) for name in GIM_DRIVER_FILES)
+
+
+def parse_vf_num(text):
+    """GIM's ``vf_num`` (``N0,N1,...``) as a list of counts; None when unset (or not such a list)."""
+    values = (text or "").strip().split(",")
+    if not all(value.isascii() and value.isdigit() for value in values):
+        return None
+    return [int(value) for value in values]
+
+
+def vf_num_of(values, index):
+    """The VF count ``vf_num`` ``values`` give GIM's GPU ``index``: its entry, else the last one (GIM
+    repeats the last value to every later GPU); None without values."""
+    if not values:
+        return None
+    return values[index] if index < len(values) else values[-1]
+
+
+def render_vf_num(values):
+    """``vf_num`` for per-GPU ``values``, without the trailing repeats GIM fills in itself."""
+    end = len(values)
+    while end > 1 and values[end - 1] == values[end - 2]:
+        end -= 1
+    return ",".join(str(value) for value in values[:end])
+
+
+def configured_vf_num(root):
+    """``vf_num`` as this collection's modprobe.d file sets it for GIM's next load, or None."""
+    match = _VF_NUM_OPTION.search(read_text(host_path(root, GIM_CONF)) or "")
+    return parse_vf_num(match.group(1)) if match else None
+
+
+def gim_gpus(devices):
+    """The addresses of the GPUs GIM numbers, in its order: the physical functions it drives that have
+    SR-IOV (it gives a GPU without SR-IOV no number), by PCI address, the order the PCI core offers them."""
+    found = [
+        device.address
+        for device in devices.values()
+        if device.driver == HOST_DRIVER and not device.is_vf and device.sriov is not None
+    ]
+    return sorted(found, key=_address_key)
+
+
+def _address_key(address):
+    return tuple(int(part, 16) for part in re.split(r"[:.]", address))
 
 
 def _device_file(root, address, name):
@@ -122,8 +196,8 @@ class AmdBackend(VendorBackend):
         )
 
     def enable_plan(self, device, host, mode, options):
-        """MxGPU: refuse with advice while GIM is missing; with GIM, ``options gim vf_num=<N>`` (GIM
-        enables the VFs itself when it loads, so a reload or reboot)."""
+        """MxGPU: refuse with advice while GIM is missing; with GIM, ``options gim vf_num=N0,N1,...`` with
+        the selected GPU's entry set (GIM enables the VFs itself when it loads, so a reload or reboot)."""
 
         if device.driver != HOST_DRIVER or not gim_present(host.root):
             raise EnableError(
@@ -133,14 +207,41 @@ class AmdBackend(VendorBackend):
                 % (device.address, device.driver or "none")
             )
         count = options.get("max_vfs")
-        if not count or not 1 <= count <= 31:
-            raise EnableError("max_vfs (GIM's vf_num) must be between 1 and 31; nothing changed")
-        live = host.module_parameter(HOST_DRIVER, "vf_num")
+        low, high = VF_NUM_RANGE
+        if not count or not low <= count <= high:
+            raise EnableError("max_vfs (GIM's vf_num) must be between %d and %d; nothing changed" % (low, high))
+        allowed = SUPPORTED_VF_COUNTS.get(device.device_id or "")
+        if allowed and count not in allowed:
+            raise EnableError(
+                "max_vfs %d is not a VF count the %s on %s supports: it runs %s VFs per GPU (1 in SPX/NPS1 "
+                "mode); choose one of these; nothing changed"
+                % (count, GIM_MODELS[device.device_id], device.address, " or ".join(str(n) for n in allowed))
+            )
+        gpus = gim_gpus(host.devices)
+        if device.address not in gpus:
+            raise EnableError(
+                "%s is driven by gim but shows no SR-IOV capability (no sriov_totalvfs), so GIM gives it no VFs: "
+                "enable SR-IOV in the firmware setup and reboot; nothing changed" % device.address
+            )
+        index = gpus.index(device.address)
+        live = parse_vf_num(host.module_parameter(HOST_DRIVER, "vf_num"))
+        known = configured_vf_num(host.root)
+        if known is None:
+            known = live
+        if known is not None:
+            values = [vf_num_of(known, number) for number in range(len(gpus))]
+        else:  # neither set: each GPU keeps what GIM gave it (its default or /etc/gim_config)
+            values = [host.devices[gpu].sriov.num_vfs or DEFAULT_VF_NUM for gpu in gpus]
+        values[index] = count
+        text = render_vf_num(values)
         return EnablePlan(
             mode=mode,
             address=device.address,
-            files=(("etc/modprobe.d/gpuvirt-gim.conf", MANAGED_HEADER + "options gim vf_num=%d\n" % count),),
-            running_needs=(("gim loaded with vf_num=%d" % count, (live or "").split(",")[0] == str(count)),),
+            files=((GIM_CONF, MANAGED_HEADER + "options gim vf_num=%s\n" % text),),
+            running_needs=(
+                ("gim loaded with vf_num=%s (GPU %d, %s: %d VFs)" % (text, index, device.address, count),
+                 vf_num_of(live, index) == count),
+            ),
         )
 
     def modes(self, device, host):

@@ -20,13 +20,16 @@ Interface notes (vgpu-device-manager, go-nvlib, the vgpu-kvm driver packages):
 Public API:
 
 - :func:`parse_creatable_vgpu_types` ``(text) -> (list[{"id": int, "name": str}], list[str])``:
-  the entries of ``nvidia/creatable_vgpu_types`` and the lines that could not be parsed.
+  the entries of ``nvidia/creatable_vgpu_types`` (``<id> : <name>`` or ``<id> <name>``; lines that do not
+  start with a type ID, such as the header, are skipped) and the lines with an ID but no name.
 - :func:`read_nvidia_vgpu` ``(device_path, address, findings=None, display=None, directory=None) -> dict | None``:
   ``{"creatable": [...], "current": int}`` for a device with an ``nvidia/`` directory, else None.
 - :func:`profile_name` ``(type_name) -> str | None``: ``NVIDIA A100-4C`` -> ``A100-4C``.
 - :class:`SriovManage`: NVIDIA's VF enabler, ``/usr/lib/nvidia/sriov-manage -e <pf>``, as a vendor tool
   (recorded as method ``sriov_manage`` in the state file's ``sriov`` section; :func:`sriov.enable_vfs_by_tool`
-  runs it and reads the VFs back).
+  runs it and reads the VFs back). It needs ``lspci`` and unbinds ``nvidia`` from the GPU while it works,
+  leaving it unbound when it fails part way (a next run then fails too), so the GPU is bound to ``nvidia``
+  again before each run (stackhpc/ansible-collection-linux, roles/vgpu: nvidia-sriov.service.j2).
 
 Its state file section, ``nvidia_vgpu``, maps each VF to its vGPU type (``{"0000:41:00.4": {"type_id":
 1030, "type_name": "NVIDIA L40S-1B"}}``); its restore step, ``nvidia_vgpu``, writes them back to
@@ -64,8 +67,10 @@ SRIOV_MANAGE = "/usr/lib/nvidia/sriov-manage"
 
 NVIDIA_PROC_GPUS = "proc/driver/nvidia/gpus"
 _DEVICE_MINOR = re.compile(r"^Device Minor:\s*([0-9]+)\s*$", re.MULTILINE)
-_ENTRY = re.compile(r"\s*([0-9]+)\s*:\s*(\S.*?)\s*\Z")
-_HEADER = re.compile(r"\s*ID\s*:", re.IGNORECASE)
+# ``<id> : <name>`` or ``<id> <name>``, as NVIDIA's vgpu-device-manager reads them (pkg/vgpu/vfio/types.go).
+_ENTRY = re.compile(r"\s*([0-9]+)(?:\s*:|\s)\s*(.*?)\s*\Z")
+# A line that starts with a type ID; any other line (the header, in whatever form) is skipped.
+_NUMERIC = re.compile(r"\s*[0-9]+(?:[\s:]|\Z)")
 
 
 def parse_creatable_vgpu_types(text):
@@ -85,13 +90,15 @@ _PARSED_MAX = 256
 
 
 def _parse_creatable(text):
+    # Like vgpu-device-manager: lines that do not start with a numeric type ID (the header) are skipped,
+    # whatever their form; a line that does but has no name is reported.
     entries = []
     bad = []
     for line in text.splitlines():
-        if not line.strip() or _HEADER.match(line):
+        if not _NUMERIC.match(line):
             continue
         match = _ENTRY.match(line)
-        if match is None:
+        if match is None or not match.group(2):
             bad.append(line)
         else:
             entries.append({"id": int(match.group(1)), "name": match.group(2)})
@@ -154,6 +161,10 @@ class SriovManage:
     name = "sriov-manage"
     enables_all = True
     install_advice = "install the NVIDIA vGPU host driver package, or give its path"
+    # It unbinds the GPU's driver while it works and may leave it unbound: bound again before each run.
+    pf_driver = "nvidia"
+    # The programs it runs, with how to install them (it lists the GPU's functions with lspci).
+    programs = (("lspci", "install pciutils"),)
 
     def __init__(self, command=None):
         self.command = command
@@ -201,6 +212,12 @@ class NvidiaBackend(VendorBackend):
     state_sections = (STATE_KEY,)
     restore_steps = (RestoreStep(name=STATE_KEY, before="mdevs", items=_restore_items),)
     vf_tools = {"sriov_manage": SriovManage}
+    # The boot-time restore unit runs sriov-manage before these start: MIG-backed vGPUs need the GPU
+    # instances nvidia-mig-manager creates, and SR-IOV has to be set up before it creates them
+    # (stackhpc/ansible-collection-linux, roles/vgpu: nvidia-sriov.service.j2 orders itself
+    # Before=nvidia-mig-manager.service). The unit's vGPU step runs before it too, so it cannot bring
+    # back a MIG-backed vGPU type at boot (its GPU instance does not exist yet).
+    restore_unit_before = ("nvidia-mig-manager.service",)
 
     def vf_count_advice(self, device):
         if device.driver != "nvidia":

@@ -72,7 +72,8 @@ class VendorBackend:
     Carving (:mod:`sriov`, :mod:`mdev`): ``vf_tools``, :meth:`vf_count_set_by`, :meth:`vf_count_advice`,
     :meth:`in_use_reasons`, :meth:`no_mdev_types_hint`.
     Guarding (:mod:`device_users`): :meth:`device_nodes`.
-    Persisting (:mod:`hoststate`, :mod:`restore`): ``state_sections``, ``restore_steps``.
+    Persisting (:mod:`hoststate`, :mod:`restore`): ``state_sections``, ``restore_steps``,
+    ``restore_unit_before``.
     """
 
     name = None
@@ -90,8 +91,13 @@ class VendorBackend:
     # State file sections this vendor owns (restored by its own steps), in restore order.
     state_sections = ()
     restore_steps = ()
+    # systemd units of its software that must start after the boot-time restore unit (``Before=`` there).
+    restore_unit_before = ()
     # ``{method: factory(command=None)}``: the vendor tools that enable VFs, by the ``method`` an entry of
-    # the state file's ``sriov`` section records (:func:`sriov.enable_vfs_by_tool` runs them).
+    # the state file's ``sriov`` section records (:func:`sriov.enable_vfs_by_tool` runs them). A tool has
+    # ``name``, ``argv(executable, pf)``, ``executable(runner)``, ``install_advice``, ``failure_advice(pf)``,
+    # ``enables_all``, and may have ``pf_driver`` (the driver it unbinds while it works, bound again before
+    # each run) and ``programs`` (``(program, how to install it)`` pairs it runs, checked first).
     vf_tools = {}
 
     def read_device(self, path, address, findings, directory=None):

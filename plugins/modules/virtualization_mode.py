@@ -18,10 +18,16 @@ description:
     C(/etc/modules-load.d/gpuvirt-gvt-g.conf); loads C(kvmgt) at once when the running kernel already has
     GVT-g on. Later iGPUs (Gen11 and newer, which have no GVT-g) are refused with the reason."
   - "V(sriov) (Intel SR-IOV GPUs under C(i915) or C(xe)): adds C(<driver>.max_vfs=<max_vfs>) (and
-    C(i915.enable_guc=3) for i915) to the kernel command line; the driver reads them at probe."
+    C(i915.enable_guc=3) for i915; C(xe.force_probe=<device ID>) where xe needs it; C(module_blacklist=) of
+    the other driver when it drives no other device) to the kernel command line; the driver reads them at
+    probe. A loaded driver whose C(max_vfs) already covers the count needs no reboot. A mainline i915 (no
+    C(max_vfs) parameter: no SR-IOV PF mode) is refused with what to install; Tiger Lake, Alder Lake and
+    Meteor Lake iGPUs offer at most 7 VFs."
   - "V(mxgpu) (AMD Instinct and Radeon PRO V GPUs): with AMD's GIM host driver bound, writes
-    C(options gim vf_num=<max_vfs>) to C(/etc/modprobe.d/gpuvirt-gim.conf); without GIM, refuses with what
-    to install."
+    C(options gim vf_num=N0,N1,...) to C(/etc/modprobe.d/gpuvirt-gim.conf), one count per GPU in GIM's order
+    (GIM repeats the last to the GPUs after it), changing only the selected GPU's; a count the model does
+    not support is refused (MI300X: 1 or 8; MI350X and MI355X: 1, 2 or 8; others 1 to 31). Without GIM,
+    refuses with what to install."
   - "V(vgpu) (NVIDIA): checks that the vGPU host driver is loaded (C(nvidia_vgpu_vfio)) and
     C(nvidia-vgpu-mgr) runs; refuses with what to install otherwise. Nothing is written."
 extends_documentation_fragment:

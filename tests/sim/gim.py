@@ -4,8 +4,10 @@
 
 GIM binds the GPUs it supports and calls ``pci_enable_sriov`` itself at probe, GPU ``x`` (in PCI order)
 getting ``vf_num[x]`` VFs (``module_param_array(vf_num, uint, ..., 0444)``: ``vf_num=N0,N1,...``, 1 to
-31 each) within the device's ``sriov_totalvfs``. A GPU without a value gets GIM's default,
-``VF_NUMBER__DEFAULT`` (1, gim_config.h) as :data:`DEFAULT_VF_NUM` (``/etc/gim_config`` is not read here). GIM has no
+31 each) within the device's ``sriov_totalvfs``. A GPU past the end of the list gets its last value
+(``set_array_value`` in gim_config.c fills the rest of the array with it: ``vf_num=8`` is 8 on every
+GPU); without ``vf_num`` every GPU gets GIM's default, ``VF_NUMBER__DEFAULT`` (1, gim_config.h) as
+:data:`DEFAULT_VF_NUM` (``/etc/gim_config`` is not read here). GIM has no
 ``sriov_configure``, so writing another count to ``sriov_numvfs`` fails ``ENOENT``
 (:meth:`sriov_kernel.SriovKernel.configure`); the VFs have no host driver (amdgpu is blacklisted).
 """
@@ -46,7 +48,8 @@ def probe(root):
     sriov = SriovKernel(KernelSim(root))
     done = {}
     for index, pf in enumerate(_gim_gpus(root)):
-        wanted = int(values[index]) if index < len(values) and values[index].isdigit() else DEFAULT_VF_NUM
+        value = values[min(index, len(values) - 1)] if values else ""
+        wanted = int(value) if value.isdigit() else DEFAULT_VF_NUM
         count = min(wanted, int(sriov.read(pf, "sriov_totalvfs")))
         sriov.configure(pf, sriov_configure=False, vf_driver=None)
         if not sriov.vfs_of(pf):

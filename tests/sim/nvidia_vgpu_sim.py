@@ -25,12 +25,16 @@ types"; the time-sliced placement rule that a GPU hosts vGPUs of one framebuffer
   configuration (:meth:`NvidiaVgpuSim.configure_gpu`), or of what was learned from the fixture's
   existing VFs when the simulator started (:meth:`NvidiaVgpuSim.learn`).
 
-``fake_sriov_manage(bin_dir, root, fail_first=0, lie_first=0, exit_code_when_enabled=0)`` writes a
-``sriov-manage`` executable: ``-e <pf>|ALL`` enables ``sriov_totalvfs`` VFs through the simulator
-and ``-d`` disables them, except that the first ``fail_first`` calls fail (exit 1, nothing changed)
-and the next ``lie_first`` calls print success and exit 0 without enabling anything (the race with
-the driver's start-up); ``exit_code_when_enabled`` makes a successful call exit non-zero anyway.
-Every call's argv is recorded in the simulator state (:func:`sriov_manage_calls`).
+``fake_sriov_manage(bin_dir, root, fail_first=0, lie_first=0, exit_code_when_enabled=0, unbind_first=0)``
+writes a ``sriov-manage`` executable: ``-e <pf>|ALL`` enables ``sriov_totalvfs`` VFs through the
+simulator and ``-d`` disables them, except that the first ``fail_first`` calls fail (exit 1, nothing
+changed) and the next ``lie_first`` calls print success and exit 0 without enabling anything (the race
+with the driver's start-up); ``exit_code_when_enabled`` makes a successful call exit non-zero anyway.
+Like the real script, which unbinds ``nvidia`` from the GPU to set the VFs up and rebinds it, it fails
+(exit 1, nothing changed) on a GPU that ``nvidia`` does not drive; the first ``unbind_first`` calls
+unbind ``nvidia`` and fail part way, leaving the GPU without a driver (stackhpc/ansible-collection-linux,
+roles/vgpu/templates/nvidia-sriov.service.j2). Every call's argv is recorded in the simulator state
+(:func:`sriov_manage_calls`).
 """
 
 from __future__ import annotations
@@ -43,15 +47,18 @@ import sys
 
 try:
     from ansible_collections.gpuvirt.host.tests.sim.mdev_kernel import KernelSim
+    from ansible_collections.gpuvirt.host.tests.sim.pci_kernel import PciKernel
     from ansible_collections.gpuvirt.host.tests.sim.sriov_kernel import SriovKernel
 except ImportError:  # run as the fake sriov-manage: tests/sim is on sys.path
     from mdev_kernel import KernelSim
+    from pci_kernel import PciKernel
     from sriov_kernel import SriovKernel
 
 CURRENT = re.compile(r"sys/bus/pci/devices/([^/]+)/nvidia/current_vgpu_type\Z")
 MDEV_CREATE = re.compile(r"sys/class/mdev_bus/([^/]+)/mdev_supported_types/([^/]+)/create\Z")
 MDEV_REMOVE = re.compile(r"sys/bus/mdev/devices/([^/]+)/remove\Z")
 HEADER = "ID    : vGPU Name"
+NVIDIA_DRIVER = "nvidia"
 _SIZE = re.compile(r"-([0-9]+)[A-Za-z]+\s*\Z")
 _ENTRY = re.compile(r"\s*([0-9]+)\s*:\s*(\S.*?)\s*\Z")
 
@@ -313,7 +320,7 @@ sys.exit(sriov_manage_main(sys.argv[1:], {root!r}))
 """
 
 
-def fake_sriov_manage(bin_dir, root, fail_first=0, lie_first=0, exit_code_when_enabled=0):
+def fake_sriov_manage(bin_dir, root, fail_first=0, lie_first=0, exit_code_when_enabled=0, unbind_first=0):
     """Write ``<bin_dir>/sriov-manage`` acting on ``root``; returns its path."""
     here = os.path.dirname(os.path.abspath(__file__))
     os.makedirs(bin_dir, exist_ok=True)
@@ -334,6 +341,7 @@ def fake_sriov_manage(bin_dir, root, fail_first=0, lie_first=0, exit_code_when_e
         "fail_first": fail_first,
         "lie_first": lie_first,
         "exit_code_when_enabled": exit_code_when_enabled,
+        "unbind_first": unbind_first,
         "calls": [],
     }
     sim.save(state)
@@ -356,8 +364,20 @@ def sriov_manage_main(argv, root):
     call = len(behaviour["calls"])
     sim.save(state)
     action, target = argv
-    pfs = _nvidia_sriov_pfs(root) if target == "ALL" else [target]
+    # ALL: the GPUs nvidia drives.
+    pfs = [pf for pf in _nvidia_sriov_pfs(root) if _driver(root, pf) == NVIDIA_DRIVER] if target == "ALL" else [target]
     verb = "Enabling" if action == "-e" else "Disabling"
+    unbound = [pf for pf in pfs if _driver(root, pf) != NVIDIA_DRIVER]
+    if unbound:
+        sys.stderr.write("%s VFs failed: %s is not bound to the nvidia driver\n" % (verb, " ".join(unbound)))
+        return 1
+    if call <= behaviour.get("unbind_first", 0):
+        PciKernel(sim)
+        with sim.active():
+            for pf in pfs:
+                _sysfs_write(os.path.join(root, "sys/bus/pci/drivers", NVIDIA_DRIVER, "unbind"), pf)
+        sys.stderr.write("%s VFs on %s failed: could not bind the nvidia driver again\n" % (verb, " ".join(pfs)))
+        return 1
     if call <= behaviour.get("fail_first", 0):
         sys.stderr.write("%s VFs on %s failed: the nvidia driver is not ready\n" % (verb, " ".join(pfs)))
         return 1
@@ -375,15 +395,25 @@ def sriov_manage_main(argv, root):
                 continue
             count = _read(os.path.dirname(path), "sriov_totalvfs") if action == "-e" else "0"
             try:
-                fd = os.open(path, os.O_WRONLY)
-                try:
-                    os.write(fd, count.encode("ascii"))
-                finally:
-                    os.close(fd)
+                _sysfs_write(path, count)
             except OSError as error:
                 sys.stderr.write("%s VFs on %s failed: %s\n" % (verb, pf, error.strerror))
                 status = 1
     return status or behaviour.get("exit_code_when_enabled", 0)
+
+
+def _sysfs_write(path, text):
+    """One write(2), as ``echo`` does: the simulator routes it while active."""
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.write(fd, text.encode("ascii"))
+    finally:
+        os.close(fd)
+
+
+def _driver(root, address):
+    link = os.path.join(root, "sys/bus/pci/devices", address, "driver")
+    return os.path.basename(os.readlink(link)) if os.path.islink(link) else None
 
 
 def _nvidia_sriov_pfs(root):

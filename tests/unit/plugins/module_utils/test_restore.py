@@ -295,3 +295,13 @@ def test_a_vgpu_error_is_caught_by_the_restore(lab, monkeypatch):
     assert status["ok"] is False
     assert [(r["step"], r["ok"]) for r in status["results"]] == [("nvidia_vgpu", False)]
     assert "current_vgpu_type reads 'garbage'" in status["results"][0]["message"]
+
+
+def test_the_unit_sets_up_the_vfs_before_the_vendors_services_start():
+    """nvidia-mig-manager creates the GPU instances of MIG-backed vGPUs, after SR-IOV is set up
+    (the reference's sriov unit orders itself Before= it)."""
+    unit = restore.render_unit("/usr/local/lib/gpuvirt", "/usr/bin/python3", 60, 10)
+    section = unit.split("[Unit]\n", 1)[1].split("\n[", 1)[0].splitlines()
+    assert "Before=nvidia-mig-manager.service" in section
+    assert "Before=libvirtd.service virtqemud.service" in section
+    assert section.index("After=systemd-modules-load.service") < section.index("Before=nvidia-mig-manager.service")

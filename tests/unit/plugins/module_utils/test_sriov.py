@@ -12,6 +12,7 @@ import pytest
 from ansible_collections.gpuvirt.host.plugins.module_utils import nvidia_vgpu, sriov, sysfs
 from ansible_collections.gpuvirt.host.plugins.module_utils.selector import SelectorError, select_devices
 from ansible_collections.gpuvirt.host.tests.sim.nvidia_vgpu_sim import attach, fake_sriov_manage, sriov_manage_calls
+from ansible_collections.gpuvirt.host.tests.sim.pci_kernel import PciKernel
 from ansible_collections.gpuvirt.host.tests.sim.sriov_hosts import NVME, NVME_HOST, devices_of, hold_group
 from ansible_collections.gpuvirt.host.tests.sim.sriov_kernel import NUMVFS
 
@@ -271,6 +272,55 @@ def test_sriov_manage_is_not_run_when_the_vfs_exist(make_host, tmp_path):
     runner = Runner()
     result = nvidia_vgpu.enable_vfs_with_sriov_manage(runner, root, L40S, command="/nonexistent")
     assert result == {"changed": False, "num_vfs": 8, "attempts": [], "warnings": []} and runner.calls == []
+
+
+def driver_of(root, address):
+    link = os.path.join(root, "sys/bus/pci/devices", address, "driver")
+    return os.path.basename(os.readlink(link)) if os.path.islink(link) else None
+
+
+def test_sriov_manage_gets_the_gpu_bound_to_nvidia_again_before_a_retry(l40s_off, tmp_path):
+    """sriov-manage unbinds nvidia to set the VFs up; a run that fails part way leaves the GPU without a
+    driver, and every later run fails on it, unless the GPU is bound to nvidia again first."""
+    command = fake_sriov_manage(str(tmp_path / "bin"), l40s_off, unbind_first=1)
+    sim = attach(l40s_off)[0]
+    PciKernel(sim)
+    with sim.active():
+        result = nvidia_vgpu.enable_vfs_with_sriov_manage(Runner(), l40s_off, L40S, retries=3, delay=0, command=command)
+    assert result["num_vfs"] == 32 and [a["rc"] for a in result["attempts"]] == [1, 0]
+    assert "%s had no driver before attempt 2" % L40S in result["warnings"][0]
+    assert "bound it to nvidia again" in result["warnings"][0]
+    assert ("sys/bus/pci/drivers/nvidia/bind", L40S) in sim.writes
+    assert driver_of(l40s_off, L40S) == "nvidia" and num_vfs(l40s_off, L40S) == 32
+
+
+def test_a_gpu_nvidia_cannot_take_back_fails_clearly(l40s_off, tmp_path):
+    command = fake_sriov_manage(str(tmp_path / "bin"), l40s_off)
+    sim = attach(l40s_off)[0]
+    PciKernel(sim, host_drivers={L40S: None})  # nvidia no longer takes it
+    with sim.active():
+        sysfs.write_text(os.path.join(l40s_off, "sys/bus/pci/drivers/nvidia/unbind"), L40S)
+        with pytest.raises(sriov.SriovError) as error:
+            nvidia_vgpu.enable_vfs_with_sriov_manage(Runner(), l40s_off, L40S, retries=3, delay=0, command=command)
+    message = str(error.value)
+    assert message.startswith("%s has no driver (sriov-manage unbinds nvidia while it works" % L40S)
+    assert "binding it again failed" in message and "load nvidia (modprobe nvidia)" in message
+    assert sriov_manage_calls(l40s_off) == [] and driver_of(l40s_off, L40S) is None
+
+
+def test_sriov_manage_is_not_run_without_lspci(l40s_off, tmp_path):
+    command = fake_sriov_manage(str(tmp_path / "bin"), l40s_off)
+    runner = Runner()
+    runner.get_bin_path = lambda name, opt_dirs=None: None
+    with pytest.raises(sriov.SriovError) as error:
+        nvidia_vgpu.enable_vfs_with_sriov_manage(runner, l40s_off, L40S, retries=3, delay=0, command=command)
+    assert str(error.value) == (
+        "%s: sriov-manage runs lspci to enable the VFs, but it is not found on PATH; install pciutils, then run "
+        "again; nothing was changed" % L40S
+    )
+    assert sriov_manage_calls(l40s_off) == [] and runner.calls == [] and num_vfs(l40s_off, L40S) == 0
+    runner.get_bin_path = lambda name, opt_dirs=None: "/usr/bin/" + name
+    assert nvidia_vgpu.enable_vfs_with_sriov_manage(runner, l40s_off, L40S, delay=0, command=command)["num_vfs"] == 32
 
 
 # -- boot-time restore -----------------------------------------------------------------------------

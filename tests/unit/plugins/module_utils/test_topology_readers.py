@@ -236,11 +236,14 @@ def test_parse_creatable_vgpu_types():
         [],
     )
     assert parse_creatable_vgpu_types("ID    : vGPU Name\n") == ([], [])
-    assert parse_creatable_vgpu_types("ID : vGPU Name\n1030 NVIDIA L40S-1B\n")[1] == ["1030 NVIDIA L40S-1B"]
+    # As vgpu-device-manager reads it: an ID without the colon is an entry too.
+    assert parse_creatable_vgpu_types("ID : vGPU Name\n1030 NVIDIA L40S-1B\n") == (
+        [{"id": 1030, "name": "NVIDIA L40S-1B"}], []
+    )
 
 
 def test_malformed_creatable_types_give_null_and_a_finding(tmp_path):
-    write(str(tmp_path), "dev/nvidia/creatable_vgpu_types", "ID : vGPU Name\ngarbage here\n")
+    write(str(tmp_path), "dev/nvidia/creatable_vgpu_types", "ID : vGPU Name\n1030 :\n")
     write(str(tmp_path), "dev/nvidia/current_vgpu_type", "not-a-number\n")
     findings = Findings()
 
@@ -248,7 +251,7 @@ def test_malformed_creatable_types_give_null_and_a_finding(tmp_path):
 
     assert state == {"creatable": None, "current": None}
     assert [f["code"] for f in findings] == ["malformed_attribute", "malformed_attribute"]
-    assert "garbage here" in findings.as_list()[0]["message"]
+    assert "1030 :" in findings.as_list()[0]["message"]
 
 
 def test_profile_name():

@@ -23,6 +23,12 @@ L40S_TYPES = {1030 + i: "NVIDIA L40S-%s" % p for i, p in enumerate(["1B", "2B", 
 EMPTY_VF0 = {"cb:00.4": {"nvidia_vgpu": {"creatable": {}, "current": 0}}}
 
 
+@pytest.fixture(autouse=True)
+def lspci(fake_commands):
+    """sriov-manage runs lspci: the module finds it (or refuses before running sriov-manage)."""
+    return fake_commands.install("lspci")
+
+
 @pytest.fixture
 def run(run_module):
     """Run a module with the simulated kernel and driver reacting; returns (result, sysfs writes)."""

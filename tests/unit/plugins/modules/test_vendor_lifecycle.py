@@ -187,37 +187,37 @@ def test_intel_sriov_restore_says_why_pf_mode_did_not_come(make_host, module):
 
 def test_mxgpu_spec_enabled_carved_restored(make_host, module):
     root = make_host("amd_mxgpu")
-    spec = {"selector": MI300X, "mode": "mxgpu", "max_vfs": 4}
-    carve = {"devices": [{"selector": MI300X, "num_vfs": 4}]}
+    spec = {"selector": MI300X, "mode": "mxgpu", "max_vfs": 8}
+    carve = {"devices": [{"selector": MI300X, "num_vfs": 8}]}
 
     predicted = module("virtualization_mode", root, check_mode=True, **spec)
     enabled = module("virtualization_mode", root, **spec)
     assert enabled["rc"] == 0 and enabled["changed"] is True and predicted["changed"] is True, enabled
     assert enabled["files_changed"] == predicted["files_changed"] and enabled["reboot_required"] is True
-    assert read(root, GIM_CONF).endswith("options gim vf_num=4\n")
+    assert read(root, GIM_CONF).endswith("options gim vf_num=8\n")
     twice_changes_nothing(module, "virtualization_mode", root, **spec)
     # GIM sets the count when it loads: the sriov module refuses to write it, in check mode as well.
     for check_mode in (True, False):
         refused = module("sriov", root, check_mode=check_mode, **carve)
-        assert refused["rc"] == 1 and "has 1 VFs, not 4: gim enables the VFs itself" in refused["msg"], refused
+        assert refused["rc"] == 1 and "has 1 VFs, not 8: gim enables the VFs itself" in refused["msg"], refused
     assert len(vfs_of(root, MI300X)) == 1 and not os.path.exists(hoststate.state_path(root))
 
-    assert reboot(root)["gim"] == {MI300X: 4}
+    assert reboot(root)["gim"] == {MI300X: 8}
     after = module("virtualization_mode", root, **spec)
     assert after["changed"] is False and after["reboot_required"] is False and after["verification"]["ready"] is True
     carved = module("sriov", root, **carve)
     assert carved["rc"] == 0 and carved["devices"][0]["changed"] is False and carved["state_file"]["changed"] is True
     twice_changes_nothing(module, "sriov", root, **carve)
     vfs = vfs_of(root, MI300X)
-    assert len(vfs) == 4 and device(root, vfs[0], "device") == "0x74b5"
+    assert len(vfs) == 8 and device(root, vfs[0], "device") == "0x74b5"
 
     reboot(root, uptime=41.0)
     status, results = run_restore(root)
     assert status["ok"] is True, results
     assert results == [
         ("driver", MI300X, True, "present, driver gim"),
-        ("mxgpu", MI300X, True, "gim enabled 4 VFs (vf_num 4)"),
-        ("sriov", MI300X, True, "num_vfs 4 already"),
+        ("mxgpu", MI300X, True, "gim enabled 8 VFs (vf_num 8)"),
+        ("sriov", MI300X, True, "num_vfs 8 already"),
     ]
     assert vfs_of(root, MI300X) == vfs
 
@@ -227,7 +227,7 @@ def test_mxgpu_spec_enabled_carved_restored(make_host, module):
     status, results = run_restore(root)
     failed = {step: message for step, _item, ok, message in results if not ok}
     assert set(failed) == {"mxgpu", "sriov"}
-    assert "gim enabled 1 VFs on %s (its vf_num is not set), 4 are recorded" % MI300X in failed["mxgpu"]
+    assert "gim enabled 1 VFs on %s (its vf_num is not set), 8 are recorded" % MI300X in failed["mxgpu"]
     assert "gim enables the VFs itself" in failed["sriov"] and len(vfs_of(root, MI300X)) == 1
 
 
@@ -235,11 +235,11 @@ def test_mxgpu_vfs_go_to_vfio_pci_and_come_back_there_at_boot(make_host, run_mod
     """GIM enables the VFs itself and nothing binds them (amdgpu is blacklisted): vfio: true hands them to
     vfio-pci by address, the count stays GIM's, and the restore binds them again after GIM's next load."""
     root = make_host("amd_mxgpu")
-    enabled = run_module("virtualization_mode", {"root": root, "selector": MI300X, "mode": "mxgpu", "max_vfs": 4})
+    enabled = run_module("virtualization_mode", {"root": root, "selector": MI300X, "mode": "mxgpu", "max_vfs": 8})
     assert enabled["rc"] == 0, enabled
-    assert reboot(root)["gim"] == {MI300X: 4}
+    assert reboot(root)["gim"] == {MI300X: 8}
     vfs = vfs_of(root, MI300X)
-    carve = {"root": root, "devices": [{"selector": MI300X, "num_vfs": 4, "vfio": True}]}
+    carve = {"root": root, "devices": [{"selector": MI300X, "num_vfs": 8, "vfio": True}]}
 
     def sriov(check_mode=False):
         sim = attach(root)[0]
@@ -249,12 +249,12 @@ def test_mxgpu_vfs_go_to_vfio_pci_and_come_back_there_at_boot(make_host, run_mod
 
     predicted = sriov(check_mode=True)
     assert predicted["rc"] == 0 and predicted["changed"] is True, predicted
-    assert [device(root, vf, "driver_override") for vf in vfs] == ["(null)"] * 4
+    assert [device(root, vf, "driver_override") for vf in vfs] == ["(null)"] * 8
     done = sriov()
     assert done["rc"] == 0 and done["changed"] is True, done
     assert done["devices"][0]["after"] == predicted["devices"][0]["after"]
     assert done["devices"][0]["after"]["vf_drivers"] == dict.fromkeys(vfs, "vfio-pci")
-    assert hoststate.load_state(root)["sriov"] == {MI300X: {"num_vfs": 4, "vfio": True}}
+    assert hoststate.load_state(root)["sriov"] == {MI300X: {"num_vfs": 8, "vfio": True}}
     assert sriov()["changed"] is False
 
     reboot(root, uptime=44.0)
@@ -283,10 +283,11 @@ def test_mxgpu_restore_names_amdgpu_when_gim_lost_the_gpu(make_host):
 # -- NVIDIA vGPU (L40S, per-VF interface) ------------------------------------------------------------
 
 
-def test_nvidia_vgpu_spec_enabled_carved_restored(make_host, module, monkeypatch, tmp_path):
+def test_nvidia_vgpu_spec_enabled_carved_restored(make_host, module, monkeypatch, tmp_path, fake_commands):
     root = make_host("l40s_vgpu", patch_devices={"cb:00.4": {"nvidia_vgpu": {"creatable": {}, "current": 0}}})
     bin_dir = str(tmp_path / "bin")
     command = fake_sriov_manage(bin_dir, root)
+    fake_commands.install("lspci")  # sriov-manage runs it
     spec = {"selector": "L40S", "mode": "vgpu"}
     carve = {"gpus": [{"selector": "L40S", "profiles": [{"profile": "L40S-8Q", "count": 3}]}], "sriov_manage": command}
 
