@@ -74,6 +74,7 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.sriov import (
 from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import PCI_DEVICES, host_path, normalize_address
 from ansible_collections.gpuvirt.host.plugins.module_utils.vendor_nvidia import (
     SriovManage,
+    is_mig_backed,
     parse_creatable_vgpu_types,
     vgpu_state,
 )
@@ -510,15 +511,21 @@ def _check_offered(gpu, plan, known, where):
                 if other.current:
                     label = _label(other.current, known.get(other.current))
                     hosted[label] = hosted.get(label, 0) + 1
+            mig = (
+                " %s is MIG-backed: it is offered only once MIG mode is on and its GPU instances exist (created "
+                "by nvidia-mig-manager or nvidia-smi mig), after the VFs." % _label(type_id, known.get(type_id))
+                if is_mig_backed(known.get(type_id)) else ""
+            )
             raise VgpuError(
                 "%s: %s cannot be created: the free VFs offer %s, and the GPU hosts %s (a GPU hosts vGPUs of one "
-                "size at a time, up to its framebuffer). Declare fewer or another profile, or free the GPU "
+                "size at a time, up to its framebuffer).%s Declare fewer or another profile, or free the GPU "
                 "(exclusive: true deletes undeclared vGPUs). Nothing was changed."
                 % (
                     where,
                     _label(type_id, known.get(type_id)),
                     describe_types({e["id"]: e["name"] for e in vf.creatable}) or "nothing",
                     ", ".join("%d x %s" % (n, label) for label, n in sorted(hosted.items())) or "no vGPU",
+                    mig,
                 )
             )
 

@@ -24,7 +24,8 @@ Public API:
   start with a type ID, such as the header, are skipped) and the lines with an ID but no name.
 - :func:`read_nvidia_vgpu` ``(device_path, address, findings=None, display=None, directory=None) -> dict | None``:
   ``{"creatable": [...], "current": int}`` for a device with an ``nvidia/`` directory, else None.
-- :func:`profile_name` ``(type_name) -> str | None``: ``NVIDIA A100-4C`` -> ``A100-4C``.
+- :func:`profile_name` ``(type_name) -> str | None``: ``NVIDIA A100-4C`` -> ``A100-4C``;
+  :func:`is_mig_backed` ``(type_name) -> bool``: ``A100-1-5C`` lives in a MIG GPU instance.
 - :class:`SriovManage`: NVIDIA's VF enabler, ``/usr/lib/nvidia/sriov-manage -e <pf>``, as a vendor tool
   (recorded as method ``sriov_manage`` in the state file's ``sriov`` section; :func:`sriov.enable_vfs_by_tool`
   runs it and reads the VFs back). It needs ``lspci`` and unbinds ``nvidia`` from the GPU while it works,
@@ -146,6 +147,19 @@ def profile_name(type_name):
         return None
     words = type_name.split()
     return words[-1] if words else None
+
+
+# A MIG-backed vGPU profile: <GPU>-<GPU instance slices>-<GB><series and options> (A100-1-5C, H200X-1-18C,
+# A100-1-5CME), where a time-sliced one is <GPU>-<GB><series> (A100-4C); vgpu-device-manager
+# pkg/types/vgpu_type.go.
+_MIG_PROFILE = re.compile(r"[A-Za-z0-9]+-[0-9]+-[0-9]+[A-Z]+\Z")
+
+
+def is_mig_backed(type_name):
+    """Whether a vGPU type name (``NVIDIA A100-1-5C`` or its profile) names a MIG-backed profile, whose vGPU
+    lives in a GPU instance: MIG mode and the GPU instances must exist before one can be created."""
+    profile = profile_name(type_name)
+    return bool(profile) and _MIG_PROFILE.match(profile) is not None
 
 
 def vgpu_state(device):

@@ -8,7 +8,7 @@ import os
 import pytest
 
 from ansible_collections.gpuvirt.host.plugins.module_utils import nvidia_vgpu as nv
-from ansible_collections.gpuvirt.host.plugins.module_utils import sriov
+from ansible_collections.gpuvirt.host.plugins.module_utils import sriov, vendor_nvidia
 from ansible_collections.gpuvirt.host.plugins.module_utils.selector import SelectorError, select_devices
 from ansible_collections.gpuvirt.host.tests.sim.nvidia_vgpu_sim import attach
 from ansible_collections.gpuvirt.host.tests.sim.sriov_hosts import devices_of, hold_group
@@ -259,6 +259,27 @@ def test_plan_refuses_what_the_gpu_does_not_offer(l40s):
     message = str(error.value)
     assert "L40S-2B (1031) cannot be created: the free VFs offer L40S-8Q (1041)" in message
     assert "the GPU hosts 1 x L40S-8Q (1041)" in message and "Nothing was changed" in message
+
+
+@pytest.mark.parametrize(("name", "mig"), [("NVIDIA A100-1-5C", True), ("NVIDIA H200X-1-18C", True),
+                                         ("NVIDIA A100-1-5CME", True), ("NVIDIA A100-4C", False),
+                                         ("NVIDIA L40S-2B", False), ("NVIDIA A100D-80C", False), (None, False)])
+def test_mig_backed_profiles_are_told_from_time_sliced_ones(name, mig):
+    assert vendor_nvidia.is_mig_backed(name) is mig
+
+
+def test_a_mig_backed_profile_that_is_not_offered_says_what_it_needs(l40s):
+    # The same refusal for a type whose vGPU lives in a MIG GPU instance names MIG mode and the instances.
+    known = {**L40S_TYPES, 1031: "NVIDIA H200X-1-18C"}
+    gpu = nv.read_gpu(l40s, L40S)
+    with pytest.raises(nv.VgpuError) as error:
+        nv.plan_per_vf(gpu, declare([{"profile": "H200X-1-18C", "count": 2}]), known, False)
+    message = str(error.value)
+    assert "H200X-1-18C (1031) cannot be created" in message
+    assert "is MIG-backed: it is offered only once MIG mode is on and its GPU instances exist" in message
+    with pytest.raises(nv.VgpuError) as time_sliced:
+        plan(l40s, declare([{"profile": "L40S-2B", "count": 2}]))
+    assert "MIG" not in str(time_sliced.value)
 
 
 def test_plan_explicit_vfs(l40s):
