@@ -261,9 +261,10 @@ def test_plan_refuses_what_the_gpu_does_not_offer(l40s):
     assert "the GPU hosts 1 x L40S-8Q (1041)" in message and "Nothing was changed" in message
 
 
-@pytest.mark.parametrize(("name", "mig"), [("NVIDIA A100-1-5C", True), ("NVIDIA H200X-1-18C", True),
-                                         ("NVIDIA A100-1-5CME", True), ("NVIDIA A100-4C", False),
-                                         ("NVIDIA L40S-2B", False), ("NVIDIA A100D-80C", False), (None, False)])
+@pytest.mark.parametrize(("name", "mig"), [
+    ("NVIDIA A100-1-5C", True), ("NVIDIA H200X-1-18C", True), ("NVIDIA A100-1-5CME", True),
+    ("NVIDIA A100-4C", False), ("NVIDIA L40S-2B", False), ("NVIDIA A100D-80C", False), (None, False),
+])
 def test_mig_backed_profiles_are_told_from_time_sliced_ones(name, mig):
     assert vendor_nvidia.is_mig_backed(name) is mig
 

@@ -643,8 +643,8 @@ def test_a_foreign_ids_line_is_warned_about(make_host, vfio_pci):
 
 
 @pytest.mark.parametrize(("booted", "warned"), [("10de:1e04", True), (",".join(GPU_IDS), False), ("", False)])
-def test_ids_on_the_command_line_that_would_replace_the_modprobe_list_are_warned_about(make_host, vfio_pci,
-                                                                                      booted, warned):
+def test_ids_on_the_command_line_that_would_replace_the_modprobe_list_are_warned_about(
+        make_host, vfio_pci, booted, warned):
     # modprobe passes vfio-pci.ids= from the command line after modprobe.d's ids=, and the module keeps the last.
     cmdline = "BOOT_IMAGE=/vmlinuz root=/dev/nvme0n1p2 ro intel_iommu=on"
     if booted:
