@@ -591,15 +591,25 @@ def restore_vf(root, vf, type_id, retries=10, delay=0.1):
     return assign_vgpu_type(root, vf, int(type_id), retries, delay)
 
 
-def restore_vgpu(context, vf, entry):
+def restore_vgpu(context, vf, entry, offered_first=False):
     """The boot-time restore of one ``nvidia_vgpu`` entry of the state file (the NVIDIA backend's
     restore step): wait for the VF's vGPU interface, write the recorded type, read it back.
-    ``context``: the running :class:`restore.Restore`."""
+    ``context``: the running :class:`restore.Restore`. ``offered_first``: wait until the VF offers the
+    type (a MIG-backed type, offered once its GPU instance exists), saying what is missing if it never does."""
     wanted = int(entry.get("type_id", 0))
     path = _type_path(context.root, vf)
     context.wait_for(lambda: os.path.exists(path), "%s appearing" % path)
     if sysfs.read_int(path) == wanted:
         return "type %d already" % wanted
+    if offered_first:
+        try:
+            context.wait_for(lambda: wanted in (offered_now(context.root, vf) or {}), "type %d offered" % wanted)
+        except GpuvirtError as error:
+            raise VgpuError(
+                "%s does not offer type %d (%s): %s. It is MIG-backed: MIG mode must be on and a GPU instance of its "
+                "size must exist (nvidia-mig-manager creates them at boot from its configuration; or nvidia-smi mig "
+                "-cgi)" % (vf, wanted, entry.get("type_name") or "?", error)
+            ) from None
 
     def attempt():
         restore_vf(context.root, vf, wanted)

@@ -28,6 +28,12 @@ The vendor backends add their own steps before each of these (:func:`vendors.res
 SR-IOV mode before ``sriov``, NVIDIA's per-VF vGPU types (``nvidia_vgpu``) before ``mdevs``. Every item
 of every step gets its own status line, and a step's failure never keeps the later ones from running.
 
+Some items need a vendor's own services to have run first, and those start after this unit (a
+backend's ``restore_unit_before``: for example a service that partitions a GPU once its VFs exist,
+where a vGPU type of a partition can only be written once the partition exists). The steps'
+``late_items`` are restored by ``gpuvirt-restore-late.service``, ordered after those services, which
+runs this file with ``--late``: only those items, status in ``/run/gpuvirt/restore-late.json``.
+
 Every line logged carries the seconds since boot (``/proc/uptime``); the last one, and the status
 file ``/run/gpuvirt/restore.json``, give the time from boot to restored. Standard library only: the
 target needs no Ansible. Exit status 0 when everything was restored, 1 otherwise (every step still
@@ -62,8 +68,10 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.vendor_plan import RE
 from ansible_collections.gpuvirt.host.plugins.module_utils.vfio_bind import VFIO_DRIVER, driver_loaded
 
 STATUS_PATH = "run/gpuvirt/restore.json"
+LATE_STATUS_PATH = "run/gpuvirt/restore-late.json"
 GENERIC_STEPS = RESTORE_ANCHORS
 UNIT_NAME = "gpuvirt-restore.service"
+LATE_UNIT_NAME = "gpuvirt-restore-late.service"
 UNIT_DIR = "etc/systemd/system"
 WANTED_BY = "multi-user.target"
 PACKAGE = __name__.rsplit(".", 1)[0]  # ansible_collections.gpuvirt.host.plugins.module_utils
@@ -82,8 +90,11 @@ def uptime(root):
         return None
 
 
-def steps():
-    """Every step in the order it runs: each generic step after the vendors' steps placed before it."""
+def steps(late=False):
+    """Every step in the order it runs: each generic step after the vendors' steps placed before it.
+    ``late``: the vendor steps with ``late_items`` only, in the same order."""
+    if late:
+        return [step for name in GENERIC_STEPS for step in vendors.restore_steps(name) if step.late_items]
     order = []
     for name in GENERIC_STEPS:
         order.extend(vendors.restore_steps(name))
@@ -110,8 +121,10 @@ class CommandRunner:
 class Restore:
     """Replays one state file. ``timeout``: seconds each item may wait for its device."""
 
-    def __init__(self, root="/", timeout=60.0, interval=0.2, attempts=3, out=None, state=None, mdevctl_grace=10.0):
+    def __init__(self, root="/", timeout=60.0, interval=0.2, attempts=3, out=None, state=None, mdevctl_grace=10.0,
+                 late=False):
         self.root = root
+        self.late = late
         self.timeout = timeout
         self.mdevctl_grace = mdevctl_grace
         self.mdevctl = {}
@@ -177,8 +190,10 @@ class Restore:
                 self.record("state", hoststate.state_path(self.root), False, "read", str(error))
                 return self.finish()
         counts = ", ".join("%s %d" % (s, len(self.state.get(s) or {})) for s in hoststate.sections())
-        self.log("restoring %s (%s)" % (hoststate.state_path(self.root), counts))
-        for step in steps():
+        self.log("restoring %s%s (%s)" % (
+            hoststate.state_path(self.root), ": the items that need the vendors' services" if self.late else "", counts
+        ))
+        for step in steps(self.late):
             name = step if isinstance(step, str) else step.name
             try:
                 if isinstance(step, str):
@@ -192,7 +207,8 @@ class Restore:
         return self.finish()
 
     def vendor_step(self, step):
-        for item, action in step.items(self.state, self.root):
+        items = step.late_items if self.late else step.items
+        for item, action in items(self.state, self.root):
             self._item(step.name, item, lambda action=action: action(self))
 
     def step_driver(self):
@@ -408,6 +424,34 @@ def render_unit(prefix, python, timeout, mdevctl_grace):
     )
 
 
+def render_late_unit(prefix, python, timeout):
+    """The text of ``gpuvirt-restore-late.service``: the steps' ``late_items``, after the vendors'
+    services that start after ``gpuvirt-restore.service``. systemd ignores ordering against a unit
+    that is not installed, so on a host without them it runs right after the first."""
+    command = "%s -m %s.restore --late --timeout %g" % (python, PACKAGE, timeout)
+    return (
+        "# Managed by gpuvirt.host.restore_unit; edits are overwritten.\n"
+        "# Brings back what %s leaves until the vendors' services it starts before have\n"
+        "# prepared the devices. `journalctl -u gpuvirt-restore-late` and /run/gpuvirt/restore-late.json\n"
+        "# give each item.\n"
+        "[Unit]\n"
+        "Description=Restore GPU virtualization devices that need the vendors' services first\n"
+        "After=%s\n"
+        "Before=libvirtd.service virtqemud.service\n"
+        "\n"
+        "[Service]\n"
+        "Type=oneshot\n"
+        "RemainAfterExit=yes\n"
+        "Environment=PYTHONPATH=%s\n"
+        "ExecStart=%s\n"
+        "TimeoutStartSec=%d\n"
+        "\n"
+        "[Install]\n"
+        "WantedBy=%s\n"
+        % (UNIT_NAME, " ".join([UNIT_NAME] + _vendor_units_after()), prefix, command, int(timeout * 4 + 60), WANTED_BY)
+    )
+
+
 def _vendor_units_after():
     """The vendors' services that must start after this unit has set up the VFs (a backend's
     ``restore_unit_before``), in registry order."""
@@ -459,12 +503,22 @@ def main(argv=None):
     parser.add_argument(
         "--mdevctl-grace", type=float, default=10.0, help="seconds mdevctl gets to start the mdevs it defines"
     )
-    parser.add_argument("--status-file", help="where to write the JSON status (default <root>/%s)" % STATUS_PATH)
+    parser.add_argument(
+        "--late", action="store_true",
+        help="restore only the items that need the vendors' services (run by %s)" % LATE_UNIT_NAME,
+    )
+    parser.add_argument(
+        "--status-file",
+        help="where to write the JSON status (default <root>/%s, with --late <root>/%s)"
+        % (STATUS_PATH, LATE_STATUS_PATH),
+    )
     args = parser.parse_args(argv)
-    restore = Restore(root=args.root, timeout=args.timeout, attempts=args.attempts, mdevctl_grace=args.mdevctl_grace)
+    restore = Restore(
+        root=args.root, timeout=args.timeout, attempts=args.attempts, mdevctl_grace=args.mdevctl_grace, late=args.late
+    )
     status = restore.run()
     try:
-        write_status(args.status_file or host_path(args.root, STATUS_PATH), status)
+        write_status(args.status_file or host_path(args.root, LATE_STATUS_PATH if args.late else STATUS_PATH), status)
     except (GpuvirtError, OSError) as error:
         restore.log("could not write the status file: %s" % error)
     return 0 if status["ok"] else 1

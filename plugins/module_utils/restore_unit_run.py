@@ -1,7 +1,8 @@
 # Copyright (c) gpuvirt.host contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """The ``restore_unit`` module's run (:mod:`modrun`): install (or remove) the boot-time restore's
-code, its systemd unit and the link that enables it, then read them back."""
+code, its systemd units (``gpuvirt-restore.service`` and ``gpuvirt-restore-late.service``) and the links
+that enable them, then read them back."""
 
 from __future__ import annotations
 
@@ -14,29 +15,33 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.errors import Gpuvirt
 from ansible_collections.gpuvirt.host.plugins.module_utils.files import read_file, remove_file
 from ansible_collections.gpuvirt.host.plugins.module_utils.modrun import ModuleRun
 from ansible_collections.gpuvirt.host.plugins.module_utils.restore import (
+    LATE_UNIT_NAME,
     PACKAGE,
     UNIT_DIR,
     UNIT_NAME,
     WANTED_BY,
     code_sources,
+    render_late_unit,
     render_unit,
 )
+
+UNIT_NAMES = (UNIT_NAME, LATE_UNIT_NAME)
 
 
 @dataclass(frozen=True)
 class RestoreUnitPlan:
     present: bool
     sources: dict  # {file name: source} to install
-    files: tuple  # files.FileChange: code files, then the unit
-    link_change: bool  # the enabling link is created (present) or removed (absent)
+    files: tuple  # files.FileChange: code files, then the units (UNIT_NAMES order)
+    link_changes: tuple  # the enabling links (UNIT_NAMES order) that are created (present) or removed (absent)
     diff: tuple
 
 
 class RestoreUnitRun(ModuleRun):
     def __init__(self, module, host):
         super().__init__(module, host)
-        self.prefix = self.code_dir = self.unit = self.link = None
-        self.link_target = "/%s/%s" % (UNIT_DIR, UNIT_NAME)
+        self.prefix = self.code_dir = self.unit = None
+        self.links = {}  # unit name -> the path of its enabling link
 
     def plan(self):
         params = self.params
@@ -49,8 +54,8 @@ class RestoreUnitRun(ModuleRun):
         self.prefix = "/" + params["prefix"].strip("/")
         self.code_dir = self.host.join(self.prefix, *PACKAGE.split("."))
         self.unit = self.host.join(UNIT_DIR, UNIT_NAME)
-        self.link = self.host.join(UNIT_DIR, WANTED_BY + ".wants", UNIT_NAME)
-        folders = (self.code_dir, os.path.dirname(self.unit), os.path.dirname(self.link))
+        self.links = {name: self.host.join(UNIT_DIR, WANTED_BY + ".wants", name) for name in UNIT_NAMES}
+        folders = (self.code_dir, os.path.dirname(self.unit), os.path.dirname(self.links[UNIT_NAME]))
         for path, what in zip(folders, ("prefix", "the unit's folder", "the folder of the unit's link")):
             rules.inside_root(self.root, path, what)
 
@@ -60,50 +65,60 @@ class RestoreUnitRun(ModuleRun):
         installed = [name for name in names if name.endswith(".py")]
         files = [self._change(self.code_dir, name, sources.get(name)) for name in installed]
         files += [self._change(self.code_dir, name, sources[name]) for name in sorted(sources) if name not in names]
-        unit_text = None
+        texts = dict.fromkeys(UNIT_NAMES)
         if present:
-            unit_text = render_unit(self.prefix, params["python"], params["timeout"], params["mdevctl_grace"])
-        unit = self._change(os.path.dirname(self.unit), UNIT_NAME, unit_text)
-        try:
-            link_before = os.readlink(self.link)
-        except OSError:
-            link_before = None
-        link_change = link_before != self.link_target if present else link_before is not None
+            texts[UNIT_NAME] = render_unit(self.prefix, params["python"], params["timeout"], params["mdevctl_grace"])
+            texts[LATE_UNIT_NAME] = render_late_unit(self.prefix, params["python"], params["timeout"])
+        units = tuple(self._change(os.path.dirname(self.unit), name, texts[name]) for name in UNIT_NAMES)
+        link_changes = []
+        for name in UNIT_NAMES:
+            try:
+                link_before = os.readlink(self.links[name])
+            except OSError:
+                link_before = None
+            link_changes.append(link_before != _link_target(name) if present else link_before is not None)
         existing = {os.path.basename(c.path): c.old for c in files if c.old is not None}
         diff = (
-            unit.diff(),
+            units[0].diff(),
             _manifest_diff(self.code_dir, existing, sources),
-        )
-        return RestoreUnitPlan(present, sources, tuple(files) + (unit,), link_change, diff)
+        ) + tuple(unit.diff() for unit in units[1:])
+        return RestoreUnitPlan(present, sources, tuple(files) + units, tuple(link_changes), diff)
 
     def apply(self, plan):
-        if plan.link_change and not plan.present:
-            self._set_link(False)
+        links = [name for name, change in zip(UNIT_NAMES, plan.link_changes) if change]
+        if not plan.present:
+            for name in links:
+                self._set_link(name, False)
         for change in plan.files:
             if change.new is not None or change.old is not None:
                 self.write(change)
-        if plan.link_change and plan.present:
-            self._set_link(True)
+        if plan.present:
+            for name in links:
+                self._set_link(name, True)
         if not plan.present:
             self._prune()
         if not self.changes_made:
             return
         self._read_back(plan)
-        unit_changed = plan.link_change or plan.files[-1].changed
+        unit_changed = bool(links) or any(unit.changed for unit in plan.files[-len(UNIT_NAMES):])
         if self.host.live and unit_changed:
             systemctl = self.host.which("systemctl")
             if systemctl is None:
-                self.warn("systemctl was not found: reload systemd before the next boot for %s" % UNIT_NAME)
+                self.warn("systemctl was not found: reload systemd before the next boot for %s"
+                          % " and ".join(UNIT_NAMES))
             else:
                 self.command([systemctl, "daemon-reload"], "systemctl daemon-reload")
         if self.host.live and plan.present:
             self._try_import()
 
     def result(self, plan):
-        changed_files = [c.full_path for c in plan.files if c.changed] + ([self.link] if plan.link_change else [])
+        changed_files = [c.full_path for c in plan.files if c.changed] + [
+            self.links[name] for name, change in zip(UNIT_NAMES, plan.link_changes) if change
+        ]
         return dict(
             changed=bool(changed_files),
             unit=self.unit,
+            late_unit=self.host.join(UNIT_DIR, LATE_UNIT_NAME),
             enabled=plan.present,
             code_dir=self.code_dir,
             code_files=sorted(plan.sources),
@@ -115,15 +130,16 @@ class RestoreUnitRun(ModuleRun):
     def _change(self, directory, name, text):
         return self.plan_file(os.path.relpath(os.path.join(directory, name), self.root), text)
 
-    def _set_link(self, present):
+    def _set_link(self, name, present):
+        link = self.links[name]
         try:
-            if os.path.lexists(self.link):
-                remove_file(self.link)
+            if os.path.lexists(link):
+                remove_file(link)
             if present:
-                os.makedirs(os.path.dirname(self.link), mode=0o755, exist_ok=True)
-                os.symlink(self.link_target, self.link)
+                os.makedirs(os.path.dirname(link), mode=0o755, exist_ok=True)
+                os.symlink(_link_target(name), link)
         except OSError as error:
-            self.fail("cannot %s %s: %s: %s" % ("enable" if present else "disable", UNIT_NAME, self.link, error),
+            self.fail("cannot %s %s: %s: %s" % ("enable" if present else "disable", name, link, error),
                       changed=True)
         self.changes_made = True
 
@@ -146,12 +162,13 @@ class RestoreUnitRun(ModuleRun):
     def _read_back(self, plan):
         wrong = [c.full_path for c in plan.files if c.new is not None and read_file(c.full_path) != c.new]
         wrong += [c.full_path for c in plan.files if c.new is None and os.path.lexists(c.full_path)]
-        try:
-            linked = os.readlink(self.link)
-        except OSError:
-            linked = None
-        if linked != (self.link_target if plan.present else None):
-            wrong.append(self.link)
+        for name, link in self.links.items():
+            try:
+                linked = os.readlink(link)
+            except OSError:
+                linked = None
+            if linked != (_link_target(name) if plan.present else None):
+                wrong.append(link)
         if wrong:
             raise GpuvirtError("%s did not read back as written" % ", ".join(wrong), changed=True)
 
@@ -167,6 +184,10 @@ class RestoreUnitRun(ModuleRun):
                 "at boot (it needs Python 3.9 or later)" % (self.prefix, python, rc, err.strip()[-500:]),
                 changed=True,
             )
+
+
+def _link_target(name):
+    return "/%s/%s" % (UNIT_DIR, name)
 
 
 def _manifest_diff(code_dir, existing, sources):

@@ -205,11 +205,33 @@ def _restore_items(state, root):
     # nvidia_vgpu builds on the PCI reader, which builds on this backend: imported when the step runs.
     from ansible_collections.gpuvirt.host.plugins.module_utils import nvidia_vgpu
 
-    entries = state.get(STATE_KEY) or {}
+    items = []
+    for vf, entry in sorted((state.get(STATE_KEY) or {}).items()):
+        if _mig_backed_entry(entry):
+            items.append((vf, lambda context, entry=entry: _left_to_late(entry)))
+        else:
+            items.append((vf, lambda context, vf=vf, entry=entry: nvidia_vgpu.restore_vgpu(context, vf, entry)))
+    return items
+
+
+def _late_restore_items(state, root):
+    """The MIG-backed vGPU types: their GPU instances exist once nvidia-mig-manager has run."""
+    from ansible_collections.gpuvirt.host.plugins.module_utils import nvidia_vgpu
+
     return [
-        (vf, lambda context, vf=vf, entry=entry: nvidia_vgpu.restore_vgpu(context, vf, entry))
-        for vf, entry in sorted(entries.items())
+        (vf, lambda context, vf=vf, entry=entry: nvidia_vgpu.restore_vgpu(context, vf, entry, offered_first=True))
+        for vf, entry in sorted((state.get(STATE_KEY) or {}).items())
+        if _mig_backed_entry(entry)
     ]
+
+
+def _mig_backed_entry(entry):
+    return isinstance(entry, dict) and bool(entry.get("type_id")) and is_mig_backed(entry.get("type_name") or "")
+
+
+def _left_to_late(entry):
+    return "type %s (%s) is MIG-backed: gpuvirt-restore-late.service writes it once nvidia-mig-manager has " \
+        "created the GPU instances" % (entry.get("type_id"), entry.get("type_name"))
 
 
 class NvidiaBackend(VendorBackend):
@@ -224,13 +246,15 @@ class NvidiaBackend(VendorBackend):
     gpu_defaults = {STATE_KEY: False}
     enable_modes = ("vgpu",)
     state_sections = (STATE_KEY,)
-    restore_steps = (RestoreStep(name=STATE_KEY, before="mdevs", items=_restore_items),)
+    restore_steps = (
+        RestoreStep(name=STATE_KEY, before="mdevs", items=_restore_items, late_items=_late_restore_items),
+    )
     vf_tools = {"sriov_manage": SriovManage}
     # The boot-time restore unit runs sriov-manage before these start: MIG-backed vGPUs need the GPU
     # instances nvidia-mig-manager creates, and SR-IOV has to be set up before it creates them
     # (stackhpc/ansible-collection-linux, roles/vgpu: nvidia-sriov.service.j2 orders itself
-    # Before=nvidia-mig-manager.service). The unit's vGPU step runs before it too, so it cannot bring
-    # back a MIG-backed vGPU type at boot (its GPU instance does not exist yet).
+    # Before=nvidia-mig-manager.service). A MIG-backed vGPU type is therefore written by the late
+    # restore unit, after nvidia-mig-manager (the step's late_items).
     restore_unit_before = ("nvidia-mig-manager.service",)
 
     def vf_count_advice(self, device):

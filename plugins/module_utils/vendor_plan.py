@@ -54,11 +54,17 @@ class RestoreStep:
     (or ``OSError``) saying why not. Each item gets its own status line. ``context`` is the running
     :class:`restore.Restore`: ``root``, ``runner`` (``run_command(argv)``, ``get_bin_path(name)``),
     ``wait_for(check, what, timeout=None)``, ``retry(action)``, ``interval``, ``log(message)``.
+
+    ``late_items(state, root)``, when given, returns the items that need the vendor's own services of
+    ``restore_unit_before`` to have run first (NVIDIA's MIG-backed vGPU types need the GPU instances
+    ``nvidia-mig-manager`` creates): ``gpuvirt-restore-late.service`` restores them, ordered after those
+    services. ``items`` then leaves them out (or names them as left to the late restore).
     """
 
     name: str
     before: str
     items: Callable
+    late_items: Callable | None = None
 
 
 class VendorBackend:
@@ -91,7 +97,8 @@ class VendorBackend:
     # State file sections this vendor owns (restored by its own steps), in restore order.
     state_sections = ()
     restore_steps = ()
-    # systemd units of its software that must start after the boot-time restore unit (``Before=`` there).
+    # systemd units of its software that must start after the boot-time restore unit (``Before=`` there);
+    # the late restore unit starts after them (``After=``) for the steps' ``late_items``.
     restore_unit_before = ()
     # ``{method: factory(command=None)}``: the vendor tools that enable VFs, by the ``method`` an entry of
     # the state file's ``sriov`` section records (:func:`sriov.enable_vfs_by_tool` runs them). A tool has

@@ -22,7 +22,14 @@ description:
     C(python3 -m ansible_collections.gpuvirt.host.plugins.module_utils.restore), which restores VFs (handing
     those recorded with M(gpuvirt.host.sriov)'s C(vfio) to vfio-pci), then vGPU types, then mediated
     devices, reads each back with bounded retries, and logs the time from boot to restored
-    (C(journalctl -u gpuvirt-restore), C(/run/gpuvirt/restore.json))."
+    (C(journalctl -u gpuvirt-restore), C(/run/gpuvirt/restore.json)). It is ordered
+    C(Before=nvidia-mig-manager.service): NVIDIA's SR-IOV must be set up before the GPU instances are created."
+  - "A second unit, C(/etc/systemd/system/gpuvirt-restore-late.service), runs the same code with C(--late)
+    C(After=gpuvirt-restore.service nvidia-mig-manager.service) and before libvirt: it writes the MIG-backed
+    NVIDIA vGPU types (C(A100-1-5C)), which a VF offers only once nvidia-mig-manager has created their GPU
+    instances, waiting up to O(timeout) for each and naming what is missing otherwise
+    (C(journalctl -u gpuvirt-restore-late), C(/run/gpuvirt/restore-late.json)). Without nvidia-mig-manager it
+    runs right after the first unit and has nothing to do unless MIG-backed types are recorded."
   - Enabling is done as C(systemctl enable) does it, with the C(multi-user.target.wants) link, so it also
     works on image trees (O(root)). On the live host (O(root=/)) systemd is reloaded when the unit changed,
     and the installed code is imported once with O(python) to prove it runs.
@@ -35,11 +42,11 @@ attributes:
   diff_mode:
     support: full
     details:
-      - Shows the unit file, and the list of installed code files with their SHA-256 digests.
+      - Shows the unit file, the list of installed code files with their SHA-256 digests, then the late unit file.
 options:
   state:
     description:
-      - V(absent) removes the unit, its link and the installed code.
+      - V(absent) removes both units, their links and the installed code.
     type: str
     choices: [present, absent]
     default: present
@@ -96,8 +103,13 @@ unit:
   returned: always
   type: str
   sample: /etc/systemd/system/gpuvirt-restore.service
+late_unit:
+  description: The late unit file (the items that need the vendors' services).
+  returned: always
+  type: str
+  sample: /etc/systemd/system/gpuvirt-restore-late.service
 enabled:
-  description: Whether the unit is enabled (wanted by C(multi-user.target)) after the run.
+  description: Whether the units are enabled (wanted by C(multi-user.target)) after the run.
   returned: always
   type: bool
 code_dir:

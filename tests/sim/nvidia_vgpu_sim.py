@@ -18,6 +18,11 @@ types"; the time-sliced placement rule that a GPU hosts vGPUs of one framebuffer
   already has a vGPU and another type ID is written (delete with ``0`` first); ``EINVAL`` for a
   value that is not a number or a type ID the VF does not list now. NVIDIA documents the refusals,
   not their errno values: these are the ones the driver's sysfs handlers return for the cases.
+- MIG-backed types (``NVIDIA A100-1-5C``: ``<GPU>-<GPU instance slices>-<GB><series>``, "Virtual GPU
+  types", "Configuring a GPU for MIG-Backed vGPUs"): offered only in MIG mode, and only while a GPU
+  instance of their number of slices exists that no vGPU uses yet; in MIG mode time-sliced types are not
+  offered. :meth:`NvidiaVgpuSim.create_gpu_instances` plays ``nvidia-smi mig -cgi`` (what
+  nvidia-mig-manager does at boot); GPU instances are gone after a reboot, MIG mode is not.
 - Legacy mdev types on VFs (A100 with vGPU 13-16): each VF offers ``nvidia-NNN`` types with
   ``available_instances`` 1 or 0 by the same rule (one vGPU per VF, one size per GPU); creation
   and removal go through :class:`mdev_kernel.KernelSim`, and the GPU's VFs are recomputed after.
@@ -60,6 +65,7 @@ MDEV_REMOVE = re.compile(r"sys/bus/mdev/devices/([^/]+)/remove\Z")
 HEADER = "ID    : vGPU Name"
 NVIDIA_DRIVER = "nvidia"
 _SIZE = re.compile(r"-([0-9]+)[A-Za-z]+\s*\Z")
+_MIG_SLICES = re.compile(r"-([0-9]+)-[0-9]+[A-Z]+\s*\Z")
 _ENTRY = re.compile(r"\s*([0-9]+)\s*:\s*(\S.*?)\s*\Z")
 
 
@@ -70,6 +76,12 @@ def _fail(code):
 def profile_size(name):
     """``NVIDIA L40S-8Q`` -> 8 (GB of framebuffer); None when the name carries no size."""
     match = _SIZE.search(name or "")
+    return int(match.group(1)) if match else None
+
+
+def mig_slices(name):
+    """``NVIDIA A100-2-10C`` -> 2 (GPU instance slices); None for a time-sliced type."""
+    match = _MIG_SLICES.search(name or "")
     return int(match.group(1)) if match else None
 
 
@@ -122,6 +134,22 @@ class NvidiaVgpuSim:
             config["legacy_types"] = [dict(t) for t in legacy_types]
         state = self.sim.load()
         state.setdefault("nvidia", {})[pf] = config
+        self.sim.save(state)
+        self.settle(pf)
+
+    def set_mig_mode(self, pf, enabled):
+        """MIG mode on (no GPU instances yet) or off."""
+        state = self.sim.load()
+        state["nvidia"][pf]["gpu_instances"] = [] if enabled else None
+        self.sim.save(state)
+        self.settle(pf)
+
+    def create_gpu_instances(self, pf, slices):
+        """``nvidia-smi mig -cgi``: GPU instances of these numbers of slices, on a GPU in MIG mode."""
+        state = self.sim.load()
+        if state["nvidia"][pf].get("gpu_instances") is None:
+            raise ValueError("%s is not in MIG mode" % pf)
+        state["nvidia"][pf]["gpu_instances"] += list(slices)
         self.sim.save(state)
         self.settle(pf)
 
@@ -208,6 +236,14 @@ class NvidiaVgpuSim:
         placed = self._placed(pf, config)
         if vf in placed:
             return []
+        instances = config.get("gpu_instances")
+        if instances is not None:
+            free = list(instances)
+            for type_id in placed.values():
+                if mig_slices(names.get(type_id)) in free:
+                    free.remove(mig_slices(names.get(type_id)))
+            return sorted(t for t in names if mig_slices(names[t]) is not None and mig_slices(names[t]) in free)
+        names = {t: name for t, name in names.items() if mig_slices(name) is None}
         if not placed:
             return sorted(names)
         size = sizes.get(next(iter(placed.values())), total)

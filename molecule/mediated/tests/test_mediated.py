@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 STATE = "/etc/gpuvirt/host-state.json"
 
@@ -71,3 +72,25 @@ def test_restore_unit_ran_this_boot_in_order(host, restore_status):
     assert 0 < restore_status["boot_to_restored_s"] < uptime  # measured in this boot
     journal = host.check_output("journalctl -b -u gpuvirt-restore.service --no-pager")
     assert "boot to restored: %.3f s" % restore_status["boot_to_restored_s"] in journal
+
+
+def test_late_restore_unit_ran_after_it(host):
+    """The late unit (MIG-backed vGPU types, after nvidia-mig-manager) on a host without either: real
+    systemd takes its ordering against a unit that is not installed, runs it after the first unit and
+    before libvirt, and it finds nothing to do."""
+    assert host.service("gpuvirt-restore-late.service").is_enabled
+    state = ""
+    for _attempt in range(60):
+        state = host.check_output("systemctl show --property=ActiveState --value gpuvirt-restore-late.service")
+        if state != "activating":
+            break
+        time.sleep(1)
+    assert state == "active"
+    after = host.check_output("systemctl show --property=After --value gpuvirt-restore-late.service").split()
+    assert "gpuvirt-restore.service" in after and "nvidia-mig-manager.service" in after
+    before = host.check_output("systemctl show --property=Before --value gpuvirt-restore-late.service").split()
+    assert "libvirtd.service" in before
+    status = json.loads(host.file("/run/gpuvirt/restore-late.json").content_string)
+    assert status["ok"] is True and status["items"] == 0
+    first = json.loads(host.file("/run/gpuvirt/restore.json").content_string)
+    assert status["started_s"] >= first["started_s"] + first["duration_s"] - 0.01

@@ -305,3 +305,119 @@ def test_the_unit_sets_up_the_vfs_before_the_vendors_services_start():
     assert "Before=nvidia-mig-manager.service" in section
     assert "Before=libvirtd.service virtqemud.service" in section
     assert section.index("After=systemd-modules-load.service") < section.index("Before=nvidia-mig-manager.service")
+
+
+# -- MIG-backed vGPU types: the late restore, after nvidia-mig-manager ------------------------------
+
+A100_TYPES = {
+    700: "NVIDIA A100-1-5C", 701: "NVIDIA A100-2-10C", 702: "NVIDIA A100-3-20C", 703: "NVIDIA A100-7-40C",
+    710: "NVIDIA A100-4C", 711: "NVIDIA A100-40C",
+}  # fmt: skip
+A100_VF0, A100_VF1 = "0000:b1:00.4", "0000:b1:00.5"
+
+
+@pytest.fixture
+def a100_mig(make_host):
+    """The A100 host after a reboot, in MIG mode (which persists) with no GPU instance and no VF; the
+    state file records the VFs and two MIG-backed vGPUs."""
+    description = load_description("datacenter_a100")
+    for device in description["devices"]:
+        if device["address"] == "b1:00.0":
+            device["sriov"]["num_vfs"] = 0
+    for key in ("patch_devices", "mdevs", "processes"):
+        description.pop(key)
+    root = make_host(description)
+    sim, _sriov, nvidia = attach(root)
+    nvidia.configure_gpu(A100, types=A100_TYPES)
+    nvidia.set_mig_mode(A100, True)
+    state = hoststate.empty_state()
+    state["sriov"] = {A100: {"num_vfs": 4}}
+    state["nvidia_vgpu"] = {
+        A100_VF0: {"type_id": 700, "type_name": "NVIDIA A100-1-5C"},
+        A100_VF1: {"type_id": 701, "type_name": "NVIDIA A100-2-10C"},
+    }
+    path = hoststate.state_path(root)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as handle:
+        handle.write(hoststate.render_state(state))
+    return root, sim, nvidia
+
+
+def current_type(root, vf):
+    return read_int(os.path.join(root, "sys/bus/pci/devices", vf, "nvidia/current_vgpu_type"))
+
+
+def test_mig_backed_types_are_left_to_the_late_restore(a100_mig):
+    """Before nvidia-mig-manager no GPU instance exists: the first unit sets up the VFs and leaves the
+    MIG-backed types, as done, to the late unit (not a failure, no write, no wait)."""
+    root, sim, _nvidia = a100_mig
+    with sim.active():
+        status, log = run(root)
+    assert status["ok"] is True, log
+    assert [(r["step"], r["item"]) for r in status["results"]] == [
+        ("driver", A100), ("sriov", A100), ("nvidia_vgpu", A100_VF0), ("nvidia_vgpu", A100_VF1),
+    ]
+    assert "is MIG-backed: gpuvirt-restore-late.service writes it" in status["results"][2]["message"]
+    assert current_type(root, A100_VF0) == 0 and current_type(root, A100_VF1) == 0
+
+
+def test_the_late_restore_writes_them_once_the_gpu_instances_exist(a100_mig):
+    root, sim, nvidia = a100_mig
+    with sim.active():
+        run(root)
+        nvidia.create_gpu_instances(A100, [1, 2])  # what nvidia-mig-manager does from its configuration
+        status, log = run(root, late=True)
+    assert status["ok"] is True, log
+    assert [(r["step"], r["item"]) for r in status["results"]] == [
+        ("nvidia_vgpu", A100_VF0), ("nvidia_vgpu", A100_VF1),
+    ]
+    assert status["results"][0]["message"] == "type 700 (NVIDIA A100-1-5C), read back"
+    assert current_type(root, A100_VF0) == 700 and current_type(root, A100_VF1) == 701
+    assert "the items that need the vendors' services" in log
+    # Again (a restart of the unit): nothing to write.
+    with sim.active():
+        again, _log = run(root, late=True)
+    assert [r["message"] for r in again["results"]] == ["type 700 already", "type 701 already"]
+
+
+def test_the_late_restore_names_the_missing_gpu_instance(a100_mig):
+    """No nvidia-mig-manager (or a configuration without that instance): each item fails with what it
+    needs, nothing is written, the others are still restored."""
+    root, sim, nvidia = a100_mig
+    with sim.active():
+        run(root)
+        nvidia.create_gpu_instances(A100, [1])
+        status, log = run(root, late=True)
+    assert status["ok"] is False
+    assert [(r["item"], r["ok"]) for r in status["results"]] == [(A100_VF0, True), (A100_VF1, False)]
+    message = status["results"][1]["message"]
+    assert "does not offer type 701 (NVIDIA A100-2-10C)" in message
+    assert "MIG mode must be on and a GPU instance of its size must exist" in message
+    assert current_type(root, A100_VF0) == 700 and current_type(root, A100_VF1) == 0
+
+
+def test_only_mig_backed_entries_wait_for_the_late_restore():
+    state = {"nvidia_vgpu": {
+        "0000:cb:00.4": {"type_id": 1041, "type_name": "NVIDIA L40S-8Q"},
+        "0000:cb:00.5": {"type_id": 700, "type_name": "NVIDIA A100-1-5C"},
+        "0000:cb:00.6": {"type_id": 701},  # no name recorded: restored at once, as before
+    }}
+    (step,) = [s for s in restore.steps() if not isinstance(s, str) and s.name == "nvidia_vgpu"]
+    assert [item for item, _action in step.late_items(state, "/")] == ["0000:cb:00.5"]
+    early = dict(step.items(state, "/"))
+    assert sorted(early) == ["0000:cb:00.4", "0000:cb:00.5", "0000:cb:00.6"]
+    assert "MIG-backed" in early["0000:cb:00.5"](None)
+    assert restore.steps(late=True) == [step]
+
+
+def test_the_late_run_writes_its_own_status_file(a100_mig):
+    root, sim, nvidia = a100_mig
+    with sim.active():
+        assert restore.main(["--root", root, "--timeout", "0.3"]) == 0
+        nvidia.create_gpu_instances(A100, [1, 2])
+        assert restore.main(["--root", root, "--late", "--timeout", "0.3"]) == 0
+    with open(os.path.join(root, restore.STATUS_PATH)) as handle:
+        first = json.load(handle)
+    with open(os.path.join(root, restore.LATE_STATUS_PATH)) as handle:
+        late = json.load(handle)
+    assert first["items"] == 4 and late["items"] == 2 and late["ok"] is True

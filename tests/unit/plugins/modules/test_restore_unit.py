@@ -16,6 +16,8 @@ from ansible_collections.gpuvirt.host.tests.sim.hosts import mediated_lab, tree_
 CODE = "usr/local/lib/gpuvirt/ansible_collections/gpuvirt/host/plugins/module_utils"
 UNIT = "etc/systemd/system/gpuvirt-restore.service"
 LINK = "etc/systemd/system/multi-user.target.wants/gpuvirt-restore.service"
+LATE_UNIT = "etc/systemd/system/gpuvirt-restore-late.service"
+LATE_LINK = "etc/systemd/system/multi-user.target.wants/gpuvirt-restore-late.service"
 
 
 @pytest.fixture
@@ -52,6 +54,20 @@ def test_installs_the_code_the_unit_and_enables_it(root, run_module):
     ):
         assert line + "\n" in unit
     assert os.readlink(os.path.join(root, LINK)) == "/etc/systemd/system/gpuvirt-restore.service"
+    # The late unit: after the first and the vendors' services that start after it, before VMs.
+    late = read(root, LATE_UNIT)
+    assert result["late_unit"] == os.path.join(root, LATE_UNIT)
+    for line in (
+        "Type=oneshot",
+        "After=gpuvirt-restore.service nvidia-mig-manager.service",
+        "Before=libvirtd.service virtqemud.service",
+        "WantedBy=multi-user.target",
+        "ExecStart=/usr/bin/python3 -m ansible_collections.gpuvirt.host.plugins.module_utils.restore --late "
+        "--timeout 60",
+    ):
+        assert line + "\n" in late
+    assert "Before=nvidia-mig-manager.service\n" in unit
+    assert os.readlink(os.path.join(root, LATE_LINK)) == "/etc/systemd/system/gpuvirt-restore-late.service"
 
     again = run_module("restore_unit", {"root": root})
     assert again["changed"] is False and again["files_changed"] == []
@@ -66,13 +82,29 @@ def test_check_mode_predicts_and_writes_nothing(root, run_module):
     assert predicted["diff"] == real["diff"]
     assert "--timeout 120 " in predicted["diff"][0]["after"]
     assert "restore.py" in predicted["diff"][1]["after"]
+    assert "--late --timeout 120\n" in predicted["diff"][2]["after"]
+    assert predicted["files_changed"][-2:] == [os.path.join(root, LINK), os.path.join(root, LATE_LINK)]
 
 
-def test_a_new_setting_rewrites_the_unit_only(root, run_module):
+def test_a_lost_late_unit_link_is_put_back(root, run_module):
+    """An installation from before the late unit, or a hand-disabled one: the next run enables it."""
+    run_module("restore_unit", {"root": root})
+    os.unlink(os.path.join(root, LATE_LINK))
+    predicted = run_module("restore_unit", {"root": root}, check_mode=True)
+    result = run_module("restore_unit", {"root": root})
+    assert predicted["files_changed"] == result["files_changed"] == [os.path.join(root, LATE_LINK)]
+    assert os.readlink(os.path.join(root, LATE_LINK)) == "/etc/systemd/system/gpuvirt-restore-late.service"
+
+
+def test_a_new_setting_rewrites_the_units_only(root, run_module):
     run_module("restore_unit", {"root": root})
     result = run_module("restore_unit", {"root": root, "python": "/usr/local/bin/python3.11"})
-    assert result["files_changed"] == [os.path.join(root, UNIT)]
+    assert result["files_changed"] == [os.path.join(root, UNIT), os.path.join(root, LATE_UNIT)]
     assert "ExecStart=/usr/local/bin/python3.11 -m " in read(root, UNIT)
+    assert "ExecStart=/usr/local/bin/python3.11 -m " in read(root, LATE_UNIT)
+    # mdevctl's grace concerns the first unit's mdevs step only.
+    result = run_module("restore_unit", {"root": root, "python": "/usr/local/bin/python3.11", "mdevctl_grace": 5})
+    assert result["files_changed"] == [os.path.join(root, UNIT)]
 
 
 def test_stale_code_is_removed(root, run_module):
@@ -93,7 +125,7 @@ def test_absent_removes_everything(root, run_module):
     open(os.path.join(root, CODE, "__pycache__", "mdev.cpython-311.pyc"), "w").close()
     result = run_module("restore_unit", {"root": root, "state": "absent"})
     assert result["changed"] is True and result["enabled"] is False
-    for relative in (UNIT, LINK, "usr/local/lib/gpuvirt/ansible_collections"):
+    for relative in (UNIT, LINK, LATE_UNIT, LATE_LINK, "usr/local/lib/gpuvirt/ansible_collections"):
         assert not os.path.lexists(os.path.join(root, relative))
     assert os.path.isdir(os.path.join(root, "usr/local/lib/gpuvirt"))
     assert run_module("restore_unit", {"root": root, "state": "absent"})["changed"] is False
