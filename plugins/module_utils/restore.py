@@ -398,18 +398,42 @@ class Restore:
 
 def render_unit(prefix, python, timeout, mdevctl_grace):
     """The text of ``gpuvirt-restore.service``."""
-    command = "%s -m %s.restore --timeout %g --mdevctl-grace %g" % (python, PACKAGE, timeout, mdevctl_grace)
     later = _vendor_units_after()
-    vendor_order = "Before=%s\n" % " ".join(later) if later else ""
+    return _unit(
+        "Brings back what gpuvirt.host recorded in /etc/gpuvirt/host-state.json: SR-IOV virtual\n"
+        "# functions, the vendors' devices (vGPU types), then mediated devices, each read back. `journalctl -u\n"
+        "# gpuvirt-restore` and /run/gpuvirt/restore.json give each step and the time from boot to restored.",
+        "Restore GPU virtualization devices (SR-IOV VFs, vGPU types, mediated devices)",
+        "After=systemd-modules-load.service\nBefore=libvirtd.service virtqemud.service\n"
+        + ("Before=%s\n" % " ".join(later) if later else ""),
+        prefix,
+        "%s -m %s.restore --timeout %g --mdevctl-grace %g" % (python, PACKAGE, timeout, mdevctl_grace),
+        int(timeout * 4 + mdevctl_grace + 60),
+    )
+
+
+def render_late_unit(prefix, python, timeout):
+    """The text of ``gpuvirt-restore-late.service``: the steps' ``late_items``, after the vendors'
+    services that start after ``gpuvirt-restore.service``. systemd ignores ordering against a unit
+    that is not installed, so on a host without them it runs right after the first."""
+    return _unit(
+        "Brings back what %s leaves until the vendors' services it starts before have\n"
+        "# prepared the devices. `journalctl -u gpuvirt-restore-late` and /run/gpuvirt/restore-late.json\n"
+        "# give each item." % UNIT_NAME,
+        "Restore GPU virtualization devices that need the vendors' services first",
+        "After=%s\nBefore=libvirtd.service virtqemud.service\n" % " ".join([UNIT_NAME] + _vendor_units_after()),
+        prefix,
+        "%s -m %s.restore --late --timeout %g" % (python, PACKAGE, timeout),
+        int(timeout * 4 + 60),
+    )
+
+
+def _unit(comment, description, ordering, prefix, command, start_timeout):
     return (
         "# Managed by gpuvirt.host.restore_unit; edits are overwritten.\n"
-        "# Brings back what gpuvirt.host recorded in /etc/gpuvirt/host-state.json: SR-IOV virtual\n"
-        "# functions, the vendors' devices (vGPU types), then mediated devices, each read back. `journalctl -u\n"
-        "# gpuvirt-restore` and /run/gpuvirt/restore.json give each step and the time from boot to restored.\n"
+        "# %s\n"
         "[Unit]\n"
-        "Description=Restore GPU virtualization devices (SR-IOV VFs, vGPU types, mediated devices)\n"
-        "After=systemd-modules-load.service\n"
-        "Before=libvirtd.service virtqemud.service\n"
+        "Description=%s\n"
         "%s"
         "\n"
         "[Service]\n"
@@ -420,35 +444,7 @@ def render_unit(prefix, python, timeout, mdevctl_grace):
         "TimeoutStartSec=%d\n"
         "\n"
         "[Install]\n"
-        "WantedBy=%s\n" % (vendor_order, prefix, command, int(timeout * 4 + mdevctl_grace + 60), WANTED_BY)
-    )
-
-
-def render_late_unit(prefix, python, timeout):
-    """The text of ``gpuvirt-restore-late.service``: the steps' ``late_items``, after the vendors'
-    services that start after ``gpuvirt-restore.service``. systemd ignores ordering against a unit
-    that is not installed, so on a host without them it runs right after the first."""
-    command = "%s -m %s.restore --late --timeout %g" % (python, PACKAGE, timeout)
-    return (
-        "# Managed by gpuvirt.host.restore_unit; edits are overwritten.\n"
-        "# Brings back what %s leaves until the vendors' services it starts before have\n"
-        "# prepared the devices. `journalctl -u gpuvirt-restore-late` and /run/gpuvirt/restore-late.json\n"
-        "# give each item.\n"
-        "[Unit]\n"
-        "Description=Restore GPU virtualization devices that need the vendors' services first\n"
-        "After=%s\n"
-        "Before=libvirtd.service virtqemud.service\n"
-        "\n"
-        "[Service]\n"
-        "Type=oneshot\n"
-        "RemainAfterExit=yes\n"
-        "Environment=PYTHONPATH=%s\n"
-        "ExecStart=%s\n"
-        "TimeoutStartSec=%d\n"
-        "\n"
-        "[Install]\n"
-        "WantedBy=%s\n"
-        % (UNIT_NAME, " ".join([UNIT_NAME] + _vendor_units_after()), prefix, command, int(timeout * 4 + 60), WANTED_BY)
+        "WantedBy=%s\n" % (comment, description, ordering, prefix, command, start_timeout, WANTED_BY)
     )
 
 
