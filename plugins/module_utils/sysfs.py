@@ -67,6 +67,13 @@ def link_name(path):
     return target[target.rfind("/") + 1 :] or None
 
 
+def driver_module(root, driver):
+    """The module a PCI driver belongs to (its ``module`` link to ``/sys/module/<name>``), or None when
+    sysfs shows none: a snapshot without it, or a built-in driver on a kernel that links only the
+    built-in modules that have a ``/sys/module`` entry of their own (module parameters)."""
+    return link_name(host_path(root, PCI_DRIVERS, driver, "module"))
+
+
 def resolve(path):
     """``os.path.realpath(path)``, resolved by the kernel when the path exists: one open and one
     ``readlink`` of its ``/proc/self/fd`` entry instead of a look-up per component in Python (sysfs

@@ -88,6 +88,7 @@ DRIVERCTL_DIR = "etc/driverctl.d"
 MANAGED_HEADER = "# Managed by gpuvirt.host.vfio_pci; edits are overwritten.\n"
 
 _OPTIONS_IDS = re.compile(r"^\s*options\s+vfio[-_]pci\s+(.*)$")
+_SOFTDEP_VFIO = re.compile(r"^\s*softdep\s+([A-Za-z0-9_-]+)\s+pre:\s*vfio[-_]pci\s*$", re.M)
 
 
 # ------------------------------------------------------------------------------------ selectors
@@ -201,8 +202,15 @@ def modprobe_ids(text):
     return ids
 
 
-def render_modprobe_conf(ids):
-    """The modprobe.d file that binds ``ids`` to vfio-pci at boot, or None when there are none."""
+def modprobe_softdeps(text):
+    """The modules a modprobe.d file's ``softdep <module> pre: vfio-pci`` lines name."""
+    return [match.group(1) for match in _SOFTDEP_VFIO.finditer(text or "")]
+
+
+def render_modprobe_conf(ids, softdeps=()):
+    """The modprobe.d file that binds ``ids`` to vfio-pci at boot, or None when there are none.
+    ``softdeps``: the modules of the devices' host drivers, loaded after vfio-pci like those of
+    :data:`SOFTDEP_DRIVERS` (the companion functions' drivers vary: ``xhci_pci``, ``i2c_nvidia_gpu``)."""
     ids = sorted(set(ids))
     if not ids:
         return None
@@ -213,6 +221,10 @@ def render_modprobe_conf(ids):
         "# Load vfio-pci before the host drivers that would otherwise claim them first.\n",
     ]
     lines.extend("softdep %s pre: vfio-pci\n" % driver for driver in SOFTDEP_DRIVERS)
+    known = {driver_key(driver) for driver in SOFTDEP_DRIVERS}
+    lines.extend(
+        "softdep %s pre: vfio-pci\n" % module for module in sorted(set(softdeps)) if driver_key(module) not in known
+    )
     return "".join(lines)
 
 

@@ -20,6 +20,7 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.kernel import (
     read_builtin_modules,
 )
 from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import (
+    driver_module,
     host_path,
     list_dir,
 )
@@ -39,6 +40,7 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.vfio import (
     foreign_vfio_ids,
     id_refusals,
     modprobe_ids,
+    modprobe_softdeps,
     module_of,
     plan_file,
     render_initramfs_config,
@@ -140,7 +142,7 @@ class BootConfigPlanner:
         self.kept_by = {address: method for address in self.members}
         if method == "none":
             return plan
-        by_override, by_id = self._split_by_persistence(method)
+        by_override, by_id = self._split_by_persistence(method, view)
         self.kept_by.update({address: "driverctl" for address in by_override})
         member_ids = sorted({device_id(view, a) for a in (by_id if self.state == "present" else self.members)})
         modprobe = plan_file(self.root, MODPROBE_CONF, None)
@@ -154,7 +156,8 @@ class BootConfigPlanner:
             dropped = self._ids_moving_to_variants(view, by_override, by_id)
             if method == "modprobe":
                 plan.ids_after = sorted((set(plan.ids_before) | set(member_ids)) - dropped)
-                modprobe = replace(modprobe, new=render_modprobe_conf(plan.ids_after))
+                softdeps = set(modprobe_softdeps(modprobe.old)) | set(self._host_modules(view, builtin=False).values())
+                modprobe = replace(modprobe, new=render_modprobe_conf(plan.ids_after, softdeps))
                 added = set(member_ids) - set(plan.ids_before)
                 plan.refusals += id_refusals(view, self.members, set(member_ids), set(), [])
                 if added:
@@ -197,7 +200,7 @@ class BootConfigPlanner:
             removed_ids = set(member_ids)
             plan.ids_after = [i for i in plan.ids_before if i not in removed_ids]
             if plan.ids_after != plan.ids_before:
-                modprobe = replace(modprobe, new=render_modprobe_conf(plan.ids_after))
+                modprobe = replace(modprobe, new=render_modprobe_conf(plan.ids_after, modprobe_softdeps(modprobe.old)))
             cmdline_after = [i for i in cmdline_before if i not in removed_ids]
             if cmdline_after != cmdline_before:
                 plan.boot_plan = self._boot_plan(
@@ -216,15 +219,26 @@ class BootConfigPlanner:
         plan.files.insert(0, modprobe)
         return plan
 
-    def _split_by_persistence(self, method):
+    def _split_by_persistence(self, method, view):
         """``(by_override, by_id)``: the members kept by a driverctl override and those kept by
-        vfio-pci's ID list. Variant drivers bind only through ``driver_override``, never by ID:
-        with ``auto`` they get overrides, with an ID method explicitly asked for the run fails."""
+        vfio-pci's ID list. Variant drivers bind only through ``driver_override``, never by ID, and a
+        built-in host driver takes its device when the kernel starts, before vfio-pci can: with
+        ``auto`` such members get overrides, with an ID method explicitly asked for the run fails."""
         if self.state == "absent":
             return [], list(self.members)
         if method == "driverctl":
             return list(self.members), []
         variant = [a for a in self.members if self.choices[a].variant]
+        claimed = {a: module for a, module in self._host_modules(view, builtin=True).items() if a not in variant}
+        if claimed and self.persistence_method != "auto":
+            raise VfioError(
+                "%s: the host driver's module %s is built into kernel %s (modules.builtin), so it takes the device "
+                "when the kernel starts, before vfio-pci loads, and persistence: %s (vfio-pci ids=) cannot keep it; "
+                "use persistence: auto or driverctl (a per-address driverctl override, which rebinds it when udev "
+                "starts), or persistent: false; nothing was changed"
+                % (", ".join(claimed), ", ".join(sorted(set(claimed.values()))), view.kernel.get("release"),
+                   self.persistence_method)
+            )
         if variant and self.persistence_method != "auto":
             raise VfioError(
                 "%s get%s the variant VFIO driver %s, which binds only through driver_override and never by "
@@ -235,7 +249,28 @@ class BootConfigPlanner:
                    ", ".join(sorted({self.choices[a].driver for a in variant})), self.persistence_method,
                    "it" if len(variant) == 1 else "them", MODULES_LOAD_CONF)
             )
-        return variant, [a for a in self.members if a not in variant]
+        # Once on vfio-pci, a device's host driver is not known any more: with auto, one an earlier run
+        # kept by an override for vfio-pci stays so.
+        overridden = self._driverctl_overrides() if self.persistence_method == "auto" else {}
+        kept = [
+            a for a in self.members
+            if a in variant or a in claimed or driver_key(overridden.get(a, "")) == "vfio_pci"
+        ]
+        return kept, [a for a in self.members if a not in kept]
+
+    def _host_modules(self, view, builtin):
+        """``{address: module}`` of the members on a host driver whose module sysfs names, those built
+        into the kernel (``builtin``) or the others. Members already on a VFIO driver name none."""
+        built_in = read_builtin_modules(self.root, view.kernel.get("release")) or set()
+        found = {}
+        for address in self.members:
+            driver = view.records[address]["driver"]
+            if driver is None or is_vfio_driver(driver, self.variants):
+                continue
+            module = driver_module(self.root, driver)
+            if module is not None and (driver_key(module) in built_in) == builtin:
+                found[address] = module
+        return found
 
     def _ids_moving_to_variants(self, view, by_override, by_id):
         """IDs of devices now kept on a variant driver by an override, which vfio-pci's ID list no

@@ -53,12 +53,19 @@ description:
     still written and RV(reboot_required) is true with the reason in RV(reboot_reasons).
   - "Boot-time configuration (O(persistence)): V(modprobe) writes C(/etc/modprobe.d/gpuvirt-vfio.conf)
     (C(options vfio-pci ids=...) plus C(softdep) lines so that nvidia, nouveau, i915, xe, amdgpu,
-    radeon, snd_hda_intel and xhci_hcd load after vfio-pci); V(driverctl) keeps one override per address in
-    C(/etc/driverctl.d/pci-<address>) through C(driverctl --noprobe set-override); V(cmdline) puts
+    radeon, snd_hda_intel and xhci_hcd, and the module of each device's host driver as sysfs links it
+    (C(xhci_pci), C(i2c_nvidia_gpu) of a GPU's USB-C functions), load after vfio-pci); V(driverctl)
+    keeps one override per address in C(/etc/driverctl.d/pci-<address>) through
+    C(driverctl --noprobe set-override); V(cmdline) puts
     C(vfio-pci.ids=) on the kernel command line through the bootloader configuration (the only way
     when vfio-pci is built into the kernel, where modprobe.d options are ignored); V(auto) picks
     V(cmdline) when C(modules.builtin) lists vfio-pci and V(modprobe) otherwise. When vfio-pci is a
     module, C(/etc/modules-load.d/gpuvirt-vfio.conf) loads it at boot."
+  - "A device whose host driver is built into the kernel (its module in C(modules.builtin)) is taken by
+    that driver when the kernel starts, before vfio-pci can claim it by ID: with O(persistence=auto) it is
+    kept by a driverctl override (which rebinds it when udev starts; driverctl must be installed), and
+    O(persistence=modprobe) or O(persistence=cmdline) fails and changes nothing. With V(auto), a device an
+    earlier run kept by an override for vfio-pci stays so."
   - "Variant drivers bind only through C(driver_override), never by vendor:device ID, so IDs on the
     modprobe.d options or the kernel command line cannot keep them. With O(persistence=auto) a device on
     a variant driver is kept by a driverctl override (C(/etc/driverctl.d/pci-<address>) holding the
