@@ -236,7 +236,7 @@ class VfioPciRun(BootConfigPlanner, ModuleRun):
                 "back: " + ", ".join(reversed(returned))
         if stuck:
             message += "; %scould not be put back: %s. The host was changed: free the device%s and run the " \
-                "task again, or reboot (no boot-time configuration was written)" % (
+                "task again, or reboot (the boot-time configuration was not changed)" % (
                     "" if returned else "the devices of one run move all or nothing, but ",
                     ", ".join(reversed(stuck)), "s" if len(stuck) > 1 else "")
         elif self.modules_loaded:
