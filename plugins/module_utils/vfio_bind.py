@@ -145,6 +145,25 @@ def release_device(root, address, variants=(), attempts=10, delay=0.1):
     return after
 
 
+def return_device(root, address, driver, override=None, variants=(), attempts=10, delay=0.1):
+    """Put a device back on the driver it had before a run moved it (``driver``, None for none) with
+    its ``driver_override`` as it was (``override``, None when unset): a VFIO driver through
+    :func:`bind_device`, a host driver through :func:`release_device` (the reprobe gives the device
+    to the driver the kernel matches). Returns the driver bound afterwards, read back; raises
+    :class:`VfioError` when the kernel refuses a write or the device stays on the driver it is leaving.
+    """
+    if is_vfio_driver(driver, variants):
+        after = bind_device(root, address, driver, attempts, delay)
+    else:
+        after = release_device(root, address, variants, attempts, delay)
+    try:
+        if read_override(root, address) != override:
+            write_text(device_path(root, address, "driver_override"), override or "\n")
+    except SysfsWriteError as error:
+        raise VfioError("putting back the driver_override of %s failed: %s" % (address, error)) from error
+    return after
+
+
 def _remove_dynamic_id(root, address):
     vendor = read_hex(device_path(root, address, "vendor"), 4)
     device = read_hex(device_path(root, address, "device"), 4)

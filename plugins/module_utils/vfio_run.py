@@ -38,7 +38,9 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.vfio_bind import (
     driver_loaded,
     is_vfio_driver,
     read_driver,
+    read_override,
     release_device,
+    return_device,
 )
 from ansible_collections.gpuvirt.host.plugins.module_utils.vfio_boot import (
     BootConfigPlanner,
@@ -69,6 +71,9 @@ class VfioPciRun(BootConfigPlanner, ModuleRun):
         self.choices = {}
         self.variants = []
         self.kept_by = {}
+        self.modules_loaded = []
+        self.overrides_before = {}
+        self.runtime_undone = False
 
     # -- plan -------------------------------------------------------------------------------------
 
@@ -148,17 +153,15 @@ class VfioPciRun(BootConfigPlanner, ModuleRun):
         for driver in self.load_drivers:
             self._run([self._program("modprobe"), module_of(driver)], "loading the %s module" % module_of(driver))
             self.changes_made = True
+            self.modules_loaded.append(module_of(driver))
             if not driver_loaded(self.root, driver):
                 raise VfioError(
                     "modprobe %s succeeded but /sys/bus/pci/drivers/%s does not exist; check 'dmesg' (Secure Boot "
                     "lockdown, a kernel without VFIO)" % (module_of(driver), driver)
                 )
-        for address in self.changing:
-            self.changes_made = True
-            if self.state == "present":
-                self.after[address] = bind_device(self.root, address, self.choices[address].driver)
-            else:
-                self.after[address] = release_device(self.root, address, self.variants)
+        self._move_devices()
+        # The boot-time configuration is written only once every device has moved: a failure above
+        # leaves the files as they were, matching the devices handed back.
         for change in self.persistence.files:
             if change.changed:
                 self.changes_made = True
@@ -185,6 +188,67 @@ class VfioPciRun(BootConfigPlanner, ModuleRun):
                 raise VfioError(str(error)) from error
             self.warnings.extend(self.persistence.boot_plan.warnings)
         self._apply_initramfs()
+
+    def _move_devices(self):
+        """Move every device of the plan, all or nothing: when one fails, the devices moved before it
+        go back to the driver they had (an IOMMU group split between a VFIO driver and host drivers
+        serves neither a VM nor the host)."""
+        moved = []
+        for address in self.changing:
+            self.overrides_before[address] = read_override(self.root, address)
+            self.changes_made = True
+            try:
+                if self.state == "present":
+                    self.after[address] = bind_device(self.root, address, self.choices[address].driver)
+                else:
+                    self.after[address] = release_device(self.root, address, self.variants)
+            except VfioError as error:
+                self._move_back(moved, address, error)
+            moved.append(address)
+
+    def _move_back(self, moved, failed, error):
+        """Put ``moved`` and, if it is not as it was, ``failed`` back as they were before this run, read
+        them back and raise the failure with the outcome; ``changed`` stays true only when a device
+        could not be put back or a module was loaded."""
+        self.runtime_undone = True
+        returned, stuck = [], []
+        for address in reversed(moved + [failed]):
+            before, override = self.before[address], self.overrides_before[address]
+            problem = None
+            if address not in moved and self._as_before(address):
+                self.after[address] = before
+                continue
+            try:
+                return_device(self.root, address, before, override, self.variants)
+            except VfioError as undo_error:
+                problem = str(undo_error)
+            self.after[address] = read_driver(self.root, address)
+            if problem is None and self._as_before(address):
+                returned.append("%s to %s" % (address, before or "no driver"))
+            else:
+                stuck.append("%s (%snow %s; it was %s)" % (
+                    address, problem + "; " if problem else "",
+                    _binding(self.after[address], read_override(self.root, address)), _binding(before, override)))
+        self.changes_made = bool(stuck) or bool(self.modules_loaded)
+        message = str(error)
+        if returned:
+            message += "; the devices of one run move all or nothing, so those this run had moved were put " \
+                "back: " + ", ".join(reversed(returned))
+        if stuck:
+            message += "; %scould not be put back: %s. The host was changed: free the device%s and run the " \
+                "task again, or reboot (the boot-time configuration was not changed)" % (
+                    "" if returned else "the devices of one run move all or nothing, but ",
+                    ", ".join(reversed(stuck)), "s" if len(stuck) > 1 else "")
+        elif self.modules_loaded:
+            message += "; the %s module%s loaded by this run stay%s loaded, nothing else was changed" % (
+                " and ".join(self.modules_loaded), *(("s", "") if len(self.modules_loaded) > 1 else ("", "s")))
+        else:
+            message += "; nothing was changed"
+        raise VfioError(message, changed=self.changes_made) from error
+
+    def _as_before(self, address):
+        return (read_driver(self.root, address), read_override(self.root, address)) == (
+            self.before[address], self.overrides_before[address])
 
     def _apply_initramfs(self):
         plan = self.initramfs
@@ -264,7 +328,7 @@ class VfioPciRun(BootConfigPlanner, ModuleRun):
                 "companion_of": member.companion_of,
                 "driver_before": before,
                 "driver_after": after,
-                "changed": address in self.changing,
+                "changed": after != before if self.runtime_undone else address in self.changing,
             }
             result[address].update(self._driver_result(address))
         return result
@@ -332,7 +396,13 @@ class VfioPciRun(BootConfigPlanner, ModuleRun):
         return result
 
     def partial(self):
-        return dict(self.result(), changed=self.changes_made)
+        result = dict(self.result(), changed=self.changes_made)
+        if self.runtime_undone:
+            # The run stopped before the boot-time configuration: nothing of it was written.
+            result.update(files_changed=[], diff=[], commands=self.commands, reboot_required=False,
+                          reboot_reasons=[], ids=self.persistence.ids_before
+                          if self.persistence.method in ("modprobe", "cmdline") else [])
+        return result
 
     def _persistence_result(self, devices):
         """The boot-time method of the devices on plain vfio-pci (``auto`` resolved); driverctl when
@@ -352,3 +422,8 @@ class VfioPciRun(BootConfigPlanner, ModuleRun):
         if self.initramfs.run:
             commands += self.initramfs.commands
         return commands
+
+
+def _binding(driver, override):
+    """``on nvidia``, ``on vfio-pci with driver_override vfio-pci``, ``on no driver``."""
+    return "on %s%s" % (driver or "no driver", " with driver_override %s" % override if override else "")

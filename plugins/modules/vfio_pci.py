@@ -33,6 +33,15 @@ description:
     C(/sys/bus/pci/drivers/<driver>) does not exist, write the driver name to C(driver_override), unbind
     the current driver, write the address to C(/sys/bus/pci/drivers_probe), then read the C(driver) link
     back. A bind the kernel accepted but that did not take effect is undone and reported as an error."
+  - "The devices of one call move all or nothing, with O(state=present) as with O(state=absent): when one
+    of them fails to move (a companion that vfio-pci cannot probe, a device that will not leave vfio-pci),
+    the devices this call had already moved are put back on the driver they had, with their
+    C(driver_override) as it was, and read back; the boot-time configuration, written only after every
+    device has moved, is left as it was. The error names the device that failed and why, and the devices
+    put back; it reports C(changed=false) when everything is as before the call (only a module the call
+    loaded stays loaded, and then C(changed) is true). A device that cannot be put back is named with its
+    driver now and before, C(changed) is true, and the message says so: a reboot, or the task run again
+    once the device is free, settles it."
   - "Guards, each a clear error that changes nothing unless O(force=true): the boot VGA device, the boot
     display of another class (the C(boot_display) newer kernels put on its DRM card; an AMD APU's GPU has no
     C(boot_vga)), a VGA-class device whose C(boot_vga) is missing, or a GPU driving the framebuffer the text

@@ -9,7 +9,9 @@ Plugs into :class:`sim.mdev_kernel.KernelSim`, which routes the writes of the co
 - ``sys/bus/pci/drivers/<drv>/unbind`` with an address: releases the device if ``<drv>`` is bound
   to it (the ``driver`` link and the driver's ``<addr>`` link go), else ``ENODEV``. Unbinding
   vfio-pci from a device whose ``/dev/vfio/<group>`` a process holds blocks in the real kernel
-  until the process lets go; here it fails with ``EBUSY`` and is recorded in :attr:`blocked`.
+  until the process lets go; here it fails with ``EBUSY`` and is recorded in :attr:`blocked`. So
+  does unbinding a VFIO driver from the addresses in ``busy_unbind`` (a VM that opened the group
+  while the code under test was still working on it).
 - ``sys/bus/pci/drivers/<drv>/bind``: binds an unbound device the driver matches, else
   ``ENODEV`` (bound: ``EBUSY``).
 - Variant VFIO drivers (every ``alias vfio_pci:<pattern> <driver>`` of the tree's
@@ -64,7 +66,7 @@ def _text(value):
 
 
 class PciKernel:
-    def __init__(self, sim, host_drivers=None, failing_probe=(), vfio_ids=()):
+    def __init__(self, sim, host_drivers=None, failing_probe=(), vfio_ids=(), busy_unbind=()):
         self.sim = sim
         self.root = sim.root
         self.variants = self._variant_drivers()
@@ -80,6 +82,7 @@ class PciKernel:
         pci.setdefault("id_attempts", [])
         pci["failing_probe"] = sorted(set(pci.get("failing_probe", [])) | set(failing_probe))
         pci.setdefault("blocked", [])
+        pci["busy_unbind"] = sorted(set(pci.get("busy_unbind", [])) | set(busy_unbind))
         pci["vfio_ids"] = sorted(set(pci.get("vfio_ids", [])) | {_id(i) for i in vfio_ids})
         sim.save(state)
         sim.add_handler(r"sys/bus/pci/devices/([^/]+)/driver_override\Z", self._override)
@@ -163,7 +166,8 @@ class PciKernel:
             _fail(errno.ENODEV)
         if self.is_vfio(driver):
             group = self.group_of(address)
-            if group is not None and self.sim.holders_of_group(group):
+            held = group is not None and self.sim.holders_of_group(group)
+            if held or address in self.sim.load()["pci"]["busy_unbind"]:
                 state = self.sim.load()
                 state["pci"]["blocked"].append(address)
                 self.sim.save(state)

@@ -339,6 +339,31 @@ def test_release_returns_the_device_to_its_host_driver(desktop, kernel):
     assert not os.path.exists(os.path.join(desktop, "dev/vfio/2"))
 
 
+def test_return_device_puts_back_the_driver_and_the_override_it_had(desktop, kernel):
+    """A device bound by ID (no override) that a run moved off vfio-pci goes back to vfio-pci with its
+    override unset again; one a run moved to vfio-pci goes back to its host driver."""
+    pci = kernel(desktop)
+    with pci.sim.active():
+        vfio_bind.bind_device(desktop, GPU)
+        vfio_bind.write_text(vfio_bind.device_path(desktop, GPU, "driver_override"), "\n")
+        vfio_bind.release_device(desktop, GPU)
+        assert vfio_bind.return_device(desktop, GPU, "vfio-pci", None) == "vfio-pci"
+        assert vfio_bind.read_override(desktop, GPU) is None
+        assert vfio_bind.return_device(desktop, GPU, "nvidia", None) == "nvidia"
+    assert driver(desktop, GPU) == "nvidia" and vfio_bind.read_override(desktop, GPU) is None
+
+
+def test_return_device_reports_a_device_that_will_not_leave_vfio(desktop, kernel):
+    pci = kernel(desktop, busy_unbind=[GPU])
+    with pci.sim.active():
+        vfio_bind.bind_device(desktop, GPU)
+        with pytest.raises(vfio.VfioError) as error:
+            vfio_bind.return_device(desktop, GPU, "nvidia", None)
+    assert "handing 0000:01:00.0 back to its host driver failed" in str(error.value)
+    assert "Device or resource busy" in str(error.value)
+    assert driver(desktop, GPU) == "vfio-pci"
+
+
 def test_release_of_a_device_claimed_by_ids_removes_the_dynamic_id(make_host, kernel):
     # As after a boot with "options vfio-pci ids=10de:1e04": no override, vfio-pci's ID table has the
     # ID, and a plain reprobe would hand the device straight back to vfio-pci.

@@ -394,9 +394,76 @@ def test_a_bind_that_does_not_take_effect_fails_and_is_undone(desktop, vfio_pci)
     assert result["rc"] == 1
     assert "binding 0000:01:00.1 to vfio-pci was accepted by the kernel but did not take effect" in result["msg"]
     assert "now bound to snd_hda_intel" in result["msg"]
-    assert result["changed"] is True  # 01:00.0 was bound before the audio function failed
-    assert vfio_bind.read_driver(desktop, "0000:01:00.1") == "snd_hda_intel"
+    assert "put back: 0000:01:00.0 to nvidia; nothing was changed" in result["msg"], result["msg"]
+    assert result["changed"] is False  # 01:00.0, bound before the audio function failed, is back on nvidia
+    assert drivers(desktop) == HOST_DRIVERS
     assert read(desktop, MODPROBE) is None  # nothing persisted for a binding that does not work
+
+
+def test_a_group_binds_all_or_nothing(desktop, vfio_pci):
+    """The xHCI function, third of four, fails to probe under vfio-pci: the GPU and its audio function,
+    already moved, go back to their host drivers and the host is as it was."""
+    before = snapshot(desktop)
+    kernel = PciKernel(KernelSim(desktop), failing_probe=["0000:01:00.2"])
+    result = vfio_pci(desktop, kernel=kernel, devices=[GPU])
+    assert result["rc"] == 1 and result["changed"] is False, result
+    message = result["msg"]
+    assert message.startswith("binding 0000:01:00.2 to vfio-pci was accepted by the kernel but did not take effect")
+    assert "put back: 0000:01:00.0 to nvidia, 0000:01:00.1 to snd_hda_intel; nothing was changed" in message, message
+    assert drivers(desktop) == HOST_DRIVERS
+    assert all(vfio_bind.read_override(desktop, a) is None for a in GPU_FUNCTIONS)
+    assert not os.path.exists(os.path.join(desktop, "dev/vfio/2"))
+    assert snapshot(desktop) == before
+    assert {a: (d["driver_after"], d["changed"]) for a, d in result["devices"].items()} == {
+        a: (HOST_DRIVERS[a], False) for a in GPU_FUNCTIONS
+    }
+    assert result["files_changed"] == [] and result["reboot_required"] is False
+
+
+def test_a_device_that_cannot_be_put_back_is_named_and_the_run_changed(desktop, vfio_pci):
+    """The audio function, bound before the xHCI function fails, cannot leave vfio-pci again (a VM opened
+    the group meanwhile): it is named with its state, and the run reports the change."""
+    kernel = PciKernel(KernelSim(desktop), failing_probe=["0000:01:00.2"], busy_unbind=["0000:01:00.1"])
+    result = vfio_pci(desktop, kernel=kernel, devices=[GPU])
+    assert result["rc"] == 1 and result["changed"] is True, result
+    message = result["msg"]
+    assert message.startswith("binding 0000:01:00.2 to vfio-pci")
+    assert "put back: 0000:01:00.0 to nvidia;" in message, message
+    assert "could not be put back: 0000:01:00.1 (handing 0000:01:00.1 back to its host driver failed" in message
+    assert "now on vfio-pci; it was on snd_hda_intel)" in message and "The host was changed" in message, message
+    assert "nothing was changed" not in message
+    assert drivers(desktop) == dict(HOST_DRIVERS, **{"0000:01:00.1": "vfio-pci"})
+    assert result["devices"]["0000:01:00.1"]["driver_after"] == "vfio-pci"
+    assert result["devices"]["0000:01:00.1"]["changed"] is True
+    assert read(desktop, MODPROBE) is None
+
+
+def test_after_a_group_put_back_check_mode_and_the_next_runs_are_as_before(desktop, vfio_pci):
+    """A run whose devices were put back leaves nothing behind: check mode predicts the same change as on
+    the untouched host, the next run (the failure gone) binds the group, and the one after changes nothing."""
+    untouched = vfio_pci(desktop, check_mode=True, diff=True, devices=[GPU])
+    failing = PciKernel(KernelSim(desktop), failing_probe=["0000:01:00.2"])
+    assert vfio_pci(desktop, kernel=failing, devices=[GPU])["changed"] is False
+    predicted = vfio_pci(desktop, check_mode=True, diff=True, devices=[GPU])
+    for key in ("changed", "devices", "files_changed", "diff", "ids", "reboot_required", "commands"):
+        assert predicted[key] == untouched[key], key
+    state = failing.sim.load()
+    state["pci"]["failing_probe"] = []  # the cause of the failure is fixed
+    failing.sim.save(state)
+    again = assert_second_run_changes_nothing(vfio_pci, desktop, devices=[GPU])
+    assert drivers(desktop) == {address: "vfio-pci" for address in GPU_FUNCTIONS}
+    assert all(d["driver_before"] == d["driver_after"] == "vfio-pci" for d in again["devices"].values())
+
+
+def test_a_module_loaded_before_a_failed_bind_stays_loaded_and_the_run_changed(make_host, vfio_pci, as_host,
+                                                                                fake_commands):
+    root = make_host("desktop_dgpu")
+    fake_commands.install("modprobe", body=MODPROBE_BODY.format(root=root))
+    kernel = PciKernel(KernelSim(root), failing_probe=["0000:01:00.2"])
+    result = vfio_pci(root, kernel=kernel, devices=[GPU], persistent=False)
+    assert result["rc"] == 1 and result["changed"] is True, result
+    assert "0000:01:00.1 to snd_hda_intel; the vfio-pci module loaded by this run stays loaded" in result["msg"]
+    assert drivers(root) == HOST_DRIVERS
 
 
 def test_vfio_pci_not_loaded_in_a_tree_fails_cleanly(make_host, vfio_pci):
@@ -437,6 +504,25 @@ def test_absent_hands_the_devices_back_and_removes_the_boot_configuration(deskto
         assert predicted[key] == result[key], key
     again = vfio_pci(desktop, kernel=kernel, devices=[GPU], state="absent")
     assert again["changed"] is False
+
+
+def test_absent_hands_a_group_back_all_or_nothing(desktop, vfio_pci):
+    """The xHCI function cannot leave vfio-pci: the GPU and its audio function, already handed to their
+    host drivers, are bound to vfio-pci again, so the group stays whole for a VM and the boot
+    configuration still says vfio-pci."""
+    vfio_pci(desktop, devices=[GPU])
+    before = snapshot(desktop)
+    kernel = PciKernel(KernelSim(desktop), busy_unbind=["0000:01:00.2"])
+    result = vfio_pci(desktop, kernel=kernel, devices=[GPU], state="absent")
+    assert result["rc"] == 1 and result["changed"] is False, result
+    message = result["msg"]
+    assert message.startswith("handing 0000:01:00.2 back to its host driver failed"), message
+    put_back = ", ".join("%s to vfio-pci" % address for address in GPU_FUNCTIONS[:3])
+    assert "put back: %s; nothing was changed" % put_back in message, message
+    assert drivers(desktop) == {address: "vfio-pci" for address in GPU_FUNCTIONS}
+    assert all(vfio_bind.read_override(desktop, a) == "vfio-pci" for a in GPU_FUNCTIONS)
+    assert snapshot(desktop) == before
+    assert vfio.modprobe_ids(read(desktop, MODPROBE)) == GPU_IDS
 
 
 def test_absent_after_a_boot_that_bound_them_by_id(make_host, vfio_pci):
