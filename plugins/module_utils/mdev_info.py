@@ -67,21 +67,22 @@ def read_mdev_types(root, parent, findings=None):
     return [MdevType(**entry) for entry in _read_types(root, parent, findings)]
 
 
-def _read_types(root, parent, findings, model=None, known=None, bus=None):
+def _read_types(root, parent, findings, model=None, known=None, bus=None, counts=None):
     """The types of ``parent`` as dicts (what :func:`mdev_parents` returns), sorted by type id.
 
     ``model`` names the parent's device model and driver; ``known`` (``{(model, type id): fixed
     attributes}``) holds what earlier parents of the same model gave. ``bus``: a descriptor of
-    ``sys/class/mdev_bus``, when open."""
+    ``sys/class/mdev_bus``, when open. ``counts``: the ``available_instances`` contents parsed so far
+    in this pass (see :func:`_read_some_types`)."""
     relative = parent + "/mdev_supported_types"
     directory = open_directory(relative, bus) if bus is not None else None
     if directory is None:
         base = host_path(root, MDEV_BUS, relative)
         directory = open_directory(base)
         if directory is None:
-            return _read_some_types(list_dir(base), None, base + "/", parent, findings, model, known)
+            return _read_some_types(list_dir(base), None, base + "/", parent, findings, model, known, counts)
     try:
-        return _read_some_types(sorted(os.listdir(directory)), directory, "", parent, findings, model, known)
+        return _read_some_types(sorted(os.listdir(directory)), directory, "", parent, findings, model, known, counts)
     finally:
         os.close(directory)
 
@@ -89,11 +90,13 @@ def _read_types(root, parent, findings, model=None, known=None, bus=None):
 _FIXED = ("name", "description", "device_api")
 
 
-def _read_some_types(type_ids, directory, prefix, parent, findings, model=None, known=None):
+def _read_some_types(type_ids, directory, prefix, parent, findings, model=None, known=None, counts=None):
     """Read each type's files relative to the directory open as ``directory`` (below ``prefix``
     when None). A type's fixed attributes come from ``known`` when a parent of the same ``model``
-    gave them cleanly; ``available_instances`` is read for every parent."""
+    gave them cleanly; ``available_instances`` is read for every parent. ``counts`` (``{contents:
+    count}``) holds the clean counts parsed earlier in the pass: parents share a few values."""
     device = parent if ":" in parent else None
+    counts = {} if counts is None else counts
     types = []
     for type_id in type_ids:
         path = prefix + type_id + "/"
@@ -122,8 +125,11 @@ def _read_some_types(type_ids, directory, prefix, parent, findings, model=None, 
                 os.close(fd)
         except OSError:
             raw = b""
-        if _COUNT_LINE.fullmatch(raw) is not None:
-            entry["available_instances"] = int(raw)
+        count = counts.get(raw)
+        if count is None and _COUNT_LINE.fullmatch(raw) is not None:
+            count = counts[raw] = int(raw)
+        if count is not None:
+            entry["available_instances"] = count
             types.append(entry)
             continue
         text, problem = read_attribute_at(directory, path + "available_instances")
@@ -152,25 +158,26 @@ def mdev_parents(root, findings=None, devices=None):
     driver derives them from the model and the type, so parents of one model show the same. Each
     parent's ``available_instances`` is read: it changes with what the parent carries."""
     known = {}
+    counts = {}
     result = []
     path = host_path(root, MDEV_BUS)
     bus = open_directory(path)
     try:
         for parent in list_dir(path if bus is None else bus):
-            result.append(_read_parent(root, parent, findings, devices, known, bus))
+            result.append(_read_parent(root, parent, findings, devices, known, bus, counts))
     finally:
         if bus is not None:
             os.close(bus)
     return result
 
 
-def _read_parent(root, parent, findings, devices, known, bus):
+def _read_parent(root, parent, findings, devices, known, bus, counts):
     device = devices.get(parent) if devices is not None else None
     model = None
     if device is not None and device.driver is not None and device.vendor_id is not None:
         model = (device.driver, device.vendor_id, device.device_id, device.subsystem_vendor_id,
                  device.subsystem_device_id)
-    return {"parent": parent, "types": _read_types(root, parent, findings, model, known, bus)}
+    return {"parent": parent, "types": _read_types(root, parent, findings, model, known, bus, counts)}
 
 
 def mdevs(root, findings=None):
