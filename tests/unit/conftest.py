@@ -76,8 +76,10 @@ def make_host(_host_tree_base):
     ``make_host("desktop_dgpu")`` builds ``tests/fixtures/hosts/desktop_dgpu.yml``;
     ``make_host({...})`` builds a description dict (see ``tests/fixtures/hostgen.py``);
     keyword arguments extend a named host: ``make_host("desktop_dgpu", files={...},
-    patch_devices={"01:00.0": {"driver": "vfio-pci"}})``. Every call gets a fresh tree.
+    patch_devices={"01:00.0": {"driver": "vfio-pci"}})``. Every call gets a fresh tree, removed after
+    the test (a whole run builds hundreds, each a few thousand inodes of tmpfs).
     """
+    built = []
 
     def factory(description="desktop_dgpu", **changes):
         if changes:
@@ -85,7 +87,9 @@ def make_host(_host_tree_base):
                 description = dict(changes, extends=description)
             else:
                 description = hostgen._merge(hostgen.expand(dict(description)), changes)
-        root = os.path.join(tempfile.mkdtemp(prefix="host-", dir=_host_tree_base), "root")
-        return hostgen.build_host(description, root)
+        built.append(tempfile.mkdtemp(prefix="host-", dir=_host_tree_base))
+        return hostgen.build_host(description, os.path.join(built[-1], "root"))
 
-    return factory
+    yield factory
+    for directory in built:
+        shutil.rmtree(directory, ignore_errors=True)
