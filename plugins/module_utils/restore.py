@@ -254,11 +254,11 @@ class Restore:
         autoprobe = entry.get("drivers_autoprobe")
         method = entry.get("method")
         tool = vendors.vf_tool(method) if method not in (None, "sysfs") else None
-        # A tool that enables every VF the GPU has (sriov-manage): what matters is that SR-IOV mode is back.
+        # A tool that enables every VF the GPU has (sriov-manage): at least the recorded count must be back.
         by_tool = tool is not None and tool.enables_all
 
         def restored(count):
-            return bool(count) if by_tool and wanted else count == wanted
+            return (count or 0) >= wanted if by_tool and wanted else count == wanted
 
         def attempt():
             sriov.restore_pf(

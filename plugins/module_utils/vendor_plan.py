@@ -103,8 +103,10 @@ class VendorBackend:
     # ``{method: factory(command=None)}``: the vendor tools that enable VFs, by the ``method`` an entry of
     # the state file's ``sriov`` section records (:func:`sriov.enable_vfs_by_tool` runs them). A tool has
     # ``name``, ``argv(executable, pf)``, ``executable(runner)``, ``install_advice``, ``failure_advice(pf)``,
-    # ``enables_all``, and may have ``pf_driver`` (the driver it unbinds while it works, bound again before
-    # each run) and ``programs`` (``(program, how to install it)`` pairs it runs, checked first).
+    # ``enables_all`` (it enables every VF the PF offers: fewer is a failure), and may have ``pf_driver`` (the
+    # driver it unbinds while it works, bound again before each run), ``programs`` (``(program, how to
+    # install it)`` pairs it runs, checked first) and ``disable_argv(executable, pf)`` (the command that
+    # disables the VFs again, run before retrying after a short count).
     vf_tools = {}
 
     def read_device(self, path, address, findings, directory=None):

@@ -13,12 +13,12 @@ import time
 
 import pytest
 
-from ansible_collections.gpuvirt.host.plugins.module_utils import hoststate, mdev, nvidia_vgpu, restore
+from ansible_collections.gpuvirt.host.plugins.module_utils import hoststate, mdev, nvidia_vgpu, restore, sriov
 from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import read_int
 from ansible_collections.gpuvirt.host.tests.fixtures.hostgen import load_description
 from ansible_collections.gpuvirt.host.tests.sim.hosts import MACHINE_ID, mediated_lab
 from ansible_collections.gpuvirt.host.tests.sim.mdev_kernel import KernelSim
-from ansible_collections.gpuvirt.host.tests.sim.nvidia_vgpu_sim import attach
+from ansible_collections.gpuvirt.host.tests.sim.nvidia_vgpu_sim import attach, fake_sriov_manage
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))))
 MEDIUM = [mdev.deterministic_uuid(MACHINE_ID, "mbochs", "mbochs-medium", i) for i in range(2)]
@@ -421,3 +421,44 @@ def test_the_late_run_writes_its_own_status_file(a100_mig):
     with open(os.path.join(root, restore.LATE_STATUS_PATH)) as handle:
         late = json.load(handle)
     assert first["items"] == 4 and late["items"] == 2 and late["ok"] is True
+
+
+# -- a vendor tool that enables fewer VFs than recorded ------------------------------------------------
+
+L40S = "0000:cb:00.0"
+
+
+@pytest.fixture
+def l40s_after_reboot(make_host):
+    """The L40S host after a reboot: no VFs; the state file records all 32, enabled by sriov-manage."""
+    root = make_host("l40s_vgpu", patch_devices={"cb:00.4": {"nvidia_vgpu": {"creatable": {}, "current": 0}}})
+    sim, _kernel, _nvidia = attach(root)
+    with sim.active():
+        sriov.set_num_vfs(root, L40S, 0, delay=0)
+    state = hoststate.empty_state()
+    state["sriov"] = {L40S: {"num_vfs": 32, "method": "sriov_manage"}}
+    path = hoststate.state_path(root)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as handle:
+        handle.write(hoststate.render_state(state))
+    return root, sim
+
+
+def with_tool(command):
+    runner = restore.CommandRunner()
+    runner.get_bin_path = lambda name, opt_dirs=None: command if name == "sriov-manage" else "/usr/bin/" + name
+    return runner
+
+
+def test_sriov_manage_enabling_fewer_vfs_than_recorded_fails_the_item(l40s_after_reboot, tmp_path):
+    root, sim = l40s_after_reboot
+    command = fake_sriov_manage(str(tmp_path / "bin"), root, partial_first=1000, partial_vfs=4)
+    out = io.StringIO()
+    restorer = restore.Restore(root=root, out=out, timeout=0.3, interval=0.01, attempts=1)
+    restorer.runner = with_tool(command)
+    with sim.active():
+        status = restorer.run()
+    (item,) = [r for r in status["results"] if r["step"] == "sriov"]
+    assert item["ok"] is False, out.getvalue()
+    assert "enabled only 4 of the 32 VFs (recorded) of %s" % L40S in item["message"]
+    assert read_int(os.path.join(root, "sys/bus/pci/devices", L40S, "sriov_numvfs")) == 0
