@@ -53,7 +53,11 @@ class RestoreStep:
     ``action(context)`` restores it and returns what it did, or raises :class:`errors.GpuvirtError`
     (or ``OSError``) saying why not. Each item gets its own status line. ``context`` is the running
     :class:`restore.Restore`: ``root``, ``runner`` (``run_command(argv)``, ``get_bin_path(name)``),
-    ``wait_for(check, what, timeout=None)``, ``retry(action)``, ``interval``, ``log(message)``.
+    ``wait_for(check, what, timeout=None)``, ``retry(action)``, ``interval``, ``log(message)``,
+    ``pf_failed(address)``. An item named by a device address (a physical function or a VF) is not run,
+    and fails at once naming the cause, when that device or its physical function failed its ``driver``
+    or ``sriov`` item; an action whose item is named otherwise asks ``pf_failed(address)`` for the device
+    it needs (the cause, or None). ``wait_for`` and ``retry`` also stop at the run's deadline.
 
     ``late_items(state, root)``, when given, returns the items that need the vendor's own services of
     ``restore_unit_before`` to have run first (NVIDIA's MIG-backed vGPU types need the GPU instances
