@@ -27,6 +27,19 @@ The vendor backends add their own steps before each of these (:func:`vendors.res
 :class:`vendor_plan.RestoreStep`): for example GVT-g's ``kvmgt`` before ``driver``, a PF driver's
 SR-IOV mode before ``sriov``, NVIDIA's per-VF vGPU types (``nvidia_vgpu``) before ``mdevs``. Every item
 of every step gets its own status line, and a step's failure never keeps the later ones from running.
+A vendor tool that enables every VF (``enables_all``) must bring back at least the recorded count.
+
+Time budget. Each item waits up to ``--timeout`` for what it needs (the ``driver`` step's items all
+count from the step's start: the drivers load together). A device whose ``driver`` or ``sriov`` item
+failed is remembered (:meth:`Restore.pf_failed`): every later item named by its address or by the
+address of one of its VFs (the VFs it has, or will have from its offset and stride, up to its recorded
+count or ``sriov_totalvfs``), and every mdev whose parent is one of them, fails at once, not tried,
+naming that cause; vendor steps get this without naming a vendor here, through their items' names.
+The whole run has a deadline, ``--deadline`` (:func:`run_deadline`: 4 x ``--timeout`` +
+``--mdevctl-grace`` + 30 s by default): waits stop at it, no retry or command starts after it, and the
+items left fail at once, so the run ends and writes its status. The units' ``TimeoutStartSec`` is the
+same deadline plus :data:`STOP_MARGIN` (:func:`start_timeout`). SIGTERM (systemd stopping the unit)
+ends the run where it is and still writes the status file, with a last ``stopped`` entry.
 
 Some items need a vendor's own services to have run first, and those start after this unit (a
 backend's ``restore_unit_before``: for example a service that partitions a GPU once its VFs exist,
@@ -47,8 +60,10 @@ import ast
 import contextlib
 import importlib
 import json
+import math
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -75,10 +90,30 @@ LATE_UNIT_NAME = "gpuvirt-restore-late.service"
 UNIT_DIR = "etc/systemd/system"
 WANTED_BY = "multi-user.target"
 PACKAGE = __name__.rsplit(".", 1)[0]  # ansible_collections.gpuvirt.host.plugins.module_utils
+# Seconds systemd's TimeoutStartSec gives a run past its deadline: to end its item, write the status, exit.
+STOP_MARGIN = 30
+# Steps whose failure for a device makes the later items on it (and on its VFs) fail at once.
+DEVICE_STEPS = ("driver", "sriov")
 
 
 class RestoreError(GpuvirtError):
     """One item could not be restored; ``str()`` says which and why."""
+
+
+class Stopped(BaseException):
+    """SIGTERM arrived (systemd stopping the unit, or its TimeoutStartSec passing). Not an ``Exception``:
+    the handlers that keep one item's failure from stopping the others must let it through."""
+
+
+def run_deadline(timeout, mdevctl_grace=0.0):
+    """Seconds one run may take in all (``--deadline``'s default): four item waits of ``timeout``, mdevctl's
+    grace period, and 30 s for the writes and the vendors' tools."""
+    return timeout * 4 + mdevctl_grace + 30
+
+
+def start_timeout(deadline):
+    """The unit's ``TimeoutStartSec`` for a run with this deadline: :data:`STOP_MARGIN` seconds more."""
+    return int(math.ceil(deadline + STOP_MARGIN))
 
 
 def uptime(root):
@@ -103,14 +138,25 @@ def steps(late=False):
 
 
 class CommandRunner:
-    """What the shared helpers expect of AnsibleModule for commands (a vendor's tool), at boot."""
+    """What the shared helpers expect of AnsibleModule for commands (a vendor's tool), at boot.
+    ``left()``: the seconds left before the run's deadline (None: no deadline); a command gets at most
+    those (and 300 s), and none is started once they are gone."""
+
+    def __init__(self, left=None):
+        self.left = left
 
     def run_command(self, argv):
         environment = dict(os.environ, LC_ALL="C")
+        limit = 300.0
+        left = self.left() if self.left is not None else None
+        if left is not None:
+            if left <= 0:
+                return 124, "", "not run: the restore's deadline has passed"
+            limit = min(limit, left)
         try:
-            done = subprocess.run(argv, capture_output=True, text=True, env=environment, timeout=300, check=False)
+            done = subprocess.run(argv, capture_output=True, text=True, env=environment, timeout=limit, check=False)
         except subprocess.TimeoutExpired as error:
-            return 124, error.stdout or "", "timed out after 300 s"
+            return 124, error.stdout or "", "timed out after %g s" % limit
         return done.returncode, done.stdout, done.stderr
 
     def get_bin_path(self, name, opt_dirs=None):
@@ -119,13 +165,20 @@ class CommandRunner:
 
 
 class Restore:
-    """Replays one state file. ``timeout``: seconds each item may wait for its device."""
+    """Replays one state file. ``timeout``: seconds each item may wait for its device. ``deadline``: seconds
+    the whole run may take (default :func:`run_deadline`); once they are gone every item left fails at
+    once, so that the run ends and its status is written before systemd stops the unit."""
 
     def __init__(self, root="/", timeout=60.0, interval=0.2, attempts=3, out=None, state=None, mdevctl_grace=10.0,
-                 late=False):
+                 late=False, deadline=None):
         self.root = root
         self.late = late
         self.timeout = timeout
+        self.deadline = run_deadline(timeout, 0.0 if late else mdevctl_grace) if deadline is None else deadline
+        self.ends = None  # time.monotonic() at the deadline, set when the run starts
+        self.failed_devices = {}  # address -> why its driver or sriov item failed
+        self.vfs_of_failed = {}  # address -> the addresses of its VFs (see _vfs_of)
+        self.current = None  # (step, item) being restored
         self.mdevctl_grace = mdevctl_grace
         self.mdevctl = {}
         self.mdevctl_deadline = 0.0
@@ -135,7 +188,7 @@ class Restore:
         self.state = state
         self.results = []  # {"step", "item", "ok", "action", "message", "at"}
         self.started = None
-        self.runner = CommandRunner()
+        self.runner = CommandRunner(self.left)
 
     # -- logging ---------------------------------------------------------------------------------
 
@@ -155,20 +208,32 @@ class Restore:
 
     # -- waiting and retrying --------------------------------------------------------------------
 
-    def wait_for(self, check, what, timeout=None):
-        """Poll ``check()`` until it returns a true value or the timeout passes."""
+    def left(self):
+        """Seconds left before the run's deadline; None before the run starts."""
+        return None if self.ends is None else self.ends - time.monotonic()
+
+    def wait_for(self, check, what, timeout=None, since=None):
+        """Poll ``check()`` until it returns a true value, the timeout passes (counted from ``since``, a
+        ``time.monotonic()`` value, else from now) or the run's deadline does."""
         timeout = self.timeout if timeout is None else timeout
-        deadline = time.monotonic() + timeout
+        end = (time.monotonic() if since is None else since) + timeout
+        cut = self.ends is not None and self.ends < end
+        if cut:
+            end = self.ends
         while True:
             value = check()
             if value:
                 return value
-            if time.monotonic() >= deadline:
+            if time.monotonic() >= end:
+                if cut:
+                    raise RestoreError("%s did not happen before the restore's deadline (%g s after it started)"
+                                       % (what, self.deadline))
                 raise RestoreError("%s did not happen within %g s" % (what, timeout))
             time.sleep(self.interval)
 
     def retry(self, action):
-        """Run ``action()`` up to ``attempts`` times; it raises to ask for another try."""
+        """Run ``action()`` up to ``attempts`` times; it raises to ask for another try. No new try once
+        the run's deadline has passed."""
         error = None
         for attempt in range(1, self.attempts + 1):
             try:
@@ -176,13 +241,49 @@ class Restore:
             except (GpuvirtError, OSError) as caught:
                 error = caught
                 if attempt < self.attempts:
+                    left = self.left()
+                    if left is not None and left <= 0:
+                        raise RestoreError("%s (after %d of %d attempts: the restore's deadline, %g s after it "
+                                           "started, has passed)" % (error, attempt, self.attempts, self.deadline)
+                                           ) from None
                     time.sleep(self.interval * attempt)
         raise RestoreError("%s (after %d attempts)" % (error, self.attempts))
+
+    def pf_failed(self, address):
+        """Why nothing on ``address`` can be restored, or None: it (a physical function, an mdev parent) or
+        the physical function it is a VF of failed its ``driver`` or ``sriov`` item. :meth:`_item` asks this
+        for every item named by a device address and every mdev's parent; a vendor step whose item is
+        named otherwise asks it for the device the item needs."""
+        if not address:
+            return None
+        if address in self.failed_devices:
+            return "%s %s" % (address, self.failed_devices[address])
+        for pf, cause in self.failed_devices.items():
+            if address in self.vfs_of_failed[pf]:
+                return "%s is a VF of %s, which %s" % (address, pf, cause)
+        return None
+
+    def _vfs_of(self, pf):
+        """The addresses the VFs of ``pf`` have or will have: up to its recorded count or ``sriov_totalvfs``
+        (from its offset and stride, readable without a driver), and those whose ``physfn`` names it."""
+        entry = (self.state.get("sriov") or {}).get(pf) if isinstance(self.state, dict) else None
+        try:
+            recorded = int(entry.get("num_vfs", 0)) if isinstance(entry, dict) else 0
+        except (TypeError, ValueError):
+            recorded = 0
+        total = read_int(host_path(self.root, PCI_DEVICES, pf, "sriov_totalvfs")) or 0
+        found = set(sriov.vf_addresses(self.root, pf, max(recorded, total)))
+        devices = host_path(self.root, PCI_DEVICES)
+        for name in os.listdir(devices) if os.path.isdir(devices) else ():
+            if link_name(os.path.join(devices, name, "physfn")) == pf:
+                found.add(name)
+        return found
 
     # -- the steps -------------------------------------------------------------------------------
 
     def run(self):
         self.started = self.now()
+        self.ends = time.monotonic() + self.deadline
         if self.state is None:
             try:
                 self.state = hoststate.load_state(self.root)
@@ -212,9 +313,12 @@ class Restore:
             self._item(step.name, item, lambda action=action: action(self))
 
     def step_driver(self):
+        # The drivers load together: every wait of this step counts from its start, so that N devices
+        # whose driver never comes cost one timeout, not N.
+        since = time.monotonic()
         entries = self.state.get("sriov") or {}
         for pf in sorted(entries):
-            self._item("driver", pf, lambda pf=pf: self._wait_pf(pf))
+            self._item("driver", pf, lambda pf=pf: self._wait_pf(pf, since))
         later = set()
         for pf, entry in entries.items():
             count = int(entry.get("num_vfs", 0)) if isinstance(entry, dict) else 0
@@ -228,17 +332,19 @@ class Restore:
         )
         for parent in parents:
             if parent not in later:  # a VF parent appears in the next step
-                self._item("driver", parent, lambda parent=parent: self._wait_parent(parent))
+                self._item("driver", parent, lambda parent=parent: self._wait_parent(parent, since))
 
-    def _wait_pf(self, pf):
+    def _wait_pf(self, pf, since=None):
         base = host_path(self.root, PCI_DEVICES, pf)
-        self.wait_for(lambda: os.path.exists(base + "/sriov_numvfs"), "%s with SR-IOV attributes appearing" % pf)
-        driver = self.wait_for(lambda: link_name(base + "/driver"), "a driver binding to %s" % pf)
+        self.wait_for(lambda: os.path.exists(base + "/sriov_numvfs"), "%s with SR-IOV attributes appearing" % pf,
+                      since=since)
+        driver = self.wait_for(lambda: link_name(base + "/driver"), "a driver binding to %s" % pf, since=since)
         return "present, driver %s" % driver
 
-    def _wait_parent(self, parent):
+    def _wait_parent(self, parent, since=None):
         self.wait_for(
-            lambda: os.path.lexists(host_path(self.root, MDEV_BUS, parent)), "mdev parent %s registering" % parent
+            lambda: os.path.lexists(host_path(self.root, MDEV_BUS, parent)), "mdev parent %s registering" % parent,
+            since=since,
         )
         return "mdev parent registered"
 
@@ -254,11 +360,11 @@ class Restore:
         autoprobe = entry.get("drivers_autoprobe")
         method = entry.get("method")
         tool = vendors.vf_tool(method) if method not in (None, "sysfs") else None
-        # A tool that enables every VF the GPU has (sriov-manage): what matters is that SR-IOV mode is back.
+        # A tool that enables every VF the GPU has (sriov-manage): at least the recorded count must be back.
         by_tool = tool is not None and tool.enables_all
 
         def restored(count):
-            return bool(count) if by_tool and wanted else count == wanted
+            return (count or 0) >= wanted if by_tool and wanted else count == wanted
 
         def attempt():
             sriov.restore_pf(
@@ -323,7 +429,8 @@ class Restore:
         # One grace period for all of them: mdevctl starts a parent's mdevs together.
         self.mdevctl_deadline = time.monotonic() + self.mdevctl_grace
         for value, entry in sorted((self.state.get("mdevs") or {}).items(), key=lambda i: (str(i[1]), i[0])):
-            self._item("mdevs", value, lambda value=value, entry=entry: self._restore_mdev(value, entry))
+            parent = entry.get("parent") if isinstance(entry, dict) else None
+            self._item("mdevs", value, lambda value=value, entry=entry: self._restore_mdev(value, entry), parent)
 
     def _restore_mdev(self, value, entry):
         if not isinstance(entry, dict) or not entry.get("parent") or not entry.get("type"):
@@ -359,15 +466,44 @@ class Restore:
         late = " (mdevctl had not started it within %g s)" % self.mdevctl_grace if definition is not None else ""
         return "created on %s (%s), read back%s" % (parent, type_id, late)
 
-    def _item(self, step, item, action):
+    def _item(self, step, item, action, needs=None):
+        """Run one item and record it. ``needs``: the device it needs besides ``item`` itself (an mdev's
+        parent). It fails at once, not tried, when the run's deadline has passed or when that device failed
+        its ``driver`` or ``sriov`` item (:meth:`pf_failed`): its wait could only time out."""
+        self.current = (step, item)
+        if self.ends is not None and time.monotonic() >= self.ends:
+            self.record(step, item, False, "not tried", "not tried: the restore's deadline (%g s after it started) "
+                        "has passed" % self.deadline)
+            return
+        cause = self.pf_failed(item) or self.pf_failed(needs)
+        if cause:
+            self.record(step, item, False, "not tried", "not tried: %s" % cause)
+            return
         try:
             message = action()
         except (GpuvirtError, OSError) as error:
-            self.record(step, item, False, "failed", str(error))
+            self._failed(step, item, str(error))
         except Exception as error:  # noqa: BLE001 - one bad item must not keep the others from coming back
-            self.record(step, item, False, "failed", unexpected_failure(error))
+            self._failed(step, item, unexpected_failure(error))
         else:
             self.record(step, item, True, "done", message)
+
+    def _failed(self, step, item, message):
+        self.record(step, item, False, "failed", message)
+        if step in DEVICE_STEPS and item not in self.failed_devices:
+            short = message if len(message) <= 200 else message[:197] + "..."
+            self.failed_devices[item] = "failed its %s step (%s)" % (step, short)
+            self.vfs_of_failed[item] = self._vfs_of(item)
+
+    def stopped(self, reason):
+        """The status after ``reason`` (a signal) stopped the run: what was done, and where it stopped."""
+        if self.started is None:
+            self.started = self.now()
+        where = "%s %s" % self.current if self.current else "before the first item"
+        self.record("restore", "*", False, "stopped",
+                    "stopped by %s (systemd stopping the unit, or its TimeoutStartSec passing) during %s; the items "
+                    "after it were not tried" % (reason, where))
+        return self.finish()
 
     # -- the end ---------------------------------------------------------------------------------
 
@@ -381,6 +517,7 @@ class Restore:
             "started_s": round(self.started, 3),
             "boot_to_restored_s": round(finished, 3) if uptime(self.root) is not None else None,
             "duration_s": round(finished - self.started, 3),
+            "deadline_s": self.deadline,
             "results": self.results,
         }
         self.log(
@@ -407,8 +544,9 @@ def render_unit(prefix, python, timeout, mdevctl_grace):
         "After=systemd-modules-load.service\nBefore=libvirtd.service virtqemud.service\n"
         + ("Before=%s\n" % " ".join(later) if later else ""),
         prefix,
-        "%s -m %s.restore --timeout %g --mdevctl-grace %g" % (python, PACKAGE, timeout, mdevctl_grace),
-        int(timeout * 4 + mdevctl_grace + 60),
+        "%s -m %s.restore --timeout %g --mdevctl-grace %g --deadline %g"
+        % (python, PACKAGE, timeout, mdevctl_grace, run_deadline(timeout, mdevctl_grace)),
+        start_timeout(run_deadline(timeout, mdevctl_grace)),
     )
 
 
@@ -423,8 +561,8 @@ def render_late_unit(prefix, python, timeout):
         "Restore GPU virtualization devices that need the vendors' services first",
         "After=%s\nBefore=libvirtd.service virtqemud.service\n" % " ".join([UNIT_NAME] + _vendor_units_after()),
         prefix,
-        "%s -m %s.restore --late --timeout %g" % (python, PACKAGE, timeout),
-        int(timeout * 4 + 60),
+        "%s -m %s.restore --late --timeout %g --deadline %g" % (python, PACKAGE, timeout, run_deadline(timeout)),
+        start_timeout(run_deadline(timeout)),
     )
 
 
@@ -494,7 +632,12 @@ def main(argv=None):
         description="Restore SR-IOV VFs, the vendors' vGPU state and mediated devices from %s." % hoststate.STATE_PATH,
     )
     parser.add_argument("--root", default="/", help="the host root (default /)")
-    parser.add_argument("--timeout", type=float, default=60.0, help="seconds each device may take to appear")
+    parser.add_argument("--timeout", type=float, default=60.0, help="seconds each item may wait for its device")
+    parser.add_argument(
+        "--deadline", type=float,
+        help="seconds the whole run may take; the items left after it fail at once (default: 4 x --timeout + "
+        "--mdevctl-grace + 30; the units' TimeoutStartSec is %d s more)" % STOP_MARGIN,
+    )
     parser.add_argument("--attempts", type=int, default=3, help="writes tried per item before giving up")
     parser.add_argument(
         "--mdevctl-grace", type=float, default=10.0, help="seconds mdevctl gets to start the mdevs it defines"
@@ -510,13 +653,27 @@ def main(argv=None):
     )
     args = parser.parse_args(argv)
     restore = Restore(
-        root=args.root, timeout=args.timeout, attempts=args.attempts, mdevctl_grace=args.mdevctl_grace, late=args.late
+        root=args.root, timeout=args.timeout, attempts=args.attempts, mdevctl_grace=args.mdevctl_grace, late=args.late,
+        deadline=args.deadline,
     )
-    status = restore.run()
+
+    def stop(signum, _frame):
+        raise Stopped(signal.Signals(signum).name)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        status = restore.run()
+    except Stopped as reason:
+        status = restore.stopped(str(reason))
+    finally:
+        # The status is written whatever arrives now: systemd kills the unit after TimeoutStopSec anyway.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
     try:
         write_status(args.status_file or host_path(args.root, LATE_STATUS_PATH if args.late else STATUS_PATH), status)
     except (GpuvirtError, OSError) as error:
         restore.log("could not write the status file: %s" % error)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     return 0 if status["ok"] else 1
 
 

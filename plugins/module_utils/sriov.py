@@ -21,16 +21,18 @@ Public API (standard library only, so the boot-time restore can use it without A
   A physical function whose driver sets the count itself (:func:`vendors.vf_count_set_by`) is refused
   with how to set it instead.
 - :func:`set_drivers_autoprobe` ``(root, pf, enabled, retries=10, delay=0.5) -> bool``
-- :func:`enable_vfs_by_tool` ``(runner, root, pf, tool, retries=5, delay=2.0) -> dict``: runs a vendor's
-  VF-enabling tool (:func:`vendors.vf_tool`, e.g. NVIDIA's ``sriov-manage -e <pf>``) until
-  ``sriov_numvfs`` reads back non-zero; its exit status is recorded but never trusted. ``runner`` is
+- :func:`enable_vfs_by_tool` ``(runner, root, pf, tool, retries=5, delay=2.0, expected=None) -> dict``: runs a
+  vendor's VF-enabling tool (:func:`vendors.vf_tool`, e.g. NVIDIA's ``sriov-manage -e <pf>``) until
+  ``sriov_numvfs`` reads back ``expected`` VFs or more (by default: ``sriov_totalvfs`` for a tool that enables
+  every VF, ``tool.enables_all``; any for another); its exit status is recorded but never trusted. ``runner`` is
   anything with ``run_command(argv)`` returning ``(rc, stdout, stderr)`` (an AnsibleModule; at boot, the
   restore's own runner), and ``get_bin_path(name)`` to check the programs the tool runs (``tool.programs``).
   A tool that unbinds the PF's driver while it works (``tool.pf_driver``) gets the PF bound to that driver
   again before each run when a failed run left it without one.
 - :func:`restore_pf` ``(root, pf, num_vfs, drivers_autoprobe=None, method=None, runner=None,
   retries=10, delay=0.5) -> bool``: what the boot-time restore calls for one ``sriov`` entry of the
-  state file; ``method`` is the entry's ``method`` (``sysfs``, the default, or a vendor tool's).
+  state file; ``method`` is the entry's ``method`` (``sysfs``, the default, or a vendor tool's), whose
+  tool must enable at least ``num_vfs``.
 - :func:`poll` ``(read, accept, retries, delay) -> (value, ok)``: the bounded read-back loop.
 - :func:`vf_drivers` ``(root, vfs) -> dict[str, str | None]``: the driver bound to each VF.
 - :func:`hand_vfs_to_vfio` ``(root, vfs) -> (bound, already)``: every VF in ``vfs`` to vfio-pci through its
@@ -288,19 +290,30 @@ def set_drivers_autoprobe(root, pf, enabled, retries=10, delay=0.5):
     return True
 
 
-def enable_vfs_by_tool(runner, root, pf, tool, retries=5, delay=2.0, sleep=time.sleep):
+def enable_vfs_by_tool(runner, root, pf, tool, retries=5, delay=2.0, sleep=time.sleep, expected=None):
     """Enable the VFs of ``pf`` with a vendor's tool (:func:`vendors.vf_tool`), read back, retry.
 
     Such a tool (NVIDIA's ``sriov-manage``) races the driver's start-up and can exit 0 without having
-    enabled anything (or fail after it did), so success is ``sriov_numvfs`` reading non-zero with that many
-    ``virtfnN`` links, whatever it exits with. Returns ``{"changed", "num_vfs", "attempts": [{"rc",
-    "num_vfs", "output"}], "warnings"}``; raises SriovError after ``retries`` attempts.
+    enabled anything, or only some of the VFs (or fail after it did), so success is ``sriov_numvfs``
+    reading at least the count wanted with that many ``virtfnN`` links, whatever it exits with. The count
+    wanted: ``expected`` when given (the restore passes the recorded count), else ``sriov_totalvfs`` for a
+    tool that enables every VF (``tool.enables_all``), else any. VFs already enabled are left alone unless
+    fewer than ``expected``. A tool that can disable them (``tool.disable_argv``) disables a short count
+    before the next run (the kernel enables VFs only from 0), and after the last failed run when the PF
+    had none before, so that a failure leaves no short count behind. Returns ``{"changed", "num_vfs",
+    "attempts": [{"rc", "num_vfs", "output"}], "warnings"}``; raises SriovError after ``retries`` attempts.
     """
     info = read_sriov(root, pf)
     if info is None:
         raise SriovError("%s is not an SR-IOV physical function (no sriov_totalvfs)" % pf)
-    if info["num_vfs"]:
+    if info["num_vfs"] and (expected is None or info["num_vfs"] >= expected):
         return {"changed": False, "num_vfs": info["num_vfs"], "attempts": [], "warnings": []}
+    if expected is not None:
+        wanted, wanted_from = expected, "recorded"
+    elif tool.enables_all and info["total_vfs"]:
+        wanted, wanted_from = info["total_vfs"], "sriov_totalvfs"
+    else:
+        wanted, wanted_from = 1, None
     executable = tool.executable(runner)
     if not os.access(executable, os.X_OK):
         raise SriovError(
@@ -309,6 +322,7 @@ def enable_vfs_by_tool(runner, root, pf, tool, retries=5, delay=2.0, sleep=time.
         )
     _check_programs(runner, pf, tool)
     pf_driver = getattr(tool, "pf_driver", None)
+    disable = getattr(tool, "disable_argv", None)
     argv = tool.argv(executable, pf)
     command = " ".join(argv)
     attempts = []
@@ -319,14 +333,14 @@ def enable_vfs_by_tool(runner, root, pf, tool, retries=5, delay=2.0, sleep=time.
                 "%s had no driver before attempt %d (%s unbinds %s while it works and a failed run leaves it so); "
                 "bound it to %s again" % (pf, attempt, tool.name, pf_driver, pf_driver)
             )
-        try:
-            rc, out, err = runner.run_command(argv)
-        except OSError as error:  # the restore's runner may raise where AnsibleModule returns rc
-            rc, out, err = 127, "", str(error)
+        short = sysfs.read_int(_pf_path(root, pf, "sriov_numvfs")) or 0
+        if short and disable is not None:
+            _run_tool(runner, disable(executable, pf))
+        rc, out, err = _run_tool(runner, argv)
         num_vfs = sysfs.read_int(_pf_path(root, pf, "sriov_numvfs")) or 0
         output = " ".join((out or "").split() + (err or "").split())[-300:]
         attempts.append({"rc": rc, "num_vfs": num_vfs, "output": output})
-        if num_vfs and _count_links(root, pf) == num_vfs:
+        if num_vfs >= wanted and _count_links(root, pf) == num_vfs:
             if rc != 0:
                 warnings.append(
                     "%s exited with %s but the VFs are enabled (sriov_numvfs reads %d)" % (command, rc, num_vfs)
@@ -341,10 +355,36 @@ def enable_vfs_by_tool(runner, root, pf, tool, retries=5, delay=2.0, sleep=time.
         % (i + 1, a["rc"], a["num_vfs"], ", " + a["output"] if a["output"] else "")
         for i, a in enumerate(attempts)
     )
+    last = attempts[-1]["num_vfs"]
+    if wanted_from and last:
+        what = "enabled only %d of the %d VFs (%s) of %s" % (last, wanted, wanted_from, pf)
+        undone = _disable_short(runner, root, pf, disable, executable) if not info["num_vfs"] else ""
+    else:
+        what = "did not enable the VFs of %s" % pf
+        undone = ""
     raise SriovError(
-        "%s did not enable the VFs of %s in %d attempts (%s); %s"
-        % (command, pf, len(attempts), summary, tool.failure_advice(pf))
+        "%s %s in %d attempts (%s)%s; %s" % (command, what, len(attempts), summary, undone, tool.failure_advice(pf))
     )
+
+
+def _run_tool(runner, argv):
+    try:
+        return runner.run_command(argv)
+    except OSError as error:  # the restore's runner may raise where AnsibleModule returns rc
+        return 127, "", str(error)
+
+
+def _disable_short(runner, root, pf, disable, executable):
+    """Disable the short count the failed runs left (the PF had none before); say what happened."""
+    if disable is None:
+        return "; the %s VFs stay enabled" % (sysfs.read_int(_pf_path(root, pf, "sriov_numvfs")) or 0)
+    argv = disable(executable, pf)
+    rc, out, err = _run_tool(runner, argv)
+    left = sysfs.read_int(_pf_path(root, pf, "sriov_numvfs"))
+    if left == 0:
+        return "; disabled them again (%s), so %s has no VFs, as before" % (" ".join(argv), pf)
+    return "; disabling them again (%s) failed (exit %s, sriov_numvfs %s: %s)" % (
+        " ".join(argv), rc, left, " ".join(((out or "") + " " + (err or "")).split())[-200:] or "no output")
 
 
 def _check_programs(runner, pf, tool):
@@ -400,7 +440,7 @@ def restore_pf(root, pf, num_vfs, drivers_autoprobe=None, method=None, runner=No
             return changed
         if runner is None:
             raise SriovError("%s is recorded with method %s; restoring it needs a command runner" % (pf, method))
-        result = enable_vfs_by_tool(runner, root, pf, tool, retries=max(1, retries), delay=delay)
+        result = enable_vfs_by_tool(runner, root, pf, tool, retries=max(1, retries), delay=delay, expected=num_vfs)
         return result["changed"] or changed
     if method not in (None,) + METHODS:
         raise SriovError(

@@ -196,6 +196,9 @@ class SriovManage:
     def argv(self, executable, pf):
         return [executable, "-e", pf]
 
+    def disable_argv(self, executable, pf):
+        return [executable, "-d", pf]
+
     def failure_advice(self, pf):
         return "check that the nvidia driver is loaded and bound to %s, that SR-IOV is enabled in the firmware, " \
                "and dmesg" % pf

@@ -53,7 +53,11 @@ class RestoreStep:
     ``action(context)`` restores it and returns what it did, or raises :class:`errors.GpuvirtError`
     (or ``OSError``) saying why not. Each item gets its own status line. ``context`` is the running
     :class:`restore.Restore`: ``root``, ``runner`` (``run_command(argv)``, ``get_bin_path(name)``),
-    ``wait_for(check, what, timeout=None)``, ``retry(action)``, ``interval``, ``log(message)``.
+    ``wait_for(check, what, timeout=None)``, ``retry(action)``, ``interval``, ``log(message)``,
+    ``pf_failed(address)``. An item named by a device address (a physical function or a VF) is not run,
+    and fails at once naming the cause, when that device or its physical function failed its ``driver``
+    or ``sriov`` item; an action whose item is named otherwise asks ``pf_failed(address)`` for the device
+    it needs (the cause, or None). ``wait_for`` and ``retry`` also stop at the run's deadline.
 
     ``late_items(state, root)``, when given, returns the items that need the vendor's own services of
     ``restore_unit_before`` to have run first (NVIDIA's MIG-backed vGPU types need the GPU instances
@@ -103,8 +107,10 @@ class VendorBackend:
     # ``{method: factory(command=None)}``: the vendor tools that enable VFs, by the ``method`` an entry of
     # the state file's ``sriov`` section records (:func:`sriov.enable_vfs_by_tool` runs them). A tool has
     # ``name``, ``argv(executable, pf)``, ``executable(runner)``, ``install_advice``, ``failure_advice(pf)``,
-    # ``enables_all``, and may have ``pf_driver`` (the driver it unbinds while it works, bound again before
-    # each run) and ``programs`` (``(program, how to install it)`` pairs it runs, checked first).
+    # ``enables_all`` (it enables every VF the PF offers: fewer is a failure), and may have ``pf_driver`` (the
+    # driver it unbinds while it works, bound again before each run), ``programs`` (``(program, how to
+    # install it)`` pairs it runs, checked first) and ``disable_argv(executable, pf)`` (the command that
+    # disables the VFs again, run before retrying after a short count).
     vf_tools = {}
 
     def read_device(self, path, address, findings, directory=None):

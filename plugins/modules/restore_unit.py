@@ -24,6 +24,13 @@ description:
     devices, reads each back with bounded retries, and logs the time from boot to restored
     (C(journalctl -u gpuvirt-restore), C(/run/gpuvirt/restore.json)). It is ordered
     C(Before=nvidia-mig-manager.service): NVIDIA's SR-IOV must be set up before the GPU instances are created."
+  - "Time budget: each item waits up to O(timeout) (the drivers together, from the step's start); the items
+    on a device whose driver or VF item failed, and on its VFs, fail at once naming that cause. The whole
+    run has a deadline, C(--deadline), of 4 x O(timeout) + O(mdevctl_grace) + 30 s (280 s by default); the
+    items left after it fail at once, so the run ends and writes its status file. The unit's
+    C(TimeoutStartSec) is that deadline plus 30 s (310 s by default); should systemd still stop the unit
+    (SIGTERM), the status file is written with what was done and where it stopped. The late unit has the
+    same budget without O(mdevctl_grace) (270 s, C(TimeoutStartSec) 300 s)."
   - "A second unit, C(/etc/systemd/system/gpuvirt-restore-late.service), runs the same code with C(--late)
     C(After=gpuvirt-restore.service nvidia-mig-manager.service) and before libvirt: it writes the MIG-backed
     NVIDIA vGPU types (C(A100-1-5C)), which a VF offers only once nvidia-mig-manager has created their GPU
@@ -66,6 +73,8 @@ options:
   timeout:
     description:
       - Seconds the restore waits for each driver or device to appear; more than 0 and at most 3600.
+      - Also sets the run's deadline (4 x O(timeout) + O(mdevctl_grace) + 30 s) and the units'
+        C(TimeoutStartSec) (the deadline plus 30 s).
     type: float
     default: 60
   mdevctl_grace:

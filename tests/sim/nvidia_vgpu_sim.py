@@ -30,11 +30,14 @@ types"; the time-sliced placement rule that a GPU hosts vGPUs of one framebuffer
   configuration (:meth:`NvidiaVgpuSim.configure_gpu`), or of what was learned from the fixture's
   existing VFs when the simulator started (:meth:`NvidiaVgpuSim.learn`).
 
-``fake_sriov_manage(bin_dir, root, fail_first=0, lie_first=0, exit_code_when_enabled=0, unbind_first=0)``
-writes a ``sriov-manage`` executable: ``-e <pf>|ALL`` enables ``sriov_totalvfs`` VFs through the
-simulator and ``-d`` disables them, except that the first ``fail_first`` calls fail (exit 1, nothing
-changed) and the next ``lie_first`` calls print success and exit 0 without enabling anything (the race
-with the driver's start-up); ``exit_code_when_enabled`` makes a successful call exit non-zero anyway.
+``fake_sriov_manage(bin_dir, root, fail_first=0, lie_first=0, exit_code_when_enabled=0, unbind_first=0,
+partial_first=0, partial_vfs=4)`` writes a ``sriov-manage`` executable: ``-e <pf>|ALL`` enables
+``sriov_totalvfs`` VFs through the simulator and ``-d`` disables them, except that the first ``fail_first``
+calls fail (exit 1, nothing changed) and the next ``lie_first`` calls print success and exit 0 without
+enabling anything (the race with the driver's start-up); the first ``partial_first`` ``-e`` calls that get
+to enable VFs enable only ``partial_vfs`` of them and exit 0 (a GPU left with fewer VFs than it offers);
+``exit_code_when_enabled`` makes a successful call exit non-zero anyway. Like the kernel, a GPU with VFs
+enabled takes no other count until they are disabled: ``-e`` on it fails (exit 1).
 Like the real script, which unbinds ``nvidia`` from the GPU to set the VFs up and rebinds it, it fails
 (exit 1, nothing changed) on a GPU that ``nvidia`` does not drive; the first ``unbind_first`` calls
 unbind ``nvidia`` and fail part way, leaving the GPU without a driver (stackhpc/ansible-collection-linux,
@@ -356,7 +359,8 @@ sys.exit(sriov_manage_main(sys.argv[1:], {root!r}))
 """
 
 
-def fake_sriov_manage(bin_dir, root, fail_first=0, lie_first=0, exit_code_when_enabled=0, unbind_first=0):
+def fake_sriov_manage(bin_dir, root, fail_first=0, lie_first=0, exit_code_when_enabled=0, unbind_first=0,
+                      partial_first=0, partial_vfs=4):
     """Write ``<bin_dir>/sriov-manage`` acting on ``root``; returns its path."""
     here = os.path.dirname(os.path.abspath(__file__))
     os.makedirs(bin_dir, exist_ok=True)
@@ -378,6 +382,8 @@ def fake_sriov_manage(bin_dir, root, fail_first=0, lie_first=0, exit_code_when_e
         "lie_first": lie_first,
         "exit_code_when_enabled": exit_code_when_enabled,
         "unbind_first": unbind_first,
+        "partial_first": partial_first,
+        "partial_vfs": partial_vfs,
         "calls": [],
     }
     sim.save(state)
@@ -430,6 +436,12 @@ def sriov_manage_main(argv, root):
                 status = 1
                 continue
             count = _read(os.path.dirname(path), "sriov_totalvfs") if action == "-e" else "0"
+            if action == "-e" and behaviour.get("partial_done", 0) < behaviour.get("partial_first", 0):
+                behaviour["partial_done"] = behaviour.get("partial_done", 0) + 1
+                state = sim.load()
+                state["sriov_manage"] = behaviour
+                sim.save(state)
+                count = str(min(int(count), behaviour.get("partial_vfs", 4)))
             try:
                 _sysfs_write(path, count)
             except OSError as error:

@@ -7,18 +7,20 @@ import io
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
+import types
 
 import pytest
 
-from ansible_collections.gpuvirt.host.plugins.module_utils import hoststate, mdev, nvidia_vgpu, restore
+from ansible_collections.gpuvirt.host.plugins.module_utils import hoststate, mdev, nvidia_vgpu, restore, sriov
 from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import read_int
 from ansible_collections.gpuvirt.host.tests.fixtures.hostgen import load_description
 from ansible_collections.gpuvirt.host.tests.sim.hosts import MACHINE_ID, mediated_lab
 from ansible_collections.gpuvirt.host.tests.sim.mdev_kernel import KernelSim
-from ansible_collections.gpuvirt.host.tests.sim.nvidia_vgpu_sim import attach
+from ansible_collections.gpuvirt.host.tests.sim.nvidia_vgpu_sim import attach, fake_sriov_manage
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))))
 MEDIUM = [mdev.deterministic_uuid(MACHINE_ID, "mbochs", "mbochs-medium", i) for i in range(2)]
@@ -421,3 +423,163 @@ def test_the_late_run_writes_its_own_status_file(a100_mig):
     with open(os.path.join(root, restore.LATE_STATUS_PATH)) as handle:
         late = json.load(handle)
     assert first["items"] == 4 and late["items"] == 2 and late["ok"] is True
+
+
+# -- a vendor tool that enables fewer VFs than recorded ------------------------------------------------
+
+L40S = "0000:cb:00.0"
+
+
+@pytest.fixture
+def l40s_after_reboot(make_host):
+    """The L40S host after a reboot: no VFs; the state file records all 32, enabled by sriov-manage."""
+    root = make_host("l40s_vgpu", patch_devices={"cb:00.4": {"nvidia_vgpu": {"creatable": {}, "current": 0}}})
+    sim, _kernel, _nvidia = attach(root)
+    with sim.active():
+        sriov.set_num_vfs(root, L40S, 0, delay=0)
+    state = hoststate.empty_state()
+    state["sriov"] = {L40S: {"num_vfs": 32, "method": "sriov_manage"}}
+    path = hoststate.state_path(root)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as handle:
+        handle.write(hoststate.render_state(state))
+    return root, sim
+
+
+def with_tool(command):
+    runner = restore.CommandRunner()
+    runner.get_bin_path = lambda name, opt_dirs=None: command if name == "sriov-manage" else "/usr/bin/" + name
+    return runner
+
+
+def test_sriov_manage_enabling_fewer_vfs_than_recorded_fails_the_item(l40s_after_reboot, tmp_path):
+    root, sim = l40s_after_reboot
+    command = fake_sriov_manage(str(tmp_path / "bin"), root, partial_first=1000, partial_vfs=4)
+    out = io.StringIO()
+    restorer = restore.Restore(root=root, out=out, timeout=0.3, interval=0.01, attempts=1)
+    restorer.runner = with_tool(command)
+    with sim.active():
+        status = restorer.run()
+    (item,) = [r for r in status["results"] if r["step"] == "sriov"]
+    assert item["ok"] is False, out.getvalue()
+    assert "enabled only 4 of the 32 VFs (recorded) of %s" % L40S in item["message"]
+    assert read_int(os.path.join(root, "sys/bus/pci/devices", L40S, "sriov_numvfs")) == 0
+
+
+# -- the time budget: items on a failed GPU, the run's deadline, SIGTERM ---------------------------------
+
+
+def test_items_on_a_gpu_whose_driver_never_comes_fail_at_once(l40s_after_reboot, tmp_path):
+    """The GPU's driver is not built for the new kernel: its driver item waits once; its sriov and vfio
+    items, the vendor items on its VFs and the mdevs on its VFs fail at once, naming that cause."""
+    root, sim = l40s_after_reboot
+    os.unlink(os.path.join(root, "sys/bus/pci/devices", L40S, "driver"))
+    vfs = sriov.vf_addresses(root, L40S, 16)
+    state = hoststate.load_state(root)
+    state["sriov"][L40S]["vfio"] = True
+    state["nvidia_vgpu"] = {vf: {"type_id": 1030, "type_name": "NVIDIA L40S-1B"} for vf in vfs}
+    on_vf = "0b9c6e45-1a8e-4e43-a9d7-3b6c1b0e0a11"
+    state["mdevs"] = {on_vf: {"parent": vfs[1], "type": "nvidia-1030"}}
+    with sim.active():
+        status, log = run(root, state=state, timeout=0.3, mdevctl_grace=0)
+    results = status["results"]
+    assert [(r["step"], r["item"]) for r in results][:3] == [("driver", L40S), ("sriov", L40S), ("vfio", L40S)]
+    assert "a driver binding to %s did not happen within 0.3 s" % L40S in results[0]["message"]
+    cause = "%s failed its driver step (a driver binding to %s did not happen within 0.3 s)" % (L40S, L40S)
+    assert results[1]["message"] == results[2]["message"] == "not tried: " + cause
+    later = results[3:]
+    assert [r["step"] for r in later] == ["nvidia_vgpu"] * 16 + ["mdevs"]
+    for vf, result in zip(vfs, later):
+        assert result["message"] == "not tried: %s is a VF of %s, which %s" % (vf, L40S, cause[len(L40S) + 1:])
+    assert later[-1]["message"] == "not tried: %s is a VF of %s, which %s" % (vfs[1], L40S, cause[len(L40S) + 1:])
+    assert all(not r["ok"] and r["action"] == "not tried" for r in results[1:])
+    assert status["duration_s"] < restore.run_deadline(0.3, 0)
+
+
+def test_the_driver_waits_count_from_the_steps_start(lab):
+    """Four mdev parents that never register cost one timeout together, not one each."""
+    entries = {
+        mdev.deterministic_uuid(MACHINE_ID, "gone%d" % i, "t", 0): {"parent": "gone%d" % i, "type": "gone-t"}
+        for i in range(4)
+    }
+    record(lab, entries)
+    with KernelSim(lab).active():
+        status, log = run(lab, timeout=1.0)
+    driver = [r for r in status["results"] if r["step"] == "driver"]
+    assert len(driver) == 4 and all("registering did not happen within 1 s" in r["message"] for r in driver)
+    assert all(r["message"].startswith("not tried: gone") for r in status["results"] if r["step"] == "mdevs")
+    assert status["duration_s"] < 3.0, log  # 4 s or more if each waited its own
+
+
+def test_the_run_ends_by_its_deadline_and_writes_its_status(lab):
+    """Twelve mdevs whose type never appears would wait 0.5 s each; the deadline (1 s) ends the run."""
+    entries = {
+        mdev.deterministic_uuid(MACHINE_ID, "mbochs", "gone-%d" % i, 0): {"parent": "mbochs", "type": "gone-%d" % i}
+        for i in range(12)
+    }
+    record(lab, entries)
+    with KernelSim(lab).active():
+        code = restore.main(["--root", lab, "--timeout", "0.5", "--mdevctl-grace", "0", "--deadline", "1"])
+    assert code == 1
+    with open(os.path.join(lab, restore.STATUS_PATH)) as handle:
+        status = json.load(handle)
+    assert status["deadline_s"] == 1.0 and status["items"] == 13  # the parent's driver item and the 12 mdevs
+    mdevs = [r for r in status["results"] if r["step"] == "mdevs"]
+    assert not any(r["ok"] for r in mdevs)
+    untried = [r for r in mdevs if r["action"] == "not tried"]
+    assert len(untried) >= 8
+    assert untried[0]["message"] == "not tried: the restore's deadline (1 s after it started) has passed"
+    assert status["duration_s"] < 4.0  # 6 s or more without the deadline
+
+
+@pytest.mark.parametrize("timeout, grace", [(60, 10), (5, 0), (120, 30)])
+def test_the_units_give_the_run_a_margin_over_its_deadline(timeout, grace):
+    def deadline_and_start_timeout(unit):
+        command = [line for line in unit.splitlines() if line.startswith("ExecStart=")][0].split()
+        (start,) = [line for line in unit.splitlines() if line.startswith("TimeoutStartSec=")]
+        return float(command[command.index("--deadline") + 1]), int(start.split("=", 1)[1])
+
+    prefix, python = "/usr/local/lib/gpuvirt", "/usr/bin/python3"
+    first = deadline_and_start_timeout(restore.render_unit(prefix, python, timeout, grace))
+    late = deadline_and_start_timeout(restore.render_late_unit(prefix, python, timeout))
+    assert first[0] == restore.run_deadline(timeout, grace) and late[0] == restore.run_deadline(timeout)
+    for deadline, start in (first, late):
+        assert deadline >= 4 * timeout and start >= deadline + restore.STOP_MARGIN
+
+
+def test_sigterm_writes_the_status_of_what_was_done(lab, monkeypatch):
+    """systemd stops the unit while an item waits: the status file still says what was done and where it
+    stopped, and the items after it are not tried."""
+    entries = lab_state()
+    entries["0b9c6e45-1a8e-4e43-a9d7-3b6c1b0e0a11"] = {"parent": "mgone", "type": "mgone-1"}
+    record(lab, entries)
+    real_sleep = time.sleep
+
+    def sleep(seconds):
+        os.kill(os.getpid(), signal.SIGTERM)  # as systemd does once TimeoutStartSec has passed
+        real_sleep(0.05)
+
+    class Unhandled(Exception):
+        pass
+
+    def unhandled(signum, frame):  # what the test gets if the restore does not handle SIGTERM itself
+        raise Unhandled()
+
+    monkeypatch.setattr(restore, "time", types.SimpleNamespace(monotonic=time.monotonic, sleep=sleep))
+    before = signal.signal(signal.SIGTERM, unhandled)
+    try:
+        with KernelSim(lab).active():
+            code = restore.main(["--root", lab, "--timeout", "30"])
+        assert code == 1 and signal.getsignal(signal.SIGTERM) == unhandled
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    with open(os.path.join(lab, restore.STATUS_PATH)) as handle:
+        status = json.load(handle)
+    assert status["ok"] is False
+    assert [(r["step"], r["item"], r["ok"]) for r in status["results"]] == [
+        ("driver", "mbochs", True), ("driver", "mdpy", True), ("restore", "*", False),
+    ]
+    assert status["results"][-1]["message"] == (
+        "stopped by SIGTERM (systemd stopping the unit, or its TimeoutStartSec passing) during driver mgone; "
+        "the items after it were not tried"
+    )

@@ -267,6 +267,41 @@ def test_sriov_manage_gives_up_after_the_retries(l40s_off, tmp_path):
     assert num_vfs(l40s_off, L40S) == 0
 
 
+def test_sriov_manage_enabling_fewer_vfs_than_the_gpu_offers_is_retried(l40s_off, tmp_path):
+    """sriov-manage enables every VF: a run that leaves fewer than sriov_totalvfs did not succeed; the short
+    count is disabled (the kernel enables VFs only from 0) and the tool run again."""
+    command = fake_sriov_manage(str(tmp_path / "bin"), l40s_off, partial_first=1, partial_vfs=4)
+    result = nvidia_vgpu.enable_vfs_with_sriov_manage(Runner(), l40s_off, L40S, retries=3, delay=0, command=command)
+    assert result["num_vfs"] == 32 and [a["num_vfs"] for a in result["attempts"]] == [4, 32]
+    assert [call[0] for call in sriov_manage_calls(l40s_off)] == ["-e", "-d", "-e"]
+    assert "VFs enabled on attempt 2 of 3" in result["warnings"][0]
+    assert num_vfs(l40s_off, L40S) == 32
+
+
+def test_sriov_manage_that_keeps_enabling_fewer_vfs_fails_and_leaves_none(l40s_off, tmp_path):
+    command = fake_sriov_manage(str(tmp_path / "bin"), l40s_off, partial_first=10, partial_vfs=4)
+    with pytest.raises(sriov.SriovError) as error:
+        nvidia_vgpu.enable_vfs_with_sriov_manage(Runner(), l40s_off, L40S, retries=3, delay=0, command=command)
+    message = str(error.value)
+    assert "enabled only 4 of the 32 VFs (sriov_totalvfs) of %s in 3 attempts" % L40S in message
+    assert "attempt 3: exit 0, sriov_numvfs 4" in message
+    assert "disabled them again (%s -d %s), so %s has no VFs, as before" % (command, L40S, L40S) in message
+    assert num_vfs(l40s_off, L40S) == 0
+
+
+def test_restore_pf_wants_at_least_the_recorded_count_from_sriov_manage(l40s_off, tmp_path):
+    command = fake_sriov_manage(str(tmp_path / "bin"), l40s_off, partial_first=10, partial_vfs=8)
+    runner = Runner()
+    runner.get_bin_path = lambda name, opt_dirs=None: command if name == "sriov-manage" else "/usr/bin/" + name
+    # 8 recorded: the 8 it enables are enough.
+    assert sriov.restore_pf(l40s_off, L40S, 8, method="sriov_manage", runner=runner, retries=2, delay=0) is True
+    assert num_vfs(l40s_off, L40S) == 8
+    # 16 recorded: 8 are not; the short count is disabled and the tool run again, then it fails.
+    with pytest.raises(sriov.SriovError, match="enabled only 8 of the 16 VFs \\(recorded\\) of %s" % L40S):
+        sriov.restore_pf(l40s_off, L40S, 16, method="sriov_manage", runner=runner, retries=2, delay=0)
+    assert [call[0] for call in sriov_manage_calls(l40s_off)] == ["-e", "-d", "-e", "-d", "-e"]
+
+
 def test_sriov_manage_is_not_run_when_the_vfs_exist(make_host, tmp_path):
     root = make_host("l40s_vgpu")
     runner = Runner()

@@ -235,6 +235,19 @@ def test_sriov_manage_that_never_enables_fails_after_the_retries(l40s_off, run, 
     assert not os.path.exists(os.path.join(l40s_off, "etc/gpuvirt/host-state.json"))
 
 
+def test_sriov_manage_that_enables_fewer_vfs_than_offered_fails_and_records_nothing(l40s_off, run, tmp_path):
+    """A short count is not SR-IOV mode: recorded, it would come back short at every boot."""
+    command = fake_sriov_manage(str(tmp_path / "bin"), l40s_off, partial_first=9, partial_vfs=4)
+    result, _writes = run(
+        l40s_off, gpus=[gpu(profiles=[{"profile": "L40S-4Q", "count": 1}])], sriov_manage=command, retries=2
+    )
+    assert result.failed
+    assert "enabled only 4 of the 32 VFs (sriov_totalvfs) of 0000:cb:00.0 in 2 attempts" in result["msg"]
+    assert "so 0000:cb:00.0 has no VFs, as before" in result["msg"]
+    assert not os.path.exists(os.path.join(l40s_off, "etc/gpuvirt/host-state.json"))
+    assert sriov.read_sriov(l40s_off, L40S)["num_vfs"] == 0
+
+
 def l40s_without_vfs(**device_changes):
     """The L40S host description with SR-IOV mode off from boot, the GPU changed as given."""
     description = copy.deepcopy(hostgen.load_description("l40s_vgpu"))

@@ -50,7 +50,9 @@ def test_installs_the_code_the_unit_and_enables_it(root, run_module):
         "WantedBy=multi-user.target",
         "Environment=PYTHONPATH=/usr/local/lib/gpuvirt",
         "ExecStart=/usr/bin/python3 -m ansible_collections.gpuvirt.host.plugins.module_utils.restore "
-        "--timeout 60 --mdevctl-grace 10",
+        "--timeout 60 --mdevctl-grace 10 --deadline 280",
+        # The run ends by its deadline, with 30 s left to write its status before systemd stops it.
+        "TimeoutStartSec=310",
     ):
         assert line + "\n" in unit
     assert os.readlink(os.path.join(root, LINK)) == "/etc/systemd/system/gpuvirt-restore.service"
@@ -63,7 +65,8 @@ def test_installs_the_code_the_unit_and_enables_it(root, run_module):
         "Before=libvirtd.service virtqemud.service",
         "WantedBy=multi-user.target",
         "ExecStart=/usr/bin/python3 -m ansible_collections.gpuvirt.host.plugins.module_utils.restore --late "
-        "--timeout 60",
+        "--timeout 60 --deadline 270",
+        "TimeoutStartSec=300",
     ):
         assert line + "\n" in late
     assert "Before=nvidia-mig-manager.service\n" in unit
@@ -82,7 +85,7 @@ def test_check_mode_predicts_and_writes_nothing(root, run_module):
     assert predicted["diff"] == real["diff"]
     assert "--timeout 120 " in predicted["diff"][0]["after"]
     assert "restore.py" in predicted["diff"][1]["after"]
-    assert "--late --timeout 120\n" in predicted["diff"][2]["after"]
+    assert "--late --timeout 120 --deadline 510\n" in predicted["diff"][2]["after"]
     assert predicted["files_changed"][-2:] == [os.path.join(root, LINK), os.path.join(root, LATE_LINK)]
 
 
