@@ -302,8 +302,8 @@ def vfio_holders(root, findings=None):
     if held.unreadable and findings is not None:
         findings.info(
             "processes_unreadable",
-            "%s; so in_use_by may miss a VM holding a device, and the modules that take devices away "
-            "(vfio_pci, sriov, mdev, nvidia_vgpu) refuse to unless force: true" % unknown_users_text(held.unreadable),
+            "%s; so in_use_by may miss a VM holding a device, and the modules that take a device from its "
+            "users refuse to without force: true" % unknown_users_text(held.unreadable),
         )
     for users in holders.values():
         users.sort(key=lambda user: user["pid"])

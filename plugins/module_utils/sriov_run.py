@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from ansible_collections.gpuvirt.host.plugins.module_utils import rules, vendors
 from ansible_collections.gpuvirt.host.plugins.module_utils.architecture import host_architecture as tree_architecture
+from ansible_collections.gpuvirt.host.plugins.module_utils.device_users import unknown_users_text
 from ansible_collections.gpuvirt.host.plugins.module_utils.files import FileError
 from ansible_collections.gpuvirt.host.plugins.module_utils.hoststate import (
     StateFileError,
@@ -18,7 +19,6 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.hoststate import (
     state_path,
     with_section,
 )
-from ansible_collections.gpuvirt.host.plugins.module_utils.device_users import unknown_users_text
 from ansible_collections.gpuvirt.host.plugins.module_utils.iommu import read_iommu, vfio_holders
 from ansible_collections.gpuvirt.host.plugins.module_utils.mdev_info import mdevs
 from ansible_collections.gpuvirt.host.plugins.module_utils.modrun import ModuleRun
