@@ -16,9 +16,10 @@ Public API (every reader takes the host ``root``):
 - :func:`group_of` ``(root, address) -> str | None``
 - :func:`group_members` ``(root, group) -> list[str]``
 - :func:`groups_from_devices` ``(devices) -> dict[str, list[str]]`` (no extra reads)
-- :func:`vfio_holders` ``(root, findings=None) -> dict[str, list[dict]]``: which processes hold
+- :func:`vfio_holders` ``(root, findings=None) -> device_users.Users``: which processes hold
   ``/dev/vfio/<group>`` (key: the group) or an iommufd cdev ``/dev/vfio/devices/vfioN`` (key: the
-  PCI address or mdev UUID owning it); values are ``{"pid": int, "comm": str}`` lists.
+  PCI address or mdev UUID owning it); values are ``{"pid": int, "comm": str}`` lists;
+  ``unreadable`` lists the processes whose open files could not be read, which may hold any of them.
 - :func:`users_of` ``(holders, group, *devices) -> list[dict]``: the holders of a group and of
   the cdevs of the given devices (PCI addresses or mdev UUIDs).
 
@@ -40,7 +41,11 @@ import os
 import re
 from dataclasses import dataclass, field
 
-from ansible_collections.gpuvirt.host.plugins.module_utils.device_users import open_files
+from ansible_collections.gpuvirt.host.plugins.module_utils.device_users import (
+    Users,
+    open_files,
+    unknown_users_text,
+)
 from ansible_collections.gpuvirt.host.plugins.module_utils.kernel import (
     X86,
     kernel_bool,
@@ -277,28 +282,28 @@ def groups_from_devices(devices):
 
 
 def vfio_holders(root, findings=None):
-    """Processes holding VFIO group files or iommufd device files open.
+    """Processes holding VFIO group files or iommufd device files open (:class:`device_users.Users`).
 
     Only looks at processes when some VFIO device file exists, so hosts without VFIO devices pay
-    nothing. Processes whose descriptors cannot be read (another user's, without root) are counted
-    in an ``info`` finding.
+    nothing (and nothing can hold one: ``unreadable`` stays empty). Processes whose descriptors cannot
+    be read are in ``unreadable``, and in an ``info`` finding when ``findings`` is given.
     """
     vfio_dir = host_path(root, "dev/vfio")
     entries = [e for e in list_dir(vfio_dir) if e not in ("vfio", "devices")]
     cdevs = list_dir(vfio_dir + "/devices")
     if not entries and not cdevs:
-        return {}
-    held, hidden = open_files(root, _vfio_file)
-    holders = {}
+        return Users()
+    held = open_files(root, _vfio_file)
+    holders = Users(unreadable=held.unreadable)
     for name, users in held.items():
         key = _cdev_owner(root, name[len("devices/") :]) if name.startswith("devices/") else name
         if key is not None:
             holders.setdefault(key, []).extend(users)
-    if hidden and findings is not None:
+    if held.unreadable and findings is not None:
         findings.info(
             "processes_unreadable",
-            "the open files of %d processes could not be read (run as root); devices they hold "
-            "may not be reported as in use" % hidden,
+            "%s; so in_use_by may miss a VM holding a device, and the modules that take a device from its "
+            "users refuse to without force: true" % unknown_users_text(held.unreadable),
         )
     for users in holders.values():
         users.sort(key=lambda user: user["pid"])

@@ -7,7 +7,9 @@ Public API (standard library only, so the boot-time restore can use it without A
 - :func:`read_snapshot` ``(root) -> Snapshot``: parents with their types, existing mdevs (with
   whether a process holds them), PCI devices (for selectors), the host identity.
 - :func:`plan` ``(snapshot, declarations, force=False) -> Plan``: what to keep, create and remove
-  per parent; raises :class:`MdevError` for bad input or a request that does not fit.
+  per parent; raises :class:`MdevError` for bad input or a request that does not fit, and for a
+  removal while some process's open files could not be read (``Snapshot.unreadable``: it may hold
+  the mdev) unless ``force``.
 - :class:`Executor` ``(root)``: ``remove()``/``create()`` with read-back, ``rollback()``.
 - :func:`create_mdev` / :func:`remove_mdev` ``(root, ...)``: one sysfs write and its read-back.
 - :func:`deterministic_uuid` ``(host_id, parent, type_id, index)``.
@@ -39,6 +41,7 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 
 from ansible_collections.gpuvirt.host.plugins.module_utils import rules, sysfs, vendors
+from ansible_collections.gpuvirt.host.plugins.module_utils.device_users import unknown_users_text
 from ansible_collections.gpuvirt.host.plugins.module_utils.errors import GpuvirtError
 from ansible_collections.gpuvirt.host.plugins.module_utils.iommu import users_of, vfio_holders
 from ansible_collections.gpuvirt.host.plugins.module_utils.mdev_info import UUID, MdevType, mdev_parents, mdevs
@@ -86,6 +89,7 @@ class Snapshot:
     mdevs: dict
     devices: dict
     host_id: str | None = None
+    unreadable: list = field(default_factory=list)  # processes whose open files could not be read
 
     def mdevs_on(self, parent):
         return sorted((m for m in self.mdevs.values() if m.parent == parent), key=lambda m: m.uuid)
@@ -119,7 +123,8 @@ def read_snapshot(root, host_id=None):
         )
     devices = read_pci_devices(root)
     name_devices(root, devices)
-    return Snapshot(parents=parents, mdevs=current, devices=devices, host_id=host_id or read_host_id(root))
+    return Snapshot(parents=parents, mdevs=current, devices=devices, host_id=host_id or read_host_id(root),
+                    unreadable=holders.unreadable)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -288,7 +293,25 @@ def plan(snapshot, declarations, force=False):
     explicit = {}
     for declaration, target in targets:
         _plan_target(snapshot, declaration, target, force, result, taken, explicit)
+    if result.removals and snapshot.unreadable:
+        message = unknown_users_message(snapshot, result)
+        if not force:
+            raise MdevError(
+                "refusing to remove %s. Run the module where every process can be inspected, or set force: true. "
+                "Nothing was changed." % message
+            )
+        result.warnings.append("force: true: removing %s" % message)
     return result
+
+
+def unknown_users_message(snapshot, result):
+    """Why removing ``result``'s mdevs is not known to be safe: some process's open files could not be
+    read, and it may hold any of them (a kept in-use mdev is named by its holders, these cannot be)."""
+    return "mdev %s although whether a VM uses %s cannot be told: %s" % (
+        ", ".join(value for _parent, value in result.removals),
+        "it" if len(result.removals) == 1 else "them",
+        unknown_users_text(snapshot.unreadable),
+    )
 
 
 def _priority(snapshot, mdev):

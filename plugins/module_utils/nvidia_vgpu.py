@@ -58,6 +58,7 @@ import time
 from dataclasses import dataclass, field
 
 from ansible_collections.gpuvirt.host.plugins.module_utils import rules, sysfs
+from ansible_collections.gpuvirt.host.plugins.module_utils.device_users import unknown_users_text
 from ansible_collections.gpuvirt.host.plugins.module_utils.errors import GpuvirtError
 from ansible_collections.gpuvirt.host.plugins.module_utils.files import plan_change
 from ansible_collections.gpuvirt.host.plugins.module_utils.host import inside
@@ -137,6 +138,7 @@ class Gpu:
     pf_mdev_types: dict = field(default_factory=dict)
     pf_mdevs: list = field(default_factory=list)
     pf_users: list = field(default_factory=list)
+    unreadable: list = field(default_factory=list)  # processes whose open files could not be read
 
     @property
     def sriov_mode(self):
@@ -203,6 +205,7 @@ def read_gpu(root, pf, holders=None, mdev_list=None, pci_ids=None):
         vfs=[],
         pf_users=_users(device, holders),
         pf_mdevs=_mdevs_of(device.address, mdev_list, holders),
+        unreadable=list(getattr(holders, "unreadable", ())),
     )
     if device.address in parents:
         gpu.pf_mdev_types = _nvidia_types(root, device.address)
@@ -407,7 +410,8 @@ def plan_per_vf(gpu, declaration, known, force=False):
     "profile", "state"}] | None, "exclusive": bool}``. Existing vGPUs of a declared profile count,
     in-use ones first; new ones go to the free VFs in VF order. A vGPU in use (a process holds its
     VF) is never deleted unless ``force``: an explicit change to it fails, an undeclared or surplus
-    one is kept with a warning.
+    one is kept with a warning. Any deletion while some process's open files could not be read
+    (``gpu.unreadable``: it may hold any VF) fails unless ``force``; creations alone go ahead.
     """
     where = "%s (%s)" % (gpu.address, gpu.name)
     complete = gpu.complete
@@ -484,6 +488,14 @@ def plan_per_vf(gpu, declaration, known, force=False):
             )
     _undeclared(others, declaration, drop, result, order)
     result.delete.sort(key=lambda item: order[item[0]])
+    if result.delete and gpu.unreadable:
+        message = "%s: deleting the vGPUs of VF %s (or changing their type) would take them from any VM using them, " \
+            "and whether one does cannot be told: %s" % (
+                where, ", ".join(address for address, _old in result.delete), unknown_users_text(gpu.unreadable))
+        if not force:
+            raise VgpuError(message + ". Run the module where every process can be inspected, or set force: true. "
+                            "Nothing was changed.")
+        result.warnings.append("force: true: " + message)
     result.recheck = bool(result.delete) and bool(result.create)
     if result.create and not result.delete:
         _check_offered(gpu, result, known, where)

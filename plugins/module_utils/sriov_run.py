@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from ansible_collections.gpuvirt.host.plugins.module_utils import rules, vendors
 from ansible_collections.gpuvirt.host.plugins.module_utils.architecture import host_architecture as tree_architecture
+from ansible_collections.gpuvirt.host.plugins.module_utils.device_users import unknown_users_text
 from ansible_collections.gpuvirt.host.plugins.module_utils.files import FileError
 from ansible_collections.gpuvirt.host.plugins.module_utils.hoststate import (
     StateFileError,
@@ -64,6 +65,7 @@ class SriovRun(ModuleRun):
         self.delay = self.params["delay"]
         self.done = []
         self.load_vfio = False
+        self.holders = None
 
     def plan(self):
         self.retries, self.delay = rules.waits(self.params)
@@ -85,6 +87,15 @@ class SriovRun(ModuleRun):
             )
         for planned in blocked:
             self.warn("forced: %s" % self._in_use_text(planned))
+        unknown = [p for p in plans if p["users_unknown"] and not p["in_use"]]
+        if unknown and not self.params["force"]:
+            self.fail(
+                "refusing to change the VF count or the VFs' driver: %s. Run the module where every process can "
+                "be inspected, or set force: true. Nothing was changed." % self._unknown_text(unknown),
+                devices=[self._result(p, p["before"]) for p in plans],
+            )
+        if unknown:
+            self.warn("forced: %s" % self._unknown_text(unknown))
         self.load_vfio = any(p["bind"] for p in plans) and not driver_loaded(self.root, VFIO_DRIVER)
         if self.load_vfio and not self.host.live:
             self.fail("the vfio-pci driver is not loaded below %s (no sys/bus/pci/drivers/vfio-pci) and modules can "
@@ -130,7 +141,7 @@ class SriovRun(ModuleRun):
 
     def _plan(self, declarations):
         devices = self._devices()
-        holders = vfio_holders(self.root)
+        holders = self.holders = vfio_holders(self.root)
         mdev_list = mdevs(self.root)
         owner = {}
         plans = []
@@ -193,6 +204,9 @@ class SriovRun(ModuleRun):
         moving = [vf for vf in bind + release if vf in drivers]
         if moving and not change_count:
             in_use = vf_users(self.root, moving, holders, mdev_list)
+        # The VFs this run removes (a new count removes them all) or moves to another driver; new VFs
+        # have no user yet, so creating them from none is never held up.
+        taken = list(info["vfs"]) if change_count and current else ([] if change_count else moving)
         return {
             "address": pf,
             "selector": declaration["selector"],
@@ -207,6 +221,7 @@ class SriovRun(ModuleRun):
             "release": release,
             "vfs_after": vfs_after,
             "in_use": in_use,
+            "users_unknown": taken if holders.unreadable else [],
             "before": {"num_vfs": current, "drivers_autoprobe": info["drivers_autoprobe"], "vfs": info["vfs"],
                        "vf_drivers": drivers},
         }
@@ -231,6 +246,13 @@ class SriovRun(ModuleRun):
     def _in_use_text(planned):
         parts = ["%s: %s" % (vf, ", ".join(reasons)) for vf, reasons in sorted(planned["in_use"].items())]
         return "%s has VFs in use (%s)" % (planned["address"], "; ".join(parts))
+
+    def _unknown_text(self, plans):
+        taken = ", ".join("%s (%s)" % (p["address"], ", ".join(p["users_unknown"])) for p in plans)
+        return (
+            "it would take the VFs of %s from whatever uses them, and whether a VM does cannot be told: %s"
+            % (taken, unknown_users_text(self.holders.unreadable))
+        )
 
     @staticmethod
     def _any_change(plans):

@@ -15,7 +15,8 @@ boot-time planning :class:`vfio_boot.BootConfigPlanner`):
 - :func:`expand_members` ``(view, selected, with_companions) -> {address: Member}``: selected devices
   plus the other functions of their slots in the same IOMMU group.
 - :func:`bind_refusals`, :func:`in_use_refusals`, :func:`host_user_refusals`, :func:`id_refusals` ->
-  ``[Refusal]``: the guards.
+  ``[Refusal]``: the guards. :func:`host_node_users` ``(view, changing)``: the one scan of the host
+  nodes that :func:`host_user_refusals` and :func:`in_use_refusals` share when binding.
 - :func:`choose_drivers` ``(root, members, requested, aliases) -> {address: DriverChoice}``: vfio-pci
   or the variant VFIO driver (``alias vfio_pci:`` in modules.alias) each device gets;
   :func:`is_vfio_driver`, :func:`driver_key` (``-`` and ``_`` as one), :func:`module_of`.
@@ -33,7 +34,11 @@ from dataclasses import dataclass
 from ansible_collections.gpuvirt.host.plugins.module_utils import host as host_model
 from ansible_collections.gpuvirt.host.plugins.module_utils import vendors
 from ansible_collections.gpuvirt.host.plugins.module_utils.critical import critical_devices
-from ansible_collections.gpuvirt.host.plugins.module_utils.device_users import host_nodes, node_users
+from ansible_collections.gpuvirt.host.plugins.module_utils.device_users import (
+    host_nodes,
+    node_users,
+    unknown_users_text,
+)
 from ansible_collections.gpuvirt.host.plugins.module_utils.display import Displays, read_displays
 from ansible_collections.gpuvirt.host.plugins.module_utils.errors import GpuvirtError
 from ansible_collections.gpuvirt.host.plugins.module_utils.files import (
@@ -286,7 +291,7 @@ class HostView:
     records: dict  # {address: device dict (PciDevice.to_dict())}
     iommu_enabled: bool
     kernel: dict
-    holders: dict  # vfio_holders(): {group or address: [{pid, comm}]}
+    holders: dict  # vfio_holders(): {group or address: [{pid, comm}]}, .unreadable
     critical: dict  # critical_devices(): {address: [reasons]}
     slots: dict
     displays: Displays  # the boot display (DRM) and the framebuffers each device drives
@@ -400,19 +405,27 @@ def bind_refusals(view, members, changing):
                 % (describe(records[address]), reason,
                    "it" if address in members else "a device of its IOMMU group"),
             ))
-    refusals.extend(in_use_refusals(view, changing, "binding"))
-    refusals.extend(host_user_refusals(view, changing))
+    scanned = host_node_users(view, changing)
+    refusals.extend(in_use_refusals(view, changing, "binding", scanned))
+    refusals.extend(host_user_refusals(view, changing, scanned))
     return refusals
 
 
-def host_user_refusals(view, changing):
-    """Devices among ``changing`` that host processes use through their host driver's nodes (a
-    compositor's DRM card, a CUDA job's ``/dev/nvidiaN``): taking the driver away pulls the device from
-    under them, or leaves the run waiting until they let go (see :mod:`device_users`)."""
+def host_node_users(view, changing):
+    """``({node: address}, device_users.Users)``: the host nodes of the devices among ``changing`` and
+    the processes holding them (one scan of ``/proc``, none when they have no nodes)."""
     nodes = {}
     for address in changing:
         nodes.update((node, address) for node in host_nodes(view.root, view.devices[address]))
-    users = node_users(view.root, nodes)
+    return nodes, node_users(view.root, nodes)
+
+
+def host_user_refusals(view, changing, scanned=None):
+    """Devices among ``changing`` that host processes use through their host driver's nodes (a
+    compositor's DRM card, a CUDA job's ``/dev/nvidiaN``): taking the driver away pulls the device from
+    under them, or leaves the run waiting until they let go (see :mod:`device_users`). ``scanned``:
+    :func:`host_node_users` output, read when not given."""
+    nodes, users = scanned or host_node_users(view, changing)
     refusals = []
     for node, address in nodes.items():
         holders = users.get(node)
@@ -461,8 +474,10 @@ def doubt_refusals(view, addresses):
     ]
 
 
-def in_use_refusals(view, changing, action):
-    """Devices among ``changing`` whose VFIO group (or iommufd device) a process holds open."""
+def in_use_refusals(view, changing, action, scanned=None):
+    """Devices among ``changing`` whose VFIO group (or iommufd device) a process holds open, and one
+    ``in_use_unknown`` refusal for those whose users cannot be told (:func:`unknown_user_refusals`).
+    ``scanned``: :func:`host_node_users` output, when the host nodes were scanned too."""
     refusals = [] if action == "binding" else doubt_refusals(view, changing)
     for address in changing:
         group = view.devices[address].iommu_group
@@ -476,7 +491,47 @@ def in_use_refusals(view, changing, action):
             "that process (or block until it lets go); stop the VM first"
             % (describe(view.records[address]), who, group, action),
         ))
+    refusals.extend(unknown_user_refusals(view, changing, action, scanned))
     return refusals
+
+
+def unknown_user_refusals(view, changing, action, scanned=None):
+    """``in_use_unknown``: some process's open files could not be read, so whether it holds a device
+    among ``changing`` is not known. That concerns the devices a process could hold: through VFIO when
+    their group file (``/dev/vfio/<group>``) or iommufd device (``vfio-dev``) exists, through their host
+    nodes when ``scanned`` (:func:`host_node_users`) found some. One refusal for them all, on the
+    first (as ``group_shared`` names a group's devices)."""
+    unknown = set()
+    unreadable = {}
+    if getattr(view.holders, "unreadable", None):
+        reachable = [address for address in changing if _vfio_reachable(view, address)]
+        if reachable:
+            unknown.update(reachable)
+            unreadable.update((entry["pid"], entry) for entry in view.holders.unreadable)
+    if scanned is not None and scanned[1].unreadable:
+        unknown.update(scanned[0].values())
+        unreadable.update((entry["pid"], entry) for entry in scanned[1].unreadable)
+    if not unknown:
+        return []
+    addresses = sorted(unknown)
+    several = len(addresses) > 1
+    return [Refusal(
+        "in_use_unknown", addresses[0],
+        "whether a running VM or a host process uses %s cannot be told: %s; %s %s now could pull %s from under "
+        "such a process (or block until it lets go)"
+        % (", ".join(describe(view.records[address]) for address in addresses),
+           unknown_users_text([unreadable[pid] for pid in sorted(unreadable)]), action,
+           "them" if several else "it", "them" if several else "it"),
+    )]
+
+
+def _vfio_reachable(view, address):
+    """Whether a process could hold ``address`` through VFIO now: its group file or its iommufd
+    device exists."""
+    device = view.devices[address]
+    if device.iommu_group is not None and os.path.lexists(host_path(view.root, "dev/vfio", device.iommu_group)):
+        return True
+    return os.path.isdir(device.path + "/vfio-dev")
 
 
 # ----------------------------------------------------------------------------------- persistence

@@ -58,8 +58,10 @@ options:
     type: path
     default: /
 notes:
-  - Run it as root on a live host - without root the open files of other users' processes cannot be
-    read, so RV(topology.devices[].in_use_by) may miss VMs (a finding says so).
+  - Run it as root on a live host, with C(CAP_SYS_PTRACE) - without them the open files of other processes
+    cannot be read, so RV(topology.devices[].in_use_by) may miss VMs (the V(processes_unreadable) finding
+    says how many processes and which, and the changing modules then refuse to take devices away unless
+    forced).
   - A device's IDs, class and driver are read from its C(uevent), with C(vendor), C(device),
     C(subsystem_vendor), C(subsystem_device), C(class) and the C(driver) link as the fallback.
   - A mediated device type's C(name), C(description) and C(device_api) are read from the first parent

@@ -165,6 +165,13 @@ options:
     description:
       - Go ahead although a guard refuses (each refusal is still reported as a warning and in
         RV(refusals)). Binding the console GPU or a device a VM uses can hang or cut off the host.
+      - One guard is about what cannot be seen - V(in_use_unknown), when the open files of some process
+        cannot be read (permission denied: the module runs without root or without C(CAP_SYS_PTRACE), as in
+        a restricted container, or C(/proc) is mounted with C(hidepid)), so whether it holds a device whose
+        driver would change cannot be told. It concerns a device whose C(/dev/vfio/<group>) or iommufd device
+        exists (a VM could hold it) or that has host nodes (a DRM card, a framebuffer, C(/dev/nvidiaN)); its
+        message names how many processes and a few of them. A process that exits during the scan is not
+        counted.
     type: bool
     default: false
   root:
@@ -393,7 +400,12 @@ reboot_reasons:
   type: list
   elements: str
 refusals:
-  description: Guards overridden by O(force=true), each C(code), C(device) and C(message).
+  description:
+    - Guards overridden by O(force=true), each C(code), C(device) and C(message). Codes include V(boot_vga),
+      V(boot_display), V(console_framebuffer), V(firmware_framebuffer), V(behind_vmd), V(group_shared),
+      V(host_critical), V(doubtful_attribute), V(in_use), V(host_users), V(in_use_unknown) and V(id_shared).
+      A refusal about several devices (V(group_shared), V(in_use_unknown)) names them all in its message
+      and the first in C(device).
   returned: always
   type: list
   elements: dict

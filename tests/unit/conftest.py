@@ -93,3 +93,38 @@ def make_host(_host_tree_base):
     yield factory
     for directory in built:
         shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture
+def unreadable_fds(monkeypatch):
+    """``unreadable_fds(root, {pid: errno.EACCES})``: the modules' listing of ``<root>/proc/<pid>/fd``
+    fails with that errno, as the kernel answers: EACCES when the reader may not ptrace the process (no
+    root, no CAP_SYS_PTRACE in a container, hidepid), ENOENT when the process exited during the scan.
+
+    Root reads a tree's files whatever their mode, so the tree cannot refuse by itself. The listing is
+    the one call that fails on a host, so only :mod:`device_users` (which scans ``/proc`` for every
+    module) sees the refusal; the simulated kernel still sees every process, as a real one does, and
+    everything else of the process (its ``comm``) stays in the tree."""
+    from ansible_collections.gpuvirt.host.plugins.module_utils import device_users
+
+    denied = {}
+
+    class ModuleView:
+        def __getattr__(self, name):
+            return getattr(os, name)
+
+        @staticmethod
+        def listdir(path="."):
+            if not isinstance(path, int):
+                code = denied.get(os.path.abspath(path))
+                if code is not None:
+                    raise OSError(code, os.strerror(code), path)
+            return os.listdir(path)
+
+    monkeypatch.setattr(device_users, "os", ModuleView())
+
+    def deny(root, pids):
+        for pid, code in pids.items():
+            denied[os.path.abspath(os.path.join(root, "proc", str(pid), "fd"))] = code
+
+    return deny

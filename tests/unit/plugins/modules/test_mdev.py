@@ -4,8 +4,10 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
 
 import pytest
 from ansible.module_utils import _internal as ansible_internal
@@ -17,6 +19,7 @@ from ansible_collections.gpuvirt.host.tests.sim.hosts import (
     MACHINE_ID_FILE,
     hold,
     hold_cdev,
+    hold_vfio_group,
     mediated_lab,
     tree_state,
 )
@@ -256,3 +259,45 @@ def test_a100_legacy_vgpus_spread_over_vfs(make_host, mdev_module):
     too_many = [{"selector": "10de:20f1", "mdevs": [{"type": "A100-4C", "count": 17}]}]
     failed = mdev_module(root, parents=too_many)
     assert failed["rc"] == 1 and "available_instances 12 in total over 16 parents" in failed["msg"]
+
+
+def test_removing_is_refused_while_the_users_cannot_be_told(lab, mdev_module, unreadable_fds):
+    """A process whose open files cannot be read may hold any mdev: removing one is refused (check mode
+    too) and changes nothing unless forced; creating more where nothing is removed goes ahead."""
+    created = mdev_module(lab, parents=[{"selector": "mbochs", "mdevs": [{"type": "mbochs-medium", "count": 2}]}])
+    held, free = created["created"]
+    hold(lab, held)
+    os.unlink(os.path.join(lab, "proc/4242/fd/20"))  # QEMU let go, but the scan cannot tell
+    unreadable_fds(lab, {4242: errno.EACCES})
+    untouched = tree_state(lab)
+    exclusive = [{"selector": "mbochs", "mdevs": [], "exclusive": True}]
+    for check_mode in (True, False):
+        result = mdev_module(lab, check_mode=check_mode, parents=exclusive)
+        assert result["rc"] == 1 and result["changed"] is False, result
+        assert "refusing to remove mdev %s" % ", ".join(sorted([held, free])) in result["msg"]
+        assert "the open files of 1 process could not be read (qemu-system-x86 (pid 4242))" in result["msg"]
+        assert "CAP_SYS_PTRACE" in result["msg"] and "Nothing was changed" in result["msg"]
+    assert tree_state(lab) == untouched
+
+    more = mdev_module(lab, parents=[{"selector": "mbochs", "mdevs": [{"type": "mbochs-medium", "count": 3}]}])
+    assert more["rc"] == 0 and more["changed"] is True and len(more["created"]) == 1 and more["removed"] == []
+
+    forced = mdev_module(lab, force=True, parents=exclusive)
+    assert forced["rc"] == 0 and sorted(forced["removed"]) == sorted([held, free] + more["created"]), forced
+    assert any(w.startswith("force: true: removing mdev") for w in warnings(forced))
+
+
+def test_a_process_that_exited_does_not_block_removing(lab, mdev_module, unreadable_fds):
+    created = mdev_module(lab, parents=[{"selector": "mbochs", "mdevs": [{"type": "mbochs-medium", "count": 1}]}])
+    hold(lab, created["created"][0])
+    hold_vfio_group(lab, "999", pid=4300)
+    os.unlink(os.path.join(lab, "proc/4242/fd/20"))
+    shutil.rmtree(os.path.join(lab, "proc/4300/fd"))  # exited after proc was listed: ENOENT
+    unreadable_fds(lab, {4242: errno.EACCES})
+    exclusive = [{"selector": "mbochs", "mdevs": [], "exclusive": True}]
+    result = mdev_module(lab, parents=exclusive)
+    assert result["rc"] == 1 and "the open files of 1 process could not be read" in result["msg"], result
+    unreadable_fds(lab, {4242: errno.ENOENT})  # and now 4242 too
+    result = mdev_module(lab, parents=exclusive)
+    assert result["rc"] == 0 and result["removed"] == created["created"], result
+    assert "warnings" not in result

@@ -4,8 +4,10 @@
 from __future__ import annotations
 
 import copy
+import errno
 import json
 import os
+import shutil
 
 import pytest
 
@@ -362,3 +364,50 @@ def test_bad_input_fails_clearly_and_changes_nothing(l40s, run, gpus, message):
     result, writes = run(l40s, gpus=gpus)
     assert result.failed and message in result["msg"] and writes == []
     assert snapshot(l40s) == before
+
+
+# -- users that cannot be told ---------------------------------------------------------------------------
+
+
+def unreadable_vm(root, unreadable_fds):
+    """A VFIO group file exists and process 4242's open files cannot be read: it may hold any VF."""
+    hold_group(root, VF0)
+    os.unlink(os.path.join(root, "proc/4242/fd/30"))  # QEMU let go, but the scan cannot tell
+    unreadable_fds(root, {4242: errno.EACCES})
+
+
+def test_deleting_a_vgpu_is_refused_while_the_users_cannot_be_told(l40s, run, unreadable_fds):
+    unreadable_vm(l40s, unreadable_fds)
+    before = snapshot(l40s)
+    for declaration in (gpu(vfs=[{"address": VF0, "state": "absent"}]),
+                        gpu(profiles=[{"profile": "L40S-8Q", "count": 0}], exclusive=True)):
+        for check_mode in (True, False):
+            result, writes = run(l40s, check_mode=check_mode, gpus=[declaration])
+            assert result.failed and result["changed"] is False and writes == [], result
+            assert "deleting the vGPUs of VF %s (or changing their type)" % VF0 in result["msg"]
+            assert "the open files of 1 process could not be read (qemu-system-x86 (pid 4242))" in result["msg"]
+            assert "CAP_SYS_PTRACE" in result["msg"] and "Nothing was changed" in result["msg"]
+    assert snapshot(l40s) == before and current(l40s, VF0) == 1041
+    # Creating next to it deletes nothing and goes ahead.
+    result, writes = run(l40s, gpus=[gpu(profiles=[{"profile": "L40S-8Q", "count": 2}])])
+    assert result["changed"] is True and [(p.split("/")[4], v) for p, v in writes] == [(VF1, "1041")], result
+    assert "cannot be told" not in warnings(result)
+
+
+def test_force_deletes_a_vgpu_whose_users_cannot_be_told(l40s, run, unreadable_fds):
+    unreadable_vm(l40s, unreadable_fds)
+    result, writes = run(l40s, gpus=[gpu(vfs=[{"address": VF0, "state": "absent"}])], force=True)
+    assert result["changed"] is True and [(p.split("/")[4], v) for p, v in writes] == [(VF0, "0")], result
+    assert "deleting the vGPUs of VF %s" % VF0 in warnings(result) and current(l40s, VF0) == 0
+
+
+def test_a_process_that_exited_does_not_block_deleting(l40s, run, unreadable_fds):
+    unreadable_vm(l40s, unreadable_fds)
+    hold_group(l40s, VF1, pid=4300)
+    shutil.rmtree(os.path.join(l40s, "proc/4300/fd"))  # exited after proc was listed: ENOENT
+    absent = [gpu(vfs=[{"address": VF0, "state": "absent"}])]
+    result, _writes = run(l40s, gpus=absent)
+    assert result.failed and "the open files of 1 process could not be read" in result["msg"], result
+    unreadable_fds(l40s, {4242: errno.ENOENT})  # and now 4242 too
+    result, writes = run(l40s, gpus=absent)
+    assert result["changed"] is True and [v for _p, v in writes] == ["0"], result

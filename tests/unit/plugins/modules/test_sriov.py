@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
 
 import pytest
 
@@ -242,3 +244,43 @@ def test_an_absolute_state_directory_link_stays_below_root(nvme, run, tmp_path):
     assert result["changed"] is True and not (tmp_path / "outside").exists()
     with open(os.path.join(nvme, str(tmp_path / "outside").lstrip("/"), "host-state.json")) as handle:
         assert json.load(handle)["sriov"] == {NVME: {"num_vfs": 2}}
+
+
+def test_unknown_users_block_removing_vfs_but_not_creating_them(nvme, run, unreadable_fds):
+    """A process whose open files cannot be read may hold any VF: removing or moving VFs is refused
+    (check mode too) and changes nothing unless forced; creating VFs where there are none is not held up."""
+    run(nvme, devices=[{"selector": NVME, "num_vfs": 2}])
+    hold_group(nvme, "0000:04:00.2", pid=4242)  # /dev/vfio/<group> exists: a VM could hold it
+    os.unlink(os.path.join(nvme, "proc/4242/fd/30"))  # though QEMU let go, the scan cannot tell
+    unreadable_fds(nvme, {4242: errno.EACCES})
+    before = snapshot(nvme)
+    for check_mode in (True, False):
+        result, writes = run(nvme, check_mode=check_mode, devices=[{"selector": NVME, "num_vfs": 4}])
+        assert result.failed and result["changed"] is False and writes == [], result
+        assert "the VFs of 0000:04:00.0 (0000:04:00.1, 0000:04:00.2)" in result["msg"]
+        assert "the open files of 1 process could not be read (qemu-system-x86 (pid 4242))" in result["msg"]
+        assert "CAP_SYS_PTRACE" in result["msg"] and "Nothing was changed" in result["msg"]
+    assert snapshot(nvme) == before
+    result, writes = run(nvme, pci=True, devices=[{"selector": NVME, "vfio": True}])
+    assert result.failed and writes == [] and "whether a VM does cannot be told" in result["msg"]
+
+    result, writes = run(nvme, devices=[{"selector": NVME, "num_vfs": 0}], force=True)
+    assert result["changed"] is True and [v for _p, v in writes] == ["0"], result
+    assert "forced: it would take the VFs of 0000:04:00.0" in json.dumps(result["warnings"])
+    result, writes = run(nvme, devices=[{"selector": NVME, "num_vfs": 2}])
+    assert result["changed"] is True and [v for _p, v in writes] == ["2"], result
+    assert "warnings" not in result
+
+
+def test_a_process_that_exited_does_not_block_the_count(nvme, run, unreadable_fds):
+    run(nvme, devices=[{"selector": NVME, "num_vfs": 2}])
+    hold_group(nvme, "0000:04:00.1", pid=4242)
+    hold_group(nvme, "0000:04:00.2", pid=4300)
+    os.unlink(os.path.join(nvme, "proc/4242/fd/30"))
+    shutil.rmtree(os.path.join(nvme, "proc/4300/fd"))  # exited after proc was listed: ENOENT
+    unreadable_fds(nvme, {4242: errno.EACCES})
+    result, writes = run(nvme, devices=[{"selector": NVME, "num_vfs": 4}])
+    assert result.failed and "the open files of 1 process could not be read" in result["msg"]
+    unreadable_fds(nvme, {4242: errno.ENOENT})  # and now 4242 too
+    result, writes = run(nvme, devices=[{"selector": NVME, "num_vfs": 4}])
+    assert result["changed"] is True and [v for _p, v in writes] == ["0", "4"], result
