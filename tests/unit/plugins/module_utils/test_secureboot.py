@@ -5,12 +5,20 @@ load the kernel refused for its signature says."""
 
 from __future__ import annotations
 
+import io
 import os
 
 import pytest
 
+from ansible_collections.gpuvirt.host.plugins.module_utils import hoststate, restore
+from ansible_collections.gpuvirt.host.plugins.module_utils.errors import GpuvirtError
 from ansible_collections.gpuvirt.host.plugins.module_utils.findings import Findings
-from ansible_collections.gpuvirt.host.plugins.module_utils.secureboot import read_secure_boot
+from ansible_collections.gpuvirt.host.plugins.module_utils.modrun import ModuleRun
+from ansible_collections.gpuvirt.host.plugins.module_utils.secureboot import (
+    read_secure_boot,
+    signature_advice,
+    signature_rejected,
+)
 from ansible_collections.gpuvirt.host.plugins.module_utils.topology import detect
 
 EFIVARS = "sys/firmware/efi/efivars/"
@@ -18,6 +26,12 @@ SECURE_BOOT = EFIVARS + "SecureBoot-8be4df61-93ca-11d2-aa0d-00e098032b8c"
 SETUP_MODE = EFIVARS + "SetupMode-8be4df61-93ca-11d2-aa0d-00e098032b8c"
 LOCKDOWN = "sys/kernel/security/lockdown"
 SIG_ENFORCE = "sys/module/module/parameters/sig_enforce"
+MI300X = "0000:06:00.0"
+# What modprobe prints when the kernel refuses a module's signature (EKEYREJECTED, or ENOKEY before 4.18).
+REJECTED = {
+    "EKEYREJECTED": "modprobe: ERROR: could not insert '%s': Key was rejected by service\n",
+    "ENOKEY": "modprobe: ERROR: could not insert '%s': Required key not available\n",
+}
 
 
 def write(root, relative, data):
@@ -161,3 +175,117 @@ def test_topology_of_a_host_without_secure_boot_has_no_such_finding(make_host):
     topology = detect(make_host("amd_mxgpu"))
     assert topology["kernel"]["secure_boot"]["firmware"] == "bios"
     assert not [f for f in topology["findings"] if f["code"] == "module_signatures_enforced"]
+
+
+# -- failed module loads -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("errno", sorted(REJECTED))
+def test_signature_advice_recognises_both_errors(errno):
+    output = REJECTED[errno] % "gim"
+    assert signature_rejected(output)
+    advice = signature_advice(output)
+    assert advice.startswith("gim is not signed with a key the kernel trusts, and Secure Boot or module signature "
+                             "enforcement is on, so the kernel refused it; nothing else is wrong with it. Sign gim")
+    assert "mokutil --import" in advice
+
+
+def test_other_failures_get_no_signature_advice():
+    output = "modprobe: FATAL: Module gim not found in directory /lib/modules/6.8.0-45-generic\n"
+    assert not signature_rejected(output) and signature_advice(output) == ""
+
+
+class _Module:
+    check_mode = False
+    params = {}
+
+    def __init__(self, rc, out, err):
+        self.answer = (rc, out, err)
+
+    def run_command(self, argv, **kwargs):
+        return self.answer
+
+
+class _Host:
+    root = "/"
+
+
+class _Run(ModuleRun):
+    def plan(self):
+        return None
+
+    def apply(self, plan):
+        return None
+
+    def result(self, plan):
+        return {}
+
+
+@pytest.mark.parametrize("errno", sorted(REJECTED))
+def test_a_modules_modprobe_refused_for_its_signature_says_to_sign_it(errno):
+    run = _Run(_Module(1, "", REJECTED[errno] % "vfio_pci"), _Host())
+    with pytest.raises(GpuvirtError) as raised:
+        run.command(["/usr/sbin/modprobe", "vfio-pci"], "loading vfio-pci")
+    message = str(raised.value)
+    assert message.startswith("loading vfio-pci failed (rc 1): modprobe: ERROR: could not insert 'vfio_pci': ")
+    assert "; vfio_pci is not signed with a key the kernel trusts" in message
+    assert "nothing else is wrong with it" in message and "mokutil --import" in message
+
+
+def test_a_modules_other_command_failure_is_unchanged():
+    run = _Run(_Module(2, "", "update-grub: permission denied\n"), _Host())
+    with pytest.raises(GpuvirtError) as raised:
+        run.command(["update-grub"], "regenerating grub.cfg")
+    assert str(raised.value) == "regenerating grub.cfg failed (rc 2): update-grub: permission denied"
+
+
+class _Runner:
+    def __init__(self, err):
+        self.err = err
+        self.calls = []
+
+    def get_bin_path(self, name, opt_dirs=None):
+        return "/usr/sbin/" + name
+
+    def run_command(self, argv):
+        self.calls.append(argv)
+        return 1, "", self.err
+
+
+@pytest.mark.parametrize("errno", sorted(REJECTED))
+def test_the_restores_modprobe_refused_for_its_signature_says_to_sign_it(make_host, errno):
+    pf = "0000:4e:00.0"
+    root = make_host({"devices": [{"address": "4e:00.0", "ids": "8086:56c0", "class": "038000", "driver": "i915",
+                                   "sriov": {"total_vfs": 4, "num_vfs": 2}}]})
+    job = restore.Restore(root=root, out=io.StringIO(), timeout=0.2, interval=0.01, attempts=1, state={})
+    job.runner = _Runner(REJECTED[errno] % "vfio_pci")
+    with pytest.raises(restore.RestoreError) as raised:
+        job._vfs_to_vfio(pf, {"num_vfs": 2, "vfio": True})
+    message = str(raised.value)
+    assert job.runner.calls == [["/usr/sbin/modprobe", "vfio-pci"]]
+    assert message.startswith("/usr/sbin/modprobe vfio-pci failed (exit 1: modprobe: ERROR: could not insert")
+    assert "the VFs of %s stay without vfio-pci. vfio_pci is not signed with a key the kernel trusts" % pf in message
+    assert "nothing else is wrong with it" in message and "mokutil --import" in message
+
+
+def test_gim_missing_after_boot_on_a_secure_boot_host_points_to_signing(make_host):
+    # DKMS rebuilt gim for a new kernel without an enrolled key: the kernel refused it, nothing drives the GPU.
+    root = make_host("amd_mxgpu_secure_boot", patch_devices={"06:00.0": {"driver": None}},
+                     kernel={"modules": ["kvm_amd", "kvm", "vfio_pci", "vfio", "nvme", "ast"], "parameters": {}})
+    state = hoststate.empty_state()
+    state["sriov"] = {MI300X: {"num_vfs": 1}}
+    status = restore.Restore(root=root, out=io.StringIO(), timeout=0.2, interval=0.01, attempts=1, state=state).run()
+    message = next(r["message"] for r in status["results"] if r["step"] == "mxgpu")
+    assert message.startswith("a driver binding to %s did not happen within 0.2 s: gim is not loaded and Secure Boot "
+                              "is on and the kernel is locked down (integrity)" % MI300X), message
+    assert "mokutil --import" in message and "blacklist amdgpu" not in message
+
+
+def test_gim_missing_without_signature_enforcement_keeps_the_old_message(make_host):
+    root = make_host("amd_mxgpu", patch_devices={"06:00.0": {"driver": None}},
+                     kernel={"modules": ["kvm_amd", "kvm", "vfio_pci", "vfio", "nvme", "ast"], "parameters": {}})
+    state = hoststate.empty_state()
+    state["sriov"] = {MI300X: {"num_vfs": 1}}
+    status = restore.Restore(root=root, out=io.StringIO(), timeout=0.2, interval=0.01, attempts=1, state=state).run()
+    message = next(r["message"] for r in status["results"] if r["step"] == "mxgpu")
+    assert message == "a driver binding to %s did not happen within 0.2 s" % MI300X
