@@ -224,15 +224,15 @@ topology:
           contains:
             firmware:
               description:
-                - V(uefi) (C(/sys/firmware/efi) exists), V(bios) (C(/sys/firmware) without it: Secure Boot does
-                  not apply), V(null) when the tree has no C(/sys/firmware).
+                - V(uefi) (C(/sys/firmware/efi) exists), V(bios) (C(/sys/firmware) without it, where Secure Boot
+                  does not apply), V(null) when the tree has no C(/sys/firmware).
               returned: success
               type: str
               sample: uefi
             enabled:
               description:
-                - Secure Boot as the kernel decides it (C(efi_get_secureboot_mode())): the C(SecureBoot) EFI
-                  variable is 1, C(SetupMode) is not 1 and shim's C(MokSBStateRT) is not 1.
+                - Secure Boot as the kernel decides it (C(efi_get_secureboot_mode())), on when the C(SecureBoot)
+                  EFI variable is 1, C(SetupMode) is not 1 and shim's C(MokSBStateRT) is not 1.
                 - V(null) when unknown (efivarfs not mounted on C(/sys/firmware/efi/efivars), a snapshot
                   without it, a garbled variable) or not applicable (BIOS).
               returned: success
