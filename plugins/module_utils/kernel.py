@@ -27,7 +27,8 @@ Public API (every reader takes the host ``root``):
   (``x86_64``, ``aarch64``, ``ppc64le``)
 - :func:`read_cpu_flags` ``(root) -> (vendor_id | None, set[str] | None)``
 - :func:`read_kernel` ``(root, findings=None) -> dict``, :func:`read_cpu` ``(root, findings=None)
-  -> dict``: the ``kernel`` and ``cpu`` parts of the topology (``read_cpu`` adds the
+  -> dict``: the ``kernel`` and ``cpu`` parts of the topology (``read_kernel``'s ``secure_boot`` is
+  :func:`secureboot.read_secure_boot`, which adds ``module_signatures_enforced``; ``read_cpu`` adds the
   ``no_cpu_virtualization`` and ``kvm_unavailable`` findings).
 """
 
@@ -36,6 +37,7 @@ from __future__ import annotations
 import fnmatch
 import os
 
+from ansible_collections.gpuvirt.host.plugins.module_utils.secureboot import read_secure_boot
 from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import host_path, list_dir, read_text
 
 VFIO_PCI_BUILTIN_NAMES = ("vfio_pci",)
@@ -291,6 +293,7 @@ def read_kernel(root, findings=None):
         "modules_loaded": read_loaded_modules(root),
         "vfio_builtin": None if builtin is None else any(name in builtin for name in VFIO_PCI_BUILTIN_NAMES),
         "vfio_builtin_modules": None if builtin is None else sorted(n for n in builtin if n.startswith("vfio")),
+        "secure_boot": read_secure_boot(root, findings),
     }
 
 

@@ -32,6 +32,7 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.files import (
     plan_change,
 )
 from ansible_collections.gpuvirt.host.plugins.module_utils.host import run_locked
+from ansible_collections.gpuvirt.host.plugins.module_utils.secureboot import signature_advice
 
 
 class ModuleRun(abc.ABC):
@@ -95,11 +96,15 @@ class ModuleRun(abc.ABC):
         return True
 
     def command(self, argv, what, **kwargs):
-        """Run ``argv`` (a list, C locale); raise with ``what`` and the command's message on failure."""
+        """Run ``argv`` (a list, C locale); raise with ``what`` and the command's message on failure.
+
+        A module load the kernel refused for its signature (modprobe's "Key was rejected by service")
+        says so and how to sign it (:func:`secureboot.signature_advice`)."""
         kwargs.setdefault("environ_update", {"LC_ALL": "C"})
         rc, out, err = self.module.run_command(argv, **kwargs)
         if rc != 0:
-            self.fail("%s failed (rc %d): %s" % (what, rc, (err or out).strip()[-500:]))
+            advice = signature_advice("%s\n%s" % (out, err))
+            self.fail("%s failed (rc %d): %s%s" % (what, rc, (err or out).strip()[-500:], advice and "; " + advice))
         return out
 
 

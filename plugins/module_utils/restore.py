@@ -71,6 +71,7 @@ import time
 from ansible_collections.gpuvirt.host.plugins.module_utils import hoststate, mdev, sriov, vendors
 from ansible_collections.gpuvirt.host.plugins.module_utils.errors import GpuvirtError, unexpected_failure
 from ansible_collections.gpuvirt.host.plugins.module_utils.files import write_file
+from ansible_collections.gpuvirt.host.plugins.module_utils.secureboot import signature_advice
 from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import (
     MDEV_BUS,
     PCI_DEVICES,
@@ -406,9 +407,10 @@ class Restore:
             command = [self.runner.get_bin_path("modprobe") or "modprobe", "vfio-pci"]
             rc, out, err = self.runner.run_command(command)
             if rc != 0 or not driver_loaded(self.root, VFIO_DRIVER):
-                raise RestoreError("%s failed (exit %s: %s); the VFs of %s stay without vfio-pci"
+                advice = signature_advice("%s\n%s" % (out, err), "vfio-pci")
+                raise RestoreError("%s failed (exit %s: %s); the VFs of %s stay without vfio-pci%s"
                                    % (" ".join(command), rc, " ".join((out + " " + err).split())[-200:] or "no output",
-                                      pf))
+                                      pf, advice and ". " + advice))
             loaded = "loaded by modprobe"
         bound, already = self.retry(lambda: sriov.hand_vfs_to_vfio(self.root, vfs, delay=self.interval))
         return "%d VF(s) on vfio-pci (%s), read back: %d bound, %d already (vfio-pci %s)" % (

@@ -36,7 +36,9 @@ from __future__ import annotations
 import os
 import re
 
+from ansible_collections.gpuvirt.host.plugins.module_utils.errors import GpuvirtError
 from ansible_collections.gpuvirt.host.plugins.module_utils.kernel import module_parameter
+from ansible_collections.gpuvirt.host.plugins.module_utils.secureboot import module_refused_at_boot
 from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import (
     PCI_DEVICES,
     host_path,
@@ -140,11 +142,20 @@ def restore_gim_vfs(context, pf, entry):
     """Wait for GIM to drive ``pf`` and enable its VFs at load; check their count against the recorded one."""
     root = context.root
     wanted = int(entry.get("num_vfs", 0))
-    driver = context.wait_for(lambda: link_name(_device_file(root, pf, "driver")), "a driver binding to %s" % pf)
+    try:
+        driver = context.wait_for(lambda: link_name(_device_file(root, pf, "driver")), "a driver binding to %s" % pf)
+    except GpuvirtError as error:
+        # A gim that DKMS rebuilt for a new kernel is unsigned unless DKMS's key is enrolled.
+        refused = module_refused_at_boot(root, HOST_DRIVER)
+        if refused:
+            raise VendorRestoreError("%s: %s" % (error, refused)) from error
+        raise
     if driver != HOST_DRIVER:
+        refused = module_refused_at_boot(root, HOST_DRIVER)
         raise VendorRestoreError(
             "%s is driven by %s, not AMD's GIM host driver, so it has no MxGPU VFs: blacklist amdgpu "
-            "(modprobe.blacklist=amdgpu) and install gim for this kernel, then reboot" % (pf, driver)
+            "(modprobe.blacklist=amdgpu) and install gim for this kernel, then reboot%s"
+            % (pf, driver, ". Also: " + refused if refused else "")
         )
     numvfs = _device_file(root, pf, "sriov_numvfs")
     count = context.wait_for(lambda: read_int(numvfs), "gim enabling the VFs of %s" % pf)
@@ -200,11 +211,13 @@ class AmdBackend(VendorBackend):
         the selected GPU's entry set (GIM enables the VFs itself when it loads, so a reload or reboot)."""
 
         if device.driver != HOST_DRIVER or not gim_present(host.root):
+            refused = module_refused_at_boot(host.root, HOST_DRIVER)
             raise EnableError(
-                "MxGPU on %s needs AMD's GIM host driver, which is not driving it (driver: %s): install the gim "
+                "MxGPU on %s needs AMD's GIM host driver, which is not driving it (driver: %s): %sinstall the gim "
                 "package from AMD's MxGPU-Virtualization releases for this GPU, blacklist amdgpu "
                 "(modprobe.blacklist=amdgpu), reboot and run again; nothing changed"
-                % (device.address, device.driver or "none")
+                % (device.address, device.driver or "none",
+                   "%s. If gim is installed, that is the cause; otherwise " % refused if refused else "")
             )
         count = options.get("max_vfs")
         low, high = VF_NUM_RANGE

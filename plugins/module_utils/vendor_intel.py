@@ -70,6 +70,7 @@ from dataclasses import dataclass
 
 from ansible_collections.gpuvirt.host.plugins.module_utils.errors import GpuvirtError
 from ansible_collections.gpuvirt.host.plugins.module_utils.kernel import module_parameter
+from ansible_collections.gpuvirt.host.plugins.module_utils.secureboot import signature_advice
 from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import (
     MDEV_BUS,
     MISSING,
@@ -337,6 +338,9 @@ def restore_gvt_g(context, parent):
         command = [context.runner.get_bin_path("modprobe") or "modprobe", GVT_G_MODULE]
         rc, out, err = context.runner.run_command(command)
         if rc != 0 or not os.path.isdir(host_path(root, "sys/module", GVT_G_MODULE)):
+            advice = signature_advice("%s\n%s" % (out, err), GVT_G_MODULE)
+            if advice:
+                raise VendorRestoreError("%s failed (exit %s): %s" % (" ".join(command), rc, advice))
             raise VendorRestoreError(
                 "%s failed (exit %s: %s); without %s the iGPU offers no GVT-g types (is %s a Broadwell to Comet "
                 "Lake iGPU, and kvmgt installed for this kernel?)"

@@ -15,6 +15,7 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.kernel import (
 )
 from ansible_collections.gpuvirt.host.plugins.module_utils.modrun import ModuleRun
 from ansible_collections.gpuvirt.host.plugins.module_utils.rules import iommu_on_advice
+from ansible_collections.gpuvirt.host.plugins.module_utils.secureboot import signature_advice
 from ansible_collections.gpuvirt.host.plugins.module_utils.selector import (
     describe,
 )
@@ -300,8 +301,10 @@ class VfioPciRun(BootConfigPlanner, ModuleRun):
         self.commands.append(argv)
         rc, out, err = self.module.run_command(argv, environ_update={"LC_ALL": "C", "LANG": "C"})
         if rc != 0:
+            advice = signature_advice("%s\n%s" % (out, err))
             raise VfioError(
-                "%s failed: %s exited with %d: %s" % (what, " ".join(argv), rc, (err or out).strip() or "no output")
+                "%s failed: %s exited with %d: %s%s"
+                % (what, " ".join(argv), rc, (err or out).strip() or "no output", advice and "; " + advice)
             )
         return out
 

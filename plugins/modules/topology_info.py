@@ -215,6 +215,68 @@ topology:
           type: list
           elements: str
           sample: [vfio, vfio_iommu_type1]
+        secure_boot:
+          description:
+            - Whether the kernel loads only signed modules, and why. Out-of-tree modules (AMD's C(gim), DKMS
+              builds of i915-sriov or xe, an NVIDIA vGPU host driver, the mdev sample drivers) then load only
+              when signed with a key the kernel trusts (an enrolled MOK); the V(module_signatures_enforced)
+              finding says so.
+          returned: success
+          type: dict
+          contains:
+            firmware:
+              description:
+                - V(uefi) (C(/sys/firmware/efi) exists), V(bios) (C(/sys/firmware) without it, where Secure Boot
+                  does not apply), V(null) when the tree has no C(/sys/firmware).
+              returned: success
+              type: str
+              sample: uefi
+            enabled:
+              description:
+                - Secure Boot as the kernel decides it (C(efi_get_secureboot_mode())), on when the C(SecureBoot)
+                  EFI variable is 1, C(SetupMode) is not 1 and shim's C(MokSBStateRT) is not 1.
+                - V(null) when unknown (efivarfs not mounted on C(/sys/firmware/efi/efivars), a snapshot
+                  without it, a garbled variable) or not applicable (BIOS).
+              returned: success
+              type: bool
+              sample: true
+            firmware_secure_boot:
+              description: The C(SecureBoot) EFI variable (V(false) when the firmware has none); V(null) if unknown.
+              returned: success
+              type: bool
+              sample: true
+            setup_mode:
+              description: The C(SetupMode) EFI variable (V(true) - no platform key enrolled, nothing is verified).
+              returned: success
+              type: bool
+              sample: false
+            shim_validation_disabled:
+              description:
+                - shim's C(MokSBStateRT) is 1 (C(mokutil --disable-validation)), which turns Secure Boot off for
+                  the kernel.
+              returned: success
+              type: bool
+              sample: false
+            lockdown:
+              description:
+                - The kernel lockdown mode (C(/sys/kernel/security/lockdown)) - V(none), V(integrity) or
+                  V(confidentiality); both locked-down modes refuse unsigned modules. V(null) when the file is
+                  missing (no lockdown LSM, securityfs not mounted) or garbled.
+              returned: success
+              type: str
+              sample: integrity
+            sig_enforce:
+              description: C(module.sig_enforce) (C(/sys/module/module/parameters/sig_enforce)); V(null) if missing.
+              returned: success
+              type: bool
+              sample: false
+            modules_must_be_signed:
+              description:
+                - V(true) when Secure Boot is on, C(sig_enforce) is Y or the kernel is locked down; V(false) when
+                  all three are known to be off; V(null) otherwise.
+              returned: success
+              type: bool
+              sample: true
     cpu:
       description: CPU virtualization.
       returned: success
@@ -652,9 +714,10 @@ topology:
           description:
             - Stable code, for example V(architecture_unsupported), V(iommu_off), V(iommu_unsupported),
               V(iommu_unknown), V(foreign_kernel_arguments), V(virtualization_modes), V(no_cpu_virtualization),
-              V(kvm_unavailable), V(interrupt_remapping_off), V(acs_override), V(unsafe_interrupts),
-              V(host_graphics_driver), V(firmware_framebuffer), V(no_iommu_group), V(malformed_attribute),
-              V(unreadable_attribute), V(unreadable_device), V(malformed_entry), V(processes_unreadable).
+              V(kvm_unavailable), V(module_signatures_enforced), V(interrupt_remapping_off), V(acs_override),
+              V(unsafe_interrupts), V(host_graphics_driver), V(firmware_framebuffer), V(no_iommu_group),
+              V(malformed_attribute), V(unreadable_attribute), V(unreadable_device), V(malformed_entry),
+              V(processes_unreadable).
           returned: success
           type: str
           sample: iommu_off

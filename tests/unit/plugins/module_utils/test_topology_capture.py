@@ -10,6 +10,7 @@ import tarfile
 
 import pytest
 
+from ansible_collections.gpuvirt.host.plugins.module_utils.secureboot import read_secure_boot
 from ansible_collections.gpuvirt.host.plugins.module_utils.topology import detect
 from ansible_collections.gpuvirt.host.tests.unit.plugins.module_utils.test_vendor_intel import ADL_HOST
 
@@ -66,6 +67,20 @@ def test_capture_keeps_the_loaded_modules_and_the_vendor_drivers_parameters(make
     modes = next(g for g in detect(output)["gpus"] if g["address"] == "0000:00:02.0")["virtualization"]
     sriov = next(m for m in modes if m["mode"] == "sriov")
     assert "the loaded one has no max_vfs parameter" in sriov["missing"][0], sriov
+
+
+@pytest.mark.parametrize("boot", [
+    {"secure_boot": None},  # efivarfs not mounted: unknown, not off
+    {"firmware": "uefi"},  # no SecureBoot variable: off
+    {"secure_boot": True, "shim_validation_disabled": True, "lockdown": "none", "sig_enforce": True},
+    {"firmware": "bios", "lockdown": "confidentiality", "sig_enforce": False},
+])
+def test_capture_keeps_the_module_signature_state(make_host, tmp_path, boot):
+    root = make_host("desktop_dgpu", boot=boot)
+
+    output, _devices, _copied = capture.capture(root, str(tmp_path / "snapshot"))
+
+    assert read_secure_boot(output) == read_secure_boot(root)
 
 
 def test_capture_keeps_the_boot_display_and_the_framebuffers(make_host, tmp_path):

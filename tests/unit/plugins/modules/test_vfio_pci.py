@@ -486,6 +486,21 @@ def test_vfio_pci_is_loaded_with_modprobe_on_the_host(make_host, vfio_pci, as_ho
     assert drivers(root) == {address: "vfio-pci" for address in GPU_FUNCTIONS}
 
 
+@pytest.mark.parametrize("error", ["Key was rejected by service", "Required key not available"])
+def test_vfio_pci_refused_for_its_signature_says_to_sign_it(make_host, vfio_pci, as_host, fake_commands, error):
+    root = make_host("desktop_dgpu", boot={"secure_boot": True})
+    fake_commands.install("modprobe", stderr="modprobe: ERROR: could not insert 'vfio_pci': %s\n" % error, rc=1)
+    before = snapshot(root)
+    result = vfio_pci(root, devices=[GPU], persistent=False)
+    assert result["rc"] == 1, result
+    assert result["msg"].startswith("loading the vfio-pci module failed: ")
+    assert (" vfio-pci exited with 1: modprobe: ERROR: could not insert 'vfio_pci': %s; vfio_pci is not signed "
+            "with a key the kernel trusts, and Secure Boot or module signature enforcement is on, so the kernel "
+            "refused it; nothing else is wrong with it. Sign vfio_pci with an enrolled key" % error) in result["msg"]
+    assert "mokutil --import" in result["msg"]
+    assert snapshot(root) == before
+
+
 # --------------------------------------------------------------------------------------- state: absent
 
 
