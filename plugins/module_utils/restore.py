@@ -339,7 +339,13 @@ class Restore:
         base = host_path(self.root, PCI_DEVICES, pf)
         self.wait_for(lambda: os.path.exists(base + "/sriov_numvfs"), "%s with SR-IOV attributes appearing" % pf,
                       since=since)
-        driver = self.wait_for(lambda: link_name(base + "/driver"), "a driver binding to %s" % pf, since=since)
+        try:
+            driver = self.wait_for(lambda: link_name(base + "/driver"), "a driver binding to %s" % pf, since=since)
+        except RestoreError as error:
+            advice = vendors.no_driver_advice(self.root, pf)
+            if advice:
+                raise RestoreError("%s: %s" % (error, advice)) from None
+            raise
         return "present, driver %s" % driver
 
     def _wait_parent(self, parent, since=None):

@@ -145,8 +145,7 @@ def restore_gim_vfs(context, pf, entry):
     try:
         driver = context.wait_for(lambda: link_name(_device_file(root, pf, "driver")), "a driver binding to %s" % pf)
     except GpuvirtError as error:
-        # A gim that DKMS rebuilt for a new kernel is unsigned unless DKMS's key is enrolled.
-        refused = module_refused_at_boot(root, HOST_DRIVER)
+        refused = _gim_refused(root, pf)
         if refused:
             raise VendorRestoreError("%s: %s" % (error, refused)) from error
         raise
@@ -176,6 +175,12 @@ def _is_gim_gpu(root, pf):
     )
 
 
+def _gim_refused(root, pf):
+    """Why gim does not drive the GIM GPU ``pf``, when the kernel refused it: a gim that DKMS rebuilt for a
+    new kernel is unsigned unless DKMS's key is enrolled."""
+    return module_refused_at_boot(root, HOST_DRIVER) if _is_gim_gpu(root, pf) else None
+
+
 def _restore_items(state, root):
     entries = state.get("sriov") or {}
     return [
@@ -197,6 +202,9 @@ class AmdBackend(VendorBackend):
     host_slot_vendors = frozenset({PROCESSOR_VENDOR_ID})
     enable_modes = ("mxgpu",)
     restore_steps = (RestoreStep(name="mxgpu", before="sriov", items=_restore_items),)
+
+    def no_driver_advice(self, root, address):
+        return _gim_refused(root, address)
 
     def vf_count_set_by(self, device):
         if device.driver != HOST_DRIVER:

@@ -137,6 +137,11 @@ class VendorBackend:
         it is set instead, or None when it can."""
         return None
 
+    def no_driver_advice(self, root, address):
+        """Why no driver binds to the device at ``address`` of its vendor at boot and what to do (its host
+        driver's module refused, for example), or None; the restore adds it to the driver step's failure."""
+        return None
+
     def vf_count_advice(self, device):
         """The vendor's word on changing the VF count of this physical function through ``sriov_numvfs``
         (warned when a module changes it, added when the kernel refuses it), or None."""

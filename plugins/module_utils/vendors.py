@@ -29,13 +29,14 @@ Public API: :data:`BACKENDS`, :func:`backends_for`, :func:`readers_for`, :func:`
 :data:`DEVICE_DEFAULTS`, :func:`gpu_keys`, :class:`HostFacts`,
 :func:`enable_modes`, :func:`virtualization_modes`, :func:`state_sections`, :func:`restore_steps`,
 :func:`vf_tool`, :func:`vf_tool_methods`, :func:`vf_count_set_by`, :func:`vf_count_advice`,
-:func:`in_use_reasons`, :func:`no_mdev_types_hint`.
+:func:`in_use_reasons`, :func:`no_mdev_types_hint`, :func:`no_driver_advice`.
 """
 
 from __future__ import annotations
 
 from ansible_collections.gpuvirt.host.plugins.module_utils import vendor_amd, vendor_intel, vendor_nvidia
 from ansible_collections.gpuvirt.host.plugins.module_utils.kernel import cmdline_flag, cmdline_value, module_parameter
+from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import PCI_DEVICES, host_path, read_text
 from ansible_collections.gpuvirt.host.plugins.module_utils.vendor_plan import RESTORE_ANCHORS, VendorBackend
 
 BACKENDS = (vendor_nvidia.BACKEND, vendor_intel.BACKEND, vendor_amd.BACKEND)
@@ -204,6 +205,18 @@ def vf_count_set_by(device):
 def vf_count_advice(device):
     """The vendor's word on changing the VF count of ``device`` through ``sriov_numvfs``, or None."""
     return _first(device, "vf_count_advice")
+
+
+def no_driver_advice(root, address):
+    """The vendors' word on why no driver binds to the device at ``address`` (see
+    ``VendorBackend.no_driver_advice``), or None."""
+    vendor = read_text(host_path(root, PCI_DEVICES, address, "vendor"))
+    vendor_id = vendor[2:].lower() if vendor and vendor.startswith("0x") else None
+    for backend in backends_for(vendor_id):
+        advice = backend.no_driver_advice(root, address)
+        if advice:
+            return advice
+    return None
 
 
 def in_use_reasons(device):

@@ -97,7 +97,7 @@ options:
     description:
       - Remove undeclared mdevs of an exclusive parent even when a process holds them.
       - Also needed to remove any mdev while whether a VM uses it cannot be told - when a VFIO device file
-        exists and the open files of some process cannot be read (permission denied: the module runs without
+        exists and the open files of some process cannot be read (permission denied, as when the module runs without
         root or without C(CAP_SYS_PTRACE), as in a restricted container, or C(/proc) is mounted with
         C(hidepid)). Without it such a run fails naming how many processes and a few of them, and changes
         nothing; with it the run goes ahead with a warning. A run that only creates mdevs is not held up, and

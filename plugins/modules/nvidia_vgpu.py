@@ -129,7 +129,7 @@ options:
       - Delete or change vGPUs whose VF is in use, and enable SR-IOV mode on a GPU that hosts vGPUs created
         without it. The kernel may still refuse a vGPU that a running VM holds.
       - Also needed to delete or change any vGPU while whether a VM uses it cannot be told - when a VFIO device
-        file exists and the open files of some process cannot be read (permission denied: the module runs
+        file exists and the open files of some process cannot be read (permission denied, as when the module runs
         without root or without C(CAP_SYS_PTRACE), as in a restricted container, or C(/proc) is mounted with
         C(hidepid)). Without it such a run fails naming how many processes and a few of them, and changes
         nothing; with it the run goes ahead with a warning. Creating vGPUs on free VFs is not held up, and a

@@ -93,7 +93,7 @@ options:
       - Change the VF count, or move VFs to or from vfio-pci (O(devices[].vfio)), even when a VF is in use.
         Running VMs lose their device, and mediated devices and vGPU types on the VFs are destroyed with the VFs.
       - Also needed to remove or move existing VFs while whether a VM uses them cannot be told - when a VFIO
-        device file exists and the open files of some process cannot be read (permission denied: the module
+        device file exists and the open files of some process cannot be read (permission denied, as when the module
         runs without root or without C(CAP_SYS_PTRACE), as in a restricted container, or C(/proc) is mounted
         with C(hidepid)). The refusal names how many processes and a few of them; with O(force=true) the run
         goes ahead with a warning. Enabling VFs on a PF that has none, or changing only

@@ -166,7 +166,7 @@ options:
       - Go ahead although a guard refuses (each refusal is still reported as a warning and in
         RV(refusals)). Binding the console GPU or a device a VM uses can hang or cut off the host.
       - One guard is about what cannot be seen - V(in_use_unknown), when the open files of some process
-        cannot be read (permission denied: the module runs without root or without C(CAP_SYS_PTRACE), as in
+        cannot be read (permission denied, as when the module runs without root or without C(CAP_SYS_PTRACE), as in
         a restricted container, or C(/proc) is mounted with C(hidepid)), so whether it holds a device whose
         driver would change cannot be told. It concerns a device whose C(/dev/vfio/<group>) or iommufd device
         exists (a VM could hold it) or that has host nodes (a DRM card, a framebuffer, C(/dev/nvidiaN)); its

@@ -455,8 +455,9 @@ def test_after_a_group_put_back_check_mode_and_the_next_runs_are_as_before(deskt
     assert all(d["driver_before"] == d["driver_after"] == "vfio-pci" for d in again["devices"].values())
 
 
-def test_a_module_loaded_before_a_failed_bind_stays_loaded_and_the_run_changed(make_host, vfio_pci, as_host,
-                                                                                fake_commands):
+def test_a_module_loaded_before_a_failed_bind_stays_loaded_and_the_run_changed(
+    make_host, vfio_pci, as_host, fake_commands
+):
     root = make_host("desktop_dgpu")
     fake_commands.install("modprobe", body=MODPROBE_BODY.format(root=root))
     kernel = PciKernel(KernelSim(root), failing_probe=["0000:01:00.2"])
