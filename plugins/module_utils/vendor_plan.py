@@ -83,7 +83,7 @@ class VendorBackend:
     :meth:`in_use_reasons`, :meth:`no_mdev_types_hint`.
     Guarding (:mod:`device_users`): :meth:`device_nodes`.
     Persisting (:mod:`hoststate`, :mod:`restore`): ``state_sections``, ``restore_steps``,
-    ``restore_unit_before``.
+    ``restore_unit_before``, :meth:`no_driver_advice`.
     """
 
     name = None
