@@ -103,7 +103,7 @@ class ModuleRun(abc.ABC):
         kwargs.setdefault("environ_update", {"LC_ALL": "C"})
         rc, out, err = self.module.run_command(argv, **kwargs)
         if rc != 0:
-            advice = signature_advice("%s\n%s" % (out, err))
+            advice = signature_advice("%s\n%s" % (out, err), root=self.root)
             self.fail("%s failed (rc %d): %s%s" % (what, rc, (err or out).strip()[-500:], advice and "; " + advice))
         return out
 

@@ -413,7 +413,7 @@ class Restore:
             command = [self.runner.get_bin_path("modprobe") or "modprobe", "vfio-pci"]
             rc, out, err = self.runner.run_command(command)
             if rc != 0 or not driver_loaded(self.root, VFIO_DRIVER):
-                advice = signature_advice("%s\n%s" % (out, err), "vfio-pci")
+                advice = signature_advice("%s\n%s" % (out, err), "vfio-pci", self.root)
                 raise RestoreError("%s failed (exit %s: %s); the VFs of %s stay without vfio-pci%s"
                                    % (" ".join(command), rc, " ".join((out + " " + err).split())[-200:] or "no output",
                                       pf, advice and ". " + advice))

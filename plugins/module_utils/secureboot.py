@@ -46,6 +46,7 @@ SIG_ENFORCE_PATH = "sys/module/module/parameters/sig_enforce"
 # module_sig_check()) and of ENOKEY (what kernels before 4.18 returned for a module signed with a key
 # they do not hold); modprobe and insmod print them after "could not insert '<module>'".
 SIGNATURE_ERRORS = ("Key was rejected by service", "Required key not available")
+_LOCKDOWN_ERROR = "operation not permitted"
 
 _BRACKETED = re.compile(r"\[([^\]]*)\]")
 
@@ -210,10 +211,15 @@ SIGNING_STEPS = (
 )
 
 
-def signature_rejected(output):
-    """True when a module load's output (modprobe's or insmod's) says the kernel refused its signature."""
+def signature_rejected(output, root=None):
+    """True when a module load's output (modprobe's or insmod's) says the kernel refused its signature.
+    With ``root``, also an EPERM ("Operation not permitted") on a host whose kernel is locked down: lockdown
+    refuses an unsigned module with EPERM when ``module.sig_enforce`` is off (kernel/module/signing.c,
+    ``module_sig_check()`` returns ``security_locked_down(LOCKDOWN_MODULE_SIGNATURE)``)."""
     text = (output or "").lower()
-    return any(error.lower() in text for error in SIGNATURE_ERRORS)
+    if any(error.lower() in text for error in SIGNATURE_ERRORS):
+        return True
+    return root is not None and _LOCKDOWN_ERROR in text and read_lockdown(root) in ("integrity", "confidentiality")
 
 
 def _module_named(output):
@@ -221,14 +227,15 @@ def _module_named(output):
     return match.group(1) if match else None
 
 
-def signature_advice(output, module=None):
+def signature_advice(output, module=None, root=None):
     """What to tell the user about a failed module load whose ``output`` shows a refused signature, or
-    "" for any other failure. ``module``: the module's name when the output does not name it."""
-    if not signature_rejected(output):
+    "" for any other failure. ``module``: the module's name when the output does not name it; ``root``: the
+    host, whose lockdown turns an EPERM into a refused signature (:func:`signature_rejected`)."""
+    if not signature_rejected(output, root):
         return ""
     name = _module_named(output) or module or "the module"
     return (
-        "%s is not signed with a key the kernel trusts, and Secure Boot or module signature enforcement is "
+        "%s is not signed with a key the kernel trusts, and Secure Boot, lockdown or module signature enforcement is "
         "on, so the kernel refused it; nothing else is wrong with it. %s"
         % (name, SIGNING_STEPS.replace("Sign it", "Sign %s" % name, 1))
     )

@@ -338,7 +338,7 @@ def restore_gvt_g(context, parent):
         command = [context.runner.get_bin_path("modprobe") or "modprobe", GVT_G_MODULE]
         rc, out, err = context.runner.run_command(command)
         if rc != 0 or not os.path.isdir(host_path(root, "sys/module", GVT_G_MODULE)):
-            advice = signature_advice("%s\n%s" % (out, err), GVT_G_MODULE)
+            advice = signature_advice("%s\n%s" % (out, err), GVT_G_MODULE, root)
             if advice:
                 raise VendorRestoreError("%s failed (exit %s): %s" % (" ".join(command), rc, advice))
             raise VendorRestoreError(

@@ -301,7 +301,7 @@ class VfioPciRun(BootConfigPlanner, ModuleRun):
         self.commands.append(argv)
         rc, out, err = self.module.run_command(argv, environ_update={"LC_ALL": "C", "LANG": "C"})
         if rc != 0:
-            advice = signature_advice("%s\n%s" % (out, err))
+            advice = signature_advice("%s\n%s" % (out, err), root=self.root)
             raise VfioError(
                 "%s failed: %s exited with %d: %s%s"
                 % (what, " ".join(argv), rc, (err or out).strip() or "no output", advice and "; " + advice)

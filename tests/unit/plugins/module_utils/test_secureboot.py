@@ -185,8 +185,9 @@ def test_signature_advice_recognises_both_errors(errno):
     output = REJECTED[errno] % "gim"
     assert signature_rejected(output)
     advice = signature_advice(output)
-    assert advice.startswith("gim is not signed with a key the kernel trusts, and Secure Boot or module signature "
-                             "enforcement is on, so the kernel refused it; nothing else is wrong with it. Sign gim")
+    assert advice.startswith("gim is not signed with a key the kernel trusts, and Secure Boot, lockdown or module "
+                             "signature enforcement is on, so the kernel refused it; nothing else is wrong with it. "
+                             "Sign gim")
     assert "mokutil --import" in advice
 
 
@@ -292,3 +293,24 @@ def test_gim_missing_without_signature_enforcement_keeps_the_old_message(make_ho
     status = restore.Restore(root=root, out=io.StringIO(), timeout=0.2, interval=0.01, attempts=1, state=state).run()
     message = next(r["message"] for r in status["results"] if r["step"] == "driver")
     assert message == "a driver binding to %s did not happen within 0.2 s" % MI300X
+
+
+@pytest.mark.parametrize(("lockdown", "advised"), [
+    ("none integrity [confidentiality]\n", True),
+    ("none [integrity] confidentiality\n", True),
+    ("[none] integrity confidentiality\n", False),
+    (None, False),  # no lockdown LSM: an EPERM is something else
+])
+def test_lockdown_refuses_an_unsigned_module_with_eperm(tmp_path, lockdown, advised):
+    """With module.sig_enforce off, a locked-down kernel refuses an unsigned module with EPERM."""
+    host = _Host()
+    host.root = str(tmp_path)
+    if lockdown is not None:
+        write(host.root, LOCKDOWN, lockdown)
+    output = "modprobe: ERROR: could not insert 'gim': Operation not permitted\n"
+    run = _Run(_Module(1, "", output), host)
+    with pytest.raises(GpuvirtError) as raised:
+        run.command(["/usr/sbin/modprobe", "gim"], "loading gim")
+    assert ("gim is not signed with a key the kernel trusts" in str(raised.value)) is advised
+    # Without the host's state an EPERM says nothing about signatures.
+    assert signature_advice(output) == ""

@@ -496,8 +496,9 @@ def test_vfio_pci_refused_for_its_signature_says_to_sign_it(make_host, vfio_pci,
     assert result["rc"] == 1, result
     assert result["msg"].startswith("loading the vfio-pci module failed: ")
     assert (" vfio-pci exited with 1: modprobe: ERROR: could not insert 'vfio_pci': %s; vfio_pci is not signed "
-            "with a key the kernel trusts, and Secure Boot or module signature enforcement is on, so the kernel "
-            "refused it; nothing else is wrong with it. Sign vfio_pci with an enrolled key" % error) in result["msg"]
+            "with a key the kernel trusts, and Secure Boot, lockdown or module signature enforcement is on, so the "
+            "kernel refused it; nothing else is wrong with it. Sign vfio_pci with an enrolled key"
+            % error) in result["msg"]
     assert "mokutil --import" in result["msg"]
     assert snapshot(root) == before
 
