@@ -39,6 +39,7 @@ from ansible_collections.gpuvirt.host.plugins.module_utils import rules, vendors
 from ansible_collections.gpuvirt.host.plugins.module_utils.architecture import architecture_from_iommu
 from ansible_collections.gpuvirt.host.plugins.module_utils.architecture import host_architecture as tree_architecture
 from ansible_collections.gpuvirt.host.plugins.module_utils.critical import critical_devices
+from ansible_collections.gpuvirt.host.plugins.module_utils.device_users import unknown_users_text
 from ansible_collections.gpuvirt.host.plugins.module_utils.display import Displays, read_displays
 from ansible_collections.gpuvirt.host.plugins.module_utils.errors import GpuvirtError
 from ansible_collections.gpuvirt.host.plugins.module_utils.findings import Findings
@@ -132,7 +133,7 @@ def passthrough_verdict(
     """
     device = devices[address]
     groups = groups_from_devices(devices) if groups is None else groups
-    holders = holders or {}
+    holders = {} if holders is None else holders
     critical = critical or {}
     displays = displays or Displays()
     bound = [address] + companions(devices, address, slots)
@@ -181,6 +182,15 @@ def passthrough_verdict(
             "process %s (%s) holds the VFIO device of IOMMU group %s"
             % (user["pid"], user.get("comm") or "?", device.iommu_group),
         )
+    # A device on a VFIO driver has its group's /dev/vfio file: a process whose open files cannot be read
+    # may hold it.
+    unreadable = getattr(holders, "unreadable", None)
+    if not users and unreadable and any(m in devices and is_vfio_driver(devices[m].driver) for m in bound):
+        refuse(
+            "in_use_unknown",
+            "whether a process (a running VM) holds the VFIO device of IOMMU group %s cannot be told: %s"
+            % (device.iommu_group, unknown_users_text(unreadable)),
+        )
     if critical:
         # The device, its companions and the group's other endpoints (bridges stay with the host).
         needed = set()
@@ -194,7 +204,7 @@ def passthrough_verdict(
             for reason in critical[member]:
                 refuse("host_critical", "%s %s; the host needs it" % (member, reason))
     viable = not codes
-    if codes == ["iommu_unknown"]:
+    if codes and set(codes) <= {"iommu_unknown", "in_use_unknown"}:
         viable = None
     return {"viable": viable, "reasons": reasons, "codes": codes, "devices": bound}
 

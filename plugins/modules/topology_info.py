@@ -582,8 +582,8 @@ topology:
           contains:
             viable:
               description:
-                - No reason against it. V(null) when the only reason is that the tree cannot tell whether the
-                  IOMMU is on (V(iommu_unknown)).
+                - No reason against it. V(null) when the only reasons are what cannot be told: whether the
+                  IOMMU is on (V(iommu_unknown)), whether a process holds it (V(in_use_unknown)).
               returned: success
               type: bool
               sample: true
@@ -601,7 +601,9 @@ topology:
                   as the boot display), V(console_framebuffer) (it drives the framebuffer the text console draws
                   on), V(firmware_framebuffer) (the firmware's framebuffer lies in its memory, see
                   above), V(doubtful_attribute) (a C(boot_vga), C(class), C(iommu_group) or C(driver) that reads
-                  malformed, or a C(boot_vga) missing), V(group_shared), V(in_use), V(host_critical).
+                  malformed, or a C(boot_vga) missing), V(group_shared), V(in_use), V(in_use_unknown) (the open
+                  files of some process cannot be read and the device is on a VFIO driver; with no other reason
+                  the verdict is null, unknown), V(host_critical).
               returned: success
               type: list
               elements: str

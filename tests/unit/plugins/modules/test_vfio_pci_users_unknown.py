@@ -119,3 +119,19 @@ def test_a_process_that_exited_during_the_scan_is_not_counted(make_host, vfio_pc
     result = vfio_pci(root, kernel=kernel, devices=[GPU], state="absent", persistent=False)
     assert result["rc"] == 0 and result["changed"] is True and result["refusals"] == [], result["msg"]
     assert vfio_bind.read_driver(root, GPU) != "vfio-pci"
+
+
+def test_the_verdict_is_unknown_when_the_vms_cannot_be_seen(make_host, unreadable_fds):
+    """topology_info's verdict says what vfio_pci would refuse: a passed-through GPU whose holders cannot
+    be told is neither viable nor refused, it is unknown."""
+    from ansible_collections.gpuvirt.host.plugins.module_utils.topology import detect
+
+    root = passed_through(make_host, [QEMU])
+    unreadable_fds(root, {4242: errno.EACCES})
+    verdict = next(g for g in detect(root)["gpus"] if g["address"] == GPU)["passthrough"]
+    assert verdict["codes"] == ["in_use_unknown"] and verdict["viable"] is None
+    assert "qemu-system-x86 (pid 4242)" in verdict["reasons"][0]
+    # On its host driver nothing holds its group file: the unreadable process does not matter.
+    root = on_host_drivers(make_host, [QEMU])
+    unreadable_fds(root, {4242: errno.EACCES})
+    assert "in_use_unknown" not in next(g for g in detect(root)["gpus"] if g["address"] == GPU)["passthrough"]["codes"]
