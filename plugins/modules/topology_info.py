@@ -582,7 +582,7 @@ topology:
           contains:
             viable:
               description:
-                - No reason against it. V(null) when the only reasons are what cannot be told: whether the
+                - No reason against it. V(null) when the only reasons are what cannot be told, whether the
                   IOMMU is on (V(iommu_unknown)), whether a process holds it (V(in_use_unknown)).
               returned: success
               type: bool
