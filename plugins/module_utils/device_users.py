@@ -19,14 +19,18 @@ usage count!" and waits), leaves the unbinding write, and the run, hanging until
 Public API:
 
 - :class:`Users`: ``{key: [{"pid", "comm"}]}`` plus ``unreadable``, the processes whose descriptors
-  could not be read (``[{"pid", "comm", "error"}]``, ``error`` the errno's name): what they hold is
-  unknown, so an empty answer from a scan with any of them means "not known", not "not in use".
+  could not be read (``[{"pid", "comm", "error"}]``, ``error`` the errno's name), and ``hidden``, why
+  ``/proc`` may not list every process to this run (None when it does): what those processes hold is
+  unknown, so an empty answer from a scan that is not ``complete`` means "not known", not "not in use".
 - :func:`open_files` ``(root, select) -> Users``: one pass over ``/proc/<pid>/fd``; ``select(target)``
   maps a descriptor's target to a key (None: not wanted).
+- :func:`hidden_processes` ``(root) -> str | None``: ``Users.hidden`` (see below).
+- :func:`merged` ``(scans) -> Users``: the unknown part of several scans of the same ``/proc``.
 - :func:`host_nodes` ``(root, device) -> list[str]``: the ``/dev`` nodes of ``device`` (a PciDevice).
 - :func:`node_users` ``(root, nodes) -> Users`` (``{node: [{"pid", "comm"}]}``).
-- :func:`unknown_users_text` ``(unreadable) -> str``: how many processes could not be inspected, a few
-  of them, why and what lets the module see them, for the guards' refusals and warnings.
+- :func:`unknown_users_text` ``(users) -> str``: for a scan that is not ``complete``, how many processes
+  could not be inspected, a few of them, whether ``/proc`` hides others, why and what lets the module see
+  them, for the guards' refusals and warnings.
 
 Unreadable descriptors: the kernel lets a process list and read ``/proc/<pid>/fd`` of another only
 when it may ptrace it (``PTRACE_MODE_READ``), and answers EACCES otherwise: as a user other than
@@ -34,6 +38,27 @@ root, as root without ``CAP_SYS_PTRACE`` (containers drop it) for a process that
 (setuid programs, daemons that clear the flag), or under an LSM that restricts ptrace. A process
 that exits during the scan answers ENOENT (ESRCH for some entries): it holds nothing any more, so it
 is skipped, not counted.
+
+Hidden processes: a ``/proc`` mounted with ``hidepid=invisible`` (``hidepid=2`` as kernels before 5.8
+show it) or ``hidepid=ptraceable`` (``4``) does not even list the processes the reader may not ptrace,
+so no descriptor of theirs can fail to read: the scan would answer "not in use" for a device a VM holds
+(``Documentation/filesystems/proc.rst``, "Mount options"; ``has_pid_permissions()`` in
+``fs/proc/base.c``). :func:`hidden_processes` tells when that happens to this run, from the mount's
+options in ``<root>/proc/self/mountinfo`` (the line of the scanned ``<root>/proc`` as this run sees it,
+else that of ``/proc``, as a tree copied from a host names its own) and from the reader's own
+``<root>/proc/self/status``. The reader sees every process when ``CapEff`` holds ``CAP_SYS_PTRACE``, or,
+with ``invisible`` only, when its fs group or a supplementary group (``Gid``, ``Groups``) is the
+mount's ``gid=`` (root's group, 0, when the mount shows none: the kernel's default). Otherwise the scan
+is incomplete, as with unreadable processes. ``hidepid=noaccess`` (``1``) lists every process and
+refuses its descriptors (EPERM): unreadable, above. ``subset=pid`` hides no process. A limit: ``status``
+shows capabilities and groups in the reader's user namespace and ``mountinfo`` the ``gid=`` in the
+initial one, so for a run inside a user namespace (a rootless or unprivileged container) they do not
+tell whether the host's processes are visible to it.
+
+When ``mountinfo`` has no such line or ``status`` no ``CapEff`` (unreadable, or a snapshot or fixture
+tree without them), nothing is taken as hidden, as before this check: a live ``/proc`` always shows a
+process its own ``status``, so only a tree copied from a host lacks it, and its listing is whatever was
+copied.
 """
 
 from __future__ import annotations
@@ -51,15 +76,28 @@ _FRAMEBUFFER = re.compile(r"fb[0-9]+\Z")
 _GONE = (errno.ENOENT, errno.ESRCH)
 # How many unreadable processes a message names.
 _NAMED = 3
+# CAP_SYS_PTRACE's bit in the capability masks of /proc/<pid>/status (include/uapi/linux/capability.h).
+_CAP_SYS_PTRACE = 19
+# The hidepid= values that keep processes out of the listing: as kernels >= 5.8 show them, and older ones.
+_HIDING = {"invisible": "invisible", "2": "invisible", "ptraceable": "ptraceable", "4": "ptraceable"}
+# The octal escapes of mountinfo's paths (space, tab, newline, backslash).
+_ESCAPE = re.compile(r"\\([0-7]{3})")
 
 
 class Users(dict):
-    """``{key: [{"pid", "comm"}]}`` from one scan, and ``unreadable``: the processes whose descriptors
-    could not be read (``[{"pid", "comm", "error"}]``, by pid), whose holdings are unknown."""
+    """``{key: [{"pid", "comm"}]}`` from one scan, ``unreadable``: the processes whose descriptors could
+    not be read (``[{"pid", "comm", "error"}]``, by pid), and ``hidden``: why ``/proc`` may not list
+    every process to this run (:func:`hidden_processes`), or None. The holdings of either are unknown."""
 
-    def __init__(self, found=(), unreadable=()):
+    def __init__(self, found=(), unreadable=(), hidden=None):
         super().__init__(found)
         self.unreadable = list(unreadable)
+        self.hidden = hidden
+
+    @property
+    def complete(self):
+        """Whether the holdings of every process are known: none unreadable, none hidden."""
+        return not self.unreadable and not self.hidden
 
 
 def open_files(root, select):
@@ -99,11 +137,109 @@ def open_files(root, select):
     for users in found.values():
         users.sort(key=lambda user: user["pid"])
     unreadable.sort(key=lambda entry: entry["pid"])
-    return Users(found, unreadable)
+    return Users(found, unreadable, hidden_processes(root))
 
 
-def unknown_users_text(unreadable):
-    """``the open files of 2 processes could not be read (qemu-system-x86 (pid 4242), ...): ...``."""
+def hidden_processes(root):
+    """Why ``<root>/proc`` may leave out of its listing processes that this run may not ptrace
+    (``hidepid``: see "Hidden processes" in the module docstring), or None when it lists them all or that cannot be
+    told."""
+    proc = host_path(root, "proc")
+    mount, options = _proc_mount(proc)
+    mode = _HIDING.get(options.get("hidepid"))
+    if mode is None:
+        return None
+    reader = _reader(proc)
+    if reader is None:
+        return None
+    capabilities, groups = reader
+    if capabilities >> _CAP_SYS_PTRACE & 1:
+        return None
+    shown = "%s is mounted with hidepid=%s and this run lacks CAP_SYS_PTRACE" % (mount, options["hidepid"])
+    advice = "run the module as root with CAP_SYS_PTRACE (root on the host has it; a container must be given it)"
+    if mode == "ptraceable":
+        return (
+            "%s: processes it may not trace are not listed there at all (no group lifts that mode), so what they "
+            "hold is unknown; %s, or remount %s without hidepid" % (shown, advice, mount)
+        )
+    gid = options.get("gid", "0")
+    if gid in groups:
+        return None
+    group = "the mount's group (gid=%s)" % gid if "gid" in options else "root's group (gid 0, the mount sets no gid=)"
+    return (
+        "%s and is not in %s: processes it may not trace are not listed there at all, so what they hold is unknown; "
+        "%s, or in that group, or remount %s without hidepid" % (shown, group, advice, mount)
+    )
+
+
+def _proc_mount(proc):
+    """``(mount point, {option: value})`` of the proc mount at ``proc`` as this run sees it, else of
+    ``/proc``, from the super options of its last line in ``<root>/proc/self/mountinfo`` (the mount on
+    top); ``(None, {})`` when there is none."""
+    wanted = (os.path.realpath(proc), "/proc")
+    found = {}
+    try:
+        with open(proc + "/self/mountinfo", encoding="utf-8", errors="replace") as handle:
+            for line in handle:
+                fields = line.split()
+                if "-" not in fields[6:]:
+                    continue
+                separator = fields.index("-", 6)
+                if len(fields) < separator + 4 or fields[separator + 1] != "proc":
+                    continue
+                point = _ESCAPE.sub(lambda match: chr(int(match.group(1), 8)), fields[4])
+                if point in wanted:
+                    found[point] = dict(option.partition("=")[::2] for option in fields[separator + 3].split(","))
+    except OSError:
+        pass
+    for point in wanted:
+        if point in found:
+            return point, found[point]
+    return None, {}
+
+
+def _reader(proc):
+    """``(CapEff, {groups})`` of the process reading ``proc``, from its ``self/status``: its effective
+    capabilities, and its fs group with its supplementary groups (decimal strings); None when the file or
+    its ``CapEff`` cannot be read."""
+    fields = {}
+    try:
+        with open(proc + "/self/status", encoding="utf-8", errors="replace") as handle:
+            for line in handle:
+                name, _colon, value = line.partition(":")
+                fields[name] = value.split()
+        capabilities = int(fields["CapEff"][0], 16)
+    except (OSError, KeyError, IndexError, ValueError):
+        return None
+    groups = set(fields.get("Groups", ()))
+    ids = fields.get("Gid", ())
+    if len(ids) == 4:
+        groups.add(ids[3])  # real, effective, saved, fs: the kernel checks the fs group
+    return capabilities, groups
+
+
+def merged(scans):
+    """One :class:`Users` standing for the unknown part of ``scans`` of the same ``/proc``: their
+    unreadable processes once each, and the first ``hidden``."""
+    unreadable = {}
+    hidden = None
+    for scan in scans:
+        unreadable.update((entry["pid"], entry) for entry in scan.unreadable)
+        hidden = hidden or scan.hidden
+    return Users(unreadable=[unreadable[pid] for pid in sorted(unreadable)], hidden=hidden)
+
+
+def unknown_users_text(users):
+    """Why the holdings of some processes are unknown, for a scan (:class:`Users`) that is not
+    ``complete``: ``the open files of 2 processes could not be read (qemu-system-x86 (pid 4242), ...): ...``
+    and ``/proc is mounted with hidepid=invisible and this run lacks CAP_SYS_PTRACE ...``."""
+    parts = [_unreadable_text(users.unreadable)] if users.unreadable else []
+    if users.hidden:
+        parts.append(users.hidden)
+    return "; and ".join(parts)
+
+
+def _unreadable_text(unreadable):
     named = ", ".join("%s (pid %d)" % (entry.get("comm") or "?", entry["pid"]) for entry in unreadable[:_NAMED])
     if len(unreadable) > _NAMED:
         named += " and %d more" % (len(unreadable) - _NAMED)

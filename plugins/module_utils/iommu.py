@@ -19,7 +19,9 @@ Public API (every reader takes the host ``root``):
 - :func:`vfio_holders` ``(root, findings=None) -> device_users.Users``: which processes hold
   ``/dev/vfio/<group>`` (key: the group) or an iommufd cdev ``/dev/vfio/devices/vfioN`` (key: the
   PCI address or mdev UUID owning it); values are ``{"pid": int, "comm": str}`` lists;
-  ``unreadable`` lists the processes whose open files could not be read, which may hold any of them.
+  ``unreadable`` lists the processes whose open files could not be read and ``hidden`` says why
+  ``/proc`` does not list them all, when it does not: such processes may hold any of them
+  (``complete`` false).
 - :func:`users_of` ``(holders, group, *devices) -> list[dict]``: the holders of a group and of
   the cdevs of the given devices (PCI addresses or mdev UUIDs).
 
@@ -285,8 +287,9 @@ def vfio_holders(root, findings=None):
     """Processes holding VFIO group files or iommufd device files open (:class:`device_users.Users`).
 
     Only looks at processes when some VFIO device file exists, so hosts without VFIO devices pay
-    nothing (and nothing can hold one: ``unreadable`` stays empty). Processes whose descriptors cannot
-    be read are in ``unreadable``, and in an ``info`` finding when ``findings`` is given.
+    nothing (and nothing can hold one: the answer is ``complete``). Processes whose descriptors cannot
+    be read are in ``unreadable``, why ``/proc`` hides processes (``hidepid``) in ``hidden``; either is in
+    an ``info`` finding when ``findings`` is given.
     """
     vfio_dir = host_path(root, "dev/vfio")
     entries = [e for e in list_dir(vfio_dir) if e not in ("vfio", "devices")]
@@ -294,16 +297,16 @@ def vfio_holders(root, findings=None):
     if not entries and not cdevs:
         return Users()
     held = open_files(root, _vfio_file)
-    holders = Users(unreadable=held.unreadable)
+    holders = Users(unreadable=held.unreadable, hidden=held.hidden)
     for name, users in held.items():
         key = _cdev_owner(root, name[len("devices/") :]) if name.startswith("devices/") else name
         if key is not None:
             holders.setdefault(key, []).extend(users)
-    if held.unreadable and findings is not None:
+    if not held.complete and findings is not None:
         findings.info(
             "processes_unreadable",
             "%s; so in_use_by may miss a VM holding a device, and the modules that take a device from its "
-            "users refuse to without force: true" % unknown_users_text(held.unreadable),
+            "users refuse to without force: true" % unknown_users_text(held),
         )
     for users in holders.values():
         users.sort(key=lambda user: user["pid"])

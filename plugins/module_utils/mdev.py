@@ -8,8 +8,8 @@ Public API (standard library only, so the boot-time restore can use it without A
   whether a process holds them), PCI devices (for selectors), the host identity.
 - :func:`plan` ``(snapshot, declarations, force=False) -> Plan``: what to keep, create and remove
   per parent; raises :class:`MdevError` for bad input or a request that does not fit, and for a
-  removal while some process's open files could not be read (``Snapshot.unreadable``: it may hold
-  the mdev) unless ``force``.
+  removal while some process's open files could not be read, or ``/proc`` does not list them all
+  (``Snapshot.users_unknown``: such a process may hold the mdev), unless ``force``.
 - :class:`Executor` ``(root)``: ``remove()``/``create()`` with read-back, ``rollback()``.
 - :func:`create_mdev` / :func:`remove_mdev` ``(root, ...)``: one sysfs write and its read-back.
 - :func:`deterministic_uuid` ``(host_id, parent, type_id, index)``.
@@ -89,7 +89,7 @@ class Snapshot:
     mdevs: dict
     devices: dict
     host_id: str | None = None
-    unreadable: list = field(default_factory=list)  # processes whose open files could not be read
+    users_unknown: str | None = None  # why some process's holdings are unknown (unknown_users_text), or None
 
     def mdevs_on(self, parent):
         return sorted((m for m in self.mdevs.values() if m.parent == parent), key=lambda m: m.uuid)
@@ -124,7 +124,7 @@ def read_snapshot(root, host_id=None):
     devices = read_pci_devices(root)
     name_devices(root, devices)
     return Snapshot(parents=parents, mdevs=current, devices=devices, host_id=host_id or read_host_id(root),
-                    unreadable=holders.unreadable)
+                    users_unknown=None if holders.complete else unknown_users_text(holders))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -293,7 +293,7 @@ def plan(snapshot, declarations, force=False):
     explicit = {}
     for declaration, target in targets:
         _plan_target(snapshot, declaration, target, force, result, taken, explicit)
-    if result.removals and snapshot.unreadable:
+    if result.removals and snapshot.users_unknown:
         message = unknown_users_message(snapshot, result)
         if not force:
             raise MdevError(
@@ -310,7 +310,7 @@ def unknown_users_message(snapshot, result):
     return "mdev %s although whether a VM uses %s cannot be told: %s" % (
         ", ".join(value for _parent, value in result.removals),
         "it" if len(result.removals) == 1 else "them",
-        unknown_users_text(snapshot.unreadable),
+        snapshot.users_unknown,
     )
 
 

@@ -138,7 +138,7 @@ class Gpu:
     pf_mdev_types: dict = field(default_factory=dict)
     pf_mdevs: list = field(default_factory=list)
     pf_users: list = field(default_factory=list)
-    unreadable: list = field(default_factory=list)  # processes whose open files could not be read
+    users_unknown: str | None = None  # why some process's holdings are unknown (unknown_users_text), or None
 
     @property
     def sriov_mode(self):
@@ -205,7 +205,7 @@ def read_gpu(root, pf, holders=None, mdev_list=None, pci_ids=None):
         vfs=[],
         pf_users=_users(device, holders),
         pf_mdevs=_mdevs_of(device.address, mdev_list, holders),
-        unreadable=list(getattr(holders, "unreadable", ())),
+        users_unknown=None if getattr(holders, "complete", True) else unknown_users_text(holders),
     )
     if device.address in parents:
         gpu.pf_mdev_types = _nvidia_types(root, device.address)
@@ -411,7 +411,8 @@ def plan_per_vf(gpu, declaration, known, force=False):
     in-use ones first; new ones go to the free VFs in VF order. A vGPU in use (a process holds its
     VF) is never deleted unless ``force``: an explicit change to it fails, an undeclared or surplus
     one is kept with a warning. Any deletion while some process's open files could not be read
-    (``gpu.unreadable``: it may hold any VF) fails unless ``force``; creations alone go ahead.
+    or ``/proc`` hides some (``gpu.users_unknown``: it may hold any VF) fails unless ``force``; creations
+    alone go ahead.
     """
     where = "%s (%s)" % (gpu.address, gpu.name)
     complete = gpu.complete
@@ -488,10 +489,10 @@ def plan_per_vf(gpu, declaration, known, force=False):
             )
     _undeclared(others, declaration, drop, result, order)
     result.delete.sort(key=lambda item: order[item[0]])
-    if result.delete and gpu.unreadable:
+    if result.delete and gpu.users_unknown:
         message = "%s: deleting the vGPUs of VF %s (or changing their type) would take them from any VM using them, " \
             "and whether one does cannot be told: %s" % (
-                where, ", ".join(address for address, _old in result.delete), unknown_users_text(gpu.unreadable))
+                where, ", ".join(address for address, _old in result.delete), gpu.users_unknown)
         if not force:
             raise VgpuError(message + ". Run the module where every process can be inspected, or set force: true. "
                             "Nothing was changed.")

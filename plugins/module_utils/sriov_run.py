@@ -221,7 +221,7 @@ class SriovRun(ModuleRun):
             "release": release,
             "vfs_after": vfs_after,
             "in_use": in_use,
-            "users_unknown": taken if holders.unreadable else [],
+            "users_unknown": [] if holders.complete else taken,
             "before": {"num_vfs": current, "drivers_autoprobe": info["drivers_autoprobe"], "vfs": info["vfs"],
                        "vf_drivers": drivers},
         }
@@ -251,7 +251,7 @@ class SriovRun(ModuleRun):
         taken = ", ".join("%s (%s)" % (p["address"], ", ".join(p["users_unknown"])) for p in plans)
         return (
             "it would take the VFs of %s from whatever uses them, and whether a VM does cannot be told: %s"
-            % (taken, unknown_users_text(self.holders.unreadable))
+            % (taken, unknown_users_text(self.holders))
         )
 
     @staticmethod

@@ -182,14 +182,14 @@ def passthrough_verdict(
             "process %s (%s) holds the VFIO device of IOMMU group %s"
             % (user["pid"], user.get("comm") or "?", device.iommu_group),
         )
-    # A device on a VFIO driver has its group's /dev/vfio file: a process whose open files cannot be read
-    # may hold it.
-    unreadable = getattr(holders, "unreadable", None)
-    if not users and unreadable and any(m in devices and is_vfio_driver(devices[m].driver) for m in bound):
+    # A device on a VFIO driver has its group's /dev/vfio file: a process whose open files cannot be read,
+    # or that /proc does not list, may hold it. (A plain mapping stands for a complete scan.)
+    if not users and not getattr(holders, "complete", True) \
+            and any(m in devices and is_vfio_driver(devices[m].driver) for m in bound):
         refuse(
             "in_use_unknown",
             "whether a process (a running VM) holds the VFIO device of IOMMU group %s cannot be told: %s"
-            % (device.iommu_group, unknown_users_text(unreadable)),
+            % (device.iommu_group, unknown_users_text(holders)),
         )
     if critical:
         # The device, its companions and the group's other endpoints (bridges stay with the host).

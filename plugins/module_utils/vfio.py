@@ -36,6 +36,7 @@ from ansible_collections.gpuvirt.host.plugins.module_utils import vendors
 from ansible_collections.gpuvirt.host.plugins.module_utils.critical import critical_devices
 from ansible_collections.gpuvirt.host.plugins.module_utils.device_users import (
     host_nodes,
+    merged,
     node_users,
     unknown_users_text,
 )
@@ -291,7 +292,7 @@ class HostView:
     records: dict  # {address: device dict (PciDevice.to_dict())}
     iommu_enabled: bool
     kernel: dict
-    holders: dict  # vfio_holders(): {group or address: [{pid, comm}]}, .unreadable
+    holders: dict  # vfio_holders(): {group or address: [{pid, comm}]}, .unreadable, .hidden, .complete
     critical: dict  # critical_devices(): {address: [reasons]}
     slots: dict
     displays: Displays  # the boot display (DRM) and the framebuffers each device drives
@@ -496,21 +497,22 @@ def in_use_refusals(view, changing, action, scanned=None):
 
 
 def unknown_user_refusals(view, changing, action, scanned=None):
-    """``in_use_unknown``: some process's open files could not be read, so whether it holds a device
-    among ``changing`` is not known. That concerns the devices a process could hold: through VFIO when
-    their group file (``/dev/vfio/<group>``) or iommufd device (``vfio-dev``) exists, through their host
-    nodes when ``scanned`` (:func:`host_node_users`) found some. One refusal for them all, on the
-    first (as ``group_shared`` names a group's devices)."""
+    """``in_use_unknown``: some process's open files could not be read, or ``/proc`` does not list every
+    process (``hidepid``), so whether one holds a device among ``changing`` is not known. That concerns
+    the devices a process could hold: through VFIO when their group file (``/dev/vfio/<group>``) or
+    iommufd device (``vfio-dev``) exists, through their host nodes when ``scanned``
+    (:func:`host_node_users`) found some. One refusal for them all, on the first (as ``group_shared``
+    names a group's devices)."""
     unknown = set()
-    unreadable = {}
-    if getattr(view.holders, "unreadable", None):
+    scans = []
+    if not getattr(view.holders, "complete", True):
         reachable = [address for address in changing if _vfio_reachable(view, address)]
         if reachable:
             unknown.update(reachable)
-            unreadable.update((entry["pid"], entry) for entry in view.holders.unreadable)
-    if scanned is not None and scanned[1].unreadable:
+            scans.append(view.holders)
+    if scanned is not None and not scanned[1].complete:
         unknown.update(scanned[0].values())
-        unreadable.update((entry["pid"], entry) for entry in scanned[1].unreadable)
+        scans.append(scanned[1])
     if not unknown:
         return []
     addresses = sorted(unknown)
@@ -520,7 +522,7 @@ def unknown_user_refusals(view, changing, action, scanned=None):
         "whether a running VM or a host process uses %s cannot be told: %s; %s %s now could pull %s from under "
         "such a process (or block until it lets go)"
         % (", ".join(describe(view.records[address]) for address in addresses),
-           unknown_users_text([unreadable[pid] for pid in sorted(unreadable)]), action,
+           unknown_users_text(merged(scans)), action,
            "them" if several else "it", "them" if several else "it"),
     )]
 
