@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -128,3 +129,32 @@ def unreadable_fds(monkeypatch):
             denied[os.path.abspath(os.path.join(root, "proc", str(pid), "fd"))] = code
 
     return deny
+
+
+# A reader of /proc without CAP_SYS_PTRACE (the capabilities Docker leaves a container), outside root's group.
+NO_PTRACE = {"cap_eff": "00000000a80425fb", "gid": 1000, "groups": [1000]}
+
+
+@pytest.fixture
+def hidepid():
+    """``hidepid(root, hidden=(4242,), options="rw,hidepid=invisible", reader=NO_PTRACE)``: ``<root>/proc``
+    becomes a proc mount with those super options (its line in ``proc/self/mountinfo``), read by a
+    process whose ``proc/self/status`` shows ``reader`` (see ``hostgen.reader_status``), and the
+    processes in ``hidden`` leave its listing, as the kernel leaves out those the reader may not ptrace
+    (what they hold, their ``/dev/vfio`` files, stays). The tree is changed, not the modules' view of it."""
+
+    def apply(root, hidden=(4242,), options="rw,hidepid=invisible", reader=NO_PTRACE):
+        mountinfo = os.path.join(root, "proc/self/mountinfo")
+        with open(mountinfo, encoding="utf-8") as handle:
+            text = handle.read()
+        text, count = re.subn(r"^(\S+ \S+ \S+ \S+ /proc .* - proc \S+ )\S+$", lambda m: m.group(1) + options, text,
+                              flags=re.M)
+        assert count == 1, text
+        with open(mountinfo, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        with open(os.path.join(root, "proc/self/status"), "w", encoding="utf-8") as handle:
+            handle.write(hostgen.reader_status(reader))
+        for pid in hidden:
+            shutil.rmtree(os.path.join(root, "proc", str(pid)))
+
+    return apply

@@ -287,6 +287,24 @@ def test_removing_is_refused_while_the_users_cannot_be_told(lab, mdev_module, un
     assert any(w.startswith("force: true: removing mdev") for w in warnings(forced))
 
 
+def test_removing_is_refused_while_proc_hides_processes(lab, mdev_module, hidepid):
+    """/proc mounted with hidepid=invisible and read without CAP_SYS_PTRACE leaves out of its listing the
+    processes this run may not trace: a VM among them may hold any mdev, as an unreadable process may."""
+    created = mdev_module(lab, parents=[{"selector": "mbochs", "mdevs": [{"type": "mbochs-medium", "count": 1}]}])
+    hold(lab, created["created"][0])
+    hidepid(lab, hidden=(4242,))
+    untouched = tree_state(lab)
+    exclusive = [{"selector": "mbochs", "mdevs": [], "exclusive": True}]
+    result = mdev_module(lab, parents=exclusive)
+    assert result["rc"] == 1 and result["changed"] is False, result
+    assert "refusing to remove mdev %s" % created["created"][0] in result["msg"]
+    assert "/proc is mounted with hidepid=invisible and this run lacks CAP_SYS_PTRACE" in result["msg"]
+    assert tree_state(lab) == untouched
+    forced = mdev_module(lab, force=True, parents=exclusive)
+    assert forced["rc"] == 0 and forced["removed"] == created["created"], forced
+    assert any("hidepid=invisible" in w for w in warnings(forced))
+
+
 def test_a_process_that_exited_does_not_block_removing(lab, mdev_module, unreadable_fds):
     created = mdev_module(lab, parents=[{"selector": "mbochs", "mdevs": [{"type": "mbochs-medium", "count": 1}]}])
     hold(lab, created["created"][0])

@@ -401,6 +401,19 @@ def test_force_deletes_a_vgpu_whose_users_cannot_be_told(l40s, run, unreadable_f
     assert "deleting the vGPUs of VF %s" % VF0 in warnings(result) and current(l40s, VF0) == 0
 
 
+def test_deleting_a_vgpu_is_refused_while_proc_hides_processes(l40s, run, hidepid):
+    """/proc mounted with hidepid=ptraceable and read without CAP_SYS_PTRACE: a VM may hold any VF."""
+    hold_group(l40s, VF0)
+    hidepid(l40s, options="rw,hidepid=ptraceable")
+    absent = [gpu(vfs=[{"address": VF0, "state": "absent"}])]
+    result, writes = run(l40s, gpus=absent)
+    assert result.failed and result["changed"] is False and writes == [], result
+    assert "/proc is mounted with hidepid=ptraceable and this run lacks CAP_SYS_PTRACE" in result["msg"]
+    assert current(l40s, VF0) == 1041
+    result, writes = run(l40s, gpus=absent, force=True)
+    assert result["changed"] is True and [v for _p, v in writes] == ["0"], result
+
+
 def test_a_process_that_exited_does_not_block_deleting(l40s, run, unreadable_fds):
     unreadable_vm(l40s, unreadable_fds)
     hold_group(l40s, VF1, pid=4300)

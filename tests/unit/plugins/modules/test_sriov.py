@@ -272,6 +272,20 @@ def test_unknown_users_block_removing_vfs_but_not_creating_them(nvme, run, unrea
     assert "warnings" not in result
 
 
+def test_processes_proc_hides_block_removing_vfs(nvme, run, hidepid):
+    """/proc mounted with hidepid=2 and read without CAP_SYS_PTRACE: the VM holding a VF is not listed."""
+    run(nvme, devices=[{"selector": NVME, "num_vfs": 2}])
+    hold_group(nvme, "0000:04:00.2", pid=4242)
+    hidepid(nvme, options="rw,hidepid=2")
+    before = snapshot(nvme)
+    result, writes = run(nvme, devices=[{"selector": NVME, "num_vfs": 4}])
+    assert result.failed and result["changed"] is False and writes == [], result
+    assert "/proc is mounted with hidepid=2 and this run lacks CAP_SYS_PTRACE" in result["msg"]
+    assert snapshot(nvme) == before
+    result, writes = run(nvme, devices=[{"selector": NVME, "num_vfs": 0}], force=True)
+    assert result["changed"] is True and [v for _p, v in writes] == ["0"], result
+
+
 def test_a_process_that_exited_does_not_block_the_count(nvme, run, unreadable_fds):
     run(nvme, devices=[{"selector": NVME, "num_vfs": 2}])
     hold_group(nvme, "0000:04:00.1", pid=4242)
