@@ -131,9 +131,11 @@ options:
       - Also needed to delete or change any vGPU while whether a VM uses it cannot be told - when a VFIO device
         file exists and the open files of some process cannot be read (permission denied, as when the module runs
         without root or without C(CAP_SYS_PTRACE), as in a restricted container, or C(/proc) is mounted with
-        C(hidepid)). Without it such a run fails naming how many processes and a few of them, and changes
-        nothing; with it the run goes ahead with a warning. Creating vGPUs on free VFs is not held up, and a
-        process that exits during the scan is not counted.
+        C(hidepid)), or C(/proc) does not even list the processes the run may not trace (mounted with
+        C(hidepid=invisible) or C(hidepid=ptraceable), read without C(CAP_SYS_PTRACE) and, for C(invisible),
+        outside the mount's C(gid=) group). Without it such a run fails naming how many processes and a few
+        of them, or the C(hidepid) mount, and changes nothing; with it the run goes ahead with a warning.
+        Creating vGPUs on free VFs is not held up, and a process that exits during the scan is not counted.
     type: bool
     default: false
   persistent:

@@ -95,10 +95,12 @@ options:
       - Also needed to remove or move existing VFs while whether a VM uses them cannot be told - when a VFIO
         device file exists and the open files of some process cannot be read (permission denied, as when the module
         runs without root or without C(CAP_SYS_PTRACE), as in a restricted container, or C(/proc) is mounted
-        with C(hidepid)). The refusal names how many processes and a few of them; with O(force=true) the run
-        goes ahead with a warning. Enabling VFs on a PF that has none, or changing only
-        O(devices[].drivers_autoprobe), takes nothing from anyone and is not held up. A process that exits
-        during the scan is not counted.
+        with C(hidepid)), or C(/proc) does not even list the processes the run may not trace (mounted with
+        C(hidepid=invisible) or C(hidepid=ptraceable), read without C(CAP_SYS_PTRACE) and, for C(invisible),
+        outside the mount's C(gid=) group). The refusal names how many processes and a few of them, or the
+        C(hidepid) mount; with O(force=true) the run goes ahead with a warning. Enabling VFs on a PF that has
+        none, or changing only O(devices[].drivers_autoprobe), takes nothing from anyone and is not held up. A
+        process that exits during the scan is not counted.
     type: bool
     default: false
   persistent:
