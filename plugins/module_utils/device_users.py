@@ -55,6 +55,12 @@ shows capabilities and groups in the reader's user namespace and ``mountinfo`` t
 initial one, so for a run inside a user namespace (a rootless or unprivileged container) they do not
 tell whether the host's processes are visible to it.
 
+A ``/proc`` mounted in a container with a PID namespace of its own lists that namespace's processes
+only: a VM on the host is not there for any reader. Its process 1 is then the container's init, whose
+``1/ns/pid`` link names a namespace other than the initial one (``pid:[4026531836]``, fixed since Linux
+3.8): the scan is incomplete, whatever the reader's rights. Reading that link needs the right to ptrace
+process 1; when it cannot be read, only ``hidepid`` is looked at.
+
 When ``mountinfo`` has no such line or ``status`` no ``CapEff`` (unreadable, or a snapshot or fixture
 tree without them), nothing is taken as hidden, as before this check: a live ``/proc`` always shows a
 process its own ``status``, so only a tree copied from a host lacks it, and its listing is whatever was
@@ -82,6 +88,9 @@ _CAP_SYS_PTRACE = 19
 _HIDING = {"invisible": "invisible", "2": "invisible", "ptraceable": "ptraceable", "4": "ptraceable"}
 # The octal escapes of mountinfo's paths (space, tab, newline, backslash).
 _ESCAPE = re.compile(r"\\([0-7]{3})")
+# The initial PID namespace's inode (PROC_PID_INIT_INO in include/linux/proc_ns.h, fixed since Linux 3.8):
+# a /proc whose process 1 is in another namespace was mounted in a container and lists only its processes.
+_HOST_PID_NAMESPACE = "pid:[4026531836]"
 
 
 class Users(dict):
@@ -141,10 +150,17 @@ def open_files(root, select):
 
 
 def hidden_processes(root):
-    """Why ``<root>/proc`` may leave out of its listing processes that this run may not ptrace
-    (``hidepid``: see "Hidden processes" in the module docstring), or None when it lists them all or that cannot be
-    told."""
+    """Why ``<root>/proc`` may leave out of its listing processes that this run may not ptrace (``hidepid``)
+    or that live outside its PID namespace (see "Hidden processes" in the module docstring), or None when it
+    lists them all or that cannot be told."""
     proc = host_path(root, "proc")
+    namespace = _pid_namespace(proc)
+    if namespace is not None and namespace != _HOST_PID_NAMESPACE:
+        return (
+            "/proc lists the processes of the PID namespace %s (a container's), not the host's: VMs and other "
+            "processes outside it are not listed there at all, so what they hold is unknown; run the module on the "
+            "host itself or in the host's PID namespace (--pid=host, hostPID: true)" % namespace
+        )
     mount, options = _proc_mount(proc)
     mode = _HIDING.get(options.get("hidepid"))
     if mode is None:
@@ -170,6 +186,15 @@ def hidden_processes(root):
         "%s and is not in %s: processes it may not trace are not listed there at all, so what they hold is unknown; "
         "%s, or in that group, or remount %s without hidepid" % (shown, group, advice, mount)
     )
+
+
+def _pid_namespace(proc):
+    """The PID namespace whose processes ``proc`` lists (``pid:[<inode>]``, the one of its process 1), or
+    None when that cannot be read (a tree without it; ``ns/`` links need the right to ptrace process 1)."""
+    try:
+        return os.readlink(proc + "/1/ns/pid")
+    except OSError:
+        return None
 
 
 def _proc_mount(proc):

@@ -133,9 +133,10 @@ options:
         without root or without C(CAP_SYS_PTRACE), as in a restricted container, or C(/proc) is mounted with
         C(hidepid)), or C(/proc) does not even list the processes the run may not trace (mounted with
         C(hidepid=invisible) or C(hidepid=ptraceable), read without C(CAP_SYS_PTRACE) and, for C(invisible),
-        outside the mount's C(gid=) group). Without it such a run fails naming how many processes and a few
-        of them, or the C(hidepid) mount, and changes nothing; with it the run goes ahead with a warning.
-        Creating vGPUs on free VFs is not held up, and a process that exits during the scan is not counted.
+        outside the mount's C(gid=) group; or a container's, in a PID namespace of its own, that lists none of the
+        host's). Without it such a run fails naming how many processes and a few of them, or the C(hidepid) mount, and
+        changes nothing; with it the run goes ahead with a warning. Creating vGPUs on free VFs is not held up, and a
+        process that exits during the scan is not counted.
     type: bool
     default: false
   persistent:

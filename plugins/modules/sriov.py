@@ -97,10 +97,11 @@ options:
         runs without root or without C(CAP_SYS_PTRACE), as in a restricted container, or C(/proc) is mounted
         with C(hidepid)), or C(/proc) does not even list the processes the run may not trace (mounted with
         C(hidepid=invisible) or C(hidepid=ptraceable), read without C(CAP_SYS_PTRACE) and, for C(invisible),
-        outside the mount's C(gid=) group). The refusal names how many processes and a few of them, or the
-        C(hidepid) mount; with O(force=true) the run goes ahead with a warning. Enabling VFs on a PF that has
-        none, or changing only O(devices[].drivers_autoprobe), takes nothing from anyone and is not held up. A
-        process that exits during the scan is not counted.
+        outside the mount's C(gid=) group; or a container's, in a PID namespace of its own, that lists none of the
+        host's). The refusal names how many processes and a few of them, or the C(hidepid) mount; with O(force=true)
+        the run goes ahead with a warning. Enabling VFs on a PF that has none, or changing only
+        O(devices[].drivers_autoprobe), takes nothing from anyone and is not held up. A process that exits during the
+        scan is not counted.
     type: bool
     default: false
   persistent:

@@ -61,11 +61,12 @@ notes:
   - Run it as root on a live host, with C(CAP_SYS_PTRACE) - without them the open files of other processes
     cannot be read, and a C(/proc) mounted with C(hidepid=invisible) or C(hidepid=ptraceable) does not even
     list the processes the run may not trace (unless, for C(invisible), the run is in the mount's C(gid=)
-    group), so RV(topology.devices[].in_use_by) may miss VMs (the V(processes_unreadable) finding says how
-    many processes and which, or names the C(hidepid) mount, and the changing modules then refuse to take
-    devices away unless forced). The mount's options are read from C(<root>/proc/self/mountinfo) and the
-    run's capabilities and groups from C(<root>/proc/self/status); a tree without them (a snapshot) is taken
-    to list every process.
+    group), and a container's C(/proc), in a PID namespace of its own (C(<root>/proc/1/ns/pid) not the initial one),
+    lists none of the host's, so RV(topology.devices[].in_use_by) may miss VMs (the V(processes_unreadable) finding
+    says how many processes and which, or names the C(hidepid) mount, and the changing modules then refuse to take
+    devices away unless forced). The mount's options are read from C(<root>/proc/self/mountinfo) and the run's
+    capabilities and groups from C(<root>/proc/self/status); a tree without them (a snapshot) is taken to list every
+    process.
   - A device's IDs, class and driver are read from its C(uevent), with C(vendor), C(device),
     C(subsystem_vendor), C(subsystem_device), C(class) and the C(driver) link as the fallback.
   - A mediated device type's C(name), C(description) and C(device_api) are read from the first parent
@@ -607,8 +608,8 @@ topology:
                   above), V(doubtful_attribute) (a C(boot_vga), C(class), C(iommu_group) or C(driver) that reads
                   malformed, or a C(boot_vga) missing), V(group_shared), V(in_use), V(in_use_unknown) (the open
                   files of some process cannot be read, or C(/proc) does not list every process because of
-                  C(hidepid), and the device is on a VFIO driver; with no other reason the verdict is null,
-                  unknown), V(host_critical).
+                  C(hidepid) or a container's PID namespace, and the device is on a VFIO driver; with no other reason
+                  the verdict is null, unknown), V(host_critical).
               returned: success
               type: list
               elements: str

@@ -169,12 +169,12 @@ options:
         cannot be read (permission denied, as when the module runs without root or without C(CAP_SYS_PTRACE), as in
         a restricted container, or C(/proc) is mounted with C(hidepid)), or when C(/proc) does not even list
         the processes the run may not trace (mounted with C(hidepid=invisible) or C(hidepid=ptraceable), read
-        without C(CAP_SYS_PTRACE) and, for C(invisible), outside the mount's C(gid=) group), so whether one
-        holds a device whose driver would change cannot be told. It concerns a device whose
-        C(/dev/vfio/<group>) or iommufd device exists (a VM could hold it) or that has host nodes (a DRM card,
-        a framebuffer, C(/dev/nvidiaN)); its message names how many processes and a few of them, or the
-        C(hidepid) mount and what lets the run see every process. A process that exits during the scan is not
-        counted.
+        without C(CAP_SYS_PTRACE) and, for C(invisible), outside the mount's C(gid=) group; or a container's, in a PID
+        namespace of its own, that lists none of the host's), so whether one holds a device whose driver would change
+        cannot be told. It concerns a device whose C(/dev/vfio/<group>) or iommufd device exists (a VM could hold it)
+        or that has host nodes (a DRM card, a framebuffer, C(/dev/nvidiaN)); its message names how many processes and
+        a few of them, or the C(hidepid) mount and what lets the run see every process. A process that exits during
+        the scan is not counted.
     type: bool
     default: false
   root:

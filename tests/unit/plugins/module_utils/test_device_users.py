@@ -141,3 +141,30 @@ def test_hidepid_noaccess_refuses_descriptors_it_lists(tmp_path, unreadable_fds)
     text = device_users.unknown_users_text(users)
     assert text.startswith("the open files of 1 process could not be read (? (pid 4242)): permission denied")
     assert "lacks CAP_SYS_PTRACE" not in text
+
+
+def pid_namespace(root, link):
+    """``<root>/proc/1/ns/pid`` as the kernel shows it: a link to ``pid:[<inode>]``."""
+    os.makedirs(os.path.join(root, "proc/1/ns"), exist_ok=True)
+    os.symlink(link, os.path.join(root, "proc/1/ns/pid"))
+    return root
+
+
+def test_a_container_pid_namespace_hides_the_host_whatever_the_rights(tmp_path):
+    """A /proc mounted in a container lists its processes only: root with every capability and no hidepid
+    still sees no VM of the host."""
+    root = pid_namespace(tree(tmp_path, "rw", {"cap_eff": ALL, "gid": 0, "groups": [0]}), "pid:[4026532299]")
+    hidden = device_users.hidden_processes(root)
+    assert hidden.startswith("/proc lists the processes of the PID namespace pid:[4026532299] (a container's), "
+                             "not the host's: VMs and other processes outside it are not listed there at all")
+    assert hidden.endswith("in the host's PID namespace (--pid=host, hostPID: true)")
+    assert device_users.open_files(root, lambda target: target).complete is False
+
+
+def test_the_host_pid_namespace_hides_nothing(tmp_path):
+    """Process 1 in the initial namespace (its inode fixed since Linux 3.8): the host's own listing."""
+    root = pid_namespace(tree(tmp_path, "rw", {"cap_eff": ALL, "gid": 0, "groups": [0]}), "pid:[4026531836]")
+    assert device_users.hidden_processes(root) is None
+    hidepid = pid_namespace(tree(tmp_path / "hidepid", "rw,hidepid=2", {"cap_eff": DOCKER, "gid": 1000,
+                                                                        "groups": [1000]}), "pid:[4026531836]")
+    assert device_users.hidden_processes(hidepid).startswith("/proc is mounted with hidepid=2")

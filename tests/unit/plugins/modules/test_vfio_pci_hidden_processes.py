@@ -12,6 +12,7 @@ the tree's ``/proc`` with the given options, read by a process without CAP_SYS_P
 from __future__ import annotations
 
 import errno
+import os
 
 import pytest
 
@@ -134,3 +135,19 @@ def test_hidepid_noaccess_lists_the_vm_and_refuses_its_files(make_host, vfio_pci
     assert "the open files of 1 process could not be read (qemu-system-x86 (pid 4242))" in refusal["message"]
     assert "lacks CAP_SYS_PTRACE" not in refusal["message"]
     assert verdict(root)["codes"] == ["in_use_unknown"]
+
+
+def test_handing_back_is_refused_from_a_container_pid_namespace(make_host, vfio_pci):
+    """Run in a container with a PID namespace of its own, the module sees none of the host's processes:
+    no VM seen is not no VM, so the GPU stays on vfio-pci and the verdict is unknown."""
+    root = passed_through(make_host, [])
+    os.makedirs(os.path.join(root, "proc/1/ns"))
+    os.symlink("pid:[4026532299]", os.path.join(root, "proc/1/ns/pid"))
+    assert verdict(root)["codes"] == ["in_use_unknown"] and verdict(root)["viable"] is None
+    sim = kernel(root)
+    result = hand_back(vfio_pci, root, sim)
+    assert result["rc"] == 1 and result["changed"] is False, result
+    [refusal] = unknown(result)
+    assert "/proc lists the processes of the PID namespace pid:[4026532299] (a container's)" in refusal["message"]
+    assert sim.sim.writes == []
+    assert vfio_bind.read_driver(root, GPU) == "vfio-pci"
