@@ -14,7 +14,7 @@ import pytest
 from ansible_collections.gpuvirt.host.plugins.module_utils import sriov
 from ansible_collections.gpuvirt.host.tests.fixtures import hostgen
 from ansible_collections.gpuvirt.host.tests.sim.nvidia_vgpu_sim import attach, fake_sriov_manage, sriov_manage_calls
-from ansible_collections.gpuvirt.host.tests.sim.sriov_hosts import hold_group, recorded, snapshot
+from ansible_collections.gpuvirt.host.tests.sim.sriov_hosts import all_vfs_enabled, hold_group, recorded, snapshot
 
 L40S = "0000:cb:00.0"
 A100 = "0000:b1:00.0"
@@ -46,10 +46,14 @@ def run(run_module):
     return runner
 
 
+L40S_HOST = all_vfs_enabled("l40s_vgpu")  # in SR-IOV mode: all 32 VFs, as sriov-manage -e leaves it
+A100_HOST = all_vfs_enabled("datacenter_a100")
+
+
 @pytest.fixture
 def l40s(make_host):
     """The L40S host as the simulated driver shows it (the others VFs offer only what fits next to VF 0's 8Q)."""
-    root = make_host("l40s_vgpu")
+    root = make_host(L40S_HOST)
     attach(root)
     return root
 
@@ -81,7 +85,7 @@ def test_per_vf_check_mode_run_and_second_run(l40s, run):
     for key in ("gpus", "mdev_parents", "state_file", "type_cache", "diff"):
         assert result[key] == predicted[key], key
     entry = result["gpus"][0]
-    assert entry["framework"] == "per_vf" and entry["num_vfs"] == 8 and entry["sriov_enabled"] is False
+    assert entry["framework"] == "per_vf" and entry["num_vfs"] == 32 and entry["sriov_enabled"] is False
     assert entry["created"] == [
         {"vf": VF1, "type_id": 1041, "type_name": "NVIDIA L40S-8Q"},
         {"vf": VF2, "type_id": 1041, "type_name": "NVIDIA L40S-8Q"},
@@ -98,7 +102,7 @@ def test_per_vf_check_mode_run_and_second_run(l40s, run):
     )
     state = recorded(l40s)
     assert state["nvidia_vgpu"] == {vf: {"type_id": 1041, "type_name": "NVIDIA L40S-8Q"} for vf in (VF0, VF1, VF2)}
-    assert state["sriov"] == {L40S: {"num_vfs": 8, "method": "sriov_manage"}}
+    assert state["sriov"] == {L40S: {"num_vfs": 32, "method": "sriov_manage"}}
     assert [current(l40s, vf) for vf in (VF0, VF1, VF2, VF3)] == [1041, 1041, 1041, 0]
 
     again, writes = run(l40s, gpus=gpus)
@@ -108,7 +112,7 @@ def test_per_vf_check_mode_run_and_second_run(l40s, run):
 
 
 def test_a_full_gpu_still_resolves_names_from_the_type_cache(make_host, run):
-    root = make_host("l40s_vgpu", patch_devices=EMPTY_VF0)
+    root = make_host(L40S_HOST, patch_devices=EMPTY_VF0)
     result, _writes = run(root, gpus=[gpu(profiles=[{"profile": "L40S-24Q", "count": 2}])])
     assert result["changed"] is True and result["type_cache"]["changed"] is True
     with open(os.path.join(root, "sys/bus/pci/devices", VF3, "nvidia/creatable_vgpu_types")) as handle:
@@ -211,7 +215,7 @@ def test_sriov_manage_enables_the_vfs_with_retries(l40s_off, run, tmp_path):
 
 def test_check_mode_predicts_enabling_from_the_remembered_types(l40s_off, make_host, run, tmp_path):
     # The model's types were read once while its VFs were enabled.
-    seen = make_host("l40s_vgpu", patch_devices=EMPTY_VF0)
+    seen = make_host(L40S_HOST, patch_devices=EMPTY_VF0)
     run(seen, gpus=[gpu(profiles=[{"profile": "L40S-4Q", "count": 0}])])
     os.makedirs(os.path.join(l40s_off, os.path.dirname(CACHE)))
     with open(os.path.join(seen, CACHE)) as source, open(os.path.join(l40s_off, CACHE), "w") as target:
@@ -304,7 +308,7 @@ def test_enable_sriov_false_and_wrong_drivers(l40s_off, make_host, run):
 
 
 def test_legacy_gpu_hands_the_request_to_the_mdev_module(make_host, run):
-    root = make_host("datacenter_a100", files={"etc/machine-id": MACHINE_ID})
+    root = make_host(A100_HOST, files={"etc/machine-id": MACHINE_ID})
     gpus = [gpu("A100", profiles=[{"profile": "A100-4C", "count": 3}])]
     predicted, _writes = run(root, check_mode=True, gpus=gpus)
     result, writes = run(root, gpus=gpus)
@@ -313,7 +317,7 @@ def test_legacy_gpu_hands_the_request_to_the_mdev_module(make_host, run):
         {"selector": A100, "mdevs": [{"type": "nvidia-471", "count": 3}], "exclusive": False}
     ]
     assert result["gpus"][0]["framework"] == "legacy" and result["gpus"][0]["vfs"] == []
-    assert recorded(root)["sriov"] == {A100: {"num_vfs": 16, "method": "sriov_manage"}}
+    assert recorded(root)["sriov"] == {A100: {"num_vfs": 20, "method": "sriov_manage"}}
     created, writes = run(root, name="mdev", parents=result["mdev_parents"])
     assert created["changed"] is True and len(created["created"]) == 2  # one A100-4C existed already
     parents = sorted({m["parent"] for m in created["mdevs"]})
@@ -356,7 +360,7 @@ def test_legacy_gpu_with_vfs_off_is_enabled_first(make_host, run, tmp_path):
         ([gpu(profiles=[], vfs=[])], "mutually exclusive"),
         ([gpu()], "one of the following is required: profiles, vfs"),
         ([gpu(vfs=[{"address": VF1}])], "state is present but all of the following are missing: profile"),
-        ([gpu(profiles=[{"profile": "L40S-8Q", "count": 9}])], "the profiles need 1 more VF"),
+        ([gpu(profiles=[{"profile": "L40S-8Q", "count": 33}])], "the profiles need 1 more VF"),
     ],
 )
 def test_bad_input_fails_clearly_and_changes_nothing(l40s, run, gpus, message):
