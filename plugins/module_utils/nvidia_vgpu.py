@@ -22,8 +22,10 @@ Public API (standard library only, so the boot-time restore can use it without A
   back. :func:`restore_vf` ``(root, vf, type_id)`` is the same for the boot-time restore, and
   :func:`restore_vgpu` ``(context, vf, entry)`` its step for one ``nvidia_vgpu`` entry of the state file.
 - :func:`enable_vfs_with_sriov_manage` ``(runner, root, pf, retries=5, delay=2.0, command=None) -> dict``:
-  ``sriov-manage -e <pf>`` (:class:`vendor_nvidia.SriovManage`) until the VFs read back
-  (:func:`sriov.enable_vfs_by_tool`).
+  ``sriov-manage -e <pf>`` (:class:`vendor_nvidia.SriovManage`) until all the VFs read back
+  (:func:`sriov.enable_vfs_by_tool`); a GPU with only some of them enabled gets ``sriov-manage -d`` first.
+- :func:`lost_by_reenabling` ``(gpu, known) -> list[str]``: what enabling the VFs of a partly enabled GPU
+  anew would delete or take from a VM (vGPUs, mdevs, processes holding a VF or the GPU).
 - :class:`Executor` ``(root, retries, delay)``: runs a plan with a creatable-list check before each
   creation and ``rollback()``. :func:`offered_now` ``(root, vf) -> {id: name} | None``.
 - :func:`predicted_gpu` ``(root, gpu, cache_entry) -> Gpu``: the GPU once ``sriov-manage`` has
@@ -142,8 +144,17 @@ class Gpu:
 
     @property
     def sriov_mode(self):
-        """Whether the VFs are enabled (the GPU is in SR-IOV mode)."""
-        return bool(self.sriov and self.sriov["num_vfs"])
+        """Whether the GPU is in SR-IOV mode: all the VFs it offers are enabled, as ``sriov-manage -e`` leaves
+        it (it writes ``sriov_totalvfs``), which is the state NVIDIA vGPU supports."""
+        if not self.sriov or not self.sriov["num_vfs"]:
+            return False
+        return self.sriov["num_vfs"] >= (self.sriov["total_vfs"] or 0)
+
+    @property
+    def partly_enabled(self):
+        """Whether only some of its VFs are enabled (0 < ``sriov_numvfs`` < ``sriov_totalvfs``): sriov-manage
+        stopped part way, a smaller count was written by hand, or a restore was cut short."""
+        return bool(self.sriov and self.sriov["num_vfs"]) and not self.sriov_mode
 
     def vf(self, address):
         return next((vf for vf in self.vfs if vf.address == address), None)
@@ -227,6 +238,30 @@ def read_gpu(root, pf, holders=None, mdev_list=None, pci_ids=None):
     elif gpu.pf_mdev_types or any(vf.mdev_types for vf in gpu.vfs):
         gpu.framework = "legacy"
     return gpu
+
+
+def lost_by_reenabling(gpu, known):
+    """What enabling the VFs of ``gpu`` anew (``sriov-manage -d``, then ``-e``: every VF device goes) would delete
+    or take from a VM: each VF's vGPU or mdevs and the processes holding a VF, and the mdevs and holders of
+    the GPU itself (sriov-manage unbinds its driver). ``known``: type id -> name, for the labels."""
+
+    def mdev(entry):
+        used = " in use by %s" % ", ".join(entry["in_use"]) if entry.get("in_use") else ""
+        return "mdev %s of type %s%s" % (entry["uuid"], _label(entry["type"], known.get(entry["type"])), used)
+
+    lost = []
+    for vf in gpu.vfs:
+        held = []
+        if vf.current:
+            held.append("vGPU %s" % _label(vf.current, known.get(vf.current)))
+        held += [mdev(entry) for entry in vf.mdevs]
+        if vf.users:
+            held.append("in use by %s" % ", ".join(vf.users))
+        if held:
+            lost.append("VF %s (%s)" % (vf.address, ", ".join(held)))
+    lost += ["%s on the GPU itself" % mdev(entry) for entry in gpu.pf_mdevs]
+    lost += ["%s holding the GPU itself" % user for user in gpu.pf_users]
+    return lost
 
 
 def gpu_reason(device):

@@ -2,7 +2,12 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """The ``nvidia_vgpu`` module's run (:mod:`modrun`): select NVIDIA GPUs, put them in SR-IOV mode
 when needed, plan and set each VF's vGPU type, and record the types and the VF counts for the
-boot-time restore (state file) and for check mode before the VFs exist (type cache)."""
+boot-time restore (state file) and for check mode before the VFs exist (type cache).
+
+SR-IOV mode is all the VFs a GPU offers: ``sriov-manage -e`` enables ``sriov_totalvfs`` of them. A GPU
+with only some enabled is not planned on as it is: its VFs are enabled anew (``sriov-manage -d``, then
+``-e``) when nothing on them would be lost, or the run fails saying what would be; its short count is
+never recorded."""
 
 from __future__ import annotations
 
@@ -28,6 +33,7 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.nvidia_vgpu import (
     known_types,
     legacy_mdev_parents,
     load_cache,
+    lost_by_reenabling,
     observe,
     plan_cache,
     plan_per_vf,
@@ -37,7 +43,7 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.nvidia_vgpu import (
 )
 from ansible_collections.gpuvirt.host.plugins.module_utils.pci import name_devices, read_pci_devices
 from ansible_collections.gpuvirt.host.plugins.module_utils.selector import select_devices
-from ansible_collections.gpuvirt.host.plugins.module_utils.sriov import SriovError, state_entry
+from ansible_collections.gpuvirt.host.plugins.module_utils.sriov import SriovError, read_sriov, state_entry
 from ansible_collections.gpuvirt.host.plugins.module_utils.topology import (
     NotALinuxTree,
     UnsupportedArchitecture,
@@ -142,8 +148,15 @@ class NvidiaVgpuRun(ModuleRun):
                 "vfio-pci": "it is bound to vfio-pci, set up for passthrough (gpuvirt.host.vfio_pci)",
             }.get(gpu.driver, "it is bound to %s" % gpu.driver)
             self.fail("%s: vGPUs need the NVIDIA vGPU host driver, but %s. Nothing was changed." % (where, why))
-        if gpu.framework is None:
-            if gpu.sriov and gpu.sriov["total_vfs"] and not gpu.sriov_mode:
+        if gpu.partly_enabled:
+            self._guard_reenable(work, where)
+            work.enable = True
+            # Planned on the GPU as it will be, in a real run too, so that bad input fails before the VFs go;
+            # only from a complete list of types (one read while no VF held a vGPU), else after enabling.
+            entry = self.cache["gpus"].get(cache_key(gpu))
+            work.view = predicted_gpu(self.root, gpu, entry if (entry or {}).get("complete") else None)
+        elif gpu.framework is None:
+            if gpu.sriov and gpu.sriov["total_vfs"] and not gpu.sriov["num_vfs"]:
                 self._guard_enable(work, where)
                 work.enable = True
                 if self.check_mode:
@@ -159,10 +172,16 @@ class NvidiaVgpuRun(ModuleRun):
                     "vGPU host driver for it" % where
                 )
         if work.view.framework is None:
-            self.warn(
-                "%s: its VFs are not enabled and no vGPU types are remembered for this model, so the profiles are "
-                "only checked once a real run has enabled the VFs" % where
-            )
+            if gpu.partly_enabled:
+                self.warn(
+                    "%s: its VFs are enabled anew first, and no complete list of vGPU types is remembered for this "
+                    "model, so the profiles are only checked once a real run has enabled them" % where
+                )
+            else:
+                self.warn(
+                    "%s: its VFs are not enabled and no vGPU types are remembered for this model, so the profiles "
+                    "are only checked once a real run has enabled the VFs" % where
+                )
             return
         try:
             self._plan(work)
@@ -183,6 +202,30 @@ class NvidiaVgpuRun(ModuleRun):
                 "(sriov-manage -e) would disturb them. Remove them first, or set force: true. Nothing was changed."
                 % (where, ", ".join(blockers))
             )
+
+    def _guard_reenable(self, work, where):
+        gpu = work.gpu
+        short = "only %d of its %d VFs are enabled (sriov_numvfs %d, sriov_totalvfs %d)" % (
+            gpu.sriov["num_vfs"], gpu.sriov["total_vfs"], gpu.sriov["num_vfs"], gpu.sriov["total_vfs"])
+        if not work.declaration["enable_sriov"]:
+            self.fail(
+                "%s: %s: sriov-manage stopped part way, a smaller count was written by hand, or a restore was cut "
+                "short. NVIDIA vGPU needs all of them, as sriov-manage -e enables them; enable_sriov: true enables "
+                "them anew (sriov-manage -d, then -e), or run those two yourself. Nothing was changed." % (where, short)
+            )
+        lost = lost_by_reenabling(gpu, known_types(gpu, self.cache["gpus"].get(cache_key(gpu))))
+        if not lost:
+            return
+        message = (
+            "%s: %s; enabling all of them takes the enabled ones away first (sriov-manage -d, then -e: the kernel "
+            "enables VFs only from 0), which would remove %s" % (where, short, "; ".join(lost))
+        )
+        if not self.force:
+            self.fail(
+                message + ". Stop the VMs and delete those vGPUs first, or set force: true (the kernel still refuses "
+                "while a VM holds a VF). Nothing was changed."
+            )
+        self.warn("force: true: " + message)
 
     def _plan(self, work):
         view = work.view
@@ -212,6 +255,16 @@ class NvidiaVgpuRun(ModuleRun):
             except (VgpuError, SriovError) as error:
                 self._fail_rolled_back(works, error)
 
+    def _vf_count_moves(self, works):
+        """The GPUs whose VF count a failed run changed without enabling all (a short count disabled)."""
+        moves = []
+        for work in works:
+            if work.enable and not work.enabled:
+                now = (read_sriov(self.root, work.gpu.address) or {}).get("num_vfs")
+                if now != work.gpu.sriov["num_vfs"]:
+                    moves.append("%s has %s VFs now, not %d" % (work.gpu.address, now, work.gpu.sriov["num_vfs"]))
+        return moves
+
     def _enable(self, work):
         pf = work.gpu.address
         result = enable_vfs_with_sriov_manage(
@@ -232,6 +285,7 @@ class NvidiaVgpuRun(ModuleRun):
                 undone += len(work.executor.created) + len(work.executor.deleted)
                 problems.extend(work.executor.rollback())
         enabled = [w.gpu.address for w in works if w.enabled]
+        moves = self._vf_count_moves(works)
         message = str(error)
         if undone:
             message += " Rolled back the %d vGPU change(s) this run had made." % undone
@@ -239,7 +293,9 @@ class NvidiaVgpuRun(ModuleRun):
             message += " Rolling back failed: %s." % "; ".join(problems)
         if enabled:
             message += " The VFs this run enabled stay enabled (%s)." % ", ".join(enabled)
-        self.fail(message, changed=bool(problems or enabled))
+        if moves:
+            message += " %s." % "; ".join(moves)
+        self.fail(message, changed=bool(problems or enabled or moves))
 
     # -- results --------------------------------------------------------------------------------
 
@@ -297,7 +353,7 @@ class NvidiaVgpuRun(ModuleRun):
 
     def _record(self, work, after, nvidia_section, sriov_section):
         view = work.view
-        if view.sriov is not None and view.sriov.get("num_vfs"):
+        if view.sriov_mode:  # never a short count: the boot-time restore would accept it back
             recorded = sriov_section.get(view.address)
             autoprobe = recorded.get("drivers_autoprobe") if isinstance(recorded, dict) else None
             sriov_section[view.address] = state_entry(view.sriov["num_vfs"], autoprobe, "sriov_manage")

@@ -24,7 +24,8 @@ Public API (standard library only, so the boot-time restore can use it without A
 - :func:`enable_vfs_by_tool` ``(runner, root, pf, tool, retries=5, delay=2.0, expected=None) -> dict``: runs a
   vendor's VF-enabling tool (:func:`vendors.vf_tool`, e.g. NVIDIA's ``sriov-manage -e <pf>``) until
   ``sriov_numvfs`` reads back ``expected`` VFs or more (by default: ``sriov_totalvfs`` for a tool that enables
-  every VF, ``tool.enables_all``; any for another); its exit status is recorded but never trusted. ``runner`` is
+  every VF, ``tool.enables_all``; any for another); its exit status is recorded but never trusted. A PF that
+  already has fewer VFs than that (a short count) has them disabled first (``tool.disable_argv``). ``runner`` is
   anything with ``run_command(argv)`` returning ``(rc, stdout, stderr)`` (an AnsibleModule; at boot, the
   restore's own runner), and ``get_bin_path(name)`` to check the programs the tool runs (``tool.programs``).
   A tool that unbinds the PF's driver while it works (``tool.pf_driver``) gets the PF bound to that driver
@@ -298,22 +299,26 @@ def enable_vfs_by_tool(runner, root, pf, tool, retries=5, delay=2.0, sleep=time.
     reading at least the count wanted with that many ``virtfnN`` links, whatever it exits with. The count
     wanted: ``expected`` when given (the restore passes the recorded count), else ``sriov_totalvfs`` for a
     tool that enables every VF (``tool.enables_all``), else any. VFs already enabled are left alone unless
-    fewer than ``expected``. A tool that can disable them (``tool.disable_argv``) disables a short count
-    before the next run (the kernel enables VFs only from 0), and after the last failed run when the PF
-    had none before, so that a failure leaves no short count behind. Returns ``{"changed", "num_vfs",
-    "attempts": [{"rc", "num_vfs", "output"}], "warnings"}``; raises SriovError after ``retries`` attempts.
+    fewer than wanted: NVIDIA's tool does nothing on a GPU with VFs (``already has VFs enabled``, exit 0),
+    and the kernel enables VFs only from 0, so a tool that can disable them (``tool.disable_argv``) disables
+    a short count before each run, and after the last failed run when the PF had none before, so that a
+    failure leaves no short count behind. Whether a VF is in use is the caller's to check first. A disable
+    that leaves VFs (the kernel refused: a VF in use) counts as a failed attempt. Returns ``{"changed",
+    "num_vfs", "attempts": [{"rc", "num_vfs", "output"}], "warnings"}`` (an attempt whose disable failed
+    also has ``"disable": True``); raises SriovError after ``retries`` attempts.
     """
     info = read_sriov(root, pf)
     if info is None:
         raise SriovError("%s is not an SR-IOV physical function (no sriov_totalvfs)" % pf)
-    if info["num_vfs"] and (expected is None or info["num_vfs"] >= expected):
-        return {"changed": False, "num_vfs": info["num_vfs"], "attempts": [], "warnings": []}
     if expected is not None:
         wanted, wanted_from = expected, "recorded"
     elif tool.enables_all and info["total_vfs"]:
         wanted, wanted_from = info["total_vfs"], "sriov_totalvfs"
     else:
         wanted, wanted_from = 1, None
+    before = info["num_vfs"] or 0
+    if before and before >= wanted:
+        return {"changed": False, "num_vfs": before, "attempts": [], "warnings": []}
     executable = tool.executable(runner)
     if not os.access(executable, os.X_OK):
         raise SriovError(
@@ -335,11 +340,16 @@ def enable_vfs_by_tool(runner, root, pf, tool, retries=5, delay=2.0, sleep=time.
             )
         short = sysfs.read_int(_pf_path(root, pf, "sriov_numvfs")) or 0
         if short and disable is not None:
-            _run_tool(runner, disable(executable, pf))
+            rc, out, err = _run_tool(runner, disable(executable, pf))
+            left = sysfs.read_int(_pf_path(root, pf, "sriov_numvfs")) or 0
+            if left:
+                attempts.append({"rc": rc, "num_vfs": left, "output": _output(out, err), "disable": True})
+                if attempt < retries:
+                    sleep(delay)
+                continue
         rc, out, err = _run_tool(runner, argv)
         num_vfs = sysfs.read_int(_pf_path(root, pf, "sriov_numvfs")) or 0
-        output = " ".join((out or "").split() + (err or "").split())[-300:]
-        attempts.append({"rc": rc, "num_vfs": num_vfs, "output": output})
+        attempts.append({"rc": rc, "num_vfs": num_vfs, "output": _output(out, err)})
         if num_vfs >= wanted and _count_links(root, pf) == num_vfs:
             if rc != 0:
                 warnings.append(
@@ -351,20 +361,33 @@ def enable_vfs_by_tool(runner, root, pf, tool, retries=5, delay=2.0, sleep=time.
         if attempt < retries:
             sleep(delay)
     summary = "; ".join(
-        "attempt %d: exit %s, sriov_numvfs %d%s"
-        % (i + 1, a["rc"], a["num_vfs"], ", " + a["output"] if a["output"] else "")
+        "attempt %d: %sexit %s, sriov_numvfs %d%s"
+        % (i + 1, "disabling " if a.get("disable") else "", a["rc"], a["num_vfs"],
+           ", " + a["output"] if a["output"] else "")
         for i, a in enumerate(attempts)
     )
     last = attempts[-1]["num_vfs"]
+    if attempts[-1].get("disable"):
+        raise SriovError(
+            "%s did not disable the %d VFs of %s in %d attempts (%s); the kernel enables VFs only from 0, so the %d "
+            "wanted (%s) cannot be enabled. A VF may be in use by a VM: stop it, check dmesg, then run again"
+            % (" ".join(disable(executable, pf)), last, pf, len(attempts), summary, wanted, wanted_from)
+        )
     if wanted_from and last:
         what = "enabled only %d of the %d VFs (%s) of %s" % (last, wanted, wanted_from, pf)
-        undone = _disable_short(runner, root, pf, disable, executable) if not info["num_vfs"] else ""
+        undone = _disable_short(runner, root, pf, disable, executable) if not before else ""
     else:
         what = "did not enable the VFs of %s" % pf
         undone = ""
+    if before and disable is not None:
+        undone += "; %s had %d VFs before, disabled first (the kernel enables VFs only from 0)" % (pf, before)
     raise SriovError(
         "%s %s in %d attempts (%s)%s; %s" % (command, what, len(attempts), summary, undone, tool.failure_advice(pf))
     )
+
+
+def _output(out, err):
+    return " ".join((out or "").split() + (err or "").split())[-300:]
 
 
 def _run_tool(runner, argv):

@@ -25,6 +25,12 @@ description:
     reads C(sriov_numvfs) back and retries a bounded number of times, whatever it exits with. It refuses
     to do that when the GPU hosts vGPUs created without SR-IOV (mediated devices on the GPU itself) or a
     process holds the GPU, because enabling SR-IOV mode would disturb them; O(force=true) goes ahead.
+  - SR-IOV mode means all the VFs the GPU offers, as C(sriov-manage -e) enables them (C(sriov_totalvfs)).
+    A GPU with only some enabled (C(sriov-manage) stopped part way, a smaller count written by hand, a restore
+    cut short) is not planned on as it is. Its VFs are enabled anew, C(sriov-manage -d) then C(-e), because
+    C(sriov-manage -e) leaves a GPU with VFs alone and the kernel changes a VF count only through 0. That
+    removes every VF device, so the module refuses, naming them, when a VF holds a vGPU or mdev or a process
+    holds a VF or the GPU, unless O(force=true). A short count is never recorded for the boot-time restore.
   - "Per-VF interface: a vGPU is created by writing its type ID to the VF's C(current_vgpu_type) and
     deleted by writing C(0); every write is read back. Existing vGPUs of a declared profile count;
     new ones go to free VFs in VF order. Deletions come first, then creations; before each creation
@@ -50,6 +56,10 @@ attributes:
       - For a GPU whose VFs are not enabled yet, the VFs are predicted from C(sriov_offset) and
         C(sriov_stride), and the profiles from the types remembered for the GPU model; without them the
         profiles are resolved only in a real run, and check mode warns.
+      - For a GPU with only some VFs enabled, the plan is made on all its VFs, free, as C(sriov-manage) will
+        leave them, in a real run too, so that bad input fails before the VFs are touched. That needs a
+        complete list of the model's types (one read while no VF held a vGPU); without it the profiles are
+        resolved once the VFs are back, and check mode warns.
   diff_mode:
     support: full
     details:
@@ -120,14 +130,17 @@ options:
         default: false
       enable_sriov:
         description:
-          - Enable the VFs with C(sriov-manage) when the GPU is not in SR-IOV mode. With V(false) such a
-            GPU fails instead.
+          - Enable the VFs with C(sriov-manage) when the GPU is not in SR-IOV mode, none of them enabled or
+            only some (then C(sriov-manage -d) first). With V(false) such a GPU fails instead, and nothing is
+            changed.
         type: bool
         default: true
   force:
     description:
-      - Delete or change vGPUs whose VF is in use, and enable SR-IOV mode on a GPU that hosts vGPUs created
-        without it. The kernel may still refuse a vGPU that a running VM holds.
+      - Delete or change vGPUs whose VF is in use, enable SR-IOV mode on a GPU that hosts vGPUs created
+        without it, and enable all the VFs anew on a GPU with only some enabled although they hold vGPUs or
+        mdevs (lost with the VFs) or are in use. The kernel may still refuse while a running VM holds a VF or
+        vGPU.
       - Also needed to delete or change any vGPU while whether a VM uses it cannot be told - when a VFIO device
         file exists and the open files of some process cannot be read (permission denied, as when the module runs
         without root or without C(CAP_SYS_PTRACE), as in a restricted container, or C(/proc) is mounted with
@@ -220,7 +233,7 @@ gpus:
       name: NVIDIA Corporation AD102GL [L40S]
       framework: per_vf
       sriov_enabled: false
-      num_vfs: 8
+      num_vfs: 32
       types: [{id: 1030, name: NVIDIA L40S-1B}]
       vfs:
         - {address: "0000:cb:00.4", before: {type_id: 0, type_name: null}, after: {type_id: 1030,
@@ -243,7 +256,7 @@ gpus:
       description: V(per_vf), V(legacy), or null when not known yet (check mode, VFs not enabled).
       type: str
     sriov_enabled:
-      description: Whether this run enabled its VFs with C(sriov-manage).
+      description: Whether this run enabled its VFs with C(sriov-manage), all of them anew when only some were.
       type: bool
     num_vfs:
       description: Its number of VFs after the run.

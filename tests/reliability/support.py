@@ -8,10 +8,12 @@ import hashlib
 import os
 import stat
 
+from ansible_collections.gpuvirt.host.tests.fixtures import hostgen
 from ansible_collections.gpuvirt.host.tests.sim.hosts import MEDIATED_LAB
 from ansible_collections.gpuvirt.host.tests.sim.mdev_kernel import KernelSim
 from ansible_collections.gpuvirt.host.tests.sim.nvidia_vgpu_sim import attach
 from ansible_collections.gpuvirt.host.tests.sim.pci_kernel import PciKernel
+from ansible_collections.gpuvirt.host.tests.sim.sriov_hosts import all_vfs_enabled
 
 SIM_STATE = ".kernel-sim.json"
 STATE = "etc/gpuvirt/host-state.json"
@@ -24,14 +26,16 @@ BOOTLOADER_TREES = {
     "proxmox": "proxmox-zfs-uefi",
 }
 
-# One host for every writer of the state file: the L40S (per-VF vGPUs), the lab's SR-IOV NVMe and
-# its virtual mdev parents (mbochs, mdpy, mtty).
-COMBINED = {
-    "extends": "l40s_vgpu",
-    "add_devices": [dict(MEDIATED_LAB["devices"][1], address="04:00.0", parent=None)],
-    "mdev_parents": MEDIATED_LAB["mdev_parents"],
-    "files": dict(MEDIATED_LAB["files"]),
-}
+# One host for every writer of the state file: the L40S (per-VF vGPUs, all 32 VFs: SR-IOV mode), the
+# lab's SR-IOV NVMe and its virtual mdev parents (mbochs, mdpy, mtty).
+COMBINED = hostgen._merge(
+    all_vfs_enabled("l40s_vgpu"),
+    {
+        "add_devices": [dict(MEDIATED_LAB["devices"][1], address="04:00.0", parent=None)],
+        "mdev_parents": MEDIATED_LAB["mdev_parents"],
+        "files": dict(MEDIATED_LAB["files"]),
+    },
+)
 NVME = "0000:04:00.0"
 L40S = "0000:cb:00.0"
 # The desktop with vfio-pci loaded, so that binding its GPU works when nothing is wrong.

@@ -36,8 +36,12 @@ partial_first=0, partial_vfs=4)`` writes a ``sriov-manage`` executable: ``-e <pf
 calls fail (exit 1, nothing changed) and the next ``lie_first`` calls print success and exit 0 without
 enabling anything (the race with the driver's start-up); the first ``partial_first`` ``-e`` calls that get
 to enable VFs enable only ``partial_vfs`` of them and exit 0 (a GPU left with fewer VFs than it offers);
-``exit_code_when_enabled`` makes a successful call exit non-zero anyway. Like the kernel, a GPU with VFs
-enabled takes no other count until they are disabled: ``-e`` on it fails (exit 1).
+``exit_code_when_enabled`` makes a successful call exit non-zero anyway. Like NVIDIA's script
+(``enable_vfs``/``disable_vfs`` in ``/usr/lib/nvidia/sriov-manage``), ``-e`` on a GPU that has any VFs
+enabled, all or only some, prints ``GPU at <pf> already has VFs enabled.`` and exits 0 without writing
+(so a partly enabled GPU stays short), and ``-d`` on a GPU without VFs likewise exits 0; only ``-d`` then
+``-e`` enables all of them, since the kernel (:class:`sriov_kernel.SriovKernel`) refuses another non-zero
+count while VFs are enabled with ``EBUSY``. A ``-d`` that the kernel refuses (a VF in use) fails (exit 1).
 Like the real script, which unbinds ``nvidia`` from the GPU to set the VFs up and rebinds it, it fails
 (exit 1, nothing changed) on a GPU that ``nvidia`` does not drive; the first ``unbind_first`` calls
 unbind ``nvidia`` and fail part way, leaving the GPU without a driver (stackhpc/ansible-collection-linux,
@@ -434,6 +438,10 @@ def sriov_manage_main(argv, root):
             if not os.path.exists(path):
                 sys.stderr.write("%s is not an SR-IOV capable device\n" % pf)
                 status = 1
+                continue
+            enabled = int(_read(os.path.dirname(path), "sriov_numvfs") or 0)
+            if bool(enabled) == (action == "-e"):
+                sys.stdout.write("GPU at %s already has VFs %s.\n" % (pf, "enabled" if enabled else "disabled"))
                 continue
             count = _read(os.path.dirname(path), "sriov_totalvfs") if action == "-e" else "0"
             if action == "-e" and behaviour.get("partial_done", 0) < behaviour.get("partial_first", 0):

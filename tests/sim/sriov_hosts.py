@@ -4,10 +4,12 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 
 from ansible_collections.gpuvirt.host.plugins.module_utils.pci import PciIds, read_pci_devices
+from ansible_collections.gpuvirt.host.tests.fixtures import hostgen
 from ansible_collections.gpuvirt.host.tests.sim.hosts import hold_vfio_group, tree_state
 
 NVME = "0000:04:00.0"
@@ -65,3 +67,14 @@ def recorded(root):
     """The state file the modules write for the boot-time restore."""
     with open(os.path.join(root, STATE)) as handle:
         return json.load(handle)
+
+
+def all_vfs_enabled(name):
+    """Host description ``name`` with every NVIDIA GPU's VFs all enabled (``num_vfs`` = ``total_vfs``), as
+    ``sriov-manage -e`` leaves them: SR-IOV mode for ``nvidia_vgpu``. The ``l40s_vgpu`` (8 of 32) and
+    ``datacenter_a100`` (16 of 20) descriptions enable only some, to keep the trees small for readers."""
+    description = copy.deepcopy(hostgen.load_description(name))
+    for device in description["devices"]:
+        if device.get("sriov") and device["ids"].startswith("10de:"):
+            device["sriov"] = dict(device["sriov"], num_vfs=device["sriov"]["total_vfs"])
+    return description

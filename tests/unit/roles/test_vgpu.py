@@ -22,6 +22,7 @@ import pytest
 from ansible_collections.gpuvirt.host.plugins.module_utils import hoststate, mdev_info
 from ansible_collections.gpuvirt.host.tests.sim.hosts import MACHINE_ID_FILE, mediated_lab
 from ansible_collections.gpuvirt.host.tests.sim.nvidia_vgpu_sim import attach, fake_sriov_manage
+from ansible_collections.gpuvirt.host.tests.sim.sriov_hosts import all_vfs_enabled
 from ansible_collections.gpuvirt.host.tests.tools.playbook import run_playbook
 
 TESTS = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -208,7 +209,7 @@ def test_over_capacity_changes_nothing(make_host, play):
 
 
 def test_a100_legacy_layout_end_to_end(make_host, play, tmp_path):
-    root = make_host("datacenter_a100", files=MACHINE_ID_FILE)
+    root = make_host(all_vfs_enabled("datacenter_a100"), files=MACHINE_ID_FILE)
     bin_dir = str(tmp_path / "bin")
     fake_sriov_manage(bin_dir, root)
     devices = [{"selector": "A100", "nvidia_vgpu": {"profiles": [{"profile": "A100-4C", "count": 3}]}}]
@@ -235,7 +236,7 @@ def test_a100_legacy_layout_end_to_end(make_host, play, tmp_path):
 
 
 def test_per_vf_layout_end_to_end(make_host, play, tmp_path):
-    root = make_host("l40s_vgpu")
+    root = make_host(all_vfs_enabled("l40s_vgpu"))
     bin_dir = str(tmp_path / "bin")
     fake_sriov_manage(bin_dir, root)
     devices = [{"selector": "L40S", "nvidia_vgpu": {"profiles": [{"profile": "L40S-8Q", "count": 3}]}}]

@@ -11,7 +11,7 @@ from ansible_collections.gpuvirt.host.plugins.module_utils import nvidia_vgpu as
 from ansible_collections.gpuvirt.host.plugins.module_utils import sriov, vendor_nvidia
 from ansible_collections.gpuvirt.host.plugins.module_utils.selector import SelectorError, select_devices
 from ansible_collections.gpuvirt.host.tests.sim.nvidia_vgpu_sim import attach
-from ansible_collections.gpuvirt.host.tests.sim.sriov_hosts import devices_of, hold_group
+from ansible_collections.gpuvirt.host.tests.sim.sriov_hosts import all_vfs_enabled, devices_of, hold_group
 
 L40S = "0000:cb:00.0"
 A100 = "0000:b1:00.0"
@@ -53,11 +53,28 @@ def declare(profiles=None, vfs=None, exclusive=False):
 
 def test_read_gpu_per_vf_layout(l40s):
     gpu = nv.read_gpu(l40s, L40S)
-    assert gpu.framework == "per_vf" and gpu.sriov_mode and gpu.driver == "nvidia"
+    assert gpu.framework == "per_vf" and gpu.driver == "nvidia"
     assert [vf.address for vf in gpu.vfs][:2] == [VF0, VF1] and len(gpu.vfs) == 8
     assert gpu.vf(VF0).current == 1041 and gpu.vf(VF0).creatable == []
     assert gpu.vf(VF1).creatable == [{"id": 1041, "name": "NVIDIA L40S-8Q"}]
     assert gpu.complete is False
+    # 8 of its 32 VFs: not SR-IOV mode as sriov-manage -e leaves it; enabling all anew would remove VF 0's vGPU.
+    assert not gpu.sriov_mode and gpu.partly_enabled
+    assert nv.lost_by_reenabling(gpu, nv.known_types(gpu)) == ["VF %s (vGPU L40S-8Q (1041))" % VF0]
+
+
+def test_sriov_mode_is_all_the_vfs(make_host):
+    root = make_host(all_vfs_enabled("l40s_vgpu"))
+    attach(root)
+    hold_group(root, VF0)
+    gpu = nv.read_gpu(root, L40S)
+    assert gpu.sriov_mode and not gpu.partly_enabled and len(gpu.vfs) == 32
+    assert nv.lost_by_reenabling(gpu, {}) == ["VF %s (vGPU 1041, in use by process 4242 (qemu-system-x86))" % VF0]
+    legacy = nv.read_gpu(make_host("datacenter_a100"), A100)
+    assert legacy.partly_enabled and nv.lost_by_reenabling(legacy, nv.known_types(legacy))[0] == (
+        "VF 0000:b1:00.4 (mdev 6c3e1ab4-4a52-4e2c-9a3e-0a4d9c1e2f01 of type A100-4C (nvidia-471) in use by process "
+        "31337 (qemu-system-x86))"
+    )
 
 
 def test_read_gpu_legacy_layout(make_host):
@@ -347,7 +364,7 @@ def test_predicted_gpu_and_waiting_for_the_vf_interfaces(l40s_empty):
     with sim.active():
         sriov.set_num_vfs(l40s_empty, L40S, 0, delay=0)
     off = nv.read_gpu(l40s_empty, L40S)
-    assert off.framework is None and not off.sriov_mode and off.vfs == []
+    assert off.framework is None and not off.sriov_mode and not off.partly_enabled and off.vfs == []
     predicted = nv.predicted_gpu(l40s_empty, off, cache["gpus"]["10de:26b9"])
     assert predicted.framework == "per_vf" and len(predicted.vfs) == 32 and predicted.sriov["num_vfs"] == 32
     assert predicted.vfs[-1].address == "0000:cb:04.3" and len(predicted.vfs[0].creatable) == 12

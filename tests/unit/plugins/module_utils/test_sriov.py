@@ -13,7 +13,13 @@ from ansible_collections.gpuvirt.host.plugins.module_utils import nvidia_vgpu, s
 from ansible_collections.gpuvirt.host.plugins.module_utils.selector import SelectorError, select_devices
 from ansible_collections.gpuvirt.host.tests.sim.nvidia_vgpu_sim import attach, fake_sriov_manage, sriov_manage_calls
 from ansible_collections.gpuvirt.host.tests.sim.pci_kernel import PciKernel
-from ansible_collections.gpuvirt.host.tests.sim.sriov_hosts import NVME, NVME_HOST, devices_of, hold_group
+from ansible_collections.gpuvirt.host.tests.sim.sriov_hosts import (
+    NVME,
+    NVME_HOST,
+    all_vfs_enabled,
+    devices_of,
+    hold_group,
+)
 from ansible_collections.gpuvirt.host.tests.sim.sriov_kernel import NUMVFS
 
 L40S = "0000:cb:00.0"
@@ -302,11 +308,44 @@ def test_restore_pf_wants_at_least_the_recorded_count_from_sriov_manage(l40s_off
     assert [call[0] for call in sriov_manage_calls(l40s_off)] == ["-e", "-d", "-e", "-d", "-e"]
 
 
-def test_sriov_manage_is_not_run_when_the_vfs_exist(make_host, tmp_path):
-    root = make_host("l40s_vgpu")
+def test_sriov_manage_is_not_run_when_all_the_vfs_exist(make_host, tmp_path):
+    root = make_host(all_vfs_enabled("l40s_vgpu"))
     runner = Runner()
     result = nvidia_vgpu.enable_vfs_with_sriov_manage(runner, root, L40S, command="/nonexistent")
-    assert result == {"changed": False, "num_vfs": 8, "attempts": [], "warnings": []} and runner.calls == []
+    assert result == {"changed": False, "num_vfs": 32, "attempts": [], "warnings": []} and runner.calls == []
+
+
+@pytest.fixture
+def l40s_short(make_host):
+    """The L40S with 8 of its 32 VFs enabled (the l40s_vgpu description), none holding a vGPU."""
+    root = make_host("l40s_vgpu", patch_devices={"cb:00.4": {"nvidia_vgpu": {"creatable": {}, "current": 0}}})
+    attach(root)
+    return root
+
+
+def test_sriov_manage_on_a_partly_enabled_gpu_disables_the_short_count_first(l40s_short, tmp_path):
+    """NVIDIA's sriov-manage -e does nothing on a GPU that has VFs (the kernel takes no other count but 0 while
+    some are enabled), so a short count stays short until it is disabled (-d) first."""
+    command = fake_sriov_manage(str(tmp_path / "bin"), l40s_short)
+    done = subprocess.run([command, "-e", L40S], capture_output=True, text=True, check=False)
+    assert done.returncode == 0 and "GPU at %s already has VFs enabled." % L40S in done.stdout
+    assert num_vfs(l40s_short, L40S) == 8
+    result = nvidia_vgpu.enable_vfs_with_sriov_manage(Runner(), l40s_short, L40S, retries=3, delay=0, command=command)
+    assert result["changed"] is True and result["num_vfs"] == 32 and len(result["attempts"]) == 1
+    assert [call[0] for call in sriov_manage_calls(l40s_short)] == ["-e", "-d", "-e"]
+    assert num_vfs(l40s_short, L40S) == 32
+
+
+def test_a_short_count_the_kernel_will_not_disable_fails_clearly(l40s_short, tmp_path):
+    command = fake_sriov_manage(str(tmp_path / "bin"), l40s_short)
+    hold_group(l40s_short, "0000:cb:00.5")  # a VM holds a VF: the kernel refuses sriov_numvfs 0
+    with pytest.raises(sriov.SriovError) as error:
+        nvidia_vgpu.enable_vfs_with_sriov_manage(Runner(), l40s_short, L40S, retries=2, delay=0, command=command)
+    message = str(error.value)
+    assert message.startswith("%s -d %s did not disable the 8 VFs of %s in 2 attempts" % (command, L40S, L40S))
+    assert "attempt 2: disabling exit 1, sriov_numvfs 8" in message and "Device or resource busy" in message
+    assert "so the 32 wanted (sriov_totalvfs) cannot be enabled. A VF may be in use by a VM" in message
+    assert [call[0] for call in sriov_manage_calls(l40s_short)] == ["-d", "-d"] and num_vfs(l40s_short, L40S) == 8
 
 
 def driver_of(root, address):

@@ -14,7 +14,7 @@ import pytest
 from ansible_collections.gpuvirt.host.plugins.module_utils import sriov
 from ansible_collections.gpuvirt.host.tests.fixtures import hostgen
 from ansible_collections.gpuvirt.host.tests.sim.nvidia_vgpu_sim import attach, fake_sriov_manage, sriov_manage_calls
-from ansible_collections.gpuvirt.host.tests.sim.sriov_hosts import hold_group, recorded, snapshot
+from ansible_collections.gpuvirt.host.tests.sim.sriov_hosts import all_vfs_enabled, hold_group, recorded, snapshot
 
 L40S = "0000:cb:00.0"
 A100 = "0000:b1:00.0"
@@ -46,10 +46,14 @@ def run(run_module):
     return runner
 
 
+L40S_HOST = all_vfs_enabled("l40s_vgpu")  # in SR-IOV mode: all 32 VFs, as sriov-manage -e leaves it
+A100_HOST = all_vfs_enabled("datacenter_a100")
+
+
 @pytest.fixture
 def l40s(make_host):
     """The L40S host as the simulated driver shows it (the others VFs offer only what fits next to VF 0's 8Q)."""
-    root = make_host("l40s_vgpu")
+    root = make_host(L40S_HOST)
     attach(root)
     return root
 
@@ -81,7 +85,7 @@ def test_per_vf_check_mode_run_and_second_run(l40s, run):
     for key in ("gpus", "mdev_parents", "state_file", "type_cache", "diff"):
         assert result[key] == predicted[key], key
     entry = result["gpus"][0]
-    assert entry["framework"] == "per_vf" and entry["num_vfs"] == 8 and entry["sriov_enabled"] is False
+    assert entry["framework"] == "per_vf" and entry["num_vfs"] == 32 and entry["sriov_enabled"] is False
     assert entry["created"] == [
         {"vf": VF1, "type_id": 1041, "type_name": "NVIDIA L40S-8Q"},
         {"vf": VF2, "type_id": 1041, "type_name": "NVIDIA L40S-8Q"},
@@ -98,7 +102,7 @@ def test_per_vf_check_mode_run_and_second_run(l40s, run):
     )
     state = recorded(l40s)
     assert state["nvidia_vgpu"] == {vf: {"type_id": 1041, "type_name": "NVIDIA L40S-8Q"} for vf in (VF0, VF1, VF2)}
-    assert state["sriov"] == {L40S: {"num_vfs": 8, "method": "sriov_manage"}}
+    assert state["sriov"] == {L40S: {"num_vfs": 32, "method": "sriov_manage"}}
     assert [current(l40s, vf) for vf in (VF0, VF1, VF2, VF3)] == [1041, 1041, 1041, 0]
 
     again, writes = run(l40s, gpus=gpus)
@@ -108,7 +112,7 @@ def test_per_vf_check_mode_run_and_second_run(l40s, run):
 
 
 def test_a_full_gpu_still_resolves_names_from_the_type_cache(make_host, run):
-    root = make_host("l40s_vgpu", patch_devices=EMPTY_VF0)
+    root = make_host(L40S_HOST, patch_devices=EMPTY_VF0)
     result, _writes = run(root, gpus=[gpu(profiles=[{"profile": "L40S-24Q", "count": 2}])])
     assert result["changed"] is True and result["type_cache"]["changed"] is True
     with open(os.path.join(root, "sys/bus/pci/devices", VF3, "nvidia/creatable_vgpu_types")) as handle:
@@ -211,7 +215,7 @@ def test_sriov_manage_enables_the_vfs_with_retries(l40s_off, run, tmp_path):
 
 def test_check_mode_predicts_enabling_from_the_remembered_types(l40s_off, make_host, run, tmp_path):
     # The model's types were read once while its VFs were enabled.
-    seen = make_host("l40s_vgpu", patch_devices=EMPTY_VF0)
+    seen = make_host(L40S_HOST, patch_devices=EMPTY_VF0)
     run(seen, gpus=[gpu(profiles=[{"profile": "L40S-4Q", "count": 0}])])
     os.makedirs(os.path.join(l40s_off, os.path.dirname(CACHE)))
     with open(os.path.join(seen, CACHE)) as source, open(os.path.join(l40s_off, CACHE), "w") as target:
@@ -300,11 +304,111 @@ def test_enable_sriov_false_and_wrong_drivers(l40s_off, make_host, run):
     assert result.failed and "bound to vfio-pci, set up for passthrough" in result["msg"]
 
 
+# -- GPUs with only some of their VFs enabled ------------------------------------------------------------
+
+
+@pytest.fixture
+def l40s_short(make_host):
+    """The L40S with 8 of its 32 VFs enabled and no vGPU: sriov-manage stopped part way, or someone wrote 8."""
+    root = make_host("l40s_vgpu", patch_devices=EMPTY_VF0)
+    attach(root)
+    return root
+
+
+def test_a_partly_enabled_gpu_gets_all_its_vfs_anew(l40s_short, run, tmp_path):
+    command = fake_sriov_manage(str(tmp_path / "bin"), l40s_short)
+    # Ten vGPUs on a GPU with 8 VFs enabled: planned over those 8, this failed as a shortage of VFs.
+    gpus = [gpu(profiles=[{"profile": "L40S-1B", "count": 10}])]
+    before = snapshot(l40s_short)
+    predicted, writes = run(l40s_short, check_mode=True, diff=True, gpus=gpus, sriov_manage=command)
+    assert predicted["changed"] is True and writes == [] and sriov_manage_calls(l40s_short) == []
+    assert snapshot(l40s_short) == before and "only checked" not in warnings(predicted)
+    result, _writes = run(l40s_short, diff=True, gpus=gpus, sriov_manage=command)
+    # sriov-manage -e does nothing on a GPU with VFs, and the kernel takes no other count but 0: -d first.
+    assert [call[0] for call in sriov_manage_calls(l40s_short)] == ["-d", "-e"]
+    for key in ("changed", "gpus", "mdev_parents", "state_file", "type_cache", "diff"):
+        assert result[key] == predicted[key], key
+    entry = result["gpus"][0]
+    assert entry["sriov_enabled"] is True and entry["num_vfs"] == 32 and len(entry["created"]) == 10
+    assert sriov.read_sriov(l40s_short, L40S)["num_vfs"] == 32
+    assert recorded(l40s_short)["sriov"] == {L40S: {"num_vfs": 32, "method": "sriov_manage"}}
+    again, writes = run(l40s_short, gpus=gpus, sriov_manage=command)
+    assert again["changed"] is False and writes == [] and len(sriov_manage_calls(l40s_short)) == 2
+    checked, writes = run(l40s_short, check_mode=True, gpus=gpus, sriov_manage=command)
+    assert checked["changed"] is False and writes == []
+
+
+def test_a_partly_enabled_gpu_is_refused_without_enable_sriov_or_with_bad_input(l40s_short, run, tmp_path):
+    command = fake_sriov_manage(str(tmp_path / "bin"), l40s_short)
+    before = snapshot(l40s_short)
+    for check_mode in (True, False):
+        result, writes = run(
+            l40s_short, check_mode=check_mode, sriov_manage=command,
+            gpus=[gpu(profiles=[{"profile": "L40S-1B", "count": 1}], enable_sriov=False)],
+        )
+        assert result.failed and result["changed"] is False and writes == [], result
+        assert "%s (NVIDIA Corporation AD102GL [L40S]): only 8 of its 32 VFs are enabled" % L40S in result["msg"]
+        assert "enable_sriov: true enables them anew (sriov-manage -d, then -e)" in result["msg"]
+        assert "Nothing was changed" in result["msg"]
+        # A profile it does not offer fails before the VFs are touched.
+        unknown = [gpu(profiles=[{"profile": "L40S-5Q", "count": 1}])]
+        result, writes = run(l40s_short, check_mode=check_mode, sriov_manage=command, gpus=unknown)
+        assert result.failed and "'L40S-5Q' is not a vGPU profile of this GPU" in result["msg"] and writes == []
+    assert snapshot(l40s_short) == before and sriov_manage_calls(l40s_short) == []
+
+
+def test_a_partly_enabled_gpu_whose_vfs_hold_vgpus_is_refused_unless_force(make_host, run, tmp_path):
+    root = make_host("l40s_vgpu")  # 8 of 32 VFs; VF 0 holds an L40S-8Q
+    attach(root)
+    command = fake_sriov_manage(str(tmp_path / "bin"), root)
+    hold_group(root, VF0)  # a VM uses it
+    gpus = [gpu(profiles=[{"profile": "L40S-8Q", "count": 2}])]
+    before = snapshot(root)
+    for check_mode in (True, False):
+        result, writes = run(root, check_mode=check_mode, gpus=gpus, sriov_manage=command)
+        assert result.failed and result["changed"] is False and writes == [], result
+        assert "only 8 of its 32 VFs are enabled" in result["msg"]
+        lost = "which would remove VF %s (vGPU L40S-8Q (1041), in use by process 4242 (qemu-system-x86))" % VF0
+        assert lost in result["msg"]
+        assert "or set force: true" in result["msg"] and "Nothing was changed" in result["msg"]
+    assert snapshot(root) == before and sriov_manage_calls(root) == []
+    # Forced while the VM runs: the kernel refuses to take the VFs away, and the run says so.
+    result, _writes = run(root, gpus=gpus, sriov_manage=command, force=True, retries=2)
+    assert result.failed and result["changed"] is False, result
+    assert "sriov-manage -d %s did not disable the 8 VFs of %s in 2 attempts" % (L40S, L40S) in result["msg"]
+    assert "A VF may be in use by a VM" in result["msg"]
+    assert sriov.read_sriov(root, L40S)["num_vfs"] == 8 and current(root, VF0) == 1041
+    # The VM stopped: forced, its vGPU goes with the VFs, and the declared ones are created on all 32.
+    os.unlink(os.path.join(root, "proc/4242/fd/30"))
+    predicted, writes = run(root, check_mode=True, gpus=gpus, sriov_manage=command, force=True)
+    assert predicted["changed"] is True and writes == [] and "force: true" in warnings(predicted)
+    # VF 0's 8Q hides the other types, so the profiles are checked once the VFs are back.
+    assert "no complete list of vGPU types is remembered" in warnings(predicted)
+    result, _writes = run(root, gpus=gpus, sriov_manage=command, force=True)
+    assert result["changed"] is True and "would remove VF %s (vGPU L40S-8Q (1041))" % VF0 in warnings(result)
+    assert result["gpus"][0]["num_vfs"] == 32 and [current(root, vf) for vf in (VF0, VF1, VF2)] == [1041, 1041, 0]
+    assert result["gpus"][0]["vfs"][0]["before"] == {"type_id": 1041, "type_name": "NVIDIA L40S-8Q"}
+    again, writes = run(root, gpus=gpus, sriov_manage=command)
+    assert again["changed"] is False and writes == []
+
+
+def test_sriov_manage_stopping_part_way_again_fails_and_says_what_changed(l40s_short, run, tmp_path):
+    command = fake_sriov_manage(str(tmp_path / "bin"), l40s_short, partial_first=9, partial_vfs=4)
+    result, _writes = run(
+        l40s_short, gpus=[gpu(profiles=[{"profile": "L40S-1B", "count": 1}])], sriov_manage=command, retries=2
+    )
+    assert result.failed and result["changed"] is True, result  # 8 VFs before, 4 now
+    assert "enabled only 4 of the 32 VFs (sriov_totalvfs) of %s in 2 attempts" % L40S in result["msg"]
+    assert "%s had 8 VFs before, disabled first" % L40S in result["msg"]
+    assert "%s has 4 VFs now, not 8." % L40S in result["msg"]
+    assert not os.path.exists(os.path.join(l40s_short, "etc/gpuvirt/host-state.json"))
+
+
 # -- the legacy layout (A100 with mdev types) ----------------------------------------------------------
 
 
 def test_legacy_gpu_hands_the_request_to_the_mdev_module(make_host, run):
-    root = make_host("datacenter_a100", files={"etc/machine-id": MACHINE_ID})
+    root = make_host(A100_HOST, files={"etc/machine-id": MACHINE_ID})
     gpus = [gpu("A100", profiles=[{"profile": "A100-4C", "count": 3}])]
     predicted, _writes = run(root, check_mode=True, gpus=gpus)
     result, writes = run(root, gpus=gpus)
@@ -313,7 +417,7 @@ def test_legacy_gpu_hands_the_request_to_the_mdev_module(make_host, run):
         {"selector": A100, "mdevs": [{"type": "nvidia-471", "count": 3}], "exclusive": False}
     ]
     assert result["gpus"][0]["framework"] == "legacy" and result["gpus"][0]["vfs"] == []
-    assert recorded(root)["sriov"] == {A100: {"num_vfs": 16, "method": "sriov_manage"}}
+    assert recorded(root)["sriov"] == {A100: {"num_vfs": 20, "method": "sriov_manage"}}
     created, writes = run(root, name="mdev", parents=result["mdev_parents"])
     assert created["changed"] is True and len(created["created"]) == 2  # one A100-4C existed already
     parents = sorted({m["parent"] for m in created["mdevs"]})
@@ -356,7 +460,7 @@ def test_legacy_gpu_with_vfs_off_is_enabled_first(make_host, run, tmp_path):
         ([gpu(profiles=[], vfs=[])], "mutually exclusive"),
         ([gpu()], "one of the following is required: profiles, vfs"),
         ([gpu(vfs=[{"address": VF1}])], "state is present but all of the following are missing: profile"),
-        ([gpu(profiles=[{"profile": "L40S-8Q", "count": 9}])], "the profiles need 1 more VF"),
+        ([gpu(profiles=[{"profile": "L40S-8Q", "count": 33}])], "the profiles need 1 more VF"),
     ],
 )
 def test_bad_input_fails_clearly_and_changes_nothing(l40s, run, gpus, message):
