@@ -311,7 +311,8 @@ class NvidiaBackend(VendorBackend):
         return {STATE_KEY: vgpu_state(device) is not None}
 
     def modes(self, device, host):
-        """``vgpu``: ready when the GPU (or one of its VFs) offers vGPU types now. Offered for 3D
+        """``vgpu``: ready when the GPU (or one of its VFs) offers vGPU types now and, in SR-IOV mode, all its
+        VFs are enabled (a GPU with only some is enabled anew by gpuvirt.host.nvidia_vgpu). Offered for 3D
         controllers (data-center GPUs) and SR-IOV capable GPUs; a GeForce-class VGA controller without
         either is not a vGPU model as far as sysfs can tell."""
         vfs = host.vfs_of(device)
@@ -331,11 +332,19 @@ class NvidiaBackend(VendorBackend):
                     "the vGPU manager build of the nvidia driver (module %s, service nvidia-vgpu-mgr); "
                     "the data-center driver offers no vGPU types" % VGPU_HOST_MODULE
                 )
-            if device.sriov is not None and device.sriov.total_vfs and not device.sriov.num_vfs:
-                missing.append("its VFs (sriov-manage -e, as gpuvirt.host.nvidia_vgpu runs it)")
-            if not missing:
-                missing.append("vGPU types: none is offered although the vGPU driver is loaded; check nvidia-vgpu-mgr")
-        return [{"mode": "vgpu", "ready": offered, "missing": missing}]
+        sriov = device.sriov
+        if sriov is not None and sriov.total_vfs and not sriov.num_vfs and not offered:
+            missing.append("its VFs (sriov-manage -e, as gpuvirt.host.nvidia_vgpu runs it)")
+        elif sriov is not None and sriov.total_vfs and sriov.num_vfs and sriov.num_vfs < sriov.total_vfs:
+            # SR-IOV mode is every VF (sriov-manage -e enables all): gpuvirt.host.nvidia_vgpu enables them anew
+            # before it plans vGPUs on such a GPU.
+            missing.append(
+                "all of its VFs (%d of %d enabled; gpuvirt.host.nvidia_vgpu enables them anew: sriov-manage -d, "
+                "then -e)" % (sriov.num_vfs, sriov.total_vfs)
+            )
+        if not offered and not missing:
+            missing.append("vGPU types: none is offered although the vGPU driver is loaded; check nvidia-vgpu-mgr")
+        return [{"mode": "vgpu", "ready": not missing, "missing": missing}]
 
 
 def manager_running(root):

@@ -566,7 +566,9 @@ topology:
               type: str
               sample: gvt-g
             ready:
-              description: The GPU offers it now.
+              description: >-
+                The GPU offers it now (for V(vgpu) on an SR-IOV GPU, with all its VFs enabled, as
+                M(gpuvirt.host.nvidia_vgpu) wants them).
               returned: success
               type: bool
               sample: false

@@ -18,7 +18,7 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.vendor_plan import (
     VendorBackend,
     VendorRestoreError,
 )
-from ansible_collections.gpuvirt.host.tests.sim.sriov_hosts import NVME_HOST
+from ansible_collections.gpuvirt.host.tests.sim.sriov_hosts import NVME_HOST, all_vfs_enabled
 
 
 def modes(topology, address):
@@ -104,7 +104,10 @@ def test_amd_mxgpu_is_ready_under_gim_and_asks_for_gim_otherwise(make_host):
 
 
 def test_nvidia_vgpu_modes(make_host):
-    assert modes(detect(make_host("l40s_vgpu")), "0000:cb:00.0")["vgpu"]["ready"] is True
+    assert modes(detect(make_host(all_vfs_enabled("l40s_vgpu"))), "0000:cb:00.0")["vgpu"]["ready"] is True
+    # 8 of its 32 VFs: not SR-IOV mode yet (nvidia_vgpu enables them anew).
+    short = modes(detect(make_host("l40s_vgpu")), "0000:cb:00.0")["vgpu"]
+    assert short["ready"] is False and short["missing"][0].startswith("all of its VFs (8 of 32 enabled")
     grace = modes(detect(make_host("grace_hopper")), "0009:01:00.0")["vgpu"]
     assert grace["ready"] is False and "nvidia_vgpu_vfio" in grace["missing"][0]
     # A GeForce-class VGA controller without SR-IOV is not offered vGPU at all.

@@ -13,8 +13,10 @@ import ansible.module_utils._internal as ansible_internal
 import pytest
 
 from ansible_collections.gpuvirt.host.plugins.module_utils import mdev, restore, sysfs
+from ansible_collections.gpuvirt.host.plugins.module_utils.topology import detect
 from ansible_collections.gpuvirt.host.tests.sim import gvt_g
 from ansible_collections.gpuvirt.host.tests.sim.mdev_kernel import KernelSim
+from ansible_collections.gpuvirt.host.tests.sim.sriov_hosts import all_vfs_enabled
 from ansible_collections.gpuvirt.host.tests.unit.plugins.modules.test_vfio_pci import read
 
 BOOT = os.path.join(os.path.dirname(__file__), "..", "..", "..", "fixtures", "boot", "debian-grub")
@@ -159,9 +161,24 @@ def test_mxgpu_with_gim_sets_vf_num(make_host, mode):
 def test_nvidia_vgpu_needs_the_running_manager(make_host, mode):
     refused = mode(make_host("grace_hopper"), selector="0009:01:00.0", mode="vgpu")
     assert refused["rc"] == 1 and "nvidia-vgpu-mgr is not running" in refused["msg"]
-    root = make_host("l40s_vgpu", processes=[{"pid": 2100, "comm": "nvidia-vgpu-mgr"}])
+    manager = [{"pid": 2100, "comm": "nvidia-vgpu-mgr"}]
+    root = make_host(all_vfs_enabled("l40s_vgpu"), processes=manager)
     ready = mode(root, selector="0000:cb:00.0", mode="vgpu")
     assert ready["rc"] == 0 and ready["changed"] is False and ready["verification"]["ready"] is True
+
+
+def test_nvidia_vgpu_with_only_some_vfs_is_not_ready(make_host, mode):
+    """SR-IOV mode is every VF: with 8 of 32 enabled, gpuvirt.host.nvidia_vgpu first enables them anew, so
+    the mode is not ready yet, and says what is missing."""
+    root = make_host("l40s_vgpu", processes=[{"pid": 2100, "comm": "nvidia-vgpu-mgr"}])
+    result = mode(root, selector="0000:cb:00.0", mode="vgpu")
+    assert result["rc"] == 0 and result["changed"] is False and result["verification"]["ready"] is False
+    modes = [g for g in detect(root)["gpus"] if g["address"] == "0000:cb:00.0"][0]["virtualization"]
+    [entry] = [m for m in modes if m["mode"] == "vgpu"]
+    assert entry["ready"] is False
+    assert entry["missing"] == [
+        "all of its VFs (8 of 32 enabled; gpuvirt.host.nvidia_vgpu enables them anew: sriov-manage -d, then -e)"
+    ]
 
 
 def test_a_mode_of_another_vendor_is_refused(make_host, mode):
