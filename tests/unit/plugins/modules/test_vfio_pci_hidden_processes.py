@@ -20,13 +20,16 @@ from ansible_collections.gpuvirt.host.plugins.module_utils import vfio_bind
 from ansible_collections.gpuvirt.host.plugins.module_utils.topology import detect
 from ansible_collections.gpuvirt.host.tests.sim.mdev_kernel import KernelSim
 from ansible_collections.gpuvirt.host.tests.sim.pci_kernel import PciKernel
+from ansible_collections.gpuvirt.host.tests.unit.plugins.modules import test_vfio_pci_users_unknown as users_unknown
+from ansible_collections.gpuvirt.host.tests.unit.plugins.modules.test_vfio_pci_users_unknown import (
+    GPU,
+    GPU_FUNCTIONS,
+    HOST_DRIVERS,
+    QEMU,
+    unknown,
+    warnings,
+)
 
-MODULES = ["kvm_intel", "i915", "nvidia", "snd_hda_intel", "xhci_pci", "e1000e", "nvme", "vfio_pci"]
-GPU = "0000:01:00.0"
-GPU_FUNCTIONS = ("0000:01:00.0", "0000:01:00.1", "0000:01:00.2", "0000:01:00.3")
-HOST_DRIVERS = {"0000:01:00.0": "nvidia", "0000:01:00.1": "snd_hda_intel", "0000:01:00.2": "xhci_hcd",
-                "0000:01:00.3": "nvidia-gpu"}
-QEMU = {"pid": 4242, "comm": "qemu-system-x86", "holds": [2]}
 HIDDEN = "/proc is mounted with hidepid=%s and this run lacks CAP_SYS_PTRACE"
 # Readers that see every process: root with CAP_SYS_PTRACE, a member of the mount's gid= group.
 ROOT = {"cap_eff": "000001ffffffffff", "gid": 0, "groups": [0]}
@@ -35,12 +38,7 @@ IN_GROUP = {"cap_eff": "0000000000000000", "gid": 1000, "groups": [1000, 27]}
 
 def passed_through(make_host, processes=(QEMU,)):
     """The GPU's functions on vfio-pci, its group file open by ``processes``."""
-    return make_host(
-        "desktop_dgpu",
-        kernel={"modules": MODULES},
-        patch_devices={a: {"driver": "vfio-pci", "driver_override": "vfio-pci"} for a in GPU_FUNCTIONS},
-        processes=list(processes),
-    )
+    return users_unknown.passed_through(make_host, list(processes))
 
 
 def kernel(root):
@@ -49,14 +47,6 @@ def kernel(root):
 
 def hand_back(vfio_pci, root, sim, **args):
     return vfio_pci(root, kernel=sim, devices=[GPU], state="absent", persistent=False, **args)
-
-
-def unknown(result):
-    return [r for r in result["refusals"] if r["code"] == "in_use_unknown"]
-
-
-def warnings(result):
-    return [w["event"]["msg"] if isinstance(w, dict) else w for w in result.get("warnings", [])]
 
 
 def verdict(root):
