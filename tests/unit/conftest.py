@@ -143,7 +143,8 @@ def hidepid():
     processes in ``hidden`` leave its listing, as the kernel leaves out those the reader may not ptrace
     (what they hold, their ``/dev/vfio`` files, stays). The tree is changed, not the modules' view of it."""
 
-    def apply(root, hidden=(4242,), options="rw,hidepid=invisible", reader=NO_PTRACE):
+    def apply(root, hidden=(4242,), options="rw,hidepid=invisible", reader=None):
+        reader = NO_PTRACE if reader is None else reader
         mountinfo = os.path.join(root, "proc/self/mountinfo")
         with open(mountinfo, encoding="utf-8") as handle:
             text = handle.read()
