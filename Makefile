@@ -46,7 +46,15 @@ $(AWX_COLLECTIONS)/.installed: requirements-awx.txt | venv
 	  $(WHEEL_CACHE)/ansible-$(AWX_PACKAGE)-py3-none-any.whl $(AWX_COLLECTIONS)
 	touch $@
 
-test: deps unit reliability lint sanity validate fleet molecule report  ## Run every test (installs what it needs first)
+TEST_STAGES := unit reliability lint sanity validate fleet molecule report
+
+# Each stage in turn, with its wall-clock time, so a slow stage shows in the log where it happens.
+test: deps  ## Run every test (installs what it needs first)
+	@start=$$(date +%s); for stage in $(TEST_STAGES); do \
+	  t=$$(date +%s); echo "make test: $$stage started at $$(date -u +%H:%M:%S)"; \
+	  $(MAKE) --no-print-directory $$stage || { echo "make test: $$stage FAILED after $$(( $$(date +%s) - t )) s"; exit 1; }; \
+	  echo "make test: $$stage passed in $$(( $$(date +%s) - t )) s ($$(( $$(date +%s) - start )) s in all)"; \
+	done
 
 unit: collection  ## Unit, module, fuzz and installed-collection tests (pytest)
 	$(PY) -m pytest tests/unit tests/collection
