@@ -19,7 +19,8 @@ description:
     not the processor's functions beside an APU's GPU) or a PCI bridge, the host does not show its
     console on it (the boot VGA device, the boot display, a framebuffer) nor keeps the firmware's
     framebuffer in its memory, no process holds its VFIO device, and neither it nor a device it must
-    be bound with holds the root filesystem or the default route.
+    be bound with holds storage the host uses (the root filesystem, another mounted filesystem, active
+    swap, an imported ZFS pool, an active LVM or RAID device) or the NIC of the default route.
   - "The console GPU is read where the kernel marks it: C(boot_vga) (VGA-class functions only; a
     VGA-class function without it, as in a partial snapshot, is doubtful), the C(boot_display) file
     newer kernels put on the DRM card of the display that showed the boot sequence, whatever its

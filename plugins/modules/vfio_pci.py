@@ -51,8 +51,10 @@ description:
     C(initcall_blacklist=sysfb_init)); a device behind an Intel VMD controller (a PCI domain of 10000 and up
     below a device on the C(vmd) driver: its DMA carries the controller's requester ID, so it cannot be
     assigned alone; turn VMD off in the firmware); an IOMMU group that holds an endpoint which is neither a companion
-    nor being bound (a NIC, a disk controller), naming that device; a group holding the root filesystem's
-    disk controller or the NIC of the default route; a device whose C(/dev/vfio/<group>) a process holds
+    nor being bound (a NIC, a disk controller), naming that device; a group holding a device under storage
+    the host uses (the root filesystem, another mounted filesystem, active swap, an imported ZFS pool, an
+    active LVM or RAID device; a ZFS pool whose disks the udev database does not name makes every storage
+    controller such a device) or the NIC of the default route; a device whose C(/dev/vfio/<group>) a process holds
     open (a running VM) when its driver would change; a device host processes use through its host driver
     (its DRM card or render node, its framebuffer, or C(/dev/nvidiaN) by the driver's C(Device Minor): a
     desktop compositor, nvidia-persistenced, a CUDA job) when its driver would change now: taking it pulls

@@ -162,3 +162,30 @@ def test_sriov_capability_matches_the_layout_and_sysfs(host, layout, topology):
         assert sriov["num_vfs"] == pf["num_vfs"]
         on_disk = host.file("/sys/bus/pci/devices/%s/sriov_totalvfs" % pf["address"]).content_string
         assert int(on_disk) == pf["total_vfs"]
+
+
+def test_the_disks_of_the_guests_mounted_filesystems_are_host_critical(host, layout, topology):
+    # The guest's own view: every mounted block device (findmnt), its PCI function from its sysfs path.
+    devices = _devices(topology)
+    root_source = host.check_output("findmnt -n -o SOURCE /")
+    expected = {}
+    seen = set()
+    for line in host.check_output("findmnt -rn -o SOURCE,TARGET").splitlines():
+        source, target = line.split(" ", 1)
+        source = source.split("[", 1)[0]  # a bind mount: /dev/vda[/srv]
+        if not source.startswith("/dev/") or source in seen:
+            continue
+        seen.add(source)
+        real = host.check_output("readlink -f /sys/class/block/%s", os.path.basename(source))
+        owners = re.findall(r"[0-9a-f]{4,8}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7](?=/)", real)
+        if not owners:
+            continue  # a loop or other virtual device: no PCI function holds it
+        reason = ("holds the root filesystem (%s)" % source if target == "/"
+                  else "holds the filesystem mounted on %s (%s)" % (target.replace("\\x20", " "), source))
+        expected.setdefault(owners[-1], set()).add(reason)
+    disk = layout.address("disk")
+    assert devices[disk]["critical"][0] == "holds the root filesystem (%s)" % root_source
+    for address, reasons in expected.items():
+        assert reasons <= set(devices[address]["critical"]), (address, devices[address]["critical"])
+    assert {a for a, d in devices.items() if d["critical"] and "NIC of the default route" not in d["critical"][0]} \
+        == set(expected)

@@ -171,3 +171,34 @@ def test_command_line(make_host, tmp_path, capsys):
 
     assert "captured 7 PCI devices" in capsys.readouterr().out
     assert tarfile.is_tarfile(tmp_path / "out.tar.gz")
+
+
+@pytest.mark.parametrize("storage", [
+    # Proxmox on ZFS: the root pool mirrored over the NVMe SSD and a SATA disk, a data pool on another
+    # SATA disk, an LVM volume group for VM disks, swap on a partition.
+    {"disks": {"nvme0n1": {"device": "02:00.0", "partitions": 3}, "sda": {"device": "00:17.0", "partitions": 3},
+               "sdb": {"device": "00:17.0", "partitions": 1}, "sdc": {"device": "00:17.0", "partitions": 1},
+               "dm-0": {"slaves": ["sdc1"], "dm_name": "vmdata-vm--101--disk--0"}},
+     "root_fs": None, "swaps": ["nvme0n1p2"],
+     "zfs": {"root": "rpool/ROOT/pve-1", "pools": {"rpool": ["nvme0n1p3", "sda3"], "tank": ["sdb1"]},
+             "datasets": {"tank/data": "/tank"}}},
+    # btrfs root over two devices, a dual-port NVMe drive mounted with a space in its mount point.
+    {"disks": {"nvme0n1": {"device": "02:00.0", "partitions": 2}, "sda": {"device": "00:17.0", "partitions": 1},
+               "nvme1n1": {"multipath": True, "controllers": ["02:00.0"], "partitions": 1}},
+     "root_fs": "nvme0n1p2", "btrfs": {"5d3c9d6e": ["nvme0n1p2", "sda1"]}, "mounts": {"/srv/vm images": "nvme1n1p1"}},
+], ids=["zfs-lvm-swap", "btrfs-multipath"])
+def test_capture_keeps_the_storage_in_use(make_host, tmp_path, storage):
+    from ansible_collections.gpuvirt.host.plugins.module_utils.critical import storage_in_use
+
+    root = make_host("desktop_dgpu", **storage)
+    # Other udev entries and unmounted disks stay out of the snapshot.
+    os.makedirs(os.path.join(root, "run/udev/data"), exist_ok=True)
+    with open(os.path.join(root, "run/udev/data/c189:1"), "w", encoding="utf-8") as handle:
+        handle.write("E:ID_SERIAL=secret\n")
+
+    output, _devices, _copied = capture.capture(root, str(tmp_path / "snapshot"))
+
+    assert storage_in_use(output) == storage_in_use(root)
+    assert len(storage_in_use(root)) >= 2
+    same_topology(root, output)
+    assert not os.path.exists(os.path.join(output, "run/udev/data/c189:1"))

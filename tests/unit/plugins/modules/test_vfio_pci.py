@@ -290,6 +290,27 @@ def test_the_root_disk_controller_is_refused(desktop, vfio_pci):
     assert_refused(result, kernel, desktop, before, "host_critical", "holds the root filesystem")
 
 
+def test_a_controller_under_the_zfs_root_pool_is_refused_unless_forced(make_host, vfio_pci):
+    # Proxmox's ZFS root mirrored over the NVMe SSD and a SATA disk: the AHCI controller holds half of it.
+    root = make_host(
+        "desktop_dgpu",
+        kernel={"modules": MODULES + ["ahci"]},
+        disks={"nvme0n1": {"device": "02:00.0", "partitions": 3}, "sda": {"device": "00:17.0", "partitions": 3}},
+        root_fs=None,
+        zfs={"root": "rpool/ROOT/pve-1", "pools": {"rpool": ["nvme0n1p3", "sda3"]}},
+        patch_devices={"00:17.0": {"group": 11}},
+    )
+    kernel = PciKernel(KernelSim(root))
+    before = snapshot(root)
+    result = vfio_pci(root, kernel=kernel, devices=["00:17.0"], persistent=False)
+    assert_refused(result, kernel, root, before, "host_critical", "0000:00:17.0 [8086:7ae2]",
+                   "holds the root filesystem (rpool/ROOT/pve-1); binding it to vfio-pci would take it from the host")
+
+    forced = vfio_pci(root, devices=["00:17.0"], persistent=False, force=True)
+    assert forced["changed"] is True and forced["rc"] == 0, forced
+    assert any("holds the root filesystem (rpool/ROOT/pve-1)" in w for w in warnings(forced))
+
+
 @pytest.fixture
 def vm_running(make_host):
     """The GPU and its functions on vfio-pci, group 2 held open by QEMU."""
