@@ -56,8 +56,12 @@ test: deps  ## Run every test (installs what it needs first)
 	  echo "make test: $$stage passed in $$(( $$(date +%s) - t )) s ($$(( $$(date +%s) - start )) s in all)"; \
 	done
 
+# Tests that keep no tallies across tests run on every CPU (pytest-xdist); reliability's table adds up
+# tallies in one process, so it runs in one.
+PARALLEL := -n auto
+
 unit: collection  ## Unit, module, fuzz and installed-collection tests (pytest)
-	$(PY) -m pytest tests/unit tests/collection
+	$(PY) -m pytest $(PARALLEL) tests/unit tests/collection
 
 reliability: collection  ## Bad inputs, injected faults and random specs: a table of figures; fails on any lost case
 	$(PY) -m pytest -q -p no:cacheprovider tests/reliability
@@ -85,7 +89,7 @@ validate: collection  ## Publishing validators: galaxy-importer, antsibull-docs,
 	$(PY) -m pytest tests/publish
 
 fleet: collection $(AWX_COLLECTIONS)/.installed  ## Fleet playbooks on simulated hosts, through ansible-runner; the AWX project
-	GPUVIRT_AWX_COLLECTIONS=$(abspath $(AWX_COLLECTIONS)) $(PY) -m pytest tests/fleet
+	GPUVIRT_AWX_COLLECTIONS=$(abspath $(AWX_COLLECTIONS)) $(PY) -m pytest $(PARALLEL) tests/fleet
 
 molecule: collection deps  ## Molecule scenarios against the QEMU lab
 	$(BIN)/molecule test --all
