@@ -304,8 +304,9 @@ def storage_in_use(root):
         uses.append((what, _owners(real_root, blocks, seen)))
     for source in _swaps(root):
         block = _block_dir(root, None, source)
-        if block is not None and resolve(block) not in used_blocks:
-            used_blocks.add(resolve(block))
+        real = resolve(block) if block is not None else None
+        if real is not None and real not in used_blocks:
+            used_blocks.add(real)
             uses.append(("holds active swap (%s)" % source, _owners(real_root, [block], seen)))
     for pool in sorted(pools):
         uses.append(_pool_use(root, real_root, "holds the imported ZFS pool %s" % pool, pool, pools[pool], seen))
