@@ -56,15 +56,15 @@ test: deps  ## Run every test (installs what it needs first)
 	  echo "make test: $$stage passed in $$(( $$(date +%s) - t )) s ($$(( $$(date +%s) - start )) s in all)"; \
 	done
 
-# Tests that keep no tallies across tests run on every CPU (pytest-xdist); reliability's table adds up
-# tallies in one process, so it runs in one.
+# The pytest stages run on every CPU (pytest-xdist); reliability's table adds up the counts that its
+# tests' reports carry, in the process that writes it.
 PARALLEL := -n auto
 
 unit: collection  ## Unit, module, fuzz and installed-collection tests (pytest)
 	$(PY) -m pytest $(PARALLEL) tests/unit tests/collection
 
 reliability: collection  ## Bad inputs, injected faults and random specs: a table of figures; fails on any lost case
-	$(PY) -m pytest -q -p no:cacheprovider tests/reliability
+	$(PY) -m pytest $(PARALLEL) -q -p no:cacheprovider tests/reliability
 
 lint: export ANSIBLE_HOME := $(abspath $(BUILD))/ansible-home
 lint: export ANSIBLE_COLLECTIONS_PATH := $(abspath $(COLL_ROOT)):$(abspath $(AWX_COLLECTIONS))

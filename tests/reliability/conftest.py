@@ -41,35 +41,46 @@ def row(request):
 @pytest.fixture
 def tally(request):
     """``tally(section, subject, problem, case)``: count one case run inside a test (``problem`` None
-    when it held); the test fails at its end when any of its cases was lost."""
+    when it held); the test fails at its end when any of its cases was lost.
+
+    The counts travel in the test's report (``user_properties``), so the table adds them up in the
+    process that writes it, also when pytest-xdist runs the tests in workers."""
     problems = []
 
     def record(section, subject, problem, case):
-        counts = _rows.setdefault((section, subject), [0, 0])
-        counts[0] += 1
-        if problem is None:
-            counts[1] += 1
-        else:
+        held = problem is None
+        request.node.user_properties.append(("case", (section, subject, held, case, None if held else str(problem))))
+        if not held:
             problems.append("%s: %s" % (case, problem))
-            _lost.append(((section, subject), "%s[%s]" % (request.node.name, case), [str(problem)]))
 
     yield record
     assert not problems, "; ".join(problems[:5])
 
 
 def pytest_runtest_logreport(report):
+    if report.when == "call":
+        for name, value in report.user_properties:
+            if name != "case":
+                continue
+            section, subject, held, case, problem = value
+            counts = _rows.setdefault((section, subject), [0, 0])
+            counts[0] += 1
+            if held:
+                counts[1] += 1
+            else:
+                _lost.append(((section, subject), "%s[%s]" % (report.nodeid, case), [problem]))
     key = dict(report.user_properties).get("row")
     if key is None:
         return
     if report.when == "call" or (report.when == "setup" and report.failed):
-        counts = _rows.setdefault(key, [0, 0])
+        counts = _rows.setdefault(tuple(key), [0, 0])
         counts[0] += 1
         if report.passed:
             counts[1] += 1
         else:
             lines = report.longreprtext.strip().splitlines()
             errors = [line[1:].strip() for line in lines if line.startswith("E ")]
-            _lost.append((key, report.nodeid, errors[:1] or lines[-1:] or [""]))
+            _lost.append((tuple(key), report.nodeid, errors[:1] or lines[-1:] or [""]))
 
 
 def pytest_terminal_summary(terminalreporter):
