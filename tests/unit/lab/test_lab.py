@@ -13,6 +13,7 @@ import json
 import os
 import socket
 import stat
+import subprocess
 import sys
 import time
 
@@ -142,8 +143,19 @@ if mode == "port-taken":
     sys.exit(1)
 with open(args[args.index("-pidfile") + 1], "w") as f:
     f.write(str(os.getpid()))
-with open(args[args.index("-serial") + 1][len("file:"):], "w") as f:
-    f.write("Welcome to GRUB\\n[    0.000000] Linux version 6.1.0-lab\\nstuck in the initramfs\\n")
+chardev = dict(o.split("=", 1) for o in args[args.index("-chardev") + 1].split(",")[1:])
+assert chardev["append"] == "on" and "-no-reboot" in args
+starts = os.path.join(os.path.dirname(chardev["path"]), "fake-starts")
+with open(starts, "a") as f:
+    f.write("start\\n")
+with open(chardev["path"], "a") as f:
+    f.write("Welcome to GRUB\\n[    0.000000] Linux version 6.1.0-lab\\n")
+    if mode == "reboot-twice" and open(starts).read().count("start") <= 2:
+        f.write("[   61.148167] reboot: Restarting system\\n")
+        sys.exit(0)
+    f.write("stuck in the initramfs\\n")
+if mode == "power-off":
+    sys.exit(0)
 time.sleep(600)
 """
 
@@ -202,6 +214,36 @@ def test_guest_that_never_reaches_ssh_fails_the_boot_step_and_leaves_no_qemu(fak
     assert _qemu_processes(lab.STATE_ROOT) == []
     assert lab.Instance("hang").pid() is None
     assert not os.path.exists(os.path.join(lab.STATE_ROOT, "hang", "inventory.yml"))
+
+
+def test_a_guest_reboot_starts_a_new_qemu_on_the_same_disk_and_down_stops_it(fake_lab, capsys):
+    fake_lab("reboot-twice")
+    assert lab.main(["up", "--name", "cycle", "--boot-timeout", "4"]) == 1  # no SSH, but the cycles ran
+    inst = lab.Instance("cycle")
+    with open(inst.path("fake-starts")) as handle:
+        assert handle.read().count("start") == 3
+    with open(inst.path("qemu.log")) as handle:
+        log = handle.read()
+    assert "QEMU started afresh on the same disk (power cycle 2)" in log
+    assert "power cycle 3" not in log
+    with open(inst.path("console.log")) as handle:
+        assert handle.read().count("Linux version") == 3  # every boot's console kept
+    assert _qemu_processes(lab.STATE_ROOT) == []
+    assert inst.pid() is None
+
+
+def test_a_guest_power_off_ends_the_instance(fake_lab, tmp_path):
+    fake_lab("power-off")
+    inst = lab.Instance("off")
+    os.makedirs(inst.dir)
+    argv = ["qemu-system-x86_64", "-chardev", "file,id=console,path=%s,append=on" % inst.path("console.log"),
+            "-pidfile", inst.path("qemu.pid"), "-no-reboot"]  # fmt: skip
+    with open(inst.path("qemu.json"), "w") as handle:
+        json.dump({"argv": argv, "console": inst.path("console.log")}, handle)
+    power = subprocess.run([sys.executable, lab.__file__, "power", inst.path("qemu.json")], timeout=60, check=False)
+    assert power.returncode == 0
+    with open(inst.path("fake-starts")) as handle:
+        assert handle.read().count("start") == 1
 
 
 def test_port_taken_by_qemu_forward_is_reported_as_such(fake_lab, capsys):
