@@ -91,8 +91,11 @@ validate: collection  ## Publishing validators: galaxy-importer, antsibull-docs,
 fleet: collection $(AWX_COLLECTIONS)/.installed  ## Fleet playbooks on simulated hosts, through ansible-runner; the AWX project
 	GPUVIRT_AWX_COLLECTIONS=$(abspath $(AWX_COLLECTIONS)) $(PY) -m pytest $(PARALLEL) tests/fleet
 
-molecule: collection deps  ## Molecule scenarios against the QEMU lab
-	$(BIN)/molecule test --all
+# Longest first: two workers take them in this order (tests/lab/run_scenarios.py).
+SCENARIOS := passthrough rollout mediated default
+
+molecule: collection deps  ## Molecule scenarios against the QEMU lab, two at a time
+	$(PY) tests/lab/run_scenarios.py --molecule $(BIN)/molecule $(SCENARIOS)
 
 NOVA_VENV := $(BUILD)/nova-venv
 
