@@ -9,10 +9,9 @@ Public API (every reader takes the host ``root``):
 - :func:`storage_in_use` ``(root) -> list[(reason, list[str])]``: the storage the host uses and the
   PCI devices under each: the root filesystem, every other mounted block filesystem, active swap,
   imported ZFS pools (their members from the udev database's blkid labels), and active
-  device-mapper and md RAID devices (LVM volumes a VM uses are not mounted).
-- :func:`root_filesystem` ``(root) -> (source | None, list[str])``: the root mount's source and
-  the PCI devices under it (through partitions, device-mapper and md ``slaves``, btrfs's other
-  devices, and the controllers of a multipath NVMe namespace).
+  device-mapper and md RAID devices (LVM volumes a VM uses are not mounted). A block device leads to
+  its PCI devices through partitions, device-mapper and md ``slaves``, btrfs's other devices and
+  the controllers of a multipath NVMe namespace.
 - :func:`default_route_interfaces` ``(root) -> list[str]``: interfaces of the IPv4/IPv6 default routes.
 - :func:`interface_devices` ``(root, interface) -> list[str]``: PCI devices behind an interface
   (through bridge, bond and VLAN ``lower_*`` links).
@@ -166,17 +165,6 @@ def _owners(real_root, blocks, walked=None):
     if walked is not None:
         walked.update(seen)
     return sorted(owners)
-
-
-def root_filesystem(root):
-    """``(source, [PCI addresses])`` of the filesystem mounted on ``/``."""
-    for reason, addresses in storage_in_use(root):
-        if reason.startswith(_ROOT_REASON_START):
-            return reason[len(_ROOT_REASON_START) : -1], addresses
-    return _root_mount(root)[1], []
-
-
-_ROOT_REASON_START = "holds the root filesystem ("
 
 
 def _udev_properties(root, dev_number):
