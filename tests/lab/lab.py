@@ -370,10 +370,6 @@ class Instance:
         """The pid of the instance's ``lab.py power`` process (which runs its QEMU), else None."""
         return self._pid("power.pid", b"lab.py")
 
-    def qemu_pid(self):
-        """The pid of the instance's current QEMU, else None."""
-        return self._pid("qemu.pid", b"qemu-system")
-
     def _pid(self, leaf, program):
         try:
             with open(self.path(leaf), encoding="utf-8") as handle:
