@@ -60,27 +60,27 @@ def tally(request):
 def pytest_runtest_logreport(report):
     if report.when == "call":
         for name, value in report.user_properties:
-            if name != "case":
-                continue
-            section, subject, held, case, problem = value
-            counts = _rows.setdefault((section, subject), [0, 0])
-            counts[0] += 1
-            if held:
-                counts[1] += 1
-            else:
-                _lost.append(((section, subject), "%s[%s]" % (report.nodeid, case), [problem]))
+            if name == "case":
+                section, subject, held, case, problem = value
+                _count((section, subject), held, "%s[%s]" % (report.nodeid, case), problem)
     key = dict(report.user_properties).get("row")
-    if key is None:
-        return
-    if report.when == "call" or (report.when == "setup" and report.failed):
-        counts = _rows.setdefault(tuple(key), [0, 0])
-        counts[0] += 1
-        if report.passed:
-            counts[1] += 1
-        else:
+    if key is not None and (report.when == "call" or (report.when == "setup" and report.failed)):
+        problem = None
+        if not report.passed:
             lines = report.longreprtext.strip().splitlines()
             errors = [line[1:].strip() for line in lines if line.startswith("E ")]
-            _lost.append((tuple(key), report.nodeid, errors[:1] or lines[-1:] or [""]))
+            problem = (errors[:1] or lines[-1:] or [""])[0]
+        _count(tuple(key), report.passed, report.nodeid, problem)
+
+
+def _count(key, held, nodeid, problem):
+    """Count one case in the table row ``key`` (a tuple: reports carry lists); a lost one is listed."""
+    counts = _rows.setdefault(key, [0, 0])
+    counts[0] += 1
+    if held:
+        counts[1] += 1
+    else:
+        _lost.append((key, nodeid, problem))
 
 
 def pytest_terminal_summary(terminalreporter):
@@ -100,8 +100,8 @@ def pytest_terminal_summary(terminalreporter):
     if _lost:
         write("")
         write("Lost cases:")
-        for key, nodeid, last in _lost:
-            write("  [%s / %s] %s: %s" % (key[0], key[1], nodeid.split("::", 1)[-1], last[0][:200]))
+        for key, nodeid, problem in _lost:
+            write("  [%s / %s] %s: %s" % (key[0], key[1], nodeid.split("::", 1)[-1], problem[:200]))
 
 
 @pytest.fixture(scope="session")
