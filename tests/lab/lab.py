@@ -349,6 +349,10 @@ def build_image(force=False):
 # ------------------------------------------------------------------------------------------ instance
 
 
+# `lab.py power`'s (the instance's) and its current QEMU's
+PID_FILES = ("power.pid", "qemu.pid")
+
+
 class Instance:
     def __init__(self, name):
         if not name or not all(c.isalnum() or c in "-_" for c in name):
@@ -486,7 +490,7 @@ def wait_for_ssh(inst, port, pid, timeout):
         elapsed = time.monotonic() - start
         if not _alive(pid):
             if _console_size(inst.path("console.log")) == 0:
-                raise _start_error(inst, port, "an error")
+                raise _start_error(inst, port)
             raise LabError("boot", f"QEMU exited during boot; console:\n{_tail(inst.path('console.log'), 30)}")
         stage = console_stage(inst.path("console.log"))
         if stage != last_stage or time.monotonic() - last_print > 30:
@@ -512,11 +516,13 @@ def wait_for_ssh(inst, port, pid, timeout):
         time.sleep(2)
 
 
-def _start_error(inst, port, returncode):
+def _start_error(inst, port, returncode=None):
+    """Why QEMU ended before the guest printed anything, from its log."""
     log = _tail(inst.path("qemu.log"), 10)
     if "host forwarding" in log or "Address already in use" in log:
         return LabError("network", f"port {port} on 127.0.0.1 is in use (QEMU could not forward it):\n{log}")
-    return LabError("start QEMU", f"QEMU exited with {returncode}:\n{log}")
+    status = "" if returncode is None else f" with {returncode}"
+    return LabError("start QEMU", f"QEMU exited{status}:\n{log}")
 
 
 def _alive(pid):
@@ -659,7 +665,7 @@ def cmd_up(args):
         say(f"image {build_info['recipe']} reused from {image} (cold build took {build_info['build_seconds']:.0f} s)")
 
     os.makedirs(inst.dir, exist_ok=True)
-    for leaf in ("power.pid", "qemu.pid", "state.json", "inventory.yml", "disk.qcow2", "console.log"):
+    for leaf in (*PID_FILES, "state.json", "inventory.yml", "disk.qcow2", "console.log"):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(inst.path(leaf))
     if not os.path.exists(inst.path("id_ed25519")):
@@ -727,7 +733,7 @@ def cmd_up(args):
     finally:
         if not success:
             stop_instance(proc.pid)
-            for leaf in ("power.pid", "qemu.pid"):
+            for leaf in PID_FILES:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(inst.path(leaf))
             say(f"QEMU stopped; console log: {inst.path('console.log')}")
@@ -754,7 +760,7 @@ def cmd_down(args):
     else:
         stop_instance(pid)
         say(f"instance '{inst.name}' stopped (pid {pid})")
-    for leaf in ("power.pid", "qemu.pid", "state.json", "inventory.yml", "disk.qcow2"):
+    for leaf in (*PID_FILES, "state.json", "inventory.yml", "disk.qcow2"):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(inst.path(leaf))
     return 0
