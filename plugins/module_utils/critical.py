@@ -1,6 +1,6 @@
 # Copyright (c) gpuvirt.host contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""PCI devices the host cannot give away: the disks of its storage in use and the default route's NIC.
+"""PCI devices the host cannot give away: the disks of its storage in use and the NICs that keep it reachable.
 
 Public API (every reader takes the host ``root``):
 
@@ -13,17 +13,26 @@ Public API (every reader takes the host ``root``):
   its PCI devices through partitions, device-mapper and md ``slaves``, btrfs's other devices and
   the controllers of a multipath NVMe namespace.
 - :func:`default_route_interfaces` ``(root) -> list[str]``: interfaces of the IPv4/IPv6 default routes.
+- :func:`management_interfaces` ``(root) -> list[(interface, reason)]``: those, and the interfaces the
+  replies of the established SSH sessions leave through (:func:`ssh_peers` routed by
+  :func:`route_interfaces`): a management network reached by a route of its own. Policy routing's
+  other tables are not read (``proc/net/route`` shows the main table); a snapshot without
+  ``proc/net/tcp`` has no sessions.
 - :func:`interface_devices` ``(root, interface) -> list[str]``: PCI devices behind an interface
   (through bridge, bond and VLAN ``lower_*`` links).
 
 Taking such a device from its host driver pulls the disk from under a mounted filesystem, swap or a
-pool (I/O errors, a hung or crashed host) or cuts the host off the network.
+pool (I/O errors, a hung or crashed host) or cuts the host off the network, and Ansible's own
+session with it.
 """
 
 from __future__ import annotations
 
+import glob
+import ipaddress
 import os
 import re
+import sys
 
 from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import (
     PCI_ADDRESS_PATTERN,
@@ -353,6 +362,175 @@ def _interface_devices(root, real_root, interface, seen):
     return owners
 
 
+def ssh_ports(root):
+    """The TCP ports sshd listens on, from ``etc/ssh/sshd_config`` and the files it includes: every
+    ``Port``, and the port of a ``ListenAddress`` that names one; 22 when no ``Port`` line says
+    otherwise (sshd's default). A tree without the file gets the default."""
+    ports, listen = set(), set()
+    _sshd_config(root, host_path(root, _SSH_DIRECTORY, "sshd_config"), ports, listen, set())
+    return sorted((ports or {22}) | listen)
+
+
+_SSH_DIRECTORY = "etc/ssh"
+_CONFIG_LINE = re.compile(r"\s*([A-Za-z]+)(?:\s*=\s*|\s+)(\S.*?)\s*$")
+_LISTEN_PORT = re.compile(r"^(?:\[[^\]]+\]|[^:\s]+):([0-9]+)$")
+
+
+def _sshd_config(root, path, ports, listen, read):
+    """Add the ``Port`` and ``ListenAddress`` ports of the sshd configuration file at ``path`` and of
+    the files it includes (relative patterns are below ``/etc/ssh``), each file once (``read``)."""
+    if path in read:
+        return
+    read.add(path)
+    try:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            lines = handle.read().splitlines()
+    except OSError:
+        return
+    for line in lines:
+        match = _CONFIG_LINE.match(line)
+        if match is None:
+            continue
+        keyword, value = match.group(1).lower(), match.group(2)
+        if keyword == "match":
+            break  # Port and ListenAddress are not allowed in a Match block, which runs to the end
+        if keyword == "port":
+            port = value.split()[0]
+            if port.isdigit() and 0 < int(port) < 65536:
+                ports.add(int(port))
+        elif keyword == "listenaddress":
+            found = _LISTEN_PORT.match(value.split()[0])
+            if found is not None and 0 < int(found.group(1)) < 65536:
+                listen.add(int(found.group(1)))
+        elif keyword == "include":
+            for pattern in value.split():
+                base = host_path(root, "/") if pattern.startswith("/") else host_path(root, _SSH_DIRECTORY) + "/"
+                for included in sorted(glob.glob(glob.escape(base) + pattern.lstrip("/"))):
+                    _sshd_config(root, included, ports, listen, read)
+
+
+# proc/net/tcp and tcp6 write each address as the 32-bit words the kernel holds, in the host's byte
+# order (on x86 0F02000A is 10.0.2.15); a socket's state 01 is TCP_ESTABLISHED.
+_ESTABLISHED = "01"
+
+
+def _proc_address(text):
+    """The address of a ``proc/net/tcp``/``tcp6`` address field's hex part, or None when malformed.
+    An IPv4-mapped IPv6 address (an IPv4 client of an IPv6 socket) is returned as its IPv4 address."""
+    if len(text) not in (8, 32):
+        return None
+    try:
+        packed = b"".join(int(text[i : i + 8], 16).to_bytes(4, sys.byteorder) for i in range(0, len(text), 8))
+    except ValueError:
+        return None
+    address = ipaddress.ip_address(packed)
+    if address.version == 6 and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+def ssh_peers(root, ports=None):
+    """The remote addresses of the established TCP connections to a local ``ports`` port (default:
+    :func:`ssh_ports`), from ``proc/net/tcp`` and ``proc/net/tcp6``, loopback left out: the SSH
+    sessions of the host's administrators and of Ansible itself."""
+    ports = set(ssh_ports(root) if ports is None else ports)
+    peers = set()
+    for name in ("proc/net/tcp", "proc/net/tcp6"):
+        for fields in _table(root, name, header=True):
+            if len(fields) < 4 or fields[3] != _ESTABLISHED:
+                continue
+            _local, _sep, local_port = fields[1].partition(":")
+            remote, _sep, _remote_port = fields[2].partition(":")
+            try:
+                if int(local_port, 16) not in ports:
+                    continue
+            except ValueError:
+                continue
+            peer = _proc_address(remote)
+            if peer is not None and not peer.is_loopback:
+                peers.add(peer)
+    return sorted(peers, key=lambda peer: (peer.version, peer))
+
+
+def _table(root, name, header):
+    """The whitespace-separated fields of each line of a procfs table (none when it cannot be read),
+    its first line left out when it is a ``header``."""
+    try:
+        with open(host_path(root, name), encoding="ascii", errors="replace") as handle:
+            lines = handle.read().splitlines()
+    except OSError:
+        return []
+    return [line.split() for line in lines[1 if header else 0 :]]
+
+
+# Route flags (include/uapi/linux/route.h and ipv6_route.h): a route in use, and one that rejects.
+_RTF_UP = 0x0001
+_RTF_REJECT = 0x0200
+
+
+def _routes(root):
+    """``[(network, metric, interface)]`` of the main IPv4 table (``proc/net/route``) and the IPv6
+    routes (``proc/net/ipv6_route``) that are up and do not reject."""
+    routes = []
+    for fields in _table(root, "proc/net/route", header=True):
+        try:
+            flags = int(fields[3], 16)
+            destination, mask = _proc_address(fields[1]), _proc_address(fields[7])
+            network = ipaddress.ip_network("%s/%s" % (destination, mask))
+            metric = int(fields[6])
+        except (IndexError, ValueError, TypeError):
+            continue
+        if flags & _RTF_UP and not flags & _RTF_REJECT:
+            routes.append((network, metric, fields[0]))
+    # The destination in network byte order, its prefix length, source, next hop, metric (all hex),
+    # reference and use counts, flags, interface.
+    for fields in _table(root, "proc/net/ipv6_route", header=False):
+        try:
+            flags = int(fields[8], 16)
+            network = ipaddress.ip_network((ipaddress.IPv6Address(bytes.fromhex(fields[0])), int(fields[1], 16)))
+            metric = int(fields[5], 16)
+            interface = fields[9]
+        except (IndexError, ValueError):
+            continue
+        if flags & _RTF_UP and not flags & _RTF_REJECT and interface != "lo":
+            routes.append((network, metric, interface))
+    return routes
+
+
+def route_interfaces(root, address, routes=None):
+    """The interfaces the host sends ``address`` through: those of its most specific route, and of
+    the lowest metric among equally specific ones (several when they tie: multipath routes, and
+    link-local addresses, which every interface routes). The main IPv4 table only: policy routing's
+    other tables are not in ``proc/net/route``."""
+    best, interfaces = None, set()
+    for network, metric, interface in _routes(root) if routes is None else routes:
+        if network.version != address.version or address not in network:
+            continue
+        rank = (-network.prefixlen, metric)
+        if best is None or rank < best:
+            best, interfaces = rank, {interface}
+        elif rank == best:
+            interfaces.add(interface)
+    return sorted(interfaces)
+
+
+def management_interfaces(root):
+    """``[(interface, reason)]``: the interfaces that keep the host reachable. Those of the default
+    routes, and those the SSH sessions' replies leave through (a management network reached by a
+    route of its own, not the default one)."""
+    found = [(interface, "NIC of the default route (%s)" % interface) for interface in default_route_interfaces(root)]
+    routes = _routes(root)
+    sessions = {}
+    for peer in ssh_peers(root):
+        for interface in route_interfaces(root, peer, routes):
+            sessions.setdefault(interface, []).append(str(peer))
+    for interface, peers in sorted(sessions.items()):
+        shown = ", ".join(peers[:3]) + (" and %d more" % (len(peers) - 3) if len(peers) > 3 else "")
+        found.append((interface, "NIC of the SSH %s from %s (%s)"
+                      % ("session" if len(peers) == 1 else "sessions", shown, interface)))
+    return found
+
+
 def critical_devices(root):
     """``{address: [reasons]}`` for devices the host needs to keep running."""
     critical = {}
@@ -361,7 +539,7 @@ def critical_devices(root):
             reasons = critical.setdefault(address, [])
             if reason not in reasons:
                 reasons.append(reason)
-    for interface in default_route_interfaces(root):
+    for interface, reason in management_interfaces(root):
         for address in interface_devices(root, interface):
-            critical.setdefault(address, []).append("NIC of the default route (%s)" % interface)
+            critical.setdefault(address, []).append(reason)
     return critical

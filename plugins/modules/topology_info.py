@@ -20,7 +20,10 @@ description:
     console on it (the boot VGA device, the boot display, a framebuffer) nor keeps the firmware's
     framebuffer in its memory, no process holds its VFIO device, and neither it nor a device it must
     be bound with holds storage the host uses (the root filesystem, another mounted filesystem, active
-    swap, an imported ZFS pool, an active LVM or RAID device) or the NIC of the default route.
+    swap, an imported ZFS pool, an active LVM or RAID device) or a NIC that keeps the host reachable
+    (that of a default route, or the one the replies of an established SSH session leave through, by
+    the main routing table; the sessions are those to the ports sshd_config gives sshd, 22 by
+    default).
   - "The console GPU is read where the kernel marks it: C(boot_vga) (VGA-class functions only; a
     VGA-class function without it, as in a partial snapshot, is doubtful), the C(boot_display) file
     newer kernels put on the DRM card of the display that showed the boot sequence, whatever its

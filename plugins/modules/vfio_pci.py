@@ -54,7 +54,8 @@ description:
     nor being bound (a NIC, a disk controller), naming that device; a group holding a device under storage
     the host uses (the root filesystem, another mounted filesystem, active swap, an imported ZFS pool, an
     active LVM or RAID device; a ZFS pool whose disks the udev database does not name makes every storage
-    controller such a device) or the NIC of the default route; a device whose C(/dev/vfio/<group>) a process holds
+    controller such a device) or a NIC that keeps the host reachable (that of a default route, or of the
+    route an established SSH session's replies take); a device whose C(/dev/vfio/<group>) a process holds
     open (a running VM) when its driver would change; a device host processes use through its host driver
     (its DRM card or render node, its framebuffer, or C(/dev/nvidiaN) by the driver's C(Device Minor): a
     desktop compositor, nvidia-persistenced, a CUDA job) when its driver would change now: taking it pulls

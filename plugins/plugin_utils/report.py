@@ -19,7 +19,7 @@ Verdicts of a device in a picture: ``viable`` (a GPU that can be passed through 
 vfio-pci), ``companion`` (a function that goes with such a GPU), ``blocked`` (a GPU that cannot, with
 the reasons), ``boot-vga`` (the boot VGA device, the boot display the kernel marks on a GPU of
 another class, or the GPU whose memory holds the firmware's framebuffer), ``host-critical`` (root
-disk, default route), ``bridge``, ``other`` (a device sharing the group).
+disk, the NIC of a default route or an SSH session), ``bridge``, ``other`` (a device sharing the group).
 """
 
 from __future__ import annotations

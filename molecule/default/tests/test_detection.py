@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+import json
 import os
 import re
 import sys
@@ -189,3 +191,27 @@ def test_the_disks_of_the_guests_mounted_filesystems_are_host_critical(host, lay
         assert reasons <= set(devices[address]["critical"]), (address, devices[address]["critical"])
     assert {a for a, d in devices.items() if d["critical"] and "NIC of the default route" not in d["critical"][0]} \
         == set(expected)
+
+
+def test_the_nic_of_the_ssh_session_stays_critical_without_a_default_route(host, layout):
+    # A management network reached by a route of its own: with the default route gone, the guest still
+    # answers this SSH session through its on-link route to QEMU's gateway, and that NIC must stay
+    # host-critical. The peers are the guest's own view of the established sessions on port 22 (ss).
+    nic = layout.address("nic")
+    default = json.loads(host.check_output("ip -j route show default"))
+    assert len(default) == 1, default
+    gateway, interface = default[0]["gateway"], default[0]["dev"]
+    assert os.path.basename(host.check_output("readlink -f /sys/class/net/%s/device/..", interface)) == nic
+    host.run_expect([0], "ip route del default")
+    try:
+        assert host.check_output("ip -j route show default") in ("", "[]")
+        peers = {line.split()[-1].rsplit(":", 1)[0].strip("[]").replace("::ffff:", "")
+                 for line in host.check_output("ss -Htn state established '( sport = :22 )'").splitlines()}
+        result = host.ansible("gpuvirt.host.topology_info", check=False)
+    finally:
+        host.run_expect([0], "ip route add default via %s dev %s" % (gateway, interface))
+    assert peers, "ss lists no SSH session"
+    peers = sorted(peers, key=lambda peer: (ipaddress.ip_address(peer).version, ipaddress.ip_address(peer)))
+    critical = _devices(result["topology"])[nic]["critical"]
+    assert critical == ["NIC of the SSH session%s from %s (%s)" % ("s" if len(peers) > 1 else "", ", ".join(peers),
+                                                                   interface)]

@@ -71,6 +71,7 @@ def replaced(root, relative, content=None, link=None):
             original = handle.read()
     if os.path.lexists(path):
         os.unlink(path)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
     try:
         if link is not None:
             os.symlink(link, path)
@@ -282,6 +283,7 @@ def test_mdev_type_attributes(trees, raw, name):
 
 HOST_FILES = [
     "proc/cmdline", "proc/cpuinfo", "proc/interrupts", "proc/modules", "proc/self/mountinfo", "proc/net/route",
+    "proc/net/ipv6_route", "proc/net/tcp", "proc/net/tcp6", "etc/ssh/sshd_config",
     "proc/sys/kernel/osrelease", "lib/modules/6.8.0-45-generic/modules.builtin", "usr/share/misc/pci.ids",
     "sys/kernel/iommu_groups/2/type", "sys/devices/virtual/iommu/dmar0/intel-iommu/ecap",
 ]
