@@ -351,6 +351,9 @@ def build_image(force=False):
 
 # `lab.py power`'s (the instance's) and its current QEMU's
 PID_FILES = ("power.pid", "qemu.pid")
+# The instance's disks: the root disk over the image, and the spare disk (blank).
+DISKS = ("disk.qcow2", "spare.qcow2")
+SPARE_DISK_SIZE = "64M"
 
 
 class Instance:
@@ -444,6 +447,8 @@ def qemu_argv(inst, layout, image, port):
         "-device", machine["iommu"],
         "-kernel", os.path.join(image, "grub.bin"),
         "-drive", f"if=none,id=disk0,format=qcow2,file={inst.path('disk.qcow2')},cache=unsafe,discard=unmap",
+        # a blank disk of its own PCI function, for storage the tests put in use (swap)
+        "-drive", f"if=none,id=disk1,format=qcow2,file={inst.path('spare.qcow2')},cache=unsafe,discard=unmap",
         "-netdev", f"user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:{port}-:22",
         "-fw_cfg", f"name=opt/gpuvirt/authorized_keys,file={inst.path('id_ed25519.pub')}",
         # appended to, so the console of every boot of the instance stays in one log
@@ -665,7 +670,7 @@ def cmd_up(args):
         say(f"image {build_info['recipe']} reused from {image} (cold build took {build_info['build_seconds']:.0f} s)")
 
     os.makedirs(inst.dir, exist_ok=True)
-    for leaf in (*PID_FILES, "state.json", "inventory.yml", "disk.qcow2", "console.log"):
+    for leaf in (*PID_FILES, "state.json", "inventory.yml", *DISKS, "console.log"):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(inst.path(leaf))
     if not os.path.exists(inst.path("id_ed25519")):
@@ -685,6 +690,7 @@ def cmd_up(args):
          inst.path("disk.qcow2")],
         check=True,
     )  # fmt: skip
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", inst.path("spare.qcow2"), SPARE_DISK_SIZE], check=True)
     argv = qemu_argv(inst, layout, image, port)
     with open(inst.path("qemu.cmdline"), "w", encoding="utf-8") as handle:
         handle.write(" ".join(argv) + "\n")
@@ -760,7 +766,7 @@ def cmd_down(args):
     else:
         stop_instance(pid)
         say(f"instance '{inst.name}' stopped (pid {pid})")
-    for leaf in (*PID_FILES, "state.json", "inventory.yml", "disk.qcow2"):
+    for leaf in (*PID_FILES, "state.json", "inventory.yml", *DISKS):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(inst.path(leaf))
     return 0

@@ -215,3 +215,25 @@ def test_the_nic_of_the_ssh_session_stays_critical_without_a_default_route(host,
     critical = _devices(result["topology"])[nic]["critical"]
     assert critical == ["NIC of the SSH session%s from %s (%s)" % ("s" if len(peers) > 1 else "", ", ".join(peers),
                                                                    interface)]
+
+
+def test_active_swap_on_a_disk_makes_its_controller_host_critical(host, layout):
+    # The spare disk (a virtio-blk function of its own) holds nothing until the test makes it swap.
+    spare = layout.address("spare-disk")
+    names = host.check_output("ls /sys/bus/pci/devices/%s/virtio*/block", spare).split()
+    assert len(names) == 1, names
+    disk = "/dev/" + names[0]
+
+    def critical():
+        return _devices(host.ansible("gpuvirt.host.topology_info", check=False)["topology"])[spare]["critical"]
+
+    assert critical() == []
+    host.run_expect([0], "mkswap %s", disk)
+    host.run_expect([0], "swapon %s", disk)
+    try:
+        assert disk in host.file("/proc/swaps").content_string
+        in_use = critical()
+    finally:
+        host.run_expect([0], "swapoff %s", disk)
+    assert in_use == ["holds active swap (%s)" % disk]
+    assert critical() == []
