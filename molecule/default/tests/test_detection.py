@@ -11,6 +11,8 @@ import re
 import sys
 import tempfile
 
+from testinfra.modules.ansible import AnsibleException
+
 
 def _devices(topology):
     return {d["address"]: d for d in topology["devices"]}
@@ -233,7 +235,18 @@ def test_active_swap_on_a_disk_makes_its_controller_host_critical(host, layout):
     try:
         assert disk in host.file("/proc/swaps").content_string
         in_use = critical()
+        # Binding it to vfio-pci is refused, and nothing changes: the disk stays on virtio-blk.
+        try:
+            bound = host.ansible("gpuvirt.host.vfio_pci", json.dumps({"devices": [spare]}), check=False)
+        except AnsibleException as error:
+            bound = error.result
+        driver = os.path.basename(host.check_output("readlink /sys/bus/pci/devices/%s/virtio*/driver", spare))
     finally:
         host.run_expect([0], "swapoff %s", disk)
     assert in_use == ["holds active swap (%s)" % disk]
+    # (Its ID-based persistence is refused too: the root disk has the same vendor and device IDs.)
+    critical_refusals = [refusal for refusal in bound["refusals"] if refusal["code"] == "host_critical"]
+    assert [refusal["device"] for refusal in critical_refusals] == [spare], bound
+    assert "holds active swap (%s)" % disk in critical_refusals[0]["message"], bound
+    assert driver == "virtio_blk"
     assert critical() == []
