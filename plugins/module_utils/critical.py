@@ -322,26 +322,11 @@ def _pool_use(root, real_root, what, pool, members, seen):
             _storage_controllers(root))
 
 
-def default_route_interfaces(root):
-    """Interfaces that carry a default route (``proc/net/route`` and ``proc/net/ipv6_route``)."""
-    interfaces = []
-    try:
-        with open(host_path(root, "proc/net/route"), encoding="utf-8", errors="replace") as handle:
-            for line in handle:
-                fields = line.split()
-                if len(fields) >= 8 and fields[1] == "00000000" and fields[7] == "00000000":
-                    interfaces.append(fields[0])
-    except OSError:
-        pass
-    try:
-        with open(host_path(root, "proc/net/ipv6_route"), encoding="utf-8", errors="replace") as handle:
-            for line in handle:
-                fields = line.split()
-                if len(fields) >= 10 and fields[0] == "0" * 32 and fields[1] == "00" and fields[9] != "lo":
-                    interfaces.append(fields[9])
-    except OSError:
-        pass
-    return sorted(set(interfaces))
+def default_route_interfaces(root, routes=None):
+    """Interfaces that carry a default route (``proc/net/route`` and ``proc/net/ipv6_route``;
+    ``routes``: :func:`_routes` when already read)."""
+    return sorted({interface for network, _metric, interface in (_routes(root) if routes is None else routes)
+                   if network.prefixlen == 0})
 
 
 def interface_devices(root, interface):
@@ -518,8 +503,9 @@ def management_interfaces(root):
     """``[(interface, reason)]``: the interfaces that keep the host reachable. Those of the default
     routes, and those the SSH sessions' replies leave through (a management network reached by a
     route of its own, not the default one)."""
-    found = [(interface, "NIC of the default route (%s)" % interface) for interface in default_route_interfaces(root)]
     routes = _routes(root)
+    found = [(interface, "NIC of the default route (%s)" % interface)
+             for interface in default_route_interfaces(root, routes)]
     sessions = {}
     for peer in ssh_peers(root):
         for interface in route_interfaces(root, peer, routes):
