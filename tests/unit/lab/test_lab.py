@@ -120,6 +120,12 @@ def test_qemu_command_line_follows_the_layout(tmp_path):
     assert devices[0].startswith("intel-iommu")
     wanted = [" ".join(d["qemu"].split()) for d in layout["devices"] if d.get("qemu")]
     assert devices[1:] == wanted
+    # every drive a layout device names is given, on one of the instance's disks
+    drives = [argv[i + 1].split(",") for i, a in enumerate(argv) if a == "-drive"]
+    used = {part[len("drive="):] for device in devices for part in device.split(",") if part.startswith("drive=")}
+    assert used == {part[len("id="):] for drive in drives for part in drive if part.startswith("id=")}
+    files = [part[len("file="):] for drive in drives for part in drive if part.startswith("file=")]
+    assert files == [inst.path(leaf) for leaf in lab.DISKS]
     assert "-nodefaults" in argv and "-vga" not in argv  # no QEMU default VGA next to the layout's
 
 
@@ -176,7 +182,8 @@ def fake_lab(tmp_path, monkeypatch):
     (image / "build.json").write_text(json.dumps({"recipe": lab.recipe_hash(), "kernel": "6.1.0-lab",
                                                   "build_seconds": 60.0}))  # fmt: skip
     img = bindir / "qemu-img"
-    img.write_text('#!/bin/sh\nfor last; do :; done\n: > "$last"\n')
+    # creates the image it is asked for: the last .qcow2 argument (a size or nothing may follow it)
+    img.write_text('#!/bin/sh\nfor arg; do case "$arg" in *.qcow2) image=$arg;; esac; done\n: > "$image"\n')
     img.chmod(img.stat().st_mode | stat.S_IEXEC)
 
     def install_qemu(mode):
