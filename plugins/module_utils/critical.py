@@ -73,18 +73,13 @@ def _unescape(text):
 def _mounts(root):
     """``[(major:minor, mount point, filesystem type, source)]`` of ``proc/self/mountinfo``, in mount order."""
     mounts = []
-    try:
-        with open(host_path(root, "proc/self/mountinfo"), encoding="utf-8", errors="replace") as handle:
-            for line in handle:
-                fields = line.split()
-                if len(fields) < 7 or "-" not in fields[6:]:
-                    continue
-                separator = fields.index("-", 6)
-                fstype = fields[separator + 1] if len(fields) > separator + 1 else None
-                source = _unescape(fields[separator + 2]) if len(fields) > separator + 2 else None
-                mounts.append((fields[2], _unescape(fields[4]), fstype, source))
-    except OSError:
-        pass
+    for fields in _table(root, "proc/self/mountinfo", header=False):
+        if len(fields) < 7 or "-" not in fields[6:]:
+            continue
+        separator = fields.index("-", 6)
+        fstype = fields[separator + 1] if len(fields) > separator + 1 else None
+        source = _unescape(fields[separator + 2]) if len(fields) > separator + 2 else None
+        mounts.append((fields[2], _unescape(fields[4]), fstype, source))
     return mounts
 
 
@@ -214,16 +209,8 @@ def _zfs_pools(root):
 def _swaps(root):
     """The sources of the active swap areas on partitions and disks (``proc/swaps``; swap files live
     on a mounted filesystem, counted there)."""
-    sources = []
-    try:
-        with open(host_path(root, "proc/swaps"), encoding="utf-8", errors="replace") as handle:
-            for line in list(handle)[1:]:
-                fields = line.split()
-                if len(fields) >= 2 and fields[1] == "partition":
-                    sources.append(_unescape(fields[0]))
-    except OSError:
-        pass
-    return sources
+    return [_unescape(fields[0]) for fields in _table(root, "proc/swaps", header=True)
+            if len(fields) >= 2 and fields[1] == "partition"]
 
 
 def _storage_controllers(root):
@@ -400,7 +387,8 @@ _ESTABLISHED = "01"
 
 
 def _proc_address(text):
-    """The address of a ``proc/net/tcp``/``tcp6`` address field's hex part, or None when malformed.
+    """The address in a ``proc/net/tcp``/``tcp6`` address field's hex part or a ``proc/net/route``
+    destination or mask, or None when malformed.
     An IPv4-mapped IPv6 address (an IPv4 client of an IPv6 socket) is returned as its IPv4 address."""
     if len(text) not in (8, 32):
         return None
@@ -439,9 +427,9 @@ def ssh_peers(root, ports=None):
 
 def _table(root, name, header):
     """The whitespace-separated fields of each line of a procfs table (none when it cannot be read),
-    its first line left out when it is a ``header``."""
+    its first line left out when it is a ``header``. Paths in it may be UTF-8."""
     try:
-        with open(host_path(root, name), encoding="ascii", errors="replace") as handle:
+        with open(host_path(root, name), encoding="utf-8", errors="replace") as handle:
             lines = handle.read().splitlines()
     except OSError:
         return []
