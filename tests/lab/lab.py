@@ -351,7 +351,8 @@ def build_image(force=False):
 
 # `lab.py power`'s (the instance's) and its current QEMU's
 PID_FILES = ("power.pid", "qemu.pid")
-# The instance's disks: the root disk over the image, and the spare disk (blank).
+# The instance's disks: the root disk over the image, and a blank spare disk (its own PCI function) for
+# the storage the tests put in use (swap).
 DISKS = ("disk.qcow2", "spare.qcow2")
 SPARE_DISK_SIZE = "64M"
 
@@ -446,9 +447,9 @@ def qemu_argv(inst, layout, image, port):
         # the platform IOMMU is created before the PCI devices it translates for
         "-device", machine["iommu"],
         "-kernel", os.path.join(image, "grub.bin"),
-        "-drive", f"if=none,id=disk0,format=qcow2,file={inst.path('disk.qcow2')},cache=unsafe,discard=unmap",
-        # a blank disk of its own PCI function, for storage the tests put in use (swap)
-        "-drive", f"if=none,id=disk1,format=qcow2,file={inst.path('spare.qcow2')},cache=unsafe,discard=unmap",
+        # the layout's virtio-blk functions name them drive=disk0 (root), drive=disk1 (spare)
+        *(argument for index, leaf in enumerate(DISKS) for argument in (
+            "-drive", f"if=none,id=disk{index},format=qcow2,file={inst.path(leaf)},cache=unsafe,discard=unmap")),
         "-netdev", f"user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:{port}-:22",
         "-fw_cfg", f"name=opt/gpuvirt/authorized_keys,file={inst.path('id_ed25519.pub')}",
         # appended to, so the console of every boot of the instance stays in one log
