@@ -12,10 +12,11 @@ short_description: Turn a topology_info result into readable report lines
 description:
   - Takes the C(topology) dictionary returned by M(gpuvirt.host.topology_info) (or the whole
     registered result) and returns a list of lines for a person to read.
-  - "The lines cover: the IOMMU state; the kernel release and command line; every GPU with its IOMMU
-    group, driver, boot VGA (or boot display) flag, passthrough viability with reasons and the functions to bind
-    together; mediated-device parents with their types and free instances; existing mediated
-    devices; SR-IOV physical functions with enabled and total VFs; the findings."
+  - "The lines cover: for a virtual machine, its hypervisor; the IOMMU state; the kernel release and
+    command line; every GPU with its IOMMU group, driver, boot VGA (or boot display) flag,
+    passthrough viability with reasons and the functions to bind together; mediated-device parents
+    with their types and free instances; existing mediated devices; SR-IOV physical functions with
+    enabled and total VFs; the findings."
 positional: _input
 options:
   _input:
@@ -67,9 +68,22 @@ def _iommu_line(topology):
     firmware = _get(iommu, "firmware_support", False)
     if firmware:
         return "IOMMU: off (the firmware offers %s; it is not enabled in the kernel)" % (vendor or "one")
+    virtual = _get(_get(topology, "cpu", {}), "virtual_machine", False)
     if firmware is None:
-        return "IOMMU: off (whether the firmware offers one is unknown: its ACPI tables are not in the tree)"
+        return "IOMMU: off (whether the %s offers one is unknown: its ACPI tables are not in the tree)" % (
+            "hypervisor" if virtual else "firmware")
+    if virtual:
+        return "IOMMU: off (the hypervisor gives this virtual machine none)"
     return "IOMMU: off (no IOMMU offered by the firmware)"
+
+
+def _machine_line(topology):
+    """``Host: virtual machine (QEMU)`` for a virtual machine, else None."""
+    cpu = _get(topology, "cpu", {})
+    if not _get(cpu, "virtual_machine", False):
+        return None
+    hypervisor = _get(cpu, "hypervisor")
+    return "Host: virtual machine%s" % (" (%s)" % hypervisor if hypervisor else "")
 
 
 def _device_label(device):
@@ -170,6 +184,9 @@ def topology_summary(topology):
         )
     kernel = _get(topology, "kernel", {})
     lines = [_iommu_line(topology)]
+    machine = _machine_line(topology)
+    if machine:
+        lines.insert(0, machine)
     cmdline = _get(kernel, "cmdline", [])
     lines.append("Kernel: %s  cmdline: %s" % (_get(kernel, "release", "?"), " ".join(cmdline) or "?"))
     lines += _gpu_lines(topology)

@@ -37,6 +37,7 @@ from __future__ import annotations
 import fnmatch
 import os
 
+from ansible_collections.gpuvirt.host.plugins.module_utils.machine import read_machine
 from ansible_collections.gpuvirt.host.plugins.module_utils.secureboot import read_secure_boot
 from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import host_path, list_dir, read_text
 
@@ -346,12 +347,15 @@ def read_cpu_flags(root):
 
 
 def read_cpu(root, findings=None):
-    """The ``cpu`` part of the topology: ``architecture``, ``vendor``, ``virtualization``, ``kvm``.
+    """The ``cpu`` part of the topology: ``architecture``, ``vendor``, ``virtualization``, ``kvm``,
+    ``virtual_machine`` and ``hypervisor`` (:func:`machine.read_machine`).
 
     ``virtualization``: ``vmx``/``svm`` from the x86 flags; ``el2`` on arm64 when ``/dev/kvm`` exists
     (KVM is built in there and works only when the kernel was entered at EL2; the CPU features do
     not show it). Adds ``no_cpu_virtualization`` (error) when x86 flags lack vmx and svm, and
-    ``kvm_unavailable`` (warning) when the CPU can virtualize but ``/dev/kvm`` is missing.
+    ``kvm_unavailable`` (warning) when the CPU can virtualize but ``/dev/kvm`` is missing. In a
+    virtual machine the missing virtualization is its hypervisor's to pass on (nested virtualization),
+    and the advice says so.
     """
     cpuinfo = read_cpuinfo(root)
     architecture = architecture_of(cpuinfo)
@@ -359,6 +363,7 @@ def read_cpu(root, findings=None):
     flags = (cpuinfo or {}).get("flags")
     flags = None if flags is None else set(flags.split())
     kvm = os.path.exists(host_path(root, "dev/kvm"))
+    virtual_machine, hypervisor = read_machine(root, flags)
     virtualization = None
     if flags is not None:
         virtualization = "vmx" if "vmx" in flags else "svm" if "svm" in flags else None
@@ -368,23 +373,27 @@ def read_cpu(root, findings=None):
         findings.warning(
             "kvm_unavailable",
             "/dev/kvm does not exist: arm64 KVM is built into the kernel and starts only when the kernel "
-            "is entered at EL2 (dmesg says \"HYP mode not available\" otherwise); check the firmware's "
-            "virtualization setting and that the kernel has CONFIG_KVM",
+            "is entered at EL2 (dmesg says \"HYP mode not available\" otherwise); %s"
+            % (nested_advice(hypervisor, ARM64) if virtual_machine else "check the firmware's virtualization "
+               "setting and that the kernel has CONFIG_KVM"),
         )
     elif findings is not None and flags is not None:
         if virtualization is None and not kvm:
             findings.error(
                 "no_cpu_virtualization",
-                "the CPU flags list neither vmx (Intel VT-x) nor svm (AMD-V): enable virtualization in "
-                "the firmware setup (or expose it to this VM with nested virtualization); KVM cannot run "
-                "guests without it",
+                "the CPU flags list neither vmx (Intel VT-x) nor svm (AMD-V): %s; KVM cannot run guests "
+                "without it"
+                % (nested_advice(hypervisor, X86) if virtual_machine else "enable virtualization in the "
+                   "firmware setup (or expose it to this VM with nested virtualization)"),
             )
         elif virtualization is None:
             findings.warning(
                 "no_cpu_virtualization",
                 "the CPU flags list neither vmx (Intel VT-x) nor svm (AMD-V) although /dev/kvm exists "
                 "(a paravirtualized or unusual KVM): hardware-assisted guests and device assignment may "
-                "not work; enable VT-x/AMD-V in the firmware or for this VM",
+                "not work; %s"
+                % (nested_advice(hypervisor, X86) if virtual_machine else "enable VT-x/AMD-V in the "
+                   "firmware or for this VM"),
             )
         elif not kvm:
             module = "kvm_intel" if virtualization == "vmx" else "kvm_amd"
@@ -399,4 +408,28 @@ def read_cpu(root, findings=None):
         findings.warning(
             "unreadable_attribute", "/proc/cpuinfo could not be read; CPU virtualization is reported as null"
         )
-    return {"architecture": architecture, "vendor": vendor, "virtualization": virtualization, "kvm": kvm}
+    return {
+        "architecture": architecture, "vendor": vendor, "virtualization": virtualization, "kvm": kvm,
+        "virtual_machine": virtual_machine, "hypervisor": hypervisor,
+    }
+
+
+def virtual_machine_name(hypervisor):
+    """``this virtual machine (QEMU)``, or without the name when it is unknown."""
+    return "this virtual machine (%s)" % hypervisor if hypervisor else "this virtual machine"
+
+
+def nested_advice(hypervisor, architecture):
+    """What to change, at the hypervisor of a virtual machine, for its guests to get CPU virtualization."""
+    if architecture == ARM64:
+        return (
+            "%s is entered at EL1 unless its hypervisor emulates EL2 for it (nested virtualization; on "
+            "QEMU: -machine virt,virtualization=on, which under KVM needs a host CPU and kernel that can "
+            "nest); the firmware setup of this machine changes nothing" % virtual_machine_name(hypervisor)
+        )
+    return (
+        "%s gets VT-x or AMD-V only from its hypervisor, through nested virtualization: turn it on there (on a "
+        "KVM hypervisor: the kvm_intel or kvm_amd module's nested=1, and a CPU model that keeps vmx or "
+        "svm, as libvirt's <cpu mode='host-passthrough'/>); the firmware setup of this machine changes "
+        "nothing" % virtual_machine_name(hypervisor)
+    )

@@ -53,6 +53,7 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.kernel import (
     ARM64,
     POWER,
     SUPPORTED_ARCHITECTURES,
+    X86,
     cmdline_flag,
     cmdline_value,
     kernel_arguments,
@@ -60,6 +61,7 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.kernel import (
     parameters,
     read_cpu,
     read_kernel,
+    virtual_machine_name,
 )
 from ansible_collections.gpuvirt.host.plugins.module_utils.mdev_info import mdev_parents, mdevs
 from ansible_collections.gpuvirt.host.plugins.module_utils.pci import (
@@ -242,7 +244,7 @@ def _detect(root):
     slots = slot_index(devices)
 
     architecture = host_architecture(cpu, iommu)
-    _iommu_findings(root, iommu, cmdline, findings, architecture)
+    _iommu_findings(root, iommu, cmdline, findings, architecture, cpu)
     _cmdline_findings(root, cmdline, findings, architecture)
     host = vendors.HostFacts(root, devices, kernel, iommu.enabled, parent_names)
     device_dicts = []
@@ -384,11 +386,15 @@ def _modes_finding(device, modes, findings):
     findings.info("virtualization_modes", "; ".join(parts), device.address)
 
 
-def _iommu_findings(root, iommu, cmdline, findings, architecture=None):
+def _iommu_findings(root, iommu, cmdline, findings, architecture=None, cpu=None):
     unsupported = unsupported_architecture(architecture)
     if unsupported:
         # x86 or arm64 advice (firmware switches, intel_iommu=...) would be wrong here.
         findings.error("architecture_unsupported", unsupported)
+        return
+    if (cpu or {}).get("virtual_machine") and iommu.enabled is False and not iommu.firmware_support:
+        # No firmware setup inside a VM adds an IOMMU: only its hypervisor can give it one.
+        _virtual_iommu_missing(iommu, findings, architecture, cpu.get("hypervisor"))
         return
     if iommu.enabled is None:
         findings.warning(
@@ -458,6 +464,44 @@ def _iommu_off_arguments(cmdline):
         word for name, value, word in parameters(cmdline)
         if name in _IOMMU_SWITCHES and value is not None and "off" in value.split(",")
     ]
+
+
+# How a QEMU/KVM hypervisor gives a VM an IOMMU that can take devices passed through to the VM: the
+# caching mode makes the VM's IOMMU mappings visible to the hypervisor (libvirt formatdomain, <iommu>).
+_VIRTUAL_IOMMU = {
+    ARM64: "on QEMU/KVM, an Arm virt machine with a virtual SMMUv3 (libvirt: <iommu model='smmuv3'/>; QEMU: "
+    "-machine virt,iommu=smmuv3)",
+    X86: "on QEMU/KVM, a q35 machine with a virtual Intel IOMMU in caching mode, which lets the VM assign "
+    "devices passed through to it (libvirt: <iommu model='intel'><driver intremap='on' caching_mode='on'/>"
+    "</iommu> and <ioapic driver='qemu'/> under <features>; QEMU: -machine q35,kernel-irqchip=split -device "
+    "intel-iommu,intremap=on,caching-mode=on)",
+}
+
+
+def _virtual_iommu_missing(iommu, findings, architecture, hypervisor):
+    """A virtual machine without an IOMMU: the firmware setup advice would be wrong there."""
+    machine = virtual_machine_name(hypervisor)
+    arm = architecture == ARM64
+    advice = (
+        "give it one at its hypervisor: %s; other hypervisors have their own setting, and cloud instances "
+        "rarely offer one" % _VIRTUAL_IOMMU[ARM64 if arm else X86]
+    )
+    if iommu.firmware_support is None:
+        findings.error(
+            "iommu_off",
+            "the kernel registered no IOMMU, and %s can only have a virtual one, from its hypervisor; whether it "
+            "has one is unknown (%s): if it has none, %s%s"
+            % (machine, "no readable ACPI IORT table: a device-tree VM, a snapshot or an unprivileged read" if arm
+               else "this tree has no readable /sys/firmware/acpi/tables: a snapshot, a container or an "
+               "unprivileged read", advice,
+               "" if arm else "; an Intel one also needs intel_iommu=on on the kernel command line"),
+        )
+    else:
+        findings.error(
+            "iommu_unsupported",
+            "no IOMMU: %s has no virtual IOMMU (no %s ACPI table), and no firmware setup inside it adds one: %s"
+            % (machine, "IORT" if arm else "DMAR or IVRS", advice),
+        )
 
 
 def _arm_iommu_off(iommu, findings):

@@ -316,6 +316,29 @@ topology:
           returned: success
           type: bool
           sample: true
+        virtual_machine:
+          description:
+            - V(true) when the host is a virtual machine, whose IOMMU and CPU virtualization only its
+              hypervisor can give; the advice of the V(iommu_unsupported), V(iommu_off) and
+              V(no_cpu_virtualization) findings then names the hypervisor's settings (a virtual IOMMU in caching
+              mode, nested virtualization) instead of the firmware setup.
+            - The signs, as C(systemd-detect-virt) reads them, are the x86 C(hypervisor) CPU flag; the
+              virtual-machine bit of the SMBIOS BIOS information (C(/sys/firmware/dmi/entries/0-0/raw), root only);
+              DMI strings in C(/sys/class/dmi/id) that only a hypervisor writes (C(QEMU), C(KVM), C(VMware) and
+              others; C(Amazon EC2) only without C(.metal) in the product name); a device-tree C(hypervisor) or
+              C(fw-cfg) node; C(/sys/hypervisor/type).
+            - V(false) on x86 when the CPU flags are listed and show none of these; V(null) when nothing
+              tells, as on an arm64 host without a sign, whose firmware names its maker, not whether it is physical.
+          returned: success
+          type: bool
+          sample: false
+        hypervisor:
+          description:
+            - The hypervisor of a virtual machine when a sign names it (V(QEMU), V(KVM), V(VMware), V(Hyper-V),
+              V(Xen), V(Amazon EC2), V(OpenStack (KVM)) and others); V(null) otherwise.
+          returned: success
+          type: str
+          sample: QEMU
     iommu_groups:
       description: IOMMU group number (a string) to the PCI addresses in it, in numeric order.
       returned: success

@@ -250,3 +250,36 @@ def test_active_swap_on_a_disk_makes_its_controller_host_critical(host, layout):
     assert "holds active swap (%s)" % disk in critical_refusals[0]["message"], bound
     assert driver == "virtio_blk"
     assert critical() == []
+
+
+def test_the_guest_is_known_as_a_virtual_machine_and_its_hypervisor_named(host, topology):
+    # systemd-detect-virt, the guest's own, also reads the CPUID signature (TCG's under this lab).
+    detected = host.run("systemd-detect-virt --vm")
+    assert detected.rc == 0, "systemd-detect-virt found no VM: %s" % detected.stdout
+    flags = next(line for line in host.file("/proc/cpuinfo").content_string.splitlines() if line.startswith("flags"))
+    assert "hypervisor" in flags.split()
+    assert topology["cpu"]["virtual_machine"] is True
+    assert topology["cpu"]["hypervisor"] == host.file("/sys/class/dmi/id/sys_vendor").content_string.strip()
+    assert topology["cpu"]["hypervisor"].lower() == detected.stdout.strip()
+
+
+def test_a_snapshot_of_the_guest_without_its_iommu_is_told_to_ask_the_hypervisor(host):
+    # capture.py's snapshot of this guest (real DMI, CPU flags and ACPI tables) with its virtual IOMMU taken
+    # out: a VM without one. The advice must be the hypervisor's settings, not the firmware setup's.
+    capture = os.path.join(os.path.dirname(__file__), "..", "..", "..", "tests", "fixtures", "capture.py")
+    snapshot = "/tmp/gpuvirt-snapshot"
+    host.run_expect([0], "rm -rf %s /tmp/capture.py", snapshot)
+    host.ansible("copy", "src=%s dest=/tmp/capture.py mode=0755" % os.path.abspath(capture), check=False)
+    host.run_expect([0], "python3 /tmp/capture.py %s", snapshot)
+    try:
+        assert host.file(snapshot + "/sys/firmware/acpi/tables/DMAR").exists
+        host.run_expect([0], "rm -rf %s/sys/class/iommu/* %s/sys/kernel/iommu_groups/* "
+                        "%s/sys/firmware/acpi/tables/DMAR", snapshot, snapshot, snapshot)
+        topology = host.ansible("gpuvirt.host.topology_info", "root=%s" % snapshot, check=False)["topology"]
+    finally:
+        host.run_expect([0], "rm -rf %s /tmp/capture.py", snapshot)
+    assert topology["iommu"]["enabled"] is False and topology["iommu"]["firmware_support"] is False
+    assert topology["cpu"]["virtual_machine"] is True and topology["cpu"]["hypervisor"] == "QEMU"
+    message = next(f["message"] for f in topology["findings"] if f["code"] == "iommu_unsupported")
+    assert message.startswith("no IOMMU: this virtual machine (QEMU) has no virtual IOMMU"), message
+    assert "caching_mode='on'" in message and "VT-d" not in message

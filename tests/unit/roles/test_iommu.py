@@ -28,6 +28,13 @@ CASES = [
     ("desktop_dgpu", "quiet intel_iommu=on", {"iommu_vendor": "arm"}, None, ("iommu_vendor arm", "aarch64",
                                                                              "x86_64")),
     ("power9_host", "quiet", {}, None, ("ppc64le", "sPAPR TCE")),
+    # No IOMMU to turn on: the advice is the host's own, a hypervisor's settings for a VM.
+    ("kvm_guest_gpu", "quiet", {}, None, (
+        "The role cannot turn the IOMMU on: no IOMMU: this virtual machine (OpenStack) has no virtual IOMMU",
+        "caching_mode='on'", "Nothing was changed")),
+    (("iommu_disabled", {"iommu": {"vendor": None, "firmware": False, "enabled": False}}), "quiet", {}, None,
+     ("the firmware has no DMAR or IVRS ACPI table", "enable VT-d (Intel) or AMD-Vi/IOMMU (AMD) in the firmware",
+      "Nothing was changed")),
 ]
 
 
@@ -48,7 +55,8 @@ def _case(index, variables):
 def test_the_role_puts_each_architectures_own_arguments(make_host, tmp_path):
     roots, blocks = [], []
     for index, (host, before, variables, _after, _words) in enumerate(CASES):
-        root = make_host(host, files={"etc/default/grub": GRUB % before})
+        host, changes = host if isinstance(host, tuple) else (host, {})
+        root = make_host(host, files={"etc/default/grub": GRUB % before}, **changes)
         roots.append(root)
         blocks.append(_case(index, dict(variables, iommu_root=root, iommu_reboot="never")))
     exported = tmp_path / "refusals.json"

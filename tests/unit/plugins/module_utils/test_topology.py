@@ -591,6 +591,83 @@ def test_kvm_module_missing_is_a_warning(make_host):
     assert warning["severity"] == "warning" and "kvm_intel" in warning["message"]
 
 
+# --- a host that is itself a virtual machine ----------------------------------------------------------------
+
+
+def test_a_kvm_guest_without_a_virtual_iommu_is_told_to_get_one_from_its_hypervisor(make_host):
+    topology = detect(make_host("kvm_guest_gpu"))
+
+    assert topology["cpu"]["virtual_machine"] is True and topology["cpu"]["hypervisor"] == "OpenStack"
+    message = finding(topology, "iommu_unsupported")["message"]
+    assert message.startswith("no IOMMU: this virtual machine (OpenStack) has no virtual IOMMU (no DMAR or IVRS")
+    assert "caching_mode='on'" in message and "intel-iommu,intremap=on,caching-mode=on" in message
+    assert "enable VT-d" not in message and "smmuv3" not in message
+    assert "iommu_off" not in codes(topology)
+    nested = finding(topology, "no_cpu_virtualization")["message"]
+    assert "nested=1" in nested and "host-passthrough" in nested
+    assert "enable virtualization in the firmware" not in nested
+
+
+def test_bare_metal_keeps_the_firmware_advice(make_host):
+    topology = detect(make_host("iommu_disabled", iommu={"firmware": False, "enabled": False},
+                                cpu={"virtualization": None, "kvm": False}))
+
+    assert topology["cpu"]["virtual_machine"] is False and topology["cpu"]["hypervisor"] is None
+    advice = "enable VT-d (Intel) or AMD-Vi/IOMMU (AMD) in the firmware"
+    assert advice in finding(topology, "iommu_unsupported")["message"]
+    assert "enable virtualization in the firmware setup" in finding(topology, "no_cpu_virtualization")["message"]
+
+
+def test_a_vm_whose_acpi_tables_are_unknown_is_not_told_it_has_none(make_host):
+    topology = detect(make_host("kvm_guest_gpu", files={"sys/firmware": None}))
+
+    assert topology["iommu"]["firmware_support"] is None
+    error = finding(topology, "iommu_off")
+    assert "whether it has one is unknown" in error["message"] and "intel_iommu=on" in error["message"]
+    assert "iommu_unsupported" not in codes(topology)
+
+
+def test_a_vm_with_a_virtual_iommu_left_off_gets_the_kernel_argument(make_host):
+    # The lab's case: QEMU gives the VM a virtual VT-d (a DMAR table) and the kernel boots with intel_iommu=off.
+    topology = detect(make_host("iommu_disabled", cpu={"hypervisor": True}, machine={"dmi": {"sys_vendor": "QEMU"}}))
+
+    assert topology["cpu"]["virtual_machine"] is True
+    assert "add intel_iommu=on to the kernel command line" in finding(topology, "iommu_off")["message"]
+
+
+def test_an_arm64_vm_without_an_smmu_gets_the_arm_virtual_iommu(make_host):
+    root = make_host("grace_hopper", iommu={"enabled": False, "firmware": False}, cpu={"kvm": False},
+                     machine={"dmi": {"sys_vendor": "QEMU", "product_name": "KVM Virtual Machine"}})
+    topology = detect(root)
+
+    # QEMU's virt machine under KVM writes product_name "KVM Virtual Machine", read before sys_vendor.
+    assert topology["cpu"]["virtual_machine"] is True and topology["cpu"]["hypervisor"] == "KVM"
+    message = finding(topology, "iommu_unsupported")["message"]
+    assert "no virtual IOMMU (no IORT ACPI table)" in message and "<iommu model='smmuv3'/>" in message
+    assert "intel" not in message
+    assert "virtualization=on" in finding(topology, "kvm_unavailable")["message"]
+
+
+def test_a_device_tree_arm64_vm_without_an_smmu_is_unknown_and_gets_the_arm_advice(make_host):
+    root = make_host("grace_hopper", iommu={"enabled": False, "firmware": False, "acpi": False},
+                     machine={"device_tree_hypervisor": "linux,kvm"})
+    topology = detect(root)
+
+    assert topology["cpu"]["virtual_machine"] is True and topology["cpu"]["hypervisor"] == "KVM"
+    message = finding(topology, "iommu_off")["message"]
+    assert "this virtual machine (KVM) can only have a virtual one" in message and "device-tree VM" in message
+    assert "<iommu model='smmuv3'/>" in message and "intel" not in message
+
+
+def test_the_topology_summary_names_the_hypervisor(make_host):
+    from ansible_collections.gpuvirt.host.plugins.filter.topology_summary import topology_summary
+
+    lines = topology_summary(detect(make_host("kvm_guest_gpu")))
+    assert lines[:2] == ["Host: virtual machine (OpenStack)",
+                         "IOMMU: off (the hypervisor gives this virtual machine none)"]
+    assert not topology_summary(detect(make_host("iommu_disabled")))[0].startswith("Host:")
+
+
 # --- SR-IOV, mdev, vGPU ---------------------------------------------------------------------------------
 
 

@@ -202,3 +202,20 @@ def test_capture_keeps_the_storage_in_use(make_host, tmp_path, storage):
     assert len(storage_in_use(root)) >= 2
     same_topology(root, output)
     assert not os.path.exists(os.path.join(output, "run/udev/data/c189:1"))
+
+
+@pytest.mark.parametrize("changes", [
+    {"machine": {"smbios_vm_bit": True}},
+    {"machine": {"device_tree_hypervisor": "linux,kvm"}},
+    {"machine": {"sys_hypervisor": "xen"}},
+    {"files": {"sys/firmware/devicetree/base/fw-cfg@9020000/compatible": "qemu,fw-cfg-mmio\0"}},
+    {"machine": {"dmi": {"sys_vendor": "Amazon EC2", "product_name": "c7g.metal"}}},
+])
+def test_capture_keeps_what_tells_an_arm64_vm(make_host, tmp_path, changes):
+    # No x86 flags: only the firmware's and the kernel's signs tell a VM (or an EC2 bare-metal instance).
+    root = make_host("grace_hopper", **changes)
+
+    output, _devices, _copied = capture.capture(root, str(tmp_path / "snapshot"))
+
+    same_topology(root, output)
+    assert detect(output)["cpu"]["virtual_machine"] is ("dmi" not in changes.get("machine", {}))

@@ -286,6 +286,8 @@ HOST_FILES = [
     "proc/net/ipv6_route", "proc/net/tcp", "proc/net/tcp6", "etc/ssh/sshd_config",
     "proc/sys/kernel/osrelease", "lib/modules/6.8.0-45-generic/modules.builtin", "usr/share/misc/pci.ids",
     "sys/kernel/iommu_groups/2/type", "sys/devices/virtual/iommu/dmar0/intel-iommu/ecap",
+    "sys/class/dmi/id/product_name", "sys/class/dmi/id/sys_vendor", "sys/firmware/dmi/entries/0-0/raw",
+    "sys/firmware/devicetree/base/hypervisor/compatible", "sys/hypervisor/type",
 ]
 
 
@@ -298,5 +300,7 @@ def test_host_files(trees, raw, relative):
     assert kernel["cmdline"] is None or all(isinstance(arg, str) for arg in kernel["cmdline"])
     assert kernel["modules_loaded"] is None or all(isinstance(name, str) for name in kernel["modules_loaded"])
     assert topology["cpu"]["virtualization"] in ("vmx", "svm", None)
+    assert topology["cpu"]["virtual_machine"] in (True, False, None)
+    assert topology["cpu"]["hypervisor"] is None or isinstance(topology["cpu"]["hypervisor"], str)
     assert topology["iommu"]["interrupt_remapping"] in (True, False, None)
     assert len(topology["devices"]) == 15

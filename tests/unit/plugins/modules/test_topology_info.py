@@ -22,7 +22,8 @@ def test_reports_the_desktop_topology(make_host, run_module):
     topology = result["topology"]
     assert set(topology) == TOPOLOGY_KEYS
     assert topology["iommu"]["enabled"] is True and topology["iommu"]["vendor"] == "intel"
-    assert topology["cpu"] == {"architecture": "x86_64", "vendor": "GenuineIntel", "virtualization": "vmx", "kvm": True}
+    assert topology["cpu"] == {"architecture": "x86_64", "vendor": "GenuineIntel", "virtualization": "vmx", "kvm": True,
+                               "virtual_machine": False, "hypervisor": None}
     gpus = {gpu["address"]: gpu for gpu in topology["gpus"]}
     assert gpus["0000:01:00.0"]["passthrough"]["viable"] is True
     assert gpus["0000:00:02.0"]["passthrough"]["codes"] == ["boot_vga"]
