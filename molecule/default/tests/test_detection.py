@@ -252,6 +252,35 @@ def test_active_swap_on_a_disk_makes_its_controller_host_critical(host, layout):
     assert critical() == []
 
 
+def test_a_device_mapper_device_on_a_disk_makes_its_controller_host_critical(host, layout):
+    # What an LVM volume is to the kernel: a device-mapper target over the disk (dm-N, its slaves and
+    # dm/name in sysfs). Active but unused, it still holds the disk; swap on it names the dm device.
+    spare = layout.address("spare-disk")
+    disk = "/dev/" + host.check_output("ls /sys/bus/pci/devices/%s/virtio*/block", spare).strip()
+    name = "gpuvirt-spare"
+
+    def critical():
+        return _devices(host.ansible("gpuvirt.host.topology_info", check=False)["topology"])[spare]["critical"]
+
+    sectors = host.check_output("blockdev --getsz %s", disk).strip()
+    host.run_expect([0], "dmsetup create %s --table '0 %s linear %s 0'", name, sectors, disk)
+    try:
+        mapped = "/dev/" + os.path.basename(host.check_output("readlink -f /dev/mapper/%s", name))
+        assert host.file("/sys/block/%s/slaves/%s" % (mapped[5:], disk[5:])).exists
+        active = critical()
+        host.run_expect([0], "mkswap /dev/mapper/%s", name)
+        host.run_expect([0], "swapon /dev/mapper/%s", name)
+        try:
+            swapped = critical()
+        finally:
+            host.run_expect([0], "swapoff /dev/mapper/%s", name)
+    finally:
+        host.run_expect([0], "dmsetup remove %s", name)
+    assert active == ["holds the active device-mapper or RAID device %s" % name]
+    # /proc/swaps names the dm device by its kernel name; what swap reaches is not listed again.
+    assert swapped == ["holds active swap (%s)" % mapped]
+
+
 def test_the_guest_is_known_as_a_virtual_machine_and_its_hypervisor_named(host, topology):
     # systemd-detect-virt, the guest's own, also reads the CPUID signature (TCG's under this lab).
     detected = host.run("systemd-detect-virt --vm")
