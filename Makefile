@@ -96,15 +96,22 @@ fleet: collection $(AWX_COLLECTIONS)/.installed  ## Fleet playbooks on simulated
 molecule: collection deps  ## Molecule scenarios against the QEMU lab
 	$(BIN)/molecule test --all
 
+NOVA_REQUIREMENTS := tests/report/requirements-nova.txt
 NOVA_VENV := $(BUILD)/nova-venv
+# Nova has its own venv: its ~130 dependencies stay out of the tools' venv. Installing them takes
+# a minute and a half, so the venv is kept, like the lab image, in the user's cache under a hash of
+# the requirements (a fresh clone reuses it; other requirements make another), and .build/nova-venv
+# links to it. The hash in the path stands for the file's content: a fresh clone's newer file
+# does not rebuild it. flock keeps two checkouts from building the same one at once.
+NOVA_CACHE := $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/gpuvirt-nova-venv/$(shell sha256sum $(NOVA_REQUIREMENTS) | cut -c1-16)
 
-# Nova has its own venv: its ~130 dependencies stay out of the tools' venv.
-$(NOVA_VENV)/.installed: tests/report/requirements-nova.txt
-	python3 -m venv $(NOVA_VENV)
-	$(NOVA_VENV)/bin/pip install --quiet -r tests/report/requirements-nova.txt
-	touch $@
+$(NOVA_CACHE)/.installed:
+	mkdir -p $(dir $(NOVA_CACHE))
+	flock $(NOVA_CACHE).lock sh -c 'test -f $@ || { rm -rf $(NOVA_CACHE) && python3 -m venv $(NOVA_CACHE) && \
+	  $(NOVA_CACHE)/bin/pip install --quiet -r $(NOVA_REQUIREMENTS) && touch $@; }'
 
-nova-venv: $(NOVA_VENV)/.installed  ## OpenStack Nova in its own venv, for the Nova export test
+nova-venv: $(NOVA_CACHE)/.installed  ## OpenStack Nova in its own venv (kept in the user's cache), for the Nova export test
+	mkdir -p $(BUILD) && { test -L $(NOVA_VENV) || rm -rf $(NOVA_VENV); } && ln -sfn $(abspath $(NOVA_CACHE)) $(NOVA_VENV)
 
 # After molecule: the browser test draws the lab host's record, which the default scenario writes.
 report: collection deps nova-venv  ## Exports through their consumers' validators; the fleet page in headless Chromium
@@ -126,5 +133,5 @@ lab-down:  ## Stop the lab (LAB=name)
 lab-ssh:  ## Open a shell in the running lab (LAB=name)
 	python3 tests/lab/lab.py ssh --name $(LAB)
 
-clean:  ## Remove build output (keeps the venv and the lab image cache)
+clean:  ## Remove build output (keeps the venv, the lab image cache and the cached Nova venv)
 	rm -rf $(BUILD) tests/output
