@@ -5,19 +5,16 @@
 from __future__ import annotations
 
 import os
+import sys
 
 import pytest
 
 from ansible_collections.gpuvirt.host.plugins.module_utils.machine import read_machine
 
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "..", "fixtures"))
+from hostgen import smbios_bios_information as smbios_bios  # noqa: E402
+
 X86_FLAGS = {"fpu", "vme", "sse2", "vmx", "x2apic"}
-
-
-def smbios_bios(vm_bit, length=0x18):
-    """A BIOS Information structure (SMBIOS type 0) as the kernel shows it in entries/0-0/raw."""
-    formatted = bytes([0x00, length, 0x00, 0x00, 1, 2, 0x00, 0xE8, 3, 0x00]) + (0x08090080).to_bytes(8, "little")
-    formatted += bytes([0x01, 0x1C if vm_bit else 0x0C, 0, 0, 0xFF, 0xFF])
-    return formatted[:length] + b"EDK II\x00unknown\x0002/02/2022\x00\x00"
 
 
 @pytest.fixture
