@@ -57,8 +57,10 @@ test: deps  ## Run every test (installs what it needs first)
 	done
 
 # The pytest stages run on every CPU (pytest-xdist); reliability's table adds up the counts that its
-# tests' reports carry, in the process that writes it.
-PARALLEL := -n auto
+# tests' reports carry, in the process that writes it. Tests go to the workers one at a time as each
+# finishes one (--maxschedchunk=1), not in chunks fixed at the start: a worker that drew the long
+# playbook tests is not left with a queue of short ones while the other waits.
+PARALLEL := -n auto --maxschedchunk=1
 
 unit: collection  ## Unit, module, fuzz and installed-collection tests (pytest)
 	$(PY) -m pytest $(PARALLEL) tests/unit tests/collection
@@ -85,8 +87,9 @@ sanity: venv  ## ansible-test sanity on a copy of the tracked files
 	cd $(SANITY_DIR) && git init -q && git add -A && \
 	  $(abspath $(BIN))/ansible-test sanity --python 3.11 --requirements --color no
 
+# One file per worker: each builds its own tarball once (a module fixture), side by side.
 validate: collection  ## Publishing validators: galaxy-importer, antsibull-docs, antsibull-changelog, ansible-builder
-	$(PY) -m pytest tests/publish
+	$(PY) -m pytest -n auto --dist loadfile tests/publish
 
 fleet: collection $(AWX_COLLECTIONS)/.installed  ## Fleet playbooks on simulated hosts, through ansible-runner; the AWX project
 	GPUVIRT_AWX_COLLECTIONS=$(abspath $(AWX_COLLECTIONS)) $(PY) -m pytest $(PARALLEL) tests/fleet

@@ -18,6 +18,13 @@ from ansible.module_utils.common import warnings as module_warnings
 from ansible.module_utils.testing import patch_module_args
 
 
+def pytest_collection_modifyitems(items):
+    """Run the role tests first. Each runs whole playbooks (20-80 s); started first, they are spread
+    over the parallel workers with the short tests filling in after them, instead of one worker
+    running the last long playbook alone at the end."""
+    items.sort(key=lambda item: not item.nodeid.startswith("tests/unit/roles/"))
+
+
 class ModuleResult(dict):
     """The JSON a module printed, plus ``rc`` (0 for exit_json, 1 for fail_json)."""
 
