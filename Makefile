@@ -57,13 +57,14 @@ test: deps  ## Run every test (installs what it needs first)
 	done
 
 # The pytest stages run on every CPU (pytest-xdist); reliability's table adds up the counts that its
-# tests' reports carry, in the process that writes it. Tests go to the workers one at a time as each
-# finishes one (--maxschedchunk=1), not in chunks fixed at the start: a worker that drew the long
-# playbook tests is not left with a queue of short ones while the other waits.
-PARALLEL := -n auto --maxschedchunk=1
+# tests' reports carry, in the process that writes it.
+PARALLEL := -n auto
 
+# The unit tests go to the workers one at a time as each finishes one (--maxschedchunk=1), not in
+# chunks fixed at the start, and the long role tests first (tests/unit/conftest.py): a worker that
+# drew the long playbooks is not left with a queue of short tests while the other waits.
 unit: collection  ## Unit, module, fuzz and installed-collection tests (pytest)
-	$(PY) -m pytest $(PARALLEL) tests/unit tests/collection
+	$(PY) -m pytest $(PARALLEL) --maxschedchunk=1 tests/unit tests/collection
 
 reliability: collection  ## Bad inputs, injected faults and random specs: a table of figures; fails on any lost case
 	$(PY) -m pytest $(PARALLEL) -q -p no:cacheprovider tests/reliability
