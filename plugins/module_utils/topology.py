@@ -466,41 +466,50 @@ def _iommu_off_arguments(cmdline):
     ]
 
 
-# How a QEMU/KVM hypervisor gives a VM an IOMMU that can take devices passed through to the VM: the
-# caching mode makes the VM's IOMMU mappings visible to the hypervisor (libvirt formatdomain, <iommu>).
+# Per architecture: how a QEMU/KVM hypervisor gives a VM an IOMMU that can take devices passed through
+# to the VM (the caching mode makes the VM's IOMMU mappings visible to the hypervisor: libvirt
+# formatdomain, <iommu>), the ACPI tables that would show one, why a tree may not show them, and what
+# else the kernel needs.
 _VIRTUAL_IOMMU = {
-    ARM64: "on QEMU/KVM, an Arm virt machine with a virtual SMMUv3 (libvirt: <iommu model='smmuv3'/>; QEMU: "
-    "-machine virt,iommu=smmuv3)",
-    X86: "on QEMU/KVM, a q35 machine with a virtual Intel IOMMU in caching mode, which lets the VM assign "
-    "devices passed through to it (libvirt: <iommu model='intel'><driver intremap='on' caching_mode='on'/>"
-    "</iommu> and <ioapic driver='qemu'/> under <features>; QEMU: -machine q35,kernel-irqchip=split -device "
-    "intel-iommu,intremap=on,caching-mode=on)",
+    ARM64: {
+        "recipe": "on QEMU/KVM, an Arm virt machine with a virtual SMMUv3 (libvirt: <iommu model='smmuv3'/>; "
+        "QEMU: -machine virt,iommu=smmuv3)",
+        "tables": "IORT",
+        "unknown": "no readable ACPI IORT table: a device-tree VM, a snapshot or an unprivileged read",
+        "kernel": "",
+    },
+    X86: {
+        "recipe": "on QEMU/KVM, a q35 machine with a virtual Intel IOMMU in caching mode, which lets the VM "
+        "assign devices passed through to it (libvirt: <iommu model='intel'><driver intremap='on' "
+        "caching_mode='on'/></iommu> and <ioapic driver='qemu'/> under <features>; QEMU: -machine "
+        "q35,kernel-irqchip=split -device intel-iommu,intremap=on,caching-mode=on)",
+        "tables": "DMAR or IVRS",
+        "unknown": "this tree has no readable /sys/firmware/acpi/tables: a snapshot, a container or an "
+        "unprivileged read",
+        "kernel": "; an Intel one also needs intel_iommu=on on the kernel command line",
+    },
 }
 
 
 def _virtual_iommu_missing(iommu, findings, architecture, hypervisor):
     """A virtual machine without an IOMMU: the firmware setup advice would be wrong there."""
     machine = virtual_machine_name(hypervisor)
-    arm = architecture == ARM64
+    facts = _VIRTUAL_IOMMU[ARM64 if architecture == ARM64 else X86]
     advice = (
         "give it one at its hypervisor: %s; other hypervisors have their own setting, and cloud instances "
-        "rarely offer one" % _VIRTUAL_IOMMU[ARM64 if arm else X86]
+        "rarely offer one" % facts["recipe"]
     )
     if iommu.firmware_support is None:
         findings.error(
             "iommu_off",
             "the kernel registered no IOMMU, and %s can only have a virtual one, from its hypervisor; whether it "
-            "has one is unknown (%s): if it has none, %s%s"
-            % (machine, "no readable ACPI IORT table: a device-tree VM, a snapshot or an unprivileged read" if arm
-               else "this tree has no readable /sys/firmware/acpi/tables: a snapshot, a container or an "
-               "unprivileged read", advice,
-               "" if arm else "; an Intel one also needs intel_iommu=on on the kernel command line"),
+            "has one is unknown (%s): if it has none, %s%s" % (machine, facts["unknown"], advice, facts["kernel"]),
         )
     else:
         findings.error(
             "iommu_unsupported",
             "no IOMMU: %s has no virtual IOMMU (no %s ACPI table), and no firmware setup inside it adds one: %s"
-            % (machine, "IORT" if arm else "DMAR or IVRS", advice),
+            % (machine, facts["tables"], advice),
         )
 
 
