@@ -97,8 +97,13 @@ fleet: collection $(AWX_COLLECTIONS)/.installed  ## Fleet playbooks on simulated
 
 # One scenario at a time: two side by side took as long as one after the other (booting guests keep
 # both cores busy; a guest with one virtual CPU boots in 104 s against 64 s with two).
+# A failed run ends with a few lines on what failed (tests/tools/failure_summary.py): Molecule's
+# recap names the action, not the reason, which is hundreds of lines above it.
+MOLECULE_LOG := $(BUILD)/molecule.log
 molecule: collection deps  ## Molecule scenarios against the QEMU lab
-	$(BIN)/molecule test --all
+	@mkdir -p $(BUILD); start=$$(date +%s); set -o pipefail; \
+	$(BIN)/molecule test --all 2>&1 | tee $(MOLECULE_LOG) || { \
+	  $(PY) tests/tools/failure_summary.py --since $$start $(MOLECULE_LOG) .lab; exit 1; }
 
 NOVA_REQUIREMENTS := tests/report/requirements-nova.txt
 NOVA_VENV := $(BUILD)/nova-venv

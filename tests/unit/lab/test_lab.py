@@ -212,7 +212,7 @@ def _qemu_processes(marker):
 def test_guest_that_never_reaches_ssh_fails_the_boot_step_and_leaves_no_qemu(fake_lab, capsys):
     fake_lab("hang")
     start = time.monotonic()
-    rc = lab.main(["up", "--name", "hang", "--boot-timeout", "3"])
+    rc = lab.main(["up", "--name", "hang", "--boot-timeout", "3", "--boot-attempts", "1"])
     err = capsys.readouterr().err
     assert rc == 1
     assert "step 'boot' failed: the guest did not reach SSH within 3 s" in err
@@ -223,9 +223,55 @@ def test_guest_that_never_reaches_ssh_fails_the_boot_step_and_leaves_no_qemu(fak
     assert not os.path.exists(os.path.join(lab.STATE_ROOT, "hang", "inventory.yml"))
 
 
+def test_a_hung_boot_is_tried_once_more_on_fresh_disks_then_fails_with_both_attempts(fake_lab, capsys):
+    fake_lab("hang")
+    start = time.monotonic()
+    rc = lab.main(["up", "--name", "stall", "--boot-timeout", "300", "--boot-stall", "3"])
+    out, err = capsys.readouterr()
+    assert rc == 1
+    assert time.monotonic() - start < 60  # the silent console ended each attempt, not the 300 s limit
+    assert "boot attempt 1 failed (boot): booting again on fresh disks" in out
+    assert "attempt 1: step 'boot' failed: the guest did not reach SSH and its console printed nothing for" in err
+    assert "attempt 2: step 'boot' failed" in err
+    inst = lab.Instance("stall")
+    with open(inst.path("fake-starts")) as handle:
+        assert handle.read().count("start") == 2
+    with open(inst.path("console.log")) as handle:
+        assert handle.read().count("Linux version") == 2  # both attempts' consoles kept
+    assert _qemu_processes(lab.STATE_ROOT) == []
+    assert inst.pid() is None
+
+
+def test_a_second_boot_that_reaches_ssh_brings_the_instance_up(fake_lab, monkeypatch, capsys):
+    fake_lab("hang")
+    waits = []
+
+    def wait_for_ssh(inst, port, pid, timeout, stall):
+        waits.append(port)
+        if len(waits) == 1:
+            raise lab.LabError("boot", "the guest did not reach SSH within 1 s")
+        return 12.5
+
+    monkeypatch.setattr(lab, "wait_for_ssh", wait_for_ssh)
+    assert lab.main(["up", "--name", "second"]) == 0
+    inst = lab.Instance("second")
+    try:
+        state = inst.state()
+        assert state["timings"]["boot_attempts"] == 2 and state["timings"]["boot_to_ssh_seconds"] == 12.5
+        assert state["port"] == waits[1]
+        with open(inst.path("known_hosts")) as handle:
+            assert handle.read().startswith("[127.0.0.1]:%d " % waits[1])
+        with open(inst.path("fake-starts")) as handle:
+            assert handle.read().count("start") == 2
+        assert len(_qemu_processes(lab.STATE_ROOT)) == 1  # the first attempt's QEMU is gone
+    finally:
+        lab.main(["down", "--name", "second"])
+    assert _qemu_processes(lab.STATE_ROOT) == []
+
+
 def test_a_guest_reboot_starts_a_new_qemu_on_the_same_disk_and_down_stops_it(fake_lab, capsys):
     fake_lab("reboot-twice")
-    assert lab.main(["up", "--name", "cycle", "--boot-timeout", "4"]) == 1  # no SSH, but the cycles ran
+    assert lab.main(["up", "--name", "cycle", "--boot-timeout", "4", "--boot-attempts", "1"]) == 1  # cycles ran
     inst = lab.Instance("cycle")
     with open(inst.path("fake-starts")) as handle:
         assert handle.read().count("start") == 3
@@ -256,7 +302,9 @@ def test_a_guest_power_off_ends_the_instance(fake_lab, tmp_path):
 def test_port_taken_by_qemu_forward_is_reported_as_such(fake_lab, capsys):
     fake_lab("port-taken")
     assert lab.main(["up", "--name", "taken"]) == 1
-    assert "step 'network' failed: port" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    # a port the lab chose itself is chosen afresh once
+    assert "attempt 1: step 'network' failed: port" in err and "attempt 2: step 'network' failed: port" in err
     assert _qemu_processes(lab.STATE_ROOT) == []
 
 
