@@ -35,19 +35,19 @@ def _short(text):
 
 
 def log_findings(lines):
-    """(line number, finding) for each line that says what failed, in the log's order."""
+    """A finding for each line that says what failed, in the log's order."""
     found = []
     for number, line in enumerate(lines):
         if re.match(r"^(ERROR|CRITICAL)\s+\S+ ➜ \S+: Executed: Failed", line):
-            found.append((number, line.split(None, 1)[1]))
+            found.append(line.split(None, 1)[1])
         elif line.startswith("[ERROR]:"):
             origin = next((n for n in lines[number + 1 : number + 3] if n.startswith("Origin:")), None)
             where = f" ({origin.split(None, 1)[1]})" if origin else ""
-            found.append((number, line[len("[ERROR]:") :].strip() + where))
+            found.append(line[len("[ERROR]:") :].strip() + where)
         elif re.match(r"^(FAILED|ERROR) \S+::\S+", line):
-            found.append((number, "pytest: " + line))
+            found.append("pytest: " + line)
         elif re.match(r"^fatal: \[[^\]]+\]: UNREACHABLE!", line):
-            found.append((number, line.split("=>", 1)[0].strip()))
+            found.append(line.split("=>", 1)[0].strip())
     return found
 
 
@@ -60,9 +60,9 @@ def lab_findings(lab_dir, since):
         with open(path, encoding="utf-8", errors="replace") as handle:
             text = handle.read()
         for attempt in re.split(r"\n(?=attempt \d+: )", text.strip()):
-            head, _, tail = attempt.partition("; console tail:")
+            head, sep, tail = attempt.partition("; console tail:")
             found.append(f"lab instance {name}: {head}")
-            last = [_clean(line).strip() for line in tail.splitlines()]
+            last = [_clean(line).strip() for line in tail.splitlines()] if sep else []
             last = [line for line in last if line.isprintable() and line]
             if last:
                 found.append(f"  its console's last line: {last[-1]}")
@@ -82,7 +82,7 @@ def main(argv=None):
     except OSError as err:
         lines = []
         print(f"failure summary: cannot read {args.log}: {err.strerror}")
-    findings = [text for _, text in log_findings(lines)] + lab_findings(args.lab_dir, args.since)
+    findings = log_findings(lines) + lab_findings(args.lab_dir, args.since)
     print(f"What failed (the whole log: {args.log}):")
     if not findings:
         print("  nothing the summary knows; read the log")
