@@ -13,6 +13,8 @@ Public API (every reader takes the host ``root``):
   its PCI devices through partitions, device-mapper and md ``slaves``, btrfs's other devices and
   the controllers of a multipath NVMe namespace.
 - :func:`default_route_interfaces` ``(root) -> list[str]``: interfaces of the IPv4/IPv6 default routes.
+- :func:`ssh_ports` ``(root) -> list[int]``: the ports sshd listens on (sshd_config, and the socket
+  unit of socket-activated sshd).
 - :func:`management_interfaces` ``(root) -> list[(interface, reason)]``: those, and the interfaces the
   replies of the established SSH sessions leave through (:func:`ssh_peers` routed by
   :func:`route_interfaces`): a management network reached by a route of its own. Policy routing's
@@ -337,10 +339,98 @@ def _interface_devices(root, real_root, interface, seen):
 def ssh_ports(root):
     """The TCP ports sshd listens on, from ``etc/ssh/sshd_config`` and the files it includes: every
     ``Port``, and the port of a ``ListenAddress`` that names one; 22 when no ``Port`` line says
-    otherwise (sshd's default). A tree without the file gets the default."""
+    otherwise (sshd's default). A tree without the file gets the default. With them, the
+    ``ListenStream`` ports of an enabled ``ssh.socket`` or ``sshd.socket`` (:func:`socket_ports`):
+    socket-activated sshd listens where its socket unit says, whatever sshd_config says."""
     ports, listen = set(), set()
     _sshd_config(root, host_path(root, _SSH_DIRECTORY, "sshd_config"), ports, listen, set())
-    return sorted((ports or {22}) | listen)
+    sockets = set()
+    for unit in _SSH_SOCKETS:
+        if _unit_enabled(root, unit, "sockets.target"):
+            sockets.update(socket_ports(root, unit))
+    return sorted((ports or {22}) | listen | sockets)
+
+
+# The socket units of socket-activated sshd: Debian's and Ubuntu's, and other distributions'.
+_SSH_SOCKETS = ("ssh.socket", "sshd.socket")
+# The system manager's unit directories, highest precedence first (systemd.unit(5)).
+_UNIT_DIRECTORIES = (
+    "etc/systemd/system.control", "run/systemd/system.control", "run/systemd/transient",
+    "run/systemd/generator.early", "etc/systemd/system", "etc/systemd/system.attached", "run/systemd/system",
+    "run/systemd/system.attached", "run/systemd/generator", "usr/local/lib/systemd/system",
+    "usr/lib/systemd/system", "lib/systemd/system", "run/systemd/generator.late",
+)  # fmt: skip
+_LISTEN_STREAM_PORT = re.compile(r"^(?:(?:\[[^\]]+\]|[0-9.]+):)?([0-9]+)$")
+
+
+def _unit_enabled(root, unit, target):
+    """Whether ``unit`` is enabled for ``target`` (a ``<target>.wants/<unit>`` link in a unit
+    directory) and not masked."""
+    if _unit_file(root, unit) is None:
+        return False
+    wants = "%s.wants/%s" % (target, unit)
+    return any(os.path.lexists(host_path(root, directory, wants)) for directory in _UNIT_DIRECTORIES)
+
+
+def _unit_file(root, unit):
+    """The path of the file that defines ``unit`` (the first in precedence order), or None when
+    none does or it is masked (a link to /dev/null, or empty)."""
+    for directory in _UNIT_DIRECTORIES:
+        path = host_path(root, directory, unit)
+        if not os.path.lexists(path):
+            continue
+        try:
+            if os.path.islink(path) and os.readlink(path) == "/dev/null":
+                return None
+            return path if os.path.getsize(path) > 0 else None
+        except OSError:
+            return None
+    return None
+
+
+def socket_ports(root, unit):
+    """The TCP ports of a socket unit's ``ListenStream=`` lines: its unit file's, then its drop-ins'
+    (``<unit>.d/*.conf`` of every unit directory, in file name order; a name in a directory of
+    higher precedence hides the same name below it). An empty ``ListenStream=`` drops the ports
+    before it; a ``ListenStream`` of a file system or abstract socket, or of a VSOCK address, has
+    no port. ``[]`` when the unit is not there or masked."""
+    path = _unit_file(root, unit)
+    if path is None:
+        return []
+    dropins = {}
+    for directory in _UNIT_DIRECTORIES:
+        for name in list_dir(host_path(root, directory, unit + ".d")):
+            if name.endswith(".conf"):
+                dropins.setdefault(name, host_path(root, directory, unit + ".d", name))
+    ports = []
+    for source in [path] + [dropins[name] for name in sorted(dropins)]:
+        for value in _socket_lines(source, "ListenStream"):
+            if not value:
+                ports = []
+                continue
+            found = _LISTEN_STREAM_PORT.match(value)
+            if found is not None and 0 < int(found.group(1)) < 65536:
+                ports.append(int(found.group(1)))
+    return sorted(set(ports))
+
+
+def _socket_lines(path, key):
+    """The values of ``key=`` in the ``[Socket]`` section of a unit file (none when unreadable)."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            lines = handle.read().splitlines()
+    except OSError:
+        return []
+    values, section = [], None
+    for line in lines:
+        line = line.strip()
+        if line.startswith("[") and line.endswith("]"):
+            section = line[1:-1]
+        elif section == "Socket" and "=" in line and not line.startswith(("#", ";")):
+            name, _sep, value = line.partition("=")
+            if name.strip() == key:
+                values.append(value.strip())
+    return values
 
 
 _SSH_DIRECTORY = "etc/ssh"

@@ -23,7 +23,8 @@ description:
     swap, an imported ZFS pool, an active LVM or RAID device) or a NIC that keeps the host reachable
     (that of a default route, or the one the replies of an established SSH session leave through, by
     the main routing table; the sessions are those to the ports sshd_config gives sshd, 22 by
-    default).
+    default, and to the C(ListenStream) ports of an enabled C(ssh.socket) or C(sshd.socket), whose
+    drop-ins socket-activated sshd follows rather than sshd_config).
   - "The console GPU is read where the kernel marks it: C(boot_vga) (VGA-class functions only; a
     VGA-class function without it, as in a partial snapshot, is doubtful), the C(boot_display) file
     newer kernels put on the DRM card of the display that showed the boot sequence, whatever its

@@ -18,6 +18,7 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.critical import (
     critical_devices,
     management_interfaces,
     route_interfaces,
+    socket_ports,
     ssh_peers,
     ssh_ports,
 )
@@ -106,6 +107,50 @@ def test_the_ports_come_from_sshd_config_and_its_includes(nic_host):
 
     assert ssh_ports(nic_host) == [2200, 2222]
     assert ssh_peers(nic_host) == [ipaddress.ip_address("10.20.30.40")]
+
+
+SSH_SOCKET = "[Unit]\nDescription=OpenBSD Secure Shell server socket\n\n[Socket]\nListenStream=22\nAccept=no\n"
+
+
+def enable(root, unit):
+    link = os.path.join(root, "etc/systemd/system/sockets.target.wants", unit)
+    os.makedirs(os.path.dirname(link), exist_ok=True)
+    os.symlink("/lib/systemd/system/" + unit, link)
+
+
+def test_socket_activated_sshd_listens_where_its_socket_unit_says(nic_host):
+    # Ubuntu 22.10 to 23.10 start sshd from ssh.socket, which ignores sshd_config's Port: the port
+    # is changed in a drop-in that empties ListenStream first.
+    write(nic_host, "lib/systemd/system/ssh.socket", SSH_SOCKET)
+    write(nic_host, "etc/systemd/system/ssh.socket.d/override.conf", "[Socket]\nListenStream=\nListenStream=2022\n")
+    write(nic_host, "proc/net/tcp", TCP_HEADER + tcp_line(0, "0700650A:07E6", "281E140A:C2D0", "01"))  # :2022
+    assert ssh_ports(nic_host) == [22]  # not enabled: sshd_config alone
+    assert ssh_peers(nic_host) == []
+
+    enable(nic_host, "ssh.socket")
+    assert socket_ports(nic_host, "ssh.socket") == [2022]
+    assert ssh_ports(nic_host) == [22, 2022]
+    assert ssh_peers(nic_host) == [ipaddress.ip_address("10.20.30.40")]
+    assert critical_devices(nic_host)["0000:00:1f.6"] == ["NIC of the SSH session from 10.20.30.40 (eno1)"]
+
+
+def test_socket_unit_precedence_masking_and_listen_stream_forms(nic_host):
+    write(nic_host, "usr/lib/systemd/system/sshd.socket", SSH_SOCKET.replace("ListenStream=22", "ListenStream=2200"))
+    # the same drop-in name in /etc hides the one below it; drop-ins apply in name order
+    write(nic_host, "usr/lib/systemd/system/sshd.socket.d/20-more.conf", "[Socket]\nListenStream=9999\n")
+    write(nic_host, "etc/systemd/system/sshd.socket.d/20-more.conf",
+          "[Socket]\n# ListenStream=1111\nListenStream=[::]:2201\nListenStream=0.0.0.0:2202\n"
+          "ListenStream=/run/sshd.sock\nListenStream=vsock::22\nListenStream=@abstract\nListenStream=70000\n"
+          "[Install]\nListenStream=3333\n")
+    write(nic_host, "run/systemd/generator/sshd.socket.d/10-addresses.conf", "[Socket]\nListenStream=2203\n")
+    assert socket_ports(nic_host, "sshd.socket") == [2200, 2201, 2202, 2203]
+    enable(nic_host, "sshd.socket")
+    assert ssh_ports(nic_host) == [22, 2200, 2201, 2202, 2203]
+
+    os.makedirs(os.path.join(nic_host, "etc/systemd/system"), exist_ok=True)
+    os.symlink("/dev/null", os.path.join(nic_host, "etc/systemd/system/sshd.socket"))  # masked
+    assert socket_ports(nic_host, "sshd.socket") == []
+    assert ssh_ports(nic_host) == [22]
 
 
 def test_sshd_listens_on_22_without_a_port_line(nic_host):
