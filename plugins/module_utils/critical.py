@@ -346,8 +346,8 @@ def ssh_ports(root):
     _sshd_config(root, host_path(root, _SSH_DIRECTORY, "sshd_config"), ports, listen, set())
     sockets = set()
     for unit in _SSH_SOCKETS:
-        if _unit_enabled(root, unit, "sockets.target"):
-            sockets.update(socket_ports(root, unit))
+        if _unit_wanted(root, unit, "sockets.target"):
+            sockets.update(socket_ports(root, unit))  # none when the unit is masked
     return sorted((ports or {22}) | listen | sockets)
 
 
@@ -363,11 +363,9 @@ _UNIT_DIRECTORIES = (
 _LISTEN_STREAM_PORT = re.compile(r"^(?:(?:\[[^\]]+\]|[0-9.]+):)?([0-9]+)$")
 
 
-def _unit_enabled(root, unit, target):
-    """Whether ``unit`` is enabled for ``target`` (a ``<target>.wants/<unit>`` link in a unit
-    directory) and not masked."""
-    if _unit_file(root, unit) is None:
-        return False
+def _unit_wanted(root, unit, target):
+    """Whether ``unit`` is enabled for ``target``: a ``<target>.wants/<unit>`` link in a unit
+    directory (a masked unit may still have one: :func:`socket_ports` tells)."""
     wants = "%s.wants/%s" % (target, unit)
     return any(os.path.lexists(host_path(root, directory, wants)) for directory in _UNIT_DIRECTORIES)
 
