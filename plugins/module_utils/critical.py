@@ -20,12 +20,16 @@ Public API (every reader takes the host ``root``):
   :func:`route_interfaces`): a management network reached by a route of its own. Policy routing's
   other tables are not read (``proc/net/route`` shows the main table); a snapshot without
   ``proc/net/tcp`` has no sessions.
+- :func:`storage_interfaces` ``(root) -> list[(interface, reason)]``: the interfaces that carry network
+  storage the host uses: those through which the servers of its mounted NFS, SMB and CephFS
+  filesystems are reached, and those of its established sessions to iSCSI, NVMe/TCP, Ceph, NBD,
+  GlusterFS, NFS and SMB servers (the disks of VMs as well as the host's), by the same routes.
 - :func:`interface_devices` ``(root, interface) -> list[str]``: PCI devices behind an interface
   (through bridge, bond and VLAN ``lower_*`` links).
 
 Taking such a device from its host driver pulls the disk from under a mounted filesystem, swap or a
-pool (I/O errors, a hung or crashed host) or cuts the host off the network, and Ansible's own
-session with it.
+pool (I/O errors, a hung or crashed host), or the network under the storage of the host and its VMs,
+or cuts the host off the network, and Ansible's own session with it.
 """
 
 from __future__ import annotations
@@ -72,8 +76,9 @@ def _unescape(text):
     return _OCTAL_ESCAPE.sub(lambda match: chr(int(match.group(1), 8)), text)
 
 
-def _mounts(root):
-    """``[(major:minor, mount point, filesystem type, source)]`` of ``proc/self/mountinfo``, in mount order."""
+def _mounts(root, options=False):
+    """``[(major:minor, mount point, filesystem type, source)]`` of ``proc/self/mountinfo``, in mount
+    order; with ``options``, each with the filesystem's super options (``""`` when absent) at the end."""
     mounts = []
     for fields in _table(root, "proc/self/mountinfo", header=False):
         if len(fields) < 7 or "-" not in fields[6:]:
@@ -81,7 +86,10 @@ def _mounts(root):
         separator = fields.index("-", 6)
         fstype = fields[separator + 1] if len(fields) > separator + 1 else None
         source = _unescape(fields[separator + 2]) if len(fields) > separator + 2 else None
-        mounts.append((fields[2], _unescape(fields[4]), fstype, source))
+        mount = (fields[2], _unescape(fields[4]), fstype, source)
+        if options:
+            mount += (_unescape(fields[separator + 3]) if len(fields) > separator + 3 else "",)
+        mounts.append(mount)
     return mounts
 
 
@@ -490,26 +498,34 @@ def _proc_address(text):
     return address
 
 
-def ssh_peers(root, ports=None):
-    """The remote addresses of the established TCP connections to a local ``ports`` port (default:
-    :func:`ssh_ports`), from ``proc/net/tcp`` and ``proc/net/tcp6``, loopback left out: the SSH
-    sessions of the host's administrators and of Ansible itself."""
-    ports = set(ssh_ports(root) if ports is None else ports)
-    peers = set()
+def _sessions(root):
+    """``[(local port, remote address, remote port)]`` of the established TCP connections in
+    ``proc/net/tcp`` and ``proc/net/tcp6``, loopback peers left out."""
+    sessions = []
     for name in ("proc/net/tcp", "proc/net/tcp6"):
         for fields in _table(root, name, header=True):
             if len(fields) < 4 or fields[3] != _ESTABLISHED:
                 continue
             _local, _sep, local_port = fields[1].partition(":")
-            remote, _sep, _remote_port = fields[2].partition(":")
+            remote, _sep, remote_port = fields[2].partition(":")
             try:
-                if int(local_port, 16) not in ports:
-                    continue
+                ports = int(local_port, 16), int(remote_port, 16)
             except ValueError:
                 continue
             peer = _proc_address(remote)
             if peer is not None and not peer.is_loopback:
-                peers.add(peer)
+                sessions.append((ports[0], peer, ports[1]))
+    return sessions
+
+
+def ssh_peers(root, ports=None, sessions=None):
+    """The remote addresses of the established TCP connections to a local ``ports`` port (default:
+    :func:`ssh_ports`), from ``proc/net/tcp`` and ``proc/net/tcp6``, loopback left out: the SSH
+    sessions of the host's administrators and of Ansible itself. ``sessions``: :func:`_sessions`
+    when already read."""
+    ports = set(ssh_ports(root) if ports is None else ports)
+    peers = {peer for local_port, peer, _port in (_sessions(root) if sessions is None else sessions)
+             if local_port in ports}
     return sorted(peers, key=lambda peer: (peer.version, peer))
 
 
@@ -575,22 +591,116 @@ def route_interfaces(root, address, routes=None):
     return sorted(interfaces)
 
 
-def management_interfaces(root):
+def management_interfaces(root, routes=None, sessions=None):
     """``[(interface, reason)]``: the interfaces that keep the host reachable. Those of the default
     routes, and those the SSH sessions' replies leave through (a management network reached by a
-    route of its own, not the default one)."""
-    routes = _routes(root)
+    route of its own, not the default one). ``routes`` and ``sessions``: :func:`_routes` and
+    :func:`_sessions` when already read."""
+    routes = _routes(root) if routes is None else routes
     found = [(interface, "NIC of the default route (%s)" % interface)
              for interface in default_route_interfaces(root, routes)]
-    sessions = {}
-    for peer in ssh_peers(root):
+    peers_by_interface = {}
+    for peer in ssh_peers(root, sessions=sessions):
         for interface in route_interfaces(root, peer, routes):
-            sessions.setdefault(interface, []).append(str(peer))
-    for interface, peers in sorted(sessions.items()):
-        shown = ", ".join(peers[:3]) + (" and %d more" % (len(peers) - 3) if len(peers) > 3 else "")
+            peers_by_interface.setdefault(interface, []).append(str(peer))
+    for interface, peers in sorted(peers_by_interface.items()):
         found.append((interface, "NIC of the SSH %s from %s (%s)"
-                      % ("session" if len(peers) == 1 else "sessions", shown, interface)))
+                      % ("session" if len(peers) == 1 else "sessions", _listed(peers), interface)))
     return found
+
+
+def _listed(items):
+    """``a, b, c and 2 more``: the first three of ``items`` and how many others."""
+    return ", ".join(items[:3]) + (" and %d more" % (len(items) - 3) if len(items) > 3 else "")
+
+
+# Network filesystems, by mountinfo's filesystem type. The kernel writes the server's address as the
+# ``addr=`` super option for NFS and SMB (cifs); CephFS names its monitors in the source
+# (``10.0.0.1:6789,10.0.0.2:6789:/``) or, with the newer device syntax (``name@fsid.fs=/``), in
+# ``mon_addr=`` (``10.0.0.1:6789/10.0.0.2:6789``).
+_NETWORK_FILESYSTEMS = {"nfs": "NFS", "nfs4": "NFS", "cifs": "SMB", "smb3": "SMB", "ceph": "Ceph"}
+
+# The remote TCP ports of network storage (IANA's and each project's defaults): a session to one is
+# storage the host uses, a mounted filesystem or the disks of its VMs (iSCSI LUNs, NVMe/TCP
+# namespaces, Ceph RBD images, NBD exports). Ceph's OSDs and MDSs bind ports 6800-7300
+# (ms_bind_port_min and _max), its monitors 3300 (msgr2) and 6789.
+_STORAGE_PORTS = {2049: "NFS", 445: "SMB", 3260: "iSCSI", 4420: "NVMe/TCP", 3300: "Ceph", 6789: "Ceph",
+                  10809: "NBD", 24007: "GlusterFS"}
+_CEPH_DAEMON_PORTS = range(6800, 7301)
+
+
+def _storage_protocol(port):
+    """The network storage protocol whose servers listen on ``port``, or None."""
+    if port in _CEPH_DAEMON_PORTS:
+        return "Ceph"
+    return _STORAGE_PORTS.get(port)
+
+
+def _host_address(text):
+    """The IP address in ``text`` (``10.0.0.5``, ``10.0.0.5:6789``, ``[fd00::5]:6789``, ``fd00::5``),
+    or None for a host name or anything else."""
+    if text.startswith("["):
+        text = text[1:].partition("]")[0]
+    elif text.count(":") == 1:
+        text = text.partition(":")[0]
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        return None
+
+
+def _mount_servers(fstype, source, options):
+    """The IP addresses of the servers of a network filesystem's mount: its ``addr=`` or ``mon_addr=``
+    super options, else the host part of its source when that is an address."""
+    texts = []
+    for option in options.split(","):
+        key, _sep, value = option.partition("=")
+        if key == "addr":
+            texts.append(value)
+        elif key == "mon_addr":
+            texts.extend(value.split("/"))
+    if not texts and source:
+        if source.startswith("//"):  # SMB: //server/share
+            texts.append(source[2:].partition("/")[0])
+        elif ":/" in source:  # NFS server:/export, CephFS mon1,mon2:/path
+            texts.extend(source.partition(":/")[0].split(","))
+    servers = []
+    for text in texts:
+        address = _host_address(text)
+        if address is not None and not address.is_loopback and address not in servers:
+            servers.append(address)
+    return servers
+
+
+def storage_interfaces(root, routes=None, sessions=None):
+    """``[(interface, reason)]``: the interfaces that carry network storage the host uses. Those
+    the mounted network filesystems' servers (NFS, SMB, CephFS) are reached through, and those of the
+    established TCP sessions to a storage port (:data:`_STORAGE_PORTS`: iSCSI, NVMe/TCP, Ceph, NBD;
+    the VMs' disks as well as the host's). By the main routing table, as :func:`route_interfaces`.
+    ``routes`` and ``sessions``: :func:`_routes` and :func:`_sessions` when already read."""
+    routes = _routes(root) if routes is None else routes
+    uses = {}  # interface -> what it carries, in order
+    mounted = set()  # (protocol, server) of the mounts: their sessions add nothing
+
+    def carries(address, what):
+        for interface in route_interfaces(root, address, routes):
+            whats = uses.setdefault(interface, [])
+            if what not in whats:
+                whats.append(what)
+
+    for _number, mount_point, fstype, source, options in _mounts(root, options=True):
+        protocol = _NETWORK_FILESYSTEMS.get(fstype)
+        if protocol is None:
+            continue
+        for server in _mount_servers(fstype, source, options):
+            mounted.add((protocol, server))
+            carries(server, "the %s mount on %s (%s)" % (protocol, mount_point, server))
+    for _port, peer, remote_port in _sessions(root) if sessions is None else sessions:
+        protocol = _storage_protocol(remote_port)
+        if protocol is not None and (protocol, peer) not in mounted:
+            carries(peer, "the %s session with %s" % (protocol, peer))
+    return [(interface, "NIC of network storage in use: %s (%s)" % (_listed(whats), interface))
+            for interface, whats in sorted(uses.items())]
 
 
 def critical_devices(root):
@@ -601,7 +711,8 @@ def critical_devices(root):
             reasons = critical.setdefault(address, [])
             if reason not in reasons:
                 reasons.append(reason)
-    for interface, reason in management_interfaces(root):
+    routes, sessions = _routes(root), _sessions(root)
+    for interface, reason in management_interfaces(root, routes, sessions) + storage_interfaces(root, routes, sessions):
         for address in interface_devices(root, interface):
             critical.setdefault(address, []).append(reason)
     return critical

@@ -24,7 +24,12 @@ description:
     (that of a default route, or the one the replies of an established SSH session leave through, by
     the main routing table; the sessions are those to the ports sshd_config gives sshd, 22 by
     default, and to the C(ListenStream) ports of an enabled C(ssh.socket) or C(sshd.socket), whose
-    drop-ins socket-activated sshd follows rather than sshd_config).
+    drop-ins socket-activated sshd follows rather than sshd_config), or a NIC that carries network
+    storage the host uses (the route to the server of a mounted NFS, SMB or CephFS filesystem, from
+    the C(addr=) or C(mon_addr=) mount option or an address in the mount's source, or to the peer of an
+    established session to an iSCSI (3260), NVMe/TCP (4420), Ceph (3300, 6789, 6800-7300), NBD (10809),
+    GlusterFS (24007), NFS (2049) or SMB (445) port, which is how the disks of VMs on network storage
+    show).
   - "The console GPU is read where the kernel marks it: C(boot_vga) (VGA-class functions only; a
     VGA-class function without it, as in a partial snapshot, is doubtful), the C(boot_display) file
     newer kernels put on the DRM card of the display that showed the boot sequence, whatever its

@@ -55,7 +55,9 @@ description:
     the host uses (the root filesystem, another mounted filesystem, active swap, an imported ZFS pool, an
     active LVM or RAID device; a ZFS pool whose disks the udev database does not name makes every storage
     controller such a device) or a NIC that keeps the host reachable (that of a default route, or of the
-    route an established SSH session's replies take); a device whose C(/dev/vfio/<group>) a process holds
+    route an established SSH session's replies take) or carries network storage it uses (the route to the
+    server of a mounted NFS, SMB or CephFS filesystem, or to the peer of an established iSCSI, NVMe/TCP,
+    Ceph, NBD, GlusterFS, NFS or SMB session: the disks of its VMs); a device whose C(/dev/vfio/<group>) a process holds
     open (a running VM) when its driver would change; a device host processes use through its host driver
     (its DRM card or render node, its framebuffer, or C(/dev/nvidiaN) by the driver's C(Device Minor): a
     desktop compositor, nvidia-persistenced, a CUDA job) when its driver would change now: taking it pulls
