@@ -24,6 +24,8 @@ Public API (every reader takes the host ``root``):
   storage the host uses: those through which the servers of its mounted NFS, SMB and CephFS
   filesystems are reached, and those of its established sessions to iSCSI, NVMe/TCP, Ceph, NBD,
   GlusterFS, NFS and SMB servers (the disks of VMs as well as the host's), by the same routes.
+- :func:`cluster_interfaces` ``(root) -> list[(interface, reason)]``: the interfaces of the corosync
+  cluster links (Proxmox VE, Pacemaker): a node cut off its cluster fences itself.
 - :func:`interface_devices` ``(root, interface) -> list[str]``: PCI devices behind an interface
   (through bridge, bond and VLAN ``lower_*`` links).
 
@@ -703,6 +705,67 @@ def storage_interfaces(root, routes=None, sessions=None):
             for interface, whats in sorted(uses.items())]
 
 
+# corosync.conf (corosync.conf(5)): ``key: value`` lines inside ``name {`` ... ``}`` sections; the
+# cluster links are the nodes' ``ringN_addr`` (knet links 0-7; udpu), or the network a totem
+# interface binds to (``bindnetaddr``, udp multicast). Proxmox VE keeps this file in step with
+# /etc/pve/corosync.conf.
+_COROSYNC_CONF = "etc/corosync/corosync.conf"
+_COROSYNC_ADDRESS = re.compile(r"\s*(ring[0-9]+_addr|bindnetaddr)\s*:\s*(\S+)\s*$")
+
+
+def _etc_hosts(root):
+    """``{name: [addresses]}`` of ``etc/hosts`` (names in lower case)."""
+    names = {}
+    for fields in _table(root, "etc/hosts", header=False):
+        if not fields or fields[0].startswith("#"):
+            continue
+        try:
+            address = ipaddress.ip_address(fields[0].partition("%")[0])
+        except ValueError:
+            continue
+        for name in fields[1:]:
+            if name.startswith("#"):
+                break
+            names.setdefault(name.lower(), []).append(address)
+    return names
+
+
+def cluster_addresses(root):
+    """The addresses of the corosync cluster's links (every node's ``ringN_addr``, and ``bindnetaddr``)
+    from ``etc/corosync/corosync.conf``; host names through ``etc/hosts``, others left out."""
+    addresses, hosts = [], None
+    try:
+        with open(host_path(root, _COROSYNC_CONF), encoding="utf-8", errors="replace") as handle:
+            lines = handle.read().splitlines()
+    except OSError:
+        return addresses
+    for line in lines:
+        match = _COROSYNC_ADDRESS.match(line)
+        if match is None:
+            continue
+        found = _host_address(match.group(2))
+        if found is not None:
+            found = [found]
+        else:
+            hosts = _etc_hosts(root) if hosts is None else hosts
+            found = hosts.get(match.group(2).lower(), [])
+        addresses.extend(address for address in found if not address.is_loopback and address not in addresses)
+    return addresses
+
+
+def cluster_interfaces(root, routes=None):
+    """``[(interface, reason)]``: the interfaces of the corosync cluster links (:func:`cluster_addresses`),
+    by the main routing table. A node cut off its cluster loses quorum, and one with HA resources
+    (Proxmox VE, Pacemaker) fences itself: its watchdog resets it."""
+    routes = _routes(root) if routes is None else routes
+    links = {}
+    for address in cluster_addresses(root):
+        for interface in route_interfaces(root, address, routes):
+            links.setdefault(interface, []).append(str(address))
+    return [(interface, "NIC of the corosync cluster link to %s (%s)" % (_listed(addresses), interface))
+            for interface, addresses in sorted(links.items())]
+
+
 def critical_devices(root):
     """``{address: [reasons]}`` for devices the host needs to keep running."""
     critical = {}
@@ -712,7 +775,9 @@ def critical_devices(root):
             if reason not in reasons:
                 reasons.append(reason)
     routes, sessions = _routes(root), _sessions(root)
-    for interface, reason in management_interfaces(root, routes, sessions) + storage_interfaces(root, routes, sessions):
+    networks = (management_interfaces(root, routes, sessions) + cluster_interfaces(root, routes)
+                + storage_interfaces(root, routes, sessions))
+    for interface, reason in networks:
         for address in interface_devices(root, interface):
             critical.setdefault(address, []).append(reason)
     return critical

@@ -24,7 +24,10 @@ description:
     (that of a default route, or the one the replies of an established SSH session leave through, by
     the main routing table; the sessions are those to the ports sshd_config gives sshd, 22 by
     default, and to the C(ListenStream) ports of an enabled C(ssh.socket) or C(sshd.socket), whose
-    drop-ins socket-activated sshd follows rather than sshd_config), or a NIC that carries network
+    drop-ins socket-activated sshd follows rather than sshd_config), a NIC of a corosync cluster link
+    (the route to a node's C(ringN_addr) or the C(bindnetaddr) network in C(/etc/corosync/corosync.conf),
+    host names through C(/etc/hosts); a Proxmox VE or Pacemaker node cut off its cluster fences itself),
+    or a NIC that carries network
     storage the host uses (the route to the server of a mounted NFS, SMB or CephFS filesystem, from
     the C(addr=) or C(mon_addr=) mount option or an address in the mount's source, or to the peer of an
     established session to an iSCSI (3260), NVMe/TCP (4420), Ceph (3300, 6789, 6800-7300), NBD (10809),

@@ -55,7 +55,8 @@ description:
     the host uses (the root filesystem, another mounted filesystem, active swap, an imported ZFS pool, an
     active LVM or RAID device; a ZFS pool whose disks the udev database does not name makes every storage
     controller such a device) or a NIC that keeps the host reachable (that of a default route, or of the
-    route an established SSH session's replies take) or carries network storage it uses (the route to the
+    route an established SSH session's replies take), links it to its corosync cluster (Proxmox VE,
+    Pacemaker; a node cut off its cluster fences itself) or carries network storage it uses (the route to the
     server of a mounted NFS, SMB or CephFS filesystem, or to the peer of an established iSCSI, NVMe/TCP,
     Ceph, NBD, GlusterFS, NFS or SMB session: the disks of its VMs); a device whose C(/dev/vfio/<group>) a process holds
     open (a running VM) when its driver would change; a device host processes use through its host driver

@@ -1,7 +1,9 @@
 # Copyright (c) gpuvirt.host contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""The NICs that carry network storage the host uses: mounted NFS, SMB and CephFS filesystems, and
-sessions to iSCSI, NVMe/TCP, Ceph and NBD servers (the disks of VMs as well as the host's).
+"""The NICs that carry network storage the host uses (mounted NFS, SMB and CephFS filesystems, and
+sessions to iSCSI, NVMe/TCP, Ceph and NBD servers: the disks of VMs as well as the host's) and those
+of a corosync cluster's links (Proxmox VE, Pacemaker: a node cut off its cluster loses quorum and,
+with HA resources, is reset by its watchdog; corosync.conf as Proxmox VE writes it).
 
 The mountinfo lines are as the kernel writes them (the NFS and cifs clients show the server as the
 ``addr=`` super option; CephFS names its monitors in the source or in ``mon_addr=``); the procfs
@@ -9,11 +11,14 @@ network tables as an x86 (little-endian) kernel writes them (see test_critical_m
 
 from __future__ import annotations
 
+import ipaddress
 import os
 
 import pytest
 
 from ansible_collections.gpuvirt.host.plugins.module_utils.critical import (
+    cluster_addresses,
+    cluster_interfaces,
     critical_devices,
     storage_interfaces,
 )
@@ -32,6 +37,62 @@ ROUTES = (
 NFS_OPTIONS = ("rw,vers=4.2,rsize=1048576,wsize=1048576,namlen=255,hard,proto=tcp,timeo=600,retrans=2,sec=sys,"
                "clientaddr=172.16.0.2,local_lock=none,addr=172.16.0.10")
 STORAGE_NIC = "0000:03:00.0"
+# vmbr0 (a bridge over eno1) holds the default route and 192.168.1.0/24; the cluster network
+# 10.10.10.0/24 is on enp3s0, the NIC in the GPU's IOMMU group.
+CLUSTER_ROUTES = (
+    ROUTE_HEADER
+    + "vmbr0\t00000000\t0101A8C0\t0003\t0\t0\t0\t00000000\t0\t0\t0\n"
+    + "vmbr0\t0001A8C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n"
+    + "enp3s0\t000A0A0A\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n"
+)
+COROSYNC = """logging {
+  debug: off
+  to_syslog: yes
+}
+
+nodelist {
+  node {
+    name: pve1
+    nodeid: 1
+    quorum_votes: 1
+    ring0_addr: 10.10.10.1
+    ring1_addr: 192.168.1.11
+  }
+  node {
+    name: pve2
+    nodeid: 2
+    quorum_votes: 1
+    ring0_addr: 10.10.10.2
+    ring1_addr: 192.168.1.12
+  }
+  node {
+    name: pve3
+    nodeid: 3
+    quorum_votes: 1
+    ring0_addr: pve3-corosync
+    ring1_addr: 192.168.1.13
+  }
+}
+
+quorum {
+  provider: corosync_votequorum
+}
+
+totem {
+  cluster_name: lab
+  config_version: 5
+  interface {
+    linknumber: 0
+  }
+  interface {
+    linknumber: 1
+  }
+  ip_version: ipv4-6
+  link_mode: passive
+  secauth: on
+  version: 2
+}
+"""
 
 
 def mount_line(number, mount_point, fstype, source, options):
@@ -153,3 +214,49 @@ def test_many_uses_are_counted_past_the_first_three(storage_host):
 
     [(_interface, reason)] = storage_interfaces(storage_host)
     assert reason.endswith("the NFS mount on /mnt/share2 (172.16.0.32) and 2 more (enp3s0)")
+
+
+@pytest.fixture
+def cluster_host(make_host):
+    root = make_host("desktop_dgpu_nic", network={"default_route": None,
+                                                  "interfaces": {"eno1": "00:1f.6", "enp3s0": "03:00.0"}})
+    os.makedirs(os.path.join(root, "sys/class/net/vmbr0"))
+    os.symlink("../eno1", os.path.join(root, "sys/class/net/vmbr0/lower_eno1"))
+    write(root, "proc/net/route", CLUSTER_ROUTES)
+    write(root, "etc/hosts", "127.0.0.1 localhost\n# the cluster network\n10.10.10.3 pve3-corosync.lab pve3-Corosync\n")
+    return root
+
+
+def test_the_nic_of_a_cluster_link_is_critical(cluster_host):
+    assert "0000:03:00.0" not in critical_devices(cluster_host)
+
+    write(cluster_host, "etc/corosync/corosync.conf", COROSYNC)
+
+    assert cluster_addresses(cluster_host) == [ipaddress.ip_address(address) for address in (
+        "10.10.10.1", "192.168.1.11", "10.10.10.2", "192.168.1.12", "10.10.10.3", "192.168.1.13")]
+    assert cluster_interfaces(cluster_host) == [
+        ("enp3s0", "NIC of the corosync cluster link to 10.10.10.1, 10.10.10.2, 10.10.10.3 (enp3s0)"),
+        ("vmbr0", "NIC of the corosync cluster link to 192.168.1.11, 192.168.1.12, 192.168.1.13 (vmbr0)"),
+    ]
+    critical = critical_devices(cluster_host)
+    assert critical["0000:03:00.0"] == ["NIC of the corosync cluster link to 10.10.10.1, 10.10.10.2, 10.10.10.3 "
+                                        "(enp3s0)"]
+    assert critical["0000:00:1f.6"] == [  # eno1, under the bridge
+        "NIC of the default route (vmbr0)",
+        "NIC of the corosync cluster link to 192.168.1.11, 192.168.1.12, 192.168.1.13 (vmbr0)",
+    ]
+
+
+def test_corosync_2_binds_a_network_and_unknown_names_are_left_out(cluster_host):
+    write(cluster_host, "etc/corosync/corosync.conf",
+          "totem {\n  version: 2\n  interface {\n    ringnumber: 0\n    bindnetaddr: 10.10.10.0\n"
+          "    mcastport: 5405\n  }\n}\nnodelist {\n  node {\n    ring0_addr: nowhere\n  }\n"
+          "  node {\n    ring0_addr: 127.0.0.1\n  }\n}\n")
+
+    assert cluster_addresses(cluster_host) == [ipaddress.ip_address("10.10.10.0")]
+    assert [interface for interface, _reason in cluster_interfaces(cluster_host)] == ["enp3s0"]
+
+
+def test_no_cluster_no_links(cluster_host):
+    assert cluster_addresses(cluster_host) == []
+    assert cluster_interfaces(cluster_host) == []
