@@ -164,7 +164,7 @@ ARCHITECTURE_PARAMETERS = {
     "ivrs_ioapic": ("x86",),
     "ivrs_hpet": ("x86",),
     "ivrs_acpihid": ("x86",),
-    "iommu": ("x86", "power"),  # [X86]; nobypass [PPC/POWERNV] (checked value by value below)
+    "iommu": ("x86", "power"),  # [X86]; POWER's own values are checked value by value below
 }
 # Module parameters (<module>.<name>) of modules only some architectures build.
 ARCHITECTURE_MODULES = {
@@ -175,7 +175,8 @@ ARCHITECTURE_MODULES = {
     "kvm_arm": ("arm64",),  # kvm-arm.mode= [KVM,ARM]: arm64 only since Linux 5.7
     "arm64": ("arm64",),  # arm64.nobti, arm64.nomte, ...: CPU feature overrides
 }
-_POWER_IOMMU_VALUES = ("nobypass",)
+# nobypass [PPC/POWERNV] (kernel-parameters.txt); novmerge and vmerge (arch/powerpc/kernel/iommu.c, setup_iommu()).
+_POWER_IOMMU_VALUES = ("nobypass", "novmerge", "vmerge")
 _WHAT_INSTEAD = {
     "arm64": (
         "an arm64 kernel turns the SMMU on with no argument when the firmware describes it (ACPI IORT or "
@@ -187,8 +188,8 @@ _WHAT_INSTEAD = {
         "takes iommu=pt or iommu.passthrough=1 for passthrough mode, and sets KVM with kvm_intel.* or kvm_amd.*"
     ),
     "power": (
-        "a POWER kernel's VFIO uses the sPAPR TCE IOMMU, which no argument turns on; its one IOMMU argument "
-        "is iommu=nobypass (this collection does not configure POWER hosts)"
+        "a POWER kernel's VFIO uses the sPAPR TCE IOMMU, which no argument turns on; its iommu= takes nobypass, "
+        "novmerge and vmerge (this collection does not configure POWER hosts)"
     ),
 }
 _ARM64_IOMMU_VALUES = {
@@ -265,11 +266,12 @@ def foreign_arguments(arguments, architecture, source=None):
             foreign.append((text, "%s is a kernel parameter of %s only, and %s: %s. Instead, %s" % (
                 _shown(text), owners, this_host, unknown, "; ".join(advice + [instead]))))
         elif name == "iommu" and family == "x86" and any(v in _POWER_IOMMU_VALUES for v in values):
-            foreign.append((text, "%s: iommu=nobypass exists only on POWER (PowerNV) kernels, and %s. Instead, %s"
-                            % (_shown(text), this_host, instead)))
+            foreign.append((text, "%s: iommu=%s exists only on POWER kernels, and %s. Instead, %s"
+                            % (_shown(text), next(v for v in values if v in _POWER_IOMMU_VALUES), this_host,
+                               instead)))
         elif name == "iommu" and family == "power" and any(v not in _POWER_IOMMU_VALUES for v in values):
-            foreign.append((text, "%s: a POWER kernel's iommu= takes only the value nobypass (the others are "
-                                  "x86's), and %s. Instead, %s" % (_shown(text), this_host, instead)))
+            foreign.append((text, "%s: a POWER kernel's iommu= takes only nobypass, novmerge and vmerge (the "
+                                  "others are x86's), and %s. Instead, %s" % (_shown(text), this_host, instead)))
     return foreign
 
 

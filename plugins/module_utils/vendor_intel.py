@@ -15,13 +15,13 @@ drivers/gpu/drm/xe/xe_module.c, xe_pci.c; include/drm/intel/pciids.h; the i915-s
 
   * GVT-g on: ``i915.enable_gvt=1`` on the command line, or ``enable_gvt`` set through modprobe.d (the
     loaded i915's parameter then reads ``Y`` either way, and that counts);
-  * GuC submission off: GVT-g does not start under it ("not yet supported with GuC submission").
-    ``i915.enable_guc`` is a bitmask (1 = GuC submission, 2 = HuC); a value with bit 0 set, on the
-    command line or in the loaded i915's parameter, turns it on, and the plan then sets
-    ``i915.enable_guc=0`` (a present ``key=value`` replaces the other values of its key in the boot
-    configuration). The default ``-1`` ("auto") leaves it off on every pre-Gen12 iGPU
-    (``uc_expand_default_options()``), so it is not asked to change;
   * the IOMMU on (``intel_iommu=on``), which the plan adds while it is off.
+
+  ``i915.enable_guc`` is left as it is: GVT-g does not start under GuC submission
+  (``intel_uc_wants_guc_submission()``, ``intel_gvt_init_device()``), but i915 never selects it on these
+  Gen8/Gen9 iGPUs, whatever ``enable_guc`` asks: ``__guc_submission_supported()``
+  (gt/uc/intel_guc_submission.c) requires graphics version 11 or later. Its HuC bit (2) matters to the
+  host's media encoding.
 
   Creating one vGPU lowers ``available_instances`` of every type.
 - SR-IOV: mainline i915 has no PF mode and no ``max_vfs`` parameter. A loaded i915 without it (its
@@ -168,7 +168,6 @@ SRIOV_VFS = {device_id: platform.vfs for ids, platform in PLATFORMS if not platf
 SRIOV_IDS = frozenset(SRIOV_VFS)
 GVT_G_MODULE = "kvmgt"
 GVT_G_ARGUMENT = "i915.enable_gvt=1"
-GUC_OFF_ARGUMENT = "i915.enable_guc=0"
 IOMMU_ARGUMENT = "intel_iommu=on"
 GVT_G_TYPE_PREFIX = "i915-GVTg_"
 SRIOV_DRIVERS = ("i915", "xe")
@@ -211,13 +210,6 @@ def kernel_int(text):
     except ValueError:
         return None
     return -value if text.startswith("-") else value
-
-
-def _guc_submission_bit(value):
-    """Whether an ``enable_guc`` value asks for GuC submission: bit 0 of a value set explicitly. A
-    negative value is "auto", which GVT-g's Gen8/Gen9 iGPUs resolve to 0 (``uc_expand_default_options()``)."""
-    number = kernel_int(value)
-    return number is not None and number >= 0 and bool(number & 1)
 
 
 def parameter_state(root, module, name):
@@ -504,24 +496,6 @@ def _gvt_g_on(host):
     return bool(host.cmdline_flag("i915.enable_gvt")) or host.module_parameter("i915", "enable_gvt") in ("Y", "1")
 
 
-def _guc_submission_asked(host):
-    """What asks for GuC submission (``enable_guc`` with bit 0 set), which GVT-g cannot start under: the
-    command line's ``i915.enable_guc``, else the loaded i915's parameter; None when nothing does."""
-    value = host.cmdline_value("i915.enable_guc")
-    if _guc_submission_bit(value):
-        return "i915.enable_guc=%s on the kernel command line" % value
-    live = host.module_parameter("i915", "enable_guc")
-    if _guc_submission_bit(live):
-        return "i915's enable_guc parameter %s (from /etc/modprobe.d or the modprobe that loaded it)" % live
-    return None
-
-
-def _guc_submission_running(host):
-    """GuC submission asked for in the loaded i915 (its parameter; the command line when unreadable)."""
-    live = host.module_parameter("i915", "enable_guc")
-    return _guc_submission_bit(live if live is not None else host.cmdline_value("i915.enable_guc"))
-
-
 class IntelBackend(VendorBackend):
     """Intel GPUs: the ``gvt-g`` and ``sriov`` virtualization modes."""
 
@@ -538,12 +512,11 @@ class IntelBackend(VendorBackend):
     )
 
     def enable_plan(self, device, host, mode, options):
-        """GVT-g: ``i915.enable_gvt=1`` (with ``i915.enable_guc=0`` when GuC submission is asked for, and
-        ``intel_iommu=on`` while the IOMMU is off) and ``kvmgt`` at boot (and now, once the running kernel
-        has all that). SR-IOV: ``<driver>.max_vfs=<N>`` (with GuC submission for i915; the platform's
-        ``xe.force_probe`` and the other driver blacklisted, as the DKMS recipes do; ``intel_iommu=on``
-        while the IOMMU is off) on the command line, read at probe, so a reboot unless the loaded driver
-        already covers the count; the VFs themselves come from gpuvirt.host.sriov afterwards."""
+        """GVT-g: ``i915.enable_gvt=1`` (with ``intel_iommu=on`` while the IOMMU is off) and ``kvmgt`` at boot
+        (and now, once the running kernel has all that). SR-IOV: ``<driver>.max_vfs=<N>`` (with GuC submission
+        for i915; the platform's ``xe.force_probe`` and the other driver blacklisted, as the DKMS recipes do;
+        ``intel_iommu=on`` while the IOMMU is off) on the command line, read at probe, so a reboot unless the
+        loaded driver already covers the count; the VFs themselves come from gpuvirt.host.sriov afterwards."""
 
         if mode == "gvt-g":
             return self._gvt_g_plan(device, host)
@@ -559,14 +532,6 @@ class IntelBackend(VendorBackend):
         arguments = [GVT_G_ARGUMENT]
         running = [("GVT-g on in the loaded i915 (%s)" % GVT_G_ARGUMENT, _gvt_g_on(host))]
         notes = []
-        guc = _guc_submission_asked(host)
-        if guc is not None:
-            arguments.append(GUC_OFF_ARGUMENT)
-            running.append(("GuC submission off in the loaded i915 (%s; GVT-g does not start under it)"
-                            % GUC_OFF_ARGUMENT, not _guc_submission_running(host)))
-            if host.cmdline_value("i915.enable_guc") is None:
-                notes.append("GuC submission comes from %s: remove that option too, as which of it and the "
-                             "command line's %s wins is not documented" % (guc, GUC_OFF_ARGUMENT))
         self._add_iommu(host, arguments, running, notes)
         return EnablePlan(
             mode="gvt-g",
@@ -678,10 +643,6 @@ class IntelBackend(VendorBackend):
             missing.append("the i915 driver bound to it (now: %s)" % (device.driver or "no driver"))
         if not _gvt_g_on(host):
             missing.append("%s on the kernel command line and a reboot" % GVT_G_ARGUMENT)
-        guc = _guc_submission_asked(host)
-        if guc is not None:
-            missing.append("GuC submission off, which GVT-g cannot start under (%s asks for it): %s and a reboot"
-                           % (guc, GUC_OFF_ARGUMENT))
         if not host.module_loaded(GVT_G_MODULE):
             missing.append("the %s module loaded" % GVT_G_MODULE)
         if host.iommu_enabled is False:

@@ -3,9 +3,9 @@
 """Intel GVT-g as i915 and kvmgt behave (drivers/gpu/drm/i915/intel_gvt.c, gvt/kvmgt.c): ``kvmgt`` loads
 only when i915 drives a Gen8/Gen9 iGPU with GVT-g on (``i915.enable_gvt=1`` at i915's probe; elsewhere
 ``modprobe kvmgt`` fails "No such device"), and only then does the iGPU become an mdev parent with the
-Gen9 types; without kvmgt it has none (no ``mdev_supported_types`` directory at all). Under GuC
-submission (``enable_guc`` set with bit 0; ``-1``, auto, is off on these iGPUs) kvmgt loads, but i915 logs
-"not yet supported with GuC submission" and registers no types (``intel_gvt_init_device()``).
+Gen9 types; without kvmgt it has none (no ``mdev_supported_types`` directory at all). ``enable_guc``
+changes nothing: i915 selects GuC submission, which GVT-g does not start under, only from graphics
+version 11 on (``__guc_submission_supported()``).
 
 :func:`probe` is kvmgt loading (:func:`boot.reboot`, the fake ``modprobe``); :func:`boot` reboots the tree.
 """
@@ -48,26 +48,14 @@ def remove_types(root):
         os.unlink(link)
 
 
-def _guc_submission(root):
-    value = (_read(root, "sys/module/i915/parameters/enable_guc") or "-1").strip()
-    try:
-        number = int(value, 0)
-    except ValueError:
-        return False
-    return number >= 0 and bool(number & 1)
-
-
 def probe(root):
-    """kvmgt loading: True with the types registered, False when it cannot (no GVT-g on this iGPU), None
-    when it loads but i915 registers no types (GuC submission on)."""
+    """kvmgt loading: True with the types registered, False when it cannot (no GVT-g on this iGPU)."""
     link = os.path.join(root, "sys/bus/pci/devices", IGPU, "driver")
     on_i915 = os.path.islink(link) and os.path.basename(os.readlink(link)) == "i915"
     enabled = _read(root, "sys/module/i915/parameters/enable_gvt") == "Y"
     device = _read(root, "sys/bus/pci/devices/%s/device" % IGPU) or ""
     if not (on_i915 and enabled and _GVT_IDS.match(device)):
         return False
-    if _guc_submission(root):
-        return None
     for type_id, available, description in GEN9_TYPES:
         base = os.path.join(_igpu_dir(root), "mdev_supported_types", type_id)
         os.makedirs(os.path.join(base, "devices"), exist_ok=True)

@@ -181,6 +181,12 @@ def test_power_refuses_x86_and_arm64_arguments_and_keeps_nobypass(argument):
     assert "this host is ppc64le" in str(refused.value) and "sPAPR TCE" in str(refused.value)
 
 
+@pytest.mark.parametrize("argument", ["iommu=novmerge", "iommu=vmerge"])
+def test_power_keeps_the_iommu_values_of_its_own_kernel(argument):
+    # arch/powerpc/kernel/iommu.c: __setup("iommu=", setup_iommu) takes novmerge and vmerge.
+    rules.architecture_arguments([argument], "ppc64le")
+
+
 def test_an_unknown_architecture_refuses_nothing():
     rules.architecture_arguments(X86_IOMMU + ARM64_ONLY + EVERYWHERE, None)
     assert rules.foreign_arguments(X86_IOMMU + ARM64_ONLY, None) == []

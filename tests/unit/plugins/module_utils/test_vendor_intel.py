@@ -1,14 +1,14 @@
 # Copyright (c) gpuvirt.host contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""The Intel backend (vendor_intel): which iGPUs have GVT-g and what it needs at boot (GuC submission
-off, the IOMMU, GVT-g on however it was set), and what an SR-IOV plan may promise (mainline i915 has no
-PF mode, xe's unlimited default, the platforms' VF counts and the DKMS recipes), on the Intel fixture
-hosts (tests/fixtures/hosts/gvtg_laptop*, intel_*) and an Alder Lake host described here."""
+"""The Intel backend (vendor_intel): which iGPUs have GVT-g and what it needs at boot (the IOMMU, GVT-g
+on however it was set; not GuC submission off, which these iGPUs never select), and what an SR-IOV plan
+may promise (mainline i915 has no PF mode, xe's unlimited default, the platforms' VF counts and the DKMS
+recipes), on the Intel fixture hosts (tests/fixtures/hosts/gvtg_laptop*, intel_*) and an Alder Lake host
+described here."""
 
 from __future__ import annotations
 
 import io
-import os
 from types import SimpleNamespace
 
 import pytest
@@ -17,7 +17,6 @@ from ansible_collections.gpuvirt.host.plugins.module_utils import enablement, ho
 from ansible_collections.gpuvirt.host.plugins.module_utils.topology import detect
 from ansible_collections.gpuvirt.host.plugins.module_utils.vendor_plan import EnableError
 from ansible_collections.gpuvirt.host.tests.sim import gvt_g
-from ansible_collections.gpuvirt.host.tests.unit.plugins.modules.test_vfio_pci import read
 from ansible_collections.gpuvirt.host.tests.unit.plugins.modules.test_virtualization_mode import snapshot, with_grub
 
 IGPU = "0000:00:02.0"
@@ -134,77 +133,31 @@ def test_gvt_g_with_vt_d_off_in_the_firmware_also_says_so(make_host):
                             "intel_iommu=on alone does not",)
 
 
-@pytest.mark.parametrize("cmdline_value, live", [("1", "1"), ("3", "3"), ("0x1", "1")])
-def test_gvt_g_under_guc_submission_from_the_command_line_asks_for_enable_guc_0(make_host, cmdline_value, live):
-    root = make_host("gvtg_laptop", kernel={
-        "cmdline": LAPTOP_CMDLINE + " intel_iommu=on i915.enable_guc=" + cmdline_value,
-        "parameters": {"i915": {"enable_gvt": "N", "enable_guc": live}}})
-    missing = modes(root)["gvt-g"]["missing"]
-    assert ("GuC submission off, which GVT-g cannot start under (i915.enable_guc=%s on the kernel command line "
-            "asks for it): i915.enable_guc=0 and a reboot" % cmdline_value) in missing
-    enable = plan(root, "gvt-g")
-    assert enable.kernel_arguments == ("i915.enable_gvt=1", "i915.enable_guc=0")
-    assert ("GuC submission off in the loaded i915 (i915.enable_guc=0; GVT-g does not start under it)"
-            in unmet(enable))
-    assert enable.notes == ()
-
-
-def test_gvt_g_under_guc_submission_from_modprobe_d_asks_for_enable_guc_0_and_says_where(make_host):
-    root = make_host("gvtg_laptop", kernel={"parameters": {"i915": {"enable_gvt": "N", "enable_guc": "3"}}},
-                     files={"etc/modprobe.d/i915.conf": "options i915 enable_guc=3\n"})
-    assert any(item.startswith("GuC submission off") and "i915's enable_guc parameter 3" in item
-               for item in modes(root)["gvt-g"]["missing"])
-    enable = plan(root, "gvt-g")
-    assert "i915.enable_guc=0" in enable.kernel_arguments
-    assert "remove that option too" in enable.notes[0]
-
-
-@pytest.mark.parametrize("value", ["-1", "0", "2"])
-def test_gvt_g_with_guc_submission_off_or_auto_leaves_enable_guc_alone(make_host, value):
-    # -1 (auto) resolves to 0 on every pre-Gen12 iGPU (uc_expand_default_options()); 2 loads HuC only.
+@pytest.mark.parametrize("value", ["-1", "0", "1", "2", "3", "0x1"])
+def test_gvt_g_leaves_enable_guc_alone_whatever_it_asks(make_host, value):
+    # i915 never selects GuC submission below graphics version 11 (__guc_submission_supported()), so
+    # enable_guc=1 or 3 cannot keep GVT-g from starting on these iGPUs; 2 (HuC) matters to media encoding.
     root = make_host("gvtg_laptop", kernel={"cmdline": LAPTOP_CMDLINE + " intel_iommu=on i915.enable_guc=" + value,
                                             "parameters": {"i915": {"enable_gvt": "N", "enable_guc": value}}})
     assert not any("GuC" in item for item in modes(root)["gvt-g"]["missing"])
-    assert plan(root, "gvt-g").kernel_arguments == ("i915.enable_gvt=1",)
+    enable = plan(root, "gvt-g")
+    assert enable.kernel_arguments == ("i915.enable_gvt=1",)
+    assert not any("GuC" in need for need in unmet(enable)) and enable.notes == ()
 
 
-def test_gvt_g_under_guc_submission_is_ready_after_the_one_reboot(make_host, run_module):
-    root = with_grub(make_host("gvtg_laptop", kernel={
-        "cmdline": LAPTOP_CMDLINE + " intel_iommu=on i915.enable_guc=1",
-        "parameters": {"i915": {"enable_gvt": "N", "enable_guc": "1"}}}))
-    grub = os.path.join(root, "etc/default/grub")
-    with open(grub) as handle:
-        text = handle.read()
-    with open(grub, "w") as handle:
-        handle.write(text.replace('GRUB_CMDLINE_LINUX_DEFAULT="quiet intel_iommu=off"',
-                                  'GRUB_CMDLINE_LINUX_DEFAULT="quiet intel_iommu=on i915.enable_guc=1"'))
+def test_gvt_g_with_enable_guc_from_modprobe_d_is_ready_after_the_one_reboot(make_host, run_module):
+    root = with_grub(make_host("gvtg_laptop", kernel={"parameters": {"i915": {"enable_gvt": "N", "enable_guc": "3"}}},
+                               files={"etc/modprobe.d/i915.conf": "options i915 enable_guc=3\n"}))
     args = {"root": root, "selector": IGPU, "mode": "gvt-g"}
 
     result = run_module("virtualization_mode", args)
     assert result["rc"] == 0 and result["reboot_required"] is True, result
-    assert "i915.enable_guc=0" in result["kernel_arguments"]
-    assert 'GRUB_CMDLINE_LINUX_DEFAULT="quiet intel_iommu=on i915.enable_guc=0 i915.enable_gvt=1"' in read(
-        root, "etc/default/grub")
+    assert not any("enable_guc" in argument for argument in result["kernel_arguments"])
 
-    assert gvt_g.boot(root) is True  # GuC submission off: i915 registers the GVT-g types
+    assert gvt_g.boot(root) is True  # enable_guc=3 selects no GuC submission on a Gen9 iGPU
     after = run_module("virtualization_mode", args)
     assert after["changed"] is False and after["reboot_required"] is False, after
     assert after["verification"] == {"ready": True, "missing": []}
-
-
-def test_the_gvt_g_simulator_keeps_the_types_away_under_guc_submission(make_host):
-    root = with_grub(make_host("gvtg_laptop"))
-    grub = os.path.join(root, "etc/default/grub")
-    with open(grub) as handle:
-        text = handle.read()
-    with open(grub, "w") as handle:
-        handle.write(text.replace('"quiet intel_iommu=off"', '"quiet i915.enable_gvt=1 i915.enable_guc=1"'))
-    os.makedirs(os.path.join(root, "etc/modules-load.d"), exist_ok=True)
-    with open(os.path.join(root, "etc/modules-load.d/gvt.conf"), "w") as handle:
-        handle.write("kvmgt\n")
-    assert gvt_g.boot(root) is False
-    assert os.path.isdir(os.path.join(root, "sys/module/kvmgt"))  # kvmgt loads; i915 registers no types
-    assert not os.path.exists(os.path.join(root, "sys/class/mdev_bus", IGPU))
 
 
 def test_gvt_g_set_through_modprobe_d_is_not_asked_for_on_the_command_line(make_host):
