@@ -72,6 +72,7 @@ GPU_BASE_CLASSES = ("03", "12")
 # PCI-to-PCI, CardBus and semi-transparent bridges (header types 1 and 2): VFIO lets them stay on
 # their host driver (pcieport) inside a group that is passed through.
 BRIDGE_CLASSES = ("0604", "0607", "0609")
+HOST_BRIDGE_CLASS = "0600"
 
 _ID = re.compile(r"(?:0x)?([0-9a-fA-F]{1,4})\Z")
 _CLASS = re.compile(r"(?:0x)?([0-9a-fA-F]{1,6})\Z")
@@ -134,6 +135,19 @@ class PciDevice:
     @property
     def is_bridge(self):
         return self.class_code is not None and self.class_code[:4] in BRIDGE_CLASSES
+
+    @property
+    def stays_with_host(self):
+        """Whether VFIO lets this member of an IOMMU group stay with the host while the rest of the group goes to
+        a VM: a PCI bridge, or a host bridge no driver holds. VFIO only refuses a group where a device is bound
+        to a driver that uses the kernel's DMA domain; a host bridge does no DMA of its own, and AMD's dummy host
+        bridges, never bound, share groups with the GPP bridge beside them and the devices behind it."""
+        if self.is_bridge:
+            return True
+        return (
+            self.class_code is not None and self.class_code[:4] == HOST_BRIDGE_CLASS and self.driver is None
+            and not self.doubts
+        )
 
     @property
     def is_gpu(self):

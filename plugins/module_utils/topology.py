@@ -110,11 +110,12 @@ def check_architecture(root):
 
 
 def group_endpoints(devices, group):
-    """Members of ``group`` other than PCI bridges (bridges may stay on their host driver)."""
+    """Members of ``group`` other than those that stay with the host (PCI bridges, unbound host bridges; see
+    ``PciDevice.stays_with_host``)."""
     return [
         device.address
         for device in devices.values()
-        if device.iommu_group == group and not device.is_bridge
+        if device.iommu_group == group and not device.stays_with_host
     ]
 
 
@@ -170,7 +171,7 @@ def passthrough_verdict(
     members = groups.get(device.iommu_group, []) if device.iommu_group is not None else []
     for member in members:
         other = devices.get(member)
-        if member in bound or other is None or other.is_bridge:
+        if member in bound or other is None or other.stays_with_host:
             continue
         refuse(
             "group_shared",
@@ -200,7 +201,7 @@ def passthrough_verdict(
             if member in critical:
                 needed.add(member)
         for member in members:
-            if member in critical and member in devices and not devices[member].is_bridge:
+            if member in critical and member in devices and not devices[member].stays_with_host:
                 needed.add(member)
         for member in sorted(needed):
             for reason in critical[member]:

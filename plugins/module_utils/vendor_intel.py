@@ -617,7 +617,9 @@ class IntelBackend(VendorBackend):
 
     def modes(self, device, host):
         modes = []
-        if is_integrated(device) and (device.class_code or "").startswith("0300"):
+        # The firmware gives the iGPU class 0300 (VGA) when it is the primary display and 0380 (display
+        # controller) when a discrete card is; GVT-g does not depend on it.
+        if is_integrated(device) and device.is_gpu:
             modes.append(self._gvt_g(device, host))
         if device.sriov is not None or (device.device_id or "") in SRIOV_IDS:
             modes.append(self._sriov(device, host))

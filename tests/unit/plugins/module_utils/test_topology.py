@@ -128,6 +128,57 @@ def test_sharing_endpoint_that_is_not_critical_is_only_group_shared(make_host):
     assert verdict["codes"] == ["group_shared"]
 
 
+CEZANNE_IGPU = "0000:04:00.0"
+CEZANNE_APU_FUNCTIONS = ["0000:04:00.2", "0000:04:00.3", "0000:04:00.4", "0000:04:00.5", "0000:04:00.6"]
+
+
+def test_the_unbound_dummy_host_bridge_of_an_apu_group_stays_with_the_host(make_host):
+    # A real Cezanne laptop: the dummy host bridge 00:08.0 shares group 5 with the iGPU. It has no driver
+    # and does no DMA; VFIO takes the group without it, so only the processor's functions are in the way.
+    root = make_host("cezanne_laptop")
+    topology = detect(root)
+
+    verdict = gpu(topology, CEZANNE_IGPU)["passthrough"]
+    assert verdict["codes"] == ["boot_vga", "group_shared"]
+    shared = [reason for reason in verdict["reasons"] if "IOMMU group 5" in reason]
+    assert [address for address in CEZANNE_APU_FUNCTIONS if any(address in r for r in shared)] == CEZANNE_APU_FUNCTIONS
+    assert len(shared) == len(CEZANNE_APU_FUNCTIONS)
+    assert "0000:00:08.0" not in " ".join(verdict["reasons"])
+    assert group_endpoints(read_pci_devices(root), "5") == [CEZANNE_IGPU, "0000:04:00.1"] + CEZANNE_APU_FUNCTIONS
+
+
+def test_a_group_whose_only_other_member_is_an_unbound_host_bridge_is_viable(make_host):
+    # The same laptop with the processor's functions in groups of their own and a second display: what an
+    # AMD board whose GPP bridge lacks ACS shows for a GPU behind it (dummy host bridge, bridge, GPU, audio).
+    root = make_host(
+        "cezanne_laptop",
+        patch_devices=dict(
+            {address: {"group": 20 + index} for index, address in enumerate(CEZANNE_APU_FUNCTIONS)},
+            **{CEZANNE_IGPU: {"boot_vga": False}},
+        ),
+    )
+
+    verdict = gpu(detect(root), CEZANNE_IGPU)["passthrough"]
+
+    assert verdict == {"viable": True, "reasons": [], "codes": [], "devices": [CEZANNE_IGPU, "0000:04:00.1"]}
+
+
+def test_a_host_bridge_a_driver_holds_still_shares_the_group(make_host):
+    # A host bridge bound to a kernel driver (k10temp, an EDAC driver) makes VFIO refuse the group.
+    root = make_host(
+        "cezanne_laptop",
+        patch_devices=dict(
+            {address: {"group": 20 + index} for index, address in enumerate(CEZANNE_APU_FUNCTIONS)},
+            **{CEZANNE_IGPU: {"boot_vga": False}, "00:08.0": {"driver": "k10temp"}},
+        ),
+    )
+
+    verdict = gpu(detect(root), CEZANNE_IGPU)["passthrough"]
+
+    assert verdict["codes"] == ["group_shared"]
+    assert "0000:00:08.0" in verdict["reasons"][0]
+
+
 def test_critical_devices(make_host):
     topology = detect(make_host("desktop_dgpu"))
 

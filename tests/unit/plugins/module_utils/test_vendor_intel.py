@@ -107,6 +107,18 @@ def test_an_igpu_without_gvt_g_is_refused_without_a_wrong_generation(make_host, 
     assert "Gen12" not in str(refused.value) and str(refused.value).endswith("nothing changed")
 
 
+def test_an_igpu_the_firmware_made_a_display_controller_keeps_gvt_g(make_host):
+    # With a discrete card as the primary display, the firmware gives the iGPU class 0380 (display
+    # controller) instead of 0300 (VGA); GVT-g does not depend on the class.
+    root = make_host("skylake_igd_secondary")
+
+    gvt = modes(root)["gvt-g"]
+
+    assert gvt == {"mode": "gvt-g", "ready": False,
+                   "missing": ["i915.enable_gvt=1 on the kernel command line and a reboot", "the kvmgt module loaded"]}
+    assert plan(root, "gvt-g").kernel_arguments == ("i915.enable_gvt=1",)
+
+
 def test_an_sr_iov_igpu_refused_gvt_g_is_pointed_at_sr_iov(make_host):
     gvt = modes(make_host("desktop_dgpu"))["gvt-g"]  # Raptor Lake-S UHD 770, an Alder Lake platform to i915
     assert gvt["unsupported"].endswith(
