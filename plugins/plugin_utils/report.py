@@ -31,6 +31,7 @@ RECORD_FORMAT = "gpuvirt.host/report-host/1"
 VERDICTS = ("viable", "companion", "blocked", "boot-vga", "host-critical", "bridge", "other")
 SEVERITIES = ("error", "warning", "info")
 _BRIDGE_CLASSES = ("0604", "0607", "0609")
+_HOST_BRIDGE_CLASS = "0600"
 
 
 def _list(value):
@@ -191,7 +192,10 @@ def group_boxes(topology):
         box = {"group": str(number), "devices": []}
         for address in members:
             device = devices.get(address, {"address": address})
-            is_bridge = str(device.get("class") or "")[:4] in _BRIDGE_CLASSES
+            # What stays with the host when the group goes to a VM: PCI bridges, and host bridges no
+            # driver holds (topology_info's verdicts leave both out of the group's endpoints).
+            kind = str(device.get("class") or "")[:4]
+            is_bridge = kind in _BRIDGE_CLASSES or (kind == _HOST_BRIDGE_CLASS and not device.get("driver"))
             verdict, reasons, codes = verdicts.get(address, ("bridge" if is_bridge else "other", [], []))
             entry = {
                 "address": address,

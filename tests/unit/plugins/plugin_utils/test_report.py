@@ -105,3 +105,14 @@ def test_the_boot_display_of_another_class_is_drawn_as_the_boot_gpu(make_host):
     older = {box["group"]: box["devices"] for box in group_boxes(detect(make_host("strix_halo")))}
     gpu = next(d for devices in older.values() for d in devices if d["address"] == "0000:c5:00.0")
     assert gpu["verdict"] == "blocked" and gpu["codes"] == ["console_framebuffer"]
+
+
+def test_an_unbound_host_bridge_in_a_gpu_group_is_drawn_as_a_bridge(make_host):
+    # cezanne_laptop: group 5 holds the dummy host bridge 00:08.0 (no driver), the bridge 00:08.1 and the
+    # iGPU with its functions; a host bridge a driver holds is another endpoint.
+    boxes = {box["group"]: box["devices"] for box in group_boxes(detect(make_host("cezanne_laptop")))}
+    members = {device["address"]: device["verdict"] for device in boxes["5"]}
+    assert members["0000:00:08.0"] == "bridge" and members["0000:00:08.1"] == "bridge"
+    bound = make_host("cezanne_laptop", patch_devices={"00:08.0": {"driver": "k10temp"}})
+    boxes = {box["group"]: box["devices"] for box in group_boxes(detect(bound))}
+    assert {device["address"]: device["verdict"] for device in boxes["5"]}["0000:00:08.0"] == "other"
