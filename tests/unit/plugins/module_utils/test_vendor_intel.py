@@ -296,6 +296,15 @@ def test_an_igpu_offers_at_most_7_vfs(make_host, device_id, name):
     assert plan(root, "sriov", max_vfs=7).kernel_arguments[:2] == ("i915.max_vfs=7", "i915.enable_guc=3")
 
 
+# INTEL_PVC_IDS of include/drm/intel/pciids.h: every Data Center GPU Max SKU is the PVC platform, whose
+# SR-IOV support xe gives per platform, not per SKU.
+@pytest.mark.parametrize("device_id", ["0b69", "0b6e", "0bd4", "0bd5", "0bd6", "0bd7", "0bd8", "0bd9", "0bda",
+                                       "0bdb", "0be0", "0be1", "0be5"])
+def test_every_pvc_id_of_pciids_is_a_max_gpu_with_63_vfs(device_id):
+    assert vendor_intel.platform_of(device_id).name == "Data Center GPU Max (PVC)"
+    assert vendor_intel.SRIOV_VFS[device_id] == 63
+
+
 def test_the_dkms_i915_plan_blacklists_an_idle_xe(make_host):
     enable = plan(dkms_i915_adl(make_host), "sriov", max_vfs=7)
     assert enable.kernel_arguments == ("i915.max_vfs=7", "i915.enable_guc=3", "module_blacklist=xe")
