@@ -283,6 +283,24 @@ def test_a_group_with_the_default_route_nic_is_refused(make_host, vfio_pci):
     assert_refused(result, kernel, root, before, "host_critical", "NIC of the default route (enp3s0)")
 
 
+def test_a_group_with_the_nic_of_an_nfs_mount_is_refused_unless_forced(make_host, vfio_pci):
+    # The default route is on eno1; enp3s0, in the GPU's group, reaches the NFS server of /mnt/pve/nas.
+    root = make_host("desktop_dgpu_nic", kernel={"modules": MODULES + ["r8169"]}, network={"default_route": "eno1"})
+    with open(os.path.join(root, "proc/net/route"), "a", encoding="utf-8") as handle:
+        handle.write("enp3s0\t000010AC\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n")  # 172.16.0.0/24
+    with open(os.path.join(root, "proc/self/mountinfo"), "a", encoding="utf-8") as handle:
+        handle.write("40 1 0:40 / /mnt/pve/nas rw,relatime shared:30 - nfs4 172.16.0.10:/vms "
+                     "rw,vers=4.2,hard,proto=tcp,sec=sys,clientaddr=172.16.0.2,local_lock=none,addr=172.16.0.10\n")
+    kernel = PciKernel(KernelSim(root))
+    before = snapshot(root)
+    result = vfio_pci(root, kernel=kernel, devices=[GPU, "03:00.0"])
+    assert_refused(result, kernel, root, before, "host_critical",
+                   "NIC of network storage in use: the NFS mount on /mnt/pve/nas (172.16.0.10) (enp3s0)")
+
+    forced = vfio_pci(root, devices=[GPU, "03:00.0"], persistent=False, force=True)
+    assert forced["changed"] is True and forced["rc"] == 0, forced
+
+
 def test_the_root_disk_controller_is_refused(desktop, vfio_pci):
     kernel = PciKernel(KernelSim(desktop))
     before = snapshot(desktop)
