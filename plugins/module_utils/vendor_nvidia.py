@@ -316,9 +316,13 @@ class NvidiaBackend(VendorBackend):
         controllers (data-center GPUs) and SR-IOV capable GPUs; a GeForce-class VGA controller without
         either is not a vGPU model as far as sysfs can tell."""
         vfs = host.vfs_of(device)
+        sriov = device.sriov
+        # On an SR-IOV GPU the vGPUs live on its VFs: an nvidia/ directory on the physical function (some
+        # driver releases show one there too) offers nothing before the VFs exist.
+        per_vf = sriov is not None and bool(sriov.total_vfs)
         offered = (
             host.is_mdev_parent(device.address)
-            or vgpu_state(device) is not None
+            or (vgpu_state(device) is not None and not per_vf)
             or any(host.is_mdev_parent(vf.address) or vgpu_state(vf) is not None for vf in vfs)
         )
         if not offered and not (device.class_code or "").startswith("0302") and device.sriov is None:
@@ -332,7 +336,6 @@ class NvidiaBackend(VendorBackend):
                     "the vGPU manager build of the nvidia driver (module %s, service nvidia-vgpu-mgr); "
                     "the data-center driver offers no vGPU types" % VGPU_HOST_MODULE
                 )
-        sriov = device.sriov
         if sriov is not None and sriov.total_vfs and not sriov.num_vfs and not offered:
             missing.append("its VFs (sriov-manage -e, as gpuvirt.host.nvidia_vgpu runs it)")
         elif sriov is not None and sriov.total_vfs and sriov.num_vfs and sriov.num_vfs < sriov.total_vfs:

@@ -108,6 +108,13 @@ def test_nvidia_vgpu_modes(make_host):
     # 8 of its 32 VFs: not SR-IOV mode yet (nvidia_vgpu enables them anew).
     short = modes(detect(make_host("l40s_vgpu")), "0000:cb:00.0")["vgpu"]
     assert short["ready"] is False and short["missing"][0].startswith("all of its VFs (8 of 32 enabled")
+    # VFs off, with an nvidia/ directory on the physical function: it offers nothing until the VFs exist.
+    pf_only = make_host("l40s_vgpu", patch_devices={"cb:00.0": {
+        "sriov": {"total_vfs": 32, "num_vfs": 0, "offset": 4, "stride": 1},
+        "nvidia_vgpu": {"creatable": {1041: "NVIDIA L40S-8Q"}, "current": 0}}})
+    off = modes(detect(pf_only), "0000:cb:00.0")["vgpu"]
+    assert off == {"mode": "vgpu", "ready": False,
+                   "missing": ["its VFs (sriov-manage -e, as gpuvirt.host.nvidia_vgpu runs it)"]}
     grace = modes(detect(make_host("grace_hopper")), "0009:01:00.0")["vgpu"]
     assert grace["ready"] is False and "nvidia_vgpu_vfio" in grace["missing"][0]
     # A GeForce-class VGA controller without SR-IOV is not offered vGPU at all.
