@@ -179,6 +179,38 @@ def test_a_host_bridge_a_driver_holds_still_shares_the_group(make_host):
     assert "0000:00:08.0" in verdict["reasons"][0]
 
 
+PEX_GPU = "0000:52:00.0"
+PEX_RAID = "0000:53:00.0"
+
+
+def test_a_gpu_beside_the_root_raid_controller_behind_one_switch(make_host):
+    # A real Ice Lake server: a PEX switch fans out to an RTX A5000 and to the MegaRAID that holds the
+    # root disk. With the switch's ACS each has a group of its own: the GPU goes, the controller stays.
+    topology = detect(make_host("icelake_pex_switch"))
+
+    verdict = gpu(topology, PEX_GPU)["passthrough"]
+    assert verdict == {"viable": True, "reasons": [], "codes": [], "devices": [PEX_GPU, "0000:52:00.1"]}
+    critical = {d["address"]: d["critical"] for d in topology["devices"] if d["critical"]}
+    assert critical[PEX_RAID] == ["holds the root filesystem (/dev/mapper/ubuntu--vg-ubuntu--lv)"]
+    assert PEX_GPU not in critical
+
+
+def test_a_switch_without_acs_puts_the_root_raid_controller_in_the_gpus_group(make_host):
+    # The same switch without ACS on its downstream ports: one group from the switch down. The GPU can
+    # only go with the root disk's controller, and the verdict says both why and which.
+    root = make_host(
+        "icelake_pex_switch",
+        patch_devices={address: {"group": 48} for address in ("51:00.0", "51:10.0", "52:00.0", "52:00.1", "53:00.0")},
+    )
+
+    verdict = gpu(detect(root), PEX_GPU)["passthrough"]
+
+    assert verdict["codes"] == ["group_shared", "host_critical"]
+    assert PEX_RAID in verdict["reasons"][0] and "IOMMU group 48" in verdict["reasons"][0]
+    assert verdict["reasons"][1].startswith(PEX_RAID + " holds the root filesystem")
+    assert verdict["devices"] == [PEX_GPU, "0000:52:00.1"]
+
+
 def test_critical_devices(make_host):
     topology = detect(make_host("desktop_dgpu"))
 
