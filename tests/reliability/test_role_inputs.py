@@ -38,6 +38,25 @@ VGPU_CASES = [
     ({"vgpu_restore_timeout": -5}, ("timeout: -5", "a finite number > 0")),
     ({"vgpu_passthrough_persistence": "sometimes"}, ("sometimes", "auto")),
     ({"vgpu_devices": "mbochs"}, ("vgpu_devices", "dict")),
+    (
+        {"vgpu_devices": [{"selector": NVME, "passthrough": True, "sriov": {"num_vfs": 2}}]},
+        (NVME, "cannot also"),
+    ),
+    # One device in two spellings, handed whole to VMs and split at once.
+    (
+        {"vgpu_devices": [{"selector": "04:00.0", "passthrough": True}, {"selector": NVME, "sriov": {"num_vfs": 2}}]},
+        ("04:00.0", "cannot also"),
+    ),
+    (
+        {"vgpu_devices": [{"selector": "00000000:04:00.0", "passthrough": "yes"},
+                          {"selector": "0000:04:00.0", "sriov": {"num_vfs": 2}}]},
+        ("00000000:04:00.0", "cannot also"),
+    ),
+    (
+        {"vgpu_devices": [{"selector": "CB:00.0", "passthrough": True},
+                          {"selector": L40S, "nvidia_vgpu": {"profiles": [{"profile": "L40S-8Q", "count": 1}]}}]},
+        ("CB:00.0", "cannot also"),
+    ),
 ]
 HOST_CASES = [
     ("gpuvirt.host.iommu", {"iommu_vendor": "via"}, ("via", "intel")),
