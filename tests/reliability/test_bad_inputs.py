@@ -216,6 +216,11 @@ CASES += [
     ),
     Case("vfio_pci", "desktop", {"devices": ["zz:zz.z"]}, ("zz:zz.z",), subject="vfio_pci"),
     Case("vfio_pci", "desktop", {"devices": [DGPU], "persistence": "sometimes"}, ("sometimes", "one of")),
+    # 01:00.0 mistyped: the host bridge (no driver, a group of its own) and the GPU's root port.
+    Case("vfio_pci", "desktop", {"devices": ["00:00.0"]}, ("'00:00.0'", "is a host bridge", "select a device")),
+    Case("vfio_pci", "desktop", {"devices": ["00:01.0"], "force": True}, ("'00:01.0'", "is a PCI bridge")),
+    Case("vfio_pci", "desktop", {"devices": ["8086:a70d"]}, ("'8086:a70d'", "0000:00:01.0", "is a PCI bridge")),
+    Case("vfio_pci", "desktop", {"devices": [DGPU, "00:00.0"], "runtime": False}, ("'00:00.0'", "host bridge")),
 ]
 
 # -- mdev, sriov and nvidia_vgpu on one host; state files and caches ----------------------------
