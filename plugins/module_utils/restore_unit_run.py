@@ -58,6 +58,7 @@ class RestoreUnitRun(ModuleRun):
         folders = (self.code_dir, os.path.dirname(self.unit), os.path.dirname(self.links[UNIT_NAME]))
         for path, what in zip(folders, ("prefix", "the unit's folder", "the folder of the unit's link")):
             rules.inside_root(self.root, path, what)
+        self._refuse_a_collection()
 
         present = params["state"] == "present"
         sources = code_sources() if present else {}
@@ -127,6 +128,22 @@ class RestoreUnitRun(ModuleRun):
             diff=list(plan.diff),
         )
 
+    def _refuse_a_collection(self):
+        """The code folder replaces (and with state absent deletes) every .py file it holds: refuse a
+        prefix where gpuvirt.host is installed as a collection (more than plugins/module_utils below
+        it), whose module_utils would be rewritten or deleted."""
+        collection = os.path.dirname(os.path.dirname(self.code_dir))
+        plugins = os.path.join(collection, "plugins")
+        foreign = [name for name in _listing(collection) if name != "plugins"]
+        foreign += ["plugins/" + name for name in _listing(plugins) if name != "module_utils"]
+        if foreign:
+            raise rules.InputError(
+                "prefix: %s holds an installed collection (%s has %s); the restore code would replace its "
+                "module_utils and state absent would delete them; give a folder of the restore's own (the "
+                "default is /usr/local/lib/gpuvirt); nothing was changed"
+                % (self.prefix, collection, ", ".join(foreign[:5]))
+            )
+
     def _change(self, directory, name, text):
         return self.plan_file(os.path.relpath(os.path.join(directory, name), self.root), text)
 
@@ -184,6 +201,13 @@ class RestoreUnitRun(ModuleRun):
                 "at boot (it needs Python 3.9 or later)" % (self.prefix, python, rc, err.strip()[-500:]),
                 changed=True,
             )
+
+
+def _listing(folder):
+    try:
+        return sorted(os.listdir(folder)) if os.path.isdir(folder) and not os.path.islink(folder) else []
+    except OSError:
+        return []
 
 
 def _link_target(name):

@@ -6,7 +6,7 @@ binding and persistence.
 Public API (readers take the host ``root``; the module's run is :class:`vfio_run.VfioPciRun`, its
 boot-time planning :class:`vfio_boot.BootConfigPlanner`):
 
-- :func:`resolve_selectors` ``(selectors, devices) -> {address: [selector, ...]}``: a PCI address
+- :func:`resolve_selectors` ``(selectors, devices, binding=True) -> {address: [selector, ...]}``: a PCI address
   (short, 4- or 8-digit domain), ``vendor:device``, or a model name; never an index.
 - binding and handing back one device (``read_driver``, ``bind_device``, ``release_device``,
   ``is_vfio_driver``...) are in :mod:`vfio_bind`, which the boot-time restore uses too.
@@ -55,6 +55,7 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.kernel import (
     vfio_variant_drivers,
 )
 from ansible_collections.gpuvirt.host.plugins.module_utils.pci import (
+    HOST_BRIDGE_CLASS,
     behind_vmd_reason,
     companions,
     name_devices,
@@ -100,18 +101,19 @@ _SOFTDEP_VFIO = re.compile(r"^\s*softdep\s+([A-Za-z0-9_-]+)\s+pre:\s*vfio[-_]pci
 # ------------------------------------------------------------------------------------ selectors
 
 
-def resolve_selectors(selectors, devices):
+def resolve_selectors(selectors, devices, binding=True):
     """Map selectors to PCI addresses.
 
     ``devices``: ``{address: PciDevice}`` named from ``pci.ids``. Returns ``{address: [selector
     text, ...]}`` in address order. Every selector must match (:func:`selector.select_devices`);
-    :class:`VfioError` lists every bad selector at once.
+    :class:`VfioError` lists every bad selector at once. With ``binding``, a selector may not name a
+    bridge (:func:`not_assignable`); handing one back (``binding`` false) may.
     """
     chosen = {}
     problems = []
     for text in selectors:
         try:
-            matches = select_devices(text, devices, "PCI device")
+            matches = select_devices(text, devices, "PCI device", not_assignable if binding else None)
         except SelectorError as error:
             problems.append(str(error))
             continue
@@ -351,6 +353,18 @@ def expand_members(view, selected, with_companions):
                     continue
                 members[other] = Member(other, [], address)
     return {address: members[address] for address in sorted(members)}
+
+
+def not_assignable(device):
+    """Why ``device`` can never be handed to a VM, or None: a PCI bridge (vfio-pci only takes
+    endpoint functions; unbinding pcieport from a port takes hotplug, AER and power management from
+    every device behind it), or a host bridge (the CPU's own registers). A mistyped address
+    (``00:01.0`` for ``01:00.0``) names one of these."""
+    if device.is_bridge:
+        return "is a PCI bridge: it stays with the host and vfio-pci cannot take it; select the device behind it"
+    if device.class_code is not None and device.class_code[:4] == HOST_BRIDGE_CLASS:
+        return "is a host bridge: it stays with the host and cannot be handed to a VM; select a device instead"
+    return None
 
 
 # ----------------------------------------------------------------------------------------- guards

@@ -81,7 +81,7 @@ class VfioPciRun(BootConfigPlanner, ModuleRun):
     def plan(self):
         """Read, resolve, guard and plan; the plan is kept on the run (``self.changing``, ``self.persistence``, ...)."""
         view = self.view = read_host(self.root)
-        selected = resolve_selectors(self.selectors, view.devices)
+        selected = resolve_selectors(self.selectors, view.devices, binding=self.state == "present")
         self.members = expand_members(view, selected, self.with_companions)
         release = view.kernel.get("release")
         aliases = read_vfio_aliases(self.root, release)

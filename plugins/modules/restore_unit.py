@@ -62,6 +62,8 @@ options:
       - The folder that receives the code (the unit's C(PYTHONPATH)), below O(root).
       - An absolute path without C(..), whitespace, quotes, backslashes, C(%), C(;) or C($), which
         systemd would read as unit syntax.
+      - A folder of the restore's own, never one where gpuvirt.host is installed as a collection (the
+        module refuses it), since the code folder holds only what the restore imports.
     type: path
     default: /usr/local/lib/gpuvirt
   python:

@@ -121,6 +121,8 @@ options:
   devices:
     description:
       - The devices, each a PCI address, a C(vendor:device) ID or a model name.
+      - With O(state=present) none may be a PCI bridge or a host bridge (they stay with the host, and a
+        mistyped address often names one), whatever O(force) says.
     type: list
     elements: str
     required: true

@@ -117,6 +117,13 @@ CASES += [
 # -- restore_unit -----------------------------------------------------------------------------------
 
 ALLOWED_WAIT = "a finite number > 0 and <= 3600"
+COLLECTION = "usr/share/ansible/collections/ansible_collections/gpuvirt/host/"
+INSTALLED_COLLECTION = {
+    COLLECTION + "MANIFEST.json": "{}\n",
+    COLLECTION + "plugins/modules/vfio_pci.py": "# module\n",
+    COLLECTION + "plugins/module_utils/bootloader.py": "# module_utils\n",
+    COLLECTION + "plugins/module_utils/errors.py": "# module_utils\n",
+}
 CASES += [
     Case(
         "restore_unit",
@@ -140,6 +147,12 @@ CASES += [
     Case("restore_unit", "empty", {"prefix": "/usr/%h/gpuvirt"}, ("'%'", "without whitespace")),
     Case("restore_unit", "empty", {"python": "python3"}, ("python3", "starts with /")),
     Case("restore_unit", "empty", {"prefix": "/../escape"}, ("'/../escape'", "without parent-folder steps")),
+    # The prefix of an installed collection: its module_utils would be rewritten, or deleted.
+    Case("restore_unit", "empty", {"prefix": "/usr/share/ansible/collections"},
+         ("/usr/share/ansible/collections holds an installed collection", "MANIFEST.json", "plugins/modules"),
+         files=INSTALLED_COLLECTION),
+    Case("restore_unit", "empty", {"prefix": "/usr/share/ansible/collections", "state": "absent"},
+         ("holds an installed collection", "a folder of the restore's own"), files=INSTALLED_COLLECTION),
     Case("restore_unit", "empty", {"prefix": "/../escape", "state": "absent"}, ("'/../escape'", "parent-folder")),
     Case("restore_unit", "empty", {"timeout": -5}, ("timeout: -5", ALLOWED_WAIT)),
     Case("restore_unit", "empty", {"timeout": 0}, ("timeout: 0", ALLOWED_WAIT)),
@@ -216,6 +229,11 @@ CASES += [
     ),
     Case("vfio_pci", "desktop", {"devices": ["zz:zz.z"]}, ("zz:zz.z",), subject="vfio_pci"),
     Case("vfio_pci", "desktop", {"devices": [DGPU], "persistence": "sometimes"}, ("sometimes", "one of")),
+    # 01:00.0 mistyped: the host bridge (no driver, a group of its own) and the GPU's root port.
+    Case("vfio_pci", "desktop", {"devices": ["00:00.0"]}, ("'00:00.0'", "is a host bridge", "select a device")),
+    Case("vfio_pci", "desktop", {"devices": ["00:01.0"], "force": True}, ("'00:01.0'", "is a PCI bridge")),
+    Case("vfio_pci", "desktop", {"devices": ["8086:a70d"]}, ("'8086:a70d'", "0000:00:01.0", "is a PCI bridge")),
+    Case("vfio_pci", "desktop", {"devices": [DGPU, "00:00.0"], "runtime": False}, ("'00:00.0'", "host bridge")),
 ]
 
 # -- mdev, sriov and nvidia_vgpu on one host; state files and caches ----------------------------

@@ -38,6 +38,25 @@ VGPU_CASES = [
     ({"vgpu_restore_timeout": -5}, ("timeout: -5", "a finite number > 0")),
     ({"vgpu_passthrough_persistence": "sometimes"}, ("sometimes", "auto")),
     ({"vgpu_devices": "mbochs"}, ("vgpu_devices", "dict")),
+    (
+        {"vgpu_devices": [{"selector": NVME, "passthrough": True, "sriov": {"num_vfs": 2}}]},
+        (NVME, "cannot also"),
+    ),
+    # One device in two spellings, handed whole to VMs and split at once.
+    (
+        {"vgpu_devices": [{"selector": "04:00.0", "passthrough": True}, {"selector": NVME, "sriov": {"num_vfs": 2}}]},
+        ("04:00.0", "cannot also"),
+    ),
+    (
+        {"vgpu_devices": [{"selector": "00000000:04:00.0", "passthrough": "yes"},
+                          {"selector": "0000:04:00.0", "sriov": {"num_vfs": 2}}]},
+        ("00000000:04:00.0", "cannot also"),
+    ),
+    (
+        {"vgpu_devices": [{"selector": "CB:00.0", "passthrough": True},
+                          {"selector": L40S, "nvidia_vgpu": {"profiles": [{"profile": "L40S-8Q", "count": 1}]}}]},
+        ("CB:00.0", "cannot also"),
+    ),
 ]
 HOST_CASES = [
     ("gpuvirt.host.iommu", {"iommu_vendor": "via"}, ("via", "intel")),
@@ -120,3 +139,76 @@ def test_bad_role_variables_are_refused(host, tmp_path, tally):
         elif root is not None and changed_paths(before, digest(os.path.dirname(root))):
             problem = "changed %s" % changed_paths(before, digest(os.path.dirname(root)))[:3]
         tally("bad input", "role " + role, problem, json.dumps(variables)[:80])
+
+
+# Booleans as strings: what extra vars (-e key=value), a job template survey or a quoted YAML value
+# pass. The role's argument spec accepts them as booleans, so the role must read them as booleans too.
+STRING_FALSE = ["false", "no", "off", "0"]
+
+
+def test_passthrough_given_as_a_false_string_leaves_the_device_alone(host, tmp_path, tally):
+    cases, blocks = [], []
+    for index, text in enumerate(STRING_FALSE, 1):
+        root = host("combined")
+        os.makedirs(os.path.join(root, "etc/systemd/system"), exist_ok=True)
+        cases.append((text, root, digest(os.path.dirname(root))))
+        variables = {
+            "vgpu_root": root,
+            "vgpu_restore_install": False,
+            "vgpu_devices": [{"selector": NVME, "passthrough": text}],
+        }
+        blocks.append(
+            {
+                "name": "case %d" % index,
+                "environment": {"GPUVIRT_KERNEL_SIM": root},
+                "block": [
+                    {"name": "case %d: vgpu" % index, "ansible.builtin.include_role": {"name": "gpuvirt.host.vgpu"},
+                     "vars": variables},
+                    {
+                        "name": "keep case %d" % index,
+                        "ansible.builtin.set_fact": {
+                            "outcomes": "{{ outcomes | combine({'%d': vgpu_result.passthrough}) }}" % index
+                        },
+                    },
+                ],
+                "rescue": [
+                    {
+                        "name": "keep the failure of case %d" % index,
+                        "ansible.builtin.set_fact": {
+                            "outcomes": "{{ outcomes | combine({'%d': ansible_failed_result.msg | default('')}) }}"
+                            % index
+                        },
+                    }
+                ],
+            }
+        )
+    exported = tmp_path / "outcomes.json"
+    playbook = [
+        {
+            "name": "booleans given as strings",
+            "hosts": "localhost",
+            "connection": "local",
+            "gather_facts": False,
+            "vars": {"outcomes": {}},
+            "environment": {"PYTHONPATH": SIM_SITE},
+            "tasks": blocks
+            + [
+                {
+                    "name": "export",
+                    "ansible.builtin.copy": {"content": "{{ outcomes | to_json }}", "dest": str(exported),
+                                             "mode": "0644"},
+                }
+            ],
+        }
+    ]
+    done = run_playbook(playbook, tmp_path)
+    outcomes = json.loads(exported.read_text()) if exported.exists() else {}
+    for index, (text, root, before) in enumerate(cases, 1):
+        outcome = outcomes.get(str(index), "the playbook stopped: %s" % (done.stdout + done.stderr)[-300:])
+        changed = changed_paths(before, digest(os.path.dirname(root)))
+        problem = None
+        if outcome not in ({}, []):  # nothing handed to vfio-pci (the task skipped)
+            problem = "passthrough: %r handled as true: %s" % (text, str(outcome)[:200])
+        elif changed:
+            problem = "changed %s" % changed[:3]
+        tally("bad input", "role vgpu", problem, "passthrough: %r" % text)
