@@ -263,7 +263,13 @@ def test_per_vf_layout_end_to_end(make_host, play, tmp_path):
     assert "boot to restored: 37.250 s" in log
 
 
-def test_a_gvt_g_mode_waits_for_the_reboot_then_the_mdevs_follow(make_host, play):
+@pytest.mark.parametrize("devices", [
+    [{"selector": "0000:00:02.0", "mode": {"name": "gvt-g"}, "mdev": [{"type": "i915-GVTg_V5_4", "count": 1}]}],
+    # The mode and the mdevs in two entries, the device spelt two ways: the mdevs wait all the same.
+    [{"selector": "0000:00:02.0", "mode": {"name": "gvt-g"}},
+     {"selector": "00:02.0", "mdev": [{"type": "i915-GVTg_V5_4", "count": 1}]}],
+], ids=["one-entry", "two-entries-two-spellings"])
+def test_a_gvt_g_mode_waits_for_the_reboot_then_the_mdevs_follow(make_host, play, devices):
     from ansible_collections.gpuvirt.host.tests.sim import gvt_g
 
     root = make_host("gvtg_laptop")
@@ -271,9 +277,6 @@ def test_a_gvt_g_mode_waits_for_the_reboot_then_the_mdevs_follow(make_host, play
     for relative in ("etc/default/grub", "usr/sbin/update-grub", "usr/sbin/grub-mkconfig"):
         os.makedirs(os.path.dirname(os.path.join(root, relative)), exist_ok=True)
         shutil.copy2(os.path.join(boot, relative), os.path.join(root, relative))
-    devices = [
-        {"selector": "0000:00:02.0", "mode": {"name": "gvt-g"}, "mdev": [{"type": "i915-GVTg_V5_4", "count": 1}]}
-    ]
 
     rc, recap, output, exported = play(root, devices, vgpu_host_id="laptop-1")
     assert rc == 0, output
