@@ -96,5 +96,12 @@ def render_state(state):
 
 
 def plan_state(root, state):
-    """The :class:`files.FileChange` that records ``state`` (unchanged when the file already holds it)."""
+    """The :class:`files.FileChange` that records ``state`` (unchanged when the file already holds it).
+
+    A state that records nothing is not written where no file exists yet: a run that declares nothing
+    to keep (an empty device list) leaves the host as it found it."""
+    if state == empty_state():
+        change = plan_change(root, STATE_PATH, None)
+        if change.old is None:
+            return change
     return plan_change(root, STATE_PATH, render_state(state))

@@ -11,7 +11,7 @@ import shutil
 
 import pytest
 
-from ansible_collections.gpuvirt.host.plugins.module_utils import sriov
+from ansible_collections.gpuvirt.host.plugins.module_utils import hoststate, sriov
 from ansible_collections.gpuvirt.host.tests.fixtures import hostgen
 from ansible_collections.gpuvirt.host.tests.sim.nvidia_vgpu_sim import attach, fake_sriov_manage, sriov_manage_calls
 from ansible_collections.gpuvirt.host.tests.sim.sriov_hosts import all_vfs_enabled, hold_group, recorded, snapshot
@@ -175,9 +175,11 @@ def test_explicit_vfs_and_exclusive(l40s, run):
 
 def test_persistent_false_and_other_records(l40s, run):
     run(l40s, gpus=[gpu(profiles=[{"profile": "L40S-8Q", "count": 2}])], persistent=False)
-    assert recorded(l40s)["nvidia_vgpu"] == {} and recorded(l40s)["sriov"] == {}
-    state = recorded(l40s)
+    # Nothing to keep: no state file is made for it.
+    assert not os.path.exists(os.path.join(l40s, "etc/gpuvirt/host-state.json"))
+    state = hoststate.empty_state()
     state["nvidia_vgpu"]["0000:99:00.4"] = {"type_id": 7, "type_name": "elsewhere"}
+    os.makedirs(os.path.join(l40s, "etc/gpuvirt"))
     with open(os.path.join(l40s, "etc/gpuvirt/host-state.json"), "w") as handle:
         json.dump(state, handle)
     run(l40s, gpus=[gpu(profiles=[{"profile": "L40S-8Q", "count": 2}])])

@@ -189,6 +189,15 @@ def test_recording_an_existing_count(nvme, run):
     assert recorded(nvme)["sriov"][NVME] == {"num_vfs": 3, "drivers_autoprobe": True}
 
 
+@pytest.mark.parametrize("devices", [[], [{"selector": NVME, "num_vfs": 0}]], ids=["no-devices", "zero-vfs"])
+def test_a_run_with_nothing_to_keep_makes_no_state_file(nvme, run, devices):
+    before = snapshot(nvme)
+    predicted, _writes = run(nvme, check_mode=True, devices=devices)
+    result, writes = run(nvme, devices=devices)
+    assert predicted["changed"] is False and result["changed"] is False and writes == [], result
+    assert snapshot(nvme) == before and not os.path.exists(os.path.join(nvme, "etc/gpuvirt/host-state.json"))
+
+
 @pytest.mark.parametrize(
     "devices, message",
     [
