@@ -107,6 +107,36 @@ def test_a_proxmox_mapping_spans_the_nodes_given(make_host):
 
 
 @pytest.mark.parametrize(
+    "node, mapping, message",
+    [
+        ("pve1,path=0000:00:02.0", {}, "not a Proxmox VE node name"),
+        ("pve1\n\tmap id=10de:1e04,node=pve1,path=0000:00:02.0", {}, "not a Proxmox VE node name"),
+        ("", {}, "give the Proxmox VE node name"),
+        ("pve1", {"id": "rtx\n"}, "not a Proxmox VE config ID"),
+        ("pve1", {"description": "GPU\n"}, "must be one line"),
+        ("pve1", {"mdev": "maybe"}, "mdev of rtx must be true or false"),
+    ],
+)
+def test_proxmox_refuses_names_that_would_add_lines_or_properties(node, mapping, message, make_host):
+    topology = detect(make_host("desktop_vfio"))
+    spec = {"node": node, "mappings": [dict({"id": "rtx", "devices": ["10de:1e04"]}, **mapping)]}
+    with pytest.raises(ExportError, match=message):
+        proxmox_pci_mapping(topology, spec)
+    with pytest.raises(ExportError, match=message if node else "not a Proxmox VE node name"):
+        proxmox_pci_mapping({node: topology}, {"mappings": spec["mappings"]})
+
+
+@pytest.mark.parametrize("mdev", ["false", "no", "off", "0", 0, None])
+def test_a_proxmox_mdev_flag_given_as_a_false_string_maps_for_passthrough(mdev, make_host):
+    spec = {"node": "pve1", "mappings": [{"id": "rtx", "devices": ["10de:1e04"], "mdev": mdev}]}
+    result = proxmox_pci_mapping(detect(make_host("desktop_vfio")), spec)
+    assert result["mappings"][0]["mdev"] is False
+    assert result["cfg"] == (
+        "rtx\n\tmap id=10de:1e04,iommugroup=2,node=pve1,path=0000:01:00,subsystem-id=1458:37a9\n"
+    )
+
+
+@pytest.mark.parametrize(
     "export, spec, message",
     [
         (libvirt_hostdevs, {"device": ["x"]}, "unknown spec keys device"),
