@@ -136,6 +136,39 @@ def test_a_proxmox_mdev_flag_given_as_a_false_string_maps_for_passthrough(mdev, 
     )
 
 
+@pytest.mark.parametrize("flag", ["false", "no", "off", "0", False])
+def test_libvirt_flags_given_as_false_strings_are_off(flag, make_host):
+    spec = {"devices": ["10de:1e04"], "managed": flag, "rom_bar": flag}
+    xml = libvirt_hostdevs(detect(make_host("desktop_vfio")), spec)["xml"]
+    assert "managed='no'" in xml and "managed='yes'" not in xml
+    assert "<rom bar='off'/>" in xml
+
+
+def test_libvirt_refuses_flags_that_are_not_booleans(make_host):
+    with pytest.raises(ExportError, match="managed must be true or false, got 'nope'"):
+        libvirt_hostdevs(detect(make_host("desktop_vfio")), {"devices": ["10de:1e04"], "managed": "nope"})
+
+
+def test_libvirt_refuses_topology_values_that_would_break_the_xml(make_host):
+    topology = detect(make_host("desktop_vfio"))
+    # A companion function whose address would close the element and add another device.
+    bad = "0000:01:00.1'/><address domain='0x0000' bus='0x02' slot='0x00' function='0x0"
+    for record in topology["devices"]:
+        if record["address"] == "0000:01:00.1":
+            record["address"] = bad
+    for gpu in topology["gpus"]:
+        if gpu["address"] == "0000:01:00.0":
+            gpu["passthrough"]["devices"] = [bad if a == "0000:01:00.1" else a for a in gpu["passthrough"]["devices"]]
+    with pytest.raises(ExportError, match="is not a PCI address"):
+        libvirt_hostdevs(topology, {"devices": ["10de:1e04"]})
+    a100 = detect(make_host(**{"description": "datacenter_a100"}))
+    a100["mdevs"] = [
+        {"uuid": "x'/><evil a='", "parent": p["parent"], "type": p["types"][0]["id"]} for p in a100["mdev_parents"][:1]
+    ]
+    with pytest.raises(ExportError, match="is not a UUID"):
+        libvirt_hostdevs(a100, {"mdevs": [a100["mdevs"][0]["type"]]})
+
+
 @pytest.mark.parametrize(
     "export, spec, message",
     [
