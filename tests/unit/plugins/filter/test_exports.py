@@ -184,6 +184,18 @@ def test_libvirt_refuses_topology_values_that_would_break_the_xml(make_host):
             "not a Kubernetes extended resource name",
         ),
         (nova_pci_config, {"aliases": [{"name": "a b", "devices": ["10de:1e04"]}]}, "alias name"),
+        (nova_pci_config, {"aliases": [{"name": "gpu\n", "devices": ["10de:1e04"]}]}, "alias name"),
+        (
+            kubevirt_host_devices,
+            {"pci_devices": ["10de:1e04"], "resource_names": {"10de:1e04": "nvidia.com/gpu\n"}},
+            "not a Kubernetes extended resource name",
+        ),
+        (
+            kubevirt_host_devices,
+            {"pci_devices": ["10de:1e04"], "resource_names": {"10de:1e04": 7}},
+            "not a Kubernetes extended resource name",
+        ),
+        (kubevirt_host_devices, {"pci_devices": ["10de:1e04"], "resource_names": ["gpu"]}, "resource_names must be"),
         (
             nova_pci_config,
             {"aliases": [{"name": "a", "devices": ["10de:1e04"], "numa_policy": "strict"}]},
@@ -195,6 +207,30 @@ def test_libvirt_refuses_topology_values_that_would_break_the_xml(make_host):
 def test_bad_specs_are_refused_with_what_to_give(export, spec, message, make_host):
     with pytest.raises(ExportError, match=message):
         export(detect(make_host("desktop_vfio")), spec)
+
+
+@pytest.mark.parametrize(
+    "item, message",
+    [
+        ({"mdev_class": "VGPU\n"}, "mdev_class"),
+        ({"mdev_class": "CUSTOM_GVTG\n"}, "mdev_class"),
+        ({"max_instances": "abc"}, "max_instances of i915-GVTg_V5_4 must be a positive integer, got 'abc'"),
+        ({"max_instances": 0}, "must be a positive integer"),
+        ({"max_instances": -1}, "must be a positive integer"),
+        ({"max_instances": 2.5}, "must be a positive integer"),
+        ({"max_instances": True}, "must be a positive integer"),
+    ],
+)
+def test_nova_refuses_mdev_options_that_are_not_what_nova_reads(item, message, make_host):
+    gvtg = detect(make_host(**{"description": "intel_gvtg"}))
+    with pytest.raises(ExportError, match=message):
+        nova_pci_config(gvtg, {"mdev_types": [dict({"type": "i915-GVTg_V5_4"}, **item)]})
+
+
+def test_nova_reads_max_instances_typed_as_digits(make_host):
+    gvtg = detect(make_host(**{"description": "intel_gvtg"}))
+    result = nova_pci_config(gvtg, {"mdev_types": [{"type": "i915-GVTg_V5_4", "max_instances": " 2"}]})
+    assert "max_instances = 2\n" in result["ini"]
 
 
 def test_exports_accept_the_registered_result_and_refuse_other_input(make_host):
