@@ -19,6 +19,8 @@ description:
     number 60.0).
   - Fails, naming the entry and the key, on text that does not parse, on an entry without a string
     C(selector), on unknown keys, and on values of the wrong type.
+  - YAML is read with a safe loader (no Python tags). A key given twice in one mapping is refused, and so
+    is a text that holds more than 100000 values once its aliases are expanded.
 positional: _input
 options:
   _input:
@@ -52,7 +54,20 @@ def _spec_loader():
     or 1234:5678 (an ID pair) stays the text it is instead of becoming 60.0, 0.0 or 4445078."""
 
     class SpecLoader(yaml.SafeLoader):
-        pass
+        def construct_mapping(self, node, deep=False):
+            # A key given twice would silently keep the last value (passthrough: true ... passthrough: false).
+            # Keys a merge (<<) brings in may be overridden, as YAML intends.
+            if isinstance(node, yaml.MappingNode):
+                seen = set()
+                for key_node, _value_node in node.value:
+                    if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(key_node, yaml.ScalarNode):
+                        continue
+                    if key_node.value in seen:
+                        raise yaml.constructor.ConstructorError(
+                            None, None, "the key %s is given twice in one mapping" % key_node.value, key_node.start_mark
+                        )
+                    seen.add(key_node.value)
+            return super().construct_mapping(node, deep=deep)
 
     numbers = ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")
     SpecLoader.yaml_implicit_resolvers = {
@@ -80,10 +95,35 @@ KEYS = {
     "mode": (dict,),
 }
 TYPE_NAMES = {str: "a string", bool: "true or false", dict: "a mapping", list: "a list"}
+# Far more than any host's devices need; a document past it is a mistake or YAML aliases expanding
+# (a "billion laughs" text, or an alias inside its own anchor), which the modules' JSON arguments would
+# otherwise expand in full on the controller.
+MAX_VALUES = 100000
 
 
 def _fail(message):
     raise AnsibleFilterError("invalid device spec: " + message)
+
+
+def _unique_keys(pairs):
+    keys = [key for key, _value in pairs]
+    if len(set(keys)) != len(keys):
+        raise ValueError("a key is given twice")  # YAML then says which and where
+    return dict(pairs)
+
+
+def _count_values(spec):
+    """The values of ``spec`` with every alias expanded, counting no further than ``MAX_VALUES``."""
+    count, stack = 0, [spec]
+    while stack and count <= MAX_VALUES:
+        value = stack.pop()
+        count += 1
+        if isinstance(value, dict):
+            stack.extend(value.keys())
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
+    return count
 
 
 def _parse(text):
@@ -93,10 +133,14 @@ def _parse(text):
     try:
         if stripped[0] in "[{":
             try:
-                return json.loads(stripped)
+                return json.loads(stripped, object_pairs_hook=_unique_keys)
             except ValueError:
                 pass  # YAML flow style is a superset; let YAML say where it breaks
+            except RecursionError:
+                _fail("the text nests too deeply")
         return yaml.load(stripped, Loader=SPEC_LOADER)  # noqa: S506 (a SafeLoader)
+    except RecursionError:
+        _fail("the text nests too deeply")
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = " at line %d, column %d" % (mark.line + 1, mark.column + 1) if mark else ""
@@ -106,6 +150,11 @@ def _parse(text):
 
 def device_spec(value):
     spec = _parse(value) if isinstance(value, str) else value
+    if _count_values(spec) > MAX_VALUES:
+        _fail(
+            "the text holds more than %d values once its YAML aliases are expanded; a device spec needs far "
+            "fewer (an alias inside its own anchor, or aliases of aliases, expand without end)" % MAX_VALUES
+        )
     if isinstance(spec, dict):
         spec = spec.get("vgpu_devices", [spec])
     if spec is None:

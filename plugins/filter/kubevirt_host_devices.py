@@ -128,7 +128,8 @@ _VENDOR_DOMAINS = {"10de": "nvidia.com", "1002": "amd.com", "8086": "intel.com"}
 _NOT_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 _BRACKET = re.compile(r"\s*\[([^\]]+)\]\s*")
 # A Kubernetes extended resource name: an optional DNS prefix, '/', a qualified name.
-_RESOURCE = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?/[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
+# \Z, not $: $ also matches before a final newline.
+_RESOURCE = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?/[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?\Z")
 
 
 def _resource_part(text):
@@ -148,8 +149,14 @@ def _domain(spec, vendor_id):
 
 
 def _resource_name(spec, key, default):
-    name = (spec.get("resource_names") or {}).get(key) or default
-    if not _RESOURCE.match(name) or len(name.split("/", 1)[1]) > 63:
+    names = spec.get("resource_names") or {}
+    if not isinstance(names, dict):
+        raise ExportError(
+            "%s: resource_names must be a dict of vendor:device IDs or mdev type names to resource names, got %s"
+            % (_NAME, type(names).__name__)
+        )
+    name = names.get(key) or default
+    if not isinstance(name, str) or not _RESOURCE.match(name) or len(name.split("/", 1)[1]) > 63:
         raise ExportError(
             "%s: resource name %r for %s is not a Kubernetes extended resource name (domain/name, name at most "
             "63 letters, digits, '-', '_', '.')" % (_NAME, name, key)

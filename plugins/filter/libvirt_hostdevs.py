@@ -129,10 +129,13 @@ _value:
       elements: str
 """
 
+import re  # noqa: E402
+
 from ansible_collections.gpuvirt.host.plugins.plugin_utils.exports import (  # noqa: E402
     MDEV_OWNERS,
     ExportError,
     HostView,
+    as_bool,
     as_list,
     spec_of,
 )
@@ -140,12 +143,23 @@ from ansible_collections.gpuvirt.host.plugins.plugin_utils.exports import (  # n
 _NAME = "libvirt_hostdevs"
 _SPEC = ("devices", "mdevs", "managed", "rom_bar", "guest_bus", "display", "host")
 _UUID_CHARS = set("0123456789abcdef-")
+_PCI_ADDRESS = re.compile(r"^([0-9a-f]{4}):([0-9a-f]{2}):([0-9a-f]{2})\.([0-7])\Z", re.IGNORECASE)
+_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z", re.IGNORECASE)
 
 
 def _address_parts(address):
-    domain, bus, slot_function = address.split(":")
-    slot, function = slot_function.split(".")
-    return domain, bus, slot, function
+    """The parts of a full PCI address; anything else in the topology is refused, as it would be pasted
+    into the XML."""
+    match = _PCI_ADDRESS.match(str(address))
+    if not match:
+        raise ExportError("%s: %r in the topology is not a PCI address (0000:01:00.0)" % (_NAME, address))
+    return match.groups()
+
+
+def _uuid(uuid):
+    if not _UUID.match(str(uuid)):
+        raise ExportError("%s: mdev %r in the topology is not a UUID" % (_NAME, uuid))
+    return uuid
 
 
 def _pci_hostdev(address, managed, rom_bar, guest):
@@ -173,7 +187,7 @@ def _mdev_hostdev(uuid, display):
         [
             "<hostdev mode='subsystem' type='mdev' model='vfio-pci' display='%s'>" % ("on" if display else "off"),
             "  <source>",
-            "    <address uuid='%s'/>" % uuid,
+            "    <address uuid='%s'/>" % _uuid(uuid),
             "  </source>",
             "</hostdev>",
         ]
@@ -223,8 +237,9 @@ def libvirt_hostdevs(topology, spec=None):
     """``<hostdev>`` XML for the GPUs (with companion functions) and mdevs that ``spec`` names."""
     spec = spec_of(spec, _NAME, _SPEC)
     view = HostView(topology, spec.get("host"), _NAME)
-    managed = bool(spec.get("managed", False))
-    rom_bar = spec.get("rom_bar")
+    managed = as_bool(spec.get("managed"), "%s: managed" % _NAME)
+    rom_bar = None if spec.get("rom_bar") is None else as_bool(spec["rom_bar"], "%s: rom_bar" % _NAME)
+    display = as_bool(spec.get("display"), "%s: display" % _NAME)
     guest_bus = spec.get("guest_bus", 1)
     if guest_bus is not None and (
         not isinstance(guest_bus, int) or isinstance(guest_bus, bool) or not 1 <= guest_bus <= 0xFF
@@ -253,7 +268,7 @@ def libvirt_hostdevs(topology, spec=None):
         )
     mdevs = _select_mdevs(view, spec.get("mdevs")) if spec.get("mdevs") else []
     for uuid in mdevs:
-        elements.append(_mdev_hostdev(uuid, bool(spec.get("display", False))))
+        elements.append(_mdev_hostdev(uuid, display))
     return {
         "xml": "\n".join(elements) + "\n",
         "hostdevs": elements,

@@ -138,8 +138,9 @@ _ALIAS_KEYS = ("name", "devices", "numa_policy", "device_type", "count")
 _MDEV_KEYS = ("type", "mdev_class", "max_instances")
 _NUMA_POLICIES = ("required", "legacy", "preferred", "socket")
 _DEVICE_TYPES = ("type-PCI", "type-PF", "type-VF")
-_MDEV_CLASS = re.compile(r"^(VGPU|CUSTOM_[A-Z0-9_]+)$")
-_ALIAS_NAME = re.compile(r"^[^\s:,]+$")
+# \Z, not $: $ also matches before a final newline, which would reach nova.conf and the flavor.
+_MDEV_CLASS = re.compile(r"^(VGPU|CUSTOM_[A-Z0-9_]+)\Z")
+_ALIAS_NAME = re.compile(r"^[^\s:,]+\Z")
 
 
 def _json(value):
@@ -259,9 +260,18 @@ def _mdev_groups(view, mdev_types):
                 )
             group["mdev_class"] = item["mdev_class"]
         if item.get("max_instances") is not None:
-            group["max_instances"] = int(item["max_instances"])
+            group["max_instances"] = _max_instances(item["max_instances"], type_id)
         groups.append(group)
     return groups, skipped
+
+
+def _max_instances(value, type_id):
+    """A positive integer (Nova's option has a minimum of 1); a survey gives digits as text."""
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ExportError("%s: max_instances of %s must be a positive integer, got %r" % (_NAME, type_id, value))
+    return value
 
 
 def _ini(device_specs, aliases, groups):

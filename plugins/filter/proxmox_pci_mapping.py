@@ -122,6 +122,7 @@ from ansible_collections.gpuvirt.host.plugins.plugin_utils.exports import (  # n
     MDEV_OWNERS,
     ExportError,
     HostView,
+    as_bool,
     as_list,
     spec_of,
 )
@@ -130,8 +131,12 @@ _NAME = "proxmox_pci_mapping"
 _SPEC = ("mappings", "node")
 _MAPPING_KEYS = ("id", "devices", "mdev", "description")
 # pve-configid: a letter, then letters, digits, '-' or '_' (PVE::JSONSchema).
-_CONFIG_ID = re.compile(r"^[a-z][a-z0-9_-]+$", re.IGNORECASE)
-_DESCRIPTION = re.compile(r"^[^\n\r]*$")
+# \Z, not $: $ also matches before a final newline, which would end the section early in pci.cfg.
+_CONFIG_ID = re.compile(r"^[a-z][a-z0-9_-]+\Z", re.IGNORECASE)
+_DESCRIPTION = re.compile(r"^[^\n\r]*\Z")
+# A node name is a host name label (pve-node); it goes into map property strings, where a ',' or '='
+# would add a property (another path) and a newline another line.
+_NODE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\Z", re.IGNORECASE)
 
 
 def _nodes(value, spec):
@@ -143,10 +148,19 @@ def _nodes(value, spec):
                 "%s: give the Proxmox VE node name of this host in the spec (node: pve1), or pass a dict "
                 "of node names to topologies" % _NAME
             )
-        return {str(node): value}
+        return {_node_name(node): value}
     if isinstance(value, dict) and value:
-        return {str(node): topology for node, topology in value.items()}
+        return {_node_name(node): topology for node, topology in value.items()}
     raise ExportError("%s expects a topology_info topology or a dict of node names to topologies" % _NAME)
+
+
+def _node_name(node):
+    if not isinstance(node, str) or not _NODE.match(node):
+        raise ExportError(
+            "%s: node name %r is not a Proxmox VE node name (its short host name: letters, digits and '-')"
+            % (_NAME, node)
+        )
+    return node
 
 
 def _hex(value):
@@ -288,7 +302,7 @@ def proxmox_pci_mapping(topology, spec=None):
         description = mapping.get("description")
         if description is not None and not _DESCRIPTION.match(str(description)):
             raise ExportError("%s: the description of %s must be one line" % (_NAME, mapping_id))
-        mdev = bool(mapping.get("mdev", False))
+        mdev = as_bool(mapping.get("mdev"), "%s: mdev of %s" % (_NAME, mapping_id))
         entries = []
         for node, node_topology in sorted(nodes.items()):
             view = HostView(node_topology, node, _NAME)

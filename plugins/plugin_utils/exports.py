@@ -16,6 +16,8 @@ Public API:
   - :meth:`HostView.passthrough_refusals` ``(address)`` -> reasons against passing it through now.
   - :meth:`HostView.type_capacity` ``(parent, type_id)`` -> instances the consumer may still use
     (free instances plus existing, unused mdevs of that type).
+- :func:`as_bool` ``(value, what, default=False)`` -- a boolean option, strings such as ``"false"`` read
+  as Ansible reads them; anything else raises :class:`ExportError`.
 - :data:`MDEV_OWNERS`: who creates and removes mediated devices, per consumer, and why.
 
 Readiness, the same for every consumer: the IOMMU is on, the device's group holds nothing but its
@@ -30,6 +32,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 from ansible.errors import AnsibleFilterError
+from ansible.module_utils.parsing.convert_bool import boolean
 
 from ansible_collections.gpuvirt.host.plugins.module_utils.selector import (
     SelectorError,
@@ -111,6 +114,17 @@ def as_list(value, what):
     if isinstance(value, (list, tuple)):
         return list(value)
     raise ExportError("%s must be a list, got %s" % (what, type(value).__name__))
+
+
+def as_bool(value, what, default=False):
+    """``value`` as a boolean, reading the strings Ansible reads as booleans (``"false"``, ``"no"``,
+    ``"off"``, ``"0"``...) as such: a non-empty string must not count as true."""
+    if value is None:
+        return default
+    try:
+        return boolean(value, strict=True)
+    except TypeError:
+        raise ExportError("%s must be true or false, got %r" % (what, value)) from None
 
 
 def is_vfio_driver(driver):

@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import os
 
+import pytest
+
 # A guest (QEMU) holding the VFIO group of the Radeon RX 6600 that amd_host passes through.
 GUEST = {"extends": "amd_host", "processes": [{"pid": 4242, "comm": "qemu-system-x86", "holds": ["0c:00.0"]}]}
 
@@ -102,3 +104,18 @@ def test_a_failed_verification_stops_the_rollout(fleet, tmp_path):
     assert "Verification failed on v01, the rollout stops here" in output and "the IOMMU is off" in output
     assert fleet.reboots("v01") == 1
     assert "v02" not in recap and "intel_iommu=on" not in grub(fleet, "v02")
+
+
+@pytest.mark.parametrize("batch", ["0", "-1", "abc", "150%"])
+def test_a_batch_size_ansible_would_read_as_every_host_or_fail_on_is_refused_first(batch, fleet):
+    fleet.add("h01", "iommu_disabled")
+    fleet.add("h02", "iommu_disabled")
+    before = grub(fleet, "h01")
+    rc, recap, output = fleet.run(
+        "gpuvirt.host.rollout", extra_vars={"target": "gpu_hosts", "gpuvirt_rollout_batch": batch}
+    )
+    assert rc != 0
+    assert "gpuvirt_rollout_batch must be a number of hosts (5) or a percentage from 1% to 100%" in output
+    assert "got '%s'" % batch in output and "probably a bug" not in output
+    assert "h01" not in recap and "h02" not in recap
+    assert grub(fleet, "h01") == before

@@ -107,6 +107,69 @@ def test_a_proxmox_mapping_spans_the_nodes_given(make_host):
 
 
 @pytest.mark.parametrize(
+    "node, mapping, message",
+    [
+        ("pve1,path=0000:00:02.0", {}, "not a Proxmox VE node name"),
+        ("pve1\n\tmap id=10de:1e04,node=pve1,path=0000:00:02.0", {}, "not a Proxmox VE node name"),
+        ("", {}, "give the Proxmox VE node name"),
+        ("pve1", {"id": "rtx\n"}, "not a Proxmox VE config ID"),
+        ("pve1", {"description": "GPU\n"}, "must be one line"),
+        ("pve1", {"mdev": "maybe"}, "mdev of rtx must be true or false"),
+    ],
+)
+def test_proxmox_refuses_names_that_would_add_lines_or_properties(node, mapping, message, make_host):
+    topology = detect(make_host("desktop_vfio"))
+    spec = {"node": node, "mappings": [dict({"id": "rtx", "devices": ["10de:1e04"]}, **mapping)]}
+    with pytest.raises(ExportError, match=message):
+        proxmox_pci_mapping(topology, spec)
+    with pytest.raises(ExportError, match=message if node else "not a Proxmox VE node name"):
+        proxmox_pci_mapping({node: topology}, {"mappings": spec["mappings"]})
+
+
+@pytest.mark.parametrize("mdev", ["false", "no", "off", "0", 0, None])
+def test_a_proxmox_mdev_flag_given_as_a_false_string_maps_for_passthrough(mdev, make_host):
+    spec = {"node": "pve1", "mappings": [{"id": "rtx", "devices": ["10de:1e04"], "mdev": mdev}]}
+    result = proxmox_pci_mapping(detect(make_host("desktop_vfio")), spec)
+    assert result["mappings"][0]["mdev"] is False
+    assert result["cfg"] == (
+        "rtx\n\tmap id=10de:1e04,iommugroup=2,node=pve1,path=0000:01:00,subsystem-id=1458:37a9\n"
+    )
+
+
+@pytest.mark.parametrize("flag", ["false", "no", "off", "0", False])
+def test_libvirt_flags_given_as_false_strings_are_off(flag, make_host):
+    spec = {"devices": ["10de:1e04"], "managed": flag, "rom_bar": flag}
+    xml = libvirt_hostdevs(detect(make_host("desktop_vfio")), spec)["xml"]
+    assert "managed='no'" in xml and "managed='yes'" not in xml
+    assert "<rom bar='off'/>" in xml
+
+
+def test_libvirt_refuses_flags_that_are_not_booleans(make_host):
+    with pytest.raises(ExportError, match="managed must be true or false, got 'nope'"):
+        libvirt_hostdevs(detect(make_host("desktop_vfio")), {"devices": ["10de:1e04"], "managed": "nope"})
+
+
+def test_libvirt_refuses_topology_values_that_would_break_the_xml(make_host):
+    topology = detect(make_host("desktop_vfio"))
+    # A companion function whose address would close the element and add another device.
+    bad = "0000:01:00.1'/><address domain='0x0000' bus='0x02' slot='0x00' function='0x0"
+    for record in topology["devices"]:
+        if record["address"] == "0000:01:00.1":
+            record["address"] = bad
+    for gpu in topology["gpus"]:
+        if gpu["address"] == "0000:01:00.0":
+            gpu["passthrough"]["devices"] = [bad if a == "0000:01:00.1" else a for a in gpu["passthrough"]["devices"]]
+    with pytest.raises(ExportError, match="is not a PCI address"):
+        libvirt_hostdevs(topology, {"devices": ["10de:1e04"]})
+    a100 = detect(make_host(**{"description": "datacenter_a100"}))
+    a100["mdevs"] = [
+        {"uuid": "x'/><evil a='", "parent": p["parent"], "type": p["types"][0]["id"]} for p in a100["mdev_parents"][:1]
+    ]
+    with pytest.raises(ExportError, match="is not a UUID"):
+        libvirt_hostdevs(a100, {"mdevs": [a100["mdevs"][0]["type"]]})
+
+
+@pytest.mark.parametrize(
     "export, spec, message",
     [
         (libvirt_hostdevs, {"device": ["x"]}, "unknown spec keys device"),
@@ -121,6 +184,18 @@ def test_a_proxmox_mapping_spans_the_nodes_given(make_host):
             "not a Kubernetes extended resource name",
         ),
         (nova_pci_config, {"aliases": [{"name": "a b", "devices": ["10de:1e04"]}]}, "alias name"),
+        (nova_pci_config, {"aliases": [{"name": "gpu\n", "devices": ["10de:1e04"]}]}, "alias name"),
+        (
+            kubevirt_host_devices,
+            {"pci_devices": ["10de:1e04"], "resource_names": {"10de:1e04": "nvidia.com/gpu\n"}},
+            "not a Kubernetes extended resource name",
+        ),
+        (
+            kubevirt_host_devices,
+            {"pci_devices": ["10de:1e04"], "resource_names": {"10de:1e04": 7}},
+            "not a Kubernetes extended resource name",
+        ),
+        (kubevirt_host_devices, {"pci_devices": ["10de:1e04"], "resource_names": ["gpu"]}, "resource_names must be"),
         (
             nova_pci_config,
             {"aliases": [{"name": "a", "devices": ["10de:1e04"], "numa_policy": "strict"}]},
@@ -132,6 +207,30 @@ def test_a_proxmox_mapping_spans_the_nodes_given(make_host):
 def test_bad_specs_are_refused_with_what_to_give(export, spec, message, make_host):
     with pytest.raises(ExportError, match=message):
         export(detect(make_host("desktop_vfio")), spec)
+
+
+@pytest.mark.parametrize(
+    "item, message",
+    [
+        ({"mdev_class": "VGPU\n"}, "mdev_class"),
+        ({"mdev_class": "CUSTOM_GVTG\n"}, "mdev_class"),
+        ({"max_instances": "abc"}, "max_instances of i915-GVTg_V5_4 must be a positive integer, got 'abc'"),
+        ({"max_instances": 0}, "must be a positive integer"),
+        ({"max_instances": -1}, "must be a positive integer"),
+        ({"max_instances": 2.5}, "must be a positive integer"),
+        ({"max_instances": True}, "must be a positive integer"),
+    ],
+)
+def test_nova_refuses_mdev_options_that_are_not_what_nova_reads(item, message, make_host):
+    gvtg = detect(make_host(**{"description": "intel_gvtg"}))
+    with pytest.raises(ExportError, match=message):
+        nova_pci_config(gvtg, {"mdev_types": [dict({"type": "i915-GVTg_V5_4"}, **item)]})
+
+
+def test_nova_reads_max_instances_typed_as_digits(make_host):
+    gvtg = detect(make_host(**{"description": "intel_gvtg"}))
+    result = nova_pci_config(gvtg, {"mdev_types": [{"type": "i915-GVTg_V5_4", "max_instances": " 2"}]})
+    assert "max_instances = 2\n" in result["ini"]
 
 
 def test_exports_accept_the_registered_result_and_refuse_other_input(make_host):

@@ -117,3 +117,41 @@ def test_device_spec_errors_name_the_entry_and_the_key(text, message):
     with pytest.raises(AnsibleFilterError) as error:
         device_spec(text)
     assert message in str(error.value)
+
+
+BILLION_LAUGHS = """
+a: &a [{type: x, count: 1}, {type: x, count: 1}, {type: x, count: 1}, {type: x, count: 1}, {type: x, count: 1}]
+b: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a, *a]
+c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b, *b]
+d: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c, *c]
+e: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d, *d]
+f: &f [*e, *e, *e, *e, *e, *e, *e, *e, *e, *e]
+g: &g [*f, *f, *f, *f, *f, *f, *f, *f, *f, *f]
+vgpu_devices:
+  - {selector: 01:00.0, mdev: *g}
+"""
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (BILLION_LAUGHS, "more than 100000 values once its YAML aliases are expanded"),
+        ("- &a {selector: 01:00.0, mdev: [*a]}", "more than 100000 values"),
+        ("[" * 20000 + "]" * 20000, "nests too deeply"),
+        ("- selector: 01:00.0\n  passthrough: true\n  passthrough: false", "the key passthrough is given twice"),
+        ('[{"selector": "01:00.0", "passthrough": true, "passthrough": false}]', "passthrough is given twice"),
+        ("- !!python/object/apply:os.system ['touch /tmp/gpuvirt-spec-ran']", "neither JSON nor YAML at line 1"),
+    ],
+)
+def test_device_spec_refuses_hostile_yaml(text, message):
+    with pytest.raises(AnsibleFilterError) as error:
+        device_spec(text)
+    assert message in str(error.value)
+
+
+def test_device_spec_keeps_anchors_that_stay_small_and_merge_overrides():
+    text = (
+        "- &gpu {selector: 01:00.0, sriov: {num_vfs: 4}}\n"
+        "- {<<: *gpu, selector: 02:00.0}\n"
+    )
+    assert [entry["selector"] for entry in device_spec(text)] == ["01:00.0", "02:00.0"]
