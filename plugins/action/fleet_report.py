@@ -31,8 +31,13 @@ def read_records(path):
         record = load_record(data, name[: -len(".json")])
         if record is None:
             ignored.append("%s: not a host record" % name)
-        else:
-            records.append(record)
+            continue
+        try:
+            render([record])  # a record edited by hand or cut short must not stop the fleet's page
+        except (AttributeError, KeyError, TypeError, ValueError) as error:
+            ignored.append("%s: a host record that cannot be drawn (%s: %s)" % (name, type(error).__name__, error))
+            continue
+        records.append(record)
     return records, ignored
 
 

@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from ansible_collections.gpuvirt.host.plugins.module_utils.topology import detect
@@ -116,3 +118,21 @@ def test_an_unbound_host_bridge_in_a_gpu_group_is_drawn_as_a_bridge(make_host):
     bound = make_host("cezanne_laptop", patch_devices={"00:08.0": {"driver": "k10temp"}})
     boxes = {box["group"]: box["devices"] for box in group_boxes(detect(bound))}
     assert {device["address"]: device["verdict"] for device in boxes["5"]}["0000:00:08.0"] == "other"
+
+
+def test_a_malformed_record_is_left_out_of_the_page_and_named(make_host, tmp_path):
+    from ansible_collections.gpuvirt.host.plugins.action.fleet_report import read_records
+
+    good = detect(make_host("desktop_vfio"))
+    broken = detect(make_host("desktop_vfio"))
+    broken["findings"].append(None)
+    broken["devices"][0]["driver"] = 7
+    for name, topology in (("good", good), ("broken", broken)):
+        (tmp_path / (name + ".json")).write_text(json.dumps(_record(topology, host=name)))
+    (tmp_path / "cut.json").write_text('{"format": "gpuvirt.host/report-host/1", "host": ')
+
+    records, ignored = read_records(str(tmp_path))
+    assert [record["host"] for record in records] == ["good"]
+    assert [line.split(":")[0] for line in ignored] == ["broken.json", "cut.json"]
+    assert "cannot be drawn" in ignored[0]
+    assert "good" in render(records)
