@@ -147,31 +147,22 @@ def test_the_unbound_dummy_host_bridge_of_an_apu_group_stays_with_the_host(make_
     assert group_endpoints(read_pci_devices(root), "5") == [CEZANNE_IGPU, "0000:04:00.1"] + CEZANNE_APU_FUNCTIONS
 
 
-def test_a_group_whose_only_other_member_is_an_unbound_host_bridge_is_viable(make_host):
-    # The same laptop with the processor's functions in groups of their own and a second display: what an
-    # AMD board whose GPP bridge lacks ACS shows for a GPU behind it (dummy host bridge, bridge, GPU, audio).
-    root = make_host(
-        "cezanne_laptop",
-        patch_devices=dict(
-            {address: {"group": 20 + index} for index, address in enumerate(CEZANNE_APU_FUNCTIONS)},
-            **{CEZANNE_IGPU: {"boot_vga": False}},
-        ),
-    )
+def cezanne_apart(make_host, **patches):
+    """The same laptop with the processor's functions in groups of their own and a second display: what an
+    AMD board whose GPP bridge lacks ACS shows for a GPU behind it (dummy host bridge, bridge, GPU, audio)."""
+    apart = {address: {"group": 20 + index} for index, address in enumerate(CEZANNE_APU_FUNCTIONS)}
+    return make_host("cezanne_laptop", patch_devices=dict(apart, **{CEZANNE_IGPU: {"boot_vga": False}}, **patches))
 
-    verdict = gpu(detect(root), CEZANNE_IGPU)["passthrough"]
+
+def test_a_group_whose_only_other_member_is_an_unbound_host_bridge_is_viable(make_host):
+    verdict = gpu(detect(cezanne_apart(make_host)), CEZANNE_IGPU)["passthrough"]
 
     assert verdict == {"viable": True, "reasons": [], "codes": [], "devices": [CEZANNE_IGPU, "0000:04:00.1"]}
 
 
 def test_a_host_bridge_a_driver_holds_still_shares_the_group(make_host):
     # A host bridge bound to a kernel driver (k10temp, an EDAC driver) makes VFIO refuse the group.
-    root = make_host(
-        "cezanne_laptop",
-        patch_devices=dict(
-            {address: {"group": 20 + index} for index, address in enumerate(CEZANNE_APU_FUNCTIONS)},
-            **{CEZANNE_IGPU: {"boot_vga": False}, "00:08.0": {"driver": "k10temp"}},
-        ),
-    )
+    root = cezanne_apart(make_host, **{"00:08.0": {"driver": "k10temp"}})
 
     verdict = gpu(detect(root), CEZANNE_IGPU)["passthrough"]
 
