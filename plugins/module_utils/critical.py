@@ -78,9 +78,9 @@ def _unescape(text):
     return _OCTAL_ESCAPE.sub(lambda match: chr(int(match.group(1), 8)), text)
 
 
-def _mounts(root, options=False):
-    """``[(major:minor, mount point, filesystem type, source)]`` of ``proc/self/mountinfo``, in mount
-    order; with ``options``, each with the filesystem's super options (``""`` when absent) at the end."""
+def _mounts(root):
+    """``[(major:minor, mount point, filesystem type, source, super options)]`` of ``proc/self/mountinfo``,
+    in mount order (the options ``""`` when absent)."""
     mounts = []
     for fields in _table(root, "proc/self/mountinfo", header=False):
         if len(fields) < 7 or "-" not in fields[6:]:
@@ -88,17 +88,15 @@ def _mounts(root, options=False):
         separator = fields.index("-", 6)
         fstype = fields[separator + 1] if len(fields) > separator + 1 else None
         source = _unescape(fields[separator + 2]) if len(fields) > separator + 2 else None
-        mount = (fields[2], _unescape(fields[4]), fstype, source)
-        if options:
-            mount += (_unescape(fields[separator + 3]) if len(fields) > separator + 3 else "",)
-        mounts.append(mount)
+        options = _unescape(fields[separator + 3]) if len(fields) > separator + 3 else ""
+        mounts.append((fields[2], _unescape(fields[4]), fstype, source, options))
     return mounts
 
 
 def _root_mount(root):
     """``(major:minor, source)`` of the last mount on ``/`` in ``proc/self/mountinfo``."""
     found = (None, None)
-    for dev_number, mount_point, _fstype, source in _mounts(root):
+    for dev_number, mount_point, _fstype, source, _options in _mounts(root):
         if mount_point == "/":
             found = (dev_number, source)
     return found
@@ -263,19 +261,20 @@ def _holders_top(real_root, seen):
     return found
 
 
-def storage_in_use(root):
+def storage_in_use(root, mounts=None):
     """``[(reason, [PCI addresses])]``: the host's storage in use, in this order: the root filesystem,
     the other mounted block filesystems (each block device once, at its first mount point), active swap,
-    the other imported ZFS pools, then the active device-mapper and md devices none of these reached."""
+    the other imported ZFS pools, then the active device-mapper and md devices none of these reached.
+    ``mounts``: :func:`_mounts` when already read."""
     real_root = resolve(root)
     seen = set()
     uses = []
     pools = _zfs_pools(root)
-    mounts = _mounts(root)
+    mounts = _mounts(root) if mounts is None else mounts
     root_mounts = [mount for mount in mounts if mount[1] == "/"]
     ordered = root_mounts[-1:] + [mount for mount in mounts if mount[1] != "/"]
     used_blocks = set()
-    for dev_number, mount_point, fstype, source in ordered:
+    for dev_number, mount_point, fstype, source, _options in ordered:
         is_root = mount_point == "/"
         what = ("holds the root filesystem (%s)" % source if is_root
                 else "holds the filesystem mounted on %s (%s)" % (mount_point, source))
@@ -674,12 +673,13 @@ def _mount_servers(fstype, source, options):
     return servers
 
 
-def storage_interfaces(root, routes=None, sessions=None):
+def storage_interfaces(root, routes=None, sessions=None, mounts=None):
     """``[(interface, reason)]``: the interfaces that carry network storage the host uses. Those
     the mounted network filesystems' servers (NFS, SMB, CephFS) are reached through, and those of the
     established TCP sessions to a storage port (:data:`_STORAGE_PORTS`: iSCSI, NVMe/TCP, Ceph, NBD;
     the VMs' disks as well as the host's). By the main routing table, as :func:`route_interfaces`.
-    ``routes`` and ``sessions``: :func:`_routes` and :func:`_sessions` when already read."""
+    ``routes``, ``sessions`` and ``mounts``: :func:`_routes`, :func:`_sessions` and :func:`_mounts` when
+    already read."""
     routes = _routes(root) if routes is None else routes
     uses = {}  # interface -> what it carries, in order
     mounted = set()  # (protocol, server) of the mounts: their sessions add nothing
@@ -690,7 +690,7 @@ def storage_interfaces(root, routes=None, sessions=None):
             if what not in whats:
                 whats.append(what)
 
-    for _number, mount_point, fstype, source, options in _mounts(root, options=True):
+    for _number, mount_point, fstype, source, options in _mounts(root) if mounts is None else mounts:
         protocol = _NETWORK_FILESYSTEMS.get(fstype)
         if protocol is None:
             continue
@@ -769,14 +769,15 @@ def cluster_interfaces(root, routes=None):
 def critical_devices(root):
     """``{address: [reasons]}`` for devices the host needs to keep running."""
     critical = {}
-    for reason, addresses in storage_in_use(root):
+    mounts = _mounts(root)
+    for reason, addresses in storage_in_use(root, mounts):
         for address in addresses:
             reasons = critical.setdefault(address, [])
             if reason not in reasons:
                 reasons.append(reason)
     routes, sessions = _routes(root), _sessions(root)
     networks = (management_interfaces(root, routes, sessions) + cluster_interfaces(root, routes)
-                + storage_interfaces(root, routes, sessions))
+                + storage_interfaces(root, routes, sessions, mounts))
     for interface, reason in networks:
         for address in interface_devices(root, interface):
             critical.setdefault(address, []).append(reason)
