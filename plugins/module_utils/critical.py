@@ -650,7 +650,7 @@ def _host_address(text):
         return None
 
 
-def _mount_servers(fstype, source, options):
+def _mount_servers(source, options):
     """The IP addresses of the servers of a network filesystem's mount: its ``addr=`` or ``mon_addr=``
     super options, else the host part of its source when that is an address."""
     texts = []
@@ -694,7 +694,7 @@ def storage_interfaces(root, routes=None, sessions=None, mounts=None):
         protocol = _NETWORK_FILESYSTEMS.get(fstype)
         if protocol is None:
             continue
-        for server in _mount_servers(fstype, source, options):
+        for server in _mount_servers(source, options):
             mounted.add((protocol, server))
             carries(server, "the %s mount on %s (%s)" % (protocol, mount_point, server))
     for _port, peer, remote_port in _sessions(root) if sessions is None else sessions:
