@@ -131,6 +131,8 @@ _value:
 
 import re  # noqa: E402
 
+from ansible_collections.gpuvirt.host.plugins.module_utils.mdev_info import UUID  # noqa: E402
+from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import PCI_ADDRESS_PATTERN  # noqa: E402
 from ansible_collections.gpuvirt.host.plugins.plugin_utils.exports import (  # noqa: E402
     MDEV_OWNERS,
     ExportError,
@@ -143,21 +145,21 @@ from ansible_collections.gpuvirt.host.plugins.plugin_utils.exports import (  # n
 _NAME = "libvirt_hostdevs"
 _SPEC = ("devices", "mdevs", "managed", "rom_bar", "guest_bus", "display", "host")
 _UUID_CHARS = set("0123456789abcdef-")
-_PCI_ADDRESS = re.compile(r"^([0-9a-f]{4}):([0-9a-f]{2}):([0-9a-f]{2})\.([0-7])\Z", re.IGNORECASE)
-_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z", re.IGNORECASE)
+_PCI_ADDRESS = re.compile(PCI_ADDRESS_PATTERN + r"\Z", re.IGNORECASE)
 
 
 def _address_parts(address):
     """The parts of a full PCI address; anything else in the topology is refused, as it would be pasted
     into the XML."""
-    match = _PCI_ADDRESS.match(str(address))
-    if not match:
+    if not _PCI_ADDRESS.match(str(address)):
         raise ExportError("%s: %r in the topology is not a PCI address (0000:01:00.0)" % (_NAME, address))
-    return match.groups()
+    domain, bus, slot_function = address.split(":")
+    slot, function = slot_function.split(".")
+    return domain, bus, slot, function
 
 
 def _uuid(uuid):
-    if not _UUID.match(str(uuid)):
+    if not UUID.match(str(uuid)):
         raise ExportError("%s: mdev %r in the topology is not a UUID" % (_NAME, uuid))
     return uuid
 
