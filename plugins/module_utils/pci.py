@@ -142,12 +142,11 @@ class PciDevice:
         a VM: a PCI bridge, or a host bridge no driver holds. VFIO only refuses a group where a device is bound
         to a driver that uses the kernel's DMA domain; a host bridge does no DMA of its own, and AMD's dummy host
         bridges, never bound, share groups with the GPP bridge beside them and the devices behind it."""
-        if self.is_bridge:
-            return True
-        return (
-            self.class_code is not None and self.class_code[:4] == HOST_BRIDGE_CLASS and self.driver is None
-            and not self.doubts
-        )
+        return self.is_bridge or (self.is_host_bridge and self.driver is None and not self.doubts)
+
+    @property
+    def is_host_bridge(self):
+        return self.class_code is not None and self.class_code[:4] == HOST_BRIDGE_CLASS
 
     @property
     def is_gpu(self):

@@ -55,7 +55,6 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.kernel import (
     vfio_variant_drivers,
 )
 from ansible_collections.gpuvirt.host.plugins.module_utils.pci import (
-    HOST_BRIDGE_CLASS,
     behind_vmd_reason,
     companions,
     name_devices,
@@ -362,7 +361,7 @@ def not_assignable(device):
     (``00:01.0`` for ``01:00.0``) names one of these."""
     if device.is_bridge:
         return "is a PCI bridge: it stays with the host and vfio-pci cannot take it; select the device behind it"
-    if device.class_code is not None and device.class_code[:4] == HOST_BRIDGE_CLASS:
+    if device.is_host_bridge:
         return "is a host bridge: it stays with the host and cannot be handed to a VM; select a device instead"
     return None
 

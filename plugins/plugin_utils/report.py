@@ -27,11 +27,11 @@ from __future__ import annotations
 import json
 from html import escape
 
+from ansible_collections.gpuvirt.host.plugins.module_utils.pci import BRIDGE_CLASSES, HOST_BRIDGE_CLASS
+
 RECORD_FORMAT = "gpuvirt.host/report-host/1"
 VERDICTS = ("viable", "companion", "blocked", "boot-vga", "host-critical", "bridge", "other")
 SEVERITIES = ("error", "warning", "info")
-_BRIDGE_CLASSES = ("0604", "0607", "0609")
-_HOST_BRIDGE_CLASS = "0600"
 
 
 def _list(value):
@@ -195,7 +195,7 @@ def group_boxes(topology):
             # What stays with the host when the group goes to a VM: PCI bridges, and host bridges no
             # driver holds (topology_info's verdicts leave both out of the group's endpoints).
             kind = str(device.get("class") or "")[:4]
-            is_bridge = kind in _BRIDGE_CLASSES or (kind == _HOST_BRIDGE_CLASS and not device.get("driver"))
+            is_bridge = kind in BRIDGE_CLASSES or (kind == HOST_BRIDGE_CLASS and not device.get("driver"))
             verdict, reasons, codes = verdicts.get(address, ("bridge" if is_bridge else "other", [], []))
             entry = {
                 "address": address,
