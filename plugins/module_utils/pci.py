@@ -8,7 +8,8 @@ Public API (every reader takes the host ``root``; none raises on a bad attribute
 - :func:`read_pci_device` ``(root, address, findings=None) -> PciDevice | None``
 - :func:`read_pci_devices` ``(root, findings=None) -> dict[str, PciDevice]`` (one pass, sorted)
 - :func:`companions` ``(devices, address, slots=None) -> list[str]`` (other functions of the same
-  slot), :func:`slot_index` ``(devices) -> dict[str, list[str]]``
+  slot, and of the same one-GPU card behind its own switch: :func:`card_functions`),
+  :func:`slot_index` ``(devices) -> dict[str, list[str]]``
 - :func:`vmd_controller` ``(devices, device) -> str | None``: the Intel VMD controller a device sits
   behind; :func:`behind_vmd_reason` ``(address, controller)``.
 - :func:`class_name` ``(class_code) -> str | None``, :func:`is_gpu_class`
@@ -767,9 +768,10 @@ def companions(devices, address, slots=None):
     Virtual functions are never companions (of each other or of their physical function); bridges
     neither; nor are the processor's own functions beside the GPU of an APU, whose vendor backend
     names them (``host_slot_vendors``: an AMD APU's GPU and HDMI/DP audio are ``1002``, the security
-    processor, USB and HD audio controllers in its slot ``1022``), nor that GPU for one of them.
-    ``devices`` is the mapping returned by :func:`read_pci_devices`; pass ``slots`` from
-    :func:`slot_index` when calling this for many devices.
+    processor, USB and HD audio controllers in its slot ``1022``), nor that GPU for one of them. The
+    other functions of a one-GPU card with a switch of its own are companions too, in whatever slot
+    (:func:`card_functions`: an Intel Arc's audio controller). ``devices`` is the mapping returned by
+    :func:`read_pci_devices`; pass ``slots`` from :func:`slot_index` when calling this for many devices.
     """
     device = devices.get(address)
     if device is None or device.is_vf:
@@ -787,7 +789,55 @@ def companions(devices, address, slots=None):
             and not other.is_bridge
         ):
             result.append(other_address)
+    card = card_functions(devices, device)
+    result.extend(other for other in card if other != address and slot_of(other) != device.slot)
     return sorted(result)
+
+
+def card_functions(devices, device):
+    """The endpoint functions of the one-GPU card ``device`` is on, when the card has a PCIe switch of its
+    own; else an empty list.
+
+    An Intel Arc card (DG2, Battlemage) carries a switch: the GPU sits behind one of its downstream
+    ports and the HDMI/DP audio controller behind another, on a bus of its own (``03:00.0`` and
+    ``04:00.0``), not as function ``.1`` of the GPU's slot. Without ACS on those ports both share one
+    IOMMU group, and the audio controller must go with the GPU as a companion.
+
+    A switch is the card's own when its upstream port sits behind a port of the host (it is no root
+    port) and both its upstream port and the downstream port of ``device`` are of ``device``'s vendor;
+    the card's functions are the endpoints of that vendor behind its downstream ports (virtual
+    functions apart). A switch behind which the functions of more than one slot include a GPU (a
+    two-GPU card, an nForce 200 platform switch with two cards) or of none (a NIC card) is not taken
+    as one GPU's card. The device's link is resolved, and the switch's ports listed, only when its two
+    ports above qualify."""
+    if device.is_vf or device.is_bridge:
+        return []
+    try:
+        target = os.readlink(device.path)
+    except OSError:
+        return []
+    parts = os.path.normpath(os.path.join(os.path.dirname(device.path), target)).split("/")
+    if len(parts) < 4 or parts[-1] != device.address:
+        return []
+    vendor = device.vendor_id
+    port, upstream, above = devices.get(parts[-2]), devices.get(parts[-3]), devices.get(parts[-4])
+    if (
+        vendor is None or above is None or port is None or upstream is None
+        or not (port.is_bridge and upstream.is_bridge and port.vendor_id == vendor and upstream.vendor_id == vendor)
+    ):
+        return []
+    switch = "/".join(parts[:-2])
+    functions = []
+    for name in list_dir(switch):
+        down = devices.get(name)
+        if down is None or not down.is_bridge or down.vendor_id != vendor:
+            continue
+        for entry in list_dir(switch + "/" + name):
+            other = devices.get(entry)
+            if other is not None and other.vendor_id == vendor and not other.is_vf and not other.is_bridge:
+                functions.append(entry)
+    gpu_slots = {slot_of(address) for address in functions if devices[address].is_gpu}
+    return sorted(functions) if len(gpu_slots) == 1 else []
 
 
 def is_gpu_class(class_code):

@@ -28,7 +28,8 @@ description:
     (HDMI/DP audio, USB-C xHCI, UCSI) are bound too, as a VM can only get a whole group. The GPU of an
     AMD APU shares its slot with the processor's own functions (the security processor, USB and audio
     controllers, vendor 1022; the GPU and its HDMI audio are 1002), which are not its companions and
-    stay with the host.
+    stay with the host. A card with a PCIe switch of its own and one GPU behind it (Intel Arc) has its
+    audio controller behind another port of that switch, on a bus of its own; it is a companion too.
   - "Runtime binding uses the kernel's protocol: load the driver's module when
     C(/sys/bus/pci/drivers/<driver>) does not exist, write the driver name to C(driver_override), unbind
     the current driver, write the address to C(/sys/bus/pci/drivers_probe), then read the C(driver) link
@@ -139,7 +140,8 @@ options:
   companions:
     description:
       - Also bind (or release) the other functions of each selected device's slot in its IOMMU group
-        (not the processor's functions beside an APU's GPU).
+        (not the processor's functions beside an APU's GPU), and those of its card behind the card's own
+        switch (an Intel Arc's audio controller).
     type: bool
     default: true
   runtime:

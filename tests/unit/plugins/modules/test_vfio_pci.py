@@ -159,6 +159,26 @@ def test_binds_the_gpu_with_its_functions_now_and_at_boot(desktop, vfio_pci):
     assert result["files_changed"] == ["/" + MODPROBE, "/" + MODULES_LOAD]
 
 
+def test_an_arc_card_goes_with_its_audio_controller_behind_the_cards_switch(make_host, vfio_pci):
+    # arc_desktop: the A770 (03:00.0) and its audio controller (04:00.0) sit behind two downstream ports
+    # of the card's own switch, in one IOMMU group with the switch and the root port.
+    root = make_host("arc_desktop", kernel={"modules": MODULES})
+    functions = ("0000:03:00.0", "0000:04:00.0")
+    result = vfio_pci(root, devices=["Arc A770"])
+    assert result["rc"] == 0 and result["changed"] is True, result
+    assert drivers(root, functions) == {address: "vfio-pci" for address in functions}
+    assert result["devices"]["0000:04:00.0"]["companion_of"] == "0000:03:00.0"
+    assert result["ids"] == ["8086:4f90", "8086:56a0"]
+    conf = read(root, MODPROBE)
+    assert "options vfio-pci ids=8086:4f90,8086:56a0\n" in conf
+    assert "softdep i915 pre: vfio-pci\n" in conf and "softdep snd_hda_intel pre: vfio-pci\n" in conf
+    # The switch's ports stay with pcieport.
+    ports = ("0000:01:00.0", "0000:02:01.0", "0000:02:04.0")
+    assert drivers(root, ports) == dict.fromkeys(ports, "pcieport")
+    again = make_host("arc_desktop", kernel={"modules": MODULES})
+    assert_second_run_changes_nothing(vfio_pci, again, devices=["Arc A770"])
+
+
 def assert_second_run_changes_nothing(vfio_pci, root, **args):
     """Run twice; the second run writes nothing, reports nothing and leaves the tree alone."""
     kernel = PciKernel(KernelSim(root))
