@@ -74,6 +74,8 @@ GPU_BASE_CLASSES = ("03", "12")
 # their host driver (pcieport) inside a group that is passed through.
 BRIDGE_CLASSES = ("0604", "0607", "0609")
 HOST_BRIDGE_CLASS = "0600"
+# Multimedia controllers (0x04): a card's HDMI/DP audio controller is 0403.
+MULTIMEDIA_CLASS = "04"
 
 _ID = re.compile(r"(?:0x)?([0-9a-fA-F]{1,4})\Z")
 _CLASS = re.compile(r"(?:0x)?([0-9a-fA-F]{1,6})\Z")
@@ -807,9 +809,11 @@ def card_functions(devices, device):
     port) and both its upstream port and the downstream port of ``device`` are of ``device``'s vendor;
     the card's functions are the endpoints of that vendor behind its downstream ports (virtual
     functions apart). A switch behind which the functions of more than one slot include a GPU (a
-    two-GPU card, an nForce 200 platform switch with two cards) or of none (a NIC card) is not taken
-    as one GPU's card. The device's link is resolved, and the switch's ports listed, only when its two
-    ports above qualify."""
+    two-GPU card, an nForce 200 platform switch with two cards) or of none (a NIC card), or with an
+    endpoint outside the GPU's slot that is not an audio (multimedia) controller, is not taken as one
+    GPU's card: a Thunderbolt controller's own switch, with its USB controller and NHI beside a GPU
+    of the same vendor in an enclosure, must stay with the host. The device's link is resolved, and
+    the switch's ports listed, only when its two ports above qualify."""
     if device.is_vf or device.is_bridge:
         return []
     try:
@@ -837,7 +841,13 @@ def card_functions(devices, device):
             if other is not None and other.vendor_id == vendor and not other.is_vf and not other.is_bridge:
                 functions.append(entry)
     gpu_slots = {slot_of(address) for address in functions if devices[address].is_gpu}
-    return sorted(functions) if len(gpu_slots) == 1 else []
+    if len(gpu_slots) != 1:
+        return []
+    gpu_slot = gpu_slots.pop()
+    if any(slot_of(address) != gpu_slot and (devices[address].class_code or "")[:2] != MULTIMEDIA_CLASS
+           for address in functions):
+        return []
+    return sorted(functions)
 
 
 def is_gpu_class(class_code):

@@ -90,3 +90,25 @@ def test_a_gpu_on_a_root_port_keeps_its_slots_functions_only(make_host):
 
     assert card_functions(devices, devices["0000:01:00.0"]) == []
     assert companions(devices, "0000:01:00.0") == ["0000:01:00.1", "0000:01:00.2", "0000:01:00.3"]
+
+
+def test_a_thunderbolt_controllers_switch_is_not_a_card(make_host):
+    # An Intel DG1 (no switch of its own) in a Thunderbolt enclosure: its ports above are the Intel
+    # Thunderbolt controller's, whose USB controller and NHI sit behind the same switch. Taking them
+    # with the GPU would cut the enclosure off.
+    thunderbolt = [
+        port("00:07.0", None, "8086:a76e", 9), port("06:00.0", "00:07.0", "8086:15ef", 9),
+        port("07:00.0", "06:00.0", "8086:15ef", 9), port("07:01.0", "06:00.0", "8086:15ef", 9),
+        port("07:02.0", "06:00.0", "8086:15ef", 9),
+        {"address": "08:00.0", "parent": "07:00.0", "ids": "8086:15eb", "class": "088000", "driver": "thunderbolt",
+         "group": 9},
+        {"address": "09:00.0", "parent": "07:01.0", "ids": "8086:4905", "class": "030000", "driver": "i915",
+         "group": 9},
+        {"address": "0a:00.0", "parent": "07:02.0", "ids": "8086:15ec", "class": "0c0330", "driver": "xhci_hcd",
+         "group": 9},
+    ]
+    devices = read_pci_devices(make_host("arc_desktop", add_devices=thunderbolt))
+
+    assert card_functions(devices, devices["0000:09:00.0"]) == []
+    assert companions(devices, "0000:09:00.0") == []
+    assert companions(devices, ARC) == [ARC_AUDIO]
