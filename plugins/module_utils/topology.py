@@ -298,11 +298,13 @@ def _gpu_entry(device, devices, iommu, groups, holders, critical, parent_names, 
         and not device.is_vf
         and not vgpu_host
     ):
+        others = [address for address in verdict["devices"] if address != device.address]
         findings.info(
             "host_graphics_driver",
-            "%s (%s) is bound to the host graphics driver %s; to pass it through, bind it and its "
-            "companion functions (%s) to vfio-pci with gpuvirt.host.vfio_pci"
-            % (device.address, device.name, device.driver, ", ".join(verdict["devices"])),
+            "%s (%s) is bound to the host graphics driver %s; to pass it through, bind it%s to vfio-pci with "
+            "gpuvirt.host.vfio_pci"
+            % (device.address, device.name, device.driver,
+               " and its companion functions (%s)" % ", ".join(others) if others else ""),
             device.address,
         )
     if is_vfio_driver(device.driver) and "firmware_framebuffer" in verdict["codes"]:

@@ -112,3 +112,12 @@ def test_a_thunderbolt_controllers_switch_is_not_a_card(make_host):
     assert card_functions(devices, devices["0000:09:00.0"]) == []
     assert companions(devices, "0000:09:00.0") == []
     assert companions(devices, ARC) == [ARC_AUDIO]
+
+
+def test_the_host_driver_finding_names_the_cards_audio_controller_as_its_companion(make_host):
+    topology = detect(make_host("arc_desktop"))
+
+    [info] = [f for f in topology["findings"] if f["code"] == "host_graphics_driver"]
+    assert info["device"] == ARC
+    assert "bound to the host graphics driver i915; to pass it through, bind it and its companion functions " \
+        "(0000:04:00.0) to vfio-pci" in info["message"]
