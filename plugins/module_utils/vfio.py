@@ -14,9 +14,10 @@ boot-time planning :class:`vfio_boot.BootConfigPlanner`):
   devices through the topology readers, and the displays the kernel marks (:mod:`display`).
 - :func:`expand_members` ``(view, selected, with_companions) -> {address: Member}``: selected devices
   plus the other functions of their slots in the same IOMMU group.
-- :func:`bind_refusals`, :func:`in_use_refusals`, :func:`host_user_refusals`, :func:`id_refusals` ->
-  ``[Refusal]``: the guards. :func:`host_node_users` ``(view, changing)``: the one scan of the host
-  nodes that :func:`host_user_refusals` and :func:`in_use_refusals` share when binding.
+- :func:`bind_refusals`, :func:`in_use_refusals`, :func:`carved_refusals`, :func:`host_user_refusals`,
+  :func:`id_refusals` -> ``[Refusal]``: the guards. :func:`host_node_users` ``(view, changing)``: the
+  one scan of the host nodes that :func:`host_user_refusals` and :func:`in_use_refusals` share when
+  binding.
 - :func:`choose_drivers` ``(root, members, requested, aliases) -> {address: DriverChoice}``: vfio-pci
   or the variant VFIO driver (``alias vfio_pci:`` in modules.alias) each device gets;
   :func:`is_vfio_driver`, :func:`driver_key` (``-`` and ``_`` as one), :func:`module_of`.
@@ -29,7 +30,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ansible_collections.gpuvirt.host.plugins.module_utils import host as host_model
 from ansible_collections.gpuvirt.host.plugins.module_utils import vendors
@@ -54,6 +55,7 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.kernel import (
     read_kernel,
     vfio_variant_drivers,
 )
+from ansible_collections.gpuvirt.host.plugins.module_utils.mdev_info import mdevs
 from ansible_collections.gpuvirt.host.plugins.module_utils.pci import (
     behind_vmd_reason,
     companions,
@@ -299,6 +301,7 @@ class HostView:
     displays: Displays  # the boot display (DRM) and the framebuffers each device drives
     architecture: str | None = None  # uname -m of the host's kernel, None when unknown
     iommu_vendor: str | None = None  # intel, amd, arm (IommuState.vendor), None when unknown
+    mdevs: list = field(default_factory=list)  # mdev_info.mdevs(): [{uuid, parent, type, iommu_group}]
 
 
 def read_host(root):
@@ -327,6 +330,7 @@ def read_host(root):
         displays=read_displays(root, kernel["cmdline"] or []),
         architecture=architecture,
         iommu_vendor=iommu.vendor,
+        mdevs=mdevs(root),
     )
 
 
@@ -421,6 +425,7 @@ def bind_refusals(view, members, changing):
             ))
     scanned = host_node_users(view, changing)
     refusals.extend(in_use_refusals(view, changing, "binding", scanned))
+    refusals.extend(carved_refusals(view, changing))
     refusals.extend(host_user_refusals(view, changing, scanned))
     return refusals
 
@@ -486,6 +491,36 @@ def doubt_refusals(view, addresses):
         for address in addresses
         for doubt in view.devices[address].doubts
     ]
+
+
+def carved_refusals(view, changing):
+    """``carved``: devices among ``changing`` that carry virtual functions or mediated devices. Taking
+    the driver away from an SR-IOV physical function disables its VFs (the driver's remove does), and
+    from an mdev parent removes its mdevs; a VM using one loses it (or the unbind waits for the VM to
+    let go). VMs hold the VFs' and mdevs' IOMMU groups, not the parent's, so :func:`in_use_refusals`
+    does not see them."""
+    refusals = []
+    for address in changing:
+        device = view.devices[address]
+        driver = device.driver or "its driver"
+        vfs = device.sriov.vfs if device.sriov is not None and device.sriov.num_vfs else []
+        if vfs:
+            refusals.append(Refusal(
+                "carved", address,
+                "%s has %d virtual function%s enabled (%s); taking it from %s disables them, and a VM using one "
+                "loses it; set its VFs to 0 first (gpuvirt.host.sriov), or pass a VF through instead"
+                % (describe(view.records[address]), len(vfs), "" if len(vfs) == 1 else "s", ", ".join(vfs), driver),
+            ))
+        children = sorted(mdev["uuid"] for mdev in view.mdevs if mdev.get("parent") == address)
+        if children:
+            refusals.append(Refusal(
+                "carved", address,
+                "%s is the parent of %d mediated device%s (%s); taking it from %s removes them, and a VM using "
+                "one loses it (or the unbind waits until it lets go); remove them first (gpuvirt.host.mdev)"
+                % (describe(view.records[address]), len(children), "" if len(children) == 1 else "s",
+                   ", ".join(children), driver),
+            ))
+    return refusals
 
 
 def in_use_refusals(view, changing, action, scanned=None):

@@ -26,6 +26,7 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.vfio import (
     VfioError,
     _read_file,
     bind_refusals,
+    carved_refusals,
     choose_drivers,
     expand_members,
     find_program,
@@ -120,7 +121,7 @@ class VfioPciRun(BootConfigPlanner, ModuleRun):
                     "this again after the reboot to check them and bind the devices now"
                 )
         else:
-            refusals = in_use_refusals(view, self.changing, "unbinding")
+            refusals = in_use_refusals(view, self.changing, "unbinding") + carved_refusals(view, self.changing)
         self.persistence = self._plan_persistence(view)
         refusals.extend(self.persistence.refusals)
         self.warnings.extend(self.persistence.warnings)

@@ -60,7 +60,10 @@ description:
     Pacemaker; a node cut off its cluster fences itself) or carries network storage it uses (the route to the
     server of a mounted NFS, SMB or CephFS filesystem, or to the peer of an established iSCSI, NVMe/TCP,
     Ceph, NBD, GlusterFS, NFS or SMB session: the disks of its VMs); a device whose C(/dev/vfio/<group>) a process holds
-    open (a running VM) when its driver would change; a device host processes use through its host driver
+    open (a running VM) when its driver would change; an SR-IOV physical function with VFs enabled, or the
+    parent of mediated devices, when its driver would change (binding it or handing it back: its driver's
+    removal disables the VFs or removes the mdevs, whose VMs hold their own groups, not the parent's);
+    a device host processes use through its host driver
     (its DRM card or render node, its framebuffer, or C(/dev/nvidiaN) by the driver's C(Device Minor): a
     desktop compositor, nvidia-persistenced, a CUDA job) when its driver would change now: taking it pulls
     the device from under them, or leaves the run waiting until they let go; ID-based persistence that would

@@ -87,3 +87,15 @@ def test_vfio_true_takes_the_vfs_that_exist(host, pf, vfs):
     assert taken["devices"][0]["after"]["vf_drivers"] == dict.fromkeys(vfs, "vfio-pci")
     assert [driver(host, vf) for vf in vfs] == ["vfio-pci", "vfio-pci"]
     assert _recorded(host, pf) == {"num_vfs": 2, "drivers_autoprobe": False, "vfio": True}
+
+
+def test_vfio_pci_does_not_take_the_pf_that_carries_the_vfs(host, pf, vfs):
+    # Unbinding nvme from the PF would disable its VFs under whatever holds them.
+    refused = run_module(host, "gpuvirt.host.vfio_pci", {"devices": [pf], "persistent": False})
+    assert refused.get("changed") is False, refused
+    carved = [r for r in refused.get("refusals", []) if r["code"] == "carved"]
+    assert [r["device"] for r in carved] == [pf], refused
+    assert "has 2 virtual functions enabled (%s)" % ", ".join(vfs) in carved[0]["message"]
+    assert driver(host, pf) == "nvme"
+    assert host.file("/sys/bus/pci/devices/%s/sriov_numvfs" % pf).content_string.strip() == "2"
+    assert [driver(host, vf) for vf in vfs] == ["vfio-pci", "vfio-pci"]
