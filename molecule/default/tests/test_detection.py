@@ -275,7 +275,10 @@ def test_a_device_mapper_device_on_a_disk_makes_its_controller_host_critical(hos
         finally:
             host.run_expect([0], "swapoff /dev/mapper/%s", name)
     finally:
-        host.run_expect([0], "dmsetup remove %s", name)
+        # udev's probe of the swap signature may still hold the device open: wait for it, and let dmsetup
+        # retry while the device is busy.
+        host.run("udevadm settle")
+        host.run_expect([0], "dmsetup remove --retry %s", name)
     assert active == ["holds the active device-mapper or RAID device %s" % name]
     # /proc/swaps names the dm device by its kernel name; what swap reaches is not listed again.
     assert swapped == ["holds active swap (%s)" % mapped]
