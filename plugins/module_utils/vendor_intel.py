@@ -631,7 +631,13 @@ class IntelBackend(VendorBackend):
             what = "not one of them"
             if platform is not None and platform.integrated:
                 sriov = platform.vfs or platform.xe_pf
-                what = "%s iGPU%s" % (platform.with_article, ", which has SR-IOV instead (mode sriov)" if sriov else "")
+                instead = ""
+                if sriov:
+                    # Mode sriov is offered only where the kernel shows the SR-IOV capability.
+                    instead = ", which has SR-IOV instead (mode sriov)" if device.sriov is not None else (
+                        ", which has SR-IOV instead (mode sriov), but this one shows no SR-IOV capability (no "
+                        "sriov_totalvfs)")
+                what = "%s iGPU%s" % (platform.with_article, instead)
             return {
                 "mode": "gvt-g", "ready": False, "missing": [],
                 "unsupported": "GVT-g exists only on Broadwell to Comet Lake iGPUs (Broadwell, Skylake, Kaby Lake, "

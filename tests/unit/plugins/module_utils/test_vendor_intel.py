@@ -120,9 +120,19 @@ def test_an_igpu_the_firmware_made_a_display_controller_keeps_gvt_g(make_host):
 
 
 def test_an_sr_iov_igpu_refused_gvt_g_is_pointed_at_sr_iov(make_host):
-    gvt = modes(make_host("desktop_dgpu"))["gvt-g"]  # Raptor Lake-S UHD 770, an Alder Lake platform to i915
-    assert gvt["unsupported"].endswith(
+    # Raptor Lake-S UHD 770, an Alder Lake platform to i915, showing its SR-IOV capability.
+    offered = modes(make_host("desktop_dgpu", patch_devices={"00:02.0": {"sriov": {"total_vfs": 7, "num_vfs": 0}}}))
+    assert offered["gvt-g"]["unsupported"].endswith(
         "[a780] is an Alder Lake/Raptor Lake iGPU, which has SR-IOV instead (mode sriov)")
+    assert "sriov" in offered
+
+
+def test_an_sr_iov_igpu_without_the_capability_is_not_pointed_at_a_mode_it_lacks(make_host):
+    offered = modes(make_host("desktop_dgpu"))  # no sriov_totalvfs on the iGPU
+    assert "sriov" not in offered
+    assert offered["gvt-g"]["unsupported"].endswith(
+        "[a780] is an Alder Lake/Raptor Lake iGPU, which has SR-IOV instead (mode sriov), but this one shows no "
+        "SR-IOV capability (no sriov_totalvfs)")
 
 
 # -- GVT-g: what the boot needs -----------------------------------------------------------------------
