@@ -812,8 +812,8 @@ def card_functions(devices, device):
     two-GPU card, an nForce 200 platform switch with two cards) or of none (a NIC card), or with an
     endpoint outside the GPU's slot that is not an audio (multimedia) controller, is not taken as one
     GPU's card: a Thunderbolt controller's own switch, with its USB controller and NHI beside a GPU
-    of the same vendor in an enclosure, must stay with the host. The device's link is resolved, and
-    the switch's ports listed, only when its two ports above qualify."""
+    of the same vendor in an enclosure, must stay with the host. The device's link is resolved (one
+    ``readlink``); the switch's ports are listed only when its two ports above qualify."""
     if device.is_vf or device.is_bridge:
         return []
     try:
