@@ -58,6 +58,7 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import (
     open_directory,
     read_attribute,
     read_attribute_at,
+    resolve,
     slot_of,
 )
 from ansible_collections.gpuvirt.host.plugins.module_utils.vendors import (
@@ -736,6 +737,12 @@ FIRST_EMULATED_DOMAIN = 0x10000
 VMD_DRIVER = "vmd"
 
 
+def real_path(device):
+    """The real path of ``device``'s directory: below ``sys/devices``, each of its bridges' directories
+    before it (``.../pci0000:00/0000:00:01.0/0000:01:00.0``), its upstream chain as the kernel nests it."""
+    return resolve(device.path)
+
+
 def vmd_controller(devices, device):
     """The address of the Intel VMD controller ``device`` sits behind, or None.
 
@@ -747,7 +754,7 @@ def vmd_controller(devices, device):
     domain = device.address.rsplit(":", 2)[0]
     if int(domain, 16) < FIRST_EMULATED_DOMAIN:
         return None
-    for part in reversed(os.path.realpath(device.path).split("/")[:-1]):
+    for part in reversed(real_path(device).split("/")[:-1]):
         ancestor = devices.get(part)
         if ancestor is not None and int(part.rsplit(":", 2)[0], 16) < FIRST_EMULATED_DOMAIN:
             return part if ancestor.driver == VMD_DRIVER else None
@@ -812,15 +819,11 @@ def card_functions(devices, device):
     two-GPU card, an nForce 200 platform switch with two cards) or of none (a NIC card), or with an
     endpoint outside the GPU's slot that is not an audio (multimedia) controller, is not taken as one
     GPU's card: a Thunderbolt controller's own switch, with its USB controller and NHI beside a GPU
-    of the same vendor in an enclosure, must stay with the host. The device's link is resolved (one
-    ``readlink``); the switch's ports are listed only when its two ports above qualify."""
+    of the same vendor in an enclosure, must stay with the host. The device's path is resolved
+    (:func:`real_path`); the switch's ports are listed only when its two ports above qualify."""
     if device.is_vf or device.is_bridge:
         return []
-    try:
-        target = os.readlink(device.path)
-    except OSError:
-        return []
-    parts = os.path.normpath(os.path.join(os.path.dirname(device.path), target)).split("/")
+    parts = real_path(device).split("/")
     if len(parts) < 4 or parts[-1] != device.address:
         return []
     vendor = device.vendor_id
