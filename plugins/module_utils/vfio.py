@@ -13,7 +13,8 @@ boot-time planning :class:`vfio_boot.BootConfigPlanner`):
 - :func:`read_host` ``(root) -> HostView``: devices, IOMMU state, VFIO holders and host-critical
   devices through the topology readers, and the displays the kernel marks (:mod:`display`).
 - :func:`expand_members` ``(view, selected, with_companions) -> {address: Member}``: selected devices
-  plus the other functions of their slots in the same IOMMU group.
+  plus their companions (:func:`pci.companions`: their slots' other functions, their card's behind its
+  own switch) in the same IOMMU group.
 - :func:`bind_refusals`, :func:`in_use_refusals`, :func:`carved_refusals`, :func:`host_user_refusals`,
   :func:`id_refusals` -> ``[Refusal]``: the guards. :func:`host_node_users` ``(view, changing)``: the
   one scan of the host nodes that :func:`host_user_refusals` and :func:`in_use_refusals` share when
@@ -344,7 +345,7 @@ class Member:
 
 
 def expand_members(view, selected, with_companions):
-    """The selected devices plus, with ``with_companions``, the other functions of their slots
+    """The selected devices plus, with ``with_companions``, their companions (:func:`pci.companions`)
     that the IOMMU group needs (same group, or any when the groups are not known yet)."""
     members = {address: Member(address, list(selectors)) for address, selectors in selected.items()}
     if with_companions:
