@@ -11,9 +11,14 @@ ARC = "0000:03:00.0"
 ARC_AUDIO = "0000:04:00.0"
 
 
+def endpoint(address, parent, ids, class_code, driver, group=2):
+    """A PCI function as the fixture hosts describe it."""
+    return {"address": address, "parent": parent, "ids": ids, "class": class_code, "driver": driver, "group": group}
+
+
 def port(address, parent, ids, group=2):
     """A PCIe switch or root port on pcieport."""
-    return {"address": address, "parent": parent, "ids": ids, "class": "060400", "driver": "pcieport", "group": group}
+    return endpoint(address, parent, ids, "060400", "pcieport", group)
 
 
 def verdict(topology, address):
@@ -42,8 +47,7 @@ def test_a_switch_holding_two_gpus_is_not_one_card(make_host):
     # controller behind another port belongs to cannot be told, so neither takes it.
     root = make_host("arc_desktop", add_devices=[
         port("02:08.0", "01:00.0", "8086:4fa4"),
-        {"address": "06:00.0", "parent": "02:08.0", "ids": "8086:56a0", "class": "030000", "driver": "i915",
-         "group": 2},
+        endpoint("06:00.0", "02:08.0", "8086:56a0", "030000", "i915"),
     ])
     devices = read_pci_devices(root)
 
@@ -72,10 +76,8 @@ def test_a_card_without_a_gpu_gets_no_companions_across_its_switch(make_host):
     nic_card = [
         port("00:1c.0", None, "8086:7ab8", 9), port("06:00.0", "00:1c.0", "8086:37c0", 9),
         port("07:01.0", "06:00.0", "8086:37c5", 9), port("07:02.0", "06:00.0", "8086:37c5", 9),
-        {"address": "08:00.0", "parent": "07:01.0", "ids": "8086:1572", "class": "020000", "driver": "i40e",
-         "group": 9},
-        {"address": "09:00.0", "parent": "07:02.0", "ids": "8086:1572", "class": "020000", "driver": "i40e",
-         "group": 9},
+        endpoint("08:00.0", "07:01.0", "8086:1572", "020000", "i40e", 9),
+        endpoint("09:00.0", "07:02.0", "8086:1572", "020000", "i40e", 9),
     ]
     devices = read_pci_devices(make_host("arc_desktop", add_devices=nic_card))
 
@@ -100,12 +102,9 @@ def test_a_thunderbolt_controllers_switch_is_not_a_card(make_host):
         port("00:07.0", None, "8086:a76e", 9), port("06:00.0", "00:07.0", "8086:15ef", 9),
         port("07:00.0", "06:00.0", "8086:15ef", 9), port("07:01.0", "06:00.0", "8086:15ef", 9),
         port("07:02.0", "06:00.0", "8086:15ef", 9),
-        {"address": "08:00.0", "parent": "07:00.0", "ids": "8086:15eb", "class": "088000", "driver": "thunderbolt",
-         "group": 9},
-        {"address": "09:00.0", "parent": "07:01.0", "ids": "8086:4905", "class": "030000", "driver": "i915",
-         "group": 9},
-        {"address": "0a:00.0", "parent": "07:02.0", "ids": "8086:15ec", "class": "0c0330", "driver": "xhci_hcd",
-         "group": 9},
+        endpoint("08:00.0", "07:00.0", "8086:15eb", "088000", "thunderbolt", 9),
+        endpoint("09:00.0", "07:01.0", "8086:4905", "030000", "i915", 9),
+        endpoint("0a:00.0", "07:02.0", "8086:15ec", "0c0330", "xhci_hcd", 9),
     ]
     devices = read_pci_devices(make_host("arc_desktop", add_devices=thunderbolt))
 
