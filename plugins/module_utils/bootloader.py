@@ -11,7 +11,7 @@ Public API (every reader takes the host ``root``; only :func:`apply` writes or r
 - :func:`plan_arguments` ``(current, present, absent, replace_in_place=True) -> ArgumentPlan``:
   the pure list logic (order kept, new arguments appended, one value per key unless repeatable).
 - :func:`reboot_required` ``(running, present, absent) -> bool``.
-- :func:`detect_bootloader` ``(root) -> str``: ``grub``, ``grubby``, ``systemd-boot`` or
+- :func:`detect_bootloader` ``(root) -> str``: ``ostree``, ``grub``, ``grubby``, ``systemd-boot`` or
   ``proxmox``; raises :class:`BootloaderError` when nothing is recognised.
 - :func:`plan` ``(module, root, bootloader, present, absent, update=True) -> BootPlan`` and
   :func:`apply` ``(module, boot_plan, backup=False) -> dict``: read everything, predict every file
@@ -45,7 +45,7 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.kernel import (
 )
 from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import host_path, list_dir
 
-BOOTLOADERS = ("grub", "grubby", "systemd-boot", "proxmox")
+BOOTLOADERS = ("grub", "grubby", "systemd-boot", "proxmox", "ostree")
 
 # Keys the kernel, dracut or systemd accept several times, each occurrence adding to the others
 # (two consoles, one hugepage pool per size, several LUKS volumes). Every other key takes one
@@ -88,6 +88,9 @@ KERNEL_CMDLINE_VENDOR = "usr/lib/kernel/cmdline"
 BLS_ENTRIES = "boot/loader/entries"
 GRUBENV = "boot/grub2/grubenv"
 PROXMOX_ESP_LIST = "etc/kernel/proxmox-boot-uuids"
+# The argument by which the initramfs finds the deployment; ostree writes it into each deployment's
+# boot entry itself.
+OSTREE_KEY = "ostree"
 # systemd-boot sets this EFI variable; it is present exactly when the running system booted with it.
 LOADER_INFO = "sys/firmware/efi/efivars/LoaderInfo-4a67b082-0a4c-41cf-b6c7-440b29bb8c4f"
 ESP_MOUNTS = ("efi", "boot/efi", "boot")
@@ -903,8 +906,27 @@ def _grub_tools(root):
     return any(host_model.find_in_tree(root, name) for name in ("update-grub", "grub-mkconfig", "grub2-mkconfig"))
 
 
+def ostree_system(root):
+    """True when ``root`` boots OSTree deployments: a live host with ``/run/ostree-booted``, or a
+    tree whose boot entries carry ``ostree=``."""
+    if host_model.ostree_booted(root):
+        return True
+    for name in _bls_entry_names(root):
+        text = _read(root, BLS_ENTRIES + "/" + name) or ""
+        if _OSTREE_OPTION.search(text):
+            return True
+    return False
+
+
+_OSTREE_OPTION = re.compile(r"^[ \t]*options[ \t][^\n]*?(?<![^ \t])ostree=", re.MULTILINE)
+
+
 def detect_bootloader(root):
     """Name the bootloader configuration in use below ``root``; raise :class:`BootloaderError`."""
+    # An OSTree system may also carry /etc/default/grub, grub2-mkconfig or grubby, but its boot
+    # entries are the deployments' own: ostree rewrites them and nothing else reaches them.
+    if ostree_system(root):
+        return "ostree"
     if _proxmox_esps(root) and host_model.find_in_tree(root, "proxmox-boot-tool"):
         return "proxmox"
     if _booted_systemd_boot(root):
@@ -950,6 +972,7 @@ class BootPlan:
     pending: bool
     warnings: list = field(default_factory=list)
     expected_entries: dict = field(default_factory=dict)
+    expected_kargs: list | None = None
 
     @property
     def changed(self):
@@ -1063,6 +1086,8 @@ def plan(module, root, bootloader, present, absent, update=True):
     host = host_model.is_live_root(root)
     if name == "grubby":
         return _plan_grubby(module, root, host, present, absent, update)
+    if name == "ostree":
+        return _plan_ostree(module, root, host, present, absent, update)
     sources = []
     if name == "grub":
         if not os.path.isfile(host_path(root, GRUB_DEFAULTS)):
@@ -1180,6 +1205,95 @@ def _plan_grubby(module, root, host, present, absent, update):
     )
 
 
+@dataclass
+class KargsChange:
+    """The kernel arguments of an OSTree host's next deployment, which ``rpm-ostree kargs`` changes
+    (it stages a new deployment with them; no file of the collection's own). Shown and reported as
+    the edits of the other bootloaders are."""
+
+    old: str
+    new: str
+    written_by: str = "rpm-ostree kargs"
+    display_path: str = "rpm-ostree kargs (the next boot's deployment)"
+
+    @property
+    def changed(self):
+        return self.old != self.new
+
+    def diff(self):
+        return {
+            "before": self.old + "\n",
+            "after": self.new + "\n",
+            "before_header": self.display_path,
+            "after_header": "%s (as rpm-ostree will stage it)" % self.display_path,
+        }
+
+
+def _deployment_arguments(words):
+    """The words of a deployment's options without ``ostree=``, which ostree writes for each deployment."""
+    return [word for word in words if split_argument(word)[0] != OSTREE_KEY]
+
+
+def read_ostree_kargs(module, tool):
+    """The kernel arguments the next boot's deployment has (``rpm-ostree kargs``: the pending
+    deployment's when one is staged, else the booted one's), every word as written."""
+    rc, out, err = module.run_command([tool, "kargs"], environ_update=_C_LOCALE)
+    if rc != 0:
+        raise BootloaderError(
+            "%s kargs failed (rc %d): %s; nothing was changed" % (tool, rc, (err or out).strip() or "no output")
+        )
+    return parse_cmdline(out.strip())
+
+
+def _plan_ostree(module, root, host, present, absent, update):
+    for argument in list(present) + list(absent):
+        if same_key(argument, parse_argument(OSTREE_KEY)):
+            raise ArgumentError(
+                "%s: ostree= names the deployment to boot; ostree writes it into each deployment's boot entry"
+                " and it cannot be managed as an argument" % argument.text
+            )
+    if not host:
+        raise BootloaderError(
+            "bootloader ostree: %s is an OSTree system (its boot entries carry ostree=): the kernel arguments "
+            "of its deployments are changed with rpm-ostree kargs on the booted host, which stages a new "
+            "deployment; run against that host (root: /)" % root
+        )
+    tool = _resolve(module, host, root, "rpm-ostree")
+    if tool is None:
+        raise BootloaderError(
+            "this host boots an OSTree deployment (/%s): its kernel arguments belong to the deployment and "
+            "rpm-ostree kargs changes them, but rpm-ostree was not found; editing /%s or the boot entries "
+            "would not reach the next deployment" % (host_model.OSTREE_BOOTED, GRUB_DEFAULTS)
+        )
+    current = read_ostree_kargs(module, tool)
+    # rpm-ostree deletes the old value of a key and appends the new one, as grubby does.
+    argument_plan = plan_arguments(current, present, absent, replace_in_place=False)
+    rules.command_line_length(argument_plan.arguments, current, "the next deployment's kernel arguments",
+                              error=BootloaderError)
+    before = _deployment_arguments(current)
+    after = _deployment_arguments(argument_plan.arguments)
+    commands, edits = [], []
+    if argument_plan.changed:
+        # One call: one new deployment. Every removed occurrence is deleted by its exact text.
+        commands = [[tool, "kargs"] + ["--delete=" + text for text in argument_plan.removed]
+                    + ["--append=" + text for text in argument_plan.added]]
+        if update:
+            edits = [KargsChange(" ".join(before), " ".join(after))]
+    return BootPlan(
+        bootloader="ostree",
+        root=root,
+        configured_before=before,
+        configured=after if update else before,
+        added=argument_plan.added if update else [],
+        removed=argument_plan.removed if update else [],
+        edits=edits,
+        commands=commands,
+        run_commands=bool(commands and update),
+        pending=bool(commands) and not update,
+        expected_kargs=after if commands and update else None,
+    )
+
+
 def _restore(edits):
     for edit in reversed(edits):
         with contextlib.suppress(GpuvirtError):
@@ -1216,6 +1330,12 @@ def apply(module, boot_plan, backup=False):
                     (err or out).strip() or "no output",
                     ", ".join(e.display_path for e in written) or "none",
                 )
+            )
+    if boot_plan.expected_kargs is not None:
+        staged = _deployment_arguments(read_ostree_kargs(module, boot_plan.commands[0][0]))
+        if sorted(staged) != sorted(boot_plan.expected_kargs):
+            boot_plan.warnings.append(
+                "after rpm-ostree kargs, the next deployment has %r, expected %r" % (staged, boot_plan.expected_kargs)
             )
     if boot_plan.expected_entries:
         entries, _env = read_bls_entries(boot_plan.root)

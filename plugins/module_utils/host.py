@@ -12,6 +12,7 @@ test tree otherwise):
   ``..`` leads out of ``root``.
 - :meth:`Host.which`: a program's path; on a live host through ``module.get_bin_path`` (``PATH``
   plus the sbin directories), in a tree the usual bin directories below ``root``.
+- :func:`ostree_booted`: ``root`` booted an OSTree deployment (rpm-ostree owns its boot).
 - :attr:`Host.state_dir`: ``etc/gpuvirt`` below ``root``, where the modules record the declared
   state (:mod:`hoststate`) and where the lock lives.
 - :meth:`Host.lock`: one ``flock`` on ``<state_dir>/.lock`` held by every changing module for its
@@ -40,6 +41,10 @@ STATE_DIR = "etc/gpuvirt"
 LOCK_NAME = ".lock"
 LOCK_WAIT = 300.0  # seconds a run waits for another run on the same host
 BIN_DIRS = ("usr/local/sbin", "usr/local/bin", "usr/sbin", "usr/bin", "sbin", "bin")
+# ostree-prepare-root creates this file when the system boots an OSTree deployment (Fedora CoreOS,
+# RHEL CoreOS, Silverblue and the other Atomic desktops, RHEL for Edge, bootc image mode): its boot
+# entries and initramfs belong to the deployments, which rpm-ostree makes.
+OSTREE_BOOTED = "run/ostree-booted"
 
 
 class HostRootError(GpuvirtError):
@@ -60,6 +65,11 @@ def is_live_root(root):
         return os.path.samefile(root, "/")
     except (OSError, TypeError, ValueError):
         return False
+
+
+def ostree_booted(root):
+    """True when ``root`` booted an OSTree deployment (:data:`OSTREE_BOOTED`)."""
+    return os.path.exists(os.path.join(root, OSTREE_BOOTED))
 
 
 def check_root(root):

@@ -10,7 +10,8 @@ what to do):
   ``vfio_pci``, plus ``vfio_virqfd`` before 6.2 (or, when ``root`` has the release's module lists,
   exactly when that release has it).
 - :func:`parse_release` ``(kernel_release) -> (major, minor)``.
-- :func:`detect_tool` ``(root) -> str``: ``update-initramfs``, ``dracut`` or ``mkinitcpio``.
+- :func:`detect_tool` ``(root) -> str``: ``update-initramfs``, ``dracut`` or ``mkinitcpio``; refuses
+  an OSTree system.
 - :func:`image_path` ``(root, kernel_release, tool=None) -> str``: the image that will boot.
 - :func:`releases_with_image` ``(root, tool=None) -> list[str]``: installed releases that have one.
 - :func:`regenerate_command` ``(root, kernel_release, tool=None) -> list[str]``: the argv (bare
@@ -123,7 +124,14 @@ def vfio_modules(kernel_release, root=None):
 
 
 def detect_tool(root):
-    """The initramfs generator installed below ``root``; :class:`InitramfsError` when none is."""
+    """The initramfs generator installed below ``root``; :class:`InitramfsError` when none is, or
+    when ``root`` is an OSTree system, whose initramfs belongs to each deployment."""
+    if host_model.ostree_booted(root):
+        raise InitramfsError(
+            "this host boots an OSTree deployment (/%s): its initramfs is part of the deployment, which "
+            "dracut cannot rebuild in place; rpm-ostree builds it into a new deployment (rpm-ostree "
+            "initramfs-etc --track=<file> carries a file of /etc into it)" % host_model.OSTREE_BOOTED
+        )
     if host_model.find_in_tree(root, "update-initramfs") and host_model.find_in_tree(root, "mkinitramfs"):
         return "update-initramfs"
     for tool in ("dracut", "mkinitcpio", "update-initramfs"):

@@ -26,6 +26,14 @@ description:
   - "Proxmox VE: when C(proxmox-boot-tool) manages the ESPs (C(/etc/kernel/proxmox-boot-uuids)), edits
     C(/etc/kernel/cmdline) if the host boots systemd-boot, or C(/etc/default/grub) if it boots GRUB, then
     runs C(proxmox-boot-tool refresh); otherwise behaves as GRUB."
+  - "OSTree systems (Fedora CoreOS, RHEL CoreOS, Silverblue and the other Atomic desktops, RHEL for Edge,
+    bootc image mode; C(/run/ostree-booted), or boot entries carrying C(ostree=)): the kernel arguments
+    belong to each deployment, and ostree rewrites the boot entries; C(/etc/default/grub) and grubby, which
+    some of them also carry, do not reach them. Reads the next boot's deployment with C(rpm-ostree kargs)
+    (the staged one when there is one) and runs one C(rpm-ostree kargs --delete=... --append=...), which
+    stages a new deployment with the arguments. The deployment's own C(ostree=) argument is left alone and
+    not reported. Works on the booted host only (O(root=/)). On OpenShift nodes, whose Machine Config
+    Operator owns the kernel arguments, give them in a MachineConfig (C(spec.kernelArguments)) instead."
   - A O(present) C(key=value) replaces the other values of that key (C(intel_iommu=off) becomes
     C(intel_iommu=on)) except for keys the kernel accepts several times (C(console), C(hugepagesz),
     C(hugepages), C(memmap), C(initcall_blacklist), C(rd.driver.pre) and similar). Dashes and
@@ -73,21 +81,22 @@ options:
       - The bootloader configuration to edit. V(auto) detects it below O(root) and fails, naming what
         it looked for, when it recognises none.
     type: str
-    choices: [auto, grub, grubby, systemd-boot, proxmox]
+    choices: [auto, grub, grubby, systemd-boot, proxmox, ostree]
     default: auto
   root:
     description:
       - The host filesystem root to work on, for image trees and tests. The running command line is
         read from C(<root>/proc/cmdline).
-      - Commands (C(update-grub), C(grubby), C(kernel-install), C(proxmox-boot-tool)) are only run
-        when this is V(/). For another tree the files are edited and RV(regenerate_required) says that
+      - Commands (C(update-grub), C(grubby), C(kernel-install), C(proxmox-boot-tool), C(rpm-ostree)) are
+        only run when this is V(/). For another tree the files are edited and RV(regenerate_required) says that
         the boot entries still have to be regenerated inside it; with grubby the BLS entries of the
         tree are edited directly, the way grubby would edit them.
     type: path
     default: /
   update:
     description:
-      - Apply a changed configuration to the boot entries (the regeneration command, or grubby).
+      - Apply a changed configuration to the boot entries (the regeneration command, grubby, or
+        C(rpm-ostree kargs)).
       - With V(false) only the configuration files are edited and RV(regenerate_required) is true.
     type: bool
     default: true
@@ -147,7 +156,8 @@ configured:
   description:
     - The arguments the boot configuration holds after the run (predicted in check mode), in order.
     - "GRUB: C(GRUB_CMDLINE_LINUX) then C(GRUB_CMDLINE_LINUX_DEFAULT); grubby: the default boot entry;
-      systemd-boot and Proxmox: C(/etc/kernel/cmdline)."
+      systemd-boot and Proxmox: C(/etc/kernel/cmdline); OSTree: the next boot's deployment, without its
+      C(ostree=) argument."
   returned: always
   type: list
   elements: str

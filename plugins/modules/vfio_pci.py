@@ -95,6 +95,10 @@ description:
   - The ID lists are merged with what earlier runs configured, so several calls compose.
   - When the modprobe.d file changes the initramfs is regenerated (update-initramfs, dracut or
     mkinitcpio) and the image that will boot is checked for the vfio modules and the options.
+  - On an OSTree system (C(/run/ostree-booted)) the initramfs belongs to each deployment, and dracut cannot
+    rebuild it in place; the module warns instead, and the modprobe.d file takes effect once vfio-pci loads
+    from the root filesystem. To carry it into the initramfs, run
+    C(rpm-ostree initramfs-etc --track=/etc/modprobe.d/gpuvirt-vfio.conf) (a new deployment).
 extends_documentation_fragment:
   - gpuvirt.host.attributes
   - gpuvirt.host.attributes.linux

@@ -61,7 +61,7 @@ options:
     description: The boot configuration to edit for kernel arguments, as in M(gpuvirt.host.kernel_cmdline).
     type: str
     default: auto
-    choices: [auto, grub, grubby, systemd-boot, proxmox]
+    choices: [auto, grub, grubby, systemd-boot, proxmox, ostree]
   update:
     description: Regenerate the boot loader configuration after editing it (on the host itself).
     type: bool
@@ -152,7 +152,7 @@ notes:
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
 
-from ansible_collections.gpuvirt.host.plugins.module_utils import enablement, modrun  # noqa: E402
+from ansible_collections.gpuvirt.host.plugins.module_utils import bootloader, enablement, modrun  # noqa: E402
 
 
 def main():
@@ -161,7 +161,7 @@ def main():
             selector=dict(type="str", required=True),
             mode=dict(type="str", required=True, choices=list(enablement.MODES)),
             max_vfs=dict(type="int"),
-            bootloader=dict(type="str", default="auto", choices=["auto", "grub", "grubby", "systemd-boot", "proxmox"]),
+            bootloader=dict(type="str", default="auto", choices=["auto"] + list(bootloader.BOOTLOADERS)),
             update=dict(type="bool", default=True),
             root=dict(type="path", default="/"),
         ),

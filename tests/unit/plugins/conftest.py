@@ -53,6 +53,61 @@ for name_ in sorted(os.listdir(entries)):
     open(path, "w").write("\\n".join(lines))
 """
 
+# What ``rpm-ostree kargs`` does (rpmostree-builtin-kargs.cxx and the daemon's KernelArg transaction):
+# without options it prints the options of the pending deployment when one is staged, else of the
+# booted one (here the newest ostree-N entry). With options it takes those arguments, deletes each
+# --delete (KEY=VALUE: that pair, which must exist; KEY: the key, which must have one value), then
+# appends each --append, and stages a new deployment with them (its own ostree= path). The staged
+# deployment lives in the simulator's own file until the next boot.
+RPM_OSTREE_BODY = """
+argv = sys.argv[1:]
+staged = {staged!r}
+def fail(message):
+    sys.stderr.write("error: " + message + "\\n")
+    sys.exit(1)
+if argv[:1] != ["kargs"]:
+    fail("this simulator only knows kargs")
+changes = {{"--append": [], "--delete": [], "--replace": []}}
+for option in argv[1:]:
+    name, sep, value = option.partition("=")
+    if name not in changes or not sep:
+        fail("Unknown option " + option)
+    changes[name].append(value)
+if changes["--delete"] and changes["--replace"]:
+    fail("Cannot specify both --delete and --replace")
+if changes["--replace"]:
+    fail("--replace is not simulated")
+if os.path.exists(staged):
+    current = open(staged).read().split()
+else:
+    entries = os.path.join({root!r}, "boot/loader/entries")
+    newest = max((n for n in os.listdir(entries) if n.startswith("ostree-")), key=lambda n: int(n.split("-")[1]))
+    options = [line for line in open(os.path.join(entries, newest)).read().splitlines() if line.startswith("options ")]
+    current = options[0].split()[1:]
+if not changes["--append"] and not changes["--delete"]:
+    print(" ".join(current))
+    sys.exit(0)
+def key(text):
+    return text.split("=", 1)[0]
+kargs = list(current)
+for gone in changes["--delete"]:
+    if "=" in gone:
+        if gone not in kargs:
+            fail("No karg '%s' found" % gone)
+        kargs.remove(gone)
+    else:
+        same = [text for text in kargs if key(text) == gone]
+        if len(same) != 1:
+            fail(("Multiple values for key '%s' found" if same else "No karg '%s' found") % gone)
+        kargs.remove(same[0])
+kargs += changes["--append"]
+kargs = [text.rsplit("/", 1)[0] + "/" + str(int(text.rsplit("/", 1)[1]) + 1) if key(text) == "ostree" else text
+         for text in kargs]
+open(staged, "w").write(" ".join(kargs))
+print("Staging deployment... done")
+print('Changes queued for next boot. Run "systemctl reboot" to start a reboot')
+"""
+
 
 class FakeCommands:
     def __init__(self, directory):
@@ -72,6 +127,17 @@ class FakeCommands:
 
     def install_grubby(self, root):
         return self.install("grubby", body=GRUBBY_BODY.format(root=root))
+
+    def install_rpm_ostree(self, root, rc=None, stderr=""):
+        """A simulated ``rpm-ostree`` for the OSTree tree ``root`` (``rc``: fail every call instead)."""
+        if rc is not None:
+            return self.install("rpm-ostree", stderr=stderr, rc=rc)
+        return self.install("rpm-ostree", body=RPM_OSTREE_BODY.format(root=root, staged=self.staged_kargs))
+
+    @property
+    def staged_kargs(self):
+        """The simulated rpm-ostree's staged deployment: its kernel arguments on one line."""
+        return os.path.join(os.path.dirname(self.bin), "rpm-ostree-staged")
 
     def calls(self):
         with open(self.log) as handle:

@@ -405,6 +405,7 @@ def test_grubenv_refuses_to_grow_past_its_block():
         ("proxmox-zfs-uefi", "proxmox"),
         ("proxmox-zfs-bios", "proxmox"),
         ("proxmox-lvm-grub", "grub"),
+        ("fedora-coreos", "ostree"),
     ],
 )
 def test_detect_bootloader(tree, expected):
@@ -417,6 +418,15 @@ def test_detect_bootloader(tree, expected):
 def test_detection_failure_names_what_was_looked_for(boot_tree):
     with pytest.raises(b.BootloaderError, match="no bootloader configuration recognised.*set bootloader explicitly"):
         b.detect_bootloader(boot_tree("unknown"))
+
+
+def test_an_ostree_image_tree_is_told_by_its_boot_entries(boot_tree):
+    # A deployment's tree (or a disk image) has no /run/ostree-booted: ostree's boot entries carry ostree=.
+    root = boot_tree("fedora-coreos")
+    os.unlink(os.path.join(root, "run/ostree-booted"))
+    assert b.detect_bootloader(root) == "ostree"
+    # grubby's BLS entries of a plain Fedora or RHEL host carry no ostree=.
+    assert not b.ostree_system(boot_tree("rocky9-grubby"))
 
 
 def test_systemd_boot_esp_without_efi_variable_in_an_image_tree(boot_tree):

@@ -111,6 +111,14 @@ def test_no_tool_fails_clearly(tree):
         initramfs.detect_tool(tree("no-tool"))
 
 
+def test_an_ostree_system_is_refused_though_dracut_is_installed(tree):
+    root = tree("rocky9-dracut")
+    os.makedirs(os.path.join(root, "run"))
+    open(os.path.join(root, "run/ostree-booted"), "w").close()
+    with pytest.raises(initramfs.InitramfsError, match="boots an OSTree deployment .* rpm-ostree builds it"):
+        initramfs.detect_tool(root)
+
+
 def test_unknown_tool_name(tree):
     with pytest.raises(initramfs.InitramfsError, match="unknown initramfs tool 'genkernel'"):
         initramfs.image_path(tree("no-tool"), DEBIAN, "genkernel")

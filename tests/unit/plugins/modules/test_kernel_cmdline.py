@@ -483,3 +483,133 @@ def test_unsupported_grub_assignment_fails_before_any_change(run_module, boot_tr
     assert "/etc/default/grub.d/99-extra.cfg line 1" in result["msg"]
     assert "$EXTRA_ARGS" in result["msg"]
     assert snapshot(root) == before
+
+
+# ------------------------------------------------------------------------------ OSTree (rpm-ostree kargs)
+
+COREOS_KARGS = [
+    "mitigations=auto,nosmt",
+    "ignition.platform.id=metal",
+    "$ignition_firstboot",
+    "root=UUID=5b6e1a8c-7f2d-4c3b-9a1e-0d8f7c6b5a49",
+    "rw",
+    "rootflags=prjquota",
+    "boot=UUID=8e4d2c1b-3a5f-4e6d-9c8b-7a6f5e4d3c2b",
+]
+
+
+def staged(fake_commands):
+    with open(fake_commands.staged_kargs) as handle:
+        return handle.read().split()
+
+
+def test_ostree_host_stages_the_arguments_with_rpm_ostree_kargs(run_module, boot_tree, fake_commands, as_host):
+    root = boot_tree("fedora-coreos")
+    fake_commands.install_rpm_ostree(root)
+    before = snapshot(root)
+    args = {"root": root, "present": IOMMU + ["vfio-pci.ids=10de:2236"]}
+    predicted = run_module("kernel_cmdline", args, check_mode=True, diff=True)
+    assert names(fake_commands.calls()) == [["rpm-ostree", "kargs"]]
+    assert not os.path.exists(fake_commands.staged_kargs)
+
+    result = run_module("kernel_cmdline", args, diff=True)
+    assert result["rc"] == 0, result
+    assert result["bootloader"] == "ostree"
+    command = ["rpm-ostree", "kargs", "--append=intel_iommu=on", "--append=iommu=pt", "--append=vfio-pci.ids=10de:2236"]
+    assert names(fake_commands.calls()[1:]) == [["rpm-ostree", "kargs"], command, ["rpm-ostree", "kargs"]]
+    assert names(result["commands"]) == [command]
+    # The deployment's own ostree= argument is neither reported nor touched.
+    assert result["configured"] == COREOS_KARGS + ["intel_iommu=on", "iommu=pt", "vfio-pci.ids=10de:2236"]
+    assert [word for word in staged(fake_commands) if not word.startswith("ostree=")] == result["configured"]
+    assert result["added"] == ["intel_iommu=on", "iommu=pt", "vfio-pci.ids=10de:2236"] and result["removed"] == []
+    assert result["reboot_required"] is True and result["regenerate_required"] is False
+    assert result["diff"] == [{
+        "before": " ".join(COREOS_KARGS) + "\n",
+        "after": " ".join(result["configured"]) + "\n",
+        "before_header": "rpm-ostree kargs (the next boot's deployment)",
+        "after_header": "rpm-ostree kargs (the next boot's deployment) (as rpm-ostree will stage it)",
+    }]
+    assert warning_messages(result) == []
+    for key in ("changed", "configured", "added", "removed", "commands", "diff", "reboot_required"):
+        assert predicted[key] == result[key], key
+    assert snapshot(root) == before  # no boot file is edited: the new deployment is rpm-ostree's
+
+    # The next run reads the staged deployment and has nothing to do.
+    again = run_module("kernel_cmdline", args)
+    assert again["changed"] is False and again["commands"] == []
+    assert again["configured"] == result["configured"] and again["reboot_required"] is True
+    assert names(fake_commands.calls()[4:]) == [["rpm-ostree", "kargs"]]
+
+
+def test_ostree_replaced_and_removed_arguments_are_deleted_by_their_text(
+    run_module, boot_tree, fake_commands, as_host
+):
+    root = boot_tree("fedora-coreos")
+    entry = os.path.join(root, "boot/loader/entries/ostree-2-fedora-coreos.conf")
+    text = read(root, "boot/loader/entries/ostree-2-fedora-coreos.conf")
+    with open(entry, "w") as handle:
+        handle.write(text.replace("ignition.platform.id=metal", "intel_iommu=off nomodeset ignition.platform.id=metal"))
+    fake_commands.install_rpm_ostree(root)
+    result = run_module("kernel_cmdline", {"root": root, "present": ["intel_iommu=on"], "absent": ["nomodeset"]})
+    assert result["changed"] is True, result
+    assert names(result["commands"]) == [
+        ["rpm-ostree", "kargs", "--delete=intel_iommu=off", "--delete=nomodeset", "--append=intel_iommu=on"]
+    ]
+    assert result["removed"] == ["intel_iommu=off", "nomodeset"] and result["added"] == ["intel_iommu=on"]
+    kargs = staged(fake_commands)
+    assert "intel_iommu=off" not in kargs and "nomodeset" not in kargs and kargs[-1] == "intel_iommu=on"
+    assert result["configured"] == [word for word in kargs if not word.startswith("ostree=")]
+    assert warning_messages(result) == []
+
+
+def test_ostree_wins_over_the_grub_files_an_atomic_desktop_also_carries(run_module, boot_tree, fake_commands, as_host):
+    # Silverblue and RHEL for Edge also ship /etc/default/grub, grub2-mkconfig and grubby; editing
+    # them would report a change that no deployment ever boots with.
+    root = boot_tree("fedora-coreos")
+    os.makedirs(os.path.join(root, "etc/default"))
+    with open(os.path.join(root, "etc/default/grub"), "w") as handle:
+        handle.write('GRUB_CMDLINE_LINUX="rhgb quiet"\n')
+    fake_commands.install_grubby(root)
+    fake_commands.install("grub2-mkconfig")
+    fake_commands.install_rpm_ostree(root)
+    result = run_module("kernel_cmdline", {"root": root, "present": ["amd_iommu=on"]})
+    assert result["bootloader"] == "ostree"
+    assert read(root, "etc/default/grub") == 'GRUB_CMDLINE_LINUX="rhgb quiet"\n'
+    assert [call[0] for call in names(fake_commands.calls())] == ["rpm-ostree"] * 3
+    assert staged(fake_commands)[-1] == "amd_iommu=on"
+
+
+def test_ostree_update_false_leaves_the_change_to_run(run_module, boot_tree, fake_commands, as_host):
+    root = boot_tree("fedora-coreos")
+    fake_commands.install_rpm_ostree(root)
+    result = run_module("kernel_cmdline", {"root": root, "present": ["iommu=pt"], "update": False})
+    assert result["changed"] is False and result["regenerate_required"] is True
+    assert names(result["commands"]) == [["rpm-ostree", "kargs", "--append=iommu=pt"]]
+    assert result["configured"] == COREOS_KARGS and result["added"] == []
+    assert names(fake_commands.calls()) == [["rpm-ostree", "kargs"]]
+
+
+@pytest.mark.parametrize(
+    "setup, args, message",
+    [
+        ("tree", {"present": ["iommu=pt"]}, "are changed with rpm-ostree kargs on the booted host"),
+        ("no rpm-ostree", {"present": ["iommu=pt"]}, "rpm-ostree was not found"),
+        ("busy", {"present": ["iommu=pt"]}, "rpm-ostree kargs failed (rc 1): error: Transaction in progress"),
+        ("host", {"present": ["ostree=/ostree/boot.0/x"]}, "ostree= names the deployment to boot"),
+        ("host", {"absent": ["ostree"]}, "ostree= names the deployment to boot"),
+    ],
+)
+def test_ostree_refusals_change_nothing(run_module, boot_tree, fake_commands, monkeypatch, setup, args, message):
+    root = boot_tree("fedora-coreos")
+    if setup != "tree":
+        monkeypatch.setattr(host_model, "is_live_root", lambda root: True)
+    if setup == "busy":
+        fake_commands.install_rpm_ostree(root, rc=1, stderr="error: Transaction in progress: upgrade\n")
+    elif setup != "no rpm-ostree":
+        fake_commands.install_rpm_ostree(root)
+    before = snapshot(root)
+    result = run_module("kernel_cmdline", dict(args, root=root))
+    assert result["failed"] is True
+    assert message in result["msg"]
+    assert snapshot(root) == before and not os.path.exists(fake_commands.staged_kargs)
+    assert all(call == ["rpm-ostree", "kargs"] for call in names(fake_commands.calls()))

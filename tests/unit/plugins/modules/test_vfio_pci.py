@@ -797,6 +797,21 @@ def test_an_image_tree_is_left_for_rebuilding_inside_it(desktop, vfio_pci, fake_
                for w in warnings(result))
 
 
+def test_an_ostree_host_keeps_its_deployments_initramfs(desktop, vfio_pci, as_host, fake_commands):
+    # A deployment's initramfs is rpm-ostree's: dracut would write an image no deployment boots (or
+    # fail on the read-only /boot of CoreOS). The modprobe.d file still binds the GPU once vfio-pci
+    # loads from the root filesystem.
+    install_initramfs_tools(desktop, fake_commands)
+    os.makedirs(os.path.join(desktop, "run"), exist_ok=True)
+    open(os.path.join(desktop, "run/ostree-booted"), "w").close()
+    result = vfio_pci(desktop, devices=[GPU])
+    assert result["rc"] == 0, result
+    assert calls(fake_commands, "update-initramfs") == [] and read(desktop, INITRAMFS_CONFIG) is None
+    assert read(desktop, MODPROBE) is not None
+    assert any("boots an OSTree deployment" in w and "rpm-ostree initramfs-etc --track=<file>" in w
+               for w in warnings(result)), warnings(result)
+
+
 def test_a_foreign_ids_line_is_warned_about(make_host, vfio_pci):
     root = make_host("desktop_dgpu", kernel={"modules": MODULES},
                      files={"etc/modprobe.d/vfio.conf": "options vfio-pci ids=1002:73bf\n"})
