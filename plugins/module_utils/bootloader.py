@@ -11,8 +11,8 @@ Public API (every reader takes the host ``root``; only :func:`apply` writes or r
 - :func:`plan_arguments` ``(current, present, absent, replace_in_place=True) -> ArgumentPlan``:
   the pure list logic (order kept, new arguments appended, one value per key unless repeatable).
 - :func:`reboot_required` ``(running, present, absent) -> bool``.
-- :func:`detect_bootloader` ``(root) -> str``: ``ostree``, ``grub``, ``grubby``, ``systemd-boot`` or
-  ``proxmox``; raises :class:`BootloaderError` when nothing is recognised.
+- :func:`detect_bootloader` ``(root) -> str``: ``ostree``, ``kernelstub``, ``grub``, ``grubby``,
+  ``systemd-boot`` or ``proxmox``; raises :class:`BootloaderError` when nothing is recognised.
 - :func:`plan` ``(module, root, bootloader, present, absent, update=True) -> BootPlan`` and
   :func:`apply` ``(module, boot_plan, backup=False) -> dict``: read everything, predict every file
   and command; then write (temp file + atomic move), run the regeneration command, restore the
@@ -21,13 +21,15 @@ Public API (every reader takes the host ``root``; only :func:`apply` writes or r
 - :func:`installed_kernels` ``(root) ->
   [(release, image, debian_initrd | None)]``.
 - Layout readers, each with ``arguments()`` and ``render(ArgumentPlan)``: :class:`GrubDefaults`
-  (``GrubDefaults.read(root, target)``), :class:`KernelCmdlineFile`, :class:`BlsEntry` with
+  (``GrubDefaults.read(root, target)``), :class:`KernelCmdlineFile`, :class:`KernelstubConfig`, :class:`BlsEntry` with
   :func:`read_bls_entries` ``(root) -> (entries, GrubEnv)`` and :func:`default_entry`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
+import json
 import os
 import re
 from dataclasses import dataclass, field
@@ -45,7 +47,7 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.kernel import (
 )
 from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import host_path, list_dir
 
-BOOTLOADERS = ("grub", "grubby", "systemd-boot", "proxmox", "ostree")
+BOOTLOADERS = ("grub", "grubby", "systemd-boot", "proxmox", "ostree", "kernelstub")
 
 # Keys the kernel, dracut or systemd accept several times, each occurrence adding to the others
 # (two consoles, one hugepage pool per size, several LUKS volumes). Every other key takes one
@@ -88,6 +90,7 @@ KERNEL_CMDLINE_VENDOR = "usr/lib/kernel/cmdline"
 BLS_ENTRIES = "boot/loader/entries"
 GRUBENV = "boot/grub2/grubenv"
 PROXMOX_ESP_LIST = "etc/kernel/proxmox-boot-uuids"
+KERNELSTUB_CONFIG = "etc/kernelstub/configuration"
 # The argument by which the initramfs finds the deployment; ostree writes it into each deployment's
 # boot entry itself.
 OSTREE_KEY = "ostree"
@@ -717,6 +720,50 @@ class KernelCmdlineFile:
         return {} if after == self.text else {self.path: after}
 
 
+class KernelstubConfig:
+    """``/etc/kernelstub/configuration`` (Pop!_OS): JSON whose ``user.kernel_options`` kernelstub puts,
+    after ``root=UUID=... ro``, on the systemd-boot entries it writes to the ESP.
+
+    As kernelstub does, a configuration without a ``user`` section starts from ``default``, and
+    ``kernel_options`` given as one string is split. Written back as kernelstub saves it (``json.dump``
+    with an indent of 2): kernelstub rewrites the file on every run.
+    """
+
+    def __init__(self, root):
+        self.root = root
+        self.path = KERNELSTUB_CONFIG
+        self.text = _read(root, KERNELSTUB_CONFIG)
+        where = "/%s below %s" % (KERNELSTUB_CONFIG, root)
+        if self.text is None:
+            raise BootloaderError("%s is missing: kernelstub keeps the kernel options there" % where)
+        try:
+            self.config = json.loads(self.text)
+        except ValueError as error:
+            raise BootloaderError("%s is not JSON (%s); kernelstub cannot read it either: fix it first"
+                                  % (where, error)) from error
+        section = self.config.get("user", self.config.get("default")) if isinstance(self.config, dict) else None
+        options = section.get("kernel_options") if isinstance(section, dict) else None
+        if isinstance(options, str):
+            options = parse_cmdline(options)
+        if not isinstance(options, list) or not all(isinstance(option, str) for option in options):
+            raise BootloaderError(
+                "%s has no list of kernel_options in its user (or default) section; kernelstub cannot use it "
+                "either: fix it first" % where
+            )
+        self._arguments = [word for option in options for word in parse_cmdline(option)]
+
+    def arguments(self):
+        return list(self._arguments)
+
+    def render(self, argument_plan):
+        config = copy.deepcopy(self.config)
+        if "user" not in config:
+            config["user"] = dict(config["default"])
+        config["user"]["kernel_options"] = argument_plan.arguments
+        after = json.dumps(config, indent=2)
+        return {} if after == self.text else {self.path: after}
+
+
 # ------------------------------------------------------------------------------------ BLS entries
 
 
@@ -889,6 +936,16 @@ def _booted_systemd_boot(root):
     return os.path.exists(host_path(root, LOADER_INFO))
 
 
+def _kernelstub_manages(root):
+    firmware = host_path(root, "sys/firmware")
+    bios_booted = os.path.isdir(firmware) and not os.path.isdir(os.path.join(firmware, "efi"))
+    return (
+        os.path.isfile(host_path(root, KERNELSTUB_CONFIG))
+        and bool(host_model.find_in_tree(root, "kernelstub"))
+        and not bios_booted
+    )
+
+
 def _bls_entry_names(root):
     return [name for name in list_dir(host_path(root, BLS_ENTRIES)) if name.endswith(".conf")]
 
@@ -927,6 +984,10 @@ def detect_bootloader(root):
     # entries are the deployments' own: ostree rewrites them and nothing else reaches them.
     if ostree_system(root):
         return "ostree"
+    # kernelstub (Pop!_OS) writes the systemd-boot entries itself, from its own configuration:
+    # /etc/kernel/cmdline and kernel-install do not reach them. It only runs on a host booted by UEFI.
+    if _kernelstub_manages(root):
+        return "kernelstub"
     if _proxmox_esps(root) and host_model.find_in_tree(root, "proxmox-boot-tool"):
         return "proxmox"
     if _booted_systemd_boot(root):
@@ -1095,6 +1156,8 @@ def plan(module, root, bootloader, present, absent, update=True):
         sources.append(GrubDefaults.read(root))
     elif name == "systemd-boot":
         sources.append(KernelCmdlineFile(root))
+    elif name == "kernelstub":
+        sources.append(KernelstubConfig(root))
     else:
         sources = _proxmox_sources(root)
     plans, files = _edits_for(root, sources, present, absent)
@@ -1106,6 +1169,9 @@ def plan(module, root, bootloader, present, absent, update=True):
             commands = [_grub_command(module, host, root)]
         elif name == "proxmox":
             commands = [[_resolve(module, host, root, "proxmox-boot-tool") or "proxmox-boot-tool", "refresh"]]
+        elif name == "kernelstub":
+            # Without options, kernelstub writes the entries from its configuration.
+            commands = [[_resolve(module, host, root, "kernelstub") or "kernelstub"]]
         else:
             tool = _resolve(module, host, root, "kernel-install") or "kernel-install"
             for release, image, initrd in installed_kernels(root):

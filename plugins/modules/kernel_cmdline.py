@@ -26,6 +26,10 @@ description:
   - "Proxmox VE: when C(proxmox-boot-tool) manages the ESPs (C(/etc/kernel/proxmox-boot-uuids)), edits
     C(/etc/kernel/cmdline) if the host boots systemd-boot, or C(/etc/default/grub) if it boots GRUB, then
     runs C(proxmox-boot-tool refresh); otherwise behaves as GRUB."
+  - "Pop!_OS with kernelstub (C(/etc/kernelstub/configuration), a host booted by UEFI): kernelstub writes the
+    systemd-boot entries on the ESP from its own configuration, so C(/etc/kernel/cmdline) and C(kernel-install)
+    do not reach them. Edits C(user.kernel_options) in that JSON file (the C(default) section's options when
+    there is no C(user) section, as kernelstub does), then runs C(kernelstub), which writes the entries."
   - "OSTree systems (Fedora CoreOS, RHEL CoreOS, Silverblue and the other Atomic desktops, RHEL for Edge,
     bootc image mode; C(/run/ostree-booted), or boot entries carrying C(ostree=)): the kernel arguments
     belong to each deployment, and ostree rewrites the boot entries; C(/etc/default/grub) and grubby, which
@@ -81,13 +85,13 @@ options:
       - The bootloader configuration to edit. V(auto) detects it below O(root) and fails, naming what
         it looked for, when it recognises none.
     type: str
-    choices: [auto, grub, grubby, systemd-boot, proxmox, ostree]
+    choices: [auto, grub, grubby, systemd-boot, proxmox, ostree, kernelstub]
     default: auto
   root:
     description:
       - The host filesystem root to work on, for image trees and tests. The running command line is
         read from C(<root>/proc/cmdline).
-      - Commands (C(update-grub), C(grubby), C(kernel-install), C(proxmox-boot-tool), C(rpm-ostree)) are
+      - Commands (C(update-grub), C(grubby), C(kernel-install), C(proxmox-boot-tool), C(rpm-ostree), C(kernelstub)) are
         only run when this is V(/). For another tree the files are edited and RV(regenerate_required) says that
         the boot entries still have to be regenerated inside it; with grubby the BLS entries of the
         tree are edited directly, the way grubby would edit them.
@@ -156,7 +160,8 @@ configured:
   description:
     - The arguments the boot configuration holds after the run (predicted in check mode), in order.
     - "GRUB: C(GRUB_CMDLINE_LINUX) then C(GRUB_CMDLINE_LINUX_DEFAULT); grubby: the default boot entry;
-      systemd-boot and Proxmox: C(/etc/kernel/cmdline); OSTree: the next boot's deployment, without its
+      systemd-boot and Proxmox: C(/etc/kernel/cmdline); kernelstub: its C(kernel_options) (kernelstub puts
+      C(root=UUID=... ro) before them); OSTree: the next boot's deployment, without its
       C(ostree=) argument."
   returned: always
   type: list

@@ -108,6 +108,24 @@ print("Staging deployment... done")
 print('Changes queued for next boot. Run "systemctl reboot" to start a reboot')
 """
 
+# What ``kernelstub`` without options does (kernelstub/application.py, config.py, installer.py): reads
+# /etc/kernelstub/configuration (the user section, else default), writes the ESP's
+# loader/entries/<OS>-current.conf with ``options root=UUID=<root's UUID> ro <kernel_options>``, and
+# saves the configuration back with json.dump(indent=2).
+KERNELSTUB_BODY = """
+root = {root!r}
+path = os.path.join(root, "etc/kernelstub/configuration")
+config = json.load(open(path))
+user = config.setdefault("user", dict(config["default"]))
+entry = os.path.join(root, user["esp_path"].lstrip("/"), "loader/entries/Pop_OS-current.conf")
+lines = open(entry).read().splitlines()
+uuid = [line for line in lines if line.startswith("options ")][0].split()[1]
+lines = [line for line in lines if not line.startswith("options ")]
+lines.append("options %s ro %s" % (uuid, " ".join(user["kernel_options"])))
+open(entry, "w").write("\\n".join(lines) + "\\n")
+json.dump(config, open(path, "w"), indent=2)
+"""
+
 
 class FakeCommands:
     def __init__(self, directory):
@@ -133,6 +151,10 @@ class FakeCommands:
         if rc is not None:
             return self.install("rpm-ostree", stderr=stderr, rc=rc)
         return self.install("rpm-ostree", body=RPM_OSTREE_BODY.format(root=root, staged=self.staged_kargs))
+
+    def install_kernelstub(self, root):
+        """A simulated ``kernelstub`` for the Pop!_OS tree ``root``."""
+        return self.install("kernelstub", body=KERNELSTUB_BODY.format(root=root))
 
     @property
     def staged_kargs(self):

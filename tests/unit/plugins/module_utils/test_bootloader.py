@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 
 import pytest
 from hypothesis import given, settings
@@ -406,6 +407,7 @@ def test_grubenv_refuses_to_grow_past_its_block():
         ("proxmox-zfs-bios", "proxmox"),
         ("proxmox-lvm-grub", "grub"),
         ("fedora-coreos", "ostree"),
+        ("pop-os-kernelstub", "kernelstub"),
     ],
 )
 def test_detect_bootloader(tree, expected):
@@ -427,6 +429,20 @@ def test_an_ostree_image_tree_is_told_by_its_boot_entries(boot_tree):
     assert b.detect_bootloader(root) == "ostree"
     # grubby's BLS entries of a plain Fedora or RHEL host carry no ostree=.
     assert not b.ostree_system(boot_tree("rocky9-grubby"))
+
+
+def test_kernelstub_only_manages_a_host_booted_by_uefi(boot_tree):
+    # kernelstub writes EFI boot entries; a live host booted by BIOS boots GRUB, whatever kernelstub
+    # left in /etc.
+    root = boot_tree("pop-os-kernelstub")
+    shutil.rmtree(os.path.join(root, "sys/firmware/efi"))
+    os.makedirs(os.path.join(root, "etc/default"))
+    with open(os.path.join(root, "etc/default/grub"), "w") as handle:
+        handle.write('GRUB_CMDLINE_LINUX_DEFAULT="quiet splash"\n')
+    shutil.copy(os.path.join(root, "usr/bin/kernelstub"), os.path.join(root, "usr/bin/update-grub"))
+    assert b.detect_bootloader(root) == "grub"
+    shutil.rmtree(os.path.join(root, "sys"))  # an image tree: kernelstub's configuration tells
+    assert b.detect_bootloader(root) == "kernelstub"
 
 
 def test_systemd_boot_esp_without_efi_variable_in_an_image_tree(boot_tree):

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -613,3 +614,94 @@ def test_ostree_refusals_change_nothing(run_module, boot_tree, fake_commands, mo
     assert message in result["msg"]
     assert snapshot(root) == before and not os.path.exists(fake_commands.staged_kargs)
     assert all(call == ["rpm-ostree", "kargs"] for call in names(fake_commands.calls()))
+
+
+# ------------------------------------------------------------------------------ kernelstub (Pop!_OS)
+
+POP_ENTRY = "boot/efi/loader/entries/Pop_OS-current.conf"
+POP_ROOT = "root=UUID=0c4a8e62-93d1-4f5b-a7e2-6d19b3c5f480 ro"
+
+
+def kernel_options(root):
+    return json.loads(read(root, "etc/kernelstub/configuration"))["user"]["kernel_options"]
+
+
+def test_kernelstub_options_are_edited_and_kernelstub_writes_the_entries(run_module, boot_tree, fake_commands, as_host):
+    # The host booted systemd-boot and has kernel-install, but its entries are kernelstub's.
+    root = boot_tree("pop-os-kernelstub")
+    fake_commands.install_kernelstub(root)
+    fake_commands.install("kernel-install")
+    args = {"root": root, "present": IOMMU, "absent": ["splash"]}
+    predicted = run_module("kernel_cmdline", args, check_mode=True, diff=True)
+    assert fake_commands.calls() == []
+    result = run_module("kernel_cmdline", args, diff=True)
+    assert result["rc"] == 0, result
+    assert result["bootloader"] == "kernelstub"
+    assert names(fake_commands.calls()) == [["kernelstub"]]
+    wanted = ["quiet", "loglevel=0", "systemd.show_status=false", "intel_iommu=on", "iommu=pt"]
+    assert result["configured"] == wanted == kernel_options(root)
+    assert "options %s %s\n" % (POP_ROOT, " ".join(wanted)) in read(root, POP_ENTRY)
+    assert not os.path.exists(os.path.join(root, "etc/kernel/cmdline"))
+    assert [d["before_header"] for d in result["diff"]] == ["/etc/kernelstub/configuration"]
+    for key in ("changed", "configured", "added", "removed", "commands", "diff"):
+        assert predicted[key] == result[key], key
+    assert result["reboot_required"] is True
+
+    again = run_module("kernel_cmdline", args)
+    assert again["changed"] is False and len(fake_commands.calls()) == 1
+
+
+def test_kernelstub_replaces_a_value_where_it_stands(run_module, boot_tree, fake_commands, as_host):
+    root = boot_tree("pop-os-kernelstub")
+    path = os.path.join(root, "etc/kernelstub/configuration")
+    config = json.loads(read(root, "etc/kernelstub/configuration"))
+    config["user"]["kernel_options"].insert(1, "amd_iommu=off")
+    with open(path, "w") as handle:
+        json.dump(config, handle, indent=2)
+    fake_commands.install_kernelstub(root)
+    result = run_module("kernel_cmdline", {"root": root, "present": ["amd_iommu=on"]})
+    assert result["changed"] is True and result["removed"] == ["amd_iommu=off"]
+    assert kernel_options(root) == ["quiet", "amd_iommu=on", "loglevel=0", "systemd.show_status=false", "splash"]
+
+
+def test_kernelstub_failure_puts_its_configuration_back(run_module, boot_tree, fake_commands, as_host):
+    root = boot_tree("pop-os-kernelstub")
+    fake_commands.install("kernelstub", stderr="kernelstub.Installer : ERROR Couldn't copy the kernel onto the ESP!\n",
+                          rc=170)
+    before = snapshot(root)
+    result = run_module("kernel_cmdline", {"root": root, "present": ["iommu=pt"]})
+    assert result["failed"] is True
+    assert "kernelstub failed (rc 170)" in result["msg"] and "put back" in result["msg"]
+    assert snapshot(root) == before
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ('{"user": {"kernel_options": ["quiet",]}}', "is not JSON"),
+        ('{"user": {"esp_path": "/boot/efi"}}', "has no list of kernel_options"),
+    ],
+)
+def test_a_kernelstub_configuration_it_cannot_read_is_refused(
+    run_module, boot_tree, fake_commands, as_host, text, message
+):
+    root = boot_tree("pop-os-kernelstub")
+    with open(os.path.join(root, "etc/kernelstub/configuration"), "w") as handle:
+        handle.write(text)
+    fake_commands.install_kernelstub(root)
+    before = snapshot(root)
+    result = run_module("kernel_cmdline", {"root": root, "present": ["iommu=pt"]})
+    assert result["failed"] is True and message in result["msg"]
+    assert snapshot(root) == before and fake_commands.calls() == []
+
+
+def test_kernelstub_options_given_as_one_string_are_split_as_kernelstub_does(run_module, boot_tree):
+    root = boot_tree("pop-os-kernelstub")
+    config = json.loads(read(root, "etc/kernelstub/configuration"))
+    del config["user"]
+    config["default"]["kernel_options"] = "quiet splash"
+    with open(os.path.join(root, "etc/kernelstub/configuration"), "w") as handle:
+        json.dump(config, handle, indent=2)
+    result = run_module("kernel_cmdline", {"root": root, "present": ["iommu=pt"]})
+    assert result["configured"] == ["quiet", "splash", "iommu=pt"] == kernel_options(root)
+    assert json.loads(read(root, "etc/kernelstub/configuration"))["default"]["kernel_options"] == "quiet splash"
