@@ -17,6 +17,10 @@ def test_gpu_host_refuses_to_guess_its_hosts(fleet):
     assert "gpu01" not in recap
     with open(os.path.join(root, "etc/default/grub")) as handle:
         assert handle.read() == before
+    # A --limit leaves a play on localhost alone out; the check must not go with it.
+    rc, recap, output = fleet.run("gpuvirt.host.gpu_host", "--limit", "gpu01")
+    assert rc != 0
+    assert "Name the hosts to configure with -e target=" in output
 
 
 def test_gpu_host_configures_the_tree_of_each_host(fleet):

@@ -119,3 +119,15 @@ def test_a_batch_size_ansible_would_read_as_every_host_or_fail_on_is_refused_fir
     assert "got '%s'" % batch in output and "probably a bug" not in output
     assert "h01" not in recap and "h02" not in recap
     assert grub(fleet, "h01") == before
+
+
+def test_the_batch_sizes_are_checked_under_a_limit_too(fleet):
+    # A --limit leaves a play on localhost alone out; the check must not go with it.
+    fleet.add("h01", "iommu_disabled")
+    before = grub(fleet, "h01")
+    rc, recap, output = fleet.run(
+        "gpuvirt.host.rollout", "--limit", "h01", extra_vars={"target": "gpu_hosts", "gpuvirt_rollout_batch": "0"}
+    )
+    assert rc != 0
+    assert "gpuvirt_rollout_batch must be a number of hosts (5) or a percentage from 1% to 100%" in output
+    assert grub(fleet, "h01") == before
