@@ -11,6 +11,7 @@ an mdev or enabling VFs behaves as the kernel would. The playbooks run as users 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -58,6 +59,21 @@ def with_grub(description):
 
 def _executable(path):
     os.chmod(path, 0o755)
+
+
+def _tree_digest(root):
+    digest = hashlib.sha256()
+    for base, dirs, files in sorted(os.walk(root)):
+        dirs.sort()
+        for name in sorted(files):
+            if name == ".kernel-sim.json":
+                continue
+            path = os.path.join(base, name)
+            digest.update(path.encode())
+            if not os.path.islink(path):
+                with open(path, "rb") as handle:
+                    digest.update(handle.read())
+    return digest.hexdigest()
 
 
 class Fleet:
@@ -121,6 +137,10 @@ class Fleet:
         with open(path, "w") as handle:
             yaml.safe_dump(tasks, handle)
         return path
+
+    def digests(self):
+        """A digest of each host's files (the simulators' own bookkeeping file aside), by host."""
+        return {name: _tree_digest(root) for name, root in self.hosts.items()}
 
     def reboots(self, name):
         path = os.path.join(self.base, name, "reboots")

@@ -4,9 +4,7 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 from xml.etree import ElementTree
 
 from conftest import cached_facts
@@ -14,27 +12,11 @@ from conftest import cached_facts
 GUEST = {"processes": [{"pid": 4242, "comm": "qemu-system-x86", "holds": ["0c:00.0"]}]}
 
 
-def tree_digest(root):
-    """A digest of the host's files (the simulators' own bookkeeping file aside)."""
-    digest = hashlib.sha256()
-    for base, dirs, files in sorted(os.walk(root)):
-        dirs.sort()
-        for name in sorted(files):
-            if name == ".kernel-sim.json":
-                continue
-            path = os.path.join(base, name)
-            digest.update(path.encode())
-            if not os.path.islink(path):
-                with open(path, "rb") as handle:
-                    digest.update(handle.read())
-    return digest.hexdigest()
-
-
 def test_preflight_reports_each_host_and_fails_only_the_blocked_one(fleet, tmp_path):
     fleet.add("ready01", "amd_host")
     fleet.add("reboot01", "iommu_disabled")
     fleet.add("blocked01", "desktop_dgpu", vfio_devices=["0000:00:02.0"])
-    before = {name: tree_digest(root) for name, root in fleet.hosts.items()}
+    before = fleet.digests()
     report = tmp_path / "report"
     cache = tmp_path / "facts"
     rc, recap, output = fleet.run(
@@ -45,7 +27,7 @@ def test_preflight_reports_each_host_and_fails_only_the_blocked_one(fleet, tmp_p
     assert recap["blocked01"]["failed"] == 1 and recap["ready01"]["failed"] == 0 and recap["reboot01"]["failed"] == 0
     assert "Preflight: 3 host(s): 1 ready, 0 to change, 1 to change with a reboot, 1 blocked" in output
     # Read-only: no tree changed.
-    assert {name: tree_digest(root) for name, root in fleet.hosts.items()} == before
+    assert fleet.digests() == before
 
     result = json.loads((report / "preflight.json").read_text())
     assert result["counts"] == {"hosts": 3, "ready": 1, "changes": 0, "reboot": 1, "blocked": 1}
