@@ -100,7 +100,7 @@ def test_rollout_through_ansible_runner_reboots_only_the_host_that_needs_it(flee
     assert runner.status == "successful", runner.stdout.read()
     # Each serial batch is a play of its own in the job events.
     plays = [e for e in runner.events if e["event"] == "playbook_on_play_start"]
-    assert len(plays) == 4  # the hooks, the check of target, then one per batch of one host
+    assert len(plays) == 5  # the hooks, the check of target, one per batch of one host, the check of a host reached
     rebooted = task_events(runner, "runner_on_ok", "Reboot the simulated host")
     assert [e["event_data"]["host"] for e in rebooted] == ["gpu02"]
     assert fleet.reboots("gpu01") == 0 and fleet.reboots("gpu02") == 1
@@ -108,3 +108,23 @@ def test_rollout_through_ansible_runner_reboots_only_the_host_that_needs_it(flee
     assert outcome["gpu02"]["rebooted"] is True and outcome["gpu02"]["drained"] is True
     assert outcome["gpu01"]["rebooted"] is False and outcome["gpu01"]["changed"] == []
     assert cached_facts(os.path.join(directory, "artifacts", "rollout-1", "fact_cache"), "gpu02")["gpuvirt"]["iommu"]
+
+
+def test_a_slice_that_holds_none_of_the_targets_hosts_fails_unless_the_job_template_allows_it(fleet, tmp_path):
+    # AWX gives each slice of a sliced job its share of the inventory (hosts sorted by name, round
+    # robin) and no slice number: with gpu01 and gpu02, the second slice holds gpu02 alone.
+    fleet.add("gpu02", "iommu_disabled")
+    before = fleet.digests()
+    extravars = {"target": "gpu01", "drain_hook": "", "undrain_hook": ""}
+    directory = private_data_dir(fleet, str(tmp_path / "pdd"), extravars)
+    runner = run(directory, "rollout.yml", "slice-2")
+    assert runner.status == "failed" and runner.rc == 2
+    failed = task_events(runner, "runner_on_failed", "Fail when target matched no host")
+    assert "gpuvirt.host.rollout reached no host: target 'gpu01'" in failed[0]["event_data"]["res"]["msg"]
+
+    # The job template of a sliced job sets gpuvirt_allow_no_hosts (controller/configure.yml).
+    with open(os.path.join(directory, "env", "extravars"), "w") as handle:
+        yaml.safe_dump(dict(extravars, gpuvirt_allow_no_hosts=True), handle)
+    runner = run(directory, "rollout.yml", "slice-2-allowed")
+    assert runner.status == "successful" and runner.rc == 0
+    assert fleet.digests() == before
