@@ -91,6 +91,7 @@ BLS_ENTRIES = "boot/loader/entries"
 GRUBENV = "boot/grub2/grubenv"
 PROXMOX_ESP_LIST = "etc/kernel/proxmox-boot-uuids"
 KERNELSTUB_CONFIG = "etc/kernelstub/configuration"
+NIXOS_MARKER = "etc/NIXOS"  # present on every NixOS system
 # The argument by which the initramfs finds the deployment; ostree writes it into each deployment's
 # boot entry itself.
 OSTREE_KEY = "ostree"
@@ -988,6 +989,12 @@ def detect_bootloader(root):
     # /etc/kernel/cmdline and kernel-install do not reach them. It only runs on a host booted by UEFI.
     if _kernelstub_manages(root):
         return "kernelstub"
+    if os.path.exists(host_path(root, NIXOS_MARKER)):
+        raise BootloaderError(
+            "%s is NixOS (/%s): its boot entries are built from the system configuration by nixos-rebuild, "
+            "which overwrites any other edit; add the arguments to boot.kernelParams in configuration.nix "
+            "and run nixos-rebuild boot" % (root, NIXOS_MARKER)
+        )
     if _proxmox_esps(root) and host_model.find_in_tree(root, "proxmox-boot-tool"):
         return "proxmox"
     if _booted_systemd_boot(root):

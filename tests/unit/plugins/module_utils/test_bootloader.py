@@ -431,6 +431,14 @@ def test_an_ostree_image_tree_is_told_by_its_boot_entries(boot_tree):
     assert not b.ostree_system(boot_tree("rocky9-grubby"))
 
 
+def test_nixos_is_refused_with_where_its_kernel_arguments_go(boot_tree):
+    # NixOS boots systemd-boot or GRUB, but nixos-rebuild writes every entry from configuration.nix.
+    root = boot_tree("systemd-boot")
+    open(os.path.join(root, "etc/NIXOS"), "w").close()
+    with pytest.raises(b.BootloaderError, match="is NixOS .*boot.kernelParams in configuration.nix"):
+        b.detect_bootloader(root)
+
+
 def test_kernelstub_only_manages_a_host_booted_by_uefi(boot_tree):
     # kernelstub writes EFI boot entries; a live host booted by BIOS boots GRUB, whatever kernelstub
     # left in /etc.
