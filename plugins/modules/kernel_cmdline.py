@@ -38,8 +38,8 @@ description:
     stages a new deployment with the arguments. The deployment's own C(ostree=) argument is left alone and
     not reported. Works on the booted host only (O(root=/)). On OpenShift nodes, whose Machine Config
     Operator owns the kernel arguments, give them in a MachineConfig (C(spec.kernelArguments)) instead."
-  - NixOS (C(/etc/NIXOS)) is refused with V(auto): nixos-rebuild writes its boot entries from the system
-    configuration, so the arguments belong in C(boot.kernelParams).
+  - NixOS (C(/etc/NIXOS)) is refused with V(auto), as nixos-rebuild writes its boot entries from the system
+    configuration; the arguments belong in C(boot.kernelParams).
   - A O(present) C(key=value) replaces the other values of that key (C(intel_iommu=off) becomes
     C(intel_iommu=on)) except for keys the kernel accepts several times (C(console), C(hugepagesz),
     C(hugepages), C(memmap), C(initcall_blacklist), C(rd.driver.pre) and similar). Dashes and
