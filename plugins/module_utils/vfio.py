@@ -68,6 +68,8 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.pci import (
 from ansible_collections.gpuvirt.host.plugins.module_utils.selector import (
     SelectorError,
     describe,
+    match_selector,
+    parse_selector,
     select_devices,
 )
 from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import (
@@ -126,6 +128,33 @@ def resolve_selectors(selectors, devices, binding=True):
     if problems:
         raise VfioError("; ".join(problems) + "; nothing was changed")
     return {address: chosen[address] for address in sorted(chosen)}
+
+
+def split_overlap(view, members, split):
+    """Why binding ``members`` contradicts ``split`` (selectors of the devices the rest of the
+    configuration splits into VFs, vGPUs or mdevs), or None. A selector there that names nothing,
+    or names two models, is left to the step that splits."""
+    named = {}
+    for text in split:
+        try:
+            matches = match_selector(parse_selector(text), view.devices)
+        except SelectorError:
+            continue
+        for address in matches:
+            named.setdefault(address, []).append(text)
+    clashes = []
+    for address, member in members.items():
+        if address not in named:
+            continue
+        by = ", ".join(member.selected_by) if member.selected_by else "a companion of %s" % member.companion_of
+        clashes.append("%s (selected by %s) is also split by %s" % (
+            describe(view.records[address]), by, ", ".join(named[address])))
+    if not clashes:
+        return None
+    return (
+        "%s: a device handed whole to a VM cannot also be split into VFs, vGPUs or mdevs; select the devices "
+        "to pass through by PCI address, or declare one or the other; nothing was changed" % "; ".join(clashes)
+    )
 
 
 # ------------------------------------------------------------------------------ driver choice

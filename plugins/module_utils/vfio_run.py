@@ -34,6 +34,7 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.vfio import (
     module_of,
     read_host,
     resolve_selectors,
+    split_overlap,
 )
 from ansible_collections.gpuvirt.host.plugins.module_utils.vfio_bind import (
     bind_device,
@@ -84,6 +85,10 @@ class VfioPciRun(BootConfigPlanner, ModuleRun):
         view = self.view = read_host(self.root)
         selected = resolve_selectors(self.selectors, view.devices, binding=self.state == "present")
         self.members = expand_members(view, selected, self.with_companions)
+        if self.state == "present":
+            contradiction = split_overlap(view, self.members, self.params["split"])
+            if contradiction is not None:
+                raise VfioError(contradiction)
         release = view.kernel.get("release")
         aliases = read_vfio_aliases(self.root, release)
         self.variants = sorted({driver for _pattern, driver in aliases})

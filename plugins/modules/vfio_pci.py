@@ -151,6 +151,17 @@ options:
         switch (an Intel Arc's audio controller).
     type: bool
     default: true
+  split:
+    description:
+      - Selectors (as in O(devices)) of the devices that the rest of the configuration splits into SR-IOV
+        VFs, vGPUs or mediated devices; the M(gpuvirt.host.vgpu) role passes its own.
+      - With O(state=present), a device to bind (selected, or a companion) that one of them names fails the
+        run before anything changes, naming both selectors, whatever O(force) says. Two spellings of one
+        device are caught (an ID in O(devices), the same device's address here). A selector here that
+        names nothing is left to the step that splits.
+    type: list
+    elements: str
+    default: []
   runtime:
     description:
       - Change the binding of the running system now. With V(false) only the boot-time configuration
@@ -445,6 +456,7 @@ def main():
             driver=dict(type="str", default="auto"),
             state=dict(type="str", choices=["present", "absent"], default="present"),
             companions=dict(type="bool", default=True),
+            split=dict(type="list", elements="str", default=[]),
             runtime=dict(type="bool", default=True),
             persistent=dict(type="bool", default=True),
             persistence=dict(type="str", choices=list(PERSISTENCE_METHODS), default="auto"),

@@ -38,3 +38,16 @@ def test_gpu_host_configures_the_tree_of_each_host(fleet):
     rc, recap, output = fleet.run("gpuvirt.host.gpu_host", extra_vars={"target": "gpu_hosts"})
     assert rc == 0, output
     assert recap["gpu01"]["changed"] == 0 and recap["gpu02"]["changed"] == 0, output
+
+
+def test_a_device_vfio_binds_by_id_and_vgpu_splits_by_address_is_refused(fleet):
+    root = fleet.add("gpu01", "desktop_dgpu")
+    devices = {
+        "vfio_devices": ["10de:1e04"],
+        "vgpu_devices": [{"selector": "0000:01:00.0", "sriov": {"num_vfs": 2}}],
+    }
+    rc, recap, output = fleet.run("gpuvirt.host.gpu_host", extra_vars=dict(devices, target="gpu01"))
+    assert rc != 0 and recap["gpu01"]["failed"] == 1, output
+    assert "(selected by 10de:1e04) is also split by 0000:01:00.0" in output
+    assert os.path.realpath(os.path.join(root, "sys/bus/pci/devices/0000:01:00.0/driver")).endswith("/nvidia")
+    assert not os.path.exists(os.path.join(root, "etc/modprobe.d/gpuvirt-vfio.conf"))

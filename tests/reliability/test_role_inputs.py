@@ -52,6 +52,11 @@ VGPU_CASES = [
                           {"selector": "0000:04:00.0", "sriov": {"num_vfs": 2}}]},
         ("00000000:04:00.0", "cannot also"),
     ),
+    # One device by its ID and by its address: only the host can tell, and vfio_pci refuses it.
+    (
+        {"vgpu_devices": [{"selector": "1b36:0010", "passthrough": True}, {"selector": NVME, "sriov": {"num_vfs": 2}}]},
+        ("(selected by 1b36:0010) is also split by 0000:04:00.0", "cannot also be split"),
+    ),
     (
         {"vgpu_devices": [{"selector": "CB:00.0", "passthrough": True},
                           {"selector": L40S, "nvidia_vgpu": {"profiles": [{"profile": "L40S-8Q", "count": 1}]}}]},

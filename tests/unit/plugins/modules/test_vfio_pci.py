@@ -735,6 +735,39 @@ def test_modprobe_options_are_refused_for_builtin_vfio_pci(builtin_grub, vfio_pc
     assert snapshot(builtin_grub) == before
 
 
+# ----------------------------------------------------------------------------------------- split
+
+
+@pytest.mark.parametrize(
+    "devices, split, words",
+    [
+        # One GPU by its ID here and by its address in the split: only the host can tell.
+        (["10de:1e04"], ["01:00.0"], "(selected by 10de:1e04) is also split by 01:00.0"),
+        # A companion this run would take with the GPU.
+        ([GPU], ["0000:01:00.1"], "(selected by a companion of 0000:01:00.0) is also split by 0000:01:00.1"),
+    ],
+)
+def test_a_device_the_configuration_splits_is_refused_whatever_force_says(desktop, vfio_pci, devices, split, words):
+    before = snapshot(desktop)
+    for check_mode in (True, False):
+        result = vfio_pci(desktop, check_mode=check_mode, devices=devices, split=split, force=True)
+        assert result["rc"] == 1 and result["changed"] is False, result
+        assert words in result["msg"]
+        assert "cannot also be split into VFs, vGPUs or mdevs" in result["msg"]
+        assert "nothing was changed" in result["msg"]
+    assert snapshot(desktop) == before and drivers(desktop) == HOST_DRIVERS
+
+
+def test_a_split_of_other_devices_or_of_nothing_leaves_the_binding_alone(desktop, vfio_pci):
+    # The NVMe drive is split elsewhere, and a selector that names no device is the split step's to report.
+    result = vfio_pci(desktop, devices=[GPU], split=["0000:04:00.0", "8086:56c0"], persistent=False)
+    assert result["rc"] == 0, result
+    assert set(drivers(desktop).values()) == {"vfio-pci"}
+    # Handing back is never refused for it.
+    back = vfio_pci(desktop, devices=[GPU], split=[GPU], state="absent", persistent=False)
+    assert back["rc"] == 0 and drivers(desktop) == HOST_DRIVERS, back
+
+
 # ------------------------------------------------------------------------------------------ initramfs
 
 
