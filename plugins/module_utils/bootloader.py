@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import fnmatch
 import json
 import os
 import re
@@ -898,6 +899,60 @@ class BlsEntry:
         return files, env_updates
 
 
+class _NoEnv:
+    """systemd-boot expands no variables in an entry."""
+
+    values = {}
+
+
+class LoaderEntry:
+    """A systemd-boot entry on the ESP that kernel-install did not write (Arch's ``arch.conf``, an
+    entry written by hand): systemd-boot boots its ``options`` as they are, so they are edited in place.
+    Its ``$name`` words stay as written."""
+
+    def __init__(self, root, path):
+        self.root = root
+        self.path = path
+        self.text = _read(root, path) or ""
+        self._entry = BlsEntry(path, self.text, _NoEnv())
+
+    def arguments(self):
+        return self._entry.arguments()
+
+    def render(self, argument_plan):
+        files, _env = self._entry.render(argument_plan)
+        return files
+
+
+def loader_entries(root):
+    """``(own, kernel_install)``: the paths of the ESP's systemd-boot entries that kernel-install did
+    not write (the one ``loader.conf`` names as default first), and whether it wrote any. kernel-install
+    names its entries ``<entry token>-<release>.conf``; the token is ``/etc/kernel/entry-token``, else the
+    machine ID."""
+    token = (_read(root, "etc/kernel/entry-token") or _read(root, "etc/machine-id") or "").strip()
+    own, kernel_install = [], False
+    for esp in ESP_MOUNTS:
+        directory = "%s/loader/entries" % esp
+        names = sorted(name for name in list_dir(host_path(root, directory)) if name.endswith(".conf"))
+        if not names:
+            continue
+        default = None
+        for line in (_read(root, "%s/loader/loader.conf" % esp) or "").splitlines():
+            key, _sep, value = line.strip().partition(" ")
+            if key == "default":
+                default = value.strip()
+        for name in names:
+            if token and name.startswith(token + "-"):
+                kernel_install = True
+            else:
+                own.append(directory + "/" + name)
+        if default:
+            patterns = (default, default + ".conf")
+            own.sort(key=lambda path: not any(fnmatch.fnmatchcase(os.path.basename(path), p) for p in patterns))
+        break
+    return own, kernel_install
+
+
 def _version_key(text):
     return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", text or "")]
 
@@ -1162,7 +1217,12 @@ def plan(module, root, bootloader, present, absent, update=True):
             raise BootloaderError("bootloader grub: /%s does not exist below %s" % (GRUB_DEFAULTS, root))
         sources.append(GrubDefaults.read(root))
     elif name == "systemd-boot":
-        sources.append(KernelCmdlineFile(root))
+        # Entries kernel-install did not write are booted as they are: edited in place. Those it wrote
+        # come from /etc/kernel/cmdline when it runs again.
+        own, kernel_install = loader_entries(root)
+        sources.extend(LoaderEntry(root, path) for path in own)
+        if kernel_install or not own:
+            sources.append(KernelCmdlineFile(root))
     elif name == "kernelstub":
         sources.append(KernelstubConfig(root))
     else:
@@ -1179,7 +1239,7 @@ def plan(module, root, bootloader, present, absent, update=True):
         elif name == "kernelstub":
             # Without options, kernelstub writes the entries from its configuration.
             commands = [[_resolve(module, host, root, "kernelstub") or "kernelstub"]]
-        else:
+        elif any(isinstance(source, KernelCmdlineFile) and p.changed for source, p in plans):
             tool = _resolve(module, host, root, "kernel-install") or "kernel-install"
             for release, image, initrd in installed_kernels(root):
                 commands.append([tool, "add", release, image] + ([initrd] if initrd else []))
@@ -1191,7 +1251,9 @@ def plan(module, root, bootloader, present, absent, update=True):
                         % command[0]
                     )
     warnings = _merge_unique(getattr(source, "warnings", []) for source, _p in plans)
-    if name == "systemd-boot" and edits and not commands:
+    if name == "systemd-boot" and not commands and any(
+        isinstance(source, KernelCmdlineFile) and argument_plan.changed for source, argument_plan in plans
+    ):
         warnings.append("no kernel with an image was found below /lib/modules; no boot entry was regenerated")
     run = bool(edits and update and host and commands)
     return BootPlan(

@@ -22,7 +22,10 @@ description:
     arguments. Entries using C($kernelopts) (RHEL 8) are read through C(/boot/grub2/grubenv)."
   - "systemd-boot with kernel-install: edits C(/etc/kernel/cmdline) (created from C(/usr/lib/kernel/cmdline)
     or the running command line when missing, as kernel-install does), then runs C(kernel-install add)
-    for every kernel below C(/lib/modules) that has an image."
+    for every kernel below C(/lib/modules) that has an image. Entries on the ESP that kernel-install did not
+    write (their names do not start with the entry token or machine ID, such as Arch Linux's C(arch.conf)) are
+    booted as they are, so their C(options) lines are edited in place; kernel-install only runs when it wrote
+    entries of its own."
   - "Proxmox VE: when C(proxmox-boot-tool) manages the ESPs (C(/etc/kernel/proxmox-boot-uuids)), edits
     C(/etc/kernel/cmdline) if the host boots systemd-boot, or C(/etc/default/grub) if it boots GRUB, then
     runs C(proxmox-boot-tool refresh); otherwise behaves as GRUB."

@@ -408,6 +408,7 @@ def test_grubenv_refuses_to_grow_past_its_block():
         ("proxmox-lvm-grub", "grub"),
         ("fedora-coreos", "ostree"),
         ("pop-os-kernelstub", "kernelstub"),
+        ("arch-systemd-boot", "systemd-boot"),
     ],
 )
 def test_detect_bootloader(tree, expected):

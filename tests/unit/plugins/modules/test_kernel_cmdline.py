@@ -486,6 +486,53 @@ def test_unsupported_grub_assignment_fails_before_any_change(run_module, boot_tr
     assert snapshot(root) == before
 
 
+# ------------------------------------------------------------------------------ systemd-boot entries of its own
+
+ARCH_ROOT = "root=UUID=7e1f0c3a-52b8-4d6e-9a41-c8b2f0e6d193 rw"
+
+
+def test_systemd_boot_entries_kernel_install_did_not_write_are_edited_in_place(
+    run_module, boot_tree, fake_commands, as_host
+):
+    # Arch: arch.conf and arch-fallback.conf written by hand; kernel-install is there (systemd) and the
+    # kernel ships /usr/lib/modules/<release>/vmlinuz, but it made none of the entries that boot.
+    root = boot_tree("arch-systemd-boot")
+    fake_commands.install("kernel-install")
+    args = {"root": root, "present": IOMMU, "absent": ["splash"]}
+    predicted = run_module("kernel_cmdline", args, check_mode=True, diff=True)
+    result = run_module("kernel_cmdline", args, diff=True)
+    assert result["rc"] == 0, result
+    assert result["bootloader"] == "systemd-boot"
+    assert fake_commands.calls() == [] and result["commands"] == []
+    # arch.conf, the entry loader.conf boots by default (arch-fallback.conf, without quiet, sorts first).
+    assert result["configured"] == ARCH_ROOT.split() + ["quiet"] + IOMMU
+    assert "options %s quiet intel_iommu=on iommu=pt\n" % ARCH_ROOT in read(root, "boot/loader/entries/arch.conf")
+    assert "options %s intel_iommu=on iommu=pt\n" % ARCH_ROOT in read(root, "boot/loader/entries/arch-fallback.conf")
+    assert "initrd  /intel-ucode.img\ninitrd  /initramfs-linux.img\n" in read(root, "boot/loader/entries/arch.conf")
+    assert not os.path.exists(os.path.join(root, "etc/kernel/cmdline"))
+    assert sorted(d["before_header"] for d in result["diff"]) == [
+        "/boot/loader/entries/arch-fallback.conf", "/boot/loader/entries/arch.conf"]
+    assert result["regenerate_required"] is False and warning_messages(result) == []
+    for key in ("changed", "configured", "added", "removed", "commands", "diff"):
+        assert predicted[key] == result[key], key
+    assert run_module("kernel_cmdline", args)["changed"] is False
+
+
+def test_systemd_boot_entries_of_both_kinds_each_get_the_arguments(run_module, boot_tree, fake_commands, as_host):
+    root = boot_tree("arch-systemd-boot")
+    entries = os.path.join(root, "boot/loader/entries")
+    with open(os.path.join(entries, "3f2a9c1e6b7d48e0a5c4b3d2e1f0a9b8-6.12.4-arch1-1.conf"), "w") as handle:
+        handle.write("title Arch Linux\nversion 6.12.4-arch1-1\noptions %s quiet\nlinux /vmlinuz\n" % ARCH_ROOT)
+    fake_commands.install("kernel-install")
+    result = run_module("kernel_cmdline", {"root": root, "present": ["iommu=pt"]})
+    assert result["rc"] == 0, result
+    assert "iommu=pt" in read(root, "boot/loader/entries/arch.conf")
+    # Started from the running command line without the initrd= words the loader added.
+    assert read(root, "etc/kernel/cmdline") == "%s quiet iommu=pt\n" % ARCH_ROOT
+    release = "6.12.4-arch1-1"
+    assert names(fake_commands.calls()) == [["kernel-install", "add", release, "/lib/modules/%s/vmlinuz" % release]]
+
+
 # ------------------------------------------------------------------------------ OSTree (rpm-ostree kargs)
 
 COREOS_KARGS = [
