@@ -44,7 +44,10 @@ def test_a_device_vfio_binds_by_id_and_vgpu_splits_by_address_is_refused(fleet):
     root = fleet.add("gpu01", "desktop_dgpu")
     devices = {
         "vfio_devices": ["10de:1e04"],
-        "vgpu_devices": [{"selector": "0000:01:00.0", "sriov": {"num_vfs": 2}}],
+        # Entries of each kind: the role's default reads every entry whatever keys it has.
+        "vgpu_devices": [{"selector": "0000:00:02.0", "mdev": [{"type": "i915-GVTg_V5_4", "count": 1}]},
+                         {"selector": "0000:01:00.0", "sriov": {"num_vfs": 2}},
+                         {"selector": "0000:04:00.0", "passthrough": True}],
     }
     rc, recap, output = fleet.run("gpuvirt.host.gpu_host", extra_vars=dict(devices, target="gpu01"))
     assert rc != 0 and recap["gpu01"]["failed"] == 1, output
