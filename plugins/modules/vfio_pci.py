@@ -154,7 +154,7 @@ options:
   split:
     description:
       - Selectors (as in O(devices)) of the devices that the rest of the configuration splits into SR-IOV
-        VFs, vGPUs or mediated devices; the M(gpuvirt.host.vgpu) role passes its own.
+        VFs, vGPUs or mediated devices; the C(gpuvirt.host.vgpu) role passes its own.
       - With O(state=present), a device to bind (selected, or a companion) that one of them names fails the
         run before anything changes, naming both selectors, whatever O(force) says. Two spellings of one
         device are caught (an ID in O(devices), the same device's address here). A selector here that
