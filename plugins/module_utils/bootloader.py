@@ -21,8 +21,12 @@ Public API (every reader takes the host ``root``; only :func:`apply` writes or r
 - :func:`installed_kernels` ``(root) ->
   [(release, image, debian_initrd | None)]``.
 - Layout readers, each with ``arguments()`` and ``render(ArgumentPlan)``: :class:`GrubDefaults`
-  (``GrubDefaults.read(root, target)``), :class:`KernelCmdlineFile`, :class:`KernelstubConfig`, :class:`BlsEntry` with
-  :func:`read_bls_entries` ``(root) -> (entries, GrubEnv)`` and :func:`default_entry`.
+  (``GrubDefaults.read(root, target)``), :class:`KernelCmdlineFile`, :class:`KernelstubConfig`,
+  :class:`LoaderEntry` (a systemd-boot entry kernel-install did not write; :func:`loader_entries`
+  ``(root) -> (paths, kernel_install_wrote_any)``), :class:`BlsEntry` with :func:`read_bls_entries`
+  ``(root) -> (entries, GrubEnv)`` and :func:`default_entry`.
+- OSTree: :func:`ostree_system` ``(root) -> bool``; :func:`read_ostree_kargs` ``(module, tool) ->
+  list[str]`` (the next boot's deployment); its change is a :class:`KargsChange` among the edits.
 """
 
 from __future__ import annotations
