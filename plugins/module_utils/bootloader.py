@@ -1234,6 +1234,8 @@ def plan(module, root, bootloader, present, absent, update=True):
     plans, files = _edits_for(root, sources, present, absent)
     primary_source, primary = plans[0]
     edits = list(files.values())
+    # /etc/kernel/cmdline changed: kernel-install has entries to write from it.
+    cmdline_changed = any(isinstance(source, KernelCmdlineFile) and p.changed for source, p in plans)
     commands = []
     if edits:
         if name == "grub" or (name == "proxmox" and not _proxmox_esps(root)):
@@ -1243,7 +1245,7 @@ def plan(module, root, bootloader, present, absent, update=True):
         elif name == "kernelstub":
             # Without options, kernelstub writes the entries from its configuration.
             commands = [[_resolve(module, host, root, "kernelstub") or "kernelstub"]]
-        elif any(isinstance(source, KernelCmdlineFile) and p.changed for source, p in plans):
+        elif cmdline_changed:
             tool = _resolve(module, host, root, "kernel-install") or "kernel-install"
             for release, image, initrd in installed_kernels(root):
                 commands.append([tool, "add", release, image] + ([initrd] if initrd else []))
@@ -1255,9 +1257,7 @@ def plan(module, root, bootloader, present, absent, update=True):
                         % command[0]
                     )
     warnings = _merge_unique(getattr(source, "warnings", []) for source, _p in plans)
-    if name == "systemd-boot" and not commands and any(
-        isinstance(source, KernelCmdlineFile) and argument_plan.changed for source, argument_plan in plans
-    ):
+    if name == "systemd-boot" and not commands and cmdline_changed:
         warnings.append("no kernel with an image was found below /lib/modules; no boot entry was regenerated")
     run = bool(edits and update and host and commands)
     return BootPlan(

@@ -69,7 +69,7 @@ def is_live_root(root):
 
 def ostree_booted(root):
     """True when ``root`` booted an OSTree deployment (:data:`OSTREE_BOOTED`)."""
-    return os.path.exists(os.path.join(root, OSTREE_BOOTED))
+    return os.path.exists(_join(root, [OSTREE_BOOTED]))
 
 
 def check_root(root):
