@@ -23,9 +23,12 @@ description:
   - "systemd-boot with kernel-install: edits C(/etc/kernel/cmdline) (created from C(/usr/lib/kernel/cmdline)
     or the running command line when missing, as kernel-install does), then runs C(kernel-install add)
     for every kernel below C(/lib/modules) that has an image. Entries on the ESP that kernel-install did not
-    write (their names do not start with the entry token or machine ID, such as Arch Linux's C(arch.conf)) are
-    booted as they are, so their C(options) lines are edited in place; kernel-install only runs when it wrote
-    entries of its own."
+    write (such as Arch Linux's C(arch.conf)) are booted as they are, so their C(options) lines are edited in
+    place; kernel-install only runs when it wrote entries of its own. Its entries are those that carry its
+    C(90-loaderentry.install) comment, or are named C(<entry token>-<release>.conf) with that release on their
+    C(version) line; the token is worked out as kernel-install does (C(/etc/kernel/entry-token), else the
+    machine ID from C(install.conf), C(/etc/machine-info) or C(/etc/machine-id), else the os-release
+    C(IMAGE_ID) or C(ID))."
   - "Proxmox VE: when C(proxmox-boot-tool) manages the ESPs (C(/etc/kernel/proxmox-boot-uuids)), edits
     C(/etc/kernel/cmdline) if the host boots systemd-boot, or C(/etc/default/grub) if it boots GRUB, then
     runs C(proxmox-boot-tool refresh); otherwise behaves as GRUB."

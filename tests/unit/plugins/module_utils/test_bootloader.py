@@ -496,3 +496,74 @@ def test_plan_for_an_image_tree_reports_before_after_and_pending_commands(boot_t
     unchanged = b.plan(None, root, "grub", [], [])
     assert unchanged.configured_before == unchanged.configured == ["quiet", "intel_iommu=off"]
     assert not unchanged.changed and not unchanged.pending and unchanged.commands == []
+
+
+# ------------------------------------------------------------------------------ kernel-install's entry token
+
+MACHINE_ID = "3f2a9c1e6b7d48e0a5c4b3d2e1f0a9b8"
+COMPAT_ID = "0a1b2c3d4e5f60718293a4b5c6d7e8f9"
+
+
+def write(root, path, text):
+    full = os.path.join(root, path)
+    os.makedirs(os.path.dirname(full), exist_ok=True)
+    with open(full, "w") as handle:
+        handle.write(text)
+
+
+@pytest.mark.parametrize(
+    "files, token",
+    [
+        ({}, MACHINE_ID),
+        ({"etc/kernel/entry-token": "arch\n"}, "arch"),
+        ({"usr/lib/kernel/entry-token": "vendor-image\n"}, "vendor-image"),
+        ({"etc/kernel/entry-token": "not a token\n"}, MACHINE_ID),  # invalid: ignored, as systemd does
+        ({"etc/kernel/install.conf": "layout=bls\nMACHINE_ID=%s\n" % COMPAT_ID}, COMPAT_ID),
+        ({"usr/lib/kernel/install.conf": "MACHINE_ID=%s\n" % COMPAT_ID}, COMPAT_ID),
+        # Only the first install.conf found is read.
+        ({"etc/kernel/install.conf": "layout=bls\n", "usr/lib/kernel/install.conf": "MACHINE_ID=%s\n" % COMPAT_ID},
+         MACHINE_ID),
+        ({"etc/machine-info": 'PRETTY_HOSTNAME=x\nKERNEL_INSTALL_MACHINE_ID="%s"\n' % COMPAT_ID}, COMPAT_ID),
+        ({"etc/machine-info": "KERNEL_INSTALL_MACHINE_ID=0a1b2c3d-4e5f-6071-8293-a4b5c6d7e8f9\n"}, COMPAT_ID),
+        ({"etc/machine-id": "uninitialized\n", "etc/os-release": 'ID=arch\nIMAGE_ID="edge"\n'}, "edge"),
+        ({"etc/machine-id": "uninitialized\n", "etc/os-release": "ID=arch\n"}, "arch"),
+        ({"etc/machine-id": "", "usr/lib/os-release": "ID=debian\n"}, "debian"),
+        ({"etc/machine-id": "00000000000000000000000000000000\n"}, None),
+    ],
+)
+def test_entry_token_as_kernel_install_works_it_out(boot_tree, files, token):
+    root = boot_tree("arch-systemd-boot")
+    for path, text in files.items():
+        write(root, path, text)
+    assert b.entry_token(root) == token
+
+
+def test_entries_named_after_another_machine_id_are_kernel_installs(boot_tree):
+    # /etc/machine-info gives kernel-install a machine ID of its own (images made before the host had
+    # one): its entries are named after that ID, not /etc/machine-id. They come from /etc/kernel/cmdline.
+    root = boot_tree("arch-systemd-boot")
+    entries = "boot/loader/entries"
+    for name in os.listdir(os.path.join(root, entries)):
+        os.remove(os.path.join(root, entries, name))
+    write(root, "etc/machine-info", "KERNEL_INSTALL_MACHINE_ID=%s\n" % COMPAT_ID)
+    write(root, "%s/%s-6.12.4-arch1-1.conf" % (entries, COMPAT_ID),
+          "title Arch Linux\nversion 6.12.4-arch1-1\nmachine-id %s\noptions rw\nlinux /x/linux\n" % COMPAT_ID)
+    assert b.loader_entries(root) == ([], True)
+
+
+def test_entries_are_told_by_their_release_and_kernel_installs_mark(boot_tree):
+    root = boot_tree("arch-systemd-boot")
+    entries = "boot/loader/entries"
+    # The token is the OS ID (no machine ID): arch-fallback.conf shares its prefix but names no release.
+    write(root, "etc/machine-id", "uninitialized\n")
+    write(root, "etc/os-release", "NAME=\"Arch Linux\"\nID=arch\n")
+    write(root, "%s/arch-6.12.4-arch1-1+3-0.conf" % entries,
+          "title Arch Linux\nversion 6.12.4-arch1-1\noptions rw\nlinux /arch/6.12.4-arch1-1/linux\n")
+    # Written by kernel-install under an earlier machine ID: its mark tells it.
+    write(root, "%s/%s-6.11.9-arch1-1.conf" % (entries, COMPAT_ID),
+          "# Boot Loader Specification type#1 entry\n"
+          "# File created by /usr/lib/kernel/install.d/90-loaderentry.install (systemd 256.7-1-arch)\n"
+          "title Arch Linux\nversion 6.11.9-arch1-1\noptions rw\nlinux /x/linux\n")
+    own, kernel_install = b.loader_entries(root)
+    assert kernel_install is True
+    assert own == ["%s/arch.conf" % entries, "%s/arch-fallback.conf" % entries]

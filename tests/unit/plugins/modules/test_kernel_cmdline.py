@@ -533,6 +533,31 @@ def test_systemd_boot_entries_of_both_kinds_each_get_the_arguments(run_module, b
     assert names(fake_commands.calls()) == [["kernel-install", "add", release, "/lib/modules/%s/vmlinuz" % release]]
 
 
+def test_systemd_boot_entries_named_after_kernel_installs_own_machine_id_come_from_etc_kernel_cmdline(
+    run_module, boot_tree, fake_commands, as_host
+):
+    # /etc/machine-info gives kernel-install the machine ID it names its entries after: they are its
+    # own, rewritten from /etc/kernel/cmdline, not entries to edit in place.
+    root = boot_tree("arch-systemd-boot")
+    entries = os.path.join(root, "boot/loader/entries")
+    for name in os.listdir(entries):
+        os.remove(os.path.join(entries, name))
+    release = "6.12.4-arch1-1"
+    entry = os.path.join(entries, "0a1b2c3d4e5f60718293a4b5c6d7e8f9-%s.conf" % release)
+    text = "title Arch Linux\nversion %s\noptions %s quiet\nlinux /vmlinuz\n" % (release, ARCH_ROOT)
+    with open(entry, "w") as handle:
+        handle.write(text)
+    with open(os.path.join(root, "etc/machine-info"), "w") as handle:
+        handle.write("KERNEL_INSTALL_MACHINE_ID=0a1b2c3d4e5f60718293a4b5c6d7e8f9\n")
+    fake_commands.install("kernel-install")
+    result = run_module("kernel_cmdline", {"root": root, "present": ["iommu=pt"]})
+    assert result["rc"] == 0, result
+    assert read(root, "etc/kernel/cmdline") == "%s quiet iommu=pt\n" % ARCH_ROOT
+    assert names(fake_commands.calls()) == [["kernel-install", "add", release, "/lib/modules/%s/vmlinuz" % release]]
+    with open(entry) as handle:
+        assert handle.read() == text
+
+
 # ------------------------------------------------------------------------------ OSTree (rpm-ostree kargs)
 
 COREOS_KARGS = [
