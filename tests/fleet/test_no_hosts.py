@@ -17,12 +17,14 @@ PLAYBOOKS = {
     "gpuvirt.host.rollout": "gpuvirt.host.rollout reached no host",
     "gpuvirt.host.preflight": "gpuvirt.host.preflight checked no host",
     "gpuvirt.host.report": "gpuvirt.host.report covered no host",
+    "gpuvirt.host.topology_report": "gpuvirt.host.topology_report reported no host",
 }
 NOTHING_DONE = {
     "gpuvirt.host.gpu_host": "so nothing was changed",
     "gpuvirt.host.rollout": "so nothing was changed",
     "gpuvirt.host.preflight": "so nothing was checked and no result was written",
     "gpuvirt.host.report": "so no record was written and the page was not rebuilt",
+    "gpuvirt.host.topology_report": "so nothing was reported and no file was written",
 }
 
 
@@ -109,3 +111,13 @@ def test_unreachable_hosts_end_the_run_with_their_own_failure(fleet):
     assert recap["ready01"]["failed"] == 0 and recap["down01"]["unreachable"] == 1
     assert check_play in output and "checked no host" not in output
     assert sum(counts["failed"] for counts in recap.values()) == 0, recap
+
+
+def test_the_topology_report_of_a_target_with_hosts_passes_and_writes_each_hosts_files(two_hosts):
+    fleet, before, report = two_hosts
+    rc, recap, output = fleet.run("gpuvirt.host.topology_report", "--limit", "gpu02",
+                                  extra_vars={"target": "gpu_hosts", "gpuvirt_report_dir": str(report)})
+    assert rc == 0, output
+    assert "PLAY [Check that the topology report reached a host]" in output and "reported no host" not in output
+    assert sorted(path.name for path in report.iterdir()) == ["gpu02.json", "gpu02.txt"]
+    assert fleet.digests() == before
