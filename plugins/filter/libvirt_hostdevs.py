@@ -13,9 +13,9 @@ description:
   - Takes the topology of M(gpuvirt.host.topology_info) and returns the C(<hostdev>) elements that hand
     the GPUs and mediated devices named in the spec to a libvirt domain (C(virsh edit), C(virsh
     attach-device --config), C(community.libvirt.virt) with a template).
-  - A GPU comes with its companion functions (HDMI/DP audio, USB-C xHCI, UCSI) as one multifunction
-    guest device - function 0 carries C(multifunction='on') and every function sits in the same guest slot,
-    as guest drivers expect.
+  - A GPU comes with its companion functions in its IOMMU group (HDMI/DP audio, USB-C xHCI, UCSI) as one
+    multifunction guest device - function 0 carries C(multifunction='on') and every function sits in the
+    same guest slot, as guest drivers expect.
   - "The filter refuses, with every reason, a device that is not ready: the IOMMU off, a group shared with
     other devices, the boot VGA device, a host-critical device in the group, a process holding it, or the
     GPU or a companion function not bound to vfio-pci (or a variant VFIO driver). An NVIDIA virtual

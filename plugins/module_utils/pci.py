@@ -803,6 +803,22 @@ def companions(devices, address, slots=None):
     return sorted(result)
 
 
+def group_companions(devices, address, slots=None):
+    """The :func:`companions` of ``address`` that its IOMMU group needs: those in its group, or all of
+    them when a group is not known (the IOMMU off, a tree that cannot tell). A companion in a group of
+    its own (a device with ACS between its functions, ``pcie_acs_override``, an Arc card's switch with
+    ACS) is not needed to hand the device to a VM: vfio-pci leaves it to its driver, and the verdict
+    and the exports do not ask for it."""
+    device = devices.get(address)
+    if device is None:
+        return []
+    group = device.iommu_group
+    return [
+        other for other in companions(devices, address, slots)
+        if group is None or devices[other].iommu_group in (None, group)
+    ]
+
+
 def card_functions(devices, device):
     """The endpoint functions of the one-GPU card ``device`` is on, when the card has a PCIe switch of its
     own; else an empty list.

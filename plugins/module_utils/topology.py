@@ -67,7 +67,7 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.mdev_info import mdev
 from ansible_collections.gpuvirt.host.plugins.module_utils.pci import (
     HOST_GRAPHICS_DRIVERS,
     behind_vmd_reason,
-    companions,
+    group_companions,
     name_devices,
     read_pci_devices,
     slot_index,
@@ -129,7 +129,7 @@ def passthrough_verdict(
     :func:`critical.critical_devices` output; ``slots``: :func:`pci.slot_index` output (saves a
     scan of all devices per call); ``displays``: :func:`display.read_displays` output (the boot
     display and the framebuffers, none when not given). ``devices`` in the result are the addresses to bind together:
-    the device and its companion functions.
+    the device and its companion functions in its IOMMU group (:func:`pci.group_companions`).
 
     ``iommu_enabled`` None (a tree that cannot tell) gives the code ``iommu_unknown``; ``viable`` is
     then None unless another reason already rules the device out.
@@ -139,7 +139,7 @@ def passthrough_verdict(
     holders = {} if holders is None else holders
     critical = critical or {}
     displays = displays or Displays()
-    bound = [address] + companions(devices, address, slots)
+    bound = [address] + group_companions(devices, address, slots)
     codes = []
     reasons = []
 

@@ -13,8 +13,8 @@ boot-time planning :class:`vfio_boot.BootConfigPlanner`):
 - :func:`read_host` ``(root) -> HostView``: devices, IOMMU state, VFIO holders and host-critical
   devices through the topology readers, and the displays the kernel marks (:mod:`display`).
 - :func:`expand_members` ``(view, selected, with_companions) -> {address: Member}``: selected devices
-  plus their companions (:func:`pci.companions`: their slots' other functions, their card's behind its
-  own switch) in the same IOMMU group.
+  plus their companions that share their IOMMU group (:func:`pci.group_companions`: their slots' other
+  functions, their card's behind its own switch).
 - :func:`bind_refusals`, :func:`in_use_refusals`, :func:`carved_refusals`, :func:`host_user_refusals`,
   :func:`id_refusals` -> ``[Refusal]``: the guards. :func:`host_node_users` ``(view, changing)``: the
   one scan of the host nodes that :func:`host_user_refusals` and :func:`in_use_refusals` share when
@@ -59,7 +59,7 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.kernel import (
 from ansible_collections.gpuvirt.host.plugins.module_utils.mdev_info import mdevs
 from ansible_collections.gpuvirt.host.plugins.module_utils.pci import (
     behind_vmd_reason,
-    companions,
+    group_companions,
     name_devices,
     read_pci_devices,
     slot_index,
@@ -374,17 +374,14 @@ class Member:
 
 
 def expand_members(view, selected, with_companions):
-    """The selected devices plus, with ``with_companions``, their companions (:func:`pci.companions`)
-    that the IOMMU group needs (same group, or any when the groups are not known yet)."""
+    """The selected devices plus, with ``with_companions``, their companions that the IOMMU group needs
+    (:func:`pci.group_companions`: same group, or any when the groups are not known yet)."""
     members = {address: Member(address, list(selectors)) for address, selectors in selected.items()}
     if with_companions:
         for address in list(selected):
-            group = view.devices[address].iommu_group
-            for other in companions(view.devices, address, view.slots):
-                other_group = view.devices[other].iommu_group
-                if other in members or (group is not None and other_group not in (None, group)):
-                    continue
-                members[other] = Member(other, [], address)
+            for other in group_companions(view.devices, address, view.slots):
+                if other not in members:
+                    members[other] = Member(other, [], address)
     return {address: members[address] for address in sorted(members)}
 
 

@@ -654,9 +654,11 @@ topology:
               sample: [boot_vga]
             devices:
               description:
-                - Addresses to bind to vfio-pci together, the GPU and its companion functions (the other
-                  functions of its slot; an APU's GPU leaves the processor's functions beside it to the
-                  host).
+                - Addresses to bind to vfio-pci together, the GPU and its companion functions in its IOMMU
+                  group (the other functions of its slot, or of its card behind the card's own switch; an
+                  APU's GPU leaves the processor's functions beside it to the host). A companion in an IOMMU
+                  group of its own (ACS between the functions, C(pcie_acs_override)) is not needed and not
+                  listed.
               returned: success
               type: list
               elements: str

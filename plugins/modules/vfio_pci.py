@@ -30,6 +30,8 @@ description:
     controllers, vendor 1022; the GPU and its HDMI audio are 1002), which are not its companions and
     stay with the host. A card with a PCIe switch of its own and one GPU behind it (Intel Arc) has its
     audio controller behind another port of that switch, on a bus of its own; it is a companion too.
+    A companion in an IOMMU group of its own (ACS between the functions, C(pcie_acs_override)) is left to
+    its driver, as the VM does not need it; select it to bind it too.
   - "Runtime binding uses the kernel's protocol: load the driver's module when
     C(/sys/bus/pci/drivers/<driver>) does not exist, write the driver name to C(driver_override), unbind
     the current driver, write the address to C(/sys/bus/pci/drivers_probe), then read the C(driver) link
