@@ -103,6 +103,9 @@ OSTREE_KEY = "ostree"
 # systemd-boot sets this EFI variable; it is present exactly when the running system booted with it.
 LOADER_INFO = "sys/firmware/efi/efivars/LoaderInfo-4a67b082-0a4c-41cf-b6c7-440b29bb8c4f"
 ESP_MOUNTS = ("efi", "boot/efi", "boot")
+# systemd-stub sets it when it starts a unified kernel image.
+STUB_INFO = "sys/firmware/efi/efivars/StubInfo-4a67b082-0a4c-41cf-b6c7-440b29bb8c4f"
+MKINITCPIO_PRESETS = "etc/mkinitcpio.d"
 LINUX = "GRUB_CMDLINE_LINUX"
 LINUX_DEFAULT = "GRUB_CMDLINE_LINUX_DEFAULT"
 _GRUB_VARIABLES = (LINUX, LINUX_DEFAULT)
@@ -1032,6 +1035,91 @@ def loader_entries(root):
     return own, kernel_install
 
 
+# ------------------------------------------------------------------------------------ unified kernel images
+
+# A mkinitcpio preset line that builds a unified kernel image (``default_uki=``; ``_efi_image=`` before
+# mkinitcpio 36), and one passing its own command line file.
+_PRESET_UKI = re.compile(r"^[ \t]*[A-Za-z0-9_]+_(?:uki|efi_image)=[ \t]*[\"']?([^\s\"'#][^\s\"']*)", re.MULTILINE)
+_PRESET_CMDLINE = re.compile(r"^[ \t]*[A-Za-z0-9_]+_options=[^\n]*--cmdline(?:=|[ \t]+)([^\s\"']+)", re.MULTILINE)
+_DRACUT_UEFI = re.compile(r"^[ \t]*uefi[ \t]*=[ \t]*[\"']?yes\b", re.MULTILINE)
+_UKI_CMDLINE = re.compile(r"^[ \t]*Cmdline[ \t]*=", re.MULTILINE)
+
+
+def unified_kernel_images(root):
+    """The ESP's unified kernel images (``EFI/Linux/*.efi``, systemd-boot's type #2 entries) when the host
+    boots one: systemd-stub says so (its ``StubInfo`` EFI variable), or the ESP's menu holds them and no
+    loader entry. Empty otherwise. Their command line is built into them."""
+    images, entries = [], False
+    for esp in ESP_MOUNTS:
+        directory = "%s/EFI/Linux" % esp
+        images.extend(directory + "/" + name for name in sorted(list_dir(host_path(root, directory)))
+                      if name.lower().endswith(".efi"))
+        entries = entries or any(name.endswith(".conf")
+                                 for name in list_dir(host_path(root, "%s/loader/entries" % esp)))
+    if os.path.exists(host_path(root, STUB_INFO)) or not entries:
+        return images
+    return []
+
+
+def _install_conf_value(root, key):
+    """``key`` in the first of ``/etc/kernel/install.conf`` and ``/usr/lib/kernel/install.conf`` found, as
+    kernel-install reads them."""
+    for path in ("etc/kernel/install.conf", "usr/lib/kernel/install.conf"):
+        if _read(root, path) is not None:
+            return _env_value(root, path, key)
+    return None
+
+
+def uki_generator(root, images):
+    """What rebuilds the unified kernel images ``images`` with ``/etc/kernel/cmdline``: ``kernel-install``
+    (``layout=uki``, through ukify) or ``mkinitcpio`` (presets with ``*_uki=``). Raises
+    :class:`BootloaderError` when the command line comes from elsewhere or no generator is known: an edit
+    of ``/etc/kernel/cmdline`` would not reach the images."""
+    shown = ", ".join("/" + image for image in images[:3]) + (", ..." if len(images) > 3 else "")
+    where = "%s boots unified kernel images (%s), whose kernel command line is built into them" % (root, shown)
+    if _install_conf_value(root, "layout") == "uki":
+        for path in ("etc/kernel/uki.conf", "usr/lib/kernel/uki.conf"):
+            if _UKI_CMDLINE.search(_read(root, path) or ""):
+                raise BootloaderError(
+                    "%s by kernel-install and ukify; /%s sets Cmdline=, which ukify uses instead of "
+                    "/etc/kernel/cmdline: remove that line (and put its arguments in /etc/kernel/cmdline) "
+                    "so that the arguments can be managed" % (where, path)
+                )
+        return "kernel-install"
+    presets = [name for name in sorted(list_dir(host_path(root, MKINITCPIO_PRESETS))) if name.endswith(".preset")]
+    texts = {name: _read(root, "%s/%s" % (MKINITCPIO_PRESETS, name)) or "" for name in presets}
+    if any(_PRESET_UKI.search(text) for text in texts.values()):
+        for name, text in texts.items():
+            other = next((path for path in _PRESET_CMDLINE.findall(text) if path != "/" + KERNEL_CMDLINE), None)
+            if other is not None:
+                raise BootloaderError(
+                    "%s by mkinitcpio; /%s/%s builds them with --cmdline %s instead of /etc/kernel/cmdline: "
+                    "drop that option (and put its arguments in /etc/kernel/cmdline) so that the arguments "
+                    "can be managed" % (where, MKINITCPIO_PRESETS, name, other)
+                )
+        dropins = [name for name in list_dir(host_path(root, "etc/cmdline.d")) if name.endswith(".conf")]
+        if dropins:
+            raise BootloaderError(
+                "%s by mkinitcpio, from the drop-ins in /etc/cmdline.d (%s); move their arguments to "
+                "/etc/kernel/cmdline and remove them so that the arguments can be managed in one file"
+                % (where, ", ".join(sorted(dropins)))
+            )
+        return "mkinitcpio"
+    dracut = ["etc/dracut.conf"] + ["etc/dracut.conf.d/" + name for name in sorted(
+        list_dir(host_path(root, "etc/dracut.conf.d"))) if name.endswith(".conf")]
+    if any(_DRACUT_UEFI.search(_read(root, path) or "") for path in dracut):
+        raise BootloaderError(
+            "%s by dracut (uefi=yes), from its kernel_cmdline setting; add the arguments there (or build "
+            "the images with kernel-install and layout=uki) and rebuild them with dracut --regenerate-all"
+            % where
+        )
+    raise BootloaderError(
+        "%s, and no generator that builds them from /etc/kernel/cmdline was recognised (kernel-install "
+        "with layout=uki in /etc/kernel/install.conf, or mkinitcpio presets with *_uki=); add the arguments "
+        "where the images are built and rebuild them" % where
+    )
+
+
 def _version_key(text):
     return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", text or "")]
 
@@ -1131,7 +1219,8 @@ def detect_bootloader(root):
         )
     if _proxmox_esps(root) and host_model.find_in_tree(root, "proxmox-boot-tool"):
         return "proxmox"
-    if _booted_systemd_boot(root):
+    # systemd-boot, or the firmware itself, started a unified kernel image through systemd-stub.
+    if _booted_systemd_boot(root) or os.path.exists(host_path(root, STUB_INFO)):
         return "systemd-boot"
     if _bls_entry_names(root) and host_model.find_in_tree(root, "grubby"):
         return "grubby"
@@ -1286,6 +1375,7 @@ def plan(module, root, bootloader, present, absent, update=True):
     if name not in BOOTLOADERS:
         raise BootloaderError("unknown bootloader %r; use one of auto, %s" % (name, ", ".join(BOOTLOADERS)))
     host = host_model.is_live_root(root)
+    generator = None
     if name == "grubby":
         return _plan_grubby(module, root, host, present, absent, update)
     if name == "ostree":
@@ -1296,12 +1386,18 @@ def plan(module, root, bootloader, present, absent, update=True):
             raise BootloaderError("bootloader grub: /%s does not exist below %s" % (GRUB_DEFAULTS, root))
         sources.append(GrubDefaults.read(root))
     elif name == "systemd-boot":
-        # Entries kernel-install did not write are booted as they are: edited in place. Those it wrote
-        # come from /etc/kernel/cmdline when it runs again.
-        own, kernel_install = loader_entries(root)
-        sources.extend(LoaderEntry(root, path) for path in own)
-        if kernel_install or not own:
+        images = unified_kernel_images(root)
+        if images:
+            # Unified kernel images carry their command line: rebuilt from /etc/kernel/cmdline.
+            generator = uki_generator(root, images)
             sources.append(KernelCmdlineFile(root))
+        else:
+            # Entries kernel-install did not write are booted as they are: edited in place. Those it
+            # wrote come from /etc/kernel/cmdline when it runs again.
+            own, kernel_install = loader_entries(root)
+            sources.extend(LoaderEntry(root, path) for path in own)
+            if kernel_install or not own:
+                sources.append(KernelCmdlineFile(root))
     elif name == "kernelstub":
         sources.append(KernelstubConfig(root))
     else:
@@ -1320,6 +1416,8 @@ def plan(module, root, bootloader, present, absent, update=True):
         elif name == "kernelstub":
             # Without options, kernelstub writes the entries from its configuration.
             commands = [[_resolve(module, host, root, "kernelstub") or "kernelstub"]]
+        elif generator == "mkinitcpio":
+            commands = [[_resolve(module, host, root, "mkinitcpio") or "mkinitcpio", "-P"]]
         elif cmdline_changed:
             tool = _resolve(module, host, root, "kernel-install") or "kernel-install"
             for release, image, initrd in installed_kernels(root):

@@ -29,6 +29,12 @@ description:
     C(version) line; the token is worked out as kernel-install does (C(/etc/kernel/entry-token), else the
     machine ID from C(install.conf), C(/etc/machine-info) or C(/etc/machine-id), else the os-release
     C(IMAGE_ID) or C(ID))."
+  - "Unified kernel images (systemd-boot's C(EFI/Linux/*.efi) entries, told by systemd-stub's C(StubInfo) EFI
+    variable or by an ESP with no loader entry) carry their command line: C(/etc/kernel/cmdline) is edited and
+    the images rebuilt by what builds them, C(mkinitcpio -P) for mkinitcpio presets with C(*_uki=), or
+    C(kernel-install add) with C(layout=uki) in C(install.conf). Images built from another command line
+    (C(/etc/cmdline.d), a preset's C(--cmdline), C(Cmdline=) in C(uki.conf), dracut's C(uefi=yes)) or by an
+    unknown tool are refused with nothing changed, naming where the arguments go."
   - "Proxmox VE: when C(proxmox-boot-tool) manages the ESPs (C(/etc/kernel/proxmox-boot-uuids)), edits
     C(/etc/kernel/cmdline) if the host boots systemd-boot, or C(/etc/default/grub) if it boots GRUB, then
     runs C(proxmox-boot-tool refresh); otherwise behaves as GRUB."

@@ -199,3 +199,16 @@ def boot_tree(tmp_path):
         return str(target)
 
     return copy
+
+
+@pytest.fixture
+def put_file():
+    """``put_file(root, 'etc/kernel/install.conf', text)``: write a file below a tree, making its folders."""
+
+    def put(root, path, text):
+        full = os.path.join(root, path)
+        os.makedirs(os.path.dirname(full), exist_ok=True)
+        with open(full, "w") as handle:
+            handle.write(text)
+
+    return put

@@ -409,6 +409,7 @@ def test_grubenv_refuses_to_grow_past_its_block():
         ("fedora-coreos", "ostree"),
         ("pop-os-kernelstub", "kernelstub"),
         ("arch-systemd-boot", "systemd-boot"),
+        ("arch-uki", "systemd-boot"),
     ],
 )
 def test_detect_bootloader(tree, expected):
@@ -504,13 +505,6 @@ MACHINE_ID = "3f2a9c1e6b7d48e0a5c4b3d2e1f0a9b8"
 COMPAT_ID = "0a1b2c3d4e5f60718293a4b5c6d7e8f9"
 
 
-def write(root, path, text):
-    full = os.path.join(root, path)
-    os.makedirs(os.path.dirname(full), exist_ok=True)
-    with open(full, "w") as handle:
-        handle.write(text)
-
-
 @pytest.mark.parametrize(
     "files, token",
     [
@@ -531,39 +525,66 @@ def write(root, path, text):
         ({"etc/machine-id": "00000000000000000000000000000000\n"}, None),
     ],
 )
-def test_entry_token_as_kernel_install_works_it_out(boot_tree, files, token):
+def test_entry_token_as_kernel_install_works_it_out(boot_tree, files, token, put_file):
     root = boot_tree("arch-systemd-boot")
     for path, text in files.items():
-        write(root, path, text)
+        put_file(root, path, text)
     assert b.entry_token(root) == token
 
 
-def test_entries_named_after_another_machine_id_are_kernel_installs(boot_tree):
+def test_entries_named_after_another_machine_id_are_kernel_installs(boot_tree, put_file):
     # /etc/machine-info gives kernel-install a machine ID of its own (images made before the host had
     # one): its entries are named after that ID, not /etc/machine-id. They come from /etc/kernel/cmdline.
     root = boot_tree("arch-systemd-boot")
     entries = "boot/loader/entries"
     for name in os.listdir(os.path.join(root, entries)):
         os.remove(os.path.join(root, entries, name))
-    write(root, "etc/machine-info", "KERNEL_INSTALL_MACHINE_ID=%s\n" % COMPAT_ID)
-    write(root, "%s/%s-6.12.4-arch1-1.conf" % (entries, COMPAT_ID),
+    put_file(root, "etc/machine-info", "KERNEL_INSTALL_MACHINE_ID=%s\n" % COMPAT_ID)
+    put_file(root, "%s/%s-6.12.4-arch1-1.conf" % (entries, COMPAT_ID),
           "title Arch Linux\nversion 6.12.4-arch1-1\nmachine-id %s\noptions rw\nlinux /x/linux\n" % COMPAT_ID)
     assert b.loader_entries(root) == ([], True)
 
 
-def test_entries_are_told_by_their_release_and_kernel_installs_mark(boot_tree):
+def test_entries_are_told_by_their_release_and_kernel_installs_mark(boot_tree, put_file):
     root = boot_tree("arch-systemd-boot")
     entries = "boot/loader/entries"
     # The token is the OS ID (no machine ID): arch-fallback.conf shares its prefix but names no release.
-    write(root, "etc/machine-id", "uninitialized\n")
-    write(root, "etc/os-release", "NAME=\"Arch Linux\"\nID=arch\n")
-    write(root, "%s/arch-6.12.4-arch1-1+3-0.conf" % entries,
+    put_file(root, "etc/machine-id", "uninitialized\n")
+    put_file(root, "etc/os-release", "NAME=\"Arch Linux\"\nID=arch\n")
+    put_file(root, "%s/arch-6.12.4-arch1-1+3-0.conf" % entries,
           "title Arch Linux\nversion 6.12.4-arch1-1\noptions rw\nlinux /arch/6.12.4-arch1-1/linux\n")
     # Written by kernel-install under an earlier machine ID: its mark tells it.
-    write(root, "%s/%s-6.11.9-arch1-1.conf" % (entries, COMPAT_ID),
+    put_file(root, "%s/%s-6.11.9-arch1-1.conf" % (entries, COMPAT_ID),
           "# Boot Loader Specification type#1 entry\n"
           "# File created by /usr/lib/kernel/install.d/90-loaderentry.install (systemd 256.7-1-arch)\n"
           "title Arch Linux\nversion 6.11.9-arch1-1\noptions rw\nlinux /x/linux\n")
     own, kernel_install = b.loader_entries(root)
     assert kernel_install is True
     assert own == ["%s/arch.conf" % entries, "%s/arch-fallback.conf" % entries]
+
+
+# ------------------------------------------------------------------------------ unified kernel images
+
+UKIS = ["efi/EFI/Linux/arch-linux-fallback.efi", "efi/EFI/Linux/arch-linux.efi"]
+
+
+def test_unified_kernel_images_are_told_by_systemd_stub_or_an_esp_without_loader_entries(boot_tree, put_file):
+    root = boot_tree("arch-uki")
+    assert b.unified_kernel_images(root) == UKIS and b.uki_generator(root, UKIS) == "mkinitcpio"
+    # An image tree (no EFI variables): the ESP's menu holds the images and no loader entry.
+    shutil.rmtree(os.path.join(root, "sys/firmware/efi"))
+    assert b.unified_kernel_images(root) == UKIS
+    # Loader entries beside them: the images are not what boots.
+    put_file(root, "efi/loader/entries/%s-6.12.4-arch1-1.conf" % MACHINE_ID, "version 6.12.4-arch1-1\noptions rw\n")
+    assert b.unified_kernel_images(root) == []
+    # systemd-stub says the host booted one.
+    put_file(root, b.STUB_INFO, "")
+    assert b.unified_kernel_images(root) == UKIS
+
+
+def test_a_unified_kernel_image_the_firmware_starts_is_systemd_boots_family(boot_tree):
+    # No systemd-boot (the firmware's own boot entry starts the image): systemd-stub's variable tells it.
+    root = boot_tree("arch-uki")
+    os.remove(os.path.join(root, b.LOADER_INFO))
+    shutil.rmtree(os.path.join(root, "efi/loader"))
+    assert b.detect_bootloader(root) == "systemd-boot"

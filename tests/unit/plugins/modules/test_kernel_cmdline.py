@@ -558,6 +558,85 @@ def test_systemd_boot_entries_named_after_kernel_installs_own_machine_id_come_fr
         assert handle.read() == text
 
 
+# ------------------------------------------------------------------------------ unified kernel images
+
+UKI_CMDLINE = "root=UUID=7e1f0c3a-52b8-4d6e-9a41-c8b2f0e6d193 rw quiet"
+
+
+def test_unified_kernel_images_from_mkinitcpio_are_rebuilt_from_etc_kernel_cmdline(
+    run_module, boot_tree, fake_commands, as_host
+):
+    # Arch booting the UKIs its mkinitcpio presets build (default_uki=): the command line is built into
+    # them, from /etc/kernel/cmdline; loader entries and kernel-install play no part.
+    root = boot_tree("arch-uki")
+    fake_commands.install("mkinitcpio")
+    fake_commands.install("kernel-install")
+    args = {"root": root, "present": IOMMU}
+    predicted = run_module("kernel_cmdline", args, check_mode=True, diff=True)
+    assert fake_commands.calls() == []
+    result = run_module("kernel_cmdline", args, diff=True)
+    assert result["rc"] == 0 and result["changed"] is True, result
+    assert result["bootloader"] == "systemd-boot"
+    assert read(root, "etc/kernel/cmdline") == UKI_CMDLINE + " intel_iommu=on iommu=pt\n"
+    assert names(fake_commands.calls()) == [["mkinitcpio", "-P"]]
+    assert result["configured"] == UKI_CMDLINE.split() + IOMMU
+    assert [d["before_header"] for d in result["diff"]] == ["/etc/kernel/cmdline"]
+    for key in ("changed", "configured", "added", "removed", "commands", "diff"):
+        assert predicted[key] == result[key], key
+    assert not os.path.exists(os.path.join(root, "efi/loader/entries"))
+    second = run_module("kernel_cmdline", args)
+    assert second["changed"] is False and names(fake_commands.calls()) == [["mkinitcpio", "-P"]]
+
+
+def test_unified_kernel_images_from_kernel_install_and_ukify(
+    run_module, boot_tree, fake_commands, as_host, put_file
+):
+    root = boot_tree("arch-uki")
+    os.remove(os.path.join(root, "etc/mkinitcpio.d/linux.preset"))
+    put_file(root, "etc/kernel/install.conf", "layout=uki\nuki_generator=ukify\n")
+    fake_commands.install("kernel-install")
+    result = run_module("kernel_cmdline", {"root": root, "present": ["iommu=pt"]})
+    assert result["rc"] == 0, result
+    assert read(root, "etc/kernel/cmdline") == UKI_CMDLINE + " iommu=pt\n"
+    release = "6.12.4-arch1-1"
+    assert names(fake_commands.calls()) == [["kernel-install", "add", release, "/lib/modules/%s/vmlinuz" % release]]
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        # mkinitcpio reads the drop-ins: an edit of /etc/kernel/cmdline would not reach the images.
+        ({"etc/cmdline.d/root.conf": "root=UUID=7e1f0c3a rw\n"}, "from the drop-ins in /etc/cmdline.d (root.conf)"),
+        ({"etc/mkinitcpio.d/linux-lts.preset": 'PRESETS=(default)\ndefault_uki="/efi/EFI/Linux/lts.efi"\n'
+          'default_options="--cmdline /etc/kernel/cmdline-lts"\n'},
+         "linux-lts.preset builds them with --cmdline /etc/kernel/cmdline-lts"),
+        ({"etc/kernel/install.conf": "layout=uki\n", "etc/kernel/uki.conf": "[UKI]\nCmdline=rw quiet\n"},
+         "/etc/kernel/uki.conf sets Cmdline="),
+        ({"etc/mkinitcpio.d/linux.preset": None, "etc/dracut.conf.d/uki.conf": 'uefi="yes"\n'},
+         "by dracut (uefi=yes)"),
+        ({"etc/mkinitcpio.d/linux.preset": None}, "no generator that builds them from /etc/kernel/cmdline"),
+    ],
+)
+def test_unified_kernel_images_built_from_elsewhere_are_refused_with_nothing_changed(
+    run_module, boot_tree, fake_commands, as_host, put_file, change, message
+):
+    root = boot_tree("arch-uki")
+    for path, text in change.items():
+        if text is None:
+            os.remove(os.path.join(root, path))
+        else:
+            put_file(root, path, text)
+    fake_commands.install("mkinitcpio")
+    fake_commands.install("kernel-install")
+    before = snapshot(root)
+    result = run_module("kernel_cmdline", {"root": root, "present": IOMMU})
+    assert result["failed"] is True, result
+    assert "boots unified kernel images (/efi/EFI/Linux/arch-linux-fallback.efi, /efi/EFI/Linux/arch-linux.efi)" \
+        in result["msg"]
+    assert message in result["msg"]
+    assert snapshot(root) == before and fake_commands.calls() == []
+
+
 # ------------------------------------------------------------------------------ OSTree (rpm-ostree kargs)
 
 COREOS_KARGS = [
