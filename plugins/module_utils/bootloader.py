@@ -40,6 +40,7 @@ import re
 from dataclasses import dataclass, field
 
 from ansible_collections.gpuvirt.host.plugins.module_utils import host as host_model
+from ansible_collections.gpuvirt.host.plugins.module_utils import kernel_install as install_config
 from ansible_collections.gpuvirt.host.plugins.module_utils import rules
 from ansible_collections.gpuvirt.host.plugins.module_utils.errors import GpuvirtError
 from ansible_collections.gpuvirt.host.plugins.module_utils.files import FileChange, apply_change, read_file
@@ -933,63 +934,8 @@ class LoaderEntry:
 
 # kernel-install writes this comment on the entries it makes (systemd 251 and later).
 _KERNEL_INSTALL_MARK = re.compile(r"^# File created by \S*90-loaderentry\.install\b", re.MULTILINE)
-_ENTRY_TOKEN = re.compile(r"[A-Za-z0-9._~-]+\Z")  # systemd's boot_entry_token_valid()
-_MACHINE_ID = re.compile(r"[0-9a-f]{32}\Z")
 _VERSION_LINE = re.compile(r"^[ \t]*version[ \t]+(\S+)", re.MULTILINE)
 _TRIES = re.compile(r"\+[0-9]+(?:-[0-9]+)?\Z")  # boot counting: <token>-<release>+<left>[-<done>].conf
-
-
-def _env_value(root, path, key):
-    """The value of ``key`` in the environment-style file ``root/path`` (``KEY=value`` lines, the value
-    optionally quoted), or None."""
-    value = None
-    for line in (_read(root, path) or "").splitlines():
-        name, sep, raw = line.strip().partition("=")
-        if sep and name.strip() == key:
-            raw = raw.strip()
-            if len(raw) >= 2 and raw[0] == raw[-1] and raw[0] in "\"'":
-                raw = raw[1:-1]
-            value = raw
-    return value
-
-
-def _machine_id(text):
-    """A machine ID as systemd formats it (32 lowercase hex digits), or None for anything else (empty,
-    ``uninitialized``, all zeros)."""
-    text = (text or "").strip().lower().replace("-", "")
-    return text if _MACHINE_ID.match(text) and text.strip("0") else None
-
-
-def entry_token(root):
-    """The token kernel-install names its entries with (``<token>-<release>.conf``), worked out as it
-    does: ``/etc/kernel/entry-token`` (then ``/usr/lib/kernel/entry-token``); else the machine ID it
-    uses (``MACHINE_ID=`` in ``install.conf``, ``KERNEL_INSTALL_MACHINE_ID=`` in ``/etc/machine-info``,
-    ``/etc/machine-id``); else, with no machine ID, ``IMAGE_ID=`` and then ``ID=`` of os-release.
-    None when none of them is set."""
-    for path in ("etc/kernel/entry-token", "usr/lib/kernel/entry-token"):
-        lines = (_read(root, path) or "").splitlines()
-        token = lines[0].strip() if lines else ""
-        if token and _ENTRY_TOKEN.match(token):
-            return token
-    install_conf = next(
-        (path for path in ("etc/kernel/install.conf", "usr/lib/kernel/install.conf") if _read(root, path) is not None),
-        None,
-    )
-    candidates = (
-        _env_value(root, install_conf, "MACHINE_ID") if install_conf else None,
-        _env_value(root, "etc/machine-info", "KERNEL_INSTALL_MACHINE_ID"),
-        _read(root, "etc/machine-id"),
-    )
-    for candidate in candidates:
-        machine_id = _machine_id(candidate)
-        if machine_id:
-            return machine_id
-    release = "etc/os-release" if _read(root, "etc/os-release") is not None else "usr/lib/os-release"
-    for key in ("IMAGE_ID", "ID"):
-        value = _env_value(root, release, key)
-        if value and _ENTRY_TOKEN.match(value):
-            return value
-    return None
 
 
 def _written_by_kernel_install(name, text, token):
@@ -1009,8 +955,8 @@ def _written_by_kernel_install(name, text, token):
 def loader_entries(root):
     """``(own, kernel_install)``: the paths of the ESP's systemd-boot entries that kernel-install did
     not write (the one ``loader.conf`` names as default first), and whether it wrote any (see
-    :func:`_written_by_kernel_install` and :func:`entry_token`)."""
-    token = entry_token(root)
+    :func:`_written_by_kernel_install` and :func:`kernel_install.entry_token`)."""
+    token = install_config.entry_token(root)
     own, kernel_install = [], False
     for esp in ESP_MOUNTS:
         directory = "%s/loader/entries" % esp
@@ -1061,15 +1007,6 @@ def unified_kernel_images(root):
     return []
 
 
-def _install_conf_value(root, key):
-    """``key`` in the first of ``/etc/kernel/install.conf`` and ``/usr/lib/kernel/install.conf`` found, as
-    kernel-install reads them."""
-    for path in ("etc/kernel/install.conf", "usr/lib/kernel/install.conf"):
-        if _read(root, path) is not None:
-            return _env_value(root, path, key)
-    return None
-
-
 def uki_generator(root, images):
     """What rebuilds the unified kernel images ``images`` with ``/etc/kernel/cmdline``: ``kernel-install``
     (``layout=uki``, through ukify) or ``mkinitcpio`` (presets with ``*_uki=``). Raises
@@ -1077,7 +1014,7 @@ def uki_generator(root, images):
     of ``/etc/kernel/cmdline`` would not reach the images."""
     shown = ", ".join("/" + image for image in images[:3]) + (", ..." if len(images) > 3 else "")
     where = "%s boots unified kernel images (%s), whose kernel command line is built into them" % (root, shown)
-    if _install_conf_value(root, "layout") == "uki":
+    if install_config.install_conf_value(root, "layout") == "uki":
         for path in ("etc/kernel/uki.conf", "usr/lib/kernel/uki.conf"):
             if _UKI_CMDLINE.search(_read(root, path) or ""):
                 raise BootloaderError(

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from ansible_collections.gpuvirt.host.plugins.module_utils import host as host_model
 from ansible_collections.gpuvirt.host.plugins.module_utils.errors import GpuvirtError
 from ansible_collections.gpuvirt.host.plugins.module_utils.kernel import modules_dir, read_builtin_modules
+from ansible_collections.gpuvirt.host.plugins.module_utils.kernel_install import entry_token
 from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import host_path, list_dir, read_text
 
 TOOLS = ("update-initramfs", "dracut", "mkinitcpio")
@@ -155,11 +156,12 @@ def _candidates(root, kernel_release, tool):
     if tool == "mkinitcpio":
         return ["boot/initramfs-%s.img" % _pkgbase(root, kernel_release)]
     candidates = ["boot/initramfs-%s.img" % kernel_release]
-    machine_id = read_text(host_path(root, "etc/machine-id"))
-    if machine_id:
-        # kernel-install's layout on systemd-boot hosts: <ESP or /boot>/<machine-id>/<release>/initrd
+    # kernel-install's layout on systemd-boot hosts: <ESP or /boot>/<entry token>/<release>/initrd; the
+    # token is the machine ID unless kernel-install is told otherwise.
+    tokens = [entry_token(root), read_text(host_path(root, "etc/machine-id"))]
+    for token in dict.fromkeys(token for token in tokens if token):
         for esp in ("boot", "boot/efi", "efi"):
-            candidates.append("%s/%s/%s/initrd" % (esp, machine_id, kernel_release))
+            candidates.append("%s/%s/%s/initrd" % (esp, token, kernel_release))
     return candidates
 
 

@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ansible_collections.gpuvirt.host.plugins.module_utils import bootloader as b
+from ansible_collections.gpuvirt.host.plugins.module_utils import kernel_install
 
 
 def args(present=(), absent=()):
@@ -529,7 +530,7 @@ def test_entry_token_as_kernel_install_works_it_out(boot_tree, files, token, put
     root = boot_tree("arch-systemd-boot")
     for path, text in files.items():
         put_file(root, path, text)
-    assert b.entry_token(root) == token
+    assert kernel_install.entry_token(root) == token
 
 
 def test_entries_named_after_another_machine_id_are_kernel_installs(boot_tree, put_file):
@@ -541,7 +542,7 @@ def test_entries_named_after_another_machine_id_are_kernel_installs(boot_tree, p
         os.remove(os.path.join(root, entries, name))
     put_file(root, "etc/machine-info", "KERNEL_INSTALL_MACHINE_ID=%s\n" % COMPAT_ID)
     put_file(root, "%s/%s-6.12.4-arch1-1.conf" % (entries, COMPAT_ID),
-          "title Arch Linux\nversion 6.12.4-arch1-1\nmachine-id %s\noptions rw\nlinux /x/linux\n" % COMPAT_ID)
+             "title Arch Linux\nversion 6.12.4-arch1-1\nmachine-id %s\noptions rw\nlinux /x/linux\n" % COMPAT_ID)
     assert b.loader_entries(root) == ([], True)
 
 
@@ -552,12 +553,12 @@ def test_entries_are_told_by_their_release_and_kernel_installs_mark(boot_tree, p
     put_file(root, "etc/machine-id", "uninitialized\n")
     put_file(root, "etc/os-release", "NAME=\"Arch Linux\"\nID=arch\n")
     put_file(root, "%s/arch-6.12.4-arch1-1+3-0.conf" % entries,
-          "title Arch Linux\nversion 6.12.4-arch1-1\noptions rw\nlinux /arch/6.12.4-arch1-1/linux\n")
+             "title Arch Linux\nversion 6.12.4-arch1-1\noptions rw\nlinux /arch/6.12.4-arch1-1/linux\n")
     # Written by kernel-install under an earlier machine ID: its mark tells it.
     put_file(root, "%s/%s-6.11.9-arch1-1.conf" % (entries, COMPAT_ID),
-          "# Boot Loader Specification type#1 entry\n"
-          "# File created by /usr/lib/kernel/install.d/90-loaderentry.install (systemd 256.7-1-arch)\n"
-          "title Arch Linux\nversion 6.11.9-arch1-1\noptions rw\nlinux /x/linux\n")
+             "# Boot Loader Specification type#1 entry\n"
+             "# File created by /usr/lib/kernel/install.d/90-loaderentry.install (systemd 256.7-1-arch)\n"
+             "title Arch Linux\nversion 6.11.9-arch1-1\noptions rw\nlinux /x/linux\n")
     own, kernel_install = b.loader_entries(root)
     assert kernel_install is True
     assert own == ["%s/arch.conf" % entries, "%s/arch-fallback.conf" % entries]

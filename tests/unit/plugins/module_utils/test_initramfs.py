@@ -137,6 +137,17 @@ def test_image_paths(tree):
     assert initramfs.image_path(arch, ARCH) == os.path.join(arch, "boot/initramfs-linux.img")
 
 
+def test_kernel_installs_image_is_found_under_its_entry_token(tree):
+    # /etc/kernel/entry-token names kernel-install's folders (here the OS ID), not the machine ID.
+    fedora = tree("fedora-dracut-kernel-install")
+    os.rename(os.path.join(fedora, "efi/5b8a1c2d3e4f40718293a4b5c6d7e8f9"), os.path.join(fedora, "efi/fedora"))
+    os.makedirs(os.path.join(fedora, "etc/kernel"))
+    with open(os.path.join(fedora, "etc/kernel/entry-token"), "w") as handle:
+        handle.write("fedora\n")
+    assert initramfs.image_path(fedora, FEDORA) == os.path.join(fedora, "efi/fedora/%s/initrd" % FEDORA)
+    assert initramfs.releases_with_image(fedora) == [FEDORA]
+
+
 def test_regenerate_commands(tree):
     debian = tree("debian-initramfs-tools")
     assert initramfs.regenerate_command(debian, DEBIAN) == ["update-initramfs", "-u", "-k", DEBIAN]
