@@ -12,7 +12,9 @@ what to do):
 - :func:`parse_release` ``(kernel_release) -> (major, minor)``.
 - :func:`detect_tool` ``(root) -> str``: ``update-initramfs``, ``dracut`` or ``mkinitcpio``; refuses
   an OSTree system.
-- :func:`image_path` ``(root, kernel_release, tool=None) -> str``: the image that will boot.
+- :func:`image_path` ``(root, kernel_release, tool=None) -> str``: the image that will boot (the unified
+  kernel image a mkinitcpio preset builds, whose ``.initrd`` section :func:`list_image` reads, when there is
+  no separate image).
 - :func:`releases_with_image` ``(root, tool=None) -> list[str]``: installed releases that have one.
 - :func:`regenerate_command` ``(root, kernel_release, tool=None) -> list[str]``: the argv (bare
   command name) that rebuilds it, for reports and check mode.
@@ -29,9 +31,11 @@ from __future__ import annotations
 
 import os
 import re
+import tempfile
 from dataclasses import dataclass, field
 
 from ansible_collections.gpuvirt.host.plugins.module_utils import host as host_model
+from ansible_collections.gpuvirt.host.plugins.module_utils import uki
 from ansible_collections.gpuvirt.host.plugins.module_utils.errors import GpuvirtError
 from ansible_collections.gpuvirt.host.plugins.module_utils.kernel import modules_dir, read_builtin_modules
 from ansible_collections.gpuvirt.host.plugins.module_utils.kernel_install import entry_token
@@ -47,6 +51,8 @@ VIRQFD_MERGED = (6, 2)
 _C_LOCALE = {"LANG": "C", "LC_ALL": "C"}
 _RELEASE = re.compile(r"(\d+)\.(\d+)")
 _MODULE_SUFFIXES = (".ko.zst", ".ko.xz", ".ko.gz", ".ko")
+# A mkinitcpio preset's unified kernel image (``default_uki=``; ``default_efi_image=`` before mkinitcpio 36).
+_PRESET_UKI = re.compile(r"^[ \t]*default_(?:uki|efi_image)=[ \t]*[\"']?(/[^\s\"'#]+)", re.MULTILINE)
 # One line of lsinitrd's listing (cpio -tv, C locale): mode, links, owner, group, size (or
 # "major, minor"), month, day, time or year, path (" -> target" for symlinks).
 _LONG_LISTING = re.compile(
@@ -154,7 +160,10 @@ def _candidates(root, kernel_release, tool):
     if tool == "update-initramfs":
         return ["boot/initrd.img-%s" % kernel_release]
     if tool == "mkinitcpio":
-        return ["boot/initramfs-%s.img" % _pkgbase(root, kernel_release)]
+        pkgbase = _pkgbase(root, kernel_release)
+        # A preset that builds a unified kernel image (default_uki=) carries the initramfs in it.
+        preset = read_text(host_path(root, "etc/mkinitcpio.d/%s.preset" % pkgbase)) or ""
+        return ["boot/initramfs-%s.img" % pkgbase] + [path.lstrip("/") for path in _PRESET_UKI.findall(preset)]
     candidates = ["boot/initramfs-%s.img" % kernel_release]
     # kernel-install's layout on systemd-boot hosts: <ESP or /boot>/<entry token>/<release>/initrd; the
     # token is the machine ID unless kernel-install is told otherwise.
@@ -261,7 +270,21 @@ def list_image(module, root, kernel_release, tool=None):
             "no initramfs image for %s at %s; build it with %s"
             % (kernel_release, image, " ".join(regenerate_command(root, kernel_release, tool)))
         )
-    _command, out = _run(module, [LISTERS[tool], image], PACKAGES[tool])
+    if not image.endswith(".efi"):
+        _command, out = _run(module, [LISTERS[tool], image], PACKAGES[tool])
+        return image, parse_listing(tool, out)
+    # A unified kernel image: its .initrd section is the initramfs.
+    try:
+        data = uki.section(image, ".initrd")
+    except (OSError, uki.UkiError) as error:
+        raise InitramfsError("cannot read the initramfs in the unified kernel image %s: %s" % (image, error)) from error
+    if not data:
+        raise InitramfsError("the unified kernel image %s holds no initramfs (.initrd section); rebuild it with %s"
+                             % (image, " ".join(regenerate_command(root, kernel_release, tool))))
+    with tempfile.NamedTemporaryFile(prefix="gpuvirt-initrd-") as extracted:
+        extracted.write(data)
+        extracted.flush()
+        _command, out = _run(module, [LISTERS[tool], extracted.name], PACKAGES[tool])
     return image, parse_listing(tool, out)
 
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import os
 import shutil
+import struct
 
 import pytest
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.testing import patch_module_args
 
 from ansible_collections.gpuvirt.host.plugins.module_utils import host as host_model
-from ansible_collections.gpuvirt.host.plugins.module_utils import initramfs
+from ansible_collections.gpuvirt.host.plugins.module_utils import initramfs, uki
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "..", "..", "..", "fixtures", "initramfs")
 DEBIAN = "6.1.0-18-amd64"
@@ -298,3 +299,89 @@ def test_releases_with_image(tree):
     assert initramfs.releases_with_image(tree("rocky9-dracut")) == [ROCKY]
     assert initramfs.releases_with_image(tree("fedora-dracut-kernel-install")) == [FEDORA]
     assert initramfs.releases_with_image(tree("arch-mkinitcpio")) == [ARCH]
+
+
+# ------------------------------------------------------------------------------ unified kernel images
+
+
+def write_uki(path, sections, optional_header=240):
+    """A PE image as ukify or mkinitcpio write one: a DOS header, the PE and COFF headers, an optional
+    header of ``optional_header`` bytes, then one header per section and the sections' data (each raw
+    size rounded up to 512 bytes, as the file alignment asks)."""
+    pe = 0x80
+    table = pe + 24 + optional_header
+    data_start = (table + 40 * len(sections) + 511) // 512 * 512
+    headers, body, offset = b"", b"", data_start
+    for name, data in sections.items():
+        raw = (len(data) + 511) // 512 * 512
+        headers += struct.pack("<8sIIIIIIHHI", name.encode(), len(data), 0x1000, raw, offset, 0, 0, 0, 0, 0x40000040)
+        body += data.ljust(raw, b"\0")
+        offset += raw
+    image = bytearray(data_start)
+    image[:2] = b"MZ"
+    struct.pack_into("<I", image, 0x3C, pe)
+    image[pe:pe + 4] = b"PE\0\0"
+    struct.pack_into("<HHIIIHH", image, pe + 4, 0x8664, len(sections), 0, 0, 0, optional_header, 0x22)
+    image[table:table + len(headers)] = headers
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as handle:
+        handle.write(bytes(image) + body)
+
+
+def test_a_unified_kernel_images_sections_are_read_as_objcopy_would(tmp_path):
+    path = str(tmp_path / "arch-linux.efi")
+    write_uki(path, {".osrel": b"ID=arch\n", ".cmdline": b"root=UUID=7e1f rw quiet\0", ".initrd": b"\x07\x07" * 700})
+    assert uki.section(path, ".cmdline") == b"root=UUID=7e1f rw quiet\0"
+    assert uki.section(path, ".initrd") == b"\x07\x07" * 700
+    assert uki.section(path, ".splash") is None
+    with open(path, "r+b") as handle:
+        handle.truncate(1200)
+    with pytest.raises(uki.UkiError, match="cut short"):
+        uki.section(path, ".initrd")
+    with open(path, "wb") as handle:
+        handle.write(b"\x7fELF" + b"\0" * 100)
+    with pytest.raises(uki.UkiError, match="not an EFI executable"):
+        uki.section(path, ".initrd")
+
+
+def uki_host(tree):
+    """arch-mkinitcpio whose preset builds unified kernel images only (as archinstall sets it up)."""
+    root = tree("arch-mkinitcpio")
+    with open(os.path.join(root, "etc/mkinitcpio.d/linux.preset"), "w") as handle:
+        handle.write('ALL_kver="/boot/vmlinuz-linux"\nPRESETS=(\'default\' \'fallback\')\n\n'
+                     '#default_image="/boot/initramfs-linux.img"\ndefault_uki="/efi/EFI/Linux/arch-linux.efi"\n\n'
+                     'fallback_uki="/efi/EFI/Linux/arch-linux-fallback.efi"\nfallback_options="-S autodetect"\n')
+    for name in ("initramfs-linux.img", "initramfs-linux-fallback.img"):
+        os.unlink(os.path.join(root, "boot", name))
+    return root
+
+
+def test_the_initramfs_in_a_unified_kernel_image_is_the_one_verified(tree, module, fake_commands):
+    root = uki_host(tree)
+    image = os.path.join(root, "efi/EFI/Linux/arch-linux.efi")
+    initrd = b"070701" + b"\0" * 2000
+    write_uki(image, {".linux": b"kernel", ".initrd": initrd, ".cmdline": b"rw\0"})
+    copy = os.path.join(os.path.dirname(fake_commands.staged_kargs), "listed")
+    fake_commands.install("lsinitcpio", stdout=listing("lsinitcpio.txt"),
+                          body="open(%r, 'wb').write(open(sys.argv[1], 'rb').read())" % copy)
+    assert initramfs.image_path(root, ARCH) == image
+    assert initramfs.releases_with_image(root) == [ARCH]
+    assert initramfs.regenerate_command(root, ARCH) == ["mkinitcpio", "-p", "linux"]
+    check = initramfs.verify_image(
+        module, root, ARCH, modules=initramfs.vfio_modules(ARCH), files=["etc/modprobe.d/gpuvirt-vfio.conf"]
+    )
+    assert check.ok and check.image == image, check
+    with open(copy, "rb") as handle:
+        assert handle.read() == initrd
+    [call] = fake_commands.calls()
+    assert call[0] == "lsinitcpio" and not os.path.exists(call[1])  # the extracted copy is removed
+
+
+def test_a_unified_kernel_image_without_an_initramfs_is_reported(tree, module, fake_commands):
+    root = uki_host(tree)
+    write_uki(os.path.join(root, "efi/EFI/Linux/arch-linux.efi"), {".linux": b"kernel", ".cmdline": b"rw\0"})
+    fake_commands.install("lsinitcpio")
+    with pytest.raises(initramfs.InitramfsError, match=r"holds no initramfs \(.initrd section\); rebuild it with "
+                       r"mkinitcpio -p linux"):
+        initramfs.list_image(module, root, ARCH)
+    assert fake_commands.calls() == []
