@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 
 from ansible_collections.gpuvirt.host.plugins.module_utils import host as host_model
 from ansible_collections.gpuvirt.host.plugins.module_utils import kernel_install as install_config
-from ansible_collections.gpuvirt.host.plugins.module_utils import rules
+from ansible_collections.gpuvirt.host.plugins.module_utils import rules, uki
 from ansible_collections.gpuvirt.host.plugins.module_utils.errors import GpuvirtError
 from ansible_collections.gpuvirt.host.plugins.module_utils.files import FileChange, apply_change, read_file
 from ansible_collections.gpuvirt.host.plugins.module_utils.host import inside
@@ -1007,6 +1007,16 @@ def unified_kernel_images(root):
     return []
 
 
+def mkinitcpio_images(root):
+    """The unified kernel images the mkinitcpio presets build (``*_uki=``), as paths below ``root``."""
+    images = []
+    for name in sorted(list_dir(host_path(root, MKINITCPIO_PRESETS))):
+        if name.endswith(".preset"):
+            text = _read(root, "%s/%s" % (MKINITCPIO_PRESETS, name)) or ""
+            images.extend(path.lstrip("/") for path in _PRESET_UKI.findall(text) if path.startswith("/"))
+    return images
+
+
 def uki_generator(root, images):
     """What rebuilds the unified kernel images ``images`` with ``/etc/kernel/cmdline``: ``kernel-install``
     (``layout=uki``, through ukify) or ``mkinitcpio`` (presets with ``*_uki=``). Raises
@@ -1201,6 +1211,7 @@ class BootPlan:
     warnings: list = field(default_factory=list)
     expected_entries: dict = field(default_factory=dict)
     expected_kargs: list | None = None
+    expected_images: dict = field(default_factory=dict)
 
     @property
     def changed(self):
@@ -1382,6 +1393,8 @@ def plan(module, root, bootloader, present, absent, update=True):
         run_commands=run,
         pending=bool(edits and commands and not run),
         warnings=warnings,
+        expected_images={path: primary.arguments for path in mkinitcpio_images(root)}
+        if generator == "mkinitcpio" and run else {},
     )
 
 
@@ -1594,4 +1607,24 @@ def apply(module, boot_plan, backup=False):
                 boot_plan.warnings.append(
                     "after grubby, /%s has %r, expected %r" % (entry.path, entry.arguments(), expected)
                 )
+    for path, expected in sorted(boot_plan.expected_images.items()):
+        built = _image_arguments(host_path(boot_plan.root, path))
+        if built is not None and built != expected:
+            boot_plan.warnings.append(
+                "after %s, the unified kernel image /%s carries %r, expected %r: it is built from another "
+                "command line; find where (a drop-in in /etc/cmdline.d, a preset option) and move the "
+                "arguments to /etc/kernel/cmdline"
+                % (" ".join([os.path.basename(boot_plan.commands[0][0])] + boot_plan.commands[0][1:]), path, built,
+                   expected)
+            )
     return backups
+
+
+def _image_arguments(path):
+    """The kernel arguments built into the unified kernel image at ``path`` (its ``.cmdline``), or None
+    when it cannot be read (missing, or no PE image)."""
+    try:
+        data = uki.section(path, ".cmdline")
+    except (OSError, uki.UkiError):
+        return None
+    return parse_cmdline(data.decode("utf-8", "replace").replace("\0", " ")) if data is not None else None

@@ -152,6 +152,12 @@ class FakeCommands:
             return self.install("rpm-ostree", stderr=stderr, rc=rc)
         return self.install("rpm-ostree", body=RPM_OSTREE_BODY.format(root=root, staged=self.staged_kargs))
 
+    def install_mkinitcpio(self, root):
+        """A simulated ``mkinitcpio -P`` that builds the unified kernel images of the tree ``root``."""
+        fixtures = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                                "fixtures")
+        return self.install("mkinitcpio", body=MKINITCPIO_BODY.format(root=root, fixtures=fixtures))
+
     def install_kernelstub(self, root):
         """A simulated ``kernelstub`` for the Pop!_OS tree ``root``."""
         return self.install("kernelstub", body=KERNELSTUB_BODY.format(root=root))
@@ -164,6 +170,30 @@ class FakeCommands:
     def calls(self):
         with open(self.log) as handle:
             return [json.loads(line) for line in handle if line.strip()]
+
+
+# mkinitcpio -P building the unified kernel images of its presets (*_uki=), as its build_uefi does: the
+# command line from a preset's --cmdline, else /etc/kernel/cmdline, else /usr/lib/kernel/cmdline, else
+# /proc/cmdline, its lines not starting with # joined by single spaces (grep '^[^#]' | tr -s '\\n' ' ').
+MKINITCPIO_BODY = """
+import re
+sys.path.insert(0, {fixtures!r})
+from uki_image import write_uki
+root = {root!r}
+presets = os.path.join(root, "etc/mkinitcpio.d")
+def inside(path):
+    return os.path.join(root, path.lstrip("/"))
+for name_ in sorted(os.listdir(presets)):
+    text = open(os.path.join(presets, name_)).read()
+    option = re.search("^[ \\t]*[A-Za-z0-9_]+_options=.*--cmdline[= ]+([^ \\t\\n'\\x22]+)", text, re.M)
+    sources = [option.group(1)] if option else ["/etc/kernel/cmdline", "/usr/lib/kernel/cmdline", "/proc/cmdline"]
+    source = next(inside(s) for s in sources if os.path.isfile(inside(s)))
+    lines = [l for l in open(source).read().splitlines() if l and not l.startswith("#")]
+    cmdline = re.sub(" +", " ", " ".join(lines)).encode()
+    for image in re.findall("^[ \\t]*[A-Za-z0-9_]+_uki=['\\x22]?(/[^ \\t\\n'\\x22]+)", text, re.M):
+        write_uki(inside(image), {{".osrel": b"ID=arch\\n", ".cmdline": cmdline, ".linux": b"vmlinuz",
+                                   ".initrd": b"070701"}})
+"""
 
 
 @pytest.fixture(autouse=True)

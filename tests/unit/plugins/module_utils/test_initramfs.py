@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import struct
 
 import pytest
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.testing import patch_module_args
+from uki_image import write_uki  # tests/fixtures, on the path (conftest)
 
 from ansible_collections.gpuvirt.host.plugins.module_utils import host as host_model
 from ansible_collections.gpuvirt.host.plugins.module_utils import initramfs, uki
@@ -302,30 +302,6 @@ def test_releases_with_image(tree):
 
 
 # ------------------------------------------------------------------------------ unified kernel images
-
-
-def write_uki(path, sections, optional_header=240):
-    """A PE image as ukify or mkinitcpio write one: a DOS header, the PE and COFF headers, an optional
-    header of ``optional_header`` bytes, then one header per section and the sections' data (each raw
-    size rounded up to 512 bytes, as the file alignment asks)."""
-    pe = 0x80
-    table = pe + 24 + optional_header
-    data_start = (table + 40 * len(sections) + 511) // 512 * 512
-    headers, body, offset = b"", b"", data_start
-    for name, data in sections.items():
-        raw = (len(data) + 511) // 512 * 512
-        headers += struct.pack("<8sIIIIIIHHI", name.encode(), len(data), 0x1000, raw, offset, 0, 0, 0, 0, 0x40000040)
-        body += data.ljust(raw, b"\0")
-        offset += raw
-    image = bytearray(data_start)
-    image[:2] = b"MZ"
-    struct.pack_into("<I", image, 0x3C, pe)
-    image[pe:pe + 4] = b"PE\0\0"
-    struct.pack_into("<HHIIIHH", image, pe + 4, 0x8664, len(sections), 0, 0, 0, optional_header, 0x22)
-    image[table:table + len(headers)] = headers
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "wb") as handle:
-        handle.write(bytes(image) + body)
 
 
 def test_a_unified_kernel_images_sections_are_read_as_objcopy_would(tmp_path):

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 
 import pytest
 from ansible.module_utils import _internal as ansible_internal
 from ansible.module_utils.common import warnings as ansible_warnings
 
 from ansible_collections.gpuvirt.host.plugins.module_utils import host as host_model
+from ansible_collections.gpuvirt.host.plugins.module_utils import uki
 
 IOMMU = ["intel_iommu=on", "iommu=pt"]
 
@@ -569,7 +571,7 @@ def test_unified_kernel_images_from_mkinitcpio_are_rebuilt_from_etc_kernel_cmdli
     # Arch booting the UKIs its mkinitcpio presets build (default_uki=): the command line is built into
     # them, from /etc/kernel/cmdline; loader entries and kernel-install play no part.
     root = boot_tree("arch-uki")
-    fake_commands.install("mkinitcpio")
+    fake_commands.install_mkinitcpio(root)
     fake_commands.install("kernel-install")
     args = {"root": root, "present": IOMMU}
     predicted = run_module("kernel_cmdline", args, check_mode=True, diff=True)
@@ -584,8 +586,30 @@ def test_unified_kernel_images_from_mkinitcpio_are_rebuilt_from_etc_kernel_cmdli
     for key in ("changed", "configured", "added", "removed", "commands", "diff"):
         assert predicted[key] == result[key], key
     assert not os.path.exists(os.path.join(root, "efi/loader/entries"))
+    # The images were rebuilt with the arguments, and read back: no warning.
+    for image in ("arch-linux.efi", "arch-linux-fallback.efi"):
+        path = os.path.join(root, "efi/EFI/Linux", image)
+        assert uki.section(path, ".cmdline").decode().split() == UKI_CMDLINE.split() + IOMMU
+    assert warning_messages(result) == []
     second = run_module("kernel_cmdline", args)
     assert second["changed"] is False and names(fake_commands.calls()) == [["mkinitcpio", "-P"]]
+
+
+def test_unified_kernel_images_that_the_rebuild_left_as_they_were_are_reported(
+    run_module, boot_tree, fake_commands, as_host
+):
+    # The images carry the command line of their last build; a rebuild that did not take the new
+    # /etc/kernel/cmdline (a generator reading another source) leaves them so: the read-back says so.
+    root = boot_tree("arch-uki")
+    fake_commands.install_mkinitcpio(root)
+    subprocess.run([os.path.join(fake_commands.bin, "mkinitcpio"), "-P"], check=True)
+    fake_commands.install("mkinitcpio")  # a rebuild that changes nothing
+    result = run_module("kernel_cmdline", {"root": root, "present": ["iommu=pt"]})
+    assert result["rc"] == 0 and result["changed"] is True, result
+    messages = warning_messages(result)
+    assert len(messages) == 2, messages
+    assert ("after mkinitcpio -P, the unified kernel image /efi/EFI/Linux/arch-linux-fallback.efi carries %r, "
+            "expected %r" % (UKI_CMDLINE.split(), UKI_CMDLINE.split() + ["iommu=pt"])) in messages[0]
 
 
 def test_unified_kernel_images_from_kernel_install_and_ukify(
