@@ -53,7 +53,7 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.kernel import (
 )
 from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import host_path, list_dir
 
-BOOTLOADERS = ("grub", "grubby", "systemd-boot", "proxmox", "ostree", "kernelstub")
+BOOTLOADERS = ("grub", "grubby", "systemd-boot", "proxmox", "ostree", "kernelstub", "sdboot-manage")
 
 # Keys the kernel, dracut or systemd accept several times, each occurrence adding to the others
 # (two consoles, one hugepage pool per size, several LUKS volumes). Every other key takes one
@@ -97,6 +97,8 @@ BLS_ENTRIES = "boot/loader/entries"
 GRUBENV = "boot/grub2/grubenv"
 PROXMOX_ESP_LIST = "etc/kernel/proxmox-boot-uuids"
 KERNELSTUB_CONFIG = "etc/kernelstub/configuration"
+SDBOOT_MANAGE_CONFIG = "etc/sdboot-manage.conf"
+SDBOOT_MANAGE_OPTIONS = "LINUX_OPTIONS"
 NIXOS_MARKER = "etc/NIXOS"  # present on every NixOS system
 # The argument by which the initramfs finds the deployment; ostree writes it into each deployment's
 # boot entry itself.
@@ -538,6 +540,12 @@ class GrubDefaults:
     the file whose assignment wins (a drop-in overrides /etc/default/grub).
     """
 
+    # The variables that make the command line, in the order they are joined; the file a new assignment
+    # goes to; the tool that reads them (for messages).
+    VARIABLES = _GRUB_VARIABLES
+    MAIN = GRUB_DEFAULTS
+    TOOL = "grub-mkconfig"
+
     def __init__(self, root, texts, target=LINUX_DEFAULT):
         self.root = root
         self.texts = texts
@@ -567,8 +575,8 @@ class GrubDefaults:
             statements = _shell_statements(text)
         except _ShellError as error:
             raise BootloaderError(
-                "cannot parse /%s line %d: %s; fix the file (grub-mkconfig would fail too)"
-                % (path, _line_of(text, error.offset), error)
+                "cannot parse /%s line %d: %s; fix the file (%s would fail too)"
+                % (path, _line_of(text, error.offset), error, self.TOOL)
             ) from error
         depth = 0
         for words in statements:
@@ -594,7 +602,7 @@ class GrubDefaults:
             if index < len(words) and first not in ("export", "readonly"):
                 continue  # VAR=value before a command only sets it for that command
             for name, start, end in found:
-                if name not in _GRUB_VARIABLES:
+                if name not in self.VARIABLES:
                     continue
                 line = _line_of(text, start)
                 if depth:
@@ -614,7 +622,7 @@ class GrubDefaults:
                 self.assignments.append(_Assignment(path, name, start, end, quote, items, line))
 
     def _evaluate(self):
-        values = {name: [] for name in _GRUB_VARIABLES}
+        values = {name: [] for name in self.VARIABLES}
         for number, assignment in enumerate(self.assignments):
             value = []
             for index, item in enumerate(assignment.items):
@@ -629,7 +637,7 @@ class GrubDefaults:
                 else:
                     value.append((item.text, number, index))
             values[assignment.name] = value
-        self._effective = values[LINUX] + values[LINUX_DEFAULT]
+        self._effective = [item for name in self.VARIABLES for item in values[name]]
 
     def arguments(self):
         return [text for text, _number, _index in self._effective]
@@ -673,24 +681,43 @@ class GrubDefaults:
                 text = text[:start] + value + text[end:]
             rendered[path] = text
         if appended and target is None:
-            text = rendered.get(GRUB_DEFAULTS, self.texts.get(GRUB_DEFAULTS)) or ""
+            text = rendered.get(self.MAIN, self.texts.get(self.MAIN)) or ""
             if text and not text.endswith("\n"):
                 text += "\n"
-            rendered[GRUB_DEFAULTS] = text + '%s="%s"\n' % (self.target, " ".join(appended))
-        check = GrubDefaults(self.root, dict(self.texts, **rendered), self.target)
+            rendered[self.MAIN] = text + '%s="%s"\n' % (self.target, " ".join(appended))
+        check = type(self)(self.root, dict(self.texts, **rendered), self.target)
         if check.arguments() != argument_plan.arguments:
             raise BootloaderError(
                 "cannot edit %s safely: the edit would give %r instead of %r; simplify how the files "
-                "set %s and %s"
+                "set %s"
                 % (
                     ", ".join("/" + p for p in self.files),
                     check.arguments(),
                     argument_plan.arguments,
-                    LINUX,
-                    LINUX_DEFAULT,
+                    " and ".join(self.VARIABLES),
                 )
             )
         return rendered
+
+
+class SdbootManageConfig(GrubDefaults):
+    """``/etc/sdboot-manage.conf`` (sdboot-manage: CachyOS, EndeavourOS): a shell file that sdboot-manage
+    sources. On every kernel install it removes the systemd-boot entries and writes one per kernel with
+    ``options <root= arguments it works out> $LINUX_OPTIONS`` (the fallback entries get
+    ``$LINUX_FALLBACK_OPTIONS`` instead, as GRUB's recovery entries leave ``GRUB_CMDLINE_LINUX_DEFAULT``
+    out). ``LINUX_OPTIONS`` is edited as GRUB's variables are, then ``sdboot-manage gen`` writes the
+    entries."""
+
+    VARIABLES = (SDBOOT_MANAGE_OPTIONS,)
+    MAIN = SDBOOT_MANAGE_CONFIG
+    TOOL = "sdboot-manage"
+
+    def __init__(self, root, texts, target=SDBOOT_MANAGE_OPTIONS):
+        super().__init__(root, texts, target)
+
+    @classmethod
+    def read(cls, root, target=SDBOOT_MANAGE_OPTIONS):
+        return cls(root, {SDBOOT_MANAGE_CONFIG: _read(root, SDBOOT_MANAGE_CONFIG)}, target)
 
 
 # ------------------------------------------------------------------------------------ /etc/kernel/cmdline
@@ -1116,6 +1143,12 @@ def _kernelstub_manages(root):
     )
 
 
+def _sdboot_manage_manages(root):
+    return os.path.isfile(host_path(root, SDBOOT_MANAGE_CONFIG)) and bool(
+        host_model.find_in_tree(root, "sdboot-manage")
+    )
+
+
 def _bls_entry_names(root):
     return [name for name in list_dir(host_path(root, BLS_ENTRIES)) if name.endswith(".conf")]
 
@@ -1158,6 +1191,10 @@ def detect_bootloader(root):
     # /etc/kernel/cmdline and kernel-install do not reach them. It only runs on a host booted by UEFI.
     if _kernelstub_manages(root):
         return "kernelstub"
+    # sdboot-manage (CachyOS, EndeavourOS) rewrites every systemd-boot entry from its configuration at
+    # each kernel install: an edit of the entries would last until then.
+    if _sdboot_manage_manages(root):
+        return "sdboot-manage"
     if os.path.exists(host_path(root, NIXOS_MARKER)):
         raise BootloaderError(
             "%s is NixOS (/%s): its boot entries are built from the system configuration by nixos-rebuild, "
@@ -1348,6 +1385,12 @@ def plan(module, root, bootloader, present, absent, update=True):
                 sources.append(KernelCmdlineFile(root))
     elif name == "kernelstub":
         sources.append(KernelstubConfig(root))
+    elif name == "sdboot-manage":
+        if not os.path.isfile(host_path(root, SDBOOT_MANAGE_CONFIG)):
+            raise BootloaderError(
+                "bootloader sdboot-manage: /%s does not exist below %s" % (SDBOOT_MANAGE_CONFIG, root)
+            )
+        sources.append(SdbootManageConfig.read(root))
     else:
         sources = _proxmox_sources(root)
     plans, files = _edits_for(root, sources, present, absent)
@@ -1364,6 +1407,8 @@ def plan(module, root, bootloader, present, absent, update=True):
         elif name == "kernelstub":
             # Without options, kernelstub writes the entries from its configuration.
             commands = [[_resolve(module, host, root, "kernelstub") or "kernelstub"]]
+        elif name == "sdboot-manage":
+            commands = [[_resolve(module, host, root, "sdboot-manage") or "sdboot-manage", "gen"]]
         elif generator == "mkinitcpio":
             commands = [[_resolve(module, host, root, "mkinitcpio") or "mkinitcpio", "-P"]]
         elif cmdline_changed:

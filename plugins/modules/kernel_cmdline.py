@@ -42,6 +42,11 @@ description:
     systemd-boot entries on the ESP from its own configuration, so C(/etc/kernel/cmdline) and C(kernel-install)
     do not reach them. Edits C(user.kernel_options) in that JSON file (the C(default) section's options when
     there is no C(user) section, as kernelstub does), then runs C(kernelstub), which writes the entries."
+  - "sdboot-manage (CachyOS, EndeavourOS; C(/etc/sdboot-manage.conf)): it removes the systemd-boot entries and
+    writes them again from C(LINUX_OPTIONS) at every kernel install, so an entry edited in place would lose the
+    arguments at the next kernel update. Edits C(LINUX_OPTIONS) (added at the end of the file when no line sets
+    it), then runs C(sdboot-manage gen). The fallback entries keep C(LINUX_FALLBACK_OPTIONS), as GRUB's recovery
+    entries leave C(GRUB_CMDLINE_LINUX_DEFAULT) out."
   - "OSTree systems (Fedora CoreOS, RHEL CoreOS, Silverblue and the other Atomic desktops, RHEL for Edge,
     bootc image mode; C(/run/ostree-booted), or boot entries carrying C(ostree=)): the kernel arguments
     belong to each deployment, and ostree rewrites the boot entries; C(/etc/default/grub) and grubby, which
@@ -99,13 +104,14 @@ options:
       - The bootloader configuration to edit. V(auto) detects it below O(root) and fails, naming what
         it looked for, when it recognises none.
     type: str
-    choices: [auto, grub, grubby, systemd-boot, proxmox, ostree, kernelstub]
+    choices: [auto, grub, grubby, systemd-boot, proxmox, ostree, kernelstub, sdboot-manage]
     default: auto
   root:
     description:
       - The host filesystem root to work on, for image trees and tests. The running command line is
         read from C(<root>/proc/cmdline).
-      - Commands (C(update-grub), C(grubby), C(kernel-install), C(proxmox-boot-tool), C(rpm-ostree), C(kernelstub)) are
+      - Commands (C(update-grub), C(grubby), C(kernel-install), C(proxmox-boot-tool), C(rpm-ostree), C(kernelstub),
+        C(sdboot-manage), C(mkinitcpio)) are
         only run when this is V(/). For another tree the files are edited and RV(regenerate_required) says that
         the boot entries still have to be regenerated inside it; with grubby the BLS entries of the
         tree are edited directly, the way grubby would edit them.
@@ -175,8 +181,8 @@ configured:
     - The arguments the boot configuration holds after the run (predicted in check mode), in order.
     - "GRUB: C(GRUB_CMDLINE_LINUX) then C(GRUB_CMDLINE_LINUX_DEFAULT); grubby: the default boot entry;
       systemd-boot and Proxmox: C(/etc/kernel/cmdline); kernelstub: its C(kernel_options) (kernelstub puts
-      C(root=UUID=... ro) before them); OSTree: the next boot's deployment, without its
-      C(ostree=) argument."
+      C(root=UUID=... ro) before them); sdboot-manage: its C(LINUX_OPTIONS) (it puts the C(root=) arguments
+      before them); OSTree: the next boot's deployment, without its C(ostree=) argument."
   returned: always
   type: list
   elements: str

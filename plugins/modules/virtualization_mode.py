@@ -61,7 +61,7 @@ options:
     description: The boot configuration to edit for kernel arguments, as in M(gpuvirt.host.kernel_cmdline).
     type: str
     default: auto
-    choices: [auto, grub, grubby, systemd-boot, proxmox, ostree, kernelstub]
+    choices: [auto, grub, grubby, systemd-boot, proxmox, ostree, kernelstub, sdboot-manage]
   update:
     description: Regenerate the boot loader configuration after editing it (on the host itself).
     type: bool

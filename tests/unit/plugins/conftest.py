@@ -158,6 +158,10 @@ class FakeCommands:
                                 "fixtures")
         return self.install("mkinitcpio", body=MKINITCPIO_BODY.format(root=root, fixtures=fixtures))
 
+    def install_sdboot_manage(self, root, sdoptions):
+        """A simulated ``sdboot-manage gen`` for the tree ``root``; ``sdoptions``: the root arguments."""
+        return self.install("sdboot-manage", body=SDBOOT_MANAGE_BODY.format(root=root, sdoptions=sdoptions))
+
     def install_kernelstub(self, root):
         """A simulated ``kernelstub`` for the Pop!_OS tree ``root``."""
         return self.install("kernelstub", body=KERNELSTUB_BODY.format(root=root))
@@ -193,6 +197,32 @@ for name_ in sorted(os.listdir(presets)):
     for image in re.findall("^[ \\t]*[A-Za-z0-9_]+_uki=['\\x22]?(/[^ \\t\\n'\\x22]+)", text, re.M):
         write_uki(inside(image), {{".osrel": b"ID=arch\\n", ".cmdline": cmdline, ".linux": b"vmlinuz",
                                    ".initrd": b"070701"}})
+"""
+
+
+# sdboot-manage gen as its generate_entries does (REMOVE_EXISTING=yes, its default): the configuration
+# sourced by bash, every entry removed, then for each /boot/vmlinuz-<name> an entry <name>.conf with
+# "options <root arguments> $LINUX_OPTIONS" and <name>-fallback.conf with $LINUX_FALLBACK_OPTIONS. The
+# root arguments (findmnt's work on a live host) are given.
+SDBOOT_MANAGE_BODY = """
+import subprocess
+root = {root!r}
+esp = os.path.join(root, "boot")
+script = '. "$1"; printf "%s\\\\n%s" "$LINUX_OPTIONS" "$LINUX_FALLBACK_OPTIONS"'
+values = subprocess.run(["bash", "-c", script, "-", os.path.join(root, "etc/sdboot-manage.conf")],
+                        capture_output=True, text=True, check=True).stdout.split("\\n")
+entries = os.path.join(esp, "loader/entries")
+for name_ in os.listdir(entries):
+    if name_.endswith(".conf"):
+        os.remove(os.path.join(entries, name_))
+for kernel in sorted(os.listdir(esp)):
+    if not kernel.startswith("vmlinuz-"):
+        continue
+    entry = kernel[len("vmlinuz-"):]
+    for suffix, title, options in (("", "", values[0]), ("-fallback", " (Fallback)", values[1])):
+        with open(os.path.join(entries, entry + suffix + ".conf"), "w") as handle:
+            handle.write("title\\t%s%s\\nlinux\\t/%s\\ninitrd\\t/initramfs-%s%s.img\\noptions\\t%s %s\\n"
+                         % (entry, title, kernel, entry, suffix, {sdoptions!r}, options))
 """
 
 

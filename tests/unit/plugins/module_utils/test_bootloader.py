@@ -411,6 +411,7 @@ def test_grubenv_refuses_to_grow_past_its_block():
         ("pop-os-kernelstub", "kernelstub"),
         ("arch-systemd-boot", "systemd-boot"),
         ("arch-uki", "systemd-boot"),
+        ("cachyos-sdboot-manage", "sdboot-manage"),
     ],
 )
 def test_detect_bootloader(tree, expected):

@@ -560,6 +560,63 @@ def test_systemd_boot_entries_named_after_kernel_installs_own_machine_id_come_fr
         assert handle.read() == text
 
 
+# ------------------------------------------------------------------------------ sdboot-manage (CachyOS)
+
+CACHYOS_ROOT = "root=UUID=2b9c4e71-8d3a-4f6b-a1e5-0c7d9f3b6a28 rw rootflags=subvol=/@"
+CACHYOS_OPTIONS = "zswap.enabled=0 nowatchdog quiet splash"
+
+
+def test_sdboot_manage_options_are_edited_and_its_entries_written_again(run_module, boot_tree, fake_commands, as_host):
+    # CachyOS: sdboot-manage writes every entry again from LINUX_OPTIONS at each kernel install, so an
+    # entry edited in place would lose the arguments at the next kernel update.
+    root = boot_tree("cachyos-sdboot-manage")
+    fake_commands.install_sdboot_manage(root, CACHYOS_ROOT)
+    fake_commands.install("kernel-install")
+    args = {"root": root, "present": ["amd_iommu=on", "iommu=pt"], "absent": ["splash"]}
+    predicted = run_module("kernel_cmdline", args, check_mode=True, diff=True)
+    assert fake_commands.calls() == []
+    result = run_module("kernel_cmdline", args, diff=True)
+    assert result["rc"] == 0 and result["changed"] is True, result
+    assert result["bootloader"] == "sdboot-manage"
+    assert names(fake_commands.calls()) == [["sdboot-manage", "gen"]]
+    config = read(root, "etc/sdboot-manage.conf")
+    assert 'LINUX_OPTIONS="zswap.enabled=0 nowatchdog quiet amd_iommu=on iommu=pt"\n' in config
+    assert result["configured"] == ["zswap.enabled=0", "nowatchdog", "quiet", "amd_iommu=on", "iommu=pt"]
+    assert [d["before_header"] for d in result["diff"]] == ["/etc/sdboot-manage.conf"]
+    for key in ("changed", "configured", "added", "removed", "commands", "diff"):
+        assert predicted[key] == result[key], key
+    # The entries sdboot-manage wrote carry them; the fallback entry keeps LINUX_FALLBACK_OPTIONS.
+    entry = read(root, "boot/loader/entries/linux-cachyos.conf")
+    assert "options\t%s zswap.enabled=0 nowatchdog quiet amd_iommu=on iommu=pt\n" % CACHYOS_ROOT in entry
+    assert "iommu" not in read(root, "boot/loader/entries/linux-cachyos-fallback.conf")
+    assert run_module("kernel_cmdline", args)["changed"] is False
+    assert names(fake_commands.calls()) == [["sdboot-manage", "gen"]]
+
+
+def test_sdboot_manage_without_linux_options_gets_the_variable(run_module, boot_tree, fake_commands, as_host):
+    root = boot_tree("cachyos-sdboot-manage")
+    path = os.path.join(root, "etc/sdboot-manage.conf")
+    with open(path) as handle:
+        text = handle.read().replace('LINUX_OPTIONS="%s"' % CACHYOS_OPTIONS, '#LINUX_OPTIONS=""')
+    with open(path, "w") as handle:
+        handle.write(text)
+    fake_commands.install_sdboot_manage(root, CACHYOS_ROOT)
+    result = run_module("kernel_cmdline", {"root": root, "present": ["iommu=pt"]})
+    assert result["rc"] == 0, result
+    assert read(root, "etc/sdboot-manage.conf") == text + 'LINUX_OPTIONS="iommu=pt"\n'
+    assert "options\t%s iommu=pt\n" % CACHYOS_ROOT in read(root, "boot/loader/entries/linux-cachyos.conf")
+
+
+def test_a_failing_sdboot_manage_puts_its_configuration_back(run_module, boot_tree, fake_commands, as_host):
+    root = boot_tree("cachyos-sdboot-manage")
+    fake_commands.install("sdboot-manage", stdout="Error: /boot/loader/entries does not exist\n", rc=1)
+    before = snapshot(root)
+    result = run_module("kernel_cmdline", {"root": root, "present": ["iommu=pt"]})
+    assert result["failed"] is True
+    assert "sdboot-manage gen failed (rc 1): Error: /boot/loader/entries does not exist" in result["msg"]
+    assert snapshot(root) == before
+
+
 # ------------------------------------------------------------------------------ unified kernel images
 
 UKI_CMDLINE = "root=UUID=7e1f0c3a-52b8-4d6e-9a41-c8b2f0e6d193 rw quiet"
