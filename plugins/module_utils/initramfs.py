@@ -13,8 +13,8 @@ what to do):
 - :func:`detect_tool` ``(root) -> str``: ``update-initramfs``, ``dracut`` or ``mkinitcpio``; refuses
   an OSTree system.
 - :func:`image_path` ``(root, kernel_release, tool=None) -> str``: the image that will boot (the unified
-  kernel image a mkinitcpio preset builds, whose ``.initrd`` section :func:`list_image` reads, when there is
-  no separate image).
+  kernel image a mkinitcpio preset builds, when there is no separate image, or that kernel-install builds with
+  ``layout=uki``: :func:`list_image` reads its ``.initrd`` section).
 - :func:`releases_with_image` ``(root, tool=None) -> list[str]``: installed releases that have one.
 - :func:`regenerate_command` ``(root, kernel_release, tool=None) -> list[str]``: the argv (bare
   command name) that rebuilds it, for reports and check mode.
@@ -38,7 +38,7 @@ from ansible_collections.gpuvirt.host.plugins.module_utils import host as host_m
 from ansible_collections.gpuvirt.host.plugins.module_utils import uki
 from ansible_collections.gpuvirt.host.plugins.module_utils.errors import GpuvirtError
 from ansible_collections.gpuvirt.host.plugins.module_utils.kernel import modules_dir, read_builtin_modules
-from ansible_collections.gpuvirt.host.plugins.module_utils.kernel_install import entry_token
+from ansible_collections.gpuvirt.host.plugins.module_utils.kernel_install import entry_token, install_conf_value
 from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import host_path, list_dir, read_text
 
 TOOLS = ("update-initramfs", "dracut", "mkinitcpio")
@@ -164,6 +164,10 @@ def _candidates(root, kernel_release, tool):
         # A preset that builds a unified kernel image (default_uki=) carries the initramfs in it.
         preset = read_text(host_path(root, "etc/mkinitcpio.d/%s.preset" % pkgbase)) or ""
         return ["boot/initramfs-%s.img" % pkgbase] + [path.lstrip("/") for path in _PRESET_UKI.findall(preset)]
+    if install_conf_value(root, "layout") == "uki":
+        # kernel-install builds a unified kernel image per kernel (ukify, with dracut's initramfs in it):
+        # <ESP>/EFI/Linux/<entry token>-<release>[+<tries>].efi.
+        return _uki_candidates(root, kernel_release)
     candidates = ["boot/initramfs-%s.img" % kernel_release]
     # kernel-install's layout on systemd-boot hosts: <ESP or /boot>/<entry token>/<release>/initrd; the
     # token is the machine ID unless kernel-install is told otherwise.
@@ -172,6 +176,25 @@ def _candidates(root, kernel_release, tool):
         for esp in ("boot", "boot/efi", "efi"):
             candidates.append("%s/%s/%s/initrd" % (esp, token, kernel_release))
     return candidates
+
+
+def _uki_candidates(root, kernel_release):
+    name = "%s-%s" % (entry_token(root) or "", kernel_release)
+    candidates = []
+    for esp in ("efi", "boot/efi", "boot"):
+        directory = "%s/EFI/Linux" % esp
+        counted = sorted(entry for entry in list_dir(host_path(root, directory))
+                         if entry.startswith(name + "+") and entry.endswith(".efi"))
+        candidates.extend("%s/%s" % (directory, entry) for entry in [name + ".efi"] + counted)
+    return candidates
+
+
+def _kernel_image(root, kernel_release):
+    for candidate in ("lib/modules/%s/vmlinuz" % kernel_release, "usr/lib/modules/%s/vmlinuz" % kernel_release,
+                      "boot/vmlinuz-%s" % kernel_release):
+        if os.path.isfile(host_path(root, candidate)):
+            return "/" + candidate
+    return "/lib/modules/%s/vmlinuz" % kernel_release
 
 
 def _tool(root, tool):
@@ -208,6 +231,9 @@ def regenerate_command(root, kernel_release, tool=None):
     image = image_path(root, kernel_release, tool)
     if tool == "update-initramfs":
         return ["update-initramfs", "-u" if os.path.isfile(image) else "-c", "-k", kernel_release]
+    if tool == "dracut" and image.endswith(".efi"):
+        # kernel-install runs dracut and ukify and puts the image in place.
+        return ["kernel-install", "add", kernel_release, _kernel_image(root, kernel_release)]
     if tool == "dracut":
         return ["dracut", "--force", image, kernel_release]
     pkgbase = _pkgbase(root, kernel_release)
@@ -235,7 +261,8 @@ def regenerate(module, root, kernel_release, tool=None):
             "refusing to rebuild the initramfs of %s with this host's %s: %s is not this host's root; run %s "
             "inside that tree" % (kernel_release, tool, root, " ".join(regenerate_command(root, kernel_release, tool)))
         )
-    command, _out = _run(module, regenerate_command(root, kernel_release, tool), PACKAGES[tool])
+    argv = regenerate_command(root, kernel_release, tool)
+    command, _out = _run(module, argv, "systemd" if argv[0] == "kernel-install" else PACKAGES[tool])
     return command
 
 

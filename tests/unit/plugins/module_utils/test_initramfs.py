@@ -361,3 +361,24 @@ def test_a_unified_kernel_image_without_an_initramfs_is_reported(tree, module, f
                        r"mkinitcpio -p linux"):
         initramfs.list_image(module, root, ARCH)
     assert fake_commands.calls() == []
+
+
+def test_kernel_installs_unified_kernel_image_is_rebuilt_by_kernel_install_and_verified(tree, module, fake_commands):
+    # layout=uki: kernel-install runs dracut and ukify; the initramfs that boots is inside the image it
+    # puts in <ESP>/EFI/Linux (here with a boot counter).
+    root = tree("fedora-dracut-kernel-install")
+    os.makedirs(os.path.join(root, "etc/kernel"))
+    with open(os.path.join(root, "etc/kernel/install.conf"), "w") as handle:
+        handle.write("layout=uki\nuki_generator=ukify\n")
+    image = os.path.join(root, "efi/EFI/Linux/5b8a1c2d3e4f40718293a4b5c6d7e8f9-%s+3-0.efi" % FEDORA)
+    write_uki(image, {".linux": b"kernel", ".initrd": b"070701" * 300, ".cmdline": b"rw\0"})
+    fake_commands.install("lsinitrd", stdout=listing("lsinitrd.txt"))
+    assert initramfs.image_path(root, FEDORA) == image
+    assert initramfs.regenerate_command(root, FEDORA) == [
+        "kernel-install", "add", FEDORA, "/lib/modules/%s/vmlinuz" % FEDORA]
+    check = initramfs.verify_image(
+        module, root, FEDORA, modules=initramfs.vfio_modules(FEDORA), files=["etc/modprobe.d/gpuvirt-vfio.conf"]
+    )
+    assert check.image == image and check.ok, check
+    [call] = fake_commands.calls()
+    assert call[0] == "lsinitrd" and call[1] != image
