@@ -1034,14 +1034,23 @@ def unified_kernel_images(root):
     return []
 
 
+def _mkinitcpio_presets(root):
+    """``{file name: text}`` of the mkinitcpio presets below ``root``."""
+    return {
+        name: _read(root, "%s/%s" % (MKINITCPIO_PRESETS, name)) or ""
+        for name in sorted(list_dir(host_path(root, MKINITCPIO_PRESETS)))
+        if name.endswith(".preset")
+    }
+
+
 def mkinitcpio_images(root):
     """The unified kernel images the mkinitcpio presets build (``*_uki=``), as paths below ``root``."""
-    images = []
-    for name in sorted(list_dir(host_path(root, MKINITCPIO_PRESETS))):
-        if name.endswith(".preset"):
-            text = _read(root, "%s/%s" % (MKINITCPIO_PRESETS, name)) or ""
-            images.extend(path.lstrip("/") for path in _PRESET_UKI.findall(text) if path.startswith("/"))
-    return images
+    return [
+        path.lstrip("/")
+        for text in _mkinitcpio_presets(root).values()
+        for path in _PRESET_UKI.findall(text)
+        if path.startswith("/")
+    ]
 
 
 def uki_generator(root, images):
@@ -1060,8 +1069,7 @@ def uki_generator(root, images):
                     "so that the arguments can be managed" % (where, path)
                 )
         return "kernel-install"
-    presets = [name for name in sorted(list_dir(host_path(root, MKINITCPIO_PRESETS))) if name.endswith(".preset")]
-    texts = {name: _read(root, "%s/%s" % (MKINITCPIO_PRESETS, name)) or "" for name in presets}
+    texts = _mkinitcpio_presets(root)
     if any(_PRESET_UKI.search(text) for text in texts.values()):
         for name, text in texts.items():
             other = next((path for path in _PRESET_CMDLINE.findall(text) if path != "/" + KERNEL_CMDLINE), None)

@@ -619,7 +619,7 @@ def test_a_failing_sdboot_manage_puts_its_configuration_back(run_module, boot_tr
 
 # ------------------------------------------------------------------------------ unified kernel images
 
-UKI_CMDLINE = "root=UUID=7e1f0c3a-52b8-4d6e-9a41-c8b2f0e6d193 rw quiet"
+UKI_CMDLINE = ARCH_ROOT + " quiet"
 
 
 def test_unified_kernel_images_from_mkinitcpio_are_rebuilt_from_etc_kernel_cmdline(
