@@ -10,6 +10,7 @@ initramfs rebuild that makes the early boot see them. It reads and decides; noth
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field, replace
 
 from ansible_collections.gpuvirt.host.plugins.module_utils import bootloader, initramfs
@@ -389,7 +390,12 @@ class BootConfigPlanner:
                 self.warnings.append("%s; the modprobe.d file only takes effect once vfio-pci loads from the "
                                      "root filesystem" % error)
             return plan
-        kernels = [release for release, _image, initrd in bootloader.installed_kernels(self.root) if initrd]
+        # Every installed kernel whose image this tool builds exists (a kernel installed but not yet
+        # booted included), else the running one.
+        kernels = [
+            release for release, _image, _initrd in bootloader.installed_kernels(self.root)
+            if os.path.isfile(initramfs.image_path(self.root, release, plan.tool))
+        ]
         plan.releases = kernels or [r for r in [view.kernel.get("release")] if r]
         modules = None
         for release in plan.releases:

@@ -790,6 +790,28 @@ def test_the_initramfs_is_rebuilt_once_and_verified(desktop, vfio_pci, as_host, 
     assert len(calls(fake_commands, "update-initramfs")) == 1
 
 
+def test_every_installed_kernel_with_an_image_is_rebuilt_with_dracut_too(desktop, vfio_pci, as_host):
+    # A Fedora-style host: dracut's /boot/initramfs-<release>.img, and a newer kernel installed but not
+    # booted yet. Its image must hold vfio-pci too, or its first boot gives the GPU to the host driver.
+    newer = "6.9.0-1-generic"
+    path = os.path.join(desktop, "usr/bin/dracut")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as handle:
+        handle.write("#!/bin/sh\nexit 1\n")
+    os.chmod(path, 0o755)
+    os.makedirs(os.path.join(desktop, "boot"), exist_ok=True)
+    for release in (RELEASE, newer):
+        os.makedirs(os.path.join(desktop, "lib/modules", release), exist_ok=True)
+        for relative in ("boot/vmlinuz-" + release, "boot/initramfs-%s.img" % release):
+            open(os.path.join(desktop, relative), "w").close()
+    predicted = vfio_pci(desktop, check_mode=True, devices=[GPU], persistence="modprobe")
+    assert predicted["rc"] == 0, predicted
+    assert predicted["commands"] == [
+        ["dracut", "--force", os.path.join(desktop, "boot/initramfs-%s.img" % release), release]
+        for release in (RELEASE, newer)
+    ]
+
+
 def test_old_kernels_get_vfio_virqfd(make_host, vfio_pci, as_host, fake_commands):
     root = make_host("desktop_dgpu", kernel={"modules": MODULES, "release": "5.15.0-119-generic"})
     with open(os.path.join(root, "lib/modules/5.15.0-119-generic/modules.dep"), "w") as handle:
