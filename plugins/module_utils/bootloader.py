@@ -1289,20 +1289,22 @@ def _grub_command(module, host, root):
     return ["update-grub"]
 
 
+def kernel_image(root, release):
+    """The kernel image of ``release`` below ``root`` (``/lib/modules/<release>/vmlinuz``, the same below
+    ``/usr``, or ``/boot/vmlinuz-<release>``), as an absolute path in the tree; None when it has none."""
+    for candidate in ("lib/modules/%s/vmlinuz" % release, "usr/lib/modules/%s/vmlinuz" % release,
+                      "boot/vmlinuz-%s" % release):
+        if os.path.isfile(host_path(root, candidate)):
+            return "/" + candidate
+    return None
+
+
 def installed_kernels(root):
     """``[(release, image, initrd or None)]`` for ``lib/modules/<release>`` that have a kernel image."""
     kernels = []
     releases = set(list_dir(host_path(root, "lib/modules"))) | set(list_dir(host_path(root, "usr/lib/modules")))
     for release in sorted(releases, key=_version_key):
-        image = None
-        for candidate in (
-            "lib/modules/%s/vmlinuz" % release,
-            "usr/lib/modules/%s/vmlinuz" % release,
-            "boot/vmlinuz-%s" % release,
-        ):
-            if os.path.isfile(host_path(root, candidate)):
-                image = "/" + candidate
-                break
+        image = kernel_image(root, release)
         if image is None:
             continue
         initrd = "boot/initrd.img-%s" % release

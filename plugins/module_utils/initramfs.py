@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 
 from ansible_collections.gpuvirt.host.plugins.module_utils import host as host_model
 from ansible_collections.gpuvirt.host.plugins.module_utils import uki
+from ansible_collections.gpuvirt.host.plugins.module_utils.bootloader import kernel_image
 from ansible_collections.gpuvirt.host.plugins.module_utils.errors import GpuvirtError
 from ansible_collections.gpuvirt.host.plugins.module_utils.kernel import modules_dir, read_builtin_modules
 from ansible_collections.gpuvirt.host.plugins.module_utils.kernel_install import entry_token, install_conf_value
@@ -189,14 +190,6 @@ def _uki_candidates(root, kernel_release):
     return candidates
 
 
-def _kernel_image(root, kernel_release):
-    for candidate in ("lib/modules/%s/vmlinuz" % kernel_release, "usr/lib/modules/%s/vmlinuz" % kernel_release,
-                      "boot/vmlinuz-%s" % kernel_release):
-        if os.path.isfile(host_path(root, candidate)):
-            return "/" + candidate
-    return "/lib/modules/%s/vmlinuz" % kernel_release
-
-
 def _tool(root, tool):
     if tool is None:
         return detect_tool(root)
@@ -233,7 +226,8 @@ def regenerate_command(root, kernel_release, tool=None):
         return ["update-initramfs", "-u" if os.path.isfile(image) else "-c", "-k", kernel_release]
     if tool == "dracut" and image.endswith(".efi"):
         # kernel-install runs dracut and ukify and puts the image in place.
-        return ["kernel-install", "add", kernel_release, _kernel_image(root, kernel_release)]
+        kernel = kernel_image(root, kernel_release) or "/lib/modules/%s/vmlinuz" % kernel_release
+        return ["kernel-install", "add", kernel_release, kernel]
     if tool == "dracut":
         return ["dracut", "--force", image, kernel_release]
     pkgbase = _pkgbase(root, kernel_release)
