@@ -11,8 +11,11 @@ Public API (every reader takes the host ``root``; only :func:`apply` writes or r
 - :func:`plan_arguments` ``(current, present, absent, replace_in_place=True) -> ArgumentPlan``:
   the pure list logic (order kept, new arguments appended, one value per key unless repeatable).
 - :func:`reboot_required` ``(running, present, absent) -> bool``.
-- :func:`detect_bootloader` ``(root) -> str``: ``ostree``, ``kernelstub``, ``grub``, ``grubby``,
-  ``systemd-boot`` or ``proxmox``; raises :class:`BootloaderError` when nothing is recognised.
+- :func:`detect_bootloader` ``(root) -> str``: ``ostree``, ``kernelstub``, ``sdboot-manage``, ``grub``,
+  ``grubby``, ``systemd-boot`` or ``proxmox``; raises :class:`BootloaderError` when nothing is recognised
+  or the host boots a configuration that is not supported (NixOS, Limine).
+- :func:`booted_loader` ``(root) -> str | None``: the loader that names itself in ``LoaderInfo``;
+  :func:`efi_string` ``(root, variable) -> str | None`` reads a string EFI variable.
 - :func:`plan` ``(module, root, bootloader, present, absent, update=True) -> BootPlan`` and
   :func:`apply` ``(module, boot_plan, backup=False) -> dict``: read everything, predict every file
   and command; then write (temp file + atomic move), run the regeneration command, restore the
@@ -103,8 +106,16 @@ NIXOS_MARKER = "etc/NIXOS"  # present on every NixOS system
 # The argument by which the initramfs finds the deployment; ostree writes it into each deployment's
 # boot entry itself.
 OSTREE_KEY = "ostree"
-# systemd-boot sets this EFI variable; it is present exactly when the running system booted with it.
+# The Boot Loader Interface's variable naming the loader that booted the running system: systemd-boot
+# ("systemd-boot 257.4"), but also GRUB with its bli module ("GRUB 2.12") and Limine ("Limine 9.3.0").
 LOADER_INFO = "sys/firmware/efi/efivars/LoaderInfo-4a67b082-0a4c-41cf-b6c7-440b29bb8c4f"
+# The loaders named by LoaderInfo's first word; any other is none of the configurations read here.
+_LOADER_NAMES = {"systemd-boot": "systemd-boot", "grub": "grub", "limine": "limine"}
+# limine-entry-tool's configuration (the lowest layer and the last one it reads), and the places Limine
+# looks for limine.conf on its boot partition.
+LIMINE_TOOL_CONFIGS = ("etc/limine-entry-tool.conf", "etc/default/limine")
+LIMINE_CONFIGS = ("limine.conf", "limine/limine.conf", "boot/limine.conf", "boot/limine/limine.conf",
+                  "EFI/BOOT/limine.conf", "EFI/limine/limine.conf")
 ESP_MOUNTS = ("efi", "boot/efi", "boot")
 # systemd-stub sets it when it starts a unified kernel image.
 STUB_INFO = "sys/firmware/efi/efivars/StubInfo-4a67b082-0a4c-41cf-b6c7-440b29bb8c4f"
@@ -1137,8 +1148,52 @@ def _proxmox_esps(root):
     return [line.split()[0] for line in text.splitlines() if line.strip() and not line.startswith("#")]
 
 
+def efi_string(root, variable):
+    """The text of the string EFI variable ``variable`` (a path below ``root``): efivarfs gives 4 bytes of
+    attributes, then UCS-2 up to a NUL. ``None`` when the variable is absent, ``""`` when it is unreadable
+    or holds no text."""
+    try:
+        with open(host_path(root, variable), "rb") as handle:
+            data = handle.read(4096)
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return ""
+    return data[4:].decode("utf-16-le", "replace").split("\0", 1)[0].strip()
+
+
+def booted_loader(root):
+    """Which loader booted the running system, from LoaderInfo: ``systemd-boot``, ``grub``, ``limine``,
+    ``other`` (a loader none of these), ``None`` (no such variable: BIOS, another loader, an image tree).
+    A variable that cannot be read counts as systemd-boot's, the only loader that set it for years."""
+    text = efi_string(root, LOADER_INFO)
+    if text is None:
+        return None
+    if not text:
+        return "systemd-boot"
+    return _LOADER_NAMES.get(text.split()[0].lower(), "other")
+
+
 def _booted_systemd_boot(root):
-    return os.path.exists(host_path(root, LOADER_INFO))
+    return booted_loader(root) == "systemd-boot"
+
+
+def _limine_configuration(root):
+    """The Limine configuration files below ``root``: limine-entry-tool's and limine.conf on an ESP."""
+    found = [path for path in LIMINE_TOOL_CONFIGS if os.path.isfile(host_path(root, path))]
+    for esp in ("",) + ESP_MOUNTS:
+        found.extend(path for path in ("%s/%s" % (esp, name) if esp else name for name in LIMINE_CONFIGS)
+                     if os.path.isfile(host_path(root, path)) and path not in found)
+    return found
+
+
+def _refuse_limine(root, reason):
+    raise BootloaderError(
+        "%s boots Limine (%s), which is not supported: its entries carry their command line in limine.conf "
+        "(cmdline:), written by limine-entry-tool from KERNEL_CMDLINE in /etc/default/limine at each kernel "
+        "install. Add the arguments there and run limine-update (or edit the cmdline: lines of a hand-written "
+        "limine.conf); set bootloader explicitly if another configuration boots this host" % (root, reason)
+    )
 
 
 def _kernelstub_manages(root):
@@ -1211,8 +1266,17 @@ def detect_bootloader(root):
         )
     if _proxmox_esps(root) and host_model.find_in_tree(root, "proxmox-boot-tool"):
         return "proxmox"
-    # systemd-boot, or the firmware itself, started a unified kernel image through systemd-stub.
-    if _booted_systemd_boot(root) or os.path.exists(host_path(root, STUB_INFO)):
+    loader = booted_loader(root)
+    # Limine's entries (and the unified kernel images limine-entry-tool builds) take their command line
+    # from its own configuration: an edit of /etc/default/grub or /etc/kernel/cmdline would not boot.
+    if loader == "limine":
+        _refuse_limine(root, "LoaderInfo: %s" % efi_string(root, LOADER_INFO))
+    limine = _limine_configuration(root)
+    if limine and loader is None:
+        _refuse_limine(root, "/" + ", /".join(limine))
+    # systemd-boot, or the firmware itself, started a unified kernel image through systemd-stub. GRUB
+    # with its bli module names itself in LoaderInfo too; it is told by its configuration below.
+    if loader == "systemd-boot" or os.path.exists(host_path(root, STUB_INFO)):
         return "systemd-boot"
     if _bls_entry_names(root) and host_model.find_in_tree(root, "grubby"):
         return "grubby"

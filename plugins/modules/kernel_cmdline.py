@@ -36,7 +36,8 @@ description:
     (C(/etc/cmdline.d), a preset's C(--cmdline), C(Cmdline=) in C(uki.conf), dracut's C(uefi=yes)) or by an
     unknown tool are refused with nothing changed, naming where the arguments go."
   - "Proxmox VE: when C(proxmox-boot-tool) manages the ESPs (C(/etc/kernel/proxmox-boot-uuids)), edits
-    C(/etc/kernel/cmdline) if the host boots systemd-boot, or C(/etc/default/grub) if it boots GRUB, then
+    C(/etc/kernel/cmdline) if the host boots systemd-boot (C(LoaderInfo)), or C(/etc/default/grub) if it boots
+    GRUB (and C(/etc/kernel/cmdline) with it, when present), then
     runs C(proxmox-boot-tool refresh); otherwise behaves as GRUB."
   - "Pop!_OS with kernelstub (C(/etc/kernelstub/configuration), a host booted by UEFI): kernelstub writes the
     systemd-boot entries on the ESP from its own configuration, so C(/etc/kernel/cmdline) and C(kernel-install)
@@ -57,6 +58,12 @@ description:
     Operator owns the kernel arguments, give them in a MachineConfig (C(spec.kernelArguments)) instead."
   - NixOS (C(/etc/NIXOS)) is refused with V(auto), as nixos-rebuild writes its boot entries from the system
     configuration; the arguments belong in C(boot.kernelParams).
+  - "Which loader booted the host is read from the Boot Loader Interface's C(LoaderInfo) EFI variable by its
+    text, not its presence: GRUB with its C(bli) module names itself there too (C(GRUB 2.12)) and is told by
+    its configuration as on any other host. A host that Limine boots (C(LoaderInfo) C(Limine ...), or in a tree
+    without EFI variables C(/etc/default/limine), C(/etc/limine-entry-tool.conf) or a C(limine.conf)) is refused
+    with V(auto), nothing changed: limine-entry-tool writes its entries from C(KERNEL_CMDLINE) in
+    C(/etc/default/limine), which this module does not edit."
   - A O(present) C(key=value) replaces the other values of that key (C(intel_iommu=off) becomes
     C(intel_iommu=on)) except for keys the kernel accepts several times (C(console), C(hugepagesz),
     C(hugepages), C(memmap), C(initcall_blacklist), C(rd.driver.pre) and similar). Dashes and

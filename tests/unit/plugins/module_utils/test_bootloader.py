@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import struct
 
 import pytest
 from hypothesis import given, settings
@@ -460,6 +461,60 @@ def test_kernelstub_only_manages_a_host_booted_by_uefi(boot_tree):
 def test_systemd_boot_esp_without_efi_variable_in_an_image_tree(boot_tree):
     root = boot_tree("systemd-boot")
     os.unlink(os.path.join(root, b.LOADER_INFO))
+    assert b.detect_bootloader(root) == "systemd-boot"
+
+
+def _loader_info(root, text):
+    """Write LoaderInfo as efivarfs shows it: attributes (boot and runtime access), then UCS-2 with a NUL."""
+    path = os.path.join(root, b.LOADER_INFO)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as handle:
+        handle.write(struct.pack("<I", 6) + (text + "\0").encode("utf-16-le"))
+
+
+def test_loader_info_is_read_as_the_boot_loader_interface_writes_it(boot_tree):
+    root = boot_tree("debian-grub")
+    assert b.efi_string(root, b.LOADER_INFO) is None and b.booted_loader(root) is None
+    for text, loader in [("systemd-boot 257.4-1", "systemd-boot"), ("GRUB 2.12", "grub"),
+                         ("Limine 9.3.0", "limine"), ("rEFInd 0.14.2", "other")]:
+        _loader_info(root, text)
+        assert b.efi_string(root, b.LOADER_INFO) == text and b.booted_loader(root) == loader
+
+
+def test_grub_naming_itself_in_loader_info_is_not_taken_for_systemd_boot(boot_tree):
+    # GRUB's bli module sets LoaderInfo to "GRUB 2.12" (and LoaderDevicePartUUID, which
+    # systemd-gpt-auto-generator needs): the host still boots grub.cfg from /etc/default/grub.
+    root = boot_tree("debian-grub")
+    _loader_info(root, "GRUB 2.12")
+    assert b.detect_bootloader(root) == "grub"
+    # Proxmox VE booting GRUB from its ESPs (Secure Boot): /etc/default/grub is edited too, as on a
+    # host booted by BIOS, not /etc/kernel/cmdline alone.
+    root = boot_tree("proxmox-zfs-uefi")
+    assert [type(source) for source in b._proxmox_sources(root)] == [b.KernelCmdlineFile]
+    _loader_info(root, "GRUB 2.12")
+    assert [type(source) for source in b._proxmox_sources(root)] == [b.GrubDefaults, b.KernelCmdlineFile]
+
+
+def test_a_host_limine_boots_is_refused_with_where_its_arguments_go(boot_tree, put_file):
+    # Limine names itself in LoaderInfo; its entries come from limine-entry-tool's KERNEL_CMDLINE, so the
+    # GRUB files or /etc/kernel/cmdline left on the host would be edited for nothing.
+    for tree in ("debian-grub", "systemd-boot", "arch-uki"):
+        root = boot_tree(tree)
+        _loader_info(root, "Limine 9.3.0")
+        with pytest.raises(b.BootloaderError, match=r"boots Limine \(LoaderInfo: Limine 9.3.0\).*"
+                           "KERNEL_CMDLINE in /etc/default/limine.*set bootloader explicitly"):
+            b.detect_bootloader(root)
+    # An image tree (no EFI variables) with limine-entry-tool's configuration or a limine.conf.
+    root = boot_tree("ubuntu-cloud-grub")
+    assert b.detect_bootloader(root) == "grub"
+    for path in ("etc/default/limine", "boot/limine.conf", "efi/EFI/BOOT/limine.conf"):
+        put_file(root, path, 'KERNEL_CMDLINE[default]="root=UUID=0a1b rw"\n')
+        with pytest.raises(b.BootloaderError, match=r"boots Limine \(/%s\)" % re.escape(path)):
+            b.detect_bootloader(root)
+        os.remove(os.path.join(root, path))
+    # The loader that booted says otherwise: a Limine configuration left behind is not what boots.
+    root = boot_tree("debian-systemd-boot")
+    put_file(root, "etc/default/limine", "")
     assert b.detect_bootloader(root) == "systemd-boot"
 
 
