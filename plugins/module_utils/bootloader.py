@@ -1339,17 +1339,27 @@ def _resolve(module, host, root, *candidates):
     return None if host else candidates[0]
 
 
+# Where grub-mkconfig's output is read from: the usual place of each tool first, then GRUB's folder on the
+# ESP (grub-install --boot-directory=/efi, as for an encrypted /boot).
+GRUB_CONFIGS = {
+    "grub-mkconfig": ("boot/grub/grub.cfg", "efi/grub/grub.cfg", "boot/efi/grub/grub.cfg", "boot/grub2/grub.cfg"),
+    "grub2-mkconfig": ("boot/grub2/grub.cfg", "efi/grub2/grub.cfg", "boot/efi/grub2/grub.cfg", "boot/grub/grub.cfg"),
+}
+
+
+def grub_config(root, tool):
+    """The grub.cfg that ``tool`` (grub-mkconfig or grub2-mkconfig) regenerates below ``root``: the first of
+    its places that holds one, else its usual place."""
+    places = GRUB_CONFIGS[tool]
+    return "/" + next((path for path in places if os.path.isfile(host_path(root, path))), places[0])
+
+
 def _grub_command(module, host, root):
-    """update-grub when present, else grub-mkconfig / grub2-mkconfig with the usual output path."""
-    candidates = (
-        (("update-grub",), []),
-        (("grub-mkconfig",), ["-o", "/boot/grub/grub.cfg"]),
-        (("grub2-mkconfig",), ["-o", "/boot/grub2/grub.cfg"]),
-    )
-    for names, arguments in candidates:
-        found = module.get_bin_path(names[0]) if host else host_model.find_in_tree(root, names[0]) and names[0]
+    """update-grub when present, else grub-mkconfig / grub2-mkconfig with the grub.cfg GRUB reads."""
+    for name in ("update-grub", "grub-mkconfig", "grub2-mkconfig"):
+        found = module.get_bin_path(name) if host else host_model.find_in_tree(root, name) and name
         if found:
-            return [found] + arguments
+            return [found] + ([] if name == "update-grub" else ["-o", grub_config(root, name)])
     return ["update-grub"]
 
 

@@ -15,7 +15,9 @@ description:
   - "GRUB (Debian, Ubuntu): edits C(GRUB_CMDLINE_LINUX_DEFAULT) in C(/etc/default/grub), or in the
     C(/etc/default/grub.d/*.cfg) drop-in whose assignment wins, keeping comments and quoting; an
     argument is removed or replaced where it is set, including in C(GRUB_CMDLINE_LINUX). Then runs
-    C(update-grub), or C(grub-mkconfig -o /boot/grub/grub.cfg), or C(grub2-mkconfig -o /boot/grub2/grub.cfg)."
+    C(update-grub), or C(grub-mkconfig -o /boot/grub/grub.cfg), or C(grub2-mkconfig -o /boot/grub2/grub.cfg);
+    when that grub.cfg is missing and GRUB's folder on the ESP holds one (C(/efi/grub/grub.cfg),
+    C(/boot/efi/grub/grub.cfg), as C(grub-install --boot-directory) puts it), that one is written."
   - "grubby with BLS entries (RHEL, Rocky, Fedora): runs C(grubby --update-kernel=ALL --args=...
     --remove-args=...) for the entries in C(/boot/loader/entries), and edits C(GRUB_CMDLINE_LINUX) in
     C(/etc/default/grub) and C(/etc/kernel/cmdline) (when present) so that new kernels inherit the
