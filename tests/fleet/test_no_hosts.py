@@ -121,3 +121,27 @@ def test_the_topology_report_of_a_target_with_hosts_passes_and_writes_each_hosts
     assert "PLAY [Check that the topology report reached a host]" in output and "reported no host" not in output
     assert sorted(path.name for path in report.iterdir()) == ["gpu02.json", "gpu02.txt"]
     assert fleet.digests() == before
+
+
+# The first task of each playbook's main play.
+FIRST_TASKS = {
+    "gpuvirt.host.gpu_host": "Turn the IOMMU on",
+    "gpuvirt.host.rollout": "Roll out to the host",
+    "gpuvirt.host.preflight": "Preview every role on the host",
+    "gpuvirt.host.report": "Check the report settings",
+    "gpuvirt.host.topology_report": "Detect the IOMMU, PCI and GPU topology",
+}
+
+
+@pytest.mark.parametrize("playbook", sorted(PLAYBOOKS))
+def test_a_run_started_at_a_later_task_is_judged_by_the_hosts_its_target_matches(playbook, two_hosts):
+    # --start-at-task (or a job template's start_at_task) skips every task before the one named, in
+    # every play: the last check cannot count on a task of the main play to have run.
+    fleet, before, report = two_hosts
+    settings = {"target": "gpu_hosts", "gpuvirt_report_dir": str(report)}
+    rc, recap, output = fleet.run(playbook, "--start-at-task", FIRST_TASKS[playbook], "--limit", "gpu02",
+                                  check=True, extra_vars=settings)
+    assert "TASK [%s]" % FIRST_TASKS[playbook] in output
+    assert PLAYBOOKS[playbook] not in output, output
+    assert recap["gpu02"]["ok"] > 0 and "gpu01" not in recap
+    assert fleet.digests() == before
