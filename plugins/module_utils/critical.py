@@ -27,7 +27,7 @@ Public API (every reader takes the host ``root``):
 - :func:`cluster_interfaces` ``(root) -> list[(interface, reason)]``: the interfaces of the corosync
   cluster links (Proxmox VE, Pacemaker): a node cut off its cluster fences itself.
 - :func:`interface_devices` ``(root, interface) -> list[str]``: PCI devices behind an interface
-  (through bridge, bond and VLAN ``lower_*`` links).
+  (through bridge, bond and VLAN ``lower_*`` links; for an Open vSwitch bridge, every port of the datapath).
 
 Taking such a device from its host driver pulls the disk from under a mounted filesystem, swap or a
 pool (I/O errors, a hung or crashed host), or the network under the storage of the host and its VMs,
@@ -50,6 +50,8 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import (
 )
 
 _PCI_IN_PATH = re.compile(r"(?<![0-9a-f])" + PCI_ADDRESS_PATTERN + r"(?=/|$)")
+# The device of Open vSwitch's kernel datapath, which ovs-vswitchd names so; its ports are its lower_ links.
+OVS_DATAPATH = "ovs-system"
 
 
 def _inside(real_root, path):
@@ -337,11 +339,17 @@ def _interface_devices(root, real_root, interface, seen):
         return []
     seen.add(interface)
     base = host_path(root, "sys/class/net", interface)
-    owner = _pci_owner(real_root, base + "/device") if os.path.exists(base + "/device") else None
+    device = os.path.exists(base + "/device")
+    owner = _pci_owner(real_root, base + "/device") if device else None
     owners = [owner] if owner else []
-    for entry in list_dir(base):
-        if entry.startswith("lower_"):
-            owners.extend(_interface_devices(root, real_root, entry[len("lower_") :], seen))
+    lower = [entry[len("lower_") :] for entry in list_dir(base) if entry.startswith("lower_")]
+    for name in lower:
+        owners.extend(_interface_devices(root, real_root, name, seen))
+    if not device and not lower and interface != OVS_DATAPATH:
+        # An Open vSwitch bridge (an internal port) links to no port: the kernel links each port to the
+        # datapath's own device instead (ovs_netdev_link()), and sysfs does not say which bridge holds
+        # it. Every port of the datapath may carry this interface's traffic.
+        owners.extend(_interface_devices(root, real_root, OVS_DATAPATH, seen))
     return owners
 
 

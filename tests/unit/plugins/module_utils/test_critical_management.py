@@ -16,6 +16,7 @@ import pytest
 
 from ansible_collections.gpuvirt.host.plugins.module_utils.critical import (
     critical_devices,
+    interface_devices,
     management_interfaces,
     route_interfaces,
     socket_ports,
@@ -221,3 +222,34 @@ def test_an_include_loop_reads_each_file_once(nic_host):
     write(nic_host, "etc/ssh/other", "Include sshd_config other\nPort 2023\n")
 
     assert ssh_ports(nic_host) == [2022, 2023]
+
+
+# An I226 NIC (04:00.0) behind a bridge vmbr0 that holds the default route.
+UPLINK = "0000:04:00.0"
+UPLINK_HOST = {
+    "extends": "desktop_dgpu",
+    "add_devices": [
+        {"address": "00:1c.0", "ids": "8086:7ab8", "class": "060400", "driver": "pcieport", "group": 8},
+        {"address": "04:00.0", "parent": "00:1c.0", "ids": "8086:125c", "class": "020000", "driver": "igc",
+         "group": 9},
+    ],
+}
+
+
+@pytest.mark.parametrize("bridge", [
+    # A Linux bridge lists its ports (lower_enp4s0).
+    {"vmbr0": {"lower": ["enp4s0"]}},
+    # Open vSwitch (Proxmox VE's OVSBridge, OpenStack, OVN): the kernel links each port to the datapath's
+    # device, ovs-system, and the bridge, an internal port, has neither a device nor a lower_ link.
+    {"ovs-system": {"lower": ["enp4s0"]}, "vmbr0": {}},
+    # A VLAN on the OVS bridge.
+    {"ovs-system": {"lower": ["enp4s0"]}, "vmbr0": {}, "vlan20": {"lower": ["vmbr0"]}},
+])
+def test_the_nic_under_the_bridge_of_the_default_route_is_critical(make_host, bridge):
+    route = "vlan20" if "vlan20" in bridge else "vmbr0"
+    root = make_host(dict(UPLINK_HOST, network={"default_route": route, "interfaces": dict(
+        {"eno1": "00:1f.6", "enp4s0": "04:00.0"}, **bridge)}))
+    assert interface_devices(root, route) == [UPLINK]
+    assert UPLINK in critical_devices(root)
+    # The NIC not routed through stays free.
+    assert "0000:00:1f.6" not in critical_devices(root)

@@ -219,3 +219,20 @@ def test_capture_keeps_what_tells_an_arm64_vm(make_host, tmp_path, changes):
 
     same_topology(root, output)
     assert detect(output)["cpu"]["virtual_machine"] is ("dmi" not in changes.get("machine", {}))
+
+
+def test_capture_keeps_the_ports_of_an_open_vswitch_bridge(make_host, tmp_path):
+    # The bridge of the default route has no link to its port: the datapath's device (ovs-system) has.
+    from ansible_collections.gpuvirt.host.plugins.module_utils.critical import critical_devices
+
+    root = make_host("desktop_dgpu", add_devices=[
+        {"address": "00:1c.0", "ids": "8086:7ab8", "class": "060400", "driver": "pcieport", "group": 8},
+        {"address": "04:00.0", "parent": "00:1c.0", "ids": "8086:125c", "class": "020000", "driver": "igc",
+         "group": 9}], network={"default_route": "vmbr0", "interfaces": {
+            "enp4s0": "04:00.0", "ovs-system": {"lower": ["enp4s0"]}, "vmbr0": {}}})
+
+    output, _devices, _copied = capture.capture(root, str(tmp_path / "snapshot"))
+
+    assert "0000:04:00.0" in critical_devices(root)
+    assert critical_devices(output) == critical_devices(root)
+    same_topology(root, output)
