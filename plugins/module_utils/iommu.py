@@ -73,6 +73,8 @@ ARM_SMMU_UNITS = ("smmu3.", "smmu.")
 # The name VFIO gives the groups it makes itself for devices no IOMMU translates for (mediated
 # devices, no-IOMMU mode; drivers/vfio, vfio_noiommu_group_alloc). They exist with the IOMMU off.
 VFIO_SOFTWARE_GROUP = "vfio-noiommu"
+# The prefix of a no-IOMMU group's file below /dev/vfio.
+NOIOMMU_PREFIX = "noiommu-"
 _ECAP_INTERRUPT_REMAPPING = 1 << 3
 _IR_CHIP = re.compile(r"\bIR-[A-Z]")
 _PLAIN_CHIP = re.compile(r"\b(?:PCI-MSI|IO-APIC)")
@@ -299,7 +301,11 @@ def vfio_holders(root, findings=None):
     held = open_files(root, _vfio_file)
     holders = Users(unreadable=held.unreadable, hidden=held.hidden)
     for name, users in held.items():
-        key = _cdev_owner(root, name[len("devices/") :]) if name.startswith("devices/") else name
+        if name.startswith("devices/"):
+            key = _cdev_owner(root, name[len("devices/") :])
+        else:
+            # In no-IOMMU mode a group's file is noiommu-<group> (vfio_create_group()).
+            key = name[len(NOIOMMU_PREFIX):] if name.startswith(NOIOMMU_PREFIX) else name
         if key is not None:
             holders.setdefault(key, []).extend(users)
     if not held.complete and findings is not None:

@@ -19,6 +19,7 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.findings import Findi
 from ansible_collections.gpuvirt.host.plugins.module_utils.iommu import (
     interrupt_remapping_state,
     passthrough_mode,
+    users_of,
     vfio_holders,
 )
 from ansible_collections.gpuvirt.host.plugins.module_utils.kernel import (
@@ -438,6 +439,20 @@ def test_processes_are_not_scanned_without_vfio_device_files(tmp_path):
     write(root, "dev/vfio/5", "")
     assert vfio_holders(root) == {"5": [{"pid": 99, "comm": "qemu"}]}
 
+
+
+def test_a_no_iommu_groups_holder_is_keyed_by_its_group(tmp_path):
+    # With vfio's enable_unsafe_noiommu_mode, group 2's file is /dev/vfio/noiommu-2 (vfio_create_group()),
+    # while its device's iommu_group link names group 2: a DPDK process holding it holds the device.
+    root = str(tmp_path)
+    write(root, "dev/vfio/noiommu-2", "")
+    os.makedirs(os.path.join(root, "proc", "4242", "fd"))
+    os.symlink("/dev/vfio/noiommu-2", os.path.join(root, "proc", "4242", "fd", "20"))
+    write(root, "proc/4242/comm", "dpdk-testpmd\n")
+
+    holders = vfio_holders(root)
+    assert holders == {"2": [{"pid": 4242, "comm": "dpdk-testpmd"}]}
+    assert users_of(holders, "2", "0000:01:00.0") == [{"pid": 4242, "comm": "dpdk-testpmd"}]
 
 # --- critical devices ------------------------------------------------------------------------------------
 
