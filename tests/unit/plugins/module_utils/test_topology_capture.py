@@ -225,11 +225,14 @@ def test_capture_keeps_the_ports_of_an_open_vswitch_bridge(make_host, tmp_path):
     # The bridge of the default route has no link to its port: the datapath's device (ovs-system) has.
     from ansible_collections.gpuvirt.host.plugins.module_utils.critical import critical_devices
 
-    root = make_host("desktop_dgpu", add_devices=[
+    devices = [
         {"address": "00:1c.0", "ids": "8086:7ab8", "class": "060400", "driver": "pcieport", "group": 8},
         {"address": "04:00.0", "parent": "00:1c.0", "ids": "8086:125c", "class": "020000", "driver": "igc",
-         "group": 9}], network={"default_route": "vmbr0", "interfaces": {
-            "enp4s0": "04:00.0", "ovs-system": {"lower": ["enp4s0"]}, "vmbr0": {}}})
+         "group": 9},
+    ]
+    interfaces = {"enp4s0": "04:00.0", "ovs-system": {"lower": ["enp4s0"]}, "vmbr0": {}}
+    root = make_host("desktop_dgpu", add_devices=devices,
+                     network={"default_route": "vmbr0", "interfaces": interfaces})
 
     output, _devices, _copied = capture.capture(root, str(tmp_path / "snapshot"))
 

@@ -440,7 +440,6 @@ def test_processes_are_not_scanned_without_vfio_device_files(tmp_path):
     assert vfio_holders(root) == {"5": [{"pid": 99, "comm": "qemu"}]}
 
 
-
 def test_a_no_iommu_groups_holder_is_keyed_by_its_group(tmp_path):
     # With vfio's enable_unsafe_noiommu_mode, group 2's file is /dev/vfio/noiommu-2 (vfio_create_group()),
     # while its device's iommu_group link names group 2: a DPDK process holding it holds the device.
