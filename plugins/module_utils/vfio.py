@@ -34,7 +34,7 @@ import re
 from dataclasses import dataclass, field
 
 from ansible_collections.gpuvirt.host.plugins.module_utils import host as host_model
-from ansible_collections.gpuvirt.host.plugins.module_utils import vendors
+from ansible_collections.gpuvirt.host.plugins.module_utils import modprobe, vendors
 from ansible_collections.gpuvirt.host.plugins.module_utils.critical import critical_devices
 from ansible_collections.gpuvirt.host.plugins.module_utils.device_users import (
     host_nodes,
@@ -99,7 +99,6 @@ DRIVERCTL_DIR = "etc/driverctl.d"
 MANAGED_HEADER = "# Managed by gpuvirt.host.vfio_pci; edits are overwritten.\n"
 
 _OPTIONS_IDS = re.compile(r"^\s*options\s+vfio[-_]pci\s+(.*)$")
-_SOFTDEP_VFIO = re.compile(r"^\s*softdep\s+([A-Za-z0-9_-]+)\s+pre:\s*vfio[-_]pci\s*$", re.M)
 
 
 # ------------------------------------------------------------------------------------ selectors
@@ -231,7 +230,7 @@ def choose_drivers(root, members, requested, aliases, release=None):
 def modprobe_ids(text):
     """The IDs of every ``options vfio-pci ids=...`` line in a modprobe.d file's text."""
     ids = []
-    for line in (text or "").splitlines():
+    for line in modprobe.logical_lines(text):
         match = _OPTIONS_IDS.match(line)
         if not match:
             continue
@@ -242,14 +241,21 @@ def modprobe_ids(text):
 
 
 def modprobe_softdeps(text):
-    """The modules a modprobe.d file's ``softdep <module> pre: vfio-pci`` lines name."""
-    return [match.group(1) for match in _SOFTDEP_VFIO.finditer(text or "")]
+    """The modules whose ``softdep`` line in a modprobe.d file's text loads vfio-pci first."""
+    found = []
+    for line in modprobe.logical_lines(text):
+        softdep = modprobe.parse_softdep(line)
+        if softdep is not None and softdep.pre and driver_key(softdep.pre[0]) == driver_key(VFIO_DRIVER):
+            found.append(softdep.module)
+    return found
 
 
-def render_modprobe_conf(ids, softdeps=()):
+def render_modprobe_conf(ids, softdeps=(), host_softdeps=None):
     """The modprobe.d file that binds ``ids`` to vfio-pci at boot, or None when there are none.
     ``softdeps``: the modules of the devices' host drivers, loaded after vfio-pci like those of
-    :data:`SOFTDEP_DRIVERS` (the companion functions' drivers vary: ``xhci_pci``, ``i2c_nvidia_gpu``)."""
+    :data:`SOFTDEP_DRIVERS` (the companion functions' drivers vary: ``xhci_pci``, ``i2c_nvidia_gpu``).
+    ``host_softdeps``: the host's own softdep lines (:func:`host_softdeps`). modprobe uses one softdep
+    line per module, so each of ours carries the modules of the host's line after vfio-pci."""
     ids = sorted(set(ids))
     if not ids:
         return None
@@ -259,12 +265,45 @@ def render_modprobe_conf(ids, softdeps=()):
         "options vfio-pci ids=%s\n" % ",".join(ids),
         "# Load vfio-pci before the host drivers that would otherwise claim them first.\n",
     ]
-    lines.extend("softdep %s pre: vfio-pci\n" % driver for driver in SOFTDEP_DRIVERS)
     known = {driver_key(driver) for driver in SOFTDEP_DRIVERS}
-    lines.extend(
-        "softdep %s pre: vfio-pci\n" % module for module in sorted(set(softdeps)) if driver_key(module) not in known
-    )
+    modules = list(SOFTDEP_DRIVERS) + sorted(
+        {module for module in softdeps if driver_key(module) not in known}, key=driver_key)
+    host_softdeps = host_softdeps or {}
+    for module in modules:
+        theirs = host_softdeps.get(driver_key(module)) or modprobe.Softdep(module)
+        pre = [VFIO_DRIVER] + [name for name in theirs.pre if driver_key(name) != driver_key(VFIO_DRIVER)]
+        lines.append(modprobe.Softdep(module, pre, list(theirs.post)).render())
     return "".join(lines)
+
+
+def host_softdeps(root, release):
+    """``{module key: Softdep}``: the softdep line modprobe uses for each module, from the host's
+    configuration other than ours (``modules.softdep`` of kernel ``release`` included)."""
+    try:
+        return modprobe.first_softdeps(root, release, skip=(MODPROBE_CONF,))
+    except FileError as error:
+        raise VfioError(str(error)) from error
+
+
+def softdep_warnings(host_softdeps, modules):
+    """Warnings for the ``modules`` whose softdep line in a file modprobe reads before ours leaves
+    vfio-pci out: ours is then ignored."""
+    ours = os.path.basename(MODPROBE_CONF)
+    warnings = []
+    for module in sorted(set(modules), key=driver_key):
+        theirs = host_softdeps.get(driver_key(module))
+        if theirs is None or os.path.basename(theirs.path) >= ours:
+            continue
+        if any(driver_key(name) == driver_key(VFIO_DRIVER) for name in theirs.pre):
+            continue
+        warnings.append(
+            "/%s has a softdep line for %s, and modprobe uses only the first softdep line of a module: it reads "
+            "that file before /%s, so vfio-pci is not loaded before %s at boot and %s may claim a device first; "
+            "put vfio-pci at the start of that line's pre: list (softdep %s pre: vfio-pci%s)"
+            % (theirs.path, module, MODPROBE_CONF, module, module, module,
+               "".join(" " + name for name in theirs.pre) + (" post: " + " ".join(theirs.post) if theirs.post else ""))
+        )
+    return warnings
 
 
 def render_modules_load(modules=(VFIO_DRIVER,)):
@@ -280,21 +319,15 @@ def driverctl_path(address):
 
 
 def foreign_vfio_ids(root):
-    """``{path: ids}`` of modprobe.d files other than ours that also set ``vfio-pci ids=``."""
+    """``{path: ids}`` of the modprobe.d files other than ours that modprobe reads and that also set
+    ``vfio-pci ids=``."""
     found = {}
-    ours = os.path.basename(MODPROBE_CONF)
-    for directory in ("etc/modprobe.d", "usr/lib/modprobe.d", "lib/modprobe.d", "run/modprobe.d"):
-        path = host_path(root, directory)
-        try:
-            names = sorted(os.listdir(path))
-        except OSError:
+    for path in modprobe.config_files(root):
+        if path == MODPROBE_CONF:
             continue
-        for name in names:
-            if not name.endswith(".conf") or (directory == "etc/modprobe.d" and name == ours):
-                continue
-            ids = modprobe_ids(_read_file(os.path.join(path, name)))
-            if ids:
-                found["/%s/%s" % (directory, name)] = ids
+        ids = modprobe_ids(_read_file(host_path(root, path)))
+        if ids:
+            found["/" + path] = ids
     return found
 
 

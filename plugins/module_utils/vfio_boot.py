@@ -39,6 +39,7 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.vfio import (
     driverctl_path,
     find_program,
     foreign_vfio_ids,
+    host_softdeps,
     id_refusals,
     modprobe_ids,
     modprobe_softdeps,
@@ -47,6 +48,7 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.vfio import (
     render_initramfs_config,
     render_modprobe_conf,
     render_modules_load,
+    softdep_warnings,
 )
 from ansible_collections.gpuvirt.host.plugins.module_utils.vfio_bind import is_vfio_driver
 
@@ -158,7 +160,10 @@ class BootConfigPlanner:
             if method == "modprobe":
                 plan.ids_after = sorted((set(plan.ids_before) | set(member_ids)) - dropped)
                 softdeps = set(modprobe_softdeps(modprobe.old)) | set(self._host_modules(view, builtin=False).values())
-                modprobe = replace(modprobe, new=render_modprobe_conf(plan.ids_after, softdeps))
+                theirs = host_softdeps(self.root, view.kernel.get("release"))
+                modprobe = replace(modprobe, new=render_modprobe_conf(plan.ids_after, softdeps, theirs))
+                if modprobe.new:
+                    plan.warnings += softdep_warnings(theirs, modprobe_softdeps(modprobe.new))
                 added = set(member_ids) - set(plan.ids_before)
                 plan.refusals += id_refusals(view, self.members, set(member_ids), set(), [])
                 if added:
@@ -201,7 +206,9 @@ class BootConfigPlanner:
             removed_ids = set(member_ids)
             plan.ids_after = [i for i in plan.ids_before if i not in removed_ids]
             if plan.ids_after != plan.ids_before:
-                modprobe = replace(modprobe, new=render_modprobe_conf(plan.ids_after, modprobe_softdeps(modprobe.old)))
+                theirs = host_softdeps(self.root, view.kernel.get("release"))
+                modprobe = replace(modprobe, new=render_modprobe_conf(
+                    plan.ids_after, modprobe_softdeps(modprobe.old), theirs))
             cmdline_after = [i for i in cmdline_before if i not in removed_ids]
             if cmdline_after != cmdline_before:
                 plan.boot_plan = self._boot_plan(
