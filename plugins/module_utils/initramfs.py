@@ -59,6 +59,14 @@ _PRESET_UKI = re.compile(r"^[ \t]*default_(?:uki|efi_image)=[ \t]*[\"']?(/[^\s\"
 _LONG_LISTING = re.compile(
     r"^[-dlcbps][-rwxsStT]{9}\S*\s+\d+\s+\S+\s+\S+\s+(?:\d+,\s*)?\d+\s+\w{3}\s+\d+\s+[\d:]+\s+(.+)$"
 )
+# lsinitrd lists an image that dracut's squash modules built with its squashed root too: the files of
+# squashfs-root.img as ``unsquashfs -ll`` shows them (owner/group, a date, below squashfs-root/), and those
+# of erofs-root.img as ``find erofs-root/ -ls`` (an inode number and a block count first).
+_SQUASHFS_LISTING = re.compile(
+    r"^[-dlcbps][-rwxsStT]{9}\S*\s+\S+/\S+\s+(?:\d+,\s*)?\d+\s+\d{4}-\d\d-\d\d\s+\d\d:\d\d\s+(.+)$"
+)
+_FIND_LISTING = re.compile(r"^\s*\d+\s+\d+\s+(.+)$")
+_SQUASHED_ROOTS = ("squashfs-root/", "squash-root/", "erofs-root/")
 
 
 class InitramfsError(GpuvirtError):
@@ -272,14 +280,28 @@ def parse_listing(tool, text):
     paths = []
     for line in text.splitlines():
         if tool == "dracut":
-            match = _LONG_LISTING.match(line)
-            if not match:
+            line = _dracut_listed(line)
+            if line is None:
                 continue
-            line = match.group(1).split(" -> ", 1)[0]
         path = _normalize(line)
         if path and path != ".":
             paths.append(path)
     return paths
+
+
+def _dracut_listed(line):
+    """The path of one line of lsinitrd's listing (the cpio part's, or the squashed root's), or None."""
+    match = _LONG_LISTING.match(line)
+    if not match:
+        found = _FIND_LISTING.match(line)
+        match = _LONG_LISTING.match(found.group(1)) if found else _SQUASHFS_LISTING.match(line)
+        if not match or not match.group(1).startswith(_SQUASHED_ROOTS):
+            return None
+    path = match.group(1).split(" -> ", 1)[0]
+    for prefix in _SQUASHED_ROOTS:
+        if path.startswith(prefix):
+            return path[len(prefix):]
+    return path
 
 
 def list_image(module, root, kernel_release, tool=None):

@@ -253,6 +253,26 @@ def test_verify_image_reports_what_is_missing(tree, module, fake_commands):
     assert check.missing_files == ["/etc/modprobe.d/other.conf"]
 
 
+@pytest.mark.parametrize("name", ["lsinitrd-squashfs.txt", "lsinitrd-erofs.txt"])
+def test_an_image_with_a_squashed_root_is_read_through_it(tree, module, fake_commands, name):
+    # dracut's squash modules put the image's files in squash-root.img or erofs-root.img; lsinitrd lists
+    # them after the cpio part, as unsquashfs -ll or find -ls shows them.
+    root = tree("rocky9-dracut")
+    fake_commands.install("lsinitrd", stdout=listing(name))
+    paths = initramfs.parse_listing("dracut", listing(name))
+    assert "etc/modprobe.d/gpuvirt-vfio.conf" in paths and "bin" in paths and "init" in paths
+    assert not [path for path in paths if path.startswith(("squashfs-root/", "erofs-root/"))]
+    check = initramfs.verify_image(
+        module,
+        root,
+        ROCKY,
+        modules=["vfio", "vfio-pci", "vfio_iommu_type1"],
+        files=["/etc/modprobe.d/gpuvirt-vfio.conf", "/etc/modprobe.d/other.conf"],
+    )
+    assert check.missing_modules == ["vfio_iommu_type1"]
+    assert check.missing_files == ["/etc/modprobe.d/other.conf"]
+
+
 def test_verify_image_counts_builtin_vfio(tree, module, fake_commands):
     root = tree("fedora-dracut-kernel-install")
     fake_commands.install("lsinitrd", stdout="")
