@@ -24,7 +24,8 @@ boot-time planning :class:`vfio_boot.BootConfigPlanner`):
   :func:`is_vfio_driver`, :func:`driver_key` (``-`` and ``_`` as one), :func:`module_of`.
 - :func:`render_modprobe_conf`, :func:`modprobe_ids`, :func:`cmdline_ids`, :func:`driverctl_path`,
   :func:`render_initramfs_config`, :func:`plan_file`: the boot-time configuration that keeps the
-  binding.
+  binding; :func:`host_softdeps`, :func:`softdep_warnings`, :func:`foreign_vfio_ids`: the host's own
+  modprobe configuration it lives among (:mod:`modprobe`).
 """
 
 from __future__ import annotations
