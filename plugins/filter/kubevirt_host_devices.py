@@ -16,7 +16,8 @@ description:
     C(resourceName)) and C(mediatedDevicesConfiguration).
   - KubeVirt's PCI device plugin offers every vfio-pci device of a permitted vendor:device, so the GPUs must
     be ready as for every export (IOMMU on, a group of their own, not the boot VGA device, not
-    host-critical, not in use, bound to vfio-pci with their companion functions).
+    host-critical, not in use, bound to vfio-pci with their companion functions). A device on a variant VFIO
+    driver (C(nvgrace_gpu_vfio_pci)) is refused, as the plugin never offers it.
   - "Who owns the mdevs, O(spec.mdev_owner): V(kubevirt) (default) - virt-handler creates the types in
     C(mediatedDevicesConfiguration) and deletes every mdev of any other type on the node (also when that key
     is absent), so the collection prepares only parents, VFs and drivers; the filter refuses when the host
@@ -164,8 +165,14 @@ def _resource_name(spec, key, default):
     return name
 
 
+# KubeVirt's PCI device plugin offers only devices whose driver is vfio-pci (discoverPermittedHostPCIDevices).
+_PLAIN_VFIO = ("KubeVirt's PCI device plugin offers only devices on vfio-pci, so the node would advertise none "
+               "of this resource and its VMs would stay Pending")
+
+
 def _pci_entries(view, spec):
-    ready, skipped = view.select_gpus(spec.get("pci_devices"), "pci_devices")
+    ready, skipped = view.select_gpus(spec.get("pci_devices"), "pci_devices",
+                                      lambda address: view.passthrough_refusals(address, plain_vfio=_PLAIN_VFIO))
     entries = {}
     for address in ready:
         device = view.device(address)

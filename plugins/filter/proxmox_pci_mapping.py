@@ -16,11 +16,14 @@ description:
     /cluster/mapping/pci) (C(POST /cluster/mapping/pci)).
   - Every C(map) entry carries C(id) (vendor:device), C(iommugroup), C(node), C(path) and C(subsystem-id)
     as Proxmox VE reads them from sysfs when a VM starts; a GPU with companion functions is mapped as its
-    whole slot (a C(path) without function), so its audio and USB functions go with it.
+    whole slot (a C(path) without function), so its audio and USB functions go with it, when the slot holds
+    just these functions (Proxmox VE hands a VM every function of such a path).
   - For C(mdev) mappings the filter maps the mdev parents - a GPU offering mdev types, or the virtual
     functions of an SR-IOV GPU (NVIDIA vGPU, either on the mdev bus or through C(nvidia/current_vgpu_type)).
   - "Passthrough devices must be ready as for every export (IOMMU on, a group of their own, not the boot VGA
-    device, not host-critical, not in use, bound to vfio-pci with their companion functions). An mdev parent
+    device, not host-critical, not in use, bound to vfio-pci with their companion functions). Proxmox VE binds
+    a passed-through device to vfio-pci itself when a VM starts, so a device on a variant VFIO driver, or an
+    NVIDIA vGPU virtual function (map it with C(mdev)), is refused. An mdev parent
     must have free capacity, hold no mdevs and, for an NVIDIA VF, have no vGPU type set yet."
   - "Who owns the mdevs: Proxmox VE. It creates the mdev (or writes the vGPU type of a VF) when a VM starts
     and removes it when the VM stops, so the collection prepares only the parents and VFs (SR-IOV, drivers)
@@ -186,16 +189,33 @@ def _property_string(entry):
     return ",".join("%s=%s" % (key, entry[key]) for key in sorted(entry))
 
 
+# Proxmox VE binds every device of a passthrough mapping to vfio-pci when a VM starts, whatever driver it is
+# on (pci_dev_bind_to_vfio), unless the VM's line names an NVIDIA vGPU type (mdev=).
+_PLAIN_VFIO = ("Proxmox VE binds a passed-through device to vfio-pci itself when the VM starts, which leaves "
+               "the variant driver and what it adds; pass it to a VM with libvirt or QEMU directly")
+
+
+def _passthrough_refusals(view, address):
+    # A vGPU VF's own driver is nvidia: passthrough_refusals leaves it to this reason.
+    reasons = view.passthrough_refusals(address, plain_vfio=_PLAIN_VFIO)
+    if view.vgpu_vf_type(address):
+        reasons.append(
+            "%s is an NVIDIA vGPU virtual function: Proxmox VE would take it from nvidia and pass a bare VF; "
+            "map it with mdev: true and leave its vGPU type unset, Proxmox VE sets it when the VM starts" % address
+        )
+    return reasons
+
+
 def _passthrough_entries(view, node, selectors):
-    ready, skipped = view.select_gpus(selectors, "device")
+    ready, skipped = view.select_gpus(selectors, "device", lambda address: _passthrough_refusals(view, address))
     entries = []
     for address in ready:
         companions = view.companions(address)
-        whole = (
-            bool(companions)
-            and address.endswith(".0")
-            and all(c.rsplit(".", 1)[0] == address.rsplit(".", 1)[0] for c in companions)
-        )
+        slot = address.rsplit(".", 1)[0]
+        functions = {other for other in view.devices if other.rsplit(".", 1)[0] == slot}
+        # The whole slot only when its functions are exactly the GPU and its companions: Proxmox VE hands a
+        # VM every function a path without function matches, and takes each from its host driver.
+        whole = bool(companions) and address.endswith(".0") and functions == {address, *companions}
         entries.append(_map_entry(view, node, address, whole))
     return entries, skipped
 

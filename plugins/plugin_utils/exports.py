@@ -127,9 +127,12 @@ def as_bool(value, what, default=False):
         raise ExportError("%s must be true or false, got %r" % (what, value)) from None
 
 
+VFIO_PCI = "vfio-pci"
+
+
 def is_vfio_driver(driver):
     """vfio-pci, or a variant VFIO driver (``nvgrace_gpu_vfio_pci``, ``mlx5_vfio_pci``...)."""
-    return bool(driver) and (driver == "vfio-pci" or driver.endswith("vfio_pci") or driver.endswith("vfio-pci"))
+    return bool(driver) and (driver == VFIO_PCI or driver.endswith("vfio_pci") or driver.endswith("vfio-pci"))
 
 
 class HostView:
@@ -159,8 +162,11 @@ class HostView:
         """The vGPU type ID set on an NVIDIA VF (``nvidia/current_vgpu_type``), 0 when none."""
         return int(_get(_get(self.device(address), "nvidia_vgpu", {}), "current", 0) or 0)
 
-    def passthrough_refusals(self, address, allow_vgpu_vf=True, need_vfio=True):
-        """Reasons against handing ``address`` (a GPU) and its companion functions to a VM now."""
+    def passthrough_refusals(self, address, allow_vgpu_vf=True, need_vfio=True, plain_vfio=None):
+        """Reasons against handing ``address`` (a GPU) and its companion functions to a VM now.
+
+        ``plain_vfio``: a consumer that takes devices on vfio-pci only (its name): a device on a variant
+        VFIO driver is refused, with why (the consumer never offers it, or rebinds it to vfio-pci)."""
         gpu = self.gpus.get(address)
         if gpu is None:
             return ["%s is not a GPU of this host%s" % (address, self.where())]
@@ -179,6 +185,8 @@ class HostView:
                         "%s is bound to %s, not to vfio-pci: bind it%s with gpuvirt.host.vfio_pci (the vfio role)"
                         % (member, driver or "no driver", " and its companion functions" if member == address else "")
                     )
+                elif plain_vfio and driver != VFIO_PCI:
+                    reasons.append("%s is bound to the variant VFIO driver %s: %s" % (member, driver, plain_vfio))
         for member in [address] + self.companions(address):
             for user in _get(self.device(member), "in_use_by", []):
                 text = "%s is in use by process %s (%s)" % (member, _get(user, "pid", "?"), _get(user, "comm", "?"))

@@ -247,3 +247,21 @@ def test_golden_files_have_no_strays():
 
 def test_golden_text_renders_json_sorted():
     assert json.loads(golden_text({"b": 1, "a": [1]}, "json")) == {"a": [1], "b": 1}
+
+
+def test_a_proxmox_mapping_takes_the_whole_slot_only_when_it_holds_just_the_gpus_functions(make_host):
+    # A path without a function hands the VM every function of the slot (PVE::SysFSTools::lspci matches
+    # the path as a prefix), each taken from its host driver when the VM starts.
+    spec = {"node": "pve1", "mappings": [{"id": "gpu", "devices": ["0000:01:00.0"]}]}
+    on_vfio = {"01:00.0": {"driver": "vfio-pci"}, "01:00.1": {"driver": "vfio-pci"},
+               "01:00.2": {"driver": "vfio-pci"}, "01:00.3": {"driver": "vfio-pci"}}
+    whole = proxmox_pci_mapping(detect(make_host("desktop_dgpu", patch_devices=on_vfio)), spec)
+    assert whole["mappings"][0]["map"][0]["path"] == "0000:01:00"
+    # The card's USB controller and UCSI function in IOMMU groups of their own stay with the host: the GPU
+    # and its audio (one group) are not the whole slot.
+    split = {"01:00.0": {"driver": "vfio-pci"}, "01:00.1": {"driver": "vfio-pci"},
+             "01:00.2": {"group": 11}, "01:00.3": {"group": 12}}
+    topology = detect(make_host("desktop_dgpu", patch_devices=split))
+    assert sorted(next(g for g in topology["gpus"] if g["address"] == "0000:01:00.0")["passthrough"]["devices"]) \
+        == ["0000:01:00.0", "0000:01:00.1"]
+    assert proxmox_pci_mapping(topology, spec)["mappings"][0]["map"][0]["path"] == "0000:01:00.0"
