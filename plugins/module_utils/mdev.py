@@ -543,6 +543,13 @@ def read_mdev(root, value):
     return os.path.basename(os.path.dirname(real)), sysfs.link_name(os.path.join(path, "mdev_type"))
 
 
+def read_complete_mdev(root, value):
+    """:func:`read_mdev` once the kernel has finished creating the mdev, None before: it makes the
+    ``mdev_type`` link last, after the device appears and its driver's probe (``mdev_device_create()``)."""
+    found = read_mdev(root, value)
+    return found if found is not None and found[1] is not None else None
+
+
 def _wait(check, timeout, interval=0.05):
     deadline = time.monotonic() + timeout
     while True:
@@ -556,7 +563,7 @@ def create_mdev(root, parent, type_id, value, timeout=2.0):
     """Write ``value`` to the type's ``create`` and read the new mdev back."""
     path = host_path(root, MDEV_BUS, parent, "mdev_supported_types", type_id, "create")
     sysfs.write_text(path, value)
-    found = _wait(lambda: read_mdev(root, value), timeout)
+    found = _wait(lambda: read_complete_mdev(root, value), timeout) or read_mdev(root, value)
     if found != (parent, type_id):
         raise MdevError(
             "wrote %s to %s but the kernel shows %s; check dmesg for the parent driver's message"

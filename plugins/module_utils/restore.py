@@ -452,13 +452,21 @@ class Restore:
             # the two do not race for the same UUID, and create it only if mdevctl did not.
             with contextlib.suppress(RestoreError):
                 left = max(0.0, self.mdevctl_deadline - time.monotonic())
-                self.wait_for(lambda: mdev.read_mdev(self.root, value) is not None, "mdevctl", left)
+                self.wait_for(lambda: mdev.read_complete_mdev(self.root, value) is not None, "mdevctl", left)
             found = mdev.read_mdev(self.root, value)
             if found == (parent, type_id):
                 return "started by mdevctl on %s (%s), verified" % (parent, type_id)
         found = mdev.read_mdev(self.root, value)
+        if found is not None and found[1] is None:
+            # Another creator (mdevctl's udev rule) is still at it: the kernel links mdev_type last.
+            with contextlib.suppress(RestoreError):
+                self.wait_for(lambda: mdev.read_complete_mdev(self.root, value) is not None,
+                              "mdev %s being created" % value)
+            found = mdev.read_mdev(self.root, value)
         if found == (parent, type_id):
             return "already present on %s (%s), verified" % (parent, type_id)
+        if found is not None and found[1] is None:
+            raise RestoreError("exists on %s, but the kernel did not finish creating it (no mdev_type link)" % found[0])
         if found is not None:
             raise RestoreError("exists on %s with type %s instead of %s on %s" % (found + (type_id, parent)))
 

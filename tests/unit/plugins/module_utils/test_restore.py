@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import types
 
@@ -128,6 +129,33 @@ def test_mdevctl_gets_the_first_go_at_the_mdevs_it_defines(lab):
     assert messages[MEDIUM[0]] == (
         "created on mbochs (mbochs-medium), read back (mdevctl had not started it within 0.5 s)"
     )
+
+
+@pytest.mark.parametrize("defined", [True, False])
+def test_an_mdev_another_creator_is_still_making_is_waited_for(lab, defined):
+    # The kernel shows /sys/bus/mdev/devices/<uuid> (device_add()) before the parent driver's probe, and links
+    # mdev_type only after it (mdev_device_create()): mdevctl's udev rule, or another tool, is at work.
+    record(lab, {HD: {"parent": "mdpy", "type": "mdpy-hd"}})
+    if defined:
+        install_mdevctl(lab)
+        path = mdev.mdevctl_path(lab, "mdpy", HD)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w") as handle:
+            handle.write(mdev.render_mdevctl_definition("mdpy-hd"))
+    sim = KernelSim(lab)
+    with sim.active():
+        mdev.create_mdev(lab, "mdpy", "mdpy-hd", HD)
+        device = os.path.realpath(os.path.join(lab, "sys/bus/mdev/devices", HD))
+        target = os.readlink(os.path.join(device, "mdev_type"))
+        os.unlink(os.path.join(device, "mdev_type"))
+        assert mdev.read_mdev(lab, HD) == ("mdpy", None) and mdev.read_complete_mdev(lab, HD) is None
+        probe = threading.Timer(0.2, os.symlink, (target, os.path.join(device, "mdev_type")))
+        probe.start()
+        status, log = run(lab, timeout=2.0, mdevctl_grace=2.0)
+        probe.join()
+    assert status["ok"] is True, log
+    (message,) = [r["message"] for r in status["results"] if r["step"] == "mdevs"]
+    assert message == ("started by mdevctl" if defined else "already present") + " on mdpy (mdpy-hd), verified"
 
 
 def test_no_grace_when_mdevctl_cannot_start_them(lab):
