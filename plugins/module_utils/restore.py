@@ -440,12 +440,21 @@ class Restore:
             parent = entry.get("parent") if isinstance(entry, dict) else None
             self._item("mdevs", value, lambda value=value, entry=entry: self._restore_mdev(value, entry), parent)
 
-    def _restore_mdev(self, value, entry):
+    def restore_mdev(self, value, entry):
+        """Create (or verify) the recorded mdev ``value`` for a vendor's late step: its type could not be
+        created before the vendor's services had run."""
+        return self._restore_mdev(value, entry, late=True)
+
+    def _restore_mdev(self, value, entry, late=False):
         if not isinstance(entry, dict) or not entry.get("parent") or not entry.get("type"):
             raise RestoreError("the state file entry %r has no parent and type" % (entry,))
         parent, type_id = entry["parent"], entry["type"]
         type_dir = host_path(self.root, MDEV_BUS, parent, "mdev_supported_types", type_id)
         self.wait_for(lambda: os.path.isdir(type_dir), "type %s of mdev parent %s appearing" % (type_id, parent))
+        if not late:
+            reason = vendors.late_mdev(self.root, parent, type_id)
+            if reason:
+                return reason
         definition = self.mdevctl.get(value)
         if definition is not None and mdev.definition_matches(definition, parent, type_id):
             # mdevctl's udev rule starts it when the parent registers: give it the first go, so that

@@ -48,6 +48,7 @@ import os
 import re
 
 from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import (
+    MDEV_BUS,
     MISSING,
     host_path,
     read_attribute,
@@ -218,14 +219,35 @@ def _restore_items(state, root):
 
 
 def _late_restore_items(state, root):
-    """The MIG-backed vGPU types: their GPU instances exist once nvidia-mig-manager has run."""
+    """The MIG-backed vGPU types: their GPU instances exist once nvidia-mig-manager has run. Those of the
+    vGPU manager before 17 are mdev types of the VFs (an A100 with vGPU 16), recorded as mdevs."""
     from ansible_collections.gpuvirt.host.plugins.module_utils import nvidia_vgpu
 
     return [
         (vf, lambda context, vf=vf, entry=entry: nvidia_vgpu.restore_vgpu(context, vf, entry, offered_first=True))
         for vf, entry in sorted((state.get(STATE_KEY) or {}).items())
         if _mig_backed_entry(entry)
-    ]
+    ] + _late_mdev_items(state, root)
+
+
+def _late_mdev_items(state, root):
+    """The recorded mdevs of MIG-backed types on NVIDIA VFs (the vGPU manager before 17, on the mdev bus),
+    created by the generic mdev restore once nvidia-mig-manager has made the GPU instances."""
+    items = []
+    for value, entry in sorted((state.get("mdevs") or {}).items()):
+        if isinstance(entry, dict) and entry.get("parent") and entry.get("type") and _late_mdev_reason(
+                root, entry["parent"], entry["type"]):
+            items.append((value, lambda context, value=value, entry=entry: context.restore_mdev(value, entry)))
+    return items
+
+
+def _late_mdev_reason(root, parent, type_id):
+    name = read_text(host_path(root, MDEV_BUS, parent, "mdev_supported_types", type_id, "name"))
+    virtual_function = os.path.lexists(host_path(root, "sys/bus/pci/devices", parent, "physfn"))
+    if not name or not is_mig_backed(name) or not virtual_function:
+        return None
+    return "type %s (%s) is MIG-backed: gpuvirt-restore-late.service creates it once nvidia-mig-manager has " \
+        "created the GPU instances" % (type_id, name)
 
 
 def _mig_backed_entry(entry):
@@ -259,6 +281,9 @@ class NvidiaBackend(VendorBackend):
     # Before=nvidia-mig-manager.service). A MIG-backed vGPU type is therefore written by the late
     # restore unit, after nvidia-mig-manager (the step's late_items).
     restore_unit_before = ("nvidia-mig-manager.service",)
+
+    def late_mdev(self, root, parent, type_id):
+        return _late_mdev_reason(root, parent, type_id)
 
     def vf_count_advice(self, device):
         if device.driver != "nvidia":

@@ -159,3 +159,9 @@ class VendorBackend:
     def no_mdev_types_hint(self, device, vfs):
         """Why ``device`` (with its VF devices ``vfs``) offers no mdev types, when the vendor knows."""
         return None
+
+    def late_mdev(self, root, parent, type_id):
+        """Why the recorded mdev of type ``type_id`` on ``parent`` (one of the vendor's devices) can only be
+        created after the vendor's services have started, by ``gpuvirt-restore-late.service``; None when the
+        main restore creates it. The vendor's restore step lists those mdevs in its ``late_items``."""
+        return None

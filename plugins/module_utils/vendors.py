@@ -20,7 +20,8 @@ boot-time restore can ship them as it ships every module_utils file) defines a `
   file), ``vf_count_set_by(device)``, ``vf_count_advice(device)``, ``in_use_reasons(device)``,
   ``no_mdev_types_hint(device, vfs)``;
 - persisting: ``state_sections`` (its sections of ``/etc/gpuvirt/host-state.json``) and
-  ``restore_steps`` (:class:`vendor_plan.RestoreStep`, run by :mod:`restore` at boot).
+  ``restore_steps`` (:class:`vendor_plan.RestoreStep`, run by :mod:`restore` at boot), ``late_mdev(root,
+  parent, type_id)`` (a recorded mdev that only the late restore unit can create).
 
 Adding a vendor is one new module and one entry in :data:`BACKENDS`; no generic module names a vendor.
 
@@ -29,7 +30,7 @@ Public API: :data:`BACKENDS`, :func:`backends_for`, :func:`readers_for`, :func:`
 :data:`DEVICE_DEFAULTS`, :func:`gpu_keys`, :class:`HostFacts`,
 :func:`enable_modes`, :func:`virtualization_modes`, :func:`state_sections`, :func:`restore_steps`,
 :func:`vf_tool`, :func:`vf_tool_methods`, :func:`vf_count_set_by`, :func:`vf_count_advice`,
-:func:`in_use_reasons`, :func:`no_mdev_types_hint`, :func:`no_driver_advice`.
+:func:`in_use_reasons`, :func:`no_mdev_types_hint`, :func:`no_driver_advice`, :func:`late_mdev`.
 """
 
 from __future__ import annotations
@@ -240,6 +241,18 @@ def no_mdev_types_hint(device, vfs):
 def state_sections():
     """The state file sections the vendors own, in restore order."""
     return tuple(section for backend in BACKENDS for section in backend.state_sections)
+
+
+def late_mdev(root, parent, type_id):
+    """Why the mdev of type ``type_id`` on ``parent`` is left to the late restore unit (the vendor's
+    ``late_mdev``), or None."""
+    vendor = read_text(host_path(root, PCI_DEVICES, parent, "vendor"))
+    vendor_id = vendor[2:].lower() if vendor and vendor.startswith("0x") else None
+    for backend in backends_for(vendor_id):
+        reason = backend.late_mdev(root, parent, type_id)
+        if reason:
+            return reason
+    return None
 
 
 def restore_steps(before):

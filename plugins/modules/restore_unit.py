@@ -34,7 +34,8 @@ description:
   - "A second unit, C(/etc/systemd/system/gpuvirt-restore-late.service), runs the same code with C(--late)
     C(After=gpuvirt-restore.service nvidia-mig-manager.service) and before libvirt: it writes the MIG-backed
     NVIDIA vGPU types (C(A100-1-5C)), which a VF offers only once nvidia-mig-manager has created their GPU
-    instances, waiting up to O(timeout) for each and naming what is missing otherwise
+    instances (with the vGPU manager before 17, the mdevs of such types on the VFs), waiting up to
+    O(timeout) for each and naming what is missing otherwise
     (C(journalctl -u gpuvirt-restore-late), C(/run/gpuvirt/restore-late.json)). Without nvidia-mig-manager it
     runs right after the first unit and has nothing to do unless MIG-backed types are recorded."
   - Enabling is done as C(systemctl enable) does it, with the C(multi-user.target.wants) link, so it also

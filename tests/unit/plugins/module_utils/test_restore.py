@@ -346,10 +346,8 @@ A100_TYPES = {
 A100_VF0, A100_VF1 = "0000:b1:00.4", "0000:b1:00.5"
 
 
-@pytest.fixture
-def a100_mig(make_host):
-    """The A100 host after a reboot, in MIG mode (which persists) with no GPU instance and no VF; the
-    state file records the VFs and two MIG-backed vGPUs."""
+def a100_after_reboot(make_host, **types):
+    """The A100 host after a reboot, in MIG mode (which persists) with no GPU instance and no VF."""
     description = load_description("datacenter_a100")
     for device in description["devices"]:
         if device["address"] == "b1:00.0":
@@ -358,8 +356,16 @@ def a100_mig(make_host):
         description.pop(key)
     root = make_host(description)
     sim, _sriov, nvidia = attach(root)
-    nvidia.configure_gpu(A100, types=A100_TYPES)
+    nvidia.configure_gpu(A100, **types)
     nvidia.set_mig_mode(A100, True)
+    return root, sim, nvidia
+
+
+@pytest.fixture
+def a100_mig(make_host):
+    """The A100 host after a reboot, in MIG mode (which persists) with no GPU instance and no VF; the
+    state file records the VFs and two MIG-backed vGPUs."""
+    root, sim, nvidia = a100_after_reboot(make_host, types=A100_TYPES)
     state = hoststate.empty_state()
     state["sriov"] = {A100: {"num_vfs": 4}}
     state["nvidia_vgpu"] = {
@@ -451,6 +457,31 @@ def test_the_late_run_writes_its_own_status_file(a100_mig):
     with open(os.path.join(root, restore.LATE_STATUS_PATH)) as handle:
         late = json.load(handle)
     assert first["items"] == 4 and late["items"] == 2 and late["ok"] is True
+
+
+A100_LEGACY_TYPES = [
+    {"id": "nvidia-699", "name": "NVIDIA A100-1-5C", "description": "framebuffer=5120M"},
+    {"id": "nvidia-471", "name": "NVIDIA A100-4C", "description": "framebuffer=4096M"},
+]
+LEGACY_MIG = "6c3e1ab4-4a52-4e2c-9a3e-0a4d9c1e2f01"
+
+
+def test_a_mig_backed_mdev_of_the_older_vgpu_manager_waits_for_the_late_restore(make_host):
+    # vGPU 16 and older on an A100: the vGPU types are mdev types of the VFs, recorded by gpuvirt.host.mdev.
+    # A MIG-backed one needs the GPU instances nvidia-mig-manager creates, which it does after this unit.
+    root, sim, nvidia = a100_after_reboot(make_host, legacy_types=A100_LEGACY_TYPES)
+    record(root, mdevs={LEGACY_MIG: {"parent": A100_VF0, "type": "nvidia-699"}}, sriov={A100: {"num_vfs": 4}})
+    with sim.active():
+        first, log = run(root)
+        assert first["ok"] is True, log
+        assert mdev.read_mdev(root, LEGACY_MIG) is None
+        (message,) = [r["message"] for r in first["results"] if r["step"] == "mdevs"]
+        assert message.startswith("type nvidia-699 (NVIDIA A100-1-5C) is MIG-backed: gpuvirt-restore-late.service")
+        nvidia.create_gpu_instances(A100, [1])  # nvidia-mig-manager.service
+        late, log = run(root, late=True)
+    assert late["ok"] is True, log
+    assert [(r["step"], r["item"]) for r in late["results"]] == [("nvidia_vgpu", LEGACY_MIG)]
+    assert mdev.read_mdev(root, LEGACY_MIG) == (A100_VF0, "nvidia-699")
 
 
 # -- a vendor tool that enables fewer VFs than recorded ------------------------------------------------
