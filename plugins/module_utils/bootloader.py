@@ -745,8 +745,13 @@ class KernelCmdlineFile:
         self.root = root
         self.path = KERNEL_CMDLINE
         self.text = _read(root, KERNEL_CMDLINE)
+        # Lines starting with '#' are comments to mkinitcpio, which builds a unified kernel image's command
+        # line from the others (build_uefi: grep '^[^#]'): they are kept, and hold no argument.
+        self._comments = []
         if self.text is not None:
-            self._arguments = parse_cmdline(self.text)
+            lines = self.text.splitlines()
+            self._comments = [line + "\n" for line in lines if line.startswith("#")]
+            self._arguments = parse_cmdline("\n".join(line for line in lines if not line.startswith("#")))
             return
         vendor = _read(root, KERNEL_CMDLINE_VENDOR)
         if vendor is not None:
@@ -764,7 +769,9 @@ class KernelCmdlineFile:
         return list(self._arguments)
 
     def render(self, argument_plan):
-        after = " ".join(argument_plan.arguments) + "\n"
+        after = "".join(self._comments) + " ".join(argument_plan.arguments) + "\n"
+        if self.text is not None and not argument_plan.changed:
+            return {}
         return {} if after == self.text else {self.path: after}
 
 

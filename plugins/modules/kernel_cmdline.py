@@ -36,7 +36,9 @@ description:
     the images rebuilt by what builds them, C(mkinitcpio -P) for mkinitcpio presets with C(*_uki=), or
     C(kernel-install add) with C(layout=uki) in C(install.conf). Images built from another command line
     (C(/etc/cmdline.d), a preset's C(--cmdline), C(Cmdline=) in C(uki.conf), dracut's C(uefi=yes)) or by an
-    unknown tool are refused with nothing changed, naming where the arguments go."
+    unknown tool are refused with nothing changed, naming where the arguments go. Lines of
+    C(/etc/kernel/cmdline) that start with C(#) are comments (mkinitcpio leaves them out of the image) and
+    are kept; the arguments are written on one line after them."
   - "Proxmox VE: when C(proxmox-boot-tool) manages the ESPs (C(/etc/kernel/proxmox-boot-uuids)), edits
     C(/etc/kernel/cmdline) if the host boots systemd-boot (C(LoaderInfo)), or C(/etc/default/grub) if it boots
     GRUB (and C(/etc/kernel/cmdline) with it, when present), then

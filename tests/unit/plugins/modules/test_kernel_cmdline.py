@@ -668,6 +668,24 @@ def test_unified_kernel_images_from_mkinitcpio_are_rebuilt_from_etc_kernel_cmdli
     assert second["changed"] is False and names(fake_commands.calls()) == [["mkinitcpio", "-P"]]
 
 
+def test_comment_lines_of_etc_kernel_cmdline_stay_comments(run_module, boot_tree, fake_commands, as_host, put_file):
+    # mkinitcpio builds an image's command line from the lines that do not start with '#' (build_uefi:
+    # grep '^[^#]'); the file may also spread the arguments over several lines.
+    root = boot_tree("arch-uki")
+    put_file(root, "etc/kernel/cmdline", "# written by the installer\n%s\n# console\nquiet\n" % ARCH_ROOT)
+    fake_commands.install_mkinitcpio(root)
+    unchanged = run_module("kernel_cmdline", {"root": root, "present": ["quiet"]})
+    assert unchanged["changed"] is False and unchanged["configured"] == UKI_CMDLINE.split()
+    result = run_module("kernel_cmdline", {"root": root, "present": ["iommu=pt"]})
+    assert result["rc"] == 0 and result["changed"] is True, result
+    assert result["configured"] == UKI_CMDLINE.split() + ["iommu=pt"]
+    assert read(root, "etc/kernel/cmdline") == "# written by the installer\n# console\n%s iommu=pt\n" % UKI_CMDLINE
+    for image in ("arch-linux.efi", "arch-linux-fallback.efi"):
+        path = os.path.join(root, "efi/EFI/Linux", image)
+        assert uki.section(path, ".cmdline").decode().split() == UKI_CMDLINE.split() + ["iommu=pt"]
+    assert warning_messages(result) == []
+
+
 def test_unified_kernel_images_that_the_rebuild_left_as_they_were_are_reported(
     run_module, boot_tree, fake_commands, as_host
 ):
