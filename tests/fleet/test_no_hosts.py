@@ -145,3 +145,12 @@ def test_a_run_started_at_a_later_task_is_judged_by_the_hosts_its_target_matches
     assert PLAYBOOKS[playbook] not in output, output
     assert recap["gpu02"]["ok"] > 0 and "gpu01" not in recap
     assert fleet.digests() == before
+
+
+def test_an_empty_report_folder_saves_nothing(two_hosts):
+    # A job template's blank survey answer, or -e gpuvirt_report_dir=, is an empty string: no folder.
+    fleet, before, _report = two_hosts
+    rc, recap, output = fleet.run("gpuvirt.host.topology_report", extra_vars={
+        "target": "gpu_hosts", "gpuvirt_report_dir": ""})
+    assert rc == 0 and recap["gpu01"]["failed"] == 0 and recap["gpu02"]["failed"] == 0, output
+    assert fleet.digests() == before

@@ -81,3 +81,21 @@ def test_a_device_spec_typed_as_text_is_checked_with_a_clear_error(fleet):
     )
     assert rc == 2
     assert "vgpu: refusing to change anything: binding by ID 1002:ab28 at boot would also give 0000:0b:00.1" in output
+
+
+def test_finding_codes_to_ignore_given_as_text_are_a_list(fleet):
+    # -e fleet_ignore_findings=a,b and a job template's text survey answer arrive as a string; the role's
+    # argument check lets it through as a list but hands the role the string.
+    fleet.add("guest01", "kvm_guest_gpu")  # no VT-x and no IOMMU in this VM: two host findings
+    cpu, iommu = "host: the CPU flags list neither vmx", "host: no IOMMU"
+    rc, _recap, output = fleet.run("gpuvirt.host.preflight", extra_vars={"target": "guest01"})
+    assert rc == 2 and cpu in output and iommu in output, output
+    for text in ("no_cpu_virtualization,iommu_unsupported", "no_cpu_virtualization, iommu_unsupported\n"):
+        rc, _recap, output = fleet.run("gpuvirt.host.preflight", extra_vars={
+            "target": "guest01", "fleet_ignore_findings": text})
+        # Still blocked, by the iommu role, which cannot turn on an IOMMU the VM does not have.
+        assert rc == 2 and "guest01 is blocked: iommu: " in output, output
+        assert cpu not in output and iommu not in output
+    rc, _recap, output = fleet.run("gpuvirt.host.preflight", extra_vars={
+        "target": "guest01", "fleet_ignore_findings": "iommu_unsupported"})
+    assert rc == 2 and cpu in output and iommu not in output, output

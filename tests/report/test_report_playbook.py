@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -71,6 +72,17 @@ def test_the_page_is_built_from_the_fact_cache_without_contacting_hosts(tmp_path
     assert record["source"] == "cache" and record["fact"] == fact and "topology" not in record
     assert record["pending_reboot"] is True
     assert _hosts_on_page(report_dir) == ["gpu-node-07"]
+
+
+def test_a_second_report_changes_nothing(tmp_path):
+    # The records and the page are the report's output, new at each run: no host changed, so a scheduled
+    # report runs clean.
+    inventory = make_fleet(str(tmp_path), ["amd_host"])
+    report_dir = str(tmp_path / "report")
+    run_report(inventory, report_dir)
+    run = run_report(inventory, report_dir)
+    assert re.search(r"amd_host\s*: ok=\d+\s+changed=0 ", run.stdout), run.stdout[-2000:]
+    assert sorted(os.listdir(report_dir)) == ["amd_host.json", "index.html"]
 
 
 def test_without_a_report_folder_the_playbook_says_what_to_give(tmp_path):
