@@ -88,8 +88,18 @@ def test_a_host_with_running_guests_is_not_rebooted_unless_the_drain_hook_emptie
     assert "left them running" in output
     assert fleet.reboots("guest01") == 0
 
-    rc, recap, output = fleet.run("gpuvirt.host.rollout",
-                                  extra_vars=dict(common, gpuvirt_rollout_drain_tasks=fleet.drain_tasks()))
+    # The preview (--check) of a rollout with a drain hook: the hook's commands do not run in check mode,
+    # so the guests are still there; it notes them and goes on, as the run will.
+    drained = dict(common, gpuvirt_rollout_drain_tasks=fleet.drain_tasks())
+    rc, recap, output = fleet.run("gpuvirt.host.rollout", check=True, extra_vars=drained)
+    assert rc == 0 and recap["guest01"]["failed"] == 0, output
+    assert "Check mode: the drain hook" in output and "Refusing to reboot" not in output
+    assert fleet.reboots("guest01") == 0
+    # Without a hook the preview refuses, as the run does.
+    rc, recap, output = fleet.run("gpuvirt.host.rollout", check=True, extra_vars=common)
+    assert rc != 0 and "Set gpuvirt_rollout_drain_tasks" in output
+
+    rc, recap, output = fleet.run("gpuvirt.host.rollout", extra_vars=drained)
     assert rc == 0, output
     assert fleet.reboots("guest01") == 1
 
