@@ -195,7 +195,8 @@ def validate_arguments(present, absent, architecture=(None, None)):
     wanted = []
     for text in present or []:
         argument = _checked(text, "present")
-        if any(argument == other for other in wanted):
+        # hugepages= belongs to the hugepagesz= before it: an equal one may be another size's.
+        if argument.norm_key not in (HUGEPAGES, HUGEPAGESZ) and any(argument == other for other in wanted):
             continue
         for other in wanted:
             if same_key(argument, other) and not argument.repeatable:
@@ -204,6 +205,14 @@ def validate_arguments(present, absent, architecture=(None, None)):
                     % (other.text, argument.text, argument.key)
                 )
         wanted.append(argument)
+    sizes = [_wanted_size(wanted, i) for i, arg in enumerate(wanted) if arg.norm_key == HUGEPAGES]
+    for size in sizes:
+        if sizes.count(size) > 1:
+            raise ArgumentError(
+                "present: hugepages= is given twice for %s, and the kernel takes one per page size (the "
+                "hugepagesz= before it names the size); keep one"
+                % ("the default page size" if size is None else "page size %s" % size)
+            )
     unwanted = []
     for text in absent or []:
         argument = _checked(text, "absent")
@@ -241,6 +250,63 @@ class ArgumentPlan:
         return bool(self.added or self.removed)
 
 
+# hugepages= sets the pool of the page size the hugepagesz= before it names, or of the default size when
+# none comes before it; a second hugepages= for one size is ignored (mm/hugetlb.c, hugepages_setup()).
+HUGEPAGES, HUGEPAGESZ = "hugepages", "hugepagesz"
+DEFAULT_SIZE = None
+
+
+def _hugepage_sizes(parsed, keep=None):
+    """``{index of a hugepages= argument: the page size it sets (None: the default size)}``."""
+    sizes, size = {}, DEFAULT_SIZE
+    for i, arg in enumerate(parsed):
+        if keep is not None and not keep[i]:
+            continue
+        if arg.norm_key == HUGEPAGESZ:
+            size = arg.value
+        elif arg.norm_key == HUGEPAGES:
+            sizes[i] = size
+    return sizes
+
+
+def _wanted_size(present, position):
+    """The page size a present ``hugepages=`` sets: that of a hugepagesz= given just before it."""
+    previous = present[position - 1] if position > 0 else None
+    return previous.value if previous is not None and previous.norm_key == HUGEPAGESZ else DEFAULT_SIZE
+
+
+def _plan_hugepages(parsed, keep, present, position, replace_in_place):
+    """Where a present ``hugepages=`` goes: ``("keep", None)``, ``("replace", index)``, ``("insert", index)``
+    (before that argument) or ``("append", None)``. Raises :class:`ArgumentError` when no edit keeps it
+    paired with its page size."""
+    wanted = present[position]
+    size = _wanted_size(present, position)
+    sizes = _hugepage_sizes(parsed, keep)
+    same = sorted(i for i, at in sizes.items() if at == size)
+    label = "the default page size" if size is None else "page size %s" % size
+    if same and parsed[same[0]].value == wanted.value:
+        return "keep", None
+    sizers = [i for i, arg in enumerate(parsed) if keep[i] and arg.norm_key == HUGEPAGESZ]
+    if same and replace_in_place:
+        return "replace", same[0]
+    if same and not sizers:
+        return "move", same[0]  # removed and appended: still of the default size
+    if not same and size is None and not sizers:
+        return "append", None
+    if not same and size is None and replace_in_place:
+        return "insert", sizers[0]
+    if not same and size is not None and not any(parsed[i].value == size for i in sizers):
+        return "append", None  # its hugepagesz= comes with it, just before
+    if not same and size is not None and replace_in_place:
+        following = [i for i in range(len(parsed)) if i > max(j for j in sizers if parsed[j].value == size)]
+        return "insert", following[0] if following else None
+    raise ArgumentError(
+        "%s for %s: the kernel takes one hugepages= per page size, from the hugepagesz= before it, and "
+        "this bootloader's tool appends new arguments at the end, where it would pair with another size; "
+        "edit the hugepages arguments of %s by hand" % (wanted.text, label, " ".join(a.text for a in parsed))
+    )
+
+
 def plan_arguments(current, present, absent, replace_in_place=True):
     """Apply validated ``present``/``absent`` :class:`Argument` lists to the ``current`` texts.
 
@@ -256,9 +322,27 @@ def plan_arguments(current, present, absent, replace_in_place=True):
     keep = [not any(_removes(gone, arg) for gone in absent) for arg in parsed] + [True] * (len(current) - init_start)
     replacement = {}
     appended = []
-    for wanted in present:
+    inserted = {}
+    for position, wanted in enumerate(present):
         same = [i for i, arg in enumerate(parsed) if keep[i] and same_key(arg, wanted)]
         exact = [i for i in same if _same(parsed[i], wanted)]
+        if wanted.norm_key == HUGEPAGES and wanted.value is not None:
+            action, index = _plan_hugepages(parsed, keep, present, position, replace_in_place)
+            if action in ("replace", "move"):
+                # Later ones of the same size are ignored by the kernel: they go.
+                for i, size in _hugepage_sizes(parsed, keep).items():
+                    if i > index and size == _wanted_size(present, position):
+                        keep[i] = False
+            if action == "replace":
+                replacement[index] = wanted.text
+            elif action == "move":
+                keep[index] = False
+                appended.append(wanted.text)
+            elif action == "insert" and index is not None:
+                inserted.setdefault(index, []).append(wanted.text)
+            elif action != "keep":
+                appended.append(wanted.text)
+            continue
         if wanted.repeatable:
             if not exact:
                 appended.append(wanted.text)
@@ -282,10 +366,15 @@ def plan_arguments(current, present, absent, replace_in_place=True):
             "them and reach init instead of the kernel: move the '--' part to the end by hand first"
             % (" ".join(current), " ".join(appended))
         )
-    result = [(i, replacement.get(i, text)) for i, text in enumerate(current) if keep[i]]
+    result = []
+    for i, text in enumerate(current):
+        result.extend((None, new) for new in inserted.get(i, ()))
+        if keep[i]:
+            result.append((i, replacement.get(i, text)))
     result.extend((None, text) for text in appended)
     removed = [text for i, text in enumerate(current) if not keep[i] or i in replacement]
-    added = [replacement[i] for i in sorted(replacement)] + appended
+    added = ([replacement[i] for i in sorted(replacement)] + [t for i in sorted(inserted) for t in inserted[i]]
+             + appended)
     return ArgumentPlan(result, added, removed)
 
 
@@ -294,9 +383,15 @@ def reboot_required(running, present, absent):
     if running is None:
         return False
     parsed = [parse_argument(text) for text in running]
-    for wanted in present:
+    sizes = _hugepage_sizes(parsed)
+    for position, wanted in enumerate(present):
         same = [arg for arg in parsed if same_key(arg, wanted)]
-        if wanted.repeatable:
+        if wanted.norm_key == HUGEPAGES and wanted.value is not None:
+            size = _wanted_size(present, position)
+            # The first hugepages= of a size is the one the kernel takes.
+            taken = [parsed[i] for i in sorted(sizes) if sizes[i] == size][:1]
+            satisfied = bool(taken) and taken[0].value == wanted.value
+        elif wanted.repeatable:
             satisfied = any(_same(arg, wanted) for arg in same)
         else:
             satisfied = bool(same) and _same(same[-1], wanted)

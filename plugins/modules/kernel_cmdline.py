@@ -73,6 +73,11 @@ description:
     C(hugepages), C(memmap), C(initcall_blacklist), C(rd.driver.pre) and similar). Dashes and
     underscores in a parameter name are equivalent, as for the kernel (C(vfio-pci.ids) and
     C(vfio_pci.ids) are one parameter). Existing arguments keep their order; new ones are appended.
+  - "C(hugepages=) sets the pool of the page size the C(hugepagesz=) before it names (the default size when
+    none does), and the kernel ignores a second one for a size: a O(present) C(hugepages=N), after a
+    C(hugepagesz=S) in O(present) or alone, replaces that size's pool in place (the ones the kernel ignored
+    go), and a new pool goes where it pairs with its size. grubby, which appends what it adds, is refused a
+    change it cannot pair that way; O(present) may give one C(hugepages=) per size."
   - Arguments with whitespace, quotes or shell characters (C($), backslash, backquote, C(;), C(&), C(|),
     C(<), C(>)) are refused; edit those by hand.
   - A O(present) argument that the host's architecture has no kernel parameter for is refused with the
