@@ -506,10 +506,13 @@ def _skip_parens(text, i):
 
 
 def _shell_statements(text):
-    """Split a shell script into simple commands, each a list of ``(start, end)`` word spans."""
-    statements = []
+    """Split a shell script into simple commands, each a list of ``(start, end)`` word spans; those
+    after ``&&``, ``||`` or ``|`` (which run only if the command before succeeds or fails, or in a
+    subshell of a pipeline) in :data:`conditional` of the returned list, by index."""
+    statements = _Statements()
     words = []
     start = None
+    joined = False
     i = 0
     while i < len(text):
         char = text[i]
@@ -520,9 +523,17 @@ def _shell_statements(text):
             if start is not None:
                 words.append((start, i))
                 start = None
-            if char not in " \t\r" and words:
+            ended = char not in " \t\r" and bool(words)
+            if ended:
+                if joined:
+                    statements.conditional.add(len(statements))
                 statements.append(words)
                 words = []
+            if char in "&|":
+                # A lone '&' (a background job) runs what follows anyway; '&&', '||' and '|' do not.
+                joined = char == "|" or text.startswith("&&", i) or (i > 0 and text[i - 1] == "&")
+            elif ended or char in ";()":
+                joined = False  # a newline right after '&&' or '||' goes on with the list
             i += 1
             continue
         if char == "#" and start is None:
@@ -551,8 +562,19 @@ def _shell_statements(text):
     if start is not None:
         words.append((start, min(i, len(text))))
     if words:
+        if joined:
+            statements.conditional.add(len(statements))
         statements.append(words)
     return statements
+
+
+class _Statements(list):
+    """The statements of :func:`_shell_statements`, with ``conditional``: the indexes of those that may
+    not run, or run in a subshell."""
+
+    def __init__(self):
+        super().__init__()
+        self.conditional = set()
 
 
 @dataclass
@@ -685,7 +707,7 @@ class GrubDefaults:
                 % (path, _line_of(text, error.offset), error, self.TOOL)
             ) from error
         depth = 0
-        for words in statements:
+        for number, words in enumerate(statements):
             while words and text[words[0][0] : words[0][1]] in _PREFIXES:
                 words = words[1:]
             if not words:
@@ -711,10 +733,11 @@ class GrubDefaults:
                 if name not in self.VARIABLES:
                     continue
                 line = _line_of(text, start)
-                if depth:
+                if depth or number in statements.conditional:
                     self.warnings.append(
-                        "/%s line %d sets %s inside a conditional block; that assignment is neither "
-                        "evaluated nor edited" % (path, line, name)
+                        "/%s line %d sets %s %s; that assignment is neither evaluated nor edited"
+                        % (path, line, name, "inside a conditional block" if depth
+                           else "after &&, || or | (it runs only as the command before it says)")
                     )
                     continue
                 try:

@@ -170,6 +170,25 @@ def test_ubuntu_cloud_dropin_is_edited_because_it_wins(run_module, boot_tree, fa
     assert any("init-select.cfg line 3" in w and "conditional block" in w for w in warning_messages(result)), result
 
 
+def test_an_assignment_after_and_or_or_is_not_taken_for_the_command_line(
+    run_module, boot_tree, fake_commands, as_host, put_file
+):
+    # grub-mkconfig sources the file with sh: the assignment after && runs only when the test succeeds.
+    root = boot_tree("debian-grub")
+    conditional = '[ -e /etc/gpu-lab ] && GRUB_CMDLINE_LINUX_DEFAULT="quiet splash"\n'
+    put_file(root, "etc/default/grub.d/60-lab.cfg", conditional + "true &&\n  GRUB_CMDLINE_LINUX=nomodeset\n")
+    fake_commands.install("update-grub")
+    result = run_module("kernel_cmdline", {"root": root, "present": ["iommu=pt"]})
+    assert result["configured"] == ["quiet", "intel_iommu=off", "iommu=pt"]
+    assert read(root, "etc/default/grub.d/60-lab.cfg").startswith(conditional)
+    messages = [w for w in warning_messages(result) if "60-lab.cfg" in w]
+    assert [m.split(";")[0] for m in messages] == [
+        "/etc/default/grub.d/60-lab.cfg line 1 sets GRUB_CMDLINE_LINUX_DEFAULT after &&, || or | (it runs only "
+        "as the command before it says)",
+        "/etc/default/grub.d/60-lab.cfg line 3 sets GRUB_CMDLINE_LINUX after &&, || or | (it runs only as the "
+        "command before it says)"]
+
+
 def test_backup_keeps_the_original_and_mode_is_preserved(run_module, boot_tree, fake_commands):
     root = boot_tree("debian-grub")
     path = os.path.join(root, "etc/default/grub")
