@@ -276,9 +276,9 @@ def _wanted_size(present, position):
 
 
 def _plan_hugepages(parsed, keep, present, position, replace_in_place):
-    """Where a present ``hugepages=`` goes: ``("keep", None)``, ``("replace", index)``, ``("insert", index)``
-    (before that argument) or ``("append", None)``. Raises :class:`ArgumentError` when no edit keeps it
-    paired with its page size."""
+    """Where a present ``hugepages=`` goes: ``("keep", None)``, ``("replace", index)``, ``("move", index)``
+    (removed there and appended), ``("insert", index)`` (before that argument; None: at the end) or
+    ``("append", None)``. Raises :class:`ArgumentError` when no edit keeps it paired with its page size."""
     wanted = present[position]
     size = _wanted_size(present, position)
     sizes = _hugepage_sizes(parsed, keep)
