@@ -242,9 +242,11 @@ def _late_mdev_items(state, root):
 
 
 def _late_mdev_reason(root, parent, type_id):
+    device = host_path(root, "sys/bus/pci/devices", parent)
+    if read_text(device + "/vendor") != "0x" + VENDOR_ID or not os.path.lexists(device + "/physfn"):
+        return None
     name = read_text(host_path(root, MDEV_BUS, parent, "mdev_supported_types", type_id, "name"))
-    virtual_function = os.path.lexists(host_path(root, "sys/bus/pci/devices", parent, "physfn"))
-    if not name or not is_mig_backed(name) or not virtual_function:
+    if not name or not is_mig_backed(name):
         return None
     return "type %s (%s) is MIG-backed: gpuvirt-restore-late.service creates it once nvidia-mig-manager has " \
         "created the GPU instances" % (type_id, name)
