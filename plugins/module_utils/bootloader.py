@@ -333,15 +333,20 @@ def plan_arguments(current, present, absent, replace_in_place=True):
                 for i, size in _hugepage_sizes(parsed, keep).items():
                     if i > index and size == _wanted_size(present, position):
                         keep[i] = False
+            if action == "move":
+                keep[index] = False
             if action == "replace":
                 replacement[index] = wanted.text
-            elif action == "move":
-                keep[index] = False
-                appended.append(wanted.text)
             elif action == "insert" and index is not None:
                 inserted.setdefault(index, []).append(wanted.text)
             elif action != "keep":
-                appended.append(wanted.text)
+                # A default-size pool goes before a hugepagesz= this plan appends: after it, it would
+                # be that size's.
+                sizers = [i for i, text in enumerate(appended) if parse_argument(text).norm_key == HUGEPAGESZ]
+                if _wanted_size(present, position) is DEFAULT_SIZE and sizers:
+                    appended.insert(sizers[0], wanted.text)
+                else:
+                    appended.append(wanted.text)
             continue
         if wanted.repeatable:
             if not exact:
