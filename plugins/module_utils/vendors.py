@@ -208,12 +208,16 @@ def vf_count_advice(device):
     return _first(device, "vf_count_advice")
 
 
+def _backends_at(root, address):
+    """The backends for the PCI device at ``address`` by its ``vendor`` (every one when unreadable)."""
+    vendor = read_text(host_path(root, PCI_DEVICES, address, "vendor"))
+    return backends_for(vendor[2:].lower() if vendor and vendor.startswith("0x") else None)
+
+
 def no_driver_advice(root, address):
     """The vendors' word on why no driver binds to the device at ``address`` (see
     ``VendorBackend.no_driver_advice``), or None."""
-    vendor = read_text(host_path(root, PCI_DEVICES, address, "vendor"))
-    vendor_id = vendor[2:].lower() if vendor and vendor.startswith("0x") else None
-    for backend in backends_for(vendor_id):
+    for backend in _backends_at(root, address):
         advice = backend.no_driver_advice(root, address)
         if advice:
             return advice
@@ -246,9 +250,7 @@ def state_sections():
 def late_mdev(root, parent, type_id):
     """Why the mdev of type ``type_id`` on ``parent`` is left to the late restore unit (the vendor's
     ``late_mdev``), or None."""
-    vendor = read_text(host_path(root, PCI_DEVICES, parent, "vendor"))
-    vendor_id = vendor[2:].lower() if vendor and vendor.startswith("0x") else None
-    for backend in backends_for(vendor_id):
+    for backend in _backends_at(root, parent):
         reason = backend.late_mdev(root, parent, type_id)
         if reason:
             return reason
