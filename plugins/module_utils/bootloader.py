@@ -1310,11 +1310,11 @@ def _booted_systemd_boot(root):
 
 def _limine_configuration(root):
     """The Limine configuration files below ``root``: limine-entry-tool's and limine.conf on an ESP."""
-    found = [path for path in LIMINE_TOOL_CONFIGS if os.path.isfile(host_path(root, path))]
-    for esp in ("",) + ESP_MOUNTS:
-        found.extend(path for path in ("%s/%s" % (esp, name) if esp else name for name in LIMINE_CONFIGS)
-                     if os.path.isfile(host_path(root, path)) and path not in found)
-    return found
+    places = list(LIMINE_TOOL_CONFIGS) + [
+        "%s/%s" % (esp, name) if esp else name for esp in ("",) + ESP_MOUNTS for name in LIMINE_CONFIGS
+    ]
+    # /boot is an ESP mount and holds boot/limine.conf of the root's own list: each place once.
+    return [path for path in dict.fromkeys(places) if os.path.isfile(host_path(root, path))]
 
 
 def _refuse_limine(root, reason):

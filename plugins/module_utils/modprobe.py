@@ -24,14 +24,10 @@ from dataclasses import dataclass, field
 
 from ansible_collections.gpuvirt.host.plugins.module_utils.files import read_file
 from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import host_path, list_dir
+from ansible_collections.gpuvirt.host.plugins.module_utils.vfio_bind import driver_key
 
 CONFIG_DIRS = ("etc/modprobe.d", "run/modprobe.d", "usr/local/lib/modprobe.d", "usr/lib/modprobe.d", "lib/modprobe.d")
 MODULES_SOFTDEP = "modules.softdep"
-
-
-def module_key(name):
-    """A module's name as modprobe compares it: ``-`` and ``_`` are one."""
-    return name.replace("-", "_")
 
 
 def config_files(root, release=None):
@@ -111,5 +107,5 @@ def first_softdeps(root, release=None, skip=()):
             softdep = parse_softdep(line)
             if softdep is not None:
                 softdep.path = path
-                found.setdefault(module_key(softdep.module), softdep)
+                found.setdefault(driver_key(softdep.module), softdep)
     return found

@@ -50,6 +50,7 @@ import re
 from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import (
     MDEV_BUS,
     MISSING,
+    PCI_DEVICES,
     host_path,
     read_attribute,
     read_attribute_at,
@@ -242,7 +243,7 @@ def _late_mdev_items(state, root):
 
 
 def _late_mdev_reason(root, parent, type_id):
-    device = host_path(root, "sys/bus/pci/devices", parent)
+    device = host_path(root, PCI_DEVICES, parent)
     if read_text(device + "/vendor") != "0x" + VENDOR_ID or not os.path.lexists(device + "/physfn"):
         return None
     name = read_text(host_path(root, MDEV_BUS, parent, "mdev_supported_types", type_id, "name"))
