@@ -292,16 +292,13 @@ def parse_listing(tool, text):
 def _dracut_listed(line):
     """The path of one line of lsinitrd's listing (the cpio part's, or the squashed root's), or None."""
     match = _LONG_LISTING.match(line)
-    if not match:
-        found = _FIND_LISTING.match(line)
-        match = _LONG_LISTING.match(found.group(1)) if found else _SQUASHFS_LISTING.match(line)
-        if not match or not match.group(1).startswith(_SQUASHED_ROOTS):
-            return None
-    path = match.group(1).split(" -> ", 1)[0]
-    for prefix in _SQUASHED_ROOTS:
-        if path.startswith(prefix):
-            return path[len(prefix):]
-    return path
+    if match:
+        return match.group(1).split(" -> ", 1)[0]
+    found = _FIND_LISTING.match(line)
+    match = _LONG_LISTING.match(found.group(1)) if found else _SQUASHFS_LISTING.match(line)
+    path = match.group(1).split(" -> ", 1)[0] if match else ""
+    squashed = next((prefix for prefix in _SQUASHED_ROOTS if path.startswith(prefix)), None)
+    return None if squashed is None else path[len(squashed):]
 
 
 def list_image(module, root, kernel_release, tool=None):
