@@ -12,14 +12,15 @@ Public API (every reader takes the host ``root``):
   device-mapper and md RAID devices (LVM volumes a VM uses are not mounted). A block device leads to
   its PCI devices through partitions, device-mapper and md ``slaves``, btrfs's other devices and
   the controllers of a multipath NVMe namespace.
-- :func:`default_route_interfaces` ``(root) -> list[str]``: interfaces of the IPv4/IPv6 default routes.
+- :func:`default_route_interfaces` ``(root) -> list[str]``: interfaces of the IPv4/IPv6 default routes,
+  every next hop of a multipath route or nexthop group (:mod:`rtnetlink` on the live host).
 - :func:`ssh_ports` ``(root) -> list[int]``: the ports sshd listens on (sshd_config, and the socket
   unit of socket-activated sshd).
 - :func:`management_interfaces` ``(root) -> list[(interface, reason)]``: those, and the interfaces the
   replies of the established SSH sessions leave through (:func:`ssh_peers` routed by
-  :func:`route_interfaces`): a management network reached by a route of its own. Policy routing's
-  other tables are not read (``proc/net/route`` shows the main table); a snapshot without
-  ``proc/net/tcp`` has no sessions.
+  :func:`route_interfaces`): a management network reached by a route of its own, or by a policy
+  rule's table. A snapshot has its ``proc/net`` routes only (the main IPv4 table, a single next hop
+  of each route); one without ``proc/net/tcp`` has no sessions.
 - :func:`storage_interfaces` ``(root) -> list[(interface, reason)]``: the interfaces that carry network
   storage the host uses: those through which the servers of its mounted NFS, SMB and CephFS
   filesystems are reached, and those of its established sessions to iSCSI, NVMe/TCP, Ceph, NBD,
@@ -42,6 +43,8 @@ import os
 import re
 import sys
 
+from ansible_collections.gpuvirt.host.plugins.module_utils import rtnetlink
+from ansible_collections.gpuvirt.host.plugins.module_utils.host import is_live_root
 from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import (
     PCI_ADDRESS_PATTERN,
     host_path,
@@ -323,9 +326,9 @@ def _pool_use(root, real_root, what, pool, members, seen):
 
 
 def default_route_interfaces(root, routes=None):
-    """Interfaces that carry a default route (``proc/net/route`` and ``proc/net/ipv6_route``;
-    ``routes``: :func:`_routes` when already read)."""
-    return sorted({interface for network, _metric, interface in (_routes(root) if routes is None else routes)
+    """Interfaces that carry a default route, every next hop of each (:func:`_routes`; ``routes``:
+    its answer when already read)."""
+    return sorted({interface for network, _metric, interface, _table in (_routes(root) if routes is None else routes)
                    if network.prefixlen == 0})
 
 
@@ -555,8 +558,19 @@ _RTF_REJECT = 0x0200
 
 
 def _routes(root):
-    """``[(network, metric, interface)]`` of the main IPv4 table (``proc/net/route``) and the IPv6
-    routes (``proc/net/ipv6_route``) that are up and do not reject."""
+    """``[(network, metric, interface, table)]``: one entry per next hop of each route.
+
+    On the live host, the kernel's through rtnetlink (:func:`rtnetlink.routes`): every next hop of a
+    multipath route or a nexthop group, in the tables the policy rules look up. Elsewhere (a
+    snapshot), or where rtnetlink cannot be read, the routes of ``proc/net/route`` (the main IPv4
+    table, one next hop of each route) and ``proc/net/ipv6_route`` (a line per next hop) that are up
+    and do not reject."""
+    if is_live_root(root):
+        try:
+            return [(route.network, route.metric, interface, route.table)
+                    for route in rtnetlink.routes() for interface in route.interfaces]
+        except OSError:
+            pass
     routes = []
     for fields in _table(root, "proc/net/route", header=True):
         try:
@@ -567,7 +581,7 @@ def _routes(root):
         except (IndexError, ValueError, TypeError):
             continue
         if flags & _RTF_UP and not flags & _RTF_REJECT:
-            routes.append((network, metric, fields[0]))
+            routes.append((network, metric, fields[0], rtnetlink.RT_TABLE_MAIN))
     # The destination in network byte order, its prefix length, source, next hop, metric (all hex),
     # reference and use counts, flags, interface.
     for fields in _table(root, "proc/net/ipv6_route", header=False):
@@ -579,25 +593,26 @@ def _routes(root):
         except (IndexError, ValueError):
             continue
         if flags & _RTF_UP and not flags & _RTF_REJECT and interface != "lo":
-            routes.append((network, metric, interface))
+            routes.append((network, metric, interface, rtnetlink.RT_TABLE_MAIN))
     return routes
 
 
 def route_interfaces(root, address, routes=None):
-    """The interfaces the host sends ``address`` through: those of its most specific route, and of
-    the lowest metric among equally specific ones (several when they tie: multipath routes, and
-    link-local addresses, which every interface routes). The main IPv4 table only: policy routing's
-    other tables are not in ``proc/net/route``."""
-    best, interfaces = None, set()
-    for network, metric, interface in _routes(root) if routes is None else routes:
+    """The interfaces the host may send ``address`` through. In each routing table (:func:`_routes`),
+    those of its most specific route, and of the lowest metric among equally specific ones (several
+    when they tie: multipath routes, and link-local addresses, which every interface routes); and
+    those of every table, since which table a policy rule picks depends on more than the address."""
+    best = {}  # table -> (rank, interfaces)
+    for network, metric, interface, table in _routes(root) if routes is None else routes:
         if network.version != address.version or address not in network:
             continue
         rank = (-network.prefixlen, metric)
-        if best is None or rank < best:
-            best, interfaces = rank, {interface}
-        elif rank == best:
-            interfaces.add(interface)
-    return sorted(interfaces)
+        held = best.get(table)
+        if held is None or rank < held[0]:
+            best[table] = (rank, {interface})
+        elif rank == held[0]:
+            held[1].add(interface)
+    return sorted({interface for _rank, interfaces in best.values() for interface in interfaces})
 
 
 def management_interfaces(root, routes=None, sessions=None):
@@ -685,7 +700,7 @@ def storage_interfaces(root, routes=None, sessions=None, mounts=None):
     """``[(interface, reason)]``: the interfaces that carry network storage the host uses. Those
     the mounted network filesystems' servers (NFS, SMB, CephFS) are reached through, and those of the
     established TCP sessions to a storage port (:data:`_STORAGE_PORTS`: iSCSI, NVMe/TCP, Ceph, NBD;
-    the VMs' disks as well as the host's). By the main routing table, as :func:`route_interfaces`.
+    the VMs' disks as well as the host's). By the routes, as :func:`route_interfaces`.
     ``routes``, ``sessions`` and ``mounts``: :func:`_routes`, :func:`_sessions` and :func:`_mounts` when
     already read."""
     routes = _routes(root) if routes is None else routes
@@ -763,7 +778,7 @@ def cluster_addresses(root):
 
 def cluster_interfaces(root, routes=None):
     """``[(interface, reason)]``: the interfaces of the corosync cluster links (:func:`cluster_addresses`),
-    by the main routing table. A node cut off its cluster loses quorum, and one with HA resources
+    by the routes (:func:`route_interfaces`). A node cut off its cluster loses quorum, and one with HA resources
     (Proxmox VE, Pacemaker) fences itself: its watchdog resets it."""
     routes = _routes(root) if routes is None else routes
     links = {}

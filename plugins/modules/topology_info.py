@@ -22,7 +22,9 @@ description:
     be bound with holds storage the host uses (the root filesystem, another mounted filesystem, active
     swap, an imported ZFS pool, an active LVM or RAID device) or a NIC that keeps the host reachable
     (that of a default route, or the one the replies of an established SSH session leave through, by
-    the main routing table; the sessions are those to the ports sshd_config gives sshd, 22 by
+    the kernel's routes, every next hop of a multipath route or nexthop group, in the main table and
+    those policy rules look up (a snapshot's C(/proc/net/route) shows one next hop, main table only);
+    the sessions are those to the ports sshd_config gives sshd, 22 by
     default, and to the C(ListenStream) ports of an enabled C(ssh.socket) or C(sshd.socket), whose
     drop-ins socket-activated sshd follows rather than sshd_config), a NIC of a corosync cluster link
     (the route to a node's C(ringN_addr) or the C(bindnetaddr) network in C(/etc/corosync/corosync.conf),
