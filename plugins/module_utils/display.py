@@ -17,6 +17,13 @@ The kernel marks the host's display GPUs in three places:
   console in turn; the last map given wins): the device that drives that framebuffer carries the
   console. Other framebuffers (a second GPU's, registered after the boot display's) carry none.
   Firmware framebuffers (efifb, simpledrm) belong to a platform device, not to a PCI address.
+  Without a map, an x86 kernel built with ``CONFIG_FRAMEBUFFER_CONSOLE_DETECT_PRIMARY`` (Debian's,
+  Ubuntu's, Fedora's) moves the consoles to the primary device's framebuffer when it registers
+  (``fbcon_select_primary()``; ``video_is_primary_device()``: the boot VGA device, or the one the
+  firmware's framebuffer lay in, which ``boot_display`` marks): when a second GPU's driver took
+  ``fb0`` first (no firmware framebuffer held it: a BIOS boot, ``initcall_blacklist=sysfb_init``),
+  the console is on the boot GPU's framebuffer and ``fb0`` carries none. Where the kernel's
+  configuration cannot be read, ``fb0`` is still taken as the console's.
 - the firmware's framebuffer in a PCI device's memory (``/proc/iomem``): the framebuffer the firmware
   left the kernel (``screen_info``) is registered by sysfb as the region ``BOOTFB`` and claimed by
   the driver that draws the boot console on it (``simpledrm``, ``efidrm``, ``vesadrm``, ``efifb``,
@@ -29,7 +36,9 @@ The kernel marks the host's display GPUs in three places:
 
 Public API: :class:`Displays`, :func:`read_displays` ``(root, cmdline=None) -> Displays``,
 :func:`boot_display_devices` ``(root) -> frozenset``, :func:`framebuffer_devices` ``(root) -> {address:
-[fbN]}``, :func:`console_framebuffers` ``(cmdline) -> frozenset``, :func:`firmware_framebuffer_devices`
+[fbN]}``, :func:`console_framebuffers` ``(cmdline) -> frozenset`` (by the command line alone),
+:func:`primary_framebuffer` ``(root, framebuffers, boot) -> str | None``, :func:`fbcon_detects_primary`
+``(root) -> bool``, :func:`firmware_framebuffer_devices`
 ``(root) -> {address: [region names]}``; ``Displays.console_uses(device)``: the one rule for which GPUs the
 console uses.
 """
@@ -40,13 +49,21 @@ import os
 import re
 from dataclasses import dataclass, field
 
-from ansible_collections.gpuvirt.host.plugins.module_utils.kernel import cmdline_values
+from ansible_collections.gpuvirt.host.plugins.module_utils.architecture import host_architecture
+from ansible_collections.gpuvirt.host.plugins.module_utils.kernel import (
+    X86,
+    cmdline_values,
+    kernel_config_option,
+    read_release,
+)
 from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import (
     MISSING,
+    PCI_DEVICES,
     host_path,
     list_dir,
     normalize_address,
     read_attribute,
+    read_text,
 )
 
 DRM_CLASS = "sys/class/drm"
@@ -101,27 +118,58 @@ class Displays:
 
 def read_displays(root, cmdline=None):
     """The displays below ``root``; ``cmdline``: the running kernel's arguments (for ``fbcon=map:``)."""
-    return Displays(
-        boot=boot_display_devices(root), framebuffers=framebuffer_devices(root),
-        console=console_framebuffers(cmdline or []), firmware=firmware_framebuffer_devices(root),
-    )
+    boot, framebuffers = boot_display_devices(root), framebuffer_devices(root)
+    console = console_framebuffers(cmdline or [])
+    if _fbcon_map(cmdline or []) is None:
+        primary = primary_framebuffer(root, framebuffers, boot)
+        if primary is not None and primary not in console and fbcon_detects_primary(root):
+            console = frozenset((primary,))
+    return Displays(boot=boot, framebuffers=framebuffers, console=console, firmware=firmware_framebuffer_devices(root))
 
 
-def console_framebuffers(cmdline):
-    """The framebuffers fbcon maps its consoles to, as ``fb_console_setup()`` reads ``fbcon=``
-    (comma-separated options; ``map:`` takes each character as a framebuffer number, its code less
-    ``'0'`` modulo 32, and one below ``'0'`` as none): ``fb0`` without a map."""
+def _fbcon_map(cmdline):
+    """The last ``map:`` of the ``fbcon=`` arguments (``fb_console_setup()``: comma-separated options),
+    or None."""
     mapping = None
     for value in cmdline_values(cmdline, "fbcon"):
         for option in value.split(","):
             if option.startswith("map:") and len(option) > 4:
                 mapping = option[4:]
+    return mapping
+
+
+def console_framebuffers(cmdline):
+    """The framebuffers fbcon maps its consoles to by the command line (``map:`` takes each character
+    as a framebuffer number, its code less ``'0'`` modulo 32, and one below ``'0'`` as none): ``fb0``
+    without a map."""
+    mapping = _fbcon_map(cmdline)
     if mapping is None:
         return frozenset(("fb0",))
     return frozenset("fb%d" % ((ord(char) - ord("0")) % _FB_MAX) for char in mapping if "0" <= char < "\x80")
 
 
 _FB_MAX = 32  # FB_MAX in include/uapi/linux/fb.h
+
+
+def primary_framebuffer(root, framebuffers, boot):
+    """The first framebuffer of the primary display device (``boot_vga`` reads ``1``, or in ``boot``:
+    :func:`boot_display_devices`), or None when it drives none."""
+    names = [name for address, names in framebuffers.items()
+             if address in boot or read_text(host_path(root, PCI_DEVICES, address, "boot_vga")) == "1"
+             for name in names]
+    return min(names, key=lambda name: int(name[2:])) if names else None
+
+
+def fbcon_detects_primary(root):
+    """Whether fbcon moves the consoles to the primary device's framebuffer: an x86 kernel built with
+    ``CONFIG_FRAMEBUFFER_CONSOLE_DETECT_PRIMARY`` (other architectures' ``video_is_primary_device()``
+    name no PCI device). False when the configuration cannot be read."""
+    if host_architecture(root)[0] not in _X86_ARCHITECTURES:
+        return False
+    return kernel_config_option(root, read_release(root), "FRAMEBUFFER_CONSOLE_DETECT_PRIMARY") == "y"
+
+
+_X86_ARCHITECTURES = (X86, "i686")
 
 
 def boot_display_devices(root):

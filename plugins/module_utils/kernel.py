@@ -23,6 +23,9 @@ Public API (every reader takes the host ``root``):
   from ``modules.alias`` (``alias vfio_pci:<pattern> <driver>``)
 - :func:`vfio_variant_drivers` ``(modalias, aliases) -> list[str]`` (best match first)
 - :func:`module_parameter` ``(root, module, parameter) -> str | None``
+- :func:`kernel_config_option` ``(root, release, option) -> str | None``: a build option of the
+  kernel (``y``, ``m``, a value; ``n`` when the configuration leaves it unset), None when no
+  configuration of that release can be read (:data:`KERNEL_CONFIGS`)
 - :func:`read_cpuinfo` ``(root) -> dict | None``, :func:`architecture_of` ``(cpuinfo) -> str | None``
   (``x86_64``, ``aarch64``, ``ppc64le``)
 - :func:`read_cpu_flags` ``(root) -> (vendor_id | None, set[str] | None)``
@@ -35,7 +38,9 @@ Public API (every reader takes the host ``root``):
 from __future__ import annotations
 
 import fnmatch
+import gzip
 import os
+import zlib
 
 from ansible_collections.gpuvirt.host.plugins.module_utils.machine import read_machine
 from ansible_collections.gpuvirt.host.plugins.module_utils.secureboot import read_secure_boot
@@ -277,6 +282,46 @@ def vfio_variant_drivers(modalias, aliases):
 def module_parameter(root, module, parameter):
     """``sys/module/<module>/parameters/<parameter>`` of a loaded module, or None."""
     return read_text(host_path(root, "sys/module", module, "parameters", parameter))
+
+
+# Where a kernel's build configuration is: the running kernel's own (CONFIG_IKCONFIG_PROC), then the
+# copies distributions install beside it (Debian, Ubuntu, SUSE in /boot; Fedora, RHEL, Arch in the
+# modules' directory).
+KERNEL_CONFIGS = ("boot/config-{release}", "usr/lib/modules/{release}/config", "lib/modules/{release}/config")
+PROC_CONFIG = "proc/config.gz"
+
+
+def _kernel_config(root, release):
+    """The text of kernel ``release``'s build configuration (:data:`PROC_CONFIG` for the running
+    kernel, else the first of :data:`KERNEL_CONFIGS`), or None."""
+    if release == read_text(host_path(root, "proc/sys/kernel/osrelease")):
+        try:
+            with gzip.open(host_path(root, PROC_CONFIG), "rt", encoding="utf-8", errors="replace") as handle:
+                return handle.read()
+        except (OSError, EOFError, zlib.error):
+            pass
+    for pattern in KERNEL_CONFIGS:
+        try:
+            with open(host_path(root, pattern.format(release=release)), encoding="utf-8", errors="replace") as handle:
+                return handle.read()
+        except OSError:
+            continue
+    return None
+
+
+def kernel_config_option(root, release, option):
+    """``CONFIG_<option>``'s value in the configuration of kernel ``release`` (``y``, ``m``, or its
+    value with the quotes kept), ``n`` when the configuration does not set it (``# ... is not set``,
+    or no line), None when no configuration can be read. ``proc/config.gz`` is the running kernel's,
+    so it counts only for the running release."""
+    text = _kernel_config(root, release) if release else None
+    if text is None:
+        return None
+    prefix = "CONFIG_%s=" % option
+    for line in text.splitlines():
+        if line.startswith(prefix):
+            return line[len(prefix) :].strip()
+    return "n"
 
 
 def read_kernel(root, findings=None):

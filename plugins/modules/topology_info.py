@@ -40,8 +40,10 @@ description:
     newer kernels put on the DRM card of the display that showed the boot sequence, whatever its
     class (the GPU of an AMD APU is a display controller, class 0380, without C(boot_vga)), and the
     framebuffer the text console draws on (C(/sys/class/graphics/fb0), or those a
-    C(fbcon=map:<digits>) argument names) with the device that drives it; a second GPU's framebuffer
-    carries no console."
+    C(fbcon=map:<digits>) argument names; without a map, on an x86 kernel built with
+    C(CONFIG_FRAMEBUFFER_CONSOLE_DETECT_PRIMARY), the boot VGA or boot display device's framebuffer,
+    where fbcon moves the consoles when it registers after another GPU's C(fb0)) with the device that
+    drives it; a second GPU's framebuffer carries no console."
   - "The firmware's framebuffer is read from C(/proc/iomem): sysfb registers it as C(BOOTFB) and the
     driver that draws the boot console on it (simpledrm, efidrm, vesadrm, efifb, vesafb, simplefb)
     claims it, inside the BAR of the GPU it lies in. A native GPU driver removes both as it takes over;

@@ -48,7 +48,8 @@ description:
   - "Guards, each a clear error that changes nothing unless O(force=true): the boot VGA device, the boot
     display of another class (the C(boot_display) newer kernels put on its DRM card; an AMD APU's GPU has no
     C(boot_vga)), a VGA-class device whose C(boot_vga) is missing, or a GPU driving the framebuffer the text
-    console draws on (C(fb0), or those C(fbcon=map:) names; a second GPU's framebuffer carries no console),
+    console draws on (C(fb0), or those C(fbcon=map:) names, or the boot GPU's where an x86 kernel with
+    C(CONFIG_FRAMEBUFFER_CONSOLE_DETECT_PRIMARY) moves the consoles; a second GPU's framebuffer carries none),
     or a GPU whose memory holds the firmware's framebuffer (C(BOOTFB) and the driver drawing on it in
     C(/proc/iomem): vfio-pci could not reserve that BAR for a VM; boot with
     C(initcall_blacklist=sysfb_init)); a device behind an Intel VMD controller (a PCI domain of 10000 and up

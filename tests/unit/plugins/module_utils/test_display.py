@@ -185,3 +185,56 @@ def test_the_groups_unknown_the_apu_gpu_takes_only_its_audio(make_host):
     root = make_host("strix_halo", iommu={"enabled": False})
     view = vfio.read_host(root)
     assert sorted(vfio.expand_members(view, {IGPU: []}, True)) == [IGPU, IGPU_AUDIO]
+
+
+# fbcon's primary device (drivers/video/fbdev/core/fbcon.c, fbcon_select_primary()): with
+# CONFIG_FRAMEBUFFER_CONSOLE_DETECT_PRIMARY and no fbcon=map:, the consoles move to the boot VGA
+# device's framebuffer once it registers. Here the dGPU's driver took fb0 first (no firmware
+# framebuffer held it) and the boot VGA iGPU registered fb1.
+DGPU_FIRST = {"patch_devices": {"00:02.0": {"framebuffer": 1}, "01:00.0": {"framebuffer": 0, "driver": "nouveau"}}}
+DETECT_PRIMARY = "CONFIG_FRAMEBUFFER_CONSOLE=y\nCONFIG_FRAMEBUFFER_CONSOLE_DETECT_PRIMARY=y\n"
+NO_DETECT_PRIMARY = "CONFIG_FRAMEBUFFER_CONSOLE=y\n# CONFIG_FRAMEBUFFER_CONSOLE_DETECT_PRIMARY is not set\n"
+CONFIG = "boot/config-6.8.0-45-generic"
+
+
+def test_the_console_moves_to_the_primary_device_s_framebuffer(make_host):
+    topology = detect(make_host("desktop_dgpu", files={CONFIG: DETECT_PRIMARY}, **DGPU_FIRST))
+    assert codes(topology, "0000:00:02.0") == ["boot_vga", "console_framebuffer"]
+    assert "fb1" in gpu_entry(topology, "0000:00:02.0")["passthrough"]["reasons"][1]
+    assert gpu_entry(topology, "0000:01:00.0")["passthrough"]["viable"] is True
+
+
+@pytest.mark.parametrize(
+    "files, cmdline",
+    [
+        ({CONFIG: NO_DETECT_PRIMARY}, None),  # built without it: fbcon stays on fb0
+        ({}, None),  # no configuration to read: fb0, as the kernel may leave it
+        ({CONFIG: DETECT_PRIMARY}, "ro intel_iommu=on fbcon=map:0"),  # a map overrides the primary device
+    ],
+)
+def test_fb0_keeps_the_console_otherwise(make_host, files, cmdline):
+    kernel = {"cmdline": cmdline} if cmdline else {}
+    topology = detect(make_host("desktop_dgpu", files=files, kernel=kernel, **DGPU_FIRST))
+    assert codes(topology, "0000:01:00.0") == ["console_framebuffer"]
+    assert "drives the framebuffer fb0" in gpu_entry(topology, "0000:01:00.0")["passthrough"]["reasons"][0]
+
+
+def test_the_running_kernel_s_own_configuration_counts(make_host, tmp_path):
+    import gzip
+
+    root = make_host("desktop_dgpu", **DGPU_FIRST)
+    with gzip.open(os.path.join(root, "proc/config.gz"), "wt") as handle:
+        handle.write(DETECT_PRIMARY)
+    assert display.read_displays(root).console == frozenset({"fb1"})
+    # proc/config.gz is the running kernel's: another release's configuration is not in it.
+    from ansible_collections.gpuvirt.host.plugins.module_utils.kernel import kernel_config_option
+
+    assert kernel_config_option(root, "6.8.0-45-generic", "FRAMEBUFFER_CONSOLE_DETECT_PRIMARY") == "y"
+    assert kernel_config_option(root, "6.9.0-1-generic", "FRAMEBUFFER_CONSOLE_DETECT_PRIMARY") is None
+    assert kernel_config_option(root, "6.8.0-45-generic", "DRM_SIMPLEDRM") == "n"
+
+
+def test_only_x86_kernels_remap_to_a_pci_device(make_host):
+    # Elsewhere video_is_primary_device() names no PCI device (asm-generic/video.h).
+    root = make_host("desktop_dgpu", cpu={"arch": "aarch64"}, files={CONFIG: DETECT_PRIMARY}, **DGPU_FIRST)
+    assert display.read_displays(root).console == frozenset({"fb0"})
