@@ -68,6 +68,7 @@ import subprocess
 import sys
 import time
 
+from ansible_collections.gpuvirt.host.plugins.module_utils import host as host_model
 from ansible_collections.gpuvirt.host.plugins.module_utils import hoststate, mdev, sriov, vendors
 from ansible_collections.gpuvirt.host.plugins.module_utils.errors import GpuvirtError, unexpected_failure
 from ansible_collections.gpuvirt.host.plugins.module_utils.files import write_file
@@ -283,8 +284,23 @@ class Restore:
     # -- the steps -------------------------------------------------------------------------------
 
     def run(self):
+        """Restore under the host lock that every changing module holds for its read-modify-write
+        (:meth:`host.Host.lock`): a module run right after the boot (a play goes on once the host answers,
+        while this unit may still be waiting for drivers) waits for the restore, and the restore for a
+        module already running, then replays the state that module left. It waits for the lock until its
+        deadline. A root whose state directory cannot be written is restored unlocked, as a check-mode
+        run reads it: no run can change its state either."""
         self.started = self.now()
         self.ends = time.monotonic() + self.deadline
+        with contextlib.ExitStack() as held:
+            try:
+                held.enter_context(host_model.Host(self.root).lock(wait=max(self.left(), 0.0), check_mode=True))
+            except GpuvirtError as error:
+                self.record("lock", "/%s/%s" % (host_model.STATE_DIR, host_model.LOCK_NAME), False, "wait", str(error))
+                return self.finish()
+            return self._restore()
+
+    def _restore(self):
         if self.state is None:
             try:
                 self.state = hoststate.load_state(self.root)
