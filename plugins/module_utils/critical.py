@@ -136,6 +136,15 @@ _NVME_SUBSYSTEM = re.compile(r"^(.*/nvme-subsystem/nvme-subsys[0-9]+)/")
 _NVME_CONTROLLER = re.compile(r"nvme[0-9]+\Z")
 
 
+def nvme_subsystem_controllers(real):
+    """The controllers (their links in the subsystem's directory) of the multipath-capable NVMe
+    subsystem whose namespace, or a partition of it, is at ``real``; none for another block device."""
+    subsystem = _NVME_SUBSYSTEM.match(real)
+    if subsystem is None:
+        return []
+    return [subsystem.group(1) + "/" + entry for entry in list_dir(subsystem.group(1)) if _NVME_CONTROLLER.match(entry)]
+
+
 def _block_devices(real_root, path, seen):
     """PCI devices under a block device, following ``slaves`` of dm/md devices."""
     real = resolve(path)
@@ -147,13 +156,10 @@ def _block_devices(real_root, path, seen):
     if owner:
         owners.append(owner)
     else:
-        subsystem = _NVME_SUBSYSTEM.match(real)
-        if subsystem is not None:
-            for entry in list_dir(subsystem.group(1)):
-                if _NVME_CONTROLLER.match(entry):
-                    owner = _pci_owner(real_root, subsystem.group(1) + "/" + entry)
-                    if owner:
-                        owners.append(owner)
+        for controller in nvme_subsystem_controllers(real):
+            owner = _pci_owner(real_root, controller)
+            if owner:
+                owners.append(owner)
     for slave in list_dir(real + "/slaves"):
         owners.extend(_block_devices(real_root, real + "/slaves/" + slave, seen))
     # A partition's holders are listed on the whole disk; its parent directory is the disk.

@@ -10,7 +10,13 @@ A device's host nodes, as the kernel names them below the device's sysfs directo
   a compute job opens render nodes;
 - framebuffers: ``graphics/fbN`` is ``/dev/fbN``;
 - the vendor's own nodes (``VendorBackend.device_nodes``: NVIDIA's ``/dev/nvidiaN``, which CUDA
-  programs, nvidia-persistenced and the DCGM exporter hold).
+  programs, nvidia-persistenced and the DCGM exporter hold);
+- storage below the device (:data:`STORAGE_CLASSES`): its disks and their partitions, NVMe
+  controllers and generic nodes, SCSI generic nodes. A VM given a whole disk (Proxmox VE's ``qm set
+  <vmid> -scsi1 /dev/disk/by-id/...``: QEMU opens the node itself) holds it with nothing on the host
+  mounting it, so only its open descriptor tells (``/proc/<pid>/fd`` names the node the link resolves
+  to, ``/dev/sda``). A namespace of native NVMe multipath lives under its subsystem, and belongs to
+  each of the subsystem's controllers (:func:`critical.nvme_subsystem_controllers`).
 
 Taking the device from its driver while a process holds one of them pulls it from under that process
 or, with a driver that waits for its users (nvidia logs "Attempting to remove device ... with non-zero
@@ -74,6 +80,7 @@ import os
 import re
 
 from ansible_collections.gpuvirt.host.plugins.module_utils import vendors
+from ansible_collections.gpuvirt.host.plugins.module_utils.critical import nvme_subsystem_controllers
 from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import host_path, list_dir, read_text
 
 _DRM_NODE = re.compile(r"(?:card|renderD)[0-9]+\Z")
@@ -286,7 +293,26 @@ def host_nodes(root, device):
     base = device.path
     nodes = ["/dev/dri/" + name for name in sorted(list_dir(base + "/drm")) if _DRM_NODE.match(name)]
     nodes += ["/dev/" + name for name in sorted(list_dir(base + "/graphics")) if _FRAMEBUFFER.match(name)]
-    return nodes + vendors.device_nodes(root, device)
+    return nodes + vendors.device_nodes(root, device) + storage_nodes(root, base)
+
+
+# The device classes whose nodes (/dev/<name>) reach storage below a PCI device.
+STORAGE_CLASSES = ("block", "nvme", "nvme-generic", "scsi_generic")
+
+
+def storage_nodes(root, path):
+    """The ``/dev`` nodes of the storage below the PCI device at ``path`` (see the module's text)."""
+    below = os.path.realpath(path) + "/"
+    nodes = []
+    for kind in STORAGE_CLASSES:
+        base = host_path(root, "sys/class", kind)
+        for name in sorted(list_dir(base)):
+            real = os.path.realpath("%s/%s" % (base, name))
+            if real.startswith(below) or any(
+                os.path.realpath(controller).startswith(below) for controller in nvme_subsystem_controllers(real)
+            ):
+                nodes.append("/dev/" + name)
+    return nodes
 
 
 def node_users(root, nodes):

@@ -68,9 +68,10 @@ description:
     removal disables the VFs or removes the mdevs, whose VMs hold their own groups, not the parent's);
     a device host processes use through its host driver
     (its DRM card or render node, its framebuffer, or C(/dev/nvidiaN) by the driver's C(Device Minor): a
-    desktop compositor, nvidia-persistenced, a CUDA job) when its driver would change now: taking it pulls
-    the device from under them, or leaves the run waiting until they let go; ID-based persistence that would
-    also catch a device staying with the host."
+    desktop compositor, nvidia-persistenced, a CUDA job; or the disks, partitions, NVMe and SCSI generic
+    nodes below a storage controller: a VM given a whole disk holds its node) when its driver would change
+    now: taking it pulls the device from under them, or leaves the run waiting until they let go; ID-based
+    persistence that would also catch a device staying with the host."
   - When the IOMMU is off in the running kernel, nothing is bound now; the boot-time configuration is
     still written and RV(reboot_required) is true with the reason in RV(reboot_reasons).
   - "Boot-time configuration (O(persistence)): V(modprobe) writes C(/etc/modprobe.d/gpuvirt-vfio.conf)
@@ -203,9 +204,9 @@ options:
         without C(CAP_SYS_PTRACE) and, for C(invisible), outside the mount's C(gid=) group; or a container's, in a PID
         namespace of its own, that lists none of the host's), so whether one holds a device whose driver would change
         cannot be told. It concerns a device whose C(/dev/vfio/<group>) or iommufd device exists (a VM could hold it)
-        or that has host nodes (a DRM card, a framebuffer, C(/dev/nvidiaN)); its message names how many processes and
-        a few of them, or the C(hidepid) mount and what lets the run see every process. A process that exits during
-        the scan is not counted.
+        or that has host nodes (a DRM card, a framebuffer, C(/dev/nvidiaN), a disk); its message names how many
+        processes and a few of them, or the C(hidepid) mount and what lets the run see every process. A process
+        that exits during the scan is not counted.
     type: bool
     default: false
   root:
