@@ -50,6 +50,7 @@ _value:
   type: raw
 """
 
+import re  # noqa: E402
 from xml.etree import ElementTree  # noqa: E402
 
 from ansible.errors import AnsibleFilterError  # noqa: E402
@@ -115,6 +116,17 @@ def _text(results, max_rows):
     return lines
 
 
+# What XML 1.0 forbids in a document, even as a character reference (its Char production): the C0
+# controls other than TAB, LF and CR, surrogates, U+FFFE and U+FFFF.
+_NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+def _xml_text(text):
+    """``text`` with each character XML cannot hold written as its escape (``\\x1b``), so that a host's
+    message (a tool's coloured stderr, a NUL) keeps the JUnit file well-formed."""
+    return _NOT_XML.sub(lambda match: ascii(match.group(0))[1:-1], str(text))
+
+
 def _junit(results):
     tally = counts(results)
     suites = ElementTree.Element(
@@ -125,16 +137,17 @@ def _junit(results):
         failures=str(tally["blocked"]), errors="0", skipped="0",
     )  # fmt: skip
     for result in results:
-        case = ElementTree.SubElement(suite, "testcase", classname="gpuvirt.host.preflight", name=str(result["host"]))
-        blockers = [_blocker_text(item) for item in result.get("blockers") or []]
+        case = ElementTree.SubElement(suite, "testcase", classname="gpuvirt.host.preflight",
+                                      name=_xml_text(result["host"]))
+        blockers = [_xml_text(_blocker_text(item)) for item in result.get("blockers") or []]
         if blockers:
             failure = ElementTree.SubElement(case, "failure", message=blockers[0], type="blocker")
             failure.text = "\n".join(blockers)
         out = ElementTree.SubElement(case, "system-out")
-        out.text = "status: %s\nreboot required: %s\nchanges: %s\n" % (
+        out.text = _xml_text("status: %s\nreboot required: %s\nchanges: %s\n" % (
             status_of(result), "yes" if result.get("reboot_required") else "no",
             ", ".join(result.get("changes") or []) or "none",
-        )  # fmt: skip
+        ))  # fmt: skip
     ElementTree.indent(suites)
     return '<?xml version="1.0" encoding="UTF-8"?>\n' + ElementTree.tostring(suites, encoding="unicode") + "\n"
 

@@ -155,3 +155,18 @@ def test_device_spec_keeps_anchors_that_stay_small_and_merge_overrides():
         "- {<<: *gpu, selector: 02:00.0}\n"
     )
     assert [entry["selector"] for entry in device_spec(text)] == ["01:00.0", "02:00.0"]
+
+
+@pytest.mark.parametrize("message", ["grub: \x1b[31merror\x1b[0m", "nul\x00byte", "form\x0cfeed", "bell\x07 \ufffe"])
+def test_junit_report_stays_well_formed_whatever_a_host_says(message):
+    # XML 1.0 cannot hold C0 controls other than TAB, LF and CR; ElementTree writes them as they are.
+    results = [
+        {"host": "gpu01\x1b", "blockers": [{"source": "host", "message": message}], "changes": ["a\x00"],
+         "reboot_required": False},
+        {"host": "gpu02", "blockers": [], "changes": ["vfio"], "reboot_required": True},
+    ]
+    suites = ElementTree.fromstring(preflight_report(results, format="junit").split("\n", 1)[1])
+    assert [case.get("name") for case in suites.iter("testcase")] == ["gpu01\\x1b", "gpu02"]
+    failure = next(suites.iter("failure"))
+    assert failure.get("message") == failure.text
+    assert "\\x" in failure.text and message.split("\\")[0][:3] in failure.text
