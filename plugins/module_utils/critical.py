@@ -10,7 +10,7 @@ Public API (every reader takes the host ``root``):
   PCI devices under each: the root filesystem, every other mounted block filesystem, active swap,
   imported ZFS pools (their members from the udev database's blkid labels), and active
   device-mapper and md RAID devices (LVM volumes a VM uses are not mounted). A block device leads to
-  its PCI devices through partitions, device-mapper and md ``slaves``, btrfs's other devices and
+  its PCI devices through partitions, device-mapper and md ``slaves``, btrfs's and bcachefs's other devices and
   the controllers of a multipath NVMe namespace.
 - :func:`default_route_interfaces` ``(root) -> list[str]``: interfaces of the IPv4/IPv6 default routes,
   every next hop of a multipath route or nexthop group (:mod:`rtnetlink` on the live host).
@@ -168,6 +168,18 @@ def _block_devices(real_root, path, seen):
     return owners
 
 
+def _bcachefs_devices(root, block, source):
+    """The block devices of a bcachefs filesystem: the one its device number names (its first online
+    member's, ``bch2_fs_get_tree()``) and every member its source lists, joined by ``:``
+    (``bch2_show_devname()``). Its data is striped over them: losing any loses the filesystem."""
+    blocks = [block]
+    for member in (source or "").split(":"):
+        found = _block_dir(root, None, member)
+        if found is not None and found not in blocks:
+            blocks.append(found)
+    return blocks
+
+
 def _btrfs_devices(root, block):
     """The block directories of every device of the btrfs filesystem that ``block`` belongs to
     (``sys/fs/btrfs/<fsid>/devices/<name>``); just ``block`` when no filesystem lists it."""
@@ -306,7 +318,12 @@ def storage_in_use(root, mounts=None):
         if real in used_blocks:
             continue
         used_blocks.add(real)
-        blocks = _btrfs_devices(root, block) if fstype == "btrfs" else [block]
+        if fstype == "btrfs":
+            blocks = _btrfs_devices(root, block)
+        elif fstype == "bcachefs":
+            blocks = _bcachefs_devices(root, block, source)
+        else:
+            blocks = [block]
         uses.append((what, _owners(real_root, blocks, seen)))
     for source in _swaps(root):
         block = _block_dir(root, None, source)
