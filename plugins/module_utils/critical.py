@@ -24,9 +24,12 @@ Public API (every reader takes the host ``root``):
 - :func:`storage_interfaces` ``(root) -> list[(interface, reason)]``: the interfaces that carry network
   storage the host uses: those through which the servers of its mounted NFS, SMB and CephFS
   filesystems are reached, and those of its established sessions to iSCSI, NVMe/TCP, Ceph, NBD,
-  GlusterFS, NFS and SMB servers (the disks of VMs as well as the host's), by the same routes.
+  GlusterFS, NFS and SMB servers (the disks of VMs as well as the host's), and the targets of its
+  NVMe over Fabrics controllers over RDMA, which open no TCP socket, by the same routes.
 - :func:`cluster_interfaces` ``(root) -> list[(interface, reason)]``: the interfaces of the corosync
   cluster links (Proxmox VE, Pacemaker): a node cut off its cluster fences itself.
+- :func:`nvme_subsystem_controllers` ``(real) -> list[str]``: the controllers of a multipath NVMe
+  namespace (or a partition of it) at the resolved path ``real``.
 - :func:`interface_devices` ``(root, interface) -> list[str]``: PCI devices behind an interface
   (through bridge, bond and VLAN ``lower_*`` links; for an Open vSwitch bridge, every port of the datapath).
 
@@ -49,6 +52,7 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import (
     PCI_ADDRESS_PATTERN,
     host_path,
     list_dir,
+    read_text,
     resolve,
 )
 
@@ -719,11 +723,31 @@ def _mount_servers(source, options):
     return servers
 
 
+def _rdma_nvme_targets(root):
+    """``[(controller, target address)]`` of the NVMe over Fabrics controllers that reach their target
+    over RDMA (RoCE, InfiniBand): the RDMA CM opens no TCP socket, so only the controller tells
+    (``sys/class/nvme/nvmeN``: ``transport`` ``rdma``, ``address`` ``traddr=...,trsvcid=...``,
+    ``nvmf_get_address()``). When the NIC leaves its driver, ``nvme_rdma_remove_one()`` deletes every
+    controller using it, and their namespaces with them."""
+    found = []
+    base = host_path(root, "sys/class/nvme")
+    for controller in sorted(list_dir(base)):
+        if read_text("%s/%s/transport" % (base, controller)) != "rdma":
+            continue
+        for option in (read_text("%s/%s/address" % (base, controller)) or "").split(","):
+            key, _sep, value = option.partition("=")
+            address = _host_address(value) if key.strip() == "traddr" else None
+            if address is not None:
+                found.append((controller, address))
+    return found
+
+
 def storage_interfaces(root, routes=None, sessions=None, mounts=None):
     """``[(interface, reason)]``: the interfaces that carry network storage the host uses. Those
     the mounted network filesystems' servers (NFS, SMB, CephFS) are reached through, and those of the
     established TCP sessions to a storage port (:data:`_STORAGE_PORTS`: iSCSI, NVMe/TCP, Ceph, NBD;
-    the VMs' disks as well as the host's). By the routes, as :func:`route_interfaces`.
+    the VMs' disks as well as the host's), and those of the targets of the NVMe controllers over RDMA
+    (:func:`_rdma_nvme_targets`). By the routes, as :func:`route_interfaces`.
     ``routes``, ``sessions`` and ``mounts``: :func:`_routes`, :func:`_sessions` and :func:`_mounts` when
     already read."""
     routes = _routes(root) if routes is None else routes
@@ -747,6 +771,8 @@ def storage_interfaces(root, routes=None, sessions=None, mounts=None):
         protocol = _storage_protocol(remote_port)
         if protocol is not None and (protocol, peer) not in mounted:
             carries(peer, "the %s session with %s" % (protocol, peer))
+    for controller, target in _rdma_nvme_targets(root):
+        carries(target, "the NVMe/RDMA controller %s with %s" % (controller, target))
     return [(interface, "NIC of network storage in use: %s (%s)" % (_listed(whats), interface))
             for interface, whats in sorted(uses.items())]
 
