@@ -9,10 +9,10 @@ it; :func:`apply_change` makes it so; :meth:`FileChange.diff` is the one diff fo
 The writer (:func:`write_file`) writes a temp file in the target's own directory, sets the mode
 with ``fchmod`` and the owner with ``fchown`` whatever the umask, ``fsync``s it, renames it over
 the target and ``fsync``s the directory: a reader sees the old file or the new one, never a part,
-and the new one survives a power cut. Temp files are named ``.<name>.gpuvirt-tmp-<random>``; the
-changing modules hold the host lock (:mod:`host`) while they write, so a temp file found when the
-lock is held was left by a run that was killed, and the next change of that file removes it (and
-counts it as a change).
+and the new one survives a power cut. A file replaced keeps its SELinux label. Temp files are named
+``.<name>.gpuvirt-tmp-<random>``; the changing modules hold the host lock (:mod:`host`) while they
+write, so a temp file found when the lock is held was left by a run that was killed, and the next
+change of that file removes it (and counts it as a change).
 
 A change that spans several files is applied in the order given; each module orders its files so
 that a run stopped between two of them leaves a host that the next run, reading the files afresh,
@@ -207,6 +207,7 @@ def write_file(path, content, mode=DEFAULT_MODE, owner=None):
             if owner is not None:
                 os.fchown(fd, owner[0], owner[1])
             os.fchmod(fd, mode)
+            _keep_security_label(path, fd)
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -221,6 +222,24 @@ def write_file(path, content, mode=DEFAULT_MODE, owner=None):
         if temp is not None:
             with contextlib.suppress(OSError):
                 os.unlink(temp)
+
+
+# The SELinux label of a file is the extended attribute security.selinux. A file made anew takes the
+# label of its directory, not the one the policy gives the file it replaces (/etc/default/grub is
+# bootloader_etc_t in /etc/default's etc_t), and programs confined to the file's label are then denied
+# it; ansible.builtin.copy keeps it for the same reason (atomic_move).
+SECURITY_LABEL = "security.selinux"
+
+
+def _keep_security_label(path, fd):
+    """Give the temp file ``fd`` the SELinux label of the ``path`` it replaces, when that has one (a
+    new file, or a system without SELinux, has none). Raises :class:`OSError` when the label cannot be
+    set: the file is then left as it was."""
+    try:
+        label = os.getxattr(path, SECURITY_LABEL)
+    except OSError:
+        return  # no file, no label, or a file system without extended attributes
+    os.setxattr(fd, SECURITY_LABEL, label)
 
 
 _ADVICE = {

@@ -179,6 +179,39 @@ def test_a_failed_write_leaves_the_old_file_and_no_temp(tmp_path, monkeypatch, f
     assert os.listdir(str(tmp_path)) == ["state.json"]
 
 
+GRUB_LABEL = b"system_u:object_r:bootloader_etc_t:s0\0"
+
+
+def test_a_replaced_file_keeps_its_selinux_label(tmp_path):
+    # Set as SELinux sets it; without an SELinux kernel the attribute is stored as it is.
+    path = tmp_path / "grub"
+    path.write_text("GRUB_CMDLINE_LINUX=\"\"\n", encoding="utf-8")
+    os.setxattr(str(path), files.SECURITY_LABEL, GRUB_LABEL)
+    files.write_file(str(path), "GRUB_CMDLINE_LINUX=\"intel_iommu=on\"\n")
+    assert os.getxattr(str(path), files.SECURITY_LABEL) == GRUB_LABEL
+    assert "intel_iommu=on" in path.read_text(encoding="utf-8")
+    # A new file, and one without a label, get none from the writer.
+    files.write_file(str(tmp_path / "new.conf"), "x\n")
+    with pytest.raises(OSError) as caught:
+        os.getxattr(str(tmp_path / "new.conf"), files.SECURITY_LABEL)
+    assert caught.value.errno == errno.ENODATA
+
+
+def test_a_label_that_cannot_be_kept_leaves_the_file_as_it_was(tmp_path, monkeypatch):
+    path = tmp_path / "grub"
+    path.write_text("old\n", encoding="utf-8")
+    os.setxattr(str(path), files.SECURITY_LABEL, GRUB_LABEL)
+
+    def refused(*_args):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+
+    monkeypatch.setattr(files.os, "setxattr", refused)
+    with pytest.raises(files.FileError):
+        files.write_file(str(path), "new\n")
+    assert path.read_text(encoding="utf-8") == "old\n"
+    assert os.listdir(str(tmp_path)) == ["grub"]
+
+
 def test_a_failure_after_an_earlier_file_reports_changed(tmp_path, monkeypatch):
     root = str(tmp_path)
     first = files.plan_change(root, "a.conf", "a\n")
