@@ -8,6 +8,10 @@ Interface notes (github.com/amd/MxGPU-Virtualization: gim_shim, gim_drv.c, relea
   PFs through dynamic IDs and calls ``pci_enable_sriov`` itself at probe, with ``vf_num=N0,N1,...``
   (per GPU, 1-31) or ``/etc/gim_config``. It has no ``sriov_configure``: writing ``sriov_numvfs``
   fails with ENOENT, so the VF count is a driver parameter and a reload.
+- Nothing loads ``gim`` by itself: its ``pci_driver`` has no ``id_table`` (``gim_drv.c``; the IDs are
+  added with ``pci_add_dynid()`` once it is loaded), so it has no ``modules.alias`` entry for udev to
+  load it by, and AMD's packages install no ``modules-load.d`` file (its guides run ``modprobe gim``).
+  The plan names it in :data:`GIM_MODULES_LOAD`, which systemd-modules-load reads at every boot.
 - ``vf_num`` is indexed by GIM's GPU number: the order GIM probes the SR-IOV capable GPUs it drives
   (taken here as PCI address order), and a GPU past the end of the list gets its last value
   (``gim_handle_array_token``/``set_array_value`` in gim_config.c repeat it), so ``vf_num=8`` means 8
@@ -79,6 +83,7 @@ VF_NUM_RANGE = (1, 31)
 # GIM's count for a GPU that neither vf_num nor /etc/gim_config names (VF_NUMBER__DEFAULT, gim_config.h).
 DEFAULT_VF_NUM = 1
 GIM_CONF = "etc/modprobe.d/gpuvirt-gim.conf"
+GIM_MODULES_LOAD = "etc/modules-load.d/gpuvirt-gim.conf"
 _VF_NUM_OPTION = re.compile(r"^\s*options\s+gim\s+(?:.*\s)?vf_num=([0-9,]+)(?:\s|$)", re.MULTILINE)
 GIM_DRIVER_FILES = ("guard_status", "guard_threshold", "self_switch", "force_hot_reset", "live_update")
 
@@ -216,7 +221,8 @@ class AmdBackend(VendorBackend):
 
     def enable_plan(self, device, host, mode, options):
         """MxGPU: refuse with advice while GIM is missing; with GIM, ``options gim vf_num=N0,N1,...`` with
-        the selected GPU's entry set (GIM enables the VFs itself when it loads, so a reload or reboot)."""
+        the selected GPU's entry set (GIM enables the VFs itself when it loads, so a reload or reboot),
+        and ``gim`` loaded at boot (:data:`GIM_MODULES_LOAD`)."""
 
         if device.driver != HOST_DRIVER or not gim_present(host.root):
             refused = module_refused_at_boot(host.root, HOST_DRIVER)
@@ -258,7 +264,8 @@ class AmdBackend(VendorBackend):
         return EnablePlan(
             mode=mode,
             address=device.address,
-            files=((GIM_CONF, MANAGED_HEADER + "options gim vf_num=%s\n" % text),),
+            files=((GIM_CONF, MANAGED_HEADER + "options gim vf_num=%s\n" % text),
+                   (GIM_MODULES_LOAD, MANAGED_HEADER + HOST_DRIVER + "\n")),
             running_needs=(
                 ("gim loaded with vf_num=%s (GPU %d, %s: %d VFs)" % (text, index, device.address, count),
                  vf_num_of(live, index) == count),

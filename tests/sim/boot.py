@@ -10,7 +10,8 @@
 2. The next kernel's command line comes from the boot configuration (``GRUB_CMDLINE_LINUX`` and
    ``GRUB_CMDLINE_LINUX_DEFAULT`` of ``/etc/default/grub``, after the image and root words).
 3. Modules: the ones loaded before except those loaded only by name (``/etc/modules-load.d`` or
-   ``modprobe`` in the last boot: udev loads the same hardware drivers again, nothing loads the others),
+   ``modprobe`` in the last boot: udev loads the same hardware drivers again, nothing loads the others)
+   and the drivers udev cannot load (:data:`NO_ALIASES`: no device table),
    and those of ``/etc/modules-load.d`` now. A module's parameters: ``<module>.<param>=`` on the command line, else
    ``options <module> <param>=`` in ``/etc/modprobe.d``, else its default (:data:`DEFAULTS`; a
    parameter the simulator does not know keeps what the fixture says). kmod reads the command line
@@ -215,6 +216,11 @@ def probe(root, module):
     return None
 
 
+# Drivers with no device table, which udev cannot load by a device's modalias: only a name loads them.
+# AMD's GIM (gim_drv.c: id_table NULL, its IDs added with pci_add_dynid() once loaded).
+NO_ALIASES = frozenset((gim.MODULE,))
+
+
 def reboot(root, uptime=20.0):
     """Reboot the tree; returns ``{module: what its probe did}`` for the drivers that probed."""
     _tear_down(root)
@@ -223,7 +229,7 @@ def reboot(root, uptime=20.0):
     write(root, "proc/uptime", "%.2f 40.00\n" % uptime)
     before = loaded_modules(root)
     by_name = _loaded_by_name(root)
-    modules = [name for name in before if name not in by_name]
+    modules = [name for name in before if name not in by_name and name not in NO_ALIASES]
     hardware = list(modules)
     modules += [name for name in _modules_load(root) if name not in modules]
     sim = attach(root)[0]

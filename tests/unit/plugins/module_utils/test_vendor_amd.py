@@ -24,8 +24,10 @@ def plan(root, address, max_vfs):
 
 
 def conf_line(mode_plan):
-    (relative, content), = mode_plan.files
+    (relative, content), (load, loaded) = mode_plan.files
     assert relative == "etc/modprobe.d/gpuvirt-gim.conf"
+    # gim has no device table for udev to load it by: the plan names it for systemd-modules-load.
+    assert (load, loaded.splitlines()[-1]) == ("etc/modules-load.d/gpuvirt-gim.conf", "gim")
     return content.splitlines()[-1]
 
 
