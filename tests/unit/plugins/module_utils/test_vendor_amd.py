@@ -157,3 +157,13 @@ def test_a_refused_count_changes_nothing(make_host, run_module):
     assert result["rc"] == 1 and result["changed"] is False
     assert "AMD Instinct MI300X on %s supports: it runs 1 or 8 VFs per GPU" % MI300X in result["msg"]
     assert not os.path.exists(os.path.join(root, "etc/modprobe.d/gpuvirt-gim.conf"))
+
+
+def test_the_enabled_gpu_has_gim_after_the_reboot(make_host, run_module):
+    # gim has no device table (gim_drv.c: id_table NULL): udev never loads it, only its name does.
+    root = make_host("amd_mxgpu")
+    assert "gim" not in reboot(make_host("amd_mxgpu"))  # loaded by hand before: gone after a reboot
+    result = run_module("virtualization_mode", {"root": root, "selector": "1002:74a1", "mode": "mxgpu", "max_vfs": 8})
+    assert result["rc"] == 0 and result["reboot_required"] is True, result
+    assert "/etc/modules-load.d/gpuvirt-gim.conf" in result["files_changed"]
+    assert reboot(root)["gim"] == {MI300X: 8}
