@@ -592,6 +592,15 @@ class IntelBackend(VendorBackend):
         covered = max_vfs_covers(max_vfs, count, live_total)
         running = [("%s.max_vfs covering %d VFs in the loaded %s driver (now %s)"
                     % (driver, count, driver, max_vfs if state == "value" else state), covered)]
+        if covered and live_total is not None and live_total < count:
+            # The driver read max_vfs and still went on as a plain GPU (pf_verify_readiness()): i915 without
+            # GuC submission, which its default gives no Tiger Lake, Rocket Lake or Alder Lake-S.
+            running.append((
+                "the loaded %s in SR-IOV PF mode with %d VFs (sriov_totalvfs now %d%s)"
+                % (driver, count, live_total,
+                   ": i915 enters it only with GuC submission, i915.enable_guc=3" if driver == "i915" else ""),
+                False,
+            ))
         self._add_iommu(host, arguments, running, notes)
         hint = _xe_platform_hint(device)
         if hint:

@@ -13,7 +13,9 @@ VFs are then enabled through ``sriov_numvfs`` (:mod:`sriov_kernel`: the drivers 
 The device's own VF count (the SR-IOV capability's TotalVFs) is learnt once per GPU: from
 :data:`DEVICE_VFS` by device ID (Flex/ATS-M 31, Max/PVC 63, Gen12 iGPUs 7: the "Xe - SR-IOV Support
 Plan" RFC), else from what ``sriov_totalvfs`` read when the simulator first met the GPU. i915's
-``enable_guc`` -1 (auto) counts as GuC submission on (the default of the Gen12 platforms with SR-IOV).
+``enable_guc`` -1 (auto) is what ``uc_expand_default_options()`` (``intel_uc.c``) makes of it: no GuC on
+Tiger Lake and Rocket Lake, HuC authentication only on Alder Lake-S (not its Raptor Lake-S), GuC
+submission on the later platforms.
 """
 
 from __future__ import annotations
@@ -57,10 +59,20 @@ def device_vfs(root, pf):
     return known[pf]
 
 
-def _guc_submission(root):
+# enable_guc -1 without GuC submission (i915_pciids.h: INTEL_TGL_IDS, INTEL_RKL_IDS, INTEL_ADLS_IDS).
+_NO_GUC_SUBMISSION_BY_DEFAULT = frozenset(
+    ["9a60", "9a68", "9a70", "9a40", "9a49", "9a59", "9a78", "9ac0", "9ac9", "9ad9", "9af8"]  # Tiger Lake
+    + ["4c80", "4c8a", "4c8b", "4c8c", "4c90", "4c9a"]  # Rocket Lake
+    + ["4680", "4682", "4688", "468a", "468b", "4690", "4692", "4693"]  # Alder Lake-S: HuC only
+)
+
+
+def _guc_submission(root, pf):
     value = _parameter(root, "i915", "enable_guc") or "-1"
     number = int(value) if value.lstrip("-").isdigit() else -1
-    return number < 0 or bool(number & 1)
+    if number < 0:
+        return (_read(root, pf, "device") or "")[2:] not in _NO_GUC_SUBMISSION_BY_DEFAULT
+    return bool(number & 1)
 
 
 def probe(root, module):
@@ -77,7 +89,7 @@ def probe(root, module):
         total = device_vfs(root, pf)
         max_vfs = _parameter(root, module, "max_vfs") or "0"
         limit = min(int(max_vfs) if max_vfs.isdigit() else 0, total)
-        if module == "i915" and not _guc_submission(root):
+        if module == "i915" and not _guc_submission(root, pf):
             limit = 0
         with open(os.path.join(bus, pf, "sriov_totalvfs"), "w", encoding="ascii") as handle:
             handle.write("%d\n" % limit)

@@ -392,3 +392,42 @@ def test_an_intel_gpu_in_an_amd_host_gets_no_intel_iommu(make_host):
     enable = plan(root, "sriov", FLEX, max_vfs=7)
     assert "intel_iommu=on" not in enable.kernel_arguments
     assert enable.notes[0].startswith("the IOMMU is off, and it is not Intel's VT-d")
+
+
+# An i915 (the SR-IOV build) loaded with max_vfs=7 that went on as a plain GPU: pf_verify_readiness()
+# wants GuC submission, and enable_guc -1 gives none on Tiger Lake (uc_expand_default_options()), so
+# sriov_totalvfs reads 0. The plan's i915.enable_guc=3 is read at the next probe only.
+def tigerlake(make_host, enable_guc, total_vfs=0, extra=""):
+    return with_grub(make_host(
+        "gvtg_laptop",
+        kernel={"cmdline": "BOOT_IMAGE=/boot/vmlinuz-6.8.0-45-generic root=UUID=8e0f6d4c ro quiet intel_iommu=on"
+                + extra,
+                "parameters": {"i915": {"enable_guc": enable_guc, "max_vfs": "7"}}},
+        patch_devices={"00:02.0": {"ids": "8086:9a49", "device_name": "TigerLake-LP GT2 [Iris Xe Graphics]",
+                                   "sriov": {"total_vfs": total_vfs, "num_vfs": 0, "offset": 1, "stride": 1}}},
+    ))
+
+
+@pytest.mark.parametrize("enable_guc", ["0", "-1", "2"])
+def test_an_i915_out_of_pf_mode_needs_a_reboot_though_max_vfs_covers(make_host, run_module, enable_guc):
+    root = tigerlake(make_host, enable_guc)
+    result = run_module("virtualization_mode", {"root": root, "selector": IGPU, "mode": "sriov", "max_vfs": 7},
+                        check_mode=True)
+    assert result["rc"] == 0, result
+    assert "i915.enable_guc=3" in result["kernel_arguments"]
+    assert result["reboot_required"] is True
+    assert any("sriov_totalvfs now 0" in need and "GuC submission" in need for need in result["reboot_for"])
+
+
+def test_an_i915_in_pf_mode_needs_no_reboot(make_host, run_module):
+    root = tigerlake(make_host, "3", total_vfs=7, extra=" i915.enable_guc=3 i915.max_vfs=7")
+    result = run_module("virtualization_mode", {"root": root, "selector": IGPU, "mode": "sriov", "max_vfs": 7},
+                        check_mode=True)
+    assert result["rc"] == 0 and result["reboot_required"] is False, result
+
+
+def test_the_simulated_i915_takes_enable_guc_auto_per_platform(make_host):
+    from ansible_collections.gpuvirt.host.tests.sim import intel_sriov
+
+    assert intel_sriov.probe(tigerlake(make_host, "-1"), "i915") == {IGPU: 0}
+    assert intel_sriov.probe(tigerlake(make_host, "3"), "i915") == {IGPU: 7}
