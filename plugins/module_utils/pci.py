@@ -803,19 +803,37 @@ def companions(devices, address, slots=None):
     return sorted(result)
 
 
+# Reset methods (``reset_method``, drivers/pci/pci.c ``pci_reset_fn_methods``) that reset the bus the
+# device is on, every function on it with the device: the others reset the function alone.
+BUS_RESETS = frozenset(("bus", "cxl_bus"))
+
+
 def group_companions(devices, address, slots=None):
     """The :func:`companions` of ``address`` that its IOMMU group needs: those in its group, or all of
     them when a group is not known (the IOMMU off, a tree that cannot tell). A companion in a group of
     its own (a device with ACS between its functions, ``pcie_acs_override``, an Arc card's switch with
     ACS) is not needed to hand the device to a VM: vfio-pci leaves it to its driver, and the verdict
-    and the exports do not ask for it."""
+    and the exports do not ask for it.
+
+    Unless the device can only be reset with its bus: a function of a multifunction GPU without FLR or
+    a PM reset (GeForce, Radeon) shows no ``reset_method`` at all, as the kernel offers neither a slot
+    nor a bus reset for a function that shares its bus (``pci_dev_reset_slot_function()``,
+    ``pci_parent_bus_reset()``). VFIO then resets it with a hot reset of the bus, which the kernel and
+    QEMU allow only when the VM owns every group on that bus ("Cannot reset device ..., depends on group
+    ... which is not owned", QEMU ``vfio_pci_hot_reset()``): without them the GPU is never reset between
+    the guest's boots. So the companions on its bus go with it, whatever their groups. Not when the
+    methods are unknown (a kernel before 5.15 shows none)."""
     device = devices.get(address)
     if device is None:
         return []
     group = device.iommu_group
+    methods = device.reset_methods
+    bus_only = methods is not None and not set(methods) - BUS_RESETS
+    bus = address.rpartition(":")[0]
     return [
         other for other in companions(devices, address, slots)
         if group is None or devices[other].iommu_group in (None, group)
+        or (bus_only and other.rpartition(":")[0] == bus)
     ]
 
 

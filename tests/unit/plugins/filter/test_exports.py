@@ -259,7 +259,7 @@ def test_a_proxmox_mapping_takes_the_whole_slot_only_when_it_holds_just_the_gpus
     assert whole["mappings"][0]["map"][0]["path"] == "0000:01:00"
     # The card's USB controller and UCSI function in IOMMU groups of their own stay with the host: the GPU
     # and its audio (one group) are not the whole slot.
-    split = {"01:00.0": {"driver": "vfio-pci"}, "01:00.1": {"driver": "vfio-pci"},
+    split = {"01:00.0": {"driver": "vfio-pci", "reset_methods": ["flr", "bus"]}, "01:00.1": {"driver": "vfio-pci"},
              "01:00.2": {"group": 11}, "01:00.3": {"group": 12}}
     topology = detect(make_host("desktop_dgpu", patch_devices=split))
     assert sorted(next(g for g in topology["gpus"] if g["address"] == "0000:01:00.0")["passthrough"]["devices"]) \

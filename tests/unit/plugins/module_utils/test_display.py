@@ -105,9 +105,13 @@ def test_an_apu_gpu_goes_with_its_own_audio_and_leaves_the_processor_functions(m
     assert companions(devices, IGPU_AUDIO) == [IGPU]
     for address in PROCESSOR_FUNCTIONS:
         assert IGPU not in companions(devices, address) and IGPU_AUDIO not in companions(devices, address)
-    # Each function of the slot has an IOMMU group of its own here: the GPU can go without its audio, so
-    # only the GPU is to be bound (vfio_pci leaves the audio controller to its driver too).
-    assert gpu_entry(detect(root), IGPU)["passthrough"]["devices"] == [IGPU]
+    # Each function of the slot has an IOMMU group of its own here. A GPU whose only reset is its bus's
+    # takes the functions on its bus that go with it (its audio), not the processor's.
+    assert gpu_entry(detect(root), IGPU)["passthrough"]["devices"] == [IGPU, IGPU_AUDIO]
+    # With a reset of its own it can go without its audio: only the GPU is to be bound (vfio_pci leaves
+    # the audio controller to its driver too).
+    own_reset = make_host("strix_halo", patch_devices={"c5:00.0": {"reset_methods": ["flr", "bus"]}})
+    assert gpu_entry(detect(own_reset), IGPU)["passthrough"]["devices"] == [IGPU]
 
 
 def test_the_processor_functions_sharing_the_apu_gpu_group_block_it(make_host):

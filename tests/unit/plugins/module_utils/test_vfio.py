@@ -153,9 +153,13 @@ def test_companions_are_the_slot_functions_in_the_group(desktop):
 
 
 def test_a_function_in_another_group_is_not_a_companion(make_host):
-    root = make_host("desktop_dgpu", kernel={"modules": MODULES}, patch_devices={"01:00.2": {"group": 12}})
+    # Of a GPU with a reset of its own (FLR): one reset with its bus only takes its bus's functions along.
+    split = {"01:00.0": {"reset_methods": ["flr", "bus"]}, "01:00.2": {"group": 12}}
+    root = make_host("desktop_dgpu", kernel={"modules": MODULES}, patch_devices=split)
     view = vfio.read_host(root)
     assert list(vfio.expand_members(view, {GPU: []}, True)) == ["0000:01:00.0", "0000:01:00.1", "0000:01:00.3"]
+    bus_reset_only = make_host("desktop_dgpu", kernel={"modules": MODULES}, patch_devices={"01:00.2": {"group": 12}})
+    assert list(vfio.expand_members(vfio.read_host(bus_reset_only), {GPU: []}, True)) == GPU_FUNCTIONS
 
 
 def test_with_the_iommu_off_every_slot_function_goes_along(make_host):

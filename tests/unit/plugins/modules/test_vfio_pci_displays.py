@@ -36,8 +36,10 @@ def test_vfio_pci_refuses_the_console_apu_gpu(make_host, vfio_pci, changes, expe
 
 
 def test_forced_the_apu_gpu_goes_alone_and_its_card_goes_away(make_host, vfio_pci):
+    # A GPU with a reset of its own (FLR), not only its bus's (pci.group_companions).
+    patch = {"c5:00.0": dict(BOOT_DISPLAY["patch_devices"]["c5:00.0"], reset_methods=["flr", "bus"])}
     root = make_host("strix_halo", kernel=dict(BOOT_DISPLAY["kernel"], modules=["amdgpu", "vfio_pci"]),
-                     patch_devices=BOOT_DISPLAY["patch_devices"])
+                     patch_devices=patch)
     kernel = PciKernel(KernelSim(root))
     result = vfio_pci(root, kernel=kernel, devices=[IGPU], force=True, persistent=False)
     assert result["rc"] == 0 and result["changed"] is True, result
