@@ -9,6 +9,8 @@ A device's host nodes, as the kernel names them below the device's sysfs directo
   compositor opens every GPU's card (GNOME's mutter does, even for a GPU it does not draw on), and
   a compute job opens render nodes;
 - framebuffers: ``graphics/fbN`` is ``/dev/fbN``;
+- compute accelerators of the DRM accel subsystem: ``accel/accelN`` is ``/dev/accel/accelN``
+  (``Documentation/accel/introduction.rst``: Intel's NPU and Gaudi, AMD's XDNA, Qualcomm's AI 100);
 - the vendor's own nodes (``VendorBackend.device_nodes``: NVIDIA's ``/dev/nvidiaN``, which CUDA
   programs, nvidia-persistenced and the DCGM exporter hold);
 - storage below the device (:data:`STORAGE_CLASSES`): its disks and their partitions, NVMe
@@ -85,6 +87,7 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import host_pat
 
 _DRM_NODE = re.compile(r"(?:card|renderD)[0-9]+\Z")
 _FRAMEBUFFER = re.compile(r"fb[0-9]+\Z")
+_ACCEL_NODE = re.compile(r"accel[0-9]+\Z")
 # What /proc answers for a process (or a descriptor) that went away during the scan.
 _GONE = (errno.ENOENT, errno.ESRCH)
 # How many unreadable processes a message names.
@@ -293,6 +296,7 @@ def host_nodes(root, device):
     base = device.path
     nodes = ["/dev/dri/" + name for name in sorted(list_dir(base + "/drm")) if _DRM_NODE.match(name)]
     nodes += ["/dev/" + name for name in sorted(list_dir(base + "/graphics")) if _FRAMEBUFFER.match(name)]
+    nodes += ["/dev/accel/" + name for name in sorted(list_dir(base + "/accel")) if _ACCEL_NODE.match(name)]
     return nodes + vendors.device_nodes(root, device) + storage_nodes(root, base)
 
 

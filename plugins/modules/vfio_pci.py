@@ -69,7 +69,7 @@ description:
     parent of mediated devices, when its driver would change (binding it or handing it back: its driver's
     removal disables the VFs or removes the mdevs, whose VMs hold their own groups, not the parent's);
     a device host processes use through its host driver
-    (its DRM card or render node, its framebuffer, or C(/dev/nvidiaN) by the driver's C(Device Minor): a
+    (its DRM card, render node or accel node, its framebuffer, or C(/dev/nvidiaN) by the driver's C(Device Minor): a
     desktop compositor, nvidia-persistenced, a CUDA job; or the disks, partitions, NVMe and SCSI generic
     nodes below a storage controller: a VM given a whole disk holds its node) when its driver would change
     now: taking it pulls the device from under them, or leaves the run waiting until they let go; ID-based

@@ -85,3 +85,17 @@ def test_a_multipath_nvme_namespace_a_vm_uses_belongs_to_each_controller(make_ho
     members = vfio.expand_members(view, {GPU: [], AHCI: []}, True)
     refusals = vfio.bind_refusals(view, members, list(members))
     assert [r for r in refusals if r.code == "host_users" and r.device == AHCI and "/dev/nvme1n1p1" in r.message]
+
+
+def test_a_process_on_an_accelerator_node_holds_the_device(make_host):
+    # The DRM accel subsystem's nodes (/dev/accel/accelN; the device's accel/accelN in sysfs).
+    root = make_host(
+        "desktop_dgpu",
+        kernel={"modules": MODULES},
+        files={"sys/bus/pci/devices/0000:01:00.0/accel/accel0/dev": "261:0\n"},
+        processes=[{"pid": 6160, "comm": "inference", "holds": ["/dev/accel/accel0"]}],
+    )
+    view = vfio.read_host(root)
+    members = vfio.expand_members(view, {GPU: []}, True)
+    refusals = vfio.bind_refusals(view, members, list(members))
+    assert [r for r in refusals if r.code == "host_users" and r.device == GPU and "/dev/accel/accel0" in r.message]
