@@ -91,6 +91,26 @@ def with_section(state, section, entries):
     return updated
 
 
+def without_devices(state, addresses):
+    """Return a copy of ``state`` without the entries of the devices at ``addresses`` (VFs a run removes
+    for good): the vendors' sections' entries keyed by those addresses, and the mdevs whose parent is
+    one of them. Their records would have the restore wait for devices that no longer come, and
+    recreate what was destroyed once they came back."""
+    gone = set(addresses)
+    updated = copy.deepcopy(state)
+    for section in vendors.state_sections():
+        entries = updated.get(section)
+        if isinstance(entries, dict):
+            updated[section] = {key: value for key, value in entries.items() if key not in gone}
+    entries = updated.get("mdevs")
+    if isinstance(entries, dict):
+        updated["mdevs"] = {
+            key: value for key, value in entries.items()
+            if not (isinstance(value, dict) and value.get("parent") in gone)
+        }
+    return updated
+
+
 def render_state(state):
     return json.dumps(state, indent=2, sort_keys=True) + "\n"
 

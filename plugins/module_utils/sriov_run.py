@@ -18,6 +18,7 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.hoststate import (
     plan_state,
     state_path,
     with_section,
+    without_devices,
 )
 from ansible_collections.gpuvirt.host.plugins.module_utils.iommu import read_iommu, vfio_holders
 from ansible_collections.gpuvirt.host.plugins.module_utils.mdev_info import mdevs
@@ -100,8 +101,12 @@ class SriovRun(ModuleRun):
         if self.load_vfio and not self.host.live:
             self.fail("the vfio-pci driver is not loaded below %s (no sys/bus/pci/drivers/vfio-pci) and modules can "
                       "only be loaded on this host's /; nothing was changed" % self.root)
-        wanted = self._state_section(state, plans) if self.params["persistent"] else state["sriov"]
-        return SriovRunPlan(tuple(plans), plan_state(self.root, with_section(state, "sriov", wanted)))
+        if self.params["persistent"]:
+            # The VFs a lower count removes for good take the records of what was on them along (the
+            # mdevs and vGPU types destroyed with them, which force let go).
+            gone = [vf for p in plans if p["change_count"] for vf in p["before"]["vfs"] if vf not in p["vfs_after"]]
+            state = with_section(without_devices(state, gone), "sriov", self._state_section(state, plans))
+        return SriovRunPlan(tuple(plans), plan_state(self.root, state))
 
     def apply(self, plan):
         if self.load_vfio:
