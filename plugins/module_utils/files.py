@@ -233,13 +233,19 @@ SECURITY_LABEL = "security.selinux"
 
 def _keep_security_label(path, fd):
     """Give the temp file ``fd`` the SELinux label of the ``path`` it replaces, when that has one (a
-    new file, or a system without SELinux, has none). Raises :class:`OSError` when the label cannot be
-    set: the file is then left as it was."""
+    new file, or a system without SELinux, has none) and its file system labels each file. Raises
+    :class:`OSError` when the label cannot be set: the file is then left as it was."""
     try:
         label = os.getxattr(path, SECURITY_LABEL)
     except OSError:
         return  # no file, no label, or a file system without extended attributes
-    os.setxattr(fd, SECURITY_LABEL, label)
+    try:
+        os.setxattr(fd, SECURITY_LABEL, label)
+    except OSError as error:
+        # A mount labelled as a whole (the vfat ESP, NFS, context=) shows its label on every file and
+        # refuses to set one (selinux_inode_setxattr()): the new file has that label already.
+        if error.errno not in (errno.EOPNOTSUPP, errno.ENOTSUP):
+            raise
 
 
 _ADVICE = {

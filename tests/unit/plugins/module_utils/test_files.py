@@ -212,6 +212,27 @@ def test_a_label_that_cannot_be_kept_leaves_the_file_as_it_was(tmp_path, monkeyp
     assert os.listdir(str(tmp_path)) == ["grub"]
 
 
+def test_a_mount_labelled_as_a_whole_takes_the_file_without_setting_a_label(tmp_path, monkeypatch):
+    # The vfat ESP (and NFS, context= mounts) under SELinux: getxattr answers the mount's label for every
+    # file, setxattr refuses with EOPNOTSUPP (selinux_inode_setxattr() on a mount without SBLABEL_MNT).
+    entry = tmp_path / "arch.conf"
+    entry.write_text("options root=/dev/sda2 rw\n", encoding="utf-8")
+    calls = []
+
+    def getxattr(path, name):
+        return b"system_u:object_r:dosfs_t:s0\0"
+
+    def setxattr(target, name, value):
+        calls.append(name)
+        raise OSError(errno.EOPNOTSUPP, os.strerror(errno.EOPNOTSUPP))
+
+    monkeypatch.setattr(files.os, "getxattr", getxattr)
+    monkeypatch.setattr(files.os, "setxattr", setxattr)
+    files.write_file(str(entry), "options root=/dev/sda2 rw intel_iommu=on\n")
+    assert calls == [files.SECURITY_LABEL]
+    assert entry.read_text(encoding="utf-8") == "options root=/dev/sda2 rw intel_iommu=on\n"
+
+
 def test_a_failure_after_an_earlier_file_reports_changed(tmp_path, monkeypatch):
     root = str(tmp_path)
     first = files.plan_change(root, "a.conf", "a\n")
