@@ -197,7 +197,7 @@ def routes(names=_name):
     """The unicast routes of the tables the host looks routes up in (see the module's text), each
     with every next hop's interface (``names``: interface index -> name, or None). Raises
     :class:`OSError` when rtnetlink cannot be read."""
-    found = []
+    found = {}  # a dict keeps the dump's order and drops a route listed twice
     with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE) as sock:
         sock.bind((0, 0))
         # AF_UNSPEC: every family the kernel has (a kernel booted with ipv6.disable=1 refuses AF_INET6).
@@ -209,6 +209,6 @@ def routes(names=_name):
             nexthops = {}
         for payload in _dump(sock, _RTM_GETROUTE, everything, 3):
             route = _route(payload, tables, nexthops, names)
-            if route is not None and route not in found:
-                found.append(route)
-    return found
+            if route is not None:
+                found[route] = None
+    return list(found)
