@@ -381,14 +381,29 @@ class BootConfigPlanner:
                     overrides[name[len("pci-"):]] = text.strip()
         return overrides
 
+    def _initramfs_config_left(self):
+        """The removal of our initramfs configuration that exists (an earlier run may have removed the
+        modprobe.d file and left it), or None."""
+        for path in INITRAMFS_CONFIG.values():
+            change = plan_file(self.root, path, None)
+            if change.changed:
+                return change
+        return None
+
     def _plan_initramfs(self, view):
         """Our initramfs configuration and whether the image must be rebuilt: only when the
         modprobe.d file or that configuration changes (both are inputs of the image)."""
         plan = InitramfsPlan()
         modprobe = self.persistence.files[0] if self.persistence.files else None
-        if modprobe is None or self.persistence.method == "none" or not self.regenerate_initramfs:
+        if modprobe is None or self.persistence.method == "none":
             return plan
-        if modprobe.old is None and modprobe.new is None:
+        left = self._initramfs_config_left() if modprobe.new is None else None
+        if not self.regenerate_initramfs:
+            # Removed without a rebuild, our configuration of the image goes too: it names the
+            # modprobe.d file, and mkinitcpio fails a build whose FILES+= names a file that is gone.
+            plan.config = left
+            return plan
+        if modprobe.old is None and modprobe.new is None and left is None:
             return plan
         try:
             plan.tool = initramfs.detect_tool(self.root)

@@ -663,7 +663,7 @@ topology:
                   APU's GPU leaves the processor's functions beside it to the host). A companion in an IOMMU
                   group of its own (ACS between the functions, C(pcie_acs_override)) is not needed and not
                   listed, unless it is on the GPU's bus and the GPU has no reset but its bus's (no
-                  C(reset_method) but C(bus): a multifunction GeForce or Radeon without FLR), which VFIO
+                  C(reset_method) but C(bus), as on a multifunction GeForce or Radeon without FLR), which VFIO
                   makes only when the VM holds every function on the bus.
               returned: success
               type: list

@@ -32,8 +32,8 @@ description:
     audio controller behind another port of that switch, on a bus of its own; it is a companion too.
     A companion in an IOMMU group of its own (ACS between the functions, C(pcie_acs_override)) is left to
     its driver, as the VM does not need it; select it to bind it too. Not one on the GPU's bus when the
-    GPU has no reset but its bus's (no C(reset_method) but C(bus): a multifunction GeForce or Radeon
-    without FLR): VFIO resets it with its bus only when the VM holds every function on it.
+    GPU has no reset but its bus's (no C(reset_method) but C(bus), as on a multifunction GeForce or Radeon
+    without FLR), as VFIO resets it with its bus only when the VM holds every function on it.
   - "Runtime binding uses the kernel's protocol: load the driver's module when
     C(/sys/bus/pci/drivers/<driver>) does not exist, write the driver name to C(driver_override), unbind
     the current driver, write the address to C(/sys/bus/pci/drivers_probe), then read the C(driver) link
@@ -193,6 +193,8 @@ options:
   initramfs:
     description:
       - Regenerate and verify the initramfs when the modprobe.d configuration it includes changed.
+      - "With V(false) the image is not rebuilt. When the modprobe.d file goes (O(state=absent)), the
+        collection's initramfs configuration, which names that file, still goes with it."
     type: bool
     default: true
   force:
