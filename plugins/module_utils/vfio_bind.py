@@ -64,6 +64,11 @@ def _settled_driver(root, address, settled, attempts, delay):
     return driver
 
 
+def wait_for_a_driver(root, address, attempts=10, delay=0.1):
+    """The driver bound to ``address`` once one is (a module just loaded probes its devices), or None."""
+    return _settled_driver(root, address, lambda driver: driver is not None, attempts, delay)
+
+
 def bind_device(root, address, driver=VFIO_DRIVER, attempts=10, delay=0.1):
     """Bind one device to ``driver`` (vfio-pci or a variant VFIO driver): set ``driver_override``,
     unbind, ``drivers_probe``, read back.

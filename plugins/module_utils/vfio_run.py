@@ -19,6 +19,7 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.secureboot import sig
 from ansible_collections.gpuvirt.host.plugins.module_utils.selector import (
     describe,
 )
+from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import read_text
 from ansible_collections.gpuvirt.host.plugins.module_utils.vfio import (
     MODPROBE_CONF,
     VFIO_DRIVER,
@@ -38,12 +39,14 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.vfio import (
 )
 from ansible_collections.gpuvirt.host.plugins.module_utils.vfio_bind import (
     bind_device,
+    device_path,
     driver_loaded,
     is_vfio_driver,
     read_driver,
     read_override,
     release_device,
     return_device,
+    wait_for_a_driver,
 )
 from ansible_collections.gpuvirt.host.plugins.module_utils.vfio_boot import (
     BootConfigPlanner,
@@ -167,6 +170,8 @@ class VfioPciRun(BootConfigPlanner, ModuleRun):
                     "lockdown, a kernel without VFIO)" % (module_of(driver), driver)
                 )
         self._move_devices()
+        if self.state == "absent":
+            self._load_host_drivers()
         # The boot-time configuration is written only once every device has moved: a failure above
         # leaves the files as they were, matching the devices handed back.
         for change in self.persistence.files:
@@ -212,6 +217,29 @@ class VfioPciRun(BootConfigPlanner, ModuleRun):
             except VfioError as error:
                 self._move_back(moved, address, error)
             moved.append(address)
+
+    def _load_host_drivers(self):
+        """Devices handed back that no driver took: the boot bound them by ID, so nothing loaded their
+        host driver's module, and ``drivers_probe`` tries loaded drivers only. On this host their
+        modalias is loaded as udev loads a new device's (``modprobe -b``: blacklists kept), and the
+        module's driver takes them as it registers; a device left without a driver is warned about."""
+        left = [address for address in self.changing if self.after.get(address) is None]
+        modprobe = find_program(self.module, self.root, "modprobe") if left and self.live else None
+        if modprobe is not None:
+            aliases = {read_text(device_path(self.root, address, "modalias")) for address in left}
+            for alias in sorted(alias for alias in aliases if alias):
+                argv = [modprobe, "-b", alias]
+                self.commands.append(argv)
+                self.module.run_command(argv, environ_update={"LC_ALL": "C", "LANG": "C"})
+            for address in left:
+                self.after[address] = wait_for_a_driver(self.root, address)
+        for address in left:
+            if self.after[address] is None:
+                self.warnings.append(
+                    "%s was handed back but no driver took it: its host driver's module is not loaded%s; load it "
+                    "(modprobe -b $(cat /sys/bus/pci/devices/%s/modalias)) or reboot"
+                    % (address, "" if self.live else " below %s (not this host's /)" % self.root, address)
+                )
 
     def _move_back(self, moved, failed, error):
         """Put ``moved`` and, if it is not as it was, ``failed`` back as they were before this run, read

@@ -146,7 +146,10 @@ options:
         their host drivers from vfio-pci or a variant driver (clears C(driver_override), unbinds, takes
         their IDs out of vfio-pci's runtime ID table so
         that the reprobe does not give them straight back, reprobes) and removes them from every
-        boot-time configuration this module manages, unless O(persistent=false).
+        boot-time configuration this module manages, unless O(persistent=false). A device no loaded driver
+        takes (a boot that bound it by its IDs never loaded its host driver's module) gets its module
+        loaded by its modalias, as udev loads a new device's (C(modprobe -b)); one still left without a
+        driver, or in a tree that is not this host's C(/), is warned about.
     type: str
     choices: [present, absent]
     default: present

@@ -37,6 +37,10 @@ def bound_on_mkinitcpio(make_host, vfio_pci):
     return root, kernel
 
 
+def warnings(result):
+    return [w["event"]["msg"] if isinstance(w, dict) else w for w in result.get("warnings", [])]
+
+
 def exists(root, relative):
     return os.path.exists(os.path.join(root, relative))
 
@@ -60,3 +64,60 @@ def test_a_later_absent_run_removes_what_an_earlier_one_left(make_host, vfio_pci
     assert not exists(root, MKINITCPIO_CONF)
     # A tree: the rebuild the removal needs is left to be run inside it.
     assert done["initramfs"]["regenerate_required"] is True
+
+
+# After a boot that bound the card by its IDs, the host drivers' modules (nvidia, and nvidia-gpu for the
+# UCSI function) were never loaded: drivers_probe tries loaded drivers only.
+GPU_FUNCTIONS = ("0000:01:00.0", "0000:01:00.1", "0000:01:00.2", "0000:01:00.3")
+GPU_IDS = ["10de:1e04", "10de:10f7", "10de:1ad6", "10de:1ad7"]
+HOST_DRIVERS = {"0000:01:00.0": "nvidia", "0000:01:00.1": "snd_hda_intel", "0000:01:00.2": "xhci_hcd",
+                "0000:01:00.3": "nvidia-gpu"}
+NOT_LOADED = ("0000:01:00.0", "0000:01:00.3")
+
+# A module that registers its PCI driver probes the unbound devices it matches: here by their modalias.
+MODPROBE_BODY = """
+root, alias = {root!r}, sys.argv[-1]
+drivers = {drivers!r}
+bus = os.path.join(root, "sys/bus/pci/devices")
+for address in sorted(os.listdir(bus)):
+    device = os.path.realpath(os.path.join(bus, address))
+    if open(os.path.join(device, "modalias")).read().strip() != alias or os.path.lexists(device + "/driver"):
+        continue
+    driver = os.path.join(root, "sys/bus/pci/drivers", drivers[address])
+    os.makedirs(driver, exist_ok=True)
+    os.symlink(os.path.relpath(driver, device), device + "/driver")
+    os.symlink(os.path.relpath(device, driver), os.path.join(driver, address))
+"""
+
+
+def booted_by_id(make_host):
+    from ansible_collections.gpuvirt.host.plugins.module_utils import vfio
+
+    root = make_host("desktop_dgpu", kernel={"modules": MODULES},
+                     patch_devices={address: {"driver": "vfio-pci"} for address in GPU_FUNCTIONS},
+                     files={MODPROBE: vfio.render_modprobe_conf(GPU_IDS)})
+    for address in NOT_LOADED:
+        assert not os.path.isdir(os.path.join(root, "sys/bus/pci/drivers", HOST_DRIVERS[address]))
+    return root, PciKernel(KernelSim(root), host_drivers=HOST_DRIVERS, vfio_ids=GPU_IDS)
+
+
+def test_a_device_no_driver_takes_back_is_warned_about_in_a_tree(make_host, vfio_pci):
+    root, kernel = booted_by_id(make_host)
+    result = vfio_pci(root, kernel=kernel, devices=[GPU], state="absent")
+    assert result["rc"] == 0, result
+    assert [a for a, entry in result["devices"].items() if entry["driver_after"] is None] == list(NOT_LOADED)
+    warned = [w for w in warnings(result) if "no driver took it" in w]
+    assert [w.split()[0] for w in warned] == list(NOT_LOADED)
+    assert "modprobe -b $(cat /sys/bus/pci/devices/0000:01:00.0/modalias)" in warned[0]
+
+
+def test_on_the_host_the_host_drivers_are_loaded_by_modalias(make_host, vfio_pci, fake_commands, as_host):
+    root, kernel = booted_by_id(make_host)
+    fake_commands.install("modprobe", body=MODPROBE_BODY.format(root=root, drivers=HOST_DRIVERS))
+    result = vfio_pci(root, kernel=kernel, devices=[GPU], state="absent", initramfs=False)
+    assert result["rc"] == 0, result
+    assert {a: entry["driver_after"] for a, entry in result["devices"].items()} == HOST_DRIVERS
+    assert not [w for w in warnings(result) if "no driver took it" in w]
+    with open(fake_commands.log, encoding="utf-8") as log:
+        calls = [line for line in log.read().splitlines() if '"modprobe"' in line]
+    assert len(calls) == 2 and all('"-b", "pci:v000010DE' in call for call in calls)
