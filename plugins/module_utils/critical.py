@@ -10,8 +10,8 @@ Public API (every reader takes the host ``root``):
   PCI devices under each: the root filesystem, every other mounted block filesystem, active swap,
   imported ZFS pools (their members from the udev database's blkid labels), and active
   device-mapper and md RAID devices (LVM volumes a VM uses are not mounted). A block device leads to
-  its PCI devices through partitions, device-mapper and md ``slaves``, btrfs's and bcachefs's other devices and
-  the controllers of a multipath NVMe namespace.
+  its PCI devices through partitions, device-mapper and md ``slaves``, btrfs's and bcachefs's other
+  devices, a zram device's backing device and the controllers of a multipath NVMe namespace.
 - :func:`default_route_interfaces` ``(root) -> list[str]``: interfaces of the IPv4/IPv6 default routes,
   every next hop of a multipath route or nexthop group (:mod:`rtnetlink` on the live host).
 - :func:`ssh_ports` ``(root) -> list[int]``: the ports sshd listens on (sshd_config, and the socket
@@ -150,7 +150,8 @@ def nvme_subsystem_controllers(real):
 
 
 def _block_devices(real_root, path, seen):
-    """PCI devices under a block device, following ``slaves`` of dm/md devices."""
+    """PCI devices under a block device, following ``slaves`` of dm/md devices and a zram device's
+    backing device."""
     real = resolve(path)
     if real in seen or not _inside(real_root, real):
         return []
@@ -166,6 +167,13 @@ def _block_devices(real_root, path, seen):
                 owners.append(owner)
     for slave in list_dir(real + "/slaves"):
         owners.extend(_block_devices(real_root, real + "/slaves/" + slave, seen))
+    # A zram device writes idle or incompressible pages out to its backing device (zram's backing_dev,
+    # Documentation/admin-guide/blockdev/zram.rst: "none" or the device's path), which nothing mounts.
+    backing = read_text(real + "/backing_dev")
+    if backing and backing.startswith("/dev/"):
+        block = _block_dir(real_root, None, backing)
+        if block is not None:
+            owners.extend(_block_devices(real_root, block, seen))
     # A partition's holders are listed on the whole disk; its parent directory is the disk.
     if not owners and os.path.exists(real + "/partition"):
         owners.extend(_block_devices(real_root, os.path.dirname(real), seen))

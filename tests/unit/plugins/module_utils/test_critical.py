@@ -192,3 +192,14 @@ def test_a_storage_controller_in_the_gpu_group_blocks_it(make_host):
     assert "host_critical" in gpu["passthrough"]["codes"]
     assert any("0000:00:17.0 holds the filesystem mounted on /var/lib/vz (/dev/sda1)" in reason
                for reason in gpu["passthrough"]["reasons"])
+
+
+def test_the_backing_device_of_a_zram_swap_is_critical(make_host):
+    # zram writes idle pages out to its backing_dev, a partition nothing mounts.
+    disks = dict(two_disks(2, 1), zram0={"slaves": []})
+    root = storage(make_host, disks=disks, root_fs="nvme0n1p2", swaps=["zram0"],
+                   files={"sys/devices/virtual/block/zram0/backing_dev": "/dev/sda1\n"})
+    assert storage_in_use(root)[-1] == ("holds active swap (/dev/zram0)", [AHCI])
+    without = storage(make_host, disks=disks, root_fs="nvme0n1p2", swaps=["zram0"],
+                      files={"sys/devices/virtual/block/zram0/backing_dev": "none\n"})
+    assert AHCI not in critical_devices(without)
