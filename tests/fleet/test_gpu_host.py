@@ -4,7 +4,10 @@
 
 from __future__ import annotations
 
+import json
 import os
+
+from ansible_collections.gpuvirt.host.tests.sim.hosts import mediated_lab
 
 
 def test_gpu_host_refuses_to_guess_its_hosts(fleet):
@@ -54,3 +57,17 @@ def test_a_device_vfio_binds_by_id_and_vgpu_splits_by_address_is_refused(fleet):
     assert "(selected by 10de:1e04) is also split by 0000:01:00.0" in output
     assert os.path.realpath(os.path.join(root, "sys/bus/pci/devices/0000:01:00.0/driver")).endswith("/nvidia")
     assert not os.path.exists(os.path.join(root, "etc/modprobe.d/gpuvirt-vfio.conf"))
+
+
+def test_gpu_host_takes_the_device_spec_as_text(fleet):
+    # The survey field of a job template, as the preflight reads it: the same spec, as JSON or YAML text.
+    root = fleet.add("gpu01", mediated_lab())
+    text = json.dumps([{"selector": "mbochs", "mdev": [{"type": "mbochs-medium", "count": 1}]}])
+    rc, _recap, output = fleet.run("gpuvirt.host.gpu_host", extra_vars={"target": "gpu01", "vgpu_devices_text": text})
+    assert rc == 0, output
+    assert len(os.listdir(os.path.join(root, "sys/bus/mdev/devices"))) == 1
+    rc, _recap, output = fleet.run("gpuvirt.host.gpu_host",
+                                   extra_vars={"target": "gpu01", "vgpu_devices_text": "- selector: [mbochs"})
+    assert rc == 2
+    assert "invalid device spec: the text is neither JSON nor YAML at line" in output
+    assert "Nothing was changed." in output
