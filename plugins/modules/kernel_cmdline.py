@@ -172,11 +172,11 @@ EXAMPLES = r"""
     present:
       - vfio-pci.ids=10de:2236,10de:1aef
 
-- name: Stop blacklisting nouveau, whatever value was given
+- name: Drop the module blacklists from the command line, whatever modules they name
   gpuvirt.host.kernel_cmdline:
     absent:
-      - modprobe.blacklist=nouveau
-      - rd.driver.blacklist=nouveau
+      - modprobe.blacklist
+      - rd.driver.blacklist
 
 - name: Prepare an image tree; regenerate the entries inside it later
   gpuvirt.host.kernel_cmdline:

@@ -88,11 +88,12 @@ EXAMPLES = r"""
   ansible.builtin.reboot:
   when: gvt.reboot_required
 
-- name: Let the Flex 170 GPUs offer 7 VFs each
+- name: Let each Flex 170 offer 7 VFs (a selector names one GPU; loop over the cards)
   gpuvirt.host.virtualization_mode:
-    selector: "8086:56c0"
+    selector: "{{ item }}"
     mode: sriov
     max_vfs: 7
+  loop: ["0000:4e:00.0", "0000:8c:00.0"]
 """
 
 RETURN = r"""
