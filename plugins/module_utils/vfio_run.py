@@ -198,6 +198,8 @@ class VfioPciRun(BootConfigPlanner, ModuleRun):
                 bootloader.apply(self.module, self.persistence.boot_plan)
             except bootloader.BootloaderError as error:
                 raise VfioError(str(error)) from error
+            if self.persistence.boot_plan.run_commands:
+                self.commands.extend(self.persistence.boot_plan.commands)
             self.warnings.extend(self.persistence.boot_plan.warnings)
         self._apply_initramfs()
 
