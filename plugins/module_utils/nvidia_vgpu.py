@@ -79,6 +79,7 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.vendor_nvidia import 
     SriovManage,
     is_mig_backed,
     parse_creatable_vgpu_types,
+    time_sliced_size,
     vgpu_state,
 )
 
@@ -535,7 +536,26 @@ def plan_per_vf(gpu, declaration, known, force=False):
     result.recheck = bool(result.delete) and bool(result.create)
     if result.create and not result.delete:
         _check_offered(gpu, result, known, where)
+    _warn_mixed_sizes(result, current, known, where)
     return result
+
+
+def _warn_mixed_sizes(result, current, known, where):
+    """Warn when the GPU would host time-sliced vGPUs of more than one framebuffer size: in NVIDIA's
+    default equal-size mode a GPU offers only the size of the vGPUs it hosts, so the creations of the
+    other sizes fail (and the run is rolled back); mixed-size mode (NVML's vGPU heterogeneous mode), which
+    sysfs does not show, allows it."""
+    gone = {address for address, _old in result.delete}
+    held = {address: type_id for address, type_id in current.items() if type_id and address not in gone}
+    held.update(result.declared)
+    sizes = {time_sliced_size(known.get(type_id)) for type_id in held.values()} - {None}
+    if result.create and len(sizes) > 1:
+        result.warnings.append(
+            "%s: the GPU would host time-sliced vGPUs of %s GB: in equal-size mode (the default) a GPU hosts one "
+            "size at a time, so the vGPUs of the other sizes cannot be created and the run is rolled back, unless "
+            "the GPU is in mixed-size mode (NVIDIA's vGPU heterogeneous mode, set through NVML)"
+            % (where, " and ".join(str(size) for size in sorted(sizes)))
+        )
 
 
 def _undeclared(addresses, declaration, drop, result, order):

@@ -164,6 +164,20 @@ def is_mig_backed(type_name):
     return bool(profile) and _MIG_PROFILE.match(profile) is not None
 
 
+# A time-sliced profile's framebuffer: the GB before its series letters (A100-4C: 4, L40S-2B: 2).
+_TIME_SLICED_SIZE = re.compile(r"[A-Za-z0-9]+-([0-9]+)[A-Z]+\Z")
+
+
+def time_sliced_size(type_name):
+    """The framebuffer (GB) of a time-sliced vGPU type (``NVIDIA L40S-2B`` -> 2), or None for a
+    MIG-backed type or a name of another form."""
+    profile = profile_name(type_name)
+    if not profile or is_mig_backed(profile):
+        return None
+    match = _TIME_SLICED_SIZE.match(profile)
+    return int(match.group(1)) if match else None
+
+
 def vgpu_state(device):
     """The per-VF vGPU state :func:`read_nvidia_vgpu` read for ``device`` (a ``PciDevice``), or None."""
     return device.vendor_state.get(STATE_KEY)

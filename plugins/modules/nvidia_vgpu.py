@@ -53,6 +53,9 @@ attributes:
       - Reads everything, writes nothing, and predicts C(changed), the VF assignments and the state file.
       - When deletions must make room for new vGPUs, whether they fit is only known after deleting;
         check mode then warns.
+      - When the GPU would host time-sliced vGPUs of more than one framebuffer size, the run and its
+        check mode warn; in NVIDIA's default equal-size mode the GPU then offers only the size it hosts,
+        and the creations of the other sizes fail, rolled back.
       - For a GPU whose VFs are not enabled yet, the VFs are predicted from C(sriov_offset) and
         C(sriov_stride), and the profiles from the types remembered for the GPU model; without them the
         profiles are resolved only in a real run, and check mode warns.
