@@ -67,6 +67,8 @@ attributes:
     support: full
     details:
       - Shows the vGPU type of each VF, the state file and the type cache before and after.
+      - In check mode the type cache's "after" holds the types seen now; a real run that empties the GPU
+        also learns the types only an empty GPU offers, and writes those too.
 options:
   gpus:
     description:
