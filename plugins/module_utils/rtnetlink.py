@@ -22,6 +22,7 @@ Formats: ``include/uapi/linux/netlink.h``, ``rtnetlink.h``, ``nexthop.h``, ``fib
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import os
 import socket
@@ -32,6 +33,7 @@ NETLINK_ROUTE = 0
 _NLMSG_HEADER = struct.Struct("=IHHII")  # length, type, flags, sequence, port
 _NLMSG_ERROR, _NLMSG_DONE = 2, 3
 _NLM_F_REQUEST, _NLM_F_DUMP = 0x01, 0x300
+_NLM_F_DUMP_INTR = 0x10  # the tables changed during the dump: it may have missed or repeated entries
 _RTM_GETROUTE, _RTM_NEWROUTE = 26, 24
 _RTM_GETRULE, _RTM_NEWRULE = 34, 32
 _RTM_GETNEXTHOP, _RTM_NEWNEXTHOP = 106, 104
@@ -79,7 +81,8 @@ def _u32(payload):
 
 def _dump(sock, message_type, header, sequence):
     """The payloads of the messages a ``message_type`` dump of ``header`` (the family's request
-    struct) answers with. Raises :class:`OSError` with the kernel's error number when it refuses."""
+    struct) answers with. Raises :class:`OSError` with the kernel's error number when it refuses or
+    fails the dump (an error in its ``NLMSG_DONE``), and when the tables changed during it."""
     request = _NLMSG_HEADER.pack(_NLMSG_HEADER.size + len(header), message_type,
                                  _NLM_F_REQUEST | _NLM_F_DUMP, sequence, 0) + header
     sock.send(request)
@@ -90,14 +93,19 @@ def _dump(sock, message_type, header, sequence):
             raise OSError("rtnetlink closed the dump")
         offset = 0
         while offset + _NLMSG_HEADER.size <= len(data):
-            length, kind, _flags, seq, _port = _NLMSG_HEADER.unpack_from(data, offset)
+            length, kind, flags, seq, _port = _NLMSG_HEADER.unpack_from(data, offset)
             if length < _NLMSG_HEADER.size:
                 raise OSError("rtnetlink sent a message of %d bytes" % length)
             body = data[offset + _NLMSG_HEADER.size : offset + length]
             offset += (length + 3) & ~3
             if seq != sequence:
                 continue
+            if flags & _NLM_F_DUMP_INTR:
+                raise OSError(errno.EAGAIN, "the routing tables changed during the dump")
             if kind == _NLMSG_DONE:
+                error = -struct.unpack_from("=i", body)[0] if len(body) >= 4 else 0
+                if error:
+                    raise OSError(error, "rtnetlink failed the dump: %s" % os.strerror(error))
                 return payloads
             if kind == _NLMSG_ERROR:
                 error = -struct.unpack_from("=i", body)[0] if len(body) >= 4 else 0
@@ -193,10 +201,21 @@ def _name(index):
         return None
 
 
-def routes(names=_name):
+def routes(names=_name, attempts=3):
     """The unicast routes of the tables the host looks routes up in (see the module's text), each
-    with every next hop's interface (``names``: interface index -> name, or None). Raises
-    :class:`OSError` when rtnetlink cannot be read."""
+    with every next hop's interface (``names``: interface index -> name, or None). A dump the tables
+    changed during is read again, up to ``attempts`` times. Raises :class:`OSError` when rtnetlink
+    cannot be read."""
+    for attempt in range(attempts):
+        try:
+            return _routes(names)
+        except OSError as error:
+            if error.errno != errno.EAGAIN or attempt == attempts - 1:
+                raise
+    raise ValueError("attempts must be 1 or more")
+
+
+def _routes(names):
     found = {}  # a dict keeps the dump's order and drops a route listed twice
     with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE) as sock:
         sock.bind((0, 0))
@@ -205,7 +224,9 @@ def routes(names=_name):
         tables = _tables(_dump(sock, _RTM_GETRULE, everything, 1))
         try:
             nexthops = _nexthops(_dump(sock, _RTM_GETNEXTHOP, _NHMSG.pack(0, 0, 0, 0, 0), 2))
-        except OSError:  # before Linux 5.3 there are no nexthop objects
+        except OSError as error:  # before Linux 5.3 there are no nexthop objects
+            if error.errno == errno.EAGAIN:
+                raise
             nexthops = {}
         for payload in _dump(sock, _RTM_GETROUTE, everything, 3):
             route = _route(payload, tables, nexthops, names)

@@ -8,6 +8,7 @@ The routes are this machine's kernel's, set up with iproute2 in a network namesp
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import json
 import os
@@ -160,3 +161,50 @@ def test_live_root_falls_back_to_proc_files_without_rtnetlink(tmp_path, monkeypa
         "eno1\t00000000\t0100000A\t0003\t0\t0\t0\t00000000\t0\t0\t0\n")
     assert critical.default_route_interfaces(str(tmp_path)) == ["eno1"]
     assert critical._routes(str(tmp_path)) == [(ipaddress.ip_network("0.0.0.0/0"), 0, "eno1", 254)]
+
+
+class Replies:
+    """A socket that answers each dump request with the messages given for it (bytes per recv)."""
+
+    def __init__(self, *answers):
+        self.answers = list(answers)
+        self.sequence = None
+
+    def send(self, request):
+        self.sequence = struct.unpack_from("=IHHII", request)[3]
+
+    def recv(self, _size):
+        return self.answers.pop(0)(self.sequence)
+
+
+def message(kind, body=b"", flags=0):
+    return lambda sequence: struct.pack("=IHHII", 16 + len(body), kind, flags, sequence, 0) + body
+
+
+def test_a_dump_the_tables_changed_during_is_refused():
+    interrupted = Replies(message(24, b"\0" * 12, flags=0x10))
+    with pytest.raises(OSError) as caught:
+        rtnetlink._dump(interrupted, 26, b"\0" * 12, 7)
+    assert caught.value.errno == errno.EAGAIN
+
+
+def test_an_error_in_the_end_of_a_dump_is_a_failure():
+    failed = Replies(message(24, b"\0" * 12), message(3, struct.pack("=i", -errno.ENOBUFS)))
+    with pytest.raises(OSError) as caught:
+        rtnetlink._dump(failed, 26, b"\0" * 12, 7)
+    assert caught.value.errno == errno.ENOBUFS
+    done = Replies(message(24, b"\1" * 12), message(3, struct.pack("=i", 0)))
+    assert rtnetlink._dump(done, 26, b"\0" * 12, 7) == [b"\1" * 12]
+
+
+def test_an_interrupted_read_is_read_again(monkeypatch):
+    calls = []
+
+    def interrupted_once(names):
+        calls.append(names)
+        if len(calls) == 1:
+            raise OSError(errno.EAGAIN, "the routing tables changed during the dump")
+        return ["route"]
+
+    monkeypatch.setattr(rtnetlink, "_routes", interrupted_once)
+    assert rtnetlink.routes() == ["route"] and len(calls) == 2
