@@ -34,7 +34,9 @@ Public API:
   maps a descriptor's target to a key (None: not wanted).
 - :func:`hidden_processes` ``(root) -> str | None``: ``Users.hidden`` (see below).
 - :func:`merged` ``(scans) -> Users``: the unknown part of several scans of the same ``/proc``.
-- :func:`host_nodes` ``(root, device) -> list[str]``: the ``/dev`` nodes of ``device`` (a PciDevice).
+- :func:`host_nodes` ``(root, device, storage=None) -> list[str]``: the ``/dev`` nodes of ``device`` (a
+  PciDevice); :func:`storage_index` ``(root)``: the storage nodes and where they lie, read once for
+  several devices.
 - :func:`node_users` ``(root, nodes) -> Users`` (``{node: [{"pid", "comm"}]}``).
 - :func:`unknown_users_text` ``(users) -> str``: for a scan that is not ``complete``, how many processes
   could not be inspected, a few of them, whether ``/proc`` hides others, why and what lets the module see
@@ -291,32 +293,39 @@ def _unreadable_text(unreadable):
         len(unreadable), "" if len(unreadable) == 1 else "es", named, why)
 
 
-def host_nodes(root, device):
-    """The ``/dev`` nodes through which the host uses ``device`` (a PciDevice) now."""
+def host_nodes(root, device, storage=None):
+    """The ``/dev`` nodes through which the host uses ``device`` (a PciDevice) now; ``storage``:
+    :func:`storage_index` when already read (for several devices)."""
     base = device.path
     nodes = ["/dev/dri/" + name for name in sorted(list_dir(base + "/drm")) if _DRM_NODE.match(name)]
     nodes += ["/dev/" + name for name in sorted(list_dir(base + "/graphics")) if _FRAMEBUFFER.match(name)]
     nodes += ["/dev/accel/" + name for name in sorted(list_dir(base + "/accel")) if _ACCEL_NODE.match(name)]
-    return nodes + vendors.device_nodes(root, device) + storage_nodes(root, base)
+    return nodes + vendors.device_nodes(root, device) + storage_nodes(root, base, storage)
 
 
 # The device classes whose nodes (/dev/<name>) reach storage below a PCI device.
 STORAGE_CLASSES = ("block", "nvme", "nvme-generic", "scsi_generic")
 
 
-def storage_nodes(root, path):
-    """The ``/dev`` nodes of the storage below the PCI device at ``path`` (see the module's text)."""
-    below = os.path.realpath(path) + "/"
-    nodes = []
+def storage_index(root):
+    """``[(node, [resolved paths])]`` of the storage nodes (:data:`STORAGE_CLASSES`): where each lies,
+    and for a multipath NVMe namespace where its subsystem's controllers lie."""
+    index = []
     for kind in STORAGE_CLASSES:
         base = host_path(root, "sys/class", kind)
         for name in sorted(list_dir(base)):
             real = os.path.realpath("%s/%s" % (base, name))
-            if real.startswith(below) or any(
-                os.path.realpath(controller).startswith(below) for controller in nvme_subsystem_controllers(real)
-            ):
-                nodes.append("/dev/" + name)
-    return nodes
+            places = [real] + [os.path.realpath(controller) for controller in nvme_subsystem_controllers(real)]
+            index.append(("/dev/" + name, places))
+    return index
+
+
+def storage_nodes(root, path, index=None):
+    """The ``/dev`` nodes of the storage below the PCI device at ``path`` (see the module's text);
+    ``index``: :func:`storage_index` when already read."""
+    below = os.path.realpath(path) + "/"
+    index = storage_index(root) if index is None else index
+    return [node for node, places in index if any(place.startswith(below) for place in places)]
 
 
 def node_users(root, nodes):

@@ -41,6 +41,7 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.device_users import (
     host_nodes,
     merged,
     node_users,
+    storage_index,
     unknown_users_text,
 )
 from ansible_collections.gpuvirt.host.plugins.module_utils.display import Displays, read_displays
@@ -495,8 +496,9 @@ def host_node_users(view, changing):
     """``({node: address}, device_users.Users)``: the host nodes of the devices among ``changing`` and
     the processes holding them (one scan of ``/proc``, none when they have no nodes)."""
     nodes = {}
+    storage = storage_index(view.root) if changing else None
     for address in changing:
-        nodes.update((node, address) for node in host_nodes(view.root, view.devices[address]))
+        nodes.update((node, address) for node in host_nodes(view.root, view.devices[address], storage))
     return nodes, node_users(view.root, nodes)
 
 
