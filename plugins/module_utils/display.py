@@ -119,8 +119,9 @@ class Displays:
 def read_displays(root, cmdline=None):
     """The displays below ``root``; ``cmdline``: the running kernel's arguments (for ``fbcon=map:``)."""
     boot, framebuffers = boot_display_devices(root), framebuffer_devices(root)
-    console = console_framebuffers(cmdline or [])
-    if _fbcon_map(cmdline or []) is None:
+    mapping = _fbcon_map(cmdline or [])
+    console = _mapped_framebuffers(mapping)
+    if mapping is None:
         primary = primary_framebuffer(root, framebuffers, boot)
         if primary is not None and primary not in console and fbcon_detects_primary(root):
             console = frozenset((primary,))
@@ -142,7 +143,11 @@ def console_framebuffers(cmdline):
     """The framebuffers fbcon maps its consoles to by the command line (``map:`` takes each character
     as a framebuffer number, its code less ``'0'`` modulo 32, and one below ``'0'`` as none): ``fb0``
     without a map."""
-    mapping = _fbcon_map(cmdline)
+    return _mapped_framebuffers(_fbcon_map(cmdline))
+
+
+def _mapped_framebuffers(mapping):
+    """The framebuffers a ``map:`` value (:func:`_fbcon_map`) names; ``fb0`` for None."""
     if mapping is None:
         return frozenset(("fb0",))
     return frozenset("fb%d" % ((ord(char) - ord("0")) % _FB_MAX) for char in mapping if "0" <= char < "\x80")
