@@ -106,7 +106,7 @@ class InitramfsPlan:
     commands: list = field(default_factory=list)
     run: bool = False
     images: list = field(default_factory=list)
-    verified: bool = False
+    verified: bool | None = False
 
     @property
     def changed(self):
@@ -436,6 +436,11 @@ class BootConfigPlanner:
         plan.regenerate = True
         plan.commands = [initramfs.regenerate_command(self.root, release, plan.tool) for release in plan.releases]
         plan.run = self.live
+        if self.live and self.check_mode:
+            # What the run reads back: each release's image, as it will be after the rebuild; whether it
+            # holds what it should is known only once it is built.
+            plan.images = [initramfs.image_path(self.root, release, plan.tool) for release in plan.releases]
+            plan.verified = None
         if not self.live:
             self.warnings.append(
                 "%s is not this host's root: rebuild its initramfs inside it (%s)"

@@ -426,11 +426,13 @@ initramfs:
       description: Inputs changed but the images could not be rebuilt here (O(root) is not V(/)).
       type: bool
     images:
-      description: The images read back after the rebuild.
+      description: The images read back after the rebuild (in check mode, the images the rebuild would write).
       type: list
       elements: str
     verified:
-      description: Whether the rebuilt images hold the vfio modules and the modprobe.d file.
+      description:
+        - Whether the rebuilt images hold the vfio modules and the modprobe.d file.
+        - Null in check mode when the images would be rebuilt, since nothing is built to read back.
       type: bool
 reboot_required:
   description: Whether the wanted binding only takes effect at the next boot.

@@ -786,6 +786,11 @@ def test_the_initramfs_is_rebuilt_once_and_verified(desktop, vfio_pci, as_host, 
     for key in ("changed", "diff", "files_changed"):
         assert predicted[key] == result[key], key
     assert [c[0] for c in predicted["commands"]] == ["update-initramfs"]
+    # Check mode names the images the run reads back; whether they hold the options is known once built.
+    assert predicted["initramfs"]["images"] == result["initramfs"]["images"] == [os.path.join(desktop, IMAGE)]
+    assert predicted["initramfs"]["verified"] is None
+    assert {k: v for k, v in predicted["initramfs"].items() if k not in ("verified",)} == {
+        k: v for k, v in result["initramfs"].items() if k not in ("verified",)}
     assert vfio_pci(desktop, devices=[GPU])["changed"] is False
     assert len(calls(fake_commands, "update-initramfs")) == 1
 
