@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 
 from ansible_collections.gpuvirt.host.plugins.module_utils import host as host_model
 from ansible_collections.gpuvirt.host.plugins.module_utils import kernel_install as install_config
-from ansible_collections.gpuvirt.host.plugins.module_utils import rules, uki
+from ansible_collections.gpuvirt.host.plugins.module_utils import pending, rules, uki
 from ansible_collections.gpuvirt.host.plugins.module_utils.errors import GpuvirtError
 from ansible_collections.gpuvirt.host.plugins.module_utils.files import FileChange, apply_change, read_file
 from ansible_collections.gpuvirt.host.plugins.module_utils.host import inside
@@ -1435,7 +1435,8 @@ class BootPlan:
     ``configured_before``/``configured`` are what the boot configuration holds before and after the
     run; ``commands`` are the argv lists that apply it to the boot entries (run only when
     ``run_commands``); ``pending`` is true when such commands are needed but will not run
-    (``update: false`` or an image tree)."""
+    (``update: false`` or an image tree); ``resumed`` when they run again for an earlier run that
+    did not see them finish (:mod:`pending`), with nothing to edit."""
 
     bootloader: str
     root: str
@@ -1451,10 +1452,11 @@ class BootPlan:
     expected_entries: dict = field(default_factory=dict)
     expected_kargs: list | None = None
     expected_images: dict = field(default_factory=dict)
+    resumed: bool = False
 
     @property
     def changed(self):
-        return bool(self.edits)
+        return bool(self.edits) or self.resumed
 
 
 def _resolve(module, host, root, *candidates):
@@ -1610,10 +1612,14 @@ def plan(module, root, bootloader, present, absent, update=True):
     plans, files = _edits_for(root, sources, present, absent)
     primary_source, primary = plans[0]
     edits = list(files.values())
+    # An earlier run wrote the configuration but was not seen to finish applying it: applied again.
+    marker = pending.read(root, pending.BOOTLOADER) if host else None
+    resumed = marker is not None and marker.get("bootloader", name) == name
     # /etc/kernel/cmdline changed: kernel-install has entries to write from it.
-    cmdline_changed = any(isinstance(source, KernelCmdlineFile) and p.changed for source, p in plans)
+    cmdline_changed = resumed or any(isinstance(source, KernelCmdlineFile) and p.changed for source, p in plans)
+    regenerate = bool(edits) or resumed
     commands = []
-    if edits:
+    if regenerate:
         if name == "grub" or (name == "proxmox" and not _proxmox_esps(root)):
             commands = [_grub_command(module, host, root)]
         elif name == "proxmox":
@@ -1639,7 +1645,14 @@ def plan(module, root, bootloader, present, absent, update=True):
     warnings = _merge_unique(getattr(source, "warnings", []) for source, _p in plans)
     if name == "systemd-boot" and not commands and cmdline_changed:
         warnings.append("no kernel with an image was found below /lib/modules; no boot entry was regenerated")
-    run = bool(edits and update and host and commands)
+    resumed = resumed and bool(commands)
+    if resumed:
+        warnings.append(
+            "an earlier run changed the boot configuration but was not seen to apply it to the boot entries "
+            "(/%s/%s is left): %s again"
+            % (pending.PENDING_DIR, pending.BOOTLOADER, "; ".join(" ".join(command) for command in commands))
+        )
+    run = bool(regenerate and update and host and commands)
     return BootPlan(
         bootloader=name,
         root=root,
@@ -1650,10 +1663,11 @@ def plan(module, root, bootloader, present, absent, update=True):
         edits=edits,
         commands=commands,
         run_commands=run,
-        pending=bool(edits and commands and not run),
+        pending=bool(regenerate and commands and not run),
         warnings=warnings,
         expected_images={path: primary.arguments for path in mkinitcpio_images(root)}
         if generator == "mkinitcpio" and run else {},
+        resumed=resumed,
     )
 
 
@@ -1829,6 +1843,10 @@ def apply(module, boot_plan, backup=False):
     """
     backups = {}
     written = []
+    # grubby's and rpm-ostree's entries are planned from the entries themselves: nothing to mark.
+    marked = boot_plan.run_commands and boot_plan.bootloader not in ("grubby", "ostree")
+    if marked:
+        pending.mark(boot_plan.root, pending.BOOTLOADER, bootloader=boot_plan.bootloader, commands=boot_plan.commands)
     for edit in boot_plan.edits:
         if edit.written_by is not None:
             continue
@@ -1841,7 +1859,11 @@ def apply(module, boot_plan, backup=False):
     for command in boot_plan.commands:
         rc, out, err = module.run_command(command, environ_update=_C_LOCALE)
         if rc != 0:
+            # The configuration is as it was and the tool said it failed: nothing is left pending.
             _restore(written)
+            if marked:
+                with contextlib.suppress(GpuvirtError):
+                    pending.clear(boot_plan.root, pending.BOOTLOADER)
             raise BootloaderError(
                 "%s failed (rc %d): %s; the files this run changed were put back as they were (%s); "
                 "fix the cause and run again"
@@ -1876,6 +1898,8 @@ def apply(module, boot_plan, backup=False):
                 % (" ".join([os.path.basename(boot_plan.commands[0][0])] + boot_plan.commands[0][1:]), path, built,
                    expected)
             )
+    if marked:
+        pending.clear(boot_plan.root, pending.BOOTLOADER)
     return backups
 
 

@@ -120,7 +120,7 @@ class ModeRun(ModuleRun):
         changed_files = [c.display_path for c in plan.files if c.changed] + [e.display_path for e in edits]
         running = self._running_needs(plan)
         return {
-            "changed": bool(changed_files or self.loaded),
+            "changed": bool(changed_files or self.loaded or (plan.boot is not None and plan.boot.resumed)),
             "files_changed": changed_files,
             "kernel_arguments": list(plan.mode.kernel_arguments),
             "modules_loaded": list(self.loaded),

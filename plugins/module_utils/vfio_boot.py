@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field, replace
 
-from ansible_collections.gpuvirt.host.plugins.module_utils import bootloader, initramfs
+from ansible_collections.gpuvirt.host.plugins.module_utils import bootloader, initramfs, pending
 from ansible_collections.gpuvirt.host.plugins.module_utils.files import (
     FileChange,
 )
@@ -107,6 +107,7 @@ class InitramfsPlan:
     run: bool = False
     images: list = field(default_factory=list)
     verified: bool | None = False
+    resumed: bool = False  # an earlier run's rebuild is pending (:mod:`pending`)
 
     @property
     def changed(self):
@@ -398,12 +399,14 @@ class BootConfigPlanner:
         if modprobe is None or self.persistence.method == "none":
             return plan
         left = self._initramfs_config_left() if modprobe.new is None else None
+        # An earlier run changed the image's inputs but was not seen to rebuild it (:mod:`pending`).
+        resumed = self.live and pending.read(self.root, pending.INITRAMFS) is not None
         if not self.regenerate_initramfs:
             # Removed without a rebuild, our configuration of the image goes too: it names the
             # modprobe.d file, and mkinitcpio fails a build whose FILES+= names a file that is gone.
             plan.config = left
             return plan
-        if modprobe.old is None and modprobe.new is None and left is None:
+        if modprobe.old is None and modprobe.new is None and left is None and not resumed:
             return plan
         try:
             plan.tool = initramfs.detect_tool(self.root)
@@ -431,9 +434,15 @@ class BootConfigPlanner:
         plan.modules = modules or list(initramfs.VFIO_MODULES)
         wanted = render_initramfs_config(plan.tool, plan.modules) if modprobe.new is not None else None
         plan.config = plan_file(self.root, INITRAMFS_CONFIG[plan.tool], wanted)
-        if not (modprobe.changed or plan.config.changed) or not plan.releases:
+        if not (modprobe.changed or plan.config.changed or resumed) or not plan.releases:
             return plan
+        if resumed and not (modprobe.changed or plan.config.changed):
+            self.warnings.append(
+                "an earlier run changed the initramfs's inputs but was not seen to rebuild it (/%s/%s is left): "
+                "rebuilding it again" % (pending.PENDING_DIR, pending.INITRAMFS)
+            )
         plan.regenerate = True
+        plan.resumed = resumed
         plan.commands = [initramfs.regenerate_command(self.root, release, plan.tool) for release in plan.releases]
         plan.run = self.live
         if self.live and self.check_mode:

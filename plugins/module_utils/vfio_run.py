@@ -6,7 +6,7 @@ configuration, then apply both and read them back."""
 
 from __future__ import annotations
 
-from ansible_collections.gpuvirt.host.plugins.module_utils import bootloader, initramfs
+from ansible_collections.gpuvirt.host.plugins.module_utils import bootloader, initramfs, pending
 from ansible_collections.gpuvirt.host.plugins.module_utils.files import (
     apply_change,
 )
@@ -173,7 +173,11 @@ class VfioPciRun(BootConfigPlanner, ModuleRun):
         if self.state == "absent":
             self._load_host_drivers()
         # The boot-time configuration is written only once every device has moved: a failure above
-        # leaves the files as they were, matching the devices handed back.
+        # leaves the files as they were, matching the devices handed back. The images built from it
+        # are marked out of date first, so that a run killed before they are rebuilt is made whole
+        # by the next.
+        if self.initramfs.run:
+            pending.mark(self.root, pending.INITRAMFS, releases=self.initramfs.releases, tool=self.initramfs.tool)
         for change in self.persistence.files:
             if change.changed:
                 self.changes_made = True
@@ -295,9 +299,11 @@ class VfioPciRun(BootConfigPlanner, ModuleRun):
         if not plan.run:
             return
         modprobe = self.persistence.files[0]
+        built = 0
         try:
             for release in plan.releases:
                 self.commands.append(initramfs.regenerate(self.module, self.root, release, plan.tool))
+                built += 1
             for release in plan.releases:
                 self._verify_image(plan, release, modprobe)
         except (initramfs.InitramfsError, VfioError) as error:
@@ -305,11 +311,18 @@ class VfioPciRun(BootConfigPlanner, ModuleRun):
             restored = [change for change in (modprobe, plan.config) if change is not None and change.changed]
             for change in restored:
                 apply_change(change.reverse())
+            # The tools build an image aside and move it into place at their end: when the first build
+            # failed, the images are as old as the inputs put back. Otherwise (an image was built from
+            # the new inputs, or an earlier run's inputs are still newer than the images) the next run
+            # rebuilds them whatever it changes.
+            if built == 0 and not plan.resumed:
+                pending.clear(self.root, pending.INITRAMFS)
             raise VfioError(
                 "%s; %s put back as before so that the next run rebuilds the initramfs"
                 % (error, " and ".join(change.display_path for change in restored) or "nothing was")
             ) from error
         plan.verified = True
+        pending.clear(self.root, pending.INITRAMFS)
 
     def _verify_image(self, plan, release, modprobe):
         if modprobe.new is not None:

@@ -148,6 +148,10 @@ options:
 notes:
   - When the regeneration command fails, the files this run edited are put back as they were and the
     module fails with the command's output, so that the next run tries again.
+  - A run killed while the regeneration command runs (a lost session, an OOM kill, a power cut) leaves
+    C(/etc/gpuvirt/pending/bootloader); the next run of this module, M(gpuvirt.host.vfio_pci) or
+    M(gpuvirt.host.virtualization_mode) runs the command again although no file needs an edit, and
+    reports a change.
   - The arguments take effect at the next boot; RV(reboot_required) tells whether the running kernel
     already has them.
 seealso:

@@ -228,6 +228,9 @@ notes:
     see the verdicts and their reasons.
   - The C(gpuvirt.host.vfio) role wraps this module with a reboot policy and a verification of the
     drivers, C(/dev/vfio/<group>) and the verdicts; the C(gpuvirt.host.iommu) role turns the IOMMU on first.
+  - A run killed while the initramfs or the boot entries are rebuilt (a lost session, an OOM kill, a power
+    cut) leaves C(/etc/gpuvirt/pending/initramfs) or C(/etc/gpuvirt/pending/bootloader); the next run
+    rebuilds them although no file needs an edit, and reports a change.
 seealso:
   - module: gpuvirt.host.topology_info
   - module: gpuvirt.host.kernel_cmdline
