@@ -821,20 +821,57 @@ def group_companions(devices, address, slots=None):
     ``pci_parent_bus_reset()``). VFIO then resets it with a hot reset of the bus, which the kernel and
     QEMU allow only when the VM owns every group on that bus ("Cannot reset device ..., depends on group
     ... which is not owned", QEMU ``vfio_pci_hot_reset()``): without them the GPU is never reset between
-    the guest's boots. So the companions on its bus go with it, whatever their groups. Not when the
-    methods are unknown (a kernel before 5.15 shows none)."""
+    the guest's boots. So the companions on its bus go with it, whatever their groups, where the VM can
+    own those groups: their other members are companions too, or stay with the host (bridges). One whose
+    group holds a device the host keeps (an APU's USB controllers beside its HDMI audio) cannot be
+    handed over, and would not make the reset possible: it stays (:func:`unowned_bus_groups` names such
+    groups). Not when the methods are unknown (a kernel before 5.15 shows none)."""
     device = devices.get(address)
     if device is None:
         return []
     group = device.iommu_group
-    methods = device.reset_methods
-    bus_only = methods is not None and not set(methods) - BUS_RESETS
+    found = companions(devices, address, slots)
+    own = [other for other in found if group is None or devices[other].iommu_group in (None, group)]
+    if group is None or not bus_only_reset(device):
+        return own
     bus = address.rpartition(":")[0]
-    return [
-        other for other in companions(devices, address, slots)
-        if group is None or devices[other].iommu_group in (None, group)
-        or (bus_only and other.rpartition(":")[0] == bus)
-    ]
+    others = {devices[other].iommu_group for other in found if other not in own and other.rpartition(":")[0] == bus}
+    ownable = {number for number in others if _ownable(devices, number, set(found) | {address})}
+    return [other for other in found if other in own or devices[other].iommu_group in ownable]
+
+
+def bus_only_reset(device):
+    """Whether ``device`` can only be reset with its bus (its reset methods known, none of them its own)."""
+    methods = device.reset_methods
+    return methods is not None and not set(methods) - BUS_RESETS
+
+
+def _ownable(devices, group, taken):
+    """Whether a VM given ``taken`` owns IOMMU group ``group``: every other member stays with the host."""
+    return all(address in taken or other.stays_with_host
+               for address, other in devices.items() if other.iommu_group == group)
+
+
+def unowned_bus_groups(devices, address):
+    """``{group: [its members]}``: the IOMMU groups on the bus of ``address`` (a device that can only be
+    reset with its bus) that a VM given it and its :func:`group_companions` would not own, so that the
+    kernel refuses the bus reset; empty for a device that has a reset of its own, or none known."""
+    device = devices.get(address)
+    if device is None or device.iommu_group is None or not bus_only_reset(device):
+        return {}
+    bus = address.rpartition(":")[0]
+    taken = set(group_companions(devices, address)) | {address}
+    groups = {}
+    for other_address, other in devices.items():
+        if other_address.rpartition(":")[0] == bus and other.iommu_group is not None and not other.is_vf:
+            groups.setdefault(other.iommu_group, [])
+    for number in list(groups):
+        members = sorted(a for a, other in devices.items() if other.iommu_group == number)
+        if _ownable(devices, number, taken):
+            del groups[number]
+        else:
+            groups[number] = members
+    return groups
 
 
 def card_functions(devices, device):

@@ -71,6 +71,7 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.pci import (
     name_devices,
     read_pci_devices,
     slot_index,
+    unowned_bus_groups,
     vmd_controller,
 )
 from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import PCI_DEVICES, host_path
@@ -320,6 +321,18 @@ def _gpu_entry(device, devices, iommu, groups, holders, critical, parent_names, 
         findings.warning(
             "no_iommu_group",
             "%s has no IOMMU group although the IOMMU is on; it cannot be assigned to a VM" % device.address,
+            device.address,
+        )
+    unowned = unowned_bus_groups(devices, device.address) if iommu.enabled and not device.is_vf else {}
+    if unowned and verdict["viable"] is not False:
+        findings.warning(
+            "no_bus_reset",
+            "%s (%s) has no reset of its own (reset_method: %s), so VFIO resets it with its whole bus, and that "
+            "bus also holds %s, which a VM given it cannot own: the kernel refuses that reset, so the GPU is not "
+            "reset between its guest's boots (a guest's driver may then fail to start it a second time)"
+            % (device.address, device.name, " ".join(device.reset_methods) or "none",
+               "; ".join("IOMMU group %s (%s)" % (number, ", ".join(members))
+                         for number, members in sorted(unowned.items(), key=lambda item: int(item[0])))),
             device.address,
         )
     return {

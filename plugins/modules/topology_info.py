@@ -770,8 +770,8 @@ topology:
               V(iommu_unknown), V(foreign_kernel_arguments), V(virtualization_modes), V(no_cpu_virtualization),
               V(kvm_unavailable), V(module_signatures_enforced), V(interrupt_remapping_off), V(acs_override),
               V(unsafe_interrupts), V(host_graphics_driver), V(firmware_framebuffer), V(no_iommu_group),
-              V(malformed_attribute), V(unreadable_attribute), V(unreadable_device), V(malformed_entry),
-              V(processes_unreadable).
+              V(no_bus_reset), V(malformed_attribute), V(unreadable_attribute), V(unreadable_device),
+              V(malformed_entry), V(processes_unreadable).
           returned: success
           type: str
           sample: iommu_off

@@ -46,3 +46,33 @@ def test_vfio_pci_binds_the_functions_that_share_the_gpus_only_reset(make_host):
     view = vfio.read_host(_host(make_host))
     members = vfio.expand_members(view, {GPU: [GPU]}, with_companions=True)
     assert sorted(members) == SLOT
+
+
+APU = "0000:04:00.0"
+
+
+def _split_audio_host(make_host):
+    # An APU laptop whose iGPU sits alone in its group while its HDMI audio shares a group with the
+    # processor's security processor and USB controllers (as on a Raven/Picasso laptop,
+    # github.com/cosminmocan/vfio-single-amdgpu-passthrough/issues/3, whose network is a USB-C dock): the
+    # VM can never own that group, so the bus reset stays impossible and the audio stays with the host.
+    patch = {"04:00.0": {"group": 8, "reset_methods": [], "boot_vga": False}}
+    patch.update({"04:00.%d" % function: {"group": 9, "reset_methods": []} for function in range(1, 7)})
+    return make_host("cezanne_laptop", patch_devices=patch)
+
+
+def test_a_companion_whose_group_the_vm_cannot_own_stays_and_the_missing_reset_is_told(make_host):
+    root = _split_audio_host(make_host)
+    topology = detect(root)
+    gpu = next(g for g in topology["gpus"] if g["address"] == APU)
+    assert gpu["passthrough"]["viable"] is True and gpu["passthrough"]["devices"] == [APU]
+    warned = [f for f in topology["findings"] if f["code"] == "no_bus_reset"]
+    assert [f["device"] for f in warned] == [APU]
+    assert "IOMMU group 9 (%s)" % ", ".join("0000:04:00.%d" % f for f in range(1, 7)) in warned[0]["message"]
+    view = vfio.read_host(root)
+    assert sorted(vfio.expand_members(view, {APU: [APU]}, with_companions=True)) == [APU]
+
+
+def test_a_gpu_whose_bus_groups_a_vm_can_own_gets_no_reset_warning(make_host):
+    topology = detect(_host(make_host))
+    assert not [f for f in topology["findings"] if f["code"] == "no_bus_reset"]
