@@ -365,13 +365,22 @@ def read_cpuinfo(root):
 X86 = "x86_64"
 ARM64 = "aarch64"
 POWER = "ppc64le"
+S390 = "s390x"
+RISCV = "riscv64"
 SUPPORTED_ARCHITECTURES = (X86, ARM64)
 
 
 def architecture_of(cpuinfo):
-    """``x86_64``, ``aarch64`` or ``ppc64le`` from the first CPU block of ``proc/cpuinfo``, else None."""
+    """``x86_64``, ``aarch64``, ``ppc64le``, ``s390x`` or ``riscv64`` from the first block of
+    ``proc/cpuinfo``, else None. s390's summary block starts ``vendor_id : IBM/S390`` and counts
+    ``# processors`` (arch/s390/kernel/processor.c ``show_cpu_summary()``); RISC-V's names each
+    ``hart`` and its ``isa`` (arch/riscv/kernel/cpu.c ``c_show()``)."""
     if not cpuinfo:
         return None
+    if cpuinfo.get("vendor_id") == "IBM/S390" or "# processors" in cpuinfo:
+        return S390
+    if "isa" in cpuinfo and "hart" in cpuinfo:
+        return RISCV
     if "flags" in cpuinfo or "vendor_id" in cpuinfo:
         return X86
     if "CPU implementer" in cpuinfo or "Features" in cpuinfo:

@@ -14,6 +14,7 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.architecture import (
     architecture_from_iommu,
     host_architecture,
 )
+from ansible_collections.gpuvirt.host.plugins.module_utils.topology import detect
 
 # e_machine and EI_DATA (1 little-endian, 2 big-endian) of real programs.
 ELF = {"x86_64": (62, 1), "aarch64": (183, 1), "ppc64le": (21, 1), "ppc64": (21, 2), "i686": (3, 1),
@@ -82,6 +83,33 @@ CAPTURED = [("desktop_dgpu", "x86_64"), ("amd_host", "x86_64"), ("grace_hopper",
 @pytest.mark.parametrize(("host", "machine"), CAPTURED)
 def test_a_captured_tree_has_its_cpuinfo(make_host, host, machine):
     assert host_architecture(make_host(host)) == (machine, "/proc/cpuinfo in the tree")
+
+
+# s390's summary block (arch/s390/kernel/processor.c show_cpu_summary()): vendor_id, no x86 flags.
+S390_CPUINFO = (
+    "vendor_id       : IBM/S390\n# processors    : 4\nbogomips per cpu: 3241.00\nmax thread id   : 0\n"
+    "features\t: esan3 zarch stfle msa ldisp eimm dfp edat etf3eh highgprs te vx vxd vxe gs sie\n"
+    "processor 0: version = 00,  identification = 0B8AF8,  machine = 8561\n\n"
+    "cpu number      : 0\nversion         : 00\n"
+)
+# RISC-V's (arch/riscv/kernel/cpu.c c_show()): processor, hart, isa, mmu and the machine IDs.
+RISCV_CPUINFO = (
+    "processor\t: 0\nhart\t\t: 0\nisa\t\t: rv64imafdch_zicsr_zifencei_zba_zbb_zbs_sstc\nmmu\t\t: sv57\n"
+    "mvendorid\t: 0x0\nmarchid\t\t: 0x0\nmimpid\t\t: 0x0\n\n"
+)
+
+
+@pytest.mark.parametrize(("cpuinfo", "machine"), [(S390_CPUINFO, "s390x"), (RISCV_CPUINFO, "riscv64")])
+def test_other_architectures_cpuinfo_is_not_taken_for_x86(make_host, cpuinfo, machine):
+    # s390 writes vendor_id as x86 does; taken for x86, its hosts got VT-d advice and no refusal.
+    root = make_host("iommu_disabled", files={"proc/cpuinfo": cpuinfo})
+    assert host_architecture(root) == (machine, "/proc/cpuinfo in the tree")
+    topology = detect(root)
+    assert topology["cpu"]["architecture"] == machine
+    codes = [finding["code"] for finding in topology["findings"]]
+    assert "architecture_unsupported" in codes and "no_cpu_virtualization" not in codes, codes
+    assert not any("VT-d" in finding["message"] or "intel_iommu" in finding["message"]
+                   for finding in topology["findings"]), topology["findings"]
 
 
 @pytest.mark.parametrize(
