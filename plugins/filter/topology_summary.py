@@ -61,7 +61,9 @@ def _iommu_line(topology):
         if remap is not None:
             details.append("interrupt remapping " + ("on" if remap else "off"))
         if _get(iommu, "passthrough_mode", False):
-            details.append("iommu=pt")
+            # iommu=pt is x86's word; elsewhere iommu.passthrough=1 asks for it.
+            x86 = _get(_get(topology, "cpu", {}), "architecture", "x86_64") == "x86_64"
+            details.append("iommu=pt" if x86 else "iommu.passthrough=1")
         return "IOMMU: on (%s)" % ", ".join(details)
     if _get(iommu, "enabled") is None:
         return "IOMMU: unknown (the tree does not show IOMMU units or groups)"

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import os
 import re
+import struct
 from dataclasses import dataclass, field
 
 from ansible_collections.gpuvirt.host.plugins.module_utils.device_users import (
@@ -76,8 +77,10 @@ VFIO_SOFTWARE_GROUP = "vfio-noiommu"
 # The prefix of a no-IOMMU group's file below /dev/vfio.
 NOIOMMU_PREFIX = "noiommu-"
 _ECAP_INTERRUPT_REMAPPING = 1 << 3
-_IR_CHIP = re.compile(r"\bIR-[A-Z]")
-_PLAIN_CHIP = re.compile(r"\b(?:PCI-MSI|IO-APIC)")
+# x86's interrupt chips in /proc/interrupts, whole words: not the ends of arm64's GIC ITS
+# (``ITS-PCI-MSIX-0002:00:00.0``) or PowerNV's (``PNV-PCI-MSI``).
+_IR_CHIP = re.compile(r"(?<![\w-])IR-[A-Z]")
+_PLAIN_CHIP = re.compile(r"(?<![\w-])(?:PCI-MSI|IO-APIC)")
 
 
 @dataclass
@@ -119,6 +122,39 @@ def listing(root, relative):
         return [], os.path.isdir(os.path.dirname(path))
     except OSError:
         return [], False
+
+
+# IORT node types (ACPI IO Remapping Table, Arm DEN 0049): 3 an SMMUv1/v2, 4 an SMMUv3.
+_IORT_SMMU_NODES = frozenset((3, 4))
+# The platform devices the kernel makes of the IORT's SMMU nodes, whether their driver binds or not
+# (drivers/acpi/arm64/iort.c iort_add_platform_device(): "arm-smmu-v3.N.auto", "arm-smmu.N.auto").
+_SMMU_PLATFORM_DEVICES = ("arm-smmu-v3.", "arm-smmu.")
+
+
+def iort_describes_smmu(root):
+    """Whether the firmware's IORT holds an SMMU node: read from the table (root can read it), else
+    from the platform devices the kernel made of such nodes; None when neither tells (a snapshot)."""
+    try:
+        with open(host_path(root, ACPI_TABLES, "IORT"), "rb") as handle:
+            table = handle.read(1 << 20)
+    except OSError:
+        table = b""
+    if len(table) >= 48 and table[:4] == b"IORT":
+        count, offset = struct.unpack_from("<II", table, 36)
+        for _node in range(min(count, 4096)):
+            if offset + 4 > len(table):
+                break
+            kind, length = struct.unpack_from("<BH", table, offset)
+            if kind in _IORT_SMMU_NODES:
+                return True
+            if length == 0:
+                break
+            offset += length
+        return False
+    entries, known = listing(root, "sys/devices/platform")
+    if not known or not entries:
+        return None
+    return any(entry.startswith(_SMMU_PLATFORM_DEVICES) for entry in entries)
 
 
 def read_iommu(root, cmdline, architecture=None):
@@ -175,7 +211,10 @@ def read_iommu(root, cmdline, architecture=None):
         vendor = "intel"
     elif "IVRS" in tables:
         vendor = "amd"
-    elif "IORT" in tables:
+    if "IORT" in tables and vendor is None and iort_describes_smmu(root) is False:
+        # Every arm64 ACPI host with a GIC ITS has an IORT (its MSI routing), an SMMU or not.
+        tables.discard("IORT")
+    if vendor is None and "IORT" in tables:
         vendor = "arm"
     # iommu=pt is an x86 parameter; elsewhere the word is not the kernel's.
     x86 = architecture == X86 if architecture else vendor != "arm"
@@ -186,8 +225,8 @@ def read_iommu(root, cmdline, architecture=None):
         firmware_support=firmware if firmware or tables_known else None,
         passthrough_mode=passthrough_mode(cmdline, x86),
         # Interrupt remapping is an x86 IOMMU feature; on arm64 the GIC ITS isolates MSIs and VFIO
-        # accepts it, so the question does not arise there.
-        interrupt_remapping=None if vendor == "arm" else interrupt_remapping_state(root, cmdline, units),
+        # accepts it, so the question does not arise there, nor on POWER or s390.
+        interrupt_remapping=interrupt_remapping_state(root, cmdline, units) if x86 else None,
         units=units,
         unknown=unknown,
     )

@@ -490,7 +490,7 @@ _VIRTUAL_IOMMU = {
     ARM64: {
         "recipe": "on QEMU/KVM, an Arm virt machine with a virtual SMMUv3 (libvirt: <iommu model='smmuv3'/>; "
         "QEMU: -machine virt,iommu=smmuv3)",
-        "tables": "IORT",
+        "tables": "SMMU node in its IORT",
         "unknown": "no readable ACPI IORT table: a device-tree VM, a snapshot or an unprivileged read",
         "kernel": "",
     },
@@ -551,8 +551,8 @@ def _arm_iommu_off(iommu, findings):
     else:
         findings.error(
             "iommu_unsupported",
-            "no IOMMU: the firmware has no ACPI IORT table and the kernel registered no SMMU; enable the "
-            "SMMU in the firmware setup (some Arm servers ship with it off)",
+            "no IOMMU: the firmware describes no SMMU (its ACPI IORT table, if any, has no SMMU node) and the "
+            "kernel registered none; enable the SMMU in the firmware setup (some Arm servers ship with it off)",
         )
 
 
@@ -578,10 +578,15 @@ def _cmdline_findings(root, cmdline, findings, architecture=None):
     unsafe_live = module_parameter(root, "vfio_iommu_type1", "allow_unsafe_interrupts")
     if unsafe_cmdline or unsafe_live == "Y":
         where = "on the kernel command line" if unsafe_cmdline else "set on the loaded vfio_iommu_type1 module"
+        # What isolates a device's MSIs: x86's interrupt remapping, arm64's GICv3/v4 ITS (a GICv2m does not).
+        isolation = (
+            "an MSI controller that isolates devices (a GICv3 or v4 ITS); remove it once the host has one"
+            if architecture == ARM64 else "interrupt remapping; remove it once interrupt remapping is on"
+        )
         findings.warning(
             "unsafe_interrupts",
             "vfio_iommu_type1.allow_unsafe_interrupts is %s: a guest can inject interrupts into the host "
-            "without interrupt remapping; remove it once interrupt remapping is on" % where,
+            "without %s" % (where, isolation),
         )
 
 

@@ -122,3 +122,14 @@ def test_a_boot_display_of_another_class_is_flagged():
     lines = topology_summary(topology)
     assert "BOOT DISPLAY" in _gpu_block(lines, "0000:03:01.0")[0]
     assert "BOOT DISPLAY" not in _gpu_block(lines, "0000:00:02.0")[0]
+
+
+def test_passthrough_mode_is_named_by_the_architectures_own_argument():
+    x86 = _topology()
+    x86["iommu"]["passthrough_mode"] = True
+    assert topology_summary(x86)[0] == "IOMMU: on (intel, interrupt remapping on, iommu=pt)"
+    # iommu= is x86's parameter (kernel-parameters.txt [X86]); arm64 asks with iommu.passthrough=1.
+    arm = _topology()
+    arm["iommu"].update(vendor="arm", passthrough_mode=True, interrupt_remapping=None)
+    arm["cpu"] = {"architecture": "aarch64"}
+    assert topology_summary(arm)[0] == "IOMMU: on (arm, iommu.passthrough=1)"

@@ -14,7 +14,12 @@ import pytest
 from ansible_collections.gpuvirt.host.plugins.module_utils import mdev_info
 from ansible_collections.gpuvirt.host.plugins.module_utils import pci as pci_module
 from ansible_collections.gpuvirt.host.plugins.module_utils.findings import Findings
-from ansible_collections.gpuvirt.host.plugins.module_utils.iommu import group_members, group_of, groups_from_devices
+from ansible_collections.gpuvirt.host.plugins.module_utils.iommu import (
+    group_members,
+    group_of,
+    groups_from_devices,
+    iort_describes_smmu,
+)
 from ansible_collections.gpuvirt.host.plugins.module_utils.pci import companions, read_pci_device, read_pci_devices
 from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import address_sort_key, normalize_address
 from ansible_collections.gpuvirt.host.plugins.module_utils.topology import (
@@ -602,6 +607,13 @@ def test_acs_override_and_unsafe_interrupts_on_the_command_line_are_warned(make_
     assert unsafe["severity"] == "warning" and "command line" in unsafe["message"]
 
 
+def test_unsafe_interrupts_on_arm64_name_what_isolates_msis_there(make_host):
+    # arm64 has no interrupt remapping: a GICv3/v4 ITS isolates MSIs, and VFIO accepts it.
+    root = make_host("grace_hopper", kernel={"parameters": {"vfio_iommu_type1": {"allow_unsafe_interrupts": "Y"}}})
+    message = finding(detect(root), "unsafe_interrupts")["message"]
+    assert "GICv3 or v4 ITS" in message and "remapping" not in message
+
+
 def test_unsafe_interrupts_set_on_the_loaded_module_is_warned(make_host):
     root = make_host("desktop_dgpu", kernel={"parameters": {"vfio_iommu_type1": {"allow_unsafe_interrupts": "Y"}}})
 
@@ -721,9 +733,41 @@ def test_an_arm64_vm_without_an_smmu_gets_the_arm_virtual_iommu(make_host):
     # QEMU's virt machine under KVM writes product_name "KVM Virtual Machine", read before sys_vendor.
     assert topology["cpu"]["virtual_machine"] is True and topology["cpu"]["hypervisor"] == "KVM"
     message = finding(topology, "iommu_unsupported")["message"]
-    assert "no virtual IOMMU (no IORT ACPI table)" in message and "<iommu model='smmuv3'/>" in message
+    assert "no virtual IOMMU (no SMMU node in its IORT ACPI table)" in message and "<iommu model='smmuv3'/>" in message
     assert "intel" not in message
     assert "virtualization=on" in finding(topology, "kvm_unavailable")["message"]
+
+
+def test_an_arm64_vm_whose_iort_describes_no_smmu_gets_the_arm_virtual_iommu(make_host):
+    # QEMU's virt machine writes an IORT whenever its GIC has an ITS (the MSI routing), with an SMMUv3 node
+    # only for -machine virt,iommu=smmuv3 (hw/arm/virt-acpi-build.c build_iort()): such a table is no SMMU.
+    root = make_host("grace_hopper", iommu={"enabled": False, "iort_smmu": False}, cpu={"kvm": False},
+                     machine={"dmi": {"sys_vendor": "QEMU", "product_name": "KVM Virtual Machine"}})
+    topology = detect(root)
+
+    assert topology["iommu"]["firmware_support"] is False and topology["iommu"]["vendor"] is None
+    message = finding(topology, "iommu_unsupported")["message"]
+    assert "no SMMU node in its IORT" in message and "<iommu model='smmuv3'/>" in message
+    assert "CONFIG_ARM_SMMU_V3" not in message
+    # With the SMMU node, the firmware describes one: the kernel's driver is what is missing.
+    described = detect(make_host("grace_hopper", iommu={"enabled": False}, cpu={"kvm": False},
+                                 machine={"dmi": {"sys_vendor": "QEMU", "product_name": "KVM Virtual Machine"}}))
+    assert described["iommu"]["firmware_support"] is True and described["iommu"]["vendor"] == "arm"
+
+
+def test_the_iort_tells_whether_it_describes_an_smmu(make_host):
+    root = make_host("grace_hopper", iommu={"enabled": False, "iort_smmu": False})
+    assert iort_describes_smmu(root) is False
+    assert iort_describes_smmu(make_host("grace_hopper", iommu={"enabled": False})) is True
+    # A snapshot keeps the table's presence only: the platform devices the kernel made of its SMMU
+    # nodes tell (drivers/acpi/arm64/iort.c iort_add_platform_device(): "arm-smmu-v3.N.auto").
+    with open(os.path.join(root, "sys/firmware/acpi/tables/IORT"), "wb"):
+        pass
+    assert iort_describes_smmu(root) is None
+    os.makedirs(os.path.join(root, "sys/devices/platform/serial8250"))
+    assert iort_describes_smmu(root) is False
+    os.makedirs(os.path.join(root, "sys/devices/platform/arm-smmu-v3.0.auto"))
+    assert iort_describes_smmu(root) is True
 
 
 def test_a_device_tree_arm64_vm_without_an_smmu_is_unknown_and_gets_the_arm_advice(make_host):
@@ -915,7 +959,7 @@ def test_an_arm64_host_without_its_smmu_gets_arm_advice(make_host):
     assert "IORT" in error["message"] and "arm-smmu-v3" in error["message"]
     assert "intel_iommu" not in error["message"] and "VT-d" not in error["message"]
     assert finding(detect(make_host("grace_hopper", iommu={"enabled": False, "firmware": False})),
-                   "iommu_unsupported")["message"].startswith("no IOMMU: the firmware has no ACPI IORT table")
+                   "iommu_unsupported")["message"].startswith("no IOMMU: the firmware describes no SMMU")
 
 
 def test_x86_arguments_on_an_arm64_command_line_are_flagged(make_host):

@@ -19,6 +19,7 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.findings import Findi
 from ansible_collections.gpuvirt.host.plugins.module_utils.iommu import (
     interrupt_remapping_state,
     passthrough_mode,
+    read_iommu,
     users_of,
     vfio_holders,
 )
@@ -417,6 +418,35 @@ def test_interrupt_remapping_from_proc_interrupts(tmp_path):
     assert interrupt_remapping_state(root, ["intremap=off"], []) is False
     write(root, "proc/interrupts", "  CPU0\n 24: 1 PCI-MSI 512000-edge ahci\n")
     assert interrupt_remapping_state(root, [], []) is False
+
+
+# arm64's GIC ITS (drivers/irqchip/irq-gic-v3-its-msi-parent.c, prefix "ITS-") and PowerNV's MSI chip
+# (arch/powerpc/platforms/powernv/pci-ioda.c) end in x86's chip names: not x86's chips.
+ITS_INTERRUPTS = (" 47:  120  ITS-PCI-MSIX-0000:01:00.0   0 Edge      nvidia\n"
+                  " 48: 0  ITS-PCI-MSI-0004:00:00.0 0 Edge PCIe PME\n")
+PNV_INTERRUPTS = " 40:  1203  PNV-PCI-MSI 1048576 Edge      nvme0q0\n"
+
+
+def test_other_architectures_chips_are_not_x86_interrupt_chips(tmp_path, make_host):
+    root = str(tmp_path)
+    for text in (ITS_INTERRUPTS, PNV_INTERRUPTS):
+        write(root, "proc/interrupts", "  CPU0\n" + text)
+        assert interrupt_remapping_state(root, [], []) is None
+    write(root, "proc/interrupts", "  CPU0\n 24: 1 IR-PCI-MSIX-0000:00:14.3 0-edge iwlwifi\n")
+    assert interrupt_remapping_state(root, [], []) is True
+    # Interrupt remapping is x86's question: an arm64 host whose IOMMU is not an SMMU (virtio-iommu, a
+    # DART) and a POWER host are not told to turn it on.
+    arm = make_host("grace_hopper", files={"proc/interrupts": "  CPU0\n" + ITS_INTERRUPTS})
+    assert read_iommu(arm, [], "aarch64").interrupt_remapping is None
+    os.rename(os.path.join(arm, "sys/class/iommu"), os.path.join(arm, "sys/class/iommu.gone"))
+    os.makedirs(os.path.join(arm, "sys/class/iommu/virtio0"))
+    os.remove(os.path.join(arm, "sys/firmware/acpi/tables/IORT"))
+    iommu = read_iommu(arm, [], "aarch64")
+    assert iommu.vendor is None and iommu.interrupt_remapping is None
+    power = make_host("power9_host", files={"proc/interrupts": "  CPU0\n" + PNV_INTERRUPTS})
+    topology = detect(power)
+    assert topology["iommu"]["interrupt_remapping"] is None
+    assert "interrupt_remapping_off" not in [finding["code"] for finding in topology["findings"]]
 
 
 def test_interrupt_remapping_from_intel_ecap(tmp_path):
