@@ -103,8 +103,15 @@ class SriovRun(ModuleRun):
                       "only be loaded on this host's /; nothing was changed" % self.root)
         if self.params["persistent"]:
             # The VFs a lower count removes for good take the records of what was on them along (the
-            # mdevs and vGPU types destroyed with them, which force let go).
-            gone = [vf for p in plans if p["change_count"] for vf in p["before"]["vfs"] if vf not in p["vfs_after"]]
+            # mdevs and vGPU types destroyed with them, which force let go). Those beyond the declared
+            # count go on every run, not only the one that lowers it: a run killed between lowering the
+            # count and writing this file, or one whose write failed, left them, and the restore would
+            # wait at every boot for a parent that never comes.
+            gone = {vf for p in plans if p["change_count"] for vf in p["before"]["vfs"] if vf not in p["vfs_after"]}
+            for planned in plans:
+                if planned["declared_num_vfs"] is not None and planned["total_vfs"]:
+                    possible = vf_addresses(self.root, planned["address"], planned["total_vfs"])
+                    gone.update(possible[planned["declared_num_vfs"]:])
             state = with_section(without_devices(state, gone), "sriov", self._state_section(state, plans))
         return SriovRunPlan(tuple(plans), plan_state(self.root, state))
 

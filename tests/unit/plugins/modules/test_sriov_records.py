@@ -6,9 +6,11 @@
 
 from __future__ import annotations
 
+import errno
+import io
 import os
 
-from ansible_collections.gpuvirt.host.plugins.module_utils import hoststate
+from ansible_collections.gpuvirt.host.plugins.module_utils import files, hoststate, restore
 from ansible_collections.gpuvirt.host.tests.sim.nvidia_vgpu_sim import attach
 from ansible_collections.gpuvirt.host.tests.sim.sriov_hosts import recorded
 
@@ -39,6 +41,34 @@ def test_removing_the_vfs_for_good_forgets_what_was_on_them(make_host, run_modul
     assert os.listdir(os.path.join(root, "sys/bus/mdev/devices")) == []
     assert MDEV not in recorded(root)["mdevs"]
     assert PF not in recorded(root)["sriov"]
+
+
+def test_records_a_run_could_not_drop_go_with_the_next_run(make_host, run_module, monkeypatch):
+    # The count was lowered but the state file was not written (/etc full, or the run killed in between):
+    # the next run finds the count as declared, and still drops the records of the VFs beyond it, or the
+    # restore would wait at every boot for a parent that never comes.
+    root = a100_with_a_recorded_mdev(make_host, run_module)
+    real = files.write_file
+
+    def full(path, *args, **kwargs):
+        if path.endswith("host-state.json"):
+            raise files.FileError("cannot write %s: %s" % (path, os.strerror(errno.ENOSPC)))
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(files, "write_file", full)
+    args = {"devices": [{"selector": PF, "num_vfs": 0}], "force": True, "delay": 0}
+    failed = run(run_module, root, "sriov", **args)
+    assert failed["rc"] == 1 and failed["changed"] is True and MDEV in recorded(root)["mdevs"], failed
+    monkeypatch.setattr(files, "write_file", real)
+    again = run(run_module, root, "sriov", **args)
+    assert again["rc"] == 0 and again["changed"] is True, again
+    assert MDEV not in recorded(root)["mdevs"] and PF not in recorded(root)["sriov"]
+    assert run(run_module, root, "sriov", **args)["changed"] is False
+    out = io.StringIO()
+    sim, _kernel, _nvidia = attach(root)
+    with sim.active():
+        status = restore.Restore(root=root, out=out, timeout=0.2, interval=0.01, mdevctl_grace=0).run()
+    assert status["ok"], [r for r in status["results"] if not r["ok"]]
 
 
 def test_vfs_removed_for_this_boot_only_keep_the_records(make_host, run_module):
