@@ -121,8 +121,10 @@ def _roll_back(root, address, override_set, previous=None):
 
 
 def release_device(root, address, variants=(), attempts=10, delay=0.1):
-    """Hand a device back: clear ``driver_override``, unbind it from vfio-pci or the variant VFIO
-    driver holding it, take its ID out of vfio-pci's dynamic ID table, ``drivers_probe``, read back.
+    """Hand a device back: unbind it from vfio-pci or the variant VFIO driver holding it, take its ID
+    out of vfio-pci's dynamic ID table, clear ``driver_override``, ``drivers_probe``, read back. A
+    device already unbound whose override still names a VFIO driver (a hand-back cut short) is
+    completed the same way.
 
     After a boot that bound the device through ``options vfio-pci ids=`` (or ``vfio-pci.ids=``)
     the ID sits in vfio-pci's table and vfio-pci, loaded first, would win the reprobe again; the
@@ -131,13 +133,20 @@ def release_device(root, address, variants=(), attempts=10, delay=0.1):
     afterwards (the host driver, or None when no driver claims it).
     """
     try:
-        if read_override(root, address) is not None:
-            write_text(device_path(root, address, "driver_override"), "\n")
-        driver = read_driver(root, address)
-        if is_vfio_driver(driver, variants):
+        # The override goes last, just before the reprobe: the unbind blocks while a process still holds
+        # the device, and a run killed then leaves the override naming the VFIO driver, which the next
+        # run sees and completes (cleared first, it would leave a device on no driver that nothing names).
+        driver, override = read_driver(root, address), read_override(root, address)
+        bound = is_vfio_driver(driver, variants)
+        # Unbound already, its override still the VFIO driver's: a hand-back cut short after the unbind.
+        moving = bound or (driver is None and is_vfio_driver(override, variants))
+        if bound:
             write_text(host_path(root, PCI_DRIVERS, driver, "unbind"), address)
-            if driver_loaded(root, VFIO_DRIVER):
-                _remove_dynamic_id(root, address)
+        if moving and driver_loaded(root, VFIO_DRIVER):
+            _remove_dynamic_id(root, address)
+        if override is not None:
+            write_text(device_path(root, address, "driver_override"), "\n")
+        if moving:
             write_text(host_path(root, DRIVERS_PROBE), address)
     except SysfsWriteError as error:
         raise VfioError("handing %s back to its host driver failed: %s" % (address, error)) from error

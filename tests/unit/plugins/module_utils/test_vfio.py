@@ -333,10 +333,12 @@ def test_release_returns_the_device_to_its_host_driver(desktop, kernel):
         vfio_bind.bind_device(desktop, GPU)
         del pci.sim.writes[:]
         assert vfio_bind.release_device(desktop, GPU) == "nvidia"
+    # The override goes just before the reprobe: a run killed while the unbind blocks leaves it naming
+    # vfio-pci, which tells the next run the device is still to be handed back.
     assert pci.sim.writes == [
-        ("sys/bus/pci/devices/0000:01:00.0/driver_override", "\n"),
         ("sys/bus/pci/drivers/vfio-pci/unbind", "0000:01:00.0"),
         ("sys/bus/pci/drivers/vfio-pci/remove_id", "10de 1e04"),  # not in the table: ENODEV, ignored
+        ("sys/bus/pci/devices/0000:01:00.0/driver_override", "\n"),
         ("sys/bus/pci/drivers_probe", "0000:01:00.0"),
     ]
     assert vfio_bind.read_override(desktop, GPU) is None
