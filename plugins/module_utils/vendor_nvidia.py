@@ -356,7 +356,8 @@ class NvidiaBackend(VendorBackend):
         """``vgpu``: ready when the GPU (or one of its VFs) offers vGPU types now and, in SR-IOV mode, all its
         VFs are enabled (a GPU with only some is enabled anew by gpuvirt.host.nvidia_vgpu). Offered for 3D
         controllers (data-center GPUs) and SR-IOV capable GPUs; a GeForce-class VGA controller without
-        either is not a vGPU model as far as sysfs can tell."""
+        either is not a vGPU model as far as sysfs can tell, nor a laptop's GeForce or mobile chip that is a
+        3D controller (:func:`consumer_model`), unless it offers vGPU types all the same."""
         vfs = host.vfs_of(device)
         sriov = device.sriov
         # On an SR-IOV GPU the vGPUs live on its VFs: an nvidia/ directory on the physical function (some
@@ -367,7 +368,9 @@ class NvidiaBackend(VendorBackend):
             or (vgpu_state(device) is not None and not per_vf)
             or any(host.is_mdev_parent(vf.address) or vgpu_state(vf) is not None for vf in vfs)
         )
-        if not offered and not (device.class_code or "").startswith("0302") and device.sriov is None:
+        if not offered and device.sriov is None and (
+            not (device.class_code or "").startswith("0302") or consumer_model(device)
+        ):
             return []
         missing = []
         if not offered:
@@ -390,6 +393,15 @@ class NvidiaBackend(VendorBackend):
         if not offered and not missing:
             missing.append("vGPU types: none is offered although the vGPU driver is loaded; check nvidia-vgpu-mgr")
         return [{"mode": "vgpu", "ready": not missing, "missing": missing}]
+
+
+def consumer_model(device):
+    """Whether pci.ids names ``device`` a GeForce or a mobile chip (``GK106M``, ``TU117M``, ``GP107GLM``):
+    NVIDIA's vGPU software supports neither. A muxless (Optimus) laptop's GeForce is a 3D controller,
+    class 0302, as the data-center GPUs are; the name tells them apart (unnamed: not known to be one)."""
+    name = device.device_name or ""
+    chip = name.split(" ", 1)[0]
+    return "GeForce" in name or (len(chip) > 1 and chip[:2].isalpha() and chip.endswith("M"))
 
 
 def manager_running(root):

@@ -121,6 +121,19 @@ def test_nvidia_vgpu_modes(make_host):
     assert "vgpu" not in modes(detect(make_host("desktop_dgpu")), "0000:01:00.0")
 
 
+@pytest.mark.parametrize("name", ["TU117M [GeForce MX450]", "GK106M [GeForce GTX 765M]", "GA107 [GeForce RTX 3050]",
+                                  "GP107GLM [Quadro P620]"])
+def test_a_laptops_geforce_3d_controller_is_not_offered_vgpu(make_host, name):
+    # A muxless (Optimus) laptop's GPU has no display of its own: a 3D controller, as the data-center GPUs
+    # (github.com/HikariKnight/ls-iommu/issues/3: "3D controller [0302]: ... TU117M [GeForce MX450]").
+    # NVIDIA's vGPU software supports no GeForce and no mobile chip.
+    root = make_host("desktop_dgpu", patch_devices={"01:00.0": {"class": "030200", "device_name": name}})
+    assert "vgpu" not in modes(detect(root), "0000:01:00.0")
+    tesla = make_host("desktop_dgpu",
+                      patch_devices={"01:00.0": {"class": "030200", "device_name": "TU104GL [Tesla T4]"}})
+    assert modes(detect(tesla), "0000:01:00.0")["vgpu"]["ready"] is False
+
+
 # -- the seam: generic modules name no vendor, a new vendor is one backend --------------------------
 
 UTILS = os.path.join(os.path.dirname(vendors.__file__))
