@@ -213,6 +213,18 @@ def resolve_selector(snapshot, selector):
     return [_card_target(snapshot, address, selector) for address in cards]
 
 
+def _vanished_parent(snapshot, declaration):
+    """The PCI address of a parent that is no longer on the host (a card taken out, VFs no longer
+    enabled), when the declaration asks for none of its mdevs (``exclusive`` with no ``mdevs``): what
+    is left of it are records, which such a declaration removes. None otherwise."""
+    if declaration.get("mdevs") or not declaration.get("exclusive"):
+        return None
+    address = normalize_address((declaration.get("selector") or "").strip())
+    if address is None or address in snapshot.parents or address in snapshot.devices:
+        return None
+    return address
+
+
 def _card_reason(device):
     if device.is_vf:
         return "is a virtual function of %s that offers no mediated device types; select its physical function" % (
@@ -278,7 +290,16 @@ def plan(snapshot, declarations, force=False):
     """Work out what to create and remove so that each selected parent holds what is declared."""
     owner = {}
     targets = []
+    vanished = []
     for declaration in declarations:
+        gone = _vanished_parent(snapshot, declaration)
+        if gone is not None:
+            if gone in owner:
+                raise MdevError("parent %s is selected twice (by %r and %r); declare each parent once"
+                                % (gone, owner[gone], declaration["selector"]))
+            owner[gone] = declaration["selector"]
+            vanished.append((declaration, gone))
+            continue
         for target in resolve_selector(snapshot, declaration["selector"]):
             for parent in target.parents:
                 if parent in owner:
@@ -289,6 +310,12 @@ def plan(snapshot, declarations, force=False):
                 owner[parent] = declaration["selector"]
             targets.append((declaration, target))
     result = Plan(parents={})
+    for declaration, gone in vanished:
+        result.parents[gone] = ParentPlan(parent=gone, selector=declaration["selector"], exclusive=True, before=[])
+        result.warnings.append(
+            "%s is not on this host (removed, or VFs no longer enabled): only the records of mdevs on it are "
+            "removed (the state file, mdevctl's definitions)" % gone
+        )
     taken = set(snapshot.mdevs)
     explicit = {}
     for declaration, target in targets:

@@ -91,6 +91,9 @@ options:
         description:
           - Remove the mdevs of this parent that are not declared, and their persistent definitions.
           - An mdev held open by a process is never removed unless O(force=true).
+          - With no O(parents[].mdevs), a PCI address that is no longer on the host (a card taken out, VFs
+            no longer enabled) is accepted, and the records of mdevs on it (the state file, mdevctl's
+            definitions) are removed, so that the boot-time restore no longer waits for it.
         type: bool
         default: false
   force:

@@ -319,3 +319,26 @@ def test_a_process_that_exited_does_not_block_removing(lab, mdev_module, unreada
     result = mdev_module(lab, parents=exclusive)
     assert result["rc"] == 0 and result["removed"] == created["created"], result
     assert "warnings" not in result
+
+
+def test_the_records_of_a_parent_no_longer_on_the_host_can_be_removed(lab, mdev_module):
+    # A card taken out of the host (or VFs no longer enabled) leaves records the boot restore would wait
+    # for at every boot; "exclusive, no mdevs" on its address removes them, as on a parent that is there.
+    assert mdev_module(lab, parents=LAB_DECLARATION)["rc"] == 0
+    gone = "0000:65:00.4"
+    recorded = state_file(lab)
+    recorded["mdevs"][A100_MDEV] = {"parent": gone, "type": "nvidia-471"}
+    with open(os.path.join(lab, "etc/gpuvirt/host-state.json"), "w") as handle:
+        json.dump(recorded, handle)
+    declaration = [{"selector": gone, "mdevs": [], "exclusive": True}]
+    predicted = mdev_module(lab, check_mode=True, diff=True, parents=declaration)
+    result = mdev_module(lab, diff=True, parents=declaration)
+    assert result["rc"] == 0 and result["changed"] is True, result
+    assert A100_MDEV not in state_file(lab)["mdevs"] and len(state_file(lab)["mdevs"]) == 3
+    assert any("0000:65:00.4 is not on this host" in w for w in warnings(result))
+    for key in ("changed", "created", "removed", "parents", "diff"):
+        assert predicted[key] == result[key], key
+    assert mdev_module(lab, parents=declaration)["changed"] is False
+    # Asking for mdevs on it still fails: there is nothing to put them on.
+    wanted = mdev_module(lab, parents=[{"selector": gone, "mdevs": [{"type": "nvidia-471", "count": 1}]}])
+    assert wanted["rc"] == 1 and "0000:65:00.4" in wanted["msg"]
