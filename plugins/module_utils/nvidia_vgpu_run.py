@@ -354,9 +354,9 @@ class NvidiaVgpuRun(ModuleRun):
     def _record(self, work, after, nvidia_section, sriov_section):
         view = work.view
         if view.sriov_mode:  # never a short count: the boot-time restore would accept it back
-            recorded = sriov_section.get(view.address)
-            autoprobe = recorded.get("drivers_autoprobe") if isinstance(recorded, dict) else None
-            sriov_section[view.address] = state_entry(view.sriov["num_vfs"], autoprobe, "sriov_manage")
+            recorded = sriov_section.get(view.address) if isinstance(sriov_section.get(view.address), dict) else {}
+            sriov_section[view.address] = state_entry(view.sriov["num_vfs"], recorded.get("drivers_autoprobe"),
+                                                      "sriov_manage", vfio=recorded.get("vfio"))
         if work.plan is None:
             return
         exclusive = bool(work.declaration["exclusive"])

@@ -331,10 +331,13 @@ class SriovRun(ModuleRun):
             if planned["declared_num_vfs"] is None and "num_vfs" in recorded:
                 num_vfs = recorded["num_vfs"]
             vfio = recorded.get("vfio") if planned["vfio"] is None else planned["vfio"]
+            # The vendor tool a backend recorded the VFs to be enabled with (sriov-manage) stays, unless
+            # this run set the count itself.
+            method = None if planned["change_count"] else recorded.get("method")
             if num_vfs == 0 and autoprobe in (None, True):
                 section.pop(pf, None)
             else:
-                section[pf] = state_entry(num_vfs, autoprobe, vfio=vfio)
+                section[pf] = state_entry(num_vfs, autoprobe, method=method, vfio=vfio)
         return section
 
     def _result(self, planned, after):
