@@ -35,7 +35,7 @@ import re
 from dataclasses import dataclass, field
 
 from ansible_collections.gpuvirt.host.plugins.module_utils import host as host_model
-from ansible_collections.gpuvirt.host.plugins.module_utils import modprobe, vendors
+from ansible_collections.gpuvirt.host.plugins.module_utils import hoststate, modprobe, vendors
 from ansible_collections.gpuvirt.host.plugins.module_utils.critical import critical_devices
 from ansible_collections.gpuvirt.host.plugins.module_utils.device_users import (
     host_nodes,
@@ -487,8 +487,54 @@ def bind_refusals(view, members, changing):
             ))
     scanned = host_node_users(view, changing)
     refusals.extend(in_use_refusals(view, changing, "binding", scanned))
-    refusals.extend(carved_refusals(view, changing))
+    carved = carved_refusals(view, changing)
+    refusals.extend(carved)
+    refusals.extend(recorded_carving_refusals(view, members, {refusal.device for refusal in carved}))
     refusals.extend(host_user_refusals(view, changing, scanned))
+    return refusals
+
+
+def recorded_carving_refusals(view, members, skip=()):
+    """``carved``: members (``skip`` apart) that the state file has the boot-time restore carve: VFs to
+    enable, mdevs to create, a vendor's record (a vGPU type on a VF). Bound to a VFIO driver at boot, such a
+    device cannot be carved (vfio-pci enables no VFs, offers no mdev types), and the restore fails on it at
+    every boot; this holds whether the device moves now or only at the next boot, and whether its VFs are
+    there now or not."""
+    try:
+        state = hoststate.load_state(view.root)
+    except hoststate.StateFileError as error:
+        raise VfioError(str(error)) from error
+    where = "/" + hoststate.STATE_PATH
+    refusals = []
+    for address in members:
+        if address in skip:
+            continue
+        device = describe(view.records[address])
+        entry = state["sriov"].get(address)
+        count = entry.get("num_vfs") if isinstance(entry, dict) else None
+        if isinstance(count, int) and not isinstance(count, bool) and count > 0:
+            refusals.append(Refusal(
+                "carved", address,
+                "%s: the boot-time restore enables %d virtual function%s on it (%s), which it cannot do on vfio-pci, "
+                "and what they carry is lost at every boot; set its VFs to 0 first (gpuvirt.host.sriov), which "
+                "forgets them" % (device, count, "" if count == 1 else "s", where),
+            ))
+        children = sorted(uuid for uuid, mdev in state["mdevs"].items()
+                          if isinstance(mdev, dict) and mdev.get("parent") == address)
+        if children:
+            refusals.append(Refusal(
+                "carved", address,
+                "%s: the boot-time restore creates the mediated device%s %s on it (%s), which it cannot do on "
+                "vfio-pci; remove them first (gpuvirt.host.mdev, exclusive with no mdevs)"
+                % (device, "" if len(children) == 1 else "s", ", ".join(children), where),
+            ))
+        for section in vendors.state_sections():
+            if isinstance(state.get(section), dict) and address in state[section]:
+                refusals.append(Refusal(
+                    "carved", address,
+                    "%s: the boot-time restore sets it up from its %s record (%s), which it cannot do on vfio-pci; "
+                    "remove that first with the module that set it" % (device, section, where),
+                ))
     return refusals
 
 
@@ -582,6 +628,13 @@ def carved_refusals(view, changing):
                 "one loses it (or the unbind waits until it lets go); remove them first (gpuvirt.host.mdev)"
                 % (describe(view.records[address]), len(children), "" if len(children) == 1 else "s",
                    ", ".join(children), driver),
+            ))
+        # A vendor's own carving (a vGPU type set on a VF) goes with the driver too.
+        for reason in vendors.in_use_reasons(device):
+            refusals.append(Refusal(
+                "carved", address,
+                "%s: %s; taking it from %s removes it, and a VM using it loses it; remove it first with the module "
+                "that set it" % (describe(view.records[address]), reason, driver),
             ))
     return refusals
 

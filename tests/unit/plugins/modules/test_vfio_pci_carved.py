@@ -11,10 +11,14 @@ parent of an A100-4C mdev that a QEMU process holds."""
 
 from __future__ import annotations
 
+import os
+
 from ansible_collections.gpuvirt.host.plugins.module_utils import vfio_bind
 from ansible_collections.gpuvirt.host.tests.sim.hosts import tree_state as files
 from ansible_collections.gpuvirt.host.tests.sim.mdev_kernel import KernelSim
+from ansible_collections.gpuvirt.host.tests.sim.nvidia_vgpu_sim import attach
 from ansible_collections.gpuvirt.host.tests.sim.pci_kernel import PciKernel
+from ansible_collections.gpuvirt.host.tests.sim.sriov_hosts import all_vfs_enabled, recorded
 
 PF = "0000:b1:00.0"
 MDEV_PARENT = "0000:b1:00.4"
@@ -96,3 +100,53 @@ def test_handing_back_a_physical_function_whose_vfs_vfio_pci_made_is_refused(mak
     [refusal] = refusals(result)
     assert refusal["device"] == PF and "taking it from vfio-pci disables them" in refusal["message"]
     assert kernel.sim.writes == [] and files(root) == before
+
+
+def test_a_vf_with_a_vendor_vgpu_type_is_not_taken_from_its_driver(make_host, vfio_pci):
+    # NVIDIA's per-VF vGPU lives under the nvidia driver (nvidia/current_vgpu_type): unbinding the VF
+    # destroys it. sriov counts it as in use; vfio_pci refuses it as carved.
+    root = make_host(all_vfs_enabled("l40s_vgpu"), patch_devices={"cb:00.4": {"nvidia_vgpu": {
+        "creatable": {}, "current": 1041}}})
+    kernel = PciKernel(KernelSim(root))
+    before = files(root)
+    result = vfio_pci(root, kernel=kernel, devices=["0000:cb:00.4"], persistent=False)
+    assert result["rc"] == 1 and result.get("changed") is False, result
+    [refusal] = refusals(result)
+    assert "vGPU type 1041 is assigned to it" in refusal["message"] and "taking it from nvidia" in refusal["message"]
+    assert kernel.sim.writes == [] and files(root) == before
+
+
+def _a100_with_records(make_host, run_module):
+    """The A100 with its 16 VFs and the mdev on b1:00.4 recorded for the boot restore (its VM stopped)."""
+    root = make_host("datacenter_a100")
+    for name in os.listdir(os.path.join(root, "proc/31337/fd")):
+        os.unlink(os.path.join(root, "proc/31337/fd", name))
+    sim = attach(root)[0]
+    with sim.active():
+        assert run_module("mdev", {"root": root, "parents": [
+            {"selector": MDEV_PARENT, "mdevs": [{"type": "nvidia-471", "uuids": [MDEV]}]}]})["rc"] == 0
+        assert run_module("sriov", {"root": root, "devices": [{"selector": PF, "num_vfs": 16}], "delay": 0})["rc"] == 0
+    assert recorded(root)["sriov"][PF]["num_vfs"] == 16 and MDEV in recorded(root)["mdevs"]
+    return root
+
+
+def test_a_device_the_restore_carves_is_not_given_to_vfio_pci_at_boot(make_host, vfio_pci, run_module):
+    # Bound at the next boot only (runtime: false), or while its VFs are away for maintenance: at boot the
+    # restore could not enable the recorded VFs on vfio-pci (no sriov_configure without enable_sriov=1) nor
+    # create the mdev on them, at every boot.
+    root = _a100_with_records(make_host, run_module)
+    later = vfio_pci(root, kernel=PciKernel(KernelSim(root)), devices=[PF], runtime=False)
+    assert later["rc"] == 1 and later.get("changed") is False, later
+    [refusal] = refusals(later)
+    assert "the boot-time restore enables 16 virtual functions on it" in refusal["message"]
+    assert "gpuvirt.host.sriov" in refusal["message"]
+    # A VF the restore puts an mdev on is refused alike.
+    child = vfio_pci(root, kernel=PciKernel(KernelSim(root)), devices=[MDEV_PARENT], runtime=False)
+    assert child["rc"] == 1 and any(MDEV in r["message"] for r in refusals(child)), child
+    sim = attach(root)[0]
+    with sim.active():
+        away = run_module("sriov", {"root": root, "devices": [{"selector": PF, "num_vfs": 0}], "delay": 0,
+                                    "persistent": False, "force": True})
+    assert away["rc"] == 0 and recorded(root)["sriov"][PF]["num_vfs"] == 16, away
+    now = vfio_pci(root, kernel=PciKernel(KernelSim(root)), devices=[PF], persistent=False)
+    assert now["rc"] == 1 and [r["device"] for r in refusals(now)] == [PF], now
