@@ -48,10 +48,11 @@ def test_rollout_in_batches_reboots_only_what_needs_it_and_stops_at_a_blocked_ba
     rc, recap, output = fleet.run("gpuvirt.host.rollout", extra_vars=dict(common, gpuvirt_report_dir=str(done_dir)))
     assert rc != 0, output
     done = outcomes(done_dir)
-    # The blocked host failed its batch (max_fail_percentage 0): the batch stopped, h08 never started.
+    # The blocked host failed its batch (failure budget 0): the batch finished, then the rollout stopped,
+    # and h08 never started.
     assert recap["h06"]["failed"] == 1
     assert "h06 is blocked, nothing was changed on it" in output
-    assert "h08" not in recap and "h08" not in done
+    assert "h08" not in recap and done["h08"] == {"host": "h08", "status": "pending", "check_mode": False}
     assert grub(fleet, "h08") == untouched
     # Only the host that needed a reboot rebooted, and it verified with the IOMMU on.
     assert {name: fleet.reboots(name) for name in fleet.hosts} == {
@@ -61,9 +62,14 @@ def test_rollout_in_batches_reboots_only_what_needs_it_and_stops_at_a_blocked_ba
     with open(os.path.join(fleet.hosts["h03"], "proc/cmdline")) as handle:
         assert "intel_iommu=on" in handle.read()
     # Check mode predicted exactly what the run then did, host by host.
-    keys = ("changed", "reboot_required", "rebooted")
-    assert {h: [o[k] for k in keys] for h, o in predicted.items()} == {h: [o[k] for k in keys] for h, o in done.items()}
-    assert set(done) == {"h01", "h02", "h03", "h04"}  # batch 3 stopped before recording anything
+    keys = ("status", "changed", "reboot_required", "rebooted")
+    assert {h: [o.get(k) for k in keys] for h, o in predicted.items()} == {
+        h: [o.get(k) for k in keys] for h, o in done.items()}
+    # The others of h06's batch finished and were recorded; h06's record says why it failed.
+    statuses = dict.fromkeys(done, "done") | {"h06": "failed", "h08": "pending"}
+    assert {h: o["status"] for h, o in done.items()} == statuses
+    assert "h06 is blocked" in done["h06"]["message"] and done["h06"]["failed_task"]
+    assert "The rollout stops after this batch: 1 of 3 host(s) did not finish it (h06)" in " ".join(output.split())
 
     # A second rollout over the first batches changes nothing and reboots nobody.
     rc, recap, output = fleet.run("gpuvirt.host.rollout", "--limit", "h01,h02,h03,h04", extra_vars=common)

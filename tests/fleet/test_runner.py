@@ -100,7 +100,8 @@ def test_rollout_through_ansible_runner_reboots_only_the_host_that_needs_it(flee
     assert runner.status == "successful", runner.stdout.read()
     # Each serial batch is a play of its own in the job events.
     plays = [e for e in runner.events if e["event"] == "playbook_on_play_start"]
-    assert len(plays) == 5  # the hooks, the check of target, one per batch of one host, the check of a host reached
+    # The hooks, the check of target, the pending records, one per batch of one host, the check of a host reached.
+    assert len(plays) == 6
     rebooted = task_events(runner, "runner_on_ok", "Reboot the simulated host")
     assert [e["event_data"]["host"] for e in rebooted] == ["gpu02"]
     assert fleet.reboots("gpu01") == 0 and fleet.reboots("gpu02") == 1
