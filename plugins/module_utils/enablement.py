@@ -19,6 +19,7 @@ import os
 from dataclasses import dataclass
 
 from ansible_collections.gpuvirt.host.plugins.module_utils import bootloader, vendors
+from ansible_collections.gpuvirt.host.plugins.module_utils.hoststate import StateFileError, load_state
 from ansible_collections.gpuvirt.host.plugins.module_utils.iommu import read_iommu
 from ansible_collections.gpuvirt.host.plugins.module_utils.kernel import read_kernel
 from ansible_collections.gpuvirt.host.plugins.module_utils.mdev_info import list_mdev_parents
@@ -93,6 +94,7 @@ class ModeRun(ModuleRun):
         params = self.params
         device, host = read_gpu(self.root, params["selector"])
         mode = plan_mode(device, host, params["mode"], {"max_vfs": params["max_vfs"]})
+        _check_recorded_vfs(self.root, mode)
         files = tuple(self.plan_file(relative, content) for relative, content in mode.files)
         boot = None
         if mode.kernel_arguments:
@@ -136,6 +138,29 @@ class ModeRun(ModuleRun):
     @staticmethod
     def _running_needs(plan):
         return [need for need, satisfied in plan.mode.running_needs if not satisfied]
+
+
+def _check_recorded_vfs(root, mode):
+    """Refuse a plan that offers a physical function fewer VFs than the state file has the boot restore
+    enable on it: the restore would fail on it at every boot, and its VFs would not come back."""
+    if not mode.vf_limits:
+        return
+    try:
+        recorded = load_state(root)["sriov"]
+    except StateFileError as error:
+        raise EnableError(str(error)) from error
+    short = []
+    for address, limit in mode.vf_limits:
+        entry = recorded.get(address)
+        count = entry.get("num_vfs") if isinstance(entry, dict) else None
+        if isinstance(count, int) and not isinstance(count, bool) and count > limit:
+            short.append("%s (%d VFs recorded, %d offered)" % (address, count, limit))
+    if short:
+        raise EnableError(
+            "the VF limit this sets is below the VFs the boot restore enables on %s: it would fail there at every "
+            "boot. Lower their VF counts first (gpuvirt.host.sriov), or set a limit that covers them; nothing "
+            "changed" % "; ".join(short)
+        )
 
 
 def host_module_loaded(root, name):

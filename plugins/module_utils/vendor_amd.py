@@ -270,6 +270,7 @@ class AmdBackend(VendorBackend):
                 ("gim loaded with vf_num=%s (GPU %d, %s: %d VFs)" % (text, index, device.address, count),
                  vf_num_of(live, index) == count),
             ),
+            vf_limits=tuple(zip(gpus, values)),
         )
 
     def modes(self, device, host):

@@ -612,6 +612,9 @@ class IntelBackend(VendorBackend):
             kernel_arguments=tuple(arguments),
             running_needs=tuple(running),
             notes=tuple(notes),
+            # max_vfs is the driver's: every GPU it drives is offered at most that many VFs.
+            vf_limits=tuple((address, count) for address, other in sorted(host.devices.items())
+                            if other.driver == driver and not other.is_vf and other.sriov is not None),
         )
 
     def vf_count_advice(self, device):

@@ -25,8 +25,10 @@ class VendorRestoreError(GpuvirtError):
 @dataclass(frozen=True)
 class EnablePlan:
     """Declarations only: kernel arguments to add, files to write (``((relative path, content), ...)``),
-    modules to load now, and ``running_needs`` (``(description, satisfied now)``: what the running
-    kernel must show for the mode to work without a reboot)."""
+    modules to load now, ``running_needs`` (``(description, satisfied now)``: what the running kernel
+    must show for the mode to work without a reboot), and ``vf_limits`` (``((PF address, VFs), ...)``:
+    the most VFs each physical function is offered once the plan is in effect, for every PF the setting
+    reaches; a driver-wide ``max_vfs`` reaches all the GPUs of that driver)."""
 
     mode: str
     address: str
@@ -35,6 +37,7 @@ class EnablePlan:
     load_modules: tuple = ()
     running_needs: tuple = ()
     notes: tuple = field(default=())
+    vf_limits: tuple = ()
 
 
 # The generic restore steps (:mod:`restore`) in the order they run; a vendor step is placed before one.

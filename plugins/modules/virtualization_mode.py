@@ -55,7 +55,10 @@ options:
     required: true
     choices: [gvt-g, sriov, mxgpu, vgpu]
   max_vfs:
-    description: The number of VFs the driver should offer (V(sriov), V(mxgpu)).
+    description:
+      - The number of VFs the driver should offer (V(sriov), V(mxgpu)).
+      - For V(sriov), a limit of the driver, so every GPU it drives. A limit below the VFs the boot-time restore
+        enables on a GPU (recorded by M(gpuvirt.host.sriov)) is refused; lower those first.
     type: int
   bootloader:
     description: The boot configuration to edit for kernel arguments, as in M(gpuvirt.host.kernel_cmdline).

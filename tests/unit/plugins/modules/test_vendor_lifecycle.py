@@ -363,3 +363,32 @@ def test_gvt_g_restore_says_when_the_kernel_argument_is_gone(make_host, module, 
     gvt = next(message for step, _item, _ok, message in results if step == "gvt_g")
     assert "GVT-g is off in this boot (i915's enable_gvt is N): i915.enable_gvt=1 is not on the kernel" in gvt
     assert modprobe_calls(root) == [] and mdev.read_mdev(root, uuid) is None
+
+
+def test_a_driver_wide_vf_limit_below_what_the_restore_enables_is_refused(make_host, module):
+    # i915/xe read max_vfs at probe, for every GPU they drive: set up for the second Flex 170, a lower
+    # limit would leave the first one's recorded 7 VFs above its sriov_totalvfs after the reboot, and the
+    # restore failing on it at every boot.
+    root = with_grub(make_host("intel_flex_sriov", patch_devices={FLEX: {"driver": "i915"}, FLEX2: {"driver": "i915"}},
+                               kernel={"parameters": {"i915": {"max_vfs": "0"}}}))
+    assert module("virtualization_mode", root, selector=FLEX, mode="sriov", max_vfs=7)["rc"] == 0
+    reboot(root)
+    assert module("sriov", root, devices=[{"selector": FLEX, "num_vfs": 7}], delay=0)["rc"] == 0
+    before = read(root, "etc/default/grub")
+    second = module("virtualization_mode", root, selector=FLEX2, mode="sriov", max_vfs=2)
+    assert second["rc"] == 1 and "0000:4e:00.0 (7 VFs recorded, 2 offered)" in second["msg"], second
+    assert read(root, "etc/default/grub") == before
+    assert module("virtualization_mode", root, selector=FLEX2, mode="sriov", max_vfs=7)["rc"] == 0
+
+
+def test_a_gim_vf_num_below_what_the_restore_enables_is_refused(make_host, module, run_module):
+    root = make_host("amd_mxgpu")
+    assert module("virtualization_mode", root, selector=MI300X, mode="mxgpu", max_vfs=8)["rc"] == 0
+    reboot(root)
+    sim = attach(root)[0]
+    PciKernel(sim)
+    with sim.active():
+        carved = run_module("sriov", {"root": root, "devices": [{"selector": MI300X, "num_vfs": 8, "vfio": True}]})
+    assert carved["rc"] == 0, carved
+    lowered = module("virtualization_mode", root, selector=MI300X, mode="mxgpu", max_vfs=1)
+    assert lowered["rc"] == 1 and "0000:06:00.0 (8 VFs recorded, 1 offered)" in lowered["msg"], lowered
