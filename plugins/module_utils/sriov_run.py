@@ -6,6 +6,7 @@ restore."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from ansible_collections.gpuvirt.host.plugins.module_utils import rules, vendors
@@ -21,6 +22,7 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.hoststate import (
     without_devices,
 )
 from ansible_collections.gpuvirt.host.plugins.module_utils.iommu import read_iommu, vfio_holders
+from ansible_collections.gpuvirt.host.plugins.module_utils.mdev import read_mdevctl_definitions
 from ansible_collections.gpuvirt.host.plugins.module_utils.mdev_info import mdevs
 from ansible_collections.gpuvirt.host.plugins.module_utils.modrun import ModuleRun
 from ansible_collections.gpuvirt.host.plugins.module_utils.pci import name_devices, read_pci_devices
@@ -57,6 +59,7 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.vfio_bind import (
 class SriovRunPlan:
     pfs: tuple  # one dict per physical function, in declaration order
     state: object  # files.FileChange of the state file
+    definitions: tuple = ()  # files.FileChange removing the mdevctl definitions of the VFs gone for good
 
 
 class SriovRun(ModuleRun):
@@ -101,6 +104,7 @@ class SriovRun(ModuleRun):
         if self.load_vfio and not self.host.live:
             self.fail("the vfio-pci driver is not loaded below %s (no sys/bus/pci/drivers/vfio-pci) and modules can "
                       "only be loaded on this host's /; nothing was changed" % self.root)
+        definitions = ()
         if self.params["persistent"]:
             # The VFs a lower count removes for good take the records of what was on them along (the
             # mdevs and vGPU types destroyed with them, which force let go). Those beyond the declared
@@ -113,7 +117,13 @@ class SriovRun(ModuleRun):
                     possible = vf_addresses(self.root, planned["address"], planned["total_vfs"])
                     gone.update(possible[planned["declared_num_vfs"]:])
             state = with_section(without_devices(state, gone), "sriov", self._state_section(state, plans))
-        return SriovRunPlan(tuple(plans), plan_state(self.root, state))
+            # mdevctl's own definitions of those mdevs too: its udev rule would start them again on VFs
+            # that come back at those addresses.
+            definitions = tuple(
+                self.plan_file(os.path.relpath(entry["path"], self.root), None, mode=None)
+                for _uuid, entry in sorted(read_mdevctl_definitions(self.root).items()) if entry["parent"] in gone
+            )
+        return SriovRunPlan(tuple(plans), plan_state(self.root, state), definitions)
 
     def apply(self, plan):
         if self.load_vfio:
@@ -127,6 +137,8 @@ class SriovRun(ModuleRun):
         self._apply(plan.pfs)
         try:
             self.write(plan.state)
+            for change in plan.definitions:
+                self.write(change)
         except (OSError, FileError) as error:
             self.fail("writing %s failed: %s" % (state_path(self.root), error), changed=self._any_change(plan.pfs))
 
@@ -134,11 +146,11 @@ class SriovRun(ModuleRun):
         for pf in plan.pfs:
             pf["after"] = self._after(pf)
         result = dict(
-            changed=self._any_change(plan.pfs) or plan.state.changed,
+            changed=self._any_change(plan.pfs) or plan.state.changed or any(c.changed for c in plan.definitions),
             devices=[self._result(p, p["after"]) for p in plan.pfs],
             state_file={"path": state_path(self.root), "changed": plan.state.changed},
         )
-        result["diff"] = [self._device_diff(plan.pfs), plan.state.diff()]
+        result["diff"] = [self._device_diff(plan.pfs), plan.state.diff()] + [c.diff() for c in plan.definitions]
         return result
 
     def partial(self):

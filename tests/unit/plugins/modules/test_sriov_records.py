@@ -19,10 +19,10 @@ VF = "0000:b1:00.4"
 MDEV = "6c3e1ab4-4a52-4e2c-9a3e-0a4d9c1e2f01"
 
 
-def run(run_module, root, name, **args):
+def run(run_module, root, name, check_mode=False, **args):
     sim, _kernel, _nvidia = attach(root)
     with sim.active():
-        return run_module(name, dict(args, root=root))
+        return run_module(name, dict(args, root=root), check_mode=check_mode, diff=True)
 
 
 def a100_with_a_recorded_mdev(make_host, run_module):
@@ -90,3 +90,23 @@ def test_without_devices_drops_vendor_entries_and_mdevs_of_those_devices():
     assert list(pruned["mdevs"]) == ["kept"]
     assert all(list(pruned[section]) == ["0000:b1:00.5"] for section in hoststate.sections()[1:-1])
     assert state["mdevs"][MDEV]["parent"] == VF  # the state given is left as it was
+
+
+def test_removing_the_vfs_for_good_also_removes_mdevctls_definitions(make_host, run_module):
+    # mdevctl's udev rule starts a parent's "auto" definitions when the parent appears: VFs enabled again
+    # at that address would get back the mdev that force let the kernel destroy.
+    root = make_host("datacenter_a100")
+    os.makedirs(os.path.join(root, "usr/bin"), exist_ok=True)
+    open(os.path.join(root, "usr/bin/mdevctl"), "w").close()
+    for name in os.listdir(os.path.join(root, "proc/31337/fd")):
+        os.unlink(os.path.join(root, "proc/31337/fd", name))
+    done = run(run_module, root, "mdev", parents=[{"selector": VF, "mdevs": [{"type": "nvidia-471", "uuids": [MDEV]}]}])
+    definition = os.path.join(root, "etc/mdevctl.d", VF, MDEV)
+    assert done["rc"] == 0 and os.path.exists(definition), done
+    args = {"devices": [{"selector": PF, "num_vfs": 0}], "force": True, "delay": 0}
+    predicted = run(run_module, root, "sriov", check_mode=True, **args)
+    down = run(run_module, root, "sriov", **args)
+    assert down["rc"] == 0 and not os.path.exists(definition), down
+    assert MDEV not in recorded(root)["mdevs"]
+    assert predicted["changed"] is True and len(predicted["diff"]) == len(down["diff"]) == 3
+    assert run(run_module, root, "sriov", **args)["changed"] is False
