@@ -99,3 +99,21 @@ def test_finding_codes_to_ignore_given_as_text_are_a_list(fleet):
     rc, _recap, output = fleet.run("gpuvirt.host.preflight", extra_vars={
         "target": "guest01", "fleet_ignore_findings": "iommu_unsupported"})
     assert rc == 2 and cpu in output and iommu not in output, output
+
+
+def test_a_host_that_cannot_be_reached_is_a_blocked_host_of_the_results(fleet, tmp_path):
+    # CI's test view must not show every case passed for a fleet with a host never checked.
+    fleet.add("ok01", "amd_host")
+    fleet.add("down01", "amd_host")
+    fleet.host_vars["down01"].update(ansible_connection="ssh", ansible_host="127.0.0.1", ansible_port=1)
+    report = tmp_path / "reports"
+    rc, recap, output = fleet.run("gpuvirt.host.preflight",
+                                  extra_vars={"target": "gpu_hosts", "gpuvirt_report_dir": str(report)})
+    assert rc == 4 and recap["down01"]["unreachable"] == 1, output
+    hosts = {item["host"]: item for item in json.loads((report / "preflight.json").read_text())["hosts"]}
+    assert hosts["down01"]["status"] == "blocked" and hosts["ok01"]["status"] != "blocked"
+    assert "could not be checked" in hosts["down01"]["blockers"][0]["message"]
+    suite = ElementTree.parse(str(report / "preflight.junit.xml")).getroot().find("testsuite")
+    failed = {case.get("name") for case in suite.iter("testcase") if case.find("failure") is not None}
+    assert failed == {"down01"}
+    assert "Preflight: 2 host(s)" in output
