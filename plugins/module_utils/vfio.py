@@ -494,6 +494,28 @@ def bind_refusals(view, members, changing):
     return refusals
 
 
+def kept_by_sriov_refusals(view, changing):
+    """``kept_by_sriov``: VFs among ``changing`` (being handed back) whose physical function the state
+    file has the boot-time restore give every VF of to vfio-pci (``gpuvirt.host.sriov`` with ``vfio: true``):
+    at the next boot such a VF is on vfio-pci again."""
+    try:
+        recorded = hoststate.load_state(view.root)["sriov"]
+    except hoststate.StateFileError as error:
+        raise VfioError(str(error)) from error
+    refusals = []
+    for address in changing:
+        pf = view.devices[address].physfn
+        entry = recorded.get(pf) if pf else None
+        if isinstance(entry, dict) and entry.get("vfio"):
+            refusals.append(Refusal(
+                "kept_by_sriov", address,
+                "%s is a VF of %s, whose VFs the boot-time restore gives to vfio-pci (gpuvirt.host.sriov with vfio: "
+                "true, recorded in /%s): it would be on vfio-pci again at the next boot; hand the VFs back with "
+                "gpuvirt.host.sriov (vfio: false)" % (describe(view.records[address]), pf, hoststate.STATE_PATH),
+            ))
+    return refusals
+
+
 def recorded_carving_refusals(view, members, skip=()):
     """``carved``: members (``skip`` apart) that the state file has the boot-time restore carve: VFs to
     enable, mdevs to create, a vendor's record (a vGPU type on a VF). Bound to a VFIO driver at boot, such a

@@ -32,6 +32,7 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.vfio import (
     expand_members,
     find_program,
     in_use_refusals,
+    kept_by_sriov_refusals,
     module_of,
     read_host,
     resolve_selectors,
@@ -129,7 +130,8 @@ class VfioPciRun(BootConfigPlanner, ModuleRun):
                     "this again after the reboot to check them and bind the devices now"
                 )
         else:
-            refusals = in_use_refusals(view, self.changing, "unbinding") + carved_refusals(view, self.changing)
+            refusals = (in_use_refusals(view, self.changing, "unbinding") + carved_refusals(view, self.changing)
+                        + kept_by_sriov_refusals(view, self.changing))
         self.persistence = self._plan_persistence(view)
         refusals.extend(self.persistence.refusals)
         self.warnings.extend(self.persistence.warnings)

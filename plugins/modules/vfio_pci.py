@@ -450,7 +450,9 @@ refusals:
   description:
     - Guards overridden by O(force=true), each C(code), C(device) and C(message). Codes include V(boot_vga),
       V(boot_display), V(console_framebuffer), V(firmware_framebuffer), V(behind_vmd), V(group_shared),
-      V(host_critical), V(doubtful_attribute), V(in_use), V(host_users), V(in_use_unknown) and V(id_shared).
+      V(host_critical), V(doubtful_attribute), V(in_use), V(host_users), V(in_use_unknown), V(id_shared),
+      V(carved) (a device with VFs, mdevs or a vendor's vGPU, now or recorded for the boot-time restore) and
+      V(kept_by_sriov) (handing back a VF that the boot-time restore gives to vfio-pci again).
       A refusal about several devices (V(group_shared), V(in_use_unknown)) names them all in its message
       and the first in C(device).
   returned: always

@@ -150,3 +150,22 @@ def test_a_device_the_restore_carves_is_not_given_to_vfio_pci_at_boot(make_host,
     assert away["rc"] == 0 and recorded(root)["sriov"][PF]["num_vfs"] == 16, away
     now = vfio_pci(root, kernel=PciKernel(KernelSim(root)), devices=[PF], persistent=False)
     assert now["rc"] == 1 and [r["device"] for r in refusals(now)] == [PF], now
+
+
+def test_a_vf_the_restore_gives_to_vfio_pci_is_not_handed_back_alone(make_host, run_module):
+    # sriov vfio: true has the restore bind every VF of the PF at boot: a VF handed back by vfio_pci
+    # would be on vfio-pci again after the next reboot.
+    from ansible_collections.gpuvirt.host.tests.sim.sriov_hosts import NVME, NVME_HOST
+
+    root = make_host(NVME_HOST)
+    sim = attach(root)[0]
+    PciKernel(sim)
+    with sim.active():
+        done = run_module("sriov", {"root": root, "delay": 0, "devices": [
+            {"selector": NVME, "num_vfs": 2, "drivers_autoprobe": False, "vfio": True}]})
+        assert done["rc"] == 0 and vfio_bind.read_driver(root, "0000:04:00.1") == "vfio-pci", done
+        back = run_module("vfio_pci", {"root": root, "devices": ["0000:04:00.1"], "state": "absent"})
+    assert back["rc"] == 1 and back.get("changed") is False, back
+    [refusal] = refusals(back, "kept_by_sriov")
+    assert "gpuvirt.host.sriov (vfio: false)" in refusal["message"]
+    assert vfio_bind.read_driver(root, "0000:04:00.1") == "vfio-pci"
