@@ -125,10 +125,11 @@ def test_a_canary_with_a_running_vm_is_not_rebooted_without_a_drain_hook(guests,
     assert {"intel_iommu=on", "iommu=pt"} <= set(canary["grub"]) and "intel_iommu=off" not in canary["grub"]
     assert canary["boot_id"] == before["boot_id"] and canary["cmdline"] == before["cmdline"]
     assert guests[CANARY].service(vm["unit"]).is_running
-    # The rollout stopped at the canary: the second guest was never reached.
-    assert len(batches(output)) == 1 and SECOND not in output
+    # The rollout stopped at the canary: the second guest was never reached, and its record says so.
+    assert len(batches(output)) == 1 and SECOND not in batches(output)[0]
     assert state(guests[SECOND]) == journal["before"][SECOND]
-    assert outcomes == {}
+    assert {name: outcome["status"] for name, outcome in outcomes.items()} == {CANARY: "failed", SECOND: "pending"}
+    assert "Refusing to reboot" in outcomes[CANARY]["message"]
 
 
 def test_a_failed_verification_of_the_canary_stops_the_rollout(guests, vm, journal, tmp_path):
@@ -147,9 +148,11 @@ def test_a_failed_verification_of_the_canary_stops_the_rollout(guests, vm, journ
     assert not guests[CANARY].service(vm["unit"]).is_running
     assert canary["boot_id"] == journal["before"][CANARY]["boot_id"]
     assert "intel_iommu=off" in canary["cmdline"]
-    assert len(batches(output)) == 1 and SECOND not in output
+    assert len(batches(output)) == 1 and SECOND not in batches(output)[0]
     assert state(guests[SECOND]) == journal["before"][SECOND]
-    assert outcomes == {}
+    assert {name: outcome["status"] for name, outcome in outcomes.items()} == {CANARY: "failed", SECOND: "pending"}
+    # It stays marked drained until a rollout has verified and undrained it.
+    assert guests[CANARY].file("/etc/gpuvirt/drained").exists
 
 
 def test_the_rollout_drains_and_reboots_the_canary_then_changes_the_second_guest_without_a_reboot(
@@ -167,6 +170,7 @@ def test_the_rollout_drains_and_reboots_the_canary_then_changes_the_second_guest
     before = journal["before"]
     # The canary: drained, rebooted into the IOMMU, verified, undrained.
     assert canary["hooks"] == ["drain", "drain", "undrain"]
+    assert not guests[CANARY].file("/etc/gpuvirt/drained").exists
     assert canary["boot_id"] != before[CANARY]["boot_id"]
     assert {"intel_iommu=on", "iommu=pt"} <= set(canary["cmdline"]) and "intel_iommu=off" not in canary["cmdline"]
     assert guests[CANARY].file("/sys/class/iommu/dmar0").exists
