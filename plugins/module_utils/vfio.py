@@ -494,14 +494,19 @@ def bind_refusals(view, members, changing):
     return refusals
 
 
+def _recorded_state(root):
+    """The state file the boot-time restore replays (:mod:`hoststate`); one that cannot be read fails the run."""
+    try:
+        return hoststate.load_state(root)
+    except hoststate.StateFileError as error:
+        raise VfioError(str(error)) from error
+
+
 def kept_by_sriov_refusals(view, changing):
     """``kept_by_sriov``: VFs among ``changing`` (being handed back) whose physical function the state
     file has the boot-time restore give every VF of to vfio-pci (``gpuvirt.host.sriov`` with ``vfio: true``):
     at the next boot such a VF is on vfio-pci again."""
-    try:
-        recorded = hoststate.load_state(view.root)["sriov"]
-    except hoststate.StateFileError as error:
-        raise VfioError(str(error)) from error
+    recorded = _recorded_state(view.root)["sriov"]
     refusals = []
     for address in changing:
         pf = view.devices[address].physfn
@@ -522,10 +527,7 @@ def recorded_carving_refusals(view, members, skip=()):
     device cannot be carved (vfio-pci enables no VFs, offers no mdev types), and the restore fails on it at
     every boot; this holds whether the device moves now or only at the next boot, and whether its VFs are
     there now or not."""
-    try:
-        state = hoststate.load_state(view.root)
-    except hoststate.StateFileError as error:
-        raise VfioError(str(error)) from error
+    state = _recorded_state(view.root)
     where = "/" + hoststate.STATE_PATH
     refusals = []
     for address in members:
