@@ -22,6 +22,7 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import (
     MDEV_BUS,
     MDEV_DEVICES,
     MISSING,
+    close_descriptors,
     host_path,
     link_name,
     list_dir,
@@ -81,20 +82,25 @@ def _read_types(root, parent, findings, model=None, known=None, bus=None, counts
         directory = open_directory(base)
         if directory is None:
             return _read_some_types(list_dir(base), None, base + "/", parent, findings, model, known, counts)
+    held = [directory]
     try:
-        return _read_some_types(sorted(os.listdir(directory)), directory, "", parent, findings, model, known, counts)
+        return _read_some_types(
+            sorted(os.listdir(directory)), directory, "", parent, findings, model, known, counts, held
+        )
     finally:
-        os.close(directory)
+        close_descriptors(held)
 
 
 _FIXED = ("name", "description", "device_api")
 
 
-def _read_some_types(type_ids, directory, prefix, parent, findings, model=None, known=None, counts=None):
+def _read_some_types(type_ids, directory, prefix, parent, findings, model=None, known=None, counts=None, held=None):
     """Read each type's files relative to the directory open as ``directory`` (below ``prefix``
     when None). A type's fixed attributes come from ``known`` when a parent of the same ``model``
     gave them cleanly; ``available_instances`` is read for every parent. ``counts`` (``{contents:
-    count}``) holds the clean counts parsed earlier in the pass: parents share a few values."""
+    count}``) holds the clean counts parsed earlier in the pass: parents share a few values.
+    ``held``: where the ``available_instances`` descriptors go, for the caller to close together
+    (:func:`sysfs.close_descriptors`); each is closed at once without it."""
     device = parent if ":" in parent else None
     counts = {} if counts is None else counts
     types = []
@@ -119,12 +125,18 @@ def _read_some_types(type_ids, directory, prefix, parent, findings, model=None, 
         # as text and reported.
         try:
             fd = os.open(path + "available_instances", os.O_RDONLY, dir_fd=directory)
-            try:
-                raw = os.read(fd, 32)
-            finally:
-                os.close(fd)
         except OSError:
             raw = b""
+        else:
+            if held is not None:
+                held.append(fd)
+            try:
+                raw = os.read(fd, 32)
+            except OSError:
+                raw = b""
+            finally:
+                if held is None:
+                    os.close(fd)
         count = counts.get(raw)
         if count is None and _COUNT_LINE.fullmatch(raw) is not None:
             count = counts[raw] = int(raw)

@@ -51,6 +51,7 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import (
     PCI_ADDRESS_PATTERN,
     PCI_DEVICES,
     address_sort_key,
+    close_descriptors,
     host_path,
     link_tail_at,
     list_dir,
@@ -394,29 +395,25 @@ class _QuickPass:
         self.numa = {b"-1\n": -1, b"0\n": 0}
         self.resets = {b"": None}
 
-    def device(self, address, path, directory):
+    def device(self, address, path, directory, held):
         """A :class:`PciDevice` with the IDs, class, driver, IOMMU group, NUMA node, driver override
         and reset methods of the device open as ``directory``, when each reads exactly as the kernel
-        writes it; None otherwise (then the careful readers start over)."""
-        # This runs for every device of the host: each attribute is opened, read and closed in line,
-        # and the values devices share are looked up where they are parsed once.
-        open_, read, close, size = os.open, os.read, os.close, _QUICK_SIZE
+        writes it; None otherwise (then the careful readers start over). The attributes it opens stay
+        open, appended to ``held``, for the caller to close with the directory
+        (:func:`close_descriptors`: one system call for all of them)."""
+        # This runs for every device of the host: each attribute is opened and read in line, and the
+        # values devices share are looked up where they are parsed once.
+        open_, read, keep, size = os.open, os.read, held.append, _QUICK_SIZE
         try:
             fd = open_("uevent", _RDONLY, dir_fd=directory)
-            try:
-                uevent = read(fd, _QUICK_UEVENT_SIZE)
-            finally:
-                close(fd)
+            keep(fd)
+            uevent = read(fd, _QUICK_UEVENT_SIZE)
             fd = open_("numa_node", _RDONLY, dir_fd=directory)
-            try:
-                numa = read(fd, size)
-            finally:
-                close(fd)
+            keep(fd)
+            numa = read(fd, size)
             fd = open_("driver_override", _RDONLY, dir_fd=directory)
-            try:
-                override = read(fd, size)
-            finally:
-                close(fd)
+            keep(fd)
+            override = read(fd, size)
             end = uevent.find(b"PCI_SLOT_NAME=")
             head = uevent[:end] if end > 0 else uevent
             model = self.models.get(head)
@@ -434,10 +431,8 @@ class _QuickPass:
                     reset = b""
                     model.resetless = True
                 else:
-                    try:
-                        reset = read(fd, size)
-                    finally:
-                        close(fd)
+                    keep(fd)
+                    reset = read(fd, size)
             try:
                 target = os.readlink("iommu_group", dir_fd=directory)
             except FileNotFoundError:
@@ -514,17 +509,18 @@ def _read_device(address, path, findings, known_vfs=None):
     """Read one device. ``known_vfs`` (``{vf: pf}`` from PFs read earlier in the same pass) saves
     the ``physfn`` and ``sriov_totalvfs`` look-ups; without it they are made."""
     directory = open_directory(path, None, True)
+    held = [] if directory is None else [directory]
     try:
-        return _read_open_device(address, path, findings, known_vfs, directory, _QuickPass())
+        return _read_open_device(address, path, findings, known_vfs, directory, _QuickPass(), held)
     finally:
-        if directory is not None:
-            os.close(directory)
+        close_descriptors(held)
 
 
-def _read_open_device(address, path, findings, known_vfs, directory, quick):
+def _read_open_device(address, path, findings, known_vfs, directory, quick, held):
     """Read the device open as ``directory`` (None: not open, read below ``path``): quickly when
-    its attributes read as the kernel writes them, else carefully, reporting what is wrong."""
-    device = quick.device(address, path, directory) if directory is not None else None
+    its attributes read as the kernel writes them, else carefully, reporting what is wrong.
+    ``held``: the descriptors the caller closes (see :meth:`_QuickPass.device`)."""
+    device = quick.device(address, path, directory, held) if directory is not None else None
     if device is not None:
         _read_device_tail(device, findings, directory, known_vfs)
         return device
@@ -704,11 +700,11 @@ def _read_bus(bus, bus_fd, findings, devices, known_vfs, quick):
     for address in entries:
         path = bus + "/" + address
         directory = open_directory(path, None, True) if bus_fd is None else open_directory(address, bus_fd, True)
+        held = [] if directory is None else [directory]
         try:
-            devices[address] = device = _read_open_device(address, path, findings, known_vfs, directory, quick)
+            devices[address] = device = _read_open_device(address, path, findings, known_vfs, directory, quick, held)
         finally:
-            if directory is not None:
-                os.close(directory)
+            close_descriptors(held)
         sriov = device.sriov
         if sriov is not None:
             for vf in sriov.vfs:
@@ -852,15 +848,16 @@ def _ownable(devices, group, taken):
                for address, other in devices.items() if other.iommu_group == group)
 
 
-def unowned_bus_groups(devices, address):
+def unowned_bus_groups(devices, address, slots=None):
     """``{group: [its members]}``: the IOMMU groups on the bus of ``address`` (a device that can only be
     reset with its bus) that a VM given it and its :func:`group_companions` would not own, so that the
-    kernel refuses the bus reset; empty for a device that has a reset of its own, or none known."""
+    kernel refuses the bus reset; empty for a device that has a reset of its own, or none known.
+    ``slots``: as for :func:`companions`."""
     device = devices.get(address)
     if device is None or device.iommu_group is None or not bus_only_reset(device):
         return {}
     bus = address.rpartition(":")[0]
-    taken = set(group_companions(devices, address)) | {address}
+    taken = set(group_companions(devices, address, slots)) | {address}
     groups = {}
     for other_address, other in devices.items():
         if other_address.rpartition(":")[0] == bus and other.iommu_group is not None and not other.is_vf:

@@ -26,7 +26,7 @@ is missed:
 - at least 10 times faster than the shell loop.
 
 For judging the first target it also replays the system calls ``detect()`` makes (every open, read,
-close, readlink, stat and directory listing, same arguments, same order) without any parsing: the
+close, closerange, readlink, stat and directory listing, same arguments, same order) without any parsing: the
 part of the time no reader can save, as a ratio to the calibration; and splits the CPU time of each
 into user time (the Python) and system time (the kernel's work for the calls).
 """
@@ -106,7 +106,9 @@ def calibration(root):
 
 # The os functions detection reaches the tree through (pci.ids is mapped, a few procfs files go
 # through open(): not replayed, a few dozen microseconds).
-RECORDED_CALLS = ("open", "read", "close", "readlink", "stat", "lstat", "access", "listdir", "scandir")
+RECORDED_CALLS = (
+    "open", "read", "close", "closerange", "readlink", "stat", "lstat", "access", "listdir", "scandir",
+)
 
 
 def record_calls(function):
@@ -150,11 +152,15 @@ def replay(calls):
 
     for index, (name, args, kwargs, result) in enumerate(calls):
         name = "listdir" if name == "scandir" else name  # the entries are all scandir gives detection
-        fd_first = name in ("read", "close") or (name == "listdir" and args and isinstance(args[0], int))
+        fd_first = name in ("read", "close", "closerange") or (name == "listdir" and args and isinstance(args[0], int))
         if fd_first and args[0] not in names:
             continue  # a descriptor opened where the recording could not see it
         arguments = [value(args[0]) if fd_first else repr(args[0])] if args else []
-        arguments += [repr(argument) for argument in args[1:]]
+        if name == "closerange":
+            # The end of the range, as far from its start as when recorded.
+            arguments.append("%s + %d" % (arguments[0], args[1] - args[0]))
+        else:
+            arguments += [repr(argument) for argument in args[1:]]
         arguments += ["%s=%s" % (key, value(item) if key == "dir_fd" else repr(item)) for key, item in kwargs.items()]
         call = "_os.%s(%s)" % (name, ", ".join(arguments))
         if name == "open" and result is not None:

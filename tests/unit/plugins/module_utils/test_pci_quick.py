@@ -39,8 +39,8 @@ def quick_results(root, monkeypatch):
     taken = {}
     original = pci._QuickPass.device
 
-    def recording(quick, address, path, directory):
-        device = original(quick, address, path, directory)
+    def recording(quick, address, path, directory, held):
+        device = original(quick, address, path, directory, held)
         taken[address] = device is not None
         return device
 
@@ -113,11 +113,13 @@ def test_the_quick_pass_reads_what_the_kernel_writes(make_host, monkeypatch):
                                             DGPU_DIR + "/driver_override": "vfio-pci\n"})
     path = os.path.join(root, "sys/bus/pci/devices", DGPU)
     directory = pci.open_directory(path)
+    held = [directory]
     try:
-        device = pci._QuickPass().device(DGPU, path, directory)
+        device = pci._QuickPass().device(DGPU, path, directory, held)
     finally:
-        os.close(directory)
+        pci.close_descriptors(held)
     assert device is not None
+    assert len(held) == 5, "the directory, uevent, numa_node, driver_override and reset_method, left open"
 
     assert (device.vendor_id, device.device_id, device.class_code) == ("10de", "1e04", "030000")
     assert (device.subsystem_vendor_id, device.subsystem_device_id) == ("1458", "37a9")
@@ -134,16 +136,17 @@ def test_a_link_to_a_listed_group_needs_no_look_up_and_an_unlisted_one_is_checke
     real_stat = os.stat
     monkeypatch.setattr(pci.os, "stat", lambda *args, **kwargs: looked_up.append(args[0]) or real_stat(*args, **kwargs))
     directory = pci.open_directory(path)
+    held = [directory]
     try:
-        group = pci._QuickPass().device(DGPU, path, directory).iommu_group
+        group = pci._QuickPass().device(DGPU, path, directory, held).iommu_group
         assert looked_up == ["iommu_group/devices"], "no listing: the link is followed"
         looked_up.clear()
-        assert pci._QuickPass({group}).device(DGPU, path, directory).iommu_group == group
+        assert pci._QuickPass({group}).device(DGPU, path, directory, held).iommu_group == group
         assert looked_up == [], "a listed group is taken as it is"
-        assert pci._QuickPass({"999"}).device(DGPU, path, directory).iommu_group == group
+        assert pci._QuickPass({"999"}).device(DGPU, path, directory, held).iommu_group == group
         assert looked_up == ["iommu_group/devices"], "a group missing from the listing is followed"
     finally:
-        os.close(directory)
+        pci.close_descriptors(held)
 
 
 def test_a_model_seen_without_reset_method_is_still_looked_up_for_each_function(make_host, monkeypatch):
@@ -169,3 +172,18 @@ def test_a_model_seen_without_reset_method_is_still_looked_up_for_each_function(
     assert looked_up.count("reset_method") == 3, "every function after the first"
     monkeypatch.undo()
     assert quick == careful(root, monkeypatch)
+
+
+def open_descriptors():
+    return set(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.parametrize("name", ["desktop_dgpu", "large_synthetic", "l40s_vgpu", "intel_gvtg"])
+def test_detection_leaves_no_descriptor_open(make_host, monkeypatch, name):
+    # Every device's attributes and its types' counts are closed together (close_range), through plain
+    # paths too: whatever path a device takes, detection gives back each descriptor it opened.
+    root = make_host(name)
+    before = open_descriptors()
+    detect(root)
+    careful(root, monkeypatch)
+    assert open_descriptors() == before

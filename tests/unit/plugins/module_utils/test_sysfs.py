@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import resolve
+from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import close_descriptors, resolve
 
 
 @pytest.fixture
@@ -53,3 +53,51 @@ def test_resolve_of_a_link_to_a_device_names_the_device(linked_tree):
 
     assert real.endswith("/0000:3d:00.0/nvme/nvme0/nvme0n1/nvme0n1p2")
     assert os.path.islink(os.path.join(str(linked_tree), "sys/dev/block/259:2"))
+
+
+def is_open(descriptor):
+    try:
+        os.fstat(descriptor)
+    except OSError:
+        return False
+    return True
+
+
+def test_close_descriptors_closes_a_run_of_consecutive_descriptors(tmp_path):
+    path = tmp_path / "attribute"
+    path.write_text("1\n")
+    held = [os.open(path, os.O_RDONLY) for _attempt in range(4)]
+    if max(held) - min(held) != 3:
+        pytest.fail("this process has holes among its descriptors: %s" % held)
+
+    close_descriptors(held)
+
+    assert not any(is_open(descriptor) for descriptor in held)
+
+
+def test_close_descriptors_leaves_descriptors_between_those_it_holds_open(tmp_path):
+    # Held: the first and the third of three; the one between belongs to someone else and stays open.
+    path = tmp_path / "attribute"
+    path.write_text("1\n")
+    first, other, third = (os.open(path, os.O_RDONLY) for _attempt in range(3))
+    try:
+        close_descriptors([first, third])
+
+        assert not is_open(first) and not is_open(third)
+        assert is_open(other)
+    finally:
+        os.close(other)
+
+
+def test_close_descriptors_of_an_out_of_order_set_closes_only_those(tmp_path):
+    path = tmp_path / "attribute"
+    path.write_text("1\n")
+    low, middle, high, last = (os.open(path, os.O_RDONLY) for _attempt in range(4))
+    try:
+        # As many as the span from the first to the last named, but not that span: each alone.
+        close_descriptors([middle, low, last])
+
+        assert not any(is_open(descriptor) for descriptor in (low, middle, last))
+        assert is_open(high)
+    finally:
+        os.close(high)
