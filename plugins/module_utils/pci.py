@@ -848,16 +848,18 @@ def _ownable(devices, group, taken):
                for address, other in devices.items() if other.iommu_group == group)
 
 
-def unowned_bus_groups(devices, address, slots=None):
+def unowned_bus_groups(devices, address, slots=None, companions=None):
     """``{group: [its members]}``: the IOMMU groups on the bus of ``address`` (a device that can only be
     reset with its bus) that a VM given it and its :func:`group_companions` would not own, so that the
     kernel refuses the bus reset; empty for a device that has a reset of its own, or none known.
-    ``slots``: as for :func:`companions`."""
+    ``slots``: as for :func:`companions`; ``companions``: its :func:`group_companions`, when known."""
     device = devices.get(address)
     if device is None or device.iommu_group is None or not bus_only_reset(device):
         return {}
     bus = address.rpartition(":")[0]
-    taken = set(group_companions(devices, address, slots)) | {address}
+    if companions is None:
+        companions = group_companions(devices, address, slots)
+    taken = set(companions) | {address}
     groups = {}
     for other_address, other in devices.items():
         if other_address.rpartition(":")[0] == bus and other.iommu_group is not None and not other.is_vf:

@@ -323,7 +323,9 @@ def _gpu_entry(device, devices, iommu, groups, holders, critical, parent_names, 
             "%s has no IOMMU group although the IOMMU is on; it cannot be assigned to a VM" % device.address,
             device.address,
         )
-    unowned = unowned_bus_groups(devices, device.address, slots) if iommu.enabled and not device.is_vf else {}
+    unowned = {}
+    if iommu.enabled and not device.is_vf:
+        unowned = unowned_bus_groups(devices, device.address, slots, verdict["devices"])
     if unowned and verdict["viable"] is not False:
         findings.warning(
             "no_bus_reset",
