@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from ansible_collections.gpuvirt.host.plugins.module_utils import rules, vendors
+from ansible_collections.gpuvirt.host.plugins.module_utils import bootloader, rules, vendors
 from ansible_collections.gpuvirt.host.plugins.module_utils.architecture import host_architecture as tree_architecture
 from ansible_collections.gpuvirt.host.plugins.module_utils.device_users import unknown_users_text
 from ansible_collections.gpuvirt.host.plugins.module_utils.files import FileError
@@ -22,6 +22,7 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.hoststate import (
     without_devices,
 )
 from ansible_collections.gpuvirt.host.plugins.module_utils.iommu import read_iommu, vfio_holders
+from ansible_collections.gpuvirt.host.plugins.module_utils.kernel import read_kernel
 from ansible_collections.gpuvirt.host.plugins.module_utils.mdev import read_mdevctl_definitions
 from ansible_collections.gpuvirt.host.plugins.module_utils.mdev_info import mdevs
 from ansible_collections.gpuvirt.host.plugins.module_utils.modrun import ModuleRun
@@ -45,7 +46,13 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.topology import (
     check_architecture,
     check_root,
 )
-from ansible_collections.gpuvirt.host.plugins.module_utils.vfio import find_program
+from ansible_collections.gpuvirt.host.plugins.module_utils.vfio import (
+    boot_vfio_claims,
+    driverctl_overrides,
+    driverctl_path,
+    find_program,
+    vfio_enables_sriov,
+)
 from ansible_collections.gpuvirt.host.plugins.module_utils.vfio_bind import (
     VFIO_DRIVER,
     VfioError,
@@ -100,6 +107,8 @@ class SriovRun(ModuleRun):
             )
         if unknown:
             self.warn("forced: %s" % self._unknown_text(unknown))
+        if self.params["persistent"]:
+            self._check_boot_claims(plans)
         self.load_vfio = any(p["bind"] for p in plans) and not driver_loaded(self.root, VFIO_DRIVER)
         if self.load_vfio and not self.host.live:
             self.fail("the vfio-pci driver is not loaded below %s (no sys/bus/pci/drivers/vfio-pci) and modules can "
@@ -164,7 +173,7 @@ class SriovRun(ModuleRun):
         return devices
 
     def _plan(self, declarations):
-        devices = self._devices()
+        devices = self.devices = self._devices()
         holders = self.holders = vfio_holders(self.root)
         mdev_list = mdevs(self.root)
         owner = {}
@@ -249,6 +258,61 @@ class SriovRun(ModuleRun):
             "before": {"num_vfs": current, "drivers_autoprobe": info["drivers_autoprobe"], "vfs": info["vfs"],
                        "vf_drivers": drivers},
         }
+
+    def _check_boot_claims(self, plans):
+        """What vfio-pci takes at the next boot through the host's own configuration (a driverctl override,
+        or an ID in ``vfio-pci ids=``, as gpuvirt.host.vfio_pci persists them, or set by hand), against what
+        this run records for the boot-time restore.
+
+        A PF it takes gets no VFs at boot (vfio-pci refuses ``sriov_numvfs`` unless its ``enable_sriov``
+        is on), so the restore would fail on it at every boot: refused without ``force``. A VF handed back
+        (``vfio: false``) that it takes would be on vfio-pci again after the next boot, and a VF removed
+        for good leaves its override to take a VF that comes back at that address: both are warned of."""
+        handed_back = {p["address"]: p["vfs_after"] for p in plans if p["vfio"] is False}
+        gone = {p["address"]: [vf for vf in p["before"]["vfs"] if vf not in p["vfs_after"]] for p in plans}
+        if not any(p["num_vfs"] for p in plans) and not any(handed_back.values()) and not any(gone.values()):
+            return
+        configured = self._configured_cmdline()
+        claimed_pfs = boot_vfio_claims(self.root, self.devices, [p["address"] for p in plans if p["num_vfs"]],
+                                       configured)
+        if claimed_pfs and not vfio_enables_sriov(self.root, configured):
+            text = "; ".join(
+                "%s: %s at the next boot, and vfio-pci enables no VFs on a PF it holds (its enable_sriov is off), "
+                "so the boot-time restore could not give it the %d VFs recorded"
+                % (p["address"], claimed_pfs[p["address"]], p["num_vfs"])
+                for p in plans if p["address"] in claimed_pfs
+            )
+            if not self.params["force"]:
+                self.fail(
+                    "refusing to record VFs for a PF that vfio-pci takes at boot: %s. Hand it back first "
+                    "(gpuvirt.host.vfio_pci with state: absent), record no VFs (persistent: false), or set force: "
+                    "true. Nothing was changed." % text,
+                    devices=[self._result(p, p["before"]) for p in plans],
+                )
+            self.warn("forced: %s" % text)
+        overrides = driverctl_overrides(self.root)
+        for planned in plans:
+            vfs = handed_back.get(planned["address"], [])
+            for vf, why in sorted(boot_vfio_claims(self.root, self.devices, vfs, configured).items()):
+                self.warn(
+                    "%s: %s, so it is on vfio-pci again after the next boot although vfio: false hands it back; "
+                    "release it with gpuvirt.host.vfio_pci (state: absent)" % (vf, why)
+                )
+            for vf in gone[planned["address"]]:
+                if is_vfio_driver(overrides.get(vf)):
+                    self.warn(
+                        "%s: this run removes the VF, but its driverctl override (/%s) stays and binds to %s any VF "
+                        "that comes back at that address; delete the file if that is not wanted"
+                        % (vf, driverctl_path(vf), overrides[vf])
+                    )
+
+    def _configured_cmdline(self):
+        """The arguments the boot configuration gives the next boot; the running kernel's when it cannot
+        be read."""
+        try:
+            return bootloader.plan(self.module, self.root, "auto", [], []).configured_before
+        except bootloader.BootloaderError:
+            return read_kernel(self.root)["cmdline"] or []
 
     def _check_vfio(self, pf, device, wanted, autoprobe):
         """VFs can go to vfio-pci only with the IOMMU on (they need an IOMMU group)."""

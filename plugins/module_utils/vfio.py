@@ -76,6 +76,7 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.selector import (
 )
 from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import (
     host_path,
+    list_dir,
     read_text,
 )
 from ansible_collections.gpuvirt.host.plugins.module_utils.topology import (
@@ -90,6 +91,7 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.vfio_bind import (
     VfioError,
     device_path,
     driver_key,
+    is_vfio_driver,
 )
 
 # Host drivers that would claim a GPU (the vendors' own) or one of its companion functions (HDMI audio,
@@ -100,7 +102,7 @@ MODULES_LOAD_CONF = "etc/modules-load.d/gpuvirt-vfio.conf"
 DRIVERCTL_DIR = "etc/driverctl.d"
 MANAGED_HEADER = "# Managed by gpuvirt.host.vfio_pci; edits are overwritten.\n"
 
-_OPTIONS_IDS = re.compile(r"^\s*options\s+vfio[-_]pci\s+(.*)$")
+_VFIO_OPTIONS = re.compile(r"^\s*options\s+vfio[-_]pci\s+(.*)$")
 
 
 # ------------------------------------------------------------------------------------ selectors
@@ -233,7 +235,7 @@ def modprobe_ids(text):
     """The IDs of every ``options vfio-pci ids=...`` line in a modprobe.d file's text."""
     ids = []
     for line in modprobe.logical_lines(text):
-        match = _OPTIONS_IDS.match(line)
+        match = _VFIO_OPTIONS.match(line)
         if not match:
             continue
         for option in match.group(1).split():
@@ -331,6 +333,63 @@ def foreign_vfio_ids(root):
         if ids:
             found["/" + path] = ids
     return found
+
+
+def driverctl_overrides(root):
+    """``{address: driver}`` of every ``/etc/driverctl.d/pci-<address>`` file below ``root``."""
+    overrides = {}
+    for name in list_dir(host_path(root, DRIVERCTL_DIR)):
+        if name.startswith("pci-"):
+            text = _read_file(host_path(root, DRIVERCTL_DIR, name))
+            if text is not None and text.strip():
+                overrides[name[len("pci-"):]] = text.strip()
+    return overrides
+
+
+def boot_vfio_claims(root, devices, addresses, configured_cmdline=None):
+    """``{address: why}``: those of ``addresses`` that a VFIO driver takes at the next boot, through the
+    host's persistent configuration rather than the boot-time restore: a driverctl override naming vfio-pci
+    or a variant driver, or the device's ``vendor:device`` in ``vfio-pci ids=`` of a modprobe.d file (this
+    collection's or another) or in ``vfio-pci.ids=`` on ``configured_cmdline`` (the arguments the boot
+    configuration gives the next boot). ``devices``: ``{address: PciDevice}``."""
+    sources = []
+    for path in modprobe.config_files(root):
+        ids = modprobe_ids(_read_file(host_path(root, path)))
+        if ids:
+            sources.append(("vfio-pci ids= in /" + path, ids))
+    booted = cmdline_ids(configured_cmdline)
+    if booted:
+        sources.append(("vfio-pci.ids= on the kernel command line", booted))
+    overrides = driverctl_overrides(root)
+    claims = {}
+    for address in addresses:
+        driver = overrides.get(address)
+        if is_vfio_driver(driver):
+            claims[address] = "a driverctl override (/%s) binds it to %s" % (driverctl_path(address), driver)
+            continue
+        device = devices.get(address)
+        if device is None or device.vendor_id is None:
+            continue
+        identifier = "%s:%s" % (device.vendor_id, device.device_id)
+        for where, ids in sources:
+            if identifier in ids:
+                claims[address] = "its ID %s is in %s" % (identifier, where)
+                break
+    return claims
+
+
+def vfio_enables_sriov(root, configured_cmdline=None):
+    """Whether vfio-pci is configured to enable VFs on a PF it holds (``enable_sriov``, off by default:
+    without it the kernel refuses ``sriov_numvfs`` on such a PF)."""
+    value = cmdline_value(configured_cmdline or [], "vfio_pci.enable_sriov")
+    for path in modprobe.config_files(root):
+        for line in modprobe.logical_lines(_read_file(host_path(root, path))):
+            match = _VFIO_OPTIONS.match(line)
+            if match:
+                for option in match.group(1).split():
+                    if option.startswith("enable_sriov="):
+                        value = option[len("enable_sriov="):]
+    return (value or "").strip().lower() in ("1", "y", "yes", "on", "true")
 
 
 def _read_file(path):

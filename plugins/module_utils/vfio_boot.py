@@ -22,20 +22,17 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.kernel import (
 )
 from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import (
     driver_module,
-    host_path,
-    list_dir,
 )
 from ansible_collections.gpuvirt.host.plugins.module_utils.vfio import (
-    DRIVERCTL_DIR,
     INITRAMFS_CONFIG,
     MODPROBE_CONF,
     MODULES_LOAD_CONF,
     VFIO_DRIVER,
     VfioError,
-    _read_file,
     cmdline_ids,
     device_id,
     driver_key,
+    driverctl_overrides,
     driverctl_path,
     find_program,
     foreign_vfio_ids,
@@ -374,13 +371,7 @@ class BootConfigPlanner:
 
     def _driverctl_overrides(self):
         """``{address: driver}`` of every ``/etc/driverctl.d/pci-<address>`` file."""
-        overrides = {}
-        for name in list_dir(host_path(self.root, DRIVERCTL_DIR)):
-            if name.startswith("pci-"):
-                text = _read_file(host_path(self.root, DRIVERCTL_DIR, name))
-                if text is not None and text.strip():
-                    overrides[name[len("pci-"):]] = text.strip()
-        return overrides
+        return driverctl_overrides(self.root)
 
     def _initramfs_config_left(self):
         """The removal of our initramfs configuration that exists (an earlier run may have removed the

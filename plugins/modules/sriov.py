@@ -99,7 +99,8 @@ options:
         C(hidepid=invisible) or C(hidepid=ptraceable), read without C(CAP_SYS_PTRACE) and, for C(invisible),
         outside the mount's C(gid=) group; or a container's, in a PID namespace of its own, that lists none of the
         host's). The refusal names how many processes and a few of them, or the C(hidepid) mount; with O(force=true)
-        the run goes ahead with a warning. Enabling VFs on a PF that has none, or changing only
+        the run goes ahead with a warning. Also records VFs for a PF that vfio-pci takes at boot (see
+        O(persistent)), with a warning. Enabling VFs on a PF that has none, or changing only
         O(devices[].drivers_autoprobe), takes nothing from anyone and is not held up. A process that exits during the
         scan is not counted.
     type: bool
@@ -109,6 +110,14 @@ options:
       - Record each selected PF's count and autoprobe setting in C(/etc/gpuvirt/host-state.json), which
         C(gpuvirt-restore.service) replays at boot before vGPU types and mediated devices.
       - A PF declared with V(0) VFs and autoprobe on (the boot default) has its record removed.
+      - VFs are not recorded for a PF that vfio-pci takes at boot through the host's configuration - a driverctl
+        override naming a VFIO driver, or its C(vendor:device) in C(vfio-pci ids=) of a modprobe.d file or in
+        C(vfio-pci.ids=) on the configured kernel command line (as M(gpuvirt.host.vfio_pci) persists a device,
+        with O(gpuvirt.host.vfio_pci#module:runtime=false) too). vfio-pci enables no VFs on a PF it holds unless
+        its C(enable_sriov) option is on, so the restore would fail on it at every boot. The run fails, nothing
+        changed, unless O(force=true).
+      - A VF that O(devices[].vfio=false) hands back, or that a lower count removes, and that such a driverctl
+        override or ID still gives to vfio-pci at boot, is named in a warning.
     type: bool
     default: true
   retries:
