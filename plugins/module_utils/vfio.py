@@ -826,8 +826,11 @@ def cmdline_ids(arguments):
 def id_refusals(view, members, added_ids, removed_ids, releasing):
     """IDs persisted for vfio-pci claim every device with that ID at boot. Refuse when an added ID
     would take a device that stays with the host, or a removed ID would release a device that
-    stays with vfio-pci."""
+    stays with vfio-pci (unless a driverctl override keeps that one on a VFIO driver by its address)."""
     refusals = []
+    kept_by_address = {
+        address for address, driver in driverctl_overrides(view.root).items() if is_vfio_driver(driver)
+    } if removed_ids else set()
     vfs_of = {}
     for address in members:
         if view.devices[address].physfn is not None:
@@ -850,7 +853,7 @@ def id_refusals(view, members, added_ids, removed_ids, releasing):
                 "binding by ID %s at boot would also give %s to vfio-pci, and it is not being bound; use "
                 "persistence: driverctl (per address) or add it to devices" % (identifier, describe(record)),
             ))
-        elif identifier in removed_ids and record["driver"] == VFIO_DRIVER:
+        elif identifier in removed_ids and record["driver"] == VFIO_DRIVER and address not in kept_by_address:
             released = [a for a in releasing if device_id(view, a) == identifier]
             refusals.append(Refusal(
                 "id_shared", address,

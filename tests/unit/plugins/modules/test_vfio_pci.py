@@ -634,18 +634,34 @@ def test_absent_keeps_the_ids_of_other_devices(make_host, vfio_pci):
     assert vfio.modprobe_ids(read(root, MODPROBE)) == ["1002:73bf"]
 
 
-def test_handing_back_one_of_two_cards_bound_by_id_is_refused(make_host, vfio_pci):
-    root = make_host(
+def two_cards_by_id(make_host, **files):
+    """Two cards of one model, both on vfio-pci through its ID in our modprobe.d file."""
+    return make_host(
         "desktop_dgpu",
         kernel={"modules": MODULES},
         patch_devices={"01:00.0": {"driver": "vfio-pci"}},
         add_devices=[{"address": "05:00.0", "ids": "10de:1e04", "class": "030000", "driver": "vfio-pci", "group": 9}],
-        files={MODPROBE: "options vfio-pci ids=10de:1e04\n"},
+        files=dict(files, **{MODPROBE: "options vfio-pci ids=10de:1e04\n"}),
     )
+
+
+def test_handing_back_one_of_two_cards_bound_by_id_is_refused(make_host, vfio_pci):
+    root = two_cards_by_id(make_host)
     kernel = PciKernel(KernelSim(root), host_drivers={GPU: "nvidia"})
     before = snapshot(root)
     result = vfio_pci(root, kernel=kernel, devices=[GPU], companions=False, state="absent")
     assert_refused(result, kernel, root, before, "id_shared", "0000:05:00.0", "release them together")
+
+
+def test_handing_back_one_of_two_cards_by_id_goes_when_the_other_has_its_own_override(make_host, vfio_pci):
+    # The card that stays was moved to a per-address driverctl override: the ID no longer keeps it, so the
+    # ID can go with the card handed back.
+    root = two_cards_by_id(make_host, **{"etc/driverctl.d/pci-0000:05:00.0": "vfio-pci\n"})
+    kernel = PciKernel(KernelSim(root), host_drivers={GPU: "nvidia"})
+    result = vfio_pci(root, kernel=kernel, devices=[GPU], companions=False, state="absent")
+    assert result["rc"] == 0 and result["changed"], result
+    assert vfio.modprobe_ids(read(root, MODPROBE)) == []
+    assert read(root, "etc/driverctl.d/pci-0000:05:00.0") == "vfio-pci\n"
 
 
 # ----------------------------------------------------------------------------------------- driverctl
