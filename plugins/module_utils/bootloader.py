@@ -1671,6 +1671,22 @@ def plan(module, root, bootloader, present, absent, update=True):
     )
 
 
+def _repeated_keys_added(entry_plans):
+    """The repeatable keys (``console``) of which a plan adds a value to an entry that then holds more than
+    one value of the key. grubby cannot write such an entry, whatever its version: ``--args=key=value``
+    puts the value in place of the key's first one (grubby-bls' older ``update_args``), or removes the
+    key's first value and appends the new one (its newer one)."""
+    keys = set()
+    for _entry, argument_plan in entry_plans:
+        for text in argument_plan.added:
+            added = parse_argument(text)
+            if added.repeatable and sum(
+                1 for other in argument_plan.arguments if same_key(parse_argument(other), added)
+            ) > 1:
+                keys.add(added.norm_key)
+    return sorted(keys)
+
+
 def _plan_grubby(module, root, host, present, absent, update):
     entries, env = read_bls_entries(root)
     if not entries:
@@ -1683,7 +1699,10 @@ def _plan_grubby(module, root, host, present, absent, update):
     entry_plans = [(entry, plan_arguments(entry.arguments(), present, absent, False)) for entry in entries]
     for entry, argument_plan in entry_plans:
         rules.command_line_length(argument_plan.arguments, entry.arguments(), entry.path, error=BootloaderError)
-    writer = "grubby" if host else None
+    # grubby holds one value per key: the entries get a second value of a repeatable key (console=) only
+    # when they are edited directly, as in an image tree.
+    repeated = _repeated_keys_added(entry_plans) if host else []
+    writer = "grubby" if host and not (update and repeated) else None
     entry_files = {}
     env_updates = {}
     for entry, argument_plan in entry_plans:
@@ -1708,7 +1727,15 @@ def _plan_grubby(module, root, host, present, absent, update):
     entry_removed = _merge_unique(p.removed for _e, p in entry_plans)
     commands = []
     # In an image tree grubby cannot run; the entries are edited the way grubby would edit them.
-    direct = update and not host
+    direct = update and (not host or bool(repeated))
+    warnings = _merge_unique(getattr(source, "warnings", []) for source, _p in config_plans)
+    if repeated and entry_files:
+        why = ("they keep more than one value of %s, and grubby replaces a key's value when it adds one "
+               "(console=tty0 would take the place of console=ttyS0,115200)" % ", ".join(k + "=" for k in repeated))
+        warnings.append(
+            "the boot entries are edited directly, not through grubby: " + why if update
+            else "the grubby command below would not give the boot entries what is configured: " + why
+        )
     if entry_files and not direct:
         tool = _resolve(module, host, root, "grubby") or "grubby"
         command = [tool, "--update-kernel=ALL"]
@@ -1735,7 +1762,7 @@ def _plan_grubby(module, root, host, present, absent, update):
         commands=commands,
         run_commands=bool(commands and update),
         pending=bool(commands) and not update,
-        warnings=_merge_unique(getattr(source, "warnings", []) for source, _p in config_plans),
+        warnings=warnings,
         expected_entries={e.path: p.arguments for e, p in entry_plans} if commands and update else {},
     )
 

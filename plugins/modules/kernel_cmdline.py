@@ -21,7 +21,9 @@ description:
   - "grubby with BLS entries (RHEL, Rocky, Fedora): runs C(grubby --update-kernel=ALL --args=...
     --remove-args=...) for the entries in C(/boot/loader/entries), and edits C(GRUB_CMDLINE_LINUX) in
     C(/etc/default/grub) and C(/etc/kernel/cmdline) (when present) so that new kernels inherit the
-    arguments. Entries using C($kernelopts) (RHEL 8) are read through C(/boot/grub2/grubenv)."
+    arguments. Entries using C($kernelopts) (RHEL 8) are read through C(/boot/grub2/grubenv). grubby holds one
+    value per key, so a run that leaves an entry with two values of a repeatable key (C(console=tty0
+    console=ttyS0,115200)) edits the entries directly instead, the way grubby edits them, with a warning."
   - "systemd-boot with kernel-install: edits C(/etc/kernel/cmdline) (created from C(/usr/lib/kernel/cmdline)
     or the running command line when missing, as kernel-install does), then runs C(kernel-install add)
     for every kernel below C(/lib/modules) that has an image. Entries on the ESP that kernel-install did not

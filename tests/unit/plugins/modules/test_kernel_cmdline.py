@@ -990,3 +990,35 @@ def test_kernelstub_options_given_as_one_string_are_split_as_kernelstub_does(run
     result = run_module("kernel_cmdline", {"root": root, "present": ["iommu=pt"]})
     assert result["configured"] == ["quiet", "splash", "iommu=pt"] == kernel_options(root)
     assert json.loads(read(root, "etc/kernelstub/configuration"))["default"]["kernel_options"] == "quiet splash"
+
+
+def test_grubby_host_keeps_every_console_by_editing_the_entries(run_module, boot_tree, fake_commands, as_host):
+    # grubby replaces a key's value when it adds one: a second console= is written into the entries directly,
+    # as the plan predicts, and the run settles.
+    root = boot_tree("rocky9-grubby")
+    fake_commands.install_grubby(root)
+    first = run_module("kernel_cmdline", {"root": root, "present": ["console=ttyS0,115200"]})
+    assert first["rc"] == 0 and len(fake_commands.calls()) == 1, first
+
+    args = {"root": root, "present": ["console=tty0"]}
+    predicted = run_module("kernel_cmdline", args, check_mode=True, diff=True)
+    result = run_module("kernel_cmdline", args, diff=True)
+
+    assert result["rc"] == 0 and result["changed"], result
+    assert len(fake_commands.calls()) == 1, "no grubby run for the second console"
+    assert result["commands"] == [] and predicted["diff"] == result["diff"]
+    assert result["configured"][-2:] == ["console=ttyS0,115200", "console=tty0"]
+    for name in os.listdir(os.path.join(root, "boot/loader/entries")):
+        options = read(root, "boot/loader/entries/" + name)
+        assert "console=ttyS0,115200 console=tty0" in options, options
+    assert any("edited directly" in message for message in warning_messages(result)), result
+    assert run_module("kernel_cmdline", args)["changed"] is False
+
+
+def test_grubby_host_adds_two_consoles_at_once_and_settles(run_module, boot_tree, fake_commands, as_host):
+    root = boot_tree("rocky9-grubby")
+    fake_commands.install_grubby(root)
+    args = {"root": root, "present": ["console=tty0", "console=ttyS0,115200"]}
+    result = run_module("kernel_cmdline", args)
+    assert result["rc"] == 0 and result["configured"][-2:] == ["console=tty0", "console=ttyS0,115200"], result
+    assert run_module("kernel_cmdline", args)["changed"] is False
