@@ -5,11 +5,13 @@ what a mode needs (:meth:`enable_plan` of each backend).
 
 A vendor plan (:class:`EnablePlan`) holds only declarations: kernel arguments to add (written through
 :mod:`bootloader`, so every boot loader the collection knows is covered), files to write (modprobe.d,
-modules-load.d), modules to load now, and the parameters the running kernel must show for the mode to
-work without a reboot. A backend that cannot enable the mode raises :class:`EnableError` with the
-reason and what to do; nothing is changed then.
+modules-load.d), entries of the state file for the vendor's boot-time restore steps, modules to load now,
+and the parameters the running kernel must show for the mode to work without a reboot. The mode's
+options are the vendor's (``enable_options``): the module passes them through without knowing them.
+A backend that cannot enable the mode raises :class:`EnableError` with the reason and what to do;
+nothing is changed then.
 
-Public API: :data:`MODES`, :class:`EnablePlan`, :class:`EnableError`, :func:`read_gpu`,
+Public API: :class:`EnablePlan`, :class:`EnableError`, :func:`read_gpu`,
 :func:`plan_mode`, :class:`ModeRun` (the module's run), :func:`verify`.
 """
 
@@ -19,7 +21,12 @@ import os
 from dataclasses import dataclass
 
 from ansible_collections.gpuvirt.host.plugins.module_utils import bootloader, vendors
-from ansible_collections.gpuvirt.host.plugins.module_utils.hoststate import StateFileError, load_state
+from ansible_collections.gpuvirt.host.plugins.module_utils.hoststate import (
+    StateFileError,
+    load_state,
+    plan_state,
+    with_section,
+)
 from ansible_collections.gpuvirt.host.plugins.module_utils.iommu import read_iommu
 from ansible_collections.gpuvirt.host.plugins.module_utils.kernel import read_kernel
 from ansible_collections.gpuvirt.host.plugins.module_utils.mdev_info import list_mdev_parents
@@ -29,8 +36,6 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.selector import descr
 from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import host_path
 from ansible_collections.gpuvirt.host.plugins.module_utils.topology import UnsupportedArchitecture, check_architecture
 from ansible_collections.gpuvirt.host.plugins.module_utils.vendor_plan import EnableError
-
-MODES = vendors.enable_modes()
 
 
 def read_gpu(root, selector_text):
@@ -62,17 +67,25 @@ def _gpu_reason(device):
 
 
 def plan_mode(device, host, mode, options):
-    """The vendor's :class:`EnablePlan` for ``mode`` on ``device``."""
+    """The vendor's :class:`EnablePlan` for ``mode`` on ``device``. ``options``: ``{name: value}`` (None: not
+    given); an option the mode does not take is refused."""
     for backend in vendors.backends_for(device.vendor_id):
         if mode in backend.enable_modes:
-            return backend.enable_plan(device, host, mode, options)
+            taken = backend.enable_options.get(mode, ())
+            foreign = sorted(name for name, value in options.items() if value is not None and name not in taken)
+            if foreign:
+                raise EnableError(
+                    "mode %s takes %s, not %s; nothing changed" % (
+                        mode, "the options %s" % ", ".join(taken) if taken else "no options", ", ".join(foreign))
+                )
+            return backend.enable_plan(device, host, mode, {name: options.get(name) for name in taken})
     offered = sorted(m for b in vendors.backends_for(device.vendor_id) for m in b.enable_modes)
     raise EnableError(
         "%s cannot offer %s: %s" % (
             describe(device), mode,
             "its vendor's modes are %s" % ", ".join(offered) if offered else "no backend knows its vendor %s"
             % device.vendor_id,
-        )
+        ) + "; nothing changed"
     )
 
 
@@ -93,9 +106,11 @@ class ModeRun(ModuleRun):
     def plan(self):
         params = self.params
         device, host = read_gpu(self.root, params["selector"])
-        mode = plan_mode(device, host, params["mode"], {"max_vfs": params["max_vfs"]})
+        mode = plan_mode(device, host, params["mode"], _options(params))
         _check_recorded_vfs(self.root, mode)
         files = tuple(self.plan_file(relative, content) for relative, content in mode.files)
+        if mode.records:
+            files += (_plan_records(self.root, mode.records),)
         boot = None
         if mode.kernel_arguments:
             wanted, unwanted = bootloader.validate_arguments(list(mode.kernel_arguments), [])
@@ -138,6 +153,33 @@ class ModeRun(ModuleRun):
     @staticmethod
     def _running_needs(plan):
         return [need for need, satisfied in plan.mode.running_needs if not satisfied]
+
+
+def _options(params):
+    """The mode's options: ``options`` with ``max_vfs`` (the one option with a parameter of its own)."""
+    options = dict(params["options"] or {})
+    if params["max_vfs"] is not None:
+        if options.get("max_vfs", params["max_vfs"]) != params["max_vfs"]:
+            raise EnableError("max_vfs is given twice, as %s and in options as %s; nothing changed"
+                              % (params["max_vfs"], options["max_vfs"]))
+        options["max_vfs"] = params["max_vfs"]
+    return options
+
+
+def _plan_records(root, records):
+    """The state file change that writes a plan's ``records`` (see :class:`EnablePlan`)."""
+    try:
+        state = load_state(root)
+        for section, key, entry in records:
+            entries = dict(state.get(section) or {})
+            if entry is None:
+                entries.pop(key, None)
+            else:
+                entries[key] = entry
+            state = with_section(state, section, entries)
+    except (StateFileError, ValueError) as error:
+        raise EnableError("%s; nothing changed" % error) from error
+    return plan_state(root, state)
 
 
 def _check_recorded_vfs(root, mode):

@@ -28,7 +28,12 @@ class EnablePlan:
     modules to load now, ``running_needs`` (``(description, satisfied now)``: what the running kernel
     must show for the mode to work without a reboot), and ``vf_limits`` (``((PF address, VFs), ...)``:
     the most VFs each physical function is offered once the plan is in effect, for every PF the setting
-    reaches; a driver-wide ``max_vfs`` reaches all the GPUs of that driver)."""
+    reaches; a driver-wide ``max_vfs`` reaches all the GPUs of that driver).
+
+    ``records`` (``((section, key, entry), ...)``): what the boot-time restore must know, written to the
+    state file (:mod:`hoststate`) with the files: each ``entry`` of ``section`` (one of the vendor's
+    ``state_sections``, or ``sriov`` for a VF count with its ``method``) set under ``key`` (a PCI address),
+    or removed when None."""
 
     mode: str
     address: str
@@ -38,6 +43,7 @@ class EnablePlan:
     running_needs: tuple = ()
     notes: tuple = field(default=())
     vf_limits: tuple = ()
+    records: tuple = ()
 
 
 # The generic restore steps (:mod:`restore`) in the order they run; a vendor step is placed before one.
@@ -81,7 +87,7 @@ class VendorBackend:
 
     Reading (:mod:`pci`, :mod:`topology`): ``host_drivers``, ``device_defaults`` / ``gpu_defaults``,
     ``host_slot_vendors``, :meth:`read_device`, :meth:`gpu_keys`, :meth:`modes`.
-    Enabling (:mod:`enablement`): ``enable_modes``, :meth:`enable_plan`.
+    Enabling (:mod:`enablement`): ``enable_modes``, ``enable_options``, :meth:`enable_plan`.
     Carving (:mod:`sriov`, :mod:`mdev`): ``vf_tools``, :meth:`vf_count_set_by`, :meth:`vf_count_advice`,
     :meth:`in_use_reasons`, :meth:`no_mdev_types_hint`.
     Guarding (:mod:`device_users`): :meth:`device_nodes`.
@@ -101,6 +107,9 @@ class VendorBackend:
     device_defaults = {}
     gpu_defaults = {}
     enable_modes = ()
+    # ``{mode: (option names)}``: the options each of its modes takes (virtualization_mode's ``options``, and
+    # ``max_vfs``); a mode not listed takes none, and an option it does not take is refused.
+    enable_options = {}
     # State file sections this vendor owns (restored by its own steps), in restore order.
     state_sections = ()
     restore_steps = ()
@@ -132,7 +141,8 @@ class VendorBackend:
         return []
 
     def enable_plan(self, device, host, mode, options):
-        """The :class:`EnablePlan` for one of ``enable_modes``; raises :class:`EnableError`."""
+        """The :class:`EnablePlan` for one of ``enable_modes``; raises :class:`EnableError`. ``options``: the
+        values given for the mode's ``enable_options`` (the others are refused before this is called)."""
         raise EnableError("%s: the %s backend cannot enable %s; nothing changed" % (device.address, self.name, mode))
 
     def vf_count_set_by(self, device):

@@ -15,7 +15,8 @@ boot-time restore can ship them as it ships every module_utils file) defines a `
   companions), ``gpu_keys(device)``,
   ``modes(device, host)`` (the virtualization modes the GPU can offer, each ``{"mode", "ready",
   "missing": [what is needed, as advice]}``, and ``unsupported``: why not at all);
-- enabling: ``enable_modes`` and ``enable_plan(device, host, mode, options)``;
+- enabling: ``enable_modes``, ``enable_options`` (``{mode: (option names)}``) and ``enable_plan(device,
+  host, mode, options)``, whose plan may record state file entries for its restore steps (``records``);
 - carving: ``vf_tools`` (the vendor tools that enable VFs, by the ``method`` recorded in the state
   file), ``vf_count_set_by(device)``, ``vf_count_advice(device)``, ``in_use_reasons(device)``,
   ``no_mdev_types_hint(device, vfs)``;
@@ -23,17 +24,23 @@ boot-time restore can ship them as it ships every module_utils file) defines a `
   ``restore_steps`` (:class:`vendor_plan.RestoreStep`, run by :mod:`restore` at boot), ``late_mdev(root,
   parent, type_id)`` (a recorded mdev that only the late restore unit can create).
 
-Adding a vendor is one new module and one entry in :data:`BACKENDS`; no generic module names a vendor.
+Adding a vendor is one new module and one entry in :data:`BACKENDS` (:func:`check_registry` refuses one
+that clashes with another); no generic module_utils module names a vendor. A vendor that carves devices
+through an interface of its own (NVIDIA's per-VF vGPU types) also needs a module of its own, as
+``nvidia_vgpu`` is (README, "Adding a vendor").
 
 Public API: :data:`BACKENDS`, :func:`backends_for`, :func:`readers_for`, :func:`read_vendor_state`,
 :func:`host_graphics_drivers`, :func:`host_slot_vendors`, :func:`apart_in_slot`, :func:`softdep_drivers`,
 :data:`DEVICE_DEFAULTS`, :func:`gpu_keys`, :class:`HostFacts`,
-:func:`enable_modes`, :func:`virtualization_modes`, :func:`state_sections`, :func:`restore_steps`,
+:func:`enable_modes`, :func:`virtualization_modes`, :func:`check_registry`, :func:`by_vendor`,
+:func:`state_sections`, :func:`restore_steps`,
 :func:`vf_tool`, :func:`vf_tool_methods`, :func:`vf_count_set_by`, :func:`vf_count_advice`,
 :func:`in_use_reasons`, :func:`no_mdev_types_hint`, :func:`no_driver_advice`, :func:`late_mdev`.
 """
 
 from __future__ import annotations
+
+import re
 
 from ansible_collections.gpuvirt.host.plugins.module_utils import vendor_amd, vendor_intel, vendor_nvidia
 from ansible_collections.gpuvirt.host.plugins.module_utils.kernel import cmdline_flag, cmdline_value, module_parameter
@@ -41,7 +48,60 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import PCI_DEVI
 from ansible_collections.gpuvirt.host.plugins.module_utils.vendor_plan import RESTORE_ANCHORS, VendorBackend
 
 BACKENDS = (vendor_nvidia.BACKEND, vendor_intel.BACKEND, vendor_amd.BACKEND)
-_BY_VENDOR = {backend.vendor_id: (backend,) for backend in BACKENDS}
+# The state file's and the restore's generic names, which no backend may take.
+GENERIC_SECTIONS = ("sriov", "mdevs")
+_VENDOR_ID = re.compile(r"[0-9a-f]{4}\Z")
+
+
+def check_registry(backends):
+    """Raise ``ValueError`` naming the backends at fault when ``backends`` cannot be told apart: a vendor ID
+    that is not 4 lowercase hex digits (it would match no device), two backends of one name, one state file
+    section or restore step claimed twice (or a generic one), a mode offered twice for one vendor, options of a
+    mode the backend does not offer, or a step placed before no generic step."""
+    owners = {}
+
+    def claim(kind, name, backend):
+        other = owners.setdefault((kind, name), backend)
+        if other is not backend:
+            raise ValueError("the %s %r is claimed by both the %s and the %s backends" % (
+                kind, name, other.name, backend.name))
+
+    for name in GENERIC_SECTIONS:
+        owners[("state section", name)] = owners[("restore step", name)] = VendorBackend
+    for anchor in RESTORE_ANCHORS:
+        owners[("restore step", anchor)] = VendorBackend
+    for backend in backends:
+        if not isinstance(backend.vendor_id, str) or not _VENDOR_ID.match(backend.vendor_id):
+            raise ValueError("the %s backend's vendor_id %r is not 4 lowercase hex digits" % (
+                backend.name, backend.vendor_id))
+        claim("backend name", backend.name, backend)
+        for section in backend.state_sections:
+            claim("state section", section, backend)
+        for step in backend.restore_steps:
+            claim("restore step", step.name, backend)
+            if step.before not in RESTORE_ANCHORS:
+                raise ValueError("the %s backend's restore step %r runs before %r, which is no generic step (%s)" % (
+                    backend.name, step.name, step.before, ", ".join(RESTORE_ANCHORS)))
+        for mode in backend.enable_modes:
+            claim("mode of vendor %s" % backend.vendor_id, mode, backend)
+        unknown = sorted(set(backend.enable_options) - set(backend.enable_modes))
+        if unknown:
+            raise ValueError("the %s backend has options for modes it does not offer: %s" % (
+                backend.name, ", ".join(unknown)))
+
+
+def by_vendor(backends, wanted=None):
+    """``{vendor ID: (backend, ...)}`` of ``backends`` (those ``wanted`` accepts), in registry order: a
+    vendor may have several (a GPU backend and an accelerator backend of one vendor ID)."""
+    found = {}
+    for backend in backends:
+        if wanted is None or wanted(backend):
+            found[backend.vendor_id] = found.get(backend.vendor_id, ()) + (backend,)
+    return found
+
+
+check_registry(BACKENDS)
+_BY_VENDOR = by_vendor(BACKENDS)
 # Every backend's device keys with their values for a device of another vendor (read only).
 DEVICE_DEFAULTS = {}
 _GPU_DEFAULTS = {}
@@ -69,9 +129,7 @@ def _reads_devices(backend):
     return type(backend).read_device is not VendorBackend.read_device
 
 
-_READERS = {
-    backend.vendor_id: (backend,) for backend in BACKENDS if _reads_devices(backend)
-}
+_READERS = by_vendor(BACKENDS, _reads_devices)
 _READERS_OF_ANY = tuple(backend for backend in BACKENDS if _reads_devices(backend))
 
 

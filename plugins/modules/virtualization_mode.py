@@ -50,16 +50,24 @@ options:
     type: str
     required: true
   mode:
-    description: The virtualization mode to make available.
+    description:
+      - The virtualization mode to make available, one its vendor's backend offers for the GPU (the C(virtualization)
+        of the GPU in M(gpuvirt.host.topology_info) lists them) - V(gvt-g) or V(sriov) (Intel), V(mxgpu) (AMD),
+        V(vgpu) (NVIDIA). Another mode is refused with the modes the GPU's vendor offers.
     type: str
     required: true
-    choices: [gvt-g, sriov, mxgpu, vgpu]
   max_vfs:
     description:
-      - The number of VFs the driver should offer (V(sriov), V(mxgpu)).
+      - The number of VFs the driver should offer (V(sriov), V(mxgpu); required there). The modes that take no VF
+        count refuse it.
       - For V(sriov), a limit of the driver, so every GPU it drives. A limit below the VFs the boot-time restore
         enables on a GPU (recorded by M(gpuvirt.host.sriov)) is refused; lower those first.
     type: int
+  options:
+    description:
+      - The mode's own options, by name, as its vendor's backend takes them (C(max_vfs) can be given here too).
+        An option the mode does not take is refused, nothing changed.
+    type: dict
   bootloader:
     description: The boot configuration to edit for kernel arguments, as in M(gpuvirt.host.kernel_cmdline).
     type: str
@@ -163,13 +171,13 @@ def main():
     module = AnsibleModule(
         argument_spec=dict(
             selector=dict(type="str", required=True),
-            mode=dict(type="str", required=True, choices=list(enablement.MODES)),
+            mode=dict(type="str", required=True),
             max_vfs=dict(type="int"),
+            options=dict(type="dict"),
             bootloader=dict(type="str", default="auto", choices=["auto"] + list(bootloader.BOOTLOADERS)),
             update=dict(type="bool", default=True),
             root=dict(type="path", default="/"),
         ),
-        required_if=[("mode", "sriov", ["max_vfs"]), ("mode", "mxgpu", ["max_vfs"])],
         supports_check_mode=True,
     )
     modrun.run(module, enablement.ModeRun)

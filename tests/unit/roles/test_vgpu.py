@@ -326,8 +326,9 @@ def test_intel_sriov_vfs_to_vfio_pci_enabled_carved_bound_restored_handed_back(m
     from ansible_collections.gpuvirt.host.tests.unit.plugins.modules.test_vendor_lifecycle import flex_host
 
     root = flex_host(make_host, driver)
-    devices = [{"selector": FLEX, "mode": {"name": "sriov", "max_vfs": 7},
-                "sriov": {"num_vfs": 4, "drivers_autoprobe": False, "vfio": True}}]
+    # The VF limit as the mode's own parameter, or among its vendor's options: the same setting.
+    mode = {"name": "sriov", "max_vfs": 7} if driver == "i915" else {"name": "sriov", "options": {"max_vfs": 7}}
+    devices = [{"selector": FLEX, "mode": mode, "sriov": {"num_vfs": 4, "drivers_autoprobe": False, "vfio": True}}]
 
     # Out of PF mode: the role sets max_vfs, and the VFs wait for the reboot.
     rc, recap, output, exported = play(root, devices)

@@ -14,6 +14,8 @@ import pytest
 from ansible_collections.gpuvirt.host.plugins.module_utils import hoststate, restore, sriov, vendor_intel, vendors
 from ansible_collections.gpuvirt.host.plugins.module_utils.topology import detect
 from ansible_collections.gpuvirt.host.plugins.module_utils.vendor_plan import (
+    EnableError,
+    EnablePlan,
     RestoreStep,
     VendorBackend,
     VendorRestoreError,
@@ -203,8 +205,18 @@ class AcmeBackend(VendorBackend):
     vendor_id = "1234"
     host_drivers = ("acmegpu",)
     enable_modes = ("acme-split",)
+    enable_options = {"acme-split": ("slices", "scheduler")}
     state_sections = ("acme_slices",)
     vf_tools = {"acme_tool": AcmeTool}
+
+    def enable_plan(self, device, host, mode, options):
+        if not options["slices"]:
+            raise EnableError("acme-split needs slices; nothing changed")
+        return EnablePlan(
+            mode=mode, address=device.address,
+            files=(("etc/modprobe.d/acme.conf", "options acmegpu split=1 sched=%s\n" % options["scheduler"]),),
+            records=(("acme_slices", device.address, {"slices": options["slices"]}),),
+        )
 
     def __init__(self):
         self.restore_steps = (RestoreStep(name="acme_slices", before="mdevs", items=self._items),)
@@ -282,3 +294,69 @@ def test_a_vendor_tool_method_is_run_through_the_registry(acme, nvme_tree, tmp_p
         sriov.restore_pf(nvme_tree, "0000:04:00.0", 2, method="acme_tool", runner=Runner(), retries=2, delay=0)
     assert calls == [[str(tool), "--enable", "0000:04:00.0"]] * 2
     assert "in 2 attempts" in str(error.value) and "check the acme driver on 0000:04:00.0" in str(error.value)
+
+
+ACME_GPU = "0000:41:00.0"
+
+
+def test_a_new_vendors_mode_takes_its_options_and_records_what_its_restore_needs(acme, make_host, run_module):
+    # Through the generic module: the vendor's own options pass through, its plan's records land in its
+    # state section (for its restore step), check mode predicts it all, and a second run changes nothing.
+    root = make_host("desktop_dgpu", add_devices=[
+        {"address": "41:00.0", "ids": "1234:0001", "class": "030000", "driver": "acmegpu", "group": 41}])
+    args = {"root": root, "selector": ACME_GPU, "mode": "acme-split", "options": {"slices": 4, "scheduler": "rr"}}
+
+    predicted = run_module("virtualization_mode", args, check_mode=True, diff=True)
+    assert predicted["rc"] == 0 and predicted["changed"], predicted
+    assert not os.path.exists(os.path.join(root, hoststate.STATE_PATH))
+    done = run_module("virtualization_mode", args, diff=True)
+    assert done["rc"] == 0 and done["files_changed"] == predicted["files_changed"], done
+    assert done["diff"] == predicted["diff"]
+    assert hoststate.load_state(root)["acme_slices"] == {ACME_GPU: {"slices": 4}}
+    with open(os.path.join(root, "etc/modprobe.d/acme.conf")) as handle:
+        assert handle.read() == "options acmegpu split=1 sched=rr\n"
+    assert run_module("virtualization_mode", args)["changed"] is False
+
+    status = restore.Restore(root=root, out=io.StringIO(), timeout=0.1, interval=0.01).run()
+    acme_results = [r for r in status["results"] if r["step"] == "acme_slices"]
+    assert [(r["item"], r["ok"], r["message"]) for r in acme_results] == [(ACME_GPU, True, "4 slices on " + ACME_GPU)]
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"slices": 4, "colour": "red"}, "mode acme-split takes the options slices, scheduler, not colour"),
+    ({"scheduler": "rr"}, "acme-split needs slices"),
+])
+def test_a_new_vendors_mode_refuses_options_it_does_not_take(acme, make_host, run_module, options, message):
+    root = make_host("desktop_dgpu", add_devices=[
+        {"address": "41:00.0", "ids": "1234:0001", "class": "030000", "driver": "acmegpu", "group": 41}])
+    result = run_module("virtualization_mode", {"root": root, "selector": ACME_GPU, "mode": "acme-split",
+                                                "options": options})
+    assert result.failed and message in result["msg"], result
+    assert not os.path.exists(os.path.join(root, "etc/modprobe.d/acme.conf"))
+
+
+def backend(**attributes):
+    made = type("Made", (VendorBackend,), dict({"name": "made", "vendor_id": "1ed5"}, **attributes))()
+    return made
+
+
+@pytest.mark.parametrize("added, message", [
+    (backend(vendor_id="1ED5"), "vendor_id '1ED5' is not 4 lowercase hex digits"),
+    (backend(name="acme"), "backend name 'acme' is claimed by both"),
+    (backend(state_sections=("acme_slices",)), "state section 'acme_slices' is claimed by both the acme and the made"),
+    (backend(state_sections=("mdevs",)), "state section 'mdevs' is claimed"),
+    (backend(restore_steps=(RestoreStep(name="sriov", before="mdevs", items=list),)), "restore step 'sriov'"),
+    (backend(restore_steps=(RestoreStep(name="made", before="boot", items=list),)), "which is no generic step"),
+    (backend(vendor_id="1234", enable_modes=("acme-split",)), "mode of vendor 1234 'acme-split' is claimed"),
+    (backend(enable_options={"split": ("slices",)}), "options for modes it does not offer: split"),
+])
+def test_the_registry_refuses_backends_it_cannot_tell_apart(added, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        vendors.check_registry(vendors.BACKENDS + (AcmeBackend(), added))
+
+
+def test_the_shipped_registry_passes_and_a_second_backend_of_a_vendor_is_kept_beside_the_first():
+    vendors.check_registry(vendors.BACKENDS)
+    second = backend(vendor_id="10de", name="nvidia-npu", enable_modes=("npu-split",))
+    vendors.check_registry(vendors.BACKENDS + (second,))
+    assert vendors.by_vendor(vendors.BACKENDS + (second,))["10de"] == (vendors.BACKENDS[0], second)

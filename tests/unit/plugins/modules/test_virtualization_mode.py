@@ -127,6 +127,30 @@ def test_intel_sriov_puts_max_vfs_on_the_command_line(make_host, mode):
            "reads 0 until the driver is in PF mode)" in too_many["msg"]
 
 
+def test_max_vfs_given_as_an_option_is_the_same_setting(make_host, mode):
+    root = with_grub(make_host("intel_flex_sriov"))
+    assert mode(root, selector="0000:4e:00.0", mode="sriov", options={"max_vfs": 7})["changed"] is True
+    assert mode(root, selector="0000:4e:00.0", mode="sriov", max_vfs=7)["changed"] is False
+    twice = mode(root, selector="0000:4e:00.0", mode="sriov", max_vfs=7, options={"max_vfs": 8})
+    assert twice.failed and "max_vfs is given twice" in twice["msg"], twice
+
+
+@pytest.mark.parametrize("host, args, message", [
+    ("gvtg_laptop", {"selector": IGPU, "mode": "gvt-g", "max_vfs": 4}, "mode gvt-g takes no options, not max_vfs"),
+    ("intel_flex_sriov", {"selector": "0000:4e:00.0", "mode": "sriov", "options": {"max_vfs": 7, "guc": 3}},
+     "mode sriov takes the options max_vfs, not guc"),
+    ("intel_flex_sriov", {"selector": "0000:4e:00.0", "mode": "sriov"}, "max_vfs"),
+    ("intel_flex_sriov", {"selector": "0000:4e:00.0", "mode": "mxgpu", "max_vfs": 2},
+     "cannot offer mxgpu: its vendor's modes are gvt-g, sriov"),
+])
+def test_an_option_or_mode_the_gpu_does_not_take_is_refused(make_host, mode, host, args, message):
+    root = with_grub(make_host(host))
+    before = snapshot(root)
+    result = mode(root, **args)
+    assert result.failed and message in result["msg"] and "nothing changed" in result["msg"], result
+    assert snapshot(root) == before
+
+
 def test_intel_sriov_vfs_before_pf_mode_are_refused_with_advice(make_host, run_module):
     root = with_grub(make_host("intel_flex_sriov"))
     before = snapshot(root)
