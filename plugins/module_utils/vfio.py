@@ -96,10 +96,24 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.vfio_bind import (
 
 # Host drivers that would claim a GPU (the vendors' own) or one of its companion functions (HDMI audio,
 # USB-C) before vfio-pci does unless modprobe loads vfio-pci first.
-SOFTDEP_DRIVERS = vendors.softdep_drivers() + ("snd_hda_intel", "xhci_hcd")
+COMPANION_SOFTDEP_DRIVERS = ("snd_hda_intel", "xhci_hcd")
+SOFTDEP_DRIVERS = vendors.softdep_drivers() + COMPANION_SOFTDEP_DRIVERS
 MODPROBE_CONF = "etc/modprobe.d/gpuvirt-vfio.conf"
 MODULES_LOAD_CONF = "etc/modules-load.d/gpuvirt-vfio.conf"
 DRIVERCTL_DIR = "etc/driverctl.d"
+
+
+def softdep_drivers_for(ids):
+    """The drivers of :data:`SOFTDEP_DRIVERS` that may claim a device of ``ids`` (``vendor:device``): its
+    vendor's GPU drivers (none for a vendor without a backend) and the companions'."""
+    vendor_ids = {identifier.partition(":")[0] for identifier in ids}
+    drivers = set(COMPANION_SOFTDEP_DRIVERS)
+    for vendor_id in vendor_ids:
+        drivers.update(driver for backend in vendors.backends_for(vendor_id or None) for driver in
+                       backend.softdep_drivers)
+    return tuple(driver for driver in SOFTDEP_DRIVERS if driver in drivers)
+
+
 MANAGED_HEADER = "# Managed by gpuvirt.host.vfio_pci; edits are overwritten.\n"
 
 _VFIO_OPTIONS = re.compile(r"^\s*options\s+vfio[-_]pci\s+(.*)$")
@@ -256,8 +270,10 @@ def modprobe_softdeps(text):
 
 def render_modprobe_conf(ids, softdeps=(), host_softdeps=None):
     """The modprobe.d file that binds ``ids`` to vfio-pci at boot, or None when there are none.
-    ``softdeps``: the modules of the devices' host drivers, loaded after vfio-pci like those of
-    :data:`SOFTDEP_DRIVERS` (the companion functions' drivers vary: ``xhci_pci``, ``i2c_nvidia_gpu``).
+    ``softdeps``: the modules of the devices' host drivers (and those the file already has), loaded after
+    vfio-pci like those of :func:`softdep_drivers_for` the IDs (the companion functions' drivers vary:
+    ``xhci_pci``, ``i2c_nvidia_gpu``). Only the drivers of the IDs' vendors, so that a vendor added to the
+    collection changes no host's file (and rebuilds no initramfs) where its GPUs are not passed through.
     ``host_softdeps``: the host's own softdep lines (:func:`host_softdeps`). modprobe uses one softdep
     line per module, so each of ours carries the modules of the host's line after vfio-pci."""
     ids = sorted(set(ids))
@@ -269,8 +285,9 @@ def render_modprobe_conf(ids, softdeps=(), host_softdeps=None):
         "options vfio-pci ids=%s\n" % ",".join(ids),
         "# Load vfio-pci before the host drivers that would otherwise claim them first.\n",
     ]
+    wanted = {driver_key(driver) for driver in softdep_drivers_for(ids)} | {driver_key(m) for m in softdeps}
     known = {driver_key(driver) for driver in SOFTDEP_DRIVERS}
-    modules = list(SOFTDEP_DRIVERS) + sorted(
+    modules = [driver for driver in SOFTDEP_DRIVERS if driver_key(driver) in wanted] + sorted(
         {module for module in softdeps if driver_key(module) not in known}, key=driver_key)
     host_softdeps = host_softdeps or {}
     for module in modules:

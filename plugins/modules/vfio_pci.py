@@ -77,9 +77,10 @@ description:
   - When the IOMMU is off in the running kernel, nothing is bound now; the boot-time configuration is
     still written and RV(reboot_required) is true with the reason in RV(reboot_reasons).
   - "Boot-time configuration (O(persistence)): V(modprobe) writes C(/etc/modprobe.d/gpuvirt-vfio.conf)
-    (C(options vfio-pci ids=...) plus C(softdep) lines so that nvidia, nouveau, i915, xe, amdgpu,
-    radeon, snd_hda_intel and xhci_hcd, and the module of each device's host driver as sysfs links it
-    (C(xhci_pci), C(i2c_nvidia_gpu) of a GPU's USB-C functions), load after vfio-pci); V(driverctl)
+    (C(options vfio-pci ids=...) plus C(softdep) lines so that the GPU drivers of the devices' vendors
+    (nvidia and nouveau, i915 and xe, amdgpu and radeon), snd_hda_intel and xhci_hcd, and the module of each
+    device's host driver as sysfs links it (C(xhci_pci), C(i2c_nvidia_gpu) of a GPU's USB-C functions), load
+    after vfio-pci; the lines the file already has are kept); V(driverctl)
     keeps one override per address in C(/etc/driverctl.d/pci-<address>) through
     C(driverctl --noprobe set-override); V(cmdline) puts
     C(vfio-pci.ids=) on the kernel command line through the bootloader configuration (the only way

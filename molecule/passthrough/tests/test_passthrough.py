@@ -64,8 +64,10 @@ def test_the_boot_configuration_and_the_initramfs(host, layout):
     ids = sorted(d["id"] for d in layout.role("passthrough_gpu") + layout.role("gpu_companion"))
     conf = host.file(MODPROBE).content_string
     assert "options vfio-pci ids=%s\n" % ",".join(ids) in conf
-    for driver in ("nvidia", "nouveau", "i915", "xe", "amdgpu", "radeon", "snd_hda_intel", "xhci_hcd"):
+    # The GPU's vendor's drivers (1002: AMD), its audio function's vendor's (8086: Intel) and the companions'.
+    for driver in ("i915", "xe", "amdgpu", "radeon", "snd_hda_intel", "xhci_hcd"):
         assert "softdep %s pre: vfio-pci\n" % driver in conf
+    assert "softdep nvidia" not in conf and "softdep nouveau" not in conf
     assert "vfio-pci" in host.file("/etc/modules-load.d/gpuvirt-vfio.conf").content_string.split()
     listing = host.check_output("lsinitramfs /boot/initrd.img-$(uname -r)").split()
     assert MODPROBE.lstrip("/") in listing

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import os
 
-from ansible_collections.gpuvirt.host.plugins.module_utils import modprobe
+from ansible_collections.gpuvirt.host.plugins.module_utils import modprobe, vfio
+from ansible_collections.gpuvirt.host.tests.sim.mdev_kernel import KernelSim
+from ansible_collections.gpuvirt.host.tests.sim.pci_kernel import PciKernel
 from ansible_collections.gpuvirt.host.tests.unit.plugins.modules.test_vfio_pci import (
     GPU,
     MODPROBE,
@@ -58,7 +60,7 @@ def test_a_drivers_own_softdep_read_after_ours_is_kept_in_ours(make_host, vfio_p
     conf = read(root, MODPROBE)
     assert "softdep nvidia pre: vfio-pci ecdh_generic ecdsa_generic\n" in conf
     assert "softdep snd_hda_intel pre: vfio-pci snd_hda_codec_realtek post: snd_hda_codec_hdmi\n" in conf
-    assert "softdep amdgpu pre: vfio-pci\n" in conf
+    assert "amdgpu" not in conf and "i915" not in conf, "no other vendor's GPU drivers for an NVIDIA GPU"
     assert not [w for w in warnings(again) if "softdep" in w]
     assert modprobe.first_softdeps(root, RELEASE)["nvidia"].pre == ["vfio-pci", "ecdh_generic", "ecdsa_generic"]
 
@@ -89,3 +91,30 @@ def test_the_files_modprobe_reads_in_its_order(make_host):
     assert modprobe.first_softdeps(root, RELEASE, skip=("usr/local/lib/modprobe.d/10-local.conf",))["amdgpu"].pre \
         == ["z"]
     assert modprobe.first_softdeps(root, RELEASE)["snd_hda_intel"].pre == ["own"]
+
+
+def test_a_vendor_added_to_the_collection_changes_no_file_where_its_gpus_are_not_passed_through(
+        make_host, vfio_pci, monkeypatch):
+    # Another vendor's driver in the registry: a host passing an NVIDIA GPU through keeps its file as it is,
+    # so that upgrading the collection rebuilds no initramfs.
+    root = host(make_host, {})
+    kernel = PciKernel(KernelSim(root))
+    assert vfio_pci(root, kernel=kernel, devices=[GPU])["changed"] is True
+    before = read(root, MODPROBE)
+    monkeypatch.setattr(vfio, "SOFTDEP_DRIVERS", ("acmegpu",) + vfio.SOFTDEP_DRIVERS)
+    again = vfio_pci(root, kernel=kernel, devices=[GPU])
+    assert again["changed"] is False and read(root, MODPROBE) == before, again
+
+
+def test_softdep_lines_a_file_already_has_are_kept(make_host, vfio_pci):
+    # A file written when every vendor's drivers were listed keeps them: no change, no initramfs rebuild.
+    root = host(make_host, {})
+    kernel = PciKernel(KernelSim(root))
+    assert vfio_pci(root, kernel=kernel, devices=[GPU])["changed"] is True
+    # As earlier releases wrote it: every vendor's drivers, in the registry's order.
+    widened = vfio.render_modprobe_conf(vfio.modprobe_ids(read(root, MODPROBE)), vfio.SOFTDEP_DRIVERS)
+    assert "softdep amdgpu pre: vfio-pci\n" in widened and widened != read(root, MODPROBE)
+    with open(os.path.join(root, MODPROBE), "w") as handle:
+        handle.write(widened)
+    again = vfio_pci(root, kernel=kernel, devices=[GPU])
+    assert again["changed"] is False and read(root, MODPROBE) == widened, again
