@@ -48,6 +48,8 @@ import re  # noqa: E402
 import yaml  # noqa: E402
 from ansible.errors import AnsibleFilterError  # noqa: E402
 
+from ansible_collections.gpuvirt.host.plugins.plugin_utils import device_blocks  # noqa: E402
+
 
 def _spec_loader():
     """YAML without the YAML 1.1 base-60 numbers: an unquoted 01:00.0 or 0000:01:00.0 (a PCI address)
@@ -85,15 +87,6 @@ def _spec_loader():
 
 SPEC_LOADER = _spec_loader()
 
-KEYS = {
-    "selector": (str,),
-    "passthrough": (bool,),
-    "sriov": (dict,),
-    "nvidia_vgpu": (dict,),
-    "mdev": (list,),
-    "exclusive": (bool,),
-    "mode": (dict,),
-}
 TYPE_NAMES = {str: "a string", bool: "true or false", dict: "a mapping", list: "a list"}
 # Far more than any host's devices need; a document past it is a mistake or YAML aliases expanding
 # (a "billion laughs" text, or an alias inside its own anchor), which the modules' JSON arguments would
@@ -167,14 +160,16 @@ def device_spec(value):
         name = "entry %d (%s)" % (index, entry.get("selector", "no selector"))
         if not isinstance(entry.get("selector"), str) or not entry["selector"].strip():
             _fail("%s: every device needs a selector: a PCI address, a vendor:device ID or a model name" % name)
-        unknown = sorted(set(entry) - set(KEYS))
+        keys = device_blocks.ENTRY_KEYS
+        unknown = sorted(set(entry) - set(keys))
         if unknown:
-            _fail("%s: unknown key(s) %s; known: %s" % (name, ", ".join(unknown), ", ".join(sorted(KEYS))))
-        for key, types in KEYS.items():
+            _fail("%s: unknown key(s) %s; known: %s" % (name, ", ".join(unknown), ", ".join(sorted(keys))))
+        for key, types in keys.items():
             if key in entry and entry[key] is not None and not isinstance(entry[key], types):
                 _fail("%s: %s must be %s, got %r" % (name, key, TYPE_NAMES[types[0]], entry[key]))
-        if not any(key in entry for key in ("passthrough", "sriov", "nvidia_vgpu", "mdev", "mode")):
-            _fail("%s: says nothing to do; give passthrough, sriov, nvidia_vgpu, mdev or mode" % name)
+        actions = device_blocks.ACTION_BLOCKS
+        if not any(key in entry for key in actions):
+            _fail("%s: says nothing to do; give %s or %s" % (name, ", ".join(actions[:-1]), actions[-1]))
     return spec
 
 
