@@ -59,7 +59,9 @@ options:
         description: Resource names by vendor:device or mdev type name, replacing the defaults.
         type: dict
       resource_domain:
-        description: Domain of the default resource names for vendors the filter does not know.
+        description:
+          - Domain of the default resource names, for a vendor whose backend names none (those of NVIDIA,
+            AMD and Intel name C(nvidia.com), C(amd.com) and C(intel.com)).
         type: str
       host:
         description: The host's name, used in messages.
@@ -114,6 +116,7 @@ _value:
 
 import re  # noqa: E402
 
+from ansible_collections.gpuvirt.host.plugins.module_utils import vendors  # noqa: E402
 from ansible_collections.gpuvirt.host.plugins.plugin_utils.exports import (  # noqa: E402
     MDEV_OWNERS,
     ExportError,
@@ -125,7 +128,6 @@ from ansible_collections.gpuvirt.host.plugins.plugin_utils.exports import (  # n
 _NAME = "kubevirt_host_devices"
 _SPEC = ("pci_devices", "mdev_types", "mdev_owner", "node_selector", "resource_names", "resource_domain", "host")
 _OWNERS = ("kubevirt", "gpuvirt.host")
-_VENDOR_DOMAINS = {"10de": "nvidia.com", "1002": "amd.com", "8086": "intel.com"}
 _NOT_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 _BRACKET = re.compile(r"\s*\[([^\]]+)\]\s*")
 # A Kubernetes extended resource name: an optional DNS prefix, '/', a qualified name.
@@ -140,7 +142,7 @@ def _resource_part(text):
 
 
 def _domain(spec, vendor_id):
-    domain = spec.get("resource_domain") or _VENDOR_DOMAINS.get(vendor_id)
+    domain = spec.get("resource_domain") or vendors.resource_domain(vendor_id)
     if not domain:
         raise ExportError(
             "%s: no resource domain is known for vendor %s; give resource_domain (example.com) or "

@@ -200,6 +200,7 @@ class AmdBackend(VendorBackend):
 
     name = "amd"
     vendor_id = VENDOR_ID
+    resource_domain = "amd.com"
     host_drivers = ("amdgpu", "radeon")
     softdep_drivers = host_drivers
     # An APU's GPU (1002) shares its slot with the processor's own functions (1022: the CCP/PSP security

@@ -501,6 +501,7 @@ class IntelBackend(VendorBackend):
 
     name = "intel"
     vendor_id = VENDOR_ID
+    resource_domain = "intel.com"
     host_drivers = ("i915", "xe")
     # A discrete Intel GPU (Arc, Flex) for passthrough must reach vfio-pci before i915 or xe claims
     # it; vfio-pci takes only the IDs it is given, so the host's own iGPU stays with its driver.

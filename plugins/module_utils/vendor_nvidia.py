@@ -282,6 +282,7 @@ class NvidiaBackend(VendorBackend):
 
     name = "nvidia"
     vendor_id = VENDOR_ID
+    resource_domain = "nvidia.com"
     host_drivers = ("nvidia", "nouveau")
     softdep_drivers = host_drivers
     device_defaults = {STATE_KEY: None}

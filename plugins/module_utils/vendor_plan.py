@@ -97,6 +97,8 @@ class VendorBackend:
 
     name = None
     vendor_id = None
+    # The domain its Kubernetes device plugins name resources in (``nvidia.com/GA102GL_A10``); None: none.
+    resource_domain = None
     # Its kernel drivers that drive a GPU for the host itself (not for VMs), and those of them that would
     # claim a GPU passed through to VMs before vfio-pci at boot (vfio_pci's modprobe.d soft dependencies).
     host_drivers = ()

@@ -30,7 +30,8 @@ through an interface of its own (NVIDIA's per-VF vGPU types) also needs a module
 ``nvidia_vgpu`` is (README, "Adding a vendor").
 
 Public API: :data:`BACKENDS`, :func:`backends_for`, :func:`readers_for`, :func:`read_vendor_state`,
-:func:`host_graphics_drivers`, :func:`host_slot_vendors`, :func:`apart_in_slot`, :func:`softdep_drivers`,
+:func:`host_graphics_drivers`, :func:`resource_domain`, :func:`host_slot_vendors`, :func:`apart_in_slot`,
+:func:`softdep_drivers`,
 :data:`DEVICE_DEFAULTS`, :func:`gpu_keys`, :class:`HostFacts`,
 :func:`enable_modes`, :func:`virtualization_modes`, :func:`check_registry`, :func:`by_vendor`,
 :func:`state_sections`, :func:`restore_steps`,
@@ -162,6 +163,12 @@ def apart_in_slot(first, second):
     """Whether functions of vendors ``first`` and ``second`` in one slot belong to different parts (an
     APU's GPU and the processor beside it), as either vendor's backend says."""
     return second in host_slot_vendors(first) or first in host_slot_vendors(second)
+
+
+def resource_domain(vendor_id):
+    """The domain the Kubernetes device plugins of ``vendor_id`` name resources in, or None."""
+    return next((backend.resource_domain for backend in _BY_VENDOR.get(vendor_id, ()) if backend.resource_domain),
+                None)
 
 
 def host_graphics_drivers():

@@ -265,3 +265,27 @@ def test_a_proxmox_mapping_takes_the_whole_slot_only_when_it_holds_just_the_gpus
     assert sorted(next(g for g in topology["gpus"] if g["address"] == "0000:01:00.0")["passthrough"]["devices"]) \
         == ["0000:01:00.0", "0000:01:00.1"]
     assert proxmox_pci_mapping(topology, spec)["mappings"][0]["map"][0]["path"] == "0000:01:00.0"
+
+
+def test_kubevirt_names_resources_in_the_domain_the_vendors_backend_gives(make_host, monkeypatch):
+    # A GPU of a vendor the collection has no backend for needs resource_domain; one whose backend names
+    # a domain gets it from there, as NVIDIA's, AMD's and Intel's do.
+    from ansible_collections.gpuvirt.host.plugins.module_utils import vendors
+    from ansible_collections.gpuvirt.host.plugins.module_utils.vendor_plan import VendorBackend
+
+    root = make_host("desktop_vfio", add_devices=[
+        {"address": "41:00.0", "ids": "1ed5:0100", "class": "030000", "driver": "vfio-pci", "group": 41,
+         "device_name": "MTT S4000"}])
+    topology = detect(root)
+    with pytest.raises(ExportError, match="no resource domain is known for vendor 1ed5"):
+        kubevirt_host_devices(topology, {"pci_devices": ["1ed5:0100"]})
+    given = kubevirt_host_devices(topology, {"pci_devices": ["1ed5:0100"], "resource_domain": "example.com"})
+    assert json.dumps(given).count("example.com/") == 1
+
+    attributes = {"name": "moore", "vendor_id": "1ed5", "resource_domain": "mthreads.com"}
+    backend = type("Moore", (VendorBackend,), attributes)()
+    monkeypatch.setattr(vendors, "_BY_VENDOR", vendors.by_vendor(vendors.BACKENDS + (backend,)))
+    named = kubevirt_host_devices(topology, {"pci_devices": ["1ed5:0100"]})
+    assert json.dumps(named).count("\"mthreads.com/") == 1, named
+    nvidia = kubevirt_host_devices(topology, {"pci_devices": ["10de:1e04"]})
+    assert "nvidia.com/" in json.dumps(nvidia)
