@@ -180,6 +180,49 @@ def test_no_generic_module_imports_or_names_a_vendor():
     assert len(generic) > 20  # the scan saw the generic modules
 
 
+PLUGINS = os.path.dirname(UTILS)
+PLUGIN_DOCS = {"DOCUMENTATION", "EXAMPLES", "RETURN"}
+# Controller-side code that reads NVIDIA's own topology key (its per-VF vGPU types, carved through NVIDIA's
+# own interface and module, not through the seam), and the one list of a device entry's blocks.
+NAMES_NVIDIAS_OWN_KEY = {
+    "plugin_utils/device_blocks.py", "plugin_utils/exports.py", "plugin_utils/report.py",
+    "filter/gpuvirt_fact.py", "filter/proxmox_pci_mapping.py",
+}
+
+
+def _documentation(tree):
+    """The constants of a plugin's DOCUMENTATION, EXAMPLES and RETURN (text for readers, not code)."""
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Assign) and any(
+                isinstance(target, ast.Name) and target.id in PLUGIN_DOCS for target in node.targets):
+            found.update(id(sub) for sub in ast.walk(node.value))
+    return found
+
+
+def test_no_plugin_outside_module_utils_names_a_vendor_but_nvidias_own_key():
+    offences, scanned = [], 0
+    for kind in sorted(os.listdir(PLUGINS)):
+        if kind == "module_utils" or not os.path.isdir(os.path.join(PLUGINS, kind)):
+            continue
+        for name in sorted(n for n in os.listdir(os.path.join(PLUGINS, kind)) if n.endswith(".py")):
+            with open(os.path.join(PLUGINS, kind, name)) as handle:
+                tree = ast.parse(handle.read())
+            scanned += 1
+            skip = _docstrings(tree) | _documentation(tree)
+            for node in ast.walk(tree):
+                if not (isinstance(node, ast.Constant) and isinstance(node.value, str)) or id(node) in skip:
+                    continue
+                if not (VENDOR_WORDS.search(node.value) or VENDOR_IDS.match(node.value)):
+                    continue
+                if "%s/%s" % (kind, name) in NAMES_NVIDIAS_OWN_KEY and (
+                        node.value == "nvidia_vgpu" or "NVIDIA vGPU" in node.value):
+                    continue
+                offences.append("%s/%s: %r" % (kind, name, node.value[:60]))
+    assert offences == []
+    assert scanned > 15  # the scan saw the modules, filters and plugin_utils
+
+
 class AcmeTool:
     name = "acme-vf"
     enables_all = False
