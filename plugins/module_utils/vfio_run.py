@@ -6,6 +6,8 @@ configuration, then apply both and read them back."""
 
 from __future__ import annotations
 
+import os
+
 from ansible_collections.gpuvirt.host.plugins.module_utils import bootloader, initramfs, pending
 from ansible_collections.gpuvirt.host.plugins.module_utils.files import (
     apply_change,
@@ -467,6 +469,8 @@ class VfioPciRun(BootConfigPlanner, ModuleRun):
         return method
 
     def _predicted_commands(self):
+        """The commands the run would run, each program named by the path it would be run from (as
+        the run reports them; the bare name when this host has no such program)."""
         commands = []
         commands += [["modprobe", module_of(driver)] for driver in self.load_drivers]
         commands += [entry.command for entry in self.persistence.driverctl if entry.file.changed and entry.command]
@@ -475,7 +479,12 @@ class VfioPciRun(BootConfigPlanner, ModuleRun):
             commands += boot_plan.commands
         if self.initramfs.run:
             commands += self.initramfs.commands
-        return commands
+        return [[self._program_path(argv[0])] + list(argv[1:]) for argv in commands]
+
+    def _program_path(self, name):
+        if os.path.isabs(name):
+            return name
+        return find_program(self.module, self.root, name) or name
 
 
 def _binding(driver, override):

@@ -20,6 +20,7 @@ import pytest
 from ansible_collections.gpuvirt.host.plugins.module_utils import vfio, vfio_bind
 from ansible_collections.gpuvirt.host.tests.sim.mdev_kernel import KernelSim
 from ansible_collections.gpuvirt.host.tests.sim.pci_kernel import PciKernel
+from ansible_collections.gpuvirt.host.tests.unit.plugins.modules.test_kernel_cmdline import names
 
 MODULES = ["kvm_intel", "i915", "nvidia", "snd_hda_intel", "xhci_pci", "e1000e", "nvme", "vfio_pci"]
 RELEASE = "6.8.0-45-generic"
@@ -540,9 +541,10 @@ def test_vfio_pci_is_loaded_with_modprobe_on_the_host(make_host, vfio_pci, as_ho
     root = make_host("desktop_dgpu")
     fake_commands.install("modprobe", body=MODPROBE_BODY.format(root=root))
     predicted = vfio_pci(root, check_mode=True, devices=[GPU], persistent=False)
-    assert predicted["commands"] == [["modprobe", "vfio-pci"]] and fake_commands.calls() == []
+    assert names(predicted["commands"]) == [["modprobe", "vfio-pci"]] and fake_commands.calls() == []
     result = vfio_pci(root, devices=[GPU], persistent=False)
     assert result["rc"] == 0, result
+    assert result["commands"] == predicted["commands"], "check mode names the program the run runs"
     assert calls(fake_commands, "modprobe") == [["modprobe", "vfio-pci"]]
     assert drivers(root) == {address: "vfio-pci" for address in GPU_FUNCTIONS}
 
@@ -803,7 +805,8 @@ def test_the_initramfs_is_rebuilt_once_and_verified(desktop, vfio_pci, as_host, 
     assert "etc/modprobe.d/gpuvirt-vfio.conf" in read(desktop, IMAGE).split()
     for key in ("changed", "diff", "files_changed"):
         assert predicted[key] == result[key], key
-    assert [c[0] for c in predicted["commands"]] == ["update-initramfs"]
+    assert names(predicted["commands"]) == [["update-initramfs", "-u", "-k", RELEASE]]
+    assert predicted["commands"] == result["commands"], "check mode names the program the run runs"
     # Check mode names the images the run reads back; whether they hold the options is known once built.
     assert predicted["initramfs"]["images"] == result["initramfs"]["images"] == [os.path.join(desktop, IMAGE)]
     assert predicted["initramfs"]["verified"] is None
