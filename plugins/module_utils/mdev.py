@@ -476,6 +476,7 @@ def _place(snapshot, target, where, pending, present, result, taken):
             type_id = snapshot.mdevs[value].type
             freed[parent][type_id] = freed[parent].get(type_id, 0) + 1
     short = {}
+    unplaced = []
     for value, type_id in pending:
         home = None
         for parent in target.parents:
@@ -490,19 +491,31 @@ def _place(snapshot, target, where, pending, present, result, taken):
                 break
         if home is None:
             short[type_id] = short.get(type_id, 0) + 1
+            unplaced.append((value, type_id))
             continue
-        if value is None:
-            value = _next_uuid(snapshot, home, type_id, taken, where)
-        taken.add(value)
-        result.parents[home].create.append((value, type_id))
-        result.parents[home].declared.append((value, type_id))
+        _plan_creation(snapshot, result, home, value, type_id, taken, where)
     if not short:
         return
     message = _shortage_message(snapshot, target, where, pending, present, short)
-    if any(freed[parent] for parent in target.parents):
-        result.recheck.append(message)
-    else:
+    if not any(freed[parent] for parent in target.parents):
         raise MdevError(message)
+    # The removals may free a pool that the types share, which available_instances shows only once they are
+    # gone: the run plans again after removing. Until then, those that do not fit yet go where removals free
+    # the most, so that check mode predicts the whole declaration (and says it may not fit).
+    result.recheck.append(message)
+    for value, type_id in unplaced:
+        offering = [parent for parent in target.parents if type_id in snapshot.parents[parent]]
+        home = max(offering, key=lambda parent: sum(freed[parent].values()))
+        _plan_creation(snapshot, result, home, value, type_id, taken, where)
+
+
+def _plan_creation(snapshot, result, home, value, type_id, taken, where):
+    """Create one mdev of ``type_id`` on ``home``, with a generated UUID when ``value`` is None."""
+    if value is None:
+        value = _next_uuid(snapshot, home, type_id, taken, where)
+    taken.add(value)
+    result.parents[home].create.append((value, type_id))
+    result.parents[home].declared.append((value, type_id))
 
 
 def _shortage_message(snapshot, target, where, pending, present, short):

@@ -67,7 +67,11 @@ class MdevRun(ModuleRun):
             self.warn(warning)
         if self.check_mode:
             for message in first.recheck:
-                self.warn("capacity can only be confirmed after removing undeclared mdevs: " + message)
+                self.warn(
+                    "capacity can only be confirmed after removing undeclared mdevs (the prediction takes the "
+                    "removals to make room; the run plans again once they are gone, and fails, rolling back, "
+                    "if they do not): " + message.replace(" Nothing was changed.", "")
+                )
         return MdevRunPlan(before, first)
 
     def apply(self, plan):

@@ -38,7 +38,9 @@ attributes:
     support: full
     details:
       - Predicts the created UUIDs exactly. When only the removal of undeclared mdevs would make room
-        for the new ones, the capacity can only be confirmed after removing; check mode then warns.
+        for the new ones (types that share a pool), the capacity can only be confirmed after removing; check
+        mode then predicts the whole declaration as if the removals made the room, and warns. The run plans
+        again once the removals are done, and rolls everything back if the new ones do not fit.
   diff_mode:
     support: full
 options:

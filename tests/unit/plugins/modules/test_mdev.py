@@ -228,12 +228,16 @@ def test_exclusive_switch_of_profile_needs_the_removal_first(lab, mdev_module):
     """Four larges fill the pool; switching to mediums only fits once they are gone."""
     mdev_module(lab, parents=[{"selector": "mbochs", "mdevs": [{"type": "mbochs-large", "count": 4}]}])
     wanted = [{"selector": "mbochs", "mdevs": [{"type": "mbochs-medium", "count": 3}], "exclusive": True}]
-    predicted = mdev_module(lab, check_mode=True, parents=wanted)
+    predicted = mdev_module(lab, check_mode=True, diff=True, parents=wanted)
     assert predicted["changed"] is True and len(predicted["removed"]) == 4
-    assert any("only be confirmed after removing" in w for w in warnings(predicted))
-    result = mdev_module(lab, parents=wanted)
+    warned = [w for w in warnings(predicted) if "only be confirmed after removing" in w]
+    assert warned and "Nothing was changed" not in warned[0], warned
+    result = mdev_module(lab, diff=True, parents=wanted)
     assert result["changed"] is True and len(result["removed"]) == 4 and len(result["created"]) == 3
     assert {m["type"] for m in result["mdevs"]} == {"mbochs-medium"}
+    # Check mode predicted the whole switch: the mdevs the removals make room for, the records, the diff.
+    for key in ("created", "removed", "mdevs", "parents", "diff"):
+        assert predicted[key] == result[key], key
 
 
 def test_exclusive_switch_that_still_does_not_fit_restores_the_removed(lab, mdev_module):
