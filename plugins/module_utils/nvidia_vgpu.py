@@ -439,7 +439,7 @@ def _explicit(gpu, declaration, known, where, complete):
     return wanted
 
 
-def plan_per_vf(gpu, declaration, known, force=False):
+def plan_per_vf(gpu, declaration, known, force=False, framebuffer=None):
     """What to delete and create so that ``gpu`` (per-VF interface) holds what is declared.
 
     ``declaration``: ``{"selector", "profiles": [{"profile", "count"}] | None, "vfs": [{"address",
@@ -448,7 +448,9 @@ def plan_per_vf(gpu, declaration, known, force=False):
     VF) is never deleted unless ``force``: an explicit change to it fails, an undeclared or surplus
     one is kept with a warning. Any deletion while some process's open files could not be read
     or ``/proc`` hides some (``gpu.users_unknown``: it may hold any VF) fails unless ``force``; creations
-    alone go ahead.
+    alone go ahead. ``framebuffer`` (GB, see :func:`framebuffer_of`): the time-sliced vGPUs the GPU would
+    hold must fit in it, else the plan fails before anything changes (the driver would stop offering the
+    type part way, and the run roll back).
     """
     where = "%s (%s)" % (gpu.address, gpu.name)
     complete = gpu.complete
@@ -536,8 +538,38 @@ def plan_per_vf(gpu, declaration, known, force=False):
     result.recheck = bool(result.delete) and bool(result.create)
     if result.create and not result.delete:
         _check_offered(gpu, result, known, where)
+    if result.create and framebuffer:
+        _check_framebuffer(result, current, known, where, framebuffer)
     _warn_mixed_sizes(result, current, known, where)
     return result
+
+
+def framebuffer_of(known):
+    """The GPU's framebuffer (GB) as a complete list of its vGPU types ``known`` (id -> name) tells: the
+    size of its largest time-sliced profile, which takes the whole GPU (L40S-48Q on a 48 GB L40S); None
+    when the list has no time-sliced type."""
+    sizes = [time_sliced_size(name) for name in known.values()]
+    sizes = [size for size in sizes if size]
+    return max(sizes) if sizes else None
+
+
+def _check_framebuffer(result, current, known, where, framebuffer):
+    """Refuse a plan whose time-sliced vGPUs take more framebuffer than the GPU has."""
+    gone = {address for address, _old in result.delete}
+    held = {address: type_id for address, type_id in current.items() if type_id and address not in gone}
+    held.update(result.declared)
+    taken = {}
+    for type_id in held.values():
+        size = time_sliced_size(known.get(type_id))
+        if size:
+            taken[type_id] = taken.get(type_id, 0) + 1
+    used = sum(time_sliced_size(known[type_id]) * count for type_id, count in taken.items())
+    if used > framebuffer:
+        raise VgpuError(
+            "%s: the vGPUs would take %d GB of the GPU's %d GB of framebuffer (%s); lower the counts. Nothing was "
+            "changed." % (where, used, framebuffer, ", ".join(
+                "%d x %s" % (count, _label(type_id, known[type_id])) for type_id, count in sorted(taken.items())))
+        )
 
 
 def _warn_mixed_sizes(result, current, known, where):

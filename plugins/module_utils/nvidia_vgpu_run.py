@@ -29,6 +29,7 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.nvidia_vgpu import (
     cache_key,
     cache_path,
     enable_vfs_with_sriov_manage,
+    framebuffer_of,
     gpu_reason,
     known_types,
     legacy_mdev_parents,
@@ -234,7 +235,11 @@ class NvidiaVgpuRun(ModuleRun):
         if view.framework == "legacy":
             work.mdev_parents = legacy_mdev_parents(view, work.declaration, work.known)
             return
-        work.plan = plan_per_vf(view, work.declaration, work.known, self.force)
+        cached = self.cache["gpus"].get(cache_key(view)) or {}
+        # Only a complete list of the model's types (read while no VF held a vGPU, now or remembered) shows
+        # its largest profile, the whole framebuffer.
+        framebuffer = framebuffer_of(work.known) if view.complete or cached.get("complete") else None
+        work.plan = plan_per_vf(view, work.declaration, work.known, self.force, framebuffer)
         for warning in work.plan.warnings:
             self.warn(warning)
         if work.plan.recheck and self.check_mode:

@@ -53,6 +53,9 @@ attributes:
       - Reads everything, writes nothing, and predicts C(changed), the VF assignments and the state file.
       - When deletions must make room for new vGPUs, whether they fit is only known after deleting;
         check mode then warns.
+      - Time-sliced vGPUs that would take more framebuffer than the GPU has are refused, in check mode as in
+        the run, once a complete list of the model's vGPU types is known (read while no VF held a vGPU, now or
+        remembered); its largest profile is the whole framebuffer.
       - When the GPU would host time-sliced vGPUs of more than one framebuffer size, the run and its
         check mode warn; in NVIDIA's default equal-size mode the GPU then offers only the size it hosts,
         and the creations of the other sizes fail, rolled back.

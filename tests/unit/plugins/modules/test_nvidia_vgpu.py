@@ -530,3 +530,18 @@ def test_a_process_that_exited_does_not_block_deleting(l40s, run, unreadable_fds
     unreadable_fds(l40s, {4242: errno.ENOENT})  # and now 4242 too
     result, writes = run(l40s, gpus=absent)
     assert result["changed"] is True and [v for _p, v in writes] == ["0"], result
+
+
+def test_more_vgpus_than_the_framebuffer_holds_are_refused_in_check_mode_and_run(make_host, run):
+    # All VFs free: the type lists are complete, so the largest profile (L40S-48Q) gives the framebuffer. Seven
+    # 8 GB vGPUs do not fit in 48 GB: refused before anything changes, in check mode as in the run.
+    root = make_host(L40S_HOST, patch_devices=EMPTY_VF0)
+    attach(root)
+    before = snapshot(root)
+    for check_mode in (True, False):
+        result, writes = run(root, check_mode=check_mode, gpus=[gpu(profiles=[{"profile": "L40S-8Q", "count": 7}])])
+        assert result.failed and writes == [], result
+        assert "the vGPUs would take 56 GB of the GPU's 48 GB of framebuffer (7 x L40S-8Q" in result["msg"]
+        assert snapshot(root) == before
+    fits, _writes = run(root, check_mode=True, gpus=[gpu(profiles=[{"profile": "L40S-8Q", "count": 6}])])
+    assert not fits.failed and len(fits["gpus"][0]["created"]) == 6, fits
