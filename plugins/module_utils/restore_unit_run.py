@@ -26,6 +26,8 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.restore import (
 )
 
 UNIT_NAMES = (UNIT_NAME, LATE_UNIT_NAME)
+MANAGED_UNIT = "# Managed by gpuvirt.host.restore_unit"
+PYTHONPATH_LINE = "Environment=PYTHONPATH="
 
 
 @dataclass(frozen=True)
@@ -40,7 +42,7 @@ class RestoreUnitPlan:
 class RestoreUnitRun(ModuleRun):
     def __init__(self, module, host):
         super().__init__(module, host)
-        self.prefix = self.code_dir = self.unit = None
+        self.prefix = self.code_dir = self.unit = self.old_prefix = None
         self.links = {}  # unit name -> the path of its enabling link
 
     def plan(self):
@@ -66,6 +68,11 @@ class RestoreUnitRun(ModuleRun):
         installed = [name for name in names if name.endswith(".py")]
         files = [self._change(self.code_dir, name, sources.get(name)) for name in installed]
         files += [self._change(self.code_dir, name, sources[name]) for name in sorted(sources) if name not in names]
+        self.old_prefix, old_code = self._earlier_prefix()
+        if old_code is not None:
+            # The code an earlier run installed at another prefix: the files it ships, nothing else there.
+            ours = code_sources()
+            files += [self._change(old_code, name, None) for name in _listing(old_code) if name in ours]
         texts = dict.fromkeys(UNIT_NAMES)
         if present:
             texts[UNIT_NAME] = render_unit(self.prefix, params["python"], params["timeout"], params["mdevctl_grace"])
@@ -78,11 +85,17 @@ class RestoreUnitRun(ModuleRun):
             except OSError:
                 link_before = None
             link_changes.append(link_before != _link_target(name) if present else link_before is not None)
-        existing = {os.path.basename(c.path): c.old for c in files if c.old is not None}
+        existing = {
+            os.path.basename(c.path): c.old for c in files if c.old is not None and os.path.dirname(c.full_path)
+            == self.code_dir
+        }
         diff = (
             units[0].diff(),
             _manifest_diff(self.code_dir, existing, sources),
         ) + tuple(unit.diff() for unit in units[1:])
+        if old_code is not None:
+            earlier = {os.path.basename(c.path): c.old for c in files if os.path.dirname(c.full_path) == old_code}
+            diff += (_manifest_diff(old_code, earlier, {}),)
         return RestoreUnitPlan(present, sources, tuple(files) + units, tuple(link_changes), diff)
 
     def apply(self, plan):
@@ -97,7 +110,9 @@ class RestoreUnitRun(ModuleRun):
             for name in links:
                 self._set_link(name, True)
         if not plan.present:
-            self._prune()
+            self._prune(self.code_dir, self.prefix)
+        if self.old_prefix is not None:
+            self._prune(self.host.join(self.old_prefix, *PACKAGE.split(".")), self.old_prefix)
         if not self.changes_made:
             return
         self._read_back(plan)
@@ -160,15 +175,29 @@ class RestoreUnitRun(ModuleRun):
                       changed=True)
         self.changes_made = True
 
-    def _prune(self):
-        """Remove the now empty folders of the code tree, up to the prefix."""
-        stop = self.host.join(self.prefix)
-        cache = os.path.join(self.code_dir, "__pycache__")
+    def _earlier_prefix(self):
+        """``(prefix, code folder)`` of the restore code an earlier run installed elsewhere, as the installed
+        unit names it (its ``PYTHONPATH``), when that is another prefix than this run's; ``(None, None)``."""
+        text = read_file(self.unit) if os.path.isfile(self.unit) else None
+        if not text or not text.startswith(MANAGED_UNIT):
+            return None, None
+        found = [line[len(PYTHONPATH_LINE):] for line in text.splitlines() if line.startswith(PYTHONPATH_LINE)]
+        if len(found) != 1 or not found[0].startswith("/") or found[0] == self.prefix:
+            return None, None
+        prefix = "/" + found[0].strip("/")
+        code = self.host.join(prefix, *PACKAGE.split("."))
+        rules.inside_root(self.root, code, "the prefix the installed unit names")
+        return (prefix, code) if os.path.isdir(code) else (None, None)
+
+    def _prune(self, code_dir, prefix):
+        """Remove the now empty folders of the code tree ``code_dir``, up to ``prefix``."""
+        stop = self.host.join(prefix)
+        cache = os.path.join(code_dir, "__pycache__")
         if os.path.isdir(cache):
             for name in os.listdir(cache):
                 os.unlink(os.path.join(cache, name))
             os.rmdir(cache)
-        directory = self.code_dir
+        directory = code_dir
         while directory.startswith(stop) and directory != stop:
             try:
                 os.rmdir(directory)

@@ -65,6 +65,8 @@ options:
         systemd would read as unit syntax.
       - A folder of the restore's own, never one where gpuvirt.host is installed as a collection (the
         module refuses it), since the code folder holds only what the restore imports.
+      - When the installed unit runs the code from another prefix (an earlier run's), the files the restore
+        ships are removed from there, with O(state=present) as with O(state=absent); other files stay.
     type: path
     default: /usr/local/lib/gpuvirt
   python:

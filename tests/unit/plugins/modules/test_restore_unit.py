@@ -134,6 +134,33 @@ def test_absent_removes_everything(root, run_module):
     assert run_module("restore_unit", {"root": root, "state": "absent"})["changed"] is False
 
 
+MOVED = "opt/gpuvirt/ansible_collections/gpuvirt/host/plugins/module_utils"
+
+
+def test_a_new_prefix_takes_the_code_away_from_the_old_one(root, run_module):
+    # The unit names the prefix it runs from: the code there is removed when the code moves, and when the unit
+    # goes away under the default prefix; a file the restore does not ship is left where it is.
+    run_module("restore_unit", {"root": root})
+    mine = os.path.join(root, "usr/local/lib/gpuvirt/notes.txt")
+    with open(mine, "w") as handle:
+        handle.write("mine\n")
+    args = {"root": root, "prefix": "/opt/gpuvirt"}
+    predicted = run_module("restore_unit", args, check_mode=True, diff=True)
+    moved = run_module("restore_unit", args, diff=True)
+    assert moved["changed"] is True and moved["files_changed"] == predicted["files_changed"], moved
+    assert moved["diff"] == predicted["diff"]
+    assert os.path.join(root, CODE, "restore.py") in moved["files_changed"]
+    assert not os.path.lexists(os.path.join(root, "usr/local/lib/gpuvirt/ansible_collections"))
+    assert read(root, "usr/local/lib/gpuvirt/notes.txt") == "mine\n"
+    assert sorted(os.listdir(os.path.join(root, MOVED))) == sorted(restore.code_sources())
+    assert "Environment=PYTHONPATH=/opt/gpuvirt\n" in read(root, UNIT)
+    assert run_module("restore_unit", args)["changed"] is False
+
+    gone = run_module("restore_unit", {"root": root, "state": "absent"})
+    assert gone["changed"] is True and not os.path.lexists(os.path.join(root, "opt/gpuvirt/ansible_collections"))
+    assert not os.path.lexists(os.path.join(root, UNIT))
+
+
 def test_the_installed_code_runs_alone(root, run_module, tmp_path):
     """Only the installed files and the standard library: the restore starts and reports."""
     run_module("restore_unit", {"root": root})
