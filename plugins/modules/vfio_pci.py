@@ -114,6 +114,9 @@ attributes:
     support: full
     details:
       - Reads everything, runs the guards and predicts every binding, file and command; writes nothing.
+      - What is read back only after a change is not predicted - RV(initramfs.verified) is null when the images
+        would be rebuilt, and RV(devices) give a device handed back no C(driver_after) (the kernel's probe
+        picks the driver).
   diff_mode:
     support: full
     details:
