@@ -71,14 +71,15 @@ def plan_mode(device, host, mode, options):
     given); an option the mode does not take is refused."""
     for backend in vendors.backends_for(device.vendor_id):
         if mode in backend.enable_modes:
-            taken = backend.enable_options.get(mode, ())
+            taken = backend.enable_options.get(mode, {})
             foreign = sorted(name for name, value in options.items() if value is not None and name not in taken)
             if foreign:
                 raise EnableError(
                     "mode %s takes %s, not %s; nothing changed" % (
                         mode, "the options %s" % ", ".join(taken) if taken else "no options", ", ".join(foreign))
                 )
-            return backend.enable_plan(device, host, mode, {name: options.get(name) for name in taken})
+            given = {name: convert_option(name, options.get(name), kind) for name, kind in taken.items()}
+            return backend.enable_plan(device, host, mode, given)
     offered = sorted(m for b in vendors.backends_for(device.vendor_id) for m in b.enable_modes)
     raise EnableError(
         "%s cannot offer %s: %s" % (
@@ -155,13 +156,40 @@ class ModeRun(ModuleRun):
         return [need for need, satisfied in plan.mode.running_needs if not satisfied]
 
 
+_TRUE = ("1", "true", "yes", "on", "y", "t")
+_FALSE = ("0", "false", "no", "off", "n", "f")
+
+
+def convert_option(name, value, kind):
+    """``value`` of the mode option ``name`` as ``kind`` (``int``, ``bool`` or ``str``), taken from the text a
+    template gives too; None stays None. Raises :class:`EnableError` on a value of another type."""
+    if value is None:
+        return None
+    text = value.strip() if isinstance(value, str) else None
+    if kind == "int":
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if text is not None and text.lstrip("+-").isdigit() and text.isascii():
+            return int(text)
+    elif kind == "bool":
+        if isinstance(value, bool):
+            return value
+        if text is not None and text.lower() in _TRUE + _FALSE:
+            return text.lower() in _TRUE
+    elif kind == "str" and isinstance(value, str):
+        return value
+    raise EnableError("option %s must be %s, not %r; nothing changed" % (
+        name, {"int": "an integer", "bool": "true or false"}.get(kind, "a text"), value))
+
+
 def _options(params):
     """The mode's options: ``options`` with ``max_vfs`` (the one option with a parameter of its own)."""
     options = dict(params["options"] or {})
     if params["max_vfs"] is not None:
-        if options.get("max_vfs", params["max_vfs"]) != params["max_vfs"]:
+        given = options.get("max_vfs")
+        if given is not None and convert_option("max_vfs", given, "int") != params["max_vfs"]:
             raise EnableError("max_vfs is given twice, as %s and in options as %s; nothing changed"
-                              % (params["max_vfs"], options["max_vfs"]))
+                              % (params["max_vfs"], given))
         options["max_vfs"] = params["max_vfs"]
     return options
 

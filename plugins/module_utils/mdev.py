@@ -500,12 +500,13 @@ def _place(snapshot, target, where, pending, present, result, taken):
     if not any(freed[parent] for parent in target.parents):
         raise MdevError(message)
     # The removals may free a pool that the types share, which available_instances shows only once they are
-    # gone: the run plans again after removing. Until then, those that do not fit yet go where removals free
-    # the most, so that check mode predicts the whole declaration (and says it may not fit).
+    # gone: the run plans again after removing, first fit in the parents' order. Until then, those that do not
+    # fit yet go to the first parent whose removals free room (as the run will find it), so that check mode
+    # predicts the whole declaration (and says it may not fit).
     result.recheck.append(message)
     for value, type_id in unplaced:
         offering = [parent for parent in target.parents if type_id in snapshot.parents[parent]]
-        home = max(offering, key=lambda parent: sum(freed[parent].values()))
+        home = next((parent for parent in offering if freed[parent]), offering[0])
         _plan_creation(snapshot, result, home, value, type_id, taken, where)
 
 

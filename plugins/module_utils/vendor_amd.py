@@ -207,7 +207,7 @@ class AmdBackend(VendorBackend):
     # processor, USB controllers, the HD audio controller and audio coprocessor); its HDMI/DP audio is 1002.
     host_slot_vendors = frozenset({PROCESSOR_VENDOR_ID})
     enable_modes = ("mxgpu",)
-    enable_options = {"mxgpu": ("max_vfs",)}
+    enable_options = {"mxgpu": {"max_vfs": "int"}}
     restore_steps = (RestoreStep(name="mxgpu", before="sriov", items=_restore_items),)
 
     def no_driver_advice(self, root, address):

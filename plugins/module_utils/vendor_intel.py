@@ -507,7 +507,7 @@ class IntelBackend(VendorBackend):
     # it; vfio-pci takes only the IDs it is given, so the host's own iGPU stays with its driver.
     softdep_drivers = host_drivers
     enable_modes = ("gvt-g", "sriov")
-    enable_options = {"sriov": ("max_vfs",)}
+    enable_options = {"sriov": {"max_vfs": "int"}}
     restore_steps = (
         RestoreStep(name="gvt_g", before="driver", items=_gvt_g_items),
         RestoreStep(name="intel_sriov", before="sriov", items=_sriov_items),

@@ -109,8 +109,9 @@ class VendorBackend:
     device_defaults = {}
     gpu_defaults = {}
     enable_modes = ()
-    # ``{mode: (option names)}``: the options each of its modes takes (virtualization_mode's ``options``, and
-    # ``max_vfs``); a mode not listed takes none, and an option it does not take is refused.
+    # ``{mode: {option name: "int", "bool" or "str"}}``: the options each of its modes takes (virtualization_mode's
+    # ``options``, and ``max_vfs``), converted to that type before its plan sees them (a templated "7" is 7); a
+    # mode not listed takes none, and an option it does not take, or of another type, is refused.
     enable_options = {}
     # State file sections this vendor owns (restored by its own steps), in restore order.
     state_sections = ()

@@ -15,7 +15,7 @@ boot-time restore can ship them as it ships every module_utils file) defines a `
   companions), ``gpu_keys(device)``,
   ``modes(device, host)`` (the virtualization modes the GPU can offer, each ``{"mode", "ready",
   "missing": [what is needed, as advice]}``, and ``unsupported``: why not at all);
-- enabling: ``enable_modes``, ``enable_options`` (``{mode: (option names)}``) and ``enable_plan(device,
+- enabling: ``enable_modes``, ``enable_options`` (``{mode: {option: type}}``) and ``enable_plan(device,
   host, mode, options)``, whose plan may record state file entries for its restore steps (``records``);
 - carving: ``vf_tools`` (the vendor tools that enable VFs, by the ``method`` recorded in the state
   file), ``vf_count_set_by(device)``, ``vf_count_advice(device)``, ``in_use_reasons(device)``,
@@ -89,6 +89,11 @@ def check_registry(backends):
         if unknown:
             raise ValueError("the %s backend has options for modes it does not offer: %s" % (
                 backend.name, ", ".join(unknown)))
+        for mode, options in backend.enable_options.items():
+            kinds = sorted(set(options.values()) - {"int", "bool", "str"})
+            if kinds:
+                raise ValueError("the %s backend's mode %s has options of unknown types: %s (int, bool, str)" % (
+                    backend.name, mode, ", ".join(kinds)))
 
 
 def by_vendor(backends, wanted=None):

@@ -53,9 +53,13 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.files import (
 )
 from ansible_collections.gpuvirt.host.plugins.module_utils.iommu import read_iommu, users_of, vfio_holders
 from ansible_collections.gpuvirt.host.plugins.module_utils.kernel import (
+    cmdline_flag,
     cmdline_value,
+    kernel_bool,
+    read_builtin_modules,
     read_cpu,
     read_kernel,
+    read_release,
     vfio_variant_drivers,
 )
 from ansible_collections.gpuvirt.host.plugins.module_utils.mdev_info import mdevs
@@ -367,13 +371,16 @@ def boot_vfio_claims(root, devices, addresses, configured_cmdline=None):
     """``{address: why}``: those of ``addresses`` that a VFIO driver takes at the next boot, through the
     host's persistent configuration rather than the boot-time restore: a driverctl override naming vfio-pci
     or a variant driver, or the device's ``vendor:device`` in ``vfio-pci ids=`` of a modprobe.d file (this
-    collection's or another) or in ``vfio-pci.ids=`` on ``configured_cmdline`` (the arguments the boot
-    configuration gives the next boot). ``devices``: ``{address: PciDevice}``."""
+    collection's or another; not when vfio-pci is built into the kernel, which ignores modprobe.d) or in
+    ``vfio-pci.ids=`` on ``configured_cmdline`` (the arguments the boot configuration gives the next boot).
+    A driverctl override naming another driver keeps the device on that driver, whatever the IDs.
+    ``devices``: ``{address: PciDevice}``."""
     sources = []
-    for path in modprobe.config_files(root):
-        ids = modprobe_ids(_read_file(host_path(root, path)))
-        if ids:
-            sources.append(("vfio-pci ids= in /" + path, ids))
+    if not _vfio_builtin(root):
+        for path in modprobe.config_files(root):
+            ids = modprobe_ids(_read_file(host_path(root, path)))
+            if ids:
+                sources.append(("vfio-pci ids= in /" + path, ids))
     booted = cmdline_ids(configured_cmdline)
     if booted:
         sources.append(("vfio-pci.ids= on the kernel command line", booted))
@@ -381,8 +388,9 @@ def boot_vfio_claims(root, devices, addresses, configured_cmdline=None):
     claims = {}
     for address in addresses:
         driver = overrides.get(address)
-        if is_vfio_driver(driver):
-            claims[address] = "a driverctl override (/%s) binds it to %s" % (driverctl_path(address), driver)
+        if driver is not None:
+            if is_vfio_driver(driver):
+                claims[address] = "a driverctl override (/%s) binds it to %s" % (driverctl_path(address), driver)
             continue
         device = devices.get(address)
         if device is None or device.vendor_id is None:
@@ -396,17 +404,32 @@ def boot_vfio_claims(root, devices, addresses, configured_cmdline=None):
 
 
 def vfio_enables_sriov(root, configured_cmdline=None):
-    """Whether vfio-pci is configured to enable VFs on a PF it holds (``enable_sriov``, off by default:
-    without it the kernel refuses ``sriov_numvfs`` on such a PF)."""
-    value = cmdline_value(configured_cmdline or [], "vfio_pci.enable_sriov")
-    for path in modprobe.config_files(root):
-        for line in modprobe.logical_lines(_read_file(host_path(root, path))):
-            match = _VFIO_OPTIONS.match(line)
-            if match:
+    """Whether vfio-pci is configured to enable VFs on a PF it holds (its bool parameter ``enable_sriov``,
+    off by default: without it the kernel refuses ``sriov_numvfs`` on such a PF). modprobe passes the
+    command line's options after modprobe.d's, so the command line has the last word; a built-in vfio-pci
+    reads the command line alone. A bare name sets it, and values are read as the kernel reads them."""
+    setting = None
+    if not _vfio_builtin(root):
+        for path in modprobe.config_files(root):
+            for line in modprobe.logical_lines(_read_file(host_path(root, path))):
+                match = _VFIO_OPTIONS.match(line)
+                if not match:
+                    continue
                 for option in match.group(1).split():
-                    if option.startswith("enable_sriov="):
-                        value = option[len("enable_sriov="):]
-    return (value or "").strip().lower() in ("1", "y", "yes", "on", "true")
+                    name, equals, value = option.partition("=")
+                    if name != "enable_sriov":
+                        continue
+                    flag = kernel_bool(value) if equals else True
+                    if flag is not None:
+                        setting = flag
+    flag = cmdline_flag(configured_cmdline or [], "vfio_pci.enable_sriov", bare=True)
+    return bool(flag if flag is not None else setting)
+
+
+def _vfio_builtin(root):
+    """Whether vfio-pci is built into the running kernel (``modules.builtin``)."""
+    builtin = read_builtin_modules(root, read_release(root))
+    return bool(builtin) and "vfio_pci" in builtin
 
 
 def _read_file(path):

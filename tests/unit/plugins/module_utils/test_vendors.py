@@ -248,7 +248,7 @@ class AcmeBackend(VendorBackend):
     vendor_id = "1234"
     host_drivers = ("acmegpu",)
     enable_modes = ("acme-split",)
-    enable_options = {"acme-split": ("slices", "scheduler")}
+    enable_options = {"acme-split": {"slices": "int", "scheduler": "str"}}
     state_sections = ("acme_slices",)
     vf_tools = {"acme_tool": AcmeTool}
 
@@ -391,7 +391,8 @@ def backend(**attributes):
     (backend(restore_steps=(RestoreStep(name="sriov", before="mdevs", items=list),)), "restore step 'sriov'"),
     (backend(restore_steps=(RestoreStep(name="made", before="boot", items=list),)), "which is no generic step"),
     (backend(vendor_id="1234", enable_modes=("acme-split",)), "mode of vendor 1234 'acme-split' is claimed"),
-    (backend(enable_options={"split": ("slices",)}), "options for modes it does not offer: split"),
+    (backend(enable_options={"split": {"slices": "int"}}), "options for modes it does not offer: split"),
+    (backend(enable_modes=("split",), enable_options={"split": {"slices": "float"}}), "unknown types: float"),
 ])
 def test_the_registry_refuses_backends_it_cannot_tell_apart(added, message):
     with pytest.raises(ValueError, match=re.escape(message)):

@@ -7,10 +7,12 @@ every boot; VFs handed back that it takes would be on vfio-pci again after the r
 
 from __future__ import annotations
 
+import copy
 import os
 
 import pytest
 
+from ansible_collections.gpuvirt.host.plugins.module_utils import vfio
 from ansible_collections.gpuvirt.host.tests.sim.boot import write
 from ansible_collections.gpuvirt.host.tests.sim.nvidia_vgpu_sim import attach
 from ansible_collections.gpuvirt.host.tests.sim.pci_kernel import PciKernel
@@ -119,3 +121,53 @@ def test_an_override_of_a_vf_removed_for_good_is_warned_of(make_host, run):
     warned = [w for w in warnings_of(lowered) if "removes the VF" in w]
     assert len(warned) == 1 and warned[0].startswith(VFS[1]), lowered
     assert os.path.exists(os.path.join(root, "etc/driverctl.d/pci-" + VFS[1])), "another module's file is left"
+
+
+# The kernel sets a bool module parameter given without a value (param_set_bool(NULL) -> true),
+# on the command line as in a modprobe.d options line; kstrtobool also takes "t"/"T".
+@pytest.mark.parametrize("cmdline, modprobe_text", [
+    (["vfio_pci.enable_sriov"], None),
+    (["vfio-pci.enable_sriov=1"], None),
+    ([], "options vfio-pci enable_sriov\n"),
+    ([], "options vfio_pci enable_sriov=T\n"),
+])
+def test_enable_sriov_spellings_the_kernel_accepts(make_host, cmdline, modprobe_text):
+    root = make_host(NVME_HOST)
+    if modprobe_text:
+        write(root, "etc/modprobe.d/vfio.conf", modprobe_text)
+    assert vfio.vfio_enables_sriov(root, cmdline) is True
+
+
+@pytest.mark.parametrize("files", [
+    # A bare bool parameter is set (param_set_bool()).
+    {"etc/driverctl.d/pci-" + NVME: "vfio-pci\n", "etc/modprobe.d/vfio.conf": "options vfio-pci enable_sriov\n"},
+    # A driverctl override naming the PF's own driver keeps vfio-pci off it, whatever ids= it is given.
+    {"etc/driverctl.d/pci-" + NVME: "nvme\n", "etc/modprobe.d/local.conf": "options vfio-pci ids=1b36:0010\n"},
+])
+def test_a_pf_that_vfio_pci_leaves_its_vfs_to_at_boot_is_not_refused(make_host, run, files):
+    root = make_host(NVME_HOST)
+    for path, text in files.items():
+        write(root, path, text)
+    result = run(root, devices=[{"selector": NVME, "num_vfs": 2}])
+    assert not result.failed, result["msg"]
+    assert recorded(root)["sriov"][NVME]["num_vfs"] == 2
+
+
+# vfio-pci built into the kernel ignores modprobe.d (vfio_pci refuses persistence: modprobe there
+# for that reason): ids= in a modprobe.d file claims nothing at boot.
+def test_modprobe_ids_claim_nothing_when_vfio_pci_is_built_in(make_host, run):
+    host = copy.deepcopy(NVME_HOST)
+    host["kernel"]["builtin"] = ["vfio", "vfio_pci"]
+    host["kernel"]["modules"] = ["nvme"]
+    root = make_host(host)
+    write(root, "etc/modprobe.d/local.conf", "options vfio-pci ids=1b36:0010\n")
+    result = run(root, devices=[{"selector": NVME, "num_vfs": 2}])
+    assert not result.failed, result["msg"]
+
+
+# modprobe passes the command line's vfio_pci.* options after those of modprobe.d (vfio_boot's own
+# warning about vfio-pci.ids= says so), and the kernel keeps the last value: the command line decides.
+def test_the_command_line_enable_sriov_is_applied_last(make_host):
+    root = make_host(NVME_HOST)
+    write(root, "etc/modprobe.d/vfio.conf", "options vfio-pci enable_sriov=1\n")
+    assert vfio.vfio_enables_sriov(root, ["vfio_pci.enable_sriov=0"]) is False

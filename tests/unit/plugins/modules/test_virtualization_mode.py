@@ -131,8 +131,13 @@ def test_max_vfs_given_as_an_option_is_the_same_setting(make_host, mode):
     root = with_grub(make_host("intel_flex_sriov"))
     assert mode(root, selector="0000:4e:00.0", mode="sriov", options={"max_vfs": 7})["changed"] is True
     assert mode(root, selector="0000:4e:00.0", mode="sriov", max_vfs=7)["changed"] is False
+    # As a template gives it: text.
+    assert mode(root, selector="0000:4e:00.0", mode="sriov", options={"max_vfs": "7"})["changed"] is False
+    assert mode(root, selector="0000:4e:00.0", mode="sriov", max_vfs="7", options={"max_vfs": "7"})["changed"] is False
     twice = mode(root, selector="0000:4e:00.0", mode="sriov", max_vfs=7, options={"max_vfs": 8})
     assert twice.failed and "max_vfs is given twice" in twice["msg"], twice
+    wrong = mode(root, selector="0000:4e:00.0", mode="sriov", options={"max_vfs": "seven"})
+    assert wrong.failed and "option max_vfs must be an integer, not 'seven'; nothing changed" in wrong["msg"], wrong
 
 
 @pytest.mark.parametrize("host, args, message", [
