@@ -403,8 +403,13 @@ def test_release_without_a_host_driver_leaves_it_unbound(make_host, kernel):
 def test_modprobe_conf_round_trip():
     text = vfio.render_modprobe_conf(["10de:1e04", "10de:10f7", "10de:1e04"])
     assert "options vfio-pci ids=10de:10f7,10de:1e04\n" in text
-    for name in ("nvidia", "nouveau", "i915", "xe", "amdgpu", "radeon", "snd_hda_intel", "xhci_hcd"):
+    # NVIDIA's GPU drivers and the companions', not the other vendors'.
+    for name in ("nvidia", "nouveau", "snd_hda_intel", "xhci_hcd"):
         assert "softdep %s pre: vfio-pci\n" % name in text
+    assert not any("softdep %s " % name in text for name in ("i915", "xe", "amdgpu", "radeon"))
+    mixed = vfio.render_modprobe_conf(["1002:73bf", "8086:56a0"])
+    assert [line.split()[1] for line in mixed.splitlines() if line.startswith("softdep")] == [
+        "i915", "xe", "amdgpu", "radeon", "snd_hda_intel", "xhci_hcd"]
     assert vfio.modprobe_ids(text) == ["10de:10f7", "10de:1e04"]
     assert vfio.render_modprobe_conf([]) is None
     assert vfio.modprobe_ids("options vfio_pci disable_vga=1 ids=1002:73bf\n# options vfio-pci ids=dead:beef") == [
