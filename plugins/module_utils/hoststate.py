@@ -26,14 +26,18 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 
 from ansible_collections.gpuvirt.host.plugins.module_utils import rules, vendors
 from ansible_collections.gpuvirt.host.plugins.module_utils.errors import GpuvirtError
 from ansible_collections.gpuvirt.host.plugins.module_utils.files import plan_change
 from ansible_collections.gpuvirt.host.plugins.module_utils.host import inside
+from ansible_collections.gpuvirt.host.plugins.module_utils.pending import PENDING_DIR
 
 STATE_PATH = "etc/gpuvirt/host-state.json"
 VERSION = 1
+# Written by the fleet role when it drains a host before its reboot, removed once its undrain hook ran.
+DRAINED_PATH = "etc/gpuvirt/drained"
 
 
 def sections():
@@ -125,3 +129,21 @@ def plan_state(root, state):
         if change.old is None:
             return change
     return plan_change(root, STATE_PATH, render_state(state))
+
+
+def host_markers(root):
+    """What the collection keeps about this host beside the devices: ``{"state_file": whether
+    :data:`STATE_PATH` exists, "pending": the boot tools a run was interrupted in (:mod:`pending`'s
+    markers), "drained": whether a fleet rollout left the host drained (:data:`DRAINED_PATH`)}``. A link
+    that leads out of ``root`` counts as absent."""
+    def exists(relative, directory=False):
+        try:
+            path = inside(root, relative)
+        except GpuvirtError:
+            return False
+        return os.path.isdir(path) if directory else os.path.lexists(path)
+
+    pending = []
+    if exists(PENDING_DIR, directory=True):
+        pending = sorted(name for name in os.listdir(inside(root, PENDING_DIR)) if not name.startswith("."))
+    return {"state_file": exists(STATE_PATH), "pending": pending, "drained": exists(DRAINED_PATH)}

@@ -787,11 +787,37 @@ topology:
           returned: success
           type: str
           sample: null
+gpuvirt:
+  description: What the collection keeps about this host beside its devices, below O(root).
+  returned: success
+  type: dict
+  contains:
+    state_file:
+      description: Whether C(/etc/gpuvirt/host-state.json), the state the boot-time restore replays, exists.
+      returned: success
+      type: bool
+      sample: true
+    pending:
+      description:
+        - The boot tools (V(bootloader), V(initramfs)) a changing module's run was interrupted in; the next run
+          of that module runs them again.
+      returned: success
+      type: list
+      elements: str
+      sample: []
+    drained:
+      description:
+        - Whether a fleet rollout left the host drained (C(/etc/gpuvirt/drained)); the next rollout verifies and
+          undrains it.
+      returned: success
+      type: bool
+      sample: false
 """
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
 
 from ansible_collections.gpuvirt.host.plugins.module_utils.errors import run_module  # noqa: E402
+from ansible_collections.gpuvirt.host.plugins.module_utils.hoststate import host_markers  # noqa: E402
 from ansible_collections.gpuvirt.host.plugins.module_utils.topology import detect  # noqa: E402
 
 
@@ -800,7 +826,8 @@ def main():
         argument_spec={"root": {"type": "path", "default": "/"}},
         supports_check_mode=True,
     )
-    run_module(module, lambda: dict(changed=False, topology=detect(module.params["root"])))
+    root = module.params["root"]
+    run_module(module, lambda: dict(changed=False, topology=detect(root), gpuvirt=host_markers(root)))
 
 
 if __name__ == "__main__":

@@ -84,3 +84,19 @@ def test_reads_this_machine_without_failing(run_module):
     assert result["rc"] == 0, result.get("msg")
     assert result["topology"]["root"] == "/"
     assert set(result["topology"]) == TOPOLOGY_KEYS
+
+
+def test_the_collections_own_markers_on_the_host_are_reported(make_host, run_module):
+    root = make_host("desktop_dgpu")
+    assert run_module("topology_info", {"root": root})["gpuvirt"] == {
+        "state_file": False, "pending": [], "drained": False}
+    for relative in ("etc/gpuvirt/host-state.json", "etc/gpuvirt/drained", "etc/gpuvirt/pending/initramfs"):
+        os.makedirs(os.path.dirname(os.path.join(root, relative)), exist_ok=True)
+        with open(os.path.join(root, relative), "w") as handle:
+            handle.write("{}\n")
+    assert run_module("topology_info", {"root": root})["gpuvirt"] == {
+        "state_file": True, "pending": ["initramfs"], "drained": True}
+    # A marker linked out of the root is not the host's.
+    os.unlink(os.path.join(root, "etc/gpuvirt/drained"))
+    os.symlink("../../" * 8 + "tmp", os.path.join(root, "etc/gpuvirt/drained"))
+    assert run_module("topology_info", {"root": root})["gpuvirt"]["drained"] is False
