@@ -290,21 +290,20 @@ class SriovRun(ModuleRun):
                     devices=[self._result(p, p["before"]) for p in plans],
                 )
             self.warn("forced: %s" % text)
+        back = [vf for p in plans for vf in handed_back.get(p["address"], [])]
+        for vf, why in sorted(boot_vfio_claims(self.root, self.devices, back, configured).items()):
+            self.warn(
+                "%s: %s, so it is on vfio-pci again after the next boot although vfio: false hands it back; "
+                "release it with gpuvirt.host.vfio_pci (state: absent)" % (vf, why)
+            )
         overrides = driverctl_overrides(self.root)
-        for planned in plans:
-            vfs = handed_back.get(planned["address"], [])
-            for vf, why in sorted(boot_vfio_claims(self.root, self.devices, vfs, configured).items()):
+        for vf in (vf for p in plans for vf in gone[p["address"]]):
+            if is_vfio_driver(overrides.get(vf)):
                 self.warn(
-                    "%s: %s, so it is on vfio-pci again after the next boot although vfio: false hands it back; "
-                    "release it with gpuvirt.host.vfio_pci (state: absent)" % (vf, why)
+                    "%s: this run removes the VF, but its driverctl override (/%s) stays and binds to %s any VF "
+                    "that comes back at that address; delete the file if that is not wanted"
+                    % (vf, driverctl_path(vf), overrides[vf])
                 )
-            for vf in gone[planned["address"]]:
-                if is_vfio_driver(overrides.get(vf)):
-                    self.warn(
-                        "%s: this run removes the VF, but its driverctl override (/%s) stays and binds to %s any VF "
-                        "that comes back at that address; delete the file if that is not wanted"
-                        % (vf, driverctl_path(vf), overrides[vf])
-                    )
 
     def _configured_cmdline(self):
         """The arguments the boot configuration gives the next boot; the running kernel's when it cannot
