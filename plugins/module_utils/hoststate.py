@@ -136,14 +136,16 @@ def host_markers(root):
     :data:`STATE_PATH` exists, "pending": the boot tools a run was interrupted in (:mod:`pending`'s
     markers), "drained": whether a fleet rollout left the host drained (:data:`DRAINED_PATH`)}``. A link
     that leads out of ``root`` counts as absent."""
-    def exists(relative, directory=False):
+    def below(relative):
         try:
-            path = inside(root, relative)
+            return inside(root, relative)
         except GpuvirtError:
-            return False
-        return os.path.isdir(path) if directory else os.path.lexists(path)
+            return None
 
+    pending_dir = below(PENDING_DIR)
     pending = []
-    if exists(PENDING_DIR, directory=True):
-        pending = sorted(name for name in os.listdir(inside(root, PENDING_DIR)) if not name.startswith("."))
-    return {"state_file": exists(STATE_PATH), "pending": pending, "drained": exists(DRAINED_PATH)}
+    if pending_dir is not None and os.path.isdir(pending_dir):
+        pending = sorted(name for name in os.listdir(pending_dir) if not name.startswith("."))
+    state, drained = below(STATE_PATH), below(DRAINED_PATH)
+    return {"state_file": state is not None and os.path.lexists(state), "pending": pending,
+            "drained": drained is not None and os.path.lexists(drained)}

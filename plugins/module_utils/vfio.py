@@ -343,17 +343,21 @@ def driverctl_path(address):
     return "%s/pci-%s" % (DRIVERCTL_DIR, address)
 
 
-def foreign_vfio_ids(root):
-    """``{path: ids}`` of the modprobe.d files other than ours that modprobe reads and that also set
-    ``vfio-pci ids=``."""
+def vfio_ids_by_file(root):
+    """``{"/" + path: ids}`` of the modprobe.d files modprobe reads that set ``vfio-pci ids=``, ours included,
+    in the order it reads them."""
     found = {}
     for path in modprobe.config_files(root):
-        if path == MODPROBE_CONF:
-            continue
         ids = modprobe_ids(_read_file(host_path(root, path)))
         if ids:
             found["/" + path] = ids
     return found
+
+
+def foreign_vfio_ids(root):
+    """``{path: ids}`` of the modprobe.d files other than ours that modprobe reads and that also set
+    ``vfio-pci ids=``."""
+    return {path: ids for path, ids in vfio_ids_by_file(root).items() if path != "/" + MODPROBE_CONF}
 
 
 def driverctl_overrides(root):
@@ -377,10 +381,7 @@ def boot_vfio_claims(root, devices, addresses, configured_cmdline=None):
     ``devices``: ``{address: PciDevice}``."""
     sources = []
     if not _vfio_builtin(root):
-        for path in modprobe.config_files(root):
-            ids = modprobe_ids(_read_file(host_path(root, path)))
-            if ids:
-                sources.append(("vfio-pci ids= in /" + path, ids))
+        sources = [("vfio-pci ids= in " + path, ids) for path, ids in vfio_ids_by_file(root).items()]
     booted = cmdline_ids(configured_cmdline)
     if booted:
         sources.append(("vfio-pci.ids= on the kernel command line", booted))
