@@ -41,6 +41,11 @@ Public API:
 - :func:`unknown_users_text` ``(users) -> str``: for a scan that is not ``complete``, how many processes
   could not be inspected, a few of them, whether ``/proc`` hides others, why and what lets the module see
   them, for the guards' refusals and warnings.
+- :func:`vfio_holders` ``(root, findings=None) -> Users``: which processes hold ``/dev/vfio/<group>``
+  (key: the group) or an iommufd cdev ``/dev/vfio/devices/vfioN`` (key: the PCI address or mdev UUID
+  owning it), as a VM does its devices.
+- :func:`users_of` ``(holders, group, *devices) -> list[dict]``: the holders of a group and of
+  the cdevs of the given devices (PCI addresses or mdev UUIDs).
 
 Unreadable descriptors: the kernel lets a process list and read ``/proc/<pid>/fd`` of another only
 when it may ptrace it (``PTRACE_MODE_READ``), and answers EACCES otherwise: as a user other than
@@ -85,7 +90,13 @@ import re
 
 from ansible_collections.gpuvirt.host.plugins.module_utils import vendors
 from ansible_collections.gpuvirt.host.plugins.module_utils.critical import nvme_subsystem_controllers
-from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import host_path, list_dir, read_text
+from ansible_collections.gpuvirt.host.plugins.module_utils.mdev_info import UUID
+from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import (
+    host_path,
+    list_dir,
+    normalize_address,
+    read_text,
+)
 
 _DRM_NODE = re.compile(r"(?:card|renderD)[0-9]+\Z")
 _FRAMEBUFFER = re.compile(r"fb[0-9]+\Z")
@@ -335,3 +346,72 @@ def node_users(root, nodes):
     if not wanted:
         return Users()
     return open_files(root, lambda target: target if target in wanted else None)
+
+
+# The prefix of a no-IOMMU group's file below /dev/vfio (vfio_create_group()).
+NOIOMMU_PREFIX = "noiommu-"
+
+
+def vfio_holders(root, findings=None):
+    """Processes holding VFIO group files or iommufd device files open (:class:`Users`).
+
+    Only looks at processes when some VFIO device file exists, so hosts without VFIO devices pay
+    nothing (and nothing can hold one: the answer is ``complete``). Processes whose descriptors cannot
+    be read are in ``unreadable``, why ``/proc`` hides processes (``hidepid``) in ``hidden``; either is in
+    an ``info`` finding when ``findings`` is given.
+    """
+    vfio_dir = host_path(root, "dev/vfio")
+    entries = [e for e in list_dir(vfio_dir) if e not in ("vfio", "devices")]
+    cdevs = list_dir(vfio_dir + "/devices")
+    if not entries and not cdevs:
+        return Users()
+    held = open_files(root, _vfio_file)
+    holders = Users(unreadable=held.unreadable, hidden=held.hidden)
+    for name, users in held.items():
+        if name.startswith("devices/"):
+            key = _cdev_owner(root, name[len("devices/") :])
+        else:
+            # In no-IOMMU mode a group's file is noiommu-<group> (vfio_create_group()).
+            key = name[len(NOIOMMU_PREFIX):] if name.startswith(NOIOMMU_PREFIX) else name
+        if key is not None:
+            holders.setdefault(key, []).extend(users)
+    if not held.complete and findings is not None:
+        findings.info(
+            "processes_unreadable",
+            "%s; so in_use_by may miss a VM holding a device, and the modules that take a device from its "
+            "users refuse to without force: true" % unknown_users_text(held),
+        )
+    for users in holders.values():
+        users.sort(key=lambda user: user["pid"])
+    return holders
+
+
+def _vfio_file(target):
+    """The name below ``/dev/vfio`` of a VFIO group or cdev file (not the container ``vfio``), or None."""
+    if target.startswith("/dev/vfio/") and target != "/dev/vfio/vfio":
+        return target[len("/dev/vfio/") :]
+    return None
+
+
+def users_of(holders, group, *devices):
+    """The processes holding ``group`` (``/dev/vfio/<group>``) or the iommufd cdev of any of
+    ``devices`` (PCI addresses or mdev UUIDs), as :func:`vfio_holders` keys them."""
+    if not holders:
+        return []
+    users = list(holders.get(group, ())) if group is not None else []
+    for device in devices:
+        users.extend(holders.get(device, ()))
+    return users
+
+
+def _cdev_owner(root, cdev):
+    """``vfio3`` -> the PCI address or mdev UUID whose ``vfio-dev/vfio3`` it is.
+
+    The kernel puts the cdev's device below its owner: ``.../0000:01:00.0/vfio-dev/vfio3`` for a
+    PCI function, ``.../<parent>/<uuid>/vfio-dev/vfio3`` for a mediated device.
+    """
+    real = os.path.realpath(host_path(root, "sys/class/vfio-dev", cdev))
+    owner = os.path.basename(os.path.dirname(os.path.dirname(real)))
+    if UUID.match(owner):
+        return owner.lower()
+    return normalize_address(owner)

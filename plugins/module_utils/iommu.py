@@ -1,6 +1,6 @@
 # Copyright (c) gpuvirt.host contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""IOMMU state, IOMMU groups and the processes holding VFIO devices.
+"""IOMMU state and IOMMU groups.
 
 Public API (every reader takes the host ``root``):
 
@@ -16,14 +16,6 @@ Public API (every reader takes the host ``root``):
 - :func:`group_of` ``(root, address) -> str | None``
 - :func:`group_members` ``(root, group) -> list[str]``
 - :func:`groups_from_devices` ``(devices) -> dict[str, list[str]]`` (no extra reads)
-- :func:`vfio_holders` ``(root, findings=None) -> device_users.Users``: which processes hold
-  ``/dev/vfio/<group>`` (key: the group) or an iommufd cdev ``/dev/vfio/devices/vfioN`` (key: the
-  PCI address or mdev UUID owning it); values are ``{"pid": int, "comm": str}`` lists;
-  ``unreadable`` lists the processes whose open files could not be read and ``hidden`` says why
-  ``/proc`` does not list them all, when it does not: such processes may hold any of them
-  (``complete`` false).
-- :func:`users_of` ``(holders, group, *devices) -> list[dict]``: the holders of a group and of
-  the cdevs of the given devices (PCI addresses or mdev UUIDs).
 
 How interrupt remapping is detected (the kernel has no single attribute for it):
 
@@ -44,17 +36,11 @@ import re
 import struct
 from dataclasses import dataclass, field
 
-from ansible_collections.gpuvirt.host.plugins.module_utils.device_users import (
-    Users,
-    open_files,
-    unknown_users_text,
-)
 from ansible_collections.gpuvirt.host.plugins.module_utils.kernel import (
     X86,
     kernel_bool,
     parameters,
 )
-from ansible_collections.gpuvirt.host.plugins.module_utils.mdev_info import UUID
 from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import (
     IOMMU_GROUPS,
     PCI_DEVICES,
@@ -74,8 +60,6 @@ ARM_SMMU_UNITS = ("smmu3.", "smmu.")
 # The name VFIO gives the groups it makes itself for devices no IOMMU translates for (mediated
 # devices, no-IOMMU mode; drivers/vfio, vfio_noiommu_group_alloc). They exist with the IOMMU off.
 VFIO_SOFTWARE_GROUP = "vfio-noiommu"
-# The prefix of a no-IOMMU group's file below /dev/vfio.
-NOIOMMU_PREFIX = "noiommu-"
 _ECAP_INTERRUPT_REMAPPING = 1 << 3
 # x86's interrupt chips in /proc/interrupts, whole words: not the ends of arm64's GIC ITS
 # (``ITS-PCI-MSIX-0002:00:00.0``) or PowerNV's (``PNV-PCI-MSI``).
@@ -322,68 +306,3 @@ def groups_from_devices(devices):
         if device.iommu_group is not None:
             groups.setdefault(device.iommu_group, []).append(device.address)
     return {group: sorted(groups[group]) for group in sorted(groups, key=int)}
-
-
-def vfio_holders(root, findings=None):
-    """Processes holding VFIO group files or iommufd device files open (:class:`device_users.Users`).
-
-    Only looks at processes when some VFIO device file exists, so hosts without VFIO devices pay
-    nothing (and nothing can hold one: the answer is ``complete``). Processes whose descriptors cannot
-    be read are in ``unreadable``, why ``/proc`` hides processes (``hidepid``) in ``hidden``; either is in
-    an ``info`` finding when ``findings`` is given.
-    """
-    vfio_dir = host_path(root, "dev/vfio")
-    entries = [e for e in list_dir(vfio_dir) if e not in ("vfio", "devices")]
-    cdevs = list_dir(vfio_dir + "/devices")
-    if not entries and not cdevs:
-        return Users()
-    held = open_files(root, _vfio_file)
-    holders = Users(unreadable=held.unreadable, hidden=held.hidden)
-    for name, users in held.items():
-        if name.startswith("devices/"):
-            key = _cdev_owner(root, name[len("devices/") :])
-        else:
-            # In no-IOMMU mode a group's file is noiommu-<group> (vfio_create_group()).
-            key = name[len(NOIOMMU_PREFIX):] if name.startswith(NOIOMMU_PREFIX) else name
-        if key is not None:
-            holders.setdefault(key, []).extend(users)
-    if not held.complete and findings is not None:
-        findings.info(
-            "processes_unreadable",
-            "%s; so in_use_by may miss a VM holding a device, and the modules that take a device from its "
-            "users refuse to without force: true" % unknown_users_text(held),
-        )
-    for users in holders.values():
-        users.sort(key=lambda user: user["pid"])
-    return holders
-
-
-def _vfio_file(target):
-    """The name below ``/dev/vfio`` of a VFIO group or cdev file (not the container ``vfio``), or None."""
-    if target.startswith("/dev/vfio/") and target != "/dev/vfio/vfio":
-        return target[len("/dev/vfio/") :]
-    return None
-
-
-def users_of(holders, group, *devices):
-    """The processes holding ``group`` (``/dev/vfio/<group>``) or the iommufd cdev of any of
-    ``devices`` (PCI addresses or mdev UUIDs), as :func:`vfio_holders` keys them."""
-    if not holders:
-        return []
-    users = list(holders.get(group, ())) if group is not None else []
-    for device in devices:
-        users.extend(holders.get(device, ()))
-    return users
-
-
-def _cdev_owner(root, cdev):
-    """``vfio3`` -> the PCI address or mdev UUID whose ``vfio-dev/vfio3`` it is.
-
-    The kernel puts the cdev's device below its owner: ``.../0000:01:00.0/vfio-dev/vfio3`` for a
-    PCI function, ``.../<parent>/<uuid>/vfio-dev/vfio3`` for a mediated device.
-    """
-    real = os.path.realpath(host_path(root, "sys/class/vfio-dev", cdev))
-    owner = os.path.basename(os.path.dirname(os.path.dirname(real)))
-    if UUID.match(owner):
-        return owner.lower()
-    return normalize_address(owner)

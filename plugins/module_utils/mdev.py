@@ -41,9 +41,12 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 
 from ansible_collections.gpuvirt.host.plugins.module_utils import rules, sysfs, vendors
-from ansible_collections.gpuvirt.host.plugins.module_utils.device_users import unknown_users_text
+from ansible_collections.gpuvirt.host.plugins.module_utils.device_users import (
+    unknown_users_text,
+    users_of,
+    vfio_holders,
+)
 from ansible_collections.gpuvirt.host.plugins.module_utils.errors import GpuvirtError
-from ansible_collections.gpuvirt.host.plugins.module_utils.iommu import users_of, vfio_holders
 from ansible_collections.gpuvirt.host.plugins.module_utils.mdev_info import UUID, MdevType, mdev_parents, mdevs
 from ansible_collections.gpuvirt.host.plugins.module_utils.pci import name_devices, read_pci_devices
 from ansible_collections.gpuvirt.host.plugins.module_utils.selector import SelectorError, select_devices

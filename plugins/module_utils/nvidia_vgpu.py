@@ -60,11 +60,14 @@ import time
 from dataclasses import dataclass, field
 
 from ansible_collections.gpuvirt.host.plugins.module_utils import rules, sysfs
-from ansible_collections.gpuvirt.host.plugins.module_utils.device_users import unknown_users_text
+from ansible_collections.gpuvirt.host.plugins.module_utils.device_users import (
+    unknown_users_text,
+    users_of,
+    vfio_holders,
+)
 from ansible_collections.gpuvirt.host.plugins.module_utils.errors import GpuvirtError
 from ansible_collections.gpuvirt.host.plugins.module_utils.files import plan_change
 from ansible_collections.gpuvirt.host.plugins.module_utils.host import inside
-from ansible_collections.gpuvirt.host.plugins.module_utils.iommu import users_of, vfio_holders
 from ansible_collections.gpuvirt.host.plugins.module_utils.mdev_info import list_mdev_parents, read_mdev_types
 from ansible_collections.gpuvirt.host.plugins.module_utils.mdev_info import mdevs as list_mdevs
 from ansible_collections.gpuvirt.host.plugins.module_utils.pci import PciIds, is_gpu_class, read_pci_device

@@ -12,6 +12,7 @@ never recorded."""
 from __future__ import annotations
 
 from ansible_collections.gpuvirt.host.plugins.module_utils import rules
+from ansible_collections.gpuvirt.host.plugins.module_utils.device_users import vfio_holders
 from ansible_collections.gpuvirt.host.plugins.module_utils.files import FileError
 from ansible_collections.gpuvirt.host.plugins.module_utils.hoststate import (
     StateFileError,
@@ -20,7 +21,6 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.hoststate import (
     state_path,
     with_section,
 )
-from ansible_collections.gpuvirt.host.plugins.module_utils.iommu import vfio_holders
 from ansible_collections.gpuvirt.host.plugins.module_utils.mdev_info import mdevs
 from ansible_collections.gpuvirt.host.plugins.module_utils.modrun import ModuleRun
 from ansible_collections.gpuvirt.host.plugins.module_utils.nvidia_vgpu import (

@@ -57,8 +57,8 @@ import os
 import time
 
 from ansible_collections.gpuvirt.host.plugins.module_utils import sysfs, vendors
+from ansible_collections.gpuvirt.host.plugins.module_utils.device_users import users_of, vfio_holders
 from ansible_collections.gpuvirt.host.plugins.module_utils.errors import GpuvirtError
-from ansible_collections.gpuvirt.host.plugins.module_utils.iommu import users_of, vfio_holders
 from ansible_collections.gpuvirt.host.plugins.module_utils.mdev_info import mdevs as list_mdevs
 from ansible_collections.gpuvirt.host.plugins.module_utils.pci import read_pci_device
 from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import PCI_DEVICES, host_path, normalize_address
@@ -130,7 +130,7 @@ def vf_addresses(root, pf, count):
 
 def vf_users(root, vfs, holders=None, mdev_list=None):
     """``{vf: [reasons]}`` for the VFs in ``vfs`` that something uses; pass ``holders``
-    (:func:`iommu.vfio_holders`) and ``mdev_list`` (:func:`mdev_info.mdevs`) to save re-reading."""
+    (:func:`device_users.vfio_holders`) and ``mdev_list`` (:func:`mdev_info.mdevs`) to save re-reading."""
     holders = vfio_holders(root) if holders is None else holders
     mdev_list = list_mdevs(root) if mdev_list is None else mdev_list
     wanted = set(vfs)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from ansible_collections.gpuvirt.host.plugins.module_utils import bootloader, rules, vendors
 from ansible_collections.gpuvirt.host.plugins.module_utils.architecture import host_architecture as tree_architecture
-from ansible_collections.gpuvirt.host.plugins.module_utils.device_users import unknown_users_text
+from ansible_collections.gpuvirt.host.plugins.module_utils.device_users import unknown_users_text, vfio_holders
 from ansible_collections.gpuvirt.host.plugins.module_utils.files import FileError
 from ansible_collections.gpuvirt.host.plugins.module_utils.hoststate import (
     StateFileError,
@@ -21,7 +21,7 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.hoststate import (
     with_section,
     without_devices,
 )
-from ansible_collections.gpuvirt.host.plugins.module_utils.iommu import read_iommu, vfio_holders
+from ansible_collections.gpuvirt.host.plugins.module_utils.iommu import read_iommu
 from ansible_collections.gpuvirt.host.plugins.module_utils.kernel import read_kernel
 from ansible_collections.gpuvirt.host.plugins.module_utils.mdev import read_mdevctl_definitions
 from ansible_collections.gpuvirt.host.plugins.module_utils.mdev_info import mdevs

@@ -18,7 +18,8 @@ Readers it builds on (import them directly when a module needs one piece):
 - ``pci``: :func:`read_pci_devices`, :func:`read_pci_device`, :func:`companions`,
   :class:`PciDevice`, :class:`PciIds`, :func:`class_name`.
 - ``iommu``: :func:`read_iommu`, :func:`group_of`, :func:`group_members`,
-  :func:`groups_from_devices`, :func:`vfio_holders`.
+  :func:`groups_from_devices`.
+- ``device_users``: :func:`vfio_holders`, :func:`users_of`.
 - ``mdev_info``: :func:`mdev_parents`, :func:`read_mdev_types`, :func:`mdevs`.
 - ``vendors``: the vendor backends (``vendor_nvidia``: :func:`read_nvidia_vgpu`,
   :func:`parse_creatable_vgpu_types`, :func:`profile_name`; ``vendor_intel``; ``vendor_amd``) and
@@ -39,15 +40,17 @@ from ansible_collections.gpuvirt.host.plugins.module_utils import rules, vendors
 from ansible_collections.gpuvirt.host.plugins.module_utils.architecture import architecture_from_iommu
 from ansible_collections.gpuvirt.host.plugins.module_utils.architecture import host_architecture as tree_architecture
 from ansible_collections.gpuvirt.host.plugins.module_utils.critical import critical_devices
-from ansible_collections.gpuvirt.host.plugins.module_utils.device_users import unknown_users_text
+from ansible_collections.gpuvirt.host.plugins.module_utils.device_users import (
+    unknown_users_text,
+    users_of,
+    vfio_holders,
+)
 from ansible_collections.gpuvirt.host.plugins.module_utils.display import Displays, read_displays
 from ansible_collections.gpuvirt.host.plugins.module_utils.errors import GpuvirtError
 from ansible_collections.gpuvirt.host.plugins.module_utils.findings import Findings
 from ansible_collections.gpuvirt.host.plugins.module_utils.iommu import (
     groups_from_devices,
     read_iommu,
-    users_of,
-    vfio_holders,
 )
 from ansible_collections.gpuvirt.host.plugins.module_utils.kernel import (
     ARM64,
@@ -126,7 +129,7 @@ def passthrough_verdict(
     """Whether ``address`` can be handed to a VM now, and if not, why.
 
     ``devices``: ``{address: PciDevice}``; ``groups``: ``{group: [addresses]}`` (computed when
-    None); ``holders``: :func:`iommu.vfio_holders` output; ``critical``:
+    None); ``holders``: :func:`device_users.vfio_holders` output; ``critical``:
     :func:`critical.critical_devices` output; ``slots``: :func:`pci.slot_index` output (saves a
     scan of all devices per call); ``displays``: :func:`display.read_displays` output (the boot
     display and the framebuffers, none when not given). ``devices`` in the result are the addresses to bind together:

@@ -43,6 +43,8 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.device_users import (
     node_users,
     storage_index,
     unknown_users_text,
+    users_of,
+    vfio_holders,
 )
 from ansible_collections.gpuvirt.host.plugins.module_utils.display import Displays, read_displays
 from ansible_collections.gpuvirt.host.plugins.module_utils.errors import GpuvirtError
@@ -51,7 +53,7 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.files import (
     plan_change,
     read_file,
 )
-from ansible_collections.gpuvirt.host.plugins.module_utils.iommu import read_iommu, users_of, vfio_holders
+from ansible_collections.gpuvirt.host.plugins.module_utils.iommu import read_iommu
 from ansible_collections.gpuvirt.host.plugins.module_utils.kernel import (
     cmdline_flag,
     cmdline_value,

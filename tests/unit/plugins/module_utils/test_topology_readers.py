@@ -15,13 +15,12 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.critical import (
     default_route_interfaces,
     interface_devices,
 )
+from ansible_collections.gpuvirt.host.plugins.module_utils.device_users import users_of, vfio_holders
 from ansible_collections.gpuvirt.host.plugins.module_utils.findings import Findings
 from ansible_collections.gpuvirt.host.plugins.module_utils.iommu import (
     interrupt_remapping_state,
     passthrough_mode,
     read_iommu,
-    users_of,
-    vfio_holders,
 )
 from ansible_collections.gpuvirt.host.plugins.module_utils.kernel import (
     cmdline_flag,
