@@ -61,6 +61,27 @@ def _case(index, variables):
     }
 
 
+def _run(blocks, collected, tmp_path):
+    """Run ``blocks`` in one playbook on localhost; returns what they collected in the variable
+    ``collected`` (a dict, empty at the start)."""
+    exported = tmp_path / ("%s.json" % collected)
+    playbook = [{
+        "name": "iommu role cases",
+        "hosts": "localhost",
+        "connection": "local",
+        "gather_facts": False,
+        "vars": {collected: {}},
+        "tasks": blocks + [{
+            "name": "export",
+            "ansible.builtin.copy": {"content": "{{ %s | to_json }}" % collected, "dest": str(exported),
+                                     "mode": "0644"},
+        }],
+    }]
+    done = run_playbook(playbook, tmp_path)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+    return json.loads(exported.read_text())
+
+
 def test_the_role_puts_each_architectures_own_arguments(make_host, tmp_path):
     roots, blocks = [], []
     for index, (host, before, variables, _after, _words) in enumerate(CASES):
@@ -68,21 +89,7 @@ def test_the_role_puts_each_architectures_own_arguments(make_host, tmp_path):
         root = make_host(host, files={"etc/default/grub": GRUB % before}, **changes)
         roots.append(root)
         blocks.append(_case(index, dict(variables, iommu_root=root, iommu_reboot="never")))
-    exported = tmp_path / "refusals.json"
-    playbook = [{
-        "name": "iommu role per architecture",
-        "hosts": "localhost",
-        "connection": "local",
-        "gather_facts": False,
-        "vars": {"refusals": {}},
-        "tasks": blocks + [{
-            "name": "export",
-            "ansible.builtin.copy": {"content": "{{ refusals | to_json }}", "dest": str(exported), "mode": "0644"},
-        }],
-    }]
-    done = run_playbook(playbook, tmp_path)
-    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
-    refusals = json.loads(exported.read_text())
+    refusals = _run(blocks, "refusals", tmp_path)
 
     for index, (host, before, variables, after, words) in enumerate(CASES):
         with open(os.path.join(roots[index], "etc/default/grub")) as handle:
@@ -97,3 +104,67 @@ def test_the_role_puts_each_architectures_own_arguments(make_host, tmp_path):
         else:
             assert str(index) not in refusals, (case, refusals.get(str(index)))
             assert grub == GRUB % after, (case, grub)
+
+
+def _outcome(key, role):
+    """A block running ``role`` (an include_role's arguments) that keeps, under ``key``, the facts it
+    exports or its refusal."""
+    return {
+        "name": "run %s" % key,
+        "block": [
+            {"name": "iommu role, %s" % key, "ansible.builtin.include_role": role},
+            {"name": "keep the outcome of %s" % key, "ansible.builtin.set_fact": {
+                "outcomes": "{{ outcomes | combine({'%s': {'result': iommu_result, "
+                            "'reboot_required': iommu_reboot_required, 'enabled': iommu_enabled}}) }}" % key,
+            }},
+        ],
+        "rescue": [{
+            "name": "keep the refusal of %s" % key,
+            "ansible.builtin.set_fact": {
+                "outcomes": "{{ outcomes | combine({'%s': {'refusal': ansible_failed_result.msg | default('') "
+                            "| string}}) }}" % key,
+            },
+        }],
+    }
+
+
+def test_the_preview_changes_nothing_and_tells_what_the_role_would(make_host, tmp_path):
+    # Each case twice, on trees of its own: the main entry point, and the preview run outside check mode
+    # with a policy that would reboot.
+    roots, blocks = {}, []
+    for index, (host, before, variables, _after, _words) in enumerate(CASES):
+        host, changes = host if isinstance(host, tuple) else (host, {})
+        for entry in ("main", "preview"):
+            root = roots[entry, index] = make_host(host, files={"etc/default/grub": GRUB % before}, **changes)
+            role = {"name": "gpuvirt.host.iommu"}
+            if entry == "preview":
+                role["tasks_from"] = "preview"
+            blocks.append(dict(_outcome("%s-%d" % (entry, index), role),
+                               vars=dict(variables, iommu_root=root, iommu_reboot="never" if entry == "main"
+                                         else "always")))
+    outcomes = _run(blocks, "outcomes", tmp_path)
+
+    changed = 0
+    for index, (host, before, variables, after, _words) in enumerate(CASES):
+        case = "case %d (%s, %s)" % (index, host, variables)
+        main, preview = outcomes["main-%d" % index], outcomes["preview-%d" % index]
+        with open(os.path.join(roots["preview", index], "etc/default/grub")) as handle:
+            assert handle.read() == GRUB % before, case
+        if after is None and "running kernel did not turn the IOMMU on" in main["refusal"]:
+            # The main entry point configured the host and then found the running kernel without an
+            # IOMMU: the preview verifies nothing, it tells what it would change (here nothing).
+            assert "refusal" not in preview, (case, preview)
+            assert preview["result"]["changed"] is False and preview["enabled"] is False, (case, preview)
+            continue
+        if after is None:
+            assert " ".join(preview.get("refusal", "").split()) == " ".join(main["refusal"].split()), case
+            continue
+        assert "refusal" not in preview, (case, preview)
+        assert preview["result"]["changed"] == main["result"]["changed"] == (after != before), case
+        for key in ("bootloader", "configured", "added", "removed"):
+            assert preview["result"][key] == main["result"][key], (case, key)
+        assert preview["result"]["rebooted"] is False, case
+        assert preview["reboot_required"] == main["reboot_required"], case
+        assert preview["enabled"] == main["enabled"], case
+        changed += main["result"]["changed"]
+    assert changed >= 4, "the cases should change the command line of several hosts"
