@@ -101,6 +101,7 @@ class NvidiaVgpuRun(ModuleRun):
     def result(self, plan):
         if self.check_mode:
             self._persist(plan)
+            self._warn_partial_cache(plan)
         changed = any(work.enable or bool(work.plan and work.plan.changes) for work in plan)
         state, cache = self.files
         result = dict(
@@ -112,6 +113,21 @@ class NvidiaVgpuRun(ModuleRun):
         )
         result["diff"] = [self._vgpu_diff(plan), state.diff(), cache.diff()]
         return result
+
+    def _warn_partial_cache(self, works):
+        """Say so when check mode cannot show the type cache as the run will write it: a run that removes
+        a GPU's last vGPU reads the complete list of its model's types from the emptied GPU and records it,
+        and check mode cannot read that list while a VF still holds a vGPU."""
+        for work, after in zip(works, self.afters):
+            view = work.view
+            entry = self.cache["gpus"].get(cache_key(view)) or {}
+            empties = bool(after) and not any(after.values()) and any(vf.current for vf in view.vfs)
+            if view.framework == "per_vf" and empties and not entry.get("complete"):
+                self.warn(
+                    "%s: the run removes its last vGPU, and then reads every vGPU type of its model from it and "
+                    "records them in the type cache (%s); check mode cannot read them while a VF holds a vGPU, so "
+                    "its type cache diff shows only the types known now" % (view.address, cache_path(self.root))
+                )
 
     def partial(self):
         return {"changed": self.changes_made}

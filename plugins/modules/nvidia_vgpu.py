@@ -62,6 +62,9 @@ attributes:
       - For a GPU whose VFs are not enabled yet, the VFs are predicted from C(sriov_offset) and
         C(sriov_stride), and the profiles from the types remembered for the GPU model; without them the
         profiles are resolved only in a real run, and check mode warns.
+      - A run that removes the last vGPU of a GPU whose model has no complete list of types remembered reads
+        that list from the emptied GPU and records it in the type cache; check mode cannot, so it warns that
+        its type cache diff shows only the types known now.
       - For a GPU with only some VFs enabled, the plan is made on all its VFs, free, as C(sriov-manage) will
         leave them, in a real run too, so that bad input fails before the VFs are touched. That needs a
         complete list of the model's types (one read while no VF held a vGPU); without it the profiles are

@@ -545,3 +545,26 @@ def test_more_vgpus_than_the_framebuffer_holds_are_refused_in_check_mode_and_run
         assert snapshot(root) == before
     fits, _writes = run(root, check_mode=True, gpus=[gpu(profiles=[{"profile": "L40S-8Q", "count": 6}])])
     assert not fits.failed and len(fits["gpus"][0]["created"]) == 6, fits
+
+
+def test_check_mode_says_when_the_run_learns_the_types_the_cache_diff_lacks(l40s, run):
+    # VF 0 holds the only vGPU: the others offer only what fits beside it, so no complete list is known.
+    gpus = [gpu("L40S", profiles=[{"profile": "NVIDIA L40S-8Q", "count": 0}])]
+    predicted, writes = run(l40s, check_mode=True, diff=True, gpus=gpus)
+    assert writes == [] and predicted["changed"] is True
+    assert "removes its last vGPU" in warnings(predicted) and "type cache diff shows only" in warnings(predicted)
+    result, _writes = run(l40s, diff=True, gpus=gpus)
+    assert current(l40s, VF0) == 0
+    with open(os.path.join(l40s, CACHE)) as handle:
+        cache = json.load(handle)
+    learned = next(iter(cache["gpus"].values()))
+    # What the warning is about: the run read the complete list, which the check-mode diff could not show.
+    assert learned["complete"] is True and result["diff"][2] != predicted["diff"][2]
+    assert "removes its last vGPU" not in warnings(result)
+
+    # With the complete list remembered, check mode shows the cache as the run writes it: no warning.
+    run(l40s, gpus=[gpu("L40S", profiles=[{"profile": "NVIDIA L40S-8Q", "count": 1}])])
+    predicted, _writes = run(l40s, check_mode=True, diff=True, gpus=gpus)
+    assert "removes its last vGPU" not in warnings(predicted)
+    result, _writes = run(l40s, diff=True, gpus=gpus)
+    assert result["diff"][2] == predicted["diff"][2]
