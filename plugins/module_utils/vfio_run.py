@@ -89,6 +89,11 @@ class VfioPciRun(BootConfigPlanner, ModuleRun):
     def plan(self):
         """Read, resolve, guard and plan; the plan is kept on the run (``self.changing``, ``self.persistence``, ...)."""
         view = self.view = read_host(self.root)
+        if not self.selectors:
+            self.warnings.append(
+                "devices is empty, so there is nothing to %s: was it meant to be a templated list that came out "
+                "empty?" % ("bind" if self.state == "present" else "hand back")
+            )
         selected = resolve_selectors(self.selectors, view.devices, binding=self.state == "present")
         self.members = expand_members(view, selected, self.with_companions)
         if self.state == "present":

@@ -138,7 +138,8 @@ options:
     default: auto
   devices:
     description:
-      - The devices, each a PCI address, a C(vendor:device) ID or a model name.
+      - The devices, each a PCI address, a C(vendor:device) ID or a model name. An empty list changes nothing,
+        with a warning.
       - With O(state=present) none may be a PCI bridge or a host bridge (they stay with the host, and a
         mistyped address often names one), whatever O(force) says.
     type: list

@@ -199,6 +199,15 @@ def test_a_second_run_changes_nothing(desktop, vfio_pci):
     assert all(d["driver_before"] == d["driver_after"] == "vfio-pci" for d in again["devices"].values())
 
 
+def test_an_empty_device_list_changes_nothing_and_says_so(desktop, vfio_pci):
+    before = snapshot(desktop)
+    for state, verb in (("present", "bind"), ("absent", "hand back")):
+        kernel = PciKernel(KernelSim(desktop))
+        result = vfio_pci(desktop, kernel=kernel, devices=[], state=state)
+        assert result["changed"] is False and kernel.sim.writes == [] and snapshot(desktop) == before
+        assert any("devices is empty, so there is nothing to %s" % verb in w for w in warnings(result)), result
+
+
 def test_check_mode_predicts_the_real_run_exactly(desktop, vfio_pci):
     kernel = PciKernel(KernelSim(desktop))
     before = snapshot(desktop)
