@@ -56,6 +56,29 @@ def test_preflight_reports_each_host_and_fails_only_the_blocked_one(fleet, tmp_p
     assert set(cached_facts(cache, "ready01")) == {"gpuvirt"}
 
 
+def test_a_host_whose_firmware_keeps_the_iommu_off_is_blocked_with_the_firmware_advice(fleet, tmp_path):
+    # An arm64 host needs no argument for its SMMU: with the SMMU off in the firmware, nothing on its
+    # command line can turn it on, and no reboot would help.
+    fleet.add("arm01", {"extends": "grace_hopper", "iommu": {"enabled": False}})
+    fleet.add("ready01", "amd_host")
+    report = tmp_path / "report"
+    cache = tmp_path / "facts"
+    rc, recap, output = fleet.run(
+        "gpuvirt.host.preflight", extra_vars={"target": "gpu_hosts", "gpuvirt_report_dir": str(report)},
+        env={"ANSIBLE_CACHE_PLUGIN": "jsonfile", "ANSIBLE_CACHE_PLUGIN_CONNECTION": str(cache)},
+    )
+    assert rc == 2 and recap["arm01"]["failed"] == 1 and recap["ready01"]["failed"] == 0, output
+    hosts = {item["host"]: item for item in json.loads((report / "preflight.json").read_text())["hosts"]}
+    assert hosts["arm01"]["status"] == "blocked" and hosts["arm01"]["changes"] == [], hosts["arm01"]
+    [blocker] = hosts["arm01"]["blockers"]
+    message = " ".join(blocker["message"].split())
+    assert blocker["source"] == "iommu", blocker
+    assert "running kernel did not turn the IOMMU on: check that the SMMU is enabled in the firmware setup" in message
+    fact = cached_facts(cache, "arm01")["gpuvirt"]
+    assert fact["ready"] is False and fact["iommu"] is False and fact["blockers"][0].startswith("iommu: ")
+    assert hosts["ready01"]["status"] == "ready"
+
+
 def test_preflight_passes_on_a_ready_fleet(fleet, tmp_path):
     for index in range(3):
         fleet.add("gpu%02d" % index, "amd_host")

@@ -189,7 +189,7 @@ def test_the_rollout_drains_and_reboots_the_canary_then_changes_the_second_guest
     first, then = batches(output)
     for text, host, other in ((first, CANARY, SECOND), (then, SECOND, CANARY)):
         assert host in text and other not in text
-        preflight = text.index("TASK [gpuvirt.host.fleet : Preflight the host]")
+        preflight = text.index("TASK [gpuvirt.host.fleet : Detect the IOMMU, PCI and GPU topology]")
         verified = text.index("TASK [gpuvirt.host.fleet : Check the host]")
         assert preflight < verified and "ok: [%s]" % host in text[verified:].split("TASK [")[1]
     rebooting = re.compile(r"^TASK \[gpuvirt\.host\.fleet : Reboot the host\]", re.M)
