@@ -70,9 +70,15 @@ class RestoreUnitRun(ModuleRun):
         files += [self._change(self.code_dir, name, sources[name]) for name in sorted(sources) if name not in names]
         self.old_prefix, old_code = self._earlier_prefix()
         if old_code is not None:
-            # The code an earlier run installed at another prefix: the files it ships, nothing else there.
+            # The code an earlier run installed at another prefix: every .py file of its folder, as at this
+            # run's prefix (an older release shipped files this one does not), unless a collection is installed
+            # there; then only the files the restore ships.
             ours = code_sources()
-            files += [self._change(old_code, name, None) for name in _listing(old_code) if name in ours]
+            whole = not _collection_entries(old_code)
+            files += [
+                self._change(old_code, name, None) for name in _listing(old_code)
+                if name in ours or (whole and name.endswith(".py"))
+            ]
         texts = dict.fromkeys(UNIT_NAMES)
         if present:
             texts[UNIT_NAME] = render_unit(self.prefix, params["python"], params["timeout"], params["mdevctl_grace"])
@@ -147,10 +153,8 @@ class RestoreUnitRun(ModuleRun):
         """The code folder replaces (and with state absent deletes) every .py file it holds: refuse a
         prefix where gpuvirt.host is installed as a collection (more than plugins/module_utils below
         it), whose module_utils would be rewritten or deleted."""
+        foreign = _collection_entries(self.code_dir)
         collection = os.path.dirname(os.path.dirname(self.code_dir))
-        plugins = os.path.join(collection, "plugins")
-        foreign = [name for name in _listing(collection) if name != "plugins"]
-        foreign += ["plugins/" + name for name in _listing(plugins) if name != "module_utils"]
         if foreign:
             raise rules.InputError(
                 "prefix: %s holds an installed collection (%s has %s); the restore code would replace its "
@@ -230,6 +234,15 @@ class RestoreUnitRun(ModuleRun):
                 "at boot (it needs Python 3.9 or later)" % (self.prefix, python, rc, err.strip()[-500:]),
                 changed=True,
             )
+
+
+def _collection_entries(code_dir):
+    """What the collection folder above the code folder ``code_dir`` holds besides ``plugins/module_utils``
+    (an installed collection has more), as paths relative to it."""
+    collection = os.path.dirname(os.path.dirname(code_dir))
+    plugins = os.path.join(collection, "plugins")
+    foreign = [name for name in _listing(collection) if name != "plugins"]
+    return foreign + ["plugins/" + name for name in _listing(plugins) if name != "module_utils"]
 
 
 def _listing(folder):

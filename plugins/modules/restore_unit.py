@@ -65,8 +65,10 @@ options:
         systemd would read as unit syntax.
       - A folder of the restore's own, never one where gpuvirt.host is installed as a collection (the
         module refuses it), since the code folder holds only what the restore imports.
-      - When the installed unit runs the code from another prefix (an earlier run's), the files the restore
-        ships are removed from there, with O(state=present) as with O(state=absent); other files stay.
+      - When the installed unit runs the code from another prefix (an earlier run's), its code folder there is
+        emptied of C(.py) files (an earlier release may have shipped files this one does not) and removed, with
+        O(state=present) as with O(state=absent); files outside that folder stay. Where a collection has been
+        installed at that prefix since, only the files the restore ships are removed.
     type: path
     default: /usr/local/lib/gpuvirt
   python:

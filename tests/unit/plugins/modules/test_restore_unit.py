@@ -144,6 +144,9 @@ def test_a_new_prefix_takes_the_code_away_from_the_old_one(root, run_module):
     mine = os.path.join(root, "usr/local/lib/gpuvirt/notes.txt")
     with open(mine, "w") as handle:
         handle.write("mine\n")
+    # A file an older release shipped and this one does not (iommu.py, before the restore stopped importing it).
+    with open(os.path.join(root, CODE, "iommu.py"), "w") as handle:
+        handle.write("# an older release's\n")
     args = {"root": root, "prefix": "/opt/gpuvirt"}
     predicted = run_module("restore_unit", args, check_mode=True, diff=True)
     moved = run_module("restore_unit", args, diff=True)
