@@ -251,16 +251,22 @@ def choose_drivers(root, members, requested, aliases, release=None):
 # ---------------------------------------------------------------------------------- persistence
 
 
+def vfio_options(text):
+    """``(name, "=" or "", value)`` of each option on the ``options vfio-pci`` lines of a modprobe.d file's
+    text, in order."""
+    for line in modprobe.logical_lines(text):
+        match = _VFIO_OPTIONS.match(line)
+        if match:
+            for option in match.group(1).split():
+                yield option.partition("=")
+
+
 def modprobe_ids(text):
     """The IDs of every ``options vfio-pci ids=...`` line in a modprobe.d file's text."""
     ids = []
-    for line in modprobe.logical_lines(text):
-        match = _VFIO_OPTIONS.match(line)
-        if not match:
-            continue
-        for option in match.group(1).split():
-            if option.startswith("ids="):
-                ids.extend(part.strip().lower() for part in option[4:].split(",") if part.strip())
+    for name, equals, value in vfio_options(text):
+        if name == "ids" and equals:
+            ids.extend(part.strip().lower() for part in value.split(",") if part.strip())
     return ids
 
 
@@ -414,17 +420,10 @@ def vfio_enables_sriov(root, configured_cmdline=None):
     setting = None
     if not _vfio_builtin(root):
         for path in modprobe.config_files(root):
-            for line in modprobe.logical_lines(_read_file(host_path(root, path))):
-                match = _VFIO_OPTIONS.match(line)
-                if not match:
-                    continue
-                for option in match.group(1).split():
-                    name, equals, value = option.partition("=")
-                    if name != "enable_sriov":
-                        continue
-                    flag = kernel_bool(value) if equals else True
-                    if flag is not None:
-                        setting = flag
+            for name, equals, value in vfio_options(_read_file(host_path(root, path))):
+                flag = (kernel_bool(value) if equals else True) if name == "enable_sriov" else None
+                if flag is not None:
+                    setting = flag
     flag = cmdline_flag(configured_cmdline or [], "vfio_pci.enable_sriov", bare=True)
     return bool(flag if flag is not None else setting)
 
