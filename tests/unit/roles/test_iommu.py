@@ -130,7 +130,7 @@ def _outcome(key, role):
 
 def test_the_preview_changes_nothing_and_tells_what_the_role_would(make_host, tmp_path):
     # Each case twice, on trees of its own: the main entry point, and the preview run outside check mode
-    # with a policy that would reboot.
+    # with a policy that would reboot, as on the host the role runs on (__iommu_live: the trees are not /).
     roots, blocks = {}, []
     for index, (host, before, variables, _after, _words) in enumerate(CASES):
         host, changes = host if isinstance(host, tuple) else (host, {})
@@ -140,8 +140,8 @@ def test_the_preview_changes_nothing_and_tells_what_the_role_would(make_host, tm
             if entry == "preview":
                 role["tasks_from"] = "preview"
             blocks.append(dict(_outcome("%s-%d" % (entry, index), role),
-                               vars=dict(variables, iommu_root=root, iommu_reboot="never" if entry == "main"
-                                         else "always")))
+                               vars=dict(variables, iommu_root=root, **({"iommu_reboot": "never"} if entry == "main"
+                                         else {"iommu_reboot": "always", "__iommu_live": True}))))
     outcomes = _run(blocks, "outcomes", tmp_path)
 
     changed = 0
