@@ -97,7 +97,7 @@ def gpuvirt_fact(topology, reboot_pending=False, blockers=None, pending_changes=
         if is_vfio_driver(gpu.get("driver")) and (gpu.get("passthrough") or {}).get("viable")
     ]  # fmt: skip
     vgpus = [
-        vf for vf in vfs if ((devices.get(vf.get("address")) or {}).get("nvidia_vgpu") or {}).get("current")
+        vf for vf in vfs if ((devices.get(vf.get("address")) or {}).get("vgpu") or {}).get("current")
     ]
     in_use = [address for address, device in devices.items() if device.get("in_use_by")]
     blockers = [str(item) for item in blockers or []]

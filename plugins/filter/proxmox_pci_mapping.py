@@ -196,12 +196,13 @@ _PLAIN_VFIO = ("Proxmox VE binds a passed-through device to vfio-pci itself when
 
 
 def _passthrough_refusals(view, address):
-    # A vGPU VF's own driver is nvidia: passthrough_refusals leaves it to this reason.
+    # A vGPU VF stays on its vendor's driver: passthrough_refusals leaves it to this reason.
     reasons = view.passthrough_refusals(address, plain_vfio=_PLAIN_VFIO)
     if view.vgpu_vf_type(address):
         reasons.append(
-            "%s is an NVIDIA vGPU virtual function: Proxmox VE would take it from nvidia and pass a bare VF; "
-            "map it with mdev: true and leave its vGPU type unset, Proxmox VE sets it when the VM starts" % address
+            "%s is a vGPU virtual function (vGPU type %d is set on it): Proxmox VE would take it from %s and pass "
+            "a bare VF; map it with mdev: true and leave its vGPU type unset, Proxmox VE sets it when the VM starts"
+            % (address, view.vgpu_vf_type(address), view.device(address).get("driver") or "its driver")
         )
     return reasons
 
@@ -228,14 +229,14 @@ def _mdev_refusals(view, address):
         reasons.append("the IOMMU is not enabled")
     if device.get("iommu_group") is None:
         reasons.append("%s has no IOMMU group" % address)
-    if device.get("nvidia_vgpu") is not None:
+    if device.get("vgpu") is not None:
         current = view.vgpu_vf_type(address)
         if current:
             reasons.append(
                 "%s already has vGPU type %d set; Proxmox VE sets the type itself when a VM starts, so leave "
-                "current_vgpu_type at 0 on devices it manages" % (address, current)
+                "the vGPU type unset on devices it manages" % (address, current)
             )
-        elif not device["nvidia_vgpu"].get("creatable"):
+        elif not device["vgpu"].get("creatable"):
             reasons.append("%s has no vGPU type it can create now (no free capacity)" % address)
         return reasons
     parent = view.parents.get(address)

@@ -57,6 +57,7 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import (
     read_text,
 )
 from ansible_collections.gpuvirt.host.plugins.module_utils.vendor_plan import (
+    VGPU_KEY,
     EnableError,
     EnablePlan,
     RestoreStep,
@@ -348,7 +349,13 @@ class NvidiaBackend(VendorBackend):
                           notes=("create vGPU profiles with gpuvirt.host.nvidia_vgpu",))
 
     def read_device(self, path, address, findings, directory=None):
-        return {STATE_KEY: read_nvidia_vgpu(path, address, findings, directory=directory)}
+        state = read_nvidia_vgpu(path, address, findings, directory=directory)
+        vgpu = None
+        if state is not None:
+            creatable = state["creatable"]
+            vgpu = {"vendor": self.name, "current": state["current"],
+                    "creatable": None if creatable is None else [dict(entry) for entry in creatable]}
+        return {STATE_KEY: state, VGPU_KEY: vgpu}
 
     def gpu_keys(self, device):
         return {STATE_KEY: vgpu_state(device) is not None}

@@ -80,6 +80,15 @@ class RestoreStep:
     late_items: Callable | None = None
 
 
+# The device key of a vGPU type set through the vendor's own interface, not the mdev bus (NVIDIA's per-VF
+# nvidia/current_vgpu_type). A backend whose devices have one puts in :meth:`VendorBackend.read_device`'s
+# state ``{VGPU_KEY: {"vendor": its name, "current": the type ID set (0: none; None: unreadable),
+# "creatable": [{"id", "name"}] the types the device could take now (None: unreadable)}}``, and None for a
+# device without one. Every device has the key (None unless a backend sets it); the exports, the fleet
+# report and the gpuvirt fact read it, whatever the vendor.
+VGPU_KEY = "vgpu"
+
+
 class VendorBackend:
     """What a vendor adds to the generic code; each hook's default adds nothing. A backend module
     (``vendor_<name>.py``) subclasses this, overrides what its vendor needs and is listed in

@@ -11,8 +11,9 @@ boot-time restore can ship them as it ships every module_utils file) defines a `
   ``gpu_defaults`` (the keys it adds to every device / GPU entry, with their values for other vendors'
   devices), ``read_device(path, address, findings, directory)`` (its extra sysfs state of one of its devices, kept
   in ``PciDevice.vendor_state``; run only for its vendor's devices and for devices whose vendor could not
-  be read), ``host_slot_vendors`` (vendor IDs of the processor's functions beside an APU's GPU, never its
-  companions), ``gpu_keys(device)``,
+  be read; a vGPU type set through the vendor's own interface goes under the generic ``vgpu`` key,
+  :data:`vendor_plan.VGPU_KEY`), ``host_slot_vendors`` (vendor IDs of the processor's functions beside
+  an APU's GPU, never its companions), ``gpu_keys(device)``,
   ``modes(device, host)`` (the virtualization modes the GPU can offer, each ``{"mode", "ready",
   "missing": [what is needed, as advice]}``, and ``unsupported``: why not at all);
 - enabling: ``enable_modes``, ``enable_options`` (``{mode: {option: type}}``) and ``enable_plan(device,
@@ -46,7 +47,7 @@ import re
 from ansible_collections.gpuvirt.host.plugins.module_utils import vendor_amd, vendor_intel, vendor_nvidia
 from ansible_collections.gpuvirt.host.plugins.module_utils.kernel import cmdline_flag, cmdline_value, module_parameter
 from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import PCI_DEVICES, host_path, read_text
-from ansible_collections.gpuvirt.host.plugins.module_utils.vendor_plan import RESTORE_ANCHORS, VendorBackend
+from ansible_collections.gpuvirt.host.plugins.module_utils.vendor_plan import RESTORE_ANCHORS, VGPU_KEY, VendorBackend
 
 BACKENDS = (vendor_nvidia.BACKEND, vendor_intel.BACKEND, vendor_amd.BACKEND)
 # The state file's and the restore's generic names, which no backend may take.
@@ -108,8 +109,9 @@ def by_vendor(backends, wanted=None):
 
 check_registry(BACKENDS)
 _BY_VENDOR = by_vendor(BACKENDS)
-# Every backend's device keys with their values for a device of another vendor (read only).
-DEVICE_DEFAULTS = {}
+# Every backend's device keys with their values for a device of another vendor, and the generic vGPU key
+# (read only).
+DEVICE_DEFAULTS = {VGPU_KEY: None}
 _GPU_DEFAULTS = {}
 for _backend in BACKENDS:
     DEVICE_DEFAULTS.update(_backend.device_defaults)

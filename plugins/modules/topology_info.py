@@ -496,6 +496,31 @@ topology:
               returned: success
               type: int
               sample: 0
+        vgpu:
+          description:
+            - A vGPU type set on this device through its vendor's own interface, not the mdev bus (NVIDIA's
+              per-VF C(nvidia/current_vgpu_type)), the same for every vendor; V(null) for a device without such
+              an interface. The exports, the fleet report and the gpuvirt fact read this key.
+          returned: success
+          type: dict
+          contains:
+            vendor:
+              description: The vendor backend whose interface it is.
+              returned: success
+              type: str
+              sample: nvidia
+            current:
+              description: The vGPU type ID set on the device, V(0) when none, V(null) when unreadable.
+              returned: success
+              type: int
+              sample: 1041
+            creatable:
+              description: The vGPU types the device could take now (empty when it has no room left), V(null)
+                when unreadable.
+              returned: success
+              type: list
+              elements: dict
+              sample: [{"id": 1030, "name": "NVIDIA L40S-1B"}]
         critical:
           description: Why the host needs this device, empty when it does not.
           returned: success

@@ -23,8 +23,9 @@ Public API:
 Readiness, the same for every consumer: the IOMMU is on, the device's group holds nothing but its
 own functions and bridges, it is not the boot display, no host-critical device is in the group, no
 process holds it, and the device and its companion functions are bound to a VFIO driver (vfio-pci or
-a variant driver). An NVIDIA virtual function with a vGPU type set in ``nvidia/current_vgpu_type``
-is ready without VFIO (the NVIDIA driver exports it as a VFIO device itself).
+a variant driver). A virtual function with a vGPU type set through its vendor's own interface (the
+topology's ``vgpu`` key: NVIDIA's ``nvidia/current_vgpu_type``) is ready without VFIO (the vendor's
+driver exports it as a VFIO device itself).
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ MDEV_OWNERS = {
         "gpuvirt.host.mdev (vgpu role) creates and keeps them; this export names existing mdevs by UUID"
     ),
     "proxmox": (
-        "proxmox: Proxmox VE creates the mdev (or sets the NVIDIA vGPU type of a VF) when a VM starts "
+        "proxmox: Proxmox VE creates the mdev (or sets the vGPU type of a VF) when a VM starts "
         "and removes it when the VM stops; the collection only prepares the parents and VFs, and must "
         "not pre-create mdevs or pre-set vGPU types on these devices"
     ),
@@ -159,8 +160,8 @@ class HostView:
         return [a for a in _get(verdict, "devices", [address]) if a != address]
 
     def vgpu_vf_type(self, address):
-        """The vGPU type ID set on an NVIDIA VF (``nvidia/current_vgpu_type``), 0 when none."""
-        return int(_get(_get(self.device(address), "nvidia_vgpu", {}), "current", 0) or 0)
+        """The vGPU type ID set on a VF through its vendor's own interface (the device's ``vgpu``), 0 when none."""
+        return int(_get(_get(self.device(address), "vgpu", {}), "current", 0) or 0)
 
     def passthrough_refusals(self, address, allow_vgpu_vf=True, need_vfio=True, plain_vfio=None):
         """Reasons against handing ``address`` (a GPU) and its companion functions to a VM now.

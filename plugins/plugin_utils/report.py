@@ -118,7 +118,7 @@ def host_row(record):
         label = names.get(mdev.get("type"), mdev.get("type"))
         in_use[label] = in_use.get(label, 0) + 1
     for device in devices.values():
-        vgpu = _dict(device.get("nvidia_vgpu"))
+        vgpu = _dict(device.get("vgpu"))
         if vgpu.get("current"):
             label = "vGPU type %s" % vgpu["current"]
             in_use[label] = in_use.get(label, 0) + 1
@@ -137,7 +137,7 @@ def host_row(record):
             "viable": len(viable),
             "profiles_in_use": in_use,
             "mdevs_in_use": len([m for m in mdevs if m.get("in_use_by")]),
-            "vgpus": sum(1 for d in devices.values() if _dict(d.get("nvidia_vgpu")).get("current")),
+            "vgpus": sum(1 for d in devices.values() if _dict(d.get("vgpu")).get("current")),
             "free": {k: v for k, v in free.items() if v},
             "findings": findings,
             "iommu": _dict(topology.get("iommu")).get("enabled"),
@@ -214,7 +214,7 @@ def group_boxes(topology):
             for vf in _list(_dict(device.get("sriov")).get("vfs")):
                 vf_device = devices.get(vf, {})
                 vf_gpu = gpus.get(vf, {})
-                vgpu = _dict(vf_device.get("nvidia_vgpu"))
+                vgpu = _dict(vf_device.get("vgpu"))
                 entry["vfs"].append(
                     {
                         "address": vf,

@@ -830,6 +830,10 @@ def test_per_vf_nvidia_vgpu_interface(make_host):
     assert device(topology, "0000:cb:00.0")["nvidia_vgpu"] is None
     assert topology["mdev_parents"] == [] and topology["mdevs"] == []
     assert gpu(topology, "0000:cb:00.5")["nvidia_vgpu"] is True
+    # The same under the generic vgpu key, which every vendor's devices have.
+    assert device(topology, "0000:cb:00.4")["vgpu"] == dict(busy, vendor="nvidia")
+    assert device(topology, "0000:cb:00.5")["vgpu"] == dict(free, vendor="nvidia")
+    assert device(topology, "0000:cb:00.0")["vgpu"] is None
 
 
 def test_gvtg_types_without_names(make_host):

@@ -182,12 +182,9 @@ def test_no_generic_module_imports_or_names_a_vendor():
 
 PLUGINS = os.path.dirname(UTILS)
 PLUGIN_DOCS = {"DOCUMENTATION", "EXAMPLES", "RETURN"}
-# Controller-side code that reads NVIDIA's own topology key (its per-VF vGPU types, carved through NVIDIA's
-# own interface and module, not through the seam), and the one list of a device entry's blocks.
-NAMES_NVIDIAS_OWN_KEY = {
-    "plugin_utils/device_blocks.py", "plugin_utils/exports.py", "plugin_utils/report.py",
-    "filter/gpuvirt_fact.py", "filter/proxmox_pci_mapping.py",
-}
+# The one list of a device entry's blocks names NVIDIA's own block (its per-VF vGPU profiles, carved through
+# NVIDIA's own module); the exports, the report and the facts read the generic vgpu key.
+NAMES_NVIDIAS_OWN_BLOCK = {"plugin_utils/device_blocks.py"}
 
 
 def _documentation(tree):
@@ -200,7 +197,7 @@ def _documentation(tree):
     return found
 
 
-def test_no_plugin_outside_module_utils_names_a_vendor_but_nvidias_own_key():
+def test_no_plugin_outside_module_utils_names_a_vendor_but_nvidias_own_block():
     offences, scanned = [], 0
     for kind in sorted(os.listdir(PLUGINS)):
         if kind == "module_utils" or not os.path.isdir(os.path.join(PLUGINS, kind)):
@@ -215,8 +212,7 @@ def test_no_plugin_outside_module_utils_names_a_vendor_but_nvidias_own_key():
                     continue
                 if not (VENDOR_WORDS.search(node.value) or VENDOR_IDS.match(node.value)):
                     continue
-                if "%s/%s" % (kind, name) in NAMES_NVIDIAS_OWN_KEY and (
-                        node.value == "nvidia_vgpu" or "NVIDIA vGPU" in node.value):
+                if "%s/%s" % (kind, name) in NAMES_NVIDIAS_OWN_BLOCK and node.value == "nvidia_vgpu":
                     continue
                 offences.append("%s/%s: %r" % (kind, name, node.value[:60]))
     assert offences == []
@@ -404,3 +400,38 @@ def test_the_shipped_registry_passes_and_a_second_backend_of_a_vendor_is_kept_be
     second = backend(vendor_id="10de", name="nvidia-npu", enable_modes=("npu-split",))
     vendors.check_registry(vendors.BACKENDS + (second,))
     assert vendors.by_vendor(vendors.BACKENDS + (second,))["10de"] == (vendors.BACKENDS[0], second)
+
+
+def test_a_new_vendors_vgpu_types_reach_the_exports_the_report_and_the_fact(acme, make_host, monkeypatch):
+    # A vendor whose VFs take a vGPU type through its own interface reports it under the generic vgpu key:
+    # the controller-side readers count it and take such a VF as ready on its own driver, with no edit.
+    from ansible_collections.gpuvirt.host.plugins.filter.gpuvirt_fact import gpuvirt_fact
+    from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import read_attribute_at
+    from ansible_collections.gpuvirt.host.plugins.plugin_utils import report
+    from ansible_collections.gpuvirt.host.plugins.plugin_utils.exports import HostView
+
+    def read_device(path, address, findings, directory=None):
+        text, _problem = read_attribute_at(directory, "acme_vgpu" if directory is not None else path + "/acme_vgpu")
+        return {"vgpu": None if text is None else {"vendor": "acme", "current": int(text), "creatable": []}}
+
+    monkeypatch.setattr(acme, "read_device", read_device, raising=False)
+    monkeypatch.setattr(vendors, "_READERS", dict(vendors._READERS, **{"1234": (acme,)}))
+    root = make_host("desktop_dgpu", add_devices=[{
+        "address": "41:00.0", "ids": "1234:0001", "class": "030200", "driver": "acmegpu", "group": 41,
+        "sriov": {"total_vfs": 2, "num_vfs": 2, "offset": 1, "stride": 1, "vf": {"driver": "acmegpu", "group": "own"}},
+    }], files={"sys/bus/pci/devices/0000:41:00.1/acme_vgpu": "7\n",
+               "sys/bus/pci/devices/0000:41:00.2/acme_vgpu": "0\n"})
+    topology = detect(root)
+    devices = {device["address"]: device for device in topology["devices"]}
+    assert devices["0000:41:00.1"]["vgpu"] == {"vendor": "acme", "current": 7, "creatable": []}
+    assert devices["0000:41:00.2"]["vgpu"]["current"] == 0
+    assert devices["0000:41:00.0"]["vgpu"] is None and devices["0000:01:00.0"]["vgpu"] is None
+
+    assert gpuvirt_fact(topology)["vgpus"] == 1
+    row = report.host_row(report.load_record(topology, "acme1"))
+    assert row["vgpus"] == 1 and row["profiles_in_use"] == {"vGPU type 7": 1}
+    vfs = {vf["address"]: vf for box in report.group_boxes(topology) for entry in box["devices"] for vf in entry["vfs"]}
+    assert vfs["0000:41:00.1"]["vgpu_type"] == 7 and vfs["0000:41:00.2"]["vgpu_type"] is None
+    view = HostView(topology)
+    assert not any("not to vfio-pci" in reason for reason in view.passthrough_refusals("0000:41:00.1"))
+    assert any("bound to acmegpu, not to vfio-pci" in reason for reason in view.passthrough_refusals("0000:41:00.2"))
