@@ -52,6 +52,8 @@ _value:
 
 from ansible.errors import AnsibleFilterError  # noqa: E402
 
+from ansible_collections.gpuvirt.host.plugins.module_utils.vendors import device_vgpu  # noqa: E402
+
 FACT_VERSION = 1
 
 
@@ -97,7 +99,7 @@ def gpuvirt_fact(topology, reboot_pending=False, blockers=None, pending_changes=
         if is_vfio_driver(gpu.get("driver")) and (gpu.get("passthrough") or {}).get("viable")
     ]  # fmt: skip
     vgpus = [
-        vf for vf in vfs if ((devices.get(vf.get("address")) or {}).get("vgpu") or {}).get("current")
+        vf for vf in vfs if (device_vgpu(devices.get(vf.get("address"))) or {}).get("current")
     ]
     in_use = [address for address, device in devices.items() if device.get("in_use_by")]
     blockers = [str(item) for item in blockers or []]

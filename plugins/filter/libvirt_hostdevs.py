@@ -18,8 +18,9 @@ description:
     same guest slot, as guest drivers expect.
   - "The filter refuses, with every reason, a device that is not ready: the IOMMU off, a group shared with
     other devices, the boot VGA device, a host-critical device in the group, a process holding it, or the
-    GPU or a companion function not bound to vfio-pci (or a variant VFIO driver). An NVIDIA virtual
-    function with a vGPU type set (C(nvidia/current_vgpu_type)) is ready as it is."
+    GPU or a companion function not bound to vfio-pci (or a variant VFIO driver). A virtual function with a
+    vGPU type set through its vendor's own interface (the topology's C(vgpu) key; NVIDIA's
+    C(nvidia/current_vgpu_type)) is ready as it is."
   - A selector by vendor:device ID or model name exports the matching GPUs that are ready and lists the
     others in RV(_value.skipped) with their reasons; it fails when none is ready. A PCI address that is not
     ready fails.

@@ -19,12 +19,14 @@ description:
     whole slot (a C(path) without function), so its audio and USB functions go with it, when the slot holds
     just these functions (Proxmox VE hands a VM every function of such a path).
   - For C(mdev) mappings the filter maps the mdev parents - a GPU offering mdev types, or the virtual
-    functions of an SR-IOV GPU (NVIDIA vGPU, either on the mdev bus or through C(nvidia/current_vgpu_type)).
+    functions of an SR-IOV GPU (NVIDIA vGPU, either on the mdev bus or through its per-VF vGPU types in
+    C(nvidia/current_vgpu_type), the topology's C(vgpu) key of a vendor whose types Proxmox VE sets).
   - "Passthrough devices must be ready as for every export (IOMMU on, a group of their own, not the boot VGA
     device, not host-critical, not in use, bound to vfio-pci with their companion functions). Proxmox VE binds
-    a passed-through device to vfio-pci itself when a VM starts, so a device on a variant VFIO driver, or an
-    NVIDIA vGPU virtual function (map it with C(mdev)), is refused. An mdev parent
-    must have free capacity, hold no mdevs and, for an NVIDIA VF, have no vGPU type set yet."
+    a passed-through device to vfio-pci itself when a VM starts, so a device on a variant VFIO driver, or a
+    virtual function with a vGPU type set (map it with C(mdev) once its type is cleared), is refused. An mdev
+    parent must have free capacity, hold no mdevs and, for a VF with per-VF vGPU types, have no vGPU type set
+    yet; the per-VF vGPU types of a vendor whose types Proxmox VE does not set are refused."
   - "Who owns the mdevs: Proxmox VE. It creates the mdev (or writes the vGPU type of a VF) when a VM starts
     and removes it when the VM stops, so the collection prepares only the parents and VFs (SR-IOV, drivers)
     and must not create mdevs or set vGPU types on these devices; a parent that holds mdevs is refused."
@@ -121,6 +123,7 @@ _value:
 
 import re  # noqa: E402
 
+from ansible_collections.gpuvirt.host.plugins.module_utils.vendors import backend_named, device_vgpu  # noqa: E402
 from ansible_collections.gpuvirt.host.plugins.plugin_utils.exports import (  # noqa: E402
     MDEV_OWNERS,
     ExportError,
@@ -195,14 +198,33 @@ _PLAIN_VFIO = ("Proxmox VE binds a passed-through device to vfio-pci itself when
                "the variant driver and what it adds; pass it to a VM with libvirt or QEMU directly")
 
 
+# How to hand Proxmox VE a VF whose vGPU type is set: it sets the type itself when a VM starts.
+_CLEAR_TYPE = ("clear its vGPU type (take the VF out of the collection's vgpu_devices, whose boot restore sets the "
+               "type again, and set its type to 0)")
+
+
+def _proxmox_vgpu(view, address):
+    """``(the VF's vgpu value, whether Proxmox VE sets that vendor's vGPU types)``; None when it has none."""
+    vgpu = device_vgpu(view.device(address))
+    if vgpu is None:
+        return None, False
+    backend = backend_named(vgpu.get("vendor"))
+    return vgpu, bool(backend is not None and backend.proxmox_sets_vgpu_types)
+
+
 def _passthrough_refusals(view, address):
     # A vGPU VF stays on its vendor's driver: passthrough_refusals leaves it to this reason.
     reasons = view.passthrough_refusals(address, plain_vfio=_PLAIN_VFIO)
-    if view.vgpu_vf_type(address):
+    current = view.vgpu_vf_type(address)
+    if current:
+        vgpu, proxmox_sets = _proxmox_vgpu(view, address)
         reasons.append(
             "%s is a vGPU virtual function (vGPU type %d is set on it): Proxmox VE would take it from %s and pass "
-            "a bare VF; map it with mdev: true and leave its vGPU type unset, Proxmox VE sets it when the VM starts"
-            % (address, view.vgpu_vf_type(address), view.device(address).get("driver") or "its driver")
+            "a bare VF; %s" % (
+                address, current, view.device(address).get("driver") or "its driver",
+                "to let Proxmox VE set its type when a VM starts, %s and map it with mdev: true" % _CLEAR_TYPE
+                if proxmox_sets else "Proxmox VE does not set %s vGPU types: pass it to a VM with libvirt or "
+                "QEMU directly" % vgpu.get("vendor"))
         )
     return reasons
 
@@ -229,14 +251,18 @@ def _mdev_refusals(view, address):
         reasons.append("the IOMMU is not enabled")
     if device.get("iommu_group") is None:
         reasons.append("%s has no IOMMU group" % address)
-    if device.get("vgpu") is not None:
+    vgpu, proxmox_sets = _proxmox_vgpu(view, address)
+    if vgpu is not None:
         current = view.vgpu_vf_type(address)
-        if current:
+        if not proxmox_sets:
+            reasons.append("%s takes %s vGPU types, which Proxmox VE does not set; pass it to a VM with libvirt or "
+                           "QEMU directly" % (address, vgpu.get("vendor")))
+        elif current:
             reasons.append(
-                "%s already has vGPU type %d set; Proxmox VE sets the type itself when a VM starts, so leave "
-                "the vGPU type unset on devices it manages" % (address, current)
+                "%s already has vGPU type %d set; Proxmox VE sets the type itself when a VM starts: %s"
+                % (address, current, _CLEAR_TYPE)
             )
-        elif not device["vgpu"].get("creatable"):
+        elif not vgpu.get("creatable"):
             reasons.append("%s has no vGPU type it can create now (no free capacity)" % address)
         return reasons
     parent = view.parents.get(address)

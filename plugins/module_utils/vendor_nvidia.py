@@ -62,6 +62,7 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.vendor_plan import (
     EnablePlan,
     RestoreStep,
     VendorBackend,
+    vgpu_entry,
 )
 
 VENDOR_ID = "10de"
@@ -284,6 +285,7 @@ class NvidiaBackend(VendorBackend):
     name = "nvidia"
     vendor_id = VENDOR_ID
     resource_domain = "nvidia.com"
+    proxmox_sets_vgpu_types = True
     host_drivers = ("nvidia", "nouveau")
     softdep_drivers = host_drivers
     device_defaults = {STATE_KEY: None}
@@ -350,12 +352,16 @@ class NvidiaBackend(VendorBackend):
 
     def read_device(self, path, address, findings, directory=None):
         state = read_nvidia_vgpu(path, address, findings, directory=directory)
-        vgpu = None
-        if state is not None:
-            creatable = state["creatable"]
-            vgpu = {"vendor": self.name, "current": state["current"],
-                    "creatable": None if creatable is None else [dict(entry) for entry in creatable]}
-        return {STATE_KEY: state, VGPU_KEY: vgpu}
+        if state is None:
+            return {STATE_KEY: None}
+        return {STATE_KEY: state, VGPU_KEY: vgpu_entry(self.name, state["current"], state["creatable"])}
+
+    def legacy_vgpu(self, device):
+        state = device.get(STATE_KEY)
+        if not isinstance(state, dict):
+            return None
+        creatable = state.get("creatable")
+        return vgpu_entry(self.name, state.get("current"), creatable if isinstance(creatable, list) else None)
 
     def gpu_keys(self, device):
         return {STATE_KEY: vgpu_state(device) is not None}

@@ -80,13 +80,22 @@ class RestoreStep:
     late_items: Callable | None = None
 
 
-# The device key of a vGPU type set through the vendor's own interface, not the mdev bus (NVIDIA's per-VF
-# nvidia/current_vgpu_type). A backend whose devices have one puts in :meth:`VendorBackend.read_device`'s
-# state ``{VGPU_KEY: {"vendor": its name, "current": the type ID set (0: none; None: unreadable),
-# "creatable": [{"id", "name"}] the types the device could take now (None: unreadable)}}``, and None for a
-# device without one. Every device has the key (None unless a backend sets it); the exports, the fleet
-# report and the gpuvirt fact read it, whatever the vendor.
+# The device key of the vGPU type interface a vendor gives a device of its own, not the mdev bus (NVIDIA's
+# per-VF nvidia/current_vgpu_type). A backend whose devices have one puts in
+# :meth:`VendorBackend.read_device`'s state ``{VGPU_KEY: vgpu_entry(its name, current, creatable)}`` and
+# leaves the key out for a device without one. Every device has the key (None unless a backend sets it);
+# the exports, the fleet report and the gpuvirt fact read it, whatever the vendor (:func:`vendors.device_vgpu`).
+# The exports take a VF with a type set as ready on its vendor's driver: that driver must expose the VF as
+# a VFIO device itself, as NVIDIA's does.
 VGPU_KEY = "vgpu"
+
+
+def vgpu_entry(vendor, current, creatable):
+    """The :data:`VGPU_KEY` value: ``vendor`` (the backend's name), ``current`` (the type ID set, 0 when none,
+    None when unreadable) and ``creatable`` (``[{"id", "name"}]``, the types the device could take now, None
+    when unreadable), copied."""
+    return {"vendor": vendor, "current": current,
+            "creatable": None if creatable is None else [dict(entry) for entry in creatable if isinstance(entry, dict)]}
 
 
 class VendorBackend:
@@ -108,6 +117,9 @@ class VendorBackend:
     vendor_id = None
     # The domain its Kubernetes device plugins name resources in (``nvidia.com/GA102GL_A10``); None: none.
     resource_domain = None
+    # Whether Proxmox VE sets the vGPU types of its devices (VGPU_KEY) itself when a VM starts, for the
+    # proxmox_pci_mapping export's mdev mappings.
+    proxmox_sets_vgpu_types = False
     # Its kernel drivers that drive a GPU for the host itself (not for VMs), and those of them that would
     # claim a GPU passed through to VMs before vfio-pci at boot (vfio_pci's modprobe.d soft dependencies).
     host_drivers = ()
@@ -143,6 +155,11 @@ class VendorBackend:
         ``directory``: a descriptor of the device's directory (``path``) to read relative to, when
         the caller has it open (for look-ups only: it cannot be listed); None to read below ``path``."""
         return {}
+
+    def legacy_vgpu(self, device):
+        """The :data:`VGPU_KEY` value of a device of a topology written before the key existed (a dict of
+        ``topology_info``'s ``devices``), from the backend's own keys in it; None when it has none."""
+        return None
 
     def gpu_keys(self, device):
         """Its keys of a GPU entry of the topology."""

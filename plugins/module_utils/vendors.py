@@ -11,8 +11,9 @@ boot-time restore can ship them as it ships every module_utils file) defines a `
   ``gpu_defaults`` (the keys it adds to every device / GPU entry, with their values for other vendors'
   devices), ``read_device(path, address, findings, directory)`` (its extra sysfs state of one of its devices, kept
   in ``PciDevice.vendor_state``; run only for its vendor's devices and for devices whose vendor could not
-  be read; a vGPU type set through the vendor's own interface goes under the generic ``vgpu`` key,
-  :data:`vendor_plan.VGPU_KEY`), ``host_slot_vendors`` (vendor IDs of the processor's functions beside
+  be read; a vGPU type interface of the vendor's own goes under the generic ``vgpu`` key,
+  :data:`vendor_plan.VGPU_KEY`, with ``legacy_vgpu`` for topologies written before it and
+  ``proxmox_sets_vgpu_types``), ``host_slot_vendors`` (vendor IDs of the processor's functions beside
   an APU's GPU, never its companions), ``gpu_keys(device)``,
   ``modes(device, host)`` (the virtualization modes the GPU can offer, each ``{"mode", "ready",
   "missing": [what is needed, as advice]}``, and ``unsupported``: why not at all);
@@ -31,7 +32,8 @@ through an interface of its own (NVIDIA's per-VF vGPU types) also needs a module
 ``nvidia_vgpu`` is (README, "Adding a vendor").
 
 Public API: :data:`BACKENDS`, :func:`backends_for`, :func:`readers_for`, :func:`read_vendor_state`,
-:func:`host_graphics_drivers`, :func:`resource_domain`, :func:`host_slot_vendors`, :func:`apart_in_slot`,
+:func:`host_graphics_drivers`, :func:`resource_domain`, :func:`device_vgpu`, :func:`backend_named`,
+:func:`host_slot_vendors`, :func:`apart_in_slot`,
 :func:`softdep_drivers`,
 :data:`DEVICE_DEFAULTS`, :func:`gpu_keys`, :class:`HostFacts`,
 :func:`enable_modes`, :func:`virtualization_modes`, :func:`check_registry`, :func:`by_vendor`,
@@ -170,6 +172,23 @@ def apart_in_slot(first, second):
     """Whether functions of vendors ``first`` and ``second`` in one slot belong to different parts (an
     APU's GPU and the processor beside it), as either vendor's backend says."""
     return second in host_slot_vendors(first) or first in host_slot_vendors(second)
+
+
+def device_vgpu(device):
+    """The :data:`vendor_plan.VGPU_KEY` value of a device of a topology (a dict of ``topology_info``'s
+    ``devices``); for a topology written before the key existed (a recorded report, cached facts), what its
+    vendor's backend reads from its own keys there. None without one."""
+    if not isinstance(device, dict):
+        return None
+    if VGPU_KEY in device:
+        vgpu = device[VGPU_KEY]
+        return vgpu if isinstance(vgpu, dict) else None
+    return next((vgpu for vgpu in (backend.legacy_vgpu(device) for backend in BACKENDS) if vgpu is not None), None)
+
+
+def backend_named(name):
+    """The backend called ``name`` (a :data:`vendor_plan.VGPU_KEY` value's ``vendor``), or None."""
+    return next((backend for backend in BACKENDS if backend.name == name), None)
 
 
 def resource_domain(vendor_id):

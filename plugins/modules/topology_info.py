@@ -498,9 +498,10 @@ topology:
               sample: 0
         vgpu:
           description:
-            - A vGPU type set on this device through its vendor's own interface, not the mdev bus (NVIDIA's
-              per-VF C(nvidia/current_vgpu_type)), the same for every vendor; V(null) for a device without such
-              an interface. The exports, the fleet report and the gpuvirt fact read this key.
+            - The vGPU type interface the device's vendor gives it, not the mdev bus (NVIDIA's per-VF
+              C(nvidia/current_vgpu_type)), the same for every vendor - the type set on the device, if any, and
+              the types it could take; V(null) for a device without one. The exports, the fleet report and the
+              gpuvirt fact read this key.
           returned: success
           type: dict
           contains:
@@ -515,8 +516,9 @@ topology:
               type: int
               sample: 1041
             creatable:
-              description: The vGPU types the device could take now (empty when it has no room left), V(null)
-                when unreadable.
+              description:
+                - The vGPU types the device could take now, each with its type ID (C(id), an integer) and its
+                  name (C(name)); empty when it has no room left, V(null) when unreadable.
               returned: success
               type: list
               elements: dict

@@ -40,6 +40,7 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.selector import (
     match_selector,
     parse_selector,
 )
+from ansible_collections.gpuvirt.host.plugins.module_utils.vendors import device_vgpu
 
 COLLECTION = "gpuvirt.host"
 
@@ -161,7 +162,7 @@ class HostView:
 
     def vgpu_vf_type(self, address):
         """The vGPU type ID set on a VF through its vendor's own interface (the device's ``vgpu``), 0 when none."""
-        return int(_get(_get(self.device(address), "vgpu", {}), "current", 0) or 0)
+        return int(_get(device_vgpu(self.device(address)) or {}, "current", 0) or 0)
 
     def passthrough_refusals(self, address, allow_vgpu_vf=True, need_vfio=True, plain_vfio=None):
         """Reasons against handing ``address`` (a GPU) and its companion functions to a VM now.

@@ -28,6 +28,7 @@ import json
 from html import escape
 
 from ansible_collections.gpuvirt.host.plugins.module_utils.pci import BRIDGE_CLASSES, HOST_BRIDGE_CLASS
+from ansible_collections.gpuvirt.host.plugins.module_utils.vendors import device_vgpu
 
 RECORD_FORMAT = "gpuvirt.host/report-host/1"
 VERDICTS = ("viable", "companion", "blocked", "boot-vga", "host-critical", "bridge", "other")
@@ -118,9 +119,9 @@ def host_row(record):
         label = names.get(mdev.get("type"), mdev.get("type"))
         in_use[label] = in_use.get(label, 0) + 1
     for device in devices.values():
-        vgpu = _dict(device.get("vgpu"))
+        vgpu = _dict(device_vgpu(device))
         if vgpu.get("current"):
-            label = "vGPU type %s" % vgpu["current"]
+            label = "%s vGPU type %s" % (vgpu.get("vendor") or "", vgpu["current"])
             in_use[label] = in_use.get(label, 0) + 1
         for entry in _list(vgpu.get("creatable")) if not vgpu.get("current") else []:
             label = entry.get("name") or str(entry.get("id"))
@@ -137,7 +138,7 @@ def host_row(record):
             "viable": len(viable),
             "profiles_in_use": in_use,
             "mdevs_in_use": len([m for m in mdevs if m.get("in_use_by")]),
-            "vgpus": sum(1 for d in devices.values() if _dict(d.get("vgpu")).get("current")),
+            "vgpus": sum(1 for d in devices.values() if _dict(device_vgpu(d)).get("current")),
             "free": {k: v for k, v in free.items() if v},
             "findings": findings,
             "iommu": _dict(topology.get("iommu")).get("enabled"),
@@ -214,7 +215,7 @@ def group_boxes(topology):
             for vf in _list(_dict(device.get("sriov")).get("vfs")):
                 vf_device = devices.get(vf, {})
                 vf_gpu = gpus.get(vf, {})
-                vgpu = _dict(vf_device.get("vgpu"))
+                vgpu = _dict(device_vgpu(vf_device))
                 entry["vfs"].append(
                     {
                         "address": vf,

@@ -5,7 +5,8 @@ hosts (x86 Intel and AMD, arm64 Grace Hopper, POWER) that boot GRUB.
 
 One playbook runs every case (each an ``include_role`` in a ``block`` whose ``rescue`` keeps the
 failure), so that Ansible starts once; the trees are not this machine's ``/``, so the role edits
-``etc/default/grub`` and reboots nothing.
+``etc/default/grub`` and reboots nothing. The preview cases run as on the host the role runs on
+(``__iommu_live``) with ``iommu_reboot: always``: the preview must not reboot even so.
 """
 
 from __future__ import annotations

@@ -289,3 +289,33 @@ def test_kubevirt_names_resources_in_the_domain_the_vendors_backend_gives(make_h
     assert json.dumps(named).count("\"mthreads.com/") == 1, named
     nvidia = kubevirt_host_devices(topology, {"pci_devices": ["10de:1e04"]})
     assert "nvidia.com/" in json.dumps(nvidia)
+
+
+def test_proxmox_says_why_a_vgpu_vf_with_its_type_set_is_left_out_of_an_mdev_mapping(make_host):
+    # Proxmox VE sets an NVIDIA VF's vGPU type itself when a VM starts: a VF whose type is set already is
+    # skipped, with how to hand it over; the others are mapped.
+    topology = detect(make_host(**{"description": "l40s_vgpu"}))
+    result = proxmox_pci_mapping(topology, {"node": "pve3", "mappings": [
+        {"id": "l40s-vgpu", "devices": ["L40S"], "mdev": True}]})
+    assert [entry["device"] for entry in result["skipped"]] == ["0000:cb:00.4"]
+    reason = result["skipped"][0]["reasons"][0]
+    assert "0000:cb:00.4 already has vGPU type 1041 set" in reason
+    assert "clear its vGPU type (take the VF out of the collection's vgpu_devices" in reason
+    assert len(result["mappings"][0]["map"]) == 7
+
+
+def test_a_topology_from_before_the_generic_vgpu_key_keeps_its_vgpus(make_host):
+    # A recorded report or cached facts from a release before the vgpu key: the vendor's own key stands
+    # in for it, so the vGPU is still counted and its VF still exported as it is.
+    from ansible_collections.gpuvirt.host.plugins.filter.gpuvirt_fact import gpuvirt_fact
+    from ansible_collections.gpuvirt.host.plugins.plugin_utils import report
+    from ansible_collections.gpuvirt.host.plugins.plugin_utils.exports import HostView
+
+    topology = detect(make_host(**{"description": "l40s_vgpu"}))
+    for device in topology["devices"]:
+        del device["vgpu"]
+    assert gpuvirt_fact(topology)["vgpus"] == 1
+    row = report.host_row(report.load_record(topology, "l40s"))
+    assert row["vgpus"] == 1 and row["profiles_in_use"] == {"nvidia vGPU type 1041": 1}
+    assert HostView(topology).passthrough_refusals("0000:cb:00.4") == []
+    assert "<hostdev" in libvirt_hostdevs(topology, {"devices": ["0000:cb:00.4"]})["xml"]

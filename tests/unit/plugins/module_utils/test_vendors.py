@@ -406,9 +406,10 @@ def test_a_new_vendors_vgpu_types_reach_the_exports_the_report_and_the_fact(acme
     # A vendor whose VFs take a vGPU type through its own interface reports it under the generic vgpu key:
     # the controller-side readers count it and take such a VF as ready on its own driver, with no edit.
     from ansible_collections.gpuvirt.host.plugins.filter.gpuvirt_fact import gpuvirt_fact
+    from ansible_collections.gpuvirt.host.plugins.filter.proxmox_pci_mapping import proxmox_pci_mapping
     from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import read_attribute_at
     from ansible_collections.gpuvirt.host.plugins.plugin_utils import report
-    from ansible_collections.gpuvirt.host.plugins.plugin_utils.exports import HostView
+    from ansible_collections.gpuvirt.host.plugins.plugin_utils.exports import ExportError, HostView
 
     def read_device(path, address, findings, directory=None):
         text, _problem = read_attribute_at(directory, "acme_vgpu" if directory is not None else path + "/acme_vgpu")
@@ -429,9 +430,17 @@ def test_a_new_vendors_vgpu_types_reach_the_exports_the_report_and_the_fact(acme
 
     assert gpuvirt_fact(topology)["vgpus"] == 1
     row = report.host_row(report.load_record(topology, "acme1"))
-    assert row["vgpus"] == 1 and row["profiles_in_use"] == {"vGPU type 7": 1}
+    assert row["vgpus"] == 1 and row["profiles_in_use"] == {"acme vGPU type 7": 1}
     vfs = {vf["address"]: vf for box in report.group_boxes(topology) for entry in box["devices"] for vf in entry["vfs"]}
     assert vfs["0000:41:00.1"]["vgpu_type"] == 7 and vfs["0000:41:00.2"]["vgpu_type"] is None
     view = HostView(topology)
     assert not any("not to vfio-pci" in reason for reason in view.passthrough_refusals("0000:41:00.1"))
     assert any("bound to acmegpu, not to vfio-pci" in reason for reason in view.passthrough_refusals("0000:41:00.2"))
+    # Proxmox VE sets NVIDIA's vGPU types only: no mdev mapping of another vendor's, and no advice to make one.
+    with pytest.raises(ExportError) as refused:
+        proxmox_pci_mapping(topology, {"node": "pve", "mappings": [
+            {"id": "acme", "devices": ["0000:41:00.1", "0000:41:00.2"], "mdev": True}]})
+    for vf in ("0000:41:00.1", "0000:41:00.2"):
+        assert "%s takes acme vGPU types, which Proxmox VE does not set" % vf in str(refused.value)
+    with pytest.raises(ExportError, match="Proxmox VE does not set acme vGPU types: pass it to a VM with libvirt"):
+        proxmox_pci_mapping(topology, {"node": "pve", "mappings": [{"id": "acme", "devices": ["0000:41:00.1"]}]})
