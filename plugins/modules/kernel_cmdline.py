@@ -189,7 +189,7 @@ EXAMPLES = r"""
     root: /mnt/image
     bootloader: grub
     present:
-      - amd_iommu=on
+      - intel_iommu=on
 """
 
 RETURN = r"""
