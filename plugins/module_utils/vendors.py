@@ -145,12 +145,15 @@ _READERS_OF_ANY = tuple(backend for backend in BACKENDS if _reads_devices(backen
 
 def read_vendor_state(backends, path, address, findings, directory=None):
     """The vendor-specific state of one device (``{key: value}``) as ``backends`` (see
-    :func:`backends_for`) read it (``directory``: a descriptor of ``path``, when open)."""
+    :func:`backends_for`) read it (``directory``: a descriptor of ``path``, when open). Where backends share
+    a key (the generic ``vgpu``), one's None does not hide another's value, whatever their order."""
     if len(backends) == 1:
         return backends[0].read_device(path, address, findings, directory)
     state = {}
     for backend in backends:
-        state.update(backend.read_device(path, address, findings, directory))
+        for key, value in backend.read_device(path, address, findings, directory).items():
+            if value is not None or state.get(key) is None:
+                state[key] = value
     return state
 
 

@@ -444,3 +444,18 @@ def test_a_new_vendors_vgpu_types_reach_the_exports_the_report_and_the_fact(acme
         assert "%s takes acme vGPU types, which Proxmox VE does not set" % vf in str(refused.value)
     with pytest.raises(ExportError, match="Proxmox VE does not set acme vGPU types: pass it to a VM with libvirt"):
         proxmox_pci_mapping(topology, {"node": "pve", "mappings": [{"id": "acme", "devices": ["0000:41:00.1"]}]})
+
+
+def test_one_backends_none_does_not_hide_anothers_vgpu(acme, make_host):
+    # A device every backend reads (its vendor unknown) or a vendor with two backends: the vGPU one of them
+    # found stays, in either order.
+    class Other(AcmeBackend):
+        name = "other"
+
+        def read_device(self, path, address, findings, directory=None):
+            return {"vgpu": None}
+
+    found = {"vgpu": {"vendor": "acme", "current": 7, "creatable": []}}
+    acme.read_device = lambda path, address, findings, directory=None: dict(found)
+    for order in ((acme, Other()), (Other(), acme)):
+        assert vendors.read_vendor_state(order, "/nowhere", "0000:41:00.1", None) == found
