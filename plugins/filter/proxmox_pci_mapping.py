@@ -257,6 +257,8 @@ def _mdev_refusals(view, address):
         if not proxmox_sets:
             reasons.append("%s takes %s vGPU types, which Proxmox VE does not set; pass it to a VM with libvirt or "
                            "QEMU directly" % (address, vgpu.get("vendor")))
+        elif vgpu.get("current") is None:
+            reasons.append("%s: which vGPU type is set on it cannot be read (see the topology's findings)" % address)
         elif current:
             reasons.append(
                 "%s already has vGPU type %d set; Proxmox VE sets the type itself when a VM starts: %s"

@@ -319,3 +319,15 @@ def test_a_topology_from_before_the_generic_vgpu_key_keeps_its_vgpus(make_host):
     assert row["vgpus"] == 1 and row["profiles_in_use"] == {"nvidia vGPU type 1041": 1}
     assert HostView(topology).passthrough_refusals("0000:cb:00.4") == []
     assert "<hostdev" in libvirt_hostdevs(topology, {"devices": ["0000:cb:00.4"]})["xml"]
+
+
+def test_proxmox_leaves_out_a_vf_whose_vgpu_type_cannot_be_read(make_host):
+    # An unreadable current_vgpu_type is no free VF: Proxmox VE would find a type set when the VM starts.
+    topology = detect(make_host(**{"description": "l40s_vgpu", "files": {
+        "sys/bus/pci/devices/0000:cb:00.5/nvidia/current_vgpu_type": "garbled\n"}}))
+    result = proxmox_pci_mapping(topology, {"node": "pve3", "mappings": [
+        {"id": "l40s-vgpu", "devices": ["L40S"], "mdev": True}]})
+    skipped = {entry["device"]: entry["reasons"] for entry in result["skipped"]}
+    assert skipped["0000:cb:00.5"] == ["0000:cb:00.5: which vGPU type is set on it cannot be read (see the "
+                                       "topology's findings)"]
+    assert "0000:cb:00.5" not in [entry["path"] for entry in result["mappings"][0]["map"]]
