@@ -93,9 +93,9 @@ VGPU_KEY = "vgpu"
 def vgpu_entry(vendor, current, creatable):
     """The :data:`VGPU_KEY` value: ``vendor`` (the backend's name), ``current`` (the type ID set, 0 when none,
     None when unreadable) and ``creatable`` (``[{"id", "name"}]``, the types the device could take now, None
-    when unreadable), copied."""
+    when unreadable; a list of its own, of the same entries)."""
     return {"vendor": vendor, "current": current,
-            "creatable": None if creatable is None else [dict(entry) for entry in creatable if isinstance(entry, dict)]}
+            "creatable": None if creatable is None else [entry for entry in creatable if isinstance(entry, dict)]}
 
 
 class VendorBackend:
