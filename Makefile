@@ -78,7 +78,7 @@ lint: collection $(AWX_COLLECTIONS)/.installed  ## ruff and ansible-lint (produc
 ANSIBLE_TEST_CACHE := $(HOME)/.ansible/test/cache
 ANSIBLE_TEST_PIP   := 24.2
 
-sanity: venv  ## ansible-test sanity on a copy of the tracked files
+sanity: venv  ## ansible-test sanity on a copy of the tracked and untracked, not ignored, files
 	mkdir -p $(ANSIBLE_TEST_CACHE)
 	test -f $(ANSIBLE_TEST_CACHE)/pip-$(ANSIBLE_TEST_PIP)-py3-none-any.whl || \
 	  $(BIN)/pip download --quiet --no-deps pip==$(ANSIBLE_TEST_PIP) -d $(ANSIBLE_TEST_CACHE)

@@ -18,8 +18,8 @@ description:
   - Unquoted PCI addresses and ID pairs stay text (YAML 1.1 would read C(01:00.0) as the base-60
     number 60.0).
   - Fails, naming the entry and the key, on text that does not parse, on an entry without a string
-    C(selector), on unknown keys, on values of the wrong type, and on an entry that asks for nothing (none of
-    C(passthrough), C(sriov), C(nvidia_vgpu), C(mdev), C(mode)).
+    C(selector), on unknown keys, on values of the wrong type, and on an entry with none of the keys
+    C(passthrough), C(sriov), C(nvidia_vgpu), C(mdev), C(mode).
   - YAML is read with a safe loader (no Python tags). A key given twice in one mapping is refused, and so
     is a text that holds more than 100000 values once its aliases are expanded.
 positional: _input

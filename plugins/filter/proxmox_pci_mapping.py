@@ -24,9 +24,10 @@ description:
   - "Passthrough devices must be ready as for every export (IOMMU on, a group of their own, not the boot VGA
     device, not host-critical, not in use, bound to vfio-pci with their companion functions). Proxmox VE binds
     a passed-through device to vfio-pci itself when a VM starts, so a device on a variant VFIO driver, or a
-    virtual function with a vGPU type set (map it with C(mdev) once its type is cleared), is refused. An mdev
-    parent must have free capacity, hold no mdevs and, for a VF with per-VF vGPU types, have no vGPU type set
-    yet; the per-VF vGPU types of a vendor whose types Proxmox VE does not set are refused."
+    virtual function with a vGPU type set (for a vendor whose types Proxmox VE sets, map it with C(mdev) once
+    its vGPU is removed), is refused. An mdev parent must have free capacity, hold no mdevs and, for a VF with
+    per-VF vGPU types, have no vGPU type set yet (Proxmox VE resets and sets the type itself) and one that
+    can be read; the per-VF vGPU types of a vendor whose types Proxmox VE does not set are refused."
   - "Who owns the mdevs: Proxmox VE. It creates the mdev (or writes the vGPU type of a VF) when a VM starts
     and removes it when the VM stops, so the collection prepares only the parents and VFs (SR-IOV, drivers)
     and must not create mdevs or set vGPU types on these devices; a parent that holds mdevs is refused."
@@ -198,18 +199,23 @@ _PLAIN_VFIO = ("Proxmox VE binds a passed-through device to vfio-pci itself when
                "the variant driver and what it adds; pass it to a VM with libvirt or QEMU directly")
 
 
-# How to hand Proxmox VE a VF whose vGPU type is set: it sets the type itself when a VM starts.
-_CLEAR_TYPE = ("clear its vGPU type (take the VF out of the collection's vgpu_devices, whose boot restore sets the "
-               "type again, and set its type to 0)")
+# Proxmox VE resets and sets the vGPU type of a VF when it starts a VM on it: a VF whose type the collection
+# set (and its boot restore sets again) is the collection's, and Proxmox VE would take it over.
+_TAKEN_OVER = "Proxmox VE resets and sets the type of a VF itself when it starts a VM on it, and would take it over"
 
 
 def _proxmox_vgpu(view, address):
-    """``(the VF's vgpu value, whether Proxmox VE sets that vendor's vGPU types)``; None when it has none."""
+    """``(the VF's vgpu value, its vendor's backend when Proxmox VE sets that vendor's vGPU types)``; ``(None,
+    None)`` when it has none."""
     vgpu = device_vgpu(view.device(address))
     if vgpu is None:
-        return None, False
-    backend = backend_named(vgpu.get("vendor"))
-    return vgpu, bool(backend is not None and backend.proxmox_sets_vgpu_types)
+        return None, None
+    backend = backend_named(vgpu["vendor"])
+    return vgpu, backend if backend is not None and backend.proxmox_sets_vgpu_types else None
+
+
+def _removal(backend):
+    return "; to hand it to Proxmox VE, %s" % backend.vgpu_removal_advice if backend.vgpu_removal_advice else ""
 
 
 def _passthrough_refusals(view, address):
@@ -217,14 +223,14 @@ def _passthrough_refusals(view, address):
     reasons = view.passthrough_refusals(address, plain_vfio=_PLAIN_VFIO)
     current = view.vgpu_vf_type(address)
     if current:
-        vgpu, proxmox_sets = _proxmox_vgpu(view, address)
+        vgpu, backend = _proxmox_vgpu(view, address)
         reasons.append(
             "%s is a vGPU virtual function (vGPU type %d is set on it): Proxmox VE would take it from %s and pass "
             "a bare VF; %s" % (
                 address, current, view.device(address).get("driver") or "its driver",
-                "to let Proxmox VE set its type when a VM starts, %s and map it with mdev: true" % _CLEAR_TYPE
-                if proxmox_sets else "Proxmox VE does not set %s vGPU types: pass it to a VM with libvirt or "
-                "QEMU directly" % vgpu.get("vendor"))
+                "map it with mdev: true once its type is off%s" % _removal(backend) if backend is not None
+                else "Proxmox VE does not set %s vGPU types: pass it to a VM with libvirt or QEMU directly"
+                % (vgpu["vendor"] or "its vendor's"))
         )
     return reasons
 
@@ -251,20 +257,19 @@ def _mdev_refusals(view, address):
         reasons.append("the IOMMU is not enabled")
     if device.get("iommu_group") is None:
         reasons.append("%s has no IOMMU group" % address)
-    vgpu, proxmox_sets = _proxmox_vgpu(view, address)
+    vgpu, backend = _proxmox_vgpu(view, address)
     if vgpu is not None:
-        current = view.vgpu_vf_type(address)
-        if not proxmox_sets:
+        if backend is None:
             reasons.append("%s takes %s vGPU types, which Proxmox VE does not set; pass it to a VM with libvirt or "
-                           "QEMU directly" % (address, vgpu.get("vendor")))
-        elif vgpu.get("current") is None:
+                           "QEMU directly" % (address, vgpu["vendor"] or "its vendor's"))
+        elif vgpu["current"] is None:
             reasons.append("%s: which vGPU type is set on it cannot be read (see the topology's findings)" % address)
-        elif current:
-            reasons.append(
-                "%s already has vGPU type %d set; Proxmox VE sets the type itself when a VM starts: %s"
-                % (address, current, _CLEAR_TYPE)
-            )
-        elif not vgpu.get("creatable"):
+        elif vgpu["current"]:
+            reasons.append("%s already has vGPU type %d set, which the collection manages: %s%s"
+                           % (address, vgpu["current"], _TAKEN_OVER, _removal(backend)))
+        elif vgpu["creatable"] is None:
+            reasons.append("%s: which vGPU types it can take cannot be read (see the topology's findings)" % address)
+        elif not vgpu["creatable"]:
             reasons.append("%s has no vGPU type it can create now (no free capacity)" % address)
         return reasons
     parent = view.parents.get(address)

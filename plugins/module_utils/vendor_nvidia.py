@@ -286,6 +286,12 @@ class NvidiaBackend(VendorBackend):
     vendor_id = VENDOR_ID
     resource_domain = "nvidia.com"
     proxmox_sets_vgpu_types = True
+    vgpu_removal_advice = (
+        "remove its vGPU with gpuvirt.host.nvidia_vgpu (its GPU's entry with vfs: [{address: <the VF>, state: "
+        "absent}], or a lower profile count with exclusive: true), which sets its type to 0 and takes it out of "
+        "the boot restore's record; a type set to 0 by hand, or the GPU taken out of vgpu_devices, leaves the "
+        "record, and the boot restore sets the type again"
+    )
     host_drivers = ("nvidia", "nouveau")
     softdep_drivers = host_drivers
     device_defaults = {STATE_KEY: None}
@@ -358,10 +364,7 @@ class NvidiaBackend(VendorBackend):
 
     def legacy_vgpu(self, device):
         state = device.get(STATE_KEY)
-        if not isinstance(state, dict):
-            return None
-        creatable = state.get("creatable")
-        return vgpu_entry(self.name, state.get("current"), creatable if isinstance(creatable, list) else None)
+        return vgpu_entry(self.name, state.get("current"), state.get("creatable")) if isinstance(state, dict) else None
 
     def gpu_keys(self, device):
         return {STATE_KEY: vgpu_state(device) is not None}

@@ -93,9 +93,13 @@ VGPU_KEY = "vgpu"
 def vgpu_entry(vendor, current, creatable):
     """The :data:`VGPU_KEY` value: ``vendor`` (the backend's name), ``current`` (the type ID set, 0 when none,
     None when unreadable) and ``creatable`` (``[{"id", "name"}]``, the types the device could take now, None
-    when unreadable; a list of its own, of the same entries)."""
-    return {"vendor": vendor, "current": current,
-            "creatable": None if creatable is None else [entry for entry in creatable if isinstance(entry, dict)]}
+    when unreadable; a list of its own, of the same entries). A value of another form (a recorded topology
+    edited by hand) is taken as unreadable, an entry that is no mapping is left out."""
+    return {
+        "vendor": vendor if isinstance(vendor, str) else None,
+        "current": current if isinstance(current, int) and not isinstance(current, bool) else None,
+        "creatable": [entry for entry in creatable if isinstance(entry, dict)] if isinstance(creatable, list) else None,
+    }
 
 
 class VendorBackend:
@@ -118,8 +122,10 @@ class VendorBackend:
     # The domain its Kubernetes device plugins name resources in (``nvidia.com/GA102GL_A10``); None: none.
     resource_domain = None
     # Whether Proxmox VE sets the vGPU types of its devices (VGPU_KEY) itself when a VM starts, for the
-    # proxmox_pci_mapping export's mdev mappings.
+    # proxmox_pci_mapping export's mdev mappings; and how a user takes a vGPU type the collection set off a
+    # VF, for good (the boot restore sets it again otherwise), in the exports' advice.
     proxmox_sets_vgpu_types = False
+    vgpu_removal_advice = None
     # Its kernel drivers that drive a GPU for the host itself (not for VMs), and those of them that would
     # claim a GPU passed through to VMs before vfio-pci at boot (vfio_pci's modprobe.d soft dependencies).
     host_drivers = ()

@@ -49,7 +49,12 @@ import re
 from ansible_collections.gpuvirt.host.plugins.module_utils import vendor_amd, vendor_intel, vendor_nvidia
 from ansible_collections.gpuvirt.host.plugins.module_utils.kernel import cmdline_flag, cmdline_value, module_parameter
 from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import PCI_DEVICES, host_path, read_text
-from ansible_collections.gpuvirt.host.plugins.module_utils.vendor_plan import RESTORE_ANCHORS, VGPU_KEY, VendorBackend
+from ansible_collections.gpuvirt.host.plugins.module_utils.vendor_plan import (
+    RESTORE_ANCHORS,
+    VGPU_KEY,
+    VendorBackend,
+    vgpu_entry,
+)
 
 BACKENDS = (vendor_nvidia.BACKEND, vendor_intel.BACKEND, vendor_amd.BACKEND)
 # The state file's and the restore's generic names, which no backend may take.
@@ -185,7 +190,9 @@ def device_vgpu(device):
         return None
     if VGPU_KEY in device:
         vgpu = device[VGPU_KEY]
-        return vgpu if isinstance(vgpu, dict) else None
+        # As read back from a record or facts: a value of another form is taken as unreadable.
+        return vgpu_entry(vgpu.get("vendor"), vgpu.get("current"), vgpu.get("creatable")) if isinstance(
+            vgpu, dict) else None
     return next((vgpu for vgpu in (backend.legacy_vgpu(device) for backend in BACKENDS) if vgpu is not None), None)
 
 

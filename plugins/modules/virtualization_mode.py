@@ -24,10 +24,10 @@ description:
     C(max_vfs) parameter: no SR-IOV PF mode) is refused with what to install; Tiger Lake, Alder Lake and
     Meteor Lake iGPUs offer at most 7 VFs."
   - "V(mxgpu) (AMD Instinct and Radeon PRO V GPUs): with AMD's GIM host driver bound, writes
-    C(options gim vf_num=N0,N1,...) to C(/etc/modprobe.d/gpuvirt-gim.conf) and C(gim) to
-    C(/etc/modules-load.d/gpuvirt-gim.conf) (so that GIM loads at boot), one count per GPU in GIM's order
-    (GIM repeats the last to the GPUs after it), changing only the selected GPU's; a count the model does
-    not support is refused (MI300X: 1 or 8; MI350X and MI355X: 1, 2 or 8; others 1 to 31). Without GIM,
+    C(options gim vf_num=N0,N1,...) to C(/etc/modprobe.d/gpuvirt-gim.conf), one count per GPU in GIM's order
+    (GIM repeats the last to the GPUs after it), changing only the selected GPU's, and C(gim) to
+    C(/etc/modules-load.d/gpuvirt-gim.conf) so that GIM loads at boot; a count the model does not support is
+    refused (MI300X: 1 or 8; MI350X and MI355X: 1, 2 or 8; others 1 to 31). Without GIM,
     refuses with what to install."
   - "V(vgpu) (NVIDIA): checks that the vGPU host driver is loaded (C(nvidia_vgpu_vfio)) and
     C(nvidia-vgpu-mgr) runs; refuses with what to install otherwise. Nothing is written."

@@ -161,8 +161,10 @@ class HostView:
         return [a for a in _get(verdict, "devices", [address]) if a != address]
 
     def vgpu_vf_type(self, address):
-        """The vGPU type ID set on a VF through its vendor's own interface (the device's ``vgpu``), 0 when none."""
-        return int(_get(device_vgpu(self.device(address)) or {}, "current", 0) or 0)
+        """The vGPU type ID set on a VF through its vendor's own interface (the device's ``vgpu``), 0 when none
+        (or unreadable)."""
+        vgpu = device_vgpu(self.device(address))
+        return (vgpu["current"] or 0) if vgpu is not None else 0
 
     def passthrough_refusals(self, address, allow_vgpu_vf=True, need_vfio=True, plain_vfio=None):
         """Reasons against handing ``address`` (a GPU) and its companion functions to a VM now.

@@ -121,7 +121,7 @@ def host_row(record):
     for device in devices.values():
         vgpu = _dict(device_vgpu(device))
         if vgpu.get("current"):
-            label = "%s vGPU type %s" % (vgpu.get("vendor") or "", vgpu["current"])
+            label = " ".join(part for part in (vgpu.get("vendor"), "vGPU type %s" % vgpu["current"]) if part)
             in_use[label] = in_use.get(label, 0) + 1
         for entry in _list(vgpu.get("creatable")) if not vgpu.get("current") else []:
             label = entry.get("name") or str(entry.get("id"))

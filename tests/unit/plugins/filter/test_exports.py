@@ -292,15 +292,17 @@ def test_kubevirt_names_resources_in_the_domain_the_vendors_backend_gives(make_h
 
 
 def test_proxmox_says_why_a_vgpu_vf_with_its_type_set_is_left_out_of_an_mdev_mapping(make_host):
-    # Proxmox VE sets an NVIDIA VF's vGPU type itself when a VM starts: a VF whose type is set already is
-    # skipped, with how to hand it over; the others are mapped.
+    # Proxmox VE resets and sets an NVIDIA VF's vGPU type itself when a VM starts: a VF whose type the
+    # collection set is skipped, with how to take the vGPU off for good (its boot restore sets it again
+    # otherwise); the others are mapped.
     topology = detect(make_host(**{"description": "l40s_vgpu"}))
     result = proxmox_pci_mapping(topology, {"node": "pve3", "mappings": [
         {"id": "l40s-vgpu", "devices": ["L40S"], "mdev": True}]})
     assert [entry["device"] for entry in result["skipped"]] == ["0000:cb:00.4"]
     reason = result["skipped"][0]["reasons"][0]
-    assert "0000:cb:00.4 already has vGPU type 1041 set" in reason
-    assert "clear its vGPU type (take the VF out of the collection's vgpu_devices" in reason
+    assert "0000:cb:00.4 already has vGPU type 1041 set, which the collection manages" in reason
+    assert "remove its vGPU with gpuvirt.host.nvidia_vgpu (its GPU's entry with vfs: [{address: <the VF>, state: " \
+           "absent}]" in reason and "the boot restore sets the type again" in reason
     assert len(result["mappings"][0]["map"]) == 7
 
 
@@ -322,7 +324,7 @@ def test_a_topology_from_before_the_generic_vgpu_key_keeps_its_vgpus(make_host):
 
 
 def test_proxmox_leaves_out_a_vf_whose_vgpu_type_cannot_be_read(make_host):
-    # An unreadable current_vgpu_type is no free VF: Proxmox VE would find a type set when the VM starts.
+    # An unreadable current_vgpu_type may be a type in use: not a free VF for Proxmox VE to take.
     topology = detect(make_host(**{"description": "l40s_vgpu", "files": {
         "sys/bus/pci/devices/0000:cb:00.5/nvidia/current_vgpu_type": "garbled\n"}}))
     result = proxmox_pci_mapping(topology, {"node": "pve3", "mappings": [
@@ -331,3 +333,41 @@ def test_proxmox_leaves_out_a_vf_whose_vgpu_type_cannot_be_read(make_host):
     assert skipped["0000:cb:00.5"] == ["0000:cb:00.5: which vGPU type is set on it cannot be read (see the "
                                        "topology's findings)"]
     assert "0000:cb:00.5" not in [entry["path"] for entry in result["mappings"][0]["map"]]
+
+
+@pytest.mark.parametrize("vgpu, counted, label", [
+    ({"vendor": "nvidia", "current": 1041, "creatable": ["x", 3, None]}, 1, "nvidia vGPU type 1041"),
+    ({"current": 1041, "creatable": []}, 1, "vGPU type 1041"),
+    ({"vendor": "nvidia", "current": "abc", "creatable": "abc"}, 0, None),
+    ("1041", 0, None),
+])
+def test_a_recorded_vgpu_of_another_form_is_read_as_unreadable(make_host, vgpu, counted, label):
+    # A record or facts edited by hand: the report draws the host, the exports refuse with reasons, and a
+    # value of another form counts as unreadable, never as a free VF.
+    from ansible_collections.gpuvirt.host.plugins.plugin_utils import report
+
+    topology = detect(make_host(**{"description": "l40s_vgpu"}))
+    for device in topology["devices"]:
+        if device["address"] == "0000:cb:00.4":
+            device["vgpu"] = vgpu
+    row = report.host_row(report.load_record(topology, "l40s"))
+    assert row["vgpus"] == counted and row["profiles_in_use"] == ({label: 1} if label else {})
+    assert report.group_boxes(topology)
+    result = proxmox_pci_mapping(topology, {"node": "pve3", "mappings": [
+        {"id": "l40s-vgpu", "devices": ["L40S"], "mdev": True}]})
+    assert "0000:cb:00.4" not in [entry["path"] for entry in result["mappings"][0]["map"]]
+    with pytest.raises(ExportError):
+        libvirt_hostdevs(topology, {"devices": ["0000:cb:00.4"]}) if not counted else proxmox_pci_mapping(
+            topology, {"node": "pve3", "mappings": [{"id": "vf", "devices": ["0000:cb:00.4"]}]})
+
+
+def test_proxmox_leaves_out_a_vf_whose_creatable_types_cannot_be_read(make_host):
+    topology = detect(make_host(**{"description": "l40s_vgpu"}))
+    for device in topology["devices"]:
+        if device["address"] == "0000:cb:00.5":
+            device["vgpu"]["creatable"] = None
+    result = proxmox_pci_mapping(topology, {"node": "pve3", "mappings": [
+        {"id": "l40s-vgpu", "devices": ["L40S"], "mdev": True}]})
+    skipped = {entry["device"]: entry["reasons"] for entry in result["skipped"]}
+    assert skipped["0000:cb:00.5"] == ["0000:cb:00.5: which vGPU types it can take cannot be read (see the "
+                                       "topology's findings)"]
