@@ -52,7 +52,7 @@ _value:
 
 from ansible.errors import AnsibleFilterError  # noqa: E402
 
-from ansible_collections.gpuvirt.host.plugins.module_utils.vendors import device_vgpu  # noqa: E402
+from ansible_collections.gpuvirt.host.plugins.module_utils.vendor_plan import device_vgpu  # noqa: E402
 
 FACT_VERSION = 1
 

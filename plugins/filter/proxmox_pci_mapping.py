@@ -124,7 +124,8 @@ _value:
 
 import re  # noqa: E402
 
-from ansible_collections.gpuvirt.host.plugins.module_utils.vendors import backend_named, device_vgpu  # noqa: E402
+from ansible_collections.gpuvirt.host.plugins.module_utils.vendor_plan import device_vgpu  # noqa: E402
+from ansible_collections.gpuvirt.host.plugins.module_utils.vendors import backend_named  # noqa: E402
 from ansible_collections.gpuvirt.host.plugins.plugin_utils.exports import (  # noqa: E402
     MDEV_OWNERS,
     ExportError,

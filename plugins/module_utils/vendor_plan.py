@@ -84,7 +84,7 @@ class RestoreStep:
 # per-VF nvidia/current_vgpu_type). A backend whose devices have one puts in
 # :meth:`VendorBackend.read_device`'s state ``{VGPU_KEY: vgpu_entry(its name, current, creatable)}`` and
 # leaves the key out for a device without one. Every device has the key (None unless a backend sets it);
-# the exports, the fleet report and the gpuvirt fact read it, whatever the vendor (:func:`vendors.device_vgpu`).
+# the exports, the fleet report and the gpuvirt fact read it, whatever the vendor (:func:`device_vgpu`).
 # The exports take a VF with a type set as ready on its vendor's driver: that driver must expose the VF as
 # a VFIO device itself, as NVIDIA's does.
 VGPU_KEY = "vgpu"
@@ -100,6 +100,23 @@ def vgpu_entry(vendor, current, creatable):
         "current": current if isinstance(current, int) and not isinstance(current, bool) else None,
         "creatable": [entry for entry in creatable if isinstance(entry, dict)] if isinstance(creatable, list) else None,
     }
+
+
+def device_vgpu(device):
+    """The :data:`VGPU_KEY` value of a device of a topology (a dict of ``topology_info``'s ``devices``); for a
+    topology written before the key existed (a recorded report, a cached topology), what its vendor's backend
+    reads from its own keys there. None without one. A value of another form is taken as unreadable. (The
+    backends are imported only for such an old topology: the controller's filters that call this on every
+    host stay light.)"""
+    if not isinstance(device, dict):
+        return None
+    if VGPU_KEY in device:
+        vgpu = device[VGPU_KEY]
+        return vgpu_entry(vgpu.get("vendor"), vgpu.get("current"), vgpu.get("creatable")) if isinstance(
+            vgpu, dict) else None
+    from ansible_collections.gpuvirt.host.plugins.module_utils.vendors import BACKENDS
+
+    return next((vgpu for vgpu in (backend.legacy_vgpu(device) for backend in BACKENDS) if vgpu is not None), None)
 
 
 class VendorBackend:

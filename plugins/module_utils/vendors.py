@@ -32,7 +32,7 @@ through an interface of its own (NVIDIA's per-VF vGPU types) also needs a module
 ``nvidia_vgpu`` is (README, "Adding a vendor").
 
 Public API: :data:`BACKENDS`, :func:`backends_for`, :func:`readers_for`, :func:`read_vendor_state`,
-:func:`host_graphics_drivers`, :func:`resource_domain`, :func:`device_vgpu`, :func:`backend_named`,
+:func:`host_graphics_drivers`, :func:`resource_domain`, :func:`backend_named`,
 :func:`host_slot_vendors`, :func:`apart_in_slot`,
 :func:`softdep_drivers`,
 :data:`DEVICE_DEFAULTS`, :func:`gpu_keys`, :class:`HostFacts`,
@@ -49,12 +49,7 @@ import re
 from ansible_collections.gpuvirt.host.plugins.module_utils import vendor_amd, vendor_intel, vendor_nvidia
 from ansible_collections.gpuvirt.host.plugins.module_utils.kernel import cmdline_flag, cmdline_value, module_parameter
 from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import PCI_DEVICES, host_path, read_text
-from ansible_collections.gpuvirt.host.plugins.module_utils.vendor_plan import (
-    RESTORE_ANCHORS,
-    VGPU_KEY,
-    VendorBackend,
-    vgpu_entry,
-)
+from ansible_collections.gpuvirt.host.plugins.module_utils.vendor_plan import RESTORE_ANCHORS, VGPU_KEY, VendorBackend
 
 BACKENDS = (vendor_nvidia.BACKEND, vendor_intel.BACKEND, vendor_amd.BACKEND)
 # The state file's and the restore's generic names, which no backend may take.
@@ -180,20 +175,6 @@ def apart_in_slot(first, second):
     """Whether functions of vendors ``first`` and ``second`` in one slot belong to different parts (an
     APU's GPU and the processor beside it), as either vendor's backend says."""
     return second in host_slot_vendors(first) or first in host_slot_vendors(second)
-
-
-def device_vgpu(device):
-    """The :data:`vendor_plan.VGPU_KEY` value of a device of a topology (a dict of ``topology_info``'s
-    ``devices``); for a topology written before the key existed (a recorded report, cached facts), what its
-    vendor's backend reads from its own keys there. None without one."""
-    if not isinstance(device, dict):
-        return None
-    if VGPU_KEY in device:
-        vgpu = device[VGPU_KEY]
-        # As read back from a record or facts: a value of another form is taken as unreadable.
-        return vgpu_entry(vgpu.get("vendor"), vgpu.get("current"), vgpu.get("creatable")) if isinstance(
-            vgpu, dict) else None
-    return next((vgpu for vgpu in (backend.legacy_vgpu(device) for backend in BACKENDS) if vgpu is not None), None)
 
 
 def backend_named(name):

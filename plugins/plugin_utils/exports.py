@@ -40,7 +40,7 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.selector import (
     match_selector,
     parse_selector,
 )
-from ansible_collections.gpuvirt.host.plugins.module_utils.vendors import device_vgpu
+from ansible_collections.gpuvirt.host.plugins.module_utils.vendor_plan import device_vgpu
 
 COLLECTION = "gpuvirt.host"
 

@@ -28,7 +28,7 @@ import json
 from html import escape
 
 from ansible_collections.gpuvirt.host.plugins.module_utils.pci import BRIDGE_CLASSES, HOST_BRIDGE_CLASS
-from ansible_collections.gpuvirt.host.plugins.module_utils.vendors import device_vgpu
+from ansible_collections.gpuvirt.host.plugins.module_utils.vendor_plan import device_vgpu
 
 RECORD_FORMAT = "gpuvirt.host/report-host/1"
 VERDICTS = ("viable", "companion", "blocked", "boot-vga", "host-critical", "bridge", "other")
