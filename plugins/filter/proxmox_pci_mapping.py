@@ -222,13 +222,12 @@ def _removal(backend):
 def _passthrough_refusals(view, address):
     # A vGPU VF stays on its vendor's driver: passthrough_refusals leaves it to this reason.
     reasons = view.passthrough_refusals(address, plain_vfio=_PLAIN_VFIO)
-    current = view.vgpu_vf_type(address)
-    if current:
-        vgpu, backend = _proxmox_vgpu(view, address)
+    vgpu, backend = _proxmox_vgpu(view, address)
+    if vgpu is not None and vgpu["current"]:
         reasons.append(
             "%s is a vGPU virtual function (vGPU type %d is set on it): Proxmox VE would take it from %s and pass "
             "a bare VF; %s" % (
-                address, current, view.device(address).get("driver") or "its driver",
+                address, vgpu["current"], view.device(address).get("driver") or "its driver",
                 "map it with mdev: true once its type is off%s" % _removal(backend) if backend is not None
                 else "Proxmox VE does not set %s vGPU types: pass it to a VM with libvirt or QEMU directly"
                 % (vgpu["vendor"] or "its vendor's"))

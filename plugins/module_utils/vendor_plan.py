@@ -126,6 +126,8 @@ class VendorBackend:
 
     Reading (:mod:`pci`, :mod:`topology`): ``host_drivers``, ``device_defaults`` / ``gpu_defaults``,
     ``host_slot_vendors``, :meth:`read_device`, :meth:`gpu_keys`, :meth:`modes`.
+    The controller's readers of :data:`VGPU_KEY`: :meth:`legacy_vgpu`, ``proxmox_sets_vgpu_types``,
+    ``vgpu_removal_advice``.
     Enabling (:mod:`enablement`): ``enable_modes``, ``enable_options``, :meth:`enable_plan`.
     Carving (:mod:`sriov`, :mod:`mdev`): ``vf_tools``, :meth:`vf_count_set_by`, :meth:`vf_count_advice`,
     :meth:`in_use_reasons`, :meth:`no_mdev_types_hint`.

@@ -12,9 +12,9 @@ boot-time restore can ship them as it ships every module_utils file) defines a `
   devices), ``read_device(path, address, findings, directory)`` (its extra sysfs state of one of its devices, kept
   in ``PciDevice.vendor_state``; run only for its vendor's devices and for devices whose vendor could not
   be read; a vGPU type interface of the vendor's own goes under the generic ``vgpu`` key,
-  :data:`vendor_plan.VGPU_KEY`, with ``legacy_vgpu`` for topologies written before it and
-  ``proxmox_sets_vgpu_types``), ``host_slot_vendors`` (vendor IDs of the processor's functions beside
-  an APU's GPU, never its companions), ``gpu_keys(device)``,
+  :data:`vendor_plan.VGPU_KEY`, with ``legacy_vgpu`` for topologies written before it,
+  ``proxmox_sets_vgpu_types`` and ``vgpu_removal_advice``), ``host_slot_vendors`` (vendor IDs of the
+  processor's functions beside an APU's GPU, never its companions), ``gpu_keys(device)``,
   ``modes(device, host)`` (the virtualization modes the GPU can offer, each ``{"mode", "ready",
   "missing": [what is needed, as advice]}``, and ``unsupported``: why not at all);
 - enabling: ``enable_modes``, ``enable_options`` (``{mode: {option: type}}``) and ``enable_plan(device,

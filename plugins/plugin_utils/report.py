@@ -118,9 +118,11 @@ def host_row(record):
     for mdev in mdevs:
         label = names.get(mdev.get("type"), mdev.get("type"))
         in_use[label] = in_use.get(label, 0) + 1
+    vgpus = 0
     for device in devices.values():
         vgpu = _dict(device_vgpu(device))
         if vgpu.get("current"):
+            vgpus += 1
             label = " ".join(part for part in (vgpu.get("vendor"), "vGPU type %s" % vgpu["current"]) if part)
             in_use[label] = in_use.get(label, 0) + 1
         for entry in _list(vgpu.get("creatable")) if not vgpu.get("current") else []:
@@ -138,7 +140,7 @@ def host_row(record):
             "viable": len(viable),
             "profiles_in_use": in_use,
             "mdevs_in_use": len([m for m in mdevs if m.get("in_use_by")]),
-            "vgpus": sum(1 for d in devices.values() if _dict(device_vgpu(d)).get("current")),
+            "vgpus": vgpus,
             "free": {k: v for k, v in free.items() if v},
             "findings": findings,
             "iommu": _dict(topology.get("iommu")).get("enabled"),
