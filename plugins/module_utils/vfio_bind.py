@@ -10,11 +10,16 @@ Standard library only and nothing of the host reading: the boot-time restore bin
 from __future__ import annotations
 
 import errno
+import json
 import os
+import re
 import time
 
 from ansible_collections.gpuvirt.host.plugins.module_utils.errors import GpuvirtError
+from ansible_collections.gpuvirt.host.plugins.module_utils.files import FileError, remove_file, write_file
+from ansible_collections.gpuvirt.host.plugins.module_utils.host import inside
 from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import (
+    PCI_ADDRESS_PATTERN,
     PCI_DEVICES,
     PCI_DRIVERS,
     SysfsWriteError,
@@ -27,6 +32,10 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import (
 
 VFIO_DRIVER = "vfio-pci"
 DRIVERS_PROBE = "sys/bus/pci/drivers_probe"
+# The hand-backs under way (:func:`release_device`). In /run: a reboot probes every device again, so a
+# note older than the boot has nothing left to finish.
+HANDBACKS = "run/gpuvirt/handbacks.json"
+_ADDRESS = re.compile(PCI_ADDRESS_PATTERN + r"\Z")
 
 
 class VfioError(GpuvirtError):
@@ -120,7 +129,7 @@ def _roll_back(root, address, override_set, previous=None):
     return "the override was undone and the device is now bound to %s" % (driver or "no driver")
 
 
-def release_device(root, address, variants=(), attempts=10, delay=0.1):
+def release_device(root, address, variants=(), attempts=10, delay=0.1, resume=False):
     """Hand a device back: unbind it from vfio-pci or the variant VFIO driver holding it, take its ID
     out of vfio-pci's dynamic ID table, clear ``driver_override``, ``drivers_probe``, read back. A
     device already unbound whose override still names a VFIO driver (a hand-back cut short) is
@@ -129,17 +138,22 @@ def release_device(root, address, variants=(), attempts=10, delay=0.1):
     After a boot that bound the device through ``options vfio-pci ids=`` (or ``vfio-pci.ids=``)
     the ID sits in vfio-pci's table and vfio-pci, loaded first, would win the reprobe again; the
     table is runtime state, rebuilt at the next boot from the configuration. ``variants``: the
-    variant VFIO drivers of the kernel (:func:`is_vfio_driver`). Returns the driver bound
-    afterwards (the host driver, or None when no driver claims it).
+    variant VFIO drivers of the kernel (:func:`is_vfio_driver`). ``resume``: the device is one of
+    :func:`interrupted_handbacks`, whose hand-back is completed from wherever it stopped. Returns the
+    driver bound afterwards (the host driver, or None when no driver claims it).
     """
     try:
         # The override goes last, just before the reprobe: the unbind blocks while a process still holds
         # the device, and a run killed then leaves the override naming the VFIO driver, which the next
-        # run sees and completes (cleared first, it would leave a device on no driver that nothing names).
+        # run sees and completes. A device bound by ID has no override to tell of it: every hand-back is
+        # noted before its first write (:func:`interrupted_handbacks`).
         driver, override = read_driver(root, address), read_override(root, address)
         bound = is_vfio_driver(driver, variants)
-        # Unbound already, its override still the VFIO driver's: a hand-back cut short after the unbind.
-        moving = bound or (driver is None and is_vfio_driver(override, variants))
+        # Unbound already, its override still the VFIO driver's (or noted): a hand-back cut short after the
+        # unbind.
+        moving = bound or (driver is None and (resume or is_vfio_driver(override, variants)))
+        if moving:
+            _note_handback(root, address, True)
         if bound:
             write_text(host_path(root, PCI_DRIVERS, driver, "unbind"), address)
         if moving and driver_loaded(root, VFIO_DRIVER):
@@ -149,14 +163,70 @@ def release_device(root, address, variants=(), attempts=10, delay=0.1):
         if moving:
             write_text(host_path(root, DRIVERS_PROBE), address)
     except SysfsWriteError as error:
+        if moving and read_driver(root, address) is not None:
+            _note_handback(root, address, False)  # the unbind refused: nothing left to finish
         raise VfioError("handing %s back to its host driver failed: %s" % (address, error)) from error
     after = _settled_driver(root, address, lambda now: not is_vfio_driver(now, variants), attempts, delay)
+    if moving:
+        _note_handback(root, address, False)
     if is_vfio_driver(after, variants):
         raise VfioError(
             "unbinding %s from %s was accepted by the kernel but it is still bound to %s; "
             "check 'dmesg' and whether a process holds the device" % (address, driver, after)
         )
     return after
+
+
+def interrupted_handbacks(root):
+    """The devices whose hand-back a run started and did not finish, left on no driver: a run killed
+    between the unbind and the reprobe (SIGKILL, an OOM kill, a lost session). Nothing on such a device
+    says it is to be handed back when it was bound by ID (no ``driver_override``), and a run that plans
+    from the devices would leave it on no driver until the next boot. Pass each to
+    :func:`release_device` with ``resume``; :func:`forget_finished_handbacks` drops the notes of the
+    others."""
+    return [address for address in _noted_handbacks(root)
+            if os.path.isdir(device_path(root, address)) and read_driver(root, address) is None]
+
+
+def forget_finished_handbacks(root):
+    """Drop the notes of hand-backs with nothing left to do: the device gone, or on a driver (the reprobe
+    done, or the run stopped before the unbind). Returns whether a note was dropped."""
+    unfinished = interrupted_handbacks(root)
+    finished = [address for address in _noted_handbacks(root) if address not in unfinished]
+    for address in finished:
+        _note_handback(root, address, False)
+    return bool(finished)
+
+
+def _noted_handbacks(root):
+    try:
+        with open(inside(root, HANDBACKS), "rb") as handle:
+            noted = json.loads(handle.read().decode("utf-8"))
+    except FileNotFoundError:
+        return []
+    except (OSError, UnicodeDecodeError, ValueError):
+        return []  # unreadable: rewritten by the next note
+    if not isinstance(noted, list):
+        return []
+    return [address for address in noted if isinstance(address, str) and _ADDRESS.match(address)]
+
+
+def _note_handback(root, address, under_way):
+    """Note (``under_way``) or drop the hand-back of ``address``, durably, before the next sysfs write."""
+    noted = _noted_handbacks(root)
+    if (address in noted) == under_way:
+        return
+    noted = sorted(set(noted) | {address}) if under_way else [other for other in noted if other != address]
+    path = inside(root, HANDBACKS)
+    try:
+        if noted:
+            write_file(path, json.dumps(noted) + "\n", mode=0o644)
+        else:
+            remove_file(path)
+    except FileError as error:
+        raise VfioError("%s %s: %s; %s" % (
+            "noting the hand-back of" if under_way else "dropping the note of the hand-back of", address, error,
+            "nothing was changed on it" if under_way else "it was handed back")) from error
 
 
 def return_device(root, address, driver, override=None, variants=(), attempts=10, delay=0.1):

@@ -44,6 +44,8 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.vfio_bind import (
     bind_device,
     device_path,
     driver_loaded,
+    forget_finished_handbacks,
+    interrupted_handbacks,
     is_vfio_driver,
     read_driver,
     read_override,
@@ -83,6 +85,7 @@ class VfioPciRun(BootConfigPlanner, ModuleRun):
         self.modules_loaded = []
         self.overrides_before = {}
         self.runtime_undone = False
+        self.resumed = {}
 
     # -- plan -------------------------------------------------------------------------------------
 
@@ -129,6 +132,11 @@ class VfioPciRun(BootConfigPlanner, ModuleRun):
             )
         else:
             self.changing = wanted
+        # Devices an earlier run left on no driver, killed in the middle of handing them back: reprobed
+        # first, whatever this run does with the others (one it binds now needs nothing more).
+        if self.runtime:
+            self.resumed = {address: None for address in interrupted_handbacks(self.root)
+                            if address not in self.changing}
         if self.state == "present":
             refusals = bind_refusals(view, self.members, self.changing)
             if not view.iommu_enabled:
@@ -164,7 +172,8 @@ class VfioPciRun(BootConfigPlanner, ModuleRun):
 
     @property
     def changed(self):
-        return bool(self.changing) or bool(self.load_drivers) or self.persistence.changed or self.initramfs.changed
+        return (bool(self.changing) or bool(self.resumed) or bool(self.load_drivers) or self.persistence.changed
+                or self.initramfs.changed)
 
     def apply(self, _plan=None):
         """Change the host. Raises :class:`VfioError` on failure; ``self.changes_made`` tells whether
@@ -178,9 +187,13 @@ class VfioPciRun(BootConfigPlanner, ModuleRun):
                     "modprobe %s succeeded but /sys/bus/pci/drivers/%s does not exist; check 'dmesg' (Secure Boot "
                     "lockdown, a kernel without VFIO)" % (module_of(driver), driver)
                 )
+        for address in self.resumed:
+            self.changes_made = True
+            self.resumed[address] = release_device(self.root, address, self.variants, resume=True)
         self._move_devices()
         if self.state == "absent":
             self._load_host_drivers()
+        forget_finished_handbacks(self.root)
         # The boot-time configuration is written only once every device has moved: a failure above
         # leaves the files as they were, matching the devices handed back. The images built from it
         # are marked out of date first, so that a run killed before they are rebuilt is made whole
@@ -428,6 +441,11 @@ class VfioPciRun(BootConfigPlanner, ModuleRun):
         return reasons
 
     def result(self, _plan=None):
+        for address, driver in self.resumed.items():
+            self.warnings.append(
+                "%s was on no driver: an earlier run was stopped while handing it back to its host driver, between "
+                "the unbind and the reprobe; %s" % (address, "this run would reprobe it" if self.check_mode else
+                                                    "reprobed, it is now bound to %s" % (driver or "no driver")))
         for warning in self.warnings:
             self.warn(warning)
         self.warnings = []
@@ -450,6 +468,7 @@ class VfioPciRun(BootConfigPlanner, ModuleRun):
             reboot_reasons=reasons,
             refusals=[r.to_dict() for r in self.refusals],
             initramfs=self.initramfs.to_dict(),
+            resumed=dict(self.resumed),
         )
         result["diff"] = persistence.diffs()
         if self.initramfs.config is not None and self.initramfs.config.changed:

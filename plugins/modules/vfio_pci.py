@@ -236,6 +236,11 @@ notes:
   - A run killed while the initramfs or the boot entries are rebuilt (a lost session, an OOM kill, a power
     cut) leaves C(/etc/gpuvirt/pending/initramfs) or C(/etc/gpuvirt/pending/bootloader); the next run
     rebuilds them although no file needs an edit, and reports a change.
+  - A run killed while it hands a device back, between the unbind and the reprobe, leaves the device on no
+    driver, with nothing on it that says so when it was bound by its ID. Each hand-back is noted in
+    C(/run/gpuvirt/handbacks.json) before its first write and dropped after the reprobe; the next run,
+    whatever devices it names, reprobes a noted device it finds on no driver, warns, lists it in
+    RV(resumed) and reports a change. A reboot probes every device again, and clears C(/run).
 seealso:
   - module: gpuvirt.host.topology_info
   - module: gpuvirt.host.kernel_cmdline
@@ -411,6 +416,13 @@ commands:
   returned: always
   type: list
   elements: list
+resumed:
+  description:
+    - Devices an earlier run left on no driver, stopped while it handed them back, that this run reprobed
+      (would reprobe, in check mode), with the driver that took each (null in check mode, or when none did).
+  returned: always
+  type: dict
+  sample: {"0000:01:00.0": nvidia}
 initramfs:
   description: The initramfs configuration, regeneration and verification.
   returned: always

@@ -397,6 +397,58 @@ def test_release_without_a_host_driver_leaves_it_unbound(make_host, kernel):
         assert vfio_bind.release_device(root, GPU) is None
 
 
+def noted(root):
+    path = os.path.join(root, vfio_bind.HANDBACKS)
+    if not os.path.exists(path):
+        return None
+    with open(path, encoding="utf-8") as handle:
+        return handle.read()
+
+
+def test_a_hand_back_is_noted_until_the_reprobe_and_no_longer(desktop, kernel):
+    pci = kernel(desktop)
+    seen = []
+    pattern, probe = next((p, h) for p, h in pci.sim.handlers if p.match("sys/bus/pci/drivers_probe"))
+
+    def noting_probe(_match, value):
+        seen.append(noted(desktop))
+        return probe(pattern.match("sys/bus/pci/drivers_probe"), value)
+
+    pci.sim.handlers.insert(0, (pattern, noting_probe))
+    with pci.sim.active():
+        vfio_bind.bind_device(desktop, GPU)
+        assert noted(desktop) is None  # a bind leaves the device on a driver whatever happens
+        vfio_bind.release_device(desktop, GPU)
+    assert seen == [None, '["%s"]\n' % GPU]
+    assert noted(desktop) is None and driver(desktop, GPU) == "nvidia"
+
+
+def test_a_refused_unbind_leaves_no_note(desktop, kernel):
+    pci = kernel(desktop, busy_unbind=[GPU])
+    with pci.sim.active():
+        vfio_bind.bind_device(desktop, GPU)
+        with pytest.raises(vfio.VfioError, match="Device or resource busy"):
+            vfio_bind.release_device(desktop, GPU)
+    assert noted(desktop) is None and driver(desktop, GPU) == "vfio-pci"
+
+
+def test_only_noted_devices_on_no_driver_are_interrupted_hand_backs(desktop, kernel):
+    """A note whose device is on a driver, is gone, or is not an address names nothing to finish, and is
+    dropped; an unreadable note names nothing."""
+    os.makedirs(os.path.join(desktop, "run/gpuvirt"))
+    path = os.path.join(desktop, vfio_bind.HANDBACKS)
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write('["0000:01:00.1", "0000:09:00.0", "../../etc", 7, "%s"]' % GPU)
+    os.unlink(os.path.join(desktop, "sys/bus/pci/devices", GPU, "driver"))
+    assert vfio_bind.interrupted_handbacks(desktop) == [GPU]
+    assert vfio_bind.forget_finished_handbacks(desktop) is True
+    assert noted(desktop) == '["%s"]\n' % GPU
+    for garbled in ("not json", '{"devices": []}', "\xff"):
+        with open(path, "w", encoding="utf-8") as handle:
+            handle.write(garbled)
+        assert vfio_bind.interrupted_handbacks(desktop) == []
+
+
 # ---------------------------------------------------------------------------------- files
 
 

@@ -7,7 +7,11 @@ gone), so it goes with that file, whether the image is rebuilt now or not."""
 from __future__ import annotations
 
 import os
+import re
 
+import pytest
+
+from ansible_collections.gpuvirt.host.plugins.module_utils import vfio_bind
 from ansible_collections.gpuvirt.host.tests.sim.mdev_kernel import KernelSim
 from ansible_collections.gpuvirt.host.tests.sim.pci_kernel import PciKernel
 
@@ -121,3 +125,78 @@ def test_on_the_host_the_host_drivers_are_loaded_by_modalias(make_host, vfio_pci
     with open(fake_commands.log, encoding="utf-8") as log:
         calls = [line for line in log.read().splitlines() if '"modprobe"' in line]
     assert len(calls) == 2 and all('"-b", "pci:v000010DE' in call for call in calls)
+
+
+class Killed(BaseException):
+    """The run's process killed at a sysfs write (SIGKILL, an OOM kill, a lost session): nothing after it runs,
+    no handler, no clean-up."""
+
+
+def bound_by_id(make_host):
+    """desktop_dgpu after a boot that bound the GPU through vfio-pci's ID table: no driver_override on it,
+    nvidia loaded and ready to take it back."""
+    root = make_host(
+        "desktop_dgpu",
+        kernel={"modules": MODULES},
+        patch_devices={"01:00.0": {"driver": "vfio-pci"}},
+        add_devices=[{"address": "06:00.0", "ids": "10de:1eb8", "class": "030200", "driver": "nvidia", "group": 11}],
+    )
+    return root, PciKernel(KernelSim(root), host_drivers={GPU: "nvidia"}, vfio_ids=["10de:1e04"])
+
+
+def kill_at(kernel, pattern):
+    def kill(_match, _value):
+        kernel.sim.handlers.pop(0)
+        raise Killed(pattern)
+
+    kernel.sim.handlers.insert(0, (re.compile(pattern), kill))
+
+
+def binding(root, address):
+    return vfio_bind.read_driver(root, address), vfio_bind.read_override(root, address)
+
+
+def test_a_hand_back_killed_before_the_reprobe_is_finished_by_the_next_run(make_host, vfio_pci):
+    root, kernel = bound_by_id(make_host)
+    kill_at(kernel, r"sys/bus/pci/drivers_probe\Z")
+    with pytest.raises(Killed):
+        vfio_pci(root, kernel=kernel, devices=[GPU], state="absent", persistent=False)
+    # Unbound, its ID out of vfio-pci's table, and nothing on the device says it is to be handed back.
+    assert binding(root, GPU) == (None, None)
+
+    preview = vfio_pci(root, kernel=kernel, devices=[GPU], state="absent", persistent=False, check_mode=True)
+    assert preview["rc"] == 0 and preview["changed"] is True and preview["resumed"] == {GPU: None}, preview
+    assert any(w.startswith(GPU + " was on no driver") and "would reprobe it" in w for w in warnings(preview))
+    assert binding(root, GPU) == (None, None)
+
+    done = vfio_pci(root, kernel=kernel, devices=[GPU], state="absent", persistent=False)
+    assert done["rc"] == 0 and done["changed"] is True and done["resumed"] == {GPU: "nvidia"}, done
+    assert binding(root, GPU) == ("nvidia", None)
+    assert not exists(root, vfio_bind.HANDBACKS)
+    again = vfio_pci(root, kernel=kernel, devices=[GPU], state="absent", persistent=False)
+    assert again["rc"] == 0 and again["changed"] is False and again["resumed"] == {}, again
+
+
+def test_any_run_finishes_an_interrupted_hand_back_whatever_devices_it_names(make_host, vfio_pci):
+    """The run that finds the device on no driver need not name it: it binds another device here."""
+    root, kernel = bound_by_id(make_host)
+    kill_at(kernel, r"sys/bus/pci/drivers_probe\Z")
+    with pytest.raises(Killed):
+        vfio_pci(root, kernel=kernel, devices=[GPU], state="absent", persistent=False)
+    done = vfio_pci(root, kernel=kernel, devices=["0000:06:00.0"], persistent=False, force=True)
+    assert done["rc"] == 0 and done["resumed"] == {GPU: "nvidia"}, done
+    assert binding(root, GPU) == ("nvidia", None)
+    assert binding(root, "0000:06:00.0")[0] == "vfio-pci"
+
+
+def test_a_hand_back_killed_while_the_unbind_blocks_leaves_nothing_to_reprobe(make_host, vfio_pci):
+    """Killed before the unbind went through, the device is still on vfio-pci: the next run has nothing to
+    finish, and a later deliberate unbind (by hand) is not undone by a stale note."""
+    root, kernel = bound_by_id(make_host)
+    kill_at(kernel, r"sys/bus/pci/drivers/vfio-pci/unbind\Z")
+    with pytest.raises(Killed):
+        vfio_pci(root, kernel=kernel, devices=[GPU], state="absent", persistent=False)
+    assert binding(root, GPU) == ("vfio-pci", None)
+    other = vfio_pci(root, kernel=kernel, devices=["0000:00:02.0"], state="absent", persistent=False)
+    assert other["rc"] == 0 and other["resumed"] == {} and other["changed"] is False, other
+    assert not exists(root, vfio_bind.HANDBACKS)
