@@ -1,8 +1,9 @@
 # Copyright (c) gpuvirt.host contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """After converge, idempotence and a reboot: the lab GPU and its audio are on vfio-pci because the
-boot configuration put them there, the boot VGA and the shared group are untouched, and handing
-back a device whose VFIO group a process holds fails cleanly."""
+boot configuration put them there, the boot VGA and the shared group are untouched, handing back a
+device whose VFIO group a process holds fails cleanly, and a hand-back cut short after the unbind is
+finished by the next run."""
 
 from __future__ import annotations
 
@@ -127,6 +128,31 @@ def test_without_the_holder_the_devices_go_back_and_return(host, gpu, bound, lay
     assert all(_driver(host, address) == "vfio-pci" for address in bound)
     settled = _vfio_pci(host, "devices=%s" % gpu)
     assert "msg" not in settled and settled["changed"] is False, settled
+
+
+def test_a_hand_back_cut_short_after_the_unbind_is_finished_by_the_next_run(host, gpu, bound, layout):
+    # As a run killed between the unbind and the reprobe leaves a device the boot bound by its ID: noted,
+    # on no driver, its ID out of vfio-pci's table, no driver_override. The next run names another device.
+    audio = layout.role("gpu_companion")[0]["address"]
+    other = layout.role("boot_vga")[0]["address"]
+    sysfs = "/sys/bus/pci/devices/%s/" % audio
+    vendor, device = (host.file(sysfs + name).content_string.strip()[2:] for name in ("vendor", "device"))
+    host.check_output("echo > %sdriver_override" % sysfs)
+    host.check_output("mkdir -p /run/gpuvirt && echo '[\"%s\"]' > /run/gpuvirt/handbacks.json" % audio)
+    host.check_output("echo %s > /sys/bus/pci/drivers/vfio-pci/unbind" % audio)
+    host.run("echo '%s %s' > /sys/bus/pci/drivers/vfio-pci/remove_id" % (vendor, device))  # ENODEV: not there
+    assert _driver(host, audio) is None and host.file(sysfs + "driver_override").content_string.strip() == "(null)"
+    args = "devices=%s state=absent persistent=false" % other
+    preview = run_module(host, "gpuvirt.host.vfio_pci", args, check=True)
+    assert "msg" not in preview and preview["changed"] is True and preview["resumed"] == {audio: None}, preview
+    assert _driver(host, audio) is None
+    done = _vfio_pci(host, args)
+    assert "msg" not in done and done["changed"] is True and done["resumed"] == {audio: "snd_hda_intel"}, done
+    assert _driver(host, audio) == "snd_hda_intel" and not host.file("/run/gpuvirt/handbacks.json").exists
+    again = _vfio_pci(host, args)
+    assert "msg" not in again and again["changed"] is False and again["resumed"] == {}, again
+    rebound = _vfio_pci(host, "devices=%s persistent=false" % gpu)
+    assert "msg" not in rebound and all(_driver(host, address) == "vfio-pci" for address in bound), rebound
 
 
 def test_a_gpu_a_host_process_holds_through_its_drm_card_is_refused(host, layout):
