@@ -9,6 +9,7 @@ Standard library only and nothing of the host reading: the boot-time restore bin
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -35,6 +36,7 @@ DRIVERS_PROBE = "sys/bus/pci/drivers_probe"
 # The hand-backs under way (:func:`release_device`). In /run: a reboot probes every device again, so a
 # note older than the boot has nothing left to finish.
 HANDBACKS = "run/gpuvirt/handbacks.json"
+BOOT_ID = "proc/sys/kernel/random/boot_id"
 _ADDRESS = re.compile(PCI_ADDRESS_PATTERN + r"\Z")
 
 
@@ -111,6 +113,9 @@ def bind_device(root, address, driver=VFIO_DRIVER, attempts=10, delay=0.1):
             "link reads %s; check 'dmesg' for a %s probe error (no IOMMU group, BAR reservation "
             "held by a framebuffer); %s" % (address, driver, after or "nothing (unbound)", driver, restored)
         )
+    # On a driver again (a run putting back what it had moved, after a failed hand-back): a note of an
+    # unfinished hand-back would later reprobe it once unbound by hand.
+    _note_handback(root, address, False)
     return after
 
 
@@ -164,15 +169,18 @@ def release_device(root, address, variants=(), attempts=10, delay=0.1, resume=Fa
             write_text(host_path(root, DRIVERS_PROBE), address)
     except SysfsWriteError as error:
         if moving and read_driver(root, address) is not None:
-            _note_handback(root, address, False)  # the unbind refused: nothing left to finish
+            # The unbind refused: nothing left to finish. Its failure is the one to report.
+            with contextlib.suppress(VfioError):
+                _note_handback(root, address, False)
         raise VfioError("handing %s back to its host driver failed: %s" % (address, error)) from error
     after = _settled_driver(root, address, lambda now: not is_vfio_driver(now, variants), attempts, delay)
     if moving:
         _note_handback(root, address, False)
     if is_vfio_driver(after, variants):
         raise VfioError(
-            "unbinding %s from %s was accepted by the kernel but it is still bound to %s; "
-            "check 'dmesg' and whether a process holds the device" % (address, driver, after)
+            "handing %s back to its host driver was accepted by the kernel but it is %sbound to %s; "
+            "check 'dmesg' and whether a process holds the device"
+            % (address, "still " if after == driver else "", after)
         )
     return after
 
@@ -183,50 +191,86 @@ def interrupted_handbacks(root):
     says it is to be handed back when it was bound by ID (no ``driver_override``), and a run that plans
     from the devices would leave it on no driver until the next boot. Pass each to
     :func:`release_device` with ``resume``; :func:`forget_finished_handbacks` drops the notes of the
-    others."""
-    return [address for address in _noted_handbacks(root)
-            if os.path.isdir(device_path(root, address)) and read_driver(root, address) is None]
+    others.
+
+    A note names one device as it was when noted: its address, IDs, the inode of its sysfs directory and
+    the boot. Another device at that address since (a VF removed and made again), a later boot (a tree
+    whose ``run`` outlives it), or a ``driver_override`` that names a driver other than a VFIO one (set
+    by someone since: the hand-back clears the VFIO driver's last) make it a note of nothing to finish."""
+    return [address for address, noted in _noted_handbacks(root).items() if _unfinished(root, address, noted)]
 
 
 def forget_finished_handbacks(root):
-    """Drop the notes of hand-backs with nothing left to do: the device gone, or on a driver (the reprobe
-    done, or the run stopped before the unbind). Returns whether a note was dropped."""
-    unfinished = interrupted_handbacks(root)
-    finished = [address for address in _noted_handbacks(root) if address not in unfinished]
-    for address in finished:
-        _note_handback(root, address, False)
+    """Drop the notes of hand-backs with nothing left to do: the device gone, another, or on a driver (the
+    reprobe done, or the run stopped before the unbind). Returns whether a note was dropped."""
+    notes = _noted_handbacks(root)
+    finished = [address for address, noted in notes.items() if not _unfinished(root, address, noted)]
+    if finished:
+        _write_notes(root, {address: noted for address, noted in notes.items() if address not in finished},
+                     "dropping the notes of the finished hand-backs of %s" % ", ".join(finished))
     return bool(finished)
 
 
+def _unfinished(root, address, noted):
+    if noted != _identity(root, address) or read_driver(root, address) is not None:
+        return False
+    override = read_override(root, address)
+    return override is None or is_vfio_driver(override)
+
+
+def _identity(root, address):
+    """What tells this device from another at its address: its IDs, its sysfs directory's inode (sysfs
+    gives a device made again a new one) and the boot. None when it is gone."""
+    try:
+        inode = os.stat(device_path(root, address)).st_ino
+    except OSError:
+        return None
+    return {
+        "id": "%s:%s" % (read_hex(device_path(root, address, "vendor"), 4),
+                         read_hex(device_path(root, address, "device"), 4)),
+        "inode": inode,
+        "boot": read_text(host_path(root, BOOT_ID)),
+    }
+
+
 def _noted_handbacks(root):
+    """``{address: identity}`` of the notes; an unreadable file notes nothing (the next note replaces it)."""
     try:
         with open(inside(root, HANDBACKS), "rb") as handle:
             noted = json.loads(handle.read().decode("utf-8"))
     except FileNotFoundError:
-        return []
+        return {}
     except (OSError, UnicodeDecodeError, ValueError):
-        return []  # unreadable: rewritten by the next note
-    if not isinstance(noted, list):
-        return []
-    return [address for address in noted if isinstance(address, str) and _ADDRESS.match(address)]
+        return {}
+    if not isinstance(noted, dict):
+        return {}
+    return {address: identity for address, identity in noted.items()
+            if _ADDRESS.match(address) and isinstance(identity, dict)}
 
 
 def _note_handback(root, address, under_way):
     """Note (``under_way``) or drop the hand-back of ``address``, durably, before the next sysfs write."""
-    noted = _noted_handbacks(root)
-    if (address in noted) == under_way:
+    notes = _noted_handbacks(root)
+    if (address in notes) == under_way:
         return
-    noted = sorted(set(noted) | {address}) if under_way else [other for other in noted if other != address]
+    if under_way:
+        notes[address] = _identity(root, address)
+        _write_notes(root, notes, "noting the hand-back of %s before its first write; nothing was changed on it"
+                     % address)
+    else:
+        del notes[address]
+        _write_notes(root, notes, "dropping the note of the hand-back of %s" % address)
+
+
+def _write_notes(root, notes, what):
     path = inside(root, HANDBACKS)
     try:
-        if noted:
-            write_file(path, json.dumps(noted) + "\n", mode=0o644)
+        if notes:
+            write_file(path, json.dumps(notes, sort_keys=True) + "\n", mode=0o644)
         else:
             remove_file(path)
     except FileError as error:
-        raise VfioError("%s %s: %s; %s" % (
-            "noting the hand-back of" if under_way else "dropping the note of the hand-back of", address, error,
-            "nothing was changed on it" if under_way else "it was handed back")) from error
+        raise VfioError("%s failed: %s" % (what, error)) from error
 
 
 def return_device(root, address, driver, override=None, variants=(), attempts=10, delay=0.1):

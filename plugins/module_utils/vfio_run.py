@@ -85,7 +85,9 @@ class VfioPciRun(BootConfigPlanner, ModuleRun):
         self.modules_loaded = []
         self.overrides_before = {}
         self.runtime_undone = False
+        self.interrupted = set()
         self.resumed = {}
+        self.resumed_done = []
 
     # -- plan -------------------------------------------------------------------------------------
 
@@ -109,6 +111,8 @@ class VfioPciRun(BootConfigPlanner, ModuleRun):
         requested = self.driver if self.state == "present" else "auto"
         self.choices = choose_drivers(self.root, self.members, requested, aliases, release)
         self.before = {address: view.devices[address].driver for address in self.members}
+        # Devices an earlier run left on no driver, killed in the middle of handing them back.
+        self.interrupted = set(interrupted_handbacks(self.root)) if self.runtime else set()
         if self.state == "present":
             wanted = [a for a in self.members if self.before[a] != self.choices[a].driver]
         else:
@@ -116,6 +120,7 @@ class VfioPciRun(BootConfigPlanner, ModuleRun):
                 a for a in self.members
                 if is_vfio_driver(self.before[a], self.variants)
                 or is_vfio_driver(view.devices[a].driver_override, self.variants)
+                or a in self.interrupted
             ]
         self.runtime_skipped = None
         if not self.runtime:
@@ -132,11 +137,8 @@ class VfioPciRun(BootConfigPlanner, ModuleRun):
             )
         else:
             self.changing = wanted
-        # Devices an earlier run left on no driver, killed in the middle of handing them back: reprobed
-        # first, whatever this run does with the others (one it binds now needs nothing more).
-        if self.runtime:
-            self.resumed = {address: None for address in interrupted_handbacks(self.root)
-                            if address not in self.changing}
+        # Those this run does not name are handed back first, whatever it does with its own.
+        self.resumed = {address: None for address in sorted(self.interrupted) if address not in self.members}
         if self.state == "present":
             refusals = bind_refusals(view, self.members, self.changing)
             if not view.iommu_enabled:
@@ -189,10 +191,15 @@ class VfioPciRun(BootConfigPlanner, ModuleRun):
                 )
         for address in self.resumed:
             self.changes_made = True
-            self.resumed[address] = release_device(self.root, address, self.variants, resume=True)
+            try:
+                self.resumed[address] = release_device(self.root, address, self.variants, resume=True)
+            except VfioError as error:
+                raise VfioError(
+                    "%s; an earlier run was stopped while handing %s back, and this run finishes that first: the "
+                    "devices it names were not touched" % (error, address), changed=True) from error
+            self.resumed_done.append(address)
         self._move_devices()
-        if self.state == "absent":
-            self._load_host_drivers()
+        self._load_host_drivers()
         forget_finished_handbacks(self.root)
         # The boot-time configuration is written only once every device has moved: a failure above
         # leaves the files as they were, matching the devices handed back. The images built from it
@@ -241,7 +248,8 @@ class VfioPciRun(BootConfigPlanner, ModuleRun):
                 if self.state == "present":
                     self.after[address] = bind_device(self.root, address, self.choices[address].driver)
                 else:
-                    self.after[address] = release_device(self.root, address, self.variants)
+                    self.after[address] = release_device(
+                        self.root, address, self.variants, resume=address in self.interrupted)
             except VfioError as error:
                 self._move_back(moved, address, error)
             moved.append(address)
@@ -251,7 +259,9 @@ class VfioPciRun(BootConfigPlanner, ModuleRun):
         host driver's module, and ``drivers_probe`` tries loaded drivers only. On this host their
         modalias is loaded as udev loads a new device's (``modprobe -b``: blacklists kept), and the
         module's driver takes them as it registers; a device left without a driver is warned about."""
-        left = [address for address in self.changing if self.after.get(address) is None]
+        handed_back = self.changing if self.state == "absent" else []
+        left = [address for address in handed_back if self.after.get(address) is None]
+        left += [address for address in self.resumed_done if self.resumed[address] is None]
         modprobe = find_program(self.module, self.root, "modprobe") if left and self.live else None
         if modprobe is not None:
             aliases = {read_text(device_path(self.root, address, "modalias")) for address in left}
@@ -260,9 +270,13 @@ class VfioPciRun(BootConfigPlanner, ModuleRun):
                 self.commands.append(argv)
                 self.module.run_command(argv, environ_update={"LC_ALL": "C", "LANG": "C"})
             for address in left:
-                self.after[address] = wait_for_a_driver(self.root, address)
+                driver = wait_for_a_driver(self.root, address)
+                if address in self.resumed:
+                    self.resumed[address] = driver
+                else:
+                    self.after[address] = driver
         for address in left:
-            if self.after[address] is None:
+            if (self.resumed if address in self.resumed else self.after)[address] is None:
                 self.warnings.append(
                     "%s was handed back but no driver took it: its host driver's module is not loaded%s; load it "
                     "(modprobe -b $(cat /sys/bus/pci/devices/%s/modalias)) or reboot"
@@ -292,7 +306,7 @@ class VfioPciRun(BootConfigPlanner, ModuleRun):
                 stuck.append("%s (%snow %s; it was %s)" % (
                     address, problem + "; " if problem else "",
                     _binding(self.after[address], read_override(self.root, address)), _binding(before, override)))
-        self.changes_made = bool(stuck) or bool(self.modules_loaded)
+        self.changes_made = bool(stuck) or bool(self.modules_loaded) or bool(self.resumed_done)
         message = str(error)
         if returned:
             message += "; the devices of one run move all or nothing, so those this run had moved were put " \
@@ -305,8 +319,12 @@ class VfioPciRun(BootConfigPlanner, ModuleRun):
         elif self.modules_loaded:
             message += "; the %s module%s loaded by this run stay%s loaded, nothing else was changed" % (
                 " and ".join(self.modules_loaded), *(("s", "") if len(self.modules_loaded) > 1 else ("", "s")))
-        else:
+        elif not self.resumed_done:
             message += "; nothing was changed"
+        if self.resumed_done:
+            message += "; the hand-back%s of %s, which an earlier run left unfinished, %s finished first" % (
+                "s" if len(self.resumed_done) > 1 else "", ", ".join(self.resumed_done),
+                "were" if len(self.resumed_done) > 1 else "was")
         raise VfioError(message, changed=self.changes_made) from error
 
     def _as_before(self, address):
@@ -441,11 +459,17 @@ class VfioPciRun(BootConfigPlanner, ModuleRun):
         return reasons
 
     def result(self, _plan=None):
-        for address, driver in self.resumed.items():
+        for address in sorted(self.interrupted):
+            if address in self.resumed:
+                outcome = "this run would reprobe it" if self.check_mode else "reprobed, it is now bound to %s" % (
+                    self.resumed[address] or "no driver")
+            elif self.state == "absent":
+                outcome = "this run hands it back"
+            else:
+                outcome = "this run binds it as asked"
             self.warnings.append(
                 "%s was on no driver: an earlier run was stopped while handing it back to its host driver, between "
-                "the unbind and the reprobe; %s" % (address, "this run would reprobe it" if self.check_mode else
-                                                    "reprobed, it is now bound to %s" % (driver or "no driver")))
+                "the unbind and the reprobe; %s" % (address, outcome))
         for warning in self.warnings:
             self.warn(warning)
         self.warnings = []

@@ -237,10 +237,13 @@ notes:
     cut) leaves C(/etc/gpuvirt/pending/initramfs) or C(/etc/gpuvirt/pending/bootloader); the next run
     rebuilds them although no file needs an edit, and reports a change.
   - A run killed while it hands a device back, between the unbind and the reprobe, leaves the device on no
-    driver, with nothing on it that says so when it was bound by its ID. Each hand-back is noted in
-    C(/run/gpuvirt/handbacks.json) before its first write and dropped after the reprobe; the next run,
-    whatever devices it names, reprobes a noted device it finds on no driver, warns, lists it in
-    RV(resumed) and reports a change. A reboot probes every device again, and clears C(/run).
+    driver, with nothing on it that says so when it was bound by its ID. Each hand-back (this module's, and
+    the M(gpuvirt.host.sriov) module's of VFs) is noted in C(/run/gpuvirt/handbacks.json) before its first
+    write, with the device's IDs, the inode of its sysfs directory and the boot, and dropped after the
+    reprobe. The next run with O(runtime=true) that is not refused finishes each noted hand-back whose
+    device it finds on no driver (the same device, in the same boot, with no other driver_override since),
+    whatever devices it names; it hands the device back (loading its host driver's module by modalias,
+    as for its own), warns, and reports a change; one it does not name is listed in RV(resumed).
 seealso:
   - module: gpuvirt.host.topology_info
   - module: gpuvirt.host.kernel_cmdline
@@ -418,8 +421,9 @@ commands:
   elements: list
 resumed:
   description:
-    - Devices an earlier run left on no driver, stopped while it handed them back, that this run reprobed
-      (would reprobe, in check mode), with the driver that took each (null in check mode, or when none did).
+    - Devices this run does not name that an earlier run left on no driver, stopped while it handed them
+      back, and that this run handed back (would hand back, in check mode), with the driver that took each
+      (null in check mode, or when none did). One it names is in RV(devices).
   returned: always
   type: dict
   sample: {"0000:01:00.0": nvidia}

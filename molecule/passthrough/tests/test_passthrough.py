@@ -7,6 +7,8 @@ finished by the next run."""
 
 from __future__ import annotations
 
+import json
+import shlex
 import time
 
 import pytest
@@ -131,23 +133,30 @@ def test_without_the_holder_the_devices_go_back_and_return(host, gpu, bound, lay
 
 
 def test_a_hand_back_cut_short_after_the_unbind_is_finished_by_the_next_run(host, gpu, bound, layout):
-    # As a run killed between the unbind and the reprobe leaves a device the boot bound by its ID: noted,
-    # on no driver, its ID out of vfio-pci's table, no driver_override. The next run names another device.
+    # As a run killed between the unbind and the reprobe leaves a device the boot bound by its ID: noted
+    # (the note a run writes, naming the device as it is), on no driver, its ID out of vfio-pci's table, no
+    # driver_override; and its host driver's module not loaded, as after such a boot. The next run names
+    # another device.
     audio = layout.role("gpu_companion")[0]["address"]
     other = layout.role("boot_vga")[0]["address"]
     sysfs = "/sys/bus/pci/devices/%s/" % audio
     vendor, device = (host.file(sysfs + name).content_string.strip()[2:] for name in ("vendor", "device"))
+    note = {audio: {"id": "%s:%s" % (vendor, device), "inode": int(host.check_output("stat -L -c %%i %s" % sysfs)),
+                    "boot": host.file("/proc/sys/kernel/random/boot_id").content_string.strip()}}
     host.check_output("echo > %sdriver_override" % sysfs)
-    host.check_output("mkdir -p /run/gpuvirt && echo '[\"%s\"]' > /run/gpuvirt/handbacks.json" % audio)
+    host.check_output("mkdir -p /run/gpuvirt && echo %s > /run/gpuvirt/handbacks.json" % shlex.quote(json.dumps(note)))
     host.check_output("echo %s > /sys/bus/pci/drivers/vfio-pci/unbind" % audio)
     host.run("echo '%s %s' > /sys/bus/pci/drivers/vfio-pci/remove_id" % (vendor, device))  # ENODEV: not there
+    host.check_output("modprobe -r snd_hda_intel")
     assert _driver(host, audio) is None and host.file(sysfs + "driver_override").content_string.strip() == "(null)"
+    assert not host.file("/sys/module/snd_hda_intel").exists
     args = "devices=%s state=absent persistent=false" % other
     preview = run_module(host, "gpuvirt.host.vfio_pci", args, check=True)
     assert "msg" not in preview and preview["changed"] is True and preview["resumed"] == {audio: None}, preview
     assert _driver(host, audio) is None
     done = _vfio_pci(host, args)
     assert "msg" not in done and done["changed"] is True and done["resumed"] == {audio: "snd_hda_intel"}, done
+    assert [argv[1:3] for argv in done["commands"]] == [["-b", host.file(sysfs + "modalias").content_string.strip()]]
     assert _driver(host, audio) == "snd_hda_intel" and not host.file("/run/gpuvirt/handbacks.json").exists
     again = _vfio_pci(host, args)
     assert "msg" not in again and again["changed"] is False and again["resumed"] == {}, again

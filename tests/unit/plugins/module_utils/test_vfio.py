@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import errno
+import json
 import os
 import re
 
@@ -419,7 +420,9 @@ def test_a_hand_back_is_noted_until_the_reprobe_and_no_longer(desktop, kernel):
         vfio_bind.bind_device(desktop, GPU)
         assert noted(desktop) is None  # a bind leaves the device on a driver whatever happens
         vfio_bind.release_device(desktop, GPU)
-    assert seen == [None, '["%s"]\n' % GPU]
+    # The device as it is: IDs, its directory's inode, the boot (none in this tree).
+    inode = os.stat(os.path.join(desktop, "sys/bus/pci/devices", GPU)).st_ino
+    assert seen[0] is None and json.loads(seen[1]) == {GPU: {"id": "10de:1e04", "inode": inode, "boot": None}}
     assert noted(desktop) is None and driver(desktop, GPU) == "nvidia"
 
 
@@ -432,18 +435,20 @@ def test_a_refused_unbind_leaves_no_note(desktop, kernel):
     assert noted(desktop) is None and driver(desktop, GPU) == "vfio-pci"
 
 
-def test_only_noted_devices_on_no_driver_are_interrupted_hand_backs(desktop, kernel):
+def test_only_noted_devices_on_no_driver_are_interrupted_hand_backs(desktop):
     """A note whose device is on a driver, is gone, or is not an address names nothing to finish, and is
     dropped; an unreadable note names nothing."""
+    identity = vfio_bind._identity(desktop, GPU)
     os.makedirs(os.path.join(desktop, "run/gpuvirt"))
     path = os.path.join(desktop, vfio_bind.HANDBACKS)
     with open(path, "w", encoding="utf-8") as handle:
-        handle.write('["0000:01:00.1", "0000:09:00.0", "../../etc", 7, "%s"]' % GPU)
+        json.dump({"0000:01:00.1": vfio_bind._identity(desktop, "0000:01:00.1"), "0000:09:00.0": identity,
+                   "../../etc": identity, "0000:01:00.2": 7, GPU: identity}, handle)
     os.unlink(os.path.join(desktop, "sys/bus/pci/devices", GPU, "driver"))
     assert vfio_bind.interrupted_handbacks(desktop) == [GPU]
     assert vfio_bind.forget_finished_handbacks(desktop) is True
-    assert noted(desktop) == '["%s"]\n' % GPU
-    for garbled in ("not json", '{"devices": []}', "\xff"):
+    assert json.loads(noted(desktop)) == {GPU: identity}
+    for garbled in ("not json", '["%s"]' % GPU, "\xff"):
         with open(path, "w", encoding="utf-8") as handle:
             handle.write(garbled)
         assert vfio_bind.interrupted_handbacks(desktop) == []

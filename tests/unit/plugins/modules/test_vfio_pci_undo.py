@@ -6,8 +6,10 @@ gone), so it goes with that file, whether the image is rebuilt now or not."""
 
 from __future__ import annotations
 
+import errno
 import os
 import re
+import shutil
 
 import pytest
 
@@ -156,21 +158,28 @@ def binding(root, address):
     return vfio_bind.read_driver(root, address), vfio_bind.read_override(root, address)
 
 
+def killed_hand_back(root, kernel, vfio_pci, at=r"sys/bus/pci/drivers_probe\Z", **args):
+    kill_at(kernel, at)
+    with pytest.raises(Killed):
+        vfio_pci(root, kernel=kernel, devices=[GPU], state="absent", persistent=False, **args)
+
+
 def test_a_hand_back_killed_before_the_reprobe_is_finished_by_the_next_run(make_host, vfio_pci):
     root, kernel = bound_by_id(make_host)
-    kill_at(kernel, r"sys/bus/pci/drivers_probe\Z")
-    with pytest.raises(Killed):
-        vfio_pci(root, kernel=kernel, devices=[GPU], state="absent", persistent=False)
+    killed_hand_back(root, kernel, vfio_pci)
     # Unbound, its ID out of vfio-pci's table, and nothing on the device says it is to be handed back.
     assert binding(root, GPU) == (None, None)
 
     preview = vfio_pci(root, kernel=kernel, devices=[GPU], state="absent", persistent=False, check_mode=True)
-    assert preview["rc"] == 0 and preview["changed"] is True and preview["resumed"] == {GPU: None}, preview
-    assert any(w.startswith(GPU + " was on no driver") and "would reprobe it" in w for w in warnings(preview))
+    assert preview["rc"] == 0 and preview["changed"] is True and preview["resumed"] == {}, preview
+    assert preview["devices"][GPU]["changed"] is True
+    assert any(w.startswith(GPU + " was on no driver") and w.endswith("this run hands it back")
+               for w in warnings(preview))
     assert binding(root, GPU) == (None, None)
 
     done = vfio_pci(root, kernel=kernel, devices=[GPU], state="absent", persistent=False)
-    assert done["rc"] == 0 and done["changed"] is True and done["resumed"] == {GPU: "nvidia"}, done
+    assert done["rc"] == 0 and done["changed"] is True, done
+    assert (done["devices"][GPU]["driver_before"], done["devices"][GPU]["driver_after"]) == (None, "nvidia")
     assert binding(root, GPU) == ("nvidia", None)
     assert not exists(root, vfio_bind.HANDBACKS)
     again = vfio_pci(root, kernel=kernel, devices=[GPU], state="absent", persistent=False)
@@ -180,23 +189,107 @@ def test_a_hand_back_killed_before_the_reprobe_is_finished_by_the_next_run(make_
 def test_any_run_finishes_an_interrupted_hand_back_whatever_devices_it_names(make_host, vfio_pci):
     """The run that finds the device on no driver need not name it: it binds another device here."""
     root, kernel = bound_by_id(make_host)
-    kill_at(kernel, r"sys/bus/pci/drivers_probe\Z")
-    with pytest.raises(Killed):
-        vfio_pci(root, kernel=kernel, devices=[GPU], state="absent", persistent=False)
-    done = vfio_pci(root, kernel=kernel, devices=["0000:06:00.0"], persistent=False, force=True)
+    killed_hand_back(root, kernel, vfio_pci)
+    preview = vfio_pci(root, kernel=kernel, devices=["0000:06:00.0"], persistent=False, check_mode=True)
+    assert preview["rc"] == 0 and preview["resumed"] == {GPU: None}, preview
+    assert any(w.startswith(GPU + " was on no driver") and w.endswith("this run would reprobe it")
+               for w in warnings(preview))
+    done = vfio_pci(root, kernel=kernel, devices=["0000:06:00.0"], persistent=False)
     assert done["rc"] == 0 and done["resumed"] == {GPU: "nvidia"}, done
     assert binding(root, GPU) == ("nvidia", None)
     assert binding(root, "0000:06:00.0")[0] == "vfio-pci"
+    assert not exists(root, vfio_bind.HANDBACKS)
 
 
-def test_a_hand_back_killed_while_the_unbind_blocks_leaves_nothing_to_reprobe(make_host, vfio_pci):
-    """Killed before the unbind went through, the device is still on vfio-pci: the next run has nothing to
-    finish, and a later deliberate unbind (by hand) is not undone by a stale note."""
+def test_the_host_driver_of_a_resumed_device_is_loaded_by_its_modalias(make_host, vfio_pci, fake_commands, as_host):
+    """After a boot that bound the card by its IDs nothing loaded nvidia: the run that finishes the
+    hand-back loads it, as a hand-back of its own does."""
+    root, kernel = booted_by_id(make_host)
+    fake_commands.install("modprobe", body=MODPROBE_BODY.format(root=root, drivers=HOST_DRIVERS))
+    killed_hand_back(root, kernel, vfio_pci, companions=False, initramfs=False)
+    assert binding(root, GPU) == (None, None)
+    done = vfio_pci(root, kernel=kernel, devices=["0000:00:02.0"], state="absent", persistent=False)
+    assert done["rc"] == 0 and done["resumed"] == {GPU: "nvidia"}, done
+    assert len(done["commands"]) == 1, done["commands"]
+    assert done["commands"][0][1] == "-b" and done["commands"][0][2].startswith("pci:v000010DEd00001E04")
+    assert binding(root, GPU) == ("nvidia", None)
+
+
+def test_a_failed_run_after_finishing_a_hand_back_says_it_changed_the_host(make_host, vfio_pci):
     root, kernel = bound_by_id(make_host)
-    kill_at(kernel, r"sys/bus/pci/drivers/vfio-pci/unbind\Z")
-    with pytest.raises(Killed):
-        vfio_pci(root, kernel=kernel, devices=[GPU], state="absent", persistent=False)
-    assert binding(root, GPU) == ("vfio-pci", None)
+    killed_hand_back(root, kernel, vfio_pci)
+    failing = PciKernel(kernel.sim, host_drivers={GPU: "nvidia"}, failing_probe=["0000:06:00.0"])
+    failed = vfio_pci(root, kernel=failing, devices=["0000:06:00.0"], persistent=False)
+    assert failed["rc"] == 1 and failed["changed"] is True, failed
+    assert "nothing was changed" not in failed["msg"]
+    assert failed["msg"].endswith("the hand-back of %s, which an earlier run left unfinished, was finished first" % GPU)
+    assert binding(root, GPU) == ("nvidia", None) and binding(root, "0000:06:00.0")[0] == "nvidia"
+
+
+def test_a_run_killed_after_the_note_and_before_the_unbind_leaves_nothing_to_finish(make_host, vfio_pci):
+    """The device is still on vfio-pci: the next run that changes the host drops the note."""
+    root, kernel = bound_by_id(make_host)
+    killed_hand_back(root, kernel, vfio_pci, at=r"sys/bus/pci/drivers/vfio-pci/unbind\Z")
+    assert binding(root, GPU) == ("vfio-pci", None) and exists(root, vfio_bind.HANDBACKS)
     other = vfio_pci(root, kernel=kernel, devices=["0000:00:02.0"], state="absent", persistent=False)
     assert other["rc"] == 0 and other["resumed"] == {} and other["changed"] is False, other
     assert not exists(root, vfio_bind.HANDBACKS)
+
+
+def unbind_by_hand(root, address):
+    """What ``echo <address> > .../driver/unbind`` leaves: the device on no driver, on purpose."""
+    device = os.path.realpath(os.path.join(root, "sys/bus/pci/devices", address))
+    driver = os.path.realpath(os.path.join(device, "driver"))
+    os.unlink(os.path.join(driver, address))
+    os.unlink(os.path.join(device, "driver"))
+
+
+def test_a_hand_back_that_failed_and_was_put_back_leaves_no_note(make_host, vfio_pci):
+    """A write after the unbind refused: the run puts the device back on vfio-pci, and a later unbind by
+    hand is not taken for an unfinished hand-back."""
+    root, kernel = bound_by_id(make_host)
+
+    def refuse(_match, _value):
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    kernel.sim.handlers.insert(0, (re.compile(r"sys/bus/pci/drivers/vfio-pci/remove_id\Z"), refuse))
+    failed = vfio_pci(root, kernel=kernel, devices=[GPU], state="absent", persistent=False)
+    assert failed["rc"] == 1 and "Input/output error" in failed["msg"], failed
+    kernel.sim.handlers.pop(0)
+    assert binding(root, GPU)[0] == "vfio-pci" and not exists(root, vfio_bind.HANDBACKS)
+    unbind_by_hand(root, GPU)
+    other = vfio_pci(root, kernel=kernel, devices=["0000:00:02.0"], state="absent", persistent=False)
+    assert other["rc"] == 0 and other["resumed"] == {} and other["changed"] is False, other
+    assert binding(root, GPU)[0] is None
+
+
+def remake(root, address):
+    """The device removed and made again at its address (a VF of a PF whose VFs were disabled and enabled
+    again): sysfs gives its directory a new inode."""
+    device = os.path.realpath(os.path.join(root, "sys/bus/pci/devices", address))
+    shutil.copytree(device, device + ".new", symlinks=True)
+    shutil.rmtree(device)
+    os.rename(device + ".new", device)
+
+
+@pytest.mark.parametrize("since", ["remade", "parked", "rebooted"])
+def test_a_note_of_what_is_no_longer_that_hand_back_finishes_nothing(make_host, vfio_pci, since):
+    """Another device at the address, an override set since (none: kept off every driver on purpose), or
+    another boot: the note names nothing to finish, and goes."""
+    root, kernel = bound_by_id(make_host)
+    boot_id = os.path.join(root, vfio_bind.BOOT_ID)
+    os.makedirs(os.path.dirname(boot_id), exist_ok=True)
+    with open(boot_id, "w", encoding="utf-8") as handle:
+        handle.write("0f4e6a3c-0000-4000-8000-000000000001\n")
+    killed_hand_back(root, kernel, vfio_pci)
+    if since == "remade":
+        remake(root, GPU)
+    elif since == "parked":
+        vfio_bind.write_text(vfio_bind.device_path(root, GPU, "driver_override"), "none")
+    else:
+        with open(boot_id, "w", encoding="utf-8") as handle:
+            handle.write("0f4e6a3c-0000-4000-8000-000000000002\n")
+    assert vfio_bind.interrupted_handbacks(root) == []
+    other = vfio_pci(root, kernel=kernel, devices=["0000:00:02.0"], state="absent", persistent=False)
+    assert other["rc"] == 0 and other["resumed"] == {} and other["changed"] is False, other
+    assert vfio_bind.read_driver(root, GPU) is None and not exists(root, vfio_bind.HANDBACKS)
