@@ -251,13 +251,14 @@ def _noted_handbacks(root):
 def _note_handback(root, address, under_way):
     """Note (``under_way``) or drop the hand-back of ``address``, durably, before the next sysfs write."""
     notes = _noted_handbacks(root)
-    if (address in notes) == under_way:
-        return
     if under_way:
-        notes[address] = _identity(root, address)
+        identity = _identity(root, address)
+        if notes.get(address) == identity:
+            return
+        notes[address] = identity  # a note of another device at the address is replaced
         _write_notes(root, notes, "noting the hand-back of %s before its first write; nothing was changed on it"
                      % address)
-    else:
+    elif address in notes:
         del notes[address]
         _write_notes(root, notes, "dropping the note of the hand-back of %s" % address)
 

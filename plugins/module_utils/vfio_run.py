@@ -120,7 +120,6 @@ class VfioPciRun(BootConfigPlanner, ModuleRun):
                 a for a in self.members
                 if is_vfio_driver(self.before[a], self.variants)
                 or is_vfio_driver(view.devices[a].driver_override, self.variants)
-                or a in self.interrupted
             ]
         self.runtime_skipped = None
         if not self.runtime:
@@ -137,8 +136,10 @@ class VfioPciRun(BootConfigPlanner, ModuleRun):
             )
         else:
             self.changing = wanted
-        # Those this run does not name are handed back first, whatever it does with its own.
-        self.resumed = {address: None for address in sorted(self.interrupted) if address not in self.members}
+        # Handed back first, whatever the run does with the others, and outside their all or nothing (a
+        # failure there does not put them back on no driver); but one this run binds now needs nothing more.
+        self.resumed = {address: None for address in sorted(self.interrupted)
+                        if not (self.state == "present" and address in self.members)}
         if self.state == "present":
             refusals = bind_refusals(view, self.members, self.changing)
             if not view.iommu_enabled:
@@ -149,6 +150,8 @@ class VfioPciRun(BootConfigPlanner, ModuleRun):
         else:
             refusals = (in_use_refusals(view, self.changing, "unbinding") + carved_refusals(view, self.changing)
                         + kept_by_sriov_refusals(view, self.changing))
+        # A host driver put on a device of a group a VM holds (kernels before 5.19 stop the host).
+        refusals += in_use_refusals(view, list(self.resumed), "handing back")
         self.persistence = self._plan_persistence(view)
         refusals.extend(self.persistence.refusals)
         self.warnings.extend(self.persistence.warnings)
@@ -190,16 +193,20 @@ class VfioPciRun(BootConfigPlanner, ModuleRun):
                     "lockdown, a kernel without VFIO)" % (module_of(driver), driver)
                 )
         for address in self.resumed:
-            self.changes_made = True
             try:
                 self.resumed[address] = release_device(self.root, address, self.variants, resume=True)
             except VfioError as error:
+                self.runtime_undone = True  # stopped before the devices it names and the boot configuration
+                self.changes_made = bool(self.resumed_done) or read_driver(self.root, address) is not None
                 raise VfioError(
                     "%s; an earlier run was stopped while handing %s back, and this run finishes that first: the "
-                    "devices it names were not touched" % (error, address), changed=True) from error
+                    "devices it names were not touched" % (error, address), changed=self.changes_made) from error
+            self.changes_made = True
             self.resumed_done.append(address)
+        self._load_host_drivers([a for a in self.resumed_done if self.resumed[a] is None])
         self._move_devices()
-        self._load_host_drivers()
+        if self.state == "absent":
+            self._load_host_drivers([a for a in self.changing if self.after.get(a) is None])
         forget_finished_handbacks(self.root)
         # The boot-time configuration is written only once every device has moved: a failure above
         # leaves the files as they were, matching the devices handed back. The images built from it
@@ -254,14 +261,11 @@ class VfioPciRun(BootConfigPlanner, ModuleRun):
                 self._move_back(moved, address, error)
             moved.append(address)
 
-    def _load_host_drivers(self):
+    def _load_host_drivers(self, left):
         """Devices handed back that no driver took: the boot bound them by ID, so nothing loaded their
         host driver's module, and ``drivers_probe`` tries loaded drivers only. On this host their
         modalias is loaded as udev loads a new device's (``modprobe -b``: blacklists kept), and the
         module's driver takes them as it registers; a device left without a driver is warned about."""
-        handed_back = self.changing if self.state == "absent" else []
-        left = [address for address in handed_back if self.after.get(address) is None]
-        left += [address for address in self.resumed_done if self.resumed[address] is None]
         modprobe = find_program(self.module, self.root, "modprobe") if left and self.live else None
         if modprobe is not None:
             aliases = {read_text(device_path(self.root, address, "modalias")) for address in left}
@@ -404,7 +408,10 @@ class VfioPciRun(BootConfigPlanner, ModuleRun):
         for address, member in self.members.items():
             record = self.view.records[address]
             before = self.before[address]
-            if address in self.after:
+            resumed = address in self.resumed  # an earlier run's hand-back, finished first
+            if resumed:
+                after = read_driver(self.root, address) if address in self.resumed_done else before
+            elif address in self.after:
                 after = self.after[address]
             elif address in self.changing and self.check_mode:
                 after = self.choices[address].driver if self.state == "present" else None
@@ -420,7 +427,7 @@ class VfioPciRun(BootConfigPlanner, ModuleRun):
                 "companion_of": member.companion_of,
                 "driver_before": before,
                 "driver_after": after,
-                "changed": after != before if self.runtime_undone else address in self.changing,
+                "changed": after != before if self.runtime_undone else address in self.changing or resumed,
             }
             result[address].update(self._driver_result(address))
         return result
@@ -460,13 +467,14 @@ class VfioPciRun(BootConfigPlanner, ModuleRun):
 
     def result(self, _plan=None):
         for address in sorted(self.interrupted):
-            if address in self.resumed:
-                outcome = "this run would reprobe it" if self.check_mode else "reprobed, it is now bound to %s" % (
-                    self.resumed[address] or "no driver")
-            elif self.state == "absent":
-                outcome = "this run hands it back"
-            else:
+            if address not in self.resumed:
                 outcome = "this run binds it as asked"
+            elif self.check_mode:
+                outcome = "this run would hand it back first"
+            elif address in self.resumed_done:
+                outcome = "handed back, it is now bound to %s" % (self.resumed[address] or "no driver")
+            else:
+                outcome = "this run could not hand it back"
             self.warnings.append(
                 "%s was on no driver: an earlier run was stopped while handing it back to its host driver, between "
                 "the unbind and the reprobe; %s" % (address, outcome))

@@ -139,6 +139,8 @@ options:
 notes:
   - Requires the PF's driver to be loaded and bound (C(sriov_numvfs) writes go through it), and SR-IOV
     enabled in the firmware setup.
+  - Its hand-backs of VFs from vfio-pci are noted as M(gpuvirt.host.vfio_pci)'s are; one cut short by a
+    killed run is finished by the next M(gpuvirt.host.vfio_pci) run, not by this module.
 seealso:
   - module: gpuvirt.host.nvidia_vgpu
   - module: gpuvirt.host.mdev

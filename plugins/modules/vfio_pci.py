@@ -240,10 +240,12 @@ notes:
     driver, with nothing on it that says so when it was bound by its ID. Each hand-back (this module's, and
     the M(gpuvirt.host.sriov) module's of VFs) is noted in C(/run/gpuvirt/handbacks.json) before its first
     write, with the device's IDs, the inode of its sysfs directory and the boot, and dropped after the
-    reprobe. The next run with O(runtime=true) that is not refused finishes each noted hand-back whose
-    device it finds on no driver (the same device, in the same boot, with no other driver_override since),
-    whatever devices it names; it hands the device back (loading its host driver's module by modalias,
-    as for its own), warns, and reports a change; one it does not name is listed in RV(resumed).
+    reprobe. The next run with O(runtime=true) that is not refused (a VM holding the device's IOMMU group
+    refuses it unless O(force)) finishes each noted hand-back whose device it finds on no driver (the same
+    device, in the same boot where the tree shows it, with no other driver_override since), whatever devices
+    it names and before them; on this host's C(/) it loads the host driver's module by modalias when no
+    driver takes the device, as for its own hand-backs. It warns, lists the device in RV(resumed) and
+    reports a change. Check mode does not predict those C(modprobe -b) commands.
 seealso:
   - module: gpuvirt.host.topology_info
   - module: gpuvirt.host.kernel_cmdline
@@ -421,9 +423,9 @@ commands:
   elements: list
 resumed:
   description:
-    - Devices this run does not name that an earlier run left on no driver, stopped while it handed them
-      back, and that this run handed back (would hand back, in check mode), with the driver that took each
-      (null in check mode, or when none did). One it names is in RV(devices).
+    - Devices an earlier run left on no driver, stopped while it handed them back, that this run handed back
+      first (would hand back, in check mode), with the driver that took each (null in check mode, or when
+      none did). One this run names is also in RV(devices), changed.
   returned: always
   type: dict
   sample: {"0000:01:00.0": nvidia}

@@ -147,9 +147,10 @@ def test_a_hand_back_cut_short_after_the_unbind_is_finished_by_the_next_run(host
     host.check_output("mkdir -p /run/gpuvirt && echo %s > /run/gpuvirt/handbacks.json" % shlex.quote(json.dumps(note)))
     host.check_output("echo %s > /sys/bus/pci/drivers/vfio-pci/unbind" % audio)
     host.run("echo '%s %s' > /sys/bus/pci/drivers/vfio-pci/remove_id" % (vendor, device))  # ENODEV: not there
-    host.check_output("modprobe -r snd_hda_intel")
+    # rmmod, not modprobe -r: that would take vfio-pci (a soft dependency of snd_hda_intel) with it.
+    host.check_output("rmmod snd_hda_intel")
     assert _driver(host, audio) is None and host.file(sysfs + "driver_override").content_string.strip() == "(null)"
-    assert not host.file("/sys/module/snd_hda_intel").exists
+    assert not host.file("/sys/module/snd_hda_intel").exists and _driver(host, gpu) == "vfio-pci"
     args = "devices=%s state=absent persistent=false" % other
     preview = run_module(host, "gpuvirt.host.vfio_pci", args, check=True)
     assert "msg" not in preview and preview["changed"] is True and preview["resumed"] == {audio: None}, preview

@@ -171,14 +171,15 @@ def test_a_hand_back_killed_before_the_reprobe_is_finished_by_the_next_run(make_
     assert binding(root, GPU) == (None, None)
 
     preview = vfio_pci(root, kernel=kernel, devices=[GPU], state="absent", persistent=False, check_mode=True)
-    assert preview["rc"] == 0 and preview["changed"] is True and preview["resumed"] == {}, preview
+    assert preview["rc"] == 0 and preview["changed"] is True and preview["resumed"] == {GPU: None}, preview
     assert preview["devices"][GPU]["changed"] is True
-    assert any(w.startswith(GPU + " was on no driver") and w.endswith("this run hands it back")
+    assert any(w.startswith(GPU + " was on no driver") and w.endswith("this run would hand it back first")
                for w in warnings(preview))
     assert binding(root, GPU) == (None, None)
 
     done = vfio_pci(root, kernel=kernel, devices=[GPU], state="absent", persistent=False)
-    assert done["rc"] == 0 and done["changed"] is True, done
+    assert done["rc"] == 0 and done["changed"] is True and done["resumed"] == {GPU: "nvidia"}, done
+    assert done["devices"][GPU]["changed"] is True
     assert (done["devices"][GPU]["driver_before"], done["devices"][GPU]["driver_after"]) == (None, "nvidia")
     assert binding(root, GPU) == ("nvidia", None)
     assert not exists(root, vfio_bind.HANDBACKS)
@@ -192,7 +193,7 @@ def test_any_run_finishes_an_interrupted_hand_back_whatever_devices_it_names(mak
     killed_hand_back(root, kernel, vfio_pci)
     preview = vfio_pci(root, kernel=kernel, devices=["0000:06:00.0"], persistent=False, check_mode=True)
     assert preview["rc"] == 0 and preview["resumed"] == {GPU: None}, preview
-    assert any(w.startswith(GPU + " was on no driver") and w.endswith("this run would reprobe it")
+    assert any(w.startswith(GPU + " was on no driver") and w.endswith("this run would hand it back first")
                for w in warnings(preview))
     done = vfio_pci(root, kernel=kernel, devices=["0000:06:00.0"], persistent=False)
     assert done["rc"] == 0 and done["resumed"] == {GPU: "nvidia"}, done
@@ -293,3 +294,58 @@ def test_a_note_of_what_is_no_longer_that_hand_back_finishes_nothing(make_host, 
     other = vfio_pci(root, kernel=kernel, devices=["0000:00:02.0"], state="absent", persistent=False)
     assert other["rc"] == 0 and other["resumed"] == {} and other["changed"] is False, other
     assert vfio_bind.read_driver(root, GPU) is None and not exists(root, vfio_bind.HANDBACKS)
+
+
+def test_a_resumed_device_gets_its_host_driver_before_the_run_fails_elsewhere(
+        make_host, vfio_pci, fake_commands, as_host):
+    root, kernel = booted_by_id(make_host)
+    fake_commands.install("modprobe", body=MODPROBE_BODY.format(root=root, drivers=HOST_DRIVERS))
+    killed_hand_back(root, kernel, vfio_pci, companions=False, initramfs=False)
+    failing = PciKernel(kernel.sim, host_drivers=HOST_DRIVERS, failing_probe=["0000:00:02.0"])
+    failed = vfio_pci(root, kernel=failing, devices=["0000:00:02.0"], persistent=False, force=True)
+    assert failed["rc"] == 1 and failed["changed"] is True, failed
+    assert binding(root, GPU) == ("nvidia", None) and not exists(root, vfio_bind.HANDBACKS)
+
+
+def test_a_named_device_handed_back_first_is_not_put_back_when_a_companion_fails(make_host, vfio_pci):
+    """Its hand-back is an earlier run's, finished: outside this run's all or nothing."""
+    root, kernel = bound_by_id(make_host)
+    killed_hand_back(root, kernel, vfio_pci, companions=False)
+    audio = "0000:01:00.1"
+    with kernel.sim.active():
+        vfio_bind.bind_device(root, audio)
+    busy = PciKernel(kernel.sim, host_drivers={GPU: "nvidia"}, busy_unbind=[audio])
+    failed = vfio_pci(root, kernel=busy, devices=[GPU], state="absent", persistent=False)
+    assert failed["rc"] == 1 and failed["changed"] is True and "Device or resource busy" in failed["msg"], failed
+    assert failed["msg"].endswith("the hand-back of %s, which an earlier run left unfinished, was finished first" % GPU)
+    assert binding(root, GPU) == ("nvidia", None) and binding(root, audio)[0] == "vfio-pci"
+
+
+def test_a_note_of_an_earlier_device_at_the_address_is_replaced(make_host, vfio_pci):
+    """A stale note (the device made again since) does not hide a new hand-back of the device there now."""
+    root, kernel = bound_by_id(make_host)
+    killed_hand_back(root, kernel, vfio_pci, at=r"sys/bus/pci/drivers/vfio-pci/unbind\Z")
+    remake(root, GPU)
+    killed_hand_back(root, kernel, vfio_pci)
+    assert vfio_bind.interrupted_handbacks(root) == [GPU]
+
+
+def hold_group(root, pid, group):
+    """A process (QEMU) that has opened /dev/vfio/<group> since, as the tree's /proc shows it."""
+    os.makedirs(os.path.join(root, "proc/%d/fd" % pid))
+    with open(os.path.join(root, "proc/%d/comm" % pid), "w", encoding="utf-8") as handle:
+        handle.write("qemu-system-x86\n")
+    put(root, "dev/vfio/%s" % group)
+    os.symlink("/dev/vfio/%s" % group, os.path.join(root, "proc/%d/fd/21" % pid))
+
+
+def test_finishing_a_hand_back_in_a_group_a_vm_holds_is_refused_unless_forced(make_host, vfio_pci):
+    root, kernel = bound_by_id(make_host)
+    killed_hand_back(root, kernel, vfio_pci)
+    hold_group(root, 4242, 2)
+    refused = vfio_pci(root, kernel=kernel, devices=["0000:00:02.0"], state="absent", persistent=False)
+    assert refused["rc"] == 1 and refused["changed"] is False, refused
+    assert [r["code"] for r in refused["refusals"]] == ["in_use"] and "4242" in refused["msg"]
+    assert binding(root, GPU) == (None, None)
+    forced = vfio_pci(root, kernel=kernel, devices=["0000:00:02.0"], state="absent", persistent=False, force=True)
+    assert forced["rc"] == 0 and forced["resumed"] == {GPU: "nvidia"}, forced
