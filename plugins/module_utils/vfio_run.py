@@ -111,15 +111,19 @@ class VfioPciRun(BootConfigPlanner, ModuleRun):
         requested = self.driver if self.state == "present" else "auto"
         self.choices = choose_drivers(self.root, self.members, requested, aliases, release)
         self.before = {address: view.devices[address].driver for address in self.members}
-        # Devices an earlier run left on no driver, killed in the middle of handing them back.
+        # Devices an earlier run left on no driver, killed in the middle of handing them back: handed back
+        # first, whatever the run does with the others, and outside their all or nothing (a failure there
+        # does not put them back on no driver); but one this run binds now needs nothing more.
         self.interrupted = set(interrupted_handbacks(self.root)) if self.runtime else set()
+        self.resumed = {address: None for address in sorted(self.interrupted)
+                        if not (self.state == "present" and address in self.members)}
         if self.state == "present":
             wanted = [a for a in self.members if self.before[a] != self.choices[a].driver]
         else:
             wanted = [
                 a for a in self.members
-                if is_vfio_driver(self.before[a], self.variants)
-                or is_vfio_driver(view.devices[a].driver_override, self.variants)
+                if a not in self.resumed and (is_vfio_driver(self.before[a], self.variants)
+                                              or is_vfio_driver(view.devices[a].driver_override, self.variants))
             ]
         self.runtime_skipped = None
         if not self.runtime:
@@ -136,10 +140,6 @@ class VfioPciRun(BootConfigPlanner, ModuleRun):
             )
         else:
             self.changing = wanted
-        # Handed back first, whatever the run does with the others, and outside their all or nothing (a
-        # failure there does not put them back on no driver); but one this run binds now needs nothing more.
-        self.resumed = {address: None for address in sorted(self.interrupted)
-                        if not (self.state == "present" and address in self.members)}
         if self.state == "present":
             refusals = bind_refusals(view, self.members, self.changing)
             if not view.iommu_enabled:

@@ -349,3 +349,21 @@ def test_finishing_a_hand_back_in_a_group_a_vm_holds_is_refused_unless_forced(ma
     assert binding(root, GPU) == (None, None)
     forced = vfio_pci(root, kernel=kernel, devices=["0000:00:02.0"], state="absent", persistent=False, force=True)
     assert forced["rc"] == 0 and forced["resumed"] == {GPU: "nvidia"}, forced
+
+
+def test_a_named_device_whose_override_still_names_vfio_pci_is_handed_back_once(make_host, vfio_pci):
+    """Killed after the unbind with its override still vfio-pci's: noted and named, it is handed back
+    once, first, and refused once while a VM holds its group."""
+    root, kernel = bound_by_id(make_host)
+    vfio_bind.write_text(vfio_bind.device_path(root, GPU, "driver_override"), "vfio-pci")
+    killed_hand_back(root, kernel, vfio_pci, at=r"sys/bus/pci/drivers/vfio-pci/remove_id\Z", companions=False)
+    assert binding(root, GPU) == (None, "vfio-pci")
+    hold_group(root, 4242, 2)
+    refused = vfio_pci(root, kernel=kernel, devices=[GPU], state="absent", persistent=False, companions=False)
+    assert refused["rc"] == 1 and [r["code"] for r in refused["refusals"]] == ["in_use"], refused
+    del kernel.sim.writes[:]
+    done = vfio_pci(root, kernel=kernel, devices=[GPU], state="absent", persistent=False, companions=False,
+                    force=True)
+    assert done["rc"] == 0 and done["resumed"] == {GPU: "nvidia"}, done
+    assert [path for path, _value in kernel.sim.writes].count("sys/bus/pci/drivers_probe") == 1
+    assert binding(root, GPU) == ("nvidia", None)
