@@ -238,9 +238,7 @@ def _noted_handbacks(root):
     try:
         with open(inside(root, HANDBACKS), "rb") as handle:
             noted = json.loads(handle.read().decode("utf-8"))
-    except FileNotFoundError:
-        return {}
-    except (OSError, UnicodeDecodeError, ValueError):
+    except (OSError, UnicodeDecodeError, ValueError):  # none (FileNotFoundError) or unreadable
         return {}
     if not isinstance(noted, dict):
         return {}
