@@ -226,11 +226,15 @@ def _identity(root, address):
     except OSError:
         return None
     return {
-        "id": "%s:%s" % (read_hex(device_path(root, address, "vendor"), 4),
-                         read_hex(device_path(root, address, "device"), 4)),
+        "id": "%s:%s" % _device_ids(root, address),
         "inode": inode,
         "boot": read_text(host_path(root, BOOT_ID)),
     }
+
+
+def _device_ids(root, address):
+    """``(vendor, device)``: the IDs of ``address`` as 4 lowercase hex digits each (None when unreadable)."""
+    return read_hex(device_path(root, address, "vendor"), 4), read_hex(device_path(root, address, "device"), 4)
 
 
 def _noted_handbacks(root):
@@ -292,8 +296,7 @@ def return_device(root, address, driver, override=None, variants=(), attempts=10
 
 
 def _remove_dynamic_id(root, address):
-    vendor = read_hex(device_path(root, address, "vendor"), 4)
-    device = read_hex(device_path(root, address, "device"), 4)
+    vendor, device = _device_ids(root, address)
     if vendor is None or device is None:
         return
     try:

@@ -203,10 +203,10 @@ class VfioPciRun(BootConfigPlanner, ModuleRun):
                     "devices it names were not touched" % (error, address), changed=self.changes_made) from error
             self.changes_made = True
             self.resumed_done.append(address)
-        self._load_host_drivers([a for a in self.resumed_done if self.resumed[a] is None])
+        self._load_host_drivers([a for a in self.resumed_done if self.resumed[a] is None], self.resumed)
         self._move_devices()
         if self.state == "absent":
-            self._load_host_drivers([a for a in self.changing if self.after.get(a) is None])
+            self._load_host_drivers([a for a in self.changing if self.after.get(a) is None], self.after)
         forget_finished_handbacks(self.root)
         # The boot-time configuration is written only once every device has moved: a failure above
         # leaves the files as they were, matching the devices handed back. The images built from it
@@ -261,11 +261,12 @@ class VfioPciRun(BootConfigPlanner, ModuleRun):
                 self._move_back(moved, address, error)
             moved.append(address)
 
-    def _load_host_drivers(self, left):
+    def _load_host_drivers(self, left, drivers):
         """Devices handed back that no driver took: the boot bound them by ID, so nothing loaded their
         host driver's module, and ``drivers_probe`` tries loaded drivers only. On this host their
         modalias is loaded as udev loads a new device's (``modprobe -b``: blacklists kept), and the
-        module's driver takes them as it registers; a device left without a driver is warned about."""
+        module's driver takes them as it registers; a device left without a driver is warned about.
+        ``drivers``: where the driver each of ``left`` ends on is kept (``self.after``, ``self.resumed``)."""
         modprobe = find_program(self.module, self.root, "modprobe") if left and self.live else None
         if modprobe is not None:
             aliases = {read_text(device_path(self.root, address, "modalias")) for address in left}
@@ -274,13 +275,9 @@ class VfioPciRun(BootConfigPlanner, ModuleRun):
                 self.commands.append(argv)
                 self.module.run_command(argv, environ_update={"LC_ALL": "C", "LANG": "C"})
             for address in left:
-                driver = wait_for_a_driver(self.root, address)
-                if address in self.resumed:
-                    self.resumed[address] = driver
-                else:
-                    self.after[address] = driver
+                drivers[address] = wait_for_a_driver(self.root, address)
         for address in left:
-            if (self.resumed if address in self.resumed else self.after)[address] is None:
+            if drivers[address] is None:
                 self.warnings.append(
                     "%s was handed back but no driver took it: its host driver's module is not loaded%s; load it "
                     "(modprobe -b $(cat /sys/bus/pci/devices/%s/modalias)) or reboot"
@@ -410,7 +407,7 @@ class VfioPciRun(BootConfigPlanner, ModuleRun):
             before = self.before[address]
             resumed = address in self.resumed  # an earlier run's hand-back, finished first
             if resumed:
-                after = read_driver(self.root, address) if address in self.resumed_done else before
+                after = self.resumed[address] if address in self.resumed_done else before
             elif address in self.after:
                 after = self.after[address]
             elif address in self.changing and self.check_mode:
