@@ -1,7 +1,7 @@
 # Copyright (c) gpuvirt.host contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Turning a GPU's virtualization mode on: one generic read -> plan -> apply; the vendor backends say
-what a mode needs (:meth:`enable_plan` of each backend).
+"""Turning a GPU's virtualization mode on or off: one generic read -> plan -> apply; the vendor backends
+say what a mode needs (:meth:`enable_plan` of each backend) and what turns it off again (:meth:`disable_plan`).
 
 A vendor plan (:class:`EnablePlan`) holds only declarations: kernel arguments to add (written through
 :mod:`bootloader`, so every boot loader the collection knows is covered), files to write (modprobe.d,
@@ -66,11 +66,18 @@ def _gpu_reason(device):
     return None
 
 
-def plan_mode(device, host, mode, options):
-    """The vendor's :class:`EnablePlan` for ``mode`` on ``device``. ``options``: ``{name: value}`` (None: not
-    given); an option the mode does not take is refused."""
+def plan_mode(device, host, mode, options, state="present"):
+    """The vendor's :class:`EnablePlan` for ``mode`` on ``device``, to turn it on (``state`` present) or off
+    (absent). ``options``: ``{name: value}`` (None: not given); an option the mode does not take is refused,
+    and turning a mode off takes none."""
     for backend in vendors.backends_for(device.vendor_id):
         if mode in backend.enable_modes:
+            if state == "absent":
+                given = sorted(name for name, value in options.items() if value is not None)
+                if given:
+                    raise EnableError("turning mode %s off (state absent) takes no options, not %s; nothing changed"
+                                      % (mode, ", ".join(given)))
+                return backend.disable_plan(device, host, mode)
             taken = backend.enable_options.get(mode, {})
             foreign = sorted(name for name, value in options.items() if value is not None and name not in taken)
             if foreign:
@@ -107,14 +114,16 @@ class ModeRun(ModuleRun):
     def plan(self):
         params = self.params
         device, host = read_gpu(self.root, params["selector"])
-        mode = plan_mode(device, host, params["mode"], _options(params))
-        _check_recorded_vfs(self.root, mode)
+        state = params["state"]
+        mode = plan_mode(device, host, params["mode"], _options(params), state)
+        _check_recorded_vfs(self.root, mode, state)
+        _check_recorded_mdevs(self.root, mode)
         files = tuple(self.plan_file(relative, content) for relative, content in mode.files)
         if mode.records:
             files += (_plan_records(self.root, mode.records),)
         boot = None
-        if mode.kernel_arguments:
-            wanted, unwanted = bootloader.validate_arguments(list(mode.kernel_arguments), [])
+        if mode.kernel_arguments or mode.remove_arguments:
+            wanted, unwanted = bootloader.validate_arguments(list(mode.kernel_arguments), list(mode.remove_arguments))
             boot = bootloader.plan(
                 self.module, self.root, params["bootloader"], wanted, unwanted, update=params["update"]
             )
@@ -141,12 +150,14 @@ class ModeRun(ModuleRun):
             "changed": bool(changed_files or self.loaded or (plan.boot is not None and plan.boot.resumed)),
             "files_changed": changed_files,
             "kernel_arguments": list(plan.mode.kernel_arguments),
+            "kernel_arguments_absent": list(plan.mode.remove_arguments),
             "modules_loaded": list(self.loaded),
             "reboot_required": bool(running),
             "reboot_for": running,
             "diff": [c.diff() for c in plan.files] + [e.diff() for e in edits],
             "notes": list(plan.mode.notes),
             "mode": plan.mode.mode,
+            "state": self.params["state"],
             "device": plan.mode.address,
             "verification": verify(self.root, plan.mode.address, plan.mode.mode),
         }
@@ -210,7 +221,7 @@ def _plan_records(root, records):
     return plan_state(root, state)
 
 
-def _check_recorded_vfs(root, mode):
+def _check_recorded_vfs(root, mode, state="present"):
     """Refuse a plan that offers a physical function fewer VFs than the state file has the boot restore
     enable on it: the restore would fail on it at every boot, and its VFs would not come back."""
     if not mode.vf_limits:
@@ -225,11 +236,35 @@ def _check_recorded_vfs(root, mode):
         count = entry.get("num_vfs") if isinstance(entry, dict) else None
         if isinstance(count, int) and not isinstance(count, bool) and count > limit:
             short.append("%s (%d VFs recorded, %d offered)" % (address, count, limit))
+    if short and state == "absent":
+        raise EnableError(
+            "turning %s off leaves no VFs where the boot restore enables them: %s; it would fail there at every boot. "
+            "Set their VF counts to 0 first (gpuvirt.host.sriov); nothing changed" % (mode.mode, "; ".join(short))
+        )
     if short:
         raise EnableError(
             "the VF limit this sets is below the VFs the boot restore enables on %s: it would fail there at every "
             "boot. Lower their VF counts first (gpuvirt.host.sriov), or set a limit that covers them; nothing "
             "changed" % "; ".join(short)
+        )
+
+
+def _check_recorded_mdevs(root, mode):
+    """Refuse a plan after which a mediated-device parent offers no types while the state file has the boot
+    restore create mdevs on it: they would fail at every boot."""
+    if not mode.parents_off:
+        return
+    try:
+        recorded = load_state(root)["mdevs"]
+    except StateFileError as error:
+        raise EnableError(str(error)) from error
+    held = sorted(uuid for uuid, entry in recorded.items()
+                  if isinstance(entry, dict) and entry.get("parent") in mode.parents_off)
+    if held:
+        raise EnableError(
+            "turning %s off leaves %s without mdev types, and the boot restore creates %s there: it would fail at "
+            "every boot. Remove them first (gpuvirt.host.mdev, state absent); nothing changed"
+            % (mode.mode, ", ".join(mode.parents_off), ", ".join(held))
         )
 
 

@@ -275,6 +275,26 @@ class AmdBackend(VendorBackend):
             vf_limits=tuple(zip(gpus, values)),
         )
 
+    def disable_plan(self, device, host, mode):
+        """MxGPU off: GIM is one driver for every GPU it drives, and its ``vf_num`` takes no 0 (1 to 31): both
+        files this collection writes for it go, so GIM no longer loads at boot, on every GPU it drives (refused
+        while the boot restore enables VFs on one). The VFs and GIM stay until the reboot (or GIM's unload)."""
+        gpus = gim_gpus(host.devices)
+        notes = ["this collection no longer loads gim at boot (another modules-load.d entry for gim would): the GPUs "
+                 "it drives (%s) come up without it after the reboot, on amdgpu where amdgpu is not blacklisted "
+                 "(modprobe.blacklist=amdgpu stays as it is; remove it "
+                 "with gpuvirt.host.kernel_cmdline to give them back to amdgpu)" % (", ".join(gpus) or "none now")]
+        if host.module_loaded(HOST_DRIVER):
+            notes.append("gim and the VFs it enabled stay until the reboot")
+        return EnablePlan(
+            mode=mode,
+            address=device.address,
+            files=((GIM_CONF, None), (GIM_MODULES_LOAD, None)),
+            running_needs=(("gim not loaded", not host.module_loaded(HOST_DRIVER)),),
+            notes=tuple(notes),
+            vf_limits=tuple((gpu, 0) for gpu in gpus),
+        )
+
     def modes(self, device, host):
         if (device.device_id or "") not in GIM_IDS and device.driver != HOST_DRIVER:
             return []

@@ -545,6 +545,74 @@ class IntelBackend(VendorBackend):
             notes=tuple(notes),
         )
 
+    def disable_plan(self, device, host, mode):
+        """GVT-g off: ``i915.enable_gvt`` off the command line and the ``kvmgt`` modules-load file gone, so the
+        next boot's i915 offers no GVT-g types (refused while the boot restore records GVT-g mdevs on the
+        iGPU). SR-IOV off: ``<driver>.max_vfs=0`` (0 and not the argument removed: xe's default is unlimited
+        since 6.17), so the driver probes every GPU it drives as a plain GPU (refused while the boot restore
+        enables VFs on one). What the SR-IOV plan added beside ``max_vfs`` stays (see the notes)."""
+        if mode == "gvt-g":
+            return self._gvt_g_off_plan(device, host)
+        return self._sriov_off_plan(device, host)
+
+    @staticmethod
+    def _gvt_g_off_plan(device, host):
+        notes = []
+        on_elsewhere = not host.cmdline_flag("i915.enable_gvt") and _gvt_g_on(host)
+        if on_elsewhere:
+            notes.append(
+                "the loaded i915 has GVT-g on (enable_gvt Y) without i915.enable_gvt on the kernel command line: an "
+                "options line in /etc/modprobe.d sets it, which this module does not write; remove it there"
+            )
+        notes.append("%s stays loaded and the iGPU's mdevs stay until the reboot" % GVT_G_MODULE)
+        return EnablePlan(
+            mode="gvt-g",
+            address=device.address,
+            remove_arguments=("i915.enable_gvt",),
+            files=(("etc/modules-load.d/gpuvirt-gvt-g.conf", None),),
+            running_needs=(("GVT-g off in the loaded i915 (enable_gvt)", not _gvt_g_on(host)),),
+            notes=tuple(notes),
+            parents_off=(device.address,),
+        )
+
+    @staticmethod
+    def _sriov_off_plan(device, host):
+        driver = device.driver
+        if driver not in SRIOV_DRIVERS:
+            raise EnableError(
+                "turning SR-IOV off on %s needs the i915 or xe driver bound to it, whose max_vfs it sets, not %s; "
+                "nothing changed" % (device.address, driver or "no driver")
+            )
+        max_vfs, state = parameter_state(host.root, driver, "max_vfs")
+        gpus = [address for address, other in sorted(host.devices.items())
+                if other.driver == driver and not other.is_vf and other.sriov is not None]
+        notes = []
+        if state == "absent":
+            # No PF mode in this driver: only a stale max_vfs argument can be left to remove.
+            return EnablePlan(mode="sriov", address=device.address, remove_arguments=("%s.max_vfs" % driver,),
+                              notes=("the loaded %s has no max_vfs parameter, so no SR-IOV PF mode" % driver,))
+        live = ["%s (%d)" % (address, host.devices[address].sriov.num_vfs) for address in gpus
+                if host.devices[address].sriov.num_vfs]
+        if live:
+            notes.append("the VFs enabled now go with the reboot: %s" % ", ".join(live))
+        if len(gpus) > 1:
+            notes.append("max_vfs is %s's: SR-IOV goes off on every GPU it drives (%s)" % (driver, ", ".join(gpus)))
+        notes.append(
+            "i915.enable_guc, xe.force_probe and module_blacklist stay as they are: they decide which driver drives "
+            "the GPU and how, not SR-IOV alone; remove what nothing else needs with gpuvirt.host.kernel_cmdline"
+        )
+        # Off now: max_vfs 0 in the loaded driver, or no GPU of it in PF mode (sriov_totalvfs 0 on each).
+        off = kernel_int(max_vfs) == 0 or not any(host.devices[address].sriov.total_vfs for address in gpus)
+        return EnablePlan(
+            mode="sriov",
+            address=device.address,
+            kernel_arguments=("%s.max_vfs=0" % driver,),
+            running_needs=(("%s out of SR-IOV PF mode in the loaded driver (max_vfs now %s)"
+                            % (driver, max_vfs if state == "value" else state), off),),
+            notes=tuple(notes),
+            vf_limits=tuple((address, 0) for address in gpus),
+        )
+
     @staticmethod
     def _add_iommu(host, arguments, running, notes):
         argument, note = _iommu_argument(host)

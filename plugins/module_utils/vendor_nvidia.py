@@ -356,6 +356,15 @@ class NvidiaBackend(VendorBackend):
         return EnablePlan(mode=mode, address=device.address,
                           notes=("create vGPU profiles with gpuvirt.host.nvidia_vgpu",))
 
+    def disable_plan(self, device, host, mode):
+        """vGPU: the mode writes nothing to turn it on, so there is nothing here to turn off: a refusal with
+        what does."""
+        raise EnableError(
+            "vGPU on %s is NVIDIA's vGPU host driver installed and running; this module installs nothing for it, "
+            "so it has nothing to turn off: remove the vGPU profiles (gpuvirt.host.nvidia_vgpu) and uninstall the "
+            "vgpu-kvm package to turn it off; nothing changed" % device.address
+        )
+
     def read_device(self, path, address, findings, directory=None):
         state = read_nvidia_vgpu(path, address, findings, directory=directory)
         if state is None:

@@ -1,8 +1,8 @@
 # Copyright (c) gpuvirt.host contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """The vendor backend interface (:class:`VendorBackend`) and what a backend hands to the generic code: a
-plan to turn a mode on (:class:`EnablePlan`, applied by :mod:`enablement`) or :class:`EnableError` when it
-cannot; its boot-time restore steps (:class:`RestoreStep`, run by :mod:`restore`)."""
+plan to turn a mode on or off (:class:`EnablePlan`, applied by :mod:`enablement`) or :class:`EnableError` when
+it cannot; its boot-time restore steps (:class:`RestoreStep`, run by :mod:`restore`)."""
 
 from __future__ import annotations
 
@@ -24,11 +24,14 @@ class VendorRestoreError(GpuvirtError):
 
 @dataclass(frozen=True)
 class EnablePlan:
-    """Declarations only: kernel arguments to add, files to write (``((relative path, content), ...)``),
-    modules to load now, ``running_needs`` (``(description, satisfied now)``: what the running kernel
-    must show for the mode to work without a reboot), and ``vf_limits`` (``((PF address, VFs), ...)``:
-    the most VFs each physical function is offered once the plan is in effect, for every PF the setting
-    reaches; a driver-wide ``max_vfs`` reaches all the GPUs of that driver).
+    """Declarations only: kernel arguments to add, ``remove_arguments`` (arguments or bare keys the command
+    line must not hold, as :mod:`bootloader` takes them), files to write (``((relative path, content),
+    ...)``; content None: the file is removed), modules to load now, ``running_needs`` (``(description,
+    satisfied now)``: what the running kernel must show for the mode to work, or to be off, without a
+    reboot), ``vf_limits`` (``((PF address, VFs), ...)``: the most VFs each physical function is offered
+    once the plan is in effect, for every PF the setting reaches; a driver-wide ``max_vfs`` reaches all
+    the GPUs of that driver), and ``parents_off`` (the mediated-device parents that offer no types once it
+    is in effect).
 
     ``records`` (``((section, key, entry), ...)``): what the boot-time restore must know, written to the
     state file (:mod:`hoststate`) with the files: each ``entry`` of ``section`` (one of the vendor's
@@ -38,11 +41,13 @@ class EnablePlan:
     mode: str
     address: str
     kernel_arguments: tuple = ()
+    remove_arguments: tuple = ()
     files: tuple = ()
     load_modules: tuple = ()
     running_needs: tuple = ()
     notes: tuple = field(default=())
     vf_limits: tuple = ()
+    parents_off: tuple = ()
     records: tuple = ()
 
 
@@ -128,7 +133,7 @@ class VendorBackend:
     ``host_slot_vendors``, :meth:`read_device`, :meth:`gpu_keys`, :meth:`modes`.
     The controller's readers of :data:`VGPU_KEY`: :meth:`legacy_vgpu`, ``proxmox_sets_vgpu_types``,
     ``vgpu_removal_advice``.
-    Enabling (:mod:`enablement`): ``enable_modes``, ``enable_options``, :meth:`enable_plan`.
+    Enabling (:mod:`enablement`): ``enable_modes``, ``enable_options``, :meth:`enable_plan`, :meth:`disable_plan`.
     Carving (:mod:`sriov`, :mod:`mdev`): ``vf_tools``, :meth:`vf_count_set_by`, :meth:`vf_count_advice`,
     :meth:`in_use_reasons`, :meth:`no_mdev_types_hint`.
     Guarding (:mod:`device_users`): :meth:`device_nodes`.
@@ -198,6 +203,12 @@ class VendorBackend:
         """The :class:`EnablePlan` for one of ``enable_modes``; raises :class:`EnableError`. ``options``: the
         values given for the mode's ``enable_options`` (the others are refused before this is called)."""
         raise EnableError("%s: the %s backend cannot enable %s; nothing changed" % (device.address, self.name, mode))
+
+    def disable_plan(self, device, host, mode):
+        """The :class:`EnablePlan` that turns one of ``enable_modes`` off again (``state: absent``): what
+        :meth:`enable_plan` wrote undone, so that the GPU no longer offers the mode after the next boot (or
+        driver load); raises :class:`EnableError`, nothing changed, when it cannot."""
+        raise EnableError("%s: the %s backend cannot turn %s off; nothing changed" % (device.address, self.name, mode))
 
     def vf_count_set_by(self, device):
         """Why the VF count of this physical function cannot be written through ``sriov_numvfs`` and how

@@ -31,6 +31,15 @@ description:
     refuses with what to install."
   - "V(vgpu) (NVIDIA): checks that the vGPU host driver is loaded (C(nvidia_vgpu_vfio)) and
     C(nvidia-vgpu-mgr) runs; refuses with what to install otherwise. Nothing is written."
+  - "O(state=absent) turns the mode off again for the next boot: V(gvt-g) removes C(i915.enable_gvt) from the
+    kernel command line and the C(kvmgt) modules-load file; V(sriov) sets C(<driver>.max_vfs=0) (not the argument
+    removed - xe's default is unlimited since Linux 6.17), for every GPU that driver drives, and leaves
+    C(i915.enable_guc), C(xe.force_probe) and C(module_blacklist) as they are, since they also decide which driver
+    drives the GPU; V(mxgpu) removes both files written for GIM, so that it no longer loads at boot, for every GPU
+    it drives; V(vgpu), which writes nothing, is refused with what turns it off. It is refused, nothing changed,
+    while the boot-time restore records what the mode carries (VFs on a GPU it reaches, GVT-g mdevs on the iGPU):
+    remove those first with M(gpuvirt.host.sriov) or M(gpuvirt.host.mdev). The running kernel keeps the mode until
+    the reboot (C(reboot_required))."
 extends_documentation_fragment:
   - gpuvirt.host.attributes
   - gpuvirt.host.attributes.linux
@@ -64,6 +73,13 @@ options:
       - For V(sriov), a limit of the driver, so every GPU it drives. A limit below the VFs the boot-time restore
         enables on a GPU (recorded by M(gpuvirt.host.sriov)) is refused; lower those first.
     type: int
+  state:
+    description:
+      - V(present) turns the mode on; V(absent) turns it off again (see the description). V(absent) takes no
+        O(max_vfs) or O(options).
+    type: str
+    default: present
+    choices: [present, absent]
   options:
     description:
       - The mode's own options, by name, as its vendor's backend takes them (C(max_vfs) can be given here too).
@@ -100,6 +116,12 @@ EXAMPLES = r"""
   ansible.builtin.reboot:
   when: gvt.reboot_required
 
+- name: Turn GVT-g off again from the next boot (its mdevs removed from the boot restore first)
+  gpuvirt.host.virtualization_mode:
+    selector: "0000:00:02.0"
+    mode: gvt-g
+    state: absent
+
 - name: Let each Flex 170 offer 7 VFs (a selector names one GPU; loop over the cards)
   gpuvirt.host.virtualization_mode:
     selector: "{{ item }}"
@@ -114,6 +136,11 @@ mode:
   returned: success
   type: str
   sample: gvt-g
+state:
+  description: The state asked for, V(present) or V(absent).
+  returned: success
+  type: str
+  sample: present
 device:
   description: The GPU's PCI address.
   returned: success
@@ -131,6 +158,12 @@ kernel_arguments:
   type: list
   elements: str
   sample: [i915.enable_gvt=1]
+kernel_arguments_absent:
+  description: The kernel arguments (a bare key - any value of it) the mode needs off the command line.
+  returned: success
+  type: list
+  elements: str
+  sample: [i915.enable_gvt]
 modules_loaded:
   description: Modules loaded by this run.
   returned: success
@@ -138,7 +171,8 @@ modules_loaded:
   elements: str
   sample: []
 reboot_required:
-  description: The running kernel or driver lacks what the mode needs; it works after a reboot.
+  description: The running kernel or driver lacks what the mode needs (has the mode still, for V(absent)); it works
+    after a reboot.
   returned: success
   type: bool
   sample: true
@@ -173,6 +207,7 @@ def main():
         argument_spec=dict(
             selector=dict(type="str", required=True),
             mode=dict(type="str", required=True),
+            state=dict(type="str", default="present", choices=["present", "absent"]),
             max_vfs=dict(type="int"),
             options=dict(type="dict"),
             bootloader=dict(type="str", default="auto", choices=["auto"] + list(bootloader.BOOTLOADERS)),

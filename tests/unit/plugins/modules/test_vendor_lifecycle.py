@@ -2,7 +2,8 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Each vendor end to end on its fixture host, the modules in the order the vgpu role calls them:
 spec -> enabled (virtualization_mode) -> reboot -> carved (sriov / nvidia_vgpu / mdev) -> reboot ->
-restored at boot (the restore run against the tree, its vendor steps through the registry).
+restored at boot (the restore run against the tree, its vendor steps through the registry); and each
+mode turned off again (``state: absent``) and booted without it, or refused with the host left as it was.
 
 The simulators react as the drivers do (tests/sim/boot.py: the next command line from the boot
 configuration, module parameters from it and modprobe.d; i915/xe PF mode from ``max_vfs``, GIM enabling
@@ -23,7 +24,7 @@ from ansible_collections.gpuvirt.host.tests.sim.boot import fake_modprobe, modpr
 from ansible_collections.gpuvirt.host.tests.sim.nvidia_vgpu_sim import attach, fake_sriov_manage
 from ansible_collections.gpuvirt.host.tests.sim.pci_kernel import PciKernel
 from ansible_collections.gpuvirt.host.tests.unit.plugins.modules.test_vfio_pci import read
-from ansible_collections.gpuvirt.host.tests.unit.plugins.modules.test_virtualization_mode import with_grub
+from ansible_collections.gpuvirt.host.tests.unit.plugins.modules.test_virtualization_mode import snapshot, with_grub
 
 FLEX = "0000:4e:00.0"
 FLEX2 = "0000:8c:00.0"
@@ -392,3 +393,159 @@ def test_a_gim_vf_num_below_what_the_restore_enables_is_refused(make_host, modul
     assert carved["rc"] == 0, carved
     lowered = module("virtualization_mode", root, selector=MI300X, mode="mxgpu", max_vfs=1)
     assert lowered["rc"] == 1 and "0000:06:00.0 (8 VFs recorded, 1 offered)" in lowered["msg"], lowered
+
+
+# -- Turning a mode off (state: absent) ---------------------------------------------------------------
+
+GVT_G_MODULES_LOAD = "etc/modules-load.d/gpuvirt-gvt-g.conf"
+GIM_MODULES_LOAD = "etc/modules-load.d/gpuvirt-gim.conf"
+PREDICTED = ("changed", "files_changed", "reboot_required", "reboot_for", "kernel_arguments",
+             "kernel_arguments_absent")
+
+
+def off_as_predicted(module, root, **spec):
+    """Turn the mode off in check mode, then for real: the same prediction, and a second run changes nothing."""
+    spec = dict(spec, state="absent")
+    before = snapshot(root)
+    predicted = module("virtualization_mode", root, check_mode=True, **spec)
+    assert predicted["rc"] == 0 and predicted["changed"] is True, predicted
+    assert snapshot(root) == before
+    done = module("virtualization_mode", root, **spec)
+    assert done["rc"] == 0 and done["state"] == "absent", done
+    assert {key: done[key] for key in PREDICTED} == {key: predicted[key] for key in PREDICTED}
+    again = module("virtualization_mode", root, **spec)
+    assert again["rc"] == 0 and again["changed"] is False and again["files_changed"] == [], again
+    return done
+
+
+def test_gvt_g_off_takes_the_argument_and_kvmgt_away_and_the_next_boot_has_no_types(make_host, module):
+    root = with_grub(make_host("gvtg_laptop"))
+    grub = read(root, "etc/default/grub")
+    assert module("virtualization_mode", root, selector=IGPU, mode="gvt-g")["changed"] is True
+    assert gvt_g.boot(root) is True
+
+    done = off_as_predicted(module, root, selector=IGPU, mode="gvt-g")
+
+    assert done["kernel_arguments_absent"] == ["i915.enable_gvt"] and done["kernel_arguments"] == []
+    assert read(root, "etc/default/grub") == grub
+    assert read(root, GVT_G_MODULES_LOAD) is None
+    assert done["reboot_required"] is True and done["verification"]["ready"] is True  # on until the reboot
+    assert "/etc/modules-load.d/gpuvirt-gvt-g.conf" in done["files_changed"]
+
+    assert gvt_g.boot(root) is False
+    assert not os.path.exists(os.path.join(root, "sys/bus/pci/devices", IGPU, "mdev_supported_types"))
+    after = module("virtualization_mode", root, selector=IGPU, mode="gvt-g", state="absent")
+    assert after["changed"] is False and after["reboot_required"] is False, after
+    assert after["verification"]["ready"] is False
+    # And on again: the same plan as the first time.
+    assert module("virtualization_mode", root, selector=IGPU, mode="gvt-g")["changed"] is True
+    assert gvt_g.boot(root) is True
+
+
+def test_gvt_g_off_is_refused_while_the_boot_restore_creates_a_vgpu_on_the_igpu(make_host, module):
+    root, uuid = gvt_laptop_with_a_vgpu(make_host, module)
+    before = snapshot(root)
+    for check_mode in (True, False):
+        refused = module("virtualization_mode", root, check_mode=check_mode, selector=IGPU, mode="gvt-g",
+                         state="absent")
+        assert refused["rc"] == 1 and refused["changed"] is False, refused
+        assert "leaves %s without mdev types, and the boot restore creates %s there" % (IGPU, uuid) in refused["msg"]
+        assert "gpuvirt.host.mdev, state absent" in refused["msg"]
+    assert snapshot(root) == before
+
+    removed = module("mdev", root, host_id="laptop-1", parents=[{"selector": IGPU, "mdevs": [], "exclusive": True}])
+    assert removed["rc"] == 0 and removed["changed"] is True, removed
+    assert module("virtualization_mode", root, selector=IGPU, mode="gvt-g", state="absent")["rc"] == 0
+
+
+def test_gvt_g_on_through_modprobe_d_is_named_not_edited(make_host, module):
+    # enable_gvt Y in the loaded i915 without the argument: an options line elsewhere turns it on.
+    root = with_grub(make_host("gvtg_laptop", kernel={"parameters": {"i915": {"enable_gvt": "Y"}}}))
+    done = module("virtualization_mode", root, selector=IGPU, mode="gvt-g", state="absent")
+    assert done["rc"] == 0 and done["changed"] is False, done
+    assert done["reboot_required"] is True
+    assert any("an options line in /etc/modprobe.d sets it" in note for note in done["notes"]), done["notes"]
+
+
+def test_intel_sriov_off_sets_max_vfs_0_for_every_gpu_of_the_driver(make_host, module):
+    for driver in ("i915", "xe"):
+        root = flex_host(make_host, driver)
+        assert module("virtualization_mode", root, selector=FLEX, mode="sriov", max_vfs=7)["rc"] == 0
+        assert reboot(root)[driver] == {FLEX: 7, FLEX2: 7}
+
+        done = off_as_predicted(module, root, selector=FLEX2, mode="sriov")
+
+        grub = read(root, "etc/default/grub")
+        assert done["kernel_arguments"] == ["%s.max_vfs=0" % driver], done
+        assert "%s.max_vfs=0" % driver in grub and "%s.max_vfs=7" % driver not in grub
+        assert ("i915.enable_guc=3" in grub) is (driver == "i915")  # left as it was
+        assert done["reboot_required"] is True
+        assert any("SR-IOV goes off on every GPU it drives (%s, %s)" % (FLEX, FLEX2) in note
+                   for note in done["notes"]), done["notes"]
+
+        assert reboot(root)[driver] == {FLEX: 0, FLEX2: 0}
+        assert device(root, FLEX, "sriov_totalvfs") == "0"
+        after = module("virtualization_mode", root, selector=FLEX, mode="sriov", state="absent")
+        assert after["changed"] is False and after["reboot_required"] is False, after
+
+
+def test_intel_sriov_off_is_refused_while_the_boot_restore_enables_vfs(make_host, module):
+    root = flex_host(make_host, "i915")
+    assert module("virtualization_mode", root, selector=FLEX, mode="sriov", max_vfs=7)["rc"] == 0
+    reboot(root)
+    assert module("sriov", root, devices=[{"selector": FLEX, "num_vfs": 4}], delay=0)["rc"] == 0
+    before = snapshot(root)
+
+    # Turned off through the other GPU of the driver: max_vfs reaches the first one's recorded VFs too.
+    refused = module("virtualization_mode", root, selector=FLEX2, mode="sriov", state="absent")
+    assert refused["rc"] == 1 and refused["changed"] is False, refused
+    assert "turning sriov off leaves no VFs where the boot restore enables them: %s (4 VFs recorded, 0 offered)" \
+        % FLEX in refused["msg"]
+    assert snapshot(root) == before
+
+    assert module("sriov", root, devices=[{"selector": FLEX, "num_vfs": 0}], delay=0)["rc"] == 0
+    done = module("virtualization_mode", root, selector=FLEX2, mode="sriov", state="absent")
+    assert done["rc"] == 0 and done["changed"] is True, done
+
+
+def test_mxgpu_off_stops_loading_gim_and_the_next_boot_has_no_vfs(make_host, module):
+    root = make_host("amd_mxgpu")
+    assert module("virtualization_mode", root, selector=MI300X, mode="mxgpu", max_vfs=8)["rc"] == 0
+    assert reboot(root)["gim"] == {MI300X: 8}
+
+    done = off_as_predicted(module, root, selector=MI300X, mode="mxgpu")
+
+    assert read(root, GIM_CONF) is None and read(root, GIM_MODULES_LOAD) is None
+    assert sorted(done["files_changed"]) == ["/" + GIM_CONF, "/" + GIM_MODULES_LOAD]
+    assert done["reboot_required"] is True and done["reboot_for"] == ["gim not loaded"]
+    assert "gim" not in reboot(root)
+    assert not os.path.exists(os.path.join(root, "sys/module/gim")) and vfs_of(root, MI300X) == []
+    after = module("virtualization_mode", root, selector=MI300X, mode="mxgpu", state="absent")
+    assert after["changed"] is False and after["reboot_required"] is False, after
+    assert after["verification"]["ready"] is False
+
+
+def test_mxgpu_off_is_refused_while_the_boot_restore_enables_vfs(make_host, module):
+    root = make_host("amd_mxgpu")
+    assert module("virtualization_mode", root, selector=MI300X, mode="mxgpu", max_vfs=8)["rc"] == 0
+    reboot(root)
+    assert module("sriov", root, devices=[{"selector": MI300X, "num_vfs": 8}])["rc"] == 0
+    before = snapshot(root)
+    refused = module("virtualization_mode", root, selector=MI300X, mode="mxgpu", state="absent")
+    assert refused["rc"] == 1 and "%s (8 VFs recorded, 0 offered)" % MI300X in refused["msg"], refused
+    assert snapshot(root) == before
+
+
+def test_off_takes_no_options_and_vgpu_has_nothing_to_turn_off(make_host, module, run_module):
+    root = flex_host(make_host, "i915")
+    before = snapshot(root)
+    given = module("virtualization_mode", root, selector=FLEX, mode="sriov", state="absent", max_vfs=0)
+    assert given["rc"] == 1 and "takes no options, not max_vfs; nothing changed" in given["msg"], given
+    assert snapshot(root) == before
+
+    root = make_host("l40s_vgpu")
+    before = snapshot(root)
+    vgpu = run_module("virtualization_mode", {"root": root, "selector": "0000:cb:00.0", "mode": "vgpu",
+                                              "state": "absent"})
+    assert vgpu["rc"] == 1 and "has nothing to turn off" in vgpu["msg"] and "vgpu-kvm" in vgpu["msg"], vgpu
+    assert snapshot(root) == before
