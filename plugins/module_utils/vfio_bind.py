@@ -237,17 +237,33 @@ def _device_ids(root, address):
     return read_hex(device_path(root, address, "vendor"), 4), read_hex(device_path(root, address, "device"), 4)
 
 
+def handback_notes_problem(root):
+    """Why the note of the hand-backs under way cannot be read (a file damaged or edited by hand), or None
+    when it can (or there is none): its hand-backs cannot be finished, and the caller says so."""
+    return _read_notes(root)[1]
+
+
 def _noted_handbacks(root):
     """``{address: identity}`` of the notes; an unreadable file notes nothing (the next note replaces it)."""
+    return _read_notes(root)[0]
+
+
+def _read_notes(root):
+    """``(notes, problem)``: ``{address: identity}`` and None, or ``{}`` and why the file cannot be read."""
+    path = inside(root, HANDBACKS)
     try:
-        with open(inside(root, HANDBACKS), "rb") as handle:
+        with open(path, "rb") as handle:
             noted = json.loads(handle.read().decode("utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError):  # none (FileNotFoundError) or unreadable
-        return {}
+    except FileNotFoundError:
+        return {}, None
+    except OSError as error:
+        return {}, "/%s cannot be read: %s" % (HANDBACKS, error.strerror or error)
+    except (UnicodeDecodeError, ValueError) as error:
+        return {}, "/%s is not the JSON a run writes (%s)" % (HANDBACKS, error)
     if not isinstance(noted, dict):
-        return {}
+        return {}, "/%s holds a JSON %s, not the object of notes a run writes" % (HANDBACKS, type(noted).__name__)
     return {address: identity for address, identity in noted.items()
-            if _ADDRESS.match(address) and isinstance(identity, dict)}
+            if _ADDRESS.match(address) and isinstance(identity, dict)}, None
 
 
 def _note_handback(root, address, under_way):

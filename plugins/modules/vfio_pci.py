@@ -245,7 +245,9 @@ notes:
     device, in the same boot where the tree shows it, with no other driver_override since), whatever devices
     it names and before them; on this host's C(/) it loads the host driver's module by modalias when no
     driver takes the device, as for its own hand-backs. It warns, lists the device in RV(resumed) and
-    reports a change. Check mode does not predict those C(modprobe -b) commands.
+    reports a change. Check mode does not predict those C(modprobe -b) commands. A note file that cannot be
+    read (damaged, or edited by hand) is warned about, as its hand-backs cannot be finished; the next
+    hand-back replaces it.
 seealso:
   - module: gpuvirt.host.topology_info
   - module: gpuvirt.host.kernel_cmdline

@@ -367,3 +367,31 @@ def test_a_named_device_whose_override_still_names_vfio_pci_is_handed_back_once(
     assert done["rc"] == 0 and done["resumed"] == {GPU: "nvidia"}, done
     assert [path for path, _value in kernel.sim.writes].count("sys/bus/pci/drivers_probe") == 1
     assert binding(root, GPU) == ("nvidia", None)
+
+
+@pytest.mark.parametrize("damage, problem", [
+    (b'{"0000:01:00.0": {"id": "10de:1e04"', "is not the JSON a run writes"),
+    (b'["0000:01:00.0"]\n', "holds a JSON list, not the object of notes a run writes"),
+])
+def test_a_damaged_note_is_warned_about_and_replaced_by_the_next_hand_back(make_host, vfio_pci, damage, problem):
+    root, kernel = bound_by_id(make_host)
+    killed_hand_back(root, kernel, vfio_pci)
+    put(root, vfio_bind.HANDBACKS, damage.decode())
+
+    told = vfio_pci(root, kernel=kernel, devices=["0000:06:00.0"], persistent=False, check_mode=True)
+    assert told["rc"] == 0 and told["resumed"] == {}, told
+    assert any(w.startswith("/%s %s" % (vfio_bind.HANDBACKS, problem)) and "stays so" in w
+               for w in warnings(told)), warnings(told)
+    assert binding(root, GPU) == (None, None)
+
+    # Without runtime changes, nothing reads the note.
+    quiet = vfio_pci(root, kernel=kernel, devices=["0000:06:00.0"], persistent=True, runtime=False, check_mode=True)
+    assert not any(vfio_bind.HANDBACKS in w for w in warnings(quiet)), warnings(quiet)
+
+    # The next hand-back notes itself in a new file.
+    assert vfio_pci(root, kernel=kernel, devices=["0000:06:00.0"], persistent=False)["rc"] == 0
+    kill_at(kernel, r"sys/bus/pci/drivers_probe\Z")
+    with pytest.raises(Killed):
+        vfio_pci(root, kernel=kernel, devices=["0000:06:00.0"], state="absent", persistent=False)
+    assert vfio_bind.handback_notes_problem(root) is None
+    assert vfio_bind.interrupted_handbacks(root) == ["0000:06:00.0"]
