@@ -66,10 +66,11 @@ def _gpu_reason(device):
     return None
 
 
-def plan_mode(device, host, mode, options, state="present"):
+def plan_mode(device, host, mode, options, state="present", recorded=None):
     """The vendor's :class:`EnablePlan` for ``mode`` on ``device``, to turn it on (``state`` present) or off
-    (absent). ``options``: ``{name: value}`` (None: not given); an option the mode does not take is refused,
-    and turning a mode off takes none."""
+    (absent; ``recorded``: the state file, which the backend checks its restore against). ``options``:
+    ``{name: value}`` (None: not given); an option the mode does not take is refused, and turning a mode off
+    takes none."""
     for backend in vendors.backends_for(device.vendor_id):
         if mode in backend.enable_modes:
             if state == "absent":
@@ -77,7 +78,7 @@ def plan_mode(device, host, mode, options, state="present"):
                 if given:
                     raise EnableError("turning mode %s off (state absent) takes no options, not %s; nothing changed"
                                       % (mode, ", ".join(given)))
-                return backend.disable_plan(device, host, mode)
+                return backend.disable_plan(device, host, mode, recorded)
             taken = backend.enable_options.get(mode, {})
             foreign = sorted(name for name, value in options.items() if value is not None and name not in taken)
             if foreign:
@@ -115,15 +116,20 @@ class ModeRun(ModuleRun):
         params = self.params
         device, host = read_gpu(self.root, params["selector"])
         state = params["state"]
-        mode = plan_mode(device, host, params["mode"], _options(params), state)
-        _check_recorded_vfs(self.root, mode, state)
-        _check_recorded_mdevs(self.root, mode)
+        recorded = None
+        if state == "absent":
+            try:
+                recorded = load_state(self.root)
+            except StateFileError as error:
+                raise EnableError("%s; nothing changed" % error) from error
+        mode = plan_mode(device, host, params["mode"], _options(params), state, recorded)
+        _check_recorded_vfs(self.root, mode)
         files = tuple(self.plan_file(relative, content) for relative, content in mode.files)
         if mode.records:
             files += (_plan_records(self.root, mode.records),)
         boot = None
-        if mode.kernel_arguments or mode.remove_arguments:
-            wanted, unwanted = bootloader.validate_arguments(list(mode.kernel_arguments), list(mode.remove_arguments))
+        if mode.kernel_arguments:
+            wanted, unwanted = bootloader.validate_arguments(list(mode.kernel_arguments), [])
             boot = bootloader.plan(
                 self.module, self.root, params["bootloader"], wanted, unwanted, update=params["update"]
             )
@@ -150,7 +156,6 @@ class ModeRun(ModuleRun):
             "changed": bool(changed_files or self.loaded or (plan.boot is not None and plan.boot.resumed)),
             "files_changed": changed_files,
             "kernel_arguments": list(plan.mode.kernel_arguments),
-            "kernel_arguments_absent": list(plan.mode.remove_arguments),
             "modules_loaded": list(self.loaded),
             "reboot_required": bool(running),
             "reboot_for": running,
@@ -221,7 +226,7 @@ def _plan_records(root, records):
     return plan_state(root, state)
 
 
-def _check_recorded_vfs(root, mode, state="present"):
+def _check_recorded_vfs(root, mode):
     """Refuse a plan that offers a physical function fewer VFs than the state file has the boot restore
     enable on it: the restore would fail on it at every boot, and its VFs would not come back."""
     if not mode.vf_limits:
@@ -236,35 +241,11 @@ def _check_recorded_vfs(root, mode, state="present"):
         count = entry.get("num_vfs") if isinstance(entry, dict) else None
         if isinstance(count, int) and not isinstance(count, bool) and count > limit:
             short.append("%s (%d VFs recorded, %d offered)" % (address, count, limit))
-    if short and state == "absent":
-        raise EnableError(
-            "turning %s off leaves no VFs where the boot restore enables them: %s; it would fail there at every boot. "
-            "Set their VF counts to 0 first (gpuvirt.host.sriov); nothing changed" % (mode.mode, "; ".join(short))
-        )
     if short:
         raise EnableError(
             "the VF limit this sets is below the VFs the boot restore enables on %s: it would fail there at every "
             "boot. Lower their VF counts first (gpuvirt.host.sriov), or set a limit that covers them; nothing "
             "changed" % "; ".join(short)
-        )
-
-
-def _check_recorded_mdevs(root, mode):
-    """Refuse a plan after which a mediated-device parent offers no types while the state file has the boot
-    restore create mdevs on it: they would fail at every boot."""
-    if not mode.parents_off:
-        return
-    try:
-        recorded = load_state(root)["mdevs"]
-    except StateFileError as error:
-        raise EnableError(str(error)) from error
-    held = sorted(uuid for uuid, entry in recorded.items()
-                  if isinstance(entry, dict) and entry.get("parent") in mode.parents_off)
-    if held:
-        raise EnableError(
-            "turning %s off leaves %s without mdev types, and the boot restore creates %s there: it would fail at "
-            "every boot. Remove them first (gpuvirt.host.mdev, state absent); nothing changed"
-            % (mode.mode, ", ".join(mode.parents_off), ", ".join(held))
         )
 
 

@@ -57,6 +57,7 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.vendor_plan import (
     RestoreStep,
     VendorBackend,
     VendorRestoreError,
+    refuse_recorded,
 )
 
 VENDOR_ID = "1002"
@@ -275,15 +276,23 @@ class AmdBackend(VendorBackend):
             vf_limits=tuple(zip(gpus, values)),
         )
 
-    def disable_plan(self, device, host, mode):
+    def disable_plan(self, device, host, mode, recorded):
         """MxGPU off: GIM is one driver for every GPU it drives, and its ``vf_num`` takes no 0 (1 to 31): both
-        files this collection writes for it go, so GIM no longer loads at boot, on every GPU it drives (refused
-        while the boot restore enables VFs on one). The VFs and GIM stay until the reboot (or GIM's unload)."""
+        files this collection writes for it go, so that it no longer loads gim at boot, for every GPU gim drives.
+        Refused for a GPU that is not one of GIM's, and while the state file records VFs of a GIM GPU (the
+        restore step's own selection, whatever drives the GPU now). The VFs and gim stay until the reboot."""
+        if (device.device_id or "") not in GIM_IDS and device.driver != HOST_DRIVER:
+            raise EnableError("%s is not a GPU of AMD's GIM driver (driver: %s): it has no MxGPU to turn off; "
+                              "nothing changed" % (device.address, device.driver or "none"))
+        refuse_recorded(mode, [
+            "%s (%d VFs recorded)" % (pf, (recorded.get("sriov") or {})[pf]["num_vfs"])
+            for pf, _action in _restore_items(recorded, host.root)
+        ], "set their num_vfs to 0 with gpuvirt.host.sriov")
         gpus = gim_gpus(host.devices)
         notes = ["this collection no longer loads gim at boot (another modules-load.d entry for gim would): the GPUs "
                  "it drives (%s) come up without it after the reboot, on amdgpu where amdgpu is not blacklisted "
-                 "(modprobe.blacklist=amdgpu stays as it is; remove it "
-                 "with gpuvirt.host.kernel_cmdline to give them back to amdgpu)" % (", ".join(gpus) or "none now")]
+                 "(modprobe.blacklist=amdgpu stays as it is; remove it with gpuvirt.host.kernel_cmdline to give them "
+                 "back to amdgpu)" % (", ".join(gpus) or "none now")]
         if host.module_loaded(HOST_DRIVER):
             notes.append("gim and the VFs it enabled stay until the reboot")
         return EnablePlan(
@@ -292,7 +301,6 @@ class AmdBackend(VendorBackend):
             files=((GIM_CONF, None), (GIM_MODULES_LOAD, None)),
             running_needs=(("gim not loaded", not host.module_loaded(HOST_DRIVER)),),
             notes=tuple(notes),
-            vf_limits=tuple((gpu, 0) for gpu in gpus),
         )
 
     def modes(self, device, host):

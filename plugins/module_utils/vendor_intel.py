@@ -89,6 +89,7 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.vendor_plan import (
     RestoreStep,
     VendorBackend,
     VendorRestoreError,
+    refuse_recorded,
 )
 
 VENDOR_ID = "8086"
@@ -168,6 +169,7 @@ SRIOV_VFS = {device_id: platform.vfs for ids, platform in PLATFORMS if not platf
 SRIOV_IDS = frozenset(SRIOV_VFS)
 GVT_G_MODULE = "kvmgt"
 GVT_G_ARGUMENT = "i915.enable_gvt=1"
+GVT_G_OFF_ARGUMENT = "i915.enable_gvt=0"
 IOMMU_ARGUMENT = "intel_iommu=on"
 GVT_G_TYPE_PREFIX = "i915-GVTg_"
 SRIOV_DRIVERS = ("i915", "xe")
@@ -545,52 +547,68 @@ class IntelBackend(VendorBackend):
             notes=tuple(notes),
         )
 
-    def disable_plan(self, device, host, mode):
-        """GVT-g off: ``i915.enable_gvt`` off the command line and the ``kvmgt`` modules-load file gone, so the
-        next boot's i915 offers no GVT-g types (refused while the boot restore records GVT-g mdevs on the
-        iGPU). SR-IOV off: ``<driver>.max_vfs=0`` (0 and not the argument removed: xe's default is unlimited
-        since 6.17), so the driver probes every GPU it drives as a plain GPU (refused while the boot restore
-        enables VFs on one). What the SR-IOV plan added beside ``max_vfs`` stays (see the notes)."""
+    def disable_plan(self, device, host, mode, recorded):
+        """GVT-g off: ``i915.enable_gvt=0`` on the command line (which also outweighs an ``options i915
+        enable_gvt=1`` line in modprobe.d) and the ``kvmgt`` modules-load file gone, so the next boot's i915
+        offers no GVT-g types. SR-IOV off: ``<driver>.max_vfs=0`` (0 and not the argument removed: xe's default
+        is unlimited since 6.17), so the driver probes every GPU it drives as a plain GPU. Each is refused while
+        the state file records what the mode's restore step brings back (GVT-g mdevs; VFs of an Intel GPU the
+        driver may drive). What the SR-IOV plan added beside ``max_vfs`` stays (see the notes)."""
         if mode == "gvt-g":
-            return self._gvt_g_off_plan(device, host)
-        return self._sriov_off_plan(device, host)
+            return self._gvt_g_off_plan(device, host, recorded)
+        return self._sriov_off_plan(device, host, recorded)
 
-    @staticmethod
-    def _gvt_g_off_plan(device, host):
+    def _gvt_g_off_plan(self, device, host, recorded):
+        if not is_integrated(device):
+            raise EnableError("GVT-g is an iGPU (0000:00:02.0) feature: %s has none to turn off; select the iGPU; "
+                              "nothing changed" % device.address)
+        # The restore step's own selection (_gvt_g_items): every recorded mdev of a GVT-g type, on any parent.
+        refuse_recorded("gvt-g", [
+            "mdev %s (%s on %s)" % (uuid, entry.get("type"), entry.get("parent"))
+            for uuid, entry in sorted((recorded.get("mdevs") or {}).items())
+            if isinstance(entry, dict) and str(entry.get("type") or "").startswith(GVT_G_TYPE_PREFIX)
+        ], "gpuvirt.host.mdev, state absent")
+        files = (("etc/modules-load.d/gpuvirt-gvt-g.conf", None),)
+        gvt = self._gvt_g(device, host)
+        if gvt.get("unsupported"):
+            # Never on for this iGPU: nothing to pin off on the command line.
+            return EnablePlan(mode="gvt-g", address=device.address, files=files, notes=(gvt["unsupported"],))
         notes = []
-        on_elsewhere = not host.cmdline_flag("i915.enable_gvt") and _gvt_g_on(host)
-        if on_elsewhere:
-            notes.append(
-                "the loaded i915 has GVT-g on (enable_gvt Y) without i915.enable_gvt on the kernel command line: an "
-                "options line in /etc/modprobe.d sets it, which this module does not write; remove it there"
-            )
-        notes.append("%s stays loaded and the iGPU's mdevs stay until the reboot" % GVT_G_MODULE)
+        if host.module_loaded(GVT_G_MODULE):
+            notes.append("%s stays loaded and the iGPU's mdevs stay until the reboot" % GVT_G_MODULE)
         return EnablePlan(
             mode="gvt-g",
             address=device.address,
-            remove_arguments=("i915.enable_gvt",),
-            files=(("etc/modules-load.d/gpuvirt-gvt-g.conf", None),),
-            running_needs=(("GVT-g off in the loaded i915 (enable_gvt)", not _gvt_g_on(host)),),
+            kernel_arguments=(GVT_G_OFF_ARGUMENT,),
+            files=files,
+            running_needs=(("GVT-g off in the loaded i915 (enable_gvt N)", not _gvt_g_on(host)),),
             notes=tuple(notes),
-            parents_off=(device.address,),
         )
 
     @staticmethod
-    def _sriov_off_plan(device, host):
+    def _sriov_off_plan(device, host, recorded):
         driver = device.driver
         if driver not in SRIOV_DRIVERS:
             raise EnableError(
                 "turning SR-IOV off on %s needs the i915 or xe driver bound to it, whose max_vfs it sets, not %s; "
                 "nothing changed" % (device.address, driver or "no driver")
             )
+        # The restore step's own selection (_sriov_items), less the GPUs the other driver drives now: max_vfs is
+        # this driver's, and a GPU on no driver now may be this driver's at the next boot.
+        other = [name for name in SRIOV_DRIVERS if name != driver][0]
+        refuse_recorded("sriov", [
+            "%s (%d VFs recorded)" % (pf, entry["num_vfs"])
+            for pf, entry in sorted((recorded.get("sriov") or {}).items())
+            if isinstance(entry, dict) and isinstance(entry.get("num_vfs"), int) and entry["num_vfs"] > 0
+            and _is_intel_gpu(host.root, pf) and link_name(_device_file(host.root, pf, "driver")) != other
+        ], "set their num_vfs to 0 with gpuvirt.host.sriov")
         max_vfs, state = parameter_state(host.root, driver, "max_vfs")
-        gpus = [address for address, other in sorted(host.devices.items())
-                if other.driver == driver and not other.is_vf and other.sriov is not None]
+        gpus = [address for address, other_device in sorted(host.devices.items())
+                if other_device.driver == driver and not other_device.is_vf and other_device.sriov is not None]
         notes = []
         if state == "absent":
-            # No PF mode in this driver: only a stale max_vfs argument can be left to remove.
-            return EnablePlan(mode="sriov", address=device.address, remove_arguments=("%s.max_vfs" % driver,),
-                              notes=("the loaded %s has no max_vfs parameter, so no SR-IOV PF mode" % driver,))
+            notes.append("the loaded %s has no max_vfs parameter, so no SR-IOV PF mode in this boot; %s.max_vfs=0 "
+                         "holds for a kernel whose %s has one" % (driver, driver, driver))
         live = ["%s (%d)" % (address, host.devices[address].sriov.num_vfs) for address in gpus
                 if host.devices[address].sriov.num_vfs]
         if live:
@@ -610,7 +628,6 @@ class IntelBackend(VendorBackend):
             running_needs=(("%s out of SR-IOV PF mode in the loaded driver (max_vfs now %s)"
                             % (driver, max_vfs if state == "value" else state), off),),
             notes=tuple(notes),
-            vf_limits=tuple((address, 0) for address in gpus),
         )
 
     @staticmethod

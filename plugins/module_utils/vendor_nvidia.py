@@ -356,13 +356,17 @@ class NvidiaBackend(VendorBackend):
         return EnablePlan(mode=mode, address=device.address,
                           notes=("create vGPU profiles with gpuvirt.host.nvidia_vgpu",))
 
-    def disable_plan(self, device, host, mode):
-        """vGPU: the mode writes nothing to turn it on, so there is nothing here to turn off: a refusal with
-        what does."""
+    def disable_plan(self, device, host, mode, recorded):
+        """vGPU: the mode writes nothing to turn it on, so there is nothing here to turn off. Off already (no vGPU
+        host driver loaded, no manager running): nothing to do; else a refusal with what turns it off."""
+        if not host.module_loaded(VGPU_HOST_MODULE) and not manager_running(host.root):
+            return EnablePlan(mode=mode, address=device.address,
+                              notes=("no NVIDIA vGPU host driver runs here: vGPU is off",))
         raise EnableError(
-            "vGPU on %s is NVIDIA's vGPU host driver installed and running; this module installs nothing for it, "
-            "so it has nothing to turn off: remove the vGPU profiles (gpuvirt.host.nvidia_vgpu) and uninstall the "
-            "vgpu-kvm package to turn it off; nothing changed" % device.address
+            "vGPU on %s comes from NVIDIA's vGPU host driver (%s loaded or nvidia-vgpu-mgr running); this module "
+            "installs nothing for it, so it has nothing to turn off: remove the vGPU profiles "
+            "(gpuvirt.host.nvidia_vgpu) and uninstall the vgpu-kvm package to turn it off; nothing changed"
+            % (device.address, VGPU_HOST_MODULE)
         )
 
     def read_device(self, path, address, findings, directory=None):

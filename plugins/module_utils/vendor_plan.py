@@ -24,14 +24,12 @@ class VendorRestoreError(GpuvirtError):
 
 @dataclass(frozen=True)
 class EnablePlan:
-    """Declarations only: kernel arguments to add, ``remove_arguments`` (arguments or bare keys the command
-    line must not hold, as :mod:`bootloader` takes them), files to write (``((relative path, content),
-    ...)``; content None: the file is removed), modules to load now, ``running_needs`` (``(description,
-    satisfied now)``: what the running kernel must show for the mode to work, or to be off, without a
-    reboot), ``vf_limits`` (``((PF address, VFs), ...)``: the most VFs each physical function is offered
-    once the plan is in effect, for every PF the setting reaches; a driver-wide ``max_vfs`` reaches all
-    the GPUs of that driver), and ``parents_off`` (the mediated-device parents that offer no types once it
-    is in effect).
+    """Declarations only: kernel arguments to add (an argument replaces every other value of its key), files
+    to write (``((relative path, content), ...)``; content None: the file is removed), modules to load now,
+    ``running_needs`` (``(description, satisfied now)``: what the running kernel must show for the mode to
+    work, or to be off, without a reboot), ``vf_limits`` (``((PF address, VFs), ...)``: the most VFs each
+    physical function is offered once the plan is in effect, for every PF the setting reaches; a
+    driver-wide ``max_vfs`` reaches all the GPUs of that driver).
 
     ``records`` (``((section, key, entry), ...)``): what the boot-time restore must know, written to the
     state file (:mod:`hoststate`) with the files: each ``entry`` of ``section`` (one of the vendor's
@@ -41,13 +39,11 @@ class EnablePlan:
     mode: str
     address: str
     kernel_arguments: tuple = ()
-    remove_arguments: tuple = ()
     files: tuple = ()
     load_modules: tuple = ()
     running_needs: tuple = ()
     notes: tuple = field(default=())
     vf_limits: tuple = ()
-    parents_off: tuple = ()
     records: tuple = ()
 
 
@@ -204,10 +200,12 @@ class VendorBackend:
         values given for the mode's ``enable_options`` (the others are refused before this is called)."""
         raise EnableError("%s: the %s backend cannot enable %s; nothing changed" % (device.address, self.name, mode))
 
-    def disable_plan(self, device, host, mode):
+    def disable_plan(self, device, host, mode, recorded):
         """The :class:`EnablePlan` that turns one of ``enable_modes`` off again (``state: absent``): what
         :meth:`enable_plan` wrote undone, so that the GPU no longer offers the mode after the next boot (or
-        driver load); raises :class:`EnableError`, nothing changed, when it cannot."""
+        driver load); raises :class:`EnableError`, nothing changed, when it cannot. ``recorded``: the state
+        file (:mod:`hoststate`); a plan that would leave the backend's own restore steps failing on what it
+        records (:func:`refuse_recorded`) is refused."""
         raise EnableError("%s: the %s backend cannot turn %s off; nothing changed" % (device.address, self.name, mode))
 
     def vf_count_set_by(self, device):
@@ -243,3 +241,13 @@ class VendorBackend:
         created after the vendor's services have started, by ``gpuvirt-restore-late.service``; None when the
         main restore creates it. The vendor's restore step lists those mdevs in its ``late_items``."""
         return None
+
+
+def refuse_recorded(mode, items, remove_with):
+    """Raise :class:`EnableError` when ``items`` (what the boot-time restore would bring back and could not with
+    ``mode`` off, as its restore step selects it) is not empty; ``remove_with`` says how to remove them first."""
+    if items:
+        raise EnableError(
+            "turning %s off would leave the boot restore failing at every boot on what it records: %s. Remove "
+            "them first (%s); nothing changed" % (mode, "; ".join(items), remove_with)
+        )

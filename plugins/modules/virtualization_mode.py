@@ -6,7 +6,7 @@ from __future__ import annotations
 
 DOCUMENTATION = r"""
 module: virtualization_mode
-short_description: Make a GPU able to offer a vendor's virtualization mode (GVT-g, SR-IOV, MxGPU, vGPU)
+short_description: Turn a vendor's virtualization mode on a GPU on or off (GVT-g, SR-IOV, MxGPU, vGPU)
 version_added: 0.1.0
 author: gpuvirt.host maintainers (@gpuvirt)
 description:
@@ -31,15 +31,19 @@ description:
     refuses with what to install."
   - "V(vgpu) (NVIDIA): checks that the vGPU host driver is loaded (C(nvidia_vgpu_vfio)) and
     C(nvidia-vgpu-mgr) runs; refuses with what to install otherwise. Nothing is written."
-  - "O(state=absent) turns the mode off again for the next boot: V(gvt-g) removes C(i915.enable_gvt) from the
-    kernel command line and the C(kvmgt) modules-load file; V(sriov) sets C(<driver>.max_vfs=0) (not the argument
-    removed - xe's default is unlimited since Linux 6.17), for every GPU that driver drives, and leaves
-    C(i915.enable_guc), C(xe.force_probe) and C(module_blacklist) as they are, since they also decide which driver
-    drives the GPU; V(mxgpu) removes both files written for GIM, so that it no longer loads at boot, for every GPU
-    it drives; V(vgpu), which writes nothing, is refused with what turns it off. It is refused, nothing changed,
-    while the boot-time restore records what the mode carries (VFs on a GPU it reaches, GVT-g mdevs on the iGPU):
-    remove those first with M(gpuvirt.host.sriov) or M(gpuvirt.host.mdev). The running kernel keeps the mode until
-    the reboot (C(reboot_required))."
+  - "O(state=absent) turns the mode off again from the next boot. V(gvt-g) (the iGPU) puts C(i915.enable_gvt=0) on
+    the kernel command line, which also outweighs an C(options i915 enable_gvt=1) line in modprobe.d, and removes
+    the C(kvmgt) modules-load file. V(sriov) puts C(<driver>.max_vfs=0) on it (0, not the argument removed - xe's
+    default is unlimited since Linux 6.17), for every GPU that driver drives, and leaves C(i915.enable_guc),
+    C(xe.force_probe) and C(module_blacklist) as they are, since they also decide which driver drives the GPU.
+    V(mxgpu) (a GPU of GIM's) removes both files written for GIM, so that this collection no longer loads it at
+    boot, for every GPU it drives. V(vgpu), for which nothing is written, changes nothing where no vGPU host driver
+    runs, and is refused with what turns it off where one does."
+  - "O(state=absent) is refused, nothing changed, while the state file has the boot-time restore bring back what
+    the mode carries, as that restore selects it - any GVT-g mdev; VFs of an Intel GPU the driver may drive (any
+    that the other Intel driver does not drive now); VFs of a GIM GPU, whatever drives it now. Remove them first
+    with M(gpuvirt.host.mdev) or M(gpuvirt.host.sriov). The running kernel keeps the mode until the reboot
+    (RV(reboot_required)), and RV(verification) reads it as it is until then."
 extends_documentation_fragment:
   - gpuvirt.host.attributes
   - gpuvirt.host.attributes.linux
@@ -61,15 +65,16 @@ options:
     required: true
   mode:
     description:
-      - The virtualization mode to make available, one its vendor's backend offers for the GPU (the C(virtualization)
+      - The virtualization mode to make available (or to turn off, with O(state=absent)), one its vendor's backend
+        offers for the GPU (the C(virtualization)
         of the GPU in M(gpuvirt.host.topology_info) lists them) - V(gvt-g) or V(sriov) (Intel), V(mxgpu) (AMD),
         V(vgpu) (NVIDIA). Another mode is refused with the modes the GPU's vendor offers.
     type: str
     required: true
   max_vfs:
     description:
-      - The number of VFs the driver should offer (V(sriov), V(mxgpu); required there). The modes that take no VF
-        count refuse it.
+      - The number of VFs the driver should offer (V(sriov), V(mxgpu); required there with O(state=present)). The
+        modes that take no VF count refuse it, as does O(state=absent).
       - For V(sriov), a limit of the driver, so every GPU it drives. A limit below the VFs the boot-time restore
         enables on a GPU (recorded by M(gpuvirt.host.sriov)) is refused; lower those first.
     type: int
@@ -153,17 +158,11 @@ files_changed:
   elements: str
   sample: ["/etc/default/grub", "/etc/modules-load.d/gpuvirt-gvt-g.conf"]
 kernel_arguments:
-  description: The kernel arguments the mode needs on the command line.
+  description: The kernel arguments the mode needs on the command line (for V(absent), those that keep it off).
   returned: success
   type: list
   elements: str
   sample: [i915.enable_gvt=1]
-kernel_arguments_absent:
-  description: The kernel arguments (a bare key - any value of it) the mode needs off the command line.
-  returned: success
-  type: list
-  elements: str
-  sample: [i915.enable_gvt]
 modules_loaded:
   description: Modules loaded by this run.
   returned: success
@@ -177,7 +176,7 @@ reboot_required:
   type: bool
   sample: true
 reboot_for:
-  description: What the running kernel lacks.
+  description: What the running kernel lacks (for V(absent), what it still has).
   returned: success
   type: list
   elements: str
@@ -185,7 +184,8 @@ reboot_for:
 verification:
   description:
     - The mode read back from the host after the run - V(ready) and what is V(missing); in check mode, the
-      state before the run.
+      state before the run. After O(state=absent) the running kernel still has the mode until the reboot, so it
+      reads V(ready) as before until then.
   returned: success
   type: dict
   sample: {"ready": false, "missing": ["i915.enable_gvt=1 on the kernel command line and a reboot"]}

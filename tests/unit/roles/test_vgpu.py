@@ -263,6 +263,15 @@ def test_per_vf_layout_end_to_end(make_host, play, tmp_path):
     assert "boot to restored: 37.250 s" in log
 
 
+def gvt_g_laptop(make_host):
+    root = make_host("gvtg_laptop")
+    boot = os.path.join(TESTS, "fixtures", "boot", "debian-grub")
+    for relative in ("etc/default/grub", "usr/sbin/update-grub", "usr/sbin/grub-mkconfig"):
+        os.makedirs(os.path.dirname(os.path.join(root, relative)), exist_ok=True)
+        shutil.copy2(os.path.join(boot, relative), os.path.join(root, relative))
+    return root
+
+
 @pytest.mark.parametrize("devices", [
     [{"selector": "0000:00:02.0", "mode": {"name": "gvt-g"}, "mdev": [{"type": "i915-GVTg_V5_4", "count": 1}]}],
     # The mode and the mdevs in two entries, the device spelt two ways: the mdevs wait all the same.
@@ -272,11 +281,7 @@ def test_per_vf_layout_end_to_end(make_host, play, tmp_path):
 def test_a_gvt_g_mode_waits_for_the_reboot_then_the_mdevs_follow(make_host, play, devices):
     from ansible_collections.gpuvirt.host.tests.sim import gvt_g
 
-    root = make_host("gvtg_laptop")
-    boot = os.path.join(TESTS, "fixtures", "boot", "debian-grub")
-    for relative in ("etc/default/grub", "usr/sbin/update-grub", "usr/sbin/grub-mkconfig"):
-        os.makedirs(os.path.dirname(os.path.join(root, relative)), exist_ok=True)
-        shutil.copy2(os.path.join(boot, relative), os.path.join(root, relative))
+    root = gvt_g_laptop(make_host)
 
     rc, recap, output, exported = play(root, devices, vgpu_host_id="laptop-1")
     assert rc == 0, output
@@ -292,6 +297,32 @@ def test_a_gvt_g_mode_waits_for_the_reboot_then_the_mdevs_follow(make_host, play
     assert [(parent, kind) for _uuid, parent, kind in mdev_set(root)] == [("0000:00:02.0", "i915-GVTg_V5_4")]
     rc, recap, output, exported = play(root, devices, vgpu_host_id="laptop-1")
     assert rc == 0 and recap["changed"] == 0, output
+
+
+def test_a_gvt_g_mode_set_absent_goes_after_its_mdevs_in_one_run(make_host, play):
+    from ansible_collections.gpuvirt.host.tests.sim import gvt_g
+
+    root = gvt_g_laptop(make_host)
+    carved = [{"selector": "0000:00:02.0", "mode": {"name": "gvt-g"}, "mdev": [{"type": "i915-GVTg_V5_4", "count": 1}]}]
+    assert play(root, carved, vgpu_host_id="laptop-1")[0] == 0
+    assert gvt_g.boot(root) is True
+    assert play(root, carved, vgpu_host_id="laptop-1")[0] == 0 and len(mdev_set(root)) == 1
+
+    off = [{"selector": "0000:00:02.0", "mode": {"name": "gvt-g", "state": "absent"}, "mdev": [], "exclusive": True}]
+    rc, recap, output, exported = play(root, off, vgpu_host_id="laptop-1")
+    assert rc == 0, output
+    assert not mdev_set(root) and not os.path.exists(os.path.join(root, "etc/modules-load.d/gpuvirt-gvt-g.conf"))
+    with open(os.path.join(root, "etc/default/grub")) as handle:
+        grub = handle.read()
+    assert "i915.enable_gvt=0" in grub and "i915.enable_gvt=1" not in grub
+    assert exported["reboot"] is True and exported["result"]["changed"] is True
+    assert [(m["mode"], m["state"], m["changed"]) for m in exported["result"]["modes"]] == [("gvt-g", "absent", True)]
+    rc, recap, output, exported = play(root, off, vgpu_host_id="laptop-1")
+    assert rc == 0 and recap["changed"] == 0 and exported["reboot"] is True, output  # until the reboot
+
+    assert gvt_g.boot(root) is False
+    rc, recap, output, exported = play(root, off, vgpu_host_id="laptop-1")
+    assert rc == 0 and recap["changed"] == 0 and exported["reboot"] is False, output
 
 
 # -- Intel SR-IOV: VFs handed to vfio-pci, at run time and at every boot ------------------------------

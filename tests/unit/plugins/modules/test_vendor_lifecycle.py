@@ -13,6 +13,7 @@ its VFs from ``vf_num``, NVIDIA's VFs only through ``sriov-manage``, kvmgt and t
 from __future__ import annotations
 
 import io
+import json
 import os
 
 import pytest
@@ -158,7 +159,7 @@ def test_vfio_pci_will_not_keep_an_intel_vf_by_the_id_it_shares_with_its_pf(make
     assert module("virtualization_mode", root, selector=FLEX, mode="sriov", max_vfs=2)["rc"] == 0
     reboot(root)
     carved = module("sriov", root, devices=[{"selector": FLEX, "num_vfs": 2, "drivers_autoprobe": False}])
-    assert carved["rc"] == 0, carved
+    assert carved["rc"] == 0, carved["msg"]
     vf = vfs_of(root, FLEX)[0]
     assert device(root, vf, "device") == device(root, FLEX, "device") == "0x56c0"
     refused = module("vfio_pci", root, devices=[vf])  # persistence auto: options vfio-pci ids=8086:56c0
@@ -390,7 +391,7 @@ def test_a_gim_vf_num_below_what_the_restore_enables_is_refused(make_host, modul
     PciKernel(sim)
     with sim.active():
         carved = run_module("sriov", {"root": root, "devices": [{"selector": MI300X, "num_vfs": 8, "vfio": True}]})
-    assert carved["rc"] == 0, carved
+    assert carved["rc"] == 0, carved["msg"]
     lowered = module("virtualization_mode", root, selector=MI300X, mode="mxgpu", max_vfs=1)
     assert lowered["rc"] == 1 and "0000:06:00.0 (8 VFs recorded, 1 offered)" in lowered["msg"], lowered
 
@@ -399,8 +400,8 @@ def test_a_gim_vf_num_below_what_the_restore_enables_is_refused(make_host, modul
 
 GVT_G_MODULES_LOAD = "etc/modules-load.d/gpuvirt-gvt-g.conf"
 GIM_MODULES_LOAD = "etc/modules-load.d/gpuvirt-gim.conf"
-PREDICTED = ("changed", "files_changed", "reboot_required", "reboot_for", "kernel_arguments",
-             "kernel_arguments_absent")
+PREDICTED = ("changed", "files_changed", "reboot_required", "reboot_for", "kernel_arguments")
+ARC = {"address": "04:00.0", "parent": "00:1d.0", "ids": "8086:56a5", "class": "030000", "driver": "i915"}
 
 
 def off_as_predicted(module, root, **spec):
@@ -418,7 +419,27 @@ def off_as_predicted(module, root, **spec):
     return done
 
 
-def test_gvt_g_off_takes_the_argument_and_kvmgt_away_and_the_next_boot_has_no_types(make_host, module):
+def refused_as_it_was(module, root, *texts, **spec):
+    """A refusal of ``state: absent`` in check mode and for real, saying ``texts``, with the tree as it was."""
+    before = snapshot(root)
+    for check_mode in (True, False):
+        refused = module("virtualization_mode", root, check_mode=check_mode, **dict(spec, state="absent"))
+        assert refused["rc"] == 1 and refused["changed"] is False, refused
+        assert all(text in refused["msg"] for text in texts), refused["msg"]
+    assert snapshot(root) == before
+
+
+def unbind(root, address):
+    """The device on no driver, as the kernel shows it (no driver link, no DRIVER= in its uevent)."""
+    base = os.path.join(root, "sys/bus/pci/devices", address)
+    os.unlink(os.path.join(base, "driver"))
+    with open(os.path.join(base, "uevent")) as handle:
+        lines = [line for line in handle.read().splitlines() if not line.startswith("DRIVER=")]
+    with open(os.path.join(base, "uevent"), "w") as handle:
+        handle.write("\n".join(lines) + "\n")
+
+
+def test_gvt_g_off_pins_it_off_and_the_next_boot_has_no_types(make_host, module):
     root = with_grub(make_host("gvtg_laptop"))
     grub = read(root, "etc/default/grub")
     assert module("virtualization_mode", root, selector=IGPU, mode="gvt-g")["changed"] is True
@@ -426,45 +447,68 @@ def test_gvt_g_off_takes_the_argument_and_kvmgt_away_and_the_next_boot_has_no_ty
 
     done = off_as_predicted(module, root, selector=IGPU, mode="gvt-g")
 
-    assert done["kernel_arguments_absent"] == ["i915.enable_gvt"] and done["kernel_arguments"] == []
-    assert read(root, "etc/default/grub") == grub
+    assert done["kernel_arguments"] == ["i915.enable_gvt=0"], done
+    assert read(root, "etc/default/grub") == grub.replace("intel_iommu=off", "intel_iommu=off i915.enable_gvt=0")
     assert read(root, GVT_G_MODULES_LOAD) is None
     assert done["reboot_required"] is True and done["verification"]["ready"] is True  # on until the reboot
-    assert "/etc/modules-load.d/gpuvirt-gvt-g.conf" in done["files_changed"]
+    assert "/" + GVT_G_MODULES_LOAD in done["files_changed"]
 
     assert gvt_g.boot(root) is False
     assert not os.path.exists(os.path.join(root, "sys/bus/pci/devices", IGPU, "mdev_supported_types"))
     after = module("virtualization_mode", root, selector=IGPU, mode="gvt-g", state="absent")
     assert after["changed"] is False and after["reboot_required"] is False, after
     assert after["verification"]["ready"] is False
-    # And on again: the same plan as the first time.
+    # A spec that still declares the iGPU's mdevs empty holds: a device with no mdev types has none.
+    empty = module("mdev", root, host_id="laptop-1", parents=[{"selector": IGPU, "mdevs": [], "exclusive": True}])
+    assert empty["rc"] == 0 and empty["changed"] is False, empty
+    assert any("%s offers no mediated device types (its driver offers none now)" % IGPU in w
+               for w in map(str, empty["warnings"])), empty
+    wanted = module("mdev", root, host_id="laptop-1",
+                    parents=[{"selector": IGPU, "mdevs": [{"type": "i915-GVTg_V5_4", "count": 1}]}])
+    assert wanted["rc"] == 1 and "offers no mediated device types" in wanted["msg"], wanted
+    # And on again.
     assert module("virtualization_mode", root, selector=IGPU, mode="gvt-g")["changed"] is True
     assert gvt_g.boot(root) is True
 
 
-def test_gvt_g_off_is_refused_while_the_boot_restore_creates_a_vgpu_on_the_igpu(make_host, module):
+def test_gvt_g_off_outweighs_an_options_line_in_modprobe_d(make_host, module):
+    # GVT-g on through modprobe.d and the host's own modules-load.d, nothing on the command line.
+    root = with_grub(make_host("gvtg_laptop", files={"etc/modprobe.d/i915.conf": "options i915 enable_gvt=1\n",
+                                                     "etc/modules-load.d/kvmgt.conf": "kvmgt\n"}))
+    assert gvt_g.boot(root) is True
+    done = off_as_predicted(module, root, selector=IGPU, mode="gvt-g")
+    assert done["files_changed"] == ["/etc/default/grub"] and done["reboot_required"] is True, done
+    assert gvt_g.boot(root) is False  # the command line's 0 wins over the options line
+    after = module("virtualization_mode", root, selector=IGPU, mode="gvt-g", state="absent")
+    assert after["changed"] is False and after["reboot_required"] is False, after
+
+
+def test_gvt_g_off_is_refused_while_the_boot_restore_creates_a_gvt_g_vgpu(make_host, module):
     root, uuid = gvt_laptop_with_a_vgpu(make_host, module)
-    before = snapshot(root)
-    for check_mode in (True, False):
-        refused = module("virtualization_mode", root, check_mode=check_mode, selector=IGPU, mode="gvt-g",
-                         state="absent")
-        assert refused["rc"] == 1 and refused["changed"] is False, refused
-        assert "leaves %s without mdev types, and the boot restore creates %s there" % (IGPU, uuid) in refused["msg"]
-        assert "gpuvirt.host.mdev, state absent" in refused["msg"]
-    assert snapshot(root) == before
+    refused_as_it_was(module, root, "mdev %s (i915-GVTg_V5_4 on %s)" % (uuid, IGPU), "gpuvirt.host.mdev, state absent",
+                      selector=IGPU, mode="gvt-g")
+    # The restore recreates every recorded GVT-g mdev, whatever spelling its parent was recorded in.
+    path = hoststate.state_path(root)
+    with open(path) as handle:
+        recorded = handle.read()
+    state = json.loads(recorded)
+    state["mdevs"][uuid]["parent"] = "00:02.0"
+    with open(path, "w") as handle:
+        json.dump(state, handle)
+    refused_as_it_was(module, root, "mdev %s" % uuid, selector=IGPU, mode="gvt-g")
+    with open(path, "w") as handle:
+        handle.write(recorded)
 
     removed = module("mdev", root, host_id="laptop-1", parents=[{"selector": IGPU, "mdevs": [], "exclusive": True}])
     assert removed["rc"] == 0 and removed["changed"] is True, removed
-    assert module("virtualization_mode", root, selector=IGPU, mode="gvt-g", state="absent")["rc"] == 0
-
-
-def test_gvt_g_on_through_modprobe_d_is_named_not_edited(make_host, module):
-    # enable_gvt Y in the loaded i915 without the argument: an options line elsewhere turns it on.
-    root = with_grub(make_host("gvtg_laptop", kernel={"parameters": {"i915": {"enable_gvt": "Y"}}}))
     done = module("virtualization_mode", root, selector=IGPU, mode="gvt-g", state="absent")
-    assert done["rc"] == 0 and done["changed"] is False, done
-    assert done["reboot_required"] is True
-    assert any("an options line in /etc/modprobe.d sets it" in note for note in done["notes"]), done["notes"]
+    assert done["rc"] == 0, done.get("msg")
+
+
+def test_gvt_g_off_through_another_intel_gpu_is_refused(make_host, module):
+    root = with_grub(make_host("gvtg_laptop", add_devices=[ARC]))
+    refused_as_it_was(module, root, "GVT-g is an iGPU (0000:00:02.0) feature: 0000:04:00.0 has none to turn off",
+                      selector="0000:04:00.0", mode="gvt-g")
 
 
 def test_intel_sriov_off_sets_max_vfs_0_for_every_gpu_of_the_driver(make_host, module):
@@ -472,13 +516,13 @@ def test_intel_sriov_off_sets_max_vfs_0_for_every_gpu_of_the_driver(make_host, m
         root = flex_host(make_host, driver)
         assert module("virtualization_mode", root, selector=FLEX, mode="sriov", max_vfs=7)["rc"] == 0
         assert reboot(root)[driver] == {FLEX: 7, FLEX2: 7}
+        grub = read(root, "etc/default/grub")
 
         done = off_as_predicted(module, root, selector=FLEX2, mode="sriov")
 
-        grub = read(root, "etc/default/grub")
         assert done["kernel_arguments"] == ["%s.max_vfs=0" % driver], done
-        assert "%s.max_vfs=0" % driver in grub and "%s.max_vfs=7" % driver not in grub
-        assert ("i915.enable_guc=3" in grub) is (driver == "i915")  # left as it was
+        # Only max_vfs changes: enable_guc, force_probe and module_blacklist stay as they were.
+        assert read(root, "etc/default/grub") == grub.replace("%s.max_vfs=7" % driver, "%s.max_vfs=0" % driver)
         assert done["reboot_required"] is True
         assert any("SR-IOV goes off on every GPU it drives (%s, %s)" % (FLEX, FLEX2) in note
                    for note in done["notes"]), done["notes"]
@@ -490,22 +534,35 @@ def test_intel_sriov_off_sets_max_vfs_0_for_every_gpu_of_the_driver(make_host, m
 
 
 def test_intel_sriov_off_is_refused_while_the_boot_restore_enables_vfs(make_host, module):
-    root = flex_host(make_host, "i915")
+    root = flex_host(make_host, "xe")
     assert module("virtualization_mode", root, selector=FLEX, mode="sriov", max_vfs=7)["rc"] == 0
     reboot(root)
-    assert module("sriov", root, devices=[{"selector": FLEX, "num_vfs": 4}], delay=0)["rc"] == 0
-    before = snapshot(root)
+    carved = module("sriov", root, devices=[{"selector": FLEX2, "num_vfs": 4}], delay=0)
+    assert carved["rc"] == 0, carved["msg"]
+    # Turned off through the other GPU of the driver: max_vfs reaches the VFs recorded on this one too.
+    refused_as_it_was(module, root, "%s (4 VFs recorded)" % FLEX2, "set their num_vfs to 0 with gpuvirt.host.sriov",
+                      selector=FLEX, mode="sriov")
+    # On no driver now, the GPU is xe's again at the next boot: still refused.
+    unbind(root, FLEX2)
+    refused_as_it_was(module, root, "%s (4 VFs recorded)" % FLEX2, selector=FLEX, mode="sriov")
+    # A loaded xe without max_vfs (another kernel booted) says nothing of the default kernel's: still refused.
+    os.unlink(os.path.join(root, "sys/module/xe/parameters/max_vfs"))
+    refused_as_it_was(module, root, "%s (4 VFs recorded)" % FLEX2, selector=FLEX, mode="sriov")
 
-    # Turned off through the other GPU of the driver: max_vfs reaches the first one's recorded VFs too.
-    refused = module("virtualization_mode", root, selector=FLEX2, mode="sriov", state="absent")
-    assert refused["rc"] == 1 and refused["changed"] is False, refused
-    assert "turning sriov off leaves no VFs where the boot restore enables them: %s (4 VFs recorded, 0 offered)" \
-        % FLEX in refused["msg"]
-    assert snapshot(root) == before
 
-    assert module("sriov", root, devices=[{"selector": FLEX, "num_vfs": 0}], delay=0)["rc"] == 0
-    done = module("virtualization_mode", root, selector=FLEX2, mode="sriov", state="absent")
-    assert done["rc"] == 0 and done["changed"] is True, done
+def test_intel_sriov_off_leaves_the_vfs_of_the_other_driver_alone(make_host, module):
+    kernel = {"parameters": {"i915": {"max_vfs": "7"}, "xe": {"max_vfs": "7"}},
+              "modules": ["kvm_intel", "kvm", "i915", "xe", "vfio_pci", "vfio_pci_core", "vfio", "vfio_iommu_type1",
+                          "ice", "nvme", "ast"]}
+    root = with_grub(make_host("intel_flex_sriov", patch_devices={FLEX: {"driver": "i915"}, FLEX2: {"driver": "xe"}},
+                               kernel=kernel))
+    edit_grub(root, "intel_iommu=off", "intel_iommu=off i915.max_vfs=7 i915.enable_guc=3 xe.max_vfs=7")
+    assert reboot(root) == {"i915": {FLEX: 7}, "xe": {FLEX2: 7}}
+    carved = module("sriov", root, devices=[{"selector": FLEX2, "num_vfs": 4}], delay=0)
+    assert carved["rc"] == 0, carved["msg"]
+    done = module("virtualization_mode", root, selector=FLEX, mode="sriov", state="absent")
+    assert done["rc"] == 0 and done["kernel_arguments"] == ["i915.max_vfs=0"], done
+    refused_as_it_was(module, root, "%s (4 VFs recorded)" % FLEX2, selector=FLEX2, mode="sriov")
 
 
 def test_mxgpu_off_stops_loading_gim_and_the_next_boot_has_no_vfs(make_host, module):
@@ -526,26 +583,30 @@ def test_mxgpu_off_stops_loading_gim_and_the_next_boot_has_no_vfs(make_host, mod
 
 
 def test_mxgpu_off_is_refused_while_the_boot_restore_enables_vfs(make_host, module):
-    root = make_host("amd_mxgpu")
+    root = make_host("amd_mxgpu", add_devices=[
+        {"address": "0000:c1:00.0", "ids": "1002:73bf", "class": "030000", "driver": "amdgpu", "group": 90}])
     assert module("virtualization_mode", root, selector=MI300X, mode="mxgpu", max_vfs=8)["rc"] == 0
     reboot(root)
     assert module("sriov", root, devices=[{"selector": MI300X, "num_vfs": 8}])["rc"] == 0
-    before = snapshot(root)
-    refused = module("virtualization_mode", root, selector=MI300X, mode="mxgpu", state="absent")
-    assert refused["rc"] == 1 and "%s (8 VFs recorded, 0 offered)" % MI300X in refused["msg"], refused
-    assert snapshot(root) == before
+    refused_as_it_was(module, root, "%s (8 VFs recorded)" % MI300X, selector=MI300X, mode="mxgpu")
+    unbind(root, MI300X)  # gim lost the GPU in this boot: its recorded VFs still come back with gim
+    refused_as_it_was(module, root, "%s (8 VFs recorded)" % MI300X, selector=MI300X, mode="mxgpu")
+    refused_as_it_was(module, root, "0000:c1:00.0 is not a GPU of AMD's GIM driver (driver: amdgpu)",
+                      selector="0000:c1:00.0", mode="mxgpu")
 
 
-def test_off_takes_no_options_and_vgpu_has_nothing_to_turn_off(make_host, module, run_module):
+def test_off_takes_no_options_and_vgpu_is_off_only_where_no_vgpu_driver_runs(make_host, module, run_module):
     root = flex_host(make_host, "i915")
-    before = snapshot(root)
-    given = module("virtualization_mode", root, selector=FLEX, mode="sriov", state="absent", max_vfs=0)
-    assert given["rc"] == 1 and "takes no options, not max_vfs; nothing changed" in given["msg"], given
-    assert snapshot(root) == before
+    refused_as_it_was(module, root, "takes no options, not max_vfs; nothing changed",
+                      selector=FLEX, mode="sriov", max_vfs=0)
 
     root = make_host("l40s_vgpu")
     before = snapshot(root)
-    vgpu = run_module("virtualization_mode", {"root": root, "selector": "0000:cb:00.0", "mode": "vgpu",
-                                              "state": "absent"})
+    vgpu = run_module("virtualization_mode", {"root": root, "selector": L40S, "mode": "vgpu", "state": "absent"})
     assert vgpu["rc"] == 1 and "has nothing to turn off" in vgpu["msg"] and "vgpu-kvm" in vgpu["msg"], vgpu
     assert snapshot(root) == before
+
+    root = make_host("desktop_dgpu")  # a GeForce, no vGPU host driver: off already
+    off = run_module("virtualization_mode", {"root": root, "selector": "0000:01:00.0", "mode": "vgpu",
+                                             "state": "absent"})
+    assert off["rc"] == 0 and off["changed"] is False and off["reboot_required"] is False, off
