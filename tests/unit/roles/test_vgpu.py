@@ -20,7 +20,7 @@ import sys
 import pytest
 
 from ansible_collections.gpuvirt.host.plugins.module_utils import hoststate, mdev_info
-from ansible_collections.gpuvirt.host.tests.sim.hosts import MACHINE_ID_FILE, mediated_lab
+from ansible_collections.gpuvirt.host.tests.sim.hosts import MACHINE_ID_FILE, mediated_lab, tree_state
 from ansible_collections.gpuvirt.host.tests.sim.nvidia_vgpu_sim import attach, fake_sriov_manage
 from ansible_collections.gpuvirt.host.tests.sim.sriov_hosts import all_vfs_enabled
 from ansible_collections.gpuvirt.host.tests.tools.playbook import run_playbook
@@ -309,6 +309,11 @@ def test_a_gvt_g_mode_set_absent_goes_after_its_mdevs_in_one_run(make_host, play
     assert play(root, carved, vgpu_host_id="laptop-1")[0] == 0 and len(mdev_set(root)) == 1
 
     off = [{"selector": "0000:00:02.0", "mode": {"name": "gvt-g", "state": "absent"}, "mdev": [], "exclusive": True}]
+    # Check mode removes no mdev, so the boot restore still records it: the mode is planned in a real run.
+    before = tree_state(root)
+    rc, recap, output, exported = play(root, off, check=True, vgpu_host_id="laptop-1")
+    assert rc == 0 and exported["result"]["modes_off_deferred"] == ["0000:00:02.0"], output
+    assert exported["result"]["modes"] == [] and tree_state(root) == before
     rc, recap, output, exported = play(root, off, vgpu_host_id="laptop-1")
     assert rc == 0, output
     assert not mdev_set(root) and not os.path.exists(os.path.join(root, "etc/modules-load.d/gpuvirt-gvt-g.conf"))
@@ -323,6 +328,10 @@ def test_a_gvt_g_mode_set_absent_goes_after_its_mdevs_in_one_run(make_host, play
     assert gvt_g.boot(root) is False
     rc, recap, output, exported = play(root, off, vgpu_host_id="laptop-1")
     assert rc == 0 and recap["changed"] == 0 and exported["reboot"] is False, output
+    # With nothing left to remove, check mode plans the mode too.
+    rc, recap, output, exported = play(root, off, check=True, vgpu_host_id="laptop-1")
+    assert rc == 0 and exported["result"]["modes_off_deferred"] == [], output
+    assert [(m["mode"], m["state"], m["changed"]) for m in exported["result"]["modes"]] == [("gvt-g", "absent", False)]
 
 
 # -- Intel SR-IOV: VFs handed to vfio-pci, at run time and at every boot ------------------------------
