@@ -128,12 +128,17 @@ class ModeRun(ModuleRun):
         if mode.records:
             files += (_plan_records(self.root, mode.records),)
         boot = None
-        if mode.kernel_arguments:
-            wanted, unwanted = bootloader.validate_arguments(list(mode.kernel_arguments), [])
-            boot = bootloader.plan(
-                self.module, self.root, params["bootloader"], wanted, unwanted, update=params["update"]
-            )
+        if mode.kernel_arguments or mode.pin_arguments:
+            boot = self._boot_plan(mode.kernel_arguments + mode.pin_arguments)
+            if mode.pin_arguments and not _held_otherwise(boot.configured_before, mode.pin_arguments):
+                boot = self._boot_plan(mode.kernel_arguments) if mode.kernel_arguments else None
         return ModeRunPlan(mode, files, boot)
+
+    def _boot_plan(self, arguments):
+        wanted, unwanted = bootloader.validate_arguments(list(arguments), [])
+        return bootloader.plan(
+            self.module, self.root, self.params["bootloader"], wanted, unwanted, update=self.params["update"]
+        )
 
     def apply(self, plan):
         for change in plan.files:
@@ -155,7 +160,9 @@ class ModeRun(ModuleRun):
         return {
             "changed": bool(changed_files or self.loaded or (plan.boot is not None and plan.boot.resumed)),
             "files_changed": changed_files,
-            "kernel_arguments": list(plan.mode.kernel_arguments),
+            "kernel_arguments": list(plan.mode.kernel_arguments) + [
+                argument for argument in plan.mode.pin_arguments
+                if plan.boot is not None and argument in plan.boot.configured],
             "modules_loaded": list(self.loaded),
             "reboot_required": bool(running),
             "reboot_for": running,
@@ -170,6 +177,15 @@ class ModeRun(ModuleRun):
     @staticmethod
     def _running_needs(plan):
         return [need for need, satisfied in plan.mode.running_needs if not satisfied]
+
+
+def _held_otherwise(configured, pins):
+    """Whether the boot configuration (``configured``: its arguments) holds a key of ``pins`` with another value."""
+    wanted = [bootloader.parse_argument(pin) for pin in pins]
+    return any(
+        bootloader.same_key(pin, held) and pin.value != held.value
+        for held in (bootloader.parse_argument(text) for text in configured) for pin in wanted
+    )
 
 
 _TRUE = ("1", "true", "yes", "on", "y", "t")

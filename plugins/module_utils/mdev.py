@@ -218,16 +218,17 @@ def resolve_selector(snapshot, selector):
 
 def _vanished_parent(snapshot, declaration):
     """The PCI address of a parent that is no longer one (a card taken out, VFs no longer enabled, a
-    device whose driver offers no mdev types any more: GVT-g turned off), when the declaration asks for
-    none of its mdevs (``exclusive`` with no ``mdevs``): a device that offers no types holds no mdevs,
-    and what is left of it are records, which such a declaration removes. None otherwise."""
+    device whose driver offers no mdev types now: GVT-g turned off), when the declaration asks for none of
+    its mdevs (``exclusive`` with no ``mdevs``): a device that offers no types holds no mdevs, and what is
+    left of it are records, which such a declaration removes. None otherwise, and for a physical function
+    with SR-IOV, whose mdevs live on its VFs (recorded under theirs): selecting it needs its VFs."""
     if declaration.get("mdevs") or not declaration.get("exclusive"):
         return None
     address = normalize_address((declaration.get("selector") or "").strip())
     if address is None or address in snapshot.parents:
         return None
     device = snapshot.devices.get(address)
-    if device is not None and any(vf in snapshot.parents for vf in (device.sriov.vfs if device.sriov else ())):
+    if device is not None and device.sriov is not None:
         return None
     return address
 
@@ -320,9 +321,9 @@ def plan(snapshot, declarations, force=False):
     for declaration, gone in vanished:
         result.parents[gone] = ParentPlan(parent=gone, selector=declaration["selector"], exclusive=True, before=[])
         result.warnings.append(
-            ("%s offers no mediated device types (its driver offers none now)" if gone in snapshot.devices else
+            ("%s offers no mediated device types now, so it holds none" if gone in snapshot.devices else
              "%s is not on this host (removed, or VFs no longer enabled)") % gone
-            + ": only the records of mdevs on it are removed (the state file, mdevctl's definitions)"
+            + ": only the records of mdevs on it are removed, if any (the state file, mdevctl's definitions)"
         )
     taken = set(snapshot.mdevs)
     explicit = {}

@@ -7,6 +7,7 @@ Public API (every reader takes the host ``root``):
 - :func:`config_files` ``(root, release=None) -> [path]``: the files modprobe reads, in its order.
 - :func:`logical_lines` ``(text) -> [str]``: a file's lines with backslash continuations joined and
   comments left out.
+- :func:`options_set` ``(root, module, parameter) -> bool``: whether an ``options`` line sets a parameter.
 - :func:`parse_softdep` ``(line) -> Softdep | None`` and :func:`first_softdeps` ``(root, release, skip)
   -> {module: Softdep}``: the soft dependencies modprobe uses, one line per module.
 
@@ -22,7 +23,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from ansible_collections.gpuvirt.host.plugins.module_utils.files import read_file
+from ansible_collections.gpuvirt.host.plugins.module_utils.files import FileError, read_file
 from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import host_path, list_dir
 from ansible_collections.gpuvirt.host.plugins.module_utils.vfio_bind import driver_key
 
@@ -58,6 +59,23 @@ def logical_lines(text):
         if line and not line.startswith("#"):
             lines.append(line)
     return lines
+
+
+def options_set(root, module, parameter):
+    """Whether an ``options <module> ...`` line of modprobe's configuration sets ``parameter`` (dashes and
+    underscores alike, as modprobe takes them). A file that cannot be read sets nothing."""
+    wanted = (module.replace("-", "_"), parameter.replace("-", "_"))
+    for path in config_files(root):
+        try:
+            lines = read_lines(root, path)
+        except FileError:
+            continue
+        for line in lines:
+            words = line.split()
+            if len(words) >= 3 and words[0] == "options" and words[1].replace("-", "_") == wanted[0] and any(
+                    word.split("=", 1)[0].replace("-", "_") == wanted[1] for word in words[2:]):
+                return True
+    return False
 
 
 def read_lines(root, path):

@@ -284,10 +284,15 @@ class AmdBackend(VendorBackend):
         if (device.device_id or "") not in GIM_IDS and device.driver != HOST_DRIVER:
             raise EnableError("%s is not a GPU of AMD's GIM driver (driver: %s): it has no MxGPU to turn off; "
                               "nothing changed" % (device.address, device.driver or "none"))
+        # The restore's selection: its mxgpu step brings back the VFs of every GIM GPU recorded with some, and
+        # its driver step waits for a driver on every recorded GPU, which one without gim may never get.
         refuse_recorded(mode, [
-            "%s (%d VFs recorded)" % (pf, (recorded.get("sriov") or {})[pf]["num_vfs"])
-            for pf, _action in _restore_items(recorded, host.root)
-        ], "set their num_vfs to 0 with gpuvirt.host.sriov")
+            "%s (%s)" % (pf, "%d VFs recorded" % entry["num_vfs"] if entry.get("num_vfs") else
+                         "a recorded entry, %s, that the restore waits for a driver on" % ", ".join(
+                             "%s %s" % (key, str(value).lower()) for key, value in sorted(entry.items())))
+            for pf, entry in sorted((recorded.get("sriov") or {}).items())
+            if isinstance(entry, dict) and _is_gim_gpu(host.root, pf)
+        ], "set num_vfs to 0 and drivers_autoprobe to true with gpuvirt.host.sriov, which drops the entry")
         gpus = gim_gpus(host.devices)
         notes = ["this collection no longer loads gim at boot (another modules-load.d entry for gim would): the GPUs "
                  "it drives (%s) come up without it after the reboot, on amdgpu where amdgpu is not blacklisted "

@@ -70,6 +70,7 @@ from dataclasses import dataclass
 
 from ansible_collections.gpuvirt.host.plugins.module_utils.errors import GpuvirtError
 from ansible_collections.gpuvirt.host.plugins.module_utils.kernel import module_parameter
+from ansible_collections.gpuvirt.host.plugins.module_utils.modprobe import options_set
 from ansible_collections.gpuvirt.host.plugins.module_utils.secureboot import signature_advice
 from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import (
     MDEV_BUS,
@@ -576,10 +577,17 @@ class IntelBackend(VendorBackend):
         notes = []
         if host.module_loaded(GVT_G_MODULE):
             notes.append("%s stays loaded and the iGPU's mdevs stay until the reboot" % GVT_G_MODULE)
+        # i915.enable_gvt=0 outweighs every other setting of it; it is needed where one turns GVT-g on: the
+        # loaded i915 (modprobe.d or the running command line), an options line for the next load, or this
+        # collection's kvmgt file (the mode turned on, not yet booted). Otherwise only where the boot
+        # configuration sets it (the generic code looks).
+        on = _gvt_g_on(host) or options_set(host.root, "i915", "enable_gvt") or os.path.exists(
+            host_path(host.root, files[0][0]))
         return EnablePlan(
             mode="gvt-g",
             address=device.address,
-            kernel_arguments=(GVT_G_OFF_ARGUMENT,),
+            kernel_arguments=(GVT_G_OFF_ARGUMENT,) if on else (),
+            pin_arguments=() if on else (GVT_G_OFF_ARGUMENT,),
             files=files,
             running_needs=(("GVT-g off in the loaded i915 (enable_gvt N)", not _gvt_g_on(host)),),
             notes=tuple(notes),

@@ -24,8 +24,10 @@ class VendorRestoreError(GpuvirtError):
 
 @dataclass(frozen=True)
 class EnablePlan:
-    """Declarations only: kernel arguments to add (an argument replaces every other value of its key), files
-    to write (``((relative path, content), ...)``; content None: the file is removed), modules to load now,
+    """Declarations only: kernel arguments to add (an argument replaces every other value of its key),
+    ``pin_arguments`` (arguments that hold a setting off: added only where the boot configuration holds
+    another value of their key, as nothing else the backend sees turns the setting on), files to write
+    (``((relative path, content), ...)``; content None: the file is removed), modules to load now,
     ``running_needs`` (``(description, satisfied now)``: what the running kernel must show for the mode to
     work, or to be off, without a reboot), ``vf_limits`` (``((PF address, VFs), ...)``: the most VFs each
     physical function is offered once the plan is in effect, for every PF the setting reaches; a
@@ -39,6 +41,7 @@ class EnablePlan:
     mode: str
     address: str
     kernel_arguments: tuple = ()
+    pin_arguments: tuple = ()
     files: tuple = ()
     load_modules: tuple = ()
     running_needs: tuple = ()

@@ -262,8 +262,12 @@ def _read_notes(root):
         return {}, "/%s is not the JSON a run writes (%s)" % (HANDBACKS, error)
     if not isinstance(noted, dict):
         return {}, "/%s holds a JSON %s, not the object of notes a run writes" % (HANDBACKS, type(noted).__name__)
-    return {address: identity for address, identity in noted.items()
-            if _ADDRESS.match(address) and isinstance(identity, dict)}, None
+    notes = {address: identity for address, identity in noted.items()
+             if _ADDRESS.match(address) and isinstance(identity, dict)}
+    others = sorted(set(noted) - set(notes))
+    if others:
+        return notes, "/%s holds entries that are not notes a run writes (%s)" % (HANDBACKS, ", ".join(others))
+    return notes, None
 
 
 def _note_handback(root, address, under_way):

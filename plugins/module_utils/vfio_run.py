@@ -119,9 +119,11 @@ class VfioPciRun(BootConfigPlanner, ModuleRun):
         unreadable = handback_notes_problem(self.root) if self.runtime else None
         if unreadable:
             self.warnings.append(
-                "%s: a hand-back an earlier run left unfinished cannot be told from it, so a device such a run left "
-                "on no driver stays so (lspci -k shows no 'Kernel driver in use' for it; writing its address to "
-                "/sys/bus/pci/drivers_probe hands it back); the next hand-back replaces the file" % unreadable)
+                "%s: a hand-back an earlier run left unfinished cannot be told from it, so a device you had on "
+                "vfio-pci that such a run left on no driver stays so (lspci -k shows no 'Kernel driver in use' for "
+                "it). To hand one back, remove its ID from vfio-pci's table (echo '<vendor> <device>' > "
+                "/sys/bus/pci/drivers/vfio-pci/remove_id), clear its driver_override and write its address to "
+                "/sys/bus/pci/drivers_probe; then delete the file (the next hand-back also replaces it)" % unreadable)
         self.resumed = {address: None for address in sorted(self.interrupted)
                         if not (self.state == "present" and address in self.members)}
         if self.state == "present":

@@ -31,19 +31,22 @@ description:
     refuses with what to install."
   - "V(vgpu) (NVIDIA): checks that the vGPU host driver is loaded (C(nvidia_vgpu_vfio)) and
     C(nvidia-vgpu-mgr) runs; refuses with what to install otherwise. Nothing is written."
-  - "O(state=absent) turns the mode off again from the next boot. V(gvt-g) (the iGPU) puts C(i915.enable_gvt=0) on
-    the kernel command line, which also outweighs an C(options i915 enable_gvt=1) line in modprobe.d, and removes
-    the C(kvmgt) modules-load file. V(sriov) puts C(<driver>.max_vfs=0) on it (0, not the argument removed - xe's
-    default is unlimited since Linux 6.17), for every GPU that driver drives, and leaves C(i915.enable_guc),
-    C(xe.force_probe) and C(module_blacklist) as they are, since they also decide which driver drives the GPU.
+  - "O(state=absent) turns the mode off again from the next boot. V(gvt-g) (the iGPU) removes the C(kvmgt)
+    modules-load file and puts C(i915.enable_gvt=0) on the kernel command line, which outweighs any other setting
+    of it, where something turns GVT-g on - the loaded i915, an C(options i915 enable_gvt) line in modprobe.d, the
+    boot configuration, or the mode turned on and not booted yet; elsewhere it writes nothing. V(sriov) puts
+    C(<driver>.max_vfs=0) on it (0, not the argument removed - xe's default is unlimited since Linux 6.17), for
+    every GPU that driver drives, and leaves C(i915.enable_guc), C(xe.force_probe) and C(module_blacklist) as they
+    are, since they also decide which driver drives the GPU.
     V(mxgpu) (a GPU of GIM's) removes both files written for GIM, so that this collection no longer loads it at
     boot, for every GPU it drives. V(vgpu), for which nothing is written, changes nothing where no vGPU host driver
     runs, and is refused with what turns it off where one does."
   - "O(state=absent) is refused, nothing changed, while the state file has the boot-time restore bring back what
     the mode carries, as that restore selects it - any GVT-g mdev; VFs of an Intel GPU the driver may drive (any
-    that the other Intel driver does not drive now); VFs of a GIM GPU, whatever drives it now. Remove them first
-    with M(gpuvirt.host.mdev) or M(gpuvirt.host.sriov). The running kernel keeps the mode until the reboot
-    (RV(reboot_required)), and RV(verification) reads it as it is until then."
+    that the other Intel driver does not drive now); any entry of a GIM GPU, whatever drives it now (the restore
+    waits for its driver). Remove them first with M(gpuvirt.host.mdev) or M(gpuvirt.host.sriov). The running
+    kernel keeps the mode until the reboot (RV(reboot_required)), and RV(verification) reads it as it is until
+    then."
 extends_documentation_fragment:
   - gpuvirt.host.attributes
   - gpuvirt.host.attributes.linux

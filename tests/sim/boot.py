@@ -190,6 +190,22 @@ def _tear_down(root):
     sim.save(state)
 
 
+def _unbind_driver(root, module):
+    """A driver that does not load in this boot drives nothing: its devices come up on no driver."""
+    bus = os.path.join(root, "sys/bus/pci/devices")
+    for address in sorted(os.listdir(bus)):
+        driver = driver_of(root, address)
+        if driver is None or driver.replace("-", "_") != module:
+            continue
+        os.unlink(os.path.join(bus, address, "driver"))
+        link = os.path.join(root, "sys/bus/pci/drivers", driver, address)
+        if os.path.lexists(link):
+            os.unlink(link)
+        with open(os.path.join(bus, address, "uevent"), encoding="utf-8") as handle:
+            lines = [line for line in handle.read().splitlines() if not line.startswith("DRIVER=")]
+        write(root, "sys/bus/pci/devices/%s/uevent" % address, "\n".join(lines) + "\n")
+
+
 def sriov_pfs(root):
     bus = os.path.join(root, "sys/bus/pci/devices")
     return [a for a in sorted(os.listdir(bus)) if os.path.exists(os.path.join(bus, a, "sriov_totalvfs"))]
@@ -239,6 +255,7 @@ def reboot(root, uptime=20.0):
     for name in before:
         if name not in modules:
             shutil.rmtree(os.path.join(root, "sys/module", name), ignore_errors=True)
+            _unbind_driver(root, name)
     write(root, "proc/modules", "")
     options = modprobe_options(root)
     gvt_g.remove_types(root)

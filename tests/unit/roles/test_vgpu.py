@@ -334,6 +334,23 @@ def test_a_gvt_g_mode_set_absent_goes_after_its_mdevs_in_one_run(make_host, play
     assert [(m["mode"], m["state"], m["changed"]) for m in exported["result"]["modes"]] == [("gvt-g", "absent", False)]
 
 
+@pytest.mark.parametrize("devices, variables, message", [
+    ([{"selector": "0000:00:02.0", "mode": {"name": "gvt-g"}},
+      {"selector": "00:02.0", "mode": {"name": "gvt-g", "state": "absent"}}], {},
+     "00:02.0 (gvt-g): one entry turns the mode on and another off"),
+    ([{"selector": "0000:00:02.0", "mode": {"name": "gvt-g", "state": "absent", "options": {"x": 1}}}], {},
+     "0000:00:02.0: a mode turned off (state absent) takes no max_vfs or options"),
+    ([{"selector": "0000:00:02.0", "mode": {"name": "gvt-g", "state": "absent"}, "mdev": [], "exclusive": True}],
+     {"vgpu_persistent": False}, "A mode turned off (state absent) needs vgpu_persistent true"),
+], ids=["on-and-off", "options", "not-persistent"])
+def test_a_mode_set_absent_that_cannot_work_fails_before_any_change(make_host, play, devices, variables, message):
+    root = gvt_g_laptop(make_host)
+    before = tree_state(root)
+    rc, recap, output, exported = play(root, devices, vgpu_host_id="laptop-1", **variables)
+    assert rc != 0 and recap["changed"] == 0 and message in " ".join(output.split()), output
+    assert tree_state(root) == before
+
+
 # -- Intel SR-IOV: VFs handed to vfio-pci, at run time and at every boot ------------------------------
 
 FLEX = "0000:4e:00.0"

@@ -346,3 +346,21 @@ def test_the_records_of_a_parent_no_longer_on_the_host_can_be_removed(lab, mdev_
     # Asking for mdevs on it still fails: there is nothing to put them on.
     wanted = mdev_module(lab, parents=[{"selector": gone, "mdevs": [{"type": "nvidia-471", "count": 1}]}])
     assert wanted["rc"] == 1 and "0000:65:00.4" in wanted["msg"]
+
+
+def test_an_empty_exclusive_declaration_holds_on_a_device_with_no_types_but_not_on_a_pf(make_host, mdev_module):
+    root = make_host("datacenter_a100", files=MACHINE_ID_FILE)
+    # A device that offers no mdev types (a NIC here; an iGPU once GVT-g is off) holds none: a declaration of
+    # none holds, with a warning that says so.
+    nic = mdev_module(root, parents=[{"selector": "0000:04:00.0", "mdevs": [], "exclusive": True}])
+    assert nic["rc"] == 0 and nic["changed"] is False, nic
+    assert any("0000:04:00.0 offers no mediated device types now, so it holds none" in w for w in warnings(nic))
+    # A physical function with SR-IOV keeps its mdevs on its VFs, recorded under theirs: with the VFs not
+    # enabled, there is nothing it could say of them.
+    pf = "0000:b1:00.0"
+    for vf in [name for name in os.listdir(os.path.join(root, "sys/bus/pci/devices", pf)) if name.startswith("virtfn")]:
+        os.unlink(os.path.join(root, "sys/bus/pci/devices", pf, vf))
+    with open(os.path.join(root, "sys/bus/pci/devices", pf, "sriov_numvfs"), "w") as handle:
+        handle.write("0\n")
+    refused = mdev_module(root, parents=[{"selector": pf, "mdevs": [], "exclusive": True}])
+    assert refused["rc"] == 1 and "its virtual functions are not enabled" in refused["msg"], refused

@@ -461,7 +461,7 @@ def test_gvt_g_off_pins_it_off_and_the_next_boot_has_no_types(make_host, module)
     # A spec that still declares the iGPU's mdevs empty holds: a device with no mdev types has none.
     empty = module("mdev", root, host_id="laptop-1", parents=[{"selector": IGPU, "mdevs": [], "exclusive": True}])
     assert empty["rc"] == 0 and empty["changed"] is False, empty
-    assert any("%s offers no mediated device types (its driver offers none now)" % IGPU in w
+    assert any("%s offers no mediated device types now, so it holds none" % IGPU in w
                for w in map(str, empty["warnings"])), empty
     wanted = module("mdev", root, host_id="laptop-1",
                     parents=[{"selector": IGPU, "mdevs": [{"type": "i915-GVTg_V5_4", "count": 1}]}])
@@ -481,6 +481,29 @@ def test_gvt_g_off_outweighs_an_options_line_in_modprobe_d(make_host, module):
     assert gvt_g.boot(root) is False  # the command line's 0 wins over the options line
     after = module("virtualization_mode", root, selector=IGPU, mode="gvt-g", state="absent")
     assert after["changed"] is False and after["reboot_required"] is False, after
+
+
+def test_gvt_g_off_writes_nothing_where_nothing_turns_it_on(make_host, module):
+    root = with_grub(make_host("gvtg_laptop"))
+    before = snapshot(root)
+    done = module("virtualization_mode", root, selector=IGPU, mode="gvt-g", state="absent")
+    assert done["rc"] == 0 and done["changed"] is False and done["kernel_arguments"] == [], done
+    assert snapshot(root) == before
+    # An options line for i915's next load (not loaded with it yet): pinned off.
+    options = os.path.join(root, "etc/modprobe.d/gvt.conf")
+    os.makedirs(os.path.dirname(options), exist_ok=True)
+    with open(options, "w") as handle:
+        handle.write("options i915 enable_guc=0 \\\n    enable-gvt=1\n")
+    pinned = module("virtualization_mode", root, selector=IGPU, mode="gvt-g", state="absent", check_mode=True)
+    assert pinned["changed"] is True and pinned["kernel_arguments"] == ["i915.enable_gvt=0"], pinned
+    os.unlink(options)
+    # Put on the boot configuration by hand, not booted yet: pinned off.
+    edit_grub(root, "intel_iommu=off", "intel_iommu=off i915.enable_gvt=1")
+    done = off_as_predicted(module, root, selector=IGPU, mode="gvt-g")
+    assert done["kernel_arguments"] == ["i915.enable_gvt=0"] and done["reboot_required"] is False, done
+    assert "i915.enable_gvt=0" in read(root, "etc/default/grub") and "i915.enable_gvt=1" not in read(
+        root, "etc/default/grub")
+    assert gvt_g.boot(root) is False
 
 
 def test_gvt_g_off_is_refused_while_the_boot_restore_creates_a_gvt_g_vgpu(make_host, module):
@@ -577,6 +600,8 @@ def test_mxgpu_off_stops_loading_gim_and_the_next_boot_has_no_vfs(make_host, mod
     assert done["reboot_required"] is True and done["reboot_for"] == ["gim not loaded"]
     assert "gim" not in reboot(root)
     assert not os.path.exists(os.path.join(root, "sys/module/gim")) and vfs_of(root, MI300X) == []
+    # gim is not loaded: nothing drives the GPU.
+    assert not os.path.lexists(os.path.join(root, "sys/bus/pci/devices", MI300X, "driver"))
     after = module("virtualization_mode", root, selector=MI300X, mode="mxgpu", state="absent")
     assert after["changed"] is False and after["reboot_required"] is False, after
     assert after["verification"]["ready"] is False
@@ -591,6 +616,13 @@ def test_mxgpu_off_is_refused_while_the_boot_restore_enables_vfs(make_host, modu
     refused_as_it_was(module, root, "%s (8 VFs recorded)" % MI300X, selector=MI300X, mode="mxgpu")
     unbind(root, MI300X)  # gim lost the GPU in this boot: its recorded VFs still come back with gim
     refused_as_it_was(module, root, "%s (8 VFs recorded)" % MI300X, selector=MI300X, mode="mxgpu")
+    # No VFs, but an entry kept for drivers_autoprobe: the restore still waits for a driver on the GPU.
+    state = hoststate.load_state(root)
+    state["sriov"][MI300X] = {"num_vfs": 0, "drivers_autoprobe": False}
+    with open(hoststate.state_path(root), "w") as handle:
+        json.dump(state, handle)
+    refused_as_it_was(module, root, "%s (a recorded entry, drivers_autoprobe false, num_vfs 0, that the restore "
+                      "waits for a driver on)" % MI300X, "drivers_autoprobe to true", selector=MI300X, mode="mxgpu")
     refused_as_it_was(module, root, "0000:c1:00.0 is not a GPU of AMD's GIM driver (driver: amdgpu)",
                       selector="0000:c1:00.0", mode="mxgpu")
 

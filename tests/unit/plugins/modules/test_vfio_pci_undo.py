@@ -14,6 +14,7 @@ import shutil
 import pytest
 
 from ansible_collections.gpuvirt.host.plugins.module_utils import vfio_bind
+from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import write_text
 from ansible_collections.gpuvirt.host.tests.sim.mdev_kernel import KernelSim
 from ansible_collections.gpuvirt.host.tests.sim.pci_kernel import PciKernel
 
@@ -372,10 +373,12 @@ def test_a_named_device_whose_override_still_names_vfio_pci_is_handed_back_once(
 @pytest.mark.parametrize("damage, problem", [
     (b'{"0000:01:00.0": {"id": "10de:1e04"', "is not the JSON a run writes"),
     (b'["0000:01:00.0"]\n', "holds a JSON list, not the object of notes a run writes"),
+    (b'{"0000:01:00.0": "10de:1e04"}\n', "holds entries that are not notes a run writes (0000:01:00.0)"),
 ])
 def test_a_damaged_note_is_warned_about_and_replaced_by_the_next_hand_back(make_host, vfio_pci, damage, problem):
     root, kernel = bound_by_id(make_host)
-    killed_hand_back(root, kernel, vfio_pci)
+    # Killed before its ID left vfio-pci's table: a reprobe alone would give it back to vfio-pci.
+    killed_hand_back(root, kernel, vfio_pci, at=r"sys/bus/pci/drivers/vfio-pci/remove_id\Z")
     put(root, vfio_bind.HANDBACKS, damage.decode())
 
     told = vfio_pci(root, kernel=kernel, devices=["0000:06:00.0"], persistent=False, check_mode=True)
@@ -383,6 +386,15 @@ def test_a_damaged_note_is_warned_about_and_replaced_by_the_next_hand_back(make_
     assert any(w.startswith("/%s %s" % (vfio_bind.HANDBACKS, problem)) and "stays so" in w
                for w in warnings(told)), warnings(told)
     assert binding(root, GPU) == (None, None)
+
+    # What the warning says to do hands the device back.
+    advice = next(w for w in warnings(told) if w.startswith("/" + vfio_bind.HANDBACKS))
+    assert "remove_id" in advice and "driver_override" in advice and "drivers_probe" in advice
+    with kernel.sim.active():
+        write_text(os.path.join(root, "sys/bus/pci/drivers/vfio-pci/remove_id"), "10de 1e04")
+        write_text(os.path.join(root, "sys/bus/pci/devices", GPU, "driver_override"), "\n")
+        write_text(os.path.join(root, "sys/bus/pci/drivers_probe"), GPU)
+    assert binding(root, GPU) == ("nvidia", None)
 
     # Without runtime changes, nothing reads the note.
     quiet = vfio_pci(root, kernel=kernel, devices=["0000:06:00.0"], persistent=True, runtime=False, check_mode=True)
