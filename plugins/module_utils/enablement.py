@@ -103,6 +103,7 @@ class ModeRunPlan:
     mode: object  # EnablePlan
     files: tuple  # files.FileChange
     boot: object  # bootloader.BootPlan or None
+    pinned: tuple = ()  # the pin arguments the boot configuration holds, or gets from this run
 
 
 class ModeRun(ModuleRun):
@@ -128,11 +129,27 @@ class ModeRun(ModuleRun):
         if mode.records:
             files += (_plan_records(self.root, mode.records),)
         boot = None
-        if mode.kernel_arguments or mode.pin_arguments:
-            boot = self._boot_plan(mode.kernel_arguments + mode.pin_arguments)
-            if mode.pin_arguments and not _held_otherwise(boot.configured_before, mode.pin_arguments):
-                boot = self._boot_plan(mode.kernel_arguments) if mode.kernel_arguments else None
-        return ModeRunPlan(mode, files, boot)
+        pinned = ()
+        if mode.pin_arguments:
+            try:
+                boot = self._boot_plan(mode.kernel_arguments + mode.pin_arguments)
+            except bootloader.BootloaderError as error:
+                if mode.kernel_arguments:
+                    raise
+                # Nothing else to write there: a boot configuration this cannot read holds nothing to pin.
+                self.module.warn("the boot configuration was not read (%s): whether it sets %s is not known"
+                                 % (error, ", ".join(sorted({a.split("=", 1)[0] for a in mode.pin_arguments}))))
+            else:
+                # Another value of a pinned key anywhere in the configuration (each entry, not only the default)
+                # is one this plan replaces.
+                if _held_otherwise(boot.removed + boot.configured_before, mode.pin_arguments):
+                    pinned = mode.pin_arguments
+                else:
+                    pinned = tuple(pin for pin in mode.pin_arguments if pin in boot.configured_before)
+                    boot = self._boot_plan(mode.kernel_arguments) if mode.kernel_arguments else None
+        elif mode.kernel_arguments:
+            boot = self._boot_plan(mode.kernel_arguments)
+        return ModeRunPlan(mode, files, boot, pinned)
 
     def _boot_plan(self, arguments):
         wanted, unwanted = bootloader.validate_arguments(list(arguments), [])
@@ -160,9 +177,7 @@ class ModeRun(ModuleRun):
         return {
             "changed": bool(changed_files or self.loaded or (plan.boot is not None and plan.boot.resumed)),
             "files_changed": changed_files,
-            "kernel_arguments": list(plan.mode.kernel_arguments) + [
-                argument for argument in plan.mode.pin_arguments
-                if plan.boot is not None and argument in plan.boot.configured],
+            "kernel_arguments": list(plan.mode.kernel_arguments) + list(plan.pinned),
             "modules_loaded": list(self.loaded),
             "reboot_required": bool(running),
             "reboot_for": running,

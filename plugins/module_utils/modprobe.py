@@ -7,7 +7,7 @@ Public API (every reader takes the host ``root``):
 - :func:`config_files` ``(root, release=None) -> [path]``: the files modprobe reads, in its order.
 - :func:`logical_lines` ``(text) -> [str]``: a file's lines with backslash continuations joined and
   comments left out.
-- :func:`options_set` ``(root, module, parameter) -> bool``: whether an ``options`` line sets a parameter.
+- :func:`option_value` ``(root, module, parameter) -> str | None``: what the ``options`` lines set a parameter to.
 - :func:`parse_softdep` ``(line) -> Softdep | None`` and :func:`first_softdeps` ``(root, release, skip)
   -> {module: Softdep}``: the soft dependencies modprobe uses, one line per module.
 
@@ -61,10 +61,12 @@ def logical_lines(text):
     return lines
 
 
-def options_set(root, module, parameter):
-    """Whether an ``options <module> ...`` line of modprobe's configuration sets ``parameter`` (dashes and
-    underscores alike, as modprobe takes them). A file that cannot be read sets nothing."""
+def option_value(root, module, parameter):
+    """The value the ``options <module> ...`` lines of modprobe's configuration give ``parameter`` (dashes and
+    underscores alike, as modprobe takes them; the last one read wins, as the module sees them in that order;
+    ``""`` for a bare name), or None when none sets it. A file that cannot be read sets nothing."""
     wanted = (module.replace("-", "_"), parameter.replace("-", "_"))
+    value = None
     for path in config_files(root):
         try:
             lines = read_lines(root, path)
@@ -72,10 +74,12 @@ def options_set(root, module, parameter):
             continue
         for line in lines:
             words = line.split()
-            if len(words) >= 3 and words[0] == "options" and words[1].replace("-", "_") == wanted[0] and any(
-                    word.split("=", 1)[0].replace("-", "_") == wanted[1] for word in words[2:]):
-                return True
-    return False
+            if len(words) >= 3 and words[0] == "options" and words[1].replace("-", "_") == wanted[0]:
+                for word in words[2:]:
+                    name, _sep, given = word.partition("=")
+                    if name.replace("-", "_") == wanted[1]:
+                        value = given
+    return value
 
 
 def read_lines(root, path):

@@ -57,7 +57,6 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.vendor_plan import (
     RestoreStep,
     VendorBackend,
     VendorRestoreError,
-    refuse_recorded,
 )
 
 VENDOR_ID = "1002"
@@ -279,25 +278,26 @@ class AmdBackend(VendorBackend):
     def disable_plan(self, device, host, mode, recorded):
         """MxGPU off: GIM is one driver for every GPU it drives, and its ``vf_num`` takes no 0 (1 to 31): both
         files this collection writes for it go, so that it no longer loads gim at boot, for every GPU gim drives.
-        Refused for a GPU that is not one of GIM's, and while the state file records VFs of a GIM GPU (the
-        restore step's own selection, whatever drives the GPU now). The VFs and gim stay until the reboot."""
+        The VFs of a GIM GPU come from gim alone (the sriov module cannot set their count), so the state file's
+        entries of the GIM GPUs go with it, whatever drives them now: the restore would wait for gim's VFs, or
+        for a driver, on them at every boot. Refused for a GPU that is not one of GIM's. The VFs and gim stay
+        until the reboot."""
         if (device.device_id or "") not in GIM_IDS and device.driver != HOST_DRIVER:
             raise EnableError("%s is not a GPU of AMD's GIM driver (driver: %s): it has no MxGPU to turn off; "
                               "nothing changed" % (device.address, device.driver or "none"))
-        # The restore's selection: its mxgpu step brings back the VFs of every GIM GPU recorded with some, and
-        # its driver step waits for a driver on every recorded GPU, which one without gim may never get.
-        refuse_recorded(mode, [
-            "%s (%s)" % (pf, "%d VFs recorded" % entry["num_vfs"] if entry.get("num_vfs") else
-                         "a recorded entry, %s, that the restore waits for a driver on" % ", ".join(
-                             "%s %s" % (key, str(value).lower()) for key, value in sorted(entry.items())))
-            for pf, entry in sorted((recorded.get("sriov") or {}).items())
+        entries = sorted(
+            (pf, entry) for pf, entry in (recorded.get("sriov") or {}).items()
             if isinstance(entry, dict) and _is_gim_gpu(host.root, pf)
-        ], "set num_vfs to 0 and drivers_autoprobe to true with gpuvirt.host.sriov, which drops the entry")
+        )
         gpus = gim_gpus(host.devices)
         notes = ["this collection no longer loads gim at boot (another modules-load.d entry for gim would): the GPUs "
                  "it drives (%s) come up without it after the reboot, on amdgpu where amdgpu is not blacklisted "
                  "(modprobe.blacklist=amdgpu stays as it is; remove it with gpuvirt.host.kernel_cmdline to give them "
                  "back to amdgpu)" % (", ".join(gpus) or "none now")]
+        if entries:
+            notes.append("the boot restore's records of gim's VFs go with it: %s" % "; ".join(
+                "%s (%s VFs%s)" % (pf, entry.get("num_vfs", 0), ", to vfio-pci" if entry.get("vfio") else "")
+                for pf, entry in entries))
         if host.module_loaded(HOST_DRIVER):
             notes.append("gim and the VFs it enabled stay until the reboot")
         return EnablePlan(
@@ -306,6 +306,7 @@ class AmdBackend(VendorBackend):
             files=((GIM_CONF, None), (GIM_MODULES_LOAD, None)),
             running_needs=(("gim not loaded", not host.module_loaded(HOST_DRIVER)),),
             notes=tuple(notes),
+            records=tuple(("sriov", pf, None) for pf, _entry in entries),
         )
 
     def modes(self, device, host):

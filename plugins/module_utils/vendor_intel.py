@@ -69,8 +69,8 @@ import os
 from dataclasses import dataclass
 
 from ansible_collections.gpuvirt.host.plugins.module_utils.errors import GpuvirtError
-from ansible_collections.gpuvirt.host.plugins.module_utils.kernel import module_parameter
-from ansible_collections.gpuvirt.host.plugins.module_utils.modprobe import options_set
+from ansible_collections.gpuvirt.host.plugins.module_utils.kernel import kernel_bool, module_parameter
+from ansible_collections.gpuvirt.host.plugins.module_utils.modprobe import option_value
 from ansible_collections.gpuvirt.host.plugins.module_utils.secureboot import signature_advice
 from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import (
     MDEV_BUS,
@@ -581,7 +581,9 @@ class IntelBackend(VendorBackend):
         # loaded i915 (modprobe.d or the running command line), an options line for the next load, or this
         # collection's kvmgt file (the mode turned on, not yet booted). Otherwise only where the boot
         # configuration sets it (the generic code looks).
-        on = _gvt_g_on(host) or options_set(host.root, "i915", "enable_gvt") or os.path.exists(
+        option = option_value(host.root, "i915", "enable_gvt")
+        # A bare parameter name sets a bool parameter on.
+        on = _gvt_g_on(host) or (option is not None and kernel_bool(option or "1") is True) or os.path.exists(
             host_path(host.root, files[0][0]))
         return EnablePlan(
             mode="gvt-g",

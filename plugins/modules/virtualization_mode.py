@@ -37,16 +37,16 @@ description:
     boot configuration, or the mode turned on and not booted yet; elsewhere it writes nothing. V(sriov) puts
     C(<driver>.max_vfs=0) on it (0, not the argument removed - xe's default is unlimited since Linux 6.17), for
     every GPU that driver drives, and leaves C(i915.enable_guc), C(xe.force_probe) and C(module_blacklist) as they
-    are, since they also decide which driver drives the GPU.
-    V(mxgpu) (a GPU of GIM's) removes both files written for GIM, so that this collection no longer loads it at
-    boot, for every GPU it drives. V(vgpu), for which nothing is written, changes nothing where no vGPU host driver
-    runs, and is refused with what turns it off where one does."
+    are, since they also decide which driver drives the GPU. V(mxgpu) (a GPU of GIM's) removes both files written
+    for GIM, so that this collection no longer loads it at boot, for every GPU it drives, and the state file's
+    entries of the GIM GPUs (their VFs come from gim alone, whose count M(gpuvirt.host.sriov) cannot set).
+    V(vgpu), for which nothing is written, changes nothing where no vGPU host driver runs, and is refused with
+    what turns it off where one does."
   - "O(state=absent) is refused, nothing changed, while the state file has the boot-time restore bring back what
     the mode carries, as that restore selects it - any GVT-g mdev; VFs of an Intel GPU the driver may drive (any
-    that the other Intel driver does not drive now); any entry of a GIM GPU, whatever drives it now (the restore
-    waits for its driver). Remove them first with M(gpuvirt.host.mdev) or M(gpuvirt.host.sriov). The running
-    kernel keeps the mode until the reboot (RV(reboot_required)), and RV(verification) reads it as it is until
-    then."
+    that the other Intel driver does not drive now). Remove them first with M(gpuvirt.host.mdev) or
+    M(gpuvirt.host.sriov). The running kernel keeps the mode until the reboot (RV(reboot_required)), and
+    RV(verification) reads it as it is until then."
 extends_documentation_fragment:
   - gpuvirt.host.attributes
   - gpuvirt.host.attributes.linux

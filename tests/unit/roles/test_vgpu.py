@@ -337,12 +337,16 @@ def test_a_gvt_g_mode_set_absent_goes_after_its_mdevs_in_one_run(make_host, play
 @pytest.mark.parametrize("devices, variables, message", [
     ([{"selector": "0000:00:02.0", "mode": {"name": "gvt-g"}},
       {"selector": "00:02.0", "mode": {"name": "gvt-g", "state": "absent"}}], {},
-     "00:02.0 (gvt-g): one entry turns the mode on and another off"),
+     "gvt-g (on for 0000:00:02.0, off for 00:02.0): one entry turns the mode on and another off"),
+    # max_vfs is the driver's: on for one GPU and off for another would flip it at every run.
+    ([{"selector": "0000:4e:00.0", "mode": {"name": "sriov", "max_vfs": 7}},
+      {"selector": "0000:8c:00.0", "mode": {"name": "sriov", "state": "absent"}}], {},
+     "sriov (on for 0000:4e:00.0, off for 0000:8c:00.0): one entry turns the mode on and another off"),
     ([{"selector": "0000:00:02.0", "mode": {"name": "gvt-g", "state": "absent", "options": {"x": 1}}}], {},
      "0000:00:02.0: a mode turned off (state absent) takes no max_vfs or options"),
     ([{"selector": "0000:00:02.0", "mode": {"name": "gvt-g", "state": "absent"}, "mdev": [], "exclusive": True}],
      {"vgpu_persistent": False}, "A mode turned off (state absent) needs vgpu_persistent true"),
-], ids=["on-and-off", "options", "not-persistent"])
+], ids=["on-and-off", "driver-wide", "options", "not-persistent"])
 def test_a_mode_set_absent_that_cannot_work_fails_before_any_change(make_host, play, devices, variables, message):
     root = gvt_g_laptop(make_host)
     before = tree_state(root)

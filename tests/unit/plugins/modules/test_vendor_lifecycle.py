@@ -496,6 +496,10 @@ def test_gvt_g_off_writes_nothing_where_nothing_turns_it_on(make_host, module):
         handle.write("options i915 enable_guc=0 \\\n    enable-gvt=1\n")
     pinned = module("virtualization_mode", root, selector=IGPU, mode="gvt-g", state="absent", check_mode=True)
     assert pinned["changed"] is True and pinned["kernel_arguments"] == ["i915.enable_gvt=0"], pinned
+    with open(options, "w") as handle:
+        handle.write("options i915 enable_gvt=1\noptions i915 enable_gvt=N\n")  # the last one read wins
+    assert module("virtualization_mode", root, selector=IGPU, mode="gvt-g", state="absent",
+                  check_mode=True)["changed"] is False
     os.unlink(options)
     # Put on the boot configuration by hand, not booted yet: pinned off.
     edit_grub(root, "intel_iommu=off", "intel_iommu=off i915.enable_gvt=1")
@@ -504,6 +508,18 @@ def test_gvt_g_off_writes_nothing_where_nothing_turns_it_on(make_host, module):
     assert "i915.enable_gvt=0" in read(root, "etc/default/grub") and "i915.enable_gvt=1" not in read(
         root, "etc/default/grub")
     assert gvt_g.boot(root) is False
+
+
+def test_gvt_g_off_where_nothing_turns_it_on_needs_no_boot_configuration_it_can_read(make_host, module):
+    root = make_host("gvtg_laptop")  # no boot loader configuration in the tree
+    done = module("virtualization_mode", root, selector=IGPU, mode="gvt-g", state="absent")
+    assert done["rc"] == 0 and done["changed"] is False, done
+    assert any("the boot configuration was not read" in str(w) for w in done["warnings"]), done
+    # Where something turns it on, the argument must be written: an unreadable configuration is an error.
+    os.makedirs(os.path.join(root, "etc/modules-load.d"), exist_ok=True)
+    with open(os.path.join(root, "etc/modules-load.d/gpuvirt-gvt-g.conf"), "w") as handle:
+        handle.write("kvmgt\n")
+    assert module("virtualization_mode", root, selector=IGPU, mode="gvt-g", state="absent")["rc"] == 1
 
 
 def test_gvt_g_off_is_refused_while_the_boot_restore_creates_a_gvt_g_vgpu(make_host, module):
@@ -607,24 +623,27 @@ def test_mxgpu_off_stops_loading_gim_and_the_next_boot_has_no_vfs(make_host, mod
     assert after["verification"]["ready"] is False
 
 
-def test_mxgpu_off_is_refused_while_the_boot_restore_enables_vfs(make_host, module):
+def test_mxgpu_off_takes_the_records_of_gims_vfs_with_it(make_host, module):
+    """The sriov module cannot set the VF count of a GIM GPU (gim does): turning MxGPU off drops their records
+    itself, or nothing could, and the restore would wait for gim's VFs at every boot."""
     root = make_host("amd_mxgpu", add_devices=[
         {"address": "0000:c1:00.0", "ids": "1002:73bf", "class": "030000", "driver": "amdgpu", "group": 90}])
     assert module("virtualization_mode", root, selector=MI300X, mode="mxgpu", max_vfs=8)["rc"] == 0
     reboot(root)
     assert module("sriov", root, devices=[{"selector": MI300X, "num_vfs": 8}])["rc"] == 0
-    refused_as_it_was(module, root, "%s (8 VFs recorded)" % MI300X, selector=MI300X, mode="mxgpu")
-    unbind(root, MI300X)  # gim lost the GPU in this boot: its recorded VFs still come back with gim
-    refused_as_it_was(module, root, "%s (8 VFs recorded)" % MI300X, selector=MI300X, mode="mxgpu")
-    # No VFs, but an entry kept for drivers_autoprobe: the restore still waits for a driver on the GPU.
-    state = hoststate.load_state(root)
-    state["sriov"][MI300X] = {"num_vfs": 0, "drivers_autoprobe": False}
-    with open(hoststate.state_path(root), "w") as handle:
-        json.dump(state, handle)
-    refused_as_it_was(module, root, "%s (a recorded entry, drivers_autoprobe false, num_vfs 0, that the restore "
-                      "waits for a driver on)" % MI300X, "drivers_autoprobe to true", selector=MI300X, mode="mxgpu")
     refused_as_it_was(module, root, "0000:c1:00.0 is not a GPU of AMD's GIM driver (driver: amdgpu)",
                       selector="0000:c1:00.0", mode="mxgpu")
+    unbind(root, MI300X)  # gim lost the GPU in this boot: its records go all the same
+
+    done = off_as_predicted(module, root, selector=MI300X, mode="mxgpu")
+
+    assert MI300X not in hoststate.load_state(root)["sriov"]
+    assert "/" + hoststate.STATE_PATH in done["files_changed"]
+    assert any("the boot restore's records of gim's VFs go with it: %s (8 VFs)" % MI300X in note
+               for note in done["notes"]), done["notes"]
+    reboot(root)
+    status, results = run_restore(root)
+    assert status["ok"] is True and not any(item == MI300X for _step, item, _ok, _message in results), results
 
 
 def test_off_takes_no_options_and_vgpu_is_off_only_where_no_vgpu_driver_runs(make_host, module, run_module):
