@@ -136,7 +136,8 @@ class ModeRun(ModuleRun):
             except bootloader.BootloaderError as error:
                 if mode.kernel_arguments:
                     raise
-                # Nothing else to write there: a boot configuration this cannot read holds nothing to pin.
+                # Only pins were to go there, and nothing the backend sees turns their settings on: a boot
+                # configuration this cannot read is said, not an error.
                 self.module.warn("the boot configuration was not read (%s): whether it sets %s is not known"
                                  % (error, ", ".join(sorted({a.split("=", 1)[0] for a in mode.pin_arguments}))))
             else:

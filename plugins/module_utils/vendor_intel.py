@@ -52,6 +52,11 @@ drivers/gpu/drm/xe/xe_module.c, xe_pci.c; include/drm/intel/pciids.h; the i915-s
   a larger ``max_vfs`` is refused.
 - Both plans add ``intel_iommu=on`` while the IOMMU is off (unless the host's firmware describes an AMD
   or Arm IOMMU, which that argument does not turn on), so that the one reboot leaves the mode ready.
+- Turning a mode off (``state: absent``): GVT-g by ``i915.enable_gvt=0``, which outweighs an ``options``
+  line in modprobe.d (modprobe, libkmod's ``kmod_config_new()``, puts the command line's options for a
+  module after those of its configuration files, and the last value given wins),
+  SR-IOV by ``<driver>.max_vfs=0`` (removing the argument would leave xe 6.17+ at its unlimited default).
+  Both are refused while the state file has the restore bring back what the mode carries.
 
 Restore steps (:mod:`restore`):
 
@@ -549,12 +554,13 @@ class IntelBackend(VendorBackend):
         )
 
     def disable_plan(self, device, host, mode, recorded):
-        """GVT-g off: ``i915.enable_gvt=0`` on the command line (which also outweighs an ``options i915
-        enable_gvt=1`` line in modprobe.d) and the ``kvmgt`` modules-load file gone, so the next boot's i915
-        offers no GVT-g types. SR-IOV off: ``<driver>.max_vfs=0`` (0 and not the argument removed: xe's default
-        is unlimited since 6.17), so the driver probes every GPU it drives as a plain GPU. Each is refused while
-        the state file records what the mode's restore step brings back (GVT-g mdevs; VFs of an Intel GPU the
-        driver may drive). What the SR-IOV plan added beside ``max_vfs`` stays (see the notes)."""
+        """GVT-g off: the ``kvmgt`` modules-load file gone and, where something turns GVT-g on,
+        ``i915.enable_gvt=0`` on the command line (which outweighs an ``options i915 enable_gvt=1`` line in
+        modprobe.d), so the next boot's i915 offers no GVT-g types. SR-IOV off: ``<driver>.max_vfs=0`` (0 and
+        not the argument removed: xe's default is unlimited since 6.17), so the driver probes every GPU it
+        drives as a plain GPU. Each is refused while the state file records what the mode's restore step brings
+        back (GVT-g mdevs; VFs of an Intel GPU the driver may drive). What the SR-IOV plan added beside
+        ``max_vfs`` stays (see the notes)."""
         if mode == "gvt-g":
             return self._gvt_g_off_plan(device, host, recorded)
         return self._sriov_off_plan(device, host, recorded)

@@ -249,7 +249,8 @@ def _noted_handbacks(root):
 
 
 def _read_notes(root):
-    """``(notes, problem)``: ``{address: identity}`` and None, or ``{}`` and why the file cannot be read."""
+    """``(notes, problem)``: ``{address: identity}`` of the notes that read as a run writes them, and why the
+    file, or some entries of it, cannot be read (None when all can)."""
     path = inside(root, HANDBACKS)
     try:
         with open(path, "rb") as handle:
