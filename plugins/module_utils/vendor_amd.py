@@ -173,6 +173,11 @@ def restore_gim_vfs(context, pf, entry):
     return "gim enabled %d VFs (vf_num %s)" % (count, vf_num or "not set")
 
 
+def _gim_device(device):
+    """Whether ``device`` (a :class:`pci.PciDevice`) is a GPU of GIM's: a model GIM supports, or driven by gim."""
+    return (device.device_id or "") in GIM_IDS or device.driver == HOST_DRIVER
+
+
 def _is_gim_gpu(root, pf):
     device_id = (read_text(_device_file(root, pf, "device")) or "")[2:]
     return read_text(_device_file(root, pf, "vendor")) == "0x" + VENDOR_ID and (
@@ -282,7 +287,7 @@ class AmdBackend(VendorBackend):
         entries of the GIM GPUs go with it, whatever drives them now: the restore would wait for gim's VFs, or
         for a driver, on them at every boot. Refused for a GPU that is not one of GIM's. The VFs and gim stay
         until the reboot."""
-        if (device.device_id or "") not in GIM_IDS and device.driver != HOST_DRIVER:
+        if not _gim_device(device):
             raise EnableError("%s is not a GPU of AMD's GIM driver (driver: %s): it has no MxGPU to turn off; "
                               "nothing changed" % (device.address, device.driver or "none"))
         entries = sorted(
@@ -310,7 +315,7 @@ class AmdBackend(VendorBackend):
         )
 
     def modes(self, device, host):
-        if (device.device_id or "") not in GIM_IDS and device.driver != HOST_DRIVER:
+        if not _gim_device(device):
             return []
         sriov = device.sriov
         if device.driver == HOST_DRIVER and sriov is not None and sriov.num_vfs:

@@ -398,21 +398,32 @@ def restore_sriov_mode(context, pf, entry):
         driver, max_vfs if max_vfs is not None else "unreadable", total)
 
 
-def _gvt_g_items(state, root):
-    parents = sorted({
-        entry["parent"] for entry in (state.get("mdevs") or {}).values()
+def _gvt_g_mdevs(state):
+    """``[(uuid, entry)]``: the recorded mdevs of a GVT-g type, whatever their parent (the ``gvt_g`` step's
+    selection, and what turning GVT-g off is refused for)."""
+    return [
+        (uuid, entry) for uuid, entry in sorted((state.get("mdevs") or {}).items())
         if isinstance(entry, dict) and str(entry.get("type") or "").startswith(GVT_G_TYPE_PREFIX)
-        and entry.get("parent")
-    })
+    ]
+
+
+def _gvt_g_items(state, root):
+    parents = sorted({entry["parent"] for _uuid, entry in _gvt_g_mdevs(state) if entry.get("parent")})
     return [(parent, lambda context, parent=parent: restore_gvt_g(context, parent)) for parent in parents]
 
 
+def _intel_sriov_entries(state, root):
+    """``[(pf, entry)]``: the recorded SR-IOV entries of Intel GPUs (the ``intel_sriov`` step's selection)."""
+    return [
+        (pf, entry) for pf, entry in sorted((state.get("sriov") or {}).items())
+        if isinstance(entry, dict) and _is_intel_gpu(root, pf)
+    ]
+
+
 def _sriov_items(state, root):
-    entries = state.get("sriov") or {}
     return [
         (pf, lambda context, pf=pf, entry=entry: restore_sriov_mode(context, pf, entry))
-        for pf, entry in sorted(entries.items())
-        if isinstance(entry, dict) and _is_intel_gpu(root, pf)
+        for pf, entry in _intel_sriov_entries(state, root)
     ]
 
 
@@ -569,11 +580,9 @@ class IntelBackend(VendorBackend):
         if not is_integrated(device):
             raise EnableError("GVT-g is an iGPU (0000:00:02.0) feature: %s has none to turn off; select the iGPU; "
                               "nothing changed" % device.address)
-        # The restore step's own selection (_gvt_g_items): every recorded mdev of a GVT-g type, on any parent.
         refuse_recorded("gvt-g", [
             "mdev %s (%s on %s)" % (uuid, entry.get("type"), entry.get("parent"))
-            for uuid, entry in sorted((recorded.get("mdevs") or {}).items())
-            if isinstance(entry, dict) and str(entry.get("type") or "").startswith(GVT_G_TYPE_PREFIX)
+            for uuid, entry in _gvt_g_mdevs(recorded)
         ], "gpuvirt.host.mdev, state absent")
         files = (("etc/modules-load.d/gpuvirt-gvt-g.conf", None),)
         gvt = self._gvt_g(device, host)
@@ -609,14 +618,14 @@ class IntelBackend(VendorBackend):
                 "turning SR-IOV off on %s needs the i915 or xe driver bound to it, whose max_vfs it sets, not %s; "
                 "nothing changed" % (device.address, driver or "no driver")
             )
-        # The restore step's own selection (_sriov_items), less the GPUs the other driver drives now: max_vfs is
+        # The restore step's own selection, with VFs, less the GPUs the other driver drives now: max_vfs is
         # this driver's, and a GPU on no driver now may be this driver's at the next boot.
         other = [name for name in SRIOV_DRIVERS if name != driver][0]
         refuse_recorded("sriov", [
             "%s (%d VFs recorded)" % (pf, entry["num_vfs"])
-            for pf, entry in sorted((recorded.get("sriov") or {}).items())
-            if isinstance(entry, dict) and isinstance(entry.get("num_vfs"), int) and entry["num_vfs"] > 0
-            and _is_intel_gpu(host.root, pf) and link_name(_device_file(host.root, pf, "driver")) != other
+            for pf, entry in _intel_sriov_entries(recorded, host.root)
+            if isinstance(entry.get("num_vfs"), int) and entry["num_vfs"] > 0
+            and link_name(_device_file(host.root, pf, "driver")) != other
         ], "set their num_vfs to 0 with gpuvirt.host.sriov")
         max_vfs, state = parameter_state(host.root, driver, "max_vfs")
         gpus = [address for address, other_device in sorted(host.devices.items())
