@@ -11,7 +11,11 @@ Public API (every reader takes the host ``root``):
   imported ZFS pools (their members from the udev database's blkid labels), and active
   device-mapper and md RAID devices (LVM volumes a VM uses are not mounted). A block device leads to
   its PCI devices through partitions, device-mapper and md ``slaves``, btrfs's and bcachefs's other
-  devices, a zram device's backing device and the controllers of a multipath NVMe namespace.
+  devices, a zram device's backing device and the controllers of a multipath NVMe namespace (an
+  NVMe/FC controller by its HBA).
+- :func:`storage_adapters` ``(root) -> list[(reason, list[str])]``: the HBAs of the host's sessions to
+  storage targets that no socket shows: NVMe/FC controllers, iSCSI sessions of iSER and offload HBAs,
+  SRP target ports.
 - :func:`default_route_interfaces` ``(root) -> list[str]``: interfaces of the IPv4/IPv6 default routes,
   every next hop of a multipath route or nexthop group (:mod:`rtnetlink` on the live host).
 - :func:`ssh_ports` ``(root) -> list[int]``: the ports sshd listens on (sshd_config, and the socket
@@ -138,6 +142,10 @@ def _block_dir(root, dev_number, source):
 # the subsystem's directory links each controller (nvme0 -> .../<PCI address>/nvme/nvme0).
 _NVME_SUBSYSTEM = re.compile(r"^(.*/nvme-subsystem/nvme-subsys[0-9]+)/")
 _NVME_CONTROLLER = re.compile(r"nvme[0-9]+\Z")
+# Without multipath (nvme_core.multipath=N) a fabrics namespace is a disk of its controller, a
+# virtual device like every NVMe over Fabrics controller (nvme_init_ctrl() under the nvme-fabrics
+# device): devices/virtual/nvme-fabrics/ctl/nvmeN/nvmeNnM.
+_NVME_FABRICS_CONTROLLER = re.compile(r"^(.*/nvme-fabrics/ctl/nvme[0-9]+)/")
 
 
 def nvme_subsystem_controllers(real):
@@ -147,6 +155,17 @@ def nvme_subsystem_controllers(real):
     if subsystem is None:
         return []
     return [subsystem.group(1) + "/" + entry for entry in list_dir(subsystem.group(1)) if _NVME_CONTROLLER.match(entry)]
+
+
+def _nvme_controller_owners(real_root, controller):
+    """The PCI devices an NVMe controller (a path to its directory) reaches its namespaces through: the
+    function it sits below (PCIe), or the HBA of an NVMe/FC controller (:func:`_nvme_fc_path`). None for
+    another fabrics controller: its NIC is found by the route to its target (:func:`storage_interfaces`)."""
+    owner = _pci_owner(real_root, controller)
+    if owner:
+        return [owner]
+    fc_path = _nvme_fc_path(real_root, controller)
+    return fc_path[1] if fc_path is not None else []
 
 
 def _block_devices(real_root, path, seen):
@@ -161,10 +180,10 @@ def _block_devices(real_root, path, seen):
     if owner:
         owners.append(owner)
     else:
-        for controller in nvme_subsystem_controllers(real):
-            owner = _pci_owner(real_root, controller)
-            if owner:
-                owners.append(owner)
+        fabrics = _NVME_FABRICS_CONTROLLER.match(real)
+        controllers = [fabrics.group(1)] if fabrics is not None else nvme_subsystem_controllers(real)
+        for controller in controllers:
+            owners.extend(_nvme_controller_owners(real_root, controller))
     for slave in list_dir(real + "/slaves"):
         owners.extend(_block_devices(real_root, real + "/slaves/" + slave, seen))
     # A zram device writes idle or incompressible pages out to its backing device (zram's backing_dev,
@@ -750,6 +769,97 @@ def _rdma_nvme_targets(root):
     return found
 
 
+def _address_fields(text):
+    """``{key: value}`` of an NVMe over Fabrics controller's ``address`` (``nvmf_get_address()``:
+    ``traddr=...,trsvcid=...,host_traddr=...,host_iface=...``)."""
+    fields = {}
+    for option in (text or "").split(","):
+        key, _sep, value = option.partition("=")
+        if value:
+            fields[key.strip()] = value.strip()
+    return fields
+
+
+# An FC port's names in an NVMe/FC address: nn-0x<WWNN>:pn-0x<WWPN> (nvme_fc_parse_traddr()).
+_FC_PORT_NAME = re.compile(r"pn-(0x[0-9a-fA-F]{1,16})\Z")
+
+
+def _fc_port_name(text):
+    """The port name (WWPN, an int) of an NVMe/FC ``traddr`` or ``host_traddr``, or None."""
+    match = _FC_PORT_NAME.search(text or "")
+    return int(match.group(1), 16) if match is not None else None
+
+
+def _fc_host_ports(real_root):
+    """``[(port name or None, PCI address)]`` of the Fibre Channel host ports
+    (``sys/class/fc_host/hostN``, ``port_name`` ``0x<WWPN>``): the HBA function each SCSI host sits
+    below, an NPIV port's too. The port name is None when it cannot be read."""
+    base = host_path(real_root, "sys/class/fc_host")
+    ports = []
+    for host in sorted(list_dir(base)):
+        owner = _pci_owner(real_root, "%s/%s" % (base, host))
+        if owner is None:
+            continue
+        text = read_text("%s/%s/port_name" % (base, host))
+        try:
+            ports.append((int(text, 16), owner))
+        except (TypeError, ValueError):
+            ports.append((None, owner))
+    return ports
+
+
+def _nvme_fc_path(real_root, controller):
+    """``(target port, [PCI addresses])`` of an NVMe/FC controller (``transport`` ``fc``), or None
+    for another. Its directory is virtual, below no HBA: the host port is the one its
+    ``host_traddr`` names (the FC transport requires it), matched by port name; when it names no
+    port found, every FC host port's HBA may carry it. The target port is the ``pn-`` of ``traddr``
+    as ``0x<WWPN>``, or the whole ``traddr`` when it has none."""
+    if read_text(controller + "/transport") != "fc":
+        return None
+    fields = _address_fields(read_text(controller + "/address"))
+    ports = _fc_host_ports(real_root)
+    wanted = _fc_port_name(fields.get("host_traddr"))
+    owners = sorted({owner for name, owner in ports if wanted is not None and name == wanted})
+    if not owners:
+        owners = sorted({owner for _name, owner in ports})
+    target = _fc_port_name(fields.get("traddr"))
+    return ("0x%016x" % target if target is not None else fields.get("traddr") or "an unnamed port"), owners
+
+
+def storage_adapters(root):
+    """``[(reason, [PCI addresses])]``: the adapters that carry sessions to storage targets without a
+    socket or a route: each NVMe/FC controller's HBA (:func:`_nvme_fc_path`), the HBA of each iSCSI
+    session whose SCSI host sits below a PCI function (iSER, whose host is the RDMA device's parent,
+    and the offload HBAs: bnx2i, cxgbi, qedi, qla4xxx, be2iscsi) and the HCA of each SRP target port.
+    Like the iSCSI and NVMe/RDMA sessions of :func:`storage_interfaces`, they are the disks of the
+    VMs as well as the host's, mounted or not; an iSCSI session over a socket (``iscsi_tcp``) is
+    one of those instead. A Fibre Channel SCSI target is not: the HBA logs in to every target zoned
+    to it, so only the disks the host uses (:func:`storage_in_use`) make it critical."""
+    real_root = resolve(root)
+    found = []
+    base = host_path(root, "sys/class/nvme")
+    for controller in sorted(list_dir(base)):
+        fc_path = _nvme_fc_path(real_root, "%s/%s" % (base, controller))
+        if fc_path is not None and fc_path[1]:
+            what = "the NVMe/FC controller %s with target port %s" % (controller, fc_path[0])
+            found.append(("HBA of storage in use: " + what, fc_path[1]))
+    base = host_path(root, "sys/class/iscsi_session")
+    for session in sorted(list_dir(base)):
+        owner = _pci_owner(real_root, "%s/%s" % (base, session))
+        if owner is not None:
+            target = read_text("%s/%s/targetname" % (base, session))
+            what = "the iSCSI session %s" % session + (" with " + target if target else "")
+            found.append(("HBA of storage in use: " + what, [owner]))
+    base = host_path(root, "sys/class/srp_remote_ports")
+    for port in sorted(list_dir(base)):
+        owner = _pci_owner(real_root, "%s/%s" % (base, port))
+        if owner is not None:
+            port_id = read_text("%s/%s/port_id" % (base, port))
+            what = "the SRP target port %s" % port + (" (%s)" % port_id if port_id else "")
+            found.append(("HBA of storage in use: " + what, [owner]))
+    return found
+
+
 def storage_interfaces(root, routes=None, sessions=None, mounts=None):
     """``[(interface, reason)]``: the interfaces that carry network storage the host uses. Those
     the mounted network filesystems' servers (NFS, SMB, CephFS) are reached through, and those of the
@@ -850,7 +960,7 @@ def critical_devices(root):
     """``{address: [reasons]}`` for devices the host needs to keep running."""
     critical = {}
     mounts = _mounts(root)
-    for reason, addresses in storage_in_use(root, mounts):
+    for reason, addresses in storage_in_use(root, mounts) + storage_adapters(root):
         for address in addresses:
             reasons = critical.setdefault(address, [])
             if reason not in reasons:

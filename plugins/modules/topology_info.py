@@ -34,7 +34,11 @@ description:
     the C(addr=) or C(mon_addr=) mount option or an address in the mount's source, or to the peer of an
     established session to an iSCSI (3260), NVMe/TCP (4420), Ceph (3300, 6789, 6800-7300), NBD (10809),
     GlusterFS (24007), NFS (2049) or SMB (445) port, which is how the disks of VMs on network storage
-    show).
+    show, or to the target of an NVMe controller over RDMA), or an adapter that carries storage sessions no
+    socket shows (the HBA port an NVMe/FC controller's C(host_traddr) names, every FC port when it names
+    none found; the HCA or offload HBA of an iSCSI session, iSER included; the HCA of an SRP target port).
+    An NVMe/FC namespace in use leads to its HBA port. A Fibre Channel SCSI target alone does not make its
+    HBA critical, only the disks the host uses do.
   - "The console GPU is read where the kernel marks it: C(boot_vga) (VGA-class functions only; a
     VGA-class function without it, as in a partial snapshot, is doubtful), the C(boot_display) file
     newer kernels put on the DRM card of the display that showed the boot sequence, whatever its

@@ -33,7 +33,8 @@ ROUTES = (
 CONTROLLER = "sys/devices/virtual/nvme-fabrics/ctl/nvme1"
 
 
-def fabrics_host(make_host, multipath, extra_files=None):
+def namespace_layout(multipath):
+    """``(disk, links)``: the namespace nvme1n1 (259:5) of the fabrics controller nvme1."""
     if multipath:
         # The usual layout: the namespace is the subsystem's disk, the subsystem links its controllers.
         subsystem = "sys/devices/virtual/nvme-subsystem/nvme-subsys1"
@@ -48,6 +49,11 @@ def fabrics_host(make_host, multipath, extra_files=None):
         "sys/class/block/nvme1n1": "../../" + disk[len("sys/"):],
         "sys/dev/block/259:5": "../../" + disk[len("sys/"):],
     })
+    return disk, links
+
+
+def fabrics_host(make_host, multipath, extra_files=None):
+    disk, links = namespace_layout(multipath)
     return make_host(
         "desktop_dgpu",
         add_devices=[CONNECTX_DEVICE],

@@ -239,3 +239,35 @@ def test_capture_keeps_the_ports_of_an_open_vswitch_bridge(make_host, tmp_path):
     assert "0000:04:00.0" in critical_devices(root)
     assert critical_devices(output) == critical_devices(root)
     same_topology(root, output)
+
+
+@pytest.mark.parametrize("multipath", [True, False], ids=["nvme-subsystem", "controller"])
+def test_capture_keeps_the_storage_adapters_without_their_names(make_host, tmp_path, multipath):
+    # An NVMe/FC root through the HBA's second port, an iSER session and an SRP target port on the HCA.
+    from ansible_collections.gpuvirt.host.plugins.module_utils.critical import critical_devices
+    from ansible_collections.gpuvirt.host.tests.unit.plugins.module_utils import test_critical_storage_adapters as hba
+
+    files, links = hba.nvme_fc(multipath=multipath)
+    session_files, session_links = hba.iscsi_session(hba.device_dir(hba.HCA) + "/host7")
+    port = hba.device_dir(hba.HCA) + "/host8/port-8:1/srp_remote_ports/port-8:1"
+    files.update(session_files, **{port + "/port_id": "0x0002c90300a0b1c20002c90300a0b1c2\n"})
+    links.update(session_links, **{"sys/class/srp_remote_ports/port-8:1": "../../" + port[len("sys/"):]})
+    root = hba.adapter_host(make_host, files, links)
+
+    output, _devices, _copied = capture.capture(root, str(tmp_path / "snapshot"))
+
+    expected, actual = critical_devices(root), critical_devices(output)
+    assert set(actual) == set(expected)
+    assert expected[hba.HBA[1]][0] == actual[hba.HBA[1]][0] == "holds the root filesystem (/dev/nvme1n1)"
+    assert [reason.split(" (")[0].split(" with ")[0] for reason in actual[hba.HCA]] == [
+        "HBA of storage in use: the iSCSI session session1", "HBA of storage in use: the SRP target port port-8:1",
+    ]
+    assert hba.HBA[0] not in actual  # the stand-ins still tell the two ports apart
+    texts = []
+    for path in files_below(output):
+        if os.path.isfile(os.path.join(output, path)):
+            with open(os.path.join(output, path), encoding="utf-8", errors="replace") as handle:
+                texts.append(handle.read())
+    snapshot = "\n".join(texts)
+    for name in ("10000090fa942779", "100000109b579ef6", "iqn.2001-05", "0002c90300a0b1c2"):
+        assert name not in snapshot
