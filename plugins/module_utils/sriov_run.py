@@ -57,6 +57,8 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.vfio_bind import (
     VFIO_DRIVER,
     VfioError,
     driver_loaded,
+    forget_finished_handbacks,
+    interrupted_handbacks,
     is_vfio_driver,
     release_device,
 )
@@ -86,7 +88,16 @@ class SriovRun(ModuleRun):
             state = load_state(self.root)
         except (NotALinuxTree, UnsupportedArchitecture, StateFileError) as error:
             self.fail(str(error))
+        # VFs an earlier run left on no driver, killed between the unbind and the reprobe of a hand-back.
+        self.interrupted = set(interrupted_handbacks(self.root))
         plans = self._plan(self.params["devices"])
+        for planned in plans:
+            for vf in planned["resume"]:
+                self.warn(
+                    "%s was on no driver: an earlier run was stopped while handing it back to its host driver, "
+                    "between the unbind and the reprobe; this run %s first"
+                    % (vf, "would hand it back" if self.check_mode else "hands it back")
+                )
         blocked = [p for p in plans if p["in_use"]]
         if blocked and not self.params["force"]:
             self.fail(
@@ -144,6 +155,12 @@ class SriovRun(ModuleRun):
                 self.fail("modprobe vfio-pci succeeded but /sys/bus/pci/drivers/vfio-pci does not exist; check dmesg "
                           "(Secure Boot lockdown, a kernel without VFIO)")
         self._apply(plan.pfs)
+        if self.interrupted:
+            # The notes of the VFs this run bound or removed: nothing left to finish.
+            try:
+                forget_finished_handbacks(self.root)
+            except VfioError as error:
+                self.warn(str(error))
         try:
             self.write(plan.state)
             for change in plan.definitions:
@@ -232,6 +249,9 @@ class SriovRun(ModuleRun):
         bind = [vf for vf in vfs_after if change_count or drivers.get(vf) != VFIO_DRIVER] if vfio else []
         release = [vf for vf in info["vfs"] if is_vfio_driver(drivers[vf])] if vfio is False and not change_count \
             else []
+        # An interrupted hand-back of a VF this run neither binds nor removes is finished, whatever ``vfio``
+        # says: the run that started it meant the VF for its host driver.
+        resume = [] if change_count else [vf for vf in info["vfs"] if vf in self.interrupted and vf not in bind]
         if vfio:
             self._check_vfio(pf, device, wanted, autoprobe if autoprobe is not None else info["drivers_autoprobe"])
         moving = [vf for vf in bind + release if vf in drivers]
@@ -252,6 +272,7 @@ class SriovRun(ModuleRun):
             "change_autoprobe": autoprobe is not None and autoprobe != info["drivers_autoprobe"],
             "bind": bind,
             "release": release,
+            "resume": resume,
             "vfs_after": vfs_after,
             "in_use": in_use,
             "users_unknown": [] if holders.complete else taken,
@@ -368,6 +389,12 @@ class SriovRun(ModuleRun):
                     except VfioError as error:
                         raise SriovError(str(error)) from error
                     done.append("%s released from vfio-pci" % vf)
+                for vf in planned["resume"]:
+                    try:
+                        release_device(self.root, vf, resume=True)
+                    except VfioError as error:
+                        raise SriovError(str(error)) from error
+                    done.append("%s handed back (an earlier run's hand-back, finished)" % vf)
             except SriovError as error:
                 self.fail(
                     "%s%s" % (error, "; done before: %s" % ", ".join(done) if done else ""),
@@ -389,7 +416,7 @@ class SriovRun(ModuleRun):
         if planned["change_count"]:  # new VFs: the PF's driver probes them when autoprobe is on
             drivers = dict.fromkeys(vfs, read_sriov(self.root, pf)["driver"] if autoprobe else None)
         drivers.update(dict.fromkeys(planned["bind"], VFIO_DRIVER))
-        drivers.update(dict.fromkeys(planned["release"]))  # whatever host driver claims it on the reprobe
+        drivers.update(dict.fromkeys(planned["release"] + planned["resume"]))  # whatever claims it on the reprobe
         return {"num_vfs": planned["num_vfs"], "drivers_autoprobe": autoprobe, "vfs": vfs, "vf_drivers": drivers}
 
     # -- results --------------------------------------------------------------------------------
@@ -450,7 +477,8 @@ class SriovRun(ModuleRun):
 
 
 def _pf_changes(planned):
-    return bool(planned["change_count"] or planned["change_autoprobe"] or planned["bind"] or planned["release"])
+    return bool(planned["change_count"] or planned["change_autoprobe"] or planned["bind"] or planned["release"]
+                or planned["resume"])
 
 
 def _flag(value):

@@ -139,8 +139,10 @@ options:
 notes:
   - Requires the PF's driver to be loaded and bound (C(sriov_numvfs) writes go through it), and SR-IOV
     enabled in the firmware setup.
-  - Its hand-backs of VFs from vfio-pci are noted as M(gpuvirt.host.vfio_pci)'s are; one cut short by a
-    killed run is finished by the next M(gpuvirt.host.vfio_pci) run, not by this module.
+  - Its hand-backs of VFs from vfio-pci are noted as M(gpuvirt.host.vfio_pci)'s are. One cut short by a
+    killed run, between the unbind and the reprobe, leaves the VF on no driver; the next run of this module
+    that names its PF finishes it first (unless that run binds the VF, or a new count removes it), with a
+    warning, whatever O(devices[].vfio) says, and so does the next M(gpuvirt.host.vfio_pci) run.
 seealso:
   - module: gpuvirt.host.nvidia_vgpu
   - module: gpuvirt.host.mdev

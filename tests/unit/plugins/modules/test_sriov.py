@@ -307,3 +307,50 @@ def test_a_process_that_exited_does_not_block_the_count(nvme, run, unreadable_fd
     unreadable_fds(nvme, {4242: errno.ENOENT})  # and now 4242 too
     result, writes = run(nvme, devices=[{"selector": NVME, "num_vfs": 4}])
     assert result["changed"] is True and [v for _p, v in writes] == ["0", "4"], result
+
+
+@pytest.mark.parametrize("vfio", [None, False], ids=["vfio-not-given", "vfio-false"])
+def test_a_vf_hand_back_killed_before_the_reprobe_is_finished_by_the_next_run(nvme, run, run_module, vfio):
+    """A run killed between the unbind and the reprobe leaves the VF on no driver, and nothing on the VF (bound by
+    the vfio-pci ID table or not) says it is to be handed back: the next sriov run finishes it from its note."""
+    from ansible_collections.gpuvirt.host.plugins.module_utils import vfio_bind
+    from ansible_collections.gpuvirt.host.tests.unit.plugins.modules.test_vfio_pci_undo import Killed, kill_at
+
+    vfs = ["0000:04:00.1", "0000:04:00.2"]
+    run(nvme, pci=True, devices=[{"selector": NVME, "num_vfs": 2, "vfio": True}])
+
+    def sriov(check_mode=False, kill=None, **spec):
+        sim, _kernel, _nvidia = attach(nvme)
+        kernel = PciKernel(sim, host_drivers=dict.fromkeys(vfs, "nvme"))
+        if kill:
+            kill_at(kernel, kill)
+        with sim.active():
+            result = run_module("sriov", {"root": nvme, "delay": 0, "devices": [dict(spec, selector=NVME)]},
+                                check_mode=check_mode)
+        return result, sim.writes
+
+    with pytest.raises(Killed):
+        sriov(kill=r"sys/bus/pci/drivers_probe\Z", vfio=False)
+    drivers = {vf: vfio_bind.read_driver(nvme, vf) for vf in vfs}
+    assert drivers == {vfs[0]: None, vfs[1]: "vfio-pci"}
+    assert os.path.exists(os.path.join(nvme, vfio_bind.HANDBACKS))
+
+    spec = {"drivers_autoprobe": True} if vfio is None else {"vfio": False}
+    before = snapshot(nvme)
+    predicted, writes = sriov(check_mode=True, **spec)
+    assert not predicted.failed and predicted["changed"] is True and writes == [], predicted
+    assert snapshot(nvme) == before
+    warning = ("%s was on no driver: an earlier run was stopped while handing it back to its host driver, between "
+               "the unbind and the reprobe; this run would hand it back first" % vfs[0])
+    assert warning in json.dumps(predicted["warnings"])
+    expected = {vfs[0]: None, vfs[1]: "vfio-pci" if vfio is None else None}
+    assert predicted["devices"][0]["after"]["vf_drivers"] == expected
+
+    done, writes = sriov(**spec)
+    assert not done.failed and done["changed"] is True, done
+    assert ("sys/bus/pci/drivers_probe", vfs[0]) in writes
+    assert {vf: vfio_bind.read_driver(nvme, vf) for vf in vfs} == {
+        vfs[0]: "nvme", vfs[1]: "vfio-pci" if vfio is None else "nvme"}
+    assert not os.path.exists(os.path.join(nvme, vfio_bind.HANDBACKS))
+    again, writes = sriov(**spec)
+    assert again["changed"] is False and writes == [], again
