@@ -29,7 +29,8 @@ Public API (every reader takes the host ``root``):
   storage the host uses: those through which the servers of its mounted NFS, SMB and CephFS
   filesystems are reached, and those of its established sessions to iSCSI, NVMe/TCP, Ceph, NBD,
   GlusterFS, NFS and SMB servers (the disks of VMs as well as the host's), and the targets of its
-  NVMe over Fabrics controllers over RDMA, which open no TCP socket, by the same routes.
+  NVMe over Fabrics controllers over RDMA and of its iSCSI connections (iSER's too), which open no
+  TCP socket, by the same routes.
 - :func:`cluster_interfaces` ``(root) -> list[(interface, reason)]``: the interfaces of the corosync
   cluster links (Proxmox VE, Pacemaker): a node cut off its cluster fences itself.
 - :func:`nvme_subsystem_controllers` ``(real) -> list[str]``: the controllers of a multipath NVMe
@@ -159,8 +160,8 @@ def nvme_subsystem_controllers(real):
 
 def _nvme_controller_owners(real_root, controller):
     """The PCI devices an NVMe controller (a path to its directory) reaches its namespaces through: the
-    function it sits below (PCIe), or the HBA of an NVMe/FC controller (:func:`_nvme_fc_path`). None for
-    another fabrics controller: its NIC is found by the route to its target (:func:`storage_interfaces`)."""
+    function it sits below (PCIe), or the HBA of an NVMe/FC controller (:func:`_nvme_fc_path`); none for
+    another fabrics controller, whose NIC is found by the route to its target (:func:`storage_interfaces`)."""
     owner = _pci_owner(real_root, controller)
     if owner:
         return [owner]
@@ -279,6 +280,11 @@ def _swaps(root):
 
 def _storage_controllers(root):
     """Every PCI mass storage controller (class 01): what may hold storage the host cannot place."""
+    return _functions_of_class(root, "0x01")
+
+
+def _functions_of_class(root, prefix):
+    """The PCI functions whose ``class`` starts with ``prefix`` (``0x01``, ``0x0c04``), sorted."""
     bus = host_path(root, "sys/bus/pci/devices")
     found = []
     for address in list_dir(bus):
@@ -287,7 +293,7 @@ def _storage_controllers(root):
                 class_code = handle.read().strip().lower()
         except (OSError, ValueError):
             continue
-        if class_code.startswith("0x01"):
+        if class_code.startswith(prefix):
             found.append(address)
     return sorted(found)
 
@@ -780,8 +786,9 @@ def _address_fields(text):
     return fields
 
 
-# An FC port's names in an NVMe/FC address: nn-0x<WWNN>:pn-0x<WWPN> (nvme_fc_parse_traddr()).
-_FC_PORT_NAME = re.compile(r"pn-(0x[0-9a-fA-F]{1,16})\Z")
+# An FC port's names in an NVMe/FC address: nn-0x<WWNN>:pn-0x<WWPN>, or nn-<WWNN>:pn-<WWPN> without the
+# 0x (nvme_fc_parse_traddr() takes both; the address shows them as they were given).
+_FC_PORT_NAME = re.compile(r"pn-(?:0[xX])?([0-9a-fA-F]{1,16})\Z")
 
 
 def _fc_port_name(text):
@@ -809,21 +816,28 @@ def _fc_host_ports(real_root):
 
 
 def _nvme_fc_path(real_root, controller):
-    """``(target port, [PCI addresses])`` of an NVMe/FC controller (``transport`` ``fc``), or None
-    for another. Its directory is virtual, below no HBA: the host port is the one its
-    ``host_traddr`` names (the FC transport requires it), matched by port name; when it names no
-    port found, every FC host port's HBA may carry it. The target port is the ``pn-`` of ``traddr``
-    as ``0x<WWPN>``, or the whole ``traddr`` when it has none."""
+    """``(target port, [PCI addresses], doubt)`` of an NVMe/FC controller (``transport`` ``fc``), or None
+    for another. Its directory is virtual, below no HBA: the host port is the FC host port its
+    ``host_traddr`` names (the FC transport requires it), matched by port name. When it names none of
+    them, every FC host port's HBA may carry it; when no FC host port is found below a PCI function,
+    every Fibre Channel function (class 0c04) may. ``doubt`` then says why (None when the port is
+    found). The target port is the ``pn-`` of ``traddr`` as ``0x<WWPN>``, or the whole ``traddr``."""
     if read_text(controller + "/transport") != "fc":
         return None
     fields = _address_fields(read_text(controller + "/address"))
     ports = _fc_host_ports(real_root)
     wanted = _fc_port_name(fields.get("host_traddr"))
     owners = sorted({owner for name, owner in ports if wanted is not None and name == wanted})
-    if not owners:
+    doubt = None
+    if not owners and ports:
         owners = sorted({owner for _name, owner in ports})
+        doubt = "its host port (host_traddr %s) is none of the FC host ports found" % (
+            fields.get("host_traddr") or "not given")
+    elif not owners:
+        owners = _functions_of_class(real_root, "0x0c04")
+        doubt = "no FC host port is found below a PCI function (sys/class/fc_host)"
     target = _fc_port_name(fields.get("traddr"))
-    return ("0x%016x" % target if target is not None else fields.get("traddr") or "an unnamed port"), owners
+    return ("0x%016x" % target if target is not None else fields.get("traddr") or "an unnamed port"), owners, doubt
 
 
 def storage_adapters(root):
@@ -841,8 +855,12 @@ def storage_adapters(root):
     for controller in sorted(list_dir(base)):
         fc_path = _nvme_fc_path(real_root, "%s/%s" % (base, controller))
         if fc_path is not None and fc_path[1]:
-            what = "the NVMe/FC controller %s with target port %s" % (controller, fc_path[0])
-            found.append(("HBA of storage in use: " + what, fc_path[1]))
+            target, owners, doubt = fc_path
+            what = "the NVMe/FC controller %s with target port %s" % (controller, target)
+            if doubt is None:
+                found.append(("HBA of storage in use: " + what, owners))
+            else:
+                found.append(("HBA that may carry storage in use: %s (%s)" % (what, doubt), owners))
     base = host_path(root, "sys/class/iscsi_session")
     for session in sorted(list_dir(base)):
         owner = _pci_owner(real_root, "%s/%s" % (base, session))
@@ -860,12 +878,29 @@ def storage_adapters(root):
     return found
 
 
+def _iscsi_portals(root):
+    """``[(connection, target address)]`` of the iSCSI connections (``sys/class/iscsi_connection/
+    connectionS:C``: ``address``, else ``persistent_address``). iSER's connections go through the RDMA
+    CM, with no TCP socket to show them; over soft-RoCE (rxe) or a bond of RoCE ports (LAG) the session's
+    SCSI host tells no port, or one, where the route to the target tells the interface."""
+    found = []
+    base = host_path(root, "sys/class/iscsi_connection")
+    for connection in sorted(list_dir(base)):
+        for name in ("address", "persistent_address"):
+            address = _host_address(read_text("%s/%s/%s" % (base, connection, name)) or "")
+            if address is not None:
+                found.append((connection, address))
+                break
+    return found
+
+
 def storage_interfaces(root, routes=None, sessions=None, mounts=None):
     """``[(interface, reason)]``: the interfaces that carry network storage the host uses. Those
     the mounted network filesystems' servers (NFS, SMB, CephFS) are reached through, and those of the
     established TCP sessions to a storage port (:data:`_STORAGE_PORTS`: iSCSI, NVMe/TCP, Ceph, NBD;
     the VMs' disks as well as the host's), and those of the targets of the NVMe controllers over RDMA
-    (:func:`_rdma_nvme_targets`). By the routes, as :func:`route_interfaces`.
+    (:func:`_rdma_nvme_targets`) and of the iSCSI connections, iSER's included (:func:`_iscsi_portals`).
+    By the routes, as :func:`route_interfaces`.
     ``routes``, ``sessions`` and ``mounts``: :func:`_routes`, :func:`_sessions` and :func:`_mounts` when
     already read."""
     routes = _routes(root) if routes is None else routes
@@ -891,6 +926,8 @@ def storage_interfaces(root, routes=None, sessions=None, mounts=None):
             carries(peer, "the %s session with %s" % (protocol, peer))
     for controller, target in _rdma_nvme_targets(root):
         carries(target, "the NVMe/RDMA controller %s with %s" % (controller, target))
+    for _connection, target in _iscsi_portals(root):
+        carries(target, "the iSCSI session with %s" % target)  # the same as its socket's, if it has one
     return [(interface, "NIC of network storage in use: %s (%s)" % (_listed(whats), interface))
             for interface, whats in sorted(uses.items())]
 

@@ -34,9 +34,11 @@ description:
     the C(addr=) or C(mon_addr=) mount option or an address in the mount's source, or to the peer of an
     established session to an iSCSI (3260), NVMe/TCP (4420), Ceph (3300, 6789, 6800-7300), NBD (10809),
     GlusterFS (24007), NFS (2049) or SMB (445) port, which is how the disks of VMs on network storage
-    show, or to the target of an NVMe controller over RDMA), or an adapter that carries storage sessions no
-    socket shows (the HBA port an NVMe/FC controller's C(host_traddr) names, every FC port when it names
-    none found; the HCA or offload HBA of an iSCSI session, iSER included; the HCA of an SRP target port).
+    show, or to the target of an NVMe controller over RDMA or of an iSCSI connection, iSER's included,
+    which open no TCP socket), or an adapter that carries storage sessions no socket shows (the HBA port
+    an NVMe/FC controller's C(host_traddr) names; every FC host port when it names none of them, every
+    Fibre Channel function when no FC host port is found; the HCA or offload HBA of an iSCSI session,
+    iSER included; the HCA of an SRP target port).
     An NVMe/FC namespace in use leads to its HBA port. A Fibre Channel SCSI target alone does not make its
     HBA critical, only the disks the host uses do.
   - "The console GPU is read where the kernel marks it: C(boot_vga) (VGA-class functions only; a

@@ -64,7 +64,8 @@ description:
     route an established SSH session's replies take), links it to its corosync cluster (Proxmox VE,
     Pacemaker; a node cut off its cluster fences itself) or carries network storage it uses (the route to the
     server of a mounted NFS, SMB or CephFS filesystem, or to the peer of an established iSCSI, NVMe/TCP,
-    Ceph, NBD, GlusterFS, NFS or SMB session: the disks of its VMs), or an adapter that carries storage
+    Ceph, NBD, GlusterFS, NFS or SMB session: the disks of its VMs; or to the target of an NVMe controller
+    over RDMA or of an iSCSI connection, iSER's included), or an adapter that carries storage
     sessions no socket shows (the HBA port of an NVMe/FC controller, the HCA or offload HBA of an iSCSI
     session, iSER included, the HCA of an SRP target port); a device whose C(/dev/vfio/<group>) a process holds
     open (a running VM) when its driver would change; an SR-IOV physical function with VFs enabled, or the

@@ -102,6 +102,17 @@ def test_nvme_over_fc_namespaces_the_host_does_not_mount_keep_their_hba(make_hos
     files, links = nvme_fc(mounted=False)
     critical = critical_devices(adapter_host(make_host, files, links))
     assert critical[HBA[1]] == [FC_REASON]
+    assert HBA[0] not in critical
+
+
+def test_world_wide_names_without_0x_name_the_same_ports(make_host):
+    # nvme_fc_parse_traddr() takes nn-<WWNN>:pn-<WWPN> with or without the 0x, and in any case; the address shows
+    # them as given, where fc_host writes 0x and lower case.
+    files, links = nvme_fc(host_traddr="nn-20000090FA942779:pn-10000090FA942779")
+    files[CONTROLLER + "/address"] = files[CONTROLLER + "/address"].replace("0x", "")
+    critical = critical_devices(adapter_host(make_host, files, links))
+    assert critical[HBA[1]] == ["holds the root filesystem (/dev/nvme1n1)", FC_REASON]
+    assert HBA[0] not in critical
 
 
 @pytest.mark.parametrize("host_traddr", [None, "nn-0x20000090fa9427ff:pn-0x10000090fa9427ff"],
@@ -109,8 +120,31 @@ def test_nvme_over_fc_namespaces_the_host_does_not_mount_keep_their_hba(make_hos
 def test_an_nvme_fc_controller_naming_no_port_found_keeps_every_fc_port(make_host, host_traddr):
     files, links = nvme_fc(host_traddr=host_traddr)
     critical = critical_devices(adapter_host(make_host, files, links))
+    doubt = "its host port (host_traddr %s) is none of the FC host ports found" % (host_traddr or "not given")
     for address in HBA:
-        assert critical[address] == ["holds the root filesystem (/dev/nvme1n1)", FC_REASON]
+        assert critical[address] == [
+            "holds the root filesystem (/dev/nvme1n1)",
+            FC_REASON.replace("HBA of", "HBA that may carry") + " (%s)" % doubt,
+        ]
+
+
+def test_with_no_fc_host_port_found_every_fibre_channel_function_may_carry_it(make_host):
+    # No fc_host below a PCI function (a snapshot without them, a port under no PCI device): the namespace in use
+    # still leads to the Fibre Channel functions (class 0c04), not to none.
+    files, links = nvme_fc()
+    for number in (5, 6):
+        links.pop("sys/class/fc_host/host%d" % number, None)
+    root = adapter_host(make_host, files, links)
+    for number in (5, 6):
+        os.unlink(os.path.join(root, "sys/class/fc_host/host%d" % number))
+    critical = critical_devices(root)
+    doubt = "no FC host port is found below a PCI function (sys/class/fc_host)"
+    for address in HBA:
+        assert critical[address] == [
+            "holds the root filesystem (/dev/nvme1n1)",
+            FC_REASON.replace("HBA of", "HBA that may carry") + " (%s)" % doubt,
+        ]
+    assert HCA not in critical
 
 
 def test_an_nvme_fc_root_refuses_the_gpu_sharing_the_hbas_group(make_host):
@@ -159,12 +193,66 @@ def test_a_filesystem_on_an_iser_lun_names_the_hca(make_host):
     ]
 
 
+SRP_PORT_ID = "00:02:c9:03:00:a0:b1:c2:00:02:c9:03:00:a0:b1:c2"  # show_srp_rport_id(): 16 bytes, colon-separated
+
+
 def test_the_hca_of_an_srp_target_port_is_critical(make_host):
     port = device_dir(HCA) + "/host8/port-8:1/srp_remote_ports/port-8:1"
-    files = {port + "/port_id": "0x0002c90300a0b1c20002c90300a0b1c2\n"}
+    files = {port + "/port_id": SRP_PORT_ID + "\n"}
     links = {"sys/class/srp_remote_ports/port-8:1": "../../" + port[len("sys/"):]}
     critical = critical_devices(adapter_host(make_host, files, links))
-    assert critical[HCA] == ["HBA of storage in use: the SRP target port port-8:1 (0x0002c90300a0b1c20002c90300a0b1c2)"]
+    assert critical[HCA] == ["HBA of storage in use: the SRP target port port-8:1 (%s)" % SRP_PORT_ID]
+
+
+# The storage network 10.10.0.0/24 on the ConnectX's RoCE port (a bond of both ports: LAG).
+ROCE_ROUTES = (
+    "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n"
+    "eno1\t00000000\t0100A8C0\t0003\t0\t0\t100\t00000000\t0\t0\t0\n"
+    "%s\t00000A0A\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n"
+)
+
+
+@pytest.mark.parametrize("lag", [False, True], ids=["soft-roce", "roce-lag"])
+def test_the_nic_an_iser_session_reaches_its_target_through_is_critical(make_host, lag):
+    """Over soft-RoCE (rxe) iSER's SCSI host has no parent (the rxe device none); over a RoCE LAG it is below the
+    first port alone. The route to the connection's target tells the interface, and a bond its ports; RDMA opens no
+    TCP socket."""
+    host_dir = "sys/devices/platform/host7" if not lag else device_dir(HCA) + "/host7"
+    files, links = iscsi_session(host_dir)
+    connection = host_dir + "/session1/connection1:0/iscsi_connection/connection1:0"
+    files.update({connection + "/address": "10.10.0.5\n", connection + "/port": "3260\n",
+                  "proc/net/route": ROCE_ROUTES % ("bond0" if lag else "ens1f0np0")})
+    links["sys/class/iscsi_connection/connection1:0"] = "../../" + connection[len("sys/"):]
+    interfaces = {"eno1": "00:1f.6", "ens1f0np0": "06:00.0"}
+    adapters = {}
+    if lag:
+        interfaces.update({"ens1f1np1": "06:00.1", "bond0": {"lower": ["ens1f0np0", "ens1f1np1"]}})
+        adapters["add_devices"] = ADAPTERS + [dict(ADAPTERS[2], address="06:00.1", group=11)]
+    root = make_host("desktop_dgpu", add_devices=adapters.get("add_devices", ADAPTERS), files=files, links=links,
+                     network={"default_route": "eno1", "interfaces": interfaces})
+    critical = critical_devices(root)
+    nic = "NIC of network storage in use: the iSCSI session with 10.10.0.5 (%s)" % ("bond0" if lag else "ens1f0np0")
+    if lag:
+        assert critical[HCA] == [
+            "HBA of storage in use: the iSCSI session session1 with iqn.2001-05.com.example:boot", nic]
+        assert critical["0000:06:00.1"] == [nic]
+    else:
+        assert critical[HCA] == [nic]
+
+
+def test_an_iscsi_session_over_a_socket_is_named_once(make_host):
+    # iscsi_tcp: its kernel socket to port 3260 and its connection's address name the same session.
+    files, links = iscsi_session("sys/devices/platform/host7")
+    connection = "sys/devices/platform/host7/session1/connection1:0/iscsi_connection/connection1:0"
+    tcp = ("  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n"
+           "   0: 02000A0A:D431 05000A0A:0CBC 01 00000000:00000000 00:00000000 00000000     0        0 0 1 0\n")
+    files.update({connection + "/address": "10.10.0.5\n", "proc/net/route": ROCE_ROUTES % "ens1f0np0",
+                  "proc/net/tcp": tcp, "proc/net/tcp6": ""})
+    links["sys/class/iscsi_connection/connection1:0"] = "../../" + connection[len("sys/"):]
+    root = make_host("desktop_dgpu", add_devices=ADAPTERS, files=files, links=links,
+                     network={"default_route": "eno1", "interfaces": {"eno1": "00:1f.6", "ens1f0np0": "06:00.0"}})
+    assert critical_devices(root)[HCA] == ["NIC of network storage in use: the iSCSI session with 10.10.0.5 "
+                                           "(ens1f0np0)"]
 
 
 def test_fc_scsi_targets_alone_leave_the_hba_free(make_host):

@@ -241,16 +241,21 @@ def test_capture_keeps_the_ports_of_an_open_vswitch_bridge(make_host, tmp_path):
     same_topology(root, output)
 
 
-@pytest.mark.parametrize("multipath", [True, False], ids=["nvme-subsystem", "controller"])
-def test_capture_keeps_the_storage_adapters_without_their_names(make_host, tmp_path, multipath):
+@pytest.mark.parametrize("multipath,without_0x", [(True, False), (False, False), (True, True)],
+                         ids=["nvme-subsystem", "controller", "names-without-0x"])
+def test_capture_keeps_the_storage_adapters_without_their_names(make_host, tmp_path, multipath, without_0x):
     # An NVMe/FC root through the HBA's second port, an iSER session and an SRP target port on the HCA.
     from ansible_collections.gpuvirt.host.plugins.module_utils.critical import critical_devices
     from ansible_collections.gpuvirt.host.tests.unit.plugins.module_utils import test_critical_storage_adapters as hba
 
     files, links = hba.nvme_fc(multipath=multipath)
+    if without_0x:
+        address = hba.CONTROLLER + "/address"
+        files[address] = files[address].replace("0x", "").upper().replace("TRADDR", "traddr").replace("NN-", "nn-") \
+            .replace("PN-", "pn-").replace("HOST_", "host_")
     session_files, session_links = hba.iscsi_session(hba.device_dir(hba.HCA) + "/host7")
     port = hba.device_dir(hba.HCA) + "/host8/port-8:1/srp_remote_ports/port-8:1"
-    files.update(session_files, **{port + "/port_id": "0x0002c90300a0b1c20002c90300a0b1c2\n"})
+    files.update(session_files, **{port + "/port_id": hba.SRP_PORT_ID + "\n"})
     links.update(session_links, **{"sys/class/srp_remote_ports/port-8:1": "../../" + port[len("sys/"):]})
     root = hba.adapter_host(make_host, files, links)
 
@@ -269,5 +274,6 @@ def test_capture_keeps_the_storage_adapters_without_their_names(make_host, tmp_p
             with open(os.path.join(output, path), encoding="utf-8", errors="replace") as handle:
                 texts.append(handle.read())
     snapshot = "\n".join(texts)
-    for name in ("10000090fa942779", "100000109b579ef6", "iqn.2001-05", "0002c90300a0b1c2"):
-        assert name not in snapshot
+    for name in ("10000090fa942778", "10000090fa942779", "20000090fa942779", "200000109b579ef6", "100000109b579ef6",
+                 "iqn.2001-05", hba.SRP_PORT_ID):
+        assert name not in snapshot.lower()
