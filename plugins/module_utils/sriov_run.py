@@ -58,8 +58,10 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.vfio_bind import (
     VfioError,
     driver_loaded,
     forget_finished_handbacks,
+    handback_notes_warning,
     interrupted_handbacks,
     is_vfio_driver,
+    read_driver,
     release_device,
 )
 
@@ -91,13 +93,7 @@ class SriovRun(ModuleRun):
         # VFs an earlier run left on no driver, killed between the unbind and the reprobe of a hand-back.
         self.interrupted = set(interrupted_handbacks(self.root))
         plans = self._plan(self.params["devices"])
-        for planned in plans:
-            for vf in planned["resume"]:
-                self.warn(
-                    "%s was on no driver: an earlier run was stopped while handing it back to its host driver, "
-                    "between the unbind and the reprobe; this run %s first"
-                    % (vf, "would hand it back" if self.check_mode else "hands it back")
-                )
+        self._interrupted_notes(plans, state)
         blocked = [p for p in plans if p["in_use"]]
         if blocked and not self.params["force"]:
             self.fail(
@@ -155,8 +151,8 @@ class SriovRun(ModuleRun):
                 self.fail("modprobe vfio-pci succeeded but /sys/bus/pci/drivers/vfio-pci does not exist; check dmesg "
                           "(Secure Boot lockdown, a kernel without VFIO)")
         self._apply(plan.pfs)
-        if self.interrupted:
-            # The notes of the VFs this run bound or removed: nothing left to finish.
+        if self.interrupted and any(p["bind"] or p["resume"] or p["change_count"] for p in plan.pfs):
+            # Drop the notes with nothing left to finish (a VF this run bound, handed back or removed among them).
             try:
                 forget_finished_handbacks(self.root)
             except VfioError as error:
@@ -171,6 +167,14 @@ class SriovRun(ModuleRun):
     def result(self, plan):
         for pf in plan.pfs:
             pf["after"] = self._after(pf)
+            for vf in pf["resume"]:
+                now = None if self.check_mode else read_driver(self.root, vf)
+                self.warn(
+                    "%s was on no driver: an earlier run was stopped while handing it back to its host driver, "
+                    "between the unbind and the reprobe; %s"
+                    % (vf, "this run would hand it back" if self.check_mode
+                       else "handed back, it is now bound to %s" % (now or "no driver"))
+                )
         result = dict(
             changed=self._any_change(plan.pfs) or plan.state.changed or any(c.changed for c in plan.definitions),
             devices=[self._result(p, p["after"]) for p in plan.pfs],
@@ -249,12 +253,21 @@ class SriovRun(ModuleRun):
         bind = [vf for vf in vfs_after if change_count or drivers.get(vf) != VFIO_DRIVER] if vfio else []
         release = [vf for vf in info["vfs"] if is_vfio_driver(drivers[vf])] if vfio is False and not change_count \
             else []
-        # An interrupted hand-back of a VF this run neither binds nor removes is finished, whatever ``vfio``
-        # says: the run that started it meant the VF for its host driver.
-        resume = [] if change_count else [vf for vf in info["vfs"] if vf in self.interrupted and vf not in bind]
+        probes = autoprobe if autoprobe is not None else info["drivers_autoprobe"]
+        # An interrupted hand-back of a VF this run neither binds nor removes is finished: the run that started
+        # it meant the VF for its host driver. The kernel probes a VF only while its PF's autoprobe is on
+        # (pci_device_can_probe()), so with it off the VF stays as it is, and so does its note.
+        interrupted = [] if change_count else [vf for vf in info["vfs"] if vf in self.interrupted and vf not in bind]
+        resume = interrupted if probes is not False else []
+        for vf in interrupted if probes is False else []:
+            self.warn(
+                "%s is on no driver: an earlier run was stopped while handing it back to its host driver, between "
+                "the unbind and the reprobe; with %s's sriov_drivers_autoprobe off no driver can take it, so it is "
+                "left so: set drivers_autoprobe: true to hand it back, or vfio: true to bind it" % (vf, pf)
+            )
         if vfio:
-            self._check_vfio(pf, device, wanted, autoprobe if autoprobe is not None else info["drivers_autoprobe"])
-        moving = [vf for vf in bind + release if vf in drivers]
+            self._check_vfio(pf, device, wanted, probes)
+        moving = [vf for vf in bind + release + resume if vf in drivers]
         if moving and not change_count:
             in_use = vf_users(self.root, moving, holders, mdev_list)
         # The VFs this run removes (a new count removes them all) or moves to another driver; new VFs
@@ -384,21 +397,42 @@ class SriovRun(ModuleRun):
                     bound, _already = hand_vfs_to_vfio(self.root, vfs)
                     done.append("%s: VFs %s bound to vfio-pci" % (pf, ", ".join(bound) or "(none)"))
                 for vf in planned["release"]:
-                    try:
-                        release_device(self.root, vf)
-                    except VfioError as error:
-                        raise SriovError(str(error)) from error
-                    done.append("%s released from vfio-pci" % vf)
+                    self._hand_back(vf, False, "%s released from vfio-pci" % vf, "")
                 for vf in planned["resume"]:
-                    try:
-                        release_device(self.root, vf, resume=True)
-                    except VfioError as error:
-                        raise SriovError(str(error)) from error
-                    done.append("%s handed back (an earlier run's hand-back, finished)" % vf)
+                    self._hand_back(vf, True, "%s handed back, finishing an earlier run's hand-back" % vf,
+                                    "an earlier run was stopped while handing %s back; finishing that failed: " % vf)
             except SriovError as error:
                 self.fail(
                     "%s%s" % (error, "; done before: %s" % ", ".join(done) if done else ""),
                     changed=bool(done) or planned["change_count"],
+                )
+
+    def _hand_back(self, vf, resume, step, context):
+        """Hand ``vf`` back (``resume``: one an earlier run left on no driver); on failure, a VF that left
+        vfio-pci or found a driver all the same counts among the steps done."""
+        try:
+            release_device(self.root, vf, resume=resume)
+        except VfioError as error:
+            now = read_driver(self.root, vf)
+            if now is not None and not is_vfio_driver(now):
+                self.done.append("%s, now on %s" % (step, now))
+            raise SriovError(context + str(error)) from error
+        self.done.append(step)
+
+    def _interrupted_notes(self, plans, state):
+        """Warnings about interrupted hand-backs beside the plan: notes that cannot be read while a VF of a
+        named PF is on no driver, and a VF handed back that the restore puts on vfio-pci again at boot."""
+        if any(driver is None for p in plans for driver in p["before"]["vf_drivers"].values()):
+            warning = handback_notes_warning(self.root)
+            if warning:
+                self.warn(warning)
+        for planned in plans:
+            recorded = (state.get("sriov") or {}).get(planned["address"]) or {}
+            if planned["resume"] and planned["vfio"] is None and recorded.get("vfio"):
+                self.warn(
+                    "%s: the state file records vfio: true for %s, so the boot-time restore puts %s on vfio-pci "
+                    "again at the next boot; declare vfio: false to hand its VFs back for good"
+                    % (planned["address"], planned["address"], ", ".join(planned["resume"]))
                 )
 
     def _after(self, planned):

@@ -243,6 +243,21 @@ def handback_notes_problem(root):
     return _read_notes(root)[1]
 
 
+def handback_notes_warning(root):
+    """The warning for notes that cannot be read (:func:`handback_notes_problem`), with how to hand such a
+    device back by hand; None when they can."""
+    problem = handback_notes_problem(root)
+    if not problem:
+        return None
+    return (
+        "%s: a hand-back an earlier run left unfinished cannot be told from it, so a device you had on "
+        "vfio-pci that such a run left on no driver stays so (lspci -k shows no 'Kernel driver in use' for "
+        "it). To hand one back, remove its ID from vfio-pci's table (echo '<vendor> <device>' > "
+        "/sys/bus/pci/drivers/vfio-pci/remove_id), clear its driver_override and write its address to "
+        "/sys/bus/pci/drivers_probe; then delete the file (the next hand-back also replaces it)" % problem
+    )
+
+
 def _noted_handbacks(root):
     """``{address: identity}`` of the notes; an unreadable file notes nothing (the next note replaces it)."""
     return _read_notes(root)[0]

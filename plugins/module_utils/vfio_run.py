@@ -45,7 +45,7 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.vfio_bind import (
     device_path,
     driver_loaded,
     forget_finished_handbacks,
-    handback_notes_problem,
+    handback_notes_warning,
     interrupted_handbacks,
     is_vfio_driver,
     read_driver,
@@ -116,14 +116,9 @@ class VfioPciRun(BootConfigPlanner, ModuleRun):
         # first, whatever the run does with the others, and outside their all or nothing (a failure there
         # does not put them back on no driver); but one this run binds now needs nothing more.
         self.interrupted = set(interrupted_handbacks(self.root)) if self.runtime else set()
-        unreadable = handback_notes_problem(self.root) if self.runtime else None
+        unreadable = handback_notes_warning(self.root) if self.runtime else None
         if unreadable:
-            self.warnings.append(
-                "%s: a hand-back an earlier run left unfinished cannot be told from it, so a device you had on "
-                "vfio-pci that such a run left on no driver stays so (lspci -k shows no 'Kernel driver in use' for "
-                "it). To hand one back, remove its ID from vfio-pci's table (echo '<vendor> <device>' > "
-                "/sys/bus/pci/drivers/vfio-pci/remove_id), clear its driver_override and write its address to "
-                "/sys/bus/pci/drivers_probe; then delete the file (the next hand-back also replaces it)" % unreadable)
+            self.warnings.append(unreadable)
         self.resumed = {address: None for address in sorted(self.interrupted)
                         if not (self.state == "present" and address in self.members)}
         if self.state == "present":

@@ -140,9 +140,13 @@ notes:
   - Requires the PF's driver to be loaded and bound (C(sriov_numvfs) writes go through it), and SR-IOV
     enabled in the firmware setup.
   - Its hand-backs of VFs from vfio-pci are noted as M(gpuvirt.host.vfio_pci)'s are. One cut short by a
-    killed run, between the unbind and the reprobe, leaves the VF on no driver; the next run of this module
-    that names its PF finishes it first (unless that run binds the VF, or a new count removes it), with a
-    warning, whatever O(devices[].vfio) says, and so does the next M(gpuvirt.host.vfio_pci) run.
+    killed run, between the unbind and the reprobe, leaves the VF on no driver. The next run of this module
+    that names its PF finishes it, after the PF's other steps, with a warning (unless that run binds the VF,
+    or a new count removes it), and so does the next M(gpuvirt.host.vfio_pci) run. It is refused, as any
+    hand-back, while a VM holds the VF's IOMMU group (unless O(force)); with the PF's autoprobe off, which
+    keeps the kernel from probing its VFs, the VF and its note are left as they are, with a warning. With
+    O(devices[].vfio) not given, a PF whose record says C(vfio) true gets the VF back on vfio-pci at the next
+    boot from the boot-time restore, which a warning says.
 seealso:
   - module: gpuvirt.host.nvidia_vgpu
   - module: gpuvirt.host.mdev
@@ -208,8 +212,8 @@ devices:
     after:
       description: C(num_vfs), C(drivers_autoprobe), C(vfs) and C(vf_drivers) after the run. In check mode the
         drivers are predicted, but two cannot be known before the kernel probes. A VF to be handed back from
-        vfio-pci shows null, and a new VF with autoprobe on shows the PF's driver (a NIC's VFs may get their
-        own, such as C(iavf)).
+        vfio-pci (or one whose hand-back an earlier run left unfinished) shows null, and a new VF with autoprobe
+        on shows the PF's driver (a NIC's VFs may get their own, such as C(iavf)).
       type: dict
     vfio:
       description: O(devices[].vfio) as declared (null when omitted).

@@ -25,7 +25,9 @@ Plugs into :class:`sim.mdev_kernel.KernelSim`, which routes the writes of the co
   vfio-pci's dynamic ID table (``vfio_ids``: what ``options vfio-pci ids=`` or ``new_id`` put there;
   vfio-pci registered first, as its softdeps arrange at boot), or else to its host driver (the
   one it had when the simulator started, or as given). A driver that is not loaded (no directory
-  under ``sys/bus/pci/drivers``) binds nothing. vfio-pci's probe fails without an ``iommu_group`` link
+  under ``sys/bus/pci/drivers``) binds nothing. A VF (a ``physfn`` link) whose PF's
+  ``sriov_drivers_autoprobe`` reads ``0`` is offered to no driver but one its ``driver_override``
+  names (``pci_device_can_probe()``). vfio-pci's probe fails without an ``iommu_group`` link
   (IOMMU off), and for the addresses in ``failing_probe`` (a framebuffer holding the BAR): the
   write succeeds and the device stays unbound, exactly the "accepted but not effective" case.
 - ``sys/bus/pci/drivers/vfio-pci/new_id`` / ``remove_id`` with ``vendor device``: add the ID (and
@@ -189,6 +191,14 @@ class PciKernel:
         override = self.override_of(address)
         if override is not None:
             return override
+        physfn = os.path.join(self.device_dir(address), "physfn")
+        if os.path.islink(physfn):
+            try:
+                with open(os.path.join(physfn, "sriov_drivers_autoprobe"), encoding="ascii") as handle:
+                    if handle.read().strip() == "0":
+                        return None
+            except OSError:
+                pass
         pci = self.sim.load()["pci"]
         if self.id_of(address) in pci["vfio_ids"] and os.path.isdir(self.path("sys/bus/pci/drivers", VFIO)):
             return VFIO
