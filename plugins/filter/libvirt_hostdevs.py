@@ -65,6 +65,11 @@ options:
             functions. On a q35 machine each bus is a C(pcie-root-port) controller index. libvirt reserves
             explicit addresses before it places other devices. V(null) writes no guest address (and then
             no multifunction device).
+          - Each bus must be free in the domain. Into a new domain the default works. A domain defined before
+            usually has a device on bus 1, the first root port, which libvirt gives to the first device it places
+            (the network card), so attaching there fails with libvirt's C(Attempted double use of PCI Address).
+            Add a C(<controller type='pci' model='pcie-root-port'/>) per GPU and give the index of the first, or
+            V(null).
         type: int
         default: 1
       display:
@@ -89,11 +94,13 @@ EXAMPLES = r"""
     dest: /etc/libvirt/hostdevs/gpu-guest.xml
     mode: "0644"
 
-- name: Attach the GPU to a defined domain
+- name: Attach the GPU to a defined domain, on its free root port 8 (its bus 1 holds the network card)
   ansible.builtin.command:
     argv: [virsh, attach-device, gpu-guest, /dev/stdin, --config]
     stdin: "{{ item }}"
-  loop: "{{ (host_topology.topology | gpuvirt.host.libvirt_hostdevs({'devices': ['0000:41:00.0']})).hostdevs }}"
+  loop: >-
+    {{ (host_topology.topology
+        | gpuvirt.host.libvirt_hostdevs({'devices': ['0000:41:00.0'], 'guest_bus': 8})).hostdevs }}
   changed_when: true
 """
 

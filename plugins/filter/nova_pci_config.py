@@ -42,11 +42,18 @@ options:
         elements: dict
         suboptions:
           name:
-            description: Alias name, used in the flavor's C(pci_passthrough:alias).
+            description:
+              - Alias name, used in the flavor's C(pci_passthrough:alias). 1 to 256 characters (Nova's limit)
+                without blanks, C(:), C(,) or C($) (nova.conf would read C($) as a reference to another option).
+              - Two aliases of the same vendor, device and device type are refused. Nova matches an alias on those
+                alone, so each would get the other's devices.
             type: str
             required: true
           devices:
-            description: GPUs of one model, each a PCI address, a vendor:device ID or a model name.
+            description:
+              - GPUs of one model, each a PCI address, a vendor:device ID or a model name; at least one.
+              - An address in a PCI domain above C(ffff) (behind Intel VMD) is refused, as Nova's C(device_spec)
+                refuses it.
             type: list
             elements: str
             required: true
@@ -140,7 +147,11 @@ _NUMA_POLICIES = ("required", "legacy", "preferred", "socket")
 _DEVICE_TYPES = ("type-PCI", "type-PF", "type-VF")
 # \Z, not $: $ also matches before a final newline, which would reach nova.conf and the flavor.
 _MDEV_CLASS = re.compile(r"^(VGPU|CUSTOM_[A-Z0-9_]+)\Z")
-_ALIAS_NAME = re.compile(r"^[^\s:,]+\Z")
+# Nova's alias schema caps the name at 256 characters; oslo.config reads $ in any value as a reference to
+# another option (nova.conf fails to load with NoSuchOptError).
+_ALIAS_NAME = re.compile(r"^[^\s:,$]{1,256}\Z")
+# nova/pci/devspec.py: MAX_DOMAIN = 0xFFFF; a device_spec address in a higher domain is refused.
+_MAX_DOMAIN = 0xFFFF
 
 
 def _json(value):
@@ -162,7 +173,12 @@ def _alias(view, alias, device_specs, seen_addresses):
         raise ExportError("%s: unknown alias keys %s; known: %s" % (_NAME, ", ".join(unknown), ", ".join(_ALIAS_KEYS)))
     name = str(alias.get("name") or "")
     if not _ALIAS_NAME.match(name):
-        raise ExportError("%s: alias name %r must be non-empty without blanks, ':' or ','" % (_NAME, name))
+        raise ExportError(
+            "%s: alias name %r must be 1 to 256 characters without blanks, ':', ',' or '$' (nova.conf reads $ as a "
+            "reference to another option)" % (_NAME, name)
+        )
+    if not alias.get("devices"):
+        raise ExportError("%s: alias %s names no devices; give its devices (addresses, IDs or names)" % (_NAME, name))
     policy = alias.get("numa_policy")
     if policy is not None and policy not in _NUMA_POLICIES:
         raise ExportError("%s: numa_policy of %s must be one of %s" % (_NAME, name, ", ".join(_NUMA_POLICIES)))
@@ -193,6 +209,11 @@ def _alias(view, alias, device_specs, seen_addresses):
         raise ExportError("%s: alias %s asks for %s but its devices are %s" % (_NAME, name, device_type, types[0]))
     vendor_id, product_id = models[0].split(":")
     for address in ready:
+        if int(address.split(":", 1)[0], 16) > _MAX_DOMAIN:
+            raise ExportError(
+                "%s: %s is in PCI domain %s, above the ffff that Nova's device_spec takes (nova/pci/devspec.py)"
+                % (_NAME, address, address.split(":", 1)[0])
+            )
         if address in seen_addresses:
             raise ExportError(
                 "%s: %s is named by two aliases (%s and %s)" % (_NAME, address, seen_addresses[address], name)
@@ -308,6 +329,15 @@ def nova_pci_config(topology, spec=None):
         if entry["name"] in names:
             raise ExportError("%s: alias %s is given twice" % (_NAME, entry["name"]))
         names.add(entry["name"])
+        same = [other["name"] for other in aliases
+                if (other["vendor_id"], other["product_id"], other["device_type"])
+                == (entry["vendor_id"], entry["product_id"], entry["device_type"])]
+        if same:
+            raise ExportError(
+                "%s: aliases %s and %s both ask for %s:%s (%s); Nova matches an alias on vendor_id, product_id and "
+                "device_type alone, so either would get the other's devices: give them as one alias"
+                % (_NAME, same[0], entry["name"], entry["vendor_id"], entry["product_id"], entry["device_type"])
+            )
         aliases.append(entry)
         skipped += alias_skipped
         extra_specs[entry["name"]] = {"pci_passthrough:alias": request}

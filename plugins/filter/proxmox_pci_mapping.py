@@ -67,7 +67,7 @@ options:
             type: bool
             default: false
           description:
-            description: One line of description.
+            description: One line of description, 1 to 4096 characters with no blanks around it.
             type: str
 """
 
@@ -85,7 +85,8 @@ EXAMPLES = r"""
     argv: >-
       {{ ['pvesh', 'create', '/cluster/mapping/pci', '--id', item.id]
          + (item.map | map('regex_replace', '^', '--map=') | list)
-         + (['--mdev', '1'] if item.mdev | default(0) else []) }}
+         + (['--mdev', '1'] if item.mdev | default(0) else [])
+         + (['--description', item.description] if item.description is defined else []) }}
   loop: "{{ a10_mapping.api }}"
   run_once: true
   changed_when: true
@@ -141,7 +142,10 @@ _MAPPING_KEYS = ("id", "devices", "mdev", "description")
 # pve-configid: a letter, then letters, digits, '-' or '_' (PVE::JSONSchema).
 # \Z, not $: $ also matches before a final newline, which would end the section early in pci.cfg.
 _CONFIG_ID = re.compile(r"^[a-z][a-z0-9_-]+\Z", re.IGNORECASE)
-_DESCRIPTION = re.compile(r"^[^\n\r]*\Z")
+# PVE::Mapping::PCI: description maxLength 4096. SectionConfig reads "\tdescription <value>" with its value
+# trimmed and an empty one undefined (the property dropped with a warning): one line, 1 to 4096 characters,
+# no blanks around it.
+_DESCRIPTION = re.compile(r"^\S(?:[^\n\r]{0,4094}\S)?\Z")
 # A node name is a host name label (pve-node); it goes into map property strings, where a ',' or '='
 # would add a property (another path) and a newline another line.
 _NODE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\Z", re.IGNORECASE)
@@ -149,7 +153,7 @@ _NODE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\Z", re.IGNORECASE)
 
 def _nodes(value, spec):
     """``{node: topology}`` from one topology plus ``spec.node``, or from a dict of them."""
-    if isinstance(value, dict) and ("devices" in value or "topology" in value):
+    if _one_host(value):
         node = spec.get("node")
         if not node:
             raise ExportError(
@@ -160,6 +164,23 @@ def _nodes(value, spec):
     if isinstance(value, dict) and value:
         return {_node_name(node): topology for node, topology in value.items()}
     raise ExportError("%s expects a topology_info topology or a dict of node names to topologies" % _NAME)
+
+
+def _is_topology(value):
+    return isinstance(value, dict) and isinstance(value.get("devices"), list)
+
+
+def _one_host(value):
+    """Whether ``value`` is one host's topology or registered topology_info result, not a dict of node
+    names to them (whose nodes may be named ``devices`` or ``topology``)."""
+    if not isinstance(value, dict):
+        return False
+    if _is_topology(value):
+        return True
+    return _is_topology(value.get("topology")) and not any(
+        _is_topology(item) or _is_topology((item or {}).get("topology") if isinstance(item, dict) else None)
+        for key, item in value.items() if key != "topology"
+    )
 
 
 def _node_name(node):
@@ -355,7 +376,13 @@ def proxmox_pci_mapping(topology, spec=None):
         seen.add(mapping_id.lower())
         description = mapping.get("description")
         if description is not None and not _DESCRIPTION.match(str(description)):
-            raise ExportError("%s: the description of %s must be one line" % (_NAME, mapping_id))
+            raise ExportError(
+                "%s: the description of %s must be one line of 1 to 4096 characters with no blanks around it (Proxmox "
+                "VE drops an empty one)" % (_NAME, mapping_id)
+            )
+        if not mapping.get("devices"):
+            raise ExportError("%s: mapping %s names no devices; give its devices (addresses, IDs or names)"
+                              % (_NAME, mapping_id))
         mdev = as_bool(mapping.get("mdev"), "%s: mdev of %s" % (_NAME, mapping_id))
         entries = []
         for node, node_topology in sorted(nodes.items()):
@@ -366,6 +393,9 @@ def proxmox_pci_mapping(topology, spec=None):
                 node_entries, node_skipped = _passthrough_entries(view, node, mapping.get("devices"))
             entries.extend(node_entries)
             skipped.extend(dict(s, node=node, mapping=mapping_id) for s in node_skipped)
+        if not entries:
+            raise ExportError("%s: mapping %s maps no device on any node, and Proxmox VE requires a map entry"
+                              % (_NAME, mapping_id))
         result.append({"id": mapping_id, "description": description, "mdev": mdev, "map": entries})
     return {
         "mappings": result,
