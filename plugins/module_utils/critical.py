@@ -158,6 +158,25 @@ def nvme_subsystem_controllers(real):
     return [subsystem.group(1) + "/" + entry for entry in list_dir(subsystem.group(1)) if _NVME_CONTROLLER.match(entry)]
 
 
+def namespace_controllers(real):
+    """The controllers of the NVMe namespace (or a partition of it) at the resolved path ``real``: its
+    subsystem's (:func:`nvme_subsystem_controllers`), or, without multipath, the fabrics controller it
+    sits below; none for another block device, and none for a PCIe controller's own namespace (below it)."""
+    fabrics = _NVME_FABRICS_CONTROLLER.match(real)
+    return [fabrics.group(1)] if fabrics is not None else nvme_subsystem_controllers(real)
+
+
+def namespace_adapters(root, real):
+    """The PCI devices the NVMe namespace at the resolved path ``real`` is reached through when its path
+    names none: the functions of its subsystem's PCIe controllers, the HBA ports of its NVMe/FC
+    controllers (:func:`_nvme_fc_path`)."""
+    real_root = resolve(root)
+    owners = []
+    for controller in namespace_controllers(real):
+        owners.extend(_nvme_controller_owners(real_root, controller))
+    return sorted(set(owners))
+
+
 def _nvme_controller_owners(real_root, controller):
     """The PCI devices an NVMe controller (a path to its directory) reaches its namespaces through: the
     function it sits below (PCIe), or the HBA of an NVMe/FC controller (:func:`_nvme_fc_path`); none for
@@ -181,9 +200,7 @@ def _block_devices(real_root, path, seen):
     if owner:
         owners.append(owner)
     else:
-        fabrics = _NVME_FABRICS_CONTROLLER.match(real)
-        controllers = [fabrics.group(1)] if fabrics is not None else nvme_subsystem_controllers(real)
-        for controller in controllers:
+        for controller in namespace_controllers(real):
             owners.extend(_nvme_controller_owners(real_root, controller))
     for slave in list_dir(real + "/slaves"):
         owners.extend(_block_devices(real_root, real + "/slaves/" + slave, seen))

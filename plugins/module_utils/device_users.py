@@ -18,7 +18,8 @@ A device's host nodes, as the kernel names them below the device's sysfs directo
   <vmid> -scsi1 /dev/disk/by-id/...``: QEMU opens the node itself) holds it with nothing on the host
   mounting it, so only its open descriptor tells (``/proc/<pid>/fd`` names the node the link resolves
   to, ``/dev/sda``). A namespace of native NVMe multipath lives under its subsystem, and belongs to
-  each of the subsystem's controllers (:func:`critical.nvme_subsystem_controllers`).
+  the functions of each of the subsystem's controllers; one of NVMe over FC to the HBA ports of its
+  controllers (:func:`critical.namespace_adapters`).
 
 Taking the device from its driver while a process holds one of them pulls it from under that process
 or, with a driver that waits for its users (nvidia logs "Attempting to remove device ... with non-zero
@@ -89,7 +90,7 @@ import os
 import re
 
 from ansible_collections.gpuvirt.host.plugins.module_utils import vendors
-from ansible_collections.gpuvirt.host.plugins.module_utils.critical import nvme_subsystem_controllers
+from ansible_collections.gpuvirt.host.plugins.module_utils.critical import namespace_adapters
 from ansible_collections.gpuvirt.host.plugins.module_utils.mdev_info import UUID
 from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import (
     host_path,
@@ -320,13 +321,18 @@ STORAGE_CLASSES = ("block", "nvme", "nvme-generic", "scsi_generic")
 
 def storage_index(root):
     """``[(node, [resolved paths])]`` of the storage nodes (:data:`STORAGE_CLASSES`): where each lies,
-    and for a multipath NVMe namespace where its subsystem's controllers lie."""
+    and for an NVMe namespace whose path names no PCI device (native multipath, NVMe over FC) the
+    functions it is reached through (:func:`critical.namespace_adapters`), each as a path below its
+    function's directory."""
     index = []
     for kind in STORAGE_CLASSES:
         base = host_path(root, "sys/class", kind)
         for name in sorted(list_dir(base)):
             real = os.path.realpath("%s/%s" % (base, name))
-            places = [real] + [os.path.realpath(controller) for controller in nvme_subsystem_controllers(real)]
+            places = [real] + [
+                os.path.realpath(host_path(root, "sys/bus/pci/devices", address)) + "/" + name
+                for address in namespace_adapters(root, real)
+            ] if "/nvme" in real else [real]
             index.append(("/dev/" + name, places))
     return index
 

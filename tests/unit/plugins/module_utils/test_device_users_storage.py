@@ -99,3 +99,19 @@ def test_a_process_on_an_accelerator_node_holds_the_device(make_host):
     members = vfio.expand_members(view, {GPU: []}, True)
     refusals = vfio.bind_refusals(view, members, list(members))
     assert [r for r in refusals if r.code == "host_users" and r.device == GPU and "/dev/accel/accel0" in r.message]
+
+
+def test_an_nvme_over_fc_namespace_a_vm_uses_belongs_to_its_hba_port(make_host):
+    # The namespace lies below a virtual controller; its HBA port is the one its host_traddr names.
+    from ansible_collections.gpuvirt.host.tests.unit.plugins.module_utils import test_critical_storage_adapters as fc
+
+    files, links = fc.nvme_fc(mounted=False)
+    root = fc.adapter_host(make_host, files, links, kernel={"modules": MODULES + ["lpfc"]},
+                           processes=[{"pid": 5150, "comm": "kvm", "holds": ["/dev/nvme1n1"]}],
+                           **{"05:00.1": {"group": 2}})
+    view = vfio.read_host(root)
+    hba = fc.HBA[1]
+    members = vfio.expand_members(view, {GPU: [], hba: []}, True)
+    refusals = vfio.bind_refusals(view, members, list(members))
+    assert [r for r in refusals if r.code == "host_users" and r.device == hba and "/dev/nvme1n1" in r.message], [
+        r.message for r in refusals if r.device == hba]
