@@ -8,31 +8,51 @@ DOCUMENTATION = r"""
 name: kubevirt_host_devices
 version_added: 0.1.0
 author: gpuvirt.host maintainers (@gpuvirt)
-short_description: KubeVirt permittedHostDevices and mediatedDevicesConfiguration for a host
+short_description: KubeVirt permittedHostDevices and mediatedDevicesConfiguration for a cluster's nodes
 description:
-  - Takes the topology of M(gpuvirt.host.topology_info) and returns the C(spec.configuration) keys of the
-    KubeVirt CR that let VMIs request the host's GPUs - C(permittedHostDevices.pciHostDevices)
-    (C(pciVendorSelector), C(resourceName)), C(permittedHostDevices.mediatedDevices) (C(mdevNameSelector),
-    C(resourceName)) and C(mediatedDevicesConfiguration).
-  - KubeVirt's PCI device plugin offers every vfio-pci device of a permitted vendor:device, so the GPUs must
-    be ready as for every export (IOMMU on, a group of their own, not the boot VGA device, not
-    host-critical, not in use, bound to vfio-pci with their companion functions). A device on a variant VFIO
-    driver (C(nvgrace_gpu_vfio_pci)) is refused, as the plugin never offers it.
+  - Takes the topologies of M(gpuvirt.host.topology_info) of every node of the cluster, as a dict of
+    Kubernetes node names to topologies (or one topology, for a single host), and returns the
+    C(spec.configuration) keys of the KubeVirt CR that let VMIs request the nodes' GPUs -
+    C(permittedHostDevices.pciHostDevices) (C(pciVendorSelector), C(resourceName)),
+    C(permittedHostDevices.mediatedDevices) (C(mdevNameSelector), C(resourceName)) and
+    C(mediatedDevicesConfiguration).
+  - The KubeVirt CR is a custom resource, so a patch of it is a JSON merge patch, which replaces every list
+    it names. Make one export of all the nodes and apply it once (C(run_once)); a patch per host keeps
+    only the last host's devices and types. With a dict of nodes, each node gets its own
+    C(nodeMediatedDeviceTypes) entry (C(nodeSelector) C(kubernetes.io/hostname) set to the node name, so
+    name the nodes as their C(kubernetes.io/hostname) label does) and the permitted devices are the union
+    of the nodes', each once. A selector must find a ready device on at least one node.
+  - KubeVirt's PCI device plugin offers, on every node, every device whose vendor:device ID is a permitted
+    C(pciVendorSelector) and that is bound to vfio-pci, or (KubeVirt 1.9 or later) that is an NVIDIA
+    virtual function on the C(nvidia) driver with a vGPU type set, all under the one C(resourceName). It
+    cannot select by address or by vGPU profile. So the devices must be ready as for every export (IOMMU
+    on, a group of their own, not the boot VGA device, not host-critical, not in use, bound to vfio-pci
+    with their companion functions), a device on a variant VFIO driver (C(nvgrace_gpu_vfio_pci)) is
+    refused, as the plugin never offers it, and the filter refuses when the devices KubeVirt would offer
+    under one ID, on any node given, differ in what they are (virtual functions with different vGPU
+    types, or a whole GPU and vGPU virtual functions). It adds a note naming the devices the selector
+    admits that the spec did not name (other devices of the same ID, on any node).
   - "Who owns the mdevs, O(spec.mdev_owner): V(kubevirt) (default) - virt-handler creates the types in
     C(mediatedDevicesConfiguration) and deletes every mdev of any other type on the node (also when that key
-    is absent), so the collection prepares only parents, VFs and drivers; the filter refuses when the host
-    holds mdevs of types not listed, as virt-handler would delete them. V(gpuvirt.host) - the collection
-    creates the mdevs (M(gpuvirt.host.mdev)) and the export sets C(mediatedDevicesConfiguration.enabled:
-    false) (KubeVirt 1.8 or later; the C(DisableMDEVConfiguration) feature gate before) so virt-handler
-    leaves them alone; the types must have free mdevs."
+    is absent, and on every node the configuration names no types for), so the collection prepares only
+    parents, VFs and drivers; the filter refuses when a node holds mdevs of types not listed, as virt-handler
+    would delete them. V(gpuvirt.host) - the collection creates the mdevs (M(gpuvirt.host.mdev)) and the
+    export sets C(mediatedDevicesConfiguration.enabled) to false and returns the C(DisableMDEVConfiguration)
+    feature gate too, so virt-handler leaves them alone before and after KubeVirt 1.8; the types must have
+    free mdevs. KubeVirt reads C(enabled) from 1.8; an older KubeVirt drops the unknown field and needs the
+    gate, which 1.8 and later still honour as deprecated."
   - C(mdevNameSelector) is the type's C(name) (the type ID when the driver gives no name), as virt-handler
     matches it. C(resourceName) defaults to the vendor's domain and the pci.ids or type name
-    (V(nvidia.com/GA102GL_A10), V(nvidia.com/NVIDIA_A10-4Q)).
+    (V(nvidia.com/GA102GL_A10), V(nvidia.com/NVIDIA_A10-4Q)); for NVIDIA vGPU virtual functions, to the vGPU
+    profile (V(nvidia.com/NVIDIA_L40S-8Q)). One resource name stands for one selector - two selectors (PCI or
+    mdev) of one resource name are refused.
 positional: _input, spec
 options:
   _input:
-    description: The C(topology) returned by M(gpuvirt.host.topology_info), or the registered result.
-    type: dict
+    description:
+      - A dict of Kubernetes node names to the C(topology) returned by M(gpuvirt.host.topology_info) (or the
+        registered result) of each node; or one topology, for a single host.
+    type: raw
     required: true
   spec:
     description: What to permit.
@@ -53,10 +73,15 @@ options:
         choices: [kubevirt, gpuvirt.host]
         default: kubevirt
       node_selector:
-        description: Node labels; the types then go to C(nodeMediatedDeviceTypes) for those nodes.
+        description:
+          - Node labels of a single topology; the types then go to C(nodeMediatedDeviceTypes) for those
+            nodes. With a dict of nodes, each node's entry selects its C(kubernetes.io/hostname), and this
+            option is refused.
         type: dict
       resource_names:
-        description: Resource names by vendor:device or mdev type name, replacing the defaults.
+        description:
+          - Resource names by vendor:device, mdev type name or vGPU profile name (V(NVIDIA L40S-8Q)), replacing
+            the defaults.
         type: dict
       resource_domain:
         description:
@@ -64,29 +89,42 @@ options:
             AMD and Intel name C(nvidia.com), C(amd.com) and C(intel.com)).
         type: str
       host:
-        description: The host's name, used in messages.
+        description: The host's name, used in messages (a single topology; the node names are used otherwise).
         type: str
 """
 
 EXAMPLES = r"""
-- name: Permit the node's A10 vGPU profile, KubeVirt creating the mdevs
-  ansible.builtin.set_fact:
-    kubevirt_gpus: "{{ host_topology.topology | gpuvirt.host.kubevirt_host_devices(kubevirt_spec) }}"
-  vars:
-    kubevirt_spec:
-      mdev_types: [NVIDIA A10-4Q]
-      node_selector:
-        kubernetes.io/hostname: "{{ inventory_hostname }}"
+# Once for the cluster: every node registered its topology as host_topology, and the inventory names the
+# nodes as their kubernetes.io/hostname label does.
+- name: Read the KubeVirt CR's feature gates
+  kubernetes.core.k8s_info:
+    kind: KubeVirt
+    name: kubevirt
+    namespace: kubevirt
+  register: kubevirt_cr
+  run_once: true
+  delegate_to: localhost
 
-- name: Merge it into the KubeVirt CR
+- name: Permit the A10 vGPU profile on every node, KubeVirt creating the mdevs (one patch for all nodes)
   kubernetes.core.k8s:
     state: patched
+    merge_type: merge
     kind: KubeVirt
     name: kubevirt
     namespace: kubevirt
     definition:
       spec:
-        configuration: "{{ kubevirt_gpus.configuration }}"
+        configuration: >-
+          {{ kubevirt_gpus.configuration | combine({'developerConfiguration': {'featureGates':
+             kubevirt_cr.resources[0].spec.configuration.developerConfiguration.featureGates | default([])
+             | union(kubevirt_gpus.feature_gates)}}) }}
+  vars:
+    kubevirt_nodes: "{{ groups['kubevirt_nodes'] }}"
+    kubevirt_gpus: >-
+      {{ dict(kubevirt_nodes | zip(kubevirt_nodes | map('extract', hostvars, ['host_topology', 'topology'])))
+         | gpuvirt.host.kubevirt_host_devices({'mdev_types': ['NVIDIA A10-4Q']}) }}
+  run_once: true
+  delegate_to: localhost
 """
 
 RETURN = r"""
@@ -98,18 +136,24 @@ _value:
       description: C(permittedHostDevices) and C(mediatedDevicesConfiguration), to merge into C(spec.configuration).
       type: dict
     feature_gates:
-      description: Feature gates the configuration needs (C(HostDevices) for PCI host devices).
+      description:
+        - Feature gates the configuration needs, to add to C(developerConfiguration.featureGates) -
+          C(HostDevices) for PCI host devices, C(DisableMDEVConfiguration) with O(spec.mdev_owner=gpuvirt.host).
       type: list
       elements: str
     skipped:
-      description: GPUs a selector matched that are not ready - C(device) and C(reasons).
+      description:
+        - GPUs a selector matched that are not ready - C(device) and C(reasons), and C(node) with a dict of
+          nodes.
       type: list
       elements: dict
     mdev_owner:
       description: V(kubevirt) or V(gpuvirt.host).
       type: str
     notes:
-      description: Why the mdevs belong to whom, when mdev types are exported.
+      description:
+        - Why the mdevs belong to whom, the KubeVirt version vGPU virtual functions need, and the devices a
+          C(pciVendorSelector) admits that the spec did not name.
       type: list
       elements: str
 """
@@ -117,11 +161,14 @@ _value:
 import re  # noqa: E402
 
 from ansible_collections.gpuvirt.host.plugins.module_utils import vendors  # noqa: E402
+from ansible_collections.gpuvirt.host.plugins.module_utils.vendor_plan import device_vgpu  # noqa: E402
 from ansible_collections.gpuvirt.host.plugins.plugin_utils.exports import (  # noqa: E402
     MDEV_OWNERS,
+    VFIO_PCI,
     ExportError,
     HostView,
     as_list,
+    is_vfio_driver,
     spec_of,
 )
 
@@ -133,6 +180,51 @@ _BRACKET = re.compile(r"\s*\[([^\]]+)\]\s*")
 # A Kubernetes extended resource name: an optional DNS prefix, '/', a qualified name.
 # \Z, not $: $ also matches before a final newline.
 _RESOURCE = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?/[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?\Z")
+# A node's kubernetes.io/hostname label value: at most 63 characters, letters and digits at both ends.
+_NODE = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?\Z")
+_HOSTNAME_LABEL = "kubernetes.io/hostname"
+_GATE_HOST_DEVICES = "HostDevices"
+_GATE_NO_MDEV_HANDLING = "DisableMDEVConfiguration"
+
+
+def _nodes(value, spec):
+    """``(multi, {node: HostView})``: one topology (``multi`` false, its node None), or a dict of node names to
+    topologies (sorted by name)."""
+    if _is_topology(value):
+        return False, {None: HostView(value, spec.get("host"), _NAME)}
+    if not isinstance(value, dict) or not value:
+        raise ExportError(
+            "%s expects the topology returned by gpuvirt.host.topology_info (or the registered result), or a "
+            "dict of Kubernetes node names to topologies, got %s"
+            % (_NAME, type(value).__name__ if not isinstance(value, dict) else "an empty dict")
+        )
+    if spec.get("node_selector") is not None:
+        raise ExportError(
+            "%s: node_selector is for a single topology; with a dict of nodes each node's entry selects its "
+            "%s label (the node name)" % (_NAME, _HOSTNAME_LABEL)
+        )
+    views = {}
+    for node, topology in sorted(value.items(), key=lambda item: str(item[0])):
+        if not isinstance(node, str) or not _NODE.match(node):
+            raise ExportError(
+                "%s: node name %r is not a %s label value (at most 63 letters, digits, '-', '_' or '.', "
+                "beginning and ending with a letter or digit)" % (_NAME, node, _HOSTNAME_LABEL)
+            )
+        try:
+            views[node] = HostView(topology, node, _NAME)
+        except ExportError as error:
+            raise ExportError("%s (node %s)" % (error, node)) from None
+    return True, views
+
+
+def _is_topology(value):
+    """A topology, or the registered result holding one, rather than a dict of nodes."""
+    if not isinstance(value, dict):
+        return False
+    if isinstance(value.get("devices"), list):
+        return True
+    inner = value.get("topology")
+    return isinstance(inner, dict) and isinstance(inner.get("devices"), list)
 
 
 def _resource_part(text):
@@ -151,89 +243,244 @@ def _domain(spec, vendor_id):
     return domain
 
 
-def _resource_name(spec, key, default):
+def _resource_name(spec, keys, default):
+    """The resource name ``resource_names`` gives the first of ``keys`` it has, else ``default``."""
     names = spec.get("resource_names") or {}
     if not isinstance(names, dict):
         raise ExportError(
-            "%s: resource_names must be a dict of vendor:device IDs or mdev type names to resource names, got %s"
-            % (_NAME, type(names).__name__)
+            "%s: resource_names must be a dict of vendor:device IDs, mdev type names or vGPU profile names to "
+            "resource names, got %s" % (_NAME, type(names).__name__)
         )
-    name = names.get(key) or default
+    name = next((names[key] for key in keys if key and names.get(key)), default)
     if not isinstance(name, str) or not _RESOURCE.match(name) or len(name.split("/", 1)[1]) > 63:
         raise ExportError(
             "%s: resource name %r for %s is not a Kubernetes extended resource name (domain/name, name at most "
-            "63 letters, digits, '-', '_', '.')" % (_NAME, name, key)
+            "63 letters, digits, '-', '_', '.')" % (_NAME, name, keys[0])
         )
     return name
 
 
-# KubeVirt's PCI device plugin offers only devices whose driver is vfio-pci (discoverPermittedHostPCIDevices).
+def _where(node, address):
+    return "%s on %s" % (address, node) if node else address
+
+
+def _id_of(device):
+    return "%s:%s" % (device.get("vendor_id"), device.get("device_id"))
+
+
+def _offered(view, address):
+    """Whether KubeVirt's PCI device plugin offers ``address`` when its ID is permitted
+    (discoverPermittedHostPCIDevices): on vfio-pci, or (KubeVirt 1.9) a virtual function with a vGPU type set
+    on its vendor's own driver (shouldPermitNvidia skips a physical function and a VF without a type; the
+    topology's vgpu key holds that type, and only NVIDIA's backend reads one)."""
+    device = view.device(address)
+    driver = device.get("driver")
+    if driver == VFIO_PCI:
+        return True
+    return (bool(driver) and not is_vfio_driver(driver) and bool(device.get("physfn"))
+            and view.vgpu_vf_type(address) != 0)
+
+
+def _vgpu_type_names(views):
+    """``{(vendor, type ID): name}`` from the types the nodes' virtual functions can take (a VF with its type
+    set lists none, so its name comes from another VF, or another node)."""
+    names = {}
+    for view in views.values():
+        for device in view.devices.values():
+            vgpu = device_vgpu(device)
+            for entry in (vgpu or {}).get("creatable") or []:
+                if isinstance(entry.get("id"), int) and entry.get("name"):
+                    names.setdefault((vgpu["vendor"], entry["id"]), str(entry["name"]))
+    return names
+
+
+class _Profiles:
+    """What a device KubeVirt offers is: a whole device, or a VF with a vGPU type, named for messages."""
+
+    def __init__(self, views):
+        self.names = _vgpu_type_names(views)
+
+    def of(self, view, address):
+        type_id = view.vgpu_vf_type(address)
+        if not type_id:
+            return None
+        return (device_vgpu(view.device(address)) or {}).get("vendor"), type_id
+
+    def name(self, profile):
+        if profile is None:
+            return None
+        return self.names.get(profile)
+
+    def describe(self, profile):
+        if profile is None:
+            return "the whole device on vfio-pci"
+        return "vGPU %s" % (self.names.get(profile) or "type %d" % profile[1])
+
+
+# KubeVirt's PCI device plugin offers only devices on vfio-pci (discoverPermittedHostPCIDevices).
 _PLAIN_VFIO = ("KubeVirt's PCI device plugin offers only devices on vfio-pci, so the node would advertise none "
                "of this resource and its VMs would stay Pending")
 
 
-def _pci_entries(view, spec):
-    ready, skipped = view.select_gpus(spec.get("pci_devices"), "pci_devices",
-                                      lambda address: view.passthrough_refusals(address, plain_vfio=_PLAIN_VFIO))
-    entries = {}
-    for address in ready:
-        device = view.device(address)
-        selector = "%s:%s" % (device["vendor_id"], device["device_id"])
-        if selector in entries:
+def _refusals(view, address):
+    reasons = view.passthrough_refusals(address, plain_vfio=_PLAIN_VFIO)
+    if not reasons and not _offered(view, address):
+        reasons.append(
+            "%s is on %s: KubeVirt's PCI device plugin offers a device off vfio-pci only when it is a virtual "
+            "function with a vGPU type set on its vendor's driver"
+            % (address, view.device(address).get("driver") or "no driver")
+        )
+    return reasons
+
+
+def _pci_entries(views, spec, multi, profiles):
+    """``(entries, skipped, notes)`` for ``pci_devices`` over every node."""
+    selectors = as_list(spec.get("pci_devices"), "pci_devices")
+    found, ready_by_id, named, skipped = set(), {}, set(), []
+    for node, view in views.items():
+        candidates = {a: view.devices.get(a, g) for a, g in view.gpus.items()}
+        here = []
+        for selector in selectors:
+            matches = view.resolve(selector, candidates, "pci_devices")[1]
+            named.update((node, address) for address in matches)
+            if matches or not multi:
+                here.append(selector)
+                found.add(str(selector))
+        if not here:
             continue
-        name = device.get("device_name") or selector.replace(":", "_")
-        default = "%s/%s" % (_domain(spec, device["vendor_id"]), _resource_part(name))
-        entries[selector] = {"pciVendorSelector": selector, "resourceName": _resource_name(spec, selector, default)}
+        ready, node_skipped = view.select_gpus(here, "pci_devices", lambda address, v=view: _refusals(v, address))
+        for address in ready:
+            ready_by_id.setdefault(_id_of(view.device(address)), []).append((node, address))
+        skipped.extend(dict(entry, node=node) if multi else entry for entry in node_skipped)
+    missing = [selector for selector in selectors if str(selector) not in found]
+    if missing:
+        raise ExportError(
+            "%s refuses to export: %s" % (_NAME, " | ".join(
+                "pci_devices %r matches no GPU on any node (%s)" % (selector, ", ".join(views))
+                for selector in missing))
+        )
+    entries, notes, errors = [], [], []
+    for selector, ready in ready_by_id.items():
+        offered = [(node, address) for node, view in views.items() for address in sorted(view.devices)
+                   if _id_of(view.device(address)) == selector and _offered(view, address)]
+        kinds = {}
+        for node, address in offered:
+            kinds.setdefault(profiles.of(views[node], address), []).append(_where(node, address))
+        if len(kinds) > 1:
+            errors.append(_mixed_resource(selector, kinds, profiles))
+            continue
+        profile = profiles.of(views[ready[0][0]], ready[0][1])
+        entries.append({"pciVendorSelector": selector,
+                        "resourceName": _pci_resource_name(spec, selector, views, ready, profile, profiles)})
+        unnamed = [_where(node, address) for node, address in offered if (node, address) not in named]
+        if unnamed:
+            notes.append(
+                "pciVendorSelector %s also admits %s, which the spec did not name: KubeVirt's PCI device plugin "
+                "offers every device of this ID on vfio-pci (or a VF with a vGPU type) under %s on every "
+                "node, and cannot select by address; bind them to another driver to keep them from VMIs"
+                % (selector, ", ".join(unnamed), entries[-1]["resourceName"])
+            )
+        if profile is not None:
+            notes.append(
+                "pciVendorSelector %s permits vGPU virtual functions (%s), which KubeVirt's PCI device "
+                "plugin offers from KubeVirt 1.9; an older one offers only devices on vfio-pci, so the nodes "
+                "would advertise none of them" % (selector, profiles.describe(profile))
+            )
+    if errors:
+        raise ExportError("%s refuses to export: %s" % (_NAME, " | ".join(errors)))
     # KubeVirt's PCI device plugin offers every vfio-pci device with a permitted vendor:device,
     # so a model that also has a device here that is not ready would be offered too.
     for entry in skipped:
-        device = view.device(entry["device"])
-        if "%s:%s" % (device.get("vendor_id"), device.get("device_id")) in entries:
+        device = views[entry.get("node")].device(entry["device"])
+        if _id_of(device) in ready_by_id:
             entry["reasons"].append(
                 "KubeVirt offers every vfio-pci device with this vendor:device, so keep %s off vfio-pci"
                 % entry["device"]
             )
-    return list(entries.values()), skipped
+    return entries, skipped, notes
 
 
-def _mdev_entries(view, spec, owner):
-    entries, type_ids, errors = [], [], []
-    for selector in as_list(spec.get("mdev_types"), "mdev_types"):
-        ids = view.type_ids(selector)
-        if not ids:
-            errors.append("mdev type %r is offered by no mdev parent%s" % (selector, view.where()))
-            continue
-        for type_id in ids:
-            if owner == "kubevirt":
-                capacity = sum(view.type_capacity(parent, type_id) for parent in view.parents)
-                if not capacity:
-                    errors.append("mdev type %s has no free capacity on any parent%s" % (type_id, view.where()))
-                    continue
-                foreign = sorted(
-                    m["uuid"] for m in view.mdevs.values() if m.get("type") == type_id and m.get("in_use_by")
-                )
-                if foreign:
-                    errors.append(
-                        "mdevs of type %s are in use (%s); with mdev_owner kubevirt, virt-handler would delete mdevs "
-                        "of other types and take over these" % (type_id, ", ".join(foreign))
-                    )
-                    continue
-            elif not view.free_mdevs(type_id):
-                errors.append(
-                    "no free mdev of type %s exists%s: with mdev_owner gpuvirt.host create them with gpuvirt.host.mdev"
-                    % (type_id, view.where())
-                )
+def _mixed_resource(selector, kinds, profiles):
+    advice = []
+    if len([profile for profile in kinds if profile is not None]) > 1:
+        advice.append("give every VF of this ID the same vGPU profile on every node (vgpu_devices of the "
+                      "gpuvirt.host.vgpu role)")
+    if None in kinds:
+        advice.append("keep the whole GPUs of this ID off vfio-pci while VFs of this ID carry vGPUs")
+    return (
+        "the devices KubeVirt would offer under pciVendorSelector %s are not all the same (%s): KubeVirt's PCI "
+        "device plugin puts every device of this ID (on vfio-pci, or a VF with any vGPU type on its vendor's driver) "
+        "into one resource on every node and cannot select by address or vGPU profile, so a VMI asking for it "
+        "could get any of them; %s, or hand the others to VMs through libvirt, which selects by address"
+        % (selector, "; ".join("%s - %s" % (profiles.describe(profile), ", ".join(where))
+                               for profile, where in sorted(kinds.items(), key=lambda item: str(item[0]))),
+           " and ".join(advice))
+    )
+
+
+def _pci_resource_name(spec, selector, views, ready, profile, profiles):
+    devices = [views[node].device(address) for node, address in ready]
+    device = devices[0]
+    if profile is not None:
+        name = profiles.name(profile)
+        part = _resource_part(name) if name else "%s_vGPU-%d" % (
+            _resource_part(device.get("device_name") or selector.replace(":", "_")), profile[1])
+        return _resource_name(spec, [selector, name], "%s/%s" % (_domain(spec, device["vendor_id"]), part))
+    # The pci.ids name of the first node that has one: nodes with and without a pci.ids entry name one resource.
+    name = next((d["device_name"] for d in devices if d.get("device_name")), None)
+    return _resource_name(spec, [selector], "%s/%s" % (
+        _domain(spec, device["vendor_id"]), _resource_part(name or selector.replace(":", "_"))))
+
+
+def _mdev_entries(views, spec, owner, multi):
+    """``(entries, {node: type IDs})`` for ``mdev_types`` over every node."""
+    selectors = as_list(spec.get("mdev_types"), "mdev_types")
+    entries, type_ids, errors, found = [], {}, [], set()
+    for node, view in views.items():
+        ids_here = type_ids.setdefault(node, [])
+        for selector in selectors:
+            ids = view.type_ids(selector)
+            if not ids:
+                if not multi:
+                    errors.append("mdev type %r is offered by no mdev parent%s" % (selector, view.where()))
                 continue
-            # virt-handler matches the type's name (spaces as underscores) or, without a name, its ID.
-            name = view.type_name(type_id) or type_id
-            default = "%s/%s" % (_domain(spec, _parent_vendor(view, type_id)), _resource_part(name))
-            entry = {"mdevNameSelector": name, "resourceName": _resource_name(spec, name, default)}
-            if entry not in entries:
-                entries.append(entry)
-                type_ids.append(type_id)
+            found.add(str(selector))
+            for type_id in ids:
+                error = _type_refusal(view, type_id, owner)
+                if error:
+                    errors.append(error)
+                    continue
+                # virt-handler matches the type's name (spaces as underscores) or, without a name, its ID.
+                name = view.type_name(type_id) or type_id
+                default = "%s/%s" % (_domain(spec, _parent_vendor(view, type_id)), _resource_part(name))
+                entry = {"mdevNameSelector": name, "resourceName": _resource_name(spec, [name], default)}
+                if entry not in entries:
+                    entries.append(entry)
+                if type_id not in ids_here:
+                    ids_here.append(type_id)
+    if multi:
+        errors.extend("mdev type %r is offered by no mdev parent on any node (%s)"
+                      % (selector, ", ".join(views)) for selector in selectors
+                      if str(selector) not in found)
     if errors:
         raise ExportError("%s refuses to export: %s" % (_NAME, " | ".join(errors)))
     return entries, type_ids
+
+
+def _type_refusal(view, type_id, owner):
+    if owner == "kubevirt":
+        if not sum(view.type_capacity(parent, type_id) for parent in view.parents):
+            return "mdev type %s has no free capacity on any parent%s" % (type_id, view.where())
+        foreign = sorted(m["uuid"] for m in view.mdevs.values() if m.get("type") == type_id and m.get("in_use_by"))
+        if foreign:
+            return (
+                "mdevs of type %s are in use%s (%s); with mdev_owner kubevirt, virt-handler would delete mdevs "
+                "of other types and take over these" % (type_id, view.where(), ", ".join(foreign))
+            )
+    elif not view.free_mdevs(type_id):
+        return ("no free mdev of type %s exists%s: with mdev_owner gpuvirt.host create them with gpuvirt.host.mdev"
+                % (type_id, view.where()))
+    return None
 
 
 def _parent_vendor(view, type_id):
@@ -243,8 +490,35 @@ def _parent_vendor(view, type_id):
     return "virtual"
 
 
+def _one_meaning(pci, mdevs):
+    """Refuse a resource name two selectors share, and a selector given two resource names.
+
+    virt-handler maps each selector to one resource name (the last wins), pools the PCI devices of every
+    selector of one name, and starts one device plugin per resource name, so two mdev types, or PCI devices
+    and an mdev type, of one name leave all but one unoffered."""
+    by_name, errors = {}, []
+    for kind, entries in (("pciVendorSelector", pci), ("mdevNameSelector", mdevs)):
+        by_selector = {}
+        for entry in entries:
+            # virt-handler lowercases PCI selectors and writes spaces in mdev names as underscores.
+            selector = entry[kind].lower() if kind == "pciVendorSelector" else entry[kind].replace(" ", "_")
+            by_selector.setdefault(selector, set()).add(entry["resourceName"])
+            by_name.setdefault(entry["resourceName"], set()).add("%s %s" % (kind, entry[kind]))
+        errors.extend("%s %s would be given the resource names %s" % (kind, selector, ", ".join(sorted(names)))
+                      for selector, names in by_selector.items() if len(names) > 1)
+    errors.extend("resource name %s would stand for %s; give each its own in resource_names"
+                  % (name, " and ".join(sorted(selectors))) for name, selectors in by_name.items()
+                  if len(selectors) > 1)
+    if errors:
+        raise ExportError(
+            "%s refuses to export: %s (KubeVirt gives each selector one resource name and offers each resource "
+            "name through one device plugin)" % (_NAME, " | ".join(errors))
+        )
+
+
 def kubevirt_host_devices(topology, spec=None):
-    """``spec.configuration`` keys of the KubeVirt CR for the devices and mdev types ``spec`` names."""
+    """``spec.configuration`` keys of the KubeVirt CR for the devices and mdev types ``spec`` names, on one
+    host or on every node of a dict of node names to topologies."""
     spec = spec_of(spec, _NAME, _SPEC)
     owner = spec.get("mdev_owner", "kubevirt")
     if owner not in _OWNERS:
@@ -254,38 +528,57 @@ def kubevirt_host_devices(topology, spec=None):
         raise ExportError("%s: node_selector must be a non-empty dict of node labels" % _NAME)
     if not spec.get("pci_devices") and not spec.get("mdev_types"):
         raise ExportError("%s: the spec names no pci_devices and no mdev_types" % _NAME)
-    view = HostView(topology, spec.get("host"), _NAME)
-    permitted, skipped = {}, []
+    multi, views = _nodes(topology, spec)
+    profiles = _Profiles(views)
+    permitted, skipped, notes = {}, [], []
     if spec.get("pci_devices"):
-        permitted["pciHostDevices"], skipped = _pci_entries(view, spec)
-    type_ids = []
+        permitted["pciHostDevices"], skipped, notes = _pci_entries(views, spec, multi, profiles)
+    type_ids = {}
     if spec.get("mdev_types"):
-        permitted["mediatedDevices"], type_ids = _mdev_entries(view, spec, owner)
+        permitted["mediatedDevices"], type_ids = _mdev_entries(views, spec, owner, multi)
+    _one_meaning(permitted.get("pciHostDevices", []), permitted.get("mediatedDevices", []))
     if owner == "kubevirt":
-        doomed = sorted(m["uuid"] for m in view.mdevs.values() if m.get("type") not in type_ids)
-        if doomed:
-            raise ExportError(
-                "%s refuses to export: %s%s has mdevs of types not listed in mdev_types (%s); virt-handler deletes "
-                "every mdev of a type it is not told to keep. List their types, or set mdev_owner: gpuvirt.host so "
-                "KubeVirt leaves mdevs to the collection" % (_NAME, "the host", view.where(), ", ".join(doomed))
-            )
+        for node, view in views.items():
+            doomed = sorted(m["uuid"] for m in view.mdevs.values() if m.get("type") not in type_ids.get(node, []))
+            if doomed:
+                raise ExportError(
+                    "%s refuses to export: %s has mdevs of types not listed in mdev_types (%s); virt-handler "
+                    "deletes every mdev of a type it is not told to keep. List their types, or set mdev_owner: "
+                    "gpuvirt.host so KubeVirt leaves mdevs to the collection"
+                    % (_NAME, "node %s" % node if multi else "the host%s" % view.where(), ", ".join(doomed))
+                )
     configuration = {"permittedHostDevices": permitted}
+    listed = any(type_ids.values())
     if owner == "gpuvirt.host":
         configuration["mediatedDevicesConfiguration"] = {"enabled": False}
-    elif type_ids and node_selector:
+    elif listed and multi:
         configuration["mediatedDevicesConfiguration"] = {
             "nodeMediatedDeviceTypes": [
-                {"nodeSelector": {str(k): str(v) for k, v in node_selector.items()}, "mediatedDeviceTypes": type_ids}
+                {"nodeSelector": {_HOSTNAME_LABEL: node}, "mediatedDeviceTypes": ids}
+                for node, ids in type_ids.items() if ids
             ]
         }
-    elif type_ids:
-        configuration["mediatedDevicesConfiguration"] = {"mediatedDeviceTypes": type_ids}
+    elif listed and node_selector:
+        configuration["mediatedDevicesConfiguration"] = {
+            "nodeMediatedDeviceTypes": [
+                {"nodeSelector": {str(k): str(v) for k, v in node_selector.items()},
+                 "mediatedDeviceTypes": type_ids[None]}
+            ]
+        }
+    elif listed:
+        configuration["mediatedDevicesConfiguration"] = {"mediatedDeviceTypes": type_ids[None]}
+    feature_gates = [_GATE_HOST_DEVICES] if permitted.get("pciHostDevices") else []
+    if owner == "gpuvirt.host":
+        feature_gates.append(_GATE_NO_MDEV_HANDLING)
+        notes.insert(0, MDEV_OWNERS["kubevirt-collection"])
+    elif listed:
+        notes.insert(0, MDEV_OWNERS["kubevirt"])
     return {
         "configuration": configuration,
-        "feature_gates": ["HostDevices"] if permitted.get("pciHostDevices") else [],
+        "feature_gates": feature_gates,
         "skipped": skipped,
-        "mdev_owner": "kubevirt" if owner == "kubevirt" else "gpuvirt.host",
-        "notes": [MDEV_OWNERS["kubevirt" if owner == "kubevirt" else "kubevirt-collection"]] if type_ids else [],
+        "mdev_owner": owner,
+        "notes": notes,
     }
 
 

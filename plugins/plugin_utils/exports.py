@@ -59,9 +59,10 @@ MDEV_OWNERS = {
         "mdev on the node, so the collection only prepares parents and VFs and creates no mdevs"
     ),
     "kubevirt-collection": (
-        "gpuvirt.host: the collection creates the mdevs; mediatedDevicesConfiguration.enabled is "
-        "false (KubeVirt 1.8+; DisableMDEVConfiguration feature gate before) so virt-handler neither "
-        "creates nor deletes mdevs"
+        "gpuvirt.host: the collection creates the mdevs and virt-handler neither creates nor deletes any - "
+        "mediatedDevicesConfiguration.enabled is false (read from KubeVirt 1.8) and feature_gates holds "
+        "DisableMDEVConfiguration (KubeVirt before 1.8 drops the enabled field and needs the gate; 1.8 and "
+        "later still honour it, deprecated), to add to developerConfiguration.featureGates"
     ),
     "nova": (
         "nova: nova-compute creates the mdevs of enabled_mdev_types on the listed parents when an "

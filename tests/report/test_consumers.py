@@ -22,7 +22,9 @@ import pytest
 from export_cases import CASES  # tests/fixtures
 from reporttools import REPO, require_program
 
+from ansible_collections.gpuvirt.host.plugins.filter.kubevirt_host_devices import kubevirt_host_devices
 from ansible_collections.gpuvirt.host.plugins.module_utils.topology import detect
+from ansible_collections.gpuvirt.host.plugins.plugin_utils.exports import ExportError
 
 SCHEMA = os.path.join(REPO, "tests", "fixtures", "consumers", "kubevirt-configuration.schema.json")
 
@@ -86,14 +88,16 @@ def test_libvirts_parser_rejects_what_the_exports_must_never_write(make_host, tm
     assert _libvirt_checks(wrong)[0].returncode != 0
 
 
+def _kubevirt_validator():
+    with open(SCHEMA) as handle:
+        definitions = json.load(handle)["definitions"]
+    return jsonschema.Draft4Validator({"$ref": "#/definitions/v1.KubeVirtConfiguration", "definitions": definitions})
+
+
 @pytest.mark.parametrize("case", _cases("kubevirt_"))
 def test_kubevirt_configuration_matches_the_crd_schema(case, make_host):
     result = _export(case, make_host)[1]
-    with open(SCHEMA) as handle:
-        definitions = json.load(handle)["definitions"]
-    validator = jsonschema.Draft4Validator(
-        {"$ref": "#/definitions/v1.KubeVirtConfiguration", "definitions": definitions}
-    )
+    validator = _kubevirt_validator()
     errors = [error.message for error in validator.iter_errors(result["configuration"])]
     assert not errors
     for entry in result["configuration"]["permittedHostDevices"].get("pciHostDevices", []):
@@ -103,16 +107,100 @@ def test_kubevirt_configuration_matches_the_crd_schema(case, make_host):
 
 
 def test_the_kubevirt_schema_catches_a_missing_resource_name():
-    with open(SCHEMA) as handle:
-        definitions = json.load(handle)["definitions"]
-    validator = jsonschema.Draft4Validator(
-        {"$ref": "#/definitions/v1.KubeVirtConfiguration", "definitions": definitions}
-    )
+    validator = _kubevirt_validator()
     bad = {
         "permittedHostDevices": {"pciHostDevices": [{"pciVendorSelector": "10de:2236"}]},
         "mediatedDevicesConfiguration": {"enabled": "no"},
     }
     assert len(list(validator.iter_errors(bad))) == 2
+
+
+def _merge_patch(target, patch):
+    """RFC 7386, the only merge a patch of a custom resource gets: objects merge, lists are replaced."""
+    if not isinstance(patch, dict):
+        return patch
+    merged = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            merged.pop(key, None)
+        else:
+            merged[key] = _merge_patch(merged.get(key), value)
+    return merged
+
+
+def _desired_mdev_types(configuration, labels):
+    """virt-handler's GetDesiredMDEVTypes: the types of every nodeMediatedDeviceTypes entry whose
+    nodeSelector the node's labels match, else the cluster-wide mediatedDeviceTypes."""
+    mdevs = configuration.get("mediatedDevicesConfiguration") or {}
+    types = set()
+    for entry in mdevs.get("nodeMediatedDeviceTypes") or []:
+        if all(labels.get(key) == value for key, value in entry["nodeSelector"].items()):
+            types.update(entry.get("mediatedDeviceTypes") or [])
+    return sorted(types) if types else sorted(mdevs.get("mediatedDeviceTypes") or [])
+
+
+def _kubevirt_offers(configuration, topology):
+    """``{resourceName: [device]}`` that virt-handler's PCI device plugins offer on a node: each
+    pciVendorSelector (lowercased) names one resource, the last entry winning; every device of a permitted
+    ID is offered on vfio-pci, or as an NVIDIA VF with a vGPU type on nvidia (device_controller.go,
+    pci_device.go discoverPermittedHostPCIDevices, nvidia.go shouldPermitNvidia)."""
+    names = {}
+    for entry in configuration["permittedHostDevices"].get("pciHostDevices", []):
+        names[entry["pciVendorSelector"].lower()] = entry["resourceName"]
+    offers = {}
+    for device in topology["devices"]:
+        name = names.get("%s:%s" % (device["vendor_id"], device["device_id"]))
+        vgpu = device.get("vgpu") or {}
+        if name and (device["driver"] == "vfio-pci"
+                     or (device["driver"] == "nvidia" and device.get("physfn") and vgpu.get("current"))):
+            offers.setdefault(name, []).append(device)
+    return offers
+
+
+def test_one_kubevirt_patch_gives_every_node_its_types(make_host):
+    nodes = {name: detect(make_host("intel_gvtg")) for name in ("nuc1", "nuc2")}
+    result = kubevirt_host_devices(nodes, {"mdev_types": ["i915-GVTg_V5_4"]})
+    assert not [error.message for error in _kubevirt_validator().iter_errors(result["configuration"])]
+    # A CR that an earlier run patched for another node: the lists the export gives replace its lists.
+    stale = {"mediatedDevicesConfiguration": {"nodeMediatedDeviceTypes": [
+        {"nodeSelector": {"kubernetes.io/hostname": "nuc0"}, "mediatedDeviceTypes": ["i915-GVTg_V5_8"]}]}}
+    cr = _merge_patch({"spec": {"configuration": stale}}, {"spec": {"configuration": result["configuration"]}})
+    configuration = cr["spec"]["configuration"]
+    for node in nodes:
+        assert _desired_mdev_types(configuration, {"kubernetes.io/hostname": node}) == ["i915-GVTg_V5_4"]
+    assert _desired_mdev_types(configuration, {"kubernetes.io/hostname": "nuc0"}) == []
+
+
+@pytest.mark.parametrize("hosts, spec", [
+    ({"l40s1": ("l40s_vgpu", {}), "l40s2": ("l40s_vgpu", {})}, {"pci_devices": ["0000:cb:00.4"]}),
+    ({"l40s1": ("l40s_vgpu", {"patch_devices": {"cb:00.5": {"nvidia_vgpu": {"creatable": {}, "current": 1041}}}})},
+     {"pci_devices": ["0000:cb:00.4"]}),
+    ({"gpu1": ("desktop_vfio", {}), "gpu2": ("desktop_vfio", {"add_devices": [
+        {"address": "05:00.0", "ids": "10de:1e04", "class": "030000", "driver": "vfio-pci", "group": 20,
+         "reset_methods": ["flr"], "device_name": "TU102 [GeForce RTX 2080 Ti]"}]})},
+     {"pci_devices": ["0000:01:00.0"]}),
+])
+def test_each_kubevirt_resource_offers_one_kind_of_device_and_the_notes_name_the_unnamed(hosts, spec, make_host):
+    nodes = {node: detect(make_host(host, **changes)) for node, (host, changes) in hosts.items()}
+    result = kubevirt_host_devices(nodes, spec)
+    notes = " ".join(result["notes"])
+    for node, topology in nodes.items():
+        for name, devices in _kubevirt_offers(result["configuration"], topology).items():
+            assert len({(device.get("vgpu") or {}).get("current") or 0 for device in devices}) == 1, name
+            for device in devices:
+                if device["address"] not in spec["pci_devices"]:
+                    assert "%s on %s" % (device["address"], node) in notes
+
+
+def test_kubevirt_would_pool_vgpu_profiles_that_the_export_refuses(make_host):
+    """The model can fail: VFs of two profiles under one ID land in one resource, and the export refuses."""
+    four_q = {"cb:00.5": {"nvidia_vgpu": {"creatable": {}, "current": 1039}}}
+    topology = detect(make_host("l40s_vgpu", patch_devices=four_q))
+    offers = _kubevirt_offers({"permittedHostDevices": {"pciHostDevices": [
+        {"pciVendorSelector": "10de:26b9", "resourceName": "nvidia.com/AD102GL_L40S"}]}}, topology)
+    assert sorted(device["vgpu"]["current"] for device in offers["nvidia.com/AD102GL_L40S"]) == [1039, 1041]
+    with pytest.raises(ExportError, match="are not all the same"):
+        kubevirt_host_devices(topology, {"pci_devices": ["0000:cb:00.4"]})
 
 
 # Proxmox VE's formats (PVE::Mapping::PCI, PVE::JSONSchema, PVE::SectionConfig).
