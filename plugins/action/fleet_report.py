@@ -13,14 +13,21 @@ from ansible.errors import AnsibleActionFail
 from ansible.module_utils.common.text.converters import to_text
 from ansible.plugins.action import ActionBase
 
-from ansible_collections.gpuvirt.host.plugins.plugin_utils.report import load_record, render
+from ansible_collections.gpuvirt.host.plugins.plugin_utils.report import (
+    RECORD_FORMAT,
+    load_record,
+    not_reached_record,
+    render,
+)
 
 
 def read_records(path):
-    """``(records, ignored)`` from the ``*.json`` files of ``path``, in file name order."""
+    """``(records, ignored)`` from the ``*.json`` files of ``path``, in file name order. Hidden files are
+    not records: a copy being moved into the folder from another filesystem is staged as one
+    (``.ansible_tmp...<host>.json``)."""
     records, ignored = [], []
     for name in sorted(os.listdir(path)):
-        if not name.endswith(".json"):
+        if not name.endswith(".json") or name.startswith("."):
             continue
         try:
             with open(os.path.join(path, name), encoding="utf-8") as handle:
@@ -41,10 +48,25 @@ def read_records(path):
     return records, ignored
 
 
-def write_atomically(dest, content):
+def mark_not_reached(path, host, when):
+    """Mark the record of ``host`` in ``path`` as not reached at ``when`` (a record holding only that when
+    there is none). A record that cannot be read is replaced."""
+    dest = os.path.join(path, "%s.json" % host)
+    record = None
+    try:
+        with open(dest, encoding="utf-8") as handle:
+            data = json.load(handle)
+        if isinstance(data, dict) and data.get("format") == RECORD_FORMAT and data.get("host") == host:
+            record = data
+    except (OSError, ValueError):
+        pass
+    write_atomically(dest, json.dumps(not_reached_record(record, host, when)), suffix=".json")
+
+
+def write_atomically(dest, content, suffix=".html"):
     """Write ``content`` through a temporary file in the same folder, so readers never see half a page."""
     folder = os.path.dirname(os.path.abspath(dest))
-    handle, temporary = tempfile.mkstemp(prefix=".index-", suffix=".html", dir=folder)
+    handle, temporary = tempfile.mkstemp(prefix=".index-", suffix=suffix, dir=folder)
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as output:
             output.write(content)
@@ -58,7 +80,7 @@ def write_atomically(dest, content):
 
 class ActionModule(ActionBase):
     TRANSFERS_FILES = False
-    _VALID_ARGS = frozenset(("path", "dest", "title"))
+    _VALID_ARGS = frozenset(("path", "dest", "title", "not_reached"))
     _requires_connection = False
 
     def run(self, tmp=None, task_vars=None):
@@ -66,7 +88,7 @@ class ActionModule(ActionBase):
         args = self._task.args
         unknown = sorted(set(args) - self._VALID_ARGS)
         if unknown:
-            raise AnsibleActionFail("unknown options %s; known: dest, path, title" % ", ".join(unknown))
+            raise AnsibleActionFail("unknown options %s; known: dest, not_reached, path, title" % ", ".join(unknown))
         if not args.get("path"):
             raise AnsibleActionFail("path is required: the folder holding the per-host report records")
         path = os.path.expanduser(to_text(args["path"]))
@@ -79,8 +101,20 @@ class ActionModule(ActionBase):
                 "%s is not a folder; give the folder the report playbook writes its records to" % path
             )
         dest = os.path.expanduser(to_text(args.get("dest") or os.path.join(path, "index.html")))
+        now = datetime.datetime.now(datetime.timezone.utc)
+        not_reached = [to_text(host) for host in args.get("not_reached") or []]
+        unsafe = [host for host in not_reached if not host or "/" in host or "\0" in host or host.startswith(".")]
+        if unsafe:
+            raise AnsibleActionFail("not_reached: %s cannot name a record file in %s (a '/', or a leading '.')"
+                                    % (", ".join(repr(host) for host in unsafe), path))
+        if not self._task.check_mode:
+            for host in not_reached:
+                try:
+                    mark_not_reached(path, host, now.strftime("%Y-%m-%dT%H:%M:%SZ"))
+                except OSError as error:
+                    raise AnsibleActionFail("cannot mark the record of %s: %s" % (host, error)) from error
         records, ignored = read_records(path)
-        generated = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        generated = now.strftime("%Y-%m-%d %H:%M UTC")
         page = render(records, to_text(args.get("title") or "GPU virtualization fleet report"), generated)
         before = None
         if os.path.exists(dest):
@@ -93,7 +127,8 @@ class ActionModule(ActionBase):
                 write_atomically(dest, page)
             except OSError as error:
                 raise AnsibleActionFail("cannot write %s: %s" % (dest, error.strerror or error)) from error
-        result.update(changed=changed, dest=dest, hosts=sorted(str(r["host"]) for r in records), ignored=ignored)
+        result.update(changed=changed, dest=dest, hosts=sorted(str(r["host"]) for r in records), ignored=ignored,
+                      not_reached=not_reached)
         return result
 
 

@@ -22,7 +22,11 @@ description:
     each device's NUMA node; and the findings with their advice."
   - The page loads nothing from the network (no fonts, scripts or images; its content security policy forbids
     it), so it can be opened from a file, an artifact store or an air-gapped share.
-  - Other JSON files (C(preflight.json)...) are left alone and listed in RV(ignored).
+  - Other JSON files (C(preflight.json)...) are left alone and listed in RV(ignored); hidden files
+    (C(.ansible_tmp...json), a copy being moved in from another filesystem) are not read.
+  - The hosts in O(not_reached) get their record marked with the time (a record holding only that when they
+    have none), and the page shows them as not reached, with the earlier record they kept, until a run
+    reaches them again.
 extends_documentation_fragment:
   - gpuvirt.host.attributes
 attributes:
@@ -45,6 +49,14 @@ options:
     description: The page's title.
     type: str
     default: GPU virtualization fleet report
+  not_reached:
+    description:
+      - The hosts of this run that it did not reach (unreachable, or a task failed on them), such as
+        C(ansible_play_hosts_all | difference(ansible_play_batch)). Each is a file name in O(path), so a name
+        with C(/), or starting with C(.), is refused.
+    type: list
+    elements: str
+    default: []
 """
 
 EXAMPLES = r"""
@@ -66,6 +78,12 @@ hosts:
   type: list
   elements: str
   sample: [gpu-node-01, gpu-node-02]
+not_reached:
+  description: The hosts marked as not reached (O(not_reached)).
+  returned: always
+  type: list
+  elements: str
+  sample: [gpu-node-03]
 ignored:
   description: JSON files in the folder that are not host records (or not readable JSON), with why.
   returned: always

@@ -7,13 +7,17 @@ Public API:
 - :data:`RECORD_FORMAT` -- the ``format`` key of a per-host JSON record written by the ``report``
   playbook: ``{"format", "host", "collected_at", "source", "pending_reboot", "pending_reboot_reasons",
   "topology"}`` (``live``), or ``"fact"`` instead of ``"topology"`` (``cache``: the small ``gpuvirt``
-  fact from the fact cache).
+  fact from the fact cache). A host the last run did not reach (unreachable, or a task failed) has
+  ``not_reached_at`` (when) beside the record it kept from an earlier run, if any (``source``
+  ``not_reached`` without one).
 - :func:`load_record` ``(data, name) -> dict | None``: a record from a JSON document; the raw
   topology files of ``topology_report`` are read too (the host named by the file); anything else
   (``preflight.json``...) is None.
 - :func:`host_row` ``(record) -> dict``: the host table's cells.
 - :func:`group_boxes` ``(topology) -> list``: the IOMMU groups to draw, each device with its verdict.
 - :func:`render` ``(records, title, generated_at) -> str``: one self-contained HTML page.
+- :func:`not_reached_record` ``(record, host, when) -> dict``: the record of a host a run did not reach.
+- :func:`natural_key` ``(name)``: the hosts' sort order.
 
 Verdicts of a device in a picture: ``viable`` (a GPU that can be passed through now or once bound to
 vfio-pci), ``companion`` (a function that goes with such a GPU), ``blocked`` (a GPU that cannot, with
@@ -25,6 +29,7 @@ disk, the NIC of a default route or an SSH session), ``bridge``, ``other`` (a de
 from __future__ import annotations
 
 import json
+import re
 from html import escape
 
 from ansible_collections.gpuvirt.host.plugins.module_utils.pci import BRIDGE_CLASSES, HOST_BRIDGE_CLASS
@@ -60,6 +65,15 @@ def load_record(data, name):
     return None
 
 
+def not_reached_record(record, host, when):
+    """The record of ``host`` after a run that did not reach it at ``when``: the earlier ``record`` (None:
+    none) marked ``not_reached_at``, or one that holds only that."""
+    if record is None:
+        return {"format": RECORD_FORMAT, "host": host, "collected_at": None, "source": "not_reached",
+                "pending_reboot": None, "pending_reboot_reasons": [], "not_reached_at": when}
+    return dict(record, not_reached_at=when)
+
+
 def _is_vfio(driver):
     return bool(driver) and (driver == "vfio-pci" or driver.replace("-", "_").endswith("vfio_pci"))
 
@@ -80,19 +94,23 @@ def host_row(record):
         "collected_at": record.get("collected_at"),
         "pending_reboot": record.get("pending_reboot"),
         "pending_reboot_reasons": _list(record.get("pending_reboot_reasons")),
+        "not_reached_at": record.get("not_reached_at"),
     }
     if not topology:
+        # The fact counts what is in use but not by profile, and holds no free capacity and no warnings or info
+        # findings: those are unknown (None), not none.
         row.update(
             {
                 "models": {m.get("model"): m.get("count") for m in _list(fact.get("gpu_model_counts"))},
                 "gpus": fact.get("gpu_count", 0),
                 "ready": fact.get("passthrough_ready_count", 0),
                 "viable": None,
-                "profiles_in_use": {},
+                "profiles_in_use": None if fact else {},
                 "mdevs_in_use": fact.get("mdevs_in_use", 0),
                 "vgpus": fact.get("vgpus", 0),
-                "free": {},
-                "findings": {"error": len(_list(fact.get("blockers"))), "warning": 0, "info": 0},
+                "free": None if fact else {},
+                "findings": {"error": len(_list(fact.get("blockers"))), "warning": None, "info": None}
+                if fact else {"error": 0, "warning": None, "info": None},
                 "iommu": fact.get("iommu"),
             }
         )
@@ -149,6 +167,26 @@ def host_row(record):
     return row
 
 
+def _device_entry(address, device, name, identity, verdict):
+    """A device to draw: ``identity`` (its topology device or GPU entry) gives its IDs and driver, ``verdict``
+    its ``(verdict, reasons, codes)``; no VFs, mdevs or types yet."""
+    verdict, reasons, codes = verdict
+    return {
+        "address": address,
+        "name": name,
+        "vendor": device.get("vendor_name"),
+        "ids": "%s:%s" % (identity.get("vendor_id") or "?", identity.get("device_id") or "?"),
+        "driver": identity.get("driver"),
+        "numa_node": device.get("numa_node"),
+        "verdict": verdict,
+        "reasons": reasons,
+        "codes": codes,
+        "vfs": [],
+        "mdevs": [],
+        "mdev_types": [],
+    }
+
+
 def _verdicts(topology):
     """Verdict, reasons and role of every device that belongs in a GPU's picture."""
     devices = {d.get("address"): d for d in _list(topology.get("devices"))}
@@ -200,20 +238,10 @@ def group_boxes(topology):
             kind = str(device.get("class") or "")[:4]
             is_bridge = kind in BRIDGE_CLASSES or (kind == HOST_BRIDGE_CLASS and not device.get("driver"))
             verdict, reasons, codes = verdicts.get(address, ("bridge" if is_bridge else "other", [], []))
-            entry = {
-                "address": address,
-                "name": device.get("device_name") or _dict(gpus.get(address)).get("name") or device.get("class_name"),
-                "vendor": device.get("vendor_name"),
-                "ids": "%s:%s" % (device.get("vendor_id") or "?", device.get("device_id") or "?"),
-                "driver": device.get("driver"),
-                "numa_node": device.get("numa_node"),
-                "verdict": verdict,
-                "reasons": reasons,
-                "codes": codes,
-                "vfs": [],
-                "mdevs": [],
-                "mdev_types": [],
-            }
+            entry = _device_entry(
+                address, device, device.get("device_name") or _dict(gpus.get(address)).get("name")
+                or device.get("class_name"), device, (verdict, reasons, codes),
+            )
             for vf in _list(_dict(device.get("sriov")).get("vfs")):
                 vf_device = devices.get(vf, {})
                 vf_gpu = gpus.get(vf, {})
@@ -307,26 +335,38 @@ def _e(value):
     return escape("" if value is None else str(value), quote=True)
 
 
-def _anchor(host):
-    return "host-" + "".join(c if c.isalnum() or c in "-_" else "_" for c in str(host))
+def _anchor(host, index):
+    """The id of a host's section: its position in the page, then its name as far as ids take it (``gpu.01``
+    and ``gpu_01`` are two hosts)."""
+    return "host-%d-" % index + "".join(c if c.isalnum() or c in "-_" else "_" for c in str(host))
 
 
-def _row_html(row):
-    problem = bool(row["findings"]["error"] or row["pending_reboot"] or not row["iommu"])
+def _counts(counted):
+    return ", ".join("%s \u00d7 %s" % (n, label) for label, n in sorted(counted.items())) or "none"
+
+
+def _row_html(row, index):
+    problem = bool(row["findings"]["error"] or row["pending_reboot"] or not row["iommu"] or row["not_reached_at"])
     models = ", ".join("%s \u00d7 %s" % (count, model) for model, count in sorted(row["models"].items())) or "none"
-    in_use = ", ".join("%s \u00d7 %s" % (n, label) for label, n in sorted(row["profiles_in_use"].items())) or "none"
-    free = ", ".join("%s \u00d7 %s" % (n, label) for label, n in sorted(row["free"].items())) or "none"
+    if row["profiles_in_use"] is None:  # the fact's counts, without the profiles
+        in_use = "%d vGPU%s, %d mdev%s in use" % (row["vgpus"], "" if row["vgpus"] == 1 else "s",
+                                                  row["mdevs_in_use"], "" if row["mdevs_in_use"] == 1 else "s")
+    else:
+        in_use = _counts(row["profiles_in_use"])
+    free = "unknown" if row["free"] is None else _counts(row["free"])
     reboot = {True: "yes", False: "no", None: "unknown"}[row["pending_reboot"]]
     ready = "%d of %d" % (row["ready"], row["gpus"])
     if row["viable"] is not None and row["viable"] > row["ready"]:
         ready += " (%d more once bound to vfio-pci)" % (row["viable"] - row["ready"])
     cells = [
-        "<td data-sort='%s'><a href='#%s'>%s</a>%s</td>"
+        "<td data-sort='%s'><a href='#%s'>%s</a>%s%s</td>"
         % (
             _e(row["host"]),
-            _anchor(row["host"]),
+            _anchor(row["host"], index),
             _e(row["host"]),
             " <span class='muted'>(fact cache)</span>" if row["source"] == "cache" else "",
+            " <span class='sev sev-error'>not reached at %s</span>" % _e(row["not_reached_at"])
+            if row["not_reached_at"] else "",
         ),
         "<td data-sort='%d'>%s</td>" % (row["gpus"], _e(models)),
         "<td data-sort='%d' class='ready'>%s</td>" % (row["ready"], _e(ready)),
@@ -336,12 +376,15 @@ def _row_html(row):
     ]
     for severity in SEVERITIES:
         n = row["findings"][severity]
+        if n is None:
+            cells.append("<td data-sort=''><span class='sev sev-0' title='not in the cached fact'>?</span></td>")
+            continue
         cells.append(
             "<td data-sort='%d'><span class='sev %s'>%d</span></td>" % (n, "sev-%s" % severity if n else "sev-0", n)
         )
     return "<tr data-host='%s' data-section='%s' data-problem='%d'>%s</tr>" % (
         _e(row["host"]),
-        _anchor(row["host"]),
+        _anchor(row["host"], index),
         int(problem),
         "".join(cells),
     )
@@ -402,24 +445,34 @@ def _device_html(entry):
     return "".join(lines)
 
 
-def _host_html(record, row):
+def _host_html(record, row, index):
     topology = _dict(record.get("topology"))
-    parts = ["<section class='host' id='%s' data-host='%s'>" % (_anchor(row["host"]), _e(row["host"]))]
+    parts = ["<section class='host' id='%s' data-host='%s'>" % (_anchor(row["host"], index), _e(row["host"]))]
     source = {"live": "detected", "cache": "from the fact cache", "topology_report": "from topology_report"}.get(
         row["source"], row["source"]
     )
-    parts.append(
-        "<h2>%s</h2><p class='muted'>%s%s</p>"
-        % (_e(row["host"]), _e(source), " at %s" % _e(row["collected_at"]) if row["collected_at"] else "")
-    )
+    parts.append("<h2>%s</h2>" % _e(row["host"]))
+    if row["not_reached_at"]:
+        parts.append(
+            "<p><span class='sev sev-error'>not reached</span> The run at %s did not reach this host (it was "
+            "unreachable, or a task failed on it)%s.</p>"
+            % (_e(row["not_reached_at"]), "; what follows is its record from an earlier run"
+               if row["source"] != "not_reached" else ", and no earlier run left a record of it")
+        )
+    if row["source"] != "not_reached":
+        parts.append(
+            "<p class='muted'>%s%s</p>"
+            % (_e(source), " at %s" % _e(row["collected_at"]) if row["collected_at"] else "")
+        )
     if row["pending_reboot_reasons"]:
         parts.append("<p><strong>Reboot pending:</strong> %s</p>" % _e("; ".join(row["pending_reboot_reasons"])))
     if not topology:
         fact = _dict(record.get("fact"))
-        parts.append(
-            "<p class='muted'>Only the gpuvirt fact is cached for this host; run the report against the host "
-            "to draw its IOMMU groups.</p>"
-        )
+        if fact:
+            parts.append(
+                "<p class='muted'>Only the gpuvirt fact is cached for this host; run the report against the host "
+                "to draw its IOMMU groups.</p>"
+            )
         for blocker in _list(fact.get("blockers")):
             parts.append("<p class='sev-line'><span class='sev sev-error'>error</span> %s</p>" % _e(blocker))
         parts.append("</section>")
@@ -434,6 +487,7 @@ def _host_html(record, row):
         )
     )
     boxes = group_boxes(topology)
+    gpus = _list(topology.get("gpus"))
     if boxes:
         parts.append("<div class='groups'>")
         for box in boxes:
@@ -442,38 +496,24 @@ def _host_html(record, row):
                 % (_e(box["group"]), _e(box["group"]), "".join(_device_html(d) for d in box["devices"]))
             )
         parts.append("</div>")
+    elif not gpus:
+        parts.append("<p class='muted'>No GPU.</p>")
     else:
         parts.append(
             "<p class='muted'>No GPU is in an IOMMU group%s.</p>"
             % ("" if iommu.get("enabled") else " (the IOMMU is off)")
         )
-        unplaced = [g for g in _list(topology.get("gpus")) if g.get("iommu_group") is None]
-        if unplaced:
-            verdicts = _verdicts(topology)
-            parts.append("<div class='groups'><div class='group' data-group='none'><h4>No IOMMU group</h4>")
-            devices = {d.get("address"): d for d in _list(topology.get("devices"))}
-            for gpu in unplaced:
-                device = devices.get(gpu.get("address"), {})
-                verdict, reasons, codes = verdicts[gpu.get("address")]
-                parts.append(
-                    _device_html(
-                        {
-                            "address": gpu.get("address"),
-                            "name": device.get("device_name") or gpu.get("name"),
-                            "vendor": device.get("vendor_name"),
-                            "ids": "%s:%s" % (gpu.get("vendor_id"), gpu.get("device_id")),
-                            "driver": gpu.get("driver"),
-                            "numa_node": device.get("numa_node"),
-                            "verdict": verdict,
-                            "reasons": reasons,
-                            "codes": codes,
-                            "vfs": [],
-                            "mdevs": [],
-                            "mdev_types": [],
-                        }
-                    )
-                )
-            parts.append("</div></div>")
+    unplaced = [g for g in gpus if g.get("iommu_group") is None]
+    if unplaced:
+        verdicts = _verdicts(topology)
+        parts.append("<div class='groups'><div class='group' data-group='none'><h4>No IOMMU group</h4>")
+        devices = {d.get("address"): d for d in _list(topology.get("devices"))}
+        for gpu in unplaced:
+            device = devices.get(gpu.get("address"), {})
+            name = device.get("device_name") or gpu.get("name")
+            parts.append(_device_html(_device_entry(gpu.get("address"), device, name, gpu,
+                                                    verdicts[gpu.get("address")])))
+        parts.append("</div></div>")
     findings = _list(topology.get("findings"))
     parts.append("<h3>Findings (%d)</h3>" % len(findings))
     if findings:
@@ -496,9 +536,16 @@ def _host_html(record, row):
     return "".join(parts)
 
 
+def natural_key(name):
+    """Sort key of a host name as the page's column sort orders it: digits by number, case folded
+    (``gpu2`` before ``GPU3`` before ``gpu10``)."""
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part.casefold())
+            for part in re.split(r"([0-9]+)", str(name)) if part]
+
+
 def render(records, title="GPU virtualization fleet report", generated_at=None):
-    """The whole page for the host records, hosts in name order."""
-    records = sorted((r for r in records if r), key=lambda r: str(r.get("host")))
+    """The whole page for the host records, hosts in name order (:func:`natural_key`)."""
+    records = sorted((r for r in records if r), key=lambda r: natural_key(r.get("host")))
     rows = [host_row(r) for r in records]
     legend = "".join("<div class='dev v-%s' data-legend='%s'>%s</div>" % (v, v, v) for v in VERDICTS)
     headers = [
@@ -512,7 +559,8 @@ def render(records, title="GPU virtualization fleet report", generated_at=None):
         ("Warnings", "number"),
         ("Info", "number"),
     ]
-    summary = {"hosts": len(rows), "gpus": sum(r["gpus"] for r in rows), "ready": sum(r["ready"] for r in rows)}
+    summary = {"hosts": len(rows), "gpus": sum(r["gpus"] for r in rows), "ready": sum(r["ready"] for r in rows),
+               "not_reached": sum(1 for r in rows if r["not_reached_at"])}
     return "".join(
         [
             "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
@@ -521,11 +569,12 @@ def render(records, title="GPU virtualization fleet report", generated_at=None):
             "script-src 'unsafe-inline'; img-src data:\">",
             "<title>%s</title><style>%s</style></head><body>" % (_e(title), _CSS),
             "<h1>%s</h1>" % _e(title),
-            "<p class='muted'>%d hosts, %d GPUs, %d ready for passthrough%s.</p>"
+            "<p class='muted'>%d hosts, %d GPUs, %d ready for passthrough%s%s.</p>"
             % (
                 summary["hosts"],
                 summary["gpus"],
                 summary["ready"],
+                ", %d not reached in their last run" % summary["not_reached"] if summary["not_reached"] else "",
                 " &middot; generated %s" % _e(generated_at) if generated_at else "",
             ),
             "<div class='controls'><label>Filter <input type='search' id='filter' placeholder='host, model, driver...'>"
@@ -534,10 +583,10 @@ def render(records, title="GPU virtualization fleet report", generated_at=None):
             "<table id='hosts'><thead><tr>%s</tr></thead><tbody>%s</tbody></table>"
             % (
                 "".join("<th data-type='%s'>%s</th>" % (kind, _e(name)) for name, kind in headers),
-                "".join(_row_html(r) for r in rows),
+                "".join(_row_html(r, index) for index, r in enumerate(rows)),
             ),
             "<h2>IOMMU groups</h2><div class='legend'>%s</div>" % legend,
-            "".join(_host_html(r, row) for r, row in zip(records, rows)),
+            "".join(_host_html(r, row, index) for index, (r, row) in enumerate(zip(records, rows))),
             "<script type='application/json' id='report-data'>%s</script>"
             % json.dumps({"format": RECORD_FORMAT, "hosts": [r["host"] for r in rows]}).replace("<", "\\u003c"),
             "<script>%s</script></body></html>\n" % _JS,
