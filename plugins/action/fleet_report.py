@@ -4,7 +4,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import fcntl
 import json
 import os
 import tempfile
@@ -63,6 +65,23 @@ def mark_not_reached(path, host, when):
     write_atomically(dest, json.dumps(not_reached_record(record, host, when)), suffix=".json")
 
 
+@contextlib.contextmanager
+def folder_lock(path):
+    """Hold ``<path>/.lock`` (``flock``) while the page is built: runs that share the folder (the slices of a
+    sliced job) build one after the other, so the last page written holds every record written before it."""
+    lock = os.path.join(path, ".lock")
+    try:
+        handle = open(lock, "a", encoding="utf-8")  # noqa: SIM115 - held across the yield
+        fcntl.flock(handle, fcntl.LOCK_EX)
+    except OSError as error:
+        raise AnsibleActionFail("cannot lock %s: %s" % (lock, error.strerror or error)) from error
+    try:
+        yield
+    finally:
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()
+
+
 def write_atomically(dest, content, suffix=".html"):
     """Write ``content`` through a temporary file in the same folder, so readers never see half a page."""
     folder = os.path.dirname(os.path.abspath(dest))
@@ -101,12 +120,19 @@ class ActionModule(ActionBase):
                 "%s is not a folder; give the folder the report playbook writes its records to" % path
             )
         dest = os.path.expanduser(to_text(args.get("dest") or os.path.join(path, "index.html")))
-        now = datetime.datetime.now(datetime.timezone.utc)
-        not_reached = [to_text(host) for host in args.get("not_reached") or []]
-        unsafe = [host for host in not_reached if not host or "/" in host or "\0" in host or host.startswith(".")]
+        unsafe = [host for host in (to_text(h) for h in args.get("not_reached") or [])
+                  if not host or "/" in host or "\0" in host or host.startswith(".")]
         if unsafe:
             raise AnsibleActionFail("not_reached: %s cannot name a record file in %s (a '/', or a leading '.')"
                                     % (", ".join(repr(host) for host in unsafe), path))
+        if self._task.check_mode:
+            return self._build(result, path, dest, args)
+        with folder_lock(path):
+            return self._build(result, path, dest, args)
+
+    def _build(self, result, path, dest, args):
+        now = datetime.datetime.now(datetime.timezone.utc)
+        not_reached = [to_text(host) for host in args.get("not_reached") or []]
         if not self._task.check_mode:
             for host in not_reached:
                 try:

@@ -14,7 +14,9 @@ description:
     C(gpuvirt.host.report) playbook writes, and the raw topologies C(gpuvirt.host.topology_report) writes
     (the host is the file name) - and writes one self-contained page, O(dest), from all of them.
   - Because the page is built from every record present, runs that each see part of the fleet (AWX job
-    slices, C(serial) batches, C(--limit)) write into one folder and the last build shows every host.
+    slices, C(serial) batches, C(--limit)) write into one folder and the last build shows every host. A build
+    holds C(.lock) in the folder (C(flock)) from reading the records to writing the page, so builds that share
+    the folder take turns and the page written last holds every record written before it.
   - "The page: a host table (GPU models and counts, GPUs ready for passthrough, vGPU and mdev profiles in use
     and free capacity, pending reboot, findings by severity) that sorts by a click on a column and filters by
     text; per host, its IOMMU groups drawn as boxes holding their devices, coloured by verdict (viable,

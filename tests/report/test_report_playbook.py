@@ -82,7 +82,7 @@ def test_a_second_report_changes_nothing(tmp_path):
     run_report(inventory, report_dir)
     run = run_report(inventory, report_dir)
     assert re.search(r"amd_host\s*: ok=\d+\s+changed=0 ", run.stdout), run.stdout[-2000:]
-    assert sorted(os.listdir(report_dir)) == ["amd_host.json", "index.html"]
+    assert sorted(os.listdir(report_dir)) == [".lock", "amd_host.json", "index.html"]
 
 
 def test_without_a_report_folder_the_playbook_says_what_to_give(tmp_path):

@@ -37,7 +37,7 @@ def test_a_private_report_folder_stays_private(tmp_path):
     os.chmod(report_dir, 0o700)
     run_report(inventory, str(report_dir))
     assert stat.S_IMODE(os.stat(report_dir).st_mode) == 0o700
-    assert sorted(os.listdir(report_dir)) == ["amd_host.json", "index.html"]
+    assert sorted(os.listdir(report_dir)) == [".lock", "amd_host.json", "index.html"]
 
 
 def test_a_relative_report_folder_is_refused_with_nothing_written(tmp_path):

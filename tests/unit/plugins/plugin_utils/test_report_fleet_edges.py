@@ -124,3 +124,29 @@ def test_the_page_action_refuses_a_name_that_is_no_file_name(tmp_path):
     ):
         action.run(None, {})
     assert list(tmp_path.iterdir()) == []
+
+
+def test_builds_that_share_a_folder_take_turns(tmp_path):
+    """A build holds the folder's lock from reading the records to writing the page: a slice that wrote its
+    records meanwhile builds after it, and its page, written last, holds every record."""
+    import fcntl
+    import threading
+
+    from ansible_collections.gpuvirt.host.plugins.action.fleet_report import folder_lock
+
+    order = []
+
+    def second():
+        with folder_lock(str(tmp_path)):
+            order.append("second")
+
+    with folder_lock(str(tmp_path)):
+        waiting = threading.Thread(target=second)
+        waiting.start()
+        waiting.join(0.3)
+        assert waiting.is_alive() and order == []  # the second build waits for the first
+        order.append("first")
+    waiting.join(5)
+    assert order == ["first", "second"]
+    with open(tmp_path / ".lock") as handle:  # and let it go
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
