@@ -52,17 +52,20 @@ def read_records(path):
 
 def mark_not_reached(path, host, when):
     """Mark the record of ``host`` in ``path`` as not reached at ``when`` (a record holding only that when
-    there is none). A record that cannot be read is replaced."""
+    there is none); returns whether it did. A file there that is not the host's record (a raw topology of
+    topology_report, another host's record, one that cannot be read) is left as it is."""
     dest = os.path.join(path, "%s.json" % host)
     record = None
-    try:
-        with open(dest, encoding="utf-8") as handle:
-            data = json.load(handle)
-        if isinstance(data, dict) and data.get("format") == RECORD_FORMAT and data.get("host") == host:
-            record = data
-    except (OSError, ValueError):
-        pass
+    if os.path.lexists(dest):
+        try:
+            with open(dest, encoding="utf-8") as handle:
+                record = json.load(handle)
+        except (OSError, ValueError):
+            return False
+        if not (isinstance(record, dict) and record.get("format") == RECORD_FORMAT and record.get("host") == host):
+            return False
     write_atomically(dest, json.dumps(not_reached_record(record, host, when)), suffix=".json")
+    return True
 
 
 @contextlib.contextmanager
@@ -71,7 +74,11 @@ def folder_lock(path):
     sliced job) build one after the other, so the last page written holds every record written before it."""
     lock = os.path.join(path, ".lock")
     try:
-        handle = open(lock, "a", encoding="utf-8")  # noqa: SIM115 - held across the yield
+        try:
+            handle = open(lock, "a", encoding="utf-8")  # noqa: SIM115 - held across the yield
+        except PermissionError:
+            # Made by another user of a shared folder: a read-only descriptor takes a local lock as well.
+            handle = open(lock, encoding="utf-8")  # noqa: SIM115
         fcntl.flock(handle, fcntl.LOCK_EX)
     except OSError as error:
         raise AnsibleActionFail("cannot lock %s: %s" % (lock, error.strerror or error)) from error
@@ -113,7 +120,7 @@ class ActionModule(ActionBase):
         path = os.path.expanduser(to_text(args["path"]))
         if self._task.check_mode and not os.path.exists(path):
             # The folder the play would have made in a real run.
-            result.update(changed=True, dest=os.path.join(path, "index.html"), hosts=[], ignored=[])
+            result.update(changed=True, dest=os.path.join(path, "index.html"), hosts=[], ignored=[], not_reached=[])
             return result
         if not os.path.isdir(path):
             raise AnsibleActionFail(

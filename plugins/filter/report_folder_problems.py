@@ -13,9 +13,9 @@ description:
   - Takes the report folder (C(gpuvirt_report_dir)) and returns what stops the fleet playbooks from writing
     their files there, one text each; an empty list when nothing does. The playbooks check it once, before
     any host is touched.
-  - The folder must be an absolute path. Ansible runs the controller's own modules in the playbook's
-    folder, so a relative folder would land inside the collection (or a read-only execution environment)
-    and not where the page is built.
+  - The folder must be an absolute path (C(~) for the home folder is one). Ansible runs the controller's own
+    modules in the playbook's folder, so a relative folder would land inside the collection (or a read-only
+    execution environment) and not where the page is built.
   - A host's inventory name becomes a file name in the folder (C(<host>.json)), so a name with C(/) (which
     would write outside the folder or into a subfolder), a name starting with C(.) (a hidden file, which
     the page does not read), or one of the O(reserved) names (the summaries that share the folder) is
@@ -63,11 +63,11 @@ def report_folder_problems(folder, hosts, reserved=()):
     """What keeps ``folder`` from holding the files of ``hosts``: ``[]`` when nothing does."""
     problems = []
     folder = "" if folder is None else str(folder)
-    if not os.path.isabs(folder):
+    if not os.path.isabs(os.path.expanduser(folder)):
         problems.append(
-            "gpuvirt_report_dir must be an absolute path, got '%s': Ansible runs the controller's modules in the "
-            "playbook's folder, so a relative one would not land where you run it from (use $PWD/%s)"
-            % (folder, folder or "reports")
+            "gpuvirt_report_dir must be an absolute path (or start with ~), got '%s': Ansible runs the controller's "
+            "modules in the playbook's folder, so a relative one would not land where you run it from (give "
+            "$PWD/%s)" % (folder, folder or "reports")
         )
     unsafe = sorted(str(host) for host in hosts or [] if "/" in str(host) or str(host).startswith("."))
     if unsafe:

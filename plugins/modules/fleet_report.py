@@ -16,7 +16,8 @@ description:
   - Because the page is built from every record present, runs that each see part of the fleet (AWX job
     slices, C(serial) batches, C(--limit)) write into one folder and the last build shows every host. A build
     holds C(.lock) in the folder (C(flock)) from reading the records to writing the page, so builds that share
-    the folder take turns and the page written last holds every record written before it.
+    the folder take turns and the page written last holds every record written before it. On NFS that needs
+    a mount with locking (the default C(lock) option).
   - "The page: a host table (GPU models and counts, GPUs ready for passthrough, vGPU and mdev profiles in use
     and free capacity, pending reboot, findings by severity) that sorts by a click on a column and filters by
     text; per host, its IOMMU groups drawn as boxes holding their devices, coloured by verdict (viable,
@@ -54,8 +55,9 @@ options:
   not_reached:
     description:
       - The hosts of this run that it did not reach (unreachable, or a task failed on them), such as
-        C(ansible_play_hosts_all | difference(ansible_play_batch)). Each is a file name in O(path), so a name
-        with C(/), or starting with C(.), is refused.
+        C(ansible_play_hosts_all | difference(ansible_play_hosts)) (every batch's, under C(serial)). Each is a
+        file name in O(path), so a name with C(/), or starting with C(.), is refused. A file of the host that
+        is not its record (a raw topology of C(gpuvirt.host.topology_report)) is left as it is.
     type: list
     elements: str
     default: []

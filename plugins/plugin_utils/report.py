@@ -96,6 +96,11 @@ def host_row(record):
         "pending_reboot_reasons": _list(record.get("pending_reboot_reasons")),
         "not_reached_at": record.get("not_reached_at"),
     }
+    if not topology and not fact:  # a host no run has reached: nothing is known of it
+        row.update({"models": None, "gpus": 0, "ready": 0, "viable": None, "profiles_in_use": None,
+                    "mdevs_in_use": None, "vgpus": None, "free": None,
+                    "findings": {"error": None, "warning": None, "info": None}, "iommu": None})
+        return row
     if not topology:
         # The fact counts what is in use but not by profile, and holds no free capacity and no warnings or info
         # findings: those are unknown (None), not none.
@@ -347,15 +352,20 @@ def _counts(counted):
 
 def _row_html(row, index):
     problem = bool(row["findings"]["error"] or row["pending_reboot"] or not row["iommu"] or row["not_reached_at"])
-    models = ", ".join("%s \u00d7 %s" % (count, model) for model, count in sorted(row["models"].items())) or "none"
-    if row["profiles_in_use"] is None:  # the fact's counts, without the profiles
+    if row["models"] is None:
+        models = "unknown"
+    else:
+        models = ", ".join("%s \u00d7 %s" % (count, model) for model, count in sorted(row["models"].items())) or "none"
+    if row["vgpus"] is None:
+        in_use = "unknown"
+    elif row["profiles_in_use"] is None:  # the fact's counts, without the profiles
         in_use = "%d vGPU%s, %d mdev%s in use" % (row["vgpus"], "" if row["vgpus"] == 1 else "s",
                                                   row["mdevs_in_use"], "" if row["mdevs_in_use"] == 1 else "s")
     else:
         in_use = _counts(row["profiles_in_use"])
     free = "unknown" if row["free"] is None else _counts(row["free"])
     reboot = {True: "yes", False: "no", None: "unknown"}[row["pending_reboot"]]
-    ready = "%d of %d" % (row["ready"], row["gpus"])
+    ready = "%d of %d" % (row["ready"], row["gpus"]) if row["models"] is not None else "unknown"
     if row["viable"] is not None and row["viable"] > row["ready"]:
         ready += " (%d more once bound to vfio-pci)" % (row["viable"] - row["ready"])
     cells = [
@@ -377,7 +387,7 @@ def _row_html(row, index):
     for severity in SEVERITIES:
         n = row["findings"][severity]
         if n is None:
-            cells.append("<td data-sort=''><span class='sev sev-0' title='not in the cached fact'>?</span></td>")
+            cells.append("<td data-sort=''><span class='sev sev-0' title='unknown'>?</span></td>")
             continue
         cells.append(
             "<td data-sort='%d'><span class='sev %s'>%d</span></td>" % (n, "sev-%s" % severity if n else "sev-0", n)
@@ -539,7 +549,7 @@ def _host_html(record, row, index):
 def natural_key(name):
     """Sort key of a host name as the page's column sort orders it: digits by number, case folded
     (``gpu2`` before ``GPU3`` before ``gpu10``)."""
-    return [(0, int(part), "") if part.isdigit() else (1, 0, part.casefold())
+    return [(0, int(part), "") if part.isascii() and part.isdigit() else (1, 0, part.casefold())
             for part in re.split(r"([0-9]+)", str(name)) if part]
 
 

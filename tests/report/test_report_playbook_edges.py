@@ -30,6 +30,12 @@ def test_a_host_the_run_cannot_reach_stays_on_the_page_marked(tmp_path):
     assert page.count("sev sev-error'>not reached at ") == 1
 
 
+def test_check_mode_with_a_new_folder_writes_nothing_and_passes(tmp_path):
+    inventory = make_fleet(str(tmp_path), ["amd_host"])
+    run = run_report(inventory, str(tmp_path / "new-report"), options=["--check"])
+    assert "new-report/index.html: 0 hosts" in run.stdout and not (tmp_path / "new-report").exists()
+
+
 def test_a_private_report_folder_stays_private(tmp_path):
     inventory = make_fleet(str(tmp_path), ["amd_host"])
     report_dir = tmp_path / "report"
@@ -43,7 +49,8 @@ def test_a_private_report_folder_stays_private(tmp_path):
 def test_a_relative_report_folder_is_refused_with_nothing_written(tmp_path):
     inventory = make_fleet(str(tmp_path), ["amd_host"])
     run = run_report(inventory, "relative-report", check=False)
-    assert run.returncode != 0 and "gpuvirt_report_dir must be an absolute path, got 'relative-report'" in run.stdout
+    refusal = "gpuvirt_report_dir must be an absolute path (or start with ~), got 'relative-report'"
+    assert run.returncode != 0 and refusal in run.stdout
     playbooks = os.path.join(os.path.realpath(collections_path()), "ansible_collections", "gpuvirt", "host",
                              "playbooks")
     for folder in (playbooks, os.path.join(REPO, "playbooks"), os.getcwd()):

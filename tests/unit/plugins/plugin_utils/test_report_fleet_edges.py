@@ -39,6 +39,9 @@ def test_a_host_the_run_did_not_reach_keeps_its_record_marked(make_host, tmp_pat
         assert problem == "1" and "not reached at 2026-12-07T03:00:00Z" in cells
     assert "what follows is its record from an earlier run" in page
     assert "no earlier run left a record of it" in page
+    stub = rows_of(page)[1][3]  # nothing is known of gpu02: unknown, not none
+    assert ">none<" not in stub and "0 of 0" not in stub and stub.count("title='unknown'>?</span>") == 3
+    assert stub.count(">unknown</td>") == 5  # models, readiness, use, capacity, pending reboot
     # A run that reaches the host again writes its record whole: the mark goes.
     (tmp_path / "gpu01.json").write_text(json.dumps(_record(detect(make_host("desktop_vfio")), host="gpu01")))
     assert "not reached" not in render(read_records(str(tmp_path))[0][:1])
@@ -54,7 +57,17 @@ def test_a_row_from_the_fact_cache_shows_what_the_fact_counts_and_no_more():
     assert row["free"] is None and row["findings"] == {"error": 0, "warning": None, "info": None}
     cells = rows_of(render([{"format": RECORD_FORMAT, "host": "n1", "source": "cache", "fact": FACT}]))[0][3]
     assert "<td>2 vGPUs, 3 mdevs in use</td><td>unknown</td>" in cells
-    assert cells.count("title='not in the cached fact'>?</span>") == 2
+    assert cells.count("title='unknown'>?</span>") == 2
+
+
+def test_a_file_that_is_not_the_hosts_record_is_not_marked(make_host, tmp_path):
+    # A raw topology of topology_report, another host's record, a file that cannot be read: left as they are.
+    topology = json.dumps(detect(make_host("desktop_vfio")))
+    files = {"gpu01": topology, "gpu02": json.dumps(_record(json.loads(topology), host="gpu09")), "gpu03": "{"}
+    for host, text in files.items():
+        (tmp_path / ("%s.json" % host)).write_text(text)
+        assert mark_not_reached(str(tmp_path), host, "2026-12-07T03:00:00Z") is False
+        assert (tmp_path / ("%s.json" % host)).read_text() == text
 
 
 def test_hidden_files_in_the_folder_are_not_records(make_host, tmp_path):
@@ -76,8 +89,8 @@ def test_hosts_whose_names_differ_in_punctuation_get_their_own_sections(make_hos
 
 def test_hosts_sort_as_the_page_sorts_a_column():
     records = [{"format": RECORD_FORMAT, "host": host, "source": "cache", "fact": FACT}
-               for host in ("gpu10", "GPU3", "gpu2")]
-    assert [host for host, *_rest in rows_of(render(records))] == ["gpu2", "GPU3", "gpu10"]
+               for host in ("gpu10", "GPU3", "gpu2", "node1\u00b2")]
+    assert [host for host, *_rest in rows_of(render(records))] == ["gpu2", "GPU3", "gpu10", "node1\u00b2"]
 
 
 def test_a_gpu_without_a_group_is_drawn_beside_the_grouped_ones(make_host):
@@ -97,7 +110,7 @@ def test_a_host_without_a_gpu_says_so(make_host):
 
 
 @pytest.mark.parametrize("folder, hosts, reserved, problem", [
-    ("reports", ["gpu01"], [], "must be an absolute path, got 'reports'"),
+    ("reports", ["gpu01"], [], "must be an absolute path (or start with ~), got 'reports'"),
     ("/srv/r", ["../escaped", "rack1/gpu01", ".hidden"], [], "'../escaped', '.hidden', 'rack1/gpu01' cannot name"),
     ("/srv/r", ["preflight", "gpu01"], ["preflight", "rollout"], "'preflight' are the names of the fleet's summaries"),
 ])
@@ -107,7 +120,8 @@ def test_report_folder_problems(folder, hosts, reserved, problem):
 
 
 def test_control_an_absolute_folder_and_plain_names_have_no_problem():
-    assert report_folder_problems("/srv/gpu-report", ["gpu01", "gpu-02.example.com"], ["preflight"]) == []
+    assert report_folder_problems("/srv/gpu-report", ["gpu01", "gpu-02.example.com", "fd00::7"], ["preflight"]) == []
+    assert report_folder_problems("~/gpu-report", ["gpu01"]) == []
 
 
 def test_the_page_action_refuses_a_name_that_is_no_file_name(tmp_path):
