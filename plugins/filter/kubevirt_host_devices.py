@@ -98,6 +98,7 @@ EXAMPLES = r"""
 # nodes as their kubernetes.io/hostname label does.
 - name: Read the KubeVirt CR's feature gates
   kubernetes.core.k8s_info:
+    api_version: kubevirt.io/v1
     kind: KubeVirt
     name: kubevirt
     namespace: kubevirt
@@ -109,6 +110,7 @@ EXAMPLES = r"""
   kubernetes.core.k8s:
     state: patched
     merge_type: merge
+    api_version: kubevirt.io/v1
     kind: KubeVirt
     name: kubevirt
     namespace: kubevirt
@@ -181,7 +183,9 @@ _BRACKET = re.compile(r"\s*\[([^\]]+)\]\s*")
 # \Z, not $: $ also matches before a final newline.
 _RESOURCE = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?/[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?\Z")
 # A node's kubernetes.io/hostname label value: at most 63 characters, letters and digits at both ends.
-_NODE = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?\Z")
+# kubelet writes the node's host name, in lower case, as its kubernetes.io/hostname label: a node name with
+# upper case would select no node (and its node would get no mdev types, whose mdevs virt-handler removes).
+_NODE = re.compile(r"^[a-z0-9]([-a-z0-9_.]{0,61}[a-z0-9])?\Z")
 _HOSTNAME_LABEL = "kubernetes.io/hostname"
 _GATE_HOST_DEVICES = "HostDevices"
 _GATE_NO_MDEV_HANDLING = "DisableMDEVConfiguration"
@@ -207,8 +211,9 @@ def _nodes(value, spec):
     for node, topology in sorted(value.items(), key=lambda item: str(item[0])):
         if not isinstance(node, str) or not _NODE.match(node):
             raise ExportError(
-                "%s: node name %r is not a %s label value (at most 63 letters, digits, '-', '_' or '.', "
-                "beginning and ending with a letter or digit)" % (_NAME, node, _HOSTNAME_LABEL)
+                "%s: node name %r is not the %s label kubelet gives a node (its host name in lower case: at most "
+                "63 letters, digits, '-', '_' or '.', beginning and ending with a letter or digit)"
+                % (_NAME, node, _HOSTNAME_LABEL)
             )
         try:
             views[node] = HostView(topology, node, _NAME)
@@ -333,10 +338,29 @@ def _refusals(view, address):
     return reasons
 
 
+def _node_selection(view, selectors, candidates, ready_somewhere):
+    """``(ready, skipped)`` of one node of several: a selector none of whose matches is ready here is
+    skipped on this node (another may offer it), and ``ready_somewhere`` collects those ready here."""
+    ready, skipped = [], []
+    for selector in selectors:
+        matches = view.resolve(selector, candidates, "pci_devices")[1]
+        refusals = {address: _refusals(view, address) for address in matches}
+        for address in matches:
+            if refusals[address]:
+                entry = {"device": address, "reasons": refusals[address]}
+                if entry not in skipped:
+                    skipped.append(entry)
+            elif address not in ready:
+                ready.append(address)
+                ready_somewhere.add(str(selector))
+    return ready, skipped
+
+
 def _pci_entries(views, spec, multi, profiles):
     """``(entries, skipped, notes)`` for ``pci_devices`` over every node."""
     selectors = as_list(spec.get("pci_devices"), "pci_devices")
     found, ready_by_id, named, skipped = set(), {}, set(), []
+    ready_somewhere = set()
     for node, view in views.items():
         candidates = {a: view.devices.get(a, g) for a, g in view.gpus.items()}
         here = []
@@ -348,7 +372,10 @@ def _pci_entries(views, spec, multi, profiles):
                 found.add(str(selector))
         if not here:
             continue
-        ready, node_skipped = view.select_gpus(here, "pci_devices", lambda address, v=view: _refusals(v, address))
+        if multi:
+            ready, node_skipped = _node_selection(view, here, candidates, ready_somewhere)
+        else:
+            ready, node_skipped = view.select_gpus(here, "pci_devices", lambda address, v=view: _refusals(v, address))
         for address in ready:
             ready_by_id.setdefault(_id_of(view.device(address)), []).append((node, address))
         skipped.extend(dict(entry, node=node) if multi else entry for entry in node_skipped)
@@ -358,6 +385,15 @@ def _pci_entries(views, spec, multi, profiles):
             "%s refuses to export: %s" % (_NAME, " | ".join(
                 "pci_devices %r matches no GPU on any node (%s)" % (selector, ", ".join(views))
                 for selector in missing))
+        )
+    unready = [selector for selector in selectors if multi and str(selector) not in ready_somewhere]
+    if unready:
+        raise ExportError(
+            "%s refuses to export: %s" % (_NAME, " | ".join(
+                "pci_devices %r matches no GPU that is ready on any node: %s" % (selector, "; ".join(
+                    "%s on %s: %s" % (entry["device"], entry["node"], "; ".join(entry["reasons"]))
+                    for entry in skipped))
+                for selector in unready))
         )
     entries, notes, errors = [], [], []
     for selector, ready in ready_by_id.items():

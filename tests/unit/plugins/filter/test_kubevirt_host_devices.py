@@ -60,7 +60,7 @@ def test_a_node_that_holds_mdevs_virt_handler_would_delete_is_named(make_host):
 
 
 @pytest.mark.parametrize("nodes, spec, message", [
-    ({"Node 1": "desktop_vfio"}, {"pci_devices": ["10de:1e04"]}, "node name 'Node 1' is not a kubernetes.io/hostname"),
+    ({"Node 1": "desktop_vfio"}, {"pci_devices": ["10de:1e04"]}, "node name 'Node 1' is not the kubernetes.io/hostname"),
     ({"gpu1": "desktop_vfio"}, {"pci_devices": ["10de:1e04"], "node_selector": {"gpu": "yes"}},
      "node_selector is for a single topology"),
 ])
@@ -169,3 +169,27 @@ def test_with_the_collection_owning_the_mdevs_the_gate_for_kubevirt_before_1_8_i
                                         {"pci_devices": ["10de:1e04"], "mdev_owner": "gpuvirt.host"})
     assert passthrough["feature_gates"] == ["HostDevices", "DisableMDEVConfiguration"]
     assert "DisableMDEVConfiguration" in passthrough["notes"][0]
+
+
+def test_a_model_ready_on_one_node_and_on_its_host_driver_on_another_is_exported(make_host):
+    # gpu2 keeps its RTX 2080 Ti on nvidia (for containers): KubeVirt offers it nowhere, gpu1's goes to VMIs.
+    nodes = {"gpu1": detect(make_host("desktop_vfio")), "gpu2": detect(make_host("desktop_dgpu"))}
+    result = kubevirt_host_devices(nodes, {"pci_devices": ["10de:1e04"]})
+    assert [entry["pciVendorSelector"] for entry in result["configuration"]["permittedHostDevices"][
+        "pciHostDevices"]] == ["10de:1e04"]
+    skipped = [entry for entry in result["skipped"] if entry["node"] == "gpu2"]
+    assert [entry["device"] for entry in skipped] == ["0000:01:00.0"]
+    assert any("nvidia" in reason for reason in skipped[0]["reasons"])
+
+
+def test_a_model_ready_on_no_node_is_refused_with_each_nodes_reasons(make_host):
+    nodes = {"gpu2": detect(make_host("desktop_dgpu")), "gpu3": detect(make_host("desktop_dgpu"))}
+    with pytest.raises(ExportError, match="matches no GPU that is ready on any node: 0000:01:00.0 on gpu2: .*"
+                                          "0000:01:00.0 on gpu3: "):
+        kubevirt_host_devices(nodes, {"pci_devices": ["10de:1e04"]})
+
+
+def test_a_node_name_kubelet_would_not_label_is_refused(make_host):
+    topology = detect(make_host("intel_gvtg"))
+    with pytest.raises(ExportError, match="node name 'NUC1' is not the kubernetes.io/hostname label kubelet gives"):
+        kubevirt_host_devices({"NUC1": topology, "nuc2": topology}, {"mdev_types": ["i915-GVTg_V5_4"]})
