@@ -60,7 +60,7 @@ def test_a_node_that_holds_mdevs_virt_handler_would_delete_is_named(make_host):
 
 
 @pytest.mark.parametrize("nodes, spec, message", [
-    ({"Node 1": "desktop_vfio"}, {"pci_devices": ["10de:1e04"]}, "node name 'Node 1' is not the kubernetes.io/hostname"),
+    ({"Node 1": "desktop_vfio"}, {"pci_devices": ["10de:1e04"]}, "node name 'Node 1' is not the kubernetes.io/host"),
     ({"gpu1": "desktop_vfio"}, {"pci_devices": ["10de:1e04"], "node_selector": {"gpu": "yes"}},
      "node_selector is for a single topology"),
 ])
