@@ -784,11 +784,9 @@ def _rdma_nvme_targets(root):
     for controller in sorted(list_dir(base)):
         if read_text("%s/%s/transport" % (base, controller)) != "rdma":
             continue
-        for option in (read_text("%s/%s/address" % (base, controller)) or "").split(","):
-            key, _sep, value = option.partition("=")
-            address = _host_address(value) if key.strip() == "traddr" else None
-            if address is not None:
-                found.append((controller, address))
+        address = _host_address(_address_fields(read_text("%s/%s/address" % (base, controller))).get("traddr", ""))
+        if address is not None:
+            found.append((controller, address))
     return found
 
 
@@ -896,7 +894,7 @@ def storage_adapters(root):
 
 
 def _iscsi_portals(root):
-    """``[(connection, target address)]`` of the iSCSI connections (``sys/class/iscsi_connection/
+    """The target addresses of the iSCSI connections (``sys/class/iscsi_connection/
     connectionS:C``: ``address``, else ``persistent_address``). iSER's connections go through the RDMA
     CM, with no TCP socket to show them; over soft-RoCE (rxe) or a bond of RoCE ports (LAG) the session's
     SCSI host tells no port, or one, where the route to the target tells the interface."""
@@ -906,7 +904,7 @@ def _iscsi_portals(root):
         for name in ("address", "persistent_address"):
             address = _host_address(read_text("%s/%s/%s" % (base, connection, name)) or "")
             if address is not None:
-                found.append((connection, address))
+                found.append(address)
                 break
     return found
 
@@ -943,7 +941,7 @@ def storage_interfaces(root, routes=None, sessions=None, mounts=None):
             carries(peer, "the %s session with %s" % (protocol, peer))
     for controller, target in _rdma_nvme_targets(root):
         carries(target, "the NVMe/RDMA controller %s with %s" % (controller, target))
-    for _connection, target in _iscsi_portals(root):
+    for target in _iscsi_portals(root):
         carries(target, "the iSCSI session with %s" % target)  # the same as its socket's, if it has one
     return [(interface, "NIC of network storage in use: %s (%s)" % (_listed(whats), interface))
             for interface, whats in sorted(uses.items())]
