@@ -20,6 +20,7 @@ from ansible_collections.gpuvirt.host.plugins.plugin_utils.report import (
     load_record,
     not_reached_record,
     render,
+    unsafe_host_names,
 )
 
 
@@ -127,19 +128,18 @@ class ActionModule(ActionBase):
                 "%s is not a folder; give the folder the report playbook writes its records to" % path
             )
         dest = os.path.expanduser(to_text(args.get("dest") or os.path.join(path, "index.html")))
-        unsafe = [host for host in (to_text(h) for h in args.get("not_reached") or [])
-                  if not host or "/" in host or "\0" in host or host.startswith(".")]
+        not_reached = [to_text(host) for host in args.get("not_reached") or []]
+        unsafe = unsafe_host_names(not_reached)
         if unsafe:
             raise AnsibleActionFail("not_reached: %s cannot name a record file in %s (a '/', or a leading '.')"
                                     % (", ".join(repr(host) for host in unsafe), path))
         if self._task.check_mode:
-            return self._build(result, path, dest, args)
+            return self._build(result, path, dest, args, not_reached)
         with folder_lock(path):
-            return self._build(result, path, dest, args)
+            return self._build(result, path, dest, args, not_reached)
 
-    def _build(self, result, path, dest, args):
+    def _build(self, result, path, dest, args, not_reached):
         now = datetime.datetime.now(datetime.timezone.utc)
-        not_reached = [to_text(host) for host in args.get("not_reached") or []]
         if not self._task.check_mode:
             for host in not_reached:
                 try:

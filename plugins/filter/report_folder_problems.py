@@ -58,6 +58,8 @@ _value:
 
 import os  # noqa: E402
 
+from ansible_collections.gpuvirt.host.plugins.plugin_utils.report import unsafe_host_names  # noqa: E402
+
 
 def report_folder_problems(folder, hosts, reserved=()):
     """What keeps ``folder`` from holding the files of ``hosts``: ``[]`` when nothing does."""
@@ -69,7 +71,7 @@ def report_folder_problems(folder, hosts, reserved=()):
             "modules in the playbook's folder, so a relative one would not land where you run it from (give "
             "$PWD/%s)" % (folder, folder or "reports")
         )
-    unsafe = sorted(str(host) for host in hosts or [] if "/" in str(host) or str(host).startswith("."))
+    unsafe = unsafe_host_names(hosts)
     if unsafe:
         problems.append(
             "the inventory names %s cannot name a file in the report folder (a '/' leaves the folder, a leading "

@@ -18,6 +18,7 @@ Public API:
 - :func:`render` ``(records, title, generated_at) -> str``: one self-contained HTML page.
 - :func:`not_reached_record` ``(record, host, when) -> dict``: the record of a host a run did not reach.
 - :func:`natural_key` ``(name)``: the hosts' sort order.
+- :func:`unsafe_host_names` ``(hosts) -> list[str]``: the host names that cannot name a record file.
 
 Verdicts of a device in a picture: ``viable`` (a GPU that can be passed through now or once bound to
 vfio-pci), ``companion`` (a function that goes with such a GPU), ``blocked`` (a GPU that cannot, with
@@ -63,6 +64,14 @@ def load_record(data, name):
             "topology": data,
         }
     return None
+
+
+def unsafe_host_names(hosts):
+    """The names of ``hosts`` that cannot name a record file (``<host>.json``) in the report folder, sorted:
+    empty, with a ``/`` (out of the folder, or into a subfolder) or a NUL, or starting with ``.`` (a hidden
+    file, which the page does not read)."""
+    names = (str(host) for host in hosts or [])
+    return sorted(name for name in names if not name or "/" in name or "\0" in name or name.startswith("."))
 
 
 def not_reached_record(record, host, when):
