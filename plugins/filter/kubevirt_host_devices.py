@@ -162,7 +162,6 @@ _value:
 
 import re  # noqa: E402
 
-from ansible_collections.gpuvirt.host.plugins.module_utils import vendors  # noqa: E402
 from ansible_collections.gpuvirt.host.plugins.module_utils.vendor_plan import device_vgpu  # noqa: E402
 from ansible_collections.gpuvirt.host.plugins.plugin_utils.exports import (  # noqa: E402
     MDEV_OWNERS,
@@ -239,6 +238,10 @@ def _resource_part(text):
 
 
 def _domain(spec, vendor_id):
+    # Imported when called: to find one of the collection's filters, Ansible loads every file of
+    # plugins/filter, compiled from source, in each task's worker process.
+    from ansible_collections.gpuvirt.host.plugins.module_utils import vendors
+
     domain = spec.get("resource_domain") or vendors.resource_domain(vendor_id)
     if not domain:
         raise ExportError(

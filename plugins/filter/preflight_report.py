@@ -116,9 +116,11 @@ def _text(results, max_rows):
     return lines
 
 
-# What XML 1.0 forbids in a document, even as a character reference (its Char production): the C0
-# controls other than TAB, LF and CR, surrogates, U+FFFE and U+FFFF.
-_NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+# What XML 1.0 forbids in a document, even as a character reference (everything outside its Char
+# production): the C0 controls other than TAB, LF and CR, surrogates, U+FFFE and U+FFFF. Spelled as
+# the forbidden characters, not as the complement of the allowed ones, which takes re 7 ms to compile in
+# every process that loads the collection's filters.
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
 
 
 def _xml_text(text):

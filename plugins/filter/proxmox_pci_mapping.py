@@ -126,7 +126,6 @@ _value:
 import re  # noqa: E402
 
 from ansible_collections.gpuvirt.host.plugins.module_utils.vendor_plan import device_vgpu  # noqa: E402
-from ansible_collections.gpuvirt.host.plugins.module_utils.vendors import backend_named  # noqa: E402
 from ansible_collections.gpuvirt.host.plugins.plugin_utils.exports import (  # noqa: E402
     MDEV_OWNERS,
     ExportError,
@@ -232,6 +231,10 @@ def _proxmox_vgpu(view, address):
     vgpu = device_vgpu(view.device(address))
     if vgpu is None:
         return None, None
+    # Imported when called: to find one of the collection's filters, Ansible loads every file of
+    # plugins/filter, compiled from source, in each task's worker process.
+    from ansible_collections.gpuvirt.host.plugins.module_utils.vendors import backend_named
+
     backend = backend_named(vgpu["vendor"])
     return vgpu, backend if backend is not None and backend.proxmox_sets_vgpu_types else None
 

@@ -58,11 +58,13 @@ _value:
 
 import os  # noqa: E402
 
-from ansible_collections.gpuvirt.host.plugins.plugin_utils.report import unsafe_host_names  # noqa: E402
-
 
 def report_folder_problems(folder, hosts, reserved=()):
     """What keeps ``folder`` from holding the files of ``hosts``: ``[]`` when nothing does."""
+    # Imported when called: to find one of the collection's filters, Ansible loads every file of
+    # plugins/filter, compiled from source, in each task's worker process.
+    from ansible_collections.gpuvirt.host.plugins.plugin_utils.report import unsafe_host_names
+
     problems = []
     folder = "" if folder is None else str(folder)
     if not os.path.isabs(os.path.expanduser(folder)):

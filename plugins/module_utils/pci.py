@@ -46,6 +46,8 @@ from dataclasses import dataclass, field
 
 from ansible_collections.gpuvirt.host.plugins.module_utils import rules
 from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import (
+    BRIDGE_CLASSES,
+    HOST_BRIDGE_CLASS,
     IOMMU_GROUPS,
     MISSING,
     PCI_ADDRESS_PATTERN,
@@ -72,10 +74,6 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.vendors import (
 
 HOST_GRAPHICS_DRIVERS = host_graphics_drivers()
 GPU_BASE_CLASSES = ("03", "12")
-# PCI-to-PCI, CardBus and semi-transparent bridges (header types 1 and 2): VFIO lets them stay on
-# their host driver (pcieport) inside a group that is passed through.
-BRIDGE_CLASSES = ("0604", "0607", "0609")
-HOST_BRIDGE_CLASS = "0600"
 # Multimedia controllers (0x04): a card's HDMI/DP audio controller is 0403.
 MULTIMEDIA_CLASS = "04"
 

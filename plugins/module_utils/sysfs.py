@@ -20,6 +20,10 @@ PCI_DRIVERS = "sys/bus/pci/drivers"
 IOMMU_GROUPS = "sys/kernel/iommu_groups"
 MDEV_BUS = "sys/class/mdev_bus"
 MDEV_DEVICES = "sys/bus/mdev/devices"
+# PCI-to-PCI, CardBus and semi-transparent bridges (header types 1 and 2): VFIO lets them stay on
+# their host driver (pcieport) inside a group that is passed through.
+BRIDGE_CLASSES = ("0604", "0607", "0609")
+HOST_BRIDGE_CLASS = "0600"
 
 # The kernel names a function "%04x:%02x:%02x.%d" (drivers/pci/probe.c): the domain has at least four
 # hex digits and up to eight (Intel VMD puts its buses at domain 10000 and above; nvidia-smi prints

@@ -33,7 +33,7 @@ import json
 import re
 from html import escape
 
-from ansible_collections.gpuvirt.host.plugins.module_utils.pci import BRIDGE_CLASSES, HOST_BRIDGE_CLASS
+from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import BRIDGE_CLASSES, HOST_BRIDGE_CLASS
 from ansible_collections.gpuvirt.host.plugins.module_utils.vendor_plan import device_vgpu
 
 RECORD_FORMAT = "gpuvirt.host/report-host/1"

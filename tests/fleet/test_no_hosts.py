@@ -126,7 +126,7 @@ def test_the_topology_report_of_a_target_with_hosts_passes_and_writes_each_hosts
 # The first task of each playbook's main play.
 FIRST_TASKS = {
     "gpuvirt.host.gpu_host": "Turn the IOMMU on",
-    "gpuvirt.host.rollout": "Roll out to the host",
+    "gpuvirt.host.rollout": "Note the hosts of this batch",
     "gpuvirt.host.preflight": "Preview every role on the host",
     "gpuvirt.host.report": "Check the report settings",
     "gpuvirt.host.topology_report": "Detect the IOMMU, PCI and GPU topology",
