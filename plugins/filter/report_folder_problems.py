@@ -61,8 +61,8 @@ import os  # noqa: E402
 
 def report_folder_problems(folder, hosts, reserved=()):
     """What keeps ``folder`` from holding the files of ``hosts``: ``[]`` when nothing does."""
-    # Imported when called: to find one of the collection's filters, Ansible loads every file of
-    # plugins/filter, compiled from source, in each task's worker process.
+    # Imported when called: to find any of the collection's filters, Ansible loads every file of
+    # plugins/filter, compiled from source, in the worker process of each task that uses one.
     from ansible_collections.gpuvirt.host.plugins.plugin_utils.report import unsafe_host_names
 
     problems = []

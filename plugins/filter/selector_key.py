@@ -40,14 +40,13 @@ _value:
   type: str
 """
 
-from ansible_collections.gpuvirt.host.plugins.module_utils.selector import (  # noqa: E402
-    SelectorError,
-    parse_selector,
-)
-
 
 def selector_key(selector):
     """``address:0000:01:00.0``, ``id:10de:2236``, ``name:geforce rtx 3090`` or ``invalid:<text>``."""
+    # Imported when called: to find any of the collection's filters, Ansible loads every file of
+    # plugins/filter, compiled from source, in the worker process of each task that uses one.
+    from ansible_collections.gpuvirt.host.plugins.module_utils.selector import SelectorError, parse_selector
+
     try:
         parsed = parse_selector(selector)
     except SelectorError:

@@ -5,8 +5,7 @@
 To find one filter of a collection, Ansible loads every file of its ``plugins/filter``, and a
 collection's code has no bytecode cache: each file, and everything it imports, is compiled from source
 in the worker process of every task that uses any of the filters (the rollout's gpuvirt fact, on every
-host). The detection code (the PCI reader, the vendor backends, the host-critical devices) and the
-report's page builder are imported by the filters that need them when they are called.
+host). Each filter file holds its documentation and imports its work (in plugin_utils) when called.
 """
 
 from __future__ import annotations
@@ -26,6 +25,9 @@ HEAVY = (
     "module_utils.critical",
     "module_utils.topology",
     "plugin_utils.report",
+    "plugin_utils.exports",
+    "plugin_utils.kubevirt",
+    "plugin_utils.fact",
 )
 LOAD = """
 import importlib, json, sys
@@ -61,6 +63,6 @@ def test_the_filters_that_need_detection_code_import_it_when_called():
 
     assert report_folder_problems("/srv/reports", ["gpu01", "../gpu02"])[0].startswith(
         "the inventory names '../gpu02' cannot name a file")
-    from ansible_collections.gpuvirt.host.plugins.filter.kubevirt_host_devices import _domain
+    from ansible_collections.gpuvirt.host.plugins.plugin_utils.kubevirt import _domain
 
     assert _domain({}, "10de") == "nvidia.com"
