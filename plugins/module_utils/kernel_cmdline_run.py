@@ -2,12 +2,18 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """The ``kernel_cmdline`` module's run (:mod:`modrun`): check the arguments for this host's
 architecture, plan the boot loader's edits and commands, apply them, report the next boot's and the
-running command line."""
+running command line.
+
+:func:`preview_arguments` ``(module, root, sets)`` runs it in check mode for each set of arguments (and boot
+loader) inside another module (``topology_info``'s ``kernel_arguments``): the set with ``preview``, the same
+result without the diff and with its own warnings, or with ``error``."""
 
 from __future__ import annotations
 
 from ansible_collections.gpuvirt.host.plugins.module_utils import bootloader
 from ansible_collections.gpuvirt.host.plugins.module_utils.architecture import host_architecture
+from ansible_collections.gpuvirt.host.plugins.module_utils.errors import GpuvirtError
+from ansible_collections.gpuvirt.host.plugins.module_utils.host import Host
 from ansible_collections.gpuvirt.host.plugins.module_utils.kernel import read_cmdline
 from ansible_collections.gpuvirt.host.plugins.module_utils.modrun import ModuleRun
 
@@ -62,3 +68,37 @@ class KernelCmdlineRun(ModuleRun):
         except bootloader.BootloaderError as error:
             error.details.setdefault("running", self.running)
             raise
+
+
+class _Preview(KernelCmdlineRun):
+    """One set's check-mode run inside another module: the set's own parameters and warnings."""
+
+    def __init__(self, module, host, params):
+        super().__init__(module, host)
+        self.params = params
+        self.check_mode = True
+        self.warnings = []
+
+    def warn(self, message):
+        self.warnings.append(message)
+
+
+def preview_arguments(module, root, sets):
+    """For each ``{"present", "absent", "bootloader"}`` of ``sets``: the set with ``preview``, what
+    ``kernel_cmdline`` would return for it in check mode (no ``diff``) with its ``warnings``, or with ``error``
+    when it cannot be previewed."""
+    host = Host(root, module=module)
+    previews = []
+    for wanted in sets:
+        entry = {"present": list(wanted.get("present") or []), "absent": list(wanted.get("absent") or []),
+                 "bootloader": wanted.get("bootloader") or "auto"}
+        run = _Preview(module, host, dict(entry, update=True, backup=False))
+        try:
+            result = run.result(run.plan())
+        except GpuvirtError as error:
+            entry["error"] = error.message
+        else:
+            result.pop("diff", None)
+            entry["preview"] = dict(result, warnings=run.warnings)
+        previews.append(entry)
+    return previews

@@ -80,6 +80,33 @@ options:
         C(sys/bus/pci/devices), C(proc/cmdline), C(etc/os-release) or C(usr/lib/os-release)).
     type: path
     default: /
+  kernel_arguments:
+    description:
+      - Sets of kernel arguments to preview against the host's boot configuration in the same read, each as
+        M(gpuvirt.host.kernel_cmdline) would in check mode, and returned in RV(kernel_arguments) (the
+        C(gpuvirt.host.iommu_kernel_arguments) filter gives the sets that turn an IOMMU on). A fleet preflight so
+        reads a host once; the C(iommu) role's preview uses the set it needs.
+      - A set that cannot be previewed (arguments that do not fit the host's architecture, no boot loader found)
+        returns its error instead; the topology is read all the same.
+    type: list
+    elements: dict
+    default: []
+    suboptions:
+      present:
+        description: The arguments to have on the command line, as for M(gpuvirt.host.kernel_cmdline).
+        type: list
+        elements: str
+        default: []
+      absent:
+        description: The arguments (or keys) to have off it.
+        type: list
+        elements: str
+        default: []
+      bootloader:
+        description: The boot loader to edit, as for M(gpuvirt.host.kernel_cmdline).
+        type: str
+        default: auto
+        choices: [auto, grub, grubby, systemd-boot, proxmox, ostree, kernelstub, sdboot-manage]
 notes:
   - Run it as root on a live host, with C(CAP_SYS_PTRACE) - without them the open files of other processes
     cannot be read, and a C(/proc) mounted with C(hidepid=invisible) or C(hidepid=ptraceable) does not even
@@ -845,6 +872,30 @@ gpuvirt:
       returned: success
       type: bool
       sample: false
+kernel_arguments:
+  description:
+    - One entry per O(kernel_arguments) set, in order - the set (C(present), C(absent), C(bootloader)) and either
+      C(preview), what M(gpuvirt.host.kernel_cmdline) would return for it in check mode (C(changed),
+      C(bootloader), C(configured), C(running), C(added), C(removed), C(reboot_required), C(regenerate_required),
+      C(commands), and its C(warnings)), or C(error), why it cannot be previewed.
+  returned: success
+  type: list
+  elements: dict
+  sample:
+    - present: [intel_iommu=on]
+      absent: [iommu=off]
+      bootloader: auto
+      preview:
+        changed: true
+        bootloader: grub
+        configured: [quiet, intel_iommu=on]
+        running: [BOOT_IMAGE=/vmlinuz, quiet]
+        added: [intel_iommu=on]
+        removed: []
+        reboot_required: true
+        regenerate_required: true
+        commands: [[update-grub]]
+        warnings: []
 """
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
@@ -853,14 +904,37 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.errors import run_mod
 from ansible_collections.gpuvirt.host.plugins.module_utils.hoststate import host_markers  # noqa: E402
 from ansible_collections.gpuvirt.host.plugins.module_utils.topology import detect  # noqa: E402
 
+BOOTLOADERS = ["auto", "grub", "grubby", "systemd-boot", "proxmox", "ostree", "kernelstub", "sdboot-manage"]
+
+
+def previews(module):
+    """What kernel_cmdline would do in check mode for each set of ``kernel_arguments``."""
+    if not module.params["kernel_arguments"]:
+        return []
+    # Imported only for previews: a plain read compiles none of the boot loaders' code.
+    from ansible_collections.gpuvirt.host.plugins.module_utils.kernel_cmdline_run import preview_arguments
+
+    return preview_arguments(module, module.params["root"], module.params["kernel_arguments"])
+
 
 def main():
     module = AnsibleModule(
-        argument_spec={"root": {"type": "path", "default": "/"}},
+        argument_spec={
+            "root": {"type": "path", "default": "/"},
+            "kernel_arguments": {
+                "type": "list", "elements": "dict", "default": [],
+                "options": {
+                    "present": {"type": "list", "elements": "str", "default": []},
+                    "absent": {"type": "list", "elements": "str", "default": []},
+                    "bootloader": {"type": "str", "default": "auto", "choices": BOOTLOADERS},
+                },
+            },
+        },
         supports_check_mode=True,
     )
     root = module.params["root"]
-    run_module(module, lambda: dict(changed=False, topology=detect(root), gpuvirt=host_markers(root)))
+    run_module(module, lambda: dict(changed=False, topology=detect(root), gpuvirt=host_markers(root),
+                                    kernel_arguments=previews(module)))
 
 
 if __name__ == "__main__":
