@@ -87,7 +87,9 @@ options:
         C(gpuvirt.host.iommu_kernel_arguments) filter gives the sets that turn an IOMMU on). A fleet preflight so
         reads a host once; the C(iommu) role's preview uses the set it needs.
       - A set that cannot be previewed (arguments that do not fit the host's architecture, no boot loader found)
-        returns its error instead; the topology is read all the same.
+        returns its error instead; the topology is read all the same. Each warning of the previews (about the
+        boot configuration, such as an assignment in C(/etc/default/grub) that is not evaluated) is the module's
+        warning once.
     type: list
     elements: dict
     default: []
@@ -908,13 +910,18 @@ BOOTLOADERS = ["auto", "grub", "grubby", "systemd-boot", "proxmox", "ostree", "k
 
 
 def previews(module):
-    """What kernel_cmdline would do in check mode for each set of ``kernel_arguments``."""
+    """What kernel_cmdline would do in check mode for each set of ``kernel_arguments``; each of their warnings
+    (about the boot configuration, most the same for every set) is the module's warning once."""
     if not module.params["kernel_arguments"]:
         return []
     # Imported only for previews: a plain read compiles none of the boot loaders' code.
     from ansible_collections.gpuvirt.host.plugins.module_utils.kernel_cmdline_run import preview_arguments
 
-    return preview_arguments(module, module.params["root"], module.params["kernel_arguments"])
+    answers = preview_arguments(module, module.params["root"], module.params["kernel_arguments"])
+    warnings = [warning for answer in answers for warning in answer.get("preview", {}).get("warnings", [])]
+    for warning in dict.fromkeys(warnings):
+        module.warn(warning)
+    return answers
 
 
 def main():

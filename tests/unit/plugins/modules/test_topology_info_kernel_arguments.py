@@ -87,6 +87,17 @@ def test_a_set_names_its_boot_loader(run_module, boot_tree):
     assert grubby["bootloader"] == "grubby" and "no /boot/loader/entries/*.conf" in grubby["error"]
 
 
+def test_the_previews_warnings_are_the_reads_once(run_module, boot_tree, put_file):
+    root = boot_tree("debian-grub")
+    put_file(root, "etc/default/grub", 'GRUB_CMDLINE_LINUX_DEFAULT="quiet"\n'
+             '[ -e /etc/x ] && GRUB_CMDLINE_LINUX_DEFAULT="quiet splash"\n')
+    read = run_module("topology_info", {"root": root, "kernel_arguments": IOMMU_SETS})
+    (warning,) = read["kernel_arguments"][0]["preview"]["warnings"]
+    assert "/etc/default/grub line 2 sets GRUB_CMDLINE_LINUX_DEFAULT after &&" in warning
+    assert all(entry["preview"]["warnings"] == [warning] for entry in read["kernel_arguments"])
+    assert [w["event"]["msg"] if isinstance(w, dict) else w for w in read["warnings"]].count(warning) == 1
+
+
 def test_without_sets_the_read_previews_nothing(run_module, boot_tree):
     read = run_module("topology_info", {"root": boot_tree("debian-grub")})
     assert read["rc"] == 0 and read["kernel_arguments"] == []
