@@ -116,7 +116,8 @@ def _outcome(key, role):
             {"name": "iommu role, %s" % key, "ansible.builtin.include_role": role},
             {"name": "keep the outcome of %s" % key, "ansible.builtin.set_fact": {
                 "outcomes": "{{ outcomes | combine({'%s': {'result': iommu_result, "
-                            "'reboot_required': iommu_reboot_required, 'enabled': iommu_enabled}}) }}" % key,
+                            "'reboot_required': iommu_reboot_required, 'enabled': iommu_enabled, "
+                            "'kernel_cmdline_ran': __iommu_cmdline_run is not skipped}}) }}" % key,
             }},
         ],
         "rescue": [{
@@ -159,6 +160,8 @@ def test_the_preview_changes_nothing_and_tells_what_the_role_would(make_host, tm
         for key in ("bootloader", "configured", "added", "removed"):
             assert preview["result"][key] == main["result"][key], (case, key)
         assert preview["result"]["rebooted"] is False, case
+        # The preview's topology read previewed the arguments: no kernel_cmdline run of its own.
+        assert main["kernel_cmdline_ran"] is True and preview["kernel_cmdline_ran"] is False, case
         assert preview["reboot_required"] == main["reboot_required"], case
         assert preview["enabled"] == main["enabled"], case
         changed += main["result"]["changed"]
