@@ -98,6 +98,16 @@ def test_the_previews_warnings_are_the_reads_once(run_module, boot_tree, put_fil
     assert [w["event"]["msg"] if isinstance(w, dict) else w for w in read["warnings"]].count(warning) == 1
 
 
+def test_a_boot_configuration_that_cannot_be_read_is_each_sets_error(run_module, boot_tree):
+    root = boot_tree("debian-grub")
+    os.remove(os.path.join(root, "etc/default/grub"))
+    os.makedirs(os.path.join(root, "etc/default/grub"))
+    read = run_module("topology_info", {"root": root, "kernel_arguments": IOMMU_SETS[:2]})
+    assert read["rc"] == 0 and read["topology"]["kernel"], read
+    assert [sorted(entry) for entry in read["kernel_arguments"]] == [["absent", "bootloader", "error", "present"]] * 2
+    assert "/etc/default/grub" in read["kernel_arguments"][0]["error"]
+
+
 def test_without_sets_the_read_previews_nothing(run_module, boot_tree):
     read = run_module("topology_info", {"root": boot_tree("debian-grub")})
     assert read["rc"] == 0 and read["kernel_arguments"] == []
