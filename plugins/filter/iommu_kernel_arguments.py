@@ -33,7 +33,7 @@ options:
 EXAMPLES = r"""
 - name: Preview every IOMMU's arguments in the topology read
   gpuvirt.host.topology_info:
-    kernel_arguments: "{{ ['intel', 'amd', 'arm'] | map('gpuvirt.host.iommu_kernel_arguments') }}"
+    kernel_arguments: "{{ ['intel', 'amd', 'arm'] | map('gpuvirt.host.iommu_kernel_arguments') | list }}"
   register: host
 """
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from ansible_collections.gpuvirt.host.plugins.module_utils import bootloader
 from ansible_collections.gpuvirt.host.plugins.module_utils.architecture import host_architecture
-from ansible_collections.gpuvirt.host.plugins.module_utils.errors import GpuvirtError
+from ansible_collections.gpuvirt.host.plugins.module_utils.errors import GpuvirtError, unexpected_failure
 from ansible_collections.gpuvirt.host.plugins.module_utils.host import Host
 from ansible_collections.gpuvirt.host.plugins.module_utils.kernel import read_cmdline
 from ansible_collections.gpuvirt.host.plugins.module_utils.modrun import ModuleRun
@@ -91,12 +91,19 @@ def preview_arguments(module, root, sets):
     previews = []
     for wanted in sets:
         entry = {"present": list(wanted.get("present") or []), "absent": list(wanted.get("absent") or []),
-                 "bootloader": wanted.get("bootloader") or "auto"}
+                 "bootloader": "auto" if wanted.get("bootloader") is None else wanted["bootloader"]}
+        if entry["bootloader"] not in ("auto",) + bootloader.BOOTLOADERS:
+            known = ", ".join(bootloader.BOOTLOADERS)
+            entry["error"] = "bootloader must be auto or one of %s, got %r" % (known, entry["bootloader"])
+            previews.append(entry)
+            continue
         run = _Preview(module, host, dict(entry, update=True, backup=False))
         try:
             result = run.result(run.plan())
         except GpuvirtError as error:
             entry["error"] = error.message
+        except Exception as error:  # noqa: BLE001 - one set's defect is its error; the read goes on
+            entry["error"] = unexpected_failure(error)
         else:
             result.pop("diff", None)
             entry["preview"] = dict(result, warnings=run.warnings)

@@ -87,9 +87,9 @@ options:
         C(gpuvirt.host.iommu_kernel_arguments) filter gives the sets that turn an IOMMU on). A fleet preflight so
         reads a host once; the C(iommu) role's preview uses the set it needs.
       - A set that cannot be previewed (arguments that do not fit the host's architecture, no boot loader found)
-        returns its error instead; the topology is read all the same. Each warning of the previews (about the
-        boot configuration, such as an assignment in C(/etc/default/grub) that is not evaluated) is the module's
-        warning once.
+        returns its error instead; the topology is read all the same. A warning every previewed set has (about the
+        boot configuration itself, such as an assignment in C(/etc/default/grub) that is not evaluated) is the
+        module's warning, once.
     type: list
     elements: dict
     default: []
@@ -105,10 +105,12 @@ options:
         elements: str
         default: []
       bootloader:
-        description: The boot loader to edit, as for M(gpuvirt.host.kernel_cmdline).
+        description:
+          - The boot loader to edit, as for M(gpuvirt.host.kernel_cmdline) - V(auto), V(grub), V(grubby),
+            V(systemd-boot), V(proxmox), V(ostree), V(kernelstub) or V(sdboot-manage). Another value is the set's
+            error, not the read's.
         type: str
         default: auto
-        choices: [auto, grub, grubby, systemd-boot, proxmox, ostree, kernelstub, sdboot-manage]
 notes:
   - Run it as root on a live host, with C(CAP_SYS_PTRACE) - without them the open files of other processes
     cannot be read, and a C(/proc) mounted with C(hidepid=invisible) or C(hidepid=ptraceable) does not even
@@ -906,21 +908,20 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.errors import run_mod
 from ansible_collections.gpuvirt.host.plugins.module_utils.hoststate import host_markers  # noqa: E402
 from ansible_collections.gpuvirt.host.plugins.module_utils.topology import detect  # noqa: E402
 
-BOOTLOADERS = ["auto", "grub", "grubby", "systemd-boot", "proxmox", "ostree", "kernelstub", "sdboot-manage"]
-
 
 def previews(module):
-    """What kernel_cmdline would do in check mode for each set of ``kernel_arguments``; each of their warnings
-    (about the boot configuration, most the same for every set) is the module's warning once."""
+    """What kernel_cmdline would do in check mode for each set of ``kernel_arguments``; a warning every previewed
+    set has (about the boot configuration itself, not about one set's change) is the module's warning."""
     if not module.params["kernel_arguments"]:
         return []
     # Imported only for previews: a plain read compiles none of the boot loaders' code.
     from ansible_collections.gpuvirt.host.plugins.module_utils.kernel_cmdline_run import preview_arguments
 
     answers = preview_arguments(module, module.params["root"], module.params["kernel_arguments"])
-    warnings = [warning for answer in answers for warning in answer.get("preview", {}).get("warnings", [])]
-    for warning in dict.fromkeys(warnings):
-        module.warn(warning)
+    previewed = [answer["preview"]["warnings"] for answer in answers if "preview" in answer]
+    for warning in previewed[0] if previewed else []:
+        if all(warning in warnings for warnings in previewed):
+            module.warn(warning)
     return answers
 
 
@@ -933,7 +934,7 @@ def main():
                 "options": {
                     "present": {"type": "list", "elements": "str", "default": []},
                     "absent": {"type": "list", "elements": "str", "default": []},
-                    "bootloader": {"type": "str", "default": "auto", "choices": BOOTLOADERS},
+                    "bootloader": {"type": "str", "default": "auto"},
                 },
             },
         },

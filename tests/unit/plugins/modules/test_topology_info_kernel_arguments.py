@@ -43,8 +43,32 @@ def snapshot(root):
     return {str(path.relative_to(root)): path.read_bytes() for path in paths if not path.is_symlink()}
 
 
-def test_the_module_offers_the_boot_loaders_kernel_cmdline_does():
-    assert ["auto", *bootloader.BOOTLOADERS] == topology_info.BOOTLOADERS
+@pytest.mark.parametrize("name", ["grub2", "lilo", ""])
+def test_a_boot_loader_kernel_cmdline_does_not_know_is_the_sets_error(run_module, boot_tree, name):
+    read = run_module("topology_info", {"root": boot_tree("debian-grub"), "kernel_arguments": [
+        {"present": ["iommu=pt"], "bootloader": name}, {"present": ["iommu=pt"]}]})
+    assert read["rc"] == 0 and read["topology"]["kernel"], read
+    unknown, auto = read["kernel_arguments"]
+    assert "preview" not in unknown and "bootloader must be auto or one of grub, grubby" in unknown["error"]
+    assert auto["preview"]["bootloader"] == "grub"
+    assert all("V(%s)" % known in topology_info.DOCUMENTATION for known in bootloader.BOOTLOADERS)
+
+
+def test_a_defect_in_one_preview_is_that_sets_error(run_module, boot_tree, monkeypatch):
+    real_plan = bootloader.plan
+
+    def plan(module, root, name, present, absent, update=True):
+        if name == "grubby":
+            raise RuntimeError("a defect")
+        return real_plan(module, root, name, present, absent, update=update)
+
+    monkeypatch.setattr(bootloader, "plan", plan)
+    read = run_module("topology_info", {"root": boot_tree("debian-grub"), "kernel_arguments": [
+        {"present": ["iommu=pt"], "bootloader": "grubby"}, {"present": ["iommu=pt"]}]})
+    assert read["rc"] == 0, read
+    broken, fine = read["kernel_arguments"]
+    assert "RuntimeError" in broken["error"] and "a defect" in broken["error"]
+    assert fine["preview"]["bootloader"] == "grub" and "error" not in fine
 
 
 @pytest.mark.parametrize("tree", TREES)
