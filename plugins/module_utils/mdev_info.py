@@ -19,6 +19,7 @@ import re
 from dataclasses import dataclass
 
 from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import (
+    HELD_DESCRIPTORS,
     MDEV_BUS,
     MDEV_DEVICES,
     MISSING,
@@ -68,13 +69,14 @@ def read_mdev_types(root, parent, findings=None):
     return [MdevType(**entry) for entry in _read_types(root, parent, findings)]
 
 
-def _read_types(root, parent, findings, model=None, known=None, bus=None, counts=None):
+def _read_types(root, parent, findings, model=None, known=None, bus=None, counts=None, held=None):
     """The types of ``parent`` as dicts (what :func:`mdev_parents` returns), sorted by type id.
 
     ``model`` names the parent's device model and driver; ``known`` (``{(model, type id): fixed
     attributes}``) holds what earlier parents of the same model gave. ``bus``: a descriptor of
     ``sys/class/mdev_bus``, when open. ``counts``: the ``available_instances`` contents parsed so far
-    in this pass (see :func:`_read_some_types`)."""
+    in this pass (see :func:`_read_some_types`). ``held``: where the descriptors it opens go, for the
+    caller to close (:func:`sysfs.close_descriptors`); closed here without it."""
     relative = parent + "/mdev_supported_types"
     directory = open_directory(relative, bus) if bus is not None else None
     if directory is None:
@@ -82,13 +84,18 @@ def _read_types(root, parent, findings, model=None, known=None, bus=None, counts
         directory = open_directory(base)
         if directory is None:
             return _read_some_types(list_dir(base), None, base + "/", parent, findings, model, known, counts)
-    held = [directory]
+    own = held is None
+    held = [] if own else held
+    held.append(directory)
     try:
+        # Listed by its path: listing a descriptor costs three more system calls (a copy of the descriptor,
+        # its flags, a rewind) than opening the path.
         return _read_some_types(
-            sorted(os.listdir(directory)), directory, "", parent, findings, model, known, counts, held
+            list_dir(host_path(root, MDEV_BUS, relative)), directory, "", parent, findings, model, known, counts, held
         )
     finally:
-        close_descriptors(held)
+        if own:
+            close_descriptors(held)
 
 
 _FIXED = ("name", "description", "device_api")
@@ -174,22 +181,28 @@ def mdev_parents(root, findings=None, devices=None):
     result = []
     path = host_path(root, MDEV_BUS)
     bus = open_directory(path)
+    # The descriptors of several parents are closed together (see close_descriptors).
+    held = []
     try:
         for parent in list_dir(path if bus is None else bus):
-            result.append(_read_parent(root, parent, findings, devices, known, bus, counts))
+            result.append(_read_parent(root, parent, findings, devices, known, bus, counts, held))
+            if len(held) >= HELD_DESCRIPTORS:
+                close_descriptors(held)
+                held = []
     finally:
+        close_descriptors(held)
         if bus is not None:
             os.close(bus)
     return result
 
 
-def _read_parent(root, parent, findings, devices, known, bus, counts):
+def _read_parent(root, parent, findings, devices, known, bus, counts, held=None):
     device = devices.get(parent) if devices is not None else None
     model = None
     if device is not None and device.driver is not None and device.vendor_id is not None:
         model = (device.driver, device.vendor_id, device.device_id, device.subsystem_vendor_id,
                  device.subsystem_device_id)
-    return {"parent": parent, "types": _read_types(root, parent, findings, model, known, bus, counts)}
+    return {"parent": parent, "types": _read_types(root, parent, findings, model, known, bus, counts, held)}
 
 
 def mdevs(root, findings=None):

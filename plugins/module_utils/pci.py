@@ -47,6 +47,7 @@ from dataclasses import dataclass, field
 from ansible_collections.gpuvirt.host.plugins.module_utils import rules
 from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import (
     BRIDGE_CLASSES,
+    HELD_DESCRIPTORS,
     HOST_BRIDGE_CLASS,
     IOMMU_GROUPS,
     MISSING,
@@ -695,18 +696,25 @@ def _read_bus(bus, bus_fd, findings, devices, known_vfs, quick):
     if len(joined) != 13 * len(entries) - 1 or _FOUR_DIGIT_ADDRESSES.fullmatch(joined) is None:
         entries.sort(key=address_sort_key)
         entries = [entry for entry in entries if _is_address(entry, findings)]
-    for address in entries:
-        path = bus + "/" + address
-        directory = open_directory(path, None, True) if bus_fd is None else open_directory(address, bus_fd, True)
-        held = [] if directory is None else [directory]
-        try:
+    # The descriptors of several devices are closed together (see close_descriptors): opened one after
+    # another, they make one run of numbers.
+    held = []
+    try:
+        for address in entries:
+            path = bus + "/" + address
+            directory = open_directory(path, None, True) if bus_fd is None else open_directory(address, bus_fd, True)
+            if directory is not None:
+                held.append(directory)
             devices[address] = device = _read_open_device(address, path, findings, known_vfs, directory, quick, held)
-        finally:
-            close_descriptors(held)
-        sriov = device.sriov
-        if sriov is not None:
-            for vf in sriov.vfs:
-                known_vfs[vf] = address
+            if len(held) >= HELD_DESCRIPTORS:
+                close_descriptors(held)
+                held = []
+            sriov = device.sriov
+            if sriov is not None:
+                for vf in sriov.vfs:
+                    known_vfs[vf] = address
+    finally:
+        close_descriptors(held)
 
 
 def _is_address(entry, findings):

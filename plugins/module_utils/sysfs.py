@@ -210,22 +210,41 @@ _DIRECTORY_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0)
 _LOOKUP_FLAGS = getattr(os, "O_PATH", os.O_RDONLY) | getattr(os, "O_DIRECTORY", 0)
 
 
+# How many descriptors a reader that goes through many directories keeps open before it closes them
+# together (:func:`close_descriptors`): a few devices' worth, far below any limit on open files.
+HELD_DESCRIPTORS = 64
+
+
 def close_descriptors(descriptors):
     """Close ``descriptors``: descriptors this process opened and holds, none closed since.
 
     The kernel gives each new descriptor the lowest free number, so descriptors opened one after
-    another usually have consecutive numbers: these are closed with one system call
-    (``os.closerange``, ``close_range()`` on Linux 5.9 and later) instead of one ``close()`` each,
-    which spares detection a system call for every attribute it reads. A run of consecutive numbers
-    that are all held here holds no other descriptor; any other set is closed one by one."""
+    another usually have consecutive numbers: each run of consecutive numbers is closed with one
+    system call (``os.closerange``, ``close_range()`` on Linux 5.9 and later) instead of one
+    ``close()`` each, which spares detection a system call for every attribute it reads. A run of
+    numbers that are all held here holds no other descriptor; a descriptor held elsewhere (one the
+    process opened earlier and keeps, between the ones held here) only splits the runs."""
     if not descriptors:
         return
     low = min(descriptors)
     if max(descriptors) - low == len(descriptors) - 1:
         os.closerange(low, low + len(descriptors))
         return
-    for descriptor in descriptors:
-        os.close(descriptor)
+    ordered = sorted(descriptors)
+    start = previous = ordered[0]
+    for descriptor in ordered[1:]:
+        if descriptor != previous + 1:
+            _close_run(start, previous)
+            start = descriptor
+        previous = descriptor
+    _close_run(start, previous)
+
+
+def _close_run(first, last):
+    if first == last:
+        os.close(first)
+    else:
+        os.closerange(first, last + 1)
 
 
 def read_attribute_at(directory, name):

@@ -187,3 +187,38 @@ def test_detection_leaves_no_descriptor_open(make_host, monkeypatch, name):
     detect(root)
     careful(root, monkeypatch)
     assert open_descriptors() == before
+
+
+def test_detection_closes_descriptors_together_and_keeps_few_open(make_host, monkeypatch):
+    # The descriptors of several devices (and of several mdev parents) are closed with one call, and no
+    # more than a few devices' worth are open at any time.
+    root = make_host("large_synthetic")
+    opened, closes, most = set(), [], [0]
+    real_open, real_close, real_closerange = os.open, os.close, os.closerange
+
+    def counting_open(*args, **kwargs):
+        descriptor = real_open(*args, **kwargs)
+        opened.add(descriptor)
+        most[0] = max(most[0], len(opened))
+        return descriptor
+
+    def counting_close(descriptor):
+        closes.append(1)
+        opened.discard(descriptor)
+        real_close(descriptor)
+
+    def counting_closerange(low, high):
+        closes.append(high - low)
+        opened.difference_update(range(low, high))
+        real_closerange(low, high)
+
+    monkeypatch.setattr(os, "open", counting_open)
+    monkeypatch.setattr(os, "close", counting_close)
+    monkeypatch.setattr(os, "closerange", counting_closerange)
+    topology = detect(root)
+    monkeypatch.undo()
+
+    devices = len(topology["devices"]) + len(topology["mdev_parents"])
+    assert not opened
+    assert len(closes) < devices / 2, "%d close calls for %d devices and parents" % (len(closes), devices)
+    assert most[0] <= pci.HELD_DESCRIPTORS + 16

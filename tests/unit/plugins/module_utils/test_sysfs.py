@@ -101,3 +101,29 @@ def test_close_descriptors_of_an_out_of_order_set_closes_only_those(tmp_path):
         assert is_open(high)
     finally:
         os.close(high)
+
+
+def test_close_descriptors_closes_each_run_with_one_call_and_leaves_others_open(tmp_path, monkeypatch):
+    # Held: two runs with a descriptor held elsewhere between them, and one alone after a gap.
+    path = tmp_path / "attribute"
+    path.write_text("1\n")
+    opened = [os.open(path, os.O_RDONLY) for _attempt in range(7)]
+    if max(opened) - min(opened) != 6:
+        pytest.fail("this process has holes among its descriptors: %s" % opened)
+    first, second, other, fourth, fifth, gap, last = opened
+    calls = []
+    close = os.close
+    monkeypatch.setattr(os, "closerange", lambda low, high: calls.append(("closerange", low, high)) or
+                        [close(number) for number in range(low, high)])
+    monkeypatch.setattr(os, "close", lambda number: calls.append(("close", number)) or close(number))
+    try:
+        close_descriptors([fourth, first, last, fifth, second])
+    finally:
+        monkeypatch.undo()
+    try:
+        assert not any(is_open(descriptor) for descriptor in (first, second, fourth, fifth, last))
+        assert is_open(other) and is_open(gap)
+        assert calls == [("closerange", first, second + 1), ("closerange", fourth, fifth + 1), ("close", last)]
+    finally:
+        os.close(other)
+        os.close(gap)
