@@ -104,6 +104,10 @@ class Displays:
         ``console_framebuffer`` once per framebuffer of the console it drives, and
         ``firmware_framebuffer`` (its regions, ``BOOTFB (simpledrm)``) when the firmware's framebuffer
         lies in its memory. The passthrough verdict and vfio_pci's guards word each in their own terms."""
+        address = device.address
+        if not device.boot_vga and address not in self.boot and address not in self.framebuffers \
+                and address not in self.firmware:
+            return []
         uses = []
         if device.boot_vga:
             uses.append(("boot_vga", None))

@@ -753,8 +753,8 @@ def vmd_controller(devices, device):
     IOMMU group (Linux 5.6 and later) or have none (before), and none can be assigned to a VM alone.
     Such a device's sysfs directory lies below the endpoint's, which the ``vmd`` driver drives. Only
     devices in a domain that high are looked up (one link resolved each)."""
-    domain = device.address.rsplit(":", 2)[0]
-    if int(domain, 16) < FIRST_EMULATED_DOMAIN:
+    # A domain of four hex digits (dddd:bb:dd.f, 12 characters) is below 0x10000.
+    if len(device.address) == 12 or int(device.address.rsplit(":", 2)[0], 16) < FIRST_EMULATED_DOMAIN:
         return None
     for part in reversed(real_path(device).split("/")[:-1]):
         ancestor = devices.get(part)
@@ -833,6 +833,8 @@ def group_companions(devices, address, slots=None):
         return []
     group = device.iommu_group
     found = companions(devices, address, slots)
+    if not found:
+        return found
     own = [other for other in found if group is None or devices[other].iommu_group in (None, group)]
     if group is None or not bus_only_reset(device):
         return own
@@ -854,11 +856,12 @@ def _ownable(devices, group, taken):
                for address, other in devices.items() if other.iommu_group == group)
 
 
-def unowned_bus_groups(devices, address, slots=None, companions=None):
+def unowned_bus_groups(devices, address, slots=None, companions=None, groups=None):
     """``{group: [its members]}``: the IOMMU groups on the bus of ``address`` (a device that can only be
     reset with its bus) that a VM given it and its :func:`group_companions` would not own, so that the
     kernel refuses the bus reset; empty for a device that has a reset of its own, or none known.
-    ``slots``: as for :func:`companions`; ``companions``: its :func:`group_companions`, when known."""
+    ``slots``: as for :func:`companions`; ``companions``: its :func:`group_companions`, when known;
+    ``groups``: ``{group: [its members, sorted]}`` of ``devices`` (``iommu.groups_from_devices``), when known."""
     device = devices.get(address)
     if device is None or device.iommu_group is None or not bus_only_reset(device):
         return {}
@@ -866,16 +869,18 @@ def unowned_bus_groups(devices, address, slots=None, companions=None):
     if companions is None:
         companions = group_companions(devices, address, slots)
     taken = set(companions) | {address}
-    groups = {}
+    members_of, groups = groups, {}
     for other_address, other in devices.items():
         if other_address.rpartition(":")[0] == bus and other.iommu_group is not None and not other.is_vf:
             groups.setdefault(other.iommu_group, [])
     for number in list(groups):
-        members = sorted(a for a, other in devices.items() if other.iommu_group == number)
-        if _ownable(devices, number, taken):
+        members = members_of.get(number) if members_of is not None else None
+        if members is None:
+            members = sorted(a for a, other in devices.items() if other.iommu_group == number)
+        if all(member in taken or devices[member].stays_with_host for member in members):
             del groups[number]
         else:
-            groups[number] = members
+            groups[number] = list(members)
     return groups
 
 

@@ -311,7 +311,7 @@ def _gpu_entry(device, devices, iommu, groups, holders, critical, parent_names, 
                " and its companion functions (%s)" % ", ".join(others) if others else ""),
             device.address,
         )
-    if is_vfio_driver(device.driver) and "firmware_framebuffer" in verdict["codes"]:
+    if "firmware_framebuffer" in verdict["codes"] and is_vfio_driver(device.driver):
         findings.warning(
             "firmware_framebuffer",
             "%s (%s) is bound to %s, but the firmware's boot framebuffer still holds its memory: a VM started "
@@ -328,7 +328,7 @@ def _gpu_entry(device, devices, iommu, groups, holders, critical, parent_names, 
         )
     unowned = {}
     if iommu.enabled and not device.is_vf:
-        unowned = unowned_bus_groups(devices, device.address, slots, verdict["devices"])
+        unowned = unowned_bus_groups(devices, device.address, slots, verdict["devices"], groups)
     if unowned and verdict["viable"] is not False:
         findings.warning(
             "no_bus_reset",
