@@ -88,11 +88,7 @@ def _read_types(root, parent, findings, model=None, known=None, bus=None, counts
     held = [] if own else held
     held.append(directory)
     try:
-        # Listed by its path: listing a descriptor costs three more system calls (a copy of the descriptor,
-        # its flags, a rewind) than opening the path.
-        return _read_some_types(
-            list_dir(host_path(root, MDEV_BUS, relative)), directory, "", parent, findings, model, known, counts, held
-        )
+        return _read_some_types(list_dir(directory), directory, "", parent, findings, model, known, counts, held)
     finally:
         if own:
             close_descriptors(held)

@@ -266,8 +266,8 @@ def shell_loop(root):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--rounds", type=int, default=5, help="alternating timing rounds (default 5)")
-    parser.add_argument("--runs", type=int, default=15, help="in-process runs per round (default 15)")
+    parser.add_argument("--rounds", type=int, default=9, help="alternating timing rounds (default 9)")
+    parser.add_argument("--runs", type=int, default=25, help="in-process runs per round (default 25)")
     parser.add_argument("--module-runs", type=int, default=5, help="direct module runs (default 5)")
     parser.add_argument("--ansible-runs", type=int, default=3, help="ansible ad-hoc runs (default 3, 0 skips)")
     parser.add_argument("--no-shell", action="store_true", help="skip the lspci shell loop")
