@@ -23,9 +23,9 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+from ansible_collections.gpuvirt.host.plugins.module_utils.drivers import driver_key
 from ansible_collections.gpuvirt.host.plugins.module_utils.files import FileError, read_file
 from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import host_path, list_dir
-from ansible_collections.gpuvirt.host.plugins.module_utils.vfio_bind import driver_key
 
 CONFIG_DIRS = ("etc/modprobe.d", "run/modprobe.d", "usr/local/lib/modprobe.d", "usr/lib/modprobe.d", "lib/modprobe.d")
 MODULES_SOFTDEP = "modules.softdep"

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from ansible_collections.gpuvirt.host.plugins.module_utils import bootloader, rules, vendors
 from ansible_collections.gpuvirt.host.plugins.module_utils.architecture import host_architecture as tree_architecture
 from ansible_collections.gpuvirt.host.plugins.module_utils.device_users import unknown_users_text, vfio_holders
+from ansible_collections.gpuvirt.host.plugins.module_utils.drivers import is_vfio_driver
 from ansible_collections.gpuvirt.host.plugins.module_utils.files import FileError
 from ansible_collections.gpuvirt.host.plugins.module_utils.hoststate import (
     StateFileError,
@@ -60,7 +61,6 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.vfio_bind import (
     forget_finished_handbacks,
     handback_notes_warning,
     interrupted_handbacks,
-    is_vfio_driver,
     read_driver,
     release_device,
 )

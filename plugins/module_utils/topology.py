@@ -46,6 +46,7 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.device_users import (
     vfio_holders,
 )
 from ansible_collections.gpuvirt.host.plugins.module_utils.display import Displays, read_displays
+from ansible_collections.gpuvirt.host.plugins.module_utils.drivers import is_vfio_driver
 from ansible_collections.gpuvirt.host.plugins.module_utils.errors import GpuvirtError
 from ansible_collections.gpuvirt.host.plugins.module_utils.findings import Findings
 from ansible_collections.gpuvirt.host.plugins.module_utils.iommu import (
@@ -78,7 +79,6 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.pci import (
     vmd_controller,
 )
 from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import PCI_DEVICES, host_path
-from ansible_collections.gpuvirt.host.plugins.module_utils.vfio_bind import is_vfio_driver
 
 # What a tree must contain to be read as a Linux host: a live or captured sysfs/procfs, or an
 # installed image.

@@ -47,6 +47,7 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.device_users import (
     vfio_holders,
 )
 from ansible_collections.gpuvirt.host.plugins.module_utils.display import Displays, read_displays
+from ansible_collections.gpuvirt.host.plugins.module_utils.drivers import driver_key, is_vfio_driver
 from ansible_collections.gpuvirt.host.plugins.module_utils.errors import GpuvirtError
 from ansible_collections.gpuvirt.host.plugins.module_utils.files import (
     FileError,
@@ -96,8 +97,6 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.vfio_bind import (
     VFIO_DRIVER,
     VfioError,
     device_path,
-    driver_key,
-    is_vfio_driver,
 )
 
 # Host drivers that would claim a GPU (the vendors' own) or one of its companion functions (HDMI audio,

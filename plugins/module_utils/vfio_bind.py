@@ -16,6 +16,7 @@ import os
 import re
 import time
 
+from ansible_collections.gpuvirt.host.plugins.module_utils.drivers import is_vfio_driver
 from ansible_collections.gpuvirt.host.plugins.module_utils.errors import GpuvirtError
 from ansible_collections.gpuvirt.host.plugins.module_utils.files import FileError, remove_file, write_file
 from ansible_collections.gpuvirt.host.plugins.module_utils.host import inside
@@ -340,18 +341,3 @@ def _remove_dynamic_id(root, address):
     except SysfsWriteError as error:
         if error.errno != errno.ENODEV:  # ENODEV: the ID was not in the table
             raise
-
-
-def driver_key(name):
-    """Driver and module names compare with ``-`` and ``_`` as one (``vfio-pci`` = ``vfio_pci``)."""
-    return name.strip().replace("-", "_")
-
-
-def is_vfio_driver(name, variants=()):
-    """vfio-pci, one of ``variants`` (the kernel's variant VFIO drivers), or a driver named like one
-    (every in-tree variant is ``<something>_vfio_pci``, which also covers one that another kernel
-    release listed)."""
-    if not name:
-        return False
-    key = driver_key(name)
-    return key == "vfio_pci" or key.endswith("_vfio_pci") or key in {driver_key(v) for v in variants}

@@ -14,6 +14,7 @@ import os
 from dataclasses import dataclass, field, replace
 
 from ansible_collections.gpuvirt.host.plugins.module_utils import bootloader, initramfs, pending
+from ansible_collections.gpuvirt.host.plugins.module_utils.drivers import is_vfio_driver
 from ansible_collections.gpuvirt.host.plugins.module_utils.files import (
     FileChange,
 )
@@ -47,7 +48,6 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.vfio import (
     render_modules_load,
     softdep_warnings,
 )
-from ansible_collections.gpuvirt.host.plugins.module_utils.vfio_bind import is_vfio_driver
 
 
 @dataclass

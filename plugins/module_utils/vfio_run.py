@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 
 from ansible_collections.gpuvirt.host.plugins.module_utils import bootloader, initramfs, pending
+from ansible_collections.gpuvirt.host.plugins.module_utils.drivers import is_vfio_driver
 from ansible_collections.gpuvirt.host.plugins.module_utils.files import (
     apply_change,
 )
@@ -47,7 +48,6 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.vfio_bind import (
     forget_finished_handbacks,
     handback_notes_warning,
     interrupted_handbacks,
-    is_vfio_driver,
     read_driver,
     read_override,
     release_device,

@@ -35,6 +35,7 @@ from types import SimpleNamespace
 from ansible.errors import AnsibleFilterError
 from ansible.module_utils.parsing.convert_bool import boolean
 
+from ansible_collections.gpuvirt.host.plugins.module_utils.drivers import is_vfio_driver
 from ansible_collections.gpuvirt.host.plugins.module_utils.selector import (
     SelectorError,
     match_selector,
@@ -131,11 +132,6 @@ def as_bool(value, what, default=False):
 
 
 VFIO_PCI = "vfio-pci"
-
-
-def is_vfio_driver(driver):
-    """vfio-pci, or a variant VFIO driver (``nvgrace_gpu_vfio_pci``, ``mlx5_vfio_pci``...)."""
-    return bool(driver) and (driver == VFIO_PCI or driver.endswith("vfio_pci") or driver.endswith("vfio-pci"))
 
 
 class HostView:

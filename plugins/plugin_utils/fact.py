@@ -9,14 +9,10 @@ from __future__ import annotations
 
 from ansible.errors import AnsibleFilterError
 
+from ansible_collections.gpuvirt.host.plugins.module_utils.drivers import is_vfio_driver
 from ansible_collections.gpuvirt.host.plugins.module_utils.vendor_plan import device_vgpu
 
 FACT_VERSION = 1
-
-
-def is_vfio_driver(driver):
-    """vfio-pci itself or a variant VFIO driver (nvgrace_gpu_vfio_pci, mlx5_vfio_pci...)."""
-    return bool(driver) and (driver == "vfio-pci" or driver.replace("-", "_").endswith("vfio_pci"))
 
 
 def _model(gpu):

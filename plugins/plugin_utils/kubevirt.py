@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 
 from ansible_collections.gpuvirt.host.plugins.module_utils import vendors
+from ansible_collections.gpuvirt.host.plugins.module_utils.drivers import is_vfio_driver
 from ansible_collections.gpuvirt.host.plugins.module_utils.vendor_plan import device_vgpu
 from ansible_collections.gpuvirt.host.plugins.plugin_utils.exports import (
     MDEV_OWNERS,
@@ -17,7 +18,6 @@ from ansible_collections.gpuvirt.host.plugins.plugin_utils.exports import (
     ExportError,
     HostView,
     as_list,
-    is_vfio_driver,
     spec_of,
 )
 
