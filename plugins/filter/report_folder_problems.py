@@ -16,6 +16,9 @@ description:
   - The folder must be an absolute path (C(~) for the home folder is one). Ansible runs the controller's own
     modules in the playbook's folder, so a relative folder would land inside the collection (or a read-only
     execution environment) and not where the page is built.
+  - The folder's name must not hold C(*), C(?) or C([). The summaries gather the per-host files with a
+    file pattern that starts with the folder's name, so these would be read as wildcards: the summary would
+    gather another folder's files, or none, and a preflight of blocked hosts could pass.
   - A host's inventory name becomes a file name in the folder (C(<host>.json)), so a name with C(/) (which
     would write outside the folder or into a subfolder), a name starting with C(.) (a hidden file, which
     the page does not read), or one of the O(reserved) names (the summaries that share the folder) is
@@ -72,6 +75,15 @@ def report_folder_problems(folder, hosts, reserved=()):
             "gpuvirt_report_dir must be an absolute path (or start with ~), got '%s': Ansible runs the controller's "
             "modules in the playbook's folder, so a relative one would not land where you run it from (give "
             "$PWD/%s)" % (folder, folder or "reports")
+        )
+    wildcards = [character for character in "*?[" if character in folder]
+    if wildcards:
+        problems.append(
+            "gpuvirt_report_dir must not hold %s, got '%s': the fleet's summaries gather the hosts' files with a "
+            "file pattern that starts with the folder's name, which would read %s as a wildcard and gather "
+            "another folder's files, or none" % (
+                " or ".join("'%s'" % character for character in wildcards), folder,
+                "it" if len(wildcards) == 1 else "them")
         )
     unsafe = unsafe_host_names(hosts)
     if unsafe:

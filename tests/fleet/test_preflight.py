@@ -140,3 +140,19 @@ def test_a_host_that_cannot_be_reached_is_a_blocked_host_of_the_results(fleet, t
     failed = {case.get("name") for case in suite.iter("testcase") if case.find("failure") is not None}
     assert failed == {"down01"}
     assert "Preflight: 2 host(s)" in output
+
+
+def test_a_report_folder_whose_name_holds_a_wildcard_is_refused_before_any_host(fleet, tmp_path):
+    # The summary gathers <folder>/preflight/*.json: in '.../r[1]' the '[1]' would match the folder r1, whose
+    # records (another fleet's, or an old run's) would become this run's summary.
+    fleet.add("ready01", "amd_host")
+    other = tmp_path / "r1" / "preflight"
+    other.mkdir(parents=True)
+    (other / "old01.json").write_text(json.dumps({"host": "old01", "changes": [], "reboot_required": False,
+                                                   "blockers": [{"source": "iommu", "message": "off"}]}))
+    report = tmp_path / "r[1]"
+    rc, recap, output = fleet.run("gpuvirt.host.preflight", extra_vars={"gpuvirt_report_dir": str(report)})
+    assert rc == 2 and "gpuvirt_report_dir must not hold '['" in output, output
+    assert not report.exists() and sorted(path.name for path in (tmp_path / "r1").rglob("*")) == ["old01.json",
+                                                                                                    "preflight"]
+    assert "ready01" not in recap or recap["ready01"]["ok"] == 0, recap

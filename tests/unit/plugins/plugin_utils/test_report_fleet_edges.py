@@ -113,6 +113,9 @@ def test_a_host_without_a_gpu_says_so(make_host):
     ("reports", ["gpu01"], [], "must be an absolute path (or start with ~), got 'reports'"),
     ("/srv/r", ["../escaped", "rack1/gpu01", ".hidden"], [], "'../escaped', '.hidden', 'rack1/gpu01' cannot name"),
     ("/srv/r", ["preflight", "gpu01"], ["preflight", "rollout"], "'preflight' are the names of the fleet's summaries"),
+    ("/srv/reports [prod]", ["gpu01"], [], "must not hold '[', got '/srv/reports [prod]'"),
+    ("/srv/*/gpu", ["gpu01"], [], "must not hold '*', got '/srv/*/gpu'"),
+    ("~/run?/r[1]", ["gpu01"], [], "must not hold '?' or '[', got '~/run?/r[1]'"),
 ])
 def test_report_folder_problems(folder, hosts, reserved, problem):
     problems = report_folder_problems(folder, hosts, reserved=reserved)
@@ -122,6 +125,7 @@ def test_report_folder_problems(folder, hosts, reserved, problem):
 def test_control_an_absolute_folder_and_plain_names_have_no_problem():
     assert report_folder_problems("/srv/gpu-report", ["gpu01", "gpu-02.example.com", "fd00::7"], ["preflight"]) == []
     assert report_folder_problems("~/gpu-report", ["gpu01"]) == []
+    assert report_folder_problems("/srv/gpu report (prod)]", ["gpu01"]) == []  # ']' alone opens no wildcard
 
 
 def test_the_page_action_refuses_a_name_that_is_no_file_name(tmp_path):
