@@ -107,6 +107,23 @@ def test_the_role_puts_each_architectures_own_arguments(make_host, tmp_path):
             assert grub == GRUB % after, (case, grub)
 
 
+def test_the_preview_shows_the_boot_configurations_diff_when_asked(make_host, tmp_path):
+    # With --diff, the preview runs kernel_cmdline in check mode, whose diff Ansible shows: the topology
+    # read's preview carries none.
+    root = make_host("desktop_dgpu", files={"etc/default/grub": GRUB % "quiet"})
+    block = dict(_outcome("preview", {"name": "gpuvirt.host.iommu", "tasks_from": "preview"}),
+                 vars={"iommu_root": root, "iommu_reboot": "always", "__iommu_live": True})
+    playbook = [{"name": "preview with diff", "hosts": "localhost", "connection": "local", "gather_facts": False,
+                 "vars": {"outcomes": {}}, "tasks": [block, {"name": "show", "ansible.builtin.debug": {
+                     "msg": "ran={{ outcomes.preview.kernel_cmdline_ran }} changed={{ outcomes.preview.result.changed }}"}}]}]
+    done = run_playbook(playbook, tmp_path, options=("--diff",))
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+    assert "ran=True changed=True" in done.stdout, done.stdout[-4000:]
+    assert '+GRUB_CMDLINE_LINUX_DEFAULT="quiet intel_iommu=on"' in done.stdout, done.stdout[-4000:]
+    with open(os.path.join(root, "etc/default/grub")) as handle:
+        assert handle.read() == GRUB % "quiet"
+
+
 def _outcome(key, role):
     """A block running ``role`` (an include_role's arguments) that keeps, under ``key``, the facts it
     exports or its refusal."""
