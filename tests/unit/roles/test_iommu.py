@@ -113,9 +113,10 @@ def test_the_preview_shows_the_boot_configurations_diff_when_asked(make_host, tm
     root = make_host("desktop_dgpu", files={"etc/default/grub": GRUB % "quiet"})
     block = dict(_outcome("preview", {"name": "gpuvirt.host.iommu", "tasks_from": "preview"}),
                  vars={"iommu_root": root, "iommu_reboot": "always", "__iommu_live": True})
+    show = {"name": "show", "ansible.builtin.debug": {
+        "msg": "ran={{ outcomes.preview.kernel_cmdline_ran }} changed={{ outcomes.preview.result.changed }}"}}
     playbook = [{"name": "preview with diff", "hosts": "localhost", "connection": "local", "gather_facts": False,
-                 "vars": {"outcomes": {}}, "tasks": [block, {"name": "show", "ansible.builtin.debug": {
-                     "msg": "ran={{ outcomes.preview.kernel_cmdline_ran }} changed={{ outcomes.preview.result.changed }}"}}]}]
+                 "vars": {"outcomes": {}}, "tasks": [block, show]}]
     done = run_playbook(playbook, tmp_path, options=("--diff",))
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
     assert "ran=True changed=True" in done.stdout, done.stdout[-4000:]
