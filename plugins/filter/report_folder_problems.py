@@ -17,7 +17,7 @@ description:
     modules in the playbook's folder, so a relative folder would land inside the collection (or a read-only
     execution environment) and not where the page is built.
   - The folder's name must not hold C(*), C(?) or C([). The summaries gather the per-host files with a
-    file pattern that starts with the folder's name, so these would be read as wildcards: the summary would
+    file pattern that starts with the folder's name, so these would be read as wildcards. The summary would
     gather another folder's files, or none, and a preflight of blocked hosts could pass.
   - A host's inventory name becomes a file name in the folder (C(<host>.json)), so a name with C(/) (which
     would write outside the folder or into a subfolder), a name starting with C(.) (a hidden file, which
