@@ -111,10 +111,10 @@ class Displays:
         uses = []
         if device.boot_vga:
             uses.append(("boot_vga", None))
-        elif device.address in self.boot:
+        elif address in self.boot:
             uses.append(("boot_display", None))
-        uses.extend(("console_framebuffer", name) for name in self.console_framebuffers(device.address))
-        regions = self.firmware.get(device.address)
+        uses.extend(("console_framebuffer", name) for name in self.console_framebuffers(address))
+        regions = self.firmware.get(address)
         if regions:
             uses.append(("firmware_framebuffer", regions[0] + "".join(" (%s)" % name for name in regions[1:])))
         return uses

@@ -6,6 +6,7 @@ Public API:
 
 - :func:`driver_key` ``(name) -> str``: ``-`` and ``_`` as one (``vfio-pci`` = ``vfio_pci``).
 - :func:`is_vfio_driver` ``(name, variants=()) -> bool``: vfio-pci or a variant VFIO driver.
+- :func:`is_vfio_pci` ``(name) -> bool``: vfio-pci itself, no variant.
 """
 
 from __future__ import annotations
@@ -24,3 +25,8 @@ def is_vfio_driver(name, variants=()):
         return False
     key = driver_key(name)
     return key == "vfio_pci" or key.endswith("_vfio_pci") or key in {driver_key(v) for v in variants}
+
+
+def is_vfio_pci(name):
+    """vfio-pci itself (``vfio-pci`` or ``vfio_pci``), not a variant."""
+    return bool(name) and driver_key(name) == "vfio_pci"

@@ -88,7 +88,16 @@ def _read_types(root, parent, findings, model=None, known=None, bus=None, counts
     held = [] if own else held
     held.append(directory)
     try:
-        return _read_some_types(list_dir(directory), directory, "", parent, findings, model, known, counts, held)
+        try:
+            type_ids = sorted(os.listdir(directory))
+        except OSError as error:
+            type_ids = []
+            if findings is not None:
+                findings.bad_attribute(
+                    "/%s/%s" % (MDEV_BUS, relative), "unreadable: %s" % os.strerror(error.errno),
+                    "a listing of the parent's mdev types", parent if ":" in parent else None,
+                )
+        return _read_some_types(type_ids, directory, "", parent, findings, model, known, counts, held)
     finally:
         if own:
             close_descriptors(held)
@@ -183,12 +192,14 @@ def mdev_parents(root, findings=None, devices=None):
         for parent in list_dir(path if bus is None else bus):
             result.append(_read_parent(root, parent, findings, devices, known, bus, counts, held))
             if len(held) >= HELD_DESCRIPTORS:
-                close_descriptors(held)
-                held = []
+                batch, held = held, []
+                close_descriptors(batch)
     finally:
-        close_descriptors(held)
-        if bus is not None:
-            os.close(bus)
+        try:
+            close_descriptors(held)
+        finally:
+            if bus is not None:
+                os.close(bus)
     return result
 
 

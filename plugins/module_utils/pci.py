@@ -707,8 +707,8 @@ def _read_bus(bus, bus_fd, findings, devices, known_vfs, quick):
                 held.append(directory)
             devices[address] = device = _read_open_device(address, path, findings, known_vfs, directory, quick, held)
             if len(held) >= HELD_DESCRIPTORS:
-                close_descriptors(held)
-                held = []
+                batch, held = held, []
+                close_descriptors(batch)
             sriov = device.sriov
             if sriov is not None:
                 for vf in sriov.vfs:
@@ -850,10 +850,12 @@ def bus_only_reset(device):
     return methods is not None and not set(methods) - BUS_RESETS
 
 
-def _ownable(devices, group, taken):
-    """Whether a VM given ``taken`` owns IOMMU group ``group``: every other member stays with the host."""
-    return all(address in taken or other.stays_with_host
-               for address, other in devices.items() if other.iommu_group == group)
+def _ownable(devices, group, taken, members=None):
+    """Whether a VM given ``taken`` owns IOMMU group ``group``: every other member stays with the host.
+    ``members``: the group's members, when known (else ``devices`` are looked through)."""
+    if members is None:
+        members = [address for address, other in devices.items() if other.iommu_group == group]
+    return all(address in taken or (address in devices and devices[address].stays_with_host) for address in members)
 
 
 def unowned_bus_groups(devices, address, slots=None, companions=None, groups=None):
@@ -869,19 +871,19 @@ def unowned_bus_groups(devices, address, slots=None, companions=None, groups=Non
     if companions is None:
         companions = group_companions(devices, address, slots)
     taken = set(companions) | {address}
-    members_of, groups = groups, {}
+    on_bus = []
     for other_address, other in devices.items():
-        if other_address.rpartition(":")[0] == bus and other.iommu_group is not None and not other.is_vf:
-            groups.setdefault(other.iommu_group, [])
-    for number in list(groups):
-        members = members_of.get(number) if members_of is not None else None
+        if other_address.rpartition(":")[0] == bus and other.iommu_group is not None and not other.is_vf \
+                and other.iommu_group not in on_bus:
+            on_bus.append(other.iommu_group)
+    unowned = {}
+    for number in on_bus:
+        members = groups.get(number) if groups is not None else None
         if members is None:
             members = sorted(a for a, other in devices.items() if other.iommu_group == number)
-        if all(member in taken or devices[member].stays_with_host for member in members):
-            del groups[number]
-        else:
-            groups[number] = list(members)
-    return groups
+        if not _ownable(devices, number, taken, members):
+            unowned[number] = list(members)
+    return unowned
 
 
 def card_functions(devices, device):

@@ -35,7 +35,7 @@ from types import SimpleNamespace
 from ansible.errors import AnsibleFilterError
 from ansible.module_utils.parsing.convert_bool import boolean
 
-from ansible_collections.gpuvirt.host.plugins.module_utils.drivers import is_vfio_driver
+from ansible_collections.gpuvirt.host.plugins.module_utils.drivers import is_vfio_driver, is_vfio_pci
 from ansible_collections.gpuvirt.host.plugins.module_utils.selector import (
     SelectorError,
     match_selector,
@@ -131,9 +131,6 @@ def as_bool(value, what, default=False):
         raise ExportError("%s must be true or false, got %r" % (what, value)) from None
 
 
-VFIO_PCI = "vfio-pci"
-
-
 class HostView:
     """A host's topology indexed for the exports."""
 
@@ -186,7 +183,7 @@ class HostView:
                         "%s is bound to %s, not to vfio-pci: bind it%s with gpuvirt.host.vfio_pci (the vfio role)"
                         % (member, driver or "no driver", " and its companion functions" if member == address else "")
                     )
-                elif plain_vfio and driver != VFIO_PCI:
+                elif plain_vfio and not is_vfio_pci(driver):
                     reasons.append("%s is bound to the variant VFIO driver %s: %s" % (member, driver, plain_vfio))
         for member in [address] + self.companions(address):
             for user in _get(self.device(member), "in_use_by", []):

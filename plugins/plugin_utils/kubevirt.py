@@ -10,11 +10,10 @@ from __future__ import annotations
 import re
 
 from ansible_collections.gpuvirt.host.plugins.module_utils import vendors
-from ansible_collections.gpuvirt.host.plugins.module_utils.drivers import is_vfio_driver
+from ansible_collections.gpuvirt.host.plugins.module_utils.drivers import is_vfio_driver, is_vfio_pci
 from ansible_collections.gpuvirt.host.plugins.module_utils.vendor_plan import device_vgpu
 from ansible_collections.gpuvirt.host.plugins.plugin_utils.exports import (
     MDEV_OWNERS,
-    VFIO_PCI,
     ExportError,
     HostView,
     as_list,
@@ -127,7 +126,7 @@ def _offered(view, address):
     topology's vgpu key holds that type, and only NVIDIA's backend reads one)."""
     device = view.device(address)
     driver = device.get("driver")
-    if driver == VFIO_PCI:
+    if is_vfio_pci(driver):
         return True
     return (bool(driver) and not is_vfio_driver(driver) and bool(device.get("physfn"))
             and view.vgpu_vf_type(address) != 0)

@@ -33,6 +33,7 @@ import json
 import re
 from html import escape
 
+from ansible_collections.gpuvirt.host.plugins.module_utils.drivers import is_vfio_driver
 from ansible_collections.gpuvirt.host.plugins.module_utils.sysfs import BRIDGE_CLASSES, HOST_BRIDGE_CLASS
 from ansible_collections.gpuvirt.host.plugins.module_utils.vendor_plan import device_vgpu
 
@@ -81,10 +82,6 @@ def not_reached_record(record, host, when):
         return {"format": RECORD_FORMAT, "host": host, "collected_at": None, "source": "not_reached",
                 "pending_reboot": None, "pending_reboot_reasons": [], "not_reached_at": when}
     return dict(record, not_reached_at=when)
-
-
-def _is_vfio(driver):
-    return bool(driver) and (driver == "vfio-pci" or driver.replace("-", "_").endswith("vfio_pci"))
 
 
 def _model(gpu, devices):
@@ -138,7 +135,7 @@ def host_row(record):
         model = _model(gpu, devices)
         models[model] = models.get(model, 0) + 1
     viable = [g for g in physical if _dict(g.get("passthrough")).get("viable")]
-    ready = [g for g in viable if _is_vfio(g.get("driver"))]
+    ready = [g for g in viable if is_vfio_driver(g.get("driver"))]
     in_use, free = {}, {}
     mdevs = _list(topology.get("mdevs"))
     names = {}

@@ -11,7 +11,8 @@ make the GPU impossible to reset between guest boots."""
 
 from __future__ import annotations
 
-from ansible_collections.gpuvirt.host.plugins.module_utils import vfio
+from ansible_collections.gpuvirt.host.plugins.module_utils import pci, vfio
+from ansible_collections.gpuvirt.host.plugins.module_utils.iommu import groups_from_devices
 from ansible_collections.gpuvirt.host.plugins.module_utils.topology import detect
 
 GPU = "0000:01:00.0"
@@ -76,3 +77,17 @@ def test_a_companion_whose_group_the_vm_cannot_own_stays_and_the_missing_reset_i
 def test_a_gpu_whose_bus_groups_a_vm_can_own_gets_no_reset_warning(make_host):
     topology = detect(_host(make_host))
     assert not [f for f in topology["findings"] if f["code"] == "no_bus_reset"]
+
+
+def test_the_unowned_groups_are_the_same_with_the_groups_gathered_and_are_copies(make_host):
+    root = _split_audio_host(make_host)
+    devices = pci.read_pci_devices(root)
+    groups = groups_from_devices(devices)
+    slots = pci.slot_index(devices)
+
+    looked_up = pci.unowned_bus_groups(devices, APU, slots)
+    given = pci.unowned_bus_groups(devices, APU, slots, groups=groups)
+
+    assert looked_up == given == {"9": ["0000:04:00.%d" % function for function in range(1, 7)]}
+    given["9"].append("changed")
+    assert "changed" not in groups["9"]

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from ansible_collections.gpuvirt.host.plugins.module_utils.drivers import driver_key, is_vfio_driver
-from ansible_collections.gpuvirt.host.plugins.plugin_utils import fact
+from ansible_collections.gpuvirt.host.plugins.module_utils.drivers import driver_key, is_vfio_driver, is_vfio_pci
+from ansible_collections.gpuvirt.host.plugins.plugin_utils import fact, report
 
 NAMES = {
     "vfio-pci": True,
@@ -36,6 +36,12 @@ def test_a_variant_the_kernel_lists_counts_whatever_its_name():
     assert is_vfio_driver("hisi-acc-vfio", variants=["hisi_acc_vfio"])
 
 
+@pytest.mark.parametrize("name, expected", [("vfio-pci", True), ("vfio_pci", True), (" vfio-pci\n", True),
+                                            ("nvgrace_gpu_vfio_pci", False), ("vfio_pci_core", False), (None, False)])
+def test_vfio_pci_itself_is_told_from_its_variants(name, expected):
+    assert is_vfio_pci(name) is expected
+
+
 def test_driver_names_compare_with_dash_and_underscore_as_one():
     assert driver_key(" vfio-pci ") == driver_key("vfio_pci") == "vfio_pci"
 
@@ -50,3 +56,12 @@ def test_the_fleet_fact_counts_a_gpu_on_the_driver_as_passed_through_exactly_whe
     result = fact.gpuvirt_fact(topology)
     assert (result["passthrough_ready"] == ["0000:01:00.0"]) is expected
     assert (result["gpus"][0]["mode"] == "passthrough") is expected
+
+
+@pytest.mark.parametrize("name, expected", NAMES.items())
+def test_the_fleet_page_counts_a_gpu_on_the_driver_as_ready_exactly_when_the_host_does(name, expected):
+    gpu = {"address": "0000:01:00.0", "driver": name, "passthrough": {"viable": True}, "is_vf": False}
+    topology = {"iommu": {"enabled": True}, "devices": [dict(gpu, **{"class": "030000"})], "gpus": [gpu],
+                "mdev_parents": [], "mdevs": [], "iommu_groups": {}, "findings": [], "kernel": {}, "cpu": {}}
+    row = report.host_row({"format": report.RECORD_FORMAT, "host": "gpu01", "source": "live", "topology": topology})
+    assert (row["ready"] == 1) is expected, row

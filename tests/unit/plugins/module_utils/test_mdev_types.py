@@ -4,8 +4,10 @@
 
 from __future__ import annotations
 
+import errno
 import os
 
+from ansible_collections.gpuvirt.host.plugins.module_utils import mdev_info
 from ansible_collections.gpuvirt.host.plugins.module_utils.findings import Findings
 from ansible_collections.gpuvirt.host.plugins.module_utils.mdev_info import mdev_parents
 from ansible_collections.gpuvirt.host.plugins.module_utils.pci import read_pci_devices
@@ -78,3 +80,26 @@ def test_a_fixed_attribute_that_reads_badly_is_not_passed_on(make_host):
     assert types_of(parents, SECOND)["nvidia-471"]["name"] is not None, "the next parent is read for itself"
     assert types_of(parents, SECOND)["nvidia-471"]["description"] == "only this parent says so"
     assert [f for f in findings.as_list() if FIRST in f["message"] and "name" in f["message"]]
+
+
+def test_a_parent_whose_types_cannot_be_listed_has_none_and_a_finding(make_host, monkeypatch):
+    # The directory opens but cannot be listed (EIO, or a permission only root lacks on an image): no types,
+    # said as a finding, and the other parents are read.
+    root = make_host("datacenter_a100")
+    parents = mdev_info.list_mdev_parents(root)
+    real_listdir = mdev_info.os.listdir
+
+    def listdir(path):
+        if isinstance(path, int) and os.readlink("/proc/self/fd/%d" % path).endswith("/mdev_supported_types"):
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        return real_listdir(path)
+
+    monkeypatch.setattr(mdev_info.os, "listdir", listdir)
+    findings = Findings()
+    read = mdev_info.mdev_parents(root, findings)
+
+    assert [entry["parent"] for entry in read] == parents and parents
+    assert all(entry["types"] == [] for entry in read)
+    messages = [finding["message"] for finding in findings.as_list()]
+    assert len(messages) == len(parents), messages
+    assert "mdev_supported_types is unreadable: Input/output error" in messages[0], messages

@@ -94,7 +94,8 @@ def test_close_descriptors_of_an_out_of_order_set_closes_only_those(tmp_path):
     path.write_text("1\n")
     low, middle, high, last = (os.open(path, os.O_RDONLY) for _attempt in range(4))
     try:
-        # As many as the span from the first to the last named, but not that span: each alone.
+        # As many as the span from the first to the last named, but not that span: each run (low and middle,
+        # then last) alone, and high, which is not named, left open.
         close_descriptors([middle, low, last])
 
         assert not any(is_open(descriptor) for descriptor in (low, middle, last))
