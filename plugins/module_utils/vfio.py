@@ -47,7 +47,7 @@ from ansible_collections.gpuvirt.host.plugins.module_utils.device_users import (
     vfio_holders,
 )
 from ansible_collections.gpuvirt.host.plugins.module_utils.display import Displays, read_displays
-from ansible_collections.gpuvirt.host.plugins.module_utils.drivers import driver_key, is_vfio_driver
+from ansible_collections.gpuvirt.host.plugins.module_utils.drivers import driver_key, is_vfio_driver, is_vfio_pci
 from ansible_collections.gpuvirt.host.plugins.module_utils.errors import GpuvirtError
 from ansible_collections.gpuvirt.host.plugins.module_utils.files import (
     FileError,
@@ -185,7 +185,7 @@ def split_overlap(view, members, split):
 def module_of(driver):
     """The module ``modprobe`` loads for a driver: vfio-pci as the module has always been named
     here, a variant by its module name (its registered driver name)."""
-    return VFIO_DRIVER if driver_key(driver) == "vfio_pci" else driver_key(driver)
+    return VFIO_DRIVER if is_vfio_pci(driver) else driver_key(driver)
 
 
 @dataclass(frozen=True)
@@ -274,7 +274,7 @@ def modprobe_softdeps(text):
     found = []
     for line in modprobe.logical_lines(text):
         softdep = modprobe.parse_softdep(line)
-        if softdep is not None and softdep.pre and driver_key(softdep.pre[0]) == driver_key(VFIO_DRIVER):
+        if softdep is not None and softdep.pre and is_vfio_pci(softdep.pre[0]):
             found.append(softdep.module)
     return found
 
@@ -303,7 +303,7 @@ def render_modprobe_conf(ids, softdeps=(), host_softdeps=None):
     host_softdeps = host_softdeps or {}
     for module in modules:
         theirs = host_softdeps.get(driver_key(module)) or modprobe.Softdep(module)
-        pre = [VFIO_DRIVER] + [name for name in theirs.pre if driver_key(name) != driver_key(VFIO_DRIVER)]
+        pre = [VFIO_DRIVER] + [name for name in theirs.pre if not is_vfio_pci(name)]
         lines.append(modprobe.Softdep(module, pre, list(theirs.post)).render())
     return "".join(lines)
 
@@ -326,7 +326,7 @@ def softdep_warnings(host_softdeps, modules):
         theirs = host_softdeps.get(driver_key(module))
         if theirs is None or os.path.basename(theirs.path) >= ours:
             continue
-        if any(driver_key(name) == driver_key(VFIO_DRIVER) for name in theirs.pre):
+        if any(is_vfio_pci(name) for name in theirs.pre):
             continue
         warnings.append(
             "/%s has a softdep line for %s, and modprobe uses only the first softdep line of a module: it reads "

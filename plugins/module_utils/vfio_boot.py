@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass, field, replace
 
 from ansible_collections.gpuvirt.host.plugins.module_utils import bootloader, initramfs, pending
-from ansible_collections.gpuvirt.host.plugins.module_utils.drivers import is_vfio_driver
+from ansible_collections.gpuvirt.host.plugins.module_utils.drivers import is_vfio_driver, is_vfio_pci
 from ansible_collections.gpuvirt.host.plugins.module_utils.files import (
     FileChange,
 )
@@ -260,7 +260,7 @@ class BootConfigPlanner:
         overridden = self._driverctl_overrides() if self.persistence_method == "auto" else {}
         kept = [
             a for a in self.members
-            if a in variant or a in claimed or driver_key(overridden.get(a, "")) == "vfio_pci"
+            if a in variant or a in claimed or is_vfio_pci(overridden.get(a))
         ]
         return kept, [a for a in self.members if a not in kept]
 
@@ -327,12 +327,12 @@ class BootConfigPlanner:
         builtin = read_builtin_modules(self.root, view.kernel.get("release")) or set()
         modules = []
         if not view.kernel.get("vfio_builtin") and (
-            plan.ids_after or cmdline_after or any(driver_key(d) == "vfio_pci" for d in overrides.values())
+            plan.ids_after or cmdline_after or any(is_vfio_pci(d) for d in overrides.values())
         ):
             modules.append(VFIO_DRIVER)
         modules += sorted({
             module_of(driver) for driver in overrides.values()
-            if is_vfio_driver(driver, self.variants) and driver_key(driver) != "vfio_pci"
+            if is_vfio_driver(driver, self.variants) and not is_vfio_pci(driver)
             and driver_key(driver) not in builtin
         })
         return plan_file(self.root, MODULES_LOAD_CONF, render_modules_load(modules))
